@@ -1,0 +1,1 @@
+"""lmroute_bundle: the artifact bundle contract (manifest, writer, validating loader)."""

@@ -1,0 +1,1 @@
+"""lmroute_service: the gRPC Score/Route service."""
