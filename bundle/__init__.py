@@ -1,1 +1,51 @@
-"""lmroute_bundle: the artifact bundle contract (manifest, writer, validating loader)."""
+"""lmroute_bundle: the artifact bundle contract (manifest, writer, validating loader, runtime routers).
+
+See docs/BUNDLE.md. `export` writes bundles with `write_bundle` / `update_calibration`; the service and
+evaluation read them with `load_bundle`. Test helpers live in `lmroute_bundle.testing` (not imported here).
+"""
+
+from lmroute_bundle.errors import BundleError
+from lmroute_bundle.loader import Bundle, load_bundle, read_manifest
+from lmroute_bundle.manifest import (
+    SCHEMA_VERSION,
+    Calibration,
+    DefaultPair,
+    EncoderSpec,
+    FileEntry,
+    Manifest,
+    RouterSpec,
+    TrainingData,
+)
+from lmroute_bundle.routers import (
+    BertRouter,
+    MFRouter,
+    PromptBatch,
+    RandomRouter,
+    Router,
+    SWRankingRouter,
+)
+from lmroute_bundle.writer import RouterArtifacts, update_calibration, write_bundle
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BertRouter",
+    "Bundle",
+    "BundleError",
+    "Calibration",
+    "DefaultPair",
+    "EncoderSpec",
+    "FileEntry",
+    "MFRouter",
+    "Manifest",
+    "PromptBatch",
+    "RandomRouter",
+    "Router",
+    "RouterArtifacts",
+    "RouterSpec",
+    "SWRankingRouter",
+    "TrainingData",
+    "load_bundle",
+    "read_manifest",
+    "update_calibration",
+    "write_bundle",
+]

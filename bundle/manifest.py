@@ -1,0 +1,597 @@
+"""The manifest.json schema (version 1, see docs/BUNDLE.md): frozen dataclasses and a strict parser.
+
+`Manifest.from_json` rejects anything the schema does not describe: a missing key, an unknown key,
+a wrong type, an unknown router kind, and every inconsistency that can be seen from the manifest alone
+(default pair not in models, sw_ranking tiers that disagree with `tiers`, a calibration table that is not
+monotone, a file role with no checksum entry, a path that leaves the bundle). Errors are `BundleError`s
+naming "manifest.json" and the key path, e.g. "manifest.json: routers.mf.files.pair_vector: missing".
+Checks that need the files themselves (checksums, array shapes, ONNX signatures) live in the loader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmroute_bundle.errors import BundleError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "ROUTER_KINDS",
+    "BERT_LABELS",
+    "ENCODER_FILES",
+    "Calibration",
+    "DefaultPair",
+    "EncoderSpec",
+    "FileEntry",
+    "Manifest",
+    "RouterSpec",
+    "TrainingData",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BERT_LABELS: tuple[str, ...] = ("strong_wins", "tie", "weak_wins")
+ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
+
+# kind -> (file roles, {param: type}, uses_encoder)
+_KIND_SCHEMA: dict[str, tuple[tuple[str, ...], dict[str, str], bool]] = {
+    "random": ((), {"seed": "int"}, False),
+    "mf": (("text_proj", "model_emb", "classifier", "pair_vector"), {"d_model": "int"}, True),
+    "sw_ranking": (
+        ("prompt_embeddings", "index", "cell_counts", "cells"),
+        {
+            "gamma": "float",
+            "n_tiers": "int",
+            "strong_tier": "int",
+            "weak_tier": "int",
+            "scale": "float",
+            "base": "float",
+        },
+        True,
+    ),
+    "bert": (("model",), {"max_tokens": "int", "labels": "list[str]"}, False),
+}
+ROUTER_KINDS: tuple[str, ...] = tuple(sorted(_KIND_SCHEMA))
+_ROUTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _fail(problem: str) -> BundleError:
+    return BundleError(MANIFEST_NAME, problem)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "str", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Node:
+    """A JSON object being read, with its key path for error messages; `close()` rejects unread keys."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise _fail(f"{path or '<root>'}: expected object, got {_type_name(data)}")
+        self._data: dict[str, Any] = data
+        self._path = path
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def raw(self, name: str) -> Any:
+        if name not in self._data:
+            raise _fail(f"{self.key(name)}: missing")
+        self._seen.add(name)
+        return self._data[name]
+
+    def keys(self) -> list[str]:
+        self._seen.update(self._data)
+        return list(self._data)
+
+    def node(self, name: str) -> _Node:
+        return _Node(self.raw(name), self.key(name))
+
+    def str_(self, name: str) -> str:
+        return _as_str(self.raw(name), self.key(name))
+
+    def int_(self, name: str) -> int:
+        return _as_int(self.raw(name), self.key(name))
+
+    def float_(self, name: str) -> float:
+        return _as_float(self.raw(name), self.key(name))
+
+    def bool_(self, name: str) -> bool:
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise _fail(f"{self.key(name)}: expected bool, got {_type_name(value)}")
+        return value
+
+    def list_(self, name: str) -> list[Any]:
+        value = self.raw(name)
+        if not isinstance(value, list):
+            raise _fail(f"{self.key(name)}: expected list, got {_type_name(value)}")
+        return value
+
+    def close(self) -> None:
+        for name in self._data:
+            if name not in self._seen:
+                raise _fail(f"{self.key(name)}: unknown key")
+
+
+def _as_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(f"{path}: expected str, got {_type_name(value)}")
+    return value
+
+
+def _as_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"{path}: expected int, got {_type_name(value)}")
+    return value
+
+
+def _as_float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(f"{path}: expected float, got {_type_name(value)}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise _fail(f"{path}: not finite ({value})")
+    return out
+
+
+def _check_rel_path(path: str, where: str) -> None:
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or path == MANIFEST_NAME
+    ):
+        raise _fail(f"{where}: invalid bundle path {path!r}")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """Checksum entry of one bundle file."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The sentence encoder: an ONNX graph that pools and L2-normalises, plus its HF tokenizer."""
+
+    name: str
+    source: str
+    dim: int
+    max_tokens: int
+    pooling: str = "mean"
+    normalized: bool = True
+    quantized: bool = False
+    files: Mapping[str, str] = field(default_factory=lambda: dict(ENCODER_FILES))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "dim": self.dim,
+            "max_tokens": self.max_tokens,
+            "pooling": self.pooling,
+            "normalized": self.normalized,
+            "quantized": self.quantized,
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def _parse(cls, node: _Node) -> EncoderSpec:
+        files_node = node.node("files")
+        files = {role: files_node.str_(role) for role in ("model", "tokenizer")}
+        files_node.close()
+        spec = cls(
+            name=node.str_("name"),
+            source=node.str_("source"),
+            dim=node.int_("dim"),
+            max_tokens=node.int_("max_tokens"),
+            pooling=node.str_("pooling"),
+            normalized=node.bool_("normalized"),
+            quantized=node.bool_("quantized"),
+            files=files,
+        )
+        node.close()
+        if spec.dim <= 0:
+            raise _fail(f"encoder.dim: must be positive, got {spec.dim}")
+        if spec.max_tokens <= 0:
+            raise _fail(f"encoder.max_tokens: must be positive, got {spec.max_tokens}")
+        if spec.pooling != "mean":
+            raise _fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
+        if not spec.normalized:
+            raise _fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
+        return spec
+
+
+@dataclass(frozen=True)
+class DefaultPair:
+    """The (strong, weak) model pair the routers decide between."""
+
+    strong: str
+    weak: str
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """One router: its kind, its files (role -> bundle-relative path) and its kind-specific params."""
+
+    kind: str
+    files: Mapping[str, str]
+    params: Mapping[str, Any]
+    uses_encoder: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
+        return {
+            "kind": self.kind,
+            "uses_encoder": self.uses_encoder,
+            "files": dict(self.files),
+            "params": params,
+        }
+
+    @classmethod
+    def _parse(cls, node: _Node) -> RouterSpec:
+        kind = node.str_("kind")
+        if kind not in _KIND_SCHEMA:
+            raise _fail(
+                f"{node.key('kind')}: unknown router kind {kind!r} (known: {', '.join(ROUTER_KINDS)})"
+            )
+        roles, param_types, uses_encoder = _KIND_SCHEMA[kind]
+        got_uses = node.bool_("uses_encoder")
+        if got_uses != uses_encoder:
+            raise _fail(
+                f"{node.key('uses_encoder')}: must be {str(uses_encoder).lower()} for kind {kind}"
+            )
+        files_node = node.node("files")
+        files = {role: files_node.str_(role) for role in roles}
+        files_node.close()
+        params_node = node.node("params")
+        params: dict[str, Any] = {}
+        for pname, ptype in param_types.items():
+            if ptype == "int":
+                params[pname] = params_node.int_(pname)
+            elif ptype == "float":
+                params[pname] = params_node.float_(pname)
+            else:
+                items = params_node.list_(pname)
+                key = params_node.key(pname)
+                params[pname] = tuple(_as_str(v, f"{key}[{i}]") for i, v in enumerate(items))
+        params_node.close()
+        node.close()
+        _check_params(kind, params, node.key("params"))
+        return cls(kind=kind, files=files, params=params, uses_encoder=got_uses)
+
+
+def _check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
+    def positive(name: str) -> None:
+        if params[name] <= 0:
+            raise _fail(f"{where}.{name}: must be positive, got {params[name]}")
+
+    if kind == "mf":
+        positive("d_model")
+    elif kind == "sw_ranking":
+        for name in ("gamma", "scale", "n_tiers"):
+            positive(name)
+        if params["gamma"] <= 1.0:
+            raise _fail(f"{where}.gamma: must be > 1, got {params['gamma']}")
+        if params["base"] <= 1.0:
+            raise _fail(f"{where}.base: must be > 1, got {params['base']}")
+        for name in ("strong_tier", "weak_tier"):
+            if not 0 <= params[name] < params["n_tiers"]:
+                raise _fail(
+                    f"{where}.{name}: {params[name]} out of range [0, {params['n_tiers']})"
+                )
+    elif kind == "bert":
+        positive("max_tokens")
+        if tuple(params["labels"]) != BERT_LABELS:
+            raise _fail(f"{where}.labels: must be {list(BERT_LABELS)}, got {list(params['labels'])}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds per router for a grid of target strong-call shares (threshold_i = quantile_{1-p_i})."""
+
+    source: str
+    n_prompts: int
+    strong_share: tuple[float, ...]
+    thresholds: Mapping[str, tuple[float, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "n_prompts": self.n_prompts,
+            "strong_share": list(self.strong_share),
+            "thresholds": {name: list(values) for name, values in self.thresholds.items()},
+        }
+
+    @classmethod
+    def _parse(cls, node: _Node) -> Calibration:
+        source = node.str_("source")
+        n_prompts = node.int_("n_prompts")
+        share_key = node.key("strong_share")
+        share = tuple(_as_float(v, f"{share_key}[{i}]") for i, v in enumerate(node.list_("strong_share")))
+        th_node = node.node("thresholds")
+        thresholds: dict[str, tuple[float, ...]] = {}
+        for name in th_node.keys():
+            key = th_node.key(name)
+            values = th_node.raw(name)
+            if not isinstance(values, list):
+                raise _fail(f"{key}: expected list, got {_type_name(values)}")
+            thresholds[name] = tuple(_as_float(v, f"{key}[{i}]") for i, v in enumerate(values))
+        th_node.close()
+        node.close()
+        calib = cls(source=source, n_prompts=n_prompts, strong_share=share, thresholds=thresholds)
+        calib.check()
+        return calib
+
+    def check(self) -> None:
+        """Raise BundleError unless the table is usable: shares strictly increasing from 0 to 1,
+        thresholds in [0, 1] and non-increasing, one threshold per share."""
+        share = self.strong_share
+        if self.n_prompts <= 0:
+            raise _fail(f"calibration.n_prompts: must be positive, got {self.n_prompts}")
+        if len(share) < 2:
+            raise _fail(f"calibration.strong_share: needs at least 2 points, got {len(share)}")
+        if share[0] != 0.0 or share[-1] != 1.0:
+            raise _fail(
+                f"calibration.strong_share: must run from 0.0 to 1.0, got {share[0]} .. {share[-1]}"
+            )
+        for i in range(1, len(share)):
+            if not share[i] > share[i - 1]:
+                raise _fail(
+                    f"calibration.strong_share: not increasing at index {i} ({share[i - 1]} -> {share[i]})"
+                )
+        for name, values in self.thresholds.items():
+            key = f"calibration.thresholds.{name}"
+            if len(values) != len(share):
+                raise _fail(f"{key}: has {len(values)} points, strong_share has {len(share)}")
+            for i, v in enumerate(values):
+                if not 0.0 <= v <= 1.0:
+                    raise _fail(f"{key}[{i}]: {v} outside [0, 1]")
+            for i in range(1, len(values)):
+                if values[i] > values[i - 1]:
+                    raise _fail(
+                        f"{key}: not non-increasing at index {i} ({values[i - 1]} -> {values[i]})"
+                    )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the routers were trained on (fingerprint = sha256 of the comparison table)."""
+
+    fingerprint: str
+    n_comparisons: int
+    n_prompts: int
+    by_label_kind: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "n_comparisons": self.n_comparisons,
+            "n_prompts": self.n_prompts,
+            "by_label_kind": dict(self.by_label_kind),
+        }
+
+    @classmethod
+    def _parse(cls, node: _Node) -> TrainingData:
+        by_node = node.node("by_label_kind")
+        by_kind = {name: by_node.int_(name) for name in by_node.keys()}
+        by_node.close()
+        data = cls(
+            fingerprint=node.str_("fingerprint"),
+            n_comparisons=node.int_("n_comparisons"),
+            n_prompts=node.int_("n_prompts"),
+            by_label_kind=by_kind,
+        )
+        node.close()
+        return data
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest.json. Mappings keep the file's order (routers in manifest order)."""
+
+    bundle_version: str
+    created_at: str
+    encoder: EncoderSpec
+    models: tuple[str, ...]
+    default_pair: DefaultPair
+    elo: Mapping[str, float]
+    tiers: Mapping[str, int]
+    routers: Mapping[str, RouterSpec]
+    calibration: Calibration | None
+    training_data: TrainingData
+    library_versions: Mapping[str, str]
+    files: Mapping[str, FileEntry]
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "bundle_version": self.bundle_version,
+            "created_at": self.created_at,
+            "encoder": self.encoder.to_dict(),
+            "models": list(self.models),
+            "default_pair": {"strong": self.default_pair.strong, "weak": self.default_pair.weak},
+            "elo": dict(self.elo),
+            "tiers": dict(self.tiers),
+            "routers": {name: spec.to_dict() for name, spec in self.routers.items()},
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "training_data": self.training_data.to_dict(),
+            "library_versions": dict(self.library_versions),
+            "files": {p: {"sha256": e.sha256, "bytes": e.bytes} for p, e in self.files.items()},
+        }
+
+    def to_json(self) -> str:
+        """The manifest as JSON text (2-space indent, trailing newline); from_json(to_json()) == self."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and check manifest.json text; raise BundleError naming manifest.json on any problem."""
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _fail(f"not valid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Parse and check an already-decoded manifest object."""
+        root = _Node(data, "")
+        version = root.raw("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
+            raise _fail(f"unknown schema_version {version!r} (this build reads {SCHEMA_VERSION})")
+        encoder = EncoderSpec._parse(root.node("encoder"))
+        models_key = "models"
+        models = tuple(_as_str(v, f"{models_key}[{i}]") for i, v in enumerate(root.list_("models")))
+        pair_node = root.node("default_pair")
+        pair = DefaultPair(strong=pair_node.str_("strong"), weak=pair_node.str_("weak"))
+        pair_node.close()
+        elo_node = root.node("elo")
+        elo = {name: elo_node.float_(name) for name in elo_node.keys()}
+        tiers_node = root.node("tiers")
+        tiers = {name: tiers_node.int_(name) for name in tiers_node.keys()}
+        routers_node = root.node("routers")
+        routers: dict[str, RouterSpec] = {}
+        for name in routers_node.keys():
+            if not _ROUTER_NAME.match(name):
+                raise _fail(f"routers: invalid router name {name!r}")
+            routers[name] = RouterSpec._parse(routers_node.node(name))
+        calibration = None
+        if root.raw("calibration") is not None:
+            calibration = Calibration._parse(root.node("calibration"))
+        training = TrainingData._parse(root.node("training_data"))
+        lib_node = root.node("library_versions")
+        libs = {name: lib_node.str_(name) for name in lib_node.keys()}
+        files_node = root.node("files")
+        files: dict[str, FileEntry] = {}
+        for path in files_node.keys():
+            entry_node = files_node.node(path)
+            entry = FileEntry(sha256=entry_node.str_("sha256"), bytes=entry_node.int_("bytes"))
+            entry_node.close()
+            files[path] = entry
+        manifest = cls(
+            bundle_version=root.str_("bundle_version"),
+            created_at=root.str_("created_at"),
+            encoder=encoder,
+            models=models,
+            default_pair=pair,
+            elo=elo,
+            tiers=tiers,
+            routers=routers,
+            calibration=calibration,
+            training_data=training,
+            library_versions=libs,
+            files=files,
+        )
+        root.close()
+        manifest.check()
+        return manifest
+
+    # ---- consistency -----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise BundleError on any inconsistency visible from the manifest alone."""
+        if not self.bundle_version:
+            raise _fail("bundle_version: empty")
+        if not self.models:
+            raise _fail("models: empty")
+        if list(self.models) != sorted(set(self.models)):
+            dupes = sorted({m for m in self.models if self.models.count(m) > 1})
+            if dupes:
+                raise _fail(f"models: duplicate model {dupes[0]!r}")
+            raise _fail("models: not sorted")
+        known = set(self.models)
+        for role in ("strong", "weak"):
+            name = getattr(self.default_pair, role)
+            if name not in known:
+                raise _fail(f"default_pair.{role}: {name!r} is not in models")
+        if self.default_pair.strong == self.default_pair.weak:
+            raise _fail(f"default_pair: strong and weak are the same model {self.default_pair.strong!r}")
+        for table_name, table in (("elo", self.elo), ("tiers", self.tiers)):
+            for name in table:
+                if name not in known:
+                    raise _fail(f"{table_name}.{name}: not in models")
+            for name in self.models:
+                if name not in table:
+                    raise _fail(f"{table_name}: no entry for model {name!r}")
+        for name, tier in self.tiers.items():
+            if tier < 0:
+                raise _fail(f"tiers.{name}: negative tier {tier}")
+        if not self.routers:
+            raise _fail("routers: empty")
+        for path, entry in self.files.items():
+            _check_rel_path(path, f"files.{path}")
+            if not _SHA256.match(entry.sha256):
+                raise _fail(f"files.{path}.sha256: not a lowercase hex sha256")
+            if entry.bytes < 0:
+                raise _fail(f"files.{path}.bytes: negative")
+        self._check_file_refs()
+        self._check_sw_tiers()
+        if self.calibration is not None:
+            self._check_calibration_routers(self.calibration)
+
+    def _check_file_refs(self) -> None:
+        refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]
+        for name, spec in self.routers.items():
+            refs += [(f"routers.{name}.files.{role}", p) for role, p in spec.files.items()]
+        owners: dict[str, str] = {}
+        for where, path in refs:
+            _check_rel_path(path, where)
+            if path not in self.files:
+                raise _fail(f"{where}: {path} has no entry in files")
+            if path in owners:
+                raise _fail(f"{where}: {path} is also {owners[path]}")
+            owners[path] = where
+
+    def _check_sw_tiers(self) -> None:
+        for name, spec in self.routers.items():
+            if spec.kind != "sw_ranking":
+                continue
+            where = f"routers.{name}.params"
+            n_tiers = spec.params["n_tiers"]
+            for model, tier in self.tiers.items():
+                if tier >= n_tiers:
+                    raise _fail(f"tiers.{model}: tier {tier} out of range for {where}.n_tiers {n_tiers}")
+            for role in ("strong", "weak"):
+                model = getattr(self.default_pair, role)
+                if spec.params[f"{role}_tier"] != self.tiers[model]:
+                    raise _fail(
+                        f"{where}.{role}_tier: {spec.params[f'{role}_tier']} does not match "
+                        f"tiers.{model} = {self.tiers[model]}"
+                    )
+
+    def _check_calibration_routers(self, calibration: Calibration) -> None:
+        for name in self.routers:
+            if name not in calibration.thresholds:
+                raise _fail(f"calibration.thresholds: no entry for router {name!r}")
+        for name in calibration.thresholds:
+            if name not in self.routers:
+                raise _fail(f"calibration.thresholds.{name}: not a router of this bundle")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in manifest.json")

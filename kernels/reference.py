@@ -1,0 +1,330 @@
+"""NumPy reference implementation of the router math (the spec every faster core must match).
+
+Holds the scoring functions of docs/BUNDLE.md "Runtime API": the similarity-weighted Bradley-Terry
+router (`sw_cell_weights`, `bt_ratings_from_cells`, `sw_scores`), the matrix-factorisation router
+(`mf_logits`, `mf_pair_vector`) and the random router's hash (`random_scores`). All arithmetic is
+float64; nothing here imports torch or scipy.
+
+Rating convention. `bt_ratings_from_cells` returns ratings in natural log-odds units:
+P(a beats b) = 1 / (1 + exp(R_b - R_a)). RouteLLM's coefficients (its design matrix holds
++-log(base)) are the same ratings divided by log(base): P(a beats b) = 1 / (1 + base ** (r_b - r_a))
+with r = R / log(base), and its Elo is INIT + scale * r. The maximum-likelihood fit is invariant to
+that reparametrisation, so base and scale are cosmetic: the score 1 / (1 + base ** ((Elo_weak -
+Elo_strong) / scale)) equals sigmoid(R_strong - R_weak) for every base > 1 and scale > 0.
+
+Ties. A tie counts as half a win each way (RouteLLM's `compute_elo_mle_with_tie` duplicates every row
+and labels a tie's two copies once 1 and once 0; wins then carry twice the weight of each tie half,
+which is the same likelihood up to a factor 2).
+
+Existence. Without a penalty the MLE is finite only when, inside every connected group of tiers, the
+"beats or ties" graph is strongly connected. When it is not (e.g. a tier that only wins), the fit
+adds the ridge `RIDGE_REL * total_weight * ||R||^2`: a tiny penalty (1e-9 of the data) that makes the
+optimum finite while leaving every well-posed fit untouched. Separated tiers then end up roughly
+~15-20 log-odds apart (scores within ~1e-7 of 0 or 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "RIDGE_REL",
+    "bt_ratings_from_cells",
+    "mf_logits",
+    "mf_pair_vector",
+    "random_scores",
+    "sw_cell_weights",
+    "sw_scores",
+]
+
+RIDGE_REL = 1e-9
+"""Ridge (relative to the total cell weight) added only when the unpenalised MLE is infinite."""
+
+_GRAD_TOL_REL = 1e-12
+_MAX_NEWTON_ITER = 200
+
+F64 = NDArray[np.float64]
+
+
+def sw_cell_weights(
+    query_emb: NDArray[np.floating],
+    prompt_emb: NDArray[np.floating],
+    cell_counts: NDArray[np.floating],
+    gamma: float,
+) -> F64:
+    """Per-query cell weights c = w^T C with w_i = gamma ** (1 + sim_i / max_j sim_j).
+
+    query_emb [b, d], prompt_emb [n, d] (both L2-normalised), cell_counts [n, c] -> float64 [b, c].
+    Degenerate case: when a query's max_j sim_j <= 0 (it points away from every training prompt) the
+    similarities carry no usable scale and every prompt gets the same weight gamma.
+    """
+    q = _as_2d(query_emb, "query_emb")
+    x = _as_2d(prompt_emb, "prompt_emb")
+    counts = _as_2d(cell_counts, "cell_counts")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"query_emb has dim {q.shape[1]} but prompt_emb has dim {x.shape[1]}")
+    if counts.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"cell_counts has {counts.shape[0]} rows but prompt_emb has {x.shape[0]} prompts"
+        )
+    if not (gamma > 0.0 and math.isfinite(gamma)):
+        raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
+    if x.shape[0] == 0:
+        return np.zeros((q.shape[0], counts.shape[1]), dtype=np.float64)
+    sim = q @ x.T  # [b, n]
+    max_sim = sim.max(axis=1, keepdims=True)
+    ratio = np.divide(sim, max_sim, out=np.zeros_like(sim), where=max_sim > 0.0)
+    weights = np.power(float(gamma), 1.0 + ratio)
+    return weights @ counts
+
+
+def bt_ratings_from_cells(
+    cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int
+) -> F64:
+    """Weighted Bradley-Terry-with-ties ratings (natural log-odds units, sum 0) of `n_tiers` tiers.
+
+    cells [c, 3] = (tier_a, tier_b, outcome) with outcome 0 = a wins, 1 = b wins, 2 = tie;
+    cell_weights [c] >= 0. Unpenalised MLE by damped Newton until ||grad|| < 1e-12 * total weight,
+    gauge sum(R) = 0 within every connected group of tiers. Tiers in no positively weighted cell get
+    0. See the module docstring for the ridge used when the MLE is infinite.
+    """
+    a, b, y, w = _check_cells(cells, cell_weights, n_tiers)
+    ratings = np.zeros(n_tiers, dtype=np.float64)
+    keep = w > 0.0
+    if not np.any(keep):
+        return ratings
+    a, b, y, w = a[keep], b[keep], y[keep], w[keep]
+    present = np.unique(np.concatenate([a, b]))
+    local = np.full(n_tiers, -1, dtype=np.int64)
+    local[present] = np.arange(present.size)
+    la, lb = local[a], local[b]
+    k = present.size
+    total = float(w.sum())
+    beats = np.zeros((k, k), dtype=bool)  # beats[i, j]: i has a win (or tie) against j
+    beats[la[y > 0.0], lb[y > 0.0]] = True
+    beats[lb[y < 1.0], la[y < 1.0]] = True
+    ridge = 0.0 if _mle_exists(beats) else RIDGE_REL * total
+    gauge = _gauge_matrix(beats | beats.T)
+    ratings[present] = _newton(la, lb, y, w, k, ridge, gauge, total)
+    return ratings
+
+
+def sw_scores(
+    query_emb: NDArray[np.floating],
+    prompt_emb: NDArray[np.floating],
+    cell_counts: NDArray[np.floating],
+    cells: NDArray[np.integer],
+    n_tiers: int,
+    strong_tier: int,
+    weak_tier: int,
+    gamma: float = 10.0,
+    base: float = 10.0,
+) -> F64:
+    """sw_ranking scores [b]: P(strong tier beats weak tier) under the per-query weighted BT fit.
+
+    Computed as 1 / (1 + base ** ((r_weak - r_strong))) with r = R / log(base), which equals
+    sigmoid(R_strong - R_weak) (base is cosmetic, see the module docstring).
+    """
+    if not (base > 1.0 and math.isfinite(base)):
+        raise ValueError(f"base must be a finite number > 1, got {base!r}")
+    for name, tier in (("strong_tier", strong_tier), ("weak_tier", weak_tier)):
+        if not 0 <= tier < n_tiers:
+            raise ValueError(f"{name} {tier} is outside 0..{n_tiers - 1}")
+    weights = sw_cell_weights(query_emb, prompt_emb, cell_counts, gamma)
+    if weights.shape[1] != np.asarray(cells).shape[0]:
+        raise ValueError(
+            f"cell_counts has {weights.shape[1]} columns but cells has {np.asarray(cells).shape[0]} rows"
+        )
+    log_base = math.log(base)
+    out = np.empty(weights.shape[0], dtype=np.float64)
+    for i in range(weights.shape[0]):
+        r = bt_ratings_from_cells(cells, weights[i], n_tiers) / log_base
+        out[i] = 1.0 / (1.0 + base ** (r[weak_tier] - r[strong_tier]))
+    return out
+
+
+def mf_logits(
+    emb: NDArray[np.floating],
+    text_proj: NDArray[np.floating],
+    model_emb: NDArray[np.floating],
+    classifier: NDArray[np.floating],
+) -> F64:
+    """Per-model mf logits [b, n_models]: logit_m(e) = w . (P_m / ||P_m|| * (W e)).
+
+    emb [b, d_text], text_proj W [d_model, d_text], model_emb P [n_models, d_model], classifier w
+    [d_model].
+    """
+    e = _as_2d(emb, "emb")
+    w_proj, p_unit, w_cls = _check_mf(text_proj, model_emb, classifier)
+    if e.shape[1] != w_proj.shape[1]:
+        raise ValueError(f"emb has dim {e.shape[1]} but text_proj expects {w_proj.shape[1]}")
+    z = e @ w_proj.T  # [b, d_model]
+    return z @ (p_unit * w_cls[None, :]).T
+
+
+def mf_pair_vector(
+    text_proj: NDArray[np.floating],
+    model_emb: NDArray[np.floating],
+    classifier: NDArray[np.floating],
+    strong_idx: int,
+    weak_idx: int,
+) -> F64:
+    """The collapsed vector u [d_text] with u . e = logit_strong(e) - logit_weak(e)."""
+    w_proj, p_unit, w_cls = _check_mf(text_proj, model_emb, classifier)
+    n_models = p_unit.shape[0]
+    for name, idx in (("strong_idx", strong_idx), ("weak_idx", weak_idx)):
+        if not 0 <= idx < n_models:
+            raise ValueError(f"{name} {idx} is outside 0..{n_models - 1}")
+    return w_proj.T @ ((p_unit[strong_idx] - p_unit[weak_idx]) * w_cls)
+
+
+def random_scores(texts: Sequence[str], seed: int) -> F64:
+    """Deterministic scores in [0, 1): the first 8 bytes (big-endian) of
+    sha256(ascii(str(seed)) + b"\\x00" + utf8(text)), top 53 bits divided by 2**53."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string")
+    prefix = str(int(seed)).encode("ascii") + b"\x00"
+    out = np.empty(len(texts), dtype=np.float64)
+    for i, text in enumerate(texts):
+        digest = hashlib.sha256(prefix + text.encode("utf-8")).digest()
+        out[i] = (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _as_2d(arr: NDArray[np.floating], name: str) -> F64:
+    out = np.asarray(arr, dtype=np.float64)
+    if out.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {out.shape}")
+    return out
+
+
+def _check_mf(
+    text_proj: NDArray[np.floating],
+    model_emb: NDArray[np.floating],
+    classifier: NDArray[np.floating],
+) -> tuple[F64, F64, F64]:
+    w_proj = _as_2d(text_proj, "text_proj")
+    p = _as_2d(model_emb, "model_emb")
+    w_cls = np.asarray(classifier, dtype=np.float64)
+    if w_cls.ndim != 1 or w_cls.shape[0] != w_proj.shape[0] or p.shape[1] != w_proj.shape[0]:
+        raise ValueError(
+            f"mf shapes disagree: text_proj {w_proj.shape}, model_emb {p.shape}, "
+            f"classifier {w_cls.shape} (want [k, d], [m, k], [k])"
+        )
+    norms = np.linalg.norm(p, axis=1, keepdims=True)
+    if np.any(norms == 0.0):
+        raise ValueError("model_emb has an all-zero row: it cannot be normalised")
+    return w_proj, p / norms, w_cls
+
+
+def _check_cells(
+    cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], F64, F64]:
+    c = np.asarray(cells)
+    w = np.asarray(cell_weights, dtype=np.float64)
+    if n_tiers < 1:
+        raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise ValueError(f"cells must have shape [c, 3], got {c.shape}")
+    if w.shape != (c.shape[0],):
+        raise ValueError(f"cell_weights must have shape ({c.shape[0]},), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0.0):
+        raise ValueError("cell_weights must be finite and >= 0")
+    c = c.astype(np.int64)
+    a, b, outcome = c[:, 0], c[:, 1], c[:, 2]
+    if np.any((a < 0) | (a >= n_tiers) | (b < 0) | (b >= n_tiers)):
+        raise ValueError(f"cells hold a tier outside 0..{n_tiers - 1}")
+    if np.any(a == b):
+        raise ValueError("cells hold a same-tier cell (tier_a == tier_b): it carries no information")
+    if np.any((outcome < 0) | (outcome > 2)):
+        raise ValueError("cells hold an outcome outside {0, 1, 2}")
+    y = np.select([outcome == 0, outcome == 1], [1.0, 0.0], default=0.5)  # P(a wins) target
+    return a, b, y, w
+
+
+def _mle_exists(beats: NDArray[np.bool_]) -> bool:
+    """True when every connected group of the comparison graph is strongly connected in `beats`."""
+    reach = _closure(beats)
+    linked = _closure(beats | beats.T)
+    return bool(np.all(reach[linked]))
+
+
+def _closure(adj: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Reflexive-transitive closure of a small boolean adjacency matrix."""
+    k = adj.shape[0]
+    reach = adj | np.eye(k, dtype=bool)
+    while True:
+        nxt = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0
+        if np.array_equal(nxt, reach):
+            return reach
+        reach = nxt
+
+
+def _gauge_matrix(linked: NDArray[np.bool_]) -> F64:
+    """Sum over connected groups g of 1_g 1_g^T / |g|: added to the Hessian it fixes sum(R_g) = 0."""
+    comp = _closure(linked).astype(np.float64)
+    return comp / comp.sum(axis=1, keepdims=True)
+
+
+def _objective(
+    r: F64, la: NDArray[np.int64], lb: NDArray[np.int64], y: F64, w: F64, ridge: float
+) -> float:
+    d = r[la] - r[lb]
+    nll = y * np.logaddexp(0.0, -d) + (1.0 - y) * np.logaddexp(0.0, d)
+    return float(np.dot(w, nll) + ridge * np.dot(r, r))
+
+
+def _newton(
+    la: NDArray[np.int64],
+    lb: NDArray[np.int64],
+    y: F64,
+    w: F64,
+    k: int,
+    ridge: float,
+    gauge: F64,
+    total: float,
+) -> F64:
+    """Minimise the negative log-likelihood (+ ridge) by Newton with backtracking."""
+    r = np.zeros(k, dtype=np.float64)
+    f = _objective(r, la, lb, y, w, ridge)
+    tol = _GRAD_TOL_REL * total
+    for _ in range(_MAX_NEWTON_ITER):
+        d = r[la] - r[lb]
+        p = 0.5 * (1.0 + np.tanh(0.5 * d))  # sigmoid, stable
+        resid = w * (p - y)
+        grad = np.bincount(la, resid, minlength=k) - np.bincount(lb, resid, minlength=k)
+        grad += 2.0 * ridge * r
+        if float(np.linalg.norm(grad)) < tol:
+            break
+        curv = w * p * (1.0 - p)
+        hess = np.zeros((k, k), dtype=np.float64)
+        np.add.at(hess, (la, la), curv)
+        np.add.at(hess, (lb, lb), curv)
+        np.add.at(hess, (la, lb), -curv)
+        np.add.at(hess, (lb, la), -curv)
+        hess[np.diag_indices(k)] += 2.0 * ridge
+        if ridge == 0.0:
+            hess += gauge * max(float(np.trace(hess)) / k, 1e-300)
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while True:
+            cand = r - t * step
+            f_new = _objective(cand, la, lb, y, w, ridge)
+            if f_new <= f + 1e-4 * t * (-float(np.dot(grad, step))) or t < 1e-10:
+                break
+            t *= 0.5
+        if t < 1e-10:
+            break  # at the floating-point floor: no further decrease is representable
+        r, f = cand, f_new
+        if t * float(np.linalg.norm(step)) <= 1e-15 * (1.0 + float(np.linalg.norm(r))):
+            break  # the step no longer changes r
+    return r

@@ -1,0 +1,163 @@
+"""BundleScorer: the product Scorer over a loaded router bundle (encoder + routers from lmroute_bundle).
+
+One call tokenises the batch once and embeds it once; every router of the batch reads that one
+encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
+encoder runs on length-sorted chunks of `encoder_chunk_size` prompts, so short prompts are not padded
+to the longest one (on CPU this is worth ~3x over one padded run of 32 mixed-length prompts). `providers_for_device`
+turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime has no CUDA provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmroute_bundle.encoder import TokenBatch
+from lmroute_bundle.loader import Bundle, load_bundle
+from lmroute_bundle.routers import PromptBatch
+from lmroute_service.errors import ConfigError
+from lmroute_service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+
+__all__ = ["BundleScorer", "providers_for_device", "WARMUP_PROMPTS"]
+
+WARMUP_PROMPTS: tuple[str, ...] = (
+    "Hello!",
+    "Write a Python function that merges two sorted lists and explain its complexity.",
+    "Prove that the square root of two is irrational. " * 8,
+)
+
+
+def providers_for_device(device: str) -> tuple[str, ...]:
+    """ONNX Runtime providers for `device` ('cpu' or 'cuda'); ConfigError when cuda is not there."""
+    if device == "cpu":
+        return ("CPUExecutionProvider",)
+    if device == "cuda":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise ConfigError(
+                "device: cuda asked but onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
+            )
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    raise ConfigError(f"device: must be one of cpu, cuda (got {device!r})")
+
+
+class BundleScorer:
+    """Scorer over one Bundle; call from one thread at a time (the scheduler's scoring thread)."""
+
+    def __init__(self, bundle: Bundle, *, encoder_chunk_size: int = 8) -> None:
+        if encoder_chunk_size < 1:
+            raise ValueError(f"encoder_chunk_size must be >= 1, got {encoder_chunk_size}")
+        self.bundle = bundle
+        self.encoder_chunk_size = encoder_chunk_size
+        self._names = tuple(bundle.routers)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int = 1,
+        encoder_chunk_size: int = 8,
+    ) -> BundleScorer:
+        """Load and validate the bundle at `path` (raises BundleError naming the bad file)."""
+        providers = providers_for_device(device)
+        bundle = load_bundle(path, providers=providers, intra_op_threads=intra_op_threads)
+        return cls(bundle, encoder_chunk_size=encoder_chunk_size)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def router_names(self) -> tuple[str, ...]:
+        return self._names
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [int(n) for n in self.bundle.encoder.tokenize(texts).n_tokens]
+
+    def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
+        n = len(texts)
+        if len(routers) != n:
+            raise ValueError(f"score: {n} texts but {len(routers)} router lists")
+        tokens = self.bundle.encoder.tokenize(texts)
+        wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
+        for name in wanted:
+            if name not in self.bundle.routers:
+                raise KeyError(f"unknown router {name!r}")
+        needs_emb = any(self.bundle.routers[r].uses_encoder for r in wanted)
+        emb = self._embed(tokens) if needs_emb else None
+        full = PromptBatch(list(texts), tokens, emb)
+        scores: dict[str, np.ndarray] = {}
+        for name in wanted:
+            idx = [i for i, rs in enumerate(routers) if name in rs]
+            if len(idx) == n:
+                batch = full
+            else:
+                batch = PromptBatch(
+                    [texts[i] for i in idx],
+                    tokens.select(idx),
+                    None if emb is None else emb[idx],
+                )
+            col = np.full(n, np.nan)
+            col[idx] = np.asarray(self.bundle.routers[name].score(batch), dtype=np.float64)
+            scores[name] = col
+        return ScoredBatch(
+            n_tokens=np.asarray(tokens.n_tokens, dtype=np.int64),
+            truncated=np.asarray(tokens.truncated, dtype=bool),
+            scores=scores,
+        )
+
+    def _embed(self, tokens: TokenBatch) -> np.ndarray:
+        """Embeddings of every row, computed on length-sorted chunks, in the original order."""
+        n = len(tokens)
+        if n <= self.encoder_chunk_size:
+            return self.bundle.encoder.embed(tokens)
+        order = np.argsort(tokens.n_tokens, kind="stable")
+        out = np.empty((n, self.bundle.encoder.dim), dtype=np.float32)
+        for start in range(0, n, self.encoder_chunk_size):
+            idx = order[start : start + self.encoder_chunk_size]
+            out[idx] = self.bundle.encoder.embed(tokens.select(idx))
+        return out
+
+    def warmup(self) -> None:
+        """Score the warm-up prompts with every router (first ONNX runs allocate)."""
+        self.score(list(WARMUP_PROMPTS), [self._names] * len(WARMUP_PROMPTS))
+
+    def threshold_for_share(self, router: str, share: float) -> float:
+        return self.bundle.threshold_for_share(router, share)
+
+    def catalog(self) -> Catalog:
+        m = self.bundle.manifest
+        cal = m.calibration
+        routers = tuple(
+            RouterDescription(
+                name=name,
+                kind=r.kind,
+                uses_encoder=r.uses_encoder,
+                calibration_strong_share=tuple(cal.strong_share) if cal else (),
+                calibration_thresholds=tuple(cal.thresholds.get(name, ())) if cal else (),
+            )
+            for name, r in self.bundle.routers.items()
+        )
+        models = tuple(
+            ModelDescription(name, float(m.elo.get(name, 0.0)), int(m.tiers.get(name, 0)))
+            for name in m.models
+        )
+        return Catalog(
+            version=m.bundle_version,
+            routers=routers,
+            models=models,
+            strong_model=m.default_pair.strong,
+            weak_model=m.default_pair.weak,
+            encoder_name=m.encoder.name,
+            encoder_dim=m.encoder.dim,
+            encoder_max_tokens=m.encoder.max_tokens,
+            encoder_pooling=m.encoder.pooling,
+            encoder_quantized=m.encoder.quantized,
+        )

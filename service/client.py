@@ -1,0 +1,116 @@
+"""RouterClient: a small typed synchronous client for lmroute.v1.RouterService (users and tests).
+
+    with RouterClient("127.0.0.1:50051") as c:
+        c.health()                                   # "SERVING"
+        r = c.score(["Prove Fermat's little theorem"], routers=["mf"])
+        d = c.route("hi", router="mf", strong_share=0.3)
+        d.chosen_model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lmroute.v1 import router_pb2, router_pb2_grpc
+
+__all__ = ["RouterClient", "PromptLike", "to_prompt"]
+
+# A prompt: plain text, or a conversation as [{"role": "user", "content": "..."}, ...].
+PromptLike = str | Sequence[Mapping[str, str]]
+
+
+def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False) -> router_pb2.Prompt:
+    """Build the wire Prompt for text or a list of {"role", "content"} turns."""
+    if isinstance(prompt, str):
+        return router_pb2.Prompt(text=prompt)
+    conv = router_pb2.Conversation(
+        messages=[router_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in prompt]
+    )
+    sel = router_pb2.TURN_SELECTION_ALL_USER if all_user_turns else router_pb2.TURN_SELECTION_LAST_USER
+    return router_pb2.Prompt(conversation=conv, turn_selection=sel)
+
+
+class RouterClient:
+    """Blocking client over one channel; every call takes an optional timeout (seconds)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float | None = 10.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        request_id: str | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.request_id = request_id
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> RouterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _kw(self, timeout_s: float | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"timeout": timeout_s if timeout_s is not None else self.timeout_s}
+        if self.request_id:
+            kw["metadata"] = (("x-request-id", self.request_id),)
+        return kw
+
+    def score(
+        self,
+        prompts: Sequence[PromptLike],
+        routers: Sequence[str] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> router_pb2.ScoreResponse:
+        """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
+        req = router_pb2.ScoreRequest(prompts=[to_prompt(p) for p in prompts], routers=list(routers))
+        return self.stub.Score(req, **self._kw(timeout_s))
+
+    def route(
+        self,
+        prompt: PromptLike,
+        *,
+        router: str,
+        threshold: float | None = None,
+        strong_share: float | None = None,
+        timeout_s: float | None = None,
+    ) -> router_pb2.RouteResponse:
+        """Decide strong vs weak for one prompt; give exactly one of threshold / strong_share."""
+        req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
+        if threshold is not None:
+            req.threshold = threshold
+        if strong_share is not None:
+            req.strong_share = strong_share
+        return self.stub.Route(req, **self._kw(timeout_s))
+
+    def list_routers(self, *, timeout_s: float | None = None) -> router_pb2.ListRoutersResponse:
+        """What is loaded: routers, models, encoder, calibration, bundle version."""
+        return self.stub.ListRouters(router_pb2.ListRoutersRequest(), **self._kw(timeout_s))
+
+    def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
+        """One router's description (NOT_FOUND when unknown)."""
+        return self.stub.GetRouter(router_pb2.GetRouterRequest(name=name), **self._kw(timeout_s))
+
+    def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
+        """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
+        resp = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

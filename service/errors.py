@@ -1,0 +1,153 @@
+"""The service's exception tree and the ONE table mapping each error to a gRPC status code.
+
+    ServiceError                       base; carries a stable `reason` string (google.rpc.ErrorInfo)
+    +-- InvalidArgument                INVALID_ARGUMENT; the message names the field, `prompts[3]: empty prompt`
+    +-- NotFound                       NOT_FOUND (unknown router)
+    +-- QueueFull                      RESOURCE_EXHAUSTED (admission refused; retry after a delay)
+    +-- QueueTimeout                   UNAVAILABLE (waited in the queue longer than queue_timeout_ms)
+    +-- NotReady                       UNAVAILABLE (bundle not loaded and warmed yet)
+    +-- Draining                       UNAVAILABLE (shutting down; no new work)
+    +-- DeadlineExpired                DEADLINE_EXCEEDED (client deadline passed before scoring)
+    +-- ScorerFailed                   INTERNAL (the scorer raised; details logged, not returned)
+    ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
+
+This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
+Codes are google.rpc.Code numbers (`Code`), whose names equal grpc.StatusCode member names.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Code",
+    "ConfigError",
+    "DeadlineExpired",
+    "Draining",
+    "InvalidArgument",
+    "NotFound",
+    "NotReady",
+    "QueueFull",
+    "QueueTimeout",
+    "ScorerFailed",
+    "ServiceError",
+    "StatusInfo",
+    "status_of",
+]
+
+
+class Code(enum.IntEnum):
+    """The google.rpc.Code values this service returns."""
+
+    OK = 0
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    RESOURCE_EXHAUSTED = 8
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the field, e.g. `port: must be in [0, 65535] (got -1)`."""
+
+
+class ServiceError(Exception):
+    """Base of every error the service returns; `reason` is a stable UPPER_SNAKE machine reason."""
+
+    default_reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+
+
+class InvalidArgument(ServiceError):
+    """A request field is invalid; the message starts with the field path."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    """A named thing (router) does not exist."""
+
+    default_reason = "ROUTER_NOT_FOUND"
+
+
+class QueueFull(ServiceError):
+    """Admission refused: the queue holds max_queue prompts already."""
+
+    default_reason = "QUEUE_FULL"
+
+
+class QueueTimeout(ServiceError):
+    """The prompt waited longer than queue_timeout_ms and was dropped before scoring."""
+
+    default_reason = "QUEUE_TIMEOUT"
+
+
+class NotReady(ServiceError):
+    """The bundle is not loaded and warmed yet."""
+
+    default_reason = "NOT_READY"
+
+
+class Draining(ServiceError):
+    """The server is shutting down and takes no new work."""
+
+    default_reason = "DRAINING"
+
+
+class DeadlineExpired(ServiceError):
+    """The client's deadline passed before the prompt reached the scorer."""
+
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class ScorerFailed(ServiceError):
+    """The scorer raised; the wire message is generic and the details are logged."""
+
+    default_reason = "SCORER_FAILED"
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    """How one error goes on the wire: status code, ErrorInfo reason, message, optional retry delay."""
+
+    code: Code
+    reason: str
+    message: str
+    retry_after_ms: int | None = None
+
+
+# THE table: exception class -> (status code, retry delay hint in ms or None).
+_TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
+    InvalidArgument: (Code.INVALID_ARGUMENT, None),
+    NotFound: (Code.NOT_FOUND, None),
+    QueueFull: (Code.RESOURCE_EXHAUSTED, 50),
+    QueueTimeout: (Code.UNAVAILABLE, 100),
+    NotReady: (Code.UNAVAILABLE, 1000),
+    Draining: (Code.UNAVAILABLE, 1000),
+    DeadlineExpired: (Code.DEADLINE_EXCEEDED, None),
+    ScorerFailed: (Code.INTERNAL, None),
+}
+
+_INTERNAL_MESSAGE = "internal error"
+
+
+def status_of(exc: BaseException) -> StatusInfo:
+    """The wire status of any exception: a ServiceError by the table, anything else INTERNAL.
+
+    Messages of ScorerFailed and of unknown exceptions are replaced by a generic text so that no
+    internals leak; log the exception itself.
+    """
+    if isinstance(exc, ServiceError):
+        for cls in type(exc).__mro__:
+            if cls in _TABLE:
+                code, retry = _TABLE[cls]  # type: ignore[index]
+                message = _INTERNAL_MESSAGE if code is Code.INTERNAL else exc.message
+                return StatusInfo(code, exc.reason, message, retry)
+    return StatusInfo(Code.INTERNAL, "INTERNAL", _INTERNAL_MESSAGE, None)

@@ -1,0 +1,126 @@
+"""FakeScorer: a deterministic in-process Scorer for tests and demos that blocks, fails or is slow on cue.
+
+Scores are a hash of (router, text) mapped to [0, 1), so batched == single by construction. Tokens are
+whitespace-separated words + 2 special tokens, capped at `max_tokens`. Every call is recorded in
+`calls` (the texts of each batch, in order) so tests can prove what reached the scorer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from lmroute_service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+
+__all__ = ["FakeScorer", "FakeScorerError"]
+
+
+class FakeScorerError(RuntimeError):
+    """Raised by FakeScorer.score for a batch holding a text that contains `fail_marker`."""
+
+
+class FakeScorer:
+    """A Scorer double: `block()` / `release()` gate scoring; `fail_marker` texts make a batch raise."""
+
+    def __init__(
+        self,
+        routers: Sequence[str] = ("random", "mf"),
+        *,
+        version: str = "fake-1",
+        max_tokens: int = 256,
+        delay_s: float = 0.0,
+        fail_marker: str = "<fail>",
+    ) -> None:
+        self._routers = tuple(routers)
+        self._version = version
+        self.max_tokens = max_tokens
+        self.delay_s = delay_s
+        self.fail_marker = fail_marker
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()  # set when a score() call starts
+        self._gate = threading.Event()
+        self._gate.set()
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def router_names(self) -> tuple[str, ...]:
+        return self._routers
+
+    def describe(self) -> list[RouterDescription]:
+        """Descriptions with a two-point calibration table (share p -> threshold 1 - p)."""
+        return [RouterDescription(r, "fake", True, (0.0, 1.0), (1.0, 0.0)) for r in self._routers]
+
+    def catalog(self) -> Catalog:
+        """A catalog with a fake strong/weak pair."""
+        return Catalog(
+            version=self._version,
+            routers=tuple(self.describe()),
+            models=(ModelDescription("fake-strong", 1100.0, 1), ModelDescription("fake-weak", 900.0, 0)),
+            strong_model="fake-strong",
+            weak_model="fake-weak",
+            encoder_name="fake-encoder",
+            encoder_dim=4,
+            encoder_max_tokens=self.max_tokens,
+            encoder_pooling="mean",
+            encoder_quantized=False,
+        )
+
+    def threshold_for_share(self, router: str, share: float) -> float:
+        """Threshold 1 - share (the fake calibration table)."""
+        if router not in self._routers:
+            raise KeyError(router)
+        return 1.0 - share
+
+    def warmup(self) -> None:
+        """Nothing to warm; kept so the server treats every scorer alike."""
+
+    def block(self) -> None:
+        """Make score() wait until release() is called."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Let blocked and future score() calls proceed."""
+        self._gate.set()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [min(len(t.split()) + 2, self.max_tokens) for t in texts]
+
+    def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
+        with self._lock:
+            self.calls.append(list(texts))
+        self.entered.set()
+        self._gate.wait()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if any(self.fail_marker in t for t in texts):
+            raise FakeScorerError(f"fake failure on cue ({len(texts)} texts)")
+        n = len(texts)
+        scores: dict[str, np.ndarray] = {}
+        for name in {r for rs in routers for r in rs}:
+            if name not in self._routers:
+                raise KeyError(f"unknown router {name!r}")
+            col = np.full(n, np.nan)
+            for i, rs in enumerate(routers):
+                if name in rs:
+                    col[i] = self.score_one(name, texts[i])
+            scores[name] = col
+        words = np.array([len(t.split()) + 2 for t in texts], dtype=np.int64)
+        return ScoredBatch(
+            n_tokens=np.minimum(words, self.max_tokens),
+            truncated=words > self.max_tokens,
+            scores=scores,
+        )
+
+    @staticmethod
+    def score_one(router: str, text: str) -> float:
+        """The score FakeScorer gives `text` under `router`."""
+        digest = hashlib.sha256(f"{router}\0{text}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -1,0 +1,62 @@
+"""`lmroute-serve`: parse config, check the device, serve until SIGTERM/SIGINT, drain, exit.
+
+Exit codes: 0 after a clean drain; 2 for a bad setting (message on stderr, prefixed
+`lmroute-serve: config error:`); 1 when the bundle cannot be loaded (message names the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from lmroute_service.config import ServiceConfig, config_from_cli
+from lmroute_service.errors import ConfigError
+from lmroute_service.logs import configure_logging
+from lmroute_service.server import RouterServer
+
+__all__ = ["main", "serve", "DEFAULT_BUNDLE"]
+
+DEFAULT_BUNDLE = Path("artifacts/bundle")
+_log = structlog.get_logger("lmroute.main")
+
+
+async def serve(cfg: ServiceConfig) -> int:
+    """Run one server until SIGTERM or SIGINT; return the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = RouterServer(cfg)
+    try:
+        port = await server.start()
+    except ConfigError as exc:
+        print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # BundleError and friends: the message names the file
+        _log.error("load_failed", error=str(exc), kind=type(exc).__name__)
+        print(f"lmroute-serve: cannot load bundle: {exc}", file=sys.stderr)
+        return 1
+    print(f"lmroute-serve: serving on {cfg.host}:{port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lmroute-serve` (see `lmroute-serve --help`)."""
+    try:
+        cfg = config_from_cli(argv, default_bundle=DEFAULT_BUNDLE)
+    except ConfigError as exc:
+        print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.log_level)
+    return asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

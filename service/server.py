@@ -1,0 +1,157 @@
+"""RouterServer: the grpc.aio server's lifecycle (bind, health, reflection, load + warm, drain, stop).
+
+Order of start: bind and start the gRPC server with health NOT_SERVING (so probes get an answer while
+the bundle loads), load the scorer in a thread, warm it, start the scheduler, then flip health to
+SERVING. Stop: health NOT_SERVING, new RPCs refused (DRAINING), in-flight RPCs get `grace_s`, then the
+scheduler finishes its queue and its threads stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lmroute.v1 import router_pb2, router_pb2_grpc
+from lmroute_service.config import ServiceConfig
+from lmroute_service.interceptors import RequestContextInterceptor
+from lmroute_service.scheduler import BatchPolicy, Scheduler
+from lmroute_service.scorer_api import Scorer
+from lmroute_service.servicer import RouterServicer
+
+__all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer"]
+
+SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_log = structlog.get_logger("lmroute.server")
+
+
+def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
+    """The one list of channel options: message-size limits and keepalive."""
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def load_bundle_scorer(cfg: ServiceConfig) -> Scorer:
+    """Default scorer factory: load and validate cfg.bundle_path on cfg.device."""
+    from lmroute_service.bundle_scorer import BundleScorer
+
+    return BundleScorer.load(
+        cfg.bundle_path,
+        device=cfg.device,
+        intra_op_threads=cfg.intra_op_threads,
+        encoder_chunk_size=cfg.encoder_chunk_size,
+    )
+
+
+class RouterServer:
+    """One serving process: `await start()`, then `await stop()` (or `serve_until(event)`)."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        scorer_factory: Callable[[ServiceConfig], Scorer] = load_bundle_scorer,
+    ) -> None:
+        self.config = config
+        self._factory = scorer_factory
+        self.servicer = RouterServicer(max_prompts_per_request=config.max_prompts_per_request)
+        self.health = health.aio.HealthServicer()
+        self.scheduler: Scheduler | None = None
+        self.scorer: Scorer | None = None
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind, serve NOT_SERVING, load + warm the scorer, then SERVING. Returns the bound port.
+
+        Raises whatever loading raises (BundleError, ConfigError) after stopping the server.
+        """
+        port = await self.bind()
+        await self.load()
+        return port
+
+    async def bind(self) -> int:
+        """Build the gRPC server (health NOT_SERVING, reflection on), bind and start it; the port."""
+        cfg = self.config
+        server = grpc.aio.server(
+            options=grpc_options(cfg), interceptors=[RequestContextInterceptor()]
+        )
+        router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+        await server.start()
+        self._server = server
+        _log.info("listening", host=cfg.host, port=self.port, config=cfg.redacted())
+        return self.port
+
+    async def load(self) -> None:
+        """Load + warm the scorer, start the scheduler, flip health to SERVING.
+
+        On failure the gRPC server is stopped and the error re-raised (health never says SERVING).
+        """
+        try:
+            await self._load()
+        except BaseException:
+            if self._server is not None:
+                await self._server.stop(0)
+            raise
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        scorer = await loop.run_in_executor(None, self._factory, self.config)
+        if self.config.warmup:
+            warm = getattr(scorer, "warmup", None)
+            if warm is not None:
+                await loop.run_in_executor(None, warm)
+        scheduler = Scheduler(scorer, BatchPolicy.from_config(self.config))
+        scheduler.start()
+        self.scorer, self.scheduler = scorer, scheduler
+        self.servicer.attach(scheduler, scorer.catalog())
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info("serving", version=scorer.version, routers=list(scorer.router_names))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, give in-flight calls `grace_s`, stop the scheduler."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        _log.info("draining", grace_s=grace)
+        await self.health.enter_graceful_shutdown()
+        self.servicer.draining = True
+        if self._server is not None:
+            await self._server.stop(grace)
+        stats: dict[str, object] = {}
+        if self.scheduler is not None:
+            await self.scheduler.close()
+            st = self.scheduler.stats
+            stats = {
+                "batches": st.batches,
+                "items_scored": st.items_scored,
+                "mean_batch": round(st.items_scored / st.batches, 2) if st.batches else 0.0,
+                "rejected_queue_full": st.rejected_queue_full,
+                "dropped_cancelled": st.dropped_cancelled,
+                "dropped_queue_timeout": st.dropped_queue_timeout,
+                "dropped_deadline": st.dropped_deadline,
+            }
+        _log.warning("stopped", **stats)
+
+    async def wait(self) -> None:
+        """Wait until the gRPC server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,176 @@
+"""RouterService servicer: wire messages <-> scheduler calls. No ONNX or NumPy here.
+
+Each RPC validates its request (InvalidArgument naming the field), asks the scheduler, and builds the
+response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as ServiceError and turned into a gRPC status by the
+interceptor (lmroute_service.interceptors); per-prompt errors go into PromptScores.status.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import grpc
+
+from lmroute.v1 import router_pb2, router_pb2_grpc
+from lmroute_service.errors import (
+    Code,
+    DeadlineExpired,
+    Draining,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    QueueTimeout,
+    ServiceError,
+    status_of,
+)
+from lmroute_service.prompts import prompt_text
+from lmroute_service.scheduler import ItemResult, Scheduler
+from lmroute_service.scorer_api import Catalog, RouterDescription
+
+__all__ = ["RouterServicer"]
+
+
+def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
+    return router_pb2.RouterInfo(
+        name=r.name,
+        kind=r.kind,
+        uses_encoder=r.uses_encoder,
+        calibration_strong_share=list(r.calibration_strong_share),
+        calibration_thresholds=list(r.calibration_thresholds),
+    )
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """Implements lmroute.v1.RouterService over a Scheduler attached once the bundle is ready."""
+
+    def __init__(self, *, max_prompts_per_request: int) -> None:
+        self.max_prompts_per_request = max_prompts_per_request
+        self.scheduler: Scheduler | None = None
+        self.catalog: Catalog | None = None
+        self.draining = False
+
+    def attach(self, scheduler: Scheduler, catalog: Catalog) -> None:
+        """Start serving with this scheduler (called after load and warm-up)."""
+        self.catalog = catalog
+        self.scheduler = scheduler
+
+    def _ready(self) -> tuple[Scheduler, Catalog]:
+        if self.draining:
+            raise Draining("server is shutting down")
+        if self.scheduler is None or self.catalog is None:
+            raise NotReady("bundle not loaded and warmed yet")
+        return self.scheduler, self.catalog
+
+    async def Score(
+        self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ScoreResponse:
+        sched, catalog = self._ready()
+        n = len(request.prompts)
+        if n == 0:
+            raise InvalidArgument("prompts: at least one prompt required", reason="NO_PROMPTS")
+        if n > self.max_prompts_per_request:
+            raise InvalidArgument(
+                f"prompts: {n} prompts (limit {self.max_prompts_per_request})",
+                reason="TOO_MANY_PROMPTS",
+            )
+        texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
+        outcomes = await sched.score(
+            texts, list(request.routers), timeout_s=context.time_remaining()
+        )
+        for out in outcomes:  # overload is a call-level, retryable failure, not an item status
+            if isinstance(out, (QueueTimeout, DeadlineExpired)):
+                raise out
+        names: Sequence[str] = list(dict.fromkeys(request.routers)) or sched.scorer.router_names
+        response = router_pb2.ScoreResponse(bundle_version=catalog.version)
+        for i, out in enumerate(outcomes):
+            item = response.results.add(index=i)
+            if isinstance(out, ItemResult):
+                item.status.code = Code.OK
+                item.n_tokens = out.n_tokens
+                item.truncated = out.truncated
+                for name in names:
+                    item.scores.add(router=name, strong_win_probability=out.scores[name])
+            else:
+                info = status_of(out)
+                item.status.code = int(info.code)
+                item.status.reason = info.reason
+                item.status.message = info.message
+        return response
+
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RouteResponse:
+        sched, catalog = self._ready()
+        if not request.HasField("prompt"):
+            raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
+        if not request.router:
+            raise InvalidArgument("router: required", reason="MISSING_ROUTER")
+        if len(request.candidates):
+            raise InvalidArgument(
+                "candidates: not supported in v1 (leave empty to route between the default pair)",
+                reason="CANDIDATES_UNSUPPORTED",
+            )
+        policy = request.WhichOneof("policy")
+        if policy is None:
+            raise InvalidArgument("policy: set threshold or strong_share", reason="MISSING_POLICY")
+        value = float(getattr(request, policy))
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
+        if request.router not in sched.scorer.router_names:
+            raise NotFound(
+                f"router: unknown router {request.router!r} "
+                f"(loaded: {', '.join(sched.scorer.router_names)})"
+            )
+        if policy == "threshold":
+            threshold = value
+        else:
+            threshold = float(sched.scorer.threshold_for_share(request.router, value))
+        text = prompt_text(request.prompt, "prompt")
+        [out] = await sched.score(
+            [text], [request.router], timeout_s=context.time_remaining(), field="prompt", indexed=False
+        )
+        if isinstance(out, ServiceError):
+            raise out
+        assert isinstance(out, ItemResult)
+        score = out.scores[request.router]
+        strong = score >= threshold
+        return router_pb2.RouteResponse(
+            chosen_model=catalog.strong_model if strong else catalog.weak_model,
+            tier=router_pb2.TIER_STRONG if strong else router_pb2.TIER_WEAK,
+            score=score,
+            threshold=threshold,
+            router=request.router,
+            bundle_version=catalog.version,
+            n_tokens=out.n_tokens,
+            truncated=out.truncated,
+        )
+
+    async def ListRouters(
+        self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListRoutersResponse:
+        _, c = self._ready()
+        return router_pb2.ListRoutersResponse(
+            routers=[_router_info(r) for r in c.routers],
+            models=[router_pb2.ModelInfo(name=m.name, elo=m.elo, tier=m.tier) for m in c.models],
+            default_pair=router_pb2.ModelPair(strong=c.strong_model, weak=c.weak_model),
+            encoder=router_pb2.EncoderInfo(
+                name=c.encoder_name,
+                dim=c.encoder_dim,
+                max_tokens=c.encoder_max_tokens,
+                pooling=c.encoder_pooling,
+                quantized=c.encoder_quantized,
+            ),
+            bundle_version=c.version,
+        )
+
+    async def GetRouter(
+        self, request: router_pb2.GetRouterRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetRouterResponse:
+        _, c = self._ready()
+        for r in c.routers:
+            if r.name == request.name:
+                return router_pb2.GetRouterResponse(router=_router_info(r), bundle_version=c.version)
+        raise NotFound(
+            f"name: unknown router {request.name!r} (loaded: {', '.join(r.name for r in c.routers)})"
+        )

@@ -1,0 +1,33 @@
+"""Shared integration fixtures: the real all-MiniLM-L6-v2 exported to ONNX once per test session.
+
+`encoder_export` gives the `EncoderExport` record (min cosine, fused ops, ...); `exported_encoder_dir`
+gives the directory holding `model.onnx` and `tokenizer.json` (max_tokens 256, fp32), for any test that
+needs the real encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmroute_export.encoder_export import EncoderExport, export_encoder
+
+
+@pytest.fixture(scope="session")
+def encoder_export(tmp_path_factory: pytest.TempPathFactory) -> EncoderExport:
+    """Export the packaged all-MiniLM-L6-v2 (about 15 s on 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    try:
+        return export_encoder(None, tmp_path_factory.mktemp("encoder"), max_tokens=256)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def exported_encoder_dir(encoder_export: EncoderExport) -> Path:
+    """Directory with the real encoder's model.onnx and tokenizer.json."""
+    return encoder_export.model_path.parent

@@ -1,0 +1,352 @@
+"""The gRPC service on 127.0.0.1 with a FakeScorer behind it: admission, timeouts, deadlines,
+cancellation, per-item errors, message size, health, reflection, drain, error details on the wire.
+
+FakeScorer is product code (lmroute_service.fake_scorer) that blocks / fails on cue, so every
+overload case is driven by events, not by load. The real-bundle tests are in test_service_bundle.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from lmroute.v1 import router_pb2
+from lmroute_service.client import RouterClient
+from lmroute_service.config import ServiceConfig
+from lmroute_service.fake_scorer import FakeScorer
+from lmroute_service.logs import configure_logging
+from lmroute_service.testing import ServerThread
+
+SERVICE = "lmroute.v1.RouterService"
+
+
+def _config(**kw: object) -> ServiceConfig:
+    base: dict[str, object] = dict(
+        bundle_path=Path("unused"), port=0, max_wait_us=0, log_level="warning", grace_s=0.0
+    )
+    base.update(kw)
+    return ServiceConfig(**base)  # type: ignore[arg-type]
+
+
+def _serve(scorer: FakeScorer, **kw: object) -> ServerThread:
+    configure_logging("warning")
+    return ServerThread(_config(**kw), scorer_factory=lambda _cfg: scorer).start()
+
+
+@pytest.fixture()
+def fake() -> FakeScorer:
+    return FakeScorer(routers=("random", "mf"))
+
+
+@pytest.fixture()
+def make_server(fake: FakeScorer) -> Iterator[Callable[..., ServerThread]]:
+    started: list[ServerThread] = []
+
+    def make(**kw: object) -> ServerThread:
+        srv = _serve(fake, **kw)
+        started.append(srv)
+        return srv
+
+    yield make
+    fake.release()
+    for srv in started:
+        srv.stop()
+
+
+def _reason(err: grpc.RpcError) -> tuple[str, int | None]:
+    """ErrorInfo reason and RetryInfo delay (ms) from a failed call's rich status."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status details on the error"
+    reason, retry_ms = "", None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_ms = retry.retry_delay.ToMilliseconds()
+    return reason, retry_ms
+
+
+def _req(*texts: str, routers: tuple[str, ...] = ()) -> router_pb2.ScoreRequest:
+    return router_pb2.ScoreRequest(
+        prompts=[router_pb2.Prompt(text=t) for t in texts], routers=list(routers)
+    )
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < t_end, "condition not reached"
+        time.sleep(0.002)
+
+
+def _seen(fake: FakeScorer, text: str) -> bool:
+    return any(text in t for call in fake.calls for t in call)
+
+
+def test_queue_limit_8_with_10_concurrent_gives_exactly_2_resource_exhausted(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server(max_queue=8)
+    fake.block()
+    with RouterClient(srv.target) as c:
+        calls = [c.stub.Score.future(_req(f"prompt {i}"), timeout=20) for i in range(10)]
+        sched = srv.server.scheduler
+        assert sched is not None
+        _wait(lambda: sched.stats.rejected_queue_full + sched.stats.admitted == 10)
+        fake.release()
+        errors = [f.exception() for f in calls]
+    full = [e for e in errors if e is not None]
+    assert len(full) == 2
+    for e in full:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        reason, retry_ms = _reason(e)
+        assert reason == "QUEUE_FULL" and retry_ms is not None and retry_ms > 0
+    assert sum(e is None for e in errors) == 8
+
+
+def test_queue_timeout_50ms_is_unavailable_and_scorer_never_sees_it(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server(queue_timeout_ms=50)
+    fake.block()
+    with RouterClient(srv.target) as c:
+        first = c.stub.Score.future(_req("occupies the scorer"), timeout=20)
+        _wait(fake.entered.is_set)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            c.score(["waits too long"])
+        elapsed_ms = (time.monotonic() - t0) * 1000
+        fake.release()
+        first.result()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _reason(e.value)[0] == "QUEUE_TIMEOUT"
+    assert 30 <= elapsed_ms <= 70, elapsed_ms
+    assert not _seen(fake, "waits too long")
+
+
+def test_client_deadline_and_cancel_never_reach_scorer_batch_mates_fine(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server(queue_timeout_ms=10_000)
+    fake.block()
+    with RouterClient(srv.target) as c:
+        first = c.stub.Score.future(_req("occupies the scorer"), timeout=20)
+        _wait(fake.entered.is_set)
+        mate = c.stub.Score.future(_req("batch mate"), timeout=20)
+        doomed = c.stub.Score.future(_req("cancel me"), timeout=20)
+        sched = srv.server.scheduler
+        assert sched is not None
+        _wait(lambda: sched.stats.admitted == 3)
+        doomed.cancel()
+        with pytest.raises(grpc.RpcError) as e:
+            c.score(["short deadline"], timeout_s=0.1)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait(lambda: sched.stats.dropped_cancelled == 1)
+        _wait(lambda: sched.stats.dropped_deadline + sched.stats.dropped_cancelled == 2)
+        fake.release()
+        first.result()
+        res = mate.result()
+    assert res.results[0].status.code == 0
+    assert res.results[0].scores[1].strong_win_probability == FakeScorer.score_one("mf", "batch mate")
+    assert not _seen(fake, "cancel me") and not _seen(fake, "short deadline")
+    _wait(lambda: sched.in_flight == 0)
+
+
+def test_one_invalid_among_16_and_bad_conversation_fail_alone(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    srv = make_server()
+    prompts = [router_pb2.Prompt(text=f"prompt {i}") for i in range(16)]
+    prompts[7] = router_pb2.Prompt(text="")
+    with RouterClient(srv.target) as c:
+        res = c.stub.Score(router_pb2.ScoreRequest(prompts=prompts), timeout=10)
+        bad_conv = c.score([[{"role": "assistant", "content": "hi"}], [{"role": "robot", "content": "x"}]])
+    codes = [r.status.code for r in res.results]
+    assert codes.count(0) == 15 and codes[7] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert res.results[7].status.message == "prompts[7]: empty prompt"
+    assert res.results[7].status.reason == "EMPTY_PROMPT"
+    assert [r.index for r in res.results] == list(range(16))
+    assert [s.router for s in res.results[0].scores] == ["random", "mf"]
+    msgs = [r.status.message for r in bad_conv.results]
+    assert msgs == [
+        "prompts[0].conversation: no user turn",
+        "prompts[1].conversation.messages[0].role: unknown role 'robot' "
+        "(expected one of system, user, assistant)",
+    ]
+
+
+def test_conversation_scores_last_user_turn(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server()
+    conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+            {"role": "User", "content": "second"}]
+    with RouterClient(srv.target) as c:
+        res = c.score([conv], routers=["mf"])
+    assert res.results[0].scores[0].strong_win_probability == FakeScorer.score_one("mf", "second")
+
+
+def test_scorer_failure_is_per_item_internal_without_details(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    srv = make_server(max_wait_us=50_000)
+    with RouterClient(srv.target) as c:
+        res = c.score(["fine one", "explode <fail>", "fine two"])
+        with pytest.raises(grpc.RpcError) as e:
+            c.route("explode <fail>", router="mf", threshold=0.5)
+    assert [r.status.code for r in res.results] == [0, 13, 0]
+    assert res.results[1].status.message == "internal error"
+    assert e.value.code() == grpc.StatusCode.INTERNAL and e.value.details() == "internal error"
+
+
+def test_message_one_byte_over_limit_is_refused_then_next_call_ok(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    limit = 64 * 1024
+    srv = make_server(max_message_bytes=limit, max_prompt_chars=1_000_000)
+    text = next(  # the text whose request is exactly limit + 1 bytes on the wire
+        "x" * n for n in range(limit, limit - 64, -1) if _req("x" * n).ByteSize() == limit + 1
+    )
+    req = _req(text)
+    assert req.ByteSize() == limit + 1
+    with RouterClient(srv.target, max_message_bytes=4 * limit) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Score(req, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        ok = c.stub.Score(_req(text[: limit // 2]), timeout=10)
+    assert ok.results[0].status.code == 0
+
+
+def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server()
+    s = FakeScorer.score_one("mf", "hello")
+    with RouterClient(srv.target) as c:
+        d = c.route("hello", router="mf", threshold=s)
+        assert (d.chosen_model, d.tier, d.threshold, d.score) == ("fake-strong", router_pb2.TIER_STRONG, s, s)
+        assert d.bundle_version == "fake-1" and d.router == "mf"
+        d = c.route("hello", router="mf", strong_share=0.25)  # fake calibration: 1 - share
+        assert d.threshold == pytest.approx(0.75)
+        assert d.chosen_model == ("fake-strong" if s >= 0.75 else "fake-weak")
+        cases = [
+            (dict(router="mf"), "policy: set threshold or strong_share", grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(router="mf", threshold=1.5), "threshold: must be in [0, 1] (got 1.5)",
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(router="", threshold=0.5), "router: required", grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(router="nope", threshold=0.5), "router: unknown router 'nope' (loaded: random, mf)",
+             grpc.StatusCode.NOT_FOUND),
+        ]
+        for kw, message, code in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                c.route("hello", **kw)  # type: ignore[arg-type]
+            assert (e.value.code(), e.value.details()) == (code, message)
+        with pytest.raises(grpc.RpcError) as e:
+            c.route("  ", router="mf", threshold=0.5)
+        assert e.value.details() == "prompt: empty prompt"
+        req = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="x"), router="mf", threshold=0.5,
+                                      candidates=[router_pb2.Candidate(model="a")])
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Route(req, timeout=10)
+        assert e.value.details().startswith("candidates: not supported in v1")
+        with pytest.raises(grpc.RpcError) as e:
+            c.score([])
+        assert e.value.details() == "prompts: at least one prompt required"
+        with pytest.raises(grpc.RpcError) as e:
+            c.score(["x"], routers=["mf", "zzz"])
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert e.value.details() == "routers[1]: unknown router 'zzz' (loaded: random, mf)"
+
+
+def test_list_and_get_router_and_request_id(make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server()
+    with RouterClient(srv.target, request_id="req-42") as c:
+        lr = c.list_routers()
+        assert [r.name for r in lr.routers] == ["random", "mf"]
+        assert lr.default_pair.strong == "fake-strong" and lr.bundle_version == "fake-1"
+        assert c.get_router("mf").router.calibration_thresholds == [1.0, 0.0]
+        with pytest.raises(grpc.RpcError) as e:
+            c.get_router("zzz")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert ("x-request-id", "req-42") in tuple(e.value.trailing_metadata())
+        _, call = c.stub.ListRouters.with_call(
+            router_pb2.ListRoutersRequest(), metadata=(("x-request-id", "abc"),), timeout=5
+        )
+        assert ("x-request-id", "abc") in tuple(call.trailing_metadata())
+
+
+def test_health_not_serving_until_loaded_then_serving_and_reflection() -> None:
+    configure_logging("warning")
+    gate = threading.Event()
+    scorer = FakeScorer()
+
+    def slow_factory(_cfg: ServiceConfig) -> FakeScorer:
+        gate.wait(20)
+        return scorer
+
+    srv = ServerThread(_config(), scorer_factory=slow_factory).start(wait_ready=False)
+    try:
+        with RouterClient(srv.target) as c:
+            assert c.health() == "NOT_SERVING" and c.health(SERVICE) == "NOT_SERVING"
+            with pytest.raises(grpc.RpcError) as e:
+                c.score(["early"])
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE and _reason(e.value)[0] == "NOT_READY"
+            gate.set()
+            assert srv.loaded is not None
+            srv.loaded.result(20)
+            assert c.health() == "SERVING" and c.health(SERVICE) == "SERVING"
+            with pytest.raises(grpc.RpcError) as e:
+                c.health("no.such.Service")
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            refl = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            [resp] = list(refl.ServerReflectionInfo(iter([req]), timeout=5))
+            names = {s.name for s in resp.list_services_response.service}
+            assert {SERVICE, "grpc.health.v1.Health"} <= names
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_graceful_stop_answers_50_in_flight_and_refuses_new(fake: FakeScorer) -> None:
+    """Drain: health NOT_SERVING, new calls UNAVAILABLE (DRAINING or refused), all 50 in flight OK."""
+    srv = _serve(fake, max_wait_us=1000)
+    fake.block()
+    stopped = threading.Event()
+    try:
+        with RouterClient(srv.target) as c:
+            calls = [c.stub.Score.future(_req(f"in flight {i}"), timeout=30) for i in range(50)]
+            sched = srv.server.scheduler
+            assert sched is not None
+            _wait(lambda: sched.stats.admitted == 50)
+
+            def stop() -> None:
+                srv.call(srv.server.stop(10.0))
+                stopped.set()
+
+            stopper = threading.Thread(target=stop)
+            stopper.start()
+            _wait(lambda: srv.server.servicer.draining)
+            with pytest.raises(grpc.RpcError) as e:
+                c.score(["too late"], timeout_s=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            check = srv.call(srv.server.health.Check(health_pb2.HealthCheckRequest(service=SERVICE), None))
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[attr-defined]
+            fake.release()
+            results = [f.result() for f in calls]
+            stopper.join(20)
+        assert stopped.is_set()
+        assert all(r.results[0].status.code == 0 for r in results)
+        assert not _seen(fake, "too late")
+    finally:
+        fake.release()
+        srv.stop()

