@@ -101,8 +101,9 @@ class EncoderExport:
     """Result of `export_encoder`.
 
     model_path / tokenizer_path: the written files. dim: embedding size. max_tokens: truncation length
-    the verification used. quantized: None or "int8". ort_optimized: whether the fused graph was kept.
-    fused_ops: counts of fused operators (empty when not optimised). min_cosine: min over VERIFY_PROMPTS
+    the verification used. quantized: None or "int8". ort_optimized: whether the written graph is the
+    ORT-fused one (always False for int8, which quantises the plain graph). fused_ops: counts of fused
+    operators in the written graph (empty when not fused). min_cosine: min over VERIFY_PROMPTS
     of cos(ONNX, PyTorch) for the written model. fp32_min_cosine: the same for the fp32 graph (equal to
     min_cosine when not quantised). int8_min_cosine_vs_fp32 / int8_mean_cosine_vs_fp32: int8 vs fp32
     ONNX (None when not quantised). n_verify_prompts: how many prompts were checked. export_seconds:
@@ -382,6 +383,7 @@ def export_encoder(
             int8_min, int8_mean = float(q_cos.min()), float(q_cos.mean())
             min_cos = float(_row_cosines(q_emb, reference).min())
             shutil.copyfile(int8_path, model_path)
+            is_opt, stats = False, {}  # the written graph is the plain one, quantised
         else:
             shutil.copyfile(fp32_path, model_path)
 

@@ -75,7 +75,7 @@ class BuildConfig:
     mf_epochs: int = 20
     mf_batch_size: int = 256
     bert_time_budget_s: float = 420.0
-    bert_max_tokens: int = 128
+    bert_max_tokens: int = 256
     label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
     strong: str = names.STRONG
     weak: str = names.WEAK
@@ -245,7 +245,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             encoder_dir=enc_dir,
             encoder=encoder_spec(cfg.encoder_model_dir, encoder.dim, cfg.max_tokens),
             routers=artifacts,
-            models=list(comps.models),
+            models=sorted(tiers),
             default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
             elo=ratings,
             tiers=tiers,
@@ -269,7 +269,8 @@ def _train_router(
     label_weights: dict[str, float],
 ) -> RouterArtifacts:
     """Train one router and return what the bundle writer needs for it."""
-    models = list(train.models)
+    # The bundle lists the models rated on the training split (those with a tier), in sorted order.
+    models = sorted(tiers)
     if router == "random":
         from lmroute_export.train_random import train_random
 
@@ -289,14 +290,16 @@ def _train_router(
             seed=cfg.seed,
             label_weights=label_weights,
         )
-        u = mf_pair_vector(mf.text_proj, mf.model_emb, mf.classifier, models.index(cfg.strong), models.index(cfg.weak))
+        rows = np.array([list(mf.models).index(m) for m in models])
+        model_emb = mf.model_emb[rows]
+        u = mf_pair_vector(mf.text_proj, model_emb, mf.classifier, models.index(cfg.strong), models.index(cfg.weak))
         report.routers["mf"] = {"train_seconds": round(mf.train_seconds, 1), "final_loss": mf.history[-1]}
         return RouterArtifacts(
             kind="mf",
             params={"d_model": cfg.mf_dim},
             arrays={
                 "text_proj": mf.text_proj,
-                "model_emb": mf.model_emb,
+                "model_emb": model_emb,
                 "classifier": mf.classifier,
                 "pair_vector": u.astype(np.float32),
             },
@@ -329,13 +332,13 @@ def _train_router(
         )
 
     if router == "bert":
-        from lmroute_export.train_bert import build_bert_examples, export_bert_onnx, train_bert
+        from lmroute_export.train_bert import bert_router_params, build_bert_examples, export_bert_onnx, train_bert
 
         texts, labels, weights = build_bert_examples(train, tiers)
         trained = train_bert(
             texts,
             labels,
-            sample_weights=weights,
+            sample_weights=np.sqrt(weights),  # raw counts (1..161) would let a few prompts swamp the rest
             model_dir=cfg.encoder_model_dir,
             max_tokens=cfg.bert_max_tokens,
             seed=cfg.seed,
@@ -349,7 +352,7 @@ def _train_router(
         report.routers["bert"] = {**stats, "onnx_max_abs_diff_vs_torch": max_diff}
         return RouterArtifacts(
             kind="bert",
-            params={"max_tokens": cfg.max_tokens, "labels": ["strong_wins", "tie", "weak_wins"]},
+            params=bert_router_params(cfg.max_tokens),
             files={"model": onnx_path},
         )
     raise ValueError(f"unknown router {router!r}")

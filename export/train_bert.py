@@ -188,8 +188,9 @@ class BertTrainConfig:
         is 51 tokens and only 7 % exceed 128, so with length-grouped batches 256 costs ~7 % more
         tokens than 128). epochs: upper bound on passes over the
         training split. batch_size: examples per step. lr: peak AdamW learning rate (linear warm-up over
-        ``warmup_fraction`` of the run, then linear decay to 0 at whichever comes first, the last epoch
-        or the time budget). weight_decay: AdamW decoupled weight decay. seed: seeds the split, the
+        ``warmup_fraction`` of the planned steps, then linear decay to 2 % at the end of the last
+        epoch; the schedule counts steps, never seconds, so a run the time budget cuts short ends at a
+        higher rate: choose ``epochs`` to fit the budget). weight_decay: AdamW decoupled weight decay. seed: seeds the split, the
         order, the classifier head and dropout. time_budget_s: wall-clock limit for the whole call
         (loading, tokenising, training, validation) that the run never exceeds. device: "cpu", "cuda",
         or None for CUDA when available. val_fraction: share of prompts held out for validation
@@ -521,7 +522,7 @@ def train_bert(
                     stopped_by, done = "time_budget", True
                     break
                 t0 = time.monotonic()
-                progress = max(step / total_steps, (time.monotonic() - t_start) / cfg.time_budget_s)
+                progress = step / total_steps  # step-based (not time-based), so a seed fixes the run
                 warm = cfg.warmup_fraction
                 factor = progress / warm if progress < warm else max(0.0, (1 - progress) / (1 - warm))
                 for g in opt.param_groups:

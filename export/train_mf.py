@@ -108,12 +108,15 @@ def train_mf(
     seed: int = 0,
     source_bias: bool = True,
     label_weights: Mapping[str, float] | None = None,
+    row_weights: NDArray[np.floating] | None = None,
     device: str = "cpu",
 ) -> MFArtifacts:
     """Train mf on the non-tie, non-self comparisons; see the module docstring for the model.
 
     prompt_emb: [len(comparisons.prompts), d_text] float32, L2-normalised. label_weights: optional
-    {label kind name: weight} used as BCE sample weights.
+    {label kind name: weight} used as BCE sample weights. row_weights: optional per-comparison
+    weights [len(comparisons)] (finite, >= 0), multiplied into the sample weights (e.g. source
+    weights from `lmroute_export.elo.comparison_weights`); rows of weight 0 are dropped.
     """
     if epochs < 1 or batch_size < 1 or dim < 1:
         raise ValueError(f"epochs, batch_size and dim must be >= 1 (got {epochs}, {batch_size}, {dim})")
@@ -134,6 +137,14 @@ def train_mf(
             raise ValueError(f"label_weights has unknown label kinds {sorted(unknown)}")
         table = np.array([float(label_weights.get(k, 1.0)) for k in LABEL_KINDS], dtype=np.float32)
         weights = table[np.asarray(comparisons.label_kind, dtype=np.int64)]
+        keep &= weights > 0.0
+    if row_weights is not None:
+        extra = np.asarray(row_weights, dtype=np.float32)
+        if extra.shape != (len(outcome),):
+            raise ValueError(f"row_weights must have shape ({len(outcome)},), got {extra.shape}")
+        if not np.all(np.isfinite(extra)) or np.any(extra < 0.0):
+            raise ValueError("row_weights must be finite and >= 0")
+        weights = weights * extra
         keep &= weights > 0.0
     if not np.any(keep):
         raise ValueError("no non-tie comparison between two different models to train on")

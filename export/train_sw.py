@@ -52,6 +52,7 @@ def train_sw_ranking(
     gamma: float = 10.0,
     label_weights: Mapping[str, float] | None = None,
     source_weights: Mapping[str, float] | None = None,
+    row_weights: NDArray[np.floating] | None = None,
     drop_unknown_models: bool = False,
 ) -> SWRankingArtifacts:
     """Build the sw_ranking artifacts from a Comparisons table and its prompt embeddings.
@@ -59,7 +60,7 @@ def train_sw_ranking(
     prompt_emb: float32 [len(comparisons.prompts), d], L2-normalised, aligned with `prompts`.
     tiers: {model: tier} with tiers in 0..n_tiers-1; a model of a comparison missing from `tiers` is
     an error unless `drop_unknown_models`. Self-battles are dropped. Optional label-kind / source
-    weights multiply each comparison's count.
+    weights multiply each comparison's count, and so do `row_weights` (per comparison, >= 0).
     """
     emb = np.asarray(prompt_emb, dtype=np.float32)
     n_prompts_in = len(comparisons.prompts)
@@ -87,6 +88,13 @@ def train_sw_ranking(
     weights = comparison_weights(
         comparisons, label_weights=label_weights, source_weights=source_weights
     )
+    if row_weights is not None:
+        extra = np.asarray(row_weights, dtype=np.float64)
+        if extra.shape != weights.shape:
+            raise ValueError(f"row_weights must have shape {weights.shape}, got {extra.shape}")
+        if not np.all(np.isfinite(extra)) or np.any(extra < 0.0):
+            raise ValueError("row_weights must be finite and >= 0")
+        weights = weights * extra
     known = (tier_of[a] >= 0) & (tier_of[b] >= 0)
     if not drop_unknown_models and not np.all(known):
         missing = sorted({models[i] for i in np.concatenate([a[~known], b[~known]]) if tier_of[i] < 0})

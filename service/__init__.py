@@ -1,1 +1,21 @@
-"""lmroute_service: the gRPC Score/Route service."""
+"""lmroute_service: the gRPC Score/Route service.
+
+Three one-way layers (transport -> scheduler -> scorers):
+
+    main.py          `lmroute-serve` entry point: config, signals, exit codes
+    config.py        ServiceConfig (frozen; every field a --flag and an LMROUTE_* variable)
+    server.py        RouterServer lifecycle: bind, health, reflection, load + warm, drain
+    interceptors.py  request id, access log, ServiceError -> gRPC status (+ ErrorInfo/RetryInfo)
+    servicer.py      RouterService RPCs: wire messages <-> scheduler
+    prompts.py       wire Prompt (text / conversation) -> text to score
+    errors.py        the exception tree and THE error -> status-code table (no gRPC import)
+    scheduler.py     admission + micro-batching worker + scoring thread
+    batch_queue.py   the queue's state: Item, Admission counter, FIFO BatchQueue
+    scorer_api.py    the Scorer protocol between scheduler and scorers
+    bundle_scorer.py the product Scorer over a router bundle (lmroute_bundle)
+    fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
+    client.py        RouterClient, a small typed client
+    testing.py       ServerThread: a server in a background thread (tests, benchmarks)
+    loadgen.py       first latency/throughput probe vs the raw encoder
+    logs.py          structlog JSON configuration
+"""

@@ -3,7 +3,8 @@
 One call tokenises the batch once and embeds it once; every router of the batch reads that one
 encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
 encoder runs on length-sorted chunks of `encoder_chunk_size` prompts, so short prompts are not padded
-to the longest one (on CPU this is worth ~3x over one padded run of 32 mixed-length prompts). `providers_for_device`
+to the longest one (on CPU this is worth ~3x over one padded run of 32 mixed-length prompts).
+`providers_for_device`
 turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime has no CUDA provider.
 """
 

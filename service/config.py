@@ -36,10 +36,10 @@ class ServiceConfig:
     bundle_path: Path = field(metadata=_doc("router bundle directory (manifest.json inside)"))
     host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
     port: int = field(default=50051, metadata=_doc("TCP port; 0 picks a free one"))
-    max_batch_size: int = field(default=32, metadata=_doc("most prompts in one encoder batch"))
+    max_batch_size: int = field(default=64, metadata=_doc("most prompts in one encoder batch"))
     max_wait_us: int = field(default=2000, metadata=_doc("longest a batch waits to fill, microseconds"))
     max_batch_tokens: int = field(
-        default=8192, metadata=_doc("padded-token budget of a batch (longest prompt x prompts)")
+        default=16384, metadata=_doc("padded-token budget of a batch (longest prompt x prompts)")
     )
     max_queue: int = field(
         default=256, metadata=_doc("most prompts admitted (queued or being scored) at once")
@@ -143,14 +143,17 @@ def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
         raise ConfigError(f"{f.name}: cannot parse {raw!r} from {source} as {kind}") from None
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
+def build_arg_parser(default_bundle: Path | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per ServiceConfig field (defaults come from env/dataclass)."""
     parser = argparse.ArgumentParser(
         prog="lmroute-serve",
         description="Serve a router bundle over gRPC. Every flag also reads LMROUTE_<NAME>.",
     )
     for f in dataclasses.fields(ServiceConfig):
-        default = "(required)" if f.default is dataclasses.MISSING else repr(f.default)
+        if f.name == "bundle_path":
+            default = "(required)" if default_bundle is None else str(default_bundle)
+        else:
+            default = repr(f.default)
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
@@ -173,7 +176,7 @@ def config_from_cli(
     is given anywhere and there is no `default_bundle`.
     """
     env = os.environ if environ is None else environ
-    args = build_arg_parser().parse_args(argv)
+    args = build_arg_parser(default_bundle).parse_args(argv)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(ServiceConfig):
         raw = getattr(args, f.name)

@@ -1,7 +1,8 @@
 """The service's exception tree and the ONE table mapping each error to a gRPC status code.
 
     ServiceError                       base; carries a stable `reason` string (google.rpc.ErrorInfo)
-    +-- InvalidArgument                INVALID_ARGUMENT; the message names the field, `prompts[3]: empty prompt`
+    +-- InvalidArgument                INVALID_ARGUMENT; the message names the field,
+                                       e.g. `prompts[3]: empty prompt`
     +-- NotFound                       NOT_FOUND (unknown router)
     +-- QueueFull                      RESOURCE_EXHAUSTED (admission refused; retry after a delay)
     +-- QueueTimeout                   UNAVAILABLE (waited in the queue longer than queue_timeout_ms)

@@ -1,7 +1,7 @@
 """A first latency/throughput probe: routing decisions/s through the gRPC service vs the raw encoder.
 
     python -m lmroute_service.loadgen --bundle DIR [--concurrency 1 64] [--requests 400]
-        [--router mf] [--intra-op-threads 1] [--max-batch-size 32] [--max-wait-us 2000]
+        [--router mf] [--intra-op-threads 1] [--max-batch-size 64] [--max-wait-us 2000]
         [--encoder-chunk-size 8]
 
 For each concurrency it starts `lmroute-serve` as a child process on 127.0.0.1 (so client and server
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--router", default="mf")
     ap.add_argument("--intra-op-threads", type=int, default=1)
-    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-us", type=int, default=2000)
     ap.add_argument("--encoder-chunk-size", type=int, default=8)
     ap.add_argument("--json", action="store_true")
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         print(f"{r['what']:<26}{r['per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
               f"{r['mean_batch']:>8.1f}")
-    top = rows[len(args.concurrency) - 1]["per_s"]
+    top = float(rows[len(args.concurrency) - 1]["per_s"])  # type: ignore[arg-type]
     print(f"service at c={args.concurrency[-1]} / raw encoder (mean of before, after) = {top / raw:.2f}")
     if args.json:
         print(json.dumps(rows))

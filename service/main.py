@@ -21,7 +21,7 @@ from lmroute_service.server import RouterServer
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
-DEFAULT_BUNDLE = Path("artifacts/bundle")
+DEFAULT_BUNDLE = Path("artifacts/default")
 _log = structlog.get_logger("lmroute.main")
 
 

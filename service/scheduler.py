@@ -1,7 +1,7 @@
 """Admission + micro-batch queue between the transport and the scorer.
 
 `Scheduler.score(prompts, routers)` validates each prompt (per-item errors), takes one admission permit
-per valid prompt (all or none: QueueFull), counts its tokens, queues one `_Item` with one asyncio Future
+per valid prompt (all or none: QueueFull), counts its tokens, queues one `Item` with one asyncio Future
 per prompt, and awaits them. A single worker task forms batches: a batch leaves when it holds
 `max_batch_size` prompts, when adding the next prompt would pass `max_batch_tokens` padded tokens
 (longest x count), or when the oldest prompt has waited `max_wait_us`. Scoring runs in a dedicated
@@ -13,15 +13,19 @@ If a batch raises, its prompts are rescored one by one so only the failing promp
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from lmroute_service.batch_queue import DONE as _DONE
+from lmroute_service.batch_queue import QUEUED as _QUEUED
+from lmroute_service.batch_queue import RUNNING as _RUNNING
+from lmroute_service.batch_queue import Admission, BatchQueue, Item
 from lmroute_service.errors import (
     DeadlineExpired,
     Draining,
@@ -39,16 +43,13 @@ __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
 
 _log = structlog.get_logger("lmroute.scheduler")
 
-_QUEUED, _RUNNING, _DONE = "queued", "running", "done"
-
-
 @dataclass(frozen=True, kw_only=True)
 class BatchPolicy:
     """Limits of the queue and of one batch (see ServiceConfig for the meaning of each)."""
 
-    max_batch_size: int = 32
+    max_batch_size: int = 64
     max_wait_us: int = 2000
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 16384
     max_queue: int = 256
     queue_timeout_ms: int = 1000
     max_prompt_chars: int = 20000
@@ -85,86 +86,6 @@ class SchedulerStats:
     batch_sizes: list[int] = dataclasses.field(default_factory=list)
 
 
-@dataclass(eq=False)
-class _Item:
-    text: str
-    routers: tuple[str, ...]
-    n_tokens: int
-    future: asyncio.Future[ItemResult]
-    enqueued_at: float
-    state: str = _QUEUED
-    timer: asyncio.TimerHandle | None = None
-
-
-class _Admission:
-    """A counter of prompts admitted and not yet finished, bounded by `limit`."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-
-    def try_acquire(self, n: int) -> bool:
-        if self.in_use + n > self.limit:
-            return False
-        self.in_use += n
-        return True
-
-    def release(self, n: int = 1) -> None:
-        self.in_use -= n
-        assert self.in_use >= 0, "admission released more permits than acquired"
-
-
-class _BatchQueue:
-    """FIFO of queued items; two verbs: `append` and `next_batch`."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[_Item] = collections.deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def append(self, item: _Item) -> None:
-        self._items.append(item)
-
-    def discard(self, item: _Item) -> None:
-        try:
-            self._items.remove(item)
-        except ValueError:
-            pass
-
-    def oldest_enqueued_at(self) -> float | None:
-        return self._items[0].enqueued_at if self._items else None
-
-    def batch_ready(self, max_size: int, max_tokens: int) -> bool:
-        """True when the queue already holds a full batch (by count or by padded tokens)."""
-        n, longest = 0, 0
-        for it in self._items:
-            if it.future.done():
-                continue
-            n += 1
-            longest = max(longest, it.n_tokens)
-            if n >= max_size or longest * n >= max_tokens:
-                return True
-        return False
-
-    def next_batch(self, max_size: int, max_tokens: int) -> tuple[list[_Item], list[_Item]]:
-        """Pop the next batch (FIFO, within both budgets) and the dead items met on the way."""
-        batch: list[_Item] = []
-        dead: list[_Item] = []
-        longest = 0
-        while self._items and len(batch) < max_size:
-            it = self._items[0]
-            if it.future.done():
-                dead.append(self._items.popleft())
-                continue
-            new_longest = max(longest, it.n_tokens)
-            if batch and new_longest * (len(batch) + 1) > max_tokens:
-                break
-            longest = new_longest
-            batch.append(self._items.popleft())
-        return batch, dead
-
-
 class Scheduler:
     """Admission, queue and batching worker in front of one Scorer. Create, `start()`, `close()`."""
 
@@ -172,8 +93,8 @@ class Scheduler:
         self.scorer = scorer
         self.policy = policy or BatchPolicy()
         self.stats = SchedulerStats()
-        self._admission = _Admission(self.policy.max_queue)
-        self._queue = _BatchQueue()
+        self._admission = Admission(self.policy.max_queue)
+        self._queue = BatchQueue()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -290,8 +211,8 @@ class Scheduler:
         by_deadline = timeout_s is not None and timeout_s < queue_s
         items = []
         for text, n_tok in zip(texts, counts, strict=True):
-            item = _Item(text, routers, int(n_tok), loop.create_future(), now)
-            item.future.add_done_callback(lambda _f, it=item: self._on_done(it))
+            item = Item(text, routers, int(n_tok), loop.create_future(), now)
+            item.future.add_done_callback(functools.partial(self._on_done_future, item))
             item.timer = loop.call_later(limit_s, self._expire, item, by_deadline)
             self._queue.append(item)
             items.append(item)
@@ -307,7 +228,7 @@ class Scheduler:
                 raise ScorerFailed(f"unexpected outcome {res!r}")
         return out
 
-    def _expire(self, item: _Item, by_deadline: bool) -> None:
+    def _expire(self, item: Item, by_deadline: bool) -> None:
         if item.state != _QUEUED or item.future.done():
             return
         if by_deadline:
@@ -317,14 +238,17 @@ class Scheduler:
                 QueueTimeout(f"queued longer than {self.policy.queue_timeout_ms} ms")
             )
 
-    def _on_done(self, item: _Item) -> None:
+    def _on_done_future(self, item: Item, _future: asyncio.Future[ItemResult]) -> None:
+        self._on_done(item)
+
+    def _on_done(self, item: Item) -> None:
         """Future finished while queued (cancelled or expired): drop it and count why."""
         if item.state != _QUEUED:
             return
         self._drop(item)
         self._queue.discard(item)
 
-    def _drop(self, item: _Item) -> None:
+    def _drop(self, item: Item) -> None:
         item.state = _DONE
         if item.timer is not None:
             item.timer.cancel()
@@ -378,7 +302,7 @@ class Scheduler:
                     self.stats.batch_sizes.append(len(batch))
                 await self._run_batch(batch, isolate=True)
 
-    async def _run_batch(self, batch: list[_Item], *, isolate: bool) -> None:
+    async def _run_batch(self, batch: list[Item], *, isolate: bool) -> None:
         loop = asyncio.get_running_loop()
         texts = [it.text for it in batch]
         routers = [it.routers for it in batch]
@@ -402,7 +326,7 @@ class Scheduler:
             self._finish(it, ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores))
         self.stats.items_scored += len(batch)
 
-    def _finish(self, item: _Item, outcome: ItemResult | ServiceError) -> None:
+    def _finish(self, item: Item, outcome: ItemResult | ServiceError) -> None:
         if item.state != _RUNNING:
             return
         item.state = _DONE

@@ -1,7 +1,8 @@
 """RouterService servicer: wire messages <-> scheduler calls. No ONNX or NumPy here.
 
 Each RPC validates its request (InvalidArgument naming the field), asks the scheduler, and builds the
-response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as ServiceError and turned into a gRPC status by the
+response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as
+ServiceError and turned into a gRPC status by the
 interceptor (lmroute_service.interceptors); per-prompt errors go into PromptScores.status.
 """
 

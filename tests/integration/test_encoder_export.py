@@ -139,6 +139,7 @@ def test_export_is_deterministic(encoder: OnnxEncoder, exported_encoder_dir: Pat
 def test_int8_export(encoder: OnnxEncoder, tmp_path: Path) -> None:
     res = export_encoder(None, tmp_path / "int8", max_tokens=256, quantize="int8", verify_prompts=PROMPTS)
     assert res.quantized == "int8" and res.fp32_min_cosine >= MIN_COSINE
+    assert not res.ort_optimized and res.fused_ops == {}
     assert res.int8_min_cosine_vs_fp32 is not None and res.int8_min_cosine_vs_fp32 >= 0.96
     assert res.int8_mean_cosine_vs_fp32 is not None and res.int8_mean_cosine_vs_fp32 >= 0.985
     q = OnnxEncoder(res.model_path, res.tokenizer_path, max_tokens=256, intra_op_threads=2)

@@ -188,7 +188,9 @@ def test_one_invalid_among_16_and_bad_conversation_fail_alone(
     ]
 
 
-def test_conversation_scores_last_user_turn(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
+def test_conversation_scores_last_user_turn(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
     srv = make_server()
     conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
             {"role": "User", "content": "second"}]
@@ -228,7 +230,9 @@ def test_message_one_byte_over_limit_is_refused_then_next_call_ok(
     assert ok.results[0].status.code == 0
 
 
-def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
+def test_route_policies_and_argument_errors(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
     srv = make_server()
     s = FakeScorer.score_one("mf", "hello")
     with RouterClient(srv.target) as c:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmroute_service.errors import (
     Code,
@@ -288,3 +290,35 @@ def test_close_finishes_queued_work() -> None:
 def test_unknown_exception_maps_to_internal_without_text() -> None:
     info = status_of(KeyError("secret detail"))
     assert info.code is Code.INTERNAL and info.message == "internal error"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+    max_batch=st.integers(1, 16),
+    budget=st.integers(8, 200),
+)
+def test_property_every_request_gets_its_own_scores_within_limits(
+    sizes: list[int], max_batch: int, budget: int
+) -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer, max_batch_size=max_batch, max_batch_tokens=budget, max_wait_us=500,
+                     max_queue=1000)
+        reqs = [[f"r{j} " + "w " * ((i * 7 + j) % 9) + f"p{i}" for i in range(n)]
+                for j, n in enumerate(sizes)]
+        outs = await asyncio.gather(*(sched.score(r, ["mf"]) for r in reqs))
+        for req, out in zip(reqs, outs, strict=True):
+            assert len(out) == len(req)
+            for text, res in zip(req, out, strict=True):
+                assert isinstance(res, ItemResult)
+                assert res.scores == {"mf": FakeScorer.score_one("mf", text)}
+        for call in scorer.calls:
+            toks = scorer.count_tokens(call)
+            assert len(call) <= max_batch
+            assert len(call) == 1 or max(toks) * len(call) <= budget
+        assert sum(len(c) for c in scorer.calls) == sum(sizes)
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)

@@ -13,7 +13,7 @@ from lmroute_service.errors import ConfigError
 
 def test_defaults_and_frozen() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
-    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.max_batch_size == 32
+    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.max_batch_size == 64
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):

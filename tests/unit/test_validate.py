@@ -1,0 +1,181 @@
+"""Tests of lmroute_export.validate on tiny synthetic data: quality tables, folds, metrics, recipes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmroute_export.data import Comparisons
+from lmroute_export.metrics import router_metrics
+from lmroute_export.validate import (
+    PairTable,
+    Recipe,
+    evaluate_table,
+    fit_scorers,
+    format_results,
+    kfold_by_prompt,
+    length_scores,
+    load_judge_scores,
+    pair_tables,
+    validate_recipe,
+)
+
+S, W = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
+MODELS = tuple(sorted((S, W, "m-low", "m-mid")))
+SOURCES = ("alpaca_eval", "arena_bench_v1", "routerbench_arc")
+
+
+def comps_from_rows(rows, prompts) -> Comparisons:
+    """rows: (prompt index, model a, model b, outcome, source name)."""
+    n = len(rows)
+    return Comparisons(
+        prompts=tuple(prompts),
+        prompt_idx=np.array([r[0] for r in rows], dtype=np.int32),
+        model_a=np.array([MODELS.index(r[1]) for r in rows], dtype=np.int32),
+        model_b=np.array([MODELS.index(r[2]) for r in rows], dtype=np.int32),
+        outcome=np.array([r[3] for r in rows], dtype=np.int8),
+        label_kind=np.array([2 if r[4].startswith("routerbench") else 1 for r in rows], dtype=np.int8),
+        source=np.array([SOURCES.index(r[4]) for r in rows], dtype=np.int8),
+        models=MODELS,
+        sources=SOURCES,
+    )
+
+
+def test_pair_tables_read_outcomes_from_either_side_and_average() -> None:
+    prompts = ["p0", "p1", "p2", "p3"]
+    rows = [
+        (0, S, W, 0, "routerbench_arc"),  # strong wins
+        (1, W, S, 0, "routerbench_arc"),  # weak wins (weak on side a)
+        (2, S, W, 2, "routerbench_arc"),  # tie
+        (3, S, W, 0, "routerbench_arc"),
+        (3, S, W, 0, "alpaca_eval"),
+        (3, W, S, 1, "alpaca_eval"),  # strong wins again
+        (0, S, "m-low", 0, "routerbench_arc"),  # not the pair: ignored
+    ]
+    tables = pair_tables(comps_from_rows(rows, prompts), strong=S, weak=W, min_prompts=1)
+    rb = tables["routerbench_arc"]
+    assert rb.kind == "correctness"
+    assert rb.prompts == ("p0", "p1", "p2", "p3")
+    np.testing.assert_allclose(rb.strong_q, [1.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(rb.weak_q, [0.0, 1.0, 0.5, 0.0])
+    assert "alpaca_eval" in tables and tables["alpaca_eval"].kind == "preference"
+    np.testing.assert_allclose(tables["alpaca_eval"].strong_q, [1.0])
+
+
+def test_tie_as_half_gives_the_exact_pgr_of_correctness() -> None:
+    """Ties scored (0.5, 0.5) give the same APGR / CPT as the true 0/1 correctness."""
+    rng = np.random.default_rng(3)
+    n = 200
+    sq = rng.integers(0, 2, n).astype(float)
+    wq = np.where(rng.random(n) < 0.6, sq, rng.integers(0, 2, n)).astype(float)
+    half_s = np.where(sq == wq, 0.5, sq)
+    half_w = np.where(sq == wq, 0.5, wq)
+    scores = rng.random(n)
+    exact = router_metrics(scores, sq, wq, targets=(0.5,))
+    halved = router_metrics(scores, half_s, half_w, targets=(0.5,))
+    assert halved.apgr == pytest.approx(exact.apgr, abs=1e-12)
+    assert halved.cpt[0.5] == pytest.approx(exact.cpt[0.5], abs=1e-12)
+
+
+def test_judge_scores_replace_outcomes_for_arena_bench(tmp_path: Path) -> None:
+    f = tmp_path / "train/arena_bench_v1_judge/scores_wide.csv.gz"
+    f.parent.mkdir(parents=True)
+    text = (
+        "question_id,prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1,m-low\n"
+        'q0," first ",9,4,1\nq1,second,7,8,\nq2,third,10,,2\n'
+    )
+    with gzip.open(f, "wt") as h:
+        h.write(text)
+    scores = load_judge_scores(tmp_path)
+    assert scores["first"] == {S: 9.0, W: 4.0, "m-low": 1.0}
+    assert scores["third"] == {S: 10.0, "m-low": 2.0}
+    rows = [(0, S, W, 0, "arena_bench_v1"), (1, W, S, 0, "arena_bench_v1"), (2, S, "m-low", 0, "arena_bench_v1")]
+    table = pair_tables(comps_from_rows(rows, ["first", "second", "third"]), judge_scores=scores)["arena_bench_v1"]
+    assert table.kind == "score" and table.prompts == ("first", "second")
+    np.testing.assert_allclose(table.strong_q, [9.0, 7.0])
+    np.testing.assert_allclose(table.weak_q, [4.0, 8.0])
+
+
+def test_evaluate_table_perfect_router_and_length_baseline() -> None:
+    prompts = tuple("x" * (i + 1) for i in range(40))
+    gain = np.arange(40) >= 30  # strong wins exactly on the 10 longest prompts, ties elsewhere
+    table = PairTable("routerbench_arc", "correctness", prompts, np.where(gain, 1.0, 0.5), np.where(gain, 0.0, 0.5))
+    res = evaluate_table(table, gain.astype(float) + 0.01 * np.arange(40), router="oracle")
+    assert res.apgr > 0.85 and res.cpt50 < 0.2
+    assert res.length_apgr == pytest.approx(res.apgr)  # length orders the prompts the same way
+    assert 0.3 < res.random_apgr_mean < 0.7 and res.random_apgr_std > 0.0
+    anti = evaluate_table(table, -np.arange(40.0), router="anti")
+    assert anti.apgr < 0.15
+    with pytest.raises(ValueError, match="3 scores for 40 prompts"):
+        evaluate_table(table, np.zeros(3), router="bad")
+    np.testing.assert_array_equal(length_scores(["ab", ""]), [2.0, 0.0])
+
+
+def test_kfold_partitions_prompts_and_fold0_is_the_pipeline_split() -> None:
+    prompts = [f"prompt {i}" for i in range(53)]
+    rows = [(i, S, W, i % 3, "alpaca_eval") for i in range(53)] + [(i, S, "m-low", 0, "alpaca_eval") for i in range(0, 53, 2)]
+    comps = comps_from_rows(rows, prompts)
+    folds = kfold_by_prompt(comps, 10, seed=0)
+    val_sets = [set(v.prompts) for _, v in folds]
+    assert sum(len(v) for v in val_sets) == 53
+    assert set().union(*val_sets) == set(prompts)
+    for (tr, va), vs in zip(folds, val_sets, strict=True):
+        assert not set(tr.prompts) & vs and len(tr) + len(va) == len(comps)
+    _, pipeline_val = comps.split_by_prompt(0.1, seed=0)
+    assert val_sets[0] == set(pipeline_val.prompts)
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        kfold_by_prompt(comps, 1)
+
+
+def synthetic_world(seed: int = 0, n_prompts: int = 120, d: int = 8):
+    """Prompts with a direction v: strong beats weak iff e . v > -0.3 (~80 %); other models fill tiers."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n_prompts, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    v = np.zeros(d, np.float32)
+    v[0] = 1.0
+    prompts = [f"synthetic prompt {i}" for i in range(n_prompts)]
+    rows = []
+    for i in range(n_prompts):
+        hard = emb[i] @ v > -0.3
+        for src in ("routerbench_arc", "alpaca_eval"):
+            rows.append((i, S, W, 0 if hard else 1, src))
+            rows.append((i, S, "m-low", 0, src))
+            rows.append((i, "m-mid", "m-low", 0, src))
+            rows.append((i, S, "m-mid", 0 if hard else 2, src))
+            rows.append((i, W, "m-low", 0, src))
+    comps = comps_from_rows(rows, prompts)
+    lookup = dict(zip(prompts, emb, strict=True))
+    return comps, (lambda texts: np.stack([lookup[t] for t in texts])), emb, v
+
+
+def test_fit_scorers_learn_the_prompt_direction() -> None:
+    comps, emb_of, emb, v = synthetic_world()
+    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=30, mf_lr=2e-2, mf_batch_size=256)
+    scorers = fit_scorers(recipe, comps, emb_of(comps.prompts), strong=S, weak=W)
+    hard = emb @ v > -0.3
+    for name, scorer in scorers.items():
+        s = scorer(emb)
+        assert s.shape == (len(emb),)
+        assert s[hard].mean() > s[~hard].mean() + 0.05, name
+
+
+def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
+    comps, emb_of, _, _ = synthetic_world(seed=1, n_prompts=200)
+    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=30, mf_lr=2e-2, mf_batch_size=256)
+    results = validate_recipe(recipe, comps, emb_of, judge_scores=None, folds=4, only_folds=(0, 1), strong=S, weak=W)
+    assert {r.router for r in results} == {"mf", "sw_ranking"}
+    assert {r.source for r in results} == {"routerbench_arc", "alpaca_eval"}
+    assert {r.fold for r in results} == {0, 1}
+    for r in results:
+        assert r.apgr > r.random_apgr_mean + 2 * r.random_apgr_std, (r.router, r.source, r.apgr)
+    text = format_results(results, title="synthetic")
+    assert text.startswith("### synthetic") and text.count("\n| mf |") == 2
+
+
+def test_recipe_describe_and_pair_weights() -> None:
+    assert Recipe().describe() == "default"
+    assert Recipe(gamma=5.0, pair_weight=3.0).describe() == "gamma=5.0, pair_weight=3.0"
