@@ -49,8 +49,10 @@ __all__ = [
     "PairTable",
     "Recipe",
     "SourceResult",
+    "cached_embedder",
     "evaluate_table",
     "fit_scorers",
+    "fit_tiers",
     "format_results",
     "kfold_by_prompt",
     "length_scores",
@@ -58,6 +60,7 @@ __all__ = [
     "main",
     "pair_tables",
     "summarise",
+    "training_weights",
     "validate_recipe",
 ]
 
@@ -281,7 +284,10 @@ class Recipe:
     pair_weight: extra factor on comparisons between the default pair itself; pair_model_weight:
     extra factor on comparisons that involve the strong or the weak model; other_weight: factor on
     the comparisons that involve neither (0 trains on the pair models' comparisons only).
-    mf_*: dimension, epochs, batch, learning rate, source bias on / off, seed.
+    tier_window: keep only comparisons whose two models both lie in tiers weak_tier - window ..
+    strong_tier + window (tiers from the Elo fit above); None keeps all.
+    mf_*: dimension, epochs, batch, learning rate, source bias on / off, Gaussian noise sigma on the
+    prompt embeddings, Adam weight decay, seed.
     """
 
     label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
@@ -293,11 +299,14 @@ class Recipe:
     pair_weight: float = 1.0
     pair_model_weight: float = 1.0
     other_weight: float = 1.0
+    tier_window: int | None = None
     mf_dim: int = 128
     mf_epochs: int = 20
     mf_batch_size: int = 256
     mf_lr: float = 3e-4
     mf_source_bias: bool = True
+    mf_noise_sigma: float = 0.1
+    mf_weight_decay: float = 1e-5
     mf_seed: int = 0
 
     def describe(self) -> str:
@@ -307,7 +316,10 @@ class Recipe:
         return ", ".join(diff) or "default"
 
 
-def _row_weights(recipe: Recipe, train: Comparisons, strong: str, weak: str) -> NDArray[np.float64]:
+def training_weights(
+    recipe: Recipe, train: Comparisons, strong: str, weak: str, tiers: Mapping[str, int] | None = None
+) -> NDArray[np.float64]:
+    """Per-comparison training weight of `recipe` (label, source, pair factors, tier window)."""
     from lmroute_export.elo import comparison_weights
 
     w = comparison_weights(
@@ -317,11 +329,15 @@ def _row_weights(recipe: Recipe, train: Comparisons, strong: str, weak: str) -> 
     a, b = train.model_a, train.model_b
     involves = (a == s_idx) | (b == s_idx) | (a == w_idx) | (b == w_idx)
     is_pair = ((a == s_idx) & (b == w_idx)) | ((a == w_idx) & (b == s_idx))
-    return (
-        w
-        * np.where(involves, recipe.pair_model_weight, recipe.other_weight)
-        * np.where(is_pair, recipe.pair_weight, 1.0)
-    )
+    w = w * np.where(involves, recipe.pair_model_weight, recipe.other_weight) * np.where(is_pair, recipe.pair_weight, 1.0)
+    if recipe.tier_window is not None:
+        if tiers is None:
+            tiers = fit_tiers(recipe, train)
+        lo, hi = tiers[weak] - recipe.tier_window, tiers[strong] + recipe.tier_window
+        tier = np.array([tiers.get(m, -10**6) for m in train.models])
+        inside = (tier >= lo) & (tier <= hi)
+        w = w * (inside[a] & inside[b])
+    return w
 
 
 def fit_tiers(recipe: Recipe, train: Comparisons) -> dict[str, int]:
@@ -348,7 +364,8 @@ def fit_scorers(
 ) -> dict[str, Scorer]:
     """Train the requested routers on `train` (prompt embeddings aligned with `train.prompts`);
     return {router: scores(query embeddings [b, d]) -> float64 [b]}."""
-    weights = _row_weights(recipe, train, strong, weak)
+    tiers = fit_tiers(recipe, train) if "sw_ranking" in routers or recipe.tier_window is not None else None
+    weights = training_weights(recipe, train, strong, weak, tiers)
     out: dict[str, Scorer] = {}
     if "mf" in routers:
         from lmroute_export.train_mf import train_mf
@@ -363,6 +380,8 @@ def fit_scorers(
             lr=recipe.mf_lr,
             seed=recipe.mf_seed,
             source_bias=recipe.mf_source_bias,
+            noise_sigma=recipe.mf_noise_sigma,
+            weight_decay=recipe.mf_weight_decay,
             row_weights=weights,
         )
         u = mf_pair_vector(mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak))
@@ -371,7 +390,7 @@ def fit_scorers(
         from lmroute_export.train_sw import train_sw_ranking
         from lmroute_kernels.reference import sw_scores
 
-        tiers = fit_tiers(recipe, train)
+        assert tiers is not None
         for name in (strong, weak):
             if name not in tiers:
                 raise ValueError(f"recipe {recipe.describe()}: {name} got no tier")
@@ -575,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--routers", default="mf,sw_ranking")
     ap.add_argument("--folds", type=int, default=10, help="K of the K-fold split (10: fold 0 = pipeline's val)")
     ap.add_argument("--all-folds", action="store_true", help="run every fold, not only fold 0")
+    ap.add_argument("--pool", action="store_true", help="with --all-folds: one evaluation on the pooled out-of-fold scores")
+    ap.add_argument("--tier-window", type=int, default=None)
+    ap.add_argument("--other-weight", type=float, default=1.0)
+    ap.add_argument("--mf-noise-sigma", type=float, default=0.1)
     ap.add_argument("--label-weights", type=_pairs, default=Recipe().label_weights)
     ap.add_argument("--source-weights", type=_pairs, default=())
     ap.add_argument("--elo-source-weights", type=_pairs, default=())
@@ -597,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         gamma=args.gamma,
         pair_weight=args.pair_weight,
         pair_model_weight=args.pair_model_weight,
+        other_weight=args.other_weight,
+        tier_window=args.tier_window,
+        mf_noise_sigma=args.mf_noise_sigma,
         mf_dim=args.mf_dim,
         mf_epochs=args.mf_epochs,
         mf_lr=args.mf_lr,
@@ -612,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folds=args.folds,
         only_folds=None if args.all_folds else (0,),
         routers=tuple(r for r in args.routers.split(",") if r),
+        pool=args.pool,
     )
     print(format_results(results, title=recipe.describe()))
     return 0

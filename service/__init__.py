@@ -16,6 +16,5 @@ Three one-way layers (transport -> scheduler -> scorers):
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
     client.py        RouterClient, a small typed client
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
-    loadgen.py       first latency/throughput probe vs the raw encoder
     logs.py          structlog JSON configuration
 """

@@ -123,3 +123,20 @@ def test_rejects_bad_input() -> None:
         train_mf(comps, emb, epochs=1, label_weights={"gold": 1.0})
     with pytest.raises(ValueError, match="no non-tie comparison"):
         train_mf(comps, emb, epochs=1, label_weights={"human": 0.0})
+
+
+def test_row_weights_zero_equals_dropping_the_rows() -> None:
+    comps, emb = synthetic(5, n_rows=400, n_prompts=80)
+    w = (np.arange(len(comps)) % 3 != 0).astype(np.float64)
+    weighted = train_mf(comps, emb, **FAST, seed=2, row_weights=w)
+    sub = comps.select(w > 0)
+    kept = np.unique(comps.prompt_idx[w > 0])
+    dropped = train_mf(sub, emb[kept], **FAST, seed=2)
+    np.testing.assert_allclose(weighted.text_proj, dropped.text_proj, atol=1e-5)
+    np.testing.assert_allclose(weighted.model_emb, dropped.model_emb, atol=1e-5)
+    with pytest.raises(ValueError, match="row_weights must have shape"):
+        train_mf(comps, emb, **FAST, row_weights=np.ones(3))
+    with pytest.raises(ValueError, match="row_weights must be finite and >= 0"):
+        train_mf(comps, emb, **FAST, row_weights=-np.ones(len(comps)))
+    with pytest.raises(ValueError, match="no non-tie comparison"):
+        train_mf(comps, emb, **FAST, row_weights=np.zeros(len(comps)))

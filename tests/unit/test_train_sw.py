@@ -156,3 +156,15 @@ def test_label_weights_scale_counts_and_errors() -> None:
                                {k: v for k, v in TIERS.items() if k != "m5"}, n_tiers=3, strong="m4",
                                weak="m0", drop_unknown_models=True)
     assert dropped.cells.tolist() == [[0, 2, 1]]
+
+
+def test_row_weights_multiply_counts_and_are_checked() -> None:
+    comps = make_comparisons([0, 0, 0], [0, 0, 2], [4, 4, 4], [1, 0, 0], 1, kinds=[0, 1, 0])
+    emb = np.array([[1.0, 0.0]], dtype=np.float32)
+    art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", label_weights={"judge": 0.5},
+                           row_weights=np.array([2.0, 4.0, 0.0]))
+    assert dict(zip(map(tuple, art.cells.tolist()), art.cell_counts[0])) == {(0, 2, 0): 2.0, (0, 2, 1): 2.0}
+    with pytest.raises(ValueError, match=r"row_weights must have shape \(3,\)"):
+        train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", row_weights=np.ones(2))
+    with pytest.raises(ValueError, match="row_weights must be finite and >= 0"):
+        train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", row_weights=np.array([1.0, -1.0, 1.0]))

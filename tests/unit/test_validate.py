@@ -179,3 +179,21 @@ def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
 def test_recipe_describe_and_pair_weights() -> None:
     assert Recipe().describe() == "default"
     assert Recipe(gamma=5.0, pair_weight=3.0).describe() == "gamma=5.0, pair_weight=3.0"
+
+
+def test_training_weights_pair_factors_and_tier_window() -> None:
+    from lmroute_export.validate import training_weights
+
+    rows = [
+        (0, S, W, 0, "routerbench_arc"),  # the pair
+        (0, S, "m-low", 0, "routerbench_arc"),  # involves strong
+        (0, "m-mid", "m-low", 0, "routerbench_arc"),  # neither
+        (0, W, "m-mid", 1, "alpaca_eval"),  # involves weak, judge source
+    ]
+    comps = comps_from_rows(rows, ["p0"])
+    rec = Recipe(pair_weight=10.0, pair_model_weight=2.0, other_weight=0.5, source_weights=(("alpaca_eval", 3.0),))
+    np.testing.assert_allclose(training_weights(rec, comps, S, W), [20.0, 2.0, 0.5, 6.0])
+    tiers = {S: 3, W: 2, "m-mid": 1, "m-low": 0}
+    window = training_weights(Recipe(tier_window=1), comps, S, W, tiers)
+    np.testing.assert_allclose(window, [1.0, 0.0, 0.0, 1.0])  # m-low (tier 0) is outside 1..4
+    np.testing.assert_allclose(training_weights(Recipe(tier_window=0), comps, S, W, tiers), [1.0, 0.0, 0.0, 0.0])

@@ -1,6 +1,6 @@
 """A first latency/throughput probe: routing decisions/s through the gRPC service vs the raw encoder.
 
-    python -m lmroute_service.loadgen --bundle DIR [--concurrency 1 64] [--requests 400]
+    .venv/bin/python benchmarks/service_probe.py --bundle DIR [--concurrency 1 64] [--requests 400]
         [--router mf] [--intra-op-threads 1] [--max-batch-size 64] [--max-wait-us 2000]
         [--encoder-chunk-size 8]
 
@@ -33,19 +33,16 @@ from lmroute_service.logs import configure_logging
 
 __all__ = ["main", "drive", "raw_encoder_rate"]
 
-_WORDS = (
-    "explain write prove translate summarise debug compare design list compute describe refactor "
-    "quantum sorting poem recursion taxes history python rust gravity contract recipe proof haiku "
-    "database protein budget algorithm theorem story the a of for with and in on how why what"
-).split()
+REPO = Path(__file__).resolve().parent.parent
 
 
 def prompts_for_bench(n: int, seed: int = 0) -> list[str]:
-    """`n` synthetic prompts of 8-60 words (typical chat first turns)."""
+    """`n` real Arena prompts (the vendored calibration set), a fixed seeded sample in a fixed order."""
+    from lmroute_export.data import load_calibration_prompts
+
+    pool = load_calibration_prompts(REPO / "data")
     rng = np.random.default_rng(seed)
-    return [
-        " ".join(rng.choice(_WORDS, size=int(rng.integers(8, 61)))) + f" #{i}" for i in range(n)
-    ]
+    return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 
 
 async def drive(
@@ -126,7 +123,7 @@ class _ChildServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the probe and print one table (and JSON with --json)."""
-    ap = argparse.ArgumentParser(prog="python -m lmroute_service.loadgen", description=__doc__)
+    ap = argparse.ArgumentParser(prog="benchmarks/service_probe.py", description=__doc__)
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--requests", type=int, default=400)
