@@ -396,10 +396,12 @@ def score_bundle(
     *,
     routers: Sequence[str] | None = None,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of ``texts`` by each router of ``bundle`` (all, or the named ones), in input order.
 
     Texts are batched by length (fewer padded tokens) and the order restored afterwards.
+    ``progress``: a label for a progress bar on stderr (None: no bar).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
@@ -410,11 +412,15 @@ def score_bundle(
     texts = list(texts)
     out = {name: np.empty(len(texts), dtype=np.float64) for name in names}
     order = np.argsort([len(t) for t in texts], kind="stable")
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        batch = bundle.prompt_batch([texts[i] for i in idx])
-        for name in names:
-            out[name][idx] = bundle.routers[name].score(batch)
+    from tqdm import tqdm
+
+    with tqdm(total=len(texts), desc=progress, unit="prompt", disable=progress is None) as bar:
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = bundle.prompt_batch([texts[i] for i in idx])
+            for name in names:
+                out[name][idx] = bundle.routers[name].score(batch)
+            bar.update(len(idx))
     return out
 
 
@@ -441,7 +447,7 @@ def run_evaluation(
     bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads, require_calibration=False)
     sets = {name: load_eval(name, Path(data_dir), limit=limit) for name in benchmarks}
     scores = {
-        name: score_bundle(bundle, es.prompts, routers=routers, batch_size=batch_size)
+        name: score_bundle(bundle, es.prompts, routers=routers, batch_size=batch_size, progress=name)
         for name, es in sets.items()
     }
     pair = bundle.manifest.default_pair

@@ -54,8 +54,16 @@ class BuildConfig:
     encoder_model_dir: a local Hugging Face BERT-class model dir (None: the packaged all-MiniLM-L6-v2).
     exported_encoder_dir: an already exported and verified encoder (model.onnx + tokenizer.json) of that
         model to use as is, instead of exporting (or reusing the cache's export).
-    quick: CI mode: at most `quick_rows_per_source` comparisons per source, 2 mf epochs, a 30 s bert budget.
+    quick: CI mode: every comparison of `quick_prompts_per_source` prompts per source, 2 mf epochs, a 60 s
+        bert budget, 200 calibration prompts.
     label_weights: weight of each label kind (human / judge / golden) in Elo, sw_ranking and mf.
+
+    The router recipe was chosen on the validation harness (`lmroute_export.validate`, held-out training
+    prompts; never the eval sets): sw_ranking learns only from direct strong-vs-weak comparisons
+    (sw_pair_only) with gamma 1e5 (gamma 10 bounds the nearest/farthest weight ratio at 10x, which
+    leaves almost no locality); mf trains on all comparisons with the direct pair weighted
+    mf_pair_weight x, lr 1e-3, noise sigma 0.02, batch 1024; bert learns from the direct pair only
+    (bert_pair_only). Elo and tiers use every comparison.
     """
 
     out_dir: Path
@@ -66,14 +74,19 @@ class BuildConfig:
     max_tokens: int = 256
     routers: tuple[str, ...] = ALL_ROUTERS
     quick: bool = False
-    quick_rows_per_source: int = 150
+    quick_prompts_per_source: int = 80
     seed: int = 0
     val_fraction: float = 0.1
     n_tiers: int = 10
-    gamma: float = 10.0
+    gamma: float = 1e5
+    sw_pair_only: bool = True
     mf_dim: int = 128
     mf_epochs: int = 20
-    mf_batch_size: int = 256
+    mf_batch_size: int = 1024
+    mf_lr: float = 1e-3
+    mf_noise_sigma: float = 0.02
+    mf_pair_weight: float = 10.0
+    bert_pair_only: bool = True
     bert_time_budget_s: float = 420.0
     bert_max_tokens: int = 256
     label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
@@ -191,8 +204,8 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     label_weights = dict(cfg.label_weights)
 
     with _step(report, "load_data"):
-        loaded = load_comparisons(cfg.data_dir, limit_per_source=cfg.quick_rows_per_source if cfg.quick else None)
-        comps = loaded.comparisons
+        loaded = load_comparisons(cfg.data_dir)
+        comps = _quick_subset(loaded.comparisons, cfg.quick_prompts_per_source, cfg.seed) if cfg.quick else loaded.comparisons
         for name in (cfg.strong, cfg.weak):
             if name not in comps.models:
                 raise ValueError(f"default pair model {name!r} does not occur in the training data")
@@ -259,6 +272,30 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     return report
 
 
+def _quick_subset(comps: Comparisons, per_source: int, seed: int) -> Comparisons:
+    """All comparisons of a seeded sample of `per_source` prompts from each source (CI quick mode).
+
+    Sampling prompts rather than rows keeps every pair that a prompt carries (rows are ~100-170 per
+    prompt in the judge and golden sources), so the default pair stays represented."""
+    rng = np.random.default_rng(seed)
+    source = np.asarray(comps.source)
+    prompt = np.asarray(comps.prompt_idx)
+    keep = np.zeros(len(comps), dtype=bool)
+    for s in np.unique(source):
+        rows = source == s
+        prompts = np.unique(prompt[rows])
+        chosen = rng.choice(prompts, size=min(per_source, len(prompts)), replace=False)
+        keep |= rows & np.isin(prompt, chosen)
+    return comps.select(keep)
+
+
+def _is_pair(comps: Comparisons, cfg: BuildConfig) -> np.ndarray:
+    """Mask of the comparisons between the default pair's two models (either side)."""
+    s, w = comps.models.index(cfg.strong), comps.models.index(cfg.weak)
+    a, b = np.asarray(comps.model_a), np.asarray(comps.model_b)
+    return ((a == s) & (b == w)) | ((a == w) & (b == s))
+
+
 def _train_router(
     router: str,
     cfg: BuildConfig,
@@ -287,8 +324,11 @@ def _train_router(
             dim=cfg.mf_dim,
             epochs=2 if cfg.quick else cfg.mf_epochs,
             batch_size=cfg.mf_batch_size,
+            lr=cfg.mf_lr,
+            noise_sigma=cfg.mf_noise_sigma,
             seed=cfg.seed,
             label_weights=label_weights,
+            row_weights=np.where(_is_pair(train, cfg), cfg.mf_pair_weight, 1.0),
         )
         rows = np.array([list(mf.models).index(m) for m in models])
         model_emb = mf.model_emb[rows]
@@ -318,6 +358,7 @@ def _train_router(
             weak=cfg.weak,
             gamma=cfg.gamma,
             label_weights=label_weights,
+            row_weights=_is_pair(train, cfg).astype(np.float64) if cfg.sw_pair_only else None,
             drop_unknown_models=True,
         )
         report.routers["sw_ranking"] = {
@@ -334,7 +375,7 @@ def _train_router(
     if router == "bert":
         from lmroute_export.train_bert import bert_router_params, build_bert_examples, export_bert_onnx, train_bert
 
-        texts, labels, weights = build_bert_examples(train, tiers)
+        texts, labels, weights = build_bert_examples(train.select(_is_pair(train, cfg)) if cfg.bert_pair_only else train, tiers)
         trained = train_bert(
             texts,
             labels,
@@ -371,6 +412,6 @@ def calibrate_bundle(bundle_dir: Path, data_dir: Path, *, limit: int | None = No
     if limit is not None:
         prompts = prompts[:limit]
     bundle = load_bundle(bundle_dir, intra_op_threads=2, require_calibration=False)
-    scores = score_bundle(bundle, prompts)
+    scores = score_bundle(bundle, prompts, progress="calibration")
     update_calibration(bundle_dir, calibration_for_manifest(scores, source=source))
 

@@ -34,7 +34,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = [
     "PairTable",
     "Recipe",
     "SourceResult",
+    "Summary",
     "cached_embedder",
     "evaluate_table",
     "fit_scorers",
@@ -284,6 +285,7 @@ class Recipe:
     pair_weight: extra factor on comparisons between the default pair itself; pair_model_weight:
     extra factor on comparisons that involve the strong or the weak model; other_weight: factor on
     the comparisons that involve neither (0 trains on the pair models' comparisons only).
+    pair_only: train on the direct strong-vs-weak comparisons only (every other row gets weight 0).
     tier_window: keep only comparisons whose two models both lie in tiers weak_tier - window ..
     strong_tier + window (tiers from the Elo fit above); None keeps all.
     mf_*: dimension, epochs, batch, learning rate, source bias on / off, Gaussian noise sigma on the
@@ -299,6 +301,7 @@ class Recipe:
     pair_weight: float = 1.0
     pair_model_weight: float = 1.0
     other_weight: float = 1.0
+    pair_only: bool = False
     tier_window: int | None = None
     mf_dim: int = 128
     mf_epochs: int = 20
@@ -330,6 +333,8 @@ def training_weights(
     involves = (a == s_idx) | (b == s_idx) | (a == w_idx) | (b == w_idx)
     is_pair = ((a == s_idx) & (b == w_idx)) | ((a == w_idx) & (b == s_idx))
     w = w * np.where(involves, recipe.pair_model_weight, recipe.other_weight) * np.where(is_pair, recipe.pair_weight, 1.0)
+    if recipe.pair_only:
+        w = w * is_pair
     if recipe.tier_window is not None:
         if tiers is None:
             tiers = fit_tiers(recipe, train)
@@ -432,6 +437,7 @@ def validate_recipe(
     weak: str = names.WEAK,
     random_seeds: int = 10,
     pool: bool = False,
+    decontaminate: float | None = 0.95,
 ) -> list[SourceResult]:
     """Train on each chosen fold's training part, score its validation prompts, and evaluate.
 
@@ -439,17 +445,29 @@ def validate_recipe(
     `folds` folds to run (default: fold 0 of 10, the pipeline's validation split; None: all).
     pool: evaluate once per (router, source) on the out-of-fold scores of all chosen folds pooled
     (result fold -1): many more prompts per source than one fold, at the price of mixing the score
-    scales of K models trained on 1 - 1/K of the data each (same recipe)."""
+    scales of K models trained on 1 - 1/K of the data each (same recipe).
+    decontaminate: drop validation prompts whose cosine similarity to some training prompt of the
+    fold is >= this (the eval protocol drops eval prompts at 0.95 to a training prompt); None keeps
+    all. It matters: ~27 % of Winogrande prompts have a twin (same sentence, one word changed,
+    the answer flipped) at >= 0.95, and the two twins' strong-vs-weak gains are anti-correlated."""
     splits = kfold_by_prompt(comps, folds, seed=split_seed)
     chosen = range(folds) if only_folds is None else only_folds
     results: list[SourceResult] = []
     pooled: dict[tuple[str, str], tuple[list[PairTable], list[NDArray[np.float64]]]] = {}
     for j in chosen:
         train, val = splits[j]
-        scorers = fit_scorers(recipe, train, emb_of(train.prompts), routers=routers, strong=strong, weak=weak)
+        train_emb = emb_of(train.prompts)
+        scorers = fit_scorers(recipe, train, train_emb, routers=routers, strong=strong, weak=weak)
         tables = pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool)
         for table in tables.values():
             q = emb_of(table.prompts)
+            if decontaminate is not None:
+                clean = (q @ train_emb.T).max(axis=1) < decontaminate
+                if not clean.all():
+                    table = _subset(table, clean)
+                    q = q[clean]
+                if not clean.any():
+                    continue
             for router, scorer in scorers.items():
                 scores = scorer(q)
                 if pool:
@@ -469,6 +487,16 @@ def validate_recipe(
         if len(table.prompts) >= 2 and table.strong_q.mean() != table.weak_q.mean():
             results.append(evaluate_table(table, np.concatenate(scs), router=router, fold=-1, random_seeds=random_seeds))
     return results
+
+
+def _subset(table: PairTable, keep: NDArray[np.bool_]) -> PairTable:
+    return PairTable(
+        table.source,
+        table.kind,
+        tuple(p for p, k in zip(table.prompts, keep, strict=True) if k),
+        table.strong_q[keep],
+        table.weak_q[keep],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +520,6 @@ class Summary:
     random_cpt50: float
     length_apgr: float
     length_cpt50: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def summarise(results: Sequence[SourceResult]) -> list[Summary]:
@@ -596,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--all-folds", action="store_true", help="run every fold, not only fold 0")
     ap.add_argument("--pool", action="store_true", help="with --all-folds: one evaluation on the pooled out-of-fold scores")
     ap.add_argument("--tier-window", type=int, default=None)
+    ap.add_argument("--pair-only", action="store_true", help="train on the direct strong-vs-weak comparisons only")
+    ap.add_argument("--decontaminate", type=float, default=0.95, help="drop val prompts this close (cosine) to a training prompt; <= -1 keeps all")
     ap.add_argument("--other-weight", type=float, default=1.0)
     ap.add_argument("--mf-noise-sigma", type=float, default=0.1)
     ap.add_argument("--label-weights", type=_pairs, default=Recipe().label_weights)
@@ -621,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pair_weight=args.pair_weight,
         pair_model_weight=args.pair_model_weight,
         other_weight=args.other_weight,
+        pair_only=args.pair_only,
         tier_window=args.tier_window,
         mf_noise_sigma=args.mf_noise_sigma,
         mf_dim=args.mf_dim,
@@ -639,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only_folds=None if args.all_folds else (0,),
         routers=tuple(r for r in args.routers.split(",") if r),
         pool=args.pool,
+        decontaminate=args.decontaminate if args.decontaminate > -1 else None,
     )
     print(format_results(results, title=recipe.describe()))
     return 0

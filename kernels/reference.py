@@ -314,7 +314,12 @@ def _newton(
         hess[np.diag_indices(k)] += 2.0 * ridge
         if ridge == 0.0:
             hess += gauge * max(float(np.trace(hess)) / k, 1e-300)
-        step = np.linalg.solve(hess, grad)
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            # numerically singular: cell weights spanning ~20+ orders of magnitude (e.g. a huge
+            # gamma) drown the small cells' curvature; the least-squares step still descends.
+            step = np.linalg.lstsq(hess, grad, rcond=None)[0]
         t = 1.0
         while True:
             cand = r - t * step

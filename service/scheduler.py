@@ -13,6 +13,7 @@ If a batch raises, its prompts are rescored one by one so only the failing promp
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -83,7 +84,7 @@ class SchedulerStats:
     items_scored: int = 0
     scorer_failures: int = 0
     largest_batch: int = 0
-    batch_sizes: list[int] = dataclasses.field(default_factory=list)
+    batch_size_histogram: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)  # size -> batches
 
 
 class Scheduler:
@@ -298,8 +299,7 @@ class Scheduler:
                         it.timer.cancel()
                 self.stats.batches += 1
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-                if len(self.stats.batch_sizes) < 100_000:
-                    self.stats.batch_sizes.append(len(batch))
+                self.stats.batch_size_histogram[len(batch)] += 1
                 await self._run_batch(batch, isolate=True)
 
     async def _run_batch(self, batch: list[Item], *, isolate: bool) -> None:

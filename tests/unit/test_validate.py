@@ -197,3 +197,20 @@ def test_training_weights_pair_factors_and_tier_window() -> None:
     window = training_weights(Recipe(tier_window=1), comps, S, W, tiers)
     np.testing.assert_allclose(window, [1.0, 0.0, 0.0, 1.0])  # m-low (tier 0) is outside 1..4
     np.testing.assert_allclose(training_weights(Recipe(tier_window=0), comps, S, W, tiers), [1.0, 0.0, 0.0, 0.0])
+
+
+def test_decontaminate_drops_val_prompts_with_a_training_twin() -> None:
+    comps, _, emb, _ = synthetic_world(seed=2, n_prompts=80)
+    twin = {t: emb[i % 40] for i, t in enumerate(comps.prompts)}  # prompt i and i + 40 share an embedding
+    emb_of = lambda texts: np.stack([twin[t] for t in texts])  # noqa: E731
+    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
+    kw = dict(judge_scores=None, folds=2, only_folds=(0,), strong=S, weak=W, routers=("sw_ranking",))
+    kept = validate_recipe(recipe, comps, emb_of, decontaminate=None, **kw)
+    clean = validate_recipe(recipe, comps, emb_of, decontaminate=0.95, **kw)
+    n_kept = {r.source: r.n_prompts for r in kept}
+    n_clean = {r.source: r.n_prompts for r in clean}
+    train, val = kfold_by_prompt(comps, 2)[0]
+    idx = {t: i % 40 for i, t in enumerate(comps.prompts)}
+    with_twin = sum(1 for p in val.prompts if any(idx[q] == idx[p] for q in train.prompts))
+    assert with_twin > 0
+    assert all(n_kept[s] - n_clean.get(s, 0) == with_twin for s in n_kept)
