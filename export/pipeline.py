@@ -42,6 +42,8 @@ log = logging.getLogger("lmroute_export.pipeline")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert")
+# Training prompts within cosine 0.95 of an eval prompt (`lmroute-export contamination --out ...`).
+DECONTAMINATION_FILE = "train_decontamination.json"
 CALIBRATION_SOURCE = "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human)"
 
 
@@ -205,7 +207,9 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
 
     with _step(report, "load_data"):
         loaded = load_comparisons(cfg.data_dir)
-        comps = _quick_subset(loaded.comparisons, cfg.quick_prompts_per_source, cfg.seed) if cfg.quick else loaded.comparisons
+        comps, n_contaminated = _drop_contaminated(loaded.comparisons, cfg.data_dir / DECONTAMINATION_FILE)
+        if cfg.quick:
+            comps = _quick_subset(comps, cfg.quick_prompts_per_source, cfg.seed)
         for name in (cfg.strong, cfg.weak):
             if name not in comps.models:
                 raise ValueError(f"default pair model {name!r} does not occur in the training data")
@@ -213,6 +217,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         report.data = {
             "counts": comps.counts(),
             "n_bad_rows": len(loaded.issues),
+            "n_comparisons_dropped_near_eval": n_contaminated,
             "n_train_comparisons": len(train),
             "n_val_comparisons": 0 if val is None else len(val),
             "n_train_prompts": len(train.prompts),
@@ -270,6 +275,20 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     with _step(report, "calibrate"):
         calibrate_bundle(cfg.out_dir, cfg.data_dir, limit=cfg.calibration_limit if not cfg.quick else 200)
     return report
+
+
+def _drop_contaminated(comps: Comparisons, path: Path) -> tuple[Comparisons, int]:
+    """Drop every comparison whose prompt is listed in `path` (near-duplicates of eval prompts, found by
+    `lmroute-export contamination`); returns the table and how many comparisons were dropped."""
+    if not path.is_file():
+        log.warning("%s not found: training prompts are not checked against the eval sets", path)
+        return comps, 0
+    drop = set(json.loads(path.read_text())["training_prompts_to_drop"])
+    bad_prompt = np.array([p in drop for p in comps.prompts], dtype=bool)
+    keep = ~bad_prompt[np.asarray(comps.prompt_idx)]
+    log.info("dropped %d comparisons on %d training prompts near-duplicate to eval prompts (%s)",
+             int((~keep).sum()), int(bad_prompt.sum()), path.name)
+    return comps.select(keep), int((~keep).sum())
 
 
 def _quick_subset(comps: Comparisons, per_source: int, seed: int) -> Comparisons:

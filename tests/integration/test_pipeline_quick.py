@@ -44,6 +44,7 @@ def test_bundle_has_every_router_and_is_calibrated(quick_bundle: tuple[Path, obj
     assert m.tiers[names.STRONG] > m.tiers[names.WEAK]
     assert m.training_data.n_comparisons == report.data["n_train_comparisons"]
     assert report.data["n_bad_rows"] > 0  # the AlpacaEval file has known bad rows: they are counted
+    assert report.data["n_comparisons_dropped_near_eval"] > 0  # data/train_decontamination.json applied
     # calibration: on the calibration prompts themselves, threshold(p) sends ~p to strong
     assert m.calibration is not None
     assert m.calibration.n_prompts == 200
@@ -86,3 +87,36 @@ def test_evaluate_command_writes_report(quick_bundle: tuple[Path, object], tmp_p
     for bench in ("mt_bench", "mmlu", "gsm8k"):
         assert (out / f"{bench}.png").is_file() or any(out.glob(f"*{bench}*.png"))
     assert set(results) >= {"bundle"}
+
+
+def test_service_serves_the_trained_bundle_like_offline_scoring(quick_bundle: tuple[Path, object]) -> None:
+    """The offline half's trained bundle through the online half: gRPC Score on 127.0.0.1 equals the
+    evaluation's offline scoring for every router, batched and one prompt at a time."""
+    from lmroute.v1 import router_pb2
+    from lmroute_service.client import RouterClient
+    from lmroute_service.config import ServiceConfig
+    from lmroute_service.testing import ServerThread
+
+    path, _ = quick_bundle
+    bundle = load_bundle(path)
+    from lmroute_export.data import load_calibration_prompts
+
+    prompts = load_calibration_prompts(REPO / "data")[200:237]  # not the calibration slice
+    offline = score_bundle(bundle, prompts)
+    routers = list(bundle.routers)
+    cfg = ServiceConfig(bundle_path=path, port=0, log_level="warning", grace_s=0.0, queue_timeout_ms=60_000)
+    with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+        assert client.health() == "SERVING"
+        batched = client.score(prompts, routers=routers)
+        assert batched.bundle_version == bundle.version
+        for i, res in enumerate(batched.results):
+            assert res.status.code == 0, res.status.message
+            for s in res.scores:
+                assert abs(s.strong_win_probability - offline[s.router][i]) <= 1e-6, (i, s.router)
+        for i in (0, 17, 36):
+            single = client.score([prompts[i]], routers=routers).results[0]
+            for s in single.scores:
+                assert abs(s.strong_win_probability - offline[s.router][i]) <= 1e-6
+        d = client.route(prompts[0], router="sw_ranking", strong_share=0.5)
+        strong = offline["sw_ranking"][0] >= bundle.threshold_for_share("sw_ranking", 0.5)
+        assert d.tier == (router_pb2.TIER_STRONG if strong else router_pb2.TIER_WEAK)
