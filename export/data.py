@@ -230,7 +230,7 @@ def open_data_file(data_dir: Path, rel: str) -> tuple[Path, io.TextIOBase]:
     raise FileNotFoundError(f"{base}: missing (neither it nor {gz.name} exists)")
 
 
-def _jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, dict]]:
     """(line, record) for each JSON object line; bad lines become issues. Blank lines are skipped."""
     with handle:
         for line_no, line in enumerate(handle, start=1):
@@ -316,7 +316,7 @@ def _first_turn(rec: dict) -> str | None:
 
 def _arena_human(data_dir: Path, rd: _Reader) -> Iterator[Row]:
     path, handle = open_data_file(data_dir, ARENA_FILE)
-    for line, rec in _jsonl_records(path, handle, rd.issues):
+    for line, rec in jsonl_records(path, handle, rd.issues):
         a, b = _text(rec.get("model_a")), _text(rec.get("model_b"))
         prompt = _first_turn(rec)
         winner = rec.get("winner")
@@ -348,7 +348,7 @@ def _alpaca_outcome(raw: str) -> int | None:
 def _alpaca_eval(data_dir: Path, rd: _Reader) -> Iterator[Row]:
     ppath, phandle = open_data_file(data_dir, ALPACA_PROMPTS)
     instructions: dict[str, str] = {}
-    for line, rec in _jsonl_records(ppath, phandle, rd.issues):
+    for line, rec in jsonl_records(ppath, phandle, rd.issues):
         pid, text = _text(rec.get("prompt_id")), _text(rec.get("instruction"))
         if pid is None or text is None:
             rd.issue(ppath, line, "missing field prompt_id/instruction")
@@ -570,14 +570,14 @@ def load_calibration_prompts(data_dir: Path) -> list[str]:
     seen: dict[str, None] = {}
     for rel in CALIBRATION_FILES:
         path, handle = open_data_file(Path(data_dir), rel)
-        for line, rec in _jsonl_records(path, handle, issues):
+        for line, rec in jsonl_records(path, handle, issues):
             text = _text(rec.get("prompt"))
             if text is None:
                 issues.append(RowIssue(str(path), line, "missing field prompt"))
             else:
                 seen.setdefault(text, None)
     path, handle = open_data_file(Path(data_dir), ARENA_FILE)
-    for line, rec in _jsonl_records(path, handle, issues):
+    for line, rec in jsonl_records(path, handle, issues):
         text = _first_turn(rec)
         if text is None:
             issues.append(RowIssue(str(path), line, "missing field turns/prompt (no first user turn)"))

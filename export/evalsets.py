@@ -14,14 +14,13 @@ Eval data must be exact, so a malformed row raises ``EvalDataError`` naming the 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmroute_export.data import open_data_file
+from lmroute_export.data import RowIssue, jsonl_records, open_data_file
 from lmroute_export.names import STRONG, WEAK, normalize_model_name
 
 __all__ = ["EVAL_NAMES", "EvalDataError", "EvalSet", "load_eval"]
@@ -60,18 +59,15 @@ class EvalSet:
 
 
 def _jsonl(data_dir: Path, rel: str) -> Iterator[tuple[Path, int, dict]]:
+    """(path, line, record) per JSON line; unlike training data, a bad eval line is an error."""
     path, handle = open_data_file(data_dir, rel)
-    with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalDataError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise EvalDataError(f"{path}:{line_no}: JSON line is not an object")
-            yield path, line_no, record
+    issues: list[RowIssue] = []
+    for line_no, record in jsonl_records(path, handle, issues):
+        if issues:
+            break
+        yield path, line_no, record
+    if issues:
+        raise EvalDataError(f"{issues[0].file}:{issues[0].line}: {issues[0].reason}")
 
 
 def _contaminated(data_dir: Path, name: str) -> set[str]:
