@@ -72,16 +72,13 @@ def find_contamination(
 
 def main(args: argparse.Namespace) -> int:
     """`lmroute-export contamination`: embed training and eval prompts (cached) and report hits."""
-    from lmroute_bundle.encoder import OnnxEncoder
     from lmroute_export.data import load_comparisons
     from lmroute_export.embed_cache import embed_texts
     from lmroute_export.evalsets import load_eval
-    from lmroute_export.pipeline import _file_sha256, ensure_encoder
+    from lmroute_export.pipeline import ensure_encoder, open_encoder
 
     enc_dir, _ = ensure_encoder(None, args.cache_dir, 256)
-    encoder = OnnxEncoder(enc_dir / "model.onnx", enc_dir / "tokenizer.json", max_tokens=256,
-                          providers=("CPUExecutionProvider",), intra_op_threads=2)
-    enc_id = _file_sha256(enc_dir / "model.onnx")
+    encoder, enc_id = open_encoder(enc_dir, 256)
     cache = args.cache_dir / "embeddings"
     train_prompts = list(load_comparisons(args.data_dir).comparisons.prompts)
     train_emb = embed_texts(encoder, train_prompts, cache, encoder_id=enc_id)

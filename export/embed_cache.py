@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lmroute_bundle.encoder import OnnxEncoder
+from lmroute_bundle.loader import sha256_file
 
 __all__ = ["EmbedCacheError", "embed_texts", "encoder_id_for", "text_key"]
 
@@ -49,11 +50,8 @@ def text_key(text: str) -> bytes:
 
 def encoder_id_for(model_path: Path, *, max_tokens: int | None = None) -> str:
     """sha256 of the encoder's model.onnx (plus `-t<max_tokens>` when given: truncation changes outputs)."""
-    h = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest() if max_tokens is None else f"{h.hexdigest()}-t{max_tokens}"
+    digest = sha256_file(Path(model_path))
+    return digest if max_tokens is None else f"{digest}-t{max_tokens}"
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -33,7 +33,7 @@ from lmroute_bundle.encoder import OnnxEncoder
 from lmroute_export import names
 from lmroute_export.calibrate import calibration_for_manifest
 from lmroute_export.data import LABEL_KINDS, Comparisons, load_calibration_prompts, load_comparisons
-from lmroute_export.embed_cache import embed_texts
+from lmroute_export.embed_cache import embed_texts, encoder_id_for
 from lmroute_export.evaluate import score_bundle
 from lmroute_export.encoder_export import default_model_dir, export_encoder
 from lmroute_export.elo import compute_elo, format_elo_table, segment_tiers
@@ -134,14 +134,6 @@ def _step(report: BuildReport, name: str) -> Iterator[None]:
     log.info("step %s done in %.1f s", name, report.seconds[name])
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dir_key(model_dir: Path, max_tokens: int) -> str:
     """A cache key for an exported encoder: the source model's files and the truncation length."""
     h = hashlib.sha256(f"max_tokens={max_tokens}".encode())
@@ -174,6 +166,18 @@ def ensure_encoder(model_dir: Path | None, cache_dir: Path, max_tokens: int) -> 
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out, info
+
+
+def open_encoder(enc_dir: Path, max_tokens: int) -> tuple[OnnxEncoder, str]:
+    """The exported encoder in `enc_dir` as an ONNX Runtime session (2 threads) and its embedding-cache id."""
+    encoder = OnnxEncoder(
+        enc_dir / "model.onnx",
+        enc_dir / "tokenizer.json",
+        max_tokens=max_tokens,
+        providers=("CPUExecutionProvider",),
+        intra_op_threads=2,
+    )
+    return encoder, encoder_id_for(enc_dir / "model.onnx")
 
 
 def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int) -> EncoderSpec:
@@ -229,14 +233,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             enc_dir, report.encoder = Path(cfg.exported_encoder_dir), {"exported_dir": str(cfg.exported_encoder_dir)}
         else:
             enc_dir, report.encoder = ensure_encoder(cfg.encoder_model_dir, cfg.cache_dir, cfg.max_tokens)
-        encoder = OnnxEncoder(
-            enc_dir / "model.onnx",
-            enc_dir / "tokenizer.json",
-            max_tokens=cfg.max_tokens,
-            providers=("CPUExecutionProvider",),
-            intra_op_threads=2,
-        )
-        encoder_id = _file_sha256(enc_dir / "model.onnx")
+        encoder, encoder_id = open_encoder(enc_dir, cfg.max_tokens)
 
     with _step(report, "embed_train"):
         prompt_emb = embed_texts(encoder, train.prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)

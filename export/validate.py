@@ -574,19 +574,11 @@ def format_results(results: Sequence[SourceResult], title: str = "") -> str:
 
 def cached_embedder(cache_dir: Path, max_tokens: int = 256) -> Callable[[Sequence[str]], NDArray[np.float32]]:
     """texts -> embeddings with the pipeline's exported encoder and embedding cache under cache_dir."""
-    from lmroute_bundle.encoder import OnnxEncoder
-    from lmroute_export.embed_cache import embed_texts, encoder_id_for
-    from lmroute_export.pipeline import ensure_encoder
+    from lmroute_export.embed_cache import embed_texts
+    from lmroute_export.pipeline import ensure_encoder, open_encoder
 
     enc_dir, _ = ensure_encoder(None, cache_dir, max_tokens)
-    encoder = OnnxEncoder(
-        enc_dir / "model.onnx",
-        enc_dir / "tokenizer.json",
-        max_tokens=max_tokens,
-        providers=("CPUExecutionProvider",),
-        intra_op_threads=2,
-    )
-    encoder_id = encoder_id_for(enc_dir / "model.onnx")
+    encoder, encoder_id = open_encoder(enc_dir, max_tokens)
     memo: dict[str, NDArray[np.float32]] = {}
 
     def emb_of(texts: Sequence[str]) -> NDArray[np.float32]:

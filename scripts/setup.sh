@@ -13,7 +13,7 @@ fi
 want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
 have=$(cat .venv/.lmroute-installed 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
-  echo "setup: installing pinned packages (first run downloads ~4 GB: torch is the PyPI CUDA build)"
+  echo "setup: installing pinned packages (first run installs ~6 GB: torch is the PyPI CUDA build)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
