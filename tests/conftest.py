@@ -1,4 +1,4 @@
-"""Shared integration fixtures: the real all-MiniLM-L6-v2 exported to ONNX once per test session.
+"""Shared fixtures (integration and e2e tiers): the real all-MiniLM-L6-v2 exported to ONNX once per test session.
 
 `encoder_export` gives the `EncoderExport` record (min cosine, fused ops, ...); `exported_encoder_dir`
 gives the directory holding `model.onnx` and `tokenizer.json` (max_tokens 256, fp32), for any test that
