@@ -5,9 +5,13 @@ model's); the service routes to strong when score >= threshold. Routers hold val
 (the loader checks them); they never read files and keep no per-request state, so batched == single.
 
     RandomRouter     hash of (seed, text) -> [0, 1)  (lmroute_kernels.reference.random_scores)
-    MFRouter         sigmoid(u . e) with the collapsed pair vector u
-    SWRankingRouter  similarity-weighted Bradley-Terry over tiers (lmroute_kernels.reference.sw_scores)
+    MFRouter         sigmoid(u . e) with the collapsed pair vector u       (compiled core)
+    SWRankingRouter  similarity-weighted Bradley-Terry over tiers          (compiled core, SWIndex)
     BertRouter       softmax(logits)[strong_wins] of a 3-label ONNX classifier fed the TokenBatch
+
+mf and sw_ranking score through the compiled core (`lmroute_kernels.compiled`), which equals the NumPy
+reference to <= 1e-6; constructing them raises `KernelUnavailableError` (an ImportError naming the
+cause) when the core is missing or stale. There is no fallback to the reference at run time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 from lmroute_kernels import reference
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import faiss
     import onnxruntime as ort
 
@@ -88,37 +94,42 @@ class RandomRouter:
         return reference.random_scores(list(batch.texts), self.seed)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x, dtype=np.float64)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
+def _compiled() -> ModuleType:
+    """The compiled core; imported on first use so that a missing core fails the bundle load (with
+    KernelUnavailableError's message) rather than every import of this module."""
+    from lmroute_kernels import compiled
+
+    return compiled
 
 
 class MFRouter:
-    """Matrix factorisation collapsed to the default pair: score = sigmoid(u . e), in float64."""
+    """Matrix factorisation collapsed to the default pair: score = sigmoid(u . e), in float64.
+
+    `models` (optional) holds one folded vector per model (`compiled.MFIndex`) for per-model logits,
+    i.e. routing among more than two models.
+    """
 
     kind = "mf"
     uses_encoder = True
 
-    def __init__(self, name: str, *, pair_vector: np.ndarray) -> None:
+    def __init__(self, name: str, *, pair_vector: np.ndarray, models: Any = None) -> None:
+        self._core = _compiled()
         self.name = name
         self.pair_vector = np.asarray(pair_vector, dtype=np.float64)
+        self.models = models
 
     def score(self, batch: PromptBatch) -> np.ndarray:
         emb = _need_embeddings(self.name, self.kind, batch, self.pair_vector.shape[0])
-        return _sigmoid(emb.astype(np.float64) @ self.pair_vector)
+        return self._core.pair_probabilities(emb, self.pair_vector[None, :])[:, 0]
 
 
 class SWRankingRouter:
     """Similarity-weighted Bradley-Terry over tiers, scored exactly over every training prompt.
 
     The FAISS IndexFlatIP is loaded and validated (ntotal, d, same rows) and kept as `index`, but the
-    exact scan runs as one NumPy GEMM inside `lmroute_kernels.reference.sw_scores`: every training prompt
-    carries weight >= gamma, so a top-k search would be a different model, and a flat index gives no
-    speed-up over the GEMM. `params.scale` does not change the score (the MLE probability is invariant
+    exact scan runs in the compiled core (`compiled.SWIndex`, float64 accumulation): every training
+    prompt carries weight >= gamma, so a top-k search would be a different model, and FAISS's float32
+    scan is not exact to 1e-6 (benchmarks/RESULTS_sw_kernel.md measures both). `params.scale` does not change the score (the MLE probability is invariant
     to the rating scale) and is kept for reporting ratings in Elo units.
     """
 
@@ -151,23 +162,15 @@ class SWRankingRouter:
         self.gamma = gamma
         self.base = base
         self.scale = scale
+        self.table = _compiled().SWIndex(prompt_embeddings, cell_counts, cells, n_tiers)
 
     def score(self, batch: PromptBatch) -> np.ndarray:
         emb = _need_embeddings(self.name, self.kind, batch, self.prompt_embeddings.shape[1])
         if emb.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
-        scores = reference.sw_scores(
-            emb,
-            self.prompt_embeddings,
-            self.cell_counts,
-            self.cells,
-            self.n_tiers,
-            self.strong_tier,
-            self.weak_tier,
-            gamma=self.gamma,
-            base=self.base,
+        return self.table.scores(
+            emb, self.strong_tier, self.weak_tier, gamma=self.gamma, base=self.base
         )
-        return np.asarray(scores, dtype=np.float64)
 
 
 class BertRouter:

@@ -1,12 +1,14 @@
 """`lmroute-serve`: parse config, check the device, serve until SIGTERM/SIGINT, drain, exit.
 
 Exit codes: 0 after a clean drain; 2 for a bad setting (message on stderr, prefixed
-`lmroute-serve: config error:`); 1 when the bundle cannot be loaded (message names the file).
+`lmroute-serve: config error:`); 1 when the compiled scoring core or the bundle cannot be loaded
+(the message names the module or the file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -55,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level)
+    try:  # no fallback to the NumPy reference: a missing or stale core stops the server here
+        importlib.import_module("lmroute_kernels.compiled")
+    except ImportError as exc:
+        print(f"lmroute-serve: {exc}", file=sys.stderr)
+        return 1
     return asyncio.run(serve(cfg))
 
 

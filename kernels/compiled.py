@@ -1,0 +1,400 @@
+"""The compiled scoring core (C++ via nanobind, OpenMP; sources in kernels/src/) behind a validating API.
+
+    SWIndex     sw_ranking: the training-prompt table prepared once (float32 embeddings, cell counts as
+                CSR), then `scores(query_emb, strong_tier, weak_tier, gamma, base)` with the core's own
+                exact similarity scan, or `scores_from_sims(sims, ...)` when the scan ran elsewhere
+                (FAISS); `cell_weights(query_emb, gamma)` exposes the weight + scatter step
+    MFIndex     mf: per-model vectors folded once from the factors; `logits(emb)` [b, n_models] and
+                `pair_scores(emb, pairs)` = P(strong beats weak) per (strong, weak) pair
+    bt_ratings  the small Bradley-Terry Newton solve on its own
+    set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
+                cores to ONNX Runtime; benchmarks raise it)
+
+Every function matches `lmroute_kernels.reference` (the spec) to <= 1e-6 relative; the property tests in
+tests/unit/test_kernels_compiled.py check it. Embeddings are float32 (as stored in bundles and produced
+by the encoder); dot products accumulate in float64, like the reference's.
+
+Loading is strict: importing this module raises `KernelUnavailableError` (an ImportError) that names the
+cause when `lmroute_kernels._core` is missing, was built for another Python ABI, or was built from other
+sources than the ones in kernels/src (a stale build). There is no fallback to the NumPy reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "ABI_VERSION",
+    "KernelUnavailableError",
+    "MFIndex",
+    "SWIndex",
+    "bt_ratings",
+    "cpu_features",
+    "get_num_threads",
+    "pair_probabilities",
+    "set_num_threads",
+    "source_fingerprint",
+]
+
+ABI_VERSION = 1
+"""The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
+
+_SRC_DIR = Path(__file__).resolve().parent / "src"
+_REBUILD = "rebuild it with scripts/setup.sh (pip install -e . builds kernels/ with CMake)"
+
+F64 = NDArray[np.float64]
+
+
+class KernelUnavailableError(ImportError):
+    """The compiled core cannot be used; the message says why and how to rebuild."""
+
+
+def source_fingerprint(src_dir: Path = _SRC_DIR) -> str | None:
+    """sha256 over "<name>:<sha256>\\n" of every source file in sorted order (CMakeLists.txt computes the
+    same at build time); None when the sources are not beside the module (an installed wheel)."""
+    if not src_dir.is_dir():
+        return None
+    files = sorted(p for p in src_dir.iterdir() if p.suffix in {".cpp", ".hpp"})
+    text = "".join(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in files)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_core() -> Any:
+    name = f"{__package__}._core"
+    try:
+        core = importlib.import_module(name)
+    except ImportError as exc:
+        spec = None
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            pass
+        need = importlib.machinery.EXTENSION_SUFFIXES[0]
+        if spec is None:
+            built = sorted(p.name for p in Path(__file__).resolve().parent.glob("_core*"))
+            found = f"found only {built}" if built else "no _core module was found"
+            raise KernelUnavailableError(
+                f"the compiled scoring core {name} is missing ({found}; this Python needs a file ending "
+                f"in {need!r}): {_REBUILD}"
+            ) from exc
+        raise KernelUnavailableError(
+            f"the compiled scoring core {name} at {spec.origin} cannot be loaded ({exc}); it was probably "
+            f"built for another Python or platform (this one needs {need!r}): {_REBUILD}"
+        ) from exc
+    abi = getattr(core, "ABI_VERSION", None)
+    if abi != ABI_VERSION:
+        raise KernelUnavailableError(
+            f"the compiled scoring core {name} has ABI version {abi!r}, this wrapper needs {ABI_VERSION}: "
+            f"{_REBUILD}"
+        )
+    want = source_fingerprint()
+    if want is not None and core.SOURCE_SHA256 != want:
+        raise KernelUnavailableError(
+            f"the compiled scoring core {name} was built from other sources than {_SRC_DIR} "
+            f"(fingerprint {core.SOURCE_SHA256[:12]}, sources {want[:12]}): a stale build; {_REBUILD}"
+        )
+    return core
+
+
+_core = _load_core()
+_threads_lock = threading.Lock()
+_threads = 1
+
+
+def set_num_threads(n: int) -> None:
+    """OpenMP threads for every later call (1 .. the machine's OpenMP maximum)."""
+    global _threads
+    top = int(_core.max_threads())
+    if not isinstance(n, int) or not 1 <= n <= max(top, 1):
+        raise ValueError(f"threads must be an integer in 1..{top}, got {n!r}")
+    with _threads_lock:
+        _threads = n
+
+
+def get_num_threads() -> int:
+    return _threads
+
+
+def cpu_features() -> str:
+    """What the CPU offers the core's multi-versioned loops (e.g. 'x86-64 avx512f avx2 fma')."""
+    return str(_core.cpu_features())
+
+
+# ---------------------------------------------------------------------------------------------
+# sw_ranking
+
+
+class _Cells:
+    """A validated cell design: int32 tiers a, b and the target P(a wins) y (1, 0 or 0.5)."""
+
+    def __init__(self, cells: NDArray[np.integer], n_tiers: int) -> None:
+        c = np.asarray(cells)
+        if n_tiers < 1:
+            raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
+        if c.ndim != 2 or c.shape[1] != 3:
+            raise ValueError(f"cells must have shape [c, 3], got {c.shape}")
+        c = c.astype(np.int64)
+        a, b, outcome = c[:, 0], c[:, 1], c[:, 2]
+        if np.any((a < 0) | (a >= n_tiers) | (b < 0) | (b >= n_tiers)):
+            raise ValueError(f"cells hold a tier outside 0..{n_tiers - 1}")
+        if np.any(a == b):
+            raise ValueError("cells hold a same-tier cell (tier_a == tier_b): it carries no information")
+        if np.any((outcome < 0) | (outcome > 2)):
+            raise ValueError("cells hold an outcome outside {0, 1, 2}")
+        self.n_tiers = int(n_tiers)
+        self.a = np.ascontiguousarray(a, dtype=np.int32)
+        self.b = np.ascontiguousarray(b, dtype=np.int32)
+        self.y = np.select([outcome == 0, outcome == 1], [1.0, 0.0], default=0.5).astype(np.float64)
+
+    def __len__(self) -> int:
+        return int(self.a.shape[0])
+
+    def check_tiers(self, strong_tier: int, weak_tier: int) -> None:
+        for name, tier in (("strong_tier", strong_tier), ("weak_tier", weak_tier)):
+            if not 0 <= tier < self.n_tiers:
+                raise ValueError(f"{name} {tier} is outside 0..{self.n_tiers - 1}")
+
+
+def _check_gamma_base(gamma: float, base: float) -> None:
+    if not (gamma > 0.0 and math.isfinite(gamma)):
+        raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
+    if not (base > 1.0 and math.isfinite(base)):
+        raise ValueError(f"base must be a finite number > 1, got {base!r}")
+
+
+def _csr_from_dense(counts: NDArray[np.floating]) -> tuple[NDArray[np.int64], NDArray[np.int32], F64]:
+    dense = np.asarray(counts, dtype=np.float64)
+    rows, cols = np.nonzero(dense)
+    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
+    return indptr, cols.astype(np.int32), np.ascontiguousarray(dense[rows, cols])
+
+
+class SWIndex:
+    """The sw_ranking table of one router, prepared for the compiled core.
+
+    prompt_emb float32 [n, d] (L2-normalised training prompts); cell_counts either dense [n, c] or a
+    CSR tuple (indptr int [n + 1], indices int [nnz], values float [nnz]) of per-prompt outcome counts
+    per cell; cells [c, 3] = (tier_a, tier_b, outcome) as in `reference.bt_ratings_from_cells`.
+    """
+
+    def __init__(
+        self,
+        prompt_emb: NDArray[np.floating],
+        cell_counts: NDArray[np.floating] | tuple[NDArray[Any], NDArray[Any], NDArray[Any]],
+        cells: NDArray[np.integer],
+        n_tiers: int,
+    ) -> None:
+        x = np.asarray(prompt_emb)
+        if x.ndim != 2:
+            raise ValueError(f"prompt_emb must be 2-D, got shape {x.shape}")
+        self.embeddings = np.ascontiguousarray(x, dtype=np.float32)
+        self.cells = _Cells(cells, n_tiers)
+        n, c = x.shape[0], len(self.cells)
+        if isinstance(cell_counts, tuple):
+            indptr, indices, values = (np.asarray(v) for v in cell_counts)
+        else:
+            dense = np.asarray(cell_counts)
+            if dense.ndim != 2 or dense.shape != (n, c):
+                raise ValueError(
+                    f"cell_counts must have shape ({n}, {c}) (prompts x cells), got {dense.shape}"
+                )
+            indptr, indices, values = _csr_from_dense(dense)
+        if indptr.shape != (n + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            raise ValueError(f"cell_counts indptr must be non-decreasing from 0 with {n + 1} entries")
+        if indices.shape != values.shape or indices.ndim != 1 or indptr[-1] != indices.shape[0]:
+            raise ValueError("cell_counts indices and values must be 1-D with indptr[-1] entries each")
+        if indices.size and (indices.min() < 0 or indices.max() >= c):
+            raise ValueError(f"cell_counts hold a cell index outside 0..{c - 1}")
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("cell_counts must be finite and >= 0")
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.values = np.ascontiguousarray(values, dtype=np.float64)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def _queries(self, query_emb: NDArray[np.floating]) -> NDArray[np.float32]:
+        q = np.asarray(query_emb)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query_emb must have shape [b, {self.dim}], got {q.shape}")
+        return np.ascontiguousarray(q, dtype=np.float32)
+
+    def _design(self) -> dict[str, Any]:
+        return {
+            "indptr": self.indptr,
+            "indices": self.indices,
+            "counts": self.values,
+            "cell_a": self.cells.a,
+            "cell_b": self.cells.b,
+            "cell_y": self.cells.y,
+            "n_tiers": self.cells.n_tiers,
+        }
+
+    def scores(
+        self,
+        query_emb: NDArray[np.floating],
+        strong_tier: int,
+        weak_tier: int,
+        gamma: float = 10.0,
+        base: float = 10.0,
+    ) -> F64:
+        """P(strong tier beats weak tier) [b] under each query's similarity-weighted BT fit."""
+        q = self._queries(query_emb)
+        self.cells.check_tiers(strong_tier, weak_tier)
+        _check_gamma_base(gamma, base)
+        out = np.empty(q.shape[0], dtype=np.float64)
+        _core.sw_scores(
+            embeddings=self.embeddings, queries=q, strong=int(strong_tier), weak=int(weak_tier),
+            gamma=float(gamma), base=float(base), threads=_threads, out=out, **self._design(),
+        )
+        return out
+
+    def scores_from_sims(
+        self,
+        sims: NDArray[np.floating],
+        strong_tier: int,
+        weak_tier: int,
+        gamma: float = 10.0,
+        base: float = 10.0,
+    ) -> F64:
+        """As `scores`, from similarities [b, n] (float32 or float64) computed elsewhere (e.g. FAISS)."""
+        s = np.asarray(sims)
+        if s.ndim != 2 or s.shape[1] != self.n_prompts:
+            raise ValueError(f"sims must have shape [b, {self.n_prompts}], got {s.shape}")
+        if s.dtype not in (np.float32, np.float64):
+            s = s.astype(np.float64)
+        s = np.ascontiguousarray(s)
+        self.cells.check_tiers(strong_tier, weak_tier)
+        _check_gamma_base(gamma, base)
+        out = np.empty(s.shape[0], dtype=np.float64)
+        _core.sw_scores_from_sims(
+            sims=s, strong=int(strong_tier), weak=int(weak_tier), gamma=float(gamma), base=float(base),
+            threads=_threads, out=out, **self._design(),
+        )
+        return out
+
+    def cell_weights(self, query_emb: NDArray[np.floating], gamma: float = 10.0) -> F64:
+        """Per-query cell weights [b, c] (the twin of `reference.sw_cell_weights`)."""
+        q = self._queries(query_emb)
+        _check_gamma_base(gamma, 10.0)
+        out = np.empty((q.shape[0], len(self.cells)), dtype=np.float64)
+        _core.sw_cell_weights(
+            embeddings=self.embeddings, indptr=self.indptr, indices=self.indices, counts=self.values,
+            n_cells=len(self.cells), queries=q, gamma=float(gamma), threads=_threads, out=out,
+        )
+        return out
+
+
+def bt_ratings(cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int) -> F64:
+    """The twin of `reference.bt_ratings_from_cells`: ratings [n_tiers] in natural log-odds units."""
+    design = _Cells(cells, n_tiers)
+    w = np.ascontiguousarray(cell_weights, dtype=np.float64)
+    if w.shape != (len(design),):
+        raise ValueError(f"cell_weights must have shape ({len(design)},), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0.0):
+        raise ValueError("cell_weights must be finite and >= 0")
+    out = np.empty(design.n_tiers, dtype=np.float64)
+    _core.bt_ratings(design.a, design.b, design.y, design.n_tiers, w, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# mf
+
+
+class MFIndex:
+    """mf scoring with one vector per model: logit_m(e) = e . v_m, v_m = W^T (w * P_m / ||P_m||)."""
+
+    def __init__(self, model_vectors: NDArray[np.floating]) -> None:
+        v = np.asarray(model_vectors, dtype=np.float64)
+        if v.ndim != 2 or v.shape[0] < 1:
+            raise ValueError(f"model_vectors must have shape [n_models >= 1, d], got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("model_vectors must be finite")
+        self.vectors = np.ascontiguousarray(v)
+
+    @classmethod
+    def from_factors(
+        cls,
+        text_proj: NDArray[np.floating],
+        model_emb: NDArray[np.floating],
+        classifier: NDArray[np.floating],
+    ) -> MFIndex:
+        """Fold the factors of `reference.mf_logits` (W [k, d], P [m, k], w [k]) into [m, d] vectors."""
+        w_proj = np.asarray(text_proj, dtype=np.float64)
+        p = np.asarray(model_emb, dtype=np.float64)
+        w_cls = np.asarray(classifier, dtype=np.float64)
+        if (
+            w_proj.ndim != 2 or p.ndim != 2 or w_cls.ndim != 1
+            or w_cls.shape[0] != w_proj.shape[0] or p.shape[1] != w_proj.shape[0]
+        ):
+            raise ValueError(
+                f"mf shapes disagree: text_proj {w_proj.shape}, model_emb {p.shape}, "
+                f"classifier {w_cls.shape} (want [k, d], [m, k], [k])"
+            )
+        norms = np.linalg.norm(p, axis=1, keepdims=True)
+        if np.any(norms == 0.0):
+            raise ValueError("model_emb has an all-zero row: it cannot be normalised")
+        return cls((p / norms * w_cls[None, :]) @ w_proj)
+
+    @property
+    def n_models(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def _emb(self, emb: NDArray[np.floating]) -> NDArray[np.float32]:
+        e = np.asarray(emb)
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise ValueError(f"emb must have shape [b, {self.dim}], got {e.shape}")
+        return np.ascontiguousarray(e, dtype=np.float32)
+
+    def logits(self, emb: NDArray[np.floating]) -> F64:
+        """Per-model logits [b, n_models]."""
+        e = self._emb(emb)
+        out = np.empty((e.shape[0], self.n_models), dtype=np.float64)
+        _core.mf_dot(e, self.vectors, _threads, out)
+        return out
+
+    def pair_vectors(self, pairs: Sequence[tuple[int, int]]) -> F64:
+        """u_p = v_strong - v_weak [n_pairs, d] (u . e = logit_strong(e) - logit_weak(e))."""
+        idx = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_models):
+            raise ValueError(f"pairs hold a model index outside 0..{self.n_models - 1}")
+        return np.ascontiguousarray(self.vectors[idx[:, 0]] - self.vectors[idx[:, 1]])
+
+    def pair_scores(self, emb: NDArray[np.floating], pairs: Sequence[tuple[int, int]]) -> F64:
+        """P(strong beats weak) = sigmoid(logit_strong - logit_weak) [b, n_pairs]."""
+        return pair_probabilities(emb, self.pair_vectors(pairs))
+
+
+def pair_probabilities(emb: NDArray[np.floating], pair_vectors: NDArray[np.floating]) -> F64:
+    """sigmoid(e . u_p) [b, n_pairs] for collapsed pair vectors u [n_pairs, d] (a bundle's pair_vector)."""
+    u = np.ascontiguousarray(np.atleast_2d(np.asarray(pair_vectors, dtype=np.float64)))
+    e = np.asarray(emb)
+    if e.ndim != 2 or e.shape[1] != u.shape[1]:
+        raise ValueError(f"emb must have shape [b, {u.shape[1]}], got {e.shape}")
+    e = np.ascontiguousarray(e, dtype=np.float32)
+    out = np.empty((e.shape[0], u.shape[0]), dtype=np.float64)
+    _core.mf_pair_probabilities(e, u, _threads, out)
+    return out

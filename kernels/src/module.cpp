@@ -1,0 +1,204 @@
+// Python bindings (nanobind) of the compiled scoring core: lmroute_kernels._core.
+//
+// Private module: lmroute_kernels.compiled is its only caller and validates every array (dtype,
+// shape, index ranges) before it gets here; these functions re-check only the shapes they index with.
+// Every function releases the GIL and writes into an output array the caller allocated.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bt_solve.hpp"
+#include "fast_exp.hpp"
+#include "mf.hpp"
+#include "sw_scan.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+#ifndef LMROUTE_SOURCE_SHA256
+#error "LMROUTE_SOURCE_SHA256 must be defined by the build (CMakeLists.txt)"
+#endif
+
+namespace {
+
+constexpr int kAbiVersion = 1;
+constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
+
+template <typename T, typename... Extra>
+using In = nb::ndarray<const T, nb::c_contig, nb::device::cpu, Extra...>;
+template <typename T, typename... Extra>
+using Out = nb::ndarray<T, nb::c_contig, nb::device::cpu, Extra...>;
+
+void require(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+}
+
+struct Design {
+    lmroute::CellDesign cells;
+    lmroute::PromptTable table;
+};
+
+Design make_design(const In<int64_t, nb::ndim<1>>& indptr, const In<int32_t, nb::ndim<1>>& indices,
+                   const In<double, nb::ndim<1>>& counts, const In<int32_t, nb::ndim<1>>& cell_a,
+                   const In<int32_t, nb::ndim<1>>& cell_b, const In<double, nb::ndim<1>>& cell_y,
+                   int32_t n_tiers, int64_t n_prompts) {
+    require(indptr.shape(0) == static_cast<size_t>(n_prompts) + 1, "indptr must have n_prompts + 1 entries");
+    require(indices.shape(0) == counts.shape(0), "indices and counts differ in length");
+    require(cell_a.shape(0) == cell_b.shape(0) && cell_a.shape(0) == cell_y.shape(0),
+            "cell_a, cell_b and cell_y differ in length");
+    require(n_tiers >= 1, "n_tiers must be >= 1");
+    Design d{};
+    d.cells = {cell_a.data(), cell_b.data(), cell_y.data(), static_cast<int64_t>(cell_a.shape(0)), n_tiers};
+    d.table = {nullptr, n_prompts, 0, indptr.data(), indices.data(), counts.data(),
+               static_cast<int64_t>(cell_a.shape(0))};
+    return d;
+}
+
+void solve_all(const lmroute::CellDesign& cells, const double* cell_weights, int64_t n_queries, int32_t strong,
+               int32_t weak, double base, double* out, int threads) {
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1 && n_queries > 1)
+    for (int64_t g = 0; g < n_queries; ++g)
+        out[g] = lmroute::bt_win_probability(cells, cell_weights + g * cells.n_cells, strong, weak, base);
+}
+
+void check_tiers(int32_t strong, int32_t weak, int32_t n_tiers) {
+    require(strong >= 0 && strong < n_tiers && weak >= 0 && weak < n_tiers, "tier index out of range");
+}
+
+// Exact scan + weights + Newton, in groups of queries whose similarity rows fit kSimBufferBytes.
+void sw_scores(In<float, nb::ndim<2>> embeddings, In<int64_t, nb::ndim<1>> indptr, In<int32_t, nb::ndim<1>> indices,
+               In<double, nb::ndim<1>> counts, In<int32_t, nb::ndim<1>> cell_a, In<int32_t, nb::ndim<1>> cell_b,
+               In<double, nb::ndim<1>> cell_y, int32_t n_tiers, In<float, nb::ndim<2>> queries, int32_t strong,
+               int32_t weak, double gamma, double base, int threads, Out<double, nb::ndim<1>> out) {
+    const int64_t n = embeddings.shape(0), d = embeddings.shape(1), b = queries.shape(0);
+    require(queries.shape(1) == static_cast<size_t>(d), "queries and embeddings differ in dim");
+    require(out.shape(0) == static_cast<size_t>(b), "out must have one entry per query");
+    check_tiers(strong, weak, n_tiers);
+    Design design = make_design(indptr, indices, counts, cell_a, cell_b, cell_y, n_tiers, n);
+    design.table.embeddings = embeddings.data();
+    design.table.d = d;
+    const int64_t c = design.cells.n_cells;
+    nb::gil_scoped_release release;
+    const int64_t group = std::clamp<int64_t>(kSimBufferBytes / std::max<int64_t>(1, n * 8), 1, std::max<int64_t>(b, 1));
+    std::vector<double> q(static_cast<size_t>(group) * d), sims(static_cast<size_t>(group) * n),
+        weights(static_cast<size_t>(group) * c);
+    for (int64_t g0 = 0; g0 < b; g0 += group) {
+        const int64_t g = std::min(group, b - g0);
+        for (int64_t i = 0; i < g * d; ++i) q[i] = queries.data()[g0 * d + i];
+        lmroute::exact_similarities(design.table, q.data(), g, sims.data(), threads);
+        lmroute::cell_weights_from_similarities(design.table, sims.data(), g, gamma, weights.data(), threads);
+        solve_all(design.cells, weights.data(), g, strong, weak, base, out.data() + g0, threads);
+    }
+}
+
+template <typename Sim>
+void sw_scores_from_sims(In<Sim, nb::ndim<2>> sims, In<int64_t, nb::ndim<1>> indptr, In<int32_t, nb::ndim<1>> indices,
+                         In<double, nb::ndim<1>> counts, In<int32_t, nb::ndim<1>> cell_a,
+                         In<int32_t, nb::ndim<1>> cell_b, In<double, nb::ndim<1>> cell_y, int32_t n_tiers,
+                         int32_t strong, int32_t weak, double gamma, double base, int threads,
+                         Out<double, nb::ndim<1>> out) {
+    const int64_t b = sims.shape(0), n = sims.shape(1);
+    require(out.shape(0) == static_cast<size_t>(b), "out must have one entry per query");
+    check_tiers(strong, weak, n_tiers);
+    Design design = make_design(indptr, indices, counts, cell_a, cell_b, cell_y, n_tiers, n);
+    const int64_t c = design.cells.n_cells;
+    nb::gil_scoped_release release;
+    std::vector<double> weights(static_cast<size_t>(b) * c);
+    lmroute::cell_weights_from_similarities(design.table, sims.data(), b, gamma, weights.data(), threads);
+    solve_all(design.cells, weights.data(), b, strong, weak, base, out.data(), threads);
+}
+
+void sw_cell_weights(In<float, nb::ndim<2>> embeddings, In<int64_t, nb::ndim<1>> indptr,
+                     In<int32_t, nb::ndim<1>> indices, In<double, nb::ndim<1>> counts, int64_t n_cells,
+                     In<float, nb::ndim<2>> queries, double gamma, int threads, Out<double, nb::ndim<2>> out) {
+    const int64_t n = embeddings.shape(0), d = embeddings.shape(1), b = queries.shape(0);
+    require(queries.shape(1) == static_cast<size_t>(d), "queries and embeddings differ in dim");
+    require(out.shape(0) == static_cast<size_t>(b) && out.shape(1) == static_cast<size_t>(n_cells),
+            "out must be [n_queries, n_cells]");
+    require(indptr.shape(0) == static_cast<size_t>(n) + 1, "indptr must have n_prompts + 1 entries");
+    lmroute::PromptTable table{embeddings.data(), n, d, indptr.data(), indices.data(), counts.data(), n_cells};
+    nb::gil_scoped_release release;
+    std::vector<double> q(static_cast<size_t>(b) * d), sims(static_cast<size_t>(b) * n);
+    for (int64_t i = 0; i < b * d; ++i) q[i] = queries.data()[i];
+    lmroute::exact_similarities(table, q.data(), b, sims.data(), threads);
+    lmroute::cell_weights_from_similarities(table, sims.data(), b, gamma, out.data(), threads);
+}
+
+void bt_ratings(In<int32_t, nb::ndim<1>> cell_a, In<int32_t, nb::ndim<1>> cell_b, In<double, nb::ndim<1>> cell_y,
+                int32_t n_tiers, In<double, nb::ndim<1>> weights, Out<double, nb::ndim<1>> out) {
+    require(cell_a.shape(0) == cell_b.shape(0) && cell_a.shape(0) == cell_y.shape(0) &&
+                cell_a.shape(0) == weights.shape(0),
+            "cell_a, cell_b, cell_y and weights differ in length");
+    require(n_tiers >= 1 && out.shape(0) == static_cast<size_t>(n_tiers), "out must have n_tiers entries");
+    lmroute::CellDesign cells{cell_a.data(), cell_b.data(), cell_y.data(), static_cast<int64_t>(cell_a.shape(0)),
+                              n_tiers};
+    nb::gil_scoped_release release;
+    lmroute::bt_ratings(cells, weights.data(), out.data());
+}
+
+void mf_dot(In<float, nb::ndim<2>> embeddings, In<double, nb::ndim<2>> vectors, int threads,
+            Out<double, nb::ndim<2>> out) {
+    const int64_t b = embeddings.shape(0), d = embeddings.shape(1), m = vectors.shape(0);
+    require(vectors.shape(1) == static_cast<size_t>(d), "vectors and embeddings differ in dim");
+    require(out.shape(0) == static_cast<size_t>(b) && out.shape(1) == static_cast<size_t>(m), "out must be [b, m]");
+    nb::gil_scoped_release release;
+    lmroute::mf_dot(embeddings.data(), b, d, vectors.data(), m, out.data(), threads);
+}
+
+void mf_pair_probabilities(In<float, nb::ndim<2>> embeddings, In<double, nb::ndim<2>> pair_vectors, int threads,
+                           Out<double, nb::ndim<2>> out) {
+    const int64_t b = embeddings.shape(0), d = embeddings.shape(1), p = pair_vectors.shape(0);
+    require(pair_vectors.shape(1) == static_cast<size_t>(d), "pair_vectors and embeddings differ in dim");
+    require(out.shape(0) == static_cast<size_t>(b) && out.shape(1) == static_cast<size_t>(p), "out must be [b, p]");
+    nb::gil_scoped_release release;
+    lmroute::mf_pair_probabilities(embeddings.data(), b, d, pair_vectors.data(), p, out.data(), threads);
+}
+
+void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
+    require(x.shape(0) == out.shape(0), "x and out differ in length");
+    const double* src = x.data();
+    double* dst = out.data();
+    const int64_t n = x.shape(0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = lmroute::fast_exp(src[i]);
+}
+
+std::string cpu_features() {
+    std::string out = "x86-64";
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f")) out += " avx512f";
+    if (__builtin_cpu_supports("avx2")) out += " avx2";
+    if (__builtin_cpu_supports("fma")) out += " fma";
+#endif
+    return out;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+    m.doc() = "lmroute's compiled scoring core (private: use lmroute_kernels.compiled)";
+    m.attr("ABI_VERSION") = kAbiVersion;
+    m.attr("SOURCE_SHA256") = LMROUTE_SOURCE_SHA256;
+    m.def("max_threads", []() { return omp_get_max_threads(); });
+    m.def("cpu_features", &cpu_features);
+    m.def("sw_scores", &sw_scores, "embeddings"_a, "indptr"_a, "indices"_a, "counts"_a, "cell_a"_a, "cell_b"_a,
+          "cell_y"_a, "n_tiers"_a, "queries"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a, "out"_a);
+    m.def("sw_scores_from_sims", &sw_scores_from_sims<float>, "sims"_a, "indptr"_a, "indices"_a, "counts"_a,
+          "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
+          "out"_a);
+    m.def("sw_scores_from_sims", &sw_scores_from_sims<double>, "sims"_a, "indptr"_a, "indices"_a, "counts"_a,
+          "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
+          "out"_a);
+    m.def("sw_cell_weights", &sw_cell_weights, "embeddings"_a, "indptr"_a, "indices"_a, "counts"_a, "n_cells"_a,
+          "queries"_a, "gamma"_a, "threads"_a, "out"_a);
+    m.def("bt_ratings", &bt_ratings, "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "weights"_a, "out"_a);
+    m.def("mf_dot", &mf_dot, "embeddings"_a, "vectors"_a, "threads"_a, "out"_a);
+    m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a, "out"_a);
+    m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
+}
