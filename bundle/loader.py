@@ -278,7 +278,13 @@ def _load_router(
     if spec.kind == "mf":
         return _load_mf(root, manifest, name, spec)
     if spec.kind == "sw_ranking":
-        return _load_sw(root, manifest, name, spec)
+        router = _load_sw(root, manifest, name, spec)
+        if "CUDAExecutionProvider" in providers:
+            from lmroute_kernels.gpu import cuda_available
+
+            if cuda_available():  # the scan goes to the GPU with the encoder; Newton stays on the CPU
+                router.use_device_scan()
+        return router
     if spec.kind == "bert":
         return _load_bert(root, manifest, name, spec, providers, intra_op_threads)
     raise BundleError(MANIFEST_NAME, f"routers.{name}.kind: unknown router kind {spec.kind!r}")

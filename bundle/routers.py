@@ -163,14 +163,23 @@ class SWRankingRouter:
         self.base = base
         self.scale = scale
         self.table = _compiled().SWIndex(prompt_embeddings, cell_counts, cells, n_tiers)
+        self.device_table: Any = None
+        self.scan_device = "cpu"
+
+    def use_device_scan(self, xp: str = "cupy") -> None:
+        """Run the similarity scan on a GPU (lmroute_kernels.gpu; the loader calls this for
+        --device cuda when CuPy sees a device). xp="numpy" runs the same code on the CPU (tests)."""
+        from lmroute_kernels.gpu import DeviceSWIndex
+
+        self.device_table = DeviceSWIndex(self.table, xp=xp)
+        self.scan_device = "cuda" if xp == "cupy" else xp
 
     def score(self, batch: PromptBatch) -> np.ndarray:
         emb = _need_embeddings(self.name, self.kind, batch, self.prompt_embeddings.shape[1])
         if emb.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
-        return self.table.scores(
-            emb, self.strong_tier, self.weak_tier, gamma=self.gamma, base=self.base
-        )
+        table = self.device_table if self.device_table is not None else self.table
+        return table.scores(emb, self.strong_tier, self.weak_tier, gamma=self.gamma, base=self.base)
 
 
 class BertRouter:

@@ -3,7 +3,8 @@
     SWIndex     sw_ranking: the training-prompt table prepared once (float32 embeddings, cell counts as
                 CSR), then `scores(query_emb, strong_tier, weak_tier, gamma, base)` with the core's own
                 exact similarity scan, or `scores_from_sims(sims, ...)` when the scan ran elsewhere
-                (FAISS); `cell_weights(query_emb, gamma)` exposes the weight + scatter step
+                (FAISS); `cell_weights(query_emb, gamma)` exposes the weight + scatter step and
+                `scores_from_cell_weights` the Newton step (lmroute_kernels.gpu runs the rest on a GPU)
     MFIndex     mf: per-model vectors folded once from the factors; `logits(emb)` [b, n_models] and
                 `pair_scores(emb, pairs)` = P(strong beats weak) per (strong, weak) pair
     bt_ratings  the small Bradley-Terry Newton solve on its own
@@ -288,6 +289,24 @@ class SWIndex:
         _core.sw_scores_from_sims(
             sims=s, strong=int(strong_tier), weak=int(weak_tier), gamma=float(gamma), base=float(base),
             threads=_threads, out=out, **self._design(),
+        )
+        return out
+
+    def scores_from_cell_weights(
+        self, cell_weights: NDArray[np.floating], strong_tier: int, weak_tier: int, base: float = 10.0
+    ) -> F64:
+        """The Newton step alone, from per-query cell weights [b, c] computed elsewhere (the GPU scan)."""
+        w = np.ascontiguousarray(cell_weights, dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != len(self.cells):
+            raise ValueError(f"cell_weights must have shape [b, {len(self.cells)}], got {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0.0):
+            raise ValueError("cell_weights must be finite and >= 0")
+        self.cells.check_tiers(strong_tier, weak_tier)
+        _check_gamma_base(10.0, base)
+        out = np.empty(w.shape[0], dtype=np.float64)
+        _core.sw_scores_from_cell_weights(
+            w, self.cells.a, self.cells.b, self.cells.y, self.cells.n_tiers, int(strong_tier),
+            int(weak_tier), float(base), _threads, out,
         )
         return out
 

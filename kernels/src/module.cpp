@@ -114,6 +114,23 @@ void sw_scores_from_sims(In<Sim, nb::ndim<2>> sims, In<int64_t, nb::ndim<1>> ind
     solve_all(design.cells, weights.data(), b, strong, weak, base, out.data(), threads);
 }
 
+void sw_scores_from_cell_weights(In<double, nb::ndim<2>> cell_weights, In<int32_t, nb::ndim<1>> cell_a,
+                                 In<int32_t, nb::ndim<1>> cell_b, In<double, nb::ndim<1>> cell_y, int32_t n_tiers,
+                                 int32_t strong, int32_t weak, double base, int threads,
+                                 Out<double, nb::ndim<1>> out) {
+    const int64_t b = cell_weights.shape(0);
+    require(cell_a.shape(0) == cell_b.shape(0) && cell_a.shape(0) == cell_y.shape(0) &&
+                cell_weights.shape(1) == cell_a.shape(0),
+            "cell_weights must be [b, n_cells] and cell_a, cell_b, cell_y n_cells long");
+    require(out.shape(0) == static_cast<size_t>(b), "out must have one entry per query");
+    require(n_tiers >= 1, "n_tiers must be >= 1");
+    check_tiers(strong, weak, n_tiers);
+    lmroute::CellDesign cells{cell_a.data(), cell_b.data(), cell_y.data(), static_cast<int64_t>(cell_a.shape(0)),
+                              n_tiers};
+    nb::gil_scoped_release release;
+    solve_all(cells, cell_weights.data(), b, strong, weak, base, out.data(), threads);
+}
+
 void sw_cell_weights(In<float, nb::ndim<2>> embeddings, In<int64_t, nb::ndim<1>> indptr,
                      In<int32_t, nb::ndim<1>> indices, In<double, nb::ndim<1>> counts, int64_t n_cells,
                      In<float, nb::ndim<2>> queries, double gamma, int threads, Out<double, nb::ndim<2>> out) {
@@ -195,6 +212,8 @@ NB_MODULE(_core, m) {
     m.def("sw_scores_from_sims", &sw_scores_from_sims<double>, "sims"_a, "indptr"_a, "indices"_a, "counts"_a,
           "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
           "out"_a);
+    m.def("sw_scores_from_cell_weights", &sw_scores_from_cell_weights, "cell_weights"_a, "cell_a"_a, "cell_b"_a,
+          "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "base"_a, "threads"_a, "out"_a);
     m.def("sw_cell_weights", &sw_cell_weights, "embeddings"_a, "indptr"_a, "indices"_a, "counts"_a, "n_cells"_a,
           "queries"_a, "gamma"_a, "threads"_a, "out"_a);
     m.def("bt_ratings", &bt_ratings, "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "weights"_a, "out"_a);

@@ -257,3 +257,16 @@ def test_fast_exp_is_accurate_over_the_double_range():
     rel = np.abs(out[normal] - want[normal]) / want[normal]
     assert rel.max() <= 4 * np.finfo(np.float64).eps
     assert out[x <= -746.0].tolist() == [0.0, 0.0] and np.all(np.isinf(out[x >= 710.0]))
+
+
+def test_device_scan_code_matches_the_cpu_core_on_numpy():
+    """lmroute_kernels.gpu runs on CuPy where present; the same code on NumPy + SciPy must agree."""
+    from lmroute_kernels.gpu import DeviceSWIndex
+
+    rng, x, cells, counts = _problem(10, 400, 24, 5, 0.2)
+    q = _unit_rows(rng, 9, 24)
+    table = compiled.SWIndex(x, counts, cells, 5)
+    device = DeviceSWIndex(table, xp="numpy")
+    np.testing.assert_allclose(device.cell_weights(q, 1e5), table.cell_weights(q, 1e5), rtol=1e-9)
+    _assert_close(device.scores(q, 4, 0, gamma=1e5), table.scores(q, 4, 0, gamma=1e5))
+    _assert_close(device.scores(q, 4, 0, gamma=1e5), reference.sw_scores(q, x, counts, cells, 5, 4, 0, gamma=1e5))
