@@ -71,7 +71,7 @@ def summarise(raw: str) -> tuple[Counter[str], Counter[str], int]:
 
 
 def profile_router(bundle: Path, router: str, prompts: list[str], concurrency: int, out_dir: Path) -> str:
-    cfg = ServiceConfig(bundle_path=bundle, port=0, intra_op_threads=1)
+    cfg = ServiceConfig(bundle_path=bundle, port=0, intra_op_threads=1, queue_timeout_ms=60_000)
     with _ChildServer(cfg) as server:
         assert server.proc is not None
         asyncio.run(drive(server.target, prompts[:64], router, concurrency))  # warm-up

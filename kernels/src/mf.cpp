@@ -2,11 +2,14 @@
 
 #include <cmath>
 
+#include "sw_scan.hpp"  // threads_for
+
 namespace lmroute {
 
 void mf_dot(const float* embeddings, int64_t n_emb, int64_t d, const double* vectors, int64_t n_vec,
             double* out, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n_emb > 64)
+    threads = threads_for(threads, n_emb * n_vec * d);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t b = 0; b < n_emb; ++b) {
         const float* e = embeddings + b * d;
         for (int64_t m = 0; m < n_vec; ++m) {

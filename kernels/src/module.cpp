@@ -62,6 +62,7 @@ Design make_design(const In<int64_t, nb::ndim<1>>& indptr, const In<int32_t, nb:
 
 void solve_all(const lmroute::CellDesign& cells, const double* cell_weights, int64_t n_queries, int32_t strong,
                int32_t weak, double base, double* out, int threads) {
+    threads = lmroute::threads_for(threads, n_queries * cells.n_cells * 400);  // ~10-30 Newton steps per query
 #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1 && n_queries > 1)
     for (int64_t g = 0; g < n_queries; ++g)
         out[g] = lmroute::bt_win_probability(cells, cell_weights + g * cells.n_cells, strong, weak, base);

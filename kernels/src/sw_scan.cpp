@@ -24,6 +24,7 @@ namespace lmroute {
 namespace {
 
 constexpr int64_t kRowTile = 256;
+constexpr int64_t kMinWorkPerExtraThread = int64_t{1} << 22;
 
 // sims[g, i] for rows r0..r1 and all queries. Register blocking: 2 rows x 4 queries per pass (8
 // independent FMA chains, 6 loads per 8 FMAs); leftover queries go 4 rows at a time.
@@ -120,8 +121,14 @@ void exp_weights(const double* sims, int64_t len, double log_gamma, double inv_m
 
 }  // namespace
 
+int threads_for(int threads, int64_t work) {
+    const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerExtraThread);
+    return static_cast<int>(std::clamp<int64_t>(useful, 1, std::max(1, threads)));
+}
+
 void exact_similarities(const PromptTable& table, const double* queries, int64_t n_queries, double* sims,
                         int threads) {
+    threads = threads_for(threads, table.n * n_queries * table.d);
     const int64_t n_tiles = (table.n + kRowTile - 1) / kRowTile;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t t = 0; t < n_tiles; ++t) {
@@ -146,7 +153,7 @@ void cell_weights_from_similarities(const PromptTable& table, const Sim* sims, i
         for (int64_t i = 1; i < n; ++i) m = std::max(m, static_cast<double>(row[i]));
         inv_max[g] = m > 0.0 ? 1.0 / m : 0.0;
     }
-    const int n_threads = std::max(1, threads);
+    const int n_threads = threads_for(threads, table.n * n_queries * 16);  // ~16 flops per row and query
     std::vector<double> partial(static_cast<size_t>(n_threads) * n_queries * c, 0.0);
     const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)

@@ -18,6 +18,10 @@ struct PromptTable {
     int64_t n_cells;
 };
 
+// OpenMP threads worth using for `work` multiply-adds: 1 below ~4M (a fork/join costs more than it saves
+// there, and on a busy machine a descheduled second thread stalls the whole call).
+int threads_for(int threads, int64_t work);
+
 // Exact similarities sims[g, i] = q_g . x_i accumulated in double (products of float32 are exact in
 // double), for g < n_queries. `queries` is [n_queries, d] in double; sims is [n_queries, n].
 void exact_similarities(const PromptTable& table, const double* queries, int64_t n_queries, double* sims,

@@ -162,8 +162,8 @@ def test_dense_and_csr_counts_agree():
 
 
 def test_two_threads_equal_one_thread():
-    rng, x, cells, counts = _problem(8, 3000, 32, 5, 0.1)
-    q = _unit_rows(rng, 10, 32)
+    rng, x, cells, counts = _problem(8, 20_000, 64, 5, 0.1)  # 12.8M multiply-adds: enough for 2 threads
+    q = _unit_rows(rng, 10, 64)
     table = compiled.SWIndex(x, counts, cells, 5)
     before = compiled.get_num_threads()
     try:

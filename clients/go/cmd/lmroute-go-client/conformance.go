@@ -1,0 +1,191 @@
+package main
+
+// The conformance mode of clients/CONFORMANCE.md: run every case of a cases file against one server with
+// retries off and print one JSON object {"results": [...]} on stdout.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	lmroutev1 "lmroute/clients/go/gen/lmroute/v1"
+	"lmroute/clients/go/lmroute"
+)
+
+const defaultCaseTimeoutMs = 30000
+
+// conformanceCase is one entry of cases.json.
+type conformanceCase struct {
+	ID          string   `json:"id"`
+	RPC         string   `json:"rpc"`
+	Prompts     []string `json:"prompts"`
+	Routers     []string `json:"routers"`
+	Prompt      *string  `json:"prompt"`
+	Router      string   `json:"router"`
+	Threshold   *float64 `json:"threshold"`
+	StrongShare *float64 `json:"strong_share"`
+	Service     string   `json:"service"`
+	TimeoutMs   *int64   `json:"timeout_ms"`
+}
+
+type itemResult struct {
+	Index      int32              `json:"index"`
+	ItemCode   int32              `json:"item_code"`
+	ItemReason string             `json:"item_reason"`
+	NTokens    int32              `json:"n_tokens"`
+	Truncated  bool               `json:"truncated"`
+	Scores     map[string]float64 `json:"scores"`
+}
+
+func conformanceCmd(args []string, stdout, stderr io.Writer) error {
+	fs, com := newFlags("conformance", stderr)
+	casesPath := fs.String("cases", "", "cases file (JSON, see clients/CONFORMANCE.md)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *casesPath == "" || fs.NArg() != 0 {
+		return fmt.Errorf("%w: need --cases FILE and no other argument", errUsage)
+	}
+	cases, err := readCases(*casesPath)
+	if err != nil {
+		return err
+	}
+	c, err := lmroute.New(com.addr, lmroute.Options{Timeout: time.Duration(defaultCaseTimeoutMs) * time.Millisecond, Retry: lmroute.NoRetry})
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	defer c.Close()
+	results := make([]map[string]any, 0, len(cases))
+	for _, cs := range cases {
+		results = append(results, runCase(c, cs))
+	}
+	enc := json.NewEncoder(stdout)
+	return enc.Encode(map[string]any{"results": results})
+}
+
+// readCases reads and checks the cases file; every problem is a usage error (exit 2).
+func readCases(path string) ([]conformanceCase, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot read cases file: %v", errUsage, err)
+	}
+	var file struct {
+		Cases []conformanceCase `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		return nil, fmt.Errorf("%w: %s: not a cases file: %v", errUsage, path, err)
+	}
+	for i, cs := range file.Cases {
+		switch {
+		case cs.ID == "":
+			return nil, fmt.Errorf("%w: %s: cases[%d]: missing id", errUsage, path, i)
+		case cs.RPC != "Score" && cs.RPC != "Route" && cs.RPC != "Health" && cs.RPC != "ListRouters":
+			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): unknown rpc %q", errUsage, path, i, cs.ID, cs.RPC)
+		case cs.Threshold != nil && cs.StrongShare != nil:
+			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): threshold and strong_share both set", errUsage, path, i, cs.ID)
+		case cs.TimeoutMs != nil && *cs.TimeoutMs <= 0:
+			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): timeout_ms must be > 0", errUsage, path, i, cs.ID)
+		}
+	}
+	return file.Cases, nil
+}
+
+// runCase makes the case's call; a gRPC error is a result ({"code", "reason"}), not a failure.
+func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
+	timeout := int64(defaultCaseTimeoutMs)
+	if cs.TimeoutMs != nil {
+		timeout = *cs.TimeoutMs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(timeout)*time.Millisecond)
+	defer cancel()
+	out := map[string]any{"id": cs.ID}
+	var err error
+	switch cs.RPC {
+	case "Score":
+		err = runScore(ctx, c, cs, out)
+	case "Route":
+		err = runRoute(ctx, c, cs, out)
+	case "Health":
+		var st fmt.Stringer
+		st, err = c.Health(ctx, cs.Service)
+		out["status"] = st.String()
+	case "ListRouters":
+		err = runList(ctx, c, out)
+	}
+	if err != nil {
+		return map[string]any{"id": cs.ID, "code": codeName(status.Code(err)), "reason": lmroute.Reason(err)}
+	}
+	out["code"] = "OK"
+	return out
+}
+
+func runScore(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	resp, err := c.Score(ctx, lmroute.ScoreRequest(cs.Prompts, cs.Routers...))
+	if err != nil {
+		return err
+	}
+	items := make([]itemResult, 0, len(resp.GetResults()))
+	for _, r := range resp.GetResults() {
+		scores := make(map[string]float64, len(r.GetScores()))
+		for _, s := range r.GetScores() {
+			scores[s.GetRouter()] = s.GetStrongWinProbability()
+		}
+		items = append(items, itemResult{
+			Index: r.GetIndex(), ItemCode: r.GetStatus().GetCode(), ItemReason: r.GetStatus().GetReason(),
+			NTokens: r.GetNTokens(), Truncated: r.GetTruncated(), Scores: scores,
+		})
+	}
+	out["bundle_version"] = resp.GetBundleVersion()
+	out["results"] = items
+	return nil
+}
+
+func runRoute(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	req := &lmroutev1.RouteRequest{Router: cs.Router}
+	if cs.Prompt != nil {
+		req.Prompt = lmroute.Text(*cs.Prompt)
+	}
+	switch {
+	case cs.Threshold != nil:
+		req.Policy = lmroute.Threshold(*cs.Threshold)
+	case cs.StrongShare != nil:
+		req.Policy = lmroute.StrongShare(*cs.StrongShare)
+	}
+	d, err := c.Route(ctx, req)
+	if err != nil {
+		return err
+	}
+	out["chosen_model"] = d.GetChosenModel()
+	out["tier"] = d.GetTier().String()
+	out["score"] = d.GetScore()
+	out["threshold"] = d.GetThreshold()
+	out["router"] = d.GetRouter()
+	return nil
+}
+
+func runList(ctx context.Context, c *lmroute.Client, out map[string]any) error {
+	resp, err := c.ListRouters(ctx)
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(resp.GetRouters()))
+	for _, r := range resp.GetRouters() {
+		names = append(names, r.GetName())
+	}
+	sort.Strings(names)
+	out["routers"] = names
+	return nil
+}
+
+// codeName is the canonical upper-case name of a gRPC code ("INVALID_ARGUMENT"), as google.rpc.Code spells it.
+func codeName(c codes.Code) string {
+	return code.Code(c).String()
+}

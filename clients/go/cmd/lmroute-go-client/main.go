@@ -1,0 +1,217 @@
+// Command lmroute-go-client calls an lmroute server from the command line.
+//
+//	lmroute-go-client route   --addr HOST:PORT --router mf [--threshold T | --strong-share S] PROMPT
+//	lmroute-go-client score   --addr HOST:PORT [--routers mf,bert] PROMPT...
+//	lmroute-go-client health  --addr HOST:PORT [--service NAME]       (exit 1 unless SERVING)
+//	lmroute-go-client conformance --addr HOST:PORT --cases FILE   (clients/CONFORMANCE.md)
+//
+// Exit status: 0 on success, 1 when the call failed, 2 on bad arguments.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"lmroute/clients/go/lmroute"
+)
+
+const usage = `usage: lmroute-go-client COMMAND [flags]
+
+commands:
+  route        route one prompt: --router NAME [--threshold T | --strong-share S] PROMPT
+  score        score prompts: [--routers a,b] PROMPT...
+  health       grpc.health.v1 status: [--service NAME]
+  conformance  run a cases file (clients/CONFORMANCE.md): --cases FILE
+
+common flags: --addr HOST:PORT (default 127.0.0.1:50051) --timeout 10s --attempts 4
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// errUsage marks a bad command line (exit status 2).
+var errUsage = errors.New("bad arguments")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "route":
+		err = routeCmd(args[1:], stdout, stderr)
+	case "score":
+		err = scoreCmd(args[1:], stdout, stderr)
+	case "health":
+		err = healthCmd(args[1:], stdout, stderr)
+	case "conformance":
+		err = conformanceCmd(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "lmroute-go-client: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(stderr, "lmroute-go-client %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "lmroute-go-client %s: %s\n", args[0], describe(err))
+		return 1
+	}
+}
+
+// common holds the flags every command takes.
+type common struct {
+	addr     string
+	timeout  time.Duration
+	attempts int
+}
+
+func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &common{}
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:50051", "server address HOST:PORT")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of the call, retries included")
+	fs.IntVar(&c.attempts, "attempts", lmroute.DefaultRetryPolicy.MaxAttempts, "attempts on RESOURCE_EXHAUSTED / UNAVAILABLE (1 = no retry)")
+	return fs, c
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return nil
+}
+
+func (c *common) client() (*lmroute.Client, error) {
+	if c.attempts < 1 {
+		return nil, fmt.Errorf("%w: --attempts must be >= 1 (got %d)", errUsage, c.attempts)
+	}
+	if c.timeout <= 0 {
+		return nil, fmt.Errorf("%w: --timeout must be > 0 (got %s)", errUsage, c.timeout)
+	}
+	policy := lmroute.DefaultRetryPolicy
+	policy.MaxAttempts = c.attempts
+	return lmroute.New(c.addr, lmroute.Options{Timeout: c.timeout, Retry: policy})
+}
+
+// describe renders a gRPC error as "CODE (REASON): message".
+func describe(err error) string {
+	s, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	if r := lmroute.Reason(err); r != "" {
+		return fmt.Sprintf("%s (%s): %s", codeName(s.Code()), r, s.Message())
+	}
+	return fmt.Sprintf("%s: %s", codeName(s.Code()), s.Message())
+}
+
+func routeCmd(args []string, stdout, stderr io.Writer) error {
+	fs, com := newFlags("route", stderr)
+	router := fs.String("router", "", "router name (required)")
+	threshold := fs.Float64("threshold", -1, "explicit threshold in [0, 1]")
+	share := fs.Float64("strong-share", -1, "target share of strong calls in [0, 1]")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *router == "" || fs.NArg() != 1 {
+		return fmt.Errorf("%w: need --router and exactly one PROMPT argument", errUsage)
+	}
+	setT, setS := *threshold != -1, *share != -1
+	if setT == setS {
+		return fmt.Errorf("%w: give exactly one of --threshold and --strong-share", errUsage)
+	}
+	c, err := com.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req := lmroute.RouteRequest(fs.Arg(0), *router, lmroute.StrongShare(*share))
+	if setT {
+		req = lmroute.RouteRequest(fs.Arg(0), *router, lmroute.Threshold(*threshold))
+	}
+	d, err := c.Route(context.Background(), req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s\t%s\tscore=%.6f threshold=%.6f router=%s bundle=%s\n",
+		d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold(), d.GetRouter(), d.GetBundleVersion())
+	return nil
+}
+
+func scoreCmd(args []string, stdout, stderr io.Writer) error {
+	fs, com := newFlags("score", stderr)
+	routers := fs.String("routers", "", "comma-separated router names (default: all)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return fmt.Errorf("%w: need at least one PROMPT argument", errUsage)
+	}
+	var names []string
+	if *routers != "" {
+		names = strings.Split(*routers, ",")
+	}
+	c, err := com.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	resp, err := c.Score(context.Background(), lmroute.ScoreRequest(fs.Args(), names...))
+	if err != nil {
+		return err
+	}
+	for _, r := range resp.GetResults() {
+		if st := r.GetStatus(); st.GetCode() != 0 {
+			fmt.Fprintf(stdout, "[%d] error %s: %s\n", r.GetIndex(), st.GetReason(), st.GetMessage())
+			continue
+		}
+		parts := make([]string, 0, len(r.GetScores()))
+		for _, s := range r.GetScores() {
+			parts = append(parts, fmt.Sprintf("%s=%.6f", s.GetRouter(), s.GetStrongWinProbability()))
+		}
+		fmt.Fprintf(stdout, "[%d] tokens=%d truncated=%t %s\n", r.GetIndex(), r.GetNTokens(), r.GetTruncated(), strings.Join(parts, " "))
+	}
+	return nil
+}
+
+func healthCmd(args []string, stdout, stderr io.Writer) error {
+	fs, com := newFlags("health", stderr)
+	service := fs.String("service", "", `service name ("" = whole server)`)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	c, err := com.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Health(context.Background(), *service)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, st)
+	if st != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("service %q is %s", *service, st)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+// Example: route one prompt and score two, as in clients/go/README.md.
+//
+//	go run ./examples/route 127.0.0.1:50051
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"lmroute/clients/go/lmroute"
+)
+
+func main() {
+	c, err := lmroute.New(os.Args[1], lmroute.Options{Timeout: 2 * time.Second}) // retries: DefaultRetryPolicy
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond) // this call's deadline
+	defer cancel()
+	d, err := c.Route(ctx, lmroute.RouteRequest("Prove that sqrt(2) is irrational.", "mf", lmroute.StrongShare(0.3)))
+	switch {
+	case status.Code(err) == codes.InvalidArgument:
+		log.Fatalf("bad request (%s): %v", lmroute.Reason(err), err) // e.g. EMPTY_PROMPT, OUT_OF_RANGE
+	case err != nil:
+		log.Fatalf("route: %v", err) // overload that outlived the retries, deadline, ...
+	}
+	fmt.Println(d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold())
+
+	s, err := c.Score(context.Background(), lmroute.ScoreRequest([]string{"hi", "Write a B-tree in Rust"}, "mf", "sw_ranking"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range s.GetResults() {
+		fmt.Println(r.GetIndex(), r.GetStatus().GetCode(), r.GetScores())
+	}
+}

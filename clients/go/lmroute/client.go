@@ -1,0 +1,170 @@
+// Package lmroute is a Go client of the lmroute router service (lmroute.v1.RouterService).
+//
+//	c, err := lmroute.New("127.0.0.1:50051", lmroute.Options{})
+//	defer c.Close()
+//	d, err := c.Route(ctx, lmroute.RouteRequest("Prove Fermat's little theorem", "mf", lmroute.StrongShare(0.3)))
+//	d.GetChosenModel()
+//
+// Every call has a deadline: the context's, or Options.Timeout when the context has none. Calls that fail
+// with RESOURCE_EXHAUSTED or UNAVAILABLE are retried under Options.Retry (see RetryPolicy); all other
+// errors are returned as gRPC status errors: use status.Code(err) and Reason(err).
+package lmroute
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	lmroutev1 "lmroute/clients/go/gen/lmroute/v1"
+)
+
+// Options configure a Client. The zero value is usable: 10 s timeout, DefaultRetryPolicy, plaintext.
+type Options struct {
+	// Timeout is the deadline of a call (all its attempts together) whose context has none; 0 means 10 s.
+	Timeout time.Duration
+	// Retry is the retry policy; the zero value means DefaultRetryPolicy, NoRetry turns retries off.
+	Retry RetryPolicy
+	// DialOptions are passed to grpc.NewClient. Without transport credentials among them the connection
+	// is plaintext (insecure), as for a sidecar or a trusted network.
+	DialOptions []grpc.DialOption
+	// WithTLS marks DialOptions as carrying transport credentials, so no insecure ones are added.
+	WithTLS bool
+}
+
+// Client calls one lmroute server over one connection; it is safe for concurrent use.
+type Client struct {
+	conn    *grpc.ClientConn
+	router  lmroutev1.RouterServiceClient
+	health  healthpb.HealthClient
+	timeout time.Duration
+	retry   retrier
+}
+
+// New connects lazily to target ("host:port", or any gRPC target name).
+func New(target string, opts Options) (*Client, error) {
+	if opts.Timeout < 0 {
+		return nil, fmt.Errorf("lmroute: Options.Timeout must be >= 0 (got %s)", opts.Timeout)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.Retry == (RetryPolicy{}) {
+		opts.Retry = DefaultRetryPolicy
+	}
+	if err := opts.Retry.Validate(); err != nil {
+		return nil, err
+	}
+	dial := append([]grpc.DialOption{}, opts.DialOptions...)
+	if !opts.WithTLS {
+		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	conn, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("lmroute: connect to %q: %w", target, err)
+	}
+	return &Client{
+		conn:    conn,
+		router:  lmroutev1.NewRouterServiceClient(conn),
+		health:  healthpb.NewHealthClient(conn),
+		timeout: opts.Timeout,
+		retry:   newRetrier(opts.Retry),
+	}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// call runs one RPC with the call's deadline and the retry policy.
+func call[T any](c *Client, ctx context.Context, rpc func(context.Context) (T, error)) (T, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	var out T
+	err := c.retry.do(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = rpc(ctx)
+		return err
+	})
+	return out, err
+}
+
+// Score scores every prompt of req with each of its routers (all loaded routers when none are named).
+// A bad prompt fails alone: see each result's Status (code 0 = OK).
+func (c *Client) Score(ctx context.Context, req *lmroutev1.ScoreRequest) (*lmroutev1.ScoreResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ScoreResponse, error) { return c.router.Score(ctx, req) })
+}
+
+// Route decides which model of the default pair answers req's prompt.
+func (c *Client) Route(ctx context.Context, req *lmroutev1.RouteRequest) (*lmroutev1.RouteResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.RouteResponse, error) { return c.router.Route(ctx, req) })
+}
+
+// ListRouters describes what the server has loaded: routers, models, encoder, bundle version.
+func (c *Client) ListRouters(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
+		return c.router.ListRouters(ctx, &lmroutev1.ListRoutersRequest{})
+	})
+}
+
+// Health is the grpc.health.v1 status of service ("" = the whole server, or "lmroute.v1.RouterService").
+// NOT_SERVING until the server's bundle is loaded and warmed. Health is not retried.
+func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	resp, err := c.health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	return resp.GetStatus(), nil
+}
+
+// Text is a plain-text prompt.
+func Text(text string) *lmroutev1.Prompt {
+	return &lmroutev1.Prompt{Input: &lmroutev1.Prompt_Text{Text: text}}
+}
+
+// ScoreRequest asks for the scores of texts under routers (none = every loaded router).
+func ScoreRequest(texts []string, routers ...string) *lmroutev1.ScoreRequest {
+	req := &lmroutev1.ScoreRequest{Routers: routers}
+	for _, t := range texts {
+		req.Prompts = append(req.Prompts, Text(t))
+	}
+	return req
+}
+
+// Threshold routes to the strong model when the score is >= t (t in [0, 1]).
+func Threshold(t float64) *lmroutev1.RouteRequest_Threshold {
+	return &lmroutev1.RouteRequest_Threshold{Threshold: t}
+}
+
+// StrongShare routes about share (in [0, 1]) of typical traffic to the strong model, through the bundle's
+// calibration table.
+func StrongShare(share float64) *lmroutev1.RouteRequest_StrongShare {
+	return &lmroutev1.RouteRequest_StrongShare{StrongShare: share}
+}
+
+// RoutePolicy is Threshold(t) or StrongShare(s).
+type RoutePolicy interface {
+	*lmroutev1.RouteRequest_Threshold | *lmroutev1.RouteRequest_StrongShare
+}
+
+// RouteRequest asks which model should answer text, with router and policy.
+func RouteRequest[P RoutePolicy](text, router string, policy P) *lmroutev1.RouteRequest {
+	req := &lmroutev1.RouteRequest{Prompt: Text(text), Router: router}
+	switch p := any(policy).(type) {
+	case *lmroutev1.RouteRequest_Threshold:
+		req.Policy = p
+	case *lmroutev1.RouteRequest_StrongShare:
+		req.Policy = p
+	}
+	return req
+}

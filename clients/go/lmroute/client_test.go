@@ -1,0 +1,108 @@
+package lmroute
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	lmroutev1 "lmroute/clients/go/gen/lmroute/v1"
+)
+
+// overloadedServer refuses the first `refusals` Route calls with RESOURCE_EXHAUSTED + RetryInfo, then
+// answers; Score blocks until the caller's deadline.
+type overloadedServer struct {
+	lmroutev1.UnimplementedRouterServiceServer
+	refusals int32
+	calls    atomic.Int32
+}
+
+func (s *overloadedServer) Route(ctx context.Context, req *lmroutev1.RouteRequest) (*lmroutev1.RouteResponse, error) {
+	if s.calls.Add(1) <= s.refusals {
+		st, _ := status.New(codes.ResourceExhausted, "queue full").WithDetails(
+			&errdetails.ErrorInfo{Reason: "QUEUE_FULL"}, &errdetails.RetryInfo{RetryDelay: durationpb.New(30 * time.Millisecond)})
+		return nil, st.Err()
+	}
+	return &lmroutev1.RouteResponse{ChosenModel: "strong", Tier: lmroutev1.Tier_TIER_STRONG, Router: req.GetRouter(),
+		Threshold: req.GetThreshold()}, nil
+}
+
+func (s *overloadedServer) Score(ctx context.Context, _ *lmroutev1.ScoreRequest) (*lmroutev1.ScoreResponse, error) {
+	<-ctx.Done()
+	return nil, status.FromContextError(ctx.Err()).Err()
+}
+
+func serve(t *testing.T, srv lmroutev1.RouterServiceServer) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	lmroutev1.RegisterRouterServiceServer(g, srv)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return lis.Addr().String()
+}
+
+func TestClientRetriesOverloadOverRealGRPC(t *testing.T) {
+	srv := &overloadedServer{refusals: 2}
+	c, err := New(serve(t, srv), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	d, err := c.Route(context.Background(), RouteRequest("hi", "mf", Threshold(0.25)))
+	if err != nil {
+		t.Fatalf("Route after 2 refusals: %v", err)
+	}
+	if srv.calls.Load() != 3 || d.GetChosenModel() != "strong" || d.GetThreshold() != 0.25 {
+		t.Fatalf("calls=%d resp=%v; want 3 calls and the answer", srv.calls.Load(), d)
+	}
+	if el := time.Since(start); el < 60*time.Millisecond {
+		t.Errorf("took %s; two server-given 30ms retry delays must be waited", el)
+	}
+}
+
+func TestClientWithoutRetriesSurfacesTheReason(t *testing.T) {
+	srv := &overloadedServer{refusals: 1}
+	c, err := New(serve(t, srv), Options{Retry: NoRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Route(context.Background(), RouteRequest("hi", "mf", StrongShare(0.5)))
+	if status.Code(err) != codes.ResourceExhausted || Reason(err) != "QUEUE_FULL" || srv.calls.Load() != 1 {
+		t.Fatalf("err=%v reason=%q calls=%d; want one RESOURCE_EXHAUSTED/QUEUE_FULL", err, Reason(err), srv.calls.Load())
+	}
+}
+
+func TestOptionsTimeoutIsTheDefaultDeadline(t *testing.T) {
+	c, err := New(serve(t, &overloadedServer{}), Options{Timeout: 150 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_, err = c.Score(context.Background(), ScoreRequest([]string{"hi"}))
+	if el := time.Since(start); status.Code(err) != codes.DeadlineExceeded || el > 5*time.Second || el < 150*time.Millisecond {
+		t.Fatalf("err=%v after %s; want DEADLINE_EXCEEDED after ~150ms", err, el)
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	if _, err := New("127.0.0.1:1", Options{Timeout: -time.Second}); err == nil {
+		t.Error("negative Timeout accepted")
+	}
+	if _, err := New("127.0.0.1:1", Options{Retry: RetryPolicy{MaxAttempts: 2, Multiplier: 0.1}}); err == nil {
+		t.Error("bad RetryPolicy accepted")
+	}
+}

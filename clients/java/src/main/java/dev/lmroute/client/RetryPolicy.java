@@ -1,0 +1,180 @@
+package dev.lmroute.client;
+
+import io.grpc.Status;
+import java.time.Duration;
+import java.util.Objects;
+import java.util.Set;
+
+/**
+ * When and how long {@link RouterClient} waits before trying a call again.
+ *
+ * <p>Only {@code UNAVAILABLE} (server not ready, draining, queue timeout, connection refused) and
+ * {@code RESOURCE_EXHAUSTED} (queue full) are retried; every other code surfaces at once. Before attempt
+ * {@code n + 1} the client waits {@code min(maxBackoff, initialBackoff * multiplier^(n-1))}, spread by
+ * {@code +-jitter} (a fraction) so that many clients refused at once do not come back at once. When the
+ * server sends a {@code google.rpc.RetryInfo} delay, the wait is at least that delay. The call's deadline
+ * covers every attempt and every wait: a wait that would pass it is not taken.
+ *
+ * <p>Immutable; build with {@link #newBuilder()}, or take {@link #defaults()} / {@link #none()}.
+ */
+public final class RetryPolicy {
+
+  private static final Set<Status.Code> RETRYABLE =
+      Set.of(Status.Code.UNAVAILABLE, Status.Code.RESOURCE_EXHAUSTED);
+
+  private final int maxAttempts;
+  private final Duration initialBackoff;
+  private final Duration maxBackoff;
+  private final double multiplier;
+  private final double jitter;
+
+  private RetryPolicy(Builder b) {
+    if (b.maxAttempts < 1) {
+      throw new IllegalArgumentException("maxAttempts: must be >= 1 (got " + b.maxAttempts + ")");
+    }
+    requirePositive("initialBackoff", b.initialBackoff);
+    requirePositive("maxBackoff", b.maxBackoff);
+    if (b.maxBackoff.compareTo(b.initialBackoff) < 0) {
+      throw new IllegalArgumentException(
+          "maxBackoff: must be >= initialBackoff (got " + b.maxBackoff + " < " + b.initialBackoff + ")");
+    }
+    if (!(b.multiplier >= 1.0) || Double.isInfinite(b.multiplier)) {
+      throw new IllegalArgumentException("multiplier: must be a finite number >= 1 (got " + b.multiplier + ")");
+    }
+    if (!(b.jitter >= 0.0 && b.jitter < 1.0)) {
+      throw new IllegalArgumentException("jitter: must be in [0, 1) (got " + b.jitter + ")");
+    }
+    this.maxAttempts = b.maxAttempts;
+    this.initialBackoff = b.initialBackoff;
+    this.maxBackoff = b.maxBackoff;
+    this.multiplier = b.multiplier;
+    this.jitter = b.jitter;
+  }
+
+  private static void requirePositive(String name, Duration d) {
+    Objects.requireNonNull(d, name);
+    if (d.isNegative() || d.isZero()) {
+      throw new IllegalArgumentException(name + ": must be > 0 (got " + d + ")");
+    }
+  }
+
+  /** 4 attempts, 50 ms doubling to at most 2 s, +-20 % jitter. */
+  public static RetryPolicy defaults() {
+    return newBuilder().build();
+  }
+
+  /** One attempt: errors surface as they are (what the conformance mode uses). */
+  public static RetryPolicy none() {
+    return newBuilder().maxAttempts(1).build();
+  }
+
+  public static Builder newBuilder() {
+    return new Builder();
+  }
+
+  public int maxAttempts() {
+    return maxAttempts;
+  }
+
+  public Duration initialBackoff() {
+    return initialBackoff;
+  }
+
+  public Duration maxBackoff() {
+    return maxBackoff;
+  }
+
+  public double multiplier() {
+    return multiplier;
+  }
+
+  public double jitter() {
+    return jitter;
+  }
+
+  /** Whether a call that failed with {@code code} may be tried again. */
+  public static boolean isRetryable(Status.Code code) {
+    return RETRYABLE.contains(code);
+  }
+
+  /** The backoff before attempt {@code failedAttempts + 1}, without jitter or server hint. */
+  public Duration baseBackoff(int failedAttempts) {
+    if (failedAttempts < 1) {
+      throw new IllegalArgumentException("failedAttempts: must be >= 1 (got " + failedAttempts + ")");
+    }
+    double nanos = initialBackoff.toNanos() * Math.pow(multiplier, failedAttempts - 1);
+    double cap = maxBackoff.toNanos();
+    return Duration.ofNanos((long) Math.min(nanos, cap));
+  }
+
+  /**
+   * How long to wait after {@code failedAttempts} failed attempts.
+   *
+   * @param failedAttempts attempts made so far (>= 1)
+   * @param serverDelay the server's RetryInfo delay, or null when it sent none
+   * @param unitRandom a number in [0, 1), e.g. {@code ThreadLocalRandom.current().nextDouble()}
+   */
+  public Duration delay(int failedAttempts, Duration serverDelay, double unitRandom) {
+    if (!(unitRandom >= 0.0 && unitRandom < 1.0)) {
+      throw new IllegalArgumentException("unitRandom: must be in [0, 1) (got " + unitRandom + ")");
+    }
+    double base = baseBackoff(failedAttempts).toNanos();
+    double spread = base * (1.0 + jitter * (2.0 * unitRandom - 1.0));
+    Duration jittered = Duration.ofNanos((long) spread);
+    if (serverDelay != null && serverDelay.compareTo(jittered) > 0) {
+      return serverDelay;
+    }
+    return jittered;
+  }
+
+  @Override
+  public String toString() {
+    return "RetryPolicy{maxAttempts=" + maxAttempts + ", initialBackoff=" + initialBackoff
+        + ", maxBackoff=" + maxBackoff + ", multiplier=" + multiplier + ", jitter=" + jitter + "}";
+  }
+
+  /** Builder for {@link RetryPolicy}; settings are checked in {@link #build()}. */
+  public static final class Builder {
+    private int maxAttempts = 4;
+    private Duration initialBackoff = Duration.ofMillis(50);
+    private Duration maxBackoff = Duration.ofSeconds(2);
+    private double multiplier = 2.0;
+    private double jitter = 0.2;
+
+    private Builder() {}
+
+    /** Total attempts including the first; 1 turns retries off. */
+    public Builder maxAttempts(int n) {
+      this.maxAttempts = n;
+      return this;
+    }
+
+    /** Wait before the second attempt (before jitter). */
+    public Builder initialBackoff(Duration d) {
+      this.initialBackoff = d;
+      return this;
+    }
+
+    /** Upper bound of the exponential part (a server RetryInfo delay may exceed it). */
+    public Builder maxBackoff(Duration d) {
+      this.maxBackoff = d;
+      return this;
+    }
+
+    /** Growth factor of the backoff per failed attempt (>= 1). */
+    public Builder multiplier(double m) {
+      this.multiplier = m;
+      return this;
+    }
+
+    /** Relative spread of each wait, in [0, 1): 0.2 means +-20 %. */
+    public Builder jitter(double j) {
+      this.jitter = j;
+      return this;
+    }
+
+    public RetryPolicy build() {
+      return new RetryPolicy(this);
+    }
+  }
+}

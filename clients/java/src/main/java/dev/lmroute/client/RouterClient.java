@@ -1,0 +1,243 @@
+package dev.lmroute.client;
+
+import io.grpc.ChannelCredentials;
+import io.grpc.Deadline;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.health.v1.HealthCheckRequest;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import io.grpc.health.v1.HealthGrpc;
+import java.time.Duration;
+import java.util.List;
+import java.util.Objects;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
+import lmroute.v1.Router.GetRouterRequest;
+import lmroute.v1.Router.GetRouterResponse;
+import lmroute.v1.Router.ListRoutersRequest;
+import lmroute.v1.Router.ListRoutersResponse;
+import lmroute.v1.Router.Prompt;
+import lmroute.v1.Router.RouteRequest;
+import lmroute.v1.Router.RouteResponse;
+import lmroute.v1.Router.ScoreRequest;
+import lmroute.v1.Router.ScoreResponse;
+import lmroute.v1.RouterServiceGrpc;
+
+/**
+ * A blocking client for {@code lmroute.v1.RouterService} and {@code grpc.health.v1.Health}.
+ *
+ * <pre>{@code
+ * try (RouterClient client = RouterClient.newBuilder("127.0.0.1:50051").build()) {
+ *   RouteResponse d = client.routeByStrongShare("Prove Fermat's little theorem", "mf", 0.3);
+ *   String model = d.getChosenModel();
+ * }
+ * }</pre>
+ *
+ * <p>Every call has a deadline (the builder's {@code timeout}, or the one passed to the call) that covers
+ * all its attempts. Calls failing with {@code UNAVAILABLE} or {@code RESOURCE_EXHAUSTED} are retried per
+ * the {@link RetryPolicy} (all RPCs here are reads, safe to repeat). Failures are thrown as
+ * {@link io.grpc.StatusRuntimeException}; read the machine reason with {@link RouterErrors#reason}.
+ * Thread-safe: share one instance.
+ */
+public final class RouterClient implements AutoCloseable {
+
+  private final ManagedChannel channel;
+  private final boolean ownsChannel;
+  private final Duration timeout;
+  private final Retrier retrier;
+  private final RouterServiceGrpc.RouterServiceBlockingStub stub;
+  private final HealthGrpc.HealthBlockingStub health;
+
+  private RouterClient(Builder b, ManagedChannel channel, boolean ownsChannel) {
+    this.channel = channel;
+    this.ownsChannel = ownsChannel;
+    this.timeout = b.timeout;
+    this.retrier = new Retrier(b.retryPolicy, Retrier.THREAD_SLEEP, () -> ThreadLocalRandom.current().nextDouble(),
+        b.retryListener);
+    this.stub = RouterServiceGrpc.newBlockingStub(channel)
+        .withMaxInboundMessageSize(b.maxMessageBytes)
+        .withMaxOutboundMessageSize(b.maxMessageBytes);
+    this.health = HealthGrpc.newBlockingStub(channel);
+  }
+
+  /** A client that opens (and on {@link #close()} shuts) its own channel to {@code target} ("host:port"). */
+  public static Builder newBuilder(String target) {
+    return new Builder(Objects.requireNonNull(target, "target"), null);
+  }
+
+  /** A client over a channel the caller owns (TLS, interceptors, ...); {@link #close()} leaves it open. */
+  public static Builder newBuilder(ManagedChannel channel) {
+    return new Builder(null, Objects.requireNonNull(channel, "channel"));
+  }
+
+  /** A plain-text prompt. */
+  public static Prompt textPrompt(String text) {
+    return Prompt.newBuilder().setText(text).build();
+  }
+
+  // ---- Score
+
+  /** Scores of every prompt under {@code routers} (empty = every loaded router); per-prompt status inside. */
+  public ScoreResponse score(List<String> prompts, List<String> routers) {
+    ScoreRequest.Builder req = ScoreRequest.newBuilder().addAllRouters(routers);
+    for (String p : prompts) {
+      req.addPrompts(textPrompt(p));
+    }
+    return score(req.build(), timeout);
+  }
+
+  public ScoreResponse score(ScoreRequest request) {
+    return score(request, timeout);
+  }
+
+  public ScoreResponse score(ScoreRequest request, Duration timeout) {
+    return retrier.call("Score", deadlineAfter(timeout), d -> stub.withDeadline(d).score(request));
+  }
+
+  // ---- Route
+
+  /** Strong when the router's score >= {@code threshold}. */
+  public RouteResponse routeByThreshold(String prompt, String router, double threshold) {
+    return route(RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(router).setThreshold(threshold).build());
+  }
+
+  /** Sends about {@code strongShare} of traffic to the strong model (threshold from the bundle's calibration). */
+  public RouteResponse routeByStrongShare(String prompt, String router, double strongShare) {
+    return route(
+        RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(router).setStrongShare(strongShare).build());
+  }
+
+  public RouteResponse route(RouteRequest request) {
+    return route(request, timeout);
+  }
+
+  public RouteResponse route(RouteRequest request, Duration timeout) {
+    return retrier.call("Route", deadlineAfter(timeout), d -> stub.withDeadline(d).route(request));
+  }
+
+  // ---- Describe
+
+  /** Routers, models, encoder, calibration and bundle version. */
+  public ListRoutersResponse listRouters() {
+    return listRouters(timeout);
+  }
+
+  public ListRoutersResponse listRouters(Duration timeout) {
+    ListRoutersRequest req = ListRoutersRequest.getDefaultInstance();
+    return retrier.call("ListRouters", deadlineAfter(timeout), d -> stub.withDeadline(d).listRouters(req));
+  }
+
+  /** One router; {@code NOT_FOUND} (reason {@code ROUTER_NOT_FOUND}) when no router has that name. */
+  public GetRouterResponse getRouter(String name) {
+    return getRouter(name, timeout);
+  }
+
+  public GetRouterResponse getRouter(String name, Duration timeout) {
+    GetRouterRequest req = GetRouterRequest.newBuilder().setName(name).build();
+    return retrier.call("GetRouter", deadlineAfter(timeout), d -> stub.withDeadline(d).getRouter(req));
+  }
+
+  // ---- Health
+
+  /** The server's overall health ({@code SERVING} once the bundle is loaded and warmed). */
+  public ServingStatus health() {
+    return health("", timeout);
+  }
+
+  /** Health of one service, e.g. "lmroute.v1.RouterService"; {@code NOT_FOUND} for an unknown one. */
+  public ServingStatus health(String service, Duration timeout) {
+    HealthCheckRequest req = HealthCheckRequest.newBuilder().setService(service).build();
+    return retrier.call("Health.Check", deadlineAfter(timeout), d -> health.withDeadline(d).check(req)).getStatus();
+  }
+
+  /** The channel, e.g. to build other stubs on it. */
+  public ManagedChannel channel() {
+    return channel;
+  }
+
+  /** Shuts the channel down (when this client opened it), waiting up to 5 s for calls in flight. */
+  @Override
+  public void close() {
+    if (!ownsChannel) {
+      return;
+    }
+    channel.shutdown();
+    try {
+      if (!channel.awaitTermination(5, TimeUnit.SECONDS)) {
+        channel.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      channel.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private static Deadline deadlineAfter(Duration timeout) {
+    Objects.requireNonNull(timeout, "timeout");
+    if (timeout.isNegative() || timeout.isZero()) {
+      throw new IllegalArgumentException("timeout: must be > 0 (got " + timeout + ")");
+    }
+    return Deadline.after(timeout.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  /** Settings of a {@link RouterClient}. */
+  public static final class Builder {
+    private final String target;
+    private final ManagedChannel channel;
+    private Duration timeout = Duration.ofSeconds(10);
+    private RetryPolicy retryPolicy = RetryPolicy.defaults();
+    private RetryListener retryListener = RetryListener.NONE;
+    private int maxMessageBytes = 4 * 1024 * 1024;
+    private ChannelCredentials credentials = InsecureChannelCredentials.create();
+
+    private Builder(String target, ManagedChannel channel) {
+      this.target = target;
+      this.channel = channel;
+    }
+
+    /** Default deadline of every call, all attempts included (10 s). */
+    public Builder timeout(Duration timeout) {
+      this.timeout = Objects.requireNonNull(timeout, "timeout");
+      return this;
+    }
+
+    /** Retries on UNAVAILABLE / RESOURCE_EXHAUSTED ({@link RetryPolicy#defaults()}); {@link RetryPolicy#none()} turns them off. */
+    public Builder retryPolicy(RetryPolicy policy) {
+      this.retryPolicy = Objects.requireNonNull(policy, "retryPolicy");
+      return this;
+    }
+
+    /** Told before every retry (to log or count them); none by default. */
+    public Builder retryListener(RetryListener listener) {
+      this.retryListener = Objects.requireNonNull(listener, "retryListener");
+      return this;
+    }
+
+    /** Largest message sent or received (4 MiB, as the server's default). */
+    public Builder maxMessageBytes(int bytes) {
+      this.maxMessageBytes = bytes;
+      return this;
+    }
+
+    /** Channel credentials (plain text by default); ignored for a caller-owned channel. */
+    public Builder credentials(ChannelCredentials credentials) {
+      this.credentials = Objects.requireNonNull(credentials, "credentials");
+      return this;
+    }
+
+    public RouterClient build() {
+      if (timeout.isNegative() || timeout.isZero()) {
+        throw new IllegalArgumentException("timeout: must be > 0 (got " + timeout + ")");
+      }
+      if (maxMessageBytes <= 0) {
+        throw new IllegalArgumentException("maxMessageBytes: must be > 0 (got " + maxMessageBytes + ")");
+      }
+      if (channel != null) {
+        return new RouterClient(this, channel, false);
+      }
+      ManagedChannel ch = Grpc.newChannelBuilder(target, credentials).maxInboundMessageSize(maxMessageBytes).build();
+      return new RouterClient(this, ch, true);
+    }
+  }
+}

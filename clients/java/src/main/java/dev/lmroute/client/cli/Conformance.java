@@ -1,0 +1,149 @@
+package dev.lmroute.client.cli;
+
+import com.google.gson.Gson;
+import com.google.gson.GsonBuilder;
+import com.google.gson.JsonArray;
+import com.google.gson.JsonObject;
+import dev.lmroute.client.RetryPolicy;
+import dev.lmroute.client.RouterClient;
+import dev.lmroute.client.RouterErrors;
+import io.grpc.StatusRuntimeException;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Set;
+import lmroute.v1.Router.ItemStatus;
+import lmroute.v1.Router.PromptScores;
+import lmroute.v1.Router.RouteRequest;
+import lmroute.v1.Router.RouteResponse;
+import lmroute.v1.Router.RouterInfo;
+import lmroute.v1.Router.RouterScore;
+import lmroute.v1.Router.ScoreRequest;
+import lmroute.v1.Router.ScoreResponse;
+
+/**
+ * {@code conformance --addr HOST:PORT --cases FILE}: runs every case of clients/CONFORMANCE.md with retries
+ * off and prints one JSON object {@code {"results": [...]}}. Exit 0 when every case ran (a gRPC error is a
+ * result), 2 on bad arguments or an unreadable / invalid cases file.
+ */
+final class Conformance {
+
+  static final Set<String> OPTIONS = Set.of("addr", "cases");
+
+  private static final Gson GSON =
+      new GsonBuilder().disableHtmlEscaping().serializeSpecialFloatingPointValues().create();
+
+  private Conformance() {}
+
+  static int run(Args args, PrintStream out, PrintStream err) throws Args.UsageError {
+    String addr = args.require("addr");
+    String casesPath = args.require("cases");
+    if (!args.positionals().isEmpty()) {
+      throw new Args.UsageError("conformance takes no positional arguments (got " + args.positionals() + ")");
+    }
+    List<ConformanceCase> cases;
+    try {
+      String text = Files.readString(Path.of(casesPath), StandardCharsets.UTF_8);
+      cases = ConformanceCase.parseAll(text, casesPath);
+    } catch (IOException e) {
+      err.println("error: cannot read cases file " + casesPath + ": " + e);
+      return Main.EXIT_USAGE;
+    } catch (ConformanceCase.CasesError e) {
+      err.println("error: " + e.getMessage());
+      return Main.EXIT_USAGE;
+    }
+    JsonArray results = new JsonArray();
+    try (RouterClient client = RouterClient.newBuilder(addr).retryPolicy(RetryPolicy.none()).build()) {
+      for (ConformanceCase c : cases) {
+        results.add(runCase(client, c));
+      }
+    }
+    JsonObject doc = new JsonObject();
+    doc.add("results", results);
+    out.println(GSON.toJson(doc));
+    out.flush();
+    return Main.EXIT_OK;
+  }
+
+  /** The output object of one case: its answer, or its gRPC error code and ErrorInfo reason. */
+  static JsonObject runCase(RouterClient client, ConformanceCase c) {
+    JsonObject r = new JsonObject();
+    r.addProperty("id", c.id());
+    try {
+      switch (c.rpc()) {
+        case "Score" -> score(client, c, r);
+        case "Route" -> route(client, c, r);
+        case "Health" -> health(client, c, r);
+        case "ListRouters" -> listRouters(client, c, r);
+        default -> throw new IllegalStateException("unchecked rpc " + c.rpc());
+      }
+    } catch (StatusRuntimeException e) {
+      JsonObject failed = new JsonObject();
+      failed.addProperty("id", c.id());
+      failed.addProperty("code", e.getStatus().getCode().name());
+      failed.addProperty("reason", RouterErrors.reason(e));
+      return failed;
+    }
+    return r;
+  }
+
+  private static void score(RouterClient client, ConformanceCase c, JsonObject r) {
+    ScoreRequest.Builder req = ScoreRequest.newBuilder().addAllRouters(c.routers());
+    c.prompts().forEach(p -> req.addPrompts(RouterClient.textPrompt(p)));
+    ScoreResponse resp = client.score(req.build(), c.timeout());
+    r.addProperty("code", "OK");
+    r.addProperty("bundle_version", resp.getBundleVersion());
+    JsonArray items = new JsonArray();
+    for (PromptScores ps : resp.getResultsList()) {
+      ItemStatus st = ps.getStatus();
+      JsonObject item = new JsonObject();
+      item.addProperty("index", ps.getIndex());
+      item.addProperty("item_code", st.getCode());
+      item.addProperty("item_reason", st.getReason());
+      item.addProperty("n_tokens", ps.getNTokens());
+      item.addProperty("truncated", ps.getTruncated());
+      JsonObject scores = new JsonObject();
+      for (RouterScore s : ps.getScoresList()) {
+        scores.addProperty(s.getRouter(), s.getStrongWinProbability());
+      }
+      item.add("scores", scores);
+      items.add(item);
+    }
+    r.add("results", items);
+  }
+
+  private static void route(RouterClient client, ConformanceCase c, JsonObject r) {
+    RouteRequest.Builder req =
+        RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(c.prompt())).setRouter(c.router());
+    if (c.threshold() != null) {
+      req.setThreshold(c.threshold());
+    }
+    if (c.strongShare() != null) {
+      req.setStrongShare(c.strongShare());
+    }
+    RouteResponse resp = client.route(req.build(), c.timeout());
+    r.addProperty("code", "OK");
+    r.addProperty("chosen_model", resp.getChosenModel());
+    r.addProperty("tier", resp.getTier().name());
+    r.addProperty("score", resp.getScore());
+    r.addProperty("threshold", resp.getThreshold());
+    r.addProperty("router", resp.getRouter());
+  }
+
+  private static void health(RouterClient client, ConformanceCase c, JsonObject r) {
+    ServingStatus status = client.health(c.service(), c.timeout());
+    r.addProperty("code", "OK");
+    r.addProperty("status", status.name());
+  }
+
+  private static void listRouters(RouterClient client, ConformanceCase c, JsonObject r) {
+    JsonArray names = new JsonArray();
+    client.listRouters(c.timeout()).getRoutersList().stream().map(RouterInfo::getName).sorted().forEach(names::add);
+    r.addProperty("code", "OK");
+    r.add("routers", names);
+  }
+}

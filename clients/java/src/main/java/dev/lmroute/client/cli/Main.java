@@ -1,0 +1,176 @@
+package dev.lmroute.client.cli;
+
+import dev.lmroute.client.RetryPolicy;
+import dev.lmroute.client.RouterClient;
+import dev.lmroute.client.RouterErrors;
+import io.grpc.StatusRuntimeException;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import java.io.FileDescriptor;
+import java.io.FileOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.List;
+import java.util.Locale;
+import java.util.Optional;
+import java.util.Set;
+import lmroute.v1.Router.PromptScores;
+import lmroute.v1.Router.RouteRequest;
+import lmroute.v1.Router.RouteResponse;
+import lmroute.v1.Router.RouterScore;
+import lmroute.v1.Router.ScoreResponse;
+
+/**
+ * {@code java -jar lmroute-java-client.jar <route|score|health|conformance> [options]}.
+ *
+ * <p>Exit status: 0 success; 1 the call failed (or health is not SERVING); 2 bad arguments.
+ */
+public final class Main {
+
+  static final int EXIT_OK = 0;
+  static final int EXIT_FAILED = 1;
+  static final int EXIT_USAGE = 2;
+
+  private static final String DEFAULT_ADDR = "127.0.0.1:50051";
+  private static final Set<String> CALL_OPTIONS = Set.of("addr", "timeout-ms", "max-attempts");
+
+  private static final String USAGE = String.join("\n",
+      "usage: java -jar lmroute-java-client.jar COMMAND [options]",
+      "",
+      "  route  --router NAME [--threshold X | --strong-share X] PROMPT   decide strong vs weak for one prompt",
+      "  score  [--router NAME]... PROMPT...                             scores of each prompt (all routers by default)",
+      "  health [--service NAME]                                          grpc.health.v1 status (exit 1 unless SERVING)",
+      "  conformance --addr HOST:PORT --cases FILE                        run clients/CONFORMANCE.md cases, print JSON",
+      "",
+      "common options (route, score, health):",
+      "  --addr HOST:PORT      server address (default " + DEFAULT_ADDR + ")",
+      "  --timeout-ms N        deadline of the call, retries included (default 10000)",
+      "  --max-attempts N      attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (default 4; 1 = no retry)");
+
+  private Main() {}
+
+  public static void main(String[] argv) {
+    // UTF-8 whatever the locale: the conformance JSON and the names in it must reach the caller intact.
+    PrintStream out = new PrintStream(new FileOutputStream(FileDescriptor.out), true, StandardCharsets.UTF_8);
+    PrintStream err = new PrintStream(new FileOutputStream(FileDescriptor.err), true, StandardCharsets.UTF_8);
+    int status = run(argv, out, err);
+    out.flush();
+    err.flush();
+    System.exit(status);
+  }
+
+  /** Runs one command; returns the exit status. */
+  static int run(String[] argv, PrintStream out, PrintStream err) {
+    if (argv.length == 0 || argv[0].equals("-h") || argv[0].equals("--help") || argv[0].equals("help")) {
+      (argv.length == 0 ? err : out).println(USAGE);
+      return argv.length == 0 ? EXIT_USAGE : EXIT_OK;
+    }
+    try {
+      switch (argv[0]) {
+        case "conformance":
+          return Conformance.run(Args.parse(argv, 1, Conformance.OPTIONS), out, err);
+        case "route":
+          return route(Args.parse(argv, 1, with(CALL_OPTIONS, "router", "threshold", "strong-share")), out, err);
+        case "score":
+          return score(Args.parse(argv, 1, with(CALL_OPTIONS, "router")), out, err);
+        case "health":
+          return health(Args.parse(argv, 1, with(CALL_OPTIONS, "service")), out, err);
+        default:
+          throw new Args.UsageError("unknown command \"" + argv[0] + "\" (route, score, health, conformance)");
+      }
+    } catch (Args.UsageError e) {
+      err.println("error: " + e.getMessage());
+      err.println(USAGE);
+      return EXIT_USAGE;
+    } catch (IllegalArgumentException e) { // e.g. an --addr gRPC cannot parse, a bad retry setting
+      err.println("error: " + e.getMessage());
+      return EXIT_USAGE;
+    } catch (StatusRuntimeException e) {
+      err.println("error: " + describe(e) + ": " + Optional.ofNullable(e.getStatus().getDescription()).orElse(""));
+      return EXIT_FAILED;
+    }
+  }
+
+  /** "CODE" or "CODE REASON". */
+  private static String describe(StatusRuntimeException e) {
+    String reason = RouterErrors.reason(e);
+    return e.getStatus().getCode() + (reason.isEmpty() ? "" : " " + reason);
+  }
+
+  private static Set<String> with(Set<String> base, String... more) {
+    java.util.HashSet<String> s = new java.util.HashSet<>(base);
+    s.addAll(List.of(more));
+    return Set.copyOf(s);
+  }
+
+  private static RouterClient client(Args a, PrintStream err) throws Args.UsageError {
+    int timeoutMs = a.getInt("timeout-ms", 10_000, 1);
+    int attempts = a.getInt("max-attempts", RetryPolicy.defaults().maxAttempts(), 1);
+    return RouterClient.newBuilder(a.get("addr").orElse(DEFAULT_ADDR))
+        .timeout(Duration.ofMillis(timeoutMs))
+        .retryPolicy(RetryPolicy.newBuilder().maxAttempts(attempts).build())
+        .retryListener((method, failed, e, wait) -> err.printf(Locale.ROOT, "retry: %s attempt %d failed with %s; waiting %d ms%n",
+            method, failed, describe(e), wait.toMillis()))
+        .build();
+  }
+
+  private static int route(Args a, PrintStream out, PrintStream err) throws Args.UsageError {
+    String router = a.require("router");
+    Optional<Double> threshold = a.getDouble("threshold");
+    Optional<Double> share = a.getDouble("strong-share");
+    if (threshold.isPresent() && share.isPresent()) {
+      throw new Args.UsageError("give at most one of --threshold and --strong-share");
+    }
+    if (a.positionals().size() != 1) {
+      throw new Args.UsageError("route takes exactly one PROMPT (got " + a.positionals().size() + ")");
+    }
+    RouteRequest.Builder req =
+        RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(a.positionals().get(0))).setRouter(router);
+    threshold.ifPresent(req::setThreshold);
+    share.ifPresent(req::setStrongShare);
+    try (RouterClient c = client(a, err)) {
+      RouteResponse r = c.route(req.build());
+      out.printf(Locale.ROOT, "chosen_model  %s%ntier          %s%nscore         %.6f%nthreshold     %.6f%n"
+              + "router        %s%nbundle        %s%nn_tokens      %d%s%n",
+          r.getChosenModel(), r.getTier(), r.getScore(), r.getThreshold(), r.getRouter(), r.getBundleVersion(),
+          r.getNTokens(), r.getTruncated() ? " (truncated)" : "");
+    }
+    return EXIT_OK;
+  }
+
+  private static int score(Args a, PrintStream out, PrintStream err) throws Args.UsageError {
+    List<String> prompts = a.positionals();
+    if (prompts.isEmpty()) {
+      throw new Args.UsageError("score needs at least one PROMPT");
+    }
+    try (RouterClient c = client(a, err)) {
+      ScoreResponse resp = c.score(prompts, a.all("router"));
+      out.println("bundle " + resp.getBundleVersion());
+      for (PromptScores ps : resp.getResultsList()) {
+        StringBuilder line = new StringBuilder("[" + ps.getIndex() + "] ");
+        if (ps.getStatus().getCode() != 0) {
+          line.append("error ").append(ps.getStatus().getReason()).append(": ").append(ps.getStatus().getMessage());
+        } else {
+          line.append("n_tokens=").append(ps.getNTokens()).append(ps.getTruncated() ? " (truncated)" : "");
+          for (RouterScore s : ps.getScoresList()) {
+            line.append(String.format(Locale.ROOT, "  %s=%.6f", s.getRouter(), s.getStrongWinProbability()));
+          }
+        }
+        out.println(line);
+      }
+    }
+    return EXIT_OK;
+  }
+
+  private static int health(Args a, PrintStream out, PrintStream err) throws Args.UsageError {
+    if (!a.positionals().isEmpty()) {
+      throw new Args.UsageError("health takes no PROMPT (got " + a.positionals() + ")");
+    }
+    int timeoutMs = a.getInt("timeout-ms", 10_000, 1);
+    try (RouterClient c = client(a, err)) {
+      ServingStatus s = c.health(a.get("service").orElse(""), Duration.ofMillis(timeoutMs));
+      out.println(s.name());
+      return s == ServingStatus.SERVING ? EXIT_OK : EXIT_FAILED;
+    }
+  }
+}

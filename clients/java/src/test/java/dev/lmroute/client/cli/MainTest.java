@@ -1,0 +1,76 @@
+package dev.lmroute.client.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.google.gson.JsonArray;
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.net.ServerSocket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Exit statuses and output of the CLI; no lmroute server is needed (a closed port stands for a dead one). */
+class MainTest {
+
+  private final ByteArrayOutputStream out = new ByteArrayOutputStream();
+  private final ByteArrayOutputStream err = new ByteArrayOutputStream();
+
+  private int run(String... argv) {
+    return Main.run(argv, new PrintStream(out, true, StandardCharsets.UTF_8),
+        new PrintStream(err, true, StandardCharsets.UTF_8));
+  }
+
+  private static int closedPort() throws Exception {
+    try (ServerSocket s = new ServerSocket(0)) {
+      return s.getLocalPort();
+    }
+  }
+
+  @Test
+  void badArgumentsExitTwo() {
+    assertEquals(2, run());
+    assertEquals(2, run("bogus"));
+    assertEquals(2, run("conformance", "--addr", "127.0.0.1:1"));
+    assertTrue(err.toString(StandardCharsets.UTF_8).contains("--cases: required"), err.toString());
+    assertEquals(2, run("conformance", "--addr", "127.0.0.1:1", "--cases", "x.json", "--retries", "3"));
+    assertEquals(2, run("route", "--router", "mf", "--threshold", "0.1", "--strong-share", "0.2", "p"));
+  }
+
+  @Test
+  void unreadableOrInvalidCasesFileExitsTwo(@TempDir Path dir) throws Exception {
+    assertEquals(2, run("conformance", "--addr", "127.0.0.1:1", "--cases", dir.resolve("missing.json").toString()));
+    assertTrue(err.toString(StandardCharsets.UTF_8).contains("cannot read cases file"), err.toString());
+    Path bad = Files.writeString(dir.resolve("bad.json"), "{\"cases\": [{\"id\": \"x\", \"rpc\": \"Nope\"}]}");
+    assertEquals(2, run("conformance", "--addr", "127.0.0.1:1", "--cases", bad.toString()));
+    assertEquals("", out.toString(StandardCharsets.UTF_8));
+  }
+
+  @Test
+  void conformanceReportsErrorsAsResultsAndExitsZero(@TempDir Path dir) throws Exception {
+    Path cases = Files.writeString(dir.resolve("cases.json"),
+        "{\"cases\": [{\"id\": \"list\", \"rpc\": \"ListRouters\", \"timeout_ms\": 5000},"
+            + " {\"id\": \"h\", \"rpc\": \"Health\", \"timeout_ms\": 5000}]}");
+    assertEquals(0, run("conformance", "--addr", "127.0.0.1:" + closedPort(), "--cases", cases.toString()));
+    JsonObject doc = JsonParser.parseString(out.toString(StandardCharsets.UTF_8)).getAsJsonObject();
+    JsonArray results = doc.getAsJsonArray("results");
+    assertEquals(2, results.size());
+    for (int i = 0; i < 2; i++) {
+      JsonObject r = results.get(i).getAsJsonObject();
+      assertEquals(i == 0 ? "list" : "h", r.get("id").getAsString());
+      assertEquals("UNAVAILABLE", r.get("code").getAsString());
+      assertEquals("", r.get("reason").getAsString());
+    }
+  }
+
+  @Test
+  void healthOfADeadServerExitsOne() throws Exception {
+    assertEquals(1, run("health", "--addr", "127.0.0.1:" + closedPort(), "--max-attempts", "1", "--timeout-ms", "5000"));
+    assertTrue(err.toString(StandardCharsets.UTF_8).startsWith("error: UNAVAILABLE"), err.toString());
+  }
+}

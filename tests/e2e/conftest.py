@@ -1,0 +1,100 @@
+"""End-to-end tier: clients in other languages against one real server on 127.0.0.1.
+
+Session fixtures: a real tiny bundle (real all-MiniLM-L6-v2 encoder, random / mf / sw_ranking / bert
+routers) served by ServerThread, and `client_command(name)`, which builds a client once per session
+through its project script (scripts/build_go_client.sh, scripts/build_java_client.sh) and gives the
+command line that runs it. A client whose build script is missing or fails makes its tests fail, with the
+reason, rather than skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lmroute_bundle.testing import make_fake_classifier, make_tiny_bundle
+from lmroute_service.config import ServiceConfig
+from lmroute_service.logs import configure_logging
+from lmroute_service.testing import ServerThread
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_PROMPT_CHARS = 4000
+
+# name -> (build script, command line of the built client, relative to the repository)
+CLIENTS: dict[str, tuple[str, list[str]]] = {
+    "go": ("scripts/build_go_client.sh", ["clients/go/bin/lmroute-go-client"]),
+    "java": ("scripts/build_java_client.sh", ["java", "-jar", "clients/java/target/lmroute-java-client.jar"]),
+}
+BUILD_TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="session")
+def e2e_bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("e2e_bundle")
+    bert = make_fake_classifier(root / "bert.onnx")
+    return make_tiny_bundle(root / "bundle", encoder_dir=exported_encoder_dir, bert_onnx=bert)
+
+
+@pytest.fixture(scope="session")
+def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+    configure_logging("warning")
+    cfg = ServiceConfig(
+        bundle_path=e2e_bundle_dir, host="127.0.0.1", port=0, max_wait_us=2000, max_batch_size=64,
+        log_level="warning", queue_timeout_ms=60_000, grace_s=0.0, max_prompt_chars=MAX_PROMPT_CHARS,
+    )
+    srv = ServerThread(cfg).start()
+    yield srv
+    srv.stop()
+
+
+class _Builds:
+    """One build per client per session; a failed build is remembered and reported to every test."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, list[str] | str] = {}
+
+    def command(self, name: str) -> list[str]:
+        if name not in self.done:
+            self.done[name] = self._build(name)
+        got = self.done[name]
+        if isinstance(got, str):
+            pytest.fail(got, pytrace=False)
+        return got
+
+    def _build(self, name: str) -> list[str] | str:
+        script, cmd = CLIENTS[name]
+        if not (REPO / script).exists():
+            return f"{name} client: build script {script} does not exist, so the {name} client cannot be built"
+        args = [sys.executable] if name == "go" else []  # the Go build runs protoc from this venv
+        try:
+            run = subprocess.run(
+                ["nice", "-n", "10", "bash", script, *args], cwd=REPO, capture_output=True, text=True,
+                timeout=BUILD_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return f"{name} client: {script} ran past {BUILD_TIMEOUT_S} s"
+        if run.returncode != 0:
+            tail = (run.stdout + run.stderr)[-4000:]
+            return f"{name} client: {script} failed (exit {run.returncode}):\n{tail}"
+        if cmd[0] == "java" and shutil.which("java") is None:
+            return "java client: built, but `java` is not on PATH"
+        exe = REPO / (cmd[-1] if cmd[0] == "java" else cmd[0])
+        if not exe.exists():
+            return f"{name} client: {script} succeeded but {exe.relative_to(REPO)} is missing"
+        return [c if c == "java" or c.startswith("-") else str(REPO / c) for c in cmd]
+
+
+@pytest.fixture(scope="session")
+def client_builds() -> _Builds:
+    return _Builds()
+
+
+@pytest.fixture(scope="session")
+def client_command(client_builds: _Builds) -> Callable[[str], list[str]]:
+    """client_command("go") -> the command line of the built Go client (builds it on first use)."""
+    return client_builds.command

@@ -1,0 +1,142 @@
+"""The Python side of the client conformance protocol (clients/CONFORMANCE.md), over RouterClient.
+
+    python tests/e2e/py_conformance.py conformance --addr 127.0.0.1:PORT --cases cases.json
+
+Runs every case with retries off (RouterClient never retries) and prints {"results": [...]} on stdout;
+exit 0 when every case ran, 2 on bad arguments or an unreadable cases file. It is the reference the Go and
+Java clients are compared with in tests/e2e/test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from lmroute.v1 import router_pb2
+from lmroute_service.client import RouterClient
+
+__all__ = ["run_case", "run_cases", "main"]
+
+DEFAULT_TIMEOUT_MS = 30_000
+RPCS = ("Score", "Route", "Health", "ListRouters")
+
+
+def _reason(err: grpc.RpcError) -> str:
+    """`reason` of the first google.rpc.ErrorInfo in the status details, or ""."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    resp = client.score(case["prompts"], case.get("routers", []), timeout_s=timeout_s)
+    return {
+        "bundle_version": resp.bundle_version,
+        "results": [
+            {
+                "index": r.index,
+                "item_code": r.status.code,
+                "item_reason": r.status.reason,
+                "n_tokens": r.n_tokens,
+                "truncated": r.truncated,
+                "scores": {s.router: s.strong_win_probability for s in r.scores},
+            }
+            for r in resp.results
+        ],
+    }
+
+
+def _route(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    if "prompt" in case:
+        d = client.route(
+            case["prompt"],
+            router=case.get("router", ""),
+            threshold=case.get("threshold"),
+            strong_share=case.get("strong_share"),
+            timeout_s=timeout_s,
+        )
+    else:  # no prompt at all: RouterClient always sets one, so build the request by hand
+        req = router_pb2.RouteRequest(router=case.get("router", ""))
+        if "threshold" in case:
+            req.threshold = case["threshold"]
+        if "strong_share" in case:
+            req.strong_share = case["strong_share"]
+        d = client.stub.Route(req, timeout=timeout_s)
+    return {
+        "chosen_model": d.chosen_model,
+        "tier": router_pb2.Tier.Name(d.tier),
+        "score": d.score,
+        "threshold": d.threshold,
+        "router": d.router,
+    }
+
+
+def run_case(client: RouterClient, case: dict[str, Any]) -> dict[str, Any]:
+    """One case's result object; a gRPC error becomes {"id", "code", "reason"}."""
+    timeout_s = case.get("timeout_ms", DEFAULT_TIMEOUT_MS) / 1000.0
+    rpc = case["rpc"]
+    try:
+        if rpc == "Score":
+            body = _score(client, case, timeout_s)
+        elif rpc == "Route":
+            body = _route(client, case, timeout_s)
+        elif rpc == "Health":
+            body = {"status": client.health(case.get("service", ""), timeout_s=timeout_s)}
+        else:
+            body = {"routers": sorted(r.name for r in client.list_routers(timeout_s=timeout_s).routers)}
+    except grpc.RpcError as err:
+        return {"id": case["id"], "code": err.code().name, "reason": _reason(err)}  # type: ignore[attr-defined]
+    return {"id": case["id"], "code": "OK", **body}
+
+
+def _check(cases: Any, path: str) -> list[dict[str, Any]]:
+    if not isinstance(cases, dict) or not isinstance(cases.get("cases"), list):
+        raise ValueError(f'{path}: not a cases file (want {{"cases": [...]}})')
+    for i, case in enumerate(cases["cases"]):
+        if not isinstance(case, dict) or not case.get("id"):
+            raise ValueError(f"{path}: cases[{i}]: missing id")
+        if case.get("rpc") not in RPCS:
+            raise ValueError(f"{path}: cases[{i}] ({case['id']}): unknown rpc {case.get('rpc')!r}")
+        if "threshold" in case and "strong_share" in case:
+            raise ValueError(f"{path}: cases[{i}] ({case['id']}): threshold and strong_share both set")
+    return cases["cases"]
+
+
+def run_cases(target: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every case against `target`, in order."""
+    with RouterClient(target, timeout_s=DEFAULT_TIMEOUT_MS / 1000.0) as client:
+        return {"results": [run_case(client, c) for c in cases]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="py_conformance", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conf = sub.add_parser("conformance", help="run a cases file")
+    conf.add_argument("--addr", required=True, help="server HOST:PORT")
+    conf.add_argument("--cases", required=True, help="cases file (JSON)")
+    args = parser.parse_args(argv)  # exits 2 on bad arguments
+    try:
+        with open(args.cases, encoding="utf-8") as fh:
+            cases = _check(json.load(fh), args.cases)
+    except (OSError, ValueError) as err:
+        print(f"py_conformance: {err}", file=sys.stderr)
+        return 2
+    json.dump(run_cases(args.addr, cases), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

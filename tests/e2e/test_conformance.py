@@ -1,0 +1,308 @@
+"""Cross-language conformance (clients/CONFORMANCE.md): the same cases through the Python client
+(tests/e2e/py_conformance.py, over RouterClient) and through each client binary (Go, Java), against one
+real server on 127.0.0.1 with a real bundle. Every client must give the same codes and reasons, the same
+chosen model and tier, scores equal to 1e-6 and the same per-item codes.
+
+Also: the clients' exit status 2 on bad arguments, and the Go client's own unit tests (`go test ./...`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmroute.v1 import router_pb2
+from lmroute_bundle.testing import synthetic_prompts
+from lmroute_service.client import RouterClient
+from lmroute_service.testing import ServerThread
+
+REPO = Path(__file__).resolve().parents[2]
+PY_CLIENT = Path(__file__).with_name("py_conformance.py")
+ROUTERS = ["random", "mf", "sw_ranking", "bert"]
+TOL = 1e-6
+CLIENT_NAMES = ["go", "java"]
+
+
+def run(cmd: list[str], *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+def build_cases() -> list[dict[str, Any]]:
+    """The cases: every RPC, every router, each policy, per-item and whole-call errors."""
+    p = synthetic_prompts(6, seed=7)
+    unicode = "Erkläre Quantenverschränkung 量子 — mit Beispielen 🙂"
+    long = " ".join(["tokenize this long prompt please"] * 70)  # > 256 tokens: truncated, < 4000 chars
+    too_long = "x" * 4001  # > max_prompt_chars of the e2e server (4000)
+    cases: list[dict[str, Any]] = [
+        {"id": "list", "rpc": "ListRouters"},
+        {"id": "health-server", "rpc": "Health", "service": ""},
+        {"id": "health-router-service", "rpc": "Health", "service": "lmroute.v1.RouterService"},
+        {"id": "health-unknown-service", "rpc": "Health", "service": "no.such.Service"},
+        {"id": "score-all-routers", "rpc": "Score", "prompts": [p[0], p[1], unicode, long]},
+        {"id": "score-two-routers-in-order", "rpc": "Score", "prompts": [p[2], p[3]], "routers": ["sw_ranking", "mf"]},
+        {"id": "score-bad-items", "rpc": "Score", "prompts": [p[4], "", p[5], "   ", too_long],
+         "routers": ["mf", "bert"], "timeout_ms": 20_000},
+        {"id": "score-no-prompts", "rpc": "Score", "prompts": []},
+        {"id": "score-unknown-router", "rpc": "Score", "prompts": [p[0]], "routers": ["mf", "nope"]},
+    ]
+    cases += [{"id": f"score-{r}", "rpc": "Score", "prompts": p[:3], "routers": [r]} for r in ROUTERS]
+    for r in ROUTERS:
+        cases += [
+            {"id": f"route-{r}-threshold", "rpc": "Route", "prompt": p[1], "router": r, "threshold": 0.5},
+            {"id": f"route-{r}-share", "rpc": "Route", "prompt": unicode, "router": r, "strong_share": 0.3},
+            {"id": f"route-{r}-default-policy", "rpc": "Route", "prompt": p[2], "router": r},
+        ]
+    cases += [
+        {"id": "route-threshold-zero", "rpc": "Route", "prompt": p[3], "router": "mf", "threshold": 0.0},
+        {"id": "route-threshold-one", "rpc": "Route", "prompt": p[3], "router": "mf", "threshold": 1.0},
+        {"id": "route-share-zero", "rpc": "Route", "prompt": p[3], "router": "sw_ranking", "strong_share": 0.0},
+        {"id": "route-long", "rpc": "Route", "prompt": long, "router": "bert", "strong_share": 0.5},
+        {"id": "route-empty-prompt", "rpc": "Route", "prompt": "", "router": "mf", "threshold": 0.5},
+        {"id": "route-unknown-router", "rpc": "Route", "prompt": p[0], "router": "nope", "threshold": 0.5},
+        {"id": "route-no-router", "rpc": "Route", "prompt": p[0], "router": "", "threshold": 0.5},
+        {"id": "route-threshold-above-one", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": 1.5},
+        {"id": "route-threshold-negative", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": -0.25},
+        {"id": "route-share-above-one", "rpc": "Route", "prompt": p[0], "router": "mf", "strong_share": 2.0},
+    ]
+    return cases
+
+
+# What the reference (Python) run must show, so that the comparison covers what it is meant to cover.
+EXPECTED_ERRORS = {
+    "health-unknown-service": ("NOT_FOUND", ""),
+    "score-no-prompts": ("INVALID_ARGUMENT", "NO_PROMPTS"),
+    "score-unknown-router": ("NOT_FOUND", "ROUTER_NOT_FOUND"),
+    "route-empty-prompt": ("INVALID_ARGUMENT", "EMPTY_PROMPT"),
+    "route-unknown-router": ("NOT_FOUND", "ROUTER_NOT_FOUND"),
+    "route-no-router": ("INVALID_ARGUMENT", "MISSING_ROUTER"),
+    "route-threshold-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
+    "route-threshold-negative": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
+    "route-share-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
+    **{f"route-{r}-default-policy": ("INVALID_ARGUMENT", "MISSING_POLICY") for r in ROUTERS},
+}
+
+
+@pytest.fixture(scope="module")
+def cases_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("conformance") / "cases.json"
+    path.write_text(json.dumps({"cases": build_cases()}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(e2e_server: ServerThread, cases_file: Path) -> dict[str, dict[str, Any]]:
+    """The Python client's results, by case id."""
+    out = run([sys.executable, str(PY_CLIENT)], "conformance", "--addr", e2e_server.target, "--cases", str(cases_file))
+    assert out.returncode == 0, f"python reference client failed:\n{out.stderr}"
+    return _by_id(json.loads(out.stdout), "python")
+
+
+def _by_id(doc: dict[str, Any], who: str) -> dict[str, dict[str, Any]]:
+    ids = [r["id"] for r in doc["results"]]
+    want = [c["id"] for c in build_cases()]
+    assert ids == want, f"{who}: results are not one per case in order: {ids}"
+    return {r["id"]: r for r in doc["results"]}
+
+
+def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[str, Any]]) -> None:
+    for cid, (code, reason) in EXPECTED_ERRORS.items():
+        assert (reference[cid]["code"], reference[cid]["reason"]) == (code, reason), cid
+    assert reference["list"]["routers"] == sorted(ROUTERS)
+    assert reference["health-server"]["status"] == reference["health-router-service"]["status"] == "SERVING"
+    bad = reference["score-bad-items"]["results"]
+    assert [(r["item_code"], r["item_reason"]) for r in bad] == [
+        (0, ""), (3, "EMPTY_PROMPT"), (0, ""), (3, "EMPTY_PROMPT"), (3, "PROMPT_TOO_LONG")]
+    assert bad[1]["scores"] == {} and set(bad[0]["scores"]) == {"mf", "bert"}
+    all_routers = reference["score-all-routers"]["results"]
+    assert [set(r["scores"]) for r in all_routers] == [set(ROUTERS)] * 4
+    assert [r["truncated"] for r in all_routers] == [False, False, False, True]
+    assert reference["route-threshold-zero"]["tier"] == "TIER_STRONG"
+    assert reference["route-threshold-zero"]["threshold"] == 0.0
+    for r in ROUTERS:
+        d = reference[f"route-{r}-threshold"]
+        assert d["code"] == "OK" and d["tier"] == ("TIER_STRONG" if d["score"] >= 0.5 else "TIER_WEAK"), d
+
+
+def _close(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=0, abs_tol=TOL)
+
+
+def differences(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs between two results of one case (empty when they agree)."""
+    cid = ref["id"]
+    diff: list[str] = []
+
+    def same(key: str, a: Any, b: Any) -> None:
+        if a != b:
+            diff.append(f"{cid}: {key}: python {a!r}, client {b!r}")
+
+    same("code", ref["code"], got.get("code"))
+    if ref["code"] != "OK" or got.get("code") != "OK":
+        same("reason", ref.get("reason"), got.get("reason"))
+        return diff
+    if "results" in ref:  # Score
+        same("bundle_version", ref["bundle_version"], got.get("bundle_version"))
+        got_items = got.get("results", [])
+        same("number of results", len(ref["results"]), len(got_items))
+        for i, (a, b) in enumerate(zip(ref["results"], got_items)):
+            for key in ("index", "item_code", "item_reason", "n_tokens", "truncated"):
+                same(f"results[{i}].{key}", a[key], b.get(key))
+            same(f"results[{i}].scores routers", sorted(a["scores"]), sorted(b.get("scores", {})))
+            got_scores = b.get("scores", {})
+            for name, s in a["scores"].items():
+                if not _close(s, got_scores.get(name)):
+                    diff.append(f"{cid}: results[{i}].scores[{name}]: python {s!r}, client {got_scores.get(name)!r}")
+    elif "chosen_model" in ref:  # Route
+        for key in ("chosen_model", "tier", "router"):
+            same(key, ref[key], got.get(key))
+        for key in ("score", "threshold"):
+            if not _close(ref[key], got.get(key)):
+                diff.append(f"{cid}: {key}: python {ref[key]!r}, client {got.get(key)!r}")
+    elif "status" in ref:  # Health
+        same("status", ref["status"], got.get("status"))
+    else:  # ListRouters
+        same("routers", ref["routers"], got.get("routers"))
+    return diff
+
+
+def test_the_comparison_catches_each_kind_of_difference(reference: dict[str, dict[str, Any]]) -> None:
+    """differences() is empty for the reference itself and names the case for each perturbation."""
+    assert not [d for ref in reference.values() for d in differences(ref, ref)]
+
+    def perturbed(cid: str, change: Callable[[dict[str, Any]], None]) -> list[str]:
+        got = json.loads(json.dumps(reference[cid]))
+        change(got)
+        return differences(reference[cid], got)
+
+    route, score = "route-mf-threshold", "score-all-routers"
+    changes: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+        (route, lambda g: g.update(score=g["score"] + 2 * TOL)),
+        (route, lambda g: g.update(tier="TIER_UNSPECIFIED")),
+        (route, lambda g: g.update(chosen_model="other")),
+        (route, lambda g: g.update(code="UNAVAILABLE", reason="")),
+        ("route-empty-prompt", lambda g: g.update(reason="")),
+        ("score-unknown-router", lambda g: g.update(code="INVALID_ARGUMENT")),
+        (score, lambda g: g["results"][0]["scores"].update(mf=g["results"][0]["scores"]["mf"] - 2 * TOL)),
+        (score, lambda g: g["results"][1]["scores"].pop("bert")),
+        (score, lambda g: g["results"].pop()),
+        (score, lambda g: g["results"][3].update(truncated=False)),
+        ("score-bad-items", lambda g: g["results"][1].update(item_code=0)),
+        ("score-bad-items", lambda g: g["results"][4].update(item_reason="EMPTY_PROMPT")),
+        ("health-server", lambda g: g.update(status="NOT_SERVING")),
+        ("list", lambda g: g["routers"].reverse()),
+    ]
+    for cid, change in changes:
+        found = perturbed(cid, change)
+        assert found and all(d.startswith(f"{cid}: ") for d in found), (cid, found)
+
+
+@pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_client_answers_like_the_python_client(
+    client: str, client_command: Callable[[str], list[str]], e2e_server: ServerThread, cases_file: Path,
+    reference: dict[str, dict[str, Any]],
+) -> None:
+    cmd = client_command(client)
+    out = run(cmd, "conformance", "--addr", e2e_server.target, "--cases", str(cases_file))
+    assert out.returncode == 0, f"{client} conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
+    try:
+        doc = json.loads(out.stdout)
+    except json.JSONDecodeError as err:
+        raise AssertionError(f"{client}: stdout is not one JSON object ({err}):\n{out.stdout[:2000]}") from err
+    got = _by_id(doc, client)
+    diff = [d for cid, ref in reference.items() for d in differences(ref, got[cid])]
+    assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
+
+
+@pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_client_exits_2_on_bad_arguments(
+    client: str, client_command: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    cmd = client_command(client)
+    unknown_rpc = tmp_path / "unknown_rpc.json"
+    unknown_rpc.write_text(json.dumps({"cases": [{"id": "x", "rpc": "Explode"}]}))
+    not_json = tmp_path / "not_json.json"
+    not_json.write_text("{cases: nope")
+    for args in (
+        ["conformance", "--addr", "127.0.0.1:1", "--cases", str(tmp_path / "missing.json")],
+        ["conformance", "--addr", "127.0.0.1:1", "--cases", str(not_json)],
+        ["conformance", "--addr", "127.0.0.1:1", "--cases", str(unknown_rpc)],
+        ["conformance", "--addr", "127.0.0.1:1"],
+    ):
+        out = run(cmd, *args, timeout_s=60)
+        assert out.returncode == 2, f"{client} {' '.join(args)}: exit {out.returncode}, want 2\n{out.stderr}"
+        assert out.stdout.strip() == "", f"{client} {' '.join(args)} wrote to stdout: {out.stdout[:500]}"
+
+
+def test_python_reference_exits_2_on_bad_arguments(tmp_path: Path) -> None:
+    py = [sys.executable, str(PY_CLIENT)]
+    assert run(py, "conformance", "--addr", "127.0.0.1:1", "--cases", str(tmp_path / "missing.json")).returncode == 2
+    assert run(py, "conformance", "--addr", "127.0.0.1:1").returncode == 2
+
+
+def test_go_client_unit_tests(client_command: Callable[[str], list[str]]) -> None:
+    """`go vet` and `go test ./...` in clients/go (backoff, RetryInfo, deadlines; needs the built stubs)."""
+    client_command("go")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    vet = subprocess.run(["nice", "-n", "10", "go", "vet", "./..."], cwd=REPO / "clients" / "go",
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert vet.returncode == 0, f"go vet failed:\n{vet.stdout[-4000:]}\n{vet.stderr[-4000:]}"
+    out = subprocess.run(
+        ["nice", "-n", "10", "go", "test", "-count=1", "./..."], cwd=REPO / "clients" / "go",
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 0, f"go test failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    assert "ok  \tlmroute/clients/go/lmroute" in out.stdout, out.stdout
+
+
+def test_go_readme_example_runs_against_the_server(
+    client_command: Callable[[str], list[str]], e2e_server: ServerThread, tmp_path: Path
+) -> None:
+    """clients/go/examples/route (the README's example) builds, and decides as the Python client does."""
+    client_command("go")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    exe = tmp_path / "route-example"
+    build = subprocess.run(["nice", "-n", "10", "go", "build", "-o", str(exe), "./examples/route"],
+                           cwd=REPO / "clients" / "go", capture_output=True, text=True, timeout=600, env=env)
+    assert build.returncode == 0, build.stderr
+    out = run([str(exe), e2e_server.target], timeout_s=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    model, tier, score, threshold = lines[0].split()
+    with RouterClient(e2e_server.target, timeout_s=30) as py:
+        want = py.route("Prove that sqrt(2) is irrational.", router="mf", strong_share=0.3)
+        scored = py.score(["hi", "Write a B-tree in Rust"], routers=["mf", "sw_ranking"])
+    assert (model, tier) == (want.chosen_model, router_pb2.Tier.Name(want.tier))
+    assert abs(float(score) - want.score) <= TOL and abs(float(threshold) - want.threshold) <= TOL
+    assert len(lines) == 1 + len(scored.results) and all(line.split()[1] == "0" for line in lines[1:])
+
+
+def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_server: ServerThread) -> None:
+    """route / score / health for people: readable lines, exit 0, 1 on a failed call, 2 on bad flags."""
+    go = client_command("go")
+    addr = ["--addr", e2e_server.target]
+    health = run(go, "health", *addr)
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
+    unknown = run(go, "health", *addr, "--service", "no.such.Service")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
+    with RouterClient(e2e_server.target, timeout_s=30) as py:
+        want = py.route("hello there", router="sw_ranking", threshold=0.5)
+    route = run(go, "route", *addr, "--router", "sw_ranking", "--threshold", "0.5", "hello there")
+    assert route.returncode == 0, route.stderr
+    assert route.stdout.split()[:2] == [want.chosen_model, router_pb2.Tier.Name(want.tier)], route.stdout
+    score = run(go, "score", *addr, "--routers", "mf,bert", "first prompt", "")
+    lines = score.stdout.splitlines()
+    assert score.returncode == 0 and len(lines) == 2, score.stdout + score.stderr
+    assert "mf=" in lines[0] and "bert=" in lines[0] and "EMPTY_PROMPT" in lines[1], score.stdout
+    bad = run(go, "route", *addr, "--attempts", "1", "--router", "nope", "--strong-share", "0.5", "hi")
+    assert bad.returncode == 1 and "NOT_FOUND (ROUTER_NOT_FOUND)" in bad.stderr, bad.stderr
+    assert run(go, "route", *addr, "--router", "mf", "hi").returncode == 2  # no policy
+    assert run(go, "route", *addr, "--router", "mf", "--threshold", "0.1", "--strong-share", "0.1", "hi").returncode == 2
