@@ -51,6 +51,35 @@ LocalCells keep_positive(const CellDesign& d, const double* weights) {
     return out;
 }
 
+// The same likelihood over tier pairs instead of cells: the cells of one pair (a, b) share d = r_a - r_b,
+// and sum_j w_j [y_j log s(d) + (1 - y_j) log s(-d)] = W [Y log s(d) + (1 - Y) log s(-d)] with W = sum w_j,
+// Y = sum w_j y_j / W (a cell stored as (b, a) enters with 1 - y). Gradient and Hessian are equal too;
+// with 10 tiers 270 cells become 45 pairs, so each Newton step costs ~6x less.
+LocalCells by_pair(const LocalCells& c, int k) {
+    std::vector<double> w(static_cast<size_t>(k) * k, 0.0), wy(w.size(), 0.0);
+    for (size_t j = 0; j < c.w.size(); ++j) {
+        const bool swap = c.la[j] > c.lb[j];
+        const int a = swap ? c.lb[j] : c.la[j], b = swap ? c.la[j] : c.lb[j];
+        w[a * k + b] += c.w[j];
+        wy[a * k + b] += c.w[j] * (swap ? 1.0 - c.y[j] : c.y[j]);
+    }
+    LocalCells out;
+    out.present = c.present;
+    out.total = c.total;
+    for (int a = 0; a < k; ++a) {
+        for (int b = a + 1; b < k; ++b) {
+            const double wab = w[a * k + b];
+            if (wab > 0.0) {
+                out.la.push_back(a);
+                out.lb.push_back(b);
+                out.w.push_back(wab);
+                out.y.push_back(std::clamp(wy[a * k + b] / wab, 0.0, 1.0));
+            }
+        }
+    }
+    return out;
+}
+
 // Reflexive-transitive closure (Warshall).
 BoolMatrix closure(BoolMatrix adj, int k) {
     for (int i = 0; i < k; ++i) adj[i * k + i] = 1;
@@ -237,7 +266,7 @@ void bt_ratings(const CellDesign& design, const double* weights, double* ratings
         for (int j = 0; j < k; ++j) row += linked[i * k + j];
         for (int j = 0; j < k; ++j) gauge[i * k + j] = linked[i * k + j] / row;
     }
-    const std::vector<double> r = newton(c, k, ridge, gauge);
+    const std::vector<double> r = newton(by_pair(c, k), k, ridge, gauge);
     for (int i = 0; i < k; ++i) ratings[c.present[i]] = r[i];
 }
 
