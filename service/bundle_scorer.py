@@ -2,8 +2,9 @@
 
 One call tokenises the batch once and embeds it once; every router of the batch reads that one
 encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
-encoder runs on length-sorted chunks of `encoder_chunk_size` prompts, so short prompts are not padded
-to the longest one (on CPU this is worth ~3x over one padded run of 32 mixed-length prompts).
+encoder runs on length-sorted chunks (`length_chunks`: at most `encoder_chunk_size` prompts and at most
+25 % padding each, whatever the batch size), so short prompts are not padded to the longest one (on CPU
+one padded run of mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
 `providers_for_device`
 turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime has no CUDA provider.
 """
@@ -21,7 +22,30 @@ from lmroute_bundle.routers import PromptBatch
 from lmroute_service.errors import ConfigError
 from lmroute_service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
 
-__all__ = ["BundleScorer", "providers_for_device", "WARMUP_PROMPTS"]
+__all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROMPTS", "MAX_PADDING"]
+
+MAX_PADDING = 0.25
+"""Most padding a chunk may carry, as a share of its real tokens (a chunk of one is always allowed)."""
+
+
+def length_chunks(n_tokens: Sequence[int] | np.ndarray, max_size: int) -> list[np.ndarray]:
+    """Row indices grouped for the encoder: sorted by length, at most `max_size` rows per chunk, and a new
+    chunk whenever padding everything to the chunk's longest row would add more than MAX_PADDING of
+    its real tokens. Every row appears in exactly one chunk."""
+    lengths = np.asarray(n_tokens, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    chunks: list[np.ndarray] = []
+    start, real = 0, 0
+    for pos, row in enumerate(order):
+        size = pos - start + 1
+        longest = int(lengths[row])  # sorted: the newest row is the longest
+        if size > 1 and (size > max_size or longest * size > (1.0 + MAX_PADDING) * (real + longest)):
+            chunks.append(order[start:pos])
+            start, real = pos, 0
+        real += longest
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
 
 WARMUP_PROMPTS: tuple[str, ...] = (
     "Hello!",
@@ -115,14 +139,10 @@ class BundleScorer:
         )
 
     def _embed(self, tokens: TokenBatch) -> np.ndarray:
-        """Embeddings of every row, computed on length-sorted chunks, in the original order."""
-        n = len(tokens)
-        if n <= self.encoder_chunk_size:
-            return self.bundle.encoder.embed(tokens)
-        order = np.argsort(tokens.n_tokens, kind="stable")
-        out = np.empty((n, self.bundle.encoder.dim), dtype=np.float32)
-        for start in range(0, n, self.encoder_chunk_size):
-            idx = order[start : start + self.encoder_chunk_size]
+        """Embeddings of every row, computed on length-sorted chunks (`length_chunks`), in the original
+        order: a short prompt is never padded to a long one's length (attention cost grows with it)."""
+        out = np.empty((len(tokens), self.bundle.encoder.dim), dtype=np.float32)
+        for idx in length_chunks(tokens.n_tokens, self.encoder_chunk_size):
             out[idx] = self.bundle.encoder.embed(tokens.select(idx))
         return out
 

@@ -42,7 +42,12 @@ class ServiceConfig:
         default=16384, metadata=_doc("padded-token budget of a batch (longest prompt x prompts)")
     )
     max_queue: int = field(
-        default=256, metadata=_doc("most prompts admitted (queued or being scored) at once")
+        default=64,
+        metadata=_doc(
+            "most prompts admitted (queued or being scored) at once; beyond it RESOURCE_EXHAUSTED. "
+            "Keep it near what the server scores within queue_timeout_ms (2 CPU cores: ~50 prompts/s), "
+            "so overload is shed at once instead of timing out in the queue; also caps one Score call"
+        ),
     )
     queue_timeout_ms: int = field(
         default=1000, metadata=_doc("longest a prompt may wait in the queue before UNAVAILABLE")
@@ -62,6 +67,10 @@ class ServiceConfig:
     grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds"))
     warmup: bool = field(default=True, metadata=_doc("score a few prompts before reporting SERVING"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    stats_path: str = field(
+        default="",
+        metadata=_doc("write server timings (JSON histograms) here every second and at stop; empty = off"),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle_path, Path):

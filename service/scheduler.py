@@ -8,6 +8,7 @@ per prompt, and awaits them. A single worker task forms batches: a batch leaves 
 thread so the event loop never blocks. Prompts cancelled by the client, past their deadline or past
 `queue_timeout_ms` are dropped before the scorer sees them, and counted in `SchedulerStats`.
 If a batch raises, its prompts are rescored one by one so only the failing prompt fails.
+Each batch's queue waits, padding and scoring time go to `timings` (lmroute_service.stats).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ from lmroute_service.errors import (
     ServiceError,
 )
 from lmroute_service.scorer_api import Scorer
+from lmroute_service.stats import ServerTimings
 
 __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
 
@@ -51,7 +54,7 @@ class BatchPolicy:
     max_batch_size: int = 64
     max_wait_us: int = 2000
     max_batch_tokens: int = 16384
-    max_queue: int = 256
+    max_queue: int = 64
     queue_timeout_ms: int = 1000
     max_prompt_chars: int = 20000
 
@@ -94,6 +97,7 @@ class Scheduler:
         self.scorer = scorer
         self.policy = policy or BatchPolicy()
         self.stats = SchedulerStats()
+        self.timings = ServerTimings()
         self._admission = Admission(self.policy.max_queue)
         self._queue = BatchQueue()
         self._wakeup = asyncio.Event()
@@ -300,7 +304,13 @@ class Scheduler:
                 self.stats.batches += 1
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self.stats.batch_size_histogram[len(batch)] += 1
+                left_at, t0 = loop.time(), time.perf_counter()
                 await self._run_batch(batch, isolate=True)
+                self.timings.record_batch(
+                    [(left_at - it.enqueued_at) * 1e6 for it in batch],
+                    max(it.n_tokens for it in batch),
+                    time.perf_counter() - t0,
+                )
 
     async def _run_batch(self, batch: list[Item], *, isolate: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -3,16 +3,21 @@
 Order of start: bind and start the gRPC server with health NOT_SERVING (so probes get an answer while
 the bundle loads), load the scorer in a thread, warm it, start the scheduler, then flip health to
 SERVING. Stop: health NOT_SERVING, new RPCs refused (DRAINING), in-flight RPCs get `grace_s`, then the
-scheduler finishes its queue and its threads stop.
+scheduler finishes its queue and its threads stop; `stopped` logs its counters and timings, and with
+`stats_path` the timings are also written there as JSON every second and at stop (lmroute_service.stats).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,11 +27,41 @@ from lmroute_service.interceptors import RequestContextInterceptor
 from lmroute_service.scheduler import BatchPolicy, Scheduler
 from lmroute_service.scorer_api import Scorer
 from lmroute_service.servicer import RouterServicer
+from lmroute_service.stats import StatsFile, time_encoder
 
-__all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer"]
+__all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer", "reflection_pool"]
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _log = structlog.get_logger("lmroute.server")
+
+
+class _MethodAwarePool:
+    """The default descriptor pool for reflection, also resolving a method name ("pkg.Service.Method")
+    to its file: protobuf's upb pool resolves services but not methods, and ghz asks for the method."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 (the pool's API)
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            parent, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(parent)
+            except KeyError:
+                service = None
+            if service is None or method not in service.methods_by_name:
+                raise
+            return service.file
+
+
+def reflection_pool() -> Any:
+    """The descriptor pool server reflection answers from (the default one, methods resolvable)."""
+    return _MethodAwarePool(descriptor_pool.Default())
 
 
 def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
@@ -64,12 +99,16 @@ class RouterServer:
     ) -> None:
         self.config = config
         self._factory = scorer_factory
-        self.servicer = RouterServicer(max_prompts_per_request=config.max_prompts_per_request)
+        # a call with more prompts than the queue admits could never be admitted: refuse it as too large
+        self.servicer = RouterServicer(
+            max_prompts_per_request=min(config.max_prompts_per_request, config.max_queue)
+        )
         self.health = health.aio.HealthServicer()
         self.scheduler: Scheduler | None = None
         self.scorer: Scorer | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._stats_file: StatsFile | None = None
 
     async def start(self) -> int:
         """Bind, serve NOT_SERVING, load + warm the scorer, then SERVING. Returns the bound port.
@@ -89,7 +128,9 @@ class RouterServer:
         router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            pool=reflection_pool(),
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -121,7 +162,13 @@ class RouterServer:
             if warm is not None:
                 await loop.run_in_executor(None, warm)
         scheduler = Scheduler(scorer, BatchPolicy.from_config(self.config))
+        time_encoder(scorer, scheduler.timings)
         scheduler.start()
+        if self.config.stats_path:
+            self._stats_file = StatsFile(
+                Path(self.config.stats_path), lambda: _stats_snapshot(scheduler)
+            )
+            self._stats_file.start()
         self.scorer, self.scheduler = scorer, scheduler
         self.servicer.attach(scheduler, scorer.catalog())
         for name in ("", SERVICE_NAME):
@@ -148,10 +195,19 @@ class RouterServer:
                 "dropped_cancelled": st.dropped_cancelled,
                 "dropped_queue_timeout": st.dropped_queue_timeout,
                 "dropped_deadline": st.dropped_deadline,
+                **self.scheduler.timings.summary(),
             }
+        if self._stats_file is not None:
+            await self._stats_file.close()
         _log.warning("stopped", **stats)
 
     async def wait(self) -> None:
         """Wait until the gRPC server terminates."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _stats_snapshot(scheduler: Scheduler) -> dict[str, Any]:
+    """The scheduler's timings and counters, for the stats file."""
+    counters = {k: v for k, v in dataclasses.asdict(scheduler.stats).items() if isinstance(v, int)}
+    return scheduler.timings.snapshot({"counters": counters, "in_flight": scheduler.in_flight})

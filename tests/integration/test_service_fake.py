@@ -117,6 +117,20 @@ def test_queue_limit_8_with_10_concurrent_gives_exactly_2_resource_exhausted(
     assert sum(e is None for e in errors) == 8
 
 
+def test_a_call_larger_than_the_queue_is_refused_as_invalid_not_retried_forever(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """9 prompts can never be admitted by a queue of 8: INVALID_ARGUMENT at once, the scorer untouched."""
+    srv = make_server(max_queue=8)
+    with RouterClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.stub.Score(_req(*(f"too many {i}" for i in range(9))), timeout=20)
+        c.stub.Score(_req(*(f"fits {i}" for i in range(8))), timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompts: 9 prompts (limit 8)" in (err.value.details() or "")
+    assert not _seen(fake, "too many") and _seen(fake, "fits 7")
+
+
 def test_queue_timeout_50ms_is_unavailable_and_scorer_never_sees_it(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:
@@ -354,3 +368,20 @@ def test_graceful_stop_answers_50_in_flight_and_refuses_new(fake: FakeScorer) ->
     finally:
         fake.release()
         srv.stop()
+
+
+def test_reflection_resolves_a_method_symbol(make_server: Callable[..., ServerThread]) -> None:
+    """ghz and grpcurl ask reflection for "pkg.Service.Method"; the answer is the file that defines it."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    srv = make_server()
+    with grpc.insecure_channel(srv.target) as channel:
+        with pytest.raises(KeyError):  # a fresh client: its cache cannot answer for the server
+            ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol(
+                "lmroute.v1.RouterService.NoSuchMethod"
+            )
+        db = ProtoReflectionDescriptorDatabase(channel)
+        method_file = db.FindFileContainingSymbol("lmroute.v1.RouterService.Route")
+        assert method_file.name == "lmroute/v1/router.proto"

@@ -1,0 +1,79 @@
+"""An empty RouterService: the same grpc.aio server setup as lmroute-serve (options, reflection, one
+event loop, the request-context interceptor) but Route and Score answer at once with fixed values, no
+scheduler and no scorer. What ghz measures against it is the transport's own cost.
+
+    .venv/bin/python benchmarks/ghz/empty_server.py [--port 0]
+
+Prints `empty-server: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from lmroute.v1 import router_pb2, router_pb2_grpc
+from lmroute_service.config import ServiceConfig
+from lmroute_service.interceptors import RequestContextInterceptor
+from lmroute_service.logs import configure_logging
+from lmroute_service.server import SERVICE_NAME, grpc_options, reflection_pool
+
+
+class EmptyRouter(router_pb2_grpc.RouterServiceServicer):
+    """Answers Route and Score with constant scores, reading only what it must to shape the reply."""
+
+    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:  # noqa: N802
+        return router_pb2.RouteResponse(
+            chosen_model="weak", tier=router_pb2.TIER_WEAK, score=0.25, threshold=0.5,
+            router=request.router, bundle_version="empty", n_tokens=1,
+        )
+
+    async def Score(self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> router_pb2.ScoreResponse:  # noqa: N802
+        routers = list(request.routers) or ["mf"]
+        results = [
+            router_pb2.PromptScores(
+                index=i, status=router_pb2.ItemStatus(code=0), n_tokens=1,
+                scores=[router_pb2.RouterScore(router=r, strong_win_probability=0.25) for r in routers],
+            )
+            for i in range(len(request.prompts))
+        ]
+        return router_pb2.ScoreResponse(results=results, bundle_version="empty")
+
+
+async def serve(host: str, port: int) -> int:
+    cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
+    server = grpc.aio.server(options=grpc_options(cfg), interceptors=[RequestContextInterceptor()])
+    router_pb2_grpc.add_RouterServiceServicer_to_server(EmptyRouter(), server)
+    reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server, pool=reflection_pool())
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        print(f"empty-server: could not bind {host}:{port}", file=sys.stderr)
+        return 1
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"empty-server: serving on {host}:{bound}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(0)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="empty_server.py", description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    configure_logging("warning")  # as the service runs in the benchmark: no line per call
+    return asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
