@@ -36,8 +36,17 @@ class ServiceConfig:
     bundle_path: Path = field(metadata=_doc("router bundle directory (manifest.json inside)"))
     host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
     port: int = field(default=50051, metadata=_doc("TCP port; 0 picks a free one"))
-    max_batch_size: int = field(default=64, metadata=_doc("most prompts in one encoder batch"))
-    max_wait_us: int = field(default=2000, metadata=_doc("longest a batch waits to fill, microseconds"))
+    max_batch_size: int = field(
+        default=16,
+        metadata=_doc("most prompts in one batch (CPU: larger batches add latency, not throughput)"),
+    )
+    max_wait_us: int = field(
+        default=0,
+        metadata=_doc(
+            "longest a batch waits to fill, microseconds; 0 = it leaves as soon as the scorer is free, "
+            "so prompts only accumulate while a batch is being scored"
+        ),
+    )
     max_batch_tokens: int = field(
         default=16384, metadata=_doc("padded-token budget of a batch (longest prompt x prompts)")
     )

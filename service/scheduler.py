@@ -51,8 +51,8 @@ _log = structlog.get_logger("lmroute.scheduler")
 class BatchPolicy:
     """Limits of the queue and of one batch (see ServiceConfig for the meaning of each)."""
 
-    max_batch_size: int = 64
-    max_wait_us: int = 2000
+    max_batch_size: int = 16
+    max_wait_us: int = 0
     max_batch_tokens: int = 16384
     max_queue: int = 64
     queue_timeout_ms: int = 1000

@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dataclasses import fields
+
+from lmroute_service.config import ServiceConfig
 from lmroute_service.stats import Histogram, diff_snapshots
+
+_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}  # the server runs with these
 
 GIB = 2**30
 QUEUE_TIMEOUT_MS = 1000  # the service default (ServiceConfig.queue_timeout_ms), used in the sweep
@@ -144,9 +149,8 @@ def profile_lines(res: dict[str, Any], k: dict[str, Any]) -> list[str]:
                    f"{d['rejected_queue_full']} calls refused with RESOURCE_EXHAUSTED (queue full), "
                    f"{d['dropped_queue_timeout']} prompts dropped at the queue timeout (UNAVAILABLE), "
                    f"{d['dropped_cancelled']} cancelled by the client, {d['items_scored']} scored. The queue refuses "
-                   "only when max_queue (256) prompts are admitted at once; prompts waiting longer than "
-                   "queue_timeout_ms (1000) leave first, so RESOURCE_EXHAUSTED needs max_queue below about "
-                   "capacity x queue timeout.")
+                   f"only when max_queue ({_DEFAULTS['max_queue']}) prompts are admitted at once; prompts waiting "
+                   f"longer than queue_timeout_ms ({_DEFAULTS['queue_timeout_ms']}) leave first (UNAVAILABLE).")
     empty = [r for r in runs if r["phase"] == "empty_route" and r["concurrency"] == 1]
     if empty and empty[0]["ok_per_s"]:
         out.append(f"The empty handler answers {f(empty[0]['ok_per_s'])} calls/s at concurrency 1 "
@@ -262,8 +266,8 @@ def write_report(res: dict[str, Any], out: Path, plot_prefix: str = "") -> str:
           f"{', routellm ' + res['routellm']['routellm_version'] if 'routellm_version' in res.get('routellm', {}) else ''}.",
           f"- Pinning (taskset): servers, the raw encoder and RouteLLM on cores `{m['server_cores']}`; ghz on "
           f"cores `{m['client_cores']}`. Service defaults (`--max-batch-size {m['max_batch_size']}`, "
-          f"`--encoder-chunk-size {m['encoder_chunk_size']}`, `--max-wait-us 2000`, `--max-queue 256`, "
-          f"`--queue-timeout-ms 1000`), `--intra-op-threads {m['intra_op_threads']}`, device {m['device']}.",
+          f"`--encoder-chunk-size {m['encoder_chunk_size']}`, `--max-wait-us {_DEFAULTS['max_wait_us']}`, "
+          f"`--max-queue {_DEFAULTS['max_queue']}`, `--queue-timeout-ms {_DEFAULTS['queue_timeout_ms']}`), `--intra-op-threads {m['intra_op_threads']}`, device {m['device']}.",
           "- Prompts: `benchmarks/ghz/prompts.json`, 48 short + 16 long real Arena prompts from the calibration "
           "data (3 short : 1 long). Route: one prompt per call, router mf, `strong_share` 0.5. Score: 4 prompts "
           "(3 short + 1 long) x routers mf and sw_ranking per call. ghz sends the requests round-robin.",

@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from loadgen import GHZ, GhzRun, ghz_version, run_ghz  # noqa: E402
 from procs import ChildServer, empty_cmd, run_json_script, service_cmd  # noqa: E402
+from lmroute_service.config import ServiceConfig  # noqa: E402
 
 REPO = HERE.parent.parent
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5, 2.0)
@@ -213,7 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--client-cores", default=client, help=f"taskset list for ghz (default {client})")
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-batch-size", type=int, default=64, help="the service's default (for the ceiling)")
+    ap.add_argument("--max-batch-size", type=int, default=ServiceConfig.__dataclass_fields__["max_batch_size"].default,
+                    help="the service's default (for the ceiling)")
     ap.add_argument("--encoder-chunk-size", type=int, default=8, help="the service's default")
     ap.add_argument("--battles", type=int, default=55_000, help="RouteLLM sw_ranking battle table size")
     ap.add_argument("--skip-routellm", action="store_true")

@@ -13,7 +13,8 @@ from lmroute_service.errors import ConfigError
 
 def test_defaults_and_frozen() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
-    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.max_batch_size == 64
+    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.max_batch_size == 16
+    assert cfg.max_wait_us == 0 and cfg.max_queue == 64
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -23,10 +24,10 @@ def test_defaults_and_frozen() -> None:
 def test_flag_beats_env_beats_default() -> None:
     env = {"LMROUTE_BUNDLE": "/env/bundle", "LMROUTE_MAX_BATCH_SIZE": "8", "LMROUTE_PORT": "7000",
            "LMROUTE_WARMUP": "false"}
-    cfg = config_from_cli(["--max-batch-size", "16", "--grace-s", "2.5"], env)
+    cfg = config_from_cli(["--max-batch-size", "32", "--grace-s", "2.5"], env)
     assert cfg.bundle_path == Path("/env/bundle")
-    assert cfg.max_batch_size == 16 and cfg.port == 7000 and cfg.grace_s == 2.5
-    assert cfg.warmup is False and cfg.max_wait_us == 2000
+    assert cfg.max_batch_size == 32 and cfg.port == 7000 and cfg.grace_s == 2.5
+    assert cfg.warmup is False and cfg.max_wait_us == 0
 
 
 def test_every_field_has_a_flag() -> None:
