@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lmroute_kernels import reference
+
 __all__ = [
     "ABI_VERSION",
     "KernelUnavailableError",
@@ -140,23 +142,11 @@ class _Cells:
     """A validated cell design: int32 tiers a, b and the target P(a wins) y (1, 0 or 0.5)."""
 
     def __init__(self, cells: NDArray[np.integer], n_tiers: int) -> None:
-        c = np.asarray(cells)
-        if n_tiers < 1:
-            raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
-        if c.ndim != 2 or c.shape[1] != 3:
-            raise ValueError(f"cells must have shape [c, 3], got {c.shape}")
-        c = c.astype(np.int64)
-        a, b, outcome = c[:, 0], c[:, 1], c[:, 2]
-        if np.any((a < 0) | (a >= n_tiers) | (b < 0) | (b >= n_tiers)):
-            raise ValueError(f"cells hold a tier outside 0..{n_tiers - 1}")
-        if np.any(a == b):
-            raise ValueError("cells hold a same-tier cell (tier_a == tier_b): it carries no information")
-        if np.any((outcome < 0) | (outcome > 2)):
-            raise ValueError("cells hold an outcome outside {0, 1, 2}")
+        a, b, y = reference.check_cell_design(cells, n_tiers)
         self.n_tiers = int(n_tiers)
         self.a = np.ascontiguousarray(a, dtype=np.int32)
         self.b = np.ascontiguousarray(b, dtype=np.int32)
-        self.y = np.select([outcome == 0, outcome == 1], [1.0, 0.0], default=0.5).astype(np.float64)
+        self.y = np.ascontiguousarray(y, dtype=np.float64)
 
     def __len__(self) -> int:
         return int(self.a.shape[0])

@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 __all__ = [
     "RIDGE_REL",
     "bt_ratings_from_cells",
+    "check_cell_design",
     "mf_logits",
     "mf_pair_vector",
     "random_scores",
@@ -226,19 +227,16 @@ def _check_mf(
     return w_proj, p / norms, w_cls
 
 
-def _check_cells(
-    cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64], F64, F64]:
+def check_cell_design(
+    cells: NDArray[np.integer], n_tiers: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], F64]:
+    """Validated cells [c, 3] -> (tier_a, tier_b, y) with y the target P(a wins): 1, 0 or 0.5 (tie).
+    Shared with lmroute_kernels.compiled, so both refuse the same designs with the same messages."""
     c = np.asarray(cells)
-    w = np.asarray(cell_weights, dtype=np.float64)
     if n_tiers < 1:
         raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
     if c.ndim != 2 or c.shape[1] != 3:
         raise ValueError(f"cells must have shape [c, 3], got {c.shape}")
-    if w.shape != (c.shape[0],):
-        raise ValueError(f"cell_weights must have shape ({c.shape[0]},), got {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0.0):
-        raise ValueError("cell_weights must be finite and >= 0")
     c = c.astype(np.int64)
     a, b, outcome = c[:, 0], c[:, 1], c[:, 2]
     if np.any((a < 0) | (a >= n_tiers) | (b < 0) | (b >= n_tiers)):
@@ -248,6 +246,18 @@ def _check_cells(
     if np.any((outcome < 0) | (outcome > 2)):
         raise ValueError("cells hold an outcome outside {0, 1, 2}")
     y = np.select([outcome == 0, outcome == 1], [1.0, 0.0], default=0.5)  # P(a wins) target
+    return a, b, y
+
+
+def _check_cells(
+    cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], F64, F64]:
+    a, b, y = check_cell_design(cells, n_tiers)
+    w = np.asarray(cell_weights, dtype=np.float64)
+    if w.shape != (a.shape[0],):
+        raise ValueError(f"cell_weights must have shape ({a.shape[0]},), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0.0):
+        raise ValueError("cell_weights must be finite and >= 0")
     return a, b, y, w
 
 
