@@ -47,6 +47,15 @@ PROMPT = "Prove that the square root of 2 is irrational."
 pytestmark = pytest.mark.slow
 
 
+def _cache_dir(request: pytest.FixtureRequest, name: str) -> Path:
+    """A directory kept between sessions in pytest's cache dir; a fresh temporary one when the cache
+    plugin is off (`-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir(name))
+    return request.getfixturevalue("tmp_path_factory").mktemp(name)
+
+
 def _run(cmd: list[str | Path], *, timeout: float, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run a command, capturing output; on failure the message shows the command and its output."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
@@ -255,7 +264,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     pytest's cache dir between sessions (only changed sources recompile; the core's source fingerprint
     check refuses a stale module)."""
     out = tmp_path_factory.mktemp("dist")
-    work = request.config.cache.mkdir("lmroute_deploy_wheel_src")
+    work = _cache_dir(request, "lmroute_deploy_wheel_src")
     _run([DOCKER_SCRIPTS / "build_wheel.sh", out, sys.executable], timeout=900,
          env=os.environ | {"LMROUTE_WHEEL_WORKDIR": str(work)})
     (whl,) = out.glob("lmroute-*.whl")
@@ -407,7 +416,7 @@ def test_build_bundle_script_quick(request: pytest.FixtureRequest, tmp_path: Pat
     """scripts/docker/build_bundle.sh --quick with this environment (no setup.sh), then the runtime venv
     (no torch) loads and scores the bundle. The encoder/embedding cache lives in pytest's cache dir, so
     only the first run exports the encoder (~1 min more)."""
-    cache = request.config.cache.mkdir("lmroute_deploy_export_cache")
+    cache = _cache_dir(request, "lmroute_deploy_export_cache")
     out = tmp_path / "bundle"
     _run(
         [DOCKER_SCRIPTS / "build_bundle.sh", "--python", sys.executable, "--out", out, "--quick",

@@ -82,7 +82,7 @@ func TestBrokenManifestsFail(t *testing.T) {
 		{"capabilities kept", "deployment.yaml", `drop: ["ALL"]`, `drop: ["NET_RAW"]`, "capabilities must drop ALL"},
 		{"privilege escalation", "deployment.yaml", "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "allowPrivilegeEscalation must be false"},
 		{"no router limits", "deployment.yaml",
-			"            limits:\n              cpu: \"2\"\n              memory: 2Gi\n", "",
+			"            limits:\n              cpu: \"2\"\n              memory: 1Gi\n", "",
 			`container "lmroute": resources.requests and resources.limits must both set cpu`},
 		{"router on loopback only", "deployment.yaml", "              value: 0.0.0.0\n", "              value: 127.0.0.1\n", `LMROUTE_HOST="127.0.0.1"`},
 		{"router exposed by the Service", "service.yaml", "      targetPort: http\n", "      targetPort: 50051\n", "exposes the router's port"},
