@@ -32,9 +32,9 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 # Stage -> substrings of a frame "function (file:line)"; the first stage found from the leaf upwards wins.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("tokenizer", ("encode_batch", "tokenizers")),
+    ("tokenizer", ("OnnxEncoder.tokenize", "encode_batch", "tokenizers")),
     ("encoder (ONNX Runtime run)", ("onnxruntime",)),
-    ("sw_ranking math (compiled core)", ("lmroute_kernels/compiled.py", "kernels/compiled.py")),
+    ("router math (compiled core)", ("lmroute_kernels/compiled.py", "kernels/compiled.py")),
     ("router math (other)", ("routers.py",)),
     ("encoder wrapper (Python)", ("encoder.py",)),
     ("scorer / scheduler", ("bundle_scorer.py", "scheduler.py", "batch_queue.py")),

@@ -314,10 +314,7 @@ def _load_mf(root: Path, manifest: Manifest, name: str, spec: RouterSpec) -> MFR
             files["pair_vector"],
             f"does not match text_proj/model_emb/classifier for the default pair (max |diff| {diff:.3g})",
         )
-    from lmroute_kernels.compiled import MFIndex  # only once the files are valid (see routers._compiled)
-
-    models = MFIndex.from_factors(text_proj, model_emb, classifier)
-    return MFRouter(name, pair_vector=pair_vector, models=models)
+    return MFRouter(name, pair_vector=pair_vector)
 
 
 def _load_sw(root: Path, manifest: Manifest, name: str, spec: RouterSpec) -> SWRankingRouter:

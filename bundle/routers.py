@@ -104,23 +104,20 @@ def _compiled() -> ModuleType:
 
 class MFRouter:
     """Matrix factorisation collapsed to the default pair: score = sigmoid(u . e), in float64.
-
-    `models` (optional) holds one folded vector per model (`compiled.MFIndex`) for per-model logits,
-    i.e. routing among more than two models.
-    """
+    (Per-model logits, for routing among more than two models: `lmroute_kernels.compiled.MFIndex`.)"""
 
     kind = "mf"
     uses_encoder = True
 
-    def __init__(self, name: str, *, pair_vector: np.ndarray, models: Any = None) -> None:
+    def __init__(self, name: str, *, pair_vector: np.ndarray) -> None:
         self._core = _compiled()
         self.name = name
         self.pair_vector = np.asarray(pair_vector, dtype=np.float64)
-        self.models = models
+        self._pairs = np.ascontiguousarray(self.pair_vector[None, :])  # [1, d], what the core takes
 
     def score(self, batch: PromptBatch) -> np.ndarray:
         emb = _need_embeddings(self.name, self.kind, batch, self.pair_vector.shape[0])
-        return self._core.pair_probabilities(emb, self.pair_vector[None, :])[:, 0]
+        return self._core.pair_probabilities(emb, self._pairs)[:, 0]
 
 
 class SWRankingRouter:

@@ -348,21 +348,8 @@ class MFIndex:
         classifier: NDArray[np.floating],
     ) -> MFIndex:
         """Fold the factors of `reference.mf_logits` (W [k, d], P [m, k], w [k]) into [m, d] vectors."""
-        w_proj = np.asarray(text_proj, dtype=np.float64)
-        p = np.asarray(model_emb, dtype=np.float64)
-        w_cls = np.asarray(classifier, dtype=np.float64)
-        if (
-            w_proj.ndim != 2 or p.ndim != 2 or w_cls.ndim != 1
-            or w_cls.shape[0] != w_proj.shape[0] or p.shape[1] != w_proj.shape[0]
-        ):
-            raise ValueError(
-                f"mf shapes disagree: text_proj {w_proj.shape}, model_emb {p.shape}, "
-                f"classifier {w_cls.shape} (want [k, d], [m, k], [k])"
-            )
-        norms = np.linalg.norm(p, axis=1, keepdims=True)
-        if np.any(norms == 0.0):
-            raise ValueError("model_emb has an all-zero row: it cannot be normalised")
-        return cls((p / norms * w_cls[None, :]) @ w_proj)
+        w_proj, p_unit, w_cls = reference.check_mf_factors(text_proj, model_emb, classifier)
+        return cls((p_unit * w_cls[None, :]) @ w_proj)
 
     @property
     def n_models(self) -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "RIDGE_REL",
     "bt_ratings_from_cells",
     "check_cell_design",
+    "check_mf_factors",
     "mf_logits",
     "mf_pair_vector",
     "random_scores",
@@ -161,7 +162,7 @@ def mf_logits(
     [d_model].
     """
     e = _as_2d(emb, "emb")
-    w_proj, p_unit, w_cls = _check_mf(text_proj, model_emb, classifier)
+    w_proj, p_unit, w_cls = check_mf_factors(text_proj, model_emb, classifier)
     if e.shape[1] != w_proj.shape[1]:
         raise ValueError(f"emb has dim {e.shape[1]} but text_proj expects {w_proj.shape[1]}")
     z = e @ w_proj.T  # [b, d_model]
@@ -176,7 +177,7 @@ def mf_pair_vector(
     weak_idx: int,
 ) -> F64:
     """The collapsed vector u [d_text] with u . e = logit_strong(e) - logit_weak(e)."""
-    w_proj, p_unit, w_cls = _check_mf(text_proj, model_emb, classifier)
+    w_proj, p_unit, w_cls = check_mf_factors(text_proj, model_emb, classifier)
     n_models = p_unit.shape[0]
     for name, idx in (("strong_idx", strong_idx), ("weak_idx", weak_idx)):
         if not 0 <= idx < n_models:
@@ -208,11 +209,13 @@ def _as_2d(arr: NDArray[np.floating], name: str) -> F64:
     return out
 
 
-def _check_mf(
+def check_mf_factors(
     text_proj: NDArray[np.floating],
     model_emb: NDArray[np.floating],
     classifier: NDArray[np.floating],
 ) -> tuple[F64, F64, F64]:
+    """Validated mf factors -> (W [k, d], P with unit rows [m, k], w [k]) in float64. Shared with
+    lmroute_kernels.compiled, so both refuse the same factors with the same messages."""
     w_proj = _as_2d(text_proj, "text_proj")
     p = _as_2d(model_emb, "model_emb")
     w_cls = np.asarray(classifier, dtype=np.float64)
