@@ -11,6 +11,7 @@ turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime h
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,7 +117,9 @@ class BundleScorer:
             if name not in self.bundle.routers:
                 raise KeyError(f"unknown router {name!r}")
         needs_emb = any(self.bundle.routers[r].uses_encoder for r in wanted)
+        t0 = time.perf_counter()
         emb = self._embed(tokens) if needs_emb else None
+        encoder_s = time.perf_counter() - t0
         full = PromptBatch(list(texts), tokens, emb)
         scores: dict[str, np.ndarray] = {}
         for name in wanted:
@@ -136,6 +139,7 @@ class BundleScorer:
             n_tokens=np.asarray(tokens.n_tokens, dtype=np.int64),
             truncated=np.asarray(tokens.truncated, dtype=bool),
             scores=scores,
+            encoder_s=encoder_s,
         )
 
     def _embed(self, tokens: TokenBatch) -> np.ndarray:

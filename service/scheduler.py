@@ -320,6 +320,7 @@ class Scheduler:
             res = await loop.run_in_executor(self._score_pool, self.scorer.score, texts, routers)
             if len(res.n_tokens) != len(batch) or len(res.truncated) != len(batch):
                 raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {len(batch)} texts")
+            self.timings.add_encoder_time(res.encoder_s)
         except Exception as exc:  # per-item isolation: rescore one by one
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:

@@ -23,6 +23,7 @@ class ScoredBatch:
     n_tokens: npt.NDArray[np.int64]  # [n] encoder tokens after truncation
     truncated: npt.NDArray[np.bool_]  # [n]
     scores: Mapping[str, npt.NDArray[np.float64]]  # router -> [n]
+    encoder_s: float = 0.0  # seconds of this call spent in the encoder (0 when the scorer has none)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from lmroute_service.interceptors import RequestContextInterceptor
 from lmroute_service.scheduler import BatchPolicy, Scheduler
 from lmroute_service.scorer_api import Scorer
 from lmroute_service.servicer import RouterServicer
-from lmroute_service.stats import StatsFile, time_encoder
+from lmroute_service.stats import StatsFile
 
 __all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer", "reflection_pool"]
 
@@ -162,7 +162,6 @@ class RouterServer:
             if warm is not None:
                 await loop.run_in_executor(None, warm)
         scheduler = Scheduler(scorer, BatchPolicy.from_config(self.config))
-        time_encoder(scorer, scheduler.timings)
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(

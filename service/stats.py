@@ -6,8 +6,9 @@ scorer call, the encoder's share of it and the rest: tokenising inside the score
 observes into it (a bisect and three adds per value: cheap enough to stay on); `summary()` gives the
 short dict logged with `stopped`; `snapshot()` the full state, which `StatsFile` writes as JSON every
 second and at shutdown when `--stats-path` / `LMROUTE_STATS_PATH` asks for it (the benchmarks diff
-two snapshots to get one phase's histograms). `time_encoder` wraps a loaded bundle's `encoder.embed`
-so encoder time is counted apart from the routers. No gRPC here; asyncio only in `StatsFile`.
+two snapshots to get one phase's histograms). Encoder time comes from the scorer itself
+(`ScoredBatch.encoder_s`), so it is counted apart from the routers. No gRPC here; asyncio only in
+`StatsFile`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ __all__ = [
     "StatsFile",
     "diff_snapshots",
     "geometric_bounds",
-    "time_encoder",
 ]
 
 
@@ -138,7 +138,7 @@ class ServerTimings:
         self.encoder_ms = Histogram(MILLIS)  # per batch: time inside encoder.embed (0 if unwrapped)
         self.scorer_other_ms = Histogram(MILLIS)  # per batch: score_ms - encoder_ms (tokenising, routers)
         self.started_at = time.time()
-        self._encoder_s = 0.0  # accumulated by time_encoder's wrapper during one scorer call
+        self._encoder_s = 0.0  # the scorer's encoder seconds since the last record_batch
 
     def add_encoder_time(self, seconds: float) -> None:
         self._encoder_s += seconds
@@ -211,27 +211,6 @@ def diff_snapshots(before: dict[str, Any], after: dict[str, Any]) -> dict[str, H
             h.max = h.bounds[hi] if hi < len(h.bounds) else float(a["max"])
         out[name] = h
     return out
-
-
-def time_encoder(scorer: object, timings: ServerTimings) -> bool:
-    """Wrap `scorer.bundle.encoder.embed` (when there is one) to add its time to `timings`.
-
-    Returns True when wrapped. The wrapper runs in the scorer's thread, like the scorer itself.
-    """
-    encoder = getattr(getattr(scorer, "bundle", None), "encoder", None)
-    embed = getattr(encoder, "embed", None)
-    if embed is None:
-        return False
-
-    def timed_embed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return embed(*args, **kwargs)
-        finally:
-            timings.add_encoder_time(time.perf_counter() - t0)
-
-    encoder.embed = timed_embed  # type: ignore[union-attr]
-    return True
 
 
 class StatsFile:

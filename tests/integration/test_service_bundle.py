@@ -163,6 +163,17 @@ def test_router_subsets_in_one_batch_share_the_encoding(server: ServerThread, cl
             assert abs(value - full[i, cols[name]]) <= TOL
 
 
+def test_server_timings_split_encoder_from_the_rest(server: ServerThread, client: RouterClient) -> None:
+    """The scorer reports its encoder seconds (ScoredBatch.encoder_s); the timings keep them apart."""
+    sched = server.server.scheduler
+    assert sched is not None
+    before = sched.timings.encoder_ms.count
+    client.score(_prompts(6, seed=11), routers=["mf"])
+    enc, score = sched.timings.encoder_ms, sched.timings.score_ms
+    assert enc.count > before
+    assert 0.0 < enc.total <= score.total  # the encoder is part of the scorer call, never more
+
+
 def test_long_prompt_is_truncated_and_reported(client: RouterClient, bundle: Bundle) -> None:
     text = "explain quantum gravity " * 200
     r = client.score([text, "short"]).results
