@@ -8,8 +8,10 @@ from lmroute_bundle.errors import BundleError
 from lmroute_bundle.loader import Bundle, load_bundle, read_manifest
 from lmroute_bundle.manifest import (
     SCHEMA_VERSION,
+    Blend,
     Calibration,
     DefaultPair,
+    DifficultyPriorSpec,
     EncoderSpec,
     FileEntry,
     Manifest,
@@ -18,6 +20,7 @@ from lmroute_bundle.manifest import (
 )
 from lmroute_bundle.routers import (
     BertRouter,
+    BlendedRouter,
     MFRouter,
     PromptBatch,
     RandomRouter,
@@ -29,10 +32,13 @@ from lmroute_bundle.writer import RouterArtifacts, update_calibration, write_bun
 __all__ = [
     "SCHEMA_VERSION",
     "BertRouter",
+    "Blend",
+    "BlendedRouter",
     "Bundle",
     "BundleError",
     "Calibration",
     "DefaultPair",
+    "DifficultyPriorSpec",
     "EncoderSpec",
     "FileEntry",
     "MFRouter",

@@ -27,6 +27,7 @@ from lmroute_kernels import reference
 from lmroute_bundle.manifest import MANIFEST_NAME, Manifest, RouterSpec
 from lmroute_bundle.routers import (
     BertRouter,
+    BlendedRouter,
     MFRouter,
     PromptBatch,
     RandomRouter,
@@ -127,8 +128,22 @@ def load_bundle(
     _check_files(root, manifest, verify_checksums)
     encoder = _load_encoder(root, manifest, providers, intra_op_threads)
     routers: dict[str, Router] = {}
+    prior_weights = _load_prior(root, manifest)
     for name, spec in manifest.routers.items():
-        routers[name] = _load_router(root, manifest, name, spec, providers, intra_op_threads)
+        router = _load_router(root, manifest, name, spec, providers, intra_op_threads)
+        if spec.blend is not None and manifest.difficulty_prior is not None:
+            prior = manifest.difficulty_prior
+            router = BlendedRouter(
+                router,
+                prior_weights=prior_weights,
+                prior_bias=prior.bias,
+                prior_center=prior.center,
+                prior_scale=prior.scale,
+                weight=spec.blend.prior_weight,
+                center=spec.blend.center,
+                scale=spec.blend.scale,
+            )
+        routers[name] = router
     return Bundle(
         path=root, manifest=manifest, encoder=encoder, routers=types.MappingProxyType(routers)
     )
@@ -265,6 +280,14 @@ def _load_encoder(
 
 
 # ---- routers -------------------------------------------------------------------------------------
+def _load_prior(root: Path, manifest: Manifest) -> np.ndarray:
+    """The difficulty prior's weights [encoder.dim] (float32, finite), or an empty array without one."""
+    if manifest.difficulty_prior is None:
+        return np.zeros(0, dtype=np.float32)
+    rel = manifest.difficulty_prior.files["weights"]
+    return _load_npy(root, rel, np.float32, [("encoder.dim", manifest.encoder.dim)])
+
+
 def _load_router(
     root: Path,
     manifest: Manifest,

@@ -1,4 +1,7 @@
-"""The manifest.json schema (version 1, see docs/BUNDLE.md): frozen dataclasses and a strict parser.
+"""The manifest.json schema (version 2, see docs/BUNDLE.md): frozen dataclasses and a strict parser.
+
+Version 2 adds the optional difficulty prior (`difficulty_prior`, and a `blend` per router); version 1
+manifests (without them) are still read.
 
 `Manifest.from_json` rejects anything the schema does not describe: a missing key, an unknown key,
 a wrong type, an unknown router kind, and every inconsistency that can be seen from the manifest alone
@@ -25,8 +28,11 @@ __all__ = [
     "ROUTER_KINDS",
     "BERT_LABELS",
     "ENCODER_FILES",
+    "READABLE_SCHEMA_VERSIONS",
+    "Blend",
     "Calibration",
     "DefaultPair",
+    "DifficultyPriorSpec",
     "EncoderSpec",
     "FileEntry",
     "Manifest",
@@ -34,7 +40,9 @@ __all__ = [
     "TrainingData",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
 MANIFEST_NAME = "manifest.json"
 BERT_LABELS: tuple[str, ...] = ("strong_wins", "tie", "weak_wins")
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
@@ -234,25 +242,100 @@ class DefaultPair:
 
 
 @dataclass(frozen=True)
+class Blend:
+    """How a router's score is blended with the bundle's difficulty prior (docs/BUNDLE.md):
+    score = sigmoid((logit(p) - center) / scale + prior_weight * z_difficulty)."""
+
+    prior_weight: float
+    center: float
+    scale: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"prior_weight": self.prior_weight, "center": self.center, "scale": self.scale}
+
+    @classmethod
+    def _parse(cls, node: _Node) -> Blend:
+        blend = cls(
+            prior_weight=node.float_("prior_weight"), center=node.float_("center"), scale=node.float_("scale")
+        )
+        if blend.prior_weight < 0:
+            raise _fail(f"{node.key('prior_weight')}: must be >= 0, got {blend.prior_weight}")
+        if blend.scale <= 0:
+            raise _fail(f"{node.key('scale')}: must be positive, got {blend.scale}")
+        node.close()
+        return blend
+
+
+@dataclass(frozen=True)
+class DifficultyPriorSpec:
+    """A linear model of question difficulty on the encoder's embedding: difficulty(e) =
+    -(e . weights + bias), standardised as (difficulty - center) / scale. `weights` is float32 [dim]."""
+
+    source: str
+    n_questions: int
+    ridge: float
+    bias: float
+    center: float
+    scale: float
+    files: Mapping[str, str] = field(default_factory=lambda: dict(PRIOR_FILES))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "n_questions": self.n_questions,
+            "ridge": self.ridge,
+            "bias": self.bias,
+            "center": self.center,
+            "scale": self.scale,
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def _parse(cls, node: _Node) -> DifficultyPriorSpec:
+        files_node = node.node("files")
+        files = {role: files_node.str_(role) for role in PRIOR_FILES}
+        files_node.close()
+        spec = cls(
+            source=node.str_("source"),
+            n_questions=node.int_("n_questions"),
+            ridge=node.float_("ridge"),
+            bias=node.float_("bias"),
+            center=node.float_("center"),
+            scale=node.float_("scale"),
+            files=files,
+        )
+        for name in ("n_questions", "ridge", "scale"):
+            if getattr(spec, name) <= 0:
+                raise _fail(f"{node.key(name)}: must be positive, got {getattr(spec, name)}")
+        node.close()
+        return spec
+
+
+@dataclass(frozen=True)
 class RouterSpec:
-    """One router: its kind, its files (role -> bundle-relative path) and its kind-specific params."""
+    """One router: its kind, its files (role -> bundle-relative path), its kind-specific params and,
+    from schema version 2, an optional blend with the difficulty prior."""
 
     kind: str
     files: Mapping[str, str]
     params: Mapping[str, Any]
     uses_encoder: bool
+    blend: Blend | None = None
 
     def to_dict(self) -> dict[str, Any]:
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
-        return {
+        out = {
             "kind": self.kind,
             "uses_encoder": self.uses_encoder,
             "files": dict(self.files),
             "params": params,
         }
+        if self.blend is not None:
+            out["blend"] = self.blend.to_dict()
+        return out
 
     @classmethod
-    def _parse(cls, node: _Node) -> RouterSpec:
+    def _parse(cls, node: _Node, schema_version: int = SCHEMA_VERSION) -> RouterSpec:
         kind = node.str_("kind")
         if kind not in _KIND_SCHEMA:
             raise _fail(
@@ -279,9 +362,12 @@ class RouterSpec:
                 key = params_node.key(pname)
                 params[pname] = tuple(_as_str(v, f"{key}[{i}]") for i, v in enumerate(items))
         params_node.close()
+        blend = None
+        if schema_version >= 2 and node.has("blend"):
+            blend = Blend._parse(node.node("blend"))
         node.close()
         _check_params(kind, params, node.key("params"))
-        return cls(kind=kind, files=files, params=params, uses_encoder=got_uses)
+        return cls(kind=kind, files=files, params=params, uses_encoder=got_uses, blend=blend)
 
 
 def _check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
@@ -425,11 +511,12 @@ class Manifest:
     training_data: TrainingData
     library_versions: Mapping[str, str]
     files: Mapping[str, FileEntry]
+    difficulty_prior: DifficultyPriorSpec | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": self.schema_version,
             "bundle_version": self.bundle_version,
             "created_at": self.created_at,
@@ -444,6 +531,10 @@ class Manifest:
             "library_versions": dict(self.library_versions),
             "files": {p: {"sha256": e.sha256, "bytes": e.bytes} for p, e in self.files.items()},
         }
+        if self.schema_version >= 2:
+            prior = self.difficulty_prior
+            out["difficulty_prior"] = None if prior is None else prior.to_dict()
+        return out
 
     def to_json(self) -> str:
         """The manifest as JSON text (2-space indent, trailing newline); from_json(to_json()) == self."""
@@ -463,8 +554,9 @@ class Manifest:
         """Parse and check an already-decoded manifest object."""
         root = _Node(data, "")
         version = root.raw("schema_version")
-        if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
-            raise _fail(f"unknown schema_version {version!r} (this build reads {SCHEMA_VERSION})")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
+            raise _fail(f"unknown schema_version {version!r} (this build reads {readable})")
         encoder = EncoderSpec._parse(root.node("encoder"))
         models_key = "models"
         models = tuple(_as_str(v, f"{models_key}[{i}]") for i, v in enumerate(root.list_("models")))
@@ -480,11 +572,14 @@ class Manifest:
         for name in routers_node.keys():
             if not _ROUTER_NAME.match(name):
                 raise _fail(f"routers: invalid router name {name!r}")
-            routers[name] = RouterSpec._parse(routers_node.node(name))
+            routers[name] = RouterSpec._parse(routers_node.node(name), version)
         calibration = None
         if root.raw("calibration") is not None:
             calibration = Calibration._parse(root.node("calibration"))
         training = TrainingData._parse(root.node("training_data"))
+        prior = None
+        if version >= 2 and root.raw("difficulty_prior") is not None:
+            prior = DifficultyPriorSpec._parse(root.node("difficulty_prior"))
         lib_node = root.node("library_versions")
         libs = {name: lib_node.str_(name) for name in lib_node.keys()}
         files_node = root.node("files")
@@ -507,6 +602,8 @@ class Manifest:
             training_data=training,
             library_versions=libs,
             files=files,
+            difficulty_prior=prior,
+            schema_version=version,
         )
         root.close()
         manifest.check()
@@ -551,6 +648,13 @@ class Manifest:
                 raise _fail(f"files.{path}.bytes: negative")
         self._check_file_refs()
         self._check_sw_tiers()
+        if self.schema_version < 2 and (
+            self.difficulty_prior is not None or any(spec.blend for spec in self.routers.values())
+        ):
+            raise _fail(f"schema_version {self.schema_version}: has no difficulty_prior or blend (needs 2)")
+        for name, spec in self.routers.items():
+            if spec.blend is not None and self.difficulty_prior is None:
+                raise _fail(f"routers.{name}.blend: needs a difficulty_prior, the bundle has none")
         if self.calibration is not None:
             self._check_calibration_routers(self.calibration)
 
@@ -558,6 +662,8 @@ class Manifest:
         refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]
         for name, spec in self.routers.items():
             refs += [(f"routers.{name}.files.{role}", p) for role, p in spec.files.items()]
+        if self.difficulty_prior is not None:
+            refs += [(f"difficulty_prior.files.{role}", p) for role, p in self.difficulty_prior.files.items()]
         owners: dict[str, str] = {}
         for where, path in refs:
             _check_rel_path(path, where)

@@ -210,3 +210,39 @@ class BertRouter:
         probs = np.exp(shifted)
         probs /= probs.sum(axis=1, keepdims=True)
         return probs[:, self._strong]
+
+
+class BlendedRouter:
+    """Another router's score blended with the bundle's difficulty prior (docs/BUNDLE.md
+    "difficulty_prior"; the math is `lmroute_kernels.reference.blend_scores`, float64). Same name and
+    kind as the router it wraps; it needs the encoder's embeddings even when that router does not."""
+
+    uses_encoder = True
+
+    def __init__(
+        self,
+        inner: Router,
+        *,
+        prior_weights: np.ndarray,
+        prior_bias: float,
+        prior_center: float,
+        prior_scale: float,
+        weight: float,
+        center: float,
+        scale: float,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.kind = inner.kind
+        self.prior_weights = np.asarray(prior_weights, dtype=np.float64)
+        self.prior = (float(prior_bias), float(prior_center), float(prior_scale))
+        self.blend = (float(weight), float(center), float(scale))
+
+    def score(self, batch: PromptBatch) -> np.ndarray:
+        emb = _need_embeddings(self.name, self.kind, batch, self.prior_weights.shape[0])
+        bias, p_center, p_scale = self.prior
+        weight, center, scale = self.blend
+        return reference.blend_scores(
+            self.inner.score(batch), emb, self.prior_weights, bias, p_center, p_scale,
+            weight=weight, center=center, scale=scale,
+        )

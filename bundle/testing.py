@@ -13,6 +13,7 @@ package (a train/dev dependency), imported only by the two make_fake_* functions
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from pathlib import Path
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lmroute_bundle.loader import load_bundle
-from lmroute_bundle.manifest import Calibration, DefaultPair, EncoderSpec, TrainingData
-from lmroute_bundle.writer import RouterArtifacts, update_calibration, write_bundle
+from lmroute_bundle.manifest import Blend, Calibration, DefaultPair, EncoderSpec, TrainingData
+from lmroute_bundle.writer import PriorArtifacts, RouterArtifacts, update_calibration, write_bundle
 from lmroute_kernels import reference
 
 __all__ = [
@@ -206,10 +207,13 @@ def make_tiny_bundle(
     d_model: int = 8,
     n_calibration: int = 64,
     calibrate: bool = True,
+    difficulty_prior: bool = True,
 ) -> Path:
     """Build a small but real bundle at `out_dir` around `encoder_dir` (model.onnx + tokenizer.json):
     routers "random", "mf", "sw_ranking" (+ "bert" when `bert_onnx` is given), calibrated on
-    `n_calibration` synthetic prompts scored through the bundle itself. Returns `out_dir`."""
+    `n_calibration` synthetic prompts scored through the bundle itself. With `difficulty_prior` the
+    bundle carries a random difficulty prior, and "mf" and "bert" are blended with it (weights 2 and
+    1; "random" and "sw_ranking" are not). Returns `out_dir`."""
     from lmroute_bundle.encoder import OnnxEncoder
 
     if not 2 <= n_tiers <= n_models:
@@ -269,6 +273,22 @@ def make_tiny_bundle(
             params={"max_tokens": max_tokens, "labels": ["strong_wins", "tie", "weak_wins"]},
             files={"model": Path(bert_onnx)},
         )
+    prior = None
+    if difficulty_prior:
+        prior_weights = rng.standard_normal(dim).astype(np.float32)
+        difficulty = -(prompt_emb.astype(np.float64) @ prior_weights.astype(np.float64) + 0.5)
+        prior = PriorArtifacts(
+            weights=prior_weights,
+            bias=0.5,
+            center=float(np.median(difficulty)),
+            scale=float(difficulty.std()) or 1.0,
+            ridge=1.0,
+            n_questions=n_prompts,
+            source=f"lmroute_bundle.testing (seed {seed})",
+        )
+        for name, weight in (("mf", 2.0), ("bert", 1.0)):
+            if name in routers:
+                routers[name] = dataclasses.replace(routers[name], blend=Blend(prior_weight=weight, center=0.1, scale=1.5))
     fingerprint = hashlib.sha256(counts.tobytes() + cells.tobytes() + str(seed).encode()).hexdigest()
     training = TrainingData(
         fingerprint=fingerprint,
@@ -294,6 +314,7 @@ def make_tiny_bundle(
         tiers=tiers,
         training_data=training,
         created_at="2026-11-28T00:00:00Z",
+        difficulty_prior=prior,
     )
     if calibrate:
         bundle = load_bundle(out, require_calibration=False)

@@ -25,8 +25,11 @@ from lmroute_bundle.loader import load_bundle, read_manifest, sha256_file
 from lmroute_bundle.manifest import (
     ENCODER_FILES,
     MANIFEST_NAME,
+    PRIOR_FILES,
+    Blend,
     Calibration,
     DefaultPair,
+    DifficultyPriorSpec,
     EncoderSpec,
     FileEntry,
     Manifest,
@@ -36,7 +39,14 @@ from lmroute_bundle.manifest import (
     _ROUTER_NAME,
 )
 
-__all__ = ["RouterArtifacts", "library_versions", "update_calibration", "write_bundle"]
+__all__ = [
+    "PriorArtifacts",
+    "RouterArtifacts",
+    "library_versions",
+    "update_blends",
+    "update_calibration",
+    "write_bundle",
+]
 
 # kind -> role -> file name inside routers/<name>/ for roles that are copied files, not arrays
 _COPIED_FILES: dict[str, dict[str, str]] = {
@@ -59,12 +69,28 @@ class RouterArtifacts:
     files:  role -> existing file to copy (sw_ranking "index" -> prompts.faiss, optional: built as an
             IndexFlatIP over prompt_embeddings when absent; bert "model" -> model.onnx)
     params: the kind's params (docs/BUNDLE.md)
+    blend:  how the score is blended with the bundle's difficulty prior (None: not blended)
     """
 
     kind: str
     params: Mapping[str, Any]
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     files: Mapping[str, str | Path] = field(default_factory=dict)
+    blend: Blend | None = None
+
+
+@dataclass(frozen=True)
+class PriorArtifacts:
+    """The difficulty prior for the writer: weights [dim] (saved as float32 difficulty_prior/weights.npy)
+    and the manifest fields of `DifficultyPriorSpec` (docs/BUNDLE.md)."""
+
+    weights: np.ndarray
+    bias: float
+    center: float
+    scale: float
+    ridge: float
+    n_questions: int
+    source: str
 
 
 def library_versions() -> dict[str, str]:
@@ -154,6 +180,7 @@ def write_bundle(
     tiers: Mapping[str, int],
     training_data: TrainingData,
     calibration: Calibration | None = None,
+    difficulty_prior: PriorArtifacts | None = None,
     bundle_version: str | None = None,
     created_at: str | None = None,
     overwrite: bool = False,
@@ -185,7 +212,25 @@ def write_bundle(
         for name, art in routers.items():
             files = _write_router(tmp, name, art)
             specs[name] = RouterSpec(
-                kind=art.kind, files=files, params=dict(art.params), uses_encoder=_KIND_SCHEMA[art.kind][2]
+                kind=art.kind,
+                files=files,
+                params=dict(art.params),
+                uses_encoder=_KIND_SCHEMA[art.kind][2],
+                blend=art.blend,
+            )
+        prior_spec = None
+        if difficulty_prior is not None:
+            rel = PRIOR_FILES["weights"]
+            (tmp / rel).parent.mkdir(parents=True)
+            weights = np.ascontiguousarray(np.asarray(difficulty_prior.weights, dtype=np.float32))
+            np.save(tmp / rel, weights, allow_pickle=False)
+            prior_spec = DifficultyPriorSpec(
+                source=difficulty_prior.source,
+                n_questions=int(difficulty_prior.n_questions),
+                ridge=float(difficulty_prior.ridge),
+                bias=float(difficulty_prior.bias),
+                center=float(difficulty_prior.center),
+                scale=float(difficulty_prior.scale),
             )
         manifest = Manifest(
             bundle_version=version,
@@ -200,6 +245,7 @@ def write_bundle(
             training_data=training_data,
             library_versions=library_versions(),
             files=_checksums(tmp),
+            difficulty_prior=prior_spec,
         )
         text = manifest.to_json()
         manifest = Manifest.from_json(text)  # the strict parser is the schema check
@@ -229,5 +275,26 @@ def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Mani
     updated.check()
     text = updated.to_json()
     Manifest.from_json(text)
+    _write_text_atomic(root / MANIFEST_NAME, text)
+    return updated
+
+
+def update_blends(bundle_dir: str | Path, blends: Mapping[str, Blend | None]) -> Manifest:
+    """Set (or with None clear) the difficulty-prior blend of the named routers of an existing bundle
+    (manifest.json rewritten atomically). The bundle must carry a difficulty prior to blend with; an
+    unknown router name is a ValueError. A calibration table no longer matches blended scores: export
+    recalibrates after this (`lmroute_export.calibrate`)."""
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    unknown = sorted(set(blends) - set(manifest.routers))
+    if unknown:
+        raise ValueError(f"update_blends: unknown router(s) {unknown} (bundle has: {', '.join(manifest.routers)})")
+    routers = {
+        name: dataclasses.replace(spec, blend=blends[name]) if name in blends else spec
+        for name, spec in manifest.routers.items()
+    }
+    updated = dataclasses.replace(manifest, routers=routers)
+    text = updated.to_json()
+    updated = Manifest.from_json(text)
     _write_text_atomic(root / MANIFEST_NAME, text)
     return updated

@@ -10,7 +10,10 @@ What it does, file by file (see ``data/SOURCES.md`` for provenance and licenses)
   (no name, no timestamp: the output is byte-for-byte reproducible), same relative path + ``.gz``;
 * reduces ``eval/mt_bench/judgements.jsonl`` to ``question_id, model, score, turn``;
 * drops the two response-text columns of ``eval/gsm8k/gsm8k_responses.csv``;
-* copies ``licenses/`` as is. ``multi_model/`` and ``eval/mt_bench/commercial_routers/`` are skipped.
+* rewrites ``multi_model/llmrouter_9models_14tasks/train.json`` (one JSON array) as JSON Lines
+  ``{"question", "scores"}`` (``cluster_id`` dropped), so that a bad record is reported by line;
+* copies ``licenses/`` as is. The LLMRouter ``test.json`` and ``eval/mt_bench/commercial_routers/``
+  are skipped.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def _reduced_judgements(src: Path) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def _llmrouter_jsonl(src: Path) -> bytes:
+    records = json.loads(src.read_text(encoding="utf-8"))
+    lines = [json.dumps({"question": r["question"], "scores": r["scores"]}, ensure_ascii=False) for r in records]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 def _reduced_gsm8k(src: Path) -> bytes:
     with src.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -87,6 +96,10 @@ def vendor(source: Path, dest: Path) -> int:
     _write_gz(
         _reduced_gsm8k(source / "eval/gsm8k/gsm8k_responses.csv"),
         dest / "eval/gsm8k/gsm8k_responses.csv.gz",
+    )
+    _write_gz(
+        _llmrouter_jsonl(source / "multi_model/llmrouter_9models_14tasks/train.json"),
+        dest / "train/llmrouter/train.jsonl.gz",
     )
     shutil.copytree(source / "licenses", dest / "licenses", dirs_exist_ok=True)
     return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())

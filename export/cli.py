@@ -43,7 +43,23 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
     p.add_argument("--bert-time-budget-s", type=float, default=float(_env("BERT_TIME_BUDGET_S", "420")))
     p.add_argument("--mf-epochs", type=int, default=int(_env("MF_EPOCHS", "20")))
+    p.add_argument("--prior-weights", default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=2"),
+                   help="routers blended with the difficulty prior, router=weight,... ('' = no prior)")
     p.add_argument("--report", type=Path, default=None, help="write the build report JSON here")
+
+
+def _weights(text: str) -> tuple[tuple[str, float], ...]:
+    """"mf=4,bert=2" -> (("mf", 4.0), ("bert", 2.0)); "" -> ()."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SystemExit(f"{PROG}: --prior-weights: expected router=weight, got {part!r}")
+    return tuple(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir=args.out, data_dir=args.data_dir, cache_dir=args.cache_dir,
             encoder_model_dir=args.encoder_model_dir, routers=tuple(args.routers), quick=args.quick,
             seed=args.seed, bert_time_budget_s=args.bert_time_budget_s, mf_epochs=args.mf_epochs,
+            prior_weights=_weights(args.prior_weights),
         )
         t0 = time.perf_counter()
         report = build_bundle(cfg)

@@ -1,7 +1,8 @@
 """Near-duplicate check of the training prompts against the eval sets (the paper's contamination step).
 
 For every eval prompt (MT-Bench turn 1, MMLU, GSM8K, after the eval sets' own decontamination) the
-highest cosine similarity to any training prompt is computed with the bundle's encoder; pairs at or
+highest cosine similarity to any training prompt (the comparisons' prompts and the difficulty labels'
+questions) is computed with the bundle's encoder; pairs at or
 above the threshold (0.95, as the paper) are reported. The eval sets are never used for training, so
 the fix for a hit is to drop the training prompt, not the eval prompt: `training_prompts_to_drop`
 names them.
@@ -72,7 +73,7 @@ def find_contamination(
 
 def main(args: argparse.Namespace) -> int:
     """`lmroute-export contamination`: embed training and eval prompts (cached) and report hits."""
-    from lmroute_export.data import load_comparisons
+    from lmroute_export.data import load_comparisons, load_difficulty_labels
     from lmroute_export.embed_cache import embed_texts
     from lmroute_export.evalsets import load_eval
     from lmroute_export.pipeline import ensure_encoder, open_encoder
@@ -80,7 +81,9 @@ def main(args: argparse.Namespace) -> int:
     enc_dir, _ = ensure_encoder(None, args.cache_dir, 256)
     encoder, enc_id = open_encoder(enc_dir, 256)
     cache = args.cache_dir / "embeddings"
-    train_prompts = list(load_comparisons(args.data_dir).comparisons.prompts)
+    train_prompts = list(dict.fromkeys(
+        [*load_comparisons(args.data_dir).comparisons.prompts, *load_difficulty_labels(args.data_dir).prompts]
+    ))
     train_emb = embed_texts(encoder, train_prompts, cache, encoder_id=enc_id)
     sets = {}
     for name in EVAL_SETS:

@@ -19,6 +19,11 @@ Label rules per source:
   prompt is a python-list string, and ARC / Winogrande prompts carry a shared 5-shot prefix that is cut
   (the routing prompt is the final question, see ``final_question``).
 
+``load_difficulty_labels(data_dir)``: LLMRouter's per-question scores in [0, 1] of 9 open models on 14
+tasks (mostly 0/1 correctness, some partial credit), reduced to one label per question: the mean score.
+None of these models is the strong or the weak model, so they are not comparisons of the table; they
+train the difficulty prior (``lmroute_export.train_prior``).
+
 ``load_calibration_prompts(data_dir)``: arena-hard v0.1 + v2.0 prompts, then Arena first turns.
 """
 
@@ -47,11 +52,14 @@ __all__ = [
     "OUTCOMES",
     "SOURCES",
     "Comparisons",
+    "DifficultyLabels",
     "LoadResult",
     "RowIssue",
     "final_question",
     "load_calibration_prompts",
     "load_comparisons",
+    "evenly_spaced",
+    "load_difficulty_labels",
     "open_data_file",
 ]
 
@@ -68,6 +76,7 @@ ROUTERBENCH_TASKS: dict[str, str] = {
     "routerbench_winogrande": "winograde_train.csv",
 }
 SOURCES: tuple[str, ...] = ("arena_human", "alpaca_eval", "arena_bench_v1", *ROUTERBENCH_TASKS)
+DIFFICULTY_FILE = "train/llmrouter/train.jsonl"
 
 ARENA_FILE = "train/arena_human/battles.jsonl"
 ALPACA_JUDGMENTS = "train/alpaca_eval_judge/judgments.csv"
@@ -489,7 +498,7 @@ def _read_source(source: str, data_dir: Path, rd: _Reader) -> Iterator[Row]:
 _LABEL_KIND_OF = {"arena_human": HUMAN, "alpaca_eval": JUDGE, "arena_bench_v1": JUDGE}
 
 
-def _evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
     """Indices of a deterministic, evenly spread subset of ``min(n, limit)`` of ``n`` rows."""
     if limit is None or limit >= n:
         return np.arange(n)
@@ -523,7 +532,7 @@ def load_comparisons(
     for source in chosen:
         n_issues = len(rd.issues)
         rows = list(_read_source(source, Path(data_dir), rd))
-        per_source.append([rows[i] for i in _evenly_spaced(len(rows), limit_per_source)])
+        per_source.append([rows[i] for i in evenly_spaced(len(rows), limit_per_source)])
         for file, count in _count_by_file(rd.issues[n_issues:]).items():
             log.warning("%d bad rows in %s", count, file)
 
@@ -586,3 +595,63 @@ def load_calibration_prompts(data_dir: Path) -> list[str]:
     for file, count in _count_by_file(issues).items():
         log.warning("%d bad rows in %s", count, file)
     return list(seen)
+
+
+@dataclass(frozen=True)
+class DifficultyLabels:
+    """One label per question: ``mean_score[i]`` = the mean over ``models`` of their scores in [0, 1]
+    on ``prompts[i]`` (1 = every model answered fully right). ``issues``: malformed rows, by line."""
+
+    prompts: tuple[str, ...]
+    mean_score: np.ndarray
+    models: tuple[str, ...]
+    issues: list[RowIssue]
+
+
+def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> DifficultyLabels:
+    """Read ``train/llmrouter/train.jsonl`` (``{"question", "scores": {model: score}}`` per line).
+
+    A line whose question is missing, whose scores are not an object, or with a score that is not a
+    number in [0, 1] is an issue (file and line) and left out whole, as is a question with fewer than
+    ``min_models`` scores; a repeated question keeps its first line (counted in the log)."""
+    path, handle = open_data_file(Path(data_dir), DIFFICULTY_FILE)
+    issues: list[RowIssue] = []
+    prompts: dict[str, float] = {}
+    models: set[str] = set()
+    repeats = 0
+    for line, rec in jsonl_records(path, handle, issues):
+        prompt = _text(rec.get("question"))
+        raw_scores = rec.get("scores")
+        if prompt is None:
+            issues.append(RowIssue(str(path), line, "missing field question"))
+            continue
+        if not isinstance(raw_scores, dict):
+            issues.append(RowIssue(str(path), line, "field scores must be an object {model: score}"))
+            continue
+        bad = [
+            (m, v)
+            for m, v in raw_scores.items()
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0.0 <= v <= 1.0)
+        ]
+        if bad:
+            model, value = bad[0]
+            issues.append(RowIssue(str(path), line, f"bad score {value!r} for {model} (expected a number in [0, 1])"))
+            continue
+        if len(raw_scores) < min_models:
+            issues.append(RowIssue(str(path), line, f"{len(raw_scores)} scores, need at least {min_models}"))
+            continue
+        if prompt in prompts:
+            repeats += 1
+            continue
+        prompts[prompt] = float(np.mean([float(v) for v in raw_scores.values()]))
+        models.update(normalize_model_name(m) for m in raw_scores)
+    if issues:
+        log.warning("%d bad rows in %s", len(issues), path)
+    if repeats:
+        log.info("%s: %d repeated questions kept once", path, repeats)
+    return DifficultyLabels(
+        prompts=tuple(prompts),
+        mean_score=np.fromiter(prompts.values(), dtype=np.float64, count=len(prompts)),
+        models=tuple(sorted(models)),
+        issues=issues,
+    )

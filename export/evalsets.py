@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute_export.data import RowIssue, jsonl_records, open_data_file
+from lmroute_export.data import RowIssue, evenly_spaced, jsonl_records, open_data_file
 from lmroute_export.names import STRONG, WEAK, normalize_model_name
 
 __all__ = ["EVAL_NAMES", "EvalDataError", "EvalSet", "load_eval"]
@@ -171,8 +171,7 @@ def load_eval(name: str, data_dir: Path, *, limit: int | None = None) -> EvalSet
         else:
             kept.append(row)
     if limit is not None and limit < len(kept):
-        picks = np.unique(np.linspace(0, len(kept) - 1, limit).round().astype(np.int64))
-        kept = [kept[i] for i in picks]
+        kept = [kept[i] for i in evenly_spaced(len(kept), limit)]
     return EvalSet(
         name=name,
         prompts=tuple(r[1] for r in kept),

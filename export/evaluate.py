@@ -397,11 +397,13 @@ def score_bundle(
     routers: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of ``texts`` by each router of ``bundle`` (all, or the named ones), in input order.
 
     Texts are batched by length (fewer padded tokens) and the order restored afterwards.
     ``progress``: a label for a progress bar on stderr (None: no bar).
+    ``extra``: more scorers, name -> f(PromptBatch) -> scores [n], run on the same batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
@@ -410,7 +412,9 @@ def score_bundle(
     if unknown:
         raise ValueError(f"routers: {unknown} not in the bundle (has {list(bundle.routers)})")
     texts = list(texts)
-    out = {name: np.empty(len(texts), dtype=np.float64) for name in names}
+    scorers = {name: bundle.routers[name].score for name in names}
+    scorers.update(extra or {})
+    out = {name: np.empty(len(texts), dtype=np.float64) for name in scorers}
     order = np.argsort([len(t) for t in texts], kind="stable")
     from tqdm import tqdm
 
@@ -418,9 +422,21 @@ def score_bundle(
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
             batch = bundle.prompt_batch([texts[i] for i in idx])
-            for name in names:
-                out[name][idx] = bundle.routers[name].score(batch)
+            for name, scorer in scorers.items():
+                out[name][idx] = scorer(batch)
             bar.update(len(idx))
+    return out
+
+
+def reference_baselines(bundle: Bundle) -> dict[str, Any]:
+    """Two trivial routers any router worth shipping should beat, scored like the routers:
+    ``baseline:length`` (longer prompt -> strong) and, when the bundle carries one,
+    ``baseline:prior`` (the difficulty prior alone, without any router)."""
+    out: dict[str, Any] = {"baseline:length": lambda batch: np.array([len(t) for t in batch.texts], dtype=np.float64)}
+    prior = bundle.manifest.difficulty_prior
+    if prior is not None:
+        weights = np.load(bundle.path / prior.files["weights"]).astype(np.float64)
+        out["baseline:prior"] = lambda batch: -(np.asarray(batch.embeddings, dtype=np.float64) @ weights + prior.bias)
     return out
 
 
@@ -435,19 +451,21 @@ def run_evaluation(
     limit: int | None = None,
     batch_size: int = 64,
     intra_op_threads: int = 1,
+    baselines: bool = True,
 ) -> ReportFiles:
     """Load the bundle and the eval sets, score, evaluate and write the report into ``out_dir``.
 
     ``limit`` keeps at most that many prompts per benchmark (evenly spread; a quick mode whose
-    numbers are not the protocol's).
+    numbers are not the protocol's). ``baselines``: also report `reference_baselines`.
     """
     from lmroute_bundle import load_bundle
     from lmroute_export.evalsets import load_eval
 
     bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads, require_calibration=False)
     sets = {name: load_eval(name, Path(data_dir), limit=limit) for name in benchmarks}
+    extra = reference_baselines(bundle) if baselines else {}
     scores = {
-        name: score_bundle(bundle, es.prompts, routers=routers, batch_size=batch_size, progress=name)
+        name: score_bundle(bundle, es.prompts, routers=routers, batch_size=batch_size, progress=name, extra=extra)
         for name, es in sets.items()
     }
     pair = bundle.manifest.default_pair

@@ -7,6 +7,7 @@ times them and collects what a person wants to read afterwards (`BuildReport`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lmroute_bundle import (
+    Blend,
     DefaultPair,
     EncoderSpec,
     RouterArtifacts,
@@ -30,13 +32,23 @@ from lmroute_bundle import (
     write_bundle,
 )
 from lmroute_bundle.encoder import OnnxEncoder
+from lmroute_bundle.writer import PriorArtifacts, update_blends
 from lmroute_export import names
 from lmroute_export.calibrate import calibration_for_manifest
-from lmroute_export.data import LABEL_KINDS, Comparisons, load_calibration_prompts, load_comparisons
+from lmroute_export.data import (
+    DIFFICULTY_FILE,
+    LABEL_KINDS,
+    Comparisons,
+    load_calibration_prompts,
+    load_comparisons,
+    evenly_spaced,
+    load_difficulty_labels,
+)
 from lmroute_export.embed_cache import embed_texts, encoder_id_for
 from lmroute_export.evaluate import score_bundle
 from lmroute_export.encoder_export import default_model_dir, export_encoder
 from lmroute_export.elo import compute_elo, format_elo_table, segment_tiers
+from lmroute_export.train_prior import blend_params, fit_difficulty_prior
 
 log = logging.getLogger("lmroute_export.pipeline")
 
@@ -66,6 +78,13 @@ class BuildConfig:
     leaves almost no locality); mf trains on all comparisons with the direct pair weighted
     mf_pair_weight x, lr 1e-3, noise sigma 0.02, batch 1024; bert learns from the direct pair only
     (bert_pair_only). Elo and tiers use every comparison.
+
+    prior_weights: routers blended with the difficulty prior (`lmroute_export.train_prior`, fitted on
+    the LLMRouter correctness labels with ridge `prior_ridge`) and at what weight; empty = no prior.
+    Chosen on the harness by the largest worst-source z over random, then the mean: mf 4 and
+    sw_ranking 0.5 on 10 pooled folds, bert 2 on fold 0 (README "Router recipe").
+    prior_standardise_on: how many training prompts fix the blend's center / scale.
+    quick_difficulty_questions: the prior's questions in quick mode (evenly spread).
     """
 
     out_dir: Path
@@ -95,6 +114,10 @@ class BuildConfig:
     strong: str = names.STRONG
     weak: str = names.WEAK
     calibration_limit: int | None = None
+    prior_weights: tuple[tuple[str, float], ...] = (("mf", 4.0), ("sw_ranking", 0.5), ("bert", 2.0))
+    prior_ridge: float = 10.0
+    prior_standardise_on: int = 1000
+    quick_difficulty_questions: int = 300
 
     def __post_init__(self) -> None:
         unknown = set(self.routers) - set(ALL_ROUTERS)
@@ -107,6 +130,11 @@ class BuildConfig:
         bad_kinds = {k for k, _ in self.label_weights} - set(LABEL_KINDS)
         if bad_kinds:
             raise ValueError(f"label_weights: unknown label kinds {sorted(bad_kinds)}; know {LABEL_KINDS}")
+        for name, weight in self.prior_weights:
+            if name not in ALL_ROUTERS or name == "random":
+                raise ValueError(f"prior_weights: {name!r} is not a trained router ({', '.join(ALL_ROUTERS[1:])})")
+            if not (np.isfinite(weight) and weight >= 0):
+                raise ValueError(f"prior_weights: {name}={weight} must be finite and >= 0")
 
 
 @dataclass
@@ -120,6 +148,8 @@ class BuildReport:
     encoder: dict[str, Any] = field(default_factory=dict)
     elo_table: str = ""
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    difficulty_prior: dict[str, Any] = field(default_factory=dict)
+    blends: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -249,6 +279,12 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         if tiers[cfg.strong] <= tiers[cfg.weak]:
             log.warning("strong model %s is not in a higher tier than weak model %s", cfg.strong, cfg.weak)
 
+    prior = None
+    blended = {name: w for name, w in cfg.prior_weights if name in cfg.routers and w > 0}
+    if blended:
+        with _step(report, "difficulty_prior"):
+            prior = _fit_prior(cfg, encoder, encoder_id, prompt_emb, report)
+
     artifacts: dict[str, RouterArtifacts] = {}
     for router in cfg.routers:
         with _step(report, f"train_{router}"):
@@ -265,13 +301,73 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             elo=ratings,
             tiers=tiers,
             training_data=_training_data(train),
+            difficulty_prior=prior,
             overwrite=True,
         )
         report.bundle_version = manifest.bundle_version
 
+    if prior is not None:
+        with _step(report, "blend"):
+            report.blends = _blend_routers(cfg, train, blended)
+
     with _step(report, "calibrate"):
         calibrate_bundle(cfg.out_dir, cfg.data_dir, limit=cfg.calibration_limit if not cfg.quick else 200)
     return report
+
+
+def _fit_prior(
+    cfg: BuildConfig, encoder: OnnxEncoder, encoder_id: str, prompt_emb: np.ndarray, report: BuildReport
+) -> PriorArtifacts:
+    """Fit the difficulty prior on the LLMRouter labels (minus near-eval questions), standardised on the
+    training prompts' embeddings; its weights are rounded to float32 first, as the bundle stores them."""
+    labels = load_difficulty_labels(cfg.data_dir)
+    drop = _decontamination_set(cfg.data_dir / DECONTAMINATION_FILE)
+    near_eval = np.array([p in drop for p in labels.prompts], dtype=bool)
+    keep = ~near_eval
+    if cfg.quick:
+        keep &= np.isin(np.arange(len(keep)), evenly_spaced(len(keep), cfg.quick_difficulty_questions))
+    prompts = [p for p, k in zip(labels.prompts, keep, strict=True) if k]
+    emb = embed_texts(encoder, prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
+    fitted = fit_difficulty_prior(emb, labels.mean_score[keep], ridge=cfg.prior_ridge)
+    fitted = dataclasses.replace(fitted, weights=fitted.weights.astype(np.float32).astype(np.float64))
+    fitted = fitted.with_standardisation(prompt_emb)
+    report.difficulty_prior = {
+        "n_questions": len(prompts),
+        "n_dropped_near_eval": int(near_eval.sum()),
+        "n_bad_rows": len(labels.issues),
+        "train_r2": round(fitted.train_r2, 4),
+        "center": fitted.center,
+        "scale": fitted.scale,
+    }
+    return PriorArtifacts(
+        weights=fitted.weights,
+        bias=fitted.bias,
+        center=fitted.center,
+        scale=fitted.scale,
+        ridge=cfg.prior_ridge,
+        n_questions=len(prompts),
+        source=f"{DIFFICULTY_FILE}: mean score of {len(labels.models)} open models (LLMRouter, MIT)",
+    )
+
+
+def _blend_routers(cfg: BuildConfig, train: Comparisons, weights: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Score `prior_standardise_on` training prompts (evenly spread over the table) with each router of
+    the fresh bundle, fix each blend's center / scale from them, and write the blends into the manifest."""
+    bundle = load_bundle(cfg.out_dir, intra_op_threads=2, require_calibration=False)
+    sample = [train.prompts[i] for i in evenly_spaced(len(train.prompts), cfg.prior_standardise_on)]
+    scores = score_bundle(bundle, sample, progress=None, routers=tuple(weights))
+    blends = {}
+    for name, weight in weights.items():
+        bp = blend_params(scores[name], weight)
+        blends[name] = Blend(prior_weight=bp.weight, center=bp.center, scale=bp.scale)
+    update_blends(cfg.out_dir, blends)
+    return {name: b.to_dict() for name, b in blends.items()}
+
+
+def _decontamination_set(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return set(json.loads(path.read_text())["training_prompts_to_drop"])
 
 
 def _drop_contaminated(comps: Comparisons, path: Path) -> tuple[Comparisons, int]:
@@ -280,7 +376,7 @@ def _drop_contaminated(comps: Comparisons, path: Path) -> tuple[Comparisons, int
     if not path.is_file():
         log.warning("%s not found: training prompts are not checked against the eval sets", path)
         return comps, 0
-    drop = set(json.loads(path.read_text())["training_prompts_to_drop"])
+    drop = _decontamination_set(path)
     bad_prompt = np.array([p in drop for p in comps.prompts], dtype=bool)
     keep = ~bad_prompt[np.asarray(comps.prompt_idx)]
     log.info("dropped %d comparisons on %d training prompts near-duplicate to eval prompts (%s)",

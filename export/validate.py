@@ -34,16 +34,17 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lmroute_export import names
-from lmroute_export.data import ARENA_BENCH_FILE, Comparisons, open_data_file
+from lmroute_export.data import ARENA_BENCH_FILE, Comparisons, evenly_spaced, open_data_file
 from lmroute_export.metrics import random_baseline, router_metrics
 from lmroute_export.names import normalize_model_name
+from lmroute_export.train_prior import DifficultyPrior
 
 __all__ = [
     "PairTable",
@@ -62,6 +63,7 @@ __all__ = [
     "pair_tables",
     "summarise",
     "training_weights",
+    "validate_bundle",
     "validate_recipe",
 ]
 
@@ -290,6 +292,8 @@ class Recipe:
     strong_tier + window (tiers from the Elo fit above); None keeps all.
     mf_*: dimension, epochs, batch, learning rate, source bias on / off, Gaussian noise sigma on the
     prompt embeddings, Adam weight decay, seed.
+    prior_weight: blend each router's score with the difficulty prior at this weight
+    (`lmroute_export.train_prior`; 0 = the router alone). Needs `prior` in `fit_scorers`.
     """
 
     label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
@@ -311,6 +315,7 @@ class Recipe:
     mf_noise_sigma: float = 0.1
     mf_weight_decay: float = 1e-5
     mf_seed: int = 0
+    prior_weight: float = 0.0
 
     def describe(self) -> str:
         """The fields that differ from the defaults, as `k=v` pairs ("default" when none)."""
@@ -366,9 +371,16 @@ def fit_scorers(
     routers: Sequence[str] = ("mf", "sw_ranking"),
     strong: str = names.STRONG,
     weak: str = names.WEAK,
+    prior: DifficultyPrior | None = None,
 ) -> dict[str, Scorer]:
     """Train the requested routers on `train` (prompt embeddings aligned with `train.prompts`);
-    return {router: scores(query embeddings [b, d]) -> float64 [b]}."""
+    return {router: scores(query embeddings [b, d]) -> float64 [b]}. With recipe.prior_weight > 0
+    each score is blended with `prior` exactly as the bundle does (standardised on `train_emb`)."""
+    if recipe.prior_weight > 0:
+        if prior is None:
+            raise ValueError(f"recipe {recipe.describe()}: prior_weight needs a difficulty prior")
+        plain = fit_scorers(replace(recipe, prior_weight=0.0), train, train_emb, routers=routers, strong=strong, weak=weak)
+        return {name: _blended(f, prior, train_emb, recipe.prior_weight) for name, f in plain.items()}
     tiers = fit_tiers(recipe, train) if "sw_ranking" in routers or recipe.tier_window is not None else None
     weights = training_weights(recipe, train, strong, weak, tiers)
     out: dict[str, Scorer] = {}
@@ -423,6 +435,22 @@ def fit_scorers(
     return out
 
 
+def _blended(scorer: Scorer, prior: DifficultyPrior, train_emb: NDArray[np.float32], weight: float) -> Scorer:
+    from lmroute_export.train_prior import blend_params
+    from lmroute_kernels.reference import blend_scores
+
+    std_prior = prior.with_standardisation(train_emb)
+    bp = blend_params(scorer(train_emb), weight)
+
+    def blended(e: NDArray[np.float32]) -> NDArray[np.float64]:
+        return blend_scores(
+            scorer(e), e, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
+            weight=bp.weight, center=bp.center, scale=bp.scale,
+        )
+
+    return blended
+
+
 def validate_recipe(
     recipe: Recipe,
     comps: Comparisons,
@@ -438,6 +466,8 @@ def validate_recipe(
     random_seeds: int = 10,
     pool: bool = False,
     decontaminate: float | None = 0.95,
+    prior: DifficultyPrior | None = None,
+    prior_emb: NDArray[np.float32] | None = None,
 ) -> list[SourceResult]:
     """Train on each chosen fold's training part, score its validation prompts, and evaluate.
 
@@ -449,7 +479,10 @@ def validate_recipe(
     decontaminate: drop validation prompts whose cosine similarity to some training prompt of the
     fold is >= this (the eval protocol drops eval prompts at 0.95 to a training prompt); None keeps
     all. It matters: ~27 % of Winogrande prompts have a twin (same sentence, one word changed,
-    the answer flipped) at >= 0.95, and the two twins' strong-vs-weak gains are anti-correlated."""
+    the answer flipped) at >= 0.95, and the two twins' strong-vs-weak gains are anti-correlated.
+    prior / prior_emb: the difficulty prior (for recipe.prior_weight > 0) and the embeddings of the
+    questions it was fitted on; validation prompts this close to one of those are dropped too (the
+    LLMRouter table holds ~100 near-copies of RouterBench MBPP questions)."""
     splits = kfold_by_prompt(comps, folds, seed=split_seed)
     chosen = range(folds) if only_folds is None else only_folds
     results: list[SourceResult] = []
@@ -457,12 +490,14 @@ def validate_recipe(
     for j in chosen:
         train, val = splits[j]
         train_emb = emb_of(train.prompts)
-        scorers = fit_scorers(recipe, train, train_emb, routers=routers, strong=strong, weak=weak)
+        scorers = fit_scorers(recipe, train, train_emb, routers=routers, strong=strong, weak=weak, prior=prior)
         tables = pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool)
         for table in tables.values():
             q = emb_of(table.prompts)
             if decontaminate is not None:
                 clean = (q @ train_emb.T).max(axis=1) < decontaminate
+                if prior_emb is not None and len(prior_emb):
+                    clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
                 if not clean.all():
                     table = _subset(table, clean)
                     q = q[clean]
@@ -486,6 +521,63 @@ def validate_recipe(
         )
         if len(table.prompts) >= 2 and table.strong_q.mean() != table.weak_q.mean():
             results.append(evaluate_table(table, np.concatenate(scs), router=router, fold=-1, random_seeds=random_seeds))
+    return results
+
+
+def validate_bundle(
+    bundle_dir: Path,
+    comps: Comparisons,
+    emb_of: Callable[[Sequence[str]], NDArray[np.float32]],
+    *,
+    judge_scores: Mapping[str, Mapping[str, float]] | None,
+    prior: DifficultyPrior,
+    prior_emb: NDArray[np.float32],
+    prior_weights: Sequence[float],
+    routers: Sequence[str],
+    strong: str = names.STRONG,
+    weak: str = names.WEAK,
+    random_seeds: int = 10,
+    decontaminate: float = 0.95,
+    standardise_on: int = 1000,
+) -> list[SourceResult]:
+    """A built bundle's routers (bert included) on the pipeline's validation split (fold 0 of 10, the
+    prompts the build held out), each blended with `prior` at every weight of `prior_weights` (a blend
+    the bundle already has is taken off first).
+
+    The blend is standardised on `standardise_on` training prompts (evenly spread over the table, as
+    the pipeline does) scored by the bundle. Results are named "<router>@<weight>"."""
+    from lmroute_bundle import load_bundle
+    from lmroute_export.train_prior import blend_params
+    from lmroute_kernels.reference import blend_scores
+
+    bundle = load_bundle(bundle_dir, require_calibration=False)
+    train, val = kfold_by_prompt(comps, 10)[0]
+    train_texts = [train.prompts[i] for i in evenly_spaced(len(train.prompts), standardise_on)]
+
+    def bundle_scores(router: str, texts: Sequence[str]) -> NDArray[np.float64]:
+        plain = getattr(bundle.routers[router], "inner", bundle.routers[router])  # the bundle's own blend off
+        out = [plain.score(bundle.prompt_batch(texts[i : i + 64])) for i in range(0, len(texts), 64)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    train_emb = emb_of(train.prompts)
+    std_prior = prior.with_standardisation(emb_of(train_texts))
+    train_scores = {r: bundle_scores(r, train_texts) for r in routers}
+    results: list[SourceResult] = []
+    for table in pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores).values():
+        q = emb_of(table.prompts)
+        clean = ((q @ train_emb.T).max(axis=1) < decontaminate) & ((q @ prior_emb.T).max(axis=1) < decontaminate)
+        table, q = _subset(table, clean), q[clean]
+        if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
+            continue
+        for router in routers:
+            scores = bundle_scores(router, table.prompts)
+            for weight in prior_weights:
+                bp = blend_params(train_scores[router], weight)
+                blended = blend_scores(
+                    scores, q, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
+                    weight=bp.weight, center=bp.center, scale=bp.scale,
+                )
+                results.append(evaluate_table(table, blended, router=f"{router}@{weight:g}", random_seeds=random_seeds))
     return results
 
 
@@ -604,8 +696,9 @@ def _pairs(text: str) -> tuple[tuple[str, float], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate one recipe (the defaults unless flags say otherwise) and print the table."""
-    from lmroute_export.data import load_comparisons
-    from lmroute_export.pipeline import REPO_ROOT
+    from lmroute_export.data import load_comparisons, load_difficulty_labels
+    from lmroute_export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
+    from lmroute_export.train_prior import fit_difficulty_prior
 
     ap = argparse.ArgumentParser(prog="python -m lmroute_export.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
@@ -631,6 +724,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mf-lr", type=float, default=3e-4)
     ap.add_argument("--mf-batch-size", type=int, default=256)
     ap.add_argument("--no-source-bias", action="store_true")
+    ap.add_argument("--random-seeds", type=int, default=10, help="seeds of the random baseline (its mean and std)")
+    ap.add_argument("--prior-weight", type=float, default=0.0, help="blend with the difficulty prior at this weight (0: off)")
+    ap.add_argument("--bundle", type=Path, default=None, help="score this built bundle's routers on fold 0 instead of training (bert included)")
+    ap.add_argument("--prior-weights", default="0,0.5,1,2,4", help="with --bundle: the blend weights to try")
+    ap.add_argument("--prior-ridge", type=float, default=10.0, help="ridge of the difficulty prior's regression")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     recipe = Recipe(
@@ -650,18 +748,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         mf_lr=args.mf_lr,
         mf_batch_size=args.mf_batch_size,
         mf_source_bias=not args.no_source_bias,
+        prior_weight=args.prior_weight,
     )
     comps = load_comparisons(args.data_dir).comparisons
+    emb_of = cached_embedder(args.cache_dir)
+    labels = load_difficulty_labels(args.data_dir)
+    near_eval = _decontamination_set(args.data_dir / DECONTAMINATION_FILE)
+    keep = np.array([p not in near_eval for p in labels.prompts], dtype=bool)
+    prior_emb = emb_of([p for p, k in zip(labels.prompts, keep, strict=True) if k])
+    prior = fit_difficulty_prior(prior_emb, labels.mean_score[keep], ridge=args.prior_ridge)
+    if args.bundle is not None:
+        results = validate_bundle(
+            args.bundle,
+            comps,
+            emb_of,
+            judge_scores=load_judge_scores(args.data_dir),
+            prior=prior,
+            prior_emb=prior_emb,
+            prior_weights=[float(w) for w in args.prior_weights.split(",") if w],
+            routers=tuple(r for r in args.routers.split(",") if r),
+            random_seeds=args.random_seeds,
+        )
+        print(format_results(results, title=f"bundle {args.bundle}, fold 0"))
+        return 0
     results = validate_recipe(
         recipe,
         comps,
-        cached_embedder(args.cache_dir),
+        emb_of,
         judge_scores=load_judge_scores(args.data_dir),
         folds=args.folds,
         only_folds=None if args.all_folds else (0,),
         routers=tuple(r for r in args.routers.split(",") if r),
         pool=args.pool,
         decontaminate=args.decontaminate if args.decontaminate > -1 else None,
+        prior=prior,
+        prior_emb=prior_emb,
+        random_seeds=args.random_seeds,
     )
     print(format_results(results, title=recipe.describe()))
     return 0

@@ -2,8 +2,9 @@
 
 Holds the scoring functions of docs/BUNDLE.md "Runtime API": the similarity-weighted Bradley-Terry
 router (`sw_cell_weights`, `bt_ratings_from_cells`, `sw_scores`), the matrix-factorisation router
-(`mf_logits`, `mf_pair_vector`) and the random router's hash (`random_scores`). All arithmetic is
-float64; nothing here imports torch or scipy.
+(`mf_logits`, `mf_pair_vector`), the random router's hash (`random_scores`) and the blend of a
+router's score with the difficulty prior (`score_logit`, `blend_scores`). All arithmetic is float64;
+nothing here imports torch or scipy.
 
 Rating convention. `bt_ratings_from_cells` returns ratings in natural log-odds units:
 P(a beats b) = 1 / (1 + exp(R_b - R_a)). RouteLLM's coefficients (its design matrix holds
@@ -33,13 +34,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "LOGIT_EPS",
     "RIDGE_REL",
+    "blend_scores",
     "bt_ratings_from_cells",
     "check_cell_design",
     "check_mf_factors",
     "mf_logits",
     "mf_pair_vector",
     "random_scores",
+    "score_logit",
     "sw_cell_weights",
     "sw_scores",
 ]
@@ -200,6 +204,43 @@ def random_scores(texts: Sequence[str], seed: int) -> F64:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+LOGIT_EPS = 1e-12
+"""Scores are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit (sw_ranking reaches 0 and 1)."""
+
+
+def score_logit(scores: NDArray[np.floating]) -> F64:
+    """log(p / (1 - p)) of scores clipped to [LOGIT_EPS, 1 - LOGIT_EPS], in float64."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def blend_scores(
+    router_scores: NDArray[np.floating],
+    query_emb: NDArray[np.floating],
+    prior_weights: NDArray[np.floating],
+    prior_bias: float,
+    prior_center: float,
+    prior_scale: float,
+    *,
+    weight: float,
+    center: float,
+    scale: float,
+) -> F64:
+    """sigmoid((logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale) with
+    difficulty = -(e . prior_weights + prior_bias): a router's scores p [b] blended with the
+    difficulty prior of the query embeddings [b, d] (docs/BUNDLE.md "difficulty_prior")."""
+    p = np.asarray(router_scores, dtype=np.float64)
+    q = _as_2d(query_emb, "query_emb")
+    w = np.asarray(prior_weights, dtype=np.float64)
+    if p.shape != (q.shape[0],) or w.shape != (q.shape[1],):
+        raise ValueError(f"blend_scores: scores {p.shape}, query_emb {q.shape}, prior_weights {w.shape} do not match")
+    if not (scale > 0 and prior_scale > 0):
+        raise ValueError(f"blend_scores: scales must be positive, got {scale} and {prior_scale}")
+    difficulty = -(q @ w + prior_bias)
+    z = (score_logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def _as_2d(arr: NDArray[np.floating], name: str) -> F64:

@@ -63,13 +63,27 @@ def _expected_random(bundle: Bundle, texts: list[str]) -> np.ndarray:
     return np.array(out)
 
 
+def _blended(bundle: Bundle, router: str, p: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """The router's score blended with the difficulty prior as docs/BUNDLE.md states it (p unchanged
+    when the router has no blend)."""
+    blend = bundle.manifest.routers[router].blend
+    prior = bundle.manifest.difficulty_prior
+    if blend is None or prior is None:
+        return p
+    w = np.load(bundle.path / prior.files["weights"]).astype(np.float64)
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    z_router = (np.log(q / (1 - q)) - blend.center) / blend.scale
+    z_prior = (-(emb.astype(np.float64) @ w + prior.bias) - prior.center) / prior.scale
+    return _sigmoid(z_router + blend.prior_weight * z_prior)
+
+
 def _expected_mf(bundle: Bundle, emb: np.ndarray) -> np.ndarray:
     m = bundle.manifest
     w_proj, p, w = (_npy(bundle, "mf", r) for r in ("text_proj", "model_emb", "classifier"))
     p_unit = p / np.linalg.norm(p, axis=1, keepdims=True)
     logits = (emb.astype(np.float64) @ w_proj.T) @ (p_unit * w).T  # [n, n_models]
     s, k = m.models.index(m.default_pair.strong), m.models.index(m.default_pair.weak)
-    return _sigmoid(logits[:, s] - logits[:, k])
+    return _blended(bundle, "mf", _sigmoid(logits[:, s] - logits[:, k]), emb)
 
 
 def _bt_exact(cells: np.ndarray, weights: np.ndarray, n_tiers: int) -> np.ndarray:
@@ -133,7 +147,9 @@ def test_routers_in_manifest_order(bundle: Bundle) -> None:
     assert list(bundle.routers) == ["random", "mf", "sw_ranking", "bert"]
     for name, router in bundle.routers.items():
         spec = bundle.manifest.routers[name]
-        assert (router.name, router.kind, router.uses_encoder) == (name, spec.kind, spec.uses_encoder)
+        assert (router.name, router.kind) == (name, spec.kind)
+        # a router blended with the difficulty prior needs the embeddings even if its kind does not
+        assert router.uses_encoder == (spec.uses_encoder or spec.blend is not None)
 
 
 def test_scores_equal_direct_numpy(bundle: Bundle) -> None:
@@ -145,7 +161,7 @@ def test_scores_equal_direct_numpy(bundle: Bundle) -> None:
         "random": _expected_random(bundle, TEXTS),
         "mf": _expected_mf(bundle, emb),
         "sw_ranking": _expected_sw(bundle, emb),
-        "bert": _expected_bert(bundle, batch),
+        "bert": _blended(bundle, "bert", _expected_bert(bundle, batch), emb),
     }
     tolerance = {"random": 0.0, "mf": 1e-6, "sw_ranking": 1e-6, "bert": 1e-5}
     for name, router in bundle.routers.items():
@@ -163,7 +179,10 @@ def test_embedding_routers_need_embeddings(bundle: Bundle) -> None:
     batch = PromptBatch(texts=("hi",), tokens=tokens, embeddings=None)
     with pytest.raises(ValueError, match=r"router 'mf' \(mf\) needs embeddings"):
         bundle.routers["mf"].score(batch)
-    assert bundle.routers["bert"].score(batch).shape == (1,)
+    # bert tokenises for itself, but blended with the difficulty prior it needs the embeddings too
+    with pytest.raises(ValueError, match=r"router 'bert' \(bert\) needs embeddings"):
+        bundle.routers["bert"].score(batch)
+    assert bundle.routers["bert"].inner.score(batch).shape == (1,)
     assert bundle.routers["random"].score(batch).shape == (1,)
 
 

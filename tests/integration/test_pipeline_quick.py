@@ -50,6 +50,30 @@ def test_bundle_has_every_router_and_is_calibrated(quick_bundle: tuple[Path, obj
     assert m.calibration.n_prompts == 200
 
 
+def test_routers_are_blended_with_the_difficulty_prior(quick_bundle: tuple[Path, object]) -> None:
+    """The default recipe blends mf, sw_ranking and bert with the prior fitted on the LLMRouter labels;
+    each blend's center / scale are the median / IQR of the router's own logits on training prompts."""
+    from lmroute_bundle import BlendedRouter
+    from lmroute_kernels.reference import score_logit
+
+    path, report = quick_bundle
+    bundle = load_bundle(path)
+    m = bundle.manifest
+    assert m.schema_version == 2 and m.difficulty_prior is not None
+    assert m.difficulty_prior.n_questions == report.difficulty_prior["n_questions"] == 300
+    assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {"mf": 4.0, "sw_ranking": 0.5, "bert": 2.0}
+    assert m.routers["random"].blend is None
+    texts = ["What is 17 * 23?", "Write a haiku about autumn.", "Prove that there are infinitely many primes."]
+    batch = bundle.prompt_batch(texts)
+    for name in ("mf", "sw_ranking", "bert"):
+        router = bundle.routers[name]
+        assert isinstance(router, BlendedRouter)
+        raw = router.inner.score(batch)
+        assert not np.allclose(router.score(batch), raw), name
+        blend = m.routers[name].blend
+        assert blend is not None and blend.scale > 0 and np.isfinite(score_logit(raw)).all()
+
+
 def test_scores_are_probabilities_and_deterministic(quick_bundle: tuple[Path, object]) -> None:
     path, _ = quick_bundle
     bundle = load_bundle(path)

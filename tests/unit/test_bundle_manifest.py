@@ -28,9 +28,10 @@ def _manifest_dict() -> dict[str, Any]:
         "routers/sw/cell_counts.npy",
         "routers/sw/cells.npy",
         "routers/bert/model.onnx",
+        "difficulty_prior/weights.npy",
     ]
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "bundle_version": "20261128-1a2b3c4d",
         "created_at": "2026-11-28T03:00:00Z",
         "encoder": {
@@ -59,6 +60,7 @@ def _manifest_dict() -> dict[str, Any]:
                     "pair_vector": "routers/mf/pair_vector.npy",
                 },
                 "params": {"d_model": 128},
+                "blend": {"prior_weight": 4.0, "center": 0.25, "scale": 1.5},
             },
             "sw": {
                 "kind": "sw_ranking",
@@ -99,7 +101,25 @@ def _manifest_dict() -> dict[str, Any]:
         },
         "library_versions": {"numpy": "2.4.0"},
         "files": {p: {"sha256": SHA, "bytes": 10 + i} for i, p in enumerate(files)},
+        "difficulty_prior": {
+            "source": "unit test",
+            "n_questions": 100,
+            "ridge": 10.0,
+            "bias": 0.4,
+            "center": -0.4,
+            "scale": 0.1,
+            "files": {"weights": "difficulty_prior/weights.npy"},
+        },
     }
+
+
+def _v1_dict() -> dict[str, Any]:
+    """The same manifest as schema version 1 wrote it: no difficulty prior, no blend."""
+    data = _manifest_dict()
+    data["schema_version"] = 1
+    del data["difficulty_prior"], data["routers"]["mf"]["blend"]
+    data["files"].pop("difficulty_prior/weights.npy")
+    return data
 
 
 def _parse(data: dict[str, Any]) -> Manifest:
@@ -124,7 +144,10 @@ def test_round_trip_is_identity() -> None:
 
 def test_parsed_values_and_order() -> None:
     manifest = _parse(_manifest_dict())
-    assert manifest.schema_version == SCHEMA_VERSION == 1
+    assert manifest.schema_version == SCHEMA_VERSION == 2
+    assert manifest.routers["mf"].blend is not None and manifest.routers["mf"].blend.prior_weight == 4.0
+    assert manifest.routers["sw"].blend is None
+    assert manifest.difficulty_prior is not None and manifest.difficulty_prior.scale == 0.1
     assert list(manifest.routers) == ["rnd", "mf", "sw", "bert"]
     assert manifest.routers["sw"].params["scale"] == 400.0
     assert isinstance(manifest.routers["sw"].params["scale"], float)
@@ -143,6 +166,31 @@ def test_null_calibration_round_trips() -> None:
     assert Manifest.from_json(manifest.to_json()) == manifest
 
 
+def test_version_1_manifest_still_reads_and_round_trips() -> None:
+    manifest = _parse(_v1_dict())
+    assert manifest.schema_version == 1 and manifest.difficulty_prior is None
+    assert all(spec.blend is None for spec in manifest.routers.values())
+    assert json.loads(manifest.to_json()) == _v1_dict()
+
+
+def test_version_1_has_no_prior_keys() -> None:
+    data = _v1_dict()
+    data["difficulty_prior"] = None
+    assert _message(data) == "manifest.json: difficulty_prior: unknown key"
+    data = _v1_dict()
+    data["routers"]["mf"]["blend"] = {"prior_weight": 1.0, "center": 0.0, "scale": 1.0}
+    assert _message(data) == "manifest.json: routers.mf.blend: unknown key"
+
+
+def test_null_prior_round_trips() -> None:
+    data = _manifest_dict()
+    data["difficulty_prior"] = None
+    del data["routers"]["mf"]["blend"]
+    manifest = _parse(data)
+    assert manifest.difficulty_prior is None
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
 def _broken(edit: Any) -> dict[str, Any]:
     data = copy.deepcopy(_manifest_dict())
     edit(data)
@@ -153,7 +201,37 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "schema_version",
         lambda d: d.update(schema_version=7),
-        "manifest.json: unknown schema_version 7 (this build reads 1)",
+        "manifest.json: unknown schema_version 7 (this build reads 1, 2)",
+    ),
+    (
+        "prior_missing_key",
+        lambda d: d.pop("difficulty_prior"),
+        "manifest.json: difficulty_prior: missing",
+    ),
+    (
+        "blend_without_prior",
+        lambda d: d.update(difficulty_prior=None),
+        "manifest.json: routers.mf.blend: needs a difficulty_prior, the bundle has none",
+    ),
+    (
+        "blend_negative_weight",
+        lambda d: d["routers"]["mf"]["blend"].update(prior_weight=-1.0),
+        "manifest.json: routers.mf.blend.prior_weight: must be >= 0, got -1.0",
+    ),
+    (
+        "blend_zero_scale",
+        lambda d: d["routers"]["mf"]["blend"].update(scale=0.0),
+        "manifest.json: routers.mf.blend.scale: must be positive, got 0.0",
+    ),
+    (
+        "prior_zero_scale",
+        lambda d: d["difficulty_prior"].update(scale=0),
+        "manifest.json: difficulty_prior.scale: must be positive, got 0.0",
+    ),
+    (
+        "prior_file_unlisted",
+        lambda d: d["files"].pop("difficulty_prior/weights.npy"),
+        "manifest.json: difficulty_prior.files.weights: difficulty_prior/weights.npy has no entry in files",
     ),
     (
         "missing_role",
@@ -292,3 +370,12 @@ def test_bundle_error_str_and_fields() -> None:
     assert str(err) == "routers/mf/pair_vector.npy: contains NaN"
     assert (err.path, err.problem) == ("routers/mf/pair_vector.npy", "contains NaN")
     assert isinstance(err, ValueError)
+
+
+def test_a_version_1_manifest_object_cannot_carry_a_prior() -> None:
+    import dataclasses
+
+    manifest = _parse(_manifest_dict())
+    with pytest.raises(BundleError) as info:
+        dataclasses.replace(manifest, schema_version=1).check()
+    assert str(info.value) == "manifest.json: schema_version 1: has no difficulty_prior or blend (needs 2)"

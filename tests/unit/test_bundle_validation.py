@@ -86,6 +86,63 @@ def test_pristine_bundle_loads(bundle_dir: Path) -> None:
     assert bundle.version.startswith("20261128-")
 
 
+# ---- difficulty prior ----------------------------------------------------------------------------
+PRIOR = "difficulty_prior/weights.npy"
+
+
+def test_blended_routers_follow_the_reference_formula(bundle_dir: Path) -> None:
+    from lmroute_bundle import BlendedRouter
+    from lmroute_bundle.testing import synthetic_prompts
+    from lmroute_kernels.reference import blend_scores
+
+    bundle = load_bundle(bundle_dir)
+    prior = bundle.manifest.difficulty_prior
+    assert prior is not None
+    blended = {n for n, r in bundle.routers.items() if isinstance(r, BlendedRouter)}
+    assert blended == {"mf", "bert"}
+    assert bundle.routers["mf"].uses_encoder and bundle.routers["bert"].uses_encoder
+    batch = bundle.prompt_batch(synthetic_prompts(12, seed=5))
+    weights = np.load(bundle_dir / PRIOR).astype(np.float64)
+    for name in sorted(blended):
+        router = bundle.routers[name]
+        blend = bundle.manifest.routers[name].blend
+        assert blend is not None
+        raw = router.inner.score(batch)
+        expected = blend_scores(
+            raw, batch.embeddings, weights, prior.bias, prior.center, prior.scale,
+            weight=blend.prior_weight, center=blend.center, scale=blend.scale,
+        )
+        got = router.score(batch)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        assert not np.allclose(got, raw)  # the prior moved the scores
+        # weight 0 leaves the router's order alone (a monotone map of its score)
+        plain = blend_scores(raw, batch.embeddings, weights, prior.bias, prior.center, prior.scale,
+                             weight=0.0, center=blend.center, scale=blend.scale)
+        assert (np.argsort(plain, kind="stable") == np.argsort(raw, kind="stable")).all()
+
+
+def test_missing_prior_file(bundle_dir: Path) -> None:
+    (bundle_dir / PRIOR).unlink()
+    assert _refused(bundle_dir) == f"{PRIOR}: missing"
+
+
+def test_prior_wrong_dimension(bundle_dir: Path) -> None:
+    _save_npy(bundle_dir, PRIOR, np.zeros(DIM + 2, dtype=np.float32))
+    assert _refused(bundle_dir) == f"{PRIOR}: shape ({DIM + 2},) does not match encoder.dim {DIM}"
+
+
+def test_prior_nan(bundle_dir: Path) -> None:
+    weights = np.load(bundle_dir / PRIOR)
+    weights[3] = np.nan
+    _save_npy(bundle_dir, PRIOR, weights)
+    assert _refused(bundle_dir) == f"{PRIOR}: contains NaN"
+
+
+def test_blend_without_prior(bundle_dir: Path) -> None:
+    _edit_manifest(bundle_dir, lambda d: d.update(difficulty_prior=None))
+    assert _refused(bundle_dir) == "manifest.json: routers.mf.blend: needs a difficulty_prior, the bundle has none"
+
+
 # ---- files ---------------------------------------------------------------------------------------
 def test_missing_router_file(bundle_dir: Path) -> None:
     (bundle_dir / MF / "pair_vector.npy").unlink()
@@ -278,7 +335,7 @@ def test_pair_vector_inconsistent_with_factors(bundle_dir: Path) -> None:
 # ---- manifest (through the loader) ----------------------------------------------------------------
 def test_unknown_schema_version(bundle_dir: Path) -> None:
     _edit_manifest(bundle_dir, lambda d: d.update(schema_version=7))
-    assert _refused(bundle_dir) == "manifest.json: unknown schema_version 7 (this build reads 1)"
+    assert _refused(bundle_dir) == "manifest.json: unknown schema_version 7 (this build reads 1, 2)"
 
 
 def test_unknown_router_kind(bundle_dir: Path) -> None:

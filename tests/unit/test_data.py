@@ -17,6 +17,7 @@ from lmroute_export.data import (
     final_question,
     load_calibration_prompts,
     load_comparisons,
+    load_difficulty_labels,
 )
 from lmroute_export.names import STRONG, WEAK, normalize_model_name
 
@@ -44,7 +45,7 @@ def test_vendored_pack_is_small_and_deterministically_gzipped():
     files = [p for p in DATA_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 15_000_000
     gz = [p for p in files if p.suffix == ".gz"]
-    assert len(gz) == 13 + 57 + 2
+    assert len(gz) == 13 + 57 + 2 + 1  # + LLMRouter difficulty labels
     for path in gz:
         header = path.read_bytes()[:10]
         assert header[:2] == b"\x1f\x8b", path
@@ -391,3 +392,38 @@ def test_gzip_file_is_preferred_and_line_numbers_hold(tmp_path):
 def test_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="battles.jsonl: missing"):
         load_comparisons(tmp_path, sources=["arena_human"])
+
+
+def test_real_difficulty_labels():
+    labels = load_difficulty_labels(DATA_DIR)
+    assert len(labels.prompts) == 5395 and labels.mean_score.shape == (5395,)
+    assert labels.issues == []
+    assert len(labels.models) == 9 and "qwen2.5-7b-instruct" in labels.models
+    assert 0.0 <= labels.mean_score.min() and labels.mean_score.max() <= 1.0
+    assert 0.40 < labels.mean_score.mean() < 0.45  # 9 open 7-70B models: ~42 % right on average
+
+
+def test_malformed_difficulty_rows_reported_with_file_and_line(tmp_path, caplog):
+    lines = [
+        json.dumps({"question": "What is 2 + 2?", "scores": {"m1": 1.0, "m2": 0.0, "m3": 0.5}}),
+        json.dumps({"question": "", "scores": {"m1": 1.0, "m2": 0.0}}),
+        json.dumps({"question": "q3", "scores": [1, 0]}),
+        json.dumps({"question": "q4", "scores": {"m1": 1.5, "m2": 0.0}}),
+        json.dumps({"question": "q5", "scores": {"m1": True, "m2": 0.0}}),
+        json.dumps({"question": "q6", "scores": {"m1": 1.0}}),
+        "not json",
+        json.dumps({"question": "What is 2 + 2?", "scores": {"m1": 0.0, "m2": 0.0}}),
+    ]
+    path = _write(tmp_path, "train/llmrouter/train.jsonl", "\n".join(lines) + "\n")
+    labels = load_difficulty_labels(tmp_path)
+    assert [(i.file, i.line, i.reason) for i in labels.issues] == [
+        (str(path), 2, "missing field question"),
+        (str(path), 3, "field scores must be an object {model: score}"),
+        (str(path), 4, "bad score 1.5 for m1 (expected a number in [0, 1])"),
+        (str(path), 5, "bad score True for m1 (expected a number in [0, 1])"),
+        (str(path), 6, "1 scores, need at least 2"),
+        (str(path), 7, "invalid JSON: Expecting value"),
+    ]
+    assert labels.prompts == ("What is 2 + 2?",)  # the repeat on line 8 keeps the first line
+    assert labels.mean_score.tolist() == [0.5]
+    assert labels.models == ("m1", "m2", "m3")

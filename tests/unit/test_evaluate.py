@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lmroute_export.evaluate import PAPER_RESULTS, benchmark_key, evaluate_router, write_report
+from lmroute_export.evalsets import load_eval
 from lmroute_export.metrics import oracle_scores, random_baseline, router_metrics
 
 
@@ -201,7 +202,12 @@ def test_main_writes_a_report_for_real_eval_data(tiny_bundle: Path, tmp_path: Pa
     assert set(results["benchmarks"]) == {"mt_bench", "gsm8k"}
     for b in results["benchmarks"].values():
         assert b["n_prompts"] == 40
-        assert set(b["routers"]) == {"random", "mf", "sw_ranking"}
+        # the bundle's routers, then the two reference baselines (the tiny bundle has a prior)
+        assert set(b["routers"]) == {"random", "mf", "sw_ranking", "baseline:length", "baseline:prior"}
+    es = load_eval("gsm8k", REPO / "data", limit=40)
+    lengths = np.array([len(p) for p in es.prompts], dtype=np.float64)
+    expected = router_metrics(lengths, es.strong_quality, es.weak_quality).apgr
+    assert results["benchmarks"]["gsm8k"]["routers"]["baseline:length"]["apgr"] == pytest.approx(expected, abs=1e-12)
     assert (out / "mt_bench.png").is_file() and (out / "gsm8k.png").is_file()
     printed = capsys.readouterr().out
     assert "mt_bench  mf" in printed and f"report: {out / 'report.md'}" in printed

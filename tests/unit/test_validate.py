@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,25 @@ def test_decontaminate_drops_val_prompts_with_a_training_twin() -> None:
     with_twin = sum(1 for p in val.prompts if any(idx[q] == idx[p] for q in train.prompts))
     assert with_twin > 0
     assert all(n_kept[s] - n_clean.get(s, 0) == with_twin for s in n_kept)
+
+
+def test_prior_weight_blends_scores_like_the_bundle() -> None:
+    """With prior_weight > 0 every scorer is the plain one blended with the prior, standardised on the
+    training embeddings; a prior that carries the true direction rescues a router trained on noise."""
+    from lmroute_export.train_prior import blend_params, fit_difficulty_prior
+    from lmroute_kernels.reference import blend_scores
+
+    comps, emb_of, emb, v = synthetic_world(seed=2)
+    train_emb = emb_of(comps.prompts)
+    # accuracy falls along v: the prior's difficulty rises with e . v, as the true gain does
+    prior = fit_difficulty_prior(train_emb, 0.5 - 0.4 * (train_emb @ v), ridge=1e-3)
+    base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
+    plain = fit_scorers(base, comps, train_emb, strong=S, weak=W, routers=("mf",))["mf"]
+    blended = fit_scorers(replace(base, prior_weight=2.0), comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior)["mf"]
+    std = prior.with_standardisation(train_emb)
+    bp = blend_params(plain(train_emb), 2.0)
+    expected = blend_scores(plain(emb), emb, std.weights, std.bias, std.center, std.scale,
+                            weight=2.0, center=bp.center, scale=bp.scale)
+    np.testing.assert_allclose(blended(emb), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="prior_weight needs a difficulty prior"):
+        fit_scorers(replace(base, prior_weight=1.0), comps, train_emb, strong=S, weak=W, routers=("mf",))
