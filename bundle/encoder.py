@@ -64,6 +64,28 @@ class TokenBatch:
         """Tokens the model will process for this batch (n x seq_len), padding included."""
         return int(self.input_ids.shape[0] * self.input_ids.shape[1])
 
+    @staticmethod
+    def stack(parts: Sequence[TokenBatch], pad_id: int) -> TokenBatch:
+        """The rows of `parts`, in order, as one batch right-padded to its longest row (ids `pad_id`,
+        mask 0, type 0: what the tokenizer's own padding writes). Equal to tokenising all texts at once."""
+        n = sum(len(p) for p in parts)
+        if n == 0:
+            empty = np.zeros((0, 0), dtype=np.int64)
+            return TokenBatch(empty, empty.copy(), empty.copy(), np.zeros(0, np.int64), np.zeros(0, bool))
+        n_tokens = np.concatenate([p.n_tokens for p in parts]).astype(np.int64)
+        width = int(n_tokens.max())
+        ids = np.full((n, width), pad_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        row = 0
+        for p in parts:
+            w = min(p.seq_len, width)
+            ids[row : row + len(p), :w] = p.input_ids[:, :w]
+            mask[row : row + len(p), :w] = p.attention_mask[:, :w]
+            types[row : row + len(p), :w] = p.token_type_ids[:, :w]
+            row += len(p)
+        return TokenBatch(ids, mask, types, n_tokens, np.concatenate([p.truncated for p in parts]).astype(bool))
+
     def select(self, indices: Sequence[int] | np.ndarray) -> TokenBatch:
         """Rows `indices` (in that order), with padding trimmed to the longest selected row."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -115,6 +137,7 @@ class OnnxEncoder:
             raise ValueError("providers must name at least one ONNX Runtime execution provider")
         self.max_tokens = max_tokens
         self._tokenizer = self._load_tokenizer(self.tokenizer_path, max_tokens)
+        self.pad_id = int((self._tokenizer.padding or {}).get("pad_id", 0))
         self._session = self._load_session(self.model_path, providers, intra_op_threads, allow_spinning)
         self.dim = self._check_signature(self._session, self.model_path)
 

@@ -1,17 +1,21 @@
 """BundleScorer: the product Scorer over a loaded router bundle (encoder + routers from lmroute_bundle).
 
-One call tokenises the batch once and embeds it once; every router of the batch reads that one
-encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
+One call embeds the batch once; every router of the batch reads that one encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
 encoder runs on length-sorted chunks (`length_chunks`: at most `encoder_chunk_size` prompts and at most
 25 % padding each, whatever the batch size), so short prompts are not padded to the longest one (on CPU
 one padded run of mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
+Prompts are tokenised once: `count_tokens` (the scheduler's admission step, on another thread) keeps
+each prompt's tokens in a small bounded memo that `score` takes them from (`TokenBatch.stack` pads them
+to one batch, equal to tokenising the batch at once); a prompt not found there is tokenised again.
 `providers_for_device`
 turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime has no CUDA provider.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,12 +79,17 @@ def providers_for_device(device: str) -> tuple[str, ...]:
 class BundleScorer:
     """Scorer over one Bundle; call from one thread at a time (the scheduler's scoring thread)."""
 
-    def __init__(self, bundle: Bundle, *, encoder_chunk_size: int = 8) -> None:
+    def __init__(self, bundle: Bundle, *, encoder_chunk_size: int = 8, token_memo_size: int = 1024) -> None:
         if encoder_chunk_size < 1:
             raise ValueError(f"encoder_chunk_size must be >= 1, got {encoder_chunk_size}")
         self.bundle = bundle
         self.encoder_chunk_size = encoder_chunk_size
         self._names = tuple(bundle.routers)
+        # text -> its one-row TokenBatch, from count_tokens; bounded (oldest out), shared by two threads
+        self._memo: OrderedDict[str, TokenBatch] = OrderedDict()
+        self._memo_size = token_memo_size
+        self._memo_lock = threading.Lock()
+        self.tokenized_again = 0  # prompts score() had to tokenise because the memo did not hold them
 
     @classmethod
     def load(
@@ -105,13 +114,37 @@ class BundleScorer:
         return self._names
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [int(n) for n in self.bundle.encoder.tokenize(texts).n_tokens]
+        tokens = self.bundle.encoder.tokenize(texts)
+        if self._memo_size > 0:
+            rows = [(t, tokens.select([i])) for i, t in enumerate(texts)]
+            with self._memo_lock:
+                for text, row in rows:
+                    self._memo[text] = row
+                    self._memo.move_to_end(text)
+                while len(self._memo) > self._memo_size:
+                    self._memo.popitem(last=False)
+        return [int(n) for n in tokens.n_tokens]
+
+    def _tokens(self, texts: Sequence[str]) -> TokenBatch:
+        """The batch's tokens: memo rows where count_tokens left them, the rest tokenised now."""
+        with self._memo_lock:
+            rows: list[TokenBatch | None] = [self._memo.pop(t, None) for t in texts]
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if len(missing) == len(texts):
+            self.tokenized_again += len(texts)
+            return self.bundle.encoder.tokenize(texts)
+        if missing:
+            self.tokenized_again += len(missing)
+            fresh = self.bundle.encoder.tokenize([texts[i] for i in missing])
+            for j, i in enumerate(missing):
+                rows[i] = fresh.select([j])
+        return TokenBatch.stack([r for r in rows if r is not None], self.bundle.encoder.pad_id)
 
     def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
         n = len(texts)
         if len(routers) != n:
             raise ValueError(f"score: {n} texts but {len(routers)} router lists")
-        tokens = self.bundle.encoder.tokenize(texts)
+        tokens = self._tokens(texts)
         wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
         for name in wanted:
             if name not in self.bundle.routers:

@@ -174,6 +174,19 @@ def test_server_timings_split_encoder_from_the_rest(server: ServerThread, client
     assert 0.0 < enc.total <= score.total  # the encoder is part of the scorer call, never more
 
 
+def test_admitted_prompts_are_not_tokenised_twice(server: ServerThread, client: RouterClient) -> None:
+    """The scheduler tokenises at admission (to count tokens); the scorer reuses those tokens."""
+    from lmroute_service.bundle_scorer import BundleScorer
+
+    sched = server.server.scheduler
+    assert sched is not None and isinstance(sched.scorer, BundleScorer)
+    before = sched.scorer.tokenized_again
+    prompts = _prompts(10, seed=13)
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda i: client.score(prompts[2 * i : 2 * i + 2]), range(5)))
+    assert sched.scorer.tokenized_again == before
+
+
 def test_long_prompt_is_truncated_and_reported(client: RouterClient, bundle: Bundle) -> None:
     text = "explain quantum gravity " * 200
     r = client.score([text, "short"]).results

@@ -100,6 +100,28 @@ def test_select_reorders_and_trims_padding(encoder: OnnxEncoder) -> None:
         tb.select([3])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_stack_of_separately_tokenised_parts_equals_one_tokenize(encoder: OnnxEncoder, seed: int) -> None:
+    """What the service does: prompts tokenised at admission (in their own requests) and stacked into
+    one batch later give exactly the arrays of tokenising that batch at once."""
+    rng = np.random.default_rng(seed)
+    texts = [TEXTS[i] for i in rng.integers(0, len(TEXTS), size=int(rng.integers(1, 12)))]
+    texts.append("word " * 60)  # longer than max_tokens 32: truncated
+    cuts = sorted(set(rng.integers(1, len(texts), size=3).tolist()))
+    parts, start = [], 0
+    for cut in [*cuts, len(texts)]:
+        part = encoder.tokenize(texts[start:cut])
+        parts += [part.select([i]) for i in range(len(part))] if seed % 2 else [part]
+        start = cut
+    stacked = TokenBatch.stack(parts, encoder.pad_id)
+    whole = encoder.tokenize(texts)
+    for field in ("input_ids", "attention_mask", "token_type_ids", "n_tokens", "truncated"):
+        got, want = getattr(stacked, field), getattr(whole, field)
+        assert got.dtype == want.dtype and got.shape == want.shape, field
+        np.testing.assert_array_equal(got, want, err_msg=field)
+    assert len(TokenBatch.stack([], encoder.pad_id)) == 0
+
+
 def test_tokenize_rejects_bad_input(encoder: OnnxEncoder) -> None:
     with pytest.raises(TypeError, match="single str"):
         encoder.tokenize("not a list")
