@@ -113,7 +113,7 @@ def profile_lines(res: dict[str, Any], k: dict[str, Any]) -> list[str]:
     out = ["", "## Where the time goes (the service's own timings)", "",
            "Per closed-loop Route run: the server-side window (stats snapshot before the run to the first idle "
            "one after it) split into the scoring thread's time inside the encoder (ONNX Runtime embed), inside "
-           "the rest of the scorer (tokenising the batch, router math) and idle (waiting for the event loop: "
+           "the rest of the scorer (stacking the admitted tokens, router math) and idle (waiting for the event loop: "
            "gRPC, admission tokenising, batch forming; all on the server's cores).", "",
            "| run | conc. | OK/s | mean batch | encoder ms per prompt | encoder % | rest of scorer % | idle % |",
            "|---|---|---|---|---|---|---|---|"]
@@ -139,7 +139,8 @@ def profile_lines(res: dict[str, Any], k: dict[str, Any]) -> list[str]:
            if "tokenize_ms_per_prompt" in res.get(w, {})]
     if tok:
         out.append(f"Tokenising alone costs {f(mean(tok), 3)} ms per prompt; the service tokenises every prompt "
-                   "twice (once at admission to count tokens for the padded-token budget, once in the scorer).")
+                   "once, at admission (on a helper thread, to count tokens for the padded-token budget), and the "
+                   "scorer reuses those tokens.")
     ov = k["overload"]
     if ov and ov.get("server_before") and ov.get("server_after"):
         c0, c1 = ov["server_before"].get("counters", {}), ov["server_after"].get("counters", {})
@@ -284,7 +285,7 @@ def write_report(res: dict[str, Any], out: Path, plot_prefix: str = "") -> str:
     runs = res["runs"]
     L += ["", "## Closed loop (ghz -c N, fixed number of callers)", "",
           "Server columns come from the service's own timings (`--stats-path`): per batch, the scorer call "
-          "split into the encoder (ONNX Runtime embed) and the rest (tokenising the batch, router math); *scorer busy* is the share of the server-side window (stats snapshot "
+          "split into the encoder (ONNX Runtime embed) and the rest (stacking the admitted tokens, router math); *scorer busy* is the share of the server-side window (stats snapshot "
           "before the run to the first idle one after it) that the scoring thread spent in the scorer "
           "(100 % = the encoder never waits for work).", ""]
     L += run_table([r for r in runs if r["phase"] in ("service_route", "service_score", "service_connections",
