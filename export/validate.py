@@ -565,7 +565,9 @@ def validate_bundle(
     results: list[SourceResult] = []
     for table in pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores).values():
         q = emb_of(table.prompts)
-        clean = ((q @ train_emb.T).max(axis=1) < decontaminate) & ((q @ prior_emb.T).max(axis=1) < decontaminate)
+        clean = (q @ train_emb.T).max(axis=1) < decontaminate
+        if len(prior_emb):
+            clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
         table, q = _subset(table, clean), q[clean]
         if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
             continue

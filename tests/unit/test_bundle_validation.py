@@ -475,3 +475,17 @@ def test_update_calibration(pristine: Path, tmp_path: Path) -> None:
         )
     assert str(info.value) == "manifest.json: calibration.thresholds: no entry for router 'random'"
     assert read_manifest(out) == updated  # a refused update leaves the manifest alone
+
+
+def test_update_blends_sets_and_clears(bundle_dir: Path) -> None:
+    from lmroute_bundle.manifest import Blend
+    from lmroute_bundle.writer import update_blends
+
+    m = update_blends(bundle_dir, {"sw_ranking": Blend(prior_weight=0.5, center=0.0, scale=2.0), "mf": None})
+    assert m.routers["sw_ranking"].blend == Blend(prior_weight=0.5, center=0.0, scale=2.0)
+    assert m.routers["mf"].blend is None and m.routers["bert"].blend is not None
+    bundle = load_bundle(bundle_dir)  # still valid: checksums untouched, manifest re-parsed
+    assert type(bundle.routers["mf"]).__name__ == "MFRouter"
+    assert type(bundle.routers["sw_ranking"]).__name__ == "BlendedRouter"
+    with pytest.raises(ValueError, match=r"update_blends: unknown router\(s\) \['knn'\]"):
+        update_blends(bundle_dir, {"knn": None})

@@ -237,3 +237,49 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
     np.testing.assert_allclose(blended(emb), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="prior_weight needs a difficulty prior"):
         fit_scorers(replace(base, prior_weight=1.0), comps, train_emb, strong=S, weak=W, routers=("mf",))
+
+
+def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
+    """validate_bundle scores a real (tiny) bundle on fold 0 with the bundle's own blend taken off; at
+    weight 0 the blend is a monotone map of the router's score, so APGR equals the plain router's."""
+    from lmroute_bundle import load_bundle
+    from lmroute_bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+    from lmroute_export.train_prior import fit_difficulty_prior
+    from lmroute_export.validate import evaluate_table, kfold_by_prompt, validate_bundle
+
+    enc = make_fake_encoder_dir(tmp_path / "enc", dim=16)
+    path = make_tiny_bundle(tmp_path / "bundle", encoder_dir=enc, bert_onnx=make_fake_classifier(tmp_path / "b.onnx"))
+    bundle = load_bundle(path)
+    strong, weak = bundle.manifest.default_pair.strong, bundle.manifest.default_pair.weak
+    prompts = synthetic_prompts(200, seed=9)
+    rng = np.random.default_rng(0)
+    models = tuple(sorted((strong, weak)))
+    rows = [(i, strong, weak, int(rng.integers(0, 3)), "routerbench_arc") for i in range(len(prompts))]
+    comps = Comparisons(
+        prompts=tuple(prompts),
+        prompt_idx=np.arange(len(prompts), dtype=np.int32),
+        model_a=np.array([models.index(r[1]) for r in rows], dtype=np.int32),
+        model_b=np.array([models.index(r[2]) for r in rows], dtype=np.int32),
+        outcome=np.array([r[3] for r in rows], dtype=np.int8),
+        label_kind=np.full(len(rows), 2, dtype=np.int8),
+        source=np.zeros(len(rows), dtype=np.int8),
+        models=models,
+        sources=("routerbench_arc",),
+    )
+
+    def emb_of(texts):
+        return bundle.encoder.embed(bundle.encoder.tokenize(list(texts))) if len(texts) else np.zeros((0, 16), np.float32)
+
+    labels_emb = emb_of(synthetic_prompts(50, seed=3))
+    prior = fit_difficulty_prior(labels_emb, rng.random(50), ridge=1.0)
+    results = validate_bundle(
+        path, comps, emb_of, judge_scores=None, prior=prior, prior_emb=labels_emb[:0],
+        prior_weights=[0.0, 1.0], routers=["mf", "bert"], strong=strong, weak=weak, standardise_on=50,
+    )
+    assert sorted(r.router for r in results) == ["bert@0", "bert@1", "mf@0", "mf@1"]
+    val = kfold_by_prompt(comps, 10)[0][1]
+    table = pair_tables(val, strong=strong, weak=weak)["routerbench_arc"]
+    plain = bundle.routers["mf"].inner.score(bundle.prompt_batch(table.prompts))
+    at_zero = next(r for r in results if r.router == "mf@0")
+    assert at_zero.apgr == pytest.approx(evaluate_table(table, plain, router="mf").apgr, abs=1e-12)
+    assert next(r for r in results if r.router == "mf@1").apgr != at_zero.apgr
