@@ -52,6 +52,8 @@ RIDGE_REL = 1e-9
 """Ridge (relative to the total cell weight) added only when the unpenalised MLE is infinite."""
 
 _GRAD_TOL_REL = 1e-12
+_F_SLACK_REL = 1e-13  # line search: a change of f below this (relative) is rounding, not an increase
+_STEP_TOL = 1e-10  # log-odds: with the gradient test, what "converged" means (scores to ~1e-10 relative)
 _MAX_NEWTON_ITER = 200
 
 F64 = NDArray[np.float64]
@@ -329,6 +331,12 @@ def _gauge_matrix(linked: NDArray[np.bool_]) -> F64:
     return comp / comp.sum(axis=1, keepdims=True)
 
 
+def _sigmoid(x: F64) -> F64:
+    """1 / (1 + exp(-x)) with full relative precision on both tails."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def _objective(
     r: F64, la: NDArray[np.int64], lb: NDArray[np.int64], y: F64, w: F64, ridge: float
 ) -> float:
@@ -347,19 +355,23 @@ def _newton(
     gauge: F64,
     total: float,
 ) -> F64:
-    """Minimise the negative log-likelihood (+ ridge) by Newton with backtracking."""
+    """Minimise the negative log-likelihood (+ ridge) by Newton with backtracking.
+
+    Converged when the gradient is below 1e-12 of the total weight *and* the Newton step is below
+    1e-10 (cells can span 20 orders of magnitude: a cell 1e-14 of the total leaves a tiny gradient
+    while it still moves R by units). Probabilities are formed without 1 - p, and a change of f
+    below 1e-13 of |f| counts as no increase in the line search (rounding, not a worse point)."""
     r = np.zeros(k, dtype=np.float64)
     f = _objective(r, la, lb, y, w, ridge)
     tol = _GRAD_TOL_REL * total
     for _ in range(_MAX_NEWTON_ITER):
         d = r[la] - r[lb]
-        p = 0.5 * (1.0 + np.tanh(0.5 * d))  # sigmoid, stable
-        resid = w * (p - y)
+        p, q = _sigmoid(d), _sigmoid(-d)  # P(a wins), P(b wins), each accurate near 0 (no 1 - p)
+        resid = w * ((1.0 - y) * p - y * q)  # w * (p - y) without cancellation when p ~ 1
         grad = np.bincount(la, resid, minlength=k) - np.bincount(lb, resid, minlength=k)
         grad += 2.0 * ridge * r
-        if float(np.linalg.norm(grad)) < tol:
-            break
-        curv = w * p * (1.0 - p)
+        small_grad = float(np.linalg.norm(grad)) < tol
+        curv = w * p * q
         hess = np.zeros((k, k), dtype=np.float64)
         np.add.at(hess, (la, la), curv)
         np.add.at(hess, (lb, lb), curv)
@@ -374,11 +386,13 @@ def _newton(
             # numerically singular: cell weights spanning ~20+ orders of magnitude (e.g. a huge
             # gamma) drown the small cells' curvature; the least-squares step still descends.
             step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        if small_grad and float(np.max(np.abs(step))) <= _STEP_TOL:
+            break  # converged: a small gradient can hide a cell 1e-12 of the total that still moves r
         t = 1.0
         while True:
             cand = r - t * step
             f_new = _objective(cand, la, lb, y, w, ridge)
-            if f_new <= f + 1e-4 * t * (-float(np.dot(grad, step))) or t < 1e-10:
+            if f_new <= f + 1e-4 * t * (-float(np.dot(grad, step))) + _F_SLACK_REL * abs(f) or t < 1e-10:
                 break
             t *= 0.5
         if t < 1e-10:

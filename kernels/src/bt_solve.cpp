@@ -11,6 +11,8 @@ namespace {
 
 constexpr double kRidgeRel = 1e-9;      // reference.RIDGE_REL
 constexpr double kGradTolRel = 1e-12;   // reference._GRAD_TOL_REL
+constexpr double kStepTol = 1e-10;      // reference._STEP_TOL
+constexpr double kFSlackRel = 1e-13;    // reference._F_SLACK_REL
 constexpr int kMaxNewtonIter = 200;     // reference._MAX_NEWTON_ITER
 
 using Matrix = std::vector<double>;     // k x k, row-major
@@ -20,6 +22,7 @@ using BoolMatrix = std::vector<char>;
 struct LocalCells {
     std::vector<int32_t> la, lb;
     std::vector<double> y, w;
+    std::vector<double> ny;  // 1 - y, kept apart: a tier pair's 1 - Y can be ~1e-14 (no cancellation)
     std::vector<int32_t> present;  // local -> global tier
     double total = 0.0;
 };
@@ -44,6 +47,7 @@ LocalCells keep_positive(const CellDesign& d, const double* weights) {
             out.la.push_back(local[d.a[j]]);
             out.lb.push_back(local[d.b[j]]);
             out.y.push_back(d.y[j]);
+            out.ny.push_back(1.0 - d.y[j]);  // exact: cell outcomes are 0, 0.5 or 1
             out.w.push_back(weights[j]);
             out.total += weights[j];
         }
@@ -56,12 +60,13 @@ LocalCells keep_positive(const CellDesign& d, const double* weights) {
 // Y = sum w_j y_j / W (a cell stored as (b, a) enters with 1 - y). Gradient and Hessian are equal too;
 // with 10 tiers 270 cells become 45 pairs, so each Newton step costs ~6x less.
 LocalCells by_pair(const LocalCells& c, int k) {
-    std::vector<double> w(static_cast<size_t>(k) * k, 0.0), wy(w.size(), 0.0);
+    std::vector<double> w(static_cast<size_t>(k) * k, 0.0), wy(w.size(), 0.0), wn(w.size(), 0.0);
     for (size_t j = 0; j < c.w.size(); ++j) {
         const bool swap = c.la[j] > c.lb[j];
         const int a = swap ? c.lb[j] : c.la[j], b = swap ? c.la[j] : c.lb[j];
         w[a * k + b] += c.w[j];
-        wy[a * k + b] += c.w[j] * (swap ? 1.0 - c.y[j] : c.y[j]);
+        wy[a * k + b] += c.w[j] * (swap ? c.ny[j] : c.y[j]);
+        wn[a * k + b] += c.w[j] * (swap ? c.y[j] : c.ny[j]);
     }
     LocalCells out;
     out.present = c.present;
@@ -74,6 +79,7 @@ LocalCells by_pair(const LocalCells& c, int k) {
                 out.lb.push_back(b);
                 out.w.push_back(wab);
                 out.y.push_back(std::clamp(wy[a * k + b] / wab, 0.0, 1.0));
+                out.ny.push_back(std::clamp(wn[a * k + b] / wab, 0.0, 1.0));
             }
         }
     }
@@ -95,11 +101,17 @@ double log1p_exp(double x) {  // log(1 + e^x) = logaddexp(0, x)
     return std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
 }
 
+// 1 / (1 + exp(-x)) with full relative precision on both tails (reference._sigmoid).
+double sigmoid(double x) {
+    const double e = std::exp(-std::abs(x));
+    return x >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
 double objective(const LocalCells& c, const std::vector<double>& r, double ridge) {
     double f = 0.0;
     for (size_t j = 0; j < c.w.size(); ++j) {
         const double d = r[c.la[j]] - r[c.lb[j]];
-        f += c.w[j] * (c.y[j] * log1p_exp(-d) + (1.0 - c.y[j]) * log1p_exp(d));
+        f += c.w[j] * (c.y[j] * log1p_exp(-d) + c.ny[j] * log1p_exp(d));
     }
     double rr = 0.0;
     for (double v : r) rr += v * v;
@@ -201,11 +213,11 @@ std::vector<double> newton(const LocalCells& c, int k, double ridge, const Matri
         std::fill(hess.begin(), hess.end(), 0.0);
         for (size_t j = 0; j < n; ++j) {
             const double d = r[c.la[j]] - r[c.lb[j]];
-            const double p = 0.5 * (1.0 + std::tanh(0.5 * d));
-            const double resid = c.w[j] * (p - c.y[j]);
+            const double p = sigmoid(d), q = sigmoid(-d);  // no 1 - p: accurate when p ~ 1
+            const double resid = c.w[j] * (c.ny[j] * p - c.y[j] * q);
             grad[c.la[j]] += resid;
             grad[c.lb[j]] -= resid;
-            const double curv = c.w[j] * p * (1.0 - p);
+            const double curv = c.w[j] * p * q;
             const int a = c.la[j], b = c.lb[j];
             hess[a * k + a] += curv;
             hess[b * k + b] += curv;
@@ -213,7 +225,7 @@ std::vector<double> newton(const LocalCells& c, int k, double ridge, const Matri
             hess[b * k + a] -= curv;
         }
         for (int i = 0; i < k; ++i) grad[i] += 2.0 * ridge * r[i];
-        if (norm2(grad) < tol) break;
+        const bool small_grad = norm2(grad) < tol;
         for (int i = 0; i < k; ++i) hess[i * k + i] += 2.0 * ridge;
         if (ridge == 0.0) {
             double trace = 0.0;
@@ -222,13 +234,18 @@ std::vector<double> newton(const LocalCells& c, int k, double ridge, const Matri
             for (size_t i = 0; i < hess.size(); ++i) hess[i] += gauge[i] * scale;
         }
         if (!solve_lu(hess, grad, k, step)) step = solve_symmetric_lstsq(hess, grad, k);
+        if (small_grad) {  // converged only if the Newton step is tiny too (a cell 1e-12 of the total
+            double biggest = 0.0;  // weight can leave a small gradient while r is still far off)
+            for (int i = 0; i < k; ++i) biggest = std::max(biggest, std::abs(step[i]));
+            if (biggest <= kStepTol) break;
+        }
         double g_dot_step = 0.0;
         for (int i = 0; i < k; ++i) g_dot_step += grad[i] * step[i];
         double t = 1.0, f_new;
         while (true) {
             for (int i = 0; i < k; ++i) cand[i] = r[i] - t * step[i];
             f_new = objective(c, cand, ridge);
-            if (f_new <= f + 1e-4 * t * (-g_dot_step) || t < 1e-10) break;
+            if (f_new <= f + 1e-4 * t * (-g_dot_step) + kFSlackRel * std::abs(f) || t < 1e-10) break;
             t *= 0.5;
         }
         if (t < 1e-10) break;  // at the floating-point floor
