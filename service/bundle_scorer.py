@@ -1,14 +1,17 @@
 """BundleScorer: the product Scorer over a loaded router bundle (encoder + routers from lmroute_bundle).
 
-One call embeds the batch once; every router of the batch reads that one encoding (routers asked for by only part of the batch read the selected rows). Inside a batch the
-encoder runs on length-sorted chunks (`length_chunks`: at most `encoder_chunk_size` prompts and at most
-25 % padding each, whatever the batch size), so short prompts are not padded to the longest one (on CPU
-one padded run of mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
+One call embeds the batch once; every router of the batch reads that one encoding (routers asked for
+by only part of the batch read the selected rows). Inside a batch the encoder runs on length-sorted
+chunks (`length_chunks`: at most `encoder_chunk_size` prompts and at most 25 % padding each, whatever
+the batch size), so short prompts are not padded to the longest one (on CPU one padded run of
+mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
+
 Prompts are tokenised once: `count_tokens` (the scheduler's admission step, on another thread) keeps
 each prompt's tokens in a small bounded memo that `score` takes them from (`TokenBatch.stack` pads them
 to one batch, equal to tokenising the batch at once); a prompt not found there is tokenised again.
-`providers_for_device`
-turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime has no CUDA provider.
+
+`providers_for_device` turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime
+has no CUDA provider.
 """
 
 from __future__ import annotations
