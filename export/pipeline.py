@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from lmroute_bundle import (
-    Blend,
     DefaultPair,
     EncoderSpec,
     RouterArtifacts,
@@ -356,10 +355,7 @@ def _blend_routers(cfg: BuildConfig, train: Comparisons, weights: dict[str, floa
     bundle = load_bundle(cfg.out_dir, intra_op_threads=2, require_calibration=False)
     sample = [train.prompts[i] for i in evenly_spaced(len(train.prompts), cfg.prior_standardise_on)]
     scores = score_bundle(bundle, sample, progress=None, routers=tuple(weights))
-    blends = {}
-    for name, weight in weights.items():
-        bp = blend_params(scores[name], weight)
-        blends[name] = Blend(prior_weight=bp.weight, center=bp.center, scale=bp.scale)
+    blends = {name: blend_params(scores[name], weight) for name, weight in weights.items()}
     update_blends(cfg.out_dir, blends)
     return {name: b.to_dict() for name, b in blends.items()}
 

@@ -20,12 +20,15 @@ the training prompts: robust to the heavy tails of sw_ranking's logits), and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DifficultyPrior", "BlendParams", "fit_difficulty_prior", "blend_params", "robust_center_scale"]
+from lmroute_bundle.manifest import Blend
+from lmroute_kernels.reference import score_logit
+
+__all__ = ["DifficultyPrior", "fit_difficulty_prior", "blend_params", "robust_center_scale"]
 
 IQR_TO_STD = 1.349  # IQR of a standard normal
 
@@ -50,19 +53,7 @@ class DifficultyPrior:
     def with_standardisation(self, emb: NDArray[np.floating]) -> DifficultyPrior:
         """This prior with center / scale measured on the difficulties of `emb`."""
         center, scale = robust_center_scale(self.difficulty(emb))
-        return DifficultyPrior(self.weights, self.bias, self.ridge, self.n_questions, self.train_r2, center, scale)
-
-
-@dataclass(frozen=True)
-class BlendParams:
-    """How one router's score is blended with the prior (see the module docstring)."""
-
-    weight: float
-    center: float
-    scale: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"prior_weight": self.weight, "center": self.center, "scale": self.scale}
+        return replace(self, center=center, scale=scale)
 
 
 def robust_center_scale(values: NDArray[np.floating]) -> tuple[float, float]:
@@ -96,15 +87,10 @@ def fit_difficulty_prior(emb: NDArray[np.floating], mean_score: NDArray[np.float
     return DifficultyPrior(weights=weights, bias=bias, ridge=ridge, n_questions=x.shape[0], train_r2=r2)
 
 
-def blend_params(router_scores: NDArray[np.floating], weight: float) -> BlendParams:
-    """Center / scale of logit(router_scores) (scores of the router on its training prompts)."""
+def blend_params(router_scores: NDArray[np.floating], weight: float) -> Blend:
+    """The bundle's blend for a router: `weight` and the center / scale of logit(router_scores) (the
+    router's scores on its training prompts)."""
     if weight < 0 or not np.isfinite(weight):
         raise ValueError(f"blend_params: prior weight must be finite and >= 0, got {weight}")
-    center, scale = robust_center_scale(_logit(router_scores))
-    return BlendParams(weight=float(weight), center=center, scale=scale)
-
-
-def _logit(p: NDArray[np.floating]) -> NDArray[np.float64]:
-    from lmroute_kernels.reference import score_logit
-
-    return score_logit(p)
+    center, scale = robust_center_scale(score_logit(router_scores))
+    return Blend(prior_weight=float(weight), center=center, scale=scale)

@@ -445,7 +445,7 @@ def _blended(scorer: Scorer, prior: DifficultyPrior, train_emb: NDArray[np.float
     def blended(e: NDArray[np.float32]) -> NDArray[np.float64]:
         return blend_scores(
             scorer(e), e, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
-            weight=bp.weight, center=bp.center, scale=bp.scale,
+            weight=bp.prior_weight, center=bp.center, scale=bp.scale,
         )
 
     return blended
@@ -577,7 +577,7 @@ def validate_bundle(
                 bp = blend_params(train_scores[router], weight)
                 blended = blend_scores(
                     scores, q, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
-                    weight=bp.weight, center=bp.center, scale=bp.scale,
+                    weight=bp.prior_weight, center=bp.center, scale=bp.scale,
                 )
                 results.append(evaluate_table(table, blended, router=f"{router}@{weight:g}", random_seeds=random_seeds))
     return results

@@ -65,7 +65,7 @@ def test_blend_params_measure_the_router_logits() -> None:
     bp = blend_params(p, 2.0)
     logits = np.log(p / (1 - p))
     q25, q50, q75 = np.percentile(logits, [25, 50, 75])
-    assert (bp.weight, bp.center) == (2.0, pytest.approx(q50))
+    assert (bp.prior_weight, bp.center) == (2.0, pytest.approx(q50))
     assert bp.scale == pytest.approx((q75 - q25) / 1.349)
     with pytest.raises(ValueError, match="prior weight must be finite and >= 0"):
         blend_params(p, -1.0)
