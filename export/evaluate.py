@@ -432,7 +432,9 @@ def reference_baselines(bundle: Bundle) -> dict[str, Any]:
     """Two trivial routers any router worth shipping should beat, scored like the routers:
     ``baseline:length`` (longer prompt -> strong) and, when the bundle carries one,
     ``baseline:prior`` (the difficulty prior alone, without any router)."""
-    out: dict[str, Any] = {"baseline:length": lambda batch: np.array([len(t) for t in batch.texts], dtype=np.float64)}
+    from lmroute_export.validate import length_scores  # the harness's length baseline, the same scores
+
+    out: dict[str, Any] = {"baseline:length": lambda batch: length_scores(batch.texts)}
     prior = bundle.manifest.difficulty_prior
     if prior is not None:
         weights = np.load(bundle.path / prior.files["weights"]).astype(np.float64)
