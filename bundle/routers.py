@@ -9,9 +9,10 @@ model's); the service routes to strong when score >= threshold. Routers hold val
     SWRankingRouter  similarity-weighted Bradley-Terry over tiers          (compiled core, SWIndex)
     BertRouter       softmax(logits)[strong_wins] of a 3-label ONNX classifier fed the TokenBatch
 
-mf and sw_ranking score through the compiled core (`lmroute_kernels.compiled`), which equals the NumPy
-reference to <= 1e-6; constructing them raises `KernelUnavailableError` (an ImportError naming the
-cause) when the core is missing or stale. There is no fallback to the reference at run time.
+mf and sw_ranking, and the difficulty-prior blend (`BlendedRouter`), score through the compiled core
+(`lmroute_kernels.compiled`), which equals the NumPy reference to <= 1e-6; constructing them raises
+`KernelUnavailableError` (an ImportError naming the cause) when the core is missing or stale. There is
+no fallback to the reference at run time.
 """
 
 from __future__ import annotations
@@ -214,8 +215,9 @@ class BertRouter:
 
 class BlendedRouter:
     """Another router's score blended with the bundle's difficulty prior (docs/BUNDLE.md
-    "difficulty_prior"; the math is `lmroute_kernels.reference.blend_scores`, float64). Same name and
-    kind as the router it wraps; it needs the encoder's embeddings even when that router does not."""
+    "difficulty_prior"; the math is `lmroute_kernels.reference.blend_scores`, float64, computed by the
+    compiled core's `blend_scores`). Same name and kind as the router it wraps; it needs the encoder's
+    embeddings even when that router does not."""
 
     uses_encoder = True
 
@@ -231,6 +233,7 @@ class BlendedRouter:
         center: float,
         scale: float,
     ) -> None:
+        self._core = _compiled()
         self.inner = inner
         self.name = inner.name
         self.kind = inner.kind
@@ -242,7 +245,7 @@ class BlendedRouter:
         emb = _need_embeddings(self.name, self.kind, batch, self.prior_weights.shape[0])
         bias, p_center, p_scale = self.prior
         weight, center, scale = self.blend
-        return reference.blend_scores(
+        return self._core.blend_scores(
             self.inner.score(batch), emb, self.prior_weights, bias, p_center, p_scale,
             weight=weight, center=center, scale=scale,
         )

@@ -8,6 +8,8 @@
     MFIndex     mf: per-model vectors folded once from the factors; `logits(emb)` [b, n_models] and
                 `pair_scores(emb, pairs)` = P(strong beats weak) per (strong, weak) pair
     bt_ratings  the small Bradley-Terry Newton solve on its own
+    blend_scores  a router's scores blended with the difficulty prior (one call per batch: after the
+                encoder, a handful of NumPy calls on cold caches cost more than the math)
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
@@ -42,6 +44,7 @@ __all__ = [
     "KernelUnavailableError",
     "MFIndex",
     "SWIndex",
+    "blend_scores",
     "bt_ratings",
     "cpu_features",
     "get_num_threads",
@@ -50,7 +53,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -382,6 +385,35 @@ class MFIndex:
     def pair_scores(self, emb: NDArray[np.floating], pairs: Sequence[tuple[int, int]]) -> F64:
         """P(strong beats weak) = sigmoid(logit_strong - logit_weak) [b, n_pairs]."""
         return pair_probabilities(emb, self.pair_vectors(pairs))
+
+
+def blend_scores(
+    router_scores: NDArray[np.floating],
+    query_emb: NDArray[np.floating],
+    prior_weights: NDArray[np.floating],
+    prior_bias: float,
+    prior_center: float,
+    prior_scale: float,
+    *,
+    weight: float,
+    center: float,
+    scale: float,
+) -> F64:
+    """reference.blend_scores in one compiled call (same arguments, same refusals); query_emb is used
+    as float32, as the encoder produces it."""
+    p = np.ascontiguousarray(router_scores, dtype=np.float64)
+    q = np.asarray(query_emb)
+    w = np.ascontiguousarray(prior_weights, dtype=np.float64)
+    if q.ndim != 2:
+        raise ValueError(f"query_emb must be 2-D, got shape {q.shape}")
+    if p.shape != (q.shape[0],) or w.shape != (q.shape[1],):
+        raise ValueError(f"blend_scores: scores {p.shape}, query_emb {q.shape}, prior_weights {w.shape} do not match")
+    if not (scale > 0 and prior_scale > 0):
+        raise ValueError(f"blend_scores: scales must be positive, got {scale} and {prior_scale}")
+    out = np.empty(q.shape[0], dtype=np.float64)
+    _core.blend_scores(p, np.ascontiguousarray(q, dtype=np.float32), w, float(prior_bias), float(prior_center),
+                       float(prior_scale), float(weight), float(center), float(scale), reference.LOGIT_EPS, out)
+    return out
 
 
 def pair_probabilities(emb: NDArray[np.floating], pair_vectors: NDArray[np.floating]) -> F64:

@@ -242,7 +242,7 @@ def blend_scores(
         raise ValueError(f"blend_scores: scales must be positive, got {scale} and {prior_scale}")
     difficulty = -(q @ w + prior_bias)
     z = (score_logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+    return _sigmoid(z)
 
 
 def _as_2d(arr: NDArray[np.floating], name: str) -> F64:

@@ -2,8 +2,10 @@
 
 `BatchQueue` has two verbs, `append` and `next_batch`; `next_batch` pops FIFO within a prompt-count
 limit and a padded-token budget (longest prompt x prompts) and returns the dead items (cancelled or
-expired futures) it met on the way, for the scheduler to count. `Admission` bounds the prompts that
-are queued or being scored. No asyncio scheduling happens here (see lmroute_service.scheduler).
+expired futures) it met on the way, for the scheduler to count. An item whose tokens were not counted
+(`n_tokens` None: the scheduler's idle fast path) always forms a batch of its own. `Admission` bounds
+the prompts that are queued or being scored. No asyncio scheduling happens here (see
+lmroute_service.scheduler).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ QUEUED, RUNNING, DONE = "queued", "running", "done"
 class Item:
     text: str
     routers: tuple[str, ...]
-    n_tokens: int
+    n_tokens: int | None  # None: not counted at admission (it is scored alone); set once scored
     future: asyncio.Future[Any]
     enqueued_at: float
     state: str = QUEUED
@@ -74,6 +76,8 @@ class BatchQueue:
         for it in self._items:
             if it.future.done():
                 continue
+            if it.n_tokens is None:  # uncounted: goes alone, so a batch is ready
+                return True
             n += 1
             longest = max(longest, it.n_tokens)
             if n >= max_size or longest * n >= max_tokens:
@@ -90,6 +94,10 @@ class BatchQueue:
             if it.future.done():
                 dead.append(self._items.popleft())
                 continue
+            if it.n_tokens is None:  # uncounted: a batch of its own
+                if not batch:
+                    batch.append(self._items.popleft())
+                break
             new_longest = max(longest, it.n_tokens)
             if batch and new_longest * (len(batch) + 1) > max_tokens:
                 break

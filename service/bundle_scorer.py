@@ -8,7 +8,8 @@ mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
 
 Prompts are tokenised once: `count_tokens` (the scheduler's admission step, on another thread) keeps
 each prompt's tokens in a small bounded memo that `score` takes them from (`TokenBatch.stack` pads them
-to one batch, equal to tokenising the batch at once); a prompt not found there is tokenised again.
+to one batch, equal to tokenising the batch at once); a prompt not found there (the scheduler's idle
+fast path skips the count; or the memo dropped it) is tokenised in `score`. Two counters say which.
 
 `providers_for_device` turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime
 has no CUDA provider.
@@ -92,7 +93,8 @@ class BundleScorer:
         self._memo: OrderedDict[str, TokenBatch] = OrderedDict()
         self._memo_size = token_memo_size
         self._memo_lock = threading.Lock()
-        self.tokenized_again = 0  # prompts score() had to tokenise because the memo did not hold them
+        self.tokenized_at_admission = 0  # prompts tokenised by count_tokens
+        self.tokenized_in_score = 0  # prompts score() tokenised because the memo did not hold them
 
     @classmethod
     def load(
@@ -118,6 +120,7 @@ class BundleScorer:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         tokens = self.bundle.encoder.tokenize(texts)
+        self.tokenized_at_admission += len(texts)
         if self._memo_size > 0:
             rows = [(t, tokens.select([i])) for i, t in enumerate(texts)]
             with self._memo_lock:
@@ -134,10 +137,10 @@ class BundleScorer:
             rows: list[TokenBatch | None] = [self._memo.pop(t, None) for t in texts]
         missing = [i for i, r in enumerate(rows) if r is None]
         if len(missing) == len(texts):
-            self.tokenized_again += len(texts)
+            self.tokenized_in_score += len(texts)
             return self.bundle.encoder.tokenize(texts)
         if missing:
-            self.tokenized_again += len(missing)
+            self.tokenized_in_score += len(missing)
             fresh = self.bundle.encoder.tokenize([texts[i] for i in missing])
             for j, i in enumerate(missing):
                 rows[i] = fresh.select([j])

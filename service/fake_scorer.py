@@ -2,7 +2,8 @@
 
 Scores are a hash of (router, text) mapped to [0, 1), so batched == single by construction. Tokens are
 whitespace-separated words + 2 special tokens, capped at `max_tokens`. Every call is recorded in
-`calls` (the texts of each batch, in order) so tests can prove what reached the scorer.
+`calls` (the texts of each batch, in order) and every text counted by `count_tokens` in `counted`, so
+tests can prove what reached the scorer and what was counted at admission.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FakeScorer:
         self.delay_s = delay_s
         self.fail_marker = fail_marker
         self.calls: list[list[str]] = []
+        self.counted: list[str] = []  # texts given to count_tokens, in order
         self.entered = threading.Event()  # set when a score() call starts
         self._gate = threading.Event()
         self._gate.set()
@@ -91,6 +93,8 @@ class FakeScorer:
         self._gate.set()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        with self._lock:
+            self.counted.extend(texts)
         return [min(len(t.split()) + 2, self.max_tokens) for t in texts]
 
     def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:

@@ -59,7 +59,14 @@ async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through."""
+    """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through.
+
+    The wrapped handler of each method is built once and kept (the request's metadata is read from the
+    call's context), so a call costs a dictionary lookup here, not a new handler and closure."""
+
+    def __init__(self) -> None:
+        # method -> (its handler, the wrapped handler): one entry per method, rebuilt if the handler changes
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -69,38 +76,52 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, _wrap_unary(handler, method))
+        return known[1]
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:128]
-            t0 = time.perf_counter()
-            code = "OK"
-            with structlog.contextvars.bound_contextvars(request_id=request_id, method=method):
-                try:
-                    context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-                    return await inner(request, context)
-                except ServiceError as exc:
-                    info = status_of(exc)
-                    code = info.code.name
-                    if code == "INTERNAL":
-                        _log.error("rpc_internal_error", error=repr(exc))
-                    await _abort(context, info, request_id)
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """`handler` with the request id, the access log line and the error-to-status mapping around it."""
+    inner = handler.unary_unary
+
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        request_id = _request_id(context)
+        t0 = time.perf_counter()
+        code = "OK"
+        with structlog.contextvars.bound_contextvars(request_id=request_id, method=method):
+            try:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+                return await inner(request, context)
+            except ServiceError as exc:
+                info = status_of(exc)
+                code = info.code.name
+                if code == "INTERNAL":
+                    _log.error("rpc_internal_error", error=repr(exc))
+                await _abort(context, info, request_id)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":
                     raise
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":
-                        raise
-                    code = "INTERNAL"
-                    _log.exception("rpc_unhandled_exception")
-                    await _abort(context, status_of(exc), request_id)
-                finally:
-                    _log.info("rpc", code=code, ms=round((time.perf_counter() - t0) * 1000, 3))
+                code = "INTERNAL"
+                _log.exception("rpc_unhandled_exception")
+                await _abort(context, status_of(exc), request_id)
+            finally:
+                _log.info("rpc", code=code, ms=round((time.perf_counter() - t0) * 1000, 3))
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    return grpc.unary_unary_rpc_method_handler(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

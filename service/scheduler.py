@@ -1,8 +1,10 @@
 """Admission + micro-batch queue between the transport and the scorer.
 
 `Scheduler.score(prompts, routers)` validates each prompt (per-item errors), takes one admission permit
-per valid prompt (all or none: QueueFull), counts its tokens, queues one `Item` with one asyncio Future
-per prompt, and awaits them. A single worker task forms batches: a batch leaves when it holds
+per valid prompt (all or none: QueueFull), counts its tokens (on a helper thread), queues one `Item`
+with one asyncio Future per prompt, and awaits them. Idle fast path: a one-prompt call that finds the
+queue empty and the scorer idle, with `max_wait_us` 0, skips the count (its batch would hold it alone
+anyway) and goes straight to the scorer, which tokenises it there: one thread round trip instead of two. A single worker task forms batches: a batch leaves when it holds
 `max_batch_size` prompts, when adding the next prompt would pass `max_batch_tokens` padded tokens
 (longest x count), or when the oldest prompt has waited `max_wait_us`. Scoring runs in a dedicated
 thread so the event loop never blocks. Prompts cancelled by the client, past their deadline or past
@@ -103,6 +105,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._scoring = False  # a batch is with the scorer (the worker awaits it)
         self._score_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-score")
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
 
@@ -202,7 +205,12 @@ class Scheduler:
             )
         loop = asyncio.get_running_loop()
         try:
-            counts = await loop.run_in_executor(self._token_pool, self.scorer.count_tokens, texts)
+            if self._idle_for_one(len(texts)):
+                counts: list[int | None] = [None]  # scored alone at once: no count needed
+            else:
+                counts = list(
+                    await loop.run_in_executor(self._token_pool, self.scorer.count_tokens, texts)
+                )
         except BaseException as exc:
             self._admission.release(len(texts))
             if isinstance(exc, Exception):
@@ -216,7 +224,7 @@ class Scheduler:
         by_deadline = timeout_s is not None and timeout_s < queue_s
         items = []
         for text, n_tok in zip(texts, counts, strict=True):
-            item = Item(text, routers, int(n_tok), loop.create_future(), now)
+            item = Item(text, routers, n_tok, loop.create_future(), now)
             item.future.add_done_callback(functools.partial(self._on_done_future, item))
             item.timer = loop.call_later(limit_s, self._expire, item, by_deadline)
             self._queue.append(item)
@@ -232,6 +240,16 @@ class Scheduler:
             else:
                 raise ScorerFailed(f"unexpected outcome {res!r}")
         return out
+
+    def _idle_for_one(self, n_prompts: int) -> bool:
+        """True when a call of `n_prompts` would be batched alone right away: one prompt, an empty
+        queue, an idle scorer and no batch-filling wait (the idle fast path skips its token count)."""
+        return (
+            n_prompts == 1
+            and self.policy.max_wait_us == 0
+            and not self._scoring
+            and not len(self._queue)
+        )
 
     def _expire(self, item: Item, by_deadline: bool) -> None:
         if item.state != _QUEUED or item.future.done():
@@ -305,10 +323,14 @@ class Scheduler:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self.stats.batch_size_histogram[len(batch)] += 1
                 left_at, t0 = loop.time(), time.perf_counter()
-                await self._run_batch(batch, isolate=True)
+                self._scoring = True
+                try:
+                    await self._run_batch(batch, isolate=True)
+                finally:
+                    self._scoring = False
                 self.timings.record_batch(
                     [(left_at - it.enqueued_at) * 1e6 for it in batch],
-                    max(it.n_tokens for it in batch),
+                    max(it.n_tokens or 0 for it in batch),
                     time.perf_counter() - t0,
                 )
 
@@ -334,7 +356,8 @@ class Scheduler:
             return
         for i, it in enumerate(batch):
             scores = {r: float(res.scores[r][i]) for r in it.routers}
-            self._finish(it, ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores))
+            it.n_tokens = int(res.n_tokens[i])  # known now even when admission did not count it
+            self._finish(it, ItemResult(it.n_tokens, bool(res.truncated[i]), scores))
         self.stats.items_scored += len(batch)
 
     def _finish(self, item: Item, outcome: ItemResult | ServiceError) -> None:

@@ -11,12 +11,18 @@ exactly as the service's BundleScorer does (prompts/s: the ceiling of the servic
 full batches). `global_sorted`: all prompts of one pass sorted by length, then chunks (the best case,
 which the service cannot reach because it only sorts within a batch). Each figure runs for at least
 `--seconds`. `tokenize_ms_per_prompt`: the tokenizer alone (batches of the whole mix). Run it pinned to the server's cores (the runner uses taskset).
+
+`--passes-from-stdin`: load and warm, print `ready`, then for every line read from stdin run one batch-1
+pass over the mix in its order and print that pass's latencies (ms, a JSON list) on one line; stop at
+end of input. The runner interleaves these passes with ghz passes against the service, so both see the
+same machine state (benchmarks/ghz/run.py, "concurrency 1, interleaved").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,12 +78,29 @@ def batched_rate(encoder: object, prompts: Sequence[str], batch: int, chunk: int
     return {"n": n_done, "per_s": n_done / wall, "ms_per_batch": wall * 1000.0 / max(n_done / batch, 1)}
 
 
-def measure(bundle: Path, seconds: float, batches: Sequence[int], chunk: int, threads: int,
-            device: str) -> dict[str, object]:
+def load_encoder(bundle: Path, threads: int, device: str) -> object:
     from lmroute_bundle.loader import load_bundle
     from lmroute_service.bundle_scorer import providers_for_device
 
-    enc = load_bundle(bundle, providers=providers_for_device(device), intra_op_threads=threads).encoder
+    return load_bundle(bundle, providers=providers_for_device(device), intra_op_threads=threads).encoder
+
+
+def serve_passes(encoder: object, prompts: Sequence[str]) -> None:
+    """One batch-1 pass over `prompts` per stdin line, latencies (ms) printed as a JSON list."""
+    embed_like_service(encoder, prompts, 8)  # warm
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        lat = []
+        for p in prompts:
+            t0 = time.perf_counter()
+            encoder.embed(encoder.tokenize([p]))  # type: ignore[attr-defined]
+            lat.append((time.perf_counter() - t0) * 1000.0)
+        print(json.dumps(lat), flush=True)
+
+
+def measure(bundle: Path, seconds: float, batches: Sequence[int], chunk: int, threads: int,
+            device: str) -> dict[str, object]:
+    enc = load_encoder(bundle, threads, device)
     prompts = load_prompts()
     embed_like_service(enc, prompts, chunk)  # warm: first runs allocate
     out: dict[str, object] = {"chunk": chunk, "intra_op_threads": threads, "device": device,
@@ -106,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--passes-from-stdin", action="store_true")
     args = ap.parse_args(argv)
+    if args.passes_from_stdin:
+        serve_passes(load_encoder(args.bundle, args.intra_op_threads, args.device), load_prompts())
+        return 0
     res = measure(args.bundle, args.seconds, args.batch, args.chunk, args.intra_op_threads, args.device)
     text = json.dumps(res, indent=1)
     if args.json:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +33,16 @@ class GhzRun:
     rps: int = 0  # > 0: open loop, --async --rps
     label: str = ""
     extra: list[str] = field(default_factory=list)
+    count: int = 0  # > 0: send exactly this many calls (ghz -n) instead of running for `seconds`
+    keep_latencies: bool = False  # also return every call's latency (ms) in the order sent
 
     def args(self, target: str, out: Path) -> list[str]:
+        # -z 0s clears the config file's duration, which would otherwise override -n
+        length = ["-n", str(self.count), "-z", "0s"] if self.count > 0 else ["-z", f"{self.seconds:g}s",
+                                                                              "--duration-stop", "ignore"]
         a = ["--config", str(HERE / self.config), "-c", str(self.concurrency),
-             "--connections", str(self.connections), "-z", f"{self.seconds:g}s",
-             "--duration-stop", "ignore", "--format", "json", "-o", str(out), *self.extra]
+             "--connections", str(self.connections), *length,
+             "--format", "json", "-o", str(out), *self.extra]
         if self.rps > 0:
             a += ["--async", "--rps", str(self.rps)]
         return [*a, target]
@@ -59,6 +65,9 @@ def run_ghz(run: GhzRun, target: str, cores: str | None, out_dir: Path, ghz: Pat
         raise RuntimeError(f"ghz {run.label} wrote no report (exit {res.returncode}): {res.stderr[-2000:]}")
     report = json.loads(raw.read_text())
     summary = summarise(report, run)
+    if run.keep_latencies:
+        calls = sorted(report.get("details") or [], key=lambda d: datetime.fromisoformat(d["timestamp"]))
+        summary["latencies_ms"] = [d["latency"] / 1e6 if d.get("status") == "OK" else None for d in calls]
     report.pop("details", None)
     if isinstance(report.get("options"), dict) and "data" in report["options"]:
         report["options"]["data"] = f"(the requests of {run.config}'s data-file)"

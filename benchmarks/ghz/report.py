@@ -36,6 +36,35 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    if not n:
+        return float("nan")
+    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
+
+
+def paired_c1(res: dict[str, Any]) -> dict[str, Any] | None:
+    """The interleaved concurrency-1 phase: p50 of every service / empty-handler / raw-encoder call over
+    all rounds, the median of per-call differences (service call k minus the encoder's run of the same
+    prompt in the same round), and each round's p50s."""
+    pc = res.get("c1_paired")
+    if not pc or not pc.get("rounds"):
+        return None
+    svc, emp, enc, diffs, per_round = [], [], [], [], []
+    for r in pc["rounds"]:
+        s_ok = [x for x in r["service"] if x is not None]
+        svc += s_ok
+        emp += [x for x in r["empty"] if x is not None]
+        enc += r["encoder"]
+        diffs += [s - e for s, e in zip(r["service"], r["encoder"]) if s is not None]
+        per_round.append((median(s_ok), median([x for x in r["empty"] if x is not None]), median(r["encoder"])))
+    failed = sum(x is None for r in pc["rounds"] for x in r["service"])
+    return {"svc_p50": median(svc), "empty_p50": median(emp), "enc_p50": median(enc),
+            "paired_median": median(diffs), "n": len(svc), "rounds": len(pc["rounds"]),
+            "per_round": per_round, "failed": failed}
+
+
 def key_numbers(res: dict[str, Any]) -> dict[str, Any]:
     runs = res["runs"]
     by = lambda phase: [r for r in runs if r["phase"] == phase]  # noqa: E731
@@ -76,9 +105,20 @@ def goals(res: dict[str, Any], k: dict[str, Any]) -> list[tuple[str, str, str, s
                  f"{k['svc_sat_c']}) / raw encoder at its best shape (here {k['enc_shape']}; mean of before "
                  "and after)", f"{f(k['svc_sat'])} / {f(k['enc_rate'])} = {ratio:.2f}x",
                  ">= 0.9x", "PASS" if ratio >= 0.9 else "MISS"))
+    pc = paired_c1(res)
     d = k["svc_c1_p50"] - k["enc_b1_p50"]
-    rows.append(("p50 at concurrency 1 minus encoder batch-1 p50", f"{f(k['svc_c1_p50'], 2)} - "
-                 f"{f(k['enc_b1_p50'], 2)} = {d:+.2f} ms", "<= 1 ms", "PASS" if d <= 1.0 else "MISS"))
+    separate = (f"separate runs (closed-loop c=1 vs the encoder's before/after runs, minutes apart): "
+                f"{f(k['svc_c1_p50'], 2)} - {f(k['enc_b1_p50'], 2)} = {d:+.2f} ms")
+    if pc:
+        dp = pc["svc_p50"] - pc["enc_p50"]
+        rows.append((f"p50 at concurrency 1 minus encoder batch-1 p50, interleaved ({pc['rounds']} rounds x "
+                     f"{pc['n'] // pc['rounds']} calls, same prompts)",
+                     f"{f(pc['svc_p50'], 2)} - {f(pc['enc_p50'], 2)} = {dp:+.2f} ms (median per-call "
+                     f"difference {pc['paired_median']:+.2f} ms); {separate}", "<= 1 ms",
+                     "PASS" if dp <= 1.0 else "MISS"))
+    else:
+        rows.append(("p50 at concurrency 1 minus encoder batch-1 p50", separate, "<= 1 ms",
+                     "PASS" if d <= 1.0 else "MISS"))
     if math.isnan(k["rl_mf_c64"]):
         reason = res.get("routellm", {}).get("not_run", "not measured")
         rows.append(("service / RouteLLM mf path at concurrency 64", f"not run: {reason}", ">= 10x", "NOT RUN"))
@@ -113,7 +153,7 @@ def profile_lines(res: dict[str, Any], k: dict[str, Any]) -> list[str]:
     out = ["", "## Where the time goes (the service's own timings)", "",
            "Per closed-loop Route run: the server-side window (stats snapshot before the run to the first idle "
            "one after it) split into the scoring thread's time inside the encoder (ONNX Runtime embed), inside "
-           "the rest of the scorer (stacking the admitted tokens, router math) and idle (waiting for the event loop: "
+           "the rest of the scorer (tokenising what the idle fast path sent uncounted, stacking the admitted tokens, router math) and idle (waiting for the event loop: "
            "gRPC, admission tokenising, batch forming; all on the server's cores).", "",
            "| run | conc. | OK/s | mean batch | encoder ms per prompt | encoder % | rest of scorer % | idle % |",
            "|---|---|---|---|---|---|---|---|"]
@@ -139,8 +179,9 @@ def profile_lines(res: dict[str, Any], k: dict[str, Any]) -> list[str]:
            if "tokenize_ms_per_prompt" in res.get(w, {})]
     if tok:
         out.append(f"Tokenising alone costs {f(mean(tok), 3)} ms per prompt; the service tokenises every prompt "
-                   "once, at admission (on a helper thread, to count tokens for the padded-token budget), and the "
-                   "scorer reuses those tokens.")
+                   "once: at admission (on a helper thread, to count tokens for the padded-token budget; the scorer "
+                   "reuses those tokens), or, for a one-prompt call arriving while the service is idle, in the "
+                   "scorer itself (the idle fast path, one thread round trip fewer).")
     ov = k["overload"]
     if ov and ov.get("server_before") and ov.get("server_after"):
         c0, c1 = ov["server_before"].get("counters", {}), ov["server_after"].get("counters", {})
@@ -282,10 +323,27 @@ def write_report(res: dict[str, Any], out: Path, plot_prefix: str = "") -> str:
         L += ["", "**Phases that failed in this run** (the others ran):", ""]
         L += [f"- {name}: `{msg.splitlines()[0][:300]}`" for name, msg in res["failed"].items()]
     L += profile_lines(res, k)
+    pc = paired_c1(res)
+    if pc:
+        L += ["", "## Concurrency 1, interleaved", "",
+              "Round by round, back to back on the same cores: one ghz pass of Route calls over the 64 prompts "
+              "against the service, one against the empty handler, one batch-1 pass of the raw encoder "
+              "(tokenise + embed) over the same prompts. The machine drifts by about a millisecond at this "
+              "latency between runs minutes apart (see the raw encoder's before/after rows), so the goal is "
+              "judged on these side-by-side passes. Where a call's time goes beyond the encoder, stage by stage "
+              "inside the server: `benchmarks/RESULTS_c1_trace.md` (`benchmarks/ghz/c1_trace.py`).", "",
+              "| round | service p50 ms | empty handler p50 ms | raw encoder p50 ms | service - encoder ms |",
+              "|---|---|---|---|---|"]
+        L += [f"| {i + 1} | {f(a, 2)} | {f(b, 2)} | {f(c, 2)} | {a - c:+.2f} |"
+              for i, (a, b, c) in enumerate(pc["per_round"])]
+        L.append(f"| all ({pc['n']} calls each) | {f(pc['svc_p50'], 2)} | {f(pc['empty_p50'], 2)} | "
+                 f"{f(pc['enc_p50'], 2)} | {pc['svc_p50'] - pc['enc_p50']:+.2f} |")
+        if pc["failed"]:
+            L.append(f"\n{pc['failed']} service calls failed in these rounds.")
     runs = res["runs"]
     L += ["", "## Closed loop (ghz -c N, fixed number of callers)", "",
           "Server columns come from the service's own timings (`--stats-path`): per batch, the scorer call "
-          "split into the encoder (ONNX Runtime embed) and the rest (stacking the admitted tokens, router math); *scorer busy* is the share of the server-side window (stats snapshot "
+          "split into the encoder (ONNX Runtime embed) and the rest (tokenising what the idle fast path sent uncounted, stacking the admitted tokens, router math); *scorer busy* is the share of the server-side window (stats snapshot "
           "before the run to the first idle one after it) that the scoring thread spent in the scorer "
           "(100 % = the encoder never waits for work).", ""]
     L += run_table([r for r in runs if r["phase"] in ("service_route", "service_score", "service_connections",

@@ -6,8 +6,10 @@
 
 In one run, server-side work pinned to `--server-cores` and ghz to `--client-cores` (taskset):
  1. the raw encoder ceiling (encoder_ceiling.py: ONNX Runtime alone, same prompts and batch shapes);
- 2. the service (defaults, timings file on): warm, closed-loop Route and Score at each concurrency,
-    connections 1/4/16 at concurrency 64, one run through server reflection, then open-loop Route
+ 2. the service (defaults, timings file on): warm; concurrency 1 interleaved (`--rounds` rounds of one
+    ghz pass over the 64 prompts against the service, one against the empty handler and one raw-encoder
+    batch-1 pass, back to back, so all three see the same machine state); closed-loop Route and Score
+    at each concurrency, connections 1/4/16 at concurrency 64, one run through server reflection, then open-loop Route
     (ghz --async --rps) at fractions of the measured capacity up to 2x (overload);
  3. the service with --max-batch-size 1 (micro-batching off);
  4. the empty handler (empty_server.py: the transport's own cost);
@@ -25,7 +27,9 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import GHZ, GhzRun, ghz_version, run_ghz  # noqa: E402
-from procs import ChildServer, empty_cmd, run_json_script, service_cmd  # noqa: E402
+from procs import ChildServer, child_env, empty_cmd, pinned, run_json_script, service_cmd  # noqa: E402
 from lmroute_service.config import ServiceConfig  # noqa: E402
 
 REPO = HERE.parent.parent
@@ -59,6 +63,8 @@ class Sweep:
         self.res: dict[str, Any] = {"runs": [], "server": {}, "notes": []}
         q = args.quick
         self.conc = [1, 64] if q else [1, 4, 16, 64, 256]
+        if q:
+            args.rounds = min(args.rounds, 2)
         self.secs = 3.0 if q else args.seconds
         self.fractions = (0.5, 2.0) if q else LOAD_FRACTIONS
 
@@ -94,6 +100,7 @@ class Sweep:
         with ChildServer(cmd, self.a.server_cores, stats=True) as srv:
             run_ghz(GhzRun("route.json", 4, 1, 2.0 if self.a.quick else 4.0, label="warm"), srv.target,
                     self.a.client_cores, self.out / "ghz")
+            self.paired_c1(srv)
             prev = start = srv.snapshot_after(time.time())
             for call in ("route", "score"):
                 for c in self.conc:
@@ -117,6 +124,38 @@ class Sweep:
                 prev = row["server_after"]
         self.res["server"] = {"start": start, "final": srv.stop() or prev, "peak_rss_bytes": srv.peak_rss,
                               "stopped_line": next((ln for ln in srv.stderr_tail if '"stopped"' in ln), "")}
+
+    def paired_c1(self, srv: ChildServer) -> None:
+        """Concurrency 1, interleaved: per round one ghz pass (65 Route calls: the first, on a fresh
+        connection, is dropped; call k carries prompt k mod 64) against the service, one against the
+        empty handler, and one batch-1 pass of the raw encoder over the same 64 prompts. Latencies are
+        kept in prompt order, so service call i pairs with the encoder's run of the same prompt."""
+        self.log(f"concurrency 1, interleaved ({self.a.rounds} rounds)")
+        n_prompts = len(json.loads((HERE / "prompts.json").read_text()))
+        enc_cmd = pinned(self.a.server_cores, [
+            sys.executable, str(HERE / "encoder_ceiling.py"), "--bundle", str(self.a.bundle),
+            "--passes-from-stdin", "--intra-op-threads", str(self.a.intra_op_threads), "--device", self.a.device])
+        rounds: list[dict[str, Any]] = []
+        with ChildServer(empty_cmd(), self.a.server_cores, stats=False) as empty, subprocess.Popen(
+            enc_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO
+        ) as enc:
+            assert enc.stdin is not None and enc.stdout is not None
+            if enc.stdout.readline().strip() != "ready":
+                raise RuntimeError("encoder_ceiling.py --passes-from-stdin did not start")
+            for i in range(self.a.rounds):
+                row: dict[str, Any] = {}
+                for name, target in (("service", srv.target), ("empty", empty.target)):
+                    run = GhzRun("route.json", 1, 1, 0.0, label=f"c1_paired_{name}_{i}", count=n_prompts + 1,
+                                 keep_latencies=True)
+                    with tempfile.TemporaryDirectory() as tmp:  # per-call latencies go to summary.json
+                        lat = run_ghz(run, target, self.a.client_cores, Path(tmp))["latencies_ms"]
+                    row[name] = [lat[n_prompts], *lat[1:n_prompts]]  # calls 1..64, in prompt order 0..63
+                enc.stdin.write("pass\n")
+                enc.stdin.flush()
+                row["encoder"] = json.loads(enc.stdout.readline())
+                rounds.append(row)
+            enc.stdin.close()
+        self.res["c1_paired"] = {"rounds": rounds, "prompts": n_prompts}
 
     def batch1(self) -> None:
         self.log("service, --max-batch-size 1")
@@ -210,6 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="write to benchmarks/ghz/results/latest and benchmarks/RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="2 concurrency levels, 3 s each (a check)")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per ghz run (full mode)")
+    ap.add_argument("--rounds", type=int, default=16, help="rounds of the interleaved concurrency-1 runs")
     ap.add_argument("--server-cores", default=server, help=f"taskset list for servers (default {server})")
     ap.add_argument("--client-cores", default=client, help=f"taskset list for ghz (default {client})")
     ap.add_argument("--intra-op-threads", type=int, default=1)

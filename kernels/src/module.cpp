@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "blend.hpp"
 #include "bt_solve.hpp"
 #include "fast_exp.hpp"
 #include "mf.hpp"
@@ -27,7 +28,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -178,6 +179,18 @@ void mf_pair_probabilities(In<float, nb::ndim<2>> embeddings, In<double, nb::ndi
     lmroute::mf_pair_probabilities(embeddings.data(), b, d, pair_vectors.data(), p, out.data(), threads);
 }
 
+void blend_scores(In<double, nb::ndim<1>> scores, In<float, nb::ndim<2>> embeddings,
+                  In<double, nb::ndim<1>> prior_weights, double prior_bias, double prior_center, double prior_scale,
+                  double weight, double center, double scale, double logit_eps, Out<double, nb::ndim<1>> out) {
+    const int64_t n = embeddings.shape(0), d = embeddings.shape(1);
+    require(scores.shape(0) == static_cast<size_t>(n) && out.shape(0) == static_cast<size_t>(n),
+            "scores, embeddings and out differ in rows");
+    require(prior_weights.shape(0) == static_cast<size_t>(d), "prior_weights and embeddings differ in dim");
+    const lmroute::BlendParams params{prior_bias, prior_center, prior_scale, weight, center, scale};
+    nb::gil_scoped_release release;
+    lmroute::blend_scores(scores.data(), embeddings.data(), n, d, prior_weights.data(), params, logit_eps, out.data());
+}
+
 void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     require(x.shape(0) == out.shape(0), "x and out differ in length");
     const double* src = x.data();
@@ -221,4 +234,6 @@ NB_MODULE(_core, m) {
     m.def("mf_dot", &mf_dot, "embeddings"_a, "vectors"_a, "threads"_a, "out"_a);
     m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a, "out"_a);
     m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
+    m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,
+          "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, "out"_a);
 }

@@ -7,6 +7,7 @@ breaks one thing, and imports it in a fresh interpreter.
 
 from __future__ import annotations
 
+import re
 import importlib.machinery
 import os
 import shutil
@@ -81,9 +82,12 @@ def test_stale_build_from_other_sources(tmp_path: Path) -> None:
 def test_abi_version_mismatch(tmp_path: Path) -> None:
     pkg = _copy_package(tmp_path)
     text = (pkg / "compiled.py").read_text()
-    (pkg / "compiled.py").write_text(text.replace("ABI_VERSION = 1\n", "ABI_VERSION = 2\n", 1))
+    built = int(re.search(r"^ABI_VERSION = (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    (pkg / "compiled.py").write_text(
+        text.replace(f"ABI_VERSION = {built}\n", f"ABI_VERSION = {built + 1}\n", 1)
+    )
     err = _import(tmp_path).stderr
-    assert "has ABI version 1, this wrapper needs 2" in err
+    assert f"has ABI version {built}, this wrapper needs {built + 1}" in err
 
 
 def test_server_stops_at_startup_without_the_core(tmp_path: Path) -> None:

@@ -180,11 +180,39 @@ def test_admitted_prompts_are_not_tokenised_twice(server: ServerThread, client: 
 
     sched = server.server.scheduler
     assert sched is not None and isinstance(sched.scorer, BundleScorer)
-    before = sched.scorer.tokenized_again
+    before = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
     prompts = _prompts(10, seed=13)
     with ThreadPoolExecutor(5) as pool:
         list(pool.map(lambda i: client.score(prompts[2 * i : 2 * i + 2]), range(5)))
-    assert sched.scorer.tokenized_again == before
+    after = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
+    assert (after[0] - before[0], after[1] - before[1]) == (10, 0)
+
+
+def test_idle_route_is_tokenised_once_by_the_scorer(bundle_dir: Path) -> None:
+    """Idle fast path (server defaults: max_wait_us 0): a one-prompt call on an idle server skips the
+    admission count; the scorer tokenises it, once, and the reply still reports its tokens."""
+    from lmroute_service.bundle_scorer import BundleScorer
+
+    srv = ServerThread(ServiceConfig(bundle_path=bundle_dir, port=0, log_level="warning", grace_s=0.0)).start()
+    try:
+        sched = srv.server.scheduler
+        assert sched is not None and isinstance(sched.scorer, BundleScorer)
+        assert sched.policy.max_wait_us == 0 and sched.in_flight == 0
+        with RouterClient(srv.target, timeout_s=60) as client:
+            before = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
+            d = client.route("Name three prime numbers larger than 100.", router="mf", threshold=0.5)
+            after = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
+            r = client.score(["two prompts", "are counted at admission"], routers=["mf"])
+            last = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
+        assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+        assert (last[0] - after[0], last[1] - after[1]) == (2, 0)
+        enc = sched.scorer.bundle.encoder
+        assert d.n_tokens == int(enc.tokenize(["Name three prime numbers larger than 100."]).n_tokens[0])
+        assert not d.truncated
+        want = enc.tokenize(["two prompts", "are counted at admission"]).n_tokens
+        assert [x.n_tokens for x in r.results] == [int(n) for n in want]
+    finally:
+        srv.stop()
 
 
 def test_long_prompt_is_truncated_and_reported(client: RouterClient, bundle: Bundle) -> None:

@@ -292,6 +292,46 @@ def test_mf_matches_reference(seed, b, d, k, m):
     )
 
 
+@PROPS
+@given(
+    seed=st.integers(0, 2**31),
+    b=st.integers(1, 40),
+    d=st.integers(1, 400),
+    weight=st.sampled_from([0.0, 0.5, 4.0, 50.0]),
+    extreme=st.booleans(),
+)
+def test_blend_matches_reference(seed, b, d, weight, extreme):
+    """The difficulty-prior blend: batch size 1 and up, scores at and near 0 and 1 (clipped), large
+    weights that push the result into either tail."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(b, d)).astype(np.float32)
+    w = rng.normal(size=d) * 0.1
+    scores = rng.uniform(size=b)
+    if extreme:
+        scores[::2] = rng.choice([0.0, 1.0, 1e-15, 1.0 - 1e-15], size=scores[::2].shape)
+    args = (scores, emb, w, float(rng.normal()), float(rng.normal()), float(rng.uniform(0.1, 3)))
+    kw = dict(weight=weight, center=float(rng.normal()), scale=float(rng.uniform(0.1, 3)))
+    got = compiled.blend_scores(*args, **kw)
+    want = reference.blend_scores(*args, **kw)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
+    assert got.dtype == np.float64 and got.shape == (b,)
+
+
+@pytest.mark.parametrize(
+    ("scores", "emb", "w", "scale", "message"),
+    [
+        (np.zeros(2), np.zeros((3, 4), np.float32), np.zeros(4), 1.0, "do not match"),
+        (np.zeros(3), np.zeros((3, 4), np.float32), np.zeros(5), 1.0, "do not match"),
+        (np.zeros(3), np.zeros(4, np.float32), np.zeros(4), 1.0, "must be 2-D"),
+        (np.zeros(3), np.zeros((3, 4), np.float32), np.zeros(4), 0.0, "scales must be positive"),
+    ],
+)
+def test_blend_refuses_what_the_reference_refuses(scores, emb, w, scale, message):
+    for impl in (compiled.blend_scores, reference.blend_scores):
+        with pytest.raises(ValueError, match=message):
+            impl(scores, emb, w, 0.0, 0.0, 1.0, weight=1.0, center=0.0, scale=scale)
+
+
 def test_fast_exp_is_accurate_over_the_double_range():
     x = np.concatenate([np.linspace(-745.2, 709.7, 400_001), [-800.0, -746.0, 710.0, 800.0, 0.0]])
     out = np.empty_like(x)

@@ -24,6 +24,7 @@ from lmroute_service.errors import (
     status_of,
 )
 from lmroute_service.fake_scorer import FakeScorer
+from lmroute_service.batch_queue import BatchQueue, Item
 from lmroute_service.scheduler import BatchPolicy, ItemResult, Scheduler
 
 
@@ -322,3 +323,66 @@ def test_property_every_request_gets_its_own_scores_within_limits(
         await sched.close()
 
     run(body)
+
+
+def test_idle_fast_path_skips_the_count_only_for_one_prompt_on_an_idle_scheduler() -> None:
+    """A one-prompt call finding the queue empty and the scorer idle is not counted at admission
+    (scored alone at once); one arriving while the scorer is busy, or a two-prompt call, is."""
+
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer)
+        first = asyncio.create_task(sched.score(["idle one"]))
+        await wait_entered(scorer)
+        busy = asyncio.create_task(sched.score(["busy one"]))
+        pair = asyncio.create_task(sched.score(["pair a", "pair b"]))
+        await until(lambda: sched.stats.admitted == 4)
+        scorer.release()
+        outs = [*await first, *await busy, *await pair]
+        texts = ["idle one", "busy one", "pair a", "pair b"]
+        for text, out in zip(texts, outs, strict=True):
+            assert isinstance(out, ItemResult)
+            assert out.scores["mf"] == FakeScorer.score_one("mf", text)
+            assert out.n_tokens == len(text.split()) + 2  # reported even when not counted
+        assert scorer.counted == ["busy one", "pair a", "pair b"]
+        assert scorer.calls[0] == ["idle one"]
+        assert sched.timings.padded_tokens.count == len(scorer.calls)
+        await sched.close()
+
+    run(body)
+
+
+def test_idle_fast_path_is_off_when_batches_wait_to_fill() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer, max_wait_us=1000)
+        [out] = await sched.score(["lonely prompt"])
+        assert isinstance(out, ItemResult)
+        assert scorer.counted == ["lonely prompt"]
+        await sched.close()
+
+    run(body)
+
+
+def _item(n_tokens: int | None, name: str) -> Item:
+    loop = asyncio.new_event_loop()
+    try:
+        return Item(name, ("mf",), n_tokens, loop.create_future(), 0.0)
+    finally:
+        loop.close()
+
+
+def test_uncounted_item_forms_a_batch_of_its_own() -> None:
+    q = BatchQueue()
+    for it in (_item(3, "a"), _item(3, "b"), _item(None, "c"), _item(3, "d")):
+        q.append(it)
+    assert q.batch_ready(32, 1000)
+    batches = []
+    while len(q):
+        batch, dead = q.next_batch(32, 1000)
+        assert not dead
+        batches.append([it.text for it in batch])
+    assert batches == [["a", "b"], ["c"], ["d"]]
+    q.append(_item(None, "alone"))
+    assert q.batch_ready(32, 1000)
