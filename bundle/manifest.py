@@ -13,6 +13,7 @@ Checks that need the files themselves (checksums, array shapes, ONNX signatures)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -535,6 +536,16 @@ class Manifest:
             prior = self.difficulty_prior
             out["difficulty_prior"] = None if prior is None else prior.to_dict()
         return out
+
+    def content_version(self) -> str:
+        """The default bundle_version: "<YYYYMMDD of created_at>-<first 8 hex of the sha256 of everything
+        that changes a score>": every file's checksum, routers and their parameters and blends, the
+        prior, calibration, tiers, models, encoder and training data (not the version itself, the
+        creation time or the library versions). Two bundles that score differently never share it."""
+        content = {k: v for k, v in self.to_dict().items()
+                   if k not in ("bundle_version", "created_at", "library_versions")}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return f"{self.created_at[:10].replace('-', '')}-{digest[:8]}"
 
     def to_json(self) -> str:
         """The manifest as JSON text (2-space indent, trailing newline); from_json(to_json()) == self."""

@@ -189,7 +189,8 @@ def write_bundle(
     """Write a bundle to `out_dir` atomically and return its manifest.
 
     encoder_dir holds model.onnx + tokenizer.json (copied to encoder/). bundle_version defaults to
-    "<YYYYMMDD of created_at>-<first 8 hex of training_data.fingerprint>". With validate=True the written
+    `Manifest.content_version()` ("<YYYYMMDD of created_at>-<8 hex of a hash of the content>"; the update_*
+    functions below re-derive a default version when they change the content). With validate=True the written
     bundle is loaded by `load_bundle` (calibration may be null) before it is moved into place. An existing
     out_dir is an error unless overwrite=True (then it is replaced, old one removed after the rename)."""
     out = Path(out_dir)
@@ -200,7 +201,6 @@ def write_bundle(
         if not (src / Path(rel).name).is_file():
             raise FileNotFoundError(f"encoder_dir {src} has no {Path(rel).name} (encoder {role})")
     created = created_at or _utc_now()
-    version = bundle_version or f"{created[:10].replace('-', '')}-{training_data.fingerprint[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -233,7 +233,7 @@ def write_bundle(
                 scale=float(difficulty_prior.scale),
             )
         manifest = Manifest(
-            bundle_version=version,
+            bundle_version=bundle_version or "",
             created_at=created,
             encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
             models=tuple(models),
@@ -247,6 +247,8 @@ def write_bundle(
             files=_checksums(tmp),
             difficulty_prior=prior_spec,
         )
+        if not bundle_version:
+            manifest = dataclasses.replace(manifest, bundle_version=manifest.content_version())
         text = manifest.to_json()
         manifest = Manifest.from_json(text)  # the strict parser is the schema check
         _write_text_atomic(tmp / MANIFEST_NAME, text)
@@ -265,12 +267,20 @@ def write_bundle(
     return manifest
 
 
+def _reversioned(old: Manifest, new: Manifest) -> Manifest:
+    """`new` with a re-derived version when `old` carried its derived (default) one; a version given
+    explicitly to write_bundle is kept."""
+    if old.bundle_version != old.content_version():
+        return new
+    return dataclasses.replace(new, bundle_version=new.content_version())
+
+
 def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Manifest:
     """Replace the calibration table of an existing bundle (manifest.json rewritten atomically).
     The table must cover exactly the bundle's routers; raises BundleError otherwise."""
     root = Path(bundle_dir)
     manifest = read_manifest(root)
-    updated = dataclasses.replace(manifest, calibration=calibration)
+    updated = _reversioned(manifest, dataclasses.replace(manifest, calibration=calibration))
     calibration.check()
     updated.check()
     text = updated.to_json()
@@ -293,7 +303,7 @@ def update_blends(bundle_dir: str | Path, blends: Mapping[str, Blend | None]) ->
         name: dataclasses.replace(spec, blend=blends[name]) if name in blends else spec
         for name, spec in manifest.routers.items()
     }
-    updated = dataclasses.replace(manifest, routers=routers)
+    updated = _reversioned(manifest, dataclasses.replace(manifest, routers=routers))
     text = updated.to_json()
     updated = Manifest.from_json(text)
     _write_text_atomic(root / MANIFEST_NAME, text)

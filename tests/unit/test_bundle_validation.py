@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -457,6 +458,27 @@ def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted([*second.files, "manifest.json"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_default_version_follows_the_content(pristine: Path, tmp_path: Path) -> None:
+    """Same content -> same version; other router parameters or a new calibration -> another version;
+    a version given explicitly survives an update."""
+    created = "2026-11-28T03:00:00Z"
+    a = write_bundle(tmp_path / "a", created_at=created, **_rewrite_args(pristine))
+    b = write_bundle(tmp_path / "b", created_at=created, **_rewrite_args(pristine))
+    assert a.bundle_version == b.bundle_version == a.content_version()
+    assert re.fullmatch(r"20261128-[0-9a-f]{8}", a.bundle_version)
+    args = _rewrite_args(pristine)
+    args["routers"]["random"] = RouterArtifacts(kind="random", params={"seed": 2})
+    c = write_bundle(tmp_path / "c", created_at=created, **args)
+    assert c.training_data == a.training_data and c.bundle_version != a.bundle_version
+    calib = Calibration(
+        source="t", n_prompts=9, strong_share=(0.0, 1.0), thresholds={"random": (1.0, 0.0), "mf": (0.9, 0.1)}
+    )
+    recalibrated = update_calibration(tmp_path / "a", calib)
+    assert recalibrated.bundle_version == recalibrated.content_version() != a.bundle_version
+    write_bundle(tmp_path / "d", created_at=created, bundle_version="v7", **_rewrite_args(pristine))
+    assert update_calibration(tmp_path / "d", calib).bundle_version == "v7"
 
 
 def test_update_calibration(pristine: Path, tmp_path: Path) -> None:
