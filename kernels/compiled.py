@@ -401,18 +401,12 @@ def blend_scores(
 ) -> F64:
     """reference.blend_scores in one compiled call (same arguments, same refusals); query_emb is used
     as float32, as the encoder produces it."""
-    p = np.ascontiguousarray(router_scores, dtype=np.float64)
-    q = np.asarray(query_emb)
-    w = np.ascontiguousarray(prior_weights, dtype=np.float64)
-    if q.ndim != 2:
-        raise ValueError(f"query_emb must be 2-D, got shape {q.shape}")
-    if p.shape != (q.shape[0],) or w.shape != (q.shape[1],):
-        raise ValueError(f"blend_scores: scores {p.shape}, query_emb {q.shape}, prior_weights {w.shape} do not match")
-    if not (scale > 0 and prior_scale > 0):
-        raise ValueError(f"blend_scores: scales must be positive, got {scale} and {prior_scale}")
+    p, q, w = reference.check_blend_inputs(router_scores, query_emb, prior_weights, prior_scale, scale)
     out = np.empty(q.shape[0], dtype=np.float64)
-    _core.blend_scores(p, np.ascontiguousarray(q, dtype=np.float32), w, float(prior_bias), float(prior_center),
-                       float(prior_scale), float(weight), float(center), float(scale), reference.LOGIT_EPS, out)
+    e = np.ascontiguousarray(np.asarray(query_emb), dtype=np.float32)
+    _core.blend_scores(np.ascontiguousarray(p), e, np.ascontiguousarray(w), float(prior_bias),
+                       float(prior_center), float(prior_scale), float(weight), float(center), float(scale),
+                       reference.LOGIT_EPS, out)
     return out
 
 

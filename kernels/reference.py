@@ -233,6 +233,21 @@ def blend_scores(
     """sigmoid((logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale) with
     difficulty = -(e . prior_weights + prior_bias): a router's scores p [b] blended with the
     difficulty prior of the query embeddings [b, d] (docs/BUNDLE.md "difficulty_prior")."""
+    p, q, w = check_blend_inputs(router_scores, query_emb, prior_weights, prior_scale, scale)
+    difficulty = -(q @ w + prior_bias)
+    z = (score_logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale
+    return _sigmoid(z)
+
+
+def check_blend_inputs(
+    router_scores: NDArray[np.floating],
+    query_emb: NDArray[np.floating],
+    prior_weights: NDArray[np.floating],
+    prior_scale: float,
+    scale: float,
+) -> tuple[F64, F64, F64]:
+    """Validated blend inputs -> (scores [b], embeddings [b, d], prior weights [d]) in float64. Shared with
+    lmroute_kernels.compiled, so both refuse the same inputs with the same messages."""
     p = np.asarray(router_scores, dtype=np.float64)
     q = _as_2d(query_emb, "query_emb")
     w = np.asarray(prior_weights, dtype=np.float64)
@@ -240,9 +255,7 @@ def blend_scores(
         raise ValueError(f"blend_scores: scores {p.shape}, query_emb {q.shape}, prior_weights {w.shape} do not match")
     if not (scale > 0 and prior_scale > 0):
         raise ValueError(f"blend_scores: scales must be positive, got {scale} and {prior_scale}")
-    difficulty = -(q @ w + prior_bias)
-    z = (score_logit(p) - center) / scale + weight * (difficulty - prior_center) / prior_scale
-    return _sigmoid(z)
+    return p, q, w
 
 
 def _as_2d(arr: NDArray[np.floating], name: str) -> F64:
