@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
