@@ -3,13 +3,23 @@
 `encoder_export` gives the `EncoderExport` record (min cosine, fused ops, ...); `exported_encoder_dir`
 gives the directory holding `model.onnx` and `tokenizer.json` (max_tokens 256, fp32), for any test that
 needs the real encoder.
+
+Property tests (Hypothesis) run derandomized by default: the same examples on every run, so CI cannot
+flake on a case nobody saw locally. `HYPOTHESIS_PROFILE=explore ./scripts/test.sh tests/unit` searches
+with fresh random examples to look for new failures (a test that sets derandomize itself keeps it).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from lmroute_export.encoder_export import EncoderExport, export_encoder
 
