@@ -38,9 +38,9 @@ from lmroute_export.data import (
     DIFFICULTY_FILE,
     LABEL_KINDS,
     Comparisons,
+    evenly_spaced,
     load_calibration_prompts,
     load_comparisons,
-    evenly_spaced,
     load_difficulty_labels,
 )
 from lmroute_export.embed_cache import embed_texts, encoder_id_for

@@ -15,7 +15,8 @@ The blend: a router's score p is mapped to ``z_r = (logit(p) - center) / scale``
 ``z_d = (difficulty(e) - prior.center) / prior.scale`` (centers = medians, scales = IQR / 1.349 over
 the training prompts: robust to the heavy tails of sw_ranking's logits), and the routing score is
 ``sigmoid(z_r + weight * z_d)``: monotone in each part, so calibration thresholds work unchanged.
-`lmroute_kernels.reference.blend_scores` is the spec the service runs.
+`lmroute_kernels.reference.blend_scores` is the spec; the service runs its compiled twin
+(`lmroute_kernels.compiled.blend_scores`).
 """
 
 from __future__ import annotations

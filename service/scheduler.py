@@ -105,7 +105,6 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
-        self._scoring = False  # a batch is with the scorer (the worker awaits it)
         self._score_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-score")
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
 
@@ -242,14 +241,10 @@ class Scheduler:
         return out
 
     def _idle_for_one(self, n_prompts: int) -> bool:
-        """True when a call of `n_prompts` would be batched alone right away: one prompt, an empty
-        queue, an idle scorer and no batch-filling wait (the idle fast path skips its token count)."""
-        return (
-            n_prompts == 1
-            and self.policy.max_wait_us == 0
-            and not self._scoring
-            and not len(self._queue)
-        )
+        """True when a call of `n_prompts` (its permits just taken) would be batched alone right away:
+        one prompt, no batch-filling wait, and no other prompt admitted and unfinished (so the queue is
+        empty and the scorer idle). The idle fast path skips its token count."""
+        return n_prompts == 1 and self.policy.max_wait_us == 0 and self._admission.in_use == n_prompts
 
     def _expire(self, item: Item, by_deadline: bool) -> None:
         if item.state != _QUEUED or item.future.done():
@@ -323,11 +318,7 @@ class Scheduler:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self.stats.batch_size_histogram[len(batch)] += 1
                 left_at, t0 = loop.time(), time.perf_counter()
-                self._scoring = True
-                try:
-                    await self._run_batch(batch, isolate=True)
-                finally:
-                    self._scoring = False
+                await self._run_batch(batch, isolate=True)
                 self.timings.record_batch(
                     [(left_at - it.enqueued_at) * 1e6 for it in batch],
                     max(it.n_tokens or 0 for it in batch),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from statistics import median as _median
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,7 @@ def mean(xs: list[float]) -> float:
 
 
 def median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    n = len(ys)
-    if not n:
-        return float("nan")
-    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
+    return _median(xs) if xs else float("nan")
 
 
 def paired_c1(res: dict[str, Any]) -> dict[str, Any] | None:
