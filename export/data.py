@@ -599,13 +599,15 @@ def load_calibration_prompts(data_dir: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class DifficultyLabels:
-    """One label per question: ``mean_score[i]`` = the mean over ``models`` of their scores in [0, 1]
-    on ``prompts[i]`` (1 = every model answered fully right). ``issues``: malformed rows, by line."""
+    """One label per question: ``mean_score[i]`` = the mean of the models' scores in [0, 1] on
+    ``prompts[i]`` (1 = every model answered fully right). ``scores[i, j]``: model ``models[j]``'s
+    score on ``prompts[i]``, NaN where the row has none. ``issues``: malformed rows, by line."""
 
     prompts: tuple[str, ...]
     mean_score: np.ndarray
     models: tuple[str, ...]
     issues: list[RowIssue]
+    scores: np.ndarray
 
 
 def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> DifficultyLabels:
@@ -617,6 +619,7 @@ def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> Difficulty
     path, handle = open_data_file(Path(data_dir), DIFFICULTY_FILE)
     issues: list[RowIssue] = []
     prompts: dict[str, float] = {}
+    per_model: dict[str, dict[str, float]] = {}
     models: set[str] = set()
     repeats = 0
     for line, rec in jsonl_records(path, handle, issues):
@@ -644,14 +647,19 @@ def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> Difficulty
             repeats += 1
             continue
         prompts[prompt] = float(np.mean([float(v) for v in raw_scores.values()]))
-        models.update(normalize_model_name(m) for m in raw_scores)
+        per_model[prompt] = {normalize_model_name(m): float(v) for m, v in raw_scores.items()}
+        models.update(per_model[prompt])
     if issues:
         log.warning("%d bad rows in %s", len(issues), path)
     if repeats:
         log.info("%s: %d repeated questions kept once", path, repeats)
+    model_names = tuple(sorted(models))
     return DifficultyLabels(
         prompts=tuple(prompts),
         mean_score=np.fromiter(prompts.values(), dtype=np.float64, count=len(prompts)),
-        models=tuple(sorted(models)),
+        models=model_names,
         issues=issues,
+        scores=np.array([[per_model[p].get(m, np.nan) for m in model_names] for p in prompts], dtype=np.float64).reshape(
+            len(prompts), len(model_names)
+        ),
     )

@@ -432,7 +432,7 @@ def reference_baselines(bundle: Bundle) -> dict[str, Any]:
     """Two trivial routers any router worth shipping should beat, scored like the routers:
     ``baseline:length`` (longer prompt -> strong) and, when the bundle carries one,
     ``baseline:prior`` (the difficulty prior alone, without any router)."""
-    from lmroute_export.validate import length_scores  # the harness's length baseline, the same scores
+    from lmroute_export.validation_tables import length_scores  # the harness's length baseline, the same scores
 
     out: dict[str, Any] = {"baseline:length": lambda batch: length_scores(batch.texts)}
     prior = bundle.manifest.difficulty_prior

@@ -1,27 +1,14 @@
 """Validation harness: the RouteLLM evaluation protocol replayed on held-out *training* prompts.
 
-MT-Bench, MMLU and GSM8K are for the final report only; recipes are tuned here instead. For the
-validation prompts of a split (`Comparisons.split_by_prompt`, or the K folds of `kfold_by_prompt`)
-this module builds, per source that holds the default pair, a per-prompt quality table
-(`PairTable`: strong_q, weak_q), scores the prompts with a router and reports APGR and CPT(50 %)
-next to the random router (mean and std over seeds) and the prompt-length baseline (longer prompt ->
-strong model).
+MT-Bench, MMLU and GSM8K are for the final report only; recipes are tuned here instead. This module
+runs the folds: `validate_recipe` trains a `Recipe`'s routers on each fold's training part and scores
+its validation prompts; `validate_bundle` scores a built bundle's routers (bert included) on the
+pipeline's own validation split. The pieces live next door:
 
-Quality per source kind (what each source stands in for):
-
-* ``arena_bench_v1`` (``score``, like MT-Bench): each model's raw GPT-4 judge score 1-10, re-read
-  from the data file by `load_judge_scores` (pairwise outcomes would lose the score gaps).
-* ``routerbench_*`` (``correctness``, like MMLU / GSM8K): from the strong-vs-weak outcome, win =
-  (1, 0), loss = (0, 1), tie = (0.5, 0.5). This is exact for 0/1 correctness: a tie adds the same
-  value to the routed, all-strong and all-weak means, which cancels in PGR, and thresholds never
-  look at quality.
-* ``alpaca_eval`` and any other source with the pair (``preference``): the same reading of the
-  pairwise verdicts, averaged over repeated verdicts of one prompt.
-
-Recipes: `Recipe` (a frozen dataclass) holds the training knobs of the mf and sw_ranking routers
-(label / source weights, Elo exclusions, tiers, gamma, mf hyper-parameters, up-weighting of the
-default pair's rows); `fit_scorers` trains them on a training split and returns scoring functions;
-`validate_recipe` runs folds and collects `SourceResult` rows; `format_results` renders them.
+* `lmroute_export.validation_tables`: per-source quality tables (`PairTable`), metrics of one router
+  on one table (`evaluate_table`: APGR, CPT(50 %), random and length baselines), the K-fold split,
+  summaries and the Markdown table;
+* `lmroute_export.validation_recipes`: `Recipe` and `fit_scorers` (train mf / sw_ranking on a split).
 
 CLI: ``python -m lmroute_export.validate --help``.
 """
@@ -29,26 +16,35 @@ CLI: ``python -m lmroute_export.validate --help``.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lmroute_export import names
-from lmroute_export.data import ARENA_BENCH_FILE, Comparisons, evenly_spaced, open_data_file
-from lmroute_export.metrics import random_baseline, router_metrics
-from lmroute_export.names import normalize_model_name
+from lmroute_export.data import Comparisons, evenly_spaced
 from lmroute_export.train_prior import DifficultyPrior
+from lmroute_export.validation_recipes import Recipe, Scorer, fit_scorers, fit_tiers, training_weights
+from lmroute_export.validation_tables import (
+    PairTable,
+    SourceResult,
+    Summary,
+    evaluate_table,
+    format_results,
+    kfold_by_prompt,
+    length_scores,
+    load_judge_scores,
+    pair_tables,
+    subset_table,
+    summarise,
+)
 
-__all__ = [
+__all__ = [  # the harness's API in one place: the names of the two modules next door are re-exported
     "PairTable",
     "Recipe",
+    "Scorer",
     "SourceResult",
     "Summary",
     "cached_embedder",
@@ -68,388 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-JUDGE_SCORE_SOURCE = "arena_bench_v1"
-Scorer = Callable[[NDArray[np.float32]], NDArray[np.float64]]
-
-
-# --------------------------------------------------------------------------------------------
-# Quality tables
-
-
-@dataclass(frozen=True)
-class PairTable:
-    """Per-prompt quality of the strong and the weak model's answers on one source.
-
-    kind: "score" (judge score), "correctness" (0/1) or "preference" (pairwise verdict);
-    prompts: prompt texts [n]; strong_q, weak_q: float64 [n]."""
-
-    source: str
-    kind: str
-    prompts: tuple[str, ...]
-    strong_q: NDArray[np.float64]
-    weak_q: NDArray[np.float64]
-
-    def __post_init__(self) -> None:
-        n = len(self.prompts)
-        if self.strong_q.shape != (n,) or self.weak_q.shape != (n,):
-            raise ValueError(
-                f"PairTable {self.source}: {n} prompts but strong_q {self.strong_q.shape}, "
-                f"weak_q {self.weak_q.shape}"
-            )
-
-
-def load_judge_scores(data_dir: Path) -> dict[str, dict[str, float]]:
-    """{prompt text (stripped): {normalised model name: GPT-4 score}} from the arena-bench file.
-
-    Cells that are empty or not a finite number in [1, 10] are left out (data.py reports them)."""
-    path, handle = open_data_file(Path(data_dir), ARENA_BENCH_FILE)
-    out: dict[str, dict[str, float]] = {}
-    with handle:
-        for row in csv.DictReader(handle):
-            prompt = (row.get("prompt") or "").strip()
-            if not prompt:
-                continue
-            scores: dict[str, float] = {}
-            for col, raw in row.items():
-                if col in ("question_id", "prompt") or col is None or raw is None:
-                    continue
-                try:
-                    value = float(raw)
-                except ValueError:
-                    continue
-                if math.isfinite(value) and 1.0 <= value <= 10.0:
-                    scores[normalize_model_name(col)] = value
-            out.setdefault(prompt, {}).update(scores)
-    return out
-
-
-def _kind_of(source: str) -> str:
-    if source == JUDGE_SCORE_SOURCE:
-        return "score"
-    if source.startswith("routerbench_"):
-        return "correctness"
-    return "preference"
-
-
-def pair_tables(
-    comps: Comparisons,
-    *,
-    strong: str = names.STRONG,
-    weak: str = names.WEAK,
-    judge_scores: Mapping[str, Mapping[str, float]] | None = None,
-    min_prompts: int = 2,
-    require_gap: bool = True,
-) -> dict[str, PairTable]:
-    """One `PairTable` per source of `comps` with >= `min_prompts` strong-vs-weak prompts and (when
-    `require_gap`) a non-zero quality gap (see the module docstring for the quality of each kind).
-
-    judge_scores: `load_judge_scores` output; when given, arena_bench_v1 uses the raw scores of its
-    prompts (those where both models are scored) instead of the pairwise outcomes."""
-    if strong not in comps.models or weak not in comps.models:
-        return {}
-    s_idx, w_idx = comps.models.index(strong), comps.models.index(weak)
-    a, b, o = comps.model_a, comps.model_b, comps.outcome
-    pair_row = ((a == s_idx) & (b == w_idx)) | ((a == w_idx) & (b == s_idx))
-    strong_won = ((a == s_idx) & (o == 0)) | ((b == s_idx) & (o == 1))
-    tie = o == 2
-    row_sq = np.where(strong_won, 1.0, np.where(tie, 0.5, 0.0))
-    tables: dict[str, PairTable] = {}
-    for src_i, source in enumerate(comps.sources):
-        rows = np.flatnonzero(pair_row & (comps.source == src_i))
-        if rows.size == 0:
-            continue
-        kind = _kind_of(source)
-        if kind == "score" and judge_scores is not None:
-            prompts, sq, wq = [], [], []
-            for p in dict.fromkeys(comps.prompts[i] for i in comps.prompt_idx[rows]):
-                scores = judge_scores.get(p, {})
-                if strong in scores and weak in scores:
-                    prompts.append(p)
-                    sq.append(scores[strong])
-                    wq.append(scores[weak])
-            table = PairTable(source, kind, tuple(prompts), np.asarray(sq, float), np.asarray(wq, float))
-        else:
-            pidx, inverse = np.unique(comps.prompt_idx[rows], return_inverse=True)
-            sums = np.bincount(inverse, row_sq[rows], minlength=pidx.size)
-            strong_q = sums / np.bincount(inverse, minlength=pidx.size)
-            table = PairTable(
-                source,
-                "preference" if kind == "score" else kind,
-                tuple(comps.prompts[i] for i in pidx),
-                strong_q,
-                1.0 - strong_q,
-            )
-        gap_ok = not require_gap or table.strong_q.mean() != table.weak_q.mean()
-        if len(table.prompts) >= max(1, min_prompts) and gap_ok:
-            tables[source] = table
-    return tables
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics of one router on one table
-
-
-@dataclass(frozen=True)
-class SourceResult:
-    """Metrics of one router on one source's validation prompts (APGR and CPT as fractions).
-
-    random_*: mean and sample std over `random_seeds` U(0, 1) routers; length_*: score = prompt
-    length in characters (longer -> strong)."""
-
-    router: str
-    source: str
-    kind: str
-    fold: int
-    n_prompts: int
-    strong_mean: float
-    weak_mean: float
-    apgr: float
-    cpt50: float
-    random_apgr_mean: float
-    random_apgr_std: float
-    random_cpt50_mean: float
-    length_apgr: float
-    length_cpt50: float
-
-
-def length_scores(prompts: Sequence[str]) -> NDArray[np.float64]:
-    """The prompt-length baseline's scores: the length of each prompt in characters."""
-    return np.asarray([len(p) for p in prompts], dtype=np.float64)
-
-
-def evaluate_table(
-    table: PairTable, scores: NDArray[np.floating], *, router: str, fold: int = 0, random_seeds: int = 10
-) -> SourceResult:
-    """APGR and CPT(50 %) of `scores` (one per prompt of `table`) with both baselines."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(table.prompts),):
-        raise ValueError(f"{router} on {table.source}: {scores.size} scores for {len(table.prompts)} prompts")
-    m = router_metrics(scores, table.strong_q, table.weak_q, targets=(0.5,))
-    rnd = random_baseline(len(table.prompts), table.strong_q, table.weak_q, seeds=random_seeds, targets=(0.5,))
-    ln = router_metrics(length_scores(table.prompts), table.strong_q, table.weak_q, targets=(0.5,))
-    return SourceResult(
-        router=router,
-        source=table.source,
-        kind=table.kind,
-        fold=fold,
-        n_prompts=len(table.prompts),
-        strong_mean=float(table.strong_q.mean()),
-        weak_mean=float(table.weak_q.mean()),
-        apgr=m.apgr,
-        cpt50=m.cpt[0.5],
-        random_apgr_mean=rnd.apgr_mean,
-        random_apgr_std=rnd.apgr_std,
-        random_cpt50_mean=rnd.cpt_mean[0.5],
-        length_apgr=ln.apgr,
-        length_cpt50=ln.cpt[0.5],
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Splits
-
-
-def kfold_by_prompt(comps: Comparisons, k: int, seed: int = 0) -> list[tuple[Comparisons, Comparisons]]:
-    """K (train, val) splits with disjoint val prompt sets covering every prompt once.
-
-    Prompts are ordered by sha256(seed, text) as in `Comparisons.split_by_prompt`; fold j holds
-    ranks round(j n / k) .. round((j + 1) n / k). Fold 0 of k = 10 is exactly
-    `split_by_prompt(0.1, seed)`'s validation set (the pipeline's)."""
-    if k < 2:
-        raise ValueError(f"kfold_by_prompt: k must be >= 2, got {k}")
-    keys = [hashlib.sha256(f"{seed}\0{text}".encode()).digest() for text in comps.prompts]
-    order = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys))
-    n = len(keys)
-    bounds = [round(j * n / k) for j in range(k + 1)]
-    out = []
-    for j in range(k):
-        in_val = (rank >= bounds[j]) & (rank < bounds[j + 1])
-        val_row = in_val[comps.prompt_idx]
-        out.append((comps.select(~val_row), comps.select(val_row)))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Recipes
-
-
-@dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """Training knobs of mf and sw_ranking (defaults = the pipeline's BuildConfig defaults).
-
-    label_weights / source_weights: per label kind / per source weight of each comparison in mf and
-    sw_ranking. elo_source_weights: per-source weights of the Elo fit only (tiers), e.g.
-    alpaca_eval 0 to keep the AlpacaEval judge's length bias out of the tiers; elo_min_comparisons:
-    models with fewer rated comparisons get no tier (sw_ranking drops their rows).
-    pair_weight: extra factor on comparisons between the default pair itself; pair_model_weight:
-    extra factor on comparisons that involve the strong or the weak model; other_weight: factor on
-    the comparisons that involve neither (0 trains on the pair models' comparisons only).
-    pair_only: train on the direct strong-vs-weak comparisons only (every other row gets weight 0).
-    tier_window: keep only comparisons whose two models both lie in tiers weak_tier - window ..
-    strong_tier + window (tiers from the Elo fit above); None keeps all.
-    mf_*: dimension, epochs, batch, learning rate, source bias on / off, Gaussian noise sigma on the
-    prompt embeddings, Adam weight decay, seed.
-    prior_weight: blend each router's score with the difficulty prior at this weight
-    (`lmroute_export.train_prior`; 0 = the router alone). Needs `prior` in `fit_scorers`.
-    """
-
-    label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
-    source_weights: tuple[tuple[str, float], ...] = ()
-    elo_source_weights: tuple[tuple[str, float], ...] = ()
-    elo_min_comparisons: int = 1
-    n_tiers: int = 10
-    gamma: float = 10.0
-    pair_weight: float = 1.0
-    pair_model_weight: float = 1.0
-    other_weight: float = 1.0
-    pair_only: bool = False
-    tier_window: int | None = None
-    mf_dim: int = 128
-    mf_epochs: int = 20
-    mf_batch_size: int = 256
-    mf_lr: float = 3e-4
-    mf_source_bias: bool = True
-    mf_noise_sigma: float = 0.1
-    mf_weight_decay: float = 1e-5
-    mf_seed: int = 0
-    prior_weight: float = 0.0
-
-    def describe(self) -> str:
-        """The fields that differ from the defaults, as `k=v` pairs ("default" when none)."""
-        base = asdict(Recipe())
-        diff = [f"{k}={v}" for k, v in asdict(self).items() if base[k] != v]
-        return ", ".join(diff) or "default"
-
-
-def training_weights(
-    recipe: Recipe, train: Comparisons, strong: str, weak: str, tiers: Mapping[str, int] | None = None
-) -> NDArray[np.float64]:
-    """Per-comparison training weight of `recipe` (label, source, pair factors, tier window)."""
-    from lmroute_export.elo import comparison_weights
-
-    w = comparison_weights(
-        train, label_weights=dict(recipe.label_weights), source_weights=dict(recipe.source_weights) or None
-    )
-    s_idx, w_idx = train.models.index(strong), train.models.index(weak)
-    a, b = train.model_a, train.model_b
-    involves = (a == s_idx) | (b == s_idx) | (a == w_idx) | (b == w_idx)
-    is_pair = ((a == s_idx) & (b == w_idx)) | ((a == w_idx) & (b == s_idx))
-    w = w * np.where(involves, recipe.pair_model_weight, recipe.other_weight) * np.where(is_pair, recipe.pair_weight, 1.0)
-    if recipe.pair_only:
-        w = w * is_pair
-    if recipe.tier_window is not None:
-        if tiers is None:
-            tiers = fit_tiers(recipe, train)
-        lo, hi = tiers[weak] - recipe.tier_window, tiers[strong] + recipe.tier_window
-        tier = np.array([tiers.get(m, -10**6) for m in train.models])
-        inside = (tier >= lo) & (tier <= hi)
-        w = w * (inside[a] & inside[b])
-    return w
-
-
-def fit_tiers(recipe: Recipe, train: Comparisons) -> dict[str, int]:
-    """Elo (label weights and Elo source weights of `recipe`) -> tiers of the rated models."""
-    from lmroute_export.elo import compute_elo, segment_tiers
-
-    elo = compute_elo(
-        train,
-        label_weights=dict(recipe.label_weights),
-        source_weights=dict(recipe.elo_source_weights) or None,
-    )
-    ratings = elo.as_dict(min_comparisons=max(1, recipe.elo_min_comparisons))
-    return segment_tiers(ratings, n_tiers=min(recipe.n_tiers, len(ratings)))
-
-
-def fit_scorers(
-    recipe: Recipe,
-    train: Comparisons,
-    train_emb: NDArray[np.float32],
-    *,
-    routers: Sequence[str] = ("mf", "sw_ranking"),
-    strong: str = names.STRONG,
-    weak: str = names.WEAK,
-    prior: DifficultyPrior | None = None,
-) -> dict[str, Scorer]:
-    """Train the requested routers on `train` (prompt embeddings aligned with `train.prompts`);
-    return {router: scores(query embeddings [b, d]) -> float64 [b]}. With recipe.prior_weight > 0
-    each score is blended with `prior` exactly as the bundle does (standardised on `train_emb`)."""
-    if recipe.prior_weight > 0:
-        if prior is None:
-            raise ValueError(f"recipe {recipe.describe()}: prior_weight needs a difficulty prior")
-        plain = fit_scorers(replace(recipe, prior_weight=0.0), train, train_emb, routers=routers, strong=strong, weak=weak)
-        return {name: _blended(f, prior, train_emb, recipe.prior_weight) for name, f in plain.items()}
-    tiers = fit_tiers(recipe, train) if "sw_ranking" in routers or recipe.tier_window is not None else None
-    weights = training_weights(recipe, train, strong, weak, tiers)
-    out: dict[str, Scorer] = {}
-    if "mf" in routers:
-        from lmroute_export.train_mf import train_mf
-        from lmroute_kernels.reference import mf_pair_vector
-
-        mf = train_mf(
-            train,
-            train_emb,
-            dim=recipe.mf_dim,
-            epochs=recipe.mf_epochs,
-            batch_size=recipe.mf_batch_size,
-            lr=recipe.mf_lr,
-            seed=recipe.mf_seed,
-            source_bias=recipe.mf_source_bias,
-            noise_sigma=recipe.mf_noise_sigma,
-            weight_decay=recipe.mf_weight_decay,
-            row_weights=weights,
-        )
-        u = mf_pair_vector(mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak))
-        out["mf"] = lambda e, u=u: 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) @ u)))
-    if "sw_ranking" in routers:
-        from lmroute_export.train_sw import train_sw_ranking
-        from lmroute_kernels.reference import sw_scores
-
-        assert tiers is not None
-        for name in (strong, weak):
-            if name not in tiers:
-                raise ValueError(f"recipe {recipe.describe()}: {name} got no tier")
-        n_tiers = max(tiers.values()) + 1
-        sw = train_sw_ranking(
-            train,
-            train_emb,
-            tiers,
-            n_tiers=n_tiers,
-            strong=strong,
-            weak=weak,
-            gamma=recipe.gamma,
-            row_weights=weights,
-            drop_unknown_models=True,
-        )
-        p = sw.params
-
-        def sw_scorer(e: NDArray[np.float32], sw=sw, p=p) -> NDArray[np.float64]:
-            return sw_scores(
-                e, sw.prompt_embeddings, sw.cell_counts, sw.cells, int(p["n_tiers"]),
-                int(p["strong_tier"]), int(p["weak_tier"]), gamma=float(p["gamma"]),
-            )
-
-        out["sw_ranking"] = sw_scorer
-    return out
-
-
-def _blended(scorer: Scorer, prior: DifficultyPrior, train_emb: NDArray[np.float32], weight: float) -> Scorer:
-    from lmroute_export.train_prior import blend_params
-    from lmroute_kernels.reference import blend_scores
-
-    std_prior = prior.with_standardisation(train_emb)
-    bp = blend_params(scorer(train_emb), weight)
-
-    def blended(e: NDArray[np.float32]) -> NDArray[np.float64]:
-        return blend_scores(
-            scorer(e), e, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
-            weight=bp.prior_weight, center=bp.center, scale=bp.scale,
-        )
-
-    return blended
-
 
 def validate_recipe(
     recipe: Recipe,
@@ -499,7 +113,7 @@ def validate_recipe(
                 if prior_emb is not None and len(prior_emb):
                     clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
                 if not clean.all():
-                    table = _subset(table, clean)
+                    table = subset_table(table, clean)
                     q = q[clean]
                 if not clean.any():
                     continue
@@ -568,7 +182,7 @@ def validate_bundle(
         clean = (q @ train_emb.T).max(axis=1) < decontaminate
         if len(prior_emb):
             clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
-        table, q = _subset(table, clean), q[clean]
+        table, q = subset_table(table, clean), q[clean]
         if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
             continue
         for router in routers:
@@ -581,85 +195,6 @@ def validate_bundle(
                 )
                 results.append(evaluate_table(table, blended, router=f"{router}@{weight:g}", random_seeds=random_seeds))
     return results
-
-
-def _subset(table: PairTable, keep: NDArray[np.bool_]) -> PairTable:
-    return PairTable(
-        table.source,
-        table.kind,
-        tuple(p for p, k in zip(table.prompts, keep, strict=True) if k),
-        table.strong_q[keep],
-        table.weak_q[keep],
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Summaries
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Fold means of one (router, source): n folds, total prompts, metric means and their standard
-    errors over folds (0 with one fold)."""
-
-    router: str
-    source: str
-    n_folds: int
-    n_prompts: int
-    apgr: float
-    apgr_se: float
-    cpt50: float
-    random_apgr: float
-    random_apgr_std: float
-    random_cpt50: float
-    length_apgr: float
-    length_cpt50: float
-
-
-def summarise(results: Sequence[SourceResult]) -> list[Summary]:
-    """Group results by (router, source) and average over folds."""
-    groups: dict[tuple[str, str], list[SourceResult]] = {}
-    for r in results:
-        groups.setdefault((r.router, r.source), []).append(r)
-    out = []
-    for (router, source), rs in groups.items():
-        ap = np.array([r.apgr for r in rs])
-        out.append(
-            Summary(
-                router=router,
-                source=source,
-                n_folds=len(rs),
-                n_prompts=sum(r.n_prompts for r in rs),
-                apgr=float(ap.mean()),
-                apgr_se=float(ap.std(ddof=1) / math.sqrt(len(rs))) if len(rs) > 1 else 0.0,
-                cpt50=float(np.mean([r.cpt50 for r in rs])),
-                random_apgr=float(np.mean([r.random_apgr_mean for r in rs])),
-                random_apgr_std=float(np.mean([r.random_apgr_std for r in rs])) / math.sqrt(len(rs)),
-                random_cpt50=float(np.mean([r.random_cpt50_mean for r in rs])),
-                length_apgr=float(np.mean([r.length_apgr for r in rs])),
-                length_cpt50=float(np.mean([r.length_cpt50 for r in rs])),
-            )
-        )
-    return out
-
-
-def format_results(results: Sequence[SourceResult], title: str = "") -> str:
-    """Markdown table of `summarise(results)`: APGR (+- se over folds), CPT50 in %, baselines.
-
-    random APGR std is the per-fold std divided by sqrt(n folds): the noise of a fold mean."""
-    lines = [f"### {title}"] if title else []
-    lines += [
-        "| router | source | folds | prompts | APGR | CPT50 % | random APGR (std) | random CPT50 % | length APGR | length CPT50 % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s in sorted(summarise(results), key=lambda s: (s.router, s.source)):
-        se = f" +- {s.apgr_se:.3f}" if s.n_folds > 1 else ""
-        lines.append(
-            f"| {s.router} | {s.source} | {s.n_folds} | {s.n_prompts} | {s.apgr:.3f}{se} | {100 * s.cpt50:.1f} | "
-            f"{s.random_apgr:.3f} ({s.random_apgr_std:.3f}) | {100 * s.random_cpt50:.1f} | "
-            f"{s.length_apgr:.3f} | {100 * s.length_cpt50:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------

@@ -401,11 +401,14 @@ def test_real_difficulty_labels():
     assert len(labels.models) == 9 and "qwen2.5-7b-instruct" in labels.models
     assert 0.0 <= labels.mean_score.min() and labels.mean_score.max() <= 1.0
     assert 0.40 < labels.mean_score.mean() < 0.45  # 9 open 7-70B models: ~42 % right on average
+    assert labels.scores.shape == (5395, 9)
+    np.testing.assert_allclose(np.nanmean(labels.scores, axis=1), labels.mean_score, rtol=1e-12)
 
 
 def test_malformed_difficulty_rows_reported_with_file_and_line(tmp_path, caplog):
     lines = [
         json.dumps({"question": "What is 2 + 2?", "scores": {"m1": 1.0, "m2": 0.0, "m3": 0.5}}),
+        json.dumps({"question": "What is 3 + 3?", "scores": {"m1": 1.0, "m3": 0.0}}),
         json.dumps({"question": "", "scores": {"m1": 1.0, "m2": 0.0}}),
         json.dumps({"question": "q3", "scores": [1, 0]}),
         json.dumps({"question": "q4", "scores": {"m1": 1.5, "m2": 0.0}}),
@@ -417,13 +420,14 @@ def test_malformed_difficulty_rows_reported_with_file_and_line(tmp_path, caplog)
     path = _write(tmp_path, "train/llmrouter/train.jsonl", "\n".join(lines) + "\n")
     labels = load_difficulty_labels(tmp_path)
     assert [(i.file, i.line, i.reason) for i in labels.issues] == [
-        (str(path), 2, "missing field question"),
-        (str(path), 3, "field scores must be an object {model: score}"),
-        (str(path), 4, "bad score 1.5 for m1 (expected a number in [0, 1])"),
-        (str(path), 5, "bad score True for m1 (expected a number in [0, 1])"),
-        (str(path), 6, "1 scores, need at least 2"),
-        (str(path), 7, "invalid JSON: Expecting value"),
+        (str(path), 3, "missing field question"),
+        (str(path), 4, "field scores must be an object {model: score}"),
+        (str(path), 5, "bad score 1.5 for m1 (expected a number in [0, 1])"),
+        (str(path), 6, "bad score True for m1 (expected a number in [0, 1])"),
+        (str(path), 7, "1 scores, need at least 2"),
+        (str(path), 8, "invalid JSON: Expecting value"),
     ]
-    assert labels.prompts == ("What is 2 + 2?",)  # the repeat on line 8 keeps the first line
-    assert labels.mean_score.tolist() == [0.5]
+    assert labels.prompts == ("What is 2 + 2?", "What is 3 + 3?")  # the repeat on line 9 keeps the first line
+    assert labels.mean_score.tolist() == [0.5, 0.5]
     assert labels.models == ("m1", "m2", "m3")
+    np.testing.assert_array_equal(labels.scores, [[1.0, 0.0, 0.5], [1.0, np.nan, 0.0]])  # NaN: m2 did not answer
