@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
     p.add_argument("--bert-time-budget-s", type=float, default=float(_env("BERT_TIME_BUDGET_S", "420")))
     p.add_argument("--mf-epochs", type=int, default=int(_env("MF_EPOCHS", "20")))
-    p.add_argument("--prior-weights", default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=2"),
+    p.add_argument("--prior-weights", default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=0.25"),
                    help="routers blended with the difficulty prior, router=weight,... ('' = no prior)")
     p.add_argument("--report", type=Path, default=None, help="write the build report JSON here")
 

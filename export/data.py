@@ -188,6 +188,12 @@ class Comparisons:
             sources=self.sources,
         )
 
+    def pair_mask(self, model_1: str, model_2: str) -> np.ndarray:
+        """Boolean mask [n] of the comparisons between `model_1` and `model_2`, either side."""
+        i, j = self.models.index(model_1), self.models.index(model_2)
+        a, b = self.model_a, self.model_b
+        return ((a == i) & (b == j)) | ((a == j) & (b == i))
+
     def split_by_prompt(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[Comparisons, Comparisons]:
         """(train, val) with no prompt in both. The val prompts are the ``round(val_fraction * n)``
         prompts with the smallest sha256(seed, text): stable under reordering and row changes."""

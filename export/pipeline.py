@@ -81,7 +81,7 @@ class BuildConfig:
     prior_weights: routers blended with the difficulty prior (`lmroute_export.train_prior`, fitted on
     the LLMRouter correctness labels with ridge `prior_ridge`) and at what weight; empty = no prior.
     Chosen on the harness by the largest worst-source z over random, then the mean: mf 4 and
-    sw_ranking 0.5 on 10 pooled folds, bert 2 on fold 0 (README "Router recipe").
+    sw_ranking 0.5, bert 0.25, each on 10 pooled folds (README "Router recipe").
     prior_standardise_on: how many training prompts fix the blend's center / scale.
     quick_difficulty_questions: the prior's questions in quick mode (evenly spread).
     """
@@ -113,7 +113,7 @@ class BuildConfig:
     strong: str = names.STRONG
     weak: str = names.WEAK
     calibration_limit: int | None = None
-    prior_weights: tuple[tuple[str, float], ...] = (("mf", 4.0), ("sw_ranking", 0.5), ("bert", 2.0))
+    prior_weights: tuple[tuple[str, float], ...] = (("mf", 4.0), ("sw_ranking", 0.5), ("bert", 0.25))
     prior_ridge: float = 10.0
     prior_standardise_on: int = 1000
     quick_difficulty_questions: int = 300
@@ -399,9 +399,7 @@ def _quick_subset(comps: Comparisons, per_source: int, seed: int) -> Comparisons
 
 def _is_pair(comps: Comparisons, cfg: BuildConfig) -> np.ndarray:
     """Mask of the comparisons between the default pair's two models (either side)."""
-    s, w = comps.models.index(cfg.strong), comps.models.index(cfg.weak)
-    a, b = np.asarray(comps.model_a), np.asarray(comps.model_b)
-    return ((a == s) & (b == w)) | ((a == w) & (b == s))
+    return comps.pair_mask(cfg.strong, cfg.weak)
 
 
 def _train_router(

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from lmroute_export import names
 from lmroute_export.data import Comparisons, evenly_spaced
 from lmroute_export.train_prior import DifficultyPrior
-from lmroute_export.validation_recipes import Recipe, Scorer, fit_scorers, fit_tiers, training_weights
+from lmroute_export.validation_recipes import Recipe, Scorer, blend_sweep, fit_scorers, fit_tiers, training_weights
 from lmroute_export.validation_tables import (
     PairTable,
     SourceResult,
@@ -82,6 +82,7 @@ def validate_recipe(
     decontaminate: float | None = 0.95,
     prior: DifficultyPrior | None = None,
     prior_emb: NDArray[np.float32] | None = None,
+    prior_weights: Sequence[float] | None = None,
 ) -> list[SourceResult]:
     """Train on each chosen fold's training part, score its validation prompts, and evaluate.
 
@@ -96,7 +97,11 @@ def validate_recipe(
     the answer flipped) at >= 0.95, and the two twins' strong-vs-weak gains are anti-correlated.
     prior / prior_emb: the difficulty prior (for recipe.prior_weight > 0) and the embeddings of the
     questions it was fitted on; validation prompts this close to one of those are dropped too (the
-    LLMRouter table holds ~100 near-copies of RouterBench MBPP questions)."""
+    LLMRouter table holds ~100 near-copies of RouterBench MBPP questions).
+    prior_weights: a sweep: each router is trained once per fold (recipe.prior_weight must be 0) and
+    blended with `prior` at every weight; results are named "<router>@<weight>"."""
+    if prior_weights is not None and (recipe.prior_weight > 0 or prior is None):
+        raise ValueError("validate_recipe: a prior_weights sweep needs a prior and recipe.prior_weight 0")
     splits = kfold_by_prompt(comps, folds, seed=split_seed)
     chosen = range(folds) if only_folds is None else only_folds
     results: list[SourceResult] = []
@@ -105,6 +110,10 @@ def validate_recipe(
         train, val = splits[j]
         train_emb = emb_of(train.prompts)
         scorers = fit_scorers(recipe, train, train_emb, routers=routers, strong=strong, weak=weak, prior=prior)
+        if prior_weights is not None:
+            assert prior is not None
+            std_prior = prior.with_standardisation(train_emb)
+            train_scores = {r: f(train_emb, train.prompts) for r, f in scorers.items()}
         tables = pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool)
         for table in tables.values():
             q = emb_of(table.prompts)
@@ -118,13 +127,19 @@ def validate_recipe(
                 if not clean.any():
                     continue
             for router, scorer in scorers.items():
-                scores = scorer(q)
-                if pool:
-                    tabs, scs = pooled.setdefault((router, table.source), ([], []))
-                    tabs.append(table)
-                    scs.append(scores)
-                elif len(table.prompts) >= 2 and table.strong_q.mean() != table.weak_q.mean():
-                    results.append(evaluate_table(table, scores, router=router, fold=j, random_seeds=random_seeds))
+                plain = scorer(q, table.prompts)
+                if prior_weights is None:
+                    variants = {router: plain}
+                else:
+                    swept = blend_sweep(plain, q, std_prior, train_scores[router], prior_weights)
+                    variants = {f"{router}@{w:g}": sc for w, sc in swept.items()}
+                for name, scores in variants.items():
+                    if pool:
+                        tabs, scs = pooled.setdefault((name, table.source), ([], []))
+                        tabs.append(table)
+                        scs.append(scores)
+                    elif len(table.prompts) >= 2 and table.strong_q.mean() != table.weak_q.mean():
+                        results.append(evaluate_table(table, scores, router=name, fold=j, random_seeds=random_seeds))
     for (router, _), (tabs, scs) in pooled.items():
         table = PairTable(
             tabs[0].source,
@@ -161,8 +176,6 @@ def validate_bundle(
     The blend is standardised on `standardise_on` training prompts (evenly spread over the table, as
     the pipeline does) scored by the bundle. Results are named "<router>@<weight>"."""
     from lmroute_bundle import load_bundle
-    from lmroute_export.train_prior import blend_params
-    from lmroute_kernels.reference import blend_scores
 
     bundle = load_bundle(bundle_dir, require_calibration=False)
     train, val = kfold_by_prompt(comps, 10)[0]
@@ -186,13 +199,8 @@ def validate_bundle(
         if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
             continue
         for router in routers:
-            scores = bundle_scores(router, table.prompts)
-            for weight in prior_weights:
-                bp = blend_params(train_scores[router], weight)
-                blended = blend_scores(
-                    scores, q, std_prior.weights, std_prior.bias, std_prior.center, std_prior.scale,
-                    weight=bp.prior_weight, center=bp.center, scale=bp.scale,
-                )
+            swept = blend_sweep(bundle_scores(router, table.prompts), q, std_prior, train_scores[router], prior_weights)
+            for weight, blended in swept.items():
                 results.append(evaluate_table(table, blended, router=f"{router}@{weight:g}", random_seeds=random_seeds))
     return results
 
@@ -264,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--random-seeds", type=int, default=10, help="seeds of the random baseline (its mean and std)")
     ap.add_argument("--prior-weight", type=float, default=0.0, help="blend with the difficulty prior at this weight (0: off)")
     ap.add_argument("--bundle", type=Path, default=None, help="score this built bundle's routers on fold 0 instead of training (bert included)")
-    ap.add_argument("--prior-weights", default="0,0.5,1,2,4", help="with --bundle: the blend weights to try")
+    ap.add_argument(
+        "--prior-weights",
+        default=None,
+        help="a sweep of blend weights, each router trained once per fold (with --bundle: default 0,0.5,1,2,4)",
+    )
+    ap.add_argument("--bert-time-budget-s", type=float, default=420.0, help="wall-clock budget of each bert fine-tuning")
     ap.add_argument("--prior-ridge", type=float, default=10.0, help="ridge of the difficulty prior's regression")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -285,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         mf_lr=args.mf_lr,
         mf_batch_size=args.mf_batch_size,
         mf_source_bias=not args.no_source_bias,
+        bert_time_budget_s=args.bert_time_budget_s,
         prior_weight=args.prior_weight,
     )
+    sweep = None if args.prior_weights is None else [float(w) for w in args.prior_weights.split(",") if w]
     comps = load_comparisons(args.data_dir).comparisons
     emb_of = cached_embedder(args.cache_dir)
     labels = load_difficulty_labels(args.data_dir)
@@ -302,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             judge_scores=load_judge_scores(args.data_dir),
             prior=prior,
             prior_emb=prior_emb,
-            prior_weights=[float(w) for w in args.prior_weights.split(",") if w],
+            prior_weights=sweep if sweep is not None else [0.0, 0.5, 1.0, 2.0, 4.0],
             routers=tuple(r for r in args.routers.split(",") if r),
             random_seeds=args.random_seeds,
         )
@@ -320,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         decontaminate=args.decontaminate if args.decontaminate > -1 else None,
         prior=prior,
         prior_emb=prior_emb,
+        prior_weights=sweep,
         random_seeds=args.random_seeds,
     )
     print(format_results(results, title=recipe.describe()))

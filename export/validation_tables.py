@@ -128,9 +128,9 @@ def pair_tables(
     prompts (those where both models are scored) instead of the pairwise outcomes."""
     if strong not in comps.models or weak not in comps.models:
         return {}
-    s_idx, w_idx = comps.models.index(strong), comps.models.index(weak)
+    s_idx = comps.models.index(strong)
     a, b, o = comps.model_a, comps.model_b, comps.outcome
-    pair_row = ((a == s_idx) & (b == w_idx)) | ((a == w_idx) & (b == s_idx))
+    pair_row = comps.pair_mask(strong, weak)
     strong_won = ((a == s_idx) & (o == 0)) | ((b == s_idx) & (o == 1))
     tie = o == 2
     row_sq = np.where(strong_won, 1.0, np.where(tie, 0.5, 0.0))
@@ -315,18 +315,20 @@ def summarise(results: Sequence[SourceResult]) -> list[Summary]:
 
 
 def format_results(results: Sequence[SourceResult], title: str = "") -> str:
-    """Markdown table of `summarise(results)`: APGR (+- se over folds), CPT50 in %, baselines.
+    """Markdown table of `summarise(results)`: APGR (+- se over folds), z, CPT50 in %, baselines.
 
-    random APGR std is the per-fold std divided by sqrt(n folds): the noise of a fold mean."""
+    random APGR std is the per-fold std divided by sqrt(n folds): the noise of a fold mean;
+    z = (APGR - random APGR) / that std."""
     lines = [f"### {title}"] if title else []
     lines += [
-        "| router | source | folds | prompts | APGR | CPT50 % | random APGR (std) | random CPT50 % | length APGR | length CPT50 % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| router | source | folds | prompts | APGR | z | CPT50 % | random APGR (std) | random CPT50 % | length APGR | length CPT50 % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(summarise(results), key=lambda s: (s.router, s.source)):
         se = f" +- {s.apgr_se:.3f}" if s.n_folds > 1 else ""
+        z = (s.apgr - s.random_apgr) / s.random_apgr_std if s.random_apgr_std > 0 else float("nan")
         lines.append(
-            f"| {s.router} | {s.source} | {s.n_folds} | {s.n_prompts} | {s.apgr:.3f}{se} | {100 * s.cpt50:.1f} | "
+            f"| {s.router} | {s.source} | {s.n_folds} | {s.n_prompts} | {s.apgr:.3f}{se} | {z:+.1f} | {100 * s.cpt50:.1f} | "
             f"{s.random_apgr:.3f} ({s.random_apgr_std:.3f}) | {100 * s.random_cpt50:.1f} | "
             f"{s.length_apgr:.3f} | {100 * s.length_cpt50:.1f} |"
         )

@@ -203,3 +203,32 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
     score = np.exp(logits[:, 0]) / np.exp(logits).sum(axis=1)
     np.testing.assert_allclose(score, ref[:, STRONG_WINS], atol=PROB_TOL)
     assert score[is_math].mean() > score[~is_math].mean() + 0.4
+
+
+@pytest.mark.slow
+def test_validation_harness_trains_bert_like_the_pipeline() -> None:
+    """The harness's bert (`fit_scorers(..., routers=("bert",))`): tiers from the Elo fit of all rows,
+    examples from the direct strong-vs-weak rows only, and a scorer that returns P(strong wins) for
+    the texts it is given, in their order."""
+    from lmroute_export.validation_recipes import Recipe, fit_scorers
+
+    math_train, other_train = _synthetic(_TRAIN_FILL, _TRAIN_SUBJECTS)
+    rng = np.random.default_rng(0)
+    other_train = list(rng.choice(other_train, size=len(math_train), replace=False))
+    rows = [(p, "big", "small", 0) for p in math_train] + [(p, "small", "big", 0) for p in other_train]
+    # Rows that only the Elo fit sees: big > mid-a > small, so the pair lands in different tiers.
+    rows += [(f"elo filler {i}", "big", "mid-a", 0) for i in range(20)]
+    rows += [(f"elo filler {i}", "mid-a", "small", 0) for i in range(20)]
+    comps = _table(rows)
+    recipe = Recipe(bert_max_tokens=32, bert_epochs=50, bert_lr=2e-4, bert_time_budget_s=25.0)
+    scorer = fit_scorers(recipe, comps, np.zeros((len(comps.prompts), 4), np.float32), routers=("bert",), strong="big", weak="small")["bert"]
+
+    math_held, other_held = _synthetic(_HELD_FILL, _HELD_SUBJECTS)
+    texts = [p for pair in zip(math_held, other_held[:: len(_HELD_SUBJECTS)], strict=True) for p in pair]  # interleaved
+    scores = scorer(np.zeros((len(texts), 4), np.float32), texts)
+    assert scores.shape == (len(texts),) and ((scores >= 0) & (scores <= 1)).all()
+    is_math = np.arange(len(texts)) % 2 == 0
+    assert float(((scores > 0.5) == is_math).mean()) >= 0.9, scores
+    assert scorer(np.zeros((0, 4), np.float32), []).shape == (0,)
+    with pytest.raises(ValueError, match="unknown routers"):
+        fit_scorers(recipe, comps, np.zeros((len(comps.prompts), 4), np.float32), routers=("causal_llm",))

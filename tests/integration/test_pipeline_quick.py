@@ -61,7 +61,7 @@ def test_routers_are_blended_with_the_difficulty_prior(quick_bundle: tuple[Path,
     m = bundle.manifest
     assert m.schema_version == 2 and m.difficulty_prior is not None
     assert m.difficulty_prior.n_questions == report.difficulty_prior["n_questions"] == 300
-    assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {"mf": 4.0, "sw_ranking": 0.5, "bert": 2.0}
+    assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {"mf": 4.0, "sw_ranking": 0.5, "bert": 0.25}
     assert m.routers["random"].blend is None
     texts = ["What is 17 * 23?", "Write a haiku about autumn.", "Prove that there are infinitely many primes."]
     batch = bundle.prompt_batch(texts)

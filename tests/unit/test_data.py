@@ -431,3 +431,21 @@ def test_malformed_difficulty_rows_reported_with_file_and_line(tmp_path, caplog)
     assert labels.mean_score.tolist() == [0.5, 0.5]
     assert labels.models == ("m1", "m2", "m3")
     np.testing.assert_array_equal(labels.scores, [[1.0, 0.0, 0.5], [1.0, np.nan, 0.0]])  # NaN: m2 did not answer
+
+
+def test_pair_mask_finds_the_pair_on_either_side():
+    comps = Comparisons(
+        prompts=("p",),
+        prompt_idx=np.zeros(4, dtype=np.int32),
+        model_a=np.array([0, 1, 0, 2], dtype=np.int32),
+        model_b=np.array([1, 0, 2, 1], dtype=np.int32),
+        outcome=np.zeros(4, dtype=np.int8),
+        label_kind=np.zeros(4, dtype=np.int8),
+        source=np.zeros(4, dtype=np.int8),
+        models=("a", "b", "c"),
+        sources=("s",),
+    )
+    assert comps.pair_mask("a", "b").tolist() == [True, True, False, False]
+    assert comps.pair_mask("b", "c").tolist() == [False, False, False, True]
+    with pytest.raises(ValueError):
+        comps.pair_mask("a", "zzz")

@@ -31,7 +31,6 @@ SOURCES = ("alpaca_eval", "arena_bench_v1", "routerbench_arc")
 
 def comps_from_rows(rows, prompts) -> Comparisons:
     """rows: (prompt index, model a, model b, outcome, source name)."""
-    n = len(rows)
     return Comparisons(
         prompts=tuple(prompts),
         prompt_idx=np.array([r[0] for r in rows], dtype=np.int32),
@@ -158,8 +157,9 @@ def test_fit_scorers_learn_the_prompt_direction() -> None:
     recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=30, mf_lr=2e-2, mf_batch_size=256)
     scorers = fit_scorers(recipe, comps, emb_of(comps.prompts), strong=S, weak=W)
     hard = emb @ v > -0.3
+    texts = list(comps.prompts)
     for name, scorer in scorers.items():
-        s = scorer(emb)
+        s = scorer(emb, texts)
         assert s.shape == (len(emb),)
         assert s[hard].mean() > s[~hard].mean() + 0.05, name
 
@@ -175,6 +175,8 @@ def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
         assert r.apgr > r.random_apgr_mean + 2 * r.random_apgr_std, (r.router, r.source, r.apgr)
     text = format_results(results, title="synthetic")
     assert text.startswith("### synthetic") and text.count("\n| mf |") == 2
+    z_column = [float(line.split("|")[6]) for line in text.splitlines() if line.startswith(("| mf |", "| sw_ranking |"))]
+    assert len(z_column) == 4 and min(z_column) > 2  # every router beat random by > 2 std on every source
 
 
 def test_recipe_describe_and_pair_weights() -> None:
@@ -230,11 +232,12 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
     base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
     plain = fit_scorers(base, comps, train_emb, strong=S, weak=W, routers=("mf",))["mf"]
     blended = fit_scorers(replace(base, prior_weight=2.0), comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior)["mf"]
+    texts = list(comps.prompts)
     std = prior.with_standardisation(train_emb)
-    bp = blend_params(plain(train_emb), 2.0)
-    expected = blend_scores(plain(emb), emb, std.weights, std.bias, std.center, std.scale,
+    bp = blend_params(plain(train_emb, texts), 2.0)
+    expected = blend_scores(plain(emb, texts), emb, std.weights, std.bias, std.center, std.scale,
                             weight=2.0, center=bp.center, scale=bp.scale)
-    np.testing.assert_allclose(blended(emb), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(blended(emb, texts), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="prior_weight needs a difficulty prior"):
         fit_scorers(replace(base, prior_weight=1.0), comps, train_emb, strong=S, weak=W, routers=("mf",))
 
@@ -283,3 +286,25 @@ def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
     at_zero = next(r for r in results if r.router == "mf@0")
     assert at_zero.apgr == pytest.approx(evaluate_table(table, plain, router="mf").apgr, abs=1e-12)
     assert next(r for r in results if r.router == "mf@1").apgr != at_zero.apgr
+
+
+def test_prior_weight_sweep_equals_one_run_per_weight() -> None:
+    """A sweep trains each router once per fold and blends at every weight: each "<router>@<w>" row
+    equals a separate run with recipe.prior_weight = w (w = 0: the router alone)."""
+    from lmroute_export.train_prior import fit_difficulty_prior
+
+    comps, emb_of, _, v = synthetic_world(seed=4, n_prompts=160)
+    all_emb = emb_of(comps.prompts)
+    prior = fit_difficulty_prior(all_emb, 0.5 - 0.4 * (all_emb @ v), ridge=1e-3)
+    base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=10, mf_lr=2e-2, mf_batch_size=256)
+    common = dict(judge_scores=None, folds=4, only_folds=(0,), strong=S, weak=W, prior=prior, random_seeds=20)
+    swept = validate_recipe(base, comps, emb_of, prior_weights=[0.0, 2.0], **common)
+    assert {r.router for r in swept} == {"mf@0", "mf@2", "sw_ranking@0", "sw_ranking@2"}
+    for weight in (0.0, 2.0):
+        single = validate_recipe(replace(base, prior_weight=weight), comps, emb_of, **common)
+        for r in single:
+            twin = next(s for s in swept if s.router == f"{r.router}@{weight:g}" and s.source == r.source)
+            assert twin.apgr == pytest.approx(r.apgr, abs=1e-12) and twin.cpt50 == pytest.approx(r.cpt50, abs=1e-12)
+    assert any(a.apgr != b.apgr for a in swept for b in swept if a.router == "mf@0" and b.router == "mf@2" and a.source == b.source)
+    with pytest.raises(ValueError, match="sweep needs a prior"):
+        validate_recipe(replace(base, prior_weight=1.0), comps, emb_of, prior_weights=[0.0], **common)
