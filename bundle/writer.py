@@ -233,7 +233,7 @@ def write_bundle(
                 scale=float(difficulty_prior.scale),
             )
         manifest = Manifest(
-            bundle_version=bundle_version or "",
+            bundle_version=bundle_version or "unversioned",  # replaced below when not given
             created_at=created,
             encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
             models=tuple(models),
@@ -247,10 +247,12 @@ def write_bundle(
             files=_checksums(tmp),
             difficulty_prior=prior_spec,
         )
+        manifest = Manifest.from_json(manifest.to_json())  # the strict parser is the schema check
         if not bundle_version:
+            # Derived from the parsed manifest: the parser normalises values (an int where a float is
+            # declared reads back as a float), and the version must be that of the content as read.
             manifest = dataclasses.replace(manifest, bundle_version=manifest.content_version())
         text = manifest.to_json()
-        manifest = Manifest.from_json(text)  # the strict parser is the schema check
         _write_text_atomic(tmp / MANIFEST_NAME, text)
         if validate:
             load_bundle(tmp, require_calibration=False)
@@ -272,7 +274,8 @@ def _reversioned(old: Manifest, new: Manifest) -> Manifest:
     explicitly to write_bundle is kept."""
     if old.bundle_version != old.content_version():
         return new
-    return dataclasses.replace(new, bundle_version=new.content_version())
+    as_read = Manifest.from_json(new.to_json())  # the content as it will read back (see write_bundle)
+    return dataclasses.replace(as_read, bundle_version=as_read.content_version())
 
 
 def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Manifest:

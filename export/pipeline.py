@@ -27,6 +27,7 @@ from lmroute_bundle import (
     RouterArtifacts,
     TrainingData,
     load_bundle,
+    read_manifest,
     update_calibration,
     write_bundle,
 )
@@ -311,6 +312,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
 
     with _step(report, "calibrate"):
         calibrate_bundle(cfg.out_dir, cfg.data_dir, limit=cfg.calibration_limit if not cfg.quick else 200)
+    report.bundle_version = read_manifest(cfg.out_dir).bundle_version  # blends and calibration re-derive it
     return report
 
 

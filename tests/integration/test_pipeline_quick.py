@@ -63,6 +63,9 @@ def test_routers_are_blended_with_the_difficulty_prior(quick_bundle: tuple[Path,
     assert m.difficulty_prior.n_questions == report.difficulty_prior["n_questions"] == 300
     assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {"mf": 4.0, "sw_ranking": 0.5, "bert": 0.25}
     assert m.routers["random"].blend is None
+    # Blending and calibration changed the content, so the final version is re-derived from it (the
+    # parser turns sw_ranking's int base / scale into floats: the version is that of the content as read).
+    assert m.bundle_version == m.content_version() == report.bundle_version
     texts = ["What is 17 * 23?", "Write a haiku about autumn.", "Prove that there are infinitely many primes."]
     batch = bundle.prompt_batch(texts)
     for name in ("mf", "sw_ranking", "bert"):
