@@ -32,6 +32,7 @@ from lmroute_export.validation_tables import (
     SourceResult,
     Summary,
     evaluate_table,
+    far_from,
     format_results,
     kfold_by_prompt,
     length_scores,
@@ -118,9 +119,7 @@ def validate_recipe(
         for table in tables.values():
             q = emb_of(table.prompts)
             if decontaminate is not None:
-                clean = (q @ train_emb.T).max(axis=1) < decontaminate
-                if prior_emb is not None and len(prior_emb):
-                    clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
+                clean = far_from(q, train_emb, prior_emb, threshold=decontaminate)
                 if not clean.all():
                     table = subset_table(table, clean)
                     q = q[clean]
@@ -192,9 +191,7 @@ def validate_bundle(
     results: list[SourceResult] = []
     for table in pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores).values():
         q = emb_of(table.prompts)
-        clean = (q @ train_emb.T).max(axis=1) < decontaminate
-        if len(prior_emb):
-            clean &= (q @ prior_emb.T).max(axis=1) < decontaminate
+        clean = far_from(q, train_emb, prior_emb, threshold=decontaminate)
         table, q = subset_table(table, clean), q[clean]
         if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
             continue

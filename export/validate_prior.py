@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from lmroute_export.data import DifficultyLabels
 from lmroute_export.train_prior import fit_difficulty_prior
-from lmroute_export.validation_tables import PairTable, SourceResult, evaluate_table, subset_table
+from lmroute_export.validation_tables import PairTable, SourceResult, evaluate_table, far_from, subset_table
 
 __all__ = ["MODEL_PARAMS_B", "PriorVariant", "big_small_gap", "fit_prior_variants", "log_length", "main", "z_table"]
 
@@ -126,7 +126,7 @@ def evaluate_variants(
     results = []
     for table in tables.values():
         q = emb_of(table.prompts)
-        clean = (q @ prior_emb.T).max(axis=1) < decontaminate if len(prior_emb) else np.ones(len(q), bool)
+        clean = far_from(q, prior_emb, threshold=decontaminate)
         table, q = subset_table(table, clean), q[clean]
         if len(table.prompts) < 2 or table.strong_q.mean() == table.weak_q.mean():
             continue
@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scores=labels.scores[keep],
     )
     prior_emb = emb_of(labels.prompts)
+    corr = np.corrcoef(log_length(labels.prompts), labels.mean_score)[0, 1]
+    print(f"{len(labels.prompts)} LLMRouter questions: corr(log length, mean score) = {corr:+.3f}\n")
     variants = fit_prior_variants(labels, prior_emb, ridge=args.prior_ridge)
     comps = load_comparisons(args.data_dir).comparisons
     tables = pair_tables(comps, judge_scores=load_judge_scores(args.data_dir))

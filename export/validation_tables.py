@@ -41,6 +41,7 @@ __all__ = [
     "SourceResult",
     "Summary",
     "evaluate_table",
+    "far_from",
     "format_results",
     "kfold_by_prompt",
     "length_scores",
@@ -165,6 +166,16 @@ def pair_tables(
             tables[source] = table
     return tables
 
+
+
+def far_from(emb: NDArray[np.floating], *refs: NDArray[np.floating] | None, threshold: float) -> NDArray[np.bool_]:
+    """Mask of the rows of `emb` whose cosine to every row of every array in `refs` is < `threshold`
+    (rows L2-normalised; a None or empty array removes nothing): the harness's decontamination."""
+    keep = np.ones(len(emb), dtype=bool)
+    for ref in refs:
+        if ref is not None and len(ref):
+            keep &= (emb @ ref.T).max(axis=1) < threshold
+    return keep
 
 
 def subset_table(table: PairTable, keep: NDArray[np.bool_]) -> PairTable:

@@ -401,10 +401,11 @@ def blend_scores(
 ) -> F64:
     """reference.blend_scores in one compiled call (same arguments, same refusals); query_emb is used
     as float32, as the encoder produces it."""
-    p, q, w = reference.check_blend_inputs(router_scores, query_emb, prior_weights, prior_scale, scale)
-    out = np.empty(q.shape[0], dtype=np.float64)
-    e = np.ascontiguousarray(np.asarray(query_emb), dtype=np.float32)
-    _core.blend_scores(np.ascontiguousarray(p), e, np.ascontiguousarray(w), float(prior_bias),
+    p, e, w = reference.check_blend_inputs(
+        router_scores, query_emb, prior_weights, prior_scale, scale, emb_dtype=np.float32
+    )
+    out = np.empty(e.shape[0], dtype=np.float64)
+    _core.blend_scores(np.ascontiguousarray(p), np.ascontiguousarray(e), np.ascontiguousarray(w), float(prior_bias),
                        float(prior_center), float(prior_scale), float(weight), float(center), float(scale),
                        reference.LOGIT_EPS, out)
     return out

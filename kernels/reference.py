@@ -245,11 +245,16 @@ def check_blend_inputs(
     prior_weights: NDArray[np.floating],
     prior_scale: float,
     scale: float,
-) -> tuple[F64, F64, F64]:
-    """Validated blend inputs -> (scores [b], embeddings [b, d], prior weights [d]) in float64. Shared with
-    lmroute_kernels.compiled, so both refuse the same inputs with the same messages."""
+    *,
+    emb_dtype: type = np.float64,
+) -> tuple[F64, NDArray[np.floating], F64]:
+    """Validated blend inputs -> (scores [b], embeddings [b, d] as `emb_dtype`, prior weights [d]), scores
+    and weights in float64. Shared with lmroute_kernels.compiled (which reads the embeddings as float32),
+    so both refuse the same inputs with the same messages."""
     p = np.asarray(router_scores, dtype=np.float64)
-    q = _as_2d(query_emb, "query_emb")
+    q = np.asarray(query_emb, dtype=emb_dtype)
+    if q.ndim != 2:
+        raise ValueError(f"query_emb must be 2-D, got shape {q.shape}")
     w = np.asarray(prior_weights, dtype=np.float64)
     if p.shape != (q.shape[0],) or w.shape != (q.shape[1],):
         raise ValueError(f"blend_scores: scores {p.shape}, query_emb {q.shape}, prior_weights {w.shape} do not match")
