@@ -1,4 +1,4 @@
-"""Builds the compiled scoring core lmroute_kernels._core with CMake (kernels/CMakeLists.txt).
+"""Builds the compiled scoring core lmroute.kernels._core with CMake (kernels/CMakeLists.txt).
 
 Everything else about the package lives in pyproject.toml; this file only teaches setuptools'
 build_ext to run CMake for one extension and put the result where setuptools expects it (in the
@@ -39,7 +39,11 @@ class CMakeBuild(build_ext):
         cmake = str(tools / "cmake") if (tools / "cmake").exists() else shutil.which("cmake") or "cmake"
         ninja = str(tools / "ninja") if (tools / "ninja").exists() else shutil.which("ninja")
         configure = [
-            cmake, "-S", str(ext.source_dir), "-B", str(build_dir),
+            cmake,
+            "-S",
+            str(ext.source_dir),
+            "-B",
+            str(build_dir),
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dnanobind_DIR={nanobind.cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
@@ -57,6 +61,6 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[CMakeExtension("lmroute_kernels._core", ROOT / "kernels")],
+    ext_modules=[CMakeExtension("lmroute.kernels._core", ROOT / "kernels")],
     cmdclass={"build_ext": CMakeBuild},
 )

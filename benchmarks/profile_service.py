@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_probe import _ChildServer, drive, prompts_for_bench  # noqa: E402
+from service_probe import _ChildServer, drive, prompts_for_bench
 
-from lmroute_service.config import ServiceConfig  # noqa: E402
+from lmroute.service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -34,7 +34,7 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("tokenizer", ("OnnxEncoder.tokenize", "encode_batch", "tokenizers")),
     ("encoder (ONNX Runtime run)", ("onnxruntime",)),
-    ("router math (compiled core)", ("lmroute_kernels/compiled.py", "kernels/compiled.py")),
+    ("router math (compiled core)", ("lmroute/kernels/compiled.py", "kernels/compiled.py")),
     ("router math (other)", ("routers.py",)),
     ("encoder wrapper (Python)", ("encoder.py",)),
     ("scorer / scheduler", ("bundle_scorer.py", "scheduler.py", "batch_queue.py")),
@@ -77,9 +77,22 @@ def profile_router(bundle: Path, router: str, prompts: list[str], concurrency: i
         asyncio.run(drive(server.target, prompts[:64], router, concurrency))  # warm-up
         raw_path = out_dir / f"profile_{router}.txt"
         spy = subprocess.Popen(
-            [str(PY_SPY), "record", "--pid", str(server.proc.pid), "--format", "raw", "--rate", "250",
-             "--output", str(raw_path), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                str(PY_SPY),
+                "record",
+                "--pid",
+                str(server.proc.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--output",
+                str(raw_path),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(1.0)
         rate, lat = asyncio.run(drive(server.target, prompts, router, concurrency))
@@ -95,10 +108,7 @@ def profile_router(bundle: Path, router: str, prompts: list[str], concurrency: i
     ]
     lines += [f"| {s} | {100 * c / max(total, 1):.1f} % |" for s, c in stages.most_common()]
     lines += ["", "| top self-time frames | share |", "|---|---|"]
-    lines += [
-        f"| `{f.replace('|', '/')[:110]}` | {100 * c / max(total, 1):.1f} % |"
-        for f, c in leaves.most_common(12)
-    ]
+    lines += [f"| `{f.replace('|', '/')[:110]}` | {100 * c / max(total, 1):.1f} % |" for f, c in leaves.most_common(12)]
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = " ".join(["benchmarks/profile_service.py", *(argv if argv is not None else sys.argv[1:])])
     text = (
         "# Service CPU profile (py-spy)\n\nMade by `.venv/bin/python " + cmd + "` on the machine in "
-        "benchmarks/RESULTS.md (2 cores; client on the same cores). Raw stacks: " + str(raw_dir) + ".\n\n"
+        "benchmarks/RESULTS.md (2 cores; client on the same cores). Raw stacks: "
+        + str(raw_dir)
+        + ".\n\n"
         + "\n".join(sections)
     )
     args.out.write_text(text)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["ROUTELLM_SITE", "RouteLLM", "RouteLLMMissing", "import_routellm"]
 
@@ -47,9 +48,7 @@ def import_routellm(*, routers: bool = True) -> RouteLLM:
     """Import RouteLLM from ROUTELLM_SITE; idempotent. routers=False skips routellm.routers.routers
     (which imports torch, transformers and datasets: seconds) when only the BT utils are needed."""
     if not (ROUTELLM_SITE / "routellm").is_dir():
-        raise RouteLLMMissing(
-            f"RouteLLM is not installed in {ROUTELLM_SITE}: run scripts/install_routellm.sh"
-        )
+        raise RouteLLMMissing(f"RouteLLM is not installed in {ROUTELLM_SITE}: run scripts/install_routellm.sh")
     site = str(ROUTELLM_SITE)
     if site not in sys.path:
         sys.path.append(site)

@@ -27,9 +27,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from lmroute.service.config import ServiceConfig
+from lmroute.service.logs import configure_logging
 from lmroute.v1 import router_pb2, router_pb2_grpc
-from lmroute_service.config import ServiceConfig
-from lmroute_service.logs import configure_logging
 
 __all__ = ["main", "drive", "raw_encoder_rate"]
 
@@ -38,16 +38,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def prompts_for_bench(n: int, seed: int = 0) -> list[str]:
     """`n` real Arena prompts (the vendored calibration set), a fixed seeded sample in a fixed order."""
-    from lmroute_export.data import load_calibration_prompts
+    from lmroute.export.data import load_calibration_prompts
 
     pool = load_calibration_prompts(REPO / "data")
     rng = np.random.default_rng(seed)
     return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
 
 
-async def drive(
-    target: str, prompts: Sequence[str], router: str, concurrency: int
-) -> tuple[float, np.ndarray]:
+async def drive(target: str, prompts: Sequence[str], router: str, concurrency: int) -> tuple[float, np.ndarray]:
     """Send one Route per prompt with `concurrency` workers; (decisions/s, latencies in ms)."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -76,7 +74,7 @@ async def drive(
 def raw_encoder_rate(bundle_dir: Path, prompts: Sequence[str], batch: int, threads: int) -> float:
     """Prompts/s of the bare encoder (tokenize + embed) at its best: all prompts sorted by length
     (the service only sorts within a batch), runs of `batch`."""
-    from lmroute_bundle.loader import load_bundle
+    from lmroute.bundle.loader import load_bundle
 
     enc = load_bundle(bundle_dir, intra_op_threads=threads).encoder
     enc.encode(list(prompts[:batch]), batch_size=batch)
@@ -86,7 +84,7 @@ def raw_encoder_rate(bundle_dir: Path, prompts: Sequence[str], batch: int, threa
 
 
 class _ChildServer:
-    """`python -m lmroute_service.main` as a child process on a free port."""
+    """`python -m lmroute.service.main` as a child process on a free port."""
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
@@ -96,12 +94,29 @@ class _ChildServer:
 
     def __enter__(self) -> _ChildServer:
         c = self.cfg
-        cmd = [sys.executable, "-m", "lmroute_service.main", "--bundle", str(c.bundle_path),
-               "--port", "0", "--intra-op-threads", str(c.intra_op_threads),
-               "--max-batch-size", str(c.max_batch_size), "--max-wait-us", str(c.max_wait_us),
-               "--encoder-chunk-size", str(c.encoder_chunk_size),
-               "--max-queue", str(c.max_queue), "--queue-timeout-ms", str(c.queue_timeout_ms),
-               "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lmroute.service.main",
+            "--bundle",
+            str(c.bundle_path),
+            "--port",
+            "0",
+            "--intra-op-threads",
+            str(c.intra_op_threads),
+            "--max-batch-size",
+            str(c.max_batch_size),
+            "--max-wait-us",
+            str(c.max_wait_us),
+            "--encoder-chunk-size",
+            str(c.encoder_chunk_size),
+            "--max-queue",
+            str(c.max_queue),
+            "--queue-timeout-ms",
+            str(c.queue_timeout_ms),
+            "--log-level",
+            "warning",
+        ]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         while True:
@@ -137,10 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("warning")
     prompts = prompts_for_bench(args.requests)
     cfg = ServiceConfig(
-        bundle_path=args.bundle, port=0, intra_op_threads=args.intra_op_threads,
-        max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us, max_queue=4096,
+        bundle_path=args.bundle,
+        port=0,
+        intra_op_threads=args.intra_op_threads,
+        max_batch_size=args.max_batch_size,
+        max_wait_us=args.max_wait_us,
+        max_queue=4096,
         encoder_chunk_size=args.encoder_chunk_size,
-        queue_timeout_ms=60_000, log_level="warning",
+        queue_timeout_ms=60_000,
+        log_level="warning",
     )
     # the machine is shared: time the raw encoder before and after the service and use the mean
     raw_before = raw_encoder_rate(args.bundle, prompts, args.encoder_chunk_size, args.intra_op_threads)
@@ -148,18 +168,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for conc in args.concurrency:
         with _ChildServer(cfg) as child:
             rate, lat = asyncio.run(drive(child.target, prompts, args.router, conc))
-        rows.append({"what": f"service Route c={conc}", "per_s": rate,
-                     "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                     "mean_batch": child.mean_batch})
+        rows.append(
+            {
+                "what": f"service Route c={conc}",
+                "per_s": rate,
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "mean_batch": child.mean_batch,
+            }
+        )
     raw_after = raw_encoder_rate(args.bundle, prompts, args.encoder_chunk_size, args.intra_op_threads)
     raw = (raw_before + raw_after) / 2
     for when, value in (("before", raw_before), ("after", raw_after)):
-        rows.append({"what": f"raw encoder {when}", "per_s": value, "p50_ms": float("nan"),
-                     "p99_ms": float("nan"), "mean_batch": args.encoder_chunk_size})
+        rows.append(
+            {
+                "what": f"raw encoder {when}",
+                "per_s": value,
+                "p50_ms": float("nan"),
+                "p99_ms": float("nan"),
+                "mean_batch": args.encoder_chunk_size,
+            }
+        )
     print(f"{'what':<26}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'batch':>8}")
     for r in rows:
-        print(f"{r['what']:<26}{r['per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-              f"{r['mean_batch']:>8.1f}")
+        print(f"{r['what']:<26}{r['per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>8.1f}")
     top = float(rows[len(args.concurrency) - 1]["per_s"])  # type: ignore[arg-type]
     print(f"service at c={args.concurrency[-1]} / raw encoder (mean of before, after) = {top / raw:.2f}")
     if args.json:

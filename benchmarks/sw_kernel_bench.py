@@ -5,16 +5,16 @@ model with prompt-dependent ratings (so the score depends on the query), d = 384
 embeddings clustered in topics. Two prompt layouts: `per_battle` (every battle its own prompt: the
 worst case for a scan over unique prompts) and `shared` (~70 battles per prompt, like our data).
 The per-prompt cell table (unique prompts x (tier_a < tier_b, outcome) cells) is built as the bundle
-builds it (lmroute_export.train_sw).
+builds it (lmroute.export.train_sw).
 
 Methods (ms per prompt, batch sizes 1/8/32, 1 and 2 threads):
-  reference        lmroute_kernels.reference.sw_scores (dense float64 counts, float64 embeddings)
-  compiled         lmroute_kernels.compiled.SWIndex.scores (its own scan; CSR counts)
+  reference        lmroute.kernels.reference.sw_scores (dense float64 counts, float64 embeddings)
+  compiled         lmroute.kernels.compiled.SWIndex.scores (its own scan; CSR counts)
   compiled+faiss   FAISS computes the similarity matrix, SWIndex.scores_from_sims does the rest
   routellm         RouteLLM 0.2.0 SWRankingRouter.calculate_strong_win_rate (batch 1), on the same
                    battles and embeddings; its OpenAI embedding call is replaced by a lookup of the
                    precomputed query embedding (no network)
-Compiled columns appear when `from lmroute_kernels import compiled` works; RouteLLM when
+Compiled columns appear when `from lmroute.kernels import compiled` works; RouteLLM when
 scripts/install_routellm.sh has run. Equality: compiled vs reference (relative, goal <= 1e-6),
 reference vs an independent weighted-BT fit on the battle rows (small N), reference vs RouteLLM
 (absolute, goal <= 1e-3).
@@ -41,15 +41,16 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
 import threadpoolctl
 
-from lmroute_kernels import reference
+from lmroute.kernels import reference
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -127,9 +128,7 @@ def make_dataset(n_battles: int, layout: str, seed: int) -> Dataset:
         outcome[sl] = np.where(tie, 2, np.where(u < p_a, 0, 1))
 
     # the bundle's cell table: cells (tier_a < tier_b, outcome), counts per unique prompt
-    cells, cell_of_battle = np.unique(
-        np.stack([tier_a, tier_b, outcome], axis=1), axis=0, return_inverse=True
-    )
+    cells, cell_of_battle = np.unique(np.stack([tier_a, tier_b, outcome], axis=1), axis=0, return_inverse=True)
     cell_of_battle = cell_of_battle.ravel().astype(np.int64)
     n_cells = cells.shape[0]
     key = prompt_of_battle * n_cells + cell_of_battle
@@ -141,8 +140,18 @@ def make_dataset(n_battles: int, layout: str, seed: int) -> Dataset:
     csr = (indptr, (ukey % n_cells).astype(np.int32), ucount.astype(np.float64))
     queries = _topic_embeddings(rng, centres, N_QUERIES)
     return Dataset(
-        layout, n_battles, prompt_emb, prompt_of_battle, tier_a, tier_b, outcome,
-        cells.astype(np.int64), cell_of_battle, counts, csr, queries,
+        layout,
+        n_battles,
+        prompt_emb,
+        prompt_of_battle,
+        tier_a,
+        tier_b,
+        outcome,
+        cells.astype(np.int64),
+        cell_of_battle,
+        counts,
+        csr,
+        queries,
     )
 
 
@@ -197,12 +206,12 @@ def faiss_sims(queries: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
 
 def load_compiled() -> tuple[Any, str | None]:
     try:
-        from lmroute_kernels import compiled
+        from lmroute.kernels import compiled
     except Exception as exc:  # not built yet, or stale: the compiled columns stay empty
         return None, f"{type(exc).__name__}: {exc}"
     missing = [n for n in ("SWIndex", "set_num_threads") if not hasattr(compiled, n)]
     if missing:
-        return None, f"lmroute_kernels.compiled lacks {missing}"
+        return None, f"lmroute.kernels.compiled lacks {missing}"
     return compiled, None
 
 
@@ -230,7 +239,7 @@ class _EmbeddingLookup:
         self._queries = queries
         self.embeddings = self
 
-    def create(self, input: list[str], model: str) -> Any:  # noqa: A002 (OpenAI's signature)
+    def create(self, input: list[str], model: str) -> Any:
         vec = self._queries[int(input[0][1:])]
         item = type("Embedding", (), {"embedding": vec})()
         return type("Response", (), {"data": [item]})()
@@ -269,7 +278,10 @@ def set_threads(k: int, compiled: Any) -> None:
 
 
 def time_interleaved(
-    methods: dict[str, Callable[[np.ndarray], Any]], queries: np.ndarray, batch: int, min_s: float,
+    methods: dict[str, Callable[[np.ndarray], Any]],
+    queries: np.ndarray,
+    batch: int,
+    min_s: float,
     max_reps: int,
 ) -> dict[str, tuple[float, float, int]]:
     """Median and minimum wall seconds per call of each method, {name: (median, min, calls)}. The methods take turns
@@ -303,9 +315,7 @@ def time_interleaved(
     return {name: (float(np.median(t)), float(np.min(t)), len(t)) for name, t in times.items()}
 
 
-def time_routellm(
-    router: Any, n_queries: int, max_s: float
-) -> tuple[float, float, list[float], int, int]:
+def time_routellm(router: Any, n_queries: int, max_s: float) -> tuple[float, float, list[float], int, int]:
     """Median seconds per request over up to n_queries requests (at least one), stopping after max_s."""
     times, scores, n_conv = [], [], 0
     start = time.perf_counter()
@@ -355,16 +365,30 @@ def bench_ours(
         for batch in args.batches:
             timed = time_interleaved(methods, ds.queries, batch, args.min_s, args.max_reps)
             for name, (sec, sec_min, reps) in timed.items():
-                rows.append({**base, "threads": threads, "method": name, "batch": batch,
-                             "ms_per_prompt": 1e3 * sec / batch, "ms_per_prompt_min": 1e3 * sec_min / batch,
-                             "calls": reps})
-                print(f"  t={threads} {name:15s} b={batch:2d}: {1e3 * sec / batch:10.3f} ms/prompt "
-                      f"({reps} calls)", flush=True)
+                rows.append(
+                    {
+                        **base,
+                        "threads": threads,
+                        "method": name,
+                        "batch": batch,
+                        "ms_per_prompt": 1e3 * sec / batch,
+                        "ms_per_prompt_min": 1e3 * sec_min / batch,
+                        "calls": reps,
+                    }
+                )
+                print(
+                    f"  t={threads} {name:15s} b={batch:2d}: {1e3 * sec / batch:10.3f} ms/prompt ({reps} calls)",
+                    flush=True,
+                )
     return rows, equality, ref_scores
 
 
 def bench_routellm(
-    ds: Dataset, args: argparse.Namespace, rl: Any, compiled: Any, base: dict[str, Any],
+    ds: Dataset,
+    args: argparse.Namespace,
+    rl: Any,
+    compiled: Any,
+    base: dict[str, Any],
     ref_scores: np.ndarray,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
@@ -373,10 +397,23 @@ def bench_routellm(
     for threads in args.threads:
         set_threads(threads, compiled)
         sec, sec_min, scores, ran, n_conv = time_routellm(router, n_q, args.routellm_max_s)
-        rows.append({**base, "threads": threads, "method": "routellm", "batch": 1, "ms_per_prompt": 1e3 * sec,
-                     "ms_per_prompt_min": 1e3 * sec_min, "calls": ran, "convergence_warnings": n_conv})
-        print(f"  t={threads} routellm        b= 1: {1e3 * sec:10.3f} ms/prompt ({ran} requests, "
-              f"{n_conv} sklearn convergence warnings)", flush=True)
+        rows.append(
+            {
+                **base,
+                "threads": threads,
+                "method": "routellm",
+                "batch": 1,
+                "ms_per_prompt": 1e3 * sec,
+                "ms_per_prompt_min": 1e3 * sec_min,
+                "calls": ran,
+                "convergence_warnings": n_conv,
+            }
+        )
+        print(
+            f"  t={threads} routellm        b= 1: {1e3 * sec:10.3f} ms/prompt ({ran} requests, "
+            f"{n_conv} sklearn convergence warnings)",
+            flush=True,
+        )
     diff = float(np.max(np.abs(np.asarray(scores) - ref_scores[:ran])))  # the same queries q0..
     return rows, [{**base, "a": "routellm", "b": "reference", "max_abs": diff, "n": ran, "ok": diff <= 1e-3}]
 
@@ -403,8 +440,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             ds = make_dataset(n, layout, args.seed)
             n_prompts = ds.prompt_emb.shape[0]
-            print(f"[{t0 - t_start:7.1f}s] N={n} {layout}: {n_prompts} prompts, {ds.cells.shape[0]} cells, "
-                  f"nnz {ds.csr[2].size} (generated in {time.perf_counter() - t0:.1f}s)", flush=True)
+            print(
+                f"[{t0 - t_start:7.1f}s] N={n} {layout}: {n_prompts} prompts, {ds.cells.shape[0]} cells, "
+                f"nnz {ds.csr[2].size} (generated in {time.perf_counter() - t0:.1f}s)",
+                flush=True,
+            )
             base = {"n_battles": n, "layout": layout, "n_prompts": n_prompts, "n_cells": int(ds.cells.shape[0])}
             r, e, ref_scores = bench_ours(ds, args, compiled, base)
             rows += r
@@ -468,7 +508,8 @@ def machine_info() -> dict[str, Any]:
         "pandas": pandas_v,
         "blas": [
             {k: p.get(k) for k in ("internal_api", "version", "threading_layer", "architecture")}
-            for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"
+            for p in threadpoolctl.threadpool_info()
+            if p.get("user_api") == "blas"
         ],
         "load_avg_at_end": os.getloadavg(),
     }
@@ -543,8 +584,11 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
         "",
     ]
     if result["compiled_missing"]:
-        lines += [f"**Compiled core not measured**: `from lmroute_kernels import compiled` failed "
-                  f"(`{result['compiled_missing']}`). Its columns appear when it imports.", ""]
+        lines += [
+            f"**Compiled core not measured**: `from lmroute.kernels import compiled` failed "
+            f"(`{result['compiled_missing']}`). Its columns appear when it imports.",
+            "",
+        ]
     if result["compiled_info"]:
         lines += [f"Compiled core: `{json.dumps(result['compiled_info'])}`.", ""]
     if result["routellm_missing"]:
@@ -555,7 +599,8 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
         f"Speed-up goals: reference / compiled >= {GOAL_VS_REFERENCE:g}x at the same batch; RouteLLM "
         f"(one request) / compiled at batch 1 >= {GOAL_VS_ROUTELLM:g}x. `compiled` = own scan, CSR counts.",
         "",
-        "| layout | N | prompts | threads | batch | " + " | ".join(present)
+        "| layout | N | prompts | threads | batch | "
+        + " | ".join(present)
         + " | reference / compiled | RouteLLM / compiled |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(present) + "---|---|",
     ]
@@ -580,10 +625,16 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
                     )
     rl_rows = [r for r in rows if r["method"] == "routellm"]
     if rl_rows:
-        lines += ["", "RouteLLM requests timed per config: "
-                  + ", ".join(f"{r['layout']} N={r['n_battles']:,} t={r['threads']}: {r['calls']}"
-                              f" ({r['convergence_warnings']} sklearn convergence warnings)" for r in rl_rows)
-                  + f" (cap {result['params']['routellm_max_s']:g} s per config after the first request)."]
+        lines += [
+            "",
+            "RouteLLM requests timed per config: "
+            + ", ".join(
+                f"{r['layout']} N={r['n_battles']:,} t={r['threads']}: {r['calls']}"
+                f" ({r['convergence_warnings']} sklearn convergence warnings)"
+                for r in rl_rows
+            )
+            + f" (cap {result['params']['routellm_max_s']:g} s per config after the first request).",
+        ]
     lines += [
         "",
         "## Equality",
@@ -598,15 +649,24 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
     ]
     for e in eq:
         diff = f"{e['max_rel']:.2e} rel" if "max_rel" in e else f"{e['max_abs']:.2e} abs"
-        lines.append(f"| {e['layout']} | {e['n_battles']:,} | {e['a']} | {e['b']} | {e['n']} | {diff} | "
-                     f"{'met' if e['ok'] else 'MISSED'} |")
-    lines += ["", "## Plots", "", "![cost vs N](sw_kernel_cost_vs_n.png)", "",
-              "![cost vs batch](sw_kernel_cost_vs_batch.png)", ""]
+        lines.append(
+            f"| {e['layout']} | {e['n_battles']:,} | {e['a']} | {e['b']} | {e['n']} | {diff} | "
+            f"{'met' if e['ok'] else 'MISSED'} |"
+        )
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![cost vs N](sw_kernel_cost_vs_n.png)",
+        "",
+        "![cost vs batch](sw_kernel_cost_vs_batch.png)",
+        "",
+    ]
     (out_dir / "RESULTS_sw_kernel.md").write_text("\n".join(lines))
     _plots(rows, layouts, sizes, threads, batches, present, out_dir)
 
 
-def _plots(rows, layouts, sizes, threads, batches, present, out_dir: Path) -> None:  # noqa: ANN001
+def _plots(rows, layouts, sizes, threads, batches, present, out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -688,15 +748,26 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = machine_info()
     result["command"] = command.strip()
     result["params"] = {
-        "d": D, "n_tiers": N_TIERS, "strong_tier": STRONG_TIER, "weak_tier": WEAK_TIER, "gamma": GAMMA,
-        "battles_per_prompt_shared": BATTLES_PER_PROMPT, "n_queries": N_QUERIES, "seed": args.seed,
-        "batches": args.batches, "threads": args.threads, "min_s": args.min_s,
-        "routellm_queries": args.routellm_queries, "routellm_max_s": args.routellm_max_s,
+        "d": D,
+        "n_tiers": N_TIERS,
+        "strong_tier": STRONG_TIER,
+        "weak_tier": WEAK_TIER,
+        "gamma": GAMMA,
+        "battles_per_prompt_shared": BATTLES_PER_PROMPT,
+        "n_queries": N_QUERIES,
+        "seed": args.seed,
+        "batches": args.batches,
+        "threads": args.threads,
+        "min_s": args.min_s,
+        "routellm_queries": args.routellm_queries,
+        "routellm_max_s": args.routellm_max_s,
     }
     (out_dir / "sw_kernel_results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_report(result, out_dir)
-    print(f"wrote {out_dir}/RESULTS_sw_kernel.md, sw_kernel_results.json, sw_kernel_*.png "
-          f"(wall {result['wall_s']:.0f}s, peak RSS {result['peak_rss_gb']:.2f} GB)")
+    print(
+        f"wrote {out_dir}/RESULTS_sw_kernel.md, sw_kernel_results.json, sw_kernel_*.png "
+        f"(wall {result['wall_s']:.0f}s, peak RSS {result['peak_rss_gb']:.2f} GB)"
+    )
     return 0
 
 

@@ -1,12 +1,12 @@
-"""lmroute_bundle: the artifact bundle contract (manifest, writer, validating loader, runtime routers).
+"""lmroute.bundle: the artifact bundle contract (manifest, writer, validating loader, runtime routers).
 
 See docs/BUNDLE.md. `export` writes bundles with `write_bundle` / `update_calibration`; the service and
-evaluation read them with `load_bundle`. Test helpers live in `lmroute_bundle.testing` (not imported here).
+evaluation read them with `load_bundle`. Test helpers live in `lmroute.bundle.testing` (not imported here).
 """
 
-from lmroute_bundle.errors import BundleError
-from lmroute_bundle.loader import Bundle, load_bundle, read_manifest
-from lmroute_bundle.manifest import (
+from lmroute.bundle.errors import BundleError
+from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
+from lmroute.bundle.manifest import (
     SCHEMA_VERSION,
     Blend,
     Calibration,
@@ -18,7 +18,7 @@ from lmroute_bundle.manifest import (
     RouterSpec,
     TrainingData,
 )
-from lmroute_bundle.routers import (
+from lmroute.bundle.routers import (
     BertRouter,
     BlendedRouter,
     MFRouter,
@@ -27,7 +27,7 @@ from lmroute_bundle.routers import (
     Router,
     SWRankingRouter,
 )
-from lmroute_bundle.writer import RouterArtifacts, update_calibration, write_bundle
+from lmroute.bundle.writer import RouterArtifacts, update_calibration, write_bundle
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -178,9 +178,7 @@ class OnnxEncoder:
     def _check_signature(session: ort.InferenceSession, path: Path) -> int:
         inputs = {i.name: i for i in session.get_inputs()}
         if set(inputs) != set(INPUT_NAMES):
-            raise EncoderModelError(
-                f"{path}: encoder inputs are {sorted(inputs)}, expected {sorted(INPUT_NAMES)}"
-            )
+            raise EncoderModelError(f"{path}: encoder inputs are {sorted(inputs)}, expected {sorted(INPUT_NAMES)}")
         for name in INPUT_NAMES:
             arg = inputs[name]
             if not _elem_type_ok(arg.type, "tensor(int64)") or len(arg.shape) != 2:
@@ -189,9 +187,7 @@ class OnnxEncoder:
                 )
         outputs = {o.name: o for o in session.get_outputs()}
         if OUTPUT_NAME not in outputs:
-            raise EncoderModelError(
-                f"{path}: encoder has no output {OUTPUT_NAME!r} (outputs: {sorted(outputs)})"
-            )
+            raise EncoderModelError(f"{path}: encoder has no output {OUTPUT_NAME!r} (outputs: {sorted(outputs)})")
         out = outputs[OUTPUT_NAME]
         if not _elem_type_ok(out.type, "tensor(float)") or len(out.shape) != 2:
             raise EncoderModelError(

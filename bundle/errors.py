@@ -3,7 +3,7 @@
     BundleError(ValueError)      a bundle (or a manifest) is malformed, incomplete or inconsistent;
                                  str(err) == "<path relative to the bundle root>: <problem>"
 
-Every check in `lmroute_bundle` raises `BundleError`; the service maps it to a refused startup or a
+Every check in `lmroute.bundle` raises `BundleError`; the service maps it to a refused startup or a
 refused reload, never to a half-loaded bundle.
 """
 

@@ -2,7 +2,7 @@
 
 A bundle is accepted whole or refused with one `BundleError` naming the file and the problem (the
 message forms are those of docs/BUNDLE.md). The loader checks, in order:
-  1. manifest.json: JSON, schema version, strict schema, cross-field consistency (lmroute_bundle.manifest);
+  1. manifest.json: JSON, schema version, strict schema, cross-field consistency (lmroute.bundle.manifest);
   2. every file in `files`: present, size, sha256 (the sha256 pass can be skipped for fast reloads);
   3. the encoder: tokenizer loads, ONNX inputs/outputs, one probe embedding of shape (1, dim), L2-normalised;
   4. every router's arrays: dtype, shape against encoder.dim / models / d_model / cells, NaN/inf, value
@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmroute_bundle.errors import BundleError
-from lmroute_kernels import reference
-from lmroute_bundle.manifest import MANIFEST_NAME, Manifest, RouterSpec
-from lmroute_bundle.routers import (
+from lmroute.bundle.errors import BundleError
+from lmroute.bundle.manifest import MANIFEST_NAME, Manifest, RouterSpec
+from lmroute.bundle.routers import (
     BertRouter,
     BlendedRouter,
     MFRouter,
@@ -34,11 +33,12 @@ from lmroute_bundle.routers import (
     Router,
     SWRankingRouter,
 )
+from lmroute.kernels import reference
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from lmroute_bundle.encoder import OnnxEncoder
+    from lmroute.bundle.encoder import OnnxEncoder
 
 __all__ = ["Bundle", "load_bundle", "read_manifest", "sha256_file"]
 
@@ -144,9 +144,7 @@ def load_bundle(
                 scale=spec.blend.scale,
             )
         routers[name] = router
-    return Bundle(
-        path=root, manifest=manifest, encoder=encoder, routers=types.MappingProxyType(routers)
-    )
+    return Bundle(path=root, manifest=manifest, encoder=encoder, routers=types.MappingProxyType(routers))
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -161,9 +159,7 @@ def _check_files(root: Path, manifest: Manifest, verify_checksums: bool) -> None
         if verify_checksums:
             actual = sha256_file(file)
             if actual != entry.sha256:
-                raise BundleError(
-                    rel, f"sha256 mismatch (manifest {entry.sha256[:12]}..., file {actual[:12]}...)"
-                )
+                raise BundleError(rel, f"sha256 mismatch (manifest {entry.sha256[:12]}..., file {actual[:12]}...)")
 
 
 def _load_npy(root: Path, rel: str, dtype: type, axes: Sequence[tuple[str, int | None]]) -> np.ndarray:
@@ -193,9 +189,7 @@ def _load_npy(root: Path, rel: str, dtype: type, axes: Sequence[tuple[str, int |
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
-def _session(
-    root: Path, rel: str, providers: Sequence[str], intra_op_threads: int
-) -> ort.InferenceSession:
+def _session(root: Path, rel: str, providers: Sequence[str], intra_op_threads: int) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -208,9 +202,7 @@ def _session(
         raise BundleError(rel, f"not a loadable ONNX model ({type(exc).__name__})") from exc
 
 
-def _check_onnx_io(
-    session: ort.InferenceSession, rel: str, output: str, last_dim: int, last_dim_label: str
-) -> None:
+def _check_onnx_io(session: ort.InferenceSession, rel: str, output: str, last_dim: int, last_dim_label: str) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     for name in ONNX_INPUTS:
         if name not in inputs:
@@ -232,15 +224,11 @@ def _check_onnx_io(
         raise BundleError(rel, f"output {output!r} has rank {len(arg.shape)}, expected 2")
     last = arg.shape[1]
     if isinstance(last, int) and last != last_dim:
-        raise BundleError(
-            rel, f"output {output!r} has last dimension {last}, expected {last_dim_label} {last_dim}"
-        )
+        raise BundleError(rel, f"output {output!r} has last dimension {last}, expected {last_dim_label} {last_dim}")
 
 
-def _load_encoder(
-    root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int
-) -> OnnxEncoder:
-    from lmroute_bundle.encoder import EncoderModelError, OnnxEncoder
+def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int) -> OnnxEncoder:
+    from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder
 
     spec = manifest.encoder
     model_rel, tok_rel = spec.files["model"], spec.files["tokenizer"]
@@ -303,7 +291,7 @@ def _load_router(
     if spec.kind == "sw_ranking":
         router = _load_sw(root, manifest, name, spec)
         if "CUDAExecutionProvider" in providers:
-            from lmroute_kernels.gpu import cuda_available
+            from lmroute.kernels.gpu import cuda_available
 
             if cuda_available():  # the scan goes to the GPU with the encoder; Newton stays on the CPU
                 router.use_device_scan()
@@ -318,9 +306,7 @@ def _load_mf(root: Path, manifest: Manifest, name: str, spec: RouterSpec) -> MFR
     d_model = ("params.d_model", spec.params["d_model"])
     files = spec.files
     text_proj = _load_npy(root, files["text_proj"], np.float32, [d_model, dim])
-    model_emb = _load_npy(
-        root, files["model_emb"], np.float32, [("number of models", len(manifest.models)), d_model]
-    )
+    model_emb = _load_npy(root, files["model_emb"], np.float32, [("number of models", len(manifest.models)), d_model])
     classifier = _load_npy(root, files["classifier"], np.float32, [d_model])
     pair_vector = _load_npy(root, files["pair_vector"], np.float32, [dim])
     norms = np.linalg.norm(model_emb.astype(np.float64), axis=1)
@@ -344,16 +330,12 @@ def _load_sw(root: Path, manifest: Manifest, name: str, spec: RouterSpec) -> SWR
     files, params = spec.files, spec.params
     n_tiers = params["n_tiers"]
     prompts_rel, cells_rel, counts_rel = files["prompt_embeddings"], files["cells"], files["cell_counts"]
-    prompts = _load_npy(
-        root, prompts_rel, np.float32, [("n_prompts", None), ("encoder.dim", manifest.encoder.dim)]
-    )
+    prompts = _load_npy(root, prompts_rel, np.float32, [("n_prompts", None), ("encoder.dim", manifest.encoder.dim)])
     norms = np.linalg.norm(prompts.astype(np.float64), axis=1)
     worst = float(np.max(np.abs(norms - 1.0)))
     if worst > _NORM_TOL:
         raise BundleError(prompts_rel, f"rows are not L2-normalised (max |norm - 1| {worst:.3g})")
-    cells = _load_npy(
-        root, cells_rel, np.int32, [("n_cells", None), ("columns (tier_a, tier_b, outcome)", 3)]
-    )
+    cells = _load_npy(root, cells_rel, np.int32, [("n_cells", None), ("columns (tier_a, tier_b, outcome)", 3)])
     for row, (a, b, outcome) in enumerate(cells.tolist()):
         if not (0 <= a < n_tiers and 0 <= b < n_tiers):
             raise BundleError(cells_rel, f"row {row} {(a, b, outcome)}: tier out of range [0, {n_tiers})")
@@ -403,9 +385,7 @@ def _load_faiss(root: Path, rel: str, prompts: np.ndarray, dim: int) -> Any:
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise BundleError(rel, "index metric is not inner product (expected IndexFlatIP)")
     if index.ntotal != prompts.shape[0]:
-        raise BundleError(
-            rel, f"index holds {index.ntotal} vectors, prompt_embeddings has {prompts.shape[0]}"
-        )
+        raise BundleError(rel, f"index holds {index.ntotal} vectors, prompt_embeddings has {prompts.shape[0]}")
     try:
         rows = index.reconstruct_n(0, index.ntotal)
     except Exception as exc:

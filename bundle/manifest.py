@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmroute_bundle.errors import BundleError
+from lmroute.bundle.errors import BundleError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -80,9 +80,7 @@ def _type_name(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "bool"
-    return {int: "int", float: "float", str: "str", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+    return {int: "int", float: "float", str: "str", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
 class _Node:
@@ -256,9 +254,7 @@ class Blend:
 
     @classmethod
     def _parse(cls, node: _Node) -> Blend:
-        blend = cls(
-            prior_weight=node.float_("prior_weight"), center=node.float_("center"), scale=node.float_("scale")
-        )
+        blend = cls(prior_weight=node.float_("prior_weight"), center=node.float_("center"), scale=node.float_("scale"))
         if blend.prior_weight < 0:
             raise _fail(f"{node.key('prior_weight')}: must be >= 0, got {blend.prior_weight}")
         if blend.scale <= 0:
@@ -339,15 +335,11 @@ class RouterSpec:
     def _parse(cls, node: _Node, schema_version: int = SCHEMA_VERSION) -> RouterSpec:
         kind = node.str_("kind")
         if kind not in _KIND_SCHEMA:
-            raise _fail(
-                f"{node.key('kind')}: unknown router kind {kind!r} (known: {', '.join(ROUTER_KINDS)})"
-            )
+            raise _fail(f"{node.key('kind')}: unknown router kind {kind!r} (known: {', '.join(ROUTER_KINDS)})")
         roles, param_types, uses_encoder = _KIND_SCHEMA[kind]
         got_uses = node.bool_("uses_encoder")
         if got_uses != uses_encoder:
-            raise _fail(
-                f"{node.key('uses_encoder')}: must be {str(uses_encoder).lower()} for kind {kind}"
-            )
+            raise _fail(f"{node.key('uses_encoder')}: must be {str(uses_encoder).lower()} for kind {kind}")
         files_node = node.node("files")
         files = {role: files_node.str_(role) for role in roles}
         files_node.close()
@@ -387,9 +379,7 @@ def _check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
             raise _fail(f"{where}.base: must be > 1, got {params['base']}")
         for name in ("strong_tier", "weak_tier"):
             if not 0 <= params[name] < params["n_tiers"]:
-                raise _fail(
-                    f"{where}.{name}: {params[name]} out of range [0, {params['n_tiers']})"
-                )
+                raise _fail(f"{where}.{name}: {params[name]} out of range [0, {params['n_tiers']})")
     elif kind == "bert":
         positive("max_tokens")
         if tuple(params["labels"]) != BERT_LABELS:
@@ -442,14 +432,10 @@ class Calibration:
         if len(share) < 2:
             raise _fail(f"calibration.strong_share: needs at least 2 points, got {len(share)}")
         if share[0] != 0.0 or share[-1] != 1.0:
-            raise _fail(
-                f"calibration.strong_share: must run from 0.0 to 1.0, got {share[0]} .. {share[-1]}"
-            )
+            raise _fail(f"calibration.strong_share: must run from 0.0 to 1.0, got {share[0]} .. {share[-1]}")
         for i in range(1, len(share)):
             if not share[i] > share[i - 1]:
-                raise _fail(
-                    f"calibration.strong_share: not increasing at index {i} ({share[i - 1]} -> {share[i]})"
-                )
+                raise _fail(f"calibration.strong_share: not increasing at index {i} ({share[i - 1]} -> {share[i]})")
         for name, values in self.thresholds.items():
             key = f"calibration.thresholds.{name}"
             if len(values) != len(share):
@@ -459,9 +445,7 @@ class Calibration:
                     raise _fail(f"{key}[{i}]: {v} outside [0, 1]")
             for i in range(1, len(values)):
                 if values[i] > values[i - 1]:
-                    raise _fail(
-                        f"{key}: not non-increasing at index {i} ({values[i - 1]} -> {values[i]})"
-                    )
+                    raise _fail(f"{key}: not non-increasing at index {i} ({values[i - 1]} -> {values[i]})")
 
 
 @dataclass(frozen=True)
@@ -542,8 +526,9 @@ class Manifest:
         that changes a score>": every file's checksum, routers and their parameters and blends, the
         prior, calibration, tiers, models, encoder and training data (not the version itself, the
         creation time or the library versions). Two bundles that score differently never share it."""
-        content = {k: v for k, v in self.to_dict().items()
-                   if k not in ("bundle_version", "created_at", "library_versions")}
+        content = {
+            k: v for k, v in self.to_dict().items() if k not in ("bundle_version", "created_at", "library_versions")
+        }
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return f"{self.created_at[:10].replace('-', '')}-{digest[:8]}"
 

@@ -4,13 +4,13 @@ Every router maps a `PromptBatch` to float64 scores in [0, 1] = P(strong model's
 model's); the service routes to strong when score >= threshold. Routers hold validated arrays only
 (the loader checks them); they never read files and keep no per-request state, so batched == single.
 
-    RandomRouter     hash of (seed, text) -> [0, 1)  (lmroute_kernels.reference.random_scores)
+    RandomRouter     hash of (seed, text) -> [0, 1)  (lmroute.kernels.reference.random_scores)
     MFRouter         sigmoid(u . e) with the collapsed pair vector u       (compiled core)
     SWRankingRouter  similarity-weighted Bradley-Terry over tiers          (compiled core, SWIndex)
     BertRouter       softmax(logits)[strong_wins] of a 3-label ONNX classifier fed the TokenBatch
 
 mf and sw_ranking, and the difficulty-prior blend (`BlendedRouter`), score through the compiled core
-(`lmroute_kernels.compiled`), which equals the NumPy reference to <= 1e-6; constructing them raises
+(`lmroute.kernels.compiled`), which equals the NumPy reference to <= 1e-6; constructing them raises
 `KernelUnavailableError` (an ImportError naming the cause) when the core is missing or stale. There is
 no fallback to the reference at run time.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from lmroute_kernels import reference
+from lmroute.kernels import reference
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import faiss
     import onnxruntime as ort
 
-    from lmroute_bundle.encoder import TokenBatch
+    from lmroute.bundle.encoder import TokenBatch
 
 __all__ = [
     "BertRouter",
@@ -82,7 +82,7 @@ def _need_embeddings(router_name: str, kind: str, batch: PromptBatch, dim: int) 
 
 class RandomRouter:
     """Baseline: a score that depends only on (seed, prompt text): the first 8 bytes of
-    sha256(str(seed) NUL utf-8 text), top 53 bits / 2**53 (lmroute_kernels.reference.random_scores)."""
+    sha256(str(seed) NUL utf-8 text), top 53 bits / 2**53 (lmroute.kernels.reference.random_scores)."""
 
     kind = "random"
     uses_encoder = False
@@ -98,14 +98,14 @@ class RandomRouter:
 def _compiled() -> ModuleType:
     """The compiled core; imported on first use so that a missing core fails the bundle load (with
     KernelUnavailableError's message) rather than every import of this module."""
-    from lmroute_kernels import compiled
+    from lmroute.kernels import compiled
 
     return compiled
 
 
 class MFRouter:
     """Matrix factorisation collapsed to the default pair: score = sigmoid(u . e), in float64.
-    (Per-model logits, for routing among more than two models: `lmroute_kernels.compiled.MFIndex`.)"""
+    (Per-model logits, for routing among more than two models: `lmroute.kernels.compiled.MFIndex`.)"""
 
     kind = "mf"
     uses_encoder = True
@@ -127,7 +127,8 @@ class SWRankingRouter:
     The FAISS IndexFlatIP is loaded and validated (ntotal, d, same rows) and kept as `index`, but the
     exact scan runs in the compiled core (`compiled.SWIndex`, float64 accumulation): every training
     prompt carries weight >= gamma, so a top-k search would be a different model, and FAISS's float32
-    scan is not exact to 1e-6 (benchmarks/RESULTS_sw_kernel.md measures both). `params.scale` does not change the score (the MLE probability is invariant
+    scan is not exact to 1e-6 (benchmarks/RESULTS_sw_kernel.md measures both). `params.scale` does not
+    change the score (the MLE probability is invariant
     to the rating scale) and is kept for reporting ratings in Elo units.
     """
 
@@ -165,9 +166,9 @@ class SWRankingRouter:
         self.scan_device = "cpu"
 
     def use_device_scan(self, xp: str = "cupy") -> None:
-        """Run the similarity scan on a GPU (lmroute_kernels.gpu; the loader calls this for
+        """Run the similarity scan on a GPU (lmroute.kernels.gpu; the loader calls this for
         --device cuda when CuPy sees a device). xp="numpy" runs the same code on the CPU (tests)."""
-        from lmroute_kernels.gpu import DeviceSWIndex
+        from lmroute.kernels.gpu import DeviceSWIndex
 
         self.device_table = DeviceSWIndex(self.table, xp=xp)
         self.scan_device = "cuda" if xp == "cupy" else xp
@@ -204,8 +205,7 @@ class BertRouter:
         logits = np.asarray(logits, dtype=np.float64)
         if logits.shape != (n, len(self.labels)):
             raise RuntimeError(
-                f"router {self.name!r} (bert): logits shape {logits.shape}, "
-                f"expected ({n}, {len(self.labels)})"
+                f"router {self.name!r} (bert): logits shape {logits.shape}, expected ({n}, {len(self.labels)})"
             )
         shifted = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted)
@@ -215,7 +215,7 @@ class BertRouter:
 
 class BlendedRouter:
     """Another router's score blended with the bundle's difficulty prior (docs/BUNDLE.md
-    "difficulty_prior"; the math is `lmroute_kernels.reference.blend_scores`, float64, computed by the
+    "difficulty_prior"; the math is `lmroute.kernels.reference.blend_scores`, float64, computed by the
     compiled core's `blend_scores`). Same name and kind as the router it wraps; it needs the encoder's
     embeddings even when that router does not."""
 
@@ -246,6 +246,13 @@ class BlendedRouter:
         bias, p_center, p_scale = self.prior
         weight, center, scale = self.blend
         return self._core.blend_scores(
-            self.inner.score(batch), emb, self.prior_weights, bias, p_center, p_scale,
-            weight=weight, center=center, scale=scale,
+            self.inner.score(batch),
+            emb,
+            self.prior_weights,
+            bias,
+            p_center,
+            p_scale,
+            weight=weight,
+            center=center,
+            scale=scale,
         )

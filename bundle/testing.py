@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute_bundle.loader import load_bundle
-from lmroute_bundle.manifest import Blend, Calibration, DefaultPair, EncoderSpec, TrainingData
-from lmroute_bundle.writer import PriorArtifacts, RouterArtifacts, update_calibration, write_bundle
-from lmroute_kernels import reference
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.manifest import Blend, Calibration, DefaultPair, EncoderSpec, TrainingData
+from lmroute.bundle.writer import PriorArtifacts, RouterArtifacts, update_calibration, write_bundle
+from lmroute.kernels import reference
 
 __all__ = [
     "CALIBRATION_POINTS",
@@ -189,9 +189,7 @@ def calibration_from_scores(
         n = int(values.size)
         th = np.clip(np.quantile(values, 1.0 - share), 0.0, 1.0)
         thresholds[name] = tuple(float(v) for v in np.minimum.accumulate(th))
-    return Calibration(
-        source=source, n_prompts=n, strong_share=tuple(float(p) for p in share), thresholds=thresholds
-    )
+    return Calibration(source=source, n_prompts=n, strong_share=tuple(float(p) for p in share), thresholds=thresholds)
 
 
 def make_tiny_bundle(
@@ -214,7 +212,7 @@ def make_tiny_bundle(
     `n_calibration` synthetic prompts scored through the bundle itself. With `difficulty_prior` the
     bundle carries a random difficulty prior, and "mf" and "bert" are blended with it (weights 2 and
     1; "random" and "sw_ranking" are not). Returns `out_dir`."""
-    from lmroute_bundle.encoder import OnnxEncoder
+    from lmroute.bundle.encoder import OnnxEncoder
 
     if not 2 <= n_tiers <= n_models:
         raise ValueError(f"need 2 <= n_tiers <= n_models, got n_tiers={n_tiers}, n_models={n_models}")
@@ -284,11 +282,13 @@ def make_tiny_bundle(
             scale=float(difficulty.std()) or 1.0,
             ridge=1.0,
             n_questions=n_prompts,
-            source=f"lmroute_bundle.testing (seed {seed})",
+            source=f"lmroute.bundle.testing (seed {seed})",
         )
         for name, weight in (("mf", 2.0), ("bert", 1.0)):
             if name in routers:
-                routers[name] = dataclasses.replace(routers[name], blend=Blend(prior_weight=weight, center=0.1, scale=1.5))
+                routers[name] = dataclasses.replace(
+                    routers[name], blend=Blend(prior_weight=weight, center=0.1, scale=1.5)
+                )
     fingerprint = hashlib.sha256(counts.tobytes() + cells.tobytes() + str(seed).encode()).hexdigest()
     training = TrainingData(
         fingerprint=fingerprint,
@@ -298,7 +298,7 @@ def make_tiny_bundle(
     )
     spec = EncoderSpec(
         name="tiny-test-encoder",
-        source=f"lmroute_bundle.testing (seed {seed})",
+        source=f"lmroute.bundle.testing (seed {seed})",
         dim=dim,
         max_tokens=max_tokens,
     )

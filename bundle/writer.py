@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from lmroute_bundle.loader import load_bundle, read_manifest, sha256_file
-from lmroute_bundle.manifest import (
+from lmroute.bundle.loader import load_bundle, read_manifest, sha256_file
+from lmroute.bundle.manifest import (
+    _KIND_SCHEMA,
+    _ROUTER_NAME,
     ENCODER_FILES,
     MANIFEST_NAME,
     PRIOR_FILES,
@@ -35,8 +37,6 @@ from lmroute_bundle.manifest import (
     Manifest,
     RouterSpec,
     TrainingData,
-    _KIND_SCHEMA,
-    _ROUTER_NAME,
 )
 
 __all__ = [
@@ -106,7 +106,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write_router(tmp: Path, name: str, art: RouterArtifacts) -> dict[str, str]:
@@ -296,7 +296,7 @@ def update_blends(bundle_dir: str | Path, blends: Mapping[str, Blend | None]) ->
     """Set (or with None clear) the difficulty-prior blend of the named routers of an existing bundle
     (manifest.json rewritten atomically). The bundle must carry a difficulty prior to blend with; an
     unknown router name is a ValueError. A calibration table no longer matches blended scores: export
-    recalibrates after this (`lmroute_export.calibrate`)."""
+    recalibrates after this (`lmroute.export.calibrate`)."""
     root = Path(bundle_dir)
     manifest = read_manifest(root)
     unknown = sorted(set(blends) - set(manifest.routers))

@@ -1,1 +1,1 @@
-"""lmroute_export: offline pipeline (data, training, export, calibration, evaluation)."""
+"""lmroute.export: offline pipeline (data, training, export, calibration, evaluation)."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lmroute_bundle.manifest import Calibration
+from lmroute.bundle.manifest import Calibration
 
 __all__ = ["DEFAULT_SHARES", "calibration_for_manifest", "calibration_table", "thresholds_for_shares"]
 
@@ -81,9 +81,7 @@ def calibration_table(
     p = _check_shares(shares)
     sizes = {name: np.asarray(s).size for name, s in scores_by_router.items()}
     if len(set(sizes.values())) != 1:
-        raise ValueError(
-            f"scores_by_router: routers were scored on different numbers of prompts: {sizes}"
-        )
+        raise ValueError(f"scores_by_router: routers were scored on different numbers of prompts: {sizes}")
     thresholds: dict[str, list[float]] = {}
     for name, scores in scores_by_router.items():
         try:

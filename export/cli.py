@@ -1,11 +1,11 @@
 """`lmroute-export`: the offline pipeline's command line.
 
-  build      train every router from the vendored data and write a calibrated bundle (train + export +
-             calibrate in one go; `train` is the same command)
-  export     export only the sentence encoder to ONNX (verified against PyTorch)
-  calibrate  recompute a bundle's threshold table on the vendored Arena prompts or on your own traffic
-  evaluate   score MT-Bench, MMLU and GSM8K with every router and write the report
-  contamination  near-duplicate check of training prompts against the eval sets
+build      train every router from the vendored data and write a calibrated bundle (train + export +
+           calibrate in one go; `train` is the same command)
+export     export only the sentence encoder to ONNX (verified against PyTorch)
+calibrate  recompute a bundle's threshold table on the vendored Arena prompts or on your own traffic
+evaluate   score MT-Bench, MMLU and GSM8K with every router and write the report
+contamination  near-duplicate check of training prompts against the eval sets
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmroute_export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
+from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 
 PROG = "lmroute-export"
 
@@ -32,23 +32,38 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="train all routers and write a calibrated bundle")
     p.add_argument("--out", type=Path, required=True, help="bundle directory (replaced if present)")
     p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", str(REPO_ROOT / "data"))))
-    p.add_argument("--cache-dir", type=Path, default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
-                   help="exported encoders and prompt embeddings, reused across builds")
-    p.add_argument("--encoder-model-dir", type=Path, default=None,
-                   help="a local Hugging Face BERT-class model dir (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
+        help="exported encoders and prompt embeddings, reused across builds",
+    )
+    p.add_argument(
+        "--encoder-model-dir",
+        type=Path,
+        default=None,
+        help="a local Hugging Face BERT-class model dir (default: packaged all-MiniLM-L6-v2)",
+    )
     p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=ALL_ROUTERS)
-    p.add_argument("--quick", action="store_true", default=_env("QUICK", "") == "1",
-                   help="CI mode: few rows per source, short training (numbers are not meaningful)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        default=_env("QUICK", "") == "1",
+        help="CI mode: few rows per source, short training (numbers are not meaningful)",
+    )
     p.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
     p.add_argument("--bert-time-budget-s", type=float, default=float(_env("BERT_TIME_BUDGET_S", "420")))
     p.add_argument("--mf-epochs", type=int, default=int(_env("MF_EPOCHS", "20")))
-    p.add_argument("--prior-weights", default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=0.25"),
-                   help="routers blended with the difficulty prior, router=weight,... ('' = no prior)")
+    p.add_argument(
+        "--prior-weights",
+        default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=0.25"),
+        help="routers blended with the difficulty prior, router=weight,... ('' = no prior)",
+    )
     p.add_argument("--report", type=Path, default=None, help="write the build report JSON here")
 
 
 def _weights(text: str) -> tuple[tuple[str, float], ...]:
-    """"mf=4,bert=2" -> (("mf", 4.0), ("bert", 2.0)); "" -> ()."""
+    """ "mf=4,bert=2" -> (("mf", 4.0), ("bert", 2.0)); "" -> ()."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
@@ -64,7 +79,9 @@ def _weights(text: str) -> tuple[tuple[str, float], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_build(sub, "build")
     _add_build(sub, "train")
@@ -78,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("calibrate", help="recompute a bundle's calibration table")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
-    p.add_argument("--prompts", type=Path, default=None,
-                   help="your own traffic: a text file, one prompt per line, or JSONL with a 'prompt' field")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="your own traffic: a text file, one prompt per line, or JSONL with a 'prompt' field",
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on MT-Bench, MMLU and GSM8K")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `lmroute-export evaluate --help`")
@@ -91,18 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the findings as JSON here")
 
     if args_list[:1] == ["evaluate"]:
-        from lmroute_export.evaluate import main as evaluate_main
+        from lmroute.export.evaluate import main as evaluate_main
 
         return evaluate_main(args_list[1:], prog=f"{PROG} evaluate")
     args = parser.parse_args(args_list)
 
     if args.cmd in ("build", "train"):
-        from lmroute_export.pipeline import build_bundle
+        from lmroute.export.pipeline import build_bundle
 
         cfg = BuildConfig(
-            out_dir=args.out, data_dir=args.data_dir, cache_dir=args.cache_dir,
-            encoder_model_dir=args.encoder_model_dir, routers=tuple(args.routers), quick=args.quick,
-            seed=args.seed, bert_time_budget_s=args.bert_time_budget_s, mf_epochs=args.mf_epochs,
+            out_dir=args.out,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            encoder_model_dir=args.encoder_model_dir,
+            routers=tuple(args.routers),
+            quick=args.quick,
+            seed=args.seed,
+            bert_time_budget_s=args.bert_time_budget_s,
+            mf_epochs=args.mf_epochs,
             prior_weights=_weights(args.prior_weights),
         )
         t0 = time.perf_counter()
@@ -114,20 +141,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.report.write_text(report.to_json())
         return 0
     if args.cmd == "export":
-        from lmroute_export.encoder_export import export_encoder
+        from lmroute.export.encoder_export import export_encoder
 
-        res = export_encoder(args.model_dir, args.out, max_tokens=args.max_tokens, quantize="int8" if args.int8 else None)
+        res = export_encoder(
+            args.model_dir, args.out, max_tokens=args.max_tokens, quantize="int8" if args.int8 else None
+        )
         print(f"encoder written to {res.model_path} (dim {res.dim}); min cosine vs PyTorch {res.min_cosine:.6f}")
         return 0
     if args.cmd == "calibrate":
-        from lmroute_export.pipeline import calibrate_bundle
+        from lmroute.export.pipeline import calibrate_bundle
 
         prompts = _read_prompts(args.prompts) if args.prompts else None
         calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
         print(f"calibration table of {args.bundle} updated")
         return 0
     if args.cmd == "contamination":
-        from lmroute_export.contamination import main as contamination_main
+        from lmroute.export.contamination import main as contamination_main
 
         return contamination_main(args)
     parser.error(f"unknown command {args.cmd}")
@@ -146,7 +175,7 @@ def _read_prompts(path: Path) -> list[str]:
                 try:
                     prompts.append(str(json.loads(line)["prompt"]))
                 except (json.JSONDecodeError, KeyError) as err:
-                    raise SystemExit(f"{path}:{lineno}: not a JSON object with a 'prompt' field ({err})")
+                    raise SystemExit(f"{path}:{lineno}: not a JSON object with a 'prompt' field ({err})") from err
             else:
                 prompts.append(line)
     if not prompts:

@@ -73,17 +73,19 @@ def find_contamination(
 
 def main(args: argparse.Namespace) -> int:
     """`lmroute-export contamination`: embed training and eval prompts (cached) and report hits."""
-    from lmroute_export.data import load_comparisons, load_difficulty_labels
-    from lmroute_export.embed_cache import embed_texts
-    from lmroute_export.evalsets import load_eval
-    from lmroute_export.pipeline import ensure_encoder, open_encoder
+    from lmroute.export.data import load_comparisons, load_difficulty_labels
+    from lmroute.export.embed_cache import embed_texts
+    from lmroute.export.evalsets import load_eval
+    from lmroute.export.pipeline import ensure_encoder, open_encoder
 
     enc_dir, _ = ensure_encoder(None, args.cache_dir, 256)
     encoder, enc_id = open_encoder(enc_dir, 256)
     cache = args.cache_dir / "embeddings"
-    train_prompts = list(dict.fromkeys(
-        [*load_comparisons(args.data_dir).comparisons.prompts, *load_difficulty_labels(args.data_dir).prompts]
-    ))
+    train_prompts = list(
+        dict.fromkeys(
+            [*load_comparisons(args.data_dir).comparisons.prompts, *load_difficulty_labels(args.data_dir).prompts]
+        )
+    )
     train_emb = embed_texts(encoder, train_prompts, cache, encoder_id=enc_id)
     sets = {}
     for name in EVAL_SETS:

@@ -22,7 +22,7 @@ Label rules per source:
 ``load_difficulty_labels(data_dir)``: LLMRouter's per-question scores in [0, 1] of 9 open models on 14
 tasks (mostly 0/1 correctness, some partial credit), reduced to one label per question: the mean score.
 None of these models is the strong or the weak model, so they are not comparisons of the table; they
-train the difficulty prior (``lmroute_export.train_prior``).
+train the difficulty prior (``lmroute.export.train_prior``).
 
 ``load_calibration_prompts(data_dir)``: arena-hard v0.1 + v2.0 prompts, then Arena first turns.
 """
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from lmroute_export.names import normalize_model_name
+from lmroute.export.names import normalize_model_name
 
 __all__ = [
     "LABEL_KINDS",
@@ -665,7 +665,7 @@ def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> Difficulty
         mean_score=np.fromiter(prompts.values(), dtype=np.float64, count=len(prompts)),
         models=model_names,
         issues=issues,
-        scores=np.array([[per_model[p].get(m, np.nan) for m in model_names] for p in prompts], dtype=np.float64).reshape(
-            len(prompts), len(model_names)
-        ),
+        scores=np.array(
+            [[per_model[p].get(m, np.nan) for m in model_names] for p in prompts], dtype=np.float64
+        ).reshape(len(prompts), len(model_names)),
     )

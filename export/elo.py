@@ -2,7 +2,7 @@
 
 `compute_elo` fits one rating per model by the (weighted) Bradley-Terry maximum likelihood with ties
 (a tie = half a win each way, as RouteLLM's `compute_elo_mle_with_tie`), solved exactly by
-`lmroute_kernels.reference.bt_ratings_from_cells`, and reports it on RouteLLM's Elo scale
+`lmroute.kernels.reference.bt_ratings_from_cells`, and reports it on RouteLLM's Elo scale
 (Elo = INIT + SCALE * R / ln(BASE), R in natural log-odds). `segment_tiers` splits the sorted ratings
 into tiers of minimum total within-tier sum of squares (exact dynamic programme); tier 0 is the
 weakest. `format_elo_table` renders the table as Markdown.
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export.data import LABEL_KINDS
-from lmroute_kernels.reference import bt_ratings_from_cells
+from lmroute.export.data import LABEL_KINDS
+from lmroute.kernels.reference import bt_ratings_from_cells
 
 __all__ = [
     "BASE",
@@ -108,9 +108,7 @@ def compute_elo(
     a = np.asarray(comparisons.model_a, dtype=np.int64)
     b = np.asarray(comparisons.model_b, dtype=np.int64)
     outcome = np.asarray(comparisons.outcome, dtype=np.int64)
-    weights = comparison_weights(
-        comparisons, label_weights=label_weights, source_weights=source_weights
-    )
+    weights = comparison_weights(comparisons, label_weights=label_weights, source_weights=source_weights)
     excluded = np.zeros(len(models), dtype=bool)
     excluded[[models.index(m) for m in exclude_models]] = True
     keep = (a != b) & ~excluded[a] & ~excluded[b] & (weights > 0.0)
@@ -195,9 +193,7 @@ def segment_tiers(ratings: Mapping[str, float], n_tiers: int = 10) -> dict[str, 
 def format_elo_table(table: EloTable, tiers: Mapping[str, int] | None = None) -> str:
     """Markdown table of the models with comparisons, strongest first: rank, model, Elo, tier, n."""
     rows = [
-        (m, float(e), int(n))
-        for m, e, n in zip(table.models, table.elo, table.n_comparisons, strict=True)
-        if n > 0
+        (m, float(e), int(n)) for m, e, n in zip(table.models, table.elo, table.n_comparisons, strict=True) if n > 0
     ]
     rows.sort(key=lambda r: (-r[1], r[0]))
     lines = ["| rank | model | Elo | tier | comparisons |", "|---:|---|---:|---:|---:|"]

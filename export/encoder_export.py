@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmroute_bundle.encoder import INPUT_NAMES, OUTPUT_NAME, OnnxEncoder
+from lmroute.bundle.encoder import INPUT_NAMES, OUTPUT_NAME, OnnxEncoder
 
 __all__ = [
     "EncoderExport",
@@ -46,8 +46,7 @@ __all__ = [
 MIN_COSINE = 0.9999
 
 _LONG_EN = " ".join(
-    f"Sentence number {i} explains why the router must send hard prompts to the strong model."
-    for i in range(40)
+    f"Sentence number {i} explains why the router must send hard prompts to the strong model." for i in range(40)
 )
 _LONG_CODE = "\n".join(f"def f{i}(x):\n    return [y ** {i} for y in range(x) if y % 3]" for i in range(40))
 
@@ -63,7 +62,7 @@ VERIFY_PROMPTS: tuple[str, ...] = (
     "Prove that the square root of 2 is irrational.",
     "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
     "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1;",
-    "#include <stdio.h>\nint main(void) { printf(\"hello\\n\"); return 0; }",
+    '#include <stdio.h>\nint main(void) { printf("hello\\n"); return 0; }',
     "Fix this bug: TypeError: 'NoneType' object is not subscriptable",
     "¿Cuál es la capital de Australia y por qué no es Sídney?",
     "Пожалуйста, объясни квантовую запутанность простыми словами.",
@@ -193,9 +192,7 @@ def append_mean_pool_l2(
     return model
 
 
-def write_toy_encoder(
-    path: Path, *, vocab_size: int = 30522, dim: int = 16, seed: int = 0, opset: int = 17
-) -> Path:
+def write_toy_encoder(path: Path, *, vocab_size: int = 30522, dim: int = 16, seed: int = 0, opset: int = 17) -> Path:
     """Write a tiny encoder with the real signature: embedding(input_ids) + embedding(token_type_ids)
     -> masked mean -> L2. Deterministic in `seed`; a few hundred KB for the default vocabulary."""
     rng = np.random.default_rng(seed)
@@ -206,12 +203,8 @@ def write_toy_encoder(
         helper.make_node("Gather", ["toy_type", "token_type_ids"], ["toy_t"]),
         helper.make_node("Add", ["toy_w", "toy_t"], ["last_hidden_state"]),
     ]
-    ints = [
-        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in INPUT_NAMES
-    ]
-    out = helper.make_tensor_value_info(
-        "last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", dim]
-    )
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"]) for n in INPUT_NAMES]
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", dim])
     graph = helper.make_graph(
         nodes,
         "toy_encoder",

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute_export.data import RowIssue, evenly_spaced, jsonl_records, open_data_file
-from lmroute_export.names import STRONG, WEAK, normalize_model_name
+from lmroute.export.data import RowIssue, evenly_spaced, jsonl_records, open_data_file
+from lmroute.export.names import STRONG, WEAK, normalize_model_name
 
 __all__ = ["EVAL_NAMES", "EvalDataError", "EvalSet", "load_eval"]
 

@@ -2,7 +2,7 @@
 
 ``evaluate_router`` takes scores that are already computed (benchmark -> router -> scores, one per
 eval prompt, in the eval set's order) and the eval sets, and returns a JSON-ready results dict:
-per benchmark and router the cost-quality curve, APGR and CPT (see ``lmroute_export.metrics``), plus
+per benchmark and router the cost-quality curve, APGR and CPT (see ``lmroute.export.metrics``), plus
 the random baseline (mean +- sample std over 10 seeds), the oracle (prompts ordered by the strong
 model's quality gain: ``oracle_scores(..., graded=True)``) and the paper's published numbers.
 A router "beats random" when its APGR exceeds the random router's APGR mean by more than two stds,
@@ -13,9 +13,9 @@ prompts (0.038 from seeds 0-9 vs. 0.061 from 200).
 exact command line at the top, then one table per benchmark).
 
 The evaluation command glues these to a bundle: ``score_bundle`` scores texts with a loaded bundle's
-routers (public ``lmroute_bundle`` API only), ``run_evaluation`` loads the eval sets
-(``lmroute_export.evalsets.load_eval``), scores them, evaluates and writes the report, and ``main``
-is its command line (``python -m lmroute_export.evaluate --bundle DIR --out DIR``).
+routers (public ``lmroute.bundle`` API only), ``run_evaluation`` loads the eval sets
+(``lmroute.export.evalsets.load_eval``), scores them, evaluates and writes the report, and ``main``
+is its command line (``python -m lmroute.export.evaluate --bundle DIR --out DIR``).
 
 Units: in the results dict every share and CPT is a fraction; the Markdown shows CPT in %.
 """
@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lmroute_export.metrics import (
+from lmroute.export.metrics import (
     DEFAULT_CPT_TARGETS,
     Curve,
     oracle_scores,
     random_baseline,
     router_metrics,
 )
-from lmroute_export.plots import PlotCurve, plot_cost_quality
+from lmroute.export.plots import PlotCurve, plot_cost_quality
 
 if TYPE_CHECKING:
-    from lmroute_bundle import Bundle
+    from lmroute.bundle import Bundle
 
 __all__ = [
     "BEATS_RANDOM_STDS",
@@ -70,7 +70,7 @@ NULL_SEEDS = 200
 
 
 class EvalSetLike(Protocol):
-    """What evaluation needs from an eval set (``lmroute_export.evalsets.EvalSet`` has it)."""
+    """What evaluation needs from an eval set (``lmroute.export.evalsets.EvalSet`` has it)."""
 
     @property
     def name(self) -> str: ...
@@ -101,8 +101,7 @@ PAPER_RESULTS: Mapping[str, tuple[PaperRow, ...]] = {
         PaperRow(label="paper: random", cpt={0.5: 0.4903}),
     ),
     "mmlu": (
-        PaperRow(label="paper: best (with golden MMLU labels)", cpt={0.5: 0.354, 0.8: 0.703},
-                 apgr=0.603),
+        PaperRow(label="paper: best (with golden MMLU labels)", cpt={0.5: 0.354, 0.8: 0.703}, apgr=0.603),
         PaperRow(label="paper: random", cpt={0.5: 0.50}, approximate=True),
         PaperRow(label="paper: oracle", cpt={0.5: 0.062}),
     ),
@@ -169,8 +168,7 @@ def evaluate_router(
     benchmarks: dict[str, Any] = {}
     for bench, router_scores in scores_by_benchmark.items():
         if bench not in sets:
-            raise ValueError(f"scores_by_benchmark[{bench!r}]: no eval set of that name "
-                             f"(have {sorted(sets)})")
+            raise ValueError(f"scores_by_benchmark[{bench!r}]: no eval set of that name (have {sorted(sets)})")
         if not router_scores:
             raise ValueError(f"scores_by_benchmark[{bench!r}]: no routers")
         es = sets[bench]
@@ -178,8 +176,7 @@ def evaluate_router(
         wq = np.asarray(es.weak_quality, dtype=np.float64)
         n = len(es.prompts)
         if sq.shape != (n,) or wq.shape != (n,):
-            raise ValueError(f"eval set {bench!r}: {n} prompts but quality shapes "
-                             f"{sq.shape} / {wq.shape}")
+            raise ValueError(f"eval set {bench!r}: {n} prompts but quality shapes {sq.shape} / {wq.shape}")
         rand = random_baseline(n, sq, wq, seeds=random_seeds, targets=targets, n_edges=n_edges)
         null = random_baseline(n, sq, wq, seeds=null_seeds, targets=(), n_edges=n_edges)
         bar = null.apgr_mean + BEATS_RANDOM_STDS * null.apgr_std
@@ -187,8 +184,9 @@ def evaluate_router(
         for name, scores in router_scores.items():
             s = np.asarray(scores, dtype=np.float64)
             if s.shape != (n,):
-                raise ValueError(f"scores_by_benchmark[{bench!r}][{name!r}]: shape {s.shape}, "
-                                 f"expected ({n},) to match the eval set")
+                raise ValueError(
+                    f"scores_by_benchmark[{bench!r}][{name!r}]: shape {s.shape}, expected ({n},) to match the eval set"
+                )
             try:
                 m = router_metrics(s, sq, wq, targets=targets, n_edges=n_edges)
             except ValueError as err:
@@ -201,8 +199,7 @@ def evaluate_router(
                 "apgr_z_vs_random": z,
                 "curve": _curve_json(m.curve),
             }
-        orc = router_metrics(oracle_scores(sq, wq, graded=True), sq, wq,
-                             targets=targets, n_edges=n_edges)
+        orc = router_metrics(oracle_scores(sq, wq, graded=True), sq, wq, targets=targets, n_edges=n_edges)
         key = benchmark_key(bench)
         benchmarks[bench] = {
             "display_name": _DISPLAY.get(key, bench),
@@ -225,8 +222,7 @@ def evaluate_router(
                     "quality_std": [float(v) for v in rand.quality_std],
                 },
             },
-            "random_null": {"seeds": null_seeds, "apgr_mean": null.apgr_mean,
-                            "apgr_std": null.apgr_std},
+            "random_null": {"seeds": null_seeds, "apgr_mean": null.apgr_mean, "apgr_std": null.apgr_std},
             "oracle": {
                 "apgr": orc.apgr,
                 "cpt": {_target_key(t): v for t, v in orc.cpt.items()},
@@ -251,7 +247,7 @@ def evaluate_router(
             "random_seeds": random_seeds,
             "null_seeds": null_seeds,
             "beats_random": f"APGR > random APGR mean + {BEATS_RANDOM_STDS:g} * random APGR std "
-                            f"(both over {null_seeds} seeds; z = distance in those stds)",
+            f"(both over {null_seeds} seeds; z = distance in those stds)",
         },
         "benchmarks": benchmarks,
     }
@@ -289,8 +285,7 @@ def _plot_name(bench: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", bench) + ".png"
 
 
-def render_markdown(results: Mapping[str, Any], command: str,
-                    plot_names: Mapping[str, str] | None = None) -> str:
+def render_markdown(results: Mapping[str, Any], command: str, plot_names: Mapping[str, str] | None = None) -> str:
     """The Markdown report: command line first, then one table per benchmark."""
     targets = [_target_key(t) for t in results["protocol"]["cpt_targets"]]
     cpt_heads = [f"CPT({100.0 * float(t):g}%)" for t in targets]
@@ -327,7 +322,8 @@ def render_markdown(results: Mapping[str, Any], command: str,
             if r["apgr_z_vs_random"] is not None:
                 verdict += f" (z = {r['apgr_z_vs_random']:+.1f})"
             lines.append(
-                f"| {name} | " + " | ".join(_pct(r["cpt"].get(t)) for t in targets)
+                f"| {name} | "
+                + " | ".join(_pct(r["cpt"].get(t)) for t in targets)
                 + f" | {_num(r['apgr'])} | {verdict} |"
             )
         rnd = b["random"]
@@ -338,8 +334,7 @@ def render_markdown(results: Mapping[str, Any], command: str,
         )
         orc = b["oracle"]
         lines.append(
-            "| oracle | " + " | ".join(_pct(orc["cpt"].get(t)) for t in targets)
-            + f" | {_num(orc['apgr'])} | – |"
+            "| oracle | " + " | ".join(_pct(orc["cpt"].get(t)) for t in targets) + f" | {_num(orc['apgr'])} | – |"
         )
         for row in b["paper"]:
             lines.append(
@@ -373,8 +368,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path | str, command: str) 
             title=f"{b['display_name']}: cost vs. quality ({b['n_prompts']} prompts)",
             ylabel=b["quality_label"],
             routers=routers,
-            random=PlotCurve(strong_share=rc["strong_share"], quality=rc["quality"],
-                             band=rc["quality_std"]),
+            random=PlotCurve(strong_share=rc["strong_share"], quality=rc["quality"], band=rc["quality_std"]),
             oracle=PlotCurve(strong_share=oc["strong_share"], quality=oc["quality"]),
             strong_mean=b["strong_mean"],
             weak_mean=b["weak_mean"],
@@ -432,7 +426,7 @@ def reference_baselines(bundle: Bundle) -> dict[str, Any]:
     """Two trivial routers any router worth shipping should beat, scored like the routers:
     ``baseline:length`` (longer prompt -> strong) and, when the bundle carries one,
     ``baseline:prior`` (the difficulty prior alone, without any router)."""
-    from lmroute_export.validation_tables import length_scores  # the harness's length baseline, the same scores
+    from lmroute.export.validation_tables import length_scores  # the harness's length baseline, the same scores
 
     out: dict[str, Any] = {"baseline:length": lambda batch: length_scores(batch.texts)}
     prior = bundle.manifest.difficulty_prior
@@ -460,8 +454,8 @@ def run_evaluation(
     ``limit`` keeps at most that many prompts per benchmark (evenly spread; a quick mode whose
     numbers are not the protocol's). ``baselines``: also report `reference_baselines`.
     """
-    from lmroute_bundle import load_bundle
-    from lmroute_export.evalsets import load_eval
+    from lmroute.bundle import load_bundle
+    from lmroute.export.evalsets import load_eval
 
     bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads, require_calibration=False)
     sets = {name: load_eval(name, Path(data_dir), limit=limit) for name in benchmarks}
@@ -478,40 +472,48 @@ def run_evaluation(
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Evaluate a bundle's routers on MT-Bench, "
-                                "MMLU and GSM8K (RouteLLM protocol) and write a report.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Evaluate a bundle's routers on MT-Bench, MMLU and GSM8K (RouteLLM protocol) and write a report.",
+    )
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     p.add_argument("--out", required=True, type=Path, help="report directory")
-    p.add_argument("--data-dir", default=Path("data"), type=Path,
-                   help="data pack root holding eval/ (default: data)")
-    p.add_argument("--benchmarks", nargs="+", default=["mt_bench", "mmlu", "gsm8k"],
-                   help="eval sets (default: all three)")
+    p.add_argument("--data-dir", default=Path("data"), type=Path, help="data pack root holding eval/ (default: data)")
+    p.add_argument(
+        "--benchmarks", nargs="+", default=["mt_bench", "mmlu", "gsm8k"], help="eval sets (default: all three)"
+    )
     p.add_argument("--routers", nargs="+", default=None, help="routers (default: all)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="at most this many prompts per benchmark (quick mode)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts per benchmark (quick mode)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     return p
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m lmroute_export.evaluate") -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m lmroute.export.evaluate") -> int:
     """Command line of the evaluation; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser(prog).parse_args(args_list)
     command = " ".join([prog, shlex.join(args_list)]).strip()
     files = run_evaluation(
-        args.bundle, args.data_dir, args.out, command=command, benchmarks=args.benchmarks,
-        routers=args.routers, limit=args.limit, batch_size=args.batch_size,
+        args.bundle,
+        args.data_dir,
+        args.out,
+        command=command,
+        benchmarks=args.benchmarks,
+        routers=args.routers,
+        limit=args.limit,
+        batch_size=args.batch_size,
         intra_op_threads=args.threads,
     )
     results = json.loads(files.results_json.read_text())
     for bench, b in results["benchmarks"].items():
         for name, r in b["routers"].items():
-            print(f"{bench:9s} {name:12s} APGR {r['apgr']:.3f}  CPT(50%) "
-                  f"{100 * r['cpt'].get('0.5', float('nan')):6.2f} %  "
-                  f"beats random: {'yes' if r['beats_random'] else 'no'}")
-        print(f"{bench:9s} {'random':12s} APGR {b['random']['apgr_mean']:.3f} "
-              f"± {b['random']['apgr_std']:.3f}")
+            print(
+                f"{bench:9s} {name:12s} APGR {r['apgr']:.3f}  CPT(50%) "
+                f"{100 * r['cpt'].get('0.5', float('nan')):6.2f} %  "
+                f"beats random: {'yes' if r['beats_random'] else 'no'}"
+            )
+        print(f"{bench:9s} {'random':12s} APGR {b['random']['apgr_mean']:.3f} ± {b['random']['apgr_std']:.3f}")
     print(f"report: {files.markdown}")
     return 0
 

@@ -129,15 +129,11 @@ def _check_inputs(
     sq = _as_1d("strong_q", strong_q)
     wq = _as_1d("weak_q", weak_q)
     if not (s.shape == sq.shape == wq.shape):
-        raise ValueError(
-            f"scores, strong_q, weak_q: lengths differ ({s.size}, {sq.size}, {wq.size})"
-        )
+        raise ValueError(f"scores, strong_q, weak_q: lengths differ ({s.size}, {sq.size}, {wq.size})")
     return s, sq, wq
 
 
-def quality_curve(
-    scores: ArrayLike, strong_q: ArrayLike, weak_q: ArrayLike, n_edges: int = 11
-) -> Curve:
+def quality_curve(scores: ArrayLike, strong_q: ArrayLike, weak_q: ArrayLike, n_edges: int = 11) -> Curve:
     """Cost-quality curve with thresholds at ``n_edges`` evenly spaced quantiles of ``scores``.
 
     At each edge t, a prompt goes to the strong model when ``score >= t``; the point is
@@ -174,18 +170,14 @@ def quality_curve(
     )
 
 
-def pgr(
-    quality: ArrayLike, strong_mean: float, weak_mean: float
-) -> float | NDArray[np.float64]:
+def pgr(quality: ArrayLike, strong_mean: float, weak_mean: float) -> float | NDArray[np.float64]:
     """Performance gap recovered: (quality - weak_mean) / (strong_mean - weak_mean).
 
     Works on a scalar (returns float) or an array (returns an array).
     """
     gap = float(strong_mean) - float(weak_mean)
     if gap == 0.0 or not np.isfinite(gap):
-        raise ValueError(
-            f"pgr: strong_mean ({strong_mean}) and weak_mean ({weak_mean}) must differ and be finite"
-        )
+        raise ValueError(f"pgr: strong_mean ({strong_mean}) and weak_mean ({weak_mean}) must differ and be finite")
     q = np.asarray(quality, dtype=np.float64)
     out = (q - float(weak_mean)) / gap
     return float(out) if out.ndim == 0 else out
@@ -212,9 +204,7 @@ def cpt(curve: Curve, target_pgr: float) -> float:
     return float(x0 + (target_pgr - p0) / (p1 - p0) * (x1 - x0))
 
 
-def apgr(
-    curve: Curve, strong_mean: float | None = None, weak_mean: float | None = None
-) -> float:
+def apgr(curve: Curve, strong_mean: float | None = None, weak_mean: float | None = None) -> float:
     """Average PGR: (AUC - weak_mean) / (strong_mean - weak_mean).
 
     AUC is the trapezoid integral of quality over the strong share from 0 to 1. The means default
@@ -299,9 +289,7 @@ def random_baseline(
     )
 
 
-def oracle_scores(
-    strong_q: ArrayLike, weak_q: ArrayLike, *, graded: bool = False
-) -> NDArray[np.float64]:
+def oracle_scores(strong_q: ArrayLike, weak_q: ArrayLike, *, graded: bool = False) -> NDArray[np.float64]:
     """Scores of a perfect router: 1 where strong is strictly better, 0.5 on a tie, 0 otherwise.
 
     With ``graded=True`` the score is ``0.5 + 0.5 * gain / max|gain|`` (gain = strong_q - weak_q):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lmroute_bundle import (
+from lmroute.bundle import (
     DefaultPair,
     EncoderSpec,
     RouterArtifacts,
@@ -31,11 +31,11 @@ from lmroute_bundle import (
     update_calibration,
     write_bundle,
 )
-from lmroute_bundle.encoder import OnnxEncoder
-from lmroute_bundle.writer import PriorArtifacts, update_blends
-from lmroute_export import names
-from lmroute_export.calibrate import calibration_for_manifest
-from lmroute_export.data import (
+from lmroute.bundle.encoder import OnnxEncoder
+from lmroute.bundle.writer import PriorArtifacts, update_blends
+from lmroute.export import names
+from lmroute.export.calibrate import calibration_for_manifest
+from lmroute.export.data import (
     DIFFICULTY_FILE,
     LABEL_KINDS,
     Comparisons,
@@ -44,19 +44,21 @@ from lmroute_export.data import (
     load_comparisons,
     load_difficulty_labels,
 )
-from lmroute_export.embed_cache import embed_texts, encoder_id_for
-from lmroute_export.evaluate import score_bundle
-from lmroute_export.encoder_export import default_model_dir, export_encoder
-from lmroute_export.elo import compute_elo, format_elo_table, segment_tiers
-from lmroute_export.train_prior import blend_params, fit_difficulty_prior
+from lmroute.export.elo import compute_elo, format_elo_table, segment_tiers
+from lmroute.export.embed_cache import embed_texts, encoder_id_for
+from lmroute.export.encoder_export import default_model_dir, export_encoder
+from lmroute.export.evaluate import score_bundle
+from lmroute.export.train_prior import blend_params, fit_difficulty_prior
 
-log = logging.getLogger("lmroute_export.pipeline")
+log = logging.getLogger("lmroute.export.pipeline")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert")
 # Training prompts within cosine 0.95 of an eval prompt (`lmroute-export contamination --out ...`).
 DECONTAMINATION_FILE = "train_decontamination.json"
-CALIBRATION_SOURCE = "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human)"
+CALIBRATION_SOURCE = (
+    "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human)"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,14 +74,14 @@ class BuildConfig:
         bert budget, 200 calibration prompts.
     label_weights: weight of each label kind (human / judge / golden) in Elo, sw_ranking and mf.
 
-    The router recipe was chosen on the validation harness (`lmroute_export.validate`, held-out training
+    The router recipe was chosen on the validation harness (`lmroute.export.validate`, held-out training
     prompts; never the eval sets): sw_ranking learns only from direct strong-vs-weak comparisons
     (sw_pair_only) with gamma 1e5 (gamma 10 bounds the nearest/farthest weight ratio at 10x, which
     leaves almost no locality); mf trains on all comparisons with the direct pair weighted
     mf_pair_weight x, lr 1e-3, noise sigma 0.02, batch 1024; bert learns from the direct pair only
     (bert_pair_only). Elo and tiers use every comparison.
 
-    prior_weights: routers blended with the difficulty prior (`lmroute_export.train_prior`, fitted on
+    prior_weights: routers blended with the difficulty prior (`lmroute.export.train_prior`, fitted on
     the LLMRouter correctness labels with ridge `prior_ridge`) and at what weight; empty = no prior.
     Chosen on the harness by the largest worst-source z over random, then the mean: mf 4 and
     sw_ranking 0.5, bert 0.25, each on 10 pooled folds (README "Router recipe").
@@ -377,8 +379,12 @@ def _drop_contaminated(comps: Comparisons, path: Path) -> tuple[Comparisons, int
     drop = _decontamination_set(path)
     bad_prompt = np.array([p in drop for p in comps.prompts], dtype=bool)
     keep = ~bad_prompt[np.asarray(comps.prompt_idx)]
-    log.info("dropped %d comparisons on %d training prompts near-duplicate to eval prompts (%s)",
-             int((~keep).sum()), int(bad_prompt.sum()), path.name)
+    log.info(
+        "dropped %d comparisons on %d training prompts near-duplicate to eval prompts (%s)",
+        int((~keep).sum()),
+        int(bad_prompt.sum()),
+        path.name,
+    )
     return comps.select(keep), int((~keep).sum())
 
 
@@ -417,14 +423,14 @@ def _train_router(
     # The bundle lists the models rated on the training split (those with a tier), in sorted order.
     models = sorted(tiers)
     if router == "random":
-        from lmroute_export.train_random import train_random
+        from lmroute.export.train_random import train_random
 
         params = train_random(seed=cfg.seed)
         return RouterArtifacts(kind="random", params=params.as_manifest_params())
 
     if router == "mf":
-        from lmroute_export.train_mf import train_mf
-        from lmroute_kernels.reference import mf_pair_vector
+        from lmroute.export.train_mf import train_mf
+        from lmroute.kernels.reference import mf_pair_vector
 
         mf = train_mf(
             train,
@@ -454,7 +460,7 @@ def _train_router(
         )
 
     if router == "sw_ranking":
-        from lmroute_export.train_sw import train_sw_ranking
+        from lmroute.export.train_sw import train_sw_ranking
 
         n_tiers = max(tiers.values()) + 1
         sw = train_sw_ranking(
@@ -481,9 +487,11 @@ def _train_router(
         )
 
     if router == "bert":
-        from lmroute_export.train_bert import bert_router_params, build_bert_examples, export_bert_onnx, train_bert
+        from lmroute.export.train_bert import bert_router_params, build_bert_examples, export_bert_onnx, train_bert
 
-        texts, labels, weights = build_bert_examples(train.select(_is_pair(train, cfg)) if cfg.bert_pair_only else train, tiers)
+        texts, labels, weights = build_bert_examples(
+            train.select(_is_pair(train, cfg)) if cfg.bert_pair_only else train, tiers
+        )
         trained = train_bert(
             texts,
             labels,
@@ -507,7 +515,9 @@ def _train_router(
     raise ValueError(f"unknown router {router!r}")
 
 
-def calibrate_bundle(bundle_dir: Path, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None) -> None:
+def calibrate_bundle(
+    bundle_dir: Path, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None
+) -> None:
     """Score the calibration prompts with every router of the bundle and store the quantile table.
 
     prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts.
@@ -522,4 +532,3 @@ def calibrate_bundle(bundle_dir: Path, data_dir: Path, *, limit: int | None = No
     bundle = load_bundle(bundle_dir, intra_op_threads=2, require_calibration=False)
     scores = score_bundle(bundle, prompts, progress="calibration")
     update_calibration(bundle_dir, calibration_for_manifest(scores, source=source))
-

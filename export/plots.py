@@ -50,24 +50,33 @@ def plot_cost_quality(
     fig = Figure(figsize=(7.0, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.axhline(strong_mean, color="tab:red", linestyle="--", linewidth=1.0,
-               label=f"{strong_label} ({strong_mean:.3g})")
-    ax.axhline(weak_mean, color="tab:blue", linestyle="--", linewidth=1.0,
-               label=f"{weak_label} ({weak_mean:.3g})")
+    ax.axhline(strong_mean, color="tab:red", linestyle="--", linewidth=1.0, label=f"{strong_label} ({strong_mean:.3g})")
+    ax.axhline(weak_mean, color="tab:blue", linestyle="--", linewidth=1.0, label=f"{weak_label} ({weak_mean:.3g})")
     if random is not None:
         x = 100.0 * np.asarray(random.strong_share, dtype=float)
         y = np.asarray(random.quality, dtype=float)
         ax.plot(x, y, color="grey", linewidth=1.2, label="random (mean)")
         if random.band is not None:
             b = np.asarray(random.band, dtype=float)
-            ax.fill_between(x, y - b, y + b, color="grey", alpha=0.2, linewidth=0,
-                            label="random (+-1 std)")
+            ax.fill_between(x, y - b, y + b, color="grey", alpha=0.2, linewidth=0, label="random (+-1 std)")
     if oracle is not None:
-        ax.plot(100.0 * np.asarray(oracle.strong_share, dtype=float), oracle.quality,
-                color="black", linestyle=":", marker=".", label="oracle")
+        ax.plot(
+            100.0 * np.asarray(oracle.strong_share, dtype=float),
+            oracle.quality,
+            color="black",
+            linestyle=":",
+            marker=".",
+            label="oracle",
+        )
     for name, curve in routers.items():
-        ax.plot(100.0 * np.asarray(curve.strong_share, dtype=float), curve.quality,
-                marker="o", markersize=3.5, linewidth=1.4, label=name)
+        ax.plot(
+            100.0 * np.asarray(curve.strong_share, dtype=float),
+            curve.quality,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.4,
+            label=name,
+        )
     ax.set_xlim(0.0, 100.0)
     ax.set_xlabel("% of calls to the strong model")
     ax.set_ylabel(ylabel)

@@ -72,7 +72,7 @@ EXPORT_CHECK_PROMPTS: tuple[str, ...] = (
 
 
 class ComparisonsLike(Protocol):
-    """The fields of ``lmroute_export.data.Comparisons`` this module reads."""
+    """The fields of ``lmroute.export.data.Comparisons`` this module reads."""
 
     prompts: Sequence[str]
     prompt_idx: np.ndarray  # int32 [n] into prompts
@@ -115,9 +115,7 @@ def build_bert_examples(
         if arr.shape != (n,):
             raise ValueError(f"comparisons.{name}: shape {arr.shape} does not match prompt_idx ({n},)")
     if n and (prompt_idx.min() < 0 or prompt_idx.max() >= len(comparisons.prompts)):
-        raise ValueError(
-            f"comparisons.prompt_idx: values outside [0, {len(comparisons.prompts)}) (number of prompts)"
-        )
+        raise ValueError(f"comparisons.prompt_idx: values outside [0, {len(comparisons.prompts)}) (number of prompts)")
     for name, arr in (("model_a", model_a), ("model_b", model_b)):
         if n and (arr.min() < 0 or arr.max() >= len(models)):
             raise ValueError(f"comparisons.{name}: values outside [0, {len(models)}) (number of models)")
@@ -190,7 +188,8 @@ class BertTrainConfig:
         training split. batch_size: examples per step. lr: peak AdamW learning rate (linear warm-up over
         ``warmup_fraction`` of the planned steps, then linear decay to 2 % at the end of the last
         epoch; the schedule counts steps, never seconds, so a run the time budget cuts short ends at a
-        higher rate: choose ``epochs`` to fit the budget). weight_decay: AdamW decoupled weight decay. seed: seeds the split, the
+        higher rate: choose ``epochs`` to fit the budget). weight_decay: AdamW decoupled weight decay.
+        seed: seeds the split, the
         order, the classifier head and dropout. time_budget_s: wall-clock limit for the whole call
         (loading, tokenising, training, validation) that the run never exceeds. device: "cpu", "cuda",
         or None for CUDA when available. val_fraction: share of prompts held out for validation
@@ -307,9 +306,7 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int):  # -> dict[str, torch.Tens
     }
 
 
-def _length_grouped_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle, sort by length inside chunks of 32 batches, cut into batches, shuffle the batches."""
     order = rng.permutation(len(lengths))
     chunk = batch_size * 32
@@ -407,11 +404,7 @@ def train_bert(
         raise ValueError(f"labels: shape {labels.shape}, expected ({n}, 3) for {n} texts")
     if not np.all(np.isfinite(labels)) or labels.min() < 0 or np.abs(labels.sum(axis=1) - 1).max() > 1e-4:
         raise ValueError("labels: every row must be a probability distribution (finite, >= 0, sum 1)")
-    weights = (
-        np.ones(n, dtype=np.float32)
-        if sample_weights is None
-        else np.asarray(sample_weights, dtype=np.float32)
-    )
+    weights = np.ones(n, dtype=np.float32) if sample_weights is None else np.asarray(sample_weights, dtype=np.float32)
     if weights.shape != (n,) or not np.all(np.isfinite(weights)) or weights.min() < 0:
         raise ValueError(f"sample_weights: need {n} finite non-negative values, got shape {weights.shape}")
     n_val = int(round(n * cfg.val_fraction)) if cfg.val_fraction > 0 else 0
@@ -442,7 +435,10 @@ def train_bert(
         hf_logging.set_verbosity_error()  # "classifier newly initialised" is expected here
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)}
+                model_dir,
+                num_labels=3,
+                id2label=dict(enumerate(LABELS)),
+                label2id={label: i for i, label in enumerate(LABELS)},
             )
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -459,10 +455,8 @@ def train_bert(
         no_decay = ("bias", "LayerNorm.weight")
         trainable = [(nm, p) for nm, p in model.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for nm, p in trainable if not nm.endswith(no_decay)],
-             "weight_decay": cfg.weight_decay},
-            {"params": [p for nm, p in trainable if nm.endswith(no_decay)],
-             "weight_decay": 0.0},
+            {"params": [p for nm, p in trainable if not nm.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+            {"params": [p for nm, p in trainable if nm.endswith(no_decay)], "weight_decay": 0.0},
         ]
         try:
             opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
@@ -492,8 +486,12 @@ def train_bert(
             acc = _accuracy_np(probs, labels[val_idx], weights[val_idx])
             history.append((step, loss, acc))
             if loss < best["loss"]:
-                best.update(loss=loss, acc=acc, step=step,
-                            state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+                best.update(
+                    loss=loss,
+                    acc=acc,
+                    step=step,
+                    state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                )
             eval_s = max(eval_s, time.monotonic() - t0)
 
         def budget_left() -> float:
@@ -510,7 +508,7 @@ def train_bert(
         margin_s = 0.5 + 0.02 * cfg.time_budget_s
         stale = 0
         done = False
-        for epoch in range(cfg.epochs):
+        for _epoch in range(cfg.epochs):
             for batch_idx in _length_grouped_batches(lengths[train_idx], cfg.batch_size, rng):
                 rows = train_idx[batch_idx]
                 n_tokens = len(rows) * int(lengths[rows].max())
@@ -585,9 +583,18 @@ def train_bert(
     log.info(
         "bert: %d examples seen (%.2f epochs, %d steps, %.1f ex/s) in %.1f s on %s, stopped by %s; "
         "val soft CE %.4f (constant %.4f), accuracy %.3f (constant %.3f), best step %d",
-        stats.examples_seen, stats.epochs_completed, stats.steps, stats.train_examples_per_s,
-        stats.elapsed_s, stats.device, stats.stopped_by, stats.val_loss, stats.const_val_loss,
-        stats.val_accuracy, stats.const_val_accuracy, stats.best_step,
+        stats.examples_seen,
+        stats.epochs_completed,
+        stats.steps,
+        stats.train_examples_per_s,
+        stats.elapsed_s,
+        stats.device,
+        stats.stopped_by,
+        stats.val_loss,
+        stats.const_val_loss,
+        stats.val_accuracy,
+        stats.const_val_accuracy,
+        stats.best_step,
     )
     return TrainedBert(model=model, tokenizer_dir=model_dir, config=cfg, stats=stats)
 
@@ -642,9 +649,7 @@ def export_bert_onnx(
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).logits
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 
     wrapper = _Logits(module).eval()
     tokenizer = _load_tokenizer(Path(tokenizer_dir), max_tokens)

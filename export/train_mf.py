@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from lmroute_export.data import LABEL_KINDS
+from lmroute.export.data import LABEL_KINDS
 
 __all__ = ["MFArtifacts", "train_mf", "pairwise_accuracy"]
 
@@ -56,9 +56,7 @@ class MFArtifacts:
 class _MF(torch.nn.Module):
     """RouteLLM's MF model plus the optional per-(source, model) training bias."""
 
-    def __init__(
-        self, n_models: int, d_text: int, dim: int, source_share: torch.Tensor | None
-    ) -> None:
+    def __init__(self, n_models: int, d_text: int, dim: int, source_share: torch.Tensor | None) -> None:
         super().__init__()
         self.P = torch.nn.Embedding(n_models, dim)
         self.text_proj = torch.nn.Linear(d_text, dim, bias=False)
@@ -116,15 +114,13 @@ def train_mf(
     prompt_emb: [len(comparisons.prompts), d_text] float32, L2-normalised. label_weights: optional
     {label kind name: weight} used as BCE sample weights. row_weights: optional per-comparison
     weights [len(comparisons)] (finite, >= 0), multiplied into the sample weights (e.g. source
-    weights from `lmroute_export.elo.comparison_weights`); rows of weight 0 are dropped.
+    weights from `lmroute.export.elo.comparison_weights`); rows of weight 0 are dropped.
     """
     if epochs < 1 or batch_size < 1 or dim < 1:
         raise ValueError(f"epochs, batch_size and dim must be >= 1 (got {epochs}, {batch_size}, {dim})")
     emb_np = np.asarray(prompt_emb, dtype=np.float32)
     if emb_np.ndim != 2 or emb_np.shape[0] != len(comparisons.prompts):
-        raise ValueError(
-            f"prompt_emb must have shape [{len(comparisons.prompts)}, d], got {emb_np.shape}"
-        )
+        raise ValueError(f"prompt_emb must have shape [{len(comparisons.prompts)}, d], got {emb_np.shape}")
     models = tuple(comparisons.models)
     a = np.asarray(comparisons.model_a, dtype=np.int64)
     b = np.asarray(comparisons.model_b, dtype=np.int64)
@@ -173,9 +169,7 @@ def train_mf(
             count = np.zeros((n_src, n_mod), dtype=np.float64)
             np.add.at(count, (src_rows, a[rows]), 1.0)
             np.add.at(count, (src_rows, b[rows]), 1.0)
-            share = torch.from_numpy(
-                (count / np.maximum(count.sum(axis=0, keepdims=True), 1.0)).astype(np.float32)
-            )
+            share = torch.from_numpy((count / np.maximum(count.sum(axis=0, keepdims=True), 1.0)).astype(np.float32))
         model = _MF(len(models), emb_np.shape[1], dim, share).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         history: list[float] = []
@@ -203,9 +197,7 @@ def train_mf(
                 logits = model.prompt_logits(e)
                 diff = model.pair_logit(logits, t_slot[r_lo:r_hi] - lo, t_a[idx], t_b[idx], t_s[idx])
                 w = t_w[idx]
-                loss_each = torch.nn.functional.binary_cross_entropy_with_logits(
-                    diff, t_y[idx], reduction="none"
-                )
+                loss_each = torch.nn.functional.binary_cross_entropy_with_logits(diff, t_y[idx], reduction="none")
                 loss = (loss_each * w).sum() / w.sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -244,7 +236,7 @@ def pairwise_accuracy(
 ) -> tuple[float, int]:
     """(accuracy, n) of sign(logit_strong - logit_weak) on the non-tie strong-vs-weak comparisons
     of `comparisons` (either side order); the training-only source bias is not used."""
-    from lmroute_kernels.reference import mf_logits
+    from lmroute.kernels.reference import mf_logits
 
     if tuple(comparisons.models) != artifacts.models:
         raise ValueError("comparisons.models differ from the models the artifacts were trained on")

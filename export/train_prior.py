@@ -4,7 +4,7 @@ Why: the preference data here is ~1 % of the paper's, and none of its label sour
 exam benchmark; every router trained on it alone lands near random on some validation source. The
 LLMRouter correctness table (9 open 7-70B models, 14 tasks, `load_difficulty_labels`) says something
 the pair data cannot: which questions many models get wrong. Harder question -> a stronger model is
-more likely to matter. The validation harness (`lmroute_export.validate`, held-out *training* prompts)
+more likely to matter. The validation harness (`lmroute.export.validate`, held-out *training* prompts)
 measured this prior alone as weakly positive on every validation source, and blended into mf and
 sw_ranking as better than either part on the weakest source (README "Router recipe").
 
@@ -15,8 +15,8 @@ The blend: a router's score p is mapped to ``z_r = (logit(p) - center) / scale``
 ``z_d = (difficulty(e) - prior.center) / prior.scale`` (centers = medians, scales = IQR / 1.349 over
 the training prompts: robust to the heavy tails of sw_ranking's logits), and the routing score is
 ``sigmoid(z_r + weight * z_d)``: monotone in each part, so calibration thresholds work unchanged.
-`lmroute_kernels.reference.blend_scores` is the spec; the service runs its compiled twin
-(`lmroute_kernels.compiled.blend_scores`).
+`lmroute.kernels.reference.blend_scores` is the spec; the service runs its compiled twin
+(`lmroute.kernels.compiled.blend_scores`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_bundle.manifest import Blend
-from lmroute_kernels.reference import score_logit
+from lmroute.bundle.manifest import Blend
+from lmroute.kernels.reference import score_logit
 
 __all__ = ["DifficultyPrior", "fit_difficulty_prior", "blend_params", "robust_center_scale"]
 
@@ -69,7 +69,9 @@ def robust_center_scale(values: NDArray[np.floating]) -> tuple[float, float]:
     return float(q50), float(scale)
 
 
-def fit_difficulty_prior(emb: NDArray[np.floating], mean_score: NDArray[np.floating], *, ridge: float = 10.0) -> DifficultyPrior:
+def fit_difficulty_prior(
+    emb: NDArray[np.floating], mean_score: NDArray[np.floating], *, ridge: float = 10.0
+) -> DifficultyPrior:
     """Ridge regression (unpenalised bias) of `mean_score` [n] in [0, 1] on `emb` [n, d]."""
     x = np.asarray(emb, dtype=np.float64)
     y = np.asarray(mean_score, dtype=np.float64)

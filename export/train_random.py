@@ -1,6 +1,6 @@
 """The random router: its manifest params and its score function (a seeded hash, no training).
 
-The score of a prompt is `lmroute_kernels.reference.random_scores` (sha256 of seed + text mapped to
+The score of a prompt is `lmroute.kernels.reference.random_scores` (sha256 of seed + text mapped to
 [0, 1)), so the runtime and the evaluation compute the same numbers, batched == single, and restarts
 agree.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_kernels.reference import random_scores
+from lmroute.kernels.reference import random_scores
 
 __all__ = ["RandomRouterParams", "random_router_scores", "train_random"]
 

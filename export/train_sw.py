@@ -5,7 +5,7 @@ summed weights of each (tier_a, tier_b, outcome) cell, and the weight depends on
 training is bookkeeping: relabel every comparison with tiers (tier_a < tier_b after swapping sides
 and flipping the outcome), drop same-tier battles (R_t - R_t = 0: their likelihood terms are
 constant, they carry no information in a model without intercept), and count per unique prompt how
-many comparisons fall in each cell. Scoring is `lmroute_kernels.reference.sw_scores`.
+many comparisons fall in each cell. Scoring is `lmroute.kernels.reference.sw_scores`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export.elo import comparison_weights
+from lmroute.export.elo import comparison_weights
 
 __all__ = ["SWRankingArtifacts", "train_sw_ranking"]
 
@@ -65,9 +65,7 @@ def train_sw_ranking(
     emb = np.asarray(prompt_emb, dtype=np.float32)
     n_prompts_in = len(comparisons.prompts)
     if emb.ndim != 2 or emb.shape[0] != n_prompts_in:
-        raise ValueError(
-            f"prompt_emb must have shape [{n_prompts_in}, d] (one row per prompt), got {emb.shape}"
-        )
+        raise ValueError(f"prompt_emb must have shape [{n_prompts_in}, d] (one row per prompt), got {emb.shape}")
     if not np.all(np.isfinite(emb)):
         raise ValueError("prompt_emb contains NaN or inf")
     bad_tier = {m: t for m, t in tiers.items() if not 0 <= int(t) < n_tiers}
@@ -85,9 +83,7 @@ def train_sw_ranking(
     b = np.asarray(comparisons.model_b, dtype=np.int64)
     outcome = np.asarray(comparisons.outcome, dtype=np.int64)
     prompt_idx = np.asarray(comparisons.prompt_idx, dtype=np.int64)
-    weights = comparison_weights(
-        comparisons, label_weights=label_weights, source_weights=source_weights
-    )
+    weights = comparison_weights(comparisons, label_weights=label_weights, source_weights=source_weights)
     if row_weights is not None:
         extra = np.asarray(row_weights, dtype=np.float64)
         if extra.shape != weights.shape:

@@ -5,12 +5,12 @@ runs the folds: `validate_recipe` trains a `Recipe`'s routers on each fold's tra
 its validation prompts; `validate_bundle` scores a built bundle's routers (bert included) on the
 pipeline's own validation split. The pieces live next door:
 
-* `lmroute_export.validation_tables`: per-source quality tables (`PairTable`), metrics of one router
+* `lmroute.export.validation_tables`: per-source quality tables (`PairTable`), metrics of one router
   on one table (`evaluate_table`: APGR, CPT(50 %), random and length baselines), the K-fold split,
   summaries and the Markdown table;
-* `lmroute_export.validation_recipes`: `Recipe` and `fit_scorers` (train mf / sw_ranking on a split).
+* `lmroute.export.validation_recipes`: `Recipe` and `fit_scorers` (train mf / sw_ranking on a split).
 
-CLI: ``python -m lmroute_export.validate --help``.
+CLI: ``python -m lmroute.export.validate --help``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export import names
-from lmroute_export.data import Comparisons, evenly_spaced
-from lmroute_export.train_prior import DifficultyPrior
-from lmroute_export.validation_recipes import Recipe, Scorer, blend_sweep, fit_scorers, fit_tiers, training_weights
-from lmroute_export.validation_tables import (
+from lmroute.export import names
+from lmroute.export.data import Comparisons, evenly_spaced
+from lmroute.export.train_prior import DifficultyPrior
+from lmroute.export.validation_recipes import Recipe, Scorer, blend_sweep, fit_scorers, fit_tiers, training_weights
+from lmroute.export.validation_tables import (
     PairTable,
     SourceResult,
     Summary,
@@ -65,6 +65,7 @@ __all__ = [  # the harness's API in one place: the names of the two modules next
 ]
 
 log = logging.getLogger(__name__)
+
 
 def validate_recipe(
     recipe: Recipe,
@@ -115,7 +116,9 @@ def validate_recipe(
             assert prior is not None
             std_prior = prior.with_standardisation(train_emb)
             train_scores = {r: f(train_emb, train.prompts) for r, f in scorers.items()}
-        tables = pair_tables(val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool)
+        tables = pair_tables(
+            val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool
+        )
         for table in tables.values():
             q = emb_of(table.prompts)
             if decontaminate is not None:
@@ -148,7 +151,9 @@ def validate_recipe(
             np.concatenate([t.weak_q for t in tabs]),
         )
         if len(table.prompts) >= 2 and table.strong_q.mean() != table.weak_q.mean():
-            results.append(evaluate_table(table, np.concatenate(scs), router=router, fold=-1, random_seeds=random_seeds))
+            results.append(
+                evaluate_table(table, np.concatenate(scs), router=router, fold=-1, random_seeds=random_seeds)
+            )
     return results
 
 
@@ -174,7 +179,7 @@ def validate_bundle(
 
     The blend is standardised on `standardise_on` training prompts (evenly spread over the table, as
     the pipeline does) scored by the bundle. Results are named "<router>@<weight>"."""
-    from lmroute_bundle import load_bundle
+    from lmroute.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir, require_calibration=False)
     train, val = kfold_by_prompt(comps, 10)[0]
@@ -208,8 +213,8 @@ def validate_bundle(
 
 def cached_embedder(cache_dir: Path, max_tokens: int = 256) -> Callable[[Sequence[str]], NDArray[np.float32]]:
     """texts -> embeddings with the pipeline's exported encoder and embedding cache under cache_dir."""
-    from lmroute_export.embed_cache import embed_texts
-    from lmroute_export.pipeline import ensure_encoder, open_encoder
+    from lmroute.export.embed_cache import embed_texts
+    from lmroute.export.pipeline import ensure_encoder, open_encoder
 
     enc_dir, _ = ensure_encoder(None, cache_dir, max_tokens)
     encoder, encoder_id = open_encoder(enc_dir, max_tokens)
@@ -218,7 +223,11 @@ def cached_embedder(cache_dir: Path, max_tokens: int = 256) -> Callable[[Sequenc
     def emb_of(texts: Sequence[str]) -> NDArray[np.float32]:
         missing = [t for t in dict.fromkeys(texts) if t not in memo]
         if missing:
-            for t, e in zip(missing, embed_texts(encoder, missing, cache_dir / "embeddings", encoder_id=encoder_id, progress=False), strict=True):
+            for t, e in zip(
+                missing,
+                embed_texts(encoder, missing, cache_dir / "embeddings", encoder_id=encoder_id, progress=False),
+                strict=True,
+            ):
                 memo[t] = e
         return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, encoder.dim), np.float32)
 
@@ -238,20 +247,27 @@ def _pairs(text: str) -> tuple[tuple[str, float], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate one recipe (the defaults unless flags say otherwise) and print the table."""
-    from lmroute_export.data import load_comparisons, load_difficulty_labels
-    from lmroute_export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
-    from lmroute_export.train_prior import fit_difficulty_prior
+    from lmroute.export.data import load_comparisons, load_difficulty_labels
+    from lmroute.export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
+    from lmroute.export.train_prior import fit_difficulty_prior
 
-    ap = argparse.ArgumentParser(prog="python -m lmroute_export.validate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lmroute.export.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
     ap.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     ap.add_argument("--routers", default="mf,sw_ranking")
     ap.add_argument("--folds", type=int, default=10, help="K of the K-fold split (10: fold 0 = pipeline's val)")
     ap.add_argument("--all-folds", action="store_true", help="run every fold, not only fold 0")
-    ap.add_argument("--pool", action="store_true", help="with --all-folds: one evaluation on the pooled out-of-fold scores")
+    ap.add_argument(
+        "--pool", action="store_true", help="with --all-folds: one evaluation on the pooled out-of-fold scores"
+    )
     ap.add_argument("--tier-window", type=int, default=None)
     ap.add_argument("--pair-only", action="store_true", help="train on the direct strong-vs-weak comparisons only")
-    ap.add_argument("--decontaminate", type=float, default=0.95, help="drop val prompts this close (cosine) to a training prompt; <= -1 keeps all")
+    ap.add_argument(
+        "--decontaminate",
+        type=float,
+        default=0.95,
+        help="drop val prompts this close (cosine) to a training prompt; <= -1 keeps all",
+    )
     ap.add_argument("--other-weight", type=float, default=1.0)
     ap.add_argument("--mf-noise-sigma", type=float, default=0.1)
     ap.add_argument("--label-weights", type=_pairs, default=Recipe().label_weights)
@@ -267,14 +283,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mf-batch-size", type=int, default=256)
     ap.add_argument("--no-source-bias", action="store_true")
     ap.add_argument("--random-seeds", type=int, default=10, help="seeds of the random baseline (its mean and std)")
-    ap.add_argument("--prior-weight", type=float, default=0.0, help="blend with the difficulty prior at this weight (0: off)")
-    ap.add_argument("--bundle", type=Path, default=None, help="score this built bundle's routers on fold 0 instead of training (bert included)")
+    ap.add_argument(
+        "--prior-weight", type=float, default=0.0, help="blend with the difficulty prior at this weight (0: off)"
+    )
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="score this built bundle's routers on fold 0 instead of training (bert included)",
+    )
     ap.add_argument(
         "--prior-weights",
         default=None,
         help="a sweep of blend weights, each router trained once per fold (with --bundle: default 0,0.5,1,2,4)",
     )
-    ap.add_argument("--bert-time-budget-s", type=float, default=420.0, help="wall-clock budget of each bert fine-tuning")
+    ap.add_argument(
+        "--bert-time-budget-s", type=float, default=420.0, help="wall-clock budget of each bert fine-tuning"
+    )
     ap.add_argument("--prior-ridge", type=float, default=10.0, help="ridge of the difficulty prior's regression")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

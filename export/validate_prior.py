@@ -1,6 +1,6 @@
 """Difficulty-prior variants on the validation sources: what the prior should learn, measured alone.
 
-The shipped prior (`lmroute_export.train_prior`) is a ridge regression of the LLMRouter models' mean
+The shipped prior (`lmroute.export.train_prior`) is a ridge regression of the LLMRouter models' mean
 score on the prompt embedding. This module measures it next to two alternatives, each used alone as
 a router (no mf / sw_ranking / bert), on every validation source's strong-vs-weak prompts. The prior
 never trains on the comparisons, so every prompt of a source is a validation prompt; prompts within
@@ -17,7 +17,7 @@ cosine 0.95 of an LLMRouter question are dropped, as the harness does.
 The rule that chooses is the one of docs/eval/validation.md, fixed before looking: the largest worst
 z over the sources, then the largest mean z.
 
-CLI: ``python -m lmroute_export.validate_prior --help``.
+CLI: ``python -m lmroute.export.validate_prior --help``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export.data import DifficultyLabels
-from lmroute_export.train_prior import fit_difficulty_prior
-from lmroute_export.validation_tables import PairTable, SourceResult, evaluate_table, far_from, subset_table
+from lmroute.export.data import DifficultyLabels
+from lmroute.export.train_prior import fit_difficulty_prior
+from lmroute.export.validation_tables import PairTable, SourceResult, evaluate_table, far_from, subset_table
 
 __all__ = ["MODEL_PARAMS_B", "PriorVariant", "big_small_gap", "fit_prior_variants", "log_length", "main", "z_table"]
 
@@ -159,12 +159,12 @@ def z_table(results: Sequence[SourceResult]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Fit the variants on the LLMRouter labels (minus near-eval questions) and print the z table."""
-    from lmroute_export.data import load_comparisons, load_difficulty_labels
-    from lmroute_export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
-    from lmroute_export.validate import cached_embedder
-    from lmroute_export.validation_tables import load_judge_scores, pair_tables
+    from lmroute.export.data import load_comparisons, load_difficulty_labels
+    from lmroute.export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
+    from lmroute.export.validate import cached_embedder
+    from lmroute.export.validation_tables import load_judge_scores, pair_tables
 
-    ap = argparse.ArgumentParser(prog="python -m lmroute_export.validate_prior", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lmroute.export.validate_prior", description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
     ap.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     ap.add_argument("--random-seeds", type=int, default=200)

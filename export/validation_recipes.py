@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export import names
-from lmroute_export.data import Comparisons
-from lmroute_export.train_prior import DifficultyPrior
+from lmroute.export import names
+from lmroute.export.data import Comparisons
+from lmroute.export.train_prior import DifficultyPrior
 
 __all__ = ["Recipe", "Scorer", "blend_sweep", "fit_scorers", "fit_tiers", "training_weights"]
 
@@ -52,7 +52,7 @@ class Recipe:
     the direct strong-vs-weak comparisons only (bert_pair_only), wall-clock budget of one fine-tuning
     run, truncation, epochs, peak learning rate, seed.
     prior_weight: blend each router's score with the difficulty prior at this weight
-    (`lmroute_export.train_prior`; 0 = the router alone). Needs `prior` in `fit_scorers`.
+    (`lmroute.export.train_prior`; 0 = the router alone). Needs `prior` in `fit_scorers`.
     """
 
     label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
@@ -93,7 +93,7 @@ def training_weights(
     recipe: Recipe, train: Comparisons, strong: str, weak: str, tiers: Mapping[str, int] | None = None
 ) -> NDArray[np.float64]:
     """Per-comparison training weight of `recipe` (label, source, pair factors, tier window)."""
-    from lmroute_export.elo import comparison_weights
+    from lmroute.export.elo import comparison_weights
 
     w = comparison_weights(
         train, label_weights=dict(recipe.label_weights), source_weights=dict(recipe.source_weights) or None
@@ -102,14 +102,18 @@ def training_weights(
     a, b = train.model_a, train.model_b
     involves = (a == s_idx) | (b == s_idx) | (a == w_idx) | (b == w_idx)
     is_pair = train.pair_mask(strong, weak)
-    w = w * np.where(involves, recipe.pair_model_weight, recipe.other_weight) * np.where(is_pair, recipe.pair_weight, 1.0)
+    w = (
+        w
+        * np.where(involves, recipe.pair_model_weight, recipe.other_weight)
+        * np.where(is_pair, recipe.pair_weight, 1.0)
+    )
     if recipe.pair_only:
         w = w * is_pair
     if recipe.tier_window is not None:
         if tiers is None:
             tiers = fit_tiers(recipe, train)
         lo, hi = tiers[weak] - recipe.tier_window, tiers[strong] + recipe.tier_window
-        tier = np.array([tiers.get(m, -10**6) for m in train.models])
+        tier = np.array([tiers.get(m, -(10**6)) for m in train.models])
         inside = (tier >= lo) & (tier <= hi)
         w = w * (inside[a] & inside[b])
     return w
@@ -117,7 +121,7 @@ def training_weights(
 
 def fit_tiers(recipe: Recipe, train: Comparisons) -> dict[str, int]:
     """Elo (label weights and Elo source weights of `recipe`) -> tiers of the rated models."""
-    from lmroute_export.elo import compute_elo, segment_tiers
+    from lmroute.export.elo import compute_elo, segment_tiers
 
     elo = compute_elo(
         train,
@@ -148,15 +152,17 @@ def fit_scorers(
     if recipe.prior_weight > 0:
         if prior is None:
             raise ValueError(f"recipe {recipe.describe()}: prior_weight needs a difficulty prior")
-        plain = fit_scorers(replace(recipe, prior_weight=0.0), train, train_emb, routers=routers, strong=strong, weak=weak)
+        plain = fit_scorers(
+            replace(recipe, prior_weight=0.0), train, train_emb, routers=routers, strong=strong, weak=weak
+        )
         return {name: _blended(f, prior, train_emb, train.prompts, recipe.prior_weight) for name, f in plain.items()}
     needs_tiers = "sw_ranking" in routers or "bert" in routers or recipe.tier_window is not None
     tiers = fit_tiers(recipe, train) if needs_tiers else None
     weights = training_weights(recipe, train, strong, weak, tiers)
     out: dict[str, Scorer] = {}
     if "mf" in routers:
-        from lmroute_export.train_mf import train_mf
-        from lmroute_kernels.reference import mf_pair_vector
+        from lmroute.export.train_mf import train_mf
+        from lmroute.kernels.reference import mf_pair_vector
 
         mf = train_mf(
             train,
@@ -171,11 +177,13 @@ def fit_scorers(
             weight_decay=recipe.mf_weight_decay,
             row_weights=weights,
         )
-        u = mf_pair_vector(mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak))
+        u = mf_pair_vector(
+            mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak)
+        )
         out["mf"] = lambda e, texts, u=u: 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) @ u)))
     if "sw_ranking" in routers:
-        from lmroute_export.train_sw import train_sw_ranking
-        from lmroute_kernels.reference import sw_scores
+        from lmroute.export.train_sw import train_sw_ranking
+        from lmroute.kernels.reference import sw_scores
 
         assert tiers is not None
         for name in (strong, weak):
@@ -197,8 +205,14 @@ def fit_scorers(
 
         def sw_scorer(e: NDArray[np.float32], texts: Sequence[str], sw=sw, p=p) -> NDArray[np.float64]:
             return sw_scores(
-                e, sw.prompt_embeddings, sw.cell_counts, sw.cells, int(p["n_tiers"]),
-                int(p["strong_tier"]), int(p["weak_tier"]), gamma=float(p["gamma"]),
+                e,
+                sw.prompt_embeddings,
+                sw.cell_counts,
+                sw.cells,
+                int(p["n_tiers"]),
+                int(p["strong_tier"]),
+                int(p["weak_tier"]),
+                gamma=float(p["gamma"]),
             )
 
         out["sw_ranking"] = sw_scorer
@@ -212,7 +226,7 @@ def _fit_bert(recipe: Recipe, train: Comparisons, tiers: Mapping[str, int], stro
     """Fine-tune bert as the pipeline does (`pipeline._train_router`) and score with PyTorch: P(strong
     tier wins). The bundle runs the ONNX export of the same model (equal within the export check's
     tolerance)."""
-    from lmroute_export.train_bert import LABELS, build_bert_examples, predict_proba, train_bert
+    from lmroute.export.train_bert import LABELS, build_bert_examples, predict_proba, train_bert
 
     pairs = train.select(train.pair_mask(strong, weak)) if recipe.bert_pair_only else train
     texts, labels, weights = build_bert_examples(pairs, tiers)
@@ -249,8 +263,8 @@ def blend_sweep(
     prior: already standardised on the training prompts (`DifficultyPrior.with_standardisation`);
     train_scores: the router's plain scores on those prompts (they fix the blend's center / scale).
     Weight 0 gives the plain scores back."""
-    from lmroute_export.train_prior import blend_params
-    from lmroute_kernels.reference import blend_scores
+    from lmroute.export.train_prior import blend_params
+    from lmroute.kernels.reference import blend_scores
 
     out: dict[float, NDArray[np.float64]] = {}
     for weight in weights:
@@ -259,8 +273,15 @@ def blend_sweep(
             continue
         bp = blend_params(train_scores, weight)
         out[weight] = blend_scores(
-            scores, emb, prior.weights, prior.bias, prior.center, prior.scale,
-            weight=bp.prior_weight, center=bp.center, scale=bp.scale,
+            scores,
+            emb,
+            prior.weights,
+            prior.bias,
+            prior.center,
+            prior.scale,
+            weight=bp.prior_weight,
+            center=bp.center,
+            scale=bp.scale,
         )
     return out
 

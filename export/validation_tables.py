@@ -1,4 +1,4 @@
-"""Quality tables and metrics of the validation harness (`lmroute_export.validate`).
+"""Quality tables and metrics of the validation harness (`lmroute.export.validate`).
 
 For the validation prompts of a split, `pair_tables` builds, per source that holds the default pair,
 a per-prompt quality table (`PairTable`: strong_q, weak_q); `evaluate_table` scores one router on one
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_export import names
-from lmroute_export.data import ARENA_BENCH_FILE, Comparisons, open_data_file
-from lmroute_export.metrics import random_baseline, router_metrics
-from lmroute_export.names import normalize_model_name
+from lmroute.export import names
+from lmroute.export.data import ARENA_BENCH_FILE, Comparisons, open_data_file
+from lmroute.export.metrics import random_baseline, router_metrics
+from lmroute.export.names import normalize_model_name
 
 __all__ = [
     "JUDGE_SCORE_SOURCE",
@@ -75,8 +75,7 @@ class PairTable:
         n = len(self.prompts)
         if self.strong_q.shape != (n,) or self.weak_q.shape != (n,):
             raise ValueError(
-                f"PairTable {self.source}: {n} prompts but strong_q {self.strong_q.shape}, "
-                f"weak_q {self.weak_q.shape}"
+                f"PairTable {self.source}: {n} prompts but strong_q {self.strong_q.shape}, weak_q {self.weak_q.shape}"
             )
 
 
@@ -167,7 +166,6 @@ def pair_tables(
     return tables
 
 
-
 def far_from(emb: NDArray[np.floating], *refs: NDArray[np.floating] | None, threshold: float) -> NDArray[np.bool_]:
     """Mask of the rows of `emb` whose cosine to every row of every array in `refs` is < `threshold`
     (rows L2-normalised; a None or empty array removes nothing): the harness's decontamination."""
@@ -187,7 +185,6 @@ def subset_table(table: PairTable, keep: NDArray[np.bool_]) -> PairTable:
         table.strong_q[keep],
         table.weak_q[keep],
     )
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +272,7 @@ def kfold_by_prompt(comps: Comparisons, k: int, seed: int = 0) -> list[tuple[Com
         out.append((comps.select(~val_row), comps.select(val_row)))
     return out
 
+
 # --------------------------------------------------------------------------------------------
 # Summaries
 
@@ -332,14 +330,16 @@ def format_results(results: Sequence[SourceResult], title: str = "") -> str:
     z = (APGR - random APGR) / that std."""
     lines = [f"### {title}"] if title else []
     lines += [
-        "| router | source | folds | prompts | APGR | z | CPT50 % | random APGR (std) | random CPT50 % | length APGR | length CPT50 % |",
+        "| router | source | folds | prompts | APGR | z | CPT50 % | random APGR (std) | random CPT50 % "
+        "| length APGR | length CPT50 % |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(summarise(results), key=lambda s: (s.router, s.source)):
         se = f" +- {s.apgr_se:.3f}" if s.n_folds > 1 else ""
         z = (s.apgr - s.random_apgr) / s.random_apgr_std if s.random_apgr_std > 0 else float("nan")
         lines.append(
-            f"| {s.router} | {s.source} | {s.n_folds} | {s.n_prompts} | {s.apgr:.3f}{se} | {z:+.1f} | {100 * s.cpt50:.1f} | "
+            f"| {s.router} | {s.source} | {s.n_folds} | {s.n_prompts} | {s.apgr:.3f}{se} | {z:+.1f} "
+            f"| {100 * s.cpt50:.1f} | "
             f"{s.random_apgr:.3f} ({s.random_apgr_std:.3f}) | {100 * s.random_cpt50:.1f} | "
             f"{s.length_apgr:.3f} | {100 * s.length_cpt50:.1f} |"
         )

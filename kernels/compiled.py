@@ -4,7 +4,7 @@
                 CSR), then `scores(query_emb, strong_tier, weak_tier, gamma, base)` with the core's own
                 exact similarity scan, or `scores_from_sims(sims, ...)` when the scan ran elsewhere
                 (FAISS); `cell_weights(query_emb, gamma)` exposes the weight + scatter step and
-                `scores_from_cell_weights` the Newton step (lmroute_kernels.gpu runs the rest on a GPU)
+                `scores_from_cell_weights` the Newton step (lmroute.kernels.gpu runs the rest on a GPU)
     MFIndex     mf: per-model vectors folded once from the factors; `logits(emb)` [b, n_models] and
                 `pair_scores(emb, pairs)` = P(strong beats weak) per (strong, weak) pair
     bt_ratings  the small Bradley-Terry Newton solve on its own
@@ -13,12 +13,12 @@
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
-Every function matches `lmroute_kernels.reference` (the spec) to <= 1e-6 relative; the property tests in
+Every function matches `lmroute.kernels.reference` (the spec) to <= 1e-6 relative; the property tests in
 tests/unit/test_kernels_compiled.py check it. Embeddings are float32 (as stored in bundles and produced
 by the encoder); dot products accumulate in float64, like the reference's.
 
 Loading is strict: importing this module raises `KernelUnavailableError` (an ImportError) that names the
-cause when `lmroute_kernels._core` is missing, was built for another Python ABI, or was built from other
+cause when `lmroute.kernels._core` is missing, was built for another Python ABI, or was built from other
 sources than the ones in kernels/src (a stale build). There is no fallback to the NumPy reference.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_kernels import reference
+from lmroute.kernels import reference
 
 __all__ = [
     "ABI_VERSION",
@@ -101,8 +101,7 @@ def _load_core() -> Any:
     abi = getattr(core, "ABI_VERSION", None)
     if abi != ABI_VERSION:
         raise KernelUnavailableError(
-            f"the compiled scoring core {name} has ABI version {abi!r}, this wrapper needs {ABI_VERSION}: "
-            f"{_REBUILD}"
+            f"the compiled scoring core {name} has ABI version {abi!r}, this wrapper needs {ABI_VERSION}: {_REBUILD}"
         )
     want = source_fingerprint()
     if want is not None and core.SOURCE_SHA256 != want:
@@ -201,9 +200,7 @@ class SWIndex:
         else:
             dense = np.asarray(cell_counts)
             if dense.ndim != 2 or dense.shape != (n, c):
-                raise ValueError(
-                    f"cell_counts must have shape ({n}, {c}) (prompts x cells), got {dense.shape}"
-                )
+                raise ValueError(f"cell_counts must have shape ({n}, {c}) (prompts x cells), got {dense.shape}")
             indptr, indices, values = _csr_from_dense(dense)
         if indptr.shape != (n + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
             raise ValueError(f"cell_counts indptr must be non-decreasing from 0 with {n + 1} entries")
@@ -256,8 +253,15 @@ class SWIndex:
         _check_gamma_base(gamma, base)
         out = np.empty(q.shape[0], dtype=np.float64)
         _core.sw_scores(
-            embeddings=self.embeddings, queries=q, strong=int(strong_tier), weak=int(weak_tier),
-            gamma=float(gamma), base=float(base), threads=_threads, out=out, **self._design(),
+            embeddings=self.embeddings,
+            queries=q,
+            strong=int(strong_tier),
+            weak=int(weak_tier),
+            gamma=float(gamma),
+            base=float(base),
+            threads=_threads,
+            out=out,
+            **self._design(),
         )
         return out
 
@@ -280,8 +284,14 @@ class SWIndex:
         _check_gamma_base(gamma, base)
         out = np.empty(s.shape[0], dtype=np.float64)
         _core.sw_scores_from_sims(
-            sims=s, strong=int(strong_tier), weak=int(weak_tier), gamma=float(gamma), base=float(base),
-            threads=_threads, out=out, **self._design(),
+            sims=s,
+            strong=int(strong_tier),
+            weak=int(weak_tier),
+            gamma=float(gamma),
+            base=float(base),
+            threads=_threads,
+            out=out,
+            **self._design(),
         )
         return out
 
@@ -298,8 +308,16 @@ class SWIndex:
         _check_gamma_base(10.0, base)
         out = np.empty(w.shape[0], dtype=np.float64)
         _core.sw_scores_from_cell_weights(
-            w, self.cells.a, self.cells.b, self.cells.y, self.cells.n_tiers, int(strong_tier),
-            int(weak_tier), float(base), _threads, out,
+            w,
+            self.cells.a,
+            self.cells.b,
+            self.cells.y,
+            self.cells.n_tiers,
+            int(strong_tier),
+            int(weak_tier),
+            float(base),
+            _threads,
+            out,
         )
         return out
 
@@ -309,8 +327,15 @@ class SWIndex:
         _check_gamma_base(gamma, 10.0)
         out = np.empty((q.shape[0], len(self.cells)), dtype=np.float64)
         _core.sw_cell_weights(
-            embeddings=self.embeddings, indptr=self.indptr, indices=self.indices, counts=self.values,
-            n_cells=len(self.cells), queries=q, gamma=float(gamma), threads=_threads, out=out,
+            embeddings=self.embeddings,
+            indptr=self.indptr,
+            indices=self.indices,
+            counts=self.values,
+            n_cells=len(self.cells),
+            queries=q,
+            gamma=float(gamma),
+            threads=_threads,
+            out=out,
         )
         return out
 
@@ -405,9 +430,19 @@ def blend_scores(
         router_scores, query_emb, prior_weights, prior_scale, scale, emb_dtype=np.float32
     )
     out = np.empty(e.shape[0], dtype=np.float64)
-    _core.blend_scores(np.ascontiguousarray(p), np.ascontiguousarray(e), np.ascontiguousarray(w), float(prior_bias),
-                       float(prior_center), float(prior_scale), float(weight), float(center), float(scale),
-                       reference.LOGIT_EPS, out)
+    _core.blend_scores(
+        np.ascontiguousarray(p),
+        np.ascontiguousarray(e),
+        np.ascontiguousarray(w),
+        float(prior_bias),
+        float(prior_center),
+        float(prior_scale),
+        float(weight),
+        float(center),
+        float(scale),
+        reference.LOGIT_EPS,
+        out,
+    )
     return out
 
 

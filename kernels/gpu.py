@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lmroute_kernels.compiled import SWIndex
+from lmroute.kernels.compiled import SWIndex
 
 __all__ = ["DeviceSWIndex", "cuda_available"]
 
@@ -85,6 +85,4 @@ class DeviceSWIndex:
         base: float = 10.0,
     ) -> NDArray[np.float64]:
         """P(strong tier beats weak tier) [b]: device scan, host Newton (compiled core)."""
-        return self.table.scores_from_cell_weights(
-            self.cell_weights(query_emb, gamma), strong_tier, weak_tier, base
-        )
+        return self.table.scores_from_cell_weights(self.cell_weights(query_emb, gamma), strong_tier, weak_tier, base)

@@ -77,9 +77,7 @@ def sw_cell_weights(
     if q.shape[1] != x.shape[1]:
         raise ValueError(f"query_emb has dim {q.shape[1]} but prompt_emb has dim {x.shape[1]}")
     if counts.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"cell_counts has {counts.shape[0]} rows but prompt_emb has {x.shape[0]} prompts"
-        )
+        raise ValueError(f"cell_counts has {counts.shape[0]} rows but prompt_emb has {x.shape[0]} prompts")
     if not (gamma > 0.0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
     if x.shape[0] == 0:
@@ -91,9 +89,7 @@ def sw_cell_weights(
     return weights @ counts
 
 
-def bt_ratings_from_cells(
-    cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int
-) -> F64:
+def bt_ratings_from_cells(cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int) -> F64:
     """Weighted Bradley-Terry-with-ties ratings (natural log-odds units, sum 0) of `n_tiers` tiers.
 
     cells [c, 3] = (tier_a, tier_b, outcome) with outcome 0 = a wins, 1 = b wins, 2 = tie;
@@ -145,9 +141,7 @@ def sw_scores(
             raise ValueError(f"{name} {tier} is outside 0..{n_tiers - 1}")
     weights = sw_cell_weights(query_emb, prompt_emb, cell_counts, gamma)
     if weights.shape[1] != np.asarray(cells).shape[0]:
-        raise ValueError(
-            f"cell_counts has {weights.shape[1]} columns but cells has {np.asarray(cells).shape[0]} rows"
-        )
+        raise ValueError(f"cell_counts has {weights.shape[1]} columns but cells has {np.asarray(cells).shape[0]} rows")
     log_base = math.log(base)
     out = np.empty(weights.shape[0], dtype=np.float64)
     for i in range(weights.shape[0]):
@@ -249,7 +243,7 @@ def check_blend_inputs(
     emb_dtype: type = np.float64,
 ) -> tuple[F64, NDArray[np.floating], F64]:
     """Validated blend inputs -> (scores [b], embeddings [b, d] as `emb_dtype`, prior weights [d]), scores
-    and weights in float64. Shared with lmroute_kernels.compiled (which reads the embeddings as float32),
+    and weights in float64. Shared with lmroute.kernels.compiled (which reads the embeddings as float32),
     so both refuse the same inputs with the same messages."""
     p = np.asarray(router_scores, dtype=np.float64)
     q = np.asarray(query_emb, dtype=emb_dtype)
@@ -276,7 +270,7 @@ def check_mf_factors(
     classifier: NDArray[np.floating],
 ) -> tuple[F64, F64, F64]:
     """Validated mf factors -> (W [k, d], P with unit rows [m, k], w [k]) in float64. Shared with
-    lmroute_kernels.compiled, so both refuse the same factors with the same messages."""
+    lmroute.kernels.compiled, so both refuse the same factors with the same messages."""
     w_proj = _as_2d(text_proj, "text_proj")
     p = _as_2d(model_emb, "model_emb")
     w_cls = np.asarray(classifier, dtype=np.float64)
@@ -291,11 +285,9 @@ def check_mf_factors(
     return w_proj, p / norms, w_cls
 
 
-def check_cell_design(
-    cells: NDArray[np.integer], n_tiers: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64], F64]:
+def check_cell_design(cells: NDArray[np.integer], n_tiers: int) -> tuple[NDArray[np.int64], NDArray[np.int64], F64]:
     """Validated cells [c, 3] -> (tier_a, tier_b, y) with y the target P(a wins): 1, 0 or 0.5 (tie).
-    Shared with lmroute_kernels.compiled, so both refuse the same designs with the same messages."""
+    Shared with lmroute.kernels.compiled, so both refuse the same designs with the same messages."""
     c = np.asarray(cells)
     if n_tiers < 1:
         raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
@@ -355,9 +347,7 @@ def _sigmoid(x: F64) -> F64:
     return np.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _objective(
-    r: F64, la: NDArray[np.int64], lb: NDArray[np.int64], y: F64, w: F64, ridge: float
-) -> float:
+def _objective(r: F64, la: NDArray[np.int64], lb: NDArray[np.int64], y: F64, w: F64, ridge: float) -> float:
     d = r[la] - r[lb]
     nll = y * np.logaddexp(0.0, -d) + (1.0 - y) * np.logaddexp(0.0, d)
     return float(np.dot(w, nll) + ridge * np.dot(r, r))

@@ -17,14 +17,14 @@ if [ "$want" != "$have" ]; then
   echo "setup: installing pinned packages (first run installs ~6 GB: torch is the PyPI CUDA build)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
-  # the project itself, editable; setup.py builds the compiled core lmroute_kernels._core with CMake
+  # the project itself, editable; setup.py builds the compiled core lmroute.kernels._core with CMake
   if ! .venv/bin/python -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e . \
       > .venv/.lmroute-build.log 2>&1; then
     cat .venv/.lmroute-build.log
     echo "setup: installing the project (and compiling kernels/) failed; the log is above" >&2
     exit 1
   fi
-  .venv/bin/python -c "import lmroute_kernels.compiled"  # a clear error if the core does not load
+  .venv/bin/python -c "import lmroute.kernels.compiled"  # a clear error if the core does not load
   echo "$want" > .venv/.lmroute-installed
 fi
 

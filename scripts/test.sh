@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run every test: unit, integration (real ONNX sessions, real artifacts
-# built in the test session, a real gRPC server on 127.0.0.1). Extra arguments go to pytest.
+# Set up (scripts/setup.sh), then run the tests. Extra arguments go to pytest.
+#   scripts/test.sh           every tier: unit, integration (real ONNX sessions, real artifacts built in the
+#                             test session, a real gRPC server on 127.0.0.1) and e2e (Go and Java clients)
+#   scripts/test.sh --unit    the fast tier only (tests/unit: pure functions and fakes, under a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+if [ "${1:-}" = "--unit" ]; then
+  shift
+  exec .venv/bin/python -m pytest tests/unit "$@"
+fi
 exec .venv/bin/python -m pytest tests "$@"

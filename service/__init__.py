@@ -1,4 +1,4 @@
-"""lmroute_service: the gRPC Score/Route service.
+"""lmroute.service: the gRPC Score/Route service.
 
 Three one-way layers (transport -> scheduler -> scorers):
 
@@ -12,7 +12,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     scheduler.py     admission + micro-batching worker + scoring thread
     batch_queue.py   the queue's state: Item, Admission counter, FIFO BatchQueue
     scorer_api.py    the Scorer protocol between scheduler and scorers
-    bundle_scorer.py the product Scorer over a router bundle (lmroute_bundle)
+    bundle_scorer.py the product Scorer over a router bundle (lmroute.bundle)
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
     client.py        RouterClient, a small typed client
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)

@@ -5,7 +5,7 @@ limit and a padded-token budget (longest prompt x prompts) and returns the dead 
 expired futures) it met on the way, for the scheduler to count. An item whose tokens were not counted
 (`n_tokens` None: the scheduler's idle fast path) always forms a batch of its own. `Admission` bounds
 the prompts that are queued or being scored. No asyncio scheduling happens here (see
-lmroute_service.scheduler).
+lmroute.service.scheduler).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BundleScorer: the product Scorer over a loaded router bundle (encoder + routers from lmroute_bundle).
+"""BundleScorer: the product Scorer over a loaded router bundle (encoder + routers from lmroute.bundle).
 
 One call embeds the batch once; every router of the batch reads that one encoding (routers asked for
 by only part of the batch read the selected rows). Inside a batch the encoder runs on length-sorted
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute_bundle.encoder import TokenBatch
-from lmroute_bundle.loader import Bundle, load_bundle
-from lmroute_bundle.routers import PromptBatch
-from lmroute_service.errors import ConfigError
-from lmroute_service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+from lmroute.bundle.encoder import TokenBatch
+from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.routers import PromptBatch
+from lmroute.service.errors import ConfigError
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
 
 __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROMPTS", "MAX_PADDING"]
 
@@ -55,6 +55,7 @@ def length_chunks(n_tokens: Sequence[int] | np.ndarray, max_size: int) -> list[n
     if start < len(order):
         chunks.append(order[start:])
     return chunks
+
 
 WARMUP_PROMPTS: tuple[str, ...] = (
     "Hello!",
@@ -210,8 +211,7 @@ class BundleScorer:
             for name, r in self.bundle.routers.items()
         )
         models = tuple(
-            ModelDescription(name, float(m.elo.get(name, 0.0)), int(m.tiers.get(name, 0)))
-            for name in m.models
+            ModelDescription(name, float(m.elo.get(name, 0.0)), int(m.tiers.get(name, 0))) for name in m.models
         )
         return Catalog(
             version=m.bundle_version,

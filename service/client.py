@@ -1,10 +1,10 @@
 """RouterClient: a small typed synchronous client for lmroute.v1.RouterService (users and tests).
 
-    with RouterClient("127.0.0.1:50051") as c:
-        c.health()                                   # "SERVING"
-        r = c.score(["Prove Fermat's little theorem"], routers=["mf"])
-        d = c.route("hi", router="mf", strong_share=0.3)
-        d.chosen_model
+with RouterClient("127.0.0.1:50051") as c:
+    c.health()                                   # "SERVING"
+    r = c.score(["Prove Fermat's little theorem"], routers=["mf"])
+    d = c.route("hi", router="mf", strong_share=0.3)
+    d.chosen_model
 """
 
 from __future__ import annotations
@@ -110,7 +110,5 @@ class RouterClient:
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
-        resp = self._health.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s
-        )
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

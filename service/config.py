@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmroute_service.errors import ConfigError
+from lmroute.service.errors import ConfigError
 
 __all__ = ["ServiceConfig", "ENV_PREFIX", "config_from_cli", "build_arg_parser"]
 
@@ -62,9 +62,7 @@ class ServiceConfig:
         default=1000, metadata=_doc("longest a prompt may wait in the queue before UNAVAILABLE")
     )
     max_prompts_per_request: int = field(default=256, metadata=_doc("most prompts in one Score call"))
-    max_prompt_chars: int = field(
-        default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT")
-    )
+    max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
@@ -108,9 +106,7 @@ class ServiceConfig:
         if self.device not in _DEVICES:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
         if self.log_level not in _LOG_LEVELS:
-            raise ConfigError(
-                f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})"
-            )
+            raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})")
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a plain dict for logs (no field is secret today; kept as the one place)."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmroute_service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
 
 __all__ = ["FakeScorer", "FakeScorerError"]
 

@@ -20,7 +20,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lmroute_service.errors import ServiceError, StatusInfo, status_of
+from lmroute.service.errors import ServiceError, StatusInfo, status_of
 
 __all__ = ["RequestContextInterceptor", "ERROR_DOMAIN", "REQUEST_ID_KEY"]
 
@@ -40,9 +40,7 @@ def _rich_status(info: StatusInfo, request_id: str) -> grpc.Status:
         delay.FromMilliseconds(info.retry_after_ms)
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
-    status = rpc_status.to_status(
-        status_pb2.Status(code=int(info.code), message=info.message, details=details)
-    )
+    status = rpc_status.to_status(status_pb2.Status(code=int(info.code), message=info.message, details=details))
     return _WithRequestId(status, request_id)
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import structlog
 
-from lmroute_service.config import ServiceConfig, config_from_cli
-from lmroute_service.errors import ConfigError
-from lmroute_service.logs import configure_logging
-from lmroute_service.server import RouterServer
+from lmroute.service.config import ServiceConfig, config_from_cli
+from lmroute.service.errors import ConfigError
+from lmroute.service.logs import configure_logging
+from lmroute.service.server import RouterServer
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(cfg.log_level)
     try:  # no fallback to the NumPy reference: a missing or stale core stops the server here
-        importlib.import_module("lmroute_kernels.compiled")
+        importlib.import_module("lmroute.kernels.compiled")
     except ImportError as exc:
         print(f"lmroute-serve: {exc}", file=sys.stderr)
         return 1

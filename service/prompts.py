@@ -7,8 +7,8 @@ InvalidArgument naming the field, e.g. `prompts[2].conversation: no user turn`.
 
 from __future__ import annotations
 
+from lmroute.service.errors import InvalidArgument
 from lmroute.v1 import router_pb2
-from lmroute_service.errors import InvalidArgument
 
 __all__ = ["prompt_text"]
 

@@ -4,13 +4,14 @@
 per valid prompt (all or none: QueueFull), counts its tokens (on a helper thread), queues one `Item`
 with one asyncio Future per prompt, and awaits them. Idle fast path: a one-prompt call that finds the
 queue empty and the scorer idle, with `max_wait_us` 0, skips the count (its batch would hold it alone
-anyway) and goes straight to the scorer, which tokenises it there: one thread round trip instead of two. A single worker task forms batches: a batch leaves when it holds
+anyway) and goes straight to the scorer, which tokenises it there: one thread round trip instead of two.
+A single worker task forms batches: a batch leaves when it holds
 `max_batch_size` prompts, when adding the next prompt would pass `max_batch_tokens` padded tokens
 (longest x count), or when the oldest prompt has waited `max_wait_us`. Scoring runs in a dedicated
 thread so the event loop never blocks. Prompts cancelled by the client, past their deadline or past
 `queue_timeout_ms` are dropped before the scorer sees them, and counted in `SchedulerStats`.
 If a batch raises, its prompts are rescored one by one so only the failing prompt fails.
-Each batch's queue waits, padding and scoring time go to `timings` (lmroute_service.stats).
+Each batch's queue waits, padding and scoring time go to `timings` (lmroute.service.stats).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from typing import Any
 
 import structlog
 
-from lmroute_service.batch_queue import DONE as _DONE
-from lmroute_service.batch_queue import QUEUED as _QUEUED
-from lmroute_service.batch_queue import RUNNING as _RUNNING
-from lmroute_service.batch_queue import Admission, BatchQueue, Item
-from lmroute_service.errors import (
+from lmroute.service.batch_queue import DONE as _DONE
+from lmroute.service.batch_queue import QUEUED as _QUEUED
+from lmroute.service.batch_queue import RUNNING as _RUNNING
+from lmroute.service.batch_queue import Admission, BatchQueue, Item
+from lmroute.service.errors import (
     DeadlineExpired,
     Draining,
     InvalidArgument,
@@ -42,12 +43,13 @@ from lmroute_service.errors import (
     ScorerFailed,
     ServiceError,
 )
-from lmroute_service.scorer_api import Scorer
-from lmroute_service.stats import ServerTimings
+from lmroute.service.scorer_api import Scorer
+from lmroute.service.stats import ServerTimings
 
 __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
 
 _log = structlog.get_logger("lmroute.scheduler")
+
 
 @dataclass(frozen=True, kw_only=True)
 class BatchPolicy:
@@ -89,7 +91,9 @@ class SchedulerStats:
     items_scored: int = 0
     scorer_failures: int = 0
     largest_batch: int = 0
-    batch_size_histogram: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)  # size -> batches
+    batch_size_histogram: collections.Counter[int] = dataclasses.field(
+        default_factory=collections.Counter
+    )  # size -> batches
 
 
 class Scheduler:
@@ -178,9 +182,7 @@ class Scheduler:
             return known
         for j, name in enumerate(routers):
             if name not in known:
-                raise NotFound(
-                    f"routers[{j}]: unknown router {name!r} (loaded: {', '.join(known)})"
-                )
+                raise NotFound(f"routers[{j}]: unknown router {name!r} (loaded: {', '.join(known)})")
         return tuple(dict.fromkeys(routers))
 
     def _invalid(self, name: str, text: str) -> InvalidArgument | None:
@@ -207,9 +209,7 @@ class Scheduler:
             if self._idle_for_one(len(texts)):
                 counts: list[int | None] = [None]  # scored alone at once: no count needed
             else:
-                counts = list(
-                    await loop.run_in_executor(self._token_pool, self.scorer.count_tokens, texts)
-                )
+                counts = list(await loop.run_in_executor(self._token_pool, self.scorer.count_tokens, texts))
         except BaseException as exc:
             self._admission.release(len(texts))
             if isinstance(exc, Exception):
@@ -252,9 +252,7 @@ class Scheduler:
         if by_deadline:
             item.future.set_exception(DeadlineExpired("deadline passed while queued"))
         else:
-            item.future.set_exception(
-                QueueTimeout(f"queued longer than {self.policy.queue_timeout_ms} ms")
-            )
+            item.future.set_exception(QueueTimeout(f"queued longer than {self.policy.queue_timeout_ms} ms"))
 
     def _on_done_future(self, item: Item, _future: asyncio.Future[ItemResult]) -> None:
         self._on_done(item)
@@ -294,9 +292,7 @@ class Scheduler:
             oldest = self._queue.oldest_enqueued_at()
             assert oldest is not None
             fill_by = oldest + wait_s
-            while not self._closing and not self._queue.batch_ready(
-                pol.max_batch_size, pol.max_batch_tokens
-            ):
+            while not self._closing and not self._queue.batch_ready(pol.max_batch_size, pol.max_batch_tokens):
                 left = fill_by - loop.time()
                 if left <= 0:
                     break

@@ -4,7 +4,7 @@ Order of start: bind and start the gRPC server with health NOT_SERVING (so probe
 the bundle loads), load the scorer in a thread, warm it, start the scheduler, then flip health to
 SERVING. Stop: health NOT_SERVING, new RPCs refused (DRAINING), in-flight RPCs get `grace_s`, then the
 scheduler finishes its queue and its threads stop; `stopped` logs its counters and timings, and with
-`stats_path` the timings are also written there as JSON every second and at stop (lmroute_service.stats).
+`stats_path` the timings are also written there as JSON every second and at stop (lmroute.service.stats).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lmroute.service.config import ServiceConfig
+from lmroute.service.interceptors import RequestContextInterceptor
+from lmroute.service.scheduler import BatchPolicy, Scheduler
+from lmroute.service.scorer_api import Scorer
+from lmroute.service.servicer import RouterServicer
+from lmroute.service.stats import StatsFile
 from lmroute.v1 import router_pb2, router_pb2_grpc
-from lmroute_service.config import ServiceConfig
-from lmroute_service.interceptors import RequestContextInterceptor
-from lmroute_service.scheduler import BatchPolicy, Scheduler
-from lmroute_service.scorer_api import Scorer
-from lmroute_service.servicer import RouterServicer
-from lmroute_service.stats import StatsFile
 
 __all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer", "reflection_pool"]
 
@@ -45,7 +45,7 @@ class _MethodAwarePool:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
 
-    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 (the pool's API)
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:
@@ -79,7 +79,7 @@ def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
 
 def load_bundle_scorer(cfg: ServiceConfig) -> Scorer:
     """Default scorer factory: load and validate cfg.bundle_path on cfg.device."""
-    from lmroute_service.bundle_scorer import BundleScorer
+    from lmroute.service.bundle_scorer import BundleScorer
 
     return BundleScorer.load(
         cfg.bundle_path,
@@ -100,9 +100,7 @@ class RouterServer:
         self.config = config
         self._factory = scorer_factory
         # a call with more prompts than the queue admits could never be admitted: refuse it as too large
-        self.servicer = RouterServicer(
-            max_prompts_per_request=min(config.max_prompts_per_request, config.max_queue)
-        )
+        self.servicer = RouterServicer(max_prompts_per_request=min(config.max_prompts_per_request, config.max_queue))
         self.health = health.aio.HealthServicer()
         self.scheduler: Scheduler | None = None
         self.scorer: Scorer | None = None
@@ -122,9 +120,7 @@ class RouterServer:
     async def bind(self) -> int:
         """Build the gRPC server (health NOT_SERVING, reflection on), bind and start it; the port."""
         cfg = self.config
-        server = grpc.aio.server(
-            options=grpc_options(cfg), interceptors=[RequestContextInterceptor()]
-        )
+        server = grpc.aio.server(options=grpc_options(cfg), interceptors=[RequestContextInterceptor()])
         router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -164,9 +160,7 @@ class RouterServer:
         scheduler = Scheduler(scorer, BatchPolicy.from_config(self.config))
         scheduler.start()
         if self.config.stats_path:
-            self._stats_file = StatsFile(
-                Path(self.config.stats_path), lambda: _stats_snapshot(scheduler)
-            )
+            self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))
             self._stats_file.start()
         self.scorer, self.scheduler = scorer, scheduler
         self.servicer.attach(scheduler, scorer.catalog())

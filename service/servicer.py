@@ -3,7 +3,7 @@
 Each RPC validates its request (InvalidArgument naming the field), asks the scheduler, and builds the
 response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as
 ServiceError and turned into a gRPC status by the
-interceptor (lmroute_service.interceptors); per-prompt errors go into PromptScores.status.
+interceptor (lmroute.service.interceptors); per-prompt errors go into PromptScores.status.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from lmroute.v1 import router_pb2, router_pb2_grpc
-from lmroute_service.errors import (
+from lmroute.service.errors import (
     Code,
     DeadlineExpired,
     Draining,
@@ -25,9 +24,10 @@ from lmroute_service.errors import (
     ServiceError,
     status_of,
 )
-from lmroute_service.prompts import prompt_text
-from lmroute_service.scheduler import ItemResult, Scheduler
-from lmroute_service.scorer_api import Catalog, RouterDescription
+from lmroute.service.prompts import prompt_text
+from lmroute.service.scheduler import ItemResult, Scheduler
+from lmroute.service.scorer_api import Catalog, RouterDescription
+from lmroute.v1 import router_pb2, router_pb2_grpc
 
 __all__ = ["RouterServicer"]
 
@@ -76,9 +76,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 reason="TOO_MANY_PROMPTS",
             )
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
-        outcomes = await sched.score(
-            texts, list(request.routers), timeout_s=context.time_remaining()
-        )
+        outcomes = await sched.score(texts, list(request.routers), timeout_s=context.time_remaining())
         for out in outcomes:  # overload is a call-level, retryable failure, not an item status
             if isinstance(out, (QueueTimeout, DeadlineExpired)):
                 raise out
@@ -120,8 +118,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
         if request.router not in sched.scorer.router_names:
             raise NotFound(
-                f"router: unknown router {request.router!r} "
-                f"(loaded: {', '.join(sched.scorer.router_names)})"
+                f"router: unknown router {request.router!r} (loaded: {', '.join(sched.scorer.router_names)})"
             )
         if policy == "threshold":
             threshold = value
@@ -172,6 +169,4 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for r in c.routers:
             if r.name == request.name:
                 return router_pb2.GetRouterResponse(router=_router_info(r), bundle_version=c.version)
-        raise NotFound(
-            f"name: unknown router {request.name!r} (loaded: {', '.join(r.name for r in c.routers)})"
-        )
+        raise NotFound(f"name: unknown router {request.name!r} (loaded: {', '.join(r.name for r in c.routers)})")

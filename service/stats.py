@@ -36,8 +36,7 @@ __all__ = [
 def geometric_bounds(low: float, high: float, per_decade: int) -> tuple[float, ...]:
     """Bucket upper bounds from `low` to at least `high`, `per_decade` buckets per factor of 10."""
     if not 0 < low < high or per_decade < 1:
-        raise ValueError(f"geometric_bounds: need 0 < low < high and per_decade >= 1 "
-                         f"(got {low}, {high}, {per_decade})")
+        raise ValueError(f"geometric_bounds: need 0 < low < high and per_decade >= 1 (got {low}, {high}, {per_decade})")
     out: list[float] = []
     i = 0
     while True:

@@ -1,7 +1,7 @@
 """ServerThread: a RouterServer on its own event loop in a daemon thread, for tests and benchmarks.
 
-    with ServerThread(config, scorer_factory=lambda cfg: FakeScorer()) as srv:
-        RouterClient(srv.target).health()
+with ServerThread(config, scorer_factory=lambda cfg: FakeScorer()) as srv:
+    RouterClient(srv.target).health()
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 
-from lmroute_service.config import ServiceConfig
-from lmroute_service.scorer_api import Scorer
-from lmroute_service.server import RouterServer, load_bundle_scorer
+from lmroute.service.config import ServiceConfig
+from lmroute.service.scorer_api import Scorer
+from lmroute.service.server import RouterServer, load_bundle_scorer
 
 __all__ = ["ServerThread"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from lmroute.export.encoder_export import EncoderExport, export_encoder
+
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-from lmroute_export.encoder_export import EncoderExport, export_encoder
 
 
 @pytest.fixture(scope="session")

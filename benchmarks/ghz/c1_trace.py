@@ -36,9 +36,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from loadgen import GhzRun, run_ghz  # noqa: E402
-from procs import ChildServer  # noqa: E402
-from run import default_cores  # noqa: E402
+from loadgen import GhzRun, run_ghz
+from procs import ChildServer
+from run import default_cores
 
 REPO = HERE.parent.parent
 STAGES = ("transport", "dispatch", "tokenise", "encoder", "routers", "return")
@@ -49,8 +49,8 @@ def child(trace_path: Path, serve_args: list[str]) -> int:
     import grpc
     import numpy as np
 
-    from lmroute_service import bundle_scorer, interceptors
-    from lmroute_service.main import main
+    from lmroute.service import bundle_scorer, interceptors
+    from lmroute.service.main import main
 
     calls: list[dict[str, float]] = []
     current: dict[str, float] = {}
@@ -67,8 +67,8 @@ def child(trace_path: Path, serve_args: list[str]) -> int:
             return out
 
         return grpc.unary_unary_rpc_method_handler(
-            timed, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
     scorer = bundle_scorer.BundleScorer
     score, embed = scorer.score, scorer._embed
@@ -93,6 +93,7 @@ def child(trace_path: Path, serve_args: list[str]) -> int:
 
     interceptors._wrap_unary = traced_wrap
     scorer.score, scorer._embed = timed_score, timed_embed  # type: ignore[method-assign]
+
     def write(*_: object) -> None:
         tmp = trace_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(calls))
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(Path(sys.argv[2]), sys.argv[3:])
     server, client = default_cores()
-    ap = argparse.ArgumentParser(prog="c1_trace.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="c1_trace.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--calls", type=int, default=256)
     ap.add_argument("--server-cores", default=server)
@@ -133,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     real = trace(a, 0.0)
     sleep_ms = float(np.median(stages(*real)["encoder"]))
     slept = trace(a, sleep_ms)
-    spinners = [subprocess.Popen(["nice", "-n", "19", "taskset", "-c", core, sys.executable, "-c", "while True: pass"])
-                for core in a.client_cores.split(",")]
+    spinners = [
+        subprocess.Popen(["nice", "-n", "19", "taskset", "-c", core, sys.executable, "-c", "while True: pass"])
+        for core in a.client_cores.split(",")
+    ]
     try:
         spun = trace(a, 0.0)
     finally:
@@ -144,22 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     runs = [real, slept, spun]
     cols = [stages(*r) for r in runs]
     lat = [r[1] for r in runs]
-    lines = ["# Concurrency 1: where a Route call's time goes (`benchmarks/ghz/c1_trace.py`)", "",
-             "Command: `.venv/bin/python benchmarks/ghz/c1_trace.py --bundle artifacts/default --out "
-             f"benchmarks/RESULTS_c1_trace.md`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{a.calls} calls per column, server on cores `{a.server_cores}`, ghz on `{a.client_cores}`, load "
-             f"average {'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end. Stages are defined in the "
-             "script's docstring; medians of parts do not add up to the median of the whole. Columns: as "
-             f"served; the encoder replaced by a {sleep_ms:.2f} ms sleep (the first column's encoder p50); as "
-             "served with the client cores kept busy by a nice-19 loop. Each cell: p50 / mean, ms.", "",
-             "| stage | as served | encoder slept | client core kept busy |", "|---|---|---|---|"]
+    lines = [
+        "# Concurrency 1: where a Route call's time goes (`benchmarks/ghz/c1_trace.py`)",
+        "",
+        "Command: `.venv/bin/python benchmarks/ghz/c1_trace.py --bundle artifacts/default --out "
+        f"benchmarks/RESULTS_c1_trace.md`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{a.calls} calls per column, server on cores `{a.server_cores}`, ghz on `{a.client_cores}`, load "
+        f"average {'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end. Stages are defined in the "
+        "script's docstring; medians of parts do not add up to the median of the whole. Columns: as "
+        f"served; the encoder replaced by a {sleep_ms:.2f} ms sleep (the first column's encoder p50); as "
+        "served with the client cores kept busy by a nice-19 loop. Each cell: p50 / mean, ms.",
+        "",
+        "| stage | as served | encoder slept | client core kept busy |",
+        "|---|---|---|---|",
+    ]
     rows = [("client latency (ghz)", lat)] + [(n, [c[n] for c in cols]) for n in STAGES]
-    over = [np.asarray(lat[i]) - np.asarray(cols[i]["encoder"]) - np.asarray(cols[i]["tokenise"])
-            for i in range(len(runs))]
-    rows.append(("**client latency minus tokenise and encoder** (what the raw encoder baseline does not pay)",
-                 over))
-    lines += [f"| {name} | " + " | ".join(f"{np.median(x):.3f} / {np.mean(x):.3f}" for x in xs) + " |"
-              for name, xs in rows]
+    over = [
+        np.asarray(lat[i]) - np.asarray(cols[i]["encoder"]) - np.asarray(cols[i]["tokenise"]) for i in range(len(runs))
+    ]
+    rows.append(("**client latency minus tokenise and encoder** (what the raw encoder baseline does not pay)", over))
+    lines += [
+        f"| {name} | " + " | ".join(f"{np.median(x):.3f} / {np.mean(x):.3f}" for x in xs) + " |" for name, xs in rows
+    ]
     lines.append("")
     text = "\n".join(lines)
     print(text)
@@ -172,8 +182,20 @@ def trace(a: argparse.Namespace, sleep_ms: float) -> tuple[list[dict[str, float]
     """One traced server, a warm-up, then `a.calls` Route calls at concurrency 1: (stamps, latencies)."""
     with tempfile.TemporaryDirectory() as tmp:
         stamps = Path(tmp) / "trace.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(stamps), "--bundle",
-               str(a.bundle.resolve()), "--port", "0", "--log-level", "warning", "--intra-op-threads", "1"]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            str(stamps),
+            "--bundle",
+            str(a.bundle.resolve()),
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+            "--intra-op-threads",
+            "1",
+        ]
         os.environ["LMROUTE_TRACE_SLEEP_MS"] = str(sleep_ms)  # ChildServer passes the environment on
         try:
             with ChildServer(cmd, a.server_cores, stats=False) as srv:

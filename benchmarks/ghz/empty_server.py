@@ -18,27 +18,38 @@ from pathlib import Path
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from lmroute.service.config import ServiceConfig
+from lmroute.service.interceptors import RequestContextInterceptor
+from lmroute.service.logs import configure_logging
+from lmroute.service.server import SERVICE_NAME, grpc_options, reflection_pool
 from lmroute.v1 import router_pb2, router_pb2_grpc
-from lmroute_service.config import ServiceConfig
-from lmroute_service.interceptors import RequestContextInterceptor
-from lmroute_service.logs import configure_logging
-from lmroute_service.server import SERVICE_NAME, grpc_options, reflection_pool
 
 
 class EmptyRouter(router_pb2_grpc.RouterServiceServicer):
     """Answers Route and Score with constant scores, reading only what it must to shape the reply."""
 
-    async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:  # noqa: N802
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RouteResponse:
         return router_pb2.RouteResponse(
-            chosen_model="weak", tier=router_pb2.TIER_WEAK, score=0.25, threshold=0.5,
-            router=request.router, bundle_version="empty", n_tokens=1,
+            chosen_model="weak",
+            tier=router_pb2.TIER_WEAK,
+            score=0.25,
+            threshold=0.5,
+            router=request.router,
+            bundle_version="empty",
+            n_tokens=1,
         )
 
-    async def Score(self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> router_pb2.ScoreResponse:  # noqa: N802
+    async def Score(
+        self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ScoreResponse:
         routers = list(request.routers) or ["mf"]
         results = [
             router_pb2.PromptScores(
-                index=i, status=router_pb2.ItemStatus(code=0), n_tokens=1,
+                index=i,
+                status=router_pb2.ItemStatus(code=0),
+                n_tokens=1,
                 scores=[router_pb2.RouterScore(router=r, strong_win_probability=0.25) for r in routers],
             )
             for i in range(len(request.prompts))

@@ -56,13 +56,19 @@ def batch1_latency(encoder: object, prompts: Sequence[str], seconds: float) -> d
             encoder.embed(encoder.tokenize([p]))  # type: ignore[attr-defined]
             lat.append((time.perf_counter() - t0) * 1000.0)
     arr = np.asarray(lat)
-    return {"n": len(lat), "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
-            "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()),
-            "per_s": len(lat) / (arr.sum() / 1000.0)}
+    return {
+        "n": len(lat),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "per_s": len(lat) / (arr.sum() / 1000.0),
+    }
 
 
-def batched_rate(encoder: object, prompts: Sequence[str], batch: int, chunk: int, seconds: float,
-                 global_sorted: bool = False) -> dict[str, float]:
+def batched_rate(
+    encoder: object, prompts: Sequence[str], batch: int, chunk: int, seconds: float, global_sorted: bool = False
+) -> dict[str, float]:
     n_done, i = 0, 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds or n_done < len(prompts):
@@ -79,8 +85,8 @@ def batched_rate(encoder: object, prompts: Sequence[str], batch: int, chunk: int
 
 
 def load_encoder(bundle: Path, threads: int, device: str) -> object:
-    from lmroute_bundle.loader import load_bundle
-    from lmroute_service.bundle_scorer import providers_for_device
+    from lmroute.bundle.loader import load_bundle
+    from lmroute.service.bundle_scorer import providers_for_device
 
     return load_bundle(bundle, providers=providers_for_device(device), intra_op_threads=threads).encoder
 
@@ -98,13 +104,18 @@ def serve_passes(encoder: object, prompts: Sequence[str]) -> None:
         print(json.dumps(lat), flush=True)
 
 
-def measure(bundle: Path, seconds: float, batches: Sequence[int], chunk: int, threads: int,
-            device: str) -> dict[str, object]:
+def measure(
+    bundle: Path, seconds: float, batches: Sequence[int], chunk: int, threads: int, device: str
+) -> dict[str, object]:
     enc = load_encoder(bundle, threads, device)
     prompts = load_prompts()
     embed_like_service(enc, prompts, chunk)  # warm: first runs allocate
-    out: dict[str, object] = {"chunk": chunk, "intra_op_threads": threads, "device": device,
-                              "batch1": batch1_latency(enc, prompts, seconds)}
+    out: dict[str, object] = {
+        "chunk": chunk,
+        "intra_op_threads": threads,
+        "device": device,
+        "batch1": batch1_latency(enc, prompts, seconds),
+    }
     rates = {}
     for b in batches:
         if b > 1:
@@ -120,8 +131,9 @@ def measure(bundle: Path, seconds: float, batches: Sequence[int], chunk: int, th
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="encoder_ceiling.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="encoder_ceiling.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])

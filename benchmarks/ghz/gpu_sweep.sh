@@ -30,7 +30,7 @@ command -v taskset >/dev/null || echo "gpu_sweep: taskset not found; client and 
 "$PY" - <<'EOF' || fail "the Python at PY=$PY cannot serve on CUDA (see above)"
 import importlib, sys
 missing = [m for m in ("numpy", "onnxruntime", "grpc", "grpc_health", "grpc_reflection", "tokenizers",
-                       "faiss", "structlog", "matplotlib", "lmroute_service", "lmroute.v1.router_pb2")
+                       "faiss", "structlog", "matplotlib", "lmroute.service", "lmroute.v1.router_pb2")
            if importlib.util.find_spec(m.split(".")[0]) is None]
 if missing:
     sys.exit(f"missing Python packages: {', '.join(missing)}")

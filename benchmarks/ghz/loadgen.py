@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from procs import pinned
 
 HERE = Path(__file__).resolve().parent
@@ -38,11 +37,25 @@ class GhzRun:
 
     def args(self, target: str, out: Path) -> list[str]:
         # -z 0s clears the config file's duration, which would otherwise override -n
-        length = ["-n", str(self.count), "-z", "0s"] if self.count > 0 else ["-z", f"{self.seconds:g}s",
-                                                                              "--duration-stop", "ignore"]
-        a = ["--config", str(HERE / self.config), "-c", str(self.concurrency),
-             "--connections", str(self.connections), *length,
-             "--format", "json", "-o", str(out), *self.extra]
+        length = (
+            ["-n", str(self.count), "-z", "0s"]
+            if self.count > 0
+            else ["-z", f"{self.seconds:g}s", "--duration-stop", "ignore"]
+        )
+        a = [
+            "--config",
+            str(HERE / self.config),
+            "-c",
+            str(self.concurrency),
+            "--connections",
+            str(self.connections),
+            *length,
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            *self.extra,
+        ]
         if self.rps > 0:
             a += ["--async", "--rps", str(self.rps)]
         return [*a, target]
@@ -84,10 +97,18 @@ def summarise(report: dict[str, Any], run: GhzRun) -> dict[str, Any]:
     total_s = float(report.get("total", 0)) / 1e9 or run.seconds
     pct = {f"p{q}_ms": float(np.percentile(ok, q)) if ok.size else float("nan") for q in (50, 90, 99)}
     return {
-        "label": run.label, "config": run.config, "concurrency": run.concurrency,
-        "connections": run.connections, "offered_rps": run.rps, "seconds": total_s,
-        "count": len(details), "ok": int(ok.size), "ok_per_s": ok.size / total_s,
-        "status": dict(status), "errors": report.get("errorDistribution") or {},
-        "mean_ms": float(ok.mean()) if ok.size else float("nan"), **pct,
+        "label": run.label,
+        "config": run.config,
+        "concurrency": run.concurrency,
+        "connections": run.connections,
+        "offered_rps": run.rps,
+        "seconds": total_s,
+        "count": len(details),
+        "ok": int(ok.size),
+        "ok_per_s": ok.size / total_s,
+        "status": dict(status),
+        "errors": report.get("errorDistribution") or {},
+        "mean_ms": float(ok.mean()) if ok.size else float("nan"),
+        **pct,
         "max_ms": float(ok.max()) if ok.size else float("nan"),
     }

@@ -25,7 +25,7 @@ SHORT_MAX_CHARS, LONG_MIN_CHARS = 300, 1200
 
 def prompt_mix() -> list[dict[str, str]]:
     """The fixed mix, 3 short : 1 long, as [{"kind": "short"|"long", "text": ...}]."""
-    from lmroute_export.data import load_calibration_prompts
+    from lmroute.export.data import load_calibration_prompts
 
     pool = load_calibration_prompts(REPO / "data")
     rng = np.random.default_rng(SEED)
@@ -51,8 +51,7 @@ def main() -> int:
     for name, obj in (("prompts.json", mix), ("route_data.json", route), ("score_data.json", score)):
         (HERE / name).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
     chars = [len(t) for t in texts]
-    print(f"{len(mix)} prompts ({N_SHORT} short, {N_LONG} long), {sum(chars)} characters, "
-          f"{len(score)} Score requests")
+    print(f"{len(mix)} prompts ({N_SHORT} short, {N_LONG} long), {sum(chars)} characters, {len(score)} Score requests")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Child processes of the benchmark: the service (or the empty server) pinned to cores with taskset,
-its stats file (lmroute_service.stats snapshots), its peak RSS; and pinned one-shot helper scripts."""
+its stats file (lmroute.service.stats snapshots), its peak RSS; and pinned one-shot helper scripts."""
 
 from __future__ import annotations
 
@@ -74,15 +74,16 @@ class ChildServer:
         env = child_env()
         if self.stats_path is not None:
             env["LMROUTE_STATS_PATH"] = str(self.stats_path)
-        self.proc = subprocess.Popen(pinned(self.cores, self.cmd), stderr=subprocess.PIPE, text=True,
-                                     env=env, cwd=REPO)
+        self.proc = subprocess.Popen(pinned(self.cores, self.cmd), stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
         assert self.proc.stderr is not None
         t_end = time.monotonic() + self.ready_s
         while time.monotonic() < t_end:
             line = self.proc.stderr.readline()
             if not line:
-                raise RuntimeError(f"server {' '.join(self.cmd)} exited with {self.proc.wait()} before "
-                                   f"serving:\n" + "\n".join(self.stderr_tail[-15:]))
+                raise RuntimeError(
+                    f"server {' '.join(self.cmd)} exited with {self.proc.wait()} before "
+                    f"serving:\n" + "\n".join(self.stderr_tail[-15:])
+                )
             self._keep(line)
             if m := re.search(r"serving on (\S+)", line):
                 self.target = m.group(1)
@@ -113,8 +114,9 @@ class ChildServer:
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"no {'idle ' if idle else ''}stats snapshot after {wall_t} in {self.stats_path} "
-                           f"within {timeout_s} s")
+        raise RuntimeError(
+            f"no {'idle ' if idle else ''}stats snapshot after {wall_t} in {self.stats_path} within {timeout_s} s"
+        )
 
     def stop(self) -> dict[str, Any] | None:
         """SIGTERM, wait, return the final stats snapshot (None without stats)."""
@@ -145,9 +147,18 @@ class ChildServer:
 
 
 def service_cmd(bundle: Path, **flags: object) -> list[str]:
-    """`python -m lmroute_service.main --bundle B --port 0 --log-level warning --flag value ...`."""
-    cmd = [sys.executable, "-m", "lmroute_service.main", "--bundle", str(bundle), "--port", "0",
-           "--log-level", "warning"]
+    """`python -m lmroute.service.main --bundle B --port 0 --log-level warning --flag value ...`."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmroute.service.main",
+        "--bundle",
+        str(bundle),
+        "--port",
+        "0",
+        "--log-level",
+        "warning",
+    ]
     for k, v in flags.items():
         cmd += ["--" + k.replace("_", "-"), str(v)]
     return cmd

@@ -48,20 +48,21 @@ class LocalEmbeddings:
         self._encoder = encoder
         self.embeddings = self
 
-    def create(self, input: Sequence[str], model: str = "") -> SimpleNamespace:  # noqa: A002
+    def create(self, input: Sequence[str], model: str = "") -> SimpleNamespace:
         emb = self._encoder.embed(self._encoder.tokenize(list(input)))
         return SimpleNamespace(data=[SimpleNamespace(embedding=row.tolist()) for row in emb])
 
 
 def build_routers(bundle: Path, names: Sequence[str], n_battles: int) -> tuple[dict[str, Any], str]:
     import torch
-
-    from lmroute_bundle.loader import load_bundle
     from routellm_env import import_routellm
+
+    from lmroute.bundle.loader import load_bundle
 
     torch.set_num_threads(1)
     rl = import_routellm()
     import pandas as pd  # from RouteLLM's side directory (scripts/install_routellm.sh)
+
     encoder = load_bundle(bundle).encoder
     client = LocalEmbeddings(encoder)
     import routellm.routers.matrix_factorization.model as mf_mod
@@ -74,8 +75,7 @@ def build_routers(bundle: Path, names: Sequence[str], n_battles: int) -> tuple[d
     if "mf" in names:
         torch.manual_seed(0)
         r = routers_mod.MatrixFactorizationRouter.__new__(routers_mod.MatrixFactorizationRouter)
-        r.model = mf_mod.MFModel(dim=128, num_models=64, text_dim=encoder.dim, num_classes=1,
-                                 use_proj=True).eval()
+        r.model = mf_mod.MFModel(dim=128, num_models=64, text_dim=encoder.dim, num_classes=1, use_proj=True).eval()
         r.strong_model_id, r.weak_model_id = mf_mod.MODEL_IDS[strong], mf_mod.MODEL_IDS[weak]
         out["mf"] = r
     if "sw_ranking" in names:
@@ -88,8 +88,9 @@ def build_routers(bundle: Path, names: Sequence[str], n_battles: int) -> tuple[d
         winner = np.where(u < 0.1, "tie", np.where(u < 0.1 + 0.9 * p_a, "model_a", "model_b"))
         r = routers_mod.SWRankingRouter.__new__(routers_mod.SWRankingRouter)
         r.strong_model, r.weak_model = strong, weak
-        r.arena_df = pd.DataFrame({"model_a": [tiers[i] for i in a], "model_b": [tiers[i] for i in b],
-                                   "winner": winner})
+        r.arena_df = pd.DataFrame(
+            {"model_a": [tiers[i] for i in a], "model_b": [tiers[i] for i in b], "winner": winner}
+        )
         emb = rng.standard_normal((n_battles, encoder.dim))
         r.arena_conv_embedding = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         r.embedding_model = "local-onnx"
@@ -122,13 +123,19 @@ def drive(fn: Callable[[str], float], prompts: Sequence[str], concurrency: int, 
         t.join()
     wall = time.perf_counter() - t0
     arr = np.asarray(lat)
-    return {"concurrency": concurrency, "n": len(lat), "per_s": len(lat) / wall,
-            "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+    return {
+        "concurrency": concurrency,
+        "n": len(lat),
+        "per_s": len(lat) / wall,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="routellm_driver.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="routellm_driver.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--routers", nargs="+", default=["mf", "sw_ranking"])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])

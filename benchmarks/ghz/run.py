@@ -37,9 +37,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from loadgen import GHZ, GhzRun, ghz_version, run_ghz  # noqa: E402
-from procs import ChildServer, child_env, empty_cmd, pinned, run_json_script, service_cmd  # noqa: E402
-from lmroute_service.config import ServiceConfig  # noqa: E402
+from loadgen import GHZ, GhzRun, ghz_version, run_ghz
+from procs import ChildServer, child_env, empty_cmd, pinned, run_json_script, service_cmd
+
+from lmroute.service.config import ServiceConfig
 
 REPO = HERE.parent.parent
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5, 2.0)
@@ -78,15 +79,30 @@ class Sweep:
             snap = srv.snapshot_after(time.time())
             row["server_before"], row["server_after"] = prev, snap
         self.res["runs"].append(row)
-        self.log(f"{phase} {run.label}: {row['ok_per_s']:.1f} ok/s p50 {row['p50_ms']:.1f} ms "
-                 f"p99 {row['p99_ms']:.1f} ms status {row['status']}")
+        self.log(
+            f"{phase} {run.label}: {row['ok_per_s']:.1f} ok/s p50 {row['p50_ms']:.1f} ms "
+            f"p99 {row['p99_ms']:.1f} ms status {row['status']}"
+        )
         return row
 
     def encoder(self, when: str) -> None:
         self.log(f"raw encoder ({when})")
-        args = ["--bundle", str(self.a.bundle), "--seconds", str(2.0 if self.a.quick else 5.0),
-                "--batch", "1", "8", str(self.a.max_batch_size), "--chunk", str(self.a.encoder_chunk_size),
-                "--intra-op-threads", str(self.a.intra_op_threads), "--device", self.a.device]
+        args = [
+            "--bundle",
+            str(self.a.bundle),
+            "--seconds",
+            str(2.0 if self.a.quick else 5.0),
+            "--batch",
+            "1",
+            "8",
+            str(self.a.max_batch_size),
+            "--chunk",
+            str(self.a.encoder_chunk_size),
+            "--intra-op-threads",
+            str(self.a.intra_op_threads),
+            "--device",
+            self.a.device,
+        ]
         self.res[f"encoder_{when}"] = run_json_script("encoder_ceiling.py", args, self.a.server_cores, 900)
 
     def service_flags(self, **over: object) -> dict[str, object]:
@@ -98,8 +114,12 @@ class Sweep:
         self.log("service (defaults)")
         cmd = service_cmd(self.a.bundle, **self.service_flags())
         with ChildServer(cmd, self.a.server_cores, stats=True) as srv:
-            run_ghz(GhzRun("route.json", 4, 1, 2.0 if self.a.quick else 4.0, label="warm"), srv.target,
-                    self.a.client_cores, self.out / "ghz")
+            run_ghz(
+                GhzRun("route.json", 4, 1, 2.0 if self.a.quick else 4.0, label="warm"),
+                srv.target,
+                self.a.client_cores,
+                self.out / "ghz",
+            )
             self.paired_c1(srv)
             prev = start = srv.snapshot_after(time.time())
             for call in ("route", "score"):
@@ -122,8 +142,12 @@ class Sweep:
                 row = self.ghz(srv, r, "service_open", prev)
                 row["load_fraction"] = f
                 prev = row["server_after"]
-        self.res["server"] = {"start": start, "final": srv.stop() or prev, "peak_rss_bytes": srv.peak_rss,
-                              "stopped_line": next((ln for ln in srv.stderr_tail if '"stopped"' in ln), "")}
+        self.res["server"] = {
+            "start": start,
+            "final": srv.stop() or prev,
+            "peak_rss_bytes": srv.peak_rss,
+            "stopped_line": next((ln for ln in srv.stderr_tail if '"stopped"' in ln), ""),
+        }
 
     def paired_c1(self, srv: ChildServer) -> None:
         """Concurrency 1, interleaved: per round one ghz pass (65 Route calls: the first, on a fresh
@@ -132,21 +156,36 @@ class Sweep:
         kept in prompt order, so service call i pairs with the encoder's run of the same prompt."""
         self.log(f"concurrency 1, interleaved ({self.a.rounds} rounds)")
         n_prompts = len(json.loads((HERE / "prompts.json").read_text()))
-        enc_cmd = pinned(self.a.server_cores, [
-            sys.executable, str(HERE / "encoder_ceiling.py"), "--bundle", str(self.a.bundle),
-            "--passes-from-stdin", "--intra-op-threads", str(self.a.intra_op_threads), "--device", self.a.device])
+        enc_cmd = pinned(
+            self.a.server_cores,
+            [
+                sys.executable,
+                str(HERE / "encoder_ceiling.py"),
+                "--bundle",
+                str(self.a.bundle),
+                "--passes-from-stdin",
+                "--intra-op-threads",
+                str(self.a.intra_op_threads),
+                "--device",
+                self.a.device,
+            ],
+        )
         rounds: list[dict[str, Any]] = []
-        with ChildServer(empty_cmd(), self.a.server_cores, stats=False) as empty, subprocess.Popen(
-            enc_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO
-        ) as enc:
+        with (
+            ChildServer(empty_cmd(), self.a.server_cores, stats=False) as empty,
+            subprocess.Popen(
+                enc_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO
+            ) as enc,
+        ):
             assert enc.stdin is not None and enc.stdout is not None
             if enc.stdout.readline().strip() != "ready":
                 raise RuntimeError("encoder_ceiling.py --passes-from-stdin did not start")
             for i in range(self.a.rounds):
                 row: dict[str, Any] = {}
                 for name, target in (("service", srv.target), ("empty", empty.target)):
-                    run = GhzRun("route.json", 1, 1, 0.0, label=f"c1_paired_{name}_{i}", count=n_prompts + 1,
-                                 keep_latencies=True)
+                    run = GhzRun(
+                        "route.json", 1, 1, 0.0, label=f"c1_paired_{name}_{i}", count=n_prompts + 1, keep_latencies=True
+                    )
                     with tempfile.TemporaryDirectory() as tmp:  # per-call latencies go to summary.json
                         lat = run_ghz(run, target, self.a.client_cores, Path(tmp))["latencies_ms"]
                     row[name] = [lat[n_prompts], *lat[1:n_prompts]]  # calls 1..64, in prompt order 0..63
@@ -161,29 +200,49 @@ class Sweep:
         self.log("service, --max-batch-size 1")
         cmd = service_cmd(self.a.bundle, **self.service_flags(max_batch_size=1))
         with ChildServer(cmd, self.a.server_cores, stats=True) as srv:
-            run_ghz(GhzRun("route.json", 4, 1, 2.0, label="warm_b1"), srv.target, self.a.client_cores,
-                    self.out / "ghz")
+            run_ghz(GhzRun("route.json", 4, 1, 2.0, label="warm_b1"), srv.target, self.a.client_cores, self.out / "ghz")
             prev = srv.snapshot_after(time.time())
             for c in [1, 64] if self.a.quick else [1, 16, 64]:
-                prev = self.ghz(srv, GhzRun("route.json", c, 1, self.secs, label=f"b1_route_c{c}"),
-                                "batch1_route", prev)["server_after"]
+                prev = self.ghz(
+                    srv, GhzRun("route.json", c, 1, self.secs, label=f"b1_route_c{c}"), "batch1_route", prev
+                )["server_after"]
 
     def empty(self) -> None:
         self.log("empty handler")
         with ChildServer(empty_cmd(), self.a.server_cores, stats=False) as srv:
             for c in [1, 64] if self.a.quick else [1, 64, 256]:
-                self.ghz(srv, GhzRun("route.json", c, 1, min(self.secs, 5.0), label=f"empty_route_c{c}"),
-                         "empty_route", None)
+                self.ghz(
+                    srv, GhzRun("route.json", c, 1, min(self.secs, 5.0), label=f"empty_route_c{c}"), "empty_route", None
+                )
 
     def routellm(self) -> None:
         self.log("RouteLLM path")
         secs = str(3.0 if self.a.quick else 8.0)
         try:
-            mf = run_json_script("routellm_driver.py", ["--bundle", str(self.a.bundle), "--routers", "mf",
-                                 "--concurrency", "1", "64", "--seconds", secs], self.a.server_cores, 900)
-            sw = run_json_script("routellm_driver.py", ["--bundle", str(self.a.bundle), "--routers",
-                                 "sw_ranking", "--concurrency", "1", "4", "--seconds", secs,
-                                 "--battles", str(self.a.battles)], self.a.server_cores, 900)
+            mf = run_json_script(
+                "routellm_driver.py",
+                ["--bundle", str(self.a.bundle), "--routers", "mf", "--concurrency", "1", "64", "--seconds", secs],
+                self.a.server_cores,
+                900,
+            )
+            sw = run_json_script(
+                "routellm_driver.py",
+                [
+                    "--bundle",
+                    str(self.a.bundle),
+                    "--routers",
+                    "sw_ranking",
+                    "--concurrency",
+                    "1",
+                    "4",
+                    "--seconds",
+                    secs,
+                    "--battles",
+                    str(self.a.battles),
+                ],
+                self.a.server_cores,
+                900,
+            )
             self.res["routellm"] = {**mf, "runs": mf["runs"] + sw["runs"]}
         except RuntimeError as exc:
             self.res["routellm"] = {"not_run": str(exc).splitlines()[0][:300]}
@@ -193,8 +252,12 @@ class Sweep:
         t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         self.res["meta"] = machine_and_versions(self.a)
-        phases = [("raw encoder (before)", lambda: self.encoder("before")), ("service", self.service),
-                  ("service, batch size 1", self.batch1), ("empty handler", self.empty)]
+        phases = [
+            ("raw encoder (before)", lambda: self.encoder("before")),
+            ("service", self.service),
+            ("service, batch size 1", self.batch1),
+            ("empty handler", self.empty),
+        ]
         if not self.a.skip_routellm:
             phases.append(("RouteLLM path", self.routellm))
         phases.append(("raw encoder (after)", lambda: self.encoder("after")))
@@ -202,7 +265,7 @@ class Sweep:
         for name, phase in phases:  # one failing phase is reported, the others still run
             try:
                 phase()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.res["failed"][name] = f"{type(exc).__name__}: {exc}"[:1500]
                 self.log(f"FAILED {name}: {exc}")
         self.res["meta"]["wall_s"] = time.time() - t0
@@ -216,37 +279,66 @@ def machine_and_versions(a: argparse.Namespace) -> dict[str, Any]:
     import grpc
     import onnxruntime
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), 0)
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            int(ln.split()[1]) * 1024
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        0,
+    )
     manifest = json.loads((a.bundle / "manifest.json").read_text())
     files = [p for p in a.bundle.rglob("*") if p.is_file()]
     return {
         "command": " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/ghz/run.py", *sys.argv[1:]]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": cpu, "cpus": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release(),
-        "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__,
-        "ghz": ghz_version(), "server_cores": a.server_cores, "client_cores": a.client_cores,
-        "bundle": str(a.bundle), "bundle_label": a.label, "bundle_version": manifest.get("bundle_version", "?"),
-        "bundle_bytes": sum(p.stat().st_size for p in files), "bundle_files": len(files),
-        "routers": list(manifest.get("routers", {})) if isinstance(manifest.get("routers"), dict)
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "grpcio": grpc.__version__,
+        "ghz": ghz_version(),
+        "server_cores": a.server_cores,
+        "client_cores": a.client_cores,
+        "bundle": str(a.bundle),
+        "bundle_label": a.label,
+        "bundle_version": manifest.get("bundle_version", "?"),
+        "bundle_bytes": sum(p.stat().st_size for p in files),
+        "bundle_files": len(files),
+        "routers": list(manifest.get("routers", {}))
+        if isinstance(manifest.get("routers"), dict)
         else [r.get("name") for r in manifest.get("routers", [])],
-        "intra_op_threads": a.intra_op_threads, "device": a.device, "quick": a.quick, "note": a.note,
+        "intra_op_threads": a.intra_op_threads,
+        "device": a.device,
+        "quick": a.quick,
+        "note": a.note,
         "loadavg_start": list(os.getloadavg()),
-        "max_batch_size": a.max_batch_size, "encoder_chunk_size": a.encoder_chunk_size,
+        "max_batch_size": a.max_batch_size,
+        "encoder_chunk_size": a.encoder_chunk_size,
     }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server, client = default_cores()
-    ap = argparse.ArgumentParser(prog="benchmarks/ghz/run.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="benchmarks/ghz/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--label", default="", help="how RESULTS.md names the bundle (e.g. 'default bundle')")
     ap.add_argument("--out", type=Path, help="results directory (default benchmarks/ghz/results/dev-<time>)")
-    ap.add_argument("--publish", action="store_true",
-                    help="write to benchmarks/ghz/results/latest and benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--publish", action="store_true", help="write to benchmarks/ghz/results/latest and benchmarks/RESULTS.md"
+    )
     ap.add_argument("--quick", action="store_true", help="2 concurrency levels, 3 s each (a check)")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per ghz run (full mode)")
     ap.add_argument("--rounds", type=int, default=16, help="rounds of the interleaved concurrency-1 runs")
@@ -254,8 +346,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--client-cores", default=client, help=f"taskset list for ghz (default {client})")
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-batch-size", type=int, default=ServiceConfig.__dataclass_fields__["max_batch_size"].default,
-                    help="the service's default (for the ceiling)")
+    ap.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=ServiceConfig.__dataclass_fields__["max_batch_size"].default,
+        help="the service's default (for the ceiling)",
+    )
     ap.add_argument("--encoder-chunk-size", type=int, default=8, help="the service's default")
     ap.add_argument("--battles", type=int, default=55_000, help="RouteLLM sw_ranking battle table size")
     ap.add_argument("--skip-routellm", action="store_true")

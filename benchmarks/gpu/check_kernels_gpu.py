@@ -1,4 +1,4 @@
-"""GPU check of the sw_ranking device scan (lmroute_kernels.gpu on CuPy) against the CPU compiled core.
+"""GPU check of the sw_ranking device scan (lmroute.kernels.gpu on CuPy) against the CPU compiled core.
 
 For a GPU machine, as one short run (well under the 15-minute device budget):
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 
 def _table(n: int, d: int, n_tiers: int, seed: int):  # type: ignore[no-untyped-def]
-    from lmroute_kernels.compiled import SWIndex
+    from lmroute.kernels.compiled import SWIndex
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(np.float32)
@@ -42,7 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     import cupy
 
-    from lmroute_kernels.gpu import DeviceSWIndex, cuda_available
+    from lmroute.kernels.gpu import DeviceSWIndex, cuda_available
 
     if not cuda_available():
         print("no CUDA device visible to CuPy", file=sys.stderr)
@@ -62,12 +62,21 @@ def main() -> int:
             want = table.scores(q, 9, 0, gamma=10.0)
             t_cpu = (time.perf_counter() - t0) / b
             rel = float(np.max(np.abs(got - want) / np.abs(want)))
-            rows.append({"n": n, "batch": b, "gpu_ms_per_prompt": 1e3 * t_dev,
-                         "cpu_core_ms_per_prompt": 1e3 * t_cpu, "max_rel_diff": rel, "ok": rel <= 1e-6})
+            rows.append(
+                {
+                    "n": n,
+                    "batch": b,
+                    "gpu_ms_per_prompt": 1e3 * t_dev,
+                    "cpu_core_ms_per_prompt": 1e3 * t_cpu,
+                    "max_rel_diff": rel,
+                    "ok": rel <= 1e-6,
+                }
+            )
             print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
-                                    "rows": rows}, indent=2))
+    args.out.write_text(
+        json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rows": rows}, indent=2)
+    )
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -1,5 +1,5 @@
 // Weighted Bradley-Terry-with-ties ratings over a few tiers from per-cell weights: the C++ twin of
-// lmroute_kernels.reference.bt_ratings_from_cells (same algorithm step for step, see its docstring).
+// lmroute.kernels.reference.bt_ratings_from_cells (same algorithm step for step, see its docstring).
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-// Python bindings (nanobind) of the compiled scoring core: lmroute_kernels._core.
+// Python bindings (nanobind) of the compiled scoring core: lmroute.kernels._core.
 //
-// Private module: lmroute_kernels.compiled is its only caller and validates every array (dtype,
+// Private module: lmroute.kernels.compiled is its only caller and validates every array (dtype,
 // shape, index ranges) before it gets here; these functions re-check only the shapes they index with.
 // Every function releases the GIL and writes into an output array the caller allocated.
 #include <nanobind/nanobind.h>
@@ -213,7 +213,7 @@ std::string cpu_features() {
 }  // namespace
 
 NB_MODULE(_core, m) {
-    m.doc() = "lmroute's compiled scoring core (private: use lmroute_kernels.compiled)";
+    m.doc() = "lmroute's compiled scoring core (private: use lmroute.kernels.compiled)";
     m.attr("ABI_VERSION") = kAbiVersion;
     m.attr("SOURCE_SHA256") = LMROUTE_SOURCE_SHA256;
     m.def("max_threads", []() { return omp_get_max_threads(); });

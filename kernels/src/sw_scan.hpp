@@ -1,5 +1,5 @@
 // Similarity-weighted cell sums for a batch of queries: the C++ twin of
-// lmroute_kernels.reference.sw_cell_weights, with the per-prompt cell counts in CSR form.
+// lmroute.kernels.reference.sw_cell_weights, with the per-prompt cell counts in CSR form.
 #pragma once
 
 #include <cstdint>

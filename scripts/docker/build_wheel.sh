@@ -26,7 +26,7 @@ else
   trap 'rm -rf "$src"' EXIT
 fi
 # Same exclusions as .dockerignore: environments, caches, artifacts, previous builds (an in-tree
-# lmroute_kernels/_core*.so too: the wheel compiles its own), non-Python parts.
+# lmroute/kernels/_core*.so too: the wheel compiles its own), non-Python parts.
 tar -C "$root" -cf - \
   --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./artifacts --exclude=./build \
   --exclude=./dist --exclude=./clients --exclude=./deploy --exclude=./tests --exclude=./benchmarks --exclude=./docs \

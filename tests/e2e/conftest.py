@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from lmroute_bundle.testing import make_fake_classifier, make_tiny_bundle
-from lmroute_service.config import ServiceConfig
-from lmroute_service.logs import configure_logging
-from lmroute_service.testing import ServerThread
+from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle
+from lmroute.service.config import ServiceConfig
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_PROMPT_CHARS = 4000
@@ -44,8 +44,15 @@ def e2e_bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_di
 def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
     configure_logging("warning")
     cfg = ServiceConfig(
-        bundle_path=e2e_bundle_dir, host="127.0.0.1", port=0, max_wait_us=2000, max_batch_size=64,
-        log_level="warning", queue_timeout_ms=60_000, grace_s=0.0, max_prompt_chars=MAX_PROMPT_CHARS,
+        bundle_path=e2e_bundle_dir,
+        host="127.0.0.1",
+        port=0,
+        max_wait_us=2000,
+        max_batch_size=64,
+        log_level="warning",
+        queue_timeout_ms=60_000,
+        grace_s=0.0,
+        max_prompt_chars=MAX_PROMPT_CHARS,
     )
     srv = ServerThread(cfg).start()
     yield srv
@@ -73,7 +80,10 @@ class _Builds:
         args = [sys.executable] if name == "go" else []  # the Go build runs protoc from this venv
         try:
             run = subprocess.run(
-                ["nice", "-n", "10", "bash", script, *args], cwd=REPO, capture_output=True, text=True,
+                ["nice", "-n", "10", "bash", script, *args],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
                 timeout=BUILD_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:

@@ -18,8 +18,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from lmroute.service.client import RouterClient
 from lmroute.v1 import router_pb2
-from lmroute_service.client import RouterClient
 
 __all__ = ["run_case", "run_cases", "main"]
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from lmroute.bundle.testing import synthetic_prompts
+from lmroute.service.client import RouterClient
+from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
-from lmroute_bundle.testing import synthetic_prompts
-from lmroute_service.client import RouterClient
-from lmroute_service.testing import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 PY_CLIENT = Path(__file__).with_name("py_conformance.py")
@@ -49,8 +49,13 @@ def build_cases() -> list[dict[str, Any]]:
         {"id": "health-unknown-service", "rpc": "Health", "service": "no.such.Service"},
         {"id": "score-all-routers", "rpc": "Score", "prompts": [p[0], p[1], unicode, long]},
         {"id": "score-two-routers-in-order", "rpc": "Score", "prompts": [p[2], p[3]], "routers": ["sw_ranking", "mf"]},
-        {"id": "score-bad-items", "rpc": "Score", "prompts": [p[4], "", p[5], "   ", too_long],
-         "routers": ["mf", "bert"], "timeout_ms": 20_000},
+        {
+            "id": "score-bad-items",
+            "rpc": "Score",
+            "prompts": [p[4], "", p[5], "   ", too_long],
+            "routers": ["mf", "bert"],
+            "timeout_ms": 20_000,
+        },
         {"id": "score-no-prompts", "rpc": "Score", "prompts": []},
         {"id": "score-unknown-router", "rpc": "Score", "prompts": [p[0]], "routers": ["mf", "nope"]},
     ]
@@ -120,7 +125,12 @@ def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[st
     assert reference["health-server"]["status"] == reference["health-router-service"]["status"] == "SERVING"
     bad = reference["score-bad-items"]["results"]
     assert [(r["item_code"], r["item_reason"]) for r in bad] == [
-        (0, ""), (3, "EMPTY_PROMPT"), (0, ""), (3, "EMPTY_PROMPT"), (3, "PROMPT_TOO_LONG")]
+        (0, ""),
+        (3, "EMPTY_PROMPT"),
+        (0, ""),
+        (3, "EMPTY_PROMPT"),
+        (3, "PROMPT_TOO_LONG"),
+    ]
     assert bad[1]["scores"] == {} and set(bad[0]["scores"]) == {"mf", "bert"}
     all_routers = reference["score-all-routers"]["results"]
     assert [set(r["scores"]) for r in all_routers] == [set(ROUTERS)] * 4
@@ -207,7 +217,10 @@ def test_the_comparison_catches_each_kind_of_difference(reference: dict[str, dic
 
 @pytest.mark.parametrize("client", CLIENT_NAMES)
 def test_client_answers_like_the_python_client(
-    client: str, client_command: Callable[[str], list[str]], e2e_server: ServerThread, cases_file: Path,
+    client: str,
+    client_command: Callable[[str], list[str]],
+    e2e_server: ServerThread,
+    cases_file: Path,
     reference: dict[str, dict[str, Any]],
 ) -> None:
     cmd = client_command(client)
@@ -252,12 +265,22 @@ def test_go_client_unit_tests(client_command: Callable[[str], list[str]]) -> Non
     """`go vet` and `go test ./...` in clients/go (backoff, RetryInfo, deadlines; needs the built stubs)."""
     client_command("go")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
-    vet = subprocess.run(["nice", "-n", "10", "go", "vet", "./..."], cwd=REPO / "clients" / "go",
-                         capture_output=True, text=True, timeout=600, env=env)
+    vet = subprocess.run(
+        ["nice", "-n", "10", "go", "vet", "./..."],
+        cwd=REPO / "clients" / "go",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert vet.returncode == 0, f"go vet failed:\n{vet.stdout[-4000:]}\n{vet.stderr[-4000:]}"
     out = subprocess.run(
-        ["nice", "-n", "10", "go", "test", "-count=1", "./..."], cwd=REPO / "clients" / "go",
-        capture_output=True, text=True, timeout=600, env=env,
+        ["nice", "-n", "10", "go", "test", "-count=1", "./..."],
+        cwd=REPO / "clients" / "go",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert out.returncode == 0, f"go test failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     assert "ok  \tlmroute/clients/go/lmroute" in out.stdout, out.stdout
@@ -270,8 +293,14 @@ def test_go_readme_example_runs_against_the_server(
     client_command("go")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     exe = tmp_path / "route-example"
-    build = subprocess.run(["nice", "-n", "10", "go", "build", "-o", str(exe), "./examples/route"],
-                           cwd=REPO / "clients" / "go", capture_output=True, text=True, timeout=600, env=env)
+    build = subprocess.run(
+        ["nice", "-n", "10", "go", "build", "-o", str(exe), "./examples/route"],
+        cwd=REPO / "clients" / "go",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert build.returncode == 0, build.stderr
     out = run([str(exe), e2e_server.target], timeout_s=60)
     assert out.returncode == 0, out.stderr
@@ -305,4 +334,6 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     bad = run(go, "route", *addr, "--attempts", "1", "--router", "nope", "--strong-share", "0.5", "hi")
     assert bad.returncode == 1 and "NOT_FOUND (ROUTER_NOT_FOUND)" in bad.stderr, bad.stderr
     assert run(go, "route", *addr, "--router", "mf", "hi").returncode == 2  # no policy
-    assert run(go, "route", *addr, "--router", "mf", "--threshold", "0.1", "--strong-share", "0.1", "hi").returncode == 2
+    assert (
+        run(go, "route", *addr, "--router", "mf", "--threshold", "0.1", "--strong-share", "0.1", "hi").returncode == 2
+    )

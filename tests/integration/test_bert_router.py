@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_export.data import Comparisons
-from lmroute_export.train_bert import (
+from lmroute.export.data import Comparisons
+from lmroute.export.train_bert import (
     LABELS,
     STRONG_WINS,
     TIE,
@@ -95,8 +95,17 @@ def test_bad_labels_are_refused_with_a_clear_message() -> None:
 def test_same_seed_same_model() -> None:
     texts = [f"question number {i} about {'math' if i % 2 else 'art'}" for i in range(12)]
     labels = np.eye(3)[[STRONG_WINS if i % 2 else WEAK_WINS for i in range(12)]]
-    kwargs = dict(max_tokens=16, epochs=1, batch_size=4, seed=3, time_budget_s=120, device="cpu",
-                  val_fraction=0.25, patience=10, cpu_threads=1)
+    kwargs = dict(
+        max_tokens=16,
+        epochs=1,
+        batch_size=4,
+        seed=3,
+        time_budget_s=120,
+        device="cpu",
+        val_fraction=0.25,
+        patience=10,
+        cpu_threads=1,
+    )
     runs = [train_bert(texts, labels, **kwargs) for _ in range(2)]
     assert all(r.stats.stopped_by == "epochs" and r.stats.examples_seen == 9 for r in runs)
     probs = [predict_proba(r, default_model_dir(), texts) for r in runs]
@@ -113,8 +122,23 @@ _TEMPLATES = (
     "Give me three {s} facts about {x}.",
     "My teacher asked a {s} question on {x}, please answer it.",
 )
-_TRAIN_FILL = ("triangles", "rivers", "apples", "trains", "clocks", "bridges", "stars", "coins",
-               "gardens", "volcanoes", "islands", "bicycles", "candles", "mountains", "ladders")
+_TRAIN_FILL = (
+    "triangles",
+    "rivers",
+    "apples",
+    "trains",
+    "clocks",
+    "bridges",
+    "stars",
+    "coins",
+    "gardens",
+    "volcanoes",
+    "islands",
+    "bicycles",
+    "candles",
+    "mountains",
+    "ladders",
+)
 _TRAIN_SUBJECTS = ("cooking", "history", "poetry", "travel", "music", "fashion", "art", "sports")
 _HELD_FILL = ("pyramids", "snowflakes", "elevators", "lighthouses", "glaciers", "kites")
 _HELD_SUBJECTS = ("gardening", "dance", "film")
@@ -140,8 +164,17 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
     budget = 25.0
     t0 = time.monotonic()
     trained = train_bert(
-        texts, labels, max_tokens=32, epochs=50, batch_size=16, lr=2e-4, seed=0,
-        time_budget_s=budget, device="cpu", val_fraction=0.1, cpu_threads=1,
+        texts,
+        labels,
+        max_tokens=32,
+        epochs=50,
+        batch_size=16,
+        lr=2e-4,
+        seed=0,
+        time_budget_s=budget,
+        device="cpu",
+        val_fraction=0.1,
+        cpu_threads=1,
     )
     wall = time.monotonic() - t0
     stats = trained.stats
@@ -210,7 +243,7 @@ def test_validation_harness_trains_bert_like_the_pipeline() -> None:
     """The harness's bert (`fit_scorers(..., routers=("bert",))`): tiers from the Elo fit of all rows,
     examples from the direct strong-vs-weak rows only, and a scorer that returns P(strong wins) for
     the texts it is given, in their order."""
-    from lmroute_export.validation_recipes import Recipe, fit_scorers
+    from lmroute.export.validation_recipes import Recipe, fit_scorers
 
     math_train, other_train = _synthetic(_TRAIN_FILL, _TRAIN_SUBJECTS)
     rng = np.random.default_rng(0)
@@ -221,7 +254,9 @@ def test_validation_harness_trains_bert_like_the_pipeline() -> None:
     rows += [(f"elo filler {i}", "mid-a", "small", 0) for i in range(20)]
     comps = _table(rows)
     recipe = Recipe(bert_max_tokens=32, bert_epochs=50, bert_lr=2e-4, bert_time_budget_s=25.0)
-    scorer = fit_scorers(recipe, comps, np.zeros((len(comps.prompts), 4), np.float32), routers=("bert",), strong="big", weak="small")["bert"]
+    scorer = fit_scorers(
+        recipe, comps, np.zeros((len(comps.prompts), 4), np.float32), routers=("bert",), strong="big", weak="small"
+    )["bert"]
 
     math_held, other_held = _synthetic(_HELD_FILL, _HELD_SUBJECTS)
     texts = [p for pair in zip(math_held, other_held[:: len(_HELD_SUBJECTS)], strict=True) for p in pair]  # interleaved

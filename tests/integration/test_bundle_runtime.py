@@ -1,9 +1,9 @@
 """Runtime routers of a loaded bundle: scores equal an independent NumPy computation, batched == single,
 threshold_for_share interpolates the calibration table.
 
-The bundle is a real tiny one (lmroute_bundle.testing): a tiny real ONNX encoder and classifier, real
+The bundle is a real tiny one (lmroute.bundle.testing): a tiny real ONNX encoder and classifier, real
 .npy arrays and FAISS index. The expected values below are computed here from the bundle's own files,
-without going through lmroute_bundle.routers or lmroute_kernels (the sw_ranking fit is an independent
+without going through lmroute.bundle.routers or lmroute.kernels (the sw_ranking fit is an independent
 Newton solve of the weighted Bradley-Terry-with-ties likelihood).
 """
 
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmroute_bundle import Bundle, PromptBatch, load_bundle
-from lmroute_bundle.testing import (
+from lmroute.bundle import Bundle, PromptBatch, load_bundle
+from lmroute.bundle.testing import (
     make_fake_classifier,
     make_fake_encoder_dir,
     make_tiny_bundle,
@@ -262,8 +262,6 @@ def test_tiny_bundle_around_real_encoder(request: pytest.FixtureRequest, tmp_pat
     assert real.manifest.encoder.dim == 384
     batch = real.prompt_batch(TEXTS)
     assert batch.embeddings is not None
-    np.testing.assert_allclose(
-        real.routers["mf"].score(batch), _expected_mf(real, batch.embeddings), rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(real.routers["mf"].score(batch), _expected_mf(real, batch.embeddings), rtol=0, atol=1e-6)
     single = real.routers["sw_ranking"].score(real.prompt_batch(TEXTS[:1]))
     np.testing.assert_allclose(real.routers["sw_ranking"].score(batch)[:1], single, rtol=0, atol=1e-6)

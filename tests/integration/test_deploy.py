@@ -36,9 +36,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from lmroute_bundle.loader import load_bundle
-from lmroute_bundle.testing import make_fake_classifier, make_tiny_bundle
-from lmroute_service.client import RouterClient
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle
+from lmroute.service.client import RouterClient
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_SCRIPTS = REPO / "scripts" / "docker"
@@ -144,11 +144,18 @@ def test_every_run_step_calls_a_project_script(dockerfile: list[Instruction]) ->
             m = re.fullmatch(r"(?:/src/)?scripts/docker/([\w.-]+\.sh)", cmd[0])
             assert m, f"line {ins.line}: RUN must call a script in scripts/docker/, not {cmd[0]!r}"
             script = DOCKER_SCRIPTS / m.group(1)
-            assert script.is_file() and os.access(script, os.X_OK), f"line {ins.line}: {script} missing or not executable"
+            assert script.is_file() and os.access(script, os.X_OK), (
+                f"line {ins.line}: {script} missing or not executable"
+            )
             called.append(m.group(1))
     assert set(called) >= {
-        "install_health_probe.sh", "install_build_deps.sh", "build_bundle.sh", "build_wheel.sh",
-        "install_runtime_os_deps.sh", "install_runtime.sh", "add_user.sh",
+        "install_health_probe.sh",
+        "install_build_deps.sh",
+        "build_bundle.sh",
+        "build_wheel.sh",
+        "install_runtime_os_deps.sh",
+        "install_runtime.sh",
+        "add_user.sh",
     }, called
 
 
@@ -162,7 +169,10 @@ def test_stages_and_runtime_settings(dockerfile: list[Instruction]) -> None:
         )
     assert stages["build"][0].args.split()[0] == stages["runtime"][0].args.split()[0] == "python:3.11-slim-bookworm"
     runtime = stages["runtime"]
-    text = {k: [i.args for i in runtime if i.keyword == k] for k in ("ENV", "USER", "ENTRYPOINT", "HEALTHCHECK", "COPY", "ARG")}
+    text = {
+        k: [i.args for i in runtime if i.keyword == k]
+        for k in ("ENV", "USER", "ENTRYPOINT", "HEALTHCHECK", "COPY", "ARG")
+    }
     uid = int(re.fullmatch(r"LMROUTE_UID=(\d+)", text["ARG"][0]).group(1))  # type: ignore[union-attr]
     assert uid >= 1000 and text["USER"] == ["${LMROUTE_UID}:${LMROUTE_UID}"]
     assert text["ENTRYPOINT"] == ['["lmroute-serve"]']
@@ -244,7 +254,9 @@ def test_runtime_pins_are_the_lock_versions_and_complete() -> None:
     assert not differ, f"runtime.txt vs lock.txt (runtime, lock): {differ}"
     closure = _dependency_closure()
     assert closure - set(runtime) == set(), f"runtime.txt misses {sorted(closure - set(runtime))}"
-    assert set(runtime) - closure == set(), f"runtime.txt has more than the server needs: {sorted(set(runtime) - closure)}"
+    assert set(runtime) - closure == set(), (
+        f"runtime.txt has more than the server needs: {sorted(set(runtime) - closure)}"
+    )
     assert "torch" not in runtime and "onnxruntime" in runtime and "faiss-cpu" in runtime
 
 
@@ -265,8 +277,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     check refuses a stale module)."""
     out = tmp_path_factory.mktemp("dist")
     work = _cache_dir(request, "lmroute_deploy_wheel_src")
-    _run([DOCKER_SCRIPTS / "build_wheel.sh", out, sys.executable], timeout=900,
-         env=os.environ | {"LMROUTE_WHEEL_WORKDIR": str(work)})
+    _run(
+        [DOCKER_SCRIPTS / "build_wheel.sh", out, sys.executable],
+        timeout=900,
+        env=os.environ | {"LMROUTE_WHEEL_WORKDIR": str(work)},
+    )
     (whl,) = out.glob("lmroute-*.whl")
     return whl
 
@@ -290,7 +305,11 @@ def _venv_python(venv: Path, code: str, *, check: bool = True, cwd: Path | None 
 
 
 def test_runtime_venv_holds_the_pins_and_the_wheel_only(runtime_venv: Path) -> None:
-    proc = _venv_python(runtime_venv, "import importlib.metadata as m; print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))")
+    proc = _venv_python(
+        runtime_venv,
+        "import importlib.metadata as m; "
+        "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))",
+    )
     installed = {canonicalize_name(n): v for n, _, v in (line.partition("==") for line in proc.stdout.split())}
     for tool in ("pip", "setuptools", "wheel"):
         installed.pop(tool, None)
@@ -302,17 +321,27 @@ def test_runtime_venv_has_no_training_stack(runtime_venv: Path) -> None:
     for module in ("torch", "transformers", "optimum", "onnx"):
         proc = _venv_python(runtime_venv, f"import {module}", check=False)
         assert proc.returncode != 0 and f"No module named '{module}'" in proc.stderr, module
-    where = _venv_python(runtime_venv, "import lmroute_service, lmroute_kernels._core as c; print(lmroute_service.__file__, c.__file__)")
+    where = _venv_python(
+        runtime_venv, "import lmroute.service, lmroute.kernels._core as c; print(lmroute.service.__file__, c.__file__)"
+    )
     assert all(p.startswith(str(runtime_venv)) for p in where.stdout.split()), where.stdout
 
 
 def test_compiled_core_needs_only_libraries_the_image_installs(wheel: Path, runtime_venv: Path) -> None:
     """The wheel's compiled core links only against the base image's libraries (glibc, libstdc++,
     libgcc_s: every Debian slim image) and those install_runtime_os_deps.sh installs."""
-    (core,) = (runtime_venv / "lib").glob("python3*/site-packages/lmroute_kernels/_core*.so")
+    (core,) = (runtime_venv / "lib").glob("python3*/site-packages/lmroute/kernels/_core*.so")
     dynamic = _run(["readelf", "-d", core], timeout=30).stdout
     needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic))
-    base = {"libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2", "ld-linux-x86-64.so.2"}
+    base = {
+        "libc.so.6",
+        "libm.so.6",
+        "libstdc++.so.6",
+        "libgcc_s.so.1",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "ld-linux-x86-64.so.2",
+    }
     from_packages = {"libgomp.so.1": "libgomp1"}
     script = (DOCKER_SCRIPTS / "install_runtime_os_deps.sh").read_text()
     for lib in sorted(needed - base):
@@ -347,15 +376,28 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(runtime_venv: Path, tiny_bundle: Path, health_probe: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    runtime_venv: Path, tiny_bundle: Path, health_probe: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     """`lmroute-serve` of the runtime venv on 127.0.0.1, waited for until the probe says SERVING."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve_log") / "stderr.txt"
     env = _clean_env() | {"LMROUTE_LOG_LEVEL": "warning", "LMROUTE_GRACE_S": "1"}
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [runtime_venv / "bin" / "lmroute-serve", "--bundle", tiny_bundle, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tiny_bundle.parent,
+            [
+                runtime_venv / "bin" / "lmroute-serve",
+                "--bundle",
+                tiny_bundle,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            cwd=tiny_bundle.parent,
         )
     try:
         deadline = time.monotonic() + 120
@@ -390,7 +432,7 @@ def test_health_probe_fails_when_it_should(served: Served, health_probe: Path) -
 
 
 def test_route_from_the_runtime_venv_matches_the_bundle(served: Served, tiny_bundle: Path) -> None:
-    from lmroute_export.evaluate import score_bundle
+    from lmroute.export.evaluate import score_bundle
 
     bundle = load_bundle(tiny_bundle)
     want = {name: float(s[0]) for name, s in score_bundle(bundle, [PROMPT]).items()}
@@ -419,13 +461,26 @@ def test_build_bundle_script_quick(request: pytest.FixtureRequest, tmp_path: Pat
     cache = _cache_dir(request, "lmroute_deploy_export_cache")
     out = tmp_path / "bundle"
     _run(
-        [DOCKER_SCRIPTS / "build_bundle.sh", "--python", sys.executable, "--out", out, "--quick",
-         "--routers", "random", "mf", "sw_ranking", "--cache-dir", cache],
-        timeout=600, env=os.environ | {"OMP_NUM_THREADS": "2"},
+        [
+            DOCKER_SCRIPTS / "build_bundle.sh",
+            "--python",
+            sys.executable,
+            "--out",
+            out,
+            "--quick",
+            "--routers",
+            "random",
+            "mf",
+            "sw_ranking",
+            "--cache-dir",
+            cache,
+        ],
+        timeout=600,
+        env=os.environ | {"OMP_NUM_THREADS": "2"},
     )
-    code = (  # through lmroute_bundle only: what the server reads
+    code = (  # through lmroute.bundle only: what the server reads
         "import json, sys\n"
-        "from lmroute_bundle.loader import load_bundle\n"
+        "from lmroute.bundle.loader import load_bundle\n"
         "b = load_bundle(sys.argv[1]); batch = b.prompt_batch([sys.argv[2]])\n"
         "print(json.dumps({name: float(r.score(batch)[0]) for name, r in b.routers.items()}))\n"
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_bundle.encoder import OnnxEncoder
-from lmroute_export.encoder_export import default_model_dir, export_encoder
+from lmroute.bundle.encoder import OnnxEncoder
+from lmroute.export.encoder_export import default_model_dir, export_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,14 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     src = default_model_dir()
-    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
     out = tmp_path_factory.mktemp("tiny-bert")
     BertModel(cfg).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_bundle.encoder import EncoderModelError, OnnxEncoder, TokenBatch
-from lmroute_export.embed_cache import embed_texts, encoder_id_for
-from lmroute_export.encoder_export import (
+from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder, TokenBatch
+from lmroute.export.embed_cache import embed_texts, encoder_id_for
+from lmroute.export.encoder_export import (
     MIN_COSINE,
     VERIFY_PROMPTS,
     EncoderExport,

@@ -1,24 +1,24 @@
 """The compiled core refuses to load when it is missing, built for another ABI, corrupt or stale, with a
 message that names the cause, and `lmroute-serve` stops at startup (exit 1) instead of falling back.
 
-Each case copies the lmroute_kernels package (sources + the built _core) into a temporary directory,
+Each case copies the lmroute.kernels package (sources + the built _core) into a temporary directory,
 breaks one thing, and imports it in a fresh interpreter.
 """
 
 from __future__ import annotations
 
-import re
 import importlib.machinery
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import lmroute_kernels
-from lmroute_kernels import compiled
+import lmroute.kernels
+from lmroute.kernels import compiled
 
-KERNELS = Path(lmroute_kernels.__file__).resolve().parent
+KERNELS = Path(lmroute.kernels.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 SITE = next(p for p in sys.path if p.endswith("site-packages"))
@@ -83,9 +83,7 @@ def test_abi_version_mismatch(tmp_path: Path) -> None:
     pkg = _copy_package(tmp_path)
     text = (pkg / "compiled.py").read_text()
     built = int(re.search(r"^ABI_VERSION = (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    (pkg / "compiled.py").write_text(
-        text.replace(f"ABI_VERSION = {built}\n", f"ABI_VERSION = {built + 1}\n", 1)
-    )
+    (pkg / "compiled.py").write_text(text.replace(f"ABI_VERSION = {built}\n", f"ABI_VERSION = {built + 1}\n", 1))
     err = _import(tmp_path).stderr
     assert f"has ABI version {built}, this wrapper needs {built + 1}" in err
 
@@ -94,20 +92,23 @@ def test_server_stops_at_startup_without_the_core(tmp_path: Path) -> None:
     """lmroute-serve with every package importable but no compiled core: exit 1, the reason on stderr."""
     root = tmp_path / "pkgs"
     root.mkdir()
-    _copy_package(root, "lmroute_kernels", with_core=False)
+    _copy_package(root, "lmroute.kernels", with_core=False)
     for name, target in (
-        ("lmroute_service", REPO / "service"),
-        ("lmroute_bundle", REPO / "bundle"),
+        ("lmroute.service", REPO / "service"),
+        ("lmroute.bundle", REPO / "bundle"),
         ("lmroute", REPO / "proto" / "lmroute"),
     ):
         (root / name).symlink_to(target)
     # -S: no site processing, so the editable install's finder cannot supply the real core.
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{SITE}"}
-    code = "import sys; from lmroute_service.main import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from lmroute.service.main import main; sys.exit(main(sys.argv[1:]))"
     out = subprocess.run(
         [sys.executable, "-S", "-c", code, "--bundle", str(tmp_path), "--port", "0"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert out.returncode == 1, out.stderr
-    assert "lmroute-serve: the compiled scoring core lmroute_kernels._core is missing" in out.stderr
+    assert "lmroute-serve: the compiled scoring core lmroute.kernels._core is missing" in out.stderr
     assert "Traceback" not in out.stderr

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_bundle import load_bundle
-from lmroute_export import names
-from lmroute_export.cli import main as cli_main
-from lmroute_export.evaluate import score_bundle
-from lmroute_export.pipeline import BuildConfig, build_bundle
+from lmroute.bundle import load_bundle
+from lmroute.export import names
+from lmroute.export.cli import main as cli_main
+from lmroute.export.evaluate import score_bundle
+from lmroute.export.pipeline import BuildConfig, build_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -53,15 +53,19 @@ def test_bundle_has_every_router_and_is_calibrated(quick_bundle: tuple[Path, obj
 def test_routers_are_blended_with_the_difficulty_prior(quick_bundle: tuple[Path, object]) -> None:
     """The default recipe blends mf, sw_ranking and bert with the prior fitted on the LLMRouter labels;
     each blend's center / scale are the median / IQR of the router's own logits on training prompts."""
-    from lmroute_bundle import BlendedRouter
-    from lmroute_kernels.reference import score_logit
+    from lmroute.bundle import BlendedRouter
+    from lmroute.kernels.reference import score_logit
 
     path, report = quick_bundle
     bundle = load_bundle(path)
     m = bundle.manifest
     assert m.schema_version == 2 and m.difficulty_prior is not None
     assert m.difficulty_prior.n_questions == report.difficulty_prior["n_questions"] == 300
-    assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {"mf": 4.0, "sw_ranking": 0.5, "bert": 0.25}
+    assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {
+        "mf": 4.0,
+        "sw_ranking": 0.5,
+        "bert": 0.25,
+    }
     assert m.routers["random"].blend is None
     # Blending and calibration changed the content, so the final version is re-derived from it (the
     # parser turns sw_ranking's int base / scale into floats: the version is that of the content as read).
@@ -92,7 +96,7 @@ def test_scores_are_probabilities_and_deterministic(quick_bundle: tuple[Path, ob
 def test_threshold_for_share_routes_that_share(quick_bundle: tuple[Path, object]) -> None:
     path, _ = quick_bundle
     bundle = load_bundle(path)
-    from lmroute_export.data import load_calibration_prompts
+    from lmroute.export.data import load_calibration_prompts
 
     prompts = load_calibration_prompts(REPO / "data")[:200]
     scores = score_bundle(bundle, prompts)
@@ -105,8 +109,9 @@ def test_threshold_for_share_routes_that_share(quick_bundle: tuple[Path, object]
 def test_evaluate_command_writes_report(quick_bundle: tuple[Path, object], tmp_path: Path) -> None:
     path, _ = quick_bundle
     out = tmp_path / "report"
-    rc = cli_main(["evaluate", "--bundle", str(path), "--out", str(out), "--data-dir", str(REPO / "data"),
-                   "--limit", "60"])
+    rc = cli_main(
+        ["evaluate", "--bundle", str(path), "--out", str(out), "--data-dir", str(REPO / "data"), "--limit", "60"]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     md = (out / "report.md").read_text()
@@ -119,14 +124,14 @@ def test_evaluate_command_writes_report(quick_bundle: tuple[Path, object], tmp_p
 def test_service_serves_the_trained_bundle_like_offline_scoring(quick_bundle: tuple[Path, object]) -> None:
     """The offline half's trained bundle through the online half: gRPC Score on 127.0.0.1 equals the
     evaluation's offline scoring for every router, batched and one prompt at a time."""
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
     from lmroute.v1 import router_pb2
-    from lmroute_service.client import RouterClient
-    from lmroute_service.config import ServiceConfig
-    from lmroute_service.testing import ServerThread
 
     path, _ = quick_bundle
     bundle = load_bundle(path)
-    from lmroute_export.data import load_calibration_prompts
+    from lmroute.export.data import load_calibration_prompts
 
     prompts = load_calibration_prompts(REPO / "data")[200:237]  # not the calibration slice
     offline = score_bundle(bundle, prompts)

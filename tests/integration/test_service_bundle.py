@@ -1,6 +1,6 @@
 """The gRPC service on 127.0.0.1 with a real bundle: the real all-MiniLM-L6-v2 encoder (exported once
 per session by the shared `exported_encoder_dir` fixture) and real random / mf / sw_ranking / bert
-routers from `lmroute_bundle.testing.make_tiny_bundle`.
+routers from `lmroute.bundle.testing.make_tiny_bundle`.
 
 Covers every RPC against the bundle's own math, batched == single for every router (random batch
 sizes 1-64, <= 1e-6, within one request and across concurrent requests), truncation, broken bundles
@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmroute.bundle.errors import BundleError
+from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.routers import PromptBatch
+from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle, synthetic_prompts
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
-from lmroute_bundle.errors import BundleError
-from lmroute_bundle.loader import Bundle, load_bundle
-from lmroute_bundle.routers import PromptBatch
-from lmroute_bundle.testing import make_fake_classifier, make_tiny_bundle, synthetic_prompts
-from lmroute_service.client import RouterClient
-from lmroute_service.config import ServiceConfig
-from lmroute_service.logs import configure_logging
-from lmroute_service.testing import ServerThread
 
 TOL = 1e-6
 SERVICE = "lmroute.v1.RouterService"
@@ -54,7 +54,11 @@ def bundle(bundle_dir: Path) -> Bundle:
 def server(bundle_dir: Path) -> Iterator[ServerThread]:
     configure_logging("warning")
     cfg = ServiceConfig(
-        bundle_path=bundle_dir, port=0, max_wait_us=5000, max_batch_size=64, log_level="warning",
+        bundle_path=bundle_dir,
+        port=0,
+        max_wait_us=5000,
+        max_batch_size=64,
+        log_level="warning",
         queue_timeout_ms=60_000,
         grace_s=0.0,
     )
@@ -176,7 +180,7 @@ def test_server_timings_split_encoder_from_the_rest(server: ServerThread, client
 
 def test_admitted_prompts_are_not_tokenised_twice(server: ServerThread, client: RouterClient) -> None:
     """The scheduler tokenises at admission (to count tokens); the scorer reuses those tokens."""
-    from lmroute_service.bundle_scorer import BundleScorer
+    from lmroute.service.bundle_scorer import BundleScorer
 
     sched = server.server.scheduler
     assert sched is not None and isinstance(sched.scorer, BundleScorer)
@@ -191,7 +195,7 @@ def test_admitted_prompts_are_not_tokenised_twice(server: ServerThread, client: 
 def test_idle_route_is_tokenised_once_by_the_scorer(bundle_dir: Path) -> None:
     """Idle fast path (server defaults: max_wait_us 0): a one-prompt call on an idle server skips the
     admission count; the scorer tokenises it, once, and the reply still reports its tokens."""
-    from lmroute_service.bundle_scorer import BundleScorer
+    from lmroute.service.bundle_scorer import BundleScorer
 
     srv = ServerThread(ServiceConfig(bundle_path=bundle_dir, port=0, log_level="warning", grace_s=0.0)).start()
     try:
@@ -254,7 +258,7 @@ def test_broken_bundle_is_refused_and_never_serving(
 
 
 def _serve_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lmroute_service.main", *args]
+    return [sys.executable, "-m", "lmroute.service.main", *args]
 
 
 def _env() -> dict[str, str]:
@@ -265,8 +269,12 @@ def _env() -> dict[str, str]:
 
 def test_bad_config_exits_2_with_exact_message() -> None:
     p = subprocess.run(
-        _serve_cmd("--bundle", "x", "--max-batch-size", "0"), capture_output=True, text=True,
-        timeout=60, env=_env(), cwd=REPO,
+        _serve_cmd("--bundle", "x", "--max-batch-size", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=REPO,
     )
     assert p.returncode == 2
     assert p.stderr == "lmroute-serve: config error: max_batch_size: must be >= 1 (got 0)\n"
@@ -283,7 +291,11 @@ def test_cuda_without_provider_is_a_clear_error(bundle_dir: Path) -> None:
         pytest.skip("this onnxruntime has CUDA; the refusal cannot be shown here")
     p = subprocess.run(
         _serve_cmd("--bundle", str(bundle_dir), "--port", "0", "--device", "cuda", "--log-level", "error"),
-        capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=REPO,
     )
     assert p.returncode == 2
     assert "device: cuda asked but onnxruntime has no CUDAExecutionProvider (available: " in p.stderr
@@ -296,7 +308,11 @@ def test_broken_bundle_cli_exits_1_naming_the_file(bundle_dir: Path, tmp_path: P
     (bad / "encoder/model.onnx").unlink()
     p = subprocess.run(
         _serve_cmd("--bundle", str(bad), "--port", "0", "--log-level", "error"),
-        capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=REPO,
     )
     assert p.returncode == 1
     assert "lmroute-serve: cannot load bundle: encoder/model.onnx: missing" in p.stderr
@@ -305,7 +321,10 @@ def test_broken_bundle_cli_exits_1_naming_the_file(bundle_dir: Path, tmp_path: P
 def test_sigterm_drains_and_exits_0(bundle_dir: Path) -> None:
     proc = subprocess.Popen(
         _serve_cmd("--bundle", str(bundle_dir), "--port", "0", "--grace-s", "5", "--log-level", "info"),
-        stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO,
     )
     try:
         assert proc.stderr is not None

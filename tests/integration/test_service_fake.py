@@ -1,7 +1,7 @@
 """The gRPC service on 127.0.0.1 with a FakeScorer behind it: admission, timeouts, deadlines,
 cancellation, per-item errors, message size, health, reflection, drain, error details on the wire.
 
-FakeScorer is product code (lmroute_service.fake_scorer) that blocks / fails on cue, so every
+FakeScorer is product code (lmroute.service.fake_scorer) that blocks / fails on cue, so every
 overload case is driven by events, not by load. The real-bundle tests are in test_service_bundle.py.
 """
 
@@ -19,20 +19,18 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
-from lmroute_service.client import RouterClient
-from lmroute_service.config import ServiceConfig
-from lmroute_service.fake_scorer import FakeScorer
-from lmroute_service.logs import configure_logging
-from lmroute_service.testing import ServerThread
 
 SERVICE = "lmroute.v1.RouterService"
 
 
 def _config(**kw: object) -> ServiceConfig:
-    base: dict[str, object] = dict(
-        bundle_path=Path("unused"), port=0, max_wait_us=0, log_level="warning", grace_s=0.0
-    )
+    base: dict[str, object] = dict(bundle_path=Path("unused"), port=0, max_wait_us=0, log_level="warning", grace_s=0.0)
     base.update(kw)
     return ServiceConfig(**base)  # type: ignore[arg-type]
 
@@ -80,9 +78,7 @@ def _reason(err: grpc.RpcError) -> tuple[str, int | None]:
 
 
 def _req(*texts: str, routers: tuple[str, ...] = ()) -> router_pb2.ScoreRequest:
-    return router_pb2.ScoreRequest(
-        prompts=[router_pb2.Prompt(text=t) for t in texts], routers=list(routers)
-    )
+    return router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text=t) for t in texts], routers=list(routers))
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -197,17 +193,17 @@ def test_one_invalid_among_16_and_bad_conversation_fail_alone(
     msgs = [r.status.message for r in bad_conv.results]
     assert msgs == [
         "prompts[0].conversation: no user turn",
-        "prompts[1].conversation.messages[0].role: unknown role 'robot' "
-        "(expected one of system, user, assistant)",
+        "prompts[1].conversation.messages[0].role: unknown role 'robot' (expected one of system, user, assistant)",
     ]
 
 
-def test_conversation_scores_last_user_turn(
-    fake: FakeScorer, make_server: Callable[..., ServerThread]
-) -> None:
+def test_conversation_scores_last_user_turn(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
     srv = make_server()
-    conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-            {"role": "User", "content": "second"}]
+    conv = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "User", "content": "second"},
+    ]
     with RouterClient(srv.target) as c:
         res = c.score([conv], routers=["mf"])
     assert res.results[0].scores[0].strong_win_probability == FakeScorer.score_one("mf", "second")
@@ -244,9 +240,7 @@ def test_message_one_byte_over_limit_is_refused_then_next_call_ok(
     assert ok.results[0].status.code == 0
 
 
-def test_route_policies_and_argument_errors(
-    fake: FakeScorer, make_server: Callable[..., ServerThread]
-) -> None:
+def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
     srv = make_server()
     s = FakeScorer.score_one("mf", "hello")
     with RouterClient(srv.target) as c:
@@ -258,11 +252,17 @@ def test_route_policies_and_argument_errors(
         assert d.chosen_model == ("fake-strong" if s >= 0.75 else "fake-weak")
         cases = [
             (dict(router="mf"), "policy: set threshold or strong_share", grpc.StatusCode.INVALID_ARGUMENT),
-            (dict(router="mf", threshold=1.5), "threshold: must be in [0, 1] (got 1.5)",
-             grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                dict(router="mf", threshold=1.5),
+                "threshold: must be in [0, 1] (got 1.5)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
             (dict(router="", threshold=0.5), "router: required", grpc.StatusCode.INVALID_ARGUMENT),
-            (dict(router="nope", threshold=0.5), "router: unknown router 'nope' (loaded: random, mf)",
-             grpc.StatusCode.NOT_FOUND),
+            (
+                dict(router="nope", threshold=0.5),
+                "router: unknown router 'nope' (loaded: random, mf)",
+                grpc.StatusCode.NOT_FOUND,
+            ),
         ]
         for kw, message, code in cases:
             with pytest.raises(grpc.RpcError) as e:
@@ -271,8 +271,9 @@ def test_route_policies_and_argument_errors(
         with pytest.raises(grpc.RpcError) as e:
             c.route("  ", router="mf", threshold=0.5)
         assert e.value.details() == "prompt: empty prompt"
-        req = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="x"), router="mf", threshold=0.5,
-                                      candidates=[router_pb2.Candidate(model="a")])
+        req = router_pb2.RouteRequest(
+            prompt=router_pb2.Prompt(text="x"), router="mf", threshold=0.5, candidates=[router_pb2.Candidate(model="a")]
+        )
         with pytest.raises(grpc.RpcError) as e:
             c.stub.Route(req, timeout=10)
         assert e.value.details().startswith("candidates: not supported in v1")
@@ -379,9 +380,7 @@ def test_reflection_resolves_a_method_symbol(make_server: Callable[..., ServerTh
     srv = make_server()
     with grpc.insecure_channel(srv.target) as channel:
         with pytest.raises(KeyError):  # a fresh client: its cache cannot answer for the server
-            ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol(
-                "lmroute.v1.RouterService.NoSuchMethod"
-            )
+            ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol("lmroute.v1.RouterService.NoSuchMethod")
         db = ProtoReflectionDescriptorDatabase(channel)
         method_file = db.FindFileContainingSymbol("lmroute.v1.RouterService.Route")
         assert method_file.name == "lmroute/v1/router.proto"

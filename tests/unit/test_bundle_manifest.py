@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from lmroute_bundle.errors import BundleError
-from lmroute_bundle.manifest import SCHEMA_VERSION, Calibration, Manifest
+from lmroute.bundle.errors import BundleError
+from lmroute.bundle.manifest import SCHEMA_VERSION, Calibration, Manifest
 
 SHA = "ab" * 32
 

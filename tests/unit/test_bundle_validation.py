@@ -1,6 +1,6 @@
 """The validating loader refuses broken bundles with the exact message; the writer is atomic.
 
-Every case starts from a real tiny bundle (lmroute_bundle.testing: a tiny real ONNX encoder and
+Every case starts from a real tiny bundle (lmroute.bundle.testing: a tiny real ONNX encoder and
 classifier, real .npy files, a real FAISS index), breaks one thing, and, where the break is meant to get
 past the checksum pass, re-signs the file in manifest.json the way a buggy writer would.
 """
@@ -19,11 +19,11 @@ import faiss
 import numpy as np
 import pytest
 
-from lmroute_bundle import BundleError, load_bundle, update_calibration, write_bundle
-from lmroute_bundle.manifest import Calibration
-from lmroute_bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle
-from lmroute_bundle.writer import RouterArtifacts
-from lmroute_bundle.loader import read_manifest
+from lmroute.bundle import BundleError, load_bundle, update_calibration, write_bundle
+from lmroute.bundle.loader import read_manifest
+from lmroute.bundle.manifest import Calibration
+from lmroute.bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle
+from lmroute.bundle.writer import RouterArtifacts
 
 DIM = 16
 N_PROMPTS = 50
@@ -92,9 +92,9 @@ PRIOR = "difficulty_prior/weights.npy"
 
 
 def test_blended_routers_follow_the_reference_formula(bundle_dir: Path) -> None:
-    from lmroute_bundle import BlendedRouter
-    from lmroute_bundle.testing import synthetic_prompts
-    from lmroute_kernels.reference import blend_scores
+    from lmroute.bundle import BlendedRouter
+    from lmroute.bundle.testing import synthetic_prompts
+    from lmroute.kernels.reference import blend_scores
 
     bundle = load_bundle(bundle_dir)
     prior = bundle.manifest.difficulty_prior
@@ -110,15 +110,31 @@ def test_blended_routers_follow_the_reference_formula(bundle_dir: Path) -> None:
         assert blend is not None
         raw = router.inner.score(batch)
         expected = blend_scores(
-            raw, batch.embeddings, weights, prior.bias, prior.center, prior.scale,
-            weight=blend.prior_weight, center=blend.center, scale=blend.scale,
+            raw,
+            batch.embeddings,
+            weights,
+            prior.bias,
+            prior.center,
+            prior.scale,
+            weight=blend.prior_weight,
+            center=blend.center,
+            scale=blend.scale,
         )
         got = router.score(batch)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
         assert not np.allclose(got, raw)  # the prior moved the scores
         # weight 0 leaves the router's order alone (a monotone map of its score)
-        plain = blend_scores(raw, batch.embeddings, weights, prior.bias, prior.center, prior.scale,
-                             weight=0.0, center=blend.center, scale=blend.scale)
+        plain = blend_scores(
+            raw,
+            batch.embeddings,
+            weights,
+            prior.bias,
+            prior.center,
+            prior.scale,
+            weight=0.0,
+            center=blend.center,
+            scale=blend.scale,
+        )
         assert (np.argsort(plain, kind="stable") == np.argsort(raw, kind="stable")).all()
 
 
@@ -168,9 +184,7 @@ def test_checksum_mismatch(bundle_dir: Path) -> None:
     blob[-1] ^= 0x01  # same size, different content
     path.write_bytes(bytes(blob))
     actual = hashlib.sha256(bytes(blob)).hexdigest()
-    assert _refused(bundle_dir) == (
-        f"{rel}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)"
-    )
+    assert _refused(bundle_dir) == (f"{rel}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)")
     # Skipping the sha256 pass loads it (the flipped bit lands in a valid float32).
     load_bundle(bundle_dir, verify_checksums=False)
 
@@ -248,9 +262,7 @@ def test_cells_and_cell_counts_disagree(bundle_dir: Path) -> None:
     arr = np.load(bundle_dir / rel)
     _save_npy(bundle_dir, rel, arr[:, :-1])
     n_cells = arr.shape[1]
-    assert _refused(bundle_dir) == (
-        f"{rel}: shape ({N_PROMPTS}, {n_cells - 1}) does not match cells rows {n_cells}"
-    )
+    assert _refused(bundle_dir) == (f"{rel}: shape ({N_PROMPTS}, {n_cells - 1}) does not match cells rows {n_cells}")
 
 
 def test_cell_counts_rows_must_match_prompts(bundle_dir: Path) -> None:
@@ -328,9 +340,7 @@ def test_pair_vector_inconsistent_with_factors(bundle_dir: Path) -> None:
     u = np.load(bundle_dir / rel)
     _save_npy(bundle_dir, rel, -u)
     message = _refused(bundle_dir)
-    assert message.startswith(
-        f"{rel}: does not match text_proj/model_emb/classifier for the default pair (max |diff| "
-    )
+    assert message.startswith(f"{rel}: does not match text_proj/model_emb/classifier for the default pair (max |diff| ")
 
 
 # ---- manifest (through the loader) ----------------------------------------------------------------
@@ -500,8 +510,8 @@ def test_update_calibration(pristine: Path, tmp_path: Path) -> None:
 
 
 def test_update_blends_sets_and_clears(bundle_dir: Path) -> None:
-    from lmroute_bundle.manifest import Blend
-    from lmroute_bundle.writer import update_blends
+    from lmroute.bundle.manifest import Blend
+    from lmroute.bundle.writer import update_blends
 
     m = update_blends(bundle_dir, {"sw_ranking": Blend(prior_weight=0.5, center=0.0, scale=2.0), "mf": None})
     assert m.routers["sw_ranking"].blend == Blend(prior_weight=0.5, center=0.0, scale=2.0)

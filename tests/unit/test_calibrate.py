@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.calibrate: thresholds that hit the target strong share."""
+"""Tests of lmroute.export.calibrate: thresholds that hit the target strong share."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute_bundle.errors import BundleError
-from lmroute_export.calibrate import (
+from lmroute.bundle.errors import BundleError
+from lmroute.export.calibrate import (
     DEFAULT_SHARES,
     calibration_for_manifest,
     calibration_table,
@@ -73,8 +73,7 @@ def test_top_threshold_is_capped_at_one_for_the_manifest() -> None:
     s = np.array([0.2, 0.6, 1.0])
     assert thresholds_for_shares(s)[0] == 1.0
     assert thresholds_for_shares(s, cap=None)[0] == np.nextafter(1.0, np.inf)
-    calib = calibration_for_manifest({"mf": s, "random": np.array([0.1, 0.5, 0.9])},
-                                     source="test prompts")
+    calib = calibration_for_manifest({"mf": s, "random": np.array([0.1, 0.5, 0.9])}, source="test prompts")
     assert calib.n_prompts == 3 and calib.source == "test prompts"
     assert calib.thresholds["mf"][0] == 1.0
     assert calib.thresholds["random"][0] == np.nextafter(0.9, np.inf)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_export.data import (
+from lmroute.export.data import (
     LABEL_KINDS,
     SOURCES,
     Comparisons,
@@ -19,7 +19,7 @@ from lmroute_export.data import (
     load_comparisons,
     load_difficulty_labels,
 )
-from lmroute_export.names import STRONG, WEAK, normalize_model_name
+from lmroute.export.names import STRONG, WEAK, normalize_model_name
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -142,7 +142,7 @@ def test_real_strong_vs_weak_base_rates(real):
     """gpt-4-1106 beats Mixtral in most judge rows; RouterBench pairs mostly tie (data README)."""
     t = real.comparisons
     s, w = t.models.index(STRONG), t.models.index(WEAK)
-    for source, lo, hi in (("arena_bench_v1", 0.3, 1.0), ("routerbench_winogrande", 0.0, 1.0)):
+    for source in ("arena_bench_v1", "routerbench_winogrande"):
         rows = (t.source == t.sources.index(source)) & (
             ((t.model_a == s) & (t.model_b == w)) | ((t.model_a == w) & (t.model_b == s))
         )
@@ -236,9 +236,15 @@ def test_select_compacts_prompts_and_keeps_models(real):
 
 def test_comparisons_validates_its_arrays():
     ok = dict(
-        prompts=("p",), prompt_idx=np.zeros(1, np.int32), model_a=np.zeros(1, np.int32),
-        model_b=np.ones(1, np.int32), outcome=np.zeros(1, np.int8), label_kind=np.zeros(1, np.int8),
-        source=np.zeros(1, np.int8), models=("a", "b"), sources=("arena_human",),
+        prompts=("p",),
+        prompt_idx=np.zeros(1, np.int32),
+        model_a=np.zeros(1, np.int32),
+        model_b=np.ones(1, np.int32),
+        outcome=np.zeros(1, np.int8),
+        label_kind=np.zeros(1, np.int8),
+        source=np.zeros(1, np.int8),
+        models=("a", "b"),
+        sources=("arena_human",),
     )
     assert len(Comparisons(**ok)) == 1
     with pytest.raises(ValueError, match="model_b: values outside"):
@@ -275,7 +281,7 @@ def test_malformed_arena_rows_reported_with_file_and_line(tmp_path, caplog):
         json.dumps({"model_a": "a", "model_b": "b", "winner": ["model_a"], "prompt": "p"}),
     ]
     path = _write(tmp_path, "train/arena_human/battles.jsonl", "\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="lmroute_export.data"):
+    with caplog.at_level(logging.WARNING, logger="lmroute.export.data"):
         result = load_comparisons(tmp_path, sources=["arena_human"])
     issues = [(i.file, i.line, i.reason.split(":")[0]) for i in result.issues]
     assert issues == [
@@ -345,8 +351,10 @@ def test_arena_bench_bad_and_missing_scores(tmp_path):
     ]
     t = result.comparisons
     assert t.models == ("claude-1", STRONG, WEAK)
-    rows = {(t.prompts[p], t.models[a], t.models[b], int(o)) for p, a, b, o in
-            zip(t.prompt_idx, t.model_a, t.model_b, t.outcome, strict=True)}
+    rows = {
+        (t.prompts[p], t.models[a], t.models[b], int(o))
+        for p, a, b, o in zip(t.prompt_idx, t.model_a, t.model_b, t.outcome, strict=True)
+    }
     assert rows == {
         ("multi\nline prompt", "claude-1", STRONG, 2),
         ("multi\nline prompt", "claude-1", WEAK, 0),

@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.elo: global BT-with-ties Elo, optimal tiers, the Markdown table."""
+"""Tests of lmroute.export.elo: global BT-with-ties Elo, optimal tiers, the Markdown table."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from lmroute_export.data import Comparisons
-from lmroute_export.elo import (
+from lmroute.export.data import Comparisons
+from lmroute.export.elo import (
     BASE,
     INIT,
     SCALE,

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lmroute_bundle.encoder import EncoderModelError, OnnxEncoder, TokenBatch
-from lmroute_export.embed_cache import EmbedCacheError, embed_texts, encoder_id_for
-from lmroute_export.encoder_export import default_model_dir, write_toy_encoder
+from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder, TokenBatch
+from lmroute.export.embed_cache import EmbedCacheError, embed_texts, encoder_id_for
+from lmroute.export.encoder_export import default_model_dir, write_toy_encoder
 
 DIM = 16
 FIVE_TOKENS = "cat dog red blue tree"  # five word pieces in the MiniLM vocabulary

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_export.evalsets import EvalDataError, EvalSet, load_eval
+from lmroute.export.evalsets import EvalDataError, EvalSet, load_eval
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -81,7 +81,7 @@ def test_plain_files_and_whitespace_decontamination(tmp_path):
     _gsm8k_dir(
         tmp_path,
         "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
-        "q1,True,False\n\"q2 \n\",False,True\nq3,False,False\n",
+        'q1,True,False\n"q2 \n",False,True\nq3,False,False\n',
         contaminated=json.dumps({"eval_prompt": "  q2"}) + "\n",
     )
     ev = load_eval("gsm8k", tmp_path)
@@ -93,8 +93,7 @@ def test_plain_files_and_whitespace_decontamination(tmp_path):
 def test_bad_correctness_value_names_file_and_line(tmp_path):
     path = _gsm8k_dir(
         tmp_path,
-        "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
-        "\"multi\nline\",True,True\nq2,True,maybe\n",
+        'prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"multi\nline",True,True\nq2,True,maybe\n',
     )
     with pytest.raises(EvalDataError, match=f"^{path}:4: bad correctness 'maybe' for gpt-4-1106-preview$"):
         load_eval("gsm8k", tmp_path)

@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.evaluate on synthetic eval sets: numbers, files and the Markdown table."""
+"""Tests of lmroute.export.evaluate on synthetic eval sets: numbers, files and the Markdown table."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_export.evaluate import PAPER_RESULTS, benchmark_key, evaluate_router, write_report
-from lmroute_export.evalsets import load_eval
-from lmroute_export.metrics import oracle_scores, random_baseline, router_metrics
+from lmroute.export.evalsets import load_eval
+from lmroute.export.evaluate import PAPER_RESULTS, benchmark_key, evaluate_router, write_report
+from lmroute.export.metrics import oracle_scores, random_baseline, router_metrics
 
 
 @dataclass(frozen=True)
 class SyntheticEvalSet:
-    """Same fields as lmroute_export.evalsets.EvalSet, filled with made-up data."""
+    """Same fields as lmroute.export.evalsets.EvalSet, filled with made-up data."""
 
     name: str
     prompts: tuple[str, ...]
@@ -33,10 +33,8 @@ def _evalsets() -> dict[str, SyntheticEvalSet]:
     mm_strong = (rng.random(n_mm) < 0.8).astype(float)
     mm_weak = (rng.random(n_mm) < 0.65).astype(float)
     return {
-        "mt_bench": SyntheticEvalSet("mt_bench", tuple(f"q{i}" for i in range(n_mt)),
-                                     mt_strong, mt_weak, 8),
-        "mmlu": SyntheticEvalSet("mmlu", tuple(f"m{i}" for i in range(n_mm)),
-                                 mm_strong, mm_weak, 5),
+        "mt_bench": SyntheticEvalSet("mt_bench", tuple(f"q{i}" for i in range(n_mt)), mt_strong, mt_weak, 8),
+        "mmlu": SyntheticEvalSet("mmlu", tuple(f"m{i}" for i in range(n_mm)), mm_strong, mm_weak, 5),
     }
 
 
@@ -51,8 +49,9 @@ def _scores(es: SyntheticEvalSet) -> dict[str, np.ndarray]:
 def evaluated() -> tuple[dict[str, SyntheticEvalSet], dict]:
     sets = _evalsets()
     scores = {name: _scores(es) for name, es in sets.items()}
-    results = evaluate_router(scores, sets, models={"strong": "gpt-4-1106-preview",
-                                                    "weak": "mixtral-8x7b-instruct-v0.1"})
+    results = evaluate_router(
+        scores, sets, models={"strong": "gpt-4-1106-preview", "weak": "mixtral-8x7b-instruct-v0.1"}
+    )
     return sets, results
 
 
@@ -69,8 +68,7 @@ def test_numbers_match_metrics_functions(evaluated: tuple[dict, dict]) -> None:
             m = router_metrics(s, sq, wq)
             r = b["routers"][name]
             assert r["apgr"] == pytest.approx(m.apgr, abs=1e-12)
-            assert r["cpt"] == pytest.approx({"0.2": m.cpt[0.2], "0.5": m.cpt[0.5],
-                                              "0.8": m.cpt[0.8]}, abs=1e-12)
+            assert r["cpt"] == pytest.approx({"0.2": m.cpt[0.2], "0.5": m.cpt[0.5], "0.8": m.cpt[0.8]}, abs=1e-12)
             np.testing.assert_allclose(r["curve"]["quality"], m.curve.quality)
         rnd = random_baseline(len(es.prompts), sq, wq, seeds=10)
         assert b["random"]["apgr_mean"] == pytest.approx(rnd.apgr_mean, abs=1e-12)
@@ -100,7 +98,8 @@ def test_write_report_files_and_table(evaluated: tuple[dict, dict], tmp_path: Pa
     assert saved["command"] == command
     assert saved["benchmarks"].keys() == results["benchmarks"].keys()
     assert saved["benchmarks"]["mmlu"]["routers"]["good"]["apgr"] == pytest.approx(
-        results["benchmarks"]["mmlu"]["routers"]["good"]["apgr"])
+        results["benchmarks"]["mmlu"]["routers"]["good"]["apgr"]
+    )
 
     assert set(files.plots) == {"mt_bench", "mmlu"}
     for path in files.plots.values():
@@ -110,7 +109,7 @@ def test_write_report_files_and_table(evaluated: tuple[dict, dict], tmp_path: Pa
     md = files.markdown.read_text()
     head = md.splitlines()[:8]
     assert command in head
-    for bench, es in sets.items():
+    for bench in sets:
         section = md.split(f"(`{bench}`)")[1].split("\n## ")[0]
         rows = [line for line in section.splitlines() if line.startswith("| ")]
         labels = [row.split(" | ")[0][2:] for row in rows[1:]]  # skip the header row
@@ -159,7 +158,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmroute_bundle.testing import make_fake_encoder_dir, make_tiny_bundle
+    from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle
 
     root = tmp_path_factory.mktemp("bundle")
     enc = make_fake_encoder_dir(root / "encoder", dim=16)
@@ -167,9 +166,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_score_bundle_batched_equals_one_batch_in_input_order(tiny_bundle: Path) -> None:
-    from lmroute_bundle import load_bundle
-    from lmroute_bundle.testing import synthetic_prompts
-    from lmroute_export.evaluate import score_bundle
+    from lmroute.bundle import load_bundle
+    from lmroute.bundle.testing import synthetic_prompts
+    from lmroute.export.evaluate import score_bundle
 
     bundle = load_bundle(tiny_bundle)
     texts = synthetic_prompts(23, seed=5)
@@ -185,15 +184,27 @@ def test_score_bundle_batched_equals_one_batch_in_input_order(tiny_bundle: Path)
         score_bundle(bundle, texts, routers=["nope"])
 
 
-def test_main_writes_a_report_for_real_eval_data(tiny_bundle: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from lmroute_export.evaluate import main
+def test_main_writes_a_report_for_real_eval_data(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmroute.export.evaluate import main
 
     if not (REPO / "data" / "eval" / "mt_bench").is_dir():
         pytest.skip("data/eval is not in this checkout")
     out = tmp_path / "report"
-    argv = ["--bundle", str(tiny_bundle), "--out", str(out), "--data-dir", str(REPO / "data"),
-            "--benchmarks", "mt_bench", "gsm8k", "--limit", "40"]
+    argv = [
+        "--bundle",
+        str(tiny_bundle),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(REPO / "data"),
+        "--benchmarks",
+        "mt_bench",
+        "gsm8k",
+        "--limit",
+        "40",
+    ]
     assert main(argv, prog="lmroute-export evaluate") == 0
     md = (out / "report.md").read_text()
     assert "lmroute-export evaluate " + " ".join(argv) in md.splitlines()[:8]

@@ -1,7 +1,7 @@
-"""The compiled scoring core (lmroute_kernels.compiled) against the NumPy reference, the spec.
+"""The compiled scoring core (lmroute.kernels.compiled) against the NumPy reference, the spec.
 
 Property tests over random shapes (hypothesis): sw_ranking scores and cell weights, the BT solve and mf
-logits / pair scores agree with `lmroute_kernels.reference` to <= 1e-6 relative, including batch size 1,
+logits / pair scores agree with `lmroute.kernels.reference` to <= 1e-6 relative, including batch size 1,
 tiers that appear in no cell, ties only, one training row, no training rows, a tier that only wins
 (the ridge case), dense vs CSR counts, and 1 vs 2 threads. Plus the vectorised exp against numpy.
 """
@@ -13,15 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmroute_kernels import compiled, reference
+from lmroute.kernels import compiled, reference
 
 RTOL = 1e-6
 ATOL = 1e-12  # scores are probabilities: this only matters for scores within 1e-12 of 0
 # derandomize: the same 60 examples on every run, so CI cannot flake; a wider random search (4,000 cases
 # of the sw property, 8,000 of the bt one) found the cases pinned in tests below.
-PROPS = settings(
-    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -345,8 +343,8 @@ def test_fast_exp_is_accurate_over_the_double_range():
 
 
 def test_device_scan_code_matches_the_cpu_core_on_numpy():
-    """lmroute_kernels.gpu runs on CuPy where present; the same code on NumPy + SciPy must agree."""
-    from lmroute_kernels.gpu import DeviceSWIndex
+    """lmroute.kernels.gpu runs on CuPy where present; the same code on NumPy + SciPy must agree."""
+    from lmroute.kernels.gpu import DeviceSWIndex
 
     rng, x, cells, counts = _problem(10, 400, 24, 5, 0.2)
     q = _unit_rows(rng, 9, 24)

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute_service.bundle_scorer import MAX_PADDING, length_chunks
+from lmroute.service.bundle_scorer import MAX_PADDING, length_chunks
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,11 +1,11 @@
-"""Tests of lmroute_export.metrics on hand-computed curves."""
+"""Tests of lmroute.export.metrics on hand-computed curves."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lmroute_export.metrics import (
+from lmroute.export.metrics import (
     Curve,
     apgr,
     cpt,
@@ -109,9 +109,7 @@ def test_apgr_of_perfect_router() -> None:
 
 
 def test_oracle_scores_values() -> None:
-    np.testing.assert_array_equal(
-        oracle_scores([9.0, 8.0, 7.5], [8.5, 8.0, 9.0]), [1.0, 0.5, 0.0]
-    )
+    np.testing.assert_array_equal(oracle_scores([9.0, 8.0, 7.5], [8.5, 8.0, 9.0]), [1.0, 0.5, 0.0])
 
 
 def test_graded_oracle_orders_by_gain() -> None:

@@ -1,4 +1,4 @@
-"""Tests of lmroute_kernels.reference: the NumPy scoring reference (BT solve, sw, mf, random)."""
+"""Tests of lmroute.kernels.reference: the NumPy scoring reference (BT solve, sw, mf, random)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from lmroute_kernels.reference import (
+from lmroute.kernels.reference import (
     bt_ratings_from_cells,
     mf_logits,
     mf_pair_vector,
@@ -124,7 +124,7 @@ def test_bt_no_weight_returns_zeros() -> None:
 
 
 def test_bt_tier_that_only_wins_stays_finite_with_documented_ridge() -> None:
-    from lmroute_kernels.reference import RIDGE_REL
+    from lmroute.kernels.reference import RIDGE_REL
 
     # tier 2 beats everyone and never loses or ties: the unpenalised MLE is infinite
     cells = np.array([[0, 1, 0], [0, 1, 1], [0, 2, 1], [1, 2, 1]])
@@ -256,7 +256,7 @@ PINNED_HELLO_0 = 0.11698555748908568
 
 
 def test_train_random_params_and_scores_match_the_kernel() -> None:
-    from lmroute_export.train_random import random_router_scores, train_random
+    from lmroute.export.train_random import random_router_scores, train_random
 
     params = train_random(seed=3)
     assert params.as_manifest_params() == {"seed": 3}
@@ -268,12 +268,96 @@ def test_train_random_params_and_scores_match_the_kernel() -> None:
         train_random(seed=1.5)  # type: ignore[arg-type]
 
 
-
 def test_extreme_weight_range_does_not_raise() -> None:
     """Cell weights spanning 1e16..1e40 (sw_ranking with gamma = 1e20) made the Newton Hessian
     numerically singular (LinAlgError); the fit must still return finite ratings that beat the start."""
-    cells = np.array([[0, 8, 0], [0, 8, 1], [0, 8, 2], [1, 7, 0], [1, 7, 1], [1, 7, 2], [1, 8, 0], [1, 8, 1], [1, 8, 2], [2, 8, 0], [2, 8, 1], [2, 8, 2], [3, 7, 0], [3, 7, 1], [3, 7, 2], [3, 8, 0], [3, 8, 1], [3, 8, 2], [4, 8, 0], [4, 8, 1], [4, 8, 2], [5, 7, 0], [5, 7, 1], [5, 7, 2], [5, 8, 0], [5, 8, 1], [5, 8, 2], [6, 7, 0], [6, 7, 1], [6, 7, 2], [6, 8, 0], [6, 8, 1], [6, 8, 2], [7, 8, 0], [7, 8, 1], [7, 8, 2], [8, 9, 0], [8, 9, 1], [8, 9, 2]], dtype=np.int32)
-    weights = np.array([6.471095707779577e+18, 1.3787411461096409e+22, 1.0869051472799627e+17, 1.3143543658341184e+17, 2.0041462233142624e+20, 3.200479510616134e+18, 1.591777130036494e+19, 2.383451964335104e+22, 1.879268395319982e+17, 4.503998110386689e+19, 2.754283811538118e+22, 1.0456866524779131e+17, 2.400008469677217e+17, 3.625455720636772e+20, 4.090588076806783e+19, 2.6702159366814155e+19, 2.2052224298569106e+22, 1.112793497804789e+18, 4.13078122499752e+19, 1.375262207498547e+22, 6.2651272489801e+16, 5.080697612671277e+17, 1.9860036578997964e+20, 4.617213664644625e+18, 1.5607474942954826e+19, 1.0039876894660913e+22, 1.1296778526200855e+18, 4.540920157088536e+18, 1.9811670002084112e+20, 1.9731512358310897e+20, 1.8698424830650637e+21, 1.0291425137476688e+22, 1.5724672518869382e+20, 2.7530625707380325e+27, 4.700565062044118e+34, 1.0825732337125146e+40, 1.9981636106803366e+21, 3.9135203490928415e+21, 2.7047233092505456e+16])
+    cells = np.array(
+        [
+            [0, 8, 0],
+            [0, 8, 1],
+            [0, 8, 2],
+            [1, 7, 0],
+            [1, 7, 1],
+            [1, 7, 2],
+            [1, 8, 0],
+            [1, 8, 1],
+            [1, 8, 2],
+            [2, 8, 0],
+            [2, 8, 1],
+            [2, 8, 2],
+            [3, 7, 0],
+            [3, 7, 1],
+            [3, 7, 2],
+            [3, 8, 0],
+            [3, 8, 1],
+            [3, 8, 2],
+            [4, 8, 0],
+            [4, 8, 1],
+            [4, 8, 2],
+            [5, 7, 0],
+            [5, 7, 1],
+            [5, 7, 2],
+            [5, 8, 0],
+            [5, 8, 1],
+            [5, 8, 2],
+            [6, 7, 0],
+            [6, 7, 1],
+            [6, 7, 2],
+            [6, 8, 0],
+            [6, 8, 1],
+            [6, 8, 2],
+            [7, 8, 0],
+            [7, 8, 1],
+            [7, 8, 2],
+            [8, 9, 0],
+            [8, 9, 1],
+            [8, 9, 2],
+        ],
+        dtype=np.int32,
+    )
+    weights = np.array(
+        [
+            6.471095707779577e18,
+            1.3787411461096409e22,
+            1.0869051472799627e17,
+            1.3143543658341184e17,
+            2.0041462233142624e20,
+            3.200479510616134e18,
+            1.591777130036494e19,
+            2.383451964335104e22,
+            1.879268395319982e17,
+            4.503998110386689e19,
+            2.754283811538118e22,
+            1.0456866524779131e17,
+            2.400008469677217e17,
+            3.625455720636772e20,
+            4.090588076806783e19,
+            2.6702159366814155e19,
+            2.2052224298569106e22,
+            1.112793497804789e18,
+            4.13078122499752e19,
+            1.375262207498547e22,
+            6.2651272489801e16,
+            5.080697612671277e17,
+            1.9860036578997964e20,
+            4.617213664644625e18,
+            1.5607474942954826e19,
+            1.0039876894660913e22,
+            1.1296778526200855e18,
+            4.540920157088536e18,
+            1.9811670002084112e20,
+            1.9731512358310897e20,
+            1.8698424830650637e21,
+            1.0291425137476688e22,
+            1.5724672518869382e20,
+            2.7530625707380325e27,
+            4.700565062044118e34,
+            1.0825732337125146e40,
+            1.9981636106803366e21,
+            3.9135203490928415e21,
+            2.7047233092505456e16,
+        ]
+    )
     r = bt_ratings_from_cells(cells, weights, 10)
     assert np.all(np.isfinite(r))
     y = np.select([cells[:, 2] == 0, cells[:, 2] == 1], [1.0, 0.0], default=0.5)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute_service.errors import (
+from lmroute.service.batch_queue import BatchQueue, Item
+from lmroute.service.errors import (
     Code,
     DeadlineExpired,
     Draining,
@@ -23,9 +24,8 @@ from lmroute_service.errors import (
     ScorerFailed,
     status_of,
 )
-from lmroute_service.fake_scorer import FakeScorer
-from lmroute_service.batch_queue import BatchQueue, Item
-from lmroute_service.scheduler import BatchPolicy, ItemResult, Scheduler
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.scheduler import BatchPolicy, ItemResult, Scheduler
 
 
 def run(fn: Callable[[], Awaitable[None]]) -> None:
@@ -44,8 +44,14 @@ async def until(cond: Callable[[], bool]) -> None:
 
 
 def make(scorer: FakeScorer, **kw: int) -> Scheduler:
-    base = dict(max_batch_size=32, max_wait_us=0, max_batch_tokens=100_000, max_queue=256,
-                queue_timeout_ms=5000, max_prompt_chars=1000)
+    base = dict(
+        max_batch_size=32,
+        max_wait_us=0,
+        max_batch_tokens=100_000,
+        max_queue=256,
+        queue_timeout_ms=5000,
+        max_prompt_chars=1000,
+    )
     base.update(kw)
     sched = Scheduler(scorer, BatchPolicy(**base))
     sched.start()
@@ -304,10 +310,8 @@ def test_property_every_request_gets_its_own_scores_within_limits(
 ) -> None:
     async def body() -> None:
         scorer = FakeScorer()
-        sched = make(scorer, max_batch_size=max_batch, max_batch_tokens=budget, max_wait_us=500,
-                     max_queue=1000)
-        reqs = [[f"r{j} " + "w " * ((i * 7 + j) % 9) + f"p{i}" for i in range(n)]
-                for j, n in enumerate(sizes)]
+        sched = make(scorer, max_batch_size=max_batch, max_batch_tokens=budget, max_wait_us=500, max_queue=1000)
+        reqs = [[f"r{j} " + "w " * ((i * 7 + j) % 9) + f"p{i}" for i in range(n)] for j, n in enumerate(sizes)]
         outs = await asyncio.gather(*(sched.score(r, ["mf"]) for r in reqs))
         for req, out in zip(reqs, outs, strict=True):
             assert len(out) == len(req)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmroute_service.config import ServiceConfig, build_arg_parser, config_from_cli
-from lmroute_service.errors import ConfigError
+from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_cli
+from lmroute.service.errors import ConfigError
 
 
 def test_defaults_and_frozen() -> None:
@@ -22,8 +22,12 @@ def test_defaults_and_frozen() -> None:
 
 
 def test_flag_beats_env_beats_default() -> None:
-    env = {"LMROUTE_BUNDLE": "/env/bundle", "LMROUTE_MAX_BATCH_SIZE": "8", "LMROUTE_PORT": "7000",
-           "LMROUTE_WARMUP": "false"}
+    env = {
+        "LMROUTE_BUNDLE": "/env/bundle",
+        "LMROUTE_MAX_BATCH_SIZE": "8",
+        "LMROUTE_PORT": "7000",
+        "LMROUTE_WARMUP": "false",
+    }
     cfg = config_from_cli(["--max-batch-size", "32", "--grace-s", "2.5"], env)
     assert cfg.bundle_path == Path("/env/bundle")
     assert cfg.max_batch_size == 32 and cfg.port == 7000 and cfg.grace_s == 2.5

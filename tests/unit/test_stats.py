@@ -1,4 +1,4 @@
-"""Server timings (lmroute_service.stats): fixed-bucket histogram math, snapshot diffs, the JSON stats
+"""Server timings (lmroute.service.stats): fixed-bucket histogram math, snapshot diffs, the JSON stats
 file, and the scheduler filling the histograms (against FakeScorer, with a real delay)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute_service.fake_scorer import FakeScorer
-from lmroute_service.scheduler import BatchPolicy, Scheduler
-from lmroute_service.stats import (
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.scheduler import BatchPolicy, Scheduler
+from lmroute.service.stats import (
     Histogram,
     ServerTimings,
     StatsFile,

@@ -1,13 +1,13 @@
-"""Tests of lmroute_export.train_mf: the mf trainer learns, is deterministic, and collapses to u."""
+"""Tests of lmroute.export.train_mf: the mf trainer learns, is deterministic, and collapses to u."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lmroute_export.data import Comparisons
-from lmroute_export.train_mf import pairwise_accuracy, train_mf
-from lmroute_kernels.reference import mf_logits, mf_pair_vector
+from lmroute.export.data import Comparisons
+from lmroute.export.train_mf import pairwise_accuracy, train_mf
+from lmroute.kernels.reference import mf_logits, mf_pair_vector
 
 MODELS = ("strong", "weak", "zother")
 

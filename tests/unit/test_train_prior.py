@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmroute_export.train_prior import blend_params, fit_difficulty_prior, robust_center_scale
-from lmroute_kernels.reference import LOGIT_EPS, blend_scores, score_logit
+from lmroute.export.train_prior import blend_params, fit_difficulty_prior, robust_center_scale
+from lmroute.kernels.reference import LOGIT_EPS, blend_scores, score_logit
 
 
 def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:

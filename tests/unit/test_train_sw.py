@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.train_sw: the sw_ranking cell tables equal a direct row-level BT fit."""
+"""Tests of lmroute.export.train_sw: the sw_ranking cell tables equal a direct row-level BT fit."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from lmroute_export.data import Comparisons
-from lmroute_export.train_sw import train_sw_ranking
-from lmroute_kernels.reference import sw_scores
+from lmroute.export.data import Comparisons
+from lmroute.export.train_sw import train_sw_ranking
+from lmroute.kernels.reference import sw_scores
 
 MODELS = ("m0", "m1", "m2", "m3", "m4", "m5")
 TIERS = {"m0": 0, "m1": 0, "m2": 1, "m3": 1, "m4": 2, "m5": 2}
@@ -41,8 +41,7 @@ def random_data(seed, n_rows=150, n_prompts=12, d=8):
     return comps, emb.astype(np.float32), queries.astype(np.float32)
 
 
-def direct_row_fit_score(comps, emb, query, gamma=10.0, strong_tier=2, weak_tier=0, n_tiers=3,
-                         keep_same_tier=False):
+def direct_row_fit_score(comps, emb, query, gamma=10.0, strong_tier=2, weak_tier=0, n_tiers=3, keep_same_tier=False):
     """Independent reference: weighted BT with ties over every individual row (no aggregation),
     each row weighted by its prompt's similarity weight, solved with scipy to convergence."""
     tier = np.array([TIERS[m] for m in comps.models])
@@ -71,8 +70,16 @@ def direct_row_fit_score(comps, emb, query, gamma=10.0, strong_tier=2, weak_tier
 def test_aggregated_cells_equal_direct_row_level_fit(seed: int) -> None:
     comps, emb, queries = random_data(seed)
     art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m1")
-    got = sw_scores(queries, art.prompt_embeddings, art.cell_counts, art.cells, 3,
-                    art.params["strong_tier"], art.params["weak_tier"], gamma=10.0)
+    got = sw_scores(
+        queries,
+        art.prompt_embeddings,
+        art.cell_counts,
+        art.cells,
+        3,
+        art.params["strong_tier"],
+        art.params["weak_tier"],
+        gamma=10.0,
+    )
     for i, q in enumerate(queries):
         ref, _ = direct_row_fit_score(comps, emb, q)
         assert abs(got[i] - ref) <= 1e-6
@@ -104,8 +111,7 @@ def test_artifact_structure() -> None:
     assert art.cell_counts.dtype == np.float32 and art.prompt_embeddings.dtype == np.float32
     assert art.cell_counts.shape == (len(art.prompts), len(art.cells))
     assert np.all(art.cell_counts.sum(axis=1) > 0)
-    assert art.params == {"gamma": 10.0, "n_tiers": 3, "strong_tier": 2, "weak_tier": 0,
-                          "scale": 400, "base": 10}
+    assert art.params == {"gamma": 10.0, "n_tiers": 3, "strong_tier": 2, "weak_tier": 0, "scale": 400, "base": 10}
     for text, row in zip(art.prompts, art.prompt_embeddings):
         np.testing.assert_array_equal(row, emb[comps.prompts.index(text)])
 
@@ -125,8 +131,9 @@ def test_ties_only_data_scores_one_half() -> None:
     emb = np.eye(3, 4, dtype=np.float32)
     art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0")
     q = np.eye(4, dtype=np.float32)[:3]
-    np.testing.assert_allclose(sw_scores(q, art.prompt_embeddings, art.cell_counts, art.cells, 3, 2, 0),
-                               0.5, atol=1e-12)
+    np.testing.assert_allclose(
+        sw_scores(q, art.prompt_embeddings, art.cell_counts, art.cells, 3, 2, 0), 0.5, atol=1e-12
+    )
 
 
 def test_one_training_row() -> None:
@@ -146,23 +153,43 @@ def test_label_weights_scale_counts_and_errors() -> None:
     art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", label_weights={"judge": 0.5})
     assert dict(zip(map(tuple, art.cells.tolist()), art.cell_counts[0])) == {(0, 2, 0): 0.5, (0, 2, 1): 1.0}
     with pytest.raises(ValueError, match=r"models without a tier: \['m5'\]"):
-        train_sw_ranking(make_comparisons([0], [5], [0], [0], 1), emb, {k: v for k, v in TIERS.items() if k != "m5"},
-                         n_tiers=3, strong="m4", weak="m0")
+        train_sw_ranking(
+            make_comparisons([0], [5], [0], [0], 1),
+            emb,
+            {k: v for k, v in TIERS.items() if k != "m5"},
+            n_tiers=3,
+            strong="m4",
+            weak="m0",
+        )
     with pytest.raises(ValueError, match="share tier"):
         train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m5")
     with pytest.raises(ValueError, match="prompt_emb must have shape"):
         train_sw_ranking(comps, np.ones((2, 2), dtype=np.float32), TIERS, n_tiers=3, strong="m4", weak="m0")
-    dropped = train_sw_ranking(make_comparisons([0, 0], [5, 0], [0, 4], [0, 1], 1), emb,
-                               {k: v for k, v in TIERS.items() if k != "m5"}, n_tiers=3, strong="m4",
-                               weak="m0", drop_unknown_models=True)
+    dropped = train_sw_ranking(
+        make_comparisons([0, 0], [5, 0], [0, 4], [0, 1], 1),
+        emb,
+        {k: v for k, v in TIERS.items() if k != "m5"},
+        n_tiers=3,
+        strong="m4",
+        weak="m0",
+        drop_unknown_models=True,
+    )
     assert dropped.cells.tolist() == [[0, 2, 1]]
 
 
 def test_row_weights_multiply_counts_and_are_checked() -> None:
     comps = make_comparisons([0, 0, 0], [0, 0, 2], [4, 4, 4], [1, 0, 0], 1, kinds=[0, 1, 0])
     emb = np.array([[1.0, 0.0]], dtype=np.float32)
-    art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", label_weights={"judge": 0.5},
-                           row_weights=np.array([2.0, 4.0, 0.0]))
+    art = train_sw_ranking(
+        comps,
+        emb,
+        TIERS,
+        n_tiers=3,
+        strong="m4",
+        weak="m0",
+        label_weights={"judge": 0.5},
+        row_weights=np.array([2.0, 4.0, 0.0]),
+    )
     assert dict(zip(map(tuple, art.cells.tolist()), art.cell_counts[0])) == {(0, 2, 0): 2.0, (0, 2, 1): 2.0}
     with pytest.raises(ValueError, match=r"row_weights must have shape \(3,\)"):
         train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m0", row_weights=np.ones(2))

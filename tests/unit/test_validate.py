@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.validate on tiny synthetic data: quality tables, folds, metrics, recipes."""
+"""Tests of lmroute.export.validate on tiny synthetic data: quality tables, folds, metrics, recipes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute_export.data import Comparisons
-from lmroute_export.metrics import router_metrics
-from lmroute_export.validate import (
+from lmroute.export.data import Comparisons
+from lmroute.export.metrics import router_metrics
+from lmroute.export.validate import (
     PairTable,
     Recipe,
     evaluate_table,
@@ -116,7 +116,9 @@ def test_evaluate_table_perfect_router_and_length_baseline() -> None:
 
 def test_kfold_partitions_prompts_and_fold0_is_the_pipeline_split() -> None:
     prompts = [f"prompt {i}" for i in range(53)]
-    rows = [(i, S, W, i % 3, "alpaca_eval") for i in range(53)] + [(i, S, "m-low", 0, "alpaca_eval") for i in range(0, 53, 2)]
+    rows = [(i, S, W, i % 3, "alpaca_eval") for i in range(53)] + [
+        (i, S, "m-low", 0, "alpaca_eval") for i in range(0, 53, 2)
+    ]
     comps = comps_from_rows(rows, prompts)
     folds = kfold_by_prompt(comps, 10, seed=0)
     val_sets = [set(v.prompts) for _, v in folds]
@@ -175,7 +177,9 @@ def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
         assert r.apgr > r.random_apgr_mean + 2 * r.random_apgr_std, (r.router, r.source, r.apgr)
     text = format_results(results, title="synthetic")
     assert text.startswith("### synthetic") and text.count("\n| mf |") == 2
-    z_column = [float(line.split("|")[6]) for line in text.splitlines() if line.startswith(("| mf |", "| sw_ranking |"))]
+    z_column = [
+        float(line.split("|")[6]) for line in text.splitlines() if line.startswith(("| mf |", "| sw_ranking |"))
+    ]
     assert len(z_column) == 4 and min(z_column) > 2  # every router beat random by > 2 std on every source
 
 
@@ -185,7 +189,7 @@ def test_recipe_describe_and_pair_weights() -> None:
 
 
 def test_training_weights_pair_factors_and_tier_window() -> None:
-    from lmroute_export.validate import training_weights
+    from lmroute.export.validate import training_weights
 
     rows = [
         (0, S, W, 0, "routerbench_arc"),  # the pair
@@ -222,8 +226,8 @@ def test_decontaminate_drops_val_prompts_with_a_training_twin() -> None:
 def test_prior_weight_blends_scores_like_the_bundle() -> None:
     """With prior_weight > 0 every scorer is the plain one blended with the prior, standardised on the
     training embeddings; a prior that carries the true direction rescues a router trained on noise."""
-    from lmroute_export.train_prior import blend_params, fit_difficulty_prior
-    from lmroute_kernels.reference import blend_scores
+    from lmroute.export.train_prior import blend_params, fit_difficulty_prior
+    from lmroute.kernels.reference import blend_scores
 
     comps, emb_of, emb, v = synthetic_world(seed=2)
     train_emb = emb_of(comps.prompts)
@@ -231,12 +235,23 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
     prior = fit_difficulty_prior(train_emb, 0.5 - 0.4 * (train_emb @ v), ridge=1e-3)
     base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
     plain = fit_scorers(base, comps, train_emb, strong=S, weak=W, routers=("mf",))["mf"]
-    blended = fit_scorers(replace(base, prior_weight=2.0), comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior)["mf"]
+    blended = fit_scorers(
+        replace(base, prior_weight=2.0), comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior
+    )["mf"]
     texts = list(comps.prompts)
     std = prior.with_standardisation(train_emb)
     bp = blend_params(plain(train_emb, texts), 2.0)
-    expected = blend_scores(plain(emb, texts), emb, std.weights, std.bias, std.center, std.scale,
-                            weight=2.0, center=bp.center, scale=bp.scale)
+    expected = blend_scores(
+        plain(emb, texts),
+        emb,
+        std.weights,
+        std.bias,
+        std.center,
+        std.scale,
+        weight=2.0,
+        center=bp.center,
+        scale=bp.scale,
+    )
     np.testing.assert_allclose(blended(emb, texts), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="prior_weight needs a difficulty prior"):
         fit_scorers(replace(base, prior_weight=1.0), comps, train_emb, strong=S, weak=W, routers=("mf",))
@@ -245,10 +260,10 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
 def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
     """validate_bundle scores a real (tiny) bundle on fold 0 with the bundle's own blend taken off; at
     weight 0 the blend is a monotone map of the router's score, so APGR equals the plain router's."""
-    from lmroute_bundle import load_bundle
-    from lmroute_bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
-    from lmroute_export.train_prior import fit_difficulty_prior
-    from lmroute_export.validate import evaluate_table, kfold_by_prompt, validate_bundle
+    from lmroute.bundle import load_bundle
+    from lmroute.bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+    from lmroute.export.train_prior import fit_difficulty_prior
+    from lmroute.export.validate import evaluate_table, kfold_by_prompt, validate_bundle
 
     enc = make_fake_encoder_dir(tmp_path / "enc", dim=16)
     path = make_tiny_bundle(tmp_path / "bundle", encoder_dir=enc, bert_onnx=make_fake_classifier(tmp_path / "b.onnx"))
@@ -271,13 +286,24 @@ def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
     )
 
     def emb_of(texts):
-        return bundle.encoder.embed(bundle.encoder.tokenize(list(texts))) if len(texts) else np.zeros((0, 16), np.float32)
+        return (
+            bundle.encoder.embed(bundle.encoder.tokenize(list(texts))) if len(texts) else np.zeros((0, 16), np.float32)
+        )
 
     labels_emb = emb_of(synthetic_prompts(50, seed=3))
     prior = fit_difficulty_prior(labels_emb, rng.random(50), ridge=1.0)
     results = validate_bundle(
-        path, comps, emb_of, judge_scores=None, prior=prior, prior_emb=labels_emb[:0],
-        prior_weights=[0.0, 1.0], routers=["mf", "bert"], strong=strong, weak=weak, standardise_on=50,
+        path,
+        comps,
+        emb_of,
+        judge_scores=None,
+        prior=prior,
+        prior_emb=labels_emb[:0],
+        prior_weights=[0.0, 1.0],
+        routers=["mf", "bert"],
+        strong=strong,
+        weak=weak,
+        standardise_on=50,
     )
     assert sorted(r.router for r in results) == ["bert@0", "bert@1", "mf@0", "mf@1"]
     val = kfold_by_prompt(comps, 10)[0][1]
@@ -291,7 +317,7 @@ def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
 def test_prior_weight_sweep_equals_one_run_per_weight() -> None:
     """A sweep trains each router once per fold and blends at every weight: each "<router>@<w>" row
     equals a separate run with recipe.prior_weight = w (w = 0: the router alone)."""
-    from lmroute_export.train_prior import fit_difficulty_prior
+    from lmroute.export.train_prior import fit_difficulty_prior
 
     comps, emb_of, _, v = synthetic_world(seed=4, n_prompts=160)
     all_emb = emb_of(comps.prompts)
@@ -305,6 +331,11 @@ def test_prior_weight_sweep_equals_one_run_per_weight() -> None:
         for r in single:
             twin = next(s for s in swept if s.router == f"{r.router}@{weight:g}" and s.source == r.source)
             assert twin.apgr == pytest.approx(r.apgr, abs=1e-12) and twin.cpt50 == pytest.approx(r.cpt50, abs=1e-12)
-    assert any(a.apgr != b.apgr for a in swept for b in swept if a.router == "mf@0" and b.router == "mf@2" and a.source == b.source)
+    assert any(
+        a.apgr != b.apgr
+        for a in swept
+        for b in swept
+        if a.router == "mf@0" and b.router == "mf@2" and a.source == b.source
+    )
     with pytest.raises(ValueError, match="sweep needs a prior"):
         validate_recipe(replace(base, prior_weight=1.0), comps, emb_of, prior_weights=[0.0], **common)

@@ -1,4 +1,4 @@
-"""Tests of lmroute_export.validate_prior on synthetic labels: the gap target, the variants' fits and
+"""Tests of lmroute.export.validate_prior on synthetic labels: the gap target, the variants' fits and
 their evaluation on a quality table."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmroute_export.data import DifficultyLabels
-from lmroute_export.validate_prior import big_small_gap, evaluate_variants, fit_prior_variants, log_length, z_table
-from lmroute_export.validation_tables import PairTable
+from lmroute.export.data import DifficultyLabels
+from lmroute.export.validate_prior import big_small_gap, evaluate_variants, fit_prior_variants, log_length, z_table
+from lmroute.export.validation_tables import PairTable
 
 BIG, SMALL_A, SMALL_B = "llama3-chatqa-1.5-70b", "mistral-7b-instruct-v0.3", "qwen2.5-7b-instruct"
 
@@ -81,7 +81,7 @@ def test_evaluate_variants_drops_near_copies_and_ranks_by_z() -> None:
     def emb_of(texts):
         return np.stack([by_text[t] for t in texts])
 
-    from lmroute_export.validate_prior import PriorVariant
+    from lmroute.export.validate_prior import PriorVariant
 
     good = PriorVariant("good", lambda e, t: np.asarray(e[:, 0], np.float64))
     bad = PriorVariant("bad", lambda e, t: -np.asarray(e[:, 0], np.float64))
