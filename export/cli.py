@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lmroute.bundle import kinds
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 
 PROG = "lmroute-export"
@@ -26,6 +27,31 @@ PROG = "lmroute-export"
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"LMROUTE_EXPORT_{name}", default)
+
+
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=_plugins_from_env(),
+        metavar="MODULE",
+        help="import MODULE first: it registers more router kinds (repeatable; env LMROUTE_PLUGINS, comma-separated)",
+    )
+
+
+def _plugins_from_env() -> list[str]:
+    return [m.strip() for m in os.environ.get("LMROUTE_PLUGINS", "").split(",") if m.strip()]
+
+
+def _load_plugins(args_list: Sequence[str]) -> None:
+    """Import the --plugin modules before the parser lists the router kinds."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_plugin(pre)
+    known, _ = pre.parse_known_args(list(args_list))
+    try:
+        kinds.load_plugins(known.plugin)
+    except ImportError as exc:
+        raise SystemExit(f"{PROG}: --plugin: {exc}") from exc
 
 
 def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
@@ -44,7 +70,8 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         default=None,
         help="a local Hugging Face BERT-class model dir (default: packaged all-MiniLM-L6-v2)",
     )
-    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=ALL_ROUTERS)
+    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=kinds.names())
+    _add_plugin(p)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -79,6 +106,7 @@ def _weights(text: str) -> tuple[tuple[str, float], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _load_plugins(args_list)
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

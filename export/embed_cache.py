@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lmroute.bundle.encoder import OnnxEncoder
-from lmroute.bundle.loader import sha256_file
+from lmroute.bundle.files import sha256_file
 
 __all__ = ["EmbedCacheError", "embed_texts", "encoder_id_for", "text_key"]
 

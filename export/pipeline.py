@@ -26,12 +26,14 @@ from lmroute.bundle import (
     EncoderSpec,
     RouterArtifacts,
     TrainingData,
+    kinds,
     load_bundle,
     read_manifest,
     update_calibration,
     write_bundle,
 )
 from lmroute.bundle.encoder import OnnxEncoder
+from lmroute.bundle.kinds import TrainContext
 from lmroute.bundle.writer import PriorArtifacts, update_blends
 from lmroute.export import names
 from lmroute.export.calibrate import calibration_for_manifest
@@ -53,6 +55,7 @@ from lmroute.export.train_prior import blend_params, fit_difficulty_prior
 log = logging.getLogger("lmroute.export.pipeline")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The routers of the default bundle (any registered kind can be built: `lmroute.bundle.kinds`).
 ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert")
 # Training prompts within cosine 0.95 of an eval prompt (`lmroute-export contamination --out ...`).
 DECONTAMINATION_FILE = "train_decontamination.json"
@@ -122,9 +125,9 @@ class BuildConfig:
     quick_difficulty_questions: int = 300
 
     def __post_init__(self) -> None:
-        unknown = set(self.routers) - set(ALL_ROUTERS)
+        unknown = set(self.routers) - set(kinds.names())
         if unknown or not self.routers:
-            raise ValueError(f"routers: {sorted(unknown) or 'none'} not in {ALL_ROUTERS}")
+            raise ValueError(f"routers: {sorted(unknown) or 'none'} not in the registered kinds {kinds.names()}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
         if self.n_tiers < 2:
@@ -133,8 +136,9 @@ class BuildConfig:
         if bad_kinds:
             raise ValueError(f"label_weights: unknown label kinds {sorted(bad_kinds)}; know {LABEL_KINDS}")
         for name, weight in self.prior_weights:
-            if name not in ALL_ROUTERS or name == "random":
-                raise ValueError(f"prior_weights: {name!r} is not a trained router ({', '.join(ALL_ROUTERS[1:])})")
+            if name not in kinds.names() or name == "random":
+                trained = ", ".join(k for k in kinds.names() if k != "random")
+                raise ValueError(f"prior_weights: {name!r} is not a trained router ({trained})")
             if not (np.isfinite(weight) and weight >= 0):
                 raise ValueError(f"prior_weights: {name}={weight} must be finite and >= 0")
 
@@ -290,7 +294,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     artifacts: dict[str, RouterArtifacts] = {}
     for router in cfg.routers:
         with _step(report, f"train_{router}"):
-            artifacts[router] = _train_router(router, cfg, train, prompt_emb, tiers, report, label_weights)
+            artifacts[router] = _train_router(router, cfg, train, prompt_emb, tiers, report)
 
     with _step(report, "write_bundle"):
         manifest = write_bundle(
@@ -405,11 +409,6 @@ def _quick_subset(comps: Comparisons, per_source: int, seed: int) -> Comparisons
     return comps.select(keep)
 
 
-def _is_pair(comps: Comparisons, cfg: BuildConfig) -> np.ndarray:
-    """Mask of the comparisons between the default pair's two models (either side)."""
-    return comps.pair_mask(cfg.strong, cfg.weak)
-
-
 def _train_router(
     router: str,
     cfg: BuildConfig,
@@ -417,102 +416,23 @@ def _train_router(
     prompt_emb: np.ndarray,
     tiers: dict[str, int],
     report: BuildReport,
-    label_weights: dict[str, float],
 ) -> RouterArtifacts:
-    """Train one router and return what the bundle writer needs for it."""
-    # The bundle lists the models rated on the training split (those with a tier), in sorted order.
-    models = sorted(tiers)
-    if router == "random":
-        from lmroute.export.train_random import train_random
-
-        params = train_random(seed=cfg.seed)
-        return RouterArtifacts(kind="random", params=params.as_manifest_params())
-
-    if router == "mf":
-        from lmroute.export.train_mf import train_mf
-        from lmroute.kernels.reference import mf_pair_vector
-
-        mf = train_mf(
-            train,
-            prompt_emb,
-            dim=cfg.mf_dim,
-            epochs=2 if cfg.quick else cfg.mf_epochs,
-            batch_size=cfg.mf_batch_size,
-            lr=cfg.mf_lr,
-            noise_sigma=cfg.mf_noise_sigma,
-            seed=cfg.seed,
-            label_weights=label_weights,
-            row_weights=np.where(_is_pair(train, cfg), cfg.mf_pair_weight, 1.0),
-        )
-        rows = np.array([list(mf.models).index(m) for m in models])
-        model_emb = mf.model_emb[rows]
-        u = mf_pair_vector(mf.text_proj, model_emb, mf.classifier, models.index(cfg.strong), models.index(cfg.weak))
-        report.routers["mf"] = {"train_seconds": round(mf.train_seconds, 1), "final_loss": mf.history[-1]}
-        return RouterArtifacts(
-            kind="mf",
-            params={"d_model": cfg.mf_dim},
-            arrays={
-                "text_proj": mf.text_proj,
-                "model_emb": model_emb,
-                "classifier": mf.classifier,
-                "pair_vector": u.astype(np.float32),
-            },
-        )
-
-    if router == "sw_ranking":
-        from lmroute.export.train_sw import train_sw_ranking
-
-        n_tiers = max(tiers.values()) + 1
-        sw = train_sw_ranking(
-            train,
-            prompt_emb,
-            tiers,
-            n_tiers=n_tiers,
-            strong=cfg.strong,
-            weak=cfg.weak,
-            gamma=cfg.gamma,
-            label_weights=label_weights,
-            row_weights=_is_pair(train, cfg).astype(np.float64) if cfg.sw_pair_only else None,
-            drop_unknown_models=True,
-        )
-        report.routers["sw_ranking"] = {
-            "n_prompts": len(sw.prompts),
-            "n_cells": int(sw.cells.shape[0]),
-            "n_same_tier_dropped": sw.n_same_tier_dropped,
-        }
-        return RouterArtifacts(
-            kind="sw_ranking",
-            params=sw.params,
-            arrays={"prompt_embeddings": sw.prompt_embeddings, "cell_counts": sw.cell_counts, "cells": sw.cells},
-        )
-
-    if router == "bert":
-        from lmroute.export.train_bert import bert_router_params, build_bert_examples, export_bert_onnx, train_bert
-
-        texts, labels, weights = build_bert_examples(
-            train.select(_is_pair(train, cfg)) if cfg.bert_pair_only else train, tiers
-        )
-        trained = train_bert(
-            texts,
-            labels,
-            sample_weights=np.sqrt(weights),  # raw counts (1..161) would let a few prompts swamp the rest
-            model_dir=cfg.encoder_model_dir,
-            max_tokens=cfg.bert_max_tokens,
-            seed=cfg.seed,
-            time_budget_s=60.0 if cfg.quick else cfg.bert_time_budget_s,
-        )
-        onnx_path = cfg.cache_dir / "bert" / f"model-{cfg.seed}.onnx"
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        max_diff = export_bert_onnx(trained.model, trained.tokenizer_dir, onnx_path, max_tokens=cfg.max_tokens)
-        stats = asdict(trained.stats)
-        stats.pop("val_history", None)
-        report.routers["bert"] = {**stats, "onnx_max_abs_diff_vs_torch": max_diff}
-        return RouterArtifacts(
-            kind="bert",
-            params=bert_router_params(cfg.max_tokens),
-            files={"model": onnx_path},
-        )
-    raise ValueError(f"unknown router {router!r}")
+    """Train one router by its kind (`lmroute.bundle.kinds`); the bundle lists the models rated on the
+    training split (those with a tier), sorted."""
+    ctx = TrainContext(
+        recipe=cfg,
+        comparisons=train,
+        embeddings=prompt_emb,
+        tiers=tiers,
+        models=tuple(sorted(tiers)),
+        strong=cfg.strong,
+        weak=cfg.weak,
+        work_dir=cfg.cache_dir / router,
+    )
+    artifacts = kinds.get(router).train(ctx)
+    if ctx.notes:
+        report.routers[router] = ctx.notes
+    return artifacts
 
 
 def calibrate_bundle(

@@ -32,6 +32,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lmroute.bundle.files import ONNX_INPUTS
+
 __all__ = [
     "LABELS",
     "STRONG_WINS",
@@ -616,8 +618,6 @@ def predict_proba(
 # Export
 # --------------------------------------------------------------------------------------------------
 
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 def export_bert_onnx(
     model: object,
@@ -659,15 +659,15 @@ def export_bert_onnx(
     dummy = _pad([encoded[0], encoded[3]], pad_id)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {name: {0: "batch", 1: "seq"} for name in _ONNX_INPUTS}
+    axes = {name: {0: "batch", 1: "seq"} for name in ONNX_INPUTS}
     axes["logits"] = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(
             wrapper,
-            tuple(dummy[k] for k in _ONNX_INPUTS),
+            tuple(dummy[k] for k in ONNX_INPUTS),
             str(out_path),
-            input_names=list(_ONNX_INPUTS),
+            input_names=list(ONNX_INPUTS),
             output_names=["logits"],
             dynamic_axes=axes,
             opset_version=opset,
@@ -679,15 +679,15 @@ def export_bert_onnx(
     sess = ort.InferenceSession(str(out_path), opts, providers=["CPUExecutionProvider"])
     got_inputs = [i.name for i in sess.get_inputs()]
     got_outputs = [o.name for o in sess.get_outputs()]
-    if sorted(got_inputs) != sorted(_ONNX_INPUTS) or got_outputs != ["logits"]:
+    if sorted(got_inputs) != sorted(ONNX_INPUTS) or got_outputs != ["logits"]:
         raise RuntimeError(f"{out_path}: exported graph has inputs {got_inputs}, outputs {got_outputs}")
 
     worst = 0.0
     feeds = [_pad(encoded, pad_id)] + [_pad([e], pad_id) for e in encoded]
     with torch.inference_mode():
         for feed in feeds:
-            ref = wrapper(*(feed[k] for k in _ONNX_INPUTS)).numpy()
-            onx = sess.run(["logits"], {k: feed[k].numpy() for k in _ONNX_INPUTS})[0]
+            ref = wrapper(*(feed[k] for k in ONNX_INPUTS)).numpy()
+            onx = sess.run(["logits"], {k: feed[k].numpy() for k in ONNX_INPUTS})[0]
             if onx.shape != ref.shape:
                 raise RuntimeError(f"{out_path}: logits shape {onx.shape}, PyTorch gives {ref.shape}")
             worst = max(worst, float(np.abs(onx.astype(np.float64) - ref).max()))

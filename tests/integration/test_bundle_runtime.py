@@ -55,7 +55,7 @@ def _npy(bundle: Bundle, router: str, role: str) -> np.ndarray:
 
 # ---- independent expectations -------------------------------------------------------------------
 def _expected_random(bundle: Bundle, texts: list[str]) -> np.ndarray:
-    seed = bundle.manifest.routers["random"].params["seed"]
+    seed = bundle.manifest.routers["random"].params.seed
     out = []
     for t in texts:
         digest = hashlib.sha256(f"{seed}\x00{t}".encode()).digest()
@@ -118,12 +118,12 @@ def _expected_sw(bundle: Bundle, emb: np.ndarray) -> np.ndarray:
     out = []
     for q in emb.astype(np.float64):
         sim = x @ q
-        w = params["gamma"] ** (1.0 + sim / sim.max())
-        r = _bt_exact(cells, w @ counts, params["n_tiers"])
+        w = params.gamma ** (1.0 + sim / sim.max())
+        r = _bt_exact(cells, w @ counts, params.n_tiers)
         # Elo units: r * scale / ln(base); score = 1 / (1 + base ** ((elo_weak - elo_strong) / scale))
-        elo = r * params["scale"] / math.log(params["base"])
-        diff = (elo[params["weak_tier"]] - elo[params["strong_tier"]]) / params["scale"]
-        out.append(1.0 / (1.0 + params["base"] ** diff))
+        elo = r * params.scale / math.log(params.base)
+        diff = (elo[params.weak_tier] - elo[params.strong_tier]) / params.scale
+        out.append(1.0 / (1.0 + params.base**diff))
     return np.array(out)
 
 

@@ -149,9 +149,9 @@ def test_parsed_values_and_order() -> None:
     assert manifest.routers["sw"].blend is None
     assert manifest.difficulty_prior is not None and manifest.difficulty_prior.scale == 0.1
     assert list(manifest.routers) == ["rnd", "mf", "sw", "bert"]
-    assert manifest.routers["sw"].params["scale"] == 400.0
-    assert isinstance(manifest.routers["sw"].params["scale"], float)
-    assert manifest.routers["bert"].params["labels"] == ("strong_wins", "tie", "weak_wins")
+    assert manifest.routers["sw"].params.scale == 400.0
+    assert isinstance(manifest.routers["sw"].params.scale, float)
+    assert manifest.routers["bert"].params.labels == ("strong_wins", "tie", "weak_wins")
     assert manifest.encoder.dim == 384
     assert manifest.calibration is not None
     assert manifest.calibration.thresholds["mf"] == (1.0, 0.75, 0.5, 0.25, 0.0)
