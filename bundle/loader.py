@@ -6,8 +6,8 @@ message forms are those of docs/BUNDLE.md). The loader checks, in order:
   2. every file in `files`: present, size, sha256 (the sha256 pass can be skipped for fast reloads);
   3. the encoder: tokenizer loads, ONNX inputs/outputs, one probe embedding of shape (1, dim), L2-normalised;
   4. the difficulty prior's weights, then every router through its kind (`lmroute.bundle.kinds`): dtype,
-     shape, NaN/inf and value ranges of its arrays, and what else the kind checks (the FAISS index
-     against its rows, the mf pair vector against its factors, the bert ONNX signature).
+     shape, NaN/inf and value ranges of its arrays, and what else the kind checks (the mf pair vector
+     against its factors, the sw_ranking cells against its tiers, the bert ONNX signature).
 """
 
 from __future__ import annotations

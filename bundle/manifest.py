@@ -1,7 +1,9 @@
-"""The manifest.json schema (version 2, see docs/BUNDLE.md): frozen dataclasses and a strict parser.
+"""The manifest.json schema (version 3, see docs/BUNDLE.md): frozen dataclasses and a strict parser.
 
-Version 2 adds the optional difficulty prior (`difficulty_prior`, and a `blend` per router); version 1
-manifests (without them) are still read.
+Version 2 added the optional difficulty prior (`difficulty_prior`, and a `blend` per router); version 3
+drops sw_ranking's FAISS index file. Versions 1 and 2 are still read (a version-2 sw_ranking `index` is
+checksummed and ignored). Each router's `kind`, `files` and `params` are read by its kind
+(`lmroute.bundle.kinds`).
 
 `Manifest.from_json` rejects anything the schema does not describe: a missing key, an unknown key,
 a wrong type, an unknown router kind, and every inconsistency that can be seen from the manifest alone
@@ -39,8 +41,8 @@ __all__ = [
     "TrainingData",
 ]
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
 PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
 
@@ -232,6 +234,9 @@ class RouterSpec:
             raise fail(f"{node.key('uses_encoder')}: must be {str(kind.uses_encoder).lower()} for kind {name}")
         files_node = node.node("files")
         files = {role.name: files_node.str_(role.name) for role in kind.roles}
+        for role, last_version in kind.retired_roles.items():
+            if schema_version <= last_version and files_node.has(role):
+                files[role] = files_node.str_(role)
         files_node.close()
         params = kind.read_params(node.raw("params"), node.key("params"))
         blend = None

@@ -6,9 +6,9 @@
     make_tiny_bundle       a complete, validated, calibrated bundle (random, mf, sw_ranking, optional bert)
                            around any encoder dir (fake or a real export)
 
-The arrays are random but valid (unit prompt rows, an IndexFlatIP over them, cells covering every tier
-pair and outcome, the mf pair vector collapsed from its factors). Building ONNX graphs needs the `onnx`
-package (a train/dev dependency), imported only by the two make_fake_* functions.
+The arrays are random but valid (unit prompt rows, cells covering every tier pair and outcome, the mf
+pair vector collapsed from its factors). Building ONNX graphs needs the `onnx` package (a train/dev
+dependency), imported only by the two make_fake_* functions.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The bundle writer: `write_bundle` (atomic, checksummed) and `update_calibration`.
 
 `write_bundle` lays the bundle out in a temporary sibling directory, saves every array as a .npy (no
-pickles), copies the encoder and any ONNX/FAISS files, checksums every file, writes manifest.json last,
+pickles), copies the encoder and any ONNX files, checksums every file, writes manifest.json last,
 optionally loads the result with the validating loader, and only then renames the directory into place.
 A crash leaves either no bundle or the old one, never a half-written one.
 """
@@ -17,10 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from lmroute.bundle import kinds
 from lmroute.bundle.files import sha256_file
@@ -69,7 +67,7 @@ class PriorArtifacts:
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries whose numerics a bundle depends on (absent ones skipped)."""
     out: dict[str, str] = {}
-    dists = (("numpy", "numpy"), ("onnxruntime", "onnxruntime"), ("faiss", "faiss-cpu"), ("torch", "torch"))
+    dists = (("numpy", "numpy"), ("onnxruntime", "onnxruntime"), ("torch", "torch"))
     for key, dist in dists:
         try:
             out[key] = metadata.version(dist)
@@ -97,22 +95,19 @@ def _write_router(tmp: Path, name: str, art: RouterArtifacts) -> dict[str, str]:
         raise ValueError(f"router {name!r} ({art.kind}): unexpected artifacts {sorted(unknown)}")
     directory = tmp / "routers" / name
     rel_dir = f"routers/{name}"
-    arrays: dict[str, npt.NDArray[Any]] = {}
     out: dict[str, str] = {}
     for role in array_roles.values():
         if role.name not in art.arrays:
             raise ValueError(f"router {name!r} ({art.kind}): missing array {role.name!r}")
         directory.mkdir(parents=True, exist_ok=True)
-        arrays[role.name] = np.ascontiguousarray(np.asarray(art.arrays[role.name]).astype(role.dtype, copy=False))
-        np.save(directory / f"{role.name}.npy", arrays[role.name], allow_pickle=False)
+        array = np.ascontiguousarray(np.asarray(art.arrays[role.name]).astype(role.dtype, copy=False))
+        np.save(directory / f"{role.name}.npy", array, allow_pickle=False)
         out[role.name] = f"{rel_dir}/{role.name}.npy"
     for file_role in file_roles.values():
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / file_role.filename
-        if file_role.name in art.files:
-            shutil.copyfile(art.files[file_role.name], target)
-        elif not kind.derive_file(file_role, arrays, target):
+        if file_role.name not in art.files:
             raise ValueError(f"router {name!r} ({art.kind}): missing file {file_role.name!r}")
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(art.files[file_role.name], directory / file_role.filename)
         out[file_role.name] = f"{rel_dir}/{file_role.filename}"
     return {role.name: out[role.name] for role in kind.roles}
 

@@ -58,7 +58,7 @@ class ArrayRole:
 @dataclass(frozen=True)
 class FileRole:
     """A file the kind stores as `routers/<router>/<filename>`, copied by the writer from the path the
-    trainer gives (or made by `RouterKind.derive_file` when the trainer gives none)."""
+    trainer gives."""
 
     name: str
     filename: str
@@ -71,7 +71,7 @@ class RouterArtifacts:
     kind:   the registered kind's name
     params: the kind's params (its Params dataclass, or a mapping of the same fields)
     arrays: role -> array of each ArrayRole
-    files:  role -> existing file of each FileRole (a role the kind can derive may be left out)
+    files:  role -> existing file of each FileRole
     blend:  how the score is blended with the bundle's difficulty prior (None: not blended)
     """
 
@@ -135,6 +135,9 @@ class RouterKind(ABC):
     uses_encoder: ClassVar[bool]
     Params: ClassVar[type[Any]]
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = ()
+    # file roles that bundles up to a schema version carried and this build no longer uses:
+    # role -> last schema version that had it (accepted there, checksummed, never read)
+    retired_roles: ClassVar[Mapping[str, int]] = {}
 
     # ---- params ---------------------------------------------------------------------------------
     def read_params(self, data: Any, where: str) -> Any:
@@ -188,12 +191,6 @@ class RouterKind(ABC):
 
     def check_manifest(self, router: str, spec: RouterSpec, manifest: Manifest) -> None:  # noqa: B027
         """Checks against the rest of the manifest (tiers, models, encoder); raise `fail(...)`."""
-
-    # ---- files ----------------------------------------------------------------------------------
-    def derive_file(self, role: FileRole, arrays: Mapping[str, npt.NDArray[Any]], path: Path) -> bool:
-        """Write the file of `role` to `path` from the router's arrays when the trainer gave none;
-        return False when this kind cannot (the writer then reports it missing)."""
-        return False
 
     # ---- runtime and training ---------------------------------------------------------------------
     @abstractmethod

@@ -1,17 +1,19 @@
 """The `sw_ranking` router kind: similarity-weighted Bradley-Terry over model tiers (RouteLLM's SW router).
 
 Files: prompt_embeddings [n, dim] float32 (unit rows), cells [n_cells, 3] int32 (tier_a < tier_b,
-outcome 0/1/2), cell_counts [n, n_cells] float32 (each training prompt's weighted comparisons per cell)
-and index, a FAISS IndexFlatIP over the prompt rows (checked against them at load). Per request the
-compiled core weighs every training prompt by gamma ** (1 + sim / max sim), sums the cell counts and
-solves the Bradley-Terry MLE over tiers exactly (float64). Training: `lmroute.export.train_sw`.
+outcome 0/1/2) and cell_counts [n, n_cells] float32 (each training prompt's weighted comparisons per
+cell). Per request the compiled core weighs every training prompt by gamma ** (1 + sim / max sim), sums
+the cell counts and solves the Bradley-Terry MLE over tiers exactly (float64). Training:
+`lmroute.export.train_sw`.
+
+Bundles of schema version 2 also carry `index`, a FAISS IndexFlatIP over the prompt rows; it is
+accepted (checksummed) and never read: the exact scan needs every row in float64, which a FAISS
+search does not give (benchmarks/RESULTS_sw_kernel.md), so schema 3 no longer ships it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,12 +21,10 @@ import numpy.typing as npt
 
 from lmroute.bundle.errors import BundleError
 from lmroute.bundle.jsonread import fail
-from lmroute.bundle.kinds.base import ArrayRole, FileRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
+from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
 from lmroute.bundle.routers import compiled_core, need_embeddings
 
 if TYPE_CHECKING:
-    import faiss
-
     from lmroute.bundle.manifest import Manifest, RouterSpec
     from lmroute.bundle.routers import PromptBatch
 
@@ -49,10 +49,8 @@ class SWRankingParams:
 class SWRankingRouter:
     """Similarity-weighted Bradley-Terry over tiers, scored exactly over every training prompt.
 
-    The FAISS IndexFlatIP is loaded and validated (ntotal, d, same rows) and kept as `index`, but the
-    exact scan runs in the compiled core (`compiled.SWIndex`, float64 accumulation): every training
-    prompt carries weight >= gamma, so a top-k search would be a different model, and FAISS's float32
-    scan is not exact to 1e-6 (benchmarks/RESULTS_sw_kernel.md measures both). `params.scale` does not
+    The scan runs in the compiled core (`compiled.SWIndex`, float64 accumulation): every training prompt
+    carries weight >= gamma, so a top-k search would be a different model. `params.scale` does not
     change the score (the MLE probability is invariant to the rating scale) and is kept for reporting
     ratings in Elo units.
     """
@@ -67,14 +65,12 @@ class SWRankingRouter:
         prompt_embeddings: npt.NDArray[np.float32],
         cell_counts: npt.NDArray[np.float32],
         cells: npt.NDArray[np.int32],
-        index: faiss.Index | None,
         params: SWRankingParams,
     ) -> None:
         self.name = name
         self.prompt_embeddings = prompt_embeddings
         self.cell_counts = cell_counts
         self.cells = cells
-        self.index = index
         self.params = params
         self.table = compiled_core().SWIndex(prompt_embeddings, cell_counts, cells, params.n_tiers)
         self.device_table: Any = None
@@ -104,10 +100,10 @@ class SWRankingKind(RouterKind):
     Params = SWRankingParams
     roles = (
         ArrayRole("prompt_embeddings", np.float32),
-        FileRole("index", "prompts.faiss"),
         ArrayRole("cell_counts", np.float32),
         ArrayRole("cells", np.int32),
     )
+    retired_roles = {"index": 2}  # the FAISS index of schema <= 2 bundles: accepted, never read
 
     def check_params(self, params: SWRankingParams, where: str) -> None:
         self.positive(params, where, "gamma", "scale", "n_tiers")
@@ -131,17 +127,6 @@ class SWRankingKind(RouterKind):
             value = getattr(params, f"{role}_tier")
             if value != manifest.tiers[model]:
                 raise fail(f"{where}.{role}_tier: {value} does not match tiers.{model} = {manifest.tiers[model]}")
-
-    def derive_file(self, role: FileRole, arrays: Mapping[str, npt.NDArray[Any]], path: Path) -> bool:
-        if role.name != "index":
-            return False
-        import faiss
-
-        rows = np.ascontiguousarray(np.asarray(arrays["prompt_embeddings"], dtype=np.float32))
-        index = faiss.IndexFlatIP(rows.shape[1])
-        index.add(rows)
-        faiss.write_index(index, str(path))
-        return True
 
     def load(self, ctx: LoadContext, router: str, spec: RouterSpec) -> SWRankingRouter:
         files, params = spec.files, spec.params
@@ -171,10 +156,7 @@ class SWRankingKind(RouterKind):
         counts = ctx.npy(counts_rel, np.float32, counts_axes)
         if (counts < 0).any():
             raise BundleError(counts_rel, "contains negative counts")
-        index = _load_faiss(ctx.root / files["index"], files["index"], prompts, dim)
-        sw = SWRankingRouter(
-            router, prompt_embeddings=prompts, cell_counts=counts, cells=cells, index=index, params=params
-        )
+        sw = SWRankingRouter(router, prompt_embeddings=prompts, cell_counts=counts, cells=cells, params=params)
         if "CUDAExecutionProvider" in ctx.providers:
             from lmroute.kernels.gpu import cuda_available
 
@@ -203,29 +185,6 @@ class SWRankingKind(RouterKind):
         )
         arrays = {"prompt_embeddings": sw.prompt_embeddings, "cell_counts": sw.cell_counts, "cells": sw.cells}
         return RouterArtifacts(kind=self.name, params=sw.params, arrays=arrays)
-
-
-def _load_faiss(path: Path, rel: str, prompts: npt.NDArray[np.float32], dim: int) -> Any:
-    import faiss
-
-    try:
-        index = faiss.read_index(str(path))
-    except Exception as exc:  # faiss raises RuntimeError with a C++ trace
-        raise BundleError(rel, "not a readable FAISS index") from exc
-    if index.d != dim:
-        raise BundleError(rel, f"index dimension {index.d} does not match encoder.dim {dim}")
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise BundleError(rel, "index metric is not inner product (expected IndexFlatIP)")
-    if index.ntotal != prompts.shape[0]:
-        raise BundleError(rel, f"index holds {index.ntotal} vectors, prompt_embeddings has {prompts.shape[0]}")
-    try:
-        rows = index.reconstruct_n(0, index.ntotal)
-    except Exception as exc:
-        raise BundleError(rel, "index cannot return its rows (expected IndexFlatIP)") from exc
-    diff = float(np.max(np.abs(rows - prompts)))
-    if diff > 1e-6:
-        raise BundleError(rel, f"index rows differ from prompt_embeddings (max |diff| {diff:.3g})")
-    return index
 
 
 KIND = SWRankingKind()

@@ -239,16 +239,6 @@ def test_threshold_for_share_unknown_router(bundle: Bundle) -> None:
         bundle.threshold_for_share("nope", 0.5)
 
 
-def test_faiss_index_matches_exact_scan(bundle: Bundle) -> None:
-    """The loaded index holds the same rows: its top-1 equals the NumPy argmax of the similarity."""
-    router = bundle.routers["sw_ranking"]
-    emb = bundle.prompt_batch(TEXTS).embeddings
-    assert emb is not None
-    _, idx = router.index.search(emb, 1)  # type: ignore[attr-defined]
-    exact = np.argmax(emb @ router.prompt_embeddings.T, axis=1)  # type: ignore[attr-defined]
-    assert idx[:, 0].tolist() == exact.tolist()
-
-
 @pytest.mark.slow
 def test_tiny_bundle_around_real_encoder(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """With the real exported all-MiniLM-L6-v2 (tests/integration/conftest.py), a tiny bundle loads and

@@ -24,14 +24,13 @@ def _manifest_dict() -> dict[str, Any]:
         "routers/mf/classifier.npy",
         "routers/mf/pair_vector.npy",
         "routers/sw/prompt_embeddings.npy",
-        "routers/sw/prompts.faiss",
         "routers/sw/cell_counts.npy",
         "routers/sw/cells.npy",
         "routers/bert/model.onnx",
         "difficulty_prior/weights.npy",
     ]
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "bundle_version": "20261128-1a2b3c4d",
         "created_at": "2026-11-28T03:00:00Z",
         "encoder": {
@@ -67,7 +66,6 @@ def _manifest_dict() -> dict[str, Any]:
                 "uses_encoder": True,
                 "files": {
                     "prompt_embeddings": "routers/sw/prompt_embeddings.npy",
-                    "index": "routers/sw/prompts.faiss",
                     "cell_counts": "routers/sw/cell_counts.npy",
                     "cells": "routers/sw/cells.npy",
                 },
@@ -113,9 +111,18 @@ def _manifest_dict() -> dict[str, Any]:
     }
 
 
+def _v2_dict() -> dict[str, Any]:
+    """The same manifest as schema version 2 wrote it: sw_ranking also ships a FAISS index file."""
+    data = _manifest_dict()
+    data["schema_version"] = 2
+    data["routers"]["sw"]["files"]["index"] = "routers/sw/prompts.faiss"
+    data["files"]["routers/sw/prompts.faiss"] = {"sha256": "c" * 64, "bytes": 7}
+    return data
+
+
 def _v1_dict() -> dict[str, Any]:
     """The same manifest as schema version 1 wrote it: no difficulty prior, no blend."""
-    data = _manifest_dict()
+    data = _v2_dict()
     data["schema_version"] = 1
     del data["difficulty_prior"], data["routers"]["mf"]["blend"]
     data["files"].pop("difficulty_prior/weights.npy")
@@ -144,7 +151,7 @@ def test_round_trip_is_identity() -> None:
 
 def test_parsed_values_and_order() -> None:
     manifest = _parse(_manifest_dict())
-    assert manifest.schema_version == SCHEMA_VERSION == 2
+    assert manifest.schema_version == SCHEMA_VERSION == 3
     assert manifest.routers["mf"].blend is not None and manifest.routers["mf"].blend.prior_weight == 4.0
     assert manifest.routers["sw"].blend is None
     assert manifest.difficulty_prior is not None and manifest.difficulty_prior.scale == 0.1
@@ -164,6 +171,19 @@ def test_null_calibration_round_trips() -> None:
     manifest = _parse(data)
     assert manifest.calibration is None
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_version_2_manifest_keeps_the_retired_faiss_index_role() -> None:
+    """A schema-2 sw_ranking router still names its FAISS index: read (the file stays checksummed) and
+    written back unchanged; schema 3 has no such role."""
+    manifest = _parse(_v2_dict())
+    assert manifest.schema_version == 2
+    assert manifest.routers["sw"].files["index"] == "routers/sw/prompts.faiss"
+    assert json.loads(manifest.to_json()) == _v2_dict()
+    data = _manifest_dict()
+    data["routers"]["sw"]["files"]["index"] = "routers/sw/prompts.faiss"
+    data["files"]["routers/sw/prompts.faiss"] = {"sha256": "c" * 64, "bytes": 7}
+    assert _message(data) == "manifest.json: routers.sw.files.index: unknown key"
 
 
 def test_version_1_manifest_still_reads_and_round_trips() -> None:
@@ -201,7 +221,7 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "schema_version",
         lambda d: d.update(schema_version=7),
-        "manifest.json: unknown schema_version 7 (this build reads 1, 2)",
+        "manifest.json: unknown schema_version 7 (this build reads 1, 2, 3)",
     ),
     (
         "prior_missing_key",

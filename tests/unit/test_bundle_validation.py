@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
@@ -308,31 +307,36 @@ def test_prompt_rows_not_normalised(bundle_dir: Path) -> None:
     assert _refused(bundle_dir) == f"{rel}: rows are not L2-normalised (max |norm - 1| 1)"
 
 
-def test_faiss_index_size(bundle_dir: Path) -> None:
+def _as_schema_2_with_faiss_index(root: Path) -> str:
+    """Turn the bundle into what schema 2 wrote: sw_ranking also ships prompts.faiss (any bytes; the
+    file is checksummed, never read)."""
     rel = f"{SW}/prompts.faiss"
-    rows = np.load(bundle_dir / f"{SW}/prompt_embeddings.npy")
-    index = faiss.IndexFlatIP(DIM)
-    index.add(rows[:-1])
-    faiss.write_index(index, str(bundle_dir / rel))
-    _resign(bundle_dir, rel)
-    assert _refused(bundle_dir) == f"{rel}: index holds {N_PROMPTS - 1} vectors, prompt_embeddings has {N_PROMPTS}"
+    (root / rel).write_bytes(b"an IndexFlatIP over the prompt rows")
+
+    def edit(data: dict[str, Any]) -> None:
+        data["schema_version"] = 2
+        data["routers"]["sw_ranking"]["files"]["index"] = rel
+
+    _edit_manifest(root, edit)
+    _resign(root, rel)
+    return rel
 
 
-def test_faiss_index_metric(bundle_dir: Path) -> None:
-    rel = f"{SW}/prompts.faiss"
-    rows = np.load(bundle_dir / f"{SW}/prompt_embeddings.npy")
-    index = faiss.IndexFlatL2(DIM)
-    index.add(rows)
-    faiss.write_index(index, str(bundle_dir / rel))
-    _resign(bundle_dir, rel)
-    assert _refused(bundle_dir) == f"{rel}: index metric is not inner product (expected IndexFlatIP)"
+def test_schema_2_bundle_with_faiss_index_loads_and_scores_the_same(bundle_dir: Path, pristine: Path) -> None:
+    _as_schema_2_with_faiss_index(bundle_dir)
+    old, new = load_bundle(bundle_dir), load_bundle(pristine)
+    assert old.manifest.schema_version == 2 and new.manifest.schema_version == 3
+    texts = ["explain recursion", "write a haiku about taxes"]
+    for name in new.routers:
+        np.testing.assert_array_equal(
+            old.routers[name].score(old.prompt_batch(texts)), new.routers[name].score(new.prompt_batch(texts))
+        )
 
 
-def test_faiss_index_garbage(bundle_dir: Path) -> None:
-    rel = f"{SW}/prompts.faiss"
-    (bundle_dir / rel).write_bytes(b"not a faiss index")
-    _resign(bundle_dir, rel)
-    assert _refused(bundle_dir) == f"{rel}: not a readable FAISS index"
+def test_schema_2_faiss_index_is_still_checksummed(bundle_dir: Path) -> None:
+    rel = _as_schema_2_with_faiss_index(bundle_dir)
+    (bundle_dir / rel).write_bytes(b"an IndexFlatIP over the prompt rowz")
+    assert _refused(bundle_dir).startswith(f"{rel}: sha256 mismatch (manifest ")
 
 
 def test_pair_vector_inconsistent_with_factors(bundle_dir: Path) -> None:
@@ -346,7 +350,7 @@ def test_pair_vector_inconsistent_with_factors(bundle_dir: Path) -> None:
 # ---- manifest (through the loader) ----------------------------------------------------------------
 def test_unknown_schema_version(bundle_dir: Path) -> None:
     _edit_manifest(bundle_dir, lambda d: d.update(schema_version=7))
-    assert _refused(bundle_dir) == "manifest.json: unknown schema_version 7 (this build reads 1, 2)"
+    assert _refused(bundle_dir) == "manifest.json: unknown schema_version 7 (this build reads 1, 2, 3)"
 
 
 def test_unknown_router_kind(bundle_dir: Path) -> None:
