@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from service_probe import _ChildServer, drive, prompts_for_bench
 
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -71,7 +71,7 @@ def summarise(raw: str) -> tuple[Counter[str], Counter[str], int]:
 
 
 def profile_router(bundle: Path, router: str, prompts: list[str], concurrency: int, out_dir: Path) -> str:
-    cfg = ServiceConfig(bundle_path=bundle, port=0, intra_op_threads=1, queue_timeout_ms=60_000)
+    cfg = ServiceConfig(bundle_path=bundle, port=0, intra_op_threads=1, batch=BatchPolicy(queue_timeout_ms=60_000))
     with _ChildServer(cfg) as server:
         assert server.proc is not None
         asyncio.run(drive(server.target, prompts[:64], router, concurrency))  # warm-up

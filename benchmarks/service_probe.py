@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
@@ -105,15 +105,15 @@ class _ChildServer:
             "--intra-op-threads",
             str(c.intra_op_threads),
             "--max-batch-size",
-            str(c.max_batch_size),
+            str(c.batch.max_batch_size),
             "--max-wait-us",
-            str(c.max_wait_us),
+            str(c.batch.max_wait_us),
             "--encoder-chunk-size",
             str(c.encoder_chunk_size),
             "--max-queue",
-            str(c.max_queue),
+            str(c.batch.max_queue),
             "--queue-timeout-ms",
-            str(c.queue_timeout_ms),
+            str(c.batch.queue_timeout_ms),
             "--log-level",
             "warning",
         ]
@@ -155,11 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle_path=args.bundle,
         port=0,
         intra_op_threads=args.intra_op_threads,
-        max_batch_size=args.max_batch_size,
-        max_wait_us=args.max_wait_us,
-        max_queue=4096,
+        batch=BatchPolicy(
+            max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us, max_queue=4096, queue_timeout_ms=60_000
+        ),
         encoder_chunk_size=args.encoder_chunk_size,
-        queue_timeout_ms=60_000,
         log_level="warning",
     )
     # the machine is shared: time the raw encoder before and after the service and use the mean

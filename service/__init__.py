@@ -3,15 +3,15 @@
 Three one-way layers (transport -> scheduler -> scorers):
 
     main.py          `lmroute-serve` entry point: config, signals, exit codes
-    config.py        ServiceConfig (frozen; every field a --flag and an LMROUTE_* variable)
-    server.py        RouterServer lifecycle: bind, health, reflection, load + warm, drain
+    config.py        ServiceConfig with its BatchPolicy nested (frozen; every leaf a --flag and an LMROUTE_* variable)
+    server.py        RouterServer lifecycle: bind, health, reflection, plug-ins + load + warm, drain
     interceptors.py  request id, access log, ServiceError -> gRPC status (+ ErrorInfo/RetryInfo)
-    servicer.py      RouterService RPCs: wire messages <-> scheduler
+    servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     prompts.py       wire Prompt (text / conversation) -> text to score
     errors.py        the exception tree and THE error -> status-code table (no gRPC import)
-    scheduler.py     admission + micro-batching worker + scoring thread
-    batch_queue.py   the queue's state: Item, Admission counter, FIFO BatchQueue
-    scorer_api.py    the Scorer protocol between scheduler and scorers
+    scheduler.py     admission + tokenising at admission + micro-batching worker + scoring thread
+    batch_queue.py   the queue's state: Item (with its tokens), Admission + Permit, FIFO BatchQueue
+    scorer_api.py    the Scorer protocol between scheduler and scorers (generic in its tokens)
     bundle_scorer.py the product Scorer over a router bundle (lmroute.bundle)
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
     client.py        RouterClient, a small typed client

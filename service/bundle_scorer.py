@@ -6,10 +6,11 @@ chunks (`length_chunks`: at most `encoder_chunk_size` prompts and at most 25 % p
 the batch size), so short prompts are not padded to the longest one (on CPU one padded run of
 mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
 
-Prompts are tokenised once: `count_tokens` (the scheduler's admission step, on another thread) keeps
-each prompt's tokens in a small bounded memo that `score` takes them from (`TokenBatch.stack` pads them
-to one batch, equal to tokenising the batch at once); a prompt not found there (the scheduler's idle
-fast path skips the count; or the memo dropped it) is tokenised in `score`. Two counters say which.
+Prompts are tokenised once: `tokenize` (the scheduler's admission step, on another thread) gives each
+prompt's tokens as a one-row `TokenBatch`; the scheduler keeps them on the queued item and hands them
+back to `score` with the batch (`TokenBatch.stack` pads them to one batch, equal to tokenising the batch
+at once). A prompt that comes without tokens (the scheduler's idle fast path) is tokenised in `score`.
+Two counters say which. Router names are trusted: the transport resolved them against `router_names`.
 
 `providers_for_device` turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime
 has no CUDA provider.
@@ -17,9 +18,7 @@ has no CUDA provider.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.routers import PromptBatch
 from lmroute.service.errors import ConfigError
-from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch, Tokenized
 
 __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROMPTS", "MAX_PADDING"]
 
@@ -82,20 +81,18 @@ def providers_for_device(device: str) -> tuple[str, ...]:
 
 
 class BundleScorer:
-    """Scorer over one Bundle; call from one thread at a time (the scheduler's scoring thread)."""
+    """Scorer over one Bundle: `tokenize` from one thread (admission), `score` from one other thread.
 
-    def __init__(self, bundle: Bundle, *, encoder_chunk_size: int = 8, token_memo_size: int = 1024) -> None:
+    Its tokens of one prompt (`Tokenized.tokens`) are a one-row TokenBatch."""
+
+    def __init__(self, bundle: Bundle, *, encoder_chunk_size: int = 8) -> None:
         if encoder_chunk_size < 1:
             raise ValueError(f"encoder_chunk_size must be >= 1, got {encoder_chunk_size}")
         self.bundle = bundle
         self.encoder_chunk_size = encoder_chunk_size
         self._names = tuple(bundle.routers)
-        # text -> its one-row TokenBatch, from count_tokens; bounded (oldest out), shared by two threads
-        self._memo: OrderedDict[str, TokenBatch] = OrderedDict()
-        self._memo_size = token_memo_size
-        self._memo_lock = threading.Lock()
-        self.tokenized_at_admission = 0  # prompts tokenised by count_tokens
-        self.tokenized_in_score = 0  # prompts score() tokenised because the memo did not hold them
+        self.tokenized_at_admission = 0  # prompts tokenised by tokenize()
+        self.tokenized_in_score = 0  # prompts score() tokenised because they came without tokens
 
     @classmethod
     def load(
@@ -119,27 +116,18 @@ class BundleScorer:
     def router_names(self) -> tuple[str, ...]:
         return self._names
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[TokenBatch]]:
         tokens = self.bundle.encoder.tokenize(texts)
         self.tokenized_at_admission += len(texts)
-        if self._memo_size > 0:
-            rows = [(t, tokens.select([i])) for i, t in enumerate(texts)]
-            with self._memo_lock:
-                for text, row in rows:
-                    self._memo[text] = row
-                    self._memo.move_to_end(text)
-                while len(self._memo) > self._memo_size:
-                    self._memo.popitem(last=False)
-        return [int(n) for n in tokens.n_tokens]
+        return [Tokenized(int(tokens.n_tokens[i]), tokens.select([i])) for i in range(len(texts))]
 
-    def _tokens(self, texts: Sequence[str]) -> TokenBatch:
-        """The batch's tokens: memo rows where count_tokens left them, the rest tokenised now."""
-        with self._memo_lock:
-            rows: list[TokenBatch | None] = [self._memo.pop(t, None) for t in texts]
-        missing = [i for i, r in enumerate(rows) if r is None]
+    def _tokens(self, texts: Sequence[str], given: Sequence[Tokenized[TokenBatch] | None]) -> TokenBatch:
+        """The batch's tokens: the rows `tokenize` gave, the texts that came without them tokenised now."""
+        missing = [i for i, t in enumerate(given) if t is None]
         if len(missing) == len(texts):
             self.tokenized_in_score += len(texts)
             return self.bundle.encoder.tokenize(texts)
+        rows = [None if t is None else t.tokens for t in given]
         if missing:
             self.tokenized_in_score += len(missing)
             fresh = self.bundle.encoder.tokenize([texts[i] for i in missing])
@@ -147,20 +135,22 @@ class BundleScorer:
                 rows[i] = fresh.select([j])
         return TokenBatch.stack([r for r in rows if r is not None], self.bundle.encoder.pad_id)
 
-    def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
+    def score(
+        self,
+        texts: Sequence[str],
+        routers: Sequence[tuple[str, ...]],
+        tokens: Sequence[Tokenized[TokenBatch] | None],
+    ) -> ScoredBatch:
         n = len(texts)
-        if len(routers) != n:
-            raise ValueError(f"score: {n} texts but {len(routers)} router lists")
-        tokens = self._tokens(texts)
+        if len(routers) != n or len(tokens) != n:
+            raise ValueError(f"score: {n} texts but {len(routers)} router lists and {len(tokens)} token rows")
+        batch_tokens = self._tokens(texts, tokens)
         wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
-        for name in wanted:
-            if name not in self.bundle.routers:
-                raise KeyError(f"unknown router {name!r}")
         needs_emb = any(self.bundle.routers[r].uses_encoder for r in wanted)
         t0 = time.perf_counter()
-        emb = self._embed(tokens) if needs_emb else None
+        emb = self._embed(batch_tokens) if needs_emb else None
         encoder_s = time.perf_counter() - t0
-        full = PromptBatch(list(texts), tokens, emb)
+        full = PromptBatch(list(texts), batch_tokens, emb)
         scores: dict[str, np.ndarray] = {}
         for name in wanted:
             idx = [i for i, rs in enumerate(routers) if name in rs]
@@ -169,15 +159,15 @@ class BundleScorer:
             else:
                 batch = PromptBatch(
                     [texts[i] for i in idx],
-                    tokens.select(idx),
+                    batch_tokens.select(idx),
                     None if emb is None else emb[idx],
                 )
             col = np.full(n, np.nan)
             col[idx] = np.asarray(self.bundle.routers[name].score(batch), dtype=np.float64)
             scores[name] = col
         return ScoredBatch(
-            n_tokens=np.asarray(tokens.n_tokens, dtype=np.int64),
-            truncated=np.asarray(tokens.truncated, dtype=bool),
+            n_tokens=np.asarray(batch_tokens.n_tokens, dtype=np.int64),
+            truncated=np.asarray(batch_tokens.truncated, dtype=bool),
             scores=scores,
             encoder_s=encoder_s,
         )
@@ -192,7 +182,7 @@ class BundleScorer:
 
     def warmup(self) -> None:
         """Score the warm-up prompts with every router (first ONNX runs allocate)."""
-        self.score(list(WARMUP_PROMPTS), [self._names] * len(WARMUP_PROMPTS))
+        self.score(list(WARMUP_PROMPTS), [self._names] * len(WARMUP_PROMPTS), [None] * len(WARMUP_PROMPTS))
 
     def threshold_for_share(self, router: str, share: float) -> float:
         return self.bundle.threshold_for_share(router, share)

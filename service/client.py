@@ -81,7 +81,8 @@ class RouterClient:
     ) -> router_pb2.ScoreResponse:
         """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
         req = router_pb2.ScoreRequest(prompts=[to_prompt(p) for p in prompts], routers=list(routers))
-        return self.stub.Score(req, **self._kw(timeout_s))
+        resp: router_pb2.ScoreResponse = self.stub.Score(req, **self._kw(timeout_s))
+        return resp
 
     def route(
         self,
@@ -98,17 +99,25 @@ class RouterClient:
             req.threshold = threshold
         if strong_share is not None:
             req.strong_share = strong_share
-        return self.stub.Route(req, **self._kw(timeout_s))
+        resp: router_pb2.RouteResponse = self.stub.Route(req, **self._kw(timeout_s))
+        return resp
 
     def list_routers(self, *, timeout_s: float | None = None) -> router_pb2.ListRoutersResponse:
         """What is loaded: routers, models, encoder, calibration, bundle version."""
-        return self.stub.ListRouters(router_pb2.ListRoutersRequest(), **self._kw(timeout_s))
+        resp: router_pb2.ListRoutersResponse = self.stub.ListRouters(
+            router_pb2.ListRoutersRequest(), **self._kw(timeout_s)
+        )
+        return resp
 
     def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
         """One router's description (NOT_FOUND when unknown)."""
-        return self.stub.GetRouter(router_pb2.GetRouterRequest(name=name), **self._kw(timeout_s))
+        resp: router_pb2.GetRouterResponse = self.stub.GetRouter(
+            router_pb2.GetRouterRequest(name=name), **self._kw(timeout_s)
+        )
+        return resp
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return name

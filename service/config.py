@@ -1,9 +1,12 @@
-"""Service configuration: one frozen, keyword-only dataclass, built from CLI flags and LMROUTE_* env vars.
+"""Service configuration: frozen, keyword-only dataclasses, built from CLI flags and LMROUTE_* env vars.
 
-Every field of `ServiceConfig` is a CLI flag (`--max-batch-size`) and an environment variable
-(`LMROUTE_MAX_BATCH_SIZE`); a flag beats the variable, the variable beats the default. Values are
-validated at construction and a bad value raises `ConfigError` with an exact message naming the field,
-e.g. ``max_batch_size: must be >= 1 (got 0)``.
+`ServiceConfig` holds the settings of the serving process; the admission, queue and batch limits are a
+`BatchPolicy` nested in it as `ServiceConfig.batch` (the scheduler takes that part alone). Every leaf
+setting is a CLI flag (`--max-batch-size`) and an environment variable (`LMROUTE_MAX_BATCH_SIZE`); the
+nesting shows in neither. A flag beats the variable, the variable beats the default. `SETTINGS` lists
+the leaves with their flag, variable, type and default. Values are validated at construction and a bad
+value raises `ConfigError` with an exact message naming the setting, e.g.
+``max_batch_size: must be >= 1 (got 0)``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +22,26 @@ from typing import Any
 
 from lmroute.service.errors import ConfigError
 
-__all__ = ["ServiceConfig", "ENV_PREFIX", "config_from_cli", "build_arg_parser"]
+__all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", "build_arg_parser", "config_from_cli"]
 
 ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"help": text}
+def _doc(text: str, *, flag: str | None = None, env: str | None = None, metavar: str | None = None) -> dict[str, str]:
+    """Field metadata: the help text, and the flag, variable or metavar where they are not derived from the name."""
+    meta = {"help": text}
+    for key, value in (("flag", flag), ("env", env), ("metavar", metavar)):
+        if value is not None:
+            meta[key] = value
+    return meta
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceConfig:
-    """All settings of the serving process (units in the names)."""
+class BatchPolicy:
+    """Admission, queue and batch limits: what the scheduler reads (units in the names)."""
 
-    bundle_path: Path = field(metadata=_doc("router bundle directory (manifest.json inside)"))
-    host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
-    port: int = field(default=50051, metadata=_doc("TCP port; 0 picks a free one"))
     max_batch_size: int = field(
         default=16,
         metadata=_doc("most prompts in one batch (CPU: larger batches add latency, not throughput)"),
@@ -61,8 +67,25 @@ class ServiceConfig:
     queue_timeout_ms: int = field(
         default=1000, metadata=_doc("longest a prompt may wait in the queue before UNAVAILABLE")
     )
-    max_prompts_per_request: int = field(default=256, metadata=_doc("most prompts in one Score call"))
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "queue_timeout_ms", "max_prompt_chars"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("max_wait_us", self.max_wait_us, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """All settings of the serving process (units in the names); the batch limits are `batch`."""
+
+    bundle_path: Path = field(
+        metadata=_doc("router bundle directory (manifest.json inside)", flag="--bundle", env=ENV_PREFIX + "BUNDLE")
+    )
+    host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
+    port: int = field(default=50051, metadata=_doc("TCP port; 0 picks a free one"))
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    max_prompts_per_request: int = field(default=256, metadata=_doc("most prompts in one Score call"))
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
@@ -78,6 +101,15 @@ class ServiceConfig:
         default="",
         metadata=_doc("write server timings (JSON histograms) here every second and at stop; empty = off"),
     )
+    plugins: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "router kind plug-in module to import before the bundle is loaded (it registers its kinds); "
+            "repeat the flag for more, the variable takes a comma-separated list",
+            flag="--plugin",
+            metavar="MODULE",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle_path, Path):
@@ -88,18 +120,8 @@ class ServiceConfig:
             raise ConfigError("host: must not be empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in [0, 65535] (got {self.port})")
-        for name in (
-            "max_batch_size",
-            "max_batch_tokens",
-            "max_queue",
-            "queue_timeout_ms",
-            "max_prompts_per_request",
-            "max_prompt_chars",
-            "intra_op_threads",
-            "encoder_chunk_size",
-        ):
+        for name in ("max_prompts_per_request", "intra_op_threads", "encoder_chunk_size"):
             _at_least(name, getattr(self, name), 1)
-        _at_least("max_wait_us", self.max_wait_us, 0)
         _at_least("max_message_bytes", self.max_message_bytes, 1024)
         if self.grace_s < 0:
             raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")
@@ -107,10 +129,20 @@ class ServiceConfig:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})")
+        if isinstance(self.plugins, str) or not isinstance(self.plugins, Sequence):
+            raise ConfigError(f"plugins: must be a sequence of module names (got {self.plugins!r})")
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+        for module in self.plugins:
+            if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
+                raise ConfigError(f"plugins: {module!r} is not a module name")
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a plain dict for logs (no field is secret today; kept as the one place)."""
-        return {f.name: str(v) if isinstance(v, Path) else v for f, v in _items(self)}
+        """The leaf settings as a flat dict for logs (no setting is secret today; kept as the one place)."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(getattr(self, s.group) if s.group else self, s.name)
+            out[s.name] = str(value) if isinstance(value, Path) else value
+        return out
 
 
 def _at_least(name: str, value: int, low: int) -> None:
@@ -120,60 +152,108 @@ def _at_least(name: str, value: int, low: int) -> None:
         raise ConfigError(f"{name}: must be >= {low} (got {value})")
 
 
-def _items(cfg: ServiceConfig) -> list[tuple[dataclasses.Field[Any], Any]]:
-    return [(f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+@dataclass(frozen=True)
+class Setting:
+    """One leaf setting as the command line and the environment see it.
+
+    `group` names the ServiceConfig field holding it ("batch" for BatchPolicy's), "" for a field of its own.
+    `kind` is the value's type: int, float, bool, str, Path, or tuple (of strings).
+    """
+
+    name: str
+    group: str
+    flag: str
+    env: str
+    kind: type
+    default: Any
+    help: str
+    metavar: str
+
+    @property
+    def kind_name(self) -> str:
+        return _kind_name(self.kind)
 
 
-def _flag(name: str) -> str:
-    return "--" + ("bundle" if name == "bundle_path" else name.replace("_", "-"))
+def _kind_name(kind: type) -> str:
+    return "tuple[str, ...]" if kind is tuple else kind.__name__
 
 
-def _env(name: str) -> str:
-    return ENV_PREFIX + ("BUNDLE" if name == "bundle_path" else name.upper())
+def _leaves(cls: type, group: str) -> list[Setting]:
+    hints = typing.get_type_hints(cls)
+    out: list[Setting] = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out += _leaves(typing.cast(type, kind), f.name)
+            continue
+        kind = typing.get_origin(kind) or kind
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(
+            Setting(
+                name=f.name,
+                group=group,
+                flag=meta.get("flag", "--" + f.name.replace("_", "-")),
+                env=meta.get("env", ENV_PREFIX + f.name.upper()),
+                kind=kind,
+                default=default,
+                help=meta.get("help", ""),
+                metavar=meta.get("metavar", _kind_name(kind).upper()),
+            )
+        )
+    return out
 
 
-def _field_type(f: dataclasses.Field[Any]) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+SETTINGS: tuple[Setting, ...] = tuple(_leaves(ServiceConfig, ""))
+"""Every leaf setting of ServiceConfig (BatchPolicy's included), in declaration order."""
 
 
-def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
-    kind = _field_type(f)
+def _parse(s: Setting, raw: str | list[str], source: str) -> Any:
+    if s.kind is tuple:  # a repeated flag gives a list; the variable a comma-separated string
+        parts = raw if isinstance(raw, list) else raw.split(",")
+        return tuple(p.strip() for p in parts if p.strip())
+    assert isinstance(raw, str)
     try:
-        if kind == "int":
+        if s.kind is int:
             return int(raw)
-        if kind == "float":
+        if s.kind is float:
             return float(raw)
-        if kind == "bool":
+        if s.kind is bool:
             low = raw.strip().lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if kind == "Path":
+        if s.kind is Path:
             return Path(raw)
         return raw
     except ValueError:
-        raise ConfigError(f"{f.name}: cannot parse {raw!r} from {source} as {kind}") from None
+        raise ConfigError(f"{s.name}: cannot parse {raw!r} from {source} as {s.kind_name}") from None
+
+
+def _default_text(s: Setting, default_bundle: Path | None) -> str:
+    if s.name == "bundle_path":
+        return "(required)" if default_bundle is None else str(default_bundle)
+    if s.kind is tuple:
+        return ", ".join(s.default) or "none"
+    return repr(s.default)
 
 
 def build_arg_parser(default_bundle: Path | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per ServiceConfig field (defaults come from env/dataclass)."""
+    """An argparse parser with one flag per leaf setting (defaults come from env/dataclass)."""
     parser = argparse.ArgumentParser(
         prog="lmroute-serve",
         description="Serve a router bundle over gRPC. Every flag also reads LMROUTE_<NAME>.",
     )
-    for f in dataclasses.fields(ServiceConfig):
-        if f.name == "bundle_path":
-            default = "(required)" if default_bundle is None else str(default_bundle)
-        else:
-            default = repr(f.default)
+    for s in SETTINGS:
         parser.add_argument(
-            _flag(f.name),
-            dest=f.name,
+            s.flag,
+            dest=s.name,
             default=None,
-            metavar=_field_type(f).upper(),
-            help=f"{f.metadata.get('help', '')} [env {_env(f.name)}; default {default}]",
+            action="append" if s.kind is tuple else "store",
+            metavar=s.metavar,
+            help=f"{s.help} [env {s.env}; default {_default_text(s, default_bundle)}]",
         )
     return parser
 
@@ -186,20 +266,21 @@ def config_from_cli(
 ) -> ServiceConfig:
     """Build a ServiceConfig from flags (first), LMROUTE_* variables (second) and defaults.
 
-    Raises ConfigError naming the field for an unparsable or invalid value, and when no bundle path
+    Raises ConfigError naming the setting for an unparsable or invalid value, and when no bundle path
     is given anywhere and there is no `default_bundle`.
     """
     env = os.environ if environ is None else environ
     args = build_arg_parser(default_bundle).parse_args(argv)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(ServiceConfig):
-        raw = getattr(args, f.name)
+    values: dict[str, dict[str, Any]] = {"": {}, "batch": {}}
+    for s in SETTINGS:
+        raw = getattr(args, s.name)
         if raw is not None:
-            values[f.name] = _parse(f, raw, _flag(f.name))
-        elif _env(f.name) in env:
-            values[f.name] = _parse(f, env[_env(f.name)], _env(f.name))
-    if "bundle_path" not in values:
+            values[s.group][s.name] = _parse(s, raw, s.flag)
+        elif s.env in env:
+            values[s.group][s.name] = _parse(s, env[s.env], s.env)
+    top = values[""]
+    if "bundle_path" not in top:
         if default_bundle is None:
             raise ConfigError("bundle_path: required (--bundle or LMROUTE_BUNDLE)")
-        values["bundle_path"] = default_bundle
-    return ServiceConfig(**values)
+        top["bundle_path"] = default_bundle
+    return ServiceConfig(**top, batch=BatchPolicy(**values["batch"]))

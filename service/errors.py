@@ -148,7 +148,7 @@ def status_of(exc: BaseException) -> StatusInfo:
     if isinstance(exc, ServiceError):
         for cls in type(exc).__mro__:
             if cls in _TABLE:
-                code, retry = _TABLE[cls]  # type: ignore[index]
+                code, retry = _TABLE[cls]
                 message = _INTERNAL_MESSAGE if code is Code.INTERNAL else exc.message
                 return StatusInfo(code, exc.reason, message, retry)
     return StatusInfo(Code.INTERNAL, "INTERNAL", _INTERNAL_MESSAGE, None)

@@ -1,9 +1,11 @@
 """FakeScorer: a deterministic in-process Scorer for tests and demos that blocks, fails or is slow on cue.
 
 Scores are a hash of (router, text) mapped to [0, 1), so batched == single by construction. Tokens are
-whitespace-separated words + 2 special tokens, capped at `max_tokens`. Every call is recorded in
-`calls` (the texts of each batch, in order) and every text counted by `count_tokens` in `counted`, so
-tests can prove what reached the scorer and what was counted at admission.
+whitespace-separated words + 2 special tokens, capped at `max_tokens`; its tokens of one prompt are
+that uncapped count. Every call is recorded in `calls` (the texts of each batch, in order), every text
+given to `tokenize` in `counted`, and every text `score` had to tokenise itself (it came without
+tokens) in `scored_without_tokens`, so tests can prove what reached the scorer and where each prompt was
+tokenised.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch, Tokenized
 
 __all__ = ["FakeScorer", "FakeScorerError"]
 
@@ -42,7 +44,8 @@ class FakeScorer:
         self.delay_s = delay_s
         self.fail_marker = fail_marker
         self.calls: list[list[str]] = []
-        self.counted: list[str] = []  # texts given to count_tokens, in order
+        self.counted: list[str] = []  # texts given to tokenize, in order
+        self.scored_without_tokens: list[str] = []  # texts score() was given without tokens, in order
         self.entered = threading.Event()  # set when a score() call starts
         self._gate = threading.Event()
         self._gate.set()
@@ -92,14 +95,29 @@ class FakeScorer:
         """Let blocked and future score() calls proceed."""
         self._gate.set()
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    @staticmethod
+    def words(text: str) -> int:
+        """The uncapped token count of `text` (words + 2 special tokens)."""
+        return len(text.split()) + 2
+
+    def token_count(self, text: str) -> int:
+        """The token count of `text` after truncation to `max_tokens`."""
+        return min(self.words(text), self.max_tokens)
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[int]]:
         with self._lock:
             self.counted.extend(texts)
-        return [min(len(t.split()) + 2, self.max_tokens) for t in texts]
+        return [Tokenized(self.token_count(t), self.words(t)) for t in texts]
 
-    def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
+    def score(
+        self,
+        texts: Sequence[str],
+        routers: Sequence[tuple[str, ...]],
+        tokens: Sequence[Tokenized[int] | None],
+    ) -> ScoredBatch:
         with self._lock:
             self.calls.append(list(texts))
+            self.scored_without_tokens.extend(t for t, tok in zip(texts, tokens, strict=True) if tok is None)
         self.entered.set()
         self._gate.wait()
         if self.delay_s:
@@ -109,14 +127,15 @@ class FakeScorer:
         n = len(texts)
         scores: dict[str, np.ndarray] = {}
         for name in {r for rs in routers for r in rs}:
-            if name not in self._routers:
-                raise KeyError(f"unknown router {name!r}")
             col = np.full(n, np.nan)
             for i, rs in enumerate(routers):
                 if name in rs:
                     col[i] = self.score_one(name, texts[i])
             scores[name] = col
-        words = np.array([len(t.split()) + 2 for t in texts], dtype=np.int64)
+        words = np.array(
+            [self.words(t) if tok is None else tok.tokens for t, tok in zip(texts, tokens, strict=True)],
+            dtype=np.int64,
+        )
         return ScoredBatch(
             n_tokens=np.minimum(words, self.max_tokens),
             truncated=words > self.max_tokens,

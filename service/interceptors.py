@@ -29,7 +29,8 @@ REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
 
 
-def _rich_status(info: StatusInfo, request_id: str) -> grpc.Status:
+async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
+    """End the call with `info` as a google.rpc.Status (ErrorInfo, RetryInfo details) and the request id."""
     details = []
     err = any_pb2.Any()
     err.Pack(error_details_pb2.ErrorInfo(reason=info.reason, domain=ERROR_DOMAIN))
@@ -41,22 +42,12 @@ def _rich_status(info: StatusInfo, request_id: str) -> grpc.Status:
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status = rpc_status.to_status(status_pb2.Status(code=int(info.code), message=info.message, details=details))
-    return _WithRequestId(status, request_id)
+    trailers = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
+    await context.abort(status.code, status.details, trailers)
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
-class _WithRequestId(grpc.Status):
-    def __init__(self, status: grpc.Status, request_id: str) -> None:
-        self.code = status.code
-        self.details = status.details
-        self.trailing_metadata = tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, request_id),)
-
-
-async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
-    await context.abort_with_status(_rich_status(info, request_id))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
-
-
-class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs: Any
     """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through.
 
     The wrapped handler of each method is built once and kept (the request's metadata is read from the

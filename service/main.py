@@ -1,8 +1,8 @@
 """`lmroute-serve`: parse config, check the device, serve until SIGTERM/SIGINT, drain, exit.
 
-Exit codes: 0 after a clean drain; 2 for a bad setting (message on stderr, prefixed
-`lmroute-serve: config error:`); 1 when the compiled scoring core or the bundle cannot be loaded
-(the message names the module or the file).
+Exit codes: 0 after a clean drain; 2 for a bad setting, a router kind plug-in (`--plugin`) that cannot
+be imported included (message on stderr, prefixed `lmroute-serve: config error:`); 1 when the compiled
+scoring core or the bundle cannot be loaded (the message names the module or the file).
 """
 
 from __future__ import annotations

@@ -1,19 +1,33 @@
-"""The contract between the scheduler and the scorers: the `Scorer` protocol and its result type.
+"""The contract between the scheduler and the scorers: the `Scorer` protocol, its token and result types.
 
-A scorer is synchronous and thread-confined: the scheduler calls it from one worker thread, never from
-the event loop. It imports neither gRPC nor asyncio.
+A scorer is synchronous and thread-confined: the scheduler calls `tokenize` from its tokenising thread
+and `score` from its scoring thread, never from the event loop. A scorer is generic in its own tokens
+of one prompt (`T`): `tokenize` returns them with their count, the scheduler keeps them on the queued
+prompt and hands them back to `score` with the batch, so a prompt is tokenised once. It imports neither
+gRPC nor asyncio.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Catalog", "ModelDescription", "RouterDescription", "ScoredBatch", "Scorer"]
+__all__ = ["Catalog", "ModelDescription", "RouterDescription", "ScoredBatch", "Scorer", "Tokenized"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tokenized(Generic[T]):
+    """One prompt as the scorer tokenised it: its token count after truncation (what the queue's
+    padded-token budget reads) and the scorer's own tokens of it (handed back to `Scorer.score`)."""
+
+    n_tokens: int
+    tokens: T
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class Catalog:
     encoder_quantized: bool
 
 
-class Scorer(Protocol):
+class Scorer(Protocol[T]):
     """Encoder + routers behind one call; the product implementation wraps a router bundle."""
 
     @property
@@ -75,12 +89,24 @@ class Scorer(Protocol):
         """Loaded routers, in bundle order."""
         ...
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Encoder tokens of each text after truncation (for the padded-token budget)."""
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[T]]:
+        """Each text's tokens and token count after truncation, in order."""
         ...
 
-    def score(self, texts: Sequence[str], routers: Sequence[tuple[str, ...]]) -> ScoredBatch:
-        """Score texts[i] with each router of routers[i]; one encoding shared by all routers."""
+    def score(
+        self,
+        texts: Sequence[str],
+        routers: Sequence[tuple[str, ...]],
+        tokens: Sequence[Tokenized[T] | None],
+    ) -> ScoredBatch:
+        """Score texts[i] with each router of routers[i]; one encoding shared by all routers.
+
+        tokens[i] is what `tokenize` gave for texts[i], or None when it was not tokenised yet (the
+        scorer tokenises it then). Router names are the loaded ones (the transport checked them)."""
+        ...
+
+    def warmup(self) -> None:
+        """Run the first computations (allocations, caches) before the server reports SERVING."""
         ...
 
     def catalog(self) -> Catalog:

@@ -1,17 +1,18 @@
 """RouterServer: the grpc.aio server's lifecycle (bind, health, reflection, load + warm, drain, stop).
 
 Order of start: bind and start the gRPC server with health NOT_SERVING (so probes get an answer while
-the bundle loads), load the scorer in a thread, warm it, start the scheduler, then flip health to
-SERVING. Stop: health NOT_SERVING, new RPCs refused (DRAINING), in-flight RPCs get `grace_s`, then the
-scheduler finishes its queue and its threads stop; `stopped` logs its counters and timings, and with
-`stats_path` the timings are also written there as JSON every second and at stop (lmroute.service.stats).
+the bundle loads), import the router kind plug-ins (`plugins`) and load the scorer in a thread, warm
+it, start the scheduler, then flip health to SERVING. Stop: health NOT_SERVING, new RPCs refused
+(DRAINING), in-flight RPCs get `grace_s`, then the scheduler finishes its queue and its threads stop;
+`stopped` logs its counters and timings, and with `stats_path` the timings are also written there as
+JSON every second and at stop (lmroute.service.stats).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lmroute.service.config import ServiceConfig
+from lmroute.service.errors import ConfigError
 from lmroute.service.interceptors import RequestContextInterceptor
-from lmroute.service.scheduler import BatchPolicy, Scheduler
+from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Scorer
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
-__all__ = ["RouterServer", "SERVICE_NAME", "grpc_options", "load_bundle_scorer", "reflection_pool"]
+__all__ = [
+    "RouterServer",
+    "SERVICE_NAME",
+    "ScorerFactory",
+    "grpc_options",
+    "import_plugins",
+    "load_bundle_scorer",
+    "reflection_pool",
+]
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _log = structlog.get_logger("lmroute.server")
@@ -77,7 +87,24 @@ def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
     ]
 
 
-def load_bundle_scorer(cfg: ServiceConfig) -> Scorer:
+ScorerFactory = Callable[[ServiceConfig], Scorer[Any]]
+"""Makes the scorer a server serves, from its config (run on a worker thread)."""
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the router kind plug-in modules (each registers its kinds; lmroute.bundle.kinds).
+    A module that cannot be imported is a ConfigError: ``plugins: <the ImportError's text>``."""
+    if not modules:
+        return
+    from lmroute.bundle.kinds import load_plugins
+
+    try:
+        load_plugins(modules)
+    except ImportError as exc:
+        raise ConfigError(f"plugins: {exc}") from exc
+
+
+def load_bundle_scorer(cfg: ServiceConfig) -> Scorer[Any]:
     """Default scorer factory: load and validate cfg.bundle_path on cfg.device."""
     from lmroute.service.bundle_scorer import BundleScorer
 
@@ -92,18 +119,16 @@ def load_bundle_scorer(cfg: ServiceConfig) -> Scorer:
 class RouterServer:
     """One serving process: `await start()`, then `await stop()` (or `serve_until(event)`)."""
 
-    def __init__(
-        self,
-        config: ServiceConfig,
-        scorer_factory: Callable[[ServiceConfig], Scorer] = load_bundle_scorer,
-    ) -> None:
+    def __init__(self, config: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_scorer) -> None:
         self.config = config
         self._factory = scorer_factory
         # a call with more prompts than the queue admits could never be admitted: refuse it as too large
-        self.servicer = RouterServicer(max_prompts_per_request=min(config.max_prompts_per_request, config.max_queue))
+        self.servicer = RouterServicer(
+            max_prompts_per_request=min(config.max_prompts_per_request, config.batch.max_queue)
+        )
         self.health = health.aio.HealthServicer()
-        self.scheduler: Scheduler | None = None
-        self.scorer: Scorer | None = None
+        self.scheduler: Scheduler[Any] | None = None
+        self.scorer: Scorer[Any] | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stats_file: StatsFile | None = None
@@ -111,7 +136,8 @@ class RouterServer:
     async def start(self) -> int:
         """Bind, serve NOT_SERVING, load + warm the scorer, then SERVING. Returns the bound port.
 
-        Raises whatever loading raises (BundleError, ConfigError) after stopping the server.
+        Raises whatever loading raises (BundleError, ConfigError: a plug-in that cannot be imported, a
+        device that is not there) after stopping the server.
         """
         port = await self.bind()
         await self.load()
@@ -150,14 +176,16 @@ class RouterServer:
                 await self._server.stop(0)
             raise
 
+    def _make_scorer(self) -> Scorer[Any]:
+        import_plugins(self.config.plugins)
+        return self._factory(self.config)
+
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
-        scorer = await loop.run_in_executor(None, self._factory, self.config)
+        scorer = await loop.run_in_executor(None, self._make_scorer)
         if self.config.warmup:
-            warm = getattr(scorer, "warmup", None)
-            if warm is not None:
-                await loop.run_in_executor(None, warm)
-        scheduler = Scheduler(scorer, BatchPolicy.from_config(self.config))
+            await loop.run_in_executor(None, scorer.warmup)
+        scheduler = Scheduler(scorer, self.config.batch)
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))
@@ -200,7 +228,7 @@ class RouterServer:
             await self._server.wait_for_termination()
 
 
-def _stats_snapshot(scheduler: Scheduler) -> dict[str, Any]:
+def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:
     """The scheduler's timings and counters, for the stats file."""
     counters = {k: v for k, v in dataclasses.asdict(scheduler.stats).items() if isinstance(v, int)}
     return scheduler.timings.snapshot({"counters": counters, "in_flight": scheduler.in_flight})

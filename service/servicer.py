@@ -1,18 +1,22 @@
 """RouterService servicer: wire messages <-> scheduler calls. No ONNX or NumPy here.
 
-Each RPC validates its request (InvalidArgument naming the field), asks the scheduler, and builds the
-response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as
-ServiceError and turned into a gRPC status by the
-interceptor (lmroute.service.interceptors); per-prompt errors go into PromptScores.status.
+Each RPC validates its request (InvalidArgument naming the field), resolves the router names it asks
+for against the loaded routers (NotFound naming the first unknown one; the only place names are
+checked: the scheduler and the scorer take the resolved names as given), asks the scheduler, and builds
+the response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as
+ServiceError and turned into a gRPC status by the interceptor (lmroute.service.interceptors); per-prompt
+errors go into PromptScores.status.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
+from lmroute.service.batch_queue import ItemResult
 from lmroute.service.errors import (
     Code,
     DeadlineExpired,
@@ -25,11 +29,11 @@ from lmroute.service.errors import (
     status_of,
 )
 from lmroute.service.prompts import prompt_text
-from lmroute.service.scheduler import ItemResult, Scheduler
+from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
-__all__ = ["RouterServicer"]
+__all__ = ["RouterServicer", "resolve_routers"]
 
 
 def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
@@ -42,21 +46,34 @@ def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
     )
 
 
+def resolve_routers(asked: Sequence[str], loaded: tuple[str, ...]) -> tuple[str, ...]:
+    """The routers a Score call asks for: every loaded one when it names none, else the named ones, each
+    once, in the order first named. NotFound naming the first name that is not loaded."""
+    if not asked:
+        return loaded
+    for j, name in enumerate(asked):
+        if name not in loaded:
+            raise NotFound(f"routers[{j}]: unknown router {name!r} (loaded: {', '.join(loaded)})")
+    return tuple(dict.fromkeys(asked))
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """Implements lmroute.v1.RouterService over a Scheduler attached once the bundle is ready."""
 
     def __init__(self, *, max_prompts_per_request: int) -> None:
         self.max_prompts_per_request = max_prompts_per_request
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler[Any] | None = None
         self.catalog: Catalog | None = None
+        self.routers: tuple[str, ...] = ()  # the scorer's routers, in bundle order
         self.draining = False
 
-    def attach(self, scheduler: Scheduler, catalog: Catalog) -> None:
+    def attach(self, scheduler: Scheduler[Any], catalog: Catalog) -> None:
         """Start serving with this scheduler (called after load and warm-up)."""
+        self.routers = scheduler.scorer.router_names
         self.catalog = catalog
         self.scheduler = scheduler
 
-    def _ready(self) -> tuple[Scheduler, Catalog]:
+    def _ready(self) -> tuple[Scheduler[Any], Catalog]:
         if self.draining:
             raise Draining("server is shutting down")
         if self.scheduler is None or self.catalog is None:
@@ -75,12 +92,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 f"prompts: {n} prompts (limit {self.max_prompts_per_request})",
                 reason="TOO_MANY_PROMPTS",
             )
+        routers = resolve_routers(request.routers, self.routers)
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
-        outcomes = await sched.score(texts, list(request.routers), timeout_s=context.time_remaining())
+        outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining())
         for out in outcomes:  # overload is a call-level, retryable failure, not an item status
             if isinstance(out, (QueueTimeout, DeadlineExpired)):
                 raise out
-        names: Sequence[str] = list(dict.fromkeys(request.routers)) or sched.scorer.router_names
         response = router_pb2.ScoreResponse(bundle_version=catalog.version)
         for i, out in enumerate(outcomes):
             item = response.results.add(index=i)
@@ -88,7 +105,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 item.status.code = Code.OK
                 item.n_tokens = out.n_tokens
                 item.truncated = out.truncated
-                for name in names:
+                for name in routers:
                     item.scores.add(router=name, strong_win_probability=out.scores[name])
             else:
                 info = status_of(out)
@@ -116,21 +133,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         value = float(getattr(request, policy))
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
-        if request.router not in sched.scorer.router_names:
-            raise NotFound(
-                f"router: unknown router {request.router!r} (loaded: {', '.join(sched.scorer.router_names)})"
-            )
+        if request.router not in self.routers:
+            raise NotFound(f"router: unknown router {request.router!r} (loaded: {', '.join(self.routers)})")
         if policy == "threshold":
             threshold = value
         else:
             threshold = float(sched.scorer.threshold_for_share(request.router, value))
         text = prompt_text(request.prompt, "prompt")
         [out] = await sched.score(
-            [text], [request.router], timeout_s=context.time_remaining(), field="prompt", indexed=False
+            [text], (request.router,), timeout_s=context.time_remaining(), field="prompt", indexed=False
         )
         if isinstance(out, ServiceError):
             raise out
-        assert isinstance(out, ItemResult)
         score = out.scores[request.router]
         strong = score >= threshold
         return router_pb2.RouteResponse(

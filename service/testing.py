@@ -9,23 +9,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from lmroute.service.config import ServiceConfig
-from lmroute.service.scorer_api import Scorer
-from lmroute.service.server import RouterServer, load_bundle_scorer
+from lmroute.service.server import RouterServer, ScorerFactory, load_bundle_scorer
 
 __all__ = ["ServerThread"]
+
+R = TypeVar("R")
 
 
 class ServerThread:
     """Start with `start()` (binds; loads unless wait_ready=False leaves loading in the background)."""
 
-    def __init__(
-        self,
-        config: ServiceConfig,
-        scorer_factory: Callable[[ServiceConfig], Scorer] = load_bundle_scorer,
-    ) -> None:
+    def __init__(self, config: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_scorer) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lmroute-server", daemon=True)
         self.server = RouterServer(config, scorer_factory)
@@ -37,14 +35,14 @@ class ServerThread:
         """host:port to dial."""
         return f"{self.server.config.host}:{self.port}"
 
-    def call(self, coro: object, timeout_s: float = 60.0) -> object:
+    def call(self, coro: Coroutine[Any, Any, R], timeout_s: float = 60.0) -> R:
         """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def start(self, *, wait_ready: bool = True, timeout_s: float = 60.0) -> ServerThread:
         """Bind (and, with wait_ready, load + warm; loading errors are raised here)."""
         self._thread.start()
-        self.port = int(self.call(self.server.bind(), timeout_s))  # type: ignore[call-overload]
+        self.port = self.call(self.server.bind(), timeout_s)
         self.loaded = asyncio.run_coroutine_threadsafe(self.server.load(), self.loop)
         if wait_ready:
             self.loaded.result(timeout_s)

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import fields
 from pathlib import Path
 from statistics import median as _median
 from typing import Any
 
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import SETTINGS
 from lmroute.service.stats import Histogram, diff_snapshots
 
-_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}  # the server runs with these
+_DEFAULTS = {s.name: s.default for s in SETTINGS}  # the server runs with these
 
 GIB = 2**30
 QUEUE_TIMEOUT_MS = 1000  # the service default (ServiceConfig.queue_timeout_ms), used in the sweep

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 from loadgen import GHZ, GhzRun, ghz_version, run_ghz
 from procs import ChildServer, child_env, empty_cmd, pinned, run_json_script, service_cmd
 
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy
 
 REPO = HERE.parent.parent
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5, 2.0)
@@ -349,7 +349,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--max-batch-size",
         type=int,
-        default=ServiceConfig.__dataclass_fields__["max_batch_size"].default,
+        default=BatchPolicy().max_batch_size,
         help="the service's default (for the ceiling)",
     )
     ap.add_argument("--encoder-chunk-size", type=int, default=8, help="the service's default")

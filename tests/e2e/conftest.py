@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
 
@@ -47,12 +47,11 @@ def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
         bundle_path=e2e_bundle_dir,
         host="127.0.0.1",
         port=0,
-        max_wait_us=2000,
-        max_batch_size=64,
+        batch=BatchPolicy(
+            max_wait_us=2000, max_batch_size=64, queue_timeout_ms=60_000, max_prompt_chars=MAX_PROMPT_CHARS
+        ),
         log_level="warning",
-        queue_timeout_ms=60_000,
         grace_s=0.0,
-        max_prompt_chars=MAX_PROMPT_CHARS,
     )
     srv = ServerThread(cfg).start()
     yield srv

@@ -4,7 +4,8 @@ routers from `lmroute.bundle.testing.make_tiny_bundle`.
 
 Covers every RPC against the bundle's own math, batched == single for every router (random batch
 sizes 1-64, <= 1e-6, within one request and across concurrent requests), truncation, broken bundles
-refused (never SERVING), bad config and a missing CUDA provider (exit 2, exact message), SIGTERM.
+refused (never SERVING), bad config, a plug-in that cannot be imported and a missing CUDA provider
+(exit 2, exact message), SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.routers import PromptBatch
 from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle, synthetic_prompts
 from lmroute.service.client import RouterClient
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
@@ -56,10 +57,8 @@ def server(bundle_dir: Path) -> Iterator[ServerThread]:
     cfg = ServiceConfig(
         bundle_path=bundle_dir,
         port=0,
-        max_wait_us=5000,
-        max_batch_size=64,
+        batch=BatchPolicy(max_wait_us=5000, max_batch_size=64, queue_timeout_ms=60_000),
         log_level="warning",
-        queue_timeout_ms=60_000,
         grace_s=0.0,
     )
     srv = ServerThread(cfg).start()
@@ -201,7 +200,7 @@ def test_idle_route_is_tokenised_once_by_the_scorer(bundle_dir: Path) -> None:
     try:
         sched = srv.server.scheduler
         assert sched is not None and isinstance(sched.scorer, BundleScorer)
-        assert sched.policy.max_wait_us == 0 and sched.in_flight == 0
+        assert sched.policy == BatchPolicy() and sched.policy.max_wait_us == 0 and sched.in_flight == 0
         with RouterClient(srv.target, timeout_s=60) as client:
             before = (sched.scorer.tokenized_at_admission, sched.scorer.tokenized_in_score)
             d = client.route("Name three prime numbers larger than 100.", router="mf", threshold=0.5)
@@ -282,6 +281,22 @@ def test_bad_config_exits_2_with_exact_message() -> None:
     p = subprocess.run(_serve_cmd(), capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert p.returncode == 2
     assert p.stderr == "lmroute-serve: config error: device: must be one of cpu, cuda (got 'gpu')\n"
+
+
+def test_plugin_that_cannot_be_imported_exits_2_with_exact_message(bundle_dir: Path) -> None:
+    p = subprocess.run(
+        _serve_cmd("--bundle", str(bundle_dir), "--port", "0", "--plugin", "no_such_kind", "--log-level", "error"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=REPO,
+    )
+    assert p.returncode == 2
+    assert p.stderr == (
+        "lmroute-serve: config error: plugins: router kind plugin 'no_such_kind' cannot be imported: "
+        "No module named 'no_such_kind'\n"
+    )
 
 
 def test_cuda_without_provider_is_a_clear_error(bundle_dir: Path) -> None:

@@ -1,17 +1,19 @@
 """Scheduler unit tests against FakeScorer: admission, queue timeout, cancellation, deadlines,
-per-item errors, batch limits. Concurrency is gated with events (FakeScorer.block/release)."""
+per-item errors, batch limits, tokens riding with the queued prompt, router names resolved at the edge.
+Concurrency is gated with events (FakeScorer.block/release); timing assertions are one-sided."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute.service.batch_queue import BatchQueue, Item
+from lmroute.service.batch_queue import Admission, BatchQueue, Item
+from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import (
     Code,
     DeadlineExpired,
@@ -25,7 +27,9 @@ from lmroute.service.errors import (
     status_of,
 )
 from lmroute.service.fake_scorer import FakeScorer
-from lmroute.service.scheduler import BatchPolicy, ItemResult, Scheduler
+from lmroute.service.scheduler import ItemResult, Scheduler
+from lmroute.service.scorer_api import Tokenized
+from lmroute.service.servicer import resolve_routers
 
 
 def run(fn: Callable[[], Awaitable[None]]) -> None:
@@ -33,9 +37,8 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
 
 
 async def wait_entered(scorer: FakeScorer) -> None:
-    """Wait (without blocking the loop) until the scorer has started a call."""
-    while not scorer.entered.is_set():
-        await asyncio.sleep(0.001)
+    """Wait on the scorer's `entered` event (in a thread, so the loop keeps running) until a call started."""
+    assert await asyncio.to_thread(scorer.entered.wait, 10), "the scorer was never called"
 
 
 async def until(cond: Callable[[], bool]) -> None:
@@ -88,15 +91,17 @@ def test_queue_timeout_50ms_unavailable_and_scorer_never_sees_item() -> None:
         await wait_entered(scorer)
         t0 = time.monotonic()
         [out] = await sched.score(["waits too long"])
-        elapsed_ms = (time.monotonic() - t0) * 1000
+        elapsed_s = time.monotonic() - t0
         assert isinstance(out, QueueTimeout), out
-        assert 30 <= elapsed_ms <= 70, elapsed_ms
+        assert elapsed_s < 2.0, elapsed_s  # UNAVAILABLE while the scorer is still blocked
+        assert out.message == "queued longer than 50 ms"
         info = status_of(out)
         assert info.code is Code.UNAVAILABLE and info.reason == "QUEUE_TIMEOUT"
         scorer.release()
         await first
         assert all("waits too long" not in c for call in scorer.calls for c in call)
         assert sched.stats.dropped_queue_timeout == 1
+        assert sched.in_flight == 0
         await sched.close()
 
     run(body)
@@ -198,6 +203,10 @@ def test_scorer_failure_fails_only_the_bad_item() -> None:
         assert isinstance(outs[5], ScorerFailed)
         assert status_of(outs[5]).message == "internal error"  # no internals leak
         assert sched.stats.scorer_failures >= 1
+        # the batch and its one-by-one rescoring used the tokens from admission: tokenised once each
+        assert sorted(scorer.counted) == sorted(prompts)
+        assert scorer.scored_without_tokens == ["occupies the scorer"]  # the idle fast path
+        assert sched.in_flight == 0
         await sched.close()
 
     run(body)
@@ -240,7 +249,7 @@ def test_batches_respect_padded_token_budget() -> None:
         batches = scorer.calls[1:]
         assert sum(len(b) for b in batches) == len(prompts)
         for b in batches:
-            toks = scorer.count_tokens(b)
+            toks = [scorer.token_count(t) for t in b]
             assert len(b) == 1 or max(toks) * len(b) <= 24, b
         assert [x for b in batches for x in b] == prompts  # FIFO order kept
         await sched.close()
@@ -251,10 +260,17 @@ def test_batches_respect_padded_token_budget() -> None:
 def test_concurrent_requests_are_batched_and_match_single() -> None:
     async def body() -> None:
         scorer = FakeScorer()
-        sched = make(scorer, max_wait_us=20_000)
+        scorer.block()
+        sched = make(scorer)
+        first = asyncio.create_task(sched.score(["occupies the scorer"], ("mf",)))
+        await wait_entered(scorer)
         prompts = [f"prompt {i}" for i in range(20)]
-        outs = await asyncio.gather(*(sched.score([p], ["mf"]) for p in prompts))
-        assert sched.stats.batches < 20
+        tasks = [asyncio.create_task(sched.score([p], ("mf",))) for p in prompts]
+        await until(lambda: sched.stats.admitted == 21)
+        scorer.release()
+        await first
+        outs = await asyncio.gather(*tasks)
+        assert [len(c) for c in scorer.calls] == [1, 20]  # the 20 queued calls left as one batch
         for p, [o] in zip(prompts, outs, strict=True):
             assert isinstance(o, ItemResult) and list(o.scores) == ["mf"]
             assert o.scores["mf"] == FakeScorer.score_one("mf", p)
@@ -263,17 +279,13 @@ def test_concurrent_requests_are_batched_and_match_single() -> None:
     run(body)
 
 
-def test_whole_call_errors_not_ready_unknown_router_draining() -> None:
+def test_whole_call_errors_not_ready_draining() -> None:
     async def body() -> None:
         scorer = FakeScorer()
         sched = Scheduler(scorer, BatchPolicy())
         with pytest.raises(NotReady):
             await sched.score(["x"])
         sched.start()
-        with pytest.raises(NotFound) as e:
-            await sched.score(["x"], ["mf", "nope"])
-        assert e.value.message == "routers[1]: unknown router 'nope' (loaded: random, mf)"
-        assert status_of(e.value).code is Code.NOT_FOUND
         await sched.close()
         with pytest.raises(Draining):
             await sched.score(["x"])
@@ -281,15 +293,49 @@ def test_whole_call_errors_not_ready_unknown_router_draining() -> None:
     run(body)
 
 
+def test_router_names_are_resolved_once_by_the_transport() -> None:
+    loaded = ("random", "mf")
+    assert resolve_routers([], loaded) == loaded
+    assert resolve_routers(["mf", "random", "mf"], loaded) == ("mf", "random")
+    with pytest.raises(NotFound) as e:
+        resolve_routers(["mf", "nope", "zzz"], loaded)
+    assert e.value.message == "routers[1]: unknown router 'nope' (loaded: random, mf)"
+    assert status_of(e.value).code is Code.NOT_FOUND
+
+
+def test_scheduler_and_scorer_take_the_resolved_routers_as_given() -> None:
+    """Each prompt is scored with exactly the routers handed down, in that order; None means all."""
+
+    async def body() -> None:
+        scorer = FakeScorer(routers=("random", "mf", "sw"))
+        sched = make(scorer)
+        [one] = await sched.score(["a prompt"], ("sw", "random"))
+        [every] = await sched.score(["a prompt"])
+        assert isinstance(one, ItemResult) and isinstance(every, ItemResult)
+        assert list(one.scores) == ["sw", "random"]
+        assert list(every.scores) == ["random", "mf", "sw"]
+        assert one.scores["sw"] == every.scores["sw"] == FakeScorer.score_one("sw", "a prompt")
+        await sched.close()
+
+    run(body)
+
+
 def test_close_finishes_queued_work() -> None:
     async def body() -> None:
-        scorer = FakeScorer(delay_s=0.01)
+        scorer = FakeScorer()
+        scorer.block()
         sched = make(scorer, max_batch_size=2)
         tasks = [asyncio.create_task(sched.score([f"p {i}"])) for i in range(6)]
         await until(lambda: sched.stats.admitted == 6)
-        await sched.close()
+        closing = asyncio.create_task(sched.close())
+        await until(lambda: not sched.running)
+        with pytest.raises(Draining):
+            await sched.score(["too late"])
+        scorer.release()
+        await closing
         outs = await asyncio.gather(*tasks)
         assert all(isinstance(o[0], ItemResult) for o in outs)
+        assert sum(len(c) for c in scorer.calls) == 6 and sched.in_flight == 0
 
     run(body)
 
@@ -312,14 +358,14 @@ def test_property_every_request_gets_its_own_scores_within_limits(
         scorer = FakeScorer()
         sched = make(scorer, max_batch_size=max_batch, max_batch_tokens=budget, max_wait_us=500, max_queue=1000)
         reqs = [[f"r{j} " + "w " * ((i * 7 + j) % 9) + f"p{i}" for i in range(n)] for j, n in enumerate(sizes)]
-        outs = await asyncio.gather(*(sched.score(r, ["mf"]) for r in reqs))
+        outs = await asyncio.gather(*(sched.score(r, ("mf",)) for r in reqs))
         for req, out in zip(reqs, outs, strict=True):
             assert len(out) == len(req)
             for text, res in zip(req, out, strict=True):
                 assert isinstance(res, ItemResult)
                 assert res.scores == {"mf": FakeScorer.score_one("mf", text)}
         for call in scorer.calls:
-            toks = scorer.count_tokens(call)
+            toks = [scorer.token_count(t) for t in call]
             assert len(call) <= max_batch
             assert len(call) == 1 or max(toks) * len(call) <= budget
         assert sum(len(c) for c in scorer.calls) == sum(sizes)
@@ -350,6 +396,7 @@ def test_idle_fast_path_skips_the_count_only_for_one_prompt_on_an_idle_scheduler
             assert out.scores["mf"] == FakeScorer.score_one("mf", text)
             assert out.n_tokens == len(text.split()) + 2  # reported even when not counted
         assert scorer.counted == ["busy one", "pair a", "pair b"]
+        assert scorer.scored_without_tokens == ["idle one"]  # every prompt tokenised exactly once
         assert scorer.calls[0] == ["idle one"]
         assert sched.timings.padded_tokens.count == len(scorer.calls)
         await sched.close()
@@ -363,16 +410,17 @@ def test_idle_fast_path_is_off_when_batches_wait_to_fill() -> None:
         sched = make(scorer, max_wait_us=1000)
         [out] = await sched.score(["lonely prompt"])
         assert isinstance(out, ItemResult)
-        assert scorer.counted == ["lonely prompt"]
+        assert scorer.counted == ["lonely prompt"] and scorer.scored_without_tokens == []
         await sched.close()
 
     run(body)
 
 
-def _item(n_tokens: int | None, name: str) -> Item:
+def _item(n_tokens: int | None, name: str) -> Item[int]:
     loop = asyncio.new_event_loop()
     try:
-        return Item(name, ("mf",), n_tokens, loop.create_future(), 0.0)
+        tokens = None if n_tokens is None else Tokenized(n_tokens, n_tokens)
+        return Item(name, ("mf",), tokens, loop.create_future(), 0.0)
     finally:
         loop.close()
 
@@ -390,3 +438,87 @@ def test_uncounted_item_forms_a_batch_of_its_own() -> None:
     assert batches == [["a", "b"], ["c"], ["d"]]
     q.append(_item(None, "alone"))
     assert q.batch_ready(32, 1000)
+
+
+def test_tokens_from_admission_ride_with_the_item_to_the_scorer() -> None:
+    """Prompts queued behind a busy scorer are tokenised once, at admission; the scorer gets those
+    tokens with the batch (it tokenises none itself) and the replies carry their counts."""
+
+    async def body() -> None:
+        scorer = FakeScorer(max_tokens=6)
+        scorer.block()
+        sched = make(scorer, max_batch_size=3)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        prompts = [" ".join(["w"] * n) for n in (1, 7, 2, 3, 9, 1, 4)]
+        task = asyncio.create_task(sched.score(prompts, ("mf",)))
+        await until(lambda: sched.stats.admitted == 1 + len(prompts))
+        scorer.release()
+        await first
+        outs = await task
+        assert scorer.counted == prompts
+        assert scorer.scored_without_tokens == ["occupies the scorer"]
+        assert [len(c) for c in scorer.calls[1:]] == [3, 3, 1]
+        for text, out in zip(prompts, outs, strict=True):
+            assert isinstance(out, ItemResult)
+            assert out.n_tokens == min(len(text.split()) + 2, 6)
+            assert out.truncated == (len(text.split()) + 2 > 6)
+        await sched.close()
+
+    run(body)
+
+
+class _FailingTokenizer(FakeScorer):
+    """A FakeScorer whose tokenizer raises (the scorer's `tokenize` failing at admission)."""
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[int]]:
+        raise RuntimeError("tokenizer broke")
+
+
+def test_tokenizer_failure_fails_the_call_and_gives_the_permits_back() -> None:
+    async def body() -> None:
+        scorer = _FailingTokenizer()
+        sched = make(scorer, max_queue=4)
+        with pytest.raises(ScorerFailed):
+            await sched.score(["a", "b", "c", "d"])
+        assert sched.in_flight == 0 and scorer.calls == []
+        [out] = await sched.score(["idle: tokenised by the scorer"])  # the fast path never calls tokenize
+        assert isinstance(out, ItemResult) and sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_admission_permits_are_held_by_a_with_block() -> None:
+    admission = Admission(4)
+    permit = admission.try_acquire(3)
+    assert permit is not None and admission.in_use == 3
+    assert admission.try_acquire(2) is None and admission.in_use == 3  # all or none
+    with pytest.raises(RuntimeError), permit:
+        assert admission.in_use == 3
+        raise RuntimeError("the call failed")
+    assert admission.in_use == 0  # given back however the block ends
+    full = admission.try_acquire(4)
+    assert full is not None
+    with full:
+        assert admission.try_acquire(1) is None
+    assert admission.in_use == 0
+
+
+def test_queue_full_leaves_the_admitted_calls_their_permits() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, max_queue=3)
+        first = asyncio.create_task(sched.score(["one", "two"]))
+        await wait_entered(scorer)
+        with pytest.raises(QueueFull) as e:
+            await sched.score(["three", "four"])
+        assert e.value.message == "queue full: 2 of 3 prompts admitted, 2 more asked"
+        assert sched.in_flight == 2
+        scorer.release()
+        assert all(isinstance(o, ItemResult) for o in await first)
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)

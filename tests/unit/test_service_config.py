@@ -1,74 +1,150 @@
-"""ServiceConfig: defaults, flag > env > default precedence, exact validation messages."""
+"""ServiceConfig: defaults, flag > env > default precedence, the exact flag and variable names, the
+batch settings nested in `batch`, the plug-in list, exact validation messages."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_cli
+from lmroute.service.config import SETTINGS, BatchPolicy, ServiceConfig, build_arg_parser, config_from_cli
 from lmroute.service.errors import ConfigError
+
+# The command line and environment contract (deploy/, scripts/ and the benchmarks use these names).
+FLAGS_AND_VARIABLES = [
+    ("--bundle", "LMROUTE_BUNDLE"),
+    ("--host", "LMROUTE_HOST"),
+    ("--port", "LMROUTE_PORT"),
+    ("--max-batch-size", "LMROUTE_MAX_BATCH_SIZE"),
+    ("--max-wait-us", "LMROUTE_MAX_WAIT_US"),
+    ("--max-batch-tokens", "LMROUTE_MAX_BATCH_TOKENS"),
+    ("--max-queue", "LMROUTE_MAX_QUEUE"),
+    ("--queue-timeout-ms", "LMROUTE_QUEUE_TIMEOUT_MS"),
+    ("--max-prompt-chars", "LMROUTE_MAX_PROMPT_CHARS"),
+    ("--max-prompts-per-request", "LMROUTE_MAX_PROMPTS_PER_REQUEST"),
+    ("--max-message-bytes", "LMROUTE_MAX_MESSAGE_BYTES"),
+    ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
+    ("--encoder-chunk-size", "LMROUTE_ENCODER_CHUNK_SIZE"),
+    ("--device", "LMROUTE_DEVICE"),
+    ("--grace-s", "LMROUTE_GRACE_S"),
+    ("--warmup", "LMROUTE_WARMUP"),
+    ("--log-level", "LMROUTE_LOG_LEVEL"),
+    ("--stats-path", "LMROUTE_STATS_PATH"),
+    ("--plugin", "LMROUTE_PLUGINS"),
+]
 
 
 def test_defaults_and_frozen() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
-    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.max_batch_size == 16
-    assert cfg.max_wait_us == 0 and cfg.max_queue == 64
+    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.batch.max_batch_size == 16
+    assert cfg.batch == BatchPolicy() and cfg.batch.max_wait_us == 0 and cfg.batch.max_queue == 64
+    assert cfg.plugins == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.batch.max_queue = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         ServiceConfig(Path("b"))  # type: ignore[misc]  # keyword-only
+    with pytest.raises(TypeError):
+        BatchPolicy(16)  # type: ignore[misc]  # keyword-only
 
 
 def test_flag_beats_env_beats_default() -> None:
     env = {
         "LMROUTE_BUNDLE": "/env/bundle",
         "LMROUTE_MAX_BATCH_SIZE": "8",
+        "LMROUTE_MAX_QUEUE": "9",
         "LMROUTE_PORT": "7000",
         "LMROUTE_WARMUP": "false",
     }
     cfg = config_from_cli(["--max-batch-size", "32", "--grace-s", "2.5"], env)
     assert cfg.bundle_path == Path("/env/bundle")
-    assert cfg.max_batch_size == 32 and cfg.port == 7000 and cfg.grace_s == 2.5
-    assert cfg.warmup is False and cfg.max_wait_us == 0
+    assert cfg.batch.max_batch_size == 32 and cfg.port == 7000 and cfg.grace_s == 2.5
+    assert cfg.batch.max_queue == 9 and cfg.batch.max_wait_us == 0
+    assert cfg.warmup is False
 
 
-def test_every_field_has_a_flag() -> None:
+def test_every_setting_has_its_flag_and_variable() -> None:
+    assert [(s.flag, s.env) for s in SETTINGS] == FLAGS_AND_VARIABLES
     text = build_arg_parser().format_help()
-    for f in dataclasses.fields(ServiceConfig):
-        flag = "--bundle" if f.name == "bundle_path" else "--" + f.name.replace("_", "-")
-        assert flag in text
-        env = "LMROUTE_BUNDLE" if f.name == "bundle_path" else "LMROUTE_" + f.name.upper()
-        assert env in text
+    for flag, env in FLAGS_AND_VARIABLES:
+        assert flag in text and env in text
+    batch = {f.name for f in dataclasses.fields(BatchPolicy)}
+    assert {s.name for s in SETTINGS if s.group == "batch"} == batch  # declared once, in BatchPolicy
+    top = {f.name for f in dataclasses.fields(ServiceConfig)} - {"batch"}
+    assert {s.name for s in SETTINGS if s.group == ""} == top
+
+
+def test_defaults_of_the_settings_are_the_dataclass_defaults() -> None:
+    cfg = ServiceConfig(bundle_path=Path("b"))
+    for s in SETTINGS:
+        if s.name != "bundle_path":
+            assert getattr(cfg.batch if s.group else cfg, s.name) == s.default, s.name
+    assert config_from_cli(["--bundle", "b"], {}) == cfg
+    logged = cfg.redacted()
+    assert list(logged) == [s.name for s in SETTINGS]
+    assert logged["bundle_path"] == "b" and logged["max_batch_size"] == 16 and logged["plugins"] == ()
+
+
+def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
+    env = {"LMROUTE_BUNDLE": "b", "LMROUTE_PLUGINS": "pkg.kind_a, kind_b,"}
+    assert config_from_cli([], env).plugins == ("pkg.kind_a", "kind_b")
+    cfg = config_from_cli(["--plugin", "one", "--plugin", "two.three"], env)
+    assert cfg.plugins == ("one", "two.three")  # the flag beats the variable
+    assert ServiceConfig(bundle_path=Path("b"), plugins=["x"]).plugins == ("x",)  # type: ignore[arg-type]
+    help_text = build_arg_parser().format_help()
+    assert "--plugin MODULE" in help_text and "LMROUTE_PLUGINS" in help_text
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("build", "message"),
     [
-        ({"max_batch_size": 0}, "max_batch_size: must be >= 1 (got 0)"),
-        ({"max_wait_us": -1}, "max_wait_us: must be >= 0 (got -1)"),
-        ({"port": 70000}, "port: must be in [0, 65535] (got 70000)"),
-        ({"device": "tpu"}, "device: must be one of cpu, cuda (got 'tpu')"),
-        ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error (got 'loud')"),
-        ({"grace_s": -1.0}, "grace_s: must be >= 0 (got -1.0)"),
-        ({"max_queue": 2.5}, "max_queue: must be an integer (got 2.5)"),
-        ({"max_message_bytes": 10}, "max_message_bytes: must be >= 1024 (got 10)"),
-        ({"bundle_path": Path("")}, "bundle_path: must name a bundle directory (got empty)"),
+        (lambda: BatchPolicy(max_batch_size=0), "max_batch_size: must be >= 1 (got 0)"),
+        (lambda: BatchPolicy(max_wait_us=-1), "max_wait_us: must be >= 0 (got -1)"),
+        (lambda: BatchPolicy(max_queue=2.5), "max_queue: must be an integer (got 2.5)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), port=70000), "port: must be in [0, 65535] (got 70000)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), device="tpu"), "device: must be one of cpu, cuda (got 'tpu')"),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), log_level="loud"),
+            "log_level: must be one of debug, info, warning, error (got 'loud')",
+        ),
+        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=-1.0), "grace_s: must be >= 0 (got -1.0)"),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), max_message_bytes=10),
+            "max_message_bytes: must be >= 1024 (got 10)",
+        ),
+        (lambda: ServiceConfig(bundle_path=Path("")), "bundle_path: must name a bundle directory (got empty)"),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), plugins=("ok", "not-a-module")),
+            "plugins: 'not-a-module' is not a module name",
+        ),
     ],
 )
-def test_bad_values_exact_messages(kwargs: dict[str, object], message: str) -> None:
-    args: dict[str, object] = {"bundle_path": Path("b")}
-    args.update(kwargs)
+def test_bad_values_exact_messages(build: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigError) as e:
-        ServiceConfig(**args)  # type: ignore[arg-type]
+        build()
     assert str(e.value) == message
 
 
-def test_unparsable_env_and_missing_bundle() -> None:
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--max-batch-size", "0"], {}, "max_batch_size: must be >= 1 (got 0)"),
+        ([], {"LMROUTE_MAX_WAIT_US": "-5"}, "max_wait_us: must be >= 0 (got -5)"),
+        (["--queue-timeout-ms", "soon"], {}, "queue_timeout_ms: cannot parse 'soon' from --queue-timeout-ms as int"),
+        ([], {"LMROUTE_PORT": "eighty"}, "port: cannot parse 'eighty' from LMROUTE_PORT as int"),
+        ([], {"LMROUTE_WARMUP": "maybe"}, "warmup: cannot parse 'maybe' from LMROUTE_WARMUP as bool"),
+    ],
+)
+def test_bad_flags_and_variables_exact_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as e:
-        config_from_cli([], {"LMROUTE_BUNDLE": "b", "LMROUTE_PORT": "eighty"})
-    assert str(e.value) == "port: cannot parse 'eighty' from LMROUTE_PORT as int"
+        config_from_cli(["--bundle", "b", *argv], env)
+    assert str(e.value) == message
+
+
+def test_missing_bundle() -> None:
     with pytest.raises(ConfigError) as e:
         config_from_cli([], {})
     assert str(e.value) == "bundle_path: required (--bundle or LMROUTE_BUNDLE)"
