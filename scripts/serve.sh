@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), build the default router bundle if it is missing (artifacts/default, about
-# 15 minutes on a 2-core CPU the first time), then serve it on 127.0.0.1. Extra arguments go to
+# 10 minutes on a 2-core CPU the first time: benchmarks/RESULTS_build.md), then serve it on 127.0.0.1. Extra arguments go to
 # lmroute-serve (see `lmroute-serve --help`); LMROUTE_BUNDLE picks another bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."

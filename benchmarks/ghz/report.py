@@ -499,7 +499,7 @@ def write_report(res: dict[str, Any], out: Path, plot_prefix: str = "") -> str:
         L += [
             "Its router classes called one prompt per call from c Python threads, with our ONNX encoder in "
             "place of its OpenAI embedding call (no network). mf: its `MFModel` with **random weights** (the "
-            "trained checkpoint is on a model hub this machine cannot reach; the cost per call is the same). "
+            "trained checkpoint is on a model hub the benchmark machine cannot reach; the cost per call is the same). "
             f"sw_ranking: {rl.get('battles', 0):,} synthetic battles (the 55k Arena set's size; RouteLLM's "
             "default table is larger, so this is a lower bound on its cost).",
             "",

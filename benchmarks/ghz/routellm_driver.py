@@ -6,8 +6,8 @@ our local ONNX encoder standing in for its OpenAI embedding call, so no network 
 
 - mf: RouteLLM's `MatrixFactorizationRouter.calculate_strong_win_rate` over its own `MFModel` class
   (torch), built with its default shape (dim 128, 64 models, projection on) but text_dim = our
-  encoder's dim and RANDOM weights: its trained checkpoint lives on a model hub this machine cannot
-  reach. The cost per call is the same as with trained weights; the scores are not.
+  encoder's dim and RANDOM weights: its trained checkpoint lives on a model hub the benchmark machine
+  cannot reach. The cost per call is the same as with trained weights; the scores are not.
 - sw_ranking: RouteLLM's `SWRankingRouter.calculate_strong_win_rate`, which refits a weighted
   Bradley-Terry model (sklearn LogisticRegression) over every arena battle for every prompt. Its
   battles and their embeddings also come from the hub; here `--battles` synthetic battles between 10
