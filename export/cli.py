@@ -16,17 +16,20 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lmroute.bundle import kinds
+from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
+from lmroute.export.recipe import Recipe
 
 PROG = "lmroute-export"
+ENV_PREFIX = "LMROUTE_EXPORT_"
 
 
 def _env(name: str, default: str) -> str:
-    return os.environ.get(f"LMROUTE_EXPORT_{name}", default)
+    return os.environ.get(ENV_PREFIX + name, default)
 
 
 def _add_plugin(p: argparse.ArgumentParser) -> None:
@@ -55,7 +58,12 @@ def _load_plugins(args_list: Sequence[str]) -> None:
 
 
 def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="train all routers and write a calibrated bundle")
+    p = sub.add_parser(
+        name,
+        help="train all routers and write a calibrated bundle",
+        description="Train the routers and write a calibrated bundle. The training recipe's flags also read "
+        f"{ENV_PREFIX}<NAME> (e.g. {ENV_PREFIX}MF_LR); a flag beats the variable, the variable the default.",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory (replaced if present)")
     p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", str(REPO_ROOT / "data"))))
     p.add_argument(
@@ -63,12 +71,6 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         type=Path,
         default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
         help="exported encoders and prompt embeddings, reused across builds",
-    )
-    p.add_argument(
-        "--encoder-model-dir",
-        type=Path,
-        default=None,
-        help="a local Hugging Face BERT-class model dir (default: packaged all-MiniLM-L6-v2)",
     )
     p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=kinds.names())
     _add_plugin(p)
@@ -78,35 +80,26 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         default=_env("QUICK", "") == "1",
         help="CI mode: few rows per source, short training (numbers are not meaningful)",
     )
-    p.add_argument("--seed", type=int, default=int(_env("SEED", "0")))
-    p.add_argument("--bert-time-budget-s", type=float, default=float(_env("BERT_TIME_BUDGET_S", "420")))
-    p.add_argument("--mf-epochs", type=int, default=int(_env("MF_EPOCHS", "20")))
-    p.add_argument(
-        "--prior-weights",
-        default=_env("PRIOR_WEIGHTS", "mf=4,sw_ranking=0.5,bert=0.25"),
-        help="routers blended with the difficulty prior, router=weight,... ('' = no prior)",
-    )
     p.add_argument("--report", type=Path, default=None, help="write the build report JSON here")
+    add_flags(p.add_argument_group("training recipe (lmroute.export.recipe.Recipe)"), Recipe, env_prefix=ENV_PREFIX)
 
 
-def _weights(text: str) -> tuple[tuple[str, float], ...]:
-    """ "mf=4,bert=2" -> (("mf", 4.0), ("bert", 2.0)); "" -> ()."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            out.append((name.strip(), float(value)))
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise SystemExit(f"{PROG}: --prior-weights: expected router=weight, got {part!r}")
-    return tuple(out)
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> BuildConfig:
+    """The BuildConfig of parsed `build` flags; recipe knobs not given as flags come from LMROUTE_EXPORT_*
+    variables, then from the Recipe's defaults. Raises ValueError naming a bad flag, variable or value."""
+    recipe = Recipe(**values_from(args, Recipe, env_prefix=ENV_PREFIX, environ=environ))
+    return BuildConfig(
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        routers=tuple(args.routers),
+        quick=args.quick,
+        recipe=recipe,
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _load_plugins(args_list)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (load --plugin modules first: `build --routers` lists the kinds)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -117,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("export", help="export the sentence encoder to ONNX")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=Recipe().max_tokens)
     p.add_argument("--int8", action="store_true", help="per-channel dynamic int8 (measure before use)")
 
     p = sub.add_parser("calibrate", help="recompute a bundle's calibration table")
@@ -138,7 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=None, help="write the findings as JSON here")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _load_plugins(args_list)
+    parser = build_parser()
     if args_list[:1] == ["evaluate"]:
         from lmroute.export.evaluate import main as evaluate_main
 
@@ -148,18 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd in ("build", "train"):
         from lmroute.export.pipeline import build_bundle
 
-        cfg = BuildConfig(
-            out_dir=args.out,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir,
-            encoder_model_dir=args.encoder_model_dir,
-            routers=tuple(args.routers),
-            quick=args.quick,
-            seed=args.seed,
-            bert_time_budget_s=args.bert_time_budget_s,
-            mf_epochs=args.mf_epochs,
-            prior_weights=_weights(args.prior_weights),
-        )
+        try:
+            cfg = build_config(args)
+        except ValueError as exc:
+            parser.error(f"{args.cmd}: {exc}")
         t0 = time.perf_counter()
         report = build_bundle(cfg)
         print(report.elo_table)

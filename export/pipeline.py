@@ -2,7 +2,8 @@
 
 `build_bundle(BuildConfig(...))` is what `lmroute-export build` runs. Each step lives in its own module
 (data, encoder_export, embed_cache, elo, train_*, calibrate); this module only wires them in order,
-times them and collects what a person wants to read afterwards (`BuildReport`).
+times them and collects what a person wants to read afterwards (`BuildReport`). What the routers learn is
+decided by `BuildConfig.recipe` (`lmroute.export.recipe.Recipe`, shared with the validation harness).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from lmroute.export.elo import compute_elo, format_elo_table, segment_tiers
 from lmroute.export.embed_cache import embed_texts, encoder_id_for
 from lmroute.export.encoder_export import default_model_dir, export_encoder
 from lmroute.export.evaluate import score_bundle
+from lmroute.export.recipe import BuildRecipe, Recipe
 from lmroute.export.train_prior import blend_params, fit_difficulty_prior
 
 log = logging.getLogger("lmroute.export.pipeline")
@@ -68,61 +70,33 @@ CALIBRATION_SOURCE = (
 class BuildConfig:
     """Everything `build_bundle` needs; defaults build the default bundle.
 
+    recipe: the training knobs (`lmroute.export.recipe.Recipe`; its defaults are the shipped recipe).
+    The rest says where things are and what to build, not how to train:
     out_dir: where the bundle goes (replaced if it exists). data_dir: the vendored data (data/).
     cache_dir: exported encoders and prompt embeddings, reused across builds.
-    encoder_model_dir: a local Hugging Face BERT-class model dir (None: the packaged all-MiniLM-L6-v2).
-    exported_encoder_dir: an already exported and verified encoder (model.onnx + tokenizer.json) of that
-        model to use as is, instead of exporting (or reusing the cache's export).
+    exported_encoder_dir: an already exported and verified encoder (model.onnx + tokenizer.json) of
+        recipe.encoder_model_dir to use as is, instead of exporting (or reusing the cache's export).
+    routers: the router kinds to train (any registered kind: `lmroute.bundle.kinds`).
     quick: CI mode: every comparison of `quick_prompts_per_source` prompts per source, 2 mf epochs, a 60 s
-        bert budget, 200 calibration prompts.
-    label_weights: weight of each label kind (human / judge / golden) in Elo, sw_ranking and mf.
-
-    The router recipe was chosen on the validation harness (`lmroute.export.validate`, held-out training
-    prompts; never the eval sets): sw_ranking learns only from direct strong-vs-weak comparisons
-    (sw_pair_only) with gamma 1e5 (gamma 10 bounds the nearest/farthest weight ratio at 10x, which
-    leaves almost no locality); mf trains on all comparisons with the direct pair weighted
-    mf_pair_weight x, lr 1e-3, noise sigma 0.02, batch 1024; bert learns from the direct pair only
-    (bert_pair_only). Elo and tiers use every comparison.
-
-    prior_weights: routers blended with the difficulty prior (`lmroute.export.train_prior`, fitted on
-    the LLMRouter correctness labels with ridge `prior_ridge`) and at what weight; empty = no prior.
-    Chosen on the harness by the largest worst-source z over random, then the mean: mf 4 and
-    sw_ranking 0.5, bert 0.25, each on 10 pooled folds (README "Router recipe").
-    prior_standardise_on: how many training prompts fix the blend's center / scale.
-    quick_difficulty_questions: the prior's questions in quick mode (evenly spread).
+        bert budget, `quick_difficulty_questions` prior questions (evenly spread), 200 calibration prompts.
+    val_fraction: share of the training prompts held out (split by prompt, seeded by recipe.seed); the
+        validation harness's fold 0 of 10 is the same split.
+    strong, weak: the default pair. calibration_limit: calibrate on the first this many prompts (None: all).
     """
 
     out_dir: Path
     data_dir: Path = REPO_ROOT / "data"
     cache_dir: Path = REPO_ROOT / ".cache"
-    encoder_model_dir: Path | None = None
     exported_encoder_dir: Path | None = None
-    max_tokens: int = 256
     routers: tuple[str, ...] = ALL_ROUTERS
+    recipe: Recipe = field(default_factory=Recipe)
     quick: bool = False
     quick_prompts_per_source: int = 80
-    seed: int = 0
+    quick_difficulty_questions: int = 300
     val_fraction: float = 0.1
-    n_tiers: int = 10
-    gamma: float = 1e5
-    sw_pair_only: bool = True
-    mf_dim: int = 128
-    mf_epochs: int = 20
-    mf_batch_size: int = 1024
-    mf_lr: float = 1e-3
-    mf_noise_sigma: float = 0.02
-    mf_pair_weight: float = 10.0
-    bert_pair_only: bool = True
-    bert_time_budget_s: float = 420.0
-    bert_max_tokens: int = 256
-    label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
     strong: str = names.STRONG
     weak: str = names.WEAK
     calibration_limit: int | None = None
-    prior_weights: tuple[tuple[str, float], ...] = (("mf", 4.0), ("sw_ranking", 0.5), ("bert", 0.25))
-    prior_ridge: float = 10.0
-    prior_standardise_on: int = 1000
-    quick_difficulty_questions: int = 300
 
     def __post_init__(self) -> None:
         unknown = set(self.routers) - set(kinds.names())
@@ -130,24 +104,19 @@ class BuildConfig:
             raise ValueError(f"routers: {sorted(unknown) or 'none'} not in the registered kinds {kinds.names()}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
-        if self.n_tiers < 2:
-            raise ValueError(f"n_tiers: {self.n_tiers} must be >= 2")
-        bad_kinds = {k for k, _ in self.label_weights} - set(LABEL_KINDS)
-        if bad_kinds:
-            raise ValueError(f"label_weights: unknown label kinds {sorted(bad_kinds)}; know {LABEL_KINDS}")
-        for name, weight in self.prior_weights:
+        for name, _ in self.recipe.prior_weights:
             if name not in kinds.names() or name == "random":
                 trained = ", ".join(k for k in kinds.names() if k != "random")
                 raise ValueError(f"prior_weights: {name!r} is not a trained router ({trained})")
-            if not (np.isfinite(weight) and weight >= 0):
-                raise ValueError(f"prior_weights: {name}={weight} must be finite and >= 0")
 
 
 @dataclass
 class BuildReport:
-    """What a build did: seconds per step, data counts, the Elo table and per-router training notes."""
+    """What a build did: its recipe, seconds per step, data counts, the Elo table and per-router training
+    notes."""
 
     out_dir: str
+    recipe: dict[str, Any] = field(default_factory=dict)
     bundle_version: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -242,18 +211,18 @@ def _training_data(comps: Comparisons) -> TrainingData:
 
 def build_bundle(cfg: BuildConfig) -> BuildReport:
     """Run the whole pipeline and write the bundle to cfg.out_dir; see the module docstring."""
-    report = BuildReport(out_dir=str(cfg.out_dir))
-    label_weights = dict(cfg.label_weights)
+    report = BuildReport(out_dir=str(cfg.out_dir), recipe=asdict(cfg.recipe))
+    recipe = cfg.recipe
 
     with _step(report, "load_data"):
         loaded = load_comparisons(cfg.data_dir)
         comps, n_contaminated = _drop_contaminated(loaded.comparisons, cfg.data_dir / DECONTAMINATION_FILE)
         if cfg.quick:
-            comps = _quick_subset(comps, cfg.quick_prompts_per_source, cfg.seed)
+            comps = _quick_subset(comps, cfg.quick_prompts_per_source, recipe.seed)
         for name in (cfg.strong, cfg.weak):
             if name not in comps.models:
                 raise ValueError(f"default pair model {name!r} does not occur in the training data")
-        train, val = comps.split_by_prompt(cfg.val_fraction, seed=cfg.seed) if cfg.val_fraction else (comps, None)
+        train, val = comps.split_by_prompt(cfg.val_fraction, seed=recipe.seed) if cfg.val_fraction else (comps, None)
         report.data = {
             "counts": comps.counts(),
             "n_bad_rows": len(loaded.issues),
@@ -268,16 +237,20 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         if cfg.exported_encoder_dir is not None:
             enc_dir, report.encoder = Path(cfg.exported_encoder_dir), {"exported_dir": str(cfg.exported_encoder_dir)}
         else:
-            enc_dir, report.encoder = ensure_encoder(cfg.encoder_model_dir, cfg.cache_dir, cfg.max_tokens)
-        encoder, encoder_id = open_encoder(enc_dir, cfg.max_tokens)
+            enc_dir, report.encoder = ensure_encoder(recipe.encoder_model_dir, cfg.cache_dir, recipe.max_tokens)
+        encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens)
 
     with _step(report, "embed_train"):
         prompt_emb = embed_texts(encoder, train.prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
 
     with _step(report, "elo_tiers"):
-        elo = compute_elo(train, label_weights=label_weights)
-        ratings = elo.as_dict()
-        tiers = segment_tiers(ratings, n_tiers=min(cfg.n_tiers, len(ratings)))
+        elo = compute_elo(
+            train,
+            label_weights=dict(recipe.label_weights),
+            source_weights=dict(recipe.elo_source_weights) or None,
+        )
+        ratings = elo.as_dict(min_comparisons=recipe.elo_min_comparisons)
+        tiers = segment_tiers(ratings, n_tiers=min(recipe.n_tiers, len(ratings)))
         report.elo_table = format_elo_table(elo, tiers)
         for name in (cfg.strong, cfg.weak):
             if name not in tiers:
@@ -286,7 +259,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             log.warning("strong model %s is not in a higher tier than weak model %s", cfg.strong, cfg.weak)
 
     prior = None
-    blended = {name: w for name, w in cfg.prior_weights if name in cfg.routers and w > 0}
+    blended = {name: w for name, w in recipe.prior_weights if name in cfg.routers and w > 0}
     if blended:
         with _step(report, "difficulty_prior"):
             prior = _fit_prior(cfg, encoder, encoder_id, prompt_emb, report)
@@ -300,7 +273,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         manifest = write_bundle(
             cfg.out_dir,
             encoder_dir=enc_dir,
-            encoder=encoder_spec(cfg.encoder_model_dir, encoder.dim, cfg.max_tokens),
+            encoder=encoder_spec(recipe.encoder_model_dir, encoder.dim, recipe.max_tokens),
             routers=artifacts,
             models=sorted(tiers),
             default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
@@ -335,7 +308,7 @@ def _fit_prior(
         keep &= np.isin(np.arange(len(keep)), evenly_spaced(len(keep), cfg.quick_difficulty_questions))
     prompts = [p for p, k in zip(labels.prompts, keep, strict=True) if k]
     emb = embed_texts(encoder, prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
-    fitted = fit_difficulty_prior(emb, labels.mean_score[keep], ridge=cfg.prior_ridge)
+    fitted = fit_difficulty_prior(emb, labels.mean_score[keep], ridge=cfg.recipe.prior_ridge)
     fitted = dataclasses.replace(fitted, weights=fitted.weights.astype(np.float32).astype(np.float64))
     fitted = fitted.with_standardisation(prompt_emb)
     report.difficulty_prior = {
@@ -351,7 +324,7 @@ def _fit_prior(
         bias=fitted.bias,
         center=fitted.center,
         scale=fitted.scale,
-        ridge=cfg.prior_ridge,
+        ridge=cfg.recipe.prior_ridge,
         n_questions=len(prompts),
         source=f"{DIFFICULTY_FILE}: mean score of {len(labels.models)} open models (LLMRouter, MIT)",
     )
@@ -361,7 +334,7 @@ def _blend_routers(cfg: BuildConfig, train: Comparisons, weights: dict[str, floa
     """Score `prior_standardise_on` training prompts (evenly spread over the table) with each router of
     the fresh bundle, fix each blend's center / scale from them, and write the blends into the manifest."""
     bundle = load_bundle(cfg.out_dir, intra_op_threads=2, require_calibration=False)
-    sample = [train.prompts[i] for i in evenly_spaced(len(train.prompts), cfg.prior_standardise_on)]
+    sample = [train.prompts[i] for i in evenly_spaced(len(train.prompts), cfg.recipe.prior_standardise_on)]
     scores = score_bundle(bundle, sample, progress=None, routers=tuple(weights))
     blends = {name: blend_params(scores[name], weight) for name, weight in weights.items()}
     update_blends(cfg.out_dir, blends)
@@ -417,10 +390,11 @@ def _train_router(
     tiers: dict[str, int],
     report: BuildReport,
 ) -> RouterArtifacts:
-    """Train one router by its kind (`lmroute.bundle.kinds`); the bundle lists the models rated on the
-    training split (those with a tier), sorted."""
+    """Train one router by its kind (`lmroute.bundle.kinds`), which reads the recipe and the quick mode as
+    `ctx.recipe` (`BuildRecipe`); the bundle lists the models rated on the training split (those with a
+    tier), sorted."""
     ctx = TrainContext(
-        recipe=cfg,
+        recipe=BuildRecipe.of(cfg.recipe, quick=cfg.quick),
         comparisons=train,
         embeddings=prompt_emb,
         tiers=tiers,

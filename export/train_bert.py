@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from lmroute.bundle.files import ONNX_INPUTS
+from lmroute.export.recipe import SHIPPED
 
 __all__ = [
     "LABELS",
@@ -182,7 +183,9 @@ def default_model_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BertTrainConfig:
-    """Settings of one fine-tuning run (validated at construction).
+    """Settings of one fine-tuning run (validated at construction). The defaults of the knobs that the
+    training recipe holds (max_tokens, epochs, lr, seed, time_budget_s) are the shipped recipe's
+    (`lmroute.export.recipe.Recipe.bert_*`); `train_bert`'s defaults are these.
 
     max_tokens: truncation length for training, 256 like serving (on the real data the median prompt
         is 51 tokens and only 7 % exceed 128, so with length-grouped batches 256 costs ~7 % more
@@ -200,14 +203,14 @@ class BertTrainConfig:
         intra-op threads on CPU.
     """
 
-    max_tokens: int = 256
-    epochs: int = 3
+    max_tokens: int = SHIPPED.bert_max_tokens
+    epochs: int = SHIPPED.bert_epochs
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = SHIPPED.bert_lr
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
-    seed: int = 0
-    time_budget_s: float = 420.0
+    seed: int = SHIPPED.seed
+    time_budget_s: float = SHIPPED.bert_time_budget_s
     device: str | None = None
     val_fraction: float = 0.1
     evals_per_epoch: int = 2
@@ -357,18 +360,18 @@ def train_bert(
     *,
     sample_weights: np.ndarray | None = None,
     model_dir: Path | str | None = None,
-    max_tokens: int = 256,
-    epochs: int = 3,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    seed: int = 0,
-    time_budget_s: float = 420.0,
-    device: str | None = None,
-    val_fraction: float = 0.1,
-    evals_per_epoch: int = 2,
-    patience: int = 3,
-    cpu_threads: int = 2,
-    freeze_word_embeddings: bool = True,
+    max_tokens: int = BertTrainConfig.max_tokens,
+    epochs: int = BertTrainConfig.epochs,
+    batch_size: int = BertTrainConfig.batch_size,
+    lr: float = BertTrainConfig.lr,
+    seed: int = BertTrainConfig.seed,
+    time_budget_s: float = BertTrainConfig.time_budget_s,
+    device: str | None = BertTrainConfig.device,
+    val_fraction: float = BertTrainConfig.val_fraction,
+    evals_per_epoch: int = BertTrainConfig.evals_per_epoch,
+    patience: int = BertTrainConfig.patience,
+    cpu_threads: int = BertTrainConfig.cpu_threads,
+    freeze_word_embeddings: bool = BertTrainConfig.freeze_word_embeddings,
 ) -> TrainedBert:
     """Fine-tune ``model_dir`` (default: the MiniLM-L6 encoder) as a 3-label classifier on soft labels.
 

@@ -33,6 +33,7 @@ import torch
 from numpy.typing import NDArray
 
 from lmroute.export.data import LABEL_KINDS
+from lmroute.export.recipe import SHIPPED
 
 __all__ = ["MFArtifacts", "train_mf", "pairwise_accuracy"]
 
@@ -97,14 +98,14 @@ def train_mf(
     comparisons: Any,
     prompt_emb: NDArray[np.floating],
     *,
-    dim: int = 128,
+    dim: int = SHIPPED.mf_dim,
     epochs: int,
-    batch_size: int = 64,
-    lr: float = 3e-4,
-    weight_decay: float = 1e-5,
-    noise_sigma: float = 0.1,
-    seed: int = 0,
-    source_bias: bool = True,
+    batch_size: int = SHIPPED.mf_batch_size,
+    lr: float = SHIPPED.mf_lr,
+    weight_decay: float = SHIPPED.mf_weight_decay,
+    noise_sigma: float = SHIPPED.mf_noise_sigma,
+    seed: int = SHIPPED.seed,
+    source_bias: bool = SHIPPED.mf_source_bias,
     label_weights: Mapping[str, float] | None = None,
     row_weights: NDArray[np.floating] | None = None,
     device: str = "cpu",
@@ -114,7 +115,8 @@ def train_mf(
     prompt_emb: [len(comparisons.prompts), d_text] float32, L2-normalised. label_weights: optional
     {label kind name: weight} used as BCE sample weights. row_weights: optional per-comparison
     weights [len(comparisons)] (finite, >= 0), multiplied into the sample weights (e.g. source
-    weights from `lmroute.export.elo.comparison_weights`); rows of weight 0 are dropped.
+    weights from `lmroute.export.elo.comparison_weights`); rows of weight 0 are dropped. The knobs'
+    defaults are the shipped recipe's (`lmroute.export.recipe.Recipe.mf_*`, seed).
     """
     if epochs < 1 or batch_size < 1 or dim < 1:
         raise ValueError(f"epochs, batch_size and dim must be >= 1 (got {epochs}, {batch_size}, {dim})")

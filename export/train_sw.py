@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lmroute.export.elo import comparison_weights
+from lmroute.export.recipe import SHIPPED
 
 __all__ = ["SWRankingArtifacts", "train_sw_ranking"]
 
@@ -49,7 +50,7 @@ def train_sw_ranking(
     n_tiers: int,
     strong: str,
     weak: str,
-    gamma: float = 10.0,
+    gamma: float = SHIPPED.gamma,
     label_weights: Mapping[str, float] | None = None,
     source_weights: Mapping[str, float] | None = None,
     row_weights: NDArray[np.floating] | None = None,
@@ -60,7 +61,8 @@ def train_sw_ranking(
     prompt_emb: float32 [len(comparisons.prompts), d], L2-normalised, aligned with `prompts`.
     tiers: {model: tier} with tiers in 0..n_tiers-1; a model of a comparison missing from `tiers` is
     an error unless `drop_unknown_models`. Self-battles are dropped. Optional label-kind / source
-    weights multiply each comparison's count, and so do `row_weights` (per comparison, >= 0).
+    weights multiply each comparison's count, and so do `row_weights` (per comparison, >= 0). gamma
+    (stored in the params; scoring reads it): default the shipped recipe's (`Recipe.gamma`).
     """
     emb = np.asarray(prompt_emb, dtype=np.float32)
     n_prompts_in = len(comparisons.prompts)

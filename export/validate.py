@@ -8,14 +8,17 @@ pipeline's own validation split. The pieces live next door:
 * `lmroute.export.validation_tables`: per-source quality tables (`PairTable`), metrics of one router
   on one table (`evaluate_table`: APGR, CPT(50 %), random and length baselines), the K-fold split,
   summaries and the Markdown table;
-* `lmroute.export.validation_recipes`: `Recipe` and `fit_scorers` (train mf / sw_ranking on a split).
+* `lmroute.export.validation_recipes`: `Experiment` (the build's `Recipe` plus the harness-only knobs)
+  and `fit_scorers` (train mf / sw_ranking / bert on a split as the build does).
 
-CLI: ``python -m lmroute.export.validate --help``.
+The recipe's defaults are the shipped recipe (`lmroute.export.recipe`), and the CLI's recipe flags are
+derived from its fields, as those of `lmroute-export build` are.
+
+CLI: ``python -m lmroute.export.validate --help`` (flags: `lmroute.export.validation_flags`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +29,17 @@ from numpy.typing import NDArray
 from lmroute.export import names
 from lmroute.export.data import Comparisons, evenly_spaced
 from lmroute.export.train_prior import DifficultyPrior
-from lmroute.export.validation_recipes import Recipe, Scorer, blend_sweep, fit_scorers, fit_tiers, training_weights
+from lmroute.export.validation_recipes import (
+    Experiment,
+    Recipe,
+    Scorer,
+    as_experiment,
+    blend_sweep,
+    blend_weights,
+    fit_scorers,
+    fit_tiers,
+    training_weights,
+)
 from lmroute.export.validation_tables import (
     PairTable,
     SourceResult,
@@ -43,6 +56,7 @@ from lmroute.export.validation_tables import (
 )
 
 __all__ = [  # the harness's API in one place: the names of the two modules next door are re-exported
+    "Experiment",
     "PairTable",
     "Recipe",
     "Scorer",
@@ -68,7 +82,7 @@ log = logging.getLogger(__name__)
 
 
 def validate_recipe(
-    recipe: Recipe,
+    recipe: Recipe | Experiment,
     comps: Comparisons,
     emb_of: Callable[[Sequence[str]], NDArray[np.float32]],
     *,
@@ -97,13 +111,21 @@ def validate_recipe(
     fold is >= this (the eval protocol drops eval prompts at 0.95 to a training prompt); None keeps
     all. It matters: ~27 % of Winogrande prompts have a twin (same sentence, one word changed,
     the answer flipped) at >= 0.95, and the two twins' strong-vs-weak gains are anti-correlated.
-    prior / prior_emb: the difficulty prior (for recipe.prior_weight > 0) and the embeddings of the
-    questions it was fitted on; validation prompts this close to one of those are dropped too (the
-    LLMRouter table holds ~100 near-copies of RouterBench MBPP questions).
-    prior_weights: a sweep: each router is trained once per fold (recipe.prior_weight must be 0) and
-    blended with `prior` at every weight; results are named "<router>@<weight>"."""
-    if prior_weights is not None and (recipe.prior_weight > 0 or prior is None):
-        raise ValueError("validate_recipe: a prior_weights sweep needs a prior and recipe.prior_weight 0")
+    prior / prior_emb: the difficulty prior (needed when the recipe's prior_weights blend one of
+    `routers`) and the embeddings of the questions it was fitted on; validation prompts this close to
+    one of those are dropped too (the LLMRouter table holds ~100 near-copies of RouterBench MBPP questions).
+    prior_weights: a sweep: each router is trained once per fold (the recipe must blend none of
+    `routers`) and blended with `prior` at every weight, its center / scale fixed as the build fixes
+    them; results are named "<router>@<weight>"."""
+    exp = as_experiment(recipe)
+    blended = blend_weights(exp.recipe, routers)
+    if prior_weights is not None and (blended or prior is None):
+        raise ValueError(
+            "validate_recipe: a prior_weights sweep needs a prior and a recipe that blends none of the routers "
+            f"(it blends {blended})"
+        )
+    if blended and prior is None:
+        raise ValueError(f"validate_recipe: recipe prior_weights {blended} need a difficulty prior")
     splits = kfold_by_prompt(comps, folds, seed=split_seed)
     chosen = range(folds) if only_folds is None else only_folds
     results: list[SourceResult] = []
@@ -111,11 +133,13 @@ def validate_recipe(
     for j in chosen:
         train, val = splits[j]
         train_emb = emb_of(train.prompts)
-        scorers = fit_scorers(recipe, train, train_emb, routers=routers, strong=strong, weak=weak, prior=prior)
+        scorers = fit_scorers(exp, train, train_emb, routers=routers, strong=strong, weak=weak, prior=prior)
         if prior_weights is not None:
             assert prior is not None
             std_prior = prior.with_standardisation(train_emb)
-            train_scores = {r: f(train_emb, train.prompts) for r, f in scorers.items()}
+            sample = evenly_spaced(len(train.prompts), exp.recipe.prior_standardise_on)
+            sample_texts = [train.prompts[i] for i in sample]
+            train_scores = {r: f(train_emb[sample], sample_texts) for r, f in scorers.items()}
         tables = pair_tables(
             val, strong=strong, weak=weak, judge_scores=judge_scores, min_prompts=1, require_gap=not pool
         )
@@ -211,13 +235,15 @@ def validate_bundle(
 # CLI
 
 
-def cached_embedder(cache_dir: Path, max_tokens: int = 256) -> Callable[[Sequence[str]], NDArray[np.float32]]:
-    """texts -> embeddings with the pipeline's exported encoder and embedding cache under cache_dir."""
+def cached_embedder(cache_dir: Path, recipe: Recipe | None = None) -> Callable[[Sequence[str]], NDArray[np.float32]]:
+    """texts -> embeddings with the build's exported encoder of `recipe` (its encoder_model_dir and
+    max_tokens; None: the shipped recipe's) and the embedding cache under cache_dir."""
     from lmroute.export.embed_cache import embed_texts
     from lmroute.export.pipeline import ensure_encoder, open_encoder
 
-    enc_dir, _ = ensure_encoder(None, cache_dir, max_tokens)
-    encoder, encoder_id = open_encoder(enc_dir, max_tokens)
+    recipe = Recipe() if recipe is None else recipe
+    enc_dir, _ = ensure_encoder(recipe.encoder_model_dir, cache_dir, recipe.max_tokens)
+    encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens)
     memo: dict[str, NDArray[np.float32]] = {}
 
     def emb_of(texts: Sequence[str]) -> NDArray[np.float32]:
@@ -234,103 +260,24 @@ def cached_embedder(cache_dir: Path, max_tokens: int = 256) -> Callable[[Sequenc
     return emb_of
 
 
-def _pairs(text: str) -> tuple[tuple[str, float], ...]:
-    """`a=1,b=0.5` -> (("a", 1.0), ("b", 0.5))."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected name=weight, got {part!r}")
-        out.append((key.strip(), float(value)))
-    return tuple(out)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Validate one recipe (the defaults unless flags say otherwise) and print the table."""
+    """Validate one experiment (the shipped recipe unless flags say otherwise) and print the table."""
     from lmroute.export.data import load_comparisons, load_difficulty_labels
-    from lmroute.export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
+    from lmroute.export.pipeline import DECONTAMINATION_FILE, _decontamination_set
     from lmroute.export.train_prior import fit_difficulty_prior
+    from lmroute.export.validation_flags import parse_args
 
-    ap = argparse.ArgumentParser(prog="python -m lmroute.export.validate", description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
-    ap.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
-    ap.add_argument("--routers", default="mf,sw_ranking")
-    ap.add_argument("--folds", type=int, default=10, help="K of the K-fold split (10: fold 0 = pipeline's val)")
-    ap.add_argument("--all-folds", action="store_true", help="run every fold, not only fold 0")
-    ap.add_argument(
-        "--pool", action="store_true", help="with --all-folds: one evaluation on the pooled out-of-fold scores"
-    )
-    ap.add_argument("--tier-window", type=int, default=None)
-    ap.add_argument("--pair-only", action="store_true", help="train on the direct strong-vs-weak comparisons only")
-    ap.add_argument(
-        "--decontaminate",
-        type=float,
-        default=0.95,
-        help="drop val prompts this close (cosine) to a training prompt; <= -1 keeps all",
-    )
-    ap.add_argument("--other-weight", type=float, default=1.0)
-    ap.add_argument("--mf-noise-sigma", type=float, default=0.1)
-    ap.add_argument("--label-weights", type=_pairs, default=Recipe().label_weights)
-    ap.add_argument("--source-weights", type=_pairs, default=())
-    ap.add_argument("--elo-source-weights", type=_pairs, default=())
-    ap.add_argument("--n-tiers", type=int, default=10)
-    ap.add_argument("--gamma", type=float, default=10.0)
-    ap.add_argument("--pair-weight", type=float, default=1.0)
-    ap.add_argument("--pair-model-weight", type=float, default=1.0)
-    ap.add_argument("--mf-dim", type=int, default=128)
-    ap.add_argument("--mf-epochs", type=int, default=20)
-    ap.add_argument("--mf-lr", type=float, default=3e-4)
-    ap.add_argument("--mf-batch-size", type=int, default=256)
-    ap.add_argument("--no-source-bias", action="store_true")
-    ap.add_argument("--random-seeds", type=int, default=10, help="seeds of the random baseline (its mean and std)")
-    ap.add_argument(
-        "--prior-weight", type=float, default=0.0, help="blend with the difficulty prior at this weight (0: off)"
-    )
-    ap.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="score this built bundle's routers on fold 0 instead of training (bert included)",
-    )
-    ap.add_argument(
-        "--prior-weights",
-        default=None,
-        help="a sweep of blend weights, each router trained once per fold (with --bundle: default 0,0.5,1,2,4)",
-    )
-    ap.add_argument(
-        "--bert-time-budget-s", type=float, default=420.0, help="wall-clock budget of each bert fine-tuning"
-    )
-    ap.add_argument("--prior-ridge", type=float, default=10.0, help="ridge of the difficulty prior's regression")
-    args = ap.parse_args(argv)
+    args, experiment, sweep = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    recipe = Recipe(
-        label_weights=args.label_weights,
-        source_weights=args.source_weights,
-        elo_source_weights=args.elo_source_weights,
-        n_tiers=args.n_tiers,
-        gamma=args.gamma,
-        pair_weight=args.pair_weight,
-        pair_model_weight=args.pair_model_weight,
-        other_weight=args.other_weight,
-        pair_only=args.pair_only,
-        tier_window=args.tier_window,
-        mf_noise_sigma=args.mf_noise_sigma,
-        mf_dim=args.mf_dim,
-        mf_epochs=args.mf_epochs,
-        mf_lr=args.mf_lr,
-        mf_batch_size=args.mf_batch_size,
-        mf_source_bias=not args.no_source_bias,
-        bert_time_budget_s=args.bert_time_budget_s,
-        prior_weight=args.prior_weight,
-    )
-    sweep = None if args.prior_weights is None else [float(w) for w in args.prior_weights.split(",") if w]
+    recipe = experiment.recipe
+    routers = tuple(r for r in args.routers.split(",") if r)
     comps = load_comparisons(args.data_dir).comparisons
-    emb_of = cached_embedder(args.cache_dir)
+    emb_of = cached_embedder(args.cache_dir, recipe)
     labels = load_difficulty_labels(args.data_dir)
     near_eval = _decontamination_set(args.data_dir / DECONTAMINATION_FILE)
     keep = np.array([p not in near_eval for p in labels.prompts], dtype=bool)
     prior_emb = emb_of([p for p, k in zip(labels.prompts, keep, strict=True) if k])
-    prior = fit_difficulty_prior(prior_emb, labels.mean_score[keep], ridge=args.prior_ridge)
+    prior = fit_difficulty_prior(prior_emb, labels.mean_score[keep], ridge=recipe.prior_ridge)
     if args.bundle is not None:
         results = validate_bundle(
             args.bundle,
@@ -340,19 +287,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             prior=prior,
             prior_emb=prior_emb,
             prior_weights=sweep if sweep is not None else [0.0, 0.5, 1.0, 2.0, 4.0],
-            routers=tuple(r for r in args.routers.split(",") if r),
+            routers=routers,
             random_seeds=args.random_seeds,
+            standardise_on=recipe.prior_standardise_on,
         )
         print(format_results(results, title=f"bundle {args.bundle}, fold 0"))
         return 0
     results = validate_recipe(
-        recipe,
+        experiment,
         comps,
         emb_of,
         judge_scores=load_judge_scores(args.data_dir),
         folds=args.folds,
         only_folds=None if args.all_folds else (0,),
-        routers=tuple(r for r in args.routers.split(",") if r),
+        routers=routers,
         pool=args.pool,
         decontaminate=args.decontaminate if args.decontaminate > -1 else None,
         prior=prior,
@@ -360,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prior_weights=sweep,
         random_seeds=args.random_seeds,
     )
-    print(format_results(results, title=recipe.describe()))
+    print(format_results(results, title=experiment.describe()))
     return 0
 
 

@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Fit the variants on the LLMRouter labels (minus near-eval questions) and print the z table."""
     from lmroute.export.data import load_comparisons, load_difficulty_labels
     from lmroute.export.pipeline import DECONTAMINATION_FILE, REPO_ROOT, _decontamination_set
+    from lmroute.export.recipe import SHIPPED
     from lmroute.export.validate import cached_embedder
     from lmroute.export.validation_tables import load_judge_scores, pair_tables
 
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
     ap.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     ap.add_argument("--random-seeds", type=int, default=200)
-    ap.add_argument("--prior-ridge", type=float, default=10.0)
+    ap.add_argument("--prior-ridge", type=float, default=SHIPPED.prior_ridge, help="the recipe's prior_ridge")
     args = ap.parse_args(argv)
 
     emb_of = cached_embedder(args.cache_dir)

@@ -1,25 +1,40 @@
-"""Router recipes of the validation harness: the training knobs of mf, sw_ranking and bert and the
-code that trains them on a split.
+"""What the validation harness trains: the build's `Recipe` plus a few row-weighting knobs of its own,
+and the code that trains mf, sw_ranking and bert on a split the way the build does.
 
-`Recipe` (a frozen dataclass) holds the knobs (label / source weights, Elo exclusions, tiers, gamma,
-mf and bert hyper-parameters, up-weighting of the default pair's rows, the difficulty prior's weight);
-`fit_scorers` trains the routers on a training split and returns scoring functions; `blend_sweep`
-blends a router's scores with the difficulty prior at several weights exactly as the bundle does.
+`Experiment` (a frozen dataclass) holds a `Recipe` (`lmroute.export.recipe`, the knobs the build
+honours too, defaults = the shipped recipe) and the knobs only the harness has (source weights, pair
+and tier filters on the training rows); `fit_scorers` trains the routers on a training split and
+returns scoring functions; `blend_sweep` blends a router's scores with the difficulty prior at several
+weights exactly as the bundle does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lmroute.export import names
-from lmroute.export.data import Comparisons
+from lmroute.export.data import Comparisons, evenly_spaced
+from lmroute.export.dataclass_flags import knob
+from lmroute.export.recipe import Recipe
 from lmroute.export.train_prior import DifficultyPrior
 
-__all__ = ["Recipe", "Scorer", "blend_sweep", "fit_scorers", "fit_tiers", "training_weights"]
+__all__ = [
+    "HARNESS_ROUTERS",
+    "Experiment",
+    "Recipe",
+    "Scorer",
+    "blend_sweep",
+    "fit_scorers",
+    "fit_tiers",
+    "training_weights",
+]
+
+# The routers `fit_scorers` can train.
+HARNESS_ROUTERS = ("mf", "sw_ranking", "bert")
 
 # scores(query embeddings [b, d], query texts [b]) -> float64 [b]: mf and sw_ranking read the
 # embeddings, bert the texts.
@@ -27,113 +42,112 @@ Scorer = Callable[[NDArray[np.float32], Sequence[str]], NDArray[np.float64]]
 
 
 # --------------------------------------------------------------------------------------------
-# Recipes
+# Experiments
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """Training knobs of mf, sw_ranking and bert. The mf and sw_ranking defaults are the harness's
-    starting point (RouteLLM's gamma 10, no pair weighting); the flags that give the shipped recipe
-    are in docs/eval/validation.md. The bert defaults are the pipeline's (`BuildConfig.bert_*`).
+class Experiment:
+    """A `Recipe` and the harness-only knobs: factors on the training rows of mf and sw_ranking that the
+    build does not have (all neutral by default, so `Experiment()` trains the shipped recipe). Each
+    field's description is its `help` metadata (the flag's help)."""
 
-    label_weights / source_weights: per label kind / per source weight of each comparison in mf and
-    sw_ranking. elo_source_weights: per-source weights of the Elo fit only (tiers), e.g.
-    alpaca_eval 0 to keep the AlpacaEval judge's length bias out of the tiers; elo_min_comparisons:
-    models with fewer rated comparisons get no tier (sw_ranking drops their rows).
-    pair_weight: extra factor on comparisons between the default pair itself; pair_model_weight:
-    extra factor on comparisons that involve the strong or the weak model; other_weight: factor on
-    the comparisons that involve neither (0 trains on the pair models' comparisons only).
-    pair_only: train on the direct strong-vs-weak comparisons only (every other row gets weight 0).
-    tier_window: keep only comparisons whose two models both lie in tiers weak_tier - window ..
-    strong_tier + window (tiers from the Elo fit above); None keeps all.
-    mf_*: dimension, epochs, batch, learning rate, source bias on / off, Gaussian noise sigma on the
-    prompt embeddings, Adam weight decay, seed.
-    bert_*: the pipeline's bert settings (`BuildConfig.bert_*` and `train_bert`'s defaults): train on
-    the direct strong-vs-weak comparisons only (bert_pair_only), wall-clock budget of one fine-tuning
-    run, truncation, epochs, peak learning rate, seed.
-    prior_weight: blend each router's score with the difficulty prior at this weight
-    (`lmroute.export.train_prior`; 0 = the router alone). Needs `prior` in `fit_scorers`.
-    """
+    recipe: Recipe = field(default_factory=Recipe)
+    source_weights: tuple[tuple[str, float], ...] = knob(
+        (), "per-source weight factor of the comparisons in mf and sw_ranking, source=weight,...; unnamed 1"
+    )
+    pair_model_weight: float = knob(
+        1.0, "weight factor in mf and sw_ranking of the comparisons that involve the strong or the weak model"
+    )
+    other_weight: float = knob(
+        1.0, "weight factor in mf and sw_ranking of the comparisons that involve neither (0: the pair's only)"
+    )
+    tier_window: int | None = knob(
+        None,
+        "mf and sw_ranking keep only comparisons whose two models both lie in tiers weak - window .. "
+        "strong + window (none: all)",
+    )
+    mf_pair_only: bool = knob(False, "mf learns from the direct strong-vs-weak comparisons only")
+    sw_pair_weight: float = knob(1.0, "weight factor of the direct strong-vs-weak comparisons in sw_ranking")
 
-    label_weights: tuple[tuple[str, float], ...] = (("human", 1.0), ("judge", 1.0), ("golden", 1.0))
-    source_weights: tuple[tuple[str, float], ...] = ()
-    elo_source_weights: tuple[tuple[str, float], ...] = ()
-    elo_min_comparisons: int = 1
-    n_tiers: int = 10
-    gamma: float = 10.0
-    pair_weight: float = 1.0
-    pair_model_weight: float = 1.0
-    other_weight: float = 1.0
-    pair_only: bool = False
-    tier_window: int | None = None
-    mf_dim: int = 128
-    mf_epochs: int = 20
-    mf_batch_size: int = 256
-    mf_lr: float = 3e-4
-    mf_source_bias: bool = True
-    mf_noise_sigma: float = 0.1
-    mf_weight_decay: float = 1e-5
-    mf_seed: int = 0
-    bert_pair_only: bool = True
-    bert_time_budget_s: float = 420.0
-    bert_max_tokens: int = 256
-    bert_epochs: int = 3
-    bert_lr: float = 1e-4
-    bert_seed: int = 0
-    prior_weight: float = 0.0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_weights", tuple((str(k), float(v)) for k, v in self.source_weights))
+        for name in ("pair_model_weight", "other_weight", "sw_pair_weight"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be finite and >= 0 (got {value!r})")
+        if self.tier_window is not None and self.tier_window < 0:
+            raise ValueError(f"tier_window: must be >= 0 (got {self.tier_window})")
 
     def describe(self) -> str:
-        """The fields that differ from the defaults, as `k=v` pairs ("default" when none)."""
-        base = asdict(Recipe())
-        diff = [f"{k}={v}" for k, v in asdict(self).items() if base[k] != v]
-        return ", ".join(diff) or "default"
+        """The fields (the recipe's included) that differ from the defaults, as `k=v` pairs ("default"
+        when none)."""
+        base = asdict(Experiment())
+        own = [f"{k}={v}" for k, v in asdict(self).items() if k != "recipe" and base[k] != v]
+        recipe = self.recipe.describe()
+        return ", ".join(([] if recipe == "default" else [recipe]) + own) or "default"
+
+
+def as_experiment(recipe: Recipe | Experiment) -> Experiment:
+    """`recipe` itself when it is an Experiment, else the Experiment of that recipe alone."""
+    return recipe if isinstance(recipe, Experiment) else Experiment(recipe=recipe)
 
 
 def training_weights(
-    recipe: Recipe, train: Comparisons, strong: str, weak: str, tiers: Mapping[str, int] | None = None
+    recipe: Recipe | Experiment,
+    train: Comparisons,
+    strong: str,
+    weak: str,
+    tiers: Mapping[str, int] | None = None,
+    *,
+    router: str,
 ) -> NDArray[np.float64]:
-    """Per-comparison training weight of `recipe` (label, source, pair factors, tier window)."""
+    """Per-comparison row weights of `router` ("mf" or "sw_ranking"): the recipe's pair factor or
+    pair-only filter of that router, times the harness-only factors (source, pair-model / other, tier
+    window). Label weights are not in it: the trainers take them apart, as in the build."""
+    exp = as_experiment(recipe)
+    if router not in ("mf", "sw_ranking"):
+        raise ValueError(f"training_weights: router {router!r} is not mf or sw_ranking")
     from lmroute.export.elo import comparison_weights
 
-    w = comparison_weights(
-        train, label_weights=dict(recipe.label_weights), source_weights=dict(recipe.source_weights) or None
-    )
+    w = comparison_weights(train, source_weights=dict(exp.source_weights) or None)
     s_idx, w_idx = train.models.index(strong), train.models.index(weak)
     a, b = train.model_a, train.model_b
     involves = (a == s_idx) | (b == s_idx) | (a == w_idx) | (b == w_idx)
     is_pair = train.pair_mask(strong, weak)
-    w = (
-        w
-        * np.where(involves, recipe.pair_model_weight, recipe.other_weight)
-        * np.where(is_pair, recipe.pair_weight, 1.0)
-    )
-    if recipe.pair_only:
+    if router == "mf":
+        pair_weight, pair_only = exp.recipe.mf_pair_weight, exp.mf_pair_only
+    else:
+        pair_weight, pair_only = exp.sw_pair_weight, exp.recipe.sw_pair_only
+    w = w * np.where(involves, exp.pair_model_weight, exp.other_weight) * np.where(is_pair, pair_weight, 1.0)
+    if pair_only:
         w = w * is_pair
-    if recipe.tier_window is not None:
+    if exp.tier_window is not None:
         if tiers is None:
-            tiers = fit_tiers(recipe, train)
-        lo, hi = tiers[weak] - recipe.tier_window, tiers[strong] + recipe.tier_window
+            tiers = fit_tiers(exp.recipe, train)
+        lo, hi = tiers[weak] - exp.tier_window, tiers[strong] + exp.tier_window
         tier = np.array([tiers.get(m, -(10**6)) for m in train.models])
         inside = (tier >= lo) & (tier <= hi)
         w = w * (inside[a] & inside[b])
     return w
 
 
-def fit_tiers(recipe: Recipe, train: Comparisons) -> dict[str, int]:
-    """Elo (label weights and Elo source weights of `recipe`) -> tiers of the rated models."""
+def fit_tiers(recipe: Recipe | Experiment, train: Comparisons) -> dict[str, int]:
+    """Elo (label weights, Elo source weights and minimum comparisons of the recipe) -> tiers of the
+    rated models, as the build fits them."""
     from lmroute.export.elo import compute_elo, segment_tiers
 
+    r = as_experiment(recipe).recipe
     elo = compute_elo(
         train,
-        label_weights=dict(recipe.label_weights),
-        source_weights=dict(recipe.elo_source_weights) or None,
+        label_weights=dict(r.label_weights),
+        source_weights=dict(r.elo_source_weights) or None,
     )
-    ratings = elo.as_dict(min_comparisons=max(1, recipe.elo_min_comparisons))
-    return segment_tiers(ratings, n_tiers=min(recipe.n_tiers, len(ratings)))
+    ratings = elo.as_dict(min_comparisons=r.elo_min_comparisons)
+    return segment_tiers(ratings, n_tiers=min(r.n_tiers, len(ratings)))
 
 
 def fit_scorers(
-    recipe: Recipe,
+    recipe: Recipe | Experiment,
     train: Comparisons,
     train_emb: NDArray[np.float32],
     *,
@@ -142,23 +156,38 @@ def fit_scorers(
     weak: str = names.WEAK,
     prior: DifficultyPrior | None = None,
 ) -> dict[str, Scorer]:
-    """Train the requested routers on `train` (prompt embeddings aligned with `train.prompts`);
-    return {router: scores(query embeddings [b, d], query texts [b]) -> float64 [b]}. With
-    recipe.prior_weight > 0 each score is blended with `prior` exactly as the bundle does
-    (standardised on the training prompts)."""
-    unknown = [r for r in routers if r not in ("mf", "sw_ranking", "bert")]
+    """Train the requested routers on `train` (prompt embeddings aligned with `train.prompts`) as the
+    build trains them; return {router: scores(query embeddings [b, d], query texts [b]) -> float64 [b]}.
+
+    prior: the difficulty prior; with it, each router that recipe.prior_weights names with a weight > 0
+    is blended with it exactly as the bundle does (prior standardised on the training prompts, the
+    blend's center / scale fixed on recipe.prior_standardise_on of them, evenly spread). Without it the
+    routers are returned alone (`validate_recipe` refuses a recipe that blends and no prior)."""
+    exp = as_experiment(recipe)
+    r = exp.recipe
+    unknown = [name for name in routers if name not in HARNESS_ROUTERS]
     if unknown:
-        raise ValueError(f"fit_scorers: unknown routers {unknown} (mf, sw_ranking, bert)")
-    if recipe.prior_weight > 0:
-        if prior is None:
-            raise ValueError(f"recipe {recipe.describe()}: prior_weight needs a difficulty prior")
+        raise ValueError(f"fit_scorers: unknown routers {unknown} ({', '.join(HARNESS_ROUTERS)})")
+    blend = blend_weights(r, routers)
+    if blend and prior is not None:
         plain = fit_scorers(
-            replace(recipe, prior_weight=0.0), train, train_emb, routers=routers, strong=strong, weak=weak
+            replace(exp, recipe=replace(r, prior_weights=())),
+            train,
+            train_emb,
+            routers=routers,
+            strong=strong,
+            weak=weak,
         )
-        return {name: _blended(f, prior, train_emb, train.prompts, recipe.prior_weight) for name, f in plain.items()}
-    needs_tiers = "sw_ranking" in routers or "bert" in routers or recipe.tier_window is not None
-    tiers = fit_tiers(recipe, train) if needs_tiers else None
-    weights = training_weights(recipe, train, strong, weak, tiers)
+        sample = evenly_spaced(len(train.prompts), r.prior_standardise_on)
+        std_prior = prior.with_standardisation(train_emb)
+        return {
+            name: _blended(f, std_prior, train_emb[sample], [train.prompts[i] for i in sample], blend[name])
+            if name in blend
+            else f
+            for name, f in plain.items()
+        }
+    needs_tiers = "sw_ranking" in routers or "bert" in routers or exp.tier_window is not None
+    tiers = fit_tiers(r, train) if needs_tiers else None
     out: dict[str, Scorer] = {}
     if "mf" in routers:
         from lmroute.export.train_mf import train_mf
@@ -167,15 +196,16 @@ def fit_scorers(
         mf = train_mf(
             train,
             train_emb,
-            dim=recipe.mf_dim,
-            epochs=recipe.mf_epochs,
-            batch_size=recipe.mf_batch_size,
-            lr=recipe.mf_lr,
-            seed=recipe.mf_seed,
-            source_bias=recipe.mf_source_bias,
-            noise_sigma=recipe.mf_noise_sigma,
-            weight_decay=recipe.mf_weight_decay,
-            row_weights=weights,
+            dim=r.mf_dim,
+            epochs=r.mf_epochs,
+            batch_size=r.mf_batch_size,
+            lr=r.mf_lr,
+            noise_sigma=r.mf_noise_sigma,
+            weight_decay=r.mf_weight_decay,
+            source_bias=r.mf_source_bias,
+            seed=r.seed,
+            label_weights=dict(r.label_weights),
+            row_weights=training_weights(exp, train, strong, weak, tiers, router="mf"),
         )
         u = mf_pair_vector(
             mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak)
@@ -188,17 +218,17 @@ def fit_scorers(
         assert tiers is not None
         for name in (strong, weak):
             if name not in tiers:
-                raise ValueError(f"recipe {recipe.describe()}: {name} got no tier")
-        n_tiers = max(tiers.values()) + 1
+                raise ValueError(f"recipe {exp.describe()}: {name} got no tier")
         sw = train_sw_ranking(
             train,
             train_emb,
             tiers,
-            n_tiers=n_tiers,
+            n_tiers=max(tiers.values()) + 1,
             strong=strong,
             weak=weak,
-            gamma=recipe.gamma,
-            row_weights=weights,
+            gamma=r.gamma,
+            label_weights=dict(r.label_weights),
+            row_weights=training_weights(exp, train, strong, weak, tiers, router="sw_ranking"),
             drop_unknown_models=True,
         )
         p = sw.params
@@ -218,12 +248,17 @@ def fit_scorers(
         out["sw_ranking"] = sw_scorer
     if "bert" in routers:
         assert tiers is not None
-        out["bert"] = _fit_bert(recipe, train, tiers, strong, weak)
+        out["bert"] = _fit_bert(r, train, tiers, strong, weak)
     return out
 
 
+def blend_weights(recipe: Recipe, routers: Sequence[str]) -> dict[str, float]:
+    """{router: prior weight} of the routers among `routers` that `recipe` blends with the prior (> 0)."""
+    return {name: w for name, w in recipe.prior_weights if name in routers and w > 0}
+
+
 def _fit_bert(recipe: Recipe, train: Comparisons, tiers: Mapping[str, int], strong: str, weak: str) -> Scorer:
-    """Fine-tune bert as the pipeline does (`pipeline._train_router`) and score with PyTorch: P(strong
+    """Fine-tune bert as the build does (`lmroute.bundle.kinds.bert`) and score with PyTorch: P(strong
     tier wins). The bundle runs the ONNX export of the same model (equal within the export check's
     tolerance)."""
     from lmroute.export.train_bert import LABELS, build_bert_examples, predict_proba, train_bert
@@ -233,11 +268,12 @@ def _fit_bert(recipe: Recipe, train: Comparisons, tiers: Mapping[str, int], stro
     trained = train_bert(
         texts,
         labels,
-        sample_weights=np.sqrt(weights),  # as the pipeline: raw counts would let a few prompts swamp the rest
+        sample_weights=np.sqrt(weights),  # as the build: raw counts would let a few prompts swamp the rest
+        model_dir=recipe.encoder_model_dir,
         max_tokens=recipe.bert_max_tokens,
         epochs=recipe.bert_epochs,
         lr=recipe.bert_lr,
-        seed=recipe.bert_seed,
+        seed=recipe.seed,
         time_budget_s=recipe.bert_time_budget_s,
     )
     column = LABELS.index("strong_wins")
@@ -261,7 +297,8 @@ def blend_sweep(
     """{weight: `scores` blended with `prior` at that weight} as the bundle blends them.
 
     prior: already standardised on the training prompts (`DifficultyPrior.with_standardisation`);
-    train_scores: the router's plain scores on those prompts (they fix the blend's center / scale).
+    train_scores: the router's plain scores on the training prompts that fix the blend's center / scale
+    (the build's: recipe.prior_standardise_on of them, evenly spread).
     Weight 0 gives the plain scores back."""
     from lmroute.export.train_prior import blend_params
     from lmroute.kernels.reference import blend_scores
@@ -287,12 +324,17 @@ def blend_sweep(
 
 
 def _blended(
-    scorer: Scorer, prior: DifficultyPrior, train_emb: NDArray[np.float32], train_texts: Sequence[str], weight: float
+    scorer: Scorer,
+    std_prior: DifficultyPrior,
+    sample_emb: NDArray[np.float32],
+    sample_texts: Sequence[str],
+    weight: float,
 ) -> Scorer:
-    std_prior = prior.with_standardisation(train_emb)
-    train_scores = scorer(train_emb, train_texts)
+    """`scorer` blended with `std_prior` (standardised on the training prompts) at `weight`; the blend's
+    center / scale come from the scorer's scores on the sample of training prompts."""
+    sample_scores = scorer(sample_emb, sample_texts)
 
     def blended(e: NDArray[np.float32], texts: Sequence[str]) -> NDArray[np.float64]:
-        return blend_sweep(scorer(e, texts), e, std_prior, train_scores, [weight])[weight]
+        return blend_sweep(scorer(e, texts), e, std_prior, sample_scores, [weight])[weight]
 
     return blended

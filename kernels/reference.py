@@ -86,7 +86,8 @@ def sw_cell_weights(
     max_sim = sim.max(axis=1, keepdims=True)
     ratio = np.divide(sim, max_sim, out=np.zeros_like(sim), where=max_sim > 0.0)
     weights = np.power(float(gamma), 1.0 + ratio)
-    return weights @ counts
+    cell_weights: F64 = weights @ counts
+    return cell_weights
 
 
 def bt_ratings_from_cells(cells: NDArray[np.integer], cell_weights: NDArray[np.floating], n_tiers: int) -> F64:
@@ -182,7 +183,8 @@ def mf_pair_vector(
     for name, idx in (("strong_idx", strong_idx), ("weak_idx", weak_idx)):
         if not 0 <= idx < n_models:
             raise ValueError(f"{name} {idx} is outside 0..{n_models - 1}")
-    return w_proj.T @ ((p_unit[strong_idx] - p_unit[weak_idx]) * w_cls)
+    u: F64 = w_proj.T @ ((p_unit[strong_idx] - p_unit[weak_idx]) * w_cls)
+    return u
 
 
 def random_scores(texts: Sequence[str], seed: int) -> F64:
@@ -246,7 +248,7 @@ def check_blend_inputs(
     and weights in float64. Shared with lmroute.kernels.compiled (which reads the embeddings as float32),
     so both refuse the same inputs with the same messages."""
     p = np.asarray(router_scores, dtype=np.float64)
-    q = np.asarray(query_emb, dtype=emb_dtype)
+    q: NDArray[np.floating] = np.asarray(query_emb, dtype=emb_dtype)
     if q.ndim != 2:
         raise ValueError(f"query_emb must be 2-D, got shape {q.shape}")
     w = np.asarray(prior_weights, dtype=np.float64)
@@ -338,7 +340,8 @@ def _closure(adj: NDArray[np.bool_]) -> NDArray[np.bool_]:
 def _gauge_matrix(linked: NDArray[np.bool_]) -> F64:
     """Sum over connected groups g of 1_g 1_g^T / |g|: added to the Hessian it fixes sum(R_g) = 0."""
     comp = _closure(linked).astype(np.float64)
-    return comp / comp.sum(axis=1, keepdims=True)
+    gauge: F64 = comp / comp.sum(axis=1, keepdims=True)
+    return gauge
 
 
 def _sigmoid(x: F64) -> F64:
@@ -376,7 +379,8 @@ def _newton(
         d = r[la] - r[lb]
         p, q = _sigmoid(d), _sigmoid(-d)  # P(a wins), P(b wins), each accurate near 0 (no 1 - p)
         resid = w * ((1.0 - y) * p - y * q)  # w * (p - y) without cancellation when p ~ 1
-        grad = np.bincount(la, resid, minlength=k) - np.bincount(lb, resid, minlength=k)
+        # bincount with weights is float64 (its stubs say intp): asarray only fixes the static type
+        grad = np.asarray(np.bincount(la, resid, minlength=k) - np.bincount(lb, resid, minlength=k), np.float64)
         grad += 2.0 * ridge * r
         small_grad = float(np.linalg.norm(grad)) < tol
         curv = w * p * q

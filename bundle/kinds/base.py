@@ -104,7 +104,7 @@ class LoadContext:
 class TrainContext:
     """What the build pipeline hands a kind's `train`.
 
-    recipe:      the build's knobs (`lmroute.export.pipeline.BuildConfig`)
+    recipe:      the build's knobs (`lmroute.export.recipe.BuildRecipe`: the Recipe and quick mode)
     comparisons: the training split (`lmroute.export.data.Comparisons`)
     embeddings:  float32 [n_prompts, dim], aligned with comparisons.prompts
     tiers:       model -> tier of the rated models; models: the bundle's models (sorted)

@@ -107,6 +107,8 @@ class BertKind(RouterKind):
             sample_weights=np.sqrt(weights),  # raw counts (1..161) would let a few prompts swamp the rest
             model_dir=cfg.encoder_model_dir,
             max_tokens=cfg.bert_max_tokens,
+            epochs=cfg.bert_epochs,
+            lr=cfg.bert_lr,
             seed=cfg.seed,
             time_budget_s=60.0 if cfg.quick else cfg.bert_time_budget_s,
         )

@@ -101,6 +101,8 @@ class MFKind(RouterKind):
             batch_size=cfg.mf_batch_size,
             lr=cfg.mf_lr,
             noise_sigma=cfg.mf_noise_sigma,
+            weight_decay=cfg.mf_weight_decay,
+            source_bias=cfg.mf_source_bias,
             seed=cfg.seed,
             label_weights=dict(cfg.label_weights),
             row_weights=np.where(train.pair_mask(ctx.strong, ctx.weak), cfg.mf_pair_weight, 1.0),

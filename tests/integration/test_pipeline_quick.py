@@ -5,17 +5,19 @@ evaluated. Numbers are not meaningful at this size; the wiring and the contracts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmroute.bundle import load_bundle
+from lmroute.bundle import SCHEMA_VERSION, load_bundle
 from lmroute.export import names
 from lmroute.export.cli import main as cli_main
 from lmroute.export.evaluate import score_bundle
 from lmroute.export.pipeline import BuildConfig, build_bundle
+from lmroute.export.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -29,9 +31,10 @@ def quick_bundle(tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir:
         cache_dir=root / "cache",
         exported_encoder_dir=exported_encoder_dir,
         quick=True,
-        bert_time_budget_s=60.0,
+        recipe=Recipe(bert_time_budget_s=60.0),
     )
     report = build_bundle(cfg)
+    assert report.recipe == dataclasses.asdict(cfg.recipe)  # the report says what the build trained with
     return cfg.out_dir, report
 
 
@@ -59,7 +62,7 @@ def test_routers_are_blended_with_the_difficulty_prior(quick_bundle: tuple[Path,
     path, report = quick_bundle
     bundle = load_bundle(path)
     m = bundle.manifest
-    assert m.schema_version == 2 and m.difficulty_prior is not None
+    assert m.schema_version == SCHEMA_VERSION and m.difficulty_prior is not None
     assert m.difficulty_prior.n_questions == report.difficulty_prior["n_questions"] == 300
     assert {n: s.blend.prior_weight for n, s in m.routers.items() if s.blend} == {
         "mf": 4.0,
@@ -125,7 +128,7 @@ def test_service_serves_the_trained_bundle_like_offline_scoring(quick_bundle: tu
     """The offline half's trained bundle through the online half: gRPC Score on 127.0.0.1 equals the
     evaluation's offline scoring for every router, batched and one prompt at a time."""
     from lmroute.service.client import RouterClient
-    from lmroute.service.config import ServiceConfig
+    from lmroute.service.config import BatchPolicy, ServiceConfig
     from lmroute.service.testing import ServerThread
     from lmroute.v1 import router_pb2
 
@@ -136,7 +139,9 @@ def test_service_serves_the_trained_bundle_like_offline_scoring(quick_bundle: tu
     prompts = load_calibration_prompts(REPO / "data")[200:237]  # not the calibration slice
     offline = score_bundle(bundle, prompts)
     routers = list(bundle.routers)
-    cfg = ServiceConfig(bundle_path=path, port=0, log_level="warning", grace_s=0.0, queue_timeout_ms=60_000)
+    cfg = ServiceConfig(
+        bundle_path=path, port=0, log_level="warning", grace_s=0.0, batch=BatchPolicy(queue_timeout_ms=60_000)
+    )
     with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
         assert client.health() == "SERVING"
         batched = client.score(prompts, routers=routers)

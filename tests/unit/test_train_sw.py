@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import minimize
 
 from lmroute.export.data import Comparisons
+from lmroute.export.recipe import Recipe
 from lmroute.export.train_sw import train_sw_ranking
 from lmroute.kernels.reference import sw_scores
 
@@ -104,7 +105,7 @@ def test_same_tier_battles_carry_no_information() -> None:
 
 def test_artifact_structure() -> None:
     comps, emb, _ = random_data(5)
-    art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m1")
+    art = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m1", gamma=10.0)
     assert art.cells.dtype == np.int32 and art.cells.shape[1] == 3
     assert np.all(art.cells[:, 0] < art.cells[:, 1])
     assert [tuple(c) for c in art.cells] == sorted({tuple(c) for c in art.cells})
@@ -112,6 +113,8 @@ def test_artifact_structure() -> None:
     assert art.cell_counts.shape == (len(art.prompts), len(art.cells))
     assert np.all(art.cell_counts.sum(axis=1) > 0)
     assert art.params == {"gamma": 10.0, "n_tiers": 3, "strong_tier": 2, "weak_tier": 0, "scale": 400, "base": 10}
+    default = train_sw_ranking(comps, emb, TIERS, n_tiers=3, strong="m4", weak="m1")
+    assert default.params["gamma"] == Recipe().gamma == 1e5  # the shipped recipe's gamma
     for text, row in zip(art.prompts, art.prompt_embeddings):
         np.testing.assert_array_equal(row, emb[comps.prompts.index(text)])
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute.export.data import Comparisons
+from lmroute.export.data import Comparisons, evenly_spaced
 from lmroute.export.metrics import router_metrics
 from lmroute.export.validate import (
+    Experiment,
     PairTable,
     Recipe,
     evaluate_table,
@@ -25,6 +26,20 @@ from lmroute.export.validate import (
 )
 
 S, W = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
+# The harness's machinery on toy data, with RouteLLM's knobs rather than the shipped recipe's: gamma 10,
+# every comparison in mf and sw_ranking with no pair factor, mf noise 0.1, no prior blend (the toy
+# tables are too small for the shipped knobs, which `test_recipe.py` checks).
+TOY = Recipe(
+    n_tiers=4,
+    mf_dim=8,
+    mf_lr=2e-2,
+    mf_batch_size=256,
+    mf_noise_sigma=0.1,
+    mf_pair_weight=1.0,
+    gamma=10.0,
+    sw_pair_only=False,
+    prior_weights=(),
+)
 MODELS = tuple(sorted((S, W, "m-low", "m-mid")))
 SOURCES = ("alpaca_eval", "arena_bench_v1", "routerbench_arc")
 
@@ -156,7 +171,7 @@ def synthetic_world(seed: int = 0, n_prompts: int = 120, d: int = 8):
 
 def test_fit_scorers_learn_the_prompt_direction() -> None:
     comps, emb_of, emb, v = synthetic_world()
-    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=30, mf_lr=2e-2, mf_batch_size=256)
+    recipe = replace(TOY, mf_epochs=30)
     scorers = fit_scorers(recipe, comps, emb_of(comps.prompts), strong=S, weak=W)
     hard = emb @ v > -0.3
     texts = list(comps.prompts)
@@ -168,7 +183,7 @@ def test_fit_scorers_learn_the_prompt_direction() -> None:
 
 def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
     comps, emb_of, _, _ = synthetic_world(seed=1, n_prompts=200)
-    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=30, mf_lr=2e-2, mf_batch_size=256)
+    recipe = replace(TOY, mf_epochs=30)
     results = validate_recipe(recipe, comps, emb_of, judge_scores=None, folds=4, only_folds=(0, 1), strong=S, weak=W)
     assert {r.router for r in results} == {"mf", "sw_ranking"}
     assert {r.source for r in results} == {"routerbench_arc", "alpaca_eval"}
@@ -184,8 +199,10 @@ def test_validate_recipe_beats_random_on_synthetic_data_and_formats() -> None:
 
 
 def test_recipe_describe_and_pair_weights() -> None:
-    assert Recipe().describe() == "default"
-    assert Recipe(gamma=5.0, pair_weight=3.0).describe() == "gamma=5.0, pair_weight=3.0"
+    assert Recipe().describe() == "default" == Experiment().describe()
+    assert Recipe(gamma=5.0, mf_pair_weight=3.0).describe() == "gamma=5.0, mf_pair_weight=3.0"
+    exp = Experiment(recipe=Recipe(gamma=5.0), other_weight=0.5)
+    assert exp.describe() == "gamma=5.0, other_weight=0.5"
 
 
 def test_training_weights_pair_factors_and_tier_window() -> None:
@@ -198,19 +215,33 @@ def test_training_weights_pair_factors_and_tier_window() -> None:
         (0, W, "m-mid", 1, "alpaca_eval"),  # involves weak, judge source
     ]
     comps = comps_from_rows(rows, ["p0"])
-    rec = Recipe(pair_weight=10.0, pair_model_weight=2.0, other_weight=0.5, source_weights=(("alpaca_eval", 3.0),))
-    np.testing.assert_allclose(training_weights(rec, comps, S, W), [20.0, 2.0, 0.5, 6.0])
+    exp = Experiment(
+        recipe=Recipe(mf_pair_weight=10.0, sw_pair_only=False),
+        sw_pair_weight=4.0,
+        pair_model_weight=2.0,
+        other_weight=0.5,
+        source_weights=(("alpaca_eval", 3.0),),
+    )
+    np.testing.assert_allclose(training_weights(exp, comps, S, W, router="mf"), [20.0, 2.0, 0.5, 6.0])
+    np.testing.assert_allclose(training_weights(exp, comps, S, W, router="sw_ranking"), [8.0, 2.0, 0.5, 6.0])
+    # the shipped recipe: mf weighs the pair 10x, sw_ranking learns from the pair only (as the build)
+    np.testing.assert_allclose(training_weights(Recipe(), comps, S, W, router="mf"), [10.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(training_weights(Recipe(), comps, S, W, router="sw_ranking"), [1.0, 0.0, 0.0, 0.0])
+    pair_only = Experiment(recipe=Recipe(mf_pair_weight=1.0), mf_pair_only=True)
+    np.testing.assert_allclose(training_weights(pair_only, comps, S, W, router="mf"), [1.0, 0.0, 0.0, 0.0])
     tiers = {S: 3, W: 2, "m-mid": 1, "m-low": 0}
-    window = training_weights(Recipe(tier_window=1), comps, S, W, tiers)
+    plain = Recipe(mf_pair_weight=1.0)
+    window = training_weights(Experiment(recipe=plain, tier_window=1), comps, S, W, tiers, router="mf")
     np.testing.assert_allclose(window, [1.0, 0.0, 0.0, 1.0])  # m-low (tier 0) is outside 1..4
-    np.testing.assert_allclose(training_weights(Recipe(tier_window=0), comps, S, W, tiers), [1.0, 0.0, 0.0, 0.0])
+    window0 = training_weights(Experiment(recipe=plain, tier_window=0), comps, S, W, tiers, router="mf")
+    np.testing.assert_allclose(window0, [1.0, 0.0, 0.0, 0.0])
 
 
 def test_decontaminate_drops_val_prompts_with_a_training_twin() -> None:
     comps, _, emb, _ = synthetic_world(seed=2, n_prompts=80)
     twin = {t: emb[i % 40] for i, t in enumerate(comps.prompts)}  # prompt i and i + 40 share an embedding
     emb_of = lambda texts: np.stack([twin[t] for t in texts])  # noqa: E731
-    recipe = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
+    recipe = replace(TOY, mf_epochs=5)
     kw = dict(judge_scores=None, folds=2, only_folds=(0,), strong=S, weak=W, routers=("sw_ranking",))
     kept = validate_recipe(recipe, comps, emb_of, decontaminate=None, **kw)
     clean = validate_recipe(recipe, comps, emb_of, decontaminate=0.95, **kw)
@@ -224,8 +255,9 @@ def test_decontaminate_drops_val_prompts_with_a_training_twin() -> None:
 
 
 def test_prior_weight_blends_scores_like_the_bundle() -> None:
-    """With prior_weight > 0 every scorer is the plain one blended with the prior, standardised on the
-    training embeddings; a prior that carries the true direction rescues a router trained on noise."""
+    """A router the recipe's prior_weights name is the plain one blended with the prior, standardised
+    on the training embeddings, the blend's center / scale fixed on prior_standardise_on training
+    prompts (evenly spread), as the build does."""
     from lmroute.export.train_prior import blend_params, fit_difficulty_prior
     from lmroute.kernels.reference import blend_scores
 
@@ -233,14 +265,15 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
     train_emb = emb_of(comps.prompts)
     # accuracy falls along v: the prior's difficulty rises with e . v, as the true gain does
     prior = fit_difficulty_prior(train_emb, 0.5 - 0.4 * (train_emb @ v), ridge=1e-3)
-    base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=5, mf_lr=2e-2, mf_batch_size=256)
+    base = replace(TOY, mf_epochs=5)
     plain = fit_scorers(base, comps, train_emb, strong=S, weak=W, routers=("mf",))["mf"]
-    blended = fit_scorers(
-        replace(base, prior_weight=2.0), comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior
-    )["mf"]
+    recipe = replace(base, prior_weights=(("mf", 2.0), ("bert", 1.0)), prior_standardise_on=30)
+    blended = fit_scorers(recipe, comps, train_emb, strong=S, weak=W, routers=("mf",), prior=prior)["mf"]
     texts = list(comps.prompts)
     std = prior.with_standardisation(train_emb)
-    bp = blend_params(plain(train_emb, texts), 2.0)
+    sample = evenly_spaced(len(texts), 30)
+    assert len(sample) == 30 < len(texts)
+    bp = blend_params(plain(train_emb[sample], [texts[i] for i in sample]), 2.0)
     expected = blend_scores(
         plain(emb, texts),
         emb,
@@ -253,8 +286,11 @@ def test_prior_weight_blends_scores_like_the_bundle() -> None:
         scale=bp.scale,
     )
     np.testing.assert_allclose(blended(emb, texts), expected, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="prior_weight needs a difficulty prior"):
-        fit_scorers(replace(base, prior_weight=1.0), comps, train_emb, strong=S, weak=W, routers=("mf",))
+    # without a prior fit_scorers returns the routers alone; the harness's protocol refuses that
+    alone = fit_scorers(recipe, comps, train_emb, strong=S, weak=W, routers=("mf",))["mf"]
+    np.testing.assert_array_equal(alone(emb, texts), plain(emb, texts))
+    with pytest.raises(ValueError, match=r"prior_weights \{'mf': 2.0\} need a difficulty prior"):
+        validate_recipe(recipe, comps, emb_of, judge_scores=None, folds=2, strong=S, weak=W, routers=("mf",))
 
 
 def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
@@ -316,18 +352,19 @@ def test_validate_bundle_blends_a_built_bundles_routers(tmp_path: Path) -> None:
 
 def test_prior_weight_sweep_equals_one_run_per_weight() -> None:
     """A sweep trains each router once per fold and blends at every weight: each "<router>@<w>" row
-    equals a separate run with recipe.prior_weight = w (w = 0: the router alone)."""
+    equals a separate run whose recipe blends every router at w (w = 0: the router alone)."""
     from lmroute.export.train_prior import fit_difficulty_prior
 
     comps, emb_of, _, v = synthetic_world(seed=4, n_prompts=160)
     all_emb = emb_of(comps.prompts)
     prior = fit_difficulty_prior(all_emb, 0.5 - 0.4 * (all_emb @ v), ridge=1e-3)
-    base = Recipe(n_tiers=4, mf_dim=8, mf_epochs=10, mf_lr=2e-2, mf_batch_size=256)
+    base = replace(TOY, mf_epochs=10)
     common = dict(judge_scores=None, folds=4, only_folds=(0,), strong=S, weak=W, prior=prior, random_seeds=20)
     swept = validate_recipe(base, comps, emb_of, prior_weights=[0.0, 2.0], **common)
     assert {r.router for r in swept} == {"mf@0", "mf@2", "sw_ranking@0", "sw_ranking@2"}
     for weight in (0.0, 2.0):
-        single = validate_recipe(replace(base, prior_weight=weight), comps, emb_of, **common)
+        every = (("mf", weight), ("sw_ranking", weight))
+        single = validate_recipe(replace(base, prior_weights=every), comps, emb_of, **common)
         for r in single:
             twin = next(s for s in swept if s.router == f"{r.router}@{weight:g}" and s.source == r.source)
             assert twin.apgr == pytest.approx(r.apgr, abs=1e-12) and twin.cpt50 == pytest.approx(r.cpt50, abs=1e-12)
@@ -338,4 +375,4 @@ def test_prior_weight_sweep_equals_one_run_per_weight() -> None:
         if a.router == "mf@0" and b.router == "mf@2" and a.source == b.source
     )
     with pytest.raises(ValueError, match="sweep needs a prior"):
-        validate_recipe(replace(base, prior_weight=1.0), comps, emb_of, prior_weights=[0.0], **common)
+        validate_recipe(replace(base, prior_weights=(("mf", 1.0),)), comps, emb_of, prior_weights=[0.0], **common)
