@@ -12,10 +12,11 @@ message forms are those of docs/BUNDLE.md). The loader checks, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,7 @@ class Bundle:
     manifest: Manifest
     encoder: OnnxEncoder
     routers: Mapping[str, Router]
+    prior_weights: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
     @property
     def version(self) -> str:
@@ -69,6 +71,23 @@ class Bundle:
         tokens = self.encoder.tokenize(texts)
         embeddings = self.encoder.embed(tokens) if self.needs_embeddings else None
         return PromptBatch(texts=texts, tokens=tokens, embeddings=embeddings)
+
+    def with_manifest(self, manifest: Manifest) -> Bundle:
+        """The same bundle under `manifest`, which may differ from this one's only in the routers' blends
+        and the calibration table (what the build fixes after training): the routers are re-wrapped in
+        their new blends without reloading any file. Anything else that differs is a ValueError."""
+        unblended = {name: dataclasses.replace(spec, blend=None) for name, spec in manifest.routers.items()}
+        ours = {name: dataclasses.replace(spec, blend=None) for name, spec in self.manifest.routers.items()}
+        same = dataclasses.replace(manifest, routers=ours, calibration=None, bundle_version="", created_at="")
+        if unblended != ours or same != dataclasses.replace(
+            self.manifest, routers=ours, calibration=None, bundle_version="", created_at=""
+        ):
+            raise ValueError("with_manifest: the manifests differ in more than blends and calibration")
+        routers = {
+            name: _blended(_unblended(router), manifest, name, self.prior_weights)
+            for name, router in self.routers.items()
+        }
+        return dataclasses.replace(self, manifest=manifest, routers=types.MappingProxyType(routers))
 
     def threshold_for_share(self, router: str, p: float) -> float:
         """Score threshold that sends a share `p` of calibration prompts to the strong model
@@ -94,15 +113,18 @@ def load_bundle(
     intra_op_threads: int = 1,
     verify_checksums: bool = True,
     require_calibration: bool = True,
+    manifest: Manifest | None = None,
 ) -> Bundle:
     """Load and validate a bundle; raise BundleError (naming the file) on the first problem.
 
-    `require_calibration=False` accepts a bundle whose calibration is still null (export scores the
-    fresh bundle, then writes the table with `update_calibration`)."""
+    `require_calibration=False` accepts a bundle whose calibration is still null. `manifest` loads the
+    files under an in-memory manifest instead of the directory's manifest.json (the writer's staged
+    bundle, whose manifest is written last)."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(str(root), "bundle directory does not exist")
-    manifest = read_manifest(root)
+    if manifest is None:
+        manifest = read_manifest(root)
     if require_calibration and manifest.calibration is None:
         raise BundleError(MANIFEST_NAME, "calibration: missing (the bundle is not calibrated)")
     _check_files(root, manifest, verify_checksums)
@@ -111,21 +133,35 @@ def load_bundle(
     prior_weights = _load_prior(root, manifest)
     ctx = LoadContext(root=root, manifest=manifest, providers=tuple(providers), intra_op_threads=intra_op_threads)
     for name, spec in manifest.routers.items():
-        router = kinds.get(spec.kind).load(ctx, name, spec)
-        if spec.blend is not None and manifest.difficulty_prior is not None:
-            prior = manifest.difficulty_prior
-            router = BlendedRouter(
-                router,
-                prior_weights=prior_weights,
-                prior_bias=prior.bias,
-                prior_center=prior.center,
-                prior_scale=prior.scale,
-                weight=spec.blend.prior_weight,
-                center=spec.blend.center,
-                scale=spec.blend.scale,
-            )
-        routers[name] = router
-    return Bundle(path=root, manifest=manifest, encoder=encoder, routers=types.MappingProxyType(routers))
+        routers[name] = _blended(kinds.get(spec.kind).load(ctx, name, spec), manifest, name, prior_weights)
+    return Bundle(
+        path=root,
+        manifest=manifest,
+        encoder=encoder,
+        routers=types.MappingProxyType(routers),
+        prior_weights=prior_weights,
+    )
+
+
+def _blended(router: Router, manifest: Manifest, name: str, prior_weights: npt.NDArray[np.float32]) -> Router:
+    """`router` wrapped in the difficulty-prior blend that manifest.routers[name] asks for (or as it is)."""
+    blend, prior = manifest.routers[name].blend, manifest.difficulty_prior
+    if blend is None or prior is None:
+        return router
+    return BlendedRouter(
+        router,
+        prior_weights=prior_weights,
+        prior_bias=prior.bias,
+        prior_center=prior.center,
+        prior_scale=prior.scale,
+        weight=blend.prior_weight,
+        center=blend.center,
+        scale=blend.scale,
+    )
+
+
+def _unblended(router: Router) -> Router:
+    return router.inner if isinstance(router, BlendedRouter) else router
 
 
 # ---- files ---------------------------------------------------------------------------------------

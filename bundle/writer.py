@@ -1,9 +1,11 @@
-"""The bundle writer: `write_bundle` (atomic, checksummed) and `update_calibration`.
+"""The bundle writer: `stage_bundle` / `write_bundle` (atomic, checksummed) and the `update_*` functions.
 
-`write_bundle` lays the bundle out in a temporary sibling directory, saves every array as a .npy (no
-pickles), copies the encoder and any ONNX files, checksums every file, writes manifest.json last,
-optionally loads the result with the validating loader, and only then renames the directory into place.
-A crash leaves either no bundle or the old one, never a half-written one.
+`stage_bundle` lays the bundle out in a temporary sibling directory (every array a .npy, no pickles;
+the encoder and the kinds' files copied; every file checksummed) with its manifest in memory, so that
+the build can load it, fix the blends and the calibration from its scores, and write manifest.json once
+(`StagedBundle.commit`: content version, validating load, rename into place). `write_bundle` stages and
+commits at once. A crash leaves either no bundle or the old one, never a half-written one.
+`update_calibration` / `update_blends` rewrite the manifest of an existing bundle (recalibration).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import datetime as dt
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 from lmroute.bundle import kinds
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.kinds.base import ArrayRole, FileRole, RouterArtifacts
-from lmroute.bundle.loader import load_bundle, read_manifest
+from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
 from lmroute.bundle.manifest import (
     _ROUTER_NAME,
     ENCODER_FILES,
@@ -43,6 +46,8 @@ from lmroute.bundle.manifest import (
 __all__ = [
     "PriorArtifacts",
     "RouterArtifacts",
+    "StagedBundle",
+    "stage_bundle",
     "library_versions",
     "update_blends",
     "update_calibration",
@@ -149,13 +154,96 @@ def write_bundle(
     overwrite: bool = False,
     validate: bool = True,
 ) -> Manifest:
-    """Write a bundle to `out_dir` atomically and return its manifest.
+    """Write a bundle to `out_dir` atomically and return its manifest: `stage_bundle` with these
+    arguments, committed at once (see there)."""
+    with stage_bundle(
+        out_dir,
+        encoder_dir=encoder_dir,
+        encoder=encoder,
+        routers=routers,
+        models=models,
+        default_pair=default_pair,
+        elo=elo,
+        tiers=tiers,
+        training_data=training_data,
+        calibration=calibration,
+        difficulty_prior=difficulty_prior,
+        bundle_version=bundle_version,
+        created_at=created_at,
+        overwrite=overwrite,
+    ) as staged:
+        return staged.commit(validate=validate)
 
-    encoder_dir holds model.onnx + tokenizer.json (copied to encoder/). bundle_version defaults to
-    `Manifest.content_version()` ("<YYYYMMDD of created_at>-<8 hex of a hash of the content>"; the update_*
-    functions below re-derive a default version when they change the content). With validate=True the written
-    bundle is loaded by `load_bundle` (calibration may be null) before it is moved into place. An existing
-    out_dir is an error unless overwrite=True (then it is replaced, old one removed after the rename)."""
+
+class StagedBundle:
+    """A bundle whose files lie in a temporary directory beside its destination while its manifest is
+    still in memory (`manifest`, no manifest.json yet). `load()` reads the files under that manifest;
+    assign a changed manifest (blends, calibration) as often as needed; `commit()` writes manifest.json
+    once and moves the directory into place."""
+
+    def __init__(self, tmp: Path, out: Path, manifest: Manifest, *, explicit_version: bool, overwrite: bool) -> None:
+        self.tmp, self.out, self.manifest = tmp, out, manifest
+        self._explicit_version = explicit_version
+        self._overwrite = overwrite
+        self.committed = False
+
+    def load(self, *, intra_op_threads: int = 1) -> Bundle:
+        """The staged files under the in-memory manifest, through the validating loader."""
+        return load_bundle(
+            self.tmp, intra_op_threads=intra_op_threads, require_calibration=False, manifest=self.manifest
+        )
+
+    def commit(self, *, validate: bool = True) -> Manifest:
+        """Check the manifest with the strict parser, give it its content version (unless one was given
+        explicitly), write manifest.json, load the result with the validating loader (validate=True) and
+        rename the directory into place (an existing one is replaced, the old one removed after the
+        rename). Returns the manifest written."""
+        manifest = Manifest.from_json(self.manifest.to_json())  # the strict parser is the schema check
+        if not self._explicit_version:
+            manifest = dataclasses.replace(manifest, bundle_version=manifest.content_version())
+        _write_text_atomic(self.tmp / MANIFEST_NAME, manifest.to_json())
+        if validate:
+            load_bundle(self.tmp, require_calibration=False)
+        if self.out.exists():
+            if not self._overwrite:
+                raise FileExistsError(f"bundle directory {self.out} already exists (pass overwrite=True)")
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.replace(self.out, old / self.out.name)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        self.committed = True
+        self.manifest = manifest
+        return manifest
+
+
+@contextmanager
+def stage_bundle(
+    out_dir: str | Path,
+    *,
+    encoder_dir: str | Path,
+    encoder: EncoderSpec,
+    routers: Mapping[str, RouterArtifacts],
+    models: list[str] | tuple[str, ...],
+    default_pair: DefaultPair,
+    elo: Mapping[str, float],
+    tiers: Mapping[str, int],
+    training_data: TrainingData,
+    calibration: Calibration | None = None,
+    difficulty_prior: PriorArtifacts | None = None,
+    bundle_version: str | None = None,
+    created_at: str | None = None,
+    overwrite: bool = False,
+) -> Iterator[StagedBundle]:
+    """Lay a bundle out in a temporary sibling directory of `out_dir`: every array as a .npy (no pickles)
+    in its kind's dtype, the encoder (model.onnx + tokenizer.json of encoder_dir) and the kinds' files
+    copied, every file checksummed, and the manifest assembled in memory. Yields a `StagedBundle`;
+    leaving the block without `commit()` (or by an exception) removes the directory, so a crash leaves
+    either no bundle or the old one, never a half-written one.
+
+    bundle_version defaults to `Manifest.content_version()` ("<YYYYMMDD of created_at>-<8 hex of a hash
+    of the content>", derived at commit). An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
@@ -163,9 +251,9 @@ def write_bundle(
     for role, rel in ENCODER_FILES.items():
         if not (src / Path(rel).name).is_file():
             raise FileNotFoundError(f"encoder_dir {src} has no {Path(rel).name} (encoder {role})")
-    created = created_at or _utc_now()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staged: StagedBundle | None = None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         (tmp / "encoder").mkdir()
@@ -197,8 +285,8 @@ def write_bundle(
                 scale=float(difficulty_prior.scale),
             )
         manifest = Manifest(
-            bundle_version=bundle_version or "unversioned",  # replaced below when not given
-            created_at=created,
+            bundle_version=bundle_version or "unversioned",  # the content version, derived at commit
+            created_at=created_at or _utc_now(),
             encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
             models=tuple(models),
             default_pair=default_pair,
@@ -212,25 +300,11 @@ def write_bundle(
             difficulty_prior=prior_spec,
         )
         manifest = Manifest.from_json(manifest.to_json())  # the strict parser is the schema check
-        if not bundle_version:
-            # Derived from the parsed manifest: the parser normalises values (an int where a float is
-            # declared reads back as a float), and the version must be that of the content as read.
-            manifest = dataclasses.replace(manifest, bundle_version=manifest.content_version())
-        text = manifest.to_json()
-        _write_text_atomic(tmp / MANIFEST_NAME, text)
-        if validate:
-            load_bundle(tmp, require_calibration=False)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        staged = StagedBundle(tmp, out, manifest, explicit_version=bool(bundle_version), overwrite=overwrite)
+        yield staged
+    finally:
+        if staged is None or not staged.committed:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _reversioned(old: Manifest, new: Manifest) -> Manifest:

@@ -8,6 +8,7 @@ decided by `BuildConfig.recipe` (`lmroute.export.recipe.Recipe`, shared with the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,19 +24,20 @@ from typing import Any
 import numpy as np
 
 from lmroute.bundle import (
+    Blend,
+    Bundle,
+    Calibration,
     DefaultPair,
     EncoderSpec,
     RouterArtifacts,
     TrainingData,
     kinds,
     load_bundle,
-    read_manifest,
     update_calibration,
-    write_bundle,
 )
 from lmroute.bundle.encoder import OnnxEncoder
 from lmroute.bundle.kinds import TrainContext
-from lmroute.bundle.writer import PriorArtifacts, update_blends
+from lmroute.bundle.writer import PriorArtifacts, stage_bundle
 from lmroute.export import names
 from lmroute.export.calibrate import calibration_for_manifest
 from lmroute.export.data import (
@@ -269,29 +271,42 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         with _step(report, f"train_{router}"):
             artifacts[router] = _train_router(router, cfg, train, prompt_emb, tiers, report)
 
-    with _step(report, "write_bundle"):
-        manifest = write_bundle(
-            cfg.out_dir,
-            encoder_dir=enc_dir,
-            encoder=encoder_spec(recipe.encoder_model_dir, encoder.dim, recipe.max_tokens),
-            routers=artifacts,
-            models=sorted(tiers),
-            default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
-            elo=ratings,
-            tiers=tiers,
-            training_data=_training_data(train),
-            difficulty_prior=prior,
-            overwrite=True,
-        )
-        report.bundle_version = manifest.bundle_version
-
-    if prior is not None:
-        with _step(report, "blend"):
-            report.blends = _blend_routers(cfg, train, blended)
-
-    with _step(report, "calibrate"):
-        calibrate_bundle(cfg.out_dir, cfg.data_dir, limit=cfg.calibration_limit if not cfg.quick else 200)
-    report.bundle_version = read_manifest(cfg.out_dir).bundle_version  # blends and calibration re-derive it
+    # The bundle is staged with its manifest in memory; the blends and the calibration are fixed from
+    # its scores, and manifest.json is written once, at the end (StagedBundle.commit).
+    with contextlib.ExitStack() as stack:
+        with _step(report, "write_bundle"):
+            staged = stack.enter_context(
+                stage_bundle(
+                    cfg.out_dir,
+                    encoder_dir=enc_dir,
+                    encoder=encoder_spec(recipe.encoder_model_dir, encoder.dim, recipe.max_tokens),
+                    routers=artifacts,
+                    models=sorted(tiers),
+                    default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
+                    elo=ratings,
+                    tiers=tiers,
+                    training_data=_training_data(train),
+                    difficulty_prior=prior,
+                    overwrite=True,
+                )
+            )
+            bundle = staged.load(intra_op_threads=2)
+        if prior is not None:
+            with _step(report, "blend"):
+                blends = _blends(cfg, train, bundle, blended)
+                routers = {
+                    name: dataclasses.replace(spec, blend=blends.get(name, spec.blend))
+                    for name, spec in staged.manifest.routers.items()
+                }
+                staged.manifest = dataclasses.replace(staged.manifest, routers=routers)
+                bundle = bundle.with_manifest(staged.manifest)
+                report.blends = {name: b.to_dict() for name, b in blends.items()}
+        with _step(report, "calibrate"):
+            limit = cfg.calibration_limit if not cfg.quick else 200
+            calibration = calibration_table(bundle, cfg.data_dir, limit=limit)
+            staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
+        with _step(report, "commit"):
+            report.bundle_version = staged.commit().bundle_version
     return report
 
 
@@ -330,15 +345,12 @@ def _fit_prior(
     )
 
 
-def _blend_routers(cfg: BuildConfig, train: Comparisons, weights: dict[str, float]) -> dict[str, dict[str, float]]:
+def _blends(cfg: BuildConfig, train: Comparisons, bundle: Bundle, weights: dict[str, float]) -> dict[str, Blend]:
     """Score `prior_standardise_on` training prompts (evenly spread over the table) with each router of
-    the fresh bundle, fix each blend's center / scale from them, and write the blends into the manifest."""
-    bundle = load_bundle(cfg.out_dir, intra_op_threads=2, require_calibration=False)
+    the fresh (unblended) bundle and fix each blend's center / scale from them."""
     sample = [train.prompts[i] for i in evenly_spaced(len(train.prompts), cfg.recipe.prior_standardise_on)]
     scores = score_bundle(bundle, sample, progress=None, routers=tuple(weights))
-    blends = {name: blend_params(scores[name], weight) for name, weight in weights.items()}
-    update_blends(cfg.out_dir, blends)
-    return {name: b.to_dict() for name, b in blends.items()}
+    return {name: blend_params(scores[name], weight) for name, weight in weights.items()}
 
 
 def _decontamination_set(path: Path) -> set[str]:
@@ -412,9 +424,19 @@ def _train_router(
 def calibrate_bundle(
     bundle_dir: Path, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None
 ) -> None:
-    """Score the calibration prompts with every router of the bundle and store the quantile table.
+    """Score the calibration prompts with every router of the bundle in `bundle_dir` and store the
+    quantile table in its manifest (`calibration_table`; `lmroute-export calibrate`)."""
+    bundle = load_bundle(bundle_dir, intra_op_threads=2, require_calibration=False)
+    update_calibration(bundle_dir, calibration_table(bundle, data_dir, limit=limit, prompts=prompts))
 
-    prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts.
+
+def calibration_table(
+    bundle: Bundle, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None
+) -> Calibration:
+    """The quantile table of every router of `bundle` on the calibration prompts.
+
+    prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts (the first
+    `limit` of them when given).
     """
     source = CALIBRATION_SOURCE
     if prompts is None:
@@ -423,6 +445,5 @@ def calibrate_bundle(
         source = f"{len(prompts)} user-supplied prompts"
     if limit is not None:
         prompts = prompts[:limit]
-    bundle = load_bundle(bundle_dir, intra_op_threads=2, require_calibration=False)
     scores = score_bundle(bundle, prompts, progress="calibration")
-    update_calibration(bundle_dir, calibration_for_manifest(scores, source=source))
+    return calibration_for_manifest(scores, source=source)

@@ -92,11 +92,13 @@ def test_server_stops_at_startup_without_the_core(tmp_path: Path) -> None:
     """lmroute-serve with every package importable but no compiled core: exit 1, the reason on stderr."""
     root = tmp_path / "pkgs"
     root.mkdir()
-    _copy_package(root, "lmroute.kernels", with_core=False)
+    # the lmroute namespace laid out as the installed package has it, with a kernels/ without its core
+    _copy_package(root, "lmroute/kernels", with_core=False)
     for name, target in (
-        ("lmroute.service", REPO / "service"),
-        ("lmroute.bundle", REPO / "bundle"),
-        ("lmroute", REPO / "proto" / "lmroute"),
+        ("lmroute/__init__.py", REPO / "proto" / "lmroute" / "__init__.py"),
+        ("lmroute/v1", REPO / "proto" / "lmroute" / "v1"),
+        ("lmroute/service", REPO / "service"),
+        ("lmroute/bundle", REPO / "bundle"),
     ):
         (root / name).symlink_to(target)
     # -S: no site processing, so the editable install's finder cannot supply the real core.

@@ -7,6 +7,7 @@ past the checksum pass, re-signs the file in manifest.json the way a buggy write
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,7 +23,7 @@ from lmroute.bundle import BundleError, load_bundle, update_calibration, write_b
 from lmroute.bundle.loader import read_manifest
 from lmroute.bundle.manifest import Calibration
 from lmroute.bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle
-from lmroute.bundle.writer import RouterArtifacts
+from lmroute.bundle.writer import RouterArtifacts, stage_bundle
 
 DIM = 16
 N_PROMPTS = 50
@@ -458,6 +459,38 @@ def test_writer_refuses_existing_dir_and_leaves_no_temp(pristine: Path, tmp_path
         write_bundle(target, **args)
     assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dir left behind
+
+
+def test_staged_bundle_loads_before_its_manifest_is_written_and_commits_once(pristine: Path, tmp_path: Path) -> None:
+    """The build's path: stage, load under the in-memory manifest, fix blends and calibration, commit."""
+    out = tmp_path / "out"
+    with stage_bundle(out, **_rewrite_args(pristine)) as staged:
+        assert not (staged.tmp / "manifest.json").exists() and not out.exists()
+        bundle = staged.load()
+        assert list(bundle.routers) == ["random", "mf"] and bundle.manifest is staged.manifest
+        scores = bundle.routers["mf"].score(bundle.prompt_batch(["explain recursion", "list taxes"]))
+        calibration = Calibration(
+            source="test", n_prompts=2, strong_share=(0.0, 1.0), thresholds={"random": (1.0, 0.0), "mf": (1.0, 0.0)}
+        )
+        staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
+        assert bundle.with_manifest(staged.manifest).manifest.calibration == calibration
+        written = staged.commit()
+    assert written.calibration == calibration and written.bundle_version == written.content_version()
+    assert read_manifest(out) == written
+    again = load_bundle(out)
+    np.testing.assert_array_equal(
+        again.routers["mf"].score(again.prompt_batch(["explain recursion", "list taxes"])), scores
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staged_bundle_left_uncommitted_leaves_nothing(pristine: Path, tmp_path: Path) -> None:
+    with stage_bundle(tmp_path / "out", **_rewrite_args(pristine)) as staged:
+        bundle = staged.load()
+        other = dataclasses.replace(staged.manifest, models=(*staged.manifest.models, "zzz-extra"))
+        with pytest.raises(ValueError, match="differ in more than blends and calibration"):
+            bundle.with_manifest(other)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
