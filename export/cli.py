@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="your own traffic: a text file, one prompt per line, or JSONL with a 'prompt' field",
     )
+    _add_plugin(p)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on MT-Bench, MMLU and GSM8K")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `lmroute-export evaluate --help`")
