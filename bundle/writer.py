@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,42 +137,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_bundle(
-    out_dir: str | Path,
-    *,
-    encoder_dir: str | Path,
-    encoder: EncoderSpec,
-    routers: Mapping[str, RouterArtifacts],
-    models: list[str] | tuple[str, ...],
-    default_pair: DefaultPair,
-    elo: Mapping[str, float],
-    tiers: Mapping[str, int],
-    training_data: TrainingData,
-    calibration: Calibration | None = None,
-    difficulty_prior: PriorArtifacts | None = None,
-    bundle_version: str | None = None,
-    created_at: str | None = None,
-    overwrite: bool = False,
-    validate: bool = True,
-) -> Manifest:
-    """Write a bundle to `out_dir` atomically and return its manifest: `stage_bundle` with these
-    arguments, committed at once (see there)."""
-    with stage_bundle(
-        out_dir,
-        encoder_dir=encoder_dir,
-        encoder=encoder,
-        routers=routers,
-        models=models,
-        default_pair=default_pair,
-        elo=elo,
-        tiers=tiers,
-        training_data=training_data,
-        calibration=calibration,
-        difficulty_prior=difficulty_prior,
-        bundle_version=bundle_version,
-        created_at=created_at,
-        overwrite=overwrite,
-    ) as staged:
+def write_bundle(out_dir: str | Path, *, validate: bool = True, **contents: Any) -> Manifest:
+    """Write a bundle to `out_dir` atomically and return its manifest: `stage_bundle(out_dir, **contents)`
+    committed at once (`contents`: stage_bundle's keyword arguments; validate: see StagedBundle.commit)."""
+    with stage_bundle(out_dir, **contents) as staged:
         return staged.commit(validate=validate)
 
 

@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from lmroute.bundle.files import ONNX_INPUTS
-from lmroute.export.recipe import SHIPPED
+from lmroute.export.recipe import SHIPPED, Recipe
 
 __all__ = [
     "LABELS",
@@ -48,6 +48,7 @@ __all__ = [
     "build_bert_examples",
     "default_model_dir",
     "train_bert",
+    "train_bert_recipe",
     "predict_proba",
     "export_bert_onnx",
     "bert_router_params",
@@ -700,3 +701,31 @@ def export_bert_onnx(
 def bert_router_params(max_tokens: int = 256) -> dict[str, object]:
     """The manifest ``params`` of a bert router (docs/BUNDLE.md): truncation length and label order."""
     return {"max_tokens": int(max_tokens), "labels": list(LABELS)}
+
+
+def train_bert_recipe(
+    comparisons: ComparisonsLike,
+    tiers: Mapping[str, int],
+    recipe: Recipe,
+    *,
+    strong: str,
+    weak: str,
+    time_budget_s: float | None = None,
+) -> TrainedBert:
+    """Fine-tune bert with the knobs of `recipe` (the build's router kind and the validation harness
+    train through this): examples from the direct strong-vs-weak comparisons when recipe.bert_pair_only,
+    labels from `tiers`, sample weights sqrt(count) (raw counts, 1..161, would let a few prompts swamp
+    the rest). `time_budget_s` overrides recipe.bert_time_budget_s (the build's quick mode)."""
+    pairs = comparisons.select(comparisons.pair_mask(strong, weak)) if recipe.bert_pair_only else comparisons
+    texts, labels, weights = build_bert_examples(pairs, tiers)
+    return train_bert(
+        texts,
+        labels,
+        sample_weights=np.sqrt(weights),
+        model_dir=recipe.encoder_model_dir,
+        max_tokens=recipe.bert_max_tokens,
+        epochs=recipe.bert_epochs,
+        lr=recipe.bert_lr,
+        seed=recipe.seed,
+        time_budget_s=recipe.bert_time_budget_s if time_budget_s is None else time_budget_s,
+    )

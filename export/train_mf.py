@@ -33,9 +33,9 @@ import torch
 from numpy.typing import NDArray
 
 from lmroute.export.data import LABEL_KINDS
-from lmroute.export.recipe import SHIPPED
+from lmroute.export.recipe import SHIPPED, Recipe
 
-__all__ = ["MFArtifacts", "train_mf", "pairwise_accuracy"]
+__all__ = ["MFArtifacts", "pairwise_accuracy", "train_mf", "train_mf_recipe"]
 
 
 @dataclass(frozen=True)
@@ -254,3 +254,29 @@ def pairwise_accuracy(
     strong_pred = logits[:, s] > logits[:, w]
     strong_won = ((a[rows] == s) & (outcome[rows] == 0)) | ((b[rows] == s) & (outcome[rows] == 1))
     return float(np.mean(strong_pred == strong_won)), int(rows.sum())
+
+
+def train_mf_recipe(
+    comparisons: Any,
+    prompt_emb: NDArray[np.floating],
+    recipe: Recipe,
+    *,
+    row_weights: NDArray[np.floating] | None,
+    epochs: int | None = None,
+) -> MFArtifacts:
+    """`train_mf` with every knob from `recipe` (the build's router kind and the validation harness
+    train through this); `epochs` overrides recipe.mf_epochs (the build's quick mode)."""
+    return train_mf(
+        comparisons,
+        prompt_emb,
+        dim=recipe.mf_dim,
+        epochs=recipe.mf_epochs if epochs is None else epochs,
+        batch_size=recipe.mf_batch_size,
+        lr=recipe.mf_lr,
+        noise_sigma=recipe.mf_noise_sigma,
+        weight_decay=recipe.mf_weight_decay,
+        source_bias=recipe.mf_source_bias,
+        seed=recipe.seed,
+        label_weights=dict(recipe.label_weights),
+        row_weights=row_weights,
+    )

@@ -18,9 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lmroute.export.elo import comparison_weights
-from lmroute.export.recipe import SHIPPED
+from lmroute.export.recipe import SHIPPED, Recipe
 
-__all__ = ["SWRankingArtifacts", "train_sw_ranking"]
+__all__ = ["SWRankingArtifacts", "train_sw_ranking", "train_sw_recipe"]
 
 
 @dataclass(frozen=True)
@@ -138,4 +138,30 @@ def train_sw_ranking(
         cell_counts=counts.astype(np.float32),
         params=params,
         n_same_tier_dropped=int(same_tier.sum()),
+    )
+
+
+def train_sw_recipe(
+    comparisons: Any,
+    prompt_emb: NDArray[np.floating],
+    tiers: Mapping[str, int],
+    recipe: Recipe,
+    *,
+    strong: str,
+    weak: str,
+    row_weights: NDArray[np.floating] | None,
+) -> SWRankingArtifacts:
+    """`train_sw_ranking` with the knobs of `recipe`, over every tier of `tiers`, dropping the rows of
+    models without a tier (the build's router kind and the validation harness train through this)."""
+    return train_sw_ranking(
+        comparisons,
+        prompt_emb,
+        tiers,
+        n_tiers=max(tiers.values()) + 1,
+        strong=strong,
+        weak=weak,
+        gamma=recipe.gamma,
+        label_weights=dict(recipe.label_weights),
+        row_weights=row_weights,
+        drop_unknown_models=True,
     )

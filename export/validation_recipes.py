@@ -190,47 +190,25 @@ def fit_scorers(
     tiers = fit_tiers(r, train) if needs_tiers else None
     out: dict[str, Scorer] = {}
     if "mf" in routers:
-        from lmroute.export.train_mf import train_mf
+        from lmroute.export.train_mf import train_mf_recipe
         from lmroute.kernels.reference import mf_pair_vector
 
-        mf = train_mf(
-            train,
-            train_emb,
-            dim=r.mf_dim,
-            epochs=r.mf_epochs,
-            batch_size=r.mf_batch_size,
-            lr=r.mf_lr,
-            noise_sigma=r.mf_noise_sigma,
-            weight_decay=r.mf_weight_decay,
-            source_bias=r.mf_source_bias,
-            seed=r.seed,
-            label_weights=dict(r.label_weights),
-            row_weights=training_weights(exp, train, strong, weak, tiers, router="mf"),
-        )
+        mf_rows = training_weights(exp, train, strong, weak, tiers, router="mf")
+        mf = train_mf_recipe(train, train_emb, r, row_weights=mf_rows)
         u = mf_pair_vector(
             mf.text_proj, mf.model_emb, mf.classifier, train.models.index(strong), train.models.index(weak)
         )
         out["mf"] = lambda e, texts, u=u: 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) @ u)))
     if "sw_ranking" in routers:
-        from lmroute.export.train_sw import train_sw_ranking
+        from lmroute.export.train_sw import train_sw_recipe
         from lmroute.kernels.reference import sw_scores
 
         assert tiers is not None
         for name in (strong, weak):
             if name not in tiers:
                 raise ValueError(f"recipe {exp.describe()}: {name} got no tier")
-        sw = train_sw_ranking(
-            train,
-            train_emb,
-            tiers,
-            n_tiers=max(tiers.values()) + 1,
-            strong=strong,
-            weak=weak,
-            gamma=r.gamma,
-            label_weights=dict(r.label_weights),
-            row_weights=training_weights(exp, train, strong, weak, tiers, router="sw_ranking"),
-            drop_unknown_models=True,
-        )
+        sw_rows = training_weights(exp, train, strong, weak, tiers, router="sw_ranking")
+        sw = train_sw_recipe(train, train_emb, tiers, r, strong=strong, weak=weak, row_weights=sw_rows)
         p = sw.params
 
         def sw_scorer(e: NDArray[np.float32], texts: Sequence[str], sw=sw, p=p) -> NDArray[np.float64]:
@@ -261,21 +239,9 @@ def _fit_bert(recipe: Recipe, train: Comparisons, tiers: Mapping[str, int], stro
     """Fine-tune bert as the build does (`lmroute.bundle.kinds.bert`) and score with PyTorch: P(strong
     tier wins). The bundle runs the ONNX export of the same model (equal within the export check's
     tolerance)."""
-    from lmroute.export.train_bert import LABELS, build_bert_examples, predict_proba, train_bert
+    from lmroute.export.train_bert import LABELS, predict_proba, train_bert_recipe
 
-    pairs = train.select(train.pair_mask(strong, weak)) if recipe.bert_pair_only else train
-    texts, labels, weights = build_bert_examples(pairs, tiers)
-    trained = train_bert(
-        texts,
-        labels,
-        sample_weights=np.sqrt(weights),  # as the build: raw counts would let a few prompts swamp the rest
-        model_dir=recipe.encoder_model_dir,
-        max_tokens=recipe.bert_max_tokens,
-        epochs=recipe.bert_epochs,
-        lr=recipe.bert_lr,
-        seed=recipe.seed,
-        time_budget_s=recipe.bert_time_budget_s,
-    )
+    trained = train_bert_recipe(train, tiers, recipe, strong=strong, weak=weak)
     column = LABELS.index("strong_wins")
 
     def bert_scorer(e: NDArray[np.float32], texts: Sequence[str]) -> NDArray[np.float64]:

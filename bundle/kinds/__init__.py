@@ -3,6 +3,7 @@
     get(name) -> RouterKind     the registered kind (KeyError naming the known kinds)
     names() -> tuple[str, ...]  every registered kind, sorted
     register(kind)              add a kind (a RouterKind instance); its module calls this on import
+    unregister(name)            remove a kind (a test that registered one, or a plug-in being replaced)
     load_plugins(modules)       import modules that register more kinds (`--plugin` of both CLIs)
 
 Built in: random, mf, sw_ranking, bert (`kinds/<name>.py`). Everything else (manifest parser, writer,
@@ -27,6 +28,7 @@ __all__ = [
     "load_plugins",
     "names",
     "register",
+    "unregister",
 ]
 
 _REGISTRY: dict[str, RouterKind] = {}
@@ -45,6 +47,12 @@ def register(kind: RouterKind) -> RouterKind:
         raise ValueError(f"register: router kind {name!r} is already {type(taken).__module__}.{type(taken).__name__}")
     _REGISTRY[name] = kind
     return kind
+
+
+def unregister(name: str) -> None:
+    """Remove the kind registered as `name` (KeyError naming the known kinds when there is none)."""
+    get(name)
+    del _REGISTRY[name]
 
 
 def get(name: str) -> RouterKind:

@@ -12,7 +12,7 @@ A kind owns everything about one sort of router (docs/ARCHITECTURE.md "Adding a 
                           `RouterArtifacts` for the writer; only the offline pipeline calls it
 
 The manifest parser, the writer, the loader and the build pipeline iterate the registry
-(`lmroute.bundle.kinds`) and know no kind by name.
+(`lmroute.bundle.kinds`, which also exports this module's names) and know no kind by name.
 """
 
 from __future__ import annotations
@@ -36,15 +36,6 @@ if TYPE_CHECKING:
 
     from lmroute.bundle.manifest import Blend, Manifest, RouterSpec
     from lmroute.bundle.routers import Router
-
-__all__ = [
-    "ArrayRole",
-    "FileRole",
-    "LoadContext",
-    "RouterArtifacts",
-    "RouterKind",
-    "TrainContext",
-]
 
 
 @dataclass(frozen=True)

@@ -96,21 +96,12 @@ class BertKind(RouterKind):
         return BertRouter(router, session=session, labels=params.labels)
 
     def train(self, ctx: TrainContext) -> RouterArtifacts:
-        from lmroute.export.train_bert import build_bert_examples, export_bert_onnx, train_bert
+        from lmroute.export.train_bert import export_bert_onnx, train_bert_recipe
 
-        cfg, train = ctx.recipe, ctx.comparisons
-        rows = train.select(train.pair_mask(ctx.strong, ctx.weak)) if cfg.bert_pair_only else train
-        texts, labels, weights = build_bert_examples(rows, dict(ctx.tiers))
-        trained = train_bert(
-            texts,
-            labels,
-            sample_weights=np.sqrt(weights),  # raw counts (1..161) would let a few prompts swamp the rest
-            model_dir=cfg.encoder_model_dir,
-            max_tokens=cfg.bert_max_tokens,
-            epochs=cfg.bert_epochs,
-            lr=cfg.bert_lr,
-            seed=cfg.seed,
-            time_budget_s=60.0 if cfg.quick else cfg.bert_time_budget_s,
+        cfg = ctx.recipe
+        budget = 60.0 if cfg.quick else None
+        trained = train_bert_recipe(
+            ctx.comparisons, dict(ctx.tiers), cfg, strong=ctx.strong, weak=ctx.weak, time_budget_s=budget
         )
         onnx_path = ctx.work_dir / f"model-{cfg.seed}.onnx"
         onnx_path.parent.mkdir(parents=True, exist_ok=True)

@@ -90,23 +90,11 @@ class MFKind(RouterKind):
         return MFRouter(router, pair_vector=pair_vector)
 
     def train(self, ctx: TrainContext) -> RouterArtifacts:
-        from lmroute.export.train_mf import train_mf
+        from lmroute.export.train_mf import train_mf_recipe
 
         cfg, train = ctx.recipe, ctx.comparisons
-        mf = train_mf(
-            train,
-            ctx.embeddings,
-            dim=cfg.mf_dim,
-            epochs=2 if cfg.quick else cfg.mf_epochs,
-            batch_size=cfg.mf_batch_size,
-            lr=cfg.mf_lr,
-            noise_sigma=cfg.mf_noise_sigma,
-            weight_decay=cfg.mf_weight_decay,
-            source_bias=cfg.mf_source_bias,
-            seed=cfg.seed,
-            label_weights=dict(cfg.label_weights),
-            row_weights=np.where(train.pair_mask(ctx.strong, ctx.weak), cfg.mf_pair_weight, 1.0),
-        )
+        row_weights = np.where(train.pair_mask(ctx.strong, ctx.weak), cfg.mf_pair_weight, 1.0)
+        mf = train_mf_recipe(train, ctx.embeddings, cfg, row_weights=row_weights, epochs=2 if cfg.quick else None)
         models = list(ctx.models)
         rows = np.array([list(mf.models).index(m) for m in models])
         model_emb = mf.model_emb[rows]

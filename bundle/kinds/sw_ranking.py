@@ -165,20 +165,12 @@ class SWRankingKind(RouterKind):
         return sw
 
     def train(self, ctx: TrainContext) -> RouterArtifacts:
-        from lmroute.export.train_sw import train_sw_ranking
+        from lmroute.export.train_sw import train_sw_recipe
 
         cfg, train = ctx.recipe, ctx.comparisons
-        sw = train_sw_ranking(
-            train,
-            ctx.embeddings,
-            dict(ctx.tiers),
-            n_tiers=max(ctx.tiers.values()) + 1,
-            strong=ctx.strong,
-            weak=ctx.weak,
-            gamma=cfg.gamma,
-            label_weights=dict(cfg.label_weights),
-            row_weights=train.pair_mask(ctx.strong, ctx.weak).astype(np.float64) if cfg.sw_pair_only else None,
-            drop_unknown_models=True,
+        rows = train.pair_mask(ctx.strong, ctx.weak).astype(np.float64) if cfg.sw_pair_only else None
+        sw = train_sw_recipe(
+            train, ctx.embeddings, dict(ctx.tiers), cfg, strong=ctx.strong, weak=ctx.weak, row_weights=rows
         )
         ctx.notes.update(
             n_prompts=len(sw.prompts), n_cells=int(sw.cells.shape[0]), n_same_tier_dropped=sw.n_same_tier_dropped
