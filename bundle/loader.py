@@ -148,16 +148,7 @@ def _blended(router: Router, manifest: Manifest, name: str, prior_weights: npt.N
     blend, prior = manifest.routers[name].blend, manifest.difficulty_prior
     if blend is None or prior is None:
         return router
-    return BlendedRouter(
-        router,
-        prior_weights=prior_weights,
-        prior_bias=prior.bias,
-        prior_center=prior.center,
-        prior_scale=prior.scale,
-        weight=blend.prior_weight,
-        center=blend.center,
-        scale=blend.scale,
-    )
+    return BlendedRouter(router, prior=prior, prior_weights=prior_weights, blend=blend)
 
 
 def _unblended(router: Router) -> Router:

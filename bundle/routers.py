@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from lmroute.bundle.encoder import TokenBatch
+    from lmroute.bundle.manifest import Blend, DifficultyPriorSpec
 
 __all__ = ["BlendedRouter", "PromptBatch", "Router", "compiled_core", "need_embeddings"]
 
@@ -83,38 +84,21 @@ class BlendedRouter:
     uses_encoder = True
 
     def __init__(
-        self,
-        inner: Router,
-        *,
-        prior_weights: npt.NDArray[np.floating],
-        prior_bias: float,
-        prior_center: float,
-        prior_scale: float,
-        weight: float,
-        center: float,
-        scale: float,
+        self, inner: Router, *, prior: DifficultyPriorSpec, prior_weights: npt.NDArray[np.floating], blend: Blend
     ) -> None:
         self._core = compiled_core()
         self.inner = inner
         self.name = inner.name
         self.kind = inner.kind
+        self.prior = prior
         self.prior_weights = np.asarray(prior_weights, dtype=np.float64)
-        self.prior = (float(prior_bias), float(prior_center), float(prior_scale))
-        self.blend = (float(weight), float(center), float(scale))
+        self.blend = blend
 
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         emb = need_embeddings(self.name, self.kind, batch, self.prior_weights.shape[0])
-        bias, p_center, p_scale = self.prior
-        weight, center, scale = self.blend
+        p, b = self.prior, self.blend
+        prior_args = (self.prior_weights, p.bias, p.center, p.scale)
         scores: npt.NDArray[np.float64] = self._core.blend_scores(
-            self.inner.score(batch),
-            emb,
-            self.prior_weights,
-            bias,
-            p_center,
-            p_scale,
-            weight=weight,
-            center=center,
-            scale=scale,
+            self.inner.score(batch), emb, *prior_args, weight=b.prior_weight, center=b.center, scale=b.scale
         )
         return scores

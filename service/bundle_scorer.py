@@ -28,7 +28,7 @@ from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.routers import PromptBatch
 from lmroute.service.errors import ConfigError
-from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch, Tokenized
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
 
 __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROMPTS", "MAX_PADDING"]
 
@@ -136,10 +136,7 @@ class BundleScorer:
         return TokenBatch.stack([r for r in rows if r is not None], self.bundle.encoder.pad_id)
 
     def score(
-        self,
-        texts: Sequence[str],
-        routers: Sequence[tuple[str, ...]],
-        tokens: Sequence[Tokenized[TokenBatch] | None],
+        self, texts: Sequence[str], routers: RouterSets, tokens: Sequence[Tokenized[TokenBatch] | None]
     ) -> ScoredBatch:
         n = len(texts)
         if len(routers) != n or len(tokens) != n:

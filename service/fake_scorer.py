@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, ScoredBatch, Tokenized
+from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
 
 __all__ = ["FakeScorer", "FakeScorerError"]
 
@@ -109,12 +109,7 @@ class FakeScorer:
             self.counted.extend(texts)
         return [Tokenized(self.token_count(t), self.words(t)) for t in texts]
 
-    def score(
-        self,
-        texts: Sequence[str],
-        routers: Sequence[tuple[str, ...]],
-        tokens: Sequence[Tokenized[int] | None],
-    ) -> ScoredBatch:
+    def score(self, texts: Sequence[str], routers: RouterSets, tokens: Sequence[Tokenized[int] | None]) -> ScoredBatch:
         with self._lock:
             self.calls.append(list(texts))
             self.scored_without_tokens.extend(t for t, tok in zip(texts, tokens, strict=True) if tok is None)

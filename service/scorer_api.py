@@ -16,9 +16,12 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Catalog", "ModelDescription", "RouterDescription", "ScoredBatch", "Scorer", "Tokenized"]
+__all__ = ["Catalog", "ModelDescription", "RouterDescription", "RouterSets", "ScoredBatch", "Scorer", "Tokenized"]
 
 T = TypeVar("T")
+
+# routers[i]: the loaded routers that text i asked for (resolved by the transport)
+RouterSets = Sequence[tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,7 @@ class Scorer(Protocol[T]):
         """Each text's tokens and token count after truncation, in order."""
         ...
 
-    def score(
-        self,
-        texts: Sequence[str],
-        routers: Sequence[tuple[str, ...]],
-        tokens: Sequence[Tokenized[T] | None],
-    ) -> ScoredBatch:
+    def score(self, texts: Sequence[str], routers: RouterSets, tokens: Sequence[Tokenized[T] | None]) -> ScoredBatch:
         """Score texts[i] with each router of routers[i]; one encoding shared by all routers.
 
         tokens[i] is what `tokenize` gave for texts[i], or None when it was not tokenised yet (the
