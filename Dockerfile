@@ -17,7 +17,7 @@ COPY . .
 RUN scripts/docker/build_bundle.sh --out /artifacts/default \
     && scripts/docker/build_wheel.sh /dist
 
-# --- runtime: ONNX Runtime, FAISS, NumPy, grpcio... (requirements/runtime.txt), the wheel, the bundle
+# --- runtime: ONNX Runtime, NumPy, grpcio... (requirements/runtime.txt), the wheel, the bundle
 FROM python:3.11-slim-bookworm AS runtime
 ARG LMROUTE_UID=10001
 ENV PIP_NO_CACHE_DIR=1 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The image's runtime stage: a virtual environment with only the serving dependencies (the exact pins of
-# requirements/runtime.txt: ONNX Runtime, FAISS, NumPy, tokenizers, grpcio...; no torch) and the lmroute
+# requirements/runtime.txt: ONNX Runtime, NumPy, tokenizers, grpcio...; no torch) and the lmroute
 # wheel; `pip check` proves the pins satisfy the wheel's requirements.
 # Usage: scripts/docker/install_runtime.sh VENV_DIR WHEEL_DIR [RUNTIME_REQUIREMENTS]
 #   (default requirements: requirements/runtime.txt of this checkout; PYTHON picks the interpreter)
