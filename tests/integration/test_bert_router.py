@@ -178,7 +178,8 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
     )
     wall = time.monotonic() - t0
     stats = trained.stats
-    assert stats.elapsed_s <= budget and wall <= budget + 0.5, (stats.elapsed_s, wall)
+    # the budget ends training (50 epochs would take minutes); the wall margin covers a slow step on a busy machine
+    assert stats.elapsed_s <= budget and wall <= budget + 10.0, (stats.elapsed_s, wall)
     assert stats.examples_seen > 0 and stats.steps > 0
     assert stats.stopped_by in ("time_budget", "early_stopping", "epochs")
     assert stats.n_val == round(0.1 * len(texts)) and stats.n_train + stats.n_val == len(texts)
