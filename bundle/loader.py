@@ -33,7 +33,7 @@ from lmroute.bundle.routers import BlendedRouter, PromptBatch, Router
 if TYPE_CHECKING:
     from lmroute.bundle.encoder import OnnxEncoder
 
-__all__ = ["Bundle", "load_bundle", "read_manifest", "sha256_file"]
+__all__ = ["Bundle", "load_bundle", "read_manifest"]
 
 _NORM_TOL = 1e-3  # |1 - ||x|| | allowed for the encoder's probe embedding
 

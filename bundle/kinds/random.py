@@ -1,7 +1,7 @@
 """The `random` router kind: a baseline whose score depends only on (seed, prompt text).
 
 score = the first 8 bytes of sha256(str(seed) NUL utf-8 text), top 53 bits / 2**53
-(`lmroute.kernels.reference.random_scores`); no files, no training.
+(`lmroute.kernels.reference.random_scores`); no files; `train` only records the recipe's seed.
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ class RandomKind(RouterKind):
         return RandomRouter(router, seed=spec.params.seed)
 
     def train(self, ctx: TrainContext) -> RouterArtifacts:
-        seed = ctx.recipe.seed
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"random router: seed must be an int >= 0, got {seed!r}")
-        return RouterArtifacts(kind=self.name, params=RandomParams(seed=int(seed)))
+        from lmroute.export.train_random import train_random  # checks the seed
+
+        return RouterArtifacts(kind=self.name, params=RandomParams(seed=train_random(ctx.recipe.seed).seed))
 
 
 KIND = RandomKind()
