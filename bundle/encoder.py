@@ -3,10 +3,13 @@
 Holds:
 - `TokenBatch`: the tokenised, dynamically padded batch (int64 arrays) with per-text token counts and
   truncation flags.
-- `OnnxEncoder`: loads `encoder/model.onnx` + `encoder/tokenizer.json`, checks the graph's signature
-  (inputs input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding"
-  float32 [batch, dim]), tokenises with truncation to `max_tokens` and padding to the longest text of the
-  batch (never the fixed 128 of the shipped tokenizer.json), and embeds.
+- `PromptTokenizer`: `tokenizer.json` + `max_tokens` + a truncation rule (`lmroute.bundle.truncation`):
+  tokenises whole texts, cuts each one longer than `max_tokens` by the rule (`cut_and_pad`) and pads to
+  the longest text of the batch (never the fixed 128 of the shipped tokenizer.json). The serving
+  encoder, the bert router (which reads the encoder's tokens) and the trainers all tokenise through it.
+- `OnnxEncoder`: a `PromptTokenizer` and `encoder/model.onnx`; checks the graph's signature (inputs
+  input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding" float32
+  [batch, dim]) and embeds.
 - `EncoderModelError`: raised when the model or tokenizer file is missing or not what we expect; the
   message names the file and the problem.
 """
@@ -16,13 +19,24 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-__all__ = ["EncoderModelError", "OnnxEncoder", "TokenBatch", "INPUT_NAMES", "OUTPUT_NAME"]
+from lmroute.bundle.truncation import HEAD, Truncation, cut_positions
+
+__all__ = [
+    "EncoderModelError",
+    "OnnxEncoder",
+    "PromptTokenizer",
+    "TokenBatch",
+    "INPUT_NAMES",
+    "OUTPUT_NAME",
+    "cut_and_pad",
+]
 
 #: Graph inputs the encoder must take (all int64 [batch, seq]).
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
@@ -42,8 +56,15 @@ class TokenBatch:
     """A tokenised batch, right-padded to its longest text.
 
     input_ids, attention_mask, token_type_ids: int64 [n, seq]; n_tokens: int64 [n] (tokens kept,
-    special tokens included); truncated: bool [n] (the text had more than max_tokens tokens).
+    special tokens included); truncated: bool [n] (the text had more than max_tokens tokens and was cut
+    by the tokenizer's truncation rule).
     """
+
+    @staticmethod
+    def empty() -> TokenBatch:
+        """A batch of no texts."""
+        none = np.zeros((0, 0), dtype=np.int64)
+        return TokenBatch(none, none.copy(), none.copy(), np.zeros(0, np.int64), np.zeros(0, bool))
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
@@ -104,6 +125,124 @@ class TokenBatch:
         )
 
 
+def cut_and_pad(
+    ids: Sequence[Sequence[int]],
+    type_ids: Sequence[Sequence[int]],
+    *,
+    max_tokens: int,
+    truncation: Truncation,
+    front: int,
+    back: int,
+    pad_id: int,
+) -> TokenBatch:
+    """Whole token rows (special tokens included, `front` of them leading and `back` trailing each row)
+    -> a TokenBatch: each row longer than `max_tokens` cut by `truncation`
+    (`lmroute.bundle.truncation.cut_positions`), every row right-padded to the longest kept row (ids
+    `pad_id`, mask 0, type 0). One gather over the batch; rows that fit are copied unchanged."""
+    n = len(ids)
+    if len(type_ids) != n:
+        raise ValueError(f"cut_and_pad: {n} id rows but {len(type_ids)} type-id rows")
+    if n == 0:
+        return TokenBatch.empty()
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+    total = int(lengths.sum())
+    flat_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
+    flat_types = np.fromiter(chain.from_iterable(type_ids), dtype=np.int64, count=total)
+    truncated = lengths > max_tokens
+    positions, valid = cut_positions(lengths, max_tokens=max_tokens, truncation=truncation, front=front, back=back)
+    input_ids = np.full(valid.shape, pad_id, dtype=np.int64)
+    token_type_ids = np.zeros(valid.shape, dtype=np.int64)
+    if truncated.any():
+        # The kept tokens in row-major order, as indices into the concatenated rows.
+        source = ((np.cumsum(lengths) - lengths)[:, None] + positions)[valid]
+        input_ids[valid] = flat_ids[source]
+        token_type_ids[valid] = flat_types[source]
+    else:  # every row kept whole: the concatenated rows are the kept tokens in row-major order
+        input_ids[valid] = flat_ids
+        token_type_ids[valid] = flat_types
+    return TokenBatch(
+        input_ids=input_ids,
+        attention_mask=valid.astype(np.int64),
+        token_type_ids=token_type_ids,
+        n_tokens=np.minimum(lengths, max_tokens),
+        truncated=truncated,
+    )
+
+
+class PromptTokenizer:
+    """The HF `tokenizers` file with the bundle's length limit and truncation rule: texts -> TokenBatch.
+
+    Texts are tokenised whole (the file's own truncation and padding are switched off) and cut by
+    `cut_and_pad`. The leading and trailing special tokens of the tokenizer's template are learnt once
+    from a probe text. Thread-safe (the Rust tokenizer is). Raises EncoderModelError naming the file when
+    it is missing or not a tokenizers file, ValueError for a bad max_tokens.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_tokens: int, truncation: Truncation = HEAD) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
+            raise ValueError(f"max_tokens must be an int >= 2 (room for [CLS] and [SEP]), got {max_tokens!r}")
+        if not isinstance(truncation, Truncation):
+            raise TypeError(f"truncation must be a Truncation, got {type(truncation).__name__}")
+        self.path = Path(path)
+        self.max_tokens = max_tokens
+        self.truncation = truncation
+        if not self.path.is_file():
+            raise EncoderModelError(f"{self.path}: tokenizer file missing")
+        try:
+            tok = Tokenizer.from_file(str(self.path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise EncoderModelError(f"{self.path}: not a valid HF tokenizers file ({exc})") from exc
+        self.pad_id = int((tok.padding or {}).get("pad_id", 0))
+        tok.no_truncation()
+        tok.no_padding()
+        self._tok = tok
+        self.front, self.back = self._special_ends(tok, self.path)
+        if self.front + self.back >= max_tokens:
+            raise ValueError(
+                f"max_tokens {max_tokens} leaves no room for text next to the tokenizer's "
+                f"{self.front + self.back} special tokens"
+            )
+
+    @staticmethod
+    def _special_ends(tok: Tokenizer, path: Path) -> tuple[int, int]:
+        """How many special tokens the tokenizer's template puts before and after a text's tokens."""
+        mask = tok.encode("a").special_tokens_mask
+        content = [i for i, m in enumerate(mask) if not m]
+        if not content:
+            raise EncoderModelError(f"{path}: the tokenizer gives no text token for the probe text 'a'")
+        return content[0], len(mask) - 1 - content[-1]
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Tokenise `texts` (cut to max_tokens by the rule, pad to the longest); "" gives [CLS] [SEP]."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a sequence of strings, got a single str")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not texts:
+            return TokenBatch.empty()
+        encs = self._tok.encode_batch(texts)
+        return cut_and_pad(
+            [e.ids for e in encs],
+            [e.type_ids for e in encs],
+            max_tokens=self.max_tokens,
+            truncation=self.truncation,
+            front=self.front,
+            back=self.back,
+            pad_id=self.pad_id,
+        )
+
+    def token_ids(self, texts: Sequence[str], *, chunk: int = 1024) -> list[list[int]]:
+        """The kept ids of each text, unpadded (what `tokenize` puts in its rows), for training loops."""
+        texts = list(texts)
+        out: list[list[int]] = []
+        for start in range(0, len(texts), chunk):
+            tb = self.tokenize(texts[start : start + chunk])
+            out.extend(row[:n].tolist() for row, n in zip(tb.input_ids, tb.n_tokens.tolist(), strict=True))
+        return out
+
+
 def _elem_type_ok(ort_type: str, wanted: str) -> bool:
     return ort_type == wanted
 
@@ -111,10 +250,12 @@ def _elem_type_ok(ort_type: str, wanted: str) -> bool:
 class OnnxEncoder:
     """Tokeniser + ONNX sentence encoder. Thread-safe for concurrent `embed` calls (ORT sessions are).
 
-    max_tokens: truncation length ([CLS] and [SEP] included). providers: ORT execution providers, in
-    order of preference. intra_op_threads: ORT threads per call. allow_spinning: let idle ORT threads
-    spin; off by default because on our shared 2 cores a spinning pool starves the event loop and other
-    workers (measured 2-4x lower throughput under load; on an idle machine spinning saves ~5-15 %).
+    max_tokens: the token limit ([CLS] and [SEP] included). truncation: what a longer prompt keeps
+    (`lmroute.bundle.truncation`; the bundle's `encoder.truncation`, `head` when it states none).
+    providers: ORT execution providers, in order of preference. intra_op_threads: ORT threads per call.
+    allow_spinning: let idle ORT threads spin; off by default because on our shared 2 cores a spinning
+    pool starves the event loop and other workers (measured 2-4x lower throughput under load; on an idle
+    machine spinning saves ~5-15 %).
     """
 
     def __init__(
@@ -123,40 +264,27 @@ class OnnxEncoder:
         tokenizer_path: str | os.PathLike[str],
         *,
         max_tokens: int = 256,
+        truncation: Truncation = HEAD,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 1,
         allow_spinning: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.tokenizer_path = Path(tokenizer_path)
-        if not isinstance(max_tokens, int) or max_tokens < 2:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
             raise ValueError(f"max_tokens must be an int >= 2 (room for [CLS] and [SEP]), got {max_tokens!r}")
         if not isinstance(intra_op_threads, int) or intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be an int >= 1, got {intra_op_threads!r}")
         if not providers:
             raise ValueError("providers must name at least one ONNX Runtime execution provider")
         self.max_tokens = max_tokens
-        self._tokenizer = self._load_tokenizer(self.tokenizer_path, max_tokens)
-        self.pad_id = int((self._tokenizer.padding or {}).get("pad_id", 0))
+        self.truncation = truncation
+        self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+        self.pad_id = self.tokenizer.pad_id
         self._session = self._load_session(self.model_path, providers, intra_op_threads, allow_spinning)
         self.dim = self._check_signature(self._session, self.model_path)
 
     # ----------------------------------------------------------------------------------------- loading
-    @staticmethod
-    def _load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
-        if not path.is_file():
-            raise EncoderModelError(f"{path}: tokenizer file missing")
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise EncoderModelError(f"{path}: not a valid HF tokenizers file ({exc})") from exc
-        pad = tok.padding or {}
-        pad_id = int(pad.get("pad_id", 0))
-        pad_token = str(pad.get("pad_token", "[PAD]"))
-        tok.enable_truncation(max_length=max_tokens)
-        tok.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=0)  # dynamic: no length
-        return tok
-
     @staticmethod
     def _load_session(
         path: Path, providers: Sequence[str], intra_op_threads: int, allow_spinning: bool
@@ -204,28 +332,8 @@ class OnnxEncoder:
 
     # ---------------------------------------------------------------------------------------- running
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
-        """Tokenise `texts` (truncate to max_tokens, pad to the longest); "" gives [CLS] [SEP]."""
-        if isinstance(texts, str):
-            raise TypeError("tokenize expects a sequence of strings, got a single str")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-        if not texts:
-            empty = np.zeros((0, 0), dtype=np.int64)
-            return TokenBatch(empty, empty.copy(), empty.copy(), np.zeros(0, np.int64), np.zeros(0, bool))
-        encs = self._tokenizer.encode_batch(texts)
-        input_ids = np.array([e.ids for e in encs], dtype=np.int64)
-        attention_mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        token_type_ids = np.array([e.type_ids for e in encs], dtype=np.int64)
-        truncated = np.array([len(e.overflowing) > 0 for e in encs], dtype=bool)
-        return TokenBatch(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            n_tokens=attention_mask.sum(axis=1),
-            truncated=truncated,
-        )
+        """`PromptTokenizer.tokenize`: cut to max_tokens by the truncation rule, padded to the longest."""
+        return self.tokenizer.tokenize(texts)
 
     def embed(self, tokens: TokenBatch) -> np.ndarray:
         """Run the encoder on one batch as given (no re-sorting): float32 [n, dim], L2-normalised."""

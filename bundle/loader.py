@@ -2,7 +2,11 @@
 
 A bundle is accepted whole or refused with one `BundleError` naming the file and the problem (the
 message forms are those of docs/BUNDLE.md). The loader checks, in order:
-  1. manifest.json: JSON, schema version, strict schema, cross-field consistency (lmroute.bundle.manifest);
+  0. with a public key: the Ed25519 signature manifest.json.sig over the exact bytes read
+     (lmroute.bundle.signing);
+  1. manifest.json: JSON, schema version, strict schema, cross-field consistency (lmroute.bundle.manifest),
+     then its integrity: bundle_version equals the content version recomputed from the manifest as read
+     (`content_version_of`), so a manifest edited after it was written is refused;
   2. every file in `files`: present, size, sha256 (the sha256 pass can be skipped for fast reloads);
   3. the encoder: tokenizer loads, ONNX inputs/outputs, one probe embedding of shape (1, dim), L2-normalised;
   4. the difficulty prior's weights, then every router through its kind (`lmroute.bundle.kinds`): dtype,
@@ -27,10 +31,12 @@ from lmroute.bundle import kinds
 from lmroute.bundle.errors import BundleError
 from lmroute.bundle.files import load_npy, sha256_file
 from lmroute.bundle.kinds import LoadContext
-from lmroute.bundle.manifest import MANIFEST_NAME, Manifest
+from lmroute.bundle.manifest import MANIFEST_NAME, Manifest, content_version_of, decode_json
 from lmroute.bundle.routers import BlendedRouter, PromptBatch, Router
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from lmroute.bundle.encoder import OnnxEncoder
 
 __all__ = ["Bundle", "load_bundle", "read_manifest"]
@@ -38,12 +44,29 @@ __all__ = ["Bundle", "load_bundle", "read_manifest"]
 _NORM_TOL = 1e-3  # |1 - ||x|| | allowed for the encoder's probe embedding
 
 
-def read_manifest(bundle_dir: str | Path) -> Manifest:
-    """Parse and check `<bundle_dir>/manifest.json` alone (no file checks)."""
-    path = Path(bundle_dir) / MANIFEST_NAME
+def read_manifest(bundle_dir: str | Path, *, public_key: Ed25519PublicKey | None = None) -> Manifest:
+    """Parse and check `<bundle_dir>/manifest.json` alone (no file checks): the strict schema, its
+    integrity (bundle_version is its content version) and, given a public key, its signature."""
+    root = Path(bundle_dir)
+    path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(MANIFEST_NAME, "missing")
-    return Manifest.from_json(path.read_bytes())
+    blob = path.read_bytes()  # read once: the signature, the parser and the hash see the same bytes
+    if public_key is not None:
+        from lmroute.bundle.signing import verify_manifest_signature
+
+        verify_manifest_signature(root, blob, public_key)
+    data = decode_json(blob)
+    manifest = Manifest.from_dict(data)
+    recomputed = content_version_of(data)
+    if manifest.bundle_version != recomputed:
+        raise BundleError(
+            MANIFEST_NAME,
+            f"bundle_version {manifest.bundle_version!r} does not match the content version recomputed from "
+            f"the manifest, {recomputed!r}: the manifest of {root} was edited after the bundle was written "
+            f"(re-stamp a deliberate edit with `lmroute-export restamp --bundle {root}`)",
+        )
+    return manifest
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,17 +137,21 @@ def load_bundle(
     verify_checksums: bool = True,
     require_calibration: bool = True,
     manifest: Manifest | None = None,
+    public_key: Ed25519PublicKey | None = None,
 ) -> Bundle:
     """Load and validate a bundle; raise BundleError (naming the file) on the first problem.
 
     `require_calibration=False` accepts a bundle whose calibration is still null. `manifest` loads the
     files under an in-memory manifest instead of the directory's manifest.json (the writer's staged
-    bundle, whose manifest is written last)."""
+    bundle, whose manifest is written last; its version and signature are not checked). `public_key`
+    requires manifest.json.sig to be a valid signature of manifest.json by that key."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(str(root), "bundle directory does not exist")
     if manifest is None:
-        manifest = read_manifest(root)
+        manifest = read_manifest(root, public_key=public_key)
+    elif public_key is not None:
+        raise ValueError("load_bundle: public_key checks manifest.json, which manifest= replaces")
     if require_calibration and manifest.calibration is None:
         raise BundleError(MANIFEST_NAME, "calibration: missing (the bundle is not calibrated)")
     _check_files(root, manifest, verify_checksums)
@@ -181,6 +208,7 @@ def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intr
             model_path,
             tok_path,
             max_tokens=spec.max_tokens,
+            truncation=spec.truncation,
             providers=tuple(providers),
             intra_op_threads=intra_op_threads,
         )

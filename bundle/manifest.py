@@ -11,6 +11,10 @@ a wrong type, an unknown router kind, and every inconsistency that can be seen f
 monotone, a file role with no checksum entry, a path that leaves the bundle). Errors are `BundleError`s
 naming "manifest.json" and the key path, e.g. "manifest.json: routers.mf.files.pair_vector: missing".
 Checks that need the files themselves (checksums, array shapes, ONNX signatures) live in the loader.
+
+`content_version_of` is the hash of the manifest's content that its `bundle_version` must equal; the
+loader recomputes it from manifest.json as read and refuses a mismatch (docs/BUNDLE.md, "Integrity and
+signing").
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmroute.bundle import kinds
 from lmroute.bundle.jsonread import MANIFEST_NAME, Node, as_float, as_str, fail, type_name
+from lmroute.bundle.truncation import HEAD, TRUNCATION_RULES, Truncation
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -39,12 +44,18 @@ __all__ = [
     "Manifest",
     "RouterSpec",
     "TrainingData",
+    "UNVERSIONED_KEYS",
+    "content_version_of",
+    "decode_json",
 ]
 
 SCHEMA_VERSION = 3
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
 PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
+UNVERSIONED_KEYS: tuple[str, ...] = ("bundle_version", "created_at", "library_versions")
+"""The manifest keys the content version leaves out: the version itself, and two that change no score
+(created_at counts only through the date that prefixes the version)."""
 
 _ROUTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -72,7 +83,11 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """The sentence encoder: an ONNX graph that pools and L2-normalises, plus its HF tokenizer."""
+    """The sentence encoder: an ONNX graph that pools and L2-normalises, plus its HF tokenizer.
+
+    truncation: what the encoder keeps of a prompt longer than max_tokens (`lmroute.bundle.truncation`);
+    the manifest key `truncation` is optional, a manifest without it means `head` (and `head` is written
+    without it, so a bundle from before the key keeps its content version)."""
 
     name: str
     source: str
@@ -82,9 +97,10 @@ class EncoderSpec:
     normalized: bool = True
     quantized: bool = False
     files: Mapping[str, str] = field(default_factory=lambda: dict(ENCODER_FILES))
+    truncation: Truncation = HEAD
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "source": self.source,
             "dim": self.dim,
@@ -94,12 +110,16 @@ class EncoderSpec:
             "quantized": self.quantized,
             "files": dict(self.files),
         }
+        if self.truncation != HEAD:
+            out["truncation"] = self.truncation.to_dict()
+        return out
 
     @classmethod
     def _parse(cls, node: Node) -> EncoderSpec:
         files_node = node.node("files")
         files = {role: files_node.str_(role) for role in ("model", "tokenizer")}
         files_node.close()
+        truncation_node = node.node("truncation") if node.has("truncation") else None
         spec = cls(
             name=node.str_("name"),
             source=node.str_("source"),
@@ -119,7 +139,26 @@ class EncoderSpec:
             raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
         if not spec.normalized:
             raise fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
+        if truncation_node is not None:
+            spec = replace(spec, truncation=_parse_truncation(truncation_node, spec.max_tokens))
         return spec
+
+
+def _parse_truncation(node: Node, max_tokens: int) -> Truncation:
+    """encoder.truncation: {"rule": "head" | "tail" | "head_tail", "head_tokens": int}; head_tail keeps
+    1..max_tokens-3 head tokens (room for [CLS], [SEP] and one tail token), the other rules 0."""
+    rule, head_tokens = node.str_("rule"), node.int_("head_tokens")
+    node.close()
+    if rule not in TRUNCATION_RULES:
+        raise fail(f"{node.key('rule')}: unknown rule {rule!r} (known: {', '.join(TRUNCATION_RULES)})")
+    if rule == "head_tail" and not 1 <= head_tokens <= max_tokens - 3:
+        raise fail(
+            f"{node.key('head_tokens')}: must be in [1, {max_tokens - 3}] for rule head_tail "
+            f"(max_tokens {max_tokens}), got {head_tokens}"
+        )
+    if rule != "head_tail" and head_tokens != 0:
+        raise fail(f"{node.key('head_tokens')}: must be 0 for rule {rule}, got {head_tokens}")
+    return Truncation(rule=rule, head_tokens=head_tokens)
 
 
 @dataclass(frozen=True)
@@ -343,7 +382,10 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parsed manifest.json. Mappings keep the file's order (routers in manifest order)."""
+    """The parsed manifest.json. Mappings keep the file's order (routers in manifest order).
+
+    `bundle_version` is the content version (`content_version_of`); `label` is optional free text (the
+    manifest key `label`, written only when set) that the content version covers."""
 
     bundle_version: str
     created_at: str
@@ -359,12 +401,14 @@ class Manifest:
     files: Mapping[str, FileEntry]
     difficulty_prior: DifficultyPriorSpec | None = None
     schema_version: int = SCHEMA_VERSION
+    label: str = ""
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {
             "schema_version": self.schema_version,
             "bundle_version": self.bundle_version,
+            **({"label": self.label} if self.label else {}),
             "created_at": self.created_at,
             "encoder": self.encoder.to_dict(),
             "models": list(self.models),
@@ -383,15 +427,9 @@ class Manifest:
         return out
 
     def content_version(self) -> str:
-        """The default bundle_version: "<YYYYMMDD of created_at>-<first 8 hex of the sha256 of everything
-        that changes a score>": every file's checksum, routers and their parameters and blends, the
-        prior, calibration, tiers, models, encoder and training data (not the version itself, the
-        creation time or the library versions). Two bundles that score differently never share it."""
-        content = {
-            k: v for k, v in self.to_dict().items() if k not in ("bundle_version", "created_at", "library_versions")
-        }
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-        return f"{self.created_at[:10].replace('-', '')}-{digest[:8]}"
+        """The bundle_version this manifest must carry: `content_version_of(self.to_dict())`, the content
+        version of the manifest.json that `to_json()` writes."""
+        return content_version_of(self.to_dict())
 
     def to_json(self) -> str:
         """The manifest as JSON text (2-space indent, trailing newline); from_json(to_json()) == self."""
@@ -400,11 +438,7 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         """Parse and check manifest.json text; raise BundleError naming manifest.json on any problem."""
-        try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise fail(f"not valid JSON ({exc})") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(decode_json(text))
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -461,6 +495,7 @@ class Manifest:
             files=files,
             difficulty_prior=prior,
             schema_version=version,
+            label=_parse_label(root),
         )
         root.close()
         manifest.check()
@@ -541,6 +576,38 @@ class Manifest:
         for name in calibration.thresholds:
             if name not in self.routers:
                 raise fail(f"calibration.thresholds.{name}: not a router of this bundle")
+
+
+def _parse_label(root: Node) -> str:
+    """The optional `label`: free text, not empty (a manifest without a label has no key)."""
+    if not root.has("label"):
+        return ""
+    label = root.str_("label")
+    if not label:
+        raise fail("label: empty (a bundle without a label has no label key)")
+    return label
+
+
+def decode_json(text: str | bytes) -> Any:
+    """manifest.json text decoded strictly (NaN and Infinity refused); BundleError naming manifest.json."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail(f"not valid JSON ({exc})") from exc
+
+
+def content_version_of(data: Mapping[str, Any]) -> str:
+    """The content version of a decoded manifest object (manifest.json as read, or `Manifest.to_dict()`):
+    "<YYYYMMDD of created_at>-<first 8 hex of the sha256 of the canonical JSON (sorted keys) of every key
+    but those of UNVERSIONED_KEYS>". It covers every file's checksum, the routers with their parameters
+    and blends, the prior, calibration, tiers, elo, models, default pair, encoder, training data, schema
+    version and label, so an edit of any of them changes it; two bundles that score differently never
+    share it. A bundle's `bundle_version` is its content version (the loader refuses a mismatch)."""
+    content = {k: v for k, v in data.items() if k not in UNVERSIONED_KEYS}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    created = data.get("created_at")
+    day = created[:10].replace("-", "") if isinstance(created, str) else ""
+    return f"{day}-{digest[:8]}"
 
 
 def _reject_constant(name: str) -> Any:

@@ -6,6 +6,8 @@ the build can load it, fix the blends and the calibration from its scores, and w
 (`StagedBundle.commit`: content version, validating load, rename into place). `write_bundle` stages and
 commits at once. A crash leaves either no bundle or the old one, never a half-written one.
 `update_calibration` / `update_blends` rewrite the manifest of an existing bundle (recalibration).
+Every manifest written carries its content version as `bundle_version` (the loader refuses one that
+does not); `restamp_bundle` re-stamps a manifest edited on purpose by any other tool.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lmroute.bundle import kinds
+from lmroute.bundle.errors import BundleError
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.kinds.base import ArrayRole, FileRole, RouterArtifacts
 from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
@@ -50,6 +53,7 @@ __all__ = [
     "StagedBundle",
     "stage_bundle",
     "library_versions",
+    "restamp_bundle",
     "update_blends",
     "update_calibration",
     "write_bundle",
@@ -150,9 +154,8 @@ class StagedBundle:
     assign a changed manifest (blends, calibration) as often as needed; `commit()` writes manifest.json
     once and moves the directory into place."""
 
-    def __init__(self, tmp: Path, out: Path, manifest: Manifest, *, explicit_version: bool, overwrite: bool) -> None:
+    def __init__(self, tmp: Path, out: Path, manifest: Manifest, *, overwrite: bool) -> None:
         self.tmp, self.out, self.manifest = tmp, out, manifest
-        self._explicit_version = explicit_version
         self._overwrite = overwrite
         self.committed = False
 
@@ -163,13 +166,11 @@ class StagedBundle:
         )
 
     def commit(self, *, validate: bool = True) -> Manifest:
-        """Check the manifest with the strict parser, give it its content version (unless one was given
-        explicitly), write manifest.json, load the result with the validating loader (validate=True) and
-        rename the directory into place (an existing one is replaced, the old one removed after the
-        rename). Returns the manifest written."""
-        manifest = Manifest.from_json(self.manifest.to_json())  # the strict parser is the schema check
-        if not self._explicit_version:
-            manifest = dataclasses.replace(manifest, bundle_version=manifest.content_version())
+        """Check the manifest with the strict parser, stamp it with its content version, write
+        manifest.json, load the result with the validating loader (validate=True) and rename the
+        directory into place (an existing one is replaced, the old one removed after the rename).
+        Returns the manifest written."""
+        manifest = _stamped(self.manifest)
         _write_text_atomic(self.tmp / MANIFEST_NAME, manifest.to_json())
         if validate:
             load_bundle(self.tmp, require_calibration=False)
@@ -201,7 +202,7 @@ def stage_bundle(
     training_data: TrainingData,
     calibration: Calibration | None = None,
     difficulty_prior: PriorArtifacts | None = None,
-    bundle_version: str | None = None,
+    label: str = "",
     created_at: str | None = None,
     overwrite: bool = False,
 ) -> Iterator[StagedBundle]:
@@ -211,8 +212,9 @@ def stage_bundle(
     leaving the block without `commit()` (or by an exception) removes the directory, so a crash leaves
     either no bundle or the old one, never a half-written one.
 
-    bundle_version defaults to `Manifest.content_version()` ("<YYYYMMDD of created_at>-<8 hex of a hash
-    of the content>", derived at commit). An existing out_dir is an error unless overwrite=True."""
+    bundle_version is always the content version (`Manifest.content_version()`, "<YYYYMMDD of
+    created_at>-<8 hex of a hash of the content>", derived at commit); `label` is optional free text
+    stored beside it (and covered by it). An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
@@ -254,7 +256,8 @@ def stage_bundle(
                 scale=float(difficulty_prior.scale),
             )
         manifest = Manifest(
-            bundle_version=bundle_version or "unversioned",  # the content version, derived at commit
+            bundle_version="unversioned",  # the content version, derived at commit
+            label=label,
             created_at=created_at or _utc_now(),
             encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
             models=tuple(models),
@@ -269,33 +272,47 @@ def stage_bundle(
             difficulty_prior=prior_spec,
         )
         manifest = Manifest.from_json(manifest.to_json())  # the strict parser is the schema check
-        staged = StagedBundle(tmp, out, manifest, explicit_version=bool(bundle_version), overwrite=overwrite)
+        staged = StagedBundle(tmp, out, manifest, overwrite=overwrite)
         yield staged
     finally:
         if staged is None or not staged.committed:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _reversioned(old: Manifest, new: Manifest) -> Manifest:
-    """`new` with a re-derived version when `old` carried its derived (default) one; a version given
-    explicitly to write_bundle is kept."""
-    if old.bundle_version != old.content_version():
-        return new
-    as_read = Manifest.from_json(new.to_json())  # the content as it will read back (see write_bundle)
+def _stamped(manifest: Manifest) -> Manifest:
+    """`manifest` as it reads back from its JSON (the strict parser is the schema check), stamped with
+    its content version: the manifest.json of a bundle the loader accepts."""
+    as_read = Manifest.from_json(manifest.to_json())
     return dataclasses.replace(as_read, bundle_version=as_read.content_version())
 
 
+def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None) -> Manifest:
+    """Stamp a bundle whose manifest.json was edited on purpose with the content version of what it now
+    says (manifest.json rewritten atomically in the writer's format) and return the manifest; `label`
+    replaces the label ("" removes it, None keeps it). The manifest must pass the strict parser; the
+    files are not re-checksummed (the loader still checks them against the manifest). A signature
+    (manifest.json.sig) no longer matches the rewritten manifest: sign the bundle again."""
+    root = Path(bundle_dir)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(MANIFEST_NAME, "missing")
+    manifest = Manifest.from_json(path.read_bytes())
+    if label is not None:
+        manifest = dataclasses.replace(manifest, label=label)
+    updated = _stamped(manifest)
+    _write_text_atomic(path, updated.to_json())
+    return updated
+
+
 def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Manifest:
-    """Replace the calibration table of an existing bundle (manifest.json rewritten atomically).
-    The table must cover exactly the bundle's routers; raises BundleError otherwise."""
+    """Replace the calibration table of an existing bundle (manifest.json rewritten atomically and
+    re-stamped). The table must cover exactly the bundle's routers; raises BundleError otherwise, and
+    for a manifest that does not carry its content version (an edit is never stamped in passing)."""
     root = Path(bundle_dir)
     manifest = read_manifest(root)
-    updated = _reversioned(manifest, dataclasses.replace(manifest, calibration=calibration))
     calibration.check()
-    updated.check()
-    text = updated.to_json()
-    Manifest.from_json(text)
-    _write_text_atomic(root / MANIFEST_NAME, text)
+    updated = _stamped(dataclasses.replace(manifest, calibration=calibration))
+    _write_text_atomic(root / MANIFEST_NAME, updated.to_json())
     return updated
 
 
@@ -313,8 +330,6 @@ def update_blends(bundle_dir: str | Path, blends: Mapping[str, Blend | None]) ->
         name: dataclasses.replace(spec, blend=blends[name]) if name in blends else spec
         for name, spec in manifest.routers.items()
     }
-    updated = _reversioned(manifest, dataclasses.replace(manifest, routers=routers))
-    text = updated.to_json()
-    updated = Manifest.from_json(text)
-    _write_text_atomic(root / MANIFEST_NAME, text)
+    updated = _stamped(dataclasses.replace(manifest, routers=routers))
+    _write_text_atomic(root / MANIFEST_NAME, updated.to_json())
     return updated

@@ -6,6 +6,10 @@ export     export only the sentence encoder to ONNX (verified against PyTorch)
 calibrate  recompute a bundle's threshold table on the vendored Arena prompts or on your own traffic
 evaluate   score MT-Bench, MMLU and GSM8K with every router and write the report
 contamination  near-duplicate check of training prompts against the eval sets
+restamp    give a bundle whose manifest.json was edited on purpose the content version of its new content
+keygen     make an Ed25519 key pair (PEM) for signing bundles
+sign       sign a bundle's manifest.json (detached Ed25519 signature, manifest.json.sig)
+verify     load and validate a bundle, and with --public-key check its signature
 """
 
 from __future__ import annotations
@@ -132,7 +136,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=None, help="write the findings as JSON here")
+    _add_integrity_commands(sub)
     return parser
+
+
+def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
+    """restamp, keygen, sign, verify (docs/BUNDLE.md, "Integrity and signing")."""
+    p = sub.add_parser("restamp", help="re-stamp a bundle whose manifest.json was edited on purpose")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--label", default=None, help="set the bundle's free-text label ('' removes it)")
+    _add_plugin(p)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair (PEM) for signing bundles")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="PREFIX",
+        help="writes PREFIX.key (private, mode 0600) and PREFIX.pub (public); never overwrites",
+    )
+
+    p = sub.add_parser("sign", help="sign a bundle's manifest.json (writes manifest.json.sig)")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True, help="private key PEM (lmroute-export keygen)")
+    _add_plugin(p)
+
+    p = sub.add_parser("verify", help="load and validate a bundle; with --public-key also its signature")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--public-key", type=Path, default=None, help="public key PEM the signature must verify with")
+    _add_plugin(p)
+
+
+def _integrity_command(args: argparse.Namespace) -> int:
+    """Run restamp, keygen, sign or verify; a refusal is one line on stderr and exit status 1."""
+    from lmroute.bundle.loader import load_bundle
+    from lmroute.bundle.signing import (
+        generate_key_pair,
+        key_fingerprint,
+        load_private_key,
+        load_public_key,
+        sign_bundle,
+    )
+    from lmroute.bundle.writer import restamp_bundle
+
+    try:
+        if args.cmd == "restamp":
+            manifest = restamp_bundle(args.bundle, label=args.label)
+            print(f"bundle {args.bundle} re-stamped: bundle_version {manifest.bundle_version}")
+            print("a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed")
+        elif args.cmd == "keygen":
+            private, public = generate_key_pair(args.out)
+            fingerprint = key_fingerprint(load_public_key(public))
+            print(f"key {fingerprint}: private {private} (keep it secret), public {public}")
+        elif args.cmd == "sign":
+            key = load_private_key(args.key)
+            bundle = load_bundle(args.bundle, require_calibration=False)  # only a valid bundle is signed
+            signature = sign_bundle(args.bundle, key)
+            print(f"bundle {args.bundle} ({bundle.version}) signed with key {key_fingerprint(key)}: {signature}")
+        else:
+            public_key = None if args.public_key is None else load_public_key(args.public_key)
+            bundle = load_bundle(args.bundle, public_key=public_key)
+            signed = "" if public_key is None else f", signed with key {key_fingerprint(public_key)}"
+            print(f"bundle {args.bundle} ({bundle.version}) is valid{signed}")
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError; a key file that exists, an unreadable path
+        print(f"{PROG} {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lmroute.export.contamination import main as contamination_main
 
         return contamination_main(args)
+    if args.cmd in ("restamp", "keygen", "sign", "verify"):
+        return _integrity_command(args)
     parser.error(f"unknown command {args.cmd}")
     return 2
 

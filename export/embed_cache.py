@@ -1,7 +1,9 @@
 """On-disk embedding cache for the offline pipeline (train / eval / calibration prompts).
 
 Holds `embed_texts`, which embeds texts with an `OnnxEncoder` and remembers the result per machine, and
-`encoder_id_for`, the cache key of an encoder (sha256 of its model.onnx).
+`encoder_id_of` / `encoder_id_for`, the cache key of an encoder (sha256 of its model.onnx, its token
+limit and its truncation rule: the build and the harness embed through the encoder, so the training
+embeddings are cut by the same rule, `lmroute.bundle.truncation`, that the served bundle states).
 
 Layout (no pickles; every file loads with `allow_pickle=False`):
 
@@ -28,8 +30,9 @@ import numpy as np
 
 from lmroute.bundle.encoder import OnnxEncoder
 from lmroute.bundle.files import sha256_file
+from lmroute.bundle.truncation import Truncation
 
-__all__ = ["EmbedCacheError", "embed_texts", "encoder_id_for", "text_key"]
+__all__ = ["EmbedCacheError", "embed_texts", "encoder_id_for", "encoder_id_of", "text_key"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SHARD_RE = re.compile(r"^shard-[0-9a-f]{16}\.emb\.npy$")
@@ -48,10 +51,20 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest().encode("ascii")
 
 
-def encoder_id_for(model_path: Path, *, max_tokens: int | None = None) -> str:
-    """sha256 of the encoder's model.onnx (plus `-t<max_tokens>` when given: truncation changes outputs)."""
+def encoder_id_for(model_path: Path, *, max_tokens: int | None = None, truncation: Truncation | None = None) -> str:
+    """sha256 of the encoder's model.onnx, plus `-t<max_tokens>` and `-<rule>` (e.g. `-head_tail64`) when
+    given: the token limit and the truncation rule change the embeddings of long texts."""
     digest = sha256_file(Path(model_path))
-    return digest if max_tokens is None else f"{digest}-t{max_tokens}"
+    if max_tokens is not None:
+        digest += f"-t{max_tokens}"
+    if truncation is not None:
+        digest += f"-{truncation.cache_key()}"
+    return digest
+
+
+def encoder_id_of(encoder: OnnxEncoder) -> str:
+    """The cache id of an open encoder: its model file, token limit and truncation rule."""
+    return encoder_id_for(encoder.model_path, max_tokens=encoder.max_tokens, truncation=encoder.truncation)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

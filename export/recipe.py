@@ -11,7 +11,11 @@ comparisons with gamma 1e5 (RouteLLM's gamma 10 bounds the nearest / farthest we
 which leaves almost no locality); mf trains on every comparison with the direct pair weighted 10x, lr
 1e-3, noise sigma 0.02, batch 1024; bert learns from the direct pair only; Elo and the tiers use every
 comparison. The difficulty prior is blended into mf at weight 4, sw_ranking 0.5 and bert 0.25, chosen by
-the largest worst-source z over random, then the mean, each on 10 pooled folds.
+the largest worst-source z over random, then the mean, each on 10 pooled folds. A prompt longer than the
+encoder's 256 tokens keeps its first 96 and its last 158 tokens (`truncation` head_tail:96; the encoder,
+the embedding cache, bert and the bundle's manifest all take it from here), chosen by how well the
+routers score RouterBench few-shot prompts sent whole as they score their final questions, on 10 pooled
+folds (`python -m lmroute.export.validate_truncation`, docs/eval/truncation.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lmroute.bundle.truncation import Truncation
 from lmroute.export.data import LABEL_KINDS
 from lmroute.export.dataclass_flags import format_value, knob
 
@@ -42,6 +47,11 @@ class Recipe:
         "(none: the packaged all-MiniLM-L6-v2)",
     )
     max_tokens: int = knob(256, "truncation of the sentence encoder, tokens (the bundle's encoder.max_tokens)")
+    truncation: str = knob(
+        "head_tail:96",
+        "what the encoder and bert keep of a longer prompt: head, tail or head_tail:H (the first H and the "
+        "last tokens); the bundle's encoder.truncation",
+    )
     label_weights: _Pairs = knob(
         (("human", 1.0), ("judge", 1.0), ("golden", 1.0)),
         "weight of each label kind (human, judge, golden) in Elo, mf and sw_ranking; unnamed kinds 1",
@@ -118,6 +128,21 @@ class Recipe:
             value = getattr(self, name)
             if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
                 raise ValueError(f"{name}: must be finite and {'> 0' if positive else '>= 0'} (got {value!r})")
+        try:
+            rule = Truncation.parse(str(self.truncation))
+        except ValueError as exc:
+            raise ValueError(f"truncation: {exc}") from None
+        object.__setattr__(self, "truncation", str(rule))
+        if rule.rule == "head_tail" and rule.head_tokens > self.max_tokens - 3:
+            raise ValueError(
+                f"truncation: head_tail keeps at most max_tokens - 3 = {self.max_tokens - 3} head tokens "
+                f"(got {rule.head_tokens})"
+            )
+
+    @property
+    def truncation_rule(self) -> Truncation:
+        """`truncation` as the rule the encoder, the bert trainer and the manifest take."""
+        return Truncation.parse(self.truncation)
 
     def describe(self) -> str:
         """The fields that differ from the defaults, as `k=v` pairs ("default" when none)."""

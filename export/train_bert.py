@@ -14,8 +14,9 @@ What this module holds:
   ``token_type_ids`` int64 with dynamic batch and sequence; output ``logits`` float32 [batch, 3]) and
   checks it against PyTorch.
 
-Tokenisation uses the model directory's ``tokenizer.json`` through the ``tokenizers`` library, i.e. the
-same tokenizer file and the same truncation the service uses, not a Python-side re-implementation.
+Tokenisation uses the model directory's ``tokenizer.json`` through ``lmroute.bundle.encoder.PromptTokenizer``,
+the service's own tokenisation: the same tokenizer file and the same truncation rule (``truncation``,
+the recipe's, which the bundle's manifest states), not a Python-side re-implementation.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from typing import Protocol
 
 import numpy as np
 
+from lmroute.bundle.encoder import PromptTokenizer
 from lmroute.bundle.files import ONNX_INPUTS
+from lmroute.bundle.truncation import Truncation
 from lmroute.export.recipe import SHIPPED, Recipe
 
 __all__ = [
@@ -190,7 +193,9 @@ class BertTrainConfig:
 
     max_tokens: truncation length for training, 256 like serving (on the real data the median prompt
         is 51 tokens and only 7 % exceed 128, so with length-grouped batches 256 costs ~7 % more
-        tokens than 128). epochs: upper bound on passes over the
+        tokens than 128). truncation: what a longer prompt keeps (`lmroute.bundle.truncation`; the
+        rule the bundle's encoder states, so bert trains on what it is served). epochs: upper bound on
+        passes over the
         training split. batch_size: examples per step. lr: peak AdamW learning rate (linear warm-up over
         ``warmup_fraction`` of the planned steps, then linear decay to 2 % at the end of the last
         epoch; the schedule counts steps, never seconds, so a run the time budget cuts short ends at a
@@ -205,6 +210,7 @@ class BertTrainConfig:
     """
 
     max_tokens: int = SHIPPED.bert_max_tokens
+    truncation: Truncation = SHIPPED.truncation_rule
     epochs: int = SHIPPED.bert_epochs
     batch_size: int = 16
     lr: float = SHIPPED.bert_lr
@@ -222,6 +228,7 @@ class BertTrainConfig:
     def __post_init__(self) -> None:
         checks = (
             ("max_tokens", 8 <= self.max_tokens <= 512, "in [8, 512]"),
+            ("truncation", isinstance(self.truncation, Truncation), "a Truncation"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", 0.0 < self.lr < 1.0, "in (0, 1)"),
@@ -262,6 +269,7 @@ class BertTrainStats:
     train_examples_per_s: float
     device: str
     max_tokens: int
+    truncation: str
     best_step: int
     val_loss: float
     val_accuracy: float
@@ -280,20 +288,12 @@ class TrainedBert:
     stats: BertTrainStats
 
 
-def _load_tokenizer(tokenizer_dir: Path, max_tokens: int):  # -> tokenizers.Tokenizer
-    from tokenizers import Tokenizer
-
+def _load_tokenizer(tokenizer_dir: Path, max_tokens: int, truncation: Truncation) -> PromptTokenizer:
+    """The model dir's tokenizer.json cut as the served encoder cuts (`PromptTokenizer`)."""
     path = Path(tokenizer_dir) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (bert training needs the model dir's tokenizer.json)")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_tokens)
-    return tok
-
-
-def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    return [e.ids for e in tokenizer.encode_batch(list(texts))]
+    return PromptTokenizer(path, max_tokens=max_tokens, truncation=truncation)
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad_id: int):  # -> dict[str, torch.Tensor]
@@ -362,6 +362,7 @@ def train_bert(
     sample_weights: np.ndarray | None = None,
     model_dir: Path | str | None = None,
     max_tokens: int = BertTrainConfig.max_tokens,
+    truncation: Truncation = BertTrainConfig.truncation,
     epochs: int = BertTrainConfig.epochs,
     batch_size: int = BertTrainConfig.batch_size,
     lr: float = BertTrainConfig.lr,
@@ -389,6 +390,7 @@ def train_bert(
     t_start = time.monotonic()
     cfg = BertTrainConfig(
         max_tokens=max_tokens,
+        truncation=truncation,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -431,9 +433,9 @@ def train_bert(
         perm = rng.permutation(n)
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
-        tokenizer = _load_tokenizer(model_dir, cfg.max_tokens)
-        pad_id = tokenizer.token_to_id("[PAD]") or 0
-        encoded = _encode(tokenizer, texts)
+        tokenizer = _load_tokenizer(model_dir, cfg.max_tokens, cfg.truncation)
+        pad_id = tokenizer.pad_id
+        encoded = tokenizer.token_ids(texts)
         lengths = np.array([len(s) for s in encoded], dtype=np.int64)
 
         torch.manual_seed(cfg.seed)
@@ -579,6 +581,7 @@ def train_bert(
         train_examples_per_s=examples_seen / train_s if train_s > 0 else 0.0,
         device=dev.type,
         max_tokens=cfg.max_tokens,
+        truncation=str(cfg.truncation),
         best_step=int(best["step"]) if n_val else step,
         val_loss=float(best["loss"]) if n_val else math.nan,
         val_accuracy=float(best["acc"]) if n_val else math.nan,
@@ -606,16 +609,21 @@ def train_bert(
 
 
 def predict_proba(
-    model: object, tokenizer_dir: Path | str, texts: Sequence[str], *, max_tokens: int = 256
+    model: object,
+    tokenizer_dir: Path | str,
+    texts: Sequence[str],
+    *,
+    max_tokens: int = 256,
+    truncation: Truncation = BertTrainConfig.truncation,
 ) -> np.ndarray:
-    """PyTorch class probabilities float64 [n, 3] in ``LABELS`` order (CPU, batches of 64)."""
+    """PyTorch class probabilities float64 [n, 3] in ``LABELS`` order (CPU, batches of 64), on the
+    texts cut to ``max_tokens`` by ``truncation``."""
     import torch
 
     module = model.model if isinstance(model, TrainedBert) else model
-    tokenizer = _load_tokenizer(Path(tokenizer_dir), max_tokens)
-    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    tokenizer = _load_tokenizer(Path(tokenizer_dir), max_tokens, truncation)
     module.eval()
-    return _forward_probs(module, _encode(tokenizer, texts), pad_id, torch.device("cpu"), batch_size=64)
+    return _forward_probs(module, tokenizer.token_ids(texts), tokenizer.pad_id, torch.device("cpu"), batch_size=64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -629,14 +637,15 @@ def export_bert_onnx(
     out_path: Path | str,
     *,
     max_tokens: int = 256,
+    truncation: Truncation = BertTrainConfig.truncation,
     opset: int = 17,
 ) -> float:
     """Write the classifier to ``out_path`` as ONNX and return max |ONNX - PyTorch| over the logits.
 
     Graph: inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64 [batch, seq], both
     dynamic), output ``logits`` (float32 [batch, 3], order ``LABELS``). The check runs
-    ``EXPORT_CHECK_PROMPTS`` (tokenised with ``tokenizer_dir``'s tokenizer.json, truncated at
-    ``max_tokens``) once as one padded batch and once one prompt at a time, so both dynamic axes are
+    ``EXPORT_CHECK_PROMPTS`` (tokenised with ``tokenizer_dir``'s tokenizer.json, cut to
+    ``max_tokens`` by ``truncation``) once as one padded batch and once one prompt at a time, so both dynamic axes are
     exercised. The returned logit difference also bounds the probability difference (softmax moves
     each probability by at most half the largest logit change). Accepts a ``TrainedBert`` or the
     torch module; the caller's module is not modified.
@@ -656,9 +665,9 @@ def export_bert_onnx(
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 
     wrapper = _Logits(module).eval()
-    tokenizer = _load_tokenizer(Path(tokenizer_dir), max_tokens)
-    pad_id = tokenizer.token_to_id("[PAD]") or 0
-    encoded = _encode(tokenizer, EXPORT_CHECK_PROMPTS)
+    tokenizer = _load_tokenizer(Path(tokenizer_dir), max_tokens, truncation)
+    pad_id = tokenizer.pad_id
+    encoded = tokenizer.token_ids(EXPORT_CHECK_PROMPTS)
     # Trace on two prompts of different lengths, so padding is present in the example.
     dummy = _pad([encoded[0], encoded[3]], pad_id)
     out_path = Path(out_path)
@@ -724,6 +733,7 @@ def train_bert_recipe(
         sample_weights=np.sqrt(weights),
         model_dir=recipe.encoder_model_dir,
         max_tokens=recipe.bert_max_tokens,
+        truncation=recipe.truncation_rule,
         epochs=recipe.bert_epochs,
         lr=recipe.bert_lr,
         seed=recipe.seed,

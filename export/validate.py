@@ -236,14 +236,14 @@ def validate_bundle(
 
 
 def cached_embedder(cache_dir: Path, recipe: Recipe | None = None) -> Callable[[Sequence[str]], NDArray[np.float32]]:
-    """texts -> embeddings with the build's exported encoder of `recipe` (its encoder_model_dir and
-    max_tokens; None: the shipped recipe's) and the embedding cache under cache_dir."""
+    """texts -> embeddings with the build's exported encoder of `recipe` (its encoder_model_dir,
+    max_tokens and truncation; None: the shipped recipe's) and the embedding cache under cache_dir."""
     from lmroute.export.embed_cache import embed_texts
     from lmroute.export.pipeline import ensure_encoder, open_encoder
 
     recipe = Recipe() if recipe is None else recipe
     enc_dir, _ = ensure_encoder(recipe.encoder_model_dir, cache_dir, recipe.max_tokens)
-    encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens)
+    encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens, recipe.truncation_rule)
     memo: dict[str, NDArray[np.float32]] = {}
 
     def emb_of(texts: Sequence[str]) -> NDArray[np.float32]:

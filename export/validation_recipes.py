@@ -247,7 +247,9 @@ def _fit_bert(recipe: Recipe, train: Comparisons, tiers: Mapping[str, int], stro
     def bert_scorer(e: NDArray[np.float32], texts: Sequence[str]) -> NDArray[np.float64]:
         if not len(texts):
             return np.zeros(0)
-        probs = predict_proba(trained, trained.tokenizer_dir, texts, max_tokens=recipe.bert_max_tokens)
+        probs = predict_proba(
+            trained, trained.tokenizer_dir, texts, max_tokens=recipe.bert_max_tokens, truncation=recipe.truncation_rule
+        )
         return np.asarray(probs[:, column], dtype=np.float64)
 
     return bert_scorer

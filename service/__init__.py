@@ -5,16 +5,18 @@ Three one-way layers (transport -> scheduler -> scorers):
     main.py          `lmroute-serve` entry point: config, signals, exit codes
     config.py        ServiceConfig with its BatchPolicy nested (frozen; every leaf a --flag and an LMROUTE_* variable)
     server.py        RouterServer lifecycle: bind, health, reflection, plug-ins + load + warm, drain
-    interceptors.py  request id, access log, ServiceError -> gRPC status (+ ErrorInfo/RetryInfo)
+    interceptors.py  request id, access log (shed calls sampled), malformed bytes, ServiceError -> gRPC status
+    liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     prompts.py       wire Prompt (text / conversation) -> text to score
     errors.py        the exception tree and THE error -> status-code table (no gRPC import)
     scheduler.py     admission + tokenising at admission + micro-batching worker + scoring thread
-    batch_queue.py   the queue's state: Item (with its tokens), Admission + Permit, FIFO BatchQueue
+    admission.py     who is admitted: memory bound, caller deadline, queue wait at the measured rate
+    batch_queue.py   the queue's state: Item (with its tokens), one line per call, fair BatchQueue
     scorer_api.py    the Scorer protocol between scheduler and scorers (generic in its tokens)
     bundle_scorer.py the product Scorer over a router bundle (lmroute.bundle)
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
     client.py        RouterClient, a small typed client
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
-    logs.py          structlog JSON configuration
+    logs.py          structlog JSON configuration; LogSampler (bounded lines for floods)
 """

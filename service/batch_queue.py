@@ -1,15 +1,23 @@
-"""The queue's own state: one `Item` per admitted prompt, the `Admission` counter and its `Permit`, the FIFO
+"""The queue's own state: one `Item` per admitted prompt, one `CallLine` per queued call, the fair
 `BatchQueue`.
 
 An `Item` carries what its prompt needs on the way to the scorer: the text, the routers asked for
 (resolved by the transport), the scorer's tokens from admission (`Tokenized`; None for the scheduler's
-idle fast path, which leaves tokenising to the scorer) and the Future its caller awaits.
-`BatchQueue` has two verbs, `append` and `next_batch`; `next_batch` pops FIFO within a prompt-count
-limit and a padded-token budget (longest prompt x prompts) and returns the dead items (cancelled or
-expired futures) it met on the way, for the scheduler to count. An item without tokens always forms a
-batch of its own. `Admission` bounds the prompts of the calls in progress; a call holds its permits as
-a context manager (`with permit:`), which gives them back when the call ends, however it ends. No
-asyncio scheduling happens here (see lmroute.service.scheduler).
+idle fast path, which leaves tokenising to the scorer), its call's deadline and the Future its caller
+awaits.
+
+`BatchQueue` has two verbs, `append` (one call's items, as a line) and `next_batch`. Calls share the
+scorer fairly, by rounds: `next_batch` visits the lines in turn, starting with the line that has
+waited longest since its last visit, and takes up to `quantum` prompts of the visited call (in the
+call's order) before moving on, within a prompt-count limit, a padded-token budget (longest prompt x
+prompts) and a token budget (the sum of the prompts' tokens: the cost the scheduler allows a batch).
+A one-prompt call therefore joins the next batch or the one after, even while a call of hundreds is
+being scored, and a long call still gets `quantum` prompts a round however many short calls there
+are, plus whatever room the short ones leave. A line's first `quantum` prompts are *released* (waiting
+for a batch) and the rest held; when one leaves, the next is released, and the queue calls
+`on_release(item)` (the scheduler starts the item's wait clock there). `next_batch` also returns the
+dead items (cancelled or expired futures) it met, for the scheduler to count. An item without tokens
+always forms a batch of its own. No asyncio scheduling happens here (see lmroute.service.scheduler).
 """
 
 from __future__ import annotations
@@ -17,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Generic, TypeVar
 
 from lmroute.service.scorer_api import Tokenized
 
-__all__ = ["Admission", "BatchQueue", "Item", "ItemResult", "Permit", "State"]
+__all__ = ["BatchQueue", "CallLine", "Item", "ItemResult", "State"]
 
 T = TypeVar("T")
 
@@ -53,9 +62,11 @@ class Item(Generic[T]):
     routers: tuple[str, ...]
     tokens: Tokenized[T] | None  # None: not tokenised at admission (it is scored alone)
     future: asyncio.Future[ItemResult]
-    enqueued_at: float
+    enqueued_at: float  # admission time; set again when the item is released into the queue
+    deadline: float | None = None  # the caller's deadline (event-loop time), None without one
     state: State = State.QUEUED
     timer: asyncio.TimerHandle | None = None
+    line: CallLine[T] | None = None  # its call's line while queued
 
     @property
     def n_tokens(self) -> int | None:
@@ -63,102 +74,168 @@ class Item(Generic[T]):
         return None if self.tokens is None else self.tokens.n_tokens
 
 
-class Admission:
-    """A counter of the prompts admitted and not yet answered, bounded by `limit`."""
+class CallLine(Generic[T]):
+    """The queued items of one call, in order: `released` may join a batch, `held` wait their turn."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._in_use = 0
+    def __init__(self, key: int, quantum: int) -> None:
+        self.key = key
+        self.quantum = quantum  # prompts released at once, and taken at most per visit
+        self.released: collections.deque[Item[T]] = collections.deque()
+        self.held: collections.deque[Item[T]] = collections.deque()
 
-    @property
-    def in_use(self) -> int:
-        return self._in_use
+    def __len__(self) -> int:
+        return len(self.released) + len(self.held)
 
-    def try_acquire(self, n: int) -> Permit | None:
-        """`n` permits at once (hold them with `with permit:`), or None when fewer than `n` are free."""
-        if self._in_use + n > self.limit:
-            return None
-        self._in_use += n
-        return Permit(self, n)
-
-    def _give_back(self, n: int) -> None:
-        self._in_use -= n
-        assert self._in_use >= 0, "admission got back more permits than it gave"
-
-
-class Permit:
-    """`n` admission permits, given back when the `with` block holding them exits."""
-
-    def __init__(self, admission: Admission, n: int) -> None:
-        self._admission = admission
-        self.n = n
-        self._held = True
-
-    def __enter__(self) -> Permit:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self._held, "permit given back twice"
-        self._held = False
-        self._admission._give_back(self.n)
+    def items(self) -> list[Item[T]]:
+        """Every queued item of the call, released first."""
+        return [*self.released, *self.held]
 
 
 class BatchQueue(Generic[T]):
-    """FIFO of queued items; two verbs: `append` and `next_batch`."""
+    """Queued items as one line per call, batched round robin; two verbs: `append` and `next_batch`."""
 
-    def __init__(self) -> None:
-        self._items: collections.deque[Item[T]] = collections.deque()
+    def __init__(self, on_release: Callable[[Item[T]], None] | None = None) -> None:
+        self._lines: dict[int, CallLine[T]] = {}  # insertion order = round-robin order
+        self._keys = itertools.count()
+        self._len = 0
+        self._on_release = on_release
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Items queued (released or held)."""
+        return self._len
 
-    def append(self, item: Item[T]) -> None:
-        self._items.append(item)
+    def line_lengths(self) -> tuple[int, ...]:
+        """Items queued per call, in round-robin order."""
+        return tuple(len(line) for line in self._lines.values())
+
+    def line_visits(self) -> tuple[int, ...]:
+        """Per call, in round-robin order, the tokens its next visit takes (its next `quantum` items;
+        an item not tokenised counts 0)."""
+        out = []
+        for line in self._lines.values():
+            nxt = itertools.islice(itertools.chain(line.released, line.held), line.quantum)
+            out.append(sum(it.n_tokens or 0 for it in nxt))
+        return tuple(out)
+
+    def append(self, items: Sequence[Item[T]], quantum: int) -> None:
+        """Queue one call's items as a line; the first `quantum` (>= 1) are released at once."""
+        if quantum < 1:
+            raise ValueError(f"quantum must be >= 1 (got {quantum})")
+        line: CallLine[T] = CallLine(next(self._keys), quantum)
+        for it in items:
+            it.line = line
+            line.held.append(it)
+        self._len += len(items)
+        if items:
+            self._lines[line.key] = line
+            for _ in range(quantum):
+                self._release_next(line)
 
     def discard(self, item: Item[T]) -> None:
-        try:
-            self._items.remove(item)
-        except ValueError:
-            pass
+        """Remove a queued item (cancelled or expired); its line releases the next one."""
+        line = item.line
+        if line is None:
+            return
+        if item in line.released:
+            line.released.remove(item)
+            self._len -= 1
+            self._release_next(line)
+        elif item in line.held:
+            line.held.remove(item)
+            self._len -= 1
+        item.line = None
+        self._forget_if_empty(line)
 
     def oldest_enqueued_at(self) -> float | None:
-        return self._items[0].enqueued_at if self._items else None
+        """When the longest-waiting released item was released; None when nothing is released."""
+        heads = [line.released[0].enqueued_at for line in self._lines.values() if line.released]
+        return min(heads) if heads else None
 
-    def batch_ready(self, max_size: int, max_tokens: int) -> bool:
-        """True when the queue already holds a full batch (by count or by padded tokens)."""
-        n, longest = 0, 0
-        for it in self._items:
-            if it.future.done():
-                continue
-            n_tokens = it.n_tokens
-            if n_tokens is None:  # not tokenised: goes alone, so a batch is ready
-                return True
-            n += 1
-            longest = max(longest, n_tokens)
-            if n >= max_size or longest * n >= max_tokens:
-                return True
+    def batch_ready(self, max_size: int, max_tokens: int, cost_tokens: int | None = None) -> bool:
+        """True when the queue already holds a full batch (by count, padded tokens or token cost)."""
+        n, longest, cost = 0, 0, 0
+        for line in self._lines.values():
+            for it in itertools.chain(line.released, line.held):
+                if it.future.done():
+                    continue
+                n_tokens = it.n_tokens
+                if n_tokens is None:  # not tokenised: goes alone, so a batch is ready
+                    return True
+                n += 1
+                longest = max(longest, n_tokens)
+                cost += n_tokens
+                if n >= max_size or longest * n >= max_tokens or (cost_tokens is not None and cost >= cost_tokens):
+                    return True
         return False
 
-    def next_batch(self, max_size: int, max_tokens: int) -> tuple[list[Item[T]], list[Item[T]]]:
-        """Pop the next batch (FIFO, within both budgets) and the dead items met on the way."""
+    def next_batch(
+        self, max_size: int, max_tokens: int, cost_tokens: int | None = None
+    ) -> tuple[list[Item[T]], list[Item[T]]]:
+        """Pop the next batch and the dead items met on the way: rounds over the calls, up to a call's
+        quantum a visit, within `max_size` prompts, `max_tokens` padded tokens (longest x count) and
+        `cost_tokens` tokens in all (None: no such budget); the first prompt always fits."""
         batch: list[Item[T]] = []
         dead: list[Item[T]] = []
-        longest = 0
-        while self._items and len(batch) < max_size:
-            it = self._items[0]
-            if it.future.done():
-                dead.append(self._items.popleft())
-                continue
-            n_tokens = it.n_tokens
-            if n_tokens is None:  # not tokenised: a batch of its own
-                if not batch:
-                    batch.append(self._items.popleft())
+        longest, cost = 0, 0
+        while self._lines and len(batch) < max_size:
+            line = next(iter(self._lines.values()))
+            taken, full = 0, False
+            while line.released and taken < line.quantum and len(batch) < max_size:
+                it = line.released[0]
+                if it.future.done():
+                    dead.append(self._pop(line))
+                    continue
+                n_tokens = it.n_tokens
+                if n_tokens is None:  # not tokenised: a batch of its own
+                    if not batch:
+                        batch.append(self._pop(line))
+                        taken += 1
+                    full = True
+                    break
+                new_longest = max(longest, n_tokens)
+                over_cost = cost_tokens is not None and cost + n_tokens > cost_tokens
+                if batch and (new_longest * (len(batch) + 1) > max_tokens or over_cost):
+                    full = True
+                    break
+                longest, cost = new_longest, cost + n_tokens
+                batch.append(self._pop(line))
+                taken += 1
+            if taken or not len(line):  # a line that gave nothing (the batch was full) keeps its turn
+                self._to_back(line)
+            if full:
                 break
-            new_longest = max(longest, n_tokens)
-            if batch and new_longest * (len(batch) + 1) > max_tokens:
-                break
-            longest = new_longest
-            batch.append(self._items.popleft())
         return batch, dead
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _pop(self, line: CallLine[T]) -> Item[T]:
+        """Pop the head of `line` and release its next item."""
+        it = line.released.popleft()
+        it.line = None
+        self._len -= 1
+        self._release_next(line)
+        return it
+
+    def _to_back(self, line: CallLine[T]) -> None:
+        """Send a visited line to the back of the round (or forget it when it is empty)."""
+        del self._lines[line.key]
+        if len(line):
+            self._lines[line.key] = line
+        else:
+            line.held.clear()
+
+    def _release_next(self, line: CallLine[T]) -> None:
+        while line.held and len(line.released) < line.quantum:
+            it = line.held.popleft()
+            if it.future.done():  # dropped while held: its done-callback does the counting
+                it.line = None
+                self._len -= 1
+                continue
+            line.released.append(it)
+            if self._on_release is not None:
+                self._on_release(it)
+            return
+
+    def _forget_if_empty(self, line: CallLine[T]) -> None:
+        if not len(line):
+            self._lines.pop(line.key, None)

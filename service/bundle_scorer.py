@@ -102,10 +102,21 @@ class BundleScorer:
         device: str = "cpu",
         intra_op_threads: int = 1,
         encoder_chunk_size: int = 8,
+        public_key: Path | None = None,
     ) -> BundleScorer:
-        """Load and validate the bundle at `path` (raises BundleError naming the bad file)."""
+        """Load and validate the bundle at `path` (raises BundleError naming the bad file). With
+        `public_key` (an Ed25519 public key PEM file) the bundle must carry a valid signature by it; a
+        key file that cannot be read as one is a ConfigError about bundle_public_key."""
         providers = providers_for_device(device)
-        bundle = load_bundle(path, providers=providers, intra_op_threads=intra_op_threads)
+        key = None
+        if public_key is not None:
+            from lmroute.bundle.signing import load_public_key
+
+            try:
+                key = load_public_key(public_key)
+            except ValueError as exc:
+                raise ConfigError(f"bundle_public_key: {exc}") from exc
+        bundle = load_bundle(path, providers=providers, intra_op_threads=intra_op_threads, public_key=key)
         return cls(bundle, encoder_chunk_size=encoder_chunk_size)
 
     @property
@@ -211,4 +222,5 @@ class BundleScorer:
             encoder_max_tokens=m.encoder.max_tokens,
             encoder_pooling=m.encoder.pooling,
             encoder_quantized=m.encoder.quantized,
+            encoder_truncation=str(m.encoder.truncation),
         )

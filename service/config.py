@@ -46,6 +46,14 @@ class BatchPolicy:
         default=16,
         metadata=_doc("most prompts in one batch (CPU: larger batches add latency, not throughput)"),
     )
+    max_batch_ms: int = field(
+        default=250,
+        metadata=_doc(
+            "a batch holds at most what the scorer scores in this long at its measured rate (at least one "
+            "prompt, at most max_batch_size): a batch's time is part of every queued prompt's wait, so it "
+            "stays well inside queue_timeout_ms when prompts or routers are costly; 0 = max_batch_size only"
+        ),
+    )
     max_wait_us: int = field(
         default=0,
         metadata=_doc(
@@ -57,22 +65,47 @@ class BatchPolicy:
         default=16384, metadata=_doc("padded-token budget of a batch (longest prompt x prompts)")
     )
     max_queue: int = field(
-        default=64,
+        default=1024,
         metadata=_doc(
-            "most prompts admitted (queued or being scored) at once; beyond it RESOURCE_EXHAUSTED. "
-            "Keep it near what the server scores within queue_timeout_ms (2 CPU cores: ~50 prompts/s), "
-            "so overload is shed at once instead of timing out in the queue; also caps one Score call"
+            "most prompts admitted and unanswered at once (the memory bound); beyond it RESOURCE_EXHAUSTED "
+            "(QUEUE_FULL); a Score call holds at most this many. How many are let into the queue at once "
+            "follows the measured rate (admit_wait_ms)"
         ),
     )
     queue_timeout_ms: int = field(
-        default=1000, metadata=_doc("longest a prompt may wait in the queue before UNAVAILABLE")
+        default=1000,
+        metadata=_doc(
+            "longest a prompt may wait in the queue before UNAVAILABLE, counted from when it enters the "
+            "queue (a call's prompts enter a quarter batch at a time, as its earlier ones leave)"
+        ),
+    )
+    admit_wait_ms: int = field(
+        default=800,
+        metadata=_doc(
+            "admission keeps the work ahead of a new prompt (at the measured cost) within this, never less "
+            "than two batches; beyond it RESOURCE_EXHAUSTED (OVERLOADED) with a retry delay, so overload is "
+            "refused at once instead of timing out in the queue. Keep it under queue_timeout_ms"
+        ),
     )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
 
+    @property
+    def call_quantum(self) -> int:
+        """Most prompts of one call a batch takes per round over the queued calls (a quarter batch)."""
+        return max(1, self.max_batch_size // 4)
+
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "queue_timeout_ms", "max_prompt_chars"):
+        for name in (
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_queue",
+            "queue_timeout_ms",
+            "admit_wait_ms",
+            "max_prompt_chars",
+        ):
             _at_least(name, getattr(self, name), 1)
         _at_least("max_wait_us", self.max_wait_us, 0)
+        _at_least("max_batch_ms", self.max_batch_ms, 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +115,42 @@ class ServiceConfig:
     bundle_path: Path = field(
         metadata=_doc("router bundle directory (manifest.json inside)", flag="--bundle", env=ENV_PREFIX + "BUNDLE")
     )
+    bundle_public_key: str = field(
+        default="",
+        metadata=_doc(
+            "Ed25519 public key (PEM file) the bundle must be signed with: a bundle whose manifest.json.sig is "
+            "missing or does not verify is refused at load (lmroute-export keygen / sign); empty = not required",
+            metavar="PEM",
+        ),
+    )
     host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
     port: int = field(default=50051, metadata=_doc("TCP port; 0 picks a free one"))
     batch: BatchPolicy = field(default_factory=BatchPolicy)
     max_prompts_per_request: int = field(default=256, metadata=_doc("most prompts in one Score call"))
+    max_turns: int = field(
+        default=256,
+        metadata=_doc(
+            "most turns in one conversation; a call holding a longer one is refused whole "
+            "(INVALID_ARGUMENT) before any turn is read"
+        ),
+    )
+    max_request_chars: int = field(
+        default=1_000_000,
+        metadata=_doc(
+            "most characters in all the prompts of one call (texts and turn contents), checked before any "
+            "prompt is extracted or queued; at least max_prompt_chars. max_prompts_per_request prompts of "
+            "max_prompt_chars each (5.1M characters by default) would not fit one max_message_bytes message "
+            "anyway; 1M lets a full Score call of 256 prompts average 3,900 characters, or 50 prompts reach "
+            "the 20,000-character maximum"
+        ),
+    )
+    max_router_names: int = field(
+        default=64,
+        metadata=_doc(
+            "most router names in one Score call (repeats included; a bundle holds a handful of routers); "
+            "a call naming more is refused whole (INVALID_ARGUMENT) before any name is looked up"
+        ),
+    )
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
@@ -95,6 +160,14 @@ class ServiceConfig:
     )
     device: str = field(default="cpu", metadata=_doc("cpu or cuda"))
     grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds"))
+    liveness_stall_s: float = field(
+        default=30.0,
+        metadata=_doc(
+            "liveness: the overall health (grpc.health.v1 service '', what a liveness probe asks) turns "
+            "NOT_SERVING when prompts have been in flight this long, seconds, without a batch finishing, "
+            "and SERVING again once one finishes; 0 = never"
+        ),
+    )
     warmup: bool = field(default=True, metadata=_doc("score a few prompts before reporting SERVING"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
     stats_path: str = field(
@@ -120,8 +193,22 @@ class ServiceConfig:
             raise ConfigError("host: must not be empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in [0, 65535] (got {self.port})")
-        for name in ("max_prompts_per_request", "intra_op_threads", "encoder_chunk_size"):
+        for name in (
+            "max_prompts_per_request",
+            "max_turns",
+            "max_request_chars",
+            "max_router_names",
+            "intra_op_threads",
+            "encoder_chunk_size",
+        ):
             _at_least(name, getattr(self, name), 1)
+        if self.max_request_chars < self.batch.max_prompt_chars:
+            raise ConfigError(
+                f"max_request_chars: must be >= max_prompt_chars ({self.batch.max_prompt_chars}) "
+                f"(got {self.max_request_chars})"
+            )
+        if not (isinstance(self.liveness_stall_s, (int, float)) and self.liveness_stall_s >= 0):
+            raise ConfigError(f"liveness_stall_s: must be >= 0 (got {self.liveness_stall_s!r})")
         _at_least("max_message_bytes", self.max_message_bytes, 1024)
         if self.grace_s < 0:
             raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")

@@ -14,6 +14,11 @@
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
 Codes are google.rpc.Code numbers (`Code`), whose names equal grpc.StatusCode member names.
+
+Error text is bounded, because it travels in response metadata (grpc-message and the google.rpc.Status
+in grpc-status-details-bin): a caller-supplied string is quoted into a message through `echo`, which
+keeps its first `ECHO_CHARS` characters and states the full length, and `status_of` cuts any message to
+`MESSAGE_BYTES` bytes of UTF-8.
 """
 
 from __future__ import annotations
@@ -33,9 +38,17 @@ __all__ = [
     "QueueTimeout",
     "ScorerFailed",
     "ServiceError",
+    "ECHO_CHARS",
+    "MESSAGE_BYTES",
     "StatusInfo",
+    "echo",
     "status_of",
 ]
+
+ECHO_CHARS = 64
+"""Characters of a caller-supplied string that an error message quotes (`echo`)."""
+MESSAGE_BYTES = 1024
+"""Most UTF-8 bytes of an error message on the wire (`status_of` cuts longer ones)."""
 
 
 class Code(enum.IntEnum):
@@ -60,10 +73,11 @@ class ServiceError(Exception):
 
     default_reason = "ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
+        self.retry_after_ms = retry_after_ms  # overrides the table's retry delay hint when set
 
 
 class InvalidArgument(ServiceError):
@@ -139,16 +153,38 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
 _INTERNAL_MESSAGE = "internal error"
 
 
+def echo(value: str) -> str:
+    """`value` quoted for an error message: its repr, cut to its first ECHO_CHARS characters with the
+    full length stated, e.g. ``'aaaa...a'... (200000 characters)``."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+
+
+def _bounded(message: str) -> str:
+    """`message` cut to at most MESSAGE_BYTES bytes of UTF-8, its full length stated after the cut."""
+    if len(message) * 4 <= MESSAGE_BYTES:  # a character is at most 4 bytes of UTF-8
+        return message
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MESSAGE_BYTES:
+        return message
+    tail = f"... ({len(message)} characters)"
+    head = data[: MESSAGE_BYTES - len(tail)].decode("utf-8", "ignore")  # drops a character cut in two
+    return head + tail
+
+
 def status_of(exc: BaseException) -> StatusInfo:
     """The wire status of any exception: a ServiceError by the table, anything else INTERNAL.
 
     Messages of ScorerFailed and of unknown exceptions are replaced by a generic text so that no
-    internals leak; log the exception itself.
+    internals leak; log the exception itself. A message longer than MESSAGE_BYTES bytes is cut.
     """
     if isinstance(exc, ServiceError):
         for cls in type(exc).__mro__:
             if cls in _TABLE:
                 code, retry = _TABLE[cls]
-                message = _INTERNAL_MESSAGE if code is Code.INTERNAL else exc.message
+                message = _INTERNAL_MESSAGE if code is Code.INTERNAL else _bounded(exc.message)
+                if retry is not None and exc.retry_after_ms is not None:
+                    retry = exc.retry_after_ms
                 return StatusInfo(code, exc.reason, message, retry)
     return StatusInfo(Code.INTERNAL, "INTERNAL", _INTERNAL_MESSAGE, None)

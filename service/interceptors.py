@@ -3,7 +3,16 @@
 Every unary-unary RPC gets a request id (the client's `x-request-id` metadata, or a fresh one), bound
 into structlog's contextvars and echoed in trailing metadata. A ServiceError becomes its status from
 the errors table, with google.rpc ErrorInfo (reason) and RetryInfo details; any other exception is
-logged with its traceback and returned as INTERNAL without its text.
+logged with its traceback and returned as INTERNAL without its text. Each call writes one access line
+(`rpc`: code, milliseconds), except calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines
+are sampled: at most one per method, code and reason per second, carrying the count left out before it
+(`suppressed`), so an overload does not turn into a flood of log lines.
+
+Request bytes that do not decode as the method's request message are an InvalidArgument (reason
+MALFORMED_REQUEST), logged once as `malformed_request` with the method, the peer and the byte count
+(never the bytes). grpc.aio decodes a request with the handler's deserializer before the handler runs,
+and a deserializer that raises would end the call as UNKNOWN unlogged; so each wrapped handler gets a
+deserializer that returns a `Malformed` marker instead of raising, and the wrapper refuses the marker.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -20,13 +30,46 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lmroute.service.errors import ServiceError, StatusInfo, status_of
+from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, status_of
+from lmroute.service.logs import LogSampler
 
-__all__ = ["RequestContextInterceptor", "ERROR_DOMAIN", "REQUEST_ID_KEY"]
+__all__ = ["ERROR_DOMAIN", "REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
 
 ERROR_DOMAIN = "lmroute.v1"
 REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
+_SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What `tolerant_deserializer` returns for bytes that do not decode: their count and the error."""
+
+    n_bytes: int
+    error: str
+
+
+def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize`, returning a Malformed marker where it would raise (None stays None: raw bytes)."""
+    if deserialize is None:
+        return None
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, and anything else the decoder raises on hostile bytes
+            return Malformed(len(data), f"{type(exc).__name__}: {exc}"[:200])
+
+    return tolerant
+
+
+def _malformed(request: Malformed, context: grpc.aio.ServicerContext, method: str) -> InvalidArgument:
+    """Log the undecodable request once and the InvalidArgument it is answered with."""
+    _log.warning("malformed_request", peer=context.peer(), bytes=request.n_bytes, error=request.error)
+    return InvalidArgument(
+        f"request: {request.n_bytes} bytes that do not decode as the request message of {method}",
+        reason="MALFORMED_REQUEST",
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
@@ -56,6 +99,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
     def __init__(self) -> None:
         # method -> (its handler, the wrapped handler): one entry per method, rebuilt if the handler changes
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._sampler = LogSampler(period_s=1.0)  # access lines of shed calls: one per second per kind
 
     async def intercept_service(
         self,
@@ -68,7 +112,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         method = handler_call_details.method
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
-            known = self._wrapped[method] = (handler, _wrap_unary(handler, method))
+            known = self._wrapped[method] = (handler, _wrap_unary(handler, method, self._sampler))
         return known[1]
 
 
@@ -79,21 +123,27 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-def _wrap_unary(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """`handler` with the request id, the access log line and the error-to-status mapping around it."""
+def _wrap_unary(handler: grpc.RpcMethodHandler, method: str, sampler: LogSampler) -> grpc.RpcMethodHandler:
+    """`handler` with the request id, the access log line and the error-to-status mapping around it.
+
+    Calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE) get a sampled access line: the first of each
+    method, code and reason per second, with `suppressed` = the lines of that kind left out before it;
+    every other call gets its own line."""
     inner = handler.unary_unary
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         request_id = _request_id(context)
         t0 = time.perf_counter()
-        code = "OK"
+        code, reason = "OK", ""
         with structlog.contextvars.bound_contextvars(request_id=request_id, method=method):
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+                if isinstance(request, Malformed):
+                    raise _malformed(request, context, method)
                 return await inner(request, context)
             except ServiceError as exc:
                 info = status_of(exc)
-                code = info.code.name
+                code, reason = info.code.name, info.reason
                 if code == "INTERNAL":
                     _log.error("rpc_internal_error", error=repr(exc))
                 await _abort(context, info, request_id)
@@ -107,10 +157,14 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHa
                 _log.exception("rpc_unhandled_exception")
                 await _abort(context, status_of(exc), request_id)
             finally:
-                _log.info("rpc", code=code, ms=round((time.perf_counter() - t0) * 1000, 3))
+                ms = round((time.perf_counter() - t0) * 1000, 3)
+                if code not in _SHED_CODES:
+                    _log.info("rpc", code=code, ms=ms)
+                elif (suppressed := sampler.admit((method, code, reason))) is not None:
+                    _log.info("rpc", code=code, reason=reason, ms=ms, suppressed=suppressed)
 
     return grpc.unary_unary_rpc_method_handler(
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=tolerant_deserializer(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )

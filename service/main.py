@@ -3,6 +3,10 @@
 Exit codes: 0 after a clean drain; 2 for a bad setting, a router kind plug-in (`--plugin`) that cannot
 be imported included (message on stderr, prefixed `lmroute-serve: config error:`); 1 when the compiled
 scoring core or the bundle cannot be loaded (the message names the module or the file).
+
+SIGHUP changes nothing: nothing is reloaded (the bundle and the settings are read once, at start), the
+server keeps serving and logs one line, `sighup_ignored`. Without a handler SIGHUP would end the
+process at once, without a drain.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import structlog
 from lmroute.service.config import ServiceConfig, config_from_cli
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
-from lmroute.service.server import RouterServer
+from lmroute.service.server import RouterServer, ScorerFactory, load_bundle_scorer
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
@@ -27,13 +31,18 @@ DEFAULT_BUNDLE = Path("artifacts/default")
 _log = structlog.get_logger("lmroute.main")
 
 
-async def serve(cfg: ServiceConfig) -> int:
-    """Run one server until SIGTERM or SIGINT; return the process exit code."""
+def _on_sighup() -> None:
+    _log.warning("sighup_ignored", detail="nothing is reloaded on SIGHUP; still serving (restart to reload)")
+
+
+async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_scorer) -> int:
+    """Run one server until SIGTERM or SIGINT (SIGHUP: logged, ignored); return the process exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = RouterServer(cfg)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
+    server = RouterServer(cfg, scorer_factory)
     try:
         port = await server.start()
     except ConfigError as exc:

@@ -3,16 +3,54 @@
 Rule: plain text is scored as given; a conversation is scored on its last user turn (what the routers
 were trained on), or on all user turns joined by a blank line when asked. Problems come back as an
 InvalidArgument naming the field, e.g. `prompts[2].conversation: no user turn`.
+
+`check_limits` runs first, on the whole call: it reads only counts until the turns of every
+conversation are known to be within `max_turns`, then sums the characters, so an oversized request is
+refused (raised, for the whole call) without per-turn work.
 """
 
 from __future__ import annotations
 
-from lmroute.service.errors import InvalidArgument
+from collections.abc import Sequence
+
+from lmroute.service.errors import InvalidArgument, echo
 from lmroute.v1 import router_pb2
 
-__all__ = ["prompt_text"]
+__all__ = ["check_limits", "prompt_text"]
 
 _ROLES = ("system", "user", "assistant")
+
+
+def check_limits(
+    prompts: Sequence[router_pb2.Prompt],
+    field: str = "prompts",
+    *,
+    indexed: bool = True,
+    max_turns: int,
+    max_request_chars: int,
+) -> None:
+    """Raise InvalidArgument when a conversation has more than `max_turns` turns (naming the first such
+    one, e.g. `prompts[0].conversation.messages: 500000 turns (limit 256)`), or when the texts and turn
+    contents of all `prompts` hold more than `max_request_chars` characters (e.g. `prompts: 1000001
+    characters in all (limit 1000000)`). The prompts are `field[i]`, or `field` alone when not `indexed`."""
+    for i, prompt in enumerate(prompts):
+        if prompt.WhichOneof("input") == "conversation":
+            n = len(prompt.conversation.messages)
+            if n > max_turns:
+                name = f"{field}[{i}]" if indexed else field
+                raise InvalidArgument(
+                    f"{name}.conversation.messages: {n} turns (limit {max_turns})", reason="TOO_MANY_TURNS"
+                )
+    total = 0
+    for prompt in prompts:
+        if prompt.WhichOneof("input") == "conversation":
+            total += sum(len(msg.content) for msg in prompt.conversation.messages)
+        else:
+            total += len(prompt.text)
+    if total > max_request_chars:
+        raise InvalidArgument(
+            f"{field}: {total} characters in all (limit {max_request_chars})", reason="REQUEST_TOO_LONG"
+        )
 
 
 def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:
@@ -27,7 +65,7 @@ def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:
         role = msg.role.strip().lower()
         if role not in _ROLES:
             return InvalidArgument(
-                f"{field}.conversation.messages[{j}].role: unknown role {msg.role!r} "
+                f"{field}.conversation.messages[{j}].role: unknown role {echo(msg.role)} "
                 f"(expected one of {', '.join(_ROLES)})",
                 reason="UNKNOWN_ROLE",
             )

@@ -1,20 +1,28 @@
-"""Admission + micro-batch queue between the transport and the scorer.
+"""Admission + fair micro-batch queue between the transport and the scorer.
 
-`Scheduler.score(prompts, routers)` validates each prompt (per-item errors), takes one admission permit
-per valid prompt (all or none: QueueFull) and holds them until the call is answered, tokenises the
-prompts (on a helper thread, with the scorer's `tokenize`), queues one `Item` per prompt carrying its
-tokens and an asyncio Future, and awaits them. The routers arrive resolved by the transport and are
-trusted here. Idle fast path: a one-prompt call that finds the queue empty and the scorer idle, with
+`Scheduler.score(prompts, routers)` validates each prompt (per-item errors), admits the call or refuses
+it at once (lmroute.service.admission: the memory bound `max_queue`, the caller's deadline and the
+queue wait at the measured service rate; the call holds its permits until it is answered), tokenises
+the prompts (on a helper thread, with the scorer's `tokenize`), queues the call's items as one line of
+the fair queue (lmroute.service.batch_queue) and awaits them. The routers arrive resolved by the
+transport and are trusted here. Idle fast path: a one-prompt call that finds nothing in flight, with
 `max_wait_us` 0, skips tokenising at admission (its batch would hold it alone anyway) and goes straight
 to the scorer, which tokenises it there: one thread round trip instead of two.
-A single worker task forms batches: a batch leaves when it holds
-`max_batch_size` prompts, when adding the next prompt would pass `max_batch_tokens` padded tokens
-(longest x count), or when the oldest prompt has waited `max_wait_us`. Scoring runs in a dedicated
-thread so the event loop never blocks; the batch's tokens go to the scorer with it. Prompts cancelled
-by the client, past their deadline or past `queue_timeout_ms` are dropped before the scorer sees them,
-and counted in `SchedulerStats`. If a batch raises, its prompts are rescored one by one so only the
-failing prompt fails. Each batch's queue waits, padding and scoring time go to `timings`
-(lmroute.service.stats).
+
+Batches take the queued calls in turn, up to `call_quantum` prompts of each per round, so a call of
+hundreds of prompts shares the scorer with one-prompt calls instead of starving
+them, and still gets a steady share itself. A single worker task forms batches: a batch leaves when it
+holds `max_batch_size` prompts, or the tokens the scorer clears in `max_batch_ms` at its measured cost
+(fewer long prompts than short ones), when adding the next prompt would pass `max_batch_tokens` padded tokens (longest x
+count), or when the oldest prompt has waited `max_wait_us`. Each prompt's wait is bounded on its own: from the
+moment it enters the queue, by `queue_timeout_ms` and by the caller's deadline; a prompt past either is
+dropped before the scorer sees it and gets QueueTimeout or DeadlineExpired as its outcome, while the
+rest of its call goes on (the transport decides what that means for the call).
+Scoring runs in a dedicated thread so the event loop never blocks; the batch's tokens go to the scorer
+with it, and its duration feeds the measured service rate. Drops are counted in `SchedulerStats`. If a
+batch raises, its prompts are rescored one by one so only the failing prompt fails. Each batch's queue
+waits, padding and scoring time go to `timings` (lmroute.service.stats). `stalled_s` tells a liveness
+check how long work has been pending without a batch finishing.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from lmroute.service.batch_queue import Admission, BatchQueue, Item, ItemResult, State
+from lmroute.service.admission import Admission, Load, ServiceRate, batch_budget, refusal
+from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, State
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import (
     DeadlineExpired,
@@ -58,7 +67,9 @@ class SchedulerStats:
     """Counters since start (read them; the scheduler writes them)."""
 
     admitted: int = 0
-    rejected_queue_full: int = 0
+    rejected_queue_full: int = 0  # calls refused: max_queue prompts admitted already
+    rejected_overload: int = 0  # calls refused: the queue wait at the measured rate would pass the limit
+    rejected_deadline: int = 0  # calls refused: the caller's deadline cannot be met at the measured rate
     invalid: int = 0
     dropped_cancelled: int = 0
     dropped_queue_timeout: int = 0
@@ -81,7 +92,10 @@ class Scheduler(Generic[T]):
         self.stats = SchedulerStats()
         self.timings = ServerTimings()
         self._admission = Admission(self.policy.max_queue)
-        self._queue: BatchQueue[T] = BatchQueue()
+        self.rate = ServiceRate()
+        self._queue: BatchQueue[T] = BatchQueue(on_release=self._start_clock)
+        self._running_tokens = 0  # tokens of the batch being scored
+        self._last_progress = time.monotonic()  # last batch finished, or work arrived on an idle scheduler
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -165,17 +179,26 @@ class Scheduler(Generic[T]):
     async def _submit(
         self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None
     ) -> list[ItemResult | ServiceError]:
-        permit = self._admission.try_acquire(len(texts))
+        load = Load(
+            self._admission.in_use,
+            self._running_tokens,
+            self._queue.line_visits(),
+            self._queue.line_lengths(),
+            self.policy.call_quantum,
+        )
+        refused = refusal(len(texts), timeout_s, load, self.policy, self.rate)
+        permit = None if refused is not None else self._admission.try_acquire(len(texts))
         if permit is None:
-            self.stats.rejected_queue_full += 1
-            raise QueueFull(
-                f"queue full: {self._admission.in_use} of {self._admission.limit} prompts admitted, "
-                f"{len(texts)} more asked"
-            )
+            self._count_refusal(refused)
+            raise refused or QueueFull("queue full")
+        if load.in_flight == 0:
+            self._last_progress = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
             tokens = await self._tokenize(texts)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, tokens, timeout_s)
+            items = self._enqueue(texts, routers, tokens, deadline)
             done = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
         out: list[ItemResult | ServiceError] = []
         for res in done:
@@ -186,6 +209,14 @@ class Scheduler(Generic[T]):
             else:
                 raise ScorerFailed(f"unexpected outcome {res!r}")
         return out
+
+    def _count_refusal(self, refused: ServiceError | None) -> None:
+        if isinstance(refused, DeadlineExpired):
+            self.stats.rejected_deadline += 1
+        elif refused is not None and refused.reason == "OVERLOADED":
+            self.stats.rejected_overload += 1
+        else:
+            self.stats.rejected_queue_full += 1
 
     async def _tokenize(self, texts: list[str]) -> list[Tokenized[T] | None]:
         """The scorer's tokens of each text (on the tokenising thread); None for the idle fast path."""
@@ -206,22 +237,30 @@ class Scheduler(Generic[T]):
         texts: list[str],
         routers: tuple[str, ...],
         tokens: list[Tokenized[T] | None],
-        timeout_s: float | None,
+        deadline: float | None,
     ) -> list[Item[T]]:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        queue_s = self.policy.queue_timeout_ms / 1000.0
-        limit_s = queue_s if timeout_s is None else min(queue_s, max(timeout_s, 0.0))
-        by_deadline = timeout_s is not None and timeout_s < queue_s
         items: list[Item[T]] = []
         for text, tok in zip(texts, tokens, strict=True):
-            item: Item[T] = Item(text, routers, tok, loop.create_future(), now)
+            item: Item[T] = Item(text, routers, tok, loop.create_future(), now, deadline)
             item.future.add_done_callback(functools.partial(self._on_done, item))
-            item.timer = loop.call_later(limit_s, self._expire, item, by_deadline)
-            self._queue.append(item)
             items.append(item)
+        self._queue.append(items, quantum=self.policy.call_quantum)
         self._wakeup.set()
         return items
+
+    def _start_clock(self, item: Item[T]) -> None:
+        """The queue released `item`: its wait starts now, bounded by the queue timeout and the deadline."""
+        loop = asyncio.get_running_loop()
+        now = item.enqueued_at = loop.time()
+        limit_s = self.policy.queue_timeout_ms / 1000.0
+        by_deadline = item.deadline is not None and item.deadline - now < limit_s
+        if by_deadline:
+            assert item.deadline is not None
+            limit_s = max(item.deadline - now, 0.0)
+        item.timer = loop.call_later(limit_s, self._expire, item, by_deadline)
+        self._wakeup.set()
 
     def _idle_for_one(self, n_prompts: int) -> bool:
         """True when a call of `n_prompts` (its permits just taken) would be batched alone right away:
@@ -271,7 +310,8 @@ class Scheduler(Generic[T]):
             oldest = self._queue.oldest_enqueued_at()
             assert oldest is not None
             fill_by = oldest + wait_s
-            while not self._closing and not self._queue.batch_ready(pol.max_batch_size, pol.max_batch_tokens):
+            budget = batch_budget(pol, self.rate)
+            while not self._closing and not self._queue.batch_ready(pol.max_batch_size, pol.max_batch_tokens, budget):
                 left = fill_by - loop.time()
                 if left <= 0:
                     break
@@ -280,7 +320,7 @@ class Scheduler(Generic[T]):
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch, dead = self._queue.next_batch(pol.max_batch_size, pol.max_batch_tokens)
+            batch, dead = self._queue.next_batch(pol.max_batch_size, pol.max_batch_tokens, budget)
             for it in dead:
                 if it.state is State.QUEUED:
                     self._drop(it)
@@ -293,10 +333,14 @@ class Scheduler(Generic[T]):
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self.stats.batch_size_histogram[len(batch)] += 1
                 left_at, t0 = loop.time(), time.perf_counter()
+                self._running_tokens = sum(it.n_tokens or 0 for it in batch)
                 longest = await self._run_batch(batch, isolate=True)
-                self.timings.record_batch(
-                    [(left_at - it.enqueued_at) * 1e6 for it in batch], longest, time.perf_counter() - t0
-                )
+                took_s = time.perf_counter() - t0
+                self._running_tokens = 0
+                self._last_progress = time.monotonic()
+                tokens = sum(longest if it.n_tokens is None else it.n_tokens for it in batch)
+                self.rate.observe(len(batch), tokens, took_s)
+                self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in batch], longest, took_s)
 
     async def _run_batch(self, batch: list[Item[T]], *, isolate: bool) -> int:
         """Score `batch` and finish its items; the longest prompt's token count (0 where unknown)."""
@@ -334,3 +378,10 @@ class Scheduler(Generic[T]):
             item.future.set_exception(outcome)
         else:
             item.future.set_result(outcome)
+
+    def stalled_s(self, now: float) -> float:
+        """For how long prompts have been in flight without a batch finishing (0.0 when nothing is in
+        flight); `now` is `time.monotonic()`. A liveness check compares it with its limit."""
+        if self._admission.in_use == 0:
+            return 0.0
+        return max(now - self._last_progress, 0.0)

@@ -77,6 +77,9 @@ class Catalog:
     encoder_max_tokens: int
     encoder_pooling: str
     encoder_quantized: bool
+    # What the encoder keeps of a prompt longer than encoder_max_tokens: "head", "tail", "head_tail:<H>"
+    # (`lmroute.bundle.truncation.Truncation` as text).
+    encoder_truncation: str = "head"
 
 
 class Scorer(Protocol[T]):

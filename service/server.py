@@ -2,7 +2,9 @@
 
 Order of start: bind and start the gRPC server with health NOT_SERVING (so probes get an answer while
 the bundle loads), import the router kind plug-ins (`plugins`) and load the scorer in a thread, warm
-it, start the scheduler, then flip health to SERVING. Stop: health NOT_SERVING, new RPCs refused
+it, start the scheduler, then flip health to SERVING and start the liveness watchdog (the overall
+health, service "", turns NOT_SERVING while scoring makes no progress for `liveness_stall_s`;
+lmroute.service.liveness). Stop: the watchdog stops, health NOT_SERVING, new RPCs refused
 (DRAINING), in-flight RPCs get `grace_s`, then the scheduler finishes its queue and its threads stop;
 `stopped` logs its counters and timings, and with `stats_path` the timings are also written there as
 JSON every second and at stop (lmroute.service.stats).
@@ -25,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.interceptors import RequestContextInterceptor
+from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Scorer
 from lmroute.service.servicer import RouterServicer
@@ -105,7 +108,8 @@ def import_plugins(modules: Sequence[str]) -> None:
 
 
 def load_bundle_scorer(cfg: ServiceConfig) -> Scorer[Any]:
-    """Default scorer factory: load and validate cfg.bundle_path on cfg.device."""
+    """Default scorer factory: load and validate cfg.bundle_path on cfg.device (signed by
+    cfg.bundle_public_key when one is set)."""
     from lmroute.service.bundle_scorer import BundleScorer
 
     return BundleScorer.load(
@@ -113,6 +117,7 @@ def load_bundle_scorer(cfg: ServiceConfig) -> Scorer[Any]:
         device=cfg.device,
         intra_op_threads=cfg.intra_op_threads,
         encoder_chunk_size=cfg.encoder_chunk_size,
+        public_key=Path(cfg.bundle_public_key) if cfg.bundle_public_key else None,
     )
 
 
@@ -124,9 +129,13 @@ class RouterServer:
         self._factory = scorer_factory
         # a call with more prompts than the queue admits could never be admitted: refuse it as too large
         self.servicer = RouterServicer(
-            max_prompts_per_request=min(config.max_prompts_per_request, config.batch.max_queue)
+            max_prompts_per_request=min(config.max_prompts_per_request, config.batch.max_queue),
+            max_turns=config.max_turns,
+            max_request_chars=config.max_request_chars,
+            max_router_names=config.max_router_names,
         )
         self.health = health.aio.HealthServicer()
+        self.liveness: LivenessWatchdog | None = None
         self.scheduler: Scheduler[Any] | None = None
         self.scorer: Scorer[Any] | None = None
         self.port: int | None = None
@@ -194,12 +203,17 @@ class RouterServer:
         self.servicer.attach(scheduler, scorer.catalog())
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.liveness_stall_s > 0:
+            self.liveness = LivenessWatchdog(scheduler, self.health, self.config.liveness_stall_s)
+            self.liveness.start()
         _log.info("serving", version=scorer.version, routers=list(scorer.router_names))
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, give in-flight calls `grace_s`, stop the scheduler."""
         grace = self.config.grace_s if grace_s is None else grace_s
         _log.info("draining", grace_s=grace)
+        if self.liveness is not None:
+            await self.liveness.close()
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
         if self._server is not None:
@@ -231,4 +245,5 @@ class RouterServer:
 def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:
     """The scheduler's timings and counters, for the stats file."""
     counters = {k: v for k, v in dataclasses.asdict(scheduler.stats).items() if isinstance(v, int)}
-    return scheduler.timings.snapshot({"counters": counters, "in_flight": scheduler.in_flight})
+    extra = {"counters": counters, "in_flight": scheduler.in_flight, "rate_prompts_per_s": scheduler.rate.prompts_per_s}
+    return scheduler.timings.snapshot(extra)

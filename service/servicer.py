@@ -3,9 +3,12 @@
 Each RPC validates its request (InvalidArgument naming the field), resolves the router names it asks
 for against the loaded routers (NotFound naming the first unknown one; the only place names are
 checked: the scheduler and the scorer take the resolved names as given), asks the scheduler, and builds
-the response. Whole-call errors (including a queue timeout or deadline of any prompt) are raised as
-ServiceError and turned into a gRPC status by the interceptor (lmroute.service.interceptors); per-prompt
-errors go into PromptScores.status.
+the response. The size limits of a call (prompts, router names, turns per conversation, characters in
+all) are checked first, from counts, before any prompt is extracted or any name looked up. A caller's
+string quoted in an error is cut (`errors.echo`). Whole-call errors (including a queue timeout or
+deadline that hit every prompt of a call) are raised as ServiceError and turned into a gRPC status by
+the interceptor (lmroute.service.interceptors); per-prompt errors, including a queue timeout of some
+prompts of a Score call whose others were scored, go into PromptScores.status.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from lmroute.service.errors import (
     NotReady,
     QueueTimeout,
     ServiceError,
+    echo,
     status_of,
 )
-from lmroute.service.prompts import prompt_text
+from lmroute.service.prompts import check_limits, prompt_text
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
 from lmroute.v1 import router_pb2, router_pb2_grpc
@@ -53,15 +57,20 @@ def resolve_routers(asked: Sequence[str], loaded: tuple[str, ...]) -> tuple[str,
         return loaded
     for j, name in enumerate(asked):
         if name not in loaded:
-            raise NotFound(f"routers[{j}]: unknown router {name!r} (loaded: {', '.join(loaded)})")
+            raise NotFound(f"routers[{j}]: unknown router {echo(name)} (loaded: {', '.join(loaded)})")
     return tuple(dict.fromkeys(asked))
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """Implements lmroute.v1.RouterService over a Scheduler attached once the bundle is ready."""
 
-    def __init__(self, *, max_prompts_per_request: int) -> None:
+    def __init__(
+        self, *, max_prompts_per_request: int, max_turns: int, max_request_chars: int, max_router_names: int
+    ) -> None:
         self.max_prompts_per_request = max_prompts_per_request
+        self.max_turns = max_turns
+        self.max_request_chars = max_request_chars
+        self.max_router_names = max_router_names
         self.scheduler: Scheduler[Any] | None = None
         self.catalog: Catalog | None = None
         self.routers: tuple[str, ...] = ()  # the scorer's routers, in bundle order
@@ -92,12 +101,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 f"prompts: {n} prompts (limit {self.max_prompts_per_request})",
                 reason="TOO_MANY_PROMPTS",
             )
+        if len(request.routers) > self.max_router_names:
+            raise InvalidArgument(
+                f"routers: {len(request.routers)} names (limit {self.max_router_names})", reason="TOO_MANY_ROUTERS"
+            )
+        check_limits(request.prompts, max_turns=self.max_turns, max_request_chars=self.max_request_chars)
         routers = resolve_routers(request.routers, self.routers)
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
         outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining())
-        for out in outcomes:  # overload is a call-level, retryable failure, not an item status
-            if isinstance(out, (QueueTimeout, DeadlineExpired)):
-                raise out
+        # Overload that hit every prompt is a call-level, retryable failure; a prompt that waited too
+        # long in a call whose other prompts were scored fails alone (its status), so that work is kept.
+        if all(isinstance(out, (QueueTimeout, DeadlineExpired)) for out in outcomes):
+            raise next(out for out in outcomes if isinstance(out, ServiceError))
         response = router_pb2.ScoreResponse(bundle_version=catalog.version)
         for i, out in enumerate(outcomes):
             item = response.results.add(index=i)
@@ -134,7 +149,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
         if request.router not in self.routers:
-            raise NotFound(f"router: unknown router {request.router!r} (loaded: {', '.join(self.routers)})")
+            raise NotFound(f"router: unknown router {echo(request.router)} (loaded: {', '.join(self.routers)})")
+        check_limits(
+            (request.prompt,),
+            "prompt",
+            indexed=False,
+            max_turns=self.max_turns,
+            max_request_chars=self.max_request_chars,
+        )
         if policy == "threshold":
             threshold = value
         else:
@@ -172,6 +194,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 max_tokens=c.encoder_max_tokens,
                 pooling=c.encoder_pooling,
                 quantized=c.encoder_quantized,
+                truncation=c.encoder_truncation,
             ),
             bundle_version=c.version,
         )
@@ -183,4 +206,4 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for r in c.routers:
             if r.name == request.name:
                 return router_pb2.GetRouterResponse(router=_router_info(r), bundle_version=c.version)
-        raise NotFound(f"name: unknown router {request.name!r} (loaded: {', '.join(r.name for r in c.routers)})")
+        raise NotFound(f"name: unknown router {echo(request.name)} (loaded: {', '.join(r.name for r in c.routers)})")

@@ -68,6 +68,7 @@ class ChildServer:
         self.target = ""
         self.peak_rss: int | None = None
         self.stderr_tail: list[str] = []
+        self.lines = 0  # stderr lines seen so far (log lines: one JSON object per line)
         self._reader: threading.Thread | None = None
 
     def start(self) -> ChildServer:
@@ -94,6 +95,7 @@ class ChildServer:
         raise RuntimeError(f"server {' '.join(self.cmd)} not serving after {self.ready_s} s")
 
     def _keep(self, line: str) -> None:
+        self.lines += 1
         self.stderr_tail = (self.stderr_tail + [line.rstrip()])[-40:]
 
     def _drain(self) -> None:

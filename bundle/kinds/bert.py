@@ -3,7 +3,8 @@
 File: model, an ONNX graph over the encoder's tokens (`lmroute.bundle.files.ONNX_INPUTS`) with output
 `logits` [batch, 3] in the order of params.labels = (strong_wins, tie, weak_wins). Score =
 softmax(logits)[strong_wins] in float64. It reads the bundle encoder's tokens, so params.max_tokens must
-equal encoder.max_tokens. Training: `lmroute.export.train_bert` (PyTorch, offline only).
+equal encoder.max_tokens and a long prompt is cut by the encoder's truncation rule (encoder.truncation),
+the rule it was trained with. Training: `lmroute.export.train_bert` (PyTorch, offline only).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ class BertKind(RouterKind):
         )
         onnx_path = ctx.work_dir / f"model-{cfg.seed}.onnx"
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        max_diff = export_bert_onnx(trained.model, trained.tokenizer_dir, onnx_path, max_tokens=cfg.max_tokens)
+        max_diff = export_bert_onnx(
+            trained.model, trained.tokenizer_dir, onnx_path, max_tokens=cfg.max_tokens, truncation=cfg.truncation_rule
+        )
         stats = asdict(trained.stats)
         stats.pop("val_history", None)
         ctx.notes.update(stats, onnx_max_abs_diff_vs_torch=max_diff)

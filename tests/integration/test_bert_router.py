@@ -198,7 +198,9 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
 
     # Export, then compare ONNX and PyTorch at several batch sizes and sequence lengths.
     import onnxruntime as ort
-    from tokenizers import Tokenizer
+
+    from lmroute.bundle.encoder import PromptTokenizer
+    from lmroute.export.recipe import SHIPPED
 
     out = tmp_path / "routers" / "bert" / "model.onnx"
     max_logit_diff = export_bert_onnx(trained, default_model_dir(), out)
@@ -207,19 +209,14 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in sess.get_outputs()] == ["logits"]
 
-    tok = Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
-    tok.enable_truncation(max_length=256)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    # What the service feeds the classifier: the encoder's tokens, cut by the shipped truncation rule.
+    tok = PromptTokenizer(default_model_dir() / "tokenizer.json", max_tokens=256, truncation=SHIPPED.truncation_rule)
     held = math_held + other_held
     ref = predict_proba(trained, default_model_dir(), held, max_tokens=256)
     long_prompt = "Please solve this math exercise step by step. " * 40  # > 256 tokens
     for batch in ([held[0]], held[:3], held[5:22], [long_prompt, held[1]], held):
-        enc = tok.encode_batch(batch)
-        feed = {
-            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-        }
+        tb = tok.tokenize(batch)
+        feed = {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask, "token_type_ids": tb.token_type_ids}
         logits = sess.run(["logits"], feed)[0]
         assert logits.shape == (len(batch), 3) and logits.dtype == np.float32
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -227,12 +224,8 @@ def test_short_finetune_learns_the_signal_and_onnx_matches(tmp_path: Path) -> No
         torch_probs = predict_proba(trained, default_model_dir(), batch, max_tokens=256)
         assert np.abs(onnx_probs - torch_probs).max() <= PROB_TOL
     # Serving score = softmax(logits)[0]: high for math, low otherwise.
-    enc = tok.encode_batch(held)
-    feed = {
-        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-    }
+    tb = tok.tokenize(held)
+    feed = {"input_ids": tb.input_ids, "attention_mask": tb.attention_mask, "token_type_ids": tb.token_type_ids}
     logits = sess.run(["logits"], feed)[0]
     score = np.exp(logits[:, 0]) / np.exp(logits).sum(axis=1)
     np.testing.assert_allclose(score, ref[:, STRONG_WINS], atol=PROB_TOL)

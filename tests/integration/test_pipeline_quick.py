@@ -96,6 +96,43 @@ def test_scores_are_probabilities_and_deterministic(quick_bundle: tuple[Path, ob
         np.testing.assert_allclose(s, again[name][::-1], rtol=0, atol=1e-6, err_msg=name)
 
 
+_SHOT = (
+    "Question: Which of these is a mammal?\nA. shark\nB. whale\nC. trout\nD. eel\nAnswer: B\n\n"
+    "Question: What gas do plants take in?\nA. oxygen\nB. helium\nC. carbon dioxide\nD. neon\nAnswer: C\n\n"
+)
+FEW_SHOT = [  # one ~400-token preamble, then each prompt's own question (the RouterBench ARC format)
+    "The following are multiple choice questions about science.\n\n" + _SHOT * 8 + question
+    for question in (
+        "Question: Which planet is closest to the sun?\nA. Mercury\nB. Venus\nC. Earth\nD. Mars\nAnswer:",
+        "Question: Prove that the square root of two is irrational, then generalise the proof.\nAnswer:",
+        "Question: Which organ pumps blood through the body?\nA. lung\nB. heart\nC. liver\nD. kidney\nAnswer:",
+    )
+]
+
+
+def test_prompts_that_share_a_long_preamble_get_their_own_scores(quick_bundle: tuple[Path, object]) -> None:
+    """The build states the recipe's truncation rule in the manifest, and the loaded bundle cuts by it:
+    few-shot prompts longer than the encoder's limit that differ only in their question get different
+    scores from every trained router that reads the prompt. An encoder over the same files that keeps
+    the head (the rule of a bundle that states none) gives them one score per router."""
+    from lmroute.bundle.encoder import OnnxEncoder
+    from lmroute.bundle.routers import PromptBatch
+    from lmroute.bundle.truncation import HEAD
+
+    path, _ = quick_bundle
+    bundle = load_bundle(path)
+    assert bundle.manifest.encoder.truncation == bundle.encoder.truncation == Recipe().truncation_rule != HEAD
+    batch = bundle.prompt_batch(FEW_SHOT)
+    assert batch.tokens.truncated.all()
+    head = OnnxEncoder(path / "encoder" / "model.onnx", path / "encoder" / "tokenizer.json", truncation=HEAD)
+    head_tokens = head.tokenize(FEW_SHOT)
+    head_batch = PromptBatch(texts=FEW_SHOT, tokens=head_tokens, embeddings=head.embed(head_tokens))
+    for name in ("mf", "sw_ranking", "bert"):
+        s = bundle.routers[name].score(batch)
+        assert min(abs(s[i] - s[j]) for i in range(3) for j in range(i + 1, 3)) > 1e-6, (name, s)
+        assert np.ptp(bundle.routers[name].score(head_batch)) == 0.0, name
+
+
 def test_threshold_for_share_routes_that_share(quick_bundle: tuple[Path, object]) -> None:
     path, _ = quick_bundle
     bundle = load_bundle(path)

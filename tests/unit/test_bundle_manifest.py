@@ -399,3 +399,51 @@ def test_a_version_1_manifest_object_cannot_carry_a_prior() -> None:
     with pytest.raises(BundleError) as info:
         dataclasses.replace(manifest, schema_version=1).check()
     assert str(info.value) == "manifest.json: schema_version 1: has no difficulty_prior or blend (needs 2)"
+
+
+# ---- encoder.truncation ------------------------------------------------------------------------
+def test_truncation_round_trips_and_is_part_of_the_content_version() -> None:
+    from lmroute.bundle.truncation import HEAD, Truncation
+
+    data = _manifest_dict()
+    data["encoder"]["truncation"] = {"rule": "head_tail", "head_tokens": 64}
+    manifest = _parse(data)
+    assert manifest.encoder.truncation == Truncation(rule="head_tail", head_tokens=64)
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert json.loads(manifest.to_json())["encoder"]["truncation"] == {"rule": "head_tail", "head_tokens": 64}
+    plain = _parse(_manifest_dict())
+    assert plain.encoder.truncation == HEAD  # a manifest without the key: the head rule
+    assert manifest.content_version() != plain.content_version()
+    tail = _parse({**data, "encoder": {**data["encoder"], "truncation": {"rule": "tail", "head_tokens": 0}}})
+    assert len({manifest.content_version(), plain.content_version(), tail.content_version()}) == 3
+    # head is written without the key: a bundle from before the key keeps its content version
+    explicit = {**data, "encoder": {**data["encoder"], "truncation": {"rule": "head", "head_tokens": 0}}}
+    assert _parse(explicit) == plain and "truncation" not in json.loads(plain.to_json())["encoder"]
+
+
+@pytest.mark.parametrize(
+    ("truncation", "expected"),
+    [
+        (
+            {"rule": "middle", "head_tokens": 0},
+            "encoder.truncation.rule: unknown rule 'middle' (known: head, tail, head_tail)",
+        ),
+        (
+            {"rule": "head_tail", "head_tokens": 254},
+            "encoder.truncation.head_tokens: must be in [1, 253] for rule head_tail (max_tokens 256), got 254",
+        ),
+        (
+            {"rule": "head_tail", "head_tokens": 0},
+            "encoder.truncation.head_tokens: must be in [1, 253] for rule head_tail (max_tokens 256), got 0",
+        ),
+        ({"rule": "tail", "head_tokens": 5}, "encoder.truncation.head_tokens: must be 0 for rule tail, got 5"),
+        ({"rule": "tail"}, "encoder.truncation.head_tokens: missing"),
+        ({"rule": "tail", "head_tokens": 0, "extra": 1}, "encoder.truncation.extra: unknown key"),
+        ({"rule": "tail", "head_tokens": 1.5}, "encoder.truncation.head_tokens: expected int, got float"),
+        ("tail", "encoder.truncation: expected object, got str"),
+    ],
+)
+def test_truncation_refusals(truncation: Any, expected: str) -> None:
+    data = _manifest_dict()
+    data["encoder"]["truncation"] = truncation
+    assert _message(data) == f"manifest.json: {expected}"

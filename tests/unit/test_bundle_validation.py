@@ -2,7 +2,9 @@
 
 Every case starts from a real tiny bundle (lmroute.bundle.testing: a tiny real ONNX encoder and
 classifier, real .npy files, a real FAISS index), breaks one thing, and, where the break is meant to get
-past the checksum pass, re-signs the file in manifest.json the way a buggy writer would.
+past the checksum pass, re-signs the file in manifest.json the way a buggy writer would. An edited
+manifest is stamped with its content version, as a writer stamps it, so that the check under test is
+the one that refuses it (manifest edits left unstamped: tests/unit/test_bundle_integrity.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 from lmroute.bundle import BundleError, load_bundle, update_calibration, write_bundle
 from lmroute.bundle.loader import read_manifest
-from lmroute.bundle.manifest import Calibration
+from lmroute.bundle.manifest import Calibration, content_version_of
 from lmroute.bundle.testing import make_fake_classifier, make_fake_encoder_dir, make_tiny_bundle
 from lmroute.bundle.writer import RouterArtifacts, stage_bundle
 
@@ -49,8 +51,11 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 
 def _edit_manifest(root: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
+    """Edit manifest.json and stamp it with the content version of the edit (as a writer would), so the
+    check under test, not the integrity check, is the one that refuses it."""
     data = _manifest(root)
     edit(data)
+    data["bundle_version"] = content_version_of(data)
     (root / "manifest.json").write_text(json.dumps(data, indent=2))
 
 
@@ -497,8 +502,9 @@ def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = write_bundle(out, **_rewrite_args(pristine))
     assert first.calibration is None
-    second = write_bundle(out, overwrite=True, bundle_version="v2", **_rewrite_args(pristine))
-    assert read_manifest(out).bundle_version == "v2" == second.bundle_version
+    second = write_bundle(out, overwrite=True, label="v2", **_rewrite_args(pristine))
+    assert read_manifest(out) == second and second.label == "v2"
+    assert second.bundle_version == second.content_version() != first.bundle_version
     for rel, entry in second.files.items():
         blob = (out / rel).read_bytes()
         assert (hashlib.sha256(blob).hexdigest(), len(blob)) == (entry.sha256, entry.bytes)
@@ -508,8 +514,8 @@ def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
 
 
 def test_default_version_follows_the_content(pristine: Path, tmp_path: Path) -> None:
-    """Same content -> same version; other router parameters or a new calibration -> another version;
-    a version given explicitly survives an update."""
+    """Same content -> same version; other router parameters, a new calibration or a label -> another
+    version; a label survives an update."""
     created = "2026-11-28T03:00:00Z"
     a = write_bundle(tmp_path / "a", created_at=created, **_rewrite_args(pristine))
     b = write_bundle(tmp_path / "b", created_at=created, **_rewrite_args(pristine))
@@ -524,8 +530,11 @@ def test_default_version_follows_the_content(pristine: Path, tmp_path: Path) -> 
     )
     recalibrated = update_calibration(tmp_path / "a", calib)
     assert recalibrated.bundle_version == recalibrated.content_version() != a.bundle_version
-    write_bundle(tmp_path / "d", created_at=created, bundle_version="v7", **_rewrite_args(pristine))
-    assert update_calibration(tmp_path / "d", calib).bundle_version == "v7"
+    d = write_bundle(tmp_path / "d", created_at=created, label="v7", **_rewrite_args(pristine))
+    assert d.label == "v7" and d.bundle_version == d.content_version() != a.bundle_version
+    relabelled = update_calibration(tmp_path / "d", calib)
+    assert relabelled.label == "v7" and relabelled.bundle_version == relabelled.content_version()
+    assert relabelled.bundle_version != recalibrated.bundle_version
 
 
 def test_update_calibration(pristine: Path, tmp_path: Path) -> None:

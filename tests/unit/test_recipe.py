@@ -39,6 +39,8 @@ KIND_ATTRIBUTES = (
     "bert_max_tokens",
     "encoder_model_dir",
     "max_tokens",
+    "truncation",
+    "truncation_rule",
 )
 
 
@@ -49,6 +51,7 @@ def test_defaults_are_the_shipped_recipe() -> None:
         "seed": 0,
         "encoder_model_dir": None,
         "max_tokens": 256,
+        "truncation": "head_tail:96",
         "label_weights": (("human", 1.0), ("judge", 1.0), ("golden", 1.0)),
         "elo_source_weights": (),
         "elo_min_comparisons": 1,

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmroute.service.batch_queue import Admission, BatchQueue, Item
+from lmroute.service.admission import Admission
+from lmroute.service.batch_queue import BatchQueue, Item
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import (
     Code,
@@ -428,7 +429,7 @@ def _item(n_tokens: int | None, name: str) -> Item[int]:
 def test_uncounted_item_forms_a_batch_of_its_own() -> None:
     q = BatchQueue()
     for it in (_item(3, "a"), _item(3, "b"), _item(None, "c"), _item(3, "d")):
-        q.append(it)
+        q.append([it], 1)
     assert q.batch_ready(32, 1000)
     batches = []
     while len(q):
@@ -436,7 +437,7 @@ def test_uncounted_item_forms_a_batch_of_its_own() -> None:
         assert not dead
         batches.append([it.text for it in batch])
     assert batches == [["a", "b"], ["c"], ["d"]]
-    q.append(_item(None, "alone"))
+    q.append([_item(None, "alone")], 1)
     assert q.batch_ready(32, 1000)
 
 

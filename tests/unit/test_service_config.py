@@ -15,20 +15,27 @@ from lmroute.service.errors import ConfigError
 # The command line and environment contract (deploy/, scripts/ and the benchmarks use these names).
 FLAGS_AND_VARIABLES = [
     ("--bundle", "LMROUTE_BUNDLE"),
+    ("--bundle-public-key", "LMROUTE_BUNDLE_PUBLIC_KEY"),
     ("--host", "LMROUTE_HOST"),
     ("--port", "LMROUTE_PORT"),
     ("--max-batch-size", "LMROUTE_MAX_BATCH_SIZE"),
+    ("--max-batch-ms", "LMROUTE_MAX_BATCH_MS"),
     ("--max-wait-us", "LMROUTE_MAX_WAIT_US"),
     ("--max-batch-tokens", "LMROUTE_MAX_BATCH_TOKENS"),
     ("--max-queue", "LMROUTE_MAX_QUEUE"),
     ("--queue-timeout-ms", "LMROUTE_QUEUE_TIMEOUT_MS"),
+    ("--admit-wait-ms", "LMROUTE_ADMIT_WAIT_MS"),
     ("--max-prompt-chars", "LMROUTE_MAX_PROMPT_CHARS"),
     ("--max-prompts-per-request", "LMROUTE_MAX_PROMPTS_PER_REQUEST"),
+    ("--max-turns", "LMROUTE_MAX_TURNS"),
+    ("--max-request-chars", "LMROUTE_MAX_REQUEST_CHARS"),
+    ("--max-router-names", "LMROUTE_MAX_ROUTER_NAMES"),
     ("--max-message-bytes", "LMROUTE_MAX_MESSAGE_BYTES"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
     ("--encoder-chunk-size", "LMROUTE_ENCODER_CHUNK_SIZE"),
     ("--device", "LMROUTE_DEVICE"),
     ("--grace-s", "LMROUTE_GRACE_S"),
+    ("--liveness-stall-s", "LMROUTE_LIVENESS_STALL_S"),
     ("--warmup", "LMROUTE_WARMUP"),
     ("--log-level", "LMROUTE_LOG_LEVEL"),
     ("--stats-path", "LMROUTE_STATS_PATH"),
@@ -39,7 +46,7 @@ FLAGS_AND_VARIABLES = [
 def test_defaults_and_frozen() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
     assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.batch.max_batch_size == 16
-    assert cfg.batch == BatchPolicy() and cfg.batch.max_wait_us == 0 and cfg.batch.max_queue == 64
+    assert cfg.batch == BatchPolicy() and cfg.batch.max_wait_us == 0 and cfg.batch.max_queue == 1024
     assert cfg.plugins == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.port = 1  # type: ignore[misc]

@@ -1,0 +1,206 @@
+"""Admission: which calls enter the queue, decided at once from the measured cost of scoring.
+
+Three bounds, checked in this order when a call of `n` prompts arrives (`refusal`):
+
+1. memory: the prompts admitted and not yet answered stay within `max_queue` (QueueFull, QUEUE_FULL);
+2. the caller's deadline: at the measured cost, `n` prompts alone need longer than the deadline leaves
+   (DeadlineExpired, DEADLINE_TOO_SHORT: no retry can succeed, so none is offered); or they would
+   finish after it, sharing the scorer with the calls queued now (QueueFull, OVERLOADED, with the delay
+   after which that work has drained);
+3. queue wait: the work ahead of a newly queued prompt (the running batch and one round over the queued
+   calls, since batches take the calls in turn, up to `per_call` prompts each) plus the new call's own
+   first round stays within `admit_wait_ms`, and never below two batches (2 x `max_batch_ms`), so the
+   scorer always has a next batch ready (QueueFull, OVERLOADED, with a retry delay). A long call counts
+   one visit here, however long it is.
+
+An idle server admits any call that fits bounds 1 and 2, so a call of any allowed size can succeed.
+Until the first batch is measured, only bound 1 applies.
+
+Cost is measured in tokens, not prompts: a prompt's scoring time grows with its length, and prompts in
+one deployment range from ten tokens to the encoder's limit. `ServiceRate` keeps exponentially weighted
+averages of the scorer's seconds per token and of the tokens per prompt over the batches it scores;
+queued prompts are counted by their own token counts (tokenised at admission), a new call's by the
+average. The limits follow the measurements (Little's law: work in front = rate x wait), so admission
+adapts when prompts get longer, routers costlier or the machine slower. `batch_budget` turns
+`max_batch_ms` into a token budget for the next batch, so a batch of long or costly prompts holds fewer
+of them and its time, part of every queued prompt's wait, stays bounded.
+
+`Admission` counts the admitted prompts; a call holds its `Permit` (`with permit:`) until it is answered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import TracebackType
+
+from lmroute.service.config import BatchPolicy
+from lmroute.service.errors import DeadlineExpired, QueueFull, ServiceError
+
+__all__ = ["Admission", "Load", "Permit", "ServiceRate", "batch_budget", "refusal"]
+
+_MIN_RETRY_MS = 10
+_MAX_RETRY_MS = 10_000
+
+
+class ServiceRate:
+    """Exponentially weighted seconds per token and tokens per prompt of the scored batches (None until
+    a batch is observed)."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1] (got {smoothing})")
+        self.smoothing = smoothing
+        self.seconds_per_token: float | None = None
+        self.tokens_per_prompt: float | None = None
+
+    def observe(self, n_prompts: int, n_tokens: int, seconds: float) -> None:
+        """One scored batch of `n_prompts` prompts holding `n_tokens` tokens that took `seconds`."""
+        if n_prompts <= 0 or n_tokens <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        self.seconds_per_token = self._mix(self.seconds_per_token, max(seconds, 1e-9) / n_tokens)
+        self.tokens_per_prompt = self._mix(self.tokens_per_prompt, n_tokens / n_prompts)
+
+    def _mix(self, old: float | None, x: float) -> float:
+        return x if old is None else old + self.smoothing * (x - old)
+
+    @property
+    def measured(self) -> bool:
+        return self.seconds_per_token is not None and self.tokens_per_prompt is not None
+
+    def seconds(self, *, tokens: float = 0.0, prompts: float = 0.0) -> float:
+        """The time to score `tokens` tokens plus `prompts` prompts of average length (0.0 unmeasured)."""
+        if self.seconds_per_token is None or self.tokens_per_prompt is None:
+            return 0.0
+        return (tokens + prompts * self.tokens_per_prompt) * self.seconds_per_token
+
+    @property
+    def prompts_per_s(self) -> float | None:
+        """The measured rate in prompts of average length per second; None before the first batch."""
+        one = self.seconds(prompts=1.0)
+        return 1.0 / one if one > 0 else None
+
+
+@dataclass(frozen=True)
+class Load:
+    """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the tokens
+    of the batch being scored (`running_tokens`), per queued call the tokens one visit takes (`visits`:
+    its next `per_call` prompts) and its prompts still queued (`lengths`).
+
+    A newly queued prompt waits about one round behind the running batch: `ahead_tokens`, however long
+    the queued calls are. A call of `n` prompts needs ceil(n / per_call) rounds."""
+
+    in_flight: int
+    running_tokens: int = 0
+    visits: tuple[int, ...] = ()
+    lengths: tuple[int, ...] = ()
+    per_call: int = 1
+
+    @property
+    def ahead_tokens(self) -> int:
+        return self.running_tokens + sum(self.visits)
+
+
+def batch_budget(policy: BatchPolicy, rate: ServiceRate) -> int | None:
+    """Tokens the next batch may hold: what the scorer scores in `max_batch_ms` at the measured cost
+    (None: no such budget, before the first batch or with `max_batch_ms` 0). A batch always takes at
+    least one prompt."""
+    if policy.max_batch_ms == 0 or rate.seconds_per_token is None:
+        return None
+    return max(1, int(policy.max_batch_ms / 1000.0 / rate.seconds_per_token))
+
+
+def _retry_ms(seconds: float) -> int:
+    """A retry delay in whole milliseconds, rounded up (so the work has drained by then), clamped."""
+    return int(min(max(math.ceil(seconds * 1000.0 - 1e-6), _MIN_RETRY_MS), _MAX_RETRY_MS))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def refusal(n: int, timeout_s: float | None, load: Load, policy: BatchPolicy, rate: ServiceRate) -> ServiceError | None:
+    """Why a call of `n` prompts is refused now (the error to raise), or None to admit it.
+
+    `timeout_s` is the caller's remaining deadline (None: no deadline)."""
+    if load.in_flight + n > policy.max_queue:
+        return QueueFull(
+            f"queue full: {load.in_flight} of {policy.max_queue} prompts admitted, {n} more asked",
+            retry_after_ms=_retry_ms(rate.seconds(prompts=load.in_flight + n - policy.max_queue))
+            if rate.measured
+            else None,
+        )
+    if not rate.measured:
+        return None
+    if timeout_s is not None:
+        alone_s = rate.seconds(prompts=n)
+        if alone_s > timeout_s:
+            return DeadlineExpired(
+                f"deadline: {n} prompts need about {_ms(alone_s)} at the measured cost and the deadline "
+                f"leaves {_ms(max(timeout_s, 0.0))}; split the call or give it a longer deadline",
+                reason="DEADLINE_TOO_SHORT",
+            )
+        rounds = math.ceil(n / load.per_call)
+        shared_s = rate.seconds(tokens=load.running_tokens + rounds * sum(load.visits), prompts=n)
+        if shared_s > timeout_s:
+            return QueueFull(
+                f"overloaded: with the {load.in_flight} prompts in flight the call needs about "
+                f"{_ms(shared_s)} and the deadline leaves {_ms(timeout_s)}",
+                reason="OVERLOADED",
+                retry_after_ms=_retry_ms(shared_s - timeout_s),
+            )
+    if load.in_flight == 0:
+        return None
+    ahead_s = rate.seconds(tokens=load.ahead_tokens)
+    own_s = rate.seconds(prompts=min(n, load.per_call))
+    limit_s = max(policy.admit_wait_ms, 2 * policy.max_batch_ms) / 1000.0
+    if ahead_s + own_s > limit_s:
+        return QueueFull(
+            f"overloaded: about {_ms(ahead_s)} of work ahead (the running batch and a round of "
+            f"{len(load.visits)} queued calls); admitting up to {_ms(limit_s)}",
+            reason="OVERLOADED",
+            retry_after_ms=_retry_ms(ahead_s + own_s - limit_s),
+        )
+    return None
+
+
+class Admission:
+    """A counter of the prompts admitted and not yet answered, bounded by `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def try_acquire(self, n: int) -> Permit | None:
+        """`n` permits at once (hold them with `with permit:`), or None when fewer than `n` are free."""
+        if self._in_use + n > self.limit:
+            return None
+        self._in_use += n
+        return Permit(self, n)
+
+    def _give_back(self, n: int) -> None:
+        self._in_use -= n
+        assert self._in_use >= 0, "admission got back more permits than it gave"
+
+
+class Permit:
+    """`n` admission permits, given back when the `with` block holding them exits."""
+
+    def __init__(self, admission: Admission, n: int) -> None:
+        self._admission = admission
+        self.n = n
+        self._held = True
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._held, "permit given back twice"
+        self._held = False
+        self._admission._give_back(self.n)

@@ -1,0 +1,369 @@
+"""The edges of the gRPC transport against hostile or broken input, on 127.0.0.1 with a FakeScorer:
+call size limits checked before any work, undecodable request bytes, huge names in errors, SIGHUP to
+a serving process, and liveness on a stuck scorer.
+
+Every refusal here must happen before the scheduler: the fake scorer records what reached it and the
+scheduler counts what it admitted, so "before any work" is asserted, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from lmroute.service.client import RouterClient
+from lmroute.service.config import BatchPolicy, ServiceConfig
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
+
+SERVICE = "lmroute.v1.RouterService"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(**kw: object) -> ServiceConfig:
+    base: dict[str, object] = dict(bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0)
+    base.update(kw)
+    return ServiceConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def fake() -> FakeScorer:
+    return FakeScorer(routers=("random", "mf"))
+
+
+@pytest.fixture()
+def make_server(fake: FakeScorer) -> Iterator[Callable[..., ServerThread]]:
+    started: list[ServerThread] = []
+
+    def make(**kw: object) -> ServerThread:
+        configure_logging("info")
+        srv = ServerThread(_config(**kw), scorer_factory=lambda _cfg: fake).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    fake.release()
+    for srv in started:
+        srv.stop()
+    configure_logging("warning")
+
+
+def _reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status details on the error"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    t_end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < t_end, f"{what} not reached in {timeout_s} s"
+        time.sleep(0.005)
+
+
+def _nothing_reached_the_scorer(fake: FakeScorer, srv: ServerThread) -> None:
+    sched = srv.server.scheduler
+    assert sched is not None
+    assert fake.calls == [] and fake.counted == []
+    assert sched.stats.admitted == 0 and sched.stats.invalid == 0 and sched.in_flight == 0
+
+
+def _conversation(turns: int, content: str = "", role: str = "user") -> router_pb2.Prompt:
+    msgs = [router_pb2.ChatMessage(role=role, content=content) for _ in range(turns)]
+    return router_pb2.Prompt(conversation=router_pb2.Conversation(messages=msgs))
+
+
+def test_a_4mb_request_of_500k_empty_turns_is_refused_before_any_work(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server()
+    crafted = router_pb2.ScoreRequest(prompts=[_conversation(500_000)])
+    assert crafted.ByteSize() == 4_000_010  # under the 4 MiB message limit
+    route = router_pb2.RouteRequest(prompt=_conversation(500_000), router="mf", threshold=0.5)
+    with structlog.testing.capture_logs() as logs, RouterClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as score_err:
+            c.stub.Score(crafted, timeout=30)
+        with pytest.raises(grpc.RpcError) as route_err:
+            c.stub.Route(route, timeout=30)
+        _wait(lambda: sum(e["event"] == "rpc" for e in logs) == 2, what="two access log lines")
+    _nothing_reached_the_scorer(fake, srv)
+    assert score_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert score_err.value.details() == "prompts[0].conversation.messages: 500000 turns (limit 256)"
+    assert _reason(score_err.value) == "TOO_MANY_TURNS"
+    assert route_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert route_err.value.details() == "prompt.conversation.messages: 500000 turns (limit 256)"
+    # Walking the 500k turns took ~0.23 s on the loop (measured on 2 shared cores); the refusal reads one
+    # count (~0.1 ms). The handler's own time, from the access log, with a wide one-sided margin:
+    handler_ms = [e["ms"] for e in logs if e["event"] == "rpc"]
+    assert len(handler_ms) == 2 and max(handler_ms) < 100, handler_ms
+
+
+def test_the_turn_limit_is_a_setting_and_a_call_at_the_limit_is_scored(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server(max_turns=4)
+    at_limit = _conversation(3, "earlier")
+    at_limit.conversation.messages.add(role="user", content="the last turn")
+    with RouterClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Score(router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="fine"), _conversation(5, "x")]))
+        res = c.stub.Score(router_pb2.ScoreRequest(prompts=[at_limit], routers=["mf"]), timeout=10)
+    assert e.value.details() == "prompts[1].conversation.messages: 5 turns (limit 4)"
+    assert res.results[0].scores[0].strong_win_probability == FakeScorer.score_one("mf", "the last turn")
+    assert fake.calls == [["the last turn"]]
+
+
+def test_too_many_characters_in_all_is_refused_before_any_work(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server(max_request_chars=20_000)  # = max_prompt_chars: each prompt alone is allowed
+    prompts = [
+        router_pb2.Prompt(text="a " * 4000),
+        _conversation(2, "b" * 3000),
+        router_pb2.Prompt(text="c" * 8001),
+    ]  # 8000 + 6000 + 8001 = 22001 characters
+    with RouterClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as score_err:
+            c.stub.Score(router_pb2.ScoreRequest(prompts=prompts), timeout=10)
+        with pytest.raises(grpc.RpcError) as route_err:
+            c.route("d" * 20_001, router="mf", threshold=0.5)
+        _nothing_reached_the_scorer(fake, srv)
+        ok = c.stub.Score(router_pb2.ScoreRequest(prompts=prompts[:2]), timeout=10)
+    assert score_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert score_err.value.details() == "prompts: 22001 characters in all (limit 20000)"
+    assert _reason(score_err.value) == "REQUEST_TOO_LONG"
+    assert route_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert route_err.value.details() == "prompt: 20001 characters in all (limit 20000)"
+    assert [r.status.code for r in ok.results] == [0, 0]
+
+
+def test_a_score_call_naming_a_million_routers_is_refused_before_any_lookup(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server()
+    crafted = router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="hi")], routers=["mf"] * 1_000_000)
+    assert crafted.ByteSize() == 4_000_006  # under the 4 MiB message limit
+    with RouterClient(srv.target) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Score(crafted, timeout=30)
+        ok = c.score(["hi"], routers=["mf"] * 64)  # at the limit: scored with mf once
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == "routers: 1000000 names (limit 64)"
+    assert _reason(e.value) == "TOO_MANY_ROUTERS"
+    assert [s.router for s in ok.results[0].scores] == ["mf"]
+    assert fake.calls == [["hi"]]
+
+
+GARBAGE = b"\xff" * 16  # a varint tag that never ends: not a protobuf message of any type
+
+
+def test_malformed_request_bytes_are_invalid_argument_and_logged_once(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server()
+    methods = ["Score", "Route", "ListRouters", "GetRouter"]
+    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+        with grpc.insecure_channel(srv.target) as channel:
+            errors = {}
+            for name in methods:
+                raw = channel.unary_unary(f"/{SERVICE}/{name}", request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as e:
+                    raw(GARBAGE, timeout=10)
+                errors[name] = e.value
+            with RouterClient(srv.target) as c:  # the server is unharmed
+                assert c.route("still fine", router="mf", threshold=0.5).router == "mf"
+    for name, err in errors.items():
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert err.details() == (f"request: 16 bytes that do not decode as the request message of /{SERVICE}/{name}")
+        assert _reason(err) == "MALFORMED_REQUEST"
+        _wait(lambda: sum(e["event"] == "rpc" for e in logs) == 5, what="five access log lines")
+    lines = [e for e in logs if e["event"] == "malformed_request"]
+    assert [e["method"] for e in lines] == [f"/{SERVICE}/{name}" for name in methods]
+    for line in lines:
+        assert line["bytes"] == 16 and line["log_level"] == "warning"
+        assert re.fullmatch(r"ipv[46]:.*127\.0\.0\.1.*:\d+", line["peer"]), line["peer"]
+        assert "\\xff" not in repr(line) and "\xff" not in repr(line)  # the bytes themselves never logged
+    codes = [(e["method"], e["code"]) for e in logs if e["event"] == "rpc"]
+    assert codes == [(f"/{SERVICE}/{name}", "INVALID_ARGUMENT") for name in methods] + [(f"/{SERVICE}/Route", "OK")]
+    assert fake.calls == [["still fine"]]
+
+
+def _metadata_bytes(err: grpc.RpcError) -> int:
+    trailers = err.trailing_metadata() or ()
+    return sum(len(k) + len(v) for k, v in trailers)
+
+
+def test_a_200kb_router_name_gives_a_short_not_found(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    srv = make_server()
+    name = "r" * 200_000
+    shown = repr("r" * 64) + "... (200000 characters)"
+    with RouterClient(srv.target) as c:
+        calls = {
+            "Route": lambda: c.route("hello", router=name, threshold=0.5),
+            "Score": lambda: c.score(["hello"], routers=["mf", name]),
+            "GetRouter": lambda: c.get_router(name),
+        }
+        errors = {}
+        for rpc, call in calls.items():
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            errors[rpc] = e.value
+        bad_role = c.score([[{"role": "q" * 200_000, "content": "hi"}]])
+    assert {rpc: e.details() for rpc, e in errors.items()} == {
+        "Route": f"router: unknown router {shown} (loaded: random, mf)",
+        "Score": f"routers[1]: unknown router {shown} (loaded: random, mf)",
+        "GetRouter": f"name: unknown router {shown} (loaded: random, mf)",
+    }
+    for e in errors.values():
+        assert e.code() == grpc.StatusCode.NOT_FOUND and _reason(e) == "ROUTER_NOT_FOUND"
+        assert len(e.details()) < 140, len(e.details())  # for a 200,000-character name
+        assert _metadata_bytes(e) < 1024, _metadata_bytes(e)  # details + status + request id
+    assert bad_role.results[0].status.message == (
+        f"prompts[0].conversation.messages[0].role: unknown role {repr('q' * 64)}... (200000 characters) "
+        "(expected one of system, user, assistant)"
+    )
+    assert fake.calls == [] and srv.server.scheduler is not None and srv.server.scheduler.stats.admitted == 0
+
+
+_SERVE_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from lmroute.service.config import ServiceConfig
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.main import serve
+
+configure_logging("info")
+cfg = ServiceConfig(bundle_path=Path("unused"), port=0, grace_s=2.0)
+sys.exit(asyncio.run(serve(cfg, lambda _cfg: FakeScorer())))
+"""
+
+
+class _Lines:
+    """A subprocess's stderr, read line by line on a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        stream = proc.stderr
+        self._thread = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
+        self._thread.start()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout_s: float = 60.0) -> re.Match[str]:
+        """The `count`-th line matching `pattern` (waited for)."""
+        t_end = time.monotonic() + timeout_s
+        while True:
+            found = [m for line in list(self.lines) if (m := re.search(pattern, line))]
+            if len(found) >= count:
+                return found[count - 1]
+            assert time.monotonic() < t_end, f"no {count} lines matching {pattern!r} in:\n{''.join(self.lines)}"
+            time.sleep(0.02)
+
+
+def test_sighup_is_logged_and_ignored_while_serving() -> None:
+    """serve() (what lmroute-serve runs) in its own process: SIGHUP leaves it serving, SIGTERM drains it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_SCRIPT],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out = _Lines(proc)
+        port = int(out.wait_for(r"lmroute-serve: serving on 127\.0\.0\.1:(\d+)").group(1))
+        with RouterClient(f"127.0.0.1:{port}") as c:
+            before = c.route("before the signal", router="mf", threshold=0.5)
+            proc.send_signal(signal.SIGHUP)
+            out.wait_for(r'"event": "sighup_ignored"')
+            after = c.route("after the signal", router="mf", threshold=0.5)
+            assert c.health() == "SERVING" and c.health(SERVICE) == "SERVING"
+            proc.send_signal(signal.SIGHUP)  # again: still one line each, still serving
+            out.wait_for(r'"event": "sighup_ignored"', count=2)
+            assert c.score(["and again"]).results[0].status.code == 0
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert before.score == FakeScorer.score_one("mf", "before the signal")
+    assert after.score == FakeScorer.score_one("mf", "after the signal")
+    assert sum('"event": "sighup_ignored"' in line for line in out.lines) == 2
+    assert any('"event": "stopped"' in line for line in out.lines)  # drained, not killed
+
+
+def test_liveness_turns_not_serving_on_a_blocked_scorer_and_back_when_it_progresses(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    stall_s = 0.3
+    srv = make_server(liveness_stall_s=stall_s, batch=BatchPolicy(queue_timeout_ms=60_000))
+    with structlog.testing.capture_logs() as logs, RouterClient(srv.target) as c:
+        time.sleep(3 * stall_s)  # idle is not stalled
+        assert c.health() == "SERVING"
+        fake.block()
+        t0 = time.monotonic()
+        stuck = c.stub.Score.future(router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="stuck")]), timeout=60)
+        _wait(fake.entered.is_set, what="the scorer entered")
+        _wait(lambda: c.health() == "NOT_SERVING", what="liveness NOT_SERVING")
+        noticed_s = time.monotonic() - t0
+        assert c.health(SERVICE) == "SERVING"  # readiness: loaded and not draining
+        fake.release()
+        assert stuck.result(timeout=30).results[0].status.code == 0
+        _wait(lambda: c.health() == "SERVING", what="liveness SERVING again")
+    assert noticed_s >= stall_s, noticed_s  # never before the limit
+    events = [e["event"] for e in logs if e["event"] in ("scorer_stalled", "scorer_progressing")]
+    assert events == ["scorer_stalled", "scorer_progressing"]
+
+
+def test_refused_calls_get_sampled_access_lines_not_one_each(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """30 calls refused within a second write one access line; the next one, a second later, carries
+    the count left out; admitted calls keep one line each."""
+    srv = make_server(batch=BatchPolicy(max_queue=2, queue_timeout_ms=20_000))
+    fake.block()
+    req = router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="held")])
+    with structlog.testing.capture_logs() as logs, RouterClient(srv.target) as c:
+        held = [c.stub.Score.future(req, timeout=30) for _ in range(2)]
+        sched = srv.server.scheduler
+        assert sched is not None
+        _wait(lambda: sched.stats.admitted == 2, what="two admitted prompts")
+        t0 = time.monotonic()
+        for _ in range(30):
+            with pytest.raises(grpc.RpcError) as err:
+                c.stub.Score(req, timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - t0 < 1.0, "the 30 refusals took a second or more: sampling not tested"
+        time.sleep(1.05)
+        with pytest.raises(grpc.RpcError):
+            c.stub.Score(req, timeout=30)
+        fake.release()
+        for f in held:
+            f.result()
+        _wait(lambda: sum(e["event"] == "rpc" and e["code"] == "OK" for e in logs) == 2, what="two OK lines")
+    shed = [e for e in logs if e["event"] == "rpc" and e["code"] == "RESOURCE_EXHAUSTED"]
+    assert [(e["reason"], e["suppressed"]) for e in shed] == [("QUEUE_FULL", 0), ("QUEUE_FULL", 29)]

@@ -1,0 +1,294 @@
+"""Admission from the measured rate and fair sharing of the scorer between calls (FakeScorer).
+
+The refusal rule is tested as a pure function; the scheduler tests gate concurrency with
+FakeScorer.block/release and set the measured rate where a test needs a known one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from lmroute.service.admission import Load, ServiceRate, batch_budget, refusal
+from lmroute.service.batch_queue import BatchQueue, Item
+from lmroute.service.config import BatchPolicy
+from lmroute.service.errors import Code, DeadlineExpired, QueueFull, QueueTimeout, status_of
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.scheduler import ItemResult, Scheduler
+from lmroute.service.scorer_api import Tokenized
+
+POLICY = BatchPolicy(max_batch_size=4, max_queue=100, admit_wait_ms=500, queue_timeout_ms=1000, max_batch_ms=100)
+
+
+def measured(seconds_per_token: float = 0.01, tokens_per_prompt: int = 10) -> ServiceRate:
+    """A ServiceRate that has seen one batch: 0.01 s a token x 10 tokens = 0.1 s a prompt by default."""
+    rate = ServiceRate()
+    rate.observe(1, tokens_per_prompt, seconds_per_token * tokens_per_prompt)
+    return rate
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 30))
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
+async def wait_entered(scorer: FakeScorer) -> None:
+    assert await asyncio.to_thread(scorer.entered.wait, 10), "the scorer was never called"
+
+
+def make(scorer: FakeScorer, **kw: int) -> Scheduler[int]:
+    base = dict(max_batch_size=4, max_wait_us=0, max_batch_tokens=100_000, max_queue=256, queue_timeout_ms=5000)
+    base.update(kw)
+    sched: Scheduler[int] = Scheduler(scorer, BatchPolicy(**base))
+    sched.start()
+    return sched
+
+
+# -- the rule ----------------------------------------------------------------------------------------
+
+
+def test_before_any_batch_is_measured_only_the_memory_bound_applies() -> None:
+    unmeasured = ServiceRate()
+    assert refusal(100, 0.001, Load(0), POLICY, unmeasured) is None
+    assert refusal(1, 0.001, Load(60, 400, (10,) * 56, (1,) * 56), POLICY, unmeasured) is None
+    full = refusal(3, None, Load(98), POLICY, unmeasured)
+    assert isinstance(full, QueueFull) and full.reason == "QUEUE_FULL"
+    assert full.message == "queue full: 98 of 100 prompts admitted, 3 more asked"
+    assert status_of(full).retry_after_ms == 50  # not measured: the table's hint
+
+
+def test_memory_bound_offers_the_drain_time_as_retry_delay() -> None:
+    full = refusal(3, None, Load(98), POLICY, measured())
+    assert isinstance(full, QueueFull)
+    assert status_of(full).retry_after_ms == 100  # 1 prompt over at 0.1 s a prompt
+
+
+def test_an_idle_server_admits_a_call_of_any_allowed_size() -> None:
+    assert refusal(100, None, Load(0), POLICY, measured()) is None
+
+
+def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
+    rate = measured()  # 0.01 s a token, 10 tokens a prompt; admitting up to 0.5 s of work ahead
+    # the running batch (20 tokens) + one visit of each queued call (20 tokens) + the new prompt: 0.5 s
+    assert refusal(1, None, Load(7, 20, (5, 5, 10), (1, 1, 1)), POLICY, rate) is None
+    over = refusal(1, None, Load(8, 20, (5, 5, 10, 30), (1, 1, 1, 3)), POLICY, rate)
+    assert isinstance(over, QueueFull) and over.reason == "OVERLOADED"
+    assert over.message == (
+        "overloaded: about 700 ms of work ahead (the running batch and a round of 4 queued calls); "
+        "admitting up to 500 ms"
+    )
+    info = status_of(over)
+    assert info.code is Code.RESOURCE_EXHAUSTED and info.retry_after_ms == 300
+    # a long queued call counts one visit, however long it is
+    assert refusal(1, None, Load(64, 20, (10,), (60,)), POLICY, rate) is None
+    # the new call's own first visit counts: 4 prompts a visit = 0.4 s
+    assert isinstance(refusal(60, None, Load(5, 20, (10,), (3,), per_call=4), POLICY, rate), QueueFull)
+    # cost, not count: one running batch of long prompts is enough to refuse
+    assert isinstance(refusal(1, None, Load(3, 450), POLICY, rate), QueueFull)
+
+
+def test_a_deadline_no_retry_can_meet_is_refused_without_a_retry_delay() -> None:
+    err = refusal(20, 1.0, Load(0), POLICY, measured())
+    assert isinstance(err, DeadlineExpired) and err.reason == "DEADLINE_TOO_SHORT"
+    assert err.message == (
+        "deadline: 20 prompts need about 2000 ms at the measured cost and the deadline leaves 1000 ms; "
+        "split the call or give it a longer deadline"
+    )
+    info = status_of(err)
+    assert info.code is Code.DEADLINE_EXCEEDED and info.retry_after_ms is None
+
+
+def test_a_deadline_the_queued_work_would_pass_gets_a_retry_delay_that_can_succeed() -> None:
+    roomy = BatchPolicy(max_batch_size=16, max_queue=100, admit_wait_ms=10_000)  # the queue wait is not the limit
+    # 8 prompts at 4 a visit need 2 rounds: the running batch (20 tokens) + 2 rounds of (40 + 10) tokens
+    # + the call's own 8 prompts (80 tokens) = 200 tokens: 2.0 s
+    load = Load(10, 20, (40, 10), (30, 1), per_call=4)
+    err = refusal(8, 1.5, load, roomy, measured())
+    assert isinstance(err, QueueFull) and err.reason == "OVERLOADED"
+    assert err.message == (
+        "overloaded: with the 10 prompts in flight the call needs about 2000 ms and the deadline leaves 1500 ms"
+    )
+    assert status_of(err).retry_after_ms == 500
+    assert refusal(8, 2.0, load, roomy, measured()) is None
+
+
+def test_a_batch_holds_the_tokens_the_scorer_clears_in_max_batch_ms() -> None:
+    assert batch_budget(POLICY, ServiceRate()) is None  # not measured yet
+    assert batch_budget(POLICY, measured()) == 10  # 0.1 s / 0.01 s a token
+    assert batch_budget(POLICY, measured(seconds_per_token=1.0)) == 1  # never empty
+    assert batch_budget(BatchPolicy(max_batch_ms=0), measured()) is None
+
+
+def test_service_rate_averages_seconds_per_token_and_tokens_per_prompt() -> None:
+    rate = ServiceRate(smoothing=0.5)
+    assert rate.prompts_per_s is None and not rate.measured
+    rate.observe(4, 40, 0.4)  # 0.01 s a token, 10 tokens a prompt
+    assert rate.prompts_per_s == pytest.approx(10.0)
+    rate.observe(2, 10, 0.3)  # 0.03 s a token, 5 tokens a prompt -> 0.02, 7.5
+    assert rate.seconds_per_token == pytest.approx(0.02) and rate.tokens_per_prompt == pytest.approx(7.5)
+    assert rate.prompts_per_s == pytest.approx(1 / 0.15)
+    rate.observe(0, 0, 1.0)  # ignored
+    assert rate.seconds(tokens=10, prompts=2) == pytest.approx(0.5)
+
+
+# -- the scheduler -------------------------------------------------------------------------------------
+
+
+def test_a_one_prompt_call_joins_the_next_batch_while_a_big_call_is_scored() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer)
+        big = [f"big {i}" for i in range(40)]
+        big_call = asyncio.create_task(sched.score(big))
+        await wait_entered(scorer)  # the first batch of the big call is in the scorer
+        small_call = asyncio.create_task(sched.score(["small"]))
+        await until(lambda: sched.stats.admitted == 41)
+        scorer.release()
+        outs = await big_call
+        [small] = await small_call
+        assert isinstance(small, ItemResult) and all(isinstance(o, ItemResult) for o in outs)
+        assert scorer.calls[0] == big[:4]
+        assert "small" in scorer.calls[1]  # not behind the other 36 prompts
+        assert [t for c in scorer.calls for t in c if t != "small"] == big  # the big call keeps its order
+        await sched.close()
+
+    run(body)
+
+
+def test_each_prompt_wait_counts_from_when_it_enters_the_queue() -> None:
+    """80 prompts in batches of 4 at >= 30 ms a batch take >= 600 ms, well past the 300 ms queue
+    timeout; each prompt enters the queue when its call's turn reaches it, so none times out."""
+
+    async def body() -> None:
+        scorer = FakeScorer(delay_s=0.03)
+        sched = make(scorer, queue_timeout_ms=300)
+        t0 = time.monotonic()
+        outs = await sched.score([f"p{i}" for i in range(80)])
+        assert time.monotonic() - t0 >= 0.6
+        assert all(isinstance(o, ItemResult) for o in outs)
+        assert sched.stats.dropped_queue_timeout == 0 and sched.stats.batches == 20
+        await sched.close()
+
+    run(body)
+
+
+def test_each_prompt_past_the_queue_timeout_fails_on_its_own_clock_unscored() -> None:
+    """Behind a blocked scorer, a call's prompts enter the queue one by one (quantum 1) and each times
+    out 50 ms after it entered: 10 prompts take >= 500 ms to fail, none reaches the scorer."""
+
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, queue_timeout_ms=50)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        t0 = time.monotonic()
+        outs = await sched.score([f"late {i}" for i in range(10)])
+        assert time.monotonic() - t0 >= 0.5
+        assert all(isinstance(o, QueueTimeout) for o in outs)
+        assert sched.stats.dropped_queue_timeout == 10
+        scorer.release()
+        await first
+        assert all(not t.startswith("late") for c in scorer.calls for t in c)
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_scheduler_refuses_overload_from_the_measured_rate() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, admit_wait_ms=450, max_batch_ms=0)
+        # one-word prompts have 3 tokens (FakeScorer: words + 2) and cost 0.1 s each: 0.45 s admits a
+        # new prompt behind at most 3 queued ones (the idle fast path's prompt in the scorer counts no
+        # tokens), so 4 wait and the 5th is refused
+        sched.rate.observe(1, 3, 0.1)
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        waiting = [asyncio.create_task(sched.score([f"w{i}"])) for i in range(4)]
+        await until(lambda: sched.stats.admitted == 5)
+        with pytest.raises(QueueFull) as e:
+            await sched.score(["one too many"])
+        assert e.value.reason == "OVERLOADED" and sched.stats.rejected_overload == 1
+        assert sched.in_flight == 5
+        scorer.release()
+        await first
+        outs = [o for call in await asyncio.gather(*waiting) for o in call]
+        assert len(outs) == 4 and all(isinstance(o, ItemResult) for o in outs)
+        await sched.close()
+
+    run(body)
+
+
+def test_scheduler_refuses_a_call_its_deadline_cannot_hold() -> None:
+    async def body() -> None:
+        sched = make(FakeScorer())
+        sched.rate.observe(1, 3, 0.1)  # 0.1 s a prompt
+        with pytest.raises(DeadlineExpired) as e:
+            await sched.score([f"p{i}" for i in range(20)], timeout_s=1.0)
+        assert e.value.reason == "DEADLINE_TOO_SHORT" and sched.stats.rejected_deadline == 1
+        outs = await sched.score([f"p{i}" for i in range(20)], timeout_s=5.0)
+        assert all(isinstance(o, ItemResult) for o in outs)
+        await sched.close()
+
+    run(body)
+
+
+def test_stalled_s_grows_while_work_waits_on_a_blocked_scorer() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer)
+        assert sched.stalled_s(time.monotonic() + 100) == 0.0  # idle: never stalled
+        scorer.block()
+        call = asyncio.create_task(sched.score(["stuck"]))
+        await wait_entered(scorer)
+        assert sched.stalled_s(time.monotonic() + 5) >= 5.0
+        scorer.release()
+        await call
+        assert sched.stalled_s(time.monotonic() + 100) == 0.0
+        await sched.close()
+
+    run(body)
+
+
+def _items(names: list[str], n_tokens: int = 3) -> list[Item[int]]:
+    loop = asyncio.new_event_loop()
+    try:
+        return [Item(name, ("mf",), Tokenized(n_tokens, n_tokens), loop.create_future(), 0.0) for name in names]
+    finally:
+        loop.close()
+
+
+def test_batches_take_the_calls_in_rounds_of_a_quantum_each() -> None:
+    released: list[str] = []
+    q: BatchQueue[int] = BatchQueue(on_release=lambda it: released.append(it.text))
+    q.append(_items([f"a{i}" for i in range(6)]), quantum=2)
+    q.append(_items(["b0"]), quantum=2)
+    q.append(_items(["c0", "c1", "c2"]), quantum=2)
+    assert released == ["a0", "a1", "b0", "c0", "c1"] and len(q) == 10
+    assert q.line_lengths() == (6, 1, 3)
+    assert [it.text for it in q.next_batch(5, 1000)[0]] == ["a0", "a1", "b0", "c0", "c1"]
+    assert q.line_lengths() == (4, 1)  # a, then c: b is done; each visited line went to the back
+    assert [it.text for it in q.next_batch(4, 1000)[0]] == ["a2", "a3", "c2", "a4"]
+    assert [it.text for it in q.next_batch(4, 1000)[0]] == ["a5"]
+    assert len(q) == 0 and q.next_batch(4, 1000) == ([], [])
+
+
+def test_dead_items_are_skipped_and_reported_and_the_line_moves_on() -> None:
+    q: BatchQueue[int] = BatchQueue()
+    a = _items(["a0", "a1", "a2"])
+    q.append(a, quantum=1)
+    a[0].future.cancel()
+    a[1].future.cancel()
+    batch, dead = q.next_batch(4, 1000)
+    assert [it.text for it in batch] == ["a2"] and [it.text for it in dead] == ["a0"]
+    assert len(q) == 0  # a1 was dropped while held: its done-callback counts it, not the queue
