@@ -14,8 +14,10 @@ Server-side work is pinned to `--server-cores` and ghz to `--client-cores` (task
    deadline 60 s, and after RESOURCE_EXHAUSTED it waits the RetryInfo delay before the next call. A
    Score call answered OK with some prompts failed alone (queue timeout) counts as OK_PARTIAL, and its
    scored prompts count as OK prompts. Recorded per phase: status counts of each, latency
-   percentiles of the OK calls, OK prompts/s (OK Route calls + 64 x OK Score calls), the server's log
-   lines per second (its stderr at the default log level, info), and its refusal counters.
+   percentiles of the OK calls, OK prompts/s (OK Route calls + the scored prompts of Score calls), the
+   share of the phase the scorer spent scoring (from the server's timings: the throughput measure that
+   does not depend on the mix of cheap and costly prompts), the server's log lines per second (its
+   stderr at the default log level, info), and its refusal counters.
 The goals it checks (printed and written): OK prompts/s at every load >= 90 % of the best phase;
 accepted (OK) Route p99 <= 2 x the queue timeout (a 64-prompt Score call's own scoring takes longer
 than that on a CPU core, so its latency is reported, not judged); no status other than OK,
@@ -51,6 +53,7 @@ from run import default_cores
 
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy
+from lmroute.service.stats import diff_snapshots
 
 REPO = HERE.parent.parent
 SCORE_PROMPTS = 64
@@ -157,9 +160,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "offered_route_rps": rps,
                 "route": r,
                 "score": s,
-                "ok_prompts_per_s": ok_prompts / args.seconds,
+                "ok_prompts_per_s": ok_prompts / wall,  # the wall includes the Score call still running at the end
                 "log_lines": lines,
                 "log_lines_per_s": lines / wall,
+                "scorer_busy": diff_snapshots(before, after)["score_ms"].total / 1000.0 / wall,
                 "server_counters": counters,
             }
             res["phases"].append(phase)
@@ -192,15 +196,15 @@ def report(res: dict[str, Any]) -> str:
         f"Capacity (closed-loop Route, best of concurrency 16 / 32): {res['capacity']['calls_per_s']:.1f} calls/s.",
         "",
         "| load | Route offered/s | Route OK/s | Route statuses | Route OK p50 / p99 ms | Score calls answered | "
-        "Score statuses | Score p99 ms | OK prompts/s | of best | log lines/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Score statuses | Score p99 ms | OK prompts/s | of best | scorer busy | log lines/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in res["phases"]:
         r, s = p["route"], p["score"]
         lines.append(
             f"| {p['load']}x | {p['offered_route_rps']} | {r['ok_per_s']:.1f} | {_codes(r)} | "
             f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {s['ok']} | {_codes(s)} | {s['p99_ms']:.0f} | "
-            f"{p['ok_prompts_per_s']:.1f} | {p['of_best']:.2f} | {p['log_lines_per_s']:.1f} |"
+            f"{p['ok_prompts_per_s']:.1f} | {p['of_best']:.2f} | {p['scorer_busy']:.0%} | {p['log_lines_per_s']:.1f} |"
         )
     lines += ["", "Server refusal counters per phase (calls):", ""]
     for p in res["phases"]:
