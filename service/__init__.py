@@ -8,7 +8,8 @@ Three one-way layers (transport -> scheduler -> scorers):
     interceptors.py  request id, access log (shed calls sampled), malformed bytes, ServiceError -> gRPC status
     liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
-    prompts.py       wire Prompt (text / conversation) -> text to score
+    prompts.py       wire Prompt (text / conversation) -> text to score, per-call caps
+    decisions.py     decision ids (time-ordered, 32 hex) on every Route answer and scored prompt
     errors.py        the exception tree and THE error -> status-code table (no gRPC import)
     scheduler.py     admission + tokenising at admission + micro-batching worker + scoring thread
     admission.py     who is admitted: memory bound, caller deadline, queue wait at the measured rate

@@ -3,8 +3,10 @@
 Each RPC validates its request (InvalidArgument naming the field), resolves the router names it asks
 for against the loaded routers (NotFound naming the first unknown one; the only place names are
 checked: the scheduler and the scorer take the resolved names as given), asks the scheduler, and builds
-the response. The size limits of a call (prompts, router names, turns per conversation, characters in
-all) are checked first, from counts, before any prompt is extracted or any name looked up. A caller's
+the response; every routing decision in it (a Route answer, each scored prompt) gets its own decision
+id (lmroute.service.decisions). The size limits of a call (prompts, router names, turns per
+conversation, characters in all) are checked first, from counts, before any prompt is extracted or any
+name looked up. A caller's
 string quoted in an error is cut (`errors.echo`). Whole-call errors (including a queue timeout or
 deadline that hit every prompt of a call) are raised as ServiceError and turned into a gRPC status by
 the interceptor (lmroute.service.interceptors); per-prompt errors, including a queue timeout of some
@@ -20,6 +22,7 @@ from typing import Any
 import grpc
 
 from lmroute.service.batch_queue import ItemResult
+from lmroute.service.decisions import new_decision_id
 from lmroute.service.errors import (
     Code,
     DeadlineExpired,
@@ -118,6 +121,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             item = response.results.add(index=i)
             if isinstance(out, ItemResult):
                 item.status.code = Code.OK
+                item.decision_id = new_decision_id()
                 item.n_tokens = out.n_tokens
                 item.truncated = out.truncated
                 for name in routers:
@@ -178,6 +182,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             bundle_version=catalog.version,
             n_tokens=out.n_tokens,
             truncated=out.truncated,
+            decision_id=new_decision_id(),
+            propensity=1.0,  # no exploration: the policy's choice
         )
 
     async def ListRouters(

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy, ServiceConfig
+from lmroute.service.decisions import decision_id_time_ms
 from lmroute.service.errors import ConfigError
 from lmroute.service.fake_scorer import FakeScorer
 from lmroute.service.logs import configure_logging
@@ -440,3 +441,22 @@ def test_a_plugin_that_cannot_be_imported_is_a_config_error(fake: FakeScorer) ->
     )
     assert srv.server.scheduler is None and srv.server.servicer.scheduler is None
     srv.stop()
+
+
+def test_every_decision_carries_its_own_id_and_route_its_propensity(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    srv = make_server()
+    t0_ms = int(time.time() * 1000)
+    with RouterClient(srv.target) as c:
+        routes = [c.route(f"prompt {i}", router="mf", threshold=0.5) for i in range(20)]
+        res = c.stub.Score(_req("one", "", "three"), timeout=20)
+    t1_ms = int(time.time() * 1000)
+    for d in routes:
+        assert d.propensity == 1.0  # no exploration
+        assert t0_ms <= decision_id_time_ms(d.decision_id) <= t1_ms
+    ok, empty, three = res.results
+    assert empty.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and empty.decision_id == ""
+    ids = [d.decision_id for d in routes] + [ok.decision_id, three.decision_id]
+    assert len(set(ids)) == len(ids) == 22
+    assert all(t0_ms <= decision_id_time_ms(i) <= t1_ms for i in ids)
