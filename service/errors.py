@@ -4,11 +4,13 @@
     +-- InvalidArgument                INVALID_ARGUMENT; the message names the field,
                                        e.g. `prompts[3]: empty prompt`
     +-- NotFound                       NOT_FOUND (unknown router)
-    +-- QueueFull                      RESOURCE_EXHAUSTED (admission refused; retry after a delay)
+    +-- QueueFull                      RESOURCE_EXHAUSTED (admission refused: QUEUE_FULL or OVERLOADED;
+                                       retry after the delay it carries)
     +-- QueueTimeout                   UNAVAILABLE (waited in the queue longer than queue_timeout_ms)
     +-- NotReady                       UNAVAILABLE (bundle not loaded and warmed yet)
     +-- Draining                       UNAVAILABLE (shutting down; no new work)
-    +-- DeadlineExpired                DEADLINE_EXCEEDED (client deadline passed before scoring)
+    +-- DeadlineExpired                DEADLINE_EXCEEDED (client deadline passed before scoring, or
+                                       DEADLINE_TOO_SHORT: it cannot hold the call at the measured cost)
     +-- ScorerFailed                   INTERNAL (the scorer raised; details logged, not returned)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
@@ -93,7 +95,8 @@ class NotFound(ServiceError):
 
 
 class QueueFull(ServiceError):
-    """Admission refused: the queue holds max_queue prompts already."""
+    """Admission refused: max_queue prompts admitted already (QUEUE_FULL), or the work ahead at the
+    measured cost is more than admission allows (OVERLOADED)."""
 
     default_reason = "QUEUE_FULL"
 
