@@ -84,8 +84,8 @@ class ServiceRate:
 @dataclass(frozen=True)
 class Load:
     """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the tokens
-    of the batch being scored (`running_tokens`), per queued call the tokens one visit takes (`visits`:
-    its next `per_call` prompts) and its prompts still queued (`lengths`).
+    of the batch being scored (`running_tokens`) and, per queued call, the tokens one visit takes
+    (`visits`: its next `per_call` prompts).
 
     A newly queued prompt waits about one round behind the running batch: `ahead_tokens`, however long
     the queued calls are. A call of `n` prompts needs ceil(n / per_call) rounds."""
@@ -93,7 +93,6 @@ class Load:
     in_flight: int
     running_tokens: int = 0
     visits: tuple[int, ...] = ()
-    lengths: tuple[int, ...] = ()
     per_call: int = 1
 
     @property

@@ -86,10 +86,6 @@ class CallLine(Generic[T]):
     def __len__(self) -> int:
         return len(self.released) + len(self.held)
 
-    def items(self) -> list[Item[T]]:
-        """Every queued item of the call, released first."""
-        return [*self.released, *self.held]
-
 
 class BatchQueue(Generic[T]):
     """Queued items as one line per call, batched round robin; two verbs: `append` and `next_batch`."""

@@ -183,7 +183,6 @@ class Scheduler(Generic[T]):
             self._admission.in_use,
             self._running_tokens,
             self._queue.line_visits(),
-            self._queue.line_lengths(),
             self.policy.call_quantum,
         )
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate)

@@ -56,7 +56,7 @@ def make(scorer: FakeScorer, **kw: int) -> Scheduler[int]:
 def test_before_any_batch_is_measured_only_the_memory_bound_applies() -> None:
     unmeasured = ServiceRate()
     assert refusal(100, 0.001, Load(0), POLICY, unmeasured) is None
-    assert refusal(1, 0.001, Load(60, 400, (10,) * 56, (1,) * 56), POLICY, unmeasured) is None
+    assert refusal(1, 0.001, Load(60, 400, (10,) * 56), POLICY, unmeasured) is None
     full = refusal(3, None, Load(98), POLICY, unmeasured)
     assert isinstance(full, QueueFull) and full.reason == "QUEUE_FULL"
     assert full.message == "queue full: 98 of 100 prompts admitted, 3 more asked"
@@ -76,8 +76,8 @@ def test_an_idle_server_admits_a_call_of_any_allowed_size() -> None:
 def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
     rate = measured()  # 0.01 s a token, 10 tokens a prompt; admitting up to 0.5 s of work ahead
     # the running batch (20 tokens) + one visit of each queued call (20 tokens) + the new prompt: 0.5 s
-    assert refusal(1, None, Load(7, 20, (5, 5, 10), (1, 1, 1)), POLICY, rate) is None
-    over = refusal(1, None, Load(8, 20, (5, 5, 10, 30), (1, 1, 1, 3)), POLICY, rate)
+    assert refusal(1, None, Load(7, 20, (5, 5, 10)), POLICY, rate) is None
+    over = refusal(1, None, Load(8, 20, (5, 5, 10, 30)), POLICY, rate)
     assert isinstance(over, QueueFull) and over.reason == "OVERLOADED"
     assert over.message == (
         "overloaded: about 700 ms of work ahead (the running batch and a round of 4 queued calls); "
@@ -86,9 +86,9 @@ def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
     info = status_of(over)
     assert info.code is Code.RESOURCE_EXHAUSTED and info.retry_after_ms == 300
     # a long queued call counts one visit, however long it is
-    assert refusal(1, None, Load(64, 20, (10,), (60,)), POLICY, rate) is None
+    assert refusal(1, None, Load(64, 20, (10,)), POLICY, rate) is None
     # the new call's own first visit counts: 4 prompts a visit = 0.4 s
-    assert isinstance(refusal(60, None, Load(5, 20, (10,), (3,), per_call=4), POLICY, rate), QueueFull)
+    assert isinstance(refusal(60, None, Load(5, 20, (10,), per_call=4), POLICY, rate), QueueFull)
     # cost, not count: one running batch of long prompts is enough to refuse
     assert isinstance(refusal(1, None, Load(3, 450), POLICY, rate), QueueFull)
 
@@ -108,7 +108,7 @@ def test_a_deadline_the_queued_work_would_pass_gets_a_retry_delay_that_can_succe
     roomy = BatchPolicy(max_batch_size=16, max_queue=100, admit_wait_ms=10_000)  # the queue wait is not the limit
     # 8 prompts at 4 a visit need 2 rounds: the running batch (20 tokens) + 2 rounds of (40 + 10) tokens
     # + the call's own 8 prompts (80 tokens) = 200 tokens: 2.0 s
-    load = Load(10, 20, (40, 10), (30, 1), per_call=4)
+    load = Load(10, 20, (40, 10), per_call=4)
     err = refusal(8, 1.5, load, roomy, measured())
     assert isinstance(err, QueueFull) and err.reason == "OVERLOADED"
     assert err.message == (
