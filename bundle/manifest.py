@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
     "ENCODER_FILES",
+    "encoder_identity",
     "READABLE_SCHEMA_VERSIONS",
     "Blend",
     "Calibration",
@@ -41,6 +42,7 @@ __all__ = [
     "DifficultyPriorSpec",
     "EncoderSpec",
     "FileEntry",
+    "Lineage",
     "Manifest",
     "RouterSpec",
     "TrainingData",
@@ -381,6 +383,61 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where an adapted bundle comes from (the optional `lineage` key, written by `lmroute.adapt`): the
+    parent bundle's version, the router the adaptation added, the outcomes it learnt from (kind "paired"
+    or "single", how many, the time range as ISO-8601 UTC strings), the learner and its numeric settings,
+    and how many recent prompts calibrated the router's thresholds. A manifest without it has no key."""
+
+    parent_version: str
+    router: str
+    outcome_kind: str
+    n_outcomes: int
+    first_outcome_at: str
+    last_outcome_at: str
+    learner: str
+    settings: Mapping[str, float]
+    calibration_prompts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parent_version": self.parent_version,
+            "router": self.router,
+            "outcome_kind": self.outcome_kind,
+            "n_outcomes": self.n_outcomes,
+            "first_outcome_at": self.first_outcome_at,
+            "last_outcome_at": self.last_outcome_at,
+            "learner": self.learner,
+            "settings": dict(self.settings),
+            "calibration_prompts": self.calibration_prompts,
+        }
+
+    @classmethod
+    def _parse(cls, node: Node) -> Lineage:
+        settings_node = node.node("settings")
+        settings = {name: settings_node.float_(name) for name in settings_node.keys()}
+        settings_node.close()
+        lineage = cls(
+            parent_version=node.str_("parent_version"),
+            router=node.str_("router"),
+            outcome_kind=node.str_("outcome_kind"),
+            n_outcomes=node.int_("n_outcomes"),
+            first_outcome_at=node.str_("first_outcome_at"),
+            last_outcome_at=node.str_("last_outcome_at"),
+            learner=node.str_("learner"),
+            settings=settings,
+            calibration_prompts=node.int_("calibration_prompts"),
+        )
+        node.close()
+        if lineage.outcome_kind not in ("paired", "single"):
+            raise fail(f"{node.key('outcome_kind')}: must be 'paired' or 'single', got {lineage.outcome_kind!r}")
+        for name in ("n_outcomes", "calibration_prompts"):
+            if getattr(lineage, name) < 0:
+                raise fail(f"{node.key(name)}: must be >= 0, got {getattr(lineage, name)}")
+        return lineage
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parsed manifest.json. Mappings keep the file's order (routers in manifest order).
 
@@ -402,6 +459,7 @@ class Manifest:
     difficulty_prior: DifficultyPriorSpec | None = None
     schema_version: int = SCHEMA_VERSION
     label: str = ""
+    lineage: Lineage | None = None
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -424,6 +482,8 @@ class Manifest:
         if self.schema_version >= 2:
             prior = self.difficulty_prior
             out["difficulty_prior"] = None if prior is None else prior.to_dict()
+        if self.lineage is not None:
+            out["lineage"] = self.lineage.to_dict()
         return out
 
     def content_version(self) -> str:
@@ -496,6 +556,7 @@ class Manifest:
             difficulty_prior=prior,
             schema_version=version,
             label=_parse_label(root),
+            lineage=Lineage._parse(root.node("lineage")) if root.has("lineage") else None,
         )
         root.close()
         manifest.check()
@@ -549,6 +610,8 @@ class Manifest:
                 raise fail(f"routers.{name}.blend: needs a difficulty_prior, the bundle has none")
         if self.calibration is not None:
             self._check_calibration_routers(self.calibration)
+        if self.lineage is not None and self.lineage.router not in self.routers:
+            raise fail(f"lineage.router: {self.lineage.router!r} is not a router of this bundle")
 
     def _check_file_refs(self) -> None:
         refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]
@@ -612,3 +675,13 @@ def content_version_of(data: Mapping[str, Any]) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in manifest.json")
+
+
+def encoder_identity(manifest: Manifest) -> str:
+    """16 hex characters naming the encoder's embedding space: a hash of its manifest entry (name,
+    dimension, token limit, pooling, truncation) and its files' checksums. Two bundles with the same
+    encoder give the same id, whatever their routers."""
+    enc = manifest.encoder
+    sums = sorted(manifest.files[path].sha256 for path in enc.files.values() if path in manifest.files)
+    blob = json.dumps({"encoder": enc.to_dict(), "sha256": sums}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -76,7 +76,9 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
         help="exported encoders and prompt embeddings, reused across builds",
     )
-    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=kinds.names())
+    # `adapted` is made from a deployment's outcomes (lmroute.adapt), never by a build
+    buildable = [k for k in kinds.names() if k != "adapted"]
+    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=buildable)
     _add_plugin(p)
     p.add_argument(
         "--quick",
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=None, help="write the findings as JSON here")
     _add_integrity_commands(sub)
+    _add_outcome_commands(sub)
+    _add_adapt_command(sub)
     return parser
 
 
@@ -165,6 +169,102 @@ def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--public-key", type=Path, default=None, help="public key PEM the signature must verify with")
     _add_plugin(p)
+
+
+def _add_outcome_commands(sub: argparse._SubParsersAction) -> None:
+    """import-outcomes (docs/OUTCOMES.md)."""
+    p = sub.add_parser("import-outcomes", help="import outcomes from a JSONL file into an outcome store")
+    p.add_argument("file", type=Path, help="JSONL outcomes (format: lmroute.outcomes.jsonl, docs/OUTCOMES.md)")
+    p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
+    p.add_argument("--bundle", type=Path, default=None, help="take the strong/weak pair from this bundle")
+    p.add_argument("--strong", default=None, help="strong model of paired / preference outcomes")
+    p.add_argument("--weak", default=None, help="weak model of paired / preference outcomes")
+    p.add_argument(
+        "--no-store-prompts", action="store_true", help="keep only prompt hashes, never texts (the privacy switch)"
+    )
+
+
+def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
+    """adapt (docs/ADAPTATION.md)."""
+    p = sub.add_parser(
+        "adapt", help="learn from an outcome store: adapt a bundle, gate it, write it when the gate accepts"
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle serving now (the champion)")
+    p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
+    p.add_argument("--out", type=Path, required=True, help="where the adapted bundle is written (if accepted)")
+    p.add_argument("--kind", choices=("paired", "single"), default="paired", help="which outcomes to learn from")
+    p.add_argument("--base-router", default="mf", help="the trained router the head is blended with")
+    p.add_argument("--since-ms", type=int, default=0, help="only outcomes received from this Unix time (ms) on")
+    p.add_argument("--margin", type=float, default=None, help="gate margin in APGR (default 0.01)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_plugin(p)
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    """Run one adaptation; exit 0 when a candidate was accepted and written, 4 when the gate refused it."""
+    from lmroute.adapt.from_store import adapt_from_store
+    from lmroute.outcomes.store import StoreError, open_store
+
+    try:
+        store = open_store(args.store)
+    except StoreError as exc:
+        print(f"{PROG} adapt: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run = adapt_from_store(
+            args.bundle,
+            store,
+            args.out,
+            kind=args.kind,
+            base_router=args.base_router,
+            since_ms=args.since_ms,
+            margin=args.margin,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+        print(f"{PROG} adapt: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps(run.report, indent=2, sort_keys=True))
+    if run.accepted:
+        print(f"accepted: bundle {run.candidate_version} written to {args.out} ({run.n_outcomes} outcomes)")
+        return 0
+    print(f"refused by the gate: {run.report['gate'].get('reason', '')} (nothing written)")
+    return 4
+
+
+def _import_outcomes(args: argparse.Namespace) -> int:
+    """Import a JSONL outcome file whole (or nothing, listing its bad lines); counts per verdict."""
+    from lmroute.bundle.manifest import Manifest
+    from lmroute.outcomes.jsonl import read_outcomes
+    from lmroute.outcomes.store import StoreError, open_store
+
+    strong, weak = args.strong, args.weak
+    try:
+        if args.bundle is not None:
+            pair = Manifest.from_json((args.bundle / "manifest.json").read_bytes()).default_pair
+            strong, weak = strong or pair.strong, weak or pair.weak
+        if not strong or not weak:
+            raise ValueError("give --bundle or both --strong and --weak (the pair paired outcomes are about)")
+        outcomes = read_outcomes(args.file, strong=strong, weak=weak)
+        store = open_store(args.store, store_prompts=not args.no_store_prompts)
+    except (ValueError, OSError, StoreError) as exc:  # OutcomeFileError and BundleError are ValueErrors
+        print(f"{PROG} import-outcomes: {exc}", file=sys.stderr)
+        return 1
+    counts: dict[str, int] = {}
+    try:
+        for start in range(0, len(outcomes), 1000):
+            for verdict in store.write([], outcomes[start : start + 1000]):
+                counts[verdict.value] = counts.get(verdict.value, 0) + 1
+    finally:
+        store.close()
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{len(outcomes)} outcomes from {args.file} into {store.name}: {summary}")
+    refused = sum(v for k, v in counts.items() if k not in ("stored", "duplicate"))
+    return 0 if refused == 0 else 3
 
 
 def _integrity_command(args: argparse.Namespace) -> int:
@@ -251,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return contamination_main(args)
     if args.cmd in ("restamp", "keygen", "sign", "verify"):
         return _integrity_command(args)
+    if args.cmd == "import-outcomes":
+        return _import_outcomes(args)
+    if args.cmd == "adapt":
+        return _adapt(args)
     parser.error(f"unknown command {args.cmd}")
     return 2
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generates the Python protobuf/gRPC modules and mypy stubs next to the .proto files in proto/.
+# Generates the Python protobuf/gRPC modules and mypy stubs next to every .proto file of proto/lmroute/v1/
+# (router.proto: RouterService; admin.proto: AdminService), as lmroute.v1.<name>_pb2 / _pb2_grpc.
 # Usage: scripts/gen_proto.sh [python]   (default: .venv/bin/python of the repository)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

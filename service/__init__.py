@@ -8,6 +8,10 @@ Three one-way layers (transport -> scheduler -> scorers):
     interceptors.py  request id, access log (shed calls sampled), malformed bytes, ServiceError -> gRPC status
     liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
+    feedback.py      Feedback on the wire <-> the outcome store's records; decision records of answers
+    exploration.py   Route's exploration rule: decisions flipped near the threshold, with their propensity
+    admin.py         AdminService RPCs: ReloadBundle (hot swap), GetBundle
+    bundle_swap.py   BundleSwapper: load, check, warm a candidate off the loop, switch between batches, watch the path
     prompts.py       wire Prompt (text / conversation) -> text to score, per-call caps
     decisions.py     decision ids (time-ordered, 32 hex) on every Route answer and scored prompt
     errors.py        the exception tree and THE error -> status-code table (no gRPC import)

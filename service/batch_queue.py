@@ -27,8 +27,11 @@ import collections
 import enum
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from lmroute.service.scorer_api import Tokenized
 
@@ -47,11 +50,15 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class ItemResult:
-    """The scores of one prompt: router -> strong-win probability, plus token facts."""
+    """The scores of one prompt: router -> strong-win probability, plus token facts, the version of the
+    artifacts that scored it and, when the batch ran the encoder, the prompt's embedding (what the
+    outcome store keeps with the decision)."""
 
     n_tokens: int
     truncated: bool
     scores: dict[str, float]
+    version: str = ""
+    embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(eq=False)

@@ -26,6 +26,7 @@ import numpy as np
 
 from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.manifest import encoder_identity
 from lmroute.bundle.routers import PromptBatch
 from lmroute.service.errors import ConfigError
 from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
@@ -178,6 +179,7 @@ class BundleScorer:
             truncated=np.asarray(batch_tokens.truncated, dtype=bool),
             scores=scores,
             encoder_s=encoder_s,
+            embeddings=emb,
         )
 
     def _embed(self, tokens: TokenBatch) -> np.ndarray:
@@ -223,4 +225,5 @@ class BundleScorer:
             encoder_pooling=m.encoder.pooling,
             encoder_quantized=m.encoder.quantized,
             encoder_truncation=str(m.encoder.truncation),
+            encoder_id=encoder_identity(m),
         )

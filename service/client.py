@@ -5,6 +5,7 @@ with RouterClient("127.0.0.1:50051") as c:
     r = c.score(["Prove Fermat's little theorem"], routers=["mf"])
     d = c.route("hi", router="mf", strong_share=0.3)
     d.chosen_model
+    c.reload_bundle("/srv/bundles/next")         # AdminService: hot swap; c.get_bundle(): what serves
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lmroute.v1 import router_pb2, router_pb2_grpc
+from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = ["RouterClient", "PromptLike", "to_prompt"]
 
@@ -55,6 +56,7 @@ class RouterClient:
             ],
         )
         self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def __enter__(self) -> RouterClient:
@@ -114,6 +116,28 @@ class RouterClient:
         resp: router_pb2.GetRouterResponse = self.stub.GetRouter(
             router_pb2.GetRouterRequest(name=name), **self._kw(timeout_s)
         )
+        return resp
+
+    def feedback(
+        self, outcomes: Sequence[router_pb2.OutcomeReport], *, timeout_s: float | None = None
+    ) -> router_pb2.FeedbackResponse:
+        """Report outcomes (see router.proto's OutcomeReport); one ItemStatus per outcome."""
+        resp: router_pb2.FeedbackResponse = self.stub.Feedback(
+            router_pb2.FeedbackRequest(outcomes=list(outcomes)), **self._kw(timeout_s)
+        )
+        return resp
+
+    def reload_bundle(self, path: str = "", *, timeout_s: float | None = None) -> admin_pb2.ReloadBundleResponse:
+        """Hot-swap the server's bundle for the one at `path` on the server ("" = its serving path again);
+        FAILED_PRECONDITION when the candidate is refused (the old bundle keeps serving)."""
+        resp: admin_pb2.ReloadBundleResponse = self.admin.ReloadBundle(
+            admin_pb2.ReloadBundleRequest(path=path), **self._kw(timeout_s)
+        )
+        return resp
+
+    def get_bundle(self, *, timeout_s: float | None = None) -> admin_pb2.GetBundleResponse:
+        """The serving bundle (version, path, when loaded), the swap in progress and the swap counters."""
+        resp: admin_pb2.GetBundleResponse = self.admin.GetBundle(admin_pb2.GetBundleRequest(), **self._kw(timeout_s))
         return resp
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:

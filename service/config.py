@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmroute.outcomes.store import redact_dsn
 from lmroute.service.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", "build_arg_parser", "config_from_cli"]
@@ -27,6 +29,7 @@ __all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", 
 ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_ADMIN_MODES = ("loopback", "on", "off")
 
 
 def _doc(text: str, *, flag: str | None = None, env: str | None = None, metavar: str | None = None) -> dict[str, str]:
@@ -174,6 +177,34 @@ class ServiceConfig:
         default="",
         metadata=_doc("write server timings (JSON histograms) here every second and at stop; empty = off"),
     )
+    store: str = field(
+        default="",
+        metadata=_doc(
+            "outcome store: sqlite:PATH (embedded, WAL) or postgresql://... (shared by replicas; needs the "
+            "postgres extra). Every decision is recorded there (written behind the answer) and Feedback "
+            "stores outcomes there; empty = no store (decisions not recorded, Feedback FAILED_PRECONDITION)",
+            metavar="DSN",
+        ),
+    )
+    store_prompts: bool = field(
+        default=True,
+        metadata=_doc(
+            "keep prompt texts in the outcome store; false (the privacy switch) keeps only each prompt's "
+            "SHA-256 and its embedding"
+        ),
+    )
+    store_retention_days: float = field(
+        default=0.0,
+        metadata=_doc("delete decisions and outcomes older than this many days from the store; 0 = keep all"),
+    )
+    max_feedback_items: int = field(default=1024, metadata=_doc("most outcomes in one Feedback call"))
+    explore_rate: float = field(
+        default=0.0,
+        metadata=_doc(
+            "share of Route decisions flipped on purpose to learn from single outcomes, most of them near "
+            "the threshold (docs/OUTCOMES.md); each reports its propensity. 0 = never; at most 0.5"
+        ),
+    )
     plugins: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -181,6 +212,22 @@ class ServiceConfig:
             "repeat the flag for more, the variable takes a comma-separated list",
             flag="--plugin",
             metavar="MODULE",
+        ),
+    )
+    admin_service: str = field(
+        default="loopback",
+        metadata=_doc(
+            "serve lmroute.v1.AdminService (ReloadBundle, GetBundle: hot swap of the bundle) on the same port: "
+            "loopback = only when host is a loopback address (127.0.0.0/8, ::1, localhost), on, or off; it has "
+            "no authentication yet, so a non-loopback bind needs 'on' stated"
+        ),
+    )
+    bundle_watch_s: float = field(
+        default=0.0,
+        metadata=_doc(
+            "poll the serving bundle's directory every this many seconds and hot-swap when the bundle_version "
+            "in its manifest.json changes (e.g. a symlink flipped to a new bundle; a refused version is not "
+            "retried until the version there changes again); 0 = off"
         ),
     )
 
@@ -198,6 +245,7 @@ class ServiceConfig:
             "max_turns",
             "max_request_chars",
             "max_router_names",
+            "max_feedback_items",
             "intra_op_threads",
             "encoder_chunk_size",
         ):
@@ -214,8 +262,18 @@ class ServiceConfig:
             raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")
         if self.device not in _DEVICES:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
+        if self.admin_service not in _ADMIN_MODES:
+            raise ConfigError(f"admin_service: must be one of {', '.join(_ADMIN_MODES)} (got {self.admin_service!r})")
+        if not (isinstance(self.bundle_watch_s, (int, float)) and 0 <= self.bundle_watch_s < float("inf")):
+            raise ConfigError(f"bundle_watch_s: must be >= 0 and finite (got {self.bundle_watch_s!r})")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})")
+        if self.store and not self.store.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ConfigError(f"store: expected sqlite:PATH or postgresql://... (got {redact_dsn(self.store)!r})")
+        if not (isinstance(self.explore_rate, (int, float)) and 0.0 <= self.explore_rate <= 0.5):
+            raise ConfigError(f"explore_rate: must be in [0, 0.5] (got {self.explore_rate!r})")
+        if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
+            raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
         if isinstance(self.plugins, str) or not isinstance(self.plugins, Sequence):
             raise ConfigError(f"plugins: must be a sequence of module names (got {self.plugins!r})")
         object.__setattr__(self, "plugins", tuple(self.plugins))
@@ -223,12 +281,26 @@ class ServiceConfig:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ConfigError(f"plugins: {module!r} is not a module name")
 
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether AdminService is served: `admin_service` on, or loopback with a loopback `host`."""
+        if self.admin_service != "loopback":
+            return self.admin_service == "on"
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def redacted(self) -> dict[str, Any]:
-        """The leaf settings as a flat dict for logs (no setting is secret today; kept as the one place)."""
+        """The leaf settings as a flat dict for logs; the store DSN's password replaced by ***."""
         out: dict[str, Any] = {}
         for s in SETTINGS:
             value = getattr(getattr(self, s.group) if s.group else self, s.name)
             out[s.name] = str(value) if isinstance(value, Path) else value
+        out["store"] = redact_dsn(self.store)
         return out
 
 

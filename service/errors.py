@@ -12,6 +12,13 @@
     +-- DeadlineExpired                DEADLINE_EXCEEDED (client deadline passed before scoring, or
                                        DEADLINE_TOO_SHORT: it cannot hold the call at the measured cost)
     +-- ScorerFailed                   INTERNAL (the scorer raised; details logged, not returned)
+    +-- OutcomeConflict                ALREADY_EXISTS (an outcome already stored with another value)
+    +-- NoOutcomeStore                 FAILED_PRECONDITION (Feedback on a server without a store)
+    +-- StoreUnavailable               UNAVAILABLE (the outcome store could not make a write durable)
+    +-- BundleRefused                  FAILED_PRECONDITION (a hot-swap candidate bundle was refused: the
+                                       loader's message, BUNDLE_INVALID; a served router missing,
+                                       BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
+    +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
@@ -36,10 +43,15 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "NotReady",
+    "NoOutcomeStore",
+    "OutcomeConflict",
+    "StoreUnavailable",
     "QueueFull",
     "QueueTimeout",
     "ScorerFailed",
     "ServiceError",
+    "BundleRefused",
+    "SwapInProgress",
     "ECHO_CHARS",
     "MESSAGE_BYTES",
     "StatusInfo",
@@ -61,7 +73,10 @@ class Code(enum.IntEnum):
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    ALREADY_EXISTS = 6
     RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
     INTERNAL = 13
     UNAVAILABLE = 14
 
@@ -131,6 +146,37 @@ class ScorerFailed(ServiceError):
     default_reason = "SCORER_FAILED"
 
 
+class OutcomeConflict(ServiceError):
+    """An outcome for the same decision (or prompt), kind, model and source is stored with another value."""
+
+    default_reason = "OUTCOME_CONFLICT"
+
+
+class NoOutcomeStore(ServiceError):
+    """Feedback reached a server that runs without an outcome store (--store empty)."""
+
+    default_reason = "NO_OUTCOME_STORE"
+
+
+class StoreUnavailable(ServiceError):
+    """The outcome store could not make a write durable (its commit failed or its queue is full);
+    nothing of the call was acknowledged."""
+
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class BundleRefused(ServiceError):
+    """A hot-swap candidate bundle was refused; the bundle serving before keeps serving."""
+
+    default_reason = "BUNDLE_INVALID"
+
+
+class SwapInProgress(ServiceError):
+    """A bundle swap was asked for while another one is loading."""
+
+    default_reason = "SWAP_IN_PROGRESS"
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """How one error goes on the wire: status code, ErrorInfo reason, message, optional retry delay."""
@@ -151,6 +197,11 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     Draining: (Code.UNAVAILABLE, 1000),
     DeadlineExpired: (Code.DEADLINE_EXCEEDED, None),
     ScorerFailed: (Code.INTERNAL, None),
+    OutcomeConflict: (Code.ALREADY_EXISTS, None),
+    NoOutcomeStore: (Code.FAILED_PRECONDITION, None),
+    StoreUnavailable: (Code.UNAVAILABLE, 500),
+    BundleRefused: (Code.FAILED_PRECONDITION, None),
+    SwapInProgress: (Code.ABORTED, None),
 }
 
 _INTERNAL_MESSAGE = "internal error"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from lmroute.outcomes.store import StoreError
 from lmroute.service.config import ServiceConfig, config_from_cli
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
@@ -48,6 +49,9 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
     except ConfigError as exc:
         print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"lmroute-serve: cannot open the outcome store: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # BundleError and friends: the message names the file
         _log.error("load_failed", error=str(exc), kind=type(exc).__name__)
         print(f"lmroute-serve: cannot load bundle: {exc}", file=sys.stderr)

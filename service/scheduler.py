@@ -23,6 +23,15 @@ with it, and its duration feeds the measured service rate. Drops are counted in 
 batch raises, its prompts are rescored one by one so only the failing prompt fails. Each batch's queue
 waits, padding and scoring time go to `timings` (lmroute.service.stats). `stalled_s` tells a liveness
 check how long work has been pending without a batch finishing.
+
+`swap(scorer)` replaces the scorer between batches (a bundle hot swap, lmroute.service.bundle_swap):
+calls admitted from then on go to the new scorer, and each call admitted before keeps the scorer it was
+admitted with to its end. A call is pinned, not re-tokenised, because more than its tokens came from
+that scorer: the transport resolved its router names and a Route call's threshold against that
+scorer's catalog, and its answer names that scorer's version; so every prompt of a call is scored by
+one bundle and the answer is that bundle's. A batch holding prompts of both scorers (only while the
+calls admitted before the swap drain, at most the admitted work, bounded by admission) is scored as
+two, each by its own scorer; each `ItemResult.version` names the scorer that scored it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -77,6 +87,7 @@ class SchedulerStats:
     batches: int = 0
     items_scored: int = 0
     scorer_failures: int = 0
+    swaps: int = 0  # scorers replaced (Scheduler.swap)
     largest_batch: int = 0
     batch_size_histogram: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter
@@ -101,6 +112,8 @@ class Scheduler(Generic[T]):
         self._closing = False
         self._score_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-score")
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
+        # the scorer each queued or running prompt was admitted with (it scores the prompt; see swap)
+        self._scorer_of: weakref.WeakKeyDictionary[Item[T], Scorer[T]] = weakref.WeakKeyDictionary()
 
     @property
     def running(self) -> bool:
@@ -117,6 +130,22 @@ class Scheduler(Generic[T]):
         """Start the batching worker on the running event loop."""
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="lmroute-batcher")
+
+    def swap(self, scorer: Scorer[T], *, keep_rate: bool = False) -> Scorer[T]:
+        """Serve the calls admitted from now on with `scorer`; return the scorer it replaces.
+
+        Synchronous, so a caller on the event loop can swap and re-attach the transport's view of the
+        routers in one step. The running batch finishes with the scorer it started with; each call
+        admitted before keeps its scorer to the end (the module docstring says why); the old scorer is
+        released when its last call is answered. The measured rate is kept with `keep_rate` (the caller
+        knows the new scorer costs what the old one did: same encoder) and otherwise starts over, so the
+        new scorer's cost is measured from its first batch, not mixed with the old one's (until then
+        admission applies only its memory bound). Only batches of the current scorer feed the rate."""
+        old, self.scorer = self.scorer, scorer
+        if not keep_rate:
+            self.rate = ServiceRate(self.rate.smoothing)
+        self.stats.swaps += 1
+        return old
 
     async def close(self) -> None:
         """Refuse new work, finish what is queued, stop the worker and the threads."""
@@ -179,6 +208,7 @@ class Scheduler(Generic[T]):
     async def _submit(
         self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None
     ) -> list[ItemResult | ServiceError]:
+        scorer = self.scorer  # the call's scorer to its end, whatever swap does meanwhile
         load = Load(
             self._admission.in_use,
             self._running_tokens,
@@ -195,9 +225,9 @@ class Scheduler(Generic[T]):
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
-            tokens = await self._tokenize(texts)
+            tokens = await self._tokenize(texts, scorer)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, tokens, deadline)
+            items = self._enqueue(texts, routers, tokens, deadline, scorer)
             done = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
         out: list[ItemResult | ServiceError] = []
         for res in done:
@@ -217,13 +247,13 @@ class Scheduler(Generic[T]):
         else:
             self.stats.rejected_queue_full += 1
 
-    async def _tokenize(self, texts: list[str]) -> list[Tokenized[T] | None]:
-        """The scorer's tokens of each text (on the tokenising thread); None for the idle fast path."""
+    async def _tokenize(self, texts: list[str], scorer: Scorer[T]) -> list[Tokenized[T] | None]:
+        """`scorer`'s tokens of each text (on the tokenising thread); None for the idle fast path."""
         if self._idle_for_one(len(texts)):
             return [None]  # scored alone at once: the scorer tokenises it
         loop = asyncio.get_running_loop()
         try:
-            tokens = await loop.run_in_executor(self._token_pool, self.scorer.tokenize, texts)
+            tokens = await loop.run_in_executor(self._token_pool, scorer.tokenize, texts)
             if len(tokens) != len(texts):
                 raise RuntimeError(f"tokenize returned {len(tokens)} rows for {len(texts)} texts")
         except Exception as exc:
@@ -237,6 +267,7 @@ class Scheduler(Generic[T]):
         routers: tuple[str, ...],
         tokens: list[Tokenized[T] | None],
         deadline: float | None,
+        scorer: Scorer[T],
     ) -> list[Item[T]]:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -244,6 +275,7 @@ class Scheduler(Generic[T]):
         for text, tok in zip(texts, tokens, strict=True):
             item: Item[T] = Item(text, routers, tok, loop.create_future(), now, deadline)
             item.future.add_done_callback(functools.partial(self._on_done, item))
+            self._scorer_of[item] = scorer
             items.append(item)
         self._queue.append(items, quantum=self.policy.call_quantum)
         self._wakeup.set()
@@ -284,6 +316,7 @@ class Scheduler(Generic[T]):
 
     def _drop(self, item: Item[T]) -> None:
         item.state = State.DONE
+        self._scorer_of.pop(item, None)
         if item.timer is not None:
             item.timer.cancel()
         if item.future.cancelled():
@@ -331,24 +364,43 @@ class Scheduler(Generic[T]):
                 self.stats.batches += 1
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self.stats.batch_size_histogram[len(batch)] += 1
-                left_at, t0 = loop.time(), time.perf_counter()
                 self._running_tokens = sum(it.n_tokens or 0 for it in batch)
-                longest = await self._run_batch(batch, isolate=True)
-                took_s = time.perf_counter() - t0
+                await self._score_batch(batch, loop.time())
                 self._running_tokens = 0
                 self._last_progress = time.monotonic()
-                tokens = sum(longest if it.n_tokens is None else it.n_tokens for it in batch)
-                self.rate.observe(len(batch), tokens, took_s)
-                self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in batch], longest, took_s)
 
-    async def _run_batch(self, batch: list[Item[T]], *, isolate: bool) -> int:
-        """Score `batch` and finish its items; the longest prompt's token count (0 where unknown)."""
+    async def _score_batch(self, batch: list[Item[T]], left_at: float) -> None:
+        """Score a batch that left the queue at `left_at`, each part with its own scorer; feed the rate
+        (current scorer only) and the timings. A helper, so that no reference to a swapped-out scorer
+        outlives the batch in the worker's frame."""
+        for scorer, part in self._by_scorer(batch):
+            t0 = time.perf_counter()
+            longest = await self._run_batch(part, scorer, isolate=True)
+            took_s = time.perf_counter() - t0
+            if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
+                tokens = sum(longest if it.n_tokens is None else it.n_tokens for it in part)
+                self.rate.observe(len(part), tokens, took_s)
+            self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], longest, took_s)
+
+    def _by_scorer(self, batch: list[Item[T]]) -> list[tuple[Scorer[T], list[Item[T]]]]:
+        """`batch` split by the scorer each prompt was admitted with, in order of first appearance (one
+        part, except while the calls admitted before a swap drain)."""
+        parts: dict[int, tuple[Scorer[T], list[Item[T]]]] = {}
+        for it in batch:
+            scorer = self._scorer_of.get(it, self.scorer)
+            parts.setdefault(id(scorer), (scorer, []))[1].append(it)
+        return list(parts.values())
+
+    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> int:
+        """Score `batch` with `scorer` and finish its items; the longest prompt's token count (0 where
+        unknown)."""
         loop = asyncio.get_running_loop()
         texts = [it.text for it in batch]
         routers = [it.routers for it in batch]
         tokens = [it.tokens for it in batch]
+        version = scorer.version
         try:
-            res = await loop.run_in_executor(self._score_pool, self.scorer.score, texts, routers, tokens)
+            res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
             if len(res.n_tokens) != len(batch) or len(res.truncated) != len(batch):
                 raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {len(batch)} texts")
             self.timings.add_encoder_time(res.encoder_s)
@@ -356,14 +408,15 @@ class Scheduler(Generic[T]):
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:
                 _log.warning("batch_failed_isolating", size=len(batch), error=repr(exc))
-                return max([await self._run_batch([it], isolate=False) for it in batch])
+                return max([await self._run_batch([it], scorer, isolate=False) for it in batch])
             _log.error("scorer_failed", size=len(batch), error=repr(exc))
             for it in batch:
                 self._finish(it, ScorerFailed(f"scorer failed: {exc!r}"))
             return max(it.n_tokens or 0 for it in batch)
         for i, it in enumerate(batch):
             scores = {r: float(res.scores[r][i]) for r in it.routers}
-            self._finish(it, ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores))
+            emb = None if res.embeddings is None else res.embeddings[i]
+            self._finish(it, ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb))
         self.stats.items_scored += len(batch)
         return int(res.n_tokens.max())
 
@@ -371,6 +424,7 @@ class Scheduler(Generic[T]):
         if item.state is not State.RUNNING:
             return
         item.state = State.DONE
+        self._scorer_of.pop(item, None)  # the old scorer of a swap is released with its last item
         if item.future.done():
             return
         if isinstance(outcome, ServiceError):

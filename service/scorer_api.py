@@ -41,6 +41,9 @@ class ScoredBatch:
     truncated: npt.NDArray[np.bool_]  # [n]
     scores: Mapping[str, npt.NDArray[np.float64]]  # router -> [n]
     encoder_s: float = 0.0  # seconds of this call spent in the encoder (0 when the scorer has none)
+    # [n, dim] the shared encoder's embedding of each item, when the batch ran the encoder (a router of
+    # the batch reads it); None otherwise. The outcome store keeps it with the decision.
+    embeddings: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Catalog:
     # What the encoder keeps of a prompt longer than encoder_max_tokens: "head", "tail", "head_tail:<H>"
     # (`lmroute.bundle.truncation.Truncation` as text).
     encoder_truncation: str = "head"
+    # Identity of the encoder's embedding space (16 hex: its manifest entry and file checksums): embeddings
+    # with the same id are comparable, so the outcome store and adaptation can tell which they may mix.
+    encoder_id: str = ""
 
 
 class Scorer(Protocol[T]):

@@ -8,6 +8,11 @@ lmroute.service.liveness). Stop: the watchdog stops, health NOT_SERVING, new RPC
 (DRAINING), in-flight RPCs get `grace_s`, then the scheduler finishes its queue and its threads stop;
 `stopped` logs its counters and timings, and with `stats_path` the timings are also written there as
 JSON every second and at stop (lmroute.service.stats).
+
+Hot swap: once serving, a `BundleSwapper` (lmroute.service.bundle_swap) can replace the bundle with
+another loaded by the same scorer factory, through AdminService (lmroute.service.admin, registered when
+`admin_service` allows it) and, with `bundle_watch_s`, by watching the serving path; `scorer` is always
+the one serving new calls. Stop ends the watching before the drain.
 """
 
 from __future__ import annotations
@@ -24,15 +29,20 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lmroute.outcomes.store import open_store
+from lmroute.outcomes.writer import StoreWriter
+from lmroute.service.admin import ADMIN_SERVICE_NAME, AdminServicer
+from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
+from lmroute.service.exploration import Exploration
 from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Scorer
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
-from lmroute.v1 import router_pb2, router_pb2_grpc
+from lmroute.v1 import admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = [
     "RouterServer",
@@ -133,14 +143,23 @@ class RouterServer:
             max_turns=config.max_turns,
             max_request_chars=config.max_request_chars,
             max_router_names=config.max_router_names,
+            max_feedback_items=config.max_feedback_items,
+            exploration=Exploration(config.explore_rate),
         )
         self.health = health.aio.HealthServicer()
         self.liveness: LivenessWatchdog | None = None
         self.scheduler: Scheduler[Any] | None = None
-        self.scorer: Scorer[Any] | None = None
+        self.admin = AdminServicer()
+        self.swapper: BundleSwapper | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stats_file: StatsFile | None = None
+        self.store_writer: StoreWriter | None = None
+
+    @property
+    def scorer(self) -> Scorer[Any] | None:
+        """The scorer serving new calls (a hot swap replaces it); None before the first load."""
+        return None if self.scheduler is None else self.scheduler.scorer
 
     async def start(self) -> int:
         """Bind, serve NOT_SERVING, load + warm the scorer, then SERVING. Returns the bound port.
@@ -158,8 +177,11 @@ class RouterServer:
         server = grpc.aio.server(options=grpc_options(cfg), interceptors=[RequestContextInterceptor()])
         router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        admin = (ADMIN_SERVICE_NAME,) if cfg.admin_enabled else ()
+        if admin:
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (SERVICE_NAME, *admin, health.SERVICE_NAME, reflection.SERVICE_NAME),
             server,
             pool=reflection_pool(),
         )
@@ -189,18 +211,45 @@ class RouterServer:
         import_plugins(self.config.plugins)
         return self._factory(self.config)
 
+    def _scorer_at(self, path: Path) -> Scorer[Any]:
+        """A hot swap's candidate: the bundle at `path` loaded with the serving settings."""
+        return self._factory(dataclasses.replace(self.config, bundle_path=path))
+
+    def _start_store(self) -> StoreWriter:
+        """Open (and migrate) the outcome store and start its writer thread; StoreError names the store."""
+        cfg = self.config
+        writer = StoreWriter(
+            lambda: open_store(cfg.store, store_prompts=cfg.store_prompts),
+            retention_ms=int(cfg.store_retention_days * 86_400_000),
+        )
+        writer.start()
+        return writer
+
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         scorer = await loop.run_in_executor(None, self._make_scorer)
         if self.config.warmup:
             await loop.run_in_executor(None, scorer.warmup)
+        if self.config.store:
+            self.store_writer = await loop.run_in_executor(None, self._start_store)
+            self.servicer.attach_store(self.store_writer)
         scheduler = Scheduler(scorer, self.config.batch)
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))
             self._stats_file.start()
-        self.scorer, self.scheduler = scorer, scheduler
+        self.scheduler = scheduler
         self.servicer.attach(scheduler, scorer.catalog())
+        self.swapper = BundleSwapper(
+            scheduler,
+            self.servicer,
+            self._scorer_at,
+            BundleSwapper.serving_now(scorer, self.config.bundle_path),
+            warmup=self.config.warmup,
+            low_priority=self.config.device == "cpu" and self.config.intra_op_threads == 1,
+        )
+        self.admin.attach(self.swapper)
+        self.swapper.watch(self.config.bundle_watch_s)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.liveness_stall_s > 0:
@@ -214,6 +263,8 @@ class RouterServer:
         _log.info("draining", grace_s=grace)
         if self.liveness is not None:
             await self.liveness.close()
+        if self.swapper is not None:
+            await self.swapper.close()
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
         if self._server is not None:
@@ -232,6 +283,10 @@ class RouterServer:
                 "dropped_deadline": st.dropped_deadline,
                 **self.scheduler.timings.summary(),
             }
+        if self.store_writer is not None:  # after the scheduler: the last answers' decisions are queued
+            writer = self.store_writer
+            await asyncio.get_running_loop().run_in_executor(None, writer.close)
+            stats.update({"store_" + k: v for k, v in dataclasses.asdict(writer.stats).items()})
         if self._stats_file is not None:
             await self._stats_file.close()
         _log.warning("stopped", **stats)

@@ -15,12 +15,17 @@ prompts of a Score call whose others were scored, go into PromptScores.status.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from lmroute.outcomes.records import Decision, Outcome, OutcomeError, Verdict
+from lmroute.outcomes.writer import StoreWriter, WriterFull
 from lmroute.service.batch_queue import ItemResult
 from lmroute.service.decisions import new_decision_id
 from lmroute.service.errors import (
@@ -28,13 +33,17 @@ from lmroute.service.errors import (
     DeadlineExpired,
     Draining,
     InvalidArgument,
+    NoOutcomeStore,
     NotFound,
     NotReady,
     QueueTimeout,
     ServiceError,
+    StoreUnavailable,
     echo,
     status_of,
 )
+from lmroute.service.exploration import Exploration
+from lmroute.service.feedback import decision_of_route, decision_of_score, item_status, outcomes_of
 from lmroute.service.prompts import check_limits, prompt_text
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
@@ -68,12 +77,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """Implements lmroute.v1.RouterService over a Scheduler attached once the bundle is ready."""
 
     def __init__(
-        self, *, max_prompts_per_request: int, max_turns: int, max_request_chars: int, max_router_names: int
+        self,
+        *,
+        max_prompts_per_request: int,
+        max_turns: int,
+        max_request_chars: int,
+        max_router_names: int,
+        max_feedback_items: int = 1024,
+        exploration: Exploration | None = None,
     ) -> None:
         self.max_prompts_per_request = max_prompts_per_request
         self.max_turns = max_turns
         self.max_request_chars = max_request_chars
         self.max_router_names = max_router_names
+        self.max_feedback_items = max_feedback_items
+        self.store: StoreWriter | None = None  # the outcome store's writer; None = no store
+        self.exploration = exploration or Exploration(0.0)
+        self._rng = random.Random()  # seeded from the OS; flips need no reproducibility
         self.scheduler: Scheduler[Any] | None = None
         self.catalog: Catalog | None = None
         self.routers: tuple[str, ...] = ()  # the scorer's routers, in bundle order
@@ -84,6 +104,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.routers = scheduler.scorer.router_names
         self.catalog = catalog
         self.scheduler = scheduler
+
+    def attach_store(self, writer: StoreWriter) -> None:
+        """Record decisions in, and take Feedback into, the outcome store behind `writer`."""
+        self.store = writer
+
+    def _record(self, decisions: list[Decision]) -> None:
+        if self.store is not None and decisions:
+            self.store.record(decisions)
+
+    @staticmethod
+    def _calibration(catalog: Catalog, router: str) -> RouterDescription:
+        return next(r for r in catalog.routers if r.name == router)
 
     def _ready(self) -> tuple[Scheduler[Any], Catalog]:
         if self.draining:
@@ -117,11 +149,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if all(isinstance(out, (QueueTimeout, DeadlineExpired)) for out in outcomes):
             raise next(out for out in outcomes if isinstance(out, ServiceError))
         response = router_pb2.ScoreResponse(bundle_version=catalog.version)
+        now_ms = int(time.time() * 1000)
+        decisions: list[Decision] = []
         for i, out in enumerate(outcomes):
             item = response.results.add(index=i)
             if isinstance(out, ItemResult):
                 item.status.code = Code.OK
-                item.decision_id = new_decision_id()
+                item.decision_id = new_decision_id(now_ms)
+                if out.version:
+                    response.bundle_version = out.version
+                text = texts[i]
+                if self.store is not None and isinstance(text, str):
+                    decisions.append(decision_of_score(item.decision_id, now_ms, text, out, catalog))
                 item.n_tokens = out.n_tokens
                 item.truncated = out.truncated
                 for name in routers:
@@ -131,6 +170,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 item.status.code = int(info.code)
                 item.status.reason = info.reason
                 item.status.message = info.message
+        self._record(decisions)
         return response
 
     async def Route(
@@ -172,19 +212,88 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if isinstance(out, ServiceError):
             raise out
         score = out.scores[request.router]
-        strong = score >= threshold
+        cal = self._calibration(catalog, request.router)
+        choice = self.exploration.choose(
+            score, threshold, cal.calibration_strong_share, cal.calibration_thresholds, self._rng
+        )
+        strong, propensity = choice.strong, choice.propensity
+        chosen = catalog.strong_model if strong else catalog.weak_model
+        now_ms = int(time.time() * 1000)
+        decision_id = new_decision_id(now_ms)
+        if self.store is not None and isinstance(text, str):
+            self._record(
+                [
+                    decision_of_route(
+                        decision_id,
+                        now_ms,
+                        text,
+                        out,
+                        catalog,
+                        router=request.router,
+                        threshold=threshold,
+                        chosen_model=chosen,
+                        propensity=propensity,
+                    )
+                ]
+            )
         return router_pb2.RouteResponse(
-            chosen_model=catalog.strong_model if strong else catalog.weak_model,
+            chosen_model=chosen,
             tier=router_pb2.TIER_STRONG if strong else router_pb2.TIER_WEAK,
             score=score,
             threshold=threshold,
             router=request.router,
-            bundle_version=catalog.version,
+            bundle_version=out.version or catalog.version,
             n_tokens=out.n_tokens,
             truncated=out.truncated,
-            decision_id=new_decision_id(),
-            propensity=1.0,  # no exploration: the policy's choice
+            decision_id=decision_id,
+            propensity=propensity,
         )
+
+    async def Feedback(
+        self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.FeedbackResponse:
+        _, catalog = self._ready()
+        if self.store is None:
+            raise NoOutcomeStore("no outcome store: start the server with --store to take Feedback")
+        n = len(request.outcomes)
+        if n == 0:
+            raise InvalidArgument("outcomes: at least one outcome required", reason="NO_OUTCOMES")
+        if n > self.max_feedback_items:
+            raise InvalidArgument(
+                f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
+            )
+        statuses: list[router_pb2.ItemStatus | None] = [None] * n
+        spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
+        outcomes: list[Outcome] = []
+        for i, report in enumerate(request.outcomes):
+            try:
+                mine = outcomes_of(report, i, catalog.strong_model, catalog.weak_model)
+            except OutcomeError as exc:
+                statuses[i] = router_pb2.ItemStatus(
+                    code=Code.INVALID_ARGUMENT, reason="INVALID_OUTCOME", message=str(exc)
+                )
+                continue
+            spans[i] = (len(outcomes), len(outcomes) + len(mine))
+            outcomes.extend(mine)
+        verdicts = []
+        if outcomes:
+            try:
+                verdicts = await asyncio.wrap_future(self.store.submit(outcomes))
+            except WriterFull as exc:
+                raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"outcome store write failed ({type(exc).__name__}); nothing was stored"
+                ) from exc
+        response = router_pb2.FeedbackResponse()
+        for i, report in enumerate(request.outcomes):
+            status = statuses[i]
+            if status is None:
+                start, stop = spans[i]
+                status = item_status(verdicts[start:stop], i, report)
+                response.stored += sum(v is Verdict.STORED for v in verdicts[start:stop])
+            response.results.append(status)
+        return response
 
     async def ListRouters(
         self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext

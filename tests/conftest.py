@@ -2,7 +2,8 @@
 
 `encoder_export` gives the `EncoderExport` record (min cosine, fused ops, ...); `exported_encoder_dir`
 gives the directory holding `model.onnx` and `tokenizer.json` (max_tokens 256, fp32), for any test that
-needs the real encoder.
+needs the real encoder. `postgres_server` starts one real PostgreSQL server for the session (the
+outcome store's suite runs against it); `fresh_postgres_db` gives each test a new empty database on it.
 
 Property tests (Hypothesis) run derandomized by default: the same examples on every run, so CI cannot
 flake on a case nobody saw locally. `HYPOTHESIS_PROFILE=explore ./scripts/test.sh tests/unit` searches
@@ -12,12 +13,14 @@ with fresh random examples to look for new failures (a test that sets derandomiz
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 from lmroute.export.encoder_export import EncoderExport, export_encoder
+from lmroute.outcomes.testing import TemporaryPostgres, TemporaryPostgresError
 
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
@@ -41,3 +44,39 @@ def encoder_export(tmp_path_factory: pytest.TempPathFactory) -> EncoderExport:
 def exported_encoder_dir(encoder_export: EncoderExport) -> Path:
     """Directory with the real encoder's model.onnx and tokenizer.json."""
     return encoder_export.model_path.parent
+
+
+# ---------------------------------------------------------------- a real PostgreSQL server (outcome store)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TemporaryPostgres]:
+    """One real PostgreSQL server for the whole test session (lmroute.outcomes.testing.TemporaryPostgres).
+
+    It fails, never skips, when the server binaries are missing or the server does not start: a skipped
+    PostgreSQL store suite would pass silently."""
+    server = TemporaryPostgres()
+    try:
+        server.start()
+    except TemporaryPostgresError as e:
+        pytest.fail(f"the test PostgreSQL server did not start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: TemporaryPostgres) -> str:
+    """libpq URI of the session server's database (shared by every test of the session)."""
+    return postgres_server.dsn
+
+
+@pytest.fixture
+def fresh_postgres_db(postgres_server: TemporaryPostgres) -> Iterator[str]:
+    """libpq URI of a new, empty database on the session server, dropped (clients disconnected) afterwards."""
+    dsn = postgres_server.create_database()
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(dsn.rsplit("/", 1)[1])

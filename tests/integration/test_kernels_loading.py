@@ -99,6 +99,7 @@ def test_server_stops_at_startup_without_the_core(tmp_path: Path) -> None:
         ("lmroute/v1", REPO / "proto" / "lmroute" / "v1"),
         ("lmroute/service", REPO / "service"),
         ("lmroute/bundle", REPO / "bundle"),
+        ("lmroute/outcomes", REPO / "outcomes"),
     ):
         (root / name).symlink_to(target)
     # -S: no site processing, so the editable install's finder cannot supply the real core.

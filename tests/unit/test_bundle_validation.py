@@ -362,7 +362,8 @@ def test_unknown_schema_version(bundle_dir: Path) -> None:
 def test_unknown_router_kind(bundle_dir: Path) -> None:
     _edit_manifest(bundle_dir, lambda d: d["routers"]["mf"].update(kind="causal_llm"))
     assert _refused(bundle_dir) == (
-        "manifest.json: routers.mf.kind: unknown router kind 'causal_llm' (known: bert, mf, random, sw_ranking)"
+        "manifest.json: routers.mf.kind: unknown router kind 'causal_llm' "
+        "(known: adapted, bert, mf, random, sw_ranking)"
     )
 
 

@@ -39,7 +39,14 @@ FLAGS_AND_VARIABLES = [
     ("--warmup", "LMROUTE_WARMUP"),
     ("--log-level", "LMROUTE_LOG_LEVEL"),
     ("--stats-path", "LMROUTE_STATS_PATH"),
+    ("--store", "LMROUTE_STORE"),
+    ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
+    ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
+    ("--max-feedback-items", "LMROUTE_MAX_FEEDBACK_ITEMS"),
+    ("--explore-rate", "LMROUTE_EXPLORE_RATE"),
     ("--plugin", "LMROUTE_PLUGINS"),
+    ("--admin-service", "LMROUTE_ADMIN_SERVICE"),
+    ("--bundle-watch-s", "LMROUTE_BUNDLE_WATCH_S"),
 ]
 
 

@@ -1,0 +1,172 @@
+"""Writing an adapted bundle: the parent bundle copied, an `adapted` router added, its thresholds
+calibrated on recent prompts, its lineage in the manifest (`write_adapted_bundle`).
+
+The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
+plus routers/<router>/weights.npy; the manifest is the parent's with the router, its file's checksum,
+the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
+scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs) and
+`lineage` (parent version, outcome kind, count and time range, learner and settings, calibration
+prompts). It is stamped with its content version, loaded through the validating loader in a temporary
+sibling directory, then renamed into place: a failure leaves no half-written bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.adapt.head import BaseStandardisation, Head
+from lmroute.bundle import kinds
+from lmroute.bundle.files import sha256_file
+from lmroute.bundle.loader import load_bundle, read_manifest
+from lmroute.bundle.manifest import MANIFEST_NAME, Calibration, FileEntry, Lineage, Manifest, RouterSpec
+from lmroute.bundle.writer import library_versions
+
+__all__ = ["OutcomeSpan", "calibrated_thresholds", "write_adapted_bundle"]
+
+
+@dataclass(frozen=True)
+class OutcomeSpan:
+    """The outcomes a head learnt from: kind ("paired" or "single"), count, first and last time
+    (ISO-8601 UTC)."""
+
+    kind: str
+    n_outcomes: int
+    first_at: str
+    last_at: str
+
+
+def calibrated_thresholds(scores: npt.ArrayLike, strong_share: tuple[float, ...]) -> tuple[float, ...]:
+    """threshold_i = quantile_{1 - p_i}(scores), clipped to [0, 1] and made non-increasing."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0 or not np.isfinite(s).all():
+        raise ValueError(f"calibration_scores: expected a finite non-empty 1-D array, got shape {s.shape}")
+    th = np.clip(np.quantile(s, 1.0 - np.asarray(strong_share, dtype=np.float64)), 0.0, 1.0)
+    return tuple(float(v) for v in np.minimum.accumulate(th))
+
+
+def _without_router(manifest: Manifest, router: str) -> Manifest:
+    """`manifest` without `router`: its spec, its files and its calibration thresholds."""
+    own = set(manifest.routers[router].files.values())
+    cal = manifest.calibration
+    return dataclasses.replace(
+        manifest,
+        routers={k: v for k, v in manifest.routers.items() if k != router},
+        files={k: v for k, v in manifest.files.items() if k not in own},
+        calibration=None
+        if cal is None
+        else dataclasses.replace(cal, thresholds={k: v for k, v in cal.thresholds.items() if k != router}),
+    )
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_adapted_bundle(
+    parent_dir: str | Path,
+    out_dir: str | Path,
+    head: Head,
+    base_router: str,
+    weight: float,
+    base: BaseStandardisation,
+    outcomes: OutcomeSpan,
+    calibration_scores: npt.ArrayLike,
+    *,
+    router: str = "adapted",
+    label: str = "",
+    overwrite: bool = False,
+    replace: bool = False,
+) -> Manifest:
+    """Write parent_dir + an `adapted` router named `router` (head blended with `base_router` at `weight`)
+    to out_dir and return the manifest written (module docstring). `calibration_scores`: the adapted
+    router's scores on recent prompts. With `replace`, an adapted router of that name in the parent (an
+    earlier adaptation) is replaced by the new one."""
+    parent, out = Path(parent_dir), Path(out_dir)
+    manifest = read_manifest(parent)
+    if manifest.calibration is None:
+        raise ValueError(f"{parent}: the parent bundle is not calibrated")
+    if router in manifest.routers:
+        if manifest.routers[router].kind != "adapted" or not replace:
+            raise ValueError(f"{parent}: already has a router named {router!r} (replace=True replaces an adapted one)")
+        manifest = _without_router(manifest, router)
+    if base_router not in manifest.routers:
+        raise ValueError(
+            f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
+        )
+    if head.dim != manifest.encoder.dim:
+        raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
+    kind = kinds.get("adapted")
+    params = kind.coerce_params(head.router_params(base_router, weight, base), f"routers.{router}.params")
+    calibration = manifest.calibration
+    assert calibration is not None  # checked above; _without_router keeps it
+    thresholds = dict(calibration.thresholds)
+    thresholds[router] = calibrated_thresholds(calibration_scores, calibration.strong_share)
+    lineage = Lineage(
+        parent_version=manifest.bundle_version,
+        router=router,
+        outcome_kind=outcomes.kind,
+        n_outcomes=outcomes.n_outcomes,
+        first_outcome_at=outcomes.first_at,
+        last_outcome_at=outcomes.last_at,
+        learner=head.learner,
+        settings={name: float(value) for name, value in head.settings.items()},
+        calibration_prompts=int(np.asarray(calibration_scores).size),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        for rel in manifest.files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(parent / rel, tmp / rel)
+        rel = f"routers/{router}/weights.npy"
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / rel, np.ascontiguousarray(head.weights, dtype=np.float32), allow_pickle=False)
+        files = dict(manifest.files)
+        files[rel] = FileEntry(sha256=sha256_file(tmp / rel), bytes=(tmp / rel).stat().st_size)
+        routers = dict(manifest.routers)
+        routers[router] = RouterSpec(kind="adapted", files={"weights": rel}, params=params, uses_encoder=True)
+        new = dataclasses.replace(
+            manifest,
+            label=label,
+            created_at=_utc_now(),
+            routers=routers,
+            files=files,
+            calibration=Calibration(
+                source=calibration.source,
+                n_prompts=calibration.n_prompts,
+                strong_share=calibration.strong_share,
+                thresholds=thresholds,
+            ),
+            library_versions=library_versions(),
+            lineage=lineage,
+        )
+        new = Manifest.from_json(new.to_json())  # the strict parser is the schema check
+        new = dataclasses.replace(new, bundle_version=new.content_version())
+        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
+            fh.write(new.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        load_bundle(tmp)  # the validating loader, checksums included
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return new

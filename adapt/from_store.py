@@ -1,0 +1,274 @@
+"""One adaptation run from an outcome store: read, featurise, adapt, gate, write (`lmroute-export adapt`).
+
+    run = adapt_from_store(bundle_dir, store, out_dir, kind="paired")
+    run.accepted, run.report          # the gate's verdict and every number; recorded in the store too
+
+Steps:
+1. Read the judged prompts of the store (`OutcomeStore.labeled_prompts`, optionally since a time) and
+   keep those the kind can learn from: paired = both models of the bundle's default pair judged (paired
+   or preference outcomes); single = a Route decision of this pair with its propensity and the chosen
+   model's quality.
+2. Features in the bundle's encoder space: the stored embedding when its `encoder_id` is the bundle's
+   (the encoder then does not run again), else the prompt text embedded now with the bundle's encoder;
+   the length feature from the text (or the recorded character count). The base router's and the
+   champion's scores: computed with the bundle from the text, or, for a prompt stored without its text
+   (the privacy switch), taken from its decision when that decision was made by this same bundle
+   version and recorded both routers' scores. A prompt with neither is skipped and counted.
+3. `adapt_paired` / `adapt_single` (lmroute.adapt.pipeline): the learner, its blend with the base router
+   and the gate on held-out, later outcomes (forward-chaining time blocks).
+4. If the gate accepts: the adapted bundle is written to `out_dir`, its thresholds calibrated on the
+   store's most recent decisions. Accepted or not, the run is recorded in the store (`adaptations`).
+
+The champion is what the bundle serves now: its adapted router when it has one (a bundle adapted
+before), else the base router; a new adaptation replaces the adapted router.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle
+from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
+from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.routers import PromptBatch
+from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
+from lmroute.outcomes.store import OutcomeStore
+
+__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise"]
+
+ADAPTED = "adapted"
+MIN_OUTCOMES = 50
+"""Fewer usable outcomes than this: no candidate (the gate could not judge it)."""
+CALIBRATION_PROMPTS = 5000
+"""The most recent decisions whose scores calibrate the adapted router's thresholds."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per prompt: embedding in the bundle's space, log(1 + characters), base and champion scores, time."""
+
+    embeddings: npt.NDArray[np.float32]
+    lengths: npt.NDArray[np.float64]
+    base_scores: npt.NDArray[np.float64]
+    champion_scores: npt.NDArray[np.float64]
+    time_ms: npt.NDArray[np.int64]
+    kept: list[int]  # indices of the input rows these are for
+    skipped: int  # rows with neither text nor a usable stored decision
+
+
+@dataclass(frozen=True)
+class AdaptRun:
+    """What one run did: its verdict, the bundle written (when accepted) and the numbers."""
+
+    accepted: bool
+    kind: str
+    n_outcomes: int
+    parent_version: str
+    candidate_version: str | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _score_texts(
+    bundle: Bundle,
+    texts: Sequence[str],
+    routers: Sequence[str],
+    known: Sequence[npt.NDArray[np.float32] | None],
+    chunk: int = 64,
+) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float64]]]:
+    """(embeddings [n, dim], {router: scores [n]}) of `texts` under the bundle. known[i], an embedding of
+    texts[i] already in the bundle's space (from the store), is used instead of running the encoder."""
+    emb = np.zeros((len(texts), bundle.encoder.dim), dtype=np.float32)
+    scores = {r: np.zeros(len(texts)) for r in routers}
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        tokens = bundle.encoder.tokenize(part)
+        missing = [j for j in range(len(part)) if known[start + j] is None]
+        e = np.zeros((len(part), bundle.encoder.dim), dtype=np.float32)
+        for j in range(len(part)):
+            k = known[start + j]
+            if k is not None:
+                e[j] = k
+        if missing:
+            e[missing] = np.asarray(bundle.encoder.embed(tokens.select(missing)), dtype=np.float32)
+        emb[start : start + len(part)] = e
+        batch = PromptBatch(part, tokens, e)
+        for r in routers:
+            scores[r][start : start + len(part)] = np.asarray(bundle.routers[r].score(batch), dtype=np.float64)
+    return emb, scores
+
+
+def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_router: str, champion: str) -> Features:
+    """Features of `rows` in the bundle's space (module docstring, step 2)."""
+    texts = [r.prompt_text for r in rows]
+    with_text = [i for i, t in enumerate(texts) if t]
+    own_encoder = encoder_identity(bundle.manifest)
+    known = [rows[i].embedding if rows[i].encoder_id == own_encoder else None for i in with_text]
+    emb_t, scores_t = _score_texts(bundle, [texts[i] or "" for i in with_text], [base_router, champion], known)
+    kept: list[int] = []
+    emb: list[npt.NDArray[np.float32]] = []
+    lengths: list[float] = []
+    base: list[float] = []
+    champ: list[float] = []
+    times: list[int] = []
+    by_row = {i: j for j, i in enumerate(with_text)}
+    for i, r in enumerate(rows):
+        stored_ok = r.embedding is not None and r.encoder_id == own_encoder
+        if i in by_row:
+            j = by_row[i]
+            emb.append(emb_t[j])
+            lengths.append(float(np.log1p(len(texts[i] or ""))))
+            base.append(float(scores_t[base_router][j]))
+            champ.append(float(scores_t[champion][j]))
+        elif (
+            stored_ok
+            and r.embedding is not None
+            and r.prompt_chars is not None
+            and r.bundle_version == bundle.version
+            and base_router in r.scores
+            and champion in r.scores
+        ):
+            emb.append(np.asarray(r.embedding, dtype=np.float32))
+            lengths.append(float(np.log1p(r.prompt_chars)))
+            base.append(float(r.scores[base_router]))
+            champ.append(float(r.scores[champion]))
+        else:
+            continue
+        kept.append(i)
+        times.append(r.time_ms)
+    dim = bundle.encoder.dim
+    return Features(
+        embeddings=np.stack(emb) if emb else np.zeros((0, dim), dtype=np.float32),
+        lengths=np.asarray(lengths),
+        base_scores=np.asarray(base),
+        champion_scores=np.asarray(champ),
+        time_ms=np.asarray(times, dtype=np.int64),
+        kept=kept,
+        skipped=len(rows) - len(kept),
+    )
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> list[LabeledPrompt]:
+    if kind == "paired":
+        pair_kinds = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
+        return [r for r in rows if r.kinds & pair_kinds and strong in r.qualities and weak in r.qualities]
+    return [
+        r
+        for r in rows
+        if OutcomeKind.SINGLE in r.kinds
+        and r.chosen_model in (strong, weak)
+        and r.propensity is not None
+        and r.chosen_model in r.qualities
+    ]
+
+
+def adapt_from_store(
+    bundle_dir: str | Path,
+    store: OutcomeStore,
+    out_dir: str | Path,
+    *,
+    kind: str = "paired",
+    base_router: str = "mf",
+    since_ms: int = 0,
+    margin: float | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> AdaptRun:
+    """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
+    if kind not in ("paired", "single"):
+        raise ValueError(f"kind: must be 'paired' or 'single' (got {kind!r})")
+    bundle = load_bundle(Path(bundle_dir))
+    if base_router not in bundle.routers or bundle.routers[base_router].kind == ADAPTED:
+        raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
+    champion = ADAPTED if ADAPTED in bundle.routers else base_router
+    pair = bundle.manifest.default_pair
+    rows = _usable(store.labeled_prompts(since_ms=since_ms), kind, pair.strong, pair.weak)
+    feats = featurise(bundle, rows, base_router, champion)
+    used = [rows[i] for i in feats.kept]
+    report: dict[str, Any] = {
+        "kind": kind,
+        "base_router": base_router,
+        "champion": champion,
+        "outcomes_read": len(rows),
+        "outcomes_skipped": feats.skipped,
+    }
+    if len(used) < MIN_OUTCOMES:
+        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+        store.record_adaptation(
+            parent_version=bundle.version,
+            candidate_version=None,
+            kind=kind,
+            n_outcomes=len(used),
+            accepted=False,
+            report=report,
+        )
+        return AdaptRun(False, kind, len(used), bundle.version, None, report)
+    gate_kw: dict[str, Any] = {"seed": seed} if margin is None else {"seed": seed, "margin": margin}
+    result: Adaptation
+    if kind == "paired":
+        gap = np.asarray([r.qualities[pair.strong] - r.qualities[pair.weak] for r in used])
+        result = adapt_paired(
+            feats.embeddings, feats.lengths, gap, feats.base_scores, feats.champion_scores, feats.time_ms, **gate_kw
+        )
+    else:
+        chose_strong = np.asarray([r.chosen_model == pair.strong for r in used])
+        quality = np.asarray([r.qualities[r.chosen_model or ""] for r in used])
+        propensity = np.asarray([r.propensity for r in used], dtype=np.float64)
+        result = adapt_single(
+            feats.embeddings,
+            feats.lengths,
+            chose_strong,
+            quality,
+            propensity,
+            feats.base_scores,
+            feats.champion_scores,
+            feats.time_ms,
+            **gate_kw,
+        )
+    report["gate"] = result.decision.to_dict()
+    report["blend"] = {"n0": result.n0, "weight": result.weight}
+    candidate_version = None
+    if result.accepted:
+        recent = [d for d in store.recent_decisions(limit=CALIBRATION_PROMPTS)]
+        cal = featurise(bundle, recent, base_router, champion)
+        if len(cal.kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
+            cal = feats
+        cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)
+        span = OutcomeSpan(kind, len(used), _iso(int(feats.time_ms.min())), _iso(int(feats.time_ms.max())))
+        manifest = write_adapted_bundle(
+            bundle_dir,
+            out_dir,
+            result.head,
+            base_router,
+            result.weight,
+            result.base,
+            span,
+            cal_scores,
+            overwrite=overwrite,
+            replace=True,
+        )
+        candidate_version = manifest.bundle_version
+        report["calibration_prompts"] = len(cal.kept)
+    store.record_adaptation(
+        parent_version=bundle.version,
+        candidate_version=candidate_version,
+        kind=kind,
+        n_outcomes=len(used),
+        accepted=result.accepted,
+        report=report,
+    )
+    return dataclasses.replace(
+        AdaptRun(result.accepted, kind, len(used), bundle.version, candidate_version), report=report
+    )

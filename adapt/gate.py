@@ -1,0 +1,160 @@
+"""The gate: a candidate router replaces the champion only if, on held-out recent outcomes (the newest
+share of the outcomes by time, never trained on), it is not worse by more than a stated margin.
+
+Metric: APGR at full resolution on the held-out prompts, `gain_area(scores, gain) / mean(gain)`
+(`lmroute.adapt.ranking`): how much of the strong-weak quality gap the router's order recovers, averaged
+over every strong share. Paired outcomes give the gain per prompt directly (strong - weak quality);
+single outcomes give the doubly robust pseudo-gain (`lmroute.adapt.learners.dr_pseudo_gap`, its outcome
+models fitted on the training outcomes only), an unbiased off-policy estimate of the same area.
+
+Test: one-sided paired bootstrap over prompts. Each replicate resamples the held-out prompts with
+replacement and takes the difference candidate - champion of gain_area, divided by the full held-out
+set's mean gain (a fixed denominator, so the replicates differ only in the order's quality). The
+candidate is accepted when the `alpha` quantile of the replicates (the one-sided lower confidence
+bound) is >= -margin; default margin 0.01 APGR, alpha 0.05, 2,000 replicates, seeded. A candidate equal
+to the champion has every replicate 0 and is accepted; one that is worse, or too uncertain on too few
+held-out outcomes, is refused and the champion keeps serving. Every decision carries all its numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.adapt.ranking import gain_area
+
+__all__ = ["GateDecision", "forward_chaining", "gate", "time_split"]
+
+DEFAULT_MARGIN = 0.01
+DEFAULT_ALPHA = 0.05
+DEFAULT_REPLICATES = 2000
+MIN_HELD_OUT = 20
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict and every number behind it (APGR units; `to_dict` for the record)."""
+
+    accepted: bool
+    reason: str
+    metric: str
+    test: str
+    n_held_out: int
+    champion_apgr: float
+    candidate_apgr: float
+    difference: float
+    lower_bound: float
+    p_value: float
+    margin: float
+    alpha: float
+    replicates: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_split(timestamps: npt.ArrayLike, held_out_share: float = 0.2) -> tuple[npt.NDArray[np.int64], ...]:
+    """(training indices, held-out indices): the newest `held_out_share` of the outcomes by timestamp
+    (ties broken by position) are held out."""
+    t = np.asarray(timestamps, dtype=np.float64)
+    if not 0.0 < held_out_share < 1.0:
+        raise ValueError(f"held_out_share: must be in (0, 1), got {held_out_share}")
+    order = np.argsort(t, kind="stable")
+    n_held = int(round(held_out_share * t.size))
+    return np.sort(order[: t.size - n_held]), np.sort(order[t.size - n_held :])
+
+
+def forward_chaining(
+    timestamps: npt.ArrayLike, blocks: int = 5
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Time splits for the gate: the outcomes in time order cut into `blocks` equal blocks; for k = 1 ..
+    blocks - 1, (indices of blocks 0 .. k - 1, indices of block k). Every held-out outcome is newer than
+    everything its candidate was fitted on, and 1 - 1 / blocks of the outcomes are held out once."""
+    t = np.asarray(timestamps, dtype=np.float64)
+    if blocks < 2 or t.size < blocks:
+        raise ValueError(f"forward_chaining: needs blocks >= 2 and at least {blocks} outcomes, got {t.size}")
+    chunks = np.array_split(np.argsort(t, kind="stable"), blocks)
+    return [(np.sort(np.concatenate(chunks[:k])), np.sort(chunks[k])) for k in range(1, blocks)]
+
+
+def gate(
+    champion_scores: npt.ArrayLike,
+    candidate_scores: npt.ArrayLike,
+    gain: npt.ArrayLike,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    alpha: float = DEFAULT_ALPHA,
+    replicates: int = DEFAULT_REPLICATES,
+    seed: int = 0,
+    metric: str = "APGR (paired outcomes, full resolution)",
+) -> GateDecision:
+    """Decide whether the candidate may replace the champion (module docstring). `gain` [n]: the
+    held-out prompts' strong - weak quality (paired) or doubly robust pseudo-gain (single)."""
+    champ = np.asarray(champion_scores, dtype=np.float64)
+    cand = np.asarray(candidate_scores, dtype=np.float64)
+    g = np.asarray(gain, dtype=np.float64)
+    if not (champ.ndim == 1 and champ.shape == cand.shape == g.shape):
+        raise ValueError(f"gate: champion {champ.shape}, candidate {cand.shape} and gain {g.shape} must match")
+    for name, arr in (("champion_scores", champ), ("candidate_scores", cand), ("gain", g)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"gate: {name} contains NaN or inf")
+    if margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
+        raise ValueError(f"gate: margin ({margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100")
+    test = f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}, margin {margin}"
+    n = g.size
+    mean_gain = float(g.mean()) if n else 0.0
+
+    def decision(
+        accepted: bool, reason: str, champ_apgr: float, cand_apgr: float, lower: float, p: float
+    ) -> GateDecision:
+        return GateDecision(
+            accepted=accepted,
+            reason=reason,
+            metric=metric,
+            test=test,
+            n_held_out=n,
+            champion_apgr=champ_apgr,
+            candidate_apgr=cand_apgr,
+            difference=cand_apgr - champ_apgr,
+            lower_bound=lower,
+            p_value=p,
+            margin=margin,
+            alpha=alpha,
+            replicates=replicates,
+            seed=seed,
+        )
+
+    nan = float("nan")
+    if n < MIN_HELD_OUT:
+        return decision(
+            False, f"refused: {n} held-out outcomes, the gate needs at least {MIN_HELD_OUT}", nan, nan, nan, nan
+        )
+    if mean_gain <= 0:
+        return decision(
+            False, f"refused: the held-out mean gain is {mean_gain:.4g} (no gap to recover)", nan, nan, nan, nan
+        )
+    champ_apgr = gain_area(champ, g) / mean_gain
+    cand_apgr = gain_area(cand, g) / mean_gain
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(replicates)
+    for r in range(replicates):
+        idx = rng.integers(0, n, n)
+        diffs[r] = (gain_area(cand[idx], g[idx]) - gain_area(champ[idx], g[idx])) / mean_gain
+    lower = float(np.quantile(diffs, alpha))
+    p_value = float((np.sum(diffs <= -margin) + 1) / (replicates + 1))  # H0: candidate worse by >= margin
+    diff = cand_apgr - champ_apgr
+    if lower >= -margin:
+        reason = (
+            f"accepted: APGR {cand_apgr:.4f} vs champion {champ_apgr:.4f} (difference {diff:+.4f}); the one-sided "
+            f"{1 - alpha:.0%} lower bound {lower:+.4f} is above -{margin}"
+        )
+        return decision(True, reason, champ_apgr, cand_apgr, lower, p_value)
+    reason = (
+        f"refused: APGR {cand_apgr:.4f} vs champion {champ_apgr:.4f} (difference {diff:+.4f}); the one-sided "
+        f"{1 - alpha:.0%} lower bound {lower:+.4f} is below -{margin} on {n} held-out outcomes"
+    )
+    return decision(False, reason, champ_apgr, cand_apgr, lower, p_value)

@@ -1,0 +1,293 @@
+"""Offline learning curves of the in-domain learners on the adaptation protocol (no server).
+
+MMLU and GSM8K (decontaminated by `load_eval`) are replayed as traffic and split by the sha256 of each
+prompt (`lmroute.adapt.protocol`): the stream half feeds the learners, the test half is only scored.
+For N outcomes from the stream half (N in --sizes, up to what the half holds) and each seed (which N
+prompts arrive, in which order), APGR on the test half (`lmroute.export.metrics`, the paper's deciles) of:
+
+- paired, random sample: `adapt_paired` on N random stream prompts with both models' quality;
+- paired, label budget: the N prompts chosen by `label_budget` from the stream, in windows of 500;
+- single, exploring: the stream routed by the champion at strong share 0.5 with `explore` (flip rate
+  <= 10 %), refitted at each checkpoint with `adapt_single`; the quality lost to exploration is the
+  mean realised quality of the exploring policy on the stream minus the same decisions unflipped;
+
+each as the candidate (the head blended as `lmroute-export adapt` would write it, refitted on all N) and as
+served after the gate (the candidate if the gate accepted it against the champion, else the champion).
+Baselines: random (U(0, 1), the same seeds), log length, the default bundle's routers zero-shot (mf and
+sw_ranking; bert is left out: it needs a full transformer pass over 15k prompts), the ceiling (the paired
+learner on the whole stream half). Embeddings: the bundle's encoder, cached under --cache.
+
+    .venv/bin/python benchmarks/adaptation/offline_curves.py --bundle artifacts/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmroute.adapt.head import log_length
+from lmroute.adapt.learners import fit_paired
+from lmroute.adapt.pipeline import adapt_paired, adapt_single
+from lmroute.adapt.protocol import stream_mask
+from lmroute.adapt.selection import ExplorationRule, design_inverse, explore, label_budget
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.routers import PromptBatch
+from lmroute.export.embed_cache import embed_texts, encoder_id_of
+from lmroute.export.evalsets import load_eval
+from lmroute.export.metrics import router_metrics
+
+SIZES = (100, 500, 1000, 2000, 5000)
+ZERO_SHOT = ("mf", "sw_ranking")
+WINDOW = 500
+SHARE = 0.5  # the operating point of the exploring policy
+
+
+def apgr(scores: np.ndarray, data: dict[str, Any]) -> float:
+    return router_metrics(scores, data["sq"][data["test"]], data["wq"][data["test"]]).apgr
+
+
+def load_set(name: str, args: argparse.Namespace, bundle: Any) -> dict[str, Any]:
+    ev = load_eval(name, Path(args.data))
+    emb = embed_texts(bundle.encoder, ev.prompts, Path(args.cache), encoder_id=encoder_id_of(bundle.encoder))
+    zero_shot = {}
+    for router in ZERO_SHOT:
+        parts = []
+        for start in range(0, len(ev), 512):
+            texts = ev.prompts[start : start + 512]
+            batch = PromptBatch(texts=texts, tokens=bundle.encoder.tokenize(texts), embeddings=emb[start : start + 512])
+            parts.append(bundle.routers[router].score(batch))
+        zero_shot[router] = np.concatenate(parts)
+    stream = stream_mask(ev.prompts)
+    return {
+        "name": name,
+        "emb": emb.astype(np.float64),
+        "len": log_length(ev.prompts),
+        "sq": ev.strong_quality,
+        "wq": ev.weak_quality,
+        "stream": np.flatnonzero(stream),
+        "test": np.flatnonzero(~stream),
+        "zero_shot": zero_shot,
+        "n_dropped": ev.n_dropped_contaminated,
+    }
+
+
+def paired_run(d: dict[str, Any], idx: np.ndarray, base: np.ndarray, seed: int) -> dict[str, float]:
+    gap = d["sq"][idx] - d["wq"][idx]
+    champion = base[idx]  # the zero-shot default serves until a candidate passes the gate
+    result = adapt_paired(d["emb"][idx], d["len"][idx], gap, base[idx], champion, np.arange(idx.size), seed=seed)
+    t = d["test"]
+    cand = apgr(result.scores(d["emb"][t], d["len"][t], base[t]), d)
+    return {
+        "candidate": cand,
+        "served": cand if result.accepted else apgr(base[t], d),
+        "accepted": float(result.accepted),
+        "n0": result.n0,
+        "weight": result.weight,
+        "penalty": result.head.settings["penalty"],
+    }
+
+
+def budget_indices(d: dict[str, Any], order: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The N prompts the label budget marks while the stream passes in windows of WINDOW."""
+    inverse = design_inverse(d["emb"].shape[1], 30.0)
+    chosen: list[np.ndarray] = []
+    done = 0
+    for start in range(0, order.size, WINDOW):
+        win = order[start : start + WINDOW]
+        k = int(round(n * (start + win.size) / order.size)) - done
+        if k <= 0:
+            continue
+        picks, inverse = label_budget(d["emb"][win], d["len"][win], k, inverse, seed=seed + start)
+        chosen.append(win[picks])
+        done += k
+    return np.concatenate(chosen)
+
+
+def single_run(d: dict[str, Any], order: np.ndarray, sizes: list[int], base: np.ndarray, seed: int) -> dict[int, dict]:
+    """Route the stream with exploration, refit at each size; results per size."""
+    rng = np.random.default_rng(1000 + seed)
+    rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
+    champion = base.copy()  # scores of every prompt under the serving router
+    arm = np.zeros(0, dtype=bool)
+    prop = np.zeros(0)
+    unflipped = np.zeros(0, dtype=bool)
+    out: dict[int, dict] = {}
+    accepted_any = 0.0
+    for lo, hi in zip([0, *sizes[:-1]], sizes, strict=True):
+        rows = order[lo:hi]
+        ref = champion[d["stream"]]  # thresholds calibrated on the traffic's prompts
+        threshold = float(np.quantile(ref, 1.0 - SHARE))
+        ex = explore(champion[rows], threshold, ref, SHARE, rule, rng)
+        arm = np.concatenate([arm, ex.chose_strong])
+        prop = np.concatenate([prop, ex.propensity])
+        unflipped = np.concatenate([unflipped, champion[rows] >= threshold])
+        idx = order[:hi]
+        q = np.where(arm, d["sq"][idx], d["wq"][idx])
+        result = adapt_single(
+            d["emb"][idx], d["len"][idx], arm, q, prop, base[idx], champion[idx], np.arange(hi), seed=seed
+        )
+        cand_all = result.scores(d["emb"], d["len"], base)
+        cand = apgr(cand_all[d["test"]], d)
+        if result.accepted:
+            champion = cand_all
+            accepted_any = 1.0
+        q_unflipped = np.where(unflipped, d["sq"][idx], d["wq"][idx])
+        out[hi] = {
+            "candidate": cand,
+            "served": apgr(champion[d["test"]], d),
+            "accepted": float(result.accepted),
+            "ever_accepted": accepted_any,
+            "explore_rate": float((arm != unflipped).mean()),
+            "quality_explored": float(q.mean()),
+            "quality_unexplored": float(q_unflipped.mean()),
+            "quality_lost": float(q_unflipped.mean() - q.mean()),
+        }
+    return out
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
+
+
+def run_set(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    base = d["zero_shot"][args.base_router]
+    n_stream = d["stream"].size
+    sizes = [n for n in args.sizes if n <= n_stream]
+    if n_stream not in sizes and n_stream < max(args.sizes):
+        sizes.append(n_stream)
+    t = d["test"]
+    res: dict[str, Any] = {"sizes": sizes, "n_stream": int(n_stream), "n_test": int(t.size)}
+    res["random"] = summarise([apgr(np.random.default_rng(s).random(t.size), d) for s in range(args.seeds)])
+    res["length"] = apgr(d["len"][t], d)
+    res["zero_shot"] = {r: apgr(s[t], d) for r, s in d["zero_shot"].items()}
+    s = d["stream"]
+    ceiling = fit_paired(d["emb"][s], d["len"][s], d["sq"][s] - d["wq"][s])
+    res["ceiling"] = apgr(ceiling.raw(d["emb"][t], d["len"][t]), d)
+    rows: dict[str, dict[int, list[dict[str, float]]]] = {"paired_random": {}, "paired_budget": {}, "single": {}}
+    for seed in range(args.seeds):
+        order = np.random.default_rng(seed).permutation(s)
+        for n in sizes:
+            t0 = time.perf_counter()
+            rows["paired_random"].setdefault(n, []).append(paired_run(d, order[:n], base, seed))
+            if n < n_stream:
+                budget = budget_indices(d, order, n, seed)
+                rows["paired_budget"].setdefault(n, []).append(paired_run(d, budget, base, seed))
+            print(f"{d['name']} seed {seed} N {n}: paired {time.perf_counter() - t0:.1f}s", flush=True)
+        t0 = time.perf_counter()
+        for n, r in single_run(d, order, sizes, base, seed).items():
+            rows["single"].setdefault(n, []).append(r)
+        print(f"{d['name']} seed {seed}: single {time.perf_counter() - t0:.1f}s", flush=True)
+    for key, by_n in rows.items():
+        res[key] = {
+            str(n): {field: summarise([r[field] for r in runs]) for field in runs[0]} for n, runs in by_n.items()
+        }
+    return res
+
+
+def fmt(s: dict[str, float]) -> str:
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}"
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Adaptation: offline learning curves",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- {results['hardware']}; Python {results['python']}; wall time {results['wall_s'] / 60:.1f} min.",
+        f"- Bundle `{results['bundle_version']}` (encoder {results['encoder']}); base router `{results['base_router']}` "
+        "(the zero-shot default the head blends with, and the champion the gate compares with).",
+        f"- {results['seeds']} seeds (which N stream prompts arrive, in which order); mean ± sd. APGR on the test "
+        "half, the paper's deciles (`lmroute.export.metrics`).",
+        "- candidate: the head blended as `adapt` writes it, refitted on all N; served: the candidate if the gate "
+        "(margin 0.01, one-sided paired bootstrap over the held-out blocks of a 5-block forward-chaining time "
+        "split of the N outcomes) accepted it, else the zero-shot default.",
+        "",
+    ]
+    for name, r in results["sets"].items():
+        lines += [
+            f"## {name} (stream {r['n_stream']} prompts, test {r['n_test']})",
+            "",
+            "| baseline | APGR (test half) |",
+            "|---|---|",
+            f"| random ({results['seeds']} seeds) | {fmt(r['random'])} |",
+            f"| log length | {r['length']:.3f} |",
+        ]
+        lines += [f"| default bundle `{k}`, zero-shot | {v:.3f} |" for k, v in r["zero_shot"].items()]
+        lines += [f"| ceiling: paired learner on the whole stream half ({r['n_stream']}) | {r['ceiling']:.3f} |", ""]
+        lines += [
+            "| N | paired random: candidate | served | gate accepts | paired label budget: candidate | served |"
+            " single + exploration: candidate | served | explored | quality lost |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n in r["sizes"]:
+            pr, pb, sg = r["paired_random"].get(str(n)), r["paired_budget"].get(str(n)), r["single"].get(str(n))
+            cells = [str(n)]
+            cells += [fmt(pr["candidate"]), fmt(pr["served"]), f"{pr['accepted']['mean']:.0%}"] if pr else ["–"] * 3
+            cells += [fmt(pb["candidate"]), fmt(pb["served"])] if pb else ["– (whole half)", "–"]
+            if sg:
+                cells += [
+                    fmt(sg["candidate"]),
+                    fmt(sg["served"]),
+                    f"{sg['explore_rate']['mean']:.1%}",
+                    f"{sg['quality_lost']['mean']:.4f} ± {sg['quality_lost']['sd']:.4f}",
+                ]
+            else:
+                cells += ["–"] * 4
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="artifacts/default", help="a built default bundle (its encoder and routers)")
+    p.add_argument("--data", default="data")
+    p.add_argument("--cache", default=".cache/embeddings")
+    p.add_argument("--sets", nargs="+", default=["mmlu", "gsm8k"])
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--base-router", default="mf")
+    p.add_argument("--out", default="benchmarks/adaptation/results_offline.json")
+    p.add_argument("--markdown", default="benchmarks/adaptation/RESULTS_offline.md")
+    args = p.parse_args(argv)
+    if not Path(args.bundle, "manifest.json").is_file():
+        print(f"no built bundle at {args.bundle}: build one (`lmroute-export build`) or pass --bundle", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    results: dict[str, Any] = {
+        "bundle_version": bundle.version,
+        "encoder": f"{bundle.manifest.encoder.name}, truncation {bundle.manifest.encoder.truncation}",
+        "base_router": args.base_router,
+        "seeds": args.seeds,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "python": platform.python_version(),
+        "sets": {},
+    }
+    for name in args.sets:
+        results["sets"][name] = run_set(load_set(name, args, bundle), args)
+    results["wall_s"] = time.perf_counter() - started
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptation/offline_curves.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.markdown).write_text(markdown(results, command))
+    print(markdown(results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Outcomes from a JSONL file (offline logs, a judge run over a sample): the format and its reader.
+
+One JSON object per line; blank lines are skipped. Exactly one target and exactly one outcome:
+
+    {"decision_id": "<32 hex>", "single": {"quality": 0.8}}
+    {"decision_id": "<32 hex>", "paired": {"strong": 1.0, "weak": 0.0}, "source": "judge:gpt-4"}
+    {"prompt": "text ...", "preference": "strong"}                  # "strong" | "weak" | "tie"
+    {"prompt": "text ...", "single": {"quality": 1, "model": "mixtral-8x7b-instruct-v0.1"}}
+    {"prompt": "text ...", "qualities": {"gpt-4-1106-preview": 1, "llama-3-8b": 0}}
+
+Optional on every line: "source" (who judged; part of the outcome's identity, default "") and
+"observed_unix_ms" (when it was observed; default: when it is imported). Qualities are numbers in
+[0, 1]. Paired and preference outcomes are about the pair given to the reader (the bundle's default
+pair). `read_outcomes` reads the whole file first and raises OutcomeFileError listing every bad line
+as ``FILE:LINE: field: problem`` (at most 20, then a count), so a file is imported whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lmroute.outcomes.records import Outcome, OutcomeError, OutcomeKind
+
+__all__ = ["OutcomeFileError", "read_outcomes", "parse_line"]
+
+_PREFERENCE = {"strong": (1.0, 0.0), "weak": (0.0, 1.0), "tie": (0.5, 0.5)}
+_KINDS = ("paired", "preference", "single", "qualities")
+_MAX_LISTED = 20
+
+
+class OutcomeFileError(ValueError):
+    """Lines of an outcome file that cannot be imported; the message lists them as FILE:LINE: problem."""
+
+
+def _quality(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OutcomeError(f"{field}: must be a number in [0, 1] (got {value!r})")
+    if not 0.0 <= value <= 1.0:
+        raise OutcomeError(f"{field}: must be in [0, 1] (got {value!r})")
+    return float(value)
+
+
+def parse_line(obj: Any, *, strong: str, weak: str) -> list[Outcome]:
+    """The outcomes of one decoded line; OutcomeError naming the field."""
+    if not isinstance(obj, dict):
+        raise OutcomeError(f"expected a JSON object (got {type(obj).__name__})")
+    unknown = sorted(set(obj) - {"decision_id", "prompt", "source", "observed_unix_ms", *_KINDS})
+    if unknown:
+        raise OutcomeError(f"{unknown[0]}: unknown field")
+    decision_id = obj.get("decision_id")
+    prompt = obj.get("prompt")
+    if (decision_id is None) == (prompt is None):
+        raise OutcomeError("set exactly one of decision_id and prompt")
+    if decision_id is not None and not isinstance(decision_id, str):
+        raise OutcomeError(f"decision_id: must be a string (got {decision_id!r})")
+    if prompt is not None and not isinstance(prompt, str):
+        raise OutcomeError("prompt: must be a string")
+    source = obj.get("source", "")
+    if not isinstance(source, str):
+        raise OutcomeError(f"source: must be a string (got {source!r})")
+    observed = obj.get("observed_unix_ms")
+    if observed is not None and (isinstance(observed, bool) or not isinstance(observed, int)):
+        raise OutcomeError(f"observed_unix_ms: must be an integer (got {observed!r})")
+    kinds = [k for k in _KINDS if k in obj]
+    if len(kinds) != 1:
+        raise OutcomeError(f"set exactly one of {', '.join(_KINDS)} (got {len(kinds)})")
+    kind, body = kinds[0], obj[kinds[0]]
+
+    def make(k: OutcomeKind, model: str, quality: float) -> Outcome:
+        return Outcome(
+            k, model, quality, decision_id=decision_id, prompt_text=prompt, source=source, observed_ms=observed
+        )
+
+    if kind == "paired":
+        if not isinstance(body, dict) or set(body) != {"strong", "weak"}:
+            raise OutcomeError('paired: must be {"strong": q, "weak": q}')
+        out = [
+            make(OutcomeKind.PAIRED, strong, _quality(body["strong"], "paired.strong")),
+            make(OutcomeKind.PAIRED, weak, _quality(body["weak"], "paired.weak")),
+        ]
+    elif kind == "preference":
+        if body not in _PREFERENCE:
+            raise OutcomeError(f'preference: must be "strong", "weak" or "tie" (got {body!r})')
+        q_strong, q_weak = _PREFERENCE[body]
+        out = [make(OutcomeKind.PREFERENCE, strong, q_strong), make(OutcomeKind.PREFERENCE, weak, q_weak)]
+    elif kind == "single":
+        if not isinstance(body, dict) or "quality" not in body or set(body) - {"quality", "model"}:
+            raise OutcomeError('single: must be {"quality": q} or {"quality": q, "model": name}')
+        model = body.get("model", "")
+        if not isinstance(model, str):
+            raise OutcomeError("single.model: must be a string")
+        out = [make(OutcomeKind.SINGLE, model, _quality(body["quality"], "single.quality"))]
+    else:
+        if not isinstance(body, dict) or not body:
+            raise OutcomeError('qualities: must be a non-empty {"model": q, ...}')
+        out = [make(OutcomeKind.SCORES, str(m), _quality(q, f"qualities.{m}")) for m, q in body.items()]
+    for o in out:
+        o.check("line")
+    return out
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line
+
+
+def read_outcomes(path: Path, *, strong: str, weak: str) -> list[Outcome]:
+    """Every outcome of the file at `path`, in file order; OutcomeFileError listing the bad lines."""
+    out: list[Outcome] = []
+    bad: list[str] = []
+    try:
+        for n, line in _lines(path):
+            try:
+                out += parse_line(json.loads(line), strong=strong, weak=weak)
+            except json.JSONDecodeError as exc:
+                bad.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
+            except OutcomeError as exc:
+                bad.append(f"{path}:{n}: {str(exc).removeprefix('line.').removeprefix('line: ')}")
+    except UnicodeDecodeError as exc:
+        raise OutcomeFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if bad:
+        more = f"\n... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise OutcomeFileError(f"{len(bad)} bad lines, nothing imported:\n" + "\n".join(bad[:_MAX_LISTED]) + more)
+    return out

@@ -1,0 +1,170 @@
+"""What the outcome store holds: routing decisions, the outcomes reported for them, and the verdict on
+each reported outcome.
+
+A `Decision` is one routing decision as the server made it (a Route answer, or one scored prompt of a
+Score answer): its id, time, the bundle and scores behind it, the choice and its propensity, and the
+prompt, as text and/or as its embedding in the bundle encoder's space (`encoder_id`). With the privacy
+switch the text is not kept: only its SHA-256 and the embedding.
+
+An `Outcome` is one model's quality on one prompt, in [0, 1], joined to a decision by its id or to a
+prompt by its text. The kinds a deployment reports:
+
+    paired      both models of the pair judged on the prompt (e.g. an LLM judge run on a sample):
+                two outcomes, one per model
+    preference  a verdict between the pair (strong better / weak better / tie), stored as qualities
+                1 / 0 / 0.5 of each model
+    single      only the model that answered (task success, a thumbs signal, a judge score of one answer)
+    scores      per-model scores of several models
+
+Outcomes are keyed by (target, kind, model, source): reporting the same one twice is a no-op
+(`Verdict.DUPLICATE`), reporting another value for the same key is refused (`Verdict.CONFLICT`).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Decision",
+    "LabeledPrompt",
+    "Outcome",
+    "OutcomeError",
+    "OutcomeKind",
+    "Verdict",
+    "prompt_sha256",
+]
+
+
+class OutcomeError(ValueError):
+    """An outcome that cannot be stored as given; the message names the field, e.g.
+    ``outcomes[2].quality: must be in [0, 1] (got 1.5)``."""
+
+
+class OutcomeKind(enum.Enum):
+    """How an outcome was observed (see the module docstring)."""
+
+    PAIRED = "paired"
+    PREFERENCE = "preference"
+    SINGLE = "single"
+    SCORES = "scores"
+
+
+class Verdict(enum.Enum):
+    """What the store did with one reported outcome."""
+
+    STORED = "stored"  # new, durable
+    DUPLICATE = "duplicate"  # the same value was stored before: nothing changed
+    CONFLICT = "conflict"  # another value is stored under the same key: refused
+    NOT_FOUND = "not_found"  # no decision with that id
+    NOT_YET = "not_yet"  # no decision with that id yet, but the id is recent: it may still be recorded
+    NO_MODEL = "no_model"  # a single outcome that names no model, for a decision that chose none (Score)
+
+
+def prompt_sha256(text: str) -> str:
+    """The hex SHA-256 of a prompt's UTF-8 text: how the store names a prompt without keeping it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_unit(value: float, where: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise OutcomeError(f"{where}: must be in [0, 1] (got {value!r})")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision as recorded (see the module docstring)."""
+
+    decision_id: str
+    time_ms: int
+    kind: str  # "route" or "score"
+    bundle_version: str
+    scores: Mapping[str, float]  # router -> score
+    strong_model: str
+    weak_model: str
+    prompt_sha256: str
+    n_tokens: int
+    encoder_id: str = ""
+    prompt_chars: int | None = None  # characters of the prompt text (kept with the privacy switch too)
+    router: str = ""  # Route: the router that decided; Score: empty (every router is in `scores`)
+    threshold: float | None = None  # Route only
+    chosen_model: str | None = None  # Route only
+    propensity: float | None = None  # Route only: probability the chosen model was chosen
+    prompt_text: str | None = None  # None with the privacy switch
+    embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One model's quality on one prompt, joined to a decision (`decision_id`) or a prompt
+    (`prompt_text`, or only `prompt_hash` with the privacy switch): exactly one of the two targets."""
+
+    kind: OutcomeKind
+    model: str  # "" only for a single outcome of a Route decision: the model the decision chose
+    quality: float
+    decision_id: str | None = None
+    prompt_text: str | None = None
+    prompt_hash: str | None = None
+    source: str = ""  # who judged: "judge:gpt-4", "thumbs", "tests"; part of the key
+    observed_ms: int | None = None  # when the outcome was observed; None = when it is stored
+
+    def check(self, where: str = "outcome") -> None:
+        """OutcomeError naming the field when this outcome cannot be stored."""
+        targets = sum(x is not None for x in (self.decision_id, self.prompt_text))
+        if targets != 1:
+            raise OutcomeError(f"{where}: exactly one of decision_id and prompt must be set (got {targets})")
+        if self.decision_id is not None and (
+            len(self.decision_id) != 32 or any(c not in "0123456789abcdef" for c in self.decision_id)
+        ):
+            raise OutcomeError(f"{where}.decision_id: not a decision id (32 lowercase hex characters)")
+        if self.prompt_text is not None and not self.prompt_text.strip():
+            raise OutcomeError(f"{where}.prompt: empty prompt")
+        if not self.model and not (self.kind is OutcomeKind.SINGLE and self.decision_id is not None):
+            raise OutcomeError(f"{where}.model: required")
+        _check_unit(self.quality, f"{where}.quality")
+        if len(self.source) > 128:
+            raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
+        if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:
+            raise OutcomeError(f"{where}.observed_ms: must be Unix milliseconds (got {self.observed_ms})")
+
+    @property
+    def target(self) -> str:
+        """The key part naming what the outcome is about: ``d:<decision id>`` or ``p:<prompt sha256>``."""
+        if self.decision_id is not None:
+            return "d:" + self.decision_id
+        if self.prompt_hash is not None:
+            return "p:" + self.prompt_hash
+        if self.prompt_text is not None:
+            return "p:" + prompt_sha256(self.prompt_text)
+        raise OutcomeError("outcome: no target")
+
+
+@dataclass(frozen=True)
+class LabeledPrompt:
+    """Everything the store knows about one judged prompt, for adaptation: its outcomes by model and the
+    decision it was judged on (when it came with a decision id, or a decision was recorded for the same
+    prompt text)."""
+
+    target: str
+    time_ms: int  # when it was judged: its latest outcome's observed time (what a time split orders by)
+    prompt_sha256: str
+    kinds: frozenset[OutcomeKind]
+    qualities: Mapping[str, float]  # model -> quality (the mean where several sources reported one)
+    prompt_text: str | None = None
+    encoder_id: str = ""
+    n_tokens: int | None = None
+    prompt_chars: int | None = None
+    decision_id: str | None = None
+    decided_ms: int | None = None  # when its decision was made (joined by id)
+    bundle_version: str = ""
+    chosen_model: str | None = None
+    propensity: float | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)

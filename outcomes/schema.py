@@ -1,0 +1,77 @@
+"""The store's versioned schema: the migrations, in order, written once for both databases.
+
+`MIGRATIONS[i]` takes a store from schema version i to i + 1. A statement names column types by
+placeholders that each dialect fills in (`{id}`: an auto-numbered primary key, `{blob}`: bytes,
+`{bigint}`, `{real}`), so SQLite and PostgreSQL run the same schema. The version a store is at lives in
+the one-row table `lmroute_schema`; a store at a version newer than this code knows is refused (the
+store was migrated by a newer lmroute: upgrade this one), never downgraded.
+
+Version 1:
+    decisions   one row per routing decision (lmroute.outcomes.records.Decision); `scores` is JSON
+    outcomes    one row per (target, kind, model, source): a model's quality on a decided prompt
+                (target `d:<decision id>`) or on a prompt by its hash (target `p:<sha256>`)
+Version 2:
+    adaptations one row per adaptation run (`lmroute-export adapt`): the parent bundle, the candidate's
+                version when one was written, the gate's verdict and its full report (JSON)
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE decisions (
+            decision_id TEXT PRIMARY KEY,
+            time_ms {bigint} NOT NULL,
+            kind TEXT NOT NULL,
+            bundle_version TEXT NOT NULL,
+            router TEXT NOT NULL,
+            scores TEXT NOT NULL,
+            threshold {real},
+            chosen_model TEXT,
+            propensity {real},
+            strong_model TEXT NOT NULL,
+            weak_model TEXT NOT NULL,
+            prompt_sha256 TEXT NOT NULL,
+            prompt_text TEXT,
+            n_tokens INTEGER NOT NULL,
+            prompt_chars INTEGER,
+            encoder_id TEXT NOT NULL,
+            embedding {blob}
+        )""",
+        "CREATE INDEX decisions_time ON decisions (time_ms)",
+        "CREATE INDEX decisions_prompt ON decisions (prompt_sha256)",
+        """CREATE TABLE outcomes (
+            id {id},
+            target TEXT NOT NULL,
+            decision_id TEXT,
+            prompt_sha256 TEXT NOT NULL,
+            prompt_text TEXT,
+            kind TEXT NOT NULL,
+            model TEXT NOT NULL,
+            quality {real} NOT NULL,
+            source TEXT NOT NULL,
+            observed_ms {bigint} NOT NULL,
+            received_ms {bigint} NOT NULL,
+            UNIQUE (target, kind, model, source)
+        )""",
+        "CREATE INDEX outcomes_received ON outcomes (received_ms)",
+        "CREATE INDEX outcomes_prompt ON outcomes (prompt_sha256)",
+    ),
+    (
+        """CREATE TABLE adaptations (
+            id {id},
+            time_ms {bigint} NOT NULL,
+            parent_version TEXT NOT NULL,
+            candidate_version TEXT,
+            kind TEXT NOT NULL,
+            n_outcomes INTEGER NOT NULL,
+            accepted INTEGER NOT NULL,
+            report TEXT NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes and reads."""

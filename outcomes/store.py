@@ -1,0 +1,464 @@
+"""OutcomeStore: decisions and outcomes in SQLite (WAL, the embedded default) or PostgreSQL (by DSN, the
+store that replicas share), behind one class and one schema (lmroute.outcomes.schema).
+
+    store = open_store("sqlite:var/outcomes.sqlite3")          # or "postgresql://user@host/db"
+    verdicts = store.write(decisions, outcomes)                 # one transaction, durable on return
+    rows = store.labeled_prompts(since_ms=..., until_ms=...)    # what adaptation trains on
+
+A store is used from one thread at a time (the serving process gives it to its writer thread,
+lmroute.outcomes.writer). `write` commits before it returns: SQLite runs in WAL mode with
+synchronous=FULL (the commit is on disk when it returns), PostgreSQL with its default synchronous
+commit. With `store_prompts=False` (the privacy switch) no prompt text is ever written: a decision keeps
+the prompt's SHA-256 and embedding, an outcome by prompt its SHA-256.
+
+Opening a store migrates it to the current schema version (in one transaction per step; on PostgreSQL
+under an advisory lock, so replicas starting together migrate once) and refuses a store that a newer
+version of lmroute migrated further.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmroute.outcomes.records import Decision, LabeledPrompt, Outcome, OutcomeKind, Verdict, prompt_sha256
+from lmroute.outcomes.schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["NOT_YET_MS", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
+
+NOT_YET_MS = 10_000
+"""An unknown decision id younger than this is NOT_YET, not NOT_FOUND: the replica that made it may
+not have written it yet (decisions are written behind the answer)."""
+
+_MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migrating
+_CHUNK = 500  # ids per IN (...) query
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used; the message names the store (password redacted)."""
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    name: str
+    types: Mapping[str, str]
+    param: str  # the driver's placeholder
+
+    def sql(self, text: str) -> str:
+        """`text` with `?` placeholders in this driver's style."""
+        return text if self.param == "?" else text.replace("?", self.param)
+
+
+_SQLITE = _Dialect("sqlite", {"id": "INTEGER PRIMARY KEY", "blob": "BLOB", "bigint": "INTEGER", "real": "REAL"}, "?")
+_POSTGRES = _Dialect(
+    "postgresql",
+    {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "blob": "BYTEA",
+        "bigint": "BIGINT",
+        "real": "DOUBLE PRECISION",
+    },
+    "%s",
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` with any password replaced by ***, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def open_store(dsn: str, *, store_prompts: bool = True) -> OutcomeStore:
+    """Open (creating and migrating as needed) the store named by `dsn`:
+
+    ``sqlite:PATH`` (relative or absolute; ``sqlite:///abs/path`` too) or ``postgresql://...`` /
+    ``postgres://...`` (a libpq URI; needs the `postgres` extra, psycopg). StoreError naming the store
+    when it cannot be opened, is not a store of ours, or was migrated by a newer lmroute."""
+    if dsn.startswith("sqlite:"):
+        path = Path(dsn.removeprefix("sqlite:").removeprefix("//"))
+        if not str(path) or str(path) == ".":
+            raise StoreError(f"store {dsn!r}: no path after sqlite:")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {dsn!r}: cannot open {path}: {exc}") from exc
+        store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts)
+    elif dsn.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StoreError(
+                f"store {redact_dsn(dsn)}: PostgreSQL needs psycopg (pip install 'lmroute[postgres]')"
+            ) from exc
+        try:
+            pg = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {redact_dsn(dsn)}: cannot connect: {exc}") from exc
+        store = OutcomeStore(pg, _POSTGRES, dsn, store_prompts=store_prompts)
+    else:
+        raise StoreError(f"store {redact_dsn(dsn)!r}: expected sqlite:PATH or postgresql://...")
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+class OutcomeStore:
+    """Decisions and outcomes over one database connection (see the module docstring)."""
+
+    def __init__(self, conn: Any, dialect: _Dialect, dsn: str, *, store_prompts: bool = True) -> None:
+        self._conn = conn
+        self._dialect = dialect
+        self.name = redact_dsn(dsn)
+        self.store_prompts = store_prompts
+
+    @property
+    def dialect(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return self._dialect.name
+
+    # ---- plumbing -------------------------------------------------------------------------------------
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._dialect.sql(sql), tuple(params))
+
+    def _begin(self) -> None:
+        self._exec("BEGIN IMMEDIATE" if self._dialect is _SQLITE else "BEGIN")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self._conn.close()
+        except Exception:  # closing a broken connection must not raise
+            pass
+
+    # ---- schema ---------------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The schema version the store is at (0 for an empty database)."""
+        if not self._has_table("lmroute_schema"):
+            return 0
+        row = self._exec("SELECT version FROM lmroute_schema").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _has_table(self, name: str) -> bool:
+        if self._dialect is _SQLITE:
+            q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            q = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
+        return self._exec(q, (name,)).fetchone() is not None
+
+    def migrate(self) -> int:
+        """Bring the store to SCHEMA_VERSION, one transaction per step; the version it is at."""
+        while True:
+            with self._transaction():
+                if self._dialect is _POSTGRES:
+                    self._exec("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                if not self._has_table("lmroute_schema"):
+                    if self._has_table("decisions") or self._has_table("outcomes"):
+                        raise StoreError(f"store {self.name}: has decisions/outcomes tables but no lmroute_schema")
+                    self._exec("CREATE TABLE lmroute_schema (version INTEGER NOT NULL)")
+                    self._exec("INSERT INTO lmroute_schema (version) VALUES (0)")
+                version = self.schema_version()
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"store {self.name}: schema version {version} is newer than this lmroute's "
+                        f"({SCHEMA_VERSION}); upgrade lmroute to use it"
+                    )
+                if version == SCHEMA_VERSION:
+                    return version
+                for statement in MIGRATIONS[version]:
+                    self._exec(statement.format(**self._dialect.types))
+                self._exec("UPDATE lmroute_schema SET version = ?", (version + 1,))
+
+    # ---- writing --------------------------------------------------------------------------------------
+
+    def write(
+        self, decisions: Sequence[Decision] = (), outcomes: Sequence[Outcome] = (), *, now_ms: int | None = None
+    ) -> list[Verdict]:
+        """Record `decisions` (a decision id already stored is kept as it was) and then `outcomes`, in one
+        transaction committed before this returns; one Verdict per outcome, in order. Outcomes must be
+        valid (`Outcome.check`). Raises the driver's error when the transaction fails: then nothing of
+        this call is stored."""
+        now = _now_ms() if now_ms is None else now_ms
+        with self._transaction():
+            for d in decisions:
+                self._insert_decision(d)
+            known = self._decision_prompts([o.decision_id for o in outcomes if o.decision_id is not None])
+            return [self._insert_outcome(o, known, now) for o in outcomes]
+
+    def _insert_decision(self, d: Decision) -> None:
+        emb = None if d.embedding is None else np.asarray(d.embedding, dtype="<f4").tobytes()
+        self._exec(
+            "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, "
+            "chosen_model, propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, "
+            "encoder_id, embedding, prompt_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (decision_id) DO NOTHING",
+            (
+                d.decision_id,
+                d.time_ms,
+                d.kind,
+                d.bundle_version,
+                d.router,
+                json.dumps(dict(d.scores), sort_keys=True),
+                d.threshold,
+                d.chosen_model,
+                d.propensity,
+                d.strong_model,
+                d.weak_model,
+                d.prompt_sha256,
+                d.prompt_text if self.store_prompts else None,
+                d.n_tokens,
+                d.encoder_id,
+                emb,
+                d.prompt_chars if d.prompt_chars is not None else (len(d.prompt_text) if d.prompt_text else None),
+            ),
+        )
+
+    def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """decision id -> (prompt sha256, chosen model or ""), for the ids that are stored."""
+        out: dict[str, tuple[str, str]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            marks = ", ".join("?" * len(chunk))
+            for did, sha, chosen in self._exec(
+                f"SELECT decision_id, prompt_sha256, chosen_model FROM decisions WHERE decision_id IN ({marks})", chunk
+            ).fetchall():
+                out[str(did)] = (str(sha), "" if chosen is None else str(chosen))
+        return out
+
+    def _insert_outcome(self, o: Outcome, known: Mapping[str, tuple[str, str]], now: int) -> Verdict:
+        model = o.model
+        if o.decision_id is not None:
+            found = known.get(o.decision_id)
+            if found is None:
+                made = int(o.decision_id[:12], 16)
+                return Verdict.NOT_YET if now - made < NOT_YET_MS else Verdict.NOT_FOUND
+            sha, chosen = found
+            model = model or chosen
+            if not model:
+                return Verdict.NO_MODEL
+            text = None
+        else:
+            sha = o.prompt_hash or prompt_sha256(o.prompt_text or "")
+            text = o.prompt_text if self.store_prompts else None
+        cur = self._exec(
+            "INSERT INTO outcomes (target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, "
+            "observed_ms, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (target, kind, model, source) DO NOTHING",
+            (
+                o.target,
+                o.decision_id,
+                sha,
+                text,
+                o.kind.value,
+                model,
+                float(o.quality),
+                o.source,
+                now if o.observed_ms is None else o.observed_ms,
+                now,
+            ),
+        )
+        if cur.rowcount == 1:
+            return Verdict.STORED
+        row = self._exec(
+            "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ?",
+            (o.target, o.kind.value, model, o.source),
+        ).fetchone()
+        return Verdict.DUPLICATE if row is not None and abs(float(row[0]) - o.quality) < 1e-9 else Verdict.CONFLICT
+
+    def prune(self, before_ms: int) -> tuple[int, int]:
+        """Delete decisions and outcomes older than `before_ms` (decision time; outcome receipt time);
+        (decisions deleted, outcomes deleted). The retention limit of the serving process calls this."""
+        with self._transaction():
+            n_out = self._exec("DELETE FROM outcomes WHERE received_ms < ?", (before_ms,)).rowcount
+            n_dec = self._exec("DELETE FROM decisions WHERE time_ms < ?", (before_ms,)).rowcount
+        return int(n_dec), int(n_out)
+
+    def record_adaptation(
+        self,
+        *,
+        parent_version: str,
+        candidate_version: str | None,
+        kind: str,
+        n_outcomes: int,
+        accepted: bool,
+        report: Mapping[str, Any],
+        now_ms: int | None = None,
+    ) -> None:
+        """Record one adaptation run and the gate's verdict with every number behind it."""
+        with self._transaction():
+            self._exec(
+                "INSERT INTO adaptations (time_ms, parent_version, candidate_version, kind, n_outcomes, accepted, "
+                "report) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _now_ms() if now_ms is None else now_ms,
+                    parent_version,
+                    candidate_version,
+                    kind,
+                    n_outcomes,
+                    int(accepted),
+                    json.dumps(dict(report), sort_keys=True),
+                ),
+            )
+
+    def adaptations(self) -> list[dict[str, Any]]:
+        """Every recorded adaptation run, oldest first."""
+        rows = self._exec(
+            "SELECT time_ms, parent_version, candidate_version, kind, n_outcomes, accepted, report FROM adaptations "
+            "ORDER BY id"
+        ).fetchall()
+        keys = ("time_ms", "parent_version", "candidate_version", "kind", "n_outcomes", "accepted")
+        return [{**dict(zip(keys, r[:6])), "accepted": bool(r[5]), "report": json.loads(r[6])} for r in rows]
+
+    # ---- reading --------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table: {"decisions": n, "outcomes": n}."""
+        return {t: int(self._exec(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("decisions", "outcomes")}
+
+    def decision(self, decision_id: str) -> Decision | None:
+        """The stored decision with this id, or None."""
+        rows = self._decisions_where("decision_id IN (?)", (decision_id,))
+        return rows[0] if rows else None
+
+    def recent_decisions(
+        self, *, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000
+    ) -> list[Decision]:
+        """Decisions made in [since_ms, until_ms), newest first, at most `limit` (what recalibration reads)."""
+        until = (1 << 62) if until_ms is None else until_ms
+        return self._decisions_where(
+            "time_ms >= ? AND time_ms < ? ORDER BY time_ms DESC LIMIT ?", (since_ms, until, limit)
+        )
+
+    _DECISION_COLUMNS = (
+        "decision_id, time_ms, kind, bundle_version, scores, strong_model, weak_model, prompt_sha256, n_tokens, "
+        "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars"
+    )
+
+    def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
+        rows = self._exec(f"SELECT {self._DECISION_COLUMNS} FROM decisions WHERE {where}", params).fetchall()
+        return [_decision_of(r) for r in rows]
+
+    def labeled_prompts(self, *, since_ms: int = 0, until_ms: int | None = None) -> list[LabeledPrompt]:
+        """Every judged prompt whose outcomes were received in [since_ms, until_ms), in the order it was judged,
+        with its outcomes by model and its decision (by id; for an outcome by prompt, the latest decision
+        recorded for the same prompt, when there is one)."""
+        until = (1 << 62) if until_ms is None else until_ms
+        rows = self._exec(
+            "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
+            "WHERE received_ms >= ? AND received_ms < ? ORDER BY id",
+            (since_ms, until),
+        ).fetchall()
+        groups: dict[str, list[Any]] = {}
+        for r in rows:
+            groups.setdefault(str(r[0]), []).append(r)
+        by_id = {
+            d.decision_id: d
+            for chunk in _chunks([str(g[0][1]) for g in groups.values() if g[0][1] is not None])
+            for d in self._decisions_where(f"decision_id IN ({', '.join('?' * len(chunk))})", chunk)
+        }
+        by_prompt: dict[str, Decision] = {}
+        for chunk in _chunks([str(g[0][2]) for g in groups.values() if g[0][1] is None]):
+            marks = ", ".join("?" * len(chunk))
+            for d in self._decisions_where(f"prompt_sha256 IN ({marks}) ORDER BY time_ms", chunk):
+                by_prompt[d.prompt_sha256] = d  # the latest wins
+        out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
+        out.sort(key=lambda p: p.time_ms)
+        return out
+
+
+class _Transaction:
+    """BEGIN ... COMMIT, ROLLBACK on an exception (the connections run in autocommit mode otherwise)."""
+
+    def __init__(self, store: OutcomeStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._begin()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _decision_of(r: Sequence[Any]) -> Decision:
+    emb = None if r[15] is None else np.frombuffer(bytes(r[15]), dtype="<f4").astype(np.float32)
+    return Decision(
+        decision_id=str(r[0]),
+        time_ms=int(r[1]),
+        kind=str(r[2]),
+        bundle_version=str(r[3]),
+        scores={str(k): float(v) for k, v in json.loads(r[4]).items()},
+        strong_model=str(r[5]),
+        weak_model=str(r[6]),
+        prompt_sha256=str(r[7]),
+        n_tokens=int(r[8]),
+        encoder_id=str(r[9]),
+        router=str(r[10]),
+        threshold=None if r[11] is None else float(r[11]),
+        chosen_model=None if r[12] is None else str(r[12]),
+        propensity=None if r[13] is None else float(r[13]),
+        prompt_text=None if r[14] is None else str(r[14]),
+        embedding=emb,
+        prompt_chars=None if r[16] is None else int(r[16]),
+    )
+
+
+def _labeled(
+    target: str, rows: Iterable[Sequence[Any]], by_id: Mapping[str, Decision], by_prompt: Mapping[str, Decision]
+) -> LabeledPrompt:
+    rows = list(rows)
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        sums.setdefault(str(r[5]), []).append(float(r[6]))
+    qualities = {m: float(np.mean(v)) for m, v in sums.items()}
+    kinds = frozenset(OutcomeKind(str(r[4])) for r in rows)
+    first = rows[0]
+    sha = str(first[2])
+    # joined by id: the decision the outcome judges; by prompt: only what it says about the prompt
+    # (its embedding and text), not its choice, which the outcome did not follow
+    own = by_id.get(str(first[1])) if first[1] is not None else None
+    d = own if own is not None else by_prompt.get(sha)
+    text = first[3] if first[3] is not None else (d.prompt_text if d is not None else None)
+    return LabeledPrompt(
+        target=target,
+        time_ms=max(int(r[7]) for r in rows),
+        decided_ms=own.time_ms if own is not None else None,
+        prompt_sha256=sha,
+        kinds=kinds,
+        qualities=qualities,
+        prompt_text=None if text is None else str(text),
+        encoder_id=d.encoder_id if d is not None else "",
+        n_tokens=d.n_tokens if d is not None else None,
+        prompt_chars=len(text) if text is not None else (d.prompt_chars if d is not None else None),
+        decision_id=own.decision_id if own is not None else None,
+        bundle_version=own.bundle_version if own is not None else "",
+        chosen_model=own.chosen_model if own is not None else None,
+        propensity=own.propensity if own is not None else None,
+        scores=dict(own.scores) if own is not None else {},
+        threshold=own.threshold if own is not None else None,
+        embedding=d.embedding if d is not None else None,
+    )

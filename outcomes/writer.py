@@ -1,0 +1,231 @@
+"""StoreWriter: the serving process's one thread that writes to the outcome store.
+
+Two kinds of work reach it, from the event loop or any thread, without blocking the caller:
+
+    record(decisions)      write-behind: the answer has already gone out; the decisions are written with
+                           the next commit. When the store falls behind by `max_pending_decisions`, new
+                           decisions are dropped and counted, never queued without bound.
+    submit(outcomes)       a Future of one Verdict per outcome, resolved only after the commit that made
+                           them durable (Feedback acknowledges on that); a Future of an error when the
+                           commit failed, so nothing unwritten is acknowledged.
+
+Group commit: each round takes everything pending (up to `max_batch` of each kind), writes the
+decisions and then the outcomes in one transaction, commits once and resolves the round's futures. A
+decision recorded before an outcome that names it is therefore written in the same or an earlier commit.
+On a failed commit the round's outcome futures fail, its decisions go back to the front of the queue and
+the store is reopened (a lost PostgreSQL connection) after a pause. With `retention_ms` the writer
+deletes what is older, once every `prune_interval_s`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import structlog
+
+from lmroute.outcomes.records import Decision, Outcome, Verdict
+from lmroute.outcomes.store import OutcomeStore
+
+__all__ = ["StoreWriter", "WriterFull", "WriterStats"]
+
+_log = structlog.get_logger("lmroute.outcomes")
+
+
+class WriterFull(RuntimeError):
+    """More outcomes are waiting for the store than the writer holds; nothing of the call was queued."""
+
+
+@dataclass
+class WriterStats:
+    """Counters of one writer (read from any thread; each is written by one side only)."""
+
+    commits: int = 0
+    failed_commits: int = 0
+    decisions_written: int = 0
+    decisions_dropped: int = 0
+    outcomes_written: int = 0
+    pruned_decisions: int = 0
+    pruned_outcomes: int = 0
+
+
+class StoreWriter:
+    """One writer thread over one store (see the module docstring)."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], OutcomeStore],
+        *,
+        max_pending_decisions: int = 100_000,
+        max_pending_outcomes: int = 100_000,
+        max_batch: int = 4096,
+        retention_ms: int = 0,
+        prune_interval_s: float = 3600.0,
+        retry_pause_s: float = 1.0,
+    ) -> None:
+        self._open = open_store
+        self.max_pending_decisions = max_pending_decisions
+        self.max_pending_outcomes = max_pending_outcomes
+        self.max_batch = max_batch
+        self.retention_ms = retention_ms
+        self.prune_interval_s = prune_interval_s
+        self.retry_pause_s = retry_pause_s
+        self.stats = WriterStats()
+        self._cond = threading.Condition()
+        self._decisions: collections.deque[Decision] = collections.deque()
+        self._jobs: collections.deque[tuple[list[Outcome], Future[list[Verdict]]]] = collections.deque()
+        self._pending_outcomes = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._store: OutcomeStore | None = None
+        self._next_prune = 0.0
+
+    # ---- callers ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store (errors raise here, at startup) and start the thread."""
+        self._store = self._open()
+        self._next_prune = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="lmroute-store-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, decisions: Sequence[Decision]) -> None:
+        """Queue decisions for the next commit; drops (and counts) what does not fit."""
+        if not decisions:
+            return
+        with self._cond:
+            room = self.max_pending_decisions - len(self._decisions)
+            if room < len(decisions):
+                self.stats.decisions_dropped += len(decisions) - max(room, 0)
+                decisions = decisions[: max(room, 0)]
+            self._decisions.extend(decisions)
+            self._cond.notify()
+
+    def submit(self, outcomes: Sequence[Outcome]) -> Future[list[Verdict]]:
+        """Queue outcomes; the Future resolves after their commit. WriterFull when the writer holds
+        `max_pending_outcomes` already; RuntimeError after close."""
+        fut: Future[list[Verdict]] = Future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("outcome store writer is closed")
+            if self._pending_outcomes + len(outcomes) > self.max_pending_outcomes:
+                raise WriterFull(
+                    f"{self._pending_outcomes} outcomes waiting for the store (limit {self.max_pending_outcomes})"
+                )
+            self._jobs.append((list(outcomes), fut))
+            self._pending_outcomes += len(outcomes)
+            self._cond.notify()
+        return fut
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """(decisions, outcomes) waiting for a commit."""
+        with self._cond:
+            return len(self._decisions), self._pending_outcomes
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is pending (within `timeout_s`), stop the thread, close the store."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                _log.error("store_writer_stuck", pending=self.pending)
+                return
+        if self._store is not None:
+            self._store.close()
+
+    # ---- the thread ---------------------------------------------------------------------------------------
+
+    def _take(self) -> tuple[list[Decision], list[tuple[list[Outcome], Future[list[Verdict]]]]] | None:
+        """The next round's work (None: closing and nothing left)."""
+        with self._cond:
+            while not self._decisions and not self._jobs:
+                if self._closing:
+                    return None
+                wait = max(0.0, self._next_prune - time.monotonic()) if self.retention_ms else None
+                if not self._cond.wait(wait) and self.retention_ms:
+                    return [], []  # timed out: a prune is due
+            decisions = [self._decisions.popleft() for _ in range(min(self.max_batch, len(self._decisions)))]
+            jobs: list[tuple[list[Outcome], Future[list[Verdict]]]] = []
+            n = 0
+            while self._jobs and (not jobs or n + len(self._jobs[0][0]) <= self.max_batch):
+                job = self._jobs.popleft()
+                n += len(job[0])
+                jobs.append(job)
+            return decisions, jobs
+
+    def _run(self) -> None:
+        while True:
+            work = self._take()
+            if work is None:
+                return
+            decisions, jobs = work
+            if decisions or jobs:
+                self._write(decisions, jobs)
+            if self.retention_ms and time.monotonic() >= self._next_prune:
+                self._prune()
+
+    def _write(self, decisions: list[Decision], jobs: list[tuple[list[Outcome], Future[list[Verdict]]]]) -> None:
+        outcomes = [o for batch, _ in jobs for o in batch]
+        try:
+            store = self._store if self._store is not None else self._open()
+            self._store = store
+            verdicts = store.write(decisions, outcomes)
+        except Exception as exc:
+            self.stats.failed_commits += 1
+            _log.error("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))
+            with self._cond:
+                if self._closing:  # no later round: say what is lost instead of retrying forever
+                    self.stats.decisions_dropped += len(decisions)
+                else:
+                    self._decisions.extendleft(reversed(decisions))
+                self._pending_outcomes -= len(outcomes)
+            for _, fut in jobs:
+                fut.set_exception(exc)
+            self._reopen()
+            return
+        self.stats.commits += 1
+        self.stats.decisions_written += len(decisions)
+        self.stats.outcomes_written += sum(v is Verdict.STORED for v in verdicts)
+        with self._cond:
+            self._pending_outcomes -= len(outcomes)
+        start = 0
+        for batch, fut in jobs:
+            fut.set_result(verdicts[start : start + len(batch)])
+            start += len(batch)
+
+    def _reopen(self) -> None:
+        """After a failed commit: pause, then reopen the store (the next round retries)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        with self._cond:
+            if not self._closing:
+                self._cond.wait(self.retry_pause_s)
+        try:
+            self._store = self._open()
+        except Exception as exc:
+            _log.error("store_reopen_failed", error=repr(exc))
+            if self._closing:
+                with self._cond:
+                    self._decisions.clear()  # nothing can write them: do not loop on them
+
+    def _prune(self) -> None:
+        self._next_prune = time.monotonic() + self.prune_interval_s
+        if self._store is None:
+            return
+        try:
+            n_dec, n_out = self._store.prune(int(time.time() * 1000) - self.retention_ms)
+        except Exception as exc:
+            _log.error("store_prune_failed", error=repr(exc))
+            return
+        self.stats.pruned_decisions += n_dec
+        self.stats.pruned_outcomes += n_out
+        if n_dec or n_out:
+            _log.info("store_pruned", decisions=n_dec, outcomes=n_out)

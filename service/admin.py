@@ -1,0 +1,85 @@
+"""AdminService servicer: wire messages <-> the bundle swapper (lmroute.service.bundle_swap).
+
+ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swap in progress and the
+counters. The servicer is registered when the server binds (when `admin_service` allows it) and
+attached to the swapper once the first bundle is loaded; before that every call is NotReady
+(UNAVAILABLE). Errors are ServiceErrors, turned into statuses by the interceptor like RouterService's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from lmroute.service.bundle_swap import BundleSwapper
+from lmroute.service.errors import InvalidArgument, NotReady
+from lmroute.v1 import admin_pb2, admin_pb2_grpc
+
+__all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
+
+ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+_MAX_PATH_CHARS = 4096
+
+
+def _unix_ms(t: float) -> int:
+    return round(t * 1000)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Implements lmroute.v1.AdminService over a BundleSwapper attached once the first bundle serves."""
+
+    def __init__(self) -> None:
+        self.swapper: BundleSwapper | None = None
+
+    def attach(self, swapper: BundleSwapper) -> None:
+        """Start answering with this swapper (called after the first load)."""
+        self.swapper = swapper
+
+    def _ready(self) -> BundleSwapper:
+        if self.swapper is None:
+            raise NotReady("bundle not loaded and warmed yet")
+        return self.swapper
+
+    async def ReloadBundle(
+        self, request: admin_pb2.ReloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ReloadBundleResponse:
+        swapper = self._ready()
+        if len(request.path) > _MAX_PATH_CHARS:
+            raise InvalidArgument(
+                f"path: {len(request.path)} characters (limit {_MAX_PATH_CHARS})", reason="PATH_TOO_LONG"
+            )
+        if "\0" in request.path:
+            raise InvalidArgument("path: contains a NUL character", reason="INVALID_PATH")
+        report = await swapper.reload(Path(request.path) if request.path else None)
+        return admin_pb2.ReloadBundleResponse(
+            previous_version=report.previous.version,
+            bundle_version=report.current.version,
+            path=str(report.current.path),
+            resolved_path=str(report.current.resolved_path),
+            load_seconds=report.load_s,
+            warm_seconds=report.warm_s,
+            switch_seconds=report.switch_s,
+            release_seconds=report.release_s,
+        )
+
+    async def GetBundle(
+        self, request: admin_pb2.GetBundleRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetBundleResponse:
+        swapper = self._ready()
+        serving, counters = swapper.serving, swapper.counters
+        loading = swapper.loading_path
+        return admin_pb2.GetBundleResponse(
+            bundle_version=serving.version,
+            path=str(serving.path),
+            resolved_path=str(serving.resolved_path),
+            loaded_unix_ms=_unix_ms(serving.loaded_at),
+            routers=list(serving.routers),
+            swaps=counters.swaps,
+            refused=counters.refused,
+            last_refusal=counters.last_refusal,
+            last_refusal_unix_ms=_unix_ms(counters.last_refusal_at),
+            loading_path="" if loading is None else str(loading),
+            watch_interval_seconds=swapper.watch_interval_s,
+        )

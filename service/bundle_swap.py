@@ -1,0 +1,348 @@
+"""Hot swap of the router bundle in a running server: load, validate and warm a candidate in the
+background, then switch the scheduler and the transport to it between two batches.
+
+`BundleSwapper.reload(path)` (the AdminService ReloadBundle RPC, or the watcher) runs the steps:
+
+1. one swap at a time: a second request while one is loading is SwapInProgress (ABORTED), at once;
+2. on the swap thread (a dedicated one, so the event loop keeps serving): resolve `path`'s symlinks once
+   (a symlink flipped during the load cannot mix two bundles' files), load it with the serving
+   settings (the server's scorer factory with only the bundle path replaced: device, ONNX threads,
+   chunk size, --bundle-public-key, plug-ins), which validates every file (checksums, signature);
+3. check that it is compatible: it serves every router name the serving bundle serves, so names that
+   clients use stay valid (it may add routers; its models, encoder and calibration may differ);
+4. warm it on the swap thread (when the server warms at start);
+5. switch, in one synchronous step on the event loop: `Scheduler.swap` (calls admitted from now on go
+   to the new scorer, each call admitted before finishes on the scorer it was admitted with) and
+   `RouterServicer.attach` with the new catalog (router names, calibration and the answers'
+   bundle_version). Nothing awaits between the two, so no call sees the new catalog with the old scorer
+   or the reverse. The measured service rate is kept when the encoder is the same (its cost dominates)
+   and measured again otherwise.
+
+With `low_priority` the swap thread runs at the lowest CPU priority (Linux: nice 19, that thread
+only), so loading and warming take the CPU the serving threads leave instead of competing with them: a
+swap on a busy core then takes longer, and the calls being served do not queue behind it. Threads the
+load creates inherit that priority and an unprivileged process cannot raise it again, so the server
+asks for it only where loading creates none that serve later (CPU, one ONNX Runtime intra-op thread:
+more make ONNX Runtime start its pool of scoring threads during the load).
+
+A candidate that fails step 2, 3 or 4 is BundleRefused (FAILED_PRECONDITION) with the loader's message
+(BUNDLE_INVALID), the missing routers (BUNDLE_INCOMPATIBLE) or the warm-up error
+(BUNDLE_WARMUP_FAILED); the serving bundle keeps serving, `counters` records it and one log line
+(`bundle_refused`) says why. The old scorer is dropped when its last call is answered, and the heap
+memory freed by then is handed back to the system after the switch (glibc's malloc_trim).
+
+`watch(interval_s)` polls the serving bundle's `manifest.json` and reloads when its bundle_version
+differs from the serving one (a deployment that flips a symlink to a new bundle directory). A refused
+candidate is not tried again until what the path shows changes: its directory (symlinks resolved) or
+its manifest's bytes, not only its claimed version, since a tampered copy can claim a good version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from lmroute.service.errors import BundleRefused, Draining, SwapInProgress
+from lmroute.service.scheduler import Scheduler
+from lmroute.service.scorer_api import Catalog, Scorer
+
+__all__ = [
+    "Attachable",
+    "BundleSwapper",
+    "ScorerLoader",
+    "ServingBundle",
+    "SwapCounters",
+    "SwapReport",
+    "manifest_version",
+    "read_candidate",
+]
+
+_log = structlog.get_logger("lmroute.swap")
+
+ScorerLoader = Callable[[Path], Scorer[Any]]
+"""Loads and validates the bundle at a path with the serving settings (runs on the swap thread)."""
+
+
+class Attachable(Protocol):
+    """The transport's view of what is served (RouterServicer): set again after each swap."""
+
+    def attach(self, scheduler: Scheduler[Any], catalog: Catalog) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServingBundle:
+    """The bundle that serves new calls."""
+
+    version: str
+    path: Path  # as configured or asked for
+    resolved_path: Path  # what was loaded: `path` with its symlinks resolved
+    routers: tuple[str, ...]
+    loaded_at: float  # time.time() when it started serving
+    encoder_id: str = ""  # Catalog.encoder_id: the same id means the same encoder cost
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    """One completed swap: what served before and after, and the time of each step (seconds)."""
+
+    previous: ServingBundle
+    current: ServingBundle
+    load_s: float
+    warm_s: float
+    switch_s: float
+    release_s: float = 0.0  # freeing the previous bundle right after the switch (see _reload)
+
+
+@dataclass
+class SwapCounters:
+    """Swaps and refusals since the process started (read them; the swapper writes them)."""
+
+    swaps: int = 0
+    refused: int = 0
+    last_refusal: str = ""  # the refusal's message
+    last_refusal_at: float = 0.0  # time.time() of the last refusal, 0.0 when none
+
+
+@dataclass
+class _Loading:
+    path: Path
+    since: float = field(default_factory=time.monotonic)
+
+
+class BundleSwapper:
+    """Swaps the scheduler's scorer for a freshly loaded bundle; one swap at a time. Event-loop only."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler[Any],
+        transport: Attachable,
+        load: ScorerLoader,
+        serving: ServingBundle,
+        *,
+        warmup: bool = True,
+        low_priority: bool = False,
+    ) -> None:
+        self.scheduler = scheduler
+        self.transport = transport
+        self._load = load
+        self.serving = serving
+        self.warmup = warmup
+        self.counters = SwapCounters()
+        self.watch_interval_s = 0.0
+        self._loading: _Loading | None = None
+        self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._refused = ""  # identity (read_candidate) of the last candidate the watcher saw refused
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="lmroute-swap", initializer=_lowest_cpu_priority if low_priority else None
+        )
+
+    @classmethod
+    def serving_now(cls, scorer: Scorer[Any], path: Path) -> ServingBundle:
+        """The ServingBundle of a scorer loaded from `path` and serving from now on."""
+        return ServingBundle(
+            version=scorer.version,
+            path=path,
+            resolved_path=path.resolve(),
+            routers=scorer.router_names,
+            loaded_at=time.time(),
+            encoder_id=scorer.catalog().encoder_id,
+        )
+
+    @property
+    def loading_path(self) -> Path | None:
+        """The candidate being loaded now; None when no swap is in progress."""
+        return None if self._loading is None else self._loading.path
+
+    async def reload(self, path: Path | None = None) -> SwapReport:
+        """Load, check and warm the bundle at `path` (None: the serving path again), then switch to it.
+
+        Raises SwapInProgress while another swap runs, BundleRefused for a candidate that fails (the
+        serving bundle is unchanged), Draining after `close`."""
+        if self._closed:
+            raise Draining("server is shutting down")
+        target = self.serving.path if path is None else path
+        if self._loading is not None:
+            since = time.monotonic() - self._loading.since
+            raise SwapInProgress(
+                f"path: a bundle swap is already in progress (loading {self._loading.path} for {since:.1f} s); "
+                "retry after it finishes"
+            )
+        self._loading = _Loading(target)
+        try:
+            return await self._reload(target)
+        finally:
+            self._loading = None
+
+    async def _reload(self, path: Path) -> SwapReport:
+        loop = asyncio.get_running_loop()
+        _log.info("bundle_swap_started", path=str(path), serving=self.serving.version)
+        t0 = time.perf_counter()
+        try:
+            resolved, scorer, catalog = await loop.run_in_executor(self._pool, self._load_candidate, path)
+        except Exception as exc:  # BundleError, ConfigError, OSError, an ONNX Runtime error: all refuse it
+            raise self._refuse(path, f"{exc}", "BUNDLE_INVALID") from exc
+        load_s = time.perf_counter() - t0
+        missing = [name for name in self.serving.routers if name not in scorer.router_names]
+        if missing:
+            raise self._refuse(
+                path,
+                f"routers: the candidate lacks {', '.join(map(repr, missing))}, served now (candidate has: "
+                f"{', '.join(scorer.router_names)}); clients naming them would get NOT_FOUND",
+                "BUNDLE_INCOMPATIBLE",
+            )
+        if self._closed:
+            raise Draining("server is shutting down: the loaded bundle was not swapped in")
+        warm_s = 0.0
+        if self.warmup:
+            t1 = time.perf_counter()
+            try:
+                await loop.run_in_executor(self._pool, scorer.warmup)
+            except Exception as exc:
+                raise self._refuse(path, f"warm-up failed: {exc!r}", "BUNDLE_WARMUP_FAILED") from exc
+            warm_s = time.perf_counter() - t1
+        if self._closed:
+            raise Draining("server is shutting down: the loaded bundle was not swapped in")
+        t2 = time.perf_counter()
+        previous = self.serving
+        current = ServingBundle(scorer.version, path, resolved, scorer.router_names, time.time(), catalog.encoder_id)
+        same_encoder = bool(current.encoder_id) and current.encoder_id == previous.encoder_id
+        old = self.scheduler.swap(scorer, keep_rate=same_encoder)  # no await from here to the attach
+        self.transport.attach(self.scheduler, catalog)
+        self.serving = current
+        switch_s = time.perf_counter() - t2
+        # The old bundle is freed here when no call holds it any more, else with the last call that does.
+        # Freeing its ONNX sessions and arrays holds the GIL on any thread, so it is timed, not moved.
+        t3 = time.perf_counter()
+        del old
+        release_s = time.perf_counter() - t3
+        self.counters.swaps += 1
+        with contextlib.suppress(RuntimeError):  # the swap thread is gone: the server is stopping
+            await loop.run_in_executor(self._pool, _return_freed_memory)
+        _log.info(
+            "bundle_swapped",
+            previous=previous.version,
+            version=current.version,
+            path=str(path),
+            resolved_path=str(resolved),
+            load_s=round(load_s, 3),
+            warm_s=round(warm_s, 3),
+            switch_us=round(switch_s * 1e6, 1),
+            release_ms=round(release_s * 1e3, 3),
+            kept_rate=same_encoder,
+        )
+        return SwapReport(previous, current, load_s, warm_s, switch_s, release_s)
+
+    def _load_candidate(self, path: Path) -> tuple[Path, Scorer[Any], Catalog]:
+        """On the swap thread: resolve the path once, load and validate the bundle, read its catalog."""
+        resolved = path.resolve()
+        scorer = self._load(resolved)
+        return resolved, scorer, scorer.catalog()
+
+    def _refuse(self, path: Path, message: str, reason: str) -> BundleRefused:
+        """Count and log a refused candidate; the error to raise."""
+        text = f"bundle {path} refused ({self.serving.version} keeps serving): {message}"
+        self.counters.refused += 1
+        self.counters.last_refusal = text
+        self.counters.last_refusal_at = time.time()
+        _log.warning("bundle_refused", path=str(path), reason=reason, error=message, serving=self.serving.version)
+        return BundleRefused(text, reason=reason)
+
+    # -- watching the serving path ---------------------------------------------------------------------
+
+    def watch(self, interval_s: float) -> None:
+        """Poll the serving path's manifest.json every `interval_s` seconds (on the running loop)."""
+        if interval_s <= 0 or self._watcher is not None:
+            return
+        self.watch_interval_s = interval_s
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(interval_s), name="lmroute-bundle-watch")
+
+    async def _watch(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        unreadable = ""
+        while not self._closed:
+            await asyncio.sleep(interval_s)
+            path = self.serving.path
+            try:
+                version, identity = await loop.run_in_executor(self._pool, read_candidate, path)
+            except (OSError, ValueError) as exc:
+                if str(exc) != unreadable:  # once per distinct problem, not every poll
+                    unreadable = str(exc)
+                    _log.warning("bundle_watch_unreadable", path=str(path), error=unreadable)
+                continue
+            unreadable = ""
+            if version == self.serving.version or identity == self._refused or self._loading is not None:
+                continue
+            _log.info("bundle_watch_changed", path=str(path), serving=self.serving.version, found=version)
+            try:
+                await self.reload(path)
+            except BundleRefused:
+                self._refused = identity  # logged and counted; tried again when the path shows another
+            except (SwapInProgress, Draining):
+                pass
+
+    async def close(self) -> None:
+        """Stop watching; a swap still loading finishes on its thread but is not switched in."""
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lowest_cpu_priority() -> None:
+    """Swap-thread initializer: nice 19 for the calling thread only (Linux gives each thread its own nice
+    value; elsewhere setpriority would name a process, so nothing is changed there)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as exc:
+        _log.warning("swap_thread_priority_unchanged", error=str(exc))
+
+
+def _return_freed_memory() -> None:
+    """glibc only: hand the heap pages freed with the old bundle back to the system (malloc_trim, on the
+    swap thread; ctypes releases the GIL for the call), so the resident size after a swap is about one
+    bundle's, not two; without it the allocator keeps them for the next candidate. Elsewhere: nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def manifest_version(path: Path) -> str:
+    """The bundle_version field of `path`/manifest.json (read only: the loader validates the rest);
+    OSError when it cannot be read, ValueError when it holds no version."""
+    return read_candidate(path)[0]
+
+
+def read_candidate(path: Path) -> tuple[str, str]:
+    """What `path` shows now: the bundle_version its manifest.json claims, and an identity (the
+    directory with symlinks resolved and a hash of the manifest's bytes). OSError when the manifest
+    cannot be read, ValueError when it holds no version."""
+    resolved = path.resolve()
+    raw = (resolved / "manifest.json").read_bytes()
+    data = json.loads(raw)
+    version = data.get("bundle_version") if isinstance(data, dict) else None
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"{path / 'manifest.json'}: no bundle_version")
+    return version, f"{resolved}:{hashlib.sha256(raw).hexdigest()}"

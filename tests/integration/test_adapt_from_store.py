@@ -1,0 +1,111 @@
+"""`lmroute-export adapt` end to end: a small real bundle (a real tiny ONNX encoder), paired outcomes of a
+learnable problem in a real store (SQLite and the session's PostgreSQL), adapt -> gate -> a written,
+loadable adapted bundle; a second round replaces the adapted router; outcomes shuffled across prompts
+are refused by the gate and nothing is written; every run is recorded in the store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmroute.adapt.from_store import adapt_from_store
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+from lmroute.export.cli import main
+from lmroute.outcomes.records import Outcome, OutcomeKind
+from lmroute.outcomes.store import open_store
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("adapt_store")
+    encoder = make_fake_encoder_dir(root / "encoder", dim=16, seed=3)
+    return make_tiny_bundle(root / "parent", encoder_dir=encoder, seed=5)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_db"))
+
+
+def _judged(parent: Path, *, shuffled: bool, seed: int = 2) -> list[Outcome]:
+    """Paired outcomes of N prompts: the strong model's gain follows one direction of the embedding."""
+    bundle = load_bundle(parent)
+    texts = synthetic_prompts(N, seed=9)
+    emb = bundle.prompt_batch(texts).embeddings
+    assert emb is not None
+    u = np.random.default_rng(1).standard_normal(emb.shape[1])
+    rng = np.random.default_rng(seed)
+    weak = (rng.random(N) < 1.0 / (1.0 + np.exp(-(1.0 - 6.0 * (emb @ u))))).astype(float)
+    strong = np.maximum(weak, (rng.random(N) < 0.8).astype(float))
+    if shuffled:  # the same outcomes, each on another prompt: nothing left to learn
+        order = rng.permutation(N)
+        strong, weak = strong[order], weak[order]
+    pair = bundle.manifest.default_pair
+    t0 = int(time.time() * 1000) - N * 1000
+    out: list[Outcome] = []
+    for i, text in enumerate(texts):
+        for model, q in ((pair.strong, strong[i]), (pair.weak, weak[i])):
+            out.append(
+                Outcome(
+                    OutcomeKind.PAIRED, model, float(q), prompt_text=text, source="judge", observed_ms=t0 + i * 1000
+                )
+            )
+    return out
+
+
+def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Path) -> None:
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    first = adapt_from_store(parent, store, tmp_path / "b1")
+    assert first.accepted, first.report
+    assert first.n_outcomes == N and first.report["champion"] == "mf"
+    b1 = load_bundle(tmp_path / "b1")
+    assert b1.version == first.candidate_version and "adapted" in b1.routers
+    lineage = b1.manifest.lineage
+    assert lineage is not None and lineage.parent_version == first.parent_version and lineage.n_outcomes == N
+    # the next round starts from the adapted bundle: its adapted router is the champion, and is replaced
+    second = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)  # any candidate passes
+    assert second.report["champion"] == "adapted" and second.accepted
+    b2 = load_bundle(tmp_path / "b2")
+    assert list(b2.routers).count("adapted") == 1 and b2.manifest.lineage is not None
+    assert b2.manifest.lineage.parent_version == b1.version
+    runs = store.adaptations()
+    assert [(r["parent_version"], r["accepted"]) for r in runs] == [(first.parent_version, True), (b1.version, True)]
+    assert runs[0]["report"]["gate"]["candidate_apgr"] == first.report["gate"]["candidate_apgr"]
+    store.close()
+
+
+def test_shuffled_outcomes_are_refused_and_nothing_is_written(parent: Path, dsn: str, tmp_path: Path) -> None:
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=True))
+    run = adapt_from_store(parent, store, tmp_path / "never")
+    assert not run.accepted and run.candidate_version is None
+    assert not (tmp_path / "never").exists()
+    [recorded] = store.adaptations()
+    assert recorded["accepted"] is False and recorded["report"]["gate"]["accepted"] is False
+    store.close()
+
+
+def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False)[:40])  # 20 prompts: too few to judge
+    store.close()
+    args = ["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "out")]
+    assert main(args) == 4
+    assert "20 usable outcomes (need 50)" in capsys.readouterr().out
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    store.close()
+    assert main(args) == 0
+    assert "accepted: bundle" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse refuses an unknown kind
+        main(args + ["--kind", "triplet"])

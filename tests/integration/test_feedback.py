@@ -1,0 +1,278 @@
+"""Feedback over a real gRPC server on 127.0.0.1 with a real outcome store (SQLite file or the test
+session's PostgreSQL server): decisions are recorded, outcomes acknowledged once durable, per-item errors
+name the field; and a server killed with SIGKILL while feedback streams in loses no acknowledged outcome.
+
+The scorer is the fake one: what is under test is the decision -> feedback -> store path, not scoring."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lmroute.outcomes.records import OutcomeKind, prompt_sha256
+from lmroute.outcomes.store import NOT_YET_MS, open_store
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.decisions import new_decision_id
+from lmroute.service.errors import Code
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_db"))
+
+
+@pytest.fixture()
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    started: list[ServerThread] = []
+
+    def make(**kw: object) -> ServerThread:
+        configure_logging("warning")
+        base: dict[str, object] = dict(bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0)
+        base.update(kw)
+        fake = FakeScorer(routers=("random", "mf"))
+        srv = ServerThread(ServiceConfig(**base), scorer_factory=lambda _cfg: fake).start()  # type: ignore[arg-type]
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def _single(decision_id: str, quality: float, model: str = "", source: str = "") -> router_pb2.OutcomeReport:
+    return router_pb2.OutcomeReport(
+        decision_id=decision_id, single=router_pb2.SingleOutcome(quality=quality, model=model), source=source
+    )
+
+
+def _wait_recorded(dsn: str, decision_ids: list[str], timeout_s: float = 10.0) -> None:
+    store = open_store(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(store.decision(d) is None for d in decision_ids):
+            assert time.monotonic() < deadline, "decisions not recorded in time"
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_route_and_score_decisions_are_recorded_and_feedback_is_judged_per_item(
+    dsn: str, serve: Callable[..., ServerThread]
+) -> None:
+    srv = serve(store=dsn)
+    with RouterClient(srv.target) as client:
+        routed = client.route("What is the capital of France?", router="mf", threshold=0.5)
+        scored = client.score(["Prove Fermat's little theorem.", ""], routers=["mf", "random"])
+        score_id = scored.results[0].decision_id
+        assert scored.results[1].decision_id == ""  # a failed prompt made no decision
+        _wait_recorded(dsn, [routed.decision_id, score_id])
+
+        old_unknown = new_decision_id(int(time.time() * 1000) - 10 * NOT_YET_MS)
+        resp = client.feedback(
+            [
+                _single(routed.decision_id, 0.8, source="thumbs"),  # 0: stored, model = the chosen one
+                _single(routed.decision_id, 0.8, model=routed.chosen_model, source="thumbs"),  # 1: duplicate
+                _single(routed.decision_id, 0.3, source="thumbs"),  # 2: conflict
+                _single(old_unknown, 1.0),  # 3: not found
+                _single(new_decision_id(), 1.0),  # 4: not yet recorded (fresh id)
+                _single(routed.decision_id, 1.5),  # 5: out of range
+                _single(score_id, 1.0),  # 6: a Score decision chose no model
+                router_pb2.OutcomeReport(  # 7: paired, by decision
+                    decision_id=score_id,
+                    paired=router_pb2.PairedOutcome(strong_quality=1.0, weak_quality=0.25),
+                    source="judge:test",
+                ),
+                router_pb2.OutcomeReport(  # 8: preference, by prompt
+                    prompt=router_pb2.Prompt(text="Write a haiku about the sea."),
+                    preference=router_pb2.PREFERENCE_TIE,
+                    source="judge:test",
+                ),
+                router_pb2.OutcomeReport(decision_id=routed.decision_id),  # 9: no outcome set
+                router_pb2.OutcomeReport(  # 10: the same model twice
+                    decision_id=score_id,
+                    qualities=router_pb2.ModelQualities(
+                        qualities=[router_pb2.ModelQuality(model="a", quality=1.0)] * 2
+                    ),
+                ),
+            ]
+        )
+        codes = [(r.code, r.reason) for r in resp.results]
+        assert codes == [
+            (Code.OK, ""),
+            (Code.OK, "DUPLICATE"),
+            (Code.ALREADY_EXISTS, "OUTCOME_CONFLICT"),
+            (Code.NOT_FOUND, "DECISION_NOT_FOUND"),
+            (Code.UNAVAILABLE, "DECISION_NOT_RECORDED_YET"),
+            (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
+            (Code.INVALID_ARGUMENT, "MODEL_REQUIRED"),
+            (Code.OK, ""),
+            (Code.OK, ""),
+            (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
+            (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
+        ]
+        assert resp.results[5].message == "outcomes[5].single.quality: must be in [0, 1] (got 1.5)"
+        assert resp.results[9].message.startswith("outcomes[9]: set one of paired")
+        assert resp.results[10].message == "outcomes[10].qualities.qualities[1].model: 'a' given twice"
+        assert resp.stored == 1 + 2 + 2
+        catalog = client.list_routers()
+
+    store = open_store(dsn)
+    rows = {r.prompt_sha256: r for r in store.labeled_prompts()}
+    store.close()
+    strong, weak = catalog.default_pair.strong, catalog.default_pair.weak
+    route_row = rows[prompt_sha256("What is the capital of France?")]
+    assert route_row.qualities == {routed.chosen_model: 0.8} and route_row.propensity == 1.0
+    assert route_row.threshold == 0.5 and route_row.scores == {"mf": pytest.approx(routed.score)}
+    assert rows[prompt_sha256("Prove Fermat's little theorem.")].qualities == {strong: 1.0, weak: 0.25}
+    tie = rows[prompt_sha256("Write a haiku about the sea.")]
+    assert tie.qualities == {strong: 0.5, weak: 0.5} and tie.kinds == frozenset({OutcomeKind.PREFERENCE})
+
+
+def test_feedback_without_a_store_is_failed_precondition_and_limits_hold(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    plain = serve()
+    with RouterClient(plain.target) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.feedback([_single(new_decision_id(), 1.0)])
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no outcome store" in (err.value.details() or "")
+    limited = serve(store=f"sqlite:{tmp_path / 'o.sqlite3'}", max_feedback_items=2)
+    with RouterClient(limited.target) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.feedback([_single(new_decision_id(), 1.0)] * 3)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "outcomes: 3 outcomes (limit 2)"
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.fake_scorer import FakeScorer
+    from lmroute.service.logs import configure_logging
+    from lmroute.service.main import serve
+    configure_logging("warning")
+    cfg = ServiceConfig(bundle_path=Path("unused"), port=0, store=sys.argv[1], grace_s=0.0)
+    asyncio.run(serve(cfg, lambda _cfg: FakeScorer(routers=("mf",))))
+    """
+)
+
+
+def _start_child(dsn: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, dsn],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "serving on" in line:
+            return proc, line.strip().rsplit(" ", 1)[-1]
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"child server did not start (exit {proc.poll()})")
+
+
+def test_sigkill_while_feedback_streams_in_loses_no_acknowledged_outcome(dsn: str) -> None:
+    proc, target = _start_child(dsn)
+    acked: dict[tuple[str, str], float] = {}  # (decision id or prompt sha256, source) -> quality acknowledged
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def stream(worker: int) -> None:
+        with RouterClient(target, timeout_s=5.0) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    decision = client.route(f"worker {worker} prompt {i}", router="mf", threshold=0.5)
+                except grpc.RpcError:
+                    return  # the server died
+                quality = (i % 10) / 10
+                reports = [
+                    router_pb2.OutcomeReport(
+                        prompt=router_pb2.Prompt(text=f"worker {worker} judged {i}"),
+                        paired=router_pb2.PairedOutcome(strong_quality=quality, weak_quality=1 - quality),
+                        source="judge",
+                    ),
+                    _single(decision.decision_id, quality, source="thumbs"),
+                ]
+                try:
+                    resp = client.feedback(reports)
+                except grpc.RpcError:
+                    return  # the server died: nothing of this call was acknowledged
+                for report, status in zip(reports, resp.results):
+                    if status.code == Code.OK:
+                        key = report.decision_id or prompt_sha256(report.prompt.text)
+                        acked[(key, report.source)] = quality
+                    elif status.reason != "DECISION_NOT_RECORDED_YET":
+                        errors.append(f"{status.code} {status.reason} {status.message}")
+
+    workers = [threading.Thread(target=stream, args=(w,)) for w in range(4)]
+    for t in workers:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    stop.set()
+    for t in workers:
+        t.join(10)
+    assert not errors, errors[:3]
+    assert len(acked) >= 300, f"only {len(acked)} outcomes acknowledged before the kill"
+
+    store = open_store(dsn)  # reopening recovers the store (SQLite: the WAL; PostgreSQL: its own log)
+    rows = store.labeled_prompts()
+    store.close()
+    stored: set[tuple[str, str]] = set()
+    for r in rows:
+        key = r.decision_id or r.prompt_sha256
+        stored |= {(key, "judge" if kind is OutcomeKind.PAIRED else "thumbs") for kind in r.kinds}
+    missing = [k for k in acked if k not in stored]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged outcomes lost, e.g. {missing[:2]}"
+
+
+def test_exploring_routes_report_and_record_their_propensity(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    dsn = f"sqlite:{tmp_path / 'explore.sqlite3'}"
+    srv = serve(store=dsn, explore_rate=0.3)
+    with RouterClient(srv.target) as client:
+        answers = [client.route(f"prompt number {i}", router="mf", threshold=0.5) for i in range(300)]
+    flipped = [a for a in answers if (a.score >= a.threshold) != (a.tier == router_pb2.TIER_STRONG)]
+    assert 30 <= len(flipped) <= 150  # ~30 % of 300
+    assert all(a.propensity <= 0.5 for a in flipped)
+    assert all(a.propensity >= 0.5 for a in answers if a not in flipped)
+    _wait_recorded(dsn, [a.decision_id for a in answers])
+    store = open_store(dsn)
+    recorded = {a.decision_id: store.decision(a.decision_id) for a in answers}
+    store.close()
+    for a in answers:
+        d = recorded[a.decision_id]
+        assert d is not None and d.propensity == pytest.approx(a.propensity) and d.chosen_model == a.chosen_model

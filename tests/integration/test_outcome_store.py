@@ -1,0 +1,236 @@
+"""The outcome store: one suite, run against SQLite (a file in a temporary directory) and a real
+PostgreSQL server that the test session starts (tests/conftest.py: postgres_server)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
+from lmroute.outcomes.schema import SCHEMA_VERSION
+from lmroute.outcomes.store import NOT_YET_MS, OutcomeStore, StoreError, open_store
+from lmroute.outcomes.writer import StoreWriter, WriterFull
+from lmroute.service.decisions import new_decision_id
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'store' / 'outcomes.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_db"))
+
+
+@pytest.fixture()
+def store(dsn: str) -> Iterator[OutcomeStore]:
+    s = open_store(dsn)
+    yield s
+    s.close()
+
+
+def _decision(text: str, *, at_ms: int | None = None, chosen: str | None = "weak-m", dim: int = 4) -> Decision:
+    now = int(time.time() * 1000) if at_ms is None else at_ms
+    did = new_decision_id(now)
+    return Decision(
+        decision_id=did,
+        time_ms=now,
+        kind="route" if chosen else "score",
+        bundle_version="20261203-aaaaaaaa",
+        scores={"mf": 0.25},
+        strong_model="strong-m",
+        weak_model="weak-m",
+        prompt_sha256=prompt_sha256(text),
+        n_tokens=7,
+        encoder_id="0123456789abcdef",
+        router="mf" if chosen else "",
+        threshold=0.5 if chosen else None,
+        chosen_model=chosen,
+        propensity=1.0 if chosen else None,
+        prompt_text=text,
+        prompt_chars=len(text),
+        embedding=np.arange(dim, dtype=np.float32) / dim,
+    )
+
+
+def test_a_new_store_is_migrated_and_reopening_keeps_its_rows(dsn: str) -> None:
+    s = open_store(dsn)
+    assert s.schema_version() == SCHEMA_VERSION
+    d = _decision("hello")
+    s.write([d])
+    s.close()
+    again = open_store(dsn)
+    assert again.schema_version() == SCHEMA_VERSION
+    got = again.decision(d.decision_id)
+    assert got == d
+    assert got is not None and got.embedding is not None
+    np.testing.assert_array_equal(got.embedding, d.embedding)
+    again.close()
+
+
+def test_a_store_migrated_by_a_newer_lmroute_is_refused(store: OutcomeStore, dsn: str) -> None:
+    store._exec("UPDATE lmroute_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} is newer than this lmroute's"):
+        open_store(dsn)
+
+
+def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store: OutcomeStore) -> None:
+    d = _decision("what is 2 + 2?")
+    score_d = _decision("scored only", chosen=None)
+    now = int(time.time() * 1000)
+    old_unknown = new_decision_id(now - 10 * NOT_YET_MS)
+    fresh_unknown = new_decision_id(now)
+    verdicts = store.write(
+        [d, score_d],
+        [
+            Outcome(OutcomeKind.SINGLE, "", 0.75, decision_id=d.decision_id, source="thumbs"),
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.75, decision_id=d.decision_id, source="thumbs"),
+            Outcome(OutcomeKind.SINGLE, "", 0.5, decision_id=d.decision_id, source="thumbs"),
+            Outcome(OutcomeKind.SINGLE, "", 0.5, decision_id=d.decision_id, source="judge"),
+            Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=old_unknown),
+            Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=fresh_unknown),
+            Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=score_d.decision_id),
+        ],
+        now_ms=now,
+    )
+    assert verdicts == [
+        Verdict.STORED,  # the model is the decision's chosen one
+        Verdict.DUPLICATE,  # naming it is the same outcome
+        Verdict.CONFLICT,  # another value for the same decision, kind, model and source
+        Verdict.STORED,  # another source is another outcome
+        Verdict.NOT_FOUND,
+        Verdict.NOT_YET,
+        Verdict.NO_MODEL,  # a Score decision chose no model
+    ]
+    assert store.counts() == {"decisions": 2, "outcomes": 2}
+    [row] = store.labeled_prompts()
+    assert row.decision_id == d.decision_id and row.chosen_model == "weak-m" and row.propensity == 1.0
+    assert row.qualities == {"weak-m": pytest.approx(0.625)}  # two sources, averaged
+    assert row.prompt_text == "what is 2 + 2?" and row.encoder_id == "0123456789abcdef"
+    assert row.embedding is not None and row.embedding.shape == (4,)
+
+
+def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt(store: OutcomeStore) -> None:
+    d = _decision("translate 'cat' to French")
+    store.write([d])
+    verdicts = store.write(
+        [],
+        [
+            Outcome(OutcomeKind.PAIRED, "strong-m", 1.0, prompt_text="translate 'cat' to French", source="judge"),
+            Outcome(OutcomeKind.PAIRED, "weak-m", 0.0, prompt_text="translate 'cat' to French", source="judge"),
+            Outcome(OutcomeKind.PAIRED, "strong-m", 1.0, prompt_text="never decided", source="judge"),
+        ],
+    )
+    assert verdicts == [Verdict.STORED] * 3
+    rows = {r.prompt_sha256: r for r in store.labeled_prompts()}
+    seen = rows[d.prompt_sha256]
+    assert seen.qualities == {"strong-m": 1.0, "weak-m": 0.0}
+    assert seen.kinds == frozenset({OutcomeKind.PAIRED})
+    assert seen.embedding is not None and seen.decision_id is None and seen.chosen_model is None
+    alone = rows[prompt_sha256("never decided")]
+    assert alone.embedding is None and alone.prompt_text == "never decided"
+
+
+def test_the_privacy_switch_keeps_no_prompt_text(dsn: str) -> None:
+    s = open_store(dsn, store_prompts=False)
+    d = _decision("my secret medical question")
+    s.write([d], [Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, prompt_text="another secret prompt")])
+    texts = s._exec("SELECT prompt_text FROM decisions UNION ALL SELECT prompt_text FROM outcomes").fetchall()
+    assert [t[0] for t in texts] == [None, None]
+    got = s.decision(d.decision_id)
+    assert got is not None and got.prompt_sha256 == prompt_sha256("my secret medical question")
+    assert got.embedding is not None
+    s.close()
+
+
+def test_retention_prunes_what_is_older(store: OutcomeStore) -> None:
+    now = int(time.time() * 1000)
+    old, new = _decision("old", at_ms=now - 40 * DAY_MS), _decision("new", at_ms=now)
+    store.write([old, new], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="x")], now_ms=now - 40 * DAY_MS)
+    store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="y")], now_ms=now)
+    assert store.prune(now - 30 * DAY_MS) == (1, 1)
+    assert store.decision(old.decision_id) is None and store.decision(new.decision_id) is not None
+    assert store.counts() == {"decisions": 1, "outcomes": 1}
+
+
+def test_invalid_outcomes_name_the_field() -> None:
+    with pytest.raises(OutcomeError, match=r"outcomes\[2\]\.quality: must be in \[0, 1\] \(got 1\.5\)"):
+        Outcome(OutcomeKind.SINGLE, "m", 1.5, prompt_text="p").check("outcomes[2]")
+    with pytest.raises(OutcomeError, match=r"exactly one of decision_id and prompt"):
+        Outcome(OutcomeKind.SINGLE, "m", 0.5).check()
+    with pytest.raises(OutcomeError, match=r"decision_id: not a decision id"):
+        Outcome(OutcomeKind.SINGLE, "m", 0.5, decision_id="xyz").check()
+    with pytest.raises(OutcomeError, match=r"\.model: required"):
+        Outcome(OutcomeKind.PAIRED, "", 0.5, prompt_text="p").check()
+
+
+def test_writer_acknowledges_after_commit_and_groups_rounds(dsn: str) -> None:
+    writer = StoreWriter(lambda: open_store(dsn))
+    writer.start()
+    decisions = [_decision(f"prompt {i}") for i in range(300)]
+    for d in decisions:
+        writer.record([d])
+    futures = [
+        writer.submit([Outcome(OutcomeKind.SINGLE, "", i / 300, decision_id=d.decision_id)])
+        for i, d in enumerate(decisions)
+    ]
+    assert [f.result(30)[0] for f in futures] == [Verdict.STORED] * 300  # each decision was written first
+    writer.close()
+    assert writer.stats.commits < 300  # rounds group what is pending
+    check = open_store(dsn)
+    assert check.counts() == {"decisions": 300, "outcomes": 300}
+    check.close()
+
+
+def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(dsn: str) -> None:
+    writer = StoreWriter(lambda: open_store(dsn), retry_pause_s=0.01)
+    writer.start()
+    admin = open_store(dsn)  # another connection, to break and mend the table under the writer
+    assert writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="first")]).result(10) == [Verdict.STORED]
+    admin._exec("ALTER TABLE outcomes RENAME TO outcomes_away")
+    d = _decision("decision of the failed round")
+    writer.record([d])
+    fut = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="second")])
+    with pytest.raises(Exception, match=r"outcomes"):
+        fut.result(10)
+    assert writer.stats.failed_commits >= 1
+    admin._exec("ALTER TABLE outcomes_away RENAME TO outcomes")
+    assert writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="third")]).result(10) == [Verdict.STORED]
+    writer.close()
+    # the failed round's outcome is not stored; its decision was kept and written by a later round
+    assert admin.decision(d.decision_id) is not None
+    assert {r.prompt_text for r in admin.labeled_prompts()} == {"first", "third"}
+    admin.close()
+
+
+def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
+    writer = StoreWriter(lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), max_pending_outcomes=2)
+    # not started: what is submitted waits, as it would behind a slow store
+    two = [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=t) for t in ("a", "b")]
+    pending = writer.submit(two)
+    with pytest.raises(WriterFull, match=r"2 outcomes waiting for the store \(limit 2\)"):
+        writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="c")])
+    writer.start()
+    assert pending.result(10) == [Verdict.STORED, Verdict.STORED]
+    writer.close()
+
+
+def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> None:
+    s = open_store(dsn)
+    d = _decision("kept across the migration")
+    s.write([d], [Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=d.decision_id)])
+    s._exec("DROP TABLE adaptations")  # what version 1 had
+    s._exec("UPDATE lmroute_schema SET version = 1")
+    s.close()
+    migrated = open_store(dsn)
+    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.decision(d.decision_id) == d and migrated.counts() == {"decisions": 1, "outcomes": 1}
+    migrated.record_adaptation(
+        parent_version="p", candidate_version=None, kind="paired", n_outcomes=0, accepted=False, report={"why": "x"}
+    )
+    assert [r["report"] for r in migrated.adaptations()] == [{"why": "x"}]
+    migrated.close()

@@ -1,0 +1,146 @@
+"""The in-domain learners on learnable synthetic problems: paired ridge of the gap, the single-outcome
+doubly robust learner, the blend with a base router, and their refusals of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores, robust_center_scale
+from lmroute.adapt.learners import choose_blend_n0, fit_paired, fit_single
+from lmroute.adapt.ranking import gain_area_apgr
+from lmroute.adapt.selection import ExplorationRule, explore
+from lmroute.bundle.kinds.adapted import AdaptedParams, adapted_scores, log_length
+
+DIM = 16
+
+
+def _problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unit embeddings, log lengths, and both models' 0/1 quality: the strong model helps where
+    e . u is high (a learnable gap), the weak model is right more often on short prompts."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, DIM))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    lengths = rng.uniform(3.0, 7.0, n)
+    u = np.linspace(-1.0, 1.0, DIM)
+    u /= np.linalg.norm(u)
+    p_weak = 1.0 / (1.0 + np.exp(-(2.0 - 3.0 * (emb @ u) - 0.3 * (lengths - 5.0))))
+    weak = (rng.random(n) < p_weak).astype(float)
+    strong = np.maximum(weak, (rng.random(n) < 0.7).astype(float))
+    return emb, lengths, strong, weak
+
+
+def test_paired_learner_orders_fresh_prompts_far_better_than_random() -> None:
+    emb, lengths, strong, weak = _problem(1500, seed=1)
+    head = fit_paired(emb, lengths, strong - weak)
+    t_emb, t_len, t_strong, t_weak = _problem(3000, seed=2)
+    learnt = gain_area_apgr(head.raw(t_emb, t_len), t_strong, t_weak)
+    shuffled = fit_paired(emb, lengths, np.random.default_rng(0).permutation(strong - weak))
+    u = np.linspace(-1.0, 1.0, DIM) / np.linalg.norm(np.linspace(-1.0, 1.0, DIM))
+    truth = gain_area_apgr(3.0 * (t_emb @ u) + 0.3 * t_len, t_strong, t_weak)  # the true order: 0.665
+    assert learnt > truth - 0.03
+    assert gain_area_apgr(shuffled.raw(t_emb, t_len), t_strong, t_weak) < learnt - 0.05
+    assert head.settings["penalty"] in (3.0, 10.0, 30.0, 100.0, 300.0)
+    assert head.learner == "paired_ridge"
+    scores = head.score(t_emb, t_len)
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+
+
+def test_single_learner_learns_the_gap_from_a_biased_exploring_log() -> None:
+    emb, lengths, strong, weak = _problem(4000, seed=3)
+    # logging policy: a biased router (strong on long prompts) exploring near its threshold
+    policy = lengths + 0.1 * np.random.default_rng(4).standard_normal(lengths.size)
+    ex = explore(policy, float(np.median(policy)), policy, 0.5, ExplorationRule(), np.random.default_rng(5))
+    assert ex.mean_rate <= 0.10
+    quality = np.where(ex.chose_strong, strong, weak)
+    t_emb, t_len, t_strong, t_weak = _problem(3000, seed=6)
+    dr = fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity)
+    direct = fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity, method="direct")
+    assert dr.learner == "single_dr" and direct.learner == "single_direct"
+    random = gain_area_apgr(np.random.default_rng(7).random(t_len.size), t_strong, t_weak)
+    assert gain_area_apgr(dr.raw(t_emb, t_len), t_strong, t_weak) > random + 0.05
+    assert gain_area_apgr(direct.raw(t_emb, t_len), t_strong, t_weak) > random + 0.05
+
+
+def test_blend_weight_rule_and_the_blend_is_the_router_kinds_math() -> None:
+    assert blend_weight(0, 100.0) == 0.0
+    assert blend_weight(100, 100.0) == 0.5
+    assert blend_weight(900, 100.0) == pytest.approx(0.9)
+    assert blend_weight(10, 0.0) == 1.0
+    emb, lengths, strong, weak = _problem(400, seed=7)
+    head = fit_paired(emb, lengths, strong - weak)
+    base = np.random.default_rng(8).uniform(0.05, 0.95, 400)
+    std = BaseStandardisation.of(base)
+    for w in (0.0, 0.3, 1.0):
+        ours = blended_scores(head, emb, lengths, base, w, std)
+        params = AdaptedParams("mf", w, head.length_weight, head.bias, head.center, head.scale, std.center, std.scale)
+        np.testing.assert_allclose(ours, adapted_scores(emb, lengths, base, head.weights, params), rtol=0, atol=1e-15)
+    # w = 1 orders as the head, w = 0 as the base
+    assert np.array_equal(
+        np.argsort(blended_scores(head, emb, lengths, base, 1.0, std)), np.argsort(head.raw(emb, lengths))
+    )
+    assert np.array_equal(np.argsort(blended_scores(head, emb, lengths, base, 0.0, std)), np.argsort(base))
+
+
+def test_choose_blend_n0_prefers_the_head_over_a_useless_base_and_the_base_when_it_is_the_truth() -> None:
+    emb, lengths, strong, weak = _problem(1000, seed=9)
+    gap = strong - weak
+    noise = np.random.default_rng(10).uniform(0.01, 0.99, gap.size)
+    n0, scores = choose_blend_n0(emb, lengths, gap, noise, 30.0)
+    assert n0 <= 100.0 and set(scores) == {0.0, 30.0, 100.0, 300.0, 1000.0, 3000.0}
+    oracle = np.clip(0.5 + 0.45 * gap + 0.01 * noise, 0.01, 0.99)  # a base that already knows the gap
+    n0_oracle, _ = choose_blend_n0(emb, lengths, gap, oracle, 30.0)
+    assert n0_oracle >= 1000.0
+
+
+def test_log_length_counts_characters() -> None:
+    np.testing.assert_allclose(log_length(["", "abc", "é" * 9]), np.log1p([0.0, 3.0, 9.0]))
+
+
+def test_robust_center_scale_falls_back_on_constant_input() -> None:
+    assert robust_center_scale([2.0, 2.0, 2.0]) == (2.0, 1.0)
+    center, scale = robust_center_scale(np.arange(101.0))
+    assert center == 50.0 and scale == pytest.approx(50.0 / 1.349)
+
+
+@pytest.mark.parametrize(
+    ("gap", "message"),
+    [
+        (np.array([0.0, 1.5, 0.0]), r"gap\[1\]: 1.5 outside \[-1.0, 1.0\]"),
+        (np.array([0.0, np.nan, 0.0]), "gap: contains NaN or inf"),
+        (np.zeros(4), r"gap: expected shape \(3,\), got \(4,\)"),
+    ],
+)
+def test_fit_paired_names_the_bad_input(gap: np.ndarray, message: str) -> None:
+    emb, lengths, _, _ = _problem(3, seed=0)
+    with pytest.raises(ValueError, match=message):
+        fit_paired(emb, lengths, gap)
+
+
+def test_fit_paired_refuses_mismatched_embeddings_and_lengths() -> None:
+    emb, lengths, strong, weak = _problem(5, seed=0)
+    with pytest.raises(ValueError, match=r"lengths: expected shape \(5,\), got \(4,\)"):
+        fit_paired(emb, lengths[:4], strong - weak)
+
+
+def test_fit_single_names_the_bad_input() -> None:
+    emb, lengths, strong, _ = _problem(6, seed=0)
+    arm = np.array([True, False] * 3)
+    with pytest.raises(ValueError, match=r"propensity\[2\]: must be > 0"):
+        fit_single(emb, lengths, arm, strong, np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"quality\[0\]: 2.0 outside"):
+        fit_single(emb, lengths, arm, np.array([2.0, 0, 0, 0, 0, 0]), np.ones(6))
+    with pytest.raises(ValueError, match="needs outcomes of both models"):
+        fit_single(emb, lengths, np.ones(6, dtype=bool), strong, np.ones(6))
+    with pytest.raises(ValueError, match="unknown method 'ips'"):
+        fit_single(emb, lengths, arm, strong, np.ones(6), method="ips")
+
+
+def test_head_is_frozen_and_checks_its_arrays() -> None:
+    head = Head(np.zeros(3), 0.0, 0.0, 0.0, 1.0, "paired_ridge")
+    with pytest.raises(ValueError, match="read-only"):
+        head.weights[0] = 1.0
+    with pytest.raises(ValueError, match="Head.scale: must be positive"):
+        Head(np.zeros(3), 0.0, 0.0, 0.0, 0.0, "x")
+    with pytest.raises(ValueError, match=r"embeddings: shape \(2, 4\), expected \(n, 3\)"):
+        head.raw(np.zeros((2, 4)), np.zeros(2))

@@ -1,0 +1,107 @@
+"""The label budget (which decisions to judge) and exploration (which to flip, with propensities), the
+ranking metric behind the gate, and the protocol's split."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+
+from lmroute.adapt.protocol import stream_mask
+from lmroute.adapt.ranking import gain_area, gain_area_apgr
+from lmroute.adapt.selection import (
+    ExplorationRule,
+    design_inverse,
+    exploration_probability,
+    explore,
+    label_budget,
+)
+from lmroute.export.metrics import router_metrics
+
+
+def _window(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, 8))
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), rng.uniform(3.0, 7.0, n)
+
+
+def test_label_budget_picks_k_distinct_decisions_deterministically() -> None:
+    emb, lengths = _window(200, 0)
+    inv0 = design_inverse(8, 30.0)
+    picks, inv = label_budget(emb, lengths, 40, inv0, seed=3)
+    again, _ = label_budget(emb, lengths, 40, inv0, seed=3)
+    assert picks.size == 40 and np.unique(picks).size == 40
+    assert np.array_equal(picks, again)
+    assert np.array_equal(inv0, design_inverse(8, 30.0))  # not modified
+    rows = np.hstack([emb[picks], lengths[picks, None], np.ones((40, 1))])
+    np.testing.assert_allclose(inv, np.linalg.inv(30.0 * np.eye(10) + rows.T @ rows), atol=1e-10)
+
+
+def test_label_budget_greedy_part_covers_more_than_random_picks() -> None:
+    emb, lengths = _window(400, 1)
+    picks, inv = label_budget(emb, lengths, 60, design_inverse(8, 30.0), random_share=0.0)
+    random_rows = np.random.default_rng(0).choice(400, 60, replace=False)
+    rows = np.hstack([emb, lengths[:, None], np.ones((400, 1))])
+    inv_random = np.linalg.inv(30.0 * np.eye(10) + rows[random_rows].T @ rows[random_rows])
+    # the greedy choice leaves less posterior variance over the window than a random one
+    assert np.einsum("ij,jk,ik->", rows, inv, rows) < np.einsum("ij,jk,ik->", rows, inv_random, rows)
+
+
+def test_label_budget_refuses_bad_arguments() -> None:
+    emb, lengths = _window(10, 2)
+    with pytest.raises(ValueError, match=r"k: must be in \[0, 10\], got 11"):
+        label_budget(emb, lengths, 11, design_inverse(8, 30.0))
+    with pytest.raises(ValueError, match=r"inverse: shape \(9, 9\), expected \(10, 10\)"):
+        label_budget(emb, lengths, 2, np.eye(9))
+
+
+def test_exploration_is_concentrated_near_the_threshold_and_logs_propensities() -> None:
+    rng = np.random.default_rng(4)
+    scores = rng.random(20000)
+    rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
+    p = exploration_probability(scores, scores, 0.5, rule)
+    assert set(np.round(np.unique(p), 6)) == {0.02, 0.47}
+    assert np.allclose(p[np.abs(scores - 0.5) < 0.07], 0.47) and np.allclose(p[np.abs(scores - 0.5) > 0.09], 0.02)
+    ex = explore(scores, 0.5, scores, 0.5, rule, rng)
+    assert ex.mean_rate <= 0.10 and abs(ex.explored.mean() - ex.mean_rate) < 0.01
+    assert np.array_equal(ex.chose_strong, (scores >= 0.5) ^ ex.explored)
+    np.testing.assert_allclose(ex.propensity, np.where(ex.explored, p, 1.0 - p))
+
+
+def test_exploration_over_the_allowed_rate_is_refused() -> None:
+    scores = np.linspace(0.0, 1.0, 1000)
+    rule = ExplorationRule(floor=0.1, band=0.3, band_rate=0.3, max_rate=0.10)
+    with pytest.raises(ValueError, match="exploration rate 0.2.* exceeds max_rate 0.1"):
+        explore(scores, 0.5, scores, 0.5, rule, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"ExplorationRule.floor: must be in \[0, 1\], got -0.1"):
+        ExplorationRule(floor=-0.1)
+
+
+def test_gain_area_ties_take_the_expectation_over_orders() -> None:
+    scores = np.array([0.3, 0.7, 0.7, 0.1, 0.7])
+    gain = np.array([1.0, -1.0, 1.0, 0.0, 1.0])
+    tied = [1, 2, 4]
+    areas = []
+    for perm in itertools.permutations(tied):
+        s = scores.copy()
+        s[list(perm)] = [0.72, 0.71, 0.70]
+        areas.append(gain_area(s, gain))
+    assert gain_area(scores, gain) == pytest.approx(np.mean(areas), abs=1e-12)
+    assert gain_area(np.zeros(5), gain) == pytest.approx(gain.mean() / 2)  # all tied = random order
+
+
+def test_gain_area_apgr_is_close_to_the_protocols_decile_apgr() -> None:
+    rng = np.random.default_rng(5)
+    weak = (rng.random(5000) < 0.6).astype(float)
+    strong = np.maximum(weak, (rng.random(5000) < 0.8).astype(float))
+    scores = (strong - weak) + rng.standard_normal(5000)
+    assert gain_area_apgr(scores, strong, weak) == pytest.approx(router_metrics(scores, strong, weak).apgr, abs=0.01)
+
+
+def test_stream_mask_is_the_sha256_first_digit_rule() -> None:
+    texts = [f"prompt {i}" for i in range(200)]
+    expected = [hashlib.sha256(t.encode()).hexdigest()[0] in "01234567" for t in texts]
+    assert stream_mask(texts).tolist() == expected
+    assert 60 < sum(expected) < 140

@@ -1,0 +1,87 @@
+"""The JSONL outcome format and `lmroute-export import-outcomes` (into a SQLite store in a temporary
+directory): a file is imported whole or not at all, bad lines are named by file and line, a second
+import of the same file changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmroute.export.cli import main
+from lmroute.outcomes.jsonl import OutcomeFileError, read_outcomes
+from lmroute.outcomes.records import OutcomeKind, prompt_sha256
+from lmroute.outcomes.store import open_store
+
+GOOD = """\
+{"prompt": "What is 2+2?", "paired": {"strong": 1, "weak": 0.5}, "source": "judge"}
+
+{"prompt": "Say hi", "preference": "weak", "observed_unix_ms": 1700000000000}
+{"prompt": "Sort a list", "single": {"quality": 0.25, "model": "W"}}
+{"prompt": "Name a prime", "qualities": {"A": 1, "B": 0}}
+"""
+
+
+def test_good_lines_become_outcomes_in_file_order(tmp_path: Path) -> None:
+    f = tmp_path / "o.jsonl"
+    f.write_text(GOOD)
+    out = read_outcomes(f, strong="S", weak="W")
+    assert [(o.kind, o.model, o.quality) for o in out] == [
+        (OutcomeKind.PAIRED, "S", 1.0),
+        (OutcomeKind.PAIRED, "W", 0.5),
+        (OutcomeKind.PREFERENCE, "S", 0.0),
+        (OutcomeKind.PREFERENCE, "W", 1.0),
+        (OutcomeKind.SINGLE, "W", 0.25),
+        (OutcomeKind.SCORES, "A", 1.0),
+        (OutcomeKind.SCORES, "B", 0.0),
+    ]
+    assert out[0].source == "judge" and out[2].observed_ms == 1700000000000
+
+
+def test_every_bad_line_is_named_by_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text(
+        GOOD
+        + '{"prompt": "x", "single": {"quality": 1.5, "model": "W"}}\n'
+        + "not json\n"
+        + '{"decision_id": "abc", "single": {"quality": 1}}\n'
+        + '{"prompt": "x", "paired": {"strong": 1}}\n'
+        + '{"prompt": "x", "preference": "both"}\n'
+        + '{"prompt": "x", "single": {"quality": 1}, "extra": 1}\n'
+    )
+    with pytest.raises(OutcomeFileError) as err:
+        read_outcomes(f, strong="S", weak="W")
+    assert str(err.value).splitlines() == [
+        "6 bad lines, nothing imported:",
+        f"{f}:6: single.quality: must be in [0, 1] (got 1.5)",
+        f"{f}:7: not JSON (Expecting value at column 1)",
+        f"{f}:8: decision_id: not a decision id (32 lowercase hex characters)",
+        f'{f}:9: paired: must be {{"strong": q, "weak": q}}',
+        f'{f}:10: preference: must be "strong", "weak" or "tie" (got \'both\')',
+        f"{f}:11: extra: unknown field",
+    ]
+
+
+def test_import_outcomes_whole_or_nothing_and_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(GOOD + "not json\n")
+    assert main(["import-outcomes", str(bad), "--store", store, "--strong", "S", "--weak", "W"]) == 1
+    assert f"{bad}:6: not JSON" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text(GOOD)
+    assert main(["import-outcomes", str(good), "--store", store, "--strong", "S", "--weak", "W"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": stored 7")
+    assert main(["import-outcomes", str(good), "--store", store, "--strong", "S", "--weak", "W"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": duplicate 7")
+    s = open_store(store)
+    rows = {r.prompt_sha256: r for r in s.labeled_prompts()}
+    s.close()
+    assert len(rows) == 4 and rows[prompt_sha256("What is 2+2?")].qualities == {"S": 1.0, "W": 0.5}
+
+
+def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "o.jsonl"
+    f.write_text(GOOD)
+    assert main(["import-outcomes", str(f), "--store", f"sqlite:{tmp_path / 's'}"]) == 1
+    assert "give --bundle or both --strong and --weak" in capsys.readouterr().err
