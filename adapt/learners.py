@@ -15,21 +15,25 @@ Only the outcomes given are used for any choice (the adaptation protocol: the st
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.head import BaseStandardisation, Head, base_logits, robust_center_scale
 from lmroute.adapt.ranking import gain_area
-from lmroute.adapt.ridge import cv_penalty, design, fit_ridge, fold_ids, out_of_fold
+from lmroute.adapt.ridge import cv_penalty, design, fit_ridge, fit_ridge_path, fold_ids, out_of_fold
 
 __all__ = [
     "DEFAULT_N0_GRID",
     "DEFAULT_PENALTIES",
     "choose_blend_n0",
+    "SharedFit",
     "dr_pseudo_gap",
     "fit_paired",
+    "fit_shared",
     "fit_single",
+    "shared_head",
     "held_out_dr_gain",
 ]
 
@@ -37,6 +41,10 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_PENALTIES: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 300.0)
 DEFAULT_N0_GRID: tuple[float, ...] = (0.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 MAX_INVERSE_PROPENSITY = 20.0  # importance weights are clipped here (variance over a small bias)
+SHARED_QUALITY_PENALTY = 3.0  # the shared learner's penalty on the quality both models share
+DEFAULT_GAP_PENALTIES: tuple[float, ...] = (300.0,)  # measured on a validation split of the stream half
+CRITERION_INVERSE_PROPENSITY = 100.0  # the penalty criterion's clip: looser, as a clipped one favours small penalties
+_UNPENALISED = 1e-8  # the gap's intercept column (a tiny penalty keeps the solve well posed)
 
 
 def _vector(name: str, values: npt.ArrayLike, n: int, lo: float, hi: float) -> FloatArray:
@@ -120,6 +128,108 @@ def dr_pseudo_gap(
     return m_s - m_w + inv * resid, m_s, m_w
 
 
+@dataclass(frozen=True, eq=False)
+class SharedFit:
+    """The shared learner's result: the gap head's coefficients on the design, its intercept, the gap
+    penalty chosen, every penalty's out-of-fold score, and per event the out-of-fold gap prediction and
+    the doubly robust pseudo-gap built on the out-of-fold outcome model (both cross-fitted)."""
+
+    coef: FloatArray
+    intercept: float
+    penalty: float
+    scores: dict[float, float]
+    oof_gap: FloatArray
+    pseudo_gap: FloatArray
+
+
+def _shared_rows(x: FloatArray, chose_strong: npt.NDArray[np.bool_]) -> FloatArray:
+    sign = np.where(chose_strong, 1.0, -1.0)[:, None]
+    return np.hstack([x, sign * x, sign])
+
+
+def _shared_penalty(dim: int, gap_penalty: float, quality_penalty: float) -> FloatArray:
+    return np.concatenate([np.full(dim, quality_penalty), np.full(dim, gap_penalty), [_UNPENALISED]])
+
+
+def _shared_arms(fit_coef: FloatArray, intercept: float, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(strong, weak) quality predicted by one shared fit: c + x f +- (x h + d)."""
+    dim = x.shape[1]
+    level = x @ fit_coef[:dim] + intercept
+    half_gap = x @ fit_coef[dim : 2 * dim] + fit_coef[2 * dim]
+    return level + half_gap, level - half_gap
+
+
+def fit_shared(
+    x: FloatArray,
+    chose_strong: npt.NDArray[np.bool_],
+    quality: FloatArray,
+    propensity: FloatArray,
+    *,
+    gap_penalties: Sequence[float] = DEFAULT_GAP_PENALTIES,
+    quality_penalty: float = SHARED_QUALITY_PENALTY,
+    folds: int = 5,
+    seed: int = 0,
+    weighted: bool = False,
+) -> SharedFit:
+    """The shared outcome model: one ridge of quality on [x | s x | s] over every event (s = +1 when the
+    strong model answered, -1 when the weak one did), so quality = c + x f + s (x h + d): f, what both
+    models share (how hard the prompt is), learns from every event, and the gap 2 (x h + d) carries its
+    own, larger penalty. Unweighted: the propensities only enter the criterion. The gap penalty is
+    chosen from `gap_penalties` by `folds`-fold cross-validation: out-of-fold `gain_area` of the predicted
+    gap against the doubly robust pseudo-gap built on the same out-of-fold outcome model (unbiased
+    whatever the model, given the propensities); ties go to the larger penalty."""
+    n, dim = x.shape
+    rows = _shared_rows(x, chose_strong)
+    ordered = sorted(float(v) for v in gap_penalties)
+    if not ordered:
+        raise ValueError("fit_shared: no gap penalties to choose from")
+    vectors = [_shared_penalty(dim, lg, quality_penalty) for lg in ordered]
+    inv = np.minimum(1.0 / propensity, MAX_INVERSE_PROPENSITY)
+    loose = np.minimum(1.0 / propensity, CRITERION_INVERSE_PROPENSITY)
+    sign = np.where(chose_strong, 1.0, -1.0)
+
+    def pseudo(m_s: FloatArray, m_w: FloatArray) -> FloatArray:
+        out: FloatArray = m_s - m_w + inv * sign * (quality - np.where(chose_strong, m_s, m_w))
+        return out
+
+    oof_s = np.zeros((len(ordered), n))
+    oof_w = np.zeros((len(ordered), n))
+    cross_fit = n >= 2 * folds and bool(chose_strong.any()) and not bool(chose_strong.all())
+    if cross_fit:
+        ids = fold_ids(n, folds, seed)
+        for f in range(folds):
+            held, train = ids == f, ids != f
+            w_train = inv[train] if weighted else None
+            for j, fit in enumerate(fit_ridge_path(rows[train], quality[train], vectors, w_train)):
+                oof_s[j, held], oof_w[j, held] = _shared_arms(fit.coef, fit.intercept, x[held])
+    scores: dict[float, float] = {}
+    if cross_fit:
+        for j, lg in enumerate(ordered):
+            m_s, m_w = np.clip(oof_s[j], 0.0, 1.0), np.clip(oof_w[j], 0.0, 1.0)
+            unclipped = m_s - m_w + loose * sign * (quality - np.where(chose_strong, m_s, m_w))
+            scores[lg] = gain_area(oof_s[j] - oof_w[j], unclipped)
+        best = max(ordered, key=lambda v: (scores[v], v))
+    else:
+        best = ordered[len(ordered) // 2]
+    j = ordered.index(best)
+    fit = fit_ridge(rows, quality, vectors[j], inv if weighted else None)
+    coef = 2.0 * fit.coef[dim : 2 * dim]
+    intercept = 2.0 * float(fit.coef[2 * dim])
+    if cross_fit:
+        m_s, m_w = np.clip(oof_s[j], 0.0, 1.0), np.clip(oof_w[j], 0.0, 1.0)
+        oof_gap = oof_s[j] - oof_w[j]
+    else:
+        m_s, m_w = (np.clip(v, 0.0, 1.0) for v in _shared_arms(fit.coef, fit.intercept, x))
+        oof_gap = m_s - m_w
+    return SharedFit(coef, intercept, best, scores, oof_gap, pseudo(m_s, m_w))
+
+
+def shared_head(x: FloatArray, shared: SharedFit, n: int) -> Head:
+    center, scale = robust_center_scale(x @ shared.coef + shared.intercept)
+    settings = {"gap_penalty": shared.penalty, "quality_penalty": SHARED_QUALITY_PENALTY, "n_outcomes": float(n)}
+    return Head(shared.coef[:-1], float(shared.coef[-1]), shared.intercept, center, scale, "single_shared", settings)
+
+
 def fit_single(
     embeddings: npt.ArrayLike,
     lengths: npt.ArrayLike,
@@ -127,7 +237,7 @@ def fit_single(
     quality: npt.ArrayLike,
     propensity: npt.ArrayLike,
     *,
-    method: str = "dr",
+    method: str = "shared",
     penalties: Sequence[float] = DEFAULT_PENALTIES,
     folds: int = 5,
     seed: int = 0,
@@ -157,8 +267,11 @@ def fit_single(
         intercept = coefs[0].intercept - coefs[1].intercept
         center, scale = robust_center_scale(x @ coef + intercept)
         return Head(coef[:-1], float(coef[-1]), intercept, center, scale, "single_direct", settings)
+    if method == "shared":
+        shared = fit_shared(x, arm, q, p, folds=folds, seed=seed)
+        return shared_head(x, shared, n)
     if method != "dr":
-        raise ValueError(f"fit_single: unknown method {method!r} (known: dr, direct)")
+        raise ValueError(f"fit_single: unknown method {method!r} (known: shared, dr, direct)")
     pseudo, _, _ = dr_pseudo_gap(x, arm, q, p, penalties=penalties, folds=folds, seed=seed)
     penalty, _ = cv_penalty(x, pseudo, penalties, folds=folds, seed=seed)
     settings = {"penalty": penalty, "n_outcomes": float(n), "max_inverse_propensity": MAX_INVERSE_PROPENSITY}
@@ -175,18 +288,24 @@ def choose_blend_n0(
     grid: Sequence[float] = DEFAULT_N0_GRID,
     folds: int = 5,
     seed: int = 0,
+    out_of_fold_raw: npt.ArrayLike | None = None,
 ) -> tuple[float, dict[float, float]]:
     """n0 of `grid` whose blend (head fitted out of fold at `penalty`, weight n_train / (n_train + n0))
     orders the prompts best by `gain_area` of `gain` (the paired gap, or a doubly robust pseudo-gap);
     ties go to the larger n0 (more weight on the shipped router). Fewer than 2 * folds outcomes: the
-    largest n0 of the grid."""
+    largest n0 of the grid. `out_of_fold_raw`: the head's out-of-fold raw values when the learner
+    cross-fitted them itself (`fit_shared`); else a ridge of `gain` at `penalty` is fitted out of fold."""
     x = design(embeddings, lengths)
     g = np.asarray(gain, dtype=np.float64)
     n = len(g)
     if n < 2 * folds:
         return max(grid), {}
-    ids = fold_ids(n, folds, seed)
-    raw = out_of_fold(x, g, penalty, ids)
+    if out_of_fold_raw is None:
+        raw = out_of_fold(x, g, penalty, fold_ids(n, folds, seed))
+    else:
+        raw = np.asarray(out_of_fold_raw, dtype=np.float64)
+        if raw.shape != (n,):
+            raise ValueError(f"out_of_fold_raw: expected shape ({n},), got {raw.shape}")
     center, scale = robust_center_scale(raw)
     z_head = (raw - center) / scale
     base = BaseStandardisation.of(base_scores)

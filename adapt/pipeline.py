@@ -21,7 +21,15 @@ import numpy.typing as npt
 
 from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, forward_chaining, gate
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores
-from lmroute.adapt.learners import choose_blend_n0, dr_pseudo_gap, fit_paired, fit_single, held_out_dr_gain
+from lmroute.adapt.learners import (
+    choose_blend_n0,
+    dr_pseudo_gap,
+    fit_paired,
+    fit_shared,
+    fit_single,
+    held_out_dr_gain,
+    shared_head,
+)
 from lmroute.adapt.ridge import design
 
 __all__ = ["Adaptation", "adapt_paired", "adapt_single"]
@@ -50,10 +58,38 @@ class Adaptation:
 
 
 def _fit_blend(
-    emb: FloatArray, lengths: FloatArray, gain: FloatArray, base_scores: FloatArray, head: Head, seed: int
+    emb: FloatArray,
+    lengths: FloatArray,
+    gain: FloatArray,
+    base_scores: FloatArray,
+    head: Head,
+    seed: int,
+    out_of_fold_raw: FloatArray | None = None,
 ) -> tuple[float, float, BaseStandardisation]:
-    n0, _ = choose_blend_n0(emb, lengths, gain, base_scores, head.settings.get("penalty", 30.0), seed=seed)
+    penalty = head.settings.get("penalty", 30.0)
+    n0, _ = choose_blend_n0(emb, lengths, gain, base_scores, penalty, seed=seed, out_of_fold_raw=out_of_fold_raw)
     return n0, blend_weight(len(gain), n0), BaseStandardisation.of(base_scores)
+
+
+def _single_head(
+    emb: FloatArray,
+    length: FloatArray,
+    arm: npt.NDArray[np.bool_],
+    q: FloatArray,
+    p: FloatArray,
+    base: FloatArray,
+    method: str,
+    seed: int,
+) -> tuple[Head, float, float, BaseStandardisation]:
+    """The single-outcome head and its blend (n0, weight, the base's standardisation)."""
+    x = design(emb, length)
+    if method == "shared":
+        shared = fit_shared(x, arm, q, p, seed=seed)
+        head = shared_head(x, shared, len(q))
+        return (head, *_fit_blend(emb, length, shared.pseudo_gap, base, head, seed, shared.oof_gap))
+    head = fit_single(emb, length, arm, q, p, method=method, seed=seed)
+    pseudo, _, _ = dr_pseudo_gap(x, arm, q, p, seed=seed)
+    return (head, *_fit_blend(emb, length, pseudo, base, head, seed))
 
 
 def adapt_paired(
@@ -99,9 +135,11 @@ def adapt_single(
     blocks: int = 5,
     margin: float = DEFAULT_MARGIN,
     seed: int = 0,
+    method: str = "shared",
 ) -> Adaptation:
-    """Adapt from single outcomes (the chosen model's quality and its propensity per decision) with the
-    doubly robust learner; the gate's gains are held-out doubly robust pseudo-gaps."""
+    """Adapt from single outcomes (the chosen model's quality and its propensity per decision) with
+    `fit_single`'s `method` (default: the shared outcome model, `lmroute.adapt.learners.fit_shared`);
+    the gate's gains are held-out doubly robust pseudo-gaps."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, q = np.asarray(lengths, dtype=np.float64), np.asarray(quality, dtype=np.float64)
     arm, p = np.asarray(chose_strong, dtype=np.bool_), np.asarray(propensity, dtype=np.float64)
@@ -109,9 +147,9 @@ def adapt_single(
     x = design(emb, length)
     cand, champ_h, gain_h = [], [], []
     for train, held in forward_chaining(timestamps, blocks):
-        head = fit_single(emb[train], length[train], arm[train], q[train], p[train], seed=seed)
-        pseudo, _, _ = dr_pseudo_gap(x[train], arm[train], q[train], p[train], seed=seed)
-        n0, weight, base_std = _fit_blend(emb[train], length[train], pseudo, base[train], head, seed)
+        head, _, weight, base_std = _single_head(
+            emb[train], length[train], arm[train], q[train], p[train], base[train], method, seed
+        )
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
         champ_h.append(champ[held])
         gain_h.append(
@@ -127,7 +165,5 @@ def adapt_single(
         seed=seed,
         metric="APGR (single outcomes, doubly robust)",
     )
-    head = fit_single(emb, length, arm, q, p, seed=seed)
-    pseudo, _, _ = dr_pseudo_gap(x, arm, q, p, seed=seed)
-    n0, weight, base_std = _fit_blend(emb, length, pseudo, base, head, seed)
+    head, n0, weight, base_std = _single_head(emb, length, arm, q, p, base, method, seed)
     return Adaptation(head=head, n0=n0, weight=weight, base=base_std, decision=decision)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RidgeFit", "cv_penalty", "design", "fit_ridge", "fold_ids"]
+__all__ = ["RidgeFit", "cv_penalty", "design", "fit_ridge", "fit_ridge_path", "fold_ids", "out_of_fold"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -45,8 +45,18 @@ def design(embeddings: npt.ArrayLike, lengths: npt.ArrayLike) -> FloatArray:
     return np.hstack([emb, length[:, None]])
 
 
-def fit_ridge(x: FloatArray, y: FloatArray, penalty: float, weights: FloatArray | None = None) -> RidgeFit:
-    """argmin sum_i w_i (y_i - x_i b - c)^2 + penalty |b|^2 (intercept c unpenalised)."""
+def fit_ridge(
+    x: FloatArray, y: FloatArray, penalty: float | FloatArray, weights: FloatArray | None = None
+) -> RidgeFit:
+    """argmin sum_i w_i (y_i - x_i b - c)^2 + sum_j penalty_j b_j^2 (intercept c unpenalised); `penalty`
+    is one number for every column or one per column."""
+    return fit_ridge_path(x, y, [penalty], weights)[0]
+
+
+def fit_ridge_path(
+    x: FloatArray, y: FloatArray, penalties: Sequence[float | FloatArray], weights: FloatArray | None = None
+) -> list[RidgeFit]:
+    """`fit_ridge` at each of `penalties` (a number or one per column each), sharing one Gram matrix."""
     n, p = x.shape
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     total = float(w.sum())
@@ -57,9 +67,14 @@ def fit_ridge(x: FloatArray, y: FloatArray, penalty: float, weights: FloatArray 
     xc = x - mx
     xw = xc * w[:, None]
     gram = xc.T @ xw
-    gram[np.diag_indices(p)] += penalty
-    coef: FloatArray = np.asarray(np.linalg.solve(gram, xw.T @ (y - my)), dtype=np.float64)
-    return RidgeFit(coef=coef, intercept=my - float(mx @ coef))
+    rhs = xw.T @ (y - my)
+    fits = []
+    for penalty in penalties:
+        a = gram.copy()
+        a[np.diag_indices(p)] += np.broadcast_to(np.asarray(penalty, dtype=np.float64), (p,))
+        coef: FloatArray = np.asarray(np.linalg.solve(a, rhs), dtype=np.float64)
+        fits.append(RidgeFit(coef=coef, intercept=my - float(mx @ coef)))
+    return fits
 
 
 def fold_ids(n: int, k: int, seed: int) -> npt.NDArray[np.int64]:

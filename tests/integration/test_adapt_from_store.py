@@ -109,3 +109,30 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
     assert "accepted: bundle" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse refuses an unknown kind
         main(args + ["--kind", "triplet"])
+
+
+def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:
+    from lmroute.adapt.loop import run_round
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    cfg = ServiceConfig(bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    with ServerThread(cfg) as srv:
+        with RouterClient(srv.target) as client:
+            before = client.list_routers()
+            assert "adapted" not in [r.name for r in before.routers]
+            # nothing judged yet: the round adapts nothing and the bundle keeps serving
+            idle = run_round(srv.target, dsn, tmp_path / "bundles")
+            assert not idle.accepted and idle.serving_version == before.bundle_version
+            store = open_store(dsn)
+            store.write([], _judged(parent, shuffled=False))
+            store.close()
+            done = run_round(srv.target, dsn, tmp_path / "bundles")
+            assert done.accepted and done.candidate is not None and done.candidate.parent == tmp_path / "bundles"
+            after = client.list_routers()
+            assert after.bundle_version == done.serving_version != before.bundle_version
+            assert "adapted" in [r.name for r in after.routers]
+            routed = client.route("Explain quicksort.", router="adapted", strong_share=0.5)
+            assert routed.bundle_version == done.serving_version

@@ -1,0 +1,129 @@
+"""`lmroute-adapt`: the loop that closes the outcome loop on a schedule: store -> adapt -> gate -> swap.
+
+Every `--interval-s` (or once, with `--once`), against one running server:
+
+1. ask the server which bundle it serves (AdminService.GetBundle: its resolved directory);
+2. adapt that bundle from the outcome store (lmroute.adapt.from_store: the learner, the gate; every run
+   recorded in the store's `adaptations` table), writing an accepted candidate to
+   `<bundles-dir>/adapted-<UTC time>`;
+3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
+   it and keeps the old bundle serving if it refuses it.
+
+Each round prints one JSON line (what was adapted from, the gate's verdict, the version now serving).
+The store must be one the loop can open too: the server's SQLite file on the same host, or the shared
+PostgreSQL. A Kubernetes CronJob running `lmroute-adapt --once` is the same loop, scheduled outside.
+
+    lmroute-adapt --server 127.0.0.1:50051 --store sqlite:artifacts/outcomes.sqlite3 \\
+        --bundles-dir artifacts/adapted --interval-s 3600
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmroute.adapt.from_store import adapt_from_store
+from lmroute.outcomes.store import StoreError, open_store
+
+__all__ = ["Round", "main", "run_round"]
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round did."""
+
+    parent_version: str
+    accepted: bool
+    candidate: Path | None
+    serving_version: str
+    report: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "parent_version": self.parent_version,
+                "accepted": self.accepted,
+                "candidate": None if self.candidate is None else str(self.candidate),
+                "serving_version": self.serving_version,
+                "gate": self.report.get("gate", {}),
+            },
+            sort_keys=True,
+        )
+
+
+def run_round(
+    server: str,
+    store_dsn: str,
+    bundles_dir: Path,
+    *,
+    kind: str = "paired",
+    base_router: str = "mf",
+    window_ms: int = 0,
+    timeout_s: float = 600.0,
+) -> Round:
+    """One store -> adapt -> gate -> swap round against the server at `server` (host:port)."""
+    from lmroute.service.client import RouterClient
+
+    with RouterClient(server, timeout_s=timeout_s) as client:
+        serving = client.get_bundle()
+        parent = Path(serving.resolved_path)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        out = bundles_dir / f"adapted-{stamp}"
+        since = int(time.time() * 1000) - window_ms if window_ms else 0
+        store = open_store(store_dsn)
+        try:
+            run = adapt_from_store(parent, store, out, kind=kind, base_router=base_router, since_ms=since)
+        finally:
+            store.close()
+        version = serving.bundle_version
+        if run.accepted:
+            version = client.reload_bundle(str(out)).bundle_version
+        return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lmroute-adapt` (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server (its AdminService)")
+    ap.add_argument("--store", required=True, metavar="DSN", help="the server's outcome store")
+    ap.add_argument("--bundles-dir", type=Path, required=True, help="where accepted bundles are written")
+    ap.add_argument("--kind", choices=("paired", "single"), default="paired")
+    ap.add_argument("--base-router", default="mf")
+    ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
+    ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
+    ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
+    args = ap.parse_args(argv)
+    window_ms = int(args.window_days * 86_400_000)
+    while True:
+        try:
+            r = run_round(
+                args.server,
+                args.store,
+                args.bundles_dir,
+                kind=args.kind,
+                base_router=args.base_router,
+                window_ms=window_ms,
+            )
+            print(r.to_json(), flush=True)
+        except (StoreError, ValueError, OSError) as exc:
+            print(json.dumps({"error": str(exc)}), flush=True)
+            if args.once:
+                return 1
+        except Exception as exc:  # a server that cannot be reached, a refused swap: the next round retries
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            if args.once:
+                return 1
+        if args.once:
+            return 0
+        time.sleep(args.interval_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
