@@ -33,7 +33,10 @@ _log = structlog.get_logger("lmroute.main")
 
 
 def _on_sighup() -> None:
-    _log.warning("sighup_ignored", detail="nothing is reloaded on SIGHUP; still serving (a new bundle: AdminService.ReloadBundle)")
+    _log.warning(
+        "sighup_ignored",
+        detail="nothing is reloaded on SIGHUP; still serving (a new bundle: AdminService.ReloadBundle)",
+    )
 
 
 async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_scorer) -> int:
