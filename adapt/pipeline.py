@@ -6,10 +6,12 @@ Steps: the outcomes in time order are cut into `blocks` blocks (`lmroute.adapt.g
 each block after the first is held out from a candidate (learner + the blend's n0, cross-validated)
 fitted on the blocks before it, and the gate compares the pooled held-out candidate scores with the
 champion's (paired: the gap; single: the doubly robust pseudo-gap, outcome models fitted on the earlier
-blocks only). One time split holding out 20 % measured too weak: a few hundred held-out outcomes bound
-APGR to +-0.1. The head and n0 are then refitted on all the outcomes (the gate vouched for the procedure,
-and the newest outcomes are the most relevant): `Adaptation.accepted` says whether the result may
-replace the champion, `Adaptation.decision` holds every number.
+blocks only). Single outcomes use `fit_single`'s shared outcome model by default (`method`); its blend
+weight is cross-validated on the learner's own out-of-fold gap and cross-fitted pseudo-gap. One time
+split holding out 20 % measured too weak: a few hundred held-out outcomes bound APGR to +-0.1. The head
+and n0 are then refitted on all the outcomes (the gate vouched for the procedure, and the newest outcomes
+are the most relevant): `Adaptation.accepted` says whether the result may replace the champion,
+`Adaptation.decision` holds every number.
 """
 
 from __future__ import annotations

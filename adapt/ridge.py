@@ -45,9 +45,7 @@ def design(embeddings: npt.ArrayLike, lengths: npt.ArrayLike) -> FloatArray:
     return np.hstack([emb, length[:, None]])
 
 
-def fit_ridge(
-    x: FloatArray, y: FloatArray, penalty: float | FloatArray, weights: FloatArray | None = None
-) -> RidgeFit:
+def fit_ridge(x: FloatArray, y: FloatArray, penalty: float | FloatArray, weights: FloatArray | None = None) -> RidgeFit:
     """argmin sum_i w_i (y_i - x_i b - c)^2 + sum_j penalty_j b_j^2 (intercept c unpenalised); `penalty`
     is one number for every column or one per column."""
     return fit_ridge_path(x, y, [penalty], weights)[0]

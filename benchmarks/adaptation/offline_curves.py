@@ -6,9 +6,11 @@ For N outcomes from the stream half (N in --sizes, up to what the half holds) an
 prompts arrive, in which order), APGR on the test half (`lmroute.export.metrics`, the paper's deciles) of:
 
 - paired, random sample: `adapt_paired` on N random stream prompts with both models' quality;
-- paired, label budget: the N prompts chosen by `label_budget` from the stream, in windows of 500;
+- paired, label budget: the N prompts chosen by `label_budget` (its default random share) from the
+  stream, in windows of 500;
 - single, exploring: the stream routed by the champion at strong share 0.5 with `explore` (flip rate
-  <= 10 %), refitted at each checkpoint with `adapt_single`; the quality lost to exploration is the
+  <= 10 %), refitted at each checkpoint with `adapt_single` (its default learner, the shared outcome
+  ridge of `lmroute.adapt.learners.fit_shared`); the quality lost to exploration is the
   mean realised quality of the exploring policy on the stream minus the same decisions unflipped;
 
 each as the candidate (the head blended as `lmroute-export adapt` would write it, refitted on all N) and as

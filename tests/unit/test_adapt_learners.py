@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores, robust_center_scale
-from lmroute.adapt.learners import choose_blend_n0, fit_paired, fit_single
+from lmroute.adapt.learners import choose_blend_n0, fit_paired, fit_shared, fit_single
 from lmroute.adapt.ranking import gain_area_apgr
 from lmroute.adapt.selection import ExplorationRule, explore
 from lmroute.bundle.kinds.adapted import AdaptedParams, adapted_scores, log_length
@@ -54,12 +54,25 @@ def test_single_learner_learns_the_gap_from_a_biased_exploring_log() -> None:
     assert ex.mean_rate <= 0.10
     quality = np.where(ex.chose_strong, strong, weak)
     t_emb, t_len, t_strong, t_weak = _problem(3000, seed=6)
-    dr = fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity)
-    direct = fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity, method="direct")
-    assert dr.learner == "single_dr" and direct.learner == "single_direct"
     random = gain_area_apgr(np.random.default_rng(7).random(t_len.size), t_strong, t_weak)
-    assert gain_area_apgr(dr.raw(t_emb, t_len), t_strong, t_weak) > random + 0.05
-    assert gain_area_apgr(direct.raw(t_emb, t_len), t_strong, t_weak) > random + 0.05
+    for method, learner in (("shared", "single_shared"), ("dr", "single_dr"), ("direct", "single_direct")):
+        head = fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity, method=method)
+        assert head.learner == learner
+        assert gain_area_apgr(head.raw(t_emb, t_len), t_strong, t_weak) > random + 0.05
+    assert fit_single(emb, lengths, ex.chose_strong, quality, ex.propensity).learner == "single_shared"
+
+
+def test_shared_learner_cross_validates_its_gap_penalty_and_cross_fits_its_pseudo_gap() -> None:
+    emb, lengths, strong, weak = _problem(2000, seed=11)
+    chose = np.random.default_rng(12).random(2000) < 0.5
+    quality = np.where(chose, strong, weak)
+    x = np.hstack([emb, lengths[:, None]])
+    fit = fit_shared(x, chose, quality, np.full(2000, 0.5), gap_penalties=(10.0, 300.0, 1e6))
+    assert set(fit.scores) == {10.0, 300.0, 1e6} and fit.penalty == max(fit.scores, key=lambda k: fit.scores[k])
+    assert fit.penalty != 1e6  # a gap penalised to nothing orders no better than chance
+    assert fit.oof_gap.shape == fit.pseudo_gap.shape == (2000,)
+    # the doubly robust pseudo-gap is unbiased: its mean is near the true mean gap
+    assert abs(float(fit.pseudo_gap.mean()) - float((strong - weak).mean())) < 0.05
 
 
 def test_blend_weight_rule_and_the_blend_is_the_router_kinds_math() -> None:
