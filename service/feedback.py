@@ -10,6 +10,7 @@ records of the decisions a Score or Route answer made.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
@@ -158,23 +159,12 @@ def decision_of_route(
     chosen_model: str,
     propensity: float,
 ) -> Decision:
-    """The record of a Route answer."""
-    return Decision(
-        decision_id=decision_id,
-        time_ms=now_ms,
+    """The record of a Route answer: a scored prompt plus the router, threshold, choice and propensity."""
+    return dataclasses.replace(
+        decision_of_score(decision_id, now_ms, text, out, catalog),
         kind="route",
-        bundle_version=out.version or catalog.version,
-        scores=dict(out.scores),
-        strong_model=catalog.strong_model,
-        weak_model=catalog.weak_model,
-        prompt_sha256=prompt_sha256(text),
-        n_tokens=out.n_tokens,
-        encoder_id=catalog.encoder_id if out.embedding is not None else "",
         router=router,
         threshold=threshold,
         chosen_model=chosen_model,
         propensity=propensity,
-        prompt_text=text,
-        prompt_chars=len(text),
-        embedding=out.embedding,
     )
