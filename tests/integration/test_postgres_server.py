@@ -35,6 +35,8 @@ from lmroute.outcomes.testing import (
     PostgresStartError,
     TemporaryPostgres,
     TemporaryPostgresConfig,
+    _reachable_bin_dir,
+    _server_account,
     find_bin_dir,
 )
 
@@ -176,7 +178,8 @@ def test_missing_binaries_are_named(open_dir: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_server_that_exits_at_start_reports_its_log(open_dir: Path) -> None:
-    real = find_bin_dir()
+    # binaries the server's account can run (a checkout under a private directory: the shared copy)
+    real = _reachable_bin_dir(find_bin_dir(), _server_account("nobody"))
     fake = open_dir / "bin"
     fake.mkdir()
     (fake / "initdb").symlink_to(real / "initdb")  # initdb finds the real postgres next to its real path
