@@ -241,8 +241,7 @@ def adapt_from_store(
     report["blend"] = {"n0": result.n0, "weight": result.weight}
     candidate_version = None
     if result.accepted:
-        recent = [d for d in store.recent_decisions(limit=CALIBRATION_PROMPTS)]
-        cal = featurise(bundle, recent, base_router, champion)
+        cal = featurise(bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS), base_router, champion)
         if len(cal.kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
             cal = feats
         cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)

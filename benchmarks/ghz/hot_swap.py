@@ -48,8 +48,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from loadgen import GHZ, GhzRun, ghz_version, run_ghz, summarise
-from overload import _cpu_model, _log
+from loadgen import GHZ, GhzRun, ghz_version, summarise
+from overload import _cpu_model, _log, measure_capacity
 from procs import ChildServer, peak_rss_bytes, pinned, service_cmd
 from run import default_cores
 
@@ -244,17 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["idle_swaps"] = [
                 {"to": r.bundle_version, "load_s": r.load_seconds, "warm_s": r.warm_seconds} for r in idle
             ]
-            run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), srv.target, args.client_cores, out / "ghz")
-            cap = [
-                run_ghz(
-                    GhzRun("route.json", c, 1, args.capacity_seconds, label=f"capacity_c{c}"),
-                    srv.target,
-                    args.client_cores,
-                    out / "ghz",
-                )
-                for c in (16, 32)
-            ]
-            capacity = max(r["ok_per_s"] for r in cap)
+            capacity, cap = measure_capacity(srv.target, args, out)
             rps = max(1, round(args.load * capacity))
             res["capacity"] = {"calls_per_s": capacity, "runs": cap, "offered_rps": rps}
             _log(f"capacity {capacity:.1f} Route calls/s; offering {rps}/s")

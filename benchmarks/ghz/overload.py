@@ -121,17 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     cmd = service_cmd(args.bundle, log_level="info")
     with ChildServer(cmd, args.server_cores, stats=True) as srv:
-        run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), srv.target, args.client_cores, out / "ghz")
-        cap = [
-            run_ghz(
-                GhzRun("route.json", c, 1, args.capacity_seconds, label=f"capacity_c{c}"),
-                srv.target,
-                args.client_cores,
-                out / "ghz",
-            )
-            for c in (16, 32)
-        ]
-        capacity = max(r["ok_per_s"] for r in cap)
+        capacity, cap = measure_capacity(srv.target, args, out)
         res["capacity"] = {"calls_per_s": capacity, "runs": cap}
         _log(f"capacity {capacity:.1f} Route calls/s")
         for k in args.loads:
@@ -231,6 +221,22 @@ def _codes(row: dict[str, Any]) -> str:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
+
+
+def measure_capacity(target: str, args: argparse.Namespace, out: Path) -> tuple[float, list[dict[str, Any]]]:
+    """Warm the server, then closed-loop Route at concurrency 16 and 32 for args.capacity_seconds each:
+    (the best OK calls/s, the two runs)."""
+    run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), target, args.client_cores, out / "ghz")
+    cap = [
+        run_ghz(
+            GhzRun("route.json", c, 1, args.capacity_seconds, label=f"capacity_c{c}"),
+            target,
+            args.client_cores,
+            out / "ghz",
+        )
+        for c in (16, 32)
+    ]
+    return max(r["ok_per_s"] for r in cap), cap
 
 
 def _cpu_model() -> str:
