@@ -55,6 +55,9 @@ def make(scorer: FakeScorer, **kw: int) -> Scheduler:
         max_queue=256,
         queue_timeout_ms=5000,
         max_prompt_chars=1000,
+        # no time budget per batch: a test's blocked scorer call would read as a slow scorer and cut the
+        # next batch by however long the block lasted (the budget has its own tests in test_fair_admission)
+        max_batch_ms=0,
     )
     base.update(kw)
     sched = Scheduler(scorer, BatchPolicy(**base))
