@@ -7,20 +7,29 @@ Holds:
   tokenises whole texts, cuts each one longer than `max_tokens` by the rule (`cut_and_pad`) and pads to
   the longest text of the batch (never the fixed 128 of the shipped tokenizer.json). The serving
   encoder, the bert router (which reads the encoder's tokens) and the trainers all tokenise through it.
+  For BERT's uncased WordPiece files it tokenises ASCII text with the compiled core
+  (`lmroute.kernels.compiled.WordPieceTokenizer`, the same ids as HF, 20-70x faster on pure-ASCII text:
+  benchmarks/RESULTS_tokenizer.md) and only the non-ASCII words with HF; `cut_and_pad_flat` cuts and
+  pads rows given as one flat id array.
 - `OnnxEncoder`: a `PromptTokenizer` and `encoder/model.onnx`; checks the graph's signature (inputs
   input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding" float32
   [batch, dim]) and embeds.
+- `SentenceEncoder`: the protocol every encoder kind meets (`OnnxEncoder` here, the static token table in
+  `lmroute.bundle.static_encoder`).
 - `EncoderModelError`: raised when the model or tokenizer file is missing or not what we expect; the
   message names the file and the problem.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, groupby
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -28,14 +37,20 @@ from tokenizers import Tokenizer
 
 from lmroute.bundle.truncation import HEAD, Truncation, cut_positions
 
+if TYPE_CHECKING:
+    from lmroute.kernels.compiled import WordPieceTokenizer
+
 __all__ = [
     "EncoderModelError",
+    "SentenceEncoder",
     "OnnxEncoder",
     "PromptTokenizer",
     "TokenBatch",
     "INPUT_NAMES",
     "OUTPUT_NAME",
     "cut_and_pad",
+    "cut_and_pad_flat",
+    "encode_in_batches",
 ]
 
 #: Graph inputs the encoder must take (all int64 [batch, seq]).
@@ -107,6 +122,17 @@ class TokenBatch:
             row += len(p)
         return TokenBatch(ids, mask, types, n_tokens, np.concatenate([p.truncated for p in parts]).astype(bool))
 
+    def row(self, i: int) -> TokenBatch:
+        """Row `i` alone, trimmed to its tokens, as views of this batch's arrays (no copy)."""
+        n = int(self.n_tokens[i])
+        return TokenBatch(
+            self.input_ids[i : i + 1, :n],
+            self.attention_mask[i : i + 1, :n],
+            self.token_type_ids[i : i + 1, :n],
+            self.n_tokens[i : i + 1],
+            self.truncated[i : i + 1],
+        )
+
     def select(self, indices: Sequence[int] | np.ndarray) -> TokenBatch:
         """Rows `indices` (in that order), with padding trimmed to the longest selected row."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -142,24 +168,65 @@ def cut_and_pad(
     n = len(ids)
     if len(type_ids) != n:
         raise ValueError(f"cut_and_pad: {n} id rows but {len(type_ids)} type-id rows")
-    if n == 0:
-        return TokenBatch.empty()
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
     total = int(lengths.sum())
-    flat_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
-    flat_types = np.fromiter(chain.from_iterable(type_ids), dtype=np.int64, count=total)
+    return cut_and_pad_flat(
+        np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total),
+        lengths,
+        flat_type_ids=np.fromiter(chain.from_iterable(type_ids), dtype=np.int64, count=total),
+        max_tokens=max_tokens,
+        truncation=truncation,
+        front=front,
+        back=back,
+        pad_id=pad_id,
+    )
+
+
+def cut_and_pad_flat(
+    flat_ids: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    flat_type_ids: np.ndarray | None = None,
+    max_tokens: int,
+    truncation: Truncation,
+    front: int,
+    back: int,
+    pad_id: int,
+) -> TokenBatch:
+    """`cut_and_pad` of rows given one after the other: int64 `flat_ids` and row `lengths`
+    (sum(lengths) == len(flat_ids)); type ids `flat_type_ids` alike, or all 0 when None."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = int(lengths.shape[0])
+    if n == 0:
+        return TokenBatch.empty()
+    total = int(flat_ids.shape[0])
+    if int(lengths.sum()) != total or (flat_type_ids is not None and flat_type_ids.shape != flat_ids.shape):
+        raise ValueError(f"cut_and_pad: lengths sum to {int(lengths.sum())} for {total} ids")
+    width = int(lengths.max())
+    if width <= max_tokens and max_tokens >= front + back:  # nothing to cut: rows as they are
+        types = np.zeros((n, width), dtype=np.int64)
+        if n == 1:
+            mask = np.ones((1, width), dtype=np.int64)
+            ids = flat_ids.reshape(1, width).astype(np.int64)  # a copy
+            if flat_type_ids is not None:
+                types[0] = flat_type_ids
+        else:
+            valid = np.arange(width, dtype=np.int64) < lengths[:, None]
+            mask = valid.astype(np.int64)
+            ids = np.full((n, width), pad_id, dtype=np.int64)
+            ids[valid] = flat_ids
+            if flat_type_ids is not None:
+                types[valid] = flat_type_ids
+        return TokenBatch(ids, mask, types, lengths.copy(), np.zeros(n, dtype=bool))
     truncated = lengths > max_tokens
     positions, valid = cut_positions(lengths, max_tokens=max_tokens, truncation=truncation, front=front, back=back)
     input_ids = np.full(valid.shape, pad_id, dtype=np.int64)
     token_type_ids = np.zeros(valid.shape, dtype=np.int64)
-    if truncated.any():
-        # The kept tokens in row-major order, as indices into the concatenated rows.
-        source = ((np.cumsum(lengths) - lengths)[:, None] + positions)[valid]
-        input_ids[valid] = flat_ids[source]
-        token_type_ids[valid] = flat_types[source]
-    else:  # every row kept whole: the concatenated rows are the kept tokens in row-major order
-        input_ids[valid] = flat_ids
-        token_type_ids[valid] = flat_types
+    # The kept tokens in row-major order, as indices into the concatenated rows.
+    source = ((np.cumsum(lengths) - lengths)[:, None] + positions)[valid]
+    input_ids[valid] = flat_ids[source]
+    if flat_type_ids is not None:
+        token_type_ids[valid] = flat_type_ids[source]
     return TokenBatch(
         input_ids=input_ids,
         attention_mask=valid.astype(np.int64),
@@ -176,9 +243,34 @@ class PromptTokenizer:
     `cut_and_pad`. The leading and trailing special tokens of the tokenizer's template are learnt once
     from a probe text. Thread-safe (the Rust tokenizer is). Raises EncoderModelError naming the file when
     it is missing or not a tokenizers file, ValueError for a bad max_tokens.
+
+    Fast path, same ids: when the file is BERT's uncased WordPiece kind (as
+    `lmroute.kernels.compiled.WordPieceTokenizer.from_tokenizer_json` checks), `fast` is true and the
+    environment variable LMROUTE_FAST_TOKENIZER is not "0", pure-ASCII text is tokenised by the compiled
+    core and only the non-ASCII runs of words by HF (`_fast_rows`); a few probe texts must come out as
+    HF's first. `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a missing or
+    stale compiled core raises KernelUnavailableError, as it does for the routers.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_tokens: int, truncation: Truncation = HEAD) -> None:
+    _ASCII_SPACES = re.compile(r"[\t\n\r ]+")
+    _MIN_ASCII_SHARE = 0.5
+    #: Texts both paths must tokenise alike before the fast path is used (a check of the file's kind).
+    _PROBES: tuple[str, ...] = (
+        "",
+        "Hello, World!! [SEP] x[CLS]y [cls] ##ab a##b don't",
+        "  Tabs\tand\r\nnew\x00lines\x01\x7f, 3.14159 snake_case-word `~^|\\ unaffable qqqqzzzxx",
+        "a" * 101 + " " + "b" * 100,
+        "Naïve café\u00a0costs 3€ — “quoted” 日本語 [SEP] ΟΔΟΣ x\u0301y \u0301z",
+    )
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_tokens: int,
+        truncation: Truncation = HEAD,
+        fast: bool = True,
+    ) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
             raise ValueError(f"max_tokens must be an int >= 2 (room for [CLS] and [SEP]), got {max_tokens!r}")
         if not isinstance(truncation, Truncation):
@@ -193,15 +285,45 @@ class PromptTokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise EncoderModelError(f"{self.path}: not a valid HF tokenizers file ({exc})") from exc
         self.pad_id = int((tok.padding or {}).get("pad_id", 0))
+        self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
         tok.no_truncation()
         tok.no_padding()
         self._tok = tok
         self.front, self.back = self._special_ends(tok, self.path)
+        probe_ids = tok.encode("a").ids
+        #: The template's special-token ids before and after a text's tokens ([CLS] and [SEP] for BERT).
+        self.front_ids: tuple[int, ...] = tuple(probe_ids[: self.front])
+        self.back_ids: tuple[int, ...] = tuple(probe_ids[len(probe_ids) - self.back :])
         if self.front + self.back >= max_tokens:
             raise ValueError(
                 f"max_tokens {max_tokens} leaves no room for text next to the tokenizer's "
                 f"{self.front + self.back} special tokens"
             )
+        self._fast: WordPieceTokenizer | None = None
+        self.fast_path_note = "off by request"
+        if fast and os.environ.get("LMROUTE_FAST_TOKENIZER", "1") != "0":
+            self._fast, self.fast_path_note = self._fast_tokenizer()
+        if self._fast is not None:
+            ids, lengths = self._fast_rows(list(self._PROBES))
+            want = [e.ids for e in self._tok.encode_batch(list(self._PROBES))]
+            if ids.tolist() != [i for row in want for i in row] or lengths.tolist() != [len(r) for r in want]:
+                self._fast, self.fast_path_note = None, "the fast path disagrees with HF on the probe texts"
+        self.fast_path = self._fast is not None
+
+    def _fast_tokenizer(self) -> tuple[WordPieceTokenizer | None, str]:
+        """The compiled tokenizer for this file, or None and the reason it is not of the supported kind.
+        Imports the compiled core (KernelUnavailableError when it is missing or stale, as for the routers)."""
+        from lmroute.kernels.compiled import WordPieceTokenizer
+
+        if self._tok.encode_special_tokens:
+            return None, "special tokens are encoded as text"
+        try:
+            fast = WordPieceTokenizer.from_tokenizer_json(json.loads(self.path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # UnsupportedTokenizerError is a ValueError
+            return None, f"not a supported kind: {exc}"
+        if (fast.front_ids, fast.back_ids) != (self.front_ids, self.back_ids):
+            return None, "the template's special tokens differ from the probe's"
+        return fast, ""
 
     @staticmethod
     def _special_ends(tok: Tokenizer, path: Path) -> tuple[int, int]:
@@ -222,6 +344,17 @@ class PromptTokenizer:
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         if not texts:
             return TokenBatch.empty()
+        if self._fast is not None:
+            ids, lengths = self._fast_rows(texts)
+            return cut_and_pad_flat(
+                ids,
+                lengths,
+                max_tokens=self.max_tokens,
+                truncation=self.truncation,
+                front=self.front,
+                back=self.back,
+                pad_id=self.pad_id,
+            )
         encs = self._tok.encode_batch(texts)
         return cut_and_pad(
             [e.ids for e in encs],
@@ -233,6 +366,72 @@ class PromptTokenizer:
             pad_id=self.pad_id,
         )
 
+    def _fast_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids (template included) one after the other, and the ids per text, as HF gives
+        them. A pure-ASCII text goes to the fast path whole. Any other text is cut at ASCII whitespace (it
+        ends words at every step of the pipeline, and no added token holds it) into runs of pure-ASCII
+        words, for the fast path, and runs of the other words, for HF (`_hf_runs`); its row is the
+        template's tokens around the runs' ids. A text whose pure-ASCII runs are under _MIN_ASCII_SHARE of
+        it goes to HF whole (cutting would not save HF's time). Type ids are 0 (the template's are)."""
+        assert self._fast is not None
+        ids, lengths, handled, n_handled = self._fast.encode(texts)
+        if n_handled == len(texts):
+            return ids, lengths
+        whole: list[str] = []  # texts for HF whole
+        runs: dict[bool, list[str]] = {True: [], False: []}  # pure-ASCII runs, the others
+        plans: list[list[bool] | None] = []  # per text left: whether each of its runs is pure ASCII; None: whole
+        for i in (i for i, h in enumerate(handled.tolist()) if not h):
+            words = filter(None, self._ASCII_SPACES.split(texts[i]))
+            pieces = [(a, " ".join(run)) for a, run in groupby(words, str.isascii)]
+            if sum(len(r) for a, r in pieces if a) < self._MIN_ASCII_SHARE * len(texts[i]):
+                whole.append(texts[i])
+                plans.append(None)
+                continue
+            plans.append([a for a, _ in pieces])
+            for a, r in pieces:
+                runs[a].append(r)
+        flat: dict[bool, list[int]] = {True: [], False: []}
+        counts: dict[bool, Iterator[int]] = {True: iter(()), False: iter(())}
+        if runs[True]:
+            fast_ids, fast_lengths, _, _ = self._fast.encode(runs[True], with_template=False)
+            flat[True], counts[True] = fast_ids.tolist(), iter(fast_lengths.tolist())
+        if runs[False]:
+            flat[False], hf_lengths = self._hf_runs(runs[False])
+            counts[False] = iter(hf_lengths)
+        at = {True: 0, False: 0}
+        whole_rows = iter([e.ids for e in self._tok.encode_batch(whole)] if whole else [])
+        rows: list[int] = []
+        left_lengths = []
+        for plan in plans:
+            start = len(rows)
+            if plan is None:
+                rows += next(whole_rows)
+            else:
+                rows += self.front_ids
+                for a in plan:
+                    n = next(counts[a])
+                    rows += flat[a][at[a] : at[a] + n]
+                    at[a] += n
+                rows += self.back_ids
+            left_lengths.append(len(rows) - start)
+        lengths[~handled] = left_lengths
+        out = np.empty(int(lengths.sum()), dtype=np.int64)
+        from_fast = np.repeat(handled, lengths)
+        out[from_fast] = ids
+        out[~from_fast] = rows
+        return out, lengths
+
+    def _hf_runs(self, runs: list[str]) -> tuple[list[int], list[int]]:
+        """HF's ids of the runs of words (no template) one after the other, and the ids per run, from one
+        call on the runs joined by spaces: a token belongs to the run its first character is in (the
+        offsets are in characters)."""
+        enc = self._tok.encode(" ".join(runs), add_special_tokens=False)
+        if len(runs) == 1:
+            return enc.ids, [len(enc.ids)]
+        starts = np.cumsum([0] + [len(r) + 1 for r in runs[:-1]])
+        owner = np.searchsorted(starts, [o[0] for o in enc.offsets], side="right") - 1
+        return enc.ids, np.bincount(owner, minlength=len(runs)).tolist()
+
     def token_ids(self, texts: Sequence[str], *, chunk: int = 1024) -> list[list[int]]:
         """The kept ids of each text, unpadded (what `tokenize` puts in its rows), for training loops."""
         texts = list(texts)
@@ -241,6 +440,27 @@ class PromptTokenizer:
             tb = self.tokenize(texts[start : start + chunk])
             out.extend(row[:n].tolist() for row, n in zip(tb.input_ids, tb.n_tokens.tolist(), strict=True))
         return out
+
+
+class SentenceEncoder(Protocol):
+    """What the bundle, the trainers and the embedding cache use of an encoder: `OnnxEncoder` (a
+    transformer) or `lmroute.bundle.static_encoder.StaticEncoder` (a token table). `model_path` is the
+    file whose bytes name the embedding space (the ONNX graph or the table)."""
+
+    dim: int
+    max_tokens: int
+    truncation: Truncation
+    pad_id: int
+    tokenizer: PromptTokenizer
+    model_path: Path
+    #: True when padding costs compute (a transformer): callers embed rows of similar length together.
+    chunk_by_length: bool
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch: ...
+
+    def embed(self, tokens: TokenBatch) -> np.ndarray: ...
+
+    def encode(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray: ...
 
 
 def _elem_type_ok(ort_type: str, wanted: str) -> bool:
@@ -281,6 +501,7 @@ class OnnxEncoder:
         self.truncation = truncation
         self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation)
         self.pad_id = self.tokenizer.pad_id
+        self.chunk_by_length = True  # attention runs over the padding: embed rows of similar length together
         self._session = self._load_session(self.model_path, providers, intra_op_threads, allow_spinning)
         self.dim = self._check_signature(self._session, self.model_path)
 
@@ -354,13 +575,20 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Embed any number of texts: sort by length into sub-batches of `batch_size`, restore order."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        tokens = self.tokenize(texts)
-        n = len(tokens)
-        out = np.empty((n, self.dim), dtype=np.float32)
-        order = np.argsort(tokens.n_tokens, kind="stable")
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.embed(tokens.select(idx))
-        return out
+        return encode_in_batches(self, texts, batch_size)
+
+
+def encode_in_batches(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """Any number of texts through `encoder`: tokenised once, embedded in length-sorted sub-batches of
+    `batch_size` (padding stays small), float32 [n, dim] in the texts' order. What every encoder's
+    `encode` does."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    tokens = encoder.tokenize(texts)
+    n = len(tokens)
+    out = np.empty((n, encoder.dim), dtype=np.float32)
+    order = np.argsort(tokens.n_tokens, kind="stable")
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = encoder.embed(tokens.select(idx))
+    return out

@@ -8,7 +8,8 @@ message forms are those of docs/BUNDLE.md). The loader checks, in order:
      then its integrity: bundle_version equals the content version recomputed from the manifest as read
      (`content_version_of`), so a manifest edited after it was written is refused;
   2. every file in `files`: present, size, sha256 (the sha256 pass can be skipped for fast reloads);
-  3. the encoder: tokenizer loads, ONNX inputs/outputs, one probe embedding of shape (1, dim), L2-normalised;
+  3. the encoder: tokenizer loads, ONNX inputs/outputs (kind onnx) or the token table's dtype, shape and
+     values (kind static), one probe embedding of shape (1, dim), L2-normalised;
   4. the difficulty prior's weights, then every router through its kind (`lmroute.bundle.kinds`): dtype,
      shape, NaN/inf and value ranges of its arrays, and what else the kind checks (the mf pair vector
      against its factors, the sw_ranking cells against its tiers, the bert ONNX signature).
@@ -37,7 +38,7 @@ from lmroute.bundle.routers import BlendedRouter, PromptBatch, Router
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from lmroute.bundle.encoder import OnnxEncoder
+    from lmroute.bundle.encoder import SentenceEncoder
 
 __all__ = ["Bundle", "load_bundle", "read_manifest"]
 
@@ -75,7 +76,7 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    encoder: OnnxEncoder
+    encoder: SentenceEncoder
     routers: Mapping[str, Router]
     prior_weights: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
@@ -197,21 +198,27 @@ def _check_files(root: Path, manifest: Manifest, verify_checksums: bool) -> None
                 raise BundleError(rel, f"sha256 mismatch (manifest {entry.sha256[:12]}..., file {actual[:12]}...)")
 
 
-def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int) -> OnnxEncoder:
+def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int) -> SentenceEncoder:
     from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder
+    from lmroute.bundle.static_encoder import StaticEncoder
 
     spec = manifest.encoder
-    model_rel, tok_rel = spec.files["model"], spec.files["tokenizer"]
+    model_role = "table" if spec.kind == "static" else "model"
+    model_rel, tok_rel = spec.files[model_role], spec.files["tokenizer"]
     model_path, tok_path = root / model_rel, root / tok_rel
+    encoder: SentenceEncoder
     try:
-        encoder = OnnxEncoder(
-            model_path,
-            tok_path,
-            max_tokens=spec.max_tokens,
-            truncation=spec.truncation,
-            providers=tuple(providers),
-            intra_op_threads=intra_op_threads,
-        )
+        if spec.kind == "static":
+            encoder = StaticEncoder(model_path, tok_path, max_tokens=spec.max_tokens, truncation=spec.truncation)
+        else:
+            encoder = OnnxEncoder(
+                model_path,
+                tok_path,
+                max_tokens=spec.max_tokens,
+                truncation=spec.truncation,
+                providers=tuple(providers),
+                intra_op_threads=intra_op_threads,
+            )
     except EncoderModelError as exc:
         # The encoder names the absolute file first ("<path>: <problem>"); re-root it in the bundle.
         text = str(exc)
@@ -220,10 +227,8 @@ def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intr
                 raise BundleError(rel, text[len(f"{file}: ") :]) from exc
         raise BundleError(model_rel, text) from exc
     if encoder.dim != spec.dim:
-        raise BundleError(
-            model_rel,
-            f"output 'sentence_embedding' has dimension {encoder.dim}, expected encoder.dim {spec.dim}",
-        )
+        what = "the table's rows have" if spec.kind == "static" else "output 'sentence_embedding' has"
+        raise BundleError(model_rel, f"{what} dimension {encoder.dim}, expected encoder.dim {spec.dim}")
     try:
         emb = np.asarray(encoder.embed(encoder.tokenize(["bundle self-check"])))
     except Exception as exc:

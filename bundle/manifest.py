@@ -40,8 +40,11 @@ __all__ = [
     "Calibration",
     "DefaultPair",
     "DifficultyPriorSpec",
+    "ENCODER_FILES_BY_KIND",
+    "ENCODER_KINDS",
     "EncoderSpec",
     "FileEntry",
+    "StaticDistillation",
     "Lineage",
     "Manifest",
     "RouterSpec",
@@ -55,6 +58,11 @@ SCHEMA_VERSION = 3
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
 PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
+ENCODER_KINDS: tuple[str, ...] = ("onnx", "static")
+ENCODER_FILES_BY_KIND: dict[str, dict[str, str]] = {
+    "onnx": ENCODER_FILES,
+    "static": {"table": "encoder/table.npy", "tokenizer": "encoder/tokenizer.json"},
+}
 UNVERSIONED_KEYS: tuple[str, ...] = ("bundle_version", "created_at", "library_versions")
 """The manifest keys the content version leaves out: the version itself, and two that change no score
 (created_at counts only through the date that prefixes the version)."""
@@ -84,12 +92,63 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class StaticDistillation:
+    """How a static encoder's token table was made from a transformer encoder
+    (`lmroute.export.static_distill`): every tokenizer id run through `source` (the transformer's name and
+    the sha256 of its model.onnx) as [CLS] token [SEP]; the embeddings centred and projected on their
+    first `dim` principal components; row t scaled by the SIF weight sif_a / (sif_a + p(t)), p the
+    token's frequency in `token_counts_from` (`n_texts` texts, `n_tokens` tokens, add-one smoothed)."""
+
+    source: str
+    source_sha256: str
+    dim: int
+    sif_a: float
+    token_counts_from: str
+    n_texts: int
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "dim": self.dim,
+            "sif_a": self.sif_a,
+            "token_counts_from": self.token_counts_from,
+            "n_texts": self.n_texts,
+            "n_tokens": self.n_tokens,
+        }
+
+    @classmethod
+    def _parse(cls, node: Node) -> StaticDistillation:
+        out = cls(
+            source=node.str_("source"),
+            source_sha256=node.str_("source_sha256"),
+            dim=node.int_("dim"),
+            sif_a=node.float_("sif_a"),
+            token_counts_from=node.str_("token_counts_from"),
+            n_texts=node.int_("n_texts"),
+            n_tokens=node.int_("n_tokens"),
+        )
+        node.close()
+        if not _SHA256.match(out.source_sha256):
+            raise fail(f"{node.key('source_sha256')}: not a lowercase hex sha256")
+        if out.sif_a <= 0:
+            raise fail(f"{node.key('sif_a')}: must be positive, got {out.sif_a}")
+        if out.n_texts < 0 or out.n_tokens < 0:
+            raise fail(f"{node.key('n_texts')}, {node.key('n_tokens')}: must be >= 0")
+        return out
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
-    """The sentence encoder: an ONNX graph that pools and L2-normalises, plus its HF tokenizer.
+    """The sentence encoder and its HF tokenizer. `kind` "onnx": an ONNX graph that pools and
+    L2-normalises (files model + tokenizer); "static": a token table distilled from one
+    (`lmroute.bundle.static_encoder`; files table + tokenizer; `distillation` says how).
 
     truncation: what the encoder keeps of a prompt longer than max_tokens (`lmroute.bundle.truncation`);
     the manifest key `truncation` is optional, a manifest without it means `head` (and `head` is written
-    without it, so a bundle from before the key keeps its content version)."""
+    without it, so a bundle from before the key keeps its content version). Likewise `kind`: absent
+    means "onnx", which is written without it."""
 
     name: str
     source: str
@@ -100,6 +159,8 @@ class EncoderSpec:
     quantized: bool = False
     files: Mapping[str, str] = field(default_factory=lambda: dict(ENCODER_FILES))
     truncation: Truncation = HEAD
+    kind: str = "onnx"
+    distillation: StaticDistillation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,14 +175,22 @@ class EncoderSpec:
         }
         if self.truncation != HEAD:
             out["truncation"] = self.truncation.to_dict()
+        if self.kind != "onnx":
+            out["kind"] = self.kind
+        if self.distillation is not None:
+            out["distillation"] = self.distillation.to_dict()
         return out
 
     @classmethod
     def _parse(cls, node: Node) -> EncoderSpec:
+        kind = node.str_("kind") if node.has("kind") else "onnx"
+        if kind not in ENCODER_KINDS:
+            raise fail(f"encoder.kind: unknown kind {kind!r} (known: {', '.join(ENCODER_KINDS)})")
         files_node = node.node("files")
-        files = {role: files_node.str_(role) for role in ("model", "tokenizer")}
+        files = {role: files_node.str_(role) for role in ENCODER_FILES_BY_KIND[kind]}
         files_node.close()
         truncation_node = node.node("truncation") if node.has("truncation") else None
+        distillation = StaticDistillation._parse(node.node("distillation")) if node.has("distillation") else None
         spec = cls(
             name=node.str_("name"),
             source=node.str_("source"),
@@ -131,6 +200,8 @@ class EncoderSpec:
             normalized=node.bool_("normalized"),
             quantized=node.bool_("quantized"),
             files=files,
+            kind=kind,
+            distillation=distillation,
         )
         node.close()
         if spec.dim <= 0:
@@ -141,6 +212,12 @@ class EncoderSpec:
             raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
         if not spec.normalized:
             raise fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
+        if (kind == "static") != (distillation is not None):
+            raise fail("encoder.distillation: a static encoder says how it was distilled, an onnx one has none")
+        if distillation is not None and distillation.dim != spec.dim:
+            raise fail(f"encoder.distillation.dim: {distillation.dim} differs from encoder.dim {spec.dim}")
+        if kind == "static" and spec.quantized:
+            raise fail("encoder.quantized: a static encoder is a float32 table, not a quantised graph")
         if truncation_node is not None:
             spec = replace(spec, truncation=_parse_truncation(truncation_node, spec.max_tokens))
         return spec

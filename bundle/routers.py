@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lmroute.bundle.encoder import TokenBatch
     from lmroute.bundle.manifest import Blend, DifficultyPriorSpec
 
-__all__ = ["BlendedRouter", "PromptBatch", "Router", "compiled_core", "need_embeddings"]
+__all__ = ["BlendedRouter", "ModelQualities", "PromptBatch", "Router", "compiled_core", "need_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,18 @@ class Router(Protocol):
 
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         """float64 [n] in [0, 1]."""
+        ...
+
+
+@runtime_checkable
+class ModelQualities(Protocol):
+    """A router that also predicts each of several models' quality on a prompt (routing among N models:
+    the `quality` kind)."""
+
+    models: tuple[str, ...]
+
+    def qualities(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
+        """float64 [n, len(models)] in [0, 1]."""
         ...
 
 

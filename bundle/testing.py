@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmroute.bundle.loader import load_bundle
-from lmroute.bundle.manifest import Blend, Calibration, DefaultPair, EncoderSpec, TrainingData
+from lmroute.bundle.manifest import Blend, Calibration, DefaultPair, EncoderSpec, StaticDistillation, TrainingData
 from lmroute.bundle.writer import PriorArtifacts, RouterArtifacts, update_calibration, write_bundle
 from lmroute.kernels import reference
 
@@ -207,18 +208,27 @@ def make_tiny_bundle(
     n_calibration: int = 64,
     calibrate: bool = True,
     difficulty_prior: bool = True,
+    quality: bool = False,
 ) -> Path:
-    """Build a small but real bundle at `out_dir` around `encoder_dir` (model.onnx + tokenizer.json):
+    """Build a small but real bundle at `out_dir` around `encoder_dir`: model.onnx + tokenizer.json, or
+    a static encoder's table.npy + tokenizer.json + distill.json (`lmroute.export.static_distill`);
     routers "random", "mf", "sw_ranking" (+ "bert" when `bert_onnx` is given), calibrated on
     `n_calibration` synthetic prompts scored through the bundle itself. With `difficulty_prior` the
     bundle carries a random difficulty prior, and "mf" and "bert" are blended with it (weights 2 and
-    1; "random" and "sw_ranking" are not). Returns `out_dir`."""
-    from lmroute.bundle.encoder import OnnxEncoder
+    1; "random" and "sw_ranking" are not). With `quality` it also holds a "quality" router: random
+    per-model heads over every model. Returns `out_dir`."""
+    from lmroute.bundle.encoder import OnnxEncoder, SentenceEncoder
+    from lmroute.bundle.static_encoder import StaticEncoder
 
     if not 2 <= n_tiers <= n_models:
         raise ValueError(f"need 2 <= n_tiers <= n_models, got n_tiers={n_tiers}, n_models={n_models}")
     enc_dir = Path(encoder_dir)
-    encoder = OnnxEncoder(enc_dir / "model.onnx", enc_dir / "tokenizer.json", max_tokens=max_tokens)
+    static = (enc_dir / "table.npy").is_file()
+    encoder: SentenceEncoder
+    if static:
+        encoder = StaticEncoder(enc_dir / "table.npy", enc_dir / "tokenizer.json", max_tokens=max_tokens)
+    else:
+        encoder = OnnxEncoder(enc_dir / "model.onnx", enc_dir / "tokenizer.json", max_tokens=max_tokens)
     dim = encoder.dim
     rng = np.random.default_rng(seed)
 
@@ -272,6 +282,16 @@ def make_tiny_bundle(
             params={"max_tokens": max_tokens, "labels": ["strong_wins", "tie", "weak_wins"]},
             files={"model": Path(bert_onnx)},
         )
+    if quality:
+        routers["quality"] = RouterArtifacts(
+            kind="quality",
+            params={"models": list(models), "link": "logistic", "alpha": 1.0, "labels": f"random (seed {seed})"},
+            arrays={
+                "center": np.zeros(dim, dtype=np.float32),
+                "weights": (4.0 * rng.standard_normal((dim, n_models)) / np.sqrt(dim)).astype(np.float32),
+                "bias": rng.standard_normal(n_models).astype(np.float32),
+            },
+        )
     prior = None
     if difficulty_prior:
         prior_weights = rng.standard_normal(dim).astype(np.float32)
@@ -303,6 +323,9 @@ def make_tiny_bundle(
         dim=dim,
         max_tokens=max_tokens,
     )
+    if static:
+        how = json.loads((enc_dir / "distill.json").read_text())["distillation"]
+        spec = dataclasses.replace(spec, kind="static", distillation=StaticDistillation(**how))
     out = Path(out_dir)
     write_bundle(
         out,

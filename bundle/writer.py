@@ -33,7 +33,7 @@ from lmroute.bundle.kinds.base import ArrayRole, FileRole, RouterArtifacts
 from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
 from lmroute.bundle.manifest import (
     _ROUTER_NAME,
-    ENCODER_FILES,
+    ENCODER_FILES_BY_KIND,
     MANIFEST_NAME,
     PRIOR_FILES,
     Blend,
@@ -207,7 +207,8 @@ def stage_bundle(
     overwrite: bool = False,
 ) -> Iterator[StagedBundle]:
     """Lay a bundle out in a temporary sibling directory of `out_dir`: every array as a .npy (no pickles)
-    in its kind's dtype, the encoder (model.onnx + tokenizer.json of encoder_dir) and the kinds' files
+    in its kind's dtype, the encoder (the files of its kind from encoder_dir: model.onnx or table.npy, and
+    tokenizer.json) and the kinds' files
     copied, every file checksummed, and the manifest assembled in memory. Yields a `StagedBundle`;
     leaving the block without `commit()` (or by an exception) removes the directory, so a crash leaves
     either no bundle or the old one, never a half-written one.
@@ -219,7 +220,8 @@ def stage_bundle(
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
     src = Path(encoder_dir)
-    for role, rel in ENCODER_FILES.items():
+    encoder_files = ENCODER_FILES_BY_KIND[encoder.kind]
+    for role, rel in encoder_files.items():
         if not (src / Path(rel).name).is_file():
             raise FileNotFoundError(f"encoder_dir {src} has no {Path(rel).name} (encoder {role})")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +230,7 @@ def stage_bundle(
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         (tmp / "encoder").mkdir()
-        for rel in ENCODER_FILES.values():
+        for rel in encoder_files.values():
             shutil.copyfile(src / Path(rel).name, tmp / rel)
         specs: dict[str, RouterSpec] = {}
         for name, art in routers.items():
@@ -259,7 +261,7 @@ def stage_bundle(
             bundle_version="unversioned",  # the content version, derived at commit
             label=label,
             created_at=created_at or _utc_now(),
-            encoder=dataclasses.replace(encoder, files=dict(ENCODER_FILES)),
+            encoder=dataclasses.replace(encoder, files=dict(encoder_files)),
             models=tuple(models),
             default_pair=default_pair,
             elo={k: float(v) for k, v in elo.items()},

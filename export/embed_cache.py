@@ -1,6 +1,7 @@
 """On-disk embedding cache for the offline pipeline (train / eval / calibration prompts).
 
-Holds `embed_texts`, which embeds texts with an `OnnxEncoder` and remembers the result per machine, and
+Holds `embed_texts`, which embeds texts with a bundle encoder (`SentenceEncoder`) and remembers the
+result per machine, and
 `encoder_id_of` / `encoder_id_for`, the cache key of an encoder (sha256 of its model.onnx, its token
 limit and its truncation rule: the build and the harness embed through the encoder, so the training
 embeddings are cut by the same rule, `lmroute.bundle.truncation`, that the served bundle states).
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute.bundle.encoder import OnnxEncoder
+from lmroute.bundle.encoder import SentenceEncoder
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.truncation import Truncation
 
@@ -62,7 +63,7 @@ def encoder_id_for(model_path: Path, *, max_tokens: int | None = None, truncatio
     return digest
 
 
-def encoder_id_of(encoder: OnnxEncoder) -> str:
+def encoder_id_of(encoder: SentenceEncoder) -> str:
     """The cache id of an open encoder: its model file, token limit and truncation rule."""
     return encoder_id_for(encoder.model_path, max_tokens=encoder.max_tokens, truncation=encoder.truncation)
 
@@ -102,7 +103,7 @@ def _load_shards(root: Path, dim: int) -> tuple[dict[bytes, tuple[int, int]], li
 
 
 def embed_texts(
-    encoder: OnnxEncoder,
+    encoder: SentenceEncoder,
     texts: Sequence[str],
     cache_dir: Path | None,
     *,
@@ -152,7 +153,7 @@ def embed_texts(
 
 
 def _embed_missing(
-    encoder: OnnxEncoder,
+    encoder: SentenceEncoder,
     items: list[tuple[bytes, str]],
     root: Path | None,
     progress: bool,

@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +35,10 @@ from lmroute.bundle import (
     load_bundle,
     update_calibration,
 )
-from lmroute.bundle.encoder import OnnxEncoder
+from lmroute.bundle.encoder import OnnxEncoder, SentenceEncoder
 from lmroute.bundle.kinds import TrainContext
+from lmroute.bundle.manifest import ENCODER_FILES_BY_KIND
+from lmroute.bundle.static_encoder import StaticEncoder
 from lmroute.bundle.truncation import HEAD, Truncation
 from lmroute.bundle.writer import PriorArtifacts, stage_bundle
 from lmroute.export import names
@@ -55,13 +57,14 @@ from lmroute.export.embed_cache import embed_texts, encoder_id_of
 from lmroute.export.encoder_export import default_model_dir, export_encoder
 from lmroute.export.evaluate import score_bundle
 from lmroute.export.recipe import BuildRecipe, Recipe
+from lmroute.export.static_distill import ensure_static_encoder
 from lmroute.export.train_prior import blend_params, fit_difficulty_prior
 
 log = logging.getLogger("lmroute.export.pipeline")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The routers of the default bundle (any registered kind can be built: `lmroute.bundle.kinds`).
-ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert")
+ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert", "quality")
 # Training prompts within cosine 0.95 of an eval prompt (`lmroute-export contamination --out ...`).
 DECONTAMINATION_FILE = "train_decontamination.json"
 CALIBRATION_SOURCE = (
@@ -142,9 +145,12 @@ def _step(report: BuildReport, name: str) -> Iterator[None]:
     log.info("step %s done in %.1f s", name, report.seconds[name])
 
 
-def _dir_key(model_dir: Path, max_tokens: int) -> str:
-    """A cache key for an exported encoder: the source model's files and the truncation length."""
+def _dir_key(model_dir: Path, max_tokens: int, quantize: str | None = None) -> str:
+    """A cache key for an exported encoder: the source model's files, the truncation length and the
+    quantisation."""
     h = hashlib.sha256(f"max_tokens={max_tokens}".encode())
+    if quantize is not None:
+        h.update(f"quantize={quantize}".encode())
     for p in sorted(model_dir.rglob("*")):
         if p.is_file() and not p.name.startswith("."):
             h.update(p.relative_to(model_dir).as_posix().encode())
@@ -152,21 +158,26 @@ def _dir_key(model_dir: Path, max_tokens: int) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_encoder(model_dir: Path | None, cache_dir: Path, max_tokens: int) -> tuple[Path, dict[str, Any]]:
-    """Export the encoder once per (model, max_tokens) into cache_dir/encoders/<key>; return that dir."""
+def ensure_encoder(
+    model_dir: Path | None, cache_dir: Path, max_tokens: int, quantize: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Export the encoder once per (model, max_tokens, quantize) into cache_dir/encoders/<key>; return
+    that dir."""
     src = default_model_dir() if model_dir is None else Path(model_dir)
-    out = cache_dir / "encoders" / _dir_key(src, max_tokens)
+    out = cache_dir / "encoders" / _dir_key(src, max_tokens, quantize)
     info_path = out / "export.json"
     if info_path.is_file() and (out / "model.onnx").is_file():
         return out, json.loads(info_path.read_text())
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = export_encoder(src, tmp, max_tokens=max_tokens)
+    result = export_encoder(src, tmp, max_tokens=max_tokens, quantize=quantize)
     info = {
         "source_dir": str(src),
         "dim": result.dim,
         "max_tokens": result.max_tokens,
+        "quantized": result.quantized,
         "min_cosine_vs_pytorch": result.min_cosine,
+        "int8_mean_cosine_vs_fp32": result.int8_mean_cosine_vs_fp32,
         "ort_optimized": result.ort_optimized,
         "export_seconds": round(result.export_seconds, 1),
     }
@@ -190,8 +201,11 @@ def open_encoder(enc_dir: Path, max_tokens: int, truncation: Truncation = HEAD) 
     return encoder, encoder_id_of(encoder)
 
 
-def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int, truncation: Truncation = HEAD) -> EncoderSpec:
-    """The manifest's encoder entry: name and source say where the weights came from."""
+def encoder_spec(
+    model_dir: Path | None, dim: int, max_tokens: int, truncation: Truncation = HEAD, *, quantized: bool = False
+) -> EncoderSpec:
+    """The manifest's encoder entry of a transformer encoder: name and source say where the weights came
+    from."""
     if model_dir is None:
         from importlib.metadata import version
 
@@ -201,10 +215,81 @@ def encoder_spec(model_dir: Path | None, dim: int, max_tokens: int, truncation: 
             dim=dim,
             max_tokens=max_tokens,
             truncation=truncation,
+            quantized=quantized,
         )
     return EncoderSpec(
-        name=Path(model_dir).name, source=str(model_dir), dim=dim, max_tokens=max_tokens, truncation=truncation
+        name=Path(model_dir).name,
+        source=str(model_dir),
+        dim=dim,
+        max_tokens=max_tokens,
+        truncation=truncation,
+        quantized=quantized,
     )
+
+
+@dataclass(frozen=True)
+class PreparedEncoder:
+    """The build's encoder: open, with its embedding-cache id, the directory holding the files the bundle
+    copies, and its manifest entry."""
+
+    encoder: SentenceEncoder
+    encoder_id: str
+    files_dir: Path
+    spec: EncoderSpec
+    info: dict[str, Any]
+
+
+def prepare_encoder(
+    recipe: Recipe,
+    cache_dir: Path,
+    count_texts: Callable[[], Sequence[str]],
+    *,
+    count_texts_from: str = "the training prompts (data/train, decontaminated)",
+    exported_dir: Path | None = None,
+) -> PreparedEncoder:
+    """The encoder of recipe.encoder's tier: the exported transformer (onnx; `exported_dir` given: that
+    export, as is), its int8 graph (onnx-int8), or a token table distilled from the fp32 transformer with
+    the token frequencies of `count_texts()` (static; the texts are part of the table's cache key)."""
+    trunc = recipe.truncation_rule
+    if exported_dir is not None and recipe.encoder != "onnx-int8":
+        src_dir, info = Path(exported_dir), {"exported_dir": str(exported_dir)}
+    else:
+        quantize = "int8" if recipe.encoder == "onnx-int8" else None
+        src_dir, info = ensure_encoder(recipe.encoder_model_dir, cache_dir, recipe.max_tokens, quantize)
+    source, source_id = open_encoder(src_dir, recipe.max_tokens, trunc)
+    transformer = encoder_spec(
+        recipe.encoder_model_dir, source.dim, recipe.max_tokens, trunc, quantized=recipe.encoder == "onnx-int8"
+    )
+    if recipe.encoder != "static":
+        return PreparedEncoder(source, source_id, src_dir, transformer, info)
+    static_dir, how = ensure_static_encoder(
+        source,
+        f"{transformer.name} ({transformer.source})",
+        cache_dir,
+        count_texts,
+        count_texts_from,
+        dim=recipe.static_dim,
+        sif_a=recipe.static_sif_a,
+    )
+    static = StaticEncoder(
+        static_dir / "table.npy", static_dir / "tokenizer.json", max_tokens=recipe.max_tokens, truncation=trunc
+    )
+    spec = dataclasses.replace(
+        transformer,
+        name=f"{transformer.name}-static{how.dim}",
+        dim=static.dim,
+        kind="static",
+        distillation=how,
+        files=dict(ENCODER_FILES_BY_KIND["static"]),
+    )
+    return PreparedEncoder(static, encoder_id_of(static), static_dir, spec, {**info, "static": how.to_dict()})
+
+
+def count_corpus(data_dir: Path) -> list[str]:
+    """The texts whose token frequencies weigh the static encoder's table: the training prompts of
+    `data_dir`, less those near an eval prompt (what the build trains on, its validation split included)."""
+    comps, _ = _drop_contaminated(load_comparisons(data_dir).comparisons, data_dir / DECONTAMINATION_FILE)
+    return list(comps.prompts)
 
 
 def _training_data(comps: Comparisons) -> TrainingData:
@@ -225,6 +310,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     with _step(report, "load_data"):
         loaded = load_comparisons(cfg.data_dir)
         comps, n_contaminated = _drop_contaminated(loaded.comparisons, cfg.data_dir / DECONTAMINATION_FILE)
+        all_prompts = comps.prompts  # the static encoder's token frequencies (quick mode too)
         if cfg.quick:
             comps = _quick_subset(comps, cfg.quick_prompts_per_source, recipe.seed)
         for name in (cfg.strong, cfg.weak):
@@ -242,11 +328,8 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         }
 
     with _step(report, "encoder"):
-        if cfg.exported_encoder_dir is not None:
-            enc_dir, report.encoder = Path(cfg.exported_encoder_dir), {"exported_dir": str(cfg.exported_encoder_dir)}
-        else:
-            enc_dir, report.encoder = ensure_encoder(recipe.encoder_model_dir, cfg.cache_dir, recipe.max_tokens)
-        encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens, recipe.truncation_rule)
+        prepared = prepare_encoder(recipe, cfg.cache_dir, lambda: all_prompts, exported_dir=cfg.exported_encoder_dir)
+        encoder, encoder_id, report.encoder = prepared.encoder, prepared.encoder_id, prepared.info
 
     with _step(report, "embed_train"):
         prompt_emb = embed_texts(encoder, train.prompts, cfg.cache_dir / "embeddings", encoder_id=encoder_id)
@@ -284,10 +367,8 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             staged = stack.enter_context(
                 stage_bundle(
                     cfg.out_dir,
-                    encoder_dir=enc_dir,
-                    encoder=encoder_spec(
-                        recipe.encoder_model_dir, encoder.dim, recipe.max_tokens, recipe.truncation_rule
-                    ),
+                    encoder_dir=prepared.files_dir,
+                    encoder=prepared.spec,
                     routers=artifacts,
                     models=sorted(tiers),
                     default_pair=DefaultPair(strong=cfg.strong, weak=cfg.weak),
@@ -319,7 +400,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
 
 
 def _fit_prior(
-    cfg: BuildConfig, encoder: OnnxEncoder, encoder_id: str, prompt_emb: np.ndarray, report: BuildReport
+    cfg: BuildConfig, encoder: SentenceEncoder, encoder_id: str, prompt_emb: np.ndarray, report: BuildReport
 ) -> PriorArtifacts:
     """Fit the difficulty prior on the LLMRouter labels (minus near-eval questions), standardised on the
     training prompts' embeddings; its weights are rounded to float32 first, as the bundle stores them."""
@@ -422,6 +503,7 @@ def _train_router(
         strong=cfg.strong,
         weak=cfg.weak,
         work_dir=cfg.cache_dir / router,
+        data_dir=cfg.data_dir,
     )
     artifacts = kinds.get(router).train(ctx)
     if ctx.notes:

@@ -28,8 +28,12 @@ from typing import Any
 from lmroute.bundle.truncation import Truncation
 from lmroute.export.data import LABEL_KINDS
 from lmroute.export.dataclass_flags import format_value, knob
+from lmroute.export.static_distill import DEFAULT_SIF_A, DEFAULT_STATIC_DIM
 
-__all__ = ["SHIPPED", "BuildRecipe", "Recipe"]
+__all__ = ["ENCODER_TIERS", "SHIPPED", "BuildRecipe", "Recipe"]
+
+#: The sentence encoder tiers a build can give a bundle (`Recipe.encoder`).
+ENCODER_TIERS: tuple[str, ...] = ("onnx", "onnx-int8", "static")
 
 _Pairs = tuple[tuple[str, float], ...]
 
@@ -45,6 +49,17 @@ class Recipe:
         None,
         "a local Hugging Face BERT-class model dir: the sentence encoder and bert's starting point "
         "(none: the packaged all-MiniLM-L6-v2)",
+    )
+    encoder: str = knob(
+        "onnx",
+        "the sentence encoder's tier: onnx (the transformer, fp32), onnx-int8 (its MatMuls dynamically "
+        "quantised to int8, per channel) or static (a token table distilled from it: microseconds per prompt)",
+    )
+    static_dim: int = knob(
+        DEFAULT_STATIC_DIM, "the static encoder's dimension (principal components of the token embeddings)"
+    )
+    static_sif_a: float = knob(
+        DEFAULT_SIF_A, "the static encoder's SIF constant: token t weighs a / (a + frequency of t)"
     )
     max_tokens: int = knob(256, "truncation of the sentence encoder, tokens (the bundle's encoder.max_tokens)")
     truncation: str = knob(
@@ -100,10 +115,13 @@ class Recipe:
         unknown = {k for k, _ in self.label_weights} - set(LABEL_KINDS)
         if unknown:
             raise ValueError(f"label_weights: unknown label kinds {sorted(unknown)}; know {LABEL_KINDS}")
+        if self.encoder not in ENCODER_TIERS:
+            raise ValueError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODER_TIERS)}")
         if self.encoder_model_dir is not None and not isinstance(self.encoder_model_dir, Path):
             object.__setattr__(self, "encoder_model_dir", Path(self.encoder_model_dir))
         for name, low in (
             ("max_tokens", 1),
+            ("static_dim", 1),
             ("elo_min_comparisons", 1),
             ("n_tiers", 2),
             ("mf_dim", 1),
@@ -117,6 +135,7 @@ class Recipe:
                 raise ValueError(f"{name}: must be >= {low} (got {getattr(self, name)})")
         for name, positive in (
             ("gamma", True),
+            ("static_sif_a", True),
             ("mf_lr", True),
             ("mf_noise_sigma", False),
             ("mf_weight_decay", False),

@@ -235,15 +235,19 @@ def validate_bundle(
 # CLI
 
 
-def cached_embedder(cache_dir: Path, recipe: Recipe | None = None) -> Callable[[Sequence[str]], NDArray[np.float32]]:
-    """texts -> embeddings with the build's exported encoder of `recipe` (its encoder_model_dir,
-    max_tokens and truncation; None: the shipped recipe's) and the embedding cache under cache_dir."""
+def cached_embedder(
+    cache_dir: Path, recipe: Recipe | None = None, data_dir: Path | None = None
+) -> Callable[[Sequence[str]], NDArray[np.float32]]:
+    """texts -> embeddings with the build's encoder of `recipe` (its tier, encoder_model_dir, max_tokens
+    and truncation; None: the shipped recipe's) and the embedding cache under cache_dir. A static tier's
+    table is the build's: distilled with the token frequencies of data_dir's training prompts."""
     from lmroute.export.embed_cache import embed_texts
-    from lmroute.export.pipeline import ensure_encoder, open_encoder
+    from lmroute.export.pipeline import REPO_ROOT, count_corpus, prepare_encoder
 
     recipe = Recipe() if recipe is None else recipe
-    enc_dir, _ = ensure_encoder(recipe.encoder_model_dir, cache_dir, recipe.max_tokens)
-    encoder, encoder_id = open_encoder(enc_dir, recipe.max_tokens, recipe.truncation_rule)
+    data = REPO_ROOT / "data" if data_dir is None else data_dir
+    prepared = prepare_encoder(recipe, cache_dir, lambda: count_corpus(data))
+    encoder, encoder_id = prepared.encoder, prepared.encoder_id
     memo: dict[str, NDArray[np.float32]] = {}
 
     def emb_of(texts: Sequence[str]) -> NDArray[np.float32]:
@@ -272,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = experiment.recipe
     routers = tuple(r for r in args.routers.split(",") if r)
     comps = load_comparisons(args.data_dir).comparisons
-    emb_of = cached_embedder(args.cache_dir, recipe)
+    emb_of = cached_embedder(args.cache_dir, recipe, args.data_dir)
     labels = load_difficulty_labels(args.data_dir)
     near_eval = _decontamination_set(args.data_dir / DECONTAMINATION_FILE)
     keep = np.array([p not in near_eval for p in labels.prompts], dtype=bool)

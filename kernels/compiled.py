@@ -10,6 +10,8 @@
     bt_ratings  the small Bradley-Terry Newton solve on its own
     blend_scores  a router's scores blended with the difficulty prior (one call per batch: after the
                 encoder, a handful of NumPy calls on cold caches cost more than the math)
+    WordPieceTokenizer  BERT WordPiece tokenisation of pure-ASCII texts, id for id HF `tokenizers`'s, built
+                from a tokenizer.json of that kind (`from_tokenizer_json`); other texts come back unhandled
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
@@ -30,9 +32,9 @@ import importlib.machinery
 import importlib.util
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +46,11 @@ __all__ = [
     "KernelUnavailableError",
     "MFIndex",
     "SWIndex",
+    "UnsupportedTokenizerError",
+    "WordPieceIds",
+    "WordPieceTokenizer",
     "blend_scores",
+    "token_mean",
     "bt_ratings",
     "cpu_features",
     "get_num_threads",
@@ -53,7 +59,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-ABI_VERSION = 2
+ABI_VERSION = 4
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -446,6 +452,24 @@ def blend_scores(
     return out
 
 
+def token_mean(table: NDArray[np.float32], ids: NDArray[np.int64], offsets: NDArray[np.int64]) -> NDArray[np.float32]:
+    """The static encoder's embeddings: row r is the L2-normalised sum of table[ids[offsets[r]:offsets[r+1]]]
+    (float32 [n, dim]; summed in order, so a row does not depend on the others). Every row needs an id;
+    ValueError names an id outside the table."""
+    t = np.asarray(table)
+    if t.dtype != np.float32 or t.ndim != 2:
+        raise ValueError(f"table must be float32 [vocab, dim], got {t.dtype} {t.shape}")
+    i = np.ascontiguousarray(ids, dtype=np.int64)
+    o = np.ascontiguousarray(offsets, dtype=np.int64)
+    if i.ndim != 1 or o.ndim != 1 or o.size < 1:
+        raise ValueError("ids and offsets must be 1-D, offsets non-empty")
+    out = np.empty((o.size - 1, t.shape[1]), dtype=np.float32)
+    bad = _core.token_mean(np.ascontiguousarray(t), i, o, out)
+    if bad >= 0:
+        raise ValueError(f"ids[{bad}] = {int(i[bad])} is outside the table's {t.shape[0]} rows")
+    return out
+
+
 def pair_probabilities(emb: NDArray[np.floating], pair_vectors: NDArray[np.floating]) -> F64:
     """sigmoid(e . u_p) [b, n_pairs] for collapsed pair vectors u [n_pairs, d] (a bundle's pair_vector)."""
     u = np.ascontiguousarray(np.atleast_2d(np.asarray(pair_vectors, dtype=np.float64)))
@@ -456,3 +480,141 @@ def pair_probabilities(emb: NDArray[np.floating], pair_vectors: NDArray[np.float
     out = np.empty((e.shape[0], u.shape[0]), dtype=np.float64)
     _core.mf_pair_probabilities(e, u, _threads, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# WordPiece tokenisation
+
+
+class UnsupportedTokenizerError(ValueError):
+    """The tokenizer.json is not of the kind `WordPieceTokenizer` reproduces; the message says what differs."""
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise UnsupportedTokenizerError(what)
+
+
+def _template_ends(post: Mapping[str, Any] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special-token ids a single text's template puts before and after it (type ids all 0)."""
+    if post is None:
+        return (), ()
+    kind = post.get("type")
+    if kind == "BertProcessing":
+        return (int(post["cls"][1]),), (int(post["sep"][1]),)
+    _require(kind == "TemplateProcessing", f"post_processor {kind!r} is not TemplateProcessing or BertProcessing")
+    specials = post.get("special_tokens", {})
+    ends: tuple[list[int], list[int]] = ([], [])
+    seen = 0
+    for piece in post.get("single", []):
+        ((role, item),) = piece.items()
+        _require(int(item.get("type_id", 0)) == 0, "the single-text template has a type id other than 0")
+        if role == "Sequence":
+            _require(item.get("id") == "A" and seen == 0, "the single-text template is not [specials] A [specials]")
+            seen = 1
+        else:
+            _require(role == "SpecialToken" and item["id"] in specials, f"template piece {piece!r} is unknown")
+            ends[seen].extend(int(i) for i in specials[item["id"]]["ids"])
+    _require(seen == 1, "the single-text template holds no sequence")
+    return tuple(ends[0]), tuple(ends[1])
+
+
+class WordPieceIds(NamedTuple):
+    """What `WordPieceTokenizer.encode` gives: the ids of the handled texts one after the other (template
+    tokens included), ids per text (0 when not handled), whether each text was handled (pure ASCII) and
+    how many were."""
+
+    ids: NDArray[np.int64]
+    lengths: NDArray[np.int64]
+    handled: NDArray[np.bool_]
+    n_handled: int
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece tokenisation of pure-ASCII texts (kernels/src/wordpiece.hpp states the rules).
+
+    vocab: the token strings in id order; unk_id: the id a word that matches nothing becomes; prefix:
+    the continuing-subword prefix; max_chars: longer words are unknown; literals: (text, id) of the added
+    tokens, matched case-sensitively on the raw text; front_ids, back_ids: the template's special tokens.
+    Thread-safe; `encode` releases the GIL.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        *,
+        unk_id: int,
+        prefix: str = "##",
+        max_chars: int = 100,
+        literals: Sequence[tuple[str, int]] = (),
+        front_ids: Sequence[int] = (),
+        back_ids: Sequence[int] = (),
+    ) -> None:
+        vocab = list(vocab)
+        if not all(isinstance(t, str) for t in vocab):
+            raise TypeError("vocab must hold strings only")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("vocab holds a token twice")
+        if not 0 <= unk_id < len(vocab):
+            raise ValueError(f"unk_id {unk_id} is outside 0..{len(vocab) - 1}")
+        if not isinstance(max_chars, int) or max_chars < 0:
+            raise ValueError(f"max_chars must be an int >= 0, got {max_chars!r}")
+        self.front_ids = tuple(int(i) for i in front_ids)
+        self.back_ids = tuple(int(i) for i in back_ids)
+        self._specials = len(self.front_ids) + len(self.back_ids)
+        self._wp = _core.WordPiece(
+            vocab,
+            int(unk_id),
+            str(prefix),
+            int(max_chars),
+            [(str(t), int(i)) for t, i in literals],
+            list(self.front_ids),
+            list(self.back_ids),
+        )
+
+    @classmethod
+    def from_tokenizer_json(cls, spec: Mapping[str, Any]) -> WordPieceTokenizer:
+        """The tokenizer of a parsed tokenizer.json (its truncation and padding are not applied); raises
+        UnsupportedTokenizerError naming the first part that is not the BERT uncased WordPiece kind."""
+        model = spec.get("model") or {}
+        _require(model.get("type") == "WordPiece", f"model {model.get('type')!r} is not WordPiece")
+        vocab_ids: Mapping[str, int] = model.get("vocab", {})
+        vocab = sorted(vocab_ids, key=vocab_ids.__getitem__)
+        _require([vocab_ids[t] for t in vocab] == list(range(len(vocab))), "vocabulary ids are not 0..n-1")
+        _require(model.get("unk_token") in vocab_ids, "the unknown token is not in the vocabulary")
+        norm = spec.get("normalizer") or {}
+        _require(norm.get("type") == "BertNormalizer", f"normalizer {norm.get('type')!r} is not BertNormalizer")
+        # handle_chinese_chars and strip_accents touch only non-ASCII characters
+        _require(norm.get("clean_text") is True and norm.get("lowercase") is True, "BertNormalizer is not clean+lower")
+        pre = (spec.get("pre_tokenizer") or {}).get("type")
+        _require(pre == "BertPreTokenizer", f"pre_tokenizer {pre!r} is not BertPreTokenizer")
+        literals = []
+        for added in spec.get("added_tokens", []):
+            _require(
+                not any(added.get(k) for k in ("normalized", "lstrip", "rstrip", "single_word")),
+                f"added token {added.get('content')!r} is normalized, stripped or single-word",
+            )
+            content = str(added["content"])
+            _require(not any(c in content for c in "\t\n\r "), f"added token {content!r} holds whitespace")
+            literals.append((content, int(added["id"])))
+        front, back = _template_ends(spec.get("post_processor"))
+        return cls(
+            vocab,
+            unk_id=int(vocab_ids[model["unk_token"]]),
+            prefix=model.get("continuing_subword_prefix", "##"),
+            max_chars=int(model.get("max_input_chars_per_word", 100)),
+            literals=literals,
+            front_ids=front,
+            back_ids=back,
+        )
+
+    def encode(self, texts: Sequence[str], *, with_template: bool = True) -> WordPieceIds:
+        """The ids of the pure-ASCII texts, with the template's tokens around each or not; the others are
+        left unhandled (for HF `tokenizers`). TypeError for an item that is not a str."""
+        items = texts if isinstance(texts, list) else list(texts)
+        n = len(items)
+        ids = np.empty(sum(map(len, items)) + n * self._specials, dtype=np.int64)
+        lengths = np.empty(n, dtype=np.int64)
+        handled = np.empty(n, dtype=np.bool_)
+        total, n_handled = self._wp.encode(items, bool(with_template), ids, lengths, handled)
+        return WordPieceIds(ids[:total], lengths, handled, n_handled)

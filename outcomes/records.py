@@ -98,6 +98,10 @@ class Decision:
     propensity: float | None = None  # Route only: probability the chosen model was chosen
     prompt_text: str | None = None  # None with the privacy switch
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    tenant: str = ""  # Route only: the caller's tenant ("" when the server keeps no tenants)
+    policy: str = ""  # Route only: "threshold", "strong_share", "target" (the tenant's share held live),
+    # or among candidates: "cost_weight", "quality_margin", "quality_floor", "spend_target"
+    choice: str = ""  # Route among candidates: JSON {"models", "qualities", "costs", "chosen"} (schema v4)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             report TEXT NOT NULL
         )""",
     ),
+    (
+        "ALTER TABLE decisions ADD COLUMN tenant TEXT",
+        "ALTER TABLE decisions ADD COLUMN policy TEXT",
+        "CREATE INDEX decisions_tenant ON decisions (tenant, router, time_ms)",
+    ),
+    ("ALTER TABLE decisions ADD COLUMN choice TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

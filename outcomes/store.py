@@ -211,7 +211,8 @@ class OutcomeStore:
         self._exec(
             "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, "
             "chosen_model, propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, "
-            "encoder_id, embedding, prompt_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "encoder_id, embedding, prompt_chars, tenant, policy, choice) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (decision_id) DO NOTHING",
             (
                 d.decision_id,
@@ -231,6 +232,9 @@ class OutcomeStore:
                 d.encoder_id,
                 emb,
                 d.prompt_chars if d.prompt_chars is not None else (len(d.prompt_text) if d.prompt_text else None),
+                d.tenant or None,
+                d.policy or None,
+                d.choice or None,
             ),
         )
 
@@ -349,9 +353,30 @@ class OutcomeStore:
             "time_ms >= ? AND time_ms < ? ORDER BY time_ms DESC LIMIT ?", (since_ms, until, limit)
         )
 
+    def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool]]:
+        """The latest `limit` decisions made under `tenant`'s share target with `router`, oldest first, as
+        (bundle version, score, went strong): what a share controller replays after a restart."""
+        rows = self._exec(
+            "SELECT bundle_version, scores, chosen_model = strong_model FROM decisions "
+            "WHERE tenant = ? AND router = ? AND policy = 'target' ORDER BY time_ms DESC LIMIT ?",
+            (tenant, router, limit),
+        ).fetchall()
+        return [(str(v), float(json.loads(sc)[router]), bool(strong)) for v, sc, strong in reversed(rows)]
+
+    def spend_decisions(self, tenant: str, router: str, limit: int) -> list[str]:
+        """The `choice` JSON of the latest `limit` decisions made under `tenant`'s spend target with
+        `router`, oldest first: what a spend controller replays after a restart."""
+        rows = self._exec(
+            "SELECT choice FROM decisions WHERE tenant = ? AND router = ? AND policy = 'spend_target' "
+            "AND choice IS NOT NULL ORDER BY time_ms DESC LIMIT ?",
+            (tenant, router, limit),
+        ).fetchall()
+        return [str(r[0]) for r in reversed(rows)]
+
     _DECISION_COLUMNS = (
         "decision_id, time_ms, kind, bundle_version, scores, strong_model, weak_model, prompt_sha256, n_tokens, "
-        "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars"
+        "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars, tenant, "
+        "policy, choice"
     )
 
     def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
@@ -424,6 +449,9 @@ def _decision_of(r: Sequence[Any]) -> Decision:
         prompt_text=None if r[14] is None else str(r[14]),
         embedding=emb,
         prompt_chars=None if r[16] is None else int(r[16]),
+        tenant=r[17] or "",
+        policy=r[18] or "",
+        choice=r[19] or "",
     )
 
 

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), build the default router bundle if it is missing (artifacts/default, about
-# 10 minutes on a 2-core CPU the first time: benchmarks/RESULTS_build.md), then serve it on 127.0.0.1 with
-# an embedded outcome store (artifacts/outcomes.sqlite3). Extra arguments go to
-# lmroute-serve (see `lmroute-serve --help`); LMROUTE_BUNDLE picks another bundle.
+# Set up (scripts/setup.sh), make sure a router bundle exists, then serve it on 127.0.0.1 with an
+# embedded outcome store (artifacts/outcomes.sqlite3). Extra arguments go to lmroute-serve (see
+# `lmroute-serve --help`); LMROUTE_BUNDLE picks another bundle.
+#
+# The first run builds a starter bundle in about a minute (the static encoder tier; routers random, mf,
+# sw_ranking and quality) and serves it at once. The default bundle (`lmroute-export build`: the default recipe,
+# bert included, about 10 minutes on 2 cores: benchmarks/RESULTS_build.md) is then built in the
+# background, niced, into the same directory (log: <bundle>.build.log); the server watches the directory
+# and swaps the new bundle in without dropping a call. LMROUTE_BACKGROUND_BUILD=0 skips that build; a
+# bundle that LMROUTE_BUNDLE names and that exists already is served as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 bundle=${LMROUTE_BUNDLE:-artifacts/default}
+watch=()
+ours=${LMROUTE_BUNDLE:+0}  # a bundle named by LMROUTE_BUNDLE is never rebuilt in the background, unless built here
 if [ ! -f "$bundle/manifest.json" ]; then
-  echo "serve: no bundle at $bundle; building the default bundle"
-  .venv/bin/lmroute-export build --out "$bundle"
+  echo "serve: no bundle at $bundle; building a starter bundle (static encoder; random, mf, sw_ranking, quality)"
+  .venv/bin/lmroute-export build --encoder static --routers random mf sw_ranking quality --out "$bundle"
+  ours=1
+fi
+if [ "${ours:-1}" = 1 ] && [ ! -d "$bundle/routers/bert" ] && [ "${LMROUTE_BACKGROUND_BUILD:-1}" != 0 ]; then
+  echo "serve: building the default bundle in the background (log: $bundle.build.log); it is swapped in when written"
+  nice -n 10 .venv/bin/lmroute-export build --out "$bundle" >"$bundle.build.log" 2>&1 &
+  watch=(--bundle-watch-s 10)
 fi
 # decisions and Feedback go to an embedded SQLite outcome store next to the bundle (LMROUTE_STORE: another
-# store, e.g. postgresql://...; docs/OUTCOMES.md)
+# store, e.g. postgresql://...; docs/OUTCOMES.md); Route among candidates prices them from RouterBench's
+# list prices unless LMROUTE_MODELS_FILE names another file (docs/MODELS.md)
 exec .venv/bin/lmroute-serve --bundle "$bundle" --host "${LMROUTE_HOST:-127.0.0.1}" \
-  --store "${LMROUTE_STORE:-sqlite:artifacts/outcomes.sqlite3}" "$@"
+  --store "${LMROUTE_STORE:-sqlite:artifacts/outcomes.sqlite3}" \
+  --models-file "${LMROUTE_MODELS_FILE:-data/prices/routerbench.json}" "${watch[@]}" "$@"

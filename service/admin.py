@@ -1,7 +1,8 @@
 """AdminService servicer: wire messages <-> the bundle swapper (lmroute.service.bundle_swap).
 
 ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swap in progress and the
-counters. The servicer is registered when the server binds (when `admin_service` allows it) and
+counters; ListShareTargets and ListSpendTargets the tenants' targets and their controllers
+(lmroute.service.targets). The servicer is registered when the server binds (when `admin_service` allows it) and
 attached to the swapper once the first bundle is loaded; before that every call is NotReady
 (UNAVAILABLE). Errors are ServiceErrors, turned into statuses by the interceptor like RouterService's.
 """
@@ -14,6 +15,7 @@ import grpc
 
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.errors import InvalidArgument, NotReady
+from lmroute.service.targets import TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
@@ -30,8 +32,10 @@ def _unix_ms(t: float) -> int:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Implements lmroute.v1.AdminService over a BundleSwapper attached once the first bundle serves."""
 
-    def __init__(self) -> None:
+    def __init__(self, targets: TenantTargets | None = None) -> None:
         self.swapper: BundleSwapper | None = None
+        self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
+        self.restored = 0  # share-controller decisions replayed from the outcome store at startup
 
     def attach(self, swapper: BundleSwapper) -> None:
         """Start answering with this swapper (called after the first load)."""
@@ -83,3 +87,47 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             loading_path="" if loading is None else str(loading),
             watch_interval_seconds=swapper.watch_interval_s,
         )
+
+    async def ListShareTargets(
+        self, request: admin_pb2.ListShareTargetsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListShareTargetsResponse:
+        self._ready()
+        response = admin_pb2.ListShareTargetsResponse(restored_decisions=self.restored)
+        if self.targets is None:
+            return response
+        for tenant, share in sorted(self.targets.targets.items()):
+            response.targets.add(tenant=tenant, strong_share=share)
+        for held in self.targets.states():
+            st = held.state
+            response.controllers.add(
+                tenant=held.tenant,
+                router=held.router,
+                target=st.target,
+                realised=st.realised,
+                threshold=st.threshold,
+                decisions=st.decisions,
+                deficit=st.deficit,
+                bundle_version=held.bundle_version,
+            )
+        return response
+
+    async def ListSpendTargets(
+        self, request: admin_pb2.ListSpendTargetsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListSpendTargetsResponse:
+        self._ready()
+        response = admin_pb2.ListSpendTargetsResponse(restored_decisions=self.restored)
+        if self.targets is None:
+            return response
+        for tenant, usd in sorted(self.targets.spends.items()):
+            response.targets.add(tenant=tenant, spend_per_1k_usd=usd)
+        for tenant, router, spend in self.targets.spend_states():
+            response.controllers.add(
+                tenant=tenant,
+                router=router,
+                target_per_1k_usd=spend.target_per_1k,
+                realised_per_1k_usd=spend.realised_per_1k,
+                cost_weight=spend.cost_weight,
+                decisions=spend.decisions,
+                deficit_usd=spend.deficit,
+            )
+        return response

@@ -49,6 +49,20 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True)
+class StageTimes:
+    """When one prompt went through each stage, event-loop seconds (`loop.time()`): its call entered
+    admission, it entered the queue, its batch left the queue, the batch's encoder finished (its start
+    plus the encoder's seconds), the batch was scored. What the trace spans are made of
+    (lmroute.service.tracing)."""
+
+    admitted: float
+    queued: float
+    left: float
+    encoded: float
+    scored: float
+
+
+@dataclass(frozen=True)
 class ItemResult:
     """The scores of one prompt: router -> strong-win probability, plus token facts, the version of the
     artifacts that scored it and, when the batch ran the encoder, the prompt's embedding (what the
@@ -59,6 +73,10 @@ class ItemResult:
     scores: dict[str, float]
     version: str = ""
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    # router -> each model's predicted quality (RouterDescription.models order), for the prompt's
+    # routers that predict them
+    qualities: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict, compare=False, repr=False)
+    stages: StageTimes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(eq=False)
@@ -71,8 +89,9 @@ class Item(Generic[T]):
     future: asyncio.Future[ItemResult]
     enqueued_at: float  # admission time; set again when the item is released into the queue
     deadline: float | None = None  # the caller's deadline (event-loop time), None without one
+    admitted_at: float = 0.0  # when its call entered admission (event-loop time)
+    queued_at: float = 0.0  # when it entered the queue (enqueued_at moves on when the queue releases it)
     state: State = State.QUEUED
-    timer: asyncio.TimerHandle | None = None
     line: CallLine[T] | None = None  # its call's line while queued
 
     @property
@@ -230,7 +249,7 @@ class BatchQueue(Generic[T]):
     def _release_next(self, line: CallLine[T]) -> None:
         while line.held and len(line.released) < line.quantum:
             it = line.held.popleft()
-            if it.future.done():  # dropped while held: its done-callback does the counting
+            if it.future.done():  # dropped while held: the scheduler counts it
                 it.line = None
                 self._len -= 1
                 continue

@@ -27,7 +27,7 @@ import numpy as np
 from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
-from lmroute.bundle.routers import PromptBatch
+from lmroute.bundle.routers import ModelQualities, PromptBatch
 from lmroute.service.errors import ConfigError
 from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
 
@@ -131,7 +131,7 @@ class BundleScorer:
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized[TokenBatch]]:
         tokens = self.bundle.encoder.tokenize(texts)
         self.tokenized_at_admission += len(texts)
-        return [Tokenized(int(tokens.n_tokens[i]), tokens.select([i])) for i in range(len(texts))]
+        return [Tokenized(int(n), tokens.row(i)) for i, n in enumerate(tokens.n_tokens.tolist())]
 
     def _tokens(self, texts: Sequence[str], given: Sequence[Tokenized[TokenBatch] | None]) -> TokenBatch:
         """The batch's tokens: the rows `tokenize` gave, the texts that came without them tokenised now."""
@@ -144,7 +144,7 @@ class BundleScorer:
             self.tokenized_in_score += len(missing)
             fresh = self.bundle.encoder.tokenize([texts[i] for i in missing])
             for j, i in enumerate(missing):
-                rows[i] = fresh.select([j])
+                rows[i] = fresh.row(j)
         return TokenBatch.stack([r for r in rows if r is not None], self.bundle.encoder.pad_id)
 
     def score(
@@ -161,6 +161,7 @@ class BundleScorer:
         encoder_s = time.perf_counter() - t0
         full = PromptBatch(list(texts), batch_tokens, emb)
         scores: dict[str, np.ndarray] = {}
+        qualities: dict[str, np.ndarray] = {}
         for name in wanted:
             idx = [i for i, rs in enumerate(routers) if name in rs]
             if len(idx) == n:
@@ -171,20 +172,29 @@ class BundleScorer:
                     batch_tokens.select(idx),
                     None if emb is None else emb[idx],
                 )
+            router = self.bundle.routers[name]
             col = np.full(n, np.nan)
-            col[idx] = np.asarray(self.bundle.routers[name].score(batch), dtype=np.float64)
+            col[idx] = np.asarray(router.score(batch), dtype=np.float64)
             scores[name] = col
+            if isinstance(router, ModelQualities):
+                q = np.full((n, len(router.models)), np.nan)
+                q[idx] = router.qualities(batch)
+                qualities[name] = q
         return ScoredBatch(
             n_tokens=np.asarray(batch_tokens.n_tokens, dtype=np.int64),
             truncated=np.asarray(batch_tokens.truncated, dtype=bool),
             scores=scores,
             encoder_s=encoder_s,
             embeddings=emb,
+            qualities=qualities,
         )
 
     def _embed(self, tokens: TokenBatch) -> np.ndarray:
-        """Embeddings of every row, computed on length-sorted chunks (`length_chunks`), in the original
-        order: a short prompt is never padded to a long one's length (attention cost grows with it)."""
+        """Embeddings of every row, in the original order: for a transformer computed on length-sorted
+        chunks (`length_chunks`), so a short prompt is never padded to a long one's length (attention
+        cost grows with it); for an encoder whose cost padding does not change, in one call."""
+        if not self.bundle.encoder.chunk_by_length:
+            return self.bundle.encoder.embed(tokens)
         out = np.empty((len(tokens), self.bundle.encoder.dim), dtype=np.float32)
         for idx in length_chunks(tokens.n_tokens, self.encoder_chunk_size):
             out[idx] = self.bundle.encoder.embed(tokens.select(idx))
@@ -207,6 +217,7 @@ class BundleScorer:
                 uses_encoder=r.uses_encoder,
                 calibration_strong_share=tuple(cal.strong_share) if cal else (),
                 calibration_thresholds=tuple(cal.thresholds.get(name, ())) if cal else (),
+                models=r.models if isinstance(r, ModelQualities) else (),
             )
             for name, r in self.bundle.routers.items()
         )
@@ -226,4 +237,5 @@ class BundleScorer:
             encoder_quantized=m.encoder.quantized,
             encoder_truncation=str(m.encoder.truncation),
             encoder_id=encoder_identity(m),
+            encoder_kind=m.encoder.kind,
         )

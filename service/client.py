@@ -11,6 +11,7 @@ with RouterClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,16 +46,31 @@ class RouterClient:
         timeout_s: float | None = 10.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         request_id: str | None = None,
+        tenant: str | None = None,
+        tenant_header: str = "x-lmroute-tenant",
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.request_id = request_id
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        self.tenant = tenant  # named in every call's metadata (`tenant_header`) when set
+        self.tenant_header = tenant_header
+        self.token = token  # sent as `authorization: Bearer <token>` when set (lmroute.service.auth)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls_ca is None:  # plaintext (loopback, a sidecar); with tls_ca: TLS, plus a client cert for mTLS
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+            )
+            self.channel = grpc.secure_channel(target, creds, options=options)
         self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -70,8 +86,15 @@ class RouterClient:
 
     def _kw(self, timeout_s: float | None) -> dict[str, Any]:
         kw: dict[str, Any] = {"timeout": timeout_s if timeout_s is not None else self.timeout_s}
+        metadata = []
         if self.request_id:
-            kw["metadata"] = (("x-request-id", self.request_id),)
+            metadata.append(("x-request-id", self.request_id))
+        if self.tenant:
+            metadata.append((self.tenant_header, self.tenant))
+        if self.token:
+            metadata.append(("authorization", f"Bearer {self.token}"))
+        if metadata:
+            kw["metadata"] = tuple(metadata)
         return kw
 
     def score(
@@ -95,12 +118,40 @@ class RouterClient:
         strong_share: float | None = None,
         timeout_s: float | None = None,
     ) -> router_pb2.RouteResponse:
-        """Decide strong vs weak for one prompt; give exactly one of threshold / strong_share."""
+        """Decide strong vs weak for one prompt; give at most one of threshold / strong_share (neither: the
+        client's tenant's share target, held live by the server)."""
         req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
         if threshold is not None:
             req.threshold = threshold
         if strong_share is not None:
             req.strong_share = strong_share
+        resp: router_pb2.RouteResponse = self.stub.Route(req, **self._kw(timeout_s))
+        return resp
+
+    def route_among(
+        self,
+        prompt: PromptLike,
+        candidates: Sequence[str | router_pb2.Candidate],
+        *,
+        router: str,
+        cost_weight: float | None = None,
+        quality_margin: float | None = None,
+        quality_floor: float | None = None,
+        timeout_s: float | None = None,
+    ) -> router_pb2.RouteResponse:
+        """Choose among candidate models (names, or Candidates with prices) by at most one rule (none: the
+        client's tenant's spend target, held live by the server)."""
+        req = router_pb2.RouteRequest(
+            prompt=to_prompt(prompt),
+            router=router,
+            candidates=[
+                c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c) for c in candidates
+            ],
+        )
+        rules = {"cost_weight": cost_weight, "quality_margin": quality_margin, "quality_floor": quality_floor}
+        for rule, value in rules.items():
+            if value is not None:
+                setattr(req.model_policy, rule, value)
         resp: router_pb2.RouteResponse = self.stub.Route(req, **self._kw(timeout_s))
         return resp
 
@@ -138,6 +189,20 @@ class RouterClient:
     def get_bundle(self, *, timeout_s: float | None = None) -> admin_pb2.GetBundleResponse:
         """The serving bundle (version, path, when loaded), the swap in progress and the swap counters."""
         resp: admin_pb2.GetBundleResponse = self.admin.GetBundle(admin_pb2.GetBundleRequest(), **self._kw(timeout_s))
+        return resp
+
+    def list_share_targets(self, *, timeout_s: float | None = None) -> admin_pb2.ListShareTargetsResponse:
+        """The tenants' strong-share targets and, per tenant and router, the realised share and threshold."""
+        resp: admin_pb2.ListShareTargetsResponse = self.admin.ListShareTargets(
+            admin_pb2.ListShareTargetsRequest(), **self._kw(timeout_s)
+        )
+        return resp
+
+    def list_spend_targets(self, *, timeout_s: float | None = None) -> admin_pb2.ListSpendTargetsResponse:
+        """The tenants' spend targets and, per tenant and router, the realised spend and cost weight."""
+        resp: admin_pb2.ListSpendTargetsResponse = self.admin.ListSpendTargets(
+            admin_pb2.ListSpendTargetsRequest(), **self._kw(timeout_s)
+        )
         return resp
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:

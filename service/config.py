@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import ipaddress
+import math
 import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from lmroute.outcomes.store import redact_dsn
+from lmroute.service.auth import load_tokens
 from lmroute.service.errors import ConfigError
+from lmroute.service.model_prices import load_models_file
+from lmroute.service.share_control import ControlSettings
+from lmroute.service.spend_control import SPEND_REPAY
+from lmroute.service.targets import parse_share_targets
+from lmroute.service.tracing import MODES as TRACING_MODES
 
 __all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", "build_arg_parser", "config_from_cli"]
 
@@ -30,6 +39,7 @@ ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ADMIN_MODES = ("loopback", "on", "off")
+_METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
 
 def _doc(text: str, *, flag: str | None = None, env: str | None = None, metavar: str | None = None) -> dict[str, str]:
@@ -91,6 +101,17 @@ class BatchPolicy:
         ),
     )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
+    inline_us: int = field(
+        default=-1,
+        metadata=_doc(
+            "a call's tokenising or a batch's scoring expected to take at most this many microseconds (at "
+            "the scorer's measured cost) runs on the event loop instead of a helper thread, saving the two "
+            "thread switches, and a call finding nothing queued and the scorer idle is scored at once, "
+            "without the queue, when its prompts fit one such batch; for scorers whose cost is microseconds "
+            "(a static encoder): while it runs no other call is served. 0 = always on the helper threads; "
+            "-1 = 1000 for a bundle whose encoder is static, else 0"
+        ),
+    )
 
     @property
     def call_quantum(self) -> int:
@@ -109,6 +130,7 @@ class BatchPolicy:
             _at_least(name, getattr(self, name), 1)
         _at_least("max_wait_us", self.max_wait_us, 0)
         _at_least("max_batch_ms", self.max_batch_ms, 0)
+        _at_least("inline_us", self.inline_us, -1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +227,55 @@ class ServiceConfig:
             "the threshold (docs/OUTCOMES.md); each reports its propensity. 0 = never; at most 0.5"
         ),
     )
+    share_targets: str = field(
+        default="",
+        metadata=_doc(
+            "strong-share targets held live per tenant, tenant=share,... (e.g. default=0.3,batch=0.1): a Route "
+            "call that sets neither threshold nor strong_share is decided by its tenant's share controller "
+            "(docs/CONTROL.md); a tenant not listed is `default` when that is listed. Empty = no targets",
+            metavar="TARGETS",
+        ),
+    )
+    spend_targets: str = field(
+        default="",
+        metadata=_doc(
+            "spend targets held live per tenant, USD per 1,000 requests, tenant=usd,... (e.g. default=3): a "
+            "Route call among candidates that sets no model_policy is decided by its tenant's spend "
+            "controller (docs/MODELS.md); a tenant not listed is `default` when that is listed",
+            metavar="TARGETS",
+        ),
+    )
+    tenant_header: str = field(
+        default="x-lmroute-tenant", metadata=_doc("request metadata key that names the caller's tenant")
+    )
+    control_window: int = field(
+        default=ControlSettings.window,
+        metadata=_doc("a share controller's threshold is a quantile of this many latest scores of its router"),
+    )
+    control_repay: int = field(
+        default=ControlSettings.repay,
+        metadata=_doc("a share controller pays a deficit of strong decisions back over about this many decisions"),
+    )
+    control_horizon: int = field(
+        default=ControlSettings.horizon,
+        metadata=_doc("a share controller forgets its deficit over about this many decisions"),
+    )
+    control_spend_repay: int = field(
+        default=SPEND_REPAY,
+        metadata=_doc("a spend controller pays a deficit of spend back over about this many decisions"),
+    )
+    models_file: str = field(
+        default="",
+        metadata=_doc(
+            "JSON file of model prices (USD per million input / output tokens) and answer lengths, for Route "
+            "calls among candidates that do not price them (docs/MODELS.md); empty = none",
+            metavar="PATH",
+        ),
+    )
+    expected_output_tokens: int = field(
+        default=256,
+        metadata=_doc("answer length a model's expected cost assumes where the models file gives none"),
+    )
     plugins: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -218,8 +289,8 @@ class ServiceConfig:
         default="loopback",
         metadata=_doc(
             "serve lmroute.v1.AdminService (ReloadBundle, GetBundle: hot swap of the bundle) on the same port: "
-            "loopback = only when host is a loopback address (127.0.0.0/8, ::1, localhost), on, or off; it has "
-            "no authentication yet, so a non-loopback bind needs 'on' stated"
+            "loopback = only when host is a loopback address (127.0.0.0/8, ::1, localhost), on, or off; a "
+            "non-loopback bind needs 'on' stated (and should configure tokens: it then needs one like every call)"
         ),
     )
     bundle_watch_s: float = field(
@@ -229,6 +300,51 @@ class ServiceConfig:
             "in its manifest.json changes (e.g. a symlink flipped to a new bundle; a refused version is not "
             "retried until the version there changes again); 0 = off"
         ),
+    )
+    auth_tokens_file: str = field(
+        default="",
+        metadata=_doc(
+            "file of accepted bearer tokens, one per line, `<token>` or `<token> <tenant>` (docs/SECURITY.md); "
+            "with tokens configured every call but health needs `authorization: Bearer <token>`",
+            metavar="PATH",
+        ),
+    )
+    auth_tokens_env: str = field(
+        default="",
+        metadata=_doc(
+            "name of an environment variable holding accepted tokens, `<token>[:<tenant>],...` (the tokens "
+            "themselves never go on the command line)",
+            metavar="NAME",
+        ),
+    )
+    reflection: str = field(
+        default="auto",
+        metadata=_doc("serve gRPC server reflection: auto (on unless tokens are configured), on, or off"),
+    )
+    tls_cert_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate chain of the server: with it (and tls_key_file) the gRPC port speaks TLS only; the "
+            "files are re-read when they change, for the next connections (docs/SECURITY.md)",
+            metavar="PATH",
+        ),
+    )
+    tls_key_file: str = field(default="", metadata=_doc("PEM private key of the server certificate", metavar="PATH"))
+    tls_client_ca_file: str = field(
+        default="",
+        metadata=_doc("PEM CA certificate(s): clients must present a certificate signed by one (mTLS)", metavar="PATH"),
+    )
+    tracing: str = field(
+        default="off",
+        metadata=_doc(
+            "OpenTelemetry spans of each call and its stages (admission, queue, encode, score): off, console "
+            "(printed as JSON to stdout) or external (the process's tracer provider, e.g. set up by "
+            "opentelemetry-instrument); needs the tracing extra (docs/SECURITY.md)"
+        ),
+    )
+    metrics_port: int = field(
+        default=-1,
+        metadata=_doc("serve Prometheus metrics at http://<host>:<port>/metrics; 0 picks a free port, -1 = off"),
     )
 
     def __post_init__(self) -> None:
@@ -262,6 +378,26 @@ class ServiceConfig:
             raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")
         if self.device not in _DEVICES:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file, tls_key_file: give both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file: needs tls_cert_file and tls_key_file (mTLS is TLS first)")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no file at {path}")
+        if self.tracing not in TRACING_MODES:
+            raise ConfigError(f"tracing: must be one of {', '.join(TRACING_MODES)} (got {self.tracing!r})")
+        if self.tracing != "off" and importlib.util.find_spec("opentelemetry") is None:
+            raise ConfigError("tracing: needs the opentelemetry packages (pip install 'lmroute[tracing]')")
+        if self.reflection not in ("auto", "on", "off"):
+            raise ConfigError(f"reflection: must be one of auto, on, off (got {self.reflection!r})")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: must be in [-1, 65535] (got {self.metrics_port})")
+        try:
+            load_tokens(self.auth_tokens_file, self.auth_tokens_env)
+        except ValueError as exc:
+            raise ConfigError(f"auth: {exc}") from None
         if self.admin_service not in _ADMIN_MODES:
             raise ConfigError(f"admin_service: must be one of {', '.join(_ADMIN_MODES)} (got {self.admin_service!r})")
         if not (isinstance(self.bundle_watch_s, (int, float)) and 0 <= self.bundle_watch_s < float("inf")):
@@ -274,12 +410,55 @@ class ServiceConfig:
             raise ConfigError(f"explore_rate: must be in [0, 0.5] (got {self.explore_rate!r})")
         if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
             raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
+        try:
+            parse_share_targets(self.share_targets)
+        except ValueError as exc:
+            raise ConfigError(f"share_targets: {exc}") from None
+        try:
+            parse_share_targets(self.spend_targets, high=math.inf)
+        except ValueError as exc:
+            raise ConfigError(f"spend_targets: {exc}") from None
+        if not _METADATA_KEY_RE.match(self.tenant_header):
+            raise ConfigError(
+                f"tenant_header: must be a lowercase gRPC metadata key of [a-z0-9._-] (got {self.tenant_header!r})"
+            )
+        try:
+            _ = self.control
+        except ValueError as exc:
+            raise ConfigError(f"control_{exc}") from None
+        _at_least("control_spend_repay", self.control_spend_repay, 1)
+        _at_least("expected_output_tokens", self.expected_output_tokens, 1)
+        if self.models_file:
+            try:
+                load_models_file(Path(self.models_file))
+            except ValueError as exc:
+                raise ConfigError(f"models_file: {exc}") from None
         if isinstance(self.plugins, str) or not isinstance(self.plugins, Sequence):
             raise ConfigError(f"plugins: must be a sequence of module names (got {self.plugins!r})")
         object.__setattr__(self, "plugins", tuple(self.plugins))
         for module in self.plugins:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ConfigError(f"plugins: {module!r} is not a module name")
+
+    @property
+    def control(self) -> ControlSettings:
+        """The share controllers' constants."""
+        return ControlSettings(window=self.control_window, repay=self.control_repay, horizon=self.control_horizon)
+
+    @property
+    def spend_control(self) -> ControlSettings:
+        """The spend controllers' constants."""
+        return ControlSettings(window=self.control_window, repay=self.control_spend_repay, horizon=self.control_horizon)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether calls need a token (a tokens file or variable is set)."""
+        return bool(self.auth_tokens_file or self.auth_tokens_env)
+
+    @property
+    def reflection_enabled(self) -> bool:
+        """Whether server reflection is served: `reflection` on, or auto without authentication."""
+        return self.reflection == "on" or (self.reflection == "auto" and not self.auth_enabled)
 
     @property
     def admin_enabled(self) -> bool:

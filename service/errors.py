@@ -19,6 +19,7 @@
                                        loader's message, BUNDLE_INVALID; a served router missing,
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
+    +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
@@ -52,6 +53,7 @@ __all__ = [
     "ServiceError",
     "BundleRefused",
     "SwapInProgress",
+    "Unauthenticated",
     "ECHO_CHARS",
     "MESSAGE_BYTES",
     "StatusInfo",
@@ -79,6 +81,7 @@ class Code(enum.IntEnum):
     ABORTED = 10
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class ConfigError(ValueError):
@@ -177,6 +180,12 @@ class SwapInProgress(ServiceError):
     default_reason = "SWAP_IN_PROGRESS"
 
 
+class Unauthenticated(ServiceError):
+    """The call carries no valid token. The message never says which check failed."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """How one error goes on the wire: status code, ErrorInfo reason, message, optional retry delay."""
@@ -202,6 +211,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     StoreUnavailable: (Code.UNAVAILABLE, 500),
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
+    Unauthenticated: (Code.UNAUTHENTICATED, None),
 }
 
 _INTERNAL_MESSAGE = "internal error"

@@ -5,7 +5,7 @@ whitespace-separated words + 2 special tokens, capped at `max_tokens`; its token
 that uncapped count. Every call is recorded in `calls` (the texts of each batch, in order), every text
 given to `tokenize` in `counted`, and every text `score` had to tokenise itself (it came without
 tokens) in `scored_without_tokens`, so tests can prove what reached the scorer and where each prompt was
-tokenised.
+tokenised. With `record=False` nothing is recorded (a long benchmark would otherwise keep every text).
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ class FakeScorer:
         max_tokens: int = 256,
         delay_s: float = 0.0,
         fail_marker: str = "<fail>",
+        record: bool = True,
+        encoder_kind: str = "onnx",
     ) -> None:
         self._routers = tuple(routers)
         self._version = version
         self.max_tokens = max_tokens
         self.delay_s = delay_s
         self.fail_marker = fail_marker
+        self.record = record
+        self.encoder_kind = encoder_kind  # what its catalog reports (a "static" one is inlined by default)
         self.calls: list[list[str]] = []
         self.counted: list[str] = []  # texts given to tokenize, in order
         self.scored_without_tokens: list[str] = []  # texts score() was given without tokens, in order
@@ -76,6 +80,7 @@ class FakeScorer:
             encoder_max_tokens=self.max_tokens,
             encoder_pooling="mean",
             encoder_quantized=False,
+            encoder_kind=self.encoder_kind,
         )
 
     def threshold_for_share(self, router: str, share: float) -> float:
@@ -105,14 +110,20 @@ class FakeScorer:
         return min(self.words(text), self.max_tokens)
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized[int]]:
-        with self._lock:
-            self.counted.extend(texts)
-        return [Tokenized(self.token_count(t), self.words(t)) for t in texts]
+        if self.record:
+            with self._lock:
+                self.counted.extend(texts)
+        out = []
+        for t in texts:
+            words = self.words(t)
+            out.append(Tokenized(min(words, self.max_tokens), words))
+        return out
 
     def score(self, texts: Sequence[str], routers: RouterSets, tokens: Sequence[Tokenized[int] | None]) -> ScoredBatch:
-        with self._lock:
-            self.calls.append(list(texts))
-            self.scored_without_tokens.extend(t for t, tok in zip(texts, tokens, strict=True) if tok is None)
+        if self.record:
+            with self._lock:
+                self.calls.append(list(texts))
+                self.scored_without_tokens.extend(t for t, tok in zip(texts, tokens, strict=True) if tok is None)
         self.entered.set()
         self._gate.wait()
         if self.delay_s:

@@ -158,6 +158,8 @@ def decision_of_route(
     threshold: float,
     chosen_model: str,
     propensity: float,
+    tenant: str = "",
+    policy: str = "",
 ) -> Decision:
     """The record of a Route answer: a scored prompt plus the router, threshold, choice and propensity."""
     return dataclasses.replace(
@@ -167,4 +169,6 @@ def decision_of_route(
         threshold=threshold,
         chosen_model=chosen_model,
         propensity=propensity,
+        tenant=tenant,
+        policy=policy,
     )

@@ -1,10 +1,18 @@
-"""Server interceptor: request id + structured access log + the one place errors become gRPC statuses.
+"""Server interceptor: request id + token check + structured access log + metrics + the one place errors
+become gRPC statuses.
 
-Every unary-unary RPC gets a request id (the client's `x-request-id` metadata, or a fresh one), bound
+With an Authenticator (lmroute.service.auth) every unary call but the health service's must carry a
+valid token, or it ends UNAUTHENTICATED ("unauthenticated", nothing about which check failed); the
+token's tenant is set in `AUTH_TENANT` for the handler. With ServiceMetrics each call is counted
+(lmroute.service.metrics).
+
+Every unary-unary RPC gets a request id (the client's `x-request-id` metadata, or a fresh one: this
+process's random prefix and a counter, 32 hex characters, unique without a random draw per call), bound
 into structlog's contextvars and echoed in trailing metadata. A ServiceError becomes its status from
 the errors table, with google.rpc ErrorInfo (reason) and RetryInfo details; any other exception is
 logged with its traceback and returned as INTERNAL without its text. Each call writes one access line
-(`rpc`: code, milliseconds), except calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines
+(`rpc`: code, milliseconds, the peer; the decision id of a Route answer and, with tracing, the trace
+id, from the log context), except calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines
 are sampled: at most one per method, code and reason per second, carrying the count left out before it
 (`suppressed`), so an overload does not turn into a flood of log lines.
 
@@ -18,8 +26,10 @@ deserializer that returns a `Malformed` marker instead of raising, and the wrapp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -30,8 +40,11 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, status_of
+from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
+from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
 from lmroute.service.logs import LogSampler
+from lmroute.service.metrics import ServiceMetrics
+from lmroute.service.tracing import Tracing
 
 __all__ = ["ERROR_DOMAIN", "REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
 
@@ -39,6 +52,8 @@ ERROR_DOMAIN = "lmroute.v1"
 REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
 _SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+_ID_PREFIX = secrets.token_hex(8)  # this process's part of every fresh request id
+_id_counter = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -96,10 +111,18 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
     The wrapped handler of each method is built once and kept (the request's metadata is read from the
     call's context), so a call costs a dictionary lookup here, not a new handler and closure."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        auth: Authenticator | None = None,
+        metrics: ServiceMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         # method -> (its handler, the wrapped handler): one entry per method, rebuilt if the handler changes
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._sampler = LogSampler(period_s=1.0)  # access lines of shed calls: one per second per kind
+        self._auth = auth  # None: every caller is let in
+        self._metrics = metrics  # None: no metrics
+        self._tracing = tracing  # None: no spans
 
     async def intercept_service(
         self,
@@ -112,7 +135,9 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         method = handler_call_details.method
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
-            known = self._wrapped[method] = (handler, _wrap_unary(handler, method, self._sampler))
+            auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth
+            wrapped = _wrap_unary(handler, method, self._sampler, auth, self._metrics, self._tracing)
+            known = self._wrapped[method] = (handler, wrapped)
         return known[1]
 
 
@@ -120,11 +145,19 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
             return str(value)[:128]
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def _wrap_unary(handler: grpc.RpcMethodHandler, method: str, sampler: LogSampler) -> grpc.RpcMethodHandler:
-    """`handler` with the request id, the access log line and the error-to-status mapping around it.
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler,
+    method: str,
+    sampler: LogSampler,
+    auth: Authenticator | None = None,
+    metrics: ServiceMetrics | None = None,
+    tracing: Tracing | None = None,
+) -> grpc.RpcMethodHandler:
+    """`handler` with the request id, the token check (`auth`), the access log line, the metrics and the
+    error-to-status mapping around it.
 
     Calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE) get a sampled access line: the first of each
     method, code and reason per second, with `suppressed` = the lines of that kind left out before it;
@@ -135,9 +168,19 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, method: str, sampler: LogSampler
         request_id = _request_id(context)
         t0 = time.perf_counter()
         code, reason = "OK", ""
-        with structlog.contextvars.bound_contextvars(request_id=request_id, method=method):
+        tenant_token = AUTH_TENANT.set(None)
+        if metrics is not None:
+            metrics.in_flight.inc()
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(structlog.contextvars.bound_contextvars(request_id=request_id, method=method))
+            span = scope.enter_context(tracing.call(method, request_id)) if tracing is not None else None
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+                if auth is not None:
+                    admitted, tenant = auth.check(context.invocation_metadata())
+                    if not admitted:
+                        raise Unauthenticated("unauthenticated")
+                    AUTH_TENANT.set(tenant)
                 if isinstance(request, Malformed):
                     raise _malformed(request, context, method)
                 return await inner(request, context)
@@ -157,11 +200,18 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, method: str, sampler: LogSampler
                 _log.exception("rpc_unhandled_exception")
                 await _abort(context, status_of(exc), request_id)
             finally:
-                ms = round((time.perf_counter() - t0) * 1000, 3)
+                AUTH_TENANT.reset(tenant_token)
+                seconds = time.perf_counter() - t0
+                if metrics is not None:
+                    metrics.in_flight.dec()
+                    metrics.observe(method, code, reason, seconds)
+                if span is not None:
+                    span.set_attribute("rpc.code", code)
+                ms = round(seconds * 1000, 3)
                 if code not in _SHED_CODES:
-                    _log.info("rpc", code=code, ms=ms)
+                    _log.info("rpc", code=code, ms=ms, peer=context.peer())
                 elif (suppressed := sampler.admit((method, code, reason))) is not None:
-                    _log.info("rpc", code=code, reason=reason, ms=ms, suppressed=suppressed)
+                    _log.info("rpc", code=code, reason=reason, ms=ms, peer=context.peer(), suppressed=suppressed)
 
     return grpc.unary_unary_rpc_method_handler(
         wrapped,

@@ -9,20 +9,34 @@ transport and are trusted here. Idle fast path: a one-prompt call that finds not
 `max_wait_us` 0, skips tokenising at admission (its batch would hold it alone anyway) and goes straight
 to the scorer, which tokenises it there: one thread round trip instead of two.
 
+Inline steps (`inline_us` > 0, for scorers whose cost is microseconds, where a thread switch costs more
+than the work; the default, -1, means AUTO_INLINE_US for a bundle whose encoder is static, else 0): a
+call's tokenising, or a batch's scoring, that the measured cost says takes at most `inline_us` runs on
+the event loop itself instead of its helper thread; and a call that finds nothing queued and no batch
+being scored (with `max_wait_us` 0), whose prompts fit one batch that would run inline, is scored at
+once as that batch, without the queue or the batching worker, its prompts tokenised by the scorer in the
+same step. Each method of the scorer is still never called twice at once: a step goes inline only while
+its helper thread is idle. After an inline batch the worker yields, so the answered calls reply and new
+calls are admitted before the next batch.
+
 Batches take the queued calls in turn, up to `call_quantum` prompts of each per round, so a call of
 hundreds of prompts shares the scorer with one-prompt calls instead of starving
 them, and still gets a steady share itself. A single worker task forms batches: a batch leaves when it
 holds `max_batch_size` prompts, or the tokens the scorer clears in `max_batch_ms` at its measured cost
 (fewer long prompts than short ones), when adding the next prompt would pass `max_batch_tokens` padded tokens (longest x
-count), or when the oldest prompt has waited `max_wait_us`. Each prompt's wait is bounded on its own: from the
-moment it enters the queue, by `queue_timeout_ms` and by the caller's deadline; a prompt past either is
-dropped before the scorer sees it and gets QueueTimeout or DeadlineExpired as its outcome, while the
-rest of its call goes on (the transport decides what that means for the call).
-Scoring runs in a dedicated thread so the event loop never blocks; the batch's tokens go to the scorer
-with it, and its duration feeds the measured service rate. Drops are counted in `SchedulerStats`. If a
-batch raises, its prompts are rescored one by one so only the failing prompt fails. Each batch's queue
-waits, padding and scoring time go to `timings` (lmroute.service.stats). `stalled_s` tells a liveness
-check how long work has been pending without a batch finishing.
+count), or when the oldest prompt has waited `max_wait_us`. Each prompt's wait is bounded on its own: by
+`queue_timeout_ms` from the moment it is released into the queue, and by the caller's deadline; a prompt
+past either is dropped before the scorer sees it and gets QueueTimeout or DeadlineExpired as its
+outcome, while the rest of its call goes on (the transport decides what that means for the call). Two
+kinds of timer watch them, not one per prompt: one per call for its deadline, and one for the whole
+queue, set for the prompt released longest ago (released prompts time out in the order they were
+released).
+Scoring runs in a dedicated thread (or inline, above) so the event loop never waits on a costly
+scorer; the batch's tokens go to the scorer with it, and its duration feeds the measured service rate.
+Drops are counted in `SchedulerStats`. If a batch raises, its prompts are rescored one by one so only
+the failing prompt fails. Each batch's queue waits, padding and scoring time go to `timings`
+(lmroute.service.stats). `stalled_s` tells a liveness check how long work has been pending without a
+batch finishing.
 
 `swap(scorer)` replaces the scorer between batches (a bundle hot swap, lmroute.service.bundle_swap):
 calls admitted from then on go to the new scorer, and each call admitted before keeps the scorer it was
@@ -40,7 +54,6 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import time
 import weakref
 from collections.abc import Sequence
@@ -50,7 +63,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from lmroute.service.admission import Admission, Load, ServiceRate, batch_budget, refusal
-from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, State
+from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, StageTimes, State
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import (
     DeadlineExpired,
@@ -94,6 +107,10 @@ class SchedulerStats:
     )  # size -> batches
 
 
+#: inline_us of `BatchPolicy(inline_us=-1)` (auto) for a scorer whose encoder is static.
+AUTO_INLINE_US = 1000
+
+
 class Scheduler(Generic[T]):
     """Admission, queue and batching worker in front of one Scorer. Create, `start()`, `close()`."""
 
@@ -106,14 +123,28 @@ class Scheduler(Generic[T]):
         self.rate = ServiceRate()
         self._queue: BatchQueue[T] = BatchQueue(on_release=self._start_clock)
         self._running_tokens = 0  # tokens of the batch being scored
+        self._scoring = False  # a batch is being scored
+        # released items in release order (their queue timeouts fall due in this order), one timer for the head
+        self._released: collections.deque[Item[T]] = collections.deque()
+        self._sweep: asyncio.TimerHandle | None = None
         self._last_progress = time.monotonic()  # last batch finished, or work arrived on an idle scheduler
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._score_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-score")
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
+        self._tokenizing = 0  # calls being tokenised on the tokenising thread
+        self._tokenize_s_per_char: float | None = None  # measured cost of tokenize (smoothed like the rate)
         # the scorer each queued or running prompt was admitted with (it scores the prompt; see swap)
         self._scorer_of: weakref.WeakKeyDictionary[Item[T], Scorer[T]] = weakref.WeakKeyDictionary()
+        self.inline_us = self._inline_us_for(scorer)
+
+    def _inline_us_for(self, scorer: Scorer[T]) -> int:
+        """The policy's inline_us; for -1 (auto), AUTO_INLINE_US when the scorer's encoder is static (its
+        work is microseconds) and 0 otherwise."""
+        if self.policy.inline_us >= 0:
+            return self.policy.inline_us
+        return AUTO_INLINE_US if scorer.catalog().encoder_kind == "static" else 0
 
     @property
     def running(self) -> bool:
@@ -142,6 +173,7 @@ class Scheduler(Generic[T]):
         new scorer's cost is measured from its first batch, not mixed with the old one's (until then
         admission applies only its memory bound). Only batches of the current scorer feed the rate."""
         old, self.scorer = self.scorer, scorer
+        self.inline_us = self._inline_us_for(scorer)
         if not keep_rate:
             self.rate = ServiceRate(self.rate.smoothing)
         self.stats.swaps += 1
@@ -153,6 +185,8 @@ class Scheduler(Generic[T]):
         self._wakeup.set()
         if self._worker is not None:
             await self._worker
+        if self._sweep is not None:
+            self._sweep.cancel()
         self._score_pool.shutdown(wait=True)
         self._token_pool.shutdown(wait=True)
 
@@ -209,6 +243,8 @@ class Scheduler(Generic[T]):
         self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None
     ) -> list[ItemResult | ServiceError]:
         scorer = self.scorer  # the call's scorer to its end, whatever swap does meanwhile
+        loop = asyncio.get_running_loop()
+        admitted = loop.time()
         load = Load(
             self._admission.in_use,
             self._running_tokens,
@@ -222,13 +258,30 @@ class Scheduler(Generic[T]):
             raise refused or QueueFull("queue full")
         if load.in_flight == 0:
             self._last_progress = time.monotonic()
-        loop = asyncio.get_running_loop()
+        if self._may_score_now(len(texts)):
+            with permit:
+                return await self._score_now(texts, routers, scorer, admitted)
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
             tokens = await self._tokenize(texts, scorer)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, tokens, deadline, scorer)
-            done = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
+            items = self._enqueue(texts, routers, tokens, deadline, scorer, admitted)
+            on_deadline = None if deadline is None else loop.call_at(deadline, self._expire_call, items)
+            done: list[object]
+            try:
+                if len(items) == 1:  # the common Route call: no gathering future
+                    try:
+                        done = [await items[0].future]
+                    except Exception as exc:
+                        done = [exc]
+                else:
+                    done = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
+            except asyncio.CancelledError:  # the caller went away: its futures are cancelled
+                self._forget(items)
+                raise
+            finally:
+                if on_deadline is not None:
+                    on_deadline.cancel()
         out: list[ItemResult | ServiceError] = []
         for res in done:
             if isinstance(res, (ItemResult, ServiceError)):
@@ -247,19 +300,84 @@ class Scheduler(Generic[T]):
         else:
             self.stats.rejected_queue_full += 1
 
+    def _may_score_now(self, n_prompts: int) -> bool:
+        """True when a call of `n_prompts` may skip the queue: nothing queued, no batch being scored, no
+        batch-filling wait, and its prompts fit one batch that the measured cost says runs inline."""
+        return (
+            not self._scoring
+            and not len(self._queue)
+            and self.policy.max_wait_us == 0
+            and n_prompts <= self.policy.max_batch_size
+            and self._inline_ok(self._batch_seconds([None] * n_prompts))
+        )
+
+    async def _score_now(
+        self, texts: list[str], routers: tuple[str, ...], scorer: Scorer[T], admitted: float
+    ) -> list[ItemResult | ServiceError]:
+        """Score a call at once on the event loop, as one batch that never enters the queue (the caller
+        holds its permits; nothing waits ahead of it). The scorer tokenises the prompts in that step."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        items: list[Item[T]] = [
+            Item(text, routers, None, loop.create_future(), now, admitted_at=admitted, queued_at=now) for text in texts
+        ]
+        self.stats.admitted += len(items)
+        self._begin(items)
+        await self._score_batch(items, now)
+        self._end_batch()
+        out: list[ItemResult | ServiceError] = []
+        for it in items:
+            exc = it.future.exception()
+            out.append(exc if isinstance(exc, ServiceError) else it.future.result())
+        return out
+
     async def _tokenize(self, texts: list[str], scorer: Scorer[T]) -> list[Tokenized[T] | None]:
-        """`scorer`'s tokens of each text (on the tokenising thread); None for the idle fast path."""
+        """`scorer`'s tokens of each text (on the tokenising thread, or inline when cheap); None for the
+        idle fast path."""
         if self._idle_for_one(len(texts)):
             return [None]  # scored alone at once: the scorer tokenises it
         loop = asyncio.get_running_loop()
         try:
-            tokens = await loop.run_in_executor(self._token_pool, scorer.tokenize, texts)
+            if self._tokenizing == 0 and self._inline_ok(self._tokenize_seconds(texts)):
+                tokens = self._timed_tokenize(scorer, texts)
+            else:
+                self._tokenizing += 1
+                try:
+                    tokens = await loop.run_in_executor(self._token_pool, self._timed_tokenize, scorer, texts)
+                finally:
+                    self._tokenizing -= 1
             if len(tokens) != len(texts):
                 raise RuntimeError(f"tokenize returned {len(tokens)} rows for {len(texts)} texts")
         except Exception as exc:
             _log.error("tokenize_failed", error=repr(exc))
             raise ScorerFailed(f"tokenizer failed: {exc!r}") from exc
         return list(tokens)
+
+    def _timed_tokenize(self, scorer: Scorer[T], texts: list[str]) -> list[Tokenized[T]]:
+        """`scorer.tokenize(texts)`, its cost per character folded into the measured tokenising cost."""
+        t0 = time.perf_counter()
+        tokens = scorer.tokenize(texts)
+        per_char = (time.perf_counter() - t0) / max(sum(map(len, texts)), 1)
+        old = self._tokenize_s_per_char
+        self._tokenize_s_per_char = per_char if old is None else old + self.rate.smoothing * (per_char - old)
+        return tokens
+
+    def _tokenize_seconds(self, texts: list[str]) -> float | None:
+        """Expected seconds to tokenise `texts` (None before the first tokenising is measured)."""
+        per_char = self._tokenize_s_per_char
+        return None if per_char is None else per_char * sum(map(len, texts))
+
+    def _batch_seconds(self, tokens: Sequence[int | None]) -> float | None:
+        """Expected seconds for the current scorer to score prompts of these token counts (None: a count
+        the scorer takes as unknown, at the average length); None before the first batch is measured."""
+        if not self.rate.measured:
+            return None
+        known = sum(n for n in tokens if n is not None)
+        return self.rate.seconds(tokens=known, prompts=sum(n is None for n in tokens))
+
+    def _inline_ok(self, seconds: float | None) -> bool:
+        """True when a step expected to take `seconds` (None: not measured yet) may run on the event loop."""
+        return seconds is not None and self.inline_us > 0 and seconds * 1e6 <= self.inline_us
 
     def _enqueue(
         self,
@@ -268,13 +386,15 @@ class Scheduler(Generic[T]):
         tokens: list[Tokenized[T] | None],
         deadline: float | None,
         scorer: Scorer[T],
+        admitted: float,
     ) -> list[Item[T]]:
         loop = asyncio.get_running_loop()
         now = loop.time()
         items: list[Item[T]] = []
         for text, tok in zip(texts, tokens, strict=True):
-            item: Item[T] = Item(text, routers, tok, loop.create_future(), now, deadline)
-            item.future.add_done_callback(functools.partial(self._on_done, item))
+            item: Item[T] = Item(
+                text, routers, tok, loop.create_future(), now, deadline, admitted_at=admitted, queued_at=now
+            )
             self._scorer_of[item] = scorer
             items.append(item)
         self._queue.append(items, quantum=self.policy.call_quantum)
@@ -282,16 +402,46 @@ class Scheduler(Generic[T]):
         return items
 
     def _start_clock(self, item: Item[T]) -> None:
-        """The queue released `item`: its wait starts now, bounded by the queue timeout and the deadline."""
-        loop = asyncio.get_running_loop()
-        now = item.enqueued_at = loop.time()
-        limit_s = self.policy.queue_timeout_ms / 1000.0
-        by_deadline = item.deadline is not None and item.deadline - now < limit_s
-        if by_deadline:
-            assert item.deadline is not None
-            limit_s = max(item.deadline - now, 0.0)
-        item.timer = loop.call_later(limit_s, self._expire, item, by_deadline)
+        """The queue released `item`: its queue timeout runs from now (its call's deadline, from admission,
+        is watched by one timer per call: `_expire_call`)."""
+        item.enqueued_at = asyncio.get_running_loop().time()
+        self._released.append(item)
+        if self._sweep is None:
+            self._arm_sweep()
         self._wakeup.set()
+
+    def _arm_sweep(self) -> None:
+        """Forget the released items no longer queued at the head; set the timer for the next timeout."""
+        released = self._released
+        while released and released[0].state is not State.QUEUED:
+            released.popleft()
+        if released:
+            due = released[0].enqueued_at + self.policy.queue_timeout_ms / 1000.0
+            self._sweep = asyncio.get_running_loop().call_at(due, self._expire_timed_out)
+        else:
+            self._sweep = None
+
+    def _expire_timed_out(self) -> None:
+        """Fail the released items queued longer than the queue timeout with QueueTimeout."""
+        self._sweep = None
+        limit_s = self.policy.queue_timeout_ms / 1000.0
+        now = asyncio.get_running_loop().time()
+        expired: list[Item[T]] = []
+        released = self._released
+        while released and (released[0].state is not State.QUEUED or released[0].enqueued_at + limit_s <= now):
+            item = released.popleft()
+            if item.state is State.QUEUED and not item.future.done():
+                item.future.set_exception(QueueTimeout(f"queued longer than {self.policy.queue_timeout_ms} ms"))
+                expired.append(item)
+        self._forget(expired)
+        self._arm_sweep()
+
+    def _expire_call(self, items: list[Item[T]]) -> None:
+        """The call's deadline passed: fail its prompts still queued (released or held) with DeadlineExpired."""
+        expired = [it for it in items if it.state is State.QUEUED and not it.future.done()]
+        for item in expired:
+            item.future.set_exception(DeadlineExpired("deadline passed while queued"))
+        self._forget(expired)
 
     def _idle_for_one(self, n_prompts: int) -> bool:
         """True when a call of `n_prompts` (its permits just taken) would be batched alone right away:
@@ -299,26 +449,16 @@ class Scheduler(Generic[T]):
         empty and the scorer idle). The idle fast path skips tokenising at admission."""
         return n_prompts == 1 and self.policy.max_wait_us == 0 and self._admission.in_use == n_prompts
 
-    def _expire(self, item: Item[T], by_deadline: bool) -> None:
-        if item.state is not State.QUEUED or item.future.done():
-            return
-        if by_deadline:
-            item.future.set_exception(DeadlineExpired("deadline passed while queued"))
-        else:
-            item.future.set_exception(QueueTimeout(f"queued longer than {self.policy.queue_timeout_ms} ms"))
-
-    def _on_done(self, item: Item[T], _future: asyncio.Future[ItemResult]) -> None:
-        """Future finished; while still queued that means cancelled or expired: drop it and count why."""
-        if item.state is not State.QUEUED:
-            return
-        self._drop(item)
-        self._queue.discard(item)
+    def _forget(self, items: list[Item[T]]) -> None:
+        """Drop the items still queued (their futures are cancelled or expired) and count why."""
+        for item in items:
+            if item.state is State.QUEUED:
+                self._drop(item)
+                self._queue.discard(item)
 
     def _drop(self, item: Item[T]) -> None:
         item.state = State.DONE
         self._scorer_of.pop(item, None)
-        if item.timer is not None:
-            item.timer.cancel()
         if item.future.cancelled():
             self.stats.dropped_cancelled += 1
             return
@@ -357,30 +497,44 @@ class Scheduler(Generic[T]):
                 if it.state is State.QUEUED:
                     self._drop(it)
             if batch:
-                for it in batch:
-                    it.state = State.RUNNING
-                    if it.timer is not None:
-                        it.timer.cancel()
-                self.stats.batches += 1
-                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-                self.stats.batch_size_histogram[len(batch)] += 1
-                self._running_tokens = sum(it.n_tokens or 0 for it in batch)
-                await self._score_batch(batch, loop.time())
-                self._running_tokens = 0
-                self._last_progress = time.monotonic()
+                self._begin(batch)
+                inline = await self._score_batch(batch, loop.time())
+                self._end_batch()
+                if inline:  # the loop ran nothing meanwhile: let the answered calls reply, new ones come in
+                    await asyncio.sleep(0)
 
-    async def _score_batch(self, batch: list[Item[T]], left_at: float) -> None:
+    def _begin(self, batch: list[Item[T]]) -> None:
+        """`batch` leaves the queue for the scorer: mark it running (no longer timed), count it."""
+        for it in batch:
+            it.state = State.RUNNING
+        while self._released and self._released[0].state is not State.QUEUED:
+            self._released.popleft()  # batched: no longer timed
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.batch_size_histogram[len(batch)] += 1
+        self._running_tokens = sum(it.n_tokens or 0 for it in batch)
+        self._scoring = True
+
+    def _end_batch(self) -> None:
+        self._scoring = False
+        self._running_tokens = 0
+        self._last_progress = time.monotonic()
+
+    async def _score_batch(self, batch: list[Item[T]], left_at: float) -> bool:
         """Score a batch that left the queue at `left_at`, each part with its own scorer; feed the rate
-        (current scorer only) and the timings. A helper, so that no reference to a swapped-out scorer
-        outlives the batch in the worker's frame."""
+        (current scorer only) and the timings; True when it ran inline throughout. A helper, so that no
+        reference to a swapped-out scorer outlives the batch in the worker's frame."""
+        inline = True
         for scorer, part in self._by_scorer(batch):
             t0 = time.perf_counter()
-            longest = await self._run_batch(part, scorer, isolate=True)
+            longest, part_inline = await self._run_batch(part, scorer, isolate=True)
+            inline = inline and part_inline
             took_s = time.perf_counter() - t0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
                 tokens = sum(longest if it.n_tokens is None else it.n_tokens for it in part)
                 self.rate.observe(len(part), tokens, took_s)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], longest, took_s)
+        return inline
 
     def _by_scorer(self, batch: list[Item[T]]) -> list[tuple[Scorer[T], list[Item[T]]]]:
         """`batch` split by the scorer each prompt was admitted with, in order of first appearance (one
@@ -391,16 +545,22 @@ class Scheduler(Generic[T]):
             parts.setdefault(id(scorer), (scorer, []))[1].append(it)
         return list(parts.values())
 
-    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> int:
+    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> tuple[int, bool]:
         """Score `batch` with `scorer` and finish its items; the longest prompt's token count (0 where
-        unknown)."""
+        unknown), and whether it was scored inline (on the event loop; only the current scorer, whose
+        cost is measured)."""
         loop = asyncio.get_running_loop()
         texts = [it.text for it in batch]
         routers = [it.routers for it in batch]
         tokens = [it.tokens for it in batch]
         version = scorer.version
+        inline = scorer is self.scorer and self._inline_ok(self._batch_seconds([it.n_tokens for it in batch]))
+        left = loop.time()
         try:
-            res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
+            if inline:
+                res = scorer.score(texts, routers, tokens)
+            else:
+                res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
             if len(res.n_tokens) != len(batch) or len(res.truncated) != len(batch):
                 raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {len(batch)} texts")
             self.timings.add_encoder_time(res.encoder_s)
@@ -408,17 +568,22 @@ class Scheduler(Generic[T]):
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:
                 _log.warning("batch_failed_isolating", size=len(batch), error=repr(exc))
-                return max([await self._run_batch([it], scorer, isolate=False) for it in batch])
+                each = [await self._run_batch([it], scorer, isolate=False) for it in batch]
+                return max(n for n, _ in each), all(i for _, i in each)
             _log.error("scorer_failed", size=len(batch), error=repr(exc))
             for it in batch:
                 self._finish(it, ScorerFailed(f"scorer failed: {exc!r}"))
-            return max(it.n_tokens or 0 for it in batch)
+            return max(it.n_tokens or 0 for it in batch), inline
+        scored = loop.time()
         for i, it in enumerate(batch):
             scores = {r: float(res.scores[r][i]) for r in it.routers}
             emb = None if res.embeddings is None else res.embeddings[i]
-            self._finish(it, ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb))
+            quals = {r: res.qualities[r][i] for r in it.routers if r in res.qualities}
+            stages = StageTimes(it.admitted_at, it.queued_at, left, left + res.encoder_s, scored)
+            result = ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb, quals, stages)
+            self._finish(it, result)
         self.stats.items_scored += len(batch)
-        return int(res.n_tokens.max())
+        return int(res.n_tokens.max()), inline
 
     def _finish(self, item: Item[T], outcome: ItemResult | ServiceError) -> None:
         if item.state is not State.RUNNING:

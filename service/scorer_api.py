@@ -10,7 +10,7 @@ gRPC nor asyncio.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -44,6 +44,9 @@ class ScoredBatch:
     # [n, dim] the shared encoder's embedding of each item, when the batch ran the encoder (a router of
     # the batch reads it); None otherwise. The outcome store keeps it with the decision.
     embeddings: npt.NDArray[np.float32] | None = None
+    # router -> [n, models] each model's predicted quality, for the routers that predict them
+    # (RouterDescription.models; NaN rows for items that did not ask for the router)
+    qualities: Mapping[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class RouterDescription:
     uses_encoder: bool
     calibration_strong_share: tuple[float, ...]
     calibration_thresholds: tuple[float, ...]
+    # the models whose quality the router predicts, in column order (a `quality` router; empty: the
+    # router only scores the default pair)
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class Catalog:
     # Identity of the encoder's embedding space (16 hex: its manifest entry and file checksums): embeddings
     # with the same id are comparable, so the outcome store and adaptation can tell which they may mix.
     encoder_id: str = ""
+    # "onnx" (a transformer) or "static" (a token table): the bundle's encoder.kind.
+    encoder_kind: str = "onnx"
 
 
 class Scorer(Protocol[T]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,27 @@ from grpc_reflection.v1alpha import reflection
 from lmroute.outcomes.store import open_store
 from lmroute.outcomes.writer import StoreWriter
 from lmroute.service.admin import ADMIN_SERVICE_NAME, AdminServicer
+from lmroute.service.auth import Authenticator, load_tokens
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.exploration import Exploration
 from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
+from lmroute.service.metrics import ServiceMetrics
+from lmroute.service.model_prices import load_models_file
 from lmroute.service.scheduler import Scheduler
-from lmroute.service.scorer_api import Scorer
+from lmroute.service.scorer_api import Catalog, Scorer
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
+from lmroute.service.targets import TenantTargets, parse_share_targets
+from lmroute.service.tls import CertificateFiles, server_credentials
+from lmroute.service.tracing import Tracing
 from lmroute.v1 import admin_pb2_grpc, router_pb2, router_pb2_grpc
+
+DRAIN_NOTICE_S = 0.2
+"""Seconds between refusing new calls (UNAVAILABLE, DRAINING) and stopping the gRPC server, at most the
+grace period: a call that reaches a stopping gRPC core is cancelled, which clients do not retry."""
 
 __all__ = [
     "RouterServer",
@@ -137,6 +148,7 @@ class RouterServer:
     def __init__(self, config: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_scorer) -> None:
         self.config = config
         self._factory = scorer_factory
+        self.tracing = Tracing(config.tracing) if config.tracing != "off" else None
         # a call with more prompts than the queue admits could never be admitted: refuse it as too large
         self.servicer = RouterServicer(
             max_prompts_per_request=min(config.max_prompts_per_request, config.batch.max_queue),
@@ -145,11 +157,29 @@ class RouterServer:
             max_router_names=config.max_router_names,
             max_feedback_items=config.max_feedback_items,
             exploration=Exploration(config.explore_rate),
+            targets=TenantTargets(
+                parse_share_targets(config.share_targets),
+                config.control,
+                spends=parse_share_targets(config.spend_targets, high=math.inf),
+                spend_settings=config.spend_control,
+            )
+            if config.share_targets or config.spend_targets
+            else None,
+            tenant_header=config.tenant_header,
+            prices=load_models_file(Path(config.models_file)) if config.models_file else None,
+            expected_output_tokens=config.expected_output_tokens,
+            tracing=self.tracing,
+        )
+        self.metrics = ServiceMetrics(lambda: self) if config.metrics_port >= 0 else None
+        self.metrics_port: int | None = None
+        self.tls: CertificateFiles | None = None  # the certificate files, when the port speaks TLS
+        self._auth = (
+            Authenticator(load_tokens(config.auth_tokens_file, config.auth_tokens_env)) if config.auth_enabled else None
         )
         self.health = health.aio.HealthServicer()
         self.liveness: LivenessWatchdog | None = None
         self.scheduler: Scheduler[Any] | None = None
-        self.admin = AdminServicer()
+        self.admin = AdminServicer(targets=self.servicer.targets)
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -172,27 +202,49 @@ class RouterServer:
         return port
 
     async def bind(self) -> int:
-        """Build the gRPC server (health NOT_SERVING, reflection on), bind and start it; the port."""
+        """Build the gRPC server (health NOT_SERVING, reflection unless turned off, TLS when configured),
+        bind and start it, and the metrics endpoint; the port."""
         cfg = self.config
-        server = grpc.aio.server(options=grpc_options(cfg), interceptors=[RequestContextInterceptor()])
+        interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
+        server = grpc.aio.server(options=grpc_options(cfg), interceptors=[interceptor])
         router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         admin = (ADMIN_SERVICE_NAME,) if cfg.admin_enabled else ()
         if admin:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, *admin, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server,
-            pool=reflection_pool(),
-        )
+        if cfg.reflection_enabled:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, *admin, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                server,
+                pool=reflection_pool(),
+            )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if cfg.tls_cert_file:
+            self.tls = CertificateFiles(
+                Path(cfg.tls_cert_file),
+                Path(cfg.tls_key_file),
+                Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
+            )
+            self.port = server.add_secure_port(f"{cfg.host}:{cfg.port}", server_credentials(self.tls))
+        else:
+            self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         await server.start()
         self._server = server
-        _log.info("listening", host=cfg.host, port=self.port, config=cfg.redacted())
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+        _log.info(
+            "listening",
+            host=cfg.host,
+            port=self.port,
+            metrics_port=self.metrics_port,
+            auth=self._auth is not None,
+            tls=self.tls is not None,
+            mtls=bool(cfg.tls_client_ca_file),
+            config=cfg.redacted(),
+        )
         return self.port
 
     async def load(self) -> None:
@@ -205,6 +257,8 @@ class RouterServer:
         except BaseException:
             if self._server is not None:
                 await self._server.stop(0)
+            if self.metrics is not None:
+                self.metrics.close()
             raise
 
     def _make_scorer(self) -> Scorer[Any]:
@@ -225,6 +279,20 @@ class RouterServer:
         writer.start()
         return writer
 
+    def _restore_targets(self, catalog: Catalog) -> int:
+        """Replay the share and spend controllers' latest decisions from the store (a connection of its own,
+        read only, closed after): a restarted server goes on from the windows, deficits and realised values
+        it had."""
+        targets = self.servicer.targets
+        assert targets is not None
+        store = open_store(self.config.store, store_prompts=self.config.store_prompts)
+        try:
+            n = targets.restore(catalog.routers, catalog.version, store.target_decisions, store.spend_decisions)
+        finally:
+            store.close()
+        _log.info("targets restored", decisions=n, shares=sorted(targets.targets), spends=sorted(targets.spends))
+        return n
+
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         scorer = await loop.run_in_executor(None, self._make_scorer)
@@ -233,6 +301,8 @@ class RouterServer:
         if self.config.store:
             self.store_writer = await loop.run_in_executor(None, self._start_store)
             self.servicer.attach_store(self.store_writer)
+            if self.servicer.targets is not None:
+                self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
         scheduler = Scheduler(scorer, self.config.batch)
         scheduler.start()
         if self.config.stats_path:
@@ -268,6 +338,9 @@ class RouterServer:
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
         if self._server is not None:
+            # a short notice first: calls arriving now are answered UNAVAILABLE (DRAINING) by the servicer,
+            # which clients retry elsewhere, where the stopping gRPC core would cancel them (CANCELLED)
+            await asyncio.sleep(min(grace, DRAIN_NOTICE_S))
             await self._server.stop(grace)
         stats: dict[str, object] = {}
         if self.scheduler is not None:
@@ -289,6 +362,8 @@ class RouterServer:
             stats.update({"store_" + k: v for k, v in dataclasses.asdict(writer.stats).items()})
         if self._stats_file is not None:
             await self._stats_file.close()
+        if self.metrics is not None:
+            self.metrics.close()
         _log.warning("stopped", **stats)
 
     async def wait(self) -> None:

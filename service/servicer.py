@@ -16,16 +16,19 @@ prompts of a Score call whose others were scored, go into PromptScores.status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+import structlog
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, Verdict
 from lmroute.outcomes.writer import StoreWriter, WriterFull
+from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.batch_queue import ItemResult
 from lmroute.service.decisions import new_decision_id
 from lmroute.service.errors import (
@@ -44,9 +47,13 @@ from lmroute.service.errors import (
 )
 from lmroute.service.exploration import Exploration
 from lmroute.service.feedback import decision_of_route, decision_of_score, item_status, outcomes_of
+from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, prompt_text
+from lmroute.service.route_models import check_candidates, check_policy, decide, estimates
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
+from lmroute.service.targets import TENANT_RE, TenantTargets
+from lmroute.service.tracing import Tracing
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
 __all__ = ["RouterServicer", "resolve_routers"]
@@ -59,6 +66,7 @@ def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
         uses_encoder=r.uses_encoder,
         calibration_strong_share=list(r.calibration_strong_share),
         calibration_thresholds=list(r.calibration_thresholds),
+        models=list(r.models),
     )
 
 
@@ -85,6 +93,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_router_names: int,
         max_feedback_items: int = 1024,
         exploration: Exploration | None = None,
+        targets: TenantTargets | None = None,
+        tenant_header: str = "x-lmroute-tenant",
+        prices: Mapping[str, ModelPrice] | None = None,
+        expected_output_tokens: int = 256,
+        tracing: Tracing | None = None,
     ) -> None:
         self.max_prompts_per_request = max_prompts_per_request
         self.max_turns = max_turns
@@ -93,6 +106,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.max_feedback_items = max_feedback_items
         self.store: StoreWriter | None = None  # the outcome store's writer; None = no store
         self.exploration = exploration or Exploration(0.0)
+        self.targets = targets  # tenants' share targets held live; None = none configured
+        self.tenant_header = tenant_header
+        self.prices = dict(prices or {})  # the models file's prices, for candidates that give none
+        self.expected_output_tokens = expected_output_tokens
+        self.tracing = tracing  # stage spans of each call (lmroute.service.tracing); None = off
         self._rng = random.Random()  # seeded from the OS; flips need no reproducibility
         self.scheduler: Scheduler[Any] | None = None
         self.catalog: Catalog | None = None
@@ -112,6 +130,41 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _record(self, decisions: list[Decision]) -> None:
         if self.store is not None and decisions:
             self.store.record(decisions)
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> str:
+        """The tenant the caller's token is bound to (lmroute.service.auth), else the one it names in its
+        metadata (`tenant_header`); "" when it names none or a name that is not 1-64 of [A-Za-z0-9._-]."""
+        bound = AUTH_TENANT.get()
+        if bound is not None:
+            return bound
+        for key, value in context.invocation_metadata() or ():
+            if key == self.tenant_header:
+                name = value if isinstance(value, str) else ""
+                return name if TENANT_RE.match(name) else ""
+        return ""
+
+    async def _score_one(
+        self, sched: Scheduler[Any], text: str | ServiceError, router: str, context: grpc.aio.ServicerContext
+    ) -> ItemResult:
+        """A Route call's prompt scored by `router` (its stage spans made when tracing); its error raised."""
+        [out] = await sched.score([text], (router,), timeout_s=context.time_remaining(), field="prompt", indexed=False)
+        if self.tracing is not None:
+            self.tracing.stages([out])
+        if isinstance(out, ServiceError):
+            raise out
+        return out
+
+    def _check_router_and_prompt(self, request: router_pb2.RouteRequest) -> None:
+        """NotFound for a router that is not loaded; InvalidArgument for a prompt over the call limits."""
+        if request.router not in self.routers:
+            raise NotFound(f"router: unknown router {echo(request.router)} (loaded: {', '.join(self.routers)})")
+        check_limits(
+            (request.prompt,),
+            "prompt",
+            indexed=False,
+            max_turns=self.max_turns,
+            max_request_chars=self.max_request_chars,
+        )
 
     @staticmethod
     def _calibration(catalog: Catalog, router: str) -> RouterDescription:
@@ -144,6 +197,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         routers = resolve_routers(request.routers, self.routers)
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
         outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining())
+        if self.tracing is not None:
+            self.tracing.stages(outcomes)
         # Overload that hit every prompt is a call-level, retryable failure; a prompt that waited too
         # long in a call whose other prompts were scored fails alone (its status), so that work is kept.
         if all(isinstance(out, (QueueTimeout, DeadlineExpired)) for out in outcomes):
@@ -181,45 +236,46 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
         if not request.router:
             raise InvalidArgument("router: required", reason="MISSING_ROUTER")
-        if len(request.candidates):
-            raise InvalidArgument(
-                "candidates: not supported in v1 (leave empty to route between the default pair)",
-                reason="CANDIDATES_UNSUPPORTED",
-            )
         policy = request.WhichOneof("policy")
-        if policy is None:
-            raise InvalidArgument("policy: set threshold or strong_share", reason="MISSING_POLICY")
-        value = float(getattr(request, policy))
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        if len(request.candidates) or policy == "model_policy":
+            return await self._route_among(request, context, sched, catalog)
+        asked_tenant = self._tenant(context)
+        tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
+        if policy is None and tenant is None:
+            why = "the server holds no share targets" if self.targets is None else "no share target for tenant "
+            raise InvalidArgument(
+                f"policy: set threshold or strong_share ({why}{echo(asked_tenant) if self.targets else ''})",
+                reason="MISSING_POLICY",
+            )
+        value = float(getattr(request, policy)) if policy is not None else math.nan
+        if policy is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
-        if request.router not in self.routers:
-            raise NotFound(f"router: unknown router {echo(request.router)} (loaded: {', '.join(self.routers)})")
-        check_limits(
-            (request.prompt,),
-            "prompt",
-            indexed=False,
-            max_turns=self.max_turns,
-            max_request_chars=self.max_request_chars,
-        )
+        self._check_router_and_prompt(request)
         if policy == "threshold":
             threshold = value
-        else:
+        elif policy == "strong_share":
             threshold = float(sched.scorer.threshold_for_share(request.router, value))
+        else:
+            threshold = math.nan  # the tenant's controller sets it once the prompt is scored
         text = prompt_text(request.prompt, "prompt")
-        [out] = await sched.score(
-            [text], (request.router,), timeout_s=context.time_remaining(), field="prompt", indexed=False
-        )
-        if isinstance(out, ServiceError):
-            raise out
+        out = await self._score_one(sched, text, request.router, context)
         score = out.scores[request.router]
         cal = self._calibration(catalog, request.router)
+        controller = None
+        if tenant is not None:
+            assert self.targets is not None
+            controller = self.targets.controller(tenant, cal, catalog.version)
+            threshold = controller.threshold
         choice = self.exploration.choose(
             score, threshold, cal.calibration_strong_share, cal.calibration_thresholds, self._rng
         )
         strong, propensity = choice.strong, choice.propensity
+        if controller is not None:
+            controller.record(score, strong)
         chosen = catalog.strong_model if strong else catalog.weak_model
         now_ms = int(time.time() * 1000)
         decision_id = new_decision_id(now_ms)
+        structlog.contextvars.bind_contextvars(decision_id=decision_id)  # into the call's access line
         if self.store is not None and isinstance(text, str):
             self._record(
                 [
@@ -233,6 +289,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         threshold=threshold,
                         chosen_model=chosen,
                         propensity=propensity,
+                        tenant=tenant or asked_tenant,
+                        policy=policy or "target",
                     )
                 ]
             )
@@ -248,6 +306,80 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             decision_id=decision_id,
             propensity=propensity,
         )
+
+    async def _route_among(
+        self,
+        request: router_pb2.RouteRequest,
+        context: grpc.aio.ServicerContext,
+        sched: Scheduler[Any],
+        catalog: Catalog,
+    ) -> router_pb2.RouteResponse:
+        """Route among the request's candidates by its model_policy, or without one by the caller's
+        tenant's spend target (lmroute.service.route_models, spend_control)."""
+        policy = request.WhichOneof("policy")
+        asked_tenant = self._tenant(context)
+        tenant = None
+        if policy is None:
+            tenant = self.targets.tenant_of(asked_tenant, spend=True) if self.targets is not None else None
+            if tenant is None:
+                why = "the server holds no spend targets" if self.targets is None or not self.targets.spends else ""
+                why = why or f"no spend target for tenant {echo(asked_tenant)}"
+                raise InvalidArgument(f"model_policy: required with candidates ({why})", reason="MISSING_POLICY")
+        elif policy != "model_policy":
+            raise InvalidArgument(f"model_policy: required with candidates (got {policy})", reason="MISSING_POLICY")
+        if not len(request.candidates):
+            raise InvalidArgument("candidates: at least two required with model_policy", reason="TOO_FEW_CANDIDATES")
+        rule, value = check_policy(request.model_policy) if tenant is None else ("cost_weight", math.nan)
+        self._check_router_and_prompt(request)
+        cands = check_candidates(request.candidates, self._calibration(catalog, request.router), self.prices)
+        text = prompt_text(request.prompt, "prompt")
+        if not isinstance(text, str):
+            raise text
+        out = await self._score_one(sched, text, request.router, context)
+        q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
+        if tenant is None:
+            made = decide(q, c, rule, value)
+        else:
+            assert self.targets is not None
+            spend = self.targets.spend_controller(tenant, request.router)
+            value = spend.cost_weight
+            made = decide(q, c, rule, value, chosen=spend.decide(q, c))
+        chosen = cands.models[made.chosen]
+        now_ms = int(time.time() * 1000)
+        decision_id = new_decision_id(now_ms)
+        structlog.contextvars.bind_contextvars(decision_id=decision_id)  # into the call's access line
+        if self.store is not None:
+            self._record(
+                [
+                    dataclasses.replace(
+                        decision_of_score(decision_id, now_ms, text, out, catalog),
+                        kind="route",
+                        router=request.router,
+                        chosen_model=chosen,
+                        propensity=1.0,
+                        tenant=tenant or asked_tenant,
+                        policy=rule if tenant is None else "spend_target",
+                        choice=made.choice_json(cands),
+                    )
+                ]
+            )
+        tier = {catalog.strong_model: router_pb2.TIER_STRONG, catalog.weak_model: router_pb2.TIER_WEAK}
+        response = router_pb2.RouteResponse(
+            chosen_model=chosen,
+            tier=tier.get(chosen, router_pb2.TIER_UNSPECIFIED),
+            score=out.scores[request.router],
+            threshold=math.nan,
+            router=request.router,
+            bundle_version=out.version or catalog.version,
+            n_tokens=out.n_tokens,
+            truncated=out.truncated,
+            decision_id=decision_id,
+            propensity=1.0,
+            chosen=made.estimate(cands, made.chosen),
+        )
+        if made.runner_up >= 0:
+            response.runner_up.CopyFrom(made.estimate(cands, made.runner_up))
+        return response
 
     async def Feedback(
         self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
@@ -310,6 +442,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 pooling=c.encoder_pooling,
                 quantized=c.encoder_quantized,
                 truncation=c.encoder_truncation,
+                kind=c.encoder_kind,
             ),
             bundle_version=c.version,
         )

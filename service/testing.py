@@ -2,6 +2,8 @@
 
 with ServerThread(config, scorer_factory=lambda cfg: FakeScorer()) as srv:
     RouterClient(srv.target).health()
+
+`fake_server(**settings)` starts one over FakeScorer with test defaults.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 from lmroute.service.config import ServiceConfig
 from lmroute.service.server import RouterServer, ScorerFactory, load_bundle_scorer
 
-__all__ = ["ServerThread"]
+__all__ = ["ServerThread", "fake_server"]
 
 R = TypeVar("R")
 
@@ -64,3 +66,20 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fake_server(*, quiet: bool = True, **settings: Any) -> ServerThread:
+    """A started ServerThread over FakeScorer (routers random and mf) on 127.0.0.1, a free port and no
+    grace period (with `quiet`, logging set to warnings); `settings` are more ServiceConfig fields (or
+    overrides of those)."""
+    from pathlib import Path
+
+    from lmroute.service.fake_scorer import FakeScorer
+    from lmroute.service.logs import configure_logging
+
+    if quiet:
+        configure_logging("warning")
+    base: dict[str, Any] = dict(bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0)
+    base.update(settings)
+    fake = FakeScorer(routers=("random", "mf"))
+    return ServerThread(ServiceConfig(**base), scorer_factory=lambda _cfg: fake).start()

@@ -13,14 +13,16 @@ with fresh random examples to look for new failures (a test that sets derandomiz
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from lmroute.export.encoder_export import EncoderExport, export_encoder
 from lmroute.outcomes.testing import TemporaryPostgres, TemporaryPostgresError
+from lmroute.service.testing import ServerThread, fake_server
 
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
@@ -80,3 +82,19 @@ def fresh_postgres_db(postgres_server: TemporaryPostgres) -> Iterator[str]:
         yield dsn
     finally:
         postgres_server.drop_database(dsn.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def fake_servers() -> Iterator[Callable[..., ServerThread]]:
+    """fake_servers(**settings) -> a started server over FakeScorer (`lmroute.service.testing.fake_server`);
+    every one started is stopped after the test."""
+    started: list[ServerThread] = []
+
+    def make(**settings: Any) -> ServerThread:
+        srv = fake_server(**settings)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -2,7 +2,11 @@
 event loop, the request-context interceptor) but Route and Score answer at once with fixed values, no
 scheduler and no scorer. What ghz measures against it is the transport's own cost.
 
-    .venv/bin/python benchmarks/ghz/empty_server.py [--port 0]
+    .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]]
+
+`--no-interceptor` leaves the request-context interceptor out (its cost is the difference). `--sync`
+serves the same handlers from a synchronous `grpc.server` with a pool of `--workers` threads instead of
+grpc.aio (no interceptor: the service's is written for grpc.aio), to compare the two transports.
 
 Prints `empty-server: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT.
 """
@@ -13,6 +17,8 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -25,41 +31,60 @@ from lmroute.service.server import SERVICE_NAME, grpc_options, reflection_pool
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
 
+def route_reply(request: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
+    return router_pb2.RouteResponse(
+        chosen_model="weak",
+        tier=router_pb2.TIER_WEAK,
+        score=0.25,
+        threshold=0.5,
+        router=request.router,
+        bundle_version="empty",
+        n_tokens=1,
+    )
+
+
+def score_reply(request: router_pb2.ScoreRequest) -> router_pb2.ScoreResponse:
+    routers = list(request.routers) or ["mf"]
+    results = [
+        router_pb2.PromptScores(
+            index=i,
+            status=router_pb2.ItemStatus(code=0),
+            n_tokens=1,
+            scores=[router_pb2.RouterScore(router=r, strong_win_probability=0.25) for r in routers],
+        )
+        for i in range(len(request.prompts))
+    ]
+    return router_pb2.ScoreResponse(results=results, bundle_version="empty")
+
+
 class EmptyRouter(router_pb2_grpc.RouterServiceServicer):
     """Answers Route and Score with constant scores, reading only what it must to shape the reply."""
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
-        return router_pb2.RouteResponse(
-            chosen_model="weak",
-            tier=router_pb2.TIER_WEAK,
-            score=0.25,
-            threshold=0.5,
-            router=request.router,
-            bundle_version="empty",
-            n_tokens=1,
-        )
+        return route_reply(request)
 
     async def Score(
         self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ScoreResponse:
-        routers = list(request.routers) or ["mf"]
-        results = [
-            router_pb2.PromptScores(
-                index=i,
-                status=router_pb2.ItemStatus(code=0),
-                n_tokens=1,
-                scores=[router_pb2.RouterScore(router=r, strong_win_probability=0.25) for r in routers],
-            )
-            for i in range(len(request.prompts))
-        ]
-        return router_pb2.ScoreResponse(results=results, bundle_version="empty")
+        return score_reply(request)
 
 
-async def serve(host: str, port: int) -> int:
+class SyncEmptyRouter(router_pb2_grpc.RouterServiceServicer):
+    """The same answers for a synchronous grpc.server (each call on a pool thread)."""
+
+    def Route(self, request: router_pb2.RouteRequest, context: grpc.ServicerContext) -> router_pb2.RouteResponse:
+        return route_reply(request)
+
+    def Score(self, request: router_pb2.ScoreRequest, context: grpc.ServicerContext) -> router_pb2.ScoreResponse:
+        return score_reply(request)
+
+
+async def serve(host: str, port: int, *, interceptor: bool = True) -> int:
     cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
-    server = grpc.aio.server(options=grpc_options(cfg), interceptors=[RequestContextInterceptor()])
+    interceptors = [RequestContextInterceptor()] if interceptor else []
+    server = grpc.aio.server(options=grpc_options(cfg), interceptors=interceptors)
     router_pb2_grpc.add_RouterServiceServicer_to_server(EmptyRouter(), server)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server, pool=reflection_pool())
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -77,13 +102,37 @@ async def serve(host: str, port: int) -> int:
     return 0
 
 
+def serve_sync(host: str, port: int, workers: int) -> int:
+    cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(cfg))
+    router_pb2_grpc.add_RouterServiceServicer_to_server(SyncEmptyRouter(), server)
+    reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server, pool=reflection_pool())
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        print(f"empty-server: could not bind {host}:{port}", file=sys.stderr)
+        return 1
+    server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"empty-server: serving on {host}:{bound} (sync, {workers} threads)", file=sys.stderr, flush=True)
+    stop.wait()
+    server.stop(0)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="empty_server.py", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--no-interceptor", action="store_true", help="leave the request-context interceptor out")
+    ap.add_argument("--sync", action="store_true", help="a synchronous grpc.server with a thread pool")
+    ap.add_argument("--workers", type=int, default=4, help="--sync: threads in the pool")
     args = ap.parse_args()
     configure_logging("warning")  # as the service runs in the benchmark: no line per call
-    return asyncio.run(serve(args.host, args.port))
+    if args.sync:
+        return serve_sync(args.host, args.port, args.workers)
+    return asyncio.run(serve(args.host, args.port, interceptor=not args.no_interceptor))
 
 
 if __name__ == "__main__":

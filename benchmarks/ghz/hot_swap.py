@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,9 +47,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from loadgen import GHZ, GhzRun, ghz_version, summarise
+from loadgen import GhzRun, ghz_version, run_ghz_details
 from overload import _cpu_model, _log, measure_capacity
-from procs import ChildServer, peak_rss_bytes, pinned, service_cmd
+from procs import ChildServer, peak_rss_bytes, service_cmd
 from run import default_cores
 
 from lmroute.bundle.loader import read_manifest
@@ -121,27 +120,15 @@ def make_candidates(bundle: Path, work: Path) -> dict[str, Path]:
 
 
 def run_ghz_calls(run: GhzRun, target: str, cores: str | None, out_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """Like loadgen.run_ghz, and also every call as (start, epoch seconds; latency, ms; ok 1/0)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / f"{run.label}.raw.json"
-    cmd = pinned(cores, [str(GHZ), *run.args(target, raw)])
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=run.seconds + 120)
-    if not raw.exists():
-        raise RuntimeError(f"ghz {run.label} wrote no report (exit {res.returncode}): {res.stderr[-2000:]}")
-    report = json.loads(raw.read_text())
-    summary = summarise(report, run)
+    """loadgen.run_ghz, and also every call as (start, epoch seconds; latency, ms; ok 1/0)."""
+    summary, details = run_ghz_details(run, target, cores, out_dir)
     calls = np.array(
         [
             (datetime.fromisoformat(d["timestamp"]).timestamp(), d["latency"] / 1e6, d.get("status") == "OK")
-            for d in report.get("details") or []
+            for d in details
         ],
         dtype=np.float64,
     ).reshape(-1, 3)
-    report.pop("details", None)
-    if isinstance(report.get("options"), dict) and "data" in report["options"]:
-        report["options"]["data"] = f"(the requests of {run.config}'s data-file)"
-    (out_dir / f"{run.label}.json").write_text(json.dumps(report, indent=1))
-    raw.unlink()
     return summary, calls
 
 

@@ -66,8 +66,11 @@ def ghz_version(ghz: Path = GHZ) -> str:
     return (res.stdout + res.stderr).strip()
 
 
-def run_ghz(run: GhzRun, target: str, cores: str | None, out_dir: Path, ghz: Path = GHZ) -> dict[str, Any]:
-    """Run ghz once; return the summary (and write the report, minus per-call details, to out_dir)."""
+def run_ghz_details(
+    run: GhzRun, target: str, cores: str | None, out_dir: Path, ghz: Path = GHZ
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ghz once; return the summary and ghz's per-call details (and write the report, minus those
+    details and the request data it echoes, to out_dir)."""
     if not ghz.exists():
         raise FileNotFoundError(f"{ghz} missing: run scripts/install_ghz.sh")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,14 +81,21 @@ def run_ghz(run: GhzRun, target: str, cores: str | None, out_dir: Path, ghz: Pat
         raise RuntimeError(f"ghz {run.label} wrote no report (exit {res.returncode}): {res.stderr[-2000:]}")
     report = json.loads(raw.read_text())
     summary = summarise(report, run)
-    if run.keep_latencies:
-        calls = sorted(report.get("details") or [], key=lambda d: datetime.fromisoformat(d["timestamp"]))
-        summary["latencies_ms"] = [d["latency"] / 1e6 if d.get("status") == "OK" else None for d in calls]
-    report.pop("details", None)
+    details = report.pop("details", None) or []
     if isinstance(report.get("options"), dict) and "data" in report["options"]:
         report["options"]["data"] = f"(the requests of {run.config}'s data-file)"
     (out_dir / f"{run.label}.json").write_text(json.dumps(report, indent=1))
     raw.unlink()
+    return summary, details
+
+
+def run_ghz(run: GhzRun, target: str, cores: str | None, out_dir: Path, ghz: Path = GHZ) -> dict[str, Any]:
+    """Run ghz once; return the summary (with `keep_latencies`, also every call's latency, ms, in the
+    order sent; None for a failed call)."""
+    summary, details = run_ghz_details(run, target, cores, out_dir, ghz)
+    if run.keep_latencies:
+        calls = sorted(details, key=lambda d: datetime.fromisoformat(d["timestamp"]))
+        summary["latencies_ms"] = [d["latency"] / 1e6 if d.get("status") == "OK" else None for d in calls]
     return summary
 
 

@@ -28,6 +28,16 @@ def pinned(cores: str | None, cmd: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cores, *cmd]
 
 
+def default_cores() -> tuple[str, str]:
+    """(server cores, client cores): the first half of this process's CPUs and the second half."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return str(cpus[0]), str(cpus[0])
+    half = len(cpus) // 2
+    fmt = lambda cs: ",".join(str(c) for c in cs)  # noqa: E731
+    return fmt(cpus[:half]), fmt(cpus[half:])
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -38,21 +38,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import GHZ, GhzRun, ghz_version, run_ghz
-from procs import ChildServer, child_env, empty_cmd, pinned, run_json_script, service_cmd
+from procs import ChildServer, child_env, default_cores, empty_cmd, pinned, run_json_script, service_cmd
 
 from lmroute.service.config import BatchPolicy
 
 REPO = HERE.parent.parent
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5, 2.0)
-
-
-def default_cores() -> tuple[str, str]:
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return str(cpus[0]), str(cpus[0])
-    half = len(cpus) // 2
-    fmt = lambda cs: ",".join(str(c) for c in cs)  # noqa: E731
-    return fmt(cpus[:half]), fmt(cpus[half:])
 
 
 class Sweep:

@@ -102,6 +102,7 @@ class TrainContext:
     strong, weak: the default pair
     work_dir:    a directory for files the trainer writes (e.g. an exported ONNX graph)
     notes:       what the trainer wants in the build report (it may add keys)
+    data_dir:    the build's data directory, for a kind that reads labels of its own (None: not given)
     """
 
     recipe: Any
@@ -113,6 +114,7 @@ class TrainContext:
     weak: str
     work_dir: Path
     notes: dict[str, Any] = field(default_factory=dict)
+    data_dir: Path | None = None
 
 
 _TUPLE_OF_STR = tuple[str, ...]

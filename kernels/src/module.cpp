@@ -5,7 +5,9 @@
 // Every function releases the GIL and writes into an output array the caller allocated.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -14,10 +16,12 @@
 #include <vector>
 
 #include "blend.hpp"
+#include "token_mean.hpp"
 #include "bt_solve.hpp"
 #include "fast_exp.hpp"
 #include "mf.hpp"
 #include "sw_scan.hpp"
+#include "wordpiece.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -28,7 +32,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 4;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -191,6 +195,18 @@ void blend_scores(In<double, nb::ndim<1>> scores, In<float, nb::ndim<2>> embeddi
     lmroute::blend_scores(scores.data(), embeddings.data(), n, d, prior_weights.data(), params, logit_eps, out.data());
 }
 
+int64_t token_mean(In<float, nb::ndim<2>> table, In<int64_t, nb::ndim<1>> ids, In<int64_t, nb::ndim<1>> offsets,
+                   Out<float, nb::ndim<2>> out) {
+    const int64_t n = static_cast<int64_t>(offsets.shape(0)) - 1, d = table.shape(1);
+    require(n >= 0, "offsets must hold at least one entry");
+    require(out.shape(0) == static_cast<size_t>(n) && out.shape(1) == static_cast<size_t>(d), "out must be [n, d]");
+    const int64_t* off = offsets.data();
+    require(off[0] == 0 && off[n] == static_cast<int64_t>(ids.shape(0)), "offsets must run from 0 to len(ids)");
+    for (int64_t r = 0; r < n; ++r) require(off[r] < off[r + 1], "every row needs at least one id");
+    nb::gil_scoped_release release;
+    return lmroute::token_mean(table.data(), table.shape(0), d, ids.data(), off, n, out.data());
+}
+
 void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     require(x.shape(0) == out.shape(0), "x and out differ in length");
     const double* src = x.data();
@@ -198,6 +214,34 @@ void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     const int64_t n = x.shape(0);
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) dst[i] = lmroute::fast_exp(src[i]);
+}
+
+// The texts of a list that are pure-ASCII str go through the tokenizer (their bytes read in place); the
+// others come back unhandled. Returns (ids written to `ids`, texts handled); `ids` has room for
+// capacity(len) per ASCII text.
+std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::list texts, bool with_template,
+                                             Out<int64_t, nb::ndim<1>> ids, Out<int64_t, nb::ndim<1>> lengths,
+                                             Out<bool, nb::ndim<1>> handled) {
+    const size_t n = nb::len(texts);
+    require(lengths.shape(0) == n && handled.shape(0) == n, "lengths and handled must have one entry per text");
+    std::vector<nb::object> held(n);  // the texts stay alive while the GIL is released
+    std::vector<lmroute::WordPiece::Text> refs(n);
+    int64_t need = 0;
+    for (size_t i = 0; i < n; ++i) {
+        PyObject* t = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
+        if (!PyUnicode_Check(t)) throw nb::type_error(("texts[" + std::to_string(i) + "] is not a str").c_str());
+        held[i] = nb::borrow(t);
+        refs[i] = {nullptr, 0};
+        if (PyUnicode_IS_ASCII(t)) {
+            refs[i] = {static_cast<const char*>(PyUnicode_DATA(t)), static_cast<int64_t>(PyUnicode_GET_LENGTH(t))};
+            need += wp.capacity(refs[i].len);
+        }
+    }
+    require(ids.shape(0) >= static_cast<size_t>(need), "ids has no room for the texts' tokens");
+    nb::gil_scoped_release release;
+    const int64_t total =
+        wp.encode_batch(refs.data(), static_cast<int64_t>(n), with_template, ids.data(), lengths.data(), handled.data());
+    return {total, std::count(handled.data(), handled.data() + n, true)};
 }
 
 std::string cpu_features() {
@@ -234,6 +278,12 @@ NB_MODULE(_core, m) {
     m.def("mf_dot", &mf_dot, "embeddings"_a, "vectors"_a, "threads"_a, "out"_a);
     m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a, "out"_a);
     m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
+    m.def("token_mean", &token_mean, "table"_a, "ids"_a, "offsets"_a, "out"_a);
+    nb::class_<lmroute::WordPiece>(m, "WordPiece")
+        .def(nb::init<const std::vector<std::string>&, int64_t, const std::string&, int64_t,
+                      const std::vector<std::pair<std::string, int64_t>>&, std::vector<int64_t>, std::vector<int64_t>>(),
+             "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a, "back"_a)
+        .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a);
     m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,
           "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, "out"_a);
 }

@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,11 +42,9 @@ def e2e_bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_di
     return make_tiny_bundle(root / "bundle", encoder_dir=exported_encoder_dir, bert_onnx=bert)
 
 
-@pytest.fixture(scope="session")
-def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
-    configure_logging("warning")
-    cfg = ServiceConfig(
-        bundle_path=e2e_bundle_dir,
+def _e2e_config(bundle: Path, **kw: Any) -> ServiceConfig:
+    return ServiceConfig(
+        bundle_path=bundle,
         host="127.0.0.1",
         port=0,
         batch=BatchPolicy(
@@ -52,9 +52,88 @@ def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
         ),
         log_level="warning",
         grace_s=0.0,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+    configure_logging("warning")
+    srv = ServerThread(_e2e_config(e2e_bundle_dir)).start()
+    yield srv
+    srv.stop()
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    """The e2e server again, over TLS (a CA made by trustme) with a bearer token required."""
+
+    server: ServerThread
+    ca: Path  # the CA certificate the clients trust
+    token_env: dict[str, str]  # LMROUTE_E2E_TOKEN -> the token, for the clients' environment
+
+
+def _server_certificate(ca: Any, root: Path) -> None:
+    """root/server.pem + server.key: a certificate for 127.0.0.1 signed by `ca` (a trustme.CA), whose own
+    certificate goes to root/ca.pem."""
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    issued.private_key_pem.write_to_path(str(root / "server.key"))
+    (root / "server.pem").write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+
+
+@pytest.fixture(scope="session")
+def e2e_tls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    import trustme
+
+    root = tmp_path_factory.mktemp("e2e_tls")
+    _server_certificate(trustme.CA(), root)
+    token = "e2e-token-0123456789abcdef"
+    (root / "tokens").write_text(token + "\n")
+    cfg = _e2e_config(
+        e2e_bundle_dir,
+        tls_cert_file=str(root / "server.pem"),
+        tls_key_file=str(root / "server.key"),
+        auth_tokens_file=str(root / "tokens"),
     )
     srv = ServerThread(cfg).start()
-    yield srv
+    yield TlsServer(srv, root / "ca.pem", {"LMROUTE_E2E_TOKEN": token})
+    srv.stop()
+
+
+@dataclass(frozen=True)
+class MtlsServer:
+    """The e2e server over mTLS: clients present a certificate signed by `client_ca`."""
+
+    server: ServerThread
+    ca: Path  # the CA of the server's certificate
+    cert: Path  # a client certificate chain signed by the client CA
+    key: Path  # its private key, PKCS#8 (what every client reads)
+
+
+@pytest.fixture(scope="session")
+def e2e_mtls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsServer]:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    root = tmp_path_factory.mktemp("e2e_mtls")
+    clients = trustme.CA()
+    _server_certificate(trustme.CA(), root)
+    clients.cert_pem.write_to_path(str(root / "clients-ca.pem"))
+    client = clients.issue_cert("client@e2e.test")
+    (root / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
+    (root / "client.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cfg = _e2e_config(
+        e2e_bundle_dir,
+        tls_cert_file=str(root / "server.pem"),
+        tls_key_file=str(root / "server.key"),
+        tls_client_ca_file=str(root / "clients-ca.pem"),
+    )
+    srv = ServerThread(cfg).start()
+    yield MtlsServer(srv, root / "ca.pem", root / "client.pem", root / "client.key")
     srv.stop()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -114,9 +115,19 @@ def _check(cases: Any, path: str) -> list[dict[str, Any]]:
     return cases["cases"]
 
 
-def run_cases(target: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every case against `target`, in order."""
-    with RouterClient(target, timeout_s=DEFAULT_TIMEOUT_MS / 1000.0) as client:
+def run_cases(
+    target: str,
+    cases: list[dict[str, Any]],
+    ca: str | None = None,
+    token: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Every case against `target`, in order (over TLS trusting `ca`, with a client certificate, and with
+    `token`, when given)."""
+    with RouterClient(
+        target, timeout_s=DEFAULT_TIMEOUT_MS / 1000.0, tls_ca=ca, token=token, tls_cert=cert, tls_key=key
+    ) as client:
         return {"results": [run_case(client, c) for c in cases]}
 
 
@@ -126,14 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     conf = sub.add_parser("conformance", help="run a cases file")
     conf.add_argument("--addr", required=True, help="server HOST:PORT")
     conf.add_argument("--cases", required=True, help="cases file (JSON)")
+    conf.add_argument("--ca", help="TLS: trust this CA certificate (PEM)")
+    conf.add_argument("--cert", help="mTLS: the client certificate chain (PEM)")
+    conf.add_argument("--key", help="mTLS: the client private key (PEM)")
+    conf.add_argument("--token-env", help="send the bearer token held by this environment variable")
     args = parser.parse_args(argv)  # exits 2 on bad arguments
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            print(f"py_conformance: environment variable {args.token_env} is not set", file=sys.stderr)
+            return 2
     try:
         with open(args.cases, encoding="utf-8") as fh:
             cases = _check(json.load(fh), args.cases)
     except (OSError, ValueError) as err:
         print(f"py_conformance: {err}", file=sys.stderr)
         return 2
-    json.dump(run_cases(args.addr, cases), sys.stdout)
+    json.dump(run_cases(args.addr, cases, args.ca, token, args.cert, args.key), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -31,8 +31,10 @@ TOL = 1e-6
 CLIENT_NAMES = ["go", "java"]
 
 
-def run(cmd: list[str], *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+def run(
+    cmd: list[str], *args: str, timeout_s: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
@@ -233,6 +235,58 @@ def test_client_answers_like_the_python_client(
     got = _by_id(doc, client)
     diff = [d for cid, ref in reference.items() for d in differences(ref, got[cid])]
     assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
+
+
+def _assert_same_as_reference(
+    out: subprocess.CompletedProcess[str], who: str, reference: dict[str, dict[str, Any]]
+) -> None:
+    """A conformance run exited 0 and every answer equals the plaintext Python reference's."""
+    assert out.returncode == 0, f"{who}: conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
+    got = _by_id(json.loads(out.stdout), who)
+    diff = [d for cid, ref in reference.items() for d in differences(ref, got[cid])]
+    assert not diff, f"{who} differs from the reference in {len(diff)} places:\n" + "\n".join(diff)
+
+
+@pytest.mark.parametrize("client", ["python", *CLIENT_NAMES])
+def test_client_answers_the_same_over_tls_with_a_token(
+    client: str,
+    client_command: Callable[[str], list[str]],
+    e2e_tls_server: Any,  # conftest.TlsServer
+    cases_file: Path,
+    reference: dict[str, dict[str, Any]],
+) -> None:
+    """The same cases through a server that speaks TLS and wants a token: with the CA and the token every
+    answer equals the plaintext reference; without the token every call but health is UNAUTHENTICATED."""
+    cmd = [sys.executable, str(PY_CLIENT)] if client == "python" else client_command(client)
+    target, ca = e2e_tls_server.server.target, str(e2e_tls_server.ca)
+    common = ("conformance", "--addr", target, "--cases", str(cases_file), "--ca", ca)
+    out = run(cmd, *common, "--token-env", "LMROUTE_E2E_TOKEN", env=e2e_tls_server.token_env)
+    _assert_same_as_reference(out, f"{client} over TLS", reference)
+    bare = run(cmd, *common)
+    assert bare.returncode == 0, bare.stderr[-4000:]
+    codes = {r["id"]: r["code"] for r in json.loads(bare.stdout)["results"]}
+    assert {c for cid, c in codes.items() if not cid.startswith("health")} == {"UNAUTHENTICATED"}
+    assert all(c == reference[cid]["code"] for cid, c in codes.items() if cid.startswith("health"))  # open
+
+
+@pytest.mark.parametrize("client", ["python", *CLIENT_NAMES])
+def test_client_answers_the_same_over_mtls(
+    client: str,
+    client_command: Callable[[str], list[str]],
+    e2e_mtls_server: Any,  # conftest.MtlsServer
+    cases_file: Path,
+    reference: dict[str, dict[str, Any]],
+) -> None:
+    """The same cases through a server that requires a client certificate: with one every answer equals
+    the plaintext reference; without it no call gets through (the handshake fails: UNAVAILABLE)."""
+    cmd = [sys.executable, str(PY_CLIENT)] if client == "python" else client_command(client)
+    srv = e2e_mtls_server
+    common = ("conformance", "--addr", srv.server.target, "--cases", str(cases_file), "--ca", str(srv.ca))
+    out = run(cmd, *common, "--cert", str(srv.cert), "--key", str(srv.key))
+    _assert_same_as_reference(out, f"{client} over mTLS", reference)
+    bare = run(cmd, *common)
+    assert bare.returncode == 0, bare.stderr[-4000:]
+    assert {r["code"] for r in json.loads(bare.stdout)["results"]} == {"UNAVAILABLE"}
 
 
 @pytest.mark.parametrize("client", CLIENT_NAMES)

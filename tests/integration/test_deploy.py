@@ -500,7 +500,15 @@ def test_build_bundle_script_quick(request: pytest.FixtureRequest, tmp_path: Pat
 def test_k8s_manifests_validate() -> None:
     proc = _run([REPO / "deploy" / "k8s" / "validate.sh", "-count=1", "-v"], timeout=900)
     out = proc.stdout
-    for name in ("TestManifestsDecodeStrictlyAndPassChecks", "TestBrokenManifestsFail", "TestCopyOfManifestsPasses"):
+    for name in (
+        "TestManifestsDecodeStrictlyAndPassChecks",
+        "TestBrokenManifestsFail",
+        "TestCopyOfManifestsPasses",
+        "TestSharedManifestsDecodeStrictlyAndPassChecks",
+        "TestBrokenSharedManifestsFail",
+        "TestCopyOfSharedManifestsPasses",
+    ):
         assert f"--- PASS: {name}" in out, out[-3000:]
     assert "--- FAIL" not in out
     assert len(re.findall(r"--- PASS: TestBrokenManifestsFail/", out)) >= 10
+    assert len(re.findall(r"--- PASS: TestBrokenSharedManifestsFail/", out)) >= 10

@@ -223,11 +223,15 @@ def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> N
     s = open_store(dsn)
     d = _decision("kept across the migration")
     s.write([d], [Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=d.decision_id)])
-    s._exec("DROP TABLE adaptations")  # what version 1 had
+    s._exec("DROP TABLE adaptations")  # what version 1 had: versions 2 to 4 undone
+    s._exec("ALTER TABLE decisions DROP COLUMN choice")
+    s._exec("DROP INDEX decisions_tenant")
+    s._exec("ALTER TABLE decisions DROP COLUMN tenant")
+    s._exec("ALTER TABLE decisions DROP COLUMN policy")
     s._exec("UPDATE lmroute_schema SET version = 1")
     s.close()
     migrated = open_store(dsn)
-    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.schema_version() == SCHEMA_VERSION == 4
     assert migrated.decision(d.decision_id) == d and migrated.counts() == {"decisions": 1, "outcomes": 1}
     migrated.record_adaptation(
         parent_version="p", candidate_version=None, kind="paired", n_outcomes=0, accepted=False, report={"why": "x"}

@@ -41,7 +41,7 @@ def quick_bundle(tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir:
 def test_bundle_has_every_router_and_is_calibrated(quick_bundle: tuple[Path, object]) -> None:
     path, report = quick_bundle
     bundle = load_bundle(path)  # validates checksums, shapes, calibration
-    assert list(bundle.routers) == ["random", "mf", "sw_ranking", "bert"]
+    assert list(bundle.routers) == ["random", "mf", "sw_ranking", "bert", "quality"]
     m = bundle.manifest
     assert (m.default_pair.strong, m.default_pair.weak) == (names.STRONG, names.WEAK)
     assert m.tiers[names.STRONG] > m.tiers[names.WEAK]

@@ -256,7 +256,11 @@ def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Calla
         assert d.threshold == pytest.approx(0.75)
         assert d.chosen_model == ("fake-strong" if s >= 0.75 else "fake-weak")
         cases = [
-            (dict(router="mf"), "policy: set threshold or strong_share", grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                dict(router="mf"),
+                "policy: set threshold or strong_share (the server holds no share targets)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
             (
                 dict(router="mf", threshold=1.5),
                 "threshold: must be in [0, 1] (got 1.5)",
@@ -281,7 +285,7 @@ def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Calla
         )
         with pytest.raises(grpc.RpcError) as e:
             c.stub.Route(req, timeout=10)
-        assert e.value.details().startswith("candidates: not supported in v1")
+        assert e.value.details() == "model_policy: required with candidates (got threshold)"
         with pytest.raises(grpc.RpcError) as e:
             c.score([])
         assert e.value.details() == "prompts: at least one prompt required"

@@ -261,7 +261,8 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "unknown_kind",
         lambda d: d["routers"]["mf"].update(kind="knn"),
-        "manifest.json: routers.mf.kind: unknown router kind 'knn' (known: adapted, bert, mf, random, sw_ranking)",
+        "manifest.json: routers.mf.kind: unknown router kind 'knn' "
+        "(known: adapted, bert, mf, quality, random, sw_ranking)",
     ),
     (
         "wrong_type",

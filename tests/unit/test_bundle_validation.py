@@ -363,7 +363,7 @@ def test_unknown_router_kind(bundle_dir: Path) -> None:
     _edit_manifest(bundle_dir, lambda d: d["routers"]["mf"].update(kind="causal_llm"))
     assert _refused(bundle_dir) == (
         "manifest.json: routers.mf.kind: unknown router kind 'causal_llm' "
-        "(known: adapted, bert, mf, random, sw_ranking)"
+        "(known: adapted, bert, mf, quality, random, sw_ranking)"
     )
 
 
@@ -568,3 +568,119 @@ def test_update_blends_sets_and_clears(bundle_dir: Path) -> None:
     assert type(bundle.routers["sw_ranking"]).__name__ == "BlendedRouter"
     with pytest.raises(ValueError, match=r"update_blends: unknown router\(s\) \['knn'\]"):
         update_blends(bundle_dir, {"knn": None})
+
+
+# ---- a static encoder (encoder.kind "static") -----------------------------------------------------
+@pytest.fixture(scope="module")
+def static_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bundle whose encoder is a token table distilled from the fake encoder."""
+    from lmroute.bundle.encoder import OnnxEncoder
+    from lmroute.export.static_distill import ensure_static_encoder
+
+    root = tmp_path_factory.mktemp("tiny_static")
+    enc = make_fake_encoder_dir(root / "enc", dim=DIM)
+    source = OnnxEncoder(enc / "model.onnx", enc / "tokenizer.json")
+    static_dir, _ = ensure_static_encoder(source, "fake", root / "cache", lambda: ["a b c", "the cat"], "t", dim=8)
+    return make_tiny_bundle(root / "bundle", encoder_dir=static_dir, n_prompts=N_PROMPTS)
+
+
+@pytest.fixture
+def static_dir(static_pristine: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "static_bundle"
+    shutil.copytree(static_pristine, out)
+    return out
+
+
+def test_static_bundle_loads_and_scores(static_dir: Path) -> None:
+    from lmroute.bundle.static_encoder import StaticEncoder
+
+    bundle = load_bundle(static_dir)
+    assert isinstance(bundle.encoder, StaticEncoder) and bundle.encoder.dim == 8
+    assert bundle.manifest.encoder.kind == "static" and _manifest(static_dir)["encoder"]["kind"] == "static"
+    assert "encoder/model.onnx" not in bundle.manifest.files
+
+
+def test_onnx_manifest_has_no_kind_key(bundle_dir: Path) -> None:
+    """`kind` onnx is written as no key, so bundles from before encoder kinds keep their versions."""
+    assert "kind" not in _manifest(bundle_dir)["encoder"] and load_bundle(bundle_dir).manifest.encoder.kind == "onnx"
+
+
+def test_unknown_encoder_kind(static_dir: Path) -> None:
+    _edit_manifest(static_dir, lambda d: d["encoder"].update(kind="word2vec"))
+    assert _refused(static_dir) == "manifest.json: encoder.kind: unknown kind 'word2vec' (known: onnx, static)"
+
+
+def test_static_encoder_without_distillation(static_dir: Path) -> None:
+    _edit_manifest(static_dir, lambda d: d["encoder"].pop("distillation"))
+    assert _refused(static_dir) == (
+        "manifest.json: encoder.distillation: a static encoder says how it was distilled, an onnx one has none"
+    )
+
+
+def test_static_files_under_onnx_kind(static_dir: Path) -> None:
+    _edit_manifest(static_dir, lambda d: d["encoder"].pop("kind"))
+    assert _refused(static_dir) == "manifest.json: encoder.files.model: missing"
+
+
+def test_static_table_wrong_rows(static_dir: Path) -> None:
+    table = np.load(static_dir / "encoder/table.npy")
+    _save_npy(static_dir, "encoder/table.npy", table[:-1])
+    assert _refused(static_dir) == (
+        f"encoder/table.npy: table has {table.shape[0] - 1} rows, the tokenizer has {table.shape[0]} ids"
+    )
+
+
+def test_static_table_nan(static_dir: Path) -> None:
+    table = np.load(static_dir / "encoder/table.npy")
+    table[7, 0] = np.nan
+    _save_npy(static_dir, "encoder/table.npy", table)
+    assert _refused(static_dir) == "encoder/table.npy: table holds NaN or infinite values"
+
+
+def test_static_dim_disagrees_with_table(static_dir: Path) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        data["encoder"]["dim"] = 9
+        data["encoder"]["distillation"]["dim"] = 9
+
+    _edit_manifest(static_dir, edit)
+    assert _refused(static_dir) == "encoder/table.npy: the table's rows have dimension 8, expected encoder.dim 9"
+
+
+@pytest.fixture(scope="module")
+def with_quality(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_quality")
+    enc = make_fake_encoder_dir(root / "enc", dim=DIM)
+    return make_tiny_bundle(root / "bundle", encoder_dir=enc, n_prompts=N_PROMPTS, quality=True)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p.update(models=[*p["models"][:-1], "nope"]),
+            "routers.quality.params.models[5]: nope is not a model of the bundle",
+        ),
+        (
+            lambda p: p.update(models=p["models"][1:]),  # the weak model of the default pair dropped
+            "routers.quality.params.models: the default pair's model-00 is missing",
+        ),
+        (lambda p: p.update(models=["model-00"]), "routers.quality.params.models: at least two models, each once"),
+        (lambda p: p.update(link="softmax"), "routers.quality.params.link: must be one of logistic, identity"),
+        (lambda p: p.update(alpha=-1.0), "routers.quality.params.alpha: must be >= 0 (got -1.0)"),
+    ],
+)
+def test_quality_router_params_are_checked(
+    with_quality: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    root = tmp_path / "bundle"
+    shutil.copytree(with_quality, root)
+    assert load_bundle(root).routers["quality"].models[0] == "model-00"  # type: ignore[attr-defined]
+    _edit_manifest(root, lambda d: edit(d["routers"]["quality"]["params"]))
+    assert message in _refused(root)
+
+
+def test_quality_router_weights_of_the_wrong_shape_are_refused(with_quality: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    shutil.copytree(with_quality, root)
+    _save_npy(root, "routers/quality/weights.npy", np.zeros((DIM, 3), dtype=np.float32))
+    assert "routers/quality/weights.npy" in _refused(root) and "number of params.models" in _refused(root)

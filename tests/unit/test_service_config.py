@@ -26,6 +26,7 @@ FLAGS_AND_VARIABLES = [
     ("--queue-timeout-ms", "LMROUTE_QUEUE_TIMEOUT_MS"),
     ("--admit-wait-ms", "LMROUTE_ADMIT_WAIT_MS"),
     ("--max-prompt-chars", "LMROUTE_MAX_PROMPT_CHARS"),
+    ("--inline-us", "LMROUTE_INLINE_US"),
     ("--max-prompts-per-request", "LMROUTE_MAX_PROMPTS_PER_REQUEST"),
     ("--max-turns", "LMROUTE_MAX_TURNS"),
     ("--max-request-chars", "LMROUTE_MAX_REQUEST_CHARS"),
@@ -44,9 +45,26 @@ FLAGS_AND_VARIABLES = [
     ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
     ("--max-feedback-items", "LMROUTE_MAX_FEEDBACK_ITEMS"),
     ("--explore-rate", "LMROUTE_EXPLORE_RATE"),
+    ("--share-targets", "LMROUTE_SHARE_TARGETS"),
+    ("--spend-targets", "LMROUTE_SPEND_TARGETS"),
+    ("--tenant-header", "LMROUTE_TENANT_HEADER"),
+    ("--control-window", "LMROUTE_CONTROL_WINDOW"),
+    ("--control-repay", "LMROUTE_CONTROL_REPAY"),
+    ("--control-horizon", "LMROUTE_CONTROL_HORIZON"),
+    ("--control-spend-repay", "LMROUTE_CONTROL_SPEND_REPAY"),
+    ("--models-file", "LMROUTE_MODELS_FILE"),
+    ("--expected-output-tokens", "LMROUTE_EXPECTED_OUTPUT_TOKENS"),
     ("--plugin", "LMROUTE_PLUGINS"),
     ("--admin-service", "LMROUTE_ADMIN_SERVICE"),
     ("--bundle-watch-s", "LMROUTE_BUNDLE_WATCH_S"),
+    ("--auth-tokens-file", "LMROUTE_AUTH_TOKENS_FILE"),
+    ("--auth-tokens-env", "LMROUTE_AUTH_TOKENS_ENV"),
+    ("--reflection", "LMROUTE_REFLECTION"),
+    ("--tls-cert-file", "LMROUTE_TLS_CERT_FILE"),
+    ("--tls-key-file", "LMROUTE_TLS_KEY_FILE"),
+    ("--tls-client-ca-file", "LMROUTE_TLS_CLIENT_CA_FILE"),
+    ("--tracing", "LMROUTE_TRACING"),
+    ("--metrics-port", "LMROUTE_METRICS_PORT"),
 ]
 
 
@@ -133,6 +151,18 @@ def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), plugins=("ok", "not-a-module")),
             "plugins: 'not-a-module' is not a module name",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), share_targets="default=0.3,batch=2"),
+            "share_targets: entry 1 ('batch=2'): value must be in [0, 1]",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), tenant_header="X-Tenant"),
+            "tenant_header: must be a lowercase gRPC metadata key of [a-z0-9._-] (got 'X-Tenant')",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), control_repay=0),
+            "control_repay: must be an integer >= 1 (got 0)",
         ),
     ],
 )

@@ -12,17 +12,20 @@ package lmroute
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	lmroutev1 "lmroute/clients/go/gen/lmroute/v1"
 )
 
-// Options configure a Client. The zero value is usable: 10 s timeout, DefaultRetryPolicy, plaintext.
+// Options configure a Client. The zero value is usable: 10 s timeout, DefaultRetryPolicy, plaintext, no
+// token.
 type Options struct {
 	// Timeout is the deadline of a call (all its attempts together) whose context has none; 0 means 10 s.
 	Timeout time.Duration
@@ -33,7 +36,22 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// WithTLS marks DialOptions as carrying transport credentials, so no insecure ones are added.
 	WithTLS bool
+	// TLS, when set, connects over TLS with this configuration (RootCAs: the server's CA; Certificates:
+	// a client certificate for mTLS); it implies WithTLS.
+	TLS *tls.Config
+	// Token, when set, is sent as "authorization: Bearer <Token>" with every call.
+	Token string
 }
+
+// bearer adds the token to every call's metadata.
+type bearer struct{ token string }
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+// RequireTransportSecurity is false so that a token also works on a plaintext loopback connection.
+func (b bearer) RequireTransportSecurity() bool { return false }
 
 // Client calls one lmroute server over one connection; it is safe for concurrent use.
 type Client struct {
@@ -59,8 +77,14 @@ func New(target string, opts Options) (*Client, error) {
 		return nil, err
 	}
 	dial := append([]grpc.DialOption{}, opts.DialOptions...)
-	if !opts.WithTLS {
+	switch {
+	case opts.TLS != nil:
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)))
+	case !opts.WithTLS:
 		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if opts.Token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{opts.Token}))
 	}
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {

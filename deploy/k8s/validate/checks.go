@@ -7,6 +7,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // What the router image does unless its environment says otherwise (Dockerfile, `lmroute-serve --help`).
@@ -41,6 +43,7 @@ func CheckAll(ms []Manifest) []error {
 	if deployments == 0 {
 		errs = append(errs, fmt.Errorf("no apps/v1 Deployment among the manifests"))
 	}
+	errs = append(errs, checkSidecarPolicies(ms, routerPorts)...)
 	for _, m := range ms {
 		s, ok := m.Object.(*corev1.Service)
 		if !ok {
@@ -317,4 +320,39 @@ func isUnder(p, dir string) bool {
 	rel := path.Clean(p)
 	d := path.Clean(dir)
 	return len(rel) > len(d) && rel[:len(d)] == d && rel[len(d)] == '/'
+}
+
+// checkSidecarPolicies: a NetworkPolicy over the router's pods restricts ingress, and none of its rules
+// admits the router's port (or every port): only the pod's own containers reach the router.
+func checkSidecarPolicies(ms []Manifest, routerPorts map[int32]bool) []error {
+	var errs []error
+	policies := 0
+	for _, m := range ms {
+		d, ok := m.Object.(*appsv1.Deployment)
+		if !ok {
+			continue
+		}
+		pods := labels.Set(d.Spec.Template.Labels)
+		for _, pm := range ms {
+			p, ok := pm.Object.(*networkingv1.NetworkPolicy)
+			if !ok || !selects(p.Spec.PodSelector.MatchLabels, pods) {
+				continue
+			}
+			policies++
+			for i, rule := range p.Spec.Ingress {
+				if len(rule.Ports) == 0 {
+					errs = append(errs, fmt.Errorf("%s: ingress[%d] names no port, so it admits the router's port too", pm.Where(), i))
+				}
+				for _, rp := range rule.Ports {
+					if rp.Port != nil && routerPorts[int32(rp.Port.IntValue())] {
+						errs = append(errs, fmt.Errorf("%s: ingress[%d] admits the router's port %d; only the pod's own containers may use it", pm.Where(), i, rp.Port.IntValue()))
+					}
+				}
+			}
+		}
+	}
+	if policies == 0 {
+		errs = append(errs, fmt.Errorf("no NetworkPolicy over the router's pods: other pods could reach the router's port"))
+	}
+	return errs
 }

@@ -1,6 +1,7 @@
 // Package validate checks the Kubernetes manifests of deploy/k8s offline: every document is decoded
-// strictly (unknown or duplicate fields are errors) into its typed API object, and the router sidecar's
-// Deployment is checked against the rules in checks.go.
+// strictly (unknown or duplicate fields are errors) into its typed API object; the router sidecar's
+// Deployment (deploy/k8s) is checked against the rules in checks.go, the shared router service
+// (deploy/k8s/shared) against those in shared.go.
 package validate
 
 import (
@@ -12,7 +13,10 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -36,8 +40,11 @@ func (m Manifest) Where() string {
 
 // The kinds the manifests may hold, each decoded into its own typed object.
 var kinds = map[string]func() any{
-	"apps/v1/Deployment": func() any { return &appsv1.Deployment{} },
-	"v1/Service":         func() any { return &corev1.Service{} },
+	"apps/v1/Deployment":                     func() any { return &appsv1.Deployment{} },
+	"v1/Service":                             func() any { return &corev1.Service{} },
+	"networking.k8s.io/v1/NetworkPolicy":     func() any { return &networkingv1.NetworkPolicy{} },
+	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return &autoscalingv2.HorizontalPodAutoscaler{} },
+	"policy/v1/PodDisruptionBudget":          func() any { return &policyv1.PodDisruptionBudget{} },
 }
 
 // LoadDir decodes every *.yaml file directly inside dir (documents separated by "---" lines).

@@ -86,6 +86,8 @@ func TestBrokenManifestsFail(t *testing.T) {
 			`container "lmroute": resources.requests and resources.limits must both set cpu`},
 		{"router on loopback only", "deployment.yaml", "              value: 0.0.0.0\n", "              value: 127.0.0.1\n", `LMROUTE_HOST="127.0.0.1"`},
 		{"router exposed by the Service", "service.yaml", "      targetPort: http\n", "      targetPort: 50051\n", "exposes the router's port"},
+		{"policy admits the router's port", "networkpolicy.yaml", "        - port: 8080\n", "        - port: 50051\n", "admits the router's port 50051"},
+		{"policy admits every port", "networkpolicy.yaml", "    - ports:\n        - port: 8080\n          protocol: TCP\n", "    - {}\n", "names no port"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,29 +120,18 @@ func TestCopyOfManifestsPasses(t *testing.T) { // the harness itself: an unmodif
 	}
 }
 
-func loadAndCheck(dir string) error {
+func loadAndCheck(dir string) error { return loadAndCheckWith(dir, CheckAll) }
+
+// loadAndCheckWith decodes the manifests of dir and runs check over them: every error, joined.
+func loadAndCheckWith(dir string, check func([]Manifest) []error) error {
 	ms, err := LoadDir(dir)
 	if err != nil {
 		return err
 	}
-	return errors.Join(CheckAll(ms)...)
+	return errors.Join(check(ms)...)
 }
 
 func copyManifests(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	files, err := filepath.Glob(filepath.Join(manifestsDir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no manifests in %s (%v)", manifestsDir, err)
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return copyDir(t, manifestsDir)
 }

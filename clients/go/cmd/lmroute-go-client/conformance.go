@@ -58,7 +58,11 @@ func conformanceCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := lmroute.New(com.addr, lmroute.Options{Timeout: time.Duration(defaultCaseTimeoutMs) * time.Millisecond, Retry: lmroute.NoRetry})
+	opts, err := com.options(lmroute.Options{Timeout: time.Duration(defaultCaseTimeoutMs) * time.Millisecond, Retry: lmroute.NoRetry})
+	if err != nil {
+		return err
+	}
+	c, err := lmroute.New(com.addr, opts)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

@@ -10,6 +10,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +35,8 @@ commands:
   conformance  run a cases file (clients/CONFORMANCE.md): --cases FILE
 
 common flags: --addr HOST:PORT (default 127.0.0.1:50051) --timeout 10s --attempts 4
+              --ca FILE (TLS: the server's CA) --cert FILE --key FILE (mTLS: the client's certificate)
+              --token-env NAME (bearer token from that variable)
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -79,6 +83,10 @@ type common struct {
 	addr     string
 	timeout  time.Duration
 	attempts int
+	ca       string // TLS: the server's CA certificate (PEM file)
+	cert     string // mTLS: the client's certificate chain (PEM file)
+	key      string // mTLS: the client's private key (PEM file)
+	tokenEnv string // the environment variable holding the bearer token
 }
 
 func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
@@ -88,7 +96,43 @@ func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:50051", "server address HOST:PORT")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of the call, retries included")
 	fs.IntVar(&c.attempts, "attempts", lmroute.DefaultRetryPolicy.MaxAttempts, "attempts on RESOURCE_EXHAUSTED / UNAVAILABLE (1 = no retry)")
+	fs.StringVar(&c.ca, "ca", "", "connect over TLS, trusting this CA certificate (PEM file)")
+	fs.StringVar(&c.cert, "cert", "", "mTLS: present this client certificate chain (PEM file; with --key and --ca)")
+	fs.StringVar(&c.key, "key", "", "mTLS: the client certificate's private key (PEM file)")
+	fs.StringVar(&c.tokenEnv, "token-env", "", "send the bearer token held by this environment variable")
 	return fs, c
+}
+
+// options are the connection settings of the flags: TLS and the token.
+func (c *common) options(o lmroute.Options) (lmroute.Options, error) {
+	if c.ca != "" {
+		pem, err := os.ReadFile(c.ca)
+		if err != nil {
+			return o, fmt.Errorf("%w: --ca: %v", errUsage, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return o, fmt.Errorf("%w: --ca %s: no PEM certificate in it", errUsage, c.ca)
+		}
+		o.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if (c.cert != "") != (c.key != "") || (c.cert != "" && c.ca == "") {
+		return o, fmt.Errorf("%w: --cert and --key go together, with --ca", errUsage)
+	}
+	if c.cert != "" {
+		pair, err := tls.LoadX509KeyPair(c.cert, c.key)
+		if err != nil {
+			return o, fmt.Errorf("%w: --cert/--key: %v", errUsage, err)
+		}
+		o.TLS.Certificates = []tls.Certificate{pair}
+	}
+	if c.tokenEnv != "" {
+		o.Token = os.Getenv(c.tokenEnv)
+		if o.Token == "" {
+			return o, fmt.Errorf("%w: --token-env: environment variable %s is not set", errUsage, c.tokenEnv)
+		}
+	}
+	return o, nil
 }
 
 func parse(fs *flag.FlagSet, args []string) error {
@@ -107,7 +151,11 @@ func (c *common) client() (*lmroute.Client, error) {
 	}
 	policy := lmroute.DefaultRetryPolicy
 	policy.MaxAttempts = c.attempts
-	return lmroute.New(c.addr, lmroute.Options{Timeout: c.timeout, Retry: policy})
+	opts, err := c.options(lmroute.Options{Timeout: c.timeout, Retry: policy})
+	if err != nil {
+		return nil, err
+	}
+	return lmroute.New(c.addr, opts)
 }
 
 // describe renders a gRPC error as "CODE (REASON): message".

@@ -32,7 +32,7 @@ import lmroute.v1.Router.ScoreResponse;
  */
 final class Conformance {
 
-  static final Set<String> OPTIONS = Set.of("addr", "cases");
+  static final Set<String> OPTIONS = Main.with(Credentials.OPTIONS, "addr", "cases");
 
   private static final Gson GSON =
       new GsonBuilder().disableHtmlEscaping().serializeSpecialFloatingPointValues().create();
@@ -57,7 +57,8 @@ final class Conformance {
       return Main.EXIT_USAGE;
     }
     JsonArray results = new JsonArray();
-    try (RouterClient client = RouterClient.newBuilder(addr).retryPolicy(RetryPolicy.none()).build()) {
+    RouterClient.Builder builder = RouterClient.newBuilder(addr).credentials(Credentials.of(args, System.getenv()));
+    try (RouterClient client = builder.retryPolicy(RetryPolicy.none()).build()) {
       for (ConformanceCase c : cases) {
         results.add(runCase(client, c));
       }

@@ -32,7 +32,7 @@ public final class Main {
   static final int EXIT_USAGE = 2;
 
   private static final String DEFAULT_ADDR = "127.0.0.1:50051";
-  private static final Set<String> CALL_OPTIONS = Set.of("addr", "timeout-ms", "max-attempts");
+  private static final Set<String> CALL_OPTIONS = with(Credentials.OPTIONS, "addr", "timeout-ms", "max-attempts");
 
   private static final String USAGE = String.join("\n",
       "usage: java -jar lmroute-java-client.jar COMMAND [options]",
@@ -45,7 +45,10 @@ public final class Main {
       "common options (route, score, health):",
       "  --addr HOST:PORT      server address (default " + DEFAULT_ADDR + ")",
       "  --timeout-ms N        deadline of the call, retries included (default 10000)",
-      "  --max-attempts N      attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (default 4; 1 = no retry)");
+      "  --max-attempts N      attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (default 4; 1 = no retry)",
+      "  --ca FILE             connect over TLS, trusting this CA certificate (PEM; also for conformance)",
+      "  --cert FILE --key FILE  mTLS: the client certificate chain and its PKCS#8 private key (PEM)",
+      "  --token-env NAME      send the bearer token held by this environment variable (also for conformance)");
 
   private Main() {}
 
@@ -97,7 +100,7 @@ public final class Main {
     return e.getStatus().getCode() + (reason.isEmpty() ? "" : " " + reason);
   }
 
-  private static Set<String> with(Set<String> base, String... more) {
+  static Set<String> with(Set<String> base, String... more) {
     java.util.HashSet<String> s = new java.util.HashSet<>(base);
     s.addAll(List.of(more));
     return Set.copyOf(s);
@@ -107,6 +110,7 @@ public final class Main {
     int timeoutMs = a.getInt("timeout-ms", 10_000, 1);
     int attempts = a.getInt("max-attempts", RetryPolicy.defaults().maxAttempts(), 1);
     return RouterClient.newBuilder(a.get("addr").orElse(DEFAULT_ADDR))
+        .credentials(Credentials.of(a, System.getenv()))
         .timeout(Duration.ofMillis(timeoutMs))
         .retryPolicy(RetryPolicy.newBuilder().maxAttempts(attempts).build())
         .retryListener((method, failed, e, wait) -> err.printf(Locale.ROOT, "retry: %s attempt %d failed with %s; waiting %d ms%n",

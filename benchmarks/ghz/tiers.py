@@ -1,0 +1,205 @@
+"""The encoder tiers side by side: the service on a static-, int8- and fp32-encoder bundle and the empty
+handler, the same prompts, one run, the server on one core and ghz on the other.
+
+    scripts/install_ghz.sh
+    .venv/bin/python benchmarks/ghz/tiers.py --bundle static=/tmp/tiers/static \
+        --bundle onnx-int8=/tmp/tiers/onnx-int8 --bundle onnx=/tmp/tiers/onnx \
+        --out benchmarks/ghz/results/tiers
+
+Per server (the empty handler first, then each bundle in the order given), with the service's defaults:
+a 2 s warm-up, then closed-loop Route (router mf, strong_share 0.5, one prompt per call, round-robin
+over benchmarks/ghz/prompts.json: 48 short + 16 long real Arena prompts) at concurrency 1, 16 and 64,
+then Score calls of all 64 prompts (router mf) at concurrency 2. Route decisions/s per server core are
+OK Route calls/s with the server pinned to one core; Score prompts/s are OK Score calls/s x 64. Latency
+percentiles are over OK calls. Each server's peak RSS (VmHWM) is read before it stops; each bundle's
+size is the sum of its files. Writes OUT/summary.json and OUT/RESULTS.md (the table and the goals of
+the fast-encoder issue judged on this run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from loadgen import GhzRun, ghz_version, run_ghz
+from procs import ChildServer, default_cores, empty_cmd, service_cmd
+
+REPO = HERE.parent.parent
+ROUTE_CONCURRENCY = (1, 16, 64)
+SCORE_PROMPTS = 64
+SCORE_CONCURRENCY = 2
+
+
+def bundle_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def score_data(out_dir: Path) -> Path:
+    """One ScoreRequest of all 64 benchmark prompts, router mf (ghz --data-file)."""
+    texts = [p["text"] for p in json.loads((HERE / "prompts.json").read_text())]
+    assert len(texts) == SCORE_PROMPTS
+    path = out_dir / "score64_data.json"
+    path.write_text(json.dumps([{"prompts": [{"text": t} for t in texts], "routers": ["mf"]}], ensure_ascii=False))
+    return path
+
+
+def measure(
+    name: str, cmd: list[str], server_core: str, client_core: str, seconds: float, work: Path
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "route": {}, "score": None}
+    data = score_data(work)
+    with ChildServer(cmd, server_core, stats=False) as srv:
+        run_ghz(GhzRun("route.json", 4, 1, 2.0, label=f"{name}_warm"), srv.target, client_core, work / "ghz")
+        for c in ROUTE_CONCURRENCY:
+            run = GhzRun("route.json", c, 1, seconds, label=f"{name}_route_c{c}")
+            out["route"][c] = run_ghz(run, srv.target, client_core, work / "ghz")
+        run = GhzRun(
+            "score.json", SCORE_CONCURRENCY, 1, seconds, label=f"{name}_score64", extra=["--data-file", str(data)]
+        )
+        s = run_ghz(run, srv.target, client_core, work / "ghz")
+        s["prompts_per_s"] = s["ok_per_s"] * SCORE_PROMPTS
+        out["score"] = s
+        srv.stop()
+        out["peak_rss_bytes"] = srv.peak_rss
+    return out
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    rows = summary["servers"]
+    empty = next(r for r in rows if r["name"] == "empty handler")
+    lines = [
+        "# Encoder tiers side by side: Route and Score per server core, latency, memory",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- {summary['date']}; {summary['cpu']}, {summary['n_cpus']} CPUs; Python {summary['python']}; ghz {summary['ghz']}.",
+        f"- Server pinned to core {summary['server_core']}, ghz to core {summary['client_core']}; {summary['seconds']:g} s "
+        "per run after a 2 s warm-up; service defaults (`lmroute-serve --bundle B`).",
+        "- Route: router mf, strong_share 0.5, one prompt per call over benchmarks/ghz/prompts.json (48 short + 16 "
+        f"long Arena prompts); Score: all 64 prompts per call, router mf, concurrency {SCORE_CONCURRENCY}.",
+        "- Latency percentiles over OK calls; `statuses` counts every call of the run.",
+        "",
+        "| server | bundle | Route c=1 OK/s | p50 / p99 ms | Route c=16 OK/s | p50 / p99 ms | Route c=64 OK/s "
+        "| p50 / p99 ms | Score prompts/s | Score p50 ms | peak RSS MiB |",
+        "|---|---|---:|---|---:|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [r["name"], r.get("bundle_desc", "-")]
+        for c in ROUTE_CONCURRENCY:
+            g = r["route"][str(c)] if str(c) in r["route"] else r["route"][c]
+            bad = {k: v for k, v in g["status"].items() if k != "OK"}
+            cells += [_fmt(g["ok_per_s"]) + (f" ({bad})" if bad else ""), f"{g['p50_ms']:.2f} / {g['p99_ms']:.2f}"]
+        s = r["score"]
+        cells += [_fmt(s["prompts_per_s"], 0), f"{s['p50_ms']:.1f}", _fmt((r["peak_rss_bytes"] or 0) / 2**20, 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Goals (static tier, this run)", "", "| goal | measured | target | |", "|---|---|---|---|"]
+    static = next((r for r in rows if r["name"] == "static"), None)
+    if static is not None:
+        best = max(static["route"].values(), key=lambda g: g["ok_per_s"])
+        empty_best = max(empty["route"].values(), key=lambda g: g["ok_per_s"])
+        c1 = static["route"]["1"] if "1" in static["route"] else static["route"][1]
+        goals = [
+            (
+                "Route decisions/s on one server core (best concurrency)",
+                best["ok_per_s"],
+                ">= 1,000",
+                best["ok_per_s"] >= 1000,
+            ),
+            (
+                "... as a share of the empty handler's best",
+                best["ok_per_s"] / empty_best["ok_per_s"],
+                ">= 0.75",
+                best["ok_per_s"] / empty_best["ok_per_s"] >= 0.75,
+            ),
+            ("Route p50 at concurrency 1, ms", c1["p50_ms"], "<= 1.5", c1["p50_ms"] <= 1.5),
+            (
+                "Score prompts/s on one server core (64 per call)",
+                static["score"]["prompts_per_s"],
+                ">= 10,000",
+                static["score"]["prompts_per_s"] >= 10_000,
+            ),
+        ]
+        for what, got, target, ok in goals:
+            lines.append(f"| {what} | {got:,.2f} | {target} | **{'PASS' if ok else 'MISS'}** |")
+    lines += ["", "Bundles:", ""]
+    for r in rows:
+        if "bundle" in r:
+            lines.append(
+                f"- {r['name']}: `{r['bundle']}`, {r['bundle_desc']}, {r['bundle_bytes'] / 2**20:,.1f} MiB on disk."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", action="append", required=True, help="NAME=DIR, repeatable, in the order to run")
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "tiers")
+    args = p.parse_args(argv)
+    server_core, client_core = default_cores()
+    from lmroute.bundle.loader import read_manifest
+
+    targets: list[tuple[str, list[str], dict[str, Any]]] = [("empty handler", empty_cmd(), {})]
+    for spec in args.bundle:
+        name, _, path = spec.partition("=")
+        bundle = Path(path)
+        m = read_manifest(bundle)
+        desc = f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims{', int8' if m.encoder.quantized else ''}), version {m.bundle_version}"
+        info = {"bundle": str(bundle), "bundle_desc": desc, "bundle_bytes": bundle_bytes(bundle)}
+        targets.append((name, service_cmd(bundle), info))
+    t0 = time.time()
+    servers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cmd, info in targets:
+            res = measure(name, cmd, server_core, client_core, args.seconds, Path(tmp))
+            servers.append({**res, **info})
+            print(
+                f"{name}: Route c=1 {res['route'][1]['ok_per_s']:.1f}/s, Score {res['score']['prompts_per_s']:.0f} prompts/s",
+                file=sys.stderr,
+            )
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
+        "cpu": cpu,
+        "n_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "ghz": ghz_version(),
+        "server_core": server_core,
+        "client_core": client_core,
+        "seconds": args.seconds,
+        "wall_s": round(time.time() - t0, 1),
+        "servers": servers,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(f"--bundle {b}" for b in args.bundle)
+    (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary, default=str)), command))
+    print((args.out / "RESULTS.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The static sentence encoder: a token table instead of a transformer (serving path, NumPy only).
+
+A text's embedding is the L2-normalised mean of its kept tokens' rows of a float32 table [vocab, dim]
+(special tokens included; the rows already carry each token's weight). The table is distilled at build
+time from the bundle's transformer encoder (`lmroute.export.static_distill`); the tokenizer, the token
+limit and the truncation rule are the transformer's, so the bert router reads the same tokens whichever
+encoder the bundle has.
+
+Holds `StaticEncoder` (same interface as `lmroute.bundle.encoder.OnnxEncoder`: `tokenize`, `embed`,
+`encode`, `dim`, `max_tokens`, `truncation`, `tokenizer`, `model_path`) and `load_table` (the table's
+checks: 2-D float32, finite, one row per tokenizer id).
+
+The gather, sum and norm are one call of the compiled core (`lmroute.kernels.compiled.token_mean`). A
+row of the batch is summed over its own kept tokens only, in order (padding is never read), so a
+prompt's embedding never depends on what it was batched with, and a batch costs its real tokens, not
+its padded size: the service embeds a whole batch in one call (`chunk_by_length` is False).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.bundle.encoder import EncoderModelError, PromptTokenizer, TokenBatch, encode_in_batches
+from lmroute.bundle.truncation import HEAD, Truncation
+from lmroute.kernels.compiled import token_mean
+
+__all__ = ["StaticEncoder", "load_table"]
+
+
+def load_table(path: Path, vocab_size: int) -> npt.NDArray[np.float32]:
+    """The token table at `path`: float32 [vocab_size, dim], finite, no pickles; EncoderModelError names
+    the file and what is wrong."""
+    if not path.is_file():
+        raise EncoderModelError(f"{path}: static encoder table missing")
+    try:
+        table = np.load(path, allow_pickle=False, mmap_mode=None)
+    except Exception as exc:  # numpy raises ValueError / OSError / EOFError on a bad file
+        raise EncoderModelError(f"{path}: not a .npy array ({type(exc).__name__}: {exc})") from exc
+    if table.dtype != np.float32 or table.ndim != 2 or table.shape[1] < 1:
+        raise EncoderModelError(f"{path}: table is {table.dtype} {table.shape}, expected float32 [vocab, dim]")
+    if table.shape[0] != vocab_size:
+        raise EncoderModelError(f"{path}: table has {table.shape[0]} rows, the tokenizer has {vocab_size} ids")
+    if not np.isfinite(table).all():
+        raise EncoderModelError(f"{path}: table holds NaN or infinite values")
+    return np.ascontiguousarray(table)
+
+
+class StaticEncoder:
+    """Tokeniser + token table. Thread-safe (read-only arrays; the Rust tokenizer is thread-safe).
+
+    table_path: float32 [vocab, dim] `.npy`. tokenizer_path, max_tokens, truncation: as for OnnxEncoder
+    (`PromptTokenizer`). Raises EncoderModelError naming the file when the table or tokenizer is missing
+    or malformed, and when a text would embed to the zero vector (the table's rows for the template's
+    special tokens are all zero: an empty prompt would have no direction).
+    """
+
+    def __init__(
+        self,
+        table_path: str | os.PathLike[str],
+        tokenizer_path: str | os.PathLike[str],
+        *,
+        max_tokens: int = 256,
+        truncation: Truncation = HEAD,
+    ) -> None:
+        self.model_path = Path(table_path)
+        self.tokenizer_path = Path(tokenizer_path)
+        self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+        self.max_tokens = max_tokens
+        self.truncation = truncation
+        self.pad_id = self.tokenizer.pad_id
+        self.chunk_by_length = False  # padding costs nothing here: embed whole batches
+        table = load_table(self.model_path, self.tokenizer.vocab_size)
+        self.dim = int(table.shape[1])
+        self._table = table
+        self._table.setflags(write=False)
+        probe = self.embed(self.tokenize([""]))
+        if not np.isfinite(probe).all():
+            raise EncoderModelError(f"{self.model_path}: the empty prompt embeds to zero (special-token rows are zero)")
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """`PromptTokenizer.tokenize`: cut to max_tokens by the truncation rule, padded to the longest."""
+        return self.tokenizer.tokenize(texts)
+
+    def embed(self, tokens: TokenBatch) -> npt.NDArray[np.float32]:
+        """float32 [n, dim]: each row the L2-normalised sum (= mean, after normalising) of its kept tokens'
+        table rows."""
+        n = len(tokens)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        mask = tokens.attention_mask.astype(bool)
+        counts = mask.sum(axis=1)
+        if not counts.all():
+            raise EncoderModelError(f"{self.model_path}: a row of the batch holds no token")
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        out: npt.NDArray[np.float32] = token_mean(self._table, tokens.input_ids[mask], offsets)
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
+        """Embed any number of texts, `batch_size` at a time (`encode_in_batches`)."""
+        out: npt.NDArray[np.float32] = encode_in_batches(self, texts, batch_size)
+        return out

@@ -1,0 +1,170 @@
+"""Prometheus metrics on a separate HTTP port (`--metrics-port`): what an operator watches.
+
+Per call (written by the interceptor, lmroute.service.interceptors):
+
+    lmroute_calls_total{method, code}           RPCs answered, by method and status code
+    lmroute_call_seconds{method}                handler time (histogram)
+    lmroute_in_flight_calls                     calls being handled now
+    lmroute_refusals_total{method, reason}      calls refused or shed (RESOURCE_EXHAUSTED, UNAVAILABLE,
+                                                DEADLINE_EXCEEDED, UNAUTHENTICATED), by reason
+
+Read at scrape time from the serving objects (nothing added to the request path):
+
+    lmroute_queue_wait_seconds, lmroute_batch_size, lmroute_encoder_seconds, lmroute_score_seconds
+                                                the scheduler's histograms (lmroute.service.stats)
+    lmroute_scheduler_events_total{event}       admitted, refused, dropped, scored ... (SchedulerStats)
+    lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
+                                                (Feedback acknowledged), dropped, commits, failed commits
+    lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
+    lmroute_bundle_info{version}                1 for the serving bundle
+    lmroute_share_target / _realised / _threshold{tenant, router}
+    lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
+                                                {tenant, router}: the tenants' controllers (docs/CONTROL.md,
+                                                docs/MODELS.md)
+
+Every server has its own registry, so two servers in one process (tests) do not mix their counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from lmroute.service.stats import Histogram as StatsHistogram
+
+__all__ = ["REFUSAL_CODES", "ServiceMetrics"]
+
+REFUSAL_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"})
+_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def _histogram(name: str, doc: str, h: StatsHistogram, scale: float) -> HistogramMetricFamily:
+    """One of the scheduler's histograms as a Prometheus histogram, its values multiplied by `scale`."""
+    buckets: list[tuple[str, float]] = []
+    seen = 0
+    for bound, count in zip(h.bounds, h.counts, strict=False):
+        seen += count
+        buckets.append((repr(bound * scale), seen))
+    buckets.append(("+Inf", h.count))
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], buckets, sum_value=h.total * scale)
+    return family
+
+
+class _ServingCollector(Collector):
+    """Reads the scheduler, the bundle and the targets at scrape time."""
+
+    def __init__(self, serving: Callable[[], Any]) -> None:
+        self._serving = serving  # -> the RouterServer (its scheduler, servicer and targets)
+
+    def collect(self) -> Iterator[Any]:
+        server = self._serving()
+        scheduler = getattr(server, "scheduler", None)
+        if scheduler is not None:
+            t = scheduler.timings
+            yield _histogram("lmroute_queue_wait_seconds", "Prompt wait in the queue", t.queue_wait_us, 1e-6)
+            yield _histogram("lmroute_batch_size", "Prompts per scored batch", t.batch_size, 1.0)
+            yield _histogram("lmroute_encoder_seconds", "Encoder time per batch", t.encoder_ms, 1e-3)
+            yield _histogram("lmroute_score_seconds", "Scorer time per batch", t.score_ms, 1e-3)
+            events = CounterMetricFamily("lmroute_scheduler_events", "Scheduler counters", labels=["event"])
+            for f in dataclasses.fields(scheduler.stats):
+                value = getattr(scheduler.stats, f.name)
+                if isinstance(value, int) and f.name != "largest_batch":
+                    events.add_metric([f.name], value)
+            yield events
+        writer = getattr(server, "store_writer", None)
+        if writer is not None:
+            store = CounterMetricFamily(
+                "lmroute_store_events",
+                "Outcome store writes: decisions and outcomes written or dropped, commits",
+                labels=["event"],
+            )
+            for f in dataclasses.fields(writer.stats):
+                store.add_metric([f.name], getattr(writer.stats, f.name))
+            yield store
+            pending = GaugeMetricFamily("lmroute_store_pending", "Waiting for a commit", labels=["kind"])
+            decisions, outcomes = writer.pending
+            pending.add_metric(["decisions"], decisions)
+            pending.add_metric(["outcomes"], outcomes)
+            yield pending
+        catalog = getattr(getattr(server, "servicer", None), "catalog", None)
+        if catalog is not None:
+            info = GaugeMetricFamily("lmroute_bundle_info", "The serving bundle", labels=["version"])
+            info.add_metric([catalog.version], 1.0)
+            yield info
+        targets = getattr(getattr(server, "servicer", None), "targets", None)
+        if targets is not None:
+            yield from self._targets(targets)
+
+    @staticmethod
+    def _targets(targets: Any) -> Iterator[Any]:
+        labels = ["tenant", "router"]
+        share = {
+            "target": GaugeMetricFamily("lmroute_share_target", "Tenant's strong-share target", labels=labels),
+            "realised": GaugeMetricFamily(
+                "lmroute_share_realised", "Strong share of the latest report_window decisions", labels=labels
+            ),
+            "threshold": GaugeMetricFamily("lmroute_share_threshold", "Threshold held now", labels=labels),
+        }
+        for held in targets.states():
+            for key, family in share.items():
+                family.add_metric([held.tenant, held.router], float(getattr(held.state, key)))
+        spend = {
+            "target_per_1k": GaugeMetricFamily(
+                "lmroute_spend_target_usd_per_1k", "Tenant's spend target, USD per 1,000 requests", labels=labels
+            ),
+            "realised_per_1k": GaugeMetricFamily(
+                "lmroute_spend_realised_usd_per_1k", "Expected spend of the latest decisions", labels=labels
+            ),
+            "cost_weight": GaugeMetricFamily("lmroute_spend_cost_weight", "Cost weight held now", labels=labels),
+        }
+        for tenant, router, state in targets.spend_states():
+            for key, family in spend.items():
+                family.add_metric([tenant, router], float(getattr(state, key)))
+        yield from share.values()
+        yield from spend.values()
+
+
+class ServiceMetrics:
+    """The metrics of one server and the HTTP endpoint that serves them."""
+
+    def __init__(self, serving: Callable[[], Any]) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter("lmroute_calls", "RPCs answered", ["method", "code"], registry=self.registry)
+        self.seconds = Histogram(
+            "lmroute_call_seconds", "RPC handler time", ["method"], buckets=_SECONDS, registry=self.registry
+        )
+        self.in_flight = Gauge("lmroute_in_flight_calls", "Calls being handled", registry=self.registry)
+        self.refusals = Counter(
+            "lmroute_refusals", "Calls refused or shed", ["method", "reason"], registry=self.registry
+        )
+        self.registry.register(_ServingCollector(serving))
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def observe(self, method: str, code: str, reason: str, seconds: float) -> None:
+        """One answered call (the interceptor calls this once per call)."""
+        self.calls.labels(method, code).inc()
+        self.seconds.labels(method).observe(seconds)
+        if code in REFUSAL_CODES:
+            self.refusals.labels(method, reason or code).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint (`/metrics`) on host:port (0: a free port); the bound port."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = (server, thread)
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None

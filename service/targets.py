@@ -1,0 +1,185 @@
+"""Tenants and their targets: which controller decides a Route call that names no policy.
+
+A deployment sets a target per tenant: a strong share (`--share-targets "default=0.3,batch=0.1"`) for
+routing between the default pair, a spend in USD per 1,000 requests (`--spend-targets "default=3"`)
+for routing among candidates. A caller names its tenant in a request metadata key (`--tenant-header`,
+default `x-lmroute-tenant`). A Route call without a policy is decided by its tenant's controller for
+its router: the share controller (lmroute.service.share_control) without candidates, the spend
+controller (lmroute.service.spend_control) with them. A tenant not configured is the `default` tenant
+when one is set (so unknown names create no state: a caller cannot grow the server's memory by
+inventing tenants), else the call is refused (no policy).
+
+Controllers are keyed by (tenant, router) and created on first use, seeded from the router's calibration
+table. When the bundle changes (a hot swap), a controller is re-seeded from the new bundle's table and
+keeps its deficit: the window of old scores is not comparable with the new router's.
+
+State across restarts: every controlled decision is recorded in the outcome store with its tenant and
+policy ("target"; "spend_target" with its candidates' qualities and costs); at startup `restore`
+replays each controller's latest decisions (in order) from the store, which gives back its window,
+deficit and realised value. Replicas that share a store
+each control their own traffic: the share of all replicas together is the traffic-weighted mean of
+theirs, so it is as close to the target as the furthest replica's own share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from lmroute.service.scorer_api import RouterDescription
+from lmroute.service.share_control import ControlSettings, ControlState, ShareController, seed_scores
+from lmroute.service.spend_control import SPEND_REPAY, SpendController, SpendState
+
+__all__ = ["DEFAULT_TENANT", "TENANT_RE", "TargetState", "TenantTargets", "parse_share_targets"]
+
+DEFAULT_TENANT = "default"
+TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def parse_share_targets(text: str, *, high: float = 1.0) -> dict[str, float]:
+    """`tenant=value,...` -> {tenant: value}, each value in [0, high] (a share: 1; a spend: inf);
+    ValueError naming the bad entry (empty text: no targets)."""
+    out: dict[str, float] = {}
+    for j, part in enumerate(p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        tenant, sep, value = part.partition("=")
+        tenant = tenant.strip()
+        if not sep or not TENANT_RE.match(tenant):
+            raise ValueError(f"entry {j} ({part!r}): expected tenant=value, tenant of 1-64 of [A-Za-z0-9._-]")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ValueError(f"entry {j} ({part!r}): value is not a number") from None
+        if not (math.isfinite(share) and 0.0 <= share <= high):
+            bound = "in [0, 1]" if high == 1.0 else ">= 0"
+            raise ValueError(f"entry {j} ({part!r}): value must be {bound}")
+        if tenant in out:
+            raise ValueError(f"entry {j} ({part!r}): tenant {tenant} given twice")
+        out[tenant] = share
+    return out
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """One controller as reported: its tenant and router, and the controller's state."""
+
+    tenant: str
+    router: str
+    bundle_version: str
+    state: ControlState
+
+
+class _Held:
+    """A controller and the bundle version whose calibration seeded it."""
+
+    def __init__(self, controller: ShareController, version: str) -> None:
+        self.controller = controller
+        self.version = version
+
+
+class TenantTargets:
+    """The configured targets and their controllers (see the module docstring); event-loop only."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, float],
+        settings: ControlSettings | None = None,
+        *,
+        spends: Mapping[str, float] | None = None,
+        spend_settings: ControlSettings | None = None,
+    ) -> None:
+        self.targets = dict(targets)  # tenant -> strong share
+        self.spends = dict(spends or {})  # tenant -> USD per 1,000 requests
+        self.settings = settings or ControlSettings()
+        self.spend_settings = spend_settings or ControlSettings(repay=SPEND_REPAY)
+        self._held: dict[tuple[str, str], _Held] = {}
+        self._spend: dict[tuple[str, str], SpendController] = {}
+
+    def tenant_of(self, asked: str, *, spend: bool = False) -> str | None:
+        """The configured tenant a caller's tenant name maps to for a share target (or, with `spend`, a
+        spend target); None = no such target (module docstring)."""
+        table = self.spends if spend else self.targets
+        if asked in table:
+            return asked
+        return DEFAULT_TENANT if DEFAULT_TENANT in table else None
+
+    def spend_controller(self, tenant: str, router: str) -> SpendController:
+        """The spend controller of (tenant, router), created on first use."""
+        key = (tenant, router)
+        ctl = self._spend.get(key)
+        if ctl is None:
+            ctl = self._spend[key] = SpendController(self.spends[tenant], self.spend_settings)
+        return ctl
+
+    def controller(self, tenant: str, calibration: RouterDescription, version: str) -> ShareController:
+        """The controller of (tenant, router), created or re-seeded for bundle `version` as needed."""
+        key = (tenant, calibration.name)
+        held = self._held.get(key)
+        if held is None or held.version != version:
+            fresh = ShareController(self.targets[tenant], self._seed(calibration), self.settings)
+            if held is not None:
+                fresh.deficit = held.controller.deficit
+            held = self._held[key] = _Held(fresh, version)
+        return held.controller
+
+    def _seed(self, calibration: RouterDescription) -> list[float]:
+        shares, thresholds = calibration.calibration_strong_share, calibration.calibration_thresholds
+        return seed_scores(shares, thresholds, self.settings.window)
+
+    @property
+    def _replayed(self) -> int:
+        """Decisions replayed per controller: enough to refill its window and realised share and to
+        rebuild its deficit (older decisions weigh less than exp(-3) in its leaky sum)."""
+        st = self.settings
+        return max(st.window, st.report_window, 3 * st.horizon)
+
+    def restore(
+        self,
+        routers: Sequence[RouterDescription],
+        version: str,
+        read: Callable[[str, str, int], Sequence[tuple[str, float, bool]]],
+        read_spend: Callable[[str, str, int], Sequence[str]] | None = None,
+    ) -> int:
+        """Replay each (tenant, router)'s latest decisions into its controller: read(tenant, router, limit)
+        gives [(bundle version, score, strong)], oldest first (`_replayed` of them at most); decisions of
+        another bundle version count in the deficit and the realised share but not in the window.
+        Spend controllers replay the `choice` JSON that read_spend(tenant, router, limit) gives.
+        Returns the decisions replayed."""
+        n = 0
+        if read_spend is not None:
+            st = self.spend_settings
+            limit = max(st.window, st.report_window, 3 * st.horizon)
+            for tenant in self.spends:
+                for cal in routers:
+                    if not cal.models:
+                        continue
+                    choices = read_spend(tenant, cal.name, limit)
+                    for raw in choices:
+                        c = json.loads(raw)
+                        self.spend_controller(tenant, cal.name).record(c["qualities"], c["costs"], c["chosen"])
+                    n += len(choices)
+        for tenant in self.targets:
+            for cal in routers:
+                rows = read(tenant, cal.name, self._replayed)
+                if not rows:
+                    continue
+                ctl = self.controller(tenant, cal, version)
+                for row_version, score, strong in rows:
+                    ctl.record(score if row_version == version else math.nan, strong)
+                n += len(rows)
+        return n
+
+    def spend_states(self) -> list[tuple[str, str, SpendState]]:
+        """Every spend controller in use: (tenant, router, state), by tenant then router."""
+        return [(tenant, router, ctl.state()) for (tenant, router), ctl in sorted(self._spend.items())]
+
+    def states(self) -> list[TargetState]:
+        """Every controller in use, by tenant then router."""
+        return [
+            TargetState(tenant, router, held.version, held.controller.state())
+            for (tenant, router), held in sorted(self._held.items())
+        ]

@@ -1,0 +1,92 @@
+"""OpenTelemetry traces (`--tracing`, off by default): one span per call, with the stages its prompts went
+through as child spans.
+
+    lmroute.rpc <method>            the call, from the interceptor (attributes: rpc.method, rpc.code,
+                                    lmroute.request_id)
+      admission                     the call entered admission .. its prompts entered the queue
+                                    (the refusal checks and tokenising)
+      queue                         .. their batch left the queue
+      encode                        .. the batch's encoder finished
+      score                         batch left the queue .. it was scored (encoder and routers)
+
+The stage spans are made after the scheduler answers, from the times it recorded for each prompt
+(`lmroute.service.batch_queue.StageTimes`); for a call of several prompts each stage spans from the
+earliest start to the latest end of its prompts. The trace id goes into the call's access-log line.
+
+`--tracing console` installs an OpenTelemetry SDK tracer provider that prints spans as JSON to stdout;
+`--tracing external` uses the tracer provider the process already has (one set up by the embedding
+program, or by `opentelemetry-instrument` and its environment variables, e.g. an OTLP exporter). The
+`opentelemetry-api` / `-sdk` packages are the `tracing` extra; without them, tracing other than `off` is
+refused at startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import structlog
+
+from lmroute.service.batch_queue import ItemResult, StageTimes
+
+__all__ = ["MODES", "Tracing"]
+
+MODES = ("off", "console", "external")
+
+
+class Tracing:
+    """Makes the spans of calls (module docstring); built only when tracing is on."""
+
+    def __init__(self, mode: str) -> None:
+        from opentelemetry import trace
+
+        if mode == "console":
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+            self._tracer = provider.get_tracer("lmroute")
+        else:
+            self._tracer = trace.get_tracer("lmroute")
+        self._trace = trace
+
+    @contextlib.contextmanager
+    def call(self, method: str, request_id: str) -> Iterator[Any]:
+        """The span of one call, current while the handler runs; its trace id bound into the log context."""
+        with self._tracer.start_as_current_span(
+            f"lmroute.rpc {method}", kind=self._trace.SpanKind.SERVER, attributes={"rpc.method": method}
+        ) as span:
+            span.set_attribute("lmroute.request_id", request_id)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            with structlog.contextvars.bound_contextvars(trace_id=trace_id):
+                yield span
+
+    def stages(self, results: Sequence[ItemResult | Exception]) -> None:
+        """Child spans of the current call span for the stages its scored prompts went through."""
+        times = [r.stages for r in results if isinstance(r, ItemResult) and r.stages is not None]
+        if not times:
+            return
+        to_ns = _epoch_ns_of_loop_time()
+        for name, start, end in _spans(times):
+            span = self._tracer.start_span(name, start_time=to_ns(start))
+            span.end(end_time=to_ns(end))
+
+
+def _spans(times: Sequence[StageTimes]) -> list[tuple[str, float, float]]:
+    first, last = min, max
+    return [
+        ("admission", first(t.admitted for t in times), last(t.queued for t in times)),
+        ("queue", first(t.queued for t in times), last(t.left for t in times)),
+        ("encode", first(t.left for t in times), last(t.encoded for t in times)),
+        ("score", first(t.left for t in times), last(t.scored for t in times)),
+    ]
+
+
+def _epoch_ns_of_loop_time() -> Any:
+    """A converter of event-loop seconds to Unix nanoseconds (the clocks' offset, taken now)."""
+    offset = time.time() - asyncio.get_running_loop().time()
+    return lambda t: int((t + offset) * 1e9)

@@ -1,0 +1,215 @@
+"""Token authentication and Prometheus metrics through a real gRPC server on 127.0.0.1: every RPC refuses
+no token and a wrong one (UNAUTHENTICATED, nothing said about why) and takes the right one; health stays
+open and reflection is off; a token bound to a tenant decides the tenant; no token ever reaches the logs;
+and a scrape of the metrics endpoint (real HTTP) shows the counters move with the calls."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.errors import ConfigError
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import admin_pb2, router_pb2
+
+OPEN_TOKEN = "open-token-0123456789abcdef"
+BATCH_TOKEN = "batch-token-0123456789abcdef"
+WRONG_TOKEN = "wrong-token-0123456789abcdef"
+
+
+@pytest.fixture()
+def serve(fake_servers: Callable[..., ServerThread], tmp_path: Path) -> Callable[..., ServerThread]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# callers\n{OPEN_TOKEN}\n{BATCH_TOKEN} batch\n")
+
+    def make(**kw: object) -> ServerThread:
+        settings: dict[str, object] = dict(quiet=False, auth_tokens_file=str(tokens), metrics_port=0)
+        return fake_servers(**{**settings, "share_targets": "default=0.5,batch=0.1", **kw})
+
+    return make
+
+
+def every_call(client: RouterClient) -> dict[str, Callable[[], object]]:
+    """One call of every RPC of RouterService and AdminService (ReloadBundle: the fake scorer loads any
+    path)."""
+    kw = client._kw(None)
+    route = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="hi"), router="mf", threshold=0.5)
+    return {
+        "Score": lambda: client.stub.Score(router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="hi")]), **kw),
+        "Route": lambda: client.stub.Route(route, **kw),
+        "ListRouters": lambda: client.stub.ListRouters(router_pb2.ListRoutersRequest(), **kw),
+        "GetRouter": lambda: client.stub.GetRouter(router_pb2.GetRouterRequest(name="mf"), **kw),
+        "Feedback": lambda: client.stub.Feedback(router_pb2.FeedbackRequest(), **kw),
+        "GetBundle": lambda: client.admin.GetBundle(admin_pb2.GetBundleRequest(), **kw),
+        "ReloadBundle": lambda: client.admin.ReloadBundle(admin_pb2.ReloadBundleRequest(path="/nonexistent"), **kw),
+        "ListShareTargets": lambda: client.admin.ListShareTargets(admin_pb2.ListShareTargetsRequest(), **kw),
+        "ListSpendTargets": lambda: client.admin.ListSpendTargets(admin_pb2.ListSpendTargetsRequest(), **kw),
+    }
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the sample `name` with exactly these labels in the exposition text (0 when absent)."""
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name and dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")) == labels:
+            return float(m.group(3))
+    return 0.0
+
+
+def test_every_rpc_needs_a_token_health_is_open_and_reflection_is_off(
+    serve: Callable[..., ServerThread], capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("debug")  # to the captured stderr; restored below
+    try:
+        logs = _calls_with_and_without_tokens(serve)
+    finally:
+        configure_logging("warning")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    out = logs + capfd.readouterr().err
+    assert '"rpc"' in out and "UNAUTHENTICATED" in out  # the access lines are there
+    for token in (OPEN_TOKEN, BATCH_TOKEN, WRONG_TOKEN):
+        assert token not in out
+
+
+def _calls_with_and_without_tokens(serve: Callable[..., ServerThread]) -> str:
+    srv = serve()
+    results: dict[str, list[grpc.StatusCode]] = {}
+    for token in (None, WRONG_TOKEN, OPEN_TOKEN):
+        with RouterClient(srv.target, token=token) as client:
+            for name, call in every_call(client).items():
+                results.setdefault(name, []).append(code_of(call))
+    unauth = grpc.StatusCode.UNAUTHENTICATED
+    expected_with_token = {
+        "Feedback": grpc.StatusCode.FAILED_PRECONDITION,  # no outcome store: past the token check
+    }
+    for name, codes in results.items():
+        assert codes == [unauth, unauth, expected_with_token.get(name, grpc.StatusCode.OK)], name
+
+    with RouterClient(srv.target, token=WRONG_TOKEN) as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.route("hi", router="mf", threshold=0.5)
+        assert e.value.details() == "unauthenticated"  # nothing about which check failed
+        assert client.health() == "SERVING"  # health needs no token
+        refl = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+        with pytest.raises(grpc.RpcError) as e:
+            list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED  # reflection off when tokens are configured
+    srv.stop()
+    return ""
+
+
+def test_a_token_bound_to_a_tenant_decides_the_tenant(serve: Callable[..., ServerThread]) -> None:
+    srv = serve()
+    # the batch token's calls are batch's, whatever tenant the metadata names
+    with RouterClient(srv.target, token=BATCH_TOKEN, tenant="default") as client:
+        for i in range(20):
+            client.route(f"prompt {i}", router="mf")
+        controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
+    assert controllers == {("batch", "mf"): 20}
+    with RouterClient(srv.target, token=OPEN_TOKEN, tenant="batch") as client:  # unbound: the metadata counts
+        client.route("one more", router="mf")
+        controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
+    assert controllers == {("batch", "mf"): 21}
+
+
+def test_metrics_counters_move_with_the_calls(serve: Callable[..., ServerThread]) -> None:
+    srv = serve()
+    port = srv.server.metrics_port
+    assert port
+    route = "/lmroute.v1.RouterService/Route"
+    before = scrape(port)
+    with RouterClient(srv.target, token=OPEN_TOKEN) as client:
+        for i in range(7):
+            client.route(f"prompt {i}", router="mf")
+        client.score([f"s{i}" for i in range(5)])
+        listed = client.list_share_targets()
+    with RouterClient(srv.target, token=WRONG_TOKEN) as client, pytest.raises(grpc.RpcError):
+        client.route("x", router="mf")
+    after = scrape(port)
+    assert (
+        sample(after, "lmroute_calls_total", method=route, code="OK")
+        - sample(before, "lmroute_calls_total", method=route, code="OK")
+        == 7
+    )
+    assert sample(after, "lmroute_refusals_total", method=route, reason="UNAUTHENTICATED") == 1
+    assert sample(after, "lmroute_call_seconds_count", method=route) >= 8
+    assert sample(after, "lmroute_bundle_info", version="fake-1") == 1
+    assert sample(after, "lmroute_scheduler_events_total", event="items_scored") >= 12
+    assert sample(after, "lmroute_batch_size_count") >= 1 and sample(after, "lmroute_queue_wait_seconds_count") >= 12
+    assert sample(after, "lmroute_share_target", tenant="default", router="mf") == 0.5
+    [ctl] = listed.controllers
+    assert sample(after, "lmroute_share_realised", tenant="default", router="mf") == pytest.approx(ctl.realised)
+    assert sample(after, "lmroute_share_threshold", tenant="default", router="mf") == pytest.approx(ctl.threshold)
+    assert sample(after, "lmroute_in_flight_calls") == 0
+
+
+def test_bad_token_files_are_refused_naming_the_line_not_the_token(tmp_path: Path) -> None:
+    bad = tmp_path / "tokens"
+    bad.write_text(f"{OPEN_TOKEN}\nshort\n")
+    with pytest.raises(ConfigError) as e:
+        ServiceConfig(bundle_path=Path("b"), auth_tokens_file=str(bad))
+    assert str(e.value) == f"auth: {bad}:2: a token must be 16-512 of [A-Za-z0-9._~+/=-]"
+    bad.write_text(f"{OPEN_TOKEN} two tenants\n")
+    with pytest.raises(ConfigError, match=r":1: expected `<token>` or `<token> <tenant>`"):
+        ServiceConfig(bundle_path=Path("b"), auth_tokens_file=str(bad))
+    with pytest.raises(ConfigError, match="auth: environment variable LMROUTE_TEST_NO_SUCH_VAR: not set"):
+        ServiceConfig(bundle_path=Path("b"), auth_tokens_env="LMROUTE_TEST_NO_SUCH_VAR")
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(serve: Callable[..., ServerThread]) -> None:
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "lmroute.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(lmroute_[a-z0-9_]+)", e)}
+    srv = serve(spend_targets="default=3")
+    port = srv.server.metrics_port
+    assert port
+    with RouterClient(srv.target, token=OPEN_TOKEN) as client:
+        client.route("hello", router="mf")  # a share controller and a call: every family has a sample
+    families = set(re.findall(r"^# TYPE (\S+) ", scrape(port), re.M))
+    suffixes = ("_bucket", "_sum", "_count", "_total")
+    for name in sorted(used):
+        family = next((name[: -len(s)] for s in suffixes if name.endswith(s) and name[: -len(s)] in families), name)
+        assert family in families or name in families, f"the dashboard reads {name}, which the server does not export"
+
+
+def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
+    srv = serve(store=f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    port = srv.server.metrics_port
+    assert port
+    with RouterClient(srv.target, token=OPEN_TOKEN) as client:
+        d = client.route("hello", router="mf", threshold=0.5)
+        deadline = time.monotonic() + 20
+        while sample(scrape(port), "lmroute_store_events_total", event="decisions_written") < 1:
+            assert time.monotonic() < deadline, "decision not written"
+            time.sleep(0.05)
+        report = router_pb2.OutcomeReport(decision_id=d.decision_id, single=router_pb2.SingleOutcome(quality=1.0))
+        assert client.feedback([report]).stored == 1
+    text = scrape(port)
+    assert sample(text, "lmroute_store_events_total", event="outcomes_written") == 1
+    assert sample(text, "lmroute_store_pending", kind="outcomes") == 0

@@ -1,0 +1,138 @@
+"""Tenants' strong-share targets held live, through a real gRPC server on 127.0.0.1 with a real outcome
+store (SQLite file, and the test session's PostgreSQL server): two tenants with different targets at
+once, on traffic whose scores are not what the calibration table expects (where a static strong_share
+misses), and across a restart, which resumes every controller from the store exactly where it was.
+
+The scorer is the fake one (scores are a hash of the text, calibration uniform), so the traffic can be
+skewed on purpose: what is under test is the control path, not scoring."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lmroute.outcomes.store import open_store
+from lmroute.service.client import RouterClient
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
+
+TARGETS = {"batch": 0.1, "default": 0.3}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_db"))
+
+
+SERVER: dict[str, object] = dict(
+    share_targets="default=0.3,batch=0.1", control_window=200, control_repay=20, control_horizon=300
+)
+
+
+@pytest.fixture()
+def serve(fake_servers: Callable[..., ServerThread]) -> Callable[..., ServerThread]:
+    def make(**kw: object) -> ServerThread:
+        return fake_servers(**{**SERVER, **kw})
+
+    return make
+
+
+def skewed_prompts(n: int, start: int = 0) -> list[str]:
+    """Prompts the fake mf router scores in [0.5, 1): the calibration table (uniform) expects half of
+    them there, so a static threshold for share s sends about 2s of them strong."""
+    out: list[str] = []
+    i = start
+    while len(out) < n:
+        text = f"traffic prompt {i}"
+        if FakeScorer.score_one("mf", text) >= 0.5:
+            out.append(text)
+        i += 1
+    return out
+
+
+def strong_share(responses: list[router_pb2.RouteResponse]) -> float:
+    return sum(r.tier == router_pb2.TIER_STRONG for r in responses) / len(responses)
+
+
+def wait_decisions(dsn: str, n: int, timeout_s: float = 20.0) -> None:
+    store = open_store(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while store.counts()["decisions"] < n:
+            assert time.monotonic() < deadline, "decisions not recorded in time"
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_two_tenants_hold_their_targets_at_once_and_resume_after_a_restart(
+    dsn: str, serve: Callable[..., ServerThread]
+) -> None:
+    prompts = skewed_prompts(1400)
+    srv = serve(store=dsn)
+    batch = RouterClient(srv.target, tenant="batch")
+    default = RouterClient(srv.target)  # names no tenant
+    stranger = RouterClient(srv.target, tenant="someone-else")  # not configured: the default tenant
+    got: dict[str, list[router_pb2.RouteResponse]] = {"batch": [], "default": []}
+    for i, text in enumerate(prompts[:1200]):  # the two tenants interleaved
+        if i % 2 == 0:
+            got["batch"].append(batch.route(text, router="mf"))
+        else:
+            got["default"].append((default if i % 4 == 1 else stranger).route(text, router="mf"))
+    static = [default.route(t, router="mf", strong_share=0.3) for t in prompts[1200:1400]]
+
+    for tenant, target in TARGETS.items():
+        assert abs(strong_share(got[tenant][200:]) - target) <= 0.03, tenant
+    assert strong_share(static) >= 0.5  # the calibrated threshold misses this traffic by far
+    assert got["batch"][-1].threshold != got["default"][-1].threshold
+
+    listed = batch.list_share_targets()
+    assert [(t.tenant, t.strong_share) for t in listed.targets] == sorted(TARGETS.items())
+    before = {(c.tenant, c.router): c for c in listed.controllers}
+    assert set(before) == {("batch", "mf"), ("default", "mf")}
+    for (tenant, _), c in before.items():
+        assert c.decisions == 600 and c.target == TARGETS[tenant] and abs(c.realised - c.target) <= 0.03
+        assert c.bundle_version == "fake-1"
+
+    wait_decisions(dsn, 1400)
+    store = open_store(dsn)
+    try:
+        d = store.decision(got["batch"][0].decision_id)
+        assert d is not None and (d.tenant, d.policy) == ("batch", "target")
+        s = store.decision(static[0].decision_id)
+        assert s is not None and (s.tenant, s.policy) == ("", "strong_share")
+    finally:
+        store.close()
+    for client in (batch, default, stranger):
+        client.close()
+    srv.stop()
+
+    again = serve(store=dsn)
+    with RouterClient(again.target, tenant="batch") as batch2:
+        resumed = batch2.list_share_targets()
+        assert resumed.restored_decisions == 1200
+        after = {(c.tenant, c.router): c for c in resumed.controllers}
+        assert after == before  # window, deficit, realised share and threshold as they were
+        more = [batch2.route(t, router="mf") for t in skewed_prompts(400, start=10_000)]
+    assert abs(strong_share(more) - TARGETS["batch"]) <= 0.03  # no re-learning from the calibration seed
+
+
+def test_route_without_a_policy_is_refused_when_the_tenant_has_no_target(
+    serve: Callable[..., ServerThread],
+) -> None:
+    srv = serve(share_targets="batch=0.1")  # no default tenant
+    with RouterClient(srv.target, tenant="other") as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.route("hello", router="mf")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no share target for tenant 'other'" in (e.value.details() or "")
+        assert client.list_share_targets().controllers == []
+    with RouterClient(srv.target, tenant="batch") as client:
+        assert client.route("hello", router="mf").threshold > 0

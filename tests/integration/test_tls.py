@@ -1,0 +1,132 @@
+"""TLS and mTLS on the gRPC port, with CAs made in the test (`trustme`): the right CA connects; a
+plaintext client and a client trusting a foreign CA are refused; with a client CA, a client without a
+certificate (or with one from a foreign CA) is refused and one signed by the CA connects; a certificate
+rotated on disk is served to the next connections without a restart; and TLS combines with tokens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import trustme
+
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.errors import ConfigError
+from lmroute.service.testing import ServerThread
+
+TOKEN = "tls-token-0123456789abcdef"
+
+
+def write_server_cert(ca: trustme.CA, root: Path, name: str) -> tuple[Path, Path]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = root / f"{name}.pem", root / f"{name}.key"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    return chain, key
+
+
+def write_ca(ca: trustme.CA, root: Path, name: str) -> Path:
+    path = root / f"{name}-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def write_client_cert(ca: trustme.CA, root: Path, name: str) -> tuple[Path, Path]:
+    cert = ca.issue_cert("client@example.test")
+    chain, key = root / f"{name}-client.pem", root / f"{name}-client.key"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    return chain, key
+
+
+@pytest.fixture()
+def serve(fake_servers: Callable[..., ServerThread]) -> Callable[..., ServerThread]:
+    def make(**kw: object) -> ServerThread:
+        return fake_servers(**{**{}, **kw})
+
+    return make
+
+
+def routes(target: str, **kw: object) -> bool:
+    """Whether a fresh client reaches the server and routes a prompt."""
+    try:
+        with RouterClient(target, timeout_s=5, **kw) as client:  # type: ignore[arg-type]
+            client.route("hello", router="mf", threshold=0.5)
+        return True
+    except grpc.RpcError as e:
+        assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), e
+        return False
+
+
+def wait_serving(srv: ServerThread, **kw: object) -> None:
+    deadline = time.monotonic() + 30
+    while not routes(srv.target, **kw):
+        assert time.monotonic() < deadline, "server never answered over TLS"
+        time.sleep(0.1)
+
+
+def test_tls_admits_clients_that_trust_its_ca_only(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
+    ca, foreign = trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
+    ca_pem, foreign_pem = write_ca(ca, tmp_path, "ours"), write_ca(foreign, tmp_path, "foreign")
+    wait_serving(srv, tls_ca=ca_pem)
+    assert not routes(srv.target)  # plaintext
+    assert not routes(srv.target, tls_ca=foreign_pem)
+
+
+def test_mtls_requires_a_client_certificate_from_the_client_ca(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    ca, clients, foreign = trustme.CA(), trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    client_ca = write_ca(clients, tmp_path, "clients")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(client_ca))
+    ca_pem = write_ca(ca, tmp_path, "ours")
+    good_cert, good_key = write_client_cert(clients, tmp_path, "good")
+    bad_cert, bad_key = write_client_cert(foreign, tmp_path, "bad")
+    wait_serving(srv, tls_ca=ca_pem, tls_cert=good_cert, tls_key=good_key)
+    assert not routes(srv.target, tls_ca=ca_pem)  # no client certificate
+    assert not routes(srv.target, tls_ca=ca_pem, tls_cert=bad_cert, tls_key=bad_key)
+
+
+def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(old_ca, tmp_path, "server")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
+    old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
+    wait_serving(srv, tls_ca=old_pem)
+    assert not routes(srv.target, tls_ca=new_pem)
+    # rotate: the new certificate and key replace the files in place
+    new_cert, new_key = write_server_cert(new_ca, tmp_path, "rotated")
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    assert routes(srv.target, tls_ca=new_pem)
+    assert not routes(srv.target, tls_ca=old_pem)
+    assert srv.server.tls is not None and srv.server.tls.reloads == 1
+
+
+def test_tls_with_tokens(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key), auth_tokens_file=str(tokens))
+    ca_pem = write_ca(ca, tmp_path, "ours")
+    wait_serving(srv, tls_ca=ca_pem, token=TOKEN)
+    assert not routes(srv.target, tls_ca=ca_pem)  # TLS without a token
+
+
+def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls_cert_file, tls_key_file: give both or neither"):
+        ServiceConfig(bundle_path=Path("b"), tls_cert_file=str(tmp_path))
+    with pytest.raises(ConfigError, match="tls_client_ca_file: needs tls_cert_file"):
+        ServiceConfig(bundle_path=Path("b"), tls_client_ca_file="x")
+    with pytest.raises(ConfigError, match=r"tls_cert_file: no file at /nonexistent/cert.pem"):
+        ServiceConfig(bundle_path=Path("b"), tls_cert_file="/nonexistent/cert.pem", tls_key_file="/nonexistent/k")

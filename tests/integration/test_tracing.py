@@ -1,0 +1,110 @@
+"""OpenTelemetry traces through a real gRPC server on 127.0.0.1 (`--tracing external`, spans exported to
+an in-memory exporter set as the process's tracer provider): a Route call's span has the four stage
+spans as children, in order and inside it; a Score call's too; the trace id and the peer are in the
+access line; with tracing off no span is made."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from lmroute.service.client import RouterClient
+from lmroute.service.config import BatchPolicy, ServiceConfig
+from lmroute.service.errors import ConfigError
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
+
+STAGES = ["admission", "queue", "encode", "score"]
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    exp = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    trace.set_tracer_provider(provider)  # once per process: the "external" provider of the server
+    return exp
+
+
+@pytest.fixture()
+def server(exporter: InMemorySpanExporter) -> Iterator[ServerThread]:
+    configure_logging("warning")
+    cfg = ServiceConfig(
+        bundle_path=Path("unused"),
+        port=0,
+        log_level="warning",
+        grace_s=0.0,
+        tracing="external",
+        batch=BatchPolicy(inline_us=0),  # batches through the queue and the scoring thread
+    )
+    srv = ServerThread(cfg, scorer_factory=lambda _cfg: FakeScorer(routers=("random", "mf"))).start()
+    exporter.clear()
+    yield srv
+    srv.stop()
+
+
+def children(exporter: InMemorySpanExporter, method: str) -> tuple[object, list[object]]:
+    spans = exporter.get_finished_spans()
+    [call] = [s for s in spans if s.name == f"lmroute.rpc {method}"]
+    kids = [s for s in spans if s.parent is not None and s.parent.span_id == call.context.span_id]
+    return call, sorted(kids, key=lambda s: (s.start_time, STAGES.index(s.name)))
+
+
+def test_route_and_score_spans_have_the_four_stages(server: ServerThread, exporter: InMemorySpanExporter) -> None:
+    with RouterClient(server.target) as client:
+        client.route("hello", router="mf", threshold=0.5)
+    call, kids = children(exporter, "/lmroute.v1.RouterService/Route")
+    assert [k.name for k in kids] == STAGES
+    assert call.attributes["rpc.code"] == "OK" and call.kind == trace.SpanKind.SERVER
+    for k in kids:
+        assert call.start_time <= k.start_time <= k.end_time <= call.end_time, k.name
+        assert k.context.trace_id == call.context.trace_id
+    admission, queue, encode, score = kids
+    assert admission.end_time == queue.start_time and queue.end_time == encode.start_time == score.start_time
+    assert encode.end_time <= score.end_time
+
+    exporter.clear()
+    with RouterClient(server.target) as client:
+        client.score([f"prompt {i}" for i in range(5)])
+    _, kids = children(exporter, "/lmroute.v1.RouterService/Score")
+    assert [k.name for k in kids] == STAGES
+
+
+def test_the_access_line_carries_trace_id_peer_and_decision_id(
+    server: ServerThread, exporter: InMemorySpanExporter, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info")
+    try:
+        with RouterClient(server.target) as client:
+            decision = client.route("hello", router="mf", threshold=0.5)
+    finally:
+        configure_logging("warning")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    [line] = [x for x in lines if x.get("event") == "rpc" and x.get("method", "").endswith("/Route")]
+    call, _ = children(exporter, "/lmroute.v1.RouterService/Route")
+    assert line["trace_id"] == format(call.context.trace_id, "032x")
+    assert line["decision_id"] == decision.decision_id
+    assert line["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
+
+
+def test_no_spans_without_tracing(exporter: InMemorySpanExporter) -> None:
+    configure_logging("warning")
+    cfg = ServiceConfig(bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0)
+    with ServerThread(cfg, scorer_factory=lambda _cfg: FakeScorer()).start() as srv:
+        exporter.clear()
+        with RouterClient(srv.target) as client:
+            client.route("hello", router="mf", threshold=0.5)
+        assert exporter.get_finished_spans() == ()
+    with pytest.raises(ConfigError, match="tracing: must be one of off, console, external"):
+        ServiceConfig(bundle_path=Path("b"), tracing="jaeger")

@@ -1,0 +1,228 @@
+"""Inline steps (`BatchPolicy.inline_us`): cheap tokenising and scoring on the event loop, an idle
+one-prompt call scored without the queue. Which thread ran each scorer method is recorded; the outcomes
+must be those of the helper threads: same scores, per-item errors, refusals, pinning across a swap."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
+
+from lmroute.service.config import BatchPolicy
+from lmroute.service.errors import ConfigError, QueueFull, ScorerFailed
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.scheduler import AUTO_INLINE_US, ItemResult, Scheduler
+from lmroute.service.scorer_api import RouterSets, ScoredBatch, Tokenized
+
+
+class ThreadRecordingScorer(FakeScorer):
+    """A FakeScorer that notes on which thread each tokenize and score call ran."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.tokenize_threads: list[int] = []
+        self.score_threads: list[int] = []
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[int]]:
+        self.tokenize_threads.append(threading.get_ident())
+        return super().tokenize(texts)
+
+    def score(self, texts: Sequence[str], routers: RouterSets, tokens: Sequence[Tokenized[int] | None]) -> ScoredBatch:
+        self.score_threads.append(threading.get_ident())
+        return super().score(texts, routers, tokens)
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(fn(), 20))
+
+
+def make(scorer: FakeScorer, **kw: int) -> Scheduler[int]:
+    base = dict(max_batch_size=8, max_wait_us=0, max_queue=256, queue_timeout_ms=5000, max_prompt_chars=1000)
+    base.update(kw)
+    sched: Scheduler[int] = Scheduler(scorer, BatchPolicy(**base))
+    sched.start()
+    return sched
+
+
+PROMPTS = [f"prompt number {i} " + "word " * (i % 7) for i in range(40)]
+
+
+async def measured(sched: Scheduler[int]) -> None:
+    """Score one call of several prompts on the helper threads, so both costs are measured."""
+    outs = await sched.score(PROMPTS[:4])
+    assert all(isinstance(o, ItemResult) for o in outs)
+
+
+def test_inline_off_keeps_every_scorer_call_off_the_event_loop() -> None:
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer)  # inline_us auto: 0 for a scorer whose encoder is not static
+        loop_thread = threading.get_ident()
+        await measured(sched)
+        await sched.score(["alone"])
+        await asyncio.gather(*(sched.score([p]) for p in PROMPTS))
+        assert loop_thread not in scorer.score_threads
+        assert loop_thread not in scorer.tokenize_threads
+        await sched.close()
+
+    run(body)
+
+
+def test_cheap_steps_run_inline_once_measured_and_score_as_on_the_threads() -> None:
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer, inline_us=10_000_000)
+        loop_thread = threading.get_ident()
+        await measured(sched)
+        assert loop_thread not in scorer.score_threads  # unmeasured: helper threads
+        assert loop_thread not in scorer.tokenize_threads
+        [alone] = await sched.score(["alone on an idle scheduler"])
+        assert scorer.score_threads[-1] == loop_thread  # the idle fast path, scored at once
+        assert scorer.scored_without_tokens[-1] == "alone on an idle scheduler"
+        batches = sched.stats.batches
+        outs = await asyncio.gather(*(sched.score([p], ("mf",)) for p in PROMPTS))
+        many = await sched.score(PROMPTS, ("mf", "random"))
+        assert sched.stats.batches > batches
+        assert loop_thread in scorer.tokenize_threads
+        assert set(scorer.score_threads[-3:]) == {loop_thread}
+        assert isinstance(alone, ItemResult)
+        assert alone.scores["mf"] == FakeScorer.score_one("mf", "alone on an idle scheduler")
+        for text, [one], out in zip(PROMPTS, outs, many, strict=True):  # batched == single
+            assert isinstance(one, ItemResult) and isinstance(out, ItemResult)
+            assert one.scores["mf"] == out.scores["mf"] == FakeScorer.score_one("mf", text)
+            assert out.scores["random"] == FakeScorer.score_one("random", text)
+            assert one.n_tokens == out.n_tokens == len(text.split()) + 2
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_a_call_finding_the_scheduler_idle_is_one_batch_tokenised_by_the_scorer() -> None:
+    """Nothing queued, nothing scoring: a call that fits one batch skips the queue and the tokenising
+    step (the scorer tokenises its prompts while scoring them); a larger one is queued as usual."""
+
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer, inline_us=10_000_000, max_batch_size=8)
+        await measured(sched)
+        counted, calls = len(scorer.counted), len(scorer.calls)
+        outs = await sched.score(PROMPTS[:8], ("mf",))
+        assert scorer.calls[calls:] == [PROMPTS[:8]]  # one batch
+        assert len(scorer.counted) == counted  # no tokenising step
+        assert scorer.scored_without_tokens[-8:] == PROMPTS[:8]
+        assert scorer.score_threads[-1] == threading.get_ident()
+        for text, out in zip(PROMPTS, outs, strict=False):
+            assert isinstance(out, ItemResult)
+            assert out.scores["mf"] == FakeScorer.score_one("mf", text)
+            assert out.n_tokens == len(text.split()) + 2
+        await sched.score(PROMPTS[:9], ("mf",))
+        assert scorer.counted[counted:] == PROMPTS[:9]  # over one batch: tokenised at admission, queued
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_a_step_over_the_limit_stays_on_its_thread() -> None:
+    async def body() -> None:
+        scorer = ThreadRecordingScorer(delay_s=0.005)  # 5 ms a batch: over a 100 us limit
+        sched = make(scorer, inline_us=100)
+        loop_thread = threading.get_ident()
+        await measured(sched)
+        await sched.score(["alone"])
+        await asyncio.gather(*(sched.score([p]) for p in PROMPTS[:8]))
+        assert loop_thread not in scorer.score_threads
+        await sched.close()
+
+    run(body)
+
+
+def test_inline_batch_isolates_a_failing_prompt() -> None:
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer, inline_us=10_000_000)
+        await measured(sched)
+        prompts = [*PROMPTS[:7], "this one <fail>s", *PROMPTS[7:15]]
+        outs = await sched.score(prompts)
+        assert scorer.score_threads[-1] == threading.get_ident()
+        assert [i for i, o in enumerate(outs) if isinstance(o, ScorerFailed)] == [7]
+        assert sum(isinstance(o, ItemResult) for o in outs) == 15
+        [alone] = await sched.score(["alone <fail>"])  # the idle fast path fails alone too
+        assert isinstance(alone, ScorerFailed)
+        assert sched.stats.scorer_failures >= 2 and sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_admission_still_refuses_with_inline_steps() -> None:
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer, inline_us=10_000_000, max_queue=8)
+        await measured(sched)
+        with pytest.raises(QueueFull):
+            await sched.score(PROMPTS[:9])
+        assert sched.stats.rejected_queue_full == 1 and sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_calls_admitted_before_a_swap_keep_their_scorer_and_the_new_one_goes_inline_once_measured() -> None:
+    """The old scorer (5 ms a batch: over the limit, so on the scoring thread, where it can be held)
+    scores the calls admitted before the swap; the new one, unmeasured at first, on the thread too,
+    then inline."""
+
+    async def body() -> None:
+        old = ThreadRecordingScorer(version="old", delay_s=0.005)
+        new = ThreadRecordingScorer(version="new")
+        sched = make(old, inline_us=1000)
+        loop_thread = threading.get_ident()
+        await measured(sched)
+        old.entered.clear()
+        old.block()
+        pending = asyncio.create_task(sched.score(PROMPTS[:2]))
+        assert await asyncio.to_thread(old.entered.wait, 10)
+        queued = asyncio.create_task(sched.score(PROMPTS[2:4]))
+        await asyncio.sleep(0.01)
+        sched.swap(new)
+        fresh = asyncio.create_task(sched.score(PROMPTS[4:6]))
+        await asyncio.sleep(0.01)
+        old.release()
+        outs = [*await pending, *await queued, *await fresh]
+        versions = [o.version for o in outs if isinstance(o, ItemResult)]
+        assert versions == ["old"] * 4 + ["new"] * 2
+        assert loop_thread not in old.score_threads
+        assert new.score_threads and new.score_threads[0] != loop_thread  # unmeasured: the thread
+        for _ in range(3):
+            await sched.score(PROMPTS[6:10])
+        assert new.score_threads[-1] == loop_thread
+        await sched.close()
+
+    run(body)
+
+
+def test_inline_us_is_a_setting_auto_by_default() -> None:
+    assert BatchPolicy(inline_us=500).inline_us == 500
+    assert BatchPolicy().inline_us == -1
+    with pytest.raises(ConfigError, match=r"inline_us: must be >= -1 \(got -2\)"):
+        BatchPolicy(inline_us=-2)
+
+
+def test_auto_inlines_a_static_encoder_only() -> None:
+    """-1 (the default) follows the scorer's encoder kind, across swaps too."""
+
+    async def body() -> None:
+        static = ThreadRecordingScorer(encoder_kind="static")
+        sched = make(static, inline_us=-1)
+        assert sched.inline_us == AUTO_INLINE_US
+        sched.swap(FakeScorer())  # an onnx encoder: never inline
+        assert sched.inline_us == 0
+        sched.swap(static)
+        assert sched.inline_us == AUTO_INLINE_US
+        await sched.close()
+
+    run(body)
