@@ -21,12 +21,14 @@ from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = ["RouterClient", "PromptLike", "to_prompt"]
 
-# A prompt: plain text, or a conversation as [{"role": "user", "content": "..."}, ...].
-PromptLike = str | Sequence[Mapping[str, str]]
+# A prompt: plain text, a conversation as [{"role": "user", "content": "..."}, ...], or a wire Prompt.
+PromptLike = str | Sequence[Mapping[str, str]] | router_pb2.Prompt
 
 
 def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False) -> router_pb2.Prompt:
-    """Build the wire Prompt for text or a list of {"role", "content"} turns."""
+    """Build the wire Prompt for text or a list of {"role", "content"} turns (a Prompt is taken as it is)."""
+    if isinstance(prompt, router_pb2.Prompt):
+        return prompt
     if isinstance(prompt, str):
         return router_pb2.Prompt(text=prompt)
     conv = router_pb2.Conversation(

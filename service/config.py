@@ -32,6 +32,7 @@ from lmroute.service.share_control import ControlSettings
 from lmroute.service.spend_control import SPEND_REPAY
 from lmroute.service.targets import parse_share_targets
 from lmroute.service.tracing import MODES as TRACING_MODES
+from lmroute.service.upstreams import load_upstreams
 
 __all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", "build_arg_parser", "config_from_cli"]
 
@@ -346,6 +347,22 @@ class ServiceConfig:
         default=-1,
         metadata=_doc("serve Prometheus metrics at http://<host>:<port>/metrics; 0 picks a free port, -1 = off"),
     )
+    http_port: int = field(
+        default=-1,
+        metadata=_doc(
+            "serve the OpenAI-compatible front (POST /v1/chat/completions, GET /v1/models) on this port of the "
+            "same host, forwarding to the upstreams file's models (docs/OPENAI_FRONT.md); 0 picks a free "
+            "port, -1 = off"
+        ),
+    )
+    upstreams_file: str = field(
+        default="",
+        metadata=_doc(
+            "JSON file naming the OpenAI-compatible endpoint of the strong and the weak model (model, base_url, "
+            "api_key_env, timeouts) that the HTTP front forwards to; needed with http_port",
+            metavar="PATH",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle_path, Path):
@@ -394,6 +411,15 @@ class ServiceConfig:
             raise ConfigError(f"reflection: must be one of auto, on, off (got {self.reflection!r})")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port: must be in [-1, 65535] (got {self.metrics_port})")
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port: must be in [-1, 65535] (got {self.http_port})")
+        if self.http_port >= 0 and not self.upstreams_file:
+            raise ConfigError("upstreams_file: needed with http_port (the front forwards to its models)")
+        if self.upstreams_file:
+            try:
+                load_upstreams(Path(self.upstreams_file))
+            except ValueError as exc:
+                raise ConfigError(f"upstreams_file: {exc}") from None
         try:
             load_tokens(self.auth_tokens_file, self.auth_tokens_env)
         except ValueError as exc:

@@ -20,6 +20,9 @@
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
     +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
+    +-- UpstreamFailed                 UNAVAILABLE, HTTP 502 (the OpenAI-compatible front's upstream
+                                       model unreachable, or it answered with a server error)
+    +-- UpstreamTimeout                DEADLINE_EXCEEDED, HTTP 504 (the upstream did not answer in time)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
@@ -29,6 +32,9 @@ Error text is bounded, because it travels in response metadata (grpc-message and
 in grpc-status-details-bin): a caller-supplied string is quoted into a message through `echo`, which
 keeps its first `ECHO_CHARS` characters and states the full length, and `status_of` cuts any message to
 `MESSAGE_BYTES` bytes of UTF-8.
+
+The OpenAI-compatible HTTP front answers a failed request with `http_status`: the status code's usual
+HTTP equivalent (400, 404, 429, 503, ...), and 502 / 504 for the upstream errors.
 """
 
 from __future__ import annotations
@@ -54,10 +60,13 @@ __all__ = [
     "BundleRefused",
     "SwapInProgress",
     "Unauthenticated",
+    "UpstreamFailed",
+    "UpstreamTimeout",
     "ECHO_CHARS",
     "MESSAGE_BYTES",
     "StatusInfo",
     "echo",
+    "http_status",
     "status_of",
 ]
 
@@ -186,6 +195,19 @@ class Unauthenticated(ServiceError):
     default_reason = "UNAUTHENTICATED"
 
 
+class UpstreamFailed(ServiceError):
+    """The OpenAI-compatible front's upstream model could not be reached or answered with a server error
+    (the message names the model and what happened; HTTP 502)."""
+
+    default_reason = "UPSTREAM_FAILED"
+
+
+class UpstreamTimeout(ServiceError):
+    """The front's upstream model did not answer within its timeout (HTTP 504)."""
+
+    default_reason = "UPSTREAM_TIMEOUT"
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """How one error goes on the wire: status code, ErrorInfo reason, message, optional retry delay."""
@@ -212,7 +234,27 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
     Unauthenticated: (Code.UNAUTHENTICATED, None),
+    UpstreamFailed: (Code.UNAVAILABLE, None),
+    UpstreamTimeout: (Code.DEADLINE_EXCEEDED, None),
 }
+
+# The HTTP status of each code, for the OpenAI-compatible front (lmroute.service.openai_front); the
+# upstream errors have their own (a gateway's 502 and 504), the rest follow the usual gRPC-HTTP mapping.
+_HTTP_BY_CODE: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.UNAUTHENTICATED: 401,
+}
+_HTTP_BY_ERROR: dict[type[ServiceError], int] = {UpstreamFailed: 502, UpstreamTimeout: 504}
 
 _INTERNAL_MESSAGE = "internal error"
 
@@ -235,6 +277,13 @@ def _bounded(message: str) -> str:
     tail = f"... ({len(message)} characters)"
     head = data[: MESSAGE_BYTES - len(tail)].decode("utf-8", "ignore")  # drops a character cut in two
     return head + tail
+
+
+def http_status(exc: BaseException) -> tuple[int, StatusInfo]:
+    """The HTTP status and wire status of any exception (the front's answer to a failed request)."""
+    info = status_of(exc)
+    own = [status for cls, status in _HTTP_BY_ERROR.items() if isinstance(exc, cls)]
+    return (own[0] if own else _HTTP_BY_CODE[info.code]), info
 
 
 def status_of(exc: BaseException) -> StatusInfo:

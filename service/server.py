@@ -42,6 +42,7 @@ from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.model_prices import load_models_file
+from lmroute.service.openai_front import OpenAIFront, tls_context
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
 from lmroute.service.servicer import RouterServicer
@@ -49,6 +50,7 @@ from lmroute.service.stats import StatsFile
 from lmroute.service.targets import TenantTargets, parse_share_targets
 from lmroute.service.tls import CertificateFiles, server_credentials
 from lmroute.service.tracing import Tracing
+from lmroute.service.upstreams import load_upstreams
 from lmroute.v1 import admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 DRAIN_NOTICE_S = 0.2
@@ -172,6 +174,8 @@ class RouterServer:
         )
         self.metrics = ServiceMetrics(lambda: self) if config.metrics_port >= 0 else None
         self.metrics_port: int | None = None
+        self.front: OpenAIFront | None = None  # the OpenAI-compatible HTTP front, when http_port >= 0
+        self.http_port: int | None = None
         self.tls: CertificateFiles | None = None  # the certificate files, when the port speaks TLS
         self._auth = (
             Authenticator(load_tokens(config.auth_tokens_file, config.auth_tokens_env)) if config.auth_enabled else None
@@ -231,6 +235,30 @@ class RouterServer:
             self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+        if cfg.http_port >= 0:
+            self.front = OpenAIFront(
+                self.servicer,
+                load_upstreams(Path(cfg.upstreams_file)),
+                auth=self._auth,
+                metrics=self.metrics,
+                max_body_bytes=cfg.max_message_bytes,
+                grace_s=cfg.grace_s,
+            )
+            tls = (
+                tls_context(
+                    Path(cfg.tls_cert_file),
+                    Path(cfg.tls_key_file),
+                    Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
+                )
+                if cfg.tls_cert_file
+                else None
+            )
+            try:
+                self.http_port = await self.front.start(cfg.host, cfg.http_port, tls)
+            except OSError as exc:
+                await self.front.stop()
+                why = f"cannot listen on {cfg.host}:{cfg.http_port} ({exc.strerror or exc})"
+                raise ConfigError(f"http_port: {why}") from None
         await server.start()
         self._server = server
         if self.metrics is not None:
@@ -240,6 +268,7 @@ class RouterServer:
             host=cfg.host,
             port=self.port,
             metrics_port=self.metrics_port,
+            http_port=self.http_port,
             auth=self._auth is not None,
             tls=self.tls is not None,
             mtls=bool(cfg.tls_client_ca_file),
@@ -257,6 +286,8 @@ class RouterServer:
         except BaseException:
             if self._server is not None:
                 await self._server.stop(0)
+            if self.front is not None:
+                await self.front.stop()
             if self.metrics is not None:
                 self.metrics.close()
             raise
@@ -337,11 +368,15 @@ class RouterServer:
             await self.swapper.close()
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
+        stopping: list[Any] = []
         if self._server is not None:
             # a short notice first: calls arriving now are answered UNAVAILABLE (DRAINING) by the servicer,
             # which clients retry elsewhere, where the stopping gRPC core would cancel them (CANCELLED)
             await asyncio.sleep(min(grace, DRAIN_NOTICE_S))
-            await self._server.stop(grace)
+            stopping.append(self._server.stop(grace))
+        if self.front is not None:  # the same grace for its requests (an answer still streaming)
+            stopping.append(self.front.stop())
+        await asyncio.gather(*stopping)
         stats: dict[str, object] = {}
         if self.scheduler is not None:
             await self.scheduler.close()

@@ -56,7 +56,7 @@ from lmroute.service.targets import TENANT_RE, TenantTargets
 from lmroute.service.tracing import Tracing
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
-__all__ = ["RouterServicer", "resolve_routers"]
+__all__ = ["RouterServicer", "resolve_routers", "tenant_named"]
 
 
 def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
@@ -68,6 +68,15 @@ def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
         calibration_thresholds=list(r.calibration_thresholds),
         models=list(r.models),
     )
+
+
+def tenant_named(named: str) -> str:
+    """The caller's tenant: the one its token is bound to (lmroute.service.auth), else `named` (what it
+    names in its request metadata or headers); "" when neither gives a name of 1-64 of [A-Za-z0-9._-]."""
+    bound = AUTH_TENANT.get()
+    if bound is not None:
+        return bound
+    return named if TENANT_RE.match(named) else ""
 
 
 def resolve_routers(asked: Sequence[str], loaded: tuple[str, ...]) -> tuple[str, ...]:
@@ -134,20 +143,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         """The tenant the caller's token is bound to (lmroute.service.auth), else the one it names in its
         metadata (`tenant_header`); "" when it names none or a name that is not 1-64 of [A-Za-z0-9._-]."""
-        bound = AUTH_TENANT.get()
-        if bound is not None:
-            return bound
+        named = ""
         for key, value in context.invocation_metadata() or ():
             if key == self.tenant_header:
-                name = value if isinstance(value, str) else ""
-                return name if TENANT_RE.match(name) else ""
-        return ""
+                named = value if isinstance(value, str) else ""
+                break
+        return tenant_named(named)
 
     async def _score_one(
-        self, sched: Scheduler[Any], text: str | ServiceError, router: str, context: grpc.aio.ServicerContext
+        self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None
     ) -> ItemResult:
         """A Route call's prompt scored by `router` (its stage spans made when tracing); its error raised."""
-        [out] = await sched.score([text], (router,), timeout_s=context.time_remaining(), field="prompt", indexed=False)
+        [out] = await sched.score([text], (router,), timeout_s=timeout_s, field="prompt", indexed=False)
         if self.tracing is not None:
             self.tracing.stages([out])
         if isinstance(out, ServiceError):
@@ -231,6 +238,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
+        return await self.route(request, asked_tenant=self._tenant(context), timeout_s=context.time_remaining())
+
+    async def route(
+        self, request: router_pb2.RouteRequest, *, asked_tenant: str, timeout_s: float | None
+    ) -> router_pb2.RouteResponse:
+        """A Route call's answer, whatever transport carried it (the gRPC method above, the OpenAI-compatible
+        front): `asked_tenant` is the caller's tenant ("" for none), `timeout_s` its remaining deadline.
+        Errors are raised as ServiceError."""
         sched, catalog = self._ready()
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
@@ -238,8 +253,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("router: required", reason="MISSING_ROUTER")
         policy = request.WhichOneof("policy")
         if len(request.candidates) or policy == "model_policy":
-            return await self._route_among(request, context, sched, catalog)
-        asked_tenant = self._tenant(context)
+            return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
         tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
         if policy is None and tenant is None:
             why = "the server holds no share targets" if self.targets is None else "no share target for tenant "
@@ -258,7 +272,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         else:
             threshold = math.nan  # the tenant's controller sets it once the prompt is scored
         text = prompt_text(request.prompt, "prompt")
-        out = await self._score_one(sched, text, request.router, context)
+        out = await self._score_one(sched, text, request.router, timeout_s)
         score = out.scores[request.router]
         cal = self._calibration(catalog, request.router)
         controller = None
@@ -310,14 +324,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _route_among(
         self,
         request: router_pb2.RouteRequest,
-        context: grpc.aio.ServicerContext,
+        asked_tenant: str,
+        timeout_s: float | None,
         sched: Scheduler[Any],
         catalog: Catalog,
     ) -> router_pb2.RouteResponse:
         """Route among the request's candidates by its model_policy, or without one by the caller's
         tenant's spend target (lmroute.service.route_models, spend_control)."""
         policy = request.WhichOneof("policy")
-        asked_tenant = self._tenant(context)
         tenant = None
         if policy is None:
             tenant = self.targets.tenant_of(asked_tenant, spend=True) if self.targets is not None else None
@@ -335,7 +349,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         text = prompt_text(request.prompt, "prompt")
         if not isinstance(text, str):
             raise text
-        out = await self._score_one(sched, text, request.router, context)
+        out = await self._score_one(sched, text, request.router, timeout_s)
         q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
         if tenant is None:
             made = decide(q, c, rule, value)

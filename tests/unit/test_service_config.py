@@ -65,6 +65,8 @@ FLAGS_AND_VARIABLES = [
     ("--tls-client-ca-file", "LMROUTE_TLS_CLIENT_CA_FILE"),
     ("--tracing", "LMROUTE_TRACING"),
     ("--metrics-port", "LMROUTE_METRICS_PORT"),
+    ("--http-port", "LMROUTE_HTTP_PORT"),
+    ("--upstreams-file", "LMROUTE_UPSTREAMS_FILE"),
 ]
 
 

@@ -1,0 +1,179 @@
+"""FakeUpstream: an OpenAI-compatible chat completions server on 127.0.0.1, for tests and benchmarks of the
+HTTP front (lmroute.service.openai_front). It stands in for an upstream LLM: real HTTP, its own event
+loop in a daemon thread, deterministic answers.
+
+    with FakeUpstream("strong") as up:      # up.base_url = http://127.0.0.1:<port>/v1
+        ...                                 # up.requests: every request body it received, in order;
+                                            # up.keys: their Authorization headers
+
+It answers `POST /v1/chat/completions` with the content `<name>: <last user message>`, as one JSON
+completion or, with `"stream": true`, as server-sent events of one word each, ending in `data: [DONE]`.
+Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped
+error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
+events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeUpstream"]
+
+
+class FakeUpstream:
+    """A fake upstream LLM endpoint; `start()` / `stop()` or a `with` block."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        status: int = 200,
+        delay_s: float = 0.0,
+        break_after: int | None = None,
+        record: bool = True,
+    ) -> None:
+        self.name = name
+        self.record = record  # keep each request body in `requests` (off for long benchmark runs)
+        self.served = 0
+        self.status = status
+        self.delay_s = delay_s
+        self.break_after = break_after
+        self.requests: list[dict[str, Any]] = []
+        self.keys: list[str] = []  # each recorded request's Authorization header ("" when none)
+        self.port: int | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-upstream-{name}", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def answer(self, body: dict[str, Any]) -> str:
+        """The content this upstream answers `body` with."""
+        users = [m.get("content") for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
+        last = users[-1] if users and isinstance(users[-1], str) else ""
+        return f"{self.name}: {last}"
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(30)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    async def _close(self) -> None:
+        """Stop serving and cancel the handlers still waiting (a `delay_s` answer nobody waits for)."""
+        assert self._runner is not None
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _serve(self) -> int:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        return int(self._runner.addresses[0][1])
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.served += 1
+        if self.record:
+            self.requests.append(body)
+            self.keys.append(request.headers.get("Authorization", ""))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.status != 200:
+            error = {"error": {"message": f"{self.name} refuses with {self.status}", "type": "fake", "code": None}}
+            return web.json_response(error, status=self.status)
+        model = str(body.get("model", ""))
+        content = self.answer(body)
+        if body.get("stream") is not True:
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-{self.name}-{self.served}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        words = content.split(" ")
+        for j, word in enumerate(words):
+            if self.break_after is not None and j >= self.break_after:
+                assert request.transport is not None
+                request.transport.close()  # the upstream goes away mid-answer
+                return out
+            delta: dict[str, Any] = {"content": word if j == 0 else " " + word}
+            if j == 0:
+                delta["role"] = "assistant"
+            await out.write(_event(self.name, model, delta, None))
+        await out.write(_event(self.name, model, {}, "stop"))
+        await out.write(b"data: [DONE]\n\n")
+        await out.write_eof()
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lmroute.service.fake_upstream [NAME ...]`: serve one fake upstream per name (default
+    strong weak), print `fake-upstream NAME on BASE_URL` for each, run until SIGTERM or SIGINT."""
+    import argparse
+    import signal
+    import sys
+
+    ap = argparse.ArgumentParser(description="fake OpenAI-compatible upstream LLMs on 127.0.0.1")
+    ap.add_argument("names", nargs="*", default=["strong", "weak"])
+    ap.add_argument("--delay-s", type=float, default=0.0, help="wait this long before each answer")
+    args = ap.parse_args(argv)
+    ups = [FakeUpstream(name, delay_s=args.delay_s, record=False).start() for name in args.names]
+    for up in ups:
+        print(f"fake-upstream {up.name} on {up.base_url}", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    for up in ups:
+        up.stop()
+    print("fake-upstream: stopped", file=sys.stderr)
+    return 0
+
+
+def _event(name: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    chunk = {
+        "id": f"chatcmpl-{name}",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,313 @@
+"""The OpenAI-compatible HTTP front: RouteLLM's server shape on the service's own scheduler.
+
+`lmroute-serve --http-port N --upstreams-file F` serves, in the same process as the gRPC port:
+
+    POST /v1/chat/completions   route the request's conversation, then forward the request untouched
+                                (tools, temperature, stream, ...; only `model` is replaced) to the chosen
+                                side's upstream and return its answer, streamed (server-sent events) when
+                                the request asks for it
+    GET  /v1/models             the names this front answers to, one per loaded router
+
+The request's `model` picks the router and the policy, as RouteLLM's names do:
+
+    router-<router>-<threshold>   route strong when the router's score >= threshold (RouteLLM's form)
+    router-<router>@<share>       the threshold that sends `share` of the calibration prompts strong
+    router-<router>               the caller's tenant's live strong-share target (--share-targets)
+
+Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
+x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
+x-lmroute-threshold. The route step is the gRPC Route call's own code (RouterServicer.route), so
+exploration, share targets, decision recording and the scheduler's admission apply alike. With tokens
+configured the front needs `Authorization: Bearer <token>` like the gRPC port; the tenant comes from the
+token or the tenant header. With TLS configured it serves HTTPS with the same certificate files (read at
+start). Errors are OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`) with the status of
+lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream down 502, slow 504.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from lmroute.service.auth import AUTH_TENANT, Authenticator
+from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
+from lmroute.service.metrics import ServiceMetrics
+from lmroute.service.servicer import RouterServicer, tenant_named
+from lmroute.service.upstream_client import UpstreamClient
+from lmroute.service.upstreams import Upstream
+from lmroute.v1 import router_pb2
+
+__all__ = ["ModelAsk", "OpenAIFront", "parse_model", "prompt_of_messages"]
+
+_log = structlog.get_logger("lmroute.openai_front")
+
+PREFIX = "router-"
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
+_CHAT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class ModelAsk:
+    """What a request's `model` asks for: a router and at most one of threshold and strong share."""
+
+    router: str
+    threshold: float | None = None
+    share: float | None = None
+
+    def request(self, prompt: router_pb2.Prompt) -> router_pb2.RouteRequest:
+        req = router_pb2.RouteRequest(prompt=prompt, router=self.router)
+        if self.threshold is not None:
+            req.threshold = self.threshold
+        elif self.share is not None:
+            req.strong_share = self.share
+        return req
+
+
+def parse_model(name: object, routers: tuple[str, ...]) -> ModelAsk:
+    """The ModelAsk of a request's `model`; InvalidArgument naming the model and what is wrong."""
+    forms = "router-<router>-<threshold>, router-<router>@<strong share> or router-<router>"
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"model: required, one of {forms}", reason="BAD_MODEL")
+    if not name.startswith(PREFIX):
+        raise InvalidArgument(f"model: {echo(name)} is not a router model; expected {forms}", reason="BAD_MODEL")
+    rest = name[len(PREFIX) :]
+    if rest in routers:
+        return ModelAsk(rest)
+    router, at, value = rest.rpartition("@")
+    kind = "strong share"
+    if not at:
+        router, _, value = rest.rpartition("-")
+        kind = "threshold"
+    if router not in routers:
+        shown = router or rest
+        raise InvalidArgument(
+            f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(routers)})",
+            reason="ROUTER_NOT_FOUND",
+        )
+    try:
+        number = float(value)
+    except ValueError:
+        why = f"model: {kind} {echo(value)} in {echo(name)} is not a number"
+        raise InvalidArgument(why, reason="BAD_MODEL") from None
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        why = f"model: {kind} in {echo(name)} must be in [0, 1] (got {number:g})"
+        raise InvalidArgument(why, reason="OUT_OF_RANGE")
+    return ModelAsk(router, threshold=number) if kind == "threshold" else ModelAsk(router, share=number)
+
+
+def _text_of(content: object, where: str) -> str:
+    if content is None:
+        return ""  # an assistant turn that only calls tools
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise InvalidArgument(f"{where}[{j}]: must be an object", reason="BAD_MESSAGE")
+            if part.get("type") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise InvalidArgument(f"{where}[{j}].text: must be a string", reason="BAD_MESSAGE")
+                parts.append(text)
+        return "\n".join(parts)  # images, audio, files: not scored
+    raise InvalidArgument(f"{where}: must be a string or a list of content parts", reason="BAD_MESSAGE")
+
+
+def prompt_of_messages(messages: object, max_turns: int) -> router_pb2.Prompt:
+    """The Prompt (a conversation, scored on its last user turn) of a request's `messages`;
+    InvalidArgument naming the message that is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidArgument("messages: required, a non-empty list", reason="MISSING_PROMPT")
+    if len(messages) > max_turns:
+        raise InvalidArgument(f"messages: {len(messages)} messages (limit {max_turns})", reason="TOO_MANY_TURNS")
+    conv = router_pb2.Conversation()
+    for j, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise InvalidArgument(f"messages[{j}]: must be an object with role and content", reason="BAD_MESSAGE")
+        role = msg.get("role")
+        if role in _SKIPPED_ROLES:
+            continue
+        if role not in _ROLES:
+            known = ", ".join([*_ROLES, *_SKIPPED_ROLES])
+            raise InvalidArgument(
+                f"messages[{j}].role: unknown role {echo(str(role))} (expected one of {known})", reason="UNKNOWN_ROLE"
+            )
+        text = _text_of(msg.get("content"), f"messages[{j}].content")
+        conv.messages.add(role=_ROLES[role], content=text)
+    if not any(m.role == "user" for m in conv.messages):
+        raise InvalidArgument("messages: no user message", reason="NO_USER_TURN")
+    return router_pb2.Prompt(conversation=conv)
+
+
+def _error(exc: BaseException) -> web.Response:
+    status, info = http_status(exc)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": info.message, "type": kind, "code": info.reason}}
+    headers = {"Retry-After": str(max(1, math.ceil(info.retry_after_ms / 1000)))} if info.retry_after_ms else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _sse_error(exc: ServiceError) -> bytes:
+    """A server-sent event carrying the error of a stream that broke off after its headers went out (the
+    openai client raises it as an APIError)."""
+    _, info = http_status(exc)
+    event = {"error": {"message": info.message, "type": "server_error", "code": info.reason}}
+    return b"data: " + json.dumps(event).encode("utf-8") + b"\n\n"
+
+
+class OpenAIFront:
+    """The aiohttp application and its listening site; `start` and `stop` bracket it."""
+
+    def __init__(
+        self,
+        servicer: RouterServicer,
+        upstreams: Mapping[str, Upstream],
+        *,
+        auth: Authenticator | None = None,
+        metrics: ServiceMetrics | None = None,
+        max_body_bytes: int = 4 << 20,
+        grace_s: float = 5.0,
+    ) -> None:
+        self.servicer = servicer
+        self.client = UpstreamClient(upstreams)
+        self.auth = auth
+        self.metrics = metrics
+        self.grace_s = grace_s
+        self.max_body_bytes = max_body_bytes
+        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app.router.add_post(_CHAT, self._chat)
+        self.app.router.add_get("/v1/models", self._models)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0: a free port); the bound port."""
+        await self.client.start()
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=self.grace_s)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])  # the bound port (port 0 picks one)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening, give requests in flight `grace_s` to finish, close the upstream connections."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        await self.client.close()
+
+    # -- handlers ------------------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request) -> None:
+        """Unauthenticated unless the request carries a configured token; the token's tenant bound."""
+        if self.auth is None:
+            return
+        admitted, tenant = self.auth.check((("authorization", request.headers.get("Authorization", "")),))
+        if not admitted:
+            raise Unauthenticated("unauthenticated")
+        AUTH_TENANT.set(tenant)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        try:
+            self._authenticate(request)
+        except ServiceError as exc:
+            return _error(exc)
+        data = [
+            {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
+            for name in self.servicer.routers
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        code, reason = "OK", ""
+        tenant_token = AUTH_TENANT.set(None)
+        try:
+            self._authenticate(request)
+            body = await self._body(request)
+            route = await self._route(request, body)
+            return await self._forward(request, body, route)
+        except ServiceError as exc:
+            status, info = http_status(exc)
+            code, reason = info.code.name, info.reason
+            if status >= 500:
+                _log.warning("http_error", status=status, reason=reason, error=info.message)
+            return _error(exc)
+        finally:
+            AUTH_TENANT.reset(tenant_token)
+            if self.metrics is not None:
+                self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            why = f"body: larger than {self.max_body_bytes} bytes"
+            raise InvalidArgument(why, reason="REQUEST_TOO_LARGE") from None
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"body: not valid JSON ({exc})", reason="BAD_JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("body: must be a JSON object", reason="BAD_JSON")
+        return body
+
+    async def _route(self, request: web.Request, body: dict[str, Any]) -> router_pb2.RouteResponse:
+        ask = parse_model(body.get("model"), self.servicer.routers)
+        prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
+        tenant = tenant_named(request.headers.get(self.servicer.tenant_header, ""))
+        return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
+
+    async def _forward(
+        self, request: web.Request, body: dict[str, Any], route: router_pb2.RouteResponse
+    ) -> web.StreamResponse:
+        tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
+        up = self.client.upstreams[tier]
+        headers = {
+            "x-lmroute-decision-id": route.decision_id,
+            "x-lmroute-model": up.model,
+            "x-lmroute-tier": tier,
+            "x-lmroute-router": route.router,
+            "x-lmroute-score": f"{route.score:.6g}",
+            "x-lmroute-threshold": f"{route.threshold:.6g}",
+        }
+        async with self.client.exchange(tier, body) as answer:
+            if body.get("stream") is not True or answer.status != 200:
+                payload = await answer.read()
+                return web.Response(body=payload, status=answer.status, headers=headers, content_type=_mime(answer))
+            out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
+            await out.prepare(request)
+            try:
+                async for chunk in answer.chunks():
+                    await out.write(chunk)
+            except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
+                _log.warning("http_stream_broke", tier=tier, error=str(exc))
+                await out.write(_sse_error(exc))
+            await out.write_eof()
+            return out
+
+
+def _mime(answer: Any) -> str:
+    return str(answer.content_type).split(";", 1)[0].strip() or "application/json"
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The front's server TLS context from the gRPC port's certificate files (mTLS with a client CA)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -1,0 +1,288 @@
+"""`lmroute.Controller`: RouteLLM's Python API (its `routellm.controller.Controller`) over this service.
+
+RouteLLM's users write
+
+    client = Controller(routers=["mf"], strong_model="gpt-4-1106-preview",
+                        weak_model="anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1")
+    response = client.chat.completions.create(model="router-mf-0.11593", messages=[...])
+
+and the same lines run here with `from lmroute import Controller`. The routing decision is a gRPC `Route`
+call to a running `lmroute-serve` (`target`, default the variable LMROUTE_TARGET or 127.0.0.1:50051; its
+token from LMROUTE_TOKEN), so the router, calibration and decision records are the server's; the model
+call goes from this process straight to the chosen model's OpenAI-compatible endpoint with the standard
+library (no `openai`, no `litellm` needed).
+
+Where a model is sent (RouteLLM names models the way LiteLLM does):
+
+    "<provider>/<name>"   provider one of PROVIDERS, or any with <PROVIDER>_BASE_URL set: <name> is sent
+                          to <PROVIDER>_BASE_URL (else the provider's public endpoint) with <PROVIDER>_API_KEY
+    anything else         sent as it is to OPENAI_BASE_URL (default https://api.openai.com/v1) with OPENAI_API_KEY
+
+`api_base` / `api_key` given to the constructor replace both, for every model (RouteLLM passes them to
+LiteLLM the same way). RouteLLM's `config` (checkpoint paths of its routers) is accepted and not read:
+the server's bundle holds the routers (`lmroute-export import-routellm` makes one from RouteLLM's
+checkpoints). Answers are ChatResponse objects: the upstream's JSON as a dict whose keys are also
+attributes (`response.choices[0].message.content`), with `.routing` saying what was decided.
+
+Differences from RouteLLM, on purpose: the prompt routed is the last *user* message (RouteLLM takes the
+last message whatever its role); model names also take `router-<router>@<share>` (a calibrated share of
+strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, not a pandas apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from lmroute.service.client import RouterClient
+from lmroute.service.errors import InvalidArgument
+from lmroute.service.openai_front import ModelAsk, parse_model, prompt_of_messages
+from lmroute.v1 import router_pb2
+
+__all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]
+
+PROVIDERS = {
+    "openai": "https://api.openai.com/v1",
+    "anyscale": "https://api.endpoints.anyscale.com/v1",
+    "together_ai": "https://api.together.xyz/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "deepinfra": "https://api.deepinfra.com/v1/openai",
+    "ollama": "http://localhost:11434/v1",
+    "ollama_chat": "http://localhost:11434/v1",
+}
+"""LiteLLM-style provider prefixes and the OpenAI-compatible endpoint each defaults to."""
+
+_SCORE_BATCH = 128
+_NO_TURN_LIMIT = 1 << 30  # the server checks the conversation against its own max_turns
+
+
+class RoutingError(Exception):
+    """A request this API cannot route: a bad model name, router or threshold (RouteLLM's name)."""
+
+
+class UpstreamError(RoutingError):
+    """The chosen model's endpoint failed: unreachable, or answered an HTTP error (`status`, `body`)."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    strong: str
+    weak: str
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the service decided for one completion."""
+
+    decision_id: str  # for Feedback (docs/OUTCOMES.md)
+    router: str
+    tier: str  # "strong" or "weak"
+    model: str  # the model name called
+    score: float
+    threshold: float
+
+
+class ChatResponse(dict[str, Any]):
+    """An answer or stream chunk as the endpoint sent it: a dict whose keys are also attributes, nested
+    alike. `routing` (not a key) says what the service decided."""
+
+    routing: Routing | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return cls({k: cls.of(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return [cls.of(v) for v in value]
+        return value
+
+
+def endpoint(
+    model: str, api_base: str | None, api_key: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str, str]:
+    """(base URL, key, model name to send) for a model name (module docstring)."""
+    env = os.environ if environ is None else environ
+    provider, slash, rest = model.partition("/")
+    var = provider.upper().replace("-", "_")
+    if slash and rest and (provider in PROVIDERS or f"{var}_BASE_URL" in env):
+        name, default = rest, PROVIDERS.get(provider)
+    else:
+        name, var, default = model, "OPENAI", PROVIDERS["openai"]
+    base = api_base or env.get(f"{var}_BASE_URL") or default
+    if not base:
+        raise RoutingError(f"model {model!r}: no endpoint; set api_base or {var}_BASE_URL")
+    return base, api_key if api_key is not None else env.get(f"{var}_API_KEY", ""), name
+
+
+class Controller:
+    """RouteLLM's Controller, routed by a running lmroute-serve (module docstring)."""
+
+    def __init__(
+        self,
+        routers: list[str],
+        strong_model: str,
+        weak_model: str,
+        config: dict[str, dict[str, Any]] | None = None,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        progress_bar: bool = False,
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tenant: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
+        self.api_base = api_base
+        self.api_key = api_key
+        self.config = config  # accepted for RouteLLM's signature; the server's bundle holds the routers
+        self.timeout_s = timeout_s
+        self.model_counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.target = target or os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051")
+        self._client = RouterClient(
+            self.target, token=token or os.environ.get("LMROUTE_TOKEN") or None, tls_ca=tls_ca, tenant=tenant
+        )
+        loaded = [r.name for r in self._client.list_routers().routers]
+        for router in routers:
+            if router not in loaded:
+                raise RoutingError(f"router {router!r} is not served at {self.target} (loaded: {', '.join(loaded)})")
+        self.routers = tuple(routers)
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.completion, acreate=self.acompletion))
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    def _ask(self, model: str | None, router: str | None, threshold: float | None) -> ModelAsk:
+        if model is not None:
+            try:
+                return parse_model(model, self.routers)
+            except InvalidArgument as exc:
+                raise RoutingError(str(exc)) from None
+        if router is None or threshold is None:
+            raise RoutingError("Router or threshold unspecified.")
+        if router not in self.routers:
+            raise RoutingError(f"Invalid router {router}. Available routers are {list(self.routers)}.")
+        if not 0.0 <= threshold <= 1.0:
+            raise RoutingError(f"Invalid threshold {threshold}. Threshold must be a float between 0.0 and 1.0.")
+        return ModelAsk(router, threshold=float(threshold))
+
+    def _decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Routing:
+        r = self._client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
+        strong = r.tier == router_pb2.TIER_STRONG
+        model = self.model_pair.strong if strong else self.model_pair.weak
+        self.model_counts[ask.router][model] += 1
+        return Routing(r.decision_id, ask.router, "strong" if strong else "weak", model, r.score, r.threshold)
+
+    def route(self, prompt: str, router: str, threshold: float) -> str:
+        """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`)."""
+        return self._decide(self._ask(None, router, threshold), prompt).model
+
+    def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
+        """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
+        given one, else a list."""
+        self._ask(None, router, 0.0)
+        texts = [str(p) for p in prompts]
+        scores: list[float] = []
+        for i in range(0, len(texts), _SCORE_BATCH):
+            resp = self._client.score(texts[i : i + _SCORE_BATCH], [router])
+            for j, res in enumerate(resp.results):
+                if res.status.code != 0:
+                    raise RoutingError(f"prompts[{i + j}]: {res.status.message}")
+                scores.append(res.scores[0].strong_win_probability)
+        if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
+            import pandas as pd  # type: ignore[import-untyped]
+
+            return pd.Series(scores, index=getattr(prompts, "index", None))
+        return scores
+
+    # -- completions ---------------------------------------------------------------------------------
+
+    def completion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
+        """Route `messages`, then call the chosen model with the rest of `kwargs` (OpenAI's chat completion
+        fields). A ChatResponse, or with `stream=True` an iterator of ChatResponse chunks."""
+        ask = self._ask(kwargs.get("model"), router, threshold)
+        try:
+            prompt = prompt_of_messages(kwargs.get("messages"), _NO_TURN_LIMIT)
+        except InvalidArgument as exc:
+            raise RoutingError(str(exc)) from None
+        routing = self._decide(ask, prompt)
+        base, key, name = endpoint(routing.model, self.api_base, self.api_key)
+        body = {**kwargs, "model": name}
+        if body.get("stream") is True:
+            return self._stream(base, key, body, routing)
+        out = ChatResponse.of(json.loads(self._post(base, key, body).read()))
+        out.routing = routing
+        return out
+
+    async def acompletion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
+        """`completion` off the event loop; with `stream=True` an async iterator of chunks."""
+        result = await asyncio.to_thread(self.completion, router=router, threshold=threshold, **kwargs)
+        if kwargs.get("stream") is True:
+            return _async_chunks(result)
+        return result
+
+    def _post(self, base: str, key: str, body: dict[str, Any]) -> Any:
+        url = base.rstrip("/") + "/chat/completions"
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode("utf-8", "replace")
+            raise UpstreamError(f"{url}: HTTP {exc.code}: {text[:300]}", exc.code, text) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise UpstreamError(f"{url}: cannot be reached ({exc})") from None
+
+    def _stream(self, base: str, key: str, body: dict[str, Any], routing: Routing) -> Iterator[Any]:
+        resp = self._post(base, key, body)
+
+        def chunks() -> Iterator[Any]:
+            with resp:
+                for raw in resp:
+                    line = raw.decode("utf-8").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if isinstance(event, dict) and "error" in event:
+                        raise UpstreamError(f"{base}: stream failed: {event['error']}", None, data)
+                    chunk = ChatResponse.of(event)
+                    chunk.routing = routing
+                    yield chunk
+
+        return chunks()
+
+
+async def _async_chunks(chunks: Iterator[Any]) -> AsyncIterator[Any]:
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, done)
+        if chunk is done:
+            return
+        yield chunk

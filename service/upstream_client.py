@@ -1,0 +1,117 @@
+"""Forwarding a chat completion to an upstream endpoint (lmroute.service.upstreams) over HTTP.
+
+One aiohttp session for the front's lifetime (keep-alive connections to each upstream). An exchange holds
+one of its upstream's `max_concurrency` slots from the request until the answer is read or the stream
+ends. Failures become the front's errors, each naming the upstream: it cannot be reached, drops the
+connection or answers with a 5xx -> UpstreamFailed (HTTP 502); its next bytes take longer than
+`timeout_s`, or no slot frees in that time -> UpstreamTimeout (HTTP 504). A 4xx answer is the upstream's
+verdict on the request (a bad tool schema, say) and is passed to the caller as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
+from lmroute.service.upstreams import Upstream
+
+__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient"]
+
+MAX_ANSWER_BYTES = 64 << 20
+"""Most bytes of a non-streamed upstream answer the front reads (more: UpstreamFailed)."""
+_ERROR_SNIPPET = 300  # characters of an upstream's 5xx body quoted into the error
+
+
+class Exchange:
+    """One forwarded request's answer: status, content type, and its body read whole or as chunks."""
+
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse) -> None:
+        self.upstream = upstream
+        self._response = response
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "application/json")
+
+    async def read(self) -> bytes:
+        """The whole answer; UpstreamFailed / UpstreamTimeout when it breaks off or is too long."""
+        out = bytearray()
+        async for chunk in self.chunks():
+            out += chunk
+            if len(out) > MAX_ANSWER_BYTES:
+                raise UpstreamFailed(f"{self.upstream.describe()}: answer longer than {MAX_ANSWER_BYTES} bytes")
+        return bytes(out)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The answer's bytes as they arrive (a streamed answer's server-sent events)."""
+        it = self._response.content.iter_any().__aiter__()
+        while True:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"{self.upstream.describe()}: no data for {self.upstream.timeout_s:g} s while answering"
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailed(f"{self.upstream.describe()}: answer broke off ({type(exc).__name__})") from None
+            yield chunk
+
+
+class UpstreamClient:
+    """Sends chat completions to the upstreams; `start` and `close` bracket its use."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self.upstreams = dict(upstreams)
+        self._slots = {tier: asyncio.Semaphore(u.max_concurrency) for tier, u in self.upstreams.items()}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # no pool-wide cap (each upstream has its slots); no decompression surprises: ask for identity
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=True, trust_env=False
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, tier: str, body: Mapping[str, Any]) -> AsyncIterator[Exchange]:
+        """POST `body` (its model set to the upstream's) to the `tier` upstream's /chat/completions; the
+        answer as an Exchange once its status and headers are in. A 5xx is raised as UpstreamFailed."""
+        assert self._session is not None, "UpstreamClient.start was not called"
+        up = self.upstreams[tier]
+        try:
+            await asyncio.wait_for(self._slots[tier].acquire(), up.timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{up.describe()}: no free slot in {up.timeout_s:g} s ({up.max_concurrency} requests in flight)"
+            ) from None
+        try:
+            payload = json.dumps({**body, "model": up.model}, ensure_ascii=False).encode("utf-8")
+            headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+            if up.api_key:
+                headers["Authorization"] = f"Bearer {up.api_key}"
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_s, sock_read=up.timeout_s)
+            try:
+                response = await self._session.post(up.completions_url, data=payload, headers=headers, timeout=timeout)
+            except TimeoutError:
+                raise UpstreamTimeout(f"{up.describe()}: no answer in {up.timeout_s:g} s") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailed(f"{up.describe()}: cannot be reached ({type(exc).__name__})") from None
+            try:
+                if response.status >= 500:
+                    text = (await Exchange(up, response).read()).decode("utf-8", "replace")[:_ERROR_SNIPPET]
+                    raise UpstreamFailed(f"{up.describe()}: answered HTTP {response.status}: {text}")
+                yield Exchange(up, response)
+            finally:
+                response.release()
+        finally:
+            self._slots[tier].release()

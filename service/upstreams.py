@@ -1,0 +1,123 @@
+"""The upstream LLM endpoints the OpenAI-compatible front forwards chat completions to.
+
+The upstreams file (`--upstreams-file`, JSON) names the OpenAI-compatible endpoint of each side of the
+routed pair (docs/OPENAI_FRONT.md):
+
+    {
+      "strong": {"model": "gpt-4o", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+      "weak": {"model": "llama-3.1-8b", "base_url": "http://127.0.0.1:8000/v1", "timeout_s": 60}
+    }
+
+Each side: `model` (the name sent upstream), `base_url` (http or https, ending before
+`/chat/completions`), optionally `api_key_env` (the variable holding its key: keys never sit in the
+file), `timeout_s` (most seconds to wait for the upstream's next bytes, default 120),
+`connect_timeout_s` (default 5) and `max_concurrency` (requests in flight to it at once, default 64;
+more wait for a slot, within `timeout_s`). An unknown key is refused, so a typo does not pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["TIERS", "Upstream", "load_upstreams", "parse_upstreams"]
+
+TIERS = ("strong", "weak")
+_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency"}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One side's endpoint, with its key read from the environment at load."""
+
+    tier: str
+    model: str
+    base_url: str
+    api_key: str = ""
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    max_concurrency: int = 64
+
+    @property
+    def completions_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def describe(self) -> str:
+        """How errors name it: side, model and URL (never the key)."""
+        return f"upstream {self.tier} ({self.model!r} at {self.base_url})"
+
+
+def _seconds(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value and math.isfinite(value)):
+        raise ValueError(f"{where}.{key}: must be a positive number of seconds (got {value!r})")
+    return float(value)
+
+
+def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
+    where = tier
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: must be an object with model and base_url")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
+    model, base_url = entry.get("model"), entry.get("base_url")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{where}.model: required, the model name the upstream serves")
+    url = urlsplit(base_url if isinstance(base_url, str) else "")
+    if not isinstance(base_url, str) or url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"{where}.base_url: must be an http(s) URL, e.g. https://api.openai.com/v1 (got {base_url!r})")
+    key = ""
+    env = entry.get("api_key_env", "")
+    if not isinstance(env, str):
+        raise ValueError(f"{where}.api_key_env: must be the name of an environment variable")
+    if env:
+        if env not in environ:
+            raise ValueError(f"{where}.api_key_env: environment variable {env} is not set")
+        key = environ[env]
+    conc = entry.get("max_concurrency", 64)
+    if isinstance(conc, bool) or not isinstance(conc, int) or conc < 1:
+        raise ValueError(f"{where}.max_concurrency: must be an integer >= 1 (got {conc!r})")
+    return Upstream(
+        tier=tier,
+        model=model,
+        base_url=base_url,
+        api_key=key,
+        timeout_s=_seconds(entry, "timeout_s", 120.0, where),
+        connect_timeout_s=_seconds(entry, "connect_timeout_s", 5.0, where),
+        max_concurrency=conc,
+    )
+
+
+def parse_upstreams(doc: object, environ: Mapping[str, str] | None = None) -> dict[str, Upstream]:
+    """tier -> Upstream from the parsed file; ValueError naming the key that is wrong."""
+    env = os.environ if environ is None else environ
+    if not isinstance(doc, dict):
+        raise ValueError("expected an object with strong and weak")
+    unknown = sorted(set(doc) - set(TIERS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (expected strong and weak)")
+    missing = [t for t in TIERS if t not in doc]
+    if missing:
+        raise ValueError(f"{missing[0]}: required")
+    return {tier: _upstream(tier, doc[tier], env) for tier in TIERS}
+
+
+def load_upstreams(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Upstream]:
+    """The upstreams file at `path`; ValueError naming the file (and line, for bad JSON) or the key."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    try:
+        return parse_upstreams(doc, environ)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -1,0 +1,213 @@
+"""The OpenAI-compatible front on loopback: the official `openai` client against a real server (gRPC and
+HTTP in one process, FakeScorer routers) forwarding to two fake upstream LLMs (real HTTP on 127.0.0.1).
+
+Each answer must come from the upstream that the gRPC Route call picks for the same prompt and policy;
+streaming and non-streaming; request fields pass through untouched; upstream faults and bad names are
+clear HTTP errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from lmroute.service.client import RouterClient
+from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
+
+PROMPTS = [f"question {i}: how would you prove claim {i * 7 % 11}?" for i in range(24)]
+TOKEN = "front-test-token-0123456789"
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, FakeUpstream]]:
+    ups = {"strong": FakeUpstream("strong-llm").start(), "weak": FakeUpstream("weak-llm").start()}
+    yield ups
+    for up in ups.values():
+        up.stop()
+
+
+def _file(tmp_path: Path, ups: dict[str, Any], **extra: dict[str, Any]) -> str:
+    doc = {
+        tier: {"model": f"{tier}-model", "base_url": up if isinstance(up, str) else up.base_url, **extra.get(tier, {})}
+        for tier, up in ups.items()
+    }
+    path = tmp_path / "upstreams.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _front(make: Callable[..., ServerThread], path: str, **settings: Any) -> tuple[ServerThread, str]:
+    srv = make(http_port=0, upstreams_file=path, **settings)
+    return srv, f"http://127.0.0.1:{srv.server.http_port}/v1"
+
+
+def _client(base: str, key: str = "unused", **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=30, **kw)
+
+
+def test_answers_come_from_the_model_the_router_chose(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams))
+    client, grpc_client = _client(base), RouterClient(srv.target)
+    tiers = []
+    for i, prompt in enumerate(PROMPTS):
+        raw = client.chat.completions.with_raw_response.create(
+            model="router-mf-0.5",
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}],
+        )
+        answer = raw.parse()
+        direct = grpc_client.route(prompt, router="mf", threshold=0.5)
+        tier = "strong" if direct.tier == router_pb2.TIER_STRONG else "weak"
+        tiers.append(tier)
+        assert raw.headers["x-lmroute-tier"] == tier
+        assert raw.headers["x-lmroute-model"] == f"{tier}-model"
+        assert float(raw.headers["x-lmroute-score"]) == pytest.approx(direct.score, abs=1e-5)
+        assert len(raw.headers["x-lmroute-decision-id"]) == 32
+        assert answer.choices[0].message.content == f"{tier}-llm: {prompt}"
+        assert answer.model == f"{tier}-model"  # the upstream was asked for its own model name
+        assert upstreams[tier].requests[-1]["messages"][-1]["content"] == prompt
+        assert sum(len(u.requests) for u in upstreams.values()) == i + 1  # exactly one upstream call each
+    assert set(tiers) == {"strong", "weak"}  # both sides reached
+    grpc_client.close()
+
+
+def test_streaming_answers_and_share_policy(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams))
+    client, grpc_client = _client(base), RouterClient(srv.target)
+    seen = set()
+    for prompt in PROMPTS[:12]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="router-mf@0.5", messages=[{"role": "user", "content": prompt}], stream=True
+        )
+        direct = grpc_client.route(prompt, router="mf", strong_share=0.5)
+        tier = "strong" if direct.tier == router_pb2.TIER_STRONG else "weak"
+        assert raw.headers["x-lmroute-tier"] == tier
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == f"{tier}-llm: {prompt}"
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert len(chunks) == len(text.split(" ")) + 1  # one event per word, then the finish
+        seen.add(tier)
+    assert seen == {"strong", "weak"}
+    grpc_client.close()
+
+
+def test_request_fields_pass_through_untouched(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    _, base = _front(fake_servers, _file(tmp_path, upstreams))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "find a fact",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+            },
+        }
+    ]
+    body = {
+        "messages": [{"role": "user", "content": "what is the capital of France?"}],
+        "tools": tools,
+        "tool_choice": "auto",
+        "temperature": 0.2,
+        "max_tokens": 17,
+        "seed": 3,
+        "metadata": {"trace": "é-ü"},
+    }
+    raw = _client(base).chat.completions.with_raw_response.create(model="router-random-0", **body)
+    tier = raw.headers["x-lmroute-tier"]
+    assert tier == "strong"  # threshold 0: every score is >= 0
+    got = upstreams[tier].requests[-1]
+    assert got == {**body, "model": "strong-model"}
+
+
+def test_models_list_and_bad_names(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    _, base = _front(fake_servers, _file(tmp_path, upstreams))
+    client = _client(base)
+    assert sorted(m.id for m in client.models.list()) == ["router-mf", "router-random"]
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="router-nosuch-0.5", messages=msgs)
+    assert err.value.status_code == 400 and "unknown router 'nosuch'" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=msgs)
+    assert "'gpt-4o' is not a router model" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:  # no share targets on this server
+        client.chat.completions.create(model="router-mf", messages=msgs)
+    assert "MISSING_POLICY" in str(err.value.body)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "wizard", "content": "x"}])
+    assert "messages[0].role: unknown role 'wizard'" in err.value.message
+    assert sum(len(u.requests) for u in upstreams.values()) == 0  # nothing bad went upstream
+
+
+def test_upstream_down_slow_refusing_and_breaking(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    msgs = [{"role": "user", "content": "hello there"}]
+    # threshold 0 routes everything strong; the strong side is each fault in turn
+    down = "http://127.0.0.1:9/v1"  # discard port: nothing listens
+    _, base = _front(fake_servers, _file(tmp_path, {"strong": down, "weak": upstreams["weak"]}))
+    with pytest.raises(openai.InternalServerError) as err:
+        _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+    assert err.value.status_code == 502
+    assert "upstream strong ('strong-model' at http://127.0.0.1:9/v1): cannot be reached" in err.value.message
+
+    with (
+        FakeUpstream("slow", delay_s=3.0) as slow,
+        FakeUpstream("refusing", status=503) as refusing,
+        FakeUpstream("picky", status=400) as picky,
+        FakeUpstream("breaking", break_after=2) as breaking,
+    ):
+        for up, status, words in [
+            (slow, 504, "no answer in 0.3 s"),
+            (refusing, 502, "answered HTTP 503: "),
+            (picky, 400, "picky refuses with 400"),  # a 4xx is the upstream's own verdict, passed on
+        ]:
+            path = _file(tmp_path, {"strong": up, "weak": upstreams["weak"]}, strong={"timeout_s": 0.3})
+            _, base = _front(fake_servers, path)
+            with pytest.raises(openai.APIStatusError) as err:
+                _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+            assert err.value.status_code == status and words in err.value.message
+        _, base = _front(fake_servers, _file(tmp_path, {"strong": breaking, "weak": upstreams["weak"]}))
+        stream = _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True)
+        got = []
+        with pytest.raises(openai.APIError) as api_err:
+            for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+        assert got == ["breaking:", " hello"]  # what arrived before the upstream went away
+        assert "answer broke off" in api_err.value.message
+
+
+def test_tokens_and_tenants(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN} team-a\n")
+    _, base = _front(fake_servers, _file(tmp_path, upstreams), auth_tokens_file=str(tokens), share_targets="team-a=1.0")
+    msgs = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.AuthenticationError) as err:
+        _client(base, key="wrong-token-0123456789").chat.completions.create(model="router-mf", messages=msgs)
+    assert err.value.status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, key="wrong-token-0123456789").models.list()
+    # the token's tenant (team-a, target share 1.0) decides the policy; a tenant header cannot change it
+    raw = _client(
+        base, key=TOKEN, default_headers={"x-lmroute-tenant": "other"}
+    ).chat.completions.with_raw_response.create(model="router-mf", messages=msgs)
+    assert raw.headers["x-lmroute-tier"] == "strong"
+    assert raw.parse().choices[0].message.content == "strong-llm: hello"
+    assert "Authorization" not in json.dumps(upstreams["strong"].requests[-1])  # our token stays here

@@ -1,0 +1,161 @@
+"""`lmroute.Controller` (RouteLLM's Python API) against a real server (FakeScorer routers) and two fake
+upstream LLMs (real HTTP on 127.0.0.1): RouteLLM's README quickstart runs with only its import changed,
+and every answer comes from the model the server's Route picks."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from lmroute.service.client import RouterClient
+from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.routellm_api import ChatResponse, Controller, RoutingError, UpstreamError, endpoint
+from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
+
+# RouteLLM's README, "Quickstart" steps 1 and 3 (https://github.com/lm-sys/RouteLLM, README.md at
+# 0a4da69, Apache-2.0), copied as they are except the import line (`from routellm.controller import
+# Controller` there).
+README_QUICKSTART = textwrap.dedent(
+    """
+    import os
+    from lmroute import Controller
+
+    os.environ["OPENAI_API_KEY"] = "sk-XXXXXX"
+    # Replace with your model provider, we use Anyscale's Mixtral here.
+    os.environ["ANYSCALE_API_KEY"] = "esecret_XXXXXX"
+
+    client = Controller(
+      routers=["mf"],
+      strong_model="gpt-4-1106-preview",
+      weak_model="anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1",
+    )
+
+    response = client.chat.completions.create(
+      # This tells RouteLLM to use the MF router with a cost threshold of 0.11593
+      model="router-mf-0.11593",
+      messages=[
+        {"role": "user", "content": "Hello!"}
+      ]
+    )
+    """
+)
+
+
+@pytest.fixture
+def world(
+    fake_servers: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ServerThread, FakeUpstream, FakeUpstream]]:
+    """A server, and OpenAI's and Anyscale's endpoints stood in by fake upstreams (through the variables
+    the Controller reads: its server and each provider's base URL)."""
+    srv = fake_servers()
+    openai_up, anyscale_up = FakeUpstream("openai").start(), FakeUpstream("anyscale").start()
+    monkeypatch.setenv("LMROUTE_TARGET", srv.target)
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_up.base_url)
+    monkeypatch.setenv("ANYSCALE_BASE_URL", anyscale_up.base_url)
+    yield srv, openai_up, anyscale_up
+    openai_up.stop()
+    anyscale_up.stop()
+
+
+def test_readme_quickstart_runs_with_only_the_import_changed(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    srv, openai_up, anyscale_up = world
+    scope: dict[str, Any] = {}
+    exec(compile(README_QUICKSTART, "README_QUICKSTART", "exec"), scope)
+    response = scope["response"]
+    direct = RouterClient(srv.target).route("Hello!", router="mf", threshold=0.11593)
+    if direct.tier == router_pb2.TIER_STRONG:
+        up, model, key = openai_up, "gpt-4-1106-preview", "Bearer sk-XXXXXX"
+    else:
+        up, model, key = anyscale_up, "mistralai/Mixtral-8x7B-Instruct-v0.1", "Bearer esecret_XXXXXX"
+    assert response.choices[0].message.content == f"{up.name}: Hello!"
+    assert response["choices"][0]["message"]["content"] == f"{up.name}: Hello!"
+    assert up.requests == [{"model": model, "messages": [{"role": "user", "content": "Hello!"}]}]
+    assert up.keys == [key]
+    assert response.routing.decision_id and response.routing.score == pytest.approx(direct.score, abs=1e-6)
+    assert dict(scope["client"].model_counts["mf"]) == {response.routing.model: 1}
+
+
+def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, FakeUpstream, FakeUpstream]) -> None:
+    srv, openai_up, anyscale_up = world
+    client = Controller(routers=["mf", "random"], strong_model="gpt-4o", weak_model="anyscale/llama-3-8b")
+    direct = RouterClient(srv.target)
+    prompts = [f"task {i}: explain step {i * 3 % 7} of the proof" for i in range(16)]
+    tiers = set()
+    for p in prompts:
+        want = direct.route(p, router="mf", strong_share=0.5)
+        tier = "strong" if want.tier == router_pb2.TIER_STRONG else "weak"
+        tiers.add(tier)
+        assert client.route(p, "mf", want.threshold) == ("gpt-4o" if tier == "strong" else "anyscale/llama-3-8b")
+        r = client.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": p}])
+        assert r.routing.tier == tier
+        assert r.choices[0].message.content == f"{'openai' if tier == 'strong' else 'anyscale'}: {p}"
+    assert tiers == {"strong", "weak"}
+    # streaming and async, through the same routing
+    r = client.completion(
+        router="random", threshold=0.0, messages=[{"role": "user", "content": "hi there"}], stream=True
+    )
+    chunks = list(r)
+    assert all(isinstance(c, ChatResponse) and c.routing.tier == "strong" for c in chunks)
+    assert "".join(c.choices[0].delta.get("content", "") for c in chunks) == "openai: hi there"
+
+    async def both() -> tuple[Any, list[Any]]:
+        one = await client.chat.completions.acreate(
+            model="router-random-1", messages=[{"role": "user", "content": "x y"}]
+        )
+        stream = await client.acompletion(
+            model="router-random-0", messages=[{"role": "user", "content": "a b"}], stream=True
+        )
+        return one, [c async for c in stream]
+
+    one, chunks = asyncio.run(both())
+    assert one.choices[0].message.content in ("anyscale: x y", "openai: x y")  # random's score vs threshold 1
+    assert "".join(c.choices[0].delta.get("content", "") for c in chunks) == "openai: a b"
+    scores = client.batch_calculate_win_rate(prompts, "mf")
+    want_scores = [s.scores[0].strong_win_probability for s in direct.score(prompts, ["mf"]).results]
+    assert scores == pytest.approx(want_scores, abs=1e-9)
+    client.close()
+
+
+def test_errors_are_routing_errors(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(RoutingError, match="router 'bert' is not served at .* \\(loaded: random, mf\\)"):
+        Controller(routers=["bert"], strong_model="a", weak_model="b")
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini")
+    msgs = [{"role": "user", "content": "hello"}]
+    with pytest.raises(RoutingError, match="unknown router 'sw_ranking'"):
+        client.chat.completions.create(model="router-sw_ranking-0.5", messages=msgs)
+    with pytest.raises(RoutingError, match="Router or threshold unspecified"):
+        client.completion(messages=msgs)
+    with pytest.raises(RoutingError, match="Invalid threshold 2"):
+        client.route("x", "mf", 2)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens
+    with pytest.raises(UpstreamError, match="cannot be reached"):
+        client.chat.completions.create(model="router-mf-0", messages=msgs)
+    with FakeUpstream("picky", status=400) as picky:
+        monkeypatch.setenv("OPENAI_BASE_URL", picky.base_url)
+        with pytest.raises(UpstreamError) as err:
+            client.chat.completions.create(model="router-mf-0", messages=msgs)
+        assert err.value.status == 400 and "picky refuses" in err.value.body
+    client.close()
+
+
+def test_endpoints_of_model_names() -> None:
+    env = {"OPENAI_API_KEY": "o", "ANYSCALE_API_KEY": "a", "MYLAB_BASE_URL": "http://lab/v1", "MYLAB_API_KEY": "m"}
+    assert endpoint("gpt-4o", None, None, env) == ("https://api.openai.com/v1", "o", "gpt-4o")
+    assert endpoint("anyscale/mistralai/Mixtral", None, None, env) == (
+        "https://api.endpoints.anyscale.com/v1",
+        "a",
+        "mistralai/Mixtral",
+    )
+    assert endpoint("mylab/llama", None, None, env) == ("http://lab/v1", "m", "llama")
+    # a Hugging Face style name is a model name, not a provider
+    assert endpoint("meta-llama/Meta-Llama-3-8B", None, None, env)[2] == "meta-llama/Meta-Llama-3-8B"
+    assert endpoint("openai/gpt-4o", "http://vllm/v1", "k", env) == ("http://vllm/v1", "k", "gpt-4o")

@@ -1,0 +1,160 @@
+"""The OpenAI-compatible front's pure parts: model names, messages -> prompt, the upstreams file, HTTP
+statuses of errors, and the config checks that tie them together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmroute.service.config import ServiceConfig
+from lmroute.service.errors import (
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    QueueFull,
+    ScorerFailed,
+    UpstreamFailed,
+    UpstreamTimeout,
+    http_status,
+)
+from lmroute.service.openai_front import ModelAsk, parse_model, prompt_of_messages
+from lmroute.service.upstreams import load_upstreams, parse_upstreams
+from lmroute.v1 import router_pb2
+
+ROUTERS = ("random", "mf", "sw_ranking", "bert-tiny")
+
+
+@pytest.mark.parametrize(
+    ("name", "ask"),
+    [
+        ("router-mf-0.11593", ModelAsk("mf", threshold=0.11593)),  # RouteLLM's form
+        ("router-sw_ranking-0", ModelAsk("sw_ranking", threshold=0.0)),
+        ("router-bert-tiny-1", ModelAsk("bert-tiny", threshold=1.0)),  # a router name with a dash
+        ("router-mf@0.3", ModelAsk("mf", share=0.3)),
+        ("router-mf", ModelAsk("mf")),  # the tenant's live target
+    ],
+)
+def test_model_names(name: str, ask: ModelAsk) -> None:
+    assert parse_model(name, ROUTERS) == ask
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("gpt-4o", ["'gpt-4o' is not a router model", "router-<router>-<threshold>"]),
+        ("router-nope-0.5", ["unknown router 'nope'", "loaded: random, mf"]),
+        ("router-mf-high", ["threshold 'high'", "not a number"]),
+        ("router-mf@1.5", ["strong share", "must be in [0, 1]", "1.5"]),
+        ("router-mf-nan", ["must be in [0, 1]"]),
+        ("", ["model: required"]),
+        (7, ["model: required"]),
+    ],
+)
+def test_bad_model_names_are_400_naming_the_model(name: object, words: list[str]) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_model(name, ROUTERS)
+    assert str(err.value).startswith("model: ")
+    for w in words:
+        assert w in str(err.value)
+    assert http_status(err.value)[0] == 400
+
+
+def test_messages_become_a_conversation_scored_on_the_last_user_turn() -> None:
+    msgs = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]},
+        {"role": "tool", "content": "42", "tool_call_id": "t"},
+        {"role": "user", "content": "and now?"},
+    ]
+    prompt = prompt_of_messages(msgs, max_turns=8)
+    turns = [(m.role, m.content) for m in prompt.conversation.messages]
+    assert turns == [("system", "be brief"), ("user", "look"), ("assistant", ""), ("user", "and now?")]
+    assert prompt.turn_selection == router_pb2.TURN_SELECTION_UNSPECIFIED  # the last user turn
+
+
+@pytest.mark.parametrize(
+    ("messages", "words"),
+    [
+        (None, "messages: required"),
+        ([], "messages: required"),
+        ([{"role": "user", "content": "x"}] * 9, "messages: 9 messages (limit 8)"),
+        (["hi"], "messages[0]: must be an object"),
+        ([{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}], "messages[1].role: unknown role"),
+        ([{"role": "user", "content": 5}], "messages[0].content: must be a string or a list"),
+        ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text"),
+        ([{"role": "system", "content": "x"}], "messages: no user message"),
+    ],
+)
+def test_bad_messages_name_the_message(messages: object, words: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        prompt_of_messages(messages, max_turns=8)
+    assert words in str(err.value)
+
+
+def _side(**kw: object) -> dict[str, object]:
+    return {"model": "m", "base_url": "http://127.0.0.1:9/v1", **kw}
+
+
+def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
+    doc = {"strong": _side(model="gpt-4o", api_key_env="K", timeout_s=30), "weak": _side(max_concurrency=2)}
+    ups = parse_upstreams(doc, {"K": "sk-secret"})
+    assert ups["strong"].api_key == "sk-secret" and ups["strong"].timeout_s == 30.0
+    assert ups["weak"].api_key == "" and ups["weak"].max_concurrency == 2
+    assert ups["strong"].completions_url == "http://127.0.0.1:9/v1/chat/completions"
+    assert "sk-secret" not in ups["strong"].describe()
+    path = tmp_path / "up.json"
+    path.write_text(json.dumps(doc))
+    assert load_upstreams(path, {"K": "sk"})["strong"].model == "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({"strong": _side()}, "weak: required"),
+        ({"strong": _side(), "weak": _side(), "medium": _side()}, "unknown key 'medium'"),
+        ({"strong": _side(modle="x"), "weak": _side()}, "strong: unknown key 'modle'"),
+        ({"strong": _side(base_url="api.openai.com"), "weak": _side()}, "strong.base_url: must be an http(s) URL"),
+        ({"strong": _side(api_key_env="NOT_SET_HERE"), "weak": _side()}, "NOT_SET_HERE is not set"),
+        ({"strong": _side(timeout_s=0), "weak": _side()}, "strong.timeout_s: must be a positive number"),
+        ({"strong": _side(), "weak": _side(max_concurrency=0)}, "weak.max_concurrency"),
+        ({"strong": _side(model=""), "weak": _side()}, "strong.model: required"),
+    ],
+)
+def test_bad_upstreams_name_the_key(doc: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_upstreams(doc, {})
+    assert words in str(err.value)
+
+
+def test_upstreams_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "up.json"
+    path.write_text('{\n  "strong": ,\n}')
+    with pytest.raises(ValueError, match=r"up.json:2: not valid JSON"):
+        load_upstreams(path)
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_upstreams(tmp_path / "missing.json")
+
+
+def test_config_needs_an_upstreams_file_with_the_http_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="upstreams_file: needed with http_port"):
+        ServiceConfig(bundle_path=Path("b"), http_port=0)
+    bad = tmp_path / "up.json"
+    bad.write_text(json.dumps({"strong": _side()}))
+    with pytest.raises(ConfigError, match="upstreams_file: .*weak: required"):
+        ServiceConfig(bundle_path=Path("b"), http_port=0, upstreams_file=str(bad))
+    with pytest.raises(ConfigError, match=r"http_port: must be in \[-1, 65535\]"):
+        ServiceConfig(bundle_path=Path("b"), http_port=70000)
+
+
+def test_http_statuses() -> None:
+    assert http_status(UpstreamFailed("x"))[0] == 502
+    assert http_status(UpstreamTimeout("x"))[0] == 504
+    assert http_status(NotFound("x"))[0] == 404
+    status, info = http_status(QueueFull("full"))
+    assert status == 429 and info.retry_after_ms == 50
+    status, info = http_status(ScorerFailed("secret detail"))
+    assert status == 500 and info.message == "internal error"
+    assert http_status(RuntimeError("boom"))[1].message == "internal error"
