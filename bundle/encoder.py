@@ -15,7 +15,7 @@ Holds:
   input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding" float32
   [batch, dim]) and embeds.
 - `SentenceEncoder`: the protocol every encoder kind meets (`OnnxEncoder` here, the static token table in
-  `lmroute.bundle.static_encoder`).
+  `lmroute.bundle.static_encoder`, an embeddings endpoint in `lmroute.bundle.remote_encoder`).
 - `EncoderModelError`: raised when the model or tokenizer file is missing or not what we expect; the
   message names the file and the problem.
 """
@@ -72,7 +72,8 @@ class TokenBatch:
 
     input_ids, attention_mask, token_type_ids: int64 [n, seq]; n_tokens: int64 [n] (tokens kept,
     special tokens included); truncated: bool [n] (the text had more than max_tokens tokens and was cut
-    by the tokenizer's truncation rule).
+    by the tokenizer's truncation rule); texts: the texts themselves, for an encoder that embeds text
+    rather than token ids (`lmroute.bundle.remote_encoder`), else empty.
     """
 
     @staticmethod
@@ -86,6 +87,7 @@ class TokenBatch:
     token_type_ids: np.ndarray
     n_tokens: np.ndarray
     truncated: np.ndarray
+    texts: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -120,7 +122,9 @@ class TokenBatch:
             mask[row : row + len(p), :w] = p.attention_mask[:, :w]
             types[row : row + len(p), :w] = p.token_type_ids[:, :w]
             row += len(p)
-        return TokenBatch(ids, mask, types, n_tokens, np.concatenate([p.truncated for p in parts]).astype(bool))
+        texts = tuple(t for p in parts for t in p.texts) if all(p.texts for p in parts) else ()
+        truncated = np.concatenate([p.truncated for p in parts]).astype(bool)
+        return TokenBatch(ids, mask, types, n_tokens, truncated, texts)
 
     def row(self, i: int) -> TokenBatch:
         """Row `i` alone, trimmed to its tokens, as views of this batch's arrays (no copy)."""
@@ -131,6 +135,7 @@ class TokenBatch:
             self.token_type_ids[i : i + 1, :n],
             self.n_tokens[i : i + 1],
             self.truncated[i : i + 1],
+            self.texts[i : i + 1],
         )
 
     def select(self, indices: Sequence[int] | np.ndarray) -> TokenBatch:
@@ -148,6 +153,7 @@ class TokenBatch:
             token_type_ids=np.ascontiguousarray(self.token_type_ids[idx, :width]),
             n_tokens=n_tokens,
             truncated=self.truncated[idx],
+            texts=tuple(self.texts[j] for j in idx.tolist()) if self.texts else (),
         )
 
 
@@ -451,10 +457,14 @@ class SentenceEncoder(Protocol):
     max_tokens: int
     truncation: Truncation
     pad_id: int
-    tokenizer: PromptTokenizer
     model_path: Path
     #: True when padding costs compute (a transformer): callers embed rows of similar length together.
     chunk_by_length: bool
+
+    @property
+    def tokenizer(self) -> PromptTokenizer | None:
+        """The tokenizer (None: the encoder tokenises elsewhere, a remote endpoint)."""
+        ...
 
     def tokenize(self, texts: Sequence[str]) -> TokenBatch: ...
 

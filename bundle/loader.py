@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from lmroute.bundle.encoder import SentenceEncoder
+    from lmroute.bundle.remote_encoder import RemoteSettings
 
 __all__ = ["Bundle", "load_bundle", "read_manifest"]
 
@@ -139,13 +140,16 @@ def load_bundle(
     require_calibration: bool = True,
     manifest: Manifest | None = None,
     public_key: Ed25519PublicKey | None = None,
+    remote: RemoteSettings | None = None,
 ) -> Bundle:
     """Load and validate a bundle; raise BundleError (naming the file) on the first problem.
 
     `require_calibration=False` accepts a bundle whose calibration is still null. `manifest` loads the
     files under an in-memory manifest instead of the directory's manifest.json (the writer's staged
     bundle, whose manifest is written last; its version and signature are not checked). `public_key`
-    requires manifest.json.sig to be a valid signature of manifest.json by that key."""
+    requires manifest.json.sig to be a valid signature of manifest.json by that key. `remote`: where a
+    remote encoder's embeddings endpoint is (`lmroute.bundle.remote_encoder`; default from the
+    environment)."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(str(root), "bundle directory does not exist")
@@ -156,7 +160,7 @@ def load_bundle(
     if require_calibration and manifest.calibration is None:
         raise BundleError(MANIFEST_NAME, "calibration: missing (the bundle is not calibrated)")
     _check_files(root, manifest, verify_checksums)
-    encoder = _load_encoder(root, manifest, providers, intra_op_threads)
+    encoder = _load_encoder(root, manifest, providers, intra_op_threads, remote)
     routers: dict[str, Router] = {}
     prior_weights = _load_prior(root, manifest)
     ctx = LoadContext(root=root, manifest=manifest, providers=tuple(providers), intra_op_threads=intra_op_threads)
@@ -198,17 +202,23 @@ def _check_files(root: Path, manifest: Manifest, verify_checksums: bool) -> None
                 raise BundleError(rel, f"sha256 mismatch (manifest {entry.sha256[:12]}..., file {actual[:12]}...)")
 
 
-def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int) -> SentenceEncoder:
+def _load_encoder(
+    root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int, remote: RemoteSettings | None
+) -> SentenceEncoder:
     from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder
+    from lmroute.bundle.remote_encoder import RemoteEncoder, RemoteEncoderError
     from lmroute.bundle.static_encoder import StaticEncoder
 
     spec = manifest.encoder
-    model_role = "table" if spec.kind == "static" else "model"
-    model_rel, tok_rel = spec.files[model_role], spec.files["tokenizer"]
+    model_role = {"static": "table", "remote": "spec"}.get(spec.kind, "model")
+    model_rel = spec.files[model_role]
+    tok_rel = spec.files.get("tokenizer", model_rel)
     model_path, tok_path = root / model_rel, root / tok_rel
     encoder: SentenceEncoder
     try:
-        if spec.kind == "static":
+        if spec.kind == "remote":
+            encoder = RemoteEncoder(model_path, max_tokens=spec.max_tokens, settings=remote)
+        elif spec.kind == "static":
             encoder = StaticEncoder(model_path, tok_path, max_tokens=spec.max_tokens, truncation=spec.truncation)
         else:
             encoder = OnnxEncoder(
@@ -227,10 +237,14 @@ def _load_encoder(root: Path, manifest: Manifest, providers: Sequence[str], intr
                 raise BundleError(rel, text[len(f"{file}: ") :]) from exc
         raise BundleError(model_rel, text) from exc
     if encoder.dim != spec.dim:
-        what = "the table's rows have" if spec.kind == "static" else "output 'sentence_embedding' has"
+        what = {"static": "the table's rows have", "remote": "the endpoint's model has"}.get(
+            spec.kind, "output 'sentence_embedding' has"
+        )
         raise BundleError(model_rel, f"{what} dimension {encoder.dim}, expected encoder.dim {spec.dim}")
     try:
         emb = np.asarray(encoder.embed(encoder.tokenize(["bundle self-check"])))
+    except RemoteEncoderError as exc:
+        raise BundleError(model_rel, f"the embeddings endpoint failed the probe: {exc}") from exc
     except Exception as exc:
         raise BundleError(model_rel, f"encoder failed its probe ({type(exc).__name__}: {exc})") from exc
     if emb.shape != (1, spec.dim):

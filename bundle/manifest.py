@@ -58,10 +58,11 @@ SCHEMA_VERSION = 3
 READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
 PRIOR_FILES: dict[str, str] = {"weights": "difficulty_prior/weights.npy"}
 ENCODER_FILES: dict[str, str] = {"model": "encoder/model.onnx", "tokenizer": "encoder/tokenizer.json"}
-ENCODER_KINDS: tuple[str, ...] = ("onnx", "static")
+ENCODER_KINDS: tuple[str, ...] = ("onnx", "static", "remote")
 ENCODER_FILES_BY_KIND: dict[str, dict[str, str]] = {
     "onnx": ENCODER_FILES,
     "static": {"table": "encoder/table.npy", "tokenizer": "encoder/tokenizer.json"},
+    "remote": {"spec": "encoder/remote.json"},
 }
 UNVERSIONED_KEYS: tuple[str, ...] = ("bundle_version", "created_at", "library_versions")
 """The manifest keys the content version leaves out: the version itself, and two that change no score
@@ -143,7 +144,9 @@ class StaticDistillation:
 class EncoderSpec:
     """The sentence encoder and its HF tokenizer. `kind` "onnx": an ONNX graph that pools and
     L2-normalises (files model + tokenizer); "static": a token table distilled from one
-    (`lmroute.bundle.static_encoder`; files table + tokenizer; `distillation` says how).
+    (`lmroute.bundle.static_encoder`; files table + tokenizer; `distillation` says how); "remote": an
+    OpenAI-compatible embeddings endpoint (`lmroute.bundle.remote_encoder`; file spec, which names the
+    embedding model; max_tokens is the endpoint's limit, nothing is cut here).
 
     truncation: what the encoder keeps of a prompt longer than max_tokens (`lmroute.bundle.truncation`);
     the manifest key `truncation` is optional, a manifest without it means `head` (and `head` is written
@@ -208,12 +211,13 @@ class EncoderSpec:
             raise fail(f"encoder.dim: must be positive, got {spec.dim}")
         if spec.max_tokens <= 0:
             raise fail(f"encoder.max_tokens: must be positive, got {spec.max_tokens}")
-        if spec.pooling != "mean":
-            raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (this build reads 'mean')")
+        pooling = "endpoint" if kind == "remote" else "mean"  # a remote model pools as it does
+        if spec.pooling != pooling:
+            raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (a {kind} encoder reads {pooling!r})")
         if not spec.normalized:
             raise fail("encoder.normalized: must be true (routers assume L2-normalised embeddings)")
         if (kind == "static") != (distillation is not None):
-            raise fail("encoder.distillation: a static encoder says how it was distilled, an onnx one has none")
+            raise fail("encoder.distillation: a static encoder says how it was distilled, another kind has none")
         if distillation is not None and distillation.dim != spec.dim:
             raise fail(f"encoder.distillation.dim: {distillation.dim} differs from encoder.dim {spec.dim}")
         if kind == "static" and spec.quantized:

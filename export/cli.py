@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_integrity_commands(sub)
     _add_outcome_commands(sub)
     _add_adapt_command(sub)
+    p = sub.add_parser(
+        "import-routellm",
+        help="make a bundle of RouteLLM's released mf router (its checkpoint files; docs/OPENAI_FRONT.md)",
+    )
+    from lmroute.export.import_routellm import add_arguments as add_import_arguments
+
+    add_import_arguments(p)
     return parser
 
 
@@ -355,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _import_outcomes(args)
     if args.cmd == "adapt":
         return _adapt(args)
+    if args.cmd == "import-routellm":
+        from lmroute.export.import_routellm import main as import_routellm_main
+
+        return import_routellm_main(args)
     parser.error(f"unknown command {args.cmd}")
     return 2
 

@@ -27,8 +27,9 @@ import numpy as np
 from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.remote_encoder import RemoteEncoderError, RemoteSettings
 from lmroute.bundle.routers import ModelQualities, PromptBatch
-from lmroute.service.errors import ConfigError
+from lmroute.service.errors import ConfigError, EncoderUnavailable
 from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
 
 __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROMPTS", "MAX_PADDING"]
@@ -104,6 +105,7 @@ class BundleScorer:
         intra_op_threads: int = 1,
         encoder_chunk_size: int = 8,
         public_key: Path | None = None,
+        remote: RemoteSettings | None = None,
     ) -> BundleScorer:
         """Load and validate the bundle at `path` (raises BundleError naming the bad file). With
         `public_key` (an Ed25519 public key PEM file) the bundle must carry a valid signature by it; a
@@ -117,7 +119,9 @@ class BundleScorer:
                 key = load_public_key(public_key)
             except ValueError as exc:
                 raise ConfigError(f"bundle_public_key: {exc}") from exc
-        bundle = load_bundle(path, providers=providers, intra_op_threads=intra_op_threads, public_key=key)
+        bundle = load_bundle(
+            path, providers=providers, intra_op_threads=intra_op_threads, public_key=key, remote=remote
+        )
         return cls(bundle, encoder_chunk_size=encoder_chunk_size)
 
     @property
@@ -157,7 +161,10 @@ class BundleScorer:
         wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
         needs_emb = any(self.bundle.routers[r].uses_encoder for r in wanted)
         t0 = time.perf_counter()
-        emb = self._embed(batch_tokens) if needs_emb else None
+        try:
+            emb = self._embed(batch_tokens) if needs_emb else None
+        except RemoteEncoderError as exc:  # each prompt of the batch gets it as its own error
+            raise EncoderUnavailable(str(exc)) from exc
         encoder_s = time.perf_counter() - t0
         full = PromptBatch(list(texts), batch_tokens, emb)
         scores: dict[str, np.ndarray] = {}

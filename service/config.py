@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmroute.bundle.remote_encoder import RemoteSettings
 from lmroute.outcomes.store import redact_dsn
 from lmroute.service.auth import load_tokens
 from lmroute.service.errors import ConfigError
@@ -183,6 +184,29 @@ class ServiceConfig:
     intra_op_threads: int = field(default=1, metadata=_doc("ONNX Runtime intra-op threads"))
     encoder_chunk_size: int = field(
         default=8, metadata=_doc("prompts per encoder run inside a batch (length-sorted chunks)")
+    )
+    embeddings_base_url: str = field(
+        default="",
+        metadata=_doc(
+            "OpenAI-compatible embeddings endpoint of a bundle whose encoder is remote (an import of RouteLLM's "
+            "mf or sw_ranking: text-embedding-3-small), e.g. http://127.0.0.1:8080/v1; empty = OPENAI_BASE_URL, "
+            "else https://api.openai.com/v1",
+            metavar="URL",
+        ),
+    )
+    embeddings_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata=_doc("name of the environment variable holding the embeddings endpoint's key", metavar="NAME"),
+    )
+    embeddings_timeout_s: float = field(
+        default=10.0, metadata=_doc("most seconds one embeddings request may take before it is retried")
+    )
+    embeddings_retries: int = field(
+        default=2,
+        metadata=_doc("retries of an embeddings request that timed out or got 429/5xx (backoff 0.25 s, doubling)"),
+    )
+    embeddings_max_concurrency: int = field(
+        default=8, metadata=_doc("embeddings requests in flight at once from this server")
     )
     device: str = field(default="cpu", metadata=_doc("cpu or cuda"))
     grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds"))
@@ -411,6 +435,12 @@ class ServiceConfig:
             raise ConfigError(f"reflection: must be one of auto, on, off (got {self.reflection!r})")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port: must be in [-1, 65535] (got {self.metrics_port})")
+        if not (isinstance(self.embeddings_timeout_s, (int, float)) and 0 < self.embeddings_timeout_s < math.inf):
+            raise ConfigError(f"embeddings_timeout_s: must be > 0 and finite (got {self.embeddings_timeout_s!r})")
+        _at_least("embeddings_retries", self.embeddings_retries, 0)
+        _at_least("embeddings_max_concurrency", self.embeddings_max_concurrency, 1)
+        if self.embeddings_base_url and not self.embeddings_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"embeddings_base_url: must be an http(s) URL (got {self.embeddings_base_url!r})")
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"http_port: must be in [-1, 65535] (got {self.http_port})")
         if self.http_port >= 0 and not self.upstreams_file:
@@ -475,6 +505,18 @@ class ServiceConfig:
     def spend_control(self) -> ControlSettings:
         """The spend controllers' constants."""
         return ControlSettings(window=self.control_window, repay=self.control_spend_repay, horizon=self.control_horizon)
+
+    @property
+    def remote_encoder(self) -> RemoteSettings:
+        """Where a remote encoder's embeddings endpoint is, its key read from `embeddings_api_key_env`."""
+        key = os.environ.get(self.embeddings_api_key_env, "") if self.embeddings_api_key_env else ""
+        return RemoteSettings(
+            base_url=self.embeddings_base_url,
+            api_key=key,
+            timeout_s=float(self.embeddings_timeout_s),
+            retries=self.embeddings_retries,
+            max_concurrency=self.embeddings_max_concurrency,
+        )
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,6 +20,7 @@
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
     +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
+    +-- EncoderUnavailable             UNAVAILABLE (a remote encoder's embeddings endpoint failed; per prompt)
     +-- UpstreamFailed                 UNAVAILABLE, HTTP 502 (the OpenAI-compatible front's upstream
                                        model unreachable, or it answered with a server error)
     +-- UpstreamTimeout                DEADLINE_EXCEEDED, HTTP 504 (the upstream did not answer in time)
@@ -60,6 +61,7 @@ __all__ = [
     "BundleRefused",
     "SwapInProgress",
     "Unauthenticated",
+    "EncoderUnavailable",
     "UpstreamFailed",
     "UpstreamTimeout",
     "ECHO_CHARS",
@@ -195,6 +197,13 @@ class Unauthenticated(ServiceError):
     default_reason = "UNAUTHENTICATED"
 
 
+class EncoderUnavailable(ServiceError):
+    """A remote encoder's embeddings endpoint failed after its retries (the message names the model and
+    the failure); each prompt of the batch gets it as its own error."""
+
+    default_reason = "ENCODER_UNAVAILABLE"
+
+
 class UpstreamFailed(ServiceError):
     """The OpenAI-compatible front's upstream model could not be reached or answered with a server error
     (the message names the model and what happened; HTTP 502)."""
@@ -234,6 +243,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
     Unauthenticated: (Code.UNAUTHENTICATED, None),
+    EncoderUnavailable: (Code.UNAVAILABLE, 1000),
     UpstreamFailed: (Code.UNAVAILABLE, None),
     UpstreamTimeout: (Code.DEADLINE_EXCEEDED, None),
 }

@@ -7,22 +7,26 @@ loop in a daemon thread, deterministic answers.
                                             # up.keys: their Authorization headers
 
 It answers `POST /v1/chat/completions` with the content `<name>: <last user message>`, as one JSON
-completion or, with `"stream": true`, as server-sent events of one word each, ending in `data: [DONE]`.
+completion or, with `"stream": true`, as server-sent events of one word each, ending in `data: [DONE]`;
+and `POST /v1/embeddings` with one unit vector of `embed_dim` per input, drawn from a generator seeded by
+a hash of the model name and the text (`fake_embedding`): the same text always gets the same vector.
 Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped
 error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
-events).
+events), `fail_first` (answer the first that many embeddings requests 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
-__all__ = ["FakeUpstream"]
+__all__ = ["FakeUpstream", "fake_embedding"]
 
 
 class FakeUpstream:
@@ -36,10 +40,16 @@ class FakeUpstream:
         delay_s: float = 0.0,
         break_after: int | None = None,
         record: bool = True,
+        embed_dim: int = 1536,
+        fail_first: int = 0,
     ) -> None:
         self.name = name
         self.record = record  # keep each request body in `requests` (off for long benchmark runs)
         self.served = 0
+        self.embed_dim = embed_dim
+        self.embedded = 0  # texts embedded
+        self.fail_first = fail_first  # answer this many requests 503 first (then as configured)
+        self.failed = 0
         self.status = status
         self.delay_s = delay_s
         self.break_after = break_after
@@ -91,10 +101,34 @@ class FakeUpstream:
     async def _serve(self) -> int:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         return int(self._runner.addresses[0][1])
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.failed < self.fail_first:
+            self.failed += 1
+            return web.json_response({"error": {"message": "try again", "type": "fake"}}, status=503)
+        if self.status != 200:
+            error = {"error": {"message": f"{self.name} refuses with {self.status}", "type": "fake", "code": None}}
+            return web.json_response(error, status=self.status)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return web.json_response({"error": {"message": "input: strings expected", "type": "fake"}}, status=400)
+        model = str(body.get("model", ""))
+        self.embedded += len(texts)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_embedding(model, t, self.embed_dim).tolist()}
+            for i, t in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -138,6 +172,14 @@ class FakeUpstream:
         await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
         return out
+
+
+def fake_embedding(model: str, text: str, dim: int) -> np.ndarray:
+    """The fake endpoint's embedding of `text`: float64 [dim], unit length, a pure function of its inputs."""
+    seed = int.from_bytes(hashlib.sha256(f"{model}\x00{text}".encode()).digest()[:8], "big")
+    v = np.random.default_rng(seed).standard_normal(dim)
+    unit: np.ndarray = v / np.linalg.norm(v)
+    return unit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -564,6 +564,12 @@ class Scheduler(Generic[T]):
             if len(res.n_tokens) != len(batch) or len(res.truncated) != len(batch):
                 raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {len(batch)} texts")
             self.timings.add_encoder_time(res.encoder_s)
+        except ServiceError as exc:  # the scorer's own error for the batch (e.g. its encoder endpoint down)
+            self.stats.scorer_failures += 1
+            _log.warning("scorer_refused", size=len(batch), error=str(exc), reason=exc.reason)
+            for it in batch:
+                self._finish(it, exc)
+            return max(it.n_tokens or 0 for it in batch), inline
         except Exception as exc:  # per-item isolation: rescore one by one
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:

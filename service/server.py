@@ -141,6 +141,7 @@ def load_bundle_scorer(cfg: ServiceConfig) -> Scorer[Any]:
         intra_op_threads=cfg.intra_op_threads,
         encoder_chunk_size=cfg.encoder_chunk_size,
         public_key=Path(cfg.bundle_public_key) if cfg.bundle_public_key else None,
+        remote=cfg.remote_encoder,
     )
 
 

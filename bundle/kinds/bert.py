@@ -85,6 +85,10 @@ class BertKind(RouterKind):
 
     def load(self, ctx: LoadContext, router: str, spec: RouterSpec) -> BertRouter:
         params: BertParams = spec.params
+        if ctx.manifest.encoder.kind == "remote":
+            raise BundleError(
+                MANIFEST_NAME, f"routers.{router}: bert reads the encoder's tokens; a remote encoder has none"
+            )
         if params.max_tokens != ctx.manifest.encoder.max_tokens:
             raise BundleError(
                 MANIFEST_NAME,

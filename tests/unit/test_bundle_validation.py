@@ -607,13 +607,13 @@ def test_onnx_manifest_has_no_kind_key(bundle_dir: Path) -> None:
 
 def test_unknown_encoder_kind(static_dir: Path) -> None:
     _edit_manifest(static_dir, lambda d: d["encoder"].update(kind="word2vec"))
-    assert _refused(static_dir) == "manifest.json: encoder.kind: unknown kind 'word2vec' (known: onnx, static)"
+    assert _refused(static_dir) == "manifest.json: encoder.kind: unknown kind 'word2vec' (known: onnx, static, remote)"
 
 
 def test_static_encoder_without_distillation(static_dir: Path) -> None:
     _edit_manifest(static_dir, lambda d: d["encoder"].pop("distillation"))
     assert _refused(static_dir) == (
-        "manifest.json: encoder.distillation: a static encoder says how it was distilled, an onnx one has none"
+        "manifest.json: encoder.distillation: a static encoder says how it was distilled, another kind has none"
     )
 
 

@@ -172,14 +172,14 @@ def test_admission_still_refuses_with_inline_steps() -> None:
 
 
 def test_calls_admitted_before_a_swap_keep_their_scorer_and_the_new_one_goes_inline_once_measured() -> None:
-    """The old scorer (5 ms a batch: over the limit, so on the scoring thread, where it can be held)
-    scores the calls admitted before the swap; the new one, unmeasured at first, on the thread too,
-    then inline."""
+    """The old scorer (150 ms a batch: over the 30 ms limit, so on the scoring thread, where it can be
+    held) scores the calls admitted before the swap; the new one (microseconds, far under the limit even
+    on a loaded machine), unmeasured at first, on the thread too, then inline."""
 
     async def body() -> None:
-        old = ThreadRecordingScorer(version="old", delay_s=0.005)
+        old = ThreadRecordingScorer(version="old", delay_s=0.15)
         new = ThreadRecordingScorer(version="new")
-        sched = make(old, inline_us=1000)
+        sched = make(old, inline_us=30_000)
         loop_thread = threading.get_ident()
         await measured(sched)
         old.entered.clear()

@@ -1,0 +1,50 @@
+"""RouteLLM's own code, run in a child process for the import-routellm equality tests (RouteLLM 0.2.0 from
+.cache/routellm/site, installed by scripts/install_routellm.sh, on top of .venv).
+
+    python routellm_side.py make-mf DIR SEED
+        a checkpoint in RouteLLM's exact format: its MFModel (hidden size 128, 64 models, text_dim 1536,
+        one class, with projection, as its mf router loads it) with random weights under SEED (the
+        projection and classifier drawn wider than PyTorch's default, so scores spread over [0, 1]),
+        written by its own save_pretrained (config.json + model.safetensors)
+    python routellm_side.py score-mf DIR PROMPTS_JSON OUT_JSON STRONG WEAK
+        RouteLLM's MatrixFactorizationRouter(checkpoint_path=DIR, strong_model=STRONG, weak_model=WEAK)
+        .calculate_strong_win_rate of each prompt, as a JSON list
+
+Embeddings come from OPENAI_BASE_URL (the test's fake endpoint), through RouteLLM's own OpenAI client.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from routellm_env import import_routellm
+
+
+def main(argv: list[str]) -> int:
+    rl = import_routellm()
+    assert rl.routers is not None
+    if argv[0] == "make-mf":
+        import torch
+        from routellm.routers.matrix_factorization.model import MFModel
+
+        torch.manual_seed(int(argv[2]))
+        model = MFModel(dim=128, num_models=64, text_dim=1536, num_classes=1, use_proj=True)
+        with torch.no_grad():  # spread the logits: PyTorch's initialisation leaves every score near 0.5
+            model.text_proj[0].weight.normal_(0.0, 1.0)
+            model.classifier[0].weight.normal_(0.0, 1.0)
+        model.save_pretrained(argv[1])
+        return 0
+    if argv[0] == "score-mf":
+        router = rl.routers.MatrixFactorizationRouter(checkpoint_path=argv[1], strong_model=argv[4], weak_model=argv[5])
+        prompts = json.loads(Path(argv[2]).read_text())
+        scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
+        Path(argv[3]).write_text(json.dumps({"version": rl.version, "scores": scores}))
+        return 0
+    raise SystemExit(f"unknown command {argv[0]}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

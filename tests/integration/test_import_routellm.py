@@ -1,0 +1,156 @@
+"""`lmroute-export import-routellm --router mf` against RouteLLM's own code (0.2.0 from PyPI, installed by
+scripts/install_routellm.sh into .cache/routellm/site): a checkpoint in RouteLLM's exact format, made by
+its own MFModel.save_pretrained with random weights, scored by its MatrixFactorizationRouter and by the
+imported bundle, both embedding through the same fake endpoint (a real HTTP server on 127.0.0.1 with
+deterministic unit vectors). Also the remote encoder's behaviour when the endpoint fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmroute.bundle.errors import BundleError
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.remote_encoder import RemoteSettings
+from lmroute.bundle.testing import synthetic_prompts
+from lmroute.export.import_routellm import ImportError_, import_mf
+from lmroute.service.client import RouterClient
+from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.testing import ServerThread
+
+REPO = Path(__file__).resolve().parents[2]
+SIDE = Path(__file__).resolve().parent / "routellm_side.py"
+PAIRS = [("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"), ("gpt-4-0613", "llama-2-70b-chat")]
+
+
+def _prompts() -> list[str]:
+    extra = [
+        "Écris un poème sur la mer, s'il te plaît. 🌊",
+        "数学の問題を解いてください: 2x + 3 = 11",
+        "x" * 3000,
+        " leading and trailing spaces ",
+        "Line one\nline two\n\ttabbed",
+    ]
+    return synthetic_prompts(200, seed=3) + extra
+
+
+@pytest.fixture(scope="module")
+def routellm() -> Callable[..., None]:
+    """Runs routellm_side.py (RouteLLM's code) with the given arguments and environment."""
+    subprocess.run([str(REPO / "scripts" / "install_routellm.sh")], check=True, cwd=REPO, timeout=1200)
+
+    def run(*args: object, env: dict[str, str]) -> None:
+        subprocess.run([sys.executable, str(SIDE), *map(str, args)], check=True, env=env, cwd=REPO, timeout=900)
+
+    return run
+
+
+def test_mf_scores_equal_routellm(routellm: Callable[..., None], tmp_path: Path) -> None:
+    prompts = _prompts()
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    ckpt = tmp_path / "mf_checkpoint"
+    with FakeUpstream("embeddings") as fake:
+        env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-fake"}
+        routellm("make-mf", ckpt, 11, env=env)
+        assert {"config.json", "model.safetensors"} <= {p.name for p in ckpt.iterdir()}  # + its model card
+        remote = RemoteSettings(base_url=fake.base_url)
+        for strong, weak in PAIRS:
+            routellm("score-mf", ckpt, tmp_path / "prompts.json", tmp_path / "theirs.json", strong, weak, env=env)
+            theirs = np.array(json.loads((tmp_path / "theirs.json").read_text())["scores"])
+            out = tmp_path / f"bundle-{strong}"
+            import_mf(ckpt, out, strong=strong, weak=weak, remote=remote, calibration_prompts=prompts[:60])
+            bundle = load_bundle(out, remote=remote)
+            ours = bundle.routers["mf"].score(bundle.prompt_batch(prompts))
+            assert len(ours) == len(theirs) == 205
+            assert float(np.max(np.abs(ours - theirs))) <= 1e-5, (strong, weak)
+            assert theirs.std() > 0.1 and theirs.min() < 0.2 and theirs.max() > 0.8  # spread: the check can fail
+            manifest = bundle.manifest
+            assert manifest.encoder.kind == "remote" and manifest.encoder.name == "text-embedding-3-small"
+            assert "RouteLLM mf imported from mf_checkpoint" in manifest.label
+            assert (manifest.default_pair.strong, manifest.default_pair.weak) == (strong, weak)
+        # the same scores through a real server (Score), embedding through the same endpoint
+        cfg_out = tmp_path / f"bundle-{PAIRS[-1][0]}"
+        from lmroute.service.config import ServiceConfig
+
+        with ServerThread(ServiceConfig(bundle_path=cfg_out, port=0, embeddings_base_url=fake.base_url)) as srv:
+            with RouterClient(srv.target) as client:
+                got = client.score(prompts[:40], ["mf"]).results
+        served = np.array([r.scores[0].strong_win_probability for r in got])
+        assert float(np.max(np.abs(served - theirs[:40]))) <= 1e-5
+
+
+def test_remote_encoder_failures(tmp_path: Path) -> None:
+    """Retries absorb a transient 503; an endpoint that stays down fails each prompt with a clear
+    UNAVAILABLE, and a bundle whose endpoint is down at load is refused naming the encoder."""
+    from lmroute.service.config import ServiceConfig
+
+    prompts = synthetic_prompts(8, seed=5)
+    with FakeUpstream("emb") as fake:
+        from lmroute.bundle.remote_encoder import write_remote_spec
+
+        ckpt = _tiny_mf_checkpoint(tmp_path)
+        write_remote_spec(tmp_path, "text-embedding-3-small", 1536)
+        out = import_mf(
+            ckpt, tmp_path / "b", remote=RemoteSettings(base_url=fake.base_url), calibration_prompts=prompts
+        )
+        with FakeUpstream("flaky", fail_first=2) as flaky:
+            bundle = load_bundle(out, remote=RemoteSettings(base_url=flaky.base_url, retries=2))
+            assert flaky.failed == 2 and len(bundle.routers["mf"].score(bundle.prompt_batch(prompts))) == 8
+        with (
+            FakeUpstream("down", status=503) as down,
+            pytest.raises(BundleError, match="the embeddings endpoint failed the probe: .*HTTP 503.*after 2 of 2"),
+        ):
+            load_bundle(out, remote=RemoteSettings(base_url=down.base_url, retries=1))
+        cfg = ServiceConfig(bundle_path=out, port=0, embeddings_base_url=fake.base_url, embeddings_retries=0)
+        with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+            fake.status = 500  # the endpoint goes down while serving
+            res = client.score(prompts[:3], ["mf"]).results
+            for r in res:
+                assert r.status.code == 14 and r.status.reason == "ENCODER_UNAVAILABLE"
+                assert "embeddings endpoint (model text-embedding-3-small): HTTP 500" in r.status.message
+            fake.status = 200
+            assert client.score(prompts[:3], ["mf"]).results[0].status.code == 0  # back when it is
+
+
+def _tiny_mf_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint in RouteLLM's layout written without RouteLLM (safetensors of random factors)."""
+    from safetensors.numpy import save_file
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    rng = np.random.default_rng(0)
+    cfg = {"dim": 16, "num_models": 64, "text_dim": 1536, "num_classes": 1, "use_proj": True}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    save_file(
+        {
+            "P.weight": rng.standard_normal((64, 16)).astype(np.float32),
+            "text_proj.0.weight": (rng.standard_normal((16, 1536)) / 40).astype(np.float32),
+            "classifier.0.weight": rng.standard_normal((1, 16)).astype(np.float32),
+        },
+        str(ckpt / "model.safetensors"),
+    )
+    return ckpt
+
+
+def test_bad_checkpoints_are_refused_naming_the_file(tmp_path: Path) -> None:
+    ckpt = _tiny_mf_checkpoint(tmp_path)
+    with pytest.raises(ImportError_, match="--strong-model 'gpt-5' is not in"):
+        import_mf(ckpt, tmp_path / "x", strong="gpt-5")
+    (ckpt / "config.json").write_text(json.dumps({"dim": 16, "num_models": 64, "text_dim": 1536}))
+    with pytest.raises(ImportError_, match=r"config.json: not an MFModel config \(missing num_classes, use_proj\)"):
+        import_mf(ckpt, tmp_path / "x")
+    cfg = {"dim": 32, "num_models": 64, "text_dim": 1536, "num_classes": 1, "use_proj": True}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ImportError_, match=r"model.safetensors: P.weight has shape \(64, 16\), config says \(64, 32\)"):
+        import_mf(ckpt, tmp_path / "x")
+    (ckpt / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ImportError_, match="model.safetensors: not a safetensors file"):
+        import_mf(ckpt, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
