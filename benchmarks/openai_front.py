@@ -142,6 +142,12 @@ def _throughput(make: Callable[[], Callable[[], None]], threads: int, seconds: f
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _report(args: argparse.Namespace, res: dict[str, Any]) -> str:
     lat, thr = res["latency"], res["throughput"]
     added = {q: lat["front"][q] - lat["upstream"][q] for q in ("p50_ms", "p99_ms")}
@@ -154,18 +160,26 @@ def _report(args: argparse.Namespace, res: dict[str, Any]) -> str:
         f"{res['client_cores']}; scorer: {res['scorer']}; {args.calls} sequential calls of each kind, "
         f"throughput with {args.concurrency} closed-loop callers for {args.seconds:g} s per kind.",
         "",
-        "| call | p50 ms | p99 ms | mean ms | calls/s |",
-        "|---|---:|---:|---:|---:|",
+        "| call | p50 ms | p99 ms | mean ms | calls/s | server CPU ms per call |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    cpu = res["server_cpu_ms_per_call"]
     for k in ("route", "upstream", "front"):
         lines.append(
-            f"| {k} | {lat[k]['p50_ms']:.3f} | {lat[k]['p99_ms']:.3f} | {lat[k]['mean_ms']:.3f} | {thr[k]:.0f} |"
+            f"| {k} | {lat[k]['p50_ms']:.3f} | {lat[k]['p99_ms']:.3f} | {lat[k]['mean_ms']:.3f} | {thr[k]:.0f} "
+            f"| {cpu[k]:.3f} |"
         )
     lines += [
         "",
         f"Added by the front (front - upstream): p50 {added['p50_ms']:.3f} ms, p99 {added['p99_ms']:.3f} ms; "
         f"a direct gRPC Route costs p50 {lat['route']['p50_ms']:.3f} ms, p99 {lat['route']['p99_ms']:.3f} ms "
         f"(ratio of p50s {added['p50_ms'] / lat['route']['p50_ms']:.2f}).",
+        "",
+        "calls/s is what the closed-loop callers reached; they and the fake upstreams share the client "
+        "cores, which bound it. Server CPU ms per call (the server process's user + system time over the "
+        "throughput phase, divided by its calls) is the server's own cost: the front's work over a direct "
+        f"Route is {cpu['front'] - cpu['route']:.3f} ms of server CPU per call (the upstream row: the server is "
+        "idle, nothing of it is the server's).",
         "",
     ]
     return "\n".join(lines)
@@ -201,8 +215,15 @@ def main() -> int:
             "client_cores": client_cores,
             "scorer": f"bundle {args.bundle}" if args.bundle else "FakeScorer (router mf)",
             "latency": _latency(kinds, args.calls),
-            "throughput": {k: _throughput(make, args.concurrency, args.seconds) for k, make in kinds.items()},
         }
+        assert server.proc is not None
+        throughput, cpu = {}, {}
+        for k, make in kinds.items():
+            c0 = _cpu_s(server.proc.pid)
+            throughput[k] = _throughput(make, args.concurrency, args.seconds)
+            cpu[k] = (_cpu_s(server.proc.pid) - c0) * 1000 / (throughput[k] * args.seconds)
+        res["throughput"] = throughput
+        res["server_cpu_ms_per_call"] = cpu
     finally:
         server.stop()
         up_proc.terminate()
