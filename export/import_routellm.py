@@ -1,4 +1,9 @@
-"""`lmroute-export import-routellm`: RouteLLM's released routers as bundles of this project.
+"""`lmroute-export import-routellm`: RouteLLM's released routers (mf, bert) as bundles of this project.
+
+    lmroute-export import-routellm --router bert --checkpoint DIR --out BUNDLE
+
+`DIR` is RouteLLM's bert checkpoint (`routellm/bert_gpt4_augmented` as downloaded: a Hugging Face
+sequence-classification directory with its tokenizer); `import_bert` says what the bundle holds.
 
     lmroute-export import-routellm --router mf --checkpoint DIR --out BUNDLE \\
         [--strong-model gpt-4-1106-preview] [--weak-model mixtral-8x7b-instruct-v0.1] \\
@@ -27,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,10 +41,11 @@ import numpy as np
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.manifest import DefaultPair, EncoderSpec, TrainingData
 from lmroute.bundle.remote_encoder import RemoteSettings, write_remote_spec
+from lmroute.bundle.truncation import HEAD
 from lmroute.bundle.writer import RouterArtifacts, stage_bundle
 from lmroute.kernels import reference
 
-__all__ = ["MF_MODEL_IDS", "add_arguments", "import_mf", "main"]
+__all__ = ["MF_MODEL_IDS", "add_arguments", "import_bert", "import_mf", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MF_MODEL_IDS = REPO_ROOT / "data" / "routellm" / "mf_model_ids.json"
@@ -194,8 +201,92 @@ def import_mf(
     return out
 
 
+def import_bert(
+    checkpoint: Path,
+    out: Path,
+    *,
+    strong: str = "gpt-4-1106-preview",
+    weak: str = "mixtral-8x7b-instruct-v0.1",
+    data_dir: Path = REPO_ROOT / "data",
+    calibration_limit: int | None = None,
+    calibration_prompts: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the bundle of RouteLLM's bert checkpoint (a Hugging Face sequence-classification directory:
+    config.json, the weights, the tokenizer files) to `out`.
+
+    RouteLLM's BERTRouter scores softmax(logits)[0] (1 - P(labels 1, 2)) of the prompt tokenised by the
+    checkpoint's own tokenizer, cut at its model_max_length. The bundle holds the same thing as this
+    project's bert kind over an encoder made from the checkpoint's own body: the encoder is the
+    checkpoint's transformer, mean-pooled and L2-normalised (its tokenizer and token limit), and the bert
+    router is the whole classifier as ONNX over those tokens (labels strong_wins, tie, weak_wins in
+    RouteLLM's order). Both graphs are checked against PyTorch at export. Needs torch and transformers
+    (the train extra)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmroute.export.encoder_export import export_encoder
+    from lmroute.export.pipeline import calibration_table
+    from lmroute.export.train_bert import bert_router_params, export_bert_onnx
+
+    cfg_path = checkpoint / "config.json"
+    if not cfg_path.is_file():
+        raise ImportError_(f"{cfg_path}: missing (expected RouteLLM's bert checkpoint: a Hugging Face model directory)")
+    config = AutoConfig.from_pretrained(str(checkpoint))
+    if getattr(config, "num_labels", None) != 3:
+        raise ImportError_(f"{cfg_path}: {config.num_labels} labels; RouteLLM's bert router has 3")
+    weights = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not weights:
+        raise ImportError_(f"{checkpoint}: no model.safetensors or pytorch_model.bin")
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ImportError_(f"{checkpoint}: its tokenizer has no fast (tokenizers) form to serve with")
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    max_tokens = min(int(tokenizer.model_max_length), positions)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"  # the checkpoint with a tokenizer.json beside it (what the export reads)
+        shutil.copytree(checkpoint, model_dir)
+        tokenizer.backend_tokenizer.save(str(model_dir / "tokenizer.json"))
+        enc_dir = Path(tmp) / "encoder"
+        export_encoder(model_dir, enc_dir, max_tokens=max_tokens, quantize=None)
+        classifier = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        onnx_path = Path(tmp) / "bert.onnx"
+        diff = export_bert_onnx(classifier, enc_dir, onnx_path, max_tokens=max_tokens, truncation=HEAD)
+        if diff > 1e-4:
+            raise ImportError_(f"{checkpoint}: the ONNX classifier differs from PyTorch by {diff:.3g} in a logit")
+        w_sha = _sha256(weights[0])
+        label = f"RouteLLM bert imported from {checkpoint.name}: {weights[0].name} sha256 {w_sha[:16]}"
+        models = tuple(sorted({strong, weak}))
+        with stage_bundle(
+            out,
+            encoder_dir=enc_dir,
+            encoder=EncoderSpec(
+                name=f"{checkpoint.name} (mean-pooled body)",
+                source=f"RouteLLM bert checkpoint {checkpoint.name} ({type(classifier).__name__})",
+                dim=int(config.hidden_size),
+                max_tokens=max_tokens,
+            ),
+            routers={
+                "bert": RouterArtifacts(kind="bert", params=bert_router_params(max_tokens), files={"model": onnx_path})
+            },
+            models=models,
+            default_pair=DefaultPair(strong=strong, weak=weak),
+            elo=dict.fromkeys(models, 0.0),
+            tiers=dict.fromkeys(models, 0),
+            training_data=TrainingData(
+                fingerprint=w_sha, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
+            ),
+            label=label,
+            overwrite=overwrite,
+        ) as staged:
+            bundle = load_bundle(staged.tmp, require_calibration=False, manifest=staged.manifest)
+            calibration = calibration_table(bundle, data_dir, limit=calibration_limit, prompts=calibration_prompts)
+            staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
+            staged.commit()
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", choices=["mf"], required=True, help="which RouteLLM router the checkpoint is")
+    p.add_argument("--router", choices=["mf", "bert"], required=True, help="which RouteLLM router the checkpoint is")
     p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint directory (config.json, ...)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--strong-model", default="gpt-4-1106-preview")
@@ -211,17 +302,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     remote = RemoteSettings(base_url=args.embeddings_base_url, api_key=os.environ.get(args.embeddings_api_key_env, ""))
     try:
-        out = import_mf(
-            args.checkpoint,
-            args.out,
-            strong=args.strong_model,
-            weak=args.weak_model,
-            model_ids=args.model_ids,
-            remote=remote,
-            data_dir=args.data_dir,
-            calibration_limit=args.calibration_limit,
-            overwrite=args.overwrite,
-        )
+        if args.router == "bert":
+            out = import_bert(
+                args.checkpoint,
+                args.out,
+                strong=args.strong_model,
+                weak=args.weak_model,
+                data_dir=args.data_dir,
+                calibration_limit=args.calibration_limit,
+                overwrite=args.overwrite,
+            )
+        else:
+            out = import_mf(
+                args.checkpoint,
+                args.out,
+                strong=args.strong_model,
+                weak=args.weak_model,
+                model_ids=args.model_ids,
+                remote=remote,
+                data_dir=args.data_dir,
+                calibration_limit=args.calibration_limit,
+                overwrite=args.overwrite,
+            )
     except ImportError_ as exc:
         print(f"import-routellm: {exc}")
         return 2

@@ -20,7 +20,7 @@ from lmroute.bundle.errors import BundleError
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.remote_encoder import RemoteSettings
 from lmroute.bundle.testing import synthetic_prompts
-from lmroute.export.import_routellm import ImportError_, import_mf
+from lmroute.export.import_routellm import ImportError_, import_bert, import_mf
 from lmroute.service.client import RouterClient
 from lmroute.service.fake_upstream import FakeUpstream
 from lmroute.service.testing import ServerThread
@@ -84,6 +84,24 @@ def test_mf_scores_equal_routellm(routellm: Callable[..., None], tmp_path: Path)
                 got = client.score(prompts[:40], ["mf"]).results
         served = np.array([r.scores[0].strong_win_probability for r in got])
         assert float(np.max(np.abs(served - theirs[:40]))) <= 1e-5
+
+
+def test_bert_scores_equal_routellm(routellm: Callable[..., None], tmp_path: Path) -> None:
+    prompts = _prompts()
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    ckpt = tmp_path / "bert_checkpoint"
+    env = {**os.environ, "OPENAI_API_KEY": "sk-unused"}
+    routellm("make-bert", ckpt, 5, env=env)
+    routellm("score-bert", ckpt, tmp_path / "prompts.json", tmp_path / "theirs.json", env=env)
+    theirs = np.array(json.loads((tmp_path / "theirs.json").read_text())["scores"])
+    out = import_bert(ckpt, tmp_path / "bundle", calibration_prompts=prompts[:60])
+    bundle = load_bundle(out)
+    ours = bundle.routers["bert"].score(bundle.prompt_batch(prompts))
+    assert len(ours) == len(theirs) == 205
+    assert theirs.std() > 0.05  # the scores vary: the comparison can fail
+    assert float(np.max(np.abs(ours - theirs))) <= 1e-5
+    assert bundle.manifest.encoder.max_tokens == 512  # the checkpoint tokenizer's limit (the long prompt is cut)
+    assert "RouteLLM bert imported from bert_checkpoint" in bundle.manifest.label
 
 
 def test_remote_encoder_failures(tmp_path: Path) -> None:
