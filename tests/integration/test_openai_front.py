@@ -211,3 +211,53 @@ def test_tokens_and_tenants(
     assert raw.headers["x-lmroute-tier"] == "strong"
     assert raw.parse().choices[0].message.content == "strong-llm: hello"
     assert "Authorization" not in json.dumps(upstreams["strong"].requests[-1])  # our token stays here
+
+
+def test_https_mtls_and_metrics(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """With the gRPC port's certificate files the front serves HTTPS only (mTLS with a client CA), and its
+    calls are counted in the Prometheus metrics under its path."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import trustme
+
+    ca, clients = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    client_ca = tmp_path / "clients-ca.pem"
+    clients.cert_pem.write_to_path(str(client_ca))
+    srv = fake_servers(
+        http_port=0,
+        upstreams_file=_file(tmp_path, upstreams),
+        tls_cert_file=str(chain),
+        tls_key_file=str(key),
+        tls_client_ca_file=str(client_ca),
+        metrics_port=0,
+    )
+    url = f"https://127.0.0.1:{srv.server.http_port}/v1/chat/completions"
+    body = json.dumps({"model": "router-mf-0.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def post(ctx: ssl.SSLContext | None, target: str = url) -> int:
+        req = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return int(resp.status)
+
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    with pytest.raises(urllib.error.URLError):  # no client certificate: the handshake is refused
+        post(trusted)
+    clients.issue_cert("client@example.test").configure_cert(trusted)
+    assert post(trusted) == 200
+    with pytest.raises(urllib.error.URLError):  # a server certificate nobody vouches for
+        untrusted = ssl.create_default_context()
+        clients.issue_cert("client@example.test").configure_cert(untrusted)
+        post(untrusted)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port
+        post(None, url.replace("https://", "http://"))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read()
+    assert b'lmroute_calls_total{code="OK",method="/v1/chat/completions"} 1.0' in metrics
