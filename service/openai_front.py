@@ -26,6 +26,8 @@ lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import ssl
@@ -42,6 +44,7 @@ from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer, tenant_named
+from lmroute.service.tracing import Tracing
 from lmroute.service.upstream_client import UpstreamClient
 from lmroute.service.upstreams import Upstream
 from lmroute.v1 import router_pb2
@@ -54,6 +57,7 @@ PREFIX = "router-"
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
 _CHAT = "/v1/chat/completions"
+_ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,10 @@ class OpenAIFront:
         metrics: ServiceMetrics | None = None,
         max_body_bytes: int = 4 << 20,
         grace_s: float = 5.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.servicer = servicer
+        self.tracing = tracing
         self.client = UpstreamClient(upstreams)
         self.auth = auth
         self.metrics = metrics
@@ -234,21 +240,31 @@ class OpenAIFront:
         t0 = time.perf_counter()
         code, reason = "OK", ""
         tenant_token = AUTH_TENANT.set(None)
-        try:
-            self._authenticate(request)
-            body = await self._body(request)
-            route = await self._route(request, body)
-            return await self._forward(request, body, route)
-        except ServiceError as exc:
-            status, info = http_status(exc)
-            code, reason = info.code.name, info.reason
-            if status >= 500:
-                _log.warning("http_error", status=status, reason=reason, error=info.message)
-            return _error(exc)
-        finally:
-            AUTH_TENANT.reset(tenant_token)
-            if self.metrics is not None:
-                self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
+        request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(structlog.contextvars.bound_contextvars(request_id=request_id, method=_CHAT))
+            span = scope.enter_context(self.tracing.call(_CHAT, request_id)) if self.tracing is not None else None
+            try:
+                self._authenticate(request)
+                body = await self._body(request)
+                route = await self._route(request, body)
+                return await self._forward(request, body, route)
+            except ServiceError as exc:
+                status, info = http_status(exc)
+                code, reason = info.code.name, info.reason
+                if status >= 500:
+                    _log.warning("http_error", status=status, reason=reason, error=info.message)
+                return _error(exc)
+            except Exception as exc:  # a bug: a generic 500, the details in the log
+                code, reason = "INTERNAL", "INTERNAL"
+                _log.exception("http_unhandled_exception")
+                return _error(exc)
+            finally:
+                AUTH_TENANT.reset(tenant_token)
+                if span is not None:
+                    span.set_attribute("rpc.code", code)
+                if self.metrics is not None:
+                    self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -295,6 +311,9 @@ class OpenAIFront:
             except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
                 _log.warning("http_stream_broke", tier=tier, error=str(exc))
                 await out.write(_sse_error(exc))
+            except ConnectionResetError:  # the caller went away mid-stream: nothing left to answer
+                _log.info("http_stream_caller_gone", tier=tier)
+                return out
             await out.write_eof()
             return out
 

@@ -244,6 +244,7 @@ class RouterServer:
                 metrics=self.metrics,
                 max_body_bytes=cfg.max_message_bytes,
                 grace_s=cfg.grace_s,
+                tracing=self.tracing,
             )
             tls = (
                 tls_context(

@@ -108,3 +108,39 @@ def test_no_spans_without_tracing(exporter: InMemorySpanExporter) -> None:
         assert exporter.get_finished_spans() == ()
     with pytest.raises(ConfigError, match="tracing: must be one of off, console, external"):
         ServiceConfig(bundle_path=Path("b"), tracing="jaeger")
+
+
+def test_the_http_front_call_has_its_span_and_stages(exporter: InMemorySpanExporter, tmp_path: Path) -> None:
+    """A chat completion through the OpenAI-compatible front is one server span (its path as the method)
+    with the route's four stage spans inside it."""
+    import urllib.request
+
+    from lmroute.service.fake_upstream import FakeUpstream
+
+    configure_logging("warning")
+    with FakeUpstream("strong") as strong, FakeUpstream("weak") as weak:
+        ups = {t: {"model": f"{t}-model", "base_url": u.base_url} for t, u in (("strong", strong), ("weak", weak))}
+        (tmp_path / "up.json").write_text(json.dumps(ups))
+        cfg = ServiceConfig(
+            bundle_path=Path("unused"),
+            port=0,
+            log_level="warning",
+            grace_s=0.0,
+            tracing="external",
+            http_port=0,
+            upstreams_file=str(tmp_path / "up.json"),
+            batch=BatchPolicy(inline_us=0),
+        )
+        with ServerThread(cfg, scorer_factory=lambda _cfg: FakeScorer(routers=("random", "mf"))).start() as srv:
+            exporter.clear()
+            body = json.dumps({"model": "router-mf-0.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{srv.server.http_port}/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json", "x-request-id": "front-trace-1"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+    call, kids = children(exporter, "/v1/chat/completions")
+    assert [k.name for k in kids] == STAGES
+    assert call.attributes["rpc.code"] == "OK" and call.attributes["lmroute.request_id"] == "front-trace-1"
