@@ -34,7 +34,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +69,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _mf_config(path: Path) -> dict[str, object]:
+def _mf_config(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -80,7 +82,7 @@ def _mf_config(path: Path) -> dict[str, object]:
     return doc
 
 
-def _mf_weights(path: Path, cfg: dict[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mf_weights(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P [num_models, dim], text_proj [dim, text_dim], classifier [dim]) as float32, shapes checked."""
     from safetensors.numpy import load_file
 
@@ -88,7 +90,7 @@ def _mf_weights(path: Path, cfg: dict[str, object]) -> tuple[np.ndarray, np.ndar
         tensors = load_file(str(path))
     except Exception as exc:  # a truncated or foreign file
         raise ImportError_(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from None
-    dim, n_models, text_dim = int(cfg["dim"]), int(cfg["num_models"]), int(cfg["text_dim"])  # type: ignore[call-overload]
+    dim, n_models, text_dim = int(cfg["dim"]), int(cfg["num_models"]), int(cfg["text_dim"])
     want = {"P.weight": (n_models, dim), "classifier.0.weight": (1, dim)}
     if cfg["use_proj"]:
         want["text_proj.0.weight"] = (dim, text_dim)
@@ -117,6 +119,58 @@ def _model_ids(path: Path) -> dict[str, int]:
     return dict(ids)
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What an import writes: the encoder (its files in encoder_dir), one router, the models and the pair,
+    and the provenance (the weights' sha256 as the training-data fingerprint, the label)."""
+
+    encoder_dir: Path
+    encoder: EncoderSpec
+    router_name: str
+    router: RouterArtifacts
+    models: tuple[str, ...]
+    pair: DefaultPair
+    fingerprint: str
+    label: str
+
+
+def _write(
+    out: Path,
+    imp: Imported,
+    *,
+    remote: RemoteSettings | None,
+    data_dir: Path,
+    calibration_limit: int | None,
+    calibration_prompts: list[str] | None,
+    overwrite: bool,
+) -> Path:
+    """Stage the bundle, load it through the validating loader (a remote encoder through its endpoint),
+    calibrate it on the calibration prompts, commit it, and load the result once more."""
+    from lmroute.export.pipeline import calibration_table
+
+    with stage_bundle(
+        out,
+        encoder_dir=imp.encoder_dir,
+        encoder=imp.encoder,
+        routers={imp.router_name: imp.router},
+        models=imp.models,
+        default_pair=imp.pair,
+        elo=dict.fromkeys(imp.models, 0.0),  # not in the checkpoints: 0 = unknown
+        tiers=dict.fromkeys(imp.models, 0),
+        training_data=TrainingData(
+            fingerprint=imp.fingerprint, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
+        ),
+        label=imp.label,
+        overwrite=overwrite,
+    ) as staged:
+        bundle = load_bundle(staged.tmp, require_calibration=False, manifest=staged.manifest, remote=remote)
+        calibration = calibration_table(bundle, data_dir, limit=calibration_limit, prompts=calibration_prompts)
+        staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
+        staged.commit(validate=False)  # validated above; the commit's own check would not know the endpoint
+    load_bundle(out, remote=remote)  # the bundle as written, calibration required
+    return out
+
+
 def import_mf(
     checkpoint: Path,
     out: Path,
@@ -131,7 +185,6 @@ def import_mf(
     overwrite: bool = False,
 ) -> Path:
     """Write the bundle of RouteLLM's mf checkpoint in `checkpoint` to `out` (module docstring)."""
-    from lmroute.export.pipeline import calibration_table
 
     cfg_path, weights_path = checkpoint / "config.json", checkpoint / "model.safetensors"
     for p in (cfg_path, weights_path):
@@ -139,7 +192,7 @@ def import_mf(
             raise ImportError_(f"{p}: missing (expected RouteLLM's mf checkpoint: config.json, model.safetensors)")
     cfg = _mf_config(cfg_path)
     p_table, text_proj, classifier = _mf_weights(weights_path, cfg)
-    if int(cfg["text_dim"]) != EMBEDDING_DIM:  # type: ignore[call-overload]
+    if int(cfg["text_dim"]) != EMBEDDING_DIM:
         raise ImportError_(f"{cfg_path}: text_dim {cfg['text_dim']}, but {EMBEDDING_MODEL} gives {EMBEDDING_DIM}")
     ids = _model_ids(model_ids)
     for role, name in (("strong", strong), ("weak", weak)):
@@ -158,47 +211,26 @@ def import_mf(
     )
     with tempfile.TemporaryDirectory() as tmp:
         write_remote_spec(Path(tmp), EMBEDDING_MODEL, EMBEDDING_DIM)
-        with stage_bundle(
+        encoder = EncoderSpec(
+            name=EMBEDDING_MODEL,
+            source="OpenAI-compatible embeddings endpoint (RouteLLM's mf embedding model)",
+            dim=EMBEDDING_DIM,
+            max_tokens=EMBEDDING_MAX_TOKENS,
+            pooling="endpoint",
+            files={"spec": "encoder/remote.json"},
+            kind="remote",
+        )
+        arrays = {"text_proj": text_proj, "model_emb": model_emb, "classifier": classifier, "pair_vector": pair_vector}
+        router = RouterArtifacts(kind="mf", params={"d_model": int(cfg["dim"])}, arrays=arrays)
+        return _write(
             out,
-            encoder_dir=tmp,
-            encoder=EncoderSpec(
-                name=EMBEDDING_MODEL,
-                source="OpenAI-compatible embeddings endpoint (RouteLLM's mf embedding model)",
-                dim=EMBEDDING_DIM,
-                max_tokens=EMBEDDING_MAX_TOKENS,
-                pooling="endpoint",
-                files={"spec": "encoder/remote.json"},
-                kind="remote",
-            ),
-            routers={
-                "mf": RouterArtifacts(
-                    kind="mf",
-                    params={"d_model": int(cfg["dim"])},  # type: ignore[call-overload]
-                    arrays={
-                        "text_proj": text_proj,
-                        "model_emb": model_emb,
-                        "classifier": classifier,
-                        "pair_vector": pair_vector,
-                    },
-                )
-            },
-            models=models,
-            default_pair=DefaultPair(strong=strong, weak=weak),
-            elo=dict.fromkeys(models, 0.0),  # not in the checkpoint: 0 = unknown
-            tiers=dict.fromkeys(models, 0),
-            training_data=TrainingData(
-                fingerprint=w_sha, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
-            ),
-            label=label,
+            Imported(Path(tmp), encoder, "mf", router, models, DefaultPair(strong=strong, weak=weak), w_sha, label),
+            remote=remote,
+            data_dir=data_dir,
+            calibration_limit=calibration_limit,
+            calibration_prompts=calibration_prompts,
             overwrite=overwrite,
-        ) as staged:
-            # the staged files through the validating loader, embedding through the endpoint; its calibration
-            bundle = load_bundle(staged.tmp, require_calibration=False, manifest=staged.manifest, remote=remote)
-            calibration = calibration_table(bundle, data_dir, limit=calibration_limit, prompts=calibration_prompts)
-            staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
-            staged.commit(validate=False)  # validated above; the commit's own check would not know the endpoint
-    load_bundle(out, remote=remote)  # the bundle as written, calibration required
-    return out
+        )
 
 
 def import_bert(
@@ -225,7 +257,6 @@ def import_bert(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from lmroute.export.encoder_export import export_encoder
-    from lmroute.export.pipeline import calibration_table
     from lmroute.export.train_bert import bert_router_params, export_bert_onnx
 
     cfg_path = checkpoint / "config.json"
@@ -255,34 +286,23 @@ def import_bert(
             raise ImportError_(f"{checkpoint}: the ONNX classifier differs from PyTorch by {diff:.3g} in a logit")
         w_sha = _sha256(weights[0])
         label = f"RouteLLM bert imported from {checkpoint.name}: {weights[0].name} sha256 {w_sha[:16]}"
-        models = tuple(sorted({strong, weak}))
-        with stage_bundle(
+        encoder = EncoderSpec(
+            name=f"{checkpoint.name} (mean-pooled body)",
+            source=f"RouteLLM bert checkpoint {checkpoint.name} ({type(classifier).__name__})",
+            dim=int(config.hidden_size),
+            max_tokens=max_tokens,
+        )
+        router = RouterArtifacts(kind="bert", params=bert_router_params(max_tokens), files={"model": onnx_path})
+        pair = DefaultPair(strong=strong, weak=weak)
+        return _write(
             out,
-            encoder_dir=enc_dir,
-            encoder=EncoderSpec(
-                name=f"{checkpoint.name} (mean-pooled body)",
-                source=f"RouteLLM bert checkpoint {checkpoint.name} ({type(classifier).__name__})",
-                dim=int(config.hidden_size),
-                max_tokens=max_tokens,
-            ),
-            routers={
-                "bert": RouterArtifacts(kind="bert", params=bert_router_params(max_tokens), files={"model": onnx_path})
-            },
-            models=models,
-            default_pair=DefaultPair(strong=strong, weak=weak),
-            elo=dict.fromkeys(models, 0.0),
-            tiers=dict.fromkeys(models, 0),
-            training_data=TrainingData(
-                fingerprint=w_sha, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
-            ),
-            label=label,
+            Imported(enc_dir, encoder, "bert", router, tuple(sorted({strong, weak})), pair, w_sha, label),
+            remote=None,
+            data_dir=data_dir,
+            calibration_limit=calibration_limit,
+            calibration_prompts=calibration_prompts,
             overwrite=overwrite,
-        ) as staged:
-            bundle = load_bundle(staged.tmp, require_calibration=False, manifest=staged.manifest)
-            calibration = calibration_table(bundle, data_dir, limit=calibration_limit, prompts=calibration_prompts)
-            staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
-            staged.commit()
-    return out
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
