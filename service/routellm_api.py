@@ -8,9 +8,10 @@ RouteLLM's users write
 
 and the same lines run here with `from lmroute import Controller`. The routing decision is a gRPC `Route`
 call to a running `lmroute-serve` (`target`, default the variable LMROUTE_TARGET or 127.0.0.1:50051; its
-token from LMROUTE_TOKEN), so the router, calibration and decision records are the server's; the model
-call goes from this process straight to the chosen model's OpenAI-compatible endpoint with the standard
-library (no `openai`, no `litellm` needed).
+token from LMROUTE_TOKEN), so the router, calibration and decision records are the server's; or, with
+`bundle=PATH`, made in this process from the bundle (no server: for notebooks and offline evaluation; no
+decision ids, no live targets). The model call goes from this process straight to the chosen model's
+OpenAI-compatible endpoint with the standard library (no `openai`, no `litellm` needed).
 
 Where a model is sent (RouteLLM names models the way LiteLLM does):
 
@@ -39,6 +40,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,8 +135,74 @@ def endpoint(
     return base, api_key if api_key is not None else env.get(f"{var}_API_KEY", ""), name
 
 
+@dataclass(frozen=True)
+class Decision:
+    strong: bool
+    score: float
+    threshold: float
+    decision_id: str  # "" in process
+
+
+class _Served:
+    """Decisions by a running server (gRPC Route / Score)."""
+
+    def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
+        self.where = f"served at {target}"
+        self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
+        self.routers = tuple(r.name for r in self.client.list_routers().routers)
+
+    def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
+        r = self.client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
+        return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id)
+
+    def scores(self, texts: list[str], router: str) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(texts), _SCORE_BATCH):
+            for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
+                if res.status.code != 0:
+                    raise RoutingError(f"prompts[{i + j}]: {res.status.message}")
+                out.append(res.scores[0].strong_win_probability)
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _InProcess:
+    """Decisions made here from a bundle (`lmroute.bundle.load_bundle`; a remote encoder embeds through
+    OPENAI_BASE_URL / OPENAI_API_KEY, as RouteLLM's routers do)."""
+
+    def __init__(self, path: Path) -> None:
+        from lmroute.bundle.loader import load_bundle
+
+        self.where = f"in the bundle {path}"
+        self.bundle = load_bundle(path)
+        self.routers = tuple(self.bundle.routers)
+
+    def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
+        from lmroute.service.prompts import prompt_text
+
+        text = prompt if isinstance(prompt, str) else prompt_text(prompt, "messages")
+        if not isinstance(text, str):
+            raise RoutingError(str(text))
+        [score] = self.scores([text], ask.router)
+        if ask.threshold is not None:
+            threshold = ask.threshold
+        elif ask.share is not None:
+            threshold = float(self.bundle.threshold_for_share(ask.router, ask.share))
+        else:
+            raise RoutingError(f"router-{ask.router}: a live share target needs a server (give a threshold or @share)")
+        return Decision(score >= threshold, score, threshold, "")
+
+    def scores(self, texts: list[str], router: str) -> list[float]:
+        return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
+
+    def close(self) -> None:
+        pass
+
+
 class Controller:
-    """RouteLLM's Controller, routed by a running lmroute-serve (module docstring)."""
+    """RouteLLM's Controller, routed by a running lmroute-serve or a bundle in process (module docstring)."""
 
     def __init__(
         self,
@@ -151,6 +219,7 @@ class Controller:
         tls_ca: str | None = None,
         tenant: str | None = None,
         timeout_s: float = 600.0,
+        bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
         self.api_base = api_base
@@ -158,19 +227,23 @@ class Controller:
         self.config = config  # accepted for RouteLLM's signature; the server's bundle holds the routers
         self.timeout_s = timeout_s
         self.model_counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.target = target or os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051")
-        self._client = RouterClient(
-            self.target, token=token or os.environ.get("LMROUTE_TOKEN") or None, tls_ca=tls_ca, tenant=tenant
-        )
-        loaded = [r.name for r in self._client.list_routers().routers]
+        self._backend: _Served | _InProcess
+        if bundle is not None:
+            self._backend = _InProcess(Path(bundle))
+        else:
+            target = target or os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051")
+            token = token or os.environ.get("LMROUTE_TOKEN") or None
+            self._backend = _Served(target, token, tls_ca, tenant)
+        loaded = self._backend.routers
         for router in routers:
             if router not in loaded:
-                raise RoutingError(f"router {router!r} is not served at {self.target} (loaded: {', '.join(loaded)})")
+                where = self._backend.where
+                raise RoutingError(f"router {router!r} is not {where} (loaded: {', '.join(loaded)})")
         self.routers = tuple(routers)
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.completion, acreate=self.acompletion))
 
     def close(self) -> None:
-        self._client.close()
+        self._backend.close()
 
     # -- routing -------------------------------------------------------------------------------------
 
@@ -189,11 +262,10 @@ class Controller:
         return ModelAsk(router, threshold=float(threshold))
 
     def _decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Routing:
-        r = self._client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
-        strong = r.tier == router_pb2.TIER_STRONG
-        model = self.model_pair.strong if strong else self.model_pair.weak
+        d = self._backend.decide(ask, prompt)
+        model = self.model_pair.strong if d.strong else self.model_pair.weak
         self.model_counts[ask.router][model] += 1
-        return Routing(r.decision_id, ask.router, "strong" if strong else "weak", model, r.score, r.threshold)
+        return Routing(d.decision_id, ask.router, "strong" if d.strong else "weak", model, d.score, d.threshold)
 
     def route(self, prompt: str, router: str, threshold: float) -> str:
         """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`)."""
@@ -203,14 +275,7 @@ class Controller:
         """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
         given one, else a list."""
         self._ask(None, router, 0.0)
-        texts = [str(p) for p in prompts]
-        scores: list[float] = []
-        for i in range(0, len(texts), _SCORE_BATCH):
-            resp = self._client.score(texts[i : i + _SCORE_BATCH], [router])
-            for j, res in enumerate(resp.results):
-                if res.status.code != 0:
-                    raise RoutingError(f"prompts[{i + j}]: {res.status.message}")
-                scores.append(res.scores[0].strong_win_probability)
+        scores = self._backend.scores([str(p) for p in prompts], router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
 

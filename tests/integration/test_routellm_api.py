@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +160,35 @@ def test_endpoints_of_model_names() -> None:
     # a Hugging Face style name is a model name, not a provider
     assert endpoint("meta-llama/Meta-Llama-3-8B", None, None, env)[2] == "meta-llama/Meta-Llama-3-8B"
     assert endpoint("openai/gpt-4o", "http://vllm/v1", "k", env) == ("http://vllm/v1", "k", "gpt-4o")
+
+
+def test_in_process_controller_decides_as_the_server_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Controller(bundle=PATH) routes in this process, with the same scores and choices as a server
+    serving that bundle."""
+    from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+    from lmroute.service.config import ServiceConfig
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", encoder_dir=make_fake_encoder_dir(tmp_path / "enc"), seed=2)
+    prompts = synthetic_prompts(24, seed=9)
+    with FakeUpstream("openai") as up, ServerThread(ServiceConfig(bundle_path=bundle, port=0)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", up.base_url)
+        local = Controller(routers=["mf", "sw_ranking"], strong_model="big", weak_model="small", bundle=bundle)
+        served = Controller(routers=["mf", "sw_ranking"], strong_model="big", weak_model="small", target=srv.target)
+        for router in ("mf", "sw_ranking"):
+            ours, theirs = (
+                local.batch_calculate_win_rate(prompts, router),
+                served.batch_calculate_win_rate(prompts, router),
+            )
+            assert ours == pytest.approx(theirs, abs=1e-6)
+            for p in prompts[:8]:
+                assert local.route(p, router, 0.5) == served.route(p, router, 0.5)
+        r = local.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": prompts[0]}])
+        s = served.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": prompts[0]}])
+        assert r.routing.tier == s.routing.tier and r.routing.threshold == pytest.approx(s.routing.threshold)
+        assert r.routing.decision_id == "" and len(s.routing.decision_id) == 32  # ids come from a server
+        assert r.choices[0].message.content == f"openai: {prompts[0]}"
+        with pytest.raises(RoutingError, match="a live share target needs a server"):
+            local.chat.completions.create(model="router-mf", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(RoutingError, match="router 'bert' is not in the bundle"):
+            Controller(routers=["bert"], strong_model="a", weak_model="b", bundle=bundle)
+        served.close()
