@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt_command(sub)
     p = sub.add_parser(
         "import-routellm",
-        help="make a bundle of RouteLLM's released mf or bert router (its checkpoint files; docs/OPENAI_FRONT.md)",
+        help="make a bundle of RouteLLM's released mf, bert or sw_ranking router (its files; docs/OPENAI_FRONT.md)",
     )
     from lmroute.export.import_routellm import add_arguments as add_import_arguments
 

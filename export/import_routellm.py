@@ -1,4 +1,9 @@
-"""`lmroute-export import-routellm`: RouteLLM's released routers (mf, bert) as bundles of this project.
+"""`lmroute-export import-routellm`: RouteLLM's released routers (mf, bert, sw_ranking) as bundles.
+
+    lmroute-export import-routellm --router sw_ranking --battles FILE... --embeddings FILE... --out BUNDLE
+
+sw_ranking takes RouteLLM's battle and embedding tables (its `arena_battle_datasets` and
+`arena_embedding_datasets`, as files); `import_sw` says what the bundle holds.
 
     lmroute-export import-routellm --router bert --checkpoint DIR --out BUNDLE
 
@@ -47,7 +52,7 @@ from lmroute.bundle.truncation import HEAD
 from lmroute.bundle.writer import RouterArtifacts, stage_bundle
 from lmroute.kernels import reference
 
-__all__ = ["MF_MODEL_IDS", "add_arguments", "import_bert", "import_mf", "main"]
+__all__ = ["MF_MODEL_IDS", "add_arguments", "import_bert", "import_mf", "import_sw", "main", "model_tiers"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MF_MODEL_IDS = REPO_ROOT / "data" / "routellm" / "mf_model_ids.json"
@@ -134,6 +139,18 @@ class Imported:
     label: str
 
 
+def _remote_encoder_spec(what: str) -> EncoderSpec:
+    return EncoderSpec(
+        name=EMBEDDING_MODEL,
+        source=f"OpenAI-compatible embeddings endpoint ({what})",
+        dim=EMBEDDING_DIM,
+        max_tokens=EMBEDDING_MAX_TOKENS,
+        pooling="endpoint",
+        files={"spec": "encoder/remote.json"},
+        kind="remote",
+    )
+
+
 def _write(
     out: Path,
     imp: Imported,
@@ -143,6 +160,8 @@ def _write(
     calibration_limit: int | None,
     calibration_prompts: list[str] | None,
     overwrite: bool,
+    tiers: dict[str, int] | None = None,
+    elo: dict[str, float] | None = None,
 ) -> Path:
     """Stage the bundle, load it through the validating loader (a remote encoder through its endpoint),
     calibrate it on the calibration prompts, commit it, and load the result once more."""
@@ -155,8 +174,8 @@ def _write(
         routers={imp.router_name: imp.router},
         models=imp.models,
         default_pair=imp.pair,
-        elo=dict.fromkeys(imp.models, 0.0),  # not in the checkpoints: 0 = unknown
-        tiers=dict.fromkeys(imp.models, 0),
+        elo=elo if elo is not None else dict.fromkeys(imp.models, 0.0),  # not in a checkpoint: 0 = unknown
+        tiers=tiers if tiers is not None else dict.fromkeys(imp.models, 0),
         training_data=TrainingData(
             fingerprint=imp.fingerprint, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
         ),
@@ -211,15 +230,7 @@ def import_mf(
     )
     with tempfile.TemporaryDirectory() as tmp:
         write_remote_spec(Path(tmp), EMBEDDING_MODEL, EMBEDDING_DIM)
-        encoder = EncoderSpec(
-            name=EMBEDDING_MODEL,
-            source="OpenAI-compatible embeddings endpoint (RouteLLM's mf embedding model)",
-            dim=EMBEDDING_DIM,
-            max_tokens=EMBEDDING_MAX_TOKENS,
-            pooling="endpoint",
-            files={"spec": "encoder/remote.json"},
-            kind="remote",
-        )
+        encoder = _remote_encoder_spec("RouteLLM's mf embedding model")
         arrays = {"text_proj": text_proj, "model_emb": model_emb, "classifier": classifier, "pair_vector": pair_vector}
         router = RouterArtifacts(kind="mf", params={"d_model": int(cfg["dim"])}, arrays=arrays)
         return _write(
@@ -305,9 +316,220 @@ def import_bert(
         )
 
 
+# ---- sw_ranking ------------------------------------------------------------------------------------
+SW_MIN_FIRST_TURN = 16  # RouteLLM's preprocess_battles keeps battles whose first turn has >= 16 characters
+_BATTLE_COLUMNS = ("prompt", "model_a", "model_b", "winner_model_a", "winner_model_b")
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a table file: JSON Lines, a JSON list, or Parquet (needs pyarrow)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError_(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or give JSON Lines"
+            ) from None
+        return list(enumerate(pq.read_table(path).to_pylist(), 1))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        doc = json.loads(text)
+        if not isinstance(doc, list):
+            raise ImportError_(f"{path}: expected a JSON list of rows")
+        return list(enumerate(doc, 1))
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ImportError_(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return out
+
+
+def read_battles(paths: list[Path]) -> list[tuple[str, str, str]]:
+    """(model_a, model_b, winner) of the battles RouteLLM's SW router keeps, in file order: rows of the
+    released schema (prompt: a JSON list of turns; winner_model_a / winner_model_b 0 or 1, neither = a tie)
+    whose first turn, stripped, has >= 16 characters. A bad row is an error naming its file and line."""
+    kept: list[tuple[str, str, str]] = []
+    for path in paths:
+        for n, row in _rows(path):
+            where = f"{path}:{n}"
+            if not isinstance(row, dict) or any(c not in row for c in _BATTLE_COLUMNS):
+                raise ImportError_(f"{where}: a battle needs the columns {', '.join(_BATTLE_COLUMNS)}")
+            try:
+                turns = json.loads(row["prompt"])
+                first = turns[0].strip()
+            except (TypeError, ValueError, IndexError, AttributeError):
+                raise ImportError_(f"{where}: prompt must be a JSON list of turns (strings)") from None
+            if len(first) < SW_MIN_FIRST_TURN:
+                continue
+            winner = "model_a" if row["winner_model_a"] == 1 else "model_b" if row["winner_model_b"] == 1 else "tie"
+            kept.append((str(row["model_a"]), str(row["model_b"]), winner))
+    return kept
+
+
+def read_battle_embeddings(paths: list[Path]) -> np.ndarray:
+    """float64 [n, dim] of the embeddings tables (rows with an `embeddings` list, or a .npy), in order."""
+    parts = []
+    for path in paths:
+        if path.suffix == ".npy":
+            parts.append(np.load(path, allow_pickle=False).astype(np.float64))
+            continue
+        rows = []
+        for n, row in _rows(path):
+            if not isinstance(row, dict) or not isinstance(row.get("embeddings"), list):
+                raise ImportError_(f"{path}:{n}: a row needs an 'embeddings' list")
+            rows.append(row["embeddings"])
+        parts.append(np.asarray(rows, dtype=np.float64))
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def _battle_cells(pairs: list[tuple[int, int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """cells [c, 3] (a < b, outcome 0 = a wins, 1 = b wins, 2 = tie) and each battle's cell index."""
+    keys = []
+    for a, b, winner in pairs:
+        outcome = 2 if winner == "tie" else 0 if winner == "model_a" else 1
+        if a > b:
+            a, b = b, a
+            outcome = {0: 1, 1: 0, 2: 2}[outcome]
+        keys.append((a, b, outcome))
+    cells, index = np.unique(np.array(keys, dtype=np.int64).reshape(-1, 3), axis=0, return_inverse=True)
+    return cells.astype(np.int32), index.reshape(-1)
+
+
+def model_tiers(battles: list[tuple[str, str, str]], num_tiers: int) -> tuple[dict[str, int], dict[str, float]]:
+    """RouteLLM's tiers: the models' Bradley-Terry-with-ties ratings on every kept battle (unweighted),
+    sorted from the best, cut into `num_tiers` contiguous groups of least total within-group variance
+    (its `compute_tiers` dynamic programme; tier 0 = the best). Also the ratings as Elo (400 x log10 odds
+    + 1000)."""
+    models = list(dict.fromkeys([a for a, _, _ in battles] + [b for _, b, _ in battles]))
+    ids = {m: i for i, m in enumerate(models)}
+    cells, index = _battle_cells([(ids[a], ids[b], w) for a, b, w in battles])
+    counts = np.bincount(index, minlength=len(cells)).astype(np.float64)
+    ratings = reference.bt_ratings_from_cells(cells, counts, len(models)) / np.log(10.0)
+    elo = {m: float(400.0 * ratings[ids[m]] + 1000.0) for m in models}
+    order = sorted(models, key=lambda m: -elo[m])
+    r = [elo[m] for m in order]
+    n, k = len(r), num_tiers
+    dp = np.zeros((n, n, k))
+    split = np.zeros((n, n, k), dtype=np.int64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dp[i, j, 0] = np.var(r[i : j + 1])
+    for t in range(1, k):
+        for i in range(n):
+            for j in range(i + 1, n):
+                best, at = 1e9, 0
+                for cut in range(i, j):
+                    v = dp[i, cut, t - 1] + dp[cut + 1, j, 0]
+                    if best > v:
+                        best, at = v, cut
+                dp[i, j, t], split[i, j, t] = best, at
+    cuts, end = [], n
+    for t in range(k - 1, 0, -1):
+        cut = int(split[0, end - 1, t])
+        cuts.append(cut)
+        end = cut + 1
+    bounds = cuts[::-1] + [n - 1]
+    tiers, start = {}, 0
+    for t, last in enumerate(bounds):
+        for j in range(start, last + 1):
+            tiers[order[j]] = t
+        start = last + 1
+    return tiers, elo
+
+
+def import_sw(
+    battles: list[Path],
+    embeddings: list[Path],
+    out: Path,
+    *,
+    strong: str = "gpt-4-1106-preview",
+    weak: str = "mixtral-8x7b-instruct-v0.1",
+    num_tiers: int = 10,
+    remote: RemoteSettings | None = None,
+    data_dir: Path = REPO_ROOT / "data",
+    calibration_limit: int | None = None,
+    calibration_prompts: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the bundle of RouteLLM's sw_ranking data (its battles and their embeddings tables, in the
+    released schema) to `out`: this project's sw_ranking kind over RouteLLM's tiers, reproducing its fit.
+
+    RouteLLM fits each request's weighted Bradley-Terry model with a design matrix whose two entries of a
+    same-tier battle fall in one column, the second overwriting the first: such a battle is a game
+    between the tier and a virtual opponent of rating 0 (the row's model_a side). The bundle keeps that:
+    tier `num_tiers` is that virtual opponent, and a same-tier battle is a cell against it. Ratings are
+    only defined up to a shift, and the score depends on the strong and weak tiers' difference only, so
+    this is RouteLLM's model, solved to its exact optimum (RouteLLM's sklearn fit stops at tol 1e-4)."""
+    kept = read_battles(battles)
+    emb = read_battle_embeddings(embeddings)
+    if len(kept) != len(emb):
+        raise ImportError_(
+            f"{len(kept)} battles kept (first turn >= {SW_MIN_FIRST_TURN} characters) but {len(emb)} embeddings"
+        )
+    if emb.shape[1] != EMBEDDING_DIM:
+        raise ImportError_(f"embeddings have dimension {emb.shape[1]}, {EMBEDDING_MODEL} gives {EMBEDDING_DIM}")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if not np.isfinite(emb).all() or (norms == 0).any():
+        raise ImportError_("embeddings hold a zero or non-finite row")
+    tiers, elo = model_tiers(kept, num_tiers)
+    for role, name in (("strong", strong), ("weak", weak)):
+        if name not in tiers:
+            raise ImportError_(f"--{role}-model {name!r} is in no battle ({len(tiers)} models)")
+    virtual = num_tiers
+    pairs = [(tiers[a], tiers[b], w) if tiers[a] != tiers[b] else (virtual, tiers[a], w) for a, b, w in kept]
+    cells, index = _battle_cells(pairs)
+    counts = np.zeros((len(kept), len(cells)), dtype=np.float32)
+    counts[np.arange(len(kept)), index] = 1.0
+    models = tuple(sorted(tiers))
+    fingerprint = hashlib.sha256(b"".join(_sha256(p).encode() for p in [*battles, *embeddings])).hexdigest()
+    label = (
+        f"RouteLLM sw_ranking imported from {len(battles)} battle and {len(embeddings)} embedding tables "
+        f"(sha256 of their sha256s {fingerprint[:16]})"
+    )
+    params = {
+        "gamma": 10.0,
+        "n_tiers": num_tiers + 1,
+        "strong_tier": tiers[strong],
+        "weak_tier": tiers[weak],
+        "scale": 400.0,
+        "base": 10.0,
+    }
+    arrays = {"prompt_embeddings": (emb / norms).astype(np.float32), "cells": cells, "cell_counts": counts}
+    router = RouterArtifacts(kind="sw_ranking", params=params, arrays=arrays)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_remote_spec(Path(tmp), EMBEDDING_MODEL, EMBEDDING_DIM)
+        imp = Imported(
+            Path(tmp),
+            _remote_encoder_spec("RouteLLM's sw_ranking embedding model"),
+            "sw_ranking",
+            router,
+            models,
+            DefaultPair(strong=strong, weak=weak),
+            fingerprint,
+            label,
+        )
+        return _write(
+            out,
+            imp,
+            remote=remote,
+            data_dir=data_dir,
+            calibration_limit=calibration_limit,
+            calibration_prompts=calibration_prompts,
+            overwrite=overwrite,
+            tiers=tiers,
+            elo=elo,
+        )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", choices=["mf", "bert"], required=True, help="which RouteLLM router the checkpoint is")
-    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint directory (config.json, ...)")
+    p.add_argument("--router", choices=["mf", "bert", "sw_ranking"], required=True, help="which RouteLLM router")
+    p.add_argument("--checkpoint", type=Path, help="mf, bert: the checkpoint directory (config.json, ...)")
+    p.add_argument("--battles", type=Path, nargs="+", help="sw_ranking: battle tables (.jsonl, .json, .parquet)")
+    p.add_argument("--embeddings", type=Path, nargs="+", help="sw_ranking: their embeddings tables, same order")
+    p.add_argument("--num-tiers", type=int, default=10, help="sw_ranking: RouteLLM's num_tiers")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--strong-model", default="gpt-4-1106-preview")
     p.add_argument("--weak-model", default="mixtral-8x7b-instruct-v0.1")
@@ -322,7 +544,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     remote = RemoteSettings(base_url=args.embeddings_base_url, api_key=os.environ.get(args.embeddings_api_key_env, ""))
     try:
-        if args.router == "bert":
+        if args.router == "sw_ranking":
+            if not args.battles or not args.embeddings:
+                raise ImportError_("--router sw_ranking needs --battles and --embeddings")
+            out = import_sw(
+                args.battles,
+                args.embeddings,
+                args.out,
+                strong=args.strong_model,
+                weak=args.weak_model,
+                num_tiers=args.num_tiers,
+                remote=remote,
+                data_dir=args.data_dir,
+                calibration_limit=args.calibration_limit,
+                overwrite=args.overwrite,
+            )
+        elif args.checkpoint is None:
+            raise ImportError_(f"--router {args.router} needs --checkpoint")
+        elif args.router == "bert":
             out = import_bert(
                 args.checkpoint,
                 args.out,

@@ -13,6 +13,10 @@
         tokenizer (all-MiniLM-L6-v2's files, model_max_length 512), written by save_pretrained
     python routellm_side.py score-bert DIR PROMPTS_JSON OUT_JSON
         RouteLLM's BERTRouter(checkpoint_path=DIR).calculate_strong_win_rate of each prompt
+    python routellm_side.py score-sw BATTLES_DIR EMBEDDINGS_DIR PROMPTS_JSON OUT_JSON STRONG WEAK NUM_TIERS
+        RouteLLM's SWRankingRouter over the battle and embedding tables in those directories (loaded by
+        its own `datasets.load_dataset`), calculate_strong_win_rate of each prompt; with
+        ROUTELLM_SIDE_CONVERGED=1 its sklearn fit runs to convergence (tol 1e-12) instead of stopping at 1e-4
     python routellm_side.py score-mf DIR PROMPTS_JSON OUT_JSON STRONG WEAK
         RouteLLM's MatrixFactorizationRouter(checkpoint_path=DIR, strong_model=STRONG, weak_model=WEAK)
         .calculate_strong_win_rate of each prompt, as a JSON list
@@ -23,6 +27,7 @@ Embeddings come from OPENAI_BASE_URL (the test's fake endpoint), through RouteLL
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +78,25 @@ def main(argv: list[str]) -> int:
         prompts = json.loads(Path(argv[2]).read_text())
         scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
         Path(argv[3]).write_text(json.dumps({"version": rl.version, "scores": scores}))
+        return 0
+    if argv[0] == "score-sw":
+        if os.environ.get("ROUTELLM_SIDE_CONVERGED") == "1":  # its own fit, run to convergence
+            import functools
+
+            from sklearn.linear_model import LogisticRegression
+
+            rl.utils.LogisticRegression = functools.partial(LogisticRegression, tol=1e-12, max_iter=100_000)
+        router = rl.routers.SWRankingRouter(
+            arena_battle_datasets=[argv[1]],
+            arena_embedding_datasets=[argv[2]],
+            strong_model=argv[5],
+            weak_model=argv[6],
+            num_tiers=int(argv[7]),
+        )
+        prompts = json.loads(Path(argv[3]).read_text())
+        scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
+        tiers = {str(k): int(v) for k, v in router.model2tier.items()}
+        Path(argv[4]).write_text(json.dumps({"version": rl.version, "scores": scores, "tiers": tiers}))
         return 0
     if argv[0] == "score-mf":
         router = rl.routers.MatrixFactorizationRouter(checkpoint_path=argv[1], strong_model=argv[4], weak_model=argv[5])

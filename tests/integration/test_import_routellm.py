@@ -20,13 +20,16 @@ from lmroute.bundle.errors import BundleError
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.remote_encoder import RemoteSettings
 from lmroute.bundle.testing import synthetic_prompts
-from lmroute.export.import_routellm import ImportError_, import_bert, import_mf
+from lmroute.export.import_routellm import ImportError_, import_bert, import_mf, import_sw
 from lmroute.service.client import RouterClient
 from lmroute.service.fake_upstream import FakeUpstream
 from lmroute.service.testing import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).resolve().parent / "routellm_side.py"
+# RouteLLM's sw fit is sklearn's LogisticRegression, stopped at its tol 1e-4; the bundle solves the same
+# model to its optimum, so the two agree to the solver's tolerance, not to the bit
+SW_TOLERANCE = 1e-3
 PAIRS = [("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"), ("gpt-4-0613", "llama-2-70b-chat")]
 
 
@@ -104,6 +107,99 @@ def test_bert_scores_equal_routellm(routellm: Callable[..., None], tmp_path: Pat
     assert "RouteLLM bert imported from bert_checkpoint" in bundle.manifest.label
 
 
+def _battles(root: Path, n: int = 700, seed: int = 4) -> tuple[Path, Path, list[str]]:
+    """A battles table and its embeddings table in RouteLLM's released schema (JSON Lines, one directory
+    each, as `datasets.load_dataset` reads them): 12 models of graded strength, outcomes drawn from a
+    Bradley-Terry model with ties, prompts of which some are under the 16-character cut; and the models."""
+    rng = np.random.default_rng(seed)
+    models = [f"model-{chr(97 + i)}" for i in range(10)] + ["gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"]
+    strength = dict(zip(models, rng.normal(0, 1, len(models)), strict=True))
+    strength["gpt-4-1106-preview"], strength["mixtral-8x7b-instruct-v0.1"] = 2.0, 0.3
+    shift = rng.normal(0, 1.5, (5, len(models)))
+    bdir, edir = root / "battles", root / "battle_embeddings"
+    bdir.mkdir()
+    edir.mkdir()
+    rows, embs = [], []
+    for i in range(n):
+        a, b = rng.choice(len(models), 2, replace=False)
+        ma, mb = models[a], models[b]
+        topic = i % 5  # strengths shift by topic, so which battles weigh most changes the fit
+        p = 1 / (1 + np.exp(strength[mb] + shift[topic, b] - strength[ma] - shift[topic, a]))
+        u = rng.random()
+        winner = "a" if u < p * 0.85 else "b" if u < 0.85 else "tie"
+        first = (
+            f"battle {i}: " + " ".join(rng.choice(["explain", "prove", "code", "poem", "tax"], 3)) if i % 9 else "hi"
+        )
+        rows.append(
+            {
+                "id": i,
+                "model_a": ma,
+                "model_b": mb,
+                "prompt": json.dumps([first, "and a second turn"]),
+                "response_a": "[]",
+                "response_b": "[]",
+                "winner_model_a": int(winner == "a"),
+                "winner_model_b": int(winner == "b"),
+                "winner_tie": int(winner == "tie"),
+            }
+        )
+        if len(first.strip()) >= 16:  # the released embeddings cover the battles RouteLLM keeps
+            v = rng.standard_normal(1536) + 30.0 * np.eye(1536)[topic]  # the topic shows in the embedding
+            embs.append({"embeddings": (v / np.linalg.norm(v)).tolist()})
+    (bdir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (edir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in embs))
+    return bdir / "train.jsonl", edir / "train.jsonl", models
+
+
+def test_sw_ranking_scores_match_routellm(routellm: Callable[..., None], tmp_path: Path) -> None:
+    battles, embeddings, _ = _battles(tmp_path)
+    prompts = _prompts()
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    strong, weak, n_tiers = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1", 4
+    with FakeUpstream("embeddings") as fake:
+        env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-fake"}
+        out_json = tmp_path / "theirs.json"
+        routellm(
+            "score-sw",
+            battles.parent,
+            embeddings.parent,
+            tmp_path / "prompts.json",
+            out_json,
+            strong,
+            weak,
+            n_tiers,
+            env=env,
+        )
+        theirs_doc = json.loads(out_json.read_text())
+        theirs = np.array(theirs_doc["scores"])
+        converged_json = tmp_path / "theirs_converged.json"
+        args = (battles.parent, embeddings.parent, tmp_path / "prompts.json", converged_json, strong, weak, n_tiers)
+        routellm("score-sw", *args, env={**env, "ROUTELLM_SIDE_CONVERGED": "1"})
+        converged = np.array(json.loads(converged_json.read_text())["scores"])
+        remote = RemoteSettings(base_url=fake.base_url)
+        out = import_sw(
+            [battles],
+            [embeddings],
+            tmp_path / "bundle",
+            num_tiers=n_tiers,
+            remote=remote,
+            calibration_prompts=prompts[:40],
+        )
+        bundle = load_bundle(out, remote=remote)
+        ours = bundle.routers["sw_ranking"].score(bundle.prompt_batch(prompts))
+    assert dict(bundle.manifest.tiers) == theirs_doc["tiers"]  # the same tiers, from the same battles
+    cells = np.load(out / bundle.manifest.routers["sw_ranking"].files["cells"])
+    assert (cells[:, 1] == n_tiers).any()  # same-tier battles are there, as games against the virtual tier
+    assert theirs.std() > 0.01  # scores differ by prompt (sd ~0.025) far beyond the tolerances below
+    diff, exact = np.abs(ours - theirs), np.abs(ours - converged)
+    print(
+        f"sw_ranking vs RouteLLM: max |diff| {diff.max():.3g} (mean {diff.mean():.3g}); vs its fit run to "
+        f"convergence {exact.max():.3g}; scores sd {theirs.std():.3g}"
+    )
+    assert float(diff.max()) <= SW_TOLERANCE  # RouteLLM as released: its solver's tolerance
+    assert float(exact.max()) <= 1e-5  # the same model: equal once RouteLLM's own fit converges
+
+
 def test_remote_encoder_failures(tmp_path: Path) -> None:
     """Retries absorb a transient 503; an endpoint that stays down fails each prompt with a clear
     UNAVAILABLE, and a bundle whose endpoint is down at load is refused naming the encoder."""
@@ -171,4 +267,18 @@ def test_bad_checkpoints_are_refused_naming_the_file(tmp_path: Path) -> None:
     (ckpt / "model.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ImportError_, match="model.safetensors: not a safetensors file"):
         import_mf(ckpt, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_battle_tables_are_refused_naming_file_and_line(tmp_path: Path) -> None:
+    battles, embeddings, _ = _battles(tmp_path, n=60)
+    lines = battles.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([*lines[:3], json.dumps({"prompt": "[]", "model_a": "x"}), *lines[3:]]) + "\n")
+    with pytest.raises(ImportError_, match=r"bad.jsonl:4: a battle needs the columns prompt, model_a"):
+        import_sw([bad], [embeddings], tmp_path / "x")
+    with pytest.raises(ImportError_, match=r"53 battles kept \(first turn >= 16 characters\) but 106 embeddings"):
+        import_sw([battles], [embeddings, embeddings], tmp_path / "x")
+    with pytest.raises(ImportError_, match="--strong-model 'gpt-5' is in no battle"):
+        import_sw([battles], [embeddings], tmp_path / "x", strong="gpt-5")
     assert not (tmp_path / "x").exists()
