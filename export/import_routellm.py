@@ -1,33 +1,33 @@
 """`lmroute-export import-routellm`: RouteLLM's released routers (mf, bert, sw_ranking) as bundles.
 
-    lmroute-export import-routellm --router sw_ranking --battles FILE... --embeddings FILE... --out BUNDLE
-
-sw_ranking takes RouteLLM's battle and embedding tables (its `arena_battle_datasets` and
-`arena_embedding_datasets`, as files); `import_sw` says what the bundle holds.
-
-    lmroute-export import-routellm --router bert --checkpoint DIR --out BUNDLE
-
-`DIR` is RouteLLM's bert checkpoint (`routellm/bert_gpt4_augmented` as downloaded: a Hugging Face
-sequence-classification directory with its tokenizer); `import_bert` says what the bundle holds.
-
     lmroute-export import-routellm --router mf --checkpoint DIR --out BUNDLE \\
         [--strong-model gpt-4-1106-preview] [--weak-model mixtral-8x7b-instruct-v0.1] \\
         [--embeddings-base-url URL] [--embeddings-api-key-env NAME] [--calibration-limit N]
+    lmroute-export import-routellm --router bert --checkpoint DIR --out BUNDLE
+    lmroute-export import-routellm --router sw_ranking --battles FILE... --embeddings FILE... --out BUNDLE
 
-`DIR` is RouteLLM's mf checkpoint as `huggingface-cli download routellm/mf_gpt4_augmented --local-dir DIR`
-lays it out: `config.json` (MFModel's arguments: dim, num_models, text_dim, num_classes, use_proj) and
+Nothing is downloaded: the user points at the files RouteLLM publishes.
+
+mf: `DIR` as `huggingface-cli download routellm/mf_gpt4_augmented --local-dir DIR` lays it out:
+`config.json` (MFModel's arguments: dim, num_models, text_dim, num_classes, use_proj) and
 `model.safetensors` (`P.weight` [num_models, dim], `text_proj.0.weight` [dim, text_dim],
 `classifier.0.weight` [1, dim]). Which row of P is which model is RouteLLM's `MODEL_IDS`
-(data/routellm/mf_model_ids.json; `--model-ids` for another table). Nothing is downloaded: the user
-points at files.
+(data/routellm/mf_model_ids.json; `--model-ids` for another table). The bundle: the `mf` router with
+those factors (this project's mf kind is RouteLLM's MF collapsed to the strong/weak pair:
+sigmoid(logit_strong - logit_weak), the same number) and a `remote` encoder naming RouteLLM's embedding
+model (text-embedding-3-small, 1536; `lmroute.bundle.remote_encoder`). RouteLLM's mf embeds the raw
+prompt; this encoder L2-normalises the endpoint's vector, which changes nothing for OpenAI's embeddings
+(unit length).
 
-The bundle: the `mf` router with those factors (this project's mf kind is RouteLLM's MF collapsed to
-the strong/weak pair: sigmoid(logit_strong - logit_weak), the same number), a `remote` encoder naming
-RouteLLM's embedding model (text-embedding-3-small, 1536; `lmroute.bundle.remote_encoder`), the
-calibration table from the vendored Arena prompts embedded through the endpoint (`--calibration-limit`
-for fewer), and the provenance in the manifest: the label names the source and the checkpoint files'
-sha256, the training-data fingerprint is the weights' sha256. RouteLLM's mf embeds the raw prompt; this
-encoder L2-normalises the endpoint's vector, which changes nothing for OpenAI's embeddings (unit length).
+bert: `DIR` is RouteLLM's bert checkpoint (`routellm/bert_gpt4_augmented` as downloaded: a Hugging Face
+sequence-classification directory with its tokenizer); `import_bert` says what the bundle holds.
+
+sw_ranking: RouteLLM's battle and embedding tables (its `arena_battle_datasets` and
+`arena_embedding_datasets`, as files); `import_sw` says what the bundle holds.
+
+Every bundle gets its calibration table from the vendored Arena prompts (through the endpoint for a
+remote encoder; `--calibration-limit` for fewer) and its provenance in the manifest: the label names
+the source and the files' sha256, the training-data fingerprint is a sha256 of the weights or tables.
 """
 
 from __future__ import annotations
