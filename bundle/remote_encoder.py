@@ -2,8 +2,9 @@
 "remote").
 
 RouteLLM's mf and sw_ranking routers embed prompts with OpenAI's `text-embedding-3-small`; a bundle
-imported from them (`lmroute-export import-routellm`) embeds the same way, through this encoder. Any
-endpoint that speaks the same API works alike (a local TEI or vLLM embeddings server). The bundle's
+imported from them (`lmroute-export import-routellm`) embeds the same way, through this encoder. An
+endpoint that speaks the same API (the OpenAI-compatible embeddings route of a local TEI or vLLM server,
+say) is called the same way; the tests use a fake one on 127.0.0.1. The bundle's
 file `encoder/remote.json` names the embedding model and its dimension (`{"model":
 "text-embedding-3-small", "dim": 1536}`): that is bundle content, part of the bundle's version. Where
 the endpoint is and its key are deployment settings (`RemoteSettings`: `lmroute-serve
