@@ -543,46 +543,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     remote = RemoteSettings(base_url=args.embeddings_base_url, api_key=os.environ.get(args.embeddings_api_key_env, ""))
+    common = dict(  # what every router's import takes from the flags
+        strong=args.strong_model,
+        weak=args.weak_model,
+        data_dir=args.data_dir,
+        calibration_limit=args.calibration_limit,
+        overwrite=args.overwrite,
+    )
     try:
         if args.router == "sw_ranking":
             if not args.battles or not args.embeddings:
                 raise ImportError_("--router sw_ranking needs --battles and --embeddings")
-            out = import_sw(
-                args.battles,
-                args.embeddings,
-                args.out,
-                strong=args.strong_model,
-                weak=args.weak_model,
-                num_tiers=args.num_tiers,
-                remote=remote,
-                data_dir=args.data_dir,
-                calibration_limit=args.calibration_limit,
-                overwrite=args.overwrite,
-            )
+            out = import_sw(args.battles, args.embeddings, args.out, num_tiers=args.num_tiers, remote=remote, **common)
         elif args.checkpoint is None:
             raise ImportError_(f"--router {args.router} needs --checkpoint")
         elif args.router == "bert":
-            out = import_bert(
-                args.checkpoint,
-                args.out,
-                strong=args.strong_model,
-                weak=args.weak_model,
-                data_dir=args.data_dir,
-                calibration_limit=args.calibration_limit,
-                overwrite=args.overwrite,
-            )
+            out = import_bert(args.checkpoint, args.out, **common)
         else:
-            out = import_mf(
-                args.checkpoint,
-                args.out,
-                strong=args.strong_model,
-                weak=args.weak_model,
-                model_ids=args.model_ids,
-                remote=remote,
-                data_dir=args.data_dir,
-                calibration_limit=args.calibration_limit,
-                overwrite=args.overwrite,
-            )
+            out = import_mf(args.checkpoint, args.out, model_ids=args.model_ids, remote=remote, **common)
     except ImportError_ as exc:
         print(f"import-routellm: {exc}")
         return 2
