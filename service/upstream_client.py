@@ -72,7 +72,8 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        # no pool-wide cap (each upstream has its slots); no decompression surprises: ask for identity
+        # no pool-wide cap (each upstream has its slots); a compressed answer is decoded before it is passed on
+        # (the front drops the upstream's Content-Encoding, so the caller gets plain bytes)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=True, trust_env=False
         )
