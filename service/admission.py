@@ -16,14 +16,20 @@ Three bounds, checked in this order when a call of `n` prompts arrives (`refusal
 An idle server admits any call that fits bounds 1 and 2, so a call of any allowed size can succeed.
 Until the first batch is measured, only bound 1 applies.
 
-Cost is measured in tokens, not prompts: a prompt's scoring time grows with its length, and prompts in
-one deployment range from ten tokens to the encoder's limit. `ServiceRate` keeps exponentially weighted
-averages of the scorer's seconds per token and of the tokens per prompt over the batches it scores;
-queued prompts are counted by their own token counts (tokenised at admission), a new call's by the
-average. The limits follow the measurements (Little's law: work in front = rate x wait), so admission
+Cost is measured in tokens of work, not prompts: a prompt's scoring time grows with its length and with
+the routers it asks for (a BERT router reads the prompt with a transformer of its own; mf only reads the
+shared embedding), and prompts in one deployment range from ten tokens to the encoder's limit.
+`ServiceRate` keeps exponentially weighted averages over the batches it scores: the scorer's seconds per
+token of what every prompt costs (the shared encoder and the batch's overhead), each router's own seconds
+per token of the prompts that asked for it (when the scorer reports them, `ScoredBatch.router_s`), and
+the tokens per prompt. A prompt of `n` tokens asking for routers R is `n x weight(R)` tokens of work,
+`weight(R) = 1 + sum over R of (router's seconds per token / shared seconds per token)`; a work token
+takes the shared seconds per token. Queued prompts are counted by their own work (token counts from
+admission, weights from when they were queued), a new call's by the average length at its routers'
+weight. The limits follow the measurements (Little's law: work in front = rate x wait), so admission
 adapts when prompts get longer, routers costlier or the machine slower. `batch_budget` turns
-`max_batch_ms` into a token budget for the next batch, so a batch of long or costly prompts holds fewer
-of them and its time, part of every queued prompt's wait, stays bounded.
+`max_batch_ms` into a budget of work tokens for the next batch, so a batch of long or costly prompts
+holds fewer of them and its time, part of every queued prompt's wait, stays bounded.
 
 `Admission` counts the admitted prompts; a call holds its `Permit` (`with permit:`) until it is answered.
 """
@@ -31,6 +37,7 @@ of them and its time, part of every queued prompt's wait, stays bounded.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -44,22 +51,33 @@ _MAX_RETRY_MS = 10_000
 
 
 class ServiceRate:
-    """Exponentially weighted seconds per token and tokens per prompt of the scored batches (None until
-    a batch is observed)."""
+    """Exponentially weighted seconds per work token, each router's relative cost and tokens per prompt
+    of the scored batches (None until a batch is observed)."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1] (got {smoothing})")
         self.smoothing = smoothing
-        self.seconds_per_token: float | None = None
+        self.seconds_per_token: float | None = None  # the shared cost of a token (encoder, overhead)
         self.tokens_per_prompt: float | None = None
+        self.router_seconds_per_token: dict[str, float] = {}  # a router's own cost of a token it reads
+        self.seconds_per_prompt: float | None = None  # all of a batch's time per prompt, at its mix
 
-    def observe(self, n_prompts: int, n_tokens: int, seconds: float) -> None:
-        """One scored batch of `n_prompts` prompts holding `n_tokens` tokens that took `seconds`."""
+    def observe(
+        self, n_prompts: int, n_tokens: int, seconds: float, routers: Mapping[str, tuple[float, int]] | None = None
+    ) -> None:
+        """One scored batch of `n_prompts` prompts holding `n_tokens` tokens that took `seconds`;
+        `routers`: name -> (seconds the scorer spent in that router alone, tokens of the prompts that
+        asked for it), for the routers whose time the scorer reports (the rest counts as shared)."""
         if n_prompts <= 0 or n_tokens <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
-        self.seconds_per_token = self._mix(self.seconds_per_token, max(seconds, 1e-9) / n_tokens)
+        own = {r: (s, t) for r, (s, t) in (routers or {}).items() if t > 0 and math.isfinite(s) and s >= 0}
+        shared = max(seconds - sum(s for s, _ in own.values()), 1e-9)
+        self.seconds_per_token = self._mix(self.seconds_per_token, shared / n_tokens)
         self.tokens_per_prompt = self._mix(self.tokens_per_prompt, n_tokens / n_prompts)
+        self.seconds_per_prompt = self._mix(self.seconds_per_prompt, max(seconds, 1e-9) / n_prompts)
+        for r, (s, t) in own.items():
+            self.router_seconds_per_token[r] = self._mix(self.router_seconds_per_token.get(r), s / t)
 
     def _mix(self, old: float | None, x: float) -> float:
         return x if old is None else old + self.smoothing * (x - old)
@@ -68,40 +86,48 @@ class ServiceRate:
     def measured(self) -> bool:
         return self.seconds_per_token is not None and self.tokens_per_prompt is not None
 
-    def seconds(self, *, tokens: float = 0.0, prompts: float = 0.0) -> float:
-        """The time to score `tokens` tokens plus `prompts` prompts of average length (0.0 unmeasured)."""
+    def weight(self, routers: Iterable[str]) -> float:
+        """Work tokens per token of a prompt that asks for `routers`: 1 + each measured router's own cost
+        relative to the shared cost (a router not measured yet adds nothing)."""
+        if not self.seconds_per_token:
+            return 1.0
+        return 1.0 + sum(self.router_seconds_per_token.get(r, 0.0) for r in routers) / self.seconds_per_token
+
+    def seconds(self, *, tokens: float = 0.0, prompts: float = 0.0, weight: float = 1.0) -> float:
+        """The time to score `tokens` work tokens plus `prompts` prompts of average length at `weight`
+        (0.0 unmeasured)."""
         if self.seconds_per_token is None or self.tokens_per_prompt is None:
             return 0.0
-        return (tokens + prompts * self.tokens_per_prompt) * self.seconds_per_token
+        return (tokens + prompts * self.tokens_per_prompt * weight) * self.seconds_per_token
 
     @property
     def prompts_per_s(self) -> float | None:
-        """The measured rate in prompts of average length per second; None before the first batch."""
-        one = self.seconds(prompts=1.0)
-        return 1.0 / one if one > 0 else None
+        """The measured rate in prompts per second at the scored batches' mix of lengths and routers;
+        None before the first batch."""
+        return None if self.seconds_per_prompt is None else 1.0 / self.seconds_per_prompt
 
 
 @dataclass(frozen=True)
 class Load:
-    """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the tokens
-    of the batch being scored (`running_tokens`) and, per queued call, the tokens one visit takes
-    (`visits`: its next `per_call` prompts).
+    """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the work
+    tokens of the batch being scored (`running_tokens`) and, per queued call, the work tokens one visit
+    takes (`visits`: its next `per_call` prompts).
 
     A newly queued prompt waits about one round behind the running batch: `ahead_tokens`, however long
     the queued calls are. A call of `n` prompts needs ceil(n / per_call) rounds."""
 
     in_flight: int
-    running_tokens: int = 0
-    visits: tuple[int, ...] = ()
+    running_tokens: float = 0.0
+    visits: tuple[float, ...] = ()
     per_call: int = 1
 
     @property
-    def ahead_tokens(self) -> int:
+    def ahead_tokens(self) -> float:
         return self.running_tokens + sum(self.visits)
 
 
 def batch_budget(policy: BatchPolicy, rate: ServiceRate) -> int | None:
-    """Tokens the next batch may hold: what the scorer scores in `max_batch_ms` at the measured cost
+    """Work tokens the next batch may hold: what the scorer scores in `max_batch_ms` at the measured cost
     (None: no such budget, before the first batch or with `max_batch_ms` 0). A batch always takes at
     least one prompt."""
     if policy.max_batch_ms == 0 or rate.seconds_per_token is None:
@@ -118,21 +144,24 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def refusal(n: int, timeout_s: float | None, load: Load, policy: BatchPolicy, rate: ServiceRate) -> ServiceError | None:
+def refusal(
+    n: int, timeout_s: float | None, load: Load, policy: BatchPolicy, rate: ServiceRate, weight: float = 1.0
+) -> ServiceError | None:
     """Why a call of `n` prompts is refused now (the error to raise), or None to admit it.
 
-    `timeout_s` is the caller's remaining deadline (None: no deadline)."""
+    `timeout_s` is the caller's remaining deadline (None: no deadline); `weight` the work tokens per
+    token of its prompts (`ServiceRate.weight` of the routers it asks for)."""
     if load.in_flight + n > policy.max_queue:
         return QueueFull(
             f"queue full: {load.in_flight} of {policy.max_queue} prompts admitted, {n} more asked",
-            retry_after_ms=_retry_ms(rate.seconds(prompts=load.in_flight + n - policy.max_queue))
+            retry_after_ms=_retry_ms(rate.seconds(prompts=load.in_flight + n - policy.max_queue, weight=weight))
             if rate.measured
             else None,
         )
     if not rate.measured:
         return None
     if timeout_s is not None:
-        alone_s = rate.seconds(prompts=n)
+        alone_s = rate.seconds(prompts=n, weight=weight)
         if alone_s > timeout_s:
             return DeadlineExpired(
                 f"deadline: {n} prompts need about {_ms(alone_s)} at the measured cost and the deadline "
@@ -140,7 +169,7 @@ def refusal(n: int, timeout_s: float | None, load: Load, policy: BatchPolicy, ra
                 reason="DEADLINE_TOO_SHORT",
             )
         rounds = math.ceil(n / load.per_call)
-        shared_s = rate.seconds(tokens=load.running_tokens + rounds * sum(load.visits), prompts=n)
+        shared_s = rate.seconds(tokens=load.running_tokens + rounds * sum(load.visits), prompts=n, weight=weight)
         if shared_s > timeout_s:
             return QueueFull(
                 f"overloaded: with the {load.in_flight} prompts in flight the call needs about "
@@ -151,7 +180,7 @@ def refusal(n: int, timeout_s: float | None, load: Load, policy: BatchPolicy, ra
     if load.in_flight == 0:
         return None
     ahead_s = rate.seconds(tokens=load.ahead_tokens)
-    own_s = rate.seconds(prompts=min(n, load.per_call))
+    own_s = rate.seconds(prompts=min(n, load.per_call), weight=weight)
     limit_s = max(policy.admit_wait_ms, 2 * policy.max_batch_ms) / 1000.0
     if ahead_s + own_s > limit_s:
         return QueueFull(

@@ -93,11 +93,17 @@ class Item(Generic[T]):
     queued_at: float = 0.0  # when it entered the queue (enqueued_at moves on when the queue releases it)
     state: State = State.QUEUED
     line: CallLine[T] | None = None  # its call's line while queued
+    weight: float = 1.0  # work tokens per token at its routers' measured cost (admission.ServiceRate.weight)
 
     @property
     def n_tokens(self) -> int | None:
         """Token count from admission; None when admission did not tokenise it."""
         return None if self.tokens is None else self.tokens.n_tokens
+
+    @property
+    def work(self) -> float | None:
+        """Work tokens (token count x weight); None when admission did not tokenise it."""
+        return None if self.tokens is None else self.tokens.n_tokens * self.weight
 
 
 class CallLine(Generic[T]):
@@ -130,13 +136,13 @@ class BatchQueue(Generic[T]):
         """Items queued per call, in round-robin order."""
         return tuple(len(line) for line in self._lines.values())
 
-    def line_visits(self) -> tuple[int, ...]:
-        """Per call, in round-robin order, the tokens its next visit takes (its next `quantum` items;
-        an item not tokenised counts 0)."""
+    def line_visits(self) -> tuple[float, ...]:
+        """Per call, in round-robin order, the work tokens its next visit takes (its next `quantum`
+        items; an item not tokenised counts 0)."""
         out = []
         for line in self._lines.values():
             nxt = itertools.islice(itertools.chain(line.released, line.held), line.quantum)
-            out.append(sum(it.n_tokens or 0 for it in nxt))
+            out.append(sum(it.work or 0.0 for it in nxt))
         return tuple(out)
 
     def append(self, items: Sequence[Item[T]], quantum: int) -> None:
@@ -173,9 +179,9 @@ class BatchQueue(Generic[T]):
         heads = [line.released[0].enqueued_at for line in self._lines.values() if line.released]
         return min(heads) if heads else None
 
-    def batch_ready(self, max_size: int, max_tokens: int, cost_tokens: int | None = None) -> bool:
-        """True when the queue already holds a full batch (by count, padded tokens or token cost)."""
-        n, longest, cost = 0, 0, 0
+    def batch_ready(self, max_size: int, max_tokens: int, cost_tokens: float | None = None) -> bool:
+        """True when the queue already holds a full batch (by count, padded tokens or work tokens)."""
+        n, longest, cost = 0, 0, 0.0
         for line in self._lines.values():
             for it in itertools.chain(line.released, line.held):
                 if it.future.done():
@@ -185,20 +191,20 @@ class BatchQueue(Generic[T]):
                     return True
                 n += 1
                 longest = max(longest, n_tokens)
-                cost += n_tokens
+                cost += n_tokens * it.weight
                 if n >= max_size or longest * n >= max_tokens or (cost_tokens is not None and cost >= cost_tokens):
                     return True
         return False
 
     def next_batch(
-        self, max_size: int, max_tokens: int, cost_tokens: int | None = None
+        self, max_size: int, max_tokens: int, cost_tokens: float | None = None
     ) -> tuple[list[Item[T]], list[Item[T]]]:
         """Pop the next batch and the dead items met on the way: rounds over the calls, up to a call's
         quantum a visit, within `max_size` prompts, `max_tokens` padded tokens (longest x count) and
-        `cost_tokens` tokens in all (None: no such budget); the first prompt always fits."""
+        `cost_tokens` work tokens in all (None: no such budget); the first prompt always fits."""
         batch: list[Item[T]] = []
         dead: list[Item[T]] = []
-        longest, cost = 0, 0
+        longest, cost = 0, 0.0
         while self._lines and len(batch) < max_size:
             line = next(iter(self._lines.values()))
             taken, full = 0, False
@@ -215,11 +221,12 @@ class BatchQueue(Generic[T]):
                     full = True
                     break
                 new_longest = max(longest, n_tokens)
-                over_cost = cost_tokens is not None and cost + n_tokens > cost_tokens
+                work = n_tokens * it.weight
+                over_cost = cost_tokens is not None and cost + work > cost_tokens
                 if batch and (new_longest * (len(batch) + 1) > max_tokens or over_cost):
                     full = True
                     break
-                longest, cost = new_longest, cost + n_tokens
+                longest, cost = new_longest, cost + work
                 batch.append(self._pop(line))
                 taken += 1
             if taken or not len(line):  # a line that gave nothing (the batch was full) keeps its turn

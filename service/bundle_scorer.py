@@ -169,7 +169,9 @@ class BundleScorer:
         full = PromptBatch(list(texts), batch_tokens, emb)
         scores: dict[str, np.ndarray] = {}
         qualities: dict[str, np.ndarray] = {}
+        router_s: dict[str, float] = {}
         for name in wanted:
+            t_router = time.perf_counter()
             idx = [i for i, rs in enumerate(routers) if name in rs]
             if len(idx) == n:
                 batch = full
@@ -187,11 +189,13 @@ class BundleScorer:
                 q = np.full((n, len(router.models)), np.nan)
                 q[idx] = router.qualities(batch)
                 qualities[name] = q
+            router_s[name] = time.perf_counter() - t_router
         return ScoredBatch(
             n_tokens=np.asarray(batch_tokens.n_tokens, dtype=np.int64),
             truncated=np.asarray(batch_tokens.truncated, dtype=bool),
             scores=scores,
             encoder_s=encoder_s,
+            router_s=router_s,
             embeddings=emb,
             qualities=qualities,
         )

@@ -2,10 +2,12 @@
 
 Scores are a hash of (router, text) mapped to [0, 1), so batched == single by construction. Tokens are
 whitespace-separated words + 2 special tokens, capped at `max_tokens`; its tokens of one prompt are
-that uncapped count. Every call is recorded in `calls` (the texts of each batch, in order), every text
-given to `tokenize` in `counted`, and every text `score` had to tokenise itself (it came without
-tokens) in `scored_without_tokens`, so tests can prove what reached the scorer and where each prompt was
-tokenised. With `record=False` nothing is recorded (a long benchmark would otherwise keep every text).
+that uncapped count. `router_delay_s` makes a router slow (seconds per prompt that asks for it,
+reported as that router's own time in `ScoredBatch.router_s`). Every call is recorded in `calls` (the
+texts of each batch, in order), every text given to `tokenize` in `counted`, and every text `score` had
+to tokenise itself (it came without tokens) in `scored_without_tokens`, so tests can prove what reached
+the scorer and where each prompt was tokenised. With `record=False` nothing is recorded (a long
+benchmark would otherwise keep every text).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +38,7 @@ class FakeScorer:
         version: str = "fake-1",
         max_tokens: int = 256,
         delay_s: float = 0.0,
+        router_delay_s: Mapping[str, float] | None = None,
         fail_marker: str = "<fail>",
         record: bool = True,
         encoder_kind: str = "onnx",
@@ -44,6 +47,7 @@ class FakeScorer:
         self._version = version
         self.max_tokens = max_tokens
         self.delay_s = delay_s
+        self.router_delay_s = dict(router_delay_s or {})
         self.fail_marker = fail_marker
         self.record = record
         self.encoder_kind = encoder_kind  # what its catalog reports (a "static" one is inlined by default)
@@ -132,12 +136,17 @@ class FakeScorer:
             raise FakeScorerError(f"fake failure on cue ({len(texts)} texts)")
         n = len(texts)
         scores: dict[str, np.ndarray] = {}
+        router_s: dict[str, float] = {}
         for name in {r for rs in routers for r in rs}:
             col = np.full(n, np.nan)
             for i, rs in enumerate(routers):
                 if name in rs:
                     col[i] = self.score_one(name, texts[i])
             scores[name] = col
+            if name in self.router_delay_s:
+                t0 = time.perf_counter()
+                time.sleep(self.router_delay_s[name] * int(np.isfinite(col).sum()))
+                router_s[name] = time.perf_counter() - t0
         words = np.array(
             [self.words(t) if tok is None else tok.tokens for t, tok in zip(texts, tokens, strict=True)],
             dtype=np.int64,
@@ -146,6 +155,7 @@ class FakeScorer:
             n_tokens=np.minimum(words, self.max_tokens),
             truncated=words > self.max_tokens,
             scores=scores,
+            router_s=router_s,
         )
 
     @staticmethod

@@ -22,9 +22,10 @@ calls are admitted before the next batch.
 Batches take the queued calls in turn, up to `call_quantum` prompts of each per round, so a call of
 hundreds of prompts shares the scorer with one-prompt calls instead of starving
 them, and still gets a steady share itself. A single worker task forms batches: a batch leaves when it
-holds `max_batch_size` prompts, or the tokens the scorer clears in `max_batch_ms` at its measured cost
-(fewer long prompts than short ones), when adding the next prompt would pass `max_batch_tokens` padded tokens (longest x
-count), or when the oldest prompt has waited `max_wait_us`. Each prompt's wait is bounded on its own: by
+holds `max_batch_size` prompts, or the work the scorer clears in `max_batch_ms` at its measured cost
+(fewer long prompts than short ones, fewer asking for costly routers), when adding the next prompt
+would pass `max_batch_tokens` padded tokens (longest x count), or when the oldest prompt has waited
+`max_wait_us`. Each prompt's wait is bounded on its own: by
 `queue_timeout_ms` from the moment it is released into the queue, and by the caller's deadline; a prompt
 past either is dropped before the scorer sees it and gets QueueTimeout or DeadlineExpired as its
 outcome, while the rest of its call goes on (the transport decides what that means for the call). Two
@@ -32,7 +33,8 @@ kinds of timer watch them, not one per prompt: one per call for its deadline, an
 queue, set for the prompt released longest ago (released prompts time out in the order they were
 released).
 Scoring runs in a dedicated thread (or inline, above) so the event loop never waits on a costly
-scorer; the batch's tokens go to the scorer with it, and its duration feeds the measured service rate.
+scorer; the batch's tokens go to the scorer with it, and its duration (with the time the scorer reports
+for each router) feeds the measured service rate.
 Drops are counted in `SchedulerStats`. If a batch raises, its prompts are rescored one by one so only
 the failing prompt fails. Each batch's queue waits, padding and scoring time go to `timings`
 (lmroute.service.stats). `stalled_s` tells a liveness check how long work has been pending without a
@@ -56,9 +58,9 @@ import concurrent.futures
 import dataclasses
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import structlog
 
@@ -107,6 +109,16 @@ class SchedulerStats:
     )  # size -> batches
 
 
+class _Ran(NamedTuple):
+    """What one scorer run tells the scheduler: the longest prompt's token count (0 where unknown),
+    whether it ran inline (on the event loop; only the current scorer, whose cost is measured), and the
+    seconds the scorer reports for each router alone (`ScoredBatch.router_s`; empty after a failure)."""
+
+    longest: int
+    inline: bool
+    router_s: Mapping[str, float] = {}
+
+
 #: inline_us of `BatchPolicy(inline_us=-1)` (auto) for a scorer whose encoder is static.
 AUTO_INLINE_US = 1000
 
@@ -122,7 +134,7 @@ class Scheduler(Generic[T]):
         self._admission = Admission(self.policy.max_queue)
         self.rate = ServiceRate()
         self._queue: BatchQueue[T] = BatchQueue(on_release=self._start_clock)
-        self._running_tokens = 0  # tokens of the batch being scored
+        self._running_work = 0.0  # work tokens of the batch being scored (admission.ServiceRate.weight)
         self._scoring = False  # a batch is being scored
         # released items in release order (their queue timeouts fall due in this order), one timer for the head
         self._released: collections.deque[Item[T]] = collections.deque()
@@ -247,25 +259,26 @@ class Scheduler(Generic[T]):
         admitted = loop.time()
         load = Load(
             self._admission.in_use,
-            self._running_tokens,
+            self._running_work,
             self._queue.line_visits(),
             self.policy.call_quantum,
         )
-        refused = refusal(len(texts), timeout_s, load, self.policy, self.rate)
+        weight = self.rate.weight(routers)
+        refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
         permit = None if refused is not None else self._admission.try_acquire(len(texts))
         if permit is None:
             self._count_refusal(refused)
             raise refused or QueueFull("queue full")
         if load.in_flight == 0:
             self._last_progress = time.monotonic()
-        if self._may_score_now(len(texts)):
+        if self._may_score_now(len(texts), weight):
             with permit:
-                return await self._score_now(texts, routers, scorer, admitted)
+                return await self._score_now(texts, routers, weight, scorer, admitted)
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
             tokens = await self._tokenize(texts, scorer)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, tokens, deadline, scorer, admitted)
+            items = self._enqueue(texts, routers, weight, tokens, deadline, scorer, admitted)
             on_deadline = None if deadline is None else loop.call_at(deadline, self._expire_call, items)
             done: list[object]
             try:
@@ -300,26 +313,28 @@ class Scheduler(Generic[T]):
         else:
             self.stats.rejected_queue_full += 1
 
-    def _may_score_now(self, n_prompts: int) -> bool:
-        """True when a call of `n_prompts` may skip the queue: nothing queued, no batch being scored, no
-        batch-filling wait, and its prompts fit one batch that the measured cost says runs inline."""
+    def _may_score_now(self, n_prompts: int, weight: float) -> bool:
+        """True when a call of `n_prompts` at `weight` may skip the queue: nothing queued, no batch being
+        scored, no batch-filling wait, and its prompts fit one batch that the measured cost says runs
+        inline."""
         return (
             not self._scoring
             and not len(self._queue)
             and self.policy.max_wait_us == 0
             and n_prompts <= self.policy.max_batch_size
-            and self._inline_ok(self._batch_seconds([None] * n_prompts))
+            and self._inline_ok(self._batch_seconds([None] * n_prompts, weight))
         )
 
     async def _score_now(
-        self, texts: list[str], routers: tuple[str, ...], scorer: Scorer[T], admitted: float
+        self, texts: list[str], routers: tuple[str, ...], weight: float, scorer: Scorer[T], admitted: float
     ) -> list[ItemResult | ServiceError]:
         """Score a call at once on the event loop, as one batch that never enters the queue (the caller
         holds its permits; nothing waits ahead of it). The scorer tokenises the prompts in that step."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         items: list[Item[T]] = [
-            Item(text, routers, None, loop.create_future(), now, admitted_at=admitted, queued_at=now) for text in texts
+            Item(text, routers, None, loop.create_future(), now, admitted_at=admitted, queued_at=now, weight=weight)
+            for text in texts
         ]
         self.stats.admitted += len(items)
         self._begin(items)
@@ -367,13 +382,14 @@ class Scheduler(Generic[T]):
         per_char = self._tokenize_s_per_char
         return None if per_char is None else per_char * sum(map(len, texts))
 
-    def _batch_seconds(self, tokens: Sequence[int | None]) -> float | None:
-        """Expected seconds for the current scorer to score prompts of these token counts (None: a count
-        the scorer takes as unknown, at the average length); None before the first batch is measured."""
+    def _batch_seconds(self, work: Sequence[float | None], weight: float) -> float | None:
+        """Expected seconds for the current scorer to score prompts of this work (work tokens; None: a
+        prompt not tokenised, at the average length and `weight`); None before the first batch is
+        measured."""
         if not self.rate.measured:
             return None
-        known = sum(n for n in tokens if n is not None)
-        return self.rate.seconds(tokens=known, prompts=sum(n is None for n in tokens))
+        known = sum(w for w in work if w is not None)
+        return self.rate.seconds(tokens=known, prompts=sum(w is None for w in work), weight=weight)
 
     def _inline_ok(self, seconds: float | None) -> bool:
         """True when a step expected to take `seconds` (None: not measured yet) may run on the event loop."""
@@ -383,6 +399,7 @@ class Scheduler(Generic[T]):
         self,
         texts: list[str],
         routers: tuple[str, ...],
+        weight: float,
         tokens: list[Tokenized[T] | None],
         deadline: float | None,
         scorer: Scorer[T],
@@ -393,7 +410,15 @@ class Scheduler(Generic[T]):
         items: list[Item[T]] = []
         for text, tok in zip(texts, tokens, strict=True):
             item: Item[T] = Item(
-                text, routers, tok, loop.create_future(), now, deadline, admitted_at=admitted, queued_at=now
+                text,
+                routers,
+                tok,
+                loop.create_future(),
+                now,
+                deadline,
+                admitted_at=admitted,
+                queued_at=now,
+                weight=weight,
             )
             self._scorer_of[item] = scorer
             items.append(item)
@@ -512,12 +537,12 @@ class Scheduler(Generic[T]):
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.batch_size_histogram[len(batch)] += 1
-        self._running_tokens = sum(it.n_tokens or 0 for it in batch)
+        self._running_work = sum(it.work or 0.0 for it in batch)
         self._scoring = True
 
     def _end_batch(self) -> None:
         self._scoring = False
-        self._running_tokens = 0
+        self._running_work = 0.0
         self._last_progress = time.monotonic()
 
     async def _score_batch(self, batch: list[Item[T]], left_at: float) -> bool:
@@ -527,13 +552,17 @@ class Scheduler(Generic[T]):
         inline = True
         for scorer, part in self._by_scorer(batch):
             t0 = time.perf_counter()
-            longest, part_inline = await self._run_batch(part, scorer, isolate=True)
-            inline = inline and part_inline
+            ran = await self._run_batch(part, scorer, isolate=True)
+            inline = inline and ran.inline
             took_s = time.perf_counter() - t0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
-                tokens = sum(longest if it.n_tokens is None else it.n_tokens for it in part)
-                self.rate.observe(len(part), tokens, took_s)
-            self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], longest, took_s)
+                counts = [ran.longest if it.n_tokens is None else it.n_tokens for it in part]
+                own = {
+                    r: (s, sum(n for it, n in zip(part, counts, strict=True) if r in it.routers))
+                    for r, s in ran.router_s.items()
+                }
+                self.rate.observe(len(part), sum(counts), took_s, own)
+            self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
         return inline
 
     def _by_scorer(self, batch: list[Item[T]]) -> list[tuple[Scorer[T], list[Item[T]]]]:
@@ -545,16 +574,15 @@ class Scheduler(Generic[T]):
             parts.setdefault(id(scorer), (scorer, []))[1].append(it)
         return list(parts.values())
 
-    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> tuple[int, bool]:
-        """Score `batch` with `scorer` and finish its items; the longest prompt's token count (0 where
-        unknown), and whether it was scored inline (on the event loop; only the current scorer, whose
-        cost is measured)."""
+    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> _Ran:
+        """Score `batch` with `scorer` and finish its items; what the run tells the rate (`_Ran`)."""
         loop = asyncio.get_running_loop()
         texts = [it.text for it in batch]
         routers = [it.routers for it in batch]
         tokens = [it.tokens for it in batch]
         version = scorer.version
-        inline = scorer is self.scorer and self._inline_ok(self._batch_seconds([it.n_tokens for it in batch]))
+        work = [it.work for it in batch]
+        inline = scorer is self.scorer and self._inline_ok(self._batch_seconds(work, max(it.weight for it in batch)))
         left = loop.time()
         try:
             if inline:
@@ -569,17 +597,17 @@ class Scheduler(Generic[T]):
             _log.warning("scorer_refused", size=len(batch), error=str(exc), reason=exc.reason)
             for it in batch:
                 self._finish(it, exc)
-            return max(it.n_tokens or 0 for it in batch), inline
+            return _Ran(max(it.n_tokens or 0 for it in batch), inline)
         except Exception as exc:  # per-item isolation: rescore one by one
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:
                 _log.warning("batch_failed_isolating", size=len(batch), error=repr(exc))
                 each = [await self._run_batch([it], scorer, isolate=False) for it in batch]
-                return max(n for n, _ in each), all(i for _, i in each)
+                return _Ran(max(r.longest for r in each), all(r.inline for r in each))
             _log.error("scorer_failed", size=len(batch), error=repr(exc))
             for it in batch:
                 self._finish(it, ScorerFailed(f"scorer failed: {exc!r}"))
-            return max(it.n_tokens or 0 for it in batch), inline
+            return _Ran(max(it.n_tokens or 0 for it in batch), inline)
         scored = loop.time()
         for i, it in enumerate(batch):
             scores = {r: float(res.scores[r][i]) for r in it.routers}
@@ -589,7 +617,7 @@ class Scheduler(Generic[T]):
             result = ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb, quals, stages)
             self._finish(it, result)
         self.stats.items_scored += len(batch)
-        return int(res.n_tokens.max()), inline
+        return _Ran(int(res.n_tokens.max()), inline, res.router_s)
 
     def _finish(self, item: Item[T], outcome: ItemResult | ServiceError) -> None:
         if item.state is not State.RUNNING:

@@ -41,6 +41,9 @@ class ScoredBatch:
     truncated: npt.NDArray[np.bool_]  # [n]
     scores: Mapping[str, npt.NDArray[np.float64]]  # router -> [n]
     encoder_s: float = 0.0  # seconds of this call spent in the encoder (0 when the scorer has none)
+    # router -> seconds of this call spent in that router alone (after the shared encoder); routers left
+    # out count as shared cost. Admission weighs each prompt's routers by it (admission.ServiceRate).
+    router_s: Mapping[str, float] = field(default_factory=dict)
     # [n, dim] the shared encoder's embedding of each item, when the batch ran the encoder (a router of
     # the batch reads it); None otherwise. The outcome store keeps it with the decision.
     embeddings: npt.NDArray[np.float32] | None = None

@@ -5,7 +5,8 @@ recorded) instead of a bundle. What ghz measures against it is the service path'
     .venv/bin/python benchmarks/ghz/fake_server.py [any lmroute-serve flag or LMROUTE_* variable]
 
 `--bundle` is not read (it defaults to a placeholder). `--fake-routers` names the routers the fake
-serves (default mf,sw_ranking: what route.json and score.json ask for). Prints
+serves (default mf,sw_ranking: what route.json and score.json ask for); `--fake-delay-s` makes each batch
+take that long (a slow scorer, so that admission refuses most calls: what a refusal costs). Prints
 `lmroute-serve: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT, like lmroute-serve.
 """
 
@@ -27,6 +28,7 @@ from lmroute.service.main import serve
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--fake-routers", default="mf,sw_ranking")
+    ap.add_argument("--fake-delay-s", type=float, default=0.0)
     own, rest = ap.parse_known_args(argv)
     routers = tuple(r for r in own.fake_routers.split(",") if r)
     try:
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(cfg.log_level)
 
     def factory(_: ServiceConfig) -> FakeScorer:
-        return FakeScorer(routers, version="fake-1", record=False)
+        return FakeScorer(routers, version="fake-1", record=False, delay_s=own.fake_delay_s)
 
     return asyncio.run(serve(cfg, factory))
 

@@ -5,8 +5,15 @@ sending 64-prompt Score calls among the Route callers, against one `lmroute-serv
     .venv/bin/python benchmarks/ghz/overload.py --bundle DIR --out benchmarks/ghz/results/overload
 
 Server-side work is pinned to `--server-cores` and ghz to `--client-cores` (taskset), as in run.py.
-1. Capacity: closed-loop Route (ghz, concurrency 16 and 32, no Score caller); the better OK calls/s is
-   the capacity C (one prompt per call, so also prompts/s).
+0. The transport's own cost of a call: the empty handler (`empty_server.py`, the same grpc.aio setup
+   and interceptor) pinned to the server cores under closed-loop Route at concurrency 16; its CPU time
+   (utime + stime) per call. A refused call costs the server about this much (it is answered before
+   any scoring work), so at k x capacity the refusals alone take (refused calls/s) x this of the core.
+1. Capacity: closed-loop Route (ghz, concurrency 4 and 8, no Score caller: few enough callers that
+   admission refuses none, so every call sent is scored); the better OK calls/s is the capacity C (one
+   prompt per call, so also prompts/s). Then the cost of a prompt of each kind, from the server's
+   scoring time: a Route prompt's over the capacity runs, a Score prompt's (all routers) over
+   `--cost-score-calls` Score calls made alone.
 2. For each multiple k of `--loads`: open-loop Route at k x C calls/s (ghz --async --rps, the committed
    route.json prompts: refused calls do not multiply the offered load) and, at the same time, one
    caller of 64-prompt Score calls, all routers (the 64 prompts of prompts.json), both for `--seconds`.
@@ -14,11 +21,14 @@ Server-side work is pinned to `--server-cores` and ghz to `--client-cores` (task
    deadline 60 s, and after RESOURCE_EXHAUSTED it waits the RetryInfo delay before the next call. A
    Score call answered OK with some prompts failed alone (queue timeout) counts as OK_PARTIAL, and its
    scored prompts count as OK prompts. Recorded per phase: status counts of each, latency
-   percentiles of the OK calls, OK prompts/s (OK Route calls + the scored prompts of Score calls), the
-   share of the phase the scorer spent scoring (from the server's timings: the throughput measure that
-   does not depend on the mix of cheap and costly prompts), the server's log lines per second (its
-   stderr at the default log level, info), and its refusal counters.
-The goals it checks (printed and written): OK prompts/s at every load >= 90 % of the best phase;
+   percentiles of the OK calls, OK prompts/s (OK Route calls + the scored prompts of Score calls), OK
+   work/s (the same prompts, each counted at its kind's cost: the seconds of scoring per second that
+   reached callers as answers, a throughput that does not depend on the mix of cheap and costly
+   prompts), the server process's CPU time per second, the refused calls' share of the core at the
+   transport's cost, the server's log lines per second (its stderr at the default log level, info),
+   and its refusal counters.
+The goals it checks (printed and written): OK work/s at every load >= 90 % of the best phase (OK
+prompts/s is reported beside it);
 accepted (OK) Route p99 <= 2 x the queue timeout (a 64-prompt Score call's own scoring takes longer
 than that on a CPU core, so its latency is reported, not judged); no status other than OK,
 RESOURCE_EXHAUSTED and UNAVAILABLE; log lines per second bounded (reported).
@@ -74,15 +84,16 @@ def _retry_delay_s(err: grpc.RpcError) -> float:
     return 0.05
 
 
-def score_caller(target: str, seconds: float) -> dict[str, Any]:
-    """One caller of 64-prompt Score calls for `seconds`, honouring RetryInfo; its summary."""
+def score_caller(target: str, seconds: float, calls: int | None = None) -> dict[str, Any]:
+    """One caller of 64-prompt Score calls for `seconds` (or `calls` calls), honouring RetryInfo; its
+    summary."""
     prompts = score_prompts()
     status: Counter[str] = Counter()
     ok_ms: list[float] = []
     ok_prompts = 0
     t_end = time.monotonic() + seconds
     with RouterClient(target, timeout_s=60) as client:
-        while time.monotonic() < t_end:
+        while time.monotonic() < t_end and (calls is None or sum(status.values()) < calls):
             t0 = time.perf_counter()
             try:
                 res = client.score(prompts)
@@ -112,6 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu": _cpu_model(),
+        "n_cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d, %H:%M UTC", time.gmtime()),
         "server_cores": args.server_cores,
         "client_cores": args.client_cores,
         "ghz": ghz_version(),
@@ -119,15 +132,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": str(args.bundle),
         "phases": [],
     }
+    transport_ms = measure_transport(args, out)
+    _log(f"transport: {transport_ms:.3f} ms of server CPU a call (empty handler)")
     cmd = service_cmd(args.bundle, log_level="info")
     with ChildServer(cmd, args.server_cores, stats=True) as srv:
-        capacity, cap = measure_capacity(srv.target, args, out)
+        capacity, cap = measure_capacity(srv, args, out)
+        res["transport_ms"] = transport_ms
         res["capacity"] = {"calls_per_s": capacity, "runs": cap}
-        _log(f"capacity {capacity:.1f} Route calls/s")
+        costs = measure_costs(srv, args, cap)
+        res["prompt_cost_ms"] = costs
+        _log(
+            f"capacity {capacity:.1f} Route calls/s; scorer ms a prompt: Route {costs['route']:.1f}, "
+            f"Score {costs['score']:.1f}"
+        )
         for k in args.loads:
             rps = max(1, round(k * capacity))
             before = srv.snapshot_after(time.time(), idle=True)
-            lines0, t0 = srv.lines, time.monotonic()
+            lines0, t0, cpu0, loop0 = srv.lines, time.monotonic(), cpu_s(srv), loop_cpu_s(srv)
             with ThreadPoolExecutor(2) as pool:
                 route = pool.submit(
                     run_ghz,
@@ -139,18 +160,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 score = pool.submit(score_caller, srv.target, args.seconds)
                 r, s = route.result(), score.result()
             wall = time.monotonic() - t0
+            cpu, loop_cpu = cpu_s(srv) - cpu0, loop_cpu_s(srv) - loop0
             lines = srv.lines - lines0
             after = srv.snapshot_after(time.time(), idle=True)
             counters = {
                 key: after["counters"].get(key, 0) - before["counters"].get(key, 0) for key in after["counters"]
             }
             ok_prompts = r["ok"] + s["ok_prompts"]
+            ok_work_ms = r["ok"] * costs["route"] + s["ok_prompts"] * costs["score"]
             phase = {
                 "load": k,
                 "offered_route_rps": rps,
                 "route": r,
                 "score": s,
                 "ok_prompts_per_s": ok_prompts / wall,  # the wall includes the Score call still running at the end
+                "ok_work_per_s": ok_work_ms / 1000.0 / wall,  # scorer seconds a second that were answered OK
+                "server_cpu_per_s": cpu / wall,
+                "loop_cpu_per_s": loop_cpu / wall,
+                "refused_calls": (refused := _refused(r) + _refused(s)),
+                "refusal_share": refused * transport_ms / 1000.0 / wall,  # of the core, at the transport's cost
+                "wall_s": wall,
                 "log_lines": lines,
                 "log_lines_per_s": lines / wall,
                 "scorer_busy": diff_snapshots(before, after)["score_ms"].total / 1000.0 / wall,
@@ -158,13 +187,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             res["phases"].append(phase)
             _log(
-                f"x{k}: {phase['ok_prompts_per_s']:.1f} OK prompts/s; Route {r['status']} p99 {r['p99_ms']:.0f} ms; "
+                f"x{k}: {phase['ok_prompts_per_s']:.1f} OK prompts/s, OK work {phase['ok_work_per_s']:.2f}; Route {r['status']} p99 {r['p99_ms']:.0f} ms; "
                 f"Score {s['status']} p99 {s['p99_ms']:.0f} ms; {phase['log_lines_per_s']:.1f} log lines/s"
             )
-    best = max(p["ok_prompts_per_s"] for p in res["phases"])
+    best = max(p["ok_work_per_s"] for p in res["phases"])
+    best_prompts = max(p["ok_prompts_per_s"] for p in res["phases"])
     limit_ms = 2 * policy.queue_timeout_ms
     for p in res["phases"]:
-        p["of_best"] = p["ok_prompts_per_s"] / best
+        p["of_best"] = p["ok_work_per_s"] / best
+        p["prompts_of_best"] = p["ok_prompts_per_s"] / best_prompts
         p["goals"] = {
             "throughput_ge_90pct_of_best": p["of_best"] >= 0.9,
             "route_accepted_p99_le_2x_queue_timeout": not (p["route"]["ok"] and p["route"]["p99_ms"] > limit_ms),
@@ -181,20 +212,27 @@ def report(res: dict[str, Any]) -> str:
         "# Overload: Route at 1x-10x capacity with one 64-prompt Score caller",
         "",
         f"Command: `{res['command']}`  ",
-        f"CPU: {res['cpu']}; server on core(s) {res['server_cores']}, ghz on {res['client_cores']}; {res['ghz']}  ",
+        f"CPU: {res['cpu']} ({res['n_cpus']} CPUs); server on core(s) {res['server_cores']}, ghz {res['ghz']} on "
+        f"{res['client_cores']}; {res['date']}.  ",
         f"Bundle: `{res['bundle']}`; server defaults (queue timeout {res['queue_timeout_ms']} ms).  ",
-        f"Capacity (closed-loop Route, best of concurrency 16 / 32): {res['capacity']['calls_per_s']:.1f} calls/s.",
+        f"Capacity (closed-loop Route, best of concurrency 4 / 8): {res['capacity']['calls_per_s']:.1f} calls/s.  ",
+        f"Scoring time a prompt (the server's, Route runs / Score calls alone): Route "
+        f"{res['prompt_cost_ms']['route']:.1f} ms, Score {res['prompt_cost_ms']['score']:.1f} ms.  ",
+        f"Transport cost of a call (empty handler, server CPU per call): {res['transport_ms']:.3f} ms.",
         "",
         "| load | Route offered/s | Route OK/s | Route statuses | Route OK p50 / p99 ms | Score calls answered | "
-        "Score statuses | Score p99 ms | OK prompts/s | of best | scorer busy | log lines/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Score statuses | Score p99 ms | OK prompts/s (of best) | OK work/s | of best | server CPU/s | "
+        "event-loop thread CPU/s | refusals at the transport's cost | prompts scored/s | log lines/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in res["phases"]:
         r, s = p["route"], p["score"]
         lines.append(
             f"| {p['load']}x | {p['offered_route_rps']} | {r['ok_per_s']:.1f} | {_codes(r)} | "
             f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {s['ok']} | {_codes(s)} | {s['p99_ms']:.0f} | "
-            f"{p['ok_prompts_per_s']:.1f} | {p['of_best']:.2f} | {p['scorer_busy']:.0%} | {p['log_lines_per_s']:.1f} |"
+            f"{p['ok_prompts_per_s']:.1f} ({p['prompts_of_best']:.2f}) | {p['ok_work_per_s']:.2f} | {p['of_best']:.2f} | "
+            f"{p['server_cpu_per_s']:.2f} | {p['loop_cpu_per_s']:.2f} | {p['refusal_share']:.2f} | "
+            f"{p['server_counters'].get('items_scored', 0) / p['wall_s']:.1f} | {p['log_lines_per_s']:.1f} |"
         )
     lines += ["", "Server refusal counters per phase (calls):", ""]
     for p in res["phases"]:
@@ -208,7 +246,7 @@ def report(res: dict[str, Any]) -> str:
     for p in res["phases"]:
         g = p["goals"]
         lines.append(
-            f"- {p['load']}x: OK prompts/s >= 90 % of the best phase: {_yes(g['throughput_ge_90pct_of_best'])}; "
+            f"- {p['load']}x: OK work/s >= 90 % of the best phase: {_yes(g['throughput_ge_90pct_of_best'])}; "
             f"accepted Route p99 <= {limit_ms} ms: {_yes(g['route_accepted_p99_le_2x_queue_timeout'])}; only OK / "
             f"RESOURCE_EXHAUSTED / UNAVAILABLE: {_yes(g['only_ok_resource_exhausted_unavailable'])}"
         )
@@ -223,20 +261,64 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
-def measure_capacity(target: str, args: argparse.Namespace, out: Path) -> tuple[float, list[dict[str, Any]]]:
-    """Warm the server, then closed-loop Route at concurrency 16 and 32 for args.capacity_seconds each:
-    (the best OK calls/s, the two runs)."""
-    run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), target, args.client_cores, out / "ghz")
-    cap = [
-        run_ghz(
+def _refused(row: dict[str, Any]) -> int:
+    return sum(n for code, n in row["status"].items() if code in {"ResourceExhausted", "RESOURCE_EXHAUSTED"})
+
+
+def _stat_cpu_s(path: Path) -> float:
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(srv: ChildServer) -> float:
+    """The server process's CPU time so far (utime + stime), seconds."""
+    assert srv.proc is not None
+    return _stat_cpu_s(Path(f"/proc/{srv.proc.pid}/stat"))
+
+
+def loop_cpu_s(srv: ChildServer) -> float:
+    """The CPU time so far of the server's main thread, which runs the event loop (gRPC handlers,
+    admission, refusals, access log); the scoring and tokenising threads are the others."""
+    assert srv.proc is not None
+    return _stat_cpu_s(Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/stat"))
+
+
+def measure_transport(args: argparse.Namespace, out: Path) -> float:
+    """Server CPU ms per call of the empty handler (empty_server.py) under closed-loop Route."""
+    with ChildServer([sys.executable, str(HERE / "empty_server.py")], args.server_cores, stats=False) as srv:
+        run_ghz(GhzRun("route.json", 4, 1, 2.0, label="transport_warm"), srv.target, args.client_cores, out / "ghz")
+        cpu0 = cpu_s(srv)
+        r = run_ghz(GhzRun("route.json", 16, 1, 5.0, label="transport"), srv.target, args.client_cores, out / "ghz")
+        return (cpu_s(srv) - cpu0) * 1000.0 / max(r["count"], 1)
+
+
+def measure_capacity(srv: ChildServer, args: argparse.Namespace, out: Path) -> tuple[float, list[dict[str, Any]]]:
+    """Warm the server, then closed-loop Route at concurrency 4 and 8 for args.capacity_seconds each:
+    (the best OK calls/s, the two runs, each with the server's scoring ms over it)."""
+    run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), srv.target, args.client_cores, out / "ghz")
+    cap = []
+    for c in (4, 8):
+        before = srv.snapshot_after(time.time(), idle=True)
+        run = run_ghz(
             GhzRun("route.json", c, 1, args.capacity_seconds, label=f"capacity_c{c}"),
-            target,
+            srv.target,
             args.client_cores,
             out / "ghz",
         )
-        for c in (16, 32)
-    ]
+        after = srv.snapshot_after(time.time(), idle=True)
+        cap.append({**run, "server_score_ms": diff_snapshots(before, after)["score_ms"].total})
     return max(r["ok_per_s"] for r in cap), cap
+
+
+def measure_costs(srv: ChildServer, args: argparse.Namespace, cap: list[dict[str, Any]]) -> dict[str, float]:
+    """The server's scoring ms a prompt: a Route prompt's over the capacity runs (every OK call is one
+    prompt), a Score prompt's (all routers) over `args.cost_score_calls` Score calls made alone."""
+    route_ms = sum(r["server_score_ms"] for r in cap) / max(sum(r["ok"] for r in cap), 1)
+    before = srv.snapshot_after(time.time(), idle=True)
+    s = score_caller(srv.target, 600.0, calls=args.cost_score_calls)
+    after = srv.snapshot_after(time.time(), idle=True)
+    score_ms = diff_snapshots(before, after)["score_ms"].total / max(s["ok_prompts"], 1)
+    return {"route": route_ms, "score": score_ms}
 
 
 def _cpu_model() -> str:
@@ -260,6 +342,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each load phase")
     p.add_argument("--capacity-seconds", type=float, default=8.0)
+    p.add_argument("--cost-score-calls", type=int, default=3, help="Score calls made alone to measure their cost")
     p.add_argument("--loads", type=int, nargs="+", default=[1, 2, 5, 10], help="multiples of the capacity")
     p.add_argument("--server-cores", default=server_cores)
     p.add_argument("--client-cores", default=client_cores)

@@ -132,9 +132,75 @@ def test_service_rate_averages_seconds_per_token_and_tokens_per_prompt() -> None
     assert rate.prompts_per_s == pytest.approx(10.0)
     rate.observe(2, 10, 0.3)  # 0.03 s a token, 5 tokens a prompt -> 0.02, 7.5
     assert rate.seconds_per_token == pytest.approx(0.02) and rate.tokens_per_prompt == pytest.approx(7.5)
-    assert rate.prompts_per_s == pytest.approx(1 / 0.15)
+    assert rate.prompts_per_s == pytest.approx(1 / 0.125)  # 0.1 and 0.15 s a prompt, averaged
     rate.observe(0, 0, 1.0)  # ignored
     assert rate.seconds(tokens=10, prompts=2) == pytest.approx(0.5)
+
+
+def test_service_rate_weighs_each_router_by_its_own_measured_cost() -> None:
+    rate = ServiceRate()
+    # 4 prompts, 40 tokens, 1.2 s: 0.8 s in "heavy" (asked by 2 prompts, 20 tokens), nothing in "light"
+    rate.observe(4, 40, 1.2, {"heavy": (0.8, 20), "light": (0.0, 40)})
+    assert rate.seconds_per_token == pytest.approx(0.01)  # the shared 0.4 s over 40 tokens
+    assert rate.weight(["heavy"]) == pytest.approx(5.0)  # 0.04 s a token of its own, 4x the shared cost
+    assert rate.weight(["light"]) == pytest.approx(1.0)
+    assert rate.weight(["light", "heavy"]) == pytest.approx(5.0)
+    assert rate.weight(["not measured"]) == 1.0 and ServiceRate().weight(["heavy"]) == 1.0
+    assert rate.seconds(prompts=1, weight=rate.weight(["heavy"])) == pytest.approx(0.5)  # 10 tokens x 5 x 0.01
+    assert rate.prompts_per_s == pytest.approx(4 / 1.2)  # at the batch's mix
+    # a scorer that reports more router time than the batch took leaves a tiny positive shared cost
+    rate2 = ServiceRate()
+    rate2.observe(1, 10, 0.1, {"heavy": (0.2, 10)})
+    assert rate2.seconds_per_token is not None and 0 < rate2.seconds_per_token < 1e-9
+
+
+def test_a_costly_routers_call_is_refused_where_a_cheap_one_of_the_same_size_is_admitted() -> None:
+    rate = measured()  # 0.1 s a prompt at weight 1
+    assert refusal(20, 5.0, Load(0), POLICY, rate) is None  # 2 s of work, 5 s of deadline
+    costly = refusal(20, 5.0, Load(0), POLICY, rate, weight=4.0)  # 8 s of work
+    assert isinstance(costly, DeadlineExpired) and costly.reason == "DEADLINE_TOO_SHORT"
+    assert "about 8000 ms" in str(costly)
+    # a queued round of 3 calls x 10 work tokens = 0.3 s ahead; the new prompt's own 0.4 s at weight 4
+    # passes the 0.5 s admit wait, at weight 1 (0.1 s) it does not
+    load = Load(3, 0, (10, 10, 10), 1)
+    assert refusal(1, None, load, POLICY, rate) is None
+    over = refusal(1, None, load, POLICY, rate, weight=4.0)
+    assert isinstance(over, QueueFull) and over.reason == "OVERLOADED" and over.retry_after_ms == 200
+
+
+def test_a_batch_budget_holds_fewer_prompts_of_costly_routers() -> None:
+    cheap, costly = _items([f"c{i}" for i in range(8)]), _items([f"h{i}" for i in range(8)])
+    for it in costly:
+        it.weight = 4.0
+    q: BatchQueue[int] = BatchQueue()
+    q.append(cheap, quantum=8)
+    assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 8  # 3 work tokens each
+    q.append(costly, quantum=8)
+    assert q.line_visits() == (8 * 12.0,)
+    assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 2  # 12 work tokens each
+
+
+def test_the_scheduler_learns_which_routers_are_costly_and_admits_by_it() -> None:
+    """A scorer whose "slow" router takes 50 ms a prompt and "fast" nothing of its own: after batches of
+    both (the fast ones last, which a single average would follow), a 20-prompt call asking for "slow"
+    (~1 s of work) is refused against a 0.5 s deadline, the same call asking for "fast" is admitted."""
+
+    async def body() -> None:
+        scorer = FakeScorer(("fast", "slow"), router_delay_s={"slow": 0.05})
+        sched = make(scorer, max_batch_ms=0)
+        for routers in (("slow",), ("fast",)):
+            for i in range(3):
+                await sched.score([f"warm {i} a", f"warm {i} b"], routers)
+        assert sched.rate.weight(["slow"]) > 10 * sched.rate.weight(["fast"])
+        prompts = [f"p{i}" for i in range(20)]
+        with pytest.raises(DeadlineExpired) as e:
+            await sched.score(prompts, ("slow",), timeout_s=0.5)
+        assert e.value.reason == "DEADLINE_TOO_SHORT"
+        await sched.score(prompts, ("fast",), timeout_s=0.5)  # admitted (its prompts are not judged here)
+        assert sched.stats.rejected_deadline == 1
+        await sched.close()
+
+    run(body)
 
 
 # -- the scheduler -------------------------------------------------------------------------------------
