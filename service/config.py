@@ -27,6 +27,7 @@ from typing import Any
 from lmroute.bundle.remote_encoder import RemoteSettings
 from lmroute.outcomes.store import redact_dsn
 from lmroute.service.auth import load_tokens
+from lmroute.service.cpus import available_cpus, parse_cpu_list
 from lmroute.service.errors import ConfigError
 from lmroute.service.model_prices import load_models_file
 from lmroute.service.share_control import ControlSettings
@@ -182,6 +183,24 @@ class ServiceConfig:
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
     intra_op_threads: int = field(default=1, metadata=_doc("ONNX Runtime intra-op threads"))
+    scoring_cpus: str = field(
+        default="",
+        metadata=_doc(
+            "CPUs (a Linux list, e.g. 0 or 2-3) the scoring thread is pinned to; the event loop and the threads "
+            "it starts keep the process's other CPUs, so receiving and refusing calls never takes the scorer's "
+            "core (Linux; for CPUs the process has to itself, e.g. Kubernetes' static CPU manager); empty = no "
+            "pinning",
+            metavar="CPUS",
+        ),
+    )
+    switch_interval_us: int = field(
+        default=0,
+        metadata=_doc(
+            "the interpreter's thread switch interval (sys.setswitchinterval), microseconds: how long a busy "
+            "thread keeps the interpreter lock while another waits for it; 0 = Python's default (5,000). With "
+            "scoring_cpus, 500 lets the scoring thread take it back sooner from a busy event loop"
+        ),
+    )
     encoder_chunk_size: int = field(
         default=8, metadata=_doc("prompts per encoder run inside a batch (length-sorted chunks)")
     )
@@ -412,6 +431,9 @@ class ServiceConfig:
                 f"max_request_chars: must be >= max_prompt_chars ({self.batch.max_prompt_chars}) "
                 f"(got {self.max_request_chars})"
             )
+        self._check_scoring_cpus()
+        if not 0 <= self.switch_interval_us <= 1_000_000:
+            raise ConfigError(f"switch_interval_us: must be in [0, 1000000] (got {self.switch_interval_us})")
         if not (isinstance(self.liveness_stall_s, (int, float)) and self.liveness_stall_s >= 0):
             raise ConfigError(f"liveness_stall_s: must be >= 0 (got {self.liveness_stall_s!r})")
         _at_least("max_message_bytes", self.max_message_bytes, 1024)
@@ -495,6 +517,32 @@ class ServiceConfig:
         for module in self.plugins:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ConfigError(f"plugins: {module!r} is not a module name")
+
+    def _check_scoring_cpus(self) -> None:
+        try:
+            cpus = parse_cpu_list(self.scoring_cpus)
+        except ValueError as exc:
+            raise ConfigError(f"scoring_cpus: {exc}") from None
+        if not cpus:
+            return
+        allowed = available_cpus()
+        if allowed is None:
+            raise ConfigError("scoring_cpus: this platform cannot pin threads to CPUs (Linux only)")
+        if not cpus <= allowed:
+            raise ConfigError(
+                f"scoring_cpus: CPU {', '.join(map(str, sorted(cpus - allowed)))} not available to this process "
+                f"(it may use {', '.join(map(str, sorted(allowed)))})"
+            )
+        if not allowed - cpus:
+            raise ConfigError(
+                f"scoring_cpus: {self.scoring_cpus} leaves no CPU for the event loop (this process may use "
+                f"{', '.join(map(str, sorted(allowed)))})"
+            )
+
+    @property
+    def scoring_cpu_set(self) -> frozenset[int]:
+        """The CPUs of `scoring_cpus` (empty: no pinning)."""
+        return parse_cpu_list(self.scoring_cpus)
 
     @property
     def control(self) -> ControlSettings:

@@ -56,6 +56,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,7 @@ import structlog
 from lmroute.service.admission import Admission, Load, ServiceRate, batch_budget, refusal
 from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, StageTimes, State
 from lmroute.service.config import BatchPolicy
+from lmroute.service.cpus import pin_current_thread
 from lmroute.service.errors import (
     DeadlineExpired,
     Draining,
@@ -126,7 +128,11 @@ AUTO_INLINE_US = 1000
 class Scheduler(Generic[T]):
     """Admission, queue and batching worker in front of one Scorer. Create, `start()`, `close()`."""
 
-    def __init__(self, scorer: Scorer[T], policy: BatchPolicy | None = None) -> None:
+    def __init__(
+        self, scorer: Scorer[T], policy: BatchPolicy | None = None, *, scoring_cpus: frozenset[int] = frozenset()
+    ) -> None:
+        """`scoring_cpus`: pin the scoring thread to these CPUs (lmroute.service.cpus; empty: no pinning;
+        batches scored inline run on the event loop's thread, not the scoring thread)."""
         self.scorer = scorer
         self.policy = policy or BatchPolicy()
         self.stats = SchedulerStats()
@@ -143,7 +149,11 @@ class Scheduler(Generic[T]):
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
-        self._score_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-score")
+        self._score_pool = concurrent.futures.ThreadPoolExecutor(
+            1,
+            thread_name_prefix="lmroute-score",
+            initializer=functools.partial(pin_current_thread, scoring_cpus) if scoring_cpus else None,
+        )
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
         self._tokenizing = 0  # calls being tokenised on the tokenising thread
         self._tokenize_s_per_char: float | None = None  # measured cost of tokenize (smoothed like the rate)

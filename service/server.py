@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from lmroute.service.admin import ADMIN_SERVICE_NAME, AdminServicer
 from lmroute.service.auth import Authenticator, load_tokens
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.config import ServiceConfig
+from lmroute.service.cpus import available_cpus, pin_current_thread
 from lmroute.service.errors import ConfigError
 from lmroute.service.exploration import Exploration
 from lmroute.service.interceptors import RequestContextInterceptor
@@ -336,7 +338,15 @@ class RouterServer:
             self.servicer.attach_store(self.store_writer)
             if self.servicer.targets is not None:
                 self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
-        scheduler = Scheduler(scorer, self.config.batch)
+        scoring_cpus = self.config.scoring_cpu_set
+        if scoring_cpus:  # the event loop (this thread) and the threads it starts from now on keep the rest
+            rest = (available_cpus() or frozenset()) - scoring_cpus
+            pin_current_thread(rest)
+            _log.info("cpus pinned", scoring=sorted(scoring_cpus), event_loop=sorted(rest))
+        if self.config.switch_interval_us:  # process-wide, as the interpreter lock is
+            sys.setswitchinterval(self.config.switch_interval_us / 1e6)
+            _log.info("switch interval set", us=self.config.switch_interval_us)
+        scheduler = Scheduler(scorer, self.config.batch, scoring_cpus=scoring_cpus)
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))

@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.sched_setaffinity(0, {int(c) for c in args.client_cores.split(",")})  # the Score caller's core(s)
     policy = BatchPolicy()
     res: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "cpu": _cpu_model(),
         "n_cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d, %H:%M UTC", time.gmtime()),
@@ -130,11 +131,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ghz": ghz_version(),
         "queue_timeout_ms": policy.queue_timeout_ms,
         "bundle": str(args.bundle),
+        "server_args": args.server_args,
         "phases": [],
     }
     transport_ms = measure_transport(args, out)
     _log(f"transport: {transport_ms:.3f} ms of server CPU a call (empty handler)")
-    cmd = service_cmd(args.bundle, log_level="info")
+    cmd = [*service_cmd(args.bundle, log_level="info"), *shlex.split(args.server_args)]
     with ChildServer(cmd, args.server_cores, stats=True) as srv:
         capacity, cap = measure_capacity(srv, args, out)
         res["transport_ms"] = transport_ms
@@ -214,7 +216,8 @@ def report(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`  ",
         f"CPU: {res['cpu']} ({res['n_cpus']} CPUs); server on core(s) {res['server_cores']}, ghz {res['ghz']} on "
         f"{res['client_cores']}; {res['date']}.  ",
-        f"Bundle: `{res['bundle']}`; server defaults (queue timeout {res['queue_timeout_ms']} ms).  ",
+        f"Bundle: `{res['bundle']}`; server defaults (queue timeout {res['queue_timeout_ms']} ms)"
+        f"{', and ' + res['server_args'] if res['server_args'] else ''}.  ",
         f"Capacity (closed-loop Route, best of concurrency 4 / 8): {res['capacity']['calls_per_s']:.1f} calls/s.  ",
         f"Scoring time a prompt (the server's, Route runs / Score calls alone): Route "
         f"{res['prompt_cost_ms']['route']:.1f} ms, Score {res['prompt_cost_ms']['score']:.1f} ms.  ",
@@ -346,6 +349,7 @@ def main() -> None:
     p.add_argument("--loads", type=int, nargs="+", default=[1, 2, 5, 10], help="multiples of the capacity")
     p.add_argument("--server-cores", default=server_cores)
     p.add_argument("--client-cores", default=client_cores)
+    p.add_argument("--server-args", default="", help="more lmroute-serve flags, e.g. '--scoring-cpus 0'")
     res = run(p.parse_args())
     print(report(res))
 

@@ -6,6 +6,7 @@ FakeScorer.block/release and set the measured rate where a test needs a known on
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -358,3 +359,33 @@ def test_dead_items_are_skipped_and_reported_and_the_line_moves_on() -> None:
     batch, dead = q.next_batch(4, 1000)
     assert [it.text for it in batch] == ["a2"] and [it.text for it in dead] == ["a0"]
     assert len(q) == 0  # a1 was dropped while held: its done-callback counts it, not the queue
+
+
+class _AffinityScorer(FakeScorer):
+    """A FakeScorer that records the CPUs of the thread each batch is scored on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpus: list[frozenset[int]] = []
+
+    def score(self, texts, routers, tokens):  # type: ignore[no-untyped-def]
+        self.cpus.append(frozenset(os.sched_getaffinity(0)))
+        return super().score(texts, routers, tokens)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_the_scoring_thread_runs_on_its_own_cpus_and_the_caller_keeps_its_own() -> None:
+    allowed = frozenset(os.sched_getaffinity(0))
+    mine = frozenset({min(allowed)})
+
+    async def body() -> None:
+        scorer = _AffinityScorer()
+        sched: Scheduler[int] = Scheduler(scorer, BatchPolicy(max_wait_us=0, inline_us=0), scoring_cpus=mine)
+        sched.start()
+        outs = await sched.score(["a", "b c"])
+        assert all(isinstance(o, ItemResult) for o in outs)
+        assert scorer.cpus and all(c == mine for c in scorer.cpus)
+        assert frozenset(os.sched_getaffinity(0)) == allowed  # the calling thread is not pinned by it
+        await sched.close()
+
+    run(body)

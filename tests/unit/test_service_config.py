@@ -4,12 +4,14 @@ batch settings nested in `batch`, the plug-in list, exact validation messages.""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lmroute.service.config import SETTINGS, BatchPolicy, ServiceConfig, build_arg_parser, config_from_cli
+from lmroute.service.cpus import parse_cpu_list
 from lmroute.service.errors import ConfigError
 
 # The command line and environment contract (deploy/, scripts/ and the benchmarks use these names).
@@ -33,6 +35,8 @@ FLAGS_AND_VARIABLES = [
     ("--max-router-names", "LMROUTE_MAX_ROUTER_NAMES"),
     ("--max-message-bytes", "LMROUTE_MAX_MESSAGE_BYTES"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
+    ("--scoring-cpus", "LMROUTE_SCORING_CPUS"),
+    ("--switch-interval-us", "LMROUTE_SWITCH_INTERVAL_US"),
     ("--encoder-chunk-size", "LMROUTE_ENCODER_CHUNK_SIZE"),
     ("--embeddings-base-url", "LMROUTE_EMBEDDINGS_BASE_URL"),
     ("--embeddings-api-key-env", "LMROUTE_EMBEDDINGS_API_KEY_ENV"),
@@ -200,3 +204,29 @@ def test_missing_bundle() -> None:
         config_from_cli([], {})
     assert str(e.value) == "bundle_path: required (--bundle or LMROUTE_BUNDLE)"
     assert config_from_cli([], {}, default_bundle=Path("d")).bundle_path == Path("d")
+
+
+def test_scoring_cpus_are_checked_against_the_cpus_of_this_process() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    assert config_from_cli(["--bundle", "b"], {}).scoring_cpu_set == frozenset()
+    if len(allowed) > 1:  # one CPU for the scorer, the rest for the event loop
+        cfg = config_from_cli(["--bundle", "b"], {"LMROUTE_SCORING_CPUS": str(allowed[0])})
+        assert cfg.scoring_cpu_set == {allowed[0]}
+    with pytest.raises(ConfigError) as e:
+        ServiceConfig(bundle_path=Path("b"), scoring_cpus="1-x")
+    assert str(e.value) == "scoring_cpus: '1-x' is not a CPU number or range (e.g. 0 or 2-3)"
+    with pytest.raises(ConfigError) as e:
+        ServiceConfig(bundle_path=Path("b"), scoring_cpus="4096")
+    assert str(e.value).startswith("scoring_cpus: CPU 4096 not available to this process (it may use ")
+    every = ",".join(map(str, allowed))
+    with pytest.raises(ConfigError) as e:
+        ServiceConfig(bundle_path=Path("b"), scoring_cpus=every)
+    assert str(e.value).startswith(f"scoring_cpus: {every} leaves no CPU for the event loop")
+
+
+def test_cpu_lists_parse_like_linux_cpu_lists() -> None:
+    assert parse_cpu_list("") == frozenset()
+    assert parse_cpu_list("0") == {0}
+    assert parse_cpu_list("0,4-6, 9") == {0, 4, 5, 6, 9}
+    with pytest.raises(ValueError, match="'3-1' is not a CPU range"):
+        parse_cpu_list("3-1")

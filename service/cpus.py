@@ -1,0 +1,44 @@
+"""CPU pinning of the scoring thread (Linux): `--scoring-cpus` gives the scoring thread CPUs of its own.
+
+The service runs two busy threads: the event loop (it receives every call, admits or refuses it, and
+answers it) and the scoring thread (it runs the encoder and the routers). On one core they share it,
+so under overload the loop's work on calls it refuses takes CPU time the scorer would have spent on
+admitted work (benchmarks/ghz/results/overload). Pinned, the scoring thread keeps `scoring_cpus` and the
+event loop, with the threads it starts afterwards (tokenising, bundle loading, store writer), keeps the
+process's other CPUs. Threads started before the pinning keep the whole set.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["available_cpus", "parse_cpu_list", "pin_current_thread"]
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """The CPUs of a Linux CPU list such as "0", "2-3" or "0,4-5" (empty text: none)."""
+    cpus: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CPU number or range (e.g. 0 or 2-3)") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a CPU range (e.g. 2-3)")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def available_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on; None where the platform cannot pin threads."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    return frozenset(os.sched_getaffinity(0))
+
+
+def pin_current_thread(cpus: frozenset[int]) -> None:
+    """Restrict the calling thread (only it; Linux pins per thread) to `cpus`."""
+    os.sched_setaffinity(0, cpus)
