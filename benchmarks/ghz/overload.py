@@ -24,8 +24,9 @@ Server-side work is pinned to `--server-cores` and ghz to `--client-cores` (task
    percentiles of the OK calls, OK prompts/s (OK Route calls + the scored prompts of Score calls), OK
    work/s (the same prompts, each counted at its kind's cost: the seconds of scoring per second that
    reached callers as answers, a throughput that does not depend on the mix of cheap and costly
-   prompts), the server process's CPU time per second, the refused calls' share of the core at the
-   transport's cost, the server's log lines per second (its stderr at the default log level, info),
+   prompts), the server process's CPU time per second, the share of the phase its scoring thread spent
+   in batches (`scorer_busy`, its wall time; `overload_costs.py` fits per-kind costs to it), the
+   refused calls' share of the core at the transport's cost, the server's log lines per second (its stderr at the default log level, info),
    and its refusal counters.
 The goals it checks (printed and written): OK work/s at every load >= 90 % of the best phase (OK
 prompts/s is reported beside it);

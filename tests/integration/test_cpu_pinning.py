@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmroute.service.client import RouterClient
+from lmroute.service.cpus import parse_cpu_list
 from lmroute.service.fake_scorer import FakeScorer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +50,7 @@ def _allowed(pid: int, tid: int) -> frozenset[int]:
     text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
     listed = re.search(r"^Cpus_allowed_list:\s*(\S+)$", text, re.M)
     assert listed is not None
-    cpus: set[int] = set()
-    for part in listed.group(1).split(","):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(cpus)
+    return parse_cpu_list(listed.group(1))
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to give the scorer one")
