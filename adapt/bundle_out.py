@@ -1,8 +1,9 @@
-"""Writing an adapted bundle: the parent bundle copied, an `adapted` router added, its thresholds
-calibrated on recent prompts, its lineage in the manifest (`write_adapted_bundle`).
+"""Writing an adapted bundle: the parent bundle copied, a router learnt from outcomes added (`adapted`:
+`write_adapted_bundle`; `adapted_quality`: `write_quality_bundle`), its thresholds calibrated on recent
+prompts, its lineage in the manifest.
 
 The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
-plus routers/<router>/weights.npy; the manifest is the parent's with the router, its file's checksum,
+plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
 scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs) and
 `lineage` (parent version, outcome kind, count and time range, learner and settings, calibration
@@ -17,6 +18,7 @@ import datetime as dt
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +26,25 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.head import BaseStandardisation, Head
+from lmroute.adapt.quality_heads import QualityHeads
 from lmroute.bundle import kinds
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.loader import load_bundle, read_manifest
 from lmroute.bundle.manifest import MANIFEST_NAME, Calibration, FileEntry, Lineage, Manifest, RouterSpec
 from lmroute.bundle.writer import library_versions
 
-__all__ = ["OutcomeSpan", "calibrated_thresholds", "write_adapted_bundle"]
+__all__ = [
+    "OutcomeSpan",
+    "calibrated_thresholds",
+    "write_adapted_bundle",
+    "write_quality_bundle",
+    "write_router_bundle",
+]
 
 
 @dataclass(frozen=True)
 class OutcomeSpan:
-    """The outcomes a head learnt from: kind ("paired" or "single"), count, first and last time
+    """The outcomes a head learnt from: kind ("paired", "single" or "qualities"), count, first and last time
     (ISO-8601 UTC)."""
 
     kind: str
@@ -90,24 +99,101 @@ def write_adapted_bundle(
     to out_dir and return the manifest written (module docstring). `calibration_scores`: the adapted
     router's scores on recent prompts. With `replace`, an adapted router of that name in the parent (an
     earlier adaptation) is replaced by the new one."""
+    manifest = read_manifest(Path(parent_dir))
+    if head.dim != manifest.encoder.dim:
+        raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
+    return write_router_bundle(
+        parent_dir,
+        out_dir,
+        router=router,
+        kind="adapted",
+        base_router=base_router,
+        params=head.router_params(base_router, weight, base),
+        arrays={"weights": head.weights},
+        outcomes=outcomes,
+        learner=head.learner,
+        settings=head.settings,
+        calibration_scores=calibration_scores,
+        label=label,
+        overwrite=overwrite,
+        replace=replace,
+    )
+
+
+def write_quality_bundle(
+    parent_dir: str | Path,
+    out_dir: str | Path,
+    heads: QualityHeads,
+    base_router: str,
+    outcomes: OutcomeSpan,
+    calibration_scores: npt.ArrayLike,
+    *,
+    router: str = "adapted_quality",
+    label: str = "",
+    overwrite: bool = False,
+    replace: bool = False,
+) -> Manifest:
+    """Write parent_dir + an `adapted_quality` router named `router` (the heads over `base_router`, a
+    router of kind quality) to out_dir and return the manifest written (module docstring).
+    `calibration_scores`: its pair scores on recent prompts."""
+    manifest = read_manifest(Path(parent_dir))
+    if heads.dim != manifest.encoder.dim:
+        raise ValueError(f"heads: dimension {heads.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
+    settings = {f"penalty.{m}": p for m, p in zip(heads.models, heads.penalties, strict=True) if p is not None}
+    return write_router_bundle(
+        parent_dir,
+        out_dir,
+        router=router,
+        kind="adapted_quality",
+        base_router=base_router,
+        params={"base_router": base_router, "models": list(heads.models)},
+        arrays={"weights": heads.weights, "length_weights": heads.length_weights, "bias": heads.bias},
+        outcomes=outcomes,
+        learner="per-model ridge on the base router's residual (lmroute.adapt.quality_heads)",
+        settings=settings,
+        calibration_scores=calibration_scores,
+        label=label,
+        overwrite=overwrite,
+        replace=replace,
+    )
+
+
+def write_router_bundle(
+    parent_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    router: str,
+    kind: str,
+    base_router: str,
+    params: object,
+    arrays: Mapping[str, npt.ArrayLike],
+    outcomes: OutcomeSpan,
+    learner: str,
+    settings: Mapping[str, float],
+    calibration_scores: npt.ArrayLike,
+    label: str = "",
+    overwrite: bool = False,
+    replace: bool = False,
+) -> Manifest:
+    """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
+    (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
+    router of that name and kind in the parent (an earlier adaptation) is replaced."""
     parent, out = Path(parent_dir), Path(out_dir)
     manifest = read_manifest(parent)
     if manifest.calibration is None:
         raise ValueError(f"{parent}: the parent bundle is not calibrated")
     if router in manifest.routers:
-        if manifest.routers[router].kind != "adapted" or not replace:
+        if manifest.routers[router].kind != kind or not replace:
             raise ValueError(f"{parent}: already has a router named {router!r} (replace=True replaces an adapted one)")
         manifest = _without_router(manifest, router)
     if base_router not in manifest.routers:
         raise ValueError(
             f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
         )
-    if head.dim != manifest.encoder.dim:
-        raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
-    kind = kinds.get("adapted")
-    params = kind.coerce_params(head.router_params(base_router, weight, base), f"routers.{router}.params")
+    router_kind = kinds.get(kind)
+    params = router_kind.coerce_params(params, f"routers.{router}.params")
     calibration = manifest.calibration
     assert calibration is not None  # checked above; _without_router keeps it
     thresholds = dict(calibration.thresholds)
@@ -119,8 +205,8 @@ def write_adapted_bundle(
         n_outcomes=outcomes.n_outcomes,
         first_outcome_at=outcomes.first_at,
         last_outcome_at=outcomes.last_at,
-        learner=head.learner,
-        settings={name: float(value) for name, value in head.settings.items()},
+        learner=learner,
+        settings={name: float(value) for name, value in settings.items()},
         calibration_prompts=int(np.asarray(calibration_scores).size),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,13 +216,16 @@ def write_adapted_bundle(
         for rel in manifest.files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(parent / rel, tmp / rel)
-        rel = f"routers/{router}/weights.npy"
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / rel, np.ascontiguousarray(head.weights, dtype=np.float32), allow_pickle=False)
         files = dict(manifest.files)
-        files[rel] = FileEntry(sha256=sha256_file(tmp / rel), bytes=(tmp / rel).stat().st_size)
+        own: dict[str, str] = {}
+        for role, array in arrays.items():
+            rel = f"routers/{router}/{role}.npy"
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp / rel, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+            files[rel] = FileEntry(sha256=sha256_file(tmp / rel), bytes=(tmp / rel).stat().st_size)
+            own[role] = rel
         routers = dict(manifest.routers)
-        routers[router] = RouterSpec(kind="adapted", files={"weights": rel}, params=params, uses_encoder=True)
+        routers[router] = RouterSpec(kind=kind, files=own, params=params, uses_encoder=router_kind.uses_encoder)
         new = dataclasses.replace(
             manifest,
             label=label,

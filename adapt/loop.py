@@ -3,7 +3,8 @@
 Every `--interval-s` (or once, with `--once`), against one running server:
 
 1. ask the server which bundle it serves (AdminService.GetBundle: its resolved directory);
-2. adapt that bundle from the outcome store (lmroute.adapt.from_store: the learner, the gate; every run
+2. adapt that bundle from the outcome store (lmroute.adapt.from_store, or lmroute.adapt.quality_from_store
+   with `--kind qualities`: the learner, the gate; every run
    recorded in the store's `adaptations` table), writing an accepted candidate to
    `<bundles-dir>/adapted-<UTC time>`;
 3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lmroute.adapt.from_store import adapt_from_store
+from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "main", "run_round"]
@@ -64,7 +66,7 @@ def run_round(
     bundles_dir: Path,
     *,
     kind: str = "paired",
-    base_router: str = "mf",
+    base_router: str | None = None,
     window_ms: int = 0,
     timeout_s: float = 600.0,
 ) -> Round:
@@ -79,7 +81,11 @@ def run_round(
         since = int(time.time() * 1000) - window_ms if window_ms else 0
         store = open_store(store_dsn)
         try:
-            run = adapt_from_store(parent, store, out, kind=kind, base_router=base_router, since_ms=since)
+            if kind == "qualities":
+                base = base_router or "quality"
+                run = adapt_qualities_from_store(parent, store, out, base_router=base, since_ms=since)
+            else:
+                run = adapt_from_store(parent, store, out, kind=kind, base_router=base_router or "mf", since_ms=since)
         finally:
             store.close()
         version = serving.bundle_version
@@ -94,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server (its AdminService)")
     ap.add_argument("--store", required=True, metavar="DSN", help="the server's outcome store")
     ap.add_argument("--bundles-dir", type=Path, required=True, help="where accepted bundles are written")
-    ap.add_argument("--kind", choices=("paired", "single"), default="paired")
-    ap.add_argument("--base-router", default="mf")
+    ap.add_argument("--kind", choices=("paired", "single", "qualities"), default="paired")
+    ap.add_argument("--base-router", default=None, help="default: mf (paired, single), quality (qualities)")
     ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
     ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")

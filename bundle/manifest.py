@@ -467,7 +467,7 @@ class TrainingData:
 class Lineage:
     """Where an adapted bundle comes from (the optional `lineage` key, written by `lmroute.adapt`): the
     parent bundle's version, the router the adaptation added, the outcomes it learnt from (kind "paired"
-    or "single", how many, the time range as ISO-8601 UTC strings), the learner and its numeric settings,
+    "single" or "qualities", how many, the time range as ISO-8601 UTC strings), the learner and its numeric settings,
     and how many recent prompts calibrated the router's thresholds. A manifest without it has no key."""
 
     parent_version: str
@@ -510,8 +510,10 @@ class Lineage:
             calibration_prompts=node.int_("calibration_prompts"),
         )
         node.close()
-        if lineage.outcome_kind not in ("paired", "single"):
-            raise fail(f"{node.key('outcome_kind')}: must be 'paired' or 'single', got {lineage.outcome_kind!r}")
+        if lineage.outcome_kind not in ("paired", "single", "qualities"):
+            raise fail(
+                f"{node.key('outcome_kind')}: must be 'paired', 'single' or 'qualities', got {lineage.outcome_kind!r}"
+            )
         for name in ("n_outcomes", "calibration_prompts"):
             if getattr(lineage, name) < 0:
                 raise fail(f"{node.key(name)}: must be >= 0, got {getattr(lineage, name)}")

@@ -76,8 +76,8 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
         help="exported encoders and prompt embeddings, reused across builds",
     )
-    # `adapted` is made from a deployment's outcomes (lmroute.adapt), never by a build
-    buildable = [k for k in kinds.names() if k != "adapted"]
+    # the adapted kinds are made from a deployment's outcomes (lmroute.adapt), never by a build
+    buildable = [k for k in kinds.names() if not kinds.get(k).from_outcomes]
     p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=buildable)
     _add_plugin(p)
     p.add_argument(
@@ -199,10 +199,26 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the bundle serving now (the champion)")
     p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
     p.add_argument("--out", type=Path, required=True, help="where the adapted bundle is written (if accepted)")
-    p.add_argument("--kind", choices=("paired", "single"), default="paired", help="which outcomes to learn from")
-    p.add_argument("--base-router", default="mf", help="the trained router the head is blended with")
+    p.add_argument(
+        "--kind",
+        choices=("paired", "single", "qualities"),
+        default="paired",
+        help="which outcomes to learn from: the default pair's (paired, single) or any models' (qualities: "
+        "per-model heads for routing among N models)",
+    )
+    p.add_argument(
+        "--base-router",
+        default=None,
+        help="the trained router the head is blended with (default mf) or, for qualities, corrected (default quality)",
+    )
     p.add_argument("--since-ms", type=int, default=0, help="only outcomes received from this Unix time (ms) on")
-    p.add_argument("--margin", type=float, default=None, help="gate margin in APGR (default 0.01)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="gate margin: in APGR for paired and single (default 0.01), in mean squared error for qualities "
+        "(default 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_plugin(p)
@@ -211,6 +227,7 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
 def _adapt(args: argparse.Namespace) -> int:
     """Run one adaptation; exit 0 when a candidate was accepted and written, 4 when the gate refused it."""
     from lmroute.adapt.from_store import adapt_from_store
+    from lmroute.adapt.quality_from_store import adapt_qualities_from_store
     from lmroute.outcomes.store import StoreError, open_store
 
     try:
@@ -219,17 +236,29 @@ def _adapt(args: argparse.Namespace) -> int:
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
         return 1
     try:
-        run = adapt_from_store(
-            args.bundle,
-            store,
-            args.out,
-            kind=args.kind,
-            base_router=args.base_router,
-            since_ms=args.since_ms,
-            margin=args.margin,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
+        if args.kind == "qualities":
+            run = adapt_qualities_from_store(
+                args.bundle,
+                store,
+                args.out,
+                base_router=args.base_router or "quality",
+                since_ms=args.since_ms,
+                margin=args.margin,
+                seed=args.seed,
+                overwrite=args.overwrite,
+            )
+        else:
+            run = adapt_from_store(
+                args.bundle,
+                store,
+                args.out,
+                kind=args.kind,
+                base_router=args.base_router or "mf",
+                since_ms=args.since_ms,
+                margin=args.margin,
+                seed=args.seed,
+                overwrite=args.overwrite,
+            )
     except (ValueError, OSError) as exc:  # BundleError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
         return 1

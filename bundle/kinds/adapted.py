@@ -103,6 +103,7 @@ class AdaptedRouter:
 class AdaptedKind(RouterKind):
     name = "adapted"
     uses_encoder = True
+    from_outcomes = True
     Params = AdaptedParams
     roles = (ArrayRole("weights", np.float32),)
 

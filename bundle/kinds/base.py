@@ -3,6 +3,7 @@
 A kind owns everything about one sort of router (docs/ARCHITECTURE.md "Adding a router kind"):
 
     name, uses_encoder    the manifest's `kind` and whether its score reads the encoder's embeddings
+    from_outcomes         learnt from a deployment's outcomes (`lmroute.adapt`), never by a build
     Params                a frozen dataclass of its manifest `params` (int, float, str, bool, tuple[str, ...]
                           fields; read strictly, so an int stays an int and a float a float)
     roles                 its files: `ArrayRole` (a .npy of a fixed dtype) or `FileRole` (a copied file)
@@ -128,6 +129,8 @@ class RouterKind(ABC):
     uses_encoder: ClassVar[bool]
     Params: ClassVar[type[Any]]
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = ()
+    # made from a deployment's outcomes (lmroute.adapt), never by a build
+    from_outcomes: ClassVar[bool] = False
     # file roles that bundles up to a schema version carried and this build no longer uses:
     # role -> last schema version that had it (accepted there, checksummed, never read)
     retired_roles: ClassVar[Mapping[str, int]] = {}

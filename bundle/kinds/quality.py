@@ -78,8 +78,11 @@ class QualityRouter:
 
     def qualities(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         """float64 [n, n_models] in [0, 1], columns in `models` order."""
-        emb = need_embeddings(self.name, self.kind, batch, self.center.shape[0])
-        z = (emb.astype(np.float64) - self.center) @ self.weights + self.bias
+        return self.qualities_of(need_embeddings(self.name, self.kind, batch, self.center.shape[0]))
+
+    def qualities_of(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """`qualities` from the embeddings [n, dim] alone (what adaptation has for a stored prompt)."""
+        z = (np.asarray(embeddings, dtype=np.float64) - self.center) @ self.weights + self.bias
         if self.link == "logistic":
             out: npt.NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))
             return out

@@ -1,0 +1,194 @@
+"""One N-model adaptation run from an outcome store (`lmroute-export adapt --kind qualities`).
+
+    run = adapt_qualities_from_store(bundle_dir, store, out_dir)
+    run.accepted, run.report          # the gate's verdict and every number; recorded in the store too
+
+Steps:
+1. Read the judged prompts of the store (optionally since a time): every prompt with a quality for any
+   model, whatever the outcome's kind (`qualities`, `single`, `paired`, `preference`).
+2. Features in the bundle's space: the stored embedding when its `encoder_id` is the bundle's, else the
+   prompt text embedded now; the length feature from the text or the recorded character count. A
+   prompt with neither text nor a usable stored embedding is skipped and counted. Everything the
+   routers need is computed from these two (`qualities_of`), so the privacy switch costs nothing here.
+3. The models: the base router's (a router of kind `quality`, default "quality"), then every other
+   model judged in the outcomes, sorted. `lmroute.adapt.quality_heads.adapt_qualities` fits per-model
+   heads and gates them against the champion: the bundle's `adapted_quality` router when it has one (an
+   earlier adaptation), else the base router.
+4. If the gate accepts: the bundle is written with the `adapted_quality` router (replacing an earlier
+   one), its pair thresholds calibrated on the store's most recent decisions. Accepted or not, the run
+   is recorded in the store (`adaptations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
+from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun
+from lmroute.adapt.quality_heads import DEFAULT_QUALITY_MARGIN, MIN_MODEL_OUTCOMES, adapt_qualities
+from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
+from lmroute.bundle.kinds.quality import QualityRouter
+from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.manifest import encoder_identity
+from lmroute.outcomes.records import Decision, LabeledPrompt
+from lmroute.outcomes.store import OutcomeStore
+
+__all__ = ["ADAPTED_QUALITY", "adapt_qualities_from_store", "embed_rows"]
+
+ADAPTED_QUALITY = "adapted_quality"
+KIND = "qualities"
+
+
+def embed_rows(
+    bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], chunk: int = 64
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
+    """(embeddings [k, dim], log(1 + characters) [k], indices of the k rows used) in the bundle's space:
+    a stored embedding of the bundle's own encoder with its character count, else the text embedded now."""
+    own = encoder_identity(bundle.manifest)
+    emb: dict[int, npt.NDArray[np.float64]] = {}
+    chars: dict[int, int] = {}
+    to_embed: list[int] = []
+    for i, r in enumerate(rows):
+        if r.embedding is not None and r.encoder_id == own and (r.prompt_text or r.prompt_chars is not None):
+            emb[i] = np.asarray(r.embedding, dtype=np.float64)
+            chars[i] = len(r.prompt_text) if r.prompt_text else int(r.prompt_chars or 0)
+        elif r.prompt_text:
+            to_embed.append(i)
+            chars[i] = len(r.prompt_text)
+    for start in range(0, len(to_embed), chunk):
+        part = to_embed[start : start + chunk]
+        texts = [rows[i].prompt_text or "" for i in part]
+        e = bundle.encoder.embed(bundle.encoder.tokenize(texts))
+        for i, row in zip(part, np.asarray(e, dtype=np.float64), strict=True):
+            emb[i] = row
+    kept = sorted(emb)
+    dim = bundle.encoder.dim
+    matrix = np.stack([emb[i] for i in kept]) if kept else np.zeros((0, dim))
+    return matrix, np.log1p(np.asarray([chars[i] for i in kept], dtype=np.float64)), kept
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _champion_qualities(
+    router: QualityRouter | AdaptedQualityRouter, emb: npt.NDArray[np.float64], lengths: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    if isinstance(router, AdaptedQualityRouter):
+        return router.qualities_of(emb, lengths)
+    return router.qualities_of(emb)
+
+
+def adapt_qualities_from_store(
+    bundle_dir: str | Path,
+    store: OutcomeStore,
+    out_dir: str | Path,
+    *,
+    base_router: str = "quality",
+    since_ms: int = 0,
+    margin: float | None = None,
+    min_outcomes: int = MIN_MODEL_OUTCOMES,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> AdaptRun:
+    """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
+    bundle = load_bundle(Path(bundle_dir))
+    base = bundle.routers.get(base_router)
+    if not isinstance(base, QualityRouter):
+        quality_routers = [n for n, r in bundle.routers.items() if isinstance(r, QualityRouter)]
+        raise ValueError(
+            f"base_router: {base_router!r} is not a router of kind quality in {bundle_dir} "
+            f"(has: {', '.join(quality_routers) or 'none'})"
+        )
+    served = bundle.routers.get(ADAPTED_QUALITY)
+    champion: QualityRouter | AdaptedQualityRouter = served if isinstance(served, AdaptedQualityRouter) else base
+    rows = [r for r in store.labeled_prompts(since_ms=since_ms) if r.qualities]
+    emb, lengths, kept = embed_rows(bundle, rows)
+    used = [rows[i] for i in kept]
+    judged = sorted({m for r in used for m in r.qualities})
+    models = list(base.models) + [m for m in judged if m not in base.models]
+    report: dict[str, Any] = {
+        "kind": KIND,
+        "base_router": base_router,
+        "champion": ADAPTED_QUALITY if champion is served else base_router,
+        "outcomes_read": len(rows),
+        "outcomes_skipped": len(rows) - len(used),
+        "models_judged": judged,
+    }
+
+    def record(accepted: bool, candidate: str | None) -> None:
+        store.record_adaptation(
+            parent_version=bundle.version,
+            candidate_version=candidate,
+            kind=KIND,
+            n_outcomes=len(used),
+            accepted=accepted,
+            report=report,
+        )
+
+    if len(used) < MIN_OUTCOMES:
+        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+        record(False, None)
+        return AdaptRun(False, KIND, len(used), bundle.version, None, report)
+    quality = np.full((len(used), len(models)), np.nan)
+    col = {m: j for j, m in enumerate(models)}
+    for i, r in enumerate(used):
+        for m, q in r.qualities.items():
+            quality[i, col[m]] = q
+    from_base = [m in base.models for m in models]
+    base_q = np.full_like(quality, np.nan)
+    base_q[:, : len(base.models)] = base.qualities_of(emb)
+    result = adapt_qualities(
+        emb,
+        lengths,
+        quality,
+        base_q,
+        models,
+        from_base,
+        _champion_qualities(champion, emb, lengths),
+        champion.models,
+        np.asarray([r.time_ms for r in used], dtype=np.int64),
+        margin=DEFAULT_QUALITY_MARGIN if margin is None else margin,
+        min_outcomes=min_outcomes,
+        seed=seed,
+    )
+    heads = result.heads
+    report["gate"] = result.decision.to_dict()
+    report["heads"] = heads.summary()
+    candidate_version = None
+    if result.accepted:
+        cal_emb, cal_len, cal_kept = embed_rows(bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS))
+        if len(cal_kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
+            cal_emb, cal_len = emb, lengths
+        cal_q = heads.predict(cal_emb, cal_len, _base_columns(base, heads.models, cal_emb))
+        pair = bundle.manifest.default_pair
+        s, w = heads.models.index(pair.strong), heads.models.index(pair.weak)
+        cal_scores = np.clip((cal_q[:, s] - cal_q[:, w] + 1.0) / 2.0, 0.0, 1.0)
+        times = [r.time_ms for r in used]
+        span = OutcomeSpan(KIND, len(used), _iso(min(times)), _iso(max(times)))
+        manifest = write_quality_bundle(
+            bundle_dir, out_dir, heads, base_router, span, cal_scores, overwrite=overwrite, replace=True
+        )
+        candidate_version = manifest.bundle_version
+        report["calibration_prompts"] = int(cal_scores.size)
+    record(result.accepted, candidate_version)
+    return dataclasses.replace(
+        AdaptRun(result.accepted, KIND, len(used), bundle.version, candidate_version), report=report
+    )
+
+
+def _base_columns(base: QualityRouter, models: Sequence[str], emb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The base router's qualities in `models` order (0 for a model it does not predict: not read)."""
+    q = base.qualities_of(emb)
+    out = np.zeros((emb.shape[0], len(models)))
+    for j, m in enumerate(models):
+        if m in base.models:
+            out[:, j] = q[:, base.models.index(m)]
+    return out

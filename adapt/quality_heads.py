@@ -1,0 +1,384 @@
+"""Routing among N models from a deployment's outcomes: per-model quality heads over a shipped `quality`
+router, their gate, and one adaptation (`adapt_qualities`); what the `adapted_quality` router kind serves
+(`lmroute.bundle.kinds.adapted_quality`).
+
+Outcomes: per judged prompt, the quality in [0, 1] of any of the models (a `qualities` report judging
+several, a `single` one judging the model that answered, a `paired` one judging the default pair); a
+matrix [n prompts, m models] with NaN where a model was not judged.
+
+Learner, on the design [embedding | log_length] (`lmroute.adapt.ridge`, intercepts unpenalised), in two
+stages. The target of model j is its residual: quality - base_j when the base router predicts j, the
+quality itself for a model it does not know.
+1. Shared part: each model's mean residual, and one ridge of (residual - that mean) over every judged
+   (prompt, model) cell: what a prompt does to every model alike (hard prompts are hard for all). It
+   learns from all outcomes at once, which matters most when each prompt judges one model only.
+2. Own part, per model j on the prompts where j was judged: a ridge of what stage 1 leaves.
+Each penalty is chosen from `PENALTIES` by 5-fold cross-validation (folds by prompt), by out-of-fold
+squared error (of the clipped prediction in stage 2: the level matters here, a policy weighs predicted
+quality against cost). The served head of model j is the sum of both parts. A base model with fewer
+than `min_outcomes` outcomes keeps the base's prediction (a zero head); a new model with fewer is left
+out of the router. On LLMRouter's 9 models the shared stage lifted AIQ by 0.001-0.009 over per-model
+ridges alone (`benchmarks/adaptation/n_models_curve.py`, one seed; largest with single outcomes).
+
+Gate: the outcomes in time order cut into blocks (`forward_chaining`); each block after the first is
+predicted by heads fitted on the blocks before it, and by the champion (the serving router's qualities;
+for a model the champion does not predict, the mean quality of that model on the earlier blocks). The
+metric is the mean squared error over the held-out judged (prompt, model) cells; a one-sided paired
+bootstrap over prompts accepts the candidate when the upper `1 - alpha` bound of candidate - champion is
+<= `margin`. Then the heads are refitted on every outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, forward_chaining
+from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
+from lmroute.bundle.kinds.adapted_quality import corrected_qualities
+
+__all__ = [
+    "DEFAULT_QUALITY_MARGIN",
+    "PENALTIES",
+    "QualityAdaptation",
+    "QualityGateDecision",
+    "QualityHeads",
+    "adapt_qualities",
+    "fit_quality_heads",
+    "gate_qualities",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)
+MIN_MODEL_OUTCOMES = 30
+DEFAULT_QUALITY_MARGIN = 0.0
+"""Gate margin in mean squared error: the candidate must not be worse at all (upper bound <= 0)."""
+
+
+@dataclass(frozen=True, eq=False)
+class QualityHeads:
+    """Fitted heads: `models` in order, `from_base[j]` whether model j's head corrects the base router;
+    weights [dim, m], length_weights [m], bias [m] (the adapted_quality kind's files: the shared and the
+    model's own part summed); per model the outcomes it learnt from and the penalty chosen (None: no
+    head, too few outcomes)."""
+
+    models: tuple[str, ...]
+    from_base: tuple[bool, ...]
+    weights: FloatArray
+    length_weights: FloatArray
+    bias: FloatArray
+    n_outcomes: tuple[int, ...]
+    penalties: tuple[float | None, ...]
+    shared_penalty: float | None = None  # the shared part's penalty (None: not fitted, too few outcomes)
+    left_out: dict[str, int] = field(default_factory=dict)  # new models with too few outcomes -> count
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[0])
+
+    def predict(self, embeddings: npt.ArrayLike, lengths: npt.ArrayLike, base: npt.ArrayLike) -> FloatArray:
+        """q [n, m]; base [n, m]: the base router's qualities in these columns (read where from_base)."""
+        return corrected_qualities(
+            embeddings, lengths, base, self.weights, self.length_weights, self.bias, np.asarray(self.from_base)
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "models": {
+                m: {"from_base": b, "outcomes": n, "penalty": p}
+                for m, b, n, p in zip(self.models, self.from_base, self.n_outcomes, self.penalties, strict=True)
+            },
+            "shared_penalty": self.shared_penalty,
+            "left_out": dict(self.left_out),
+        }
+
+
+def _cv_penalty(
+    x: FloatArray, y: FloatArray, offset: FloatArray, folds: npt.NDArray[np.int64], clip: bool = True
+) -> float:
+    """The penalty of PENALTIES with the least out-of-fold squared error of offset + prediction (clipped
+    to [0, 1] with `clip`); `folds` assigns each row (rows of one prompt share a fold)."""
+    errors = np.zeros(len(PENALTIES))
+    for f in np.unique(folds):
+        test = folds == f
+        fits = fit_ridge_path(x[~test], y[~test] - offset[~test], PENALTIES)
+        for k, fit in enumerate(fits):
+            pred = offset[test] + fit.predict(x[test])
+            if clip:
+                pred = np.clip(pred, 0.0, 1.0)
+            errors[k] += float(np.sum((pred - y[test]) ** 2))
+    best = min(range(len(PENALTIES)), key=lambda k: (errors[k], -k))  # ties: the larger penalty
+    return PENALTIES[best]
+
+
+def _shared_part(
+    x: FloatArray, residual: FloatArray, judged: npt.NDArray[np.bool_], seed: int
+) -> tuple[FloatArray, FloatArray, float | None]:
+    """Stage 1: each model's mean residual over its judged prompts, and one ridge of the residual minus
+    that mean on every judged (prompt, model) cell: what the prompt does to all models alike. Returns
+    (means [m], coefficients [p + 1] with the intercept last, penalty; None: too few cells)."""
+    counts = judged.sum(axis=0)
+    means = np.where(counts > 0, np.where(judged, residual, 0.0).sum(axis=0) / np.maximum(counts, 1), 0.0)
+    rows, cols = np.nonzero(judged)
+    if rows.size < 2 * MIN_MODEL_OUTCOMES:
+        return means, np.zeros(x.shape[1] + 1), None
+    y = residual[rows, cols] - means[cols]
+    folds = fold_ids(x.shape[0], 5, seed)[rows]
+    penalty = _cv_penalty(x[rows], y, np.zeros(rows.size), folds, clip=False)
+    fit = fit_ridge_path(x[rows], y, [penalty])[0]
+    return means, np.append(fit.coef, fit.intercept), penalty
+
+
+def fit_quality_heads(
+    embeddings: npt.ArrayLike,
+    lengths: npt.ArrayLike,
+    quality: npt.ArrayLike,
+    base: npt.ArrayLike,
+    models: Sequence[str],
+    from_base: Sequence[bool],
+    *,
+    min_outcomes: int = MIN_MODEL_OUTCOMES,
+    seed: int = 0,
+) -> QualityHeads:
+    """Heads for `models` (module docstring). quality [n, m] in [0, 1] with NaN where not judged; base
+    [n, m]: the base router's qualities (read in the from_base columns)."""
+    x = design(embeddings, lengths)
+    q = np.asarray(quality, dtype=np.float64)
+    b = np.asarray(base, dtype=np.float64)
+    m = len(models)
+    if q.shape != (x.shape[0], m) or b.shape != q.shape or len(from_base) != m:
+        raise ValueError(f"fit_quality_heads: quality {q.shape}, base {b.shape}, {m} models, {len(from_base)} flags")
+    judged = ~np.isnan(q)
+    if np.any((q[judged] < 0) | (q[judged] > 1)):
+        raise ValueError("fit_quality_heads: quality outside [0, 1]")
+    flags = np.asarray(from_base, dtype=bool)
+    offset = np.where(flags[None, :], np.nan_to_num(b), 0.0)
+    learnt = judged & (judged.sum(axis=0) >= min_outcomes)[None, :]
+    means, shared, shared_penalty = _shared_part(x, q - offset, learnt, seed)
+    shared_pred = x @ shared[:-1] + shared[-1]
+    folds = fold_ids(x.shape[0], 5, seed + 1)
+    dim = x.shape[1] - 1
+    keep: list[int] = []
+    weights, length_w, bias = [], [], []
+    counts: list[int] = []
+    penalties: list[float | None] = []
+    left_out: dict[str, int] = {}
+    for j in range(m):
+        rows = judged[:, j]
+        n_j = int(rows.sum())
+        if n_j < min_outcomes:
+            if from_base[j]:
+                keep.append(j)
+                weights.append(np.zeros(dim))
+                length_w.append(0.0)
+                bias.append(0.0)
+                counts.append(n_j)
+                penalties.append(None)
+            else:
+                left_out[models[j]] = n_j
+            continue
+        # stage 2: the model's own part, on top of the base (if any), its mean and the shared part
+        start = offset[rows, j] + means[j] + shared_pred[rows]
+        xj, yj = x[rows], q[rows, j]
+        penalty = _cv_penalty(xj, yj, start, folds[rows])
+        own = fit_ridge_path(xj, yj - start, [penalty])[0]
+        keep.append(j)
+        weights.append(shared[:dim] + own.coef[:dim])
+        length_w.append(float(shared[dim] + own.coef[dim]))
+        bias.append(float(shared[-1] + means[j] + own.intercept))
+        counts.append(n_j)
+        penalties.append(penalty)
+    return QualityHeads(
+        models=tuple(models[j] for j in keep),
+        from_base=tuple(bool(from_base[j]) for j in keep),
+        weights=np.stack(weights, axis=1) if weights else np.zeros((dim, 0)),
+        length_weights=np.asarray(length_w, dtype=np.float64),
+        bias=np.asarray(bias, dtype=np.float64),
+        n_outcomes=tuple(counts),
+        penalties=tuple(penalties),
+        shared_penalty=shared_penalty,
+        left_out=left_out,
+    )
+
+
+@dataclass(frozen=True)
+class QualityGateDecision:
+    """The gate's verdict on N-model heads and every number behind it (mean squared error: lower is
+    better; `to_dict` for the record)."""
+
+    accepted: bool
+    reason: str
+    metric: str
+    test: str
+    n_held_out: int  # prompts
+    n_cells: int  # judged (prompt, model) cells
+    champion_error: float
+    candidate_error: float
+    difference: float
+    upper_bound: float
+    margin: float
+    alpha: float
+    replicates: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate_qualities(
+    champion: npt.ArrayLike,
+    candidate: npt.ArrayLike,
+    quality: npt.ArrayLike,
+    *,
+    margin: float = DEFAULT_QUALITY_MARGIN,
+    alpha: float = DEFAULT_ALPHA,
+    replicates: int = DEFAULT_REPLICATES,
+    seed: int = 0,
+) -> QualityGateDecision:
+    """Compare predicted qualities [n, m] of the champion and the candidate with the judged ones [n, m]
+    (NaN: not judged) by mean squared error over the judged cells (module docstring)."""
+    champ, cand = np.asarray(champion, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    if not (q.ndim == 2 and champ.shape == cand.shape == q.shape):
+        raise ValueError(
+            f"gate_qualities: champion {champ.shape}, candidate {cand.shape} and quality {q.shape} must match"
+        )
+    judged = ~np.isnan(q)
+    if not (np.isfinite(champ[judged]).all() and np.isfinite(cand[judged]).all()):
+        raise ValueError("gate_qualities: a prediction for a judged cell is NaN or inf")
+    if margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
+        raise ValueError(
+            f"gate_qualities: margin ({margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100"
+        )
+    qz = np.where(judged, q, 0.0)
+    se_champ = np.where(judged, (np.where(judged, champ, 0.0) - qz) ** 2, 0.0).sum(axis=1)
+    se_cand = np.where(judged, (np.where(judged, cand, 0.0) - qz) ** 2, 0.0).sum(axis=1)
+    cells = judged.sum(axis=1).astype(np.float64)
+    rows = cells > 0
+    se_champ, se_cand, cells = se_champ[rows], se_cand[rows], cells[rows]
+    n = int(rows.sum())
+    test = f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}, margin {margin}"
+    metric = "mean squared error of predicted quality over judged (prompt, model) cells"
+
+    def decision(accepted: bool, reason: str, ce: float, de: float, upper: float) -> QualityGateDecision:
+        return QualityGateDecision(
+            accepted=accepted,
+            reason=reason,
+            metric=metric,
+            test=test,
+            n_held_out=n,
+            n_cells=int(cells.sum()),
+            champion_error=ce,
+            candidate_error=de,
+            difference=de - ce,
+            upper_bound=upper,
+            margin=margin,
+            alpha=alpha,
+            replicates=replicates,
+            seed=seed,
+        )
+
+    nan = float("nan")
+    if n < MIN_HELD_OUT:
+        return decision(False, f"refused: {n} held-out prompts, the gate needs at least {MIN_HELD_OUT}", nan, nan, nan)
+    champ_err = float(se_champ.sum() / cells.sum())
+    cand_err = float(se_cand.sum() / cells.sum())
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(replicates)
+    for r in range(replicates):
+        idx = rng.integers(0, n, n)
+        total = cells[idx].sum()
+        diffs[r] = (se_cand[idx].sum() - se_champ[idx].sum()) / total
+    upper = float(np.quantile(diffs, 1.0 - alpha))
+    diff = cand_err - champ_err
+    verdict = "accepted" if upper <= margin else "refused"
+    relation = "at or below" if upper <= margin else "above"
+    reason = (
+        f"{verdict}: error {cand_err:.5f} vs champion {champ_err:.5f} (difference {diff:+.5f}); the one-sided "
+        f"{1 - alpha:.0%} upper bound {upper:+.5f} is {relation} {margin} on {n} held-out prompts"
+    )
+    return decision(upper <= margin, reason, champ_err, cand_err, upper)
+
+
+@dataclass(frozen=True, eq=False)
+class QualityAdaptation:
+    """The refitted heads and the gate's decision on heads fitted without the held-out outcomes."""
+
+    heads: QualityHeads
+    decision: QualityGateDecision
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision.accepted
+
+
+def _champion_columns(
+    champion: FloatArray, champion_models: Sequence[str], models: Sequence[str], fallback: FloatArray
+) -> FloatArray:
+    """The champion's predictions in `models` order; a model it does not predict gets `fallback[j]`."""
+    out = np.empty((champion.shape[0], len(models)))
+    for j, model in enumerate(models):
+        out[:, j] = champion[:, champion_models.index(model)] if model in champion_models else fallback[j]
+    return out
+
+
+def _judged_means(quality: FloatArray) -> FloatArray:
+    """Each column's mean over its judged cells (0.5 for a column judged nowhere)."""
+    judged = ~np.isnan(quality)
+    count = judged.sum(axis=0)
+    total = np.where(judged, quality, 0.0).sum(axis=0)
+    out: FloatArray = np.where(count > 0, total / np.maximum(count, 1), 0.5)
+    return out
+
+
+def adapt_qualities(
+    embeddings: npt.ArrayLike,
+    lengths: npt.ArrayLike,
+    quality: npt.ArrayLike,
+    base: npt.ArrayLike,
+    models: Sequence[str],
+    from_base: Sequence[bool],
+    champion: npt.ArrayLike,
+    champion_models: Sequence[str],
+    timestamps: npt.ArrayLike,
+    *,
+    blocks: int = 5,
+    margin: float = DEFAULT_QUALITY_MARGIN,
+    min_outcomes: int = MIN_MODEL_OUTCOMES,
+    seed: int = 0,
+) -> QualityAdaptation:
+    """Gate, then refit (module docstring). quality and base [n, m] over `models`; champion [n, k] over
+    `champion_models` (what serves now)."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    length = np.asarray(lengths, dtype=np.float64)
+    q, b, champ = (np.asarray(a, dtype=np.float64) for a in (quality, base, champion))
+    cand_h, champ_h, q_h = [], [], []
+    for train, held in forward_chaining(timestamps, blocks):
+        heads = fit_quality_heads(
+            emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed
+        )
+        cols = [list(models).index(mdl) for mdl in heads.models]
+        cand_h.append(heads.predict(emb[held], length[held], b[held][:, cols]))
+        champ_h.append(_champion_columns(champ[held], champion_models, heads.models, _judged_means(q[train][:, cols])))
+        # judged cells of models the fold's heads left out do not count
+        q_h.append(q[held][:, cols])
+    width = max(c.shape[1] for c in cand_h)
+
+    def pad(a: FloatArray) -> FloatArray:  # folds may hold different models: NaN columns are not judged
+        out: FloatArray = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.nan)
+        return out
+
+    decision = gate_qualities(
+        np.concatenate([pad(c) for c in champ_h]),
+        np.concatenate([pad(c) for c in cand_h]),
+        np.concatenate([pad(c) for c in q_h]),
+        margin=margin,
+        seed=seed,
+    )
+    heads = fit_quality_heads(emb, length, q, b, models, from_base, min_outcomes=min_outcomes, seed=seed)
+    return QualityAdaptation(heads=heads, decision=decision)

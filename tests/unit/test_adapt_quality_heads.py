@@ -1,0 +1,111 @@
+"""Per-model quality heads from outcomes (`lmroute.adapt.quality_heads`): a planted per-model effect is
+learnt as a correction of the base and as a new model's own head; models with too few outcomes are kept
+at the base or left out; the gate accepts what predicts better on later outcomes, refuses what does not,
+and names bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmroute.adapt.quality_heads import adapt_qualities, fit_quality_heads, gate_qualities
+
+N, DIM = 1500, 16
+MODELS = ["base-a", "base-b", "new-c", "new-d"]
+FROM_BASE = [True, True, False, False]
+
+
+def _problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """embeddings, log lengths, qualities [N, 4] (NaN: not judged) and the base's qualities [N, 4]:
+    base-a and new-c depend on one direction of the embedding (oppositely); base-b is judged on a third of
+    the prompts at a constant level; new-d only 10 times."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((N, DIM)) / 4
+    lengths = np.log1p(rng.integers(20, 2000, N)).astype(float)
+    u = np.random.default_rng(99).standard_normal(DIM)
+    q = np.full((N, 4), np.nan)
+    q[:, 0] = rng.random(N) < 1 / (1 + np.exp(-(0.5 + 3 * emb @ u)))
+    q[::3, 1] = 0.7
+    q[:, 2] = rng.random(N) < 1 / (1 + np.exp(-(-0.5 - 3 * emb @ u)))
+    q[:10, 3] = 1.0
+    base = np.full((N, 4), np.nan)
+    base[:, :2] = 0.5
+    return emb, lengths, q, base
+
+
+def _mse(pred: np.ndarray, q: np.ndarray) -> float:
+    judged = ~np.isnan(q)
+    return float(np.mean((pred[judged] - q[judged]) ** 2))
+
+
+def test_heads_learn_a_correction_and_a_new_model_and_leave_out_what_is_too_rare() -> None:
+    emb, lengths, q, base = _problem()
+    heads = fit_quality_heads(emb[:1000], lengths[:1000], q[:1000], base[:1000], MODELS, FROM_BASE, min_outcomes=30)
+    assert heads.models == ("base-a", "base-b", "new-c")
+    assert heads.from_base == (True, True, False)
+    assert heads.n_outcomes == (1000, 334, 1000)
+    assert heads.left_out == {"new-d": 10}
+    assert heads.weights.shape == (DIM, 3) and heads.length_weights.shape == (3,) and heads.bias.shape == (3,)
+    pred = heads.predict(emb[1000:], lengths[1000:], np.nan_to_num(base[1000:, :3]))
+    test = q[1000:, :3]
+    # base-a: better than the base's flat 0.5; base-b: its level (0.7) learnt; new-c: better than its mean
+    assert _mse(pred[:, 0], test[:, 0]) < 0.8 * _mse(np.full(500, 0.5), test[:, 0])
+    assert np.allclose(pred[~np.isnan(test[:, 1]), 1], 0.7, atol=0.02)
+    mean_c = float(np.nanmean(q[:1000, 2]))
+    assert _mse(pred[:, 2], test[:, 2]) < 0.8 * _mse(np.full(500, mean_c), test[:, 2])
+    assert np.all((pred >= 0) & (pred <= 1))
+
+
+def test_a_base_model_with_too_few_outcomes_keeps_the_base_prediction() -> None:
+    emb, lengths, q, base = _problem()
+    q[30:, 1] = np.nan  # base-b judged 10 times
+    heads = fit_quality_heads(emb, lengths, q, base, MODELS, FROM_BASE, min_outcomes=30)
+    j = heads.models.index("base-b")
+    assert heads.penalties[j] is None and heads.bias[j] == 0 and not heads.weights[:, j].any()
+    pred = heads.predict(emb, lengths, np.nan_to_num(base[:, :3]))
+    assert np.array_equal(pred[:, j], base[:, 1])
+
+
+def test_the_gate_accepts_learnable_outcomes_and_refuses_outcomes_without_signal() -> None:
+    emb, lengths, q, base = _problem()
+    t = np.arange(N, dtype=float)
+    learnt = adapt_qualities(emb, lengths, q, base, MODELS, FROM_BASE, base[:, :2], MODELS[:2], t)
+    d = learnt.decision
+    assert learnt.accepted, d.reason
+    assert d.candidate_error < d.champion_error and d.upper_bound <= 0 and d.n_held_out == 1200
+    assert learnt.heads.models == ("base-a", "base-b", "new-c")
+    # the same outcomes on other prompts, the champion already at each model's level: nothing to learn
+    rng = np.random.default_rng(5)
+    shuffled = q.copy()
+    for j in range(4):
+        shuffled[:, j] = q[rng.permutation(N), j]
+    level = np.nanmean(shuffled, axis=0)
+    champion = np.broadcast_to(level[:2], (N, 2))
+    base_level = np.where(np.isnan(base), np.nan, level)
+    refused = adapt_qualities(emb, lengths, shuffled, base_level, MODELS, FROM_BASE, champion, MODELS[:2], t)
+    assert not refused.accepted, refused.decision.reason
+    assert refused.decision.upper_bound > 0 and "refused" in refused.decision.reason
+
+
+def test_gate_numbers_and_bad_input() -> None:
+    rng = np.random.default_rng(0)
+    q = (rng.random((200, 3)) < 0.5).astype(float)
+    q[rng.random((200, 3)) < 0.3] = np.nan
+    same = np.full((200, 3), 0.5)
+    d = gate_qualities(same, same, q)
+    assert d.accepted and d.difference == 0 and d.upper_bound == 0  # equal to the champion: accepted
+    worse = np.clip(same + rng.normal(0, 0.3, (200, 3)), 0, 1)
+    assert not gate_qualities(same, worse, q).accepted
+    better = np.where(np.isnan(q), 0.5, 0.8 * q + 0.1)
+    d = gate_qualities(same, better, q)
+    assert d.accepted and d.candidate_error < d.champion_error and d.n_cells == int((~np.isnan(q)).sum())
+    few = gate_qualities(same[:10], better[:10], q[:10])
+    assert not few.accepted and "needs at least 20" in few.reason
+    with pytest.raises(ValueError, match="must match"):
+        gate_qualities(same, same[:, :2], q)
+    nan_pred = better.copy()
+    nan_pred[~np.isnan(q)] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        gate_qualities(same, nan_pred, q)
+    with pytest.raises(ValueError, match="quality outside"):
+        fit_quality_heads(np.zeros((5, 2)), np.zeros(5), np.full((5, 2), 2.0), np.zeros((5, 2)), ["a", "b"], [True] * 2)
