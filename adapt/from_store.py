@@ -15,7 +15,7 @@ Steps:
    (the privacy switch), taken from its decision when that decision was made by this same bundle
    version and recorded both routers' scores. A prompt with neither is skipped and counted.
 3. `adapt_paired` / `adapt_single` (lmroute.adapt.pipeline): the learner, its blend with the base router
-   and the gate on held-out, later outcomes (forward-chaining time blocks).
+   and the gate on held-out outcomes (`splits`: 10 random folds, or forward-chaining time blocks).
 4. If the gate accepts: the adapted bundle is written to `out_dir`, its thresholds calibrated on the
    store's most recent decisions. Accepted or not, the run is recorded in the store (`adaptations`).
 
@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle
+from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
@@ -183,12 +184,15 @@ def adapt_from_store(
     base_router: str = "mf",
     since_ms: int = 0,
     margin: float | None = None,
+    splits: str = "cross_fit",
     seed: int = 0,
     overwrite: bool = False,
 ) -> AdaptRun:
     """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
     if kind not in ("paired", "single"):
         raise ValueError(f"kind: must be 'paired' or 'single' (got {kind!r})")
+    if splits not in SPLITS:
+        raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
     bundle = load_bundle(Path(bundle_dir))
     if base_router not in bundle.routers or bundle.routers[base_router].kind == ADAPTED:
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
@@ -203,6 +207,7 @@ def adapt_from_store(
         "champion": champion,
         "outcomes_read": len(rows),
         "outcomes_skipped": feats.skipped,
+        "gate_splits": splits,
     }
     if len(used) < MIN_OUTCOMES:
         report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
@@ -215,7 +220,9 @@ def adapt_from_store(
             report=report,
         )
         return AdaptRun(False, kind, len(used), bundle.version, None, report)
-    gate_kw: dict[str, Any] = {"seed": seed} if margin is None else {"seed": seed, "margin": margin}
+    gate_kw: dict[str, Any] = {"seed": seed, "splits": splits}
+    if margin is not None:
+        gate_kw["margin"] = margin
     result: Adaptation
     if kind == "paired":
         gap = np.asarray([r.qualities[pair.strong] - r.qualities[pair.weak] for r in used])

@@ -1,5 +1,5 @@
-"""The gate: a candidate router replaces the champion only if, on held-out recent outcomes (the newest
-share of the outcomes by time, never trained on), it is not worse by more than a stated margin.
+"""The gate: a candidate router replaces the champion only if, on held-out outcomes (never trained on by
+the candidate that scores them), it is not worse by more than a stated margin and it carries signal.
 
 Metric: APGR at full resolution on the held-out prompts, `gain_area(scores, gain) / mean(gain)`
 (`lmroute.adapt.ranking`): how much of the strong-weak quality gap the router's order recovers, averaged
@@ -11,9 +11,19 @@ Test: one-sided paired bootstrap over prompts. Each replicate resamples the held
 replacement and takes the difference candidate - champion of gain_area, divided by the full held-out
 set's mean gain (a fixed denominator, so the replicates differ only in the order's quality). The
 candidate is accepted when the `alpha` quantile of the replicates (the one-sided lower confidence
-bound) is >= -margin; default margin 0.01 APGR, alpha 0.05, 2,000 replicates, seeded. A candidate equal
-to the champion has every replicate 0 and is accepted; one that is worse, or too uncertain on too few
-held-out outcomes, is refused and the champion keeps serving. Every decision carries all its numbers.
+bound) is >= -margin; default margin 0.01 APGR, alpha 0.05, 2,000 replicates, seeded. A candidate that
+is worse, or too uncertain on too few held-out outcomes, is refused and the champion keeps serving.
+Second condition: the candidate's order must carry signal, by a permutation test (the held-out gains
+permuted `replicates` times against the candidate's scores; p = the share of permutations whose APGR
+reaches the candidate's, must be < alpha). Without it a candidate learnt from noise passes beside a
+near-random champion (not worse by more than the margin), which is how a shipped router does on
+traffic unlike its training data. Every decision carries all its numbers.
+
+Held-out outcomes (`gate_splits`): by default 10 random folds (`cross_fit`), each scored by a candidate
+fitted on the other nine, so the candidates judged are nearly the size of the refit the gate vouches
+for; or 5 forward-chaining time blocks (`forward_chaining`), each scored by a candidate fitted on the
+older blocks only: every held-out outcome is newer than what its candidate saw, at the price of judging
+candidates fitted on 20-80 % of the outcomes.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import numpy.typing as npt
 
 from lmroute.adapt.ranking import gain_area
 
-__all__ = ["GateDecision", "forward_chaining", "gate", "time_split"]
+__all__ = ["SPLITS", "GateDecision", "cross_fit", "forward_chaining", "gate", "gate_splits", "time_split"]
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
@@ -48,6 +58,7 @@ class GateDecision:
     difference: float
     lower_bound: float
     p_value: float
+    signal_p_value: float  # permutation test of the candidate's order against unrelated gains (must be < alpha)
     margin: float
     alpha: float
     replicates: int
@@ -81,6 +92,33 @@ def forward_chaining(
     return [(np.sort(np.concatenate(chunks[:k])), np.sort(chunks[k])) for k in range(1, blocks)]
 
 
+def cross_fit(n: int, folds: int = 10, seed: int = 0) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Splits for the gate: the n outcomes dealt at random (seeded) into `folds` folds; for each fold,
+    (indices of the other folds, indices of the fold). Every outcome is held out once, by a candidate
+    fitted on (folds - 1) / folds of the outcomes: nearly the size of the refit the gate vouches for."""
+    if folds < 2 or n < folds:
+        raise ValueError(f"cross_fit: needs folds >= 2 and at least {folds} outcomes, got {n}")
+    ids = np.random.default_rng(seed).permutation(n) % folds
+    return [(np.flatnonzero(ids != k), np.flatnonzero(ids == k)) for k in range(folds)]
+
+
+SPLITS = ("cross_fit", "forward")
+"""How the gate holds outcomes out: `cross_fit` (the default, 10 folds) or `forward` (5 forward-chaining
+time blocks)."""
+
+
+def gate_splits(
+    timestamps: npt.ArrayLike, splits: str = "cross_fit", seed: int = 0
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """The (training, held-out) index pairs of scheme `splits` (SPLITS) for outcomes judged at `timestamps`."""
+    t = np.asarray(timestamps)
+    if splits == "cross_fit":
+        return cross_fit(t.size, 10, seed)
+    if splits == "forward":
+        return forward_chaining(t, 5)
+    raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
+
+
 def gate(
     champion_scores: npt.ArrayLike,
     candidate_scores: npt.ArrayLike,
@@ -109,7 +147,7 @@ def gate(
     mean_gain = float(g.mean()) if n else 0.0
 
     def decision(
-        accepted: bool, reason: str, champ_apgr: float, cand_apgr: float, lower: float, p: float
+        accepted: bool, reason: str, champ_apgr: float, cand_apgr: float, lower: float, p: float, signal: float
     ) -> GateDecision:
         return GateDecision(
             accepted=accepted,
@@ -122,6 +160,7 @@ def gate(
             difference=cand_apgr - champ_apgr,
             lower_bound=lower,
             p_value=p,
+            signal_p_value=signal,
             margin=margin,
             alpha=alpha,
             replicates=replicates,
@@ -131,30 +170,38 @@ def gate(
     nan = float("nan")
     if n < MIN_HELD_OUT:
         return decision(
-            False, f"refused: {n} held-out outcomes, the gate needs at least {MIN_HELD_OUT}", nan, nan, nan, nan
+            False, f"refused: {n} held-out outcomes, the gate needs at least {MIN_HELD_OUT}", nan, nan, nan, nan, nan
         )
     if mean_gain <= 0:
         return decision(
-            False, f"refused: the held-out mean gain is {mean_gain:.4g} (no gap to recover)", nan, nan, nan, nan
+            False, f"refused: the held-out mean gain is {mean_gain:.4g} (no gap to recover)", nan, nan, nan, nan, nan
         )
     champ_apgr = gain_area(champ, g) / mean_gain
     cand_apgr = gain_area(cand, g) / mean_gain
     rng = np.random.default_rng(seed)
     diffs = np.empty(replicates)
+    null = np.empty(replicates)
     for r in range(replicates):
         idx = rng.integers(0, n, n)
         diffs[r] = (gain_area(cand[idx], g[idx]) - gain_area(champ[idx], g[idx])) / mean_gain
+        null[r] = gain_area(cand, g[rng.permutation(n)]) / mean_gain  # the candidate's order, gains unrelated
     lower = float(np.quantile(diffs, alpha))
+    signal_p = float((np.sum(null >= cand_apgr) + 1) / (replicates + 1))
     p_value = float((np.sum(diffs <= -margin) + 1) / (replicates + 1))  # H0: candidate worse by >= margin
     diff = cand_apgr - champ_apgr
-    if lower >= -margin:
+    numbers = f"APGR {cand_apgr:.4f} vs champion {champ_apgr:.4f} (difference {diff:+.4f}); the one-sided"
+    numbers += f" {1 - alpha:.0%}"
+    if lower < -margin:
+        reason = f"refused: {numbers} lower bound {lower:+.4f} is below -{margin} on {n} held-out outcomes"
+        return decision(False, reason, champ_apgr, cand_apgr, lower, p_value, signal_p)
+    if signal_p >= alpha:
         reason = (
-            f"accepted: APGR {cand_apgr:.4f} vs champion {champ_apgr:.4f} (difference {diff:+.4f}); the one-sided "
-            f"{1 - alpha:.0%} lower bound {lower:+.4f} is above -{margin}"
+            f"refused: {numbers} lower bound {lower:+.4f} is above -{margin}, but the candidate's order is not "
+            f"shown to beat a random one (permutation p {signal_p:.3f} >= {alpha}): no signal to serve"
         )
-        return decision(True, reason, champ_apgr, cand_apgr, lower, p_value)
+        return decision(False, reason, champ_apgr, cand_apgr, lower, p_value, signal_p)
     reason = (
-        f"refused: APGR {cand_apgr:.4f} vs champion {champ_apgr:.4f} (difference {diff:+.4f}); the one-sided "
-        f"{1 - alpha:.0%} lower bound {lower:+.4f} is below -{margin} on {n} held-out outcomes"
+        f"accepted: {numbers} lower bound {lower:+.4f} is above -{margin}, and the candidate's order beats a "
+        f"random one (permutation p {signal_p:.4f})"
     )
-    return decision(False, reason, champ_apgr, cand_apgr, lower, p_value)
+    return decision(True, reason, champ_apgr, cand_apgr, lower, p_value, signal_p)

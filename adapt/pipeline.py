@@ -1,17 +1,18 @@
-"""One adaptation from arrays of outcomes: time split, learner, blend weight, gate, refit
+"""One adaptation from arrays of outcomes: held-out splits, learner, blend weight, gate, refit
 (`adapt_paired`, `adapt_single`); what `lmroute-export adapt` calls between reading the outcome store
 and `lmroute.adapt.bundle_out.write_adapted_bundle`.
 
-Steps: the outcomes in time order are cut into `blocks` blocks (`lmroute.adapt.gate.forward_chaining`);
-each block after the first is held out from a candidate (learner + the blend's n0, cross-validated)
-fitted on the blocks before it, and the gate compares the pooled held-out candidate scores with the
-champion's (paired: the gap; single: the doubly robust pseudo-gap, outcome models fitted on the earlier
-blocks only). Single outcomes use `fit_single`'s shared outcome model by default (`method`); its blend
-weight is cross-validated on the learner's own out-of-fold gap and cross-fitted pseudo-gap. One time
-split holding out 20 % measured too weak: a few hundred held-out outcomes bound APGR to +-0.1. The head
-and n0 are then refitted on all the outcomes (the gate vouched for the procedure, and the newest outcomes
-are the most relevant): `Adaptation.accepted` says whether the result may replace the champion,
-`Adaptation.decision` holds every number.
+Steps: the outcomes are held out in turn (`lmroute.adapt.gate.gate_splits`, scheme `splits`: by
+default 10 random folds, each held out from a candidate fitted on the other nine; or "forward", 5
+forward-chaining time blocks, each held out from a candidate fitted on the blocks before it); each
+candidate is the learner + the blend's n0, cross-validated on its own training part, and the gate
+compares the pooled held-out candidate scores with the champion's (paired: the gap; single: the doubly
+robust pseudo-gap, outcome models fitted on the training part only). Single outcomes use `fit_single`'s
+shared outcome model by default (`method`); its blend weight is cross-validated on the learner's own
+out-of-fold gap and cross-fitted pseudo-gap. One time split holding out 20 % measured too weak: a few
+hundred held-out outcomes bound APGR to +-0.1. The head and n0 are then refitted on all the outcomes
+(the gate vouched for the procedure): `Adaptation.accepted` says whether the result may replace the
+champion, `Adaptation.decision` holds every number.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, forward_chaining, gate
+from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, gate, gate_splits
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores
 from lmroute.adapt.learners import (
     choose_blend_n0,
@@ -102,7 +103,7 @@ def adapt_paired(
     champion_scores: npt.ArrayLike,
     timestamps: npt.ArrayLike,
     *,
-    blocks: int = 5,
+    splits: str = "cross_fit",
     margin: float = DEFAULT_MARGIN,
     seed: int = 0,
 ) -> Adaptation:
@@ -112,7 +113,7 @@ def adapt_paired(
     length, g = np.asarray(lengths, dtype=np.float64), np.asarray(gap, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     cand, champ_h, gain_h = [], [], []
-    for train, held in forward_chaining(timestamps, blocks):
+    for train, held in gate_splits(timestamps, splits, seed):
         head = fit_paired(emb[train], length[train], g[train], seed=seed)
         n0, weight, base_std = _fit_blend(emb[train], length[train], g[train], base[train], head, seed)
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
@@ -134,7 +135,7 @@ def adapt_single(
     champion_scores: npt.ArrayLike,
     timestamps: npt.ArrayLike,
     *,
-    blocks: int = 5,
+    splits: str = "cross_fit",
     margin: float = DEFAULT_MARGIN,
     seed: int = 0,
     method: str = "shared",
@@ -148,7 +149,7 @@ def adapt_single(
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     x = design(emb, length)
     cand, champ_h, gain_h = [], [], []
-    for train, held in forward_chaining(timestamps, blocks):
+    for train, held in gate_splits(timestamps, splits, seed):
         head, _, weight, base_std = _single_head(
             emb[train], length[train], arm[train], q[train], p[train], base[train], method, seed
         )

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
 from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun
+from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.quality_heads import DEFAULT_QUALITY_MARGIN, MIN_MODEL_OUTCOMES, adapt_qualities
 from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
 from lmroute.bundle.kinds.quality import QualityRouter
@@ -94,11 +95,14 @@ def adapt_qualities_from_store(
     base_router: str = "quality",
     since_ms: int = 0,
     margin: float | None = None,
+    splits: str = "cross_fit",
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
     overwrite: bool = False,
 ) -> AdaptRun:
     """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
+    if splits not in SPLITS:
+        raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
     bundle = load_bundle(Path(bundle_dir))
     base = bundle.routers.get(base_router)
     if not isinstance(base, QualityRouter):
@@ -121,6 +125,7 @@ def adapt_qualities_from_store(
         "outcomes_read": len(rows),
         "outcomes_skipped": len(rows) - len(used),
         "models_judged": judged,
+        "gate_splits": splits,
     }
 
     def record(accepted: bool, candidate: str | None) -> None:
@@ -156,6 +161,7 @@ def adapt_qualities_from_store(
         champion.models,
         np.asarray([r.time_ms for r in used], dtype=np.int64),
         margin=DEFAULT_QUALITY_MARGIN if margin is None else margin,
+        splits=splits,
         min_outcomes=min_outcomes,
         seed=seed,
     )

@@ -20,9 +20,10 @@ than `min_outcomes` outcomes keeps the base's prediction (a zero head); a new mo
 out of the router. On LLMRouter's 9 models the shared stage lifted AIQ by 0.001-0.009 over per-model
 ridges alone (`benchmarks/adaptation/n_models_curve.py`, one seed; largest with single outcomes).
 
-Gate: the outcomes in time order cut into blocks (`forward_chaining`); each block after the first is
-predicted by heads fitted on the blocks before it, and by the champion (the serving router's qualities;
-for a model the champion does not predict, the mean quality of that model on the earlier blocks). The
+Gate: the outcomes held out in turn as for the pair (`lmroute.adapt.gate.gate_splits`: 10 random folds
+by default, or forward-chaining time blocks); each held-out part is predicted by heads fitted on the
+rest, and by the champion (the serving router's qualities; for a model the champion does not predict,
+the mean quality of that model on the training part). The
 metric is the mean squared error over the held-out judged (prompt, model) cells; a one-sided paired
 bootstrap over prompts accepts the candidate when the upper `1 - alpha` bound of candidate - champion is
 <= `margin`. Then the heads are refitted on every outcome.
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, forward_chaining
+from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, gate_splits
 from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
 from lmroute.bundle.kinds.adapted_quality import corrected_qualities
 
@@ -347,7 +348,7 @@ def adapt_qualities(
     champion_models: Sequence[str],
     timestamps: npt.ArrayLike,
     *,
-    blocks: int = 5,
+    splits: str = "cross_fit",
     margin: float = DEFAULT_QUALITY_MARGIN,
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
@@ -358,7 +359,7 @@ def adapt_qualities(
     length = np.asarray(lengths, dtype=np.float64)
     q, b, champ = (np.asarray(a, dtype=np.float64) for a in (quality, base, champion))
     cand_h, champ_h, q_h = [], [], []
-    for train, held in forward_chaining(timestamps, blocks):
+    for train, held in gate_splits(timestamps, splits, seed):
         heads = fit_quality_heads(
             emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed
         )

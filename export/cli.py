@@ -219,6 +219,12 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         help="gate margin: in APGR for paired and single (default 0.01), in mean squared error for qualities "
         "(default 0)",
     )
+    p.add_argument(
+        "--gate-splits",
+        choices=("cross_fit", "forward"),
+        default="cross_fit",
+        help="how the gate holds outcomes out: 10 random folds, or 5 forward-chaining time blocks",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_plugin(p)
@@ -244,6 +250,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 base_router=args.base_router or "quality",
                 since_ms=args.since_ms,
                 margin=args.margin,
+                splits=args.gate_splits,
                 seed=args.seed,
                 overwrite=args.overwrite,
             )
@@ -256,6 +263,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 base_router=args.base_router or "mf",
                 since_ms=args.since_ms,
                 margin=args.margin,
+                splits=args.gate_splits,
                 seed=args.seed,
                 overwrite=args.overwrite,
             )

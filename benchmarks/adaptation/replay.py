@@ -109,12 +109,15 @@ def send_outcomes(client: RouterClient, ids: list[str], sq: np.ndarray, wq: np.n
             raise RuntimeError(f"feedback refused: {bad[0].reason} {bad[0].message}")
 
 
+GATE_SPLITS = "cross_fit"  # --gate-splits of every adapt run (set from the command line)
+
+
 def adapt(bundle: Path, store: str, out: Path, since_ms: int) -> dict[str, Any]:
     """One `lmroute-export adapt` run; its JSON report plus whether it was accepted."""
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(BIN / "lmroute-export"), "adapt", "--bundle", str(bundle), "--store", store, "--out", str(out)]
-        + ["--since-ms", str(since_ms), "--overwrite"],
+        + ["--since-ms", str(since_ms), "--overwrite", "--gate-splits", GATE_SPLITS],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -249,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ns", default="100,500,1000,2000,5000")
     ap.add_argument("--test-limit", type=int, default=2000, help="test prompts scored per set (0 = the whole half)")
     ap.add_argument("--work", type=Path, default=None, help="stores and candidate bundles (default: a temp dir)")
+    ap.add_argument(
+        "--gate-splits", choices=("cross_fit", "forward"), default="cross_fit", help="the gate's held-out scheme"
+    )
     args = ap.parse_args(argv)
+    global GATE_SPLITS
+    GATE_SPLITS = args.gate_splits
     args.ns = [int(x) for x in args.ns.split(",")]
     args.bundle = args.bundle.resolve()
     work = args.work or Path(tempfile.mkdtemp(prefix="lmroute-replay-"))

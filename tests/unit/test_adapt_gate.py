@@ -56,9 +56,22 @@ def test_a_candidate_trained_on_shuffled_outcomes_is_refused(split: dict[str, np
 
 
 def test_a_candidate_equal_to_the_champion_is_accepted(split: dict[str, np.ndarray]) -> None:
-    decision = gate(split["champion"], split["champion"].copy(), split["gap"][split["held"]])
-    assert decision.accepted
-    assert decision.difference == 0.0 and decision.lower_bound == 0.0
+    tr, ho = split["train"], split["held"]
+    learnt = fit_paired(split["emb"][tr], split["len"][tr], split["gap"][tr]).raw(split["emb"][ho], split["len"][ho])
+    decision = gate(learnt, learnt.copy(), split["gap"][ho])
+    assert decision.accepted, decision.reason
+    assert decision.difference == 0.0 and decision.lower_bound == 0.0 and decision.signal_p_value < decision.alpha
+
+
+def test_a_candidate_without_signal_is_refused_beside_a_random_champion(split: dict[str, np.ndarray]) -> None:
+    """Not worse than a champion at random is not enough: the candidate's own APGR must beat a random
+    order's."""
+    held_gap = split["gap"][split["held"]]
+    random_order = np.random.default_rng(4).random(held_gap.size)
+    decision = gate(random_order, random_order.copy(), held_gap)
+    assert not decision.accepted
+    assert decision.lower_bound == 0.0 and decision.signal_p_value >= decision.alpha
+    assert "no signal to serve" in decision.reason
 
 
 def test_too_few_held_out_outcomes_are_refused_and_the_record_has_every_number() -> None:
@@ -108,5 +121,10 @@ def test_adapt_paired_accepts_real_and_refuses_shuffled_against_a_real_champion(
     base = np.clip(0.5 + 0.1 * emb[:, -1], 0.01, 0.99)
     real = adapt_paired(emb, lengths, gap, base, base, np.arange(2500.0))
     assert real.accepted, real.decision.reason
-    shuffled = adapt_paired(emb, lengths, np.random.default_rng(3).permutation(gap), base, base, np.arange(2500.0))
-    assert not shuffled.accepted, shuffled.decision.reason
+    # outcomes shuffled across prompts, 20 times: the signal test accepts noise with probability alpha
+    # (5 %, one in 20 expected; 40 shuffles of this problem measured 4 with cross_fit, 1 with forward)
+    accepted = [
+        adapt_paired(emb, lengths, np.random.default_rng(s).permutation(gap), base, base, np.arange(2500.0)).accepted
+        for s in range(20)
+    ]
+    assert sum(accepted) <= 3, accepted

@@ -72,7 +72,9 @@ def test_the_gate_accepts_learnable_outcomes_and_refuses_outcomes_without_signal
     learnt = adapt_qualities(emb, lengths, q, base, MODELS, FROM_BASE, base[:, :2], MODELS[:2], t)
     d = learnt.decision
     assert learnt.accepted, d.reason
-    assert d.candidate_error < d.champion_error and d.upper_bound <= 0 and d.n_held_out == 1200
+    assert (
+        d.candidate_error < d.champion_error and d.upper_bound <= 0 and d.n_held_out == N
+    )  # every prompt held out once
     assert learnt.heads.models == ("base-a", "base-b", "new-c")
     # the same outcomes on other prompts, the champion already at each model's level: nothing to learn
     rng = np.random.default_rng(5)
