@@ -2,15 +2,20 @@
 
 Corpora: benchmarks/ghz/prompts.json (its `short` and `long` prompts) and the training prompts
 (`lmroute.export.data.load_comparisons(data/)`). Two comparisons, each at one text per call and at
-64 texts per call (batches filled by cycling through the corpus):
+64 texts per call (batches filled by cycling through the corpus), on the corpus's pure-ASCII texts, its
+other texts and (PromptTokenizer) all of them:
 
-  tokenizer, ASCII texts   HF `Tokenizer.encode` / `encode_batch` (truncation and padding off) vs
-                           `lmroute.kernels.compiled.WordPieceTokenizer.encode`, on the corpus's pure-ASCII
-                           texts (the ones the fast path takes)
-  PromptTokenizer, ASCII / all   `PromptTokenizer.tokenize` (ids -> cut -> padded TokenBatch) with
-                           fast=False vs fast=True, on the pure-ASCII texts, then on every text (with
-                           fast=True a non-ASCII text is cut at ASCII whitespace: its ASCII runs go to the
-                           fast path, the rest to HF; mostly non-ASCII texts go to HF whole)
+  tokenizer                HF `Tokenizer.encode` / `encode_batch` (truncation and padding off) vs
+                           `lmroute.kernels.compiled.WordPieceTokenizer.encode`
+  PromptTokenizer          `PromptTokenizer.tokenize` (ids -> cut -> padded TokenBatch) with fast=False
+                           (HF) vs fast=True; and, column "ASCII-only fast", fast=True with a compiled
+                           tokenizer that takes only ASCII text (`non_ascii=False`: the path before the
+                           compiled core read Unicode; a non-ASCII text is cut at ASCII whitespace, its
+                           ASCII words go to the compiled core and the others to HF, a mostly non-ASCII
+                           text to HF whole)
+
+"fast path takes": the texts `WordPieceTokenizer.encode` takes whole (the others hold a character it
+leaves to HF).
 
 A figure is the best of `--rounds` passes over the corpus of the mean CPU time (process time: the
 machine is shared, and CPU time does not count waiting for a core) per prompt. Prints a Markdown table;
@@ -86,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     pt_on = PromptTokenizer(path, max_tokens=256, fast=True)
     pt_off = PromptTokenizer(path, max_tokens=256, fast=False)
     assert pt_on.fast_path, pt_on.fast_path_note
+    # the path before the compiled core read Unicode: the same tokenizer.json, non-ASCII text left to HF
+    pt_ascii = PromptTokenizer(path, max_tokens=256, fast=True)
+    ascii_spec = json.loads(path.read_text(encoding="utf-8"))
+    ascii_spec["normalizer"]["strip_accents"] = False  # read only for non-ASCII text: turns it off
+    pt_ascii._fast = WordPieceTokenizer.from_tokenizer_json(ascii_spec)
+    assert not pt_ascii._fast.non_ascii
 
     ghz = json.loads((ROOT / "benchmarks/ghz/prompts.json").read_text(encoding="utf-8"))
     corpora = {
@@ -94,26 +105,49 @@ def main(argv: Sequence[str] | None = None) -> None:
         "training": list(load_comparisons(ROOT / "data").comparisons.prompts),
     }
     lines = [
-        "| corpus | texts | pure ASCII | mean chars | what | batch | HF us/prompt | fast us/prompt | HF / fast |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| corpus | texts | pure ASCII | fast path takes | mean chars | what | batch | HF us/prompt "
+        "| ASCII-only fast us/prompt | fast us/prompt | HF / fast |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, texts in corpora.items():
         ascii_texts = [t for t in texts if t.isascii()]
+        other_texts = [t for t in texts if not t.isascii()]
         share = f"{len(ascii_texts)} ({100 * len(ascii_texts) / len(texts):.0f} %)"
+        taken = fast.encode(texts).n_handled
+        takes = f"{taken} ({100 * taken / len(texts):.0f} %)"
         chars = sum(map(len, texts)) / len(texts)
+        want = pt_off.token_ids(texts)
+        assert pt_on.token_ids(texts) == want and pt_ascii.token_ids(texts) == want, f"{name}: the paths differ"
         Call = Callable[[list[str]], object]
-        rows: list[tuple[str, list[str], Call, Call, Call]] = [  # what, texts, HF one, HF many, fast
-            ("tokenizer, ASCII texts", ascii_texts, lambda c: hf.encode(c[0]), hf.encode_batch, fast.encode),
-            ("PromptTokenizer, ASCII texts", ascii_texts, pt_off.tokenize, pt_off.tokenize, pt_on.tokenize),
-            ("PromptTokenizer, all texts", texts, pt_off.tokenize, pt_off.tokenize, pt_on.tokenize),
+        rows: list[tuple[str, list[str], Call, Call, Call | None, Call]] = [  # HF one, HF many, ASCII-only, fast
+            ("tokenizer, ASCII texts", ascii_texts, lambda c: hf.encode(c[0]), hf.encode_batch, None, fast.encode),
+            ("tokenizer, non-ASCII texts", other_texts, lambda c: hf.encode(c[0]), hf.encode_batch, None, fast.encode),
+            (
+                "PromptTokenizer, ASCII texts",
+                ascii_texts,
+                pt_off.tokenize,
+                pt_off.tokenize,
+                pt_ascii.tokenize,
+                pt_on.tokenize,
+            ),
+            (
+                "PromptTokenizer, non-ASCII texts",
+                other_texts,
+                pt_off.tokenize,
+                pt_off.tokenize,
+                pt_ascii.tokenize,
+                pt_on.tokenize,
+            ),
+            ("PromptTokenizer, all texts", texts, pt_off.tokenize, pt_off.tokenize, pt_ascii.tokenize, pt_on.tokenize),
         ]
-        for what, sample, hf_one, hf_many, fast_fn in rows:
+        for what, sample, hf_one, hf_many, ascii_fn, fast_fn in rows:
             for batch in (1, BATCH):
                 slow = per_prompt_us(hf_one if batch == 1 else hf_many, sample, batch, args.rounds)
+                before = "-" if ascii_fn is None else f"{per_prompt_us(ascii_fn, sample, batch, args.rounds):,.2f}"
                 quick = per_prompt_us(fast_fn, sample, batch, args.rounds)
                 lines.append(
-                    f"| {name} | {len(texts)} | {share} | {chars:,.0f} | {what} | {batch} | {slow:,.2f} "
-                    f"| {quick:,.2f} | {slow / quick:.1f}x |"
+                    f"| {name} | {len(texts)} | {share} | {takes} | {chars:,.0f} | {what} | {batch} | {slow:,.2f} "
+                    f"| {before} | {quick:,.2f} | {slow / quick:.1f}x |"
                 )
                 print(lines[-1], flush=True)
     table = "\n".join(lines)

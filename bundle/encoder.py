@@ -7,10 +7,11 @@ Holds:
   tokenises whole texts, cuts each one longer than `max_tokens` by the rule (`cut_and_pad`) and pads to
   the longest text of the batch (never the fixed 128 of the shipped tokenizer.json). The serving
   encoder, the bert router (which reads the encoder's tokens) and the trainers all tokenise through it.
-  For BERT's uncased WordPiece files it tokenises ASCII text with the compiled core
-  (`lmroute.kernels.compiled.WordPieceTokenizer`, the same ids as HF, 20-70x faster on pure-ASCII text:
-  benchmarks/RESULTS_tokenizer.md) and only the non-ASCII words with HF; `cut_and_pad_flat` cuts and
-  pads rows given as one flat id array.
+  For BERT's uncased WordPiece files it tokenises with the compiled core
+  (`lmroute.kernels.compiled.WordPieceTokenizer`, the same ids as HF, 20-70x faster:
+  benchmarks/RESULTS_tokenizer.md) and only the words holding a character it leaves to HF (unassigned
+  code points, surrogates, ~2,100 rare marks and signs: `lmroute.kernels.wordpiece_chars`) with HF;
+  `cut_and_pad_flat` cuts and pads rows given as one flat id array.
 - `OnnxEncoder`: a `PromptTokenizer` and `encoder/model.onnx`; checks the graph's signature (inputs
   input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding" float32
   [batch, dim]) and embeds.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, groupby
 from pathlib import Path
@@ -252,14 +253,14 @@ class PromptTokenizer:
 
     Fast path, same ids: when the file is BERT's uncased WordPiece kind (as
     `lmroute.kernels.compiled.WordPieceTokenizer.from_tokenizer_json` checks), `fast` is true and the
-    environment variable LMROUTE_FAST_TOKENIZER is not "0", pure-ASCII text is tokenised by the compiled
-    core and only the non-ASCII runs of words by HF (`_fast_rows`); a few probe texts must come out as
-    HF's first. `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a missing or
-    stale compiled core raises KernelUnavailableError, as it does for the routers.
+    environment variable LMROUTE_FAST_TOKENIZER is not "0", text is tokenised by the compiled core and
+    only the words holding a character it leaves to HF by HF (`_fast_rows`); a few probe texts must come
+    out as HF's first. `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a
+    missing or stale compiled core raises KernelUnavailableError, as it does for the routers.
     """
 
     _ASCII_SPACES = re.compile(r"[\t\n\r ]+")
-    _MIN_ASCII_SHARE = 0.5
+    _MIN_FAST_SHARE = 0.5
     #: Texts both paths must tokenise alike before the fast path is used (a check of the file's kind).
     _PROBES: tuple[str, ...] = (
         "",
@@ -267,6 +268,7 @@ class PromptTokenizer:
         "  Tabs\tand\r\nnew\x00lines\x01\x7f, 3.14159 snake_case-word `~^|\\ unaffable qqqqzzzxx",
         "a" * 101 + " " + "b" * 100,
         "Naïve café\u00a0costs 3€ — “quoted” 日本語 [SEP] ΟΔΟΣ x\u0301y \u0301z",
+        "Words left to HF: \u0378x and \u08d4 around İstanbul 한국어 [CLS]",  # _fast_rows cuts this one
     )
 
     def __init__(
@@ -374,37 +376,45 @@ class PromptTokenizer:
 
     def _fast_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every text's ids (template included) one after the other, and the ids per text, as HF gives
-        them. A pure-ASCII text goes to the fast path whole. Any other text is cut at ASCII whitespace (it
-        ends words at every step of the pipeline, and no added token holds it) into runs of pure-ASCII
-        words, for the fast path, and runs of the other words, for HF (`_hf_runs`); its row is the
-        template's tokens around the runs' ids. A text whose pure-ASCII runs are under _MIN_ASCII_SHARE of
-        it goes to HF whole (cutting would not save HF's time). Type ids are 0 (the template's are)."""
+        them. The fast path takes most texts whole; it leaves a text that holds a character it leaves to
+        HF (`lmroute.kernels.wordpiece_chars`). Such a text is cut at ASCII whitespace (it ends words at
+        every step of the pipeline, and no added token holds it) into words, all of them sent through the
+        fast path in one call: its row is the template's tokens around the ids of the words it takes and
+        of the runs of the other words, for HF (`_hf_runs`). A text whose words the fast path takes make
+        under _MIN_FAST_SHARE of it goes to HF whole (cutting would not save HF's time). Type ids are 0
+        (the template's are)."""
         assert self._fast is not None
         ids, lengths, handled, n_handled = self._fast.encode(texts)
         if n_handled == len(texts):
             return ids, lengths
+        left = [i for i, h in enumerate(handled.tolist()) if not h]
+        words = [[w for w in self._ASCII_SPACES.split(texts[i]) if w] for i in left]
+        word_ids, word_lengths, word_taken, _ = self._fast.encode(list(chain.from_iterable(words)), with_template=False)
+        fast_ids, taken = word_ids.tolist(), word_taken.tolist()
+        word_ends = [0, *np.cumsum(word_lengths).tolist()]  # word j's ids: fast_ids[word_ends[j] : word_ends[j + 1]]
         whole: list[str] = []  # texts for HF whole
-        runs: dict[bool, list[str]] = {True: [], False: []}  # pure-ASCII runs, the others
-        plans: list[list[bool] | None] = []  # per text left: whether each of its runs is pure ASCII; None: whole
-        for i in (i for i, h in enumerate(handled.tolist()) if not h):
-            words = filter(None, self._ASCII_SPACES.split(texts[i]))
-            pieces = [(a, " ".join(run)) for a, run in groupby(words, str.isascii)]
-            if sum(len(r) for a, r in pieces if a) < self._MIN_ASCII_SHARE * len(texts[i]):
+        hf_runs: list[str] = []  # runs of words for HF
+        plans: list[list[tuple[bool, int, int]] | None] = []  # per text left: (fast, first word, end); None: whole
+        first = 0
+        for i, ws in zip(left, words, strict=True):
+            end = first + len(ws)
+            quick = sum(len(w) for w, t in zip(ws, taken[first:end], strict=True) if t)
+            if quick < self._MIN_FAST_SHARE * len(texts[i]):
                 whole.append(texts[i])
                 plans.append(None)
-                continue
-            plans.append([a for a, _ in pieces])
-            for a, r in pieces:
-                runs[a].append(r)
-        flat: dict[bool, list[int]] = {True: [], False: []}
-        counts: dict[bool, Iterator[int]] = {True: iter(()), False: iter(())}
-        if runs[True]:
-            fast_ids, fast_lengths, _, _ = self._fast.encode(runs[True], with_template=False)
-            flat[True], counts[True] = fast_ids.tolist(), iter(fast_lengths.tolist())
-        if runs[False]:
-            flat[False], hf_lengths = self._hf_runs(runs[False])
-            counts[False] = iter(hf_lengths)
-        at = {True: 0, False: 0}
+            else:
+                runs: list[tuple[bool, int, int]] = []
+                j = first
+                for fast, run in groupby(taken[first:end]):
+                    k = j + sum(1 for _ in run)
+                    runs.append((fast, j, k))
+                    if not fast:
+                        hf_runs.append(" ".join(ws[j - first : k - first]))
+                    j = k
+                plans.append(runs)
+            first = end
+        hf_ids, hf_lengths = self._hf_runs(hf_runs) if hf_runs else ([], [])
+        hf_counts, hf_at = iter(hf_lengths), 0
         whole_rows = iter([e.ids for e in self._tok.encode_batch(whole)] if whole else [])
         rows: list[int] = []
         left_lengths = []
@@ -414,10 +424,13 @@ class PromptTokenizer:
                 rows += next(whole_rows)
             else:
                 rows += self.front_ids
-                for a in plan:
-                    n = next(counts[a])
-                    rows += flat[a][at[a] : at[a] + n]
-                    at[a] += n
+                for fast, j, k in plan:
+                    if fast:
+                        rows += fast_ids[word_ends[j] : word_ends[k]]
+                    else:
+                        n = next(hf_counts)
+                        rows += hf_ids[hf_at : hf_at + n]
+                        hf_at += n
                 rows += self.back_ids
             left_lengths.append(len(rows) - start)
         lengths[~handled] = left_lengths

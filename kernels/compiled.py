@@ -10,8 +10,10 @@
     bt_ratings  the small Bradley-Terry Newton solve on its own
     blend_scores  a router's scores blended with the difficulty prior (one call per batch: after the
                 encoder, a handful of NumPy calls on cold caches cost more than the math)
-    WordPieceTokenizer  BERT WordPiece tokenisation of pure-ASCII texts, id for id HF `tokenizers`'s, built
-                from a tokenizer.json of that kind (`from_tokenizer_json`); other texts come back unhandled
+    WordPieceTokenizer  BERT uncased WordPiece tokenisation, id for id HF `tokenizers`'s, built from a
+                tokenizer.json of that kind (`from_tokenizer_json`); Unicode text too (the characters'
+                table: lmroute.kernels.wordpiece_chars), except a text holding a character whose Unicode
+                properties HF's and Python's tables could disagree on, which comes back unhandled
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
@@ -40,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lmroute.kernels import reference
+from lmroute.kernels.wordpiece_chars import char_table
 
 __all__ = [
     "ABI_VERSION",
@@ -59,7 +62,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -521,8 +524,7 @@ def _template_ends(post: Mapping[str, Any] | None) -> tuple[tuple[int, ...], tup
 
 class WordPieceIds(NamedTuple):
     """What `WordPieceTokenizer.encode` gives: the ids of the handled texts one after the other (template
-    tokens included), ids per text (0 when not handled), whether each text was handled (pure ASCII) and
-    how many were."""
+    tokens included), ids per text (0 when not handled), whether each text was handled and how many were."""
 
     ids: NDArray[np.int64]
     lengths: NDArray[np.int64]
@@ -531,12 +533,15 @@ class WordPieceIds(NamedTuple):
 
 
 class WordPieceTokenizer:
-    """BERT WordPiece tokenisation of pure-ASCII texts (kernels/src/wordpiece.hpp states the rules).
+    """BERT uncased WordPiece tokenisation (kernels/src/wordpiece.hpp states the rules).
 
     vocab: the token strings in id order; unk_id: the id a word that matches nothing becomes; prefix:
-    the continuing-subword prefix; max_chars: longer words are unknown; literals: (text, id) of the added
-    tokens, matched case-sensitively on the raw text; front_ids, back_ids: the template's special tokens.
-    Thread-safe; `encode` releases the GIL.
+    the continuing-subword prefix; max_chars: words of more characters are unknown; literals: (text, id) of
+    the added tokens, matched case-sensitively on the raw text; front_ids, back_ids: the template's special
+    tokens; non_ascii: tokenise non-ASCII text as BertNormalizer with handle_chinese_chars and strip_accents
+    does (the table of `lmroute.kernels.wordpiece_chars`, built on the first such tokenizer of the process,
+    ~0.5 s), else leave every non-ASCII text unhandled. A text holding a character the table leaves to HF
+    is unhandled either way. Thread-safe; `encode` releases the GIL.
     """
 
     def __init__(
@@ -549,6 +554,7 @@ class WordPieceTokenizer:
         literals: Sequence[tuple[str, int]] = (),
         front_ids: Sequence[int] = (),
         back_ids: Sequence[int] = (),
+        non_ascii: bool = True,
     ) -> None:
         vocab = list(vocab)
         if not all(isinstance(t, str) for t in vocab):
@@ -562,6 +568,10 @@ class WordPieceTokenizer:
         self.front_ids = tuple(int(i) for i in front_ids)
         self.back_ids = tuple(int(i) for i in back_ids)
         self._specials = len(self.front_ids) + len(self.back_ids)
+        self.non_ascii = bool(non_ascii)
+        none = np.empty(0, dtype=np.uint32)
+        table = char_table() if self.non_ascii else None
+        self._widest = table.widest if table is not None else 1
         self._wp = _core.WordPiece(
             vocab,
             int(unk_id),
@@ -570,6 +580,9 @@ class WordPieceTokenizer:
             [(str(t), int(i)) for t, i in literals],
             list(self.front_ids),
             list(self.back_ids),
+            table.blocks if table is not None else none,
+            table.entries if table is not None else none,
+            table.pool if table is not None else none,
         )
 
     @classmethod
@@ -584,8 +597,10 @@ class WordPieceTokenizer:
         _require(model.get("unk_token") in vocab_ids, "the unknown token is not in the vocabulary")
         norm = spec.get("normalizer") or {}
         _require(norm.get("type") == "BertNormalizer", f"normalizer {norm.get('type')!r} is not BertNormalizer")
-        # handle_chinese_chars and strip_accents touch only non-ASCII characters
         _require(norm.get("clean_text") is True and norm.get("lowercase") is True, "BertNormalizer is not clean+lower")
+        # handle_chinese_chars and strip_accents (None: as lowercase) touch only non-ASCII characters: without
+        # them, non-ASCII text is left to HF
+        non_ascii = norm.get("handle_chinese_chars") is True and norm.get("strip_accents") in (None, True)
         pre = (spec.get("pre_tokenizer") or {}).get("type")
         _require(pre == "BertPreTokenizer", f"pre_tokenizer {pre!r} is not BertPreTokenizer")
         literals = []
@@ -606,14 +621,16 @@ class WordPieceTokenizer:
             literals=literals,
             front_ids=front,
             back_ids=back,
+            non_ascii=non_ascii,
         )
 
     def encode(self, texts: Sequence[str], *, with_template: bool = True) -> WordPieceIds:
-        """The ids of the pure-ASCII texts, with the template's tokens around each or not; the others are
-        left unhandled (for HF `tokenizers`). TypeError for an item that is not a str."""
+        """The ids of the texts, with the template's tokens around each or not; the texts it does not take
+        are left unhandled (for HF `tokenizers`). TypeError for an item that is not a str."""
         items = texts if isinstance(texts, list) else list(texts)
         n = len(items)
-        ids = np.empty(sum(map(len, items)) + n * self._specials, dtype=np.int64)
+        # a character becomes at most `_widest` ids (np.empty: room that is not written costs nothing)
+        ids = np.empty(sum(map(len, items)) * self._widest + n * self._specials, dtype=np.int64)
         lengths = np.empty(n, dtype=np.int64)
         handled = np.empty(n, dtype=np.bool_)
         total, n_handled = self._wp.encode(items, bool(with_template), ids, lengths, handled)

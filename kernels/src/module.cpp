@@ -32,7 +32,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 4;
+constexpr int kAbiVersion = 5;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -216,9 +216,9 @@ void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     for (int64_t i = 0; i < n; ++i) dst[i] = lmroute::fast_exp(src[i]);
 }
 
-// The texts of a list that are pure-ASCII str go through the tokenizer (their bytes read in place); the
-// others come back unhandled. Returns (ids written to `ids`, texts handled); `ids` has room for
-// capacity(len) per ASCII text.
+// The str texts of a list go through the tokenizer, read in place in Python's layout (all of them when it
+// has a character table, else only the ASCII ones; the others come back unhandled). Returns (ids
+// written to `ids`, texts handled); `ids` has room for capacity(len, ascii) per text it reads.
 std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::list texts, bool with_template,
                                              Out<int64_t, nb::ndim<1>> ids, Out<int64_t, nb::ndim<1>> lengths,
                                              Out<bool, nb::ndim<1>> handled) {
@@ -231,10 +231,12 @@ std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::l
         PyObject* t = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
         if (!PyUnicode_Check(t)) throw nb::type_error(("texts[" + std::to_string(i) + "] is not a str").c_str());
         held[i] = nb::borrow(t);
-        refs[i] = {nullptr, 0};
-        if (PyUnicode_IS_ASCII(t)) {
-            refs[i] = {static_cast<const char*>(PyUnicode_DATA(t)), static_cast<int64_t>(PyUnicode_GET_LENGTH(t))};
-            need += wp.capacity(refs[i].len);
+        refs[i] = {nullptr, 0, 1};
+        const bool ascii = PyUnicode_IS_ASCII(t);
+        if (ascii || wp.non_ascii()) {
+            const int64_t len = static_cast<int64_t>(PyUnicode_GET_LENGTH(t));
+            refs[i] = {PyUnicode_DATA(t), len, static_cast<int>(PyUnicode_KIND(t))};
+            need += wp.capacity(len, ascii);
         }
     }
     require(ids.shape(0) >= static_cast<size_t>(need), "ids has no room for the texts' tokens");
@@ -242,6 +244,19 @@ std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::l
     const int64_t total =
         wp.encode_batch(refs.data(), static_cast<int64_t>(n), with_template, ids.data(), lengths.data(), handled.data());
     return {total, std::count(handled.data(), handled.data() + n, true)};
+}
+
+// A WordPiece with the character table given as three uint32 arrays (all empty: ASCII text only).
+void wordpiece_init(lmroute::WordPiece* self, const std::vector<std::string>& vocab, int64_t unk_id,
+                    const std::string& prefix, int64_t max_chars,
+                    const std::vector<std::pair<std::string, int64_t>>& literals, std::vector<int64_t> front,
+                    std::vector<int64_t> back, In<uint32_t, nb::ndim<1>> char_blocks,
+                    In<uint32_t, nb::ndim<1>> char_entries, In<uint32_t, nb::ndim<1>> char_pool) {
+    auto copy = [](const In<uint32_t, nb::ndim<1>>& a) {
+        return std::vector<uint32_t>(a.data(), a.data() + a.shape(0));
+    };
+    new (self) lmroute::WordPiece(vocab, unk_id, prefix, max_chars, literals, std::move(front), std::move(back),
+                                  lmroute::CharTable{copy(char_blocks), copy(char_entries), copy(char_pool)});
 }
 
 std::string cpu_features() {
@@ -280,9 +295,8 @@ NB_MODULE(_core, m) {
     m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
     m.def("token_mean", &token_mean, "table"_a, "ids"_a, "offsets"_a, "out"_a);
     nb::class_<lmroute::WordPiece>(m, "WordPiece")
-        .def(nb::init<const std::vector<std::string>&, int64_t, const std::string&, int64_t,
-                      const std::vector<std::pair<std::string, int64_t>>&, std::vector<int64_t>, std::vector<int64_t>>(),
-             "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a, "back"_a)
+        .def("__init__", &wordpiece_init, "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a,
+             "back"_a, "char_blocks"_a, "char_entries"_a, "char_pool"_a)
         .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a);
     m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,
           "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, "out"_a);

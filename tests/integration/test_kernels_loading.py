@@ -27,7 +27,7 @@ SITE = next(p for p in sys.path if p.endswith("site-packages"))
 def _copy_package(root: Path, name: str = "lmk_copy", *, with_core: bool = True) -> Path:
     pkg = root / name
     pkg.mkdir(parents=True)
-    for item in ("__init__.py", "compiled.py", "reference.py"):
+    for item in ("__init__.py", "compiled.py", "reference.py", "wordpiece_chars.py"):
         shutil.copy(KERNELS / item, pkg / item)
     shutil.copytree(KERNELS / "src", pkg / "src")
     if with_core:

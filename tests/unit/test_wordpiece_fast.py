@@ -1,14 +1,17 @@
 """The compiled WordPiece fast path (`lmroute.kernels.compiled.WordPieceTokenizer`, used by
 `PromptTokenizer`) against HF `tokenizers` on the shipped tokenizer.json: the same ids on every prompt the
-project ships and on random ASCII text biased to the rules' edges; a wrong rule is caught; non-ASCII texts
-(ASCII runs fast, the rest HF) still equal HF's; batched == one by one; the same TokenBatch with the fast
-path on and off; files of another kind keep HF only."""
+project ships, on random ASCII text biased to the rules' edges and on random Unicode text; every code point
+the character table (`lmroute.kernels.wordpiece_chars`) does not leave to HF becomes what HF makes of it;
+a wrong rule is caught; texts with a character left to HF (its words to HF, the rest fast) still equal
+HF's; batched == one by one; the same TokenBatch with the fast path on and off; files of another kind keep
+HF only, files that keep accents keep HF for non-ASCII text."""
 
 from __future__ import annotations
 
 import functools
 import json
 import random
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from lmroute.export.data import load_calibration_prompts, load_comparisons
 from lmroute.export.encoder_export import default_model_dir
 from lmroute.export.evalsets import load_eval
 from lmroute.kernels.compiled import UnsupportedTokenizerError, WordPieceTokenizer
+from lmroute.kernels.wordpiece_chars import ALONE, SPACE, char_outcome
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -52,16 +56,29 @@ def fast(spec: dict) -> WordPieceTokenizer:
     return WordPieceTokenizer.from_tokenizer_json(spec)
 
 
+@functools.cache
+def left_to_hf(c: str) -> bool:
+    return char_outcome(c) is None
+
+
+def fast_takes(fast: WordPieceTokenizer, text: str) -> bool:
+    """Whether the fast path should take the text: pure ASCII, or without a character the table leaves to
+    HF when the tokenizer reads non-ASCII text."""
+    return text.isascii() or (fast.non_ascii and not any(left_to_hf(c) for c in set(text) if not c.isascii()))
+
+
 def mismatches(fast: WordPieceTokenizer, hf: Tokenizer, texts: Sequence[str]) -> list[tuple[str, list, list]]:
     """(text, fast ids, HF ids) of every text the fast path handles differently from HF (all with the
-    template's tokens); fails at once when the fast path claims a non-ASCII text or leaves an ASCII one."""
-    ids, lengths, handled, _ = fast.encode(list(texts))
-    assert handled.tolist() == [t.isascii() for t in texts]
+    template's tokens); fails at once when the fast path claims a text it should leave or leaves one it
+    should take (`fast_takes`)."""
+    ids, lengths, handled, n_handled = fast.encode(list(texts))
+    assert handled.tolist() == [fast_takes(fast, t) for t in texts]
+    assert n_handled == int(handled.sum())
     rows = np.split(ids, np.cumsum(lengths)[:-1])
-    ascii_texts = [t for t in texts if t.isascii()]
-    want = [e.ids for e in hf.encode_batch(ascii_texts)]
+    taken = [t for t, h in zip(texts, handled, strict=True) if h]
+    want = [e.ids for e in hf.encode_batch(taken)]
     got = [row.tolist() for row, h in zip(rows, handled, strict=True) if h]
-    return [(t, g, w) for t, g, w in zip(ascii_texts, got, want, strict=True) if g != w]
+    return [(t, g, w) for t, g, w in zip(taken, got, want, strict=True) if g != w]
 
 
 @functools.cache
@@ -128,6 +145,7 @@ def test_every_shipped_prompt_matches_hf(fast: WordPieceTokenizer, hf: Tokenizer
     bad = mismatches(fast, hf, prompts)
     assert not bad, f"{len(bad)} of {len(prompts)} prompts differ; first: {bad[0]!r}"
     assert sum(p.isascii() for p in prompts) > 0.8 * len(prompts)
+    assert fast.encode(prompts).n_handled == len(prompts)  # the non-ASCII ones (> 1,000) too
 
 
 def test_random_ascii_at_the_edges_matches_hf(fast: WordPieceTokenizer, hf: Tokenizer) -> None:
@@ -142,7 +160,9 @@ def test_random_ascii_at_the_edges_matches_hf(fast: WordPieceTokenizer, hf: Toke
 
 @pytest.mark.parametrize(
     "text",
-    ["", "Hello, World!!", "x[SEP]y", "[cls]", "[C\x01LS]", "a\x0bb", "a\tb", "a##b", "a" * 100, "a" * 101],
+    ["", "Hello, World!!", "x[SEP]y", "[cls]", "[C\x01LS]", "a\x0bb", "a\tb", "a##b", "a" * 100, "a" * 101]
+    + ["Naïve Café", "ΟΔΟΣ σς", "İı Istanbul", "Straße", "日本語。", "a\u00a0b\u3000c", "a\u0085b", "x\ufffdy\x00z"]
+    + ["«quoted» — dash", "Ａｂｃ！", "한국어", "🙂x", "a\u200bb\u200dc", "x\u0301\u0327y", "[SEP]é[CLS]", "é[SEP]"],
 )
 def test_rules_one_by_one(fast: WordPieceTokenizer, hf: Tokenizer, text: str) -> None:
     assert mismatches(fast, hf, [text]) == []
@@ -198,38 +218,245 @@ def test_words_with_an_unmatched_part_are_unknown_as_hf_says(tmp_path: Path, pre
 
 
 # ---------------------------------------------------------------------------------------------
-# non-ASCII, batching, PromptTokenizer
+# Unicode
 
 
 UNICODE = (
     "é|e\u0301|\u0301|\u0301\u0327|Å|ß|İ|ΟΔΟΣ|Σ|σς|ﬁ|Ａｂｃ|한국어|日本語|中文。|，|\u00a0|\u2003|\u3000|\u0085|\u2028|"
-    "\u1680|’|“|”|—|…|¿|«|»|€|°|©|™|🙂|👩\u200d💻|\u200b|\u200d|\ufeff|\u00ad|\ufffd|मनुष्य|עברית|العربية|x\u0308|ǅ"
+    "\u1680|’|“|”|—|…|¿|«|»|€|°|©|™|🙂|👩\u200d💻|\u200b|\u200d|\ufeff|\u00ad|\ufffd|मनुष्य|עברית|العربية|x\u0308|ǅ|"
+    "ı|I\u0307|İstanbul|ǈ|Ǆ|ẞ|ſ|ǰ|ΐ|Ω|K|Å|ﬀ|Ⅻ|ﾊﾝｶｸ|。|、|「」|‹›|–|‐|·|•|¶|§|⌊x⌋|\u0345|\u0f73|ᄀ|\u3131|가나다|µ|"
+    "Привет|Ёлка|Ελληνικά|Ա|Ⴀ|Ა|Ꭰ|\U00010400|\U0001e900|\U0001f970|\U0001fae0|\U0001f3f4\U000e0067\U000e0062\U000e007f|"
+    "\x00|\x7f|\x9f|\x0b|\x1c|\u200e|\u202e|\ue000|\U000f0000|\uf900|\ufa6e|\U0002f800|\U00020000|\u2e80|\u3400|\u4dc0"
 ).split("|")
+#: Characters the table leaves to HF: unassigned (U+0378, U+FA6E in a CJK range), a mark since Unicode 9.0
+#: (U+08D4), changed group since Unicode 8.0 (U+166D, U+1734), decomposed only since Unicode 13.0
+#: (U+11938), a format character since Unicode 6.3 (U+2066).
+LEFT_TO_HF = ["\u0378", "\ufa6e", "\u08d4", "\u166d", "\u1734", "\U00011938", "\u2066"]
+#: Script and class ranges random words are drawn from: Latin-1 and Latin Extended, combining marks,
+#: Greek, Cyrillic, Arabic, Devanagari, general punctuation, CJK symbols, kana, CJK, Hangul, fullwidth
+#: forms, emoji.
+SCRIPTS = [
+    (0x80, 0x24F),
+    (0x300, 0x36F),
+    (0x370, 0x3FF),
+    (0x400, 0x4FF),
+    (0x600, 0x6FF),
+    (0x900, 0x97F),
+    (0x2000, 0x206F),
+    (0x3000, 0x30FF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7A3),
+    (0xFF00, 0xFFEF),
+    (0x1F300, 0x1FAFF),
+]
 
 
-def hard_mixed(rng: random.Random, vocab: Sequence[str]) -> str:
-    """`hard_ascii` text with non-ASCII characters put between, inside and next to its words."""
-    text = hard_ascii(rng, vocab)
-    for _ in range(rng.randint(1, 6)):
+def random_code_point(rng: random.Random) -> str:
+    """Any code point but a surrogate (HF cannot take one), most of them in the BMP."""
+    while True:
+        cp = rng.randrange(0x10000) if rng.random() < 0.8 else rng.randrange(0x110000)
+        if not 0xD800 <= cp <= 0xDFFF:
+            return chr(cp)
+
+
+def hard_unicode(rng: random.Random, vocab: Sequence[str], wide: Sequence[str]) -> str:
+    """Unicode text at the rules' edges: half the time `hard_ascii` text, with fragments put between,
+    inside and next to its words: `UNICODE` pieces, random code points, random words from `SCRIPTS`,
+    non-ASCII vocabulary tokens (`wide`) in random case, and words of 98-102 characters after normalisation made of
+    non-ASCII letters (NFD and marks make a word longer or shorter in code points than in characters)."""
+    text = hard_ascii(rng, vocab) if rng.random() < 0.5 else ""
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.randrange(6)
+        if kind == 0:
+            frag = "".join(rng.choice(UNICODE) for _ in range(rng.randint(1, 3)))
+        elif kind == 1:
+            frag = "".join(random_code_point(rng) for _ in range(rng.randint(1, 4)))
+        elif kind == 2:
+            lo, hi = rng.choice(SCRIPTS)
+            frag = "".join(chr(rng.randint(lo, hi)) for _ in range(rng.randint(1, 12)))
+        elif kind == 3:
+            w = rng.choice(wide)
+            frag = "".join(c.upper() if rng.random() < 0.5 else c for c in w)
+        elif kind == 4:  # unit, characters it becomes
+            unit, width = rng.choice([("é", 1), ("Ж", 1), ("e\u0301", 1), ("ß", 1), ("İ", 1), ("ǅ", 1), ("가", 2)])
+            frag = unit * (rng.randint(98, 102) // width)
+        else:
+            frag = rng.choice(LEFT_TO_HF) if rng.random() < 0.3 else rng.choice(["\u00a0", "\u3000", "。", "—"])
         at = rng.randrange(len(text) + 1)
-        text = text[:at] + "".join(rng.choice(UNICODE) for _ in range(rng.randint(1, 3))) + text[at:]
+        text = text[:at] + frag + text[at:]
     return text
 
 
-@pytest.mark.parametrize("min_ascii_share", [0.0, 0.5])
-def test_texts_with_non_ascii_match_hf(
-    tokenizer_path: Path, hf: Tokenizer, monkeypatch: pytest.MonkeyPatch, min_ascii_share: float
+def hf_words(hf: Tokenizer, text: str) -> list[str]:
+    """The words HF's normaliser and pre-tokeniser make of a text."""
+    assert hf.normalizer is not None and hf.pre_tokenizer is not None
+    return [w for w, _ in hf.pre_tokenizer.pre_tokenize_str(hf.normalizer.normalize_str(text))]
+
+
+def table_words(c: str) -> list[str]:
+    """The words the table makes of "a" + c + "b"."""
+    words, word = [], "a"
+    for ch, kind in char_outcome(c) or []:
+        if kind in (SPACE, ALONE) and word:
+            words.append(word)
+            word = ""
+        if kind == ALONE:
+            words.append(ch)
+        elif kind != SPACE:
+            word += ch
+    return [*words, word + "b"]
+
+
+@pytest.fixture(scope="module")
+def code_points(fast: WordPieceTokenizer) -> tuple[list[str], list[str]]:
+    """Every code point but the surrogates, as (the ones the fast path takes, the ones it leaves to HF)."""
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    handled = fast.encode(chars).handled
+    taken = [c for c, h in zip(chars, handled.tolist(), strict=True) if h]
+    left = [c for c, h in zip(chars, handled.tolist(), strict=True) if not h]
+    return taken, left
+
+
+def test_every_code_point_the_table_takes_is_what_hf_makes_of_it(
+    hf: Tokenizer, code_points: tuple[list[str], list[str]]
 ) -> None:
-    """Non-ASCII texts are cut at ASCII whitespace, their ASCII runs go the fast path and the rest to HF
-    (every text with share 0, the mostly-ASCII ones with the default): every row still equals HF's on the
-    whole text."""
-    monkeypatch.setattr(PromptTokenizer, "_MIN_ASCII_SHARE", min_ascii_share)
+    """Between two letters (so that a word's character, one alone, a space and nothing differ), every code
+    point the fast path takes becomes the words HF makes of it; the ones it leaves are unassigned in
+    Python's `unicodedata` or about 2,100 others (the rules in lmroute/kernels/wordpiece_chars.py)."""
+    taken, left = code_points
+    assert len(taken) > 280_000
+    bad = [(hex(ord(c)), w, table_words(c)) for c in taken if (w := hf_words(hf, f"a{c}b")) != table_words(c)]
+    assert not bad, f"{len(bad)} code points differ; first: {bad[:5]!r}"
+    assert all(char_outcome(c) is None for c in left)
+    assigned = [c for c in left if unicodedata.category(c) != "Cn"]
+    assert len(assigned) < 2500
+    assert set(LEFT_TO_HF) <= set(left)
+
+
+def test_every_code_point_the_table_takes_gives_hf_ids(
+    fast: WordPieceTokenizer, hf: Tokenizer, code_points: tuple[list[str], list[str]]
+) -> None:
+    taken, left = code_points
+    texts = [f"a{c}b" for c in taken]
+    got = fast.encode(texts)
+    assert got.n_handled == len(texts)
+    want = hf.encode_batch(texts)
+    assert got.lengths.tolist() == [len(e.ids) for e in want]
+    assert np.array_equal(got.ids, np.concatenate([e.ids for e in want]))
+    assert fast.encode([f"a{c}b" for c in left]).n_handled == 0
+
+
+def test_random_unicode_matches_hf(fast: WordPieceTokenizer, hf: Tokenizer, tokenizer_path: Path) -> None:
+    """Random Unicode text: the fast path gives HF's ids on every text it takes (about half of them), and
+    `PromptTokenizer` on every text (the words of the others with a character left to HF go to HF)."""
+    rng = random.Random(20261204)
+    vocab = sorted(hf.get_vocab())
+    ascii_vocab, wide = [t for t in vocab if t.isascii()], [t for t in vocab if not t.isascii()]
+    texts = [hard_unicode(rng, ascii_vocab, wide) for _ in range(20_000)]
+    bad = mismatches(fast, hf, texts)
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ; first: {bad[0]!r}"
+    taken = fast.encode(texts).n_handled
+    assert 0.4 * len(texts) < taken < len(texts)
+    tok = PromptTokenizer(tokenizer_path, max_tokens=1 << 30)
+    got = tok.token_ids(texts, chunk=256)
+    want = [e.ids for e in hf.encode_batch(texts)]
+    bad_rows = [(t, g, w) for t, g, w in zip(texts, got, want, strict=True) if g != w]
+    assert not bad_rows, f"{len(bad_rows)} of {len(texts)} texts differ; first: {bad_rows[0]!r}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "é" * 100,
+        "é" * 101,
+        "e\u0301" * 100,  # 200 code points, 100 characters once the marks are dropped
+        "e\u0301" * 101,
+        "ß" * 100 + "\u200b",  # a dropped character does not count
+        "ß" * 101,
+        "가" * 50,  # 100 jamo
+        "가" * 51,
+        "İ" * 100,
+        "ǅ" * 101,
+        "Ж" * 99 + "\u00a0" + "Ж" * 99,
+        "日" * 150,
+        "x" + "\u0301" * 300,
+    ],
+)
+def test_words_are_counted_in_characters(fast: WordPieceTokenizer, hf: Tokenizer, text: str) -> None:
+    assert mismatches(fast, hf, [text]) == []
+    assert fast.encode([text]).n_handled == 1
+
+
+def test_added_tokens_are_matched_in_every_text_layout(tmp_path: Path) -> None:
+    """Added tokens with non-ASCII characters are matched on the raw text whatever Python's layout of it
+    (1, 2 or 4 bytes per character), longest first, before normalisation."""
+    path = small_tokenizer(tmp_path)
+    hf = Tokenizer.from_file(str(path))
+    hf.add_special_tokens(["<é>", "é", "日本", "🙂x", "[Ü]"])
+    hf.save(str(path))
+    fast = WordPieceTokenizer.from_tokenizer_json(json.loads(path.read_text()))
+    rng = random.Random(8)
+    alphabet = ["a", "b", "<", ">", "é", "É", "e\u0301", "日", "本", "🙂", "x", "[", "]", "Ü", "ü", " ", ",", "\u3000"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(5000)]
+    assert mismatches(fast, hf, texts) == []
+    assert fast.encode(texts).n_handled == len(texts)
+
+
+def test_non_ascii_prompts_are_taken_by_the_fast_path(fast: WordPieceTokenizer) -> None:
+    """The shipped and ghz prompts that hold non-ASCII text, and texts in other scripts, all go through the
+    fast path (`PromptTokenizer._fast_rows` then makes no HF call)."""
+    ghz = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/ghz/prompts.json").read_text("utf-8"))
+    texts = [t for t in shipped_prompts() + [p["text"] for p in ghz] if not t.isascii()]
+    texts += ["日本語のテキストです。", "한국어 텍스트입니다", "Привет, мир! Ёлка", "Ελληνικά κείμενα", "中文。，"]
+    assert len(texts) > 1000
+    assert fast.encode(texts).n_handled == len(texts)
+
+
+@pytest.mark.parametrize("change", [{"strip_accents": False}, {"handle_chinese_chars": False}])
+def test_files_that_keep_accents_or_cjk_keep_hf_for_non_ascii_text(
+    spec: dict, tmp_path: Path, change: dict[str, bool]
+) -> None:
+    other = json.loads(json.dumps(spec))
+    other["normalizer"].update(change)
+    fast = WordPieceTokenizer.from_tokenizer_json(other)
+    assert not fast.non_ascii
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(other), encoding="utf-8")
+    hf = Tokenizer.from_file(str(path))
+    hf.no_padding()
+    hf.no_truncation()
+    texts = MIXED + UNICODE + [" ".join(UNICODE)]
+    assert mismatches(fast, hf, texts) == []
+    tok = PromptTokenizer(path, max_tokens=1 << 30)
+    assert tok.fast_path
+    assert tok.token_ids(texts) == [e.ids for e in hf.encode_batch(texts)]
+
+
+def hard_mixed(rng: random.Random, vocab: Sequence[str]) -> str:
+    """`hard_ascii` text with non-ASCII characters (some left to HF) put between, inside and next to its
+    words."""
+    text = hard_ascii(rng, vocab)
+    for _ in range(rng.randint(1, 6)):
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + "".join(rng.choice(UNICODE + LEFT_TO_HF) for _ in range(rng.randint(1, 3))) + text[at:]
+    return text
+
+
+@pytest.mark.parametrize("min_fast_share", [0.0, 0.5])
+def test_texts_with_characters_left_to_hf_match_hf(
+    tokenizer_path: Path, hf: Tokenizer, monkeypatch: pytest.MonkeyPatch, min_fast_share: float
+) -> None:
+    """A text with a character the fast path leaves to HF is cut at ASCII whitespace, its words with such
+    a character go to HF and the others the fast path (every text with share 0, those mostly fast with the
+    default): every row still equals HF's on the whole text."""
+    monkeypatch.setattr(PromptTokenizer, "_MIN_FAST_SHARE", min_fast_share)
     tok = PromptTokenizer(tokenizer_path, max_tokens=1 << 30)
     assert tok.fast_path
     rng = random.Random(99)
     vocab = sorted(t for t in hf.get_vocab() if t.isascii())
     shipped = [t for t in shipped_prompts() if not t.isascii()]
-    texts = shipped + [hard_mixed(rng, vocab) for _ in range(5000)] + UNICODE + [" ".join(UNICODE)]
+    texts = shipped + [hard_mixed(rng, vocab) for _ in range(5000)] + UNICODE + LEFT_TO_HF + [" ".join(UNICODE)]
+    texts += [" ".join(rng.sample(UNICODE + LEFT_TO_HF, 12)) for _ in range(500)]
     assert len(shipped) > 300
     got = tok.token_ids(texts, chunk=256)
     want = [e.ids for e in hf.encode_batch(texts)]
@@ -246,13 +473,15 @@ MIXED = [
     "tab\there",
     "Ünïcode [SEP] x",
     "z" * 300,
+    "unassigned \u0378 here",
+    "a mark of Unicode 9 \u08d4 x",
 ]
 
 
-def test_non_ascii_texts_are_left_to_hf(fast: WordPieceTokenizer) -> None:
+def test_texts_with_a_character_left_to_hf_are_unhandled(fast: WordPieceTokenizer) -> None:
     ids, lengths, handled, _ = fast.encode(MIXED)
-    assert handled.tolist() == [t.isascii() for t in MIXED]
-    assert lengths[~handled].tolist() == [0] * int((~handled).sum())
+    assert handled.tolist() == [True] * 8 + [False] * 2
+    assert lengths[~handled].tolist() == [0, 0]
     assert ids.shape[0] == int(lengths.sum())
 
 
