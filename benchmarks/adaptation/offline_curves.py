@@ -213,8 +213,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"- {results['seeds']} seeds (which N stream prompts arrive, in which order); mean ± sd. APGR on the test "
         "half, the paper's deciles (`lmroute.export.metrics`).",
         "- candidate: the head blended as `adapt` writes it, refitted on all N; served: the candidate if the gate "
-        "(margin 0.01, one-sided paired bootstrap over the held-out blocks of a 5-block forward-chaining time "
-        "split of the N outcomes) accepted it, else the zero-shot default.",
+        "with its defaults (10 random folds of the N outcomes, each held out from a candidate fitted on the other "
+        "nine; not worse than the champion by more than 0.01 APGR, one-sided paired bootstrap; the candidate's "
+        "order beats unrelated gains, permutation test; alpha 0.05) accepted it, else the zero-shot default.",
         "",
     ]
     for name, r in results["sets"].items():
