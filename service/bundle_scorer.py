@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -36,6 +37,7 @@ __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROM
 
 MAX_PADDING = 0.25
 """Most padding a chunk may carry, as a share of its real tokens (a chunk of one is always allowed)."""
+_MAX_REMEMBERED_THRESHOLDS = 4096
 
 
 def length_chunks(n_tokens: Sequence[int] | np.ndarray, max_size: int) -> list[np.ndarray]:
@@ -93,6 +95,11 @@ class BundleScorer:
         self.bundle = bundle
         self.encoder_chunk_size = encoder_chunk_size
         self._names = tuple(bundle.routers)
+        # per router, fixed for the bundle: whether it predicts N models' qualities (a Protocol check costs
+        # microseconds a call) and whether it reads the embeddings
+        self._with_qualities = frozenset(n for n, r in bundle.routers.items() if isinstance(r, ModelQualities))
+        self._uses_encoder = frozenset(n for n, r in bundle.routers.items() if r.uses_encoder)
+        self._thresholds: dict[tuple[str, float], float] = {}  # (router, strong share) -> threshold
         self.tokenized_at_admission = 0  # prompts tokenised by tokenize()
         self.tokenized_in_score = 0  # prompts score() tokenised because they came without tokens
 
@@ -159,7 +166,7 @@ class BundleScorer:
             raise ValueError(f"score: {n} texts but {len(routers)} router lists and {len(tokens)} token rows")
         batch_tokens = self._tokens(texts, tokens)
         wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
-        needs_emb = any(self.bundle.routers[r].uses_encoder for r in wanted)
+        needs_emb = any(r in self._uses_encoder for r in wanted)
         t0 = time.perf_counter()
         try:
             emb = self._embed(batch_tokens) if needs_emb else None
@@ -185,9 +192,10 @@ class BundleScorer:
             col = np.full(n, np.nan)
             col[idx] = np.asarray(router.score(batch), dtype=np.float64)
             scores[name] = col
-            if isinstance(router, ModelQualities):
-                q = np.full((n, len(router.models)), np.nan)
-                q[idx] = router.qualities(batch)
+            if name in self._with_qualities:
+                with_q = cast(ModelQualities, router)
+                q = np.full((n, len(with_q.models)), np.nan)
+                q[idx] = with_q.qualities(batch)
                 qualities[name] = q
             router_s[name] = time.perf_counter() - t_router
         return ScoredBatch(
@@ -216,7 +224,16 @@ class BundleScorer:
         self.score(list(WARMUP_PROMPTS), [self._names] * len(WARMUP_PROMPTS), [None] * len(WARMUP_PROMPTS))
 
     def threshold_for_share(self, router: str, share: float) -> float:
-        return self.bundle.threshold_for_share(router, share)
+        """`Bundle.threshold_for_share`, remembered per (router, share): callers send few distinct shares
+        (at most _MAX_REMEMBERED_THRESHOLDS are kept; beyond, the table starts again)."""
+        key = (router, share)
+        found = self._thresholds.get(key)
+        if found is None:
+            found = self.bundle.threshold_for_share(router, share)
+            if len(self._thresholds) >= _MAX_REMEMBERED_THRESHOLDS:
+                self._thresholds.clear()
+            self._thresholds[key] = found
+        return found
 
     def catalog(self) -> Catalog:
         m = self.bundle.manifest

@@ -218,6 +218,23 @@ def test_idle_route_is_tokenised_once_by_the_scorer(bundle_dir: Path) -> None:
         srv.stop()
 
 
+def test_remembered_thresholds_equal_the_bundle_table(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorer keeps each (router, share)'s threshold; asked again, and after the table is full and starts
+    again, it still answers the bundle's interpolation."""
+    from lmroute.service import bundle_scorer
+
+    monkeypatch.setattr(bundle_scorer, "_MAX_REMEMBERED_THRESHOLDS", 5)
+    scorer = bundle_scorer.BundleScorer(bundle)
+    shares = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+    for _ in range(3):
+        for name in bundle.routers:
+            for share in shares:
+                assert scorer.threshold_for_share(name, share) == bundle.threshold_for_share(name, share)
+    assert len(scorer._thresholds) <= 5
+    with pytest.raises(ValueError, match="outside"):
+        scorer.threshold_for_share("mf", 1.5)
+
+
 def test_long_prompt_is_truncated_and_reported(client: RouterClient, bundle: Bundle) -> None:
     text = "explain quantum gravity " * 200
     r = client.score([text, "short"]).results
