@@ -38,6 +38,7 @@ import numpy.typing as npt
 from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle
 from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
+from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
 from lmroute.bundle.routers import PromptBatch
@@ -194,7 +195,7 @@ def adapt_from_store(
     if splits not in SPLITS:
         raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
     bundle = load_bundle(Path(bundle_dir))
-    if base_router not in bundle.routers or bundle.routers[base_router].kind == ADAPTED:
+    if base_router not in bundle.routers or kinds.get(bundle.routers[base_router].kind).from_outcomes:
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
     champion = ADAPTED if ADAPTED in bundle.routers else base_router
     pair = bundle.manifest.default_pair

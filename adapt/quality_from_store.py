@@ -33,7 +33,12 @@ import numpy.typing as npt
 from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
 from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun
 from lmroute.adapt.gate import SPLITS
-from lmroute.adapt.quality_heads import DEFAULT_QUALITY_MARGIN, MIN_MODEL_OUTCOMES, adapt_qualities
+from lmroute.adapt.quality_heads import (
+    DEFAULT_ORDER_MARGIN,
+    DEFAULT_QUALITY_MARGIN,
+    MIN_MODEL_OUTCOMES,
+    adapt_qualities,
+)
 from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
 from lmroute.bundle.kinds.quality import QualityRouter
 from lmroute.bundle.loader import Bundle, load_bundle
@@ -95,6 +100,7 @@ def adapt_qualities_from_store(
     base_router: str = "quality",
     since_ms: int = 0,
     margin: float | None = None,
+    order_margin: float | None = None,
     splits: str = "cross_fit",
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
@@ -161,6 +167,7 @@ def adapt_qualities_from_store(
         champion.models,
         np.asarray([r.time_ms for r in used], dtype=np.int64),
         margin=DEFAULT_QUALITY_MARGIN if margin is None else margin,
+        order_margin=DEFAULT_ORDER_MARGIN if order_margin is None else order_margin,
         splits=splits,
         min_outcomes=min_outcomes,
         seed=seed,

@@ -23,10 +23,22 @@ ridges alone (`benchmarks/adaptation/n_models_curve.py`, one seed; largest with 
 Gate: the outcomes held out in turn as for the pair (`lmroute.adapt.gate.gate_splits`: 10 random folds
 by default, or forward-chaining time blocks); each held-out part is predicted by heads fitted on the
 rest, and by the champion (the serving router's qualities; for a model the champion does not predict,
-the mean quality of that model on the training part). The
-metric is the mean squared error over the held-out judged (prompt, model) cells; a one-sided paired
-bootstrap over prompts accepts the candidate when the upper `1 - alpha` bound of candidate - champion is
-<= `margin`. Then the heads are refitted on every outcome.
+the mean quality of that model on the training part). Two conditions, one one-sided paired bootstrap
+over prompts for both (the same resampled prompts):
+1. Level: the mean squared error over the held-out judged (prompt, model) cells; the upper `1 - alpha`
+   bound of candidate - champion must be <= `margin`.
+2. Order: how well each model's predicted quality orders the held-out prompts judged for it by that
+   model's judged quality, `gain_area` (`lmroute.adapt.ranking`) of the prediction against the centred
+   quality, summed over models (each weighted by its prompts) and divided by the same sum for the judged
+   qualities themselves (the oracle order: 1; a constant or random order: 0). The lower `alpha` bound of
+   candidate - champion must be >= -`order_margin`. A policy weighs predicted quality against cost
+   prompt by prompt, so an order that is noise routes prompts to the wrong models even where the levels
+   are right, and squared error alone can accept it. Where the champion predicts a constant (a model it
+   does not know), the candidate must show an order that is better than none.
+Neither condition sees how the models compare on one prompt unless outcomes judge several models on
+it: with single outcomes a candidate can pass both and still route worse than per-model means
+(`benchmarks/adaptation/n_models_curve.md`).
+Then the heads are refitted on every outcome.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
 from lmroute.bundle.kinds.adapted_quality import corrected_qualities
 
 __all__ = [
+    "DEFAULT_ORDER_MARGIN",
     "DEFAULT_QUALITY_MARGIN",
     "PENALTIES",
     "QualityAdaptation",
@@ -58,6 +71,7 @@ FloatArray = npt.NDArray[np.float64]
 PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)
 MIN_MODEL_OUTCOMES = 30
 DEFAULT_QUALITY_MARGIN = 0.0
+DEFAULT_ORDER_MARGIN = 0.01  # of the oracle order (the paired gate's margin is 0.01 APGR)
 """Gate margin in mean squared error: the candidate must not be worse at all (upper bound <= 0)."""
 
 
@@ -223,6 +237,11 @@ class QualityGateDecision:
     difference: float
     upper_bound: float
     margin: float
+    champion_order: float  # the order condition (module docstring): 1 = the oracle's, 0 = none
+    candidate_order: float
+    order_difference: float
+    order_lower_bound: float
+    order_margin: float
     alpha: float
     replicates: int
     seed: int
@@ -231,18 +250,52 @@ class QualityGateDecision:
         return asdict(self)
 
 
+def _order_areas(
+    pred: FloatArray, quality: FloatArray, judged: npt.NDArray[np.bool_], counts: FloatArray
+) -> FloatArray:
+    """The order term of each resample, summed over models: row r of `counts` [R, n] says how many times
+    each prompt is drawn; per model j, over the prompts where j is judged, W_j x gain_area of pred[:, j]
+    against the quality centred on its resample mean (W_j = the draws of those prompts; a prompt drawn
+    k times counts as k tied copies, as `gain_area` takes them). Models judged on fewer than two prompts
+    add 0. Returns [R]."""
+    total = np.zeros(counts.shape[0])
+    for j in range(quality.shape[1]):
+        rows = np.flatnonzero(judged[:, j])
+        if rows.size < 2:
+            continue
+        order = rows[np.argsort(-pred[rows, j], kind="stable")]
+        s = pred[order, j]
+        ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last position of each tie group
+        w = counts[:, order]  # [R, n_j]
+        wq = w * quality[order, j]
+        cum_w = np.cumsum(w, axis=1)[:, ends]
+        cum_wq = np.cumsum(wq, axis=1)[:, ends]
+        weight = cum_w[:, -1:]  # W_j per resample
+        mean = cum_wq[:, -1:] / np.maximum(weight, 1e-12)
+        x = np.hstack([np.zeros_like(weight), cum_w]) / np.maximum(weight, 1e-12)
+        g = np.hstack([np.zeros_like(weight), cum_wq - mean * cum_w]) / np.maximum(weight, 1e-12)
+        area = np.sum((x[:, 1:] - x[:, :-1]) * (g[:, 1:] + g[:, :-1]) / 2.0, axis=1)
+        total += weight[:, 0] * area
+    return total
+
+
+_RESAMPLE_CHUNK = 250  # bootstrap resamples drawn and scored at once (memory: chunk x prompts)
+
+
 def gate_qualities(
     champion: npt.ArrayLike,
     candidate: npt.ArrayLike,
     quality: npt.ArrayLike,
     *,
     margin: float = DEFAULT_QUALITY_MARGIN,
+    order_margin: float = DEFAULT_ORDER_MARGIN,
     alpha: float = DEFAULT_ALPHA,
     replicates: int = DEFAULT_REPLICATES,
     seed: int = 0,
 ) -> QualityGateDecision:
     """Compare predicted qualities [n, m] of the champion and the candidate with the judged ones [n, m]
-    (NaN: not judged) by mean squared error over the judged cells (module docstring)."""
+    (NaN: not judged): their level by mean squared error over the judged cells, their order of the
+    prompts per model by gain area (module docstring)."""
     champ, cand = np.asarray(champion, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     q = np.asarray(quality, dtype=np.float64)
     if not (q.ndim == 2 and champ.shape == cand.shape == q.shape):
@@ -252,21 +305,30 @@ def gate_qualities(
     judged = ~np.isnan(q)
     if not (np.isfinite(champ[judged]).all() and np.isfinite(cand[judged]).all()):
         raise ValueError("gate_qualities: a prediction for a judged cell is NaN or inf")
-    if margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
+    if margin < 0 or order_margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
         raise ValueError(
-            f"gate_qualities: margin ({margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100"
+            f"gate_qualities: margin ({margin}) and order_margin ({order_margin}) >= 0, alpha ({alpha}) in "
+            f"(0, 0.5), replicates ({replicates}) >= 100"
         )
+    rows = judged.any(axis=1)
+    champ, cand, q, judged = champ[rows], cand[rows], q[rows], judged[rows]
     qz = np.where(judged, q, 0.0)
     se_champ = np.where(judged, (np.where(judged, champ, 0.0) - qz) ** 2, 0.0).sum(axis=1)
     se_cand = np.where(judged, (np.where(judged, cand, 0.0) - qz) ** 2, 0.0).sum(axis=1)
     cells = judged.sum(axis=1).astype(np.float64)
-    rows = cells > 0
-    se_champ, se_cand, cells = se_champ[rows], se_cand[rows], cells[rows]
     n = int(rows.sum())
-    test = f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}, margin {margin}"
-    metric = "mean squared error of predicted quality over judged (prompt, model) cells"
+    test = (
+        f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}; level: margin "
+        f"{margin}; order: margin {order_margin}"
+    )
+    metric = (
+        "level: mean squared error of predicted quality over judged (prompt, model) cells; order: per-model "
+        "gain area of the predicted quality against the judged one, over the oracle's"
+    )
 
-    def decision(accepted: bool, reason: str, ce: float, de: float, upper: float) -> QualityGateDecision:
+    def decision(
+        accepted: bool, reason: str, errors: tuple[float, float, float], orders: tuple[float, float, float]
+    ) -> QualityGateDecision:
         return QualityGateDecision(
             accepted=accepted,
             reason=reason,
@@ -274,11 +336,16 @@ def gate_qualities(
             test=test,
             n_held_out=n,
             n_cells=int(cells.sum()),
-            champion_error=ce,
-            candidate_error=de,
-            difference=de - ce,
-            upper_bound=upper,
+            champion_error=errors[0],
+            candidate_error=errors[1],
+            difference=errors[1] - errors[0],
+            upper_bound=errors[2],
             margin=margin,
+            champion_order=orders[0],
+            candidate_order=orders[1],
+            order_difference=orders[1] - orders[0],
+            order_lower_bound=orders[2],
+            order_margin=order_margin,
             alpha=alpha,
             replicates=replicates,
             seed=seed,
@@ -286,24 +353,45 @@ def gate_qualities(
 
     nan = float("nan")
     if n < MIN_HELD_OUT:
-        return decision(False, f"refused: {n} held-out prompts, the gate needs at least {MIN_HELD_OUT}", nan, nan, nan)
+        reason = f"refused: {n} held-out prompts, the gate needs at least {MIN_HELD_OUT}"
+        return decision(False, reason, (nan, nan, nan), (nan, nan, nan))
     champ_err = float(se_champ.sum() / cells.sum())
     cand_err = float(se_cand.sum() / cells.sum())
+    ones = np.ones((1, n))
+    oracle = float(_order_areas(q, q, judged, ones)[0])  # the fixed denominator of every resample
+    scale = oracle if oracle > 0 else nan
+    champ_order = float(_order_areas(champ, q, judged, ones)[0]) / scale
+    cand_order = float(_order_areas(cand, q, judged, ones)[0]) / scale
     rng = np.random.default_rng(seed)
-    diffs = np.empty(replicates)
-    for r in range(replicates):
-        idx = rng.integers(0, n, n)
-        total = cells[idx].sum()
-        diffs[r] = (se_cand[idx].sum() - se_champ[idx].sum()) / total
-    upper = float(np.quantile(diffs, 1.0 - alpha))
-    diff = cand_err - champ_err
-    verdict = "accepted" if upper <= margin else "refused"
-    relation = "at or below" if upper <= margin else "above"
-    reason = (
-        f"{verdict}: error {cand_err:.5f} vs champion {champ_err:.5f} (difference {diff:+.5f}); the one-sided "
-        f"{1 - alpha:.0%} upper bound {upper:+.5f} is {relation} {margin} on {n} held-out prompts"
+    err_diffs = np.empty(replicates)
+    order_diffs = np.empty(replicates)
+    for first in range(0, replicates, _RESAMPLE_CHUNK):
+        size = min(_RESAMPLE_CHUNK, replicates - first)
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)  # bootstrap draws
+        part = slice(first, first + size)
+        err_diffs[part] = (counts @ (se_cand - se_champ)) / (counts @ cells)
+        if oracle > 0:
+            areas = _order_areas(cand, q, judged, counts) - _order_areas(champ, q, judged, counts)
+            order_diffs[part] = areas / oracle
+    upper = float(np.quantile(err_diffs, 1.0 - alpha))
+    level_ok = upper <= margin
+    level = (
+        f"error {cand_err:.5f} vs champion {champ_err:.5f} (difference {cand_err - champ_err:+.5f}), one-sided "
+        f"{1 - alpha:.0%} upper bound {upper:+.5f} {'at or below' if level_ok else 'above'} {margin}"
     )
-    return decision(upper <= margin, reason, champ_err, cand_err, upper)
+    if oracle > 0:
+        lower = float(np.quantile(order_diffs, alpha))
+        order_ok = lower >= -order_margin
+        order = (
+            f"order {cand_order:.4f} vs champion {champ_order:.4f} of the oracle's, lower bound of the "
+            f"difference {lower:+.4f} {'at or above' if order_ok else 'below'} -{order_margin}"
+        )
+    else:  # every model's held-out quality is constant: there is no order to judge
+        lower, order_ok = nan, True
+        order = "order: not judged (no model's held-out quality varies)"
+    accepted = level_ok and order_ok
+    reason = f"{'accepted' if accepted else 'refused'}: {level}; {order}; on {n} held-out prompts"
+    return decision(accepted, reason, (champ_err, cand_err, upper), (champ_order, cand_order, lower))
 
 
 @dataclass(frozen=True, eq=False)
@@ -350,6 +438,7 @@ def adapt_qualities(
     *,
     splits: str = "cross_fit",
     margin: float = DEFAULT_QUALITY_MARGIN,
+    order_margin: float = DEFAULT_ORDER_MARGIN,
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
 ) -> QualityAdaptation:
@@ -379,6 +468,7 @@ def adapt_qualities(
         np.concatenate([pad(c) for c in cand_h]),
         np.concatenate([pad(c) for c in q_h]),
         margin=margin,
+        order_margin=order_margin,
         seed=seed,
     )
     heads = fit_quality_heads(emb, length, q, b, models, from_base, min_outcomes=min_outcomes, seed=seed)

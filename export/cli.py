@@ -220,6 +220,13 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         "(default 0)",
     )
     p.add_argument(
+        "--order-margin",
+        type=float,
+        default=None,
+        help="qualities only: how much worse than the champion's the candidate's order of the held-out prompts "
+        "per model may be, as a share of the oracle's order (default 0.01)",
+    )
+    p.add_argument(
         "--gate-splits",
         choices=("cross_fit", "forward"),
         default="cross_fit",
@@ -250,6 +257,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 base_router=args.base_router or "quality",
                 since_ms=args.since_ms,
                 margin=args.margin,
+                order_margin=args.order_margin,
                 splits=args.gate_splits,
                 seed=args.seed,
                 overwrite=args.overwrite,

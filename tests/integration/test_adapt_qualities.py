@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmroute.adapt.from_store import adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.bundle.errors import BundleError
 from lmroute.bundle.files import sha256_file
@@ -101,12 +102,15 @@ def test_adapt_writes_a_router_that_corrects_the_base_and_adds_a_model(parent: P
     assert lineage is not None and lineage.outcome_kind == "qualities" and lineage.router == "adapted_quality"
     assert lineage.n_outcomes == N and lineage.parent_version == run.parent_version
     # a second round starts from it: the adapted router is the champion and is replaced
-    again = adapt_qualities_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)
+    again = adapt_qualities_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0, order_margin=2.0)
     assert again.accepted and again.report["champion"] == "adapted_quality"
     b2 = load_bundle(tmp_path / "b2")
     assert list(b2.routers).count("adapted_quality") == 1
     runs = store.adaptations()
     assert [(r["kind"], r["accepted"]) for r in runs] == [("qualities", True), ("qualities", True)]
+    # a pair head is blended with a trained router, never with one learnt from outcomes
+    with pytest.raises(ValueError, match="'adapted_quality' is not a trained router"):
+        adapt_from_store(tmp_path / "b2", store, tmp_path / "b3", kind="paired", base_router="adapted_quality")
     store.close()
 
 

@@ -111,3 +111,26 @@ def test_gate_numbers_and_bad_input() -> None:
         gate_qualities(same, nan_pred, q)
     with pytest.raises(ValueError, match="quality outside"):
         fit_quality_heads(np.zeros((5, 2)), np.zeros(5), np.full((5, 2), 2.0), np.zeros((5, 2)), ["a", "b"], [True] * 2)
+
+
+def test_the_gate_refuses_right_levels_with_an_order_that_is_noise() -> None:
+    """Squared error alone accepts a candidate that fixes each model's level but orders the prompts at
+    random; the order condition refuses it and accepts one whose order follows the judged quality."""
+    rng = np.random.default_rng(3)
+    n, means = 400, np.array([0.2, 0.5, 0.8])
+    hardness = rng.normal(0, 1, n)
+    p = np.clip(means + 0.25 * np.tanh(hardness)[:, None], 0.01, 0.99)
+    q = (rng.random((n, 3)) < p).astype(float)
+    champion = np.full((n, 3), 0.5)  # wrong levels, no order
+    noise = np.clip(means + rng.normal(0, 0.1, (n, 3)), 0, 1)
+    d = gate_qualities(champion, noise, q)
+    assert d.candidate_error < d.champion_error and d.upper_bound <= 0, d.reason  # the level test alone passes
+    assert abs(d.candidate_order) < 0.1 and d.champion_order == pytest.approx(0, abs=1e-9)
+    assert not d.accepted and d.order_lower_bound < -d.order_margin and "refused" in d.reason
+    informed = np.clip(means + 0.2 * np.tanh(hardness)[:, None], 0, 1)
+    d = gate_qualities(champion, informed, q)
+    assert d.accepted, d.reason
+    assert d.candidate_order > 0.3 and d.order_lower_bound > 0
+    # a champion with the order: a candidate that drops it is refused though its levels are right
+    d = gate_qualities(informed, noise, q)
+    assert not d.accepted and d.order_difference < -0.3
