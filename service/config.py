@@ -268,7 +268,8 @@ class ServiceConfig:
         default=0.0,
         metadata=_doc(
             "share of Route decisions flipped on purpose to learn from single outcomes, most of them near "
-            "the threshold (docs/OUTCOMES.md); each reports its propensity. 0 = never; at most 0.5"
+            "the threshold (docs/OUTCOMES.md); with candidates, the share whose model is drawn at random "
+            "among them; each reports its propensity. 0 = never; at most 0.5"
         ),
     )
     share_targets: str = field(

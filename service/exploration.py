@@ -14,6 +14,12 @@ floor + band_rate would pass 0.5: a flip is never likelier than the policy's cho
 chosen so that floor + 2 * band * band_rate = rate on calibration-like traffic. Every decision reports
 the probability of the model it chose (`propensity`: 1 - p when it follows the policy, p when flipped),
 which the doubly robust learner and the gate need. rate 0 turns exploration off (propensity 1).
+
+Among N candidates (`Route` with `candidates`, `choose_among`): with probability `rate` the model is
+drawn uniformly among all the candidates, the policy's own choice included. Its propensity is
+(1 - rate) + rate / n for the policy's choice and rate / n for any other, so every candidate keeps
+some probability on every prompt: what an off-policy estimate of another policy's value (a candidate
+router's, at the gate) needs. The share of decisions that differ from the policy's is rate (n - 1) / n.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Exploration", "ExploredChoice"]
+__all__ = ["Exploration", "ExploredChoice", "choose_among"]
 
 BAND_RATE = 0.45
 
@@ -86,6 +92,19 @@ class Exploration:
         if p > 0.0 and rng.random() < p:
             return ExploredChoice(strong=not policy, flipped=True, propensity=p)
         return ExploredChoice(strong=policy, flipped=False, propensity=1.0 - p)
+
+
+def choose_among(rate: float, policy: int, n: int, rng: random.Random) -> tuple[int, float]:
+    """Among `n` candidates whose policy chooses `policy`: the candidate served and its propensity
+    (module docstring); rate 0 gives (policy, 1.0)."""
+    if not 0 <= policy < n:
+        raise ValueError(f"choose_among: policy {policy} outside {n} candidates")
+    if rate > 0.0 and rng.random() < rate:
+        pick = rng.randrange(n)
+    else:
+        pick = policy
+    share = rate / n
+    return pick, (1.0 - rate + share) if pick == policy else share
 
 
 def _share_above(score: float, shares: Sequence[float], thresholds: Sequence[float]) -> float:

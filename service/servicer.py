@@ -45,7 +45,7 @@ from lmroute.service.errors import (
     echo,
     status_of,
 )
-from lmroute.service.exploration import Exploration
+from lmroute.service.exploration import Exploration, choose_among
 from lmroute.service.feedback import decision_of_route, decision_of_score, item_status, outcomes_of
 from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, prompt_text
@@ -351,13 +351,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise text
         out = await self._score_one(sched, text, request.router, timeout_s)
         q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
+        spend = None
         if tenant is None:
             made = decide(q, c, rule, value)
         else:
             assert self.targets is not None
             spend = self.targets.spend_controller(tenant, request.router)
             value = spend.cost_weight
-            made = decide(q, c, rule, value, chosen=spend.decide(q, c))
+            made = decide(q, c, rule, value, chosen=spend.choose(q, c))
+        # exploration (explore_rate): now and then a candidate drawn at random, with its propensity
+        pick, propensity = choose_among(self.exploration.rate, made.chosen, len(cands.models), self._rng)
+        if pick != made.chosen:
+            second = made.chosen if made.runner_up == pick else made.runner_up
+            made = dataclasses.replace(made, chosen=pick, runner_up=second)
+        if spend is not None:
+            spend.record(q, c, made.chosen)  # the spend served, explored or not
         chosen = cands.models[made.chosen]
         now_ms = int(time.time() * 1000)
         decision_id = new_decision_id(now_ms)
@@ -370,7 +378,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         kind="route",
                         router=request.router,
                         chosen_model=chosen,
-                        propensity=1.0,
+                        propensity=propensity,
                         tenant=tenant or asked_tenant,
                         policy=rule if tenant is None else "spend_target",
                         choice=made.choice_json(cands),
@@ -388,7 +396,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             n_tokens=out.n_tokens,
             truncated=out.truncated,
             decision_id=decision_id,
-            propensity=1.0,
+            propensity=propensity,
             chosen=made.estimate(cands, made.chosen),
         )
         if made.runner_up >= 0:

@@ -95,13 +95,18 @@ class SpendController:
         """The current lambda in ModelPolicy.cost_weight units (quality per USD of 1,000 requests)."""
         return self.lam / 1000.0
 
-    def decide(self, qualities: npt.ArrayLike, costs: npt.ArrayLike) -> int:
-        """Choose among one prompt's candidates at the current lambda and account it; the column."""
+    def choose(self, qualities: npt.ArrayLike, costs: npt.ArrayLike) -> int:
+        """The column the current lambda chooses among one prompt's candidates (not accounted: `record`)."""
         q = np.asarray(qualities, dtype=np.float64)
         c = np.asarray(costs, dtype=np.float64)
         [j] = choose_max_utility(q[None, :], c[None, :], self.lam)
-        self.record(q, c, int(j))
         return int(j)
+
+    def decide(self, qualities: npt.ArrayLike, costs: npt.ArrayLike) -> int:
+        """Choose among one prompt's candidates at the current lambda and account it; the column."""
+        j = self.choose(qualities, costs)
+        self.record(qualities, costs, j)
+        return j
 
     def record(self, qualities: npt.ArrayLike, costs: npt.ArrayLike, chosen: int) -> None:
         """Account one decision (made here, or replayed from the store)."""

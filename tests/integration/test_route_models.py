@@ -238,3 +238,43 @@ def test_spend_targets_are_held_per_tenant_and_resume_after_a_restart(
         again.stop()
     assert after.restored_decisions == 1200
     assert list(after.controllers) == list(before.controllers)
+
+
+def test_exploring_among_candidates_reports_and_records_propensities(
+    setup: tuple[ServerThread, Bundle, str], tmp_path: Path
+) -> None:
+    """With explore_rate, a share of decisions serves a candidate drawn at random among all of them; each
+    answer says the probability its model had, and the store keeps it."""
+    srv0, bundle, _ = setup
+    dsn = f"sqlite:{tmp_path / 'explore.sqlite3'}"
+    rate = 0.3
+    srv = ServerThread(dataclasses.replace(srv0.server.config, store=dsn, explore_rate=rate)).start()
+    models = list(PRICES)
+    texts = synthetic_prompts(400, seed=41)
+    try:
+        with RouterClient(srv.target) as client:
+            answers = [route(client, t, models, cost_weight=0.0) for t in texts]
+        col = [bundle.manifest.models.index(m) for m in models]
+        policy = [models[int(np.argmax(qualities(bundle, t)[col]))] for t in texts]
+        off = [a for a, p in zip(answers, policy, strict=True) if a.chosen_model != p]
+        assert 0.12 * len(texts) <= len(off) <= 0.33 * len(texts)  # rate x 3/4 = 22.5 %
+        assert len({a.chosen_model for a in off}) >= 2  # explored answers reach several models
+        for a, p in zip(answers, policy, strict=True):
+            want = rate / 4 if a.chosen_model != p else 1 - rate + rate / 4
+            assert a.propensity == pytest.approx(want)
+            assert a.chosen.model == a.chosen_model and a.runner_up.model != a.chosen_model
+        store = open_store(dsn)
+        try:
+            deadline = time.monotonic() + 20
+            while store.counts()["decisions"] < len(texts):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for a in answers[:50]:
+                d = store.decision(a.decision_id)
+                assert d is not None and d.chosen_model == a.chosen_model
+                assert d.propensity == pytest.approx(a.propensity)
+                assert json.loads(d.choice or "{}")["chosen"] == models.index(a.chosen_model)
+        finally:
+            store.close()
+    finally:
+        srv.stop()

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from lmroute.service.exploration import BAND_RATE, Exploration
+from lmroute.service.exploration import BAND_RATE, Exploration, choose_among
 
 # a calibration table: share p of prompts score at least 1 - p (uniform scores)
 SHARES = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -48,3 +48,17 @@ def test_the_mean_flip_rate_on_calibration_like_traffic_is_the_rate(rate: float)
 def test_a_rate_above_half_is_refused() -> None:
     with pytest.raises(ValueError, match=r"explore_rate: must be in \[0, 0.5\] \(got 0.6\)"):
         Exploration(0.6)
+
+
+def test_choose_among_draws_every_candidate_with_its_stated_propensity() -> None:
+    rng = random.Random(7)
+    n, rate, policy, draws = 4, 0.2, 2, 40_000
+    picks = [choose_among(rate, policy, n, rng) for _ in range(draws)]
+    for j in range(n):
+        share = sum(p == j for p, _ in picks) / draws
+        want = (1 - rate + rate / n) if j == policy else rate / n
+        assert abs(share - want) < 0.01
+        assert all(prop == pytest.approx(want) for p, prop in picks if p == j)
+    assert choose_among(0.0, 1, 3, rng) == (1, 1.0)
+    with pytest.raises(ValueError, match="outside 3 candidates"):
+        choose_among(0.1, 3, 3, rng)
