@@ -37,7 +37,7 @@ __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROM
 
 MAX_PADDING = 0.25
 """Most padding a chunk may carry, as a share of its real tokens (a chunk of one is always allowed)."""
-_MAX_REMEMBERED_THRESHOLDS = 4096
+_MAX_REMEMBERED_THRESHOLDS = 4096  # (router, strong share) thresholds a scorer keeps before starting again
 
 
 def length_chunks(n_tokens: Sequence[int] | np.ndarray, max_size: int) -> list[np.ndarray]:
