@@ -16,9 +16,11 @@ quality itself for a model it does not know.
 Each penalty is chosen from `PENALTIES` by 5-fold cross-validation (folds by prompt), by out-of-fold
 squared error (of the clipped prediction in stage 2: the level matters here, a policy weighs predicted
 quality against cost). The served head of model j is the sum of both parts. A base model with fewer
-than `min_outcomes` outcomes keeps the base's prediction (a zero head); a new model with fewer is left
-out of the router. On LLMRouter's 9 models the shared stage lifted AIQ by 0.001-0.009 over per-model
-ridges alone (`benchmarks/adaptation/n_models_curve.py`, one seed; largest with single outcomes).
+than `min_outcomes` outcomes keeps the base's prediction (a zero head); a new model with fewer predicts
+its mean judged quality (a constant head) when it has at least `MIN_LEVEL_OUTCOMES`, so a policy can
+still choose it by its level and price, and is left out of the router below that. On LLMRouter's 9
+models the shared stage lifted AIQ by 0.001-0.009 over per-model ridges alone
+(`benchmarks/adaptation/n_models_curve.py`, one seed; largest with single outcomes).
 
 Gate: the outcomes held out in turn as for the pair (`lmroute.adapt.gate.gate_splits`: 10 random folds
 by default, or forward-chaining time blocks); each held-out part is predicted by heads fitted on the
@@ -70,6 +72,7 @@ FloatArray = npt.NDArray[np.float64]
 
 PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)
 MIN_MODEL_OUTCOMES = 30
+MIN_LEVEL_OUTCOMES = 10  # a new model with fewer outcomes than MIN_MODEL_OUTCOMES but this many: its mean
 DEFAULT_QUALITY_MARGIN = 0.0
 DEFAULT_ORDER_MARGIN = 0.01  # of the oracle order (the paired gate's margin is 0.01 APGR)
 """Gate margin in mean squared error: the candidate must not be worse at all (upper bound <= 0)."""
@@ -187,11 +190,11 @@ def fit_quality_heads(
         rows = judged[:, j]
         n_j = int(rows.sum())
         if n_j < min_outcomes:
-            if from_base[j]:
+            if from_base[j] or n_j >= MIN_LEVEL_OUTCOMES:  # the base's prediction, or the model's mean
                 keep.append(j)
                 weights.append(np.zeros(dim))
                 length_w.append(0.0)
-                bias.append(0.0)
+                bias.append(0.0 if from_base[j] else float(q[rows, j].mean()))
                 counts.append(n_j)
                 penalties.append(None)
             else:

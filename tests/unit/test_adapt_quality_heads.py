@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmroute.adapt.quality_heads import adapt_qualities, fit_quality_heads, gate_qualities
+from lmroute.adapt.quality_heads import MIN_LEVEL_OUTCOMES, adapt_qualities, fit_quality_heads, gate_qualities
 
 N, DIM = 1500, 16
 MODELS = ["base-a", "base-b", "new-c", "new-d"]
@@ -41,12 +41,20 @@ def _mse(pred: np.ndarray, q: np.ndarray) -> float:
 def test_heads_learn_a_correction_and_a_new_model_and_leave_out_what_is_too_rare() -> None:
     emb, lengths, q, base = _problem()
     heads = fit_quality_heads(emb[:1000], lengths[:1000], q[:1000], base[:1000], MODELS, FROM_BASE, min_outcomes=30)
-    assert heads.models == ("base-a", "base-b", "new-c")
-    assert heads.from_base == (True, True, False)
-    assert heads.n_outcomes == (1000, 334, 1000)
-    assert heads.left_out == {"new-d": 10}
-    assert heads.weights.shape == (DIM, 3) and heads.length_weights.shape == (3,) and heads.bias.shape == (3,)
-    pred = heads.predict(emb[1000:], lengths[1000:], np.nan_to_num(base[1000:, :3]))
+    assert heads.models == ("base-a", "base-b", "new-c", "new-d")
+    assert heads.from_base == (True, True, False, False)
+    assert heads.n_outcomes == (1000, 334, 1000, 10)
+    assert heads.left_out == {}
+    assert heads.weights.shape == (DIM, 4) and heads.length_weights.shape == (4,) and heads.bias.shape == (4,)
+    # new-d, judged 10 times (under min_outcomes, at MIN_LEVEL_OUTCOMES): a constant head at its mean
+    d = heads.models.index("new-d")
+    assert not heads.weights[:, d].any() and heads.length_weights[d] == 0 and heads.penalties[d] is None
+    assert heads.bias[d] == pytest.approx(np.nanmean(q[:1000, 3]))
+    rare = q[:1000].copy()
+    rare[np.flatnonzero(~np.isnan(rare[:, 3]))[MIN_LEVEL_OUTCOMES - 1 :], 3] = np.nan
+    fewer = fit_quality_heads(emb[:1000], lengths[:1000], rare, base[:1000], MODELS, FROM_BASE, min_outcomes=30)
+    assert fewer.left_out == {"new-d": MIN_LEVEL_OUTCOMES - 1} and "new-d" not in fewer.models
+    pred = heads.predict(emb[1000:], lengths[1000:], np.nan_to_num(base[1000:, :4]))
     test = q[1000:, :3]
     # base-a: better than the base's flat 0.5; base-b: its level (0.7) learnt; new-c: better than its mean
     assert _mse(pred[:, 0], test[:, 0]) < 0.8 * _mse(np.full(500, 0.5), test[:, 0])
@@ -62,7 +70,7 @@ def test_a_base_model_with_too_few_outcomes_keeps_the_base_prediction() -> None:
     heads = fit_quality_heads(emb, lengths, q, base, MODELS, FROM_BASE, min_outcomes=30)
     j = heads.models.index("base-b")
     assert heads.penalties[j] is None and heads.bias[j] == 0 and not heads.weights[:, j].any()
-    pred = heads.predict(emb, lengths, np.nan_to_num(base[:, :3]))
+    pred = heads.predict(emb, lengths, np.nan_to_num(base[:, :4]))
     assert np.array_equal(pred[:, j], base[:, 1])
 
 
@@ -75,7 +83,7 @@ def test_the_gate_accepts_learnable_outcomes_and_refuses_outcomes_without_signal
     assert (
         d.candidate_error < d.champion_error and d.upper_bound <= 0 and d.n_held_out == N
     )  # every prompt held out once
-    assert learnt.heads.models == ("base-a", "base-b", "new-c")
+    assert learnt.heads.models == ("base-a", "base-b", "new-c", "new-d")  # new-d: its mean
     # the same outcomes on other prompts, the champion already at each model's level: nothing to learn
     rng = np.random.default_rng(5)
     shuffled = q.copy()
