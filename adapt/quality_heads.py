@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, gate_splits
+from lmroute.adapt.ranking import gain_areas
 from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
 from lmroute.bundle.kinds.adapted_quality import corrected_qualities
 
@@ -74,8 +75,8 @@ PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)
 MIN_MODEL_OUTCOMES = 30
 MIN_LEVEL_OUTCOMES = 10  # a new model with fewer outcomes than MIN_MODEL_OUTCOMES but this many: its mean
 DEFAULT_QUALITY_MARGIN = 0.0
-DEFAULT_ORDER_MARGIN = 0.01  # of the oracle order (the paired gate's margin is 0.01 APGR)
 """Gate margin in mean squared error: the candidate must not be worse at all (upper bound <= 0)."""
+DEFAULT_ORDER_MARGIN = 0.01  # of the oracle order (the paired gate's margin is 0.01 APGR)
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,19 +267,11 @@ def _order_areas(
         rows = np.flatnonzero(judged[:, j])
         if rows.size < 2:
             continue
-        order = rows[np.argsort(-pred[rows, j], kind="stable")]
-        s = pred[order, j]
-        ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last position of each tie group
-        w = counts[:, order]  # [R, n_j]
-        wq = w * quality[order, j]
-        cum_w = np.cumsum(w, axis=1)[:, ends]
-        cum_wq = np.cumsum(wq, axis=1)[:, ends]
-        weight = cum_w[:, -1:]  # W_j per resample
-        mean = cum_wq[:, -1:] / np.maximum(weight, 1e-12)
-        x = np.hstack([np.zeros_like(weight), cum_w]) / np.maximum(weight, 1e-12)
-        g = np.hstack([np.zeros_like(weight), cum_wq - mean * cum_w]) / np.maximum(weight, 1e-12)
-        area = np.sum((x[:, 1:] - x[:, :-1]) * (g[:, 1:] + g[:, :-1]) / 2.0, axis=1)
-        total += weight[:, 0] * area
+        w, q = counts[:, rows], quality[rows, j]
+        weight = w.sum(axis=1)  # W_j per resample
+        mean = (w @ q) / weight
+        # the area of a constant gain c is c / 2 whatever the order: centring subtracts mean / 2
+        total += weight * (gain_areas(pred[rows, j], q, w) - mean / 2.0)
     return total
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["gain_area", "gain_area_apgr"]
+__all__ = ["gain_area", "gain_area_apgr", "gain_areas"]
 
 
 def gain_area(scores: npt.ArrayLike, gain: npt.ArrayLike) -> float:
@@ -24,14 +24,27 @@ def gain_area(scores: npt.ArrayLike, gain: npt.ArrayLike) -> float:
     g = np.asarray(gain, dtype=np.float64)
     if s.ndim != 1 or s.shape != g.shape or s.size == 0:
         raise ValueError(f"gain_area: scores {s.shape} and gain {g.shape} must be the same non-empty 1-D shape")
-    n = s.size
+    return float(gain_areas(s, g, np.ones((1, s.size)))[0])
+
+
+def gain_areas(scores: npt.ArrayLike, gain: npt.ArrayLike, weights: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """`gain_area` of the same prompts under several weightings at once: row r of `weights` [R, n] counts
+    each prompt that many times (a bootstrap resample: a prompt drawn k times is k tied copies); each
+    row's weights must sum to more than 0. Returns [R]. The order is sorted once for every row."""
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(gain, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
     order = np.argsort(-s, kind="stable")
-    s_sorted, g_sorted = s[order], g[order]
+    s_sorted = s[order]
     # tie groups: the curve is linear inside a group, so its end points carry the expectation exactly
-    ends = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True)) + 1
-    cum = np.concatenate([[0.0], np.cumsum(g_sorted)[ends - 1]]) / n
-    x = np.concatenate([[0.0], ends / n])
-    return float(np.sum((x[1:] - x[:-1]) * (cum[1:] + cum[:-1]) / 2.0))
+    ends = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True))
+    w_sorted = w[:, order]
+    total = w_sorted.sum(axis=1, keepdims=True)
+    zero = np.zeros_like(total)
+    x = np.hstack([zero, np.cumsum(w_sorted, axis=1)[:, ends]]) / total
+    cum = np.hstack([zero, np.cumsum(w_sorted * g[order], axis=1)[:, ends]]) / total
+    out: npt.NDArray[np.float64] = np.sum((x[:, 1:] - x[:, :-1]) * (cum[:, 1:] + cum[:, :-1]) / 2.0, axis=1)
+    return out
 
 
 def gain_area_apgr(scores: npt.ArrayLike, strong_q: npt.ArrayLike, weak_q: npt.ArrayLike) -> float:
