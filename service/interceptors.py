@@ -169,6 +169,16 @@ def _wrap_unary(
         t0 = time.perf_counter()
         code, reason = "OK", ""
         tenant_token = AUTH_TENANT.set(None)
+        counted = False
+
+        def count() -> None:
+            """Count the call once, before its status leaves: a scrape after the caller saw it holds it."""
+            nonlocal counted
+            if metrics is not None and not counted:
+                counted = True
+                metrics.in_flight.dec()
+                metrics.observe(method, code, reason, time.perf_counter() - t0)
+
         if metrics is not None:
             metrics.in_flight.inc()
         with contextlib.ExitStack() as scope:
@@ -189,6 +199,7 @@ def _wrap_unary(
                 code, reason = info.code.name, info.reason
                 if code == "INTERNAL":
                     _log.error("rpc_internal_error", error=repr(exc))
+                count()
                 await _abort(context, info, request_id)
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -198,13 +209,12 @@ def _wrap_unary(
                     raise
                 code = "INTERNAL"
                 _log.exception("rpc_unhandled_exception")
+                count()
                 await _abort(context, status_of(exc), request_id)
             finally:
                 AUTH_TENANT.reset(tenant_token)
                 seconds = time.perf_counter() - t0
-                if metrics is not None:
-                    metrics.in_flight.dec()
-                    metrics.observe(method, code, reason, seconds)
+                count()
                 if span is not None:
                     span.set_attribute("rpc.code", code)
                 ms = round(seconds * 1000, 3)
