@@ -261,17 +261,18 @@ def _order_areas(
     each prompt is drawn; per model j, over the prompts where j is judged, W_j x gain_area of pred[:, j]
     against the quality centred on its resample mean (W_j = the draws of those prompts; a prompt drawn
     k times counts as k tied copies, as `gain_area` takes them). Models judged on fewer than two prompts
-    add 0. Returns [R]."""
+    add 0, and so does a model in a resample that draws none of its prompts. Returns [R]."""
     total = np.zeros(counts.shape[0])
     for j in range(quality.shape[1]):
         rows = np.flatnonzero(judged[:, j])
         if rows.size < 2:
             continue
-        w, q = counts[:, rows], quality[rows, j]
-        weight = w.sum(axis=1)  # W_j per resample
-        mean = (w @ q) / weight
+        weight = counts[:, rows].sum(axis=1)  # W_j per resample
+        drawn = np.flatnonzero(weight > 0)
+        w, q = counts[np.ix_(drawn, rows)], quality[rows, j]
+        mean = (w @ q) / weight[drawn]
         # the area of a constant gain c is c / 2 whatever the order: centring subtracts mean / 2
-        total += weight * (gain_areas(pred[rows, j], q, w) - mean / 2.0)
+        total[drawn] += weight[drawn] * (gain_areas(pred[rows, j], q, w) - mean / 2.0)
     return total
 
 
@@ -412,6 +413,15 @@ def _champion_columns(
     return out
 
 
+def _in_columns(part: FloatArray, cols: Sequence[int], width: int) -> FloatArray:
+    """`part` [k, len(cols)] placed in columns `cols` of a [k, width] matrix, NaN elsewhere: every fold's
+    held-out predictions in one column per model, whichever models the fold's heads kept (a column NaN
+    where they left its model out: not judged there)."""
+    out = np.full((part.shape[0], width), np.nan)
+    out[:, list(cols)] = part
+    return out
+
+
 def _judged_means(quality: FloatArray) -> FloatArray:
     """Each column's mean over its judged cells (0.5 for a column judged nowhere)."""
     judged = ~np.isnan(quality)
@@ -449,20 +459,16 @@ def adapt_qualities(
             emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed
         )
         cols = [list(models).index(mdl) for mdl in heads.models]
-        cand_h.append(heads.predict(emb[held], length[held], b[held][:, cols]))
-        champ_h.append(_champion_columns(champ[held], champion_models, heads.models, _judged_means(q[train][:, cols])))
+        cand_h.append(_in_columns(heads.predict(emb[held], length[held], b[held][:, cols]), cols, len(models)))
+        fallback = _judged_means(q[train][:, cols])
+        champ_cols = _champion_columns(champ[held], champion_models, heads.models, fallback)
+        champ_h.append(_in_columns(champ_cols, cols, len(models)))
         # judged cells of models the fold's heads left out do not count
-        q_h.append(q[held][:, cols])
-    width = max(c.shape[1] for c in cand_h)
-
-    def pad(a: FloatArray) -> FloatArray:  # folds may hold different models: NaN columns are not judged
-        out: FloatArray = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.nan)
-        return out
-
+        q_h.append(_in_columns(q[held][:, cols], cols, len(models)))
     decision = gate_qualities(
-        np.concatenate([pad(c) for c in champ_h]),
-        np.concatenate([pad(c) for c in cand_h]),
-        np.concatenate([pad(c) for c in q_h]),
+        np.concatenate(champ_h),
+        np.concatenate(cand_h),
+        np.concatenate(q_h),
         margin=margin,
         order_margin=order_margin,
         seed=seed,

@@ -142,3 +142,40 @@ def test_the_gate_refuses_right_levels_with_an_order_that_is_noise() -> None:
     # a champion with the order: a candidate that drops it is refused though its levels are right
     d = gate_qualities(informed, noise, q)
     assert not d.accepted and d.order_difference < -0.3
+
+
+def test_the_gate_reads_each_model_in_its_own_column_whatever_the_folds_kept() -> None:
+    """A model judged 11 times is kept by the folds that hold out one of its prompts and left out by those
+    that hold out two (10 random folds: one always does); the gate's numbers must not depend on where that
+    model sits in the model list, which they did when each fold's columns were padded at the end."""
+    rng = np.random.default_rng(4)
+    n, dim = 600, 8
+    emb = rng.standard_normal((n, dim)) / 4
+    lengths = np.log1p(rng.integers(20, 2000, n)).astype(float)
+    u, v = rng.standard_normal(dim), rng.standard_normal(dim)
+    q = np.full((n, 3), np.nan)  # columns: a, rare, z
+    q[:, 0] = rng.random(n) < 1 / (1 + np.exp(-3 * emb @ u))
+    q[rng.choice(n, 11, replace=False), 1] = rng.random(11) < 0.5
+    q[:, 2] = rng.random(n) < 1 / (1 + np.exp(-3 * emb @ v))
+    base = np.full((n, 3), np.nan)
+    t = np.arange(n, dtype=float)
+
+    def gate(order: list[int]) -> tuple[float, ...]:
+        models = [["a", "rare", "z"][j] for j in order]
+        d = adapt_qualities(emb, lengths, q[:, order], base[:, order], models, [False] * 3, base[:, :0], [], t).decision
+        return (d.n_cells, d.candidate_error, d.champion_error, d.candidate_order, d.champion_order)
+
+    middle, last = gate([0, 1, 2]), gate([0, 2, 1])
+    assert middle[0] > 2 * n - 11  # some of the rare model's held-out cells were judged
+    assert middle == pytest.approx(last, rel=1e-9, abs=1e-12)
+
+
+def test_a_model_judged_on_few_held_out_prompts_does_not_blind_the_order_bound() -> None:
+    """Bootstrap resamples that draw none of a rarely judged model's prompts add nothing for it: the order
+    bound stays a number (it was NaN, which refused every candidate)."""
+    rng = np.random.default_rng(0)
+    q = (rng.random((300, 2)) < 0.5).astype(float)
+    q[3:, 1] = np.nan  # model 1 judged on 3 prompts: many resamples draw none of them
+    candidate = np.where(np.isnan(q), 0.5, 0.6 * q + 0.2)
+    d = gate_qualities(np.full((300, 2), 0.5), candidate, q)
+    assert np.isfinite(d.order_lower_bound) and d.accepted, d.reason
