@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,11 @@ from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.quality_heads import (
     DEFAULT_ORDER_MARGIN,
     DEFAULT_QUALITY_MARGIN,
+    DEFAULT_ROUTING_MARGIN,
     MIN_MODEL_OUTCOMES,
     adapt_qualities,
 )
+from lmroute.adapt.routing_value import LoggedChoices
 from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
 from lmroute.bundle.kinds.quality import QualityRouter
 from lmroute.bundle.loader import Bundle, load_bundle
@@ -46,7 +50,7 @@ from lmroute.bundle.manifest import encoder_identity
 from lmroute.outcomes.records import Decision, LabeledPrompt
 from lmroute.outcomes.store import OutcomeStore
 
-__all__ = ["ADAPTED_QUALITY", "adapt_qualities_from_store", "embed_rows"]
+__all__ = ["ADAPTED_QUALITY", "adapt_qualities_from_store", "embed_rows", "logged_choices"]
 
 ADAPTED_QUALITY = "adapted_quality"
 KIND = "qualities"
@@ -80,6 +84,40 @@ def embed_rows(
     return matrix, np.log1p(np.asarray([chars[i] for i in kept], dtype=np.float64)), kept
 
 
+def logged_choices(rows: Sequence[LabeledPrompt], models: Sequence[str]) -> LoggedChoices | None:
+    """The choice behind each row's outcome, in `models` columns, where its decision logged one (`Route`
+    among candidates keeps the candidates' expected costs and the chosen one in `choice`, and the
+    propensity): usable when the chosen model is one of `models` and the outcome judged it. Candidates
+    outside `models` are left out (no column); a model that was not a candidate costs inf. None when no
+    row is usable."""
+    col = {m: j for j, m in enumerate(models)}
+    answered = np.full(len(rows), -1, dtype=np.int64)
+    propensity = np.ones(len(rows))
+    cost = np.full((len(rows), len(models)), math.inf)
+    for i, r in enumerate(rows):
+        if not r.choice or r.propensity is None or not 0.0 < r.propensity <= 1.0:
+            continue
+        try:
+            made = json.loads(r.choice)
+            names, costs, chosen = list(made["models"]), [float(c) for c in made["costs"]], int(made["chosen"])
+        except (ValueError, KeyError, TypeError):  # not the layout Route writes: no usable choice
+            continue
+        if len(names) != len(costs) or not 0 <= chosen < len(names):
+            continue
+        model = names[chosen]
+        if model not in col or model not in r.qualities or model != r.chosen_model:
+            continue
+        known = [(col[m], c) for m, c in zip(names, costs, strict=True) if m in col and math.isfinite(c) and c >= 0]
+        if col[model] not in {j for j, _ in known}:
+            continue
+        for j, c in known:
+            cost[i, j] = c
+        answered[i], propensity[i] = col[model], r.propensity
+    if not (answered >= 0).any():
+        return None
+    return LoggedChoices(answered, propensity, cost)
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -101,6 +139,7 @@ def adapt_qualities_from_store(
     since_ms: int = 0,
     margin: float | None = None,
     order_margin: float | None = None,
+    routing_margin: float | None = None,
     splits: str = "cross_fit",
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
@@ -168,6 +207,8 @@ def adapt_qualities_from_store(
         np.asarray([r.time_ms for r in used], dtype=np.int64),
         margin=DEFAULT_QUALITY_MARGIN if margin is None else margin,
         order_margin=DEFAULT_ORDER_MARGIN if order_margin is None else order_margin,
+        logged=logged_choices(used, models),
+        routing_margin=DEFAULT_ROUTING_MARGIN if routing_margin is None else routing_margin,
         splits=splits,
         min_outcomes=min_outcomes,
         seed=seed,

@@ -39,7 +39,13 @@ over prompts for both (the same resampled prompts):
    does not know), the candidate must show an order that is better than none.
 Neither condition sees how the models compare on one prompt unless outcomes judge several models on
 it: with single outcomes a candidate can pass both and still route worse than per-model means
-(`benchmarks/adaptation/n_models_curve.md`).
+(`benchmarks/adaptation/n_models_curve.md`). Hence, where the outcomes come with the choices behind them
+(`LoggedChoices`: the model that answered, the probability the serving policy gave it, every
+candidate's expected cost):
+3. Routing: the AIQ of the max-utility policy over a lambda sweep, estimated off-policy (doubly robust)
+   on the held-out prompts with a logged choice (`lmroute.adapt.routing_value`); the lower `alpha`
+   bound of candidate - champion must be >= -`routing_margin`. Judged when at least MIN_HELD_OUT
+   held-out prompts have a usable logged choice (the candidate predicts the model that answered).
 Then the heads are refitted on every outcome.
 """
 
@@ -55,11 +61,14 @@ import numpy.typing as npt
 from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, gate_splits
 from lmroute.adapt.ranking import gain_areas
 from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
+from lmroute.adapt.routing_value import LoggedChoices, policy_choices, routing_values
 from lmroute.bundle.kinds.adapted_quality import corrected_qualities
+from lmroute.export.multi_select import lambda_grid
 
 __all__ = [
     "DEFAULT_ORDER_MARGIN",
     "DEFAULT_QUALITY_MARGIN",
+    "DEFAULT_ROUTING_MARGIN",
     "PENALTIES",
     "QualityAdaptation",
     "QualityGateDecision",
@@ -77,6 +86,8 @@ MIN_LEVEL_OUTCOMES = 10  # a new model with fewer outcomes than MIN_MODEL_OUTCOM
 DEFAULT_QUALITY_MARGIN = 0.0
 """Gate margin in mean squared error: the candidate must not be worse at all (upper bound <= 0)."""
 DEFAULT_ORDER_MARGIN = 0.01  # of the oracle order (the paired gate's margin is 0.01 APGR)
+DEFAULT_ROUTING_MARGIN = 0.01  # AIQ, in units of quality (set a priori, as the order margin)
+ROUTING_LAMBDAS = 30  # log-spaced lambdas between "best predicted" and "cheapest" (`lambda_grid`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,6 +260,14 @@ class QualityGateDecision:
     alpha: float
     replicates: int
     seed: int
+    # the routing condition (module docstring), NaN where it was not judged (fewer logged choices than
+    # MIN_HELD_OUT): AIQ estimated off-policy from the held-out prompts' logged choices
+    n_logged: int = 0
+    champion_routing: float = float("nan")
+    candidate_routing: float = float("nan")
+    routing_difference: float = float("nan")
+    routing_lower_bound: float = float("nan")
+    routing_margin: float = DEFAULT_ROUTING_MARGIN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,13 +305,16 @@ def gate_qualities(
     *,
     margin: float = DEFAULT_QUALITY_MARGIN,
     order_margin: float = DEFAULT_ORDER_MARGIN,
+    logged: LoggedChoices | None = None,
+    routing_margin: float = DEFAULT_ROUTING_MARGIN,
     alpha: float = DEFAULT_ALPHA,
     replicates: int = DEFAULT_REPLICATES,
     seed: int = 0,
 ) -> QualityGateDecision:
     """Compare predicted qualities [n, m] of the champion and the candidate with the judged ones [n, m]
-    (NaN: not judged): their level by mean squared error over the judged cells, their order of the
-    prompts per model by gain area (module docstring)."""
+    (NaN: not judged, or a model the candidate left out: NaN predictions there too): their level by mean
+    squared error over the judged cells, their order of the prompts per model by gain area, and, with
+    `logged` choices of the same n prompts, their routing value (module docstring)."""
     champ, cand = np.asarray(champion, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     q = np.asarray(quality, dtype=np.float64)
     if not (q.ndim == 2 and champ.shape == cand.shape == q.shape):
@@ -302,13 +324,17 @@ def gate_qualities(
     judged = ~np.isnan(q)
     if not (np.isfinite(champ[judged]).all() and np.isfinite(cand[judged]).all()):
         raise ValueError("gate_qualities: a prediction for a judged cell is NaN or inf")
-    if margin < 0 or order_margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
+    if margin < 0 or order_margin < 0 or routing_margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
         raise ValueError(
-            f"gate_qualities: margin ({margin}) and order_margin ({order_margin}) >= 0, alpha ({alpha}) in "
-            f"(0, 0.5), replicates ({replicates}) >= 100"
+            f"gate_qualities: margin ({margin}), order_margin ({order_margin}) and routing_margin "
+            f"({routing_margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100"
         )
+    if logged is not None and logged.cost.shape != q.shape:
+        raise ValueError(f"gate_qualities: logged costs {logged.cost.shape} and quality {q.shape} must match")
     rows = judged.any(axis=1)
     champ, cand, q, judged = champ[rows], cand[rows], q[rows], judged[rows]
+    routing = _Routing.of(champ, cand, q, logged.rows(np.flatnonzero(rows))) if logged is not None else None
+    n_logged = 0 if routing is None else routing.n_logged
     qz = np.where(judged, q, 0.0)
     se_champ = np.where(judged, (np.where(judged, champ, 0.0) - qz) ** 2, 0.0).sum(axis=1)
     se_cand = np.where(judged, (np.where(judged, cand, 0.0) - qz) ** 2, 0.0).sum(axis=1)
@@ -316,15 +342,21 @@ def gate_qualities(
     n = int(rows.sum())
     test = (
         f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}; level: margin "
-        f"{margin}; order: margin {order_margin}"
+        f"{margin}; order: margin {order_margin}; routing: margin {routing_margin}"
     )
     metric = (
         "level: mean squared error of predicted quality over judged (prompt, model) cells; order: per-model "
-        "gain area of the predicted quality against the judged one, over the oracle's"
+        "gain area of the predicted quality against the judged one, over the oracle's; routing: AIQ of the "
+        "max-utility policy estimated off-policy (doubly robust) from the logged choices"
     )
+    nan = float("nan")
 
     def decision(
-        accepted: bool, reason: str, errors: tuple[float, float, float], orders: tuple[float, float, float]
+        accepted: bool,
+        reason: str,
+        errors: tuple[float, float, float],
+        orders: tuple[float, float, float],
+        routes: tuple[float, float, float] = (nan, nan, nan),
     ) -> QualityGateDecision:
         return QualityGateDecision(
             accepted=accepted,
@@ -346,9 +378,14 @@ def gate_qualities(
             alpha=alpha,
             replicates=replicates,
             seed=seed,
+            n_logged=n_logged,
+            champion_routing=routes[0],
+            candidate_routing=routes[1],
+            routing_difference=routes[1] - routes[0],
+            routing_lower_bound=routes[2],
+            routing_margin=routing_margin,
         )
 
-    nan = float("nan")
     if n < MIN_HELD_OUT:
         reason = f"refused: {n} held-out prompts, the gate needs at least {MIN_HELD_OUT}"
         return decision(False, reason, (nan, nan, nan), (nan, nan, nan))
@@ -359,9 +396,13 @@ def gate_qualities(
     scale = oracle if oracle > 0 else nan
     champ_order = float(_order_areas(champ, q, judged, ones)[0]) / scale
     cand_order = float(_order_areas(cand, q, judged, ones)[0]) / scale
+    judge_routing = routing is not None and n_logged >= MIN_HELD_OUT
+    if routing is not None and judge_routing:
+        champ_route, cand_route = routing.values(ones)[:, 0]
     rng = np.random.default_rng(seed)
     err_diffs = np.empty(replicates)
     order_diffs = np.empty(replicates)
+    route_diffs = np.empty(replicates)
     for first in range(0, replicates, _RESAMPLE_CHUNK):
         size = min(_RESAMPLE_CHUNK, replicates - first)
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)  # bootstrap draws
@@ -370,6 +411,9 @@ def gate_qualities(
         if oracle > 0:
             areas = _order_areas(cand, q, judged, counts) - _order_areas(champ, q, judged, counts)
             order_diffs[part] = areas / oracle
+        if routing is not None and judge_routing:
+            champ_v, cand_v = routing.values(counts)
+            route_diffs[part] = cand_v - champ_v
     upper = float(np.quantile(err_diffs, 1.0 - alpha))
     level_ok = upper <= margin
     level = (
@@ -386,9 +430,55 @@ def gate_qualities(
     else:  # every model's held-out quality is constant: there is no order to judge
         lower, order_ok = nan, True
         order = "order: not judged (no model's held-out quality varies)"
-    accepted = level_ok and order_ok
-    reason = f"{'accepted' if accepted else 'refused'}: {level}; {order}; on {n} held-out prompts"
-    return decision(accepted, reason, (champ_err, cand_err, upper), (champ_order, cand_order, lower))
+    if judge_routing:
+        route_lower = float(np.quantile(route_diffs, alpha))
+        routing_ok = route_lower >= -routing_margin
+        route = (
+            f"routing AIQ {cand_route:.4f} vs champion {champ_route:.4f} (off-policy, {n_logged} "
+            f"logged choices), lower bound of the difference {route_lower:+.4f} "
+            f"{'at or above' if routing_ok else 'below'} -{routing_margin}"
+        )
+        routes = (champ_route, cand_route, route_lower)
+    else:
+        routing_ok, routes = True, (nan, nan, nan)
+        route = f"routing: not judged ({n_logged} logged choices, needs {MIN_HELD_OUT})"
+    accepted = level_ok and order_ok and routing_ok
+    reason = f"{'accepted' if accepted else 'refused'}: {level}; {order}; {route}; on {n} held-out prompts"
+    return decision(accepted, reason, (champ_err, cand_err, upper), (champ_order, cand_order, lower), routes)
+
+
+@dataclass(frozen=True, eq=False)
+class _Routing:
+    """The routing condition's fixed parts: both predictors' choices per lambda on the logged prompts."""
+
+    choices: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]  # champion, candidate: [lambdas, n]
+    quality: FloatArray
+    logged: LoggedChoices
+    n_logged: int
+
+    @classmethod
+    def of(cls, champion: FloatArray, candidate: FloatArray, quality: FloatArray, logged: LoggedChoices) -> _Routing:
+        """Logged prompts count where the candidate predicts the model that answered (a model its fold
+        left out was not judged there) and both predictors have a model to choose."""
+        available = np.where(np.isnan(candidate), np.inf, logged.cost)
+        a = logged.answered
+        usable = (a >= 0) & np.isfinite(available.min(axis=1))
+        usable[usable] &= np.isfinite(available[np.flatnonzero(usable), a[usable]])
+        usable[usable] &= ~np.isnan(quality[np.flatnonzero(usable), a[usable]])
+        kept = LoggedChoices(np.where(usable, a, -1), logged.propensity, available)
+        priced = np.isfinite(available[usable])
+        counts = priced.sum(axis=0)
+        mean_cost = np.where(priced, available[usable], 0.0).sum(axis=0)[counts > 0] / counts[counts > 0]
+        if mean_cost.size == 0 or not np.median(mean_cost) > 0:  # nothing logged, or every model free
+            return cls((np.zeros((0, 0), np.int64),) * 2, quality, kept, 0)
+        lams = lambda_grid(mean_cost, ROUTING_LAMBDAS)  # scaled by the median model's mean cost
+        champ_pick = policy_choices(np.where(np.isnan(candidate), np.nan, champion), available, lams)
+        cand_pick = policy_choices(candidate, available, lams)
+        return cls((champ_pick, cand_pick), quality, kept, int(usable.sum()))
+
+    def values(self, counts: FloatArray) -> FloatArray:
+        """[2, R]: the champion's and the candidate's routing value under each resample's counts."""
+        return routing_values(self.choices, self.quality, self.logged, counts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -445,16 +535,20 @@ def adapt_qualities(
     splits: str = "cross_fit",
     margin: float = DEFAULT_QUALITY_MARGIN,
     order_margin: float = DEFAULT_ORDER_MARGIN,
+    logged: LoggedChoices | None = None,
+    routing_margin: float = DEFAULT_ROUTING_MARGIN,
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
 ) -> QualityAdaptation:
     """Gate, then refit (module docstring). quality and base [n, m] over `models`; champion [n, k] over
-    `champion_models` (what serves now)."""
+    `champion_models` (what serves now); `logged`: the choices behind the n prompts' outcomes, columns
+    over `models` (the routing condition)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length = np.asarray(lengths, dtype=np.float64)
     q, b, champ = (np.asarray(a, dtype=np.float64) for a in (quality, base, champion))
-    cand_h, champ_h, q_h = [], [], []
+    cand_h, champ_h, q_h, held_rows = [], [], [], []
     for train, held in gate_splits(timestamps, splits, seed):
+        held_rows.append(np.asarray(held))
         heads = fit_quality_heads(
             emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed
         )
@@ -471,6 +565,8 @@ def adapt_qualities(
         np.concatenate(q_h),
         margin=margin,
         order_margin=order_margin,
+        logged=None if logged is None else logged.rows(np.concatenate(held_rows).astype(np.int64)),
+        routing_margin=routing_margin,
         seed=seed,
     )
     heads = fit_quality_heads(emb, length, q, b, models, from_base, min_outcomes=min_outcomes, seed=seed)

@@ -227,6 +227,13 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         "per model may be, as a share of the oracle's order (default 0.01)",
     )
     p.add_argument(
+        "--routing-margin",
+        type=float,
+        default=None,
+        help="qualities only: how much lower than the champion's the candidate's routing AIQ, estimated off-policy "
+        "from the logged choices of Route among candidates, may be (default 0.01)",
+    )
+    p.add_argument(
         "--gate-splits",
         choices=("cross_fit", "forward"),
         default="cross_fit",
@@ -258,6 +265,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 since_ms=args.since_ms,
                 margin=args.margin,
                 order_margin=args.order_margin,
+                routing_margin=args.routing_margin,
                 splits=args.gate_splits,
                 seed=args.seed,
                 overwrite=args.overwrite,

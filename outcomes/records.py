@@ -172,3 +172,4 @@ class LabeledPrompt:
     scores: Mapping[str, float] = field(default_factory=dict)
     threshold: float | None = None
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    choice: str = ""  # its decision's `choice` JSON (Route among candidates), "" for none

@@ -489,4 +489,5 @@ def _labeled(
         scores=dict(own.scores) if own is not None else {},
         threshold=own.threshold if own is not None else None,
         embedding=d.embedding if d is not None else None,
+        choice=own.choice if own is not None else "",
     )

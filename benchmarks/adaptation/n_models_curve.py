@@ -9,7 +9,8 @@ stream half feeds the learner, the test half is only scored. For N outcomes from
 
 - judged: every model's quality on each of the N prompts (a judge run over all answers);
 - single: one model per prompt, drawn uniformly at random, and only its quality (what a deployment sees
-  when it spreads traffic and records task success);
+  when it spreads traffic and records task success), with the choice logged as `Route` among candidates
+  logs it (propensity 1/9, every model's expected cost): the gate's routing condition reads it;
 
 the heads are fitted and gated exactly as `lmroute-export adapt --kind qualities` does (the champion
 knows none of these models: its prediction is each model's mean quality on the earlier outcomes), and
@@ -40,6 +41,7 @@ import numpy as np
 from lmroute.adapt.head import log_length
 from lmroute.adapt.protocol import stream_mask
 from lmroute.adapt.quality_heads import adapt_qualities
+from lmroute.adapt.routing_value import LoggedChoices
 from lmroute.bundle.loader import load_bundle
 from lmroute.export.multi_data import MultiModelTable, load_llmrouter
 from lmroute.export.multi_eval import aiq, cost_to_reach, hull_quality_at, single_model_points, sweep, upper_hull
@@ -97,11 +99,14 @@ def run(table: MultiModelTable, emb: np.ndarray, lengths: np.ndarray, sizes: lis
                 rows = stream[rng.permutation(stream.size)[: min(n, stream.size)]]
                 q = table.quality[rows].copy()
                 seen = np.ones_like(q, dtype=bool)
+                logged = None
                 if kind == "single":
                     pick = rng.integers(0, m, rows.size)
                     seen = np.zeros_like(q, dtype=bool)
                     seen[np.arange(rows.size), pick] = True
                     q[~seen] = np.nan
+                    # the choice behind each outcome, as Route among candidates logs it
+                    logged = LoggedChoices.build(pick, np.full(rows.size, 1.0 / m), table.cost[rows])
                 t0 = time.perf_counter()
                 result = adapt_qualities(
                     emb[rows],
@@ -113,6 +118,7 @@ def run(table: MultiModelTable, emb: np.ndarray, lengths: np.ndarray, sizes: lis
                     np.zeros((rows.size, 0)),
                     [],
                     np.arange(rows.size, dtype=float),
+                    logged=logged,
                     seed=seed,
                 )
                 fit_s = time.perf_counter() - t0
@@ -131,6 +137,11 @@ def run(table: MultiModelTable, emb: np.ndarray, lengths: np.ndarray, sizes: lis
                         "seed": seed,
                         "outcomes": int(np.sum(seen)),
                         "accepted": result.accepted,
+                        "gate_routing": {
+                            "champion": _num(result.decision.champion_routing),
+                            "candidate": _num(result.decision.candidate_routing),
+                            "lower_bound": _num(result.decision.routing_lower_bound),
+                        },
                         "models_kept": len(cols),
                         "router": routed,
                         "prior_only": prior,
@@ -142,6 +153,10 @@ def run(table: MultiModelTable, emb: np.ndarray, lengths: np.ndarray, sizes: lis
             print(json.dumps({"kind": kind, "n": n, **_mean_row(per_seed)}), flush=True)
         out["curves"][kind] = rows_out
     return out
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 4)
 
 
 def _mean_row(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,8 +175,16 @@ def _mean_row(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
     match = values(("router", "match_share"))
     reached = [v for v in match if v is not None]
+    # what serves: the router where the gate accepted it, else the champion (per-model means)
+    served = [
+        float(s["router"]["aiq"]) if s["accepted"] and s["router"]["aiq"] is not None else float(s["prior_only"]["aiq"])
+        for s in per_seed
+    ]
+    worse = sum(v < float(s["prior_only"]["aiq"]) - 1e-12 for v, s in zip(served, per_seed, strict=True))
     return {
         "aiq": stat(("router", "aiq")),
+        "served_aiq": (float(np.mean(served)), float(np.std(served))),
+        "served_worse": worse,
         "prior_aiq": stat(("prior_only", "aiq")),
         "quality_at_best_cost": stat(("router", "quality_at_best_cost")),
         "match_reached": len(reached),
@@ -194,10 +217,13 @@ def render(res: dict[str, Any], command: str) -> str:
         'Mean +- standard deviation over seeds. "match": in how many seeds the router\'s curve reaches the best '
         "single model's quality, and the median cost at which it does as a share of that model's cost (issue 17's "
         'goal: <= 50 %). "prior only": per-model mean quality from the same outcomes, no prompt features. '
-        '"gate accepted": how often `lmroute-export adapt --kind qualities` would have written the router.',
+        '"gate accepted": how often `lmroute-export adapt --kind qualities` would have written the router; '
+        '"AIQ served": the router where the gate accepted it, else the champion (per-model means); "served '
+        'worse": seeds where what serves routes worse than per-model means.',
         "",
-        "| outcomes | prompts | AIQ router | AIQ prior only | match: seeds, median share | quality at best model's cost | gate accepted |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| outcomes | prompts | AIQ router | AIQ prior only | match: seeds, median share | quality at best model's cost "
+        "| gate accepted | AIQ served | served worse |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, rows in res["curves"].items():
         for row in rows:
@@ -207,7 +233,8 @@ def render(res: dict[str, Any], command: str) -> str:
                 match += f", {100 * mean['match_median']:.1f} %"
             lines.append(
                 f"| {kind} | {row['n_prompts']:,} | {_fmt(mean['aiq'])} | {_fmt(mean['prior_aiq'])} | {match} | "
-                f"{_fmt(mean['quality_at_best_cost'])} | {mean['accepted']} / {mean['runs']} |"
+                f"{_fmt(mean['quality_at_best_cost'])} | {mean['accepted']} / {mean['runs']} | "
+                f"{_fmt(mean['served_aiq'])} | {mean['served_worse']} / {mean['runs']} |"
             )
     lines.append("")
     return "\n".join(lines)

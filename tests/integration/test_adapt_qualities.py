@@ -274,3 +274,55 @@ def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path
             best = NEW if q[col] >= q[router.models.index("model-05")] else "model-05"  # type: ignore[attr-defined]
             assert d.chosen_model == best
             assert d.chosen.predicted_quality == pytest.approx(q[router.models.index(best)], abs=1e-6)  # type: ignore[attr-defined]
+
+
+def test_single_outcomes_of_explored_routes_feed_the_routing_condition(parent: Path, tmp_path: Path) -> None:
+    """Route among candidates with exploration logs each choice (candidates' costs, the chosen one, its
+    propensity); single outcomes by decision id judge the model that answered; the gate estimates both
+    predictors' routing value from them off-policy and records it."""
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+    from lmroute.v1 import router_pb2
+
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    cfg = ServiceConfig(bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0, explore_rate=0.5)
+    bundle = load_bundle(parent)
+    texts = synthetic_prompts(240, seed=13)
+    emb = bundle.prompt_batch(texts).embeddings
+    assert emb is not None
+    u = np.random.default_rng(1).standard_normal(emb.shape[1])
+    rng = np.random.default_rng(4)
+    priced = [
+        router_pb2.Candidate(model=CHEAP, input_price_per_mtok=0.1, output_price_per_mtok=0.1),
+        router_pb2.Candidate(model="model-05", input_price_per_mtok=10.0, output_price_per_mtok=30.0),
+    ]
+    with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+        reports, explored = [], 0
+        for i, text in enumerate(texts):
+            d = client.route_among(text, priced, router="quality", cost_weight=0.0)
+            explored += d.propensity < 0.5
+            # CHEAP is right where the planted direction is positive, model-05 70 % of the time
+            p = 1.0 / (1.0 + np.exp(-8.0 * (emb[i] @ u))) if d.chosen_model == CHEAP else 0.7
+            reports.append(
+                router_pb2.OutcomeReport(
+                    decision_id=d.decision_id,
+                    single=router_pb2.SingleOutcome(quality=float(rng.random() < p)),
+                    source="tests",
+                )
+            )
+        answer = client.feedback(reports)
+        assert all(s.code == 0 for s in answer.results)
+    assert explored > 20  # the policy's other candidate was tried now and then, with its propensity logged
+    store = open_store(dsn)
+    rows = [r for r in store.labeled_prompts() if r.qualities]
+    assert len(rows) == len(texts) and all(r.choice and r.propensity for r in rows)
+    run = adapt_qualities_from_store(parent, store, tmp_path / "b1")
+    gate = run.report["gate"]
+    assert gate["n_logged"] >= 200, gate["reason"]  # the folds keep both models: nearly every choice counts
+    assert np.isfinite(gate["champion_routing"]) and np.isfinite(gate["candidate_routing"])
+    assert "routing AIQ" in gate["reason"] and "off-policy" in gate["reason"]
+    assert run.accepted == (gate["routing_lower_bound"] >= -gate["routing_margin"] and gate["accepted"])
+    [recorded] = store.adaptations()
+    assert recorded["report"]["gate"]["n_logged"] == gate["n_logged"]
+    store.close()
