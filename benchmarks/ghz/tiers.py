@@ -6,7 +6,9 @@ handler, the same prompts, one run, the server on one core and ghz on the other.
         --bundle onnx-int8=/tmp/tiers/onnx-int8 --bundle onnx=/tmp/tiers/onnx \
         --out benchmarks/ghz/results/tiers
 
-Per server (the empty handler first, then each bundle in the order given), with the service's defaults:
+Per server (the empty handler first, then, with `--scoring-only NAME` (default static), the empty handler
+doing that bundle's scoring work and nothing else (`empty_server.py --bundle`), then each bundle in the
+order given), with the service's defaults:
 a 2 s warm-up, then closed-loop Route (router mf, strong_share 0.5, one prompt per call, round-robin
 over benchmarks/ghz/prompts.json: 48 short + 16 long real Arena prompts) at concurrency 1, 16 and 64,
 then Score calls of all 64 prompts (router mf) at concurrency 2. Route decisions/s per server core are
@@ -38,6 +40,7 @@ REPO = HERE.parent.parent
 ROUTE_CONCURRENCY = (1, 16, 64)
 SCORE_PROMPTS = 64
 SCORE_CONCURRENCY = 2
+SCORING_ONLY = "scoring only"
 
 
 def bundle_bytes(path: Path) -> int:
@@ -137,6 +140,14 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         ]
         for what, got, target, ok in goals:
             lines.append(f"| {what} | {got:,.2f} | {target} | **{'PASS' if ok else 'MISS'}** |")
+        only = next((r for r in rows if r["name"] == SCORING_ONLY), None)
+        if only is not None:
+            only_best = max(only["route"].values(), key=lambda g: g["ok_per_s"])
+            share = only_best["ok_per_s"] / empty_best["ok_per_s"]
+            lines.append(
+                f"| for comparison: the static bundle's scoring work alone in the empty handler, share of its best "
+                f"| {share:,.2f} | (no goal: the bound of any service path here) | |"
+            )
     lines += ["", "Bundles:", ""]
     for r in rows:
         if "bundle" in r:
@@ -149,6 +160,12 @@ def markdown(summary: dict[str, Any], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", action="append", required=True, help="NAME=DIR, repeatable, in the order to run")
+    p.add_argument(
+        "--scoring-only",
+        default="static",
+        help="the bundle NAME whose scoring work alone (empty_server.py --bundle) is measured too, after the empty "
+        "handler: the most any service path could make of it on this transport ('' = none)",
+    )
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "tiers")
     args = p.parse_args(argv)
@@ -163,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         desc = f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims{', int8' if m.encoder.quantized else ''}), version {m.bundle_version}"
         info = {"bundle": str(bundle), "bundle_desc": desc, "bundle_bytes": bundle_bytes(bundle)}
         targets.append((name, service_cmd(bundle), info))
+        if name == args.scoring_only:
+            only = {"bundle_desc": f"{name}: its scoring work in the empty handler"}
+            targets.insert(1, (SCORING_ONLY, [*empty_cmd(), "--bundle", str(bundle)], only))
     t0 = time.time()
     servers = []
     with tempfile.TemporaryDirectory() as tmp:
