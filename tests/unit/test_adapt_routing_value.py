@@ -110,3 +110,35 @@ def test_bad_logs_are_named() -> None:
     q = np.full((3, 2), 0.5)
     with pytest.raises(ValueError, match="logged costs"):
         gate_qualities(q, q, q, logged=LoggedChoices.build([0, 1, 0], [0.5] * 3, np.ones((3, 3))))
+
+
+def test_logged_choices_read_what_route_among_candidates_kept() -> None:
+    from lmroute.adapt.quality_from_store import logged_choices
+    from lmroute.outcomes.records import LabeledPrompt, OutcomeKind
+
+    def row(choice: str, chosen: str | None = "b", propensity: float | None = 0.25, judged: str = "b") -> LabeledPrompt:
+        return LabeledPrompt(
+            target="d:x",
+            time_ms=0,
+            prompt_sha256="0" * 64,
+            kinds=frozenset({OutcomeKind.SINGLE}),
+            qualities={judged: 1.0},
+            chosen_model=chosen,
+            propensity=propensity,
+            choice=choice,
+        )
+
+    made = '{"models": ["a", "b", "other"], "qualities": [0.5, 0.6, 0.7], "costs": [0.1, 0.2, 0.3], "chosen": 1}'
+    rows = [
+        row(made),
+        row(""),  # no candidates: a pair decision
+        row(made, propensity=None),
+        row(made, judged="a"),  # the outcome judged another model than the one chosen
+        row("{not json"),
+        row('{"models": ["a"], "costs": [0.1, 0.2], "chosen": 0}'),
+        row(made.replace('"chosen": 1', '"chosen": 2'), chosen="other", judged="other"),  # not one of the models
+    ]
+    got = logged_choices(rows, ["a", "b", "c"])
+    assert got is not None and got.answered.tolist() == [1, -1, -1, -1, -1, -1, -1]
+    assert got.propensity[0] == 0.25 and got.cost[0].tolist() == [0.1, 0.2, float("inf")]
+    assert logged_choices(rows[1:], ["a", "b", "c"]) is None
