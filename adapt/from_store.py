@@ -158,6 +158,18 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
     )
 
 
+def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDArray[np.bool_] | None:
+    """The outcomes the champion was not fitted on, for `gate_splits`: where the champion is the router
+    the bundle's lineage says was adapted, those judged after the lineage's last outcome (its second
+    included, the record's resolution); None (every outcome) for a champion not learnt from outcomes."""
+    lineage = bundle.manifest.lineage
+    if lineage is None or lineage.router != champion:
+        return None
+    last = dt.datetime.strptime(lineage.last_outcome_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    seen_until_ms = int(last.timestamp() * 1000) + 999
+    return np.asarray(times_ms, dtype=np.int64) > seen_until_ms
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -221,7 +233,9 @@ def adapt_from_store(
             report=report,
         )
         return AdaptRun(False, kind, len(used), bundle.version, None, report)
-    gate_kw: dict[str, Any] = {"seed": seed, "splits": splits}
+    unseen = unseen_by(bundle, champion, [r.time_ms for r in used])
+    report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
+    gate_kw: dict[str, Any] = {"seed": seed, "splits": splits, "unseen": unseen}
     if margin is not None:
         gate_kw["margin"] = margin
     result: Adaptation

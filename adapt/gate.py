@@ -108,15 +108,26 @@ time blocks)."""
 
 
 def gate_splits(
-    timestamps: npt.ArrayLike, splits: str = "cross_fit", seed: int = 0
+    timestamps: npt.ArrayLike, splits: str = "cross_fit", seed: int = 0, unseen: npt.ArrayLike | None = None
 ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
-    """The (training, held-out) index pairs of scheme `splits` (SPLITS) for outcomes judged at `timestamps`."""
+    """The (training, held-out) index pairs of scheme `splits` (SPLITS) for outcomes judged at `timestamps`.
+
+    `unseen` (bool per outcome): the outcomes the champion was not fitted on. A champion adapted from
+    earlier outcomes predicts those in-sample, which flatters it, so only unseen outcomes are held out
+    (the candidate still trains on every other outcome); folds left without one are dropped."""
     t = np.asarray(timestamps)
     if splits == "cross_fit":
-        return cross_fit(t.size, 10, seed)
-    if splits == "forward":
-        return forward_chaining(t, 5)
-    raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
+        pairs = cross_fit(t.size, 10, seed)
+    elif splits == "forward":
+        pairs = forward_chaining(t, 5)
+    else:
+        raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
+    if unseen is None:
+        return pairs
+    keep = np.asarray(unseen, dtype=np.bool_)
+    if keep.shape != t.shape:
+        raise ValueError(f"unseen: {keep.shape[0] if keep.ndim else 0} flags for {t.size} outcomes")
+    return [(train, held[keep[held]]) for train, held in pairs if keep[held].any()]
 
 
 def gate(

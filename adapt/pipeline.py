@@ -60,6 +60,9 @@ class Adaptation:
         return blended_scores(self.head, embeddings, lengths, base_scores, self.weight, self.base)
 
 
+_EMPTY = np.zeros(0)  # what the held-out lists start from: no fold left (every outcome seen) = none held out
+
+
 def _fit_blend(
     emb: FloatArray,
     lengths: FloatArray,
@@ -105,15 +108,17 @@ def adapt_paired(
     *,
     splits: str = "cross_fit",
     margin: float = DEFAULT_MARGIN,
+    unseen: npt.ArrayLike | None = None,
     seed: int = 0,
 ) -> Adaptation:
     """Adapt from paired outcomes: per outcome the prompt's embedding and log_length, gap = strong -
-    weak quality, the base router's and the champion's scores, and the time it was judged."""
+    weak quality, the base router's and the champion's scores, and the time it was judged; `unseen`:
+    the outcomes the champion was not fitted on, the only ones held out (`gate_splits`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, g = np.asarray(lengths, dtype=np.float64), np.asarray(gap, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
-    cand, champ_h, gain_h = [], [], []
-    for train, held in gate_splits(timestamps, splits, seed):
+    cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
+    for train, held in gate_splits(timestamps, splits, seed, unseen):
         head = fit_paired(emb[train], length[train], g[train], seed=seed)
         n0, weight, base_std = _fit_blend(emb[train], length[train], g[train], base[train], head, seed)
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
@@ -137,19 +142,20 @@ def adapt_single(
     *,
     splits: str = "cross_fit",
     margin: float = DEFAULT_MARGIN,
+    unseen: npt.ArrayLike | None = None,
     seed: int = 0,
     method: str = "shared",
 ) -> Adaptation:
     """Adapt from single outcomes (the chosen model's quality and its propensity per decision) with
     `fit_single`'s `method` (default: the shared outcome model, `lmroute.adapt.learners.fit_shared`);
-    the gate's gains are held-out doubly robust pseudo-gaps."""
+    the gate's gains are held-out doubly robust pseudo-gaps; `unseen` as for `adapt_paired`."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, q = np.asarray(lengths, dtype=np.float64), np.asarray(quality, dtype=np.float64)
     arm, p = np.asarray(chose_strong, dtype=np.bool_), np.asarray(propensity, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     x = design(emb, length)
-    cand, champ_h, gain_h = [], [], []
-    for train, held in gate_splits(timestamps, splits, seed):
+    cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
+    for train, held in gate_splits(timestamps, splits, seed, unseen):
         head, _, weight, base_std = _single_head(
             emb[train], length[train], arm[train], q[train], p[train], base[train], method, seed
         )

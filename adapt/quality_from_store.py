@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
-from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun
+from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun, unseen_by
 from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.quality_heads import (
     DEFAULT_ORDER_MARGIN,
@@ -193,6 +193,8 @@ def adapt_qualities_from_store(
         for m, q in r.qualities.items():
             quality[i, col[m]] = q
     from_base = [m in base.models for m in models]
+    unseen = unseen_by(bundle, ADAPTED_QUALITY if champion is served else base_router, [r.time_ms for r in used])
+    report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
     base_q = np.full_like(quality, np.nan)
     base_q[:, : len(base.models)] = base.qualities_of(emb)
     result = adapt_qualities(
@@ -209,6 +211,7 @@ def adapt_qualities_from_store(
         order_margin=DEFAULT_ORDER_MARGIN if order_margin is None else order_margin,
         logged=logged_choices(used, models),
         routing_margin=DEFAULT_ROUTING_MARGIN if routing_margin is None else routing_margin,
+        unseen=unseen,
         splits=splits,
         min_outcomes=min_outcomes,
         seed=seed,

@@ -537,17 +537,20 @@ def adapt_qualities(
     order_margin: float = DEFAULT_ORDER_MARGIN,
     logged: LoggedChoices | None = None,
     routing_margin: float = DEFAULT_ROUTING_MARGIN,
+    unseen: npt.ArrayLike | None = None,
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
 ) -> QualityAdaptation:
     """Gate, then refit (module docstring). quality and base [n, m] over `models`; champion [n, k] over
     `champion_models` (what serves now); `logged`: the choices behind the n prompts' outcomes, columns
-    over `models` (the routing condition)."""
+    over `models` (the routing condition); `unseen`: the outcomes the champion was not fitted on, the
+    only ones held out (`lmroute.adapt.gate.gate_splits`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length = np.asarray(lengths, dtype=np.float64)
     q, b, champ = (np.asarray(a, dtype=np.float64) for a in (quality, base, champion))
-    cand_h, champ_h, q_h, held_rows = [], [], [], []
-    for train, held in gate_splits(timestamps, splits, seed):
+    none = np.zeros((0, len(models)))  # no fold left (every outcome seen): nothing held out
+    cand_h, champ_h, q_h, held_rows = [none], [none], [none], [np.zeros(0, dtype=np.int64)]
+    for train, held in gate_splits(timestamps, splits, seed, unseen):
         held_rows.append(np.asarray(held))
         heads = fit_quality_heads(
             emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed

@@ -5,6 +5,7 @@ are refused by the gate and nothing is written; every run is recorded in the sto
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -71,14 +72,29 @@ def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Pat
     assert b1.version == first.candidate_version and "adapted" in b1.routers
     lineage = b1.manifest.lineage
     assert lineage is not None and lineage.parent_version == first.parent_version and lineage.n_outcomes == N
-    # the next round starts from the adapted bundle: its adapted router is the champion, and is replaced
+    # the next round starts from the adapted bundle: its adapted router is the champion, judged only on
+    # outcomes it was not fitted on (after its lineage's last one); with none, nothing can be judged
+    stale = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)
+    assert not stale.accepted and stale.report["outcomes_unseen_by_champion"] == 0
+    later = int(time.time() * 1000) + 2000
+    fresh = [
+        dataclasses.replace(o, prompt_text=f"later: {o.prompt_text}", observed_ms=later + i)
+        for i, o in enumerate(_judged(parent, shuffled=False, seed=3)[:200])
+    ]
+    store.write([], fresh)
     second = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)  # any candidate passes
     assert second.report["champion"] == "adapted" and second.accepted
+    assert second.report["outcomes_unseen_by_champion"] == 100 and second.report["gate"]["n_held_out"] == 100
+    assert second.n_outcomes == N + 100
     b2 = load_bundle(tmp_path / "b2")
     assert list(b2.routers).count("adapted") == 1 and b2.manifest.lineage is not None
     assert b2.manifest.lineage.parent_version == b1.version
     runs = store.adaptations()
-    assert [(r["parent_version"], r["accepted"]) for r in runs] == [(first.parent_version, True), (b1.version, True)]
+    assert [(r["parent_version"], r["accepted"]) for r in runs] == [
+        (first.parent_version, True),
+        (b1.version, False),
+        (b1.version, True),
+    ]
     assert runs[0]["report"]["gate"]["candidate_apgr"] == first.report["gate"]["candidate_apgr"]
     store.close()
 

@@ -101,13 +101,29 @@ def test_adapt_writes_a_router_that_corrects_the_base_and_adds_a_model(parent: P
     lineage = bundle.manifest.lineage
     assert lineage is not None and lineage.outcome_kind == "qualities" and lineage.router == "adapted_quality"
     assert lineage.n_outcomes == N and lineage.parent_version == run.parent_version
-    # a second round starts from it: the adapted router is the champion and is replaced
+    # a second round starts from it: the adapted router is the champion, judged only on outcomes it was
+    # not fitted on (judged after its lineage's last outcome); with none, nothing can be judged
+    stale = adapt_qualities_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0, order_margin=2.0)
+    assert not stale.accepted and stale.report["outcomes_unseen_by_champion"] == 0
+    assert "0 held-out prompts" in stale.report["gate"]["reason"]
+    texts, new, cheap = _judged(parent, signal=True, seed=3)
+    later = int(time.time() * 1000) + 2000
+    store.write(
+        [],
+        [
+            Outcome(OutcomeKind.SCORES, model, float(q), prompt_text=f"later: {text}", observed_ms=later + i)
+            for i, text in enumerate(texts[:200])
+            for model, q in ((NEW, new[i]), (CHEAP, cheap[i]))
+        ],
+    )
     again = adapt_qualities_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0, order_margin=2.0)
     assert again.accepted and again.report["champion"] == "adapted_quality"
+    assert again.report["outcomes_unseen_by_champion"] == 200 and again.report["gate"]["n_held_out"] == 200
+    assert again.n_outcomes == N + 200  # trained on every outcome, held out only the unseen ones
     b2 = load_bundle(tmp_path / "b2")
     assert list(b2.routers).count("adapted_quality") == 1
     runs = store.adaptations()
-    assert [(r["kind"], r["accepted"]) for r in runs] == [("qualities", True), ("qualities", True)]
+    assert [r["accepted"] for r in runs if r["kind"] == "qualities"] == [True, False, True]
     # a pair head is blended with a trained router, never with one learnt from outcomes
     with pytest.raises(ValueError, match="'adapted_quality' is not a trained router"):
         adapt_from_store(tmp_path / "b2", store, tmp_path / "b3", kind="paired", base_router="adapted_quality")
