@@ -115,7 +115,7 @@ def routing_values(
     judged = np.bincount(a, minlength=m)
     baseline = np.where(judged > 0, np.bincount(a, weights=r, minlength=m) / np.maximum(judged, 1), r.mean())
     w = w[:, rows]
-    total = w.sum(axis=1)
+    total = np.maximum(w.sum(axis=1), 1e-12)  # a resample that draws no logged prompt: every value 0
     ends = cost.copy()
     ends[~np.isfinite(ends)] = -np.inf
     dearest = (w @ ends.max(axis=1)) / total  # [R]
