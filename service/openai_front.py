@@ -32,7 +32,7 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,15 @@ class OpenAIFront:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         code, reason = "OK", ""
+        counted = False
+
+        def count() -> None:
+            """Count the call once, before its answer ends: a scrape after the caller saw the end holds it."""
+            nonlocal counted
+            if self.metrics is not None and not counted:
+                counted = True
+                self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
+
         tenant_token = AUTH_TENANT.set(None)
         request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
         with contextlib.ExitStack() as scope:
@@ -248,7 +257,7 @@ class OpenAIFront:
                 self._authenticate(request)
                 body = await self._body(request)
                 route = await self._route(request, body)
-                return await self._forward(request, body, route)
+                return await self._forward(request, body, route, before_end=count)
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason
@@ -263,8 +272,7 @@ class OpenAIFront:
                 AUTH_TENANT.reset(tenant_token)
                 if span is not None:
                     span.set_attribute("rpc.code", code)
-                if self.metrics is not None:
-                    self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
+                count()
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -287,8 +295,14 @@ class OpenAIFront:
         return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
 
     async def _forward(
-        self, request: web.Request, body: dict[str, Any], route: router_pb2.RouteResponse
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        route: router_pb2.RouteResponse,
+        before_end: Callable[[], None] = lambda: None,
     ) -> web.StreamResponse:
+        """The upstream's answer, whole or streamed; `before_end` runs before a streamed answer's end is
+        written (a whole one leaves after this returns)."""
         tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
         up = self.client.upstreams[tier]
         headers = {
@@ -314,6 +328,7 @@ class OpenAIFront:
             except ConnectionResetError:  # the caller went away mid-stream: nothing left to answer
                 _log.info("http_stream_caller_gone", tier=tier)
                 return out
+            before_end()
             await out.write_eof()
             return out
 

@@ -262,3 +262,22 @@ def test_https_mtls_and_metrics(
         post(None, url.replace("https://", "http://"))
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read()
     assert b'lmroute_calls_total{code="OK",method="/v1/chat/completions"} 1.0' in metrics
+
+
+def test_a_streamed_answer_is_counted_before_it_ends(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A scrape right after a caller read a streamed answer to its end already holds that call."""
+    import urllib.request
+
+    srv = fake_servers(http_port=0, upstreams_file=_file(tmp_path, upstreams), metrics_port=0)
+    url = f"http://127.0.0.1:{srv.server.http_port}/v1/chat/completions"
+    metrics = f"http://127.0.0.1:{srv.server.metrics_port}/metrics"
+    for i in range(1, 6):
+        msgs = [{"role": "user", "content": f"tell me about {i}"}]
+        body = json.dumps({"model": "router-mf-0.5", "messages": msgs, "stream": True}).encode()
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert b"data: [DONE]" in resp.read()  # read to the response's end
+        seen = urllib.request.urlopen(metrics, timeout=10).read()
+        assert f'lmroute_calls_total{{code="OK",method="/v1/chat/completions"}} {i}.0'.encode() in seen
