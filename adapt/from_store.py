@@ -165,9 +165,7 @@ def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDA
     lineage = bundle.manifest.lineage
     if lineage is None or lineage.router != champion:
         return None
-    last = dt.datetime.strptime(lineage.last_outcome_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    seen_until_ms = int(last.timestamp() * 1000) + 999
-    return np.asarray(times_ms, dtype=np.int64) > seen_until_ms
+    return np.asarray(times_ms, dtype=np.int64) > lineage.last_outcome_ms + 999
 
 
 def _iso(ms: int) -> str:

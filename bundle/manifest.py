@@ -19,6 +19,7 @@ signing").
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -517,7 +518,26 @@ class Lineage:
         for name in ("n_outcomes", "calibration_prompts"):
             if getattr(lineage, name) < 0:
                 raise fail(f"{node.key(name)}: must be >= 0, got {getattr(lineage, name)}")
+        for name in ("first_outcome_at", "last_outcome_at"):
+            try:
+                _utc_ms(getattr(lineage, name))
+            except ValueError:
+                why = f"must be an ISO-8601 UTC second like 2026-11-30T23:59:59Z, got {getattr(lineage, name)!r}"
+                raise fail(f"{node.key(name)}: {why}") from None
         return lineage
+
+    @property
+    def last_outcome_ms(self) -> int:
+        """`last_outcome_at` in Unix milliseconds (the start of that second)."""
+        return _utc_ms(self.last_outcome_at)
+
+
+LINEAGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _utc_ms(text: str) -> int:
+    """Unix milliseconds of a LINEAGE_TIME_FORMAT time; ValueError for anything else."""
+    return int(dt.datetime.strptime(text, LINEAGE_TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,21 @@ def test_writing_refuses_a_head_of_the_wrong_dimension_and_a_taken_name(
     with pytest.raises(ValueError, match="base_router: 'bert' is not a router"):
         write_adapted_bundle(parent, tmp_path / "x", result.head, "bert", 0.5, result.base, SPAN, [0.5])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_lineage_time_that_is_not_an_iso_second_is_refused_by_name(adapted_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(adapted_dir, broken)
+
+    def bad_time(m: dict) -> None:
+        m["lineage"]["last_outcome_at"] = "yesterday"
+
+    with pytest.raises(BundleError) as err:  # restamping reads the manifest too
+        _edit(broken, bad_time)
+        load_bundle(broken)
+    assert "lineage.last_outcome_at: must be an ISO-8601 UTC second like 2026-11-30T23:59:59Z, got 'yesterday'" in str(
+        err.value
+    )
+    assert load_bundle(adapted_dir).manifest.lineage.last_outcome_ms == 1796083199000  # type: ignore[union-attr]
