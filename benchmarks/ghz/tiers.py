@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -93,7 +94,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "",
         f"- {summary['date']}; {summary['cpu']}, {summary['n_cpus']} CPUs; Python {summary['python']}; ghz {summary['ghz']}.",
         f"- Server pinned to core {summary['server_core']}, ghz to core {summary['client_core']}; {summary['seconds']:g} s "
-        "per run after a 2 s warm-up; service defaults (`lmroute-serve --bundle B`).",
+        "per run after a 2 s warm-up; service defaults (`lmroute-serve --bundle B`) plus the flags a row's bundle "
+        "column names.",
         "- Route: router mf, strong_share 0.5, one prompt per call over benchmarks/ghz/prompts.json (48 short + 16 "
         f"long Arena prompts); Score: all 64 prompts per call, router mf, concurrency {SCORE_CONCURRENCY}.",
         "- Latency percentiles over OK calls; `statuses` counts every call of the run.",
@@ -166,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the bundle NAME whose scoring work alone (empty_server.py --bundle) is measured too, after the empty "
         "handler: the most any service path could make of it on this transport ('' = none)",
     )
+    p.add_argument(
+        "--flags",
+        action="append",
+        default=[],
+        help="NAME=FLAGS, repeatable: extra lmroute-serve flags for the bundle NAME (e.g. a second NAME for the same "
+        "directory with other batch settings)",
+    )
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "tiers")
     args = p.parse_args(argv)
@@ -173,13 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     from lmroute.bundle.loader import read_manifest
 
     targets: list[tuple[str, list[str], dict[str, Any]]] = [("empty handler", empty_cmd(), {})]
+    extra = {name: shlex.split(flags) for name, _, flags in (f.partition("=") for f in args.flags)}
     for spec in args.bundle:
         name, _, path = spec.partition("=")
         bundle = Path(path)
         m = read_manifest(bundle)
         desc = f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims{', int8' if m.encoder.quantized else ''}), version {m.bundle_version}"
+        if name in extra:
+            desc += f"; flags {' '.join(extra[name])}"
         info = {"bundle": str(bundle), "bundle_desc": desc, "bundle_bytes": bundle_bytes(bundle)}
-        targets.append((name, service_cmd(bundle), info))
+        targets.append((name, [*service_cmd(bundle), *extra.get(name, [])], info))
         if name == args.scoring_only:
             only = {"bundle_desc": f"{name}: its scoring work in the empty handler"}
             targets.insert(1, (SCORING_ONLY, [*empty_cmd(), "--bundle", str(bundle)], only))
@@ -215,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(f"--bundle {b}" for b in args.bundle)
+    command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(
+        [*(f"--bundle {shlex.quote(b)}" for b in args.bundle), *(f"--flags {shlex.quote(f)}" for f in args.flags)]
+    )
     (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary, default=str)), command))
     print((args.out / "RESULTS.md").read_text())
     return 0
