@@ -26,7 +26,6 @@ before), else the base router; a new adaptation replaces the adapted router.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
 from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
-from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.manifest import encoder_identity, lineage_time
 from lmroute.bundle.routers import PromptBatch
 from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
@@ -168,10 +167,6 @@ def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDA
     return np.asarray(times_ms, dtype=np.int64) > lineage.last_outcome_ms + 999
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> list[LabeledPrompt]:
     if kind == "paired":
         pair_kinds = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
@@ -265,7 +260,9 @@ def adapt_from_store(
         if len(cal.kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
             cal = feats
         cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)
-        span = OutcomeSpan(kind, len(used), _iso(int(feats.time_ms.min())), _iso(int(feats.time_ms.max())))
+        span = OutcomeSpan(
+            kind, len(used), lineage_time(int(feats.time_ms.min())), lineage_time(int(feats.time_ms.max()))
+        )
         manifest = write_adapted_bundle(
             bundle_dir,
             out_dir,

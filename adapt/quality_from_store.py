@@ -22,7 +22,6 @@ Steps:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import math
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from lmroute.adapt.routing_value import LoggedChoices
 from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
 from lmroute.bundle.kinds.quality import QualityRouter
 from lmroute.bundle.loader import Bundle, load_bundle
-from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.manifest import encoder_identity, lineage_time
 from lmroute.outcomes.records import Decision, LabeledPrompt
 from lmroute.outcomes.store import OutcomeStore
 
@@ -116,10 +115,6 @@ def logged_choices(rows: Sequence[LabeledPrompt], models: Sequence[str]) -> Logg
     if not (answered >= 0).any():
         return None
     return LoggedChoices(answered, propensity, cost)
-
-
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _champion_qualities(
@@ -229,7 +224,7 @@ def adapt_qualities_from_store(
         s, w = heads.models.index(pair.strong), heads.models.index(pair.weak)
         cal_scores = np.clip((cal_q[:, s] - cal_q[:, w] + 1.0) / 2.0, 0.0, 1.0)
         times = [r.time_ms for r in used]
-        span = OutcomeSpan(KIND, len(used), _iso(min(times)), _iso(max(times)))
+        span = OutcomeSpan(KIND, len(used), lineage_time(min(times)), lineage_time(max(times)))
         manifest = write_quality_bundle(
             bundle_dir, out_dir, heads, base_router, span, cal_scores, overwrite=overwrite, replace=True
         )

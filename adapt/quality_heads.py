@@ -396,9 +396,9 @@ def gate_qualities(
     scale = oracle if oracle > 0 else nan
     champ_order = float(_order_areas(champ, q, judged, ones)[0]) / scale
     cand_order = float(_order_areas(cand, q, judged, ones)[0]) / scale
-    judge_routing = routing is not None and n_logged >= MIN_HELD_OUT
-    if routing is not None and judge_routing:
-        champ_route, cand_route = routing.values(ones)[:, 0]
+    by_route = routing if n_logged >= MIN_HELD_OUT else None  # the routing condition, when there is enough to judge
+    if by_route is not None:
+        champ_route, cand_route = by_route.values(ones)[:, 0]
     rng = np.random.default_rng(seed)
     err_diffs = np.empty(replicates)
     order_diffs = np.empty(replicates)
@@ -411,8 +411,8 @@ def gate_qualities(
         if oracle > 0:
             areas = _order_areas(cand, q, judged, counts) - _order_areas(champ, q, judged, counts)
             order_diffs[part] = areas / oracle
-        if routing is not None and judge_routing:
-            champ_v, cand_v = routing.values(counts)
+        if by_route is not None:
+            champ_v, cand_v = by_route.values(counts)
             route_diffs[part] = cand_v - champ_v
     upper = float(np.quantile(err_diffs, 1.0 - alpha))
     level_ok = upper <= margin
@@ -430,7 +430,7 @@ def gate_qualities(
     else:  # every model's held-out quality is constant: there is no order to judge
         lower, order_ok = nan, True
         order = "order: not judged (no model's held-out quality varies)"
-    if judge_routing:
+    if by_route is not None:
         route_lower = float(np.quantile(route_diffs, alpha))
         routing_ok = route_lower >= -routing_margin
         route = (

@@ -47,6 +47,7 @@ __all__ = [
     "FileEntry",
     "StaticDistillation",
     "Lineage",
+    "lineage_time",
     "Manifest",
     "RouterSpec",
     "TrainingData",
@@ -538,6 +539,11 @@ LINEAGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 def _utc_ms(text: str) -> int:
     """Unix milliseconds of a LINEAGE_TIME_FORMAT time; ValueError for anything else."""
     return int(dt.datetime.strptime(text, LINEAGE_TIME_FORMAT).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def lineage_time(ms: int) -> str:
+    """A Unix millisecond time as a lineage records it (LINEAGE_TIME_FORMAT, the second it falls in)."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime(LINEAGE_TIME_FORMAT)
 
 
 @dataclass(frozen=True)
