@@ -448,6 +448,7 @@ def import_sw(
     strong: str = "gpt-4-1106-preview",
     weak: str = "mixtral-8x7b-instruct-v0.1",
     num_tiers: int = 10,
+    fit: str = "routellm",
     remote: RemoteSettings | None = None,
     data_dir: Path = REPO_ROOT / "data",
     calibration_limit: int | None = None,
@@ -462,7 +463,12 @@ def import_sw(
     between the tier and a virtual opponent of rating 0 (the row's model_a side). The bundle keeps that:
     tier `num_tiers` is that virtual opponent, and a same-tier battle is a cell against it. Ratings are
     only defined up to a shift, and the score depends on the strong and weak tiers' difference only, so
-    this is RouteLLM's model, solved to its exact optimum (RouteLLM's sklearn fit stops at tol 1e-4)."""
+    this is RouteLLM's model. `fit` says how each request's ratings are found: "routellm" (default) runs
+    RouteLLM's own scikit-learn fit, which stops at its tolerance 1e-4 short of the optimum, so the
+    bundle scores as RouteLLM as released does; "exact" solves the same model to its optimum in the
+    compiled core (faster, no scikit-learn; scores differ from RouteLLM's by up to ~1e-4)."""
+    if fit not in ("routellm", "exact"):
+        raise ImportError_(f"--sw-fit must be routellm or exact, got {fit!r}")
     kept = read_battles(battles)
     emb = read_battle_embeddings(embeddings)
     if len(kept) != len(emb):
@@ -496,6 +502,7 @@ def import_sw(
         "weak_tier": tiers[weak],
         "scale": 400.0,
         "base": 10.0,
+        "fit": fit,
     }
     arrays = {"prompt_embeddings": (emb / norms).astype(np.float32), "cells": cells, "cell_counts": counts}
     router = RouterArtifacts(kind="sw_ranking", params=params, arrays=arrays)
@@ -530,6 +537,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--battles", type=Path, nargs="+", help="sw_ranking: battle tables (.jsonl, .json, .parquet)")
     p.add_argument("--embeddings", type=Path, nargs="+", help="sw_ranking: their embeddings tables, same order")
     p.add_argument("--num-tiers", type=int, default=10, help="sw_ranking: RouteLLM's num_tiers")
+    p.add_argument(
+        "--sw-fit",
+        choices=["routellm", "exact"],
+        default="routellm",
+        help="sw_ranking: each request's fit: RouteLLM's own (scikit-learn, stopped at its tol 1e-4; scores as "
+        "RouteLLM does) or the exact optimum (compiled, faster; differs by up to ~1e-4)",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--strong-model", default="gpt-4-1106-preview")
     p.add_argument("--weak-model", default="mixtral-8x7b-instruct-v0.1")
@@ -554,7 +568,15 @@ def main(args: argparse.Namespace) -> int:
         if args.router == "sw_ranking":
             if not args.battles or not args.embeddings:
                 raise ImportError_("--router sw_ranking needs --battles and --embeddings")
-            out = import_sw(args.battles, args.embeddings, args.out, num_tiers=args.num_tiers, remote=remote, **common)
+            out = import_sw(
+                args.battles,
+                args.embeddings,
+                args.out,
+                num_tiers=args.num_tiers,
+                fit=args.sw_fit,
+                remote=remote,
+                **common,
+            )
         elif args.checkpoint is None:
             raise ImportError_(f"--router {args.router} needs --checkpoint")
         elif args.router == "bert":

@@ -138,11 +138,15 @@ class RouterKind(ABC):
     # ---- params ---------------------------------------------------------------------------------
     def read_params(self, data: Any, where: str) -> Any:
         """The Params of a decoded JSON object (or a mapping), every field read strictly; no range
-        checks (`check_params`). Errors name `where` and the field."""
+        checks (`check_params`). A field with a default may be absent (it was added after bundles were
+        written without it; `params_to_dict` leaves it out while it holds its default). Errors name
+        `where` and the field."""
         node = Node(data, where)
         hints = typing.get_type_hints(self.Params)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(self.Params):
+            if f.default is not dataclasses.MISSING and not node.has(f.name):
+                continue
             hint = hints[f.name]
             if hint is int:
                 values[f.name] = node.int_(f.name)
@@ -161,11 +165,14 @@ class RouterKind(ABC):
         return self.Params(**values)
 
     def params_to_dict(self, params: Any) -> dict[str, Any]:
-        """The params as manifest JSON (tuples become lists)."""
-        return {
-            f.name: list(v) if isinstance(v := getattr(params, f.name), tuple) else v
-            for f in dataclasses.fields(self.Params)
-        }
+        """The params as manifest JSON (tuples become lists); a field with a default is left out while it
+        holds it, so that adding such a field changes no bundle written before."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self.Params):
+            value = getattr(params, f.name)
+            if f.default is dataclasses.MISSING or value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def coerce_params(self, params: Any, where: str) -> Any:
         """Params from a trainer (a Params instance or a mapping) exactly as they will read back."""

@@ -13,6 +13,7 @@ search does not give (benchmarks/RESULTS_sw_kernel.md), so schema 3 no longer sh
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.bundle.errors import BundleError
-from lmroute.bundle.jsonread import fail
+from lmroute.bundle.jsonread import MANIFEST_NAME, fail
 from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
+from lmroute.bundle.kinds.sw_routellm_fit import RouteLLMFit, sklearn_missing
 from lmroute.bundle.routers import compiled_core, need_embeddings
 
 if TYPE_CHECKING:
@@ -36,7 +38,9 @@ _NORM_TOL = 1e-3  # |1 - ||x|| | allowed for float32 rows that claim to be L2-no
 @dataclass(frozen=True)
 class SWRankingParams:
     """gamma: similarity weight base (> 1); n_tiers, strong_tier, weak_tier: the tiers; scale, base:
-    the Elo units the ratings are reported in (they do not change the score)."""
+    the Elo units the ratings are reported in (they do not change the score); fit: how each request's
+    ratings are found, "exact" (the likelihood's optimum, Newton in the compiled core) or "routellm"
+    (RouteLLM 0.2.0's own scikit-learn fit, stopped where it stops: `sw_routellm_fit`)."""
 
     gamma: float
     n_tiers: int
@@ -44,6 +48,10 @@ class SWRankingParams:
     weak_tier: int
     scale: float
     base: float
+    fit: str = "exact"
+
+
+FITS = ("exact", "routellm")
 
 
 class SWRankingRouter:
@@ -66,7 +74,10 @@ class SWRankingRouter:
         cell_counts: npt.NDArray[np.float32],
         cells: npt.NDArray[np.int32],
         params: SWRankingParams,
+        rated_tiers: Collection[int] = (),
     ) -> None:
+        """rated_tiers: the tiers the bundle's models belong to (a fit "routellm" gives only those a
+        rating of their own)."""
         self.name = name
         self.prompt_embeddings = prompt_embeddings
         self.cell_counts = cell_counts
@@ -75,6 +86,7 @@ class SWRankingRouter:
         self.table = compiled_core().SWIndex(prompt_embeddings, cell_counts, cells, params.n_tiers)
         self.device_table: Any = None
         self.scan_device = "cpu"
+        self.routellm_fit = RouteLLMFit(cells, rated_tiers, params.base) if params.fit == "routellm" else None
 
     def use_device_scan(self, xp: str = "cupy") -> None:
         """Run the similarity scan on a GPU (lmroute.kernels.gpu; the loader calls this for
@@ -90,6 +102,8 @@ class SWRankingRouter:
             return np.zeros(0, dtype=np.float64)
         table = self.device_table if self.device_table is not None else self.table
         p = self.params
+        if self.routellm_fit is not None:
+            return self.routellm_fit.scores(table.cell_weights(emb, p.gamma), p.strong_tier, p.weak_tier)
         scores: npt.NDArray[np.float64] = table.scores(emb, p.strong_tier, p.weak_tier, gamma=p.gamma, base=p.base)
         return scores
 
@@ -115,6 +129,8 @@ class SWRankingKind(RouterKind):
             value = getattr(params, name)
             if not 0 <= value < params.n_tiers:
                 raise fail(f"{where}.{name}: {value} out of range [0, {params.n_tiers})")
+        if params.fit not in FITS:
+            raise fail(f"{where}.fit: must be one of {', '.join(FITS)}, got {params.fit!r}")
 
     def check_manifest(self, router: str, spec: RouterSpec, manifest: Manifest) -> None:
         where = f"routers.{router}.params"
@@ -156,7 +172,12 @@ class SWRankingKind(RouterKind):
         counts = ctx.npy(counts_rel, np.float32, counts_axes)
         if (counts < 0).any():
             raise BundleError(counts_rel, "contains negative counts")
-        sw = SWRankingRouter(router, prompt_embeddings=prompts, cell_counts=counts, cells=cells, params=params)
+        if params.fit == "routellm" and (missing := sklearn_missing()) is not None:
+            raise BundleError(MANIFEST_NAME, f"routers.{router}.params.fit 'routellm' needs {missing}")
+        rated = set(ctx.manifest.tiers.values())
+        sw = SWRankingRouter(
+            router, prompt_embeddings=prompts, cell_counts=counts, cells=cells, params=params, rated_tiers=rated
+        )
         if "CUDAExecutionProvider" in ctx.providers:
             from lmroute.kernels.gpu import cuda_available
 

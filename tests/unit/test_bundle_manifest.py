@@ -149,6 +149,20 @@ def test_round_trip_is_identity() -> None:
     assert json.loads(text) == json.loads(json.dumps(_manifest_dict()))
 
 
+def test_a_param_with_a_default_is_written_only_when_it_differs() -> None:
+    """sw_ranking's `fit` came after bundles without it: absent reads as "exact", "exact" is not written
+    (a bundle that does not use it keeps its bytes), "routellm" is written and reads back."""
+    data = _manifest_dict()
+    assert "fit" not in data["routers"]["sw"]["params"]
+    assert _parse(data).routers["sw"].params.fit == "exact"
+    data["routers"]["sw"]["params"]["fit"] = "exact"
+    assert "fit" not in json.loads(_parse(data).to_json())["routers"]["sw"]["params"]
+    data["routers"]["sw"]["params"]["fit"] = "routellm"
+    text = _parse(data).to_json()
+    assert json.loads(text)["routers"]["sw"]["params"]["fit"] == "routellm"
+    assert Manifest.from_json(text).routers["sw"].params.fit == "routellm"
+
+
 def test_parsed_values_and_order() -> None:
     manifest = _parse(_manifest_dict())
     assert manifest.schema_version == SCHEMA_VERSION == 3
@@ -339,6 +353,11 @@ CASES: list[tuple[str, Any, str]] = [
         "calibration_router_missing",
         lambda d: d["calibration"]["thresholds"].pop("sw"),
         "manifest.json: calibration.thresholds: no entry for router 'sw'",
+    ),
+    (
+        "sw_unknown_fit",
+        lambda d: d["routers"]["sw"]["params"].update(fit="newton"),
+        "manifest.json: routers.sw.params.fit: must be one of exact, routellm, got 'newton'",
     ),
     (
         "file_without_entry",
