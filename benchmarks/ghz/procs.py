@@ -113,6 +113,12 @@ class ChildServer:
         for line in self.proc.stderr:
             self._keep(line)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the server process has used so far, from /proc/PID/stat."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def snapshot_after(self, wall_t: float, timeout_s: float = 60.0, idle: bool = True) -> dict[str, Any]:
         """The first stats snapshot written after `wall_t` (time.time()), with idle=True the first
         one that also shows nothing in flight (the queue drained after a load phase)."""

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from procs import ChildServer, default_cores, empty_cmd, service_cmd
 
 REPO = HERE.parent.parent
 ROUTE_CONCURRENCY = (1, 16, 64)
+ROUND_CONCURRENCY = (16, 64)
 SCORE_PROMPTS = 64
 SCORE_CONCURRENCY = 2
 SCORING_ONLY = "scoring only"
@@ -76,6 +78,45 @@ def measure(
         srv.stop()
         out["peak_rss_bytes"] = srv.peak_rss
     return out
+
+
+def rounds(
+    targets: list[tuple[str, list[str]]], n_rounds: int, server_core: str, client_core: str, seconds: float, work: Path
+) -> list[dict[str, dict[str, Any]]]:
+    """`n_rounds` rounds, each starting every target in turn and running Route at concurrency 16 and 64
+    after a 2 s warm-up: OK calls/s and the server's CPU microseconds per OK call at each. Rounds
+    interleave the servers, so a change of the machine's speed during the run moves every server of a
+    round alike; the spread of a ratio over rounds says how far one run can be trusted."""
+    out: list[dict[str, dict[str, Any]]] = []
+    for r in range(n_rounds):
+        row: dict[str, dict[str, Any]] = {}
+        for name, cmd in targets:
+            got: dict[str, Any] = {}
+            with ChildServer(cmd, server_core, stats=False) as srv:
+                run_ghz(
+                    GhzRun("route.json", 4, 1, 2.0, label=f"r{r}_{name}_warm"), srv.target, client_core, work / "ghz"
+                )
+                for c in ROUND_CONCURRENCY:
+                    cpu0 = srv.cpu_seconds()
+                    g = run_ghz(
+                        GhzRun("route.json", c, 1, seconds, label=f"r{r}_{name}_c{c}"),
+                        srv.target,
+                        client_core,
+                        work / "ghz",
+                    )
+                    cpu_us = (srv.cpu_seconds() - cpu0) * 1e6 / max(g["ok"], 1)
+                    got[str(c)] = {"ok_per_s": g["ok_per_s"], "cpu_us_per_call": cpu_us, "status": g["status"]}
+            row[name] = got
+            print(f"round {r + 1}/{n_rounds} {name}: {[round(v['ok_per_s']) for v in got.values()]}/s", file=sys.stderr)
+        out.append(row)
+    return out
+
+
+def round_ratios(rows: list[dict[str, dict[str, Any]]], name: str, base: str) -> list[float]:
+    """Per round: `name`'s best Route OK/s over the round's concurrencies / `base`'s best."""
+    return [
+        max(v["ok_per_s"] for v in row[name].values()) / max(v["ok_per_s"] for v in row[base].values()) for row in rows
+    ]
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -140,6 +181,18 @@ def markdown(summary: dict[str, Any], command: str) -> str:
                 static["score"]["prompts_per_s"] >= 10_000,
             ),
         ]
+        per_round = summary.get("rounds") or []
+        if per_round and "static" in per_round[0]:
+            median = statistics.median(round_ratios(per_round, "static", "empty handler"))
+            goals.insert(
+                2,
+                (
+                    f"... the same share, median of {len(per_round)} interleaved rounds (below)",
+                    median,
+                    ">= 0.75",
+                    median >= 0.75,
+                ),
+            )
         for what, got, target, ok in goals:
             lines.append(f"| {what} | {got:,.2f} | {target} | **{'PASS' if ok else 'MISS'}** |")
         only = next((r for r in rows if r["name"] == SCORING_ONLY), None)
@@ -150,6 +203,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
                 f"| for comparison: the static bundle's scoring work alone in the empty handler, share of its best "
                 f"| {share:,.2f} | (no goal: the bound of any service path here) | |"
             )
+    if summary.get("rounds"):
+        lines += rounds_markdown(summary["rounds"], summary["seconds"])
     lines += ["", "Bundles:", ""]
     for r in rows:
         if "bundle" in r:
@@ -157,6 +212,39 @@ def markdown(summary: dict[str, Any], command: str) -> str:
                 f"- {r['name']}: `{r['bundle']}`, {r['bundle_desc']}, {r['bundle_bytes'] / 2**20:,.1f} MiB on disk."
             )
     return "\n".join(lines) + "\n"
+
+
+def rounds_markdown(rows: list[dict[str, dict[str, Any]]], seconds: float) -> list[str]:
+    names = list(rows[0])
+    cs = list(rows[0][names[0]])
+    lines = [
+        "",
+        f"## Route in {len(rows)} interleaved rounds (the share of the empty handler, run after run)",
+        "",
+        f"Each round starts {', '.join(names)} in turn (2 s warm-up, then Route at concurrency "
+        f"{' and '.join(cs)} for {seconds:g} s each); a server's rate in a round is its best of those. "
+        "CPU us/call: the server process's user + system CPU over the run / its OK calls.",
+        "",
+        "| round | "
+        + " | ".join(f"{n} OK/s (c={c}) | CPU us/call" for n in names for c in cs)
+        + " | "
+        + " | ".join(f"{n} / empty" for n in names[1:])
+        + " |",
+        "|---|" + "---:|---:|" * (len(names) * len(cs)) + "---:|" * (len(names) - 1),
+    ]
+    ratios = {n: round_ratios(rows, n, names[0]) for n in names[1:]}
+    for i, row in enumerate(rows):
+        cells = [str(i + 1)]
+        for n in names:
+            for c in cs:
+                cells += [_fmt(row[n][c]["ok_per_s"]), _fmt(row[n][c]["cpu_us_per_call"], 0)]
+        cells += [f"{ratios[n][i]:.2f}" for n in names[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| share of the empty handler's Route rate | median | lowest | highest |", "|---|---:|---:|---:|"]
+    for n in names[1:]:
+        r = sorted(ratios[n])
+        lines.append(f"| {n} | {statistics.median(r):.2f} | {r[0]:.2f} | {r[-1]:.2f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         "directory with other batch settings)",
     )
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="then this many interleaved rounds of Route (c=16, 64) on the empty handler, the scoring-only server and "
+        "the --scoring-only bundle, for the spread of the Route share (0 = none)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "tiers")
     args = p.parse_args(argv)
     server_core, client_core = default_cores()
@@ -205,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: Route c=1 {res['route'][1]['ok_per_s']:.1f}/s, Score {res['score']['prompts_per_s']:.0f} prompts/s",
                 file=sys.stderr,
             )
+        round_targets = [(n, cmd) for n, cmd, _ in targets if n in ("empty handler", SCORING_ONLY, args.scoring_only)]
+        per_round = (
+            rounds(round_targets, args.rounds, server_core, client_core, args.seconds, Path(tmp)) if args.rounds else []
+        )
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -224,11 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "wall_s": round(time.time() - t0, 1),
         "servers": servers,
+        "rounds": per_round,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(
         [*(f"--bundle {shlex.quote(b)}" for b in args.bundle), *(f"--flags {shlex.quote(f)}" for f in args.flags)]
+        + ([f"--rounds {args.rounds}"] if args.rounds != 5 else [])
     )
     (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary, default=str)), command))
     print((args.out / "RESULTS.md").read_text())

@@ -7,7 +7,8 @@
     load_plugins(modules)       import modules that register more kinds (`--plugin` of both CLIs)
 
 Built in: random, mf, sw_ranking, bert, quality, adapted, adapted_quality (`kinds/<name>.py`; the
-two adapted kinds are written by `lmroute.adapt`).
+two adapted kinds are written by `lmroute.adapt`; `sw_routellm_fit.py` holds RouteLLM's own fit that
+sw_ranking's params.fit "routellm" uses).
 Everything else (manifest parser, writer, loader, build pipeline, service) asks the registry, so a new kind
 is one module plus its registration.
 """

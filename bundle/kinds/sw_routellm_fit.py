@@ -86,8 +86,8 @@ class RouteLLMFit:
     def ratings(self, cell_weights: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """One request's fitted ratings [columns] (in units of log_base odds), from its cell weights [c]."""
         weight = np.asarray(cell_weights, dtype=np.float64)[self._cell_of_row] * self._per_weight
-        # RouteLLM writes penalty=None; C=inf is the same fit (no penalty term) in every scikit-learn
-        # release, where penalty=None is deprecated from 1.8
+        # RouteLLM writes penalty=None, deprecated from scikit-learn 1.8; C=inf is the same unpenalised fit
+        # (a penalty of 1 / C = 0) without the warning (tests/integration/test_import_routellm.py runs RouteLLM)
         model: Any = self._model(fit_intercept=False, C=math.inf)
         with warnings.catch_warnings():  # lbfgs stopping at max_iter warns; RouteLLM's fit goes on as well
             warnings.simplefilter("ignore", category=self._convergence_warning)
