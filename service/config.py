@@ -59,8 +59,11 @@ class BatchPolicy:
     """Admission, queue and batch limits: what the scheduler reads (units in the names)."""
 
     max_batch_size: int = field(
-        default=16,
-        metadata=_doc("most prompts in one batch (CPU: larger batches add latency, not throughput)"),
+        default=-1,
+        metadata=_doc(
+            "most prompts in one batch (CPU: larger batches add latency, not throughput); -1 = 64 for a "
+            "bundle whose encoder is static (a 64-prompt Score call is one batch), else 16"
+        ),
     )
     max_batch_ms: int = field(
         default=250,
@@ -112,18 +115,14 @@ class BatchPolicy:
             "thread switches, and a call finding nothing queued and the scorer idle is scored at once, "
             "without the queue, when its prompts fit one such batch; for scorers whose cost is microseconds "
             "(a static encoder): while it runs no other call is served. 0 = always on the helper threads; "
-            "-1 = 1000 for a bundle whose encoder is static, else 0"
+            "-1 = 5000 for a bundle whose encoder is static, else 0"
         ),
     )
 
-    @property
-    def call_quantum(self) -> int:
-        """Most prompts of one call a batch takes per round over the queued calls (a quarter batch)."""
-        return max(1, self.max_batch_size // 4)
-
     def __post_init__(self) -> None:
+        if self.max_batch_size != -1:  # -1: auto, by the scorer's encoder (lmroute.service.scheduler)
+            _at_least("max_batch_size", self.max_batch_size, 1)
         for name in (
-            "max_batch_size",
             "max_batch_tokens",
             "max_queue",
             "queue_timeout_ms",

@@ -10,7 +10,9 @@ transport and are trusted here. Idle fast path: a one-prompt call that finds not
 to the scorer, which tokenises it there: one thread round trip instead of two.
 
 Inline steps (`inline_us` > 0, for scorers whose cost is microseconds, where a thread switch costs more
-than the work; the default, -1, means AUTO_INLINE_US for a bundle whose encoder is static, else 0): a
+than the work; the default, -1, means AUTO_INLINE_US for a bundle whose encoder is static, else 0; and
+`max_batch_size` -1, the default, means AUTO_BATCH_STATIC for such a bundle, so that a whole 64-prompt
+Score call is one such step, else AUTO_BATCH; both follow the scorer across a swap): a
 call's tokenising, or a batch's scoring, that the measured cost says takes at most `inline_us` runs on
 the event loop itself instead of its helper thread; and a call that finds nothing queued and no batch
 being scored (with `max_wait_us` 0), whose prompts fit one batch that would run inline, is scored at
@@ -122,7 +124,10 @@ class _Ran(NamedTuple):
 
 
 #: inline_us of `BatchPolicy(inline_us=-1)` (auto) for a scorer whose encoder is static.
-AUTO_INLINE_US = 1000
+AUTO_INLINE_US = 5000
+#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto): for a scorer whose encoder is static, else.
+AUTO_BATCH_STATIC = 64
+AUTO_BATCH = 16
 
 
 class Scheduler(Generic[T]):
@@ -159,14 +164,20 @@ class Scheduler(Generic[T]):
         self._tokenize_s_per_char: float | None = None  # measured cost of tokenize (smoothed like the rate)
         # the scorer each queued or running prompt was admitted with (it scores the prompt; see swap)
         self._scorer_of: weakref.WeakKeyDictionary[Item[T], Scorer[T]] = weakref.WeakKeyDictionary()
-        self.inline_us = self._inline_us_for(scorer)
+        self._follow(scorer)
 
-    def _inline_us_for(self, scorer: Scorer[T]) -> int:
-        """The policy's inline_us; for -1 (auto), AUTO_INLINE_US when the scorer's encoder is static (its
-        work is microseconds) and 0 otherwise."""
-        if self.policy.inline_us >= 0:
-            return self.policy.inline_us
-        return AUTO_INLINE_US if scorer.catalog().encoder_kind == "static" else 0
+    def _follow(self, scorer: Scorer[T]) -> None:
+        """Resolve the policy's auto settings (-1) for `scorer`: `inline_us` AUTO_INLINE_US and
+        `max_batch_size` AUTO_BATCH_STATIC when its encoder is static (its work is microseconds), else 0
+        and AUTO_BATCH; `call_quantum`, the most prompts of one call a batch takes per round over the
+        queued calls, is a quarter batch."""
+        static = scorer.catalog().encoder_kind == "static"
+        pol = self.policy
+        self.inline_us = pol.inline_us if pol.inline_us >= 0 else AUTO_INLINE_US if static else 0
+        self.max_batch_size = (
+            pol.max_batch_size if pol.max_batch_size > 0 else AUTO_BATCH_STATIC if static else AUTO_BATCH
+        )
+        self.call_quantum = max(1, self.max_batch_size // 4)
 
     @property
     def running(self) -> bool:
@@ -195,7 +206,7 @@ class Scheduler(Generic[T]):
         new scorer's cost is measured from its first batch, not mixed with the old one's (until then
         admission applies only its memory bound). Only batches of the current scorer feed the rate."""
         old, self.scorer = self.scorer, scorer
-        self.inline_us = self._inline_us_for(scorer)
+        self._follow(scorer)
         if not keep_rate:
             self.rate = ServiceRate(self.rate.smoothing)
         self.stats.swaps += 1
@@ -271,7 +282,7 @@ class Scheduler(Generic[T]):
             self._admission.in_use,
             self._running_work,
             self._queue.line_visits(),
-            self.policy.call_quantum,
+            self.call_quantum,
         )
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
@@ -331,7 +342,7 @@ class Scheduler(Generic[T]):
             not self._scoring
             and not len(self._queue)
             and self.policy.max_wait_us == 0
-            and n_prompts <= self.policy.max_batch_size
+            and n_prompts <= self.max_batch_size
             and self._inline_ok(self._batch_seconds([None] * n_prompts, weight))
         )
 
@@ -432,7 +443,7 @@ class Scheduler(Generic[T]):
             )
             self._scorer_of[item] = scorer
             items.append(item)
-        self._queue.append(items, quantum=self.policy.call_quantum)
+        self._queue.append(items, quantum=self.call_quantum)
         self._wakeup.set()
         return items
 
@@ -518,7 +529,7 @@ class Scheduler(Generic[T]):
             assert oldest is not None
             fill_by = oldest + wait_s
             budget = batch_budget(pol, self.rate)
-            while not self._closing and not self._queue.batch_ready(pol.max_batch_size, pol.max_batch_tokens, budget):
+            while not self._closing and not self._queue.batch_ready(self.max_batch_size, pol.max_batch_tokens, budget):
                 left = fill_by - loop.time()
                 if left <= 0:
                     break
@@ -527,7 +538,7 @@ class Scheduler(Generic[T]):
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch, dead = self._queue.next_batch(pol.max_batch_size, pol.max_batch_tokens, budget)
+            batch, dead = self._queue.next_batch(self.max_batch_size, pol.max_batch_tokens, budget)
             for it in dead:
                 if it.state is State.QUEUED:
                     self._drop(it)

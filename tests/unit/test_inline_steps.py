@@ -13,7 +13,7 @@ import pytest
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import ConfigError, QueueFull, ScorerFailed
 from lmroute.service.fake_scorer import FakeScorer
-from lmroute.service.scheduler import AUTO_INLINE_US, ItemResult, Scheduler
+from lmroute.service.scheduler import AUTO_BATCH, AUTO_BATCH_STATIC, AUTO_INLINE_US, ItemResult, Scheduler
 from lmroute.service.scorer_api import RouterSets, ScoredBatch, Tokenized
 
 
@@ -213,16 +213,43 @@ def test_inline_us_is_a_setting_auto_by_default() -> None:
 
 
 def test_auto_inlines_a_static_encoder_only() -> None:
-    """-1 (the default) follows the scorer's encoder kind, across swaps too."""
+    """-1 (the default) follows the scorer's encoder kind, across swaps too: inline steps and the batch
+    size (and with it a call's quarter-batch share per round)."""
 
     async def body() -> None:
         static = ThreadRecordingScorer(encoder_kind="static")
-        sched = make(static, inline_us=-1)
-        assert sched.inline_us == AUTO_INLINE_US
-        sched.swap(FakeScorer())  # an onnx encoder: never inline
-        assert sched.inline_us == 0
+        sched = make(static, inline_us=-1, max_batch_size=-1)
+        assert (sched.inline_us, sched.max_batch_size, sched.call_quantum) == (AUTO_INLINE_US, AUTO_BATCH_STATIC, 16)
+        sched.swap(FakeScorer())  # an onnx encoder: never inline, 16 a batch
+        assert (sched.inline_us, sched.max_batch_size, sched.call_quantum) == (0, AUTO_BATCH, 4)
         sched.swap(static)
-        assert sched.inline_us == AUTO_INLINE_US
+        assert (sched.inline_us, sched.max_batch_size) == (AUTO_INLINE_US, AUTO_BATCH_STATIC)
         await sched.close()
+        given = make(static, inline_us=300, max_batch_size=5)  # set values are kept whatever the encoder
+        assert (given.inline_us, given.max_batch_size, given.call_quantum) == (300, 5, 1)
+        await given.close()
+
+    run(body)
+
+
+def test_a_64_prompt_call_to_an_idle_static_scorer_is_one_inline_batch() -> None:
+    """With the defaults, a whole 64-prompt Score call on a static encoder is one batch scored on the
+    event loop once the cost is measured (its prompts tokenised in that step); with an onnx encoder it
+    is four batches of 16 on the scoring thread."""
+
+    async def body() -> None:
+        loop_thread = threading.get_ident()
+        prompts = [f"prompt {i} " + "word " * (i % 5) for i in range(64)]
+        for kind, batches, on_loop in (("static", [64], True), ("onnx", [16, 16, 16, 16], False)):
+            scorer = ThreadRecordingScorer(encoder_kind=kind)
+            sched = make(scorer, inline_us=-1, max_batch_size=-1)
+            await sched.score(prompts)  # measures the cost, on the helper threads
+            scorer.score_threads.clear()
+            before = sched.stats.batch_size_histogram.copy()
+            outs = await sched.score(prompts)
+            assert all(isinstance(o, ItemResult) for o in outs)
+            assert sorted((sched.stats.batch_size_histogram - before).elements()) == batches
+            assert (loop_thread in scorer.score_threads) is on_loop
+            await sched.close()
 
     run(body)

@@ -81,7 +81,7 @@ FLAGS_AND_VARIABLES = [
 
 def test_defaults_and_frozen() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
-    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.batch.max_batch_size == 16
+    assert cfg.host == "127.0.0.1" and cfg.device == "cpu" and cfg.batch.max_batch_size == -1
     assert cfg.batch == BatchPolicy() and cfg.batch.max_wait_us == 0 and cfg.batch.max_queue == 1024
     assert cfg.plugins == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -128,7 +128,7 @@ def test_defaults_of_the_settings_are_the_dataclass_defaults() -> None:
     assert config_from_cli(["--bundle", "b"], {}) == cfg
     logged = cfg.redacted()
     assert list(logged) == [s.name for s in SETTINGS]
-    assert logged["bundle_path"] == "b" and logged["max_batch_size"] == 16 and logged["plugins"] == ()
+    assert logged["bundle_path"] == "b" and logged["max_batch_size"] == -1 and logged["plugins"] == ()
 
 
 def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
@@ -145,6 +145,7 @@ def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
     ("build", "message"),
     [
         (lambda: BatchPolicy(max_batch_size=0), "max_batch_size: must be >= 1 (got 0)"),
+        (lambda: BatchPolicy(max_batch_size=-2), "max_batch_size: must be >= 1 (got -2)"),  # -1 alone: auto
         (lambda: BatchPolicy(max_wait_us=-1), "max_wait_us: must be >= 0 (got -1)"),
         (lambda: BatchPolicy(max_queue=2.5), "max_queue: must be an integer (got 2.5)"),
         (lambda: ServiceConfig(bundle_path=Path("b"), port=70000), "port: must be in [0, 65535] (got 70000)"),
