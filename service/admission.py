@@ -62,6 +62,8 @@ class ServiceRate:
         self.tokens_per_prompt: float | None = None
         self.router_seconds_per_token: dict[str, float] = {}  # a router's own cost of a token it reads
         self.seconds_per_prompt: float | None = None  # all of a batch's time per prompt, at its mix
+        # exponentially weighted moments of (tokens, shared seconds) over the batches, for `batch_seconds`
+        self._moments: tuple[float, float, float, float] | None = None  # E[x], E[y], E[xx], E[xy]
 
     def observe(
         self, n_prompts: int, n_tokens: int, seconds: float, routers: Mapping[str, tuple[float, int]] | None = None
@@ -78,6 +80,9 @@ class ServiceRate:
         self.seconds_per_prompt = self._mix(self.seconds_per_prompt, max(seconds, 1e-9) / n_prompts)
         for r, (s, t) in own.items():
             self.router_seconds_per_token[r] = self._mix(self.router_seconds_per_token.get(r), s / t)
+        x, y = float(n_tokens), shared
+        m: tuple[float | None, ...] = self._moments or (None, None, None, None)
+        self._moments = (self._mix(m[0], x), self._mix(m[1], y), self._mix(m[2], x * x), self._mix(m[3], x * y))
 
     def _mix(self, old: float | None, x: float) -> float:
         return x if old is None else old + self.smoothing * (x - old)
@@ -99,6 +104,34 @@ class ServiceRate:
         if self.seconds_per_token is None or self.tokens_per_prompt is None:
             return 0.0
         return (tokens + prompts * self.tokens_per_prompt * weight) * self.seconds_per_token
+
+    def batch_line(self) -> tuple[float, float] | None:
+        """(seconds a batch costs whatever it holds, seconds per token on top): the least-squares line of
+        the observed batches' shared seconds against their tokens (exponentially weighted), or None while
+        their sizes barely differ (the line is not determined) or it does not rise."""
+        if self._moments is None:
+            return None
+        mx, my, mxx, mxy = self._moments
+        spread = mxx - mx * mx
+        if spread <= (0.05 * mx) ** 2:
+            return None
+        slope = (mxy - mx * my) / spread
+        if slope <= 0.0:
+            return None
+        fixed = my - slope * mx
+        return (fixed, slope) if fixed >= 0.0 else (0.0, my / mx)
+
+    def batch_seconds(self, *, tokens: float = 0.0, prompts: float = 0.0, weight: float = 1.0) -> float:
+        """The time to score ONE batch of this work (`seconds`'s arguments): with `batch_line`, its fixed
+        cost plus its tokens at the line's slope (and at the routers' own costs, by `weight`), so that a
+        big batch is not charged the per-call overhead of the one-prompt batches as if it grew with its
+        tokens; else `seconds`. For deciding whether a batch is cheap enough to run inline."""
+        line = self.batch_line()
+        if line is None or self.seconds_per_token is None or self.tokens_per_prompt is None:
+            return self.seconds(tokens=tokens, prompts=prompts, weight=weight)
+        fixed, slope = line
+        own_tokens = (tokens + prompts * self.tokens_per_prompt * weight) / weight
+        return fixed + own_tokens * (slope + (weight - 1.0) * self.seconds_per_token)
 
     @property
     def prompts_per_s(self) -> float | None:

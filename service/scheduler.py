@@ -410,7 +410,7 @@ class Scheduler(Generic[T]):
         if not self.rate.measured:
             return None
         known = sum(w for w in work if w is not None)
-        return self.rate.seconds(tokens=known, prompts=sum(w is None for w in work), weight=weight)
+        return self.rate.batch_seconds(tokens=known, prompts=sum(w is None for w in work), weight=weight)
 
     def _inline_ok(self, seconds: float | None) -> bool:
         """True when a step expected to take `seconds` (None: not measured yet) may run on the event loop."""

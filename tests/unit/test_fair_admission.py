@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import pytest
 
 from lmroute.service.admission import Load, ServiceRate, batch_budget, refusal
@@ -136,6 +137,36 @@ def test_service_rate_averages_seconds_per_token_and_tokens_per_prompt() -> None
     assert rate.prompts_per_s == pytest.approx(1 / 0.125)  # 0.1 and 0.15 s a prompt, averaged
     rate.observe(0, 0, 1.0)  # ignored
     assert rate.seconds(tokens=10, prompts=2) == pytest.approx(0.5)
+
+
+def test_one_batch_is_charged_its_fixed_cost_once_when_sizes_vary() -> None:
+    """One-prompt batches of different lengths, each 200 us of overhead plus 0.5 us a token: the line
+    through them prices a 64-prompt batch at its real cost, where the proportional rate (every second
+    per token) charges it the overhead 64 times over."""
+    rate = ServiceRate()
+    rng = np.random.default_rng(0)
+    for tokens in rng.choice([12, 40, 90, 256], size=200).tolist():
+        rate.observe(1, tokens, 200e-6 + 0.5e-6 * tokens)
+    line = rate.batch_line()
+    assert line is not None
+    assert line[0] == pytest.approx(200e-6, rel=1e-6) and line[1] == pytest.approx(0.5e-6, rel=1e-6)
+    work = 64 * 100.0
+    assert rate.batch_seconds(tokens=work) == pytest.approx(200e-6 + 0.5e-6 * work, rel=1e-6)
+    assert rate.seconds(tokens=work) > 3 * rate.batch_seconds(tokens=work)  # what admission keeps using
+    with_router = rate.batch_seconds(tokens=2 * work, weight=2.0)  # a router as costly again as the rest
+    assert with_router == pytest.approx(200e-6 + work * (0.5e-6 + rate.seconds_per_token), rel=1e-6)
+
+
+def test_batch_seconds_falls_back_to_the_rate_while_the_line_is_undetermined() -> None:
+    same = ServiceRate()
+    for _ in range(20):
+        same.observe(1, 50, 1e-3)  # one size only: no line through it
+    assert same.batch_line() is None
+    assert same.batch_seconds(tokens=500) == same.seconds(tokens=500) == pytest.approx(1e-2)
+    falling = ServiceRate()
+    for tokens, seconds in [(10, 2e-3), (100, 1e-3)] * 10:  # longer batches faster: not a cost line
+        falling.observe(1, tokens, seconds)
+    assert falling.batch_line() is None
 
 
 def test_service_rate_weighs_each_router_by_its_own_measured_cost() -> None:
