@@ -292,7 +292,7 @@ class Scheduler(Generic[T]):
             raise refused or QueueFull("queue full")
         if load.in_flight == 0:
             self._last_progress = time.monotonic()
-        if self._may_score_now(len(texts), weight):
+        if self._may_score_now(texts, weight):
             with permit:
                 return await self._score_now(texts, routers, weight, scorer, admitted)
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
@@ -334,16 +334,19 @@ class Scheduler(Generic[T]):
         else:
             self.stats.rejected_queue_full += 1
 
-    def _may_score_now(self, n_prompts: int, weight: float) -> bool:
-        """True when a call of `n_prompts` at `weight` may skip the queue: nothing queued, no batch being
+    def _may_score_now(self, texts: list[str], weight: float) -> bool:
+        """True when a call of `texts` at `weight` may skip the queue: nothing queued, no batch being
         scored, no batch-filling wait, and its prompts fit one batch that the measured cost says runs
-        inline."""
+        inline (priced at the average prompt's tokens, and, once tokenising is measured, its characters
+        tokenised within the inline budget too: a call of very long prompts goes to the threads)."""
+        tokenizing = self._tokenize_seconds(texts)
         return (
             not self._scoring
             and not len(self._queue)
             and self.policy.max_wait_us == 0
-            and n_prompts <= self.max_batch_size
-            and self._inline_ok(self._batch_seconds([None] * n_prompts, weight))
+            and len(texts) <= self.max_batch_size
+            and self._inline_ok(self._batch_seconds([None] * len(texts), weight))
+            and (tokenizing is None or self._inline_ok(tokenizing))
         )
 
     async def _score_now(

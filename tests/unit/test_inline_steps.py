@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -251,5 +252,41 @@ def test_a_64_prompt_call_to_an_idle_static_scorer_is_one_inline_batch() -> None
             assert sorted((sched.stats.batch_size_histogram - before).elements()) == batches
             assert (loop_thread in scorer.score_threads) is on_loop
             await sched.close()
+
+    run(body)
+
+
+class SlowTokenizingScorer(ThreadRecordingScorer):
+    """Tokenising costs 0.2 us a character (a long prompt costs what its text does, not its kept tokens)."""
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized[int]]:
+        deadline = time.perf_counter() + 2e-7 * sum(map(len, texts))
+        while time.perf_counter() < deadline:
+            pass
+        return super().tokenize(texts)
+
+
+def test_a_call_of_very_long_prompts_is_not_scored_on_the_event_loop() -> None:
+    """Once tokenising is measured, an idle call whose characters would take longer than the inline
+    budget to tokenise is not scored at once on the event loop, even where its prompt count fits one
+    inline batch: its prompts are tokenised on the tokenising thread."""
+
+    async def body() -> None:
+        loop_thread = threading.get_ident()
+        scorer = SlowTokenizingScorer(encoder_kind="static")
+        sched = make(scorer, inline_us=-1, max_batch_size=-1)
+        await sched.score(PROMPTS[:8])  # through the queue: tokenising and scoring measured
+        short = [f"short {i}" for i in range(64)]
+        long = [f"long {i} " + "x" * 900 for i in range(64)]  # ~58,000 characters: ~12 ms to tokenise
+        for prompts, at_once in ((short, True), (long, False), (short, True)):
+            scorer.score_threads.clear()
+            scorer.tokenize_threads.clear()
+            outs = await sched.score(prompts)
+            assert all(isinstance(o, ItemResult) for o in outs)
+            if at_once:  # scored without the queue, tokenised inside that step on the event loop
+                assert scorer.score_threads == [loop_thread] and scorer.tokenize_threads == []
+            else:  # tokenised on the tokenising thread (its cheap scoring may still run inline)
+                assert scorer.tokenize_threads and loop_thread not in scorer.tokenize_threads
+        await sched.close()
 
     run(body)
