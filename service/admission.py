@@ -44,10 +44,51 @@ from types import TracebackType
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import DeadlineExpired, QueueFull, ServiceError
 
-__all__ = ["Admission", "Load", "Permit", "ServiceRate", "batch_budget", "refusal"]
+__all__ = ["Admission", "CostLine", "Load", "Permit", "ServiceRate", "batch_budget", "refusal"]
 
 _MIN_RETRY_MS = 10
 _MAX_RETRY_MS = 10_000
+
+
+class CostLine:
+    """A cost against a size (seconds against tokens or characters), as a line: the exponentially
+    weighted least-squares fit of the observed (size, seconds) pairs. `line()` is (fixed seconds, seconds
+    per unit) or None while the sizes barely differ (the line is not determined) or it does not rise; a
+    negative fixed cost becomes 0 with the mean cost per unit as slope. Unlike a proportional rate it
+    does not charge a big step the fixed cost of the small ones as if that grew with the size."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self._moments: tuple[float, float, float, float] | None = None  # E[x], E[y], E[xx], E[xy]
+
+    def observe(self, size: float, seconds: float) -> None:
+        x, y = float(size), float(seconds)
+        sample = (x, y, x * x, x * y)
+        m = self._moments
+        a = self.smoothing
+        self._moments = (
+            sample
+            if m is None
+            else (
+                m[0] + a * (x - m[0]),
+                m[1] + a * (y - m[1]),
+                m[2] + a * (x * x - m[2]),
+                m[3] + a * (x * y - m[3]),
+            )
+        )
+
+    def line(self) -> tuple[float, float] | None:
+        if self._moments is None:
+            return None
+        mx, my, mxx, mxy = self._moments
+        spread = mxx - mx * mx
+        if spread <= (0.05 * mx) ** 2:
+            return None
+        slope = (mxy - mx * my) / spread
+        if slope <= 0.0:
+            return None
+        fixed = my - slope * mx
+        return (fixed, slope) if fixed >= 0.0 else (0.0, my / mx)
 
 
 class ServiceRate:
@@ -62,8 +103,7 @@ class ServiceRate:
         self.tokens_per_prompt: float | None = None
         self.router_seconds_per_token: dict[str, float] = {}  # a router's own cost of a token it reads
         self.seconds_per_prompt: float | None = None  # all of a batch's time per prompt, at its mix
-        # exponentially weighted moments of (tokens, shared seconds) over the batches, for `batch_seconds`
-        self._moments: tuple[float, float, float, float] | None = None  # E[x], E[y], E[xx], E[xy]
+        self._line = CostLine(smoothing)  # a batch's shared seconds against its tokens, for `batch_seconds`
 
     def observe(
         self, n_prompts: int, n_tokens: int, seconds: float, routers: Mapping[str, tuple[float, int]] | None = None
@@ -80,9 +120,7 @@ class ServiceRate:
         self.seconds_per_prompt = self._mix(self.seconds_per_prompt, max(seconds, 1e-9) / n_prompts)
         for r, (s, t) in own.items():
             self.router_seconds_per_token[r] = self._mix(self.router_seconds_per_token.get(r), s / t)
-        x, y = float(n_tokens), shared
-        m: tuple[float | None, ...] = self._moments or (None, None, None, None)
-        self._moments = (self._mix(m[0], x), self._mix(m[1], y), self._mix(m[2], x * x), self._mix(m[3], x * y))
+        self._line.observe(n_tokens, shared)
 
     def _mix(self, old: float | None, x: float) -> float:
         return x if old is None else old + self.smoothing * (x - old)
@@ -106,20 +144,9 @@ class ServiceRate:
         return (tokens + prompts * self.tokens_per_prompt * weight) * self.seconds_per_token
 
     def batch_line(self) -> tuple[float, float] | None:
-        """(seconds a batch costs whatever it holds, seconds per token on top): the least-squares line of
-        the observed batches' shared seconds against their tokens (exponentially weighted), or None while
-        their sizes barely differ (the line is not determined) or it does not rise."""
-        if self._moments is None:
-            return None
-        mx, my, mxx, mxy = self._moments
-        spread = mxx - mx * mx
-        if spread <= (0.05 * mx) ** 2:
-            return None
-        slope = (mxy - mx * my) / spread
-        if slope <= 0.0:
-            return None
-        fixed = my - slope * mx
-        return (fixed, slope) if fixed >= 0.0 else (0.0, my / mx)
+        """(seconds a batch costs whatever it holds, seconds per token on top): `CostLine` of the observed
+        batches' shared seconds against their tokens."""
+        return self._line.line()
 
     def batch_seconds(self, *, tokens: float = 0.0, prompts: float = 0.0, weight: float = 1.0) -> float:
         """The time to score ONE batch of this work (`seconds`'s arguments): with `batch_line`, its fixed

@@ -67,7 +67,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import structlog
 
-from lmroute.service.admission import Admission, Load, ServiceRate, batch_budget, refusal
+from lmroute.service.admission import Admission, CostLine, Load, ServiceRate, batch_budget, refusal
 from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, StageTimes, State
 from lmroute.service.config import BatchPolicy
 from lmroute.service.cpus import pin_current_thread
@@ -162,6 +162,7 @@ class Scheduler(Generic[T]):
         self._token_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmroute-tok")
         self._tokenizing = 0  # calls being tokenised on the tokenising thread
         self._tokenize_s_per_char: float | None = None  # measured cost of tokenize (smoothed like the rate)
+        self._tokenize_line = CostLine(self.rate.smoothing)  # tokenize's seconds against a call's characters
         # the scorer each queued or running prompt was admitted with (it scores the prompt; see swap)
         self._scorer_of: weakref.WeakKeyDictionary[Item[T], Scorer[T]] = weakref.WeakKeyDictionary()
         self._follow(scorer)
@@ -396,15 +397,23 @@ class Scheduler(Generic[T]):
         """`scorer.tokenize(texts)`, its cost per character folded into the measured tokenising cost."""
         t0 = time.perf_counter()
         tokens = scorer.tokenize(texts)
-        per_char = (time.perf_counter() - t0) / max(sum(map(len, texts)), 1)
+        took, chars = time.perf_counter() - t0, max(sum(map(len, texts)), 1)
+        self._tokenize_line.observe(chars, took)
+        per_char = took / chars
         old = self._tokenize_s_per_char
         self._tokenize_s_per_char = per_char if old is None else old + self.rate.smoothing * (per_char - old)
         return tokens
 
     def _tokenize_seconds(self, texts: list[str]) -> float | None:
-        """Expected seconds to tokenise `texts` (None before the first tokenising is measured)."""
+        """Expected seconds to tokenise `texts`: by the line of the measured calls' seconds against their
+        characters (`CostLine`) once it is determined, else at the measured seconds per character; None
+        before the first tokenising is measured."""
+        chars = sum(map(len, texts))
+        line = self._tokenize_line.line()
+        if line is not None:
+            return line[0] + line[1] * chars
         per_char = self._tokenize_s_per_char
-        return None if per_char is None else per_char * sum(map(len, texts))
+        return None if per_char is None else per_char * chars
 
     def _batch_seconds(self, work: Sequence[float | None], weight: float) -> float | None:
         """Expected seconds for the current scorer to score prompts of this work (work tokens; None: a
