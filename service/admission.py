@@ -62,6 +62,7 @@ class CostLine:
         self._moments: tuple[float, float, float, float] | None = None  # E[x], E[y], E[xx], E[xy]
 
     def observe(self, size: float, seconds: float) -> None:
+        """One measured step of `size` units that took `seconds`."""
         x, y = float(size), float(seconds)
         sample = (x, y, x * x, x * y)
         m = self._moments

@@ -125,7 +125,8 @@ class _Ran(NamedTuple):
 
 #: inline_us of `BatchPolicy(inline_us=-1)` (auto) for a scorer whose encoder is static.
 AUTO_INLINE_US = 5000
-#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto): for a scorer whose encoder is static, else.
+#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto) for a scorer whose encoder is static, and
+#: for any other.
 AUTO_BATCH_STATIC = 64
 AUTO_BATCH = 16
 
@@ -340,14 +341,13 @@ class Scheduler(Generic[T]):
         scored, no batch-filling wait, and its prompts fit one batch that the measured cost says runs
         inline (priced at the average prompt's tokens, and, once tokenising is measured, its characters
         tokenised within the inline budget too: a call of very long prompts goes to the threads)."""
-        tokenizing = self._tokenize_seconds(texts)
         return (
             not self._scoring
             and not len(self._queue)
             and self.policy.max_wait_us == 0
             and len(texts) <= self.max_batch_size
             and self._inline_ok(self._batch_seconds([None] * len(texts), weight))
-            and (tokenizing is None or self._inline_ok(tokenizing))
+            and ((tokenizing := self._tokenize_seconds(texts)) is None or self._inline_ok(tokenizing))
         )
 
     async def _score_now(
