@@ -14,8 +14,11 @@ over benchmarks/ghz/prompts.json: 48 short + 16 long real Arena prompts) at conc
 then Score calls of all 64 prompts (router mf) at concurrency 2. Route decisions/s per server core are
 OK Route calls/s with the server pinned to one core; Score prompts/s are OK Score calls/s x 64. Latency
 percentiles are over OK calls. Each server's peak RSS (VmHWM) is read before it stops; each bundle's
-size is the sum of its files. Writes OUT/summary.json and OUT/RESULTS.md (the table and the goals of
-the fast-encoder issue judged on this run).
+size is the sum of its files. Then `--rounds` (default 5) interleaved rounds of the empty handler, the
+scoring-only server and that bundle's service, Route at concurrency 16 and 64 each, with the server's
+CPU per OK call: the Route share's median and spread over rounds, which one run's table cannot give.
+Writes OUT/summary.json and OUT/RESULTS.md (the table and the goals of the fast-encoder issue judged on
+this run).
 """
 
 from __future__ import annotations
