@@ -339,15 +339,21 @@ class Scheduler(Generic[T]):
     def _may_score_now(self, texts: list[str], weight: float) -> bool:
         """True when a call of `texts` at `weight` may skip the queue: nothing queued, no batch being
         scored, no batch-filling wait, and its prompts fit one batch that the measured cost says runs
-        inline (priced at the average prompt's tokens, and, once tokenising is measured, its characters
-        tokenised within the inline budget too: a call of very long prompts goes to the threads)."""
+        inline (priced at the average prompt's tokens), and its characters tokenised within the inline
+        budget too at the measured tokenising cost (a call of very long prompts goes to the threads);
+        before tokenising is measured (one-prompt calls to an idle scheduler skip it) only a one-prompt
+        call may, so the first bigger call is tokenised on its thread, and measured."""
         return (
             not self._scoring
             and not len(self._queue)
             and self.policy.max_wait_us == 0
             and len(texts) <= self.max_batch_size
             and self._inline_ok(self._batch_seconds([None] * len(texts), weight))
-            and ((tokenizing := self._tokenize_seconds(texts)) is None or self._inline_ok(tokenizing))
+            and (
+                len(texts) == 1
+                if (tokenizing := self._tokenize_seconds(texts)) is None
+                else self._inline_ok(tokenizing)
+            )
         )
 
     async def _score_now(

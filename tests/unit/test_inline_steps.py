@@ -275,17 +275,20 @@ class SlowTokenizingScorer(ThreadRecordingScorer):
 
 
 def test_a_call_of_very_long_prompts_is_not_scored_on_the_event_loop() -> None:
-    """Once tokenising is measured, an idle call whose characters would take longer than the inline
-    budget to tokenise is not scored at once on the event loop, even where its prompt count fits one
-    inline batch: its prompts are tokenised on the tokenising thread."""
+    """An idle call whose characters would take longer than the inline budget to tokenise is not scored
+    at once on the event loop, even where its prompt count fits one inline batch: its prompts are
+    tokenised on the tokenising thread; so is a call of several prompts before tokenising is measured."""
 
     async def body() -> None:
         loop_thread = threading.get_ident()
         scorer = SlowTokenizingScorer(encoder_kind="static")
         sched = make(scorer, inline_us=-1, max_batch_size=-1)
         short = [f"short {i}" for i in range(64)]
-        await sched.score(short)  # through the queue: tokenising and scoring measured
+        await sched.score(["alone"])  # the idle one-prompt path: scoring measured, tokenising not
         steady(sched)
+        scorer.tokenize_threads.clear()
+        await sched.score(short)  # tokenising unmeasured: not at once, tokenised (and measured) on its thread
+        assert scorer.tokenize_threads and loop_thread not in scorer.tokenize_threads
         long = [f"long {i} " + "x" * 900 for i in range(64)]  # ~58,000 characters: ~12 ms to tokenise
         for prompts, at_once in ((short, True), (long, False)):
             scorer.score_threads.clear()
