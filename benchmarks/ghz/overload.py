@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k in args.loads:
             rps = max(1, round(k * capacity))
             before = srv.snapshot_after(time.time(), idle=True)
-            lines0, t0, cpu0, loop0 = srv.lines, time.monotonic(), cpu_s(srv), loop_cpu_s(srv)
+            lines0, t0, cpu0, loop0 = srv.lines, time.monotonic(), srv.cpu_seconds(), srv.loop_cpu_seconds()
             with ThreadPoolExecutor(2) as pool:
                 route = pool.submit(
                     run_ghz,
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 score = pool.submit(score_caller, srv.target, args.seconds)
                 r, s = route.result(), score.result()
             wall = time.monotonic() - t0
-            cpu, loop_cpu = cpu_s(srv) - cpu0, loop_cpu_s(srv) - loop0
+            cpu, loop_cpu = srv.cpu_seconds() - cpu0, srv.loop_cpu_seconds() - loop0
             lines = srv.lines - lines0
             after = srv.snapshot_after(time.time(), idle=True)
             counters = {
@@ -269,31 +269,13 @@ def _refused(row: dict[str, Any]) -> int:
     return sum(n for code, n in row["status"].items() if code in {"ResourceExhausted", "RESOURCE_EXHAUSTED"})
 
 
-def _stat_cpu_s(path: Path) -> float:
-    fields = path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(srv: ChildServer) -> float:
-    """The server process's CPU time so far (utime + stime), seconds."""
-    assert srv.proc is not None
-    return _stat_cpu_s(Path(f"/proc/{srv.proc.pid}/stat"))
-
-
-def loop_cpu_s(srv: ChildServer) -> float:
-    """The CPU time so far of the server's main thread, which runs the event loop (gRPC handlers,
-    admission, refusals, access log); the scoring and tokenising threads are the others."""
-    assert srv.proc is not None
-    return _stat_cpu_s(Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/stat"))
-
-
 def measure_transport(args: argparse.Namespace, out: Path) -> float:
     """Server CPU ms per call of the empty handler (empty_server.py) under closed-loop Route."""
     with ChildServer([sys.executable, str(HERE / "empty_server.py")], args.server_cores, stats=False) as srv:
         run_ghz(GhzRun("route.json", 4, 1, 2.0, label="transport_warm"), srv.target, args.client_cores, out / "ghz")
-        cpu0 = cpu_s(srv)
+        cpu0 = srv.cpu_seconds()
         r = run_ghz(GhzRun("route.json", 16, 1, 5.0, label="transport"), srv.target, args.client_cores, out / "ghz")
-        return (cpu_s(srv) - cpu0) * 1000.0 / max(r["count"], 1)
+        return (srv.cpu_seconds() - cpu0) * 1000.0 / max(r["count"], 1)
 
 
 def measure_capacity(srv: ChildServer, args: argparse.Namespace, out: Path) -> tuple[float, list[dict[str, Any]]]:

@@ -56,6 +56,12 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def _stat_cpu_s(path: Path) -> float:
+    """utime + stime of a /proc .../stat file, seconds."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ChildServer:
     """`lmroute-serve` (or the empty server) as a child on a free port, pinned to `cores`.
 
@@ -116,8 +122,13 @@ class ChildServer:
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) the server process has used so far, from /proc/PID/stat."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_s(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def loop_cpu_seconds(self) -> float:
+        """The CPU seconds so far of the server's main thread, which runs the event loop (gRPC handlers,
+        admission, refusals, access log); the scoring and tokenising threads are the others."""
+        assert self.proc is not None
+        return _stat_cpu_s(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
 
     def snapshot_after(self, wall_t: float, timeout_s: float = 60.0, idle: bool = True) -> dict[str, Any]:
         """The first stats snapshot written after `wall_t` (time.time()), with idle=True the first

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import GhzRun, run_ghz
-from overload import _cpu_model, cpu_s
+from overload import _cpu_model
 from procs import ChildServer, default_cores
 
 
@@ -32,9 +32,9 @@ def measure(cmd: list[str], label: str, args: argparse.Namespace, prime: bool) -
             run_ghz(
                 GhzRun("route.json", 1, 1, 4.0, label=f"{label}_prime"), srv.target, args.client_cores, args.ghz_dir
             )
-        cpu0 = cpu_s(srv)
+        cpu0 = srv.cpu_seconds()
         r = run_ghz(GhzRun("route.json", 16, 1, args.seconds, label=label), srv.target, args.client_cores, args.ghz_dir)
-        cpu = cpu_s(srv) - cpu0
+        cpu = srv.cpu_seconds() - cpu0
     return {"label": label, "status": r["status"], "calls": r["count"], "ms_per_call": cpu * 1000 / max(r["count"], 1)}
 
 
