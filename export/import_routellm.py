@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from lmroute.bundle.kinds.sw_ranking import FITS
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.manifest import DefaultPair, EncoderSpec, TrainingData
 from lmroute.bundle.remote_encoder import RemoteSettings, write_remote_spec
@@ -467,8 +468,8 @@ def import_sw(
     RouteLLM's own scikit-learn fit, which stops at its tolerance 1e-4 short of the optimum, so the
     bundle scores as RouteLLM as released does; "exact" solves the same model to its optimum in the
     compiled core (faster, no scikit-learn; scores differ from RouteLLM's by up to ~1e-4)."""
-    if fit not in ("routellm", "exact"):
-        raise ImportError_(f"--sw-fit must be routellm or exact, got {fit!r}")
+    if fit not in FITS:
+        raise ImportError_(f"--sw-fit must be one of {', '.join(FITS)}, got {fit!r}")
     kept = read_battles(battles)
     emb = read_battle_embeddings(embeddings)
     if len(kept) != len(emb):
@@ -539,7 +540,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-tiers", type=int, default=10, help="sw_ranking: RouteLLM's num_tiers")
     p.add_argument(
         "--sw-fit",
-        choices=["routellm", "exact"],
+        choices=FITS,
         default="routellm",
         help="sw_ranking: each request's fit: RouteLLM's own (scikit-learn, stopped at its tol 1e-4; scores as "
         "RouteLLM does) or the exact optimum (compiled, faster; differs by up to ~1e-4)",

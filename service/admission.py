@@ -50,6 +50,11 @@ _MIN_RETRY_MS = 10
 _MAX_RETRY_MS = 10_000
 
 
+def _ewma(old: float | None, x: float, smoothing: float) -> float:
+    """An exponentially weighted mean moved towards `x` (`x` itself when there is none yet)."""
+    return x if old is None else old + smoothing * (x - old)
+
+
 class CostLine:
     """A cost against a size (seconds against tokens or characters), as a line: the exponentially
     weighted least-squares fit of the observed (size, seconds) pairs. `line()` is (fixed seconds, seconds
@@ -64,19 +69,9 @@ class CostLine:
     def observe(self, size: float, seconds: float) -> None:
         """One measured step of `size` units that took `seconds`."""
         x, y = float(size), float(seconds)
-        sample = (x, y, x * x, x * y)
-        m = self._moments
+        m = self._moments or (None, None, None, None)
         a = self.smoothing
-        self._moments = (
-            sample
-            if m is None
-            else (
-                m[0] + a * (x - m[0]),
-                m[1] + a * (y - m[1]),
-                m[2] + a * (x * x - m[2]),
-                m[3] + a * (x * y - m[3]),
-            )
-        )
+        self._moments = (_ewma(m[0], x, a), _ewma(m[1], y, a), _ewma(m[2], x * x, a), _ewma(m[3], x * y, a))
 
     def line(self) -> tuple[float, float] | None:
         if self._moments is None:
@@ -124,7 +119,7 @@ class ServiceRate:
         self._line.observe(n_tokens, shared)
 
     def _mix(self, old: float | None, x: float) -> float:
-        return x if old is None else old + self.smoothing * (x - old)
+        return _ewma(old, x, self.smoothing)
 
     @property
     def measured(self) -> bool:

@@ -349,12 +349,14 @@ class Scheduler(Generic[T]):
             and self.policy.max_wait_us == 0
             and len(texts) <= self.max_batch_size
             and self._inline_ok(self._batch_seconds([None] * len(texts), weight))
-            and (
-                len(texts) == 1
-                if (tokenizing := self._tokenize_seconds(texts)) is None
-                else self._inline_ok(tokenizing)
-            )
+            and self._tokenizing_fits(texts)
         )
+
+    def _tokenizing_fits(self, texts: list[str]) -> bool:
+        """Whether tokenising `texts` fits the inline budget at the measured cost; unmeasured, only one
+        prompt does (`_may_score_now`)."""
+        seconds = self._tokenize_seconds(texts)
+        return len(texts) == 1 if seconds is None else self._inline_ok(seconds)
 
     async def _score_now(
         self, texts: list[str], routers: tuple[str, ...], weight: float, scorer: Scorer[T], admitted: float

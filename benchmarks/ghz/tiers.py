@@ -44,6 +44,7 @@ from procs import ChildServer, default_cores, empty_cmd, service_cmd
 REPO = HERE.parent.parent
 ROUTE_CONCURRENCY = (1, 16, 64)
 ROUND_CONCURRENCY = (16, 64)
+ROUNDS = 5  # --rounds default
 SCORE_PROMPTS = 64
 SCORE_CONCURRENCY = 2
 SCORING_ONLY = "scoring only"
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rounds",
         type=int,
-        default=5,
+        default=ROUNDS,
         help="then this many interleaved rounds of Route (c=16, 64) on the empty handler, the scoring-only server and "
         "the --scoring-only bundle, for the spread of the Route share (0 = none)",
     )
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(
         [*(f"--bundle {shlex.quote(b)}" for b in args.bundle), *(f"--flags {shlex.quote(f)}" for f in args.flags)]
-        + ([f"--rounds {args.rounds}"] if args.rounds != 5 else [])
+        + ([f"--rounds {args.rounds}"] if args.rounds != ROUNDS else [])
     )
     (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary, default=str)), command))
     print((args.out / "RESULTS.md").read_text())
