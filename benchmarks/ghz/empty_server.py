@@ -3,7 +3,7 @@ event loop, the request-context interceptor) but Route and Score answer at once 
 scheduler and no scorer. What ghz measures against it is the transport's own cost.
 
     .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]]
-        [--bundle DIR]
+        [--bundle DIR [--embed-only]] [--spin-us N]
 
 `--no-interceptor` leaves the request-context interceptor out (its cost is the difference). `--sync`
 serves the same handlers from a synchronous `grpc.server` with a pool of `--workers` threads instead of
@@ -11,7 +11,11 @@ grpc.aio (no interceptor: the service's is written for grpc.aio), to compare the
 `--bundle DIR` makes the handlers do the scoring work itself and nothing else: each prompt through the
 bundle's tokenizer, encoder and router (the request's routers; Route: its strong share's threshold from
 the calibration table), inline, no scheduler, admission, decision ids or store: the most a service
-path on this transport could make of that bundle.
+path on this transport could make of that bundle. With `--embed-only` the handlers do only the least
+work any answer of a static-encoder bundle needs: the compiled tokenizer's ids of each prompt and the
+token table's mean of them (answers stay constant). `--spin-us N` makes each call of a handler spend N
+microseconds of its thread's CPU time in a loop and nothing else (benchmarks/ghz/floor.py: what a
+handler's own work costs the server per call under load).
 
 Prints `empty-server: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT.
 """
@@ -23,11 +27,13 @@ import asyncio
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_reflection.v1alpha import reflection
 
 from lmroute.service.config import ServiceConfig
@@ -38,13 +44,22 @@ from lmroute.v1 import router_pb2, router_pb2_grpc
 
 
 class Scoring:
-    """The scoring work of one bundle alone (`--bundle`): None = constant answers."""
+    """The scoring work of one bundle alone (`--bundle`): None = constant answers; `embed_only`: the
+    tokenizer's ids and the token table's mean only (a static-encoder bundle); `spin_s`: that much thread
+    CPU time per call instead."""
 
     bundle: Any = None
+    embed_only = False
+    spin_s = 0.0
 
     @classmethod
     def scores(cls, texts: list[str], router: str) -> list[float]:
+        if cls.spin_s > 0:
+            spin(cls.spin_s)
         if cls.bundle is None:
+            return [0.25] * len(texts)
+        if cls.embed_only:
+            embed_only(cls.bundle.encoder, texts)
             return [0.25] * len(texts)
         from lmroute.bundle.routers import PromptBatch
 
@@ -55,9 +70,31 @@ class Scoring:
 
     @classmethod
     def threshold(cls, request: router_pb2.RouteRequest) -> float:
-        if cls.bundle is None:
+        if cls.bundle is None or cls.embed_only:
             return 0.5
         return float(cls.bundle.threshold_for_share(request.router, request.strong_share))
+
+
+def spin(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time (time spent preempted does not count)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def embed_only(encoder: Any, texts: list[str]) -> np.ndarray:
+    """The token-table mean of each text's compiled-tokenizer ids (template included, no cut): the core of a
+    static encoder's `tokenize` + `embed` without the padded batch in between."""
+    from lmroute.kernels.compiled import token_mean
+
+    fast = encoder.tokenizer._fast
+    if fast is None:
+        raise SystemExit("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
+    ids, lengths, _, _ = fast.encode(texts)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out: np.ndarray = token_mean(encoder._table, ids, offsets)
+    return out
 
 
 def route_reply(request: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
@@ -163,12 +200,20 @@ def main() -> int:
     ap.add_argument("--sync", action="store_true", help="a synchronous grpc.server with a thread pool")
     ap.add_argument("--workers", type=int, default=4, help="--sync: threads in the pool")
     ap.add_argument("--bundle", type=Path, default=None, help="do this bundle's scoring work in the handlers")
+    ap.add_argument("--embed-only", action="store_true", help="--bundle: only the tokenizer's ids and the table mean")
+    ap.add_argument("--spin-us", type=float, default=0.0, help="spend this much thread CPU time per call")
     args = ap.parse_args()
     configure_logging("warning")  # as the service runs in the benchmark: no line per call
+    if args.embed_only and args.bundle is None:
+        ap.error("--embed-only needs --bundle")
+    Scoring.spin_s = args.spin_us * 1e-6
     if args.bundle is not None:
         from lmroute.bundle.loader import load_bundle
 
         Scoring.bundle = load_bundle(args.bundle)
+        Scoring.embed_only = args.embed_only
+        if args.embed_only and getattr(Scoring.bundle.encoder, "_table", None) is None:
+            ap.error("--embed-only needs a static-encoder bundle")
     if args.sync:
         return serve_sync(args.host, args.port, args.workers)
     return asyncio.run(serve(args.host, args.port, interceptor=not args.no_interceptor))

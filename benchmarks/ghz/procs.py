@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -36,6 +37,16 @@ def default_cores() -> tuple[str, str]:
     half = len(cpus) // 2
     fmt = lambda cs: ",".join(str(c) for c in cs)  # noqa: E731
     return fmt(cpus[:half]), fmt(cpus[half:])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    found = (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+    return next(found, platform.processor())
 
 
 def child_env() -> dict[str, str]:

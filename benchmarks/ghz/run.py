@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import GHZ, GhzRun, ghz_version, run_ghz
-from procs import ChildServer, child_env, default_cores, empty_cmd, pinned, run_json_script, service_cmd
+from procs import ChildServer, child_env, cpu_model, default_cores, empty_cmd, pinned, run_json_script, service_cmd
 
 from lmroute.service.config import BatchPolicy
 
@@ -270,14 +270,7 @@ def machine_and_versions(a: argparse.Namespace) -> dict[str, Any]:
     import grpc
     import onnxruntime
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     mem = next(
         (
             int(ln.split()[1]) * 1024

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import GhzRun, ghz_version, run_ghz
-from procs import ChildServer, default_cores, empty_cmd, service_cmd
+from procs import ChildServer, cpu_model, default_cores, empty_cmd, service_cmd
 
 REPO = HERE.parent.parent
 ROUTE_CONCURRENCY = (1, 16, 64)
@@ -308,14 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         per_round = (
             rounds(round_targets, args.rounds, server_core, client_core, args.seconds, Path(tmp)) if args.rounds else []
         )
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
         "cpu": cpu,

@@ -1,0 +1,235 @@
+"""What a handler's own work costs the server per Route call under load, and so where the Route share of
+the static tier (its rate / the empty handler's) can be at best on this transport.
+
+    scripts/install_ghz.sh
+    .venv/bin/python benchmarks/ghz/floor.py --bundle /tmp/tiers/static --out benchmarks/ghz/results/floor
+
+The bundle is a static-encoder bundle with an mf router (`lmroute-export build --encoder static ...`).
+Servers, in interleaved rounds (`tiers.rounds`: each started in turn, a 2 s warm-up, then closed-loop
+Route at concurrency 16 and 64, the server pinned to one core and ghz to the other, the server's CPU per
+OK call read from /proc):
+
+- empty handler: `empty_server.py`, constant answers (the transport and the request-context
+  interceptor);
+- spin N us: the same, each Route spending N us of its thread's CPU time in a loop first (`--spin-us`),
+  for each N of `--spin-us`: work that touches nothing, so its cost under load is the transport's
+  response to a handler of that length;
+- tokenise + embed: the same, each Route computing the compiled tokenizer's ids of its prompt and the
+  token table's mean of them (`--embed-only`): the least work any answer of a static-encoder bundle needs;
+- scoring only: the same, each Route scored by the bundle's tokenizer, encoder and mf router, its
+  threshold from the calibration table (`--bundle`): the scoring work without a service path;
+- service: `lmroute-serve --bundle B` with its defaults.
+
+Before the rounds, each handler's work is timed in this process, one prompt after another over the
+benchmark prompts (thread CPU per call, median of 5 passes): `route_reply` of empty_server.py in each mode,
+and for the service `RouterServicer.route` of a started server (scheduler, scorer, decision id; not the
+interceptor, which the empty handler runs too). Per server the page gives the work added over the empty
+handler in process, the CPU added per call in the server under load, their ratio, and the Route share
+(per round: best OK/s of the two concurrencies / the empty handler's; median and spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import empty_server
+from loadgen import ghz_version
+from procs import cpu_model, default_cores, empty_cmd, service_cmd
+from tiers import round_ratios, rounds
+
+from lmroute.v1 import router_pb2
+
+SPIN_US = (50.0, 100.0, 200.0)
+ROUNDS = 5
+PASSES = 5
+EMPTY = "empty handler"
+SERVICE = "service"
+
+
+def requests() -> list[router_pb2.RouteRequest]:
+    texts = [p["text"] for p in json.loads((HERE / "prompts.json").read_text())]
+    return [router_pb2.RouteRequest(prompt=router_pb2.Prompt(text=t), router="mf", strong_share=0.5) for t in texts]
+
+
+def cpu_us_per_call(call: Callable[[router_pb2.RouteRequest], object], reqs: list[router_pb2.RouteRequest]) -> float:
+    """Median over PASSES of the thread CPU per call of `call` over `reqs` (after one warm pass)."""
+    for r in reqs:
+        call(r)
+    passes = []
+    for _ in range(PASSES):
+        t0 = time.thread_time()
+        for _ in range(10):
+            for r in reqs:
+                call(r)
+        passes.append((time.thread_time() - t0) * 1e6 / (10 * len(reqs)))
+    return statistics.median(passes)
+
+
+def handler_work(bundle: Path, spin_us: tuple[float, ...]) -> dict[str, float]:
+    """In-process thread CPU per Route call of each server's handler work (see the module docstring)."""
+    from lmroute.bundle.loader import load_bundle
+
+    reqs = requests()
+    scoring = empty_server.Scoring
+    out: dict[str, float] = {EMPTY: cpu_us_per_call(empty_server.route_reply, reqs)}
+    for n in spin_us:
+        scoring.spin_s = n * 1e-6
+        out[spin_name(n)] = cpu_us_per_call(empty_server.route_reply, reqs)
+    scoring.spin_s = 0.0
+    scoring.bundle = load_bundle(bundle)
+    scoring.embed_only = True
+    out["tokenise + embed"] = cpu_us_per_call(empty_server.route_reply, reqs)
+    scoring.embed_only = False
+    out["scoring only"] = cpu_us_per_call(empty_server.route_reply, reqs)
+    scoring.bundle = None
+    out[SERVICE] = asyncio.run(service_work(bundle, reqs))
+    return out
+
+
+async def service_work(bundle: Path, reqs: list[router_pb2.RouteRequest]) -> float:
+    """`RouterServicer.route` of a started server on `bundle` (port 0, logs at warning), per call."""
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.logs import configure_logging
+    from lmroute.service.server import RouterServer
+
+    configure_logging("warning")
+    server = RouterServer(ServiceConfig(bundle_path=bundle, port=0))
+    await server.start()
+    try:
+        route = server.servicer.route
+        for r in reqs:
+            await route(r, asked_tenant="", timeout_s=None)
+        passes = []
+        for _ in range(PASSES):
+            t0 = time.thread_time()
+            for _ in range(10):
+                for r in reqs:
+                    await route(r, asked_tenant="", timeout_s=None)
+            passes.append((time.thread_time() - t0) * 1e6 / (10 * len(reqs)))
+        return statistics.median(passes)
+    finally:
+        await server.stop(0)
+
+
+def spin_name(n: float) -> str:
+    return f"spin {n:g} us"
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    rows = summary["rounds"]
+    names = list(rows[0])
+    work = summary["handler_work_us"]
+    cpu = {n: statistics.median(v["cpu_us_per_call"] for row in rows for v in row[n].values()) for n in names}
+    lines = [
+        "# The Route share's floor: what a handler's own work costs the server per call",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- {summary['date']}; {summary['cpu']}, {summary['n_cpus']} CPUs; Python {summary['python']}; "
+        f"ghz {summary['ghz']}.",
+        f"- Server pinned to core {summary['server_core']}, ghz to core {summary['client_core']}; "
+        f"{len(rows)} interleaved rounds, each server: 2 s warm-up, then Route (router mf, strong_share 0.5, "
+        f"benchmarks/ghz/prompts.json) at concurrency 16 and 64 for {summary['seconds']:g} s each.",
+        f"- Bundle `{summary['bundle']}`: {summary['bundle_desc']}.",
+        "- In process: thread CPU per Route call of the handler's work alone (median of "
+        f"{PASSES} passes over the 64 prompts); under load: the server process's CPU per OK call (median over "
+        "rounds and both concurrencies). Added = minus the empty handler's.",
+        "",
+        "| server | work in process, us/call | added | server CPU under load, us/call | added | added under load "
+        "/ added in process | Route share of the empty handler: median (lowest-highest) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in names:
+        shares = sorted(round_ratios(rows, n, EMPTY)) if n != EMPTY else [1.0]
+        added_work, added_cpu = work[n] - work[EMPTY], cpu[n] - cpu[EMPTY]
+        ratio = f"{added_cpu / added_work:.1f}" if n != EMPTY and added_work > 1 else "-"
+        lines.append(
+            f"| {n} | {work[n]:,.1f} | {added_work:,.1f} | {cpu[n]:,.0f} | {added_cpu:,.0f} | {ratio} | "
+            f"{statistics.median(shares):.2f} ({shares[0]:.2f}-{shares[-1]:.2f}) |"
+        )
+    lines += [
+        "",
+        "Per round (best OK/s of the two concurrencies; CPU us/call at each):",
+        "",
+        "| round | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for i, row in enumerate(rows):
+        cells = [str(i + 1)]
+        for n in names:
+            best = max(v["ok_per_s"] for v in row[n].values())
+            cells.append(f"{best:,.0f}/s, " + " / ".join(f"{v['cpu_us_per_call']:,.0f}" for v in row[n].values()))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True, help="a static-encoder bundle with an mf router")
+    p.add_argument("--spin-us", type=float, nargs="*", default=list(SPIN_US), help="handler spins to measure")
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "floor")
+    args = p.parse_args(argv)
+    from lmroute.bundle.loader import read_manifest
+
+    m = read_manifest(args.bundle)
+    if m.encoder.kind != "static" or "mf" not in m.routers:
+        p.error(f"{args.bundle}: needs a static-encoder bundle with an mf router")
+    t0 = time.time()
+    work = handler_work(args.bundle, tuple(args.spin_us))
+    print("in process, us/call:", {k: round(v, 1) for k, v in work.items()}, file=sys.stderr)
+    server_core, client_core = default_cores()
+    targets = [
+        (EMPTY, empty_cmd()),
+        *((spin_name(n), [*empty_cmd(), "--spin-us", f"{n:g}"]) for n in args.spin_us),
+        ("tokenise + embed", [*empty_cmd(), "--bundle", str(args.bundle), "--embed-only"]),
+        ("scoring only", [*empty_cmd(), "--bundle", str(args.bundle)]),
+        (SERVICE, service_cmd(args.bundle)),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        per_round = rounds(targets, args.rounds, server_core, client_core, args.seconds, Path(tmp))
+    cpu = cpu_model()
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
+        "cpu": cpu,
+        "n_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "ghz": ghz_version(),
+        "server_core": server_core,
+        "client_core": client_core,
+        "seconds": args.seconds,
+        "bundle": str(args.bundle),
+        "bundle_desc": f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims), version {m.bundle_version}",
+        "wall_s": round(time.time() - t0, 1),
+        "handler_work_us": work,
+        "rounds": per_round,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    command = f".venv/bin/python benchmarks/ghz/floor.py --bundle {args.bundle}" + (
+        f" --rounds {args.rounds}" if args.rounds != ROUNDS else ""
+    )
+    (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary)), command))
+    print((args.out / "RESULTS.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
