@@ -1,0 +1,175 @@
+"""Which prompts to judge: label-budget rules against a random sample, on a validation split of the MMLU
+stream half only (the adaptation protocol's test half is never read).
+
+    .venv/bin/python benchmarks/adaptation/label_budget_validation.py --bundle /tmp/tiers/onnx \
+        --out benchmarks/adaptation/RESULTS_label_budget.md
+
+Per seed the stream half (`lmroute.adapt.protocol.stream_mask`) is shuffled; its first --pool prompts
+pass as traffic in windows of 500, and each rule marks --labels of them for judging (the same number per
+window, as the service's label budget would); the paired learner (`fit_paired`: ridge of strong - weak
+quality on [embedding | log length], penalty by cross-validation) is fitted on the marked prompts'
+outcomes and scores the remaining stream prompts (the validation split), APGR by the paper's deciles.
+Rules:
+
+- random: a uniform sample of each window;
+- label budget (default): `lmroute.adapt.selection.label_budget` as the service runs it (random share
+  0.9, the rest by the ridge's posterior variance);
+- label budget (variance 0.7): the same with random share 0.3;
+- disagreement (alpha A, mix M): the first window uniform; later windows sampled with probability
+  proportional to the predicted chance that the two models' qualities differ (a ridge of |strong - weak|
+  on the prompts judged so far, clipped at 0.02, to the power A), mixed with a share M of uniform
+  (depends on the outcomes judged so far, not on those of the prompts it picks);
+- and, for scale, random with every prompt of the pool judged.
+
+Reported: mean and standard deviation over seeds, and each rule's paired difference from random (same
+seed, same pool and validation split) with its standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lmroute.adapt.head import log_length
+from lmroute.adapt.learners import fit_paired
+from lmroute.adapt.protocol import stream_mask
+from lmroute.adapt.selection import design_inverse, label_budget
+from lmroute.bundle.loader import load_bundle
+from lmroute.export.embed_cache import embed_texts, encoder_id_of
+from lmroute.export.evalsets import load_eval
+from lmroute.export.metrics import router_metrics
+
+WINDOW = 500
+Rule = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
+
+
+class Stream:
+    """The MMLU stream half: embeddings, log lengths, both models' quality."""
+
+    def __init__(self, bundle: Path, data: Path, cache: Path) -> None:
+        enc = load_bundle(bundle).encoder
+        ev = load_eval("mmlu", data)
+        emb = embed_texts(enc, ev.prompts, cache, encoder_id=encoder_id_of(enc))
+        keep = stream_mask(ev.prompts)
+        self.emb = np.asarray(emb, dtype=np.float64)[keep]
+        self.len = log_length([p for p, k in zip(ev.prompts, keep, strict=True) if k])
+        self.sq = np.asarray(ev.strong_quality, dtype=np.float64)[keep]
+        self.wq = np.asarray(ev.weak_quality, dtype=np.float64)[keep]
+        self.gap = self.sq - self.wq
+
+    def windows(self, pool: np.ndarray, k: int) -> list[tuple[np.ndarray, int]]:
+        """The pool in windows of WINDOW and how many of each to mark (k in all, spread evenly)."""
+        out, done = [], 0
+        for start in range(0, pool.size, WINDOW):
+            win = pool[start : start + WINDOW]
+            n = int(round(k * (start + win.size) / pool.size)) - done
+            out.append((win, n))
+            done += n
+        return out
+
+
+def rules(s: Stream, k: int) -> dict[str, Rule]:
+    def uniform(pool: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
+        return np.concatenate([rng.choice(w, n, replace=False) for w, n in s.windows(pool, k)])
+
+    def budget(share: float) -> Rule:
+        def pick(pool: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
+            inverse, out = design_inverse(s.emb.shape[1], 30.0), []
+            for i, (w, n) in enumerate(s.windows(pool, k)):
+                idx, inverse = label_budget(s.emb[w], s.len[w], n, inverse, random_share=share, seed=seed + i)
+                out.append(w[idx])
+            return np.concatenate(out)
+
+        return pick
+
+    def disagreement(alpha: float, mix: float) -> Rule:
+        def pick(pool: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
+            out: list[np.ndarray] = []
+            for w, n in s.windows(pool, k):
+                if not out:
+                    out.append(rng.choice(w, n, replace=False))
+                    continue
+                seen = np.concatenate(out)
+                head = fit_paired(s.emb[seen], s.len[seen], np.abs(s.gap[seen]), seed=seed)
+                p = np.clip(head.raw(s.emb[w], s.len[w]), 0.02, 1.0) ** alpha
+                p = (1.0 - mix) * p / p.sum() + mix / w.size
+                out.append(rng.choice(w, n, replace=False, p=p / p.sum()))
+            return np.concatenate(out)
+
+        return pick
+
+    return {
+        "random": uniform,
+        "label budget (default: random share 0.9)": budget(0.9),
+        "label budget (random share 0.3)": budget(0.3),
+        "disagreement (alpha 1, mix 0.3)": disagreement(1.0, 0.3),
+        "disagreement (alpha 2, mix 0.3)": disagreement(2.0, 0.3),
+        "disagreement (alpha 2, mix 0.1)": disagreement(2.0, 0.1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True, help="a bundle whose encoder embeds the prompts")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--cache", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--pool", type=int, default=5000)
+    p.add_argument("--labels", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/adaptation/RESULTS_label_budget.md"))
+    args = p.parse_args(argv)
+    t0 = time.time()
+    s = Stream(args.bundle, args.data, args.cache)
+    if args.pool >= s.gap.size:
+        p.error(f"--pool {args.pool}: the stream half holds {s.gap.size} prompts; leave some for validation")
+    table = rules(s, args.labels)
+    table[f"random, all {args.pool} judged"] = lambda pool, rng, seed: pool
+    got: dict[str, list[float]] = {name: [] for name in table}
+    for seed in range(args.seeds):
+        order = np.random.default_rng(seed).permutation(s.gap.size)
+        pool, val = order[: args.pool], order[args.pool :]
+        for name, rule in table.items():
+            idx = rule(pool, np.random.default_rng(10_000 + seed), seed)
+            head = fit_paired(s.emb[idx], s.len[idx], s.gap[idx], seed=seed)
+            got[name].append(router_metrics(head.raw(s.emb[val], s.len[val]), s.sq[val], s.wq[val]).apgr)
+        print(f"seed {seed + 1}/{args.seeds}", file=sys.stderr)
+    base = np.asarray(got["random"])
+    lines = [
+        "# Label budget: which prompts to judge, on a validation split of the MMLU stream half",
+        "",
+        "```bash",
+        f".venv/bin/python benchmarks/adaptation/label_budget_validation.py --bundle {args.bundle}",
+        "```",
+        "",
+        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
+        f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({encoder_id_of(load_bundle(args.bundle).encoder)[:16]}...).",
+        f"- MMLU stream half: {s.gap.size} prompts; per seed a shuffled pool of {args.pool} passes in windows of "
+        f"{WINDOW}, {args.labels} of it judged; APGR on the other {s.gap.size - args.pool} stream prompts; "
+        f"{args.seeds} seeds.",
+        "",
+        "| rule | APGR (validation), mean ± sd | minus random (same seed), mean ± se |",
+        "|---|---|---|",
+    ]
+    summary = {}
+    for name, values in got.items():
+        v = np.asarray(values)
+        diff = v - base
+        se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else float("nan")
+        summary[name] = {"apgr": values, "mean": float(v.mean()), "diff_mean": float(diff.mean()), "diff_se": se}
+        cell = "-" if name == "random" else f"{diff.mean():+.4f} ± {se:.4f}"
+        lines.append(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {cell} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
