@@ -83,14 +83,22 @@ def spin(seconds: float) -> None:
 
 
 def embed_only(encoder: Any, texts: list[str]) -> np.ndarray:
-    """The token-table mean of each text's compiled-tokenizer ids (template included, no cut): the core of a
-    static encoder's `tokenize` + `embed` without the padded batch in between."""
+    """The token-table mean of each text's compiled-tokenizer ids, a text longer than the encoder's limit
+    cut by its truncation rule first (`cut_positions`): the core of a static encoder's `tokenize` +
+    `embed` without the padded batch in between."""
+    from lmroute.bundle.truncation import cut_positions
     from lmroute.kernels.compiled import token_mean
 
-    fast = encoder.tokenizer._fast
-    if fast is None:
+    tok = encoder.tokenizer
+    if tok._fast is None:
         raise SystemExit("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
-    ids, lengths, _, _ = fast.encode(texts)
+    ids, lengths, _, _ = tok._fast.encode(texts)
+    if int(lengths.max()) > tok.max_tokens:
+        positions, valid = cut_positions(
+            lengths, max_tokens=tok.max_tokens, truncation=tok.truncation, front=tok.front, back=tok.back
+        )
+        ids = ids[((np.cumsum(lengths) - lengths)[:, None] + positions)[valid]]
+        lengths = valid.sum(axis=1)
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out: np.ndarray = token_mean(encoder._table, ids, offsets)
