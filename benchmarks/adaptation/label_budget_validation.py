@@ -14,7 +14,7 @@ Rules:
 - random: a uniform sample of each window;
 - label budget (default): `lmroute.adapt.selection.label_budget` as the service runs it (random share
   0.9, the rest by the ridge's posterior variance);
-- label budget (variance 0.7): the same with random share 0.3;
+- label budget (random share 0.3): the same with 70 % of the marks by variance;
 - disagreement (alpha A, mix M): the first window uniform; later windows sampled with probability
   proportional to the predicted chance that the two models' qualities differ (a ridge of |strong - weak|
   on the prompts judged so far, clipped at 0.02, to the power A), mixed with a share M of uniform
