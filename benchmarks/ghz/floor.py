@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,9 +46,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import empty_server
-from loadgen import ghz_version
-from procs import cpu_model, default_cores, empty_cmd, service_cmd
-from tiers import round_ratios, rounds
+from procs import default_cores, empty_cmd, service_cmd
+from tiers import round_ratios, rounds, run_header
 
 from lmroute.v1 import router_pb2
 
@@ -206,19 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         per_round = rounds(targets, args.rounds, server_core, client_core, args.seconds, Path(tmp))
-    cpu = cpu_model()
     summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
-        "cpu": cpu,
-        "n_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "ghz": ghz_version(),
-        "server_core": server_core,
-        "client_core": client_core,
-        "seconds": args.seconds,
+        **run_header(t0, server_core, client_core, args.seconds),
         "bundle": str(args.bundle),
         "bundle_desc": f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims), version {m.bundle_version}",
-        "wall_s": round(time.time() - t0, 1),
         "handler_work_us": work,
         "rounds": per_round,
     }

@@ -116,6 +116,22 @@ def rounds(
     return out
 
 
+def run_header(t0: float, server_core: str, client_core: str, seconds: float) -> dict[str, Any]:
+    """What a results page says of its run: start (`t0`, time.time()), host, versions, cores, run length,
+    wall time so far."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
+        "cpu": cpu_model(),
+        "n_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "ghz": ghz_version(),
+        "server_core": server_core,
+        "client_core": client_core,
+        "seconds": seconds,
+        "wall_s": round(time.time() - t0, 1),
+    }
+
+
 def round_ratios(rows: list[dict[str, dict[str, Any]]], name: str, base: str) -> list[float]:
     """Per round: `name`'s best Route OK/s over the round's concurrencies / `base`'s best."""
     return [
@@ -308,17 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         per_round = (
             rounds(round_targets, args.rounds, server_core, client_core, args.seconds, Path(tmp)) if args.rounds else []
         )
-    cpu = cpu_model()
     summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
-        "cpu": cpu,
-        "n_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "ghz": ghz_version(),
-        "server_core": server_core,
-        "client_core": client_core,
-        "seconds": args.seconds,
-        "wall_s": round(time.time() - t0, 1),
+        **run_header(t0, server_core, client_core, args.seconds),
         "servers": servers,
         "rounds": per_round,
     }
