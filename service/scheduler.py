@@ -125,9 +125,9 @@ class _Ran(NamedTuple):
 
 #: inline_us of `BatchPolicy(inline_us=-1)` (auto) for a scorer whose encoder is static.
 AUTO_INLINE_US = 5000
-#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto) for a scorer whose encoder is static, and
-#: for any other.
+#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto) for a scorer whose encoder is static.
 AUTO_BATCH_STATIC = 64
+#: max_batch_size of `BatchPolicy(max_batch_size=-1)` (auto) for any other scorer.
 AUTO_BATCH = 16
 
 

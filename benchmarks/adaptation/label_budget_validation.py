@@ -47,6 +47,7 @@ from lmroute.export.evalsets import load_eval
 from lmroute.export.metrics import router_metrics
 
 WINDOW = 500
+DEFAULTS = {"pool": 5000, "labels": 1000, "seeds": 20}  # flags written into the page when they differ
 Rule = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
 
 
@@ -55,8 +56,9 @@ class Stream:
 
     def __init__(self, bundle: Path, data: Path, cache: Path) -> None:
         enc = load_bundle(bundle).encoder
+        self.encoder_id = encoder_id_of(enc)
         ev = load_eval("mmlu", data)
-        emb = embed_texts(enc, ev.prompts, cache, encoder_id=encoder_id_of(enc))
+        emb = embed_texts(enc, ev.prompts, cache, encoder_id=self.encoder_id)
         keep = stream_mask(ev.prompts)
         self.emb = np.asarray(emb, dtype=np.float64)[keep]
         self.len = log_length([p for p, k in zip(ev.prompts, keep, strict=True) if k])
@@ -120,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, required=True, help="a bundle whose encoder embeds the prompts")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--cache", type=Path, default=Path(".cache/embeddings"))
-    p.add_argument("--pool", type=int, default=5000)
-    p.add_argument("--labels", type=int, default=1000)
-    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--pool", type=int, default=DEFAULTS["pool"])
+    p.add_argument("--labels", type=int, default=DEFAULTS["labels"])
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])
     p.add_argument("--out", type=Path, default=Path("benchmarks/adaptation/RESULTS_label_budget.md"))
     args = p.parse_args(argv)
     t0 = time.time()
@@ -145,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         "# Label budget: which prompts to judge, on a validation split of the MMLU stream half",
         "",
         "```bash",
-        f".venv/bin/python benchmarks/adaptation/label_budget_validation.py --bundle {args.bundle}",
+        " ".join(
+            [f".venv/bin/python benchmarks/adaptation/label_budget_validation.py --bundle {args.bundle}"]
+            + [f"--{k} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
+        ),
         "```",
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
-        f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({encoder_id_of(load_bundle(args.bundle).encoder)[:16]}...).",
+        f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({s.encoder_id[:16]}...).",
         f"- MMLU stream half: {s.gap.size} prompts; per seed a shuffled pool of {args.pool} passes in windows of "
         f"{WINDOW}, {args.labels} of it judged; APGR on the other {s.gap.size - args.pool} stream prompts; "
         f"{args.seeds} seeds.",

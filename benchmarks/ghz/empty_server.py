@@ -82,6 +82,11 @@ def spin(seconds: float) -> None:
         pass
 
 
+def embeds_only(encoder: Any) -> bool:
+    """Whether `embed_only` can run on `encoder`: a static encoder whose tokenizer has the compiled path."""
+    return getattr(encoder, "_table", None) is not None and encoder.tokenizer._fast is not None
+
+
 def embed_only(encoder: Any, texts: list[str]) -> np.ndarray:
     """The token-table mean of each text's compiled-tokenizer ids, a text longer than the encoder's limit
     cut by its truncation rule first (`cut_positions`): the core of a static encoder's `tokenize` +
@@ -90,8 +95,6 @@ def embed_only(encoder: Any, texts: list[str]) -> np.ndarray:
     from lmroute.kernels.compiled import token_mean
 
     tok = encoder.tokenizer
-    if tok._fast is None:
-        raise SystemExit("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
     ids, lengths, _, _ = tok._fast.encode(texts)
     if int(lengths.max()) > tok.max_tokens:
         positions, valid = cut_positions(
@@ -220,8 +223,8 @@ def main() -> int:
 
         Scoring.bundle = load_bundle(args.bundle)
         Scoring.embed_only = args.embed_only
-        if args.embed_only and getattr(Scoring.bundle.encoder, "_table", None) is None:
-            ap.error("--embed-only needs a static-encoder bundle")
+        if args.embed_only and not embeds_only(Scoring.bundle.encoder):
+            ap.error("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
     if args.sync:
         return serve_sync(args.host, args.port, args.workers)
     return asyncio.run(serve(args.host, args.port, interceptor=not args.no_interceptor))

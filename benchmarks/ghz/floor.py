@@ -21,7 +21,9 @@ OK call read from /proc):
   threshold from the calibration table (`--bundle`): the scoring work without a service path;
 - service: `lmroute-serve --bundle B` with its defaults.
 
-Before the rounds, each handler's work is timed in this process, one prompt after another over the
+Before the rounds, the script checks that "tokenise + embed" gives the bundle's own embeddings (`tokenize`
++ `embed`) for the benchmark prompts, one at a time and as one batch, and counts the prompts the encoder's
+limit cuts; then each handler's work is timed in this process, one prompt after another over the
 benchmark prompts (thread CPU per call, median of 5 passes): `route_reply` of empty_server.py in each mode,
 and for the service `RouterServicer.route` of a started server (scheduler, scorer, decision id; not the
 interceptor, which the empty handler runs too). Per server the page gives the work added over the empty
@@ -42,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -53,6 +57,7 @@ from lmroute.v1 import router_pb2
 
 SPIN_US = (50.0, 100.0, 200.0)
 ROUNDS = 5
+SECONDS = 4.0
 PASSES = 5
 EMPTY = "empty handler"
 SERVICE = "service"
@@ -77,10 +82,26 @@ def cpu_us_per_call(call: Callable[[router_pb2.RouteRequest], object], reqs: lis
     return statistics.median(passes)
 
 
-def handler_work(bundle: Path, spin_us: tuple[float, ...]) -> dict[str, float]:
-    """In-process thread CPU per Route call of each server's handler work (see the module docstring)."""
-    from lmroute.bundle.loader import load_bundle
+def embed_check(loaded: Any) -> dict[str, Any]:
+    """Whether `empty_server.embed_only` gives the bundle's own embeddings (`tokenize` + `embed`) for the
+    benchmark prompts, one at a time and as one batch, and how many of them the encoder's limit cuts."""
+    enc = loaded.encoder
+    texts = [r.prompt.text for r in requests()]
+    one = all(np.array_equal(empty_server.embed_only(enc, [t]), enc.embed(enc.tokenize([t]))) for t in texts)
+    tokens = enc.tokenize(texts)
+    return {
+        "equal_one_by_one": one,
+        "equal_batched": bool(np.array_equal(empty_server.embed_only(enc, texts), enc.embed(tokens))),
+        "prompts": len(texts),
+        "cut": int(tokens.truncated.sum()),
+        "max_tokens": int(enc.max_tokens),
+        "truncation": str(enc.truncation),
+    }
 
+
+def handler_work(bundle: Path, loaded: Any, spin_us: tuple[float, ...]) -> dict[str, float]:
+    """In-process thread CPU per Route call of each server's handler work (see the module docstring);
+    `loaded` is the bundle at `bundle`, loaded."""
     reqs = requests()
     scoring = empty_server.Scoring
     out: dict[str, float] = {EMPTY: cpu_us_per_call(empty_server.route_reply, reqs)}
@@ -88,7 +109,7 @@ def handler_work(bundle: Path, spin_us: tuple[float, ...]) -> dict[str, float]:
         scoring.spin_s = n * 1e-6
         out[spin_name(n)] = cpu_us_per_call(empty_server.route_reply, reqs)
     scoring.spin_s = 0.0
-    scoring.bundle = load_bundle(bundle)
+    scoring.bundle = loaded
     scoring.embed_only = True
     out["tokenise + embed"] = cpu_us_per_call(empty_server.route_reply, reqs)
     scoring.embed_only = False
@@ -131,6 +152,7 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     rows = summary["rounds"]
     names = list(rows[0])
     work = summary["handler_work_us"]
+    chk = summary["embed_check"]
     cpu = {n: statistics.median(v["cpu_us_per_call"] for row in rows for v in row[n].values()) for n in names}
     lines = [
         "# The Route share's floor: what a handler's own work costs the server per call",
@@ -145,6 +167,9 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"{len(rows)} interleaved rounds, each server: 2 s warm-up, then Route (router mf, strong_share 0.5, "
         f"benchmarks/ghz/prompts.json) at concurrency 16 and 64 for {summary['seconds']:g} s each.",
         f"- Bundle `{summary['bundle']}`: {summary['bundle_desc']}.",
+        f"- tokenise + embed gives the bundle's own embeddings for the {chk['prompts']} prompts, one at a time "
+        f"and as one batch (the script's check); {chk['cut']} of them are longer than its {chk['max_tokens']} "
+        f"tokens and are cut by its rule ({chk['truncation']}) first.",
         "- In process: thread CPU per Route call of the handler's work alone (median of "
         f"{PASSES} passes over the 64 prompts); under load: the server process's CPU per OK call (median over "
         "rounds and both concurrencies). Added = minus the empty handler's.",
@@ -182,16 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, required=True, help="a static-encoder bundle with an mf router")
     p.add_argument("--spin-us", type=float, nargs="*", default=list(SPIN_US), help="handler spins to measure")
     p.add_argument("--rounds", type=int, default=ROUNDS)
-    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--seconds", type=float, default=SECONDS)
     p.add_argument("--out", type=Path, default=HERE / "results" / "floor")
     args = p.parse_args(argv)
-    from lmroute.bundle.loader import read_manifest
+    from lmroute.bundle.loader import load_bundle, read_manifest
 
     m = read_manifest(args.bundle)
     if m.encoder.kind != "static" or "mf" not in m.routers:
         p.error(f"{args.bundle}: needs a static-encoder bundle with an mf router")
     t0 = time.time()
-    work = handler_work(args.bundle, tuple(args.spin_us))
+    loaded = load_bundle(args.bundle)
+    if not empty_server.embeds_only(loaded.encoder):
+        p.error(f"{args.bundle}: its tokenizer has no compiled fast path (needed by --embed-only)")
+    check = embed_check(loaded)
+    if not (check["equal_one_by_one"] and check["equal_batched"]):
+        p.error(f"tokenise + embed does not give the bundle's embeddings: {check}")
+    work = handler_work(args.bundle, loaded, tuple(args.spin_us))
     print("in process, us/call:", {k: round(v, 1) for k, v in work.items()}, file=sys.stderr)
     server_core, client_core = default_cores()
     targets = [
@@ -207,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         **run_header(t0, server_core, client_core, args.seconds),
         "bundle": str(args.bundle),
         "bundle_desc": f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims), version {m.bundle_version}",
+        "embed_check": check,
         "handler_work_us": work,
         "rounds": per_round,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    command = f".venv/bin/python benchmarks/ghz/floor.py --bundle {args.bundle}" + (
-        f" --rounds {args.rounds}" if args.rounds != ROUNDS else ""
-    )
+    extra = [f"--rounds {args.rounds}"] if args.rounds != ROUNDS else []
+    extra += [f"--seconds {args.seconds:g}"] if args.seconds != SECONDS else []
+    extra += ["--spin-us " + " ".join(f"{n:g}" for n in args.spin_us)] if tuple(args.spin_us) != SPIN_US else []
+    command = " ".join([f".venv/bin/python benchmarks/ghz/floor.py --bundle {args.bundle}", *extra])
     (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary)), command))
     print((args.out / "RESULTS.md").read_text())
     return 0
