@@ -1,6 +1,6 @@
-"""Writing an adapted bundle: the parent bundle copied, a router learnt from outcomes added (`adapted`:
-`write_adapted_bundle`; `adapted_quality`: `write_quality_bundle`), its thresholds calibrated on recent
-prompts, its lineage in the manifest.
+"""Writing an adapted bundle: the parent bundle copied, a router learnt from outcomes added (`adapted` or
+`adapted_kernel`: `write_adapted_bundle`; `adapted_quality`: `write_quality_bundle`), its thresholds
+calibrated on recent prompts, its lineage in the manifest.
 
 The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
@@ -95,10 +95,10 @@ def write_adapted_bundle(
     overwrite: bool = False,
     replace: bool = False,
 ) -> Manifest:
-    """Write parent_dir + an `adapted` router named `router` (head blended with `base_router` at `weight`)
-    to out_dir and return the manifest written (module docstring). `calibration_scores`: the adapted
-    router's scores on recent prompts. With `replace`, an adapted router of that name in the parent (an
-    earlier adaptation) is replaced by the new one."""
+    """Write parent_dir + an adapted router named `router` (head blended with `base_router` at `weight`,
+    of kind `head.router_kind`) to out_dir and return the manifest written (module docstring).
+    `calibration_scores`: the adapted router's scores on recent prompts. With `replace`, an adapted router
+    of that name in the parent (an earlier adaptation) is replaced by the new one."""
     manifest = read_manifest(Path(parent_dir))
     if head.dim != manifest.encoder.dim:
         raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
@@ -106,10 +106,10 @@ def write_adapted_bundle(
         parent_dir,
         out_dir,
         router=router,
-        kind="adapted",
+        kind=head.router_kind,
         base_router=base_router,
         params=head.router_params(base_router, weight, base),
-        arrays={"weights": head.weights},
+        arrays=head.router_arrays(),
         outcomes=outcomes,
         learner=head.learner,
         settings=head.settings,
@@ -177,13 +177,13 @@ def write_router_bundle(
 ) -> Manifest:
     """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
-    router of that name and kind in the parent (an earlier adaptation) is replaced."""
+    router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced."""
     parent, out = Path(parent_dir), Path(out_dir)
     manifest = read_manifest(parent)
     if manifest.calibration is None:
         raise ValueError(f"{parent}: the parent bundle is not calibrated")
     if router in manifest.routers:
-        if manifest.routers[router].kind != kind or not replace:
+        if not (replace and kinds.get(manifest.routers[router].kind).from_outcomes):
             raise ValueError(f"{parent}: already has a router named {router!r} (replace=True replaces an adapted one)")
         manifest = _without_router(manifest, router)
     if base_router not in manifest.routers:
@@ -193,6 +193,9 @@ def write_router_bundle(
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
     router_kind = kinds.get(kind)
+    roles = sorted(r.name for r in router_kind.roles)
+    if sorted(arrays) != roles:
+        raise ValueError(f"arrays: {sorted(arrays)} do not match the files of kind {kind} ({roles})")
     params = router_kind.coerce_params(params, f"routers.{router}.params")
     calibration = manifest.calibration
     assert calibration is not None  # checked above; _without_router keeps it

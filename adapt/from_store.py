@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle
 from lmroute.adapt.gate import SPLITS
+from lmroute.adapt.learners import PAIRED_LEARNERS
 from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
 from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
@@ -191,6 +192,7 @@ def adapt_from_store(
     since_ms: int = 0,
     margin: float | None = None,
     splits: str = "cross_fit",
+    paired_learner: str = PAIRED_LEARNERS[0],
     seed: int = 0,
     overwrite: bool = False,
 ) -> AdaptRun:
@@ -199,6 +201,8 @@ def adapt_from_store(
         raise ValueError(f"kind: must be 'paired' or 'single' (got {kind!r})")
     if splits not in SPLITS:
         raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
+    if paired_learner not in PAIRED_LEARNERS:
+        raise ValueError(f"paired_learner: must be one of {', '.join(PAIRED_LEARNERS)} (got {paired_learner!r})")
     bundle = load_bundle(Path(bundle_dir))
     if base_router not in bundle.routers or kinds.get(bundle.routers[base_router].kind).from_outcomes:
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
@@ -234,8 +238,16 @@ def adapt_from_store(
     result: Adaptation
     if kind == "paired":
         gap = np.asarray([r.qualities[pair.strong] - r.qualities[pair.weak] for r in used])
+        report["learner"] = paired_learner
         result = adapt_paired(
-            feats.embeddings, feats.lengths, gap, feats.base_scores, feats.champion_scores, feats.time_ms, **gate_kw
+            feats.embeddings,
+            feats.lengths,
+            gap,
+            feats.base_scores,
+            feats.champion_scores,
+            feats.time_ms,
+            learner=paired_learner,
+            **gate_kw,
         )
     else:
         chose_strong = np.asarray([r.chosen_model == pair.strong for r in used])

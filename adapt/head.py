@@ -1,8 +1,8 @@
-"""The in-domain head: a small frozen linear model over a prompt's features, and its blend with a shipped
-router.
+"""The in-domain head: a small frozen model over a prompt's features, and its blend with a shipped router.
 
 A `Head` scores a batch from the encoder's embeddings and the prompts' `log_length` (log(1 + characters)):
-raw = e . weights + length_weight * log_length + bias; higher = the strong model is more needed. Its
+raw = e . weights + length_weight * log_length + bias, plus its kernel term when it has one (the
+`adapted_kernel` kind's `KernelTerm`); higher = the strong model is more needed. Its
 `center` and `scale` (median and IQR / 1.349 of raw over the prompts it was trained on) put it on the
 footing of the base router's logit, so `blended_scores` is exactly what the bundle's `adapted` router
 serves (`lmroute.bundle.kinds.adapted.adapted_scores`). `blend_weight(n, n0) = n / (n + n0)`: the head's
@@ -11,13 +11,15 @@ share grows with the number of outcomes it learnt from (n0 chosen by cross-valid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.bundle.kinds.adapted import AdaptedParams, adapted_scores, log_length
+from lmroute.bundle.kinds.adapted import AdaptedParams, KernelTerm, adapted_scores, log_length
+from lmroute.bundle.kinds.adapted_kernel import AdaptedKernelParams
 
 __all__ = ["BaseStandardisation", "Head", "blend_weight", "blended_scores", "log_length", "robust_center_scale"]
 
@@ -64,7 +66,8 @@ class BaseStandardisation:
 @dataclass(frozen=True, eq=False)
 class Head:
     """A fitted in-domain head (module docstring). `weights` float64 [dim] (read-only); `learner` names
-    the learner and `settings` its numeric settings (recorded in the bundle's lineage)."""
+    the learner and `settings` its numeric settings (recorded in the bundle's lineage); `kernel`: the
+    kernel term, None for a linear head."""
 
     weights: FloatArray
     length_weight: float
@@ -73,11 +76,14 @@ class Head:
     scale: float
     learner: str
     settings: Mapping[str, float] = field(default_factory=dict)
+    kernel: KernelTerm | None = None
 
     def __post_init__(self) -> None:
         w = np.array(self.weights, dtype=np.float64)
         if w.ndim != 1 or not np.isfinite(w).all():
             raise ValueError(f"Head.weights: expected a finite 1-D array, got shape {w.shape}")
+        if self.kernel is not None and self.kernel.dim != w.shape[0]:
+            raise ValueError(f"Head.kernel: support of dimension {self.kernel.dim}, weights of {w.shape[0]}")
         for name in ("length_weight", "bias", "center", "scale"):
             if not np.isfinite(getattr(self, name)):
                 raise ValueError(f"Head.{name}: not finite")
@@ -91,11 +97,14 @@ class Head:
         return int(self.weights.shape[0])
 
     def raw(self, embeddings: npt.ArrayLike, lengths: npt.ArrayLike) -> FloatArray:
-        """e . weights + length_weight * lengths + bias (lengths = `log_length` of the texts)."""
+        """e . weights + length_weight * lengths + bias (lengths = `log_length` of the texts), plus the
+        kernel term."""
         emb = np.asarray(embeddings, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings: shape {emb.shape}, expected (n, {self.dim})")
         out: FloatArray = emb @ self.weights + self.length_weight * np.asarray(lengths, np.float64) + self.bias
+        if self.kernel is not None:
+            out = out + self.kernel.values(emb)
         return out
 
     def score(self, embeddings: npt.ArrayLike, lengths: npt.ArrayLike) -> FloatArray:
@@ -104,9 +113,20 @@ class Head:
         out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * z))
         return out
 
+    @property
+    def router_kind(self) -> str:
+        """The router kind that serves this head: `adapted`, or `adapted_kernel` with a kernel term."""
+        return "adapted" if self.kernel is None else "adapted_kernel"
+
+    def router_arrays(self) -> dict[str, npt.NDArray[np.floating]]:
+        """The files of `router_kind` (role -> array)."""
+        if self.kernel is None:
+            return {"weights": self.weights}
+        return {"weights": self.weights, "support": self.kernel.support, "alpha": self.kernel.alpha}
+
     def router_params(self, base_router: str, weight: float, base: BaseStandardisation) -> AdaptedParams:
-        """The `adapted` router's params for this head blended with `base_router` at `weight`."""
-        return AdaptedParams(
+        """The params of `router_kind` for this head blended with `base_router` at `weight`."""
+        params = AdaptedParams(
             base_router=base_router,
             blend_weight=float(weight),
             length_weight=float(self.length_weight),
@@ -116,6 +136,9 @@ class Head:
             base_center=float(base.center),
             base_scale=float(base.scale),
         )
+        if self.kernel is None:
+            return params
+        return AdaptedKernelParams(**dataclasses.asdict(params), kernel_gamma=float(self.kernel.gamma))
 
 
 def blend_weight(n_outcomes: int, n0: float) -> float:
@@ -138,4 +161,4 @@ def blended_scores(
 ) -> FloatArray:
     """The scores the bundle's `adapted` router serves for this head, base and weight."""
     params = head.router_params("base", weight, base)
-    return adapted_scores(embeddings, lengths, base_scores, head.weights, params)
+    return adapted_scores(embeddings, lengths, base_scores, head.weights, params, head.kernel)

@@ -1,7 +1,10 @@
 """The in-domain learners (pure NumPy): arrays of outcomes in, a `Head` out.
 
-- `fit_paired`: both models' quality on each judged prompt -> ridge regression of the gap (strong - weak,
-  in [-1, 1]) on [embedding | log_length], its penalty chosen by 5-fold cross-validation on the outcomes.
+- `fit_paired`: both models' quality on each judged prompt -> a model of the gap (strong - weak, in
+  [-1, 1]): by default kernel ridge on the embedding with a linear log_length term
+  (`lmroute.adapt.kernel_ridge`, served by the `adapted_kernel` kind); `learner="ridge"`: ridge regression
+  on [embedding | log_length], its penalty chosen by 5-fold cross-validation on the outcomes (`adapted`).
+  `paired_out_of_fold`: the same learner's out-of-fold predictions (what the blend's n0 is chosen on).
 - `fit_single`: one model's quality per prompt, with the probability the logging policy gave the model it
   chose. Default `method="shared"` (`fit_shared`): one ridge of quality on [x | s x | s] over every event
   (s = +1 strong answered, -1 weak), the shared part f (how hard the prompt is for both) learning from
@@ -26,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.head import BaseStandardisation, Head, base_logits, robust_center_scale
+from lmroute.adapt.kernel_ridge import DEFAULT_KERNEL, KernelSettings, fit_kernel_ridge
 from lmroute.adapt.ranking import gain_area
 from lmroute.adapt.ridge import cv_penalty, design, fit_ridge, fit_ridge_path, fold_ids, out_of_fold
 
@@ -33,6 +37,7 @@ __all__ = [
     "DEFAULT_N0_GRID",
     "DEFAULT_PENALTIES",
     "DEFAULT_GAP_PENALTIES",
+    "PAIRED_LEARNERS",
     "SharedFit",
     "choose_blend_n0",
     "dr_pseudo_gap",
@@ -40,6 +45,7 @@ __all__ = [
     "fit_shared",
     "fit_single",
     "held_out_dr_gain",
+    "paired_out_of_fold",
     "shared_head",
 ]
 
@@ -59,6 +65,7 @@ DEFAULT_GAP_PENALTIES: tuple[float, ...] = ()  # empty: one penalty, max(MIN_GAP
 # clip the pseudo-gap leans on the model being scored and favours the smallest penalty.
 CRITERION_INVERSE_PROPENSITY = 100.0
 _UNPENALISED = 1e-8  # the gap's intercept column (a tiny penalty keeps the solve well posed)
+PAIRED_LEARNERS: tuple[str, ...] = ("kernel", "ridge")  # the first is the default
 
 
 def _vector(name: str, values: npt.ArrayLike, n: int, lo: float, hi: float) -> FloatArray:
@@ -92,19 +99,71 @@ def fit_paired(
     lengths: npt.ArrayLike,
     gap: npt.ArrayLike,
     *,
+    learner: str = PAIRED_LEARNERS[0],
+    kernel: KernelSettings = DEFAULT_KERNEL,
     penalties: Sequence[float] = DEFAULT_PENALTIES,
     folds: int = 5,
     seed: int = 0,
 ) -> Head:
-    """Ridge of the quality gap (strong - weak, in [-1, 1]) on [embedding | log_length]; the penalty is
-    chosen from `penalties` by `folds`-fold cross-validation on these outcomes."""
+    """A head of the quality gap (strong - weak, in [-1, 1]). learner "kernel": kernel ridge on the
+    embedding with a linear log_length term (`kernel` settings); "ridge": ridge on [embedding |
+    log_length], the penalty chosen from `penalties` by `folds`-fold cross-validation on these outcomes."""
     x = design(embeddings, lengths)
     y = _vector("gap", gap, x.shape[0], -1.0, 1.0)
     if x.shape[0] < 2:
         raise ValueError(f"fit_paired: needs at least 2 outcomes, got {x.shape[0]}")
+    if learner not in PAIRED_LEARNERS:
+        raise ValueError(f"learner: must be one of {', '.join(PAIRED_LEARNERS)} (got {learner!r})")
+    if learner == "kernel":
+        return _kernel_head(x, y, kernel, seed)
     penalty, scores = cv_penalty(x, y, penalties, folds=folds, seed=seed)
     settings = {"penalty": penalty, "n_outcomes": float(len(y)), "cv_corr": scores.get(penalty, float("nan"))}
     return _head(x, y, penalty, "paired_ridge", {k: v for k, v in settings.items() if np.isfinite(v)})
+
+
+def _kernel_head(x: FloatArray, y: FloatArray, settings: KernelSettings, seed: int) -> Head:
+    fit = fit_kernel_ridge(x[:, :-1], x[:, -1], y, settings, seed=seed)
+    center, scale = robust_center_scale(fit.predict(x[:, :-1], x[:, -1]))
+    return Head(
+        weights=np.zeros(x.shape[1] - 1),
+        length_weight=fit.length_weight,
+        bias=fit.bias,
+        center=center,
+        scale=scale,
+        learner="paired_kernel_ridge",
+        settings={
+            "kernel_gamma": settings.gamma,
+            "kernel_penalty": settings.penalty,
+            "support": float(fit.kernel.support.shape[0]),
+            "n_outcomes": float(len(y)),
+        },
+        kernel=fit.kernel,
+    )
+
+
+def paired_out_of_fold(
+    embeddings: npt.ArrayLike,
+    lengths: npt.ArrayLike,
+    gap: npt.ArrayLike,
+    head: Head,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+) -> FloatArray:
+    """Raw values of `head`'s learner for each outcome from a fit on the other folds (at the head's
+    settings: its kernel's, or its ridge penalty)."""
+    x = design(embeddings, lengths)
+    y = _vector("gap", gap, x.shape[0], -1.0, 1.0)
+    ids = fold_ids(len(y), folds, seed)
+    if head.kernel is None:
+        return out_of_fold(x, y, head.settings.get("penalty", 30.0), ids)
+    settings = KernelSettings(gamma=head.kernel.gamma, penalty=head.settings["kernel_penalty"])
+    raw = np.empty(len(y))
+    for f in np.unique(ids):
+        test = ids == f
+        fit = fit_kernel_ridge(x[~test, :-1], x[~test, -1], y[~test], settings, seed=seed)
+        raw[test] = fit.predict(x[test, :-1], x[test, -1])
+    return raw
 
 
 def dr_pseudo_gap(
@@ -306,18 +365,23 @@ def choose_blend_n0(
     folds: int = 5,
     seed: int = 0,
     out_of_fold_raw: npt.ArrayLike | None = None,
+    kernel_head: Head | None = None,
 ) -> tuple[float, dict[float, float]]:
     """n0 of `grid` whose blend (head fitted out of fold at `penalty`, weight n_train / (n_train + n0))
     orders the prompts best by `gain_area` of `gain` (the paired gap, or a doubly robust pseudo-gap);
     ties go to the larger n0 (more weight on the shipped router). Fewer than 2 * folds outcomes: the
     largest n0 of the grid. `out_of_fold_raw`: the head's out-of-fold raw values when the learner
-    cross-fitted them itself (`fit_shared`); else a ridge of `gain` at `penalty` is fitted out of fold."""
+    cross-fitted them itself (`fit_shared`); else, when `kernel_head` has a kernel term, its learner is
+    fitted out of fold at its settings (`paired_out_of_fold`), and otherwise a ridge of `gain` at
+    `penalty`."""
     x = design(embeddings, lengths)
     g = np.asarray(gain, dtype=np.float64)
     n = len(g)
     if n < 2 * folds:
         return max(grid), {}
-    if out_of_fold_raw is None:
+    if out_of_fold_raw is None and kernel_head is not None and kernel_head.kernel is not None:
+        raw = paired_out_of_fold(embeddings, lengths, g, kernel_head, folds=folds, seed=seed)
+    elif out_of_fold_raw is None:
         raw = out_of_fold(x, g, penalty, fold_ids(n, folds, seed))
     else:
         raw = np.asarray(out_of_fold_raw, dtype=np.float64)

@@ -69,6 +69,7 @@ def run_round(
     base_router: str | None = None,
     window_ms: int = 0,
     splits: str = "cross_fit",
+    paired_learner: str = "kernel",
     timeout_s: float = 600.0,
 ) -> Round:
     """One store -> adapt -> gate -> swap round against the server at `server` (host:port)."""
@@ -87,7 +88,16 @@ def run_round(
                 run = adapt_qualities_from_store(parent, store, out, base_router=base, since_ms=since, splits=splits)
             else:
                 base = base_router or "mf"
-                run = adapt_from_store(parent, store, out, kind=kind, base_router=base, since_ms=since, splits=splits)
+                run = adapt_from_store(
+                    parent,
+                    store,
+                    out,
+                    kind=kind,
+                    base_router=base,
+                    since_ms=since,
+                    splits=splits,
+                    paired_learner=paired_learner,
+                )
         finally:
             store.close()
         version = serving.bundle_version
@@ -105,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("paired", "single", "qualities"), default="paired")
     ap.add_argument("--base-router", default=None, help="default: mf (paired, single), quality (qualities)")
     ap.add_argument("--gate-splits", choices=("cross_fit", "forward"), default="cross_fit")
+    ap.add_argument("--paired-learner", choices=("kernel", "ridge"), default="kernel", help="paired: the learner")
     ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
     ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
@@ -120,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_router=args.base_router,
                 window_ms=window_ms,
                 splits=args.gate_splits,
+                paired_learner=args.paired_learner,
             )
             print(r.to_json(), flush=True)
         except (StoreError, ValueError, OSError) as exc:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, gate, gate_splits
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores
 from lmroute.adapt.learners import (
+    PAIRED_LEARNERS,
     choose_blend_n0,
     dr_pseudo_gap,
     fit_paired,
@@ -73,7 +74,9 @@ def _fit_blend(
     out_of_fold_raw: FloatArray | None = None,
 ) -> tuple[float, float, BaseStandardisation]:
     penalty = head.settings.get("penalty", 30.0)
-    n0, _ = choose_blend_n0(emb, lengths, gain, base_scores, penalty, seed=seed, out_of_fold_raw=out_of_fold_raw)
+    n0, _ = choose_blend_n0(
+        emb, lengths, gain, base_scores, penalty, seed=seed, out_of_fold_raw=out_of_fold_raw, kernel_head=head
+    )
     return n0, blend_weight(len(gain), n0), BaseStandardisation.of(base_scores)
 
 
@@ -109,23 +112,25 @@ def adapt_paired(
     splits: str = "cross_fit",
     margin: float = DEFAULT_MARGIN,
     unseen: npt.ArrayLike | None = None,
+    learner: str = PAIRED_LEARNERS[0],
     seed: int = 0,
 ) -> Adaptation:
     """Adapt from paired outcomes: per outcome the prompt's embedding and log_length, gap = strong -
     weak quality, the base router's and the champion's scores, and the time it was judged; `unseen`:
-    the outcomes the champion was not fitted on, the only ones held out (`gate_splits`)."""
+    the outcomes the champion was not fitted on, the only ones held out (`gate_splits`); `learner`: of
+    `PAIRED_LEARNERS` (`fit_paired`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, g = np.asarray(lengths, dtype=np.float64), np.asarray(gap, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
     for train, held in gate_splits(timestamps, splits, seed, unseen):
-        head = fit_paired(emb[train], length[train], g[train], seed=seed)
+        head = fit_paired(emb[train], length[train], g[train], learner=learner, seed=seed)
         n0, weight, base_std = _fit_blend(emb[train], length[train], g[train], base[train], head, seed)
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
         champ_h.append(champ[held])
         gain_h.append(g[held])
     decision = gate(np.concatenate(champ_h), np.concatenate(cand), np.concatenate(gain_h), margin=margin, seed=seed)
-    head = fit_paired(emb, length, g, seed=seed)
+    head = fit_paired(emb, length, g, learner=learner, seed=seed)
     n0, weight, base_std = _fit_blend(emb, length, g, base, head, seed)
     return Adaptation(head=head, n0=n0, weight=weight, base=base_std, decision=decision)
 

@@ -239,6 +239,12 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         default="cross_fit",
         help="how the gate holds outcomes out: 10 random folds, or 5 forward-chaining time blocks",
     )
+    p.add_argument(
+        "--paired-learner",
+        choices=("kernel", "ridge"),
+        default="kernel",
+        help="paired outcomes: kernel ridge (router kind adapted_kernel) or linear ridge (adapted)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_plugin(p)
@@ -280,6 +286,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 since_ms=args.since_ms,
                 margin=args.margin,
                 splits=args.gate_splits,
+                paired_learner=args.paired_learner,
                 seed=args.seed,
                 overwrite=args.overwrite,
             )

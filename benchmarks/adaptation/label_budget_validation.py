@@ -6,9 +6,9 @@ stream half only (the adaptation protocol's test half is never read).
 
 Per seed the stream half (`lmroute.adapt.protocol.stream_mask`) is shuffled; its first --pool prompts
 pass as traffic in windows of 500, and each rule marks --labels of them for judging (the same number per
-window, as the service's label budget would); the paired learner (`fit_paired`: ridge of strong - weak
-quality on [embedding | log length], penalty by cross-validation) is fitted on the marked prompts'
-outcomes and scores the remaining stream prompts (the validation split), APGR by the paper's deciles.
+window, as the service's label budget would); the paired learner (`fit_paired`, --learner: its default
+kernel ridge of strong - weak quality, or the linear ridge) is fitted on the marked prompts' outcomes and
+scores the remaining stream prompts (the validation split), APGR by the paper's deciles.
 Rules:
 
 - random: a uniform sample of each window;
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lmroute.adapt.head import log_length
-from lmroute.adapt.learners import fit_paired
+from lmroute.adapt.learners import PAIRED_LEARNERS, fit_paired
 from lmroute.adapt.protocol import stream_mask
 from lmroute.adapt.selection import design_inverse, label_budget
 from lmroute.bundle.loader import load_bundle
@@ -47,17 +47,17 @@ from lmroute.export.evalsets import load_eval
 from lmroute.export.metrics import router_metrics
 
 WINDOW = 500
-DEFAULTS = {"pool": 5000, "labels": 1000, "seeds": 20}  # flags written into the page when they differ
+DEFAULTS = {"pool": 5000, "labels": 1000, "seeds": 20, "learner": "kernel"}  # flags written when they differ
 Rule = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
 
 
 class Stream:
-    """The MMLU stream half: embeddings, log lengths, both models' quality."""
+    """The stream half of an eval set (MMLU unless told): embeddings, log lengths, both models' quality."""
 
-    def __init__(self, bundle: Path, data: Path, cache: Path) -> None:
+    def __init__(self, bundle: Path, data: Path, cache: Path, dataset: str = "mmlu") -> None:
         enc = load_bundle(bundle).encoder
         self.encoder_id = encoder_id_of(enc)
-        ev = load_eval("mmlu", data)
+        ev = load_eval(dataset, data)
         emb = embed_texts(enc, ev.prompts, cache, encoder_id=self.encoder_id)
         keep = stream_mask(ev.prompts)
         self.emb = np.asarray(emb, dtype=np.float64)[keep]
@@ -99,7 +99,7 @@ def rules(s: Stream, k: int) -> dict[str, Rule]:
                     out.append(rng.choice(w, n, replace=False))
                     continue
                 seen = np.concatenate(out)
-                head = fit_paired(s.emb[seen], s.len[seen], np.abs(s.gap[seen]), seed=seed)
+                head = fit_paired(s.emb[seen], s.len[seen], np.abs(s.gap[seen]), learner="ridge", seed=seed)
                 p = np.clip(head.raw(s.emb[w], s.len[w]), 0.02, 1.0) ** alpha
                 p = (1.0 - mix) * p / p.sum() + mix / w.size
                 out.append(rng.choice(w, n, replace=False, p=p / p.sum()))
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=DEFAULTS["pool"])
     p.add_argument("--labels", type=int, default=DEFAULTS["labels"])
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])
+    p.add_argument("--learner", choices=PAIRED_LEARNERS, default=DEFAULTS["learner"], help="the paired learner")
     p.add_argument("--out", type=Path, default=Path("benchmarks/adaptation/RESULTS_label_budget.md"))
     args = p.parse_args(argv)
     t0 = time.time()
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         pool, val = order[: args.pool], order[args.pool :]
         for name, rule in table.items():
             idx = rule(pool, np.random.default_rng(10_000 + seed), seed)
-            head = fit_paired(s.emb[idx], s.len[idx], s.gap[idx], seed=seed)
+            head = fit_paired(s.emb[idx], s.len[idx], s.gap[idx], learner=args.learner, seed=seed)
             got[name].append(router_metrics(head.raw(s.emb[val], s.len[val]), s.sq[val], s.wq[val]).apgr)
         print(f"seed {seed + 1}/{args.seeds}", file=sys.stderr)
     base = np.asarray(got["random"])
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
         f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({s.encoder_id[:16]}...).",
         f"- MMLU stream half: {s.gap.size} prompts; per seed a shuffled pool of {args.pool} passes in windows of "
-        f"{WINDOW}, {args.labels} of it judged; APGR on the other {s.gap.size - args.pool} stream prompts; "
-        f"{args.seeds} seeds.",
+        f"{WINDOW}, {args.labels} of it judged; the {args.learner} learner fitted on them; APGR on the other "
+        f"{s.gap.size - args.pool} stream prompts; {args.seeds} seeds.",
         "",
         "| rule | APGR (validation), mean ± sd | minus random (same seed), mean ± se |",
         "|---|---|---|",

@@ -50,6 +50,8 @@ SIZES = (100, 500, 1000, 2000, 5000)
 ZERO_SHOT = ("mf", "sw_ranking")
 WINDOW = 500
 SHARE = 0.5  # the operating point of the exploring policy
+PAIRED_LEARNERS = ("kernel", "ridge")  # lmroute.adapt.learners.PAIRED_LEARNERS, the default first
+ROWS = tuple(f"paired_{how}_{learner}" for how in ("random", "budget") for learner in PAIRED_LEARNERS) + ("single",)
 
 
 def apgr(scores: np.ndarray, data: dict[str, Any]) -> float:
@@ -60,7 +62,7 @@ def load_set(name: str, args: argparse.Namespace, bundle: Any) -> dict[str, Any]
     ev = load_eval(name, Path(args.data))
     emb = embed_texts(bundle.encoder, ev.prompts, Path(args.cache), encoder_id=encoder_id_of(bundle.encoder))
     zero_shot = {}
-    for router in ZERO_SHOT:
+    for router in (r for r in ZERO_SHOT if r in bundle.routers):
         parts = []
         for start in range(0, len(ev), 512):
             texts = ev.prompts[start : start + 512]
@@ -81,10 +83,12 @@ def load_set(name: str, args: argparse.Namespace, bundle: Any) -> dict[str, Any]
     }
 
 
-def paired_run(d: dict[str, Any], idx: np.ndarray, base: np.ndarray, seed: int) -> dict[str, float]:
+def paired_run(d: dict[str, Any], idx: np.ndarray, base: np.ndarray, seed: int, learner: str) -> dict[str, float]:
     gap = d["sq"][idx] - d["wq"][idx]
     champion = base[idx]  # the zero-shot default serves until a candidate passes the gate
-    result = adapt_paired(d["emb"][idx], d["len"][idx], gap, base[idx], champion, np.arange(idx.size), seed=seed)
+    result = adapt_paired(
+        d["emb"][idx], d["len"][idx], gap, base[idx], champion, np.arange(idx.size), learner=learner, seed=seed
+    )
     t = d["test"]
     cand = apgr(result.scores(d["emb"][t], d["len"][t], base[t]), d)
     return {
@@ -93,7 +97,6 @@ def paired_run(d: dict[str, Any], idx: np.ndarray, base: np.ndarray, seed: int) 
         "accepted": float(result.accepted),
         "n0": result.n0,
         "weight": result.weight,
-        "penalty": result.head.settings["penalty"],
     }
 
 
@@ -172,17 +175,21 @@ def run_set(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     res["length"] = apgr(d["len"][t], d)
     res["zero_shot"] = {r: apgr(s[t], d) for r, s in d["zero_shot"].items()}
     s = d["stream"]
-    ceiling = fit_paired(d["emb"][s], d["len"][s], d["sq"][s] - d["wq"][s])
-    res["ceiling"] = apgr(ceiling.raw(d["emb"][t], d["len"][t]), d)
-    rows: dict[str, dict[int, list[dict[str, float]]]] = {"paired_random": {}, "paired_budget": {}, "single": {}}
+    for learner in PAIRED_LEARNERS:
+        ceiling = fit_paired(d["emb"][s], d["len"][s], d["sq"][s] - d["wq"][s], learner=learner)
+        res[f"ceiling_{learner}"] = apgr(ceiling.raw(d["emb"][t], d["len"][t]), d)
+    rows: dict[str, dict[int, list[dict[str, float]]]] = {key: {} for key in ROWS}
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(s)
         for n in sizes:
             t0 = time.perf_counter()
-            rows["paired_random"].setdefault(n, []).append(paired_run(d, order[:n], base, seed))
+            for learner in PAIRED_LEARNERS:
+                rows[f"paired_random_{learner}"].setdefault(n, []).append(paired_run(d, order[:n], base, seed, learner))
             if n < n_stream:
                 budget = budget_indices(d, order, n, seed)
-                rows["paired_budget"].setdefault(n, []).append(paired_run(d, budget, base, seed))
+                for learner in PAIRED_LEARNERS:
+                    run = paired_run(d, budget, base, seed, learner)
+                    rows[f"paired_budget_{learner}"].setdefault(n, []).append(run)
             print(f"{d['name']} seed {seed} N {n}: paired {time.perf_counter() - t0:.1f}s", flush=True)
         t0 = time.perf_counter()
         for n, r in single_run(d, order, sizes, base, seed).items():
@@ -228,17 +235,41 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"| log length | {r['length']:.3f} |",
         ]
         lines += [f"| default bundle `{k}`, zero-shot | {v:.3f} |" for k, v in r["zero_shot"].items()]
-        lines += [f"| ceiling: paired learner on the whole stream half ({r['n_stream']}) | {r['ceiling']:.3f} |", ""]
         lines += [
-            "| N | paired random: candidate | served | gate accepts | paired label budget: candidate | served |"
-            " single + exploration: candidate | served | explored | quality lost |",
+            f"| ceiling: paired {learner} learner on the whole stream half ({r['n_stream']}) "
+            f"| {r[f'ceiling_{learner}']:.3f} |"
+            for learner in PAIRED_LEARNERS
+        ]
+        lines += [
+            "",
+            "Paired outcomes, the default kernel learner (ridge: the linear learner on the same prompts):",
+            "",
+            "| N | random sample: candidate | served | gate accepts | ridge: candidate | served |"
+            " label budget: candidate | served | ridge: candidate | served |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n in r["sizes"]:
-            pr, pb, sg = r["paired_random"].get(str(n)), r["paired_budget"].get(str(n)), r["single"].get(str(n))
             cells = [str(n)]
-            cells += [fmt(pr["candidate"]), fmt(pr["served"]), f"{pr['accepted']['mean']:.0%}"] if pr else ["–"] * 3
-            cells += [fmt(pb["candidate"]), fmt(pb["served"])] if pb else ["– (whole half)", "–"]
+            for how in ("random", "budget"):
+                for learner in PAIRED_LEARNERS:
+                    got = r[f"paired_{how}_{learner}"].get(str(n))
+                    if got is None:
+                        cells += ["– (whole half)" if how == "budget" else "–", "–"]
+                        continue
+                    cells += [fmt(got["candidate"]), fmt(got["served"])]
+                    if how == "random" and learner == PAIRED_LEARNERS[0]:
+                        cells.append(f"{got['accepted']['mean']:.0%}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Single outcomes (the answering model's quality only), the stream routed with exploration:",
+            "",
+            "| N | candidate | served | explored | quality lost |",
+            "|---|---|---|---|---|",
+        ]
+        for n in r["sizes"]:
+            sg = r["single"].get(str(n))
+            cells = [str(n)]
             if sg:
                 cells += [
                     fmt(sg["candidate"]),

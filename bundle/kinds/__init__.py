@@ -6,9 +6,9 @@
     unregister(name)            remove a kind (a test that registered one, or a plug-in being replaced)
     load_plugins(modules)       import modules that register more kinds (`--plugin` of both CLIs)
 
-Built in: random, mf, sw_ranking, bert, quality, adapted, adapted_quality (`kinds/<name>.py`; the
-two adapted kinds are written by `lmroute.adapt`; `sw_routellm_fit.py` holds RouteLLM's own fit that
-sw_ranking's params.fit "routellm" uses).
+Built in: random, mf, sw_ranking, bert, quality, adapted, adapted_kernel, adapted_quality
+(`kinds/<name>.py`; the three adapted kinds are written by `lmroute.adapt`; `sw_routellm_fit.py` holds
+RouteLLM's own fit that sw_ranking's params.fit "routellm" uses).
 Everything else (manifest parser, writer, loader, build pipeline, service) asks the registry, so a new kind
 is one module plus its registration.
 """
@@ -82,9 +82,9 @@ def load_plugins(modules: Iterable[str]) -> None:
 
 
 def _register_builtins() -> None:
-    from lmroute.bundle.kinds import adapted, adapted_quality, bert, mf, quality, random, sw_ranking
+    from lmroute.bundle.kinds import adapted, adapted_kernel, adapted_quality, bert, mf, quality, random, sw_ranking
 
-    for module in (random, mf, sw_ranking, bert, adapted, quality, adapted_quality):
+    for module in (random, mf, sw_ranking, bert, adapted, adapted_kernel, quality, adapted_quality):
         register(module.KIND)
 
 

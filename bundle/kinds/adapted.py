@@ -14,19 +14,22 @@ name of the router it blends with, another router of the bundle that is not itse
 The centers and scales are medians and IQR / 1.349 over the prompts the head was trained on, so both
 parts are on one footing and the score is monotone in each; w = 1 is the head alone, w = 0 the base's
 order. Computed in float64 by `adapted_scores` (NumPy; the same function the offline learner calls).
+
+The `adapted_kernel` kind (`kinds/adapted_kernel.py`) adds a kernel term to the head (`KernelTerm`):
+head += sum_j alpha_j exp(gamma (cos(e, s_j) - 1)) over its support prompts s_j.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from lmroute.bundle.jsonread import fail
-from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
+from lmroute.bundle.kinds.base import ArrayRole, FileRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
 from lmroute.bundle.routers import BlendedRouter, need_embeddings
 
 if TYPE_CHECKING:
@@ -35,9 +38,10 @@ if TYPE_CHECKING:
     from lmroute.bundle.manifest import Manifest, RouterSpec
     from lmroute.bundle.routers import PromptBatch, Router
 
-__all__ = ["KIND", "AdaptedKind", "AdaptedParams", "AdaptedRouter", "adapted_scores", "log_length"]
+__all__ = ["KIND", "AdaptedKind", "AdaptedParams", "AdaptedRouter", "KernelTerm", "adapted_scores", "log_length"]
 
 _LOGIT_CLIP = 1e-12
+_KERNEL_ROWS = 1024  # prompts per block of the kernel term (bounds the [rows, support] matrix in memory)
 
 
 @dataclass(frozen=True)
@@ -62,17 +66,63 @@ def log_length(texts: Sequence[str]) -> npt.NDArray[np.float64]:
     return np.log1p(np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts)))
 
 
+@dataclass(frozen=True, eq=False)
+class KernelTerm:
+    """sum_j alpha_j exp(gamma (cos(e, s_j) - 1)): `support` float32 [m, dim] with L2-normalised rows (the
+    support prompts' embeddings), `alpha` float32 [m], `gamma` > 0. Both arrays are read-only float32 (what
+    a bundle stores), so the learner and the served router compute the same values."""
+
+    support: npt.NDArray[np.float32]
+    alpha: npt.NDArray[np.float32]
+    gamma: float
+
+    def __post_init__(self) -> None:
+        support = np.array(self.support, dtype=np.float32)
+        alpha = np.array(self.alpha, dtype=np.float32)
+        if support.ndim != 2 or alpha.shape != (support.shape[0],) or support.shape[0] == 0:
+            raise ValueError(f"KernelTerm: support [m, dim] and alpha [m] expected, got {support.shape}, {alpha.shape}")
+        if not (np.isfinite(support).all() and np.isfinite(alpha).all()):
+            raise ValueError("KernelTerm: support / alpha contain NaN or inf")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ValueError(f"KernelTerm.gamma: must be finite and > 0, got {self.gamma}")
+        for name, arr in (("support", support), ("alpha", alpha)):
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "_support64", support.astype(np.float64))
+        object.__setattr__(self, "_alpha64", alpha.astype(np.float64))
+
+    @property
+    def dim(self) -> int:
+        return int(self.support.shape[1])
+
+    def values(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The term for each row of embeddings [n, dim] (rows L2-normalised here; a zero row gives cos 0)."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        unit = emb / np.where(norm > 0, norm, 1.0)
+        support: npt.NDArray[np.float64] = object.__getattribute__(self, "_support64")
+        alpha: npt.NDArray[np.float64] = object.__getattribute__(self, "_alpha64")
+        out = np.empty(emb.shape[0])
+        for start in range(0, emb.shape[0], _KERNEL_ROWS):
+            block = unit[start : start + _KERNEL_ROWS] @ support.T
+            out[start : start + _KERNEL_ROWS] = np.exp(self.gamma * (block - 1.0)) @ alpha
+        return out
+
+
 def adapted_scores(
     embeddings: npt.ArrayLike,
     lengths: npt.ArrayLike,
     base_scores: npt.ArrayLike,
     weights: npt.ArrayLike,
     params: AdaptedParams,
+    kernel: KernelTerm | None = None,
 ) -> npt.NDArray[np.float64]:
     """The adapted score of a batch (module docstring): embeddings [n, dim], lengths = `log_length` [n],
-    base_scores [n] in [0, 1], weights [dim]; float64 [n] in [0, 1]."""
+    base_scores [n] in [0, 1], weights [dim], the head's kernel term if it has one; float64 [n] in [0, 1]."""
     emb = np.asarray(embeddings, dtype=np.float64)
     head = emb @ np.asarray(weights, dtype=np.float64) + params.length_weight * np.asarray(lengths, np.float64)
+    if kernel is not None:
+        head = head + kernel.values(emb)
     z_head = (head + params.bias - params.center) / params.scale
     p = np.clip(np.asarray(base_scores, dtype=np.float64), _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)
     z_base = (np.log(p) - np.log1p(-p) - params.base_center) / params.base_scale
@@ -88,24 +138,33 @@ class AdaptedRouter:
     kind = "adapted"
     uses_encoder = True
 
-    def __init__(self, name: str, *, base: Router, weights: npt.NDArray[np.floating], params: AdaptedParams) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        base: Router,
+        weights: npt.NDArray[np.floating],
+        params: AdaptedParams,
+        kernel: KernelTerm | None = None,
+    ) -> None:
         self.name = name
         self.base = base
         self.weights = np.asarray(weights, dtype=np.float64)
         self.params = params
+        self.kernel = kernel
 
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         emb = need_embeddings(self.name, self.kind, batch, self.weights.shape[0])
         base = self.base.score(batch)
-        return adapted_scores(emb, log_length(list(batch.texts)), base, self.weights, self.params)
+        return adapted_scores(emb, log_length(list(batch.texts)), base, self.weights, self.params, self.kernel)
 
 
 class AdaptedKind(RouterKind):
     name = "adapted"
     uses_encoder = True
     from_outcomes = True
-    Params = AdaptedParams
-    roles = (ArrayRole("weights", np.float32),)
+    Params: ClassVar[type[Any]] = AdaptedParams
+    roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = (ArrayRole("weights", np.float32),)
 
     def check_params(self, params: AdaptedParams, where: str) -> None:
         if not 0.0 <= params.blend_weight <= 1.0:
@@ -123,22 +182,28 @@ class AdaptedKind(RouterKind):
             raise fail(f"{where}: a router cannot blend with itself")
         if base not in manifest.routers:
             raise fail(f"{where}: {base!r} is not a router of this bundle (has: {', '.join(manifest.routers)})")
-        if manifest.routers[base].kind == self.name:
+        from lmroute.bundle import kinds  # late: the registry imports this module
+
+        if kinds.get(manifest.routers[base].kind).from_outcomes:
             raise fail(f"{where}: {base!r} is itself adapted (blend with a shipped router)")
 
     def load(self, ctx: LoadContext, router: str, spec: RouterSpec) -> AdaptedRouter:
+        weights = ctx.npy(spec.files["weights"], np.float32, [("encoder.dim", ctx.manifest.encoder.dim)])
+        return AdaptedRouter(router, base=self.load_base(ctx, spec), weights=weights, params=spec.params)
+
+    def load_base(self, ctx: LoadContext, spec: RouterSpec) -> Router:
+        """The router the head blends with, as the bundle serves it (with the difficulty prior if blended)."""
         manifest = ctx.manifest
-        weights = ctx.npy(spec.files["weights"], np.float32, [("encoder.dim", manifest.encoder.dim)])
         base_name = spec.params.base_router
         base_spec = manifest.routers[base_name]
-        from lmroute.bundle import kinds
+        from lmroute.bundle import kinds  # late: the registry imports this module
 
         base = kinds.get(base_spec.kind).load(ctx, base_name, base_spec)
         prior = manifest.difficulty_prior
         if base_spec.blend is not None and prior is not None:  # the base as the bundle serves it
             prior_weights = ctx.npy(prior.files["weights"], np.float32, [("encoder.dim", manifest.encoder.dim)])
             base = BlendedRouter(base, prior=prior, prior_weights=prior_weights, blend=base_spec.blend)
-        return AdaptedRouter(router, base=base, weights=weights, params=spec.params)
+        return base
 
     def train(self, ctx: TrainContext) -> RouterArtifacts:
         raise NotImplementedError(

@@ -1,6 +1,7 @@
 """An adapted bundle end to end: a small real bundle (a real tiny ONNX encoder, `make_tiny_bundle`), a head
-learnt from outcomes of its own prompts, `write_adapted_bundle`, the validating loader, and the served
-score equal to the offline math; lineage in the manifest; bad arrays and references refused by name."""
+learnt from outcomes of its own prompts (the default kernel learner: kind `adapted_kernel`; the ridge:
+kind `adapted`), `write_adapted_bundle`, the validating loader, and the served score equal to the offline
+math; lineage in the manifest; bad arrays and references refused by name."""
 
 from __future__ import annotations
 
@@ -93,12 +94,40 @@ def test_thresholds_are_calibrated_on_the_recent_prompts_and_lineage_is_recorded
     assert lineage.parent_version == parent.version and lineage.router == "adapted"
     assert (lineage.outcome_kind, lineage.n_outcomes, lineage.calibration_prompts) == ("paired", 600, 200)
     assert (lineage.first_outcome_at, lineage.last_outcome_at) == (SPAN.first_at, SPAN.last_at)
-    assert lineage.learner == "paired_ridge" and lineage.settings["penalty"] == result.head.settings["penalty"]
+    assert lineage.learner == "paired_kernel_ridge" and lineage.settings == result.head.settings
+    assert lineage.settings["support"] == 600.0 and lineage.settings["kernel_gamma"] == 4.0
     assert bundle.version != parent.version
     assert bundle.manifest.calibration is not None and parent.manifest.calibration is not None
     assert bundle.manifest.calibration.thresholds["mf"] == parent.manifest.calibration.thresholds["mf"]
     spec = bundle.manifest.routers["adapted"]
+    assert spec.kind == "adapted_kernel" and spec.params.kernel_gamma == 4.0
     assert spec.params.base_router == "mf" and spec.params.blend_weight == pytest.approx(result.weight)
+
+
+def test_a_ridge_head_is_written_as_the_linear_kind_and_replaced_by_a_kernel_one(
+    parent: Path, learnt: tuple[Bundle, list[str], Adaptation], tmp_path: Path
+) -> None:
+    bundle, texts, kernel_result = learnt
+    batch = bundle.prompt_batch(texts)
+    assert batch.embeddings is not None
+    emb, lengths, base = batch.embeddings, log_length(texts), bundle.routers["mf"].score(batch)
+    gap = np.clip(np.round(2.0 * (emb[:, 0] - emb[:, 0].mean()) / emb[:, 0].std()), -1, 1)
+    ridge = adapt_paired(emb, lengths, gap, base, base, np.arange(600.0), learner="ridge")
+    assert ridge.head.kernel is None and ridge.head.learner == "paired_ridge"
+    first = tmp_path / "ridge"
+    write_adapted_bundle(parent, first, ridge.head, "mf", ridge.weight, ridge.base, SPAN, base[:200])
+    linear = load_bundle(first)
+    assert linear.manifest.routers["adapted"].kind == "adapted"
+    assert sorted(linear.manifest.routers["adapted"].files) == ["weights"]
+    np.testing.assert_allclose(
+        linear.routers["adapted"].score(batch), ridge.scores(emb, lengths, base), rtol=0, atol=1e-6
+    )
+    second = tmp_path / "kernel"
+    r = kernel_result
+    write_adapted_bundle(first, second, r.head, "mf", r.weight, r.base, SPAN, base[:200], replace=True)
+    again = load_bundle(second)
+    assert again.manifest.routers["adapted"].kind == "adapted_kernel"
+    assert sorted(again.manifest.routers["adapted"].files) == ["alpha", "support", "weights"]
 
 
 def _edit(bundle_dir: Path, change: object) -> None:
@@ -123,6 +152,47 @@ def test_a_weights_file_of_the_wrong_shape_is_refused_by_name(adapted_dir: Path,
     with pytest.raises(BundleError) as err:
         load_bundle(broken)
     assert str(err.value) == f"{rel}: shape (15,) does not match encoder.dim 16"
+
+
+@pytest.mark.parametrize(
+    ("role", "array", "message"),
+    [
+        ("support", np.zeros((600, 15), np.float32), "shape (600, 15) does not match encoder.dim 16"),
+        ("alpha", np.zeros(599, np.float32), "shape (599,) does not match support prompts 600"),
+        ("alpha", np.full(600, np.nan, np.float32), "contains NaN"),
+    ],
+)
+def test_a_bad_kernel_file_is_refused_by_name(
+    adapted_dir: Path, tmp_path: Path, role: str, array: np.ndarray, message: str
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(adapted_dir, broken)
+    rel = f"routers/adapted/{role}.npy"
+    np.save(broken / rel, array, allow_pickle=False)
+
+    def fix_checksum(m: dict) -> None:
+        m["files"][rel] = {"sha256": sha256_file(broken / rel), "bytes": (broken / rel).stat().st_size}
+
+    _edit(broken, fix_checksum)
+    with pytest.raises(BundleError) as err:
+        load_bundle(broken)
+    assert str(err.value) == f"{rel}: {message}"
+
+
+def test_a_kernel_width_that_is_not_positive_is_refused_by_name(adapted_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(adapted_dir, broken)
+
+    def zero_gamma(m: dict) -> None:
+        m["routers"]["adapted"]["params"]["kernel_gamma"] = 0.0
+
+    with pytest.raises(BundleError) as err:
+        _edit(broken, zero_gamma)
+    assert "routers.adapted.params.kernel_gamma: must be finite and > 0, got 0.0" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,17 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir: P
 
 
 def test_the_registry_knows_the_plugin(constant_kind: object) -> None:
-    assert kinds.names() == ("adapted", "adapted_quality", "bert", "constant", "mf", "quality", "random", "sw_ranking")
+    assert kinds.names() == (
+        "adapted",
+        "adapted_kernel",
+        "adapted_quality",
+        "bert",
+        "constant",
+        "mf",
+        "quality",
+        "random",
+        "sw_ranking",
+    )
     assert kinds.get("constant").uses_encoder is False
     with pytest.raises(ValueError, match="router kind 'constant' is already"):
 
@@ -136,7 +146,7 @@ def test_without_the_plugin_the_bundle_is_refused(bundle_dir: Path) -> None:
     assert proc.returncode == 1
     assert (
         "lmroute-serve: cannot load bundle: manifest.json: routers.constant.kind: unknown router kind "
-        "'constant' (known: adapted, adapted_quality, bert, mf, quality, random, sw_ranking)"
+        "'constant' (known: adapted, adapted_kernel, adapted_quality, bert, mf, quality, random, sw_ranking)"
     ) in err
 
 

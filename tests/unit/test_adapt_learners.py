@@ -1,5 +1,5 @@
-"""The in-domain learners on learnable synthetic problems: paired ridge of the gap, the single-outcome
-doubly robust learner, the blend with a base router, and their refusals of bad input."""
+"""The in-domain learners on learnable synthetic problems: paired kernel ridge and ridge of the gap, the
+single-outcome doubly robust learner, the blend with a base router, and their refusals of bad input."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores, robust_center_scale
-from lmroute.adapt.learners import choose_blend_n0, fit_paired, fit_shared, fit_single
+from lmroute.adapt.kernel_ridge import KernelSettings, fit_kernel_ridge
+from lmroute.adapt.learners import choose_blend_n0, fit_paired, fit_shared, fit_single, paired_out_of_fold
 from lmroute.adapt.ranking import gain_area_apgr
 from lmroute.adapt.selection import ExplorationRule, explore
-from lmroute.bundle.kinds.adapted import AdaptedParams, adapted_scores, log_length
+from lmroute.bundle.kinds.adapted import AdaptedParams, KernelTerm, adapted_scores, log_length
 
 DIM = 16
 
@@ -30,12 +31,103 @@ def _problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return emb, lengths, strong, weak
 
 
-def test_paired_learner_orders_fresh_prompts_far_better_than_random() -> None:
-    emb, lengths, strong, weak = _problem(1500, seed=1)
+def _topic_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Prompts from 40 topics (clusters of unit embeddings around fixed centres), each topic with its own
+    difficulty for the weak model (more topics than dimensions: no linear head of the embedding can give
+    each its own level), and the weak model fails more on long prompts. Also returns the true order."""
+    centres = np.random.default_rng(100).standard_normal((40, DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    difficulty = np.random.default_rng(101).standard_normal(40)
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 40, n)
+    emb = centres[topic] + 0.1 * rng.standard_normal((n, DIM))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    lengths = rng.uniform(3.0, 7.0, n)
+    p_weak = 1.0 / (1.0 + np.exp(-(1.0 - 2.0 * difficulty[topic] - 0.3 * (lengths - 5.0))))
+    weak = (rng.random(n) < p_weak).astype(float)
+    strong = np.maximum(weak, (rng.random(n) < 0.7).astype(float))
+    return emb, lengths, strong, weak, 2.0 * difficulty[topic] + 0.3 * lengths
+
+
+def test_paired_kernel_learner_finds_a_gap_no_linear_head_can() -> None:
+    emb, lengths, strong, weak, _ = _topic_problem(2000, seed=1)
     head = fit_paired(emb, lengths, strong - weak)
+    ridge = fit_paired(emb, lengths, strong - weak, learner="ridge")
+    t_emb, t_len, t_strong, t_weak, truth = _topic_problem(3000, seed=2)
+    learnt = gain_area_apgr(head.raw(t_emb, t_len), t_strong, t_weak)
+    assert learnt > gain_area_apgr(truth, t_strong, t_weak) - 0.03
+    assert learnt > gain_area_apgr(ridge.raw(t_emb, t_len), t_strong, t_weak) + 0.03
+    assert head.learner == "paired_kernel_ridge" and head.kernel is not None
+    assert head.settings["support"] == 2000.0 and head.settings["kernel_gamma"] == 4.0
+    assert head.length_weight > 0  # longer prompts: the weak model fails more, the gap grows
+    shuffled = fit_paired(emb, lengths, np.random.default_rng(0).permutation(strong - weak))
+    assert gain_area_apgr(shuffled.raw(t_emb, t_len), t_strong, t_weak) < learnt - 0.05
+    scores = head.score(t_emb, t_len)
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+
+
+def test_kernel_ridge_above_its_support_cap_fits_through_a_subset() -> None:
+    emb, lengths, strong, weak, _ = _topic_problem(1200, seed=3)
+    exact = fit_kernel_ridge(emb, lengths, strong - weak)
+    capped = fit_kernel_ridge(emb, lengths, strong - weak, KernelSettings(max_support=600), seed=1)
+    assert exact.kernel.support.shape == (1200, DIM) and capped.kernel.support.shape == (600, DIM)
+    assert capped.kernel.support.dtype == np.float32 and capped.kernel.alpha.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(capped.kernel.support, axis=1), 1.0, rtol=1e-6)
+    t_emb, t_len, _, _, _ = _topic_problem(2000, seed=4)
+    assert np.corrcoef(exact.predict(t_emb, t_len), capped.predict(t_emb, t_len))[0, 1] > 0.95
+    # the exact fit solves its equations: residual = penalty * alpha at the support points
+    residual = (strong - weak) - exact.predict(emb, lengths)
+    np.testing.assert_allclose(residual, 3.0 * exact.kernel.alpha, atol=1e-4)
+
+
+def test_paired_out_of_fold_never_predicts_an_outcome_it_was_fitted_on() -> None:
+    emb, lengths, strong, weak, _ = _topic_problem(300, seed=5)
+    gap = strong - weak
+    head = fit_paired(emb, lengths, gap)
+    oof = paired_out_of_fold(emb, lengths, gap, head, folds=5, seed=0)
+    in_sample = head.raw(emb, lengths)
+    # in-sample predictions lean towards each outcome's own gap; out-of-fold ones much less
+    assert np.corrcoef(in_sample, gap)[0, 1] > np.corrcoef(oof, gap)[0, 1] + 0.1
+    ridge = fit_paired(emb, lengths, gap, learner="ridge")
+    assert paired_out_of_fold(emb, lengths, gap, ridge).shape == (300,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gamma": 0.0}, r"KernelSettings.gamma: must be finite and > 0, got 0.0"),
+        ({"penalty": -1.0}, r"KernelSettings.penalty: must be finite and > 0, got -1.0"),
+        ({"max_support": 1}, r"KernelSettings.max_support: must be >= 2, got 1"),
+    ],
+)
+def test_kernel_settings_name_the_bad_value(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        KernelSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_kernel_term_and_head_check_their_arrays() -> None:
+    with pytest.raises(ValueError, match=r"support \[m, dim\] and alpha \[m\] expected"):
+        KernelTerm(np.ones((3, 4), np.float32), np.ones(2, np.float32), 1.0)
+    with pytest.raises(ValueError, match="KernelTerm.gamma: must be finite and > 0"):
+        KernelTerm(np.ones((3, 4), np.float32), np.ones(3, np.float32), float("nan"))
+    term = KernelTerm(np.eye(4, dtype=np.float32), np.ones(4, np.float32), 2.0)
+    with pytest.raises(ValueError, match="read-only"):
+        term.alpha[0] = 0.0
+    with pytest.raises(ValueError, match="Head.kernel: support of dimension 4, weights of 3"):
+        Head(np.zeros(3), 0.0, 0.0, 0.0, 1.0, "x", kernel=term)
+    # a row's scale does not matter (cosine), and a support row itself scores 1 + 3 exp(-2)
+    np.testing.assert_allclose(term.values(np.array([[5.0, 0, 0, 0]])), [1.0 + 3.0 * np.exp(-2.0)])
+    emb, lengths, strong, weak = _problem(3, seed=0)
+    with pytest.raises(ValueError, match="learner: must be one of kernel, ridge"):
+        fit_paired(emb, lengths, strong - weak, learner="forest")
+
+
+def test_paired_ridge_learner_orders_fresh_prompts_far_better_than_random() -> None:
+    emb, lengths, strong, weak = _problem(1500, seed=1)
+    head = fit_paired(emb, lengths, strong - weak, learner="ridge")
     t_emb, t_len, t_strong, t_weak = _problem(3000, seed=2)
     learnt = gain_area_apgr(head.raw(t_emb, t_len), t_strong, t_weak)
-    shuffled = fit_paired(emb, lengths, np.random.default_rng(0).permutation(strong - weak))
+    shuffled = fit_paired(emb, lengths, np.random.default_rng(0).permutation(strong - weak), learner="ridge")
     u = np.linspace(-1.0, 1.0, DIM) / np.linalg.norm(np.linspace(-1.0, 1.0, DIM))
     truth = gain_area_apgr(3.0 * (t_emb @ u) + 0.3 * t_len, t_strong, t_weak)  # the true order: 0.665
     assert learnt > truth - 0.03
@@ -87,7 +179,8 @@ def test_blend_weight_rule_and_the_blend_is_the_router_kinds_math() -> None:
     for w in (0.0, 0.3, 1.0):
         ours = blended_scores(head, emb, lengths, base, w, std)
         params = AdaptedParams("mf", w, head.length_weight, head.bias, head.center, head.scale, std.center, std.scale)
-        np.testing.assert_allclose(ours, adapted_scores(emb, lengths, base, head.weights, params), rtol=0, atol=1e-15)
+        served = adapted_scores(emb, lengths, base, head.weights, params, head.kernel)
+        np.testing.assert_allclose(ours, served, rtol=0, atol=1e-15)
     # w = 1 orders as the head, w = 0 as the base
     assert np.array_equal(
         np.argsort(blended_scores(head, emb, lengths, base, 1.0, std)), np.argsort(head.raw(emb, lengths))

@@ -276,7 +276,7 @@ CASES: list[tuple[str, Any, str]] = [
         "unknown_kind",
         lambda d: d["routers"]["mf"].update(kind="knn"),
         "manifest.json: routers.mf.kind: unknown router kind 'knn' "
-        "(known: adapted, adapted_quality, bert, mf, quality, random, sw_ranking)",
+        "(known: adapted, adapted_kernel, adapted_quality, bert, mf, quality, random, sw_ranking)",
     ),
     (
         "wrong_type",

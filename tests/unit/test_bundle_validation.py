@@ -363,7 +363,7 @@ def test_unknown_router_kind(bundle_dir: Path) -> None:
     _edit_manifest(bundle_dir, lambda d: d["routers"]["mf"].update(kind="causal_llm"))
     assert _refused(bundle_dir) == (
         "manifest.json: routers.mf.kind: unknown router kind 'causal_llm' "
-        "(known: adapted, adapted_quality, bert, mf, quality, random, sw_ranking)"
+        "(known: adapted, adapted_kernel, adapted_quality, bert, mf, quality, random, sw_ranking)"
     )
 
 
