@@ -143,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             head = fit_paired(s.emb[idx], s.len[idx], s.gap[idx], learner=args.learner, seed=seed)
             got[name].append(router_metrics(head.raw(s.emb[val], s.len[val]), s.sq[val], s.wq[val]).apgr)
         print(f"seed {seed + 1}/{args.seeds}", file=sys.stderr)
-    base = np.asarray(got["random"])
     lines = [
         "# Label budget: which prompts to judge, on a validation split of the MMLU stream half",
         "",
@@ -160,21 +159,33 @@ def main(argv: list[str] | None = None) -> int:
         f"{WINDOW}, {args.labels} of it judged; the {args.learner} learner fitted on them; APGR on the other "
         f"{s.gap.size - args.pool} stream prompts; {args.seeds} seeds.",
         "",
-        "| rule | APGR (validation), mean ± sd | minus random (same seed), mean ± se |",
-        "|---|---|---|",
     ]
+    table, summary = paired_table(got, "random", "rule", "APGR (validation)")
+    write_page(args.out, lines + table, summary)
+    return 0
+
+
+def paired_table(got: dict[str, list[float]], baseline: str, what: str, metric: str) -> tuple[list[str], dict]:
+    """Markdown rows of each entry's mean ± sd and its paired difference from `baseline` (same seeds) with
+    the standard error, and the same numbers for the JSON page."""
+    lines = [f"| {what} | {metric}, mean ± sd | minus {baseline} (same seed), mean ± se |", "|---|---|---|"]
+    base = np.asarray(got[baseline])
     summary = {}
     for name, values in got.items():
         v = np.asarray(values)
         diff = v - base
-        se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else float("nan")
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
         summary[name] = {"apgr": values, "mean": float(v.mean()), "diff_mean": float(diff.mean()), "diff_se": se}
-        cell = "-" if name == "random" else f"{diff.mean():+.4f} ± {se:.4f}"
+        cell = "-" if name == baseline else f"{diff.mean():+.4f} ± {se:.4f}"
         lines.append(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {cell} |")
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print(args.out.read_text())
-    return 0
+    return lines, summary
+
+
+def write_page(out: Path, lines: list[str], summary: dict) -> None:
+    """The result page and its JSON numbers beside it, then the page on stdout."""
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

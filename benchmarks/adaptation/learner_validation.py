@@ -18,7 +18,6 @@ ridge (same seed and prompts) with its standard error.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_budget_validation import Stream
+from label_budget_validation import Stream, paired_table, write_page
 
 from lmroute.adapt.kernel_ridge import DEFAULT_KERNEL, KernelSettings, fit_kernel_ridge
 from lmroute.adapt.learners import fit_paired
@@ -81,21 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     for dataset, n, pool, seeds in SETTINGS:
         s = streams.setdefault(dataset, Stream(args.bundle, args.data, args.cache, dataset))
         got = run(s, n, pool, seeds)
-        base = np.asarray(got["ridge"])
         title = (
             f"{dataset}: {n} judged of a pool of {pool}, APGR on {s.gap.size - pool} validation prompts, {seeds} seeds"
         )
-        lines += [f"## {title}", "", "| learner | APGR, mean ± sd | minus ridge, mean ± se |", "|---|---|---|"]
-        rows: dict[str, object] = {}
-        for name, values in got.items():
-            v = np.asarray(values)
-            diff = v - base
-            se = float(diff.std(ddof=1) / np.sqrt(diff.size))
-            cell = "-" if name == "ridge" else f"{diff.mean():+.4f} ± {se:.4f}"
-            lines.append(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {cell} |")
-            rows[name] = {"apgr": values, "mean": float(v.mean()), "diff_mean": float(diff.mean()), "diff_se": se}
-        summary[title] = rows
-        lines.append("")
+        table, summary[title] = paired_table(got, "ridge", "learner", "APGR")
+        lines += [f"## {title}", "", *table, ""]
         print(f"{title}: done", file=sys.stderr)
     encoder_id = next(iter(streams.values())).encoder_id
     lines[6:6] = [
@@ -103,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({encoder_id[:16]}...).",
         "",
     ]
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print(args.out.read_text())
+    write_page(args.out, lines, summary)
     return 0
 
 
