@@ -181,7 +181,9 @@ class ServiceConfig:
     max_message_bytes: int = field(
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
-    intra_op_threads: int = field(default=1, metadata=_doc("ONNX Runtime intra-op threads"))
+    intra_op_threads: int = field(
+        default=1, metadata=_doc("ONNX Runtime intra-op threads, and NumPy's BLAS threads in lmroute-serve")
+    )
     scoring_cpus: str = field(
         default="",
         metadata=_doc(

@@ -22,6 +22,7 @@ import structlog
 
 from lmroute.outcomes.store import StoreError
 from lmroute.service.config import ServiceConfig, config_from_cli
+from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
 from lmroute.service.server import RouterServer, ScorerFactory, load_bundle_scorer
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level)
+    limit_blas_threads(cfg.intra_op_threads)
     try:  # no fallback to the NumPy reference: a missing or stale core stops the server here
         importlib.import_module("lmroute.kernels.compiled")
     except ImportError as exc:

@@ -91,3 +91,21 @@ def test_the_scoring_thread_gets_its_cpus_and_the_event_loop_the_rest() -> None:
             lines.extend(proc.stderr.readlines())
     assert any('"event": "cpus pinned"' in line for line in lines), "".join(lines)
     assert any(line.startswith("switch interval now 0.0005") for line in lines), "".join(lines)
+
+
+def test_limit_blas_threads_caps_numpys_blas_pool_in_the_process() -> None:
+    """What lmroute-serve does with --intra-op-threads at start: NumPy's BLAS capped, read back from the
+    library itself (threadpoolctl), in a fresh interpreter that started with a pool of 2."""
+    code = (
+        "import numpy, threadpoolctl\n"
+        "from lmroute.service.cpus import limit_blas_threads\n"
+        "blas = lambda: [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "limit_blas_threads(1)\n"
+        "print(before, blas())\n"
+    )
+    env = os.environ | {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    before, after = out.strip().split("] [")
+    assert before.lstrip("[") and set(before.lstrip("[").split(", ")) == {"2"}, out
+    assert set(after.rstrip("]").split(", ")) == {"1"}, out
