@@ -365,23 +365,19 @@ def choose_blend_n0(
     folds: int = 5,
     seed: int = 0,
     out_of_fold_raw: npt.ArrayLike | None = None,
-    kernel_head: Head | None = None,
 ) -> tuple[float, dict[float, float]]:
     """n0 of `grid` whose blend (head fitted out of fold at `penalty`, weight n_train / (n_train + n0))
     orders the prompts best by `gain_area` of `gain` (the paired gap, or a doubly robust pseudo-gap);
     ties go to the larger n0 (more weight on the shipped router). Fewer than 2 * folds outcomes: the
     largest n0 of the grid. `out_of_fold_raw`: the head's out-of-fold raw values when the learner
-    cross-fitted them itself (`fit_shared`); else, when `kernel_head` has a kernel term, its learner is
-    fitted out of fold at its settings (`paired_out_of_fold`), and otherwise a ridge of `gain` at
-    `penalty`."""
+    cross-fitted them itself (`fit_shared`, or `paired_out_of_fold` for a kernel head); else a ridge of
+    `gain` at `penalty` is fitted out of fold."""
     x = design(embeddings, lengths)
     g = np.asarray(gain, dtype=np.float64)
     n = len(g)
     if n < 2 * folds:
         return max(grid), {}
-    if out_of_fold_raw is None and kernel_head is not None and kernel_head.kernel is not None:
-        raw = paired_out_of_fold(embeddings, lengths, g, kernel_head, folds=folds, seed=seed)
-    elif out_of_fold_raw is None:
+    if out_of_fold_raw is None:
         raw = out_of_fold(x, g, penalty, fold_ids(n, folds, seed))
     else:
         raw = np.asarray(out_of_fold_raw, dtype=np.float64)

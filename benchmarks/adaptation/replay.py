@@ -109,7 +109,7 @@ def send_outcomes(client: RouterClient, ids: list[str], sq: np.ndarray, wq: np.n
             raise RuntimeError(f"feedback refused: {bad[0].reason} {bad[0].message}")
 
 
-GATE_SPLITS = "cross_fit"  # --gate-splits of every adapt run (set from the command line)
+ADAPT_FLAGS: list[str] = []  # --gate-splits and --paired-learner of every adapt run (from the command line)
 
 
 def adapt(bundle: Path, store: str, out: Path, since_ms: int) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def adapt(bundle: Path, store: str, out: Path, since_ms: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(BIN / "lmroute-export"), "adapt", "--bundle", str(bundle), "--store", store, "--out", str(out)]
-        + ["--since-ms", str(since_ms), "--overwrite", "--gate-splits", GATE_SPLITS],
+        + ["--since-ms", str(since_ms), "--overwrite", *ADAPT_FLAGS],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gate-splits", choices=("cross_fit", "forward"), default="cross_fit", help="the gate's held-out scheme"
     )
+    ap.add_argument("--paired-learner", choices=("kernel", "ridge"), default="kernel", help="the adapt runs' learner")
     args = ap.parse_args(argv)
-    global GATE_SPLITS
-    GATE_SPLITS = args.gate_splits
+    ADAPT_FLAGS[:] = ["--gate-splits", args.gate_splits, "--paired-learner", args.paired_learner]
     args.ns = [int(x) for x in args.ns.split(",")]
     args.bundle = args.bundle.resolve()
     work = args.work or Path(tempfile.mkdtemp(prefix="lmroute-replay-"))
