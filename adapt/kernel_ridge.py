@@ -4,10 +4,10 @@
 
 minimising the squared error plus penalty * alpha' K alpha; the intercept and the length slope are not
 penalised (a partially linear model: the length's effect stays linear, as in the ridge head, and the
-kernel carries what the embedding says). Up to `max_support` outcomes the fit is exact and every outcome
-is a support prompt; above it, `max_support` outcomes drawn at random (seeded) are the support and the fit
-is the subset-of-regressors solution over all outcomes (the normal equations accumulated in blocks), so
-memory and the served term stay bounded.
+kernel carries what the embedding says). The fit is exact, every outcome a support prompt, up to
+`max_support` outcomes; above it, it is fitted on `max_support` outcomes drawn at random (seeded), so an
+adaptation's cost (about 60 such fits with the gate's folds) and the served term stay bounded (a
+subset-of-regressors fit over every outcome would cost support^2 x outcomes per fit).
 
 Why a kernel, and these settings (`benchmarks/adaptation/learner_validation.py`, validation splits of the
 stream halves, never the test half; RESULTS_learner_validation.md): on MMLU with 1,000 judged prompts
@@ -31,14 +31,12 @@ from lmroute.bundle.kinds.adapted import KernelTerm
 __all__ = ["DEFAULT_KERNEL", "KernelFit", "KernelSettings", "fit_kernel_ridge", "unit_rows"]
 
 FloatArray = npt.NDArray[np.float64]
-_BLOCK_ROWS = 2048  # outcomes per block of the subset-of-regressors accumulation
-_JITTER = 1e-9  # relative ridge on the support's own kernel matrix (keeps the solve well posed)
 
 
 @dataclass(frozen=True)
 class KernelSettings:
     """gamma: the kernel's width exp(gamma (cos - 1)); penalty: on alpha' K alpha; max_support: the most
-    support prompts (outcomes beyond it are fitted through a random subset of this size)."""
+    outcomes fitted (beyond it, a random subset of this size), each a support prompt."""
 
     gamma: float = 4.0
     penalty: float = 3.0
@@ -102,32 +100,18 @@ def fit_kernel_ridge(
     n = unit.shape[0]
     if n < 2 or length.shape != (n,) or y.shape != (n,):
         raise ValueError(f"fit_kernel_ridge: needs n >= 2 rows and lengths / target of shape ({n},)")
-    g, lam = settings.gamma, settings.penalty
-    if n <= settings.max_support:
-        support = unit.astype(np.float32)
-        s64 = support.astype(np.float64)
-        z = np.column_stack([np.ones(n), length])
-        k = _kernel(s64, s64, g)
-        k[np.diag_indices(n)] += lam
-        solved = np.linalg.solve(k, np.column_stack([y, z]))  # (K + lam I)^-1 [y | Z]
-        my, mz = solved[:, 0], solved[:, 1:]
-        beta = np.linalg.solve(z.T @ mz, z.T @ my)
-        alpha = my - mz @ beta
-    else:
-        rows = np.sort(np.random.default_rng(seed).choice(n, settings.max_support, replace=False))
-        support = unit[rows].astype(np.float32)
-        s64 = support.astype(np.float64)
-        m = s64.shape[0]
-        gram = np.zeros((m + 2, m + 2))
-        rhs = np.zeros(m + 2)
-        for start in range(0, n, _BLOCK_ROWS):
-            block = slice(start, start + _BLOCK_ROWS)
-            x = np.column_stack([np.ones(unit[block].shape[0]), length[block], _kernel(unit[block], s64, g)])
-            gram += x.T @ x
-            rhs += x.T @ y[block]
-        kmm = _kernel(s64, s64, g)
-        gram[2:, 2:] += lam * kmm + _JITTER * float(np.trace(kmm)) * np.eye(m)
-        sol = np.linalg.solve(gram, rhs)
-        beta, alpha = sol[:2], sol[2:]
-    term = KernelTerm(support=support, alpha=alpha.astype(np.float32), gamma=g)
+    if n > settings.max_support:
+        keep = np.sort(np.random.default_rng(seed).choice(n, settings.max_support, replace=False))
+        unit, length, y = unit[keep], length[keep], y[keep]
+        n = settings.max_support
+    support = unit.astype(np.float32)
+    s64 = support.astype(np.float64)
+    z = np.column_stack([np.ones(n), length])
+    k = _kernel(s64, s64, settings.gamma)
+    k[np.diag_indices(n)] += settings.penalty
+    solved = np.linalg.solve(k, np.column_stack([y, z]))  # (K + penalty I)^-1 [y | Z]
+    my, mz = solved[:, 0], solved[:, 1:]
+    beta = np.linalg.solve(z.T @ mz, z.T @ my)
+    alpha = my - mz @ beta
+    term = KernelTerm(support=support, alpha=alpha.astype(np.float32), gamma=settings.gamma)
     return KernelFit(kernel=term, length_weight=float(beta[1]), bias=float(beta[0]))
