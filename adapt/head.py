@@ -3,8 +3,9 @@
 A `Head` scores a batch from the encoder's embeddings and the prompts' `log_length` (log(1 + characters)):
 raw = e . weights + length_weight * log_length + bias, plus its kernel term when it has one (the
 `adapted_kernel` kind's `KernelTerm`); higher = the strong model is more needed. Its
-`center` and `scale` (median and IQR / 1.349 of raw over the prompts it was trained on) put it on the
-footing of the base router's logit, so `blended_scores` is exactly what the bundle's `adapted` router
+`center` and `scale` (median and IQR / 1.349 of raw over the prompts it was trained on; for a kernel
+head `adapt_paired` takes them from its out-of-fold predictions) put it on the footing of the base
+router's logit, so `blended_scores` is exactly what the bundle's `adapted` router
 serves (`lmroute.bundle.kinds.adapted.adapted_scores`). `blend_weight(n, n0) = n / (n + n0)`: the head's
 share grows with the number of outcomes it learnt from (n0 chosen by cross-validation on the outcomes).
 """

@@ -153,6 +153,8 @@ class AdaptedRouter:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.params = params
         self.kernel = kernel
+        if kernel is not None:
+            self.kind = "adapted_kernel"
 
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         emb = need_embeddings(self.name, self.kind, batch, self.weights.shape[0])

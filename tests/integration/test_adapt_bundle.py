@@ -69,6 +69,7 @@ def test_the_adapted_bundle_loads_and_serves_the_offline_scores(
     probe = synthetic_prompts(50, seed=31)
     batch = bundle.prompt_batch(probe)
     assert batch.embeddings is not None
+    assert bundle.routers["adapted"].kind == "adapted_kernel"
     served = bundle.routers["adapted"].score(batch)
     offline = result.scores(batch.embeddings, log_length(probe), parent.routers["mf"].score(parent.prompt_batch(probe)))
     np.testing.assert_allclose(served, offline, rtol=0, atol=1e-6)
@@ -117,7 +118,7 @@ def test_a_ridge_head_is_written_as_the_linear_kind_and_replaced_by_a_kernel_one
     first = tmp_path / "ridge"
     write_adapted_bundle(parent, first, ridge.head, "mf", ridge.weight, ridge.base, SPAN, base[:200])
     linear = load_bundle(first)
-    assert linear.manifest.routers["adapted"].kind == "adapted"
+    assert linear.manifest.routers["adapted"].kind == linear.routers["adapted"].kind == "adapted"
     assert sorted(linear.manifest.routers["adapted"].files) == ["weights"]
     np.testing.assert_allclose(
         linear.routers["adapted"].score(batch), ridge.scores(emb, lengths, base), rtol=0, atol=1e-6
