@@ -7,9 +7,9 @@ Files: `weights` float32 [dim] (the head's linear part, as in `adapted`), `suppo
 
     head = e . weights + length_weight * log(1 + c) + bias + sum_j alpha_j exp(kernel_gamma (cos(e, s_j) - 1))
 
-then blended with the base router exactly as `adapted` does (`adapted_scores`, float64). The kernel term
-costs one [batch, m] product per call: m <= the learner's support cap (5,000 by default, ~7.7 MB at 384
-dims).
+then blended with the base router exactly as `adapted` does (`adapted_scores`; the kernel term in
+float32, as stored: `KernelTerm`). It costs one [batch, m] product per call: m <= the learner's cap
+(5,000 by default, ~7.7 MB at 384 dims; benchmarks/adaptation/RESULTS_kernel_cost.md).
 """
 
 from __future__ import annotations
