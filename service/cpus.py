@@ -8,8 +8,8 @@ event loop, with the threads it starts afterwards (tokenising, bundle loading, s
 process's other CPUs. Threads started before the pinning keep the whole set.
 
 `limit_blas_threads`: NumPy's BLAS (the adapted kernel router's [batch, support] product) otherwise starts
-a thread per core and spins them on every call; beside the service's own busy threads one 64 x 500
-product measured 16 ms with two BLAS threads on two busy cores against 0.2 ms with one.
+a thread per core that spins on every call; beside the service's own busy threads those threads wait on
+each other far longer than the product takes on one.
 """
 
 from __future__ import annotations
