@@ -16,7 +16,9 @@ stream halves, never the test half; RESULTS_learner_validation.md): on MMLU with
 of a pool, 200 held back, 20 seeds) 0.625 against 0.617-0.630. gamma 4, penalty 3 is the setting that
 gained on all three (+0.015, +0.025, +0.005; penalty 10 gained more on MMLU and lost 0.009 on GSM8K).
 MMLU's subjects are clusters of the embedding with their own difficulty, which a linear head of the
-embedding can only partly separate. The kernel term costs the server one [batch, m] product per call.
+embedding can only partly separate. On the adaptation protocol's test half it matched the ridge head
+rather than beat it (docs/ADAPTATION.md, "The head and the blend"). The kernel term costs the server one
+[batch, m] product per call.
 """
 
 from __future__ import annotations
