@@ -157,7 +157,11 @@ def paired_out_of_fold(
     ids = fold_ids(len(y), folds, seed)
     if head.kernel is None:
         return out_of_fold(x, y, head.settings.get("penalty", 30.0), ids)
-    settings = KernelSettings(gamma=head.kernel.gamma, penalty=head.settings["kernel_penalty"])
+    settings = KernelSettings(
+        gamma=head.kernel.gamma,
+        penalty=head.settings["kernel_penalty"],
+        max_support=max(2, int(head.settings.get("support", DEFAULT_KERNEL.max_support))),
+    )
     raw = np.empty(len(y))
     for f in np.unique(ids):
         test = ids == f

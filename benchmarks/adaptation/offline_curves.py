@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lmroute.adapt.head import log_length
-from lmroute.adapt.learners import fit_paired
+from lmroute.adapt.learners import PAIRED_LEARNERS, fit_paired
 from lmroute.adapt.pipeline import adapt_paired, adapt_single
 from lmroute.adapt.protocol import stream_mask
 from lmroute.adapt.selection import ExplorationRule, design_inverse, explore, label_budget
@@ -50,7 +50,6 @@ SIZES = (100, 500, 1000, 2000, 5000)
 ZERO_SHOT = ("mf", "sw_ranking")
 WINDOW = 500
 SHARE = 0.5  # the operating point of the exploring policy
-PAIRED_LEARNERS = ("kernel", "ridge")  # lmroute.adapt.learners.PAIRED_LEARNERS, the default first
 ROWS = tuple(f"paired_{how}_{learner}" for how in ("random", "budget") for learner in PAIRED_LEARNERS) + ("single",)
 
 

@@ -138,18 +138,25 @@ def _edit(bundle_dir: Path, change: object) -> None:
     restamp_bundle(bundle_dir)
 
 
-def test_a_weights_file_of_the_wrong_shape_is_refused_by_name(adapted_dir: Path, tmp_path: Path) -> None:
+def _with_array(adapted_dir: Path, tmp_path: Path, rel: str, array: np.ndarray) -> Path:
+    """A copy of the adapted bundle with `rel` replaced by `array`, checksums and version restamped (so only
+    the array's own check can refuse it)."""
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(adapted_dir, broken)
-    rel = "routers/adapted/weights.npy"
-    np.save(broken / rel, np.zeros(15, dtype=np.float32), allow_pickle=False)
+    np.save(broken / rel, array, allow_pickle=False)
 
     def fix_checksum(m: dict) -> None:
         m["files"][rel] = {"sha256": sha256_file(broken / rel), "bytes": (broken / rel).stat().st_size}
 
     _edit(broken, fix_checksum)
+    return broken
+
+
+def test_a_weights_file_of_the_wrong_shape_is_refused_by_name(adapted_dir: Path, tmp_path: Path) -> None:
+    rel = "routers/adapted/weights.npy"
+    broken = _with_array(adapted_dir, tmp_path, rel, np.zeros(15, dtype=np.float32))
     with pytest.raises(BundleError) as err:
         load_bundle(broken)
     assert str(err.value) == f"{rel}: shape (15,) does not match encoder.dim 16"
@@ -166,17 +173,8 @@ def test_a_weights_file_of_the_wrong_shape_is_refused_by_name(adapted_dir: Path,
 def test_a_bad_kernel_file_is_refused_by_name(
     adapted_dir: Path, tmp_path: Path, role: str, array: np.ndarray, message: str
 ) -> None:
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(adapted_dir, broken)
     rel = f"routers/adapted/{role}.npy"
-    np.save(broken / rel, array, allow_pickle=False)
-
-    def fix_checksum(m: dict) -> None:
-        m["files"][rel] = {"sha256": sha256_file(broken / rel), "bytes": (broken / rel).stat().st_size}
-
-    _edit(broken, fix_checksum)
+    broken = _with_array(adapted_dir, tmp_path, rel, array)
     with pytest.raises(BundleError) as err:
         load_bundle(broken)
     assert str(err.value) == f"{rel}: {message}"
