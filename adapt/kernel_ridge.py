@@ -10,15 +10,15 @@ adaptation's cost (about 60 such fits with the gate's folds) and the served term
 subset-of-regressors fit over every outcome would cost support^2 x outcomes per fit).
 
 Why a kernel, and these settings (`benchmarks/adaptation/learner_validation.py`, validation splits of the
-stream halves, never the test half; RESULTS_learner_validation.md): on MMLU with 1,000 judged prompts
-(APGR on 2,021 held-back stream prompts, 12 seeds) the ridge head measured 0.608 and kernel ridge
-0.603-0.623 over gamma 2-4 and penalty 1-10; with 5,000, 0.637 against 0.641-0.667; on GSM8K (all 457
-of a pool, 200 held back, 20 seeds) 0.625 against 0.617-0.630. gamma 4, penalty 3 is the setting that
-gained on all three (+0.015, +0.025, +0.005; penalty 10 gained more on MMLU and lost 0.009 on GSM8K).
-MMLU's subjects are clusters of the embedding with their own difficulty, which a linear head of the
-embedding can only partly separate. On the adaptation protocol's test half it matched the ridge head
-rather than beat it (docs/ADAPTATION.md, "The head and the blend"). The kernel term costs the server one
-[batch, m] product per call.
+stream halves that keep near-duplicate prompts on one side, never the test half;
+RESULTS_learner_validation.md): on MMLU with 1,000 judged prompts (APGR on ~2,021 held-back stream
+prompts, 12 seeds) the ridge head measured 0.603 and kernel ridge 0.590-0.618 over gamma 2-4 and penalty
+1-10; with 5,000, 0.620 against 0.617-0.638; on GSM8K (all 457 of a pool, ~200 held back, 20 seeds)
+0.609 against 0.601-0.622. gamma 4, penalty 3 gained on all three (+0.010, +0.014, +0.009); gamma 3 /
+penalty 10 did too, within one standard error of it. MMLU's subjects are clusters of the embedding with
+their own difficulty, which a linear head of the embedding can only partly separate. On the adaptation
+protocol's test half it matched the ridge head rather than beat it (docs/ADAPTATION.md, "The head and
+the blend"). The kernel term costs the server one [batch, m] product per call.
 """
 
 from __future__ import annotations

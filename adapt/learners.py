@@ -15,7 +15,7 @@
   events routed by the default `mf` with exploration, APGR on the other 2,021 stream prompts, 5 seeds) the
   shared learner measured 0.621 +- 0.013, the doubly robust 0.585 +- 0.050, the direct 0.593 +- 0.042.
 - `choose_blend_n0`: the constant n0 of the blend weight n / (n + n0) that orders the outcomes best out
-  of fold (`lmroute.adapt.head.blend_weight`).
+  of fold, bagged over bootstrap resamples (`lmroute.adapt.head.blend_weight`).
 
 Only the outcomes given are used for any choice (the adaptation protocol: the stream half).
 """
@@ -30,10 +30,11 @@ import numpy.typing as npt
 
 from lmroute.adapt.head import BaseStandardisation, Head, base_logits, robust_center_scale
 from lmroute.adapt.kernel_ridge import DEFAULT_KERNEL, KernelSettings, fit_kernel_ridge
-from lmroute.adapt.ranking import gain_area
+from lmroute.adapt.ranking import gain_area, gain_areas
 from lmroute.adapt.ridge import cv_penalty, design, fit_ridge, fit_ridge_path, fold_ids, out_of_fold
 
 __all__ = [
+    "BLEND_RESAMPLES",
     "DEFAULT_N0_GRID",
     "DEFAULT_PENALTIES",
     "DEFAULT_GAP_PENALTIES",
@@ -52,6 +53,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_PENALTIES: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 300.0)
 DEFAULT_N0_GRID: tuple[float, ...] = (0.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+BLEND_RESAMPLES = 300  # bootstrap resamples of the blend's n0 choice
+_TIE_TOLERANCE = 1e-9  # relative: gain areas this close are a tie
 MAX_INVERSE_PROPENSITY = 20.0  # importance weights are clipped here (variance over a small bias)
 # The shared learner's penalties: 3 on the quality both models share, n / 16 on the gap (at least 10; n =
 # the number of events). Chosen on validation splits of the stream halves: on MMLU, gap penalty 30-100
@@ -369,13 +372,24 @@ def choose_blend_n0(
     folds: int = 5,
     seed: int = 0,
     out_of_fold_raw: npt.ArrayLike | None = None,
+    resamples: int = BLEND_RESAMPLES,
 ) -> tuple[float, dict[float, float]]:
-    """n0 of `grid` whose blend (head fitted out of fold at `penalty`, weight n_train / (n_train + n0))
-    orders the prompts best by `gain_area` of `gain` (the paired gap, or a doubly robust pseudo-gap);
-    ties go to the larger n0 (more weight on the shipped router). Fewer than 2 * folds outcomes: the
-    largest n0 of the grid. `out_of_fold_raw`: the head's out-of-fold raw values when the learner
-    cross-fitted them itself (`fit_shared`, or `paired_out_of_fold` for a kernel head); else a ridge of
-    `gain` at `penalty` is fitted out of fold."""
+    """n0 of the blend weight n_train / (n_train + n0), bagged over `grid`: on each of `resamples`
+    bootstrap resamples of the outcomes the n0 of `grid` whose blend (head fitted out of fold at
+    `penalty`) orders them best by `gain_area` of `gain` (the paired gap, or a doubly robust pseudo-gap;
+    ties go to the larger n0, more weight on the shipped router), and n0 is what the mean of those
+    resamples' weights comes to (so it may fall between grid points). Returns n0 and every grid point's
+    `gain_area` on all the outcomes. Fewer than 2 * folds outcomes: the largest n0 of the grid.
+    `out_of_fold_raw`: the head's out-of-fold raw values when the learner cross-fitted them itself
+    (`fit_shared`, or `paired_out_of_fold` for a kernel head); else a ridge of `gain` at `penalty` is
+    fitted out of fold. `resamples=0`: the best grid point on all the outcomes alone (the choice before
+    bagging, kept for comparison).
+
+    Why bagged: the best grid point on one sample of a few hundred or thousand outcomes is a noisy pick
+    (on MMLU with 1,000 outcomes one seed in five put n0 = 3,000 on a shipped router at random there).
+    `benchmarks/adaptation/blend_validation.py` (validation splits of the stream halves) measured the
+    bagged choice against the single argmax with a near-random shipped router and with an in-domain one;
+    RESULTS_blend_validation.md."""
     x = design(embeddings, lengths)
     g = np.asarray(gain, dtype=np.float64)
     n = len(g)
@@ -392,12 +406,19 @@ def choose_blend_n0(
     base = BaseStandardisation.of(base_scores)
     z_base = (base_logits(base_scores) - base.center) / base.scale
     n_train = n * (folds - 1) / folds
-    scores = {}
-    for n0 in sorted(float(v) for v in grid):
-        w = n_train / (n_train + n0) if n_train + n0 > 0 else 1.0
-        scores[n0] = gain_area(w * z_head + (1.0 - w) * z_base, g)
-    best = max(scores, key=lambda k: (scores[k], k))
-    return best, scores
+    n0s = np.array(sorted(float(v) for v in grid))
+    weights = np.array([n_train / (n_train + v) if n_train + v > 0 else 1.0 for v in n0s])
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    rows = np.vstack([np.ones((1, n)), counts])  # row 0: every outcome once
+    areas = np.array([gain_areas(w * z_head + (1.0 - w) * z_base, g, rows) for w in weights])  # [grid, 1 + B]
+    # per resample the best grid point, ties (within rounding: blends that order the outcomes alike sum
+    # their areas in different orders) to the larger n0
+    boot = areas[:, 1:] if resamples > 0 else areas[:, :1]  # resamples 0: the single best on all outcomes
+    near_best = boot >= boot.max(axis=0) - _TIE_TOLERANCE * np.maximum(1.0, np.abs(boot).max(axis=0))
+    best = n0s.size - 1 - np.argmax(near_best[::-1], axis=0)
+    mean_weight = float(weights[best].mean())
+    n0 = round(n_train * (1.0 - mean_weight) / mean_weight, 6)  # rounded: all resamples at one point give it
+    return n0, {float(v): float(a) for v, a in zip(n0s, areas[:, 0], strict=True)}
 
 
 def held_out_dr_gain(

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, gate, gate_splits
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores, robust_center_scale
 from lmroute.adapt.learners import (
+    BLEND_RESAMPLES,
     PAIRED_LEARNERS,
     choose_blend_n0,
     dr_pseudo_gap,
@@ -38,7 +39,7 @@ from lmroute.adapt.learners import (
 )
 from lmroute.adapt.ridge import design
 
-__all__ = ["Adaptation", "adapt_paired", "adapt_single"]
+__all__ = ["Adaptation", "adapt_paired", "adapt_single", "fit_blend"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -67,7 +68,7 @@ BLEND_FOLDS = 5  # folds of the blend's n0 choice (and of a kernel head's out-of
 _EMPTY = np.zeros(0)  # what the held-out lists start from: no fold left (every outcome seen) = none held out
 
 
-def _fit_blend(
+def fit_blend(
     emb: FloatArray,
     lengths: FloatArray,
     gain: FloatArray,
@@ -75,18 +76,29 @@ def _fit_blend(
     head: Head,
     seed: int,
     out_of_fold_raw: FloatArray | None = None,
+    *,
+    resamples: int = BLEND_RESAMPLES,
 ) -> tuple[Head, float, float, BaseStandardisation]:
-    """The head (a kernel head restandardised on its out-of-fold predictions), n0, the blend weight and the
-    base's standardisation. A kernel head's in-sample predictions fit its own outcomes and spread wider
-    than on new prompts (about twice the IQR on GSM8K's stream half), which would weigh it too little
-    in the blend; its out-of-fold predictions spread as new prompts' do."""
+    """The head (a kernel head restandardised on its out-of-fold predictions), n0 (`choose_blend_n0`, with
+    `resamples` bootstrap resamples), the blend weight and the base's standardisation. A kernel head's
+    in-sample predictions fit its own outcomes and spread wider than on new prompts (about twice the IQR
+    on GSM8K's stream half), which would weigh it too little in the blend; its out-of-fold predictions
+    spread as new prompts' do."""
     if out_of_fold_raw is None and head.kernel is not None and len(gain) >= 2 * BLEND_FOLDS:
         out_of_fold_raw = paired_out_of_fold(emb, lengths, gain, head, folds=BLEND_FOLDS, seed=seed)
         center, scale = robust_center_scale(out_of_fold_raw)
         head = dataclasses.replace(head, center=center, scale=scale)
     penalty = head.settings.get("penalty", 30.0)
     n0, _ = choose_blend_n0(
-        emb, lengths, gain, base_scores, penalty, folds=BLEND_FOLDS, seed=seed, out_of_fold_raw=out_of_fold_raw
+        emb,
+        lengths,
+        gain,
+        base_scores,
+        penalty,
+        folds=BLEND_FOLDS,
+        seed=seed,
+        out_of_fold_raw=out_of_fold_raw,
+        resamples=resamples,
     )
     return head, n0, blend_weight(len(gain), n0), BaseStandardisation.of(base_scores)
 
@@ -106,10 +118,10 @@ def _single_head(
     if method == "shared":
         shared = fit_shared(x, arm, q, p, seed=seed)
         head = shared_head(x, shared, len(q))
-        return _fit_blend(emb, length, shared.pseudo_gap, base, head, seed, shared.oof_gap)
+        return fit_blend(emb, length, shared.pseudo_gap, base, head, seed, shared.oof_gap)
     head = fit_single(emb, length, arm, q, p, method=method, seed=seed)
     pseudo, _, _ = dr_pseudo_gap(x, arm, q, p, seed=seed)
-    return _fit_blend(emb, length, pseudo, base, head, seed)
+    return fit_blend(emb, length, pseudo, base, head, seed)
 
 
 def adapt_paired(
@@ -136,13 +148,13 @@ def adapt_paired(
     cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
     for train, held in gate_splits(timestamps, splits, seed, unseen):
         head = fit_paired(emb[train], length[train], g[train], learner=learner, seed=seed)
-        head, n0, weight, base_std = _fit_blend(emb[train], length[train], g[train], base[train], head, seed)
+        head, n0, weight, base_std = fit_blend(emb[train], length[train], g[train], base[train], head, seed)
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
         champ_h.append(champ[held])
         gain_h.append(g[held])
     decision = gate(np.concatenate(champ_h), np.concatenate(cand), np.concatenate(gain_h), margin=margin, seed=seed)
     head = fit_paired(emb, length, g, learner=learner, seed=seed)
-    head, n0, weight, base_std = _fit_blend(emb, length, g, base, head, seed)
+    head, n0, weight, base_std = fit_blend(emb, length, g, base, head, seed)
     return Adaptation(head=head, n0=n0, weight=weight, base=base_std, decision=decision)
 
 

@@ -4,8 +4,9 @@ stream half only (the adaptation protocol's test half is never read).
     .venv/bin/python benchmarks/adaptation/label_budget_validation.py --bundle /tmp/tiers/onnx \
         --out benchmarks/adaptation/RESULTS_label_budget.md
 
-Per seed the stream half (`lmroute.adapt.protocol.stream_mask`) is shuffled; its first --pool prompts
-pass as traffic in windows of 500, and each rule marks --labels of them for judging (the same number per
+Per seed the stream half (`lmroute.adapt.protocol.stream_mask`) is split by `grouped_split` (prompts
+within cosine 0.95 of each other stay on one side, as the hash split keeps identical texts in one half):
+--pool prompts (or the few more that close a group) pass as traffic in windows of 500, and each rule marks --labels of them for judging (the same number per
 window, as the service's label budget would); the paired learner (`fit_paired`, --learner: its default
 kernel ridge of strong - weak quality, or the linear ridge) is fitted on the marked prompts' outcomes and
 scores the remaining stream prompts (the validation split), APGR by the paper's deciles.
@@ -39,7 +40,7 @@ import numpy as np
 
 from lmroute.adapt.head import log_length
 from lmroute.adapt.learners import PAIRED_LEARNERS, fit_paired
-from lmroute.adapt.protocol import stream_mask
+from lmroute.adapt.protocol import grouped_split, near_duplicate_groups, stream_mask
 from lmroute.adapt.selection import design_inverse, label_budget
 from lmroute.bundle.loader import load_bundle
 from lmroute.export.embed_cache import embed_texts, encoder_id_of
@@ -65,6 +66,11 @@ class Stream:
         self.sq = np.asarray(ev.strong_quality, dtype=np.float64)[keep]
         self.wq = np.asarray(ev.weak_quality, dtype=np.float64)[keep]
         self.gap = self.sq - self.wq
+        self.groups = near_duplicate_groups(self.emb)
+
+    def split(self, pool: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pool, validation) of the stream half for one seed: `grouped_split`, near-duplicates on one side."""
+        return grouped_split(self.groups, pool, seed)
 
     def windows(self, pool: np.ndarray, k: int) -> list[tuple[np.ndarray, int]]:
         """The pool in windows of WINDOW and how many of each to mark (k in all, spread evenly)."""
@@ -136,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     table[f"random, all {args.pool} judged"] = lambda pool, rng, seed: pool
     got: dict[str, list[float]] = {name: [] for name in table}
     for seed in range(args.seeds):
-        order = np.random.default_rng(seed).permutation(s.gap.size)
-        pool, val = order[: args.pool], order[args.pool :]
+        pool, val = s.split(args.pool, seed)
         for name, rule in table.items():
             idx = rule(pool, np.random.default_rng(10_000 + seed), seed)
             head = fit_paired(s.emb[idx], s.len[idx], s.gap[idx], learner=args.learner, seed=seed)
@@ -155,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
         f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({s.encoder_id[:16]}...).",
-        f"- MMLU stream half: {s.gap.size} prompts; per seed a shuffled pool of {args.pool} passes in windows of "
-        f"{WINDOW}, {args.labels} of it judged; the {args.learner} learner fitted on them; APGR on the other "
-        f"{s.gap.size - args.pool} stream prompts; {args.seeds} seeds.",
+        f"- MMLU stream half: {s.gap.size} prompts; per seed a pool of {args.pool} (whole near-duplicate groups) "
+        f"passes in windows of {WINDOW}, {args.labels} of it judged; the {args.learner} learner fitted on them; "
+        f"APGR on the other ~{s.gap.size - args.pool} stream prompts; {args.seeds} seeds.",
         "",
     ]
     table, summary = paired_table(got, "random", "rule", "APGR (validation)")

@@ -4,9 +4,9 @@ splits of the stream halves only (the adaptation protocol's test half is never r
     .venv/bin/python benchmarks/adaptation/learner_validation.py --bundle /tmp/tiers/onnx \
         --out benchmarks/adaptation/RESULTS_learner_validation.md
 
-Per (set, N) and seed, the stream half (`lmroute.adapt.protocol.stream_mask`) is shuffled: N of its first
---pool prompts (all of them when N = pool) are judged (both models' quality) and every learner is fitted
-on the same N; APGR on the stream prompts after the pool (the validation split), the paper's deciles.
+Per (set, N) and seed, the stream half (`lmroute.adapt.protocol.stream_mask`) is split by `grouped_split`
+(near-duplicate prompts on one side): N of the --pool pooled prompts (all of them when N = pool) are judged (both models' quality) and every learner is fitted
+on the same N; APGR on the other stream prompts (the validation split), the paper's deciles.
 Learners: `fit_paired(learner="ridge")` (ridge of strong - weak on [embedding | log length], penalty by
 5-fold cross-validation) and kernel ridge (`lmroute.adapt.kernel_ridge.fit_kernel_ridge`) over a grid
 of kernel widths gamma and penalties; the shipped default is marked. Settings: MMLU with 1,000 and 5,000
@@ -41,9 +41,8 @@ PENALTIES = (1.0, 3.0, 10.0)
 def run(s: Stream, n: int, pool: int, seeds: int) -> dict[str, list[float]]:
     got: dict[str, list[float]] = {}
     for seed in range(seeds):
-        order = np.random.default_rng(seed).permutation(s.gap.size)
-        val = order[pool:]
-        idx = order[:pool] if n >= pool else np.random.default_rng(10_000 + seed).choice(order[:pool], n, replace=False)
+        pooled, val = s.split(pool, seed)
+        idx = pooled if n >= pool else np.random.default_rng(10_000 + seed).choice(pooled, n, replace=False)
 
         def score(name: str, raw: np.ndarray, val: np.ndarray = val) -> None:
             got.setdefault(name, []).append(router_metrics(raw, s.sq[val], s.wq[val]).apgr)
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         s = streams.setdefault(dataset, Stream(args.bundle, args.data, args.cache, dataset))
         got = run(s, n, pool, seeds)
         title = (
-            f"{dataset}: {n} judged of a pool of {pool}, APGR on {s.gap.size - pool} validation prompts, {seeds} seeds"
+            f"{dataset}: {n} judged of a pool of {pool}, APGR on ~{s.gap.size - pool} validation prompts, {seeds} seeds"
         )
         table, summary[title] = paired_table(got, "ridge", "learner", "APGR")
         lines += [f"## {title}", "", *table, ""]

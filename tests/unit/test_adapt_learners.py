@@ -206,6 +206,19 @@ def test_choose_blend_n0_prefers_the_head_over_a_useless_base_and_the_base_when_
     assert n0_oracle >= 1000.0
 
 
+def test_choose_blend_n0_bags_the_grid_choice_over_resamples() -> None:
+    emb, lengths, strong, weak = _problem(600, seed=4)
+    gap = strong - weak
+    rng = np.random.default_rng(5)
+    partial = np.clip(0.5 + 0.2 * gap + 0.3 * rng.standard_normal(gap.size), 0.01, 0.99)  # a base that half knows
+    single, scores = choose_blend_n0(emb, lengths, gap, partial, 30.0, resamples=0)
+    assert single == max(scores, key=lambda k: (scores[k], k))  # the rule before bagging: the best grid point
+    bagged, scores_bagged = choose_blend_n0(emb, lengths, gap, partial, 30.0)
+    assert scores_bagged == pytest.approx(scores, rel=1e-12)  # the grid's areas on all the outcomes, either way
+    assert bagged not in scores and min(scores) < bagged < max(scores)  # resamples disagree: between grid points
+    assert choose_blend_n0(emb, lengths, gap, partial, 30.0)[0] == bagged  # seeded
+
+
 def test_log_length_counts_characters() -> None:
     np.testing.assert_allclose(log_length(["", "abc", "é" * 9]), np.log1p([0.0, 3.0, 9.0]))
 

@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lmroute.adapt.protocol import stream_mask
+from lmroute.adapt.protocol import grouped_split, near_duplicate_groups, stream_mask
 from lmroute.adapt.ranking import gain_area, gain_area_apgr
 from lmroute.adapt.selection import (
     ExplorationRule,
@@ -105,3 +105,39 @@ def test_stream_mask_is_the_sha256_first_digit_rule() -> None:
     expected = [hashlib.sha256(t.encode()).hexdigest()[0] in "01234567" for t in texts]
     assert stream_mask(texts).tolist() == expected
     assert 60 < sum(expected) < 140
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_near_duplicate_groups_join_chains_of_close_prompts_and_nothing_else() -> None:
+    rng = np.random.default_rng(3)
+    a = _unit(rng.standard_normal(64))
+    side = _unit(rng.standard_normal(64) - (rng.standard_normal(64) @ a) * a)
+    side = _unit(side - (side @ a) * a)  # orthogonal to a
+    # b at angle 0.25 rad from a, c at 0.5 rad: a-b and b-c have cosine 0.969, a-c 0.878 (< 0.95)
+    b, c = (np.cos(t) * a + np.sin(t) * side for t in (0.25, 0.5))
+    others = rng.standard_normal((20, 64))
+    emb = np.vstack([others[:5], c, others[5:12], a * 3.0, others[12:], b])  # c first, a scaled (cosine only)
+    groups = near_duplicate_groups(emb)
+    chain = [5, 13, emb.shape[0] - 1]
+    assert len({int(groups[i]) for i in chain}) == 1 and groups[chain[0]] == 5  # the group's first index
+    rest = [i for i in range(emb.shape[0]) if i not in chain]
+    assert sorted(groups[rest].tolist()) == rest  # random 64-d directions: every other prompt alone
+    with pytest.raises(ValueError, match="embeddings"):
+        near_duplicate_groups(np.zeros(5))
+
+
+def test_grouped_split_never_parts_a_group_and_covers_every_prompt_once() -> None:
+    groups = np.repeat(np.arange(40), np.random.default_rng(0).integers(1, 6, 40))  # groups of 1-5 prompts
+    splits = set()
+    for seed in range(10):
+        head, rest = grouped_split(groups, 50, seed)
+        assert sorted(np.concatenate([head, rest]).tolist()) == list(range(groups.size))
+        assert 50 <= head.size < 55 and not set(groups[head]) & set(groups[rest])
+        splits.add(tuple(sorted(head.tolist())))
+    assert len(splits) == 10  # seeded, and different seeds draw different splits
+    assert np.array_equal(grouped_split(groups, 50, 4)[0], grouped_split(groups, 50, 4)[0])
+    with pytest.raises(ValueError, match="first"):
+        grouped_split(groups, groups.size + 1, 0)
