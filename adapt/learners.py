@@ -385,11 +385,10 @@ def choose_blend_n0(
     fitted out of fold. `resamples=0`: the best grid point on all the outcomes alone (the choice before
     bagging, kept for comparison).
 
-    Why bagged: the best grid point on one sample of a few hundred or thousand outcomes is a noisy pick
-    (on MMLU with 1,000 outcomes one seed in five put n0 = 3,000 on a shipped router at random there).
-    `benchmarks/adaptation/blend_validation.py` (validation splits of the stream halves) measured the
-    bagged choice against the single argmax with a near-random shipped router and with an in-domain one;
-    RESULTS_blend_validation.md."""
+    Why bagged: the best grid point on one sample of a few hundred or thousand outcomes is a noisy pick,
+    swinging between 0 and 3,000 from seed to seed. `benchmarks/adaptation/blend_validation.py`
+    (validation splits of the stream halves; RESULTS_blend_validation.md) measured the bagged choice
+    against the single pick with a near-random shipped router and with an in-domain one."""
     x = design(embeddings, lengths)
     g = np.asarray(gain, dtype=np.float64)
     n = len(g)

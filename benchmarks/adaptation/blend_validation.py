@@ -15,8 +15,12 @@ The head alone (n0 = 0, no weight on the base) is shown for scale.
 
 Two kinds of base router, because a rule that always discounts the base would win on MMLU and GSM8K
 alone (the shipped routers are near random there): the bundle's `mf` (zero-shot, near random), and an
-in-domain base, a kernel head fitted on --base-prompts other stream prompts of the same seed (neither
-pooled nor held back), standing in for a shipped router that knows the domain.
+in-domain base, a kernel head fitted on other stream prompts of the same seed (2,000 on MMLU, 157 on
+GSM8K; neither pooled nor held back), standing in for a shipped router that knows the domain.
+
+Single outcomes (MMLU): the pool is routed once by `mf` at a strong share of 0.5 with the default
+exploration, each event keeps the answering model's quality and its propensity, and the shared outcome
+ridge and the blend are fitted on the first N events as `adapt_single` fits them.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_budget_validation import paired_table, write_page
-from offline_curves import budget_indices, load_set
+from offline_curves import SHARE, budget_indices, load_set
 
 from lmroute.adapt.head import blended_scores
-from lmroute.adapt.learners import BLEND_RESAMPLES, fit_paired
+from lmroute.adapt.learners import BLEND_RESAMPLES, fit_paired, fit_shared, shared_head
 from lmroute.adapt.pipeline import fit_blend
 from lmroute.adapt.protocol import grouped_split, near_duplicate_groups
+from lmroute.adapt.ridge import design
+from lmroute.adapt.selection import ExplorationRule, explore
 from lmroute.bundle.loader import load_bundle
 from lmroute.export.metrics import router_metrics
 
@@ -48,6 +54,8 @@ SETTINGS: tuple[tuple[str, str, int, int, tuple[int, ...], int], ...] = (
     ("gsm8k", "mf", 457, 0, (100, 200, 457), 20),
     ("gsm8k", "in-domain", 300, 157, (100, 200, 300), 20),
 )
+# single outcomes: (set, pool, event counts, seeds); the pool routed once by `mf` with the default exploration
+SINGLE_SETTINGS: tuple[tuple[str, int, tuple[int, ...], int], ...] = (("mmlu", 5000, (1000, 5000), 12),)
 RULES = ("argmax", "bagged (default)", "head alone")
 
 
@@ -90,6 +98,59 @@ def run_setting(
     return got
 
 
+def run_single(
+    d: dict[str, Any], pool_size: int, sizes: tuple[int, ...], seeds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Single outcomes: the pool routed by `mf` at a strong share of SHARE with the default exploration
+    (the propensities logged), the shared outcome ridge fitted on the first N events, the blend's n0 on
+    its out-of-fold gap and cross-fitted doubly robust pseudo-gap (as `adapt_single` does)."""
+    stream = d["stream"]
+    emb, lengths, base = d["emb"], d["len"], d["zero_shot"]["mf"]
+    groups = near_duplicate_groups(emb[stream])
+    rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
+    ref = base[stream]
+    threshold = float(np.quantile(ref, 1.0 - SHARE))
+    got: dict[str, dict[str, list[float]]] = {}
+    for seed in range(seeds):
+        pool_local, rest = grouped_split(groups, pool_size, seed)
+        pool, val = stream[pool_local], stream[rest]
+        ex = explore(base[pool], threshold, ref, SHARE, rule, np.random.default_rng(1000 + seed))
+        quality = np.where(ex.chose_strong, d["sq"][pool], d["wq"][pool])
+        for n in sizes:
+            idx = pool[:n]
+            x = design(emb[idx], lengths[idx])
+            shared = fit_shared(x, ex.chose_strong[:n], quality[:n], ex.propensity[:n], seed=seed)
+            head = shared_head(x, shared, n)
+            row = got.setdefault(f"{n} events (single outcomes, explored)", {})
+            for rule_name, resamples in (("argmax", 0), ("bagged (default)", BLEND_RESAMPLES)):
+                h, n0, weight, std = fit_blend(
+                    emb[idx],
+                    lengths[idx],
+                    shared.pseudo_gap,
+                    base[idx],
+                    head,
+                    seed,
+                    shared.oof_gap,
+                    resamples=resamples,
+                )
+                scores = blended_scores(h, emb[val], lengths[val], base[val], weight, std)
+                row.setdefault(rule_name, []).append(router_metrics(scores, d["sq"][val], d["wq"][val]).apgr)
+                row.setdefault(f"n0 {rule_name}", []).append(n0)
+            raw = head.raw(emb[val], lengths[val])
+            row.setdefault("head alone", []).append(router_metrics(raw, d["sq"][val], d["wq"][val]).apgr)
+        print(f"{d['name']} single: seed {seed + 1}/{seeds}", file=sys.stderr)
+    return got
+
+
+def section(title: str, values: dict[str, list[float]], summary: dict[str, Any]) -> list[str]:
+    """One setting's Markdown: the rules' APGR against the single pick, and the n0 each rule chose."""
+    n0s = {rule: np.asarray(values.pop(f"n0 {rule}")) for rule in RULES[:2]}
+    table, summary[title] = paired_table(values, "argmax", "n0 rule", "APGR (validation)")
+    n0_text = "; ".join(f"{rule} {v.mean():.0f} ± {v.std(ddof=1):.0f}" for rule, v in n0s.items())
+    summary[title]["n0"] = {rule: v.tolist() for rule, v in n0s.items()}
+    return [f"## {title}", "", *table, "", f"n0 chosen, mean ± sd: {n0_text}.", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True, help="a bundle with the `mf` router (the shipped base)")
@@ -120,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for row, values in got.items():
             title = f"{name}, base {base_text}: {row} of a pool of {pool}, about {held} held back, {seeds} seeds"
-            n0s = {rule: np.asarray(values.pop(f"n0 {rule}")) for rule in RULES[:2]}
-            table, summary[title] = paired_table(values, "argmax", "n0 rule", "APGR (validation)")
-            n0_text = "; ".join(f"{rule} {v.mean():.0f} ± {v.std(ddof=1):.0f}" for rule, v in n0s.items())
-            summary[title]["n0"] = {rule: v.tolist() for rule, v in n0s.items()}
-            lines += [f"## {title}", "", *table, "", f"n0 chosen, mean ± sd: {n0_text}.", ""]
+            lines += section(title, values, summary)
+    for name, pool, sizes, seeds in SINGLE_SETTINGS:
+        d = sets.setdefault(name, load_set(name, argparse.Namespace(data=args.data, cache=args.cache), bundle))
+        for row, values in run_single(d, pool, sizes, seeds).items():
+            title = f"{name}, base the bundle's `mf`, zero-shot: {row} of a pool of {pool}, about {d['stream'].size - pool} held back, {seeds} seeds"
+            lines += section(title, values, summary)
     lines[6:6] = [
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
         f"{time.time() - t0:.0f} s; bundle `{args.bundle}` (version {bundle.version}).",
