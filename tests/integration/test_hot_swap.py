@@ -289,7 +289,10 @@ def test_real_bundles_swap_under_load_and_every_answer_is_scored_by_the_bundle_i
 ) -> None:
     configure_logging("warning")
     versions = list(expected)  # a, b, a2
-    srv = ServerThread(_config(bundles["a"], batch=BatchPolicy(max_wait_us=2000))).start()
+    # what a swap does to calls is the point: a long queue timeout, so that a busy test machine's queueing
+    # does not fail calls (the default 1 s did, with other CPU-bound jobs on 2 cores)
+    policy = BatchPolicy(max_wait_us=2000, queue_timeout_ms=30_000)
+    srv = ServerThread(_config(bundles["a"], batch=policy)).start()
     try:
         scorers = [weakref.ref(srv.server.scorer)]
         with RouterClient(srv.target, timeout_s=60) as admin, Callers(srv.target) as callers:
