@@ -213,7 +213,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"Command: `{command}`  ",
         f"CPU: {results['cpu']}; server: `lmroute-serve` child process (1 intra-op thread), SQLite outcome store; "
         f"Python {platform.python_version()}; wall time {results['wall_min']:.0f} min.  ",
-        f"Bundle: `{results['bundle_version']}` (the default build); seeds {results['seeds']}; APGR on the test half "
+        f"Bundle: `{results['bundle_version']}` (its `mf` is the zero-shot default); seeds {results['seeds']}; APGR on the test half "
         "(the paper's deciles, `lmroute.export.metrics`), mean +- sd over seeds; served = the bundle serving after "
         "the gate (the adapted one when accepted and hot-swapped in, else the default `mf`).",
         "",
