@@ -6,10 +6,11 @@ stream half only (the adaptation protocol's test half is never read).
 
 Per seed the stream half (`lmroute.adapt.protocol.stream_mask`) is split by `grouped_split` (prompts
 within cosine 0.95 of each other stay on one side, as the hash split keeps identical texts in one half):
---pool prompts (or the few more that close a group) pass as traffic in windows of 500, and each rule marks --labels of them for judging (the same number per
-window, as the service's label budget would); the paired learner (`fit_paired`, --learner: its default
-kernel ridge of strong - weak quality, or the linear ridge) is fitted on the marked prompts' outcomes and
-scores the remaining stream prompts (the validation split), APGR by the paper's deciles.
+--pool prompts (or the few more that close a group) pass as traffic in windows of 500, and each rule
+marks --labels of them for judging (the same number per window, as the service's label budget would);
+the paired learner (`fit_paired`, --learner: its default kernel ridge of strong - weak quality, or the
+linear ridge) is fitted on the marked prompts' outcomes and scores the remaining stream prompts (the
+validation split), APGR by the paper's deciles.
 Rules:
 
 - random: a uniform sample of each window;

@@ -5,8 +5,9 @@ splits of the stream halves only (the adaptation protocol's test half is never r
         --out benchmarks/adaptation/RESULTS_learner_validation.md
 
 Per (set, N) and seed, the stream half (`lmroute.adapt.protocol.stream_mask`) is split by `grouped_split`
-(near-duplicate prompts on one side): N of the --pool pooled prompts (all of them when N = pool) are judged (both models' quality) and every learner is fitted
-on the same N; APGR on the other stream prompts (the validation split), the paper's deciles.
+(near-duplicate prompts on one side): N of the pooled prompts (all of them when N = pool) are judged
+(both models' quality) and every learner is fitted on the same N; APGR on the other stream prompts (the
+validation split), the paper's deciles.
 Learners: `fit_paired(learner="ridge")` (ridge of strong - weak on [embedding | log length], penalty by
 5-fold cross-validation) and kernel ridge (`lmroute.adapt.kernel_ridge.fit_kernel_ridge`) over a grid
 of kernel widths gamma and penalties; the shipped default is marked. Settings: MMLU with 1,000 and 5,000
