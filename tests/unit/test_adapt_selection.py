@@ -114,8 +114,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def test_near_duplicate_groups_join_chains_of_close_prompts_and_nothing_else() -> None:
     rng = np.random.default_rng(3)
     a = _unit(rng.standard_normal(64))
-    side = _unit(rng.standard_normal(64) - (rng.standard_normal(64) @ a) * a)
-    side = _unit(side - (side @ a) * a)  # orthogonal to a
+    side = rng.standard_normal(64)
+    side = _unit(side - (side @ a) * a)  # a unit direction orthogonal to a
     # b at angle 0.25 rad from a, c at 0.5 rad: a-b and b-c have cosine 0.969, a-c 0.878 (< 0.95)
     b, c = (np.cos(t) * a + np.sin(t) * side for t in (0.25, 0.5))
     others = rng.standard_normal((20, 64))
