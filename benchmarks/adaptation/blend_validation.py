@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_budget_validation import paired_table, write_page
 from offline_curves import SHARE, budget_indices, load_set
 
-from lmroute.adapt.head import blended_scores
+from lmroute.adapt.head import Head, blended_scores
 from lmroute.adapt.learners import BLEND_RESAMPLES, fit_paired, fit_shared, shared_head
 from lmroute.adapt.pipeline import fit_blend
 from lmroute.adapt.protocol import grouped_split, near_duplicate_groups
@@ -57,6 +57,31 @@ SETTINGS: tuple[tuple[str, str, int, int, tuple[int, ...], int], ...] = (
 # single outcomes: (set, pool, event counts, seeds); the pool routed once by `mf` with the default exploration
 SINGLE_SETTINGS: tuple[tuple[str, int, tuple[int, ...], int], ...] = (("mmlu", 5000, (1000, 5000), 12),)
 RULES = ("argmax", "bagged (default)", "head alone")
+
+
+def score_rules(
+    row: dict[str, list[float]],
+    d: dict[str, Any],
+    idx: np.ndarray,
+    val: np.ndarray,
+    gain: np.ndarray,
+    base: np.ndarray,
+    head: Head,
+    seed: int,
+    out_of_fold_raw: np.ndarray | None = None,
+) -> None:
+    """Append to `row` the validation APGR (and n0) of each rule's blend of `head`, fitted on the outcomes
+    `gain` of prompts `idx`, and of the head alone."""
+    emb, lengths = d["emb"], d["len"]
+    for rule, resamples in (("argmax", 0), ("bagged (default)", BLEND_RESAMPLES)):
+        h, n0, weight, std = fit_blend(
+            emb[idx], lengths[idx], gain, base[idx], head, seed, out_of_fold_raw, resamples=resamples
+        )
+        scores = blended_scores(h, emb[val], lengths[val], base[val], weight, std)
+        row.setdefault(rule, []).append(router_metrics(scores, d["sq"][val], d["wq"][val]).apgr)
+        row.setdefault(f"n0 {rule}", []).append(n0)
+    raw = head.raw(emb[val], lengths[val])
+    row.setdefault("head alone", []).append(router_metrics(raw, d["sq"][val], d["wq"][val]).apgr)
 
 
 def run_setting(
@@ -84,16 +109,7 @@ def run_setting(
                 picks["label budget"] = budget_indices(d, pool, n, seed)
             for how, idx in picks.items():
                 head = fit_paired(emb[idx], lengths[idx], gap[idx], seed=seed)
-                row = got.setdefault(f"{n} judged, {how}", {})
-                for rule, resamples in (("argmax", 0), ("bagged (default)", BLEND_RESAMPLES)):
-                    h, n0, weight, std = fit_blend(
-                        emb[idx], lengths[idx], gap[idx], base[idx], head, seed, resamples=resamples
-                    )
-                    scores = blended_scores(h, emb[val], lengths[val], base[val], weight, std)
-                    row.setdefault(rule, []).append(router_metrics(scores, d["sq"][val], d["wq"][val]).apgr)
-                    row.setdefault(f"n0 {rule}", []).append(n0)
-                raw = head.raw(emb[val], lengths[val])
-                row.setdefault("head alone", []).append(router_metrics(raw, d["sq"][val], d["wq"][val]).apgr)
+                score_rules(got.setdefault(f"{n} judged, {how}", {}), d, idx, val, gap[idx], base, head, seed)
         print(f"{d['name']} {base_name}: seed {seed + 1}/{seeds}", file=sys.stderr)
     return got
 
@@ -122,22 +138,7 @@ def run_single(
             shared = fit_shared(x, ex.chose_strong[:n], quality[:n], ex.propensity[:n], seed=seed)
             head = shared_head(x, shared, n)
             row = got.setdefault(f"{n} events (single outcomes, explored)", {})
-            for rule_name, resamples in (("argmax", 0), ("bagged (default)", BLEND_RESAMPLES)):
-                h, n0, weight, std = fit_blend(
-                    emb[idx],
-                    lengths[idx],
-                    shared.pseudo_gap,
-                    base[idx],
-                    head,
-                    seed,
-                    shared.oof_gap,
-                    resamples=resamples,
-                )
-                scores = blended_scores(h, emb[val], lengths[val], base[val], weight, std)
-                row.setdefault(rule_name, []).append(router_metrics(scores, d["sq"][val], d["wq"][val]).apgr)
-                row.setdefault(f"n0 {rule_name}", []).append(n0)
-            raw = head.raw(emb[val], lengths[val])
-            row.setdefault("head alone", []).append(router_metrics(raw, d["sq"][val], d["wq"][val]).apgr)
+            score_rules(row, d, idx, val, shared.pseudo_gap, base, head, seed, shared.oof_gap)
         print(f"{d['name']} single: seed {seed + 1}/{seeds}", file=sys.stderr)
     return got
 
