@@ -19,7 +19,7 @@ __all__ = ["NEAR_DUPLICATE_COSINE", "STREAM_DIGITS", "grouped_split", "near_dupl
 
 STREAM_DIGITS = frozenset("01234567")
 NEAR_DUPLICATE_COSINE = 0.95
-_BLOCK = 1024  # rows of the cosine matrix formed at a time
+_BLOCK_BYTES = 64 << 20  # the slice of the cosine matrix formed at a time (float64)
 
 
 def stream_mask(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
@@ -47,8 +47,9 @@ def near_duplicate_groups(embeddings: npt.ArrayLike, threshold: float = NEAR_DUP
             i = int(parent[i])
         return i
 
-    for start in range(0, e.shape[0], _BLOCK):
-        rows, cols = np.nonzero(e[start : start + _BLOCK] @ e.T >= threshold)
+    block = max(1, _BLOCK_BYTES // (8 * max(1, e.shape[0])))
+    for start in range(0, e.shape[0], block):
+        rows, cols = np.nonzero(e[start : start + block] @ e.T >= threshold)
         for i, j in zip((rows + start).tolist(), cols.tolist(), strict=True):
             if i < j:
                 ri, rj = root(i), root(j)
