@@ -26,7 +26,6 @@ ridge and the blend are fitted on the first N events as `adapt_single` fits them
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_budget_validation import paired_table, write_page
+from label_budget_validation import paired_table, run_line, write_page
 from offline_curves import SHARE, budget_indices, load_set
 
 from lmroute.adapt.head import Head, blended_scores
@@ -89,10 +88,9 @@ def run_setting(
 ) -> dict[str, dict[str, list[float]]]:
     stream = d["stream"]
     emb, lengths, gap = d["emb"], d["len"], d["sq"] - d["wq"]
-    groups = near_duplicate_groups(emb[stream])
     got: dict[str, dict[str, list[float]]] = {}
     for seed in range(seeds):
-        pool_local, rest = grouped_split(groups, pool_size, seed)
+        pool_local, rest = grouped_split(d["groups"], pool_size, seed)
         pool, rest = stream[pool_local], stream[rest]
         if base_prompts:
             fitted_on, val = rest[:base_prompts], rest[base_prompts:]
@@ -122,13 +120,12 @@ def run_single(
     its out-of-fold gap and cross-fitted doubly robust pseudo-gap (as `adapt_single` does)."""
     stream = d["stream"]
     emb, lengths, base = d["emb"], d["len"], d["zero_shot"]["mf"]
-    groups = near_duplicate_groups(emb[stream])
     rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
     ref = base[stream]
     threshold = float(np.quantile(ref, 1.0 - SHARE))
     got: dict[str, dict[str, list[float]]] = {}
     for seed in range(seeds):
-        pool_local, rest = grouped_split(groups, pool_size, seed)
+        pool_local, rest = grouped_split(d["groups"], pool_size, seed)
         pool, val = stream[pool_local], stream[rest]
         ex = explore(base[pool], threshold, ref, SHARE, rule, np.random.default_rng(1000 + seed))
         quality = np.where(ex.chose_strong, d["sq"][pool], d["wq"][pool])
@@ -162,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     bundle = load_bundle(args.bundle)
     sets: dict[str, dict[str, Any]] = {}
+
+    def data(name: str) -> dict[str, Any]:
+        """The set's prompts, outcomes and zero-shot scores (`load_set`) and its stream's near-duplicate
+        groups, loaded once."""
+        if name not in sets:
+            d = load_set(name, argparse.Namespace(data=args.data, cache=args.cache), bundle)
+            d["groups"] = near_duplicate_groups(d["emb"][d["stream"]])
+            sets[name] = d
+        return sets[name]
+
     lines = [
         "# The blend's n0: bagged against the single best grid point, on validation splits of the stream halves",
         "",
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     summary: dict[str, Any] = {}
     for name, base_name, pool, base_prompts, sizes, seeds in SETTINGS:
-        d = sets.setdefault(name, load_set(name, argparse.Namespace(data=args.data, cache=args.cache), bundle))
+        d = data(name)
         got = run_setting(d, base_name, pool, base_prompts, sizes, seeds)
         held = d["stream"].size - pool - base_prompts
         base_text = (
@@ -184,13 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             title = f"{name}, base {base_text}: {row} of a pool of {pool}, about {held} held back, {seeds} seeds"
             lines += section(title, values, summary)
     for name, pool, sizes, seeds in SINGLE_SETTINGS:
-        d = sets.setdefault(name, load_set(name, argparse.Namespace(data=args.data, cache=args.cache), bundle))
+        d = data(name)
         for row, values in run_single(d, pool, sizes, seeds).items():
             title = f"{name}, base the bundle's `mf`, zero-shot: {row} of a pool of {pool}, about {d['stream'].size - pool} held back, {seeds} seeds"
             lines += section(title, values, summary)
     lines[6:6] = [
-        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
-        f"{time.time() - t0:.0f} s; bundle `{args.bundle}` (version {bundle.version}).",
+        run_line(t0, f"bundle `{args.bundle}` (version {bundle.version})"),
         "",
     ]
     write_page(args.out, lines, summary)

@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "```",
         "",
-        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
-        f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({s.encoder_id[:16]}...).",
+        run_line(t0, f"encoder of `{args.bundle}` ({s.encoder_id[:16]}...)"),
         f"- MMLU stream half: {s.gap.size} prompts; per seed a pool of {args.pool} (whole near-duplicate groups) "
         f"passes in windows of {WINDOW}, {args.labels} of it judged; the {args.learner} learner fitted on them; "
         f"APGR on the other ~{s.gap.size - args.pool} stream prompts; {args.seeds} seeds.",
@@ -185,6 +184,13 @@ def paired_table(got: dict[str, list[float]], baseline: str, what: str, metric: 
         cell = "-" if name == baseline else f"{diff.mean():+.4f} ± {se:.4f}"
         lines.append(f"| {name} | {v.mean():.4f} ± {v.std(ddof=1):.4f} | {cell} |")
     return lines, summary
+
+
+def run_line(t0: float, source: str) -> str:
+    """The page's line saying when it ran (t0: time.time() at the start), on which Python, how long, and
+    from what (`source`)."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0))
+    return f"- {when}; Python {platform.python_version()}; wall {time.time() - t0:.0f} s; {source}."
 
 
 def write_page(out: Path, lines: list[str], summary: dict) -> None:

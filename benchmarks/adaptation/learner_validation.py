@@ -19,7 +19,6 @@ ridge (same seed and prompts) with its standard error.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_budget_validation import Stream, paired_table, write_page
+from label_budget_validation import Stream, paired_table, run_line, write_page
 
 from lmroute.adapt.kernel_ridge import DEFAULT_KERNEL, KernelSettings, fit_kernel_ridge
 from lmroute.adapt.learners import fit_paired
@@ -88,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{title}: done", file=sys.stderr)
     encoder_id = next(iter(streams.values())).encoder_id
     lines[6:6] = [
-        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; Python {platform.python_version()}; wall "
-        f"{time.time() - t0:.0f} s; encoder of `{args.bundle}` ({encoder_id[:16]}...).",
+        run_line(t0, f"encoder of `{args.bundle}` ({encoder_id[:16]}...)"),
         "",
     ]
     write_page(args.out, lines, summary)

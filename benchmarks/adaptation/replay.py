@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from lmroute.adapt.learners import PAIRED_LEARNERS
 from lmroute.adapt.protocol import stream_mask
 from lmroute.export.evalsets import load_eval
 from lmroute.export.metrics import router_metrics
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gate-splits", choices=("cross_fit", "forward"), default="cross_fit", help="the gate's held-out scheme"
     )
-    ap.add_argument("--paired-learner", choices=("kernel", "ridge"), default="kernel", help="the adapt runs' learner")
+    ap.add_argument(
+        "--paired-learner", choices=PAIRED_LEARNERS, default=PAIRED_LEARNERS[0], help="the adapt runs' learner"
+    )
     args = ap.parse_args(argv)
     ADAPT_FLAGS[:] = ["--gate-splits", args.gate_splits, "--paired-learner", args.paired_learner]
     args.ns = [int(x) for x in args.ns.split(",")]
