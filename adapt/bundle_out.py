@@ -5,10 +5,11 @@ calibrated on recent prompts, its lineage in the manifest.
 The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
-scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs) and
-`lineage` (parent version, outcome kind, count and time range, learner and settings, calibration
-prompts). It is stamped with its content version, loaded through the validating loader in a temporary
-sibling directory, then renamed into place: a failure leaves no half-written bundle.
+scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), an
+`adapted` router as the default router (clients that name no router follow it), and `lineage` (parent
+version, outcome kind, count and time range, learner and settings, calibration prompts). It is stamped
+with its content version, loaded through the validating loader in a temporary sibling directory, then
+renamed into place: a failure leaves no half-written bundle.
 """
 
 from __future__ import annotations
@@ -94,11 +95,14 @@ def write_adapted_bundle(
     label: str = "",
     overwrite: bool = False,
     replace: bool = False,
+    make_default: bool = True,
 ) -> Manifest:
     """Write parent_dir + an adapted router named `router` (head blended with `base_router` at `weight`,
     of kind `head.router_kind`) to out_dir and return the manifest written (module docstring).
     `calibration_scores`: the adapted router's scores on recent prompts. With `replace`, an adapted router
-    of that name in the parent (an earlier adaptation) is replaced by the new one."""
+    of that name in the parent (an earlier adaptation) is replaced by the new one. With `make_default`,
+    the new router is the bundle's default router (Route calls that name no router use it); else the
+    parent's default stays."""
     manifest = read_manifest(Path(parent_dir))
     if head.dim != manifest.encoder.dim:
         raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
@@ -117,6 +121,7 @@ def write_adapted_bundle(
         label=label,
         overwrite=overwrite,
         replace=replace,
+        make_default=make_default,
     )
 
 
@@ -174,10 +179,12 @@ def write_router_bundle(
     label: str = "",
     overwrite: bool = False,
     replace: bool = False,
+    make_default: bool = False,
 ) -> Manifest:
     """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
-    router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced."""
+    router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced. With
+    `make_default` the router becomes the bundle's default router; else the parent's default stays."""
     parent, out = Path(parent_dir), Path(out_dir)
     manifest = read_manifest(parent)
     if manifest.calibration is None:
@@ -243,6 +250,7 @@ def write_router_bundle(
             ),
             library_versions=library_versions(),
             lineage=lineage,
+            default_router=router if make_default else manifest.default_router,
         )
         new = Manifest.from_json(new.to_json())  # the strict parser is the schema check
         new = dataclasses.replace(new, bundle_version=new.content_version())

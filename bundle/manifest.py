@@ -551,7 +551,10 @@ class Manifest:
     """The parsed manifest.json. Mappings keep the file's order (routers in manifest order).
 
     `bundle_version` is the content version (`content_version_of`); `label` is optional free text (the
-    manifest key `label`, written only when set) that the content version covers."""
+    manifest key `label`, written only when set) that the content version covers. `default_router`
+    (optional, written only when set) names the router a Route call without a router name uses: the
+    build's `mf`, or an adaptation's own router, so clients that leave the name out follow each
+    accepted adaptation."""
 
     bundle_version: str
     created_at: str
@@ -569,6 +572,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     label: str = ""
     lineage: Lineage | None = None
+    default_router: str = ""
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -583,6 +587,7 @@ class Manifest:
             "elo": dict(self.elo),
             "tiers": dict(self.tiers),
             "routers": {name: spec.to_dict() for name, spec in self.routers.items()},
+            **({"default_router": self.default_router} if self.default_router else {}),
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "training_data": self.training_data.to_dict(),
             "library_versions": dict(self.library_versions),
@@ -664,8 +669,9 @@ class Manifest:
             files=files,
             difficulty_prior=prior,
             schema_version=version,
-            label=_parse_label(root),
+            label=_optional_str(root, "label", "a label"),
             lineage=Lineage._parse(root.node("lineage")) if root.has("lineage") else None,
+            default_router=_optional_str(root, "default_router", "a default router"),
         )
         root.close()
         manifest.check()
@@ -702,6 +708,11 @@ class Manifest:
                 raise fail(f"tiers.{name}: negative tier {tier}")
         if not self.routers:
             raise fail("routers: empty")
+        if self.default_router and self.default_router not in self.routers:
+            raise fail(
+                f"default_router: {self.default_router!r} is not a router of this bundle "
+                f"(routers: {', '.join(self.routers)})"
+            )
         for path, entry in self.files.items():
             _check_rel_path(path, f"files.{path}")
             if not _SHA256.match(entry.sha256):
@@ -750,14 +761,15 @@ class Manifest:
                 raise fail(f"calibration.thresholds.{name}: not a router of this bundle")
 
 
-def _parse_label(root: Node) -> str:
-    """The optional `label`: free text, not empty (a manifest without a label has no key)."""
-    if not root.has("label"):
+def _optional_str(root: Node, key: str, what: str) -> str:
+    """The optional string `key` (`what` it holds, for the message): "" when absent, never empty when
+    present (a manifest without one has no key)."""
+    if not root.has(key):
         return ""
-    label = root.str_("label")
-    if not label:
-        raise fail("label: empty (a bundle without a label has no label key)")
-    return label
+    value = root.str_(key)
+    if not value:
+        raise fail(f"{key}: empty (a bundle without {what} has no {key} key)")
+    return value
 
 
 def decode_json(text: str | bytes) -> Any:
@@ -772,9 +784,10 @@ def content_version_of(data: Mapping[str, Any]) -> str:
     """The content version of a decoded manifest object (manifest.json as read, or `Manifest.to_dict()`):
     "<YYYYMMDD of created_at>-<first 8 hex of the sha256 of the canonical JSON (sorted keys) of every key
     but those of UNVERSIONED_KEYS>". It covers every file's checksum, the routers with their parameters
-    and blends, the prior, calibration, tiers, elo, models, default pair, encoder, training data, schema
-    version and label, so an edit of any of them changes it; two bundles that score differently never
-    share it. A bundle's `bundle_version` is its content version (the loader refuses a mismatch)."""
+    and blends, the default router, the prior, calibration, tiers, elo, models, default pair, encoder,
+    training data, schema version and label, so an edit of any of them changes it; two bundles that
+    score differently never share it. A bundle's `bundle_version` is its content version (the loader
+    refuses a mismatch)."""
     content = {k: v for k, v in data.items() if k not in UNVERSIONED_KEYS}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     created = data.get("created_at")

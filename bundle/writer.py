@@ -203,6 +203,7 @@ def stage_bundle(
     calibration: Calibration | None = None,
     difficulty_prior: PriorArtifacts | None = None,
     label: str = "",
+    default_router: str = "",
     created_at: str | None = None,
     overwrite: bool = False,
 ) -> Iterator[StagedBundle]:
@@ -215,7 +216,8 @@ def stage_bundle(
 
     bundle_version is always the content version (`Manifest.content_version()`, "<YYYYMMDD of
     created_at>-<8 hex of a hash of the content>", derived at commit); `label` is optional free text
-    stored beside it (and covered by it). An existing out_dir is an error unless overwrite=True."""
+    stored beside it (and covered by it); `default_router` names the router of a Route call that names
+    none ("": no default). An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
@@ -272,6 +274,7 @@ def stage_bundle(
             library_versions=library_versions(),
             files=_checksums(tmp),
             difficulty_prior=prior_spec,
+            default_router=default_router,
         )
         manifest = Manifest.from_json(manifest.to_json())  # the strict parser is the schema check
         staged = StagedBundle(tmp, out, manifest, overwrite=overwrite)
@@ -288,11 +291,12 @@ def _stamped(manifest: Manifest) -> Manifest:
     return dataclasses.replace(as_read, bundle_version=as_read.content_version())
 
 
-def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None) -> Manifest:
+def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None, default_router: str | None = None) -> Manifest:
     """Stamp a bundle whose manifest.json was edited on purpose with the content version of what it now
     says (manifest.json rewritten atomically in the writer's format) and return the manifest; `label`
-    replaces the label ("" removes it, None keeps it). The manifest must pass the strict parser; the
-    files are not re-checksummed (the loader still checks them against the manifest). A signature
+    replaces the label and `default_router` the default router ("" removes either, None keeps it). The
+    manifest must pass the strict parser; the files are not re-checksummed (the loader still checks them
+    against the manifest). A signature
     (manifest.json.sig) no longer matches the rewritten manifest: sign the bundle again."""
     root = Path(bundle_dir)
     path = root / MANIFEST_NAME
@@ -301,6 +305,8 @@ def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None) -> Manif
     manifest = Manifest.from_json(path.read_bytes())
     if label is not None:
         manifest = dataclasses.replace(manifest, label=label)
+    if default_router is not None:
+        manifest = dataclasses.replace(manifest, default_router=default_router)
     updated = _stamped(manifest)
     _write_text_atomic(path, updated.to_json())
     return updated

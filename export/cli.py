@@ -79,6 +79,11 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
     # the adapted kinds are made from a deployment's outcomes (lmroute.adapt), never by a build
     buildable = [k for k in kinds.names() if not kinds.get(k).from_outcomes]
     p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=buildable)
+    p.add_argument(
+        "--default-router",
+        default=_env("DEFAULT_ROUTER", "auto"),
+        help="the router of Route calls that name none: one of --routers, 'none', or 'auto' (mf when built)",
+    )
     _add_plugin(p)
     p.add_argument(
         "--quick",
@@ -99,6 +104,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,
         routers=tuple(args.routers),
+        default_router=args.default_router,
         quick=args.quick,
         recipe=recipe,
     )
@@ -156,6 +162,11 @@ def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restamp", help="re-stamp a bundle whose manifest.json was edited on purpose")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--label", default=None, help="set the bundle's free-text label ('' removes it)")
+    p.add_argument(
+        "--default-router",
+        default=None,
+        help="set the router of Route calls that name none ('' removes it: such calls are then refused)",
+    )
     _add_plugin(p)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair (PEM) for signing bundles")
@@ -348,7 +359,7 @@ def _integrity_command(args: argparse.Namespace) -> int:
 
     try:
         if args.cmd == "restamp":
-            manifest = restamp_bundle(args.bundle, label=args.label)
+            manifest = restamp_bundle(args.bundle, label=args.label, default_router=args.default_router)
             print(f"bundle {args.bundle} re-stamped: bundle_version {manifest.bundle_version}")
             print("a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed")
         elif args.cmd == "keygen":

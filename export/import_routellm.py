@@ -181,6 +181,7 @@ def _write(
             fingerprint=imp.fingerprint, n_comparisons=0, n_prompts=0, by_label_kind={"routellm_checkpoint": 0}
         ),
         label=imp.label,
+        default_router=imp.router_name,  # its only router
         overwrite=overwrite,
     ) as staged:
         bundle = load_bundle(staged.tmp, require_calibration=False, manifest=staged.manifest, remote=remote)

@@ -88,6 +88,8 @@ class BuildConfig:
     val_fraction: share of the training prompts held out (split by prompt, seeded by recipe.seed); the
         validation harness's fold 0 of 10 is the same split.
     strong, weak: the default pair. calibration_limit: calibrate on the first this many prompts (None: all).
+    default_router: the router of Route calls that name none (the manifest's `default_router`): one of
+        `routers`, "none" for no default, or "auto": `mf` when it is built, else none.
     """
 
     out_dir: Path
@@ -103,17 +105,30 @@ class BuildConfig:
     strong: str = names.STRONG
     weak: str = names.WEAK
     calibration_limit: int | None = None
+    default_router: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = set(self.routers) - set(kinds.names())
         if unknown or not self.routers:
             raise ValueError(f"routers: {sorted(unknown) or 'none'} not in the registered kinds {kinds.names()}")
+        if self.default_router not in ("auto", "none", *self.routers):
+            raise ValueError(
+                f"default_router: {self.default_router!r} is not a router of the build "
+                f"({', '.join(self.routers)}), 'auto' or 'none'"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
         for name, _ in self.recipe.prior_weights:
             if name not in kinds.names() or name == "random":
                 trained = ", ".join(k for k in kinds.names() if k != "random")
                 raise ValueError(f"prior_weights: {name!r} is not a trained router ({trained})")
+
+    @property
+    def default_router_name(self) -> str:
+        """The manifest's default_router: "" for none."""
+        if self.default_router == "auto":
+            return "mf" if "mf" in self.routers else ""
+        return "" if self.default_router == "none" else self.default_router
 
 
 @dataclass
@@ -376,6 +391,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
                     tiers=tiers,
                     training_data=_training_data(train),
                     difficulty_prior=prior,
+                    default_router=cfg.default_router_name,
                     overwrite=True,
                 )
             )

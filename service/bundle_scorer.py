@@ -266,4 +266,5 @@ class BundleScorer:
             encoder_truncation=str(m.encoder.truncation),
             encoder_id=encoder_identity(m),
             encoder_kind=m.encoder.kind,
+            default_router=m.default_router,
         )

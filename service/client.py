@@ -115,12 +115,13 @@ class RouterClient:
         self,
         prompt: PromptLike,
         *,
-        router: str,
+        router: str = "",
         threshold: float | None = None,
         strong_share: float | None = None,
         timeout_s: float | None = None,
     ) -> router_pb2.RouteResponse:
-        """Decide strong vs weak for one prompt; give at most one of threshold / strong_share (neither: the
+        """Decide strong vs weak for one prompt with `router` ("": the serving bundle's default router, which
+        follows each accepted adaptation); give at most one of threshold / strong_share (neither: the
         client's tenant's share target, held live by the server)."""
         req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
         if threshold is not None:

@@ -42,6 +42,7 @@ class FakeScorer:
         fail_marker: str = "<fail>",
         record: bool = True,
         encoder_kind: str = "onnx",
+        default_router: str = "",
     ) -> None:
         self._routers = tuple(routers)
         self._version = version
@@ -51,6 +52,7 @@ class FakeScorer:
         self.fail_marker = fail_marker
         self.record = record
         self.encoder_kind = encoder_kind  # what its catalog reports (a "static" one is inlined by default)
+        self.default_router = default_router  # what its catalog reports ("": none)
         self.calls: list[list[str]] = []
         self.counted: list[str] = []  # texts given to tokenize, in order
         self.scored_without_tokens: list[str] = []  # texts score() was given without tokens, in order
@@ -85,6 +87,7 @@ class FakeScorer:
             encoder_pooling="mean",
             encoder_quantized=False,
             encoder_kind=self.encoder_kind,
+            default_router=self.default_router,
         )
 
     def threshold_for_share(self, router: str, share: float) -> float:

@@ -14,6 +14,10 @@ The request's `model` picks the router and the policy, as RouteLLM's names do:
     router-<router>@<share>       the threshold that sends `share` of the calibration prompts strong
     router-<router>               the caller's tenant's live strong-share target (--share-targets)
 
+with <router> a loaded router, or `default` (unless a router has that name): the bundle's default router
+(ListRouters.default_router), which an accepted adaptation makes its own router, so a caller of
+`router-default@0.3` follows the adaptations.
+
 Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
 x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
 x-lmroute-threshold. The route step is the gRPC Route call's own code (RouterServicer.route), so
@@ -27,6 +31,7 @@ lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -54,6 +59,7 @@ __all__ = ["ModelAsk", "OpenAIFront", "parse_model", "prompt_of_messages"]
 _log = structlog.get_logger("lmroute.openai_front")
 
 PREFIX = "router-"
+DEFAULT = "default"  # the <router> of a model name that asks for the bundle's default router
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
 _CHAT = "/v1/chat/completions"
@@ -77,25 +83,41 @@ class ModelAsk:
         return req
 
 
-def parse_model(name: object, routers: tuple[str, ...]) -> ModelAsk:
-    """The ModelAsk of a request's `model`; InvalidArgument naming the model and what is wrong."""
+def parse_model(name: object, routers: tuple[str, ...], default_router: str = "") -> ModelAsk:
+    """The ModelAsk of a request's `model` (`routers`: the loaded routers; `default_router`: the bundle's
+    default router, "" for none); InvalidArgument naming the model and what is wrong. A name that asks
+    for the default router gives the router "" (resolved by the Route call, against the bundle it is
+    answered with)."""
     forms = "router-<router>-<threshold>, router-<router>@<strong share> or router-<router>"
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"model: required, one of {forms}", reason="BAD_MODEL")
     if not name.startswith(PREFIX):
         raise InvalidArgument(f"model: {echo(name)} is not a router model; expected {forms}", reason="BAD_MODEL")
-    rest = name[len(PREFIX) :]
-    if rest in routers:
+    names = routers if DEFAULT in routers else (*routers, DEFAULT)
+    ask = _parse_router_model(name, name[len(PREFIX) :], names, routers)
+    if ask.router != DEFAULT or DEFAULT in routers:
+        return ask
+    if not default_router:
+        raise InvalidArgument(
+            f"model: {echo(name)} asks for the default router; the serving bundle names none", reason="MISSING_ROUTER"
+        )
+    return dataclasses.replace(ask, router="")
+
+
+def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tuple[str, ...]) -> ModelAsk:
+    """`rest` (the model name after the prefix) as <router>, <router>-<threshold> or <router>@<share>, with
+    <router> one of `names`; an unknown one is refused listing the `loaded` routers."""
+    if rest in names:
         return ModelAsk(rest)
     router, at, value = rest.rpartition("@")
     kind = "strong share"
     if not at:
         router, _, value = rest.rpartition("-")
         kind = "threshold"
-    if router not in routers:
+    if router not in names:
         shown = router or rest
         raise InvalidArgument(
-            f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(routers)})",
+            f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(loaded)})",
             reason="ROUTER_NOT_FOUND",
         )
     try:
@@ -232,7 +254,10 @@ class OpenAIFront:
             return _error(exc)
         data = [
             {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
-            for name in self.servicer.routers
+            for name in (
+                *self.servicer.routers,
+                *([DEFAULT] if self.servicer.default_router and DEFAULT not in self.servicer.routers else []),
+            )
         ]
         return web.json_response({"object": "list", "data": data})
 
@@ -289,7 +314,7 @@ class OpenAIFront:
         return body
 
     async def _route(self, request: web.Request, body: dict[str, Any]) -> router_pb2.RouteResponse:
-        ask = parse_model(body.get("model"), self.servicer.routers)
+        ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.default_router)
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
         tenant = tenant_named(request.headers.get(self.servicer.tenant_header, ""))
         return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)

@@ -97,6 +97,9 @@ class Catalog:
     encoder_id: str = ""
     # "onnx" (a transformer) or "static" (a token table): the bundle's encoder.kind.
     encoder_kind: str = "onnx"
+    # The router of a Route call that names none (the manifest's default_router); "" = none: such a call
+    # is refused.
+    default_router: str = ""
 
 
 class Scorer(Protocol[T]):

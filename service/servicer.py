@@ -161,6 +161,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise out
         return out
 
+    @property
+    def default_router(self) -> str:
+        """The serving bundle's default router ("" for none, or before a bundle is attached)."""
+        return self.catalog.default_router if self.catalog is not None else ""
+
     def _check_router_and_prompt(self, request: router_pb2.RouteRequest) -> None:
         """NotFound for a router that is not loaded; InvalidArgument for a prompt over the call limits."""
         if request.router not in self.routers:
@@ -250,7 +255,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
         if not request.router:
-            raise InvalidArgument("router: required", reason="MISSING_ROUTER")
+            if not catalog.default_router:
+                raise InvalidArgument(
+                    "router: required (the serving bundle names no default router)", reason="MISSING_ROUTER"
+                )
+            request.router = catalog.default_router  # answered, recorded and reported as if named
         policy = request.WhichOneof("policy")
         if len(request.candidates) or policy == "model_policy":
             return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
@@ -467,6 +476,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 kind=c.encoder_kind,
             ),
             bundle_version=c.version,
+            default_router=c.default_router,
         )
 
     async def GetRouter(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle
+from lmroute.bundle.writer import restamp_bundle
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
@@ -39,7 +40,9 @@ BUILD_TIMEOUT_S = 900
 def e2e_bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("e2e_bundle")
     bert = make_fake_classifier(root / "bert.onnx")
-    return make_tiny_bundle(root / "bundle", encoder_dir=exported_encoder_dir, bert_onnx=bert)
+    out = make_tiny_bundle(root / "bundle", encoder_dir=exported_encoder_dir, bert_onnx=bert)
+    restamp_bundle(out, default_router="mf")  # as `lmroute-export build` names it
+    return out
 
 
 def _e2e_config(bundle: Path, **kw: Any) -> ServiceConfig:

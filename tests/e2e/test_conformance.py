@@ -75,7 +75,7 @@ def build_cases() -> list[dict[str, Any]]:
         {"id": "route-long", "rpc": "Route", "prompt": long, "router": "bert", "strong_share": 0.5},
         {"id": "route-empty-prompt", "rpc": "Route", "prompt": "", "router": "mf", "threshold": 0.5},
         {"id": "route-unknown-router", "rpc": "Route", "prompt": p[0], "router": "nope", "threshold": 0.5},
-        {"id": "route-no-router", "rpc": "Route", "prompt": p[0], "router": "", "threshold": 0.5},
+        {"id": "route-default-router", "rpc": "Route", "prompt": p[1], "router": "", "threshold": 0.5},
         {"id": "route-threshold-above-one", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": 1.5},
         {"id": "route-threshold-negative", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": -0.25},
         {"id": "route-share-above-one", "rpc": "Route", "prompt": p[0], "router": "mf", "strong_share": 2.0},
@@ -90,7 +90,6 @@ EXPECTED_ERRORS = {
     "score-unknown-router": ("NOT_FOUND", "ROUTER_NOT_FOUND"),
     "route-empty-prompt": ("INVALID_ARGUMENT", "EMPTY_PROMPT"),
     "route-unknown-router": ("NOT_FOUND", "ROUTER_NOT_FOUND"),
-    "route-no-router": ("INVALID_ARGUMENT", "MISSING_ROUTER"),
     "route-threshold-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "route-threshold-negative": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "route-share-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
@@ -137,6 +136,8 @@ def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[st
     all_routers = reference["score-all-routers"]["results"]
     assert [set(r["scores"]) for r in all_routers] == [set(ROUTERS)] * 4
     assert [r["truncated"] for r in all_routers] == [False, False, False, True]
+    named, unnamed = reference["route-mf-threshold"], reference["route-default-router"]  # the bundle's default: mf
+    assert unnamed["router"] == "mf" and (unnamed["score"], unnamed["tier"]) == (named["score"], named["tier"])
     assert reference["route-threshold-zero"]["tier"] == "TIER_STRONG"
     assert reference["route-threshold-zero"]["threshold"] == 0.0
     for r in ROUTERS:

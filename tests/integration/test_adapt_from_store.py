@@ -6,6 +6,7 @@ are refused by the gate and nothing is written; every run is recorded in the sto
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -129,16 +130,21 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
 
 def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:
     from lmroute.adapt.loop import run_round
+    from lmroute.bundle.writer import restamp_bundle
     from lmroute.service.client import RouterClient
     from lmroute.service.config import ServiceConfig
     from lmroute.service.testing import ServerThread
 
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_router="mf")  # as a build names it
     dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
-    cfg = ServiceConfig(bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
     with ServerThread(cfg) as srv:
         with RouterClient(srv.target) as client:
             before = client.list_routers()
-            assert "adapted" not in [r.name for r in before.routers]
+            assert "adapted" not in [r.name for r in before.routers] and before.default_router == "mf"
+            assert client.route("Explain quicksort.", strong_share=0.5).router == "mf"
             # nothing judged yet: the round adapts nothing and the bundle keeps serving
             idle = run_round(srv.target, dsn, tmp_path / "bundles")
             assert not idle.accepted and idle.serving_version == before.bundle_version
@@ -152,3 +158,11 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
             assert "adapted" in [r.name for r in after.routers]
             routed = client.route("Explain quicksort.", router="adapted", strong_share=0.5)
             assert routed.bundle_version == done.serving_version
+            # a client that names no router now gets the adapted router's decision
+            assert after.default_router == "adapted"
+            unnamed = client.route("Explain quicksort.", strong_share=0.5)
+            assert unnamed.router == "adapted" and (unnamed.score, unnamed.threshold, unnamed.tier) == (
+                routed.score,
+                routed.threshold,
+                routed.tier,
+            )

@@ -151,7 +151,35 @@ def test_models_list_and_bad_names(
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "wizard", "content": "x"}])
     assert "messages[0].role: unknown role 'wizard'" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:  # this bundle names no default router
+        client.chat.completions.create(model="router-default@0.5", messages=msgs)
+    assert err.value.message.endswith(
+        "model: 'router-default@0.5' asks for the default router; the serving bundle names none"
+    )
     assert sum(len(u.requests) for u in upstreams.values()) == 0  # nothing bad went upstream
+
+
+def test_the_default_router_by_name(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`router-default...` routes with the bundle's default router, as a gRPC Route naming no router."""
+    srv, base = _front(lambda **kw: fake_servers(default_router="mf", **kw), _file(tmp_path, upstreams))
+    client, grpc_client = _client(base), RouterClient(srv.target)
+    assert sorted(m.id for m in client.models.list()) == ["router-default", "router-mf", "router-random"]
+    tiers = set()
+    for prompt in PROMPTS[:12]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="router-default@0.5", messages=[{"role": "user", "content": prompt}]
+        )
+        direct = grpc_client.route(prompt, strong_share=0.5)
+        assert direct.router == raw.headers["x-lmroute-router"] == "mf"
+        tier = "strong" if direct.tier == router_pb2.TIER_STRONG else "weak"
+        assert (
+            raw.headers["x-lmroute-tier"] == tier and raw.parse().choices[0].message.content == f"{tier}-llm: {prompt}"
+        )
+        tiers.add(tier)
+    assert tiers == {"strong", "weak"}
+    grpc_client.close()
 
 
 def test_upstream_down_slow_refusing_and_breaking(

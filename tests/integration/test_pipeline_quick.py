@@ -191,6 +191,9 @@ def test_service_serves_the_trained_bundle_like_offline_scoring(quick_bundle: tu
             single = client.score([prompts[i]], routers=routers).results[0]
             for s in single.scores:
                 assert abs(s.strong_win_probability - offline[s.router][i]) <= 1e-6
+        assert bundle.manifest.default_router == "mf" == client.list_routers().default_router
+        named, unnamed = (client.route(prompts[1], router=r, strong_share=0.5) for r in ("mf", ""))
+        assert unnamed.router == "mf" and (unnamed.score, unnamed.threshold) == (named.score, named.threshold)
         d = client.route(prompts[0], router="sw_ranking", strong_share=0.5)
         strong = offline["sw_ranking"][0] >= bundle.threshold_for_share("sw_ranking", 0.5)
         assert d.tier == (router_pb2.TIER_STRONG if strong else router_pb2.TIER_WEAK)

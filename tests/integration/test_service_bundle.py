@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -108,6 +109,16 @@ def test_list_get_router_describe_the_bundle(client: RouterClient, bundle: Bundl
     assert list(g.calibration_strong_share) == list(m.calibration.strong_share)
     assert list(g.calibration_thresholds) == list(m.calibration.thresholds["sw_ranking"])
     assert client.health() == "SERVING" and client.health(SERVICE) == "SERVING"
+
+
+def test_a_route_naming_no_router_needs_a_default_router(client: RouterClient, bundle: Bundle) -> None:
+    """This bundle names no default router (a build names mf, an adaptation its own router:
+    test_pipeline_quick.py, test_adapt_from_store.py): a Route without a router is refused, naming why."""
+    assert bundle.manifest.default_router == "" == client.list_routers().default_router
+    with pytest.raises(grpc.RpcError) as info:
+        client.route("Which router decides?", strong_share=0.5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "router: required (the serving bundle names no default router)"
 
 
 def test_score_and_route_equal_the_bundle_math(client: RouterClient, bundle: Bundle) -> None:

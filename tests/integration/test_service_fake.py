@@ -266,7 +266,11 @@ def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Calla
                 "threshold: must be in [0, 1] (got 1.5)",
                 grpc.StatusCode.INVALID_ARGUMENT,
             ),
-            (dict(router="", threshold=0.5), "router: required", grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                dict(router="", threshold=0.5),
+                "router: required (the serving bundle names no default router)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
             (
                 dict(router="nope", threshold=0.5),
                 "router: unknown router 'nope' (loaded: random, mf)",

@@ -178,6 +178,7 @@ TAMPERING: dict[str, tuple[Edit, str | None]] = {
     "pair vector swapped with its checksum": (_swap_pair_vector, None),
     "schema_version 3 -> 2": (_set("schema_version", value=2), None),
     "label added": (_set("label", value="prod"), None),
+    "default router added": (_set("default_router", value="sw_ranking"), None),
     "created_at date": (_set("created_at", value="2026-11-29T00:00:00Z"), None),
     "bundle_version itself": (_set("bundle_version", value="20261128-00000000"), None),
 }
@@ -290,6 +291,34 @@ def test_restamp_refuses_a_manifest_the_parser_refuses(bundle_dir: Path, capsys:
         "lmroute-export restamp: manifest.json: routers.mf.blend.prior_weight: must be >= 0, got -1.0\n"
     )
     assert _manifest(bundle_dir) == data
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nope", "default_router: 'nope' is not a router of this bundle (routers: random, mf, sw_ranking, bert)"),
+        ("", "default_router: empty (a bundle without a default router has no default_router key)"),
+        (3, "default_router: expected str, got int"),
+    ],
+)
+def test_a_default_router_must_name_a_router_of_the_bundle(bundle_dir: Path, value: object, message: str) -> None:
+    data = _manifest(bundle_dir)
+    data["default_router"] = value
+    _write(bundle_dir, data)
+    assert _refused(bundle_dir) == f"manifest.json: {message}"
+
+
+def test_restamp_sets_and_removes_the_default_router(bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "default_router" not in _manifest(bundle_dir)
+    assert export_main(["restamp", "--bundle", str(bundle_dir), "--default-router", "sw_ranking"]) == 0
+    assert _manifest(bundle_dir)["default_router"] == "sw_ranking"
+    assert load_bundle(bundle_dir).manifest.default_router == "sw_ranking"
+    assert export_main(["restamp", "--bundle", str(bundle_dir), "--default-router", "nope"]) == 1
+    assert "default_router: 'nope' is not a router of this bundle" in capsys.readouterr().err
+    assert _manifest(bundle_dir)["default_router"] == "sw_ranking"  # a refused edit leaves it as it was
+    assert export_main(["restamp", "--bundle", str(bundle_dir), "--default-router", ""]) == 0
+    assert "default_router" not in _manifest(bundle_dir)
+    assert load_bundle(bundle_dir).manifest.default_router == ""
 
 
 def test_an_empty_label_is_refused(bundle_dir: Path) -> None:

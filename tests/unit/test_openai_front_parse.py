@@ -41,10 +41,29 @@ def test_model_names(name: str, ask: ModelAsk) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "ask"),
+    [
+        ("router-default-0.5", ModelAsk("", threshold=0.5)),  # "": the Route call resolves the default
+        ("router-default@0.3", ModelAsk("", share=0.3)),
+        ("router-default", ModelAsk("")),
+        ("router-mf-0.5", ModelAsk("mf", threshold=0.5)),
+    ],
+)
+def test_the_default_router_by_name(name: str, ask: ModelAsk) -> None:
+    assert parse_model(name, ROUTERS, default_router="mf") == ask
+    assert parse_model(name, (*ROUTERS, "default"), default_router="mf").router in ("default", "mf")  # a real one wins
+    if ask.router == "":
+        with pytest.raises(InvalidArgument) as err:
+            parse_model(name, ROUTERS)  # the bundle names no default router
+        assert str(err.value) == f"model: {name!r} asks for the default router; the serving bundle names none"
+        assert http_status(err.value)[0] == 400
+
+
+@pytest.mark.parametrize(
     ("name", "words"),
     [
         ("gpt-4o", ["'gpt-4o' is not a router model", "router-<router>-<threshold>"]),
-        ("router-nope-0.5", ["unknown router 'nope'", "loaded: random, mf"]),
+        ("router-nope-0.5", ["unknown router 'nope'", "(loaded: random, mf, sw_ranking, bert-tiny)"]),
         ("router-mf-high", ["threshold 'high'", "not a number"]),
         ("router-mf@1.5", ["strong share", "must be in [0, 1]", "1.5"]),
         ("router-mf-nan", ["must be in [0, 1]"]),

@@ -157,6 +157,19 @@ def test_build_flags_beat_variables_which_beat_defaults() -> None:
     assert _build(["--encoder-model-dir", "m"], {}).recipe.encoder_model_dir == Path("m")
 
 
+def test_the_default_router_is_mf_when_built_unless_the_build_names_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _build([]).default_router_name == "mf"
+    assert _build(["--routers", "random", "sw_ranking"]).default_router_name == ""
+    assert _build(["--default-router", "sw_ranking"]).default_router_name == "sw_ranking"
+    assert _build(["--default-router", "none"]).default_router_name == ""
+    monkeypatch.setenv("LMROUTE_EXPORT_DEFAULT_ROUTER", "bert")  # read when the parser is made, as --quick
+    assert _build([]).default_router_name == "bert"
+    with pytest.raises(
+        ValueError, match=r"default_router: 'bert' is not a router of the build \(mf\), 'auto' or 'none'"
+    ):
+        _build(["--routers", "mf", "--default-router", "bert"])
+
+
 def test_bad_build_values_name_the_flag_or_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["build", "--out", "o", "--mf-lr", "fast"])

@@ -29,7 +29,7 @@ import (
 const usage = `usage: lmroute-go-client COMMAND [flags]
 
 commands:
-  route        route one prompt: --router NAME [--threshold T | --strong-share S] PROMPT
+  route        route one prompt: [--router NAME] [--threshold T | --strong-share S] PROMPT
   score        score prompts: [--routers a,b] PROMPT...
   health       grpc.health.v1 status: [--service NAME]
   conformance  run a cases file (clients/CONFORMANCE.md): --cases FILE
@@ -172,14 +172,14 @@ func describe(err error) string {
 
 func routeCmd(args []string, stdout, stderr io.Writer) error {
 	fs, com := newFlags("route", stderr)
-	router := fs.String("router", "", "router name (required)")
+	router := fs.String("router", "", "router name (empty: the bundle's default router)")
 	threshold := fs.Float64("threshold", -1, "explicit threshold in [0, 1]")
 	share := fs.Float64("strong-share", -1, "target share of strong calls in [0, 1]")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *router == "" || fs.NArg() != 1 {
-		return fmt.Errorf("%w: need --router and exactly one PROMPT argument", errUsage)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: need exactly one PROMPT argument", errUsage)
 	}
 	setT, setS := *threshold != -1, *share != -1
 	if setT == setS {

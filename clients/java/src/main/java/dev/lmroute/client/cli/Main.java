@@ -37,7 +37,7 @@ public final class Main {
   private static final String USAGE = String.join("\n",
       "usage: java -jar lmroute-java-client.jar COMMAND [options]",
       "",
-      "  route  --router NAME [--threshold X | --strong-share X] PROMPT   decide strong vs weak for one prompt",
+      "  route  [--router NAME] [--threshold X | --strong-share X] PROMPT decide strong vs weak for one prompt",
       "  score  [--router NAME]... PROMPT...                             scores of each prompt (all routers by default)",
       "  health [--service NAME]                                          grpc.health.v1 status (exit 1 unless SERVING)",
       "  conformance --addr HOST:PORT --cases FILE                        run clients/CONFORMANCE.md cases, print JSON",
@@ -119,7 +119,7 @@ public final class Main {
   }
 
   private static int route(Args a, PrintStream out, PrintStream err) throws Args.UsageError {
-    String router = a.require("router");
+    String router = a.get("router").orElse(""); // empty: the bundle's default router
     Optional<Double> threshold = a.getDouble("threshold");
     Optional<Double> share = a.getDouble("strong-share");
     if (threshold.isPresent() && share.isPresent()) {
