@@ -11,9 +11,11 @@ Steps:
 2. Features in the bundle's encoder space: the stored embedding when its `encoder_id` is the bundle's
    (the encoder then does not run again), else the prompt text embedded now with the bundle's encoder;
    the length feature from the text (or the recorded character count). The base router's and the
-   champion's scores: computed with the bundle from the text, or, for a prompt stored without its text
-   (the privacy switch), taken from its decision when that decision was made by this same bundle
-   version and recorded both routers' scores. A prompt with neither is skipped and counted.
+   champion's scores: computed with the bundle from the text; for a prompt stored without its text (the
+   privacy switch), computed from its stored embedding and character count when both routers read no
+   text (`RouterKind.reads_text`: mf, sw_ranking and the adapted kinds), else taken from its decision
+   when that decision was made by this same bundle version and recorded both routers' scores. A prompt
+   with none of these is skipped and counted.
 3. `adapt_paired` / `adapt_single` (lmroute.adapt.pipeline): the learner, its blend with the base router
    and the gate on held-out outcomes (`splits`: 10 random folds, or forward-chaining time blocks).
 4. If the gate accepts: the adapted bundle is written to `out_dir`, its thresholds calibrated on the
@@ -108,6 +110,22 @@ def _score_texts(
     return emb, scores
 
 
+def _score_features(
+    bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], routers: Sequence[str]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """{router: scores [n]} of prompts stored as their embedding (in the bundle's space) and character
+    count (`PromptBatch.from_features`); the routers must read no text."""
+    batch = PromptBatch.from_features(
+        np.stack([np.asarray(r.embedding, dtype=np.float32) for r in rows]), [r.prompt_chars or 0 for r in rows]
+    )
+    return {r: np.asarray(bundle.routers[r].score(batch), dtype=np.float64) for r in routers}
+
+
+def _text_free(bundle: Bundle, routers: Sequence[str]) -> bool:
+    """Whether every router in `routers` scores from the embedding and the character count alone."""
+    return not any(kinds.get(bundle.manifest.routers[r].kind).reads_text for r in routers)
+
+
 def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_router: str, champion: str) -> Features:
     """Features of `rows` in the bundle's space (module docstring, step 2)."""
     texts = [r.prompt_text for r in rows]
@@ -115,6 +133,17 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
     own_encoder = encoder_identity(bundle.manifest)
     known = [rows[i].embedding if rows[i].encoder_id == own_encoder else None for i in with_text]
     emb_t, scores_t = _score_texts(bundle, [texts[i] or "" for i in with_text], [base_router, champion], known)
+    rescorable = (
+        [
+            i
+            for i, r in enumerate(rows)
+            if not texts[i] and r.embedding is not None and r.encoder_id == own_encoder and r.prompt_chars is not None
+        ]
+        if _text_free(bundle, (base_router, champion))
+        else []
+    )
+    scores_f = _score_features(bundle, [rows[i] for i in rescorable], (base_router, champion)) if rescorable else {}
+    by_features = {i: j for j, i in enumerate(rescorable)}
     kept: list[int] = []
     emb: list[npt.NDArray[np.float32]] = []
     lengths: list[float] = []
@@ -130,6 +159,12 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
             lengths.append(float(np.log1p(len(texts[i] or ""))))
             base.append(float(scores_t[base_router][j]))
             champ.append(float(scores_t[champion][j]))
+        elif i in by_features:
+            j = by_features[i]
+            emb.append(np.asarray(r.embedding, dtype=np.float32))
+            lengths.append(float(np.log1p(r.prompt_chars or 0)))
+            base.append(float(scores_f[base_router][j]))
+            champ.append(float(scores_f[champion][j]))
         elif (
             stored_ok
             and r.embedding is not None

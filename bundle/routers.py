@@ -32,14 +32,36 @@ __all__ = ["BlendedRouter", "ModelQualities", "PromptBatch", "Router", "compiled
 @dataclass(frozen=True)
 class PromptBatch:
     """One batch of prompts as every router sees it: the raw texts, the encoder's tokens, and the
-    encoder's L2-normalised embeddings (float32 [n, dim]; None when no router of the batch needs them)."""
+    encoder's L2-normalised embeddings (float32 [n, dim]; None when no router of the batch needs them).
+
+    A batch of stored features (`from_features`: prompts kept as their embedding and character count,
+    the outcome store's privacy switch) has `chars` set, empty texts and no tokens: only routers of kinds
+    that read no text (`RouterKind.reads_text` False) can score it."""
 
     texts: Sequence[str]
     tokens: TokenBatch
     embeddings: npt.NDArray[np.float32] | None = None
+    chars: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @classmethod
+    def from_features(cls, embeddings: npt.ArrayLike, chars: Sequence[int]) -> PromptBatch:
+        """The batch of prompts known only by their embeddings [n, dim] (in the bundle's space) and
+        character counts [n]."""
+        from lmroute.bundle.encoder import TokenBatch
+
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(chars):
+            raise ValueError(f"from_features: embeddings {emb.shape} for {len(chars)} character counts")
+        return cls([""] * len(chars), TokenBatch.empty(), emb, tuple(int(c) for c in chars))
+
+    def char_counts(self) -> npt.NDArray[np.int64]:
+        """Characters of each prompt: `chars` when set, else the texts' lengths."""
+        if self.chars is not None:
+            return np.asarray(self.chars, dtype=np.int64)
+        return np.fromiter((len(t) for t in self.texts), dtype=np.int64, count=len(self.texts))
 
 
 class Router(Protocol):

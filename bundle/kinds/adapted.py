@@ -66,6 +66,11 @@ def log_length(texts: Sequence[str]) -> npt.NDArray[np.float64]:
     return np.log1p(np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts)))
 
 
+def batch_log_length(batch: PromptBatch) -> npt.NDArray[np.float64]:
+    """`log_length` of a batch's prompts (its character counts: a batch of stored features has no texts)."""
+    return np.log1p(batch.char_counts().astype(np.float64))
+
+
 @dataclass(frozen=True, eq=False)
 class KernelTerm:
     """sum_j alpha_j exp(gamma (cos(e, s_j) - 1)): `support` float32 [m, dim] with L2-normalised rows (the
@@ -159,12 +164,13 @@ class AdaptedRouter:
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         emb = need_embeddings(self.name, self.kind, batch, self.weights.shape[0])
         base = self.base.score(batch)
-        return adapted_scores(emb, log_length(list(batch.texts)), base, self.weights, self.params, self.kernel)
+        return adapted_scores(emb, batch_log_length(batch), base, self.weights, self.params, self.kernel)
 
 
 class AdaptedKind(RouterKind):
     name = "adapted"
     uses_encoder = True
+    reads_text = False  # its score reads only the embedding and the character count
     from_outcomes = True
     Params: ClassVar[type[Any]] = AdaptedParams
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = (ArrayRole("weights", np.float32),)

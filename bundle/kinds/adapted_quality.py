@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.bundle.jsonread import fail
-from lmroute.bundle.kinds.adapted import log_length
+from lmroute.bundle.kinds.adapted import batch_log_length
 from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
 from lmroute.bundle.kinds.quality import QualityRouter
 from lmroute.bundle.routers import need_embeddings
@@ -108,7 +108,7 @@ class AdaptedQualityRouter:
     def qualities(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         """float64 [n, n_models] in [0, 1], columns in `models` order."""
         emb = need_embeddings(self.name, self.kind, batch, self.weights.shape[0])
-        return self.qualities_of(emb, log_length(list(batch.texts)))
+        return self.qualities_of(emb, batch_log_length(batch))
 
     def score(self, batch: PromptBatch) -> npt.NDArray[np.float64]:
         q = self.qualities(batch)
@@ -118,6 +118,7 @@ class AdaptedQualityRouter:
 class AdaptedQualityKind(RouterKind):
     name = "adapted_quality"
     uses_encoder = True
+    reads_text = False  # its score reads only the embedding and the character count
     from_outcomes = True
     Params = AdaptedQualityParams
     roles = tuple(ArrayRole(role, np.float32) for role in ("weights", "length_weights", "bias"))

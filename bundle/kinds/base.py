@@ -3,6 +3,8 @@
 A kind owns everything about one sort of router (docs/ARCHITECTURE.md "Adding a router kind"):
 
     name, uses_encoder    the manifest's `kind` and whether its score reads the encoder's embeddings
+    reads_text            whether its score reads a prompt's text or tokens beyond its character count
+                          (False: a prompt stored as its embedding and length can be scored again)
     from_outcomes         learnt from a deployment's outcomes (`lmroute.adapt`), never by a build
     Params                a frozen dataclass of its manifest `params` (int, float, str, bool, tuple[str, ...]
                           fields; read strictly, so an int stays an int and a float a float)
@@ -127,6 +129,9 @@ class RouterKind(ABC):
 
     name: ClassVar[str]
     uses_encoder: ClassVar[bool]
+    # its score reads the text or tokens beyond the character count (the safe default for a plug-in);
+    # False: the embedding and `PromptBatch.char_counts` suffice (`PromptBatch.from_features`)
+    reads_text: ClassVar[bool] = True
     Params: ClassVar[type[Any]]
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = ()
     # made from a deployment's outcomes (lmroute.adapt), never by a build

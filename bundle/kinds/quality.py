@@ -96,6 +96,7 @@ class QualityRouter:
 class QualityKind(RouterKind):
     name = "quality"
     uses_encoder = True
+    reads_text = False  # its score reads only the embedding
     Params = QualityParams
     roles = tuple(ArrayRole(role, np.float32) for role in ("center", "weights", "bias"))
 

@@ -111,6 +111,7 @@ class SWRankingRouter:
 class SWRankingKind(RouterKind):
     name = "sw_ranking"
     uses_encoder = True
+    reads_text = False  # its score reads only the embedding
     Params = SWRankingParams
     roles = (
         ArrayRole("prompt_embeddings", np.float32),

@@ -9,12 +9,15 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from lmroute.adapt.from_store import adapt_from_store
+from lmroute.bundle import kinds
 from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.routers import PromptBatch
 from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
 from lmroute.export.cli import main
 from lmroute.outcomes.records import Outcome, OutcomeKind
@@ -73,6 +76,15 @@ def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Pat
     assert b1.version == first.candidate_version and "adapted" in b1.routers
     lineage = b1.manifest.lineage
     assert lineage is not None and lineage.parent_version == first.parent_version and lineage.n_outcomes == N
+    # a prompt kept as its embedding and length (the privacy switch) scores as its text does
+    texts = synthetic_prompts(8, seed=21)
+    full = b1.prompt_batch(texts)
+    assert full.embeddings is not None
+    stored = PromptBatch.from_features(full.embeddings, [len(t) for t in texts])
+    text_free = [name for name, spec in b1.manifest.routers.items() if not kinds.get(spec.kind).reads_text]
+    assert text_free == ["mf", "sw_ranking", "adapted"]
+    for name in text_free:
+        assert np.array_equal(b1.routers[name].score(stored), b1.routers[name].score(full)), name
     # the next round starts from the adapted bundle: its adapted router is the champion, judged only on
     # outcomes it was not fitted on (after its lineage's last one); with none, nothing can be judged
     stale = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)
@@ -166,3 +178,58 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
                 routed.threshold,
                 routed.tier,
             )
+
+
+def _route_and_judge(client: Any, parent: Path, texts: list[str]) -> None:
+    """Route `texts` naming no router, then report each decision's paired outcome by its id (the
+    learnable rule of `_judged`)."""
+    from lmroute.v1 import router_pb2
+
+    bundle = load_bundle(parent)
+    emb = bundle.prompt_batch(texts).embeddings
+    assert emb is not None
+    u = np.random.default_rng(1).standard_normal(emb.shape[1])
+    rng = np.random.default_rng(len(texts))
+    weak = (rng.random(len(texts)) < 1.0 / (1.0 + np.exp(-(1.0 - 6.0 * (emb @ u))))).astype(float)
+    strong = np.maximum(weak, (rng.random(len(texts)) < 0.8).astype(float))
+    ids = [client.route(t, strong_share=0.5).decision_id for t in texts]
+    paired = [router_pb2.PairedOutcome(strong_quality=s, weak_quality=w) for s, w in zip(strong, weak, strict=True)]
+    reports = [router_pb2.OutcomeReport(decision_id=d, paired=p) for d, p in zip(ids, paired, strict=True)]
+    for _ in range(50):  # a decision is written a moment after its answer: retry UNAVAILABLE ones
+        codes = [r.code for r in client.feedback(reports).results]
+        if all(c == 0 for c in codes):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"feedback not stored: {codes}")
+
+
+def test_with_the_privacy_switch_each_round_learns_from_every_outcome(parent: Path, tmp_path: Path) -> None:
+    """A store that keeps no prompt text: a prompt's base and champion scores are computed again from its
+    stored embedding and length (mf and the adapted kinds read no text), so the round after an
+    adaptation learns from the decisions of the previous bundle and from those of the adapted router
+    (decisions that name no router record only its score)."""
+    from lmroute.adapt.loop import run_round
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_router="mf")
+    dsn = f"sqlite:{tmp_path / 'private.sqlite3'}"
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, store_prompts=False, log_level="warning", grace_s=0.0)
+    texts = synthetic_prompts(N, seed=9)
+    with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+        _route_and_judge(client, parent, texts[: N // 2])
+        first = run_round(srv.target, dsn, tmp_path / "bundles")
+        assert first.accepted and first.report["outcomes_skipped"] == 0, first.report
+        assert client.list_routers().default_router == "adapted"
+        _route_and_judge(client, parent, texts[N // 2 :])  # decided by the adapted router
+        second = run_round(srv.target, dsn, tmp_path / "bundles")
+        assert second.report["champion"] == "adapted"
+        assert second.report["outcomes_read"] == N and second.report["outcomes_skipped"] == 0, second.report
+        assert second.report["outcomes_unseen_by_champion"] == N - N // 2
+    store = open_store(dsn)
+    assert all(r.prompt_text is None for r in store.labeled_prompts())  # no text was kept
+    store.close()
