@@ -50,6 +50,7 @@ SIZES = (100, 500, 1000, 2000, 5000)
 ZERO_SHOT = ("mf", "sw_ranking")
 WINDOW = 500
 SHARE = 0.5  # the operating point of the exploring policy
+PARTS = ("paired", "budget", "single")  # random-sample paired rows, label-budget paired rows, single outcomes
 ROWS = tuple(f"paired_{how}_{learner}" for how in ("random", "budget") for learner in PAIRED_LEARNERS) + ("single",)
 
 
@@ -180,20 +181,21 @@ def run_set(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[int, list[dict[str, float]]]] = {key: {} for key in ROWS}
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(s)
-        for n in sizes:
+        for n in sizes if {"paired", "budget"} & set(args.parts) else []:
             t0 = time.perf_counter()
-            for learner in PAIRED_LEARNERS:
+            for learner in PAIRED_LEARNERS if "paired" in args.parts else ():
                 rows[f"paired_random_{learner}"].setdefault(n, []).append(paired_run(d, order[:n], base, seed, learner))
-            if n < n_stream:
+            if n < n_stream and "budget" in args.parts:
                 budget = budget_indices(d, order, n, seed)
                 for learner in PAIRED_LEARNERS:
                     run = paired_run(d, budget, base, seed, learner)
                     rows[f"paired_budget_{learner}"].setdefault(n, []).append(run)
             print(f"{d['name']} seed {seed} N {n}: paired {time.perf_counter() - t0:.1f}s", flush=True)
-        t0 = time.perf_counter()
-        for n, r in single_run(d, order, sizes, base, seed).items():
-            rows["single"].setdefault(n, []).append(r)
-        print(f"{d['name']} seed {seed}: single {time.perf_counter() - t0:.1f}s", flush=True)
+        if "single" in args.parts:
+            t0 = time.perf_counter()
+            for n, r in single_run(d, order, sizes, base, seed).items():
+                rows["single"].setdefault(n, []).append(r)
+            print(f"{d['name']} seed {seed}: single {time.perf_counter() - t0:.1f}s", flush=True)
     for key, by_n in rows.items():
         res[key] = {
             str(n): {field: summarise([r[field] for r in runs]) for field in runs[0]} for n, runs in by_n.items()
@@ -239,48 +241,64 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"| {r[f'ceiling_{learner}']:.3f} |"
             for learner in PAIRED_LEARNERS
         ]
-        lines += [
-            "",
-            "Paired outcomes, the default kernel learner (ridge: the linear learner on the same prompts):",
-            "",
-            "| N | random sample: candidate | served | gate accepts | ridge: candidate | served |"
-            " label budget: candidate | served | ridge: candidate | served |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for n in r["sizes"]:
-            cells = [str(n)]
-            for how in ("random", "budget"):
-                for learner in PAIRED_LEARNERS:
-                    got = r[f"paired_{how}_{learner}"].get(str(n))
-                    if got is None:
-                        cells += ["– (whole half)" if how == "budget" else "–", "–"]
-                        continue
-                    cells += [fmt(got["candidate"]), fmt(got["served"])]
-                    if how == "random" and learner == PAIRED_LEARNERS[0]:
-                        cells.append(f"{got['accepted']['mean']:.0%}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "Single outcomes (the answering model's quality only), the stream routed with exploration:",
-            "",
-            "| N | candidate | served | explored | quality lost |",
-            "|---|---|---|---|---|",
-        ]
-        for n in r["sizes"]:
-            sg = r["single"].get(str(n))
-            cells = [str(n)]
-            if sg:
-                cells += [
-                    fmt(sg["candidate"]),
-                    fmt(sg["served"]),
-                    f"{sg['explore_rate']['mean']:.1%}",
-                    f"{sg['quality_lost']['mean']:.4f} ± {sg['quality_lost']['sd']:.4f}",
-                ]
-            else:
-                cells += ["–"] * 4
-            lines.append("| " + " | ".join(cells) + " |")
+        parts = set(results.get("parts", PARTS))
+        if {"paired", "budget"} & parts:
+            lines += paired_table(r)
+        if "single" in parts:
+            lines += single_table(r)
         lines.append("")
     return "\n".join(lines)
+
+
+def paired_table(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Paired outcomes, the default kernel learner (ridge: the linear learner on the same prompts):",
+        "",
+        "| N | random sample: candidate | served | gate accepts | ridge: candidate | served |"
+        " label budget: candidate | served | ridge: candidate | served |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in r["sizes"]:
+        cells = [str(n)]
+        for how in ("random", "budget"):
+            for learner in PAIRED_LEARNERS:
+                got = r[f"paired_{how}_{learner}"].get(str(n))
+                if got is None:
+                    whole = how == "budget" and n == r["n_stream"]
+                    cells += ["– (whole half)" if whole else "–", "–"]
+                    if how == "random" and learner == PAIRED_LEARNERS[0]:
+                        cells.append("–")
+                    continue
+                cells += [fmt(got["candidate"]), fmt(got["served"])]
+                if how == "random" and learner == PAIRED_LEARNERS[0]:
+                    cells.append(f"{got['accepted']['mean']:.0%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def single_table(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Single outcomes (the answering model's quality only), the stream routed with exploration:",
+        "",
+        "| N | candidate | served | explored | quality lost |",
+        "|---|---|---|---|---|",
+    ]
+    for n in r["sizes"]:
+        sg = r["single"].get(str(n))
+        cells = [str(n)]
+        if sg:
+            cells += [
+                fmt(sg["candidate"]),
+                fmt(sg["served"]),
+                f"{sg['explore_rate']['mean']:.1%}",
+                f"{sg['quality_lost']['mean']:.4f} ± {sg['quality_lost']['sd']:.4f}",
+            ]
+        else:
+            cells += ["–"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", default=["mmlu", "gsm8k"])
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which rows to run (default all)")
     p.add_argument("--base-router", default="mf")
     p.add_argument("--out", default="benchmarks/adaptation/results_offline.json")
     p.add_argument("--markdown", default="benchmarks/adaptation/RESULTS_offline.md")
@@ -305,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder": f"{bundle.manifest.encoder.name}, truncation {bundle.manifest.encoder.truncation}",
         "base_router": args.base_router,
         "seeds": args.seeds,
+        "parts": list(args.parts),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "python": platform.python_version(),
