@@ -1,6 +1,6 @@
 """`lmroute-adapt`: the loop that closes the outcome loop on a schedule: store -> adapt -> gate -> swap.
 
-Every `--interval-s` (or once, with `--once`), against one running server:
+Every `--interval-s` (or once, with `--once`), against one running server (`--server`):
 
 1. ask the server which bundle it serves (AdminService.GetBundle: its resolved directory);
 2. adapt that bundle from the outcome store (lmroute.adapt.from_store, or lmroute.adapt.quality_from_store
@@ -10,12 +10,21 @@ Every `--interval-s` (or once, with `--once`), against one running server:
 3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
    it and keeps the old bundle serving if it refuses it.
 
-Each round prints one JSON line (what was adapted from, the gate's verdict, the version now serving).
-The store must be one the loop can open too: the server's SQLite file on the same host, or the shared
-PostgreSQL. A Kubernetes CronJob running `lmroute-adapt --once` is the same loop, scheduled outside.
+Or, for several replicas (`--bundle-link`): the bundle is the directory a symbolic link names, every
+server serves the link and watches it (`lmroute-serve --bundle LINK --bundle-watch-s N`), and the round
+adapts the bundle the link names and, when the gate accepts, points the link at the candidate
+(atomically: a new link renamed over the old); each server then validates, warms and swaps it in on its
+next poll, or keeps its bundle if it refuses it. No server is called, so the AdminService can stay on
+loopback: the mode of a Kubernetes CronJob (`lmroute-adapt --once`) beside replicas that share the
+outcome store (PostgreSQL) and a volume of bundles.
+
+Each round prints one JSON line (what was adapted from, the gate's verdict, the version now serving; with
+`--bundle-link`, the version the link names). The store must be one the loop can open too: the server's
+SQLite file on the same host, or the shared PostgreSQL.
 
     lmroute-adapt --server 127.0.0.1:50051 --store sqlite:artifacts/outcomes.sqlite3 \\
         --bundles-dir artifacts/adapted --interval-s 3600
+    lmroute-adapt --bundle-link /bundles/current --store postgresql://... --bundles-dir /bundles --once
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +44,7 @@ from lmroute.adapt.from_store import adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.outcomes.store import StoreError, open_store
 
-__all__ = ["Round", "main", "run_round"]
+__all__ = ["Round", "main", "point_link", "run_link_round", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,43 @@ class Round:
         )
 
 
+def _adapt(
+    parent: Path,
+    store_dsn: str,
+    bundles_dir: Path,
+    *,
+    kind: str,
+    base_router: str | None,
+    window_ms: int,
+    splits: str,
+    paired_learner: str,
+) -> tuple[Any, Path]:
+    """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    out = bundles_dir / f"adapted-{stamp}"
+    since = int(time.time() * 1000) - window_ms if window_ms else 0
+    store = open_store(store_dsn)
+    try:
+        if kind == "qualities":
+            base = base_router or "quality"
+            return adapt_qualities_from_store(parent, store, out, base_router=base, since_ms=since, splits=splits), out
+        return (
+            adapt_from_store(
+                parent,
+                store,
+                out,
+                kind=kind,
+                base_router=base_router or "mf",
+                since_ms=since,
+                splits=splits,
+                paired_learner=paired_learner,
+            ),
+            out,
+        )
+    finally:
+        store.close()
+
+
 def run_round(
     server: str,
     store_dsn: str,
@@ -77,39 +124,80 @@ def run_round(
 
     with RouterClient(server, timeout_s=timeout_s) as client:
         serving = client.get_bundle()
-        parent = Path(serving.resolved_path)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        out = bundles_dir / f"adapted-{stamp}"
-        since = int(time.time() * 1000) - window_ms if window_ms else 0
-        store = open_store(store_dsn)
-        try:
-            if kind == "qualities":
-                base = base_router or "quality"
-                run = adapt_qualities_from_store(parent, store, out, base_router=base, since_ms=since, splits=splits)
-            else:
-                base = base_router or "mf"
-                run = adapt_from_store(
-                    parent,
-                    store,
-                    out,
-                    kind=kind,
-                    base_router=base,
-                    since_ms=since,
-                    splits=splits,
-                    paired_learner=paired_learner,
-                )
-        finally:
-            store.close()
+        run, out = _adapt(
+            Path(serving.resolved_path),
+            store_dsn,
+            bundles_dir,
+            kind=kind,
+            base_router=base_router,
+            window_ms=window_ms,
+            splits=splits,
+            paired_learner=paired_learner,
+        )
         version = serving.bundle_version
         if run.accepted:
             version = client.reload_bundle(str(out)).bundle_version
         return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
 
 
+def point_link(link: Path, target: Path) -> None:
+    """Make the symbolic link `link` name `target` (relative to the link's folder when `target` is inside
+    it) atomically: a new link beside it renamed over it, so a reader sees the old or the new bundle,
+    never neither."""
+    target = target.resolve()
+    folder = link.parent.resolve()
+    name = os.path.relpath(target, folder) if target.is_relative_to(folder) else str(target)
+    tmp = folder / f".{link.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    os.symlink(name, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run_link_round(
+    link: Path,
+    store_dsn: str,
+    bundles_dir: Path,
+    *,
+    kind: str = "paired",
+    base_router: str | None = None,
+    window_ms: int = 0,
+    splits: str = "cross_fit",
+    paired_learner: str = "kernel",
+) -> Round:
+    """One store -> adapt -> gate -> re-point round on the bundle the symbolic link `link` names (module
+    docstring); the servers watching the link swap the candidate in themselves."""
+    if not link.is_symlink():
+        raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
+    run, out = _adapt(
+        link.resolve(),
+        store_dsn,
+        bundles_dir,
+        kind=kind,
+        base_router=base_router,
+        window_ms=window_ms,
+        splits=splits,
+        paired_learner=paired_learner,
+    )
+    if run.accepted:
+        point_link(link, out)
+    version = run.candidate_version if run.accepted else run.parent_version
+    return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-adapt` (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server (its AdminService)")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server (its AdminService)")
+    where.add_argument(
+        "--bundle-link",
+        type=Path,
+        default=None,
+        help="instead of a server: the symbolic link the servers serve and watch (--bundle-watch-s); re-pointed",
+    )
     ap.add_argument("--store", required=True, metavar="DSN", help="the server's outcome store")
     ap.add_argument("--bundles-dir", type=Path, required=True, help="where accepted bundles are written")
     ap.add_argument("--kind", choices=("paired", "single", "qualities"), default="paired")
@@ -123,16 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     window_ms = int(args.window_days * 86_400_000)
     while True:
         try:
-            r = run_round(
-                args.server,
-                args.store,
-                args.bundles_dir,
+            settings: dict[str, Any] = dict(
                 kind=args.kind,
                 base_router=args.base_router,
                 window_ms=window_ms,
                 splits=args.gate_splits,
                 paired_learner=args.paired_learner,
             )
+            if args.bundle_link is not None:
+                r = run_link_round(args.bundle_link, args.store, args.bundles_dir, **settings)
+            else:
+                r = run_round(args.server, args.store, args.bundles_dir, **settings)
             print(r.to_json(), flush=True)
         except (StoreError, ValueError, OSError) as exc:
             print(json.dumps({"error": str(exc)}), flush=True)

@@ -6,6 +6,7 @@ are refused by the gate and nothing is written; every run is recorded in the sto
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -233,3 +234,57 @@ def test_with_the_privacy_switch_each_round_learns_from_every_outcome(parent: Pa
     store = open_store(dsn)
     assert all(r.prompt_text is None for r in store.labeled_prompts())  # no text was kept
     store.close()
+
+
+def _versions(targets: list[str]) -> list[str]:
+    from lmroute.service.client import RouterClient
+
+    out = []
+    for target in targets:
+        with RouterClient(target) as client:
+            out.append(client.list_routers().bundle_version)
+    return out
+
+
+def test_the_link_round_repoints_the_link_and_every_watching_server_swaps(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lmroute-adapt --bundle-link`: no server is called; two servers that serve and watch the link swap
+    the accepted candidate in themselves, and clients that name no router get the adapted router."""
+    from lmroute.adapt.loop import main as adapt_main
+    from lmroute.adapt.loop import run_link_round
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(parent, bundles / "base")
+    base = restamp_bundle(bundles / "base", default_router="mf")
+    link = bundles / "current"
+    link.symlink_to("base")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    cfg = ServiceConfig(bundle_path=link, port=0, store=dsn, bundle_watch_s=0.2, log_level="warning", grace_s=0.0)
+    with ServerThread(cfg) as one, ServerThread(cfg) as two:
+        targets = [one.target, two.target]
+        assert _versions(targets) == [base.bundle_version] * 2
+        idle = run_link_round(link, dsn, bundles)  # nothing judged: nothing written, the link unchanged
+        assert not idle.accepted and os.readlink(link) == "base" and idle.serving_version == base.bundle_version
+        store = open_store(dsn)
+        store.write([], _judged(parent, shuffled=False))
+        store.close()
+        done = run_link_round(link, dsn, bundles)
+        assert done.accepted and done.candidate is not None
+        assert os.readlink(link) == done.candidate.name  # relative: the volume may be mounted anywhere
+        assert load_bundle(link).version == done.serving_version != base.bundle_version
+        deadline = time.monotonic() + 60
+        while _versions(targets) != [done.serving_version] * 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _versions(targets) == [done.serving_version] * 2
+        for target in targets:
+            with RouterClient(target) as client:
+                assert client.route("Explain quicksort.", strong_share=0.5).router == "adapted"
+    assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == []  # no temporary link left
+    args = ["--bundle-link", str(bundles / "base"), "--store", dsn, "--bundles-dir", str(bundles), "--once"]
+    assert adapt_main(args) == 1  # a directory, not a link
+    assert "is not a symbolic link" in capsys.readouterr().out
