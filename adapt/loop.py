@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmroute.adapt.from_store import adapt_from_store
+from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.outcomes.store import StoreError, open_store
 
@@ -80,7 +80,7 @@ def _adapt(
     window_ms: int,
     splits: str,
     paired_learner: str,
-) -> tuple[Any, Path]:
+) -> tuple[AdaptRun, Path]:
     """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     out = bundles_dir / f"adapted-{stamp}"
@@ -181,9 +181,10 @@ def run_link_round(
         splits=splits,
         paired_learner=paired_learner,
     )
-    if run.accepted:
+    version = run.parent_version
+    if run.accepted and run.candidate_version is not None:
         point_link(link, out)
-    version = run.candidate_version if run.accepted else run.parent_version
+        version = run.candidate_version
     return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
 
 
