@@ -18,6 +18,9 @@ next poll, or keeps its bundle if it refuses it. No server is called, so the Adm
 loopback: the mode of a Kubernetes CronJob (`lmroute-adapt --once`) beside replicas that share the
 outcome store (PostgreSQL) and a volume of bundles.
 
+After each round the oldest `adapted-*` bundles in `--bundles-dir` beyond the newest `--keep-bundles`
+(default 5; 0 keeps all) are deleted, never the one serving (or named by the link).
+
 Each round prints one JSON line (what was adapted from, the gate's verdict, the version now serving; with
 `--bundle-link`, the version the link names). The store must be one the loop can open too: the server's
 SQLite file on the same host, or the shared PostgreSQL.
@@ -33,6 +36,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +48,10 @@ from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.outcomes.store import StoreError, open_store
 
-__all__ = ["Round", "main", "point_link", "run_link_round", "run_round"]
+__all__ = ["Round", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
+
+KEEP_BUNDLES = 5
+"""Adapted bundles kept in --bundles-dir by default (the newest; the serving one always)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class Round:
     candidate: Path | None
     serving_version: str
     report: dict[str, Any]
+    parent: Path | None = None  # the bundle directory adapted from
 
     def to_json(self) -> str:
         return json.dumps(
@@ -124,8 +132,9 @@ def run_round(
 
     with RouterClient(server, timeout_s=timeout_s) as client:
         serving = client.get_bundle()
+        parent = Path(serving.resolved_path)
         run, out = _adapt(
-            Path(serving.resolved_path),
+            parent,
             store_dsn,
             bundles_dir,
             kind=kind,
@@ -137,7 +146,7 @@ def run_round(
         version = serving.bundle_version
         if run.accepted:
             version = client.reload_bundle(str(out)).bundle_version
-        return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
+        return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent)
 
 
 def point_link(link: Path, target: Path) -> None:
@@ -171,8 +180,9 @@ def run_link_round(
     docstring); the servers watching the link swap the candidate in themselves."""
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
+    parent = link.resolve()
     run, out = _adapt(
-        link.resolve(),
+        parent,
         store_dsn,
         bundles_dir,
         kind=kind,
@@ -185,7 +195,23 @@ def run_link_round(
     if run.accepted and run.candidate_version is not None:
         point_link(link, out)
         version = run.candidate_version
-    return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report)
+    return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent)
+
+
+def prune_bundles(bundles_dir: Path, keep: int, serving: Path) -> list[Path]:
+    """Delete the `adapted-*` bundles of `bundles_dir` older than its newest `keep` (their names carry the
+    UTC time they were written), never `serving` (resolved); keep 0 deletes nothing. Returns those
+    deleted."""
+    if keep <= 0 or not bundles_dir.is_dir():
+        return []
+    written = sorted(
+        p for p in bundles_dir.iterdir() if p.name.startswith("adapted-") and p.is_dir() and not p.is_symlink()
+    )
+    serving = serving.resolve()
+    old = [p for p in written[: max(len(written) - keep, 0)] if p.resolve() != serving]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
     ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
+    ap.add_argument(
+        "--keep-bundles",
+        type=int,
+        default=KEEP_BUNDLES,
+        help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all)",
+    )
     args = ap.parse_args(argv)
     window_ms = int(args.window_days * 86_400_000)
     while True:
@@ -221,9 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.bundle_link is not None:
                 r = run_link_round(args.bundle_link, args.store, args.bundles_dir, **settings)
+                serving = args.bundle_link
             else:
                 r = run_round(args.server, args.store, args.bundles_dir, **settings)
+                serving = r.candidate or r.parent or args.bundles_dir
             print(r.to_json(), flush=True)
+            prune_bundles(args.bundles_dir, args.keep_bundles, serving)
         except (StoreError, ValueError, OSError) as exc:
             print(json.dumps({"error": str(exc)}), flush=True)
             if args.once:
