@@ -5,8 +5,9 @@ calibrated on recent prompts, its lineage in the manifest.
 The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
-scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), an
-`adapted` router as the default router (clients that name no router follow it), and `lineage` (parent
+scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), the new
+router as the default router (`adapted`) or default quality router (`adapted_quality`: clients that name
+no router follow it), and `lineage` (parent
 version, outcome kind, count and time range, learner and settings, calibration prompts). It is stamped
 with its content version, loaded through the validating loader in a temporary sibling directory, then
 renamed into place: a failure leaves no half-written bundle.
@@ -121,7 +122,7 @@ def write_adapted_bundle(
         label=label,
         overwrite=overwrite,
         replace=replace,
-        make_default=make_default,
+        default_key="default_router" if make_default else "",
     )
 
 
@@ -137,10 +138,12 @@ def write_quality_bundle(
     label: str = "",
     overwrite: bool = False,
     replace: bool = False,
+    make_default: bool = True,
 ) -> Manifest:
     """Write parent_dir + an `adapted_quality` router named `router` (the heads over `base_router`, a
     router of kind quality) to out_dir and return the manifest written (module docstring).
-    `calibration_scores`: its pair scores on recent prompts."""
+    `calibration_scores`: its pair scores on recent prompts. With `make_default` it becomes the bundle's
+    default quality router (Route calls among candidates that name no router use it)."""
     manifest = read_manifest(Path(parent_dir))
     if heads.dim != manifest.encoder.dim:
         raise ValueError(f"heads: dimension {heads.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
@@ -160,6 +163,7 @@ def write_quality_bundle(
         label=label,
         overwrite=overwrite,
         replace=replace,
+        default_key="default_quality_router" if make_default else "",
     )
 
 
@@ -179,12 +183,15 @@ def write_router_bundle(
     label: str = "",
     overwrite: bool = False,
     replace: bool = False,
-    make_default: bool = False,
+    default_key: str = "",
 ) -> Manifest:
     """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
-    router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced. With
-    `make_default` the router becomes the bundle's default router; else the parent's default stays."""
+    router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced.
+    `default_key` ("default_router" or "default_quality_router"): the manifest key that names the new
+    router; "" keeps the parent's defaults."""
+    if default_key not in ("", "default_router", "default_quality_router"):
+        raise ValueError(f"default_key: {default_key!r} is not a default of the manifest")
     parent, out = Path(parent_dir), Path(out_dir)
     manifest = read_manifest(parent)
     if manifest.calibration is None:
@@ -250,7 +257,10 @@ def write_router_bundle(
             ),
             library_versions=library_versions(),
             lineage=lineage,
-            default_router=router if make_default else manifest.default_router,
+            default_router=router if default_key == "default_router" else manifest.default_router,
+            default_quality_router=(
+                router if default_key == "default_quality_router" else manifest.default_quality_router
+            ),
         )
         new = Manifest.from_json(new.to_json())  # the strict parser is the schema check
         new = dataclasses.replace(new, bundle_version=new.content_version())

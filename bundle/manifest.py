@@ -554,7 +554,9 @@ class Manifest:
     manifest key `label`, written only when set) that the content version covers. `default_router`
     (optional, written only when set) names the router a Route call without a router name uses: the
     build's `mf`, or an adaptation's own router, so clients that leave the name out follow each
-    accepted adaptation."""
+    accepted adaptation. `default_quality_router` (the same, for a Route among candidates) names the
+    router of such a call when it names none: the build's `quality`, or an N-model adaptation's
+    `adapted_quality`."""
 
     bundle_version: str
     created_at: str
@@ -573,6 +575,7 @@ class Manifest:
     label: str = ""
     lineage: Lineage | None = None
     default_router: str = ""
+    default_quality_router: str = ""
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -588,6 +591,7 @@ class Manifest:
             "tiers": dict(self.tiers),
             "routers": {name: spec.to_dict() for name, spec in self.routers.items()},
             **({"default_router": self.default_router} if self.default_router else {}),
+            **({"default_quality_router": self.default_quality_router} if self.default_quality_router else {}),
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "training_data": self.training_data.to_dict(),
             "library_versions": dict(self.library_versions),
@@ -672,6 +676,7 @@ class Manifest:
             label=_optional_str(root, "label", "a label"),
             lineage=Lineage._parse(root.node("lineage")) if root.has("lineage") else None,
             default_router=_optional_str(root, "default_router", "a default router"),
+            default_quality_router=_optional_str(root, "default_quality_router", "a default quality router"),
         )
         root.close()
         manifest.check()
@@ -708,11 +713,10 @@ class Manifest:
                 raise fail(f"tiers.{name}: negative tier {tier}")
         if not self.routers:
             raise fail("routers: empty")
-        if self.default_router and self.default_router not in self.routers:
-            raise fail(
-                f"default_router: {self.default_router!r} is not a router of this bundle "
-                f"(routers: {', '.join(self.routers)})"
-            )
+        for key in ("default_router", "default_quality_router"):
+            name = getattr(self, key)
+            if name and name not in self.routers:
+                raise fail(f"{key}: {name!r} is not a router of this bundle (routers: {', '.join(self.routers)})")
         for path, entry in self.files.items():
             _check_rel_path(path, f"files.{path}")
             if not _SHA256.match(entry.sha256):

@@ -204,6 +204,7 @@ def stage_bundle(
     difficulty_prior: PriorArtifacts | None = None,
     label: str = "",
     default_router: str = "",
+    default_quality_router: str = "",
     created_at: str | None = None,
     overwrite: bool = False,
 ) -> Iterator[StagedBundle]:
@@ -217,7 +218,8 @@ def stage_bundle(
     bundle_version is always the content version (`Manifest.content_version()`, "<YYYYMMDD of
     created_at>-<8 hex of a hash of the content>", derived at commit); `label` is optional free text
     stored beside it (and covered by it); `default_router` names the router of a Route call that names
-    none ("": no default). An existing out_dir is an error unless overwrite=True."""
+    none ("": no default), `default_quality_router` that of a Route among candidates that names none.
+    An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
@@ -275,6 +277,7 @@ def stage_bundle(
             files=_checksums(tmp),
             difficulty_prior=prior_spec,
             default_router=default_router,
+            default_quality_router=default_quality_router,
         )
         manifest = Manifest.from_json(manifest.to_json())  # the strict parser is the schema check
         staged = StagedBundle(tmp, out, manifest, overwrite=overwrite)
@@ -291,10 +294,17 @@ def _stamped(manifest: Manifest) -> Manifest:
     return dataclasses.replace(as_read, bundle_version=as_read.content_version())
 
 
-def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None, default_router: str | None = None) -> Manifest:
+def restamp_bundle(
+    bundle_dir: str | Path,
+    *,
+    label: str | None = None,
+    default_router: str | None = None,
+    default_quality_router: str | None = None,
+) -> Manifest:
     """Stamp a bundle whose manifest.json was edited on purpose with the content version of what it now
     says (manifest.json rewritten atomically in the writer's format) and return the manifest; `label`
-    replaces the label and `default_router` the default router ("" removes either, None keeps it). The
+    replaces the label, `default_router` and `default_quality_router` the default routers ("" removes
+    one, None keeps it). The
     manifest must pass the strict parser; the files are not re-checksummed (the loader still checks them
     against the manifest). A signature
     (manifest.json.sig) no longer matches the rewritten manifest: sign the bundle again."""
@@ -307,6 +317,8 @@ def restamp_bundle(bundle_dir: str | Path, *, label: str | None = None, default_
         manifest = dataclasses.replace(manifest, label=label)
     if default_router is not None:
         manifest = dataclasses.replace(manifest, default_router=default_router)
+    if default_quality_router is not None:
+        manifest = dataclasses.replace(manifest, default_quality_router=default_quality_router)
     updated = _stamped(manifest)
     _write_text_atomic(path, updated.to_json())
     return updated

@@ -84,6 +84,11 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         default=_env("DEFAULT_ROUTER", "auto"),
         help="the router of Route calls that name none: one of --routers, 'none', or 'auto' (mf when built)",
     )
+    p.add_argument(
+        "--default-quality-router",
+        default=_env("DEFAULT_QUALITY_ROUTER", "auto"),
+        help="the router of Route calls among candidates that name none: as --default-router ('auto': quality)",
+    )
     _add_plugin(p)
     p.add_argument(
         "--quick",
@@ -105,6 +110,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         cache_dir=args.cache_dir,
         routers=tuple(args.routers),
         default_router=args.default_router,
+        default_quality_router=args.default_quality_router,
         quick=args.quick,
         recipe=recipe,
     )
@@ -166,6 +172,11 @@ def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
         "--default-router",
         default=None,
         help="set the router of Route calls that name none ('' removes it: such calls are then refused)",
+    )
+    p.add_argument(
+        "--default-quality-router",
+        default=None,
+        help="set the router of Route calls among candidates that name none ('' removes it)",
     )
     _add_plugin(p)
 
@@ -359,7 +370,12 @@ def _integrity_command(args: argparse.Namespace) -> int:
 
     try:
         if args.cmd == "restamp":
-            manifest = restamp_bundle(args.bundle, label=args.label, default_router=args.default_router)
+            manifest = restamp_bundle(
+                args.bundle,
+                label=args.label,
+                default_router=args.default_router,
+                default_quality_router=args.default_quality_router,
+            )
             print(f"bundle {args.bundle} re-stamped: bundle_version {manifest.bundle_version}")
             print("a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed")
         elif args.cmd == "keygen":

@@ -90,6 +90,8 @@ class BuildConfig:
     strong, weak: the default pair. calibration_limit: calibrate on the first this many prompts (None: all).
     default_router: the router of Route calls that name none (the manifest's `default_router`): one of
         `routers`, "none" for no default, or "auto": `mf` when it is built, else none.
+    default_quality_router: the same for Route calls among candidates (`default_quality_router`); "auto":
+        `quality` when it is built.
     """
 
     out_dir: Path
@@ -106,16 +108,18 @@ class BuildConfig:
     weak: str = names.WEAK
     calibration_limit: int | None = None
     default_router: str = "auto"
+    default_quality_router: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = set(self.routers) - set(kinds.names())
         if unknown or not self.routers:
             raise ValueError(f"routers: {sorted(unknown) or 'none'} not in the registered kinds {kinds.names()}")
-        if self.default_router not in ("auto", "none", *self.routers):
-            raise ValueError(
-                f"default_router: {self.default_router!r} is not a router of the build "
-                f"({', '.join(self.routers)}), 'auto' or 'none'"
-            )
+        for key in ("default_router", "default_quality_router"):
+            name = getattr(self, key)
+            if name not in ("auto", "none", *self.routers):
+                raise ValueError(
+                    f"{key}: {name!r} is not a router of the build ({', '.join(self.routers)}), 'auto' or 'none'"
+                )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
         for name, _ in self.recipe.prior_weights:
@@ -126,9 +130,17 @@ class BuildConfig:
     @property
     def default_router_name(self) -> str:
         """The manifest's default_router: "" for none."""
-        if self.default_router == "auto":
-            return "mf" if "mf" in self.routers else ""
-        return "" if self.default_router == "none" else self.default_router
+        return self._resolved(self.default_router, "mf")
+
+    @property
+    def default_quality_router_name(self) -> str:
+        """The manifest's default_quality_router: "" for none."""
+        return self._resolved(self.default_quality_router, "quality")
+
+    def _resolved(self, setting: str, auto: str) -> str:
+        if setting == "auto":
+            return auto if auto in self.routers else ""
+        return "" if setting == "none" else setting
 
 
 @dataclass
@@ -392,6 +404,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
                     training_data=_training_data(train),
                     difficulty_prior=prior,
                     default_router=cfg.default_router_name,
+                    default_quality_router=cfg.default_quality_router_name,
                     overwrite=True,
                 )
             )

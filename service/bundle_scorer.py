@@ -267,4 +267,5 @@ class BundleScorer:
             encoder_id=encoder_identity(m),
             encoder_kind=m.encoder.kind,
             default_router=m.default_router,
+            default_quality_router=m.default_quality_router,
         )

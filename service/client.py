@@ -136,14 +136,15 @@ class RouterClient:
         prompt: PromptLike,
         candidates: Sequence[str | router_pb2.Candidate],
         *,
-        router: str,
+        router: str = "",
         cost_weight: float | None = None,
         quality_margin: float | None = None,
         quality_floor: float | None = None,
         timeout_s: float | None = None,
     ) -> router_pb2.RouteResponse:
-        """Choose among candidate models (names, or Candidates with prices) by at most one rule (none: the
-        client's tenant's spend target, held live by the server)."""
+        """Choose among candidate models (names, or Candidates with prices) with `router` ("": the serving
+        bundle's default quality router, which follows each accepted N-model adaptation) by at most one
+        rule (none: the client's tenant's spend target, held live by the server)."""
         req = router_pb2.RouteRequest(
             prompt=to_prompt(prompt),
             router=router,

@@ -100,6 +100,8 @@ class Catalog:
     # The router of a Route call that names none (the manifest's default_router); "" = none: such a call
     # is refused.
     default_router: str = ""
+    # The same for a Route among candidates (the manifest's default_quality_router).
+    default_quality_router: str = ""
 
 
 class Scorer(Protocol[T]):

@@ -254,14 +254,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         sched, catalog = self._ready()
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
-        if not request.router:
-            if not catalog.default_router:
-                raise InvalidArgument(
-                    "router: required (the serving bundle names no default router)", reason="MISSING_ROUTER"
-                )
-            request.router = catalog.default_router  # answered, recorded and reported as if named
         policy = request.WhichOneof("policy")
-        if len(request.candidates) or policy == "model_policy":
+        among = bool(len(request.candidates)) or policy == "model_policy"
+        if not request.router:
+            default, what = (
+                (catalog.default_quality_router, "default quality router")
+                if among
+                else (catalog.default_router, "default router")
+            )
+            if not default:
+                raise InvalidArgument(f"router: required (the serving bundle names no {what})", reason="MISSING_ROUTER")
+            request.router = default  # answered, recorded and reported as if named
+        if among:
             return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
         tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
         if policy is None and tenant is None:
@@ -477,6 +481,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
             bundle_version=c.version,
             default_router=c.default_router,
+            default_quality_router=c.default_quality_router,
         )
 
     async def GetRouter(

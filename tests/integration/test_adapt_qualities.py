@@ -247,13 +247,17 @@ def test_a_tampered_adapted_quality_router_is_refused_by_name(parent: Path, tmp_
 
 def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path, tmp_path: Path) -> None:
     from lmroute.adapt.loop import run_round
+    from lmroute.bundle.writer import restamp_bundle
     from lmroute.service.client import RouterClient, to_prompt
     from lmroute.service.config import ServiceConfig
     from lmroute.service.testing import ServerThread
     from lmroute.v1 import router_pb2
 
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_quality_router="quality")  # as a build names it
     dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
-    cfg = ServiceConfig(bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
     texts, new, cheap = _judged(parent, signal=True)
     priced = [
         router_pb2.Candidate(model=NEW, input_price_per_mtok=0.1, output_price_per_mtok=0.1),
@@ -262,6 +266,13 @@ def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path
     with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
         with pytest.raises(Exception, match=NEW):  # the shipped router does not know the new model
             client.route_among("Explain quicksort.", priced, router="quality", cost_weight=0.0)
+        assert client.list_routers().default_quality_router == "quality"
+        known = priced[1:] + [  # a call naming no router is answered by the default quality router
+            router_pb2.Candidate(model="model-00", input_price_per_mtok=0.1, output_price_per_mtok=0.1)
+        ]
+        unnamed = client.route_among("Explain quicksort.", known, cost_weight=0.0)
+        named = client.route_among("Explain quicksort.", known, router="quality", cost_weight=0.0)
+        assert unnamed.router == "quality" and unnamed.chosen == named.chosen
         reports = [
             router_pb2.OutcomeReport(
                 prompt=to_prompt(text),
@@ -284,8 +295,12 @@ def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path
         swapped = load_bundle(done.candidate)  # type: ignore[arg-type]
         router = swapped.routers["adapted_quality"]
         col = router.models.index(NEW)  # type: ignore[attr-defined]
-        for text in synthetic_prompts(20, seed=77):
-            d = client.route_among(text, priced, router="adapted_quality", cost_weight=0.0)
+        after = client.list_routers()
+        assert (after.default_quality_router, after.default_router) == ("adapted_quality", "")  # pair default kept
+        for i, text in enumerate(synthetic_prompts(20, seed=77)):
+            # naming the router and naming none (the adapted bundle's default quality router) alike
+            d = client.route_among(text, priced, router="adapted_quality" if i % 2 else "", cost_weight=0.0)
+            assert d.router == "adapted_quality"
             q = router.qualities(swapped.prompt_batch([text]))[0]  # type: ignore[attr-defined]
             best = NEW if q[col] >= q[router.models.index("model-05")] else "model-05"  # type: ignore[attr-defined]
             assert d.chosen_model == best

@@ -119,6 +119,10 @@ def test_a_route_naming_no_router_needs_a_default_router(client: RouterClient, b
         client.route("Which router decides?", strong_share=0.5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "router: required (the serving bundle names no default router)"
+    with pytest.raises(grpc.RpcError) as info:
+        client.route_among("Which router decides?", ["model-00", "model-01"], cost_weight=0.0)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "router: required (the serving bundle names no default quality router)"
 
 
 def test_score_and_route_equal_the_bundle_math(client: RouterClient, bundle: Bundle) -> None:

@@ -179,6 +179,7 @@ TAMPERING: dict[str, tuple[Edit, str | None]] = {
     "schema_version 3 -> 2": (_set("schema_version", value=2), None),
     "label added": (_set("label", value="prod"), None),
     "default router added": (_set("default_router", value="sw_ranking"), None),
+    "default quality router added": (_set("default_quality_router", value="mf"), None),
     "created_at date": (_set("created_at", value="2026-11-29T00:00:00Z"), None),
     "bundle_version itself": (_set("bundle_version", value="20261128-00000000"), None),
 }
@@ -301,11 +302,16 @@ def test_restamp_refuses_a_manifest_the_parser_refuses(bundle_dir: Path, capsys:
         (3, "default_router: expected str, got int"),
     ],
 )
-def test_a_default_router_must_name_a_router_of_the_bundle(bundle_dir: Path, value: object, message: str) -> None:
+@pytest.mark.parametrize("key", ["default_router", "default_quality_router"])
+def test_a_default_router_must_name_a_router_of_the_bundle(
+    bundle_dir: Path, value: object, message: str, key: str
+) -> None:
     data = _manifest(bundle_dir)
-    data["default_router"] = value
+    data[key] = value
     _write(bundle_dir, data)
-    assert _refused(bundle_dir) == f"manifest.json: {message}"
+    what = "a default quality router" if key == "default_quality_router" else "a default router"
+    want = message.replace("a default router", what).replace("default_router", key)
+    assert _refused(bundle_dir) == f"manifest.json: {want}"
 
 
 def test_restamp_sets_and_removes_the_default_router(bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

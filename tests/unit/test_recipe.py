@@ -162,6 +162,11 @@ def test_the_default_router_is_mf_when_built_unless_the_build_names_another(monk
     assert _build(["--routers", "random", "sw_ranking"]).default_router_name == ""
     assert _build(["--default-router", "sw_ranking"]).default_router_name == "sw_ranking"
     assert _build(["--default-router", "none"]).default_router_name == ""
+    assert _build([]).default_quality_router_name == "quality"
+    assert _build(["--routers", "mf"]).default_quality_router_name == ""
+    assert _build(["--default-quality-router", "none"]).default_quality_router_name == ""
+    with pytest.raises(ValueError, match=r"default_quality_router: 'nope' is not a router of the build"):
+        _build(["--default-quality-router", "nope"])
     monkeypatch.setenv("LMROUTE_EXPORT_DEFAULT_ROUTER", "bert")  # read when the parser is made, as --quick
     assert _build([]).default_router_name == "bert"
     with pytest.raises(

@@ -1,6 +1,6 @@
 // Command lmroute-go-client calls an lmroute server from the command line.
 //
-//	lmroute-go-client route   --addr HOST:PORT --router mf [--threshold T | --strong-share S] PROMPT
+//	lmroute-go-client route   --addr HOST:PORT [--router mf] [--threshold T | --strong-share S] PROMPT
 //	lmroute-go-client score   --addr HOST:PORT [--routers mf,bert] PROMPT...
 //	lmroute-go-client health  --addr HOST:PORT [--service NAME]       (exit 1 unless SERVING)
 //	lmroute-go-client conformance --addr HOST:PORT --cases FILE   (clients/CONFORMANCE.md)
