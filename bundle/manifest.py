@@ -788,7 +788,7 @@ def content_version_of(data: Mapping[str, Any]) -> str:
     """The content version of a decoded manifest object (manifest.json as read, or `Manifest.to_dict()`):
     "<YYYYMMDD of created_at>-<first 8 hex of the sha256 of the canonical JSON (sorted keys) of every key
     but those of UNVERSIONED_KEYS>". It covers every file's checksum, the routers with their parameters
-    and blends, the default router, the prior, calibration, tiers, elo, models, default pair, encoder,
+    and blends, the default routers, the prior, calibration, tiers, elo, models, default pair, encoder,
     training data, schema version and label, so an edit of any of them changes it; two bundles that
     score differently never share it. A bundle's `bundle_version` is its content version (the loader
     refuses a mismatch)."""

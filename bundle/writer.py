@@ -304,9 +304,8 @@ def restamp_bundle(
     """Stamp a bundle whose manifest.json was edited on purpose with the content version of what it now
     says (manifest.json rewritten atomically in the writer's format) and return the manifest; `label`
     replaces the label, `default_router` and `default_quality_router` the default routers ("" removes
-    one, None keeps it). The
-    manifest must pass the strict parser; the files are not re-checksummed (the loader still checks them
-    against the manifest). A signature
+    one, None keeps it). The manifest must pass the strict parser; the files are not re-checksummed (the
+    loader still checks them against the manifest). A signature
     (manifest.json.sig) no longer matches the rewritten manifest: sign the bundle again."""
     root = Path(bundle_dir)
     path = root / MANIFEST_NAME
