@@ -10,8 +10,10 @@ prompts arrive, in which order), APGR on the test half (`lmroute.export.metrics`
   stream, in windows of 500;
 - single, exploring: the stream routed by the champion at strong share 0.5 with `explore` (flip rate
   <= 10 %), refitted at each checkpoint with `adapt_single` (its default learner, the shared outcome
-  ridge of `lmroute.adapt.learners.fit_shared`); the quality lost to exploration is the
-  mean realised quality of the exploring policy on the stream minus the same decisions unflipped;
+  ridge of `lmroute.adapt.learners.fit_shared`); once a candidate was accepted, the gate holds out only
+  the outcomes after those it was fitted on, as `lmroute-export adapt` does from its lineage; the quality
+  lost to exploration is the mean realised quality of the exploring policy on the stream minus the same
+  decisions unflipped;
 
 each as the candidate (the head blended as `lmroute-export adapt` would write it, refitted on all N) and as
 served after the gate (the candidate if the gate accepted it against the champion, else the champion).
@@ -121,6 +123,7 @@ def single_run(d: dict[str, Any], order: np.ndarray, sizes: list[int], base: np.
     rng = np.random.default_rng(1000 + seed)
     rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
     champion = base.copy()  # scores of every prompt under the serving router
+    fitted_upto = 0  # outcomes the serving champion was fitted on (the first ones); 0: the zero-shot base
     arm = np.zeros(0, dtype=bool)
     prop = np.zeros(0)
     unflipped = np.zeros(0, dtype=bool)
@@ -136,13 +139,26 @@ def single_run(d: dict[str, Any], order: np.ndarray, sizes: list[int], base: np.
         unflipped = np.concatenate([unflipped, champion[rows] >= threshold])
         idx = order[:hi]
         q = np.where(arm, d["sq"][idx], d["wq"][idx])
+        # as `lmroute-export adapt` does (its lineage): an adapted champion is judged only on outcomes it
+        # was not fitted on, which it would otherwise predict in-sample
+        unseen = np.arange(hi) >= fitted_upto if fitted_upto else None
         result = adapt_single(
-            d["emb"][idx], d["len"][idx], arm, q, prop, base[idx], champion[idx], np.arange(hi), seed=seed
+            d["emb"][idx],
+            d["len"][idx],
+            arm,
+            q,
+            prop,
+            base[idx],
+            champion[idx],
+            np.arange(hi),
+            unseen=unseen,
+            seed=seed,
         )
         cand_all = result.scores(d["emb"], d["len"], base)
         cand = apgr(cand_all[d["test"]], d)
         if result.accepted:
             champion = cand_all
+            fitted_upto = hi
             accepted_any = 1.0
         q_unflipped = np.where(unflipped, d["sq"][idx], d["wq"][idx])
         out[hi] = {
