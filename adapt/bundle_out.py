@@ -6,11 +6,11 @@ The new bundle is the parent's files (manifest.json.sig left behind: the new man
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
 scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), the new
-router as the default router (`adapted`) or default quality router (`adapted_quality`: clients that name
-no router follow it), and `lineage` (parent
-version, outcome kind, count and time range, learner and settings, calibration prompts). It is stamped
-with its content version, loaded through the validating loader in a temporary sibling directory, then
-renamed into place: a failure leaves no half-written bundle.
+router as the default router (`adapted`) or default quality router (`adapted_quality`), which clients
+that name no router follow, and `lineage` (parent version, outcome kind, count and time range, learner
+and settings, calibration prompts). It is stamped with its content version, loaded through the
+validating loader in a temporary sibling directory, then renamed into place: a failure leaves no
+half-written bundle.
 """
 
 from __future__ import annotations
