@@ -27,7 +27,9 @@ attributes (`response.choices[0].message.content`), with `.routing` saying what 
 
 Differences from RouteLLM, on purpose: the prompt routed is the last *user* message (RouteLLM takes the
 last message whatever its role); model names also take `router-<router>@<share>` (a calibrated share of
-strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, not a pandas apply.
+strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, not a pandas apply; the
+router `default` (unless a loaded router has that name) is the bundle's default router, which an
+accepted adaptation makes its own (`Routing.router` names the router that decided).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any
 
 from lmroute.service.client import RouterClient
 from lmroute.service.errors import InvalidArgument
-from lmroute.service.openai_front import ModelAsk, parse_model, prompt_of_messages
+from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
 from lmroute.v1 import router_pb2
 
 __all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]
@@ -141,6 +143,7 @@ class Decision:
     score: float
     threshold: float
     decision_id: str  # "" in process
+    router: str  # the router that decided (the default router's name for a call that named none)
 
 
 class _Served:
@@ -149,13 +152,16 @@ class _Served:
     def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
         self.where = f"served at {target}"
         self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
-        self.routers = tuple(r.name for r in self.client.list_routers().routers)
+        listed = self.client.list_routers()
+        self.routers = tuple(r.name for r in listed.routers)
+        self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
 
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
         r = self.client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
-        return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id)
+        return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id, r.router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
+        router = router or self.client.list_routers().default_router  # "": the default the server has now
         out: list[float] = []
         for i in range(0, len(texts), _SCORE_BATCH):
             for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
@@ -178,6 +184,7 @@ class _InProcess:
         self.where = f"in the bundle {path}"
         self.bundle = load_bundle(path)
         self.routers = tuple(self.bundle.routers)
+        self.default_router = self.bundle.manifest.default_router
 
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
         from lmroute.service.prompts import prompt_text
@@ -185,16 +192,18 @@ class _InProcess:
         text = prompt if isinstance(prompt, str) else prompt_text(prompt, "messages")
         if not isinstance(text, str):
             raise RoutingError(str(text))
-        [score] = self.scores([text], ask.router)
+        router = ask.router or self.default_router
+        [score] = self.scores([text], router)
         if ask.threshold is not None:
             threshold = ask.threshold
         elif ask.share is not None:
-            threshold = float(self.bundle.threshold_for_share(ask.router, ask.share))
+            threshold = float(self.bundle.threshold_for_share(router, ask.share))
         else:
-            raise RoutingError(f"router-{ask.router}: a live share target needs a server (give a threshold or @share)")
-        return Decision(score >= threshold, score, threshold, "")
+            raise RoutingError(f"router-{router}: a live share target needs a server (give a threshold or @share)")
+        return Decision(score >= threshold, score, threshold, "", router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
+        router = router or self.default_router
         return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
 
     def close(self) -> None:
@@ -235,8 +244,9 @@ class Controller:
             token = token or os.environ.get("LMROUTE_TOKEN") or None
             self._backend = _Served(target, token, tls_ca, tenant)
         loaded = self._backend.routers
+        default = DEFAULT not in loaded and bool(self._backend.default_router)  # `default` names it
         for router in routers:
-            if router not in loaded:
+            if router not in loaded and not (router == DEFAULT and default):
                 where = self._backend.where
                 raise RoutingError(f"router {router!r} is not {where} (loaded: {', '.join(loaded)})")
         self.routers = tuple(routers)
@@ -250,22 +260,28 @@ class Controller:
     def _ask(self, model: str | None, router: str | None, threshold: float | None) -> ModelAsk:
         if model is not None:
             try:
-                return parse_model(model, self.routers)
+                ask = parse_model(model, self._backend.routers, self._backend.default_router)
             except InvalidArgument as exc:
                 raise RoutingError(str(exc)) from None
+            if (ask.router or DEFAULT) not in self.routers:  # "": the default router, asked as `default`
+                raise RoutingError(
+                    f"Invalid router {ask.router or DEFAULT}. Available routers are {list(self.routers)}."
+                )
+            return ask
         if router is None or threshold is None:
             raise RoutingError("Router or threshold unspecified.")
         if router not in self.routers:
             raise RoutingError(f"Invalid router {router}. Available routers are {list(self.routers)}.")
         if not 0.0 <= threshold <= 1.0:
             raise RoutingError(f"Invalid threshold {threshold}. Threshold must be a float between 0.0 and 1.0.")
-        return ModelAsk(router, threshold=float(threshold))
+        by_default = router == DEFAULT and DEFAULT not in self._backend.routers
+        return ModelAsk("" if by_default else router, threshold=float(threshold))
 
     def _decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Routing:
         d = self._backend.decide(ask, prompt)
         model = self.model_pair.strong if d.strong else self.model_pair.weak
-        self.model_counts[ask.router][model] += 1
-        return Routing(d.decision_id, ask.router, "strong" if d.strong else "weak", model, d.score, d.threshold)
+        self.model_counts[d.router][model] += 1
+        return Routing(d.decision_id, d.router, "strong" if d.strong else "weak", model, d.score, d.threshold)
 
     def route(self, prompt: str, router: str, threshold: float) -> str:
         """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`)."""
@@ -274,8 +290,8 @@ class Controller:
     def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
         """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
         given one, else a list."""
-        self._ask(None, router, 0.0)
-        scores = self._backend.scores([str(p) for p in prompts], router)
+        ask = self._ask(None, router, 0.0)
+        scores = self._backend.scores([str(p) for p in prompts], ask.router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
 

@@ -5,6 +5,7 @@ and every answer comes from the model the server's Route picks."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,3 +193,38 @@ def test_in_process_controller_decides_as_the_server_does(tmp_path: Path, monkey
         with pytest.raises(RoutingError, match="router 'bert' is not in the bundle"):
             Controller(routers=["bert"], strong_model="a", weak_model="b", bundle=bundle)
         served.close()
+
+
+def test_the_default_router_by_name_in_process_and_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`default` is the bundle's default router (here mf): the same choices and scores as naming mf, in
+    process and through a server; a bundle that names none refuses it."""
+    from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.config import ServiceConfig
+
+    plain = make_tiny_bundle(tmp_path / "plain", encoder_dir=make_fake_encoder_dir(tmp_path / "enc"), seed=2)
+    with pytest.raises(RoutingError, match="router 'default' is not in the bundle"):
+        Controller(routers=["default"], strong_model="big", weak_model="small", bundle=plain)
+    shutil.copytree(plain, tmp_path / "named")
+    bundle = tmp_path / "named"
+    restamp_bundle(bundle, default_router="mf")
+    prompts = synthetic_prompts(16, seed=9)
+    with FakeUpstream("openai") as up, ServerThread(ServiceConfig(bundle_path=bundle, port=0)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", up.base_url)
+        for where in ({"bundle": bundle}, {"target": srv.target}):
+            client = Controller(routers=["default", "mf"], strong_model="big", weak_model="small", **where)
+            by_default = client.batch_calculate_win_rate(prompts, "default")
+            assert by_default == pytest.approx(client.batch_calculate_win_rate(prompts, "mf"), abs=1e-9)
+            for p in prompts[:6]:
+                assert client.route(p, "default", 0.5) == client.route(p, "mf", 0.5)
+            r = client.chat.completions.create(
+                model="router-default@0.5", messages=[{"role": "user", "content": prompts[0]}]
+            )
+            assert r.routing.router == "mf" and set(client.model_counts) == {"mf"}
+            only_mf = Controller(routers=["mf"], strong_model="big", weak_model="small", **where)
+            with pytest.raises(RoutingError, match="Invalid router default"):
+                only_mf.route(prompts[0], "default", 0.5)
+            with pytest.raises(RoutingError, match="Invalid router default"):
+                only_mf.chat.completions.create(model="router-default-0.5", messages=[{"role": "user", "content": "x"}])
+            client.close()
+            only_mf.close()
