@@ -48,7 +48,7 @@ from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.outcomes.store import StoreError, open_store
 
-__all__ = ["Round", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
+__all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
 
 KEEP_BUNDLES = 5
 """Adapted bundles kept in --bundles-dir by default (the newest; the serving one always)."""
@@ -78,39 +78,42 @@ class Round:
         )
 
 
-def _adapt(
-    parent: Path,
-    store_dsn: str,
-    bundles_dir: Path,
-    *,
-    kind: str,
-    base_router: str | None,
-    window_ms: int,
-    splits: str,
-    paired_learner: str,
-) -> tuple[AdaptRun, Path]:
+@dataclass(frozen=True)
+class RoundSettings:
+    """What a round adapts with: the outcome kind, the base router (None: mf, or quality for qualities),
+    the window of outcomes (ms back from now; 0 = all), the gate's splits and the paired learner."""
+
+    kind: str = "paired"
+    base_router: str | None = None
+    window_ms: int = 0
+    splits: str = "cross_fit"
+    paired_learner: str = "kernel"
+
+
+def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
     """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     out = bundles_dir / f"adapted-{stamp}"
-    since = int(time.time() * 1000) - window_ms if window_ms else 0
+    since = int(time.time() * 1000) - settings.window_ms if settings.window_ms else 0
     store = open_store(store_dsn)
     try:
-        if kind == "qualities":
-            base = base_router or "quality"
-            return adapt_qualities_from_store(parent, store, out, base_router=base, since_ms=since, splits=splits), out
-        return (
-            adapt_from_store(
+        if settings.kind == "qualities":
+            base = settings.base_router or "quality"
+            run = adapt_qualities_from_store(
+                parent, store, out, base_router=base, since_ms=since, splits=settings.splits
+            )
+        else:
+            run = adapt_from_store(
                 parent,
                 store,
                 out,
-                kind=kind,
-                base_router=base_router or "mf",
+                kind=settings.kind,
+                base_router=settings.base_router or "mf",
                 since_ms=since,
-                splits=splits,
-                paired_learner=paired_learner,
-            ),
-            out,
-        )
+                splits=settings.splits,
+                paired_learner=settings.paired_learner,
+            )
+        return run, out
     finally:
         store.close()
 
@@ -119,12 +122,8 @@ def run_round(
     server: str,
     store_dsn: str,
     bundles_dir: Path,
+    settings: RoundSettings = RoundSettings(),
     *,
-    kind: str = "paired",
-    base_router: str | None = None,
-    window_ms: int = 0,
-    splits: str = "cross_fit",
-    paired_learner: str = "kernel",
     timeout_s: float = 600.0,
 ) -> Round:
     """One store -> adapt -> gate -> swap round against the server at `server` (host:port)."""
@@ -133,16 +132,7 @@ def run_round(
     with RouterClient(server, timeout_s=timeout_s) as client:
         serving = client.get_bundle()
         parent = Path(serving.resolved_path)
-        run, out = _adapt(
-            parent,
-            store_dsn,
-            bundles_dir,
-            kind=kind,
-            base_router=base_router,
-            window_ms=window_ms,
-            splits=splits,
-            paired_learner=paired_learner,
-        )
+        run, out = _adapt(parent, store_dsn, bundles_dir, settings)
         version = serving.bundle_version
         if run.accepted:
             version = client.reload_bundle(str(out)).bundle_version
@@ -165,32 +155,13 @@ def point_link(link: Path, target: Path) -> None:
         raise
 
 
-def run_link_round(
-    link: Path,
-    store_dsn: str,
-    bundles_dir: Path,
-    *,
-    kind: str = "paired",
-    base_router: str | None = None,
-    window_ms: int = 0,
-    splits: str = "cross_fit",
-    paired_learner: str = "kernel",
-) -> Round:
+def run_link_round(link: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings = RoundSettings()) -> Round:
     """One store -> adapt -> gate -> re-point round on the bundle the symbolic link `link` names (module
     docstring); the servers watching the link swap the candidate in themselves."""
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
     parent = link.resolve()
-    run, out = _adapt(
-        parent,
-        store_dsn,
-        bundles_dir,
-        kind=kind,
-        base_router=base_router,
-        window_ms=window_ms,
-        splits=splits,
-        paired_learner=paired_learner,
-    )
+    run, out = _adapt(parent, store_dsn, bundles_dir, settings)
     version = run.parent_version
     if run.accepted and run.candidate_version is not None:
         point_link(link, out)
@@ -241,21 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all)",
     )
     args = ap.parse_args(argv)
-    window_ms = int(args.window_days * 86_400_000)
+    settings = RoundSettings(
+        kind=args.kind,
+        base_router=args.base_router,
+        window_ms=int(args.window_days * 86_400_000),
+        splits=args.gate_splits,
+        paired_learner=args.paired_learner,
+    )
     while True:
         try:
-            settings: dict[str, Any] = dict(
-                kind=args.kind,
-                base_router=args.base_router,
-                window_ms=window_ms,
-                splits=args.gate_splits,
-                paired_learner=args.paired_learner,
-            )
             if args.bundle_link is not None:
-                r = run_link_round(args.bundle_link, args.store, args.bundles_dir, **settings)
+                r = run_link_round(args.bundle_link, args.store, args.bundles_dir, settings)
                 serving = args.bundle_link
             else:
-                r = run_round(args.server, args.store, args.bundles_dir, **settings)
+                r = run_round(args.server, args.store, args.bundles_dir, settings)
                 serving = r.candidate or r.parent or args.bundles_dir
             print(r.to_json(), flush=True)
             prune_bundles(args.bundles_dir, args.keep_bundles, serving)

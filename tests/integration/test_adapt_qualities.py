@@ -246,7 +246,7 @@ def test_a_tampered_adapted_quality_router_is_refused_by_name(parent: Path, tmp_
 
 
 def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path, tmp_path: Path) -> None:
-    from lmroute.adapt.loop import run_round
+    from lmroute.adapt.loop import RoundSettings, run_round
     from lmroute.bundle.writer import restamp_bundle
     from lmroute.service.client import RouterClient, to_prompt
     from lmroute.service.config import ServiceConfig
@@ -288,7 +288,7 @@ def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path
         ]
         answer = client.feedback(reports)
         assert all(s.code == 0 for s in answer.results) and answer.stored == 2 * N
-        done = run_round(srv.target, dsn, tmp_path / "bundles", kind="qualities")
+        done = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(kind="qualities"))
         assert done.accepted, done.report["gate"]
         infos = {r.name: r for r in client.list_routers().routers}
         assert NEW in infos["adapted_quality"].models
