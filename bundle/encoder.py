@@ -39,7 +39,7 @@ from tokenizers import Tokenizer
 from lmroute.bundle.truncation import HEAD, Truncation, cut_positions
 
 if TYPE_CHECKING:
-    from lmroute.kernels.compiled import WordPieceTokenizer
+    from lmroute.kernels.compiled import StaticEmbedding, WordPieceTokenizer
 
 __all__ = [
     "EncoderModelError",
@@ -373,6 +373,16 @@ class PromptTokenizer:
             back=self.back,
             pad_id=self.pad_id,
         )
+
+    def embed_static(self, texts: Sequence[str], table: np.ndarray) -> StaticEmbedding | None:
+        """A static encoder's embeddings of `texts` over its token `table` (float32 [vocab, dim]) with the
+        compiled tokenizer, cut and mean in one call: equal to the token-table mean of `tokenize(texts)`'s
+        rows. None when the fast path is off or leaves a text to HF (then tokenise)."""
+        if self._fast is None:
+            return None
+        head_end = self.front + self.truncation.head_kept(self.max_tokens - self.front - self.back)
+        items = texts if isinstance(texts, list) else list(texts)
+        return self._fast.embed_static(items, table, max_tokens=self.max_tokens, head_end=head_end)
 
     def _fast_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every text's ids (template included) one after the other, and the ids per text, as HF gives

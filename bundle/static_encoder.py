@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from lmroute.bundle.encoder import EncoderModelError, PromptTokenizer, TokenBatch, encode_in_batches
 from lmroute.bundle.truncation import HEAD, Truncation
-from lmroute.kernels.compiled import token_mean
+from lmroute.kernels.compiled import StaticEmbedding, token_mean
 
 __all__ = ["StaticEncoder", "load_table"]
 
@@ -99,6 +99,12 @@ class StaticEncoder:
         offsets = np.concatenate(([0], np.cumsum(counts)))
         out: npt.NDArray[np.float32] = token_mean(self._table, tokens.input_ids[mask], offsets)
         return out
+
+    def embed_texts(self, texts: Sequence[str]) -> StaticEmbedding | None:
+        """`embed(tokenize(texts))` with each text's kept tokens and whether it was cut, in one compiled
+        call (no padded batch between: a one-prompt call's fast path). None when the compiled tokenizer
+        is off or leaves a text to HF: then tokenise and embed."""
+        return self.tokenizer.embed_static(texts, self._table)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
         """Embed any number of texts, `batch_size` at a time (`encode_in_batches`)."""

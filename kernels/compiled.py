@@ -13,7 +13,10 @@
     WordPieceTokenizer  BERT uncased WordPiece tokenisation, id for id HF `tokenizers`'s, built from a
                 tokenizer.json of that kind (`from_tokenizer_json`); Unicode text too (the characters'
                 table: lmroute.kernels.wordpiece_chars), except a text holding a character whose Unicode
-                properties HF's and Python's tables could disagree on, which comes back unhandled
+                properties HF's and Python's tables could disagree on, which comes back unhandled;
+                `embed_static` goes on to a static encoder's embeddings in the same call (cut by the
+                truncation rule, then `token_mean`)
+    token_mean  a static encoder's embeddings of token ids: the L2-normalised sum of their table rows
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
@@ -49,6 +52,7 @@ __all__ = [
     "KernelUnavailableError",
     "MFIndex",
     "SWIndex",
+    "StaticEmbedding",
     "UnsupportedTokenizerError",
     "WordPieceIds",
     "WordPieceTokenizer",
@@ -62,7 +66,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -532,6 +536,15 @@ class WordPieceIds(NamedTuple):
     n_handled: int
 
 
+class StaticEmbedding(NamedTuple):
+    """What `WordPieceTokenizer.embed_static` gives: float32 [n, dim] embeddings, the ids kept of each text
+    (template included) and whether it was cut."""
+
+    embeddings: NDArray[np.float32]
+    n_tokens: NDArray[np.int64]
+    truncated: NDArray[np.bool_]
+
+
 class WordPieceTokenizer:
     """BERT uncased WordPiece tokenisation (kernels/src/wordpiece.hpp states the rules).
 
@@ -635,3 +648,20 @@ class WordPieceTokenizer:
         handled = np.empty(n, dtype=np.bool_)
         total, n_handled = self._wp.encode(items, bool(with_template), ids, lengths, handled)
         return WordPieceIds(ids[:total], lengths, handled, n_handled)
+
+    def embed_static(
+        self, texts: list[str], table: NDArray[np.float32], *, max_tokens: int, head_end: int
+    ) -> StaticEmbedding | None:
+        """A static encoder's embeddings of `texts` in one compiled call: each text's ids (template
+        included, as `encode`), a text of more than `max_tokens` ids cut to its first `head_end` and last
+        `max_tokens - head_end` (`lmroute.bundle.truncation.cut_positions`), then `token_mean` of the kept
+        ids over `table` (float32 [vocab, dim]). None when a text holds a character this tokenizer leaves to
+        HF or has no ids (no template tokens around an empty text): the caller takes the general path.
+        TypeError for an item that is not a str or a table that is not float32; ValueError for an id
+        outside the table."""
+        n = len(texts)
+        out = np.empty((n, table.shape[1]), dtype=np.float32)
+        n_tokens = np.empty(n, dtype=np.int64)
+        truncated = np.empty(n, dtype=np.bool_)
+        handled = _core.static_embed(self._wp, texts, table, max_tokens, head_end, out, n_tokens, truncated)
+        return StaticEmbedding(out, n_tokens, truncated) if handled == n else None

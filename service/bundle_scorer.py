@@ -9,8 +9,11 @@ mixed-length prompts costs ~3x; benchmarks/RESULTS.md).
 Prompts are tokenised once: `tokenize` (the scheduler's admission step, on another thread) gives each
 prompt's tokens as a one-row `TokenBatch`; the scheduler keeps them on the queued item and hands them
 back to `score` with the batch (`TokenBatch.stack` pads them to one batch, equal to tokenising the batch
-at once). A prompt that comes without tokens (the scheduler's idle fast path) is tokenised in `score`.
-Two counters say which. Router names are trusted: the transport resolved them against `router_names`.
+at once). A prompt that comes without tokens (the scheduler's idle fast path) is tokenised in `score`;
+with a static encoder and no router of the batch reading tokens (`RouterKind.reads_tokens`), such a
+batch goes from text to embeddings in one compiled call instead (`StaticEncoder.embed_texts`: the same
+embeddings, token counts and cuts, without a padded token batch between). Counters say which. Router
+names are trusted: the transport resolved them against `router_names`.
 
 `providers_for_device` turns `--device` into ONNX Runtime providers and refuses cuda when onnxruntime
 has no CUDA provider.
@@ -25,11 +28,13 @@ from typing import cast
 
 import numpy as np
 
+from lmroute.bundle import kinds as router_kinds
 from lmroute.bundle.encoder import TokenBatch
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
 from lmroute.bundle.remote_encoder import RemoteEncoderError, RemoteSettings
 from lmroute.bundle.routers import ModelQualities, PromptBatch
+from lmroute.bundle.static_encoder import StaticEncoder
 from lmroute.service.errors import ConfigError, EncoderUnavailable
 from lmroute.service.scorer_api import Catalog, ModelDescription, RouterDescription, RouterSets, ScoredBatch, Tokenized
 
@@ -38,6 +43,7 @@ __all__ = ["BundleScorer", "length_chunks", "providers_for_device", "WARMUP_PROM
 MAX_PADDING = 0.25
 """Most padding a chunk may carry, as a share of its real tokens (a chunk of one is always allowed)."""
 _MAX_REMEMBERED_THRESHOLDS = 4096  # (router, strong share) thresholds a scorer keeps before starting again
+_NO_TOKENS = TokenBatch.empty()  # the token batch of prompts embedded straight from their text (never written)
 
 
 def length_chunks(n_tokens: Sequence[int] | np.ndarray, max_size: int) -> list[np.ndarray]:
@@ -99,9 +105,14 @@ class BundleScorer:
         # microseconds a call) and whether it reads the embeddings
         self._with_qualities = frozenset(n for n, r in bundle.routers.items() if isinstance(r, ModelQualities))
         self._uses_encoder = frozenset(n for n, r in bundle.routers.items() if r.uses_encoder)
+        specs = bundle.manifest.routers
+        self._reads_tokens = frozenset(n for n in bundle.routers if router_kinds.get(specs[n].kind).reads_tokens)
+        # a static encoder embeds texts in one compiled call when no router of the batch reads tokens
+        self._embeds_texts = isinstance(bundle.encoder, StaticEncoder)
         self._thresholds: dict[tuple[str, float], float] = {}  # (router, strong share) -> threshold
         self.tokenized_at_admission = 0  # prompts tokenised by tokenize()
         self.tokenized_in_score = 0  # prompts score() tokenised because they came without tokens
+        self.embedded_from_text = 0  # of those, prompts embedded straight from their text (`_embed_texts`)
 
     @classmethod
     def load(
@@ -164,14 +175,22 @@ class BundleScorer:
         n = len(texts)
         if len(routers) != n or len(tokens) != n:
             raise ValueError(f"score: {n} texts but {len(routers)} router lists and {len(tokens)} token rows")
-        batch_tokens = self._tokens(texts, tokens)
         wanted = tuple(dict.fromkeys(r for rs in routers for r in rs))
         needs_emb = any(r in self._uses_encoder for r in wanted)
         t0 = time.perf_counter()
-        try:
-            emb = self._embed(batch_tokens) if needs_emb else None
-        except RemoteEncoderError as exc:  # each prompt of the batch gets it as its own error
-            raise EncoderUnavailable(str(exc)) from exc
+        emb: np.ndarray | None
+        straight = self._embed_texts(texts, tokens, wanted)
+        if straight is not None:  # no token batch: no router of this batch reads one
+            emb, n_tokens, truncated = straight
+            batch_tokens = _NO_TOKENS
+        else:
+            batch_tokens = self._tokens(texts, tokens)
+            n_tokens, truncated = batch_tokens.n_tokens, batch_tokens.truncated
+            t0 = time.perf_counter()
+            try:
+                emb = self._embed(batch_tokens) if needs_emb else None
+            except RemoteEncoderError as exc:  # each prompt of the batch gets it as its own error
+                raise EncoderUnavailable(str(exc)) from exc
         encoder_s = time.perf_counter() - t0
         full = PromptBatch(list(texts), batch_tokens, emb)
         scores: dict[str, np.ndarray] = {}
@@ -185,13 +204,16 @@ class BundleScorer:
             else:
                 batch = PromptBatch(
                     [texts[i] for i in idx],
-                    batch_tokens.select(idx),
+                    batch_tokens if straight is not None else batch_tokens.select(idx),
                     None if emb is None else emb[idx],
                 )
             router = self.bundle.routers[name]
-            col = np.full(n, np.nan)
-            col[idx] = np.asarray(router.score(batch), dtype=np.float64)
-            scores[name] = col
+            got = np.asarray(router.score(batch), dtype=np.float64)
+            if len(idx) == n:
+                scores[name] = got
+            else:
+                scores[name] = col = np.full(n, np.nan)
+                col[idx] = got
             if name in self._with_qualities:
                 with_q = cast(ModelQualities, router)
                 q = np.full((n, len(with_q.models)), np.nan)
@@ -199,14 +221,29 @@ class BundleScorer:
                 qualities[name] = q
             router_s[name] = time.perf_counter() - t_router
         return ScoredBatch(
-            n_tokens=np.asarray(batch_tokens.n_tokens, dtype=np.int64),
-            truncated=np.asarray(batch_tokens.truncated, dtype=bool),
+            n_tokens=np.asarray(n_tokens, dtype=np.int64),
+            truncated=np.asarray(truncated, dtype=bool),
             scores=scores,
             encoder_s=encoder_s,
             router_s=router_s,
             embeddings=emb,
             qualities=qualities,
         )
+
+    def _embed_texts(
+        self, texts: Sequence[str], tokens: Sequence[Tokenized[TokenBatch] | None], wanted: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(embeddings, tokens kept, cut) of a batch that came without tokens, straight from its texts in
+        one compiled call (`StaticEncoder.embed_texts`: the same embeddings, counts and cuts as tokenising
+        and embedding), when the encoder is static and no router of `wanted` reads tokens; else None."""
+        if not self._embeds_texts or any(t is not None for t in tokens) or not self._reads_tokens.isdisjoint(wanted):
+            return None
+        got = cast(StaticEncoder, self.bundle.encoder).embed_texts(texts)
+        if got is None:
+            return None
+        self.tokenized_in_score += len(texts)
+        self.embedded_from_text += len(texts)
+        return got.embeddings, got.n_tokens, got.truncated
 
     def _embed(self, tokens: TokenBatch) -> np.ndarray:
         """Embeddings of every row, in the original order: for a transformer computed on length-sorted

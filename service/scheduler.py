@@ -371,7 +371,7 @@ class Scheduler(Generic[T]):
         ]
         self.stats.admitted += len(items)
         self._begin(items)
-        await self._score_batch(items, now)
+        await self._score_batch(items, now, inline=True)
         self._end_batch()
         out: list[ItemResult | ServiceError] = []
         for it in items:
@@ -586,15 +586,16 @@ class Scheduler(Generic[T]):
         self._running_work = 0.0
         self._last_progress = time.monotonic()
 
-    async def _score_batch(self, batch: list[Item[T]], left_at: float) -> bool:
+    async def _score_batch(self, batch: list[Item[T]], left_at: float, *, inline: bool = False) -> bool:
         """Score a batch that left the queue at `left_at`, each part with its own scorer; feed the rate
-        (current scorer only) and the timings; True when it ran inline throughout. A helper, so that no
-        reference to a swapped-out scorer outlives the batch in the worker's frame."""
-        inline = True
+        (current scorer only) and the timings; True when it ran inline throughout. `inline`: the caller
+        found it cheap enough to score on the event loop (`_may_score_now`); else the measured cost decides.
+        A helper, so that no reference to a swapped-out scorer outlives the batch in the worker's frame."""
+        ran_inline = True
         for scorer, part in self._by_scorer(batch):
             t0 = time.perf_counter()
-            ran = await self._run_batch(part, scorer, isolate=True)
-            inline = inline and ran.inline
+            ran = await self._run_batch(part, scorer, isolate=True, inline=inline)
+            ran_inline = ran_inline and ran.inline
             took_s = time.perf_counter() - t0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
                 counts = [ran.longest if it.n_tokens is None else it.n_tokens for it in part]
@@ -604,7 +605,7 @@ class Scheduler(Generic[T]):
                 }
                 self.rate.observe(len(part), sum(counts), took_s, own)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
-        return inline
+        return ran_inline
 
     def _by_scorer(self, batch: list[Item[T]]) -> list[tuple[Scorer[T], list[Item[T]]]]:
         """`batch` split by the scorer each prompt was admitted with, in order of first appearance (one
@@ -615,15 +616,18 @@ class Scheduler(Generic[T]):
             parts.setdefault(id(scorer), (scorer, []))[1].append(it)
         return list(parts.values())
 
-    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool) -> _Ran:
-        """Score `batch` with `scorer` and finish its items; what the run tells the rate (`_Ran`)."""
+    async def _run_batch(self, batch: list[Item[T]], scorer: Scorer[T], *, isolate: bool, inline: bool) -> _Ran:
+        """Score `batch` with `scorer` and finish its items; what the run tells the rate (`_Ran`). On the
+        event loop when `inline` (the caller decided) or when the measured cost says it is cheap."""
         loop = asyncio.get_running_loop()
         texts = [it.text for it in batch]
         routers = [it.routers for it in batch]
         tokens = [it.tokens for it in batch]
         version = scorer.version
-        work = [it.work for it in batch]
-        inline = scorer is self.scorer and self._inline_ok(self._batch_seconds(work, max(it.weight for it in batch)))
+        if not inline:
+            work = [it.work for it in batch]
+            weight = max(it.weight for it in batch)
+            inline = scorer is self.scorer and self._inline_ok(self._batch_seconds(work, weight))
         left = loop.time()
         try:
             if inline:
@@ -643,7 +647,7 @@ class Scheduler(Generic[T]):
             self.stats.scorer_failures += 1
             if isolate and len(batch) > 1:
                 _log.warning("batch_failed_isolating", size=len(batch), error=repr(exc))
-                each = [await self._run_batch([it], scorer, isolate=False) for it in batch]
+                each = [await self._run_batch([it], scorer, isolate=False, inline=False) for it in batch]
                 return _Ran(max(r.longest for r in each), all(r.inline for r in each))
             _log.error("scorer_failed", size=len(batch), error=repr(exc))
             for it in batch:
@@ -658,7 +662,7 @@ class Scheduler(Generic[T]):
             result = ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb, quals, stages)
             self._finish(it, result)
         self.stats.items_scored += len(batch)
-        return _Ran(int(res.n_tokens.max()), inline, res.router_s)
+        return _Ran(max(res.n_tokens.tolist()), inline, res.router_s)
 
     def _finish(self, item: Item[T], outcome: ItemResult | ServiceError) -> None:
         if item.state is not State.RUNNING:

@@ -171,6 +171,7 @@ class AdaptedKind(RouterKind):
     name = "adapted"
     uses_encoder = True
     reads_text = False  # its score reads only the embedding and the character count
+    reads_tokens = False
     from_outcomes = True
     Params: ClassVar[type[Any]] = AdaptedParams
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = (ArrayRole("weights", np.float32),)

@@ -119,6 +119,7 @@ class AdaptedQualityKind(RouterKind):
     name = "adapted_quality"
     uses_encoder = True
     reads_text = False  # its score reads only the embedding and the character count
+    reads_tokens = False
     from_outcomes = True
     Params = AdaptedQualityParams
     roles = tuple(ArrayRole(role, np.float32) for role in ("weights", "length_weights", "bias"))

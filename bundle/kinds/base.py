@@ -5,6 +5,8 @@ A kind owns everything about one sort of router (docs/ARCHITECTURE.md "Adding a 
     name, uses_encoder    the manifest's `kind` and whether its score reads the encoder's embeddings
     reads_text            whether its score reads a prompt's text or tokens beyond its character count
                           (False: a prompt stored as its embedding and length can be scored again)
+    reads_tokens          whether its score reads the encoder's tokens (False: a batch embedded straight
+                          from its texts, with no token batch, can be scored)
     from_outcomes         learnt from a deployment's outcomes (`lmroute.adapt`), never by a build
     Params                a frozen dataclass of its manifest `params` (int, float, str, bool, tuple[str, ...]
                           fields; read strictly, so an int stays an int and a float a float)
@@ -132,6 +134,9 @@ class RouterKind(ABC):
     # its score reads the text or tokens beyond the character count (the safe default for a plug-in);
     # False: the embedding and `PromptBatch.char_counts` suffice (`PromptBatch.from_features`)
     reads_text: ClassVar[bool] = True
+    # its score reads the encoder's tokens (`PromptBatch.tokens`; the safe default for a plug-in); False: a
+    # batch whose embeddings came straight from the texts, with no token batch, suffices
+    reads_tokens: ClassVar[bool] = True
     Params: ClassVar[type[Any]]
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = ()
     # made from a deployment's outcomes (lmroute.adapt), never by a build

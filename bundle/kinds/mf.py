@@ -59,6 +59,7 @@ class MFKind(RouterKind):
     name = "mf"
     uses_encoder = True
     reads_text = False  # its score reads only the embedding
+    reads_tokens = False
     Params = MFParams
     roles = tuple(ArrayRole(role, np.float32) for role in ("text_proj", "model_emb", "classifier", "pair_vector"))
 

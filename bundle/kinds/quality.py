@@ -97,6 +97,7 @@ class QualityKind(RouterKind):
     name = "quality"
     uses_encoder = True
     reads_text = False  # its score reads only the embedding
+    reads_tokens = False
     Params = QualityParams
     roles = tuple(ArrayRole(role, np.float32) for role in ("center", "weights", "bias"))
 

@@ -46,6 +46,7 @@ class RandomRouter:
 class RandomKind(RouterKind):
     name = "random"
     uses_encoder = False
+    reads_tokens = False  # its score hashes the text
     Params = RandomParams
 
     def load(self, ctx: LoadContext, router: str, spec: RouterSpec) -> RandomRouter:

@@ -112,6 +112,7 @@ class SWRankingKind(RouterKind):
     name = "sw_ranking"
     uses_encoder = True
     reads_text = False  # its score reads only the embedding
+    reads_tokens = False
     Params = SWRankingParams
     roles = (
         ArrayRole("prompt_embeddings", np.float32),

@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -32,7 +33,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 5;
+constexpr int kAbiVersion = 6;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -246,6 +247,50 @@ std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::l
     return {total, std::count(handled.data(), handled.data() + n, true)};
 }
 
+// The static encoder from text to embedding in one call: the texts through the tokenizer (as
+// wordpiece_encode, template included), each cut to max_tokens (cut_token_mean) and its kept ids' table
+// rows summed and normalised. Returns the texts handled; when one is not (a character left to HF) or
+// one has no ids, nothing is written and fewer than len(texts) is returned: the caller takes the
+// general path.
+int64_t static_embed(const lmroute::WordPiece& wp, nb::list texts, In<float, nb::ndim<2>> table, int64_t max_tokens,
+                     int64_t head_end, Out<float, nb::ndim<2>> out, Out<int64_t, nb::ndim<1>> n_tokens,
+                     Out<bool, nb::ndim<1>> truncated) {
+    const size_t n = nb::len(texts);
+    const int64_t d = table.shape(1);
+    require(out.shape(0) == n && out.shape(1) == static_cast<size_t>(d), "out must be [len(texts), table dim]");
+    require(n_tokens.shape(0) == n && truncated.shape(0) == n, "n_tokens and truncated need one entry per text");
+    require(0 <= head_end && head_end <= max_tokens, "head_end must be in [0, max_tokens]");
+    std::vector<nb::object> held(n);
+    std::vector<lmroute::WordPiece::Text> refs(n);
+    int64_t need = 0;
+    for (size_t i = 0; i < n; ++i) {
+        PyObject* t = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
+        if (!PyUnicode_Check(t)) throw nb::type_error(("texts[" + std::to_string(i) + "] is not a str").c_str());
+        const bool ascii = PyUnicode_IS_ASCII(t);
+        if (!ascii && !wp.non_ascii()) return 0;
+        held[i] = nb::borrow(t);
+        const int64_t len = static_cast<int64_t>(PyUnicode_GET_LENGTH(t));
+        refs[i] = {PyUnicode_DATA(t), len, static_cast<int>(PyUnicode_KIND(t))};
+        need += wp.capacity(len, ascii);
+    }
+    std::vector<int64_t> ids(static_cast<size_t>(need)), lengths(n);
+    std::unique_ptr<bool[]> handled(new bool[n]);
+    nb::gil_scoped_release release;
+    wp.encode_batch(refs.data(), static_cast<int64_t>(n), true, ids.data(), lengths.data(), handled.get());
+    const int64_t n_handled = std::count(handled.get(), handled.get() + n, true);
+    if (n_handled < static_cast<int64_t>(n)) return n_handled;
+    // a text of no ids (a template without special tokens) has no direction: the general path refuses it
+    if (std::find(lengths.begin(), lengths.end(), 0) != lengths.end()) return 0;
+    const int64_t bad = lmroute::cut_token_mean(table.data(), table.shape(0), d, ids.data(), lengths.data(),
+                                                static_cast<int64_t>(n), max_tokens, head_end, out.data(),
+                                                n_tokens.data(), truncated.data());
+    if (bad >= 0) {  // thrown past `release`, which takes the GIL back first
+        throw std::invalid_argument("token id " + std::to_string(ids[static_cast<size_t>(bad)]) +
+                                    " is outside the table's " + std::to_string(table.shape(0)) + " rows");
+    }
+    return n_handled;
+}
+
 // A WordPiece with the character table given as three uint32 arrays (all empty: ASCII text only).
 void wordpiece_init(lmroute::WordPiece* self, const std::vector<std::string>& vocab, int64_t unk_id,
                     const std::string& prefix, int64_t max_chars,
@@ -298,6 +343,8 @@ NB_MODULE(_core, m) {
         .def("__init__", &wordpiece_init, "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a,
              "back"_a, "char_blocks"_a, "char_entries"_a, "char_pool"_a)
         .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a);
+    m.def("static_embed", &static_embed, "wp"_a, "texts"_a, "table"_a.noconvert(), "max_tokens"_a, "head_end"_a,
+          "out"_a, "n_tokens"_a, "truncated"_a);
     m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,
           "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, "out"_a);
 }

@@ -20,6 +20,7 @@ from lmroute.bundle.routers import PromptBatch
 from lmroute.bundle.static_encoder import StaticEncoder
 from lmroute.export.pipeline import BuildConfig, build_bundle
 from lmroute.export.recipe import Recipe
+from lmroute.service.bundle_scorer import BundleScorer
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
@@ -108,6 +109,29 @@ def test_batched_equals_single_exactly(client: RouterClient) -> None:
         a = [(s.router, s.strong_win_probability) for s in batched.results[i].scores]
         b = [(s.router, s.strong_win_probability) for s in single.results[0].scores]
         assert a == b, text[:40]
+
+
+def test_a_batch_without_tokens_is_embedded_straight_from_its_text(bundle: Bundle) -> None:
+    """The service's idle path hands `score` texts without tokens: with a static encoder they go from
+    text to embeddings in one compiled call, and score exactly as tokenised prompts do."""
+    scorer = BundleScorer(bundle)
+    n, names = len(PROMPTS), scorer.router_names
+    tokenised = scorer.score(PROMPTS, [names] * n, scorer.tokenize(PROMPTS))
+    assert scorer.embedded_from_text == 0
+    for routers in (names, ("mf",), ("random", "sw_ranking")):
+        straight = scorer.score(PROMPTS, [routers] * n, [None] * n)
+        for name in routers:
+            assert np.array_equal(straight.scores[name], tokenised.scores[name]), name
+        assert np.array_equal(straight.n_tokens, tokenised.n_tokens)
+        assert np.array_equal(straight.truncated, tokenised.truncated) and straight.truncated.any()
+        assert np.array_equal(straight.embeddings, tokenised.embeddings)
+    assert scorer.embedded_from_text == 3 * n
+    for i, text in enumerate(PROMPTS):  # one prompt a call, as Route sends it
+        alone = scorer.score([text], [("mf",)], [None])
+        assert alone.scores["mf"][0] == tokenised.scores["mf"][i]
+    assert scorer.embedded_from_text == 4 * n
+    left = "Words left to HF: \u0378x"  # the compiled tokenizer leaves it to HF: the general path
+    assert scorer.score([left], [("mf",)], [None]).n_tokens[0] > 2 and scorer.embedded_from_text == 4 * n
 
 
 def test_list_routers_names_the_encoder_kind(client: RouterClient) -> None:

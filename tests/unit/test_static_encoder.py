@@ -120,6 +120,50 @@ def test_long_text_is_cut_by_the_rule(encoder: StaticEncoder) -> None:
     assert encoder.embed(tokens).shape == (1, 8)
 
 
+@pytest.mark.parametrize("rule", ["head", "tail", "head_tail:8", "head_tail:40"])
+@pytest.mark.parametrize("max_tokens", [3, 12, 32])
+def test_texts_embedded_in_one_call_equal_tokenize_then_embed(static_dir: Path, rule: str, max_tokens: int) -> None:
+    enc = StaticEncoder(
+        static_dir / "table.npy",
+        static_dir / "tokenizer.json",
+        max_tokens=max_tokens,
+        truncation=Truncation.parse(rule),
+    )
+    texts = [*TEXTS, " ".join(f"w{i}" for i in range(60)), "x" * 300]
+    tokens = enc.tokenize(texts)
+    got = enc.embed_texts(texts)
+    assert got is not None
+    assert got.truncated.any() and not got.truncated.all()
+    assert np.array_equal(got.embeddings, enc.embed(tokens))
+    assert np.array_equal(got.n_tokens, tokens.n_tokens)
+    assert np.array_equal(got.truncated, tokens.truncated)
+    for i, text in enumerate(texts):
+        one = enc.embed_texts([text])
+        assert one is not None and np.array_equal(one.embeddings[0], got.embeddings[i])
+    empty = enc.embed_texts([])
+    assert empty is not None and empty.embeddings.shape == (0, 8)
+
+
+def test_texts_the_compiled_tokenizer_leaves_to_hf_take_the_general_path(
+    static_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = StaticEncoder(static_dir / "table.npy", static_dir / "tokenizer.json", max_tokens=32)
+    left = "Words left to HF: \u0378x and \u08d4"
+    assert enc.embed_texts(["hello", left]) is None  # one such text: the whole call tokenises
+    assert enc.embed(enc.tokenize(["hello", left])).shape == (2, 8)
+    monkeypatch.setenv("LMROUTE_FAST_TOKENIZER", "0")
+    slow = StaticEncoder(static_dir / "table.npy", static_dir / "tokenizer.json", max_tokens=32)
+    assert not slow.tokenizer.fast_path and slow.embed_texts(["hello"]) is None
+
+
+def test_one_call_refuses_ids_outside_the_table(encoder: StaticEncoder) -> None:
+    small = np.ones((5, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"token id \d+ is outside the table's 5 rows"):
+        encoder.tokenizer.embed_static(["hello world"], small)
+    with pytest.raises(TypeError):
+        encoder.tokenizer.embed_static(["hello"], small.astype(np.float64))
+
+
 def test_empty_batch(encoder: StaticEncoder) -> None:
     assert encoder.embed(encoder.tokenize([])).shape == (0, 8)
 
