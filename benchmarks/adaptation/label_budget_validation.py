@@ -21,6 +21,10 @@ Rules:
   proportional to the predicted chance that the two models' qualities differ (a ridge of |strong - weak|
   on the prompts judged so far, clipped at 0.02, to the power A), mixed with a share M of uniform
   (depends on the outcomes judged so far, not on those of the prompts it picks);
+- representative (k-means): each window's marks are the prompts nearest the centres of a k-means of its
+  embeddings into as many clusters (a design that covers the traffic);
+- k-center: each window's marks chosen greedily farthest from every prompt marked so far (coverage of
+  the embedding space, the classic core-set rule);
 - and, for scale, random with every prompt of the pool judged.
 
 Reported: mean and standard deviation over seeds, and each rule's paired difference from random (same
@@ -38,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from lmroute.adapt.head import log_length
 from lmroute.adapt.learners import PAIRED_LEARNERS, fit_paired
@@ -114,6 +119,36 @@ def rules(s: Stream, k: int) -> dict[str, Rule]:
 
         return pick
 
+    def representative(pool: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
+        out = []
+        for w, n in s.windows(pool, k):
+            x = s.emb[w]
+            centres = KMeans(n_clusters=n, n_init=1, random_state=seed, max_iter=50).fit(x).cluster_centers_
+            dist = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+            taken: list[int] = []
+            for c in range(n):  # the nearest prompt not taken yet
+                taken.append(next(int(j) for j in np.argsort(dist[:, c]) if j not in taken))
+            out.append(w[np.asarray(taken)])
+        return np.concatenate(out)
+
+    def k_center(pool: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
+        out: list[np.ndarray] = []
+        for w, n in s.windows(pool, k):
+            x = s.emb[w]
+            if out:
+                marked = s.emb[np.concatenate(out)]
+                nearest = np.min(((x[:, None, :] - marked[None]) ** 2).sum(-1), axis=1)
+                chosen: list[int] = []
+            else:
+                first = int(rng.integers(w.size))
+                nearest, chosen = ((x - x[first]) ** 2).sum(1), [first]
+            while len(chosen) < n:
+                j = int(np.argmax(nearest))
+                chosen.append(j)
+                nearest = np.minimum(nearest, ((x - x[j]) ** 2).sum(1))
+            out.append(w[np.asarray(chosen)])
+        return np.concatenate(out)
+
     return {
         "random": uniform,
         "label budget (default: random share 0.9)": budget(0.9),
@@ -121,6 +156,8 @@ def rules(s: Stream, k: int) -> dict[str, Rule]:
         "disagreement (alpha 1, mix 0.3)": disagreement(1.0, 0.3),
         "disagreement (alpha 2, mix 0.3)": disagreement(2.0, 0.3),
         "disagreement (alpha 2, mix 0.1)": disagreement(2.0, 0.1),
+        "representative (k-means)": representative,
+        "k-center": k_center,
     }
 
 

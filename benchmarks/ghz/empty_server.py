@@ -10,10 +10,11 @@ serves the same handlers from a synchronous `grpc.server` with a pool of `--work
 grpc.aio (no interceptor: the service's is written for grpc.aio), to compare the two transports.
 `--bundle DIR` makes the handlers do the scoring work itself and nothing else: each prompt through the
 bundle's tokenizer, encoder and router (the request's routers; Route: its strong share's threshold from
-the calibration table), inline, no scheduler, admission, decision ids or store: the most a service
+the calibration table; a static encoder embeds the text in one compiled call, as the service does for a
+router that reads no tokens), inline, no scheduler, admission, decision ids or store: the most a service
 path on this transport could make of that bundle. With `--embed-only` the handlers do only the least
-work any answer of a static-encoder bundle needs: the compiled tokenizer's ids of each prompt and the
-token table's mean of them (answers stay constant). `--spin-us N` makes each call of a handler spend N
+work any answer of a static-encoder bundle needs: the compiled tokenizer's ids of each prompt, cut by
+the truncation rule, and the token table's mean of them, in that one call (answers stay constant). `--spin-us N` makes each call of a handler spend N
 microseconds of its thread's CPU time in a loop and nothing else (benchmarks/ghz/floor.py: what a
 handler's own work costs the server per call under load).
 
@@ -61,11 +62,18 @@ class Scoring:
         if cls.embed_only:
             embed_only(cls.bundle.encoder, texts)
             return [0.25] * len(texts)
+        from lmroute.bundle import kinds
+        from lmroute.bundle.encoder import TokenBatch
         from lmroute.bundle.routers import PromptBatch
 
         enc = cls.bundle.encoder
-        tokens = enc.tokenize(texts)
-        batch = PromptBatch(texts, tokens, enc.embed(tokens))
+        reads_tokens = kinds.get(cls.bundle.manifest.routers[router].kind).reads_tokens
+        straight = enc.embed_texts(texts) if embeds_only(enc) and not reads_tokens else None
+        if straight is not None:  # the service's path for a static encoder and a router that reads no tokens
+            batch = PromptBatch(texts, TokenBatch.empty(), straight.embeddings)
+        else:
+            tokens = enc.tokenize(texts)
+            batch = PromptBatch(texts, tokens, enc.embed(tokens))
         return [float(v) for v in cls.bundle.routers[router].score(batch)]
 
     @classmethod
@@ -84,27 +92,17 @@ def spin(seconds: float) -> None:
 
 def embeds_only(encoder: Any) -> bool:
     """Whether `embed_only` can run on `encoder`: a static encoder whose tokenizer has the compiled path."""
-    return getattr(encoder, "_table", None) is not None and encoder.tokenizer._fast is not None
+    return hasattr(encoder, "embed_texts") and encoder.tokenizer.fast_path
 
 
 def embed_only(encoder: Any, texts: list[str]) -> np.ndarray:
     """The token-table mean of each text's compiled-tokenizer ids, a text longer than the encoder's limit
-    cut by its truncation rule first (`cut_positions`): the core of a static encoder's `tokenize` +
-    `embed` without the padded batch in between."""
-    from lmroute.bundle.truncation import cut_positions
-    from lmroute.kernels.compiled import token_mean
-
-    tok = encoder.tokenizer
-    ids, lengths, _, _ = tok._fast.encode(texts)
-    if int(lengths.max()) > tok.max_tokens:
-        positions, valid = cut_positions(
-            lengths, max_tokens=tok.max_tokens, truncation=tok.truncation, front=tok.front, back=tok.back
-        )
-        ids = ids[((np.cumsum(lengths) - lengths)[:, None] + positions)[valid]]
-        lengths = valid.sum(axis=1)
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    out: np.ndarray = token_mean(encoder._table, ids, offsets)
+    cut by its truncation rule first, in one compiled call (`StaticEncoder.embed_texts`, as the service
+    embeds a one-prompt call): a static encoder's `tokenize` + `embed` without the padded batch between."""
+    got = encoder.embed_texts(texts)
+    if got is None:
+        raise ValueError("a text the compiled tokenizer leaves to HF")
+    out: np.ndarray = got.embeddings
     return out
 
 

@@ -15,9 +15,10 @@ OK call read from /proc):
   for each N of `--spin-us`: work that touches nothing, so its cost under load is the transport's
   response to a handler of that length;
 - tokenise + embed: the same, each Route computing the compiled tokenizer's ids of its prompt, cut to the
-  encoder's limit by its truncation rule, and the token table's mean of them (`--embed-only`; the same
-  embedding as the bundle's encoder): the least work any answer of a static-encoder bundle needs;
-- scoring only: the same, each Route scored by the bundle's tokenizer, encoder and mf router, its
+  encoder's limit by its truncation rule, and the token table's mean of them, in one compiled call
+  (`--embed-only`, `StaticEncoder.embed_texts`; the same embedding as the bundle's encoder): the least
+  work any answer of a static-encoder bundle needs;
+- scoring only: the same, each Route scored by the bundle's encoder (that one call) and mf router, its
   threshold from the calibration table (`--bundle`): the scoring work without a service path;
 - service: `lmroute-serve --bundle B` with its defaults.
 
