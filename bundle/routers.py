@@ -109,6 +109,14 @@ def compiled_core() -> ModuleType:
     return compiled
 
 
+def row_dots(x: npt.ArrayLike, w: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """x [n, d] @ w [d, m] in float64, each row's sums in one fixed order (the compiled core's `row_dots`),
+    so a prompt scores the same alone and in a batch (BLAS chooses its kernel by the batch's size)."""
+    weights = np.asarray(w, dtype=np.float64)
+    out: npt.NDArray[np.float64] = compiled_core().row_dots(np.asarray(x, dtype=np.float64), weights.T)
+    return out
+
+
 class BlendedRouter:
     """Another router's score blended with the bundle's difficulty prior (docs/BUNDLE.md
     "difficulty_prior"; the math is `lmroute.kernels.reference.blend_scores`, float64, computed by the

@@ -17,6 +17,7 @@
                 `embed_static` goes on to a static encoder's embeddings in the same call (cut by the
                 truncation rule, then `token_mean`)
     token_mean  a static encoder's embeddings of token ids: the L2-normalised sum of their table rows
+    row_dots    x @ w.T row by row in a fixed order (the linear part of the adapted and quality heads)
     set_num_threads / get_num_threads   OpenMP threads every call uses (default 1: the service gives its
                 cores to ONNX Runtime; benchmarks raise it)
 
@@ -62,11 +63,12 @@ __all__ = [
     "cpu_features",
     "get_num_threads",
     "pair_probabilities",
+    "row_dots",
     "set_num_threads",
     "source_fingerprint",
 ]
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -456,6 +458,18 @@ def blend_scores(
         reference.LOGIT_EPS,
         out,
     )
+    return out
+
+
+def row_dots(x: NDArray[np.floating], w: NDArray[np.floating]) -> F64:
+    """x @ w.T [n, m] for x [n, d] and w [m, d], in float64, each row's sums in an order that does not
+    depend on the other rows (BLAS's does: a prompt would score differently alone and in a batch)."""
+    xs = np.ascontiguousarray(x, dtype=np.float64)
+    ws = np.ascontiguousarray(w, dtype=np.float64)
+    if xs.ndim != 2 or ws.ndim != 2 or xs.shape[1] != ws.shape[1]:
+        raise ValueError(f"row_dots: x {xs.shape} and w {ws.shape} must be [n, d] and [m, d]")
+    out = np.empty((xs.shape[0], ws.shape[0]), dtype=np.float64)
+    _core.row_dots(xs, ws, out)
     return out
 
 

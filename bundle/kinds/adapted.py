@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from lmroute.bundle.jsonread import fail
 from lmroute.bundle.kinds.base import ArrayRole, FileRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
-from lmroute.bundle.routers import BlendedRouter, need_embeddings
+from lmroute.bundle.routers import BlendedRouter, need_embeddings, row_dots
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["KIND", "AdaptedKind", "AdaptedParams", "AdaptedRouter", "KernelTerm", "adapted_scores", "log_length"]
 
 _LOGIT_CLIP = 1e-12
-_KERNEL_ROWS = 1024  # prompts per block of the kernel term (bounds the [rows, support] matrix in memory)
 
 
 @dataclass(frozen=True)
@@ -100,18 +99,19 @@ class KernelTerm:
 
     def values(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """The term for each row of embeddings [n, dim] (rows L2-normalised here; a zero row gives cos 0).
-        In float32, as the arrays are stored: the support is read once per block of rows, and for one
-        prompt that read is most of the cost (5,000 x 256 dims: 5 MB)."""
+        In float32, as the arrays are stored, one row at a time: BLAS chooses its kernel by the number of
+        rows, and a batched product would give a prompt another term (~1e-6) than it gets alone; reading
+        the support (5,000 x 256 dims: 5 MB) is most of a row's cost either way."""
         emb = np.asarray(embeddings, dtype=np.float64)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         unit = (emb / np.where(norm > 0, norm, 1.0)).astype(np.float32)
         out = np.empty(emb.shape[0])
-        for start in range(0, emb.shape[0], _KERNEL_ROWS):
-            block = unit[start : start + _KERNEL_ROWS] @ self.support.T
-            block -= 1.0
-            block *= self.gamma
-            np.exp(block, out=block)
-            out[start : start + _KERNEL_ROWS] = block @ self.alpha
+        for i in range(emb.shape[0]):
+            row = unit[i : i + 1] @ self.support.T
+            row -= 1.0
+            row *= self.gamma
+            np.exp(row, out=row)
+            out[i] = float((row @ self.alpha)[0])
         return out
 
 
@@ -126,7 +126,8 @@ def adapted_scores(
     """The adapted score of a batch (module docstring): embeddings [n, dim], lengths = `log_length` [n],
     base_scores [n] in [0, 1], weights [dim], the head's kernel term if it has one; float64 [n] in [0, 1]."""
     emb = np.asarray(embeddings, dtype=np.float64)
-    head = emb @ np.asarray(weights, dtype=np.float64) + params.length_weight * np.asarray(lengths, np.float64)
+    linear = row_dots(emb, np.asarray(weights, dtype=np.float64)[:, None])[:, 0]
+    head = linear + params.length_weight * np.asarray(lengths, np.float64)
     if kernel is not None:
         head = head + kernel.values(emb)
     z_head = (head + params.bias - params.center) / params.scale

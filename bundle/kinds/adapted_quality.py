@@ -27,7 +27,7 @@ from lmroute.bundle.jsonread import fail
 from lmroute.bundle.kinds.adapted import batch_log_length
 from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
 from lmroute.bundle.kinds.quality import QualityRouter
-from lmroute.bundle.routers import need_embeddings
+from lmroute.bundle.routers import need_embeddings, row_dots
 
 if TYPE_CHECKING:
     from lmroute.bundle.manifest import Manifest, RouterSpec
@@ -60,7 +60,7 @@ def corrected_qualities(
     bias [m]. The same function serves the bundle and the learner that writes it."""
     emb = np.asarray(embeddings, dtype=np.float64)
     head = (
-        emb @ np.asarray(weights, dtype=np.float64)
+        row_dots(emb, weights)
         + np.asarray(lengths, dtype=np.float64)[:, None] * np.asarray(length_weights, dtype=np.float64)
         + np.asarray(bias, dtype=np.float64)
     )

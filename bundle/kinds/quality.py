@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from lmroute.bundle.jsonread import fail
 from lmroute.bundle.kinds.base import ArrayRole, LoadContext, RouterArtifacts, RouterKind, TrainContext
-from lmroute.bundle.routers import need_embeddings
+from lmroute.bundle.routers import need_embeddings, row_dots
 
 if TYPE_CHECKING:
     from lmroute.bundle.manifest import Manifest, RouterSpec
@@ -82,7 +82,7 @@ class QualityRouter:
 
     def qualities_of(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """`qualities` from the embeddings [n, dim] alone (what adaptation has for a stored prompt)."""
-        z = (np.asarray(embeddings, dtype=np.float64) - self.center) @ self.weights + self.bias
+        z = row_dots(np.asarray(embeddings, dtype=np.float64) - self.center, self.weights) + self.bias
         if self.link == "logistic":
             out: npt.NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))
             return out

@@ -21,6 +21,7 @@
 #include "bt_solve.hpp"
 #include "fast_exp.hpp"
 #include "mf.hpp"
+#include "rowwise.hpp"
 #include "sw_scan.hpp"
 #include "wordpiece.hpp"
 
@@ -33,7 +34,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 6;
+constexpr int kAbiVersion = 7;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -208,6 +209,14 @@ int64_t token_mean(In<float, nb::ndim<2>> table, In<int64_t, nb::ndim<1>> ids, I
     return lmroute::token_mean(table.data(), table.shape(0), d, ids.data(), off, n, out.data());
 }
 
+void row_dots(In<double, nb::ndim<2>> x, In<double, nb::ndim<2>> w, Out<double, nb::ndim<2>> out) {
+    const int64_t n = x.shape(0), d = x.shape(1), m = w.shape(0);
+    require(w.shape(1) == static_cast<size_t>(d), "x and w differ in dim");
+    require(out.shape(0) == static_cast<size_t>(n) && out.shape(1) == static_cast<size_t>(m), "out must be [n, m]");
+    nb::gil_scoped_release release;
+    lmroute::row_dots(x.data(), n, d, w.data(), m, out.data());
+}
+
 void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     require(x.shape(0) == out.shape(0), "x and out differ in length");
     const double* src = x.data();
@@ -339,6 +348,7 @@ NB_MODULE(_core, m) {
     m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a, "out"_a);
     m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
     m.def("token_mean", &token_mean, "table"_a, "ids"_a, "offsets"_a, "out"_a);
+    m.def("row_dots", &row_dots, "x"_a.noconvert(), "w"_a.noconvert(), "out"_a);
     nb::class_<lmroute::WordPiece>(m, "WordPiece")
         .def("__init__", &wordpiece_init, "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a,
              "back"_a, "char_blocks"_a, "char_entries"_a, "char_pool"_a)

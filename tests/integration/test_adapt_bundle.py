@@ -17,6 +17,7 @@ from lmroute.adapt.pipeline import Adaptation, adapt_paired
 from lmroute.bundle.errors import BundleError
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.loader import Bundle, load_bundle
+from lmroute.bundle.routers import PromptBatch
 from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
 from lmroute.bundle.writer import restamp_bundle
 
@@ -76,9 +77,12 @@ def test_the_adapted_bundle_loads_and_serves_the_offline_scores(
     assert served.min() >= 0.0 and served.max() <= 1.0
     # the parent's routers score as before
     np.testing.assert_allclose(bundle.routers["mf"].score(batch), parent.routers["mf"].score(batch), atol=0)
-    # batched == single
+    # batched == single: within the encoder's own batch noise (its runs differ by batch shape) ...
     singles = np.concatenate([bundle.routers["adapted"].score(bundle.prompt_batch([t])) for t in probe[:8]])
     np.testing.assert_allclose(singles, served[:8], rtol=0, atol=1e-6)
+    # ... and exactly for the same embeddings (the kernel term and the linear part do not depend on the batch)
+    rows = [PromptBatch([t], batch.tokens.select([i]), batch.embeddings[i : i + 1]) for i, t in enumerate(probe[:8])]
+    assert np.array_equal(np.concatenate([bundle.routers["adapted"].score(r) for r in rows]), served[:8])
 
 
 def test_thresholds_are_calibrated_on_the_recent_prompts_and_lineage_is_recorded(

@@ -109,6 +109,18 @@ def test_known_ill_conditioned_case_still_disagrees():
     _assert_close(_win_probabilities(got), _win_probabilities(want))
 
 
+def test_row_dots_match_matmul_and_a_row_does_not_depend_on_the_batch():
+    rng = np.random.default_rng(11)
+    for n, d, m in ((1, 1, 1), (7, 13, 3), (64, 256, 11), (5, 8, 1)):
+        x, w = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+        got = compiled.row_dots(x, w)
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-12, atol=1e-12)
+        for i in range(n):
+            assert np.array_equal(compiled.row_dots(x[i : i + 1], w)[0], got[i])
+    with pytest.raises(ValueError, match=r"must be \[n, d\] and \[m, d\]"):
+        compiled.row_dots(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
 def test_batch_of_one_equals_its_row_in_a_batch():
     rng, x, cells, counts = _problem(1, 200, 16, 4, 0.3)
     q = _unit_rows(rng, 12, 16)
