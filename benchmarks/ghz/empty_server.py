@@ -14,9 +14,9 @@ the calibration table; a static encoder embeds the text in one compiled call, as
 router that reads no tokens), inline, no scheduler, admission, decision ids or store: the most a service
 path on this transport could make of that bundle. With `--embed-only` the handlers do only the least
 work any answer of a static-encoder bundle needs: the compiled tokenizer's ids of each prompt, cut by
-the truncation rule, and the token table's mean of them, in that one call (answers stay constant). `--spin-us N` makes each call of a handler spend N
-microseconds of its thread's CPU time in a loop and nothing else (benchmarks/ghz/floor.py: what a
-handler's own work costs the server per call under load).
+the truncation rule, and the token table's mean of them, in that one call (answers stay constant).
+`--spin-us N` makes each call of a handler spend N microseconds of its thread's CPU time in a loop and
+nothing else (benchmarks/ghz/floor.py: what a handler's own work costs the server per call under load).
 
 Prints `empty-server: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT.
 """
