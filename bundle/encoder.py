@@ -27,7 +27,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -255,8 +255,10 @@ class PromptTokenizer:
     `lmroute.kernels.compiled.WordPieceTokenizer.from_tokenizer_json` checks), `fast` is true and the
     environment variable LMROUTE_FAST_TOKENIZER is not "0", text is tokenised by the compiled core and
     only the words holding a character it leaves to HF by HF (`_fast_rows`); a few probe texts must come
-    out as HF's first. `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a
-    missing or stale compiled core raises KernelUnavailableError, as it does for the routers.
+    out as HF's first. The compiled core cuts as it reads (`encode_cut`): a text longer than the limit is
+    read from its tail back to a space and from its head up to the cut, not in between. `fast_path` says
+    whether it is on, `fast_path_note` why not. With `fast` on, a missing or stale compiled core raises
+    KernelUnavailableError, as it does for the routers.
     """
 
     _ASCII_SPACES = re.compile(r"[\t\n\r ]+")
@@ -353,20 +355,27 @@ class PromptTokenizer:
         if not texts:
             return TokenBatch.empty()
         if self._fast is not None:
-            ids, lengths = self._fast_rows(texts)
-            return cut_and_pad_flat(
-                ids,
-                lengths,
-                max_tokens=self.max_tokens,
-                truncation=self.truncation,
-                front=self.front,
-                back=self.back,
-                pad_id=self.pad_id,
-            )
+            cut = self._fast.encode_cut(texts, max_tokens=self.max_tokens, head_end=self._head_end)
+            if cut.n_handled == len(texts):  # rows already cut: padded as they are, with their cut flags
+                return replace(self.cut_and_pad_rows(cut.ids, cut.lengths), truncated=cut.truncated)
+            return self.cut_and_pad_rows(*self._fast_rows(texts))
         encs = self._tok.encode_batch(texts)
         return cut_and_pad(
             [e.ids for e in encs],
             [e.type_ids for e in encs],
+            max_tokens=self.max_tokens,
+            truncation=self.truncation,
+            front=self.front,
+            back=self.back,
+            pad_id=self.pad_id,
+        )
+
+    def cut_and_pad_rows(self, ids: np.ndarray, lengths: np.ndarray) -> TokenBatch:
+        """Whole rows of ids one after the other (template included) cut by this tokenizer's limit and rule
+        and padded (`cut_and_pad_flat`)."""
+        return cut_and_pad_flat(
+            ids,
+            lengths,
             max_tokens=self.max_tokens,
             truncation=self.truncation,
             front=self.front,
@@ -380,9 +389,13 @@ class PromptTokenizer:
         rows. None when the fast path is off or leaves a text to HF (then tokenise)."""
         if self._fast is None:
             return None
-        head_end = self.front + self.truncation.head_kept(self.max_tokens - self.front - self.back)
         items = texts if isinstance(texts, list) else list(texts)
-        return self._fast.embed_static(items, table, max_tokens=self.max_tokens, head_end=head_end)
+        return self._fast.embed_static(items, table, max_tokens=self.max_tokens, head_end=self._head_end)
+
+    @property
+    def _head_end(self) -> int:
+        """Where the kept head of a cut row ends: the template's front tokens and the rule's head."""
+        return self.front + self.truncation.head_kept(self.max_tokens - self.front - self.back)
 
     def _fast_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every text's ids (template included) one after the other, and the ids per text, as HF gives

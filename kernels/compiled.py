@@ -55,6 +55,7 @@ __all__ = [
     "SWIndex",
     "StaticEmbedding",
     "UnsupportedTokenizerError",
+    "WordPieceCut",
     "WordPieceIds",
     "WordPieceTokenizer",
     "blend_scores",
@@ -68,7 +69,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 """The `_core.ABI_VERSION` this wrapper was written against (bump both when a signature changes)."""
 
 _SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -550,6 +551,17 @@ class WordPieceIds(NamedTuple):
     n_handled: int
 
 
+class WordPieceCut(NamedTuple):
+    """What `WordPieceTokenizer.encode_cut` gives: `WordPieceIds`'s fields, each text's ids being those it
+    keeps after the cut, and whether each text was cut."""
+
+    ids: NDArray[np.int64]
+    lengths: NDArray[np.int64]
+    handled: NDArray[np.bool_]
+    truncated: NDArray[np.bool_]
+    n_handled: int
+
+
 class StaticEmbedding(NamedTuple):
     """What `WordPieceTokenizer.embed_static` gives: float32 [n, dim] embeddings, the ids kept of each text
     (template included) and whether it was cut."""
@@ -663,14 +675,28 @@ class WordPieceTokenizer:
         total, n_handled = self._wp.encode(items, bool(with_template), ids, lengths, handled)
         return WordPieceIds(ids[:total], lengths, handled, n_handled)
 
+    def encode_cut(self, texts: Sequence[str], *, max_tokens: int, head_end: int) -> WordPieceCut:
+        """`encode` with the template, a text of more than `max_tokens` ids cut to its first `head_end`
+        and last `max_tokens - head_end` (`lmroute.bundle.truncation.cut_positions`): the same kept ids as
+        `encode` and the cut, but a long text is read only as far as they need (its tail from a space, its
+        head to the cut), so a character this tokenizer leaves to HF in the part cut away leaves the text
+        handled. TypeError for an item that is not a str."""
+        items = texts if isinstance(texts, list) else list(texts)
+        n = len(items)
+        ids = np.empty(sum(map(len, items)) * self._widest + n * self._specials, dtype=np.int64)
+        lengths = np.empty(n, dtype=np.int64)
+        handled = np.empty(n, dtype=np.bool_)
+        truncated = np.empty(n, dtype=np.bool_)
+        total, n_handled = self._wp.encode_cut(items, max_tokens, head_end, ids, lengths, handled, truncated)
+        return WordPieceCut(ids[:total], lengths, handled, truncated, n_handled)
+
     def embed_static(
         self, texts: list[str], table: NDArray[np.float32], *, max_tokens: int, head_end: int
     ) -> StaticEmbedding | None:
-        """A static encoder's embeddings of `texts` in one compiled call: each text's ids (template
-        included, as `encode`), a text of more than `max_tokens` ids cut to its first `head_end` and last
-        `max_tokens - head_end` (`lmroute.bundle.truncation.cut_positions`), then `token_mean` of the kept
-        ids over `table` (float32 [vocab, dim]). None when a text holds a character this tokenizer leaves to
-        HF or has no ids (no template tokens around an empty text): the caller takes the general path.
+        """A static encoder's embeddings of `texts` in one compiled call: each text's kept ids as
+        `encode_cut` gives them, then `token_mean` of them over `table` (float32 [vocab, dim]). None when a
+        text holds a character this tokenizer leaves to HF in what it reads, or has no ids (no template
+        tokens around an empty text): the caller takes the general path.
         TypeError for an item that is not a str or a table that is not float32; ValueError for an id
         outside the table."""
         n = len(texts)

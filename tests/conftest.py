@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import settings
 
@@ -98,3 +99,58 @@ def fake_servers() -> Iterator[Callable[..., ServerThread]]:
     yield make
     for srv in started:
         srv.stop()
+
+
+def _long_texts(seed: int, n: int) -> list[str]:
+    """Texts of 50-6,000 characters made of words, numbers, code, punctuation, non-ASCII letters, CJK,
+    emoji, control characters, tabs and line breaks, literal special tokens and runs without a space
+    (some longer than a word may be): the shapes a cut long text can meet at its head, tail and seams."""
+    rng = np.random.default_rng(seed)
+    pieces = [
+        "the",
+        "Question:",
+        "answer",
+        "x=3*(y+2);",
+        "1234567",
+        "naïve",
+        "Straße",
+        "日本語",
+        "🚀",
+        "café",
+        "[MASK]",
+        "[CLS]",
+        "a\x07b",
+        "\t",
+        "\n\n",
+        "  ",
+        "co-operate",
+        "e.g.",
+        "'quoted'",
+        "#include",
+        "z" * 120,
+        "A" * 40,
+        "\u0301",
+        "résumé",
+        "Ωmega",
+        "€5",
+        "...",
+    ]
+    out = []
+    for _ in range(n):
+        target = int(rng.integers(50, 6000))
+        words: list[str] = []
+        size = 0
+        while size < target:
+            w = pieces[int(rng.integers(len(pieces)))]
+            words.append(w)
+            size += len(w) + 1
+        seps = rng.choice([" ", " ", " ", "", "\n"], size=len(words))
+        out.append("".join(w + str(sep) for w, sep in zip(words, seps, strict=True)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def long_texts() -> Callable[[int, int], list[str]]:
+    """`long_texts(seed, n)`: n texts of 50-6,000 characters of mixed kinds (`_long_texts`), for the
+    tokenizer's cut-as-you-read path."""
+    return _long_texts

@@ -34,7 +34,7 @@ using namespace nb::literals;
 
 namespace {
 
-constexpr int kAbiVersion = 7;
+constexpr int kAbiVersion = 8;
 constexpr int64_t kSimBufferBytes = 128LL << 20;  // similarity scratch per group of queries
 
 template <typename T, typename... Extra>
@@ -226,22 +226,19 @@ void fast_exp(In<double, nb::ndim<1>> x, Out<double, nb::ndim<1>> out) {
     for (int64_t i = 0; i < n; ++i) dst[i] = lmroute::fast_exp(src[i]);
 }
 
-// The str texts of a list go through the tokenizer, read in place in Python's layout (all of them when it
-// has a character table, else only the ASCII ones; the others come back unhandled). Returns (ids
-// written to `ids`, texts handled); `ids` has room for capacity(len, ascii) per text it reads.
-std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::list texts, bool with_template,
-                                             Out<int64_t, nb::ndim<1>> ids, Out<int64_t, nb::ndim<1>> lengths,
-                                             Out<bool, nb::ndim<1>> handled) {
+// The str texts of a list, read in place in Python's layout (all of them when the tokenizer has a
+// character table, else only the ASCII ones; the others are given no data and come back unhandled), kept
+// alive in `held` while the GIL is released. Returns the room in ids they need: capacity(len, ascii) each.
+int64_t texts_in_place(const lmroute::WordPiece& wp, nb::list texts, std::vector<nb::object>& held,
+                       std::vector<lmroute::WordPiece::Text>& refs) {
     const size_t n = nb::len(texts);
-    require(lengths.shape(0) == n && handled.shape(0) == n, "lengths and handled must have one entry per text");
-    std::vector<nb::object> held(n);  // the texts stay alive while the GIL is released
-    std::vector<lmroute::WordPiece::Text> refs(n);
+    held.resize(n);
+    refs.assign(n, {nullptr, 0, 1});
     int64_t need = 0;
     for (size_t i = 0; i < n; ++i) {
         PyObject* t = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
         if (!PyUnicode_Check(t)) throw nb::type_error(("texts[" + std::to_string(i) + "] is not a str").c_str());
         held[i] = nb::borrow(t);
-        refs[i] = {nullptr, 0, 1};
         const bool ascii = PyUnicode_IS_ASCII(t);
         if (ascii || wp.non_ascii()) {
             const int64_t len = static_cast<int64_t>(PyUnicode_GET_LENGTH(t));
@@ -249,6 +246,18 @@ std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::l
             need += wp.capacity(len, ascii);
         }
     }
+    return need;
+}
+
+// The texts through the tokenizer (texts_in_place). Returns (ids written to `ids`, texts handled).
+std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::list texts, bool with_template,
+                                             Out<int64_t, nb::ndim<1>> ids, Out<int64_t, nb::ndim<1>> lengths,
+                                             Out<bool, nb::ndim<1>> handled) {
+    const size_t n = nb::len(texts);
+    require(lengths.shape(0) == n && handled.shape(0) == n, "lengths and handled must have one entry per text");
+    std::vector<nb::object> held;
+    std::vector<lmroute::WordPiece::Text> refs;
+    const int64_t need = texts_in_place(wp, texts, held, refs);
     require(ids.shape(0) >= static_cast<size_t>(need), "ids has no room for the texts' tokens");
     nb::gil_scoped_release release;
     const int64_t total =
@@ -256,9 +265,31 @@ std::pair<int64_t, int64_t> wordpiece_encode(const lmroute::WordPiece& wp, nb::l
     return {total, std::count(handled.data(), handled.data() + n, true)};
 }
 
-// The static encoder from text to embedding in one call: the texts through the tokenizer (as
-// wordpiece_encode, template included), each cut to max_tokens (cut_token_mean) and its kept ids' table
-// rows summed and normalised. Returns the texts handled; when one is not (a character left to HF) or
+// wordpiece_encode with the template, each text of more than max_tokens ids cut to its first head_end and
+// last max_tokens - head_end (WordPiece::encode_cut_batch: a long text is read only as far as those need);
+// truncated[i]: whether text i was cut. Returns (ids written, texts handled).
+std::pair<int64_t, int64_t> wordpiece_encode_cut(const lmroute::WordPiece& wp, nb::list texts, int64_t max_tokens,
+                                                 int64_t head_end, Out<int64_t, nb::ndim<1>> ids,
+                                                 Out<int64_t, nb::ndim<1>> lengths, Out<bool, nb::ndim<1>> handled,
+                                                 Out<bool, nb::ndim<1>> truncated) {
+    const size_t n = nb::len(texts);
+    require(lengths.shape(0) == n && handled.shape(0) == n && truncated.shape(0) == n,
+            "lengths, handled and truncated must have one entry per text");
+    require(0 <= head_end && head_end <= max_tokens, "head_end must be in [0, max_tokens]");
+    std::vector<nb::object> held;
+    std::vector<lmroute::WordPiece::Text> refs;
+    const int64_t need = texts_in_place(wp, texts, held, refs);
+    require(ids.shape(0) >= static_cast<size_t>(need), "ids has no room for the texts' tokens");
+    nb::gil_scoped_release release;
+    const int64_t total = wp.encode_cut_batch(refs.data(), static_cast<int64_t>(n), max_tokens, head_end, ids.data(),
+                                              lengths.data(), handled.data(), truncated.data());
+    return {total, std::count(handled.data(), handled.data() + n, true)};
+}
+
+// The static encoder from text to embedding in one call: each text's ids (as wordpiece_encode gives
+// them, template included) cut to max_tokens, its first head_end and last max_tokens - head_end, as
+// lmroute.bundle.truncation cuts them (WordPiece::encode_cut_batch: a long text is read only as far as the
+// kept ids need), and the kept ids' table rows summed and normalised (token_mean). Returns the texts handled; when one is not (a character left to HF) or
 // one has no ids, nothing is written and fewer than len(texts) is returned: the caller takes the
 // general path.
 int64_t static_embed(const lmroute::WordPiece& wp, nb::list texts, In<float, nb::ndim<2>> table, int64_t max_tokens,
@@ -269,30 +300,23 @@ int64_t static_embed(const lmroute::WordPiece& wp, nb::list texts, In<float, nb:
     require(out.shape(0) == n && out.shape(1) == static_cast<size_t>(d), "out must be [len(texts), table dim]");
     require(n_tokens.shape(0) == n && truncated.shape(0) == n, "n_tokens and truncated need one entry per text");
     require(0 <= head_end && head_end <= max_tokens, "head_end must be in [0, max_tokens]");
-    std::vector<nb::object> held(n);
-    std::vector<lmroute::WordPiece::Text> refs(n);
-    int64_t need = 0;
-    for (size_t i = 0; i < n; ++i) {
-        PyObject* t = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
-        if (!PyUnicode_Check(t)) throw nb::type_error(("texts[" + std::to_string(i) + "] is not a str").c_str());
-        const bool ascii = PyUnicode_IS_ASCII(t);
-        if (!ascii && !wp.non_ascii()) return 0;
-        held[i] = nb::borrow(t);
-        const int64_t len = static_cast<int64_t>(PyUnicode_GET_LENGTH(t));
-        refs[i] = {PyUnicode_DATA(t), len, static_cast<int>(PyUnicode_KIND(t))};
-        need += wp.capacity(len, ascii);
-    }
-    std::vector<int64_t> ids(static_cast<size_t>(need)), lengths(n);
+    std::vector<nb::object> held;
+    std::vector<lmroute::WordPiece::Text> refs;
+    const int64_t need = texts_in_place(wp, texts, held, refs);
+    std::vector<int64_t> ids(static_cast<size_t>(need)), offsets(n + 1, 0);
     std::unique_ptr<bool[]> handled(new bool[n]);
     nb::gil_scoped_release release;
-    wp.encode_batch(refs.data(), static_cast<int64_t>(n), true, ids.data(), lengths.data(), handled.get());
+    wp.encode_cut_batch(refs.data(), static_cast<int64_t>(n), max_tokens, head_end, ids.data(), n_tokens.data(),
+                        handled.get(), truncated.data());
     const int64_t n_handled = std::count(handled.get(), handled.get() + n, true);
     if (n_handled < static_cast<int64_t>(n)) return n_handled;
-    // a text of no ids (a template without special tokens) has no direction: the general path refuses it
-    if (std::find(lengths.begin(), lengths.end(), 0) != lengths.end()) return 0;
-    const int64_t bad = lmroute::cut_token_mean(table.data(), table.shape(0), d, ids.data(), lengths.data(),
-                                                static_cast<int64_t>(n), max_tokens, head_end, out.data(),
-                                                n_tokens.data(), truncated.data());
+    for (size_t i = 0; i < n; ++i) {
+        // a text of no ids (a template without special tokens) has no direction: the general path refuses it
+        if (n_tokens.data()[i] == 0) return 0;
+        offsets[i + 1] = offsets[i] + n_tokens.data()[i];
+    }
+    const int64_t bad = lmroute::token_mean(table.data(), table.shape(0), d, ids.data(), offsets.data(),
+                                            static_cast<int64_t>(n), out.data());
     if (bad >= 0) {  // thrown past `release`, which takes the GIL back first
         throw std::invalid_argument("token id " + std::to_string(ids[static_cast<size_t>(bad)]) +
                                     " is outside the table's " + std::to_string(table.shape(0)) + " rows");
@@ -352,7 +376,9 @@ NB_MODULE(_core, m) {
     nb::class_<lmroute::WordPiece>(m, "WordPiece")
         .def("__init__", &wordpiece_init, "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a,
              "back"_a, "char_blocks"_a, "char_entries"_a, "char_pool"_a)
-        .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a);
+        .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a)
+        .def("encode_cut", &wordpiece_encode_cut, "texts"_a, "max_tokens"_a, "head_end"_a, "ids"_a, "lengths"_a,
+             "handled"_a, "truncated"_a);
     m.def("static_embed", &static_embed, "wp"_a, "texts"_a, "table"_a.noconvert(), "max_tokens"_a, "head_end"_a,
           "out"_a, "n_tokens"_a, "truncated"_a);
     m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,

@@ -161,6 +161,8 @@ WordPiece::WordPiece(const std::vector<std::string>& vocab, int64_t unk_id, cons
     for (const auto& lit : literals) {
         if (lit.first.empty()) continue;
         literals_.emplace_back(code_points(lit.first), lit.second);
+        for (char c : lit.first)
+            if (c >= 0 && kClasses.of[static_cast<unsigned char>(c)] == kSpace) literal_spans_space_ = true;
         const char32_t first = literals_.back().first[0];
         if (first < 256)
             literal_start_[first] = true;
@@ -228,8 +230,8 @@ int64_t WordPiece::literal_at(const CharT* text, int64_t len, int64_t i, int64_t
 }
 
 template <typename CharT>
-int64_t WordPiece::encode(const CharT* text, int64_t len, bool with_template, int64_t* out, char* word_buf,
-                          uint64_t* states) const {
+int64_t WordPiece::encode(const CharT* text, int64_t len, bool front, bool back, int64_t* out, char* word_buf,
+                          uint64_t* states, int64_t stop_at) const {
     // The word so far: wn characters, wb bytes of UTF-8 in word_buf; only the first max_chars_ characters are
     // kept (a longer word is the unknown token whatever it holds).
     int64_t k = 0, wn = 0, wb = 0;
@@ -252,9 +254,10 @@ int64_t WordPiece::encode(const CharT* text, int64_t len, bool with_template, in
                 k += word(alone, put_utf8(cp, alone), 1, out + k, states);
         }
     };
-    if (with_template)
+    if (front)
         for (int64_t id : front_) out[k++] = id;
     for (int64_t i = 0; i < len; ++i) {
+        if (k >= stop_at) return k;  // every id so far is final: a word's ids are written when it ends
         const uint32_t c = static_cast<uint32_t>(text[i]);
         int64_t lit_id = 0, lit_len = 0;
         if ((c < 256 ? literal_start_[c] : literal_start_wide_) && (lit_len = literal_at(text, len, i, &lit_id)) > 0) {
@@ -295,7 +298,7 @@ int64_t WordPiece::encode(const CharT* text, int64_t len, bool with_template, in
         }
     }
     flush();
-    if (with_template)
+    if (back)
         for (int64_t id : back_) out[k++] = id;
     return k;
 }
@@ -315,16 +318,95 @@ int64_t WordPiece::encode_batch(const Text* texts, int64_t n, bool with_template
         if (t.data != nullptr) {
             int64_t* out = ids + total;
             if (t.kind == 1)
-                got = encode(static_cast<const uint8_t*>(t.data), t.len, with_template, out, word_buf.data(),
-                             states.data());
+                got = encode(static_cast<const uint8_t*>(t.data), t.len, with_template, with_template, out,
+                             word_buf.data(), states.data());
             else if (t.kind == 2)
-                got = encode(static_cast<const uint16_t*>(t.data), t.len, with_template, out, word_buf.data(),
-                             states.data());
+                got = encode(static_cast<const uint16_t*>(t.data), t.len, with_template, with_template, out,
+                             word_buf.data(), states.data());
             else if (t.kind == 4)
-                got = encode(static_cast<const uint32_t*>(t.data), t.len, with_template, out, word_buf.data(),
-                             states.data());
+                got = encode(static_cast<const uint32_t*>(t.data), t.len, with_template, with_template, out,
+                             word_buf.data(), states.data());
         }
         handled[i] = got >= 0;
+        lengths[i] = std::max<int64_t>(got, 0);
+        total += lengths[i];
+    }
+    return total;
+}
+
+template <typename CharT>
+int64_t WordPiece::encode_cut(const CharT* text, int64_t len, int64_t max_tokens, int64_t head_end, int64_t* out,
+                              int64_t* tail_buf, char* word_buf, uint64_t* states, bool* truncated) const {
+    const int64_t n_back = static_cast<int64_t>(back_.size());
+    const int64_t tail_keep = max_tokens - head_end;                  // ids kept from the end, template included
+    const int64_t tail_need = std::max<int64_t>(tail_keep - n_back, 0);  // of them, ids of the text
+    auto cut = [&](int64_t k) {  // out holds the whole text's k ids: cut them as cut_positions does
+        *truncated = k > max_tokens;
+        if (!*truncated) return k;
+        std::memmove(out + head_end, out + k - tail_keep, static_cast<size_t>(tail_keep) * sizeof(int64_t));
+        return max_tokens;
+    };
+    const bool fits = len * widest_ + static_cast<int64_t>(front_.size()) + n_back <= max_tokens;
+    if (fits || literal_spans_space_) {
+        const int64_t k = encode(text, len, true, true, out, word_buf, states);
+        return k < 0 ? k : cut(k);
+    }
+    // The tail: the text from just after an ASCII space (a word boundary that no literal spans, so its ids
+    // from there are the whole text's last ones), far enough back to hold tail_need ids; wider until it does.
+    int64_t start = len, c = 0;
+    for (int64_t chars = std::max<int64_t>(kTailCharsPerId * tail_need, 1); tail_need > 0; chars *= 2) {
+        start = len - chars;
+        while (start > 0 && !(text[start - 1] < 0x80 && kClasses.of[text[start - 1]] == kSpace)) --start;
+        if (start <= 0) {
+            const int64_t k = encode(text, len, true, true, out, word_buf, states);
+            return k < 0 ? k : cut(k);
+        }
+        c = encode(text + start, len - start, false, false, tail_buf, word_buf, states);
+        if (c < 0) return -1;
+        if (c >= tail_need) break;
+    }
+    std::copy(back_.begin(), back_.end(), tail_buf + c);
+    const int64_t t = c + n_back;  // >= tail_keep
+    // The head: the text before the tail, read until one id past the head's (the text is then longer than
+    // max_tokens, whatever lies between) or to the tail (head and tail are then the whole text).
+    const int64_t h = encode(text, start, true, false, out, word_buf, states, head_end + 1);
+    if (h < 0) return -1;
+    if (h > head_end) {
+        *truncated = true;
+        std::copy(tail_buf + t - tail_keep, tail_buf + t, out + head_end);
+        return max_tokens;
+    }
+    std::copy(tail_buf, tail_buf + t, out + h);
+    return cut(h + t);
+}
+
+int64_t WordPiece::encode_cut_batch(const Text* texts, int64_t n, int64_t max_tokens, int64_t head_end, int64_t* ids,
+                                    int64_t* lengths, bool* handled, bool* truncated) const {
+    int64_t longest = 0;
+    for (int64_t i = 0; i < n; ++i)
+        if (texts[i].data != nullptr) longest = std::max(longest, texts[i].len);
+    std::vector<char> word_buf(4 * static_cast<size_t>(std::min(max_chars_, longest * widest_)) + 4);
+    std::vector<uint64_t> states(static_cast<size_t>(max_token_len_) + 1);
+    std::vector<int64_t> tail_buf(static_cast<size_t>(capacity(longest, false)));
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const Text& t = texts[i];
+        int64_t got = -1;
+        truncated[i] = false;
+        int64_t* out = ids + total;
+        if (t.data != nullptr) {
+            if (t.kind == 1)
+                got = encode_cut(static_cast<const uint8_t*>(t.data), t.len, max_tokens, head_end, out,
+                                 tail_buf.data(), word_buf.data(), states.data(), truncated + i);
+            else if (t.kind == 2)
+                got = encode_cut(static_cast<const uint16_t*>(t.data), t.len, max_tokens, head_end, out,
+                                 tail_buf.data(), word_buf.data(), states.data(), truncated + i);
+            else if (t.kind == 4)
+                got = encode_cut(static_cast<const uint32_t*>(t.data), t.len, max_tokens, head_end, out,
+                                 tail_buf.data(), word_buf.data(), states.data(), truncated + i);
+        }
+        handled[i] = got >= 0;
+        if (got < 0) truncated[i] = false;
         lengths[i] = std::max<int64_t>(got, 0);
         total += lengths[i];
     }

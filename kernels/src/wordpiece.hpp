@@ -56,6 +56,15 @@ class WordPiece {
     // written. Thread-safe.
     int64_t encode_batch(const Text* texts, int64_t n, bool with_template, int64_t* ids, int64_t* lengths,
                          bool* handled) const;
+    // The ids of each text with the template's tokens, a text of more than max_tokens ids cut as
+    // lmroute.bundle.truncation.cut_positions cuts it (its first head_end ids and its last max_tokens - head_end), written as
+    // encode_batch writes them (lengths[i]: the ids kept; truncated[i]: whether text i was cut). A long
+    // text is read only as far as the ids kept need: its tail from a space far enough back, then its head
+    // until one id past head_end, so the part cut away costs nothing (a character left to HF there does
+    // not send the text to HF: it changes no kept id). With a literal that holds a space, every text is
+    // read whole. Same room in `ids` as encode_batch. Thread-safe.
+    int64_t encode_cut_batch(const Text* texts, int64_t n, int64_t max_tokens, int64_t head_end, int64_t* ids,
+                             int64_t* lengths, bool* handled, bool* truncated) const;
     // A character becomes at most `widest` characters, each at most one id.
     int64_t capacity(int64_t len, bool ascii) const {
         return len * (ascii ? 1 : widest_) + static_cast<int64_t>(front_.size() + back_.size());
@@ -71,9 +80,17 @@ class WordPiece {
     };
 
     int64_t find(uint64_t hash, bool continuation, const char* piece, int64_t n) const;
+    // A tail is first looked for this many characters per id it needs (twice as many each time it falls short).
+    static constexpr int64_t kTailCharsPerId = 6;
+
+    // The ids of text[0 .. len), the template's front / back tokens around them when asked; stops before the
+    // next character once stop_at ids are written (all final). -1: a character left to HF.
     template <typename CharT>
-    int64_t encode(const CharT* text, int64_t len, bool with_template, int64_t* out, char* word_buf,
-                   uint64_t* states) const;
+    int64_t encode(const CharT* text, int64_t len, bool front, bool back, int64_t* out, char* word_buf,
+                   uint64_t* states, int64_t stop_at = INT64_MAX) const;
+    template <typename CharT>
+    int64_t encode_cut(const CharT* text, int64_t len, int64_t max_tokens, int64_t head_end, int64_t* out,
+                       int64_t* tail_buf, char* word_buf, uint64_t* states, bool* truncated) const;
     int64_t word(const char* w, int64_t n_bytes, int64_t n_chars, int64_t* out, uint64_t* states) const;
     template <typename CharT>
     int64_t literal_at(const CharT* text, int64_t len, int64_t i, int64_t* id) const;
@@ -95,6 +112,7 @@ class WordPiece {
     std::vector<std::pair<std::u32string, int64_t>> literals_;  // code points, longest first
     bool literal_start_[256] = {};   // a literal starts with this code point
     bool literal_start_wide_ = false;  // a literal starts with a code point >= 256
+    bool literal_spans_space_ = false;  // a literal holds an ASCII space, tab or line break
     std::vector<int64_t> front_, back_;
     CharTable chars_;
     int64_t widest_ = 1;

@@ -5,12 +5,13 @@ definition (normalised mean of table rows), batched == single, determinism and r
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder
+from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder, PromptTokenizer
 from lmroute.bundle.static_encoder import StaticEncoder
 from lmroute.bundle.truncation import Truncation
 from lmroute.export.encoder_export import default_model_dir, write_toy_encoder
@@ -142,6 +143,41 @@ def test_texts_embedded_in_one_call_equal_tokenize_then_embed(static_dir: Path, 
         assert one is not None and np.array_equal(one.embeddings[0], got.embeddings[i])
     empty = enc.embed_texts([])
     assert empty is not None and empty.embeddings.shape == (0, 8)
+
+
+@pytest.mark.parametrize("rule", ["head", "tail", "head_tail:8", "head_tail:96"])
+@pytest.mark.parametrize("max_tokens", [3, 32, 256])
+def test_long_texts_read_in_part_embed_as_read_whole(
+    static_dir: Path, rule: str, max_tokens: int, long_texts: Callable[[int, int], list[str]]
+) -> None:
+    """The one call reads a long text's tail from a space and its head up to the cut only; the kept ids,
+    so the embedding, count and cut flag, are those of the whole text tokenised by HF and cut."""
+    enc = StaticEncoder(
+        static_dir / "table.npy",
+        static_dir / "tokenizer.json",
+        max_tokens=max_tokens,
+        truncation=Truncation.parse(rule),
+    )
+    whole = PromptTokenizer(static_dir / "tokenizer.json", max_tokens=max_tokens, truncation=enc.truncation, fast=False)
+    texts = long_texts(max_tokens, 60)
+    tokens = whole.tokenize(texts)
+    got = enc.embed_texts(texts)
+    assert got is not None
+    assert got.truncated.sum() > 40
+    assert np.array_equal(got.n_tokens, tokens.n_tokens)
+    assert np.array_equal(got.truncated, tokens.truncated)
+    assert np.array_equal(got.embeddings, enc.embed(tokens))
+
+
+def test_a_character_left_to_hf_in_the_part_cut_away_is_not_read(static_dir: Path) -> None:
+    enc = StaticEncoder(static_dir / "table.npy", static_dir / "tokenizer.json", max_tokens=32)
+    hf = PromptTokenizer(static_dir / "tokenizer.json", max_tokens=32, truncation=enc.truncation, fast=False)
+    middle = " ".join(["lorem ipsum dolor"] * 100)
+    left = f"{middle} \u0378x {middle}"  # U+0378 is unassigned: the compiled tokenizer leaves it to HF
+    got = enc.embed_texts([left])
+    assert got is not None and bool(got.truncated[0])  # read in part: the character is never reached
+    assert np.array_equal(got.embeddings, enc.embed(hf.tokenize([left])))
+    assert enc.embed_texts(["lorem \u0378x ipsum"]) is None  # within what is kept: the general path
 
 
 def test_texts_the_compiled_tokenizer_leaves_to_hf_take_the_general_path(

@@ -12,7 +12,7 @@ import functools
 import json
 import random
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -520,6 +520,22 @@ def test_prompt_tokenizer_gives_the_same_batch_fast_or_not(
             x, y = getattr(a, field), getattr(b, field)
             assert x.dtype == y.dtype and np.array_equal(x, y), field
     assert on.token_ids(MIXED) == off.token_ids(MIXED)
+
+
+@pytest.mark.parametrize("max_tokens,truncation", [(256, Truncation(rule="head_tail", head_tokens=96)), (16, HEAD)])
+def test_long_texts_are_cut_as_read_and_as_hf_cuts_them(
+    tokenizer_path: Path, max_tokens: int, truncation: Truncation, long_texts: Callable[[int, int], list[str]]
+) -> None:
+    """The compiled path reads a long text's tail and head only (`encode_cut`); the batch is HF's whole
+    text cut by the rule."""
+    on = PromptTokenizer(tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+    off = PromptTokenizer(tokenizer_path, max_tokens=max_tokens, truncation=truncation, fast=False)
+    texts = long_texts(7, 40)
+    a, b = on.tokenize(texts), off.tokenize(texts)
+    assert a.truncated.sum() > 20
+    for field in ("input_ids", "attention_mask", "token_type_ids", "n_tokens", "truncated"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and np.array_equal(x, y), field
 
 
 def test_environment_variable_turns_the_fast_path_off(tokenizer_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
