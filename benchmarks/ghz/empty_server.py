@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 import threading
@@ -62,10 +63,7 @@ class Scoring:
         if cls.embed_only:
             embed_only(cls.bundle.encoder, texts)
             return [0.25] * len(texts)
-        from lmroute.bundle import kinds
-        from lmroute.bundle.encoder import TokenBatch
-        from lmroute.bundle.routers import PromptBatch
-
+        kinds, TokenBatch, PromptBatch = scoring_modules()
         enc = cls.bundle.encoder
         reads_tokens = kinds.get(cls.bundle.manifest.routers[router].kind).reads_tokens
         straight = enc.embed_texts(texts) if embeds_only(enc) and not reads_tokens else None
@@ -81,6 +79,16 @@ class Scoring:
         if cls.bundle is None or cls.embed_only:
             return 0.5
         return float(cls.bundle.threshold_for_share(request.router, request.strong_share))
+
+
+@functools.cache
+def scoring_modules() -> tuple[Any, Any, Any]:
+    """What `Scoring.scores` uses, imported on its first call (the empty modes do not load them)."""
+    from lmroute.bundle import kinds
+    from lmroute.bundle.encoder import TokenBatch
+    from lmroute.bundle.routers import PromptBatch
+
+    return kinds, TokenBatch, PromptBatch
 
 
 def spin(seconds: float) -> None:
