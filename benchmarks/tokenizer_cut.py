@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import sys
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"    {command}",
             "",
             f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Machine: {cpu_model()}, "
-            f"{len(__import__('os').sched_getaffinity(0))} CPUs. Python {platform.python_version()}. Limit "
+            f"{len(os.sched_getaffinity(0))} CPUs. Python {platform.python_version()}. Limit "
             f"{MAX_TOKENS} tokens, rule {RULE}. CPU (process) time per prompt, best of {args.rounds} passes; "
             "both ways give equal batches for every corpus (checked by the script).",
             "",
