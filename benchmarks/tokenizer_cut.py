@@ -1,8 +1,8 @@
 """What a long prompt costs the tokenizer: read whole then cut, against cut as it is read.
 
 A prompt longer than the encoder's limit keeps its first and last tokens only (the truncation rule). The
-compiled WordPiece path reads such a text from a space far enough from its end for the kept tail and from
-its start up to the kept head (`WordPieceTokenizer.encode_cut`), never the part cut away. Two ways to the
+compiled WordPiece path reads such a text from a word boundary far enough from its end for the kept tail
+and from its start up to the kept head (`WordPieceTokenizer.encode_cut`), never the part cut away. Two ways to the
 same `TokenBatch`, on the same texts (the script checks that they are equal):
 
   read whole   the compiled tokenizer's ids of the whole text (`PromptTokenizer._fast_rows`), then cut
@@ -10,8 +10,10 @@ same `TokenBatch`, on the same texts (the script checks that they are equal):
   cut as read  `PromptTokenizer.tokenize`
 
 Limit 256 tokens, rule head_tail:96 (the shipped bundles'). Corpora: benchmarks/ghz/prompts.json's `long`
-prompts (16, 3,140 characters on average), and texts of 1,000, 5,000 and 20,000 characters (the
-service's default `max_prompt_chars`) made by joining those prompts in turn and cutting at that length.
+prompts (16, 3,140 characters on average); texts of 1,000, 5,000 and 20,000 characters (the service's
+default `max_prompt_chars`) made by joining those prompts in turn and cutting at that length; and
+20,000-character texts without a space (a Chinese sentence repeated, and `key=value;` code-like text),
+whose tail starts after an ideograph or a punctuation mark.
 A figure is the best of `--rounds` passes of the mean CPU time (process time) per prompt, one prompt per
 call and 64 per call.
 
@@ -44,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 256
 RULE = "head_tail:96"
 LENGTHS = (1_000, 5_000, 20_000)
+# Text without ASCII spaces: its tail starts after an ideograph or a punctuation mark.
+CHINESE = "我们今天讨论一下这个问题的解决方案，请给出详细的步骤和理由。"
+NO_SPACES = "key=value;next_key=3.14,list=[a,b,c];"
 
 
 def read_whole(tok: PromptTokenizer, texts: list[str]) -> TokenBatch:
@@ -80,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert tok.fast_path, tok.fast_path_note
     ghz = json.loads((ROOT / "benchmarks/ghz/prompts.json").read_text(encoding="utf-8"))
     long = [p["text"] for p in ghz if p["kind"] == "long"]
-    corpora = {"ghz long": long, **{f"{n:,} chars": joined(long, n, 16) for n in LENGTHS}}
+    corpora = {
+        "ghz long": long,
+        **{f"{n:,} chars": joined(long, n, 16) for n in LENGTHS},
+        "20,000 chars, Chinese": [(CHINESE * 1000)[k : k + 20_000] for k in range(16)],
+        "20,000 chars, no spaces": [(NO_SPACES * 2000)[k : k + 20_000] for k in range(16)],
+    }
     lines = [
         "| corpus | texts | mean chars | cut (of the texts) | batch | read whole, us/prompt | cut as read, us/prompt "
         "| whole / cut |",

@@ -678,8 +678,8 @@ class WordPieceTokenizer:
     def encode_cut(self, texts: Sequence[str], *, max_tokens: int, head_end: int) -> WordPieceCut:
         """`encode` with the template, a text of more than `max_tokens` ids cut to its first `head_end`
         and last `max_tokens - head_end` (`lmroute.bundle.truncation.cut_positions`): the same kept ids as
-        `encode` and the cut, but a long text is read only as far as they need (its tail from a space, its
-        head to the cut), so a character this tokenizer leaves to HF in the part cut away leaves the text
+        `encode` and the cut, but a long text is read only as far as they need (its tail from a word boundary,
+        its head to the cut), so a character this tokenizer leaves to HF in the part cut away leaves the text
         handled. TypeError for an item that is not a str."""
         items = texts if isinstance(texts, list) else list(texts)
         n = len(items)

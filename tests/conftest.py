@@ -104,7 +104,8 @@ def fake_servers() -> Iterator[Callable[..., ServerThread]]:
 def _long_texts(seed: int, n: int) -> list[str]:
     """Texts of 50-6,000 characters made of words, numbers, code, punctuation, non-ASCII letters, CJK,
     emoji, control characters, tabs and line breaks, literal special tokens and runs without a space
-    (some longer than a word may be): the shapes a cut long text can meet at its head, tail and seams."""
+    (some longer than a word may be), every third with no space at all: the shapes a cut long text can
+    meet at its head, tail and seams."""
     rng = np.random.default_rng(seed)
     pieces = [
         "the",
@@ -135,16 +136,19 @@ def _long_texts(seed: int, n: int) -> list[str]:
         "€5",
         "...",
     ]
+    spaceless = [p for p in pieces if not any(c.isspace() for c in p)]
     out = []
-    for _ in range(n):
+    for i in range(n):
+        # every third text has no space at all: its tail starts after punctuation or an ideograph
+        kinds, seps_from = (spaceless, [""]) if i % 3 == 2 else (pieces, [" ", " ", " ", "", "\n"])
         target = int(rng.integers(50, 6000))
         words: list[str] = []
         size = 0
         while size < target:
-            w = pieces[int(rng.integers(len(pieces)))]
+            w = kinds[int(rng.integers(len(kinds)))]
             words.append(w)
             size += len(w) + 1
-        seps = rng.choice([" ", " ", " ", "", "\n"], size=len(words))
+        seps = rng.choice(seps_from, size=len(words))
         out.append("".join(w + str(sep) for w, sep in zip(words, seps, strict=True)))
     return out
 

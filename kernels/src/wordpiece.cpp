@@ -161,8 +161,7 @@ WordPiece::WordPiece(const std::vector<std::string>& vocab, int64_t unk_id, cons
     for (const auto& lit : literals) {
         if (lit.first.empty()) continue;
         literals_.emplace_back(code_points(lit.first), lit.second);
-        for (char c : lit.first)
-            if (c >= 0 && kClasses.of[static_cast<unsigned char>(c)] == kSpace) literal_spans_space_ = true;
+        for (char32_t c : literals_.back().first) literal_chars_.push_back(c);
         const char32_t first = literals_.back().first[0];
         if (first < 256)
             literal_start_[first] = true;
@@ -171,6 +170,19 @@ WordPiece::WordPiece(const std::vector<std::string>& vocab, int64_t unk_id, cons
     }
     std::stable_sort(literals_.begin(), literals_.end(),
                      [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    std::sort(literal_chars_.begin(), literal_chars_.end());
+    literal_chars_.erase(std::unique(literal_chars_.begin(), literal_chars_.end()), literal_chars_.end());
+    for (uint32_t c = 0; c < 0x80; ++c)
+        boundary_ascii_[c] = (kClasses.of[c] == kSpace || kClasses.of[c] == kPunct) &&
+                             !std::binary_search(literal_chars_.begin(), literal_chars_.end(), char32_t(c));
+}
+
+bool WordPiece::boundary_after(uint32_t c) const {
+    if (c < 0x80) return boundary_ascii_[c];
+    if (chars_.entries.empty() || c > kMaxCodePoint) return false;
+    const uint32_t kind = char_entry(c) & 7u;
+    return (kind == CharTable::kSpace || kind == CharTable::kAlone) &&
+           !std::binary_search(literal_chars_.begin(), literal_chars_.end(), char32_t(c));
 }
 
 int64_t WordPiece::find(uint64_t hash, bool continuation, const char* piece, int64_t n) const {
@@ -347,16 +359,20 @@ int64_t WordPiece::encode_cut(const CharT* text, int64_t len, int64_t max_tokens
         return max_tokens;
     };
     const bool fits = len * widest_ + static_cast<int64_t>(front_.size()) + n_back <= max_tokens;
-    if (fits || literal_spans_space_) {
+    if (fits) {
         const int64_t k = encode(text, len, true, true, out, word_buf, states);
         return k < 0 ? k : cut(k);
     }
-    // The tail: the text from just after an ASCII space (a word boundary that no literal spans, so its ids
-    // from there are the whole text's last ones), far enough back to hold tail_need ids; wider until it does.
+    // The tail: the text from just after a character that ends a word whatever follows and that no literal
+    // holds (so its ids from there are the whole text's last ones), far enough back to hold tail_need ids;
+    // wider until it does.
     int64_t start = len, c = 0;
-    for (int64_t chars = std::max<int64_t>(kTailCharsPerId * tail_need, 1); tail_need > 0; chars *= 2) {
+    // each try reads at least twice the last one's characters, so a text read in tries costs at most
+    // about twice reading it whole (a boundary far back makes a try long)
+    for (int64_t chars = std::max<int64_t>(kTailCharsPerId * tail_need, 1); tail_need > 0;
+         chars = 2 * std::max(chars, len - start)) {
         start = len - chars;
-        while (start > 0 && !(text[start - 1] < 0x80 && kClasses.of[text[start - 1]] == kSpace)) --start;
+        while (start > 0 && !boundary_after(static_cast<uint32_t>(text[start - 1]))) --start;
         if (start <= 0) {
             const int64_t k = encode(text, len, true, true, out, word_buf, states);
             return k < 0 ? k : cut(k);

@@ -59,10 +59,10 @@ class WordPiece {
     // The ids of each text with the template's tokens, a text of more than max_tokens ids cut as
     // lmroute.bundle.truncation.cut_positions cuts it (its first head_end ids and its last max_tokens - head_end), written as
     // encode_batch writes them (lengths[i]: the ids kept; truncated[i]: whether text i was cut). A long
-    // text is read only as far as the ids kept need: its tail from a space far enough back, then its head
-    // until one id past head_end, so the part cut away costs nothing (a character left to HF there does
-    // not send the text to HF: it changes no kept id). With a literal that holds a space, every text is
-    // read whole. Same room in `ids` as encode_batch. Thread-safe.
+    // text is read only as far as the ids kept need: its tail from a word boundary far enough back
+    // (boundary_after), then its head until one id past head_end, so the part cut away costs nothing (a
+    // character left to HF there does not send the text to HF: it changes no kept id); a long text with
+    // no such boundary is read whole. Same room in `ids` as encode_batch. Thread-safe.
     int64_t encode_cut_batch(const Text* texts, int64_t n, int64_t max_tokens, int64_t head_end, int64_t* ids,
                              int64_t* lengths, bool* handled, bool* truncated) const;
     // A character becomes at most `widest` characters, each at most one id.
@@ -88,6 +88,10 @@ class WordPiece {
     template <typename CharT>
     int64_t encode(const CharT* text, int64_t len, bool front, bool back, int64_t* out, char* word_buf,
                    uint64_t* states, int64_t stop_at = INT64_MAX) const;
+    // Whether a text's ids from just after character c on are the last ids of the whole text: c ends a
+    // word whatever follows (a space, or punctuation, a CJK ideograph and the like: a word of its own) and
+    // no literal holds it (a literal match never spans it).
+    bool boundary_after(uint32_t c) const;
     template <typename CharT>
     int64_t encode_cut(const CharT* text, int64_t len, int64_t max_tokens, int64_t head_end, int64_t* out,
                        int64_t* tail_buf, char* word_buf, uint64_t* states, bool* truncated) const;
@@ -112,7 +116,9 @@ class WordPiece {
     std::vector<std::pair<std::u32string, int64_t>> literals_;  // code points, longest first
     bool literal_start_[256] = {};   // a literal starts with this code point
     bool literal_start_wide_ = false;  // a literal starts with a code point >= 256
-    bool literal_spans_space_ = false;  // a literal holds an ASCII space, tab or line break
+    std::vector<char32_t> literal_chars_;  // the code points the literals hold, sorted
+    // ASCII characters after which encode_cut may start a tail: a space or punctuation no literal holds
+    bool boundary_ascii_[0x80] = {};
     std::vector<int64_t> front_, back_;
     CharTable chars_;
     int64_t widest_ = 1;

@@ -150,7 +150,7 @@ def test_texts_embedded_in_one_call_equal_tokenize_then_embed(static_dir: Path, 
 def test_long_texts_read_in_part_embed_as_read_whole(
     static_dir: Path, rule: str, max_tokens: int, long_texts: Callable[[int, int], list[str]]
 ) -> None:
-    """The one call reads a long text's tail from a space and its head up to the cut only; the kept ids,
+    """The one call reads a long text's tail from a word boundary and its head up to the cut only; the kept ids,
     so the embedding, count and cut flag, are those of the whole text tokenised by HF and cut."""
     enc = StaticEncoder(
         static_dir / "table.npy",

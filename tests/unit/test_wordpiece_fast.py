@@ -402,6 +402,38 @@ def test_added_tokens_are_matched_in_every_text_layout(tmp_path: Path) -> None:
     assert fast.encode(texts).n_handled == len(texts)
 
 
+@pytest.mark.parametrize("max_tokens,head_end", [(16, 5), (40, 1), (40, 40)])
+def test_cut_as_read_never_starts_a_tail_inside_an_added_token(tmp_path: Path, max_tokens: int, head_end: int) -> None:
+    """`encode_cut` starts a long text's tail after a space, a punctuation mark or an ideograph, but never
+    after a character an added token holds (here a comma, a full stop, an ideograph, brackets): its kept ids
+    are HF's ids of the whole text, cut, for long random texts dense in those characters."""
+    path = small_tokenizer(tmp_path)
+    hf = Tokenizer.from_file(str(path))
+    hf.add_special_tokens(["a,b", "x.y", "日本", "[Ü]", "!!"])
+    hf.save(str(path))
+    fast = WordPieceTokenizer.from_tokenizer_json(json.loads(path.read_text()))
+    rng = random.Random(11)
+    alphabet = ["a", "b", "c", "abc", " ", " ", ",", ".", "!", "x", "y", "日", "本", "語", "[", "]", "Ü"]
+    alphabet += ["\n", "\u3000"]  # a line break; an ideographic space (a space outside ASCII)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(50, 1500))) for _ in range(400)]
+    # at (16, 5) the first try starts 60 characters from the end: here right after the first character
+    # of an added token, a boundary were it not the token's, which would give the kept tail "!" (or
+    # "本") in place of "!!" (or "日本")
+    texts += ["c " * 300 + " " + token + "b" * 51 + "," * 8 for token in ("!!", "日本", "a,b", "x.y")]
+    got = fast.encode_cut(texts, max_tokens=max_tokens, head_end=head_end)
+    assert got.n_handled == len(texts)
+    rows = np.split(got.ids, np.cumsum(got.lengths)[:-1])
+    cut = 0
+    for text, row, truncated in zip(texts, rows, got.truncated.tolist(), strict=True):
+        ids = hf.encode(text).ids
+        if len(ids) > max_tokens:
+            ids = ids[:head_end] + ids[len(ids) - (max_tokens - head_end) :]
+            cut += 1
+        assert row.tolist() == ids, text
+        assert truncated == (len(hf.encode(text).ids) > max_tokens)
+    assert cut > 300
+
+
 def test_non_ascii_prompts_are_taken_by_the_fast_path(fast: WordPieceTokenizer) -> None:
     """The shipped and ghz prompts that hold non-ASCII text, and texts in other scripts, all go through the
     fast path (`PromptTokenizer._fast_rows` then makes no HF call)."""
