@@ -256,9 +256,9 @@ class PromptTokenizer:
     environment variable LMROUTE_FAST_TOKENIZER is not "0", text is tokenised by the compiled core and
     only the words holding a character it leaves to HF by HF (`_fast_rows`); a few probe texts must come
     out as HF's first. The compiled core cuts as it reads (`encode_cut`): a text longer than the limit is
-    read from its tail back to a word boundary and from its head up to the cut, not in between. `fast_path` says
-    whether it is on, `fast_path_note` why not. With `fast` on, a missing or stale compiled core raises
-    KernelUnavailableError, as it does for the routers.
+    read from its tail back to a word boundary and from its head up to the cut, not in between.
+    `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a missing or stale
+    compiled core raises KernelUnavailableError, as it does for the routers.
     """
 
     _ASCII_SPACES = re.compile(r"[\t\n\r ]+")

@@ -668,22 +668,26 @@ class WordPieceTokenizer:
         are left unhandled (for HF `tokenizers`). TypeError for an item that is not a str."""
         items = texts if isinstance(texts, list) else list(texts)
         n = len(items)
-        # a character becomes at most `_widest` ids (np.empty: room that is not written costs nothing)
-        ids = np.empty(sum(map(len, items)) * self._widest + n * self._specials, dtype=np.int64)
+        ids = self._id_room(items)
         lengths = np.empty(n, dtype=np.int64)
         handled = np.empty(n, dtype=np.bool_)
         total, n_handled = self._wp.encode(items, bool(with_template), ids, lengths, handled)
         return WordPieceIds(ids[:total], lengths, handled, n_handled)
 
+    def _id_room(self, items: list[str]) -> NDArray[np.int64]:
+        """Room for every id of `items`, template included: a character becomes at most `_widest` ids
+        (np.empty: room that is not written costs nothing)."""
+        return np.empty(sum(map(len, items)) * self._widest + len(items) * self._specials, dtype=np.int64)
+
     def encode_cut(self, texts: Sequence[str], *, max_tokens: int, head_end: int) -> WordPieceCut:
         """`encode` with the template, a text of more than `max_tokens` ids cut to its first `head_end`
         and last `max_tokens - head_end` (`lmroute.bundle.truncation.cut_positions`): the same kept ids as
-        `encode` and the cut, but a long text is read only as far as they need (its tail from a word boundary,
-        its head to the cut), so a character this tokenizer leaves to HF in the part cut away leaves the text
-        handled. TypeError for an item that is not a str."""
+        `encode` and the cut, but a long text is read only as far as they need (its tail from a word
+        boundary, its head to the cut), so a character this tokenizer leaves to HF in the part cut away
+        leaves the text handled. TypeError for an item that is not a str."""
         items = texts if isinstance(texts, list) else list(texts)
         n = len(items)
-        ids = np.empty(sum(map(len, items)) * self._widest + n * self._specials, dtype=np.int64)
+        ids = self._id_room(items)
         lengths = np.empty(n, dtype=np.int64)
         handled = np.empty(n, dtype=np.bool_)
         truncated = np.empty(n, dtype=np.bool_)

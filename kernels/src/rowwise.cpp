@@ -5,15 +5,14 @@ namespace lmroute {
 namespace {
 // x . y in float64 with eight running sums combined in a fixed order: independent chains the compiler can
 // vectorise without reordering a sum, and the same result whatever the caller batches.
-template <typename T>
-double dot8(const T* x, const T* y, int64_t d) {
+double dot8(const double* x, const double* y, int64_t d) {
     double s[8] = {};
     int64_t k = 0;
     for (; k + 8 <= d; k += 8) {
-        for (int l = 0; l < 8; ++l) s[l] += static_cast<double>(x[k + l]) * static_cast<double>(y[k + l]);
+        for (int l = 0; l < 8; ++l) s[l] += x[k + l] * y[k + l];
     }
     double t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; k < d; ++k) t += static_cast<double>(x[k]) * static_cast<double>(y[k]);
+    for (; k < d; ++k) t += x[k] * y[k];
     return t;
 }
 }  // namespace

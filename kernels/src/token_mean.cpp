@@ -1,7 +1,6 @@
 #include "token_mean.hpp"
 
 #include <cmath>
-#include <vector>
 
 namespace lmroute {
 

@@ -206,6 +206,15 @@ def small_tokenizer(tmp_path: Path, *, prefix: str = "##", max_chars: int = 6) -
     return path
 
 
+def small_with_added_tokens(tmp_path: Path, tokens: list[str]) -> tuple[Tokenizer, WordPieceTokenizer]:
+    """`small_tokenizer` with `tokens` added as special tokens (by HF): HF's tokenizer and the compiled one."""
+    path = small_tokenizer(tmp_path)
+    hf = Tokenizer.from_file(str(path))
+    hf.add_special_tokens(tokens)
+    hf.save(str(path))
+    return hf, WordPieceTokenizer.from_tokenizer_json(json.loads(path.read_text()))
+
+
 @pytest.mark.parametrize("prefix", ["##", "@@"])
 def test_words_with_an_unmatched_part_are_unknown_as_hf_says(tmp_path: Path, prefix: str) -> None:
     path = small_tokenizer(tmp_path, prefix=prefix)
@@ -390,11 +399,7 @@ def test_words_are_counted_in_characters(fast: WordPieceTokenizer, hf: Tokenizer
 def test_added_tokens_are_matched_in_every_text_layout(tmp_path: Path) -> None:
     """Added tokens with non-ASCII characters are matched on the raw text whatever Python's layout of it
     (1, 2 or 4 bytes per character), longest first, before normalisation."""
-    path = small_tokenizer(tmp_path)
-    hf = Tokenizer.from_file(str(path))
-    hf.add_special_tokens(["<é>", "é", "日本", "🙂x", "[Ü]"])
-    hf.save(str(path))
-    fast = WordPieceTokenizer.from_tokenizer_json(json.loads(path.read_text()))
+    hf, fast = small_with_added_tokens(tmp_path, ["<é>", "é", "日本", "🙂x", "[Ü]"])
     rng = random.Random(8)
     alphabet = ["a", "b", "<", ">", "é", "É", "e\u0301", "日", "本", "🙂", "x", "[", "]", "Ü", "ü", " ", ",", "\u3000"]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(5000)]
@@ -407,11 +412,7 @@ def test_cut_as_read_never_starts_a_tail_inside_an_added_token(tmp_path: Path, m
     """`encode_cut` starts a long text's tail after a space, a punctuation mark or an ideograph, but never
     after a character an added token holds (here a comma, a full stop, an ideograph, brackets): its kept ids
     are HF's ids of the whole text, cut, for long random texts dense in those characters."""
-    path = small_tokenizer(tmp_path)
-    hf = Tokenizer.from_file(str(path))
-    hf.add_special_tokens(["a,b", "x.y", "日本", "[Ü]", "!!"])
-    hf.save(str(path))
-    fast = WordPieceTokenizer.from_tokenizer_json(json.loads(path.read_text()))
+    hf, fast = small_with_added_tokens(tmp_path, ["a,b", "x.y", "日本", "[Ü]", "!!"])
     rng = random.Random(11)
     alphabet = ["a", "b", "c", "abc", " ", " ", ",", ".", "!", "x", "y", "日", "本", "語", "[", "]", "Ü"]
     alphabet += ["\n", "\u3000"]  # a line break; an ideographic space (a space outside ASCII)
@@ -426,11 +427,11 @@ def test_cut_as_read_never_starts_a_tail_inside_an_added_token(tmp_path: Path, m
     cut = 0
     for text, row, truncated in zip(texts, rows, got.truncated.tolist(), strict=True):
         ids = hf.encode(text).ids
+        assert truncated == (len(ids) > max_tokens)
         if len(ids) > max_tokens:
             ids = ids[:head_end] + ids[len(ids) - (max_tokens - head_end) :]
             cut += 1
         assert row.tolist() == ids, text
-        assert truncated == (len(hf.encode(text).ids) > max_tokens)
     assert cut > 300
 
 
