@@ -3,7 +3,7 @@ event loop, the request-context interceptor) but Route and Score answer at once 
 scheduler and no scorer. What ghz measures against it is the transport's own cost.
 
     .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]]
-        [--bundle DIR [--embed-only]] [--spin-us N]
+        [--bundle DIR [--embed-only]] [--spin-us N] [--refuse]
 
 `--no-interceptor` leaves the request-context interceptor out (its cost is the difference). `--sync`
 serves the same handlers from a synchronous `grpc.server` with a pool of `--workers` threads instead of
@@ -17,6 +17,8 @@ work any answer of a static-encoder bundle needs: the compiled tokenizer's ids o
 the truncation rule, and the token table's mean of them, in that one call (answers stay constant).
 `--spin-us N` makes each call of a handler spend N microseconds of its thread's CPU time in a loop and
 nothing else (benchmarks/ghz/floor.py: what a handler's own work costs the server per call under load).
+`--refuse` makes Route and Score end every call with RESOURCE_EXHAUSTED at once (a bare status: no
+error details, no log line), the least a refusal can cost on this transport (benchmarks/ghz/refusal_cost.py).
 
 Prints `empty-server: serving on HOST:PORT` on stderr when ready; stops on SIGTERM/SIGINT.
 """
@@ -146,16 +148,23 @@ def score_reply(request: router_pb2.ScoreRequest) -> router_pb2.ScoreResponse:
 
 
 class EmptyRouter(router_pb2_grpc.RouterServiceServicer):
-    """Answers Route and Score with constant scores, reading only what it must to shape the reply."""
+    """Answers Route and Score with constant scores, reading only what it must to shape the reply; with
+    `refuse`, refuses every call instead."""
+
+    refuse = False
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
+        if self.refuse:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
         return route_reply(request)
 
     async def Score(
         self, request: router_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ScoreResponse:
+        if self.refuse:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
         return score_reply(request)
 
 
@@ -219,6 +228,7 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, default=None, help="do this bundle's scoring work in the handlers")
     ap.add_argument("--embed-only", action="store_true", help="--bundle: only the tokenizer's ids and the table mean")
     ap.add_argument("--spin-us", type=float, default=0.0, help="spend this much thread CPU time per call")
+    ap.add_argument("--refuse", action="store_true", help="refuse every call with RESOURCE_EXHAUSTED at once")
     args = ap.parse_args()
     configure_logging("warning")  # as the service runs in the benchmark: no line per call
     if args.embed_only and args.bundle is None:
@@ -231,6 +241,9 @@ def main() -> int:
         Scoring.embed_only = args.embed_only
         if args.embed_only and not embeds_only(Scoring.bundle.encoder):
             ap.error("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
+    if args.refuse and (args.sync or args.bundle is not None or args.spin_us):
+        ap.error("--refuse takes no --sync, --bundle or --spin-us")
+    EmptyRouter.refuse = args.refuse
     if args.sync:
         return serve_sync(args.host, args.port, args.workers)
     return asyncio.run(serve(args.host, args.port, interceptor=not args.no_interceptor))

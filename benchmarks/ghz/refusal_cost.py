@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/ghz/refusal_cost.py [--seconds 6] [--out DIR]
 
-Two servers, each pinned to `--server-cores` with ghz on `--client-cores` (closed-loop Route at
+Four servers, each pinned to `--server-cores` with ghz on `--client-cores` (closed-loop Route at
 concurrency 16, the committed route.json): `empty_server.py` (the same grpc.aio setup and interceptor,
-constant answers) and `fake_server.py --fake-delay-s 3` (the real service over a FakeScorer whose batch
-takes 3 s: after one primed call admission refuses nearly every call, RESOURCE_EXHAUSTED with a retry
-delay). The cost of a call is the server process's CPU time (utime + stime, /proc) over the run divided
+constant answers), the same without the interceptor, the same without the interceptor refusing every
+call (`--refuse`: a bare RESOURCE_EXHAUSTED, the least a refusal costs on grpc.aio), and
+`fake_server.py --fake-delay-s 3` (the real service over a FakeScorer whose batch takes 3 s: after one
+primed call admission refuses nearly every call, RESOURCE_EXHAUSTED with a retry delay). The cost of a call is the server process's CPU time (utime + stime, /proc) over the run divided
 by the calls ghz sent. Prints a table and writes it to OUT/RESULTS.md when `--out` is given.
 """
 
@@ -47,8 +48,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     args.ghz_dir = Path("/tmp/lmroute-refusal-cost-ghz")
+    empty = [sys.executable, str(HERE / "empty_server.py")]
     rows = [
-        measure([sys.executable, str(HERE / "empty_server.py")], "empty", args, prime=False),
+        measure(empty, "empty", args, prime=False),
+        measure([*empty, "--no-interceptor"], "empty, no interceptor", args, prime=False),
+        measure([*empty, "--no-interceptor", "--refuse"], "grpc.aio alone refusing", args, prime=False),
         measure(
             [sys.executable, str(HERE / "fake_server.py"), "--port", "0", "--fake-delay-s", "3"],
             "refused",
