@@ -7,14 +7,15 @@ token's tenant is set in `AUTH_TENANT` for the handler. With ServiceMetrics each
 (lmroute.service.metrics).
 
 Every unary-unary RPC gets a request id (the client's `x-request-id` metadata, or a fresh one: this
-process's random prefix and a counter, 32 hex characters, unique without a random draw per call), bound
-into structlog's contextvars and echoed in trailing metadata. A ServiceError becomes its status from
-the errors table, with google.rpc ErrorInfo (reason) and RetryInfo details; any other exception is
-logged with its traceback and returned as INTERNAL without its text. Each call writes one access line
-(`rpc`: code, milliseconds, the peer; the decision id of a Route answer and, with tracing, the trace
-id, from the log context), except calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines
-are sampled: at most one per method, code and reason per second, carrying the count left out before it
-(`suppressed`), so an overload does not turn into a flood of log lines.
+process's random prefix and a counter, 32 hex characters, unique without a random draw per call), put
+with the method into the call's log context (lmroute.service.logs) and echoed in trailing metadata. A
+ServiceError becomes its status from the errors table, with google.rpc ErrorInfo (reason) and RetryInfo
+details; any other exception is logged with its traceback and returned as INTERNAL without its text.
+Each call writes one access line (`rpc`: code, milliseconds, the peer; the decision id of a Route answer
+and, with tracing, the trace id, from the log context), except calls shed under load
+(RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines are sampled: at most one per method, code and reason per
+second, carrying the count left out before it (`suppressed`), so an overload does not turn into a flood
+of log lines.
 
 Request bytes that do not decode as the method's request message are an InvalidArgument (reason
 MALFORMED_REQUEST), logged once as `malformed_request` with the method, the peer and the byte count
@@ -42,7 +43,7 @@ from grpc_status import rpc_status
 
 from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
-from lmroute.service.logs import LogSampler
+from lmroute.service.logs import CallLog, LogSampler
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.tracing import Tracing
 
@@ -181,9 +182,10 @@ def _wrap_unary(
 
         if metrics is not None:
             metrics.in_flight.inc()
-        with contextlib.ExitStack() as scope:
-            scope.enter_context(structlog.contextvars.bound_contextvars(request_id=request_id, method=method))
-            span = scope.enter_context(tracing.call(method, request_id)) if tracing is not None else None
+        with (
+            CallLog(request_id=request_id, method=method),
+            tracing.call(method, request_id) if tracing is not None else contextlib.nullcontext() as span,
+        ):
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
                 if auth is not None:

@@ -1,17 +1,62 @@
-"""structlog configuration: one JSON object per line on stderr, with contextvars (request_id, method); and
-`LogSampler`, which bounds the lines of a kind of event that can come in floods (refused calls under
-overload): the first of each key in a period is written, the rest counted into the next one written."""
+"""structlog configuration: one JSON object per line on stderr, each line carrying the log context of
+the call it was written in (request_id, method; a Route answer's decision_id, a traced call's trace_id);
+and `LogSampler`, which bounds the lines of a kind of event that can come in floods (refused calls under
+overload): the first of each key in a period is written, the rest counted into the next one written.
+
+A call's log context is one dict in one context variable: `with CallLog(**values):` around the call
+(the transport's wrapper), `bind_call(**values)` to add to it from anywhere in the call;
+`merge_call_context`, a processor, puts it into each line (the line's own keys win). One set and one
+reset a call, where binding each key as a variable of its own (structlog.contextvars) costs several
+microseconds of every call. Tasks the call starts share its dict (they copy the variable, which holds
+the same dict); each call starts its own."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, MutableMapping
+from typing import Any
 
 import structlog
 
-__all__ = ["LogSampler", "configure_logging"]
+__all__ = ["CallLog", "LogSampler", "bind_call", "configure_logging", "merge_call_context"]
+
+_CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lmroute_log_call", default=None)
+
+
+class CallLog:
+    """`with CallLog(**values):` the log context of the call the block runs: `values`, and what
+    `bind_call` adds while it runs."""
+
+    __slots__ = ("_token", "_values")
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+
+    def __enter__(self) -> dict[str, Any]:
+        self._token = _CALL.set(self._values)
+        return self._values
+
+    def __exit__(self, *exc: object) -> None:
+        _CALL.reset(self._token)
+
+
+def bind_call(**values: Any) -> None:
+    """Add `values` to the current call's log context (outside a call: nothing)."""
+    context = _CALL.get()
+    if context is not None:
+        context.update(values)
+
+
+def merge_call_context(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the current call's log context into the line, under the line's own keys."""
+    context = _CALL.get()
+    if context:
+        for key, value in context.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
@@ -19,7 +64,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_call_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

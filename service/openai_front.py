@@ -47,6 +47,7 @@ from aiohttp import web
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
+from lmroute.service.logs import CallLog
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer, tenant_named
 from lmroute.service.tracing import Tracing
@@ -275,9 +276,10 @@ class OpenAIFront:
 
         tenant_token = AUTH_TENANT.set(None)
         request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
-        with contextlib.ExitStack() as scope:
-            scope.enter_context(structlog.contextvars.bound_contextvars(request_id=request_id, method=_CHAT))
-            span = scope.enter_context(self.tracing.call(_CHAT, request_id)) if self.tracing is not None else None
+        with (
+            CallLog(request_id=request_id, method=_CHAT),
+            self.tracing.call(_CHAT, request_id) if self.tracing is not None else contextlib.nullcontext() as span,
+        ):
             try:
                 self._authenticate(request)
                 body = await self._body(request)

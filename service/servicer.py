@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-import structlog
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, Verdict
 from lmroute.outcomes.writer import StoreWriter, WriterFull
@@ -47,6 +46,7 @@ from lmroute.service.errors import (
 )
 from lmroute.service.exploration import Exploration, choose_among
 from lmroute.service.feedback import decision_of_route, decision_of_score, item_status, outcomes_of
+from lmroute.service.logs import bind_call
 from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, prompt_text
 from lmroute.service.route_models import check_candidates, check_policy, decide, estimates
@@ -302,7 +302,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         chosen = catalog.strong_model if strong else catalog.weak_model
         now_ms = int(time.time() * 1000)
         decision_id = new_decision_id(now_ms)
-        structlog.contextvars.bind_contextvars(decision_id=decision_id)  # into the call's access line
+        bind_call(decision_id=decision_id)  # into the call's access line
         if self.store is not None and isinstance(text, str):
             self._record(
                 [
@@ -382,7 +382,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         chosen = cands.models[made.chosen]
         now_ms = int(time.time() * 1000)
         decision_id = new_decision_id(now_ms)
-        structlog.contextvars.bind_contextvars(decision_id=decision_id)  # into the call's access line
+        bind_call(decision_id=decision_id)  # into the call's access line
         if self.store is not None:
             self._record(
                 [

@@ -28,9 +28,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import structlog
-
 from lmroute.service.batch_queue import ItemResult, StageTimes
+from lmroute.service.logs import bind_call
 
 __all__ = ["MODES", "Tracing"]
 
@@ -56,14 +55,14 @@ class Tracing:
 
     @contextlib.contextmanager
     def call(self, method: str, request_id: str) -> Iterator[Any]:
-        """The span of one call, current while the handler runs; its trace id bound into the log context."""
+        """The span of one call, current while the handler runs; its trace id put into the call's log context
+        (`lmroute.service.logs.bind_call`: inside a `CallLog` block)."""
         with self._tracer.start_as_current_span(
             f"lmroute.rpc {method}", kind=self._trace.SpanKind.SERVER, attributes={"rpc.method": method}
         ) as span:
             span.set_attribute("lmroute.request_id", request_id)
-            trace_id = format(span.get_span_context().trace_id, "032x")
-            with structlog.contextvars.bound_contextvars(trace_id=trace_id):
-                yield span
+            bind_call(trace_id=format(span.get_span_context().trace_id, "032x"))
+            yield span
 
     def stages(self, results: Sequence[ItemResult | Exception]) -> None:
         """Child spans of the current call span for the stages its scored prompts went through."""

@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.fake_scorer import FakeScorer
-from lmroute.service.logs import configure_logging
+from lmroute.service.logs import configure_logging, merge_call_context
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
 
@@ -182,7 +182,7 @@ def test_malformed_request_bytes_are_invalid_argument_and_logged_once(
 ) -> None:
     srv = make_server()
     methods = ["Score", "Route", "ListRouters", "GetRouter"]
-    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs([merge_call_context]) as logs:
         with grpc.insecure_channel(srv.target) as channel:
             errors = {}
             for name in methods:
