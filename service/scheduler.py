@@ -81,7 +81,7 @@ from lmroute.service.errors import (
     ScorerFailed,
     ServiceError,
 )
-from lmroute.service.scorer_api import Scorer, Tokenized
+from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
 
 __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
@@ -296,7 +296,7 @@ class Scheduler(Generic[T]):
             self._last_progress = time.monotonic()
         if self._may_score_now(texts, weight):
             with permit:
-                return await self._score_now(texts, routers, weight, scorer, admitted)
+                return self._score_now(texts, routers, scorer, admitted)
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
             tokens = await self._tokenize(texts, scorer)
@@ -358,26 +358,59 @@ class Scheduler(Generic[T]):
         seconds = self._tokenize_seconds(texts)
         return len(texts) == 1 if seconds is None else self._inline_ok(seconds)
 
-    async def _score_now(
-        self, texts: list[str], routers: tuple[str, ...], weight: float, scorer: Scorer[T], admitted: float
+    def _score_now(
+        self, texts: list[str], routers: tuple[str, ...], scorer: Scorer[T], admitted: float
     ) -> list[ItemResult | ServiceError]:
-        """Score a call at once on the event loop, as one batch that never enters the queue (the caller
-        holds its permits; nothing waits ahead of it). The scorer tokenises the prompts in that step."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        items: list[Item[T]] = [
-            Item(text, routers, None, loop.create_future(), now, admitted_at=admitted, queued_at=now, weight=weight)
-            for text in texts
-        ]
-        self.stats.admitted += len(items)
-        self._begin(items)
-        await self._score_batch(items, now, inline=True)
-        self._end_batch()
-        out: list[ItemResult | ServiceError] = []
-        for it in items:
-            exc = it.future.exception()
-            out.append(exc if isinstance(exc, ServiceError) else it.future.result())
-        return out
+        """Score a call at once on the event loop, as one batch that never enters the queue: the caller
+        holds its permits, nothing waits ahead of it, and nothing else runs until it is answered (no
+        await), so no queue item or future is made for it. The scorer tokenises the prompts in that step.
+        Accounted as a batch like any other (stats, timings, the measured rate)."""
+        now = asyncio.get_running_loop().time()
+        n = len(texts)
+        self.stats.admitted += n
+        self._count_batch(n)
+        self._scoring = True
+        try:
+            t0 = time.perf_counter()
+            outcomes, ran = self._score_inline(texts, routers, scorer, admitted, now, isolate=True)
+            took_s = time.perf_counter() - t0
+        finally:
+            self._end_batch()
+        if scorer is self.scorer:  # always here (no swap can come between admission and this); as _score_batch
+            self._observe_rate([routers] * n, [ran.longest] * n, ran, took_s)
+        self.timings.record_batch([0.0] * n, ran.longest, took_s)
+        return outcomes
+
+    def _score_inline(
+        self,
+        texts: list[str],
+        routers: tuple[str, ...],
+        scorer: Scorer[T],
+        admitted: float,
+        now: float,
+        *,
+        isolate: bool,
+    ) -> tuple[list[ItemResult | ServiceError], _Ran]:
+        """`_run_batch` for `_score_now`: the prompts' outcomes, scored on the event loop, a batch that
+        raises rescored one prompt at a time (`isolate`), the same errors and logs."""
+        n = len(texts)
+        try:
+            res = scorer.score(texts, [routers] * n, [None] * n)
+            self._check_rows(res, n)
+        except ServiceError as exc:
+            self._scorer_refused(exc, n)
+            return [exc] * n, _Ran(0, True)
+        except Exception as exc:
+            self.stats.scorer_failures += 1
+            if isolate and n > 1:
+                _log.warning("batch_failed_isolating", size=n, error=repr(exc))
+                each = [self._score_inline([t], routers, scorer, admitted, now, isolate=False) for t in texts]
+                return [out for outs, _ in each for out in outs], _Ran(max(r.longest for _, r in each), True)
+            _log.error("scorer_failed", size=n, error=repr(exc))
+            return [ScorerFailed(f"scorer failed: {exc!r}")] * n, _Ran(0, True)
+        scored = asyncio.get_running_loop().time()
+        results = self._results(res, [routers] * n, scorer.version, [(admitted, now)] * n, now, scored)
+        return list(results), _Ran(max(res.n_tokens.tolist()), True, res.router_s)
 
     async def _tokenize(self, texts: list[str], scorer: Scorer[T]) -> list[Tokenized[T] | None]:
         """`scorer`'s tokens of each text (on the tokenising thread, or inline when cheap); None for the
@@ -575,11 +608,14 @@ class Scheduler(Generic[T]):
             it.state = State.RUNNING
         while self._released and self._released[0].state is not State.QUEUED:
             self._released.popleft()  # batched: no longer timed
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.batch_size_histogram[len(batch)] += 1
+        self._count_batch(len(batch))
         self._running_work = sum(it.work or 0.0 for it in batch)
         self._scoring = True
+
+    def _count_batch(self, size: int) -> None:
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
+        self.stats.batch_size_histogram[size] += 1
 
     def _end_batch(self) -> None:
         self._scoring = False
@@ -599,13 +635,20 @@ class Scheduler(Generic[T]):
             took_s = time.perf_counter() - t0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
                 counts = [ran.longest if it.n_tokens is None else it.n_tokens for it in part]
-                own = {
-                    r: (s, sum(n for it, n in zip(part, counts, strict=True) if r in it.routers))
-                    for r, s in ran.router_s.items()
-                }
-                self.rate.observe(len(part), sum(counts), took_s, own)
+                self._observe_rate([it.routers for it in part], counts, ran, took_s)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
         return ran_inline
+
+    def _observe_rate(
+        self, routers_each: Sequence[tuple[str, ...]], counts: Sequence[int], ran: _Ran, took_s: float
+    ) -> None:
+        """A scored batch (each prompt's routers and token count) into the measured rate, with each router's
+        own seconds (`ran.router_s`) against the tokens of the prompts that asked for it."""
+        own = {
+            r: (s, sum(n for rs, n in zip(routers_each, counts, strict=True) if r in rs))
+            for r, s in ran.router_s.items()
+        }
+        self.rate.observe(len(counts), sum(counts), took_s, own)
 
     def _by_scorer(self, batch: list[Item[T]]) -> list[tuple[Scorer[T], list[Item[T]]]]:
         """`batch` split by the scorer each prompt was admitted with, in order of first appearance (one
@@ -634,12 +677,9 @@ class Scheduler(Generic[T]):
                 res = scorer.score(texts, routers, tokens)
             else:
                 res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
-            if len(res.n_tokens) != len(batch) or len(res.truncated) != len(batch):
-                raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {len(batch)} texts")
-            self.timings.add_encoder_time(res.encoder_s)
+            self._check_rows(res, len(batch))
         except ServiceError as exc:  # the scorer's own error for the batch (e.g. its encoder endpoint down)
-            self.stats.scorer_failures += 1
-            _log.warning("scorer_refused", size=len(batch), error=str(exc), reason=exc.reason)
+            self._scorer_refused(exc, len(batch))
             for it in batch:
                 self._finish(it, exc)
             return _Ran(max(it.n_tokens or 0 for it in batch), inline)
@@ -654,15 +694,41 @@ class Scheduler(Generic[T]):
                 self._finish(it, ScorerFailed(f"scorer failed: {exc!r}"))
             return _Ran(max(it.n_tokens or 0 for it in batch), inline)
         scored = loop.time()
-        for i, it in enumerate(batch):
-            scores = {r: float(res.scores[r][i]) for r in it.routers}
-            emb = None if res.embeddings is None else res.embeddings[i]
-            quals = {r: res.qualities[r][i] for r in it.routers if r in res.qualities}
-            stages = StageTimes(it.admitted_at, it.queued_at, left, left + res.encoder_s, scored)
-            result = ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb, quals, stages)
+        times = [(it.admitted_at, it.queued_at) for it in batch]
+        for it, result in zip(batch, self._results(res, routers, version, times, left, scored), strict=True):
             self._finish(it, result)
-        self.stats.items_scored += len(batch)
         return _Ran(max(res.n_tokens.tolist()), inline, res.router_s)
+
+    def _check_rows(self, res: ScoredBatch, n: int) -> None:
+        """RuntimeError unless `res` holds `n` rows; then its encoder time into the timings."""
+        if len(res.n_tokens) != n or len(res.truncated) != n:
+            raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {n} texts")
+        self.timings.add_encoder_time(res.encoder_s)
+
+    def _scorer_refused(self, exc: ServiceError, size: int) -> None:
+        self.stats.scorer_failures += 1
+        _log.warning("scorer_refused", size=size, error=str(exc), reason=exc.reason)
+
+    def _results(
+        self,
+        res: ScoredBatch,
+        routers_each: Sequence[tuple[str, ...]],
+        version: str,
+        times: Sequence[tuple[float, float]],
+        left: float,
+        scored: float,
+    ) -> list[ItemResult]:
+        """Each prompt's result from its batch's `res` (`times`: when its call was admitted and the prompt
+        queued; `left`, `scored`: when the batch left the queue and was scored, loop time)."""
+        out = []
+        for i, (routers, (admitted, queued)) in enumerate(zip(routers_each, times, strict=True)):
+            scores = {r: float(res.scores[r][i]) for r in routers}
+            emb = None if res.embeddings is None else res.embeddings[i]
+            quals = {r: res.qualities[r][i] for r in routers if r in res.qualities}
+            stages = StageTimes(admitted, queued, left, left + res.encoder_s, scored)
+            out.append(ItemResult(int(res.n_tokens[i]), bool(res.truncated[i]), scores, version, emb, quals, stages))
+        self.stats.items_scored += len(out)
+        return out
 
     def _finish(self, item: Item[T], outcome: ItemResult | ServiceError) -> None:
         if item.state is not State.RUNNING:

@@ -127,6 +127,37 @@ def test_a_call_finding_the_scheduler_idle_is_one_batch_tokenised_by_the_scorer(
     run(body)
 
 
+def test_a_call_scored_at_once_is_accounted_as_a_batch() -> None:
+    """The idle path makes no queue item, but its batch counts like one: stats, the timings' histograms
+    (no queue wait) and the measured rate (here its prompts are longer than any before, so the measured
+    tokens per prompt must rise)."""
+
+    async def body() -> None:
+        scorer = ThreadRecordingScorer()
+        sched = make(scorer, inline_us=10_000_000)
+        await measured(sched)
+        long_prompts = [f"a long prompt {i} " + "word " * 60 for i in range(3)]
+        for n in (1, 3):
+            batches, items, admitted = sched.stats.batches, sched.stats.items_scored, sched.stats.admitted
+            score_ms, waits = sched.timings.score_ms.count, sched.timings.queue_wait_us.count
+            waited = sched.timings.queue_wait_us.total
+            per_prompt, counted = sched.rate.tokens_per_prompt, len(scorer.counted)
+            assert per_prompt is not None
+            outs = await sched.score(long_prompts[:n], ("mf",))
+            assert all(isinstance(o, ItemResult) for o in outs)
+            assert scorer.score_threads[-1] == threading.get_ident()  # on the event loop: at once
+            assert len(scorer.counted) == counted  # not tokenised apart
+            assert sched.stats.batches == batches + 1 and sched.stats.batch_size_histogram[n] >= 1
+            assert sched.stats.items_scored == items + n and sched.stats.admitted == admitted + n
+            assert sched.timings.score_ms.count == score_ms + 1
+            assert sched.timings.queue_wait_us.count == waits + n and sched.timings.queue_wait_us.total == waited
+            assert sched.rate.tokens_per_prompt is not None and sched.rate.tokens_per_prompt > per_prompt
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
 def test_a_step_over_the_limit_stays_on_its_thread() -> None:
     async def body() -> None:
         scorer = ThreadRecordingScorer(delay_s=0.005)  # 5 ms a batch: over a 100 us limit
