@@ -4,13 +4,25 @@ carries from another call."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import structlog
 
 from lmroute.service.logs import CallLog, bind_call, merge_call_context
 
 _log = structlog.get_logger("test.call_log")
+
+
+@pytest.fixture(autouse=True)
+def info_lines_pass() -> Iterator[None]:
+    """Whatever level an earlier test configured, info lines reach the capture here; restored after."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    yield
+    structlog.configure(**saved)
 
 
 def test_lines_carry_the_call_context_and_what_the_call_adds() -> None:
