@@ -5,10 +5,11 @@
 Four servers, each pinned to `--server-cores` with ghz on `--client-cores` (closed-loop Route at
 concurrency 16, the committed route.json): `empty_server.py` (the same grpc.aio setup and interceptor,
 constant answers), the same without the interceptor, the same without the interceptor refusing every
-call (`--refuse`: a bare RESOURCE_EXHAUSTED, the least a refusal costs on grpc.aio), and
-`fake_server.py --fake-delay-s 3` (the real service over a FakeScorer whose batch takes 3 s: after one
-primed call admission refuses nearly every call, RESOURCE_EXHAUSTED with a retry delay). The cost of a call is the server process's CPU time (utime + stime, /proc) over the run divided
-by the calls ghz sent. Prints a table and writes it to OUT/RESULTS.md when `--out` is given.
+call (`--refuse`: a bare RESOURCE_EXHAUSTED, the least a refusal costs on grpc.aio), and `fake_server.py
+--fake-delay-s 3` (the real service over a FakeScorer whose batch takes 3 s: after one primed call
+admission refuses nearly every call, RESOURCE_EXHAUSTED with a retry delay). The cost of a call is the
+server process's CPU time (utime + stime, /proc) over the run divided by the calls ghz sent.
+Prints a table and writes it to OUT/RESULTS.md when `--out` is given.
 """
 
 from __future__ import annotations
