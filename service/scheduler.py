@@ -376,8 +376,8 @@ class Scheduler(Generic[T]):
             took_s = time.perf_counter() - t0
         finally:
             self._end_batch()
-        if scorer is self.scorer:  # always here (no swap can come between admission and this); as _score_batch
-            self._observe_rate([routers] * n, [ran.longest] * n, ran, took_s)
+        # the call's scorer is the current one (no swap can come between admission and here: no await)
+        self._observe_rate([routers] * n, [ran.longest] * n, ran, took_s)
         self.timings.record_batch([0.0] * n, ran.longest, took_s)
         return outcomes
 
@@ -397,17 +397,11 @@ class Scheduler(Generic[T]):
         try:
             res = scorer.score(texts, [routers] * n, [None] * n)
             self._check_rows(res, n)
-        except ServiceError as exc:
-            self._scorer_refused(exc, n)
-            return [exc] * n, _Ran(0, True)
         except Exception as exc:
-            self.stats.scorer_failures += 1
-            if isolate and n > 1:
-                _log.warning("batch_failed_isolating", size=n, error=repr(exc))
+            if self._isolating(exc, n, isolate):
                 each = [self._score_inline([t], routers, scorer, admitted, now, isolate=False) for t in texts]
                 return [out for outs, _ in each for out in outs], _Ran(max(r.longest for _, r in each), True)
-            _log.error("scorer_failed", size=n, error=repr(exc))
-            return [ScorerFailed(f"scorer failed: {exc!r}")] * n, _Ran(0, True)
+            return [self._batch_error(exc, n)] * n, _Ran(0, True)
         scored = asyncio.get_running_loop().time()
         results = self._results(res, [routers] * n, scorer.version, [(admitted, now)] * n, now, scored)
         return list(results), _Ran(max(res.n_tokens.tolist()), True, res.router_s)
@@ -678,20 +672,13 @@ class Scheduler(Generic[T]):
             else:
                 res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
             self._check_rows(res, len(batch))
-        except ServiceError as exc:  # the scorer's own error for the batch (e.g. its encoder endpoint down)
-            self._scorer_refused(exc, len(batch))
-            for it in batch:
-                self._finish(it, exc)
-            return _Ran(max(it.n_tokens or 0 for it in batch), inline)
-        except Exception as exc:  # per-item isolation: rescore one by one
-            self.stats.scorer_failures += 1
-            if isolate and len(batch) > 1:
-                _log.warning("batch_failed_isolating", size=len(batch), error=repr(exc))
+        except Exception as exc:
+            if self._isolating(exc, len(batch), isolate):  # per-item isolation: rescore one by one
                 each = [await self._run_batch([it], scorer, isolate=False, inline=False) for it in batch]
                 return _Ran(max(r.longest for r in each), all(r.inline for r in each))
-            _log.error("scorer_failed", size=len(batch), error=repr(exc))
+            error = self._batch_error(exc, len(batch))
             for it in batch:
-                self._finish(it, ScorerFailed(f"scorer failed: {exc!r}"))
+                self._finish(it, error)
             return _Ran(max(it.n_tokens or 0 for it in batch), inline)
         scored = loop.time()
         times = [(it.admitted_at, it.queued_at) for it in batch]
@@ -705,9 +692,25 @@ class Scheduler(Generic[T]):
             raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {n} texts")
         self.timings.add_encoder_time(res.encoder_s)
 
-    def _scorer_refused(self, exc: ServiceError, size: int) -> None:
+    def _isolating(self, exc: Exception, size: int, isolate: bool) -> bool:
+        """Whether a batch of `size` prompts whose scoring raised `exc` is rescored one prompt at a time
+        (counted and logged): with `isolate`, more than one prompt, and not the scorer's own error for the
+        batch (a ServiceError, e.g. its encoder endpoint down, which every prompt gets)."""
+        if not isolate or size < 2 or isinstance(exc, ServiceError):
+            return False
         self.stats.scorer_failures += 1
-        _log.warning("scorer_refused", size=size, error=str(exc), reason=exc.reason)
+        _log.warning("batch_failed_isolating", size=size, error=repr(exc))
+        return True
+
+    def _batch_error(self, exc: Exception, size: int) -> ServiceError:
+        """What each prompt of a failed batch gets, counted and logged: the scorer's own error, else
+        ScorerFailed."""
+        self.stats.scorer_failures += 1
+        if isinstance(exc, ServiceError):
+            _log.warning("scorer_refused", size=size, error=str(exc), reason=exc.reason)
+            return exc
+        _log.error("scorer_failed", size=size, error=repr(exc))
+        return ScorerFailed(f"scorer failed: {exc!r}")
 
     def _results(
         self,
