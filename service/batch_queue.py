@@ -107,11 +107,13 @@ class Item(Generic[T]):
 
 
 class CallLine(Generic[T]):
-    """The queued items of one call, in order: `released` may join a batch, `held` wait their turn."""
+    """The queued items of one call, in order: `released` may join a batch, `held` wait their turn;
+    `tenant`: the caller's (admission shares the queue between tenants)."""
 
-    def __init__(self, key: int, quantum: int) -> None:
+    def __init__(self, key: int, quantum: int, tenant: str = "") -> None:
         self.key = key
         self.quantum = quantum  # prompts released at once, and taken at most per visit
+        self.tenant = tenant
         self.released: collections.deque[Item[T]] = collections.deque()
         self.held: collections.deque[Item[T]] = collections.deque()
 
@@ -136,20 +138,30 @@ class BatchQueue(Generic[T]):
         """Items queued per call, in round-robin order."""
         return tuple(len(line) for line in self._lines.values())
 
-    def line_visits(self) -> tuple[float, ...]:
+    def tenant_visits(self, tenant: str) -> tuple[tuple[float, ...], float, int]:
         """Per call, in round-robin order, the work tokens its next visit takes (its next `quantum`
-        items; an item not tokenised counts 0)."""
-        out = []
+        items; an item not tokenised counts 0); the sum of those of `tenant`'s calls; and how many
+        tenants have calls queued, `tenant` counted whether or not it has any."""
+        visits, own, tenants = [], 0.0, {tenant}
         for line in self._lines.values():
-            nxt = itertools.islice(itertools.chain(line.released, line.held), line.quantum)
-            out.append(sum(it.work or 0.0 for it in nxt))
-        return tuple(out)
+            visit = self._visit(line)
+            visits.append(visit)
+            tenants.add(line.tenant)
+            if line.tenant == tenant:
+                own += visit
+        return tuple(visits), own, len(tenants)
 
-    def append(self, items: Sequence[Item[T]], quantum: int) -> None:
-        """Queue one call's items as a line; the first `quantum` (>= 1) are released at once."""
+    @staticmethod
+    def _visit(line: CallLine[T]) -> float:
+        nxt = itertools.islice(itertools.chain(line.released, line.held), line.quantum)
+        return sum(it.work or 0.0 for it in nxt)
+
+    def append(self, items: Sequence[Item[T]], quantum: int, tenant: str = "") -> None:
+        """Queue one call's items as a line (of `tenant`'s); the first `quantum` (>= 1) are released at
+        once."""
         if quantum < 1:
             raise ValueError(f"quantum must be >= 1 (got {quantum})")
-        line: CallLine[T] = CallLine(next(self._keys), quantum)
+        line: CallLine[T] = CallLine(next(self._keys), quantum, tenant)
         for it in items:
             it.line = line
             line.held.append(it)

@@ -106,6 +106,15 @@ class BatchPolicy:
             "refused at once instead of timing out in the queue. Keep it under queue_timeout_ms"
         ),
     )
+    tenant_fair_share: bool = field(
+        default=True,
+        metadata=_doc(
+            "while calls of several tenants are queued, a call whose tenant holds less than an equal share "
+            "of admit_wait_ms is admitted beyond it (within queue_timeout_ms), so one tenant's flood cannot "
+            "starve another; a caller's tenant is its token's, else the one it names (tenant_header). "
+            "false = every call is judged by the total work ahead alone"
+        ),
+    )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
     inline_us: int = field(
         default=-1,

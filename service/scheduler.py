@@ -2,7 +2,8 @@
 
 `Scheduler.score(prompts, routers)` validates each prompt (per-item errors), admits the call or refuses
 it at once (lmroute.service.admission: the memory bound `max_queue`, the caller's deadline and the
-queue wait at the measured service rate; the call holds its permits until it is answered), tokenises
+queue wait at the measured service rate, with each tenant's share of it; the call holds its permits
+until it is answered), tokenises
 the prompts (on a helper thread, with the scorer's `tokenize`), queues the call's items as one line of
 the fair queue (lmroute.service.batch_queue) and awaits them. The routers arrive resolved by the
 transport and are trusted here. Idle fast path: a one-prompt call that finds nothing in flight, with
@@ -233,6 +234,7 @@ class Scheduler(Generic[T]):
         timeout_s: float | None = None,
         field: str = "prompts",
         indexed: bool = True,
+        tenant: str = "",
     ) -> list[ItemResult | ServiceError]:
         """Score each prompt with each of `routers`; one outcome per prompt, in order.
 
@@ -240,7 +242,8 @@ class Scheduler(Generic[T]):
         None means every loaded router. A prompt given as a ServiceError (the transport could not
         extract it) or failing validation gets that error back; the others are scored. Raises for the
         whole call: NotReady, Draining, QueueFull (not enough permits for every valid prompt).
-        `timeout_s` is the client's remaining deadline.
+        `timeout_s` is the client's remaining deadline; `tenant` the caller's (admission shares the queue
+        between tenants: lmroute.service.admission).
         """
         if self._closing:
             raise Draining("server is shutting down")
@@ -259,7 +262,7 @@ class Scheduler(Generic[T]):
                 self.stats.invalid += 1
                 errors[i] = err
         names = self.scorer.router_names if routers is None else routers
-        results = iter(await self._submit(texts, names, timeout_s) if texts else [])
+        results = iter(await self._submit(texts, names, timeout_s, tenant) if texts else [])
         return [errors[i] if i in errors else next(results) for i in range(len(prompts))]
 
     # -- internals ---------------------------------------------------------------------------------
@@ -275,17 +278,13 @@ class Scheduler(Generic[T]):
         return None
 
     async def _submit(
-        self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None
+        self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None, tenant: str
     ) -> list[ItemResult | ServiceError]:
         scorer = self.scorer  # the call's scorer to its end, whatever swap does meanwhile
         loop = asyncio.get_running_loop()
         admitted = loop.time()
-        load = Load(
-            self._admission.in_use,
-            self._running_work,
-            self._queue.line_visits(),
-            self.call_quantum,
-        )
+        visits, tenant_tokens, tenants = self._queue.tenant_visits(tenant)
+        load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum, tenant_tokens, tenants)
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
         permit = None if refused is not None else self._admission.try_acquire(len(texts))
@@ -301,7 +300,7 @@ class Scheduler(Generic[T]):
         with permit:
             tokens = await self._tokenize(texts, scorer)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, weight, tokens, deadline, scorer, admitted)
+            items = self._enqueue(texts, routers, weight, tokens, deadline, scorer, admitted, tenant)
             on_deadline = None if deadline is None else loop.call_at(deadline, self._expire_call, items)
             done: list[object]
             try:
@@ -472,6 +471,7 @@ class Scheduler(Generic[T]):
         deadline: float | None,
         scorer: Scorer[T],
         admitted: float,
+        tenant: str,
     ) -> list[Item[T]]:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -490,7 +490,7 @@ class Scheduler(Generic[T]):
             )
             self._scorer_of[item] = scorer
             items.append(item)
-        self._queue.append(items, quantum=self.call_quantum)
+        self._queue.append(items, quantum=self.call_quantum, tenant=tenant)
         self._wakeup.set()
         return items
 

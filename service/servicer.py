@@ -151,10 +151,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return tenant_named(named)
 
     async def _score_one(
-        self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None
+        self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None, tenant: str
     ) -> ItemResult:
-        """A Route call's prompt scored by `router` (its stage spans made when tracing); its error raised."""
-        [out] = await sched.score([text], (router,), timeout_s=timeout_s, field="prompt", indexed=False)
+        """A Route call's prompt scored by `router` for `tenant` (its stage spans made when tracing); its
+        error raised."""
+        [out] = await sched.score([text], (router,), timeout_s=timeout_s, field="prompt", indexed=False, tenant=tenant)
         if self.tracing is not None:
             self.tracing.stages([out])
         if isinstance(out, ServiceError):
@@ -208,7 +209,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         check_limits(request.prompts, max_turns=self.max_turns, max_request_chars=self.max_request_chars)
         routers = resolve_routers(request.routers, self.routers)
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
-        outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining())
+        outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining(), tenant=self._tenant(context))
         if self.tracing is not None:
             self.tracing.stages(outcomes)
         # Overload that hit every prompt is a call-level, retryable failure; a prompt that waited too
@@ -285,7 +286,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         else:
             threshold = math.nan  # the tenant's controller sets it once the prompt is scored
         text = prompt_text(request.prompt, "prompt")
-        out = await self._score_one(sched, text, request.router, timeout_s)
+        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
         score = out.scores[request.router]
         cal = self._calibration(catalog, request.router)
         controller = None
@@ -362,7 +363,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         text = prompt_text(request.prompt, "prompt")
         if not isinstance(text, str):
             raise text
-        out = await self._score_one(sched, text, request.router, timeout_s)
+        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
         q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
         spend = None
         if tenant is None:

@@ -86,15 +86,15 @@ def _retry_delay_s(err: grpc.RpcError) -> float:
     return 0.05
 
 
-def score_caller(target: str, seconds: float, calls: int | None = None) -> dict[str, Any]:
-    """One caller of 64-prompt Score calls for `seconds` (or `calls` calls), honouring RetryInfo; its
-    summary."""
+def score_caller(target: str, seconds: float, calls: int | None = None, tenant: str = "") -> dict[str, Any]:
+    """One caller of 64-prompt Score calls for `seconds` (or `calls` calls), honouring RetryInfo, naming
+    `tenant` in its metadata when given; its summary."""
     prompts = score_prompts()
     status: Counter[str] = Counter()
     ok_ms: list[float] = []
     ok_prompts = 0
     t_end = time.monotonic() + seconds
-    with RouterClient(target, timeout_s=60) as client:
+    with RouterClient(target, timeout_s=60, tenant=tenant or None) as client:
         while time.monotonic() < t_end and (calls is None or sum(status.values()) < calls):
             t0 = time.perf_counter()
             try:
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "queue_timeout_ms": policy.queue_timeout_ms,
         "bundle": str(args.bundle),
         "server_args": args.server_args,
+        "score_tenant": args.score_tenant,
         "phases": [],
     }
     transport_ms = measure_transport(args, out)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.client_cores,
                     out / "ghz",
                 )
-                score = pool.submit(score_caller, srv.target, args.seconds)
+                score = pool.submit(score_caller, srv.target, args.seconds, None, args.score_tenant)
                 r, s = route.result(), score.result()
             wall = time.monotonic() - t0
             cpu, loop_cpu = srv.cpu_seconds() - cpu0, srv.loop_cpu_seconds() - loop0
@@ -222,7 +223,12 @@ def report(res: dict[str, Any]) -> str:
         f"Capacity (closed-loop Route, best of concurrency 4 / 8): {res['capacity']['calls_per_s']:.1f} calls/s.  ",
         f"Scoring time a prompt (the server's, Route runs / Score calls alone): Route "
         f"{res['prompt_cost_ms']['route']:.1f} ms, Score {res['prompt_cost_ms']['score']:.1f} ms.  ",
-        f"Transport cost of a call (empty handler, server CPU per call): {res['transport_ms']:.3f} ms.",
+        f"Transport cost of a call (empty handler, server CPU per call): {res['transport_ms']:.3f} ms."
+        + (
+            f"  \nTenants: the Score caller names `{res['score_tenant']}`, the Route callers none."
+            if res.get("score_tenant")
+            else ""
+        ),
         "",
         "| load | Route offered/s | Route OK/s | Route statuses | Route OK p50 / p99 ms | Score calls answered | "
         "Score statuses | Score p99 ms | OK prompts/s (of best) | OK work/s | of best | server CPU/s | "
@@ -333,6 +339,11 @@ def main() -> None:
     p.add_argument("--server-cores", default=server_cores)
     p.add_argument("--client-cores", default=client_cores)
     p.add_argument("--server-args", default="", help="more lmroute-serve flags, e.g. '--scoring-cpus 0'")
+    p.add_argument(
+        "--score-tenant",
+        default="",
+        help="the tenant the Score caller names (x-lmroute-tenant); default none, as Route's",
+    )
     res = run(p.parse_args())
     print(report(res))
 

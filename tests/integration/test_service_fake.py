@@ -117,6 +117,48 @@ def test_queue_limit_8_with_10_concurrent_gives_exactly_2_resource_exhausted(
     assert sum(e is None for e in errors) == 8
 
 
+def test_one_tenants_flood_leaves_another_tenant_its_share(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """Tenants named in x-lmroute-tenant: while one tenant's calls fill what admission allows, another's
+    still enter up to an equal share (Score and Route alike); the flooding tenant stays refused."""
+    srv = make_server(batch=BatchPolicy(admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=20_000))
+    sched = srv.server.scheduler
+    assert sched is not None
+    sched.rate.observe(1, 3, 0.1)  # a one-word prompt (3 tokens) costs 0.1 s: 0.45 s admits 4 queued
+    fake.block()
+
+    def tenant(name: str) -> tuple[tuple[str, str]]:
+        return (("x-lmroute-tenant", name),)
+
+    with RouterClient(srv.target) as c:
+        flood = [c.stub.Score.future(_req("occupies"), timeout=20, metadata=tenant("flood"))]
+        _wait(lambda: len(fake.calls) == 1)
+        flood += [c.stub.Score.future(_req(f"f{i}"), timeout=20, metadata=tenant("flood")) for i in range(4)]
+        _wait(lambda: sched.stats.admitted == 5)
+        refused = []
+        for name in ("flood", "other", "other", "other"):
+            try:
+                call = c.stub.Score.future(_req("more"), timeout=20, metadata=tenant(name))
+                call.exception(timeout=0.3)  # refused at once, or still waiting (admitted)
+            except grpc.FutureTimeoutError:
+                flood.append(call)
+                continue
+            refused.append((name, call.exception()))
+        route = c.stub.Route.future(
+            router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="third"), router="mf", threshold=0.5),
+            timeout=20,
+            metadata=tenant("third"),
+        )
+        _wait(lambda: sched.stats.admitted == 8)
+        fake.release()
+        assert all(f.exception() is None for f in flood) and route.exception() is None
+    assert [name for name, _ in refused] == ["flood", "other"]
+    for _, err in refused:
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _reason(err)[0] == "OVERLOADED"
+
+
 def test_a_call_larger_than_the_queue_is_refused_as_invalid_not_retried_forever(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:

@@ -6,6 +6,7 @@ FakeScorer.block/release and set the measured rate where a test needs a known on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,31 @@ def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
     assert isinstance(refusal(60, None, Load(5, 20, (10,), per_call=4), POLICY, rate), QueueFull)
     # cost, not count: one running batch of long prompts is enough to refuse
     assert isinstance(refusal(1, None, Load(3, 450), POLICY, rate), QueueFull)
+
+
+def test_a_tenant_under_its_equal_share_enters_beyond_the_limit_and_the_flooding_one_does_not() -> None:
+    rate = measured()  # 0.01 s a token; POLICY admits up to 0.5 s ahead, queue timeout 1 s
+    over = Load(8, 20, (10, 10, 10, 10), tenant_tokens=0.0, tenants=2)  # 0.6 s ahead, all another tenant's
+    # a second tenant's prompt: its tenant's 0 s + its own 0.1 s <= 0.5 s / 2 tenants, 0.7 s <= 1 s: enters
+    assert refusal(1, None, over, POLICY, rate) is None
+    # the flooding tenant (all 0.4 s of queued visits its own) is refused as before
+    flooding = Load(8, 20, (10, 10, 10, 10), tenant_tokens=40.0, tenants=2)
+    assert isinstance(refusal(1, None, flooding, POLICY, rate), QueueFull)
+    # the second tenant's share is 0.25 s: with 0.2 s of its own queued, one more prompt (0.1 s) is over it
+    assert isinstance(
+        refusal(1, None, Load(8, 20, (10, 10, 10, 20), tenant_tokens=20.0, tenants=2), POLICY, rate), QueueFull
+    )
+    # three tenants: a share is 0.5 / 3 s
+    assert refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenant_tokens=5.0, tenants=3), POLICY, rate) is None
+    assert isinstance(
+        refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenant_tokens=10.0, tenants=3), POLICY, rate), QueueFull
+    )
+    # never beyond the queue timeout: 1.1 s of work ahead would expire the prompt in the queue
+    assert isinstance(refusal(1, None, Load(8, 20, (30, 30, 30), tenants=2), POLICY, rate), QueueFull)
+    # one tenant alone, or the share switched off: the total alone decides
+    assert isinstance(refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenants=1), POLICY, rate), QueueFull)
+    off = BatchPolicy(**{**dataclasses.asdict(POLICY), "tenant_fair_share": False})
+    assert isinstance(refusal(1, None, over, off, rate), QueueFull)
 
 
 def test_a_deadline_no_retry_can_meet_is_refused_without_a_retry_delay() -> None:
@@ -208,7 +234,8 @@ def test_a_batch_budget_holds_fewer_prompts_of_costly_routers() -> None:
     q.append(cheap, quantum=8)
     assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 8  # 3 work tokens each
     q.append(costly, quantum=8)
-    assert q.line_visits() == (8 * 12.0,)
+    assert q.tenant_visits("") == ((8 * 12.0,), 8 * 12.0, 1)
+    assert q.tenant_visits("other") == ((8 * 12.0,), 0.0, 2)
     assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 2  # 12 work tokens each
 
 
@@ -322,6 +349,37 @@ def test_scheduler_refuses_overload_from_the_measured_rate() -> None:
         await first
         outs = [o for call in await asyncio.gather(*waiting) for o in call]
         assert len(outs) == 4 and all(isinstance(o, ItemResult) for o in outs)
+        await sched.close()
+
+    run(body)
+
+
+def test_one_tenants_flood_does_not_keep_another_tenant_out() -> None:
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=1000)
+        sched.rate.observe(1, 3, 0.1)  # 0.1 s a one-word prompt; 0.45 s admits 4 queued behind the scorer
+        first = asyncio.create_task(sched.score(["occupies the scorer"], tenant="flood"))
+        await wait_entered(scorer)
+        flood = [asyncio.create_task(sched.score([f"f{i}"], tenant="flood")) for i in range(4)]
+        await until(lambda: sched.stats.admitted == 5)
+        with pytest.raises(QueueFull) as e:
+            await sched.score(["one too many"], tenant="flood")
+        assert e.value.reason == "OVERLOADED"
+        # another tenant holds nothing queued: its share of the 0.45 s (two tenants: 0.225 s) has room for
+        # two prompts, and the whole wait (0.4 + 0.1, 0.5 + 0.1 s) stays within the 1 s queue timeout
+        other = [asyncio.create_task(sched.score([f"o{i}"], tenant="other")) for i in range(2)]
+        await until(lambda: sched.stats.admitted == 7)
+        with pytest.raises(QueueFull):
+            await sched.score(["over its share"], tenant="other")
+        with pytest.raises(QueueFull):
+            await sched.score(["still refused"], tenant="flood")
+        assert sched.stats.rejected_overload == 3
+        scorer.release()
+        await first
+        outs = [o for call in await asyncio.gather(*flood, *other) for o in call]
+        assert len(outs) == 6 and all(isinstance(o, ItemResult) for o in outs)
         await sched.close()
 
     run(body)
