@@ -41,17 +41,28 @@ type Options struct {
 	TLS *tls.Config
 	// Token, when set, is sent as "authorization: Bearer <Token>" with every call.
 	Token string
+	// Tenant, when set, is named in every call's "x-lmroute-tenant" metadata: the tenant whose share
+	// target, spend target and share of the server's admission the calls count against (a token bound
+	// to a tenant decides instead).
+	Tenant string
 }
 
-// bearer adds the token to every call's metadata.
-type bearer struct{ token string }
+// callMetadata adds the token and the tenant to every call's metadata.
+type callMetadata struct{ token, tenant string }
 
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + b.token}, nil
+func (m callMetadata) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	md := map[string]string{}
+	if m.token != "" {
+		md["authorization"] = "Bearer " + m.token
+	}
+	if m.tenant != "" {
+		md["x-lmroute-tenant"] = m.tenant
+	}
+	return md, nil
 }
 
 // RequireTransportSecurity is false so that a token also works on a plaintext loopback connection.
-func (b bearer) RequireTransportSecurity() bool { return false }
+func (m callMetadata) RequireTransportSecurity() bool { return false }
 
 // Client calls one lmroute server over one connection; it is safe for concurrent use.
 type Client struct {
@@ -83,8 +94,8 @@ func New(target string, opts Options) (*Client, error) {
 	case !opts.WithTLS:
 		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	if opts.Token != "" {
-		dial = append(dial, grpc.WithPerRPCCredentials(bearer{opts.Token}))
+	if opts.Token != "" || opts.Tenant != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(callMetadata{opts.Token, opts.Tenant}))
 	}
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {

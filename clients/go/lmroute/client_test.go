@@ -3,6 +3,7 @@ package lmroute
 import (
 	"context"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -104,5 +106,38 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := New("127.0.0.1:1", Options{Retry: RetryPolicy{MaxAttempts: 2, Multiplier: 0.1}}); err == nil {
 		t.Error("bad RetryPolicy accepted")
+	}
+}
+
+// metadataServer answers Route with the caller's tenant and authorization metadata in ChosenModel.
+type metadataServer struct {
+	lmroutev1.UnimplementedRouterServiceServer
+}
+
+func (metadataServer) Route(ctx context.Context, _ *lmroutev1.RouteRequest) (*lmroutev1.RouteResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return &lmroutev1.RouteResponse{ChosenModel: strings.Join(md.Get("x-lmroute-tenant"), ",") + "|" +
+		strings.Join(md.Get("authorization"), ",")}, nil
+}
+
+func TestTenantAndTokenRideOnEveryCall(t *testing.T) {
+	addr := serve(t, metadataServer{})
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{}, "|"},
+		{Options{Tenant: "batch"}, "batch|"},
+		{Options{Token: "secret-token-0123456789", Tenant: "batch"}, "batch|Bearer secret-token-0123456789"},
+	} {
+		c, err := New(addr, tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := c.Route(context.Background(), RouteRequest("hi", "mf", Threshold(0.5)))
+		c.Close()
+		if err != nil || d.GetChosenModel() != tc.want {
+			t.Errorf("opts %+v: got %q, %v; want %q", tc.opts, d.GetChosenModel(), err, tc.want)
+		}
 	}
 }
