@@ -21,6 +21,8 @@ import pytest
 
 from lmroute.bundle.testing import synthetic_prompts
 from lmroute.service.client import RouterClient
+from lmroute.service.config import BatchPolicy, ServiceConfig
+from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
 
@@ -388,7 +390,35 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert "mf=" in lines[0] and "bert=" in lines[0] and "EMPTY_PROMPT" in lines[1], score.stdout
     bad = run(go, "route", *addr, "--attempts", "1", "--router", "nope", "--strong-share", "0.5", "hi")
     assert bad.returncode == 1 and "NOT_FOUND (ROUTER_NOT_FOUND)" in bad.stderr, bad.stderr
-    assert run(go, "route", *addr, "--router", "mf", "hi").returncode == 2  # no policy
+    no_policy = run(go, "route", *addr, "--attempts", "1", "--router", "mf", "hi")  # no targets held here
+    assert no_policy.returncode == 1 and "the server holds no share targets" in no_policy.stderr, no_policy.stderr
     assert (
         run(go, "route", *addr, "--router", "mf", "--threshold", "0.1", "--strong-share", "0.1", "hi").returncode == 2
     )
+
+
+def test_go_client_names_its_tenant(client_command: Callable[[str], list[str]], e2e_bundle_dir: Path) -> None:
+    """`--tenant` reaches the server: with a share target for tenant `batch` only, a Route call that sets
+    no policy is decided by that target when the client names `batch`, and refused without it."""
+    configure_logging("warning")
+    cfg = ServiceConfig(
+        bundle_path=e2e_bundle_dir,
+        port=0,
+        batch=BatchPolicy(queue_timeout_ms=60_000),
+        log_level="warning",
+        grace_s=0.0,
+        share_targets="batch=0.1",
+    )
+    srv = ServerThread(cfg).start()
+    try:
+        go = client_command("go")
+        addr = ["--addr", srv.target, "--attempts", "1", "--router", "mf"]
+        named = run(go, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
+        assert named.returncode == 0, named.stderr
+        assert "router=mf" in named.stdout and "threshold=" in named.stdout, named.stdout
+        other = run(go, "route", *addr, "--tenant", "interactive", "hi")
+        assert other.returncode == 1 and "no share target for tenant" in other.stderr, other.stderr
+        nameless = run(go, "route", *addr, "hi")
+        assert nameless.returncode == 1 and "no share target for tenant" in nameless.stderr, nameless.stderr
+    finally:
+        srv.stop()

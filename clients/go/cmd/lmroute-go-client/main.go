@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	lmroutev1 "lmroute/clients/go/gen/lmroute/v1"
 	"lmroute/clients/go/lmroute"
 )
 
@@ -30,13 +31,14 @@ const usage = `usage: lmroute-go-client COMMAND [flags]
 
 commands:
   route        route one prompt: [--router NAME] [--threshold T | --strong-share S] PROMPT
+               (neither: the caller's tenant's share target, held by the server)
   score        score prompts: [--routers a,b] PROMPT...
   health       grpc.health.v1 status: [--service NAME]
   conformance  run a cases file (clients/CONFORMANCE.md): --cases FILE
 
 common flags: --addr HOST:PORT (default 127.0.0.1:50051) --timeout 10s --attempts 4
               --ca FILE (TLS: the server's CA) --cert FILE --key FILE (mTLS: the client's certificate)
-              --token-env NAME (bearer token from that variable)
+              --token-env NAME (bearer token from that variable) --tenant NAME (x-lmroute-tenant)
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -87,6 +89,7 @@ type common struct {
 	cert     string // mTLS: the client's certificate chain (PEM file)
 	key      string // mTLS: the client's private key (PEM file)
 	tokenEnv string // the environment variable holding the bearer token
+	tenant   string // the caller's tenant, named in every call's metadata
 }
 
 func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
@@ -100,10 +103,11 @@ func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
 	fs.StringVar(&c.cert, "cert", "", "mTLS: present this client certificate chain (PEM file; with --key and --ca)")
 	fs.StringVar(&c.key, "key", "", "mTLS: the client certificate's private key (PEM file)")
 	fs.StringVar(&c.tokenEnv, "token-env", "", "send the bearer token held by this environment variable")
+	fs.StringVar(&c.tenant, "tenant", "", "name this tenant in every call (x-lmroute-tenant)")
 	return fs, c
 }
 
-// options are the connection settings of the flags: TLS and the token.
+// options are the connection settings of the flags: TLS, the token and the tenant.
 func (c *common) options(o lmroute.Options) (lmroute.Options, error) {
 	if c.ca != "" {
 		pem, err := os.ReadFile(c.ca)
@@ -126,6 +130,7 @@ func (c *common) options(o lmroute.Options) (lmroute.Options, error) {
 		}
 		o.TLS.Certificates = []tls.Certificate{pair}
 	}
+	o.Tenant = c.tenant
 	if c.tokenEnv != "" {
 		o.Token = os.Getenv(c.tokenEnv)
 		if o.Token == "" {
@@ -182,17 +187,21 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: need exactly one PROMPT argument", errUsage)
 	}
 	setT, setS := *threshold != -1, *share != -1
-	if setT == setS {
-		return fmt.Errorf("%w: give exactly one of --threshold and --strong-share", errUsage)
+	if setT && setS {
+		return fmt.Errorf("%w: give at most one of --threshold and --strong-share", errUsage)
 	}
 	c, err := com.client()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	req := lmroute.RouteRequest(fs.Arg(0), *router, lmroute.StrongShare(*share))
-	if setT {
+	// neither: the server holds the caller's tenant's share target (--tenant; its --share-targets)
+	req := &lmroutev1.RouteRequest{Prompt: lmroute.Text(fs.Arg(0)), Router: *router}
+	switch {
+	case setT:
 		req = lmroute.RouteRequest(fs.Arg(0), *router, lmroute.Threshold(*threshold))
+	case setS:
+		req = lmroute.RouteRequest(fs.Arg(0), *router, lmroute.StrongShare(*share))
 	}
 	d, err := c.Route(context.Background(), req)
 	if err != nil {
