@@ -397,9 +397,11 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     )
 
 
-def test_go_client_names_its_tenant(client_command: Callable[[str], list[str]], e2e_bundle_dir: Path) -> None:
+@pytest.mark.parametrize("name", CLIENT_NAMES)
+def test_client_names_its_tenant(name: str, client_command: Callable[[str], list[str]], e2e_bundle_dir: Path) -> None:
     """`--tenant` reaches the server: with a share target for tenant `batch` only, a Route call that sets
-    no policy is decided by that target when the client names `batch`, and refused without it."""
+    no policy is decided by that target when the client names `batch`, and refused naming the missing
+    target for another tenant or none."""
     configure_logging("warning")
     cfg = ServiceConfig(
         bundle_path=e2e_bundle_dir,
@@ -410,15 +412,15 @@ def test_go_client_names_its_tenant(client_command: Callable[[str], list[str]], 
         share_targets="batch=0.1",
     )
     srv = ServerThread(cfg).start()
+    attempts = "--attempts" if name == "go" else "--max-attempts"
     try:
-        go = client_command("go")
-        addr = ["--addr", srv.target, "--attempts", "1", "--router", "mf"]
-        named = run(go, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
+        cmd = client_command(name)
+        addr = ["--addr", srv.target, attempts, "1", "--router", "mf"]
+        named = run(cmd, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
         assert named.returncode == 0, named.stderr
-        assert "router=mf" in named.stdout and "threshold=" in named.stdout, named.stdout
-        other = run(go, "route", *addr, "--tenant", "interactive", "hi")
-        assert other.returncode == 1 and "no share target for tenant" in other.stderr, other.stderr
-        nameless = run(go, "route", *addr, "hi")
-        assert nameless.returncode == 1 and "no share target for tenant" in nameless.stderr, nameless.stderr
+        assert "mf" in named.stdout and "threshold" in named.stdout, named.stdout
+        for other in (["--tenant", "interactive"], []):
+            refused = run(cmd, "route", *addr, *other, "hi")
+            assert refused.returncode == 1 and "no share target for tenant" in refused.stderr, refused.stderr
     finally:
         srv.stop()

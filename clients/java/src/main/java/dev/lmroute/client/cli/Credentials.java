@@ -15,28 +15,41 @@ import java.util.concurrent.Executor;
 /**
  * The connection options every command takes: {@code --ca FILE} (TLS, trusting that CA certificate),
  * {@code --cert FILE --key FILE} (mTLS: the client certificate chain and its PKCS#8 private key) and
- * {@code --token-env NAME} (a bearer token read from that environment variable, sent with every call).
+ * {@code --token-env NAME} (a bearer token read from that environment variable, sent with every call)
+ * and {@code --tenant NAME} (the caller's tenant, named in every call's {@code x-lmroute-tenant}).
  */
 final class Credentials {
 
-  static final Set<String> OPTIONS = Set.of("ca", "cert", "key", "token-env");
+  static final Set<String> OPTIONS = Set.of("ca", "cert", "key", "token-env", "tenant");
 
   private Credentials() {}
 
-  /** Sends {@code authorization: Bearer <token>} with every call. */
-  static final class BearerToken extends CallCredentials {
+  /**
+   * Sends {@code authorization: Bearer <token>} and {@code x-lmroute-tenant: <tenant>} with every call,
+   * each when it is not null.
+   */
+  static final class CallMetadata extends CallCredentials {
     private static final Metadata.Key<String> AUTHORIZATION =
         Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+    private static final Metadata.Key<String> TENANT =
+        Metadata.Key.of("x-lmroute-tenant", Metadata.ASCII_STRING_MARSHALLER);
     private final String token;
+    private final String tenant;
 
-    BearerToken(String token) {
+    CallMetadata(String token, String tenant) {
       this.token = token;
+      this.tenant = tenant;
     }
 
     @Override
     public void applyRequestMetadata(RequestInfo info, Executor executor, MetadataApplier applier) {
       Metadata headers = new Metadata();
-      headers.put(AUTHORIZATION, "Bearer " + token);
+      if (token != null) {
+        headers.put(AUTHORIZATION, "Bearer " + token);
+      }
+      if (tenant != null) {
+        headers.put(TENANT, tenant);
+      }
       applier.apply(headers);
     }
   }
@@ -60,14 +73,18 @@ final class Credentials {
         throw new Args.UsageError("--ca / --cert / --key: " + e.getMessage());
       }
     }
-    if (a.get("token-env").isEmpty()) {
+    String token = null;
+    if (a.get("token-env").isPresent()) {
+      String name = a.get("token-env").get();
+      token = env.get(name);
+      if (token == null || token.isEmpty()) {
+        throw new Args.UsageError("--token-env: environment variable " + name + " is not set");
+      }
+    }
+    String tenant = a.get("tenant").orElse(null);
+    if (token == null && tenant == null) {
       return base;
     }
-    String name = a.get("token-env").get();
-    String token = env.get(name);
-    if (token == null || token.isEmpty()) {
-      throw new Args.UsageError("--token-env: environment variable " + name + " is not set");
-    }
-    return CompositeChannelCredentials.create(base, new BearerToken(token));
+    return CompositeChannelCredentials.create(base, new CallMetadata(token, tenant));
   }
 }

@@ -48,7 +48,8 @@ public final class Main {
       "  --max-attempts N      attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (default 4; 1 = no retry)",
       "  --ca FILE             connect over TLS, trusting this CA certificate (PEM; also for conformance)",
       "  --cert FILE --key FILE  mTLS: the client certificate chain and its PKCS#8 private key (PEM)",
-      "  --token-env NAME      send the bearer token held by this environment variable (also for conformance)");
+      "  --token-env NAME      send the bearer token held by this environment variable (also for conformance)",
+      "  --tenant NAME         name this tenant in every call (x-lmroute-tenant); route with no policy: its share target");
 
   private Main() {}
 
