@@ -67,6 +67,15 @@ def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def e2e_tenant_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+    """The e2e server again, holding a strong-share target for tenant `batch` only."""
+    configure_logging("warning")
+    srv = ServerThread(_e2e_config(e2e_bundle_dir, share_targets="batch=0.1")).start()
+    yield srv
+    srv.stop()
+
+
 @dataclass(frozen=True)
 class TlsServer:
     """The e2e server again, over TLS (a CA made by trustme) with a bearer token required."""

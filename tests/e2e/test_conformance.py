@@ -21,8 +21,6 @@ import pytest
 
 from lmroute.bundle.testing import synthetic_prompts
 from lmroute.service.client import RouterClient
-from lmroute.service.config import BatchPolicy, ServiceConfig
-from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
 
@@ -398,29 +396,18 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
 
 
 @pytest.mark.parametrize("name", CLIENT_NAMES)
-def test_client_names_its_tenant(name: str, client_command: Callable[[str], list[str]], e2e_bundle_dir: Path) -> None:
+def test_client_names_its_tenant(
+    name: str, client_command: Callable[[str], list[str]], e2e_tenant_server: ServerThread
+) -> None:
     """`--tenant` reaches the server: with a share target for tenant `batch` only, a Route call that sets
     no policy is decided by that target when the client names `batch`, and refused naming the missing
     target for another tenant or none."""
-    configure_logging("warning")
-    cfg = ServiceConfig(
-        bundle_path=e2e_bundle_dir,
-        port=0,
-        batch=BatchPolicy(queue_timeout_ms=60_000),
-        log_level="warning",
-        grace_s=0.0,
-        share_targets="batch=0.1",
-    )
-    srv = ServerThread(cfg).start()
     attempts = "--attempts" if name == "go" else "--max-attempts"
-    try:
-        cmd = client_command(name)
-        addr = ["--addr", srv.target, attempts, "1", "--router", "mf"]
-        named = run(cmd, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
-        assert named.returncode == 0, named.stderr
-        assert "mf" in named.stdout and "threshold" in named.stdout, named.stdout
-        for other in (["--tenant", "interactive"], []):
-            refused = run(cmd, "route", *addr, *other, "hi")
-            assert refused.returncode == 1 and "no share target for tenant" in refused.stderr, refused.stderr
-    finally:
-        srv.stop()
+    cmd = client_command(name)
+    addr = ["--addr", e2e_tenant_server.target, attempts, "1", "--router", "mf"]
+    named = run(cmd, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
+    assert named.returncode == 0, named.stderr
+    assert "mf" in named.stdout and "threshold" in named.stdout, named.stdout
+    for other in (["--tenant", "interactive"], []):
+        refused = run(cmd, "route", *addr, *other, "hi")
+        assert refused.returncode == 1 and "no share target for tenant" in refused.stderr, refused.stderr
