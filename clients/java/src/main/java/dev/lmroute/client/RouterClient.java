@@ -55,9 +55,10 @@ public final class RouterClient implements AutoCloseable {
     this.timeout = b.timeout;
     this.retrier = new Retrier(b.retryPolicy, Retrier.THREAD_SLEEP, () -> ThreadLocalRandom.current().nextDouble(),
         b.retryListener);
-    this.stub = RouterServiceGrpc.newBlockingStub(channel)
+    RouterServiceGrpc.RouterServiceBlockingStub s = RouterServiceGrpc.newBlockingStub(channel)
         .withMaxInboundMessageSize(b.maxMessageBytes)
         .withMaxOutboundMessageSize(b.maxMessageBytes);
+    this.stub = b.token == null && b.tenant == null ? s : s.withCallCredentials(new CallHeaders(b.token, b.tenant));
     this.health = HealthGrpc.newBlockingStub(channel);
   }
 
@@ -190,6 +191,8 @@ public final class RouterClient implements AutoCloseable {
     private RetryListener retryListener = RetryListener.NONE;
     private int maxMessageBytes = 4 * 1024 * 1024;
     private ChannelCredentials credentials = InsecureChannelCredentials.create();
+    private String token;
+    private String tenant;
 
     private Builder(String target, ManagedChannel channel) {
       this.target = target;
@@ -223,6 +226,25 @@ public final class RouterClient implements AutoCloseable {
     /** Channel credentials (plain text by default); ignored for a caller-owned channel. */
     public Builder credentials(ChannelCredentials credentials) {
       this.credentials = Objects.requireNonNull(credentials, "credentials");
+      return this;
+    }
+
+    /**
+     * A bearer token sent with every RouterService call ({@code authorization: Bearer <token>}; the server's
+     * {@code --auth-tokens}); none by default. Not with call credentials of its own in {@link #credentials}.
+     */
+    public Builder token(String token) {
+      this.token = CallHeaders.checked("token", token);
+      return this;
+    }
+
+    /**
+     * The caller's tenant, named in every RouterService call's {@code x-lmroute-tenant}: its share and spend
+     * targets and its turn in the server's queue. A token bound to a tenant decides instead (the server
+     * ignores the header then). None by default.
+     */
+    public Builder tenant(String tenant) {
+      this.tenant = CallHeaders.checked("tenant", tenant);
       return this;
     }
 

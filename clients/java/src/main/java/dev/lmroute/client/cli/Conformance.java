@@ -57,7 +57,7 @@ final class Conformance {
       return Main.EXIT_USAGE;
     }
     JsonArray results = new JsonArray();
-    RouterClient.Builder builder = RouterClient.newBuilder(addr).credentials(Credentials.of(args, System.getenv()));
+    RouterClient.Builder builder = Credentials.configure(RouterClient.newBuilder(addr), args, System.getenv());
     try (RouterClient client = builder.retryPolicy(RetryPolicy.none()).build()) {
       for (ConformanceCase c : cases) {
         results.add(runCase(client, c));

@@ -1,16 +1,13 @@
 package dev.lmroute.client.cli;
 
-import io.grpc.CallCredentials;
+import dev.lmroute.client.RouterClient;
 import io.grpc.ChannelCredentials;
-import io.grpc.CompositeChannelCredentials;
 import io.grpc.InsecureChannelCredentials;
-import io.grpc.Metadata;
 import io.grpc.TlsChannelCredentials;
 import java.io.File;
 import java.io.IOException;
 import java.util.Map;
 import java.util.Set;
-import java.util.concurrent.Executor;
 
 /**
  * The connection options every command takes: {@code --ca FILE} (TLS, trusting that CA certificate),
@@ -25,37 +22,11 @@ final class Credentials {
   private Credentials() {}
 
   /**
-   * Sends {@code authorization: Bearer <token>} and {@code x-lmroute-tenant: <tenant>} with every call,
-   * each when it is not null.
+   * {@code b} with what the options ask for: its channel credentials (plain text without {@code --ca}), the
+   * bearer token and the tenant.
    */
-  static final class CallMetadata extends CallCredentials {
-    private static final Metadata.Key<String> AUTHORIZATION =
-        Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
-    private static final Metadata.Key<String> TENANT =
-        Metadata.Key.of("x-lmroute-tenant", Metadata.ASCII_STRING_MARSHALLER);
-    private final String token;
-    private final String tenant;
-
-    CallMetadata(String token, String tenant) {
-      this.token = token;
-      this.tenant = tenant;
-    }
-
-    @Override
-    public void applyRequestMetadata(RequestInfo info, Executor executor, MetadataApplier applier) {
-      Metadata headers = new Metadata();
-      if (token != null) {
-        headers.put(AUTHORIZATION, "Bearer " + token);
-      }
-      if (tenant != null) {
-        headers.put(TENANT, tenant);
-      }
-      applier.apply(headers);
-    }
-  }
-
-  /** The channel credentials the options ask for (plain text without {@code --ca}). */
-  static ChannelCredentials of(Args a, Map<String, String> env) throws Args.UsageError {
+  static RouterClient.Builder configure(RouterClient.Builder b, Args a, Map<String, String> env)
+      throws Args.UsageError {
     ChannelCredentials base = InsecureChannelCredentials.create();
     boolean cert = a.get("cert").isPresent();
     if (cert != a.get("key").isPresent() || (cert && a.get("ca").isEmpty())) {
@@ -73,18 +44,26 @@ final class Credentials {
         throw new Args.UsageError("--ca / --cert / --key: " + e.getMessage());
       }
     }
-    String token = null;
+    b.credentials(base);
     if (a.get("token-env").isPresent()) {
       String name = a.get("token-env").get();
-      token = env.get(name);
+      String token = env.get(name);
       if (token == null || token.isEmpty()) {
         throw new Args.UsageError("--token-env: environment variable " + name + " is not set");
       }
+      try {
+        b.token(token);
+      } catch (IllegalArgumentException e) {
+        throw new Args.UsageError("--token-env " + name + ": " + e.getMessage());
+      }
     }
-    String tenant = a.get("tenant").orElse(null);
-    if (token == null && tenant == null) {
-      return base;
+    if (a.get("tenant").isPresent()) {
+      try {
+        b.tenant(a.get("tenant").get());
+      } catch (IllegalArgumentException e) {
+        throw new Args.UsageError("--" + e.getMessage());
+      }
     }
-    return CompositeChannelCredentials.create(base, new CallMetadata(token, tenant));
+    return b;
   }
 }

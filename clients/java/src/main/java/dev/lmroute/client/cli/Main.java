@@ -110,8 +110,7 @@ public final class Main {
   private static RouterClient client(Args a, PrintStream err) throws Args.UsageError {
     int timeoutMs = a.getInt("timeout-ms", 10_000, 1);
     int attempts = a.getInt("max-attempts", RetryPolicy.defaults().maxAttempts(), 1);
-    return RouterClient.newBuilder(a.get("addr").orElse(DEFAULT_ADDR))
-        .credentials(Credentials.of(a, System.getenv()))
+    return Credentials.configure(RouterClient.newBuilder(a.get("addr").orElse(DEFAULT_ADDR)), a, System.getenv())
         .timeout(Duration.ofMillis(timeoutMs))
         .retryPolicy(RetryPolicy.newBuilder().maxAttempts(attempts).build())
         .retryListener((method, failed, e, wait) -> err.printf(Locale.ROOT, "retry: %s attempt %d failed with %s; waiting %d ms%n",
