@@ -7,16 +7,16 @@ Three bounds, checked in this order when a call of `n` prompts arrives (`refusal
    (DeadlineExpired, DEADLINE_TOO_SHORT: no retry can succeed, so none is offered); or they would
    finish after it, sharing the scorer with the calls queued now (QueueFull, OVERLOADED, with the delay
    after which that work has drained);
-3. queue wait: the work ahead of a newly queued prompt (the running batch and one round over the queued
-   calls, since batches take the calls in turn, up to `per_call` prompts each) plus the new call's own
-   first round stays within `admit_wait_ms`, and never below two batches (2 x `max_batch_ms`), so the
-   scorer always has a next batch ready (QueueFull, OVERLOADED, with a retry delay). A long call counts
-   one visit here, however long it is. Beyond that limit a call still enters when its tenant holds less
-   than an equal share of it (`tenant_fair_share`): with k tenants having calls queued (the caller's
-   counted), its tenant's queued visits plus its own first round within limit / k, and all the work
-   ahead plus its own within `queue_timeout_ms`, so its prompts do not expire waiting. A tenant that
-   floods the queue is then refused while another still gets its share in: one tenant cannot starve
-   another (within a tenant, calls compete as before).
+3. queue wait: the work ahead of a newly queued prompt (the running batch and the visits the queue makes
+   before the new call's first: batches take tenants in turn and, within a tenant, its calls in turn, up
+   to `per_call` prompts a visit; lmroute.service.batch_queue) plus the new call's own first visit stays
+   within `admit_wait_ms`, and never below two batches (2 x `max_batch_ms`), so the scorer always has a
+   next batch ready (QueueFull, OVERLOADED, with a retry delay). A long call counts one visit here,
+   however long it is. With one tenant that is one round over the queued calls; with several
+   (`tenant_fair_share`), a call waits for its own tenant's queued calls and, meanwhile, the visits each
+   other tenant gets (a tenant's visit takes the same work, whoever's), so a tenant that floods the
+   queue is refused while another, with little queued, still enters and is answered after a visit of
+   each: one tenant cannot starve another (within a tenant, calls compete as before).
 
 An idle server admits any call that fits bounds 1 and 2, so a call of any allowed size can succeed.
 Until the first batch is measured, only bound 1 applies.
@@ -171,19 +171,17 @@ class ServiceRate:
 @dataclass(frozen=True)
 class Load:
     """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the work
-    tokens of the batch being scored (`running_tokens`) and, per queued call, the work tokens one visit
-    takes (`visits`: its next `per_call` prompts); of those, the caller's tenant's (`tenant_tokens`), and
-    how many tenants have calls queued, the caller's counted (`tenants`).
+    tokens of the batch being scored (`running_tokens`) and of each queued visit that comes before the
+    new call's first one (`visits`: a call's next `per_call` prompts each; `BatchQueue.visits_ahead`).
 
-    A newly queued prompt waits about one round behind the running batch: `ahead_tokens`, however long
-    the queued calls are. A call of `n` prompts needs ceil(n / per_call) rounds."""
+    A newly queued prompt waits about that long behind the running batch: `ahead_tokens`, however long
+    the queued calls are. A call of `n` prompts needs ceil(n / per_call) visits, each behind about as
+    much."""
 
     in_flight: int
     running_tokens: float = 0.0
     visits: tuple[float, ...] = ()
     per_call: int = 1
-    tenant_tokens: float = 0.0
-    tenants: int = 1
 
     @property
     def ahead_tokens(self) -> float:
@@ -246,25 +244,14 @@ def refusal(
     ahead_s = rate.seconds(tokens=load.ahead_tokens)
     own_s = rate.seconds(prompts=min(n, load.per_call), weight=weight)
     limit_s = max(policy.admit_wait_ms, 2 * policy.max_batch_ms) / 1000.0
-    if ahead_s + own_s > limit_s and not _within_tenant_share(load, rate, ahead_s + own_s, own_s, limit_s, policy):
+    if ahead_s + own_s > limit_s:
         return QueueFull(
-            f"overloaded: about {_ms(ahead_s)} of work ahead (the running batch and a round of "
-            f"{len(load.visits)} queued calls); admitting up to {_ms(limit_s)}",
+            f"overloaded: about {_ms(ahead_s)} of work ahead (the running batch and {len(load.visits)} visits "
+            f"of queued calls); admitting up to {_ms(limit_s)}",
             reason="OVERLOADED",
             retry_after_ms=_retry_ms(ahead_s + own_s - limit_s),
         )
     return None
-
-
-def _within_tenant_share(
-    load: Load, rate: ServiceRate, wait_s: float, own_s: float, limit_s: float, policy: BatchPolicy
-) -> bool:
-    """Whether a call over the admission limit may still enter (bound 3 of the module docstring): its
-    tenant's queued work and its own first round within an equal share of the limit, and the whole wait
-    `wait_s` within the queue timeout."""
-    if not policy.tenant_fair_share or load.tenants < 2 or wait_s > policy.queue_timeout_ms / 1000.0:
-        return False
-    return rate.seconds(tokens=load.tenant_tokens) + own_s <= limit_s / load.tenants
 
 
 class Admission:

@@ -6,18 +6,25 @@ An `Item` carries what its prompt needs on the way to the scorer: the text, the 
 idle fast path, which leaves tokenising to the scorer), its call's deadline and the Future its caller
 awaits.
 
-`BatchQueue` has two verbs, `append` (one call's items, as a line) and `next_batch`. Calls share the
-scorer fairly, by rounds: `next_batch` visits the lines in turn, starting with the line that has
-waited longest since its last visit, and takes up to `quantum` prompts of the visited call (in the
-call's order) before moving on, within a prompt-count limit, a padded-token budget (longest prompt x
-prompts) and a token budget (the sum of the prompts' tokens: the cost the scheduler allows a batch).
-A one-prompt call therefore joins the next batch or the one after, even while a call of hundreds is
-being scored, and a long call still gets `quantum` prompts a round however many short calls there
-are, plus whatever room the short ones leave. A line's first `quantum` prompts are *released* (waiting
-for a batch) and the rest held; when one leaves, the next is released, and the queue calls
-`on_release(item)` (the scheduler starts the item's wait clock there). `next_batch` also returns the
-dead items (cancelled or expired futures) it met, for the scheduler to count. An item without tokens
-always forms a batch of its own. No asyncio scheduling happens here (see lmroute.service.scheduler).
+`BatchQueue` has two verbs, `append` (one call's items, as a line of its tenant's) and `next_batch`.
+Calls share the scorer fairly, by rounds, tenants first: `next_batch` visits the tenants in turn and,
+within a tenant, its calls in turn, starting with those that have waited longest since their last
+visit. A call's visit takes up to `quantum` prompts of it (in the call's order); a tenant's visit goes
+on over its calls until it has taken `tenant_quantum` work tokens (deficit round robin: it takes a
+prompt while the prompt's work fits what is left, and always at least one), then the next tenant's
+begins; all within a prompt-count limit, a padded-token budget (longest prompt x prompts) and a token
+budget (the sum of the prompts' work tokens: the cost the scheduler allows a batch). A one-prompt call
+therefore joins the next batch or the one after, even while a call of hundreds is being scored; a long
+call still gets `quantum` prompts a round however many short calls there are, plus whatever room the
+short ones leave; and a tenant gets about the same work a round as any other with work queued, whether
+it sends one call of many prompts or many calls of one, and waits for one visit of each other tenant,
+however many calls those have queued. With one tenant queued this is round robin over its calls.
+`visits_ahead` says what a new call of a tenant waits for before its first visit (what admission charges
+it). A line's first `quantum` prompts are *released* (waiting for a batch) and the
+rest held; when one leaves, the next is released, and the queue calls `on_release(item)` (the scheduler
+starts the item's wait clock there). `next_batch` also returns the dead items (cancelled or expired
+futures) it met, for the scheduler to count. An item without tokens always forms a batch of its own.
+No asyncio scheduling happens here (see lmroute.service.scheduler).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import asyncio
 import collections
 import enum
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -108,7 +116,7 @@ class Item(Generic[T]):
 
 class CallLine(Generic[T]):
     """The queued items of one call, in order: `released` may join a batch, `held` wait their turn;
-    `tenant`: the caller's (admission shares the queue between tenants)."""
+    `tenant`: the caller's (the queue takes tenants in turn)."""
 
     def __init__(self, key: int, quantum: int, tenant: str = "") -> None:
         self.key = key
@@ -122,10 +130,17 @@ class CallLine(Generic[T]):
 
 
 class BatchQueue(Generic[T]):
-    """Queued items as one line per call, batched round robin; two verbs: `append` and `next_batch`."""
+    """Queued items as one line per call, lines grouped by tenant, batched round robin over the tenants
+    and, within each, over its calls; two verbs: `append` and `next_batch`."""
 
     def __init__(self, on_release: Callable[[Item[T]], None] | None = None) -> None:
-        self._lines: dict[int, CallLine[T]] = {}  # insertion order = round-robin order
+        # tenant -> its lines by key; insertion orders = the round-robin orders (the first is next)
+        self._tenants: dict[str, dict[int, CallLine[T]]] = {}
+        # the tenant whose visit is going on, the work tokens it may still take (None: one call's visit)
+        # and whether it took any
+        self._visiting: str | None = None
+        self._credit: float | None = None
+        self._took = False
         self._keys = itertools.count()
         self._len = 0
         self._on_release = on_release
@@ -134,22 +149,55 @@ class BatchQueue(Generic[T]):
         """Items queued (released or held)."""
         return self._len
 
-    def line_lengths(self) -> tuple[int, ...]:
-        """Items queued per call, in round-robin order."""
-        return tuple(len(line) for line in self._lines.values())
+    def _lines(self) -> Iterator[CallLine[T]]:
+        for lines in self._tenants.values():
+            yield from lines.values()
 
-    def tenant_visits(self, tenant: str) -> tuple[tuple[float, ...], float, int]:
-        """Per call, in round-robin order, the work tokens its next visit takes (its next `quantum`
-        items; an item not tokenised counts 0); the sum of those of `tenant`'s calls; and how many
-        tenants have calls queued, `tenant` counted whether or not it has any."""
-        visits, own, tenants = [], 0.0, {tenant}
-        for line in self._lines.values():
-            visit = self._visit(line)
-            visits.append(visit)
-            tenants.add(line.tenant)
-            if line.tenant == tenant:
-                own += visit
-        return tuple(visits), own, len(tenants)
+    def line_lengths(self) -> tuple[int, ...]:
+        """Items queued per call, by tenant in round-robin order and within a tenant in its order."""
+        return tuple(len(line) for line in self._lines())
+
+    def visits_ahead(self, tenant: str, tenant_quantum: float | None = None) -> tuple[float, ...]:
+        """The work tokens of each visit that comes before a new call of `tenant` gets its first one (an
+        item not tokenised counts 0), the tenant's own first, then the others' in the round's order: the
+        next visit of each of the tenant's queued calls (the new call is its last), and of every other
+        tenant the visits the rounds give it meanwhile: as many as the tenant's own visits those calls
+        take (their work over `tenant_quantum`; None: one visit a call), one more when it comes before
+        the tenant in the round (a tenant not queued comes last), each of `tenant_quantum` work tokens
+        (None: its calls in turn, each at the work of its next visit), as far as its queued work goes.
+        One tenant: one visit of every queued call."""
+        if not self._tenants:
+            return ()
+        own = self._tenants.get(tenant)
+        visits = [self._visit(line) for line in own.values()] if own is not None else []
+        # the tenant's visits before the one that reaches the new call
+        rounds = len(visits) if tenant_quantum is None else int(sum(visits) // tenant_quantum)
+        before = True
+        for name, lines in self._tenants.items():
+            if name == tenant:
+                before = False
+                continue
+            n = rounds + 1 if before else rounds
+            if tenant_quantum is None:
+                visits.extend(self._next_visits(lines.values(), n))
+            else:
+                queued = sum(self._visit(line) * -(-len(line) // line.quantum) for line in lines.values())
+                full, part = divmod(min(queued, n * tenant_quantum), tenant_quantum)
+                visits.extend([tenant_quantum] * int(full) + ([part] if part > 0 else []))
+        return tuple(visits)
+
+    @classmethod
+    def _next_visits(cls, lines: Iterable[CallLine[T]], n: int) -> list[float]:
+        """The work tokens of a tenant's next `n` visits of one call each (fewer when its calls run out):
+        its calls in turn, each visit of a call counted at the work of its next one."""
+        left = [(cls._visit(line), -(-len(line) // line.quantum)) for line in lines]
+        out: list[float] = []
+        rnd = 0
+        while left and len(out) < n:
+            out.extend(work for work, _ in left[: n - len(out)])
+            rnd += 1
+            left = [(work, count) for work, count in left if count > rnd]
+        return out
 
     @staticmethod
     def _visit(line: CallLine[T]) -> float:
@@ -167,7 +215,7 @@ class BatchQueue(Generic[T]):
             line.held.append(it)
         self._len += len(items)
         if items:
-            self._lines[line.key] = line
+            self._tenants.setdefault(tenant, {})[line.key] = line
             for _ in range(quantum):
                 self._release_next(line)
 
@@ -188,13 +236,13 @@ class BatchQueue(Generic[T]):
 
     def oldest_enqueued_at(self) -> float | None:
         """When the longest-waiting released item was released; None when nothing is released."""
-        heads = [line.released[0].enqueued_at for line in self._lines.values() if line.released]
+        heads = [line.released[0].enqueued_at for line in self._lines() if line.released]
         return min(heads) if heads else None
 
     def batch_ready(self, max_size: int, max_tokens: int, cost_tokens: float | None = None) -> bool:
         """True when the queue already holds a full batch (by count, padded tokens or work tokens)."""
         n, longest, cost = 0, 0, 0.0
-        for line in self._lines.values():
+        for line in self._lines():
             for it in itertools.chain(line.released, line.held):
                 if it.future.done():
                     continue
@@ -209,17 +257,25 @@ class BatchQueue(Generic[T]):
         return False
 
     def next_batch(
-        self, max_size: int, max_tokens: int, cost_tokens: float | None = None
+        self, max_size: int, max_tokens: int, cost_tokens: float | None = None, tenant_quantum: float | None = None
     ) -> tuple[list[Item[T]], list[Item[T]]]:
-        """Pop the next batch and the dead items met on the way: rounds over the calls, up to a call's
-        quantum a visit, within `max_size` prompts, `max_tokens` padded tokens (longest x count) and
-        `cost_tokens` work tokens in all (None: no such budget); the first prompt always fits."""
+        """Pop the next batch and the dead items met on the way: rounds over the tenants, a tenant's visit
+        taking up to `tenant_quantum` work tokens (None: one call's visit) over its calls in turn, a call's
+        visit up to its quantum of prompts; within `max_size` prompts, `max_tokens` padded tokens
+        (longest x count) and `cost_tokens` work tokens in all (None: no such budget); the first prompt
+        always fits. A visit cut by a full batch goes on in the next one."""
         batch: list[Item[T]] = []
         dead: list[Item[T]] = []
         longest, cost = 0, 0.0
-        while self._lines and len(batch) < max_size:
-            line = next(iter(self._lines.values()))
-            taken, full = 0, False
+        while self._tenants and len(batch) < max_size:
+            tenant, lines = next(iter(self._tenants.items()))
+            if self._visiting != tenant:  # its visit begins (alone, it may take everything)
+                self._visiting, self._took = tenant, False
+                self._credit = None if tenant_quantum is None else math.inf
+            if self._credit == math.inf and tenant_quantum is not None and len(self._tenants) > 1:
+                self._credit = tenant_quantum  # another tenant came: this visit is bounded from now
+            line = next(iter(lines.values()))
+            taken, full, spent = 0, False, False
             while line.released and taken < line.quantum and len(batch) < max_size:
                 it = line.released[0]
                 if it.future.done():
@@ -238,13 +294,21 @@ class BatchQueue(Generic[T]):
                 if batch and (new_longest * (len(batch) + 1) > max_tokens or over_cost):
                     full = True
                     break
+                if self._credit is not None and self._took and work > self._credit:
+                    spent = True
+                    break
                 longest, cost = new_longest, cost + work
                 batch.append(self._pop(line))
                 taken += 1
-            if taken or not len(line):  # a line that gave nothing (the batch was full) keeps its turn
-                self._to_back(line)
+                self._took = True
+                if self._credit is not None:
+                    self._credit -= work
+            if taken or not len(line):  # a call that gave nothing (the batch was full) keeps its turn
+                self._line_to_back(line)
             if full:
                 break
+            if spent or self._credit is None:
+                self._tenant_to_back(tenant)
         return batch, dead
 
     # -- internals ---------------------------------------------------------------------------------
@@ -257,13 +321,23 @@ class BatchQueue(Generic[T]):
         self._release_next(line)
         return it
 
-    def _to_back(self, line: CallLine[T]) -> None:
-        """Send a visited line to the back of the round (or forget it when it is empty)."""
-        del self._lines[line.key]
+    def _line_to_back(self, line: CallLine[T]) -> None:
+        """Send a visited line to the back of its tenant's round (forgetting it, and the tenant with no
+        other line, once empty)."""
+        lines = self._tenants[line.tenant]
+        del lines[line.key]
         if len(line):
-            self._lines[line.key] = line
+            lines[line.key] = line
         else:
             line.held.clear()
+            if not lines:
+                del self._tenants[line.tenant]
+
+    def _tenant_to_back(self, tenant: str) -> None:
+        """End `tenant`'s visit: it goes to the back of the tenants' round."""
+        if tenant in self._tenants:
+            self._tenants[tenant] = self._tenants.pop(tenant)
+        self._visiting = None
 
     def _release_next(self, line: CallLine[T]) -> None:
         while line.held and len(line.released) < line.quantum:
@@ -278,5 +352,10 @@ class BatchQueue(Generic[T]):
             return
 
     def _forget_if_empty(self, line: CallLine[T]) -> None:
-        if not len(line):
-            self._lines.pop(line.key, None)
+        if len(line):
+            return
+        lines = self._tenants.get(line.tenant)
+        if lines is not None:
+            lines.pop(line.key, None)
+            if not lines:
+                del self._tenants[line.tenant]

@@ -109,10 +109,11 @@ class BatchPolicy:
     tenant_fair_share: bool = field(
         default=True,
         metadata=_doc(
-            "while calls of several tenants are queued, a call whose tenant holds less than an equal share "
-            "of admit_wait_ms is admitted beyond it (within queue_timeout_ms), so one tenant's flood cannot "
-            "starve another; a caller's tenant is its token's, else the one it names (tenant_header). "
-            "false = every call is judged by the total work ahead alone"
+            "the queue takes the tenants of queued calls in turn, each tenant's visit the same work (a quarter "
+            "batch of average prompts, over its calls in turn), and admission charges a call the visits before "
+            "its turn, so a tenant flooding the queue is refused while another still enters and waits one visit "
+            "of each other tenant; a caller's tenant is its token's, else the one it names (tenant_header). "
+            "false = one round over all calls, whoever sent them"
         ),
     )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))

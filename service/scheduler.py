@@ -2,8 +2,8 @@
 
 `Scheduler.score(prompts, routers)` validates each prompt (per-item errors), admits the call or refuses
 it at once (lmroute.service.admission: the memory bound `max_queue`, the caller's deadline and the
-queue wait at the measured service rate, with each tenant's share of it; the call holds its permits
-until it is answered), tokenises
+queue wait at the measured service rate, as its tenant's turn in the queue makes it; the call holds its
+permits until it is answered), tokenises
 the prompts (on a helper thread, with the scorer's `tokenize`), queues the call's items as one line of
 the fair queue (lmroute.service.batch_queue) and awaits them. The routers arrive resolved by the
 transport and are trusted here. Idle fast path: a one-prompt call that finds nothing in flight, with
@@ -22,13 +22,16 @@ same step. Each method of the scorer is still never called twice at once: a step
 its helper thread is idle. After an inline batch the worker yields, so the answered calls reply and new
 calls are admitted before the next batch.
 
-Batches take the queued calls in turn, up to `call_quantum` prompts of each per round, so a call of
-hundreds of prompts shares the scorer with one-prompt calls instead of starving
-them, and still gets a steady share itself. A single worker task forms batches: a batch leaves when it
-holds `max_batch_size` prompts, or the work the scorer clears in `max_batch_ms` at its measured cost
-(fewer long prompts than short ones, fewer asking for costly routers), when adding the next prompt
-would pass `max_batch_tokens` padded tokens (longest x count), or when the oldest prompt has waited
-`max_wait_us`. Each prompt's wait is bounded on its own: by
+Batches take the queued calls' tenants in turn and, within a tenant, its calls in turn, up to
+`call_quantum` prompts of a call a visit and, with several tenants queued, `call_quantum` prompts of the
+measured average length a tenant's visit (`_tenant_quantum`, in work tokens), so a call of hundreds of
+prompts shares the scorer with one-prompt calls instead of starving them, and still gets a steady share
+itself, and a tenant with many calls queued delays another's by one visit each, not by all of them, and
+takes no more a round for sending its prompts in one call or in many. A single worker task forms
+batches: a batch leaves when it holds `max_batch_size` prompts, or the work the scorer clears in
+`max_batch_ms` at its measured cost (fewer long prompts than short ones, fewer asking for costly
+routers), when adding the next prompt would pass `max_batch_tokens` padded tokens (longest x count), or
+when the oldest prompt has waited `max_wait_us`. Each prompt's wait is bounded on its own: by
 `queue_timeout_ms` from the moment it is released into the queue, and by the caller's deadline; a prompt
 past either is dropped before the scorer sees it and gets QueueTimeout or DeadlineExpired as its
 outcome, while the rest of its call goes on (the transport decides what that means for the call). Two
@@ -242,8 +245,8 @@ class Scheduler(Generic[T]):
         None means every loaded router. A prompt given as a ServiceError (the transport could not
         extract it) or failing validation gets that error back; the others are scored. Raises for the
         whole call: NotReady, Draining, QueueFull (not enough permits for every valid prompt).
-        `timeout_s` is the client's remaining deadline; `tenant` the caller's (admission shares the queue
-        between tenants: lmroute.service.admission).
+        `timeout_s` is the client's remaining deadline; `tenant` the caller's (the queue takes tenants in
+        turn, with `tenant_fair_share`; admission charges a call the visits before its turn).
         """
         if self._closing:
             raise Draining("server is shutting down")
@@ -283,8 +286,9 @@ class Scheduler(Generic[T]):
         scorer = self.scorer  # the call's scorer to its end, whatever swap does meanwhile
         loop = asyncio.get_running_loop()
         admitted = loop.time()
-        visits, tenant_tokens, tenants = self._queue.tenant_visits(tenant)
-        load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum, tenant_tokens, tenants)
+        tenant = tenant if self.policy.tenant_fair_share else ""  # off: one tenant, round robin over calls
+        visits = self._queue.visits_ahead(tenant, self._tenant_quantum())
+        load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum)
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
         permit = None if refused is not None else self._admission.try_acquire(len(texts))
@@ -585,7 +589,9 @@ class Scheduler(Generic[T]):
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch, dead = self._queue.next_batch(self.max_batch_size, pol.max_batch_tokens, budget)
+            batch, dead = self._queue.next_batch(
+                self.max_batch_size, pol.max_batch_tokens, budget, self._tenant_quantum()
+            )
             for it in dead:
                 if it.state is State.QUEUED:
                     self._drop(it)
@@ -595,6 +601,12 @@ class Scheduler(Generic[T]):
                 self._end_batch()
                 if inline:  # the loop ran nothing meanwhile: let the answered calls reply, new ones come in
                     await asyncio.sleep(0)
+
+    def _tenant_quantum(self) -> float | None:
+        """Work tokens a tenant's visit to the queue takes: `call_quantum` prompts of the measured average
+        length (None before a batch is measured: one call's visit)."""
+        per_prompt = self.rate.tokens_per_prompt
+        return None if per_prompt is None else self.call_quantum * per_prompt
 
     def _begin(self, batch: list[Item[T]]) -> None:
         """`batch` leaves the queue for the scorer: mark it running (no longer timed), count it."""

@@ -6,9 +6,10 @@ The service (`lmroute-serve --bundle DIR`, defaults) on the server core(s); two 
 client core(s) at once, open loop, Route (benchmarks/ghz/route.json), each naming its tenant in
 `x-lmroute-tenant`: tenant `flood` offers --flood x the server's capacity, tenant `steady` --steady x.
 Capacity: closed-loop Route at concurrency 4 and 8 (the best OK calls/s), measured on each server
-started. Each round runs the service with `--tenant-fair-share false` (every call judged by the total
-work ahead) and with its default (`true`: a tenant holding less than an equal share of what admission
-allows still enters), one after the other on fresh servers. Reported per tenant: OK calls/s, the share
+started. Each round runs the service with `--tenant-fair-share false` (one round over all queued calls,
+every call judged by the whole round ahead) and with its default (`true`: the queue takes the tenants in
+turn, then each tenant's calls, and admission charges a call the visits before its turn), one after the
+other on fresh servers. Reported per tenant: OK calls/s, the share
 of its offered calls answered, statuses, OK latency p50 / p99.
 """
 
@@ -79,7 +80,7 @@ def one_variant(args: argparse.Namespace, fair: str, label: str, out: Path) -> d
 
 def report(res: dict[str, Any]) -> str:
     lines = [
-        "# Two tenants, one flooding: Route OK rate per tenant, with and without the tenant share",
+        "# Two tenants, one flooding: Route OK rate and latency per tenant, with and without tenants taken in turn",
         "",
         "```bash",
         res["command"],
@@ -89,7 +90,7 @@ def report(res: dict[str, Any]) -> str:
         f"{res['client_cores']}; bundle `{res['bundle']}`; {res['seconds']:g} s a phase, both tenants at once, "
         f"open loop; `flood` offers {res['flood']:g}x the capacity measured on that server, `steady` {res['steady']:g}x.",
         "",
-        "| round | tenant share | capacity calls/s | tenant | offered/s | OK/s | answered | statuses | OK p50 / p99 ms |",
+        "| round | --tenant-fair-share | capacity calls/s | tenant | offered/s | OK/s | answered | statuses | OK p50 / p99 ms |",
         "|---|---|---:|---|---:|---:|---:|---|---|",
     ]
     for i, rnd in enumerate(res["rounds"], 1):

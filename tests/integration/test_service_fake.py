@@ -117,12 +117,16 @@ def test_queue_limit_8_with_10_concurrent_gives_exactly_2_resource_exhausted(
     assert sum(e is None for e in errors) == 8
 
 
-def test_one_tenants_flood_leaves_another_tenant_its_share(
+def test_one_tenants_flood_leaves_another_tenant_its_turn(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:
     """Tenants named in x-lmroute-tenant: while one tenant's calls fill what admission allows, another's
-    still enter up to an equal share (Score and Route alike); the flooding tenant stays refused."""
-    srv = make_server(batch=BatchPolicy(admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=20_000))
+    still enter as long as their own wait (their tenant's queued calls and a visit of each other tenant
+    per turn) fits it, and are scored in turn with the flood's (Score and Route alike); the flooding
+    tenant stays refused."""
+    # batches of 4: a call's visit, and a tenant's, is one prompt (a quarter batch at the average length)
+    policy = BatchPolicy(max_batch_size=4, admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=20_000)
+    srv = make_server(batch=policy)
     sched = srv.server.scheduler
     assert sched is not None
     sched.rate.observe(1, 3, 0.1)  # a one-word prompt (3 tokens) costs 0.1 s: 0.45 s admits 4 queued
@@ -154,6 +158,8 @@ def test_one_tenants_flood_leaves_another_tenant_its_share(
         fake.release()
         assert all(f.exception() is None for f in flood) and route.exception() is None
     assert [name for name, _ in refused] == ["flood", "other"]
+    # after the call that held the scorer: the tenants in turn (flood, other, third), each one's calls in turn
+    assert [t for call in fake.calls[1:] for t in call] == ["f0", "more", "third", "f1", "more", "f2", "f3"]
     for _, err in refused:
         assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _reason(err)[0] == "OVERLOADED"

@@ -6,7 +6,6 @@ FakeScorer.block/release and set the measured rate where a test needs a known on
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -83,7 +82,7 @@ def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
     over = refusal(1, None, Load(8, 20, (5, 5, 10, 30)), POLICY, rate)
     assert isinstance(over, QueueFull) and over.reason == "OVERLOADED"
     assert over.message == (
-        "overloaded: about 700 ms of work ahead (the running batch and a round of 4 queued calls); "
+        "overloaded: about 700 ms of work ahead (the running batch and 4 visits of queued calls); "
         "admitting up to 500 ms"
     )
     info = status_of(over)
@@ -96,29 +95,89 @@ def test_overload_is_refused_at_once_with_a_retry_delay() -> None:
     assert isinstance(refusal(1, None, Load(3, 450), POLICY, rate), QueueFull)
 
 
-def test_a_tenant_under_its_equal_share_enters_beyond_the_limit_and_the_flooding_one_does_not() -> None:
-    rate = measured()  # 0.01 s a token; POLICY admits up to 0.5 s ahead, queue timeout 1 s
-    over = Load(8, 20, (10, 10, 10, 10), tenant_tokens=0.0, tenants=2)  # 0.6 s ahead, all another tenant's
-    # a second tenant's prompt: its tenant's 0 s + its own 0.1 s <= 0.5 s / 2 tenants, 0.7 s <= 1 s: enters
-    assert refusal(1, None, over, POLICY, rate) is None
-    # the flooding tenant (all 0.4 s of queued visits its own) is refused as before
-    flooding = Load(8, 20, (10, 10, 10, 10), tenant_tokens=40.0, tenants=2)
-    assert isinstance(refusal(1, None, flooding, POLICY, rate), QueueFull)
-    # the second tenant's share is 0.25 s: with 0.2 s of its own queued, one more prompt (0.1 s) is over it
-    assert isinstance(
-        refusal(1, None, Load(8, 20, (10, 10, 10, 20), tenant_tokens=20.0, tenants=2), POLICY, rate), QueueFull
-    )
-    # three tenants: a share is 0.5 / 3 s
-    assert refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenant_tokens=5.0, tenants=3), POLICY, rate) is None
-    assert isinstance(
-        refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenant_tokens=10.0, tenants=3), POLICY, rate), QueueFull
-    )
-    # never beyond the queue timeout: 1.1 s of work ahead would expire the prompt in the queue
-    assert isinstance(refusal(1, None, Load(8, 20, (30, 30, 30), tenants=2), POLICY, rate), QueueFull)
-    # one tenant alone, or the share switched off: the total alone decides
-    assert isinstance(refusal(1, None, Load(8, 20, (10, 10, 10, 10), tenants=1), POLICY, rate), QueueFull)
-    off = BatchPolicy(**{**dataclasses.asdict(POLICY), "tenant_fair_share": False})
-    assert isinstance(refusal(1, None, over, off, rate), QueueFull)
+def test_a_new_call_waits_for_its_tenants_queued_calls_and_the_visits_other_tenants_get_meanwhile() -> None:
+    q: BatchQueue[int] = BatchQueue()
+    q.append(_items(["a0", "a0 more"]), quantum=1, tenant="A")  # 3 work tokens a prompt, 1 prompt a visit
+    q.append(_items(["a1"]), quantum=1, tenant="A")
+    q.append(_items(["a2"]), quantum=1, tenant="A")
+    q.append(_items(["b0"], n_tokens=5), quantum=1, tenant="B")
+    q.append(_items(["c0", "c1", "c2", "c3"]), quantum=1, tenant="C")
+    # A's new call is its 4th: A's 3 queued calls, then B (after A in the round) as often as it can (once)
+    # and C (after A) 3 times
+    assert q.visits_ahead("A") == (3.0, 3.0, 3.0, 5.0, 3.0, 3.0, 3.0)
+    # B's second call: B's queued one; A comes before B, so 2 visits of A (its first two calls), C after: 1
+    assert q.visits_ahead("B") == (5.0, 3.0, 3.0, 3.0)
+    # C's: C's own 1; A and B come before C: 2 of A, 1 of B (all it has)
+    assert q.visits_ahead("C") == (3.0, 3.0, 3.0, 5.0)
+    # a tenant with nothing queued comes last in the round: one visit of each
+    assert q.visits_ahead("D") == (3.0, 5.0, 3.0)
+    # a tenant's visit of 6 work tokens: A's 9 queued reach the new call in A's 2nd visit, so B and C
+    # (after A) get one visit each first: B its 5, C 6 of its 12
+    assert q.visits_ahead("A", 6.0) == (3.0, 3.0, 3.0, 5.0, 6.0)
+    # B's 5 queued are reached in its 1st visit: one of A (before B) first, none of C (after B)
+    assert q.visits_ahead("B", 6.0) == (5.0, 6.0)
+    # a tenant not queued waits one visit of each: A's 6 of its 12, B's 5, C's 6
+    assert q.visits_ahead("D", 6.0) == (6.0, 5.0, 6.0)
+    # one tenant: one visit of every queued call, however long (the round over the calls)
+    one: BatchQueue[int] = BatchQueue()
+    one.append(_items(["x0", "x1", "x2"]), quantum=2)
+    one.append(_items(["y0"]), quantum=2)
+    assert one.visits_ahead("") == one.visits_ahead("", 1.0) == (6.0, 3.0)
+    assert BatchQueue[int]().visits_ahead("") == ()
+
+
+def test_batches_take_tenants_in_turn_and_each_tenants_calls_in_turn() -> None:
+    q: BatchQueue[int] = BatchQueue()
+    for name in ("a0", "a1", "a2"):
+        q.append(_items([f"{name}.0", f"{name}.1"]), quantum=1, tenant="A")
+    q.append(_items(["b0.0"]), quantum=1, tenant="B")
+    q.append(_items(["c0.0", "c0.1", "c0.2"]), quantum=1, tenant="C")
+    assert q.line_lengths() == (2, 2, 2, 1, 3)
+    assert [it.text for it in q.next_batch(6, 1000)[0]] == ["a0.0", "b0.0", "c0.0", "a1.0", "c0.1", "a2.0"]
+    assert [it.text for it in q.next_batch(6, 1000)[0]] == ["c0.2", "a0.1", "a1.1", "a2.1"]
+    assert len(q) == 0
+    # a tenant that gave nothing because the batch was full keeps its turn
+    q.append(_items(["a"], n_tokens=8), quantum=1, tenant="A")
+    q.append(_items(["b"], n_tokens=3), quantum=1, tenant="B")
+    q.append(_items(["c"], n_tokens=3), quantum=1, tenant="C")
+    assert [it.text for it in q.next_batch(6, 10)[0]] == ["a"]  # b would pass 10 padded tokens
+    assert [it.text for it in q.next_batch(6, 10)[0]] == ["b", "c"]
+
+
+def test_a_tenants_visit_takes_the_same_work_whether_it_sends_one_big_call_or_many_small_ones() -> None:
+    def queue() -> BatchQueue[int]:
+        q: BatchQueue[int] = BatchQueue()
+        q.append(_items([f"b{i}" for i in range(8)]), quantum=4, tenant="big")  # 3 work tokens a prompt
+        for i in range(8):
+            q.append(_items([f"s{i}"]), quantum=4, tenant="small")
+        return q
+
+    # visits of 6 work tokens: two prompts of each tenant in turn
+    by_work = [it.text for it in queue().next_batch(16, 10_000, tenant_quantum=6.0)[0]]
+    assert by_work == ["b0", "b1", "s0", "s1", "b2", "b3", "s2", "s3", "b4", "b5", "s4", "s5", "b6", "b7", "s6", "s7"]
+    # before the average prompt is measured, a tenant's visit is one call's: 4 of the big call, then 1
+    by_call = [it.text for it in queue().next_batch(16, 10_000)[0]]
+    assert by_call[:7] == ["b0", "b1", "b2", "b3", "s0", "b4", "b5"]
+    # a prompt bigger than the visit still goes, alone in it
+    q: BatchQueue[int] = BatchQueue()
+    q.append(_items(["long0", "long1"], n_tokens=20), quantum=4, tenant="L")
+    q.append(_items(["short0", "short1"]), quantum=4, tenant="S")
+    assert [it.text for it in q.next_batch(8, 10_000, tenant_quantum=6.0)[0]] == ["long0", "short0", "short1", "long1"]
+
+
+def test_a_lone_tenants_calls_go_round_as_before_and_a_newcomer_bounds_its_visit() -> None:
+    for quantum in (None, 1.0):  # one tenant queued: the tenant's visit does not matter
+        q: BatchQueue[int] = BatchQueue()
+        q.append(_items([f"a{i}" for i in range(6)]), quantum=2)
+        q.append(_items(["b0"]), quantum=2)
+        q.append(_items(["c0", "c1", "c2"]), quantum=2)
+        assert [it.text for it in q.next_batch(5, 1000, tenant_quantum=quantum)[0]] == ["a0", "a1", "b0", "c0", "c1"]
+        assert [it.text for it in q.next_batch(4, 1000, tenant_quantum=quantum)[0]] == ["a2", "a3", "c2", "a4"]
+    q = BatchQueue()
+    q.append(_items([f"a{i}" for i in range(6)]), quantum=6, tenant="A")
+    assert [it.text for it in q.next_batch(2, 1000, tenant_quantum=6.0)[0]] == ["a0", "a1"]  # alone: unbounded
+    q.append(_items(["b0"]), quantum=6, tenant="B")
+    assert [it.text for it in q.next_batch(8, 1000, tenant_quantum=6.0)[0]] == ["a2", "a3", "b0", "a4", "a5"]
 
 
 def test_a_deadline_no_retry_can_meet_is_refused_without_a_retry_delay() -> None:
@@ -234,8 +293,7 @@ def test_a_batch_budget_holds_fewer_prompts_of_costly_routers() -> None:
     q.append(cheap, quantum=8)
     assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 8  # 3 work tokens each
     q.append(costly, quantum=8)
-    assert q.tenant_visits("") == ((8 * 12.0,), 8 * 12.0, 1)
-    assert q.tenant_visits("other") == ((8 * 12.0,), 0.0, 2)
+    assert q.visits_ahead("") == q.visits_ahead("other") == (8 * 12.0,)
     assert len(q.next_batch(8, 1000, cost_tokens=24)[0]) == 2  # 12 work tokens each
 
 
@@ -354,11 +412,11 @@ def test_scheduler_refuses_overload_from_the_measured_rate() -> None:
     run(body)
 
 
-def test_one_tenants_flood_does_not_keep_another_tenant_out() -> None:
-    async def body() -> None:
+def test_one_tenants_flood_neither_keeps_another_tenant_out_nor_ahead_of_it() -> None:
+    async def body(fair: bool) -> list[str]:
         scorer = FakeScorer()
         scorer.block()
-        sched = make(scorer, admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=1000)
+        sched = make(scorer, admit_wait_ms=450, max_batch_ms=0, max_batch_size=2, tenant_fair_share=fair)
         sched.rate.observe(1, 3, 0.1)  # 0.1 s a one-word prompt; 0.45 s admits 4 queued behind the scorer
         first = asyncio.create_task(sched.score(["occupies the scorer"], tenant="flood"))
         await wait_entered(scorer)
@@ -367,22 +425,32 @@ def test_one_tenants_flood_does_not_keep_another_tenant_out() -> None:
         with pytest.raises(QueueFull) as e:
             await sched.score(["one too many"], tenant="flood")
         assert e.value.reason == "OVERLOADED"
-        # another tenant holds nothing queued: its share of the 0.45 s (two tenants: 0.225 s) has room for
-        # two prompts, and the whole wait (0.4 + 0.1, 0.5 + 0.1 s) stays within the 1 s queue timeout
-        other = [asyncio.create_task(sched.score([f"o{i}"], tenant="other")) for i in range(2)]
-        await until(lambda: sched.stats.admitted == 7)
-        with pytest.raises(QueueFull):
-            await sched.score(["over its share"], tenant="other")
-        with pytest.raises(QueueFull):
-            await sched.score(["still refused"], tenant="flood")
-        assert sched.stats.rejected_overload == 3
+        refused: list[str] = []
+        other = []
+        for i in range(3):
+            before = (sched.stats.admitted, sched.stats.rejected_overload)
+            call = asyncio.create_task(sched.score([f"o{i}"], tenant="other"))
+            await until(lambda b=before: (sched.stats.admitted, sched.stats.rejected_overload) != b)  # type: ignore[misc]
+            if sched.stats.rejected_overload > before[1]:
+                refused.append(f"o{i}")
+                with pytest.raises(QueueFull):
+                    await call
+            else:
+                other.append(call)
         scorer.release()
         await first
         outs = [o for call in await asyncio.gather(*flood, *other) for o in call]
-        assert len(outs) == 6 and all(isinstance(o, ItemResult) for o in outs)
+        assert all(isinstance(o, ItemResult) for o in outs)
         await sched.close()
+        assert refused == (["o2"] if fair else ["o0", "o1", "o2"])
+        return [t for c in scorer.calls[1:] for t in c]
 
-    run(body)
+    # the other tenant's first call waits one visit of the flood (0.1 + 0.1 s), its second the flood's
+    # next two and its own first (0.4 s), a third would wait 0.6 s: refused; and they are scored in turn
+    # with the flood's, not behind all of it
+    assert asyncio.run(asyncio.wait_for(body(True), 30)) == ["f0", "o0", "f1", "o1", "f2", "f3"]
+    # one round over all calls: the flood's 0.4 s queued keeps every call of the other tenant out
+    assert asyncio.run(asyncio.wait_for(body(False), 30)) == ["f0", "f1", "f2", "f3"]
 
 
 def test_scheduler_refuses_a_call_its_deadline_cannot_hold() -> None:
