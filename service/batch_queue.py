@@ -34,7 +34,7 @@ import collections
 import enum
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -159,45 +159,28 @@ class BatchQueue(Generic[T]):
 
     def visits_ahead(self, tenant: str, tenant_quantum: float | None = None) -> tuple[float, ...]:
         """The work tokens of each visit that comes before a new call of `tenant` gets its first one (an
-        item not tokenised counts 0), the tenant's own first, then the others' in the round's order: the
-        next visit of each of the tenant's queued calls (the new call is its last), and of every other
-        tenant the visits the rounds give it meanwhile: as many as the tenant's own visits those calls
-        take (their work over `tenant_quantum`; None: one visit a call), one more when it comes before
-        the tenant in the round (a tenant not queued comes last), each of `tenant_quantum` work tokens
-        (None: its calls in turn, each at the work of its next visit), as far as its queued work goes.
-        One tenant: one visit of every queued call."""
+        item not tokenised counts 0): the next visit of each of the tenant's queued calls (the new call is
+        its last); then, for every other tenant with calls queued, a visit of `tenant_quantum` work tokens
+        for each of the tenant's own visits those calls take (their work over `tenant_quantum`), and one
+        more when it comes before the tenant in the round (a tenant not queued comes last). The others
+        are taken to stay queued while the call waits, as they do under overload (one that runs out only
+        shortens the wait), so that a call admitted now does not pass its queue timeout when they send
+        more. Without `tenant_quantum` (before a batch is measured; admission then does not use it): one
+        visit of every queued call, as with one tenant."""
         if not self._tenants:
             return ()
+        if tenant_quantum is None:
+            return tuple(self._visit(line) for line in self._lines())
         own = self._tenants.get(tenant)
         visits = [self._visit(line) for line in own.values()] if own is not None else []
-        # the tenant's visits before the one that reaches the new call
-        rounds = len(visits) if tenant_quantum is None else int(sum(visits) // tenant_quantum)
+        rounds = int(sum(visits) // tenant_quantum)  # the tenant's visits before the one reaching the call
         before = True
-        for name, lines in self._tenants.items():
+        for name in self._tenants:
             if name == tenant:
                 before = False
-                continue
-            n = rounds + 1 if before else rounds
-            if tenant_quantum is None:
-                visits.extend(self._next_visits(lines.values(), n))
             else:
-                queued = sum(self._visit(line) * -(-len(line) // line.quantum) for line in lines.values())
-                full, part = divmod(min(queued, n * tenant_quantum), tenant_quantum)
-                visits.extend([tenant_quantum] * int(full) + ([part] if part > 0 else []))
+                visits.extend([tenant_quantum] * (rounds + 1 if before else rounds))
         return tuple(visits)
-
-    @classmethod
-    def _next_visits(cls, lines: Iterable[CallLine[T]], n: int) -> list[float]:
-        """The work tokens of a tenant's next `n` visits of one call each (fewer when its calls run out):
-        its calls in turn, each visit of a call counted at the work of its next one."""
-        left = [(cls._visit(line), -(-len(line) // line.quantum)) for line in lines]
-        out: list[float] = []
-        rnd = 0
-        while left and len(out) < n:
-            out.extend(work for work, _ in left[: n - len(out)])
-            rnd += 1
-            left = [(work, count) for work, count in left if count > rnd]
-        return out
 
     @staticmethod
     def _visit(line: CallLine[T]) -> float:

@@ -102,22 +102,17 @@ def test_a_new_call_waits_for_its_tenants_queued_calls_and_the_visits_other_tena
     q.append(_items(["a2"]), quantum=1, tenant="A")
     q.append(_items(["b0"], n_tokens=5), quantum=1, tenant="B")
     q.append(_items(["c0", "c1", "c2", "c3"]), quantum=1, tenant="C")
-    # A's new call is its 4th: A's 3 queued calls, then B (after A in the round) as often as it can (once)
-    # and C (after A) 3 times
-    assert q.visits_ahead("A") == (3.0, 3.0, 3.0, 5.0, 3.0, 3.0, 3.0)
-    # B's second call: B's queued one; A comes before B, so 2 visits of A (its first two calls), C after: 1
-    assert q.visits_ahead("B") == (5.0, 3.0, 3.0, 3.0)
-    # C's: C's own 1; A and B come before C: 2 of A, 1 of B (all it has)
-    assert q.visits_ahead("C") == (3.0, 3.0, 3.0, 5.0)
-    # a tenant with nothing queued comes last in the round: one visit of each
-    assert q.visits_ahead("D") == (3.0, 5.0, 3.0)
     # a tenant's visit of 6 work tokens: A's 9 queued reach the new call in A's 2nd visit, so B and C
-    # (after A) get one visit each first: B its 5, C 6 of its 12
-    assert q.visits_ahead("A", 6.0) == (3.0, 3.0, 3.0, 5.0, 6.0)
+    # (after A in the round) get one visit each first, counted whole: they are taken to stay queued
+    assert q.visits_ahead("A", 6.0) == (3.0, 3.0, 3.0, 6.0, 6.0)
     # B's 5 queued are reached in its 1st visit: one of A (before B) first, none of C (after B)
     assert q.visits_ahead("B", 6.0) == (5.0, 6.0)
-    # a tenant not queued waits one visit of each: A's 6 of its 12, B's 5, C's 6
-    assert q.visits_ahead("D", 6.0) == (6.0, 5.0, 6.0)
+    # C's: A and B come before C
+    assert q.visits_ahead("C", 6.0) == (3.0, 6.0, 6.0)
+    # a tenant not queued comes last: one visit of each
+    assert q.visits_ahead("D", 6.0) == (6.0, 6.0, 6.0)
+    # before the average prompt is measured: one visit of every queued call, whoever's
+    assert q.visits_ahead("A") == q.visits_ahead("D") == (3.0, 3.0, 3.0, 5.0, 3.0)
     # one tenant: one visit of every queued call, however long (the round over the calls)
     one: BatchQueue[int] = BatchQueue()
     one.append(_items(["x0", "x1", "x2"]), quantum=2)
