@@ -513,6 +513,21 @@ def test_dead_items_are_skipped_and_reported_and_the_line_moves_on() -> None:
     assert len(q) == 0  # a1 was dropped while held: its done-callback counts it, not the queue
 
 
+def test_a_tenant_whose_calls_are_all_discarded_leaves_the_round() -> None:
+    q: BatchQueue[int] = BatchQueue()
+    a = _items(["a0", "a1"])
+    q.append(a, quantum=1, tenant="A")
+    q.append(_items(["b0", "b1"]), quantum=1, tenant="B")
+    assert q.visits_ahead("C", 3.0) == (3.0, 3.0)
+    for it in a:  # the caller went away: the scheduler discards its queued items
+        it.future.cancel()
+        q.discard(it)
+    assert len(q) == 2 and q.line_lengths() == (2,)
+    assert q.visits_ahead("C", 3.0) == (3.0,)
+    assert [it.text for it in q.next_batch(4, 1000, tenant_quantum=3.0)[0]] == ["b0", "b1"]
+    assert len(q) == 0 and q.visits_ahead("B", 3.0) == ()
+
+
 class _AffinityScorer(FakeScorer):
     """A FakeScorer that records the CPUs of the thread each batch is scored on."""
 
