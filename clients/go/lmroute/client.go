@@ -42,8 +42,8 @@ type Options struct {
 	// Token, when set, is sent as "authorization: Bearer <Token>" with every call.
 	Token string
 	// Tenant, when set, is named in every call's "x-lmroute-tenant" metadata: the tenant whose share
-	// target, spend target and share of the server's admission the calls count against (a token bound
-	// to a tenant decides instead).
+	// target, spend target and turn in the server's queue the calls count against (a token bound to a
+	// tenant decides instead).
 	Tenant string
 }
 
