@@ -157,6 +157,13 @@ class BatchQueue(Generic[T]):
         """Items queued per call, by tenant in round-robin order and within a tenant in its order."""
         return tuple(len(line) for line in self._lines())
 
+    def tenant_lengths(self) -> list[tuple[str, int]]:
+        """Prompts queued per tenant, in round-robin order. For the metrics' thread too: it reads copies
+        (one list copy of a dict is atomic under the interpreter lock), never the dicts being changed."""
+        return [
+            (tenant, sum(len(line) for line in list(lines.values()))) for tenant, lines in list(self._tenants.items())
+        ]
+
     def visits_ahead(self, tenant: str, tenant_quantum: float | None = None) -> tuple[float, ...]:
         """The work tokens of each visit that comes before a new call of `tenant` gets its first one (an
         item not tokenised counts 0): the next visit of each of the tenant's queued calls (the new call is
@@ -165,8 +172,8 @@ class BatchQueue(Generic[T]):
         more when it comes before the tenant in the round (a tenant not queued comes last). The others
         are taken to stay queued while the call waits, as they do under overload (one that runs out only
         shortens the wait), so that a call admitted now does not pass its queue timeout when they send
-        more. Without `tenant_quantum` (before a batch is measured; admission then does not use it): one
-        visit of every queued call, as with one tenant."""
+        more. With one tenant queued, or without `tenant_quantum` (before a batch is measured; admission
+        then does not use it): one visit of every queued call."""
         if not self._tenants:
             return ()
         if tenant_quantum is None:

@@ -116,6 +116,14 @@ class BatchPolicy:
             "false = one round over all calls, whoever sent them"
         ),
     )
+    metrics_tenants: int = field(
+        default=64,
+        metadata=_doc(
+            "tenants counted apart in the per-tenant metrics (lmroute_tenant_calls_total, "
+            "lmroute_tenant_queued_prompts), the first ones seen; further tenants' calls are counted as "
+            "(other), so tenants named in metadata cannot grow them without bound"
+        ),
+    )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))
     inline_us: int = field(
         default=-1,
@@ -137,6 +145,7 @@ class BatchPolicy:
             "max_queue",
             "queue_timeout_ms",
             "admit_wait_ms",
+            "metrics_tenants",
             "max_prompt_chars",
         ):
             _at_least(name, getattr(self, name), 1)

@@ -13,6 +13,11 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_queue_wait_seconds, lmroute_batch_size, lmroute_encoder_seconds, lmroute_score_seconds
                                                 the scheduler's histograms (lmroute.service.stats)
     lmroute_scheduler_events_total{event}       admitted, refused, dropped, scored ... (SchedulerStats)
+    lmroute_tenant_calls_total{tenant, event}   calls admitted / refused (overload, queue full, deadline)
+                                                per tenant; at most --metrics-tenants tenants apart, the
+                                                rest as "(other)", none named as "(none)"
+                                                (lmroute.service.tenant_counts)
+    lmroute_tenant_queued_prompts{tenant}       prompts queued now per tenant (the same labels)
     lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
@@ -38,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from lmroute.service.stats import Histogram as StatsHistogram
+from lmroute.service.tenant_counts import EVENTS
 
 __all__ = ["REFUSAL_CODES", "ServiceMetrics"]
 
@@ -79,6 +85,7 @@ class _ServingCollector(Collector):
                 if isinstance(value, int) and f.name != "largest_batch":
                     events.add_metric([f.name], value)
             yield events
+            yield from self._tenants(scheduler)
         writer = getattr(server, "store_writer", None)
         if writer is not None:
             store = CounterMetricFamily(
@@ -102,6 +109,25 @@ class _ServingCollector(Collector):
         targets = getattr(getattr(server, "servicer", None), "targets", None)
         if targets is not None:
             yield from self._targets(targets)
+
+    @staticmethod
+    def _tenants(scheduler: Any) -> Iterator[Any]:
+        counts = scheduler.tenant_counts
+        calls = CounterMetricFamily(
+            "lmroute_tenant_calls", "Calls admitted or refused by the scheduler, per tenant", labels=["tenant", "event"]
+        )
+        for label, row in counts.snapshot():
+            for event, value in zip(EVENTS, row, strict=True):
+                calls.add_metric([label, event], value)
+        yield calls
+        queued: dict[str, int] = {}
+        for tenant, n in scheduler.queued_by_tenant():
+            label = counts.label(tenant)
+            queued[label] = queued.get(label, 0) + n
+        gauge = GaugeMetricFamily("lmroute_tenant_queued_prompts", "Prompts queued now, per tenant", labels=["tenant"])
+        for label, n in queued.items():
+            gauge.add_metric([label], n)
+        yield gauge
 
     @staticmethod
     def _targets(targets: Any) -> Iterator[Any]:

@@ -87,6 +87,7 @@ from lmroute.service.errors import (
 )
 from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
+from lmroute.service.tenant_counts import ADMITTED, REFUSED_DEADLINE, REFUSED_OVERLOAD, REFUSED_QUEUE_FULL, TenantCounts
 
 __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
 
@@ -146,6 +147,7 @@ class Scheduler(Generic[T]):
         self.scorer = scorer
         self.policy = policy or BatchPolicy()
         self.stats = SchedulerStats()
+        self.tenant_counts = TenantCounts(self.policy.metrics_tenants)  # calls admitted / refused per tenant
         self.timings = ServerTimings()
         self._admission = Admission(self.policy.max_queue)
         self.rate = ServiceRate()
@@ -286,15 +288,16 @@ class Scheduler(Generic[T]):
         scorer = self.scorer  # the call's scorer to its end, whatever swap does meanwhile
         loop = asyncio.get_running_loop()
         admitted = loop.time()
-        tenant = tenant if self.policy.tenant_fair_share else ""  # off: one tenant, round robin over calls
-        visits = self._queue.visits_ahead(tenant, self._tenant_quantum())
+        queued_as = tenant if self.policy.tenant_fair_share else ""  # off: one tenant, round robin over calls
+        visits = self._queue.visits_ahead(queued_as, self._tenant_quantum())
         load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum)
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
         permit = None if refused is not None else self._admission.try_acquire(len(texts))
         if permit is None:
-            self._count_refusal(refused)
+            self._count_refusal(refused, tenant)
             raise refused or QueueFull("queue full")
+        self.tenant_counts.add(tenant, ADMITTED)
         if load.in_flight == 0:
             self._last_progress = time.monotonic()
         if self._may_score_now(texts, weight):
@@ -304,7 +307,7 @@ class Scheduler(Generic[T]):
         with permit:
             tokens = await self._tokenize(texts, scorer)
             self.stats.admitted += len(texts)
-            items = self._enqueue(texts, routers, weight, tokens, deadline, scorer, admitted, tenant)
+            items = self._enqueue(texts, routers, weight, tokens, deadline, scorer, admitted, queued_as)
             on_deadline = None if deadline is None else loop.call_at(deadline, self._expire_call, items)
             done: list[object]
             try:
@@ -331,13 +334,16 @@ class Scheduler(Generic[T]):
                 raise ScorerFailed(f"unexpected outcome {res!r}")
         return out
 
-    def _count_refusal(self, refused: ServiceError | None) -> None:
+    def _count_refusal(self, refused: ServiceError | None, tenant: str) -> None:
         if isinstance(refused, DeadlineExpired):
             self.stats.rejected_deadline += 1
+            self.tenant_counts.add(tenant, REFUSED_DEADLINE)
         elif refused is not None and refused.reason == "OVERLOADED":
             self.stats.rejected_overload += 1
+            self.tenant_counts.add(tenant, REFUSED_OVERLOAD)
         else:
             self.stats.rejected_queue_full += 1
+            self.tenant_counts.add(tenant, REFUSED_QUEUE_FULL)
 
     def _may_score_now(self, texts: list[str], weight: float) -> bool:
         """True when a call of `texts` at `weight` may skip the queue: nothing queued, no batch being
@@ -601,6 +607,11 @@ class Scheduler(Generic[T]):
                 self._end_batch()
                 if inline:  # the loop ran nothing meanwhile: let the answered calls reply, new ones come in
                     await asyncio.sleep(0)
+
+    def queued_by_tenant(self) -> list[tuple[str, int]]:
+        """Prompts queued per tenant ("" for calls naming none, and for all with `tenant_fair_share` off);
+        safe to read from another thread (`BatchQueue.tenant_lengths`)."""
+        return self._queue.tenant_lengths()
 
     def _tenant_quantum(self) -> float | None:
         """Work tokens a tenant's visit to the queue takes: `call_quantum` prompts of the measured average

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ import structlog
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lmroute.service.client import RouterClient
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
@@ -216,3 +217,78 @@ def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_
     text = scrape(port)
     assert sample(text, "lmroute_store_events_total", event="outcomes_written") == 1
     assert sample(text, "lmroute_store_pending", kind="outcomes") == 0
+
+
+def test_tenant_metrics_count_each_tenants_calls_and_what_it_has_queued(serve: Callable[..., ServerThread]) -> None:
+    """Per tenant, calls admitted and refused and prompts queued now, through the scrape endpoint: the
+    tenants named in metadata beyond --metrics-tenants (2 here) counted as (other), a call naming none as
+    (none)."""
+    policy = BatchPolicy(
+        max_batch_size=4, admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=20_000, metrics_tenants=2
+    )
+    srv = serve(batch=policy)
+    port, sched = srv.server.metrics_port, srv.server.scheduler
+    assert port and sched is not None
+    sched.rate.observe(1, 3, 0.1)  # a one-word prompt costs 0.1 s: 0.45 s admits 4 queued behind the scorer
+    fake = sched.scorer
+    fake.block()
+    try:
+        _tenant_metrics(srv, fake)
+    finally:
+        fake.release()
+
+
+def _tenant_metrics(srv: ServerThread, fake: Any) -> None:
+    port, sched = srv.server.metrics_port, srv.server.scheduler
+    assert port and sched is not None
+    req = router_pb2.ScoreRequest(prompts=[router_pb2.Prompt(text="one")])
+
+    clients: dict[str, RouterClient] = {}
+
+    def send(tenant: str) -> grpc.Future:
+        if tenant not in clients:
+            clients[tenant] = RouterClient(srv.target, token=OPEN_TOKEN, tenant=tenant or None)
+        client = clients[tenant]
+        return client.stub.Score.future(req, **client._kw(20))
+
+    calls = [send("flood")]
+    _until(lambda: fake.entered.is_set())
+    calls += [send("flood") for _ in range(4)]
+    _until(lambda: sched.stats.admitted == 5)
+    refused = send("flood")  # its own 0.4 s queued + 0.1 s: over 0.45 s
+    assert refused.exception(timeout=10).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for n, tenant in enumerate(("a", "b", ""), start=6):  # a visit of each tenant ahead of them: admitted
+        calls.append(send(tenant))
+        _until(lambda n=n: sched.stats.admitted == n)  # type: ignore[misc]
+    text = scrape(port)
+    counted = {
+        (tenant, event): sample(text, "lmroute_tenant_calls_total", tenant=tenant, event=event)
+        for tenant in ("flood", "a", "b", "(other)", "(none)")
+        for event in ("admitted", "refused_overload")
+    }
+    assert counted == {
+        ("flood", "admitted"): 5,
+        ("flood", "refused_overload"): 1,
+        ("a", "admitted"): 1,
+        ("a", "refused_overload"): 0,
+        ("b", "admitted"): 0,  # the third tenant named: beyond the two counted apart
+        ("b", "refused_overload"): 0,
+        ("(other)", "admitted"): 1,
+        ("(other)", "refused_overload"): 0,
+        ("(none)", "admitted"): 1,
+        ("(none)", "refused_overload"): 0,
+    }
+    queued = {t: sample(text, "lmroute_tenant_queued_prompts", tenant=t) for t in ("flood", "a", "(other)", "(none)")}
+    assert queued == {"flood": 4, "a": 1, "(other)": 1, "(none)": 1}  # the first flood call is being scored
+    fake.release()
+    assert all(c.exception(timeout=20) is None for c in calls)
+    for client in clients.values():
+        client.close()
+    assert "lmroute_tenant_queued_prompts{" not in scrape(port)
+
+
+def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < t_end, "condition not reached"
+        time.sleep(0.005)

@@ -28,6 +28,7 @@ FLAGS_AND_VARIABLES = [
     ("--queue-timeout-ms", "LMROUTE_QUEUE_TIMEOUT_MS"),
     ("--admit-wait-ms", "LMROUTE_ADMIT_WAIT_MS"),
     ("--tenant-fair-share", "LMROUTE_TENANT_FAIR_SHARE"),
+    ("--metrics-tenants", "LMROUTE_METRICS_TENANTS"),
     ("--max-prompt-chars", "LMROUTE_MAX_PROMPT_CHARS"),
     ("--inline-us", "LMROUTE_INLINE_US"),
     ("--max-prompts-per-request", "LMROUTE_MAX_PROMPTS_PER_REQUEST"),
