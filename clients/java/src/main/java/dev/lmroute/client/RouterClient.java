@@ -231,7 +231,8 @@ public final class RouterClient implements AutoCloseable {
 
     /**
      * A bearer token sent with every RouterService call ({@code authorization: Bearer <token>}; the server's
-     * {@code --auth-tokens}); none by default. Not with call credentials of its own in {@link #credentials}.
+     * {@code --auth-tokens-file} / {@code --auth-tokens-env}); none by default. Not with call credentials of
+     * its own in {@link #credentials}.
      */
     public Builder token(String token) {
       this.token = CallHeaders.checked("token", token);
