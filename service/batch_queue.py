@@ -8,23 +8,23 @@ awaits.
 
 `BatchQueue` has two verbs, `append` (one call's items, as a line of its tenant's) and `next_batch`.
 Calls share the scorer fairly, by rounds, tenants first: `next_batch` visits the tenants in turn and,
-within a tenant, its calls in turn, starting with those that have waited longest since their last
-visit. A call's visit takes up to `quantum` prompts of it (in the call's order); a tenant's visit goes
-on over its calls until it has taken `tenant_quantum` work tokens (deficit round robin: it takes a
-prompt while the prompt's work fits what is left, and always at least one), then the next tenant's
-begins; all within a prompt-count limit, a padded-token budget (longest prompt x prompts) and a token
-budget (the sum of the prompts' work tokens: the cost the scheduler allows a batch). A one-prompt call
-therefore joins the next batch or the one after, even while a call of hundreds is being scored; a long
-call still gets `quantum` prompts a round however many short calls there are, plus whatever room the
-short ones leave; and a tenant gets about the same work a round as any other with work queued, whether
-it sends one call of many prompts or many calls of one, and waits for one visit of each other tenant,
-however many calls those have queued. With one tenant queued this is round robin over its calls.
-`visits_ahead` says what a new call of a tenant waits for before its first visit (what admission charges
-it). A line's first `quantum` prompts are *released* (waiting for a batch) and the
-rest held; when one leaves, the next is released, and the queue calls `on_release(item)` (the scheduler
-starts the item's wait clock there). `next_batch` also returns the dead items (cancelled or expired
-futures) it met, for the scheduler to count. An item without tokens always forms a batch of its own.
-No asyncio scheduling happens here (see lmroute.service.scheduler).
+within a tenant, its calls in turn, starting with those that have waited longest since their last visit.
+A call's visit takes up to `quantum` prompts of it (in the call's order); a tenant's visit goes on over
+its calls until it has taken `tenant_quantum` work tokens (deficit round robin without carrying what is
+left to the next visit: it takes a prompt while the prompt's work fits what is left, and always at least
+one), then the next tenant's begins; all within a prompt-count limit, a padded-token budget (longest
+prompt x prompts) and a token budget (the sum of the prompts' work tokens: the cost the scheduler allows
+a batch). A one-prompt call therefore joins the next batch or the one after, even while a call of
+hundreds is being scored; a long call still gets `quantum` prompts a round however many short calls
+there are, plus whatever room the short ones leave; and a tenant gets about the same work a round as any
+other with work queued, whether it sends one call of many prompts or many calls of one, and waits for
+one visit of each other tenant, however many calls those have queued. With one tenant queued this is
+round robin over its calls. `visits_ahead` says what a new call of a tenant waits for before its first
+visit (what admission charges it). A line's first `quantum` prompts are *released* (waiting for a batch)
+and the rest held; when one leaves, the next is released, and the queue calls `on_release(item)` (the
+scheduler starts the item's wait clock there). `next_batch` also returns the dead items (cancelled or
+expired futures) it met, for the scheduler to count. An item without tokens always forms a batch of its
+own. No asyncio scheduling happens here (see lmroute.service.scheduler).
 """
 
 from __future__ import annotations
