@@ -31,12 +31,13 @@ TENANT_HEADER = "x-lmroute-tenant"
 VARIANTS = (("off", "false"), ("on", "true"))  # (label, --tenant-fair-share)
 
 
-def capacity(srv: ChildServer, args: argparse.Namespace, out: Path) -> float:
-    """Best closed-loop Route OK calls/s at concurrency 4 and 8, after a warm-up."""
-    run_ghz(GhzRun("route.json", 4, 1, 4.0, label="warm"), srv.target, args.client_cores, out)
+def capacity(srv: ChildServer, args: argparse.Namespace, out: Path, label: str) -> float:
+    """Best closed-loop Route OK calls/s at concurrency 4 and 8, after a warm-up (ghz reports named
+    `label`_...)."""
+    run_ghz(GhzRun("route.json", 4, 1, 4.0, label=f"{label}_warm"), srv.target, args.client_cores, out)
     runs = [
         run_ghz(
-            GhzRun("route.json", c, 1, args.capacity_seconds, label=f"capacity_c{c}"),
+            GhzRun("route.json", c, 1, args.capacity_seconds, label=f"{label}_capacity_c{c}"),
             srv.target,
             args.client_cores,
             out,
@@ -54,7 +55,7 @@ def tenant_run(tenant: str, rps: int, seconds: float, label: str) -> GhzRun:
 def one_variant(args: argparse.Namespace, fair: str, label: str, out: Path) -> dict[str, Any]:
     cmd = service_cmd(args.bundle, tenant_fair_share=fair)
     with ChildServer(cmd, args.server_cores, stats=False) as srv:
-        cap = capacity(srv, args, out)
+        cap = capacity(srv, args, out, label)
         rates = {"flood": max(1, round(args.flood * cap)), "steady": max(1, round(args.steady * cap))}
         with ThreadPoolExecutor(2) as pool:
             futures = {
