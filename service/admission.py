@@ -15,9 +15,10 @@ Three bounds, checked in this order when a call of `n` prompts arrives (`refusal
    however long it is. With one tenant that is one round over the queued calls; with several
    (`tenant_fair_share`), a call waits for its own tenant's queued calls and, meanwhile, the visits each
    other tenant with calls queued gets (a tenant's visit takes the same work, whoever's; the others
-   taken to stay queued), so a tenant that floods the queue is refused while another, with little
-   queued, still enters and is answered after a visit of each: one tenant cannot starve another (within
-   a tenant, calls compete as before).
+   taken to stay queued, and a tenant that had calls queued within the queue timeout taken to come
+   back), so a tenant that floods the queue is refused while another, with little queued, still enters
+   and is answered after a visit of each: one tenant cannot starve another (within a tenant, calls
+   compete as before).
 
 An idle server admits any call that fits bounds 1 and 2, so a call of any allowed size can succeed.
 Until the first batch is measured, only bound 1 applies.

@@ -34,6 +34,7 @@ import collections
 import enum
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -46,6 +47,8 @@ from lmroute.service.scorer_api import Tokenized
 __all__ = ["BatchQueue", "CallLine", "Item", "ItemResult", "State"]
 
 T = TypeVar("T")
+
+_RECENT_TENANTS = 256  # tenants remembered as recently seen (visits_ahead); the oldest forgotten first
 
 
 class State(enum.Enum):
@@ -133,9 +136,14 @@ class BatchQueue(Generic[T]):
     """Queued items as one line per call, lines grouped by tenant, batched round robin over the tenants
     and, within each, over its calls; two verbs: `append` and `next_batch`."""
 
-    def __init__(self, on_release: Callable[[Item[T]], None] | None = None) -> None:
+    def __init__(
+        self, on_release: Callable[[Item[T]], None] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         # tenant -> its lines by key; insertion orders = the round-robin orders (the first is next)
         self._tenants: dict[str, dict[int, CallLine[T]]] = {}
+        # tenants that left the round (nothing queued) -> when, oldest first, at most _RECENT_TENANTS
+        self._left: dict[str, float] = {}
+        self._clock = clock
         # the tenant whose visit is going on, the work tokens it may still take (None: one call's visit)
         # and whether it took any
         self._visiting: str | None = None
@@ -164,7 +172,9 @@ class BatchQueue(Generic[T]):
             (tenant, sum(len(line) for line in list(lines.values()))) for tenant, lines in list(self._tenants.items())
         ]
 
-    def visits_ahead(self, tenant: str, tenant_quantum: float | None = None) -> tuple[float, ...]:
+    def visits_ahead(
+        self, tenant: str, tenant_quantum: float | None = None, recent_s: float = 0.0
+    ) -> tuple[float, ...]:
         """The work tokens of each visit that comes before a new call of `tenant` gets its first one (an
         item not tokenised counts 0): the next visit of each of the tenant's queued calls (the new call is
         its last); then, for every other tenant with calls queued, a visit of `tenant_quantum` work tokens
@@ -172,8 +182,11 @@ class BatchQueue(Generic[T]):
         more when it comes before the tenant in the round (a tenant not queued comes last). The others
         are taken to stay queued while the call waits, as they do under overload (one that runs out only
         shortens the wait), so that a call admitted now does not pass its queue timeout when they send
-        more. With one tenant queued, or without `tenant_quantum` (before a batch is measured; admission
-        then does not use it): one visit of every queued call."""
+        more. A tenant with nothing queued that had calls queued within the last `recent_s` seconds is
+        charged as one after the tenant in the round (it would join at the back): as many visits as the
+        tenant's own ahead, none when it has nothing queued. With one tenant queued and none recent, or
+        without `tenant_quantum` (before a batch is measured; admission then does not use it): one visit
+        of every queued call."""
         if not self._tenants:
             return ()
         if tenant_quantum is None:
@@ -187,6 +200,11 @@ class BatchQueue(Generic[T]):
                 before = False
             else:
                 visits.extend([tenant_quantum] * (rounds + 1 if before else rounds))
+        if rounds and self._left:
+            since = self._clock() - recent_s
+            while self._left and next(iter(self._left.values())) < since:  # forget the oldest, stale ones
+                del self._left[next(iter(self._left))]
+            visits.extend([tenant_quantum] * (rounds * sum(name != tenant for name in self._left)))
         return tuple(visits)
 
     @staticmethod
@@ -205,7 +223,10 @@ class BatchQueue(Generic[T]):
             line.held.append(it)
         self._len += len(items)
         if items:
-            self._tenants.setdefault(tenant, {})[line.key] = line
+            if tenant not in self._tenants:
+                self._left.pop(tenant, None)
+                self._tenants[tenant] = {}
+            self._tenants[tenant][line.key] = line
             for _ in range(quantum):
                 self._release_next(line)
 
@@ -321,7 +342,7 @@ class BatchQueue(Generic[T]):
         else:
             line.held.clear()
             if not lines:
-                del self._tenants[line.tenant]
+                self._tenant_left(line.tenant)
 
     def _tenant_to_back(self, tenant: str) -> None:
         """End `tenant`'s visit: it goes to the back of the tenants' round."""
@@ -348,4 +369,11 @@ class BatchQueue(Generic[T]):
         if lines is not None:
             lines.pop(line.key, None)
             if not lines:
-                del self._tenants[line.tenant]
+                self._tenant_left(line.tenant)
+
+    def _tenant_left(self, tenant: str) -> None:
+        """`tenant` has nothing queued: out of the round, remembered as recently seen."""
+        del self._tenants[tenant]
+        self._left[tenant] = self._clock()
+        if len(self._left) > _RECENT_TENANTS:
+            del self._left[next(iter(self._left))]

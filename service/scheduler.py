@@ -289,7 +289,7 @@ class Scheduler(Generic[T]):
         loop = asyncio.get_running_loop()
         admitted = loop.time()
         queued_as = tenant if self.policy.tenant_fair_share else ""  # off: one tenant, round robin over calls
-        visits = self._queue.visits_ahead(queued_as, self._tenant_quantum())
+        visits = self._queue.visits_ahead(queued_as, self._tenant_quantum(), self.policy.queue_timeout_ms / 1000.0)
         load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum)
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)

@@ -121,6 +121,29 @@ def test_a_new_call_waits_for_its_tenants_queued_calls_and_the_visits_other_tena
     assert BatchQueue[int]().visits_ahead("") == ()
 
 
+def test_a_tenant_seen_lately_is_charged_to_a_backlogged_tenant_as_if_it_came_back() -> None:
+    now = [100.0]
+    q: BatchQueue[int] = BatchQueue(clock=lambda: now[0])
+    q.append(_items(["a0"]), quantum=1, tenant="A")
+    q.append(_items(["a1"]), quantum=1, tenant="A")
+    b = _items(["b0"])
+    q.append(b, quantum=1, tenant="B")
+    b[0].future.cancel()
+    q.discard(b[0])  # B has nothing queued now: it left the round at t = 100
+    # A's new call waits for A's two queued calls (6 work tokens: 2 visits of 3); B, seen 0.5 s ago, would
+    # come back behind A and get as many visits meanwhile
+    now[0] = 100.5
+    assert q.visits_ahead("A", 3.0, recent_s=1.0) == (3.0, 3.0, 3.0, 3.0)
+    # a tenant with nothing queued of its own is charged nothing for it
+    assert q.visits_ahead("C", 3.0, recent_s=1.0) == (3.0,)
+    # once B is older than recent_s it is forgotten
+    now[0] = 101.5
+    assert q.visits_ahead("A", 3.0, recent_s=1.0) == (3.0, 3.0)
+    # and a tenant that returns is charged as a queued one again
+    q.append(_items(["b1"]), quantum=1, tenant="B")
+    assert q.visits_ahead("A", 3.0, recent_s=1.0) == (3.0, 3.0, 3.0, 3.0)
+
+
 def test_batches_take_tenants_in_turn_and_each_tenants_calls_in_turn() -> None:
     q: BatchQueue[int] = BatchQueue()
     for name in ("a0", "a1", "a2"):
