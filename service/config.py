@@ -32,7 +32,7 @@ from lmroute.service.errors import ConfigError
 from lmroute.service.model_prices import load_models_file
 from lmroute.service.share_control import ControlSettings
 from lmroute.service.spend_control import SPEND_REPAY
-from lmroute.service.targets import parse_share_targets
+from lmroute.service.targets import TENANT_RE, parse_share_targets
 from lmroute.service.tracing import MODES as TRACING_MODES
 from lmroute.service.upstreams import load_upstreams
 
@@ -313,6 +313,17 @@ class ServiceConfig:
     tenant_header: str = field(
         default="x-lmroute-tenant", metadata=_doc("request metadata key that names the caller's tenant")
     )
+    tenants: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "the tenants a caller may name in its metadata (tenant_header) or HTTP headers, comma-separated or "
+            "the flag repeated: a call naming another is refused (INVALID_ARGUMENT, UNKNOWN_TENANT); a token "
+            "bound to a tenant speaks for it whatever this lists. Empty = any name of 1-64 of "
+            "[A-Za-z0-9._-], so a caller without a bound token can take several turns of the fair queue by "
+            "naming several tenants (docs/SECURITY.md)",
+            metavar="TENANT",
+        ),
+    )
     control_window: int = field(
         default=ControlSettings.window,
         metadata=_doc("a share controller's threshold is a quantile of this many latest scores of its router"),
@@ -517,6 +528,12 @@ class ServiceConfig:
             parse_share_targets(self.spend_targets, high=math.inf)
         except ValueError as exc:
             raise ConfigError(f"spend_targets: {exc}") from None
+        if isinstance(self.tenants, str) or not isinstance(self.tenants, Sequence):
+            raise ConfigError(f"tenants: must be a sequence of tenant names (got {self.tenants!r})")
+        object.__setattr__(self, "tenants", tuple(self.tenants))
+        for name in self.tenants:
+            if not (isinstance(name, str) and TENANT_RE.match(name)):
+                raise ConfigError(f"tenants: {name!r} is not a tenant name (1-64 of [A-Za-z0-9._-])")
         if not _METADATA_KEY_RE.match(self.tenant_header):
             raise ConfigError(
                 f"tenant_header: must be a lowercase gRPC metadata key of [a-z0-9._-] (got {self.tenant_header!r})"
@@ -684,8 +701,8 @@ SETTINGS: tuple[Setting, ...] = tuple(_leaves(ServiceConfig, ""))
 
 
 def _parse(s: Setting, raw: str | list[str], source: str) -> Any:
-    if s.kind is tuple:  # a repeated flag gives a list; the variable a comma-separated string
-        parts = raw if isinstance(raw, list) else raw.split(",")
+    if s.kind is tuple:  # a repeated flag gives a list; the variable and each flag value may hold commas
+        parts = [part for item in (raw if isinstance(raw, list) else [raw]) for part in item.split(",")]
         return tuple(p.strip() for p in parts if p.strip())
     assert isinstance(raw, str)
     try:

@@ -49,7 +49,7 @@ from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
 from lmroute.service.logs import CallLog
 from lmroute.service.metrics import ServiceMetrics
-from lmroute.service.servicer import RouterServicer, tenant_named
+from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
 from lmroute.service.upstream_client import UpstreamClient
 from lmroute.service.upstreams import Upstream
@@ -318,7 +318,7 @@ class OpenAIFront:
     async def _route(self, request: web.Request, body: dict[str, Any]) -> router_pb2.RouteResponse:
         ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.default_router)
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
-        tenant = tenant_named(request.headers.get(self.servicer.tenant_header, ""))
+        tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
         return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
 
     async def _forward(

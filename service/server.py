@@ -171,6 +171,7 @@ class RouterServer:
             if config.share_targets or config.spend_targets
             else None,
             tenant_header=config.tenant_header,
+            tenants=config.tenants,
             prices=load_models_file(Path(config.models_file)) if config.models_file else None,
             expected_output_tokens=config.expected_output_tokens,
             tracing=self.tracing,

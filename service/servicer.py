@@ -56,7 +56,7 @@ from lmroute.service.targets import TENANT_RE, TenantTargets
 from lmroute.service.tracing import Tracing
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
-__all__ = ["RouterServicer", "resolve_routers", "tenant_named"]
+__all__ = ["RouterServicer", "resolve_routers"]
 
 
 def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
@@ -68,15 +68,6 @@ def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
         calibration_thresholds=list(r.calibration_thresholds),
         models=list(r.models),
     )
-
-
-def tenant_named(named: str) -> str:
-    """The caller's tenant: the one its token is bound to (lmroute.service.auth), else `named` (what it
-    names in its request metadata or headers); "" when neither gives a name of 1-64 of [A-Za-z0-9._-]."""
-    bound = AUTH_TENANT.get()
-    if bound is not None:
-        return bound
-    return named if TENANT_RE.match(named) else ""
 
 
 def resolve_routers(asked: Sequence[str], loaded: tuple[str, ...]) -> tuple[str, ...]:
@@ -104,6 +95,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         exploration: Exploration | None = None,
         targets: TenantTargets | None = None,
         tenant_header: str = "x-lmroute-tenant",
+        tenants: Sequence[str] = (),
         prices: Mapping[str, ModelPrice] | None = None,
         expected_output_tokens: int = 256,
         tracing: Tracing | None = None,
@@ -117,6 +109,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.exploration = exploration or Exploration(0.0)
         self.targets = targets  # tenants' share targets held live; None = none configured
         self.tenant_header = tenant_header
+        self.tenants = frozenset(tenants)  # the tenants a caller may name; empty = any well-formed name
         self.prices = dict(prices or {})  # the models file's prices, for candidates that give none
         self.expected_output_tokens = expected_output_tokens
         self.tracing = tracing  # stage spans of each call (lmroute.service.tracing); None = off
@@ -141,14 +134,28 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self.store.record(decisions)
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
-        """The tenant the caller's token is bound to (lmroute.service.auth), else the one it names in its
-        metadata (`tenant_header`); "" when it names none or a name that is not 1-64 of [A-Za-z0-9._-]."""
+        """The caller's tenant (`tenant_named`) from its metadata (`tenant_header`)."""
         named = ""
         for key, value in context.invocation_metadata() or ():
             if key == self.tenant_header:
                 named = value if isinstance(value, str) else ""
                 break
-        return tenant_named(named)
+        return self.tenant_named(named)
+
+    def tenant_named(self, named: str) -> str:
+        """The caller's tenant: the one its token is bound to (lmroute.service.auth), else `named` (what it
+        names in its request metadata or headers). "" when neither gives a name of 1-64 of
+        [A-Za-z0-9._-]; with `tenants` listed, InvalidArgument (UNKNOWN_TENANT) for a name not listed."""
+        bound = AUTH_TENANT.get()
+        if bound is not None:
+            return bound
+        if self.tenants and named and named not in self.tenants:
+            raise InvalidArgument(
+                f"tenant {echo(named)} (named in {self.tenant_header}): not one of the tenants this server "
+                "honours (its --tenants list)",
+                reason="UNKNOWN_TENANT",
+            )
+        return named if TENANT_RE.match(named) else ""
 
     async def _score_one(
         self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None, tenant: str

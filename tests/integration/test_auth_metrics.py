@@ -139,6 +139,22 @@ def test_a_token_bound_to_a_tenant_decides_the_tenant(serve: Callable[..., Serve
     assert controllers == {("batch", "mf"): 21}
 
 
+def test_a_bound_token_speaks_for_its_tenant_whatever_the_tenants_list(serve: Callable[..., ServerThread]) -> None:
+    """With `tenants` listed, an unbound token naming a tenant not listed is refused (UNKNOWN_TENANT); a
+    token bound to a tenant the list leaves out is served as that tenant, whatever its metadata names."""
+    srv = serve(tenants=("default",))
+    with RouterClient(srv.target, token=OPEN_TOKEN, tenant="batch") as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.route("unbound", router="mf")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tenant 'batch' (named in x-lmroute-tenant)" in (err.value.details() or "")
+    with RouterClient(srv.target, token=BATCH_TOKEN, tenant="rogue") as client:
+        for i in range(3):
+            client.route(f"bound {i}", router="mf")
+        controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
+    assert controllers == {("batch", "mf"): 3}
+
+
 def test_metrics_counters_move_with_the_calls(serve: Callable[..., ServerThread]) -> None:
     srv = serve()
     port = srv.server.metrics_port

@@ -241,6 +241,24 @@ def test_tokens_and_tenants(
     assert "Authorization" not in json.dumps(upstreams["strong"].requests[-1])  # our token stays here
 
 
+def test_a_tenants_list_refuses_a_header_naming_another(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    _, base = _front(fake_servers, _file(tmp_path, upstreams), share_targets="team-a=1.0", tenants=("team-a",))
+    msgs = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.BadRequestError) as err:
+        _client(base, default_headers={"x-lmroute-tenant": "team-b"}).chat.completions.create(
+            model="router-mf", messages=msgs
+        )
+    assert err.value.status_code == 400 and "UNKNOWN_TENANT" in str(err.value.body)
+    assert "tenant 'team-b' (named in x-lmroute-tenant): not one of the tenants" in err.value.message
+    assert sum(len(u.requests) for u in upstreams.values()) == 0  # nothing went upstream
+    raw = _client(base, default_headers={"x-lmroute-tenant": "team-a"}).chat.completions.with_raw_response.create(
+        model="router-mf", messages=msgs
+    )
+    assert raw.headers["x-lmroute-tier"] == "strong"  # team-a's target, share 1.0
+
+
 def test_https_mtls_and_metrics(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:

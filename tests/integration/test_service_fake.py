@@ -165,6 +165,32 @@ def test_one_tenants_flood_leaves_another_tenant_its_turn(
         assert _reason(err)[0] == "OVERLOADED"
 
 
+def test_a_tenants_list_refuses_a_call_naming_another_tenant(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """With `tenants` listed, a call naming a tenant not listed (a caller claiming one more turn of the
+    queue under a new name) is refused before it reaches the queue: INVALID_ARGUMENT, UNKNOWN_TENANT,
+    the name in the message; listed tenants and calls naming none are served."""
+    srv = make_server(tenants=("flood", "other"))
+    route = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="routed"), router="mf", threshold=0.5)
+    with RouterClient(srv.target) as c:
+        c.stub.Score(_req("listed"), timeout=20, metadata=(("x-lmroute-tenant", "other"),))
+        c.stub.Score(_req("unnamed"), timeout=20)
+        c.stub.Route(route, timeout=20, metadata=(("x-lmroute-tenant", "flood"),))
+        refused = []
+        for name in ("flood-2", "Other", "bad name!"):
+            for call in (c.stub.Score, c.stub.Route):
+                request = _req(f"as {name}") if call is c.stub.Score else route
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=20, metadata=(("x-lmroute-tenant", name),))
+                refused.append(err.value)
+    for err in refused:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(err)[0] == "UNKNOWN_TENANT"
+    assert "tenant 'flood-2' (named in x-lmroute-tenant): not one of the tenants" in (refused[0].details() or "")
+    assert _seen(fake, "listed") and _seen(fake, "unnamed") and _seen(fake, "routed")
+    assert not _seen(fake, "as ") and len(fake.calls) == 3
+
+
 def test_a_call_larger_than_the_queue_is_refused_as_invalid_not_retried_forever(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:

@@ -59,6 +59,7 @@ FLAGS_AND_VARIABLES = [
     ("--share-targets", "LMROUTE_SHARE_TARGETS"),
     ("--spend-targets", "LMROUTE_SPEND_TARGETS"),
     ("--tenant-header", "LMROUTE_TENANT_HEADER"),
+    ("--tenants", "LMROUTE_TENANTS"),
     ("--control-window", "LMROUTE_CONTROL_WINDOW"),
     ("--control-repay", "LMROUTE_CONTROL_REPAY"),
     ("--control-horizon", "LMROUTE_CONTROL_HORIZON"),
@@ -143,6 +144,14 @@ def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
     assert "--plugin MODULE" in help_text and "LMROUTE_PLUGINS" in help_text
 
 
+def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
+    env = {"LMROUTE_BUNDLE": "b", "LMROUTE_TENANTS": "interactive, batch"}
+    assert config_from_cli([], env).tenants == ("interactive", "batch")
+    assert config_from_cli(["--tenants", "a,b", "--tenants", "c"], env).tenants == ("a", "b", "c")
+    assert config_from_cli([], {"LMROUTE_BUNDLE": "b"}).tenants == ()  # default: any well-formed name
+    assert "--tenants TENANT" in build_arg_parser().format_help()
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
@@ -169,6 +178,10 @@ def test_plugins_repeat_the_flag_or_list_them_in_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), share_targets="default=0.3,batch=2"),
             "share_targets: entry 1 ('batch=2'): value must be in [0, 1]",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), tenants=("batch", "two words")),
+            "tenants: 'two words' is not a tenant name (1-64 of [A-Za-z0-9._-])",
         ),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), tenant_header="X-Tenant"),
