@@ -120,8 +120,8 @@ class BatchPolicy:
         default=64,
         metadata=_doc(
             "tenants counted apart in the per-tenant metrics (lmroute_tenant_calls_total, "
-            "lmroute_tenant_queued_prompts), the first ones seen; further tenants' calls are counted as "
-            "(other), so tenants named in metadata cannot grow them without bound"
+            "lmroute_tenant_queued_prompts, lmroute_tenant_queue_wait_seconds), the first ones seen; further "
+            "tenants' calls are counted as (other), so tenants named in metadata cannot grow them without bound"
         ),
     )
     max_prompt_chars: int = field(default=20000, metadata=_doc("longer prompts are refused with INVALID_ARGUMENT"))

@@ -18,6 +18,9 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 rest as "(other)", none named as "(none)"
                                                 (lmroute.service.tenant_counts)
     lmroute_tenant_queued_prompts{tenant}       prompts queued now per tenant (the same labels)
+    lmroute_tenant_queue_wait_seconds{tenant}   each prompt's wait from entering the queue to its batch
+                                                leaving it, per tenant (the same labels; 0 for a call
+                                                scored at once; coarse buckets, 500 us .. 10 s)
     lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
@@ -51,16 +54,21 @@ REFUSAL_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEED
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-def _histogram(name: str, doc: str, h: StatsHistogram, scale: float) -> HistogramMetricFamily:
-    """One of the scheduler's histograms as a Prometheus histogram, its values multiplied by `scale`."""
+def _buckets(h: StatsHistogram, scale: float) -> list[tuple[str, float]]:
+    """A histogram's cumulative Prometheus buckets, its bounds multiplied by `scale`."""
     buckets: list[tuple[str, float]] = []
     seen = 0
     for bound, count in zip(h.bounds, h.counts, strict=False):
         seen += count
         buckets.append((repr(bound * scale), seen))
     buckets.append(("+Inf", h.count))
+    return buckets
+
+
+def _histogram(name: str, doc: str, h: StatsHistogram, scale: float) -> HistogramMetricFamily:
+    """One of the scheduler's histograms as a Prometheus histogram, its values multiplied by `scale`."""
     family = HistogramMetricFamily(name, doc)
-    family.add_metric([], buckets, sum_value=h.total * scale)
+    family.add_metric([], _buckets(h, scale), sum_value=h.total * scale)
     return family
 
 
@@ -128,6 +136,12 @@ class _ServingCollector(Collector):
         for label, n in queued.items():
             gauge.add_metric([label], n)
         yield gauge
+        waits = HistogramMetricFamily(
+            "lmroute_tenant_queue_wait_seconds", "Prompt wait in the queue, per tenant", labels=["tenant"]
+        )
+        for label, h in counts.wait_snapshot():
+            waits.add_metric([label], _buckets(h, 1.0), sum_value=h.total)
+        yield waits
 
     @staticmethod
     def _targets(targets: Any) -> Iterator[Any]:

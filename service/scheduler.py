@@ -302,6 +302,7 @@ class Scheduler(Generic[T]):
             self._last_progress = time.monotonic()
         if self._may_score_now(texts, weight):
             with permit:
+                self.tenant_counts.observe_wait(tenant, 0.0, len(texts))
                 return self._score_now(texts, routers, scorer, admitted)
         deadline = None if timeout_s is None else loop.time() + max(timeout_s, 0.0)
         with permit:
@@ -326,7 +327,11 @@ class Scheduler(Generic[T]):
                     on_deadline.cancel()
         out: list[ItemResult | ServiceError] = []
         for res in done:
-            if isinstance(res, (ItemResult, ServiceError)):
+            if isinstance(res, ItemResult):
+                if res.stages is not None:
+                    self.tenant_counts.observe_wait(tenant, res.stages.left - res.stages.queued)
+                out.append(res)
+            elif isinstance(res, ServiceError):
                 out.append(res)
             elif isinstance(res, asyncio.CancelledError):
                 raise res

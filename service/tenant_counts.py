@@ -1,14 +1,20 @@
-"""Calls admitted and refused per tenant, for the metrics (`lmroute_tenant_calls_total`).
+"""Calls admitted and refused, and their prompts' queue waits, per tenant, for the metrics
+(`lmroute_tenant_calls_total`, `lmroute_tenant_queue_wait_seconds`).
 
 Tenants named in request metadata are taken at their word (docs/SECURITY.md), so their number has no
 bound of its own: `TenantCounts` keeps at most `limit` tenants apart, the first ones seen, and counts
 the calls of any further tenant under `OTHER`, so that neither its memory nor the metrics' label values
 grow without bound. A call that names no tenant is counted under `NONE` (not one of the `limit`). The
 scheduler writes it on the event loop; the metrics read `snapshot()` from their own thread (one list
-copy of a dict: atomic under the interpreter lock).
+copy of a dict: atomic under the interpreter lock). A prompt's queue wait, from entering the queue to
+its batch leaving it (0 for a call scored at once, without queueing), goes into its tenant's histogram
+under the same label, in seconds, in `WAIT_BOUNDS_S` buckets: coarse, as a tenant's series multiply by
+them.
 """
 
 from __future__ import annotations
+
+from lmroute.service.stats import Histogram
 
 __all__ = [
     "ADMITTED",
@@ -18,6 +24,7 @@ __all__ = [
     "REFUSED_DEADLINE",
     "REFUSED_OVERLOAD",
     "REFUSED_QUEUE_FULL",
+    "WAIT_BOUNDS_S",
     "TenantCounts",
 ]
 
@@ -26,6 +33,7 @@ EVENTS = ("admitted", "refused_overload", "refused_queue_full", "refused_deadlin
 ADMITTED, REFUSED_OVERLOAD, REFUSED_QUEUE_FULL, REFUSED_DEADLINE = range(len(EVENTS))
 NONE = "(none)"  # no tenant named (tenant names are [A-Za-z0-9._-]: no clash)
 OTHER = "(other)"  # tenants beyond the limit
+WAIT_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class TenantCounts:
@@ -37,6 +45,7 @@ class TenantCounts:
             raise ValueError(f"limit must be >= 1 (got {limit})")
         self.limit = limit
         self._counts: dict[str, list[int]] = {}
+        self._waits: dict[str, Histogram] = {}  # label -> its prompts' queue waits, seconds
 
     def add(self, tenant: str, event: int) -> None:
         """One call of `tenant` ("" = none named) had `EVENTS[event]`."""
@@ -55,6 +64,18 @@ class TenantCounts:
         key = tenant or NONE
         return key if key == NONE or key in self._counts else OTHER
 
+    def observe_wait(self, tenant: str, seconds: float, n: int = 1) -> None:
+        """`n` prompts of an admitted call of `tenant` waited `seconds` each in the queue."""
+        key = self.label(tenant)
+        waits = self._waits.get(key)
+        if waits is None:
+            waits = self._waits[key] = Histogram(WAIT_BOUNDS_S)
+        waits.observe(seconds, n)
+
     def snapshot(self) -> list[tuple[str, tuple[int, ...]]]:
         """(label, counts in `EVENTS` order) of every tenant counted."""
         return [(key, tuple(row)) for key, row in list(self._counts.items())]
+
+    def wait_snapshot(self) -> list[tuple[str, Histogram]]:
+        """(label, a copy of its queue-wait histogram) of every tenant with a wait observed."""
+        return [(key, Histogram.from_dict(h.to_dict())) for key, h in list(self._waits.items())]

@@ -182,6 +182,10 @@ def test_metrics_counters_move_with_the_calls(serve: Callable[..., ServerThread]
     assert sample(after, "lmroute_bundle_info", version="fake-1") == 1
     assert sample(after, "lmroute_scheduler_events_total", event="items_scored") >= 12
     assert sample(after, "lmroute_batch_size_count") >= 1 and sample(after, "lmroute_queue_wait_seconds_count") >= 12
+    # every scored prompt's wait, queued or scored at once, under its tenant: here none named
+    assert sample(after, "lmroute_tenant_queue_wait_seconds_count", tenant="(none)") == sample(
+        after, "lmroute_queue_wait_seconds_count"
+    )
     assert sample(after, "lmroute_share_target", tenant="default", router="mf") == 0.5
     [ctl] = listed.controllers
     assert sample(after, "lmroute_share_realised", tenant="default", router="mf") == pytest.approx(ctl.realised)
@@ -236,9 +240,9 @@ def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_
 
 
 def test_tenant_metrics_count_each_tenants_calls_and_what_it_has_queued(serve: Callable[..., ServerThread]) -> None:
-    """Per tenant, calls admitted and refused and prompts queued now, through the scrape endpoint: the
-    tenants named in metadata beyond --metrics-tenants (2 here) counted as (other), a call naming none as
-    (none)."""
+    """Per tenant, calls admitted and refused, prompts queued now and their queue waits, through the
+    scrape endpoint: the tenants named in metadata beyond --metrics-tenants (2 here) counted as (other), a
+    call naming none as (none)."""
     policy = BatchPolicy(
         max_batch_size=4, admit_wait_ms=450, max_batch_ms=0, queue_timeout_ms=20_000, metrics_tenants=2
     )
@@ -276,6 +280,7 @@ def _tenant_metrics(srv: ServerThread, fake: Any) -> None:
     for n, tenant in enumerate(("a", "b", ""), start=6):  # a visit of each tenant ahead of them: admitted
         calls.append(send(tenant))
         _until(lambda n=n: sched.stats.admitted == n)  # type: ignore[misc]
+    a_queued_by = time.monotonic()  # a's prompt is queued (admitted; the scorer is still held)
     text = scrape(port)
     counted = {
         (tenant, event): sample(text, "lmroute_tenant_calls_total", tenant=tenant, event=event)
@@ -296,11 +301,20 @@ def _tenant_metrics(srv: ServerThread, fake: Any) -> None:
     }
     queued = {t: sample(text, "lmroute_tenant_queued_prompts", tenant=t) for t in ("flood", "a", "(other)", "(none)")}
     assert queued == {"flood": 4, "a": 1, "(other)": 1, "(none)": 1}  # the first flood call is being scored
+    assert "lmroute_tenant_queue_wait_seconds_count{" not in text  # nothing has left the queue yet
+    held_s = time.monotonic() - a_queued_by
     fake.release()
     assert all(c.exception(timeout=20) is None for c in calls)
     for client in clients.values():
         client.close()
-    assert "lmroute_tenant_queued_prompts{" not in scrape(port)
+    text = scrape(port)
+    assert "lmroute_tenant_queued_prompts{" not in text
+    # each scored prompt's queue wait under its tenant's label; a's waited at least while the scorer was held
+    waits = {t: sample(text, "lmroute_tenant_queue_wait_seconds_count", tenant=t) for t in ("flood", "a", "(other)")}
+    assert waits == {"flood": 5, "a": 1, "(other)": 1} and sample(text, "lmroute_queue_wait_seconds_count") == 8
+    assert sample(text, "lmroute_tenant_queue_wait_seconds_count", tenant="(none)") == 1
+    assert sample(text, "lmroute_tenant_queue_wait_seconds_sum", tenant="a") >= held_s
+    assert sample(text, "lmroute_tenant_queue_wait_seconds_bucket", tenant="a", le="10.0") == 1
 
 
 def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -129,8 +129,8 @@ def test_a_call_finding_the_scheduler_idle_is_one_batch_tokenised_by_the_scorer(
 
 def test_a_call_scored_at_once_is_accounted_as_a_batch() -> None:
     """The idle path makes no queue item, but its batch counts like one: stats, the timings' histograms
-    (no queue wait) and the measured rate (here its prompts are longer than any before, so the measured
-    tokens per prompt must rise)."""
+    (no queue wait, also in its tenant's waits) and the measured rate (here its prompts are longer than
+    any before, so the measured tokens per prompt must rise)."""
 
     async def body() -> None:
         scorer = ThreadRecordingScorer()
@@ -143,9 +143,13 @@ def test_a_call_scored_at_once_is_accounted_as_a_batch() -> None:
             waited = sched.timings.queue_wait_us.total
             per_prompt, counted = sched.rate.tokens_per_prompt, len(scorer.counted)
             assert per_prompt is not None
-            outs = await sched.score(long_prompts[:n], ("mf",))
+            tenant_waits = dict(sched.tenant_counts.wait_snapshot())
+            before = tenant_waits["team"].count if "team" in tenant_waits else 0
+            outs = await sched.score(long_prompts[:n], ("mf",), tenant="team")
             assert all(isinstance(o, ItemResult) for o in outs)
             assert scorer.score_threads[-1] == threading.get_ident()  # on the event loop: at once
+            team = dict(sched.tenant_counts.wait_snapshot())["team"]  # its tenant's waits too, all 0
+            assert team.count == before + n and team.total == 0.0
             assert len(scorer.counted) == counted  # not tokenised apart
             assert sched.stats.batches == batches + 1 and sched.stats.batch_size_histogram[n] >= 1
             assert sched.stats.items_scored == items + n and sched.stats.admitted == admitted + n

@@ -11,6 +11,7 @@ from lmroute.service.tenant_counts import (
     OTHER,
     REFUSED_DEADLINE,
     REFUSED_OVERLOAD,
+    WAIT_BOUNDS_S,
     TenantCounts,
 )
 
@@ -29,6 +30,22 @@ def test_the_first_tenants_are_counted_apart_and_the_rest_together() -> None:
     }
     assert [counts.label(t) for t in ("a", "b", "", "t7", "never seen")] == ["a", "b", NONE, OTHER, OTHER]
     assert len(EVENTS) == 4
+
+
+def test_queue_waits_go_under_the_tenants_labels_and_snapshots_are_copies() -> None:
+    counts = TenantCounts(limit=1)
+    for tenant in ("a", "b", ""):
+        counts.add(tenant, ADMITTED)
+    counts.observe_wait("a", 0.0, 3)  # a call of three prompts scored at once
+    counts.observe_wait("a", 0.003)
+    counts.observe_wait("b", 20.0)  # beyond the limit: (other); beyond the last bound: +Inf only
+    counts.observe_wait("", 0.0004)
+    waits = dict(counts.wait_snapshot())
+    assert sorted(waits) == sorted(["a", OTHER, NONE])
+    assert (waits["a"].count, waits["a"].total, waits["a"].counts[0], waits["a"].counts[3]) == (4, 0.003, 3, 1)
+    assert waits[OTHER].counts[len(WAIT_BOUNDS_S)] == 1 and waits[NONE].counts[0] == 1
+    counts.observe_wait("a", 1.0)
+    assert waits["a"].count == 4 and dict(counts.wait_snapshot())["a"].count == 5  # a copy, not the live one
 
 
 def test_a_limit_below_one_is_refused() -> None:
