@@ -10,9 +10,10 @@ awaits.
 Calls share the scorer fairly, by rounds, tenants first: `next_batch` visits the tenants in turn and,
 within a tenant, its calls in turn, starting with those that have waited longest since their last visit.
 A call's visit takes up to `quantum` prompts of it (in the call's order); a tenant's visit goes on over
-its calls until it has taken `tenant_quantum` work tokens (deficit round robin without carrying what is
-left to the next visit: it takes a prompt while the prompt's work fits what is left, and always at least
-one), then the next tenant's begins; all within a prompt-count limit, a padded-token budget (longest
+its calls until it has taken `tenant_quantum` work tokens (deficit round robin: it takes a prompt while
+the prompt's work fits what is left, and always at least one; what a visit leaves over, or takes beyond
+its quantum, is carried to the tenant's next visit, which a tenant still in debt skips), then the next
+tenant's begins; all within a prompt-count limit, a padded-token budget (longest
 prompt x prompts) and a token budget (the sum of the prompts' work tokens: the cost the scheduler allows
 a batch). A one-prompt call therefore joins the next batch or the one after, even while a call of
 hundreds is being scored; a long call still gets `quantum` prompts a round however many short calls
@@ -147,6 +148,8 @@ class BatchQueue(Generic[T]):
         # the tenant whose visit is going on, the work tokens it may still take (None: one call's visit)
         # and whether it took any
         self._visiting: str | None = None
+        # queued tenant -> the work tokens its last visit left over (< 0: it took more than its visit)
+        self._carry: dict[str, float] = {}
         self._credit: float | None = None
         self._took = False
         self._keys = itertools.count()
@@ -186,7 +189,8 @@ class BatchQueue(Generic[T]):
         charged as one after the tenant in the round (it would join at the back): as many visits as the
         tenant's own ahead, none when it has nothing queued. With one tenant queued and none recent, or
         without `tenant_quantum` (before a batch is measured; admission then does not use it): one visit
-        of every queued call."""
+        of every queued call. What visits carry over is not charged: a tenant in debt skips visits, which
+        only shortens the wait, and one with work left over takes less than one prompt more."""
         if not self._tenants:
             return ()
         if tenant_quantum is None:
@@ -282,7 +286,15 @@ class BatchQueue(Generic[T]):
             tenant, lines = next(iter(self._tenants.items()))
             if self._visiting != tenant:  # its visit begins (alone, it may take everything)
                 self._visiting, self._took = tenant, False
-                self._credit = None if tenant_quantum is None else math.inf
+                carry = self._carry.pop(tenant, 0.0)
+                if tenant_quantum is None or len(self._tenants) == 1:
+                    self._credit = None if tenant_quantum is None else math.inf
+                elif carry + tenant_quantum <= 0.0:  # still paying for a prompt bigger than its visits
+                    self._carry[tenant] = carry + tenant_quantum
+                    self._tenant_to_back(tenant)
+                    continue
+                else:
+                    self._credit = carry + tenant_quantum
             if self._credit == math.inf and tenant_quantum is not None and len(self._tenants) > 1:
                 self._credit = tenant_quantum  # another tenant came: this visit is bounded from now
             line = next(iter(lines.values()))
@@ -319,6 +331,8 @@ class BatchQueue(Generic[T]):
             if full:
                 break
             if spent or self._credit is None:
+                if self._credit is not None and self._credit != math.inf and tenant in self._tenants:
+                    self._carry[tenant] = self._credit
                 self._tenant_to_back(tenant)
         return batch, dead
 
@@ -372,8 +386,10 @@ class BatchQueue(Generic[T]):
                 self._tenant_left(line.tenant)
 
     def _tenant_left(self, tenant: str) -> None:
-        """`tenant` has nothing queued: out of the round, remembered as recently seen."""
+        """`tenant` has nothing queued: out of the round (what its visits left over forgotten), remembered
+        as recently seen."""
         del self._tenants[tenant]
+        self._carry.pop(tenant, None)
         self._left[tenant] = self._clock()
         if len(self._left) > _RECENT_TENANTS:
             del self._left[next(iter(self._left))]

@@ -183,6 +183,37 @@ def test_a_tenants_visit_takes_the_same_work_whether_it_sends_one_big_call_or_ma
     assert [it.text for it in q.next_batch(8, 10_000, tenant_quantum=6.0)[0]] == ["long0", "short0", "short1", "long1"]
 
 
+def test_a_tenant_whose_prompts_outgrow_its_visit_pays_them_off_in_later_visits() -> None:
+    """A visit takes at least one prompt, so a prompt of 20 work tokens goes in a visit of 6; the tenant
+    then skips visits until the 14 it took beyond its visit are paid off, and over many rounds both
+    tenants get about the same work (without the carry: 20 against 6 a round)."""
+    q: BatchQueue[int] = BatchQueue()
+    q.append(_items(["long0", "long1"], n_tokens=20), quantum=4, tenant="L")
+    q.append(_items([f"s{i}" for i in range(6)]), quantum=4, tenant="S")
+    order = [it.text for it in q.next_batch(10, 10_000, tenant_quantum=6.0)[0]]
+    # L's debt: -14, then -8, -2 at the visits it skips; alone after s5, it takes long1 at once
+    assert order == ["long0", "s0", "s1", "s2", "s3", "s4", "s5", "long1"]
+    q = BatchQueue()
+    q.append(_items([f"l{i}" for i in range(40)], n_tokens=20), quantum=4, tenant="L")
+    q.append(_items([f"s{i}" for i in range(400)]), quantum=4, tenant="S")
+    work = {"l": 0, "s": 0}
+    for _ in range(20):
+        for it in q.next_batch(8, 10_000, tenant_quantum=6.0)[0]:
+            work[it.text[0]] += it.n_tokens or 0
+    assert 0.9 <= work["l"] / work["s"] <= 1.1, work
+    # a tenant that leaves the round forgets its debt: when it comes back, its first visit is whole
+    q = BatchQueue()
+    q.append(_items(["big"], n_tokens=20), quantum=4, tenant="L")
+    [cancelled] = _items(["cancelled"], n_tokens=20)
+    q.append([cancelled], quantum=4, tenant="L")
+    q.append(_items([f"s{i}" for i in range(6)]), quantum=4, tenant="S")
+    assert [it.text for it in q.next_batch(2, 10_000, tenant_quantum=6.0)[0]] == ["big", "s0"]  # L owes 14
+    cancelled.future.cancel()
+    q.discard(cancelled)  # L has nothing queued: out of the round
+    q.append(_items(["big2"], n_tokens=20), quantum=4, tenant="L")
+    assert [it.text for it in q.next_batch(3, 10_000, tenant_quantum=6.0)[0]] == ["s1", "big2", "s2"]
+
+
 def test_a_lone_tenants_calls_go_round_as_before_and_a_newcomer_bounds_its_visit() -> None:
     for quantum in (None, 1.0):  # one tenant queued: the tenant's visit does not matter
         q: BatchQueue[int] = BatchQueue()
