@@ -2,20 +2,26 @@
 
 ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swap in progress and the
 counters; ListShareTargets and ListSpendTargets the tenants' targets and their controllers
-(lmroute.service.targets). The servicer is registered when the server binds (when `admin_service` allows it) and
-attached to the swapper once the first bundle is loaded; before that every call is NotReady
-(UNAVAILABLE). Errors are ServiceErrors, turned into statuses by the interceptor like RouterService's.
+(lmroute.service.targets); SetTargets changes targets live. The servicer is registered when the server
+binds (when `admin_service` allows it) and attached to the swapper once the first bundle is loaded;
+before that every call is NotReady (UNAVAILABLE). A call whose token is bound to a tenant is refused
+(PERMISSION_DENIED): such a token speaks for its tenant, and administering the server (or reading other
+tenants' targets) is not its tenant's business. Errors are ServiceErrors, turned into statuses by the
+interceptor like RouterService's.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import grpc
+import structlog
 
+from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.bundle_swap import BundleSwapper
-from lmroute.service.errors import InvalidArgument, NotReady
-from lmroute.service.targets import TenantTargets
+from lmroute.service.errors import InvalidArgument, NotFound, NotReady, PermissionDenied, echo
+from lmroute.service.targets import TENANT_RE, TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
@@ -23,6 +29,8 @@ __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
 ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 _MAX_PATH_CHARS = 4096
+MAX_TARGET_CHANGES = 256  # changes in one SetTargets call
+_log = structlog.get_logger("lmroute.admin")
 
 
 def _unix_ms(t: float) -> int:
@@ -42,6 +50,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.swapper = swapper
 
     def _ready(self) -> BundleSwapper:
+        if AUTH_TENANT.get() is not None:
+            raise PermissionDenied("AdminService: the token is bound to a tenant; administering takes an unbound one")
         if self.swapper is None:
             raise NotReady("bundle not loaded and warmed yet")
         return self.swapper
@@ -130,4 +140,58 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 decisions=spend.decisions,
                 deficit_usd=spend.deficit,
             )
+        return response
+
+    async def SetTargets(
+        self, request: admin_pb2.SetTargetsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetTargetsResponse:
+        self._ready()
+        targets = self.targets
+        if targets is None:
+            raise NotReady("the server holds no target table")
+        if len(request.changes) > MAX_TARGET_CHANGES:
+            raise InvalidArgument(
+                f"changes: {len(request.changes)} changes (limit {MAX_TARGET_CHANGES})", reason="TOO_MANY_CHANGES"
+            )
+        # check every change first (against the targets as the earlier changes leave them), then apply
+        shares, spends = set(targets.targets), set(targets.spends)
+        for j, change in enumerate(request.changes):
+            where = f"changes[{j}]"
+            if not TENANT_RE.match(change.tenant):
+                raise InvalidArgument(
+                    f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
+                )
+            kind = change.WhichOneof("change")
+            if kind is None:
+                why = "set one of strong_share, spend_per_1k_usd, remove_strong_share, remove_spend"
+                raise InvalidArgument(f"{where}: {why}", reason="NO_CHANGE")
+            value = getattr(change, kind)
+            if kind == "strong_share" and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise InvalidArgument(f"{where}.strong_share: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
+            if kind == "spend_per_1k_usd" and not (math.isfinite(value) and value >= 0.0):
+                raise InvalidArgument(f"{where}.spend_per_1k_usd: must be >= 0 (got {value})", reason="OUT_OF_RANGE")
+            if kind.startswith("remove_") and not value:
+                raise InvalidArgument(f"{where}.{kind}: must be true", reason="NO_CHANGE")
+            held = shares if kind in ("strong_share", "remove_strong_share") else spends
+            if kind.startswith("remove_"):
+                if change.tenant not in held:
+                    what = "strong-share" if held is shares else "spend"
+                    raise NotFound(f"{where}: tenant {change.tenant} has no {what} target", reason="NO_TARGET")
+                held.discard(change.tenant)
+            else:
+                held.add(change.tenant)
+        for change in request.changes:
+            done = str(change.WhichOneof("change"))
+            if done == "strong_share":
+                targets.set_share(change.tenant, change.strong_share)
+            elif done == "spend_per_1k_usd":
+                targets.set_spend(change.tenant, change.spend_per_1k_usd)
+            else:
+                targets.remove(change.tenant, spend=done == "remove_spend")
+            _log.info("target_set", tenant=change.tenant, change=done, value=float(getattr(change, done)))
+        response = admin_pb2.SetTargetsResponse()
+        for tenant, share in sorted(targets.targets.items()):
+            response.share_targets.add(tenant=tenant, strong_share=share)
+        for tenant, usd in sorted(targets.spends.items()):
+            response.spend_targets.add(tenant=tenant, spend_per_1k_usd=usd)
         return response

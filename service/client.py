@@ -209,6 +209,32 @@ class RouterClient:
         )
         return resp
 
+    def set_targets(
+        self,
+        shares: Mapping[str, float | None] | None = None,
+        spends: Mapping[str, float | None] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> admin_pb2.SetTargetsResponse:
+        """Change tenants' targets on the running server: `shares` (strong share) and `spends` (USD per
+        1,000 requests) map a tenant to its new target, or to None to remove it; all applied or none. The
+        response lists the targets held after."""
+        changes = [
+            admin_pb2.TargetChange(tenant=t, remove_strong_share=True)
+            if v is None
+            else admin_pb2.TargetChange(tenant=t, strong_share=v)
+            for t, v in (shares or {}).items()
+        ] + [
+            admin_pb2.TargetChange(tenant=t, remove_spend=True)
+            if v is None
+            else admin_pb2.TargetChange(tenant=t, spend_per_1k_usd=v)
+            for t, v in (spends or {}).items()
+        ]
+        resp: admin_pb2.SetTargetsResponse = self.admin.SetTargets(
+            admin_pb2.SetTargetsRequest(changes=changes), **self._kw(timeout_s)
+        )
+        return resp
+
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)

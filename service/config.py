@@ -364,9 +364,10 @@ class ServiceConfig:
     admin_service: str = field(
         default="loopback",
         metadata=_doc(
-            "serve lmroute.v1.AdminService (ReloadBundle, GetBundle: hot swap of the bundle) on the same port: "
-            "loopback = only when host is a loopback address (127.0.0.0/8, ::1, localhost), on, or off; a "
-            "non-loopback bind needs 'on' stated (and should configure tokens: it then needs one like every call)"
+            "serve lmroute.v1.AdminService (hot swap of the bundle, the tenants' targets reported and set) on "
+            "the same port: loopback = only when host is a loopback address (127.0.0.0/8, ::1, localhost), on, "
+            "or off; a non-loopback bind needs 'on' stated (and should configure tokens: it then needs an "
+            "unbound one)"
         ),
     )
     bundle_watch_s: float = field(

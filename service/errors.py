@@ -20,6 +20,7 @@
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
     +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
+    +-- PermissionDenied               PERMISSION_DENIED (a token bound to a tenant calling AdminService)
     +-- EncoderUnavailable             UNAVAILABLE (a remote encoder's embeddings endpoint failed; per prompt)
     +-- UpstreamFailed                 UNAVAILABLE, HTTP 502 (the OpenAI-compatible front's upstream
                                        model unreachable, or it answered with a server error)
@@ -61,6 +62,7 @@ __all__ = [
     "BundleRefused",
     "SwapInProgress",
     "Unauthenticated",
+    "PermissionDenied",
     "EncoderUnavailable",
     "UpstreamFailed",
     "UpstreamTimeout",
@@ -87,6 +89,7 @@ class Code(enum.IntEnum):
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     ABORTED = 10
@@ -197,6 +200,13 @@ class Unauthenticated(ServiceError):
     default_reason = "UNAUTHENTICATED"
 
 
+class PermissionDenied(ServiceError):
+    """The caller's token may not make this call (a token bound to a tenant speaks for that tenant only:
+    it cannot administer the server)."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
 class EncoderUnavailable(ServiceError):
     """A remote encoder's embeddings endpoint failed after its retries (the message names the model and
     the failure); each prompt of the batch gets it as its own error."""
@@ -243,6 +253,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
     Unauthenticated: (Code.UNAUTHENTICATED, None),
+    PermissionDenied: (Code.PERMISSION_DENIED, None),
     EncoderUnavailable: (Code.UNAVAILABLE, 1000),
     UpstreamFailed: (Code.UNAVAILABLE, None),
     UpstreamTimeout: (Code.DEADLINE_EXCEEDED, None),
@@ -257,6 +268,7 @@ _HTTP_BY_CODE: dict[Code, int] = {
     Code.DEADLINE_EXCEEDED: 504,
     Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.FAILED_PRECONDITION: 400,
     Code.ABORTED: 409,

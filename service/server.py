@@ -162,14 +162,12 @@ class RouterServer:
             max_router_names=config.max_router_names,
             max_feedback_items=config.max_feedback_items,
             exploration=Exploration(config.explore_rate),
-            targets=TenantTargets(
+            targets=TenantTargets(  # those of the settings; AdminService.SetTargets changes them live
                 parse_share_targets(config.share_targets),
                 config.control,
                 spends=parse_share_targets(config.spend_targets, high=math.inf),
                 spend_settings=config.spend_control,
-            )
-            if config.share_targets or config.spend_targets
-            else None,
+            ),
             tenant_header=config.tenant_header,
             tenants=config.tenants,
             prices=load_models_file(Path(config.models_file)) if config.models_file else None,
@@ -337,7 +335,8 @@ class RouterServer:
         if self.config.store:
             self.store_writer = await loop.run_in_executor(None, self._start_store)
             self.servicer.attach_store(self.store_writer)
-            if self.servicer.targets is not None:
+            targets = self.servicer.targets
+            if targets is not None and (targets.targets or targets.spends):
                 self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
         scoring_cpus = self.config.scoring_cpu_set
         if scoring_cpus:  # the event loop (this thread) and the threads it starts from now on keep the rest

@@ -277,11 +277,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
         tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
         if policy is None and tenant is None:
-            why = "the server holds no share targets" if self.targets is None else "no share target for tenant "
-            raise InvalidArgument(
-                f"policy: set threshold or strong_share ({why}{echo(asked_tenant) if self.targets else ''})",
-                reason="MISSING_POLICY",
+            why = (
+                "the server holds no share targets"
+                if self.targets is None or not self.targets.targets
+                else f"no share target for tenant {echo(asked_tenant)}"
             )
+            raise InvalidArgument(f"policy: set threshold or strong_share ({why})", reason="MISSING_POLICY")
         value = float(getattr(request, policy)) if policy is not None else math.nan
         if policy is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidArgument(f"{policy}: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
@@ -293,13 +294,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         else:
             threshold = math.nan  # the tenant's controller sets it once the prompt is scored
         text = prompt_text(request.prompt, "prompt")
-        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
-        score = out.scores[request.router]
         cal = self._calibration(catalog, request.router)
         controller = None
-        if tenant is not None:
+        if tenant is not None:  # taken now: a target removed while the prompt is scored still decides it
             assert self.targets is not None
             controller = self.targets.controller(tenant, cal, catalog.version)
+        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
+        score = out.scores[request.router]
+        if controller is not None:
             threshold = controller.threshold
         choice = self.exploration.choose(
             score, threshold, cal.calibration_strong_share, cal.calibration_thresholds, self._rng
@@ -370,14 +372,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         text = prompt_text(request.prompt, "prompt")
         if not isinstance(text, str):
             raise text
-        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
-        q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
         spend = None
-        if tenant is None:
-            made = decide(q, c, rule, value)
-        else:
+        if tenant is not None:  # taken now: a target removed while the prompt is scored still decides it
             assert self.targets is not None
             spend = self.targets.spend_controller(tenant, request.router)
+        out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
+        q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
+        if spend is None:
+            made = decide(q, c, rule, value)
+        else:
             value = spend.cost_weight
             made = decide(q, c, rule, value, chosen=spend.choose(q, c))
         # exploration (explore_rate): now and then a candidate drawn at random, with its propensity

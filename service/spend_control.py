@@ -125,6 +125,14 @@ class SpendController:
         self.decisions += 1
         self.lam = self._solve()
 
+    def retarget(self, target_per_1k: float) -> None:
+        """Hold a new target from the next decision on (the window is kept; the deficit restarts)."""
+        if not (math.isfinite(target_per_1k) and target_per_1k >= 0):
+            raise ValueError(f"target: must be >= 0 USD per 1,000 requests (got {target_per_1k})")
+        self.target = target_per_1k / 1000.0
+        self.deficit = 0.0
+        self.lam = self._solve()
+
     def state(self) -> SpendState:
         realised = 1000.0 * sum(self._recent) / len(self._recent) if self._recent else math.nan
         return SpendState(1000.0 * self.target, realised, self.cost_weight, self.decisions, self.deficit)

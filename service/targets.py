@@ -13,6 +13,11 @@ Controllers are keyed by (tenant, router) and created on first use, seeded from 
 table. When the bundle changes (a hot swap), a controller is re-seeded from the new bundle's table and
 keeps its deficit: the window of old scores is not comparable with the new router's.
 
+Targets can change while the server runs (AdminService.SetTargets: `set_share`, `set_spend`, `remove`):
+a tenant's controllers hold a new target from their next decision on, keeping their window and
+restarting their deficit; a removed target's controllers are dropped. Such changes last while the
+process runs; a restart starts from the settings again.
+
 State across restarts: every controlled decision is recorded in the outcome store with its tenant and
 policy ("target"; "spend_target" with its candidates' qualities and costs); at startup `restore`
 replays each controller's latest decisions (in order) from the store, which gives back its window,
@@ -106,6 +111,37 @@ class TenantTargets:
         if asked in table:
             return asked
         return DEFAULT_TENANT if DEFAULT_TENANT in table else None
+
+    def set_share(self, tenant: str, share: float) -> None:
+        """Set `tenant`'s strong-share target (ValueError outside [0, 1]); its controllers retarget."""
+        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+            raise ValueError(f"strong_share: must be in [0, 1] (got {share})")
+        self.targets[tenant] = share
+        for (name, _router), held in self._held.items():
+            if name == tenant:
+                held.controller.retarget(share)
+
+    def set_spend(self, tenant: str, usd_per_1k: float) -> None:
+        """Set `tenant`'s spend target, USD per 1,000 requests (ValueError below 0 or not finite); its
+        controllers retarget."""
+        if not (math.isfinite(usd_per_1k) and usd_per_1k >= 0.0):
+            raise ValueError(f"spend_per_1k_usd: must be >= 0 (got {usd_per_1k})")
+        self.spends[tenant] = usd_per_1k
+        for (name, _router), ctl in self._spend.items():
+            if name == tenant:
+                ctl.retarget(usd_per_1k)
+
+    def remove(self, tenant: str, *, spend: bool = False) -> bool:
+        """Remove `tenant`'s share (or, with `spend`, spend) target and its controllers; False when it had
+        none."""
+        table = self.spends if spend else self.targets
+        if table.pop(tenant, None) is None:
+            return False
+        if spend:
+            self._spend = {key: ctl for key, ctl in self._spend.items() if key[0] != tenant}
+        else:
+            self._held = {key: held for key, held in self._held.items() if key[0] != tenant}
+        return True
 
     def spend_controller(self, tenant: str, router: str) -> SpendController:
         """The spend controller of (tenant, router), created on first use."""

@@ -58,6 +58,9 @@ def every_call(client: RouterClient) -> dict[str, Callable[[], object]]:
         "ReloadBundle": lambda: client.admin.ReloadBundle(admin_pb2.ReloadBundleRequest(path="/nonexistent"), **kw),
         "ListShareTargets": lambda: client.admin.ListShareTargets(admin_pb2.ListShareTargetsRequest(), **kw),
         "ListSpendTargets": lambda: client.admin.ListSpendTargets(admin_pb2.ListSpendTargetsRequest(), **kw),
+        "SetTargets": lambda: client.admin.SetTargets(
+            admin_pb2.SetTargetsRequest(changes=[admin_pb2.TargetChange(tenant="batch", strong_share=0.1)]), **kw
+        ),
     }
 
 
@@ -101,7 +104,7 @@ def test_every_rpc_needs_a_token_health_is_open_and_reflection_is_off(
 def _calls_with_and_without_tokens(serve: Callable[..., ServerThread]) -> str:
     srv = serve()
     results: dict[str, list[grpc.StatusCode]] = {}
-    for token in (None, WRONG_TOKEN, OPEN_TOKEN):
+    for token in (None, WRONG_TOKEN, OPEN_TOKEN, BATCH_TOKEN):
         with RouterClient(srv.target, token=token) as client:
             for name, call in every_call(client).items():
                 results.setdefault(name, []).append(code_of(call))
@@ -109,8 +112,13 @@ def _calls_with_and_without_tokens(serve: Callable[..., ServerThread]) -> str:
     expected_with_token = {
         "Feedback": grpc.StatusCode.FAILED_PRECONDITION,  # no outcome store: past the token check
     }
+    admin = {"GetBundle", "ReloadBundle", "ListShareTargets", "ListSpendTargets", "SetTargets"}
     for name, codes in results.items():
-        assert codes == [unauth, unauth, expected_with_token.get(name, grpc.StatusCode.OK)], name
+        with_token = expected_with_token.get(name, grpc.StatusCode.OK)
+        # a token bound to a tenant speaks for that tenant: it may not administer the server
+        bound = grpc.StatusCode.PERMISSION_DENIED if name in admin else with_token
+        assert codes == [unauth, unauth, with_token, bound], name
+    assert set(results) >= admin
 
     with RouterClient(srv.target, token=WRONG_TOKEN) as client:
         with pytest.raises(grpc.RpcError) as e:
@@ -131,9 +139,9 @@ def test_a_token_bound_to_a_tenant_decides_the_tenant(serve: Callable[..., Serve
     with RouterClient(srv.target, token=BATCH_TOKEN, tenant="default") as client:
         for i in range(20):
             client.route(f"prompt {i}", router="mf")
-        controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
-    assert controllers == {("batch", "mf"): 20}
     with RouterClient(srv.target, token=OPEN_TOKEN, tenant="batch") as client:  # unbound: the metadata counts
+        controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
+        assert controllers == {("batch", "mf"): 20}
         client.route("one more", router="mf")
         controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
     assert controllers == {("batch", "mf"): 21}
@@ -151,6 +159,11 @@ def test_a_bound_token_speaks_for_its_tenant_whatever_the_tenants_list(serve: Ca
     with RouterClient(srv.target, token=BATCH_TOKEN, tenant="rogue") as client:
         for i in range(3):
             client.route(f"bound {i}", router="mf")
+        with pytest.raises(grpc.RpcError) as err:  # nor may it set its own target
+            client.set_targets(shares={"batch": 1.0})
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "bound to a tenant" in (err.value.details() or "")
+    with RouterClient(srv.target, token=OPEN_TOKEN) as client:
         controllers = {(c.tenant, c.router): c.decisions for c in client.list_share_targets().controllers}
     assert controllers == {("batch", "mf"): 3}
 

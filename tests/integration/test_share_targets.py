@@ -136,3 +136,52 @@ def test_route_without_a_policy_is_refused_when_the_tenant_has_no_target(
         assert client.list_share_targets().controllers == []
     with RouterClient(srv.target, tenant="batch") as client:
         assert client.route("hello", router="mf").threshold > 0
+
+
+def test_targets_changed_live_hold_from_the_next_decision_and_a_bad_change_applies_nothing(
+    serve: Callable[..., ServerThread],
+) -> None:
+    """AdminService.SetTargets on a running server: a tenant's new target holds from its next decisions
+    on (its controller keeps its window), a tenant given a target is served by it at once, a removed
+    target's tenant falls to `default`, and a request with one bad change changes nothing."""
+    srv = serve(share_targets="batch=0.1")  # no default tenant
+    prompts = iter(skewed_prompts(2000))
+    with RouterClient(srv.target, tenant="batch") as batch, RouterClient(srv.target, tenant="team") as team:
+        first = [batch.route(next(prompts), router="mf") for _ in range(400)]
+        assert abs(strong_share(first[200:]) - 0.1) <= 0.03
+        with pytest.raises(grpc.RpcError) as e:
+            team.route("hello", router="mf")
+        assert "no share target for tenant 'team'" in (e.value.details() or "")
+
+        held = batch.set_targets(shares={"batch": 0.5, "team": 0.3})
+        assert [(t.tenant, t.strong_share) for t in held.share_targets] == [("batch", 0.5), ("team", 0.3)]
+        second = [batch.route(next(prompts), router="mf") for _ in range(600)]
+        assert abs(strong_share(second[200:]) - 0.5) <= 0.03
+        teams = [team.route(next(prompts), router="mf") for _ in range(400)]
+        assert abs(strong_share(teams[200:]) - 0.3) <= 0.03
+        [ctl] = [c for c in batch.list_share_targets().controllers if c.tenant == "batch"]
+        assert (ctl.target, ctl.decisions) == (0.5, 1000)  # the same controller, retargeted
+
+        # one bad change (here the last): nothing of the request is applied
+        for shares, spends, code, words in [
+            ({"batch": 0.9, "bad name": 0.1}, None, grpc.StatusCode.INVALID_ARGUMENT, "changes[1].tenant"),
+            ({"batch": 0.9, "team": 1.5}, None, grpc.StatusCode.INVALID_ARGUMENT, "changes[1].strong_share"),
+            ({"batch": 0.9}, {"team": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "changes[1].spend_per_1k_usd"),
+            ({"batch": 0.9, "nobody": None}, None, grpc.StatusCode.NOT_FOUND, "tenant nobody has no strong-share"),
+            ({"batch": 0.9}, {"team": None}, grpc.StatusCode.NOT_FOUND, "tenant team has no spend target"),
+        ]:
+            with pytest.raises(grpc.RpcError) as e:
+                batch.set_targets(shares=shares, spends=spends)
+            assert e.value.code() == code and words in (e.value.details() or ""), e.value.details()
+        listed = batch.list_share_targets()
+        assert [(t.tenant, t.strong_share) for t in listed.targets] == [("batch", 0.5), ("team", 0.3)]
+        assert batch.list_spend_targets().targets == []
+
+        held = batch.set_targets(shares={"team": None, "default": 1.0})
+        assert [(t.tenant, t.strong_share) for t in held.share_targets] == [("batch", 0.5), ("default", 1.0)]
+        assert all(team.route(next(prompts), router="mf").tier == router_pb2.TIER_STRONG for _ in range(20))
+        controllers = {(c.tenant, c.router) for c in batch.list_share_targets().controllers}
+        assert controllers == {("batch", "mf"), ("default", "mf")}  # team's controller went with its target
+        held = batch.set_targets(spends={"team": 4.0})
+        assert [(t.tenant, t.spend_per_1k_usd) for t in held.spend_targets] == [("team", 4.0)]
+        assert [(t.tenant, t.spend_per_1k_usd) for t in batch.list_spend_targets().targets] == [("team", 4.0)]

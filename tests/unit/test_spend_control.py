@@ -100,3 +100,20 @@ def test_spend_targets_map_tenants_and_restore_from_choices() -> None:
     again = TenantTargets({}, spends={"default": 3.0, "batch": 1.0})
     assert again.restore([cal], "v1", lambda *_: [], read_spend) == 1600
     assert again.spend_states() == live.spend_states()
+
+
+def test_a_spend_target_changed_live_is_held_from_then_on_and_a_removed_one_drops_its_controllers() -> None:
+    q, c = drifting(12_000, seed=6)
+    targets = TenantTargets({}, spends={"batch": 2.0}, spend_settings=ControlSettings(window=300, repay=SPEND_REPAY))
+    ctl = targets.spend_controller("batch", "quality")
+    first = [ctl.decide(q[i], c[i]) for i in range(6000)]
+    targets.set_spend("batch", 5.0)  # the same controller, its target changed: no new one
+    assert targets.spend_controller("batch", "quality") is ctl and ctl.state().target_per_1k == 5.0
+    second = [ctl.decide(q[i], c[i]) for i in range(6000, 12_000)]
+    before = windows(c[np.arange(6000), first])[2:]
+    after = windows(c[np.arange(6000, 12_000), second])[2:]
+    assert np.mean(np.abs(before - 2.0) / 2.0) <= 0.05 and np.mean(np.abs(after - 5.0) / 5.0) <= 0.05
+    with pytest.raises(ValueError, match="spend_per_1k_usd: must be >= 0"):
+        targets.set_spend("batch", -1.0)
+    assert targets.remove("batch", spend=True) and not targets.remove("batch", spend=True)
+    assert targets.spend_states() == [] and targets.tenant_of("batch", spend=True) is None
