@@ -112,8 +112,9 @@ class BatchPolicy:
             "the queue takes the tenants of queued calls in turn, each tenant's visit the same work (a quarter "
             "batch of average prompts, over its calls in turn), and admission charges a call the visits before "
             "its turn, so a tenant flooding the queue is refused while another still enters and waits one visit "
-            "of each other tenant; a caller's tenant is its token's, else the one it names (tenant_header). "
-            "false = one round over all calls, whoever sent them"
+            "of each other tenant; likewise the OpenAI front's contended upstream slots go to the waiting "
+            "tenant holding the fewest. A caller's tenant is its token's, else the one it names "
+            "(tenant_header). false = one round over all calls, first come at the upstreams"
         ),
     )
     metrics_tenants: int = field(

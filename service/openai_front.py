@@ -206,8 +206,10 @@ class OpenAIFront:
         max_body_bytes: int = 4 << 20,
         grace_s: float = 5.0,
         tracing: Tracing | None = None,
+        fair_slots: bool = True,
     ) -> None:
         self.servicer = servicer
+        self.fair_slots = fair_slots  # an upstream's contended slots go to tenants in turn; False: first come
         self.tracing = tracing
         self.client = UpstreamClient(upstreams)
         self.auth = auth
@@ -282,9 +284,11 @@ class OpenAIFront:
         ):
             try:
                 self._authenticate(request)
+                tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
                 body = await self._body(request)
-                route = await self._route(request, body)
-                return await self._forward(request, body, route, before_end=count)
+                route = await self._route(body, tenant)
+                slot_tenant = tenant if self.fair_slots else ""
+                return await self._forward(request, body, route, slot_tenant, before_end=count)
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason
@@ -315,10 +319,9 @@ class OpenAIFront:
             raise InvalidArgument("body: must be a JSON object", reason="BAD_JSON")
         return body
 
-    async def _route(self, request: web.Request, body: dict[str, Any]) -> router_pb2.RouteResponse:
+    async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
         ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.default_router)
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
-        tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
         return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
 
     async def _forward(
@@ -326,10 +329,12 @@ class OpenAIFront:
         request: web.Request,
         body: dict[str, Any],
         route: router_pb2.RouteResponse,
+        tenant: str,
         before_end: Callable[[], None] = lambda: None,
     ) -> web.StreamResponse:
-        """The upstream's answer, whole or streamed; `before_end` runs before a streamed answer's end is
-        written (a whole one leaves after this returns)."""
+        """The upstream's answer, whole or streamed (`tenant`: whose turn at the upstream's slots);
+        `before_end` runs before a streamed answer's end is written (a whole one leaves after this
+        returns)."""
         tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
         up = self.client.upstreams[tier]
         headers = {
@@ -340,7 +345,7 @@ class OpenAIFront:
             "x-lmroute-score": f"{route.score:.6g}",
             "x-lmroute-threshold": f"{route.threshold:.6g}",
         }
-        async with self.client.exchange(tier, body) as answer:
+        async with self.client.exchange(tier, body, tenant) as answer:
             if body.get("stream") is not True or answer.status != 200:
                 payload = await answer.read()
                 return web.Response(body=payload, status=answer.status, headers=headers, content_type=_mime(answer))

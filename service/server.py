@@ -246,6 +246,7 @@ class RouterServer:
                 max_body_bytes=cfg.max_message_bytes,
                 grace_s=cfg.grace_s,
                 tracing=self.tracing,
+                fair_slots=cfg.batch.tenant_fair_share,
             )
             tls = (
                 tls_context(

@@ -2,7 +2,9 @@
 
 One aiohttp session for the front's lifetime (keep-alive connections to each upstream). An exchange holds
 one of its upstream's `max_concurrency` slots from the request until the answer is read or the stream
-ends. Failures become the front's errors, each naming the upstream: it cannot be reached, drops the
+ends; when the slots are contended, each one that frees goes to the waiting tenant holding the fewest
+(lmroute.service.tenant_slots), so one tenant's flood does not queue ahead of another tenant's request.
+Failures become the front's errors, each naming the upstream: it cannot be reached, drops the
 connection or answers with a 5xx -> UpstreamFailed (HTTP 502); its next bytes take longer than
 `timeout_s`, or no slot frees in that time -> UpstreamTimeout (HTTP 504). A 4xx answer is the upstream's
 verdict on the request (a bad tool schema, say) and is passed to the caller as it is.
@@ -10,7 +12,6 @@ verdict on the request (a bad tool schema, say) and is passed to the caller as i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
+from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstreams import Upstream
 
 __all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient"]
@@ -68,7 +70,7 @@ class UpstreamClient:
 
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self.upstreams = dict(upstreams)
-        self._slots = {tier: asyncio.Semaphore(u.max_concurrency) for tier, u in self.upstreams.items()}
+        self.slots = {tier: TenantSlots(u.max_concurrency) for tier, u in self.upstreams.items()}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -84,13 +86,15 @@ class UpstreamClient:
             self._session = None
 
     @contextlib.asynccontextmanager
-    async def exchange(self, tier: str, body: Mapping[str, Any]) -> AsyncIterator[Exchange]:
-        """POST `body` (its model set to the upstream's) to the `tier` upstream's /chat/completions; the
-        answer as an Exchange once its status and headers are in. A 5xx is raised as UpstreamFailed."""
+    async def exchange(self, tier: str, body: Mapping[str, Any], tenant: str = "") -> AsyncIterator[Exchange]:
+        """POST `body` (its model set to the upstream's) to the `tier` upstream's /chat/completions for
+        `tenant` (its turn at the upstream's slots); the answer as an Exchange once its status and headers
+        are in. A 5xx is raised as UpstreamFailed."""
         assert self._session is not None, "UpstreamClient.start was not called"
         up = self.upstreams[tier]
+        slots = self.slots[tier]
         try:
-            await asyncio.wait_for(self._slots[tier].acquire(), up.timeout_s)
+            await slots.acquire(tenant, up.timeout_s)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{up.describe()}: no free slot in {up.timeout_s:g} s ({up.max_concurrency} requests in flight)"
@@ -115,4 +119,4 @@ class UpstreamClient:
             finally:
                 response.release()
         finally:
-            self._slots[tier].release()
+            slots.release(tenant)

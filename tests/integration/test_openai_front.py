@@ -8,7 +8,9 @@ clear HTTP errors."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import openai
 import pytest
 
 from lmroute.service.client import RouterClient
+from lmroute.service.config import BatchPolicy
 from lmroute.service.fake_upstream import FakeUpstream
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
@@ -257,6 +260,42 @@ def test_a_tenants_list_refuses_a_header_naming_another(
         model="router-mf", messages=msgs
     )
     assert raw.headers["x-lmroute-tier"] == "strong"  # team-a's target, share 1.0
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_an_upstreams_slots_go_to_a_waiting_tenant_before_another_tenants_flood(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path, fair: bool
+) -> None:
+    """An upstream of 2 slots answering in 0.5 s; tenant `flood` sends 6 requests (2 in flight, 4 waiting),
+    then tenant `other` sends one. Fair slots: the next slot that frees is other's (it holds none), so
+    its answer comes before most of the flood's; first come (tenant_fair_share off): it waits for all."""
+    with FakeUpstream("slow", delay_s=0.5) as slow:
+        path = _file(tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 2})
+        srv, base = _front(fake_servers, path, batch=BatchPolicy(tenant_fair_share=fair))
+        front = srv.server.front
+        assert front is not None
+        slots = front.client.slots["strong"]
+        done: list[str] = []
+
+        def ask(tenant: str) -> None:
+            client = _client(base, default_headers={"x-lmroute-tenant": tenant})
+            client.chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": tenant}])
+            done.append(tenant)
+
+        with ThreadPoolExecutor(8) as pool:
+            calls = [pool.submit(ask, "flood") for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while slots.waiting() < 4:
+                assert time.monotonic() < deadline, "the flood's requests did not queue"
+                time.sleep(0.005)
+            calls.append(pool.submit(ask, "other"))
+            for call in calls:
+                call.result(timeout=20)
+    assert sorted(done) == ["flood"] * 6 + ["other"] and slots.in_use == 0 and slots.waiting() == 0
+    if fair:
+        assert done.index("other") <= 3  # in the second wave of answers (two flood answers first at most)
+    else:
+        assert done.index("other") == 6
 
 
 def test_https_mtls_and_metrics(
