@@ -51,8 +51,8 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def _start_upstreams(cores: str | None) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    cmd = [sys.executable, "-m", "lmroute.service.fake_upstream", "strong", "weak"]
+def _start_upstreams(cores: str | None, delay_s: float = 0.0) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    cmd = [sys.executable, "-m", "lmroute.service.fake_upstream", "strong", "weak", "--delay-s", str(delay_s)]
     proc = subprocess.Popen(pinned(cores, cmd), stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO)
     assert proc.stdout is not None
     urls: dict[str, str] = {}
@@ -65,8 +65,9 @@ def _start_upstreams(cores: str | None) -> tuple[subprocess.Popen[str], dict[str
     return proc, urls
 
 
-def _server_cmd(args: argparse.Namespace, upstreams_file: Path) -> list[str]:
+def _server_cmd(args: argparse.Namespace, upstreams_file: Path, *flags: str) -> list[str]:
     common = ["--port", "0", "--http-port", "0", "--upstreams-file", str(upstreams_file), "--log-level", "warning"]
+    common += flags
     if args.bundle is None:
         return [sys.executable, str(REPO / "benchmarks" / "ghz" / "fake_server.py"), "--fake-routers", "mf", *common]
     return [sys.executable, "-m", "lmroute.service.main", "--bundle", str(args.bundle), *common]
