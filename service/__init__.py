@@ -10,7 +10,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     feedback.py      Feedback on the wire <-> the outcome store's records; decision records of answers
     exploration.py   Route's exploration rule: decisions flipped near the threshold, with their propensity
-    admin.py         AdminService RPCs: ReloadBundle (hot swap), GetBundle
+    admin.py         AdminService RPCs: ReloadBundle (hot swap), GetBundle, tenants' targets listed and set
     bundle_swap.py   BundleSwapper: load, check, warm a candidate off the loop, switch between batches, watch the path
     prompts.py       wire Prompt (text / conversation) -> text to score, per-call caps
     decisions.py     decision ids (time-ordered, 32 hex) on every Route answer and scored prompt
@@ -21,7 +21,9 @@ Three one-way layers (transport -> scheduler -> scorers):
     scorer_api.py    the Scorer protocol between scheduler and scorers (generic in its tokens)
     bundle_scorer.py the product Scorer over a router bundle (lmroute.bundle)
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
-    client.py        RouterClient, a small typed client
+    client.py        RouterClient and AsyncRouterClient, small typed clients
+    client_retry.py  their retry policy (RESOURCE_EXHAUSTED / UNAVAILABLE, the server's RetryInfo, the deadline)
+    tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
     logs.py          structlog JSON configuration; LogSampler (bounded lines for floods)
 """

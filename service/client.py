@@ -1,4 +1,5 @@
-"""RouterClient: a small typed synchronous client for lmroute.v1.RouterService (users and tests).
+"""RouterClient and AsyncRouterClient: small typed clients for lmroute.v1.RouterService and AdminService
+(users and tests), blocking and asyncio.
 
 with RouterClient("127.0.0.1:50051") as c:
     c.health()                                   # "SERVING"
@@ -6,20 +7,33 @@ with RouterClient("127.0.0.1:50051") as c:
     d = c.route("hi", router="mf", strong_share=0.3)
     d.chosen_model
     c.reload_bundle("/srv/bundles/next")         # AdminService: hot swap; c.get_bundle(): what serves
+
+async with AsyncRouterClient("127.0.0.1:50051") as c:
+    d = await c.route("hi", router="mf", strong_share=0.3)
+
+Both retry a call the server refused for now (RESOURCE_EXHAUSTED, UNAVAILABLE) under `retry`
+(lmroute.service.client_retry: 4 attempts, the server's retry delay honoured, never past the call's
+timeout; `NO_RETRY` turns it off), as the Go and Java clients do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
-__all__ = ["RouterClient", "PromptLike", "to_prompt"]
+__all__ = ["AsyncRouterClient", "NO_RETRY", "PromptLike", "RetryPolicy", "RouterClient", "to_prompt"]
+
+R = TypeVar("R")
 
 # A prompt: plain text, a conversation as [{"role": "user", "content": "..."}, ...], or a wire Prompt.
 PromptLike = str | Sequence[Mapping[str, str]] | router_pb2.Prompt
@@ -38,8 +52,65 @@ def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False) -> router_pb2
     return router_pb2.Prompt(conversation=conv, turn_selection=sel)
 
 
-class RouterClient:
-    """Blocking client over one channel; every call takes an optional timeout (seconds)."""
+# -- requests (the same for both clients) ------------------------------------------------------------
+
+
+def score_request(prompts: Sequence[PromptLike], routers: Sequence[str] = ()) -> router_pb2.ScoreRequest:
+    return router_pb2.ScoreRequest(prompts=[to_prompt(p) for p in prompts], routers=list(routers))
+
+
+def route_request(
+    prompt: PromptLike, router: str = "", threshold: float | None = None, strong_share: float | None = None
+) -> router_pb2.RouteRequest:
+    req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
+    if threshold is not None:
+        req.threshold = threshold
+    if strong_share is not None:
+        req.strong_share = strong_share
+    return req
+
+
+def route_among_request(
+    prompt: PromptLike,
+    candidates: Sequence[str | router_pb2.Candidate],
+    router: str = "",
+    **rules: float | None,
+) -> router_pb2.RouteRequest:
+    """`rules`: cost_weight, quality_margin, quality_floor, at most one not None."""
+    req = router_pb2.RouteRequest(
+        prompt=to_prompt(prompt),
+        router=router,
+        candidates=[c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c) for c in candidates],
+    )
+    for rule, value in rules.items():
+        if value is not None:
+            setattr(req.model_policy, rule, value)
+    return req
+
+
+def set_targets_request(
+    shares: Mapping[str, float | None] | None = None, spends: Mapping[str, float | None] | None = None
+) -> admin_pb2.SetTargetsRequest:
+    """Tenants' new targets (None: remove it), strong shares then spends."""
+    changes = [
+        admin_pb2.TargetChange(tenant=t, remove_strong_share=True)
+        if v is None
+        else admin_pb2.TargetChange(tenant=t, strong_share=v)
+        for t, v in (shares or {}).items()
+    ] + [
+        admin_pb2.TargetChange(tenant=t, remove_spend=True)
+        if v is None
+        else admin_pb2.TargetChange(tenant=t, spend_per_1k_usd=v)
+        for t, v in (spends or {}).items()
+    ]
+    return admin_pb2.SetTargetsRequest(changes=changes)
+
+
+class _ClientBase:
+    """What both clients share: the channel (grpc, or grpc.aio for `_aio` clients) and its stubs, the
+    call metadata (request id, tenant, token), timeouts and retries."""
+
+    _aio = False
 
     def __init__(
         self,
@@ -54,37 +125,32 @@ class RouterClient:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self.timeout_s = timeout_s
         self.request_id = request_id
         self.tenant = tenant  # named in every call's metadata (`tenant_header`) when set
         self.tenant_header = tenant_header
         self.token = token  # sent as `authorization: Bearer <token>` when set (lmroute.service.auth)
+        self.retry = retry or NO_RETRY
+        self._rng = random.Random()
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        channels: Any = grpc.aio if self._aio else grpc
         if tls_ca is None:  # plaintext (loopback, a sidecar); with tls_ca: TLS, plus a client cert for mTLS
-            self.channel = grpc.insecure_channel(target, options=options)
+            self.channel = channels.insecure_channel(target, options=options)
         else:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=Path(tls_ca).read_bytes(),
                 private_key=Path(tls_key).read_bytes() if tls_key else None,
                 certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
             )
-            self.channel = grpc.secure_channel(target, creds, options=options)
+            self.channel = channels.secure_channel(target, creds, options=options)
         self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-
-    def __enter__(self) -> RouterClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.channel.close()
 
     def _kw(self, timeout_s: float | None) -> dict[str, Any]:
         kw: dict[str, Any] = {"timeout": timeout_s if timeout_s is not None else self.timeout_s}
@@ -99,16 +165,56 @@ class RouterClient:
             kw["metadata"] = tuple(metadata)
         return kw
 
+    def _next_delay(self, n: int, err: grpc.RpcError, deadline: float | None) -> float | None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        return self.retry.next_delay_s(n, err, self._rng.random(), remaining)
+
+
+def _deadline(timeout_s: float | None) -> float | None:
+    return None if timeout_s is None else time.monotonic() + timeout_s
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+class RouterClient(_ClientBase):
+    """Blocking client over one channel; every call takes an optional timeout (seconds, retries
+    included).
+
+    Arguments: `timeout_s` each call's default timeout; `max_message_bytes`; `request_id` sent as
+    x-request-id; `tenant` named in `tenant_header`; `token` sent as a bearer token; `tls_ca` (with
+    `tls_cert`, `tls_key` for mTLS) for TLS; `retry` the RetryPolicy (default DEFAULT_RETRY; NO_RETRY
+    or None: one attempt)."""
+
+    def __enter__(self) -> RouterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Callable[..., R], request: Any, timeout_s: float | None) -> R:
+        """`method(request)` with this client's metadata, retried under its policy within the timeout."""
+        kw = self._kw(timeout_s)
+        deadline = _deadline(kw["timeout"])
+        for n in range(1, self.retry.max_attempts + 1):
+            try:
+                return method(request, **{**kw, "timeout": _left(deadline)})
+            except grpc.RpcError as err:
+                delay = self._next_delay(n, err, deadline)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
     def score(
-        self,
-        prompts: Sequence[PromptLike],
-        routers: Sequence[str] = (),
-        *,
-        timeout_s: float | None = None,
+        self, prompts: Sequence[PromptLike], routers: Sequence[str] = (), *, timeout_s: float | None = None
     ) -> router_pb2.ScoreResponse:
         """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
-        req = router_pb2.ScoreRequest(prompts=[to_prompt(p) for p in prompts], routers=list(routers))
-        resp: router_pb2.ScoreResponse = self.stub.Score(req, **self._kw(timeout_s))
+        resp: router_pb2.ScoreResponse = self._call(self.stub.Score, score_request(prompts, routers), timeout_s)
         return resp
 
     def route(
@@ -123,12 +229,9 @@ class RouterClient:
         """Decide strong vs weak for one prompt with `router` ("": the serving bundle's default router, which
         follows each accepted adaptation); give at most one of threshold / strong_share (neither: the
         client's tenant's share target, held live by the server)."""
-        req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
-        if threshold is not None:
-            req.threshold = threshold
-        if strong_share is not None:
-            req.strong_share = strong_share
-        resp: router_pb2.RouteResponse = self.stub.Route(req, **self._kw(timeout_s))
+        resp: router_pb2.RouteResponse = self._call(
+            self.stub.Route, route_request(prompt, router, threshold, strong_share), timeout_s
+        )
         return resp
 
     def route_among(
@@ -145,31 +248,28 @@ class RouterClient:
         """Choose among candidate models (names, or Candidates with prices) with `router` ("": the serving
         bundle's default quality router, which follows each accepted N-model adaptation) by at most one
         rule (none: the client's tenant's spend target, held live by the server)."""
-        req = router_pb2.RouteRequest(
-            prompt=to_prompt(prompt),
-            router=router,
-            candidates=[
-                c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c) for c in candidates
-            ],
+        req = route_among_request(
+            prompt,
+            candidates,
+            router,
+            cost_weight=cost_weight,
+            quality_margin=quality_margin,
+            quality_floor=quality_floor,
         )
-        rules = {"cost_weight": cost_weight, "quality_margin": quality_margin, "quality_floor": quality_floor}
-        for rule, value in rules.items():
-            if value is not None:
-                setattr(req.model_policy, rule, value)
-        resp: router_pb2.RouteResponse = self.stub.Route(req, **self._kw(timeout_s))
+        resp: router_pb2.RouteResponse = self._call(self.stub.Route, req, timeout_s)
         return resp
 
     def list_routers(self, *, timeout_s: float | None = None) -> router_pb2.ListRoutersResponse:
         """What is loaded: routers, models, encoder, calibration, bundle version."""
-        resp: router_pb2.ListRoutersResponse = self.stub.ListRouters(
-            router_pb2.ListRoutersRequest(), **self._kw(timeout_s)
+        resp: router_pb2.ListRoutersResponse = self._call(
+            self.stub.ListRouters, router_pb2.ListRoutersRequest(), timeout_s
         )
         return resp
 
     def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
         """One router's description (NOT_FOUND when unknown)."""
-        resp: router_pb2.GetRouterResponse = self.stub.GetRouter(
-            router_pb2.GetRouterRequest(name=name), **self._kw(timeout_s)
+        resp: router_pb2.GetRouterResponse = self._call(
+            self.stub.GetRouter, router_pb2.GetRouterRequest(name=name), timeout_s
         )
         return resp
 
@@ -177,35 +277,35 @@ class RouterClient:
         self, outcomes: Sequence[router_pb2.OutcomeReport], *, timeout_s: float | None = None
     ) -> router_pb2.FeedbackResponse:
         """Report outcomes (see router.proto's OutcomeReport); one ItemStatus per outcome."""
-        resp: router_pb2.FeedbackResponse = self.stub.Feedback(
-            router_pb2.FeedbackRequest(outcomes=list(outcomes)), **self._kw(timeout_s)
+        resp: router_pb2.FeedbackResponse = self._call(
+            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=list(outcomes)), timeout_s
         )
         return resp
 
     def reload_bundle(self, path: str = "", *, timeout_s: float | None = None) -> admin_pb2.ReloadBundleResponse:
         """Hot-swap the server's bundle for the one at `path` on the server ("" = its serving path again);
         FAILED_PRECONDITION when the candidate is refused (the old bundle keeps serving)."""
-        resp: admin_pb2.ReloadBundleResponse = self.admin.ReloadBundle(
-            admin_pb2.ReloadBundleRequest(path=path), **self._kw(timeout_s)
+        resp: admin_pb2.ReloadBundleResponse = self._call(
+            self.admin.ReloadBundle, admin_pb2.ReloadBundleRequest(path=path), timeout_s
         )
         return resp
 
     def get_bundle(self, *, timeout_s: float | None = None) -> admin_pb2.GetBundleResponse:
         """The serving bundle (version, path, when loaded), the swap in progress and the swap counters."""
-        resp: admin_pb2.GetBundleResponse = self.admin.GetBundle(admin_pb2.GetBundleRequest(), **self._kw(timeout_s))
+        resp: admin_pb2.GetBundleResponse = self._call(self.admin.GetBundle, admin_pb2.GetBundleRequest(), timeout_s)
         return resp
 
     def list_share_targets(self, *, timeout_s: float | None = None) -> admin_pb2.ListShareTargetsResponse:
         """The tenants' strong-share targets and, per tenant and router, the realised share and threshold."""
-        resp: admin_pb2.ListShareTargetsResponse = self.admin.ListShareTargets(
-            admin_pb2.ListShareTargetsRequest(), **self._kw(timeout_s)
+        resp: admin_pb2.ListShareTargetsResponse = self._call(
+            self.admin.ListShareTargets, admin_pb2.ListShareTargetsRequest(), timeout_s
         )
         return resp
 
     def list_spend_targets(self, *, timeout_s: float | None = None) -> admin_pb2.ListSpendTargetsResponse:
         """The tenants' spend targets and, per tenant and router, the realised spend and cost weight."""
-        resp: admin_pb2.ListSpendTargetsResponse = self.admin.ListSpendTargets(
-            admin_pb2.ListSpendTargetsRequest(), **self._kw(timeout_s)
+        resp: admin_pb2.ListSpendTargetsResponse = self._call(
+            self.admin.ListSpendTargets, admin_pb2.ListSpendTargetsRequest(), timeout_s
         )
         return resp
 
@@ -219,24 +319,112 @@ class RouterClient:
         """Change tenants' targets on the running server: `shares` (strong share) and `spends` (USD per
         1,000 requests) map a tenant to its new target, or to None to remove it; all applied or none. The
         response lists the targets held after."""
-        changes = [
-            admin_pb2.TargetChange(tenant=t, remove_strong_share=True)
-            if v is None
-            else admin_pb2.TargetChange(tenant=t, strong_share=v)
-            for t, v in (shares or {}).items()
-        ] + [
-            admin_pb2.TargetChange(tenant=t, remove_spend=True)
-            if v is None
-            else admin_pb2.TargetChange(tenant=t, spend_per_1k_usd=v)
-            for t, v in (spends or {}).items()
-        ]
-        resp: admin_pb2.SetTargetsResponse = self.admin.SetTargets(
-            admin_pb2.SetTargetsRequest(changes=changes), **self._kw(timeout_s)
+        resp: admin_pb2.SetTargetsResponse = self._call(
+            self.admin.SetTargets, set_targets_request(shares, spends), timeout_s
         )
         return resp
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return name
+
+
+class AsyncRouterClient(_ClientBase):
+    """The RouterService calls of RouterClient for asyncio code (grpc.aio), over one channel made in the
+    running event loop: `async with AsyncRouterClient(target) as c: await c.route(...)`. Arguments as
+    RouterClient's."""
+
+    _aio = True
+
+    async def __aenter__(self) -> AsyncRouterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Callable[..., Awaitable[R]], request: Any, timeout_s: float | None) -> R:
+        """`await method(request)` with this client's metadata, retried under its policy within the timeout."""
+        kw = self._kw(timeout_s)
+        deadline = _deadline(kw["timeout"])
+        for n in range(1, self.retry.max_attempts + 1):
+            try:
+                return await method(request, **{**kw, "timeout": _left(deadline)})
+            except grpc.RpcError as err:
+                delay = self._next_delay(n, err, deadline)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def score(
+        self, prompts: Sequence[PromptLike], routers: Sequence[str] = (), *, timeout_s: float | None = None
+    ) -> router_pb2.ScoreResponse:
+        """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
+        resp: router_pb2.ScoreResponse = await self._call(self.stub.Score, score_request(prompts, routers), timeout_s)
+        return resp
+
+    async def route(
+        self,
+        prompt: PromptLike,
+        *,
+        router: str = "",
+        threshold: float | None = None,
+        strong_share: float | None = None,
+        timeout_s: float | None = None,
+    ) -> router_pb2.RouteResponse:
+        """RouterClient.route."""
+        resp: router_pb2.RouteResponse = await self._call(
+            self.stub.Route, route_request(prompt, router, threshold, strong_share), timeout_s
+        )
+        return resp
+
+    async def route_among(
+        self,
+        prompt: PromptLike,
+        candidates: Sequence[str | router_pb2.Candidate],
+        *,
+        router: str = "",
+        cost_weight: float | None = None,
+        quality_margin: float | None = None,
+        quality_floor: float | None = None,
+        timeout_s: float | None = None,
+    ) -> router_pb2.RouteResponse:
+        """RouterClient.route_among."""
+        req = route_among_request(
+            prompt,
+            candidates,
+            router,
+            cost_weight=cost_weight,
+            quality_margin=quality_margin,
+            quality_floor=quality_floor,
+        )
+        resp: router_pb2.RouteResponse = await self._call(self.stub.Route, req, timeout_s)
+        return resp
+
+    async def list_routers(self, *, timeout_s: float | None = None) -> router_pb2.ListRoutersResponse:
+        """What is loaded: routers, models, encoder, calibration, bundle version."""
+        resp: router_pb2.ListRoutersResponse = await self._call(
+            self.stub.ListRouters, router_pb2.ListRoutersRequest(), timeout_s
+        )
+        return resp
+
+    async def feedback(
+        self, outcomes: Sequence[router_pb2.OutcomeReport], *, timeout_s: float | None = None
+    ) -> router_pb2.FeedbackResponse:
+        """Report outcomes (see router.proto's OutcomeReport); one ItemStatus per outcome."""
+        resp: router_pb2.FeedbackResponse = await self._call(
+            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=list(outcomes)), timeout_s
+        )
+        return resp
+
+    async def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
+        """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = await self._health.Check(req, timeout=timeout_s or self.timeout_s)
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return name

@@ -63,7 +63,7 @@ from loadgen import GhzRun, ghz_version, run_ghz
 from procs import ChildServer, service_cmd
 from run import default_cores
 
-from lmroute.service.client import RouterClient
+from lmroute.service.client import NO_RETRY, RouterClient
 from lmroute.service.config import BatchPolicy
 from lmroute.service.stats import diff_snapshots
 
@@ -94,7 +94,7 @@ def score_caller(target: str, seconds: float, calls: int | None = None, tenant: 
     ok_ms: list[float] = []
     ok_prompts = 0
     t_end = time.monotonic() + seconds
-    with RouterClient(target, timeout_s=60, tenant=tenant or None) as client:
+    with RouterClient(target, timeout_s=60, tenant=tenant or None, retry=NO_RETRY) as client:  # retries: below
         while time.monotonic() < t_end and (calls is None or sum(status.values()) < calls):
             t0 = time.perf_counter()
             try:

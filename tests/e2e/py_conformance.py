@@ -2,7 +2,7 @@
 
     python tests/e2e/py_conformance.py conformance --addr 127.0.0.1:PORT --cases cases.json
 
-Runs every case with retries off (RouterClient never retries) and prints {"results": [...]} on stdout;
+Runs every case with retries off (RouterClient(retry=NO_RETRY)) and prints {"results": [...]} on stdout;
 exit 0 when every case ran, 2 on bad arguments or an unreadable cases file. It is the reference the Go and
 Java clients are compared with in tests/e2e/test_conformance.py.
 """
@@ -19,7 +19,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from lmroute.service.client import RouterClient
+from lmroute.service.client import NO_RETRY, RouterClient
 from lmroute.v1 import router_pb2
 
 __all__ = ["run_case", "run_cases", "main"]
@@ -126,7 +126,13 @@ def run_cases(
     """Every case against `target`, in order (over TLS trusting `ca`, with a client certificate, and with
     `token`, when given)."""
     with RouterClient(
-        target, timeout_s=DEFAULT_TIMEOUT_MS / 1000.0, tls_ca=ca, token=token, tls_cert=cert, tls_key=key
+        target,
+        timeout_s=DEFAULT_TIMEOUT_MS / 1000.0,
+        tls_ca=ca,
+        token=token,
+        tls_cert=cert,
+        tls_key=key,
+        retry=NO_RETRY,
     ) as client:
         return {"results": [run_case(client, c) for c in cases]}
 

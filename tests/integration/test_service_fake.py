@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from lmroute.service.client import RouterClient
+from lmroute.service.client import NO_RETRY, RouterClient
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.decisions import decision_id_time_ms
 from lmroute.service.errors import ConfigError
@@ -210,7 +210,7 @@ def test_queue_timeout_50ms_is_unavailable_and_scorer_never_sees_it(
 ) -> None:
     srv = make_server(batch=BatchPolicy(queue_timeout_ms=50))
     fake.block()
-    with RouterClient(srv.target) as c:
+    with RouterClient(srv.target, retry=NO_RETRY) as c:
         first = c.stub.Score.future(_req("occupies the scorer"), timeout=20)
         _wait(fake.entered.is_set)
         t0 = time.monotonic()
@@ -429,7 +429,7 @@ def test_graceful_stop_answers_50_in_flight_and_refuses_new(fake: FakeScorer) ->
     fake.block()
     stopped = threading.Event()
     try:
-        with RouterClient(srv.target) as c:
+        with RouterClient(srv.target, retry=NO_RETRY) as c:
             calls = [c.stub.Score.future(_req(f"in flight {i}"), timeout=30) for i in range(50)]
             sched = srv.server.scheduler
             assert sched is not None
