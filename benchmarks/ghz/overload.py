@@ -53,8 +53,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,6 +62,7 @@ from procs import ChildServer, service_cmd
 from run import default_cores
 
 from lmroute.service.client import NO_RETRY, RouterClient
+from lmroute.service.client_retry import retry_delay_s
 from lmroute.service.config import BatchPolicy
 from lmroute.service.stats import diff_snapshots
 
@@ -74,16 +73,6 @@ OK_CODES = {"OK", "ResourceExhausted", "Unavailable"}  # ghz writes status names
 
 def score_prompts() -> list[str]:
     return [p["text"] for p in json.loads((HERE / "prompts.json").read_text())][:SCORE_PROMPTS]
-
-
-def _retry_delay_s(err: grpc.RpcError) -> float:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToMilliseconds() / 1000.0
-    return 0.05
 
 
 def score_caller(target: str, seconds: float, calls: int | None = None, tenant: str = "") -> dict[str, Any]:
@@ -107,7 +96,7 @@ def score_caller(target: str, seconds: float, calls: int | None = None, tenant: 
                 code = err.code()
                 status[code.name] += 1
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    time.sleep(min(_retry_delay_s(err), max(t_end - time.monotonic(), 0.0)))
+                    time.sleep(min(retry_delay_s(err) or 0.05, max(t_end - time.monotonic(), 0.0)))
     ok = np.asarray(ok_ms)
     pct = {f"p{q}_ms": float(np.percentile(ok, q)) if ok.size else float("nan") for q in (50, 99)}
     return {"ok": int(ok.size), "ok_prompts": ok_prompts, "status": dict(status), "ok_per_s": ok.size / seconds, **pct}

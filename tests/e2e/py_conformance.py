@@ -16,29 +16,15 @@ import sys
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from lmroute.service.client import NO_RETRY, RouterClient
+from lmroute.service.client_retry import error_reason
 from lmroute.v1 import router_pb2
 
 __all__ = ["run_case", "run_cases", "main"]
 
 DEFAULT_TIMEOUT_MS = 30_000
 RPCS = ("Score", "Route", "Health", "ListRouters")
-
-
-def _reason(err: grpc.RpcError) -> str:
-    """`reason` of the first google.rpc.ErrorInfo in the status details, or ""."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    if status is None:
-        return ""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
 
 
 def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -98,7 +84,7 @@ def run_case(client: RouterClient, case: dict[str, Any]) -> dict[str, Any]:
         else:
             body = {"routers": sorted(r.name for r in client.list_routers(timeout_s=timeout_s).routers)}
     except grpc.RpcError as err:
-        return {"id": case["id"], "code": err.code().name, "reason": _reason(err)}  # type: ignore[attr-defined]
+        return {"id": case["id"], "code": err.code().name, "reason": error_reason(err)}  # type: ignore[attr-defined]
     return {"id": case["id"], "code": "OK", **body}
 
 
