@@ -58,6 +58,8 @@ from lmroute.v1 import router_pb2, router_pb2_grpc
 
 __all__ = ["RouterServicer", "resolve_routers"]
 
+_FEEDBACK_SLICE = 128  # outcomes of a Feedback call read (and answered) between two yields to the event loop
+
 
 def _router_info(r: RouterDescription) -> router_pb2.RouterInfo:
     return router_pb2.RouterInfo(
@@ -444,6 +446,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
         outcomes: list[Outcome] = []
         for i, report in enumerate(request.outcomes):
+            if i and i % _FEEDBACK_SLICE == 0:
+                await asyncio.sleep(0)  # let the loop answer other calls between slices of a big call
             try:
                 mine = outcomes_of(report, i, catalog.strong_model, catalog.weak_model)
             except OutcomeError as exc:
@@ -465,6 +469,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 ) from exc
         response = router_pb2.FeedbackResponse()
         for i, report in enumerate(request.outcomes):
+            if i and i % _FEEDBACK_SLICE == 0:
+                await asyncio.sleep(0)
             status = statuses[i]
             if status is None:
                 start, stop = spans[i]

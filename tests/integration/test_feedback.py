@@ -6,6 +6,7 @@ The scorer is the fake one: what is under test is the decision -> feedback -> st
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -276,3 +278,57 @@ def test_exploring_routes_report_and_record_their_propensity(
     for a in answers:
         d = recorded[a.decision_id]
         assert d is not None and d.propensity == pytest.approx(a.propensity) and d.chosen_model == a.chosen_model
+
+
+def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A Feedback call of 1,024 outcomes reads and answers them in slices of 128, letting the event loop run
+    other calls between slices, instead of holding it for the whole call."""
+    srv = serve(store=f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    with RouterClient(srv.target) as client:
+        ids = [client.route(f"prompt {i}", router="mf", threshold=0.5).decision_id for i in range(1024)]
+    request = router_pb2.FeedbackRequest(
+        outcomes=[
+            router_pb2.OutcomeReport(
+                decision_id=d, paired=router_pb2.PairedOutcome(strong_quality=1.0, weak_quality=0.0)
+            )
+            for d in ids
+        ]
+    )
+
+    async def feedback_with_a_neighbour() -> tuple[int, int]:
+        ran = 0
+        done = False
+        writer = srv.server.servicer.store
+        assert writer is not None
+        submit = writer.submit
+        at_submit: list[int] = []
+
+        def noting_submit(outcomes: Any) -> Any:  # the writer's own submit, noting how often the neighbour ran
+            at_submit.append(ran)
+            return submit(outcomes)
+
+        async def neighbour() -> None:  # another call's work: one step each time the loop comes round
+            nonlocal ran
+            while not done:
+                ran += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(neighbour())
+        await asyncio.sleep(0)
+        before = ran
+        writer.submit = noting_submit  # type: ignore[method-assign]
+        try:
+            response = await srv.server.servicer.Feedback(request, None)
+        finally:
+            writer.submit = submit  # type: ignore[method-assign]
+            done = True
+            await task
+        assert response.stored == 2048  # paired: both models' outcomes
+        return before, at_submit[0]
+
+    before, at_submit = srv.call(feedback_with_a_neighbour())
+    # the 1,024 outcomes were read in 8 slices, with the neighbour's steps between them, before the store
+    # was asked to write them
+    assert at_submit - before >= 7
