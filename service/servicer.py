@@ -109,7 +109,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.max_feedback_items = max_feedback_items
         self.store: StoreWriter | None = None  # the outcome store's writer; None = no store
         self.exploration = exploration or Exploration(0.0)
-        self.targets = targets  # tenants' share targets held live; None = none configured
+        self.targets = targets  # tenants' targets held live (AdminService.SetTargets changes them); None = none
         self.tenant_header = tenant_header
         self.tenants = frozenset(tenants)  # the tenants a caller may name; empty = any well-formed name
         self.prices = dict(prices or {})  # the models file's prices, for candidates that give none
