@@ -10,6 +10,9 @@ Every `--interval-s` (or once, with `--once`), against one running server (`--se
 3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
    it and keeps the old bundle serving if it refuses it.
 
+A server with tokens takes an unbound one: `--token-env NAME` names the variable that holds it
+(LMROUTE_TOKEN by default), `--ca` (with `--cert`, `--key`) its TLS files.
+
 Or, for several replicas (`--bundle-link`): the bundle is the directory a symbolic link names, every
 server serves the link and watches it (`lmroute-serve --bundle LINK --bundle-watch-s N`), and the round
 adapts the bundle the link names and, when the gate accepts, points the link at the candidate
@@ -39,7 +42,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,11 +128,13 @@ def run_round(
     settings: RoundSettings = RoundSettings(),
     *,
     timeout_s: float = 600.0,
+    connect: Mapping[str, Any] | None = None,
 ) -> Round:
-    """One store -> adapt -> gate -> swap round against the server at `server` (host:port)."""
+    """One store -> adapt -> gate -> swap round against the server at `server` (host:port); `connect`:
+    more RouterClient arguments (its token, TLS files)."""
     from lmroute.service.client import RouterClient
 
-    with RouterClient(server, timeout_s=timeout_s) as client:
+    with RouterClient(server, timeout_s=timeout_s, **(connect or {})) as client:
         serving = client.get_bundle()
         parent = Path(serving.resolved_path)
         run, out = _adapt(parent, store_dsn, bundles_dir, settings)
@@ -211,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=KEEP_BUNDLES,
         help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all)",
     )
+    from lmroute.service.client import add_connection_args, connection_kwargs
+
+    add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
+    connect = connection_kwargs(args)
     settings = RoundSettings(
         kind=args.kind,
         base_router=args.base_router,
@@ -225,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = run_link_round(args.bundle_link, args.store, args.bundles_dir, settings)
                 serving = args.bundle_link
             else:
-                r = run_round(args.server, args.store, args.bundles_dir, settings)
+                r = run_round(args.server, args.store, args.bundles_dir, settings, connect=connect)
                 serving = r.candidate or r.parent or args.bundles_dir
             print(r.to_json(), flush=True)
             prune_bundles(args.bundles_dir, args.keep_bundles, serving)

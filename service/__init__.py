@@ -23,6 +23,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     fake_scorer.py   FakeScorer: blocks / fails / is slow on cue (tests, demos)
     client.py        RouterClient and AsyncRouterClient, small typed clients
     client_retry.py  their retry policy (RESOURCE_EXHAUSTED / UNAVAILABLE, the server's RetryInfo, the deadline)
+    admin_cli.py     `lmroute-admin`: AdminService from a shell (bundle, reload, targets, set-targets)
     tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
     logs.py          structlog JSON configuration; LogSampler (bounded lines for floods)

@@ -18,7 +18,9 @@ timeout; `NO_RETRY` turns it off), as the Go and Java clients do.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,7 +33,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
-__all__ = ["AsyncRouterClient", "NO_RETRY", "PromptLike", "RetryPolicy", "RouterClient", "to_prompt"]
+__all__ = [
+    "AsyncRouterClient",
+    "NO_RETRY",
+    "PromptLike",
+    "RetryPolicy",
+    "RouterClient",
+    "add_connection_args",
+    "connection_kwargs",
+    "to_prompt",
+]
 
 R = TypeVar("R")
 
@@ -50,6 +61,30 @@ def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False) -> router_pb2
     )
     sel = router_pb2.TURN_SELECTION_ALL_USER if all_user_turns else router_pb2.TURN_SELECTION_LAST_USER
     return router_pb2.Prompt(conversation=conv, turn_selection=sel)
+
+
+def add_connection_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of a command that calls a server: its token (read from a variable, never the command
+    line) and TLS files; `connection_kwargs` turns them into RouterClient arguments."""
+    ap.add_argument(
+        "--token-env",
+        default="LMROUTE_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the bearer token (default LMROUTE_TOKEN; unset or empty: no token)",
+    )
+    ap.add_argument("--ca", type=Path, default=None, help="TLS: trust this CA certificate (PEM)")
+    ap.add_argument("--cert", type=Path, default=None, help="mTLS: this client certificate (PEM), with --key")
+    ap.add_argument("--key", type=Path, default=None, help="mTLS: the client certificate's private key (PEM)")
+
+
+def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """RouterClient keyword arguments from `add_connection_args`' flags."""
+    return {
+        "token": os.environ.get(args.token_env) or None,
+        "tls_ca": args.ca,
+        "tls_cert": args.cert,
+        "tls_key": args.key,
+    }
 
 
 # -- requests (the same for both clients) ------------------------------------------------------------

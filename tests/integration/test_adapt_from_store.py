@@ -181,6 +181,33 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
             )
 
 
+def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_holds(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from lmroute.adapt.loop import main as adapt_main
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    operator = "adapt-operator-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{operator}\n")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    cfg = ServiceConfig(
+        bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0, auth_tokens_file=str(tokens)
+    )
+    argv = ["--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once", "--token-env", "ADAPT_TOKEN"]
+    with ServerThread(cfg) as srv:
+        monkeypatch.delenv("ADAPT_TOKEN", raising=False)
+        assert adapt_main(["--server", srv.target, *argv]) == 1
+        assert "UNAUTHENTICATED" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]
+        monkeypatch.setenv("ADAPT_TOKEN", operator)
+        assert adapt_main(["--server", srv.target, *argv]) == 0
+        done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert done["accepted"] is False and done["serving_version"]  # nothing judged yet: the bundle stays
+
+
 def _route_and_judge(client: Any, parent: Path, texts: list[str]) -> None:
     """Route `texts` naming no router, then report each decision's paired outcome by its id (the
     learnable rule of `_judged`)."""

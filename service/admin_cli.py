@@ -1,0 +1,110 @@
+"""`lmroute-admin`: operate a running server from the command line through its AdminService.
+
+    lmroute-admin [--server HOST:PORT] [--token-env NAME] [--ca PEM [--cert PEM --key PEM]] COMMAND
+
+    bundle                      the serving bundle, the swap in progress, the swap counters
+    reload [PATH]               hot-swap the bundle at PATH on the server ("": its serving path again)
+    targets                     the tenants' share and spend targets and their controllers
+    set-targets [--share TENANT=SHARE] [--spend TENANT=USD] [--remove-share TENANT] [--remove-spend TENANT]
+                                change targets live (each flag repeatable; all applied or none)
+
+The server is --server, else the variable LMROUTE_TARGET, else 127.0.0.1:50051; the bearer token is read
+from the variable --token-env names (LMROUTE_TOKEN by default), never from the command line: with tokens
+configured AdminService takes an unbound one (docs/SECURITY.md). Each command prints the answer as one
+JSON object on stdout and exits 0; a refused call prints its status, reason and message on stderr and
+exits 1; bad arguments exit 2. Calls the server refuses for now are retried (lmroute.service.client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from lmroute.service.client import RouterClient, add_connection_args, connection_kwargs
+from lmroute.service.client_retry import error_reason
+
+__all__ = ["main"]
+
+
+def _assignment(text: str) -> tuple[str, float]:
+    """`TENANT=VALUE` -> (tenant, value); argparse reports the ValueError as a bad argument."""
+    tenant, sep, value = text.partition("=")
+    if not sep or not tenant:
+        raise argparse.ArgumentTypeError(f"expected TENANT=VALUE (got {text!r})")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be finite")
+    return tenant, number
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--server", default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"), help="host:port")
+    ap.add_argument("--timeout-s", type=float, default=600.0, help="each call's timeout (a reload loads and warms)")
+    add_connection_args(ap)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("bundle", help="the serving bundle and the swap counters")
+    reload = sub.add_parser("reload", help="hot-swap the bundle at PATH on the server")
+    reload.add_argument("path", nargs="?", default="", help="bundle directory on the server (default: its own)")
+    sub.add_parser("targets", help="the tenants' share and spend targets and their controllers")
+    setter = sub.add_parser("set-targets", help="change tenants' targets live (all applied or none)")
+    setter.add_argument("--share", type=_assignment, action="append", default=[], metavar="TENANT=SHARE")
+    setter.add_argument("--spend", type=_assignment, action="append", default=[], metavar="TENANT=USD_PER_1K")
+    setter.add_argument("--remove-share", action="append", default=[], metavar="TENANT")
+    setter.add_argument("--remove-spend", action="append", default=[], metavar="TENANT")
+    return ap
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "bundle":
+        return _as_dict(client.get_bundle())
+    if args.command == "reload":
+        return _as_dict(client.reload_bundle(args.path))
+    if args.command == "targets":
+        return {"share": _as_dict(client.list_share_targets()), "spend": _as_dict(client.list_spend_targets())}
+    shares: dict[str, float | None] = {**dict(args.share), **dict.fromkeys(args.remove_share)}
+    spends: dict[str, float | None] = {**dict(args.spend), **dict.fromkeys(args.remove_spend)}
+    return _as_dict(client.set_targets(shares=shares, spends=spends))
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
+    """Entry point of `lmroute-admin` (see the module docstring); `out` takes the JSON answer."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.command == "set-targets" and not (args.share or args.spend or args.remove_share or args.remove_spend):
+        ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
+    try:
+        with RouterClient(args.server, timeout_s=args.timeout_s, **connection_kwargs(args)) as client:
+            answer = _run(client, args)
+    except grpc.RpcError as err:
+        code = err.code()
+        reason = error_reason(err)
+        print(f"lmroute-admin: {code.name}{f' ({reason})' if reason else ''}: {err.details()}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unreadable TLS file
+        print(f"lmroute-admin: {exc}", file=sys.stderr)
+        return 2
+    out(json.dumps(answer, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""`lmroute-admin` against a real server on 127.0.0.1 (FakeScorer, tokens configured): each command's JSON
+answer, the token read from the variable --token-env names, a refused call's status on stderr with exit
+1, bad arguments exit 2; and the installed console script itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lmroute.service.admin_cli import main
+from lmroute.service.testing import ServerThread
+
+OPERATOR = "operator-token-0123456789abcdef"
+TEAM = "team-token-0123456789abcdef"
+
+
+@pytest.fixture()
+def server(fake_servers: Callable[..., ServerThread], tmp_path: Path) -> ServerThread:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{OPERATOR}\n{TEAM} team\n")
+    return fake_servers(auth_tokens_file=str(tokens), share_targets="default=0.3,team=0.1")
+
+
+def run(srv: ServerThread, *argv: str) -> tuple[int, dict[str, object]]:
+    printed: list[str] = []
+    code = main(["--server", srv.target, "--token-env", "ADMIN_TOKEN", *argv], out=printed.append)
+    return code, json.loads(printed[0]) if printed else {}
+
+
+def test_each_command_answers_in_json_with_the_operators_token(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
+    code, bundle = run(server, "bundle")
+    assert code == 0 and bundle["bundle_version"] == "fake-1" and bundle["routers"] == ["random", "mf"]
+    code, targets = run(server, "targets")
+    assert code == 0
+    share = targets["share"]
+    assert isinstance(share, dict) and share["targets"] == [
+        {"tenant": "default", "strong_share": 0.3},
+        {"tenant": "team", "strong_share": 0.1},
+    ]
+    code, held = run(server, "set-targets", "--share", "team=0.4", "--remove-share", "default", "--spend", "team=2.5")
+    assert code == 0 and held == {
+        "share_targets": [{"tenant": "team", "strong_share": 0.4}],
+        "spend_targets": [{"tenant": "team", "spend_per_1k_usd": 2.5}],
+    }
+    code, swapped = run(server, "reload", "/srv/next")  # the fake scorer loads any path
+    assert code == 0 and swapped["path"] == "/srv/next"
+
+
+def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", TEAM)  # bound to a tenant: may not administer
+    assert run(server, "targets") == (1, {})
+    denied = "PERMISSION_DENIED (PERMISSION_DENIED): AdminService: the token is bound to a tenant"
+    assert denied in capsys.readouterr().err
+    monkeypatch.delenv("ADMIN_TOKEN")
+    assert run(server, "bundle") == (1, {})
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
+    assert run(server, "set-targets", "--remove-share", "nobody") == (1, {})
+    assert "NOT_FOUND (NO_TARGET): changes[0]: tenant nobody has no strong-share target" in capsys.readouterr().err
+    for argv in (["set-targets", "--share", "team"], ["set-targets"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as exit_:
+            run(server, *argv)
+        assert exit_.value.code == 2
+    assert "expected TENANT=VALUE (got 'team')" in capsys.readouterr().err
+
+
+def test_the_installed_command_runs(server: ServerThread) -> None:
+    script = Path(sys.executable).with_name("lmroute-admin")
+    done = subprocess.run(
+        [str(script), "--server", server.target, "bundle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"LMROUTE_TOKEN": OPERATOR, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["bundle_version"] == "fake-1"
