@@ -25,6 +25,9 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
     lmroute_bundle_info{version}                1 for the serving bundle
+    lmroute_upstream_slots{upstream}, lmroute_upstream_requests{upstream, state}
+                                                the OpenAI front's upstreams: slots, requests in flight
+                                                and waiting for a slot (lmroute.service.tenant_slots)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
                                                 {tenant, router}: the tenants' controllers (docs/CONTROL.md,
@@ -117,6 +120,24 @@ class _ServingCollector(Collector):
         targets = getattr(getattr(server, "servicer", None), "targets", None)
         if targets is not None:
             yield from self._targets(targets)
+        front = getattr(server, "front", None)
+        if front is not None:
+            yield from self._upstreams(front.client)
+
+    @staticmethod
+    def _upstreams(client: Any) -> Iterator[Any]:
+        slots = GaugeMetricFamily("lmroute_upstream_slots", "Requests an upstream takes at once", labels=["upstream"])
+        requests = GaugeMetricFamily(
+            "lmroute_upstream_requests",
+            "Requests in flight to an upstream, and waiting for one of its slots",
+            labels=["upstream", "state"],
+        )
+        for tier, held in client.slots.items():
+            slots.add_metric([tier], held.capacity)
+            requests.add_metric([tier, "in_flight"], held.in_use)
+            requests.add_metric([tier, "waiting"], held.waiting())
+        yield slots
+        yield requests
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:

@@ -36,8 +36,8 @@ class TenantSlots:
         return self._held.get(tenant, 0)
 
     def waiting(self) -> int:
-        """Requests waiting for a slot."""
-        return sum(len(q) for q in self._waiting.values())
+        """Requests waiting for a slot (the metrics' thread reads it too: a copy of the dict's values)."""
+        return sum(len(q) for q in list(self._waiting.values()))
 
     async def acquire(self, tenant: str, timeout_s: float) -> None:
         """Take a slot for `tenant`, waiting up to `timeout_s` (TimeoutError when none came)."""

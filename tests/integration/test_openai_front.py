@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -271,7 +272,7 @@ def test_an_upstreams_slots_go_to_a_waiting_tenant_before_another_tenants_flood(
     its answer comes before most of the flood's; first come (tenant_fair_share off): it waits for all."""
     with FakeUpstream("slow", delay_s=0.5) as slow:
         path = _file(tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 2})
-        srv, base = _front(fake_servers, path, batch=BatchPolicy(tenant_fair_share=fair))
+        srv, base = _front(fake_servers, path, batch=BatchPolicy(tenant_fair_share=fair), metrics_port=0)
         front = srv.server.front
         assert front is not None
         slots = front.client.slots["strong"]
@@ -288,6 +289,11 @@ def test_an_upstreams_slots_go_to_a_waiting_tenant_before_another_tenants_flood(
             while slots.waiting() < 4:
                 assert time.monotonic() < deadline, "the flood's requests did not queue"
                 time.sleep(0.005)
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10)
+            text = scraped.read().decode()
+            assert 'lmroute_upstream_slots{upstream="strong"} 2.0' in text
+            assert 'lmroute_upstream_requests{state="in_flight",upstream="strong"} 2.0' in text
+            assert 'lmroute_upstream_requests{state="waiting",upstream="strong"} 4.0' in text
             calls.append(pool.submit(ask, "other"))
             for call in calls:
                 call.result(timeout=20)
