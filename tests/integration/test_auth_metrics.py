@@ -219,11 +219,17 @@ def test_bad_token_files_are_refused_naming_the_line_not_the_token(tmp_path: Pat
         ServiceConfig(bundle_path=Path("b"), auth_tokens_env="LMROUTE_TEST_NO_SUCH_VAR")
 
 
-def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(serve: Callable[..., ServerThread]) -> None:
+def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "lmroute.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\b(lmroute_[a-z0-9_]+)", e)}
-    srv = serve(spend_targets="default=3")
+    upstreams = tmp_path / "upstreams.json"  # the front's families too (nothing is sent upstream here)
+    upstreams.write_text(
+        json.dumps({tier: {"model": tier, "base_url": "http://127.0.0.1:9/v1"} for tier in ("strong", "weak")})
+    )
+    srv = serve(spend_targets="default=3", http_port=0, upstreams_file=str(upstreams))
     port = srv.server.metrics_port
     assert port
     with RouterClient(srv.target, token=OPEN_TOKEN) as client:
