@@ -102,7 +102,11 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     except OSError as exc:  # an unreadable TLS file
         print(f"lmroute-admin: {exc}", file=sys.stderr)
         return 2
-    out(json.dumps(answer, indent=2, sort_keys=True))
+    try:
+        out(json.dumps(answer, indent=2, sort_keys=True))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader closed early (`| head`): no traceback, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -85,3 +85,19 @@ def test_the_installed_command_runs(server: ServerThread) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["bundle_version"] == "fake-1"
+
+
+def test_a_reader_that_closes_early_gets_no_traceback(server: ServerThread) -> None:
+    """`lmroute-admin targets | head -1`: the answer's reader is gone before it is written."""
+    script = Path(sys.executable).with_name("lmroute-admin")
+    proc = subprocess.Popen(
+        [str(script), "--server", server.target, "targets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"LMROUTE_TOKEN": OPERATOR, "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the process has imported grpc and asked the server
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
