@@ -65,6 +65,29 @@ def _start_upstreams(cores: str | None, delay_s: float = 0.0) -> tuple[subproces
     return proc, urls
 
 
+def _upstreams_file(urls: dict[str, str], prefix: str, **settings: float) -> Path:
+    """A temporary upstreams file naming the fake strong and weak upstreams, each with `settings`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)) / "upstreams.json"
+    path.write_text(
+        json.dumps({t: {"model": f"{t}-model", "base_url": urls[t], **settings} for t in ("strong", "weak")})
+    )
+    return path
+
+
+def _front_url(server: ChildServer) -> str:
+    """The base URL of the server's OpenAI front, from its start-up lines."""
+    return next(m.group(1) for line in server.stderr_tail if (m := re.search(r"front on (\S+)", line)) is not None)
+
+
+def _publish(out: Path | None, res: dict[str, Any], text: str) -> None:
+    """Print the report; with `out`, write it and the raw results there."""
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+        (out / "report.md").write_text(text)
+
+
 def _server_cmd(args: argparse.Namespace, upstreams_file: Path, *flags: str) -> list[str]:
     common = ["--port", "0", "--http-port", "0", "--upstreams-file", str(upstreams_file), "--log-level", "warning"]
     common += flags
@@ -198,16 +221,10 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {int(c) for c in client_cores.split(",")})
     up_proc, urls = _start_upstreams(client_cores)
-    tmp = Path(tempfile.mkdtemp(prefix="lmroute-front-bench-"))
-    upstreams_file = tmp / "upstreams.json"
-    upstreams_file.write_text(
-        json.dumps(
-            {t: {"model": f"{t}-model", "base_url": urls[t], "max_concurrency": 256} for t in ("strong", "weak")}
-        )
-    )
+    upstreams_file = _upstreams_file(urls, "lmroute-front-bench-", max_concurrency=256)
     server = ChildServer(_server_cmd(args, upstreams_file), server_cores, stats=False).start()
     try:
-        front = next(m.group(1) for line in server.stderr_tail if (m := re.search(r"front on (\S+)", line)) is not None)
+        front = _front_url(server)
         kinds = _kinds(server.target, front, urls["strong"])
         res: dict[str, Any] = {
             "command": "benchmarks/openai_front.py " + " ".join(sys.argv[1:]),
@@ -229,12 +246,7 @@ def main() -> int:
         server.stop()
         up_proc.terminate()
         up_proc.wait(30)
-    text = _report(args, res)
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-        (args.out / "report.md").write_text(text)
+    _publish(args.out, res, _report(args, res))
     return 0
 
 

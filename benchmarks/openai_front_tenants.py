@@ -20,16 +20,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
-from openai_front import _percentile, _server_cmd, _start_upstreams
+from openai_front import _front_url, _percentile, _publish, _server_cmd, _start_upstreams, _upstreams_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "ghz"))
 from procs import ChildServer, default_cores
@@ -124,16 +122,7 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {int(c) for c in client_cores.split(",")})
     up_proc, urls = _start_upstreams(client_cores, args.delay_s)
-    tmp = Path(tempfile.mkdtemp(prefix="lmroute-front-tenants-"))
-    upstreams_file = tmp / "upstreams.json"
-    upstreams_file.write_text(
-        json.dumps(
-            {
-                t: {"model": f"{t}-model", "base_url": urls[t], "max_concurrency": args.slots, "timeout_s": 60}
-                for t in ("strong", "weak")
-            }
-        )
-    )
+    upstreams_file = _upstreams_file(urls, "lmroute-front-tenants-", max_concurrency=args.slots, timeout_s=60)
     callers = {"flood": args.flood, "steady": args.steady}
     res: dict[str, Any] = {
         "command": "benchmarks/openai_front_tenants.py " + " ".join(sys.argv[1:]),
@@ -151,20 +140,12 @@ def main() -> int:
         for label, fair in VARIANTS:
             cmd = _server_cmd(args, upstreams_file, "--tenant-fair-share", fair)
             with ChildServer(cmd, server_cores, stats=False) as server:
-                front = next(
-                    m.group(1) for line in server.stderr_tail if (m := re.search(r"front on (\S+)", line)) is not None
-                )
-                res["variants"][label] = _load(front, callers, 2.0, args.seconds)
+                res["variants"][label] = _load(_front_url(server), callers, 2.0, args.seconds)
             print(label, res["variants"][label], flush=True)
     finally:
         up_proc.terminate()
         up_proc.wait(30)
-    text = _report(res)
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-        (args.out / "report.md").write_text(text)
+    _publish(args.out, res, _report(res))
     return 0
 
 
