@@ -12,7 +12,6 @@ interceptor like RouterService's.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import grpc
@@ -166,10 +165,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 why = "set one of strong_share, spend_per_1k_usd, remove_strong_share, remove_spend"
                 raise InvalidArgument(f"{where}: {why}", reason="NO_CHANGE")
             value = getattr(change, kind)
-            if kind == "strong_share" and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise InvalidArgument(f"{where}.strong_share: must be in [0, 1] (got {value})", reason="OUT_OF_RANGE")
-            if kind == "spend_per_1k_usd" and not (math.isfinite(value) and value >= 0.0):
-                raise InvalidArgument(f"{where}.spend_per_1k_usd: must be >= 0 (got {value})", reason="OUT_OF_RANGE")
+            check = {"strong_share": targets.check_share, "spend_per_1k_usd": targets.check_spend}.get(kind)
+            try:
+                if check is not None:
+                    check(value)
+            except ValueError as exc:
+                raise InvalidArgument(f"{where}.{kind}: {exc}", reason="OUT_OF_RANGE") from None
             if kind.startswith("remove_") and not value:
                 raise InvalidArgument(f"{where}.{kind}: must be true", reason="NO_CHANGE")
             held = shares if kind in ("strong_share", "remove_strong_share") else spends

@@ -112,10 +112,24 @@ class TenantTargets:
             return asked
         return DEFAULT_TENANT if DEFAULT_TENANT in table else None
 
+    @staticmethod
+    def check_share(share: float) -> None:
+        """ValueError unless `share` is a strong-share target: in [0, 1]."""
+        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+            raise ValueError(f"must be in [0, 1] (got {share})")
+
+    @staticmethod
+    def check_spend(usd_per_1k: float) -> None:
+        """ValueError unless `usd_per_1k` is a spend target: finite and >= 0."""
+        if not (math.isfinite(usd_per_1k) and usd_per_1k >= 0.0):
+            raise ValueError(f"must be >= 0 (got {usd_per_1k})")
+
     def set_share(self, tenant: str, share: float) -> None:
         """Set `tenant`'s strong-share target (ValueError outside [0, 1]); its controllers retarget."""
-        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
-            raise ValueError(f"strong_share: must be in [0, 1] (got {share})")
+        try:
+            self.check_share(share)
+        except ValueError as exc:
+            raise ValueError(f"strong_share: {exc}") from None
         self.targets[tenant] = share
         for (name, _router), held in self._held.items():
             if name == tenant:
@@ -124,8 +138,10 @@ class TenantTargets:
     def set_spend(self, tenant: str, usd_per_1k: float) -> None:
         """Set `tenant`'s spend target, USD per 1,000 requests (ValueError below 0 or not finite); its
         controllers retarget."""
-        if not (math.isfinite(usd_per_1k) and usd_per_1k >= 0.0):
-            raise ValueError(f"spend_per_1k_usd: must be >= 0 (got {usd_per_1k})")
+        try:
+            self.check_spend(usd_per_1k)
+        except ValueError as exc:
+            raise ValueError(f"spend_per_1k_usd: {exc}") from None
         self.spends[tenant] = usd_per_1k
         for (name, _router), ctl in self._spend.items():
             if name == tenant:
