@@ -4,9 +4,10 @@
     run.accepted, run.report          # the gate's verdict and every number; recorded in the store too
 
 Steps:
-1. Read the judged prompts of the store (`OutcomeStore.labeled_prompts`, optionally since a time) and
-   keep those the kind can learn from: paired = both models of the bundle's default pair judged (paired
-   or preference outcomes); single = a Route decision of this pair with its propensity and the chosen
+1. Read the judged prompts of the store (`OutcomeStore.labeled_prompts`, optionally since a time, and
+   only the outcomes of the `reporters` trusted: the gate then holds out only theirs too) and keep those
+   the kind can learn from: paired = both models of the bundle's default pair judged (paired or
+   preference outcomes); single = a Route decision of this pair with its propensity and the chosen
    model's quality.
 2. Features in the bundle's encoder space: the stored embedding when its `encoder_id` is the bundle's
    (the encoder then does not run again), else the prompt text embedded now with the bundle's encoder;
@@ -28,7 +29,7 @@ before), else the base router; a new adaptation replaces the adapted router.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,7 @@ def adapt_from_store(
     kind: str = "paired",
     base_router: str = "mf",
     since_ms: int = 0,
+    reporters: Collection[str] | None = None,
     margin: float | None = None,
     splits: str = "cross_fit",
     paired_learner: str = PAIRED_LEARNERS[0],
@@ -243,7 +245,7 @@ def adapt_from_store(
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
     champion = ADAPTED if ADAPTED in bundle.routers else base_router
     pair = bundle.manifest.default_pair
-    rows = _usable(store.labeled_prompts(since_ms=since_ms), kind, pair.strong, pair.weak)
+    rows = _usable(store.labeled_prompts(since_ms=since_ms, reporters=reporters), kind, pair.strong, pair.weak)
     feats = featurise(bundle, rows, base_router, champion)
     used = [rows[i] for i in feats.kept]
     report: dict[str, Any] = {
@@ -251,6 +253,7 @@ def adapt_from_store(
         "base_router": base_router,
         "champion": champion,
         "outcomes_read": len(rows),
+        "reporters": None if reporters is None else sorted(reporters),
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }

@@ -49,6 +49,7 @@ from typing import Any
 
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
+from lmroute.outcomes.records import add_reporters_arg, reporters_named
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
@@ -84,13 +85,15 @@ class Round:
 @dataclass(frozen=True)
 class RoundSettings:
     """What a round adapts with: the outcome kind, the base router (None: mf, or quality for qualities),
-    the window of outcomes (ms back from now; 0 = all), the gate's splits and the paired learner."""
+    the window of outcomes (ms back from now; 0 = all), the gate's splits, the paired learner and the
+    reporters trusted."""
 
     kind: str = "paired"
     base_router: str | None = None
     window_ms: int = 0
     splits: str = "cross_fit"
     paired_learner: str = "kernel"
+    reporters: frozenset[str] | None = None  # learn only from these tenants' outcomes; None = everyone's
 
 
 def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
@@ -103,7 +106,13 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
         if settings.kind == "qualities":
             base = settings.base_router or "quality"
             run = adapt_qualities_from_store(
-                parent, store, out, base_router=base, since_ms=since, splits=settings.splits
+                parent,
+                store,
+                out,
+                base_router=base,
+                since_ms=since,
+                reporters=settings.reporters,
+                splits=settings.splits,
             )
         else:
             run = adapt_from_store(
@@ -113,6 +122,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 kind=settings.kind,
                 base_router=settings.base_router or "mf",
                 since_ms=since,
+                reporters=settings.reporters,
                 splits=settings.splits,
                 paired_learner=settings.paired_learner,
             )
@@ -208,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gate-splits", choices=("cross_fit", "forward"), default="cross_fit")
     ap.add_argument("--paired-learner", choices=("kernel", "ridge"), default="kernel", help="paired: the learner")
     ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
+    add_reporters_arg(ap)
     ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
     ap.add_argument(
@@ -220,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
+    try:
+        reporters = reporters_named(args.reporters)
+    except ValueError as exc:
+        ap.error(str(exc))
     connect = connection_kwargs(args)
     settings = RoundSettings(
         kind=args.kind,
@@ -227,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         window_ms=int(args.window_days * 86_400_000),
         splits=args.gate_splits,
         paired_learner=args.paired_learner,
+        reporters=reporters,
     )
     while True:
         try:

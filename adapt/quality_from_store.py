@@ -4,8 +4,9 @@
     run.accepted, run.report          # the gate's verdict and every number; recorded in the store too
 
 Steps:
-1. Read the judged prompts of the store (optionally since a time): every prompt with a quality for any
-   model, whatever the outcome's kind (`qualities`, `single`, `paired`, `preference`).
+1. Read the judged prompts of the store (optionally since a time, and only the `reporters` trusted):
+   every prompt with a quality for any model, whatever the outcome's kind (`qualities`, `single`,
+   `paired`, `preference`).
 2. Features in the bundle's space: the stored embedding when its `encoder_id` is the bundle's, else the
    prompt text embedded now; the length feature from the text or the recorded character count. A
    prompt with neither text nor a usable stored embedding is skipped and counted. Everything the
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,7 @@ def adapt_qualities_from_store(
     *,
     base_router: str = "quality",
     since_ms: int = 0,
+    reporters: Collection[str] | None = None,
     margin: float | None = None,
     order_margin: float | None = None,
     routing_margin: float | None = None,
@@ -153,7 +155,7 @@ def adapt_qualities_from_store(
         )
     served = bundle.routers.get(ADAPTED_QUALITY)
     champion: QualityRouter | AdaptedQualityRouter = served if isinstance(served, AdaptedQualityRouter) else base
-    rows = [r for r in store.labeled_prompts(since_ms=since_ms) if r.qualities]
+    rows = [r for r in store.labeled_prompts(since_ms=since_ms, reporters=reporters) if r.qualities]
     emb, lengths, kept = embed_rows(bundle, rows)
     used = [rows[i] for i in kept]
     judged = sorted({m for r in used for m in r.qualities})
@@ -163,6 +165,7 @@ def adapt_qualities_from_store(
         "base_router": base_router,
         "champion": ADAPTED_QUALITY if champion is served else base_router,
         "outcomes_read": len(rows),
+        "reporters": None if reporters is None else sorted(reporters),
         "outcomes_skipped": len(rows) - len(used),
         "models_judged": judged,
         "gate_splits": splits,

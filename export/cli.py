@@ -15,6 +15,7 @@ verify     load and validate a bundle, and with --public-key check its signature
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
+from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named
 
 PROG = "lmroute-export"
 ENV_PREFIX = "LMROUTE_EXPORT_"
@@ -211,6 +213,12 @@ def _add_outcome_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-store-prompts", action="store_true", help="keep only prompt hashes, never texts (the privacy switch)"
     )
+    p.add_argument(
+        "--reporter",
+        default=UNNAMED_REPORTER,
+        help=f"the tenant the outcomes are recorded as reported by (adapt --reporters; default {UNNAMED_REPORTER}, "
+        "as a caller naming no tenant)",
+    )
 
 
 def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
@@ -234,6 +242,7 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         help="the trained router the head is blended with (default mf) or, for qualities, corrected (default quality)",
     )
     p.add_argument("--since-ms", type=int, default=0, help="only outcomes received from this Unix time (ms) on")
+    add_reporters_arg(p)
     p.add_argument(
         "--margin",
         type=float,
@@ -279,8 +288,9 @@ def _adapt(args: argparse.Namespace) -> int:
     from lmroute.outcomes.store import StoreError, open_store
 
     try:
+        reporters = reporters_named(args.reporters)
         store = open_store(args.store)
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
         return 1
     try:
@@ -291,6 +301,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 args.out,
                 base_router=args.base_router or "quality",
                 since_ms=args.since_ms,
+                reporters=reporters,
                 margin=args.margin,
                 order_margin=args.order_margin,
                 routing_margin=args.routing_margin,
@@ -306,6 +317,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 kind=args.kind,
                 base_router=args.base_router or "mf",
                 since_ms=args.since_ms,
+                reporters=reporters,
                 margin=args.margin,
                 splits=args.gate_splits,
                 paired_learner=args.paired_learner,
@@ -338,7 +350,13 @@ def _import_outcomes(args: argparse.Namespace) -> int:
             strong, weak = strong or pair.strong, weak or pair.weak
         if not strong or not weak:
             raise ValueError("give --bundle or both --strong and --weak (the pair paired outcomes are about)")
-        outcomes = read_outcomes(args.file, strong=strong, weak=weak)
+        named = reporters_named([args.reporter]) or frozenset()
+        if len(named) != 1:
+            raise ValueError(f"--reporter: one tenant name (got {args.reporter!r})")
+        [reporter] = named
+        outcomes = [
+            dataclasses.replace(o, reporter=reporter) for o in read_outcomes(args.file, strong=strong, weak=weak)
+        ]
         store = open_store(args.store, store_prompts=not args.no_store_prompts)
     except (ValueError, OSError, StoreError) as exc:  # OutcomeFileError and BundleError are ValueErrors
         print(f"{PROG} import-outcomes: {exc}", file=sys.stderr)

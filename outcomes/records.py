@@ -16,16 +16,25 @@ prompt by its text. The kinds a deployment reports:
     single      only the model that answered (task success, a thumbs signal, a judge score of one answer)
     scores      per-model scores of several models
 
-Outcomes are keyed by (target, kind, model, source): reporting the same one twice is a no-op
-(`Verdict.DUPLICATE`), reporting another value for the same key is refused (`Verdict.CONFLICT`).
+Each outcome records its reporter: the tenant the caller spoke for when it sent the outcome (the tenant
+its token is bound to, else the one it named; "" for a caller that named none). The server sets it from
+the call, never from the message, so adaptation can learn from the reporters a deployment trusts
+(`OutcomeStore.labeled_prompts(reporters=...)`).
+
+Outcomes are keyed by (target, kind, model, source, reporter): reporting the same one twice is a no-op
+(`Verdict.DUPLICATE`), reporting another value for the same key is refused (`Verdict.CONFLICT`). One
+reporter's outcomes never collide with another's, so no tenant can pre-empt or block what another
+reports about the same prompt.
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
 import hashlib
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +47,10 @@ __all__ = [
     "OutcomeError",
     "OutcomeKind",
     "Verdict",
+    "add_reporters_arg",
     "prompt_sha256",
+    "reporters_named",
+    "UNNAMED_REPORTER",
 ]
 
 
@@ -65,6 +77,45 @@ class Verdict(enum.Enum):
     NOT_FOUND = "not_found"  # no decision with that id
     NOT_YET = "not_yet"  # no decision with that id yet, but the id is recent: it may still be recorded
     NO_MODEL = "no_model"  # a single outcome that names no model, for a decision that chose none (Score)
+
+
+_REPORTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a tenant name (lmroute.service.targets.TENANT_RE)
+
+
+UNNAMED_REPORTER = "(none)"
+"""How a command line names the reporter "" (a caller that named no tenant), as the metrics label it."""
+
+
+def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
+    """The `--reporters` flag of the commands that adapt from a store (parsed by `reporters_named`)."""
+    parser.add_argument(
+        "--reporters",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="learn only from the outcomes these tenants reported (comma-separated, repeatable; "
+        f"{UNNAMED_REPORTER} = callers naming no tenant); default: every reporter's",
+    )
+
+
+def reporters_named(values: Sequence[str] | None) -> frozenset[str] | None:
+    """The reporters a command line lists (`--reporters a,b --reporters (none)`: each value split at
+    commas, UNNAMED_REPORTER for ""), or None (every reporter) when it lists none; OutcomeError naming
+    a name that is not a tenant name."""
+    if not values:
+        return None
+    out: set[str] = set()
+    for value in values:
+        for name in (n.strip() for n in value.split(",")):
+            if name == UNNAMED_REPORTER:
+                out.add("")
+            elif _REPORTER_RE.fullmatch(name):
+                out.add(name)
+            else:
+                raise OutcomeError(
+                    f"reporters: {name!r} is not a tenant name (1-64 of [A-Za-z0-9._-]) or {UNNAMED_REPORTER}"
+                )
+    return frozenset(out)
 
 
 def prompt_sha256(text: str) -> str:
@@ -117,6 +168,7 @@ class Outcome:
     prompt_hash: str | None = None
     source: str = ""  # who judged: "judge:gpt-4", "thumbs", "tests"; part of the key
     observed_ms: int | None = None  # when the outcome was observed; None = when it is stored
+    reporter: str = ""  # the tenant the reporting caller spoke for ("" none); part of the key
 
     def check(self, where: str = "outcome") -> None:
         """OutcomeError naming the field when this outcome cannot be stored."""
@@ -136,6 +188,8 @@ class Outcome:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
         if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:
             raise OutcomeError(f"{where}.observed_ms: must be Unix milliseconds (got {self.observed_ms})")
+        if self.reporter and not _REPORTER_RE.fullmatch(self.reporter):
+            raise OutcomeError(f"{where}.reporter: must be 1-64 of [A-Za-z0-9._-] or empty (got {self.reporter!r})")
 
     @property
     def target(self) -> str:

@@ -13,6 +13,16 @@ Version 1:
 Version 2:
     adaptations one row per adaptation run (`lmroute-export adapt`): the parent bundle, the candidate's
                 version when one was written, the gate's verdict and its full report (JSON)
+Version 3:
+    decisions   + tenant, policy: the tenant a Route decision was made for and the policy that made it
+                (a share or spend target replays its own decisions after a restart)
+Version 4:
+    decisions   + choice: a Route among candidates' models, estimates and choice (JSON)
+Version 5:
+    outcomes    + reporter: the tenant the reporting caller spoke for ("" none), part of the key
+                (target, kind, model, source, reporter). The table is rebuilt to change its key (SQLite
+                cannot drop a constraint); rows keep their order (ids renumbered in id order) and get
+                reporter ""
 """
 
 from __future__ import annotations
@@ -77,6 +87,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX decisions_tenant ON decisions (tenant, router, time_ms)",
     ),
     ("ALTER TABLE decisions ADD COLUMN choice TEXT",),
+    (
+        """CREATE TABLE outcomes_v5 (
+            id {id},
+            target TEXT NOT NULL,
+            decision_id TEXT,
+            prompt_sha256 TEXT NOT NULL,
+            prompt_text TEXT,
+            kind TEXT NOT NULL,
+            model TEXT NOT NULL,
+            quality {real} NOT NULL,
+            source TEXT NOT NULL,
+            reporter TEXT NOT NULL,
+            observed_ms {bigint} NOT NULL,
+            received_ms {bigint} NOT NULL,
+            UNIQUE (target, kind, model, source, reporter)
+        )""",
+        "INSERT INTO outcomes_v5 (target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, "
+        "reporter, observed_ms, received_ms) SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, "
+        "quality, source, '', observed_ms, received_ms FROM outcomes ORDER BY id",
+        "DROP TABLE outcomes",
+        "ALTER TABLE outcomes_v5 RENAME TO outcomes",
+        "CREATE INDEX outcomes_received ON outcomes (received_ms)",
+        "CREATE INDEX outcomes_prompt ON outcomes (prompt_sha256)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

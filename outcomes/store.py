@@ -3,7 +3,7 @@ store that replicas share), behind one class and one schema (lmroute.outcomes.sc
 
     store = open_store("sqlite:var/outcomes.sqlite3")          # or "postgresql://user@host/db"
     verdicts = store.write(decisions, outcomes)                 # one transaction, durable on return
-    rows = store.labeled_prompts(since_ms=..., until_ms=...)    # what adaptation trains on
+    rows = store.labeled_prompts(since_ms=..., reporters=...)   # what adaptation trains on
 
 A store is used from one thread at a time (the serving process gives it to its writer thread,
 lmroute.outcomes.writer). `write` commits before it returns: SQLite runs in WAL mode with
@@ -22,7 +22,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,9 @@ class OutcomeStore:
             q = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
         return self._exec(q, (name,)).fetchone() is not None
 
-    def migrate(self) -> int:
-        """Bring the store to SCHEMA_VERSION, one transaction per step; the version it is at."""
+    def migrate(self, until: int = SCHEMA_VERSION) -> int:
+        """Bring the store to version `until` (SCHEMA_VERSION: this code's; a lower one builds a store as
+        an older lmroute left it, for migration tests), one transaction per step; the version it is at."""
         while True:
             with self._transaction():
                 if self._dialect is _POSTGRES:
@@ -184,7 +185,7 @@ class OutcomeStore:
                         f"store {self.name}: schema version {version} is newer than this lmroute's "
                         f"({SCHEMA_VERSION}); upgrade lmroute to use it"
                     )
-                if version == SCHEMA_VERSION:
+                if version >= until:
                     return version
                 for statement in MIGRATIONS[version]:
                     self._exec(statement.format(**self._dialect.types))
@@ -266,8 +267,8 @@ class OutcomeStore:
             text = o.prompt_text if self.store_prompts else None
         cur = self._exec(
             "INSERT INTO outcomes (target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, "
-            "observed_ms, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (target, kind, model, source) DO NOTHING",
+            "reporter, observed_ms, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (target, kind, model, source, reporter) DO NOTHING",
             (
                 o.target,
                 o.decision_id,
@@ -277,6 +278,7 @@ class OutcomeStore:
                 model,
                 float(o.quality),
                 o.source,
+                o.reporter,
                 now if o.observed_ms is None else o.observed_ms,
                 now,
             ),
@@ -284,8 +286,8 @@ class OutcomeStore:
         if cur.rowcount == 1:
             return Verdict.STORED
         row = self._exec(
-            "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ?",
-            (o.target, o.kind.value, model, o.source),
+            "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ? AND reporter = ?",
+            (o.target, o.kind.value, model, o.source, o.reporter),
         ).fetchone()
         return Verdict.DUPLICATE if row is not None and abs(float(row[0]) - o.quality) < 1e-9 else Verdict.CONFLICT
 
@@ -383,15 +385,26 @@ class OutcomeStore:
         rows = self._exec(f"SELECT {self._DECISION_COLUMNS} FROM decisions WHERE {where}", params).fetchall()
         return [_decision_of(r) for r in rows]
 
-    def labeled_prompts(self, *, since_ms: int = 0, until_ms: int | None = None) -> list[LabeledPrompt]:
+    def labeled_prompts(
+        self, *, since_ms: int = 0, until_ms: int | None = None, reporters: Collection[str] | None = None
+    ) -> list[LabeledPrompt]:
         """Every judged prompt whose outcomes were received in [since_ms, until_ms), in the order it was judged,
         with its outcomes by model and its decision (by id; for an outcome by prompt, the latest decision
-        recorded for the same prompt, when there is one)."""
+        recorded for the same prompt, when there is one). With `reporters`, only the outcomes those
+        reporters sent ("" names the caller that named no tenant); None = every reporter's."""
         until = (1 << 62) if until_ms is None else until_ms
+        where = "received_ms >= ? AND received_ms < ?"
+        params: list[Any] = [since_ms, until]
+        if reporters is not None:
+            names = sorted(set(reporters))
+            if not names:
+                return []
+            where += f" AND reporter IN ({', '.join('?' * len(names))})"
+            params += names
         rows = self._exec(
             "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
-            "WHERE received_ms >= ? AND received_ms < ? ORDER BY id",
-            (since_ms, until),
+            f"WHERE {where} ORDER BY id",
+            params,
         ).fetchall()
         groups: dict[str, list[Any]] = {}
         for r in rows:

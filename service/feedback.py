@@ -1,11 +1,12 @@
 """Feedback on the wire <-> the outcome store's records.
 
-`outcomes_of(report, i, pair)` turns one OutcomeReport into the store's Outcomes (a paired report is two:
-one per model) or raises OutcomeError naming the field (`outcomes[3].paired.strong_quality: must be in
-[0, 1] (got 1.5)`). `item_status(verdicts, i)` folds the store's verdicts on one report's outcomes into
-its ItemStatus: the worst of them decides (a conflict, an unknown id, an id not written yet), and a
-report whose outcomes were all stored before answers OK with reason DUPLICATE. `decision_of_*` build the
-records of the decisions a Score or Route answer made.
+`outcomes_of(report, i, pair, reporter=tenant)` turns one OutcomeReport into the store's Outcomes (a
+paired report is two: one per model), recorded as the caller's tenant's, or raises OutcomeError naming
+the field (`outcomes[3].paired.strong_quality: must be in [0, 1] (got 1.5)`). `item_status(verdicts, i)`
+folds the store's verdicts on one report's outcomes into its ItemStatus: the worst of them decides (a
+conflict, an unknown id, an id not written yet), and a report whose outcomes were all stored before
+answers OK with reason DUPLICATE. `decision_of_*` build the records of the decisions a Score or Route
+answer made.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ _PREFERENCE = {
 }
 
 
-def outcomes_of(report: router_pb2.OutcomeReport, i: int, strong: str, weak: str) -> list[Outcome]:
+def outcomes_of(
+    report: router_pb2.OutcomeReport, i: int, strong: str, weak: str, *, reporter: str = ""
+) -> list[Outcome]:
     """The store's outcomes for `report` (outcomes[i] of the call); OutcomeError naming the field.
-    `strong` / `weak`: the pair paired and preference outcomes are about."""
+    `strong` / `weak`: the pair paired and preference outcomes are about; `reporter`: the caller's tenant."""
     where = f"outcomes[{i}]"
     target = report.WhichOneof("target")
     decision_id: str | None = None
@@ -53,7 +56,14 @@ def outcomes_of(report: router_pb2.OutcomeReport, i: int, strong: str, weak: str
         if field is not None and not 0.0 <= quality <= 1.0:  # also refuses NaN
             raise OutcomeError(f"{where}.{field}: must be in [0, 1] (got {quality!r})")
         return Outcome(
-            kind, model, quality, decision_id=decision_id, prompt_text=text, source=report.source, observed_ms=observed
+            kind,
+            model,
+            quality,
+            decision_id=decision_id,
+            prompt_text=text,
+            source=report.source,
+            observed_ms=observed,
+            reporter=reporter,
         )
 
     kind = report.WhichOneof("outcome")
@@ -102,7 +112,7 @@ def item_status(verdicts: Sequence[Verdict], i: int, report: router_pb2.OutcomeR
             code=Code.ALREADY_EXISTS,
             reason="OUTCOME_CONFLICT",
             message=f"{where}: another value is stored for this decision (or prompt), kind, model and source "
-            f"{echo(report.source)}; report a correction under another source",
+            f"{echo(report.source)} by this tenant; report a correction under another source",
         )
     if Verdict.NOT_FOUND in verdicts:
         return router_pb2.ItemStatus(

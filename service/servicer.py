@@ -442,6 +442,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(
                 f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
             )
+        reporter = self._tenant(context)
         statuses: list[router_pb2.ItemStatus | None] = [None] * n
         spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
         outcomes: list[Outcome] = []
@@ -449,7 +450,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if i and i % _FEEDBACK_SLICE == 0:
                 await asyncio.sleep(0)  # let the loop answer other calls between slices of a big call
             try:
-                mine = outcomes_of(report, i, catalog.strong_model, catalog.weak_model)
+                mine = outcomes_of(report, i, catalog.strong_model, catalog.weak_model, reporter=reporter)
             except OutcomeError as exc:
                 statuses[i] = router_pb2.ItemStatus(
                     code=Code.INVALID_ARGUMENT, reason="INVALID_OUTCOME", message=str(exc)

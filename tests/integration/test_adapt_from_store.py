@@ -124,6 +124,33 @@ def test_shuffled_outcomes_are_refused_and_nothing_is_written(parent: Path, dsn:
     store.close()
 
 
+def test_adapt_learns_from_the_trusted_reporters_alone(
+    parent: Path, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tenant reporting the opposite of every judged outcome cancels them when every reporter counts
+    (the gate refuses); trusting the operator's outcomes alone learns exactly what a store without the
+    tenant's teaches."""
+    clean = _judged(parent, shuffled=False)
+    store = open_store(dsn)
+    store.write([], clean)  # reported by callers naming no tenant
+    store.write([], [dataclasses.replace(o, quality=1.0 - o.quality, reporter="mallory") for o in clean])
+    everyone = adapt_from_store(parent, store, tmp_path / "everyone")
+    assert not everyone.accepted and everyone.report["reporters"] is None
+    trusted = adapt_from_store(parent, store, tmp_path / "trusted", reporters={""})
+    assert trusted.accepted and trusted.report["reporters"] == [""]
+    store.close()
+    reference = open_store(f"sqlite:{tmp_path / 'clean.sqlite3'}")
+    reference.write([], clean)
+    alone = adapt_from_store(parent, reference, tmp_path / "alone")
+    reference.close()
+    assert trusted.report["gate"] == alone.report["gate"]
+    args = ["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "cli")]
+    assert main(args + ["--reporters", "ops,(none)"]) == 0
+    assert '"reporters": [\n    "",\n    "ops"\n  ]' in capsys.readouterr().out
+    assert main(args + ["--reporters", "not a name"]) == 1
+    assert "reporters: 'not a name' is not a tenant name" in capsys.readouterr().err
+
+
 def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
     store = open_store(dsn)
@@ -142,7 +169,7 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
 
 
 def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:
-    from lmroute.adapt.loop import run_round
+    from lmroute.adapt.loop import RoundSettings, run_round
     from lmroute.bundle.writer import restamp_bundle
     from lmroute.service.client import RouterClient
     from lmroute.service.config import ServiceConfig
@@ -164,6 +191,9 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
             store = open_store(dsn)
             store.write([], _judged(parent, shuffled=False))
             store.close()
+            # outcomes from callers naming no tenant: a round trusting one tenant alone has none to learn from
+            only_ops = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(reporters=frozenset({"ops"})))
+            assert not only_ops.accepted and only_ops.report["outcomes_read"] == 0
             done = run_round(srv.target, dsn, tmp_path / "bundles")
             assert done.accepted and done.candidate is not None and done.candidate.parent == tmp_path / "bundles"
             after = client.list_routers()
@@ -198,6 +228,9 @@ def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_h
         bundle_path=parent, port=0, store=dsn, log_level="warning", grace_s=0.0, auth_tokens_file=str(tokens)
     )
     argv = ["--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once", "--token-env", "ADAPT_TOKEN"]
+    with pytest.raises(SystemExit):  # a reporter that is no tenant name: refused before any round
+        adapt_main([*argv, "--reporters", "no such/name"])
+    assert "reporters: 'no such/name' is not a tenant name" in capsys.readouterr().err
     with ServerThread(cfg) as srv:
         monkeypatch.delenv("ADAPT_TOKEN", raising=False)
         assert adapt_main(["--server", srv.target, *argv]) == 1

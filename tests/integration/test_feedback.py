@@ -149,6 +149,56 @@ def test_route_and_score_decisions_are_recorded_and_feedback_is_judged_per_item(
     assert tie.qualities == {strong: 0.5, weak: 0.5} and tie.kinds == frozenset({OutcomeKind.PREFERENCE})
 
 
+def test_each_outcome_records_the_tenant_that_reported_it(
+    dsn: str, serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """An outcome's reporter is the tenant the caller spoke for (its bound token's, else the one it
+    names), never the message's say; one reporter's outcome neither collides with nor overwrites
+    another's, and adaptation can read the reporters it trusts alone."""
+    open_token, bound_token = "open-token-0123456789abcdef", "bound-token-0123456789abcdef"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{open_token}\n{bound_token} mallory\n")
+    srv = serve(store=dsn, auth_tokens_file=str(tokens))
+    prompt = router_pb2.Prompt(text="Explain TCP slow start.")
+
+    def paired(strong_q: float) -> router_pb2.OutcomeReport:
+        return router_pb2.OutcomeReport(
+            prompt=prompt,
+            paired=router_pb2.PairedOutcome(strong_quality=strong_q, weak_quality=1.0 - strong_q),
+            source="judge:ops",
+        )
+
+    def send(report: router_pb2.OutcomeReport, **kw: Any) -> tuple[int, str]:
+        with RouterClient(srv.target, **kw) as client:
+            [r] = client.feedback([report]).results
+            return r.code, r.reason
+
+    assert send(paired(1.0), token=open_token, tenant="ops") == (Code.OK, "")
+    assert send(paired(1.0), token=open_token) == (Code.OK, "")  # the unnamed caller: its own outcome
+    # a bound token reports as its tenant whatever it names: the same key, its own row, no conflict
+    assert send(paired(0.0), token=bound_token, tenant="ops") == (Code.OK, "")
+    assert send(paired(0.5), token=bound_token) == (Code.ALREADY_EXISTS, "OUTCOME_CONFLICT")  # with itself
+    assert send(paired(1.0), token=open_token, tenant="ops") == (Code.OK, "DUPLICATE")
+    with RouterClient(srv.target, token=open_token) as client:
+        catalog = client.list_routers()
+    strong = catalog.default_pair.strong
+
+    store = open_store(dsn)
+    try:
+
+        def strong_quality(reporters: set[str] | None) -> list[float]:
+            return [r.qualities[strong] for r in store.labeled_prompts(reporters=reporters)]
+
+        assert strong_quality({"ops"}) == [1.0]
+        assert strong_quality({""}) == [1.0]
+        assert strong_quality({"mallory"}) == [0.0]
+        assert strong_quality({"ops", ""}) == [1.0]
+        assert strong_quality(None) == [pytest.approx(2 / 3)]  # every reporter's, averaged
+        assert strong_quality(set()) == []
+    finally:
+        store.close()
+
+
 def test_feedback_without_a_store_is_failed_precondition_and_limits_hold(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
@@ -280,6 +330,13 @@ def test_exploring_routes_report_and_record_their_propensity(
         assert d is not None and d.propensity == pytest.approx(a.propensity) and d.chosen_model == a.chosen_model
 
 
+class _NoMetadata:
+    """The one part of a call's context Feedback reads, for a call made in process: no metadata."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
 def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
@@ -320,7 +377,7 @@ def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
         before = ran
         writer.submit = noting_submit  # type: ignore[method-assign]
         try:
-            response = await srv.server.servicer.Feedback(request, None)
+            response = await srv.server.servicer.Feedback(request, _NoMetadata())  # type: ignore[arg-type]
         finally:
             writer.submit = submit  # type: ignore[method-assign]
             done = True

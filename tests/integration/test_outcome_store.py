@@ -3,6 +3,7 @@ PostgreSQL server that the test session starts (tests/conftest.py: postgres_serv
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
+from lmroute.outcomes.records import (
+    UNNAMED_REPORTER,
+    Decision,
+    Outcome,
+    OutcomeError,
+    OutcomeKind,
+    Verdict,
+    prompt_sha256,
+    reporters_named,
+)
 from lmroute.outcomes.schema import SCHEMA_VERSION
 from lmroute.outcomes.store import NOT_YET_MS, OutcomeStore, StoreError, open_store
 from lmroute.outcomes.writer import StoreWriter, WriterFull
@@ -166,6 +176,39 @@ def test_invalid_outcomes_name_the_field() -> None:
         Outcome(OutcomeKind.SINGLE, "m", 0.5, decision_id="xyz").check()
     with pytest.raises(OutcomeError, match=r"\.model: required"):
         Outcome(OutcomeKind.PAIRED, "", 0.5, prompt_text="p").check()
+    with pytest.raises(OutcomeError, match=r"outcome\.reporter: must be 1-64 of"):
+        Outcome(OutcomeKind.SINGLE, "m", 0.5, prompt_text="p", reporter="a b").check()
+
+
+def test_reporters_are_named_on_a_command_line_with_commas_and_none() -> None:
+    assert reporters_named(None) is None and reporters_named([]) is None
+    assert reporters_named(["ops,eval", " ops", UNNAMED_REPORTER]) == frozenset({"ops", "eval", ""})
+    with pytest.raises(OutcomeError, match=r"reporters: 'a b' is not a tenant name"):
+        reporters_named(["ops,a b"])
+
+
+def test_outcomes_are_keyed_per_reporter_and_read_per_reporter(store: OutcomeStore) -> None:
+    base = Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, prompt_text="how do magnets work?", source="thumbs")
+    other = Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, prompt_text="what is a quark?", source="thumbs")
+    verdicts = store.write(
+        [],
+        [
+            base,
+            dataclasses.replace(base, quality=0.0, reporter="mallory"),  # its own row, not a conflict
+            dataclasses.replace(base, quality=0.5, reporter="mallory"),  # a conflict with itself
+            dataclasses.replace(base, reporter="ops"),
+            dataclasses.replace(other, quality=0.0, reporter="mallory"),
+        ],
+    )
+    assert verdicts == [Verdict.STORED, Verdict.STORED, Verdict.CONFLICT, Verdict.STORED, Verdict.STORED]
+
+    def read(reporters: set[str] | None) -> dict[str | None, float]:
+        return {r.prompt_text: r.qualities["weak-m"] for r in store.labeled_prompts(reporters=reporters)}
+
+    assert read(None) == {"how do magnets work?": pytest.approx(2 / 3), "what is a quark?": 0.0}
+    assert read({"", "ops"}) == {"how do magnets work?": 1.0}
+    assert read({"mallory"}) == {"how do magnets work?": 0.0, "what is a quark?": 0.0}
+    assert read(set()) == {}
 
 
 def test_writer_acknowledges_after_commit_and_groups_rounds(dsn: str) -> None:
@@ -219,22 +262,60 @@ def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> None:
+def _store_at_version(dsn: str, version: int) -> OutcomeStore:
+    """An empty store as an lmroute of schema `version` left it (the migrations up to it, run by hand)."""
     s = open_store(dsn)
+    for table in ("outcomes", "decisions", "adaptations", "lmroute_schema"):
+        s._exec(f"DROP TABLE {table}")
+    assert s.migrate(until=version) == version
+    return s
+
+
+def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> None:
+    s = _store_at_version(dsn, 1)
     d = _decision("kept across the migration")
-    s.write([d], [Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=d.decision_id)])
-    s._exec("DROP TABLE adaptations")  # what version 1 had: versions 2 to 4 undone
-    s._exec("ALTER TABLE decisions DROP COLUMN choice")
-    s._exec("DROP INDEX decisions_tenant")
-    s._exec("ALTER TABLE decisions DROP COLUMN tenant")
-    s._exec("ALTER TABLE decisions DROP COLUMN policy")
-    s._exec("UPDATE lmroute_schema SET version = 1")
+    s._exec(  # what lmroute at version 1 wrote
+        "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, chosen_model, "
+        "propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, prompt_chars, encoder_id, "
+        "embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            d.decision_id, d.time_ms, d.kind, d.bundle_version, d.router, '{"mf": 0.25}', d.threshold,
+            d.chosen_model, d.propensity, d.strong_model, d.weak_model, d.prompt_sha256, d.prompt_text, d.n_tokens,
+            d.prompt_chars, d.encoder_id, np.asarray(d.embedding, dtype="<f4").tobytes(),
+        ),
+    )  # fmt: skip
+    s._exec(
+        "INSERT INTO outcomes (target, decision_id, prompt_sha256, kind, model, quality, source, observed_ms, "
+        "received_ms) VALUES (?, ?, ?, 'single', 'weak-m', 1.0, '', ?, ?)",
+        ("d:" + d.decision_id, d.decision_id, d.prompt_sha256, d.time_ms, d.time_ms),
+    )
     s.close()
     migrated = open_store(dsn)
-    assert migrated.schema_version() == SCHEMA_VERSION == 4
+    assert migrated.schema_version() == SCHEMA_VERSION == 5
     assert migrated.decision(d.decision_id) == d and migrated.counts() == {"decisions": 1, "outcomes": 1}
+    [row] = migrated.labeled_prompts(reporters={""})  # an outcome from before reporters: the unnamed caller's
+    assert row.decision_id == d.decision_id and row.qualities == {"weak-m": 1.0}
     migrated.record_adaptation(
         parent_version="p", candidate_version=None, kind="paired", n_outcomes=0, accepted=False, report={"why": "x"}
     )
     assert [r["report"] for r in migrated.adaptations()] == [{"why": "x"}]
     migrated.close()
+
+
+def test_the_reporter_migration_keeps_outcomes_in_order_and_keys_them_per_reporter(dsn: str) -> None:
+    s = _store_at_version(dsn, 4)
+    texts = [f"prompt {i}" for i in range(5)]
+    for i, text in enumerate(reversed(texts)):  # received out of observed order: ids keep arrival order
+        s._exec(
+            "INSERT INTO outcomes (target, prompt_sha256, prompt_text, kind, model, quality, source, observed_ms, "
+            "received_ms) VALUES (?, ?, ?, 'paired', 'strong-m', ?, 'judge', ?, ?)",
+            ("p:" + prompt_sha256(text), prompt_sha256(text), text, i / 4, 1000 + i, 2000 + i),
+        )
+    s.close()
+    s = open_store(dsn)
+    rows = s.labeled_prompts()
+    assert [r.prompt_text for r in rows] == list(reversed(texts))
+    assert [r.qualities["strong-m"] for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    again = Outcome(OutcomeKind.PAIRED, "strong-m", 0.9, prompt_text=texts[4], source="judge")
+    assert s.write([], [again, dataclasses.replace(again, reporter="ops")]) == [Verdict.CONFLICT, Verdict.STORED]
+    s.close()

@@ -78,6 +78,15 @@ def test_import_outcomes_whole_or_nothing_and_idempotent(tmp_path: Path, capsys:
     rows = {r.prompt_sha256: r for r in s.labeled_prompts()}
     s.close()
     assert len(rows) == 4 and rows[prompt_sha256("What is 2+2?")].qualities == {"S": 1.0, "W": 0.5}
+    # imported as a named reporter: its own outcomes, beside the first import's
+    as_eval = ["import-outcomes", str(good), "--store", store, "--strong", "S", "--weak", "W", "--reporter", "eval"]
+    assert main(as_eval) == 0
+    assert capsys.readouterr().out.strip().endswith(": stored 7")
+    s = open_store(store)
+    assert len(s.labeled_prompts(reporters={"eval"})) == 4 and s.counts()["outcomes"] == 14
+    s.close()
+    assert main(as_eval[:-1] + ["a,b"]) == 1
+    assert "--reporter: one tenant name (got 'a,b')" in capsys.readouterr().err
 
 
 def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
