@@ -45,6 +45,7 @@ __all__ = [
     "LabeledPrompt",
     "Outcome",
     "OutcomeError",
+    "TargetChange",
     "OutcomeKind",
     "Verdict",
     "add_reporters_arg",
@@ -227,3 +228,16 @@ class LabeledPrompt:
     threshold: float | None = None
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     choice: str = ""  # its decision's `choice` JSON (Route among candidates), "" for none
+
+
+@dataclass(frozen=True)
+class TargetChange:
+    """One live change of a tenant's target (AdminService.SetTargets), as the store keeps it so that a
+    restart and every replica sharing the store hold it too."""
+
+    tenant: str
+    target: str  # "strong_share" or "spend" (USD per 1,000 requests)
+    value: float | None  # the new target; None = the target removed
+    time_ms: int = 0  # when it was made; 0 = when it is stored
+
+    TARGETS = ("strong_share", "spend")

@@ -23,6 +23,10 @@ Version 5:
                 (target, kind, model, source, reporter). The table is rebuilt to change its key (SQLite
                 cannot drop a constraint); rows keep their order (ids renumbered in id order) and get
                 reporter ""
+Version 6:
+    target_changes  one row per live target change (AdminService.SetTargets): the tenant, the target
+                ("strong_share" or "spend"), its new value (NULL: removed); servers apply them in id
+                order over their settings, at startup and as they appear
 """
 
 from __future__ import annotations
@@ -110,6 +114,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outcomes_v5 RENAME TO outcomes",
         "CREATE INDEX outcomes_received ON outcomes (received_ms)",
         "CREATE INDEX outcomes_prompt ON outcomes (prompt_sha256)",
+    ),
+    (
+        """CREATE TABLE target_changes (
+            id {id},
+            time_ms {bigint} NOT NULL,
+            tenant TEXT NOT NULL,
+            target TEXT NOT NULL,
+            value {real}
+        )""",
     ),
 )
 

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from lmroute.outcomes.records import Decision, LabeledPrompt, Outcome, OutcomeKind, Verdict, prompt_sha256
+from lmroute.outcomes.records import (
+    Decision,
+    LabeledPrompt,
+    Outcome,
+    OutcomeKind,
+    TargetChange,
+    Verdict,
+    prompt_sha256,
+)
 from lmroute.outcomes.schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["NOT_YET_MS", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
@@ -325,6 +333,32 @@ class OutcomeStore:
                     json.dumps(dict(report), sort_keys=True),
                 ),
             )
+
+    def record_target_changes(self, changes: Sequence[TargetChange], *, now_ms: int | None = None) -> list[int]:
+        """Record live target changes in one transaction, committed before this returns; their ids, in
+        order (the order every server applies them in)."""
+        now = _now_ms() if now_ms is None else now_ms
+        ids: list[int] = []
+        with self._transaction():
+            for c in changes:
+                if c.target not in TargetChange.TARGETS:
+                    raise ValueError(f"target: must be one of {', '.join(TargetChange.TARGETS)} (got {c.target!r})")
+                row = self._exec(
+                    "INSERT INTO target_changes (time_ms, tenant, target, value) VALUES (?, ?, ?, ?) RETURNING id",
+                    (c.time_ms or now, c.tenant, c.target, c.value),
+                ).fetchone()
+                ids.append(int(row[0]))
+        return ids
+
+    def target_changes(self, *, after_id: int = 0) -> list[tuple[int, TargetChange]]:
+        """The recorded target changes with id > `after_id`, in id order, as (id, change)."""
+        rows = self._exec(
+            "SELECT id, time_ms, tenant, target, value FROM target_changes WHERE id > ? ORDER BY id", (after_id,)
+        ).fetchall()
+        return [
+            (int(i), TargetChange(str(tenant), str(target), None if value is None else float(value), int(t)))
+            for i, t, tenant, target, value in rows
+        ]
 
     def adaptations(self) -> list[dict[str, Any]]:
         """Every recorded adaptation run, oldest first."""

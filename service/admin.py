@@ -2,7 +2,8 @@
 
 ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swap in progress and the
 counters; ListShareTargets and ListSpendTargets the tenants' targets and their controllers
-(lmroute.service.targets); SetTargets changes targets live. The servicer is registered when the server
+(lmroute.service.targets); SetTargets changes targets live (recorded in the outcome store first when the
+server keeps them there: lmroute.service.target_sync). The servicer is registered when the server
 binds (when `admin_service` allows it) and attached to the swapper once the first bundle is loaded;
 before that every call is NotReady (UNAVAILABLE). A call whose token is bound to a tenant is refused
 (PERMISSION_DENIED): such a token speaks for its tenant, and administering the server (or reading other
@@ -17,9 +18,11 @@ from pathlib import Path
 import grpc
 import structlog
 
+from lmroute.outcomes.records import TargetChange
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.bundle_swap import BundleSwapper
-from lmroute.service.errors import InvalidArgument, NotFound, NotReady, PermissionDenied, echo
+from lmroute.service.errors import InvalidArgument, NotFound, NotReady, PermissionDenied, StoreUnavailable, echo
+from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TENANT_RE, TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
 
@@ -43,6 +46,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.swapper: BundleSwapper | None = None
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
+        self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
 
     def attach(self, swapper: BundleSwapper) -> None:
         """Start answering with this swapper (called after the first load)."""
@@ -152,6 +156,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(
                 f"changes: {len(request.changes)} changes (limit {MAX_TARGET_CHANGES})", reason="TOO_MANY_CHANGES"
             )
+        sync = self.target_sync
+        if sync is not None:  # check against what every replica has stored so far
+            try:
+                await sync.catch_up()
+            except Exception as exc:
+                raise StoreUnavailable(f"target changes cannot be read from the store ({type(exc).__name__})") from exc
         # check every change first (against the targets as the earlier changes leave them), then apply
         shares, spends = set(targets.targets), set(targets.spends)
         for j, change in enumerate(request.changes):
@@ -181,14 +191,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 held.discard(change.tenant)
             else:
                 held.add(change.tenant)
+        changes = [_stored(change) for change in request.changes]
+        if sync is not None:  # durable first, then applied (with any change stored before them)
+            try:
+                await sync.record(changes)
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"target changes cannot be stored ({type(exc).__name__}); nothing changed"
+                ) from exc
+        else:
+            for stored in changes:
+                targets.apply(stored)
         for change in request.changes:
             done = str(change.WhichOneof("change"))
-            if done == "strong_share":
-                targets.set_share(change.tenant, change.strong_share)
-            elif done == "spend_per_1k_usd":
-                targets.set_spend(change.tenant, change.spend_per_1k_usd)
-            else:
-                targets.remove(change.tenant, spend=done == "remove_spend")
             _log.info("target_set", tenant=change.tenant, change=done, value=float(getattr(change, done)))
         response = admin_pb2.SetTargetsResponse()
         for tenant, share in sorted(targets.targets.items()):
@@ -196,3 +211,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         for tenant, usd in sorted(targets.spends.items()):
             response.spend_targets.add(tenant=tenant, spend_per_1k_usd=usd)
         return response
+
+
+def _stored(change: admin_pb2.TargetChange) -> TargetChange:
+    """A checked SetTargets change as the store keeps it and TenantTargets.apply takes it."""
+    kind = change.WhichOneof("change")
+    if kind == "strong_share":
+        return TargetChange(change.tenant, "strong_share", change.strong_share)
+    if kind == "spend_per_1k_usd":
+        return TargetChange(change.tenant, "spend", change.spend_per_1k_usd)
+    return TargetChange(change.tenant, "spend" if kind == "remove_spend" else "strong_share", None)

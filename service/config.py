@@ -284,6 +284,21 @@ class ServiceConfig:
         default=0.0,
         metadata=_doc("delete decisions and outcomes older than this many days from the store; 0 = keep all"),
     )
+    store_targets: bool = field(
+        default=True,
+        metadata=_doc(
+            "with a store: record AdminService.SetTargets changes there and apply the stored ones over "
+            "share_targets and spend_targets at startup (and every targets_watch_s), so a restart and every "
+            "replica sharing the store hold them; false = changes last while the process runs"
+        ),
+    )
+    targets_watch_s: float = field(
+        default=10.0,
+        metadata=_doc(
+            "seconds between reads of the target changes other replicas record in the shared store; "
+            "0 = read at startup only"
+        ),
+    )
     max_feedback_items: int = field(default=1024, metadata=_doc("most outcomes in one Feedback call"))
     explore_rate: float = field(
         default=0.0,
@@ -520,6 +535,8 @@ class ServiceConfig:
             raise ConfigError(f"store: expected sqlite:PATH or postgresql://... (got {redact_dsn(self.store)!r})")
         if not (isinstance(self.explore_rate, (int, float)) and 0.0 <= self.explore_rate <= 0.5):
             raise ConfigError(f"explore_rate: must be in [0, 0.5] (got {self.explore_rate!r})")
+        if not (isinstance(self.targets_watch_s, (int, float)) and 0 <= self.targets_watch_s < float("inf")):
+            raise ConfigError(f"targets_watch_s: must be >= 0 and finite (got {self.targets_watch_s!r})")
         if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
             raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
         try:

@@ -49,6 +49,7 @@ from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
+from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TenantTargets, parse_share_targets
 from lmroute.service.tls import CertificateFiles, server_credentials
 from lmroute.service.tracing import Tracing
@@ -191,6 +192,7 @@ class RouterServer:
         self._server: grpc.aio.Server | None = None
         self._stats_file: StatsFile | None = None
         self.store_writer: StoreWriter | None = None
+        self.target_sync: TargetSync | None = None  # live target changes kept in the store (store_targets)
 
     @property
     def scorer(self) -> Scorer[Any] | None:
@@ -337,6 +339,13 @@ class RouterServer:
             self.store_writer = await loop.run_in_executor(None, self._start_store)
             self.servicer.attach_store(self.store_writer)
             targets = self.servicer.targets
+            if targets is not None and self.config.store_targets:
+                cfg = self.config
+                self.target_sync = TargetSync(lambda: open_store(cfg.store, store_prompts=cfg.store_prompts), targets)
+                applied = await self.target_sync.catch_up()  # before the controllers replay their decisions
+                _log.info("stored target changes applied", changed=applied, last_id=self.target_sync.last_id)
+                self.target_sync.watch(cfg.targets_watch_s)
+                self.admin.target_sync = self.target_sync
             if targets is not None and (targets.targets or targets.spends):
                 self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
         scoring_cpus = self.config.scoring_cpu_set
@@ -404,6 +413,8 @@ class RouterServer:
                 "dropped_deadline": st.dropped_deadline,
                 **self.scheduler.timings.summary(),
             }
+        if self.target_sync is not None:
+            await self.target_sync.close()
         if self.store_writer is not None:  # after the scheduler: the last answers' decisions are queued
             writer = self.store_writer
             await asyncio.get_running_loop().run_in_executor(None, writer.close)

@@ -15,8 +15,9 @@ keeps its deficit: the window of old scores is not comparable with the new route
 
 Targets can change while the server runs (AdminService.SetTargets: `set_share`, `set_spend`, `remove`):
 a tenant's controllers hold a new target from their next decision on, keeping their window and
-restarting their deficit; a removed target's controllers are dropped. Such changes last while the
-process runs; a restart starts from the settings again.
+restarting their deficit; a removed target's controllers are dropped. With an outcome store the changes
+are recorded there and applied over the settings at startup and, on every replica sharing the store,
+as they appear (lmroute.service.target_sync, `apply`); without one they last while the process runs.
 
 State across restarts: every controlled decision is recorded in the outcome store with its tenant and
 policy ("target"; "spend_target" with its candidates' qualities and costs); at startup `restore`
@@ -34,6 +35,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from lmroute.outcomes.records import TargetChange
 from lmroute.service.scorer_api import RouterDescription
 from lmroute.service.share_control import ControlSettings, ControlState, ShareController, seed_scores
 from lmroute.service.spend_control import SPEND_REPAY, SpendController, SpendState
@@ -125,11 +127,14 @@ class TenantTargets:
             raise ValueError(f"must be >= 0 (got {usd_per_1k})")
 
     def set_share(self, tenant: str, share: float) -> None:
-        """Set `tenant`'s strong-share target (ValueError outside [0, 1]); its controllers retarget."""
+        """Set `tenant`'s strong-share target (ValueError outside [0, 1]); its controllers retarget (the
+        target it holds already: nothing changes)."""
         try:
             self.check_share(share)
         except ValueError as exc:
             raise ValueError(f"strong_share: {exc}") from None
+        if self.targets.get(tenant) == share:
+            return
         self.targets[tenant] = share
         for (name, _router), held in self._held.items():
             if name == tenant:
@@ -137,11 +142,13 @@ class TenantTargets:
 
     def set_spend(self, tenant: str, usd_per_1k: float) -> None:
         """Set `tenant`'s spend target, USD per 1,000 requests (ValueError below 0 or not finite); its
-        controllers retarget."""
+        controllers retarget (the target it holds already: nothing changes)."""
         try:
             self.check_spend(usd_per_1k)
         except ValueError as exc:
             raise ValueError(f"spend_per_1k_usd: {exc}") from None
+        if self.spends.get(tenant) == usd_per_1k:
+            return
         self.spends[tenant] = usd_per_1k
         for (name, _router), ctl in self._spend.items():
             if name == tenant:
@@ -157,6 +164,18 @@ class TenantTargets:
             self._spend = {key: ctl for key, ctl in self._spend.items() if key[0] != tenant}
         else:
             self._held = {key: held for key, held in self._held.items() if key[0] != tenant}
+        return True
+
+    def apply(self, change: TargetChange) -> bool:
+        """Apply one stored change (lmroute.service.target_sync); False when it changed nothing (the value
+        held already, or a removal of a target the tenant does not have)."""
+        spend = change.target == "spend"
+        table = self.spends if spend else self.targets
+        if change.value is None:
+            return self.remove(change.tenant, spend=spend)
+        if table.get(change.tenant) == change.value:
+            return False
+        (self.set_spend if spend else self.set_share)(change.tenant, change.value)
         return True
 
     def spend_controller(self, tenant: str, router: str) -> SpendController:

@@ -17,6 +17,7 @@ from lmroute.outcomes.records import (
     Outcome,
     OutcomeError,
     OutcomeKind,
+    TargetChange,
     Verdict,
     prompt_sha256,
     reporters_named,
@@ -265,7 +266,7 @@ def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
 def _store_at_version(dsn: str, version: int) -> OutcomeStore:
     """An empty store as an lmroute of schema `version` left it (the migrations up to it, run by hand)."""
     s = open_store(dsn)
-    for table in ("outcomes", "decisions", "adaptations", "lmroute_schema"):
+    for table in ("outcomes", "decisions", "adaptations", "target_changes", "lmroute_schema"):
         s._exec(f"DROP TABLE {table}")
     assert s.migrate(until=version) == version
     return s
@@ -291,7 +292,7 @@ def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> N
     )
     s.close()
     migrated = open_store(dsn)
-    assert migrated.schema_version() == SCHEMA_VERSION == 5
+    assert migrated.schema_version() == SCHEMA_VERSION == 6
     assert migrated.decision(d.decision_id) == d and migrated.counts() == {"decisions": 1, "outcomes": 1}
     [row] = migrated.labeled_prompts(reporters={""})  # an outcome from before reporters: the unnamed caller's
     assert row.decision_id == d.decision_id and row.qualities == {"weak-m": 1.0}
@@ -319,3 +320,18 @@ def test_the_reporter_migration_keeps_outcomes_in_order_and_keys_them_per_report
     again = Outcome(OutcomeKind.PAIRED, "strong-m", 0.9, prompt_text=texts[4], source="judge")
     assert s.write([], [again, dataclasses.replace(again, reporter="ops")]) == [Verdict.CONFLICT, Verdict.STORED]
     s.close()
+
+
+def test_target_changes_are_kept_in_order_and_read_after_an_id(store: OutcomeStore) -> None:
+    changes = [
+        TargetChange("batch", "strong_share", 0.2),
+        TargetChange("team", "spend", 4.0),
+        TargetChange("batch", "strong_share", None),
+    ]
+    ids = store.record_target_changes(changes, now_ms=1234)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert store.target_changes() == [(i, dataclasses.replace(c, time_ms=1234)) for i, c in zip(ids, changes)]
+    assert [c for _, c in store.target_changes(after_id=ids[1])] == [dataclasses.replace(changes[2], time_ms=1234)]
+    with pytest.raises(ValueError, match="target: must be one of strong_share, spend"):
+        store.record_target_changes([TargetChange("ops", "spend", 1.0), TargetChange("batch", "share", 0.1)])
+    assert len(store.target_changes()) == 3  # the refused call stored nothing, its good change neither

@@ -185,3 +185,65 @@ def test_targets_changed_live_hold_from_the_next_decision_and_a_bad_change_appli
         held = batch.set_targets(spends={"team": 4.0})
         assert [(t.tenant, t.spend_per_1k_usd) for t in held.spend_targets] == [("team", 4.0)]
         assert [(t.tenant, t.spend_per_1k_usd) for t in batch.list_spend_targets().targets] == [("team", 4.0)]
+
+
+def _held(client: RouterClient) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The server's (strong-share targets, spend targets), by tenant."""
+    shares = [(t.tenant, t.strong_share) for t in client.list_share_targets().targets]
+    return shares, [(t.tenant, t.spend_per_1k_usd) for t in client.list_spend_targets().targets]
+
+
+def _eventually(read: Callable[[], object], want: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (got := read()) != want:
+        assert time.monotonic() < deadline, f"still {got!r}, waiting for {want!r}"
+        time.sleep(0.05)
+
+
+def test_live_target_changes_reach_every_replica_of_the_store_and_outlive_a_restart(
+    dsn: str, serve: Callable[..., ServerThread]
+) -> None:
+    """With a store, SetTargets records its changes there before answering: a replica sharing the store
+    applies them at its next read, the later of two replicas' changes to one target holds on both, a
+    restart starts from the settings with every stored change applied, and with store_targets false the
+    settings alone hold. A change the store cannot record is refused and changes nothing."""
+    one = serve(store=dsn, share_targets="batch=0.1", targets_watch_s=0.1)
+    two = serve(store=dsn, share_targets="batch=0.1", targets_watch_s=0.1)
+    with RouterClient(one.target) as a, RouterClient(two.target) as b:
+        a.set_targets(shares={"batch": 0.5, "team": 0.3}, spends={"team": 4.0})
+        want = ([("batch", 0.5), ("team", 0.3)], [("team", 4.0)])
+        assert _held(a) == want  # at once on the replica that made them
+        _eventually(lambda: _held(b), want)
+        b.set_targets(shares={"team": None, "batch": 0.7})
+        a.set_targets(shares={"batch": 0.2})  # the later change to batch's target
+        want = ([("batch", 0.2)], [("team", 4.0)])
+        _eventually(lambda: _held(a), want)
+        _eventually(lambda: _held(b), want)
+        with RouterClient(two.target, tenant="batch") as batch:
+            batch.route("hello", router="mf")
+        [ctl] = b.list_share_targets().controllers
+        assert (ctl.tenant, ctl.target) == ("batch", 0.2)  # the controller holds the other replica's change
+
+        store = open_store(dsn)
+        store._exec("ALTER TABLE target_changes RENAME TO target_changes_away")
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                a.set_targets(shares={"batch": 0.9})
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+            assert _held(a) == want
+        finally:
+            store._exec("ALTER TABLE target_changes_away RENAME TO target_changes")
+            store.close()
+    one.stop()
+    two.stop()
+
+    restarted = serve(store=dsn, share_targets="batch=0.1")
+    with RouterClient(restarted.target) as c:
+        assert _held(c) == want
+    settings_only = serve(store=dsn, share_targets="batch=0.1", store_targets=False)
+    with RouterClient(settings_only.target) as d:
+        assert _held(d) == ([("batch", 0.1)], [])
+        d.set_targets(shares={"batch": 0.4})  # held by this process alone: nothing stored
+    again = serve(store=dsn, share_targets="batch=0.1")
+    with RouterClient(again.target) as e2:
+        assert _held(e2) == want

@@ -54,6 +54,8 @@ FLAGS_AND_VARIABLES = [
     ("--store", "LMROUTE_STORE"),
     ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
     ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
+    ("--store-targets", "LMROUTE_STORE_TARGETS"),
+    ("--targets-watch-s", "LMROUTE_TARGETS_WATCH_S"),
     ("--max-feedback-items", "LMROUTE_MAX_FEEDBACK_ITEMS"),
     ("--explore-rate", "LMROUTE_EXPLORE_RATE"),
     ("--share-targets", "LMROUTE_SHARE_TARGETS"),
