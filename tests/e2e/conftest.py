@@ -45,11 +45,13 @@ def e2e_bundle_dir(tmp_path_factory: pytest.TempPathFactory, exported_encoder_di
     return out
 
 
-def _e2e_config(bundle: Path, **kw: Any) -> ServiceConfig:
+def _e2e_config(bundle: Path, store_dir: Path, **kw: Any) -> ServiceConfig:
+    """The e2e servers' settings: each its own outcome store in `store_dir` (Feedback, SetTargets)."""
     return ServiceConfig(
         bundle_path=bundle,
         host="127.0.0.1",
         port=0,
+        store=f"sqlite:{store_dir / 'outcomes.sqlite3'}",
         batch=BatchPolicy(
             max_wait_us=2000, max_batch_size=64, queue_timeout_ms=60_000, max_prompt_chars=MAX_PROMPT_CHARS
         ),
@@ -60,18 +62,19 @@ def _e2e_config(bundle: Path, **kw: Any) -> ServiceConfig:
 
 
 @pytest.fixture(scope="session")
-def e2e_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+def e2e_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     configure_logging("warning")
-    srv = ServerThread(_e2e_config(e2e_bundle_dir)).start()
+    srv = ServerThread(_e2e_config(e2e_bundle_dir, tmp_path_factory.mktemp("e2e_store"))).start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
-def e2e_tenant_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+def e2e_tenant_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The e2e server again, holding a strong-share target for tenant `batch` only."""
     configure_logging("warning")
-    srv = ServerThread(_e2e_config(e2e_bundle_dir, share_targets="batch=0.1")).start()
+    store_dir = tmp_path_factory.mktemp("e2e_tenant_store")
+    srv = ServerThread(_e2e_config(e2e_bundle_dir, store_dir, share_targets="batch=0.1")).start()
     yield srv
     srv.stop()
 
@@ -104,6 +107,7 @@ def e2e_tls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactor
     (root / "tokens").write_text(token + "\n")
     cfg = _e2e_config(
         e2e_bundle_dir,
+        root,
         tls_cert_file=str(root / "server.pem"),
         tls_key_file=str(root / "server.key"),
         auth_tokens_file=str(root / "tokens"),
@@ -140,6 +144,7 @@ def e2e_mtls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFacto
     )
     cfg = _e2e_config(
         e2e_bundle_dir,
+        root,
         tls_cert_file=str(root / "server.pem"),
         tls_key_file=str(root / "server.key"),
         tls_client_ca_file=str(root / "clients-ca.pem"),

@@ -24,7 +24,8 @@ from lmroute.v1 import router_pb2
 __all__ = ["run_case", "run_cases", "main"]
 
 DEFAULT_TIMEOUT_MS = 30_000
-RPCS = ("Score", "Route", "Health", "ListRouters")
+RPCS = ("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets", "ListShareTargets", "ListSpendTargets")
+ROUTED = "routed"  # a Feedback outcome's decision_id meaning: the decision of the case's own Route call
 
 
 def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -70,19 +71,64 @@ def _route(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict
     }
 
 
+def _feedback(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    routed = _route_decision(client, case, timeout_s) if "prompt" in case else ""
+    reports = []
+    for o in case["outcomes"]:
+        report = router_pb2.OutcomeReport(
+            decision_id=routed if o["decision_id"] == ROUTED else o["decision_id"], source=o.get("source", "")
+        )
+        if "single" in o:
+            report.single.quality = o["single"]
+        else:
+            report.paired.strong_quality, report.paired.weak_quality = o["paired"]
+        reports.append(report)
+    resp = client.feedback(reports, timeout_s=timeout_s)
+    return {
+        "stored": resp.stored,
+        "results": [{"item_code": r.code, "item_reason": r.reason} for r in resp.results],
+    }
+
+
+def _route_decision(client: RouterClient, case: dict[str, Any], timeout_s: float) -> str:
+    d = client.route(
+        case["prompt"], router=case.get("router", ""), threshold=case.get("threshold"), timeout_s=timeout_s
+    )
+    return d.decision_id
+
+
+def _targets(resp: Any) -> dict[str, Any]:
+    return {
+        "share_targets": {t.tenant: t.strong_share for t in resp.share_targets},
+        "spend_targets": {t.tenant: t.spend_per_1k_usd for t in resp.spend_targets},
+    }
+
+
+def _call(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    rpc = case["rpc"]
+    if rpc == "Score":
+        return _score(client, case, timeout_s)
+    if rpc == "Route":
+        return _route(client, case, timeout_s)
+    if rpc == "Health":
+        return {"status": client.health(case.get("service", ""), timeout_s=timeout_s)}
+    if rpc == "ListRouters":
+        return {"routers": sorted(r.name for r in client.list_routers(timeout_s=timeout_s).routers)}
+    if rpc == "Feedback":
+        return _feedback(client, case, timeout_s)
+    if rpc == "SetTargets":
+        return _targets(client.set_targets(case.get("shares"), case.get("spends"), timeout_s=timeout_s))
+    if rpc == "ListShareTargets":
+        return {"targets": {t.tenant: t.strong_share for t in client.list_share_targets(timeout_s=timeout_s).targets}}
+    listed = client.list_spend_targets(timeout_s=timeout_s).targets
+    return {"targets": {t.tenant: t.spend_per_1k_usd for t in listed}}
+
+
 def run_case(client: RouterClient, case: dict[str, Any]) -> dict[str, Any]:
     """One case's result object; a gRPC error becomes {"id", "code", "reason"}."""
     timeout_s = case.get("timeout_ms", DEFAULT_TIMEOUT_MS) / 1000.0
-    rpc = case["rpc"]
     try:
-        if rpc == "Score":
-            body = _score(client, case, timeout_s)
-        elif rpc == "Route":
-            body = _route(client, case, timeout_s)
-        elif rpc == "Health":
-            body = {"status": client.health(case.get("service", ""), timeout_s=timeout_s)}
-        else:
-            body = {"routers": sorted(r.name for r in client.list_routers(timeout_s=timeout_s).routers)}
+        body = _call(client, case, timeout_s)
     except grpc.RpcError as err:
         return {"id": case["id"], "code": err.code().name, "reason": error_reason(err)}  # type: ignore[attr-defined]
     return {"id": case["id"], "code": "OK", **body}

@@ -80,6 +80,36 @@ def build_cases() -> list[dict[str, Any]]:
         {"id": "route-threshold-negative", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": -0.25},
         {"id": "route-share-above-one", "rpc": "Route", "prompt": p[0], "router": "mf", "strong_share": 2.0},
     ]
+    routed = "routed"  # the decision of the case's own Route call
+    cases += [
+        {
+            "id": "feedback-after-route",
+            "rpc": "Feedback",
+            "prompt": p[0],
+            "router": "mf",
+            "threshold": 0.5,
+            "outcomes": [
+                {"decision_id": routed, "single": 1.0, "source": "thumbs"},
+                {"decision_id": routed, "paired": [1.0, 0.25], "source": "judge"},
+                {"decision_id": routed, "single": 0.3, "source": "thumbs"},
+                {"decision_id": routed, "single": 1.5},
+                {"decision_id": "0" * 32, "single": 1.0},
+            ],
+        },
+        {"id": "feedback-no-outcomes", "rpc": "Feedback", "outcomes": []},
+        {"id": "set-targets", "rpc": "SetTargets", "shares": {"conformance": 0.25}, "spends": {"conformance": 2.5}},
+        {"id": "list-share-targets", "rpc": "ListShareTargets"},
+        {"id": "list-spend-targets", "rpc": "ListSpendTargets"},
+        {"id": "set-targets-bad-tenant", "rpc": "SetTargets", "shares": {"bad name": 0.1}},
+        {"id": "set-targets-out-of-range", "rpc": "SetTargets", "shares": {"conformance": 1.5}},
+        {"id": "set-targets-remove-missing", "rpc": "SetTargets", "spends": {"nobody": None}},
+        {
+            "id": "set-targets-remove",
+            "rpc": "SetTargets",
+            "shares": {"conformance": None},
+            "spends": {"conformance": None},
+        },
+    ]
     return cases
 
 
@@ -94,6 +124,10 @@ EXPECTED_ERRORS = {
     "route-threshold-negative": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "route-share-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     **{f"route-{r}-default-policy": ("INVALID_ARGUMENT", "MISSING_POLICY") for r in ROUTERS},
+    "feedback-no-outcomes": ("INVALID_ARGUMENT", "NO_OUTCOMES"),
+    "set-targets-bad-tenant": ("INVALID_ARGUMENT", "INVALID_TENANT"),
+    "set-targets-out-of-range": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
+    "set-targets-remove-missing": ("NOT_FOUND", "NO_TARGET"),
 }
 
 
@@ -143,6 +177,21 @@ def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[st
     for r in ROUTERS:
         d = reference[f"route-{r}-threshold"]
         assert d["code"] == "OK" and d["tier"] == ("TIER_STRONG" if d["score"] >= 0.5 else "TIER_WEAK"), d
+    judged = reference["feedback-after-route"]
+    assert judged["code"] == "OK" and judged["stored"] == 1 + 2  # single, then paired (one per model)
+    assert [(r["item_code"], r["item_reason"]) for r in judged["results"]] == [
+        (0, ""),
+        (0, ""),
+        (6, "OUTCOME_CONFLICT"),
+        (3, "INVALID_OUTCOME"),
+        (5, "DECISION_NOT_FOUND"),
+    ]
+    held = {"share_targets": {"conformance": 0.25}, "spend_targets": {"conformance": 2.5}}
+    assert {k: reference["set-targets"][k] for k in held} == held
+    assert reference["list-share-targets"]["targets"] == {"conformance": 0.25}
+    assert reference["list-spend-targets"]["targets"] == {"conformance": 2.5}
+    removed = reference["set-targets-remove"]
+    assert (removed["code"], removed["share_targets"], removed["spend_targets"]) == ("OK", {}, {})
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -162,7 +211,13 @@ def differences(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
     if ref["code"] != "OK" or got.get("code") != "OK":
         same("reason", ref.get("reason"), got.get("reason"))
         return diff
-    if "results" in ref:  # Score
+    if "stored" in ref:  # Feedback
+        same("stored", ref["stored"], got.get("stored"))
+        same("results", ref["results"], got.get("results"))
+    elif "share_targets" in ref or "targets" in ref:  # SetTargets, ListShareTargets, ListSpendTargets
+        for key in ("share_targets", "spend_targets", "targets"):
+            same(key, ref.get(key), got.get(key))
+    elif "results" in ref:  # Score
         same("bundle_version", ref["bundle_version"], got.get("bundle_version"))
         got_items = got.get("results", [])
         same("number of results", len(ref["results"]), len(got_items))
@@ -212,6 +267,10 @@ def test_the_comparison_catches_each_kind_of_difference(reference: dict[str, dic
         ("score-bad-items", lambda g: g["results"][4].update(item_reason="EMPTY_PROMPT")),
         ("health-server", lambda g: g.update(status="NOT_SERVING")),
         ("list", lambda g: g["routers"].reverse()),
+        ("feedback-after-route", lambda g: g.update(stored=g["stored"] - 1)),
+        ("feedback-after-route", lambda g: g["results"][2].update(item_reason="")),
+        ("set-targets", lambda g: g["share_targets"].update(conformance=0.5)),
+        ("list-spend-targets", lambda g: g["targets"].clear()),
     ]
     for cid, change in changes:
         found = perturbed(cid, change)

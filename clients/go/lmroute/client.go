@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"sort"
 	"time"
 
 	"google.golang.org/grpc"
@@ -68,6 +69,7 @@ func (m callMetadata) RequireTransportSecurity() bool { return false }
 type Client struct {
 	conn    *grpc.ClientConn
 	router  lmroutev1.RouterServiceClient
+	admin   lmroutev1.AdminServiceClient
 	health  healthpb.HealthClient
 	timeout time.Duration
 	retry   retrier
@@ -104,6 +106,7 @@ func New(target string, opts Options) (*Client, error) {
 	return &Client{
 		conn:    conn,
 		router:  lmroutev1.NewRouterServiceClient(conn),
+		admin:   lmroutev1.NewAdminServiceClient(conn),
 		health:  healthpb.NewHealthClient(conn),
 		timeout: opts.Timeout,
 		retry:   newRetrier(opts.Retry),
@@ -144,6 +147,40 @@ func (c *Client) Route(ctx context.Context, req *lmroutev1.RouteRequest) (*lmrou
 func (c *Client) ListRouters(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
 	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
 		return c.router.ListRouters(ctx, &lmroutev1.ListRoutersRequest{})
+	})
+}
+
+// Feedback reports outcomes of earlier decisions (by decision id) or of prompts, up to the server's
+// max_feedback_items per call. Each outcome gets its own status in the response (code 0 = stored, or
+// reason DUPLICATE: stored before with the same value), in order; a retried call stores nothing twice.
+// The server records the caller's tenant as the outcomes' reporter.
+func (c *Client) Feedback(ctx context.Context, outcomes ...*lmroutev1.OutcomeReport) (*lmroutev1.FeedbackResponse, error) {
+	req := &lmroutev1.FeedbackRequest{Outcomes: outcomes}
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.FeedbackResponse, error) { return c.router.Feedback(ctx, req) })
+}
+
+// SetTargets changes tenants' targets on the running server (AdminService; a token bound to a tenant is
+// refused): shares maps a tenant to its strong-share target, spends to its spend in USD per 1,000
+// requests, nil to remove the target. Every change is checked first and all are applied, or none. The
+// response lists the targets held after.
+func (c *Client) SetTargets(ctx context.Context, shares, spends map[string]*float64) (*lmroutev1.SetTargetsResponse, error) {
+	req := SetTargetsRequest(shares, spends)
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.SetTargetsResponse, error) { return c.admin.SetTargets(ctx, req) })
+}
+
+// ListShareTargets lists the tenants' strong-share targets and, per tenant and router, what their
+// controllers realise (AdminService).
+func (c *Client) ListShareTargets(ctx context.Context) (*lmroutev1.ListShareTargetsResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ListShareTargetsResponse, error) {
+		return c.admin.ListShareTargets(ctx, &lmroutev1.ListShareTargetsRequest{})
+	})
+}
+
+// ListSpendTargets lists the tenants' spend targets and, per tenant and router, what their controllers
+// realise (AdminService).
+func (c *Client) ListSpendTargets(ctx context.Context) (*lmroutev1.ListSpendTargetsResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ListSpendTargetsResponse, error) {
+		return c.admin.ListSpendTargets(ctx, &lmroutev1.ListSpendTargetsRequest{})
 	})
 }
 
@@ -202,4 +239,59 @@ func RouteRequest[P RoutePolicy](text, router string, policy P) *lmroutev1.Route
 		req.Policy = p
 	}
 	return req
+}
+
+// SingleOutcome is the quality in [0, 1] of the model that answered decision decisionID (a Route
+// decision's chosen model), judged by source ("thumbs", "judge:gpt-4", ...).
+func SingleOutcome(decisionID string, quality float64, source string) *lmroutev1.OutcomeReport {
+	return &lmroutev1.OutcomeReport{
+		Target:  &lmroutev1.OutcomeReport_DecisionId{DecisionId: decisionID},
+		Outcome: &lmroutev1.OutcomeReport_Single{Single: &lmroutev1.SingleOutcome{Quality: quality}},
+		Source:  source,
+	}
+}
+
+// PairedOutcome is both models of the default pair judged on decision decisionID's prompt: the strong
+// and the weak model's qualities in [0, 1].
+func PairedOutcome(decisionID string, strong, weak float64, source string) *lmroutev1.OutcomeReport {
+	return &lmroutev1.OutcomeReport{
+		Target: &lmroutev1.OutcomeReport_DecisionId{DecisionId: decisionID},
+		Outcome: &lmroutev1.OutcomeReport_Paired{
+			Paired: &lmroutev1.PairedOutcome{StrongQuality: strong, WeakQuality: weak},
+		},
+		Source: source,
+	}
+}
+
+// Target is a pointer to v, for SetTargets' maps (nil there removes a target).
+func Target(v float64) *float64 { return &v }
+
+// SetTargetsRequest is the request of SetTargets: strong-share changes, then spend changes, each by
+// tenant name in sorted order.
+func SetTargetsRequest(shares, spends map[string]*float64) *lmroutev1.SetTargetsRequest {
+	req := &lmroutev1.SetTargetsRequest{}
+	for _, tenant := range sortedKeys(shares) {
+		ch := &lmroutev1.TargetChange{Tenant: tenant, Change: &lmroutev1.TargetChange_RemoveStrongShare{RemoveStrongShare: true}}
+		if v := shares[tenant]; v != nil {
+			ch.Change = &lmroutev1.TargetChange_StrongShare{StrongShare: *v}
+		}
+		req.Changes = append(req.Changes, ch)
+	}
+	for _, tenant := range sortedKeys(spends) {
+		ch := &lmroutev1.TargetChange{Tenant: tenant, Change: &lmroutev1.TargetChange_RemoveSpend{RemoveSpend: true}}
+		if v := spends[tenant]; v != nil {
+			ch.Change = &lmroutev1.TargetChange_SpendPer_1KUsd{SpendPer_1KUsd: *v}
+		}
+		req.Changes = append(req.Changes, ch)
+	}
+	return req
+}
+
+func sortedKeys(m map[string]*float64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

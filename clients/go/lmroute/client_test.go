@@ -3,6 +3,7 @@ package lmroute
 import (
 	"context"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -139,5 +140,40 @@ func TestTenantAndTokenRideOnEveryCall(t *testing.T) {
 		if err != nil || d.GetChosenModel() != tc.want {
 			t.Errorf("opts %+v: got %q, %v; want %q", tc.opts, d.GetChosenModel(), err, tc.want)
 		}
+	}
+}
+
+func TestSetTargetsRequestOrdersChangesAndRemovesNil(t *testing.T) {
+	req := SetTargetsRequest(
+		map[string]*float64{"trial": nil, "batch": Target(0.2)},
+		map[string]*float64{"team": Target(4), "old": nil},
+	)
+	var got []string
+	for _, ch := range req.GetChanges() {
+		switch c := ch.GetChange().(type) {
+		case *lmroutev1.TargetChange_StrongShare:
+			got = append(got, ch.GetTenant()+" share "+strconv.FormatFloat(c.StrongShare, 'g', -1, 64))
+		case *lmroutev1.TargetChange_RemoveStrongShare:
+			got = append(got, ch.GetTenant()+" remove share")
+		case *lmroutev1.TargetChange_SpendPer_1KUsd:
+			got = append(got, ch.GetTenant()+" spend "+strconv.FormatFloat(c.SpendPer_1KUsd, 'g', -1, 64))
+		case *lmroutev1.TargetChange_RemoveSpend:
+			got = append(got, ch.GetTenant()+" remove spend")
+		}
+	}
+	want := "batch share 0.2, trial remove share, old remove spend, team spend 4"
+	if strings.Join(got, ", ") != want {
+		t.Fatalf("changes: got %q, want %q", strings.Join(got, ", "), want)
+	}
+}
+
+func TestOutcomeReportsTargetTheDecision(t *testing.T) {
+	single := SingleOutcome("0123", 0.75, "thumbs")
+	if single.GetDecisionId() != "0123" || single.GetSingle().GetQuality() != 0.75 || single.GetSource() != "thumbs" {
+		t.Fatalf("single: %v", single)
+	}
+	paired := PairedOutcome("4567", 1, 0.25, "judge")
+	if p := paired.GetPaired(); paired.GetDecisionId() != "4567" || p.GetStrongQuality() != 1 || p.GetWeakQuality() != 0.25 {
+		t.Fatalf("paired: %v", paired)
 	}
 }

@@ -34,6 +34,27 @@ type conformanceCase struct {
 	StrongShare *float64 `json:"strong_share"`
 	Service     string   `json:"service"`
 	TimeoutMs   *int64   `json:"timeout_ms"`
+	// Feedback: the outcomes; "routed" as a decision_id names the decision of the case's own Route call
+	// (made first when the case has a prompt).
+	Outcomes []conformanceOutcome `json:"outcomes"`
+	// SetTargets: tenant -> new target, null to remove it.
+	Shares map[string]*float64 `json:"shares"`
+	Spends map[string]*float64 `json:"spends"`
+}
+
+// conformanceOutcome is one outcome of a Feedback case: single (a quality) or paired ([strong, weak]).
+type conformanceOutcome struct {
+	DecisionID string      `json:"decision_id"`
+	Single     *float64    `json:"single"`
+	Paired     *[2]float64 `json:"paired"`
+	Source     string      `json:"source"`
+}
+
+const routedDecision = "routed"
+
+var knownRPCs = map[string]bool{
+	"Score": true, "Route": true, "Health": true, "ListRouters": true,
+	"Feedback": true, "SetTargets": true, "ListShareTargets": true, "ListSpendTargets": true,
 }
 
 type itemResult struct {
@@ -91,12 +112,17 @@ func readCases(path string) ([]conformanceCase, error) {
 		switch {
 		case cs.ID == "":
 			return nil, fmt.Errorf("%w: %s: cases[%d]: missing id", errUsage, path, i)
-		case cs.RPC != "Score" && cs.RPC != "Route" && cs.RPC != "Health" && cs.RPC != "ListRouters":
+		case !knownRPCs[cs.RPC]:
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): unknown rpc %q", errUsage, path, i, cs.ID, cs.RPC)
 		case cs.Threshold != nil && cs.StrongShare != nil:
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): threshold and strong_share both set", errUsage, path, i, cs.ID)
 		case cs.TimeoutMs != nil && *cs.TimeoutMs <= 0:
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): timeout_ms must be > 0", errUsage, path, i, cs.ID)
+		}
+		for j, o := range cs.Outcomes {
+			if (o.Single == nil) == (o.Paired == nil) {
+				return nil, fmt.Errorf("%w: %s: cases[%d] (%s): outcomes[%d]: give one of single and paired", errUsage, path, i, cs.ID, j)
+			}
 		}
 	}
 	return file.Cases, nil
@@ -123,6 +149,23 @@ func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
 		out["status"] = st.String()
 	case "ListRouters":
 		err = runList(ctx, c, out)
+	case "Feedback":
+		err = runFeedback(ctx, c, cs, out)
+	case "SetTargets":
+		var resp *lmroutev1.SetTargetsResponse
+		if resp, err = c.SetTargets(ctx, cs.Shares, cs.Spends); err == nil {
+			out["share_targets"], out["spend_targets"] = shareMap(resp.GetShareTargets()), spendMap(resp.GetSpendTargets())
+		}
+	case "ListShareTargets":
+		var resp *lmroutev1.ListShareTargetsResponse
+		if resp, err = c.ListShareTargets(ctx); err == nil {
+			out["targets"] = shareMap(resp.GetTargets())
+		}
+	case "ListSpendTargets":
+		var resp *lmroutev1.ListSpendTargetsResponse
+		if resp, err = c.ListSpendTargets(ctx); err == nil {
+			out["targets"] = spendMap(resp.GetTargets())
+		}
 	}
 	if err != nil {
 		return map[string]any{"id": cs.ID, "code": codeName(status.Code(err)), "reason": lmroute.Reason(err)}
@@ -187,6 +230,60 @@ func runList(ctx context.Context, c *lmroute.Client, out map[string]any) error {
 	sort.Strings(names)
 	out["routers"] = names
 	return nil
+}
+
+func runFeedback(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	routed := ""
+	if cs.Prompt != nil {
+		req := &lmroutev1.RouteRequest{Prompt: lmroute.Text(*cs.Prompt), Router: cs.Router}
+		if cs.Threshold != nil {
+			req.Policy = lmroute.Threshold(*cs.Threshold)
+		}
+		d, err := c.Route(ctx, req)
+		if err != nil {
+			return err
+		}
+		routed = d.GetDecisionId()
+	}
+	reports := make([]*lmroutev1.OutcomeReport, 0, len(cs.Outcomes))
+	for _, o := range cs.Outcomes {
+		id := o.DecisionID
+		if id == routedDecision {
+			id = routed
+		}
+		if o.Single != nil {
+			reports = append(reports, lmroute.SingleOutcome(id, *o.Single, o.Source))
+		} else {
+			reports = append(reports, lmroute.PairedOutcome(id, o.Paired[0], o.Paired[1], o.Source))
+		}
+	}
+	resp, err := c.Feedback(ctx, reports...)
+	if err != nil {
+		return err
+	}
+	items := make([]map[string]any, 0, len(resp.GetResults()))
+	for _, r := range resp.GetResults() {
+		items = append(items, map[string]any{"item_code": r.GetCode(), "item_reason": r.GetReason()})
+	}
+	out["stored"] = resp.GetStored()
+	out["results"] = items
+	return nil
+}
+
+func shareMap(targets []*lmroutev1.TenantTarget) map[string]float64 {
+	m := make(map[string]float64, len(targets))
+	for _, t := range targets {
+		m[t.GetTenant()] = t.GetStrongShare()
+	}
+	return m
+}
+
+func spendMap(targets []*lmroutev1.TenantSpendTarget) map[string]float64 {
+	m := make(map[string]float64, len(targets))
+	for _, t := range targets {
+		m[t.GetTenant()] = t.GetSpendPer_1KUsd()
+	}
+	return m
 }
 
 // codeName is the canonical upper-case name of a gRPC code ("INVALID_ARGUMENT"), as google.rpc.Code spells it.

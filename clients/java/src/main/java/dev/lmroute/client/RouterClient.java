@@ -10,22 +10,38 @@ import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import io.grpc.health.v1.HealthGrpc;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
+import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import lmroute.v1.Admin.ListShareTargetsRequest;
+import lmroute.v1.Admin.ListShareTargetsResponse;
+import lmroute.v1.Admin.ListSpendTargetsRequest;
+import lmroute.v1.Admin.ListSpendTargetsResponse;
+import lmroute.v1.Admin.SetTargetsRequest;
+import lmroute.v1.Admin.SetTargetsResponse;
+import lmroute.v1.Admin.TargetChange;
+import lmroute.v1.AdminServiceGrpc;
+import lmroute.v1.Router.FeedbackRequest;
+import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.GetRouterRequest;
 import lmroute.v1.Router.GetRouterResponse;
 import lmroute.v1.Router.ListRoutersRequest;
 import lmroute.v1.Router.ListRoutersResponse;
+import lmroute.v1.Router.OutcomeReport;
+import lmroute.v1.Router.PairedOutcome;
 import lmroute.v1.Router.Prompt;
 import lmroute.v1.Router.RouteRequest;
 import lmroute.v1.Router.RouteResponse;
 import lmroute.v1.Router.ScoreRequest;
 import lmroute.v1.Router.ScoreResponse;
+import lmroute.v1.Router.SingleOutcome;
 import lmroute.v1.RouterServiceGrpc;
 
 /**
- * A blocking client for {@code lmroute.v1.RouterService} and {@code grpc.health.v1.Health}.
+ * A blocking client for {@code lmroute.v1.RouterService}, the target calls of {@code lmroute.v1.AdminService}
+ * and {@code grpc.health.v1.Health}.
  *
  * <pre>{@code
  * try (RouterClient client = RouterClient.newBuilder("127.0.0.1:50051").build()) {
@@ -36,7 +52,8 @@ import lmroute.v1.RouterServiceGrpc;
  *
  * <p>Every call has a deadline (the builder's {@code timeout}, or the one passed to the call) that covers
  * all its attempts. Calls failing with {@code UNAVAILABLE} or {@code RESOURCE_EXHAUSTED} are retried per
- * the {@link RetryPolicy} (all RPCs here are reads, safe to repeat). Failures are thrown as
+ * the {@link RetryPolicy} (every RPC here is safe to repeat: reads, Feedback whose repeated outcomes are
+ * duplicates, SetTargets setting values). Failures are thrown as
  * {@link io.grpc.StatusRuntimeException}; read the machine reason with {@link RouterErrors#reason}.
  * Thread-safe: share one instance.
  */
@@ -47,6 +64,7 @@ public final class RouterClient implements AutoCloseable {
   private final Duration timeout;
   private final Retrier retrier;
   private final RouterServiceGrpc.RouterServiceBlockingStub stub;
+  private final AdminServiceGrpc.AdminServiceBlockingStub admin;
   private final HealthGrpc.HealthBlockingStub health;
 
   private RouterClient(Builder b, ManagedChannel channel, boolean ownsChannel) {
@@ -59,6 +77,8 @@ public final class RouterClient implements AutoCloseable {
         .withMaxInboundMessageSize(b.maxMessageBytes)
         .withMaxOutboundMessageSize(b.maxMessageBytes);
     this.stub = b.token == null && b.tenant == null ? s : s.withCallCredentials(new CallHeaders(b.token, b.tenant));
+    AdminServiceGrpc.AdminServiceBlockingStub a = AdminServiceGrpc.newBlockingStub(channel);
+    this.admin = b.token == null && b.tenant == null ? a : a.withCallCredentials(new CallHeaders(b.token, b.tenant));
     this.health = HealthGrpc.newBlockingStub(channel);
   }
 
@@ -137,6 +157,74 @@ public final class RouterClient implements AutoCloseable {
   public GetRouterResponse getRouter(String name, Duration timeout) {
     GetRouterRequest req = GetRouterRequest.newBuilder().setName(name).build();
     return retrier.call("GetRouter", deadlineAfter(timeout), d -> stub.withDeadline(d).getRouter(req));
+  }
+
+  // ---- Feedback
+
+  /**
+   * Reports outcomes of earlier decisions (by decision id) or prompts; one {@code ItemStatus} per outcome in
+   * the response, in order (code 0: stored, or reason {@code DUPLICATE}: stored before with the same value).
+   * The server records the caller's tenant as the outcomes' reporter.
+   */
+  public FeedbackResponse feedback(List<OutcomeReport> outcomes) {
+    return feedback(FeedbackRequest.newBuilder().addAllOutcomes(outcomes).build(), timeout);
+  }
+
+  public FeedbackResponse feedback(FeedbackRequest request, Duration timeout) {
+    return retrier.call("Feedback", deadlineAfter(timeout), d -> stub.withDeadline(d).feedback(request));
+  }
+
+  /** The quality in [0, 1] of the model decision {@code decisionId} chose, judged by {@code source}. */
+  public static OutcomeReport singleOutcome(String decisionId, double quality, String source) {
+    return OutcomeReport.newBuilder().setDecisionId(decisionId)
+        .setSingle(SingleOutcome.newBuilder().setQuality(quality)).setSource(source).build();
+  }
+
+  /** Both models of the default pair judged on decision {@code decisionId}'s prompt. */
+  public static OutcomeReport pairedOutcome(String decisionId, double strong, double weak, String source) {
+    return OutcomeReport.newBuilder().setDecisionId(decisionId)
+        .setPaired(PairedOutcome.newBuilder().setStrongQuality(strong).setWeakQuality(weak)).setSource(source)
+        .build();
+  }
+
+  // ---- Targets (AdminService: a token bound to a tenant is refused)
+
+  /**
+   * Changes tenants' targets on the running server: {@code shares} maps a tenant to its strong-share target,
+   * {@code spends} to its spend in USD per 1,000 requests, a null value removes the target (either map may
+   * be empty). All changes are checked first and applied together, or none; the response lists the targets
+   * held after.
+   */
+  public SetTargetsResponse setTargets(Map<String, Double> shares, Map<String, Double> spends) {
+    return setTargets(setTargetsRequest(shares, spends), timeout);
+  }
+
+  public SetTargetsResponse setTargets(SetTargetsRequest request, Duration timeout) {
+    return retrier.call("SetTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).setTargets(request));
+  }
+
+  /** The request of {@link #setTargets(Map, Map)}: share changes, then spend changes, by tenant name. */
+  public static SetTargetsRequest setTargetsRequest(Map<String, Double> shares, Map<String, Double> spends) {
+    SetTargetsRequest.Builder req = SetTargetsRequest.newBuilder();
+    new TreeMap<>(shares).forEach((tenant, v) -> req.addChanges(v == null
+        ? TargetChange.newBuilder().setTenant(tenant).setRemoveStrongShare(true)
+        : TargetChange.newBuilder().setTenant(tenant).setStrongShare(v)));
+    new TreeMap<>(spends).forEach((tenant, v) -> req.addChanges(v == null
+        ? TargetChange.newBuilder().setTenant(tenant).setRemoveSpend(true)
+        : TargetChange.newBuilder().setTenant(tenant).setSpendPer1KUsd(v)));
+    return req.build();
+  }
+
+  /** The tenants' strong-share targets and, per tenant and router, what their controllers realise. */
+  public ListShareTargetsResponse listShareTargets(Duration timeout) {
+    ListShareTargetsRequest req = ListShareTargetsRequest.getDefaultInstance();
+    return retrier.call("ListShareTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).listShareTargets(req));
+  }
+
+  /** The tenants' spend targets and, per tenant and router, what their controllers realise. */
+  public ListSpendTargetsResponse listSpendTargets(Duration timeout) {
+    ListSpendTargetsRequest req = ListSpendTargetsRequest.getDefaultInstance();
+    return retrier.call("ListSpendTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).listSpendTargets(req));
   }
 
   // ---- Health

@@ -16,6 +16,13 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
+import lmroute.v1.Admin.ListShareTargetsResponse;
+import lmroute.v1.Admin.ListSpendTargetsResponse;
+import lmroute.v1.Admin.SetTargetsResponse;
+import lmroute.v1.Admin.TenantSpendTarget;
+import lmroute.v1.Admin.TenantTarget;
+import lmroute.v1.Router.FeedbackRequest;
+import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.ItemStatus;
 import lmroute.v1.Router.PromptScores;
 import lmroute.v1.Router.RouteRequest;
@@ -80,6 +87,24 @@ final class Conformance {
         case "Route" -> route(client, c, r);
         case "Health" -> health(client, c, r);
         case "ListRouters" -> listRouters(client, c, r);
+        case "Feedback" -> feedback(client, c, r);
+        case "SetTargets" -> {
+          SetTargetsResponse resp =
+              client.setTargets(RouterClient.setTargetsRequest(c.shares(), c.spends()), c.timeout());
+          r.addProperty("code", "OK");
+          r.add("share_targets", shareMap(resp.getShareTargetsList()));
+          r.add("spend_targets", spendMap(resp.getSpendTargetsList()));
+        }
+        case "ListShareTargets" -> {
+          ListShareTargetsResponse resp = client.listShareTargets(c.timeout());
+          r.addProperty("code", "OK");
+          r.add("targets", shareMap(resp.getTargetsList()));
+        }
+        case "ListSpendTargets" -> {
+          ListSpendTargetsResponse resp = client.listSpendTargets(c.timeout());
+          r.addProperty("code", "OK");
+          r.add("targets", spendMap(resp.getTargetsList()));
+        }
         default -> throw new IllegalStateException("unchecked rpc " + c.rpc());
       }
     } catch (StatusRuntimeException e) {
@@ -133,6 +158,48 @@ final class Conformance {
     r.addProperty("score", resp.getScore());
     r.addProperty("threshold", resp.getThreshold());
     r.addProperty("router", resp.getRouter());
+  }
+
+  private static void feedback(RouterClient client, ConformanceCase c, JsonObject r) {
+    String routed = "";
+    if (c.prompt() != null) {
+      RouteRequest.Builder req =
+          RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(c.prompt())).setRouter(c.router());
+      if (c.threshold() != null) {
+        req.setThreshold(c.threshold());
+      }
+      routed = client.route(req.build(), c.timeout()).getDecisionId();
+    }
+    FeedbackRequest.Builder req = FeedbackRequest.newBuilder();
+    for (ConformanceCase.Outcome o : c.outcomes()) {
+      String id = ConformanceCase.ROUTED.equals(o.decisionId()) ? routed : o.decisionId();
+      req.addOutcomes(o.single() != null
+          ? RouterClient.singleOutcome(id, o.single(), o.source())
+          : RouterClient.pairedOutcome(id, o.paired()[0], o.paired()[1], o.source()));
+    }
+    FeedbackResponse resp = client.feedback(req.build(), c.timeout());
+    r.addProperty("code", "OK");
+    r.addProperty("stored", resp.getStored());
+    JsonArray items = new JsonArray();
+    for (ItemStatus st : resp.getResultsList()) {
+      JsonObject item = new JsonObject();
+      item.addProperty("item_code", st.getCode());
+      item.addProperty("item_reason", st.getReason());
+      items.add(item);
+    }
+    r.add("results", items);
+  }
+
+  private static JsonObject shareMap(List<TenantTarget> targets) {
+    JsonObject m = new JsonObject();
+    targets.forEach(t -> m.addProperty(t.getTenant(), t.getStrongShare()));
+    return m;
+  }
+
+  private static JsonObject spendMap(List<TenantSpendTarget> targets) {
+    JsonObject m = new JsonObject();
+    targets.forEach(t -> m.addProperty(t.getTenant(), t.getSpendPer1KUsd()));
+    return m;
   }
 
   private static void health(RouterClient client, ConformanceCase c, JsonObject r) {

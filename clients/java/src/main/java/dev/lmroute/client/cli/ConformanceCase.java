@@ -8,14 +8,16 @@ import com.google.gson.JsonParser;
 import com.google.gson.JsonPrimitive;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 
 /**
  * One case of a conformance cases.json (clients/CONFORMANCE.md), checked field by field when read.
  *
  * @param id the case id, echoed in the output
- * @param rpc Score, Route, Health or ListRouters
+ * @param rpc one of {@link #RPCS}
  * @param timeout the call's deadline ({@code timeout_ms}, default 30000)
  * @param prompts Score: the prompt texts
  * @param routers Score: router names (absent = empty)
@@ -24,6 +26,9 @@ import java.util.Set;
  * @param threshold Route: explicit threshold, or null
  * @param strongShare Route: target strong share, or null
  * @param service Health: the service name ("" = the server as a whole)
+ * @param outcomes Feedback: the outcomes to report (after a Route call of {@code prompt}, when given)
+ * @param shares SetTargets: tenant to strong-share target, null to remove it
+ * @param spends SetTargets: tenant to spend target, null to remove it
  */
 record ConformanceCase(
     String id,
@@ -35,9 +40,26 @@ record ConformanceCase(
     String router,
     Double threshold,
     Double strongShare,
-    String service) {
+    String service,
+    List<Outcome> outcomes,
+    Map<String, Double> shares,
+    Map<String, Double> spends) {
 
-  static final Set<String> RPCS = Set.of("Score", "Route", "Health", "ListRouters");
+  static final Set<String> RPCS = Set.of(
+      "Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets", "ListShareTargets", "ListSpendTargets");
+
+  /** The decision_id of a Feedback outcome that names the decision of the case's own Route call. */
+  static final String ROUTED = "routed";
+
+  /**
+   * One outcome of a Feedback case.
+   *
+   * @param decisionId the decision it is about ({@link #ROUTED}: the case's own)
+   * @param single the answering model's quality, or null
+   * @param paired the strong and weak model's qualities, or null (exactly one of the two is set)
+   * @param source who judged
+   */
+  record Outcome(String decisionId, Double single, double[] paired, String source) {}
   static final long DEFAULT_TIMEOUT_MS = 30_000;
 
   /** A cases file that cannot be used; the message names the file and the field. Exit status 2. */
@@ -77,7 +99,8 @@ record ConformanceCase(
     String id = string(c, "id", where, null);
     String rpc = string(c, "rpc", where, null);
     if (!RPCS.contains(rpc)) {
-      throw new CasesError(where + ".rpc: unknown rpc \"" + rpc + "\" (known: Health, ListRouters, Route, Score)");
+      throw new CasesError(
+          where + ".rpc: unknown rpc \"" + rpc + "\" (known: " + String.join(", ", sorted(RPCS)) + ")");
     }
     long timeoutMs = DEFAULT_TIMEOUT_MS;
     if (c.has("timeout_ms")) {
@@ -91,7 +114,7 @@ record ConformanceCase(
     switch (rpc) {
       case "Score":
         return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, true),
-            strings(c, "routers", where, false), null, null, null, null, null);
+            strings(c, "routers", where, false), null, null, null, null, null, null, null, null);
       case "Route": {
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         Double share = c.has("strong_share") ? number(c, "strong_share", where) : null;
@@ -99,14 +122,78 @@ record ConformanceCase(
           throw new CasesError(where + ": threshold and strong_share are both given; give at most one");
         }
         return new ConformanceCase(id, rpc, timeout, null, null, string(c, "prompt", where, null),
-            string(c, "router", where, null), threshold, share, null);
+            string(c, "router", where, null), threshold, share, null, null, null, null);
       }
       case "Health":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null,
-            string(c, "service", where, ""));
+            string(c, "service", where, ""), null, null, null);
+      case "Feedback": {
+        String prompt = c.has("prompt") ? string(c, "prompt", where, null) : null;
+        Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
+        return new ConformanceCase(id, rpc, timeout, null, null, prompt, string(c, "router", where, ""),
+            threshold, null, null, outcomes(c, where), null, null);
+      }
+      case "SetTargets":
+        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null,
+            targets(c, "shares", where), targets(c, "spends", where));
       default:
-        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null);
+        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null);
     }
+  }
+
+  private static List<String> sorted(Set<String> names) {
+    List<String> out = new ArrayList<>(names);
+    out.sort(null);
+    return out;
+  }
+
+  private static List<Outcome> outcomes(JsonObject c, String where) throws CasesError {
+    JsonElement e = c.get("outcomes");
+    if (e == null || !e.isJsonArray()) {
+      throw new CasesError(where + ".outcomes: expected a list of outcomes (got " + e + ")");
+    }
+    List<Outcome> out = new ArrayList<>();
+    JsonArray a = e.getAsJsonArray();
+    for (int i = 0; i < a.size(); i++) {
+      String at = where + ".outcomes[" + i + "]";
+      if (!a.get(i).isJsonObject()) {
+        throw new CasesError(at + ": expected an object");
+      }
+      JsonObject o = a.get(i).getAsJsonObject();
+      Double single = o.has("single") ? number(o, "single", at) : null;
+      double[] paired = null;
+      if (o.has("paired")) {
+        JsonElement p = o.get("paired");
+        if (!p.isJsonArray() || p.getAsJsonArray().size() != 2) {
+          throw new CasesError(at + ".paired: expected [strong, weak] (got " + p + ")");
+        }
+        JsonObject pair = new JsonObject();
+        pair.add("strong", p.getAsJsonArray().get(0));
+        pair.add("weak", p.getAsJsonArray().get(1));
+        paired = new double[] {number(pair, "strong", at + ".paired"), number(pair, "weak", at + ".paired")};
+      }
+      if ((single == null) == (paired == null)) {
+        throw new CasesError(at + ": give one of single and paired");
+      }
+      out.add(new Outcome(string(o, "decision_id", at, null), single, paired, string(o, "source", at, "")));
+    }
+    return out;
+  }
+
+  private static Map<String, Double> targets(JsonObject c, String field, String where) throws CasesError {
+    JsonElement e = c.get(field);
+    Map<String, Double> out = new LinkedHashMap<>();
+    if (e == null || e.isJsonNull()) {
+      return out;
+    }
+    if (!e.isJsonObject()) {
+      throw new CasesError(where + "." + field + ": expected an object {tenant: value or null}");
+    }
+    for (Map.Entry<String, JsonElement> t : e.getAsJsonObject().entrySet()) {
+      JsonObject all = e.getAsJsonObject();
+      out.put(t.getKey(), t.getValue().isJsonNull() ? null : number(all, t.getKey(), where + "." + field));
+    }
+    return out;
   }
 
   private static String string(JsonObject c, String field, String where, String fallback) throws CasesError {

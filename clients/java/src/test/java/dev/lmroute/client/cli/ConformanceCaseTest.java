@@ -43,6 +43,29 @@ class ConformanceCaseTest {
     assertEquals(List.of(), cases.get(6).routers());
   }
 
+  @Test
+  void readsFeedbackAndTargetCases() throws Exception {
+    List<ConformanceCase> cases = ConformanceCase.parseAll("""
+        {"cases": [
+          {"id": "f", "rpc": "Feedback", "prompt": "p", "router": "mf", "threshold": 0.5, "outcomes": [
+            {"decision_id": "routed", "single": 1.0, "source": "thumbs"},
+            {"decision_id": "routed", "paired": [1.0, 0.25]}]},
+          {"id": "t", "rpc": "SetTargets", "shares": {"a": 0.25, "b": null}}
+        ]}
+        """, "c.json");
+    ConformanceCase f = cases.get(0);
+    assertEquals("p", f.prompt());
+    assertEquals(0.5, f.threshold());
+    assertEquals(1.0, f.outcomes().get(0).single());
+    assertEquals("thumbs", f.outcomes().get(0).source());
+    assertEquals(0.25, f.outcomes().get(1).paired()[1]);
+    assertNull(f.outcomes().get(1).single());
+    ConformanceCase t = cases.get(1);
+    assertEquals(0.25, t.shares().get("a"));
+    assertTrue(t.shares().containsKey("b") && t.shares().get("b") == null);
+    assertTrue(t.spends().isEmpty());
+  }
+
   private static String errorOf(String json) {
     return assertThrows(ConformanceCase.CasesError.class, () -> ConformanceCase.parseAll(json, "c.json")).getMessage();
   }
@@ -52,7 +75,8 @@ class ConformanceCaseTest {
     assertEquals("c.json: cases[0]: threshold and strong_share are both given; give at most one",
         errorOf("{\"cases\": [{\"id\": \"r\", \"rpc\": \"Route\", \"prompt\": \"p\", \"router\": \"mf\","
             + " \"threshold\": 0.1, \"strong_share\": 0.2}]}"));
-    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: Health, ListRouters, Route, Score)",
+    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: Feedback, Health, ListRouters, "
+        + "ListShareTargets, ListSpendTargets, Route, Score, SetTargets)",
         errorOf("{\"cases\": [{\"id\": \"a\", \"rpc\": \"ListRouters\"}, {\"id\": \"b\", \"rpc\": \"GetRouter\"}]}"));
     assertEquals("c.json: cases[0].id: required", errorOf("{\"cases\": [{\"rpc\": \"ListRouters\"}]}"));
     assertEquals("c.json: cases[0].prompts[1]: expected a string (got 3)",
@@ -60,6 +84,8 @@ class ConformanceCaseTest {
     assertEquals("c.json: cases[0].timeout_ms: must be a positive integer (got 0)",
         errorOf("{\"cases\": [{\"id\": \"s\", \"rpc\": \"ListRouters\", \"timeout_ms\": 0}]}"));
     assertEquals("c.json: expected an object {\"cases\": [...]}", errorOf("[]"));
+    assertEquals("c.json: cases[0].outcomes[0]: give one of single and paired",
+        errorOf("{\"cases\": [{\"id\": \"f\", \"rpc\": \"Feedback\", \"outcomes\": [{\"decision_id\": \"x\"}]}]}"));
     String invalid = errorOf("{\"cases\": [");
     assertTrue(invalid.startsWith("c.json: not valid JSON: "), invalid);
   }
