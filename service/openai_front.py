@@ -7,6 +7,10 @@
                                 side's upstream and return its answer, streamed (server-sent events) when
                                 the request asks for it
     GET  /v1/models             the names this front answers to, one per loaded router
+    POST /v1/feedback           outcomes of earlier decisions (x-lmroute-decision-id) or prompts: the
+                                gRPC Feedback call, its FeedbackRequest and FeedbackResponse in
+                                protobuf's JSON mapping (docs/OPENAI_FRONT.md); the caller's tenant is
+                                the outcomes' reporter
 
 The request's `model` picks the router and the policy, as RouteLLM's names do:
 
@@ -37,13 +41,14 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
+from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
@@ -64,6 +69,7 @@ DEFAULT = "default"  # the <router> of a model name that asks for the bundle's d
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
 _CHAT = "/v1/chat/completions"
+_FEEDBACK = "/v1/feedback"
 _ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
 
 
@@ -218,6 +224,7 @@ class OpenAIFront:
         self.max_body_bytes = max_body_bytes
         self.app = web.Application(client_max_size=max_body_bytes)
         self.app.router.add_post(_CHAT, self._chat)
+        self.app.router.add_post(_FEEDBACK, self._feedback)
         self.app.router.add_get("/v1/models", self._models)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -265,30 +272,59 @@ class OpenAIFront:
         return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
+            body = await self._body(request)
+            route = await self._route(body, tenant)
+            slot_tenant = tenant if self.fair_slots else ""
+            return await self._forward(request, body, route, slot_tenant, before_end=count)
+
+        return await self._serve(_CHAT, request, work)
+
+    async def _feedback(self, request: web.Request) -> web.StreamResponse:
+        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
+            body = await self._body(request)
+            try:
+                req = json_format.ParseDict(body, router_pb2.FeedbackRequest())
+            except json_format.ParseError as exc:
+                raise InvalidArgument(f"body: not a FeedbackRequest ({exc})", reason="BAD_FEEDBACK") from None
+            resp = await self.servicer.feedback(req, reporter=tenant)
+            out = json_format.MessageToDict(
+                resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            return web.json_response(out)
+
+        return await self._serve(_FEEDBACK, request, work)
+
+    async def _serve(
+        self,
+        path: str,
+        request: web.Request,
+        work: Callable[[str, Callable[[], None]], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """One request to `path`: its call log line, span and metrics, the token checked and the caller's
+        tenant named, then `work(tenant, count)`; a ServiceError becomes the OpenAI-shaped error answer.
+        `count` counts the call in the metrics once (work calls it before a streamed answer's end, so a
+        scrape after the caller saw the end holds it; else it is counted on return)."""
         t0 = time.perf_counter()
         code, reason = "OK", ""
         counted = False
 
         def count() -> None:
-            """Count the call once, before its answer ends: a scrape after the caller saw the end holds it."""
             nonlocal counted
             if self.metrics is not None and not counted:
                 counted = True
-                self.metrics.observe(_CHAT, code, reason, time.perf_counter() - t0)
+                self.metrics.observe(path, code, reason, time.perf_counter() - t0)
 
         tenant_token = AUTH_TENANT.set(None)
         request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
         with (
-            CallLog(request_id=request_id, method=_CHAT),
-            self.tracing.call(_CHAT, request_id) if self.tracing is not None else contextlib.nullcontext() as span,
+            CallLog(request_id=request_id, method=path),
+            self.tracing.call(path, request_id) if self.tracing is not None else contextlib.nullcontext() as span,
         ):
             try:
                 self._authenticate(request)
                 tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
-                body = await self._body(request)
-                route = await self._route(body, tenant)
-                slot_tenant = tenant if self.fair_slots else ""
-                return await self._forward(request, body, route, slot_tenant, before_end=count)
+                return await work(tenant, count)
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason

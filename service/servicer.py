@@ -432,6 +432,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Feedback(
         self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.FeedbackResponse:
+        return await self.feedback(request, reporter=self._tenant(context))
+
+    async def feedback(self, request: router_pb2.FeedbackRequest, *, reporter: str) -> router_pb2.FeedbackResponse:
+        """A Feedback call's work, for the gRPC method and the HTTP front alike: the outcomes stored as
+        reported by tenant `reporter` (the caller's, `tenant_named`), one status per outcome."""
         _, catalog = self._ready()
         if self.store is None:
             raise NoOutcomeStore("no outcome store: start the server with --store to take Feedback")
@@ -442,7 +447,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(
                 f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
             )
-        reporter = self._tenant(context)
         statuses: list[router_pb2.ItemStatus | None] = [None] * n
         spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
         outcomes: list[Outcome] = []

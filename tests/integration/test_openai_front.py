@@ -372,3 +372,78 @@ def test_a_streamed_answer_is_counted_before_it_ends(
             assert b"data: [DONE]" in resp.read()  # read to the response's end
         seen = urllib.request.urlopen(metrics, timeout=10).read()
         assert f'lmroute_calls_total{{code="OK",method="/v1/chat/completions"}} {i}.0'.encode() in seen
+
+
+def _post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """POST `body` as JSON; (status, the JSON answer), error statuses included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_feedback_over_http_reaches_the_store_as_the_callers_tenant(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """POST /v1/feedback takes the gRPC FeedbackRequest in protobuf's JSON mapping: outcomes of the
+    decisions the front's answers name (x-lmroute-decision-id) are stored as reported by the caller's
+    tenant, each with its own status; a malformed body is a 400 naming what was wrong; the token is
+    needed as for chat."""
+    from lmroute.outcomes.store import open_store
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    _, base = _front(fake_servers, _file(tmp_path, upstreams), auth_tokens_file=str(tokens), store=dsn)
+    chat = _client(base, key=TOKEN, default_headers={"x-lmroute-tenant": "team-a"})
+    raw = chat.chat.completions.with_raw_response.create(
+        model="router-mf-0.5", messages=[{"role": "user", "content": "Explain TCP slow start."}]
+    )
+    decision = raw.headers["x-lmroute-decision-id"]
+    auth = {"Authorization": f"Bearer {TOKEN}", "x-lmroute-tenant": "team-a"}
+    body = {
+        "outcomes": [
+            {"decision_id": decision, "single": {"quality": 0.75}, "source": "thumbs"},
+            {"decision_id": decision, "paired": {"strong_quality": 1, "weak_quality": 0}, "source": "judge"},
+            {"decision_id": decision, "single": {"quality": 1.5}},
+            {"prompt": {"text": "Write a haiku."}, "preference": "PREFERENCE_TIE"},
+        ]
+    }
+    deadline = time.monotonic() + 10
+    while (answer := _post(f"{base}/feedback", body, auth))[1]["results"][0].get("reason") == (
+        "DECISION_NOT_RECORDED_YET"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status, doc = answer
+    assert status == 200 and doc["stored"] == 1 + 2 + 2, doc
+    assert [(r["code"], r["reason"]) for r in doc["results"]] == [(0, ""), (0, ""), (3, "INVALID_OUTCOME"), (0, "")]
+    assert doc["results"][2]["message"] == "outcomes[2].single.quality: must be in [0, 1] (got 1.5)"
+    again = _post(f"{base}/feedback", body, auth)[1]
+    assert [r["reason"] for r in again["results"]] == ["DUPLICATE", "DUPLICATE", "INVALID_OUTCOME", "DUPLICATE"]
+
+    store = open_store(dsn)
+    try:
+        mine = store.labeled_prompts(reporters={"team-a"})
+        assert len(mine) == 2 and store.labeled_prompts(reporters={""}) == []
+        [judged] = [r for r in mine if r.decision_id == decision]
+        assert len(judged.qualities) == 2 and judged.chosen_model in judged.qualities  # the pair, by the paired one
+    finally:
+        store.close()
+
+    for bad, words in [
+        ({"outcomes": [{"decision_id": decision, "single": {"quality": "high"}}]}, "not a FeedbackRequest"),
+        ({"outcomes": [{"no_such_field": 1}]}, "not a FeedbackRequest"),
+        ({"outcomes": []}, "at least one outcome"),
+        (b"[1, 2", "not valid JSON"),
+    ]:
+        status, doc = _post(f"{base}/feedback", bad, auth)
+        assert status == 400 and words in doc["error"]["message"], (bad, doc)
+    status, doc = _post(f"{base}/feedback", body, {"x-lmroute-tenant": "team-a"})
+    assert status == 401 and doc["error"]["code"] == "UNAUTHENTICATED"
+    _, storeless = _front(fake_servers, _file(tmp_path, upstreams))
+    status, doc = _post(f"{storeless}/feedback", body)
+    assert status == 400 and doc["error"]["code"] == "NO_OUTCOME_STORE", doc
