@@ -9,6 +9,12 @@ Two kinds of work reach it, from the event loop or any thread, without blocking 
                            them durable (Feedback acknowledges on that); a Future of an error when the
                            commit failed, so nothing unwritten is acknowledged.
 
+Reporters share the writer: no reporter (the tenant the outcomes are recorded for) may hold more than
+`max_pending_per_reporter` of the pending outcomes (half the bound by default), so one flooding the
+store leaves room for the others, and each round takes the reporters' calls in turn, one call each,
+oldest first, so a flood's backlog does not delay another reporter's acknowledgment by more than one
+call of each reporter ahead.
+
 Group commit: each round takes everything pending (up to `max_batch` of each kind), writes the
 decisions and then the outcomes in one transaction, commits once and resolves the round's futures. A
 decision recorded before an outcome that names it is therefore written in the same or an earlier commit.
@@ -53,6 +59,15 @@ class WriterStats:
     pruned_outcomes: int = 0
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One submitted call: its outcomes, the Future its caller waits on, and their reporter."""
+
+    outcomes: list[Outcome]
+    future: Future[list[Verdict]]
+    reporter: str
+
+
 class StoreWriter:
     """One writer thread over one store (see the module docstring)."""
 
@@ -62,6 +77,7 @@ class StoreWriter:
         *,
         max_pending_decisions: int = 100_000,
         max_pending_outcomes: int = 100_000,
+        max_pending_per_reporter: int | None = None,
         max_batch: int = 4096,
         retention_ms: int = 0,
         prune_interval_s: float = 3600.0,
@@ -70,6 +86,9 @@ class StoreWriter:
         self._open = open_store
         self.max_pending_decisions = max_pending_decisions
         self.max_pending_outcomes = max_pending_outcomes
+        self.max_pending_per_reporter = (
+            max(1, max_pending_outcomes // 2) if max_pending_per_reporter is None else max_pending_per_reporter
+        )
         self.max_batch = max_batch
         self.retention_ms = retention_ms
         self.prune_interval_s = prune_interval_s
@@ -77,8 +96,10 @@ class StoreWriter:
         self.stats = WriterStats()
         self._cond = threading.Condition()
         self._decisions: collections.deque[Decision] = collections.deque()
-        self._jobs: collections.deque[tuple[list[Outcome], Future[list[Verdict]]]] = collections.deque()
+        self._jobs: dict[str, collections.deque[_Job]] = {}  # reporter -> its calls, oldest first
+        self._turns: collections.deque[str] = collections.deque()  # reporters with calls, whose turn first
         self._pending_outcomes = 0
+        self._pending_by_reporter: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._store: OutcomeStore | None = None
@@ -106,9 +127,11 @@ class StoreWriter:
             self._cond.notify()
 
     def submit(self, outcomes: Sequence[Outcome]) -> Future[list[Verdict]]:
-        """Queue outcomes; the Future resolves after their commit. WriterFull when the writer holds
-        `max_pending_outcomes` already; RuntimeError after close."""
+        """Queue one call's outcomes (all of one reporter: the first one's counts); the Future resolves
+        after their commit. WriterFull when the writer holds `max_pending_outcomes` already, or their
+        reporter `max_pending_per_reporter`; RuntimeError after close."""
         fut: Future[list[Verdict]] = Future()
+        reporter = outcomes[0].reporter if outcomes else ""
         with self._cond:
             if self._closing:
                 raise RuntimeError("outcome store writer is closed")
@@ -116,8 +139,18 @@ class StoreWriter:
                 raise WriterFull(
                     f"{self._pending_outcomes} outcomes waiting for the store (limit {self.max_pending_outcomes})"
                 )
-            self._jobs.append((list(outcomes), fut))
+            held = self._pending_by_reporter[reporter]
+            if held + len(outcomes) > self.max_pending_per_reporter:
+                raise WriterFull(
+                    f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
+                    "a tenant)"
+                )
+            if reporter not in self._jobs:
+                self._jobs[reporter] = collections.deque()
+                self._turns.append(reporter)
+            self._jobs[reporter].append(_Job(list(outcomes), fut, reporter))
             self._pending_outcomes += len(outcomes)
+            self._pending_by_reporter[reporter] += len(outcomes)
             self._cond.notify()
         return fut
 
@@ -142,22 +175,32 @@ class StoreWriter:
 
     # ---- the thread ---------------------------------------------------------------------------------------
 
-    def _take(self) -> tuple[list[Decision], list[tuple[list[Outcome], Future[list[Verdict]]]]] | None:
-        """The next round's work (None: closing and nothing left)."""
+    def _take(self) -> tuple[list[Decision], list[_Job]] | None:
+        """The next round's work (None: closing and nothing left): the decisions, then the reporters'
+        calls in turn, one each, while they fit in `max_batch` outcomes (the first always)."""
         with self._cond:
-            while not self._decisions and not self._jobs:
+            while not self._decisions and not self._turns:
                 if self._closing:
                     return None
                 wait = max(0.0, self._next_prune - time.monotonic()) if self.retention_ms else None
                 if not self._cond.wait(wait) and self.retention_ms:
                     return [], []  # timed out: a prune is due
             decisions = [self._decisions.popleft() for _ in range(min(self.max_batch, len(self._decisions)))]
-            jobs: list[tuple[list[Outcome], Future[list[Verdict]]]] = []
+            jobs: list[_Job] = []
             n = 0
-            while self._jobs and (not jobs or n + len(self._jobs[0][0]) <= self.max_batch):
-                job = self._jobs.popleft()
-                n += len(job[0])
+            while self._turns:
+                reporter = self._turns[0]
+                queue = self._jobs[reporter]
+                if jobs and n + len(queue[0].outcomes) > self.max_batch:
+                    break
+                job = queue.popleft()
+                n += len(job.outcomes)
                 jobs.append(job)
+                self._turns.popleft()
+                if queue:
+                    self._turns.append(reporter)  # its next call after the other reporters' turns
+                else:
+                    del self._jobs[reporter]
             return decisions, jobs
 
     def _run(self) -> None:
@@ -171,8 +214,17 @@ class StoreWriter:
             if self.retention_ms and time.monotonic() >= self._next_prune:
                 self._prune()
 
-    def _write(self, decisions: list[Decision], jobs: list[tuple[list[Outcome], Future[list[Verdict]]]]) -> None:
-        outcomes = [o for batch, _ in jobs for o in batch]
+    def _settled(self, jobs: list[_Job]) -> None:
+        """The jobs' outcomes leave the pending counts (committed, or failed with their call)."""
+        with self._cond:
+            for job in jobs:
+                self._pending_outcomes -= len(job.outcomes)
+                self._pending_by_reporter[job.reporter] -= len(job.outcomes)
+                if self._pending_by_reporter[job.reporter] <= 0:
+                    del self._pending_by_reporter[job.reporter]
+
+    def _write(self, decisions: list[Decision], jobs: list[_Job]) -> None:
+        outcomes = [o for job in jobs for o in job.outcomes]
         try:
             store = self._store if self._store is not None else self._open()
             self._store = store
@@ -185,20 +237,19 @@ class StoreWriter:
                     self.stats.decisions_dropped += len(decisions)
                 else:
                     self._decisions.extendleft(reversed(decisions))
-                self._pending_outcomes -= len(outcomes)
-            for _, fut in jobs:
-                fut.set_exception(exc)
+            self._settled(jobs)
+            for job in jobs:
+                job.future.set_exception(exc)
             self._reopen()
             return
         self.stats.commits += 1
         self.stats.decisions_written += len(decisions)
         self.stats.outcomes_written += sum(v is Verdict.STORED for v in verdicts)
-        with self._cond:
-            self._pending_outcomes -= len(outcomes)
+        self._settled(jobs)
         start = 0
-        for batch, fut in jobs:
-            fut.set_result(verdicts[start : start + len(batch)])
-            start += len(batch)
+        for job in jobs:
+            job.future.set_result(verdicts[start : start + len(job.outcomes)])
+            start += len(job.outcomes)
 
     def _reopen(self) -> None:
         """After a failed commit: pause, then reopen the store (the next round retries)."""

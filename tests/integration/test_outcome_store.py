@@ -252,7 +252,9 @@ def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(d
 
 
 def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
-    writer = StoreWriter(lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), max_pending_outcomes=2)
+    writer = StoreWriter(
+        lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), max_pending_outcomes=2, max_pending_per_reporter=2
+    )
     # not started: what is submitted waits, as it would behind a slow store
     two = [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=t) for t in ("a", "b")]
     pending = writer.submit(two)
@@ -261,6 +263,29 @@ def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
     writer.start()
     assert pending.result(10) == [Verdict.STORED, Verdict.STORED]
     writer.close()
+
+
+def test_writer_keeps_room_for_every_reporter_and_takes_their_calls_in_turn(tmp_path: Path) -> None:
+    """A reporter may hold half the writer's pending outcomes (by default), so a flood leaves room for
+    another's call; the rounds take the reporters' calls in turn, not in arrival order."""
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    writer = StoreWriter(lambda: open_store(dsn), max_pending_outcomes=8, max_batch=1)
+
+    def call(reporter: str, text: str) -> list[Outcome]:
+        return [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=text, reporter=reporter, observed_ms=1000)]
+
+    # not started: the calls wait, as they would behind a slow store
+    flood = [writer.submit(call("flood", f"flood {i}")) for i in range(4)]
+    with pytest.raises(WriterFull, match=r"4 outcomes of this tenant waiting for the store \(limit 4 a tenant\)"):
+        writer.submit(call("flood", "flood 4"))
+    other = writer.submit(call("", "other 0"))  # room kept for it
+    writer.start()
+    assert [f.result(10) for f in [*flood, other]] == [[Verdict.STORED]] * 5
+    writer.close()
+    store = open_store(dsn)
+    order = [r.prompt_text for r in store.labeled_prompts()]  # one observed time: in commit order
+    store.close()
+    assert order == ["flood 0", "other 0", "flood 1", "flood 2", "flood 3"]
 
 
 def _store_at_version(dsn: str, version: int) -> OutcomeStore:
