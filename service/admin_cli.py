@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from lmroute.service.client import RouterClient, add_connection_args, connection_kwargs
@@ -67,10 +68,38 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
 def _as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
+    """`message` as JSON-ready data: proto field names, every field, and 64-bit integers as numbers
+    (protobuf's JSON mapping writes them as strings)."""
+    out = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _int64_as_numbers(message, out)
+    return out
+
+
+def _int64_as_numbers(message: Message, out: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in out:
+            continue
+        repeated = field.is_repeated
+        if field.message_type is not None:
+            values = getattr(message, field.name)
+            for sub, data in zip(values, out[field.name]) if repeated else [(values, out[field.name])]:
+                _int64_as_numbers(sub, data)
+        elif field.type in _INT64:
+            out[field.name] = [int(v) for v in out[field.name]] if repeated else int(out[field.name])
 
 
 def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmroute.service.admin_cli import main
+from lmroute.service.client import RouterClient
 from lmroute.service.testing import ServerThread
 
 OPERATOR = "operator-token-0123456789abcdef"
@@ -38,8 +39,13 @@ def test_each_command_answers_in_json_with_the_operators_token(
     monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
     code, bundle = run(server, "bundle")
     assert code == 0 and bundle["bundle_version"] == "fake-1" and bundle["routers"] == ["random", "mf"]
+    assert isinstance(bundle["loaded_unix_ms"], int) and bundle["loaded_unix_ms"] > 0  # int64 as a number
+    with RouterClient(server.target, token=OPERATOR, tenant="team") as team:
+        team.route("hello", router="mf")  # a decision of team's controller
     code, targets = run(server, "targets")
     assert code == 0
+    [controller] = targets["share"]["controllers"]  # type: ignore[index]
+    assert controller["tenant"] == "team" and controller["decisions"] == 1
     share = targets["share"]
     assert isinstance(share, dict) and share["targets"] == [
         {"tenant": "default", "strong_share": 0.3},
