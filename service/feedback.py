@@ -21,7 +21,26 @@ from lmroute.service.prompts import prompt_text
 from lmroute.service.scorer_api import Catalog
 from lmroute.v1 import router_pb2
 
-__all__ = ["decision_of_route", "decision_of_score", "item_status", "outcomes_of"]
+__all__ = [
+    "FEEDBACK_RESULTS",
+    "REFUSED",
+    "decision_of_route",
+    "decision_of_score",
+    "item_status",
+    "outcomes_of",
+    "result_of",
+]
+
+# what became of one reported outcome, as the metrics count it per reporting tenant (`result_of`)
+FEEDBACK_RESULTS = ("stored", "duplicate", "conflict", "not_found", "not_yet", "no_model", "invalid", "refused")
+REFUSED = FEEDBACK_RESULTS.index("refused")  # the whole call refused (the store busy or failing)
+_RESULT_OF_REASON = {
+    "DUPLICATE": "duplicate",
+    "OUTCOME_CONFLICT": "conflict",
+    "DECISION_NOT_FOUND": "not_found",
+    "DECISION_NOT_RECORDED_YET": "not_yet",
+    "MODEL_REQUIRED": "no_model",
+}
 
 _PREFERENCE = {
     router_pb2.PREFERENCE_STRONG: (1.0, 0.0),
@@ -136,6 +155,12 @@ def item_status(verdicts: Sequence[Verdict], i: int, report: router_pb2.OutcomeR
     if all(v is Verdict.DUPLICATE for v in verdicts):
         return router_pb2.ItemStatus(code=Code.OK, reason="DUPLICATE")
     return router_pb2.ItemStatus(code=Code.OK)
+
+
+def result_of(status: router_pb2.ItemStatus) -> int:
+    """The index in FEEDBACK_RESULTS of a reported outcome's status (any other failure: invalid)."""
+    default = "stored" if status.code == Code.OK else "invalid"
+    return FEEDBACK_RESULTS.index(_RESULT_OF_REASON.get(status.reason, default))
 
 
 def decision_of_score(decision_id: str, now_ms: int, text: str, out: ItemResult, catalog: Catalog) -> Decision:

@@ -21,6 +21,10 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_tenant_queue_wait_seconds{tenant}   each prompt's wait from entering the queue to its batch
                                                 leaving it, per tenant (the same labels; 0 for a call
                                                 scored at once; coarse buckets, 500 us .. 10 s)
+    lmroute_tenant_feedback_total{tenant, result}
+                                                what became of each reported outcome (stored, duplicate,
+                                                conflict, not_found, not_yet, no_model, invalid, refused)
+                                                per reporting tenant (the same labels)
     lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
@@ -112,6 +116,17 @@ class _ServingCollector(Collector):
             pending.add_metric(["decisions"], decisions)
             pending.add_metric(["outcomes"], outcomes)
             yield pending
+        counts = getattr(getattr(server, "servicer", None), "feedback_counts", None)
+        if counts is not None:
+            feedback = CounterMetricFamily(
+                "lmroute_tenant_feedback",
+                "Reported outcomes per reporting tenant, by what became of them",
+                labels=["tenant", "result"],
+            )
+            for label, row in counts.snapshot():
+                for result, value in zip(counts.events, row, strict=True):
+                    feedback.add_metric([label, result], value)
+            yield feedback
         catalog = getattr(getattr(server, "servicer", None), "catalog", None)
         if catalog is not None:
             info = GaugeMetricFamily("lmroute_bundle_info", "The serving bundle", labels=["version"])

@@ -174,6 +174,7 @@ class RouterServer:
             prices=load_models_file(Path(config.models_file)) if config.models_file else None,
             expected_output_tokens=config.expected_output_tokens,
             tracing=self.tracing,
+            metrics_tenants=config.batch.metrics_tenants,
         )
         self.metrics = ServiceMetrics(lambda: self) if config.metrics_port >= 0 else None
         self.metrics_port: int | None = None

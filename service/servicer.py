@@ -45,7 +45,15 @@ from lmroute.service.errors import (
     status_of,
 )
 from lmroute.service.exploration import Exploration, choose_among
-from lmroute.service.feedback import decision_of_route, decision_of_score, item_status, outcomes_of
+from lmroute.service.feedback import (
+    FEEDBACK_RESULTS,
+    REFUSED,
+    decision_of_route,
+    decision_of_score,
+    item_status,
+    outcomes_of,
+    result_of,
+)
 from lmroute.service.logs import bind_call
 from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, prompt_text
@@ -53,6 +61,7 @@ from lmroute.service.route_models import check_candidates, check_policy, decide,
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
 from lmroute.service.targets import TENANT_RE, TenantTargets
+from lmroute.service.tenant_counts import TenantCounts
 from lmroute.service.tracing import Tracing
 from lmroute.v1 import router_pb2, router_pb2_grpc
 
@@ -101,6 +110,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         prices: Mapping[str, ModelPrice] | None = None,
         expected_output_tokens: int = 256,
         tracing: Tracing | None = None,
+        metrics_tenants: int = 64,
     ) -> None:
         self.max_prompts_per_request = max_prompts_per_request
         self.max_turns = max_turns
@@ -115,6 +125,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.prices = dict(prices or {})  # the models file's prices, for candidates that give none
         self.expected_output_tokens = expected_output_tokens
         self.tracing = tracing  # stage spans of each call (lmroute.service.tracing); None = off
+        # what became of each reported outcome, per reporting tenant (the metrics' tenant labels)
+        self.feedback_counts = TenantCounts(metrics_tenants, events=FEEDBACK_RESULTS)
         self._rng = random.Random()  # seeded from the OS; flips need no reproducibility
         self.scheduler: Scheduler[Any] | None = None
         self.catalog: Catalog | None = None
@@ -467,8 +479,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             try:
                 verdicts = await asyncio.wrap_future(self.store.submit(outcomes))
             except WriterFull as exc:
+                self.feedback_counts.add(reporter, REFUSED, n)
                 raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
             except Exception as exc:
+                self.feedback_counts.add(reporter, REFUSED, n)
                 raise StoreUnavailable(
                     f"outcome store write failed ({type(exc).__name__}); nothing was stored"
                 ) from exc
@@ -481,6 +495,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 start, stop = spans[i]
                 status = item_status(verdicts[start:stop], i, report)
                 response.stored += sum(v is Verdict.STORED for v in verdicts[start:stop])
+            self.feedback_counts.add(reporter, result_of(status))
             response.results.append(status)
         return response
 

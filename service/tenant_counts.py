@@ -1,5 +1,6 @@
 """Calls admitted and refused, and their prompts' queue waits, per tenant, for the metrics
-(`lmroute_tenant_calls_total`, `lmroute_tenant_queue_wait_seconds`).
+(`lmroute_tenant_calls_total`, `lmroute_tenant_queue_wait_seconds`; the same counts of Feedback results,
+`lmroute_tenant_feedback_total`).
 
 Tenants named in request metadata are taken at their word (docs/SECURITY.md), so their number has no
 bound of its own: `TenantCounts` keeps at most `limit` tenants apart, the first ones seen, and counts
@@ -37,18 +38,19 @@ WAIT_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1
 
 
 class TenantCounts:
-    """Per tenant, how many calls had each of `EVENTS`; at most `limit` named tenants apart, the rest as
-    OTHER, calls naming none as NONE."""
+    """Per tenant, how many calls had each of `events` (the scheduler's `EVENTS` by default); at most
+    `limit` named tenants apart, the rest as OTHER, calls naming none as NONE."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, events: tuple[str, ...] = EVENTS) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1 (got {limit})")
         self.limit = limit
+        self.events = events
         self._counts: dict[str, list[int]] = {}
         self._waits: dict[str, Histogram] = {}  # label -> its prompts' queue waits, seconds
 
-    def add(self, tenant: str, event: int) -> None:
-        """One call of `tenant` ("" = none named) had `EVENTS[event]`."""
+    def add(self, tenant: str, event: int, n: int = 1) -> None:
+        """`n` calls of `tenant` ("" = none named) had `events[event]`."""
         key = tenant or NONE
         row = self._counts.get(key)
         if row is None:
@@ -56,8 +58,8 @@ class TenantCounts:
                 key = OTHER
                 row = self._counts.get(OTHER)
             if row is None:
-                row = self._counts[key] = [0] * len(EVENTS)
-        row[event] += 1
+                row = self._counts[key] = [0] * len(self.events)
+        row[event] += n
 
     def label(self, tenant: str) -> str:
         """The label `tenant`'s calls are counted under."""
@@ -73,7 +75,7 @@ class TenantCounts:
         waits.observe(seconds, n)
 
     def snapshot(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(label, counts in `EVENTS` order) of every tenant counted."""
+        """(label, counts in `events` order) of every tenant counted."""
         return [(key, tuple(row)) for key, row in list(self._counts.items())]
 
     def wait_snapshot(self) -> list[tuple[str, Histogram]]:

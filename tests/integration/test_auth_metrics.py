@@ -256,6 +256,17 @@ def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_
     text = scrape(port)
     assert sample(text, "lmroute_store_events_total", event="outcomes_written") == 1
     assert sample(text, "lmroute_store_pending", kind="outcomes") == 0
+    # per reporting tenant: what became of each reported outcome
+    bad = router_pb2.OutcomeReport(decision_id=d.decision_id, single=router_pb2.SingleOutcome(quality=2.0))
+    with RouterClient(srv.target, token=BATCH_TOKEN) as batch:  # bound to tenant batch
+        codes = [r.reason for r in batch.feedback([report, report, bad]).results]
+    assert codes == ["", "DUPLICATE", "INVALID_OUTCOME"]  # batch's own outcome: stored, then a duplicate
+    text = scrape(port)
+    family = "lmroute_tenant_feedback_total"
+    assert sample(text, family, tenant="(none)", result="stored") == 1
+    assert sample(text, family, tenant="batch", result="stored") == 1
+    assert sample(text, family, tenant="batch", result="duplicate") == 1
+    assert sample(text, family, tenant="batch", result="invalid") == 1
 
 
 def test_tenant_metrics_count_each_tenants_calls_and_what_it_has_queued(serve: Callable[..., ServerThread]) -> None:
