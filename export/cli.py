@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the findings as JSON here")
     _add_integrity_commands(sub)
     _add_outcome_commands(sub)
+    _add_copy_store_command(sub)
     _add_adapt_command(sub)
     p = sub.add_parser(
         "import-routellm",
@@ -219,6 +220,39 @@ def _add_outcome_commands(sub: argparse._SubParsersAction) -> None:
         help=f"the tenant the outcomes are recorded as reported by (adapt --reporters; default {UNNAMED_REPORTER}, "
         "as a caller naming no tenant)",
     )
+
+
+def _add_copy_store_command(sub: argparse._SubParsersAction) -> None:
+    """copy-store (docs/OUTCOMES.md)."""
+    p = sub.add_parser(
+        "copy-store", help="copy an outcome store into a new one (e.g. the embedded SQLite into PostgreSQL)"
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="DSN", help="the store to copy")
+    p.add_argument("--to", dest="target", required=True, metavar="DSN", help="an empty store (created if new)")
+
+
+def _copy_store(args: argparse.Namespace) -> int:
+    """Copy every row of --from into --to, all or nothing; rows per table on stdout."""
+    from lmroute.outcomes.store import StoreError, open_store
+
+    try:
+        source = open_store(args.source)
+    except StoreError as exc:
+        print(f"{PROG} copy-store: {exc}", file=sys.stderr)
+        return 1
+    try:
+        target = open_store(args.target)
+        try:
+            copied = source.copy_to(target)
+        finally:
+            target.close()
+    except StoreError as exc:
+        print(f"{PROG} copy-store: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        source.close()
+    print(json.dumps(copied, sort_keys=True))
+    return 0
 
 
 def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
@@ -465,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _integrity_command(args)
     if args.cmd == "import-outcomes":
         return _import_outcomes(args)
+    if args.cmd == "copy-store":
+        return _copy_store(args)
     if args.cmd == "adapt":
         return _adapt(args)
     if args.cmd == "import-routellm":

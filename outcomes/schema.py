@@ -31,7 +31,7 @@ Version 6:
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["COPIED", "MIGRATIONS", "SCHEMA_VERSION"]
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -128,3 +128,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes and reads."""
+
+COPIED: tuple[tuple[str, str, str], ...] = (
+    (
+        "decisions",
+        "decision_id, time_ms, kind, bundle_version, router, scores, threshold, chosen_model, propensity, "
+        "strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, prompt_chars, encoder_id, embedding, "
+        "tenant, policy, choice",
+        "time_ms, decision_id",
+    ),
+    (
+        "outcomes",
+        "target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, reporter, observed_ms, "
+        "received_ms",
+        "id",
+    ),
+    ("adaptations", "time_ms, parent_version, candidate_version, kind, n_outcomes, accepted, report", "id"),
+    ("target_changes", "time_ms, tenant, target, value", "id"),
+)
+"""What `OutcomeStore.copy_to` copies at this schema version: (table, its columns but the auto-numbered
+id, the order rows are read in, which keeps the ids' order in the copy)."""

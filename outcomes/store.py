@@ -38,7 +38,7 @@ from lmroute.outcomes.records import (
     Verdict,
     prompt_sha256,
 )
-from lmroute.outcomes.schema import MIGRATIONS, SCHEMA_VERSION
+from lmroute.outcomes.schema import COPIED, MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["NOT_YET_MS", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
 
@@ -369,11 +369,39 @@ class OutcomeStore:
         keys = ("time_ms", "parent_version", "candidate_version", "kind", "n_outcomes", "accepted")
         return [{**dict(zip(keys, r[:6])), "accepted": bool(r[5]), "report": json.loads(r[6])} for r in rows]
 
+    def copy_to(self, other: OutcomeStore, *, chunk: int = 1000) -> dict[str, int]:
+        """Copy every row of this store into `other`, an empty store (another backend too: SQLite to
+        PostgreSQL when a deployment grows replicas), in one transaction: all or nothing; rows per table.
+        Auto-numbered ids are numbered again in the same order. StoreError when `other` holds any row."""
+        held = {table: other._count(table) for table, _, _ in COPIED}
+        if any(held.values()):
+            raise StoreError(
+                f"store {other.name}: not empty ({', '.join(f'{n} {t}' for t, n in held.items() if n)}); "
+                "copy into a new store"
+            )
+        copied: dict[str, int] = {}
+        with other._transaction():
+            for table, columns, order in COPIED:
+                marks = ", ".join("?" * len(columns.split(", ")))
+                insert = other._dialect.sql(f"INSERT INTO {table} ({columns}) VALUES ({marks})")
+                rows = self._conn.cursor()
+                rows.execute(f"SELECT {columns} FROM {table} ORDER BY {order}")
+                n = 0
+                while batch := rows.fetchmany(chunk):
+                    writer = other._conn.cursor()
+                    writer.executemany(insert, [tuple(_portable(v) for v in r) for r in batch])
+                    n += len(batch)
+                copied[table] = n
+        return copied
+
+    def _count(self, table: str) -> int:
+        return int(self._exec(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
     # ---- reading --------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Rows per table: {"decisions": n, "outcomes": n}."""
-        return {t: int(self._exec(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("decisions", "outcomes")}
+        return {t: self._count(t) for t in ("decisions", "outcomes")}
 
     def decision(self, decision_id: str) -> Decision | None:
         """The stored decision with this id, or None."""
@@ -469,6 +497,11 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _portable(value: Any) -> Any:
+    """A value read from one backend as the other takes it (PostgreSQL reads BYTEA as a memoryview)."""
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -4,6 +4,7 @@ PostgreSQL server that the test session starts (tests/conftest.py: postgres_serv
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -360,3 +361,52 @@ def test_target_changes_are_kept_in_order_and_read_after_an_id(store: OutcomeSto
     with pytest.raises(ValueError, match="target: must be one of strong_share, spend"):
         store.record_target_changes([TargetChange("ops", "spend", 1.0), TargetChange("batch", "share", 0.1)])
     assert len(store.target_changes()) == 3  # the refused call stored nothing, its good change neither
+
+
+@pytest.mark.parametrize("direction", ["sqlite->postgresql", "postgresql->sqlite"])
+def test_a_store_is_copied_whole_into_a_new_store_of_either_backend(
+    direction: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmroute.export.cli import main
+
+    sqlite_dsn = f"sqlite:{tmp_path / 'embedded.sqlite3'}"
+    pg_dsn = str(request.getfixturevalue("fresh_postgres_db"))
+    source_dsn, target_dsn = (sqlite_dsn, pg_dsn) if direction.startswith("sqlite") else (pg_dsn, sqlite_dsn)
+    source = open_store(source_dsn)
+    decisions = [_decision(f"prompt {i}", at_ms=1_000_000 + i) for i in range(5)]
+    outcomes = [
+        Outcome(OutcomeKind.SINGLE, "", 0.25 * i, decision_id=d.decision_id, source="thumbs", reporter=r)
+        for i, d in enumerate(decisions)
+        for r in ("", "team")
+    ] + [Outcome(OutcomeKind.PAIRED, "strong-m", 1.0, prompt_text="by prompt", observed_ms=5)]
+    source.write(decisions, outcomes)
+    source.record_adaptation(
+        parent_version="p", candidate_version="c", kind="paired", n_outcomes=11, accepted=True, report={"k": [1, 2]}
+    )
+    source.record_target_changes([TargetChange("batch", "strong_share", 0.2), TargetChange("batch", "spend", None)])
+    args = ["copy-store", "--from", source_dsn, "--to", target_dsn]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "adaptations": 1,
+        "decisions": 5,
+        "outcomes": 11,
+        "target_changes": 2,
+    }
+    target = open_store(target_dsn)
+    try:
+        assert [target.decision(d.decision_id) for d in decisions] == decisions
+        assert all(  # embeddings are compare=False in the records: check them apart
+            np.array_equal(target.decision(d.decision_id).embedding, d.embedding)  # type: ignore[union-attr]
+            for d in decisions
+        )
+        for reporters in (None, {""}, {"team"}):
+            assert target.labeled_prompts(reporters=reporters) == source.labeled_prompts(reporters=reporters)
+        assert target.adaptations() == source.adaptations()
+        assert [c for _, c in target.target_changes()] == [c for _, c in source.target_changes()]
+        # a store that holds rows is not a copy's target: nothing is added to it
+        assert main(args) == 1
+        assert "not empty (5 decisions, 11 outcomes, 1 adaptations, 2 target_changes)" in capsys.readouterr().err
+        assert target.counts() == {"decisions": 5, "outcomes": 11}
+    finally:
+        target.close()
+        source.close()
