@@ -41,6 +41,8 @@ __all__ = [
     "RouterClient",
     "add_connection_args",
     "connection_kwargs",
+    "paired_outcome",
+    "single_outcome",
     "to_prompt",
 ]
 
@@ -121,6 +123,23 @@ def route_among_request(
         if value is not None:
             setattr(req.model_policy, rule, value)
     return req
+
+
+def single_outcome(decision_id: str, quality: float, source: str = "") -> router_pb2.OutcomeReport:
+    """The quality in [0, 1] of the model decision `decision_id` chose (a Route answer's), judged by
+    `source` ("thumbs", "judge:gpt-4", ...), for `feedback`."""
+    return router_pb2.OutcomeReport(
+        decision_id=decision_id, single=router_pb2.SingleOutcome(quality=quality), source=source
+    )
+
+
+def paired_outcome(decision_id: str, strong: float, weak: float, source: str = "") -> router_pb2.OutcomeReport:
+    """Both models of the default pair judged on decision `decision_id`'s prompt, for `feedback`."""
+    return router_pb2.OutcomeReport(
+        decision_id=decision_id,
+        paired=router_pb2.PairedOutcome(strong_quality=strong, weak_quality=weak),
+        source=source,
+    )
 
 
 def set_targets_request(

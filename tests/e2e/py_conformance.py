@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from lmroute.service.client import NO_RETRY, RouterClient
+from lmroute.service.client import NO_RETRY, RouterClient, paired_outcome, single_outcome
 from lmroute.service.client_retry import error_reason
 from lmroute.v1 import router_pb2
 
@@ -75,14 +75,11 @@ def _feedback(client: RouterClient, case: dict[str, Any], timeout_s: float) -> d
     routed = _route_decision(client, case, timeout_s) if "prompt" in case else ""
     reports = []
     for o in case["outcomes"]:
-        report = router_pb2.OutcomeReport(
-            decision_id=routed if o["decision_id"] == ROUTED else o["decision_id"], source=o.get("source", "")
-        )
+        decision, source = routed if o["decision_id"] == ROUTED else o["decision_id"], o.get("source", "")
         if "single" in o:
-            report.single.quality = o["single"]
+            reports.append(single_outcome(decision, o["single"], source))
         else:
-            report.paired.strong_quality, report.paired.weak_quality = o["paired"]
-        reports.append(report)
+            reports.append(paired_outcome(decision, *o["paired"], source))
     resp = client.feedback(reports, timeout_s=timeout_s)
     return {
         "stored": resp.stored,
