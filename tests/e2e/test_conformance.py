@@ -447,6 +447,18 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert "mf=" in lines[0] and "bert=" in lines[0] and "EMPTY_PROMPT" in lines[1], score.stdout
     bad = run(go, "route", *addr, "--attempts", "1", "--router", "nope", "--strong-share", "0.5", "hi")
     assert bad.returncode == 1 and "NOT_FOUND (ROUTER_NOT_FOUND)" in bad.stderr, bad.stderr
+    # the decision id route prints, then an outcome of it: stored, a duplicate, a refused one (exit 1)
+    decision = dict(f.split("=", 1) for f in route.stdout.split() if "=" in f)["decision"]
+    fb = ["feedback", *addr, "--decision-id", decision, "--source", "go-cli"]
+    stored = run(go, *fb, "--quality", "1")
+    assert (stored.returncode, stored.stdout.strip()) == (0, "stored 1"), stored.stderr
+    again = run(go, *fb, "--quality", "1")
+    assert (again.returncode, again.stdout.strip()) == (0, "stored 0 (DUPLICATE)"), again.stderr
+    paired = run(go, *fb, "--strong", "1", "--weak", "0.5")
+    assert (paired.returncode, paired.stdout.strip()) == (0, "stored 2"), paired.stderr
+    out_of_range = run(go, *fb, "--quality", "1.5")
+    assert out_of_range.returncode == 1 and "INVALID_ARGUMENT (INVALID_OUTCOME)" in out_of_range.stderr
+    assert run(go, *fb, "--quality", "1", "--strong", "1", "--weak", "0").returncode == 2
     no_policy = run(go, "route", *addr, "--attempts", "1", "--router", "mf", "hi")  # no targets held here
     assert no_policy.returncode == 1 and "the server holds no share targets" in no_policy.stderr, no_policy.stderr
     assert (

@@ -3,6 +3,7 @@
 //	lmroute-go-client route   --addr HOST:PORT [--router mf] [--threshold T | --strong-share S] PROMPT
 //	lmroute-go-client score   --addr HOST:PORT [--routers mf,bert] PROMPT...
 //	lmroute-go-client health  --addr HOST:PORT [--service NAME]       (exit 1 unless SERVING)
+//	lmroute-go-client feedback --addr HOST:PORT --decision-id ID (--quality Q | --strong Q --weak Q) [--source S]
 //	lmroute-go-client conformance --addr HOST:PORT --cases FILE   (clients/CONFORMANCE.md)
 //
 // Exit status: 0 on success, 1 when the call failed, 2 on bad arguments.
@@ -20,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -34,6 +36,8 @@ commands:
                (neither: the caller's tenant's share target, held by the server)
   score        score prompts: [--routers a,b] PROMPT...
   health       grpc.health.v1 status: [--service NAME]
+  feedback     report an outcome of a decision (route prints its id): --decision-id ID
+               --quality Q (the chosen model's) | --strong Q --weak Q (both judged) [--source NAME]
   conformance  run a cases file (clients/CONFORMANCE.md): --cases FILE
 
 common flags: --addr HOST:PORT (default 127.0.0.1:50051) --timeout 10s --attempts 4
@@ -59,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = scoreCmd(args[1:], stdout, stderr)
 	case "health":
 		err = healthCmd(args[1:], stdout, stderr)
+	case "feedback":
+		err = feedbackCmd(args[1:], stdout, stderr)
 	case "conformance":
 		err = conformanceCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
@@ -207,8 +213,9 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s\t%s\tscore=%.6f threshold=%.6f router=%s bundle=%s\n",
-		d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold(), d.GetRouter(), d.GetBundleVersion())
+	fmt.Fprintf(stdout, "%s\t%s\tscore=%.6f threshold=%.6f router=%s bundle=%s decision=%s\n",
+		d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold(), d.GetRouter(), d.GetBundleVersion(),
+		d.GetDecisionId())
 	return nil
 }
 
@@ -269,6 +276,50 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout, st)
 	if st != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("service %q is %s", *service, st)
+	}
+	return nil
+}
+
+func feedbackCmd(args []string, stdout, stderr io.Writer) error {
+	fs, com := newFlags("feedback", stderr)
+	id := fs.String("decision-id", "", "the decision the outcome is about (route prints it)")
+	quality := fs.Float64("quality", -1, "the chosen model's quality in [0, 1]")
+	strong := fs.Float64("strong", -1, "with --weak: the strong model's quality in [0, 1]")
+	weak := fs.Float64("weak", -1, "with --strong: the weak model's quality in [0, 1]")
+	source := fs.String("source", "", `who judged ("thumbs", "judge:gpt-4", ...)`)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	single, paired := *quality != -1, *strong != -1 || *weak != -1
+	switch {
+	case fs.NArg() != 0:
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	case *id == "":
+		return fmt.Errorf("%w: need --decision-id", errUsage)
+	case single == paired || (paired && (*strong == -1 || *weak == -1)):
+		return fmt.Errorf("%w: give --quality, or --strong and --weak", errUsage)
+	}
+	c, err := com.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	report := lmroute.SingleOutcome(*id, *quality, *source)
+	if paired {
+		report = lmroute.PairedOutcome(*id, *strong, *weak, *source)
+	}
+	resp, err := c.Feedback(context.Background(), report)
+	if err != nil {
+		return err
+	}
+	st := resp.GetResults()[0]
+	if st.GetCode() != 0 {
+		return fmt.Errorf("%s (%s): %s", codeName(codes.Code(st.GetCode())), st.GetReason(), st.GetMessage())
+	}
+	if st.GetReason() != "" {
+		fmt.Fprintf(stdout, "stored %d (%s)\n", resp.GetStored(), st.GetReason())
+	} else {
+		fmt.Fprintf(stdout, "stored %d\n", resp.GetStored())
 	}
 	return nil
 }
