@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -447,18 +448,6 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert "mf=" in lines[0] and "bert=" in lines[0] and "EMPTY_PROMPT" in lines[1], score.stdout
     bad = run(go, "route", *addr, "--attempts", "1", "--router", "nope", "--strong-share", "0.5", "hi")
     assert bad.returncode == 1 and "NOT_FOUND (ROUTER_NOT_FOUND)" in bad.stderr, bad.stderr
-    # the decision id route prints, then an outcome of it: stored, a duplicate, a refused one (exit 1)
-    decision = dict(f.split("=", 1) for f in route.stdout.split() if "=" in f)["decision"]
-    fb = ["feedback", *addr, "--decision-id", decision, "--source", "go-cli"]
-    stored = run(go, *fb, "--quality", "1")
-    assert (stored.returncode, stored.stdout.strip()) == (0, "stored 1"), stored.stderr
-    again = run(go, *fb, "--quality", "1")
-    assert (again.returncode, again.stdout.strip()) == (0, "stored 0 (DUPLICATE)"), again.stderr
-    paired = run(go, *fb, "--strong", "1", "--weak", "0.5")
-    assert (paired.returncode, paired.stdout.strip()) == (0, "stored 2"), paired.stderr
-    out_of_range = run(go, *fb, "--quality", "1.5")
-    assert out_of_range.returncode == 1 and "INVALID_ARGUMENT (INVALID_OUTCOME)" in out_of_range.stderr
-    assert run(go, *fb, "--quality", "1", "--strong", "1", "--weak", "0").returncode == 2
     no_policy = run(go, "route", *addr, "--attempts", "1", "--router", "mf", "hi")  # no targets held here
     assert no_policy.returncode == 1 and "the server holds no share targets" in no_policy.stderr, no_policy.stderr
     assert (
@@ -482,3 +471,30 @@ def test_client_names_its_tenant(
     for other in (["--tenant", "interactive"], []):
         refused = run(cmd, "route", *addr, *other, "hi")
         assert refused.returncode == 1 and "no share target for tenant" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("name", CLIENT_NAMES)
+def test_client_reports_an_outcome_of_the_decision_it_printed(
+    name: str, client_command: Callable[[str], list[str]], e2e_server: ServerThread
+) -> None:
+    """`route` prints the decision id; `feedback --decision-id ID` reports an outcome of it: stored, then a
+    duplicate, both models judged, a quality out of range refused (exit 1), bad flags exit 2."""
+    attempts = "--attempts" if name == "go" else "--max-attempts"
+    cmd = client_command(name)
+    addr = ["--addr", e2e_server.target, attempts, "1"]
+    routed = run(cmd, "route", *addr, "--router", "mf", "--threshold", "0.5", f"judge me ({name})")
+    assert routed.returncode == 0, routed.stderr
+    ids = re.findall(r"\b[0-9a-f]{32}\b", routed.stdout)
+    assert len(ids) == 1, routed.stdout
+    fb = ["feedback", *addr, "--decision-id", ids[0], "--source", f"{name}-cli"]
+    for extra, want in [
+        (["--quality", "1"], "stored 1"),
+        (["--quality", "1"], "stored 0 (DUPLICATE)"),
+        (["--strong", "1", "--weak", "0.5"], "stored 2"),
+    ]:
+        out = run(cmd, *fb, *extra)
+        assert (out.returncode, out.stdout.strip()) == (0, want), out.stderr
+    refused = run(cmd, *fb, "--quality", "1.5")
+    assert refused.returncode == 1 and "INVALID_OUTCOME" in refused.stderr, refused.stderr
+    for extra in (["--quality", "1", "--strong", "1", "--weak", "0"], ["--strong", "1"], []):
+        assert run(cmd, *fb, *extra).returncode == 2, extra

@@ -3,6 +3,7 @@ package dev.lmroute.client.cli;
 import dev.lmroute.client.RetryPolicy;
 import dev.lmroute.client.RouterClient;
 import dev.lmroute.client.RouterErrors;
+import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import java.io.FileDescriptor;
@@ -14,6 +15,9 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Optional;
 import java.util.Set;
+import lmroute.v1.Router.FeedbackResponse;
+import lmroute.v1.Router.ItemStatus;
+import lmroute.v1.Router.OutcomeReport;
 import lmroute.v1.Router.PromptScores;
 import lmroute.v1.Router.RouteRequest;
 import lmroute.v1.Router.RouteResponse;
@@ -21,7 +25,7 @@ import lmroute.v1.Router.RouterScore;
 import lmroute.v1.Router.ScoreResponse;
 
 /**
- * {@code java -jar lmroute-java-client.jar <route|score|health|conformance> [options]}.
+ * {@code java -jar lmroute-java-client.jar <route|score|health|feedback|conformance> [options]}.
  *
  * <p>Exit status: 0 success; 1 the call failed (or health is not SERVING); 2 bad arguments.
  */
@@ -40,9 +44,11 @@ public final class Main {
       "  route  [--router NAME] [--threshold X | --strong-share X] PROMPT decide strong vs weak for one prompt",
       "  score  [--router NAME]... PROMPT...                             scores of each prompt (all routers by default)",
       "  health [--service NAME]                                          grpc.health.v1 status (exit 1 unless SERVING)",
+      "  feedback --decision-id ID (--quality Q | --strong Q --weak Q) [--source NAME]",
+      "                                                                   an outcome of a decision (route prints its id)",
       "  conformance --addr HOST:PORT --cases FILE                        run clients/CONFORMANCE.md cases, print JSON",
       "",
-      "common options (route, score, health):",
+      "common options (route, score, health, feedback):",
       "  --addr HOST:PORT      server address (default " + DEFAULT_ADDR + ")",
       "  --timeout-ms N        deadline of the call, retries included (default 10000)",
       "  --max-attempts N      attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (default 4; 1 = no retry)",
@@ -79,8 +85,12 @@ public final class Main {
           return score(Args.parse(argv, 1, with(CALL_OPTIONS, "router")), out, err);
         case "health":
           return health(Args.parse(argv, 1, with(CALL_OPTIONS, "service")), out, err);
+        case "feedback":
+          return feedback(
+              Args.parse(argv, 1, with(CALL_OPTIONS, "decision-id", "quality", "strong", "weak", "source")), out, err);
         default:
-          throw new Args.UsageError("unknown command \"" + argv[0] + "\" (route, score, health, conformance)");
+          throw new Args.UsageError(
+              "unknown command \"" + argv[0] + "\" (route, score, health, feedback, conformance)");
       }
     } catch (Args.UsageError e) {
       err.println("error: " + e.getMessage());
@@ -135,9 +145,9 @@ public final class Main {
     try (RouterClient c = client(a, err)) {
       RouteResponse r = c.route(req.build());
       out.printf(Locale.ROOT, "chosen_model  %s%ntier          %s%nscore         %.6f%nthreshold     %.6f%n"
-              + "router        %s%nbundle        %s%nn_tokens      %d%s%n",
+              + "router        %s%nbundle        %s%nn_tokens      %d%s%ndecision_id   %s%n",
           r.getChosenModel(), r.getTier(), r.getScore(), r.getThreshold(), r.getRouter(), r.getBundleVersion(),
-          r.getNTokens(), r.getTruncated() ? " (truncated)" : "");
+          r.getNTokens(), r.getTruncated() ? " (truncated)" : "", r.getDecisionId());
     }
     return EXIT_OK;
   }
@@ -162,6 +172,34 @@ public final class Main {
         }
         out.println(line);
       }
+    }
+    return EXIT_OK;
+  }
+
+  private static int feedback(Args a, PrintStream out, PrintStream err) throws Args.UsageError {
+    if (!a.positionals().isEmpty()) {
+      throw new Args.UsageError("feedback takes no positional argument (got " + a.positionals() + ")");
+    }
+    String id = a.require("decision-id");
+    Optional<Double> quality = a.getDouble("quality");
+    Optional<Double> strong = a.getDouble("strong");
+    Optional<Double> weak = a.getDouble("weak");
+    if (quality.isPresent() == (strong.isPresent() || weak.isPresent()) || strong.isPresent() != weak.isPresent()) {
+      throw new Args.UsageError("give --quality, or --strong and --weak");
+    }
+    String source = a.get("source").orElse("");
+    OutcomeReport report = quality.isPresent()
+        ? RouterClient.singleOutcome(id, quality.get(), source)
+        : RouterClient.pairedOutcome(id, strong.get(), weak.get(), source);
+    try (RouterClient c = client(a, err)) {
+      FeedbackResponse resp = c.feedback(List.of(report));
+      ItemStatus st = resp.getResults(0);
+      if (st.getCode() != 0) {
+        err.println("error: " + Status.fromCodeValue(st.getCode()).getCode() + " " + st.getReason() + ": "
+            + st.getMessage());
+        return EXIT_FAILED;
+      }
+      out.println("stored " + resp.getStored() + (st.getReason().isEmpty() ? "" : " (" + st.getReason() + ")"));
     }
     return EXIT_OK;
   }
