@@ -29,7 +29,8 @@ Differences from RouteLLM, on purpose: the prompt routed is the last *user* mess
 last message whatever its role); model names also take `router-<router>@<share>` (a calibrated share of
 strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, not a pandas apply; the
 router `default` (unless a loaded router has that name) is the bundle's default router, which an
-accepted adaptation makes its own (`Routing.router` names the router that decided).
+accepted adaptation makes its own (`Routing.router` names the router that decided). Beyond RouteLLM:
+`client.feedback(response.routing, quality)` reports how the answer went, what adaptation learns from.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from lmroute.service.client import RouterClient
+from lmroute.service.client import RouterClient, paired_outcome, single_outcome
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
 from lmroute.v1 import router_pb2
@@ -170,6 +171,10 @@ class _Served:
                 out.append(res.scores[0].strong_win_probability)
         return out
 
+    def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
+        [status] = self.client.feedback([report]).results
+        return status
+
     def close(self) -> None:
         self.client.close()
 
@@ -205,6 +210,9 @@ class _InProcess:
     def scores(self, texts: list[str], router: str) -> list[float]:
         router = router or self.default_router
         return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
+
+    def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
+        raise RoutingError("feedback needs a server (its decisions and outcome store); this Controller is in process")
 
     def close(self) -> None:
         pass
@@ -297,6 +305,32 @@ class Controller:
 
             return pd.Series(scores, index=getattr(prompts, "index", None))
         return scores
+
+    def feedback(
+        self,
+        routing: Routing | str,
+        quality: float | None = None,
+        *,
+        strong: float | None = None,
+        weak: float | None = None,
+        source: str = "",
+    ) -> router_pb2.ItemStatus:
+        """Report how a routed completion went (`response.routing`, or its decision id): `quality` in
+        [0, 1] of the model that answered, or `strong` and `weak`: both models judged on the prompt. The
+        server's status of the outcome (code 0: stored, or reason DUPLICATE); an outcome it refuses
+        raises RoutingError naming why. Needs a server (docs/OUTCOMES.md)."""
+        decision_id = routing.decision_id if isinstance(routing, Routing) else routing
+        if (quality is None) == (strong is None and weak is None) or (strong is None) != (weak is None):
+            raise RoutingError("feedback: give quality, or strong and weak")
+        if quality is not None:
+            report = single_outcome(decision_id, quality, source)
+        else:
+            assert strong is not None and weak is not None
+            report = paired_outcome(decision_id, strong, weak, source)
+        status = self._backend.feedback(report)
+        if status.code != 0:
+            raise RoutingError(f"feedback: {status.reason}: {status.message}")
+        return status
 
     # -- completions ---------------------------------------------------------------------------------
 

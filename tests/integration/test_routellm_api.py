@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,43 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
     client.close()
 
 
+def test_feedback_on_a_routed_completion_reaches_the_store(
+    fake_servers: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from lmroute.outcomes.store import open_store
+
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    srv = fake_servers(store=dsn)
+    up = FakeUpstream("openai").start()
+    monkeypatch.setenv("OPENAI_BASE_URL", up.base_url)
+    try:
+        client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini", target=srv.target)
+        r = client.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": "Why?"}])
+        deadline = time.monotonic() + 10
+        while True:  # the decision is written behind the answer
+            try:
+                status = client.feedback(r.routing, 0.75, source="thumbs")
+                break
+            except RoutingError as exc:
+                assert "DECISION_NOT_RECORDED_YET" in str(exc) and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert (status.code, status.reason) == (0, "")
+        assert client.feedback(r.routing.decision_id, 0.75, source="thumbs").reason == "DUPLICATE"
+        assert client.feedback(r.routing, strong=1.0, weak=0.0, source="judge").reason == ""
+        with pytest.raises(RoutingError, match="INVALID_OUTCOME"):
+            client.feedback(r.routing, 1.5)
+        with pytest.raises(RoutingError, match="give quality, or strong and weak"):
+            client.feedback(r.routing, 1.0, strong=1.0)
+        client.close()
+        store = open_store(dsn)
+        [row] = store.labeled_prompts()
+        store.close()
+        # the server's pair (the fake's): the thumbs on the model it chose, the judge on both
+        assert row.decision_id == r.routing.decision_id and set(row.qualities) == {"fake-strong", "fake-weak"}
+    finally:
+        up.stop()
+
+
 def test_errors_are_routing_errors(
     world: tuple[ServerThread, FakeUpstream, FakeUpstream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,6 +228,8 @@ def test_in_process_controller_decides_as_the_server_does(tmp_path: Path, monkey
         assert r.choices[0].message.content == f"openai: {prompts[0]}"
         with pytest.raises(RoutingError, match="a live share target needs a server"):
             local.chat.completions.create(model="router-mf", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(RoutingError, match="feedback needs a server"):
+            local.feedback(s.routing, 1.0)
         with pytest.raises(RoutingError, match="router 'bert' is not in the bundle"):
             Controller(routers=["bert"], strong_model="a", weak_model="b", bundle=bundle)
         served.close()
