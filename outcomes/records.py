@@ -41,17 +41,17 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "UNNAMED_REPORTER",
     "Decision",
     "LabeledPrompt",
     "Outcome",
     "OutcomeError",
-    "TargetChange",
     "OutcomeKind",
+    "TargetChange",
     "Verdict",
     "add_reporters_arg",
     "prompt_sha256",
     "reporters_named",
-    "UNNAMED_REPORTER",
 ]
 
 

@@ -72,7 +72,12 @@ class TargetSync:
         rows = await self._call(lambda store: store.target_changes(after_id=after))
         changed = 0
         for change_id, change in rows:
-            if self.targets.apply(change):
+            try:
+                done = self.targets.apply(change)
+            except ValueError as exc:  # a row no SetTargets wrote (it checks every value): skipped, said
+                _log.warning("target_change_ignored", id=change_id, tenant=change.tenant, error=str(exc))
+                done = False
+            if done:
                 changed += 1
                 _log.info(
                     "target_applied", id=change_id, tenant=change.tenant, target=change.target, value=change.value
