@@ -5,7 +5,9 @@
 
 Steps:
 1. Read the judged prompts of the store (`OutcomeStore.labeled_prompts`, optionally since a time, and
-   only the outcomes of the `reporters` trusted: the gate then holds out only theirs too) and keep those
+   only the outcomes of the `reporters` trusted: the gate then holds out only theirs too; with
+   `gate_reporters` the gate holds out only the prompts those reporters judged, judged by their
+   outcomes alone, while the head learns from all of `reporters`') and keep those
    the kind can learn from: paired = both models of the bundle's default pair judged (paired or
    preference outcomes); single = a Route decision of this pair with its propensity and the chosen
    model's quality.
@@ -29,7 +31,8 @@ before), else the base router; a new adaptation replaces the adapted router.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +221,11 @@ def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) ->
     ]
 
 
+def _gap(qualities: Mapping[str, float], strong: str, weak: str) -> float:
+    """strong - weak quality where both were judged, else NaN."""
+    return qualities[strong] - qualities[weak] if strong in qualities and weak in qualities else math.nan
+
+
 def adapt_from_store(
     bundle_dir: str | Path,
     store: OutcomeStore,
@@ -227,6 +235,7 @@ def adapt_from_store(
     base_router: str = "mf",
     since_ms: int = 0,
     reporters: Collection[str] | None = None,
+    gate_reporters: Collection[str] | None = None,
     margin: float | None = None,
     splits: str = "cross_fit",
     paired_learner: str = PAIRED_LEARNERS[0],
@@ -273,10 +282,17 @@ def adapt_from_store(
     gate_kw: dict[str, Any] = {"seed": seed, "splits": splits, "unseen": unseen}
     if margin is not None:
         gate_kw["margin"] = margin
+    # the gate's own outcomes: the trusted reporters' alone, on the prompts trained on (NaN: none)
+    trusted = None
+    if gate_reporters is not None:
+        trusted = {r.target: r.qualities for r in store.labeled_prompts(since_ms=since_ms, reporters=gate_reporters)}
+        report["gate_reporters"] = sorted(gate_reporters)
     result: Adaptation
     if kind == "paired":
         gap = np.asarray([r.qualities[pair.strong] - r.qualities[pair.weak] for r in used])
         report["learner"] = paired_learner
+        if trusted is not None:
+            gate_kw["gate_gap"] = np.asarray([_gap(trusted.get(r.target, {}), pair.strong, pair.weak) for r in used])
         result = adapt_paired(
             feats.embeddings,
             feats.lengths,
@@ -291,6 +307,10 @@ def adapt_from_store(
         chose_strong = np.asarray([r.chosen_model == pair.strong for r in used])
         quality = np.asarray([r.qualities[r.chosen_model or ""] for r in used])
         propensity = np.asarray([r.propensity for r in used], dtype=np.float64)
+        if trusted is not None:
+            gate_kw["gate_quality"] = np.asarray(
+                [trusted.get(r.target, {}).get(r.chosen_model or "", math.nan) for r in used]
+            )
         result = adapt_single(
             feats.embeddings,
             feats.lengths,
@@ -302,6 +322,9 @@ def adapt_from_store(
             feats.time_ms,
             **gate_kw,
         )
+    if trusted is not None:
+        gated = np.asarray(gate_kw["gate_gap"] if kind == "paired" else gate_kw["gate_quality"])
+        report["outcomes_gated"] = int(np.isfinite(gated).sum())
     report["gate"] = result.decision.to_dict()
     report["blend"] = {"n0": result.n0, "weight": result.weight}
     candidate_version = None

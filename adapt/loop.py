@@ -85,8 +85,8 @@ class Round:
 @dataclass(frozen=True)
 class RoundSettings:
     """What a round adapts with: the outcome kind, the base router (None: mf, or quality for qualities),
-    the window of outcomes (ms back from now; 0 = all), the gate's splits, the paired learner and the
-    reporters trusted."""
+    the window of outcomes (ms back from now; 0 = all), the gate's splits, the paired learner, the
+    reporters learnt from and those the gate judges by."""
 
     kind: str = "paired"
     base_router: str | None = None
@@ -94,6 +94,7 @@ class RoundSettings:
     splits: str = "cross_fit"
     paired_learner: str = "kernel"
     reporters: frozenset[str] | None = None  # learn only from these tenants' outcomes; None = everyone's
+    gate_reporters: frozenset[str] | None = None  # paired, single: the gate judges by these tenants' alone
 
 
 def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
@@ -123,6 +124,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 base_router=settings.base_router or "mf",
                 since_ms=since,
                 reporters=settings.reporters,
+                gate_reporters=settings.gate_reporters,
                 splits=settings.splits,
                 paired_learner=settings.paired_learner,
             )
@@ -233,8 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         reporters = reporters_named(args.reporters)
+        gate_reporters = reporters_named(args.gate_reporters)
     except ValueError as exc:
         ap.error(str(exc))
+    if gate_reporters is not None and args.kind == "qualities":
+        ap.error("--gate-reporters: for paired and single outcomes (not --kind qualities)")
     connect = connection_kwargs(args)
     settings = RoundSettings(
         kind=args.kind,
@@ -243,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits=args.gate_splits,
         paired_learner=args.paired_learner,
         reporters=reporters,
+        gate_reporters=gate_reporters,
     )
     while True:
         try:

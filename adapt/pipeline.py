@@ -124,6 +124,22 @@ def _single_head(
     return fit_blend(emb, length, pseudo, base, head, seed)
 
 
+def _gated(
+    values: FloatArray, gate_values: npt.ArrayLike | None, unseen: npt.ArrayLike | None
+) -> tuple[FloatArray, npt.NDArray[np.bool_] | None]:
+    """(what the gate judges by, the outcomes it may hold out: None = all) from the training values, the
+    gate's own (NaN: none for that outcome) and the champion's unseen outcomes."""
+    if gate_values is None:
+        return values, None if unseen is None else np.asarray(unseen, dtype=np.bool_)
+    judged = np.asarray(gate_values, dtype=np.float64)
+    if judged.shape != values.shape:
+        raise ValueError(f"gate values: {judged.shape} for {values.shape} outcomes")
+    held_out = np.isfinite(judged)
+    if unseen is not None:
+        held_out &= np.asarray(unseen, dtype=np.bool_)
+    return judged, held_out
+
+
 def adapt_paired(
     embeddings: npt.ArrayLike,
     lengths: npt.ArrayLike,
@@ -137,21 +153,24 @@ def adapt_paired(
     unseen: npt.ArrayLike | None = None,
     learner: str = PAIRED_LEARNERS[0],
     seed: int = 0,
+    gate_gap: npt.ArrayLike | None = None,
 ) -> Adaptation:
     """Adapt from paired outcomes: per outcome the prompt's embedding and log_length, gap = strong -
     weak quality, the base router's and the champion's scores, and the time it was judged; `unseen`:
     the outcomes the champion was not fitted on, the only ones held out (`gate_splits`); `learner`: of
-    `PAIRED_LEARNERS` (`fit_paired`)."""
+    `PAIRED_LEARNERS` (`fit_paired`). `gate_gap`: the gap the gate judges by, NaN where it has none (the
+    trusted reporters' outcomes alone: only those prompts are held out); None = `gap`."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, g = np.asarray(lengths, dtype=np.float64), np.asarray(gap, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
+    judged, held_out = _gated(g, gate_gap, unseen)
     cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
-    for train, held in gate_splits(timestamps, splits, seed, unseen):
+    for train, held in gate_splits(timestamps, splits, seed, held_out):
         head = fit_paired(emb[train], length[train], g[train], learner=learner, seed=seed)
         head, n0, weight, base_std = fit_blend(emb[train], length[train], g[train], base[train], head, seed)
         cand.append(blended_scores(head, emb[held], length[held], base[held], weight, base_std))
         champ_h.append(champ[held])
-        gain_h.append(g[held])
+        gain_h.append(judged[held])
     decision = gate(np.concatenate(champ_h), np.concatenate(cand), np.concatenate(gain_h), margin=margin, seed=seed)
     head = fit_paired(emb, length, g, learner=learner, seed=seed)
     head, n0, weight, base_std = fit_blend(emb, length, g, base, head, seed)
@@ -173,17 +192,20 @@ def adapt_single(
     unseen: npt.ArrayLike | None = None,
     seed: int = 0,
     method: str = "shared",
+    gate_quality: npt.ArrayLike | None = None,
 ) -> Adaptation:
     """Adapt from single outcomes (the chosen model's quality and its propensity per decision) with
     `fit_single`'s `method` (default: the shared outcome model, `lmroute.adapt.learners.fit_shared`);
-    the gate's gains are held-out doubly robust pseudo-gaps; `unseen` as for `adapt_paired`."""
+    the gate's gains are held-out doubly robust pseudo-gaps; `unseen` as for `adapt_paired`;
+    `gate_quality`: the quality the gate's gains are made of, NaN where it has none (as `gate_gap`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, q = np.asarray(lengths, dtype=np.float64), np.asarray(quality, dtype=np.float64)
     arm, p = np.asarray(chose_strong, dtype=np.bool_), np.asarray(propensity, dtype=np.float64)
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     x = design(emb, length)
+    judged, held_out = _gated(q, gate_quality, unseen)
     cand, champ_h, gain_h = [_EMPTY], [_EMPTY], [_EMPTY]
-    for train, held in gate_splits(timestamps, splits, seed, unseen):
+    for train, held in gate_splits(timestamps, splits, seed, held_out):
         head, _, weight, base_std = _single_head(
             emb[train], length[train], arm[train], q[train], p[train], base[train], method, seed
         )
@@ -191,7 +213,7 @@ def adapt_single(
         champ_h.append(champ[held])
         gain_h.append(
             held_out_dr_gain(
-                (x[train], arm[train], q[train], p[train]), (x[held], arm[held], q[held], p[held]), seed=seed
+                (x[train], arm[train], q[train], p[train]), (x[held], arm[held], judged[held], p[held]), seed=seed
             )
         )
     decision = gate(

@@ -88,7 +88,8 @@ UNNAMED_REPORTER = "(none)"
 
 
 def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
-    """The `--reporters` flag of the commands that adapt from a store (parsed by `reporters_named`)."""
+    """The `--reporters` and `--gate-reporters` flags of the commands that adapt from a store (each
+    parsed by `reporters_named`)."""
     parser.add_argument(
         "--reporters",
         action="append",
@@ -96,6 +97,14 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         metavar="NAMES",
         help="learn only from the outcomes these tenants reported (comma-separated, repeatable; "
         f"{UNNAMED_REPORTER} = callers naming no tenant); default: every reporter's",
+    )
+    parser.add_argument(
+        "--gate-reporters",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="paired and single: the gate judges the candidate on these tenants' outcomes alone (the prompts "
+        "they judged), while it learns from all of --reporters'; default: the gate judges by what it learns from",
     )
 
 

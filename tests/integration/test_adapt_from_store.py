@@ -149,6 +149,51 @@ def test_adapt_learns_from_the_trusted_reporters_alone(
     assert '"reporters": [\n    "",\n    "ops"\n  ]' in capsys.readouterr().out
     assert main(args + ["--reporters", "not a name"]) == 1
     assert "reporters: 'not a name' is not a tenant name" in capsys.readouterr().err
+    gated = [*args[:-1], str(tmp_path / "gated"), "--gate-reporters", "(none)"]
+    assert main(gated) == 0  # learnt from both (their means cancel), judged by the clean outcomes alone
+    assert '"gate_reporters": [\n    ""\n  ]' in capsys.readouterr().out
+    assert main(args + ["--kind", "qualities", "--gate-reporters", "(none)"]) == 1
+    assert "--gate-reporters: for paired and single outcomes" in capsys.readouterr().err
+
+
+def test_the_gate_judges_by_the_trusted_reporters_while_the_head_learns_from_all(parent: Path, tmp_path: Path) -> None:
+    """A tenant reporting on its own prompts that the strong model is always right and the weak one
+    wrong wherever it is right steers the head the wrong way while the mean gain stays positive: a gate
+    judging by every reporter's outcomes accepts that candidate; `gate_reporters` (the operator's judge,
+    on a third of the prompts) refuses it, and still accepts what an honest tenant's outcomes teach."""
+    clean = _judged(parent, shuffled=False)
+    texts = list(dict.fromkeys(o.prompt_text for o in clean))
+    judge = set(texts[: N // 3])  # the operator's judge (no tenant); the rest reported by tenant "app"
+    strong = load_bundle(parent).manifest.default_pair.strong
+
+    def reported(poisoned: bool) -> list[Outcome]:
+        out = []
+        for o in clean:
+            if o.prompt_text in judge:
+                out.append(o)
+            elif poisoned:
+                out.append(
+                    dataclasses.replace(o, reporter="app", quality=1.0 if o.model == strong else 1.0 - o.quality)
+                )
+            else:
+                out.append(dataclasses.replace(o, reporter="app"))
+        return out
+
+    runs = {}
+    for poisoned in (True, False):
+        store = open_store(f"sqlite:{tmp_path / f'poisoned-{poisoned}.sqlite3'}")
+        store.write([], reported(poisoned))
+        for gate in (None, {""}):
+            out = tmp_path / f"out-{poisoned}-{gate is not None}"
+            runs[poisoned, gate is not None] = adapt_from_store(parent, store, out, gate_reporters=gate)
+        store.close()
+    assert runs[True, False].accepted  # judged by the poisoner's own outcomes too: it passes
+    refused = runs[True, True]
+    assert not refused.accepted and refused.report["outcomes_gated"] == N // 3
+    assert refused.report["gate"]["n_held_out"] == N // 3 and refused.report["gate_reporters"] == [""]
+    assert refused.report["gate"]["candidate_apgr"] < refused.report["gate"]["champion_apgr"]
+    honest = runs[False, True]
+    assert honest.accepted and honest.n_outcomes == N  # learnt from all, judged on the judge's third
 
 
 def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
