@@ -24,7 +24,18 @@ from lmroute.v1 import router_pb2
 __all__ = ["run_case", "run_cases", "main"]
 
 DEFAULT_TIMEOUT_MS = 30_000
-RPCS = ("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets", "ListShareTargets", "ListSpendTargets")
+RPCS = (
+    "Score",
+    "Route",
+    "Health",
+    "ListRouters",
+    "Feedback",
+    "SetTargets",
+    "ListShareTargets",
+    "ListSpendTargets",
+    "GetBundle",
+    "ReloadBundle",
+)
 ROUTED = "routed"  # a Feedback outcome's decision_id meaning: the decision of the case's own Route call
 
 
@@ -115,6 +126,12 @@ def _call(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[
         return _feedback(client, case, timeout_s)
     if rpc == "SetTargets":
         return _targets(client.set_targets(case.get("shares"), case.get("spends"), timeout_s=timeout_s))
+    if rpc == "GetBundle":
+        b = client.get_bundle(timeout_s=timeout_s)
+        return {"bundle_version": b.bundle_version, "routers": list(b.routers)}
+    if rpc == "ReloadBundle":
+        r = client.reload_bundle(case.get("path", ""), timeout_s=timeout_s)
+        return {"bundle_version": r.bundle_version, "previous_version": r.previous_version}
     if rpc == "ListShareTargets":
         return {"targets": {t.tenant: t.strong_share for t in client.list_share_targets(timeout_s=timeout_s).targets}}
     listed = client.list_spend_targets(timeout_s=timeout_s).targets

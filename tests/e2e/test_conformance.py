@@ -110,6 +110,9 @@ def build_cases() -> list[dict[str, Any]]:
             "shares": {"conformance": None},
             "spends": {"conformance": None},
         },
+        {"id": "get-bundle", "rpc": "GetBundle"},
+        {"id": "reload-bundle-serving-path", "rpc": "ReloadBundle", "path": "", "timeout_ms": 120_000},
+        {"id": "reload-bundle-missing", "rpc": "ReloadBundle", "path": "/nonexistent/lmroute-bundle"},
     ]
     return cases
 
@@ -129,6 +132,7 @@ EXPECTED_ERRORS = {
     "set-targets-bad-tenant": ("INVALID_ARGUMENT", "INVALID_TENANT"),
     "set-targets-out-of-range": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "set-targets-remove-missing": ("NOT_FOUND", "NO_TARGET"),
+    "reload-bundle-missing": ("FAILED_PRECONDITION", "BUNDLE_INVALID"),
 }
 
 
@@ -193,6 +197,10 @@ def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[st
     assert reference["list-spend-targets"]["targets"] == {"conformance": 2.5}
     removed = reference["set-targets-remove"]
     assert (removed["code"], removed["share_targets"], removed["spend_targets"]) == ("OK", {}, {})
+    serving = reference["get-bundle"]
+    assert serving["code"] == "OK" and sorted(serving["routers"]) == sorted(ROUTERS)
+    again = reference["reload-bundle-serving-path"]  # the same bundle again: the same version serves
+    assert again["code"] == "OK" and again["bundle_version"] == again["previous_version"] == serving["bundle_version"]
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -217,6 +225,9 @@ def differences(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
         same("results", ref["results"], got.get("results"))
     elif "share_targets" in ref or "targets" in ref:  # SetTargets, ListShareTargets, ListSpendTargets
         for key in ("share_targets", "spend_targets", "targets"):
+            same(key, ref.get(key), got.get(key))
+    elif "bundle_version" in ref and "results" not in ref:  # GetBundle, ReloadBundle
+        for key in ("bundle_version", "routers", "previous_version"):
             same(key, ref.get(key), got.get(key))
     elif "results" in ref:  # Score
         same("bundle_version", ref["bundle_version"], got.get("bundle_version"))
@@ -272,6 +283,8 @@ def test_the_comparison_catches_each_kind_of_difference(reference: dict[str, dic
         ("feedback-after-route", lambda g: g["results"][2].update(item_reason="")),
         ("set-targets", lambda g: g["share_targets"].update(conformance=0.5)),
         ("list-spend-targets", lambda g: g["targets"].clear()),
+        ("get-bundle", lambda g: g["routers"].pop()),
+        ("reload-bundle-serving-path", lambda g: g.update(previous_version="other")),
     ]
     for cid, change in changes:
         found = perturbed(cid, change)

@@ -168,6 +168,24 @@ func (c *Client) SetTargets(ctx context.Context, shares, spends map[string]*floa
 	return call(c, ctx, func(ctx context.Context) (*lmroutev1.SetTargetsResponse, error) { return c.admin.SetTargets(ctx, req) })
 }
 
+// GetBundle says which bundle the server serves, since when, its routers and the swaps so far
+// (AdminService).
+func (c *Client) GetBundle(ctx context.Context) (*lmroutev1.GetBundleResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.GetBundleResponse, error) {
+		return c.admin.GetBundle(ctx, &lmroutev1.GetBundleRequest{})
+	})
+}
+
+// ReloadBundle hot-swaps the server's bundle for the one at path on the server ("" = its serving path
+// again, e.g. a flipped symlink) without a failed call (AdminService). FAILED_PRECONDITION when the
+// candidate is refused: the old bundle keeps serving.
+func (c *Client) ReloadBundle(ctx context.Context, path string) (*lmroutev1.ReloadBundleResponse, error) {
+	req := &lmroutev1.ReloadBundleRequest{Path: path}
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ReloadBundleResponse, error) {
+		return c.admin.ReloadBundle(ctx, req)
+	})
+}
+
 // ListShareTargets lists the tenants' strong-share targets and, per tenant and router, what their
 // controllers realise (AdminService).
 func (c *Client) ListShareTargets(ctx context.Context) (*lmroutev1.ListShareTargetsResponse, error) {

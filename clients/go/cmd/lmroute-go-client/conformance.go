@@ -40,6 +40,8 @@ type conformanceCase struct {
 	// SetTargets: tenant -> new target, null to remove it.
 	Shares map[string]*float64 `json:"shares"`
 	Spends map[string]*float64 `json:"spends"`
+	// ReloadBundle: the bundle directory on the server ("" = its serving path).
+	Path string `json:"path"`
 }
 
 // conformanceOutcome is one outcome of a Feedback case: single (a quality) or paired ([strong, weak]).
@@ -55,6 +57,7 @@ const routedDecision = "routed"
 var knownRPCs = map[string]bool{
 	"Score": true, "Route": true, "Health": true, "ListRouters": true,
 	"Feedback": true, "SetTargets": true, "ListShareTargets": true, "ListSpendTargets": true,
+	"GetBundle": true, "ReloadBundle": true,
 }
 
 type itemResult struct {
@@ -160,6 +163,16 @@ func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
 		var resp *lmroutev1.ListShareTargetsResponse
 		if resp, err = c.ListShareTargets(ctx); err == nil {
 			out["targets"] = shareMap(resp.GetTargets())
+		}
+	case "GetBundle":
+		var resp *lmroutev1.GetBundleResponse
+		if resp, err = c.GetBundle(ctx); err == nil {
+			out["bundle_version"], out["routers"] = resp.GetBundleVersion(), resp.GetRouters()
+		}
+	case "ReloadBundle":
+		var resp *lmroutev1.ReloadBundleResponse
+		if resp, err = c.ReloadBundle(ctx, cs.Path); err == nil {
+			out["bundle_version"], out["previous_version"] = resp.GetBundleVersion(), resp.GetPreviousVersion()
 		}
 	case "ListSpendTargets":
 		var resp *lmroutev1.ListSpendTargetsResponse

@@ -15,10 +15,14 @@ import java.util.Objects;
 import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import lmroute.v1.Admin.GetBundleRequest;
+import lmroute.v1.Admin.GetBundleResponse;
 import lmroute.v1.Admin.ListShareTargetsRequest;
 import lmroute.v1.Admin.ListShareTargetsResponse;
 import lmroute.v1.Admin.ListSpendTargetsRequest;
 import lmroute.v1.Admin.ListSpendTargetsResponse;
+import lmroute.v1.Admin.ReloadBundleRequest;
+import lmroute.v1.Admin.ReloadBundleResponse;
 import lmroute.v1.Admin.SetTargetsRequest;
 import lmroute.v1.Admin.SetTargetsResponse;
 import lmroute.v1.Admin.TargetChange;
@@ -213,6 +217,23 @@ public final class RouterClient implements AutoCloseable {
         ? TargetChange.newBuilder().setTenant(tenant).setRemoveSpend(true)
         : TargetChange.newBuilder().setTenant(tenant).setSpendPer1KUsd(v)));
     return req.build();
+  }
+
+  // ---- Bundle (AdminService)
+
+  /** Which bundle serves, since when, its routers and the swaps so far. */
+  public GetBundleResponse getBundle(Duration timeout) {
+    GetBundleRequest req = GetBundleRequest.getDefaultInstance();
+    return retrier.call("GetBundle", deadlineAfter(timeout), d -> admin.withDeadline(d).getBundle(req));
+  }
+
+  /**
+   * Hot-swaps the server's bundle for the one at {@code path} on the server ("" = its serving path again)
+   * without a failed call; {@code FAILED_PRECONDITION} when the candidate is refused (the old one serves).
+   */
+  public ReloadBundleResponse reloadBundle(String path, Duration timeout) {
+    ReloadBundleRequest req = ReloadBundleRequest.newBuilder().setPath(path).build();
+    return retrier.call("ReloadBundle", deadlineAfter(timeout), d -> admin.withDeadline(d).reloadBundle(req));
   }
 
   /** The tenants' strong-share targets and, per tenant and router, what their controllers realise. */

@@ -16,8 +16,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
+import lmroute.v1.Admin.GetBundleResponse;
 import lmroute.v1.Admin.ListShareTargetsResponse;
 import lmroute.v1.Admin.ListSpendTargetsResponse;
+import lmroute.v1.Admin.ReloadBundleResponse;
 import lmroute.v1.Admin.SetTargetsResponse;
 import lmroute.v1.Admin.TenantSpendTarget;
 import lmroute.v1.Admin.TenantTarget;
@@ -99,6 +101,20 @@ final class Conformance {
           ListShareTargetsResponse resp = client.listShareTargets(c.timeout());
           r.addProperty("code", "OK");
           r.add("targets", shareMap(resp.getTargetsList()));
+        }
+        case "GetBundle" -> {
+          GetBundleResponse resp = client.getBundle(c.timeout());
+          r.addProperty("code", "OK");
+          r.addProperty("bundle_version", resp.getBundleVersion());
+          JsonArray routers = new JsonArray();
+          resp.getRoutersList().forEach(routers::add);
+          r.add("routers", routers);
+        }
+        case "ReloadBundle" -> {
+          ReloadBundleResponse resp = client.reloadBundle(c.path(), c.timeout());
+          r.addProperty("code", "OK");
+          r.addProperty("bundle_version", resp.getBundleVersion());
+          r.addProperty("previous_version", resp.getPreviousVersion());
         }
         case "ListSpendTargets" -> {
           ListSpendTargetsResponse resp = client.listSpendTargets(c.timeout());

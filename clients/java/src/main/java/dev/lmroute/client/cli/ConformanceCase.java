@@ -29,6 +29,7 @@ import java.util.Set;
  * @param outcomes Feedback: the outcomes to report (after a Route call of {@code prompt}, when given)
  * @param shares SetTargets: tenant to strong-share target, null to remove it
  * @param spends SetTargets: tenant to spend target, null to remove it
+ * @param path ReloadBundle: the bundle directory on the server ("" = its serving path)
  */
 record ConformanceCase(
     String id,
@@ -43,10 +44,11 @@ record ConformanceCase(
     String service,
     List<Outcome> outcomes,
     Map<String, Double> shares,
-    Map<String, Double> spends) {
+    Map<String, Double> spends,
+    String path) {
 
-  static final Set<String> RPCS = Set.of(
-      "Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets", "ListShareTargets", "ListSpendTargets");
+  static final Set<String> RPCS = Set.of("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets",
+      "ListShareTargets", "ListSpendTargets", "GetBundle", "ReloadBundle");
 
   /** The decision_id of a Feedback outcome that names the decision of the case's own Route call. */
   static final String ROUTED = "routed";
@@ -114,7 +116,7 @@ record ConformanceCase(
     switch (rpc) {
       case "Score":
         return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, true),
-            strings(c, "routers", where, false), null, null, null, null, null, null, null, null);
+            strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null);
       case "Route": {
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         Double share = c.has("strong_share") ? number(c, "strong_share", where) : null;
@@ -122,22 +124,26 @@ record ConformanceCase(
           throw new CasesError(where + ": threshold and strong_share are both given; give at most one");
         }
         return new ConformanceCase(id, rpc, timeout, null, null, string(c, "prompt", where, null),
-            string(c, "router", where, null), threshold, share, null, null, null, null);
+            string(c, "router", where, null), threshold, share, null, null, null, null, null);
       }
       case "Health":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null,
-            string(c, "service", where, ""), null, null, null);
+            string(c, "service", where, ""), null, null, null, null);
       case "Feedback": {
         String prompt = c.has("prompt") ? string(c, "prompt", where, null) : null;
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         return new ConformanceCase(id, rpc, timeout, null, null, prompt, string(c, "router", where, ""),
-            threshold, null, null, outcomes(c, where), null, null);
+            threshold, null, null, outcomes(c, where), null, null, null);
       }
       case "SetTargets":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null,
-            targets(c, "shares", where), targets(c, "spends", where));
+            targets(c, "shares", where), targets(c, "spends", where), null);
+      case "ReloadBundle":
+        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null,
+            string(c, "path", where, ""));
       default:
-        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null);
+        return new ConformanceCase(
+            id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null);
     }
   }
 

@@ -75,8 +75,8 @@ class ConformanceCaseTest {
     assertEquals("c.json: cases[0]: threshold and strong_share are both given; give at most one",
         errorOf("{\"cases\": [{\"id\": \"r\", \"rpc\": \"Route\", \"prompt\": \"p\", \"router\": \"mf\","
             + " \"threshold\": 0.1, \"strong_share\": 0.2}]}"));
-    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: Feedback, Health, ListRouters, "
-        + "ListShareTargets, ListSpendTargets, Route, Score, SetTargets)",
+    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: Feedback, GetBundle, Health, "
+        + "ListRouters, ListShareTargets, ListSpendTargets, ReloadBundle, Route, Score, SetTargets)",
         errorOf("{\"cases\": [{\"id\": \"a\", \"rpc\": \"ListRouters\"}, {\"id\": \"b\", \"rpc\": \"GetRouter\"}]}"));
     assertEquals("c.json: cases[0].id: required", errorOf("{\"cases\": [{\"rpc\": \"ListRouters\"}]}"));
     assertEquals("c.json: cases[0].prompts[1]: expected a string (got 3)",
