@@ -94,7 +94,7 @@ class RoundSettings:
     splits: str = "cross_fit"
     paired_learner: str = "kernel"
     reporters: frozenset[str] | None = None  # learn only from these tenants' outcomes; None = everyone's
-    gate_reporters: frozenset[str] | None = None  # paired, single: the gate judges by these tenants' alone
+    gate_reporters: frozenset[str] | None = None  # the gate judges by these tenants' outcomes alone
 
 
 def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
@@ -113,6 +113,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 base_router=base,
                 since_ms=since,
                 reporters=settings.reporters,
+                gate_reporters=settings.gate_reporters,
                 splits=settings.splits,
             )
         else:
@@ -238,8 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         gate_reporters = reporters_named(args.gate_reporters)
     except ValueError as exc:
         ap.error(str(exc))
-    if gate_reporters is not None and args.kind == "qualities":
-        ap.error("--gate-reporters: for paired and single outcomes (not --kind qualities)")
     connect = connection_kwargs(args)
     settings = RoundSettings(
         kind=args.kind,

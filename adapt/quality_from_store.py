@@ -4,8 +4,9 @@
     run.accepted, run.report          # the gate's verdict and every number; recorded in the store too
 
 Steps:
-1. Read the judged prompts of the store (optionally since a time, and only the `reporters` trusted):
-   every prompt with a quality for any model, whatever the outcome's kind (`qualities`, `single`,
+1. Read the judged prompts of the store (optionally since a time, and only the `reporters` trusted;
+   with `gate_reporters` the gate holds out only the prompts those reporters judged, by their
+   qualities alone): every prompt with a quality for any model, whatever the outcome's kind (`qualities`, `single`,
    `paired`, `preference`).
 2. Features in the bundle's space: the stored embedding when its `encoder_id` is the bundle's, else the
    prompt text embedded now; the length feature from the text or the recorded character count. A
@@ -134,6 +135,7 @@ def adapt_qualities_from_store(
     base_router: str = "quality",
     since_ms: int = 0,
     reporters: Collection[str] | None = None,
+    gate_reporters: Collection[str] | None = None,
     margin: float | None = None,
     order_margin: float | None = None,
     routing_margin: float | None = None,
@@ -190,6 +192,17 @@ def adapt_qualities_from_store(
     for i, r in enumerate(used):
         for m, q in r.qualities.items():
             quality[i, col[m]] = q
+    gate_kw: dict[str, Any] = {}
+    if gate_reporters is not None:  # the gate's qualities: the trusted reporters' alone (NaN: none)
+        trusted = {r.target: r.qualities for r in store.labeled_prompts(since_ms=since_ms, reporters=gate_reporters)}
+        gated = np.full_like(quality, np.nan)
+        for i, r in enumerate(used):
+            for m, q in trusted.get(r.target, {}).items():
+                if m in col:
+                    gated[i, col[m]] = q
+        gate_kw["gate_quality"] = gated
+        report["gate_reporters"] = sorted(gate_reporters)
+        report["outcomes_gated"] = int(np.isfinite(gated).any(axis=1).sum())
     from_base = [m in base.models for m in models]
     unseen = unseen_by(bundle, ADAPTED_QUALITY if champion is served else base_router, [r.time_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
@@ -213,6 +226,7 @@ def adapt_qualities_from_store(
         splits=splits,
         min_outcomes=min_outcomes,
         seed=seed,
+        **gate_kw,
     )
     heads = result.heads
     report["gate"] = result.decision.to_dict()

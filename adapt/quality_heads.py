@@ -540,17 +540,27 @@ def adapt_qualities(
     unseen: npt.ArrayLike | None = None,
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
+    gate_quality: npt.ArrayLike | None = None,
 ) -> QualityAdaptation:
     """Gate, then refit (module docstring). quality and base [n, m] over `models`; champion [n, k] over
     `champion_models` (what serves now); `logged`: the choices behind the n prompts' outcomes, columns
     over `models` (the routing condition); `unseen`: the outcomes the champion was not fitted on, the
-    only ones held out (`lmroute.adapt.gate.gate_splits`)."""
+    only ones held out (`lmroute.adapt.gate.gate_splits`); `gate_quality` [n, m]: the qualities the
+    gate judges by (the trusted reporters' alone, NaN where they judged none; only prompts with one are
+    held out), None = `quality`."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length = np.asarray(lengths, dtype=np.float64)
     q, b, champ = (np.asarray(a, dtype=np.float64) for a in (quality, base, champion))
+    judged, held_out = q, None if unseen is None else np.asarray(unseen, dtype=np.bool_)
+    if gate_quality is not None:
+        judged = np.asarray(gate_quality, dtype=np.float64)
+        if judged.shape != q.shape:
+            raise ValueError(f"gate_quality: {judged.shape} for qualities {q.shape}")
+        has_gate = np.asarray(np.isfinite(judged).any(axis=1), dtype=np.bool_)
+        held_out = has_gate if held_out is None else has_gate & held_out
     none = np.zeros((0, len(models)))  # no fold left (every outcome seen): nothing held out
     cand_h, champ_h, q_h, held_rows = [none], [none], [none], [np.zeros(0, dtype=np.int64)]
-    for train, held in gate_splits(timestamps, splits, seed, unseen):
+    for train, held in gate_splits(timestamps, splits, seed, held_out):
         held_rows.append(np.asarray(held))
         heads = fit_quality_heads(
             emb[train], length[train], q[train], b[train], models, from_base, min_outcomes=min_outcomes, seed=seed
@@ -561,7 +571,7 @@ def adapt_qualities(
         champ_cols = _champion_columns(champ[held], champion_models, heads.models, fallback)
         champ_h.append(_in_columns(champ_cols, cols, len(models)))
         # judged cells of models the fold's heads left out do not count
-        q_h.append(_in_columns(q[held][:, cols], cols, len(models)))
+        q_h.append(_in_columns(judged[held][:, cols], cols, len(models)))
     decision = gate_qualities(
         np.concatenate(champ_h),
         np.concatenate(cand_h),

@@ -324,8 +324,6 @@ def _adapt(args: argparse.Namespace) -> int:
     try:
         reporters = reporters_named(args.reporters)
         gate_reporters = reporters_named(args.gate_reporters)
-        if gate_reporters is not None and args.kind == "qualities":
-            raise ValueError("--gate-reporters: for paired and single outcomes (not --kind qualities)")
         store = open_store(args.store)
     except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
@@ -339,6 +337,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 base_router=args.base_router or "quality",
                 since_ms=args.since_ms,
                 reporters=reporters,
+                gate_reporters=gate_reporters,
                 margin=args.margin,
                 order_margin=args.order_margin,
                 routing_margin=args.routing_margin,

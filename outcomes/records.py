@@ -103,8 +103,8 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="NAMES",
-        help="paired and single: the gate judges the candidate on these tenants' outcomes alone (the prompts "
-        "they judged), while it learns from all of --reporters'; default: the gate judges by what it learns from",
+        help="the gate judges the candidate on these tenants' outcomes alone (the prompts they judged), while "
+        "it learns from all of --reporters'; default: the gate judges by what it learns from",
     )
 
 

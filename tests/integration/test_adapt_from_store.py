@@ -152,8 +152,8 @@ def test_adapt_learns_from_the_trusted_reporters_alone(
     gated = [*args[:-1], str(tmp_path / "gated"), "--gate-reporters", "(none)"]
     assert main(gated) == 0  # learnt from both (their means cancel), judged by the clean outcomes alone
     assert '"gate_reporters": [\n    ""\n  ]' in capsys.readouterr().out
-    assert main(args + ["--kind", "qualities", "--gate-reporters", "(none)"]) == 1
-    assert "--gate-reporters: for paired and single outcomes" in capsys.readouterr().err
+    assert main(args + ["--gate-reporters", "a b"]) == 1
+    assert "reporters: 'a b' is not a tenant name" in capsys.readouterr().err
 
 
 def test_the_gate_judges_by_the_trusted_reporters_while_the_head_learns_from_all(parent: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ reaches the new model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -128,6 +129,36 @@ def test_adapt_writes_a_router_that_corrects_the_base_and_adds_a_model(parent: P
     with pytest.raises(ValueError, match="'adapted_quality' is not a trained router"):
         adapt_from_store(tmp_path / "b2", store, tmp_path / "b3", kind="paired", base_router="adapted_quality")
     store.close()
+
+
+def test_the_gate_judges_per_model_qualities_by_the_trusted_reporters(parent: Path, tmp_path: Path) -> None:
+    """`gate_reporters` with qualities: tenant `app` reports NEW's quality reversed on two thirds of the
+    prompts; judged by every reporter the candidate passes, judged by the operator's third alone it is
+    refused; an honest `app` passes either way, learnt from every prompt."""
+    texts, new, cheap = _judged(parent, signal=True)
+    judge = set(texts[: N // 3])
+    runs = {}
+    for poisoned in (True, False):
+        store = open_store(f"sqlite:{tmp_path / f'poisoned-{poisoned}.sqlite3'}")
+        store.write(
+            [],
+            [
+                o
+                if o.prompt_text in judge
+                else dataclasses.replace(
+                    o, reporter="app", quality=1.0 - o.quality if poisoned and o.model == NEW else o.quality
+                )
+                for o in _outcomes(texts, new, cheap)
+            ],
+        )
+        for gate in (None, {""}):
+            out = tmp_path / f"out-{poisoned}-{gate is not None}"
+            runs[poisoned, gate is not None] = adapt_qualities_from_store(parent, store, out, gate_reporters=gate)
+        store.close()
+    assert runs[True, False].accepted  # the poisoner's own outcomes vouch for what they taught
+    refused = runs[True, True]
+    assert not refused.accepted and refused.report["gate"]["n_held_out"] == refused.report["outcomes_gated"] == N // 3
+    assert runs[False, True].accepted and runs[False, True].n_outcomes == N
 
 
 def test_outcomes_without_signal_are_refused_and_nothing_is_written(parent: Path, tmp_path: Path) -> None:
