@@ -1,4 +1,5 @@
-// Package lmroute is a Go client of the lmroute router service (lmroute.v1.RouterService).
+// Package lmroute is a Go client of the lmroute router service (lmroute.v1.RouterService, and the
+// target and bundle calls of lmroute.v1.AdminService).
 //
 //	c, err := lmroute.New("127.0.0.1:50051", lmroute.Options{})
 //	defer c.Close()
