@@ -251,3 +251,42 @@ def test_live_target_changes_reach_every_replica_of_the_store_and_outlive_a_rest
     again = serve(store=dsn, share_targets="batch=0.1")
     with RouterClient(again.target) as e2:
         assert _held(e2) == want
+
+
+def test_a_replica_whose_store_connections_are_killed_reconnects(
+    fresh_postgres_db: str, serve: Callable[..., ServerThread]
+) -> None:
+    """PostgreSQL ends every connection of the server (a failover, a restart, an idle timeout): the next
+    SetTargets fails UNAVAILABLE once, reopens its connection, and the client's retry goes through;
+    Feedback reaches the store again through the writer's reconnect; the change reaches the store."""
+    import psycopg
+
+    dsn = fresh_postgres_db
+    srv = serve(store=dsn, share_targets="batch=0.1", targets_watch_s=0.0)
+    with RouterClient(srv.target) as client:
+        client.set_targets(shares={"batch": 0.2})
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 2  # the writer's and the target changes' connections
+        held = client.set_targets(shares={"batch": 0.3})  # retried by the client after one UNAVAILABLE
+        assert [(t.tenant, t.strong_share) for t in held.share_targets] == [("batch", 0.3)]
+        report = router_pb2.OutcomeReport(
+            prompt=router_pb2.Prompt(text="after the reconnect"),
+            paired=router_pb2.PairedOutcome(strong_quality=1.0, weak_quality=0.0),
+        )
+        deadline = time.monotonic() + 20
+        while True:  # the writer's failed commit pauses a second before it reopens
+            try:
+                assert client.feedback([report]).stored == 2
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, exc
+                time.sleep(0.2)
+    store = open_store(dsn)
+    try:
+        assert [c.value for _, c in store.target_changes()] == [0.2, 0.3]
+    finally:
+        store.close()
