@@ -43,7 +43,7 @@ async def _longest_gap_ms(server: RouterServer, request: router_pb2.FeedbackRequ
     task = asyncio.create_task(neighbour())
     await asyncio.sleep(0)
     try:
-        await server.servicer.Feedback(request, None)
+        await server.servicer.feedback(request, reporter="")
     finally:
         done = True
         await task
