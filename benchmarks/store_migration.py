@@ -1,5 +1,6 @@
 """How long opening a store of schema version 4 takes, migrating it to this lmroute's version (5 rebuilds
-the outcomes table to add the reporter to its key; 6 adds the target changes), on SQLite and PostgreSQL.
+the outcomes table to add the reporter to its key; 6 adds the target changes; 7 the decisions' caller),
+on SQLite and PostgreSQL.
 
     .venv/bin/python benchmarks/store_migration.py [--outcomes 1000000] [--backends sqlite,postgresql]
 

@@ -163,6 +163,7 @@ class Decision:
     policy: str = ""  # Route only: "threshold", "strong_share", "target" (the tenant's share held live),
     # or among candidates: "cost_weight", "quality_margin", "quality_floor", "spend_target"
     choice: str = ""  # Route among candidates: JSON {"models", "qualities", "costs", "chosen"} (schema v4)
+    caller: str = ""  # the tenant the call came from ("" none), whatever decided it (schema v7)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ class LabeledPrompt:
     threshold: float | None = None
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     choice: str = ""  # its decision's `choice` JSON (Route among candidates), "" for none
+    caller: str = ""  # its decision's caller tenant (joined by id), "" for none
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ Version 6:
     target_changes  one row per live target change (AdminService.SetTargets): the tenant, the target
                 ("strong_share" or "spend"), its new value (NULL: removed); servers apply them in id
                 order over their settings, at startup and as they appear
+Version 7:
+    decisions   + caller: the tenant the deciding call came from ("" none), whatever policy decided it
+                (`tenant` is the target's tenant under a target)
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             value {real}
         )""",
     ),
+    ("ALTER TABLE decisions ADD COLUMN caller TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -134,7 +138,7 @@ COPIED: tuple[tuple[str, str, str], ...] = (
         "decisions",
         "decision_id, time_ms, kind, bundle_version, router, scores, threshold, chosen_model, propensity, "
         "strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, prompt_chars, encoder_id, embedding, "
-        "tenant, policy, choice",
+        "tenant, policy, choice, caller",
         "time_ms, decision_id",
     ),
     (

@@ -220,8 +220,8 @@ class OutcomeStore:
         self._exec(
             "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, "
             "chosen_model, propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, "
-            "encoder_id, embedding, prompt_chars, tenant, policy, choice) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "encoder_id, embedding, prompt_chars, tenant, policy, choice, caller) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (decision_id) DO NOTHING",
             (
                 d.decision_id,
@@ -244,6 +244,7 @@ class OutcomeStore:
                 d.tenant or None,
                 d.policy or None,
                 d.choice or None,
+                d.caller or None,
             ),
         )
 
@@ -440,7 +441,7 @@ class OutcomeStore:
     _DECISION_COLUMNS = (
         "decision_id, time_ms, kind, bundle_version, scores, strong_model, weak_model, prompt_sha256, n_tokens, "
         "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars, tenant, "
-        "policy, choice"
+        "policy, choice, caller"
     )
 
     def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
@@ -532,6 +533,7 @@ def _decision_of(r: Sequence[Any]) -> Decision:
         tenant=r[17] or "",
         policy=r[18] or "",
         choice=r[19] or "",
+        caller=r[20] or "",
     )
 
 
@@ -570,4 +572,5 @@ def _labeled(
         threshold=own.threshold if own is not None else None,
         embedding=d.embedding if d is not None else None,
         choice=own.choice if own is not None else "",
+        caller=own.caller if own is not None else "",
     )

@@ -163,8 +163,10 @@ def result_of(status: router_pb2.ItemStatus) -> int:
     return FEEDBACK_RESULTS.index(_RESULT_OF_REASON.get(status.reason, default))
 
 
-def decision_of_score(decision_id: str, now_ms: int, text: str, out: ItemResult, catalog: Catalog) -> Decision:
-    """The record of one scored prompt of a Score answer."""
+def decision_of_score(
+    decision_id: str, now_ms: int, text: str, out: ItemResult, catalog: Catalog, *, caller: str = ""
+) -> Decision:
+    """The record of one scored prompt of a Score answer; `caller`: the calling tenant."""
     return Decision(
         decision_id=decision_id,
         time_ms=now_ms,
@@ -179,6 +181,7 @@ def decision_of_score(decision_id: str, now_ms: int, text: str, out: ItemResult,
         prompt_text=text,
         prompt_chars=len(text),
         embedding=out.embedding,
+        caller=caller,
     )
 
 
@@ -195,10 +198,11 @@ def decision_of_route(
     propensity: float,
     tenant: str = "",
     policy: str = "",
+    caller: str = "",
 ) -> Decision:
     """The record of a Route answer: a scored prompt plus the router, threshold, choice and propensity."""
     return dataclasses.replace(
-        decision_of_score(decision_id, now_ms, text, out, catalog),
+        decision_of_score(decision_id, now_ms, text, out, catalog, caller=caller),
         kind="route",
         router=router,
         threshold=threshold,

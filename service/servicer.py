@@ -230,7 +230,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         check_limits(request.prompts, max_turns=self.max_turns, max_request_chars=self.max_request_chars)
         routers = resolve_routers(request.routers, self.routers)
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
-        outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining(), tenant=self._tenant(context))
+        caller = self._tenant(context)
+        outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining(), tenant=caller)
         if self.tracing is not None:
             self.tracing.stages(outcomes)
         # Overload that hit every prompt is a call-level, retryable failure; a prompt that waited too
@@ -249,7 +250,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     response.bundle_version = out.version
                 text = texts[i]
                 if self.store is not None and isinstance(text, str):
-                    decisions.append(decision_of_score(item.decision_id, now_ms, text, out, catalog))
+                    decisions.append(decision_of_score(item.decision_id, now_ms, text, out, catalog, caller=caller))
                 item.n_tokens = out.n_tokens
                 item.truncated = out.truncated
                 for name in routers:
@@ -342,6 +343,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         propensity=propensity,
                         tenant=tenant or asked_tenant,
                         policy=policy or "target",
+                        caller=asked_tenant,
                     )
                 ]
             )
@@ -412,7 +414,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self._record(
                 [
                     dataclasses.replace(
-                        decision_of_score(decision_id, now_ms, text, out, catalog),
+                        decision_of_score(decision_id, now_ms, text, out, catalog, caller=asked_tenant),
                         kind="route",
                         router=request.router,
                         chosen_model=chosen,

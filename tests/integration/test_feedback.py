@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from lmroute.outcomes.records import OutcomeKind, prompt_sha256
+from lmroute.outcomes.records import Outcome, OutcomeKind, prompt_sha256
 from lmroute.outcomes.store import NOT_YET_MS, open_store
 from lmroute.service.client import RouterClient
 from lmroute.service.config import ServiceConfig
@@ -195,6 +195,37 @@ def test_each_outcome_records_the_tenant_that_reported_it(
         assert strong_quality({"ops", ""}) == [1.0]
         assert strong_quality(None) == [pytest.approx(2 / 3)]  # every reporter's, averaged
         assert strong_quality(set()) == []
+    finally:
+        store.close()
+
+
+def test_every_decision_records_the_tenant_whose_call_made_it(
+    dsn: str, serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A decision's caller is the calling tenant (bound token, else the named one, else none) for Route
+    and Score alike, beside `tenant` (the target's tenant, under a target: `default` for a caller
+    without its own); an outcome joined to it by id carries it."""
+    bound = "bound-token-0123456789abcdef"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{bound} team\nopen-token-0123456789abcdef\n")
+    srv = serve(store=dsn, auth_tokens_file=str(tokens), share_targets="default=0.5")
+    with RouterClient(srv.target, token=bound, tenant="someone") as team:  # the token decides: team
+        targeted = team.route("who asked?", router="mf")  # under default's target
+        scored = team.score(["scored by team"], routers=["mf"]).results[0].decision_id
+    with RouterClient(srv.target, token="open-token-0123456789abcdef", tenant="ops") as ops:
+        explicit = ops.route("asked with a threshold", router="mf", threshold=0.5)
+    _wait_recorded(dsn, [targeted.decision_id, scored, explicit.decision_id])
+    store = open_store(dsn)
+    try:
+        got = {d: store.decision(d) for d in (targeted.decision_id, scored, explicit.decision_id)}
+        assert [(x.caller, x.tenant) for x in got.values() if x is not None] == [
+            ("team", "default"),
+            ("team", ""),
+            ("ops", "ops"),
+        ]
+        store.write([], [Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=targeted.decision_id)])
+        [row] = store.labeled_prompts()
+        assert row.caller == "team"
     finally:
         store.close()
 

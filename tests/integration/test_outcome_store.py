@@ -318,7 +318,7 @@ def test_a_store_at_schema_version_1_is_migrated_keeping_its_rows(dsn: str) -> N
     )
     s.close()
     migrated = open_store(dsn)
-    assert migrated.schema_version() == SCHEMA_VERSION == 6
+    assert migrated.schema_version() == SCHEMA_VERSION == 7
     assert migrated.decision(d.decision_id) == d and migrated.counts() == {"decisions": 1, "outcomes": 1}
     [row] = migrated.labeled_prompts(reporters={""})  # an outcome from before reporters: the unnamed caller's
     assert row.decision_id == d.decision_id and row.qualities == {"weak-m": 1.0}
