@@ -10,6 +10,11 @@ restamp    give a bundle whose manifest.json was edited on purpose the content v
 keygen     make an Ed25519 key pair (PEM) for signing bundles
 sign       sign a bundle's manifest.json (detached Ed25519 signature, manifest.json.sig)
 verify     load and validate a bundle, and with --public-key check its signature
+import-outcomes  outcomes from a JSONL file into an outcome store
+copy-store       a whole outcome store into a new one (either backend)
+adaptations      the adaptation runs a store recorded: when, from which bundle, the gate's verdict and why
+adapt            learn from a store's outcomes: adapt a bundle, gate it, write it when the gate accepts
+import-routellm  a bundle from RouteLLM's released router checkpoints
 """
 
 from __future__ import annotations
@@ -155,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_integrity_commands(sub)
     _add_outcome_commands(sub)
     _add_copy_store_command(sub)
+    _add_adaptations_command(sub)
     _add_adapt_command(sub)
     p = sub.add_parser(
         "import-routellm",
@@ -229,6 +235,42 @@ def _add_copy_store_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--from", dest="source", required=True, metavar="DSN", help="the store to copy")
     p.add_argument("--to", dest="target", required=True, metavar="DSN", help="an empty store (created if new)")
+
+
+def _add_adaptations_command(sub: argparse._SubParsersAction) -> None:
+    """adaptations (docs/ADAPTATION.md)."""
+    p = sub.add_parser("adaptations", help="the adaptation runs an outcome store recorded, newest last")
+    p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
+    p.add_argument("--last", type=int, default=10, help="the newest N runs (0: all)")
+    p.add_argument("--full", action="store_true", help="each run's whole report, not its summary")
+
+
+def _adaptations(args: argparse.Namespace) -> int:
+    """One JSON line per recorded adaptation run: when, from which bundle, the verdict and why."""
+    from lmroute.outcomes.store import StoreError, open_store
+
+    if args.last < 0:
+        print(f"{PROG} adaptations: --last must be >= 0 (got {args.last})", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(args.store)
+    except StoreError as exc:
+        print(f"{PROG} adaptations: {exc}", file=sys.stderr)
+        return 1
+    try:
+        runs = store.adaptations()
+    finally:
+        store.close()
+    for run in runs[-args.last :] if args.last else runs:
+        report = run.pop("report")
+        if args.full:
+            run["report"] = report
+        else:
+            gate = report.get("gate", {})
+            run["reason"] = gate.get("reason", "")
+            run["reporters"] = report.get("reporters")
+        print(json.dumps(run, sort_keys=True))
+    return 0
 
 
 def _copy_store(args: argparse.Namespace) -> int:
@@ -504,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _import_outcomes(args)
     if args.cmd == "copy-store":
         return _copy_store(args)
+    if args.cmd == "adaptations":
+        return _adaptations(args)
     if args.cmd == "adapt":
         return _adapt(args)
     if args.cmd == "import-routellm":

@@ -6,6 +6,7 @@ are refused by the gate and nothing is written; every run is recorded in the sto
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -154,6 +155,15 @@ def test_adapt_learns_from_the_trusted_reporters_alone(
     assert '"gate_reporters": [\n    ""\n  ]' in capsys.readouterr().out
     assert main(args + ["--gate-reporters", "a b"]) == 1
     assert "reporters: 'a b' is not a tenant name" in capsys.readouterr().err
+    # the runs the store recorded, newest last: the two refused above first, then the accepted ones
+    assert main(["adaptations", "--store", dsn, "--last", "0"]) == 0
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["accepted"] for r in runs] == [False, True, True, True]
+    assert runs[0]["reporters"] is None and runs[1]["reporters"] == [""] and runs[2]["reporters"] == ["", "ops"]
+    assert runs[0]["reason"].startswith("refused") and runs[1]["reason"].startswith("accepted")
+    assert main(["adaptations", "--store", dsn, "--last", "1", "--full"]) == 0
+    [last] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert last["report"]["gate_reporters"] == [""] and last["candidate_version"]
 
 
 def test_the_gate_judges_by_the_trusted_reporters_while_the_head_learns_from_all(parent: Path, tmp_path: Path) -> None:
