@@ -28,12 +28,16 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
 from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named
+
+if TYPE_CHECKING:  # the store module is imported by the commands that use it
+    from lmroute.outcomes.store import OutcomeStore
 
 PROG = "lmroute-export"
 ENV_PREFIX = "LMROUTE_EXPORT_"
@@ -247,15 +251,11 @@ def _add_adaptations_command(sub: argparse._SubParsersAction) -> None:
 
 def _adaptations(args: argparse.Namespace) -> int:
     """One JSON line per recorded adaptation run: when, from which bundle, the verdict and why."""
-    from lmroute.outcomes.store import StoreError, open_store
-
     if args.last < 0:
         print(f"{PROG} adaptations: --last must be >= 0 (got {args.last})", file=sys.stderr)
         return 2
-    try:
-        store = open_store(args.store)
-    except StoreError as exc:
-        print(f"{PROG} adaptations: {exc}", file=sys.stderr)
+    store = _opened("adaptations", args.store)
+    if store is None:
         return 1
     try:
         runs = store.adaptations()
@@ -273,17 +273,28 @@ def _adaptations(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_store(args: argparse.Namespace) -> int:
-    """Copy every row of --from into --to, all or nothing; rows per table on stdout."""
+def _opened(command: str, dsn: str) -> OutcomeStore | None:
+    """The store `dsn` names, opened (and migrated); None after saying on stderr why it cannot be."""
     from lmroute.outcomes.store import StoreError, open_store
 
     try:
-        source = open_store(args.source)
+        return open_store(dsn)
     except StoreError as exc:
-        print(f"{PROG} copy-store: {exc}", file=sys.stderr)
+        print(f"{PROG} {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _copy_store(args: argparse.Namespace) -> int:
+    """Copy every row of --from into --to, all or nothing; rows per table on stdout."""
+    from lmroute.outcomes.store import StoreError
+
+    source = _opened("copy-store", args.source)
+    if source is None:
         return 1
     try:
-        target = open_store(args.target)
+        target = _opened("copy-store", args.target)
+        if target is None:
+            return 1
         try:
             copied = source.copy_to(target)
         finally:
