@@ -78,6 +78,7 @@ class Verdict(enum.Enum):
     NOT_FOUND = "not_found"  # no decision with that id
     NOT_YET = "not_yet"  # no decision with that id yet, but the id is recent: it may still be recorded
     NO_MODEL = "no_model"  # a single outcome that names no model, for a decision that chose none (Score)
+    OTHER_TENANT = "other_tenant"  # a tenant's outcome on another caller's decision (own_decisions_only)
 
 
 _REPORTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a tenant name (lmroute.service.targets.TENANT_RE)

@@ -202,18 +202,25 @@ class OutcomeStore:
     # ---- writing --------------------------------------------------------------------------------------
 
     def write(
-        self, decisions: Sequence[Decision] = (), outcomes: Sequence[Outcome] = (), *, now_ms: int | None = None
+        self,
+        decisions: Sequence[Decision] = (),
+        outcomes: Sequence[Outcome] = (),
+        *,
+        now_ms: int | None = None,
+        own_decisions_only: bool = False,
     ) -> list[Verdict]:
         """Record `decisions` (a decision id already stored is kept as it was) and then `outcomes`, in one
         transaction committed before this returns; one Verdict per outcome, in order. Outcomes must be
-        valid (`Outcome.check`). Raises the driver's error when the transaction fails: then nothing of
+        valid (`Outcome.check`). With `own_decisions_only`, an outcome a tenant reports on a decision
+        another caller made (its `caller`, "" included) is refused (OTHER_TENANT); a reporter naming no
+        tenant may report on any. Raises the driver's error when the transaction fails: then nothing of
         this call is stored."""
         now = _now_ms() if now_ms is None else now_ms
         with self._transaction():
             for d in decisions:
                 self._insert_decision(d)
             known = self._decision_prompts([o.decision_id for o in outcomes if o.decision_id is not None])
-            return [self._insert_outcome(o, known, now) for o in outcomes]
+            return [self._insert_outcome(o, known, now, own_decisions_only) for o in outcomes]
 
     def _insert_decision(self, d: Decision) -> None:
         emb = None if d.embedding is None else np.asarray(d.embedding, dtype="<f4").tobytes()
@@ -248,25 +255,31 @@ class OutcomeStore:
             ),
         )
 
-    def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """decision id -> (prompt sha256, chosen model or ""), for the ids that are stored."""
-        out: dict[str, tuple[str, str]] = {}
+    def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """decision id -> (prompt sha256, chosen model or "", caller or ""), for the ids that are stored."""
+        out: dict[str, tuple[str, str, str]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" * len(chunk))
-            for did, sha, chosen in self._exec(
-                f"SELECT decision_id, prompt_sha256, chosen_model FROM decisions WHERE decision_id IN ({marks})", chunk
+            for did, sha, chosen, caller in self._exec(
+                "SELECT decision_id, prompt_sha256, chosen_model, caller FROM decisions "
+                f"WHERE decision_id IN ({marks})",
+                chunk,
             ).fetchall():
-                out[str(did)] = (str(sha), "" if chosen is None else str(chosen))
+                out[str(did)] = (str(sha), "" if chosen is None else str(chosen), caller or "")
         return out
 
-    def _insert_outcome(self, o: Outcome, known: Mapping[str, tuple[str, str]], now: int) -> Verdict:
+    def _insert_outcome(
+        self, o: Outcome, known: Mapping[str, tuple[str, str, str]], now: int, own_decisions_only: bool
+    ) -> Verdict:
         model = o.model
         if o.decision_id is not None:
             found = known.get(o.decision_id)
             if found is None:
                 made = int(o.decision_id[:12], 16)
                 return Verdict.NOT_YET if now - made < NOT_YET_MS else Verdict.NOT_FOUND
-            sha, chosen = found
+            sha, chosen, caller = found
+            if own_decisions_only and o.reporter and o.reporter != caller:
+                return Verdict.OTHER_TENANT
             model = model or chosen
             if not model:
                 return Verdict.NO_MODEL

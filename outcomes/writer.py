@@ -82,6 +82,7 @@ class StoreWriter:
         retention_ms: int = 0,
         prune_interval_s: float = 3600.0,
         retry_pause_s: float = 1.0,
+        own_decisions_only: bool = False,
     ) -> None:
         self._open = open_store
         self.max_pending_decisions = max_pending_decisions
@@ -93,6 +94,7 @@ class StoreWriter:
         self.retention_ms = retention_ms
         self.prune_interval_s = prune_interval_s
         self.retry_pause_s = retry_pause_s
+        self.own_decisions_only = own_decisions_only  # OutcomeStore.write's: a tenant reports on its own only
         self.stats = WriterStats()
         self._cond = threading.Condition()
         self._decisions: collections.deque[Decision] = collections.deque()
@@ -228,7 +230,7 @@ class StoreWriter:
         try:
             store = self._store if self._store is not None else self._open()
             self._store = store
-            verdicts = store.write(decisions, outcomes)
+            verdicts = store.write(decisions, outcomes, own_decisions_only=self.own_decisions_only)
         except Exception as exc:
             self.stats.failed_commits += 1
             _log.error("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))

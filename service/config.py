@@ -284,6 +284,14 @@ class ServiceConfig:
         default=0.0,
         metadata=_doc("delete decisions and outcomes older than this many days from the store; 0 = keep all"),
     )
+    feedback_own_decisions: bool = field(
+        default=False,
+        metadata=_doc(
+            "a caller naming a tenant (or bound to one) may report outcomes only on decisions its own tenant's "
+            "calls made (PERMISSION_DENIED, DECISION_OF_ANOTHER_TENANT, per outcome); callers naming none "
+            "may report on any"
+        ),
+    )
     store_targets: bool = field(
         default=True,
         metadata=_doc(

@@ -32,7 +32,17 @@ __all__ = [
 ]
 
 # what became of one reported outcome, as the metrics count it per reporting tenant (`result_of`)
-FEEDBACK_RESULTS = ("stored", "duplicate", "conflict", "not_found", "not_yet", "no_model", "invalid", "refused")
+FEEDBACK_RESULTS = (
+    "stored",
+    "duplicate",
+    "conflict",
+    "not_found",
+    "not_yet",
+    "no_model",
+    "other_tenant",
+    "invalid",
+    "refused",
+)
 REFUSED = FEEDBACK_RESULTS.index("refused")  # the whole call refused (the store busy or failing)
 _RESULT_OF_REASON = {
     "DUPLICATE": "duplicate",
@@ -40,6 +50,7 @@ _RESULT_OF_REASON = {
     "DECISION_NOT_FOUND": "not_found",
     "DECISION_NOT_RECORDED_YET": "not_yet",
     "MODEL_REQUIRED": "no_model",
+    "DECISION_OF_ANOTHER_TENANT": "other_tenant",
 }
 
 _PREFERENCE = {
@@ -132,6 +143,13 @@ def item_status(verdicts: Sequence[Verdict], i: int, report: router_pb2.OutcomeR
             reason="OUTCOME_CONFLICT",
             message=f"{where}: another value is stored for this decision (or prompt), kind, model and source "
             f"{echo(report.source)} by this tenant; report a correction under another source",
+        )
+    if Verdict.OTHER_TENANT in verdicts:
+        return router_pb2.ItemStatus(
+            code=Code.PERMISSION_DENIED,
+            reason="DECISION_OF_ANOTHER_TENANT",
+            message=f"{where}.decision_id: decision {echo(report.decision_id)} was made for another caller; "
+            "this server takes a tenant's outcomes on its own decisions only",
         )
     if Verdict.NOT_FOUND in verdicts:
         return router_pb2.ItemStatus(

@@ -23,7 +23,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 scored at once; coarse buckets, 500 us .. 10 s)
     lmroute_tenant_feedback_total{tenant, result}
                                                 what became of each reported outcome (stored, duplicate,
-                                                conflict, not_found, not_yet, no_model, invalid, refused)
+                                                conflict, not_found, not_yet, no_model, other_tenant,
+                                                invalid, refused)
                                                 per reporting tenant (the same labels)
     lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
                                                 (Feedback acknowledged), dropped, commits, failed commits

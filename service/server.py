@@ -313,6 +313,7 @@ class RouterServer:
         writer = StoreWriter(
             lambda: open_store(cfg.store, store_prompts=cfg.store_prompts),
             retention_ms=int(cfg.store_retention_days * 86_400_000),
+            own_decisions_only=cfg.feedback_own_decisions,
         )
         writer.start()
         return writer

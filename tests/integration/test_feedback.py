@@ -230,6 +230,38 @@ def test_every_decision_records_the_tenant_whose_call_made_it(
         store.close()
 
 
+@pytest.mark.parametrize("own_only", [True, False])
+def test_feedback_own_decisions_keeps_a_tenant_to_its_own_decisions(
+    own_only: bool, dsn: str, serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """With feedback_own_decisions a tenant's outcome on a decision another caller made is refused
+    alone (PERMISSION_DENIED, DECISION_OF_ANOTHER_TENANT), on its own decision stored; a caller naming no
+    tenant (the operator's judge) may report on any. Without it, every report is stored."""
+    team_token, ops_token = "team-token-0123456789abcdef", "ops-token-0123456789abcdef"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{team_token} team\n{ops_token} ops\nopen-token-0123456789abcdef\n")
+    srv = serve(store=dsn, auth_tokens_file=str(tokens), feedback_own_decisions=own_only)
+    team = RouterClient(srv.target, token=team_token)
+    ops = RouterClient(srv.target, token=ops_token)
+    judge = RouterClient(srv.target, token="open-token-0123456789abcdef")
+    mine = team.route("team's question", router="mf", threshold=0.5).decision_id
+    theirs = ops.route("ops' question", router="mf", threshold=0.5).decision_id
+    _wait_recorded(dsn, [mine, theirs])
+    answer = team.feedback([_single(mine, 1.0, source="app"), _single(theirs, 0.0, source="app")])
+    judged = judge.feedback([_single(mine, 0.5, source="judge"), _single(theirs, 0.5, source="judge")])
+    for client in (team, ops, judge):
+        client.close()
+    if own_only:
+        assert [(r.code, r.reason) for r in answer.results] == [
+            (Code.OK, ""),
+            (Code.PERMISSION_DENIED, "DECISION_OF_ANOTHER_TENANT"),
+        ]
+        assert answer.stored == 1 and f"decision {theirs!r} was made for another caller" in answer.results[1].message
+    else:
+        assert [r.code for r in answer.results] == [Code.OK, Code.OK] and answer.stored == 2
+    assert [r.code for r in judged.results] == [Code.OK, Code.OK]  # no tenant named: any decision
+
+
 def test_feedback_without_a_store_is_failed_precondition_and_limits_hold(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
