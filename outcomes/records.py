@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "TENANT_RE",
     "UNNAMED_REPORTER",
     "Decision",
     "LabeledPrompt",
@@ -81,7 +82,8 @@ class Verdict(enum.Enum):
     OTHER_TENANT = "other_tenant"  # a tenant's outcome on another caller's decision (own_decisions_only)
 
 
-_REPORTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a tenant name (lmroute.service.targets.TENANT_RE)
+TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+"""A tenant name, wherever one is taken: tokens bound to tenants, targets, callers and reporters."""
 
 
 UNNAMED_REPORTER = "(none)"
@@ -120,7 +122,7 @@ def reporters_named(values: Sequence[str] | None) -> frozenset[str] | None:
         for name in (n.strip() for n in value.split(",")):
             if name == UNNAMED_REPORTER:
                 out.add("")
-            elif _REPORTER_RE.fullmatch(name):
+            elif TENANT_RE.match(name):
                 out.add(name)
             else:
                 raise OutcomeError(
@@ -200,7 +202,7 @@ class Outcome:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
         if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:
             raise OutcomeError(f"{where}.observed_ms: must be Unix milliseconds (got {self.observed_ms})")
-        if self.reporter and not _REPORTER_RE.fullmatch(self.reporter):
+        if self.reporter and not TENANT_RE.match(self.reporter):
             raise OutcomeError(f"{where}.reporter: must be 1-64 of [A-Za-z0-9._-] or empty (got {self.reporter!r})")
 
     @property

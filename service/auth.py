@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmroute.outcomes.records import TENANT_RE
+
 __all__ = ["AUTH_TENANT", "OPEN_METHOD_PREFIXES", "Authenticator", "load_tokens"]
 
 AUTH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmroute_auth_tenant", default=None)
@@ -32,13 +34,12 @@ AUTH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmrout
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")  # URL-safe and base64 characters, at least 16
-_TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _entry(token: str, tenant: str | None, where: str) -> tuple[bytes, str | None]:
     if not _TOKEN_RE.match(token):
         raise ValueError(f"{where}: a token must be 16-512 of [A-Za-z0-9._~+/=-]")
-    if tenant is not None and not _TENANT_RE.match(tenant):
+    if tenant is not None and not TENANT_RE.match(tenant):
         raise ValueError(f"{where}: tenant must be 1-64 of [A-Za-z0-9._-]")
     return token.encode("ascii"), tenant
 

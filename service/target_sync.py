@@ -41,7 +41,6 @@ class TargetSync:
         self._connect = connect
         self.targets = targets
         self.last_id = 0  # the id of the latest stored change applied (or found applied)
-        self.applied = 0  # stored changes that changed this server's targets
         self._store: OutcomeStore | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmroute-targets")
         self._lock = asyncio.Lock()  # one reader or writer at a time: changes are applied in id order
@@ -83,7 +82,6 @@ class TargetSync:
                     "target_applied", id=change_id, tenant=change.tenant, target=change.target, value=change.value
                 )
             self.last_id = change_id
-        self.applied += changed
         return changed
 
     async def record(self, changes: Sequence[TargetChange]) -> None:

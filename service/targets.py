@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from lmroute.outcomes.records import TargetChange
+from lmroute.outcomes.records import TENANT_RE, TargetChange
 from lmroute.service.scorer_api import RouterDescription
 from lmroute.service.share_control import ControlSettings, ControlState, ShareController, seed_scores
 from lmroute.service.spend_control import SPEND_REPAY, SpendController, SpendState
@@ -43,7 +42,6 @@ from lmroute.service.spend_control import SPEND_REPAY, SpendController, SpendSta
 __all__ = ["DEFAULT_TENANT", "TENANT_RE", "TargetState", "TenantTargets", "parse_share_targets"]
 
 DEFAULT_TENANT = "default"
-TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def parse_share_targets(text: str, *, high: float = 1.0) -> dict[str, float]:
@@ -173,10 +171,9 @@ class TenantTargets:
         table = self.spends if spend else self.targets
         if change.value is None:
             return self.remove(change.tenant, spend=spend)
-        if table.get(change.tenant) == change.value:
-            return False
-        (self.set_spend if spend else self.set_share)(change.tenant, change.value)
-        return True
+        held = table.get(change.tenant)
+        (self.set_spend if spend else self.set_share)(change.tenant, change.value)  # a no-op when held
+        return held != change.value
 
     def spend_controller(self, tenant: str, router: str) -> SpendController:
         """The spend controller of (tenant, router), created on first use."""

@@ -393,13 +393,6 @@ def test_exploring_routes_report_and_record_their_propensity(
         assert d is not None and d.propensity == pytest.approx(a.propensity) and d.chosen_model == a.chosen_model
 
 
-class _NoMetadata:
-    """The one part of a call's context Feedback reads, for a call made in process: no metadata."""
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-
 def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
@@ -440,7 +433,7 @@ def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
         before = ran
         writer.submit = noting_submit  # type: ignore[method-assign]
         try:
-            response = await srv.server.servicer.Feedback(request, _NoMetadata())  # type: ignore[arg-type]
+            response = await srv.server.servicer.feedback(request, reporter="")
         finally:
             writer.submit = submit  # type: ignore[method-assign]
             done = True
