@@ -133,7 +133,11 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
+        return self.wrap(handler_call_details.method, handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` (unary-unary) of `method` with the request id, token check, access line, metrics and
+        error mapping around it; built once per method (lmroute.service.transports calls this directly)."""
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
             auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth

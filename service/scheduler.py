@@ -385,13 +385,13 @@ class Scheduler(Generic[T]):
         self._count_batch(n)
         self._scoring = True
         try:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             outcomes, ran = self._score_inline(texts, routers, scorer, admitted, now, isolate=True)
-            took_s = time.perf_counter() - t0
+            took_s, cpu_s = time.perf_counter() - t0, time.thread_time() - cpu0
         finally:
             self._end_batch()
         # the call's scorer is the current one (no swap can come between admission and here: no await)
-        self._observe_rate([routers] * n, [ran.longest] * n, ran, took_s)
+        self._observe_rate([routers] * n, [ran.longest] * n, ran, cpu_s)
         self.timings.record_batch([0.0] * n, ran.longest, took_s)
         return outcomes
 
@@ -651,13 +651,13 @@ class Scheduler(Generic[T]):
         A helper, so that no reference to a swapped-out scorer outlives the batch in the worker's frame."""
         ran_inline = True
         for scorer, part in self._by_scorer(batch):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             ran = await self._run_batch(part, scorer, isolate=True, inline=inline)
             ran_inline = ran_inline and ran.inline
-            took_s = time.perf_counter() - t0
+            took_s, cpu_s = time.perf_counter() - t0, time.thread_time() - cpu0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
                 counts = [ran.longest if it.n_tokens is None else it.n_tokens for it in part]
-                self._observe_rate([it.routers for it in part], counts, ran, took_s)
+                self._observe_rate([it.routers for it in part], counts, ran, cpu_s if ran.inline else took_s)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
         return ran_inline
 

@@ -1,4 +1,4 @@
-"""RouterServer: the grpc.aio server's lifecycle (bind, health, reflection, load + warm, drain, stop).
+"""RouterServer: the gRPC server's lifecycle (bind, health, reflection, load + warm, drain, stop).
 
 Order of start: bind and start the gRPC server with health NOT_SERVING (so probes get an answer while
 the bundle loads), import the router kind plug-ins (`plugins`) and load the scorer in a thread, warm
@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import structlog
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -53,6 +52,7 @@ from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TenantTargets, parse_share_targets
 from lmroute.service.tls import CertificateFiles, server_credentials
 from lmroute.service.tracing import Tracing
+from lmroute.service.transports import AioTransport, ThreadTransport, Transport
 from lmroute.service.upstreams import load_upstreams
 from lmroute.v1 import admin_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -190,7 +190,7 @@ class RouterServer:
         self.admin = AdminServicer(targets=self.servicer.targets)
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
-        self._server: grpc.aio.Server | None = None
+        self._server: Transport | None = None
         self._stats_file: StatsFile | None = None
         self.store_writer: StoreWriter | None = None
         self.target_sync: TargetSync | None = None  # live target changes kept in the store (store_targets)
@@ -215,17 +215,19 @@ class RouterServer:
         bind and start it, and the metrics endpoint; the port."""
         cfg = self.config
         interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
-        server = grpc.aio.server(options=grpc_options(cfg), interceptors=[interceptor])
-        router_pb2_grpc.add_RouterServiceServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server: Transport = (
+            ThreadTransport(grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop())
+            if cfg.transport == "threads"
+            else AioTransport(grpc_options(cfg), interceptor)
+        )
+        server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, self.servicer)
+        server.add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self.health)
         admin = (ADMIN_SERVICE_NAME,) if cfg.admin_enabled else ()
         if admin:
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
+            server.add_servicer(admin_pb2_grpc.add_AdminServiceServicer_to_server, self.admin)
         if cfg.reflection_enabled:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, *admin, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                server,
-                pool=reflection_pool(),
+            server.enable_reflection(
+                (SERVICE_NAME, *admin, health.SERVICE_NAME, reflection.SERVICE_NAME), reflection_pool()
             )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -235,9 +237,9 @@ class RouterServer:
                 Path(cfg.tls_key_file),
                 Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
             )
-            self.port = server.add_secure_port(f"{cfg.host}:{cfg.port}", server_credentials(self.tls))
+            self.port = server.add_port(f"{cfg.host}:{cfg.port}", server_credentials(self.tls))
         else:
-            self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            self.port = server.add_port(f"{cfg.host}:{cfg.port}", None)
         if self.port == 0:
             raise OSError(f"could not bind {cfg.host}:{cfg.port}")
         if cfg.http_port >= 0:
@@ -430,7 +432,7 @@ class RouterServer:
     async def wait(self) -> None:
         """Wait until the gRPC server terminates."""
         if self._server is not None:
-            await self._server.wait_for_termination()
+            await self._server.wait()
 
 
 def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:

@@ -36,6 +36,8 @@ FLAGS_AND_VARIABLES = [
     ("--max-request-chars", "LMROUTE_MAX_REQUEST_CHARS"),
     ("--max-router-names", "LMROUTE_MAX_ROUTER_NAMES"),
     ("--max-message-bytes", "LMROUTE_MAX_MESSAGE_BYTES"),
+    ("--transport", "LMROUTE_TRANSPORT"),
+    ("--grpc-threads", "LMROUTE_GRPC_THREADS"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
     ("--scoring-cpus", "LMROUTE_SCORING_CPUS"),
     ("--switch-interval-us", "LMROUTE_SWITCH_INTERVAL_US"),

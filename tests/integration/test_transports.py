@@ -1,0 +1,184 @@
+"""Both gRPC transports (lmroute.service.transports: `threads`, the default, and `aio`) serving the same
+service over FakeScorer on 127.0.0.1: an answer; a refusal with its status, error reason and the echoed
+request id; health Check and a Watch stream that sees the drain; server reflection; a client's cancel and
+a passed deadline reaching the queue; undecodable request bytes; a port already taken. For the thread
+transport, what it adds: a call past its pool is refused by gRPC at once, and the calls it holds are
+answered once the scorer moves."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_status import rpc_status
+
+from lmroute.service.config import BatchPolicy
+from lmroute.service.errors import ConfigError
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.server import SERVICE_NAME
+from lmroute.service.testing import ServerThread, fake_server
+from lmroute.v1 import router_pb2, router_pb2_grpc
+
+TRANSPORTS = ("threads", "aio")
+
+
+def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < t_end, "condition not reached"
+        time.sleep(0.002)
+
+
+def _route(text: str = "hello", **policy: float) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(prompt=router_pb2.Prompt(text=text), router="mf", **(policy or {"threshold": 0.5}))
+
+
+def _reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def _fake(srv: ServerThread) -> FakeScorer:
+    sched = srv.server.scheduler
+    assert sched is not None and isinstance(sched.scorer, FakeScorer)
+    return sched.scorer
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_answer_and_a_refusal_with_its_reason_and_request_id(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    srv = fake_servers(transport=transport)
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        reply, call = stub.Route.with_call(_route(), metadata=(("x-request-id", "req-1"),), timeout=10)
+        assert reply.router == "mf" and reply.decision_id
+        assert ("x-request-id", "req-1") in call.trailing_metadata()
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Route(_route(strong_share=1.5), metadata=(("x-request-id", "req-2"),), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "strong_share" in bad.value.details() and _reason(bad.value) == "OUT_OF_RANGE"
+    assert ("x-request-id", "req-2") in bad.value.trailing_metadata()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_health_check_and_a_watch_that_sees_the_drain(transport: str) -> None:
+    srv = fake_server(transport=transport)
+    seen: list[int] = []
+    try:
+        with grpc.insecure_channel(srv.target) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            check = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            stream = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30)
+
+            def read() -> None:
+                try:
+                    for msg in stream:
+                        seen.append(msg.status)
+                except grpc.RpcError:
+                    pass  # the server stopped
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            _until(lambda: len(seen) >= 1)
+            srv.stop(grace_s=1.0)
+            reader.join(10)
+            assert not reader.is_alive()
+    finally:
+        srv.stop()
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen[1:]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_reflection_names_the_services(fake_servers: Callable[..., ServerThread], transport: str) -> None:
+    srv = fake_servers(transport=transport)
+    with grpc.insecure_channel(srv.target) as ch:
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_cancel_and_a_passed_deadline_reach_the_queue(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    srv = fake_servers(transport=transport, batch=BatchPolicy(max_queue=4, queue_timeout_ms=60_000))
+    sched = srv.server.scheduler
+    assert sched is not None
+    fake = _fake(srv)
+    fake.block()
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        held = stub.Route.future(_route("held"), timeout=30)
+        _until(fake.entered.is_set)
+        cancelled = stub.Route.future(_route("cancelled"), timeout=30)
+        _until(lambda: sched.in_flight == 2)
+        cancelled.cancel()
+        _until(lambda: sched.in_flight == 1)  # its prompt released while the scorer is still held
+        with pytest.raises(grpc.RpcError) as late:
+            stub.Route(_route("late"), timeout=0.3)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _until(lambda: sched.in_flight == 1)  # the late call left the queue too
+        fake.release()
+        assert held.result(timeout=10).router == "mf"
+        assert stub.Route(_route("after"), timeout=10).router == "mf"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_undecodable_request_bytes_are_invalid_argument(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    srv = fake_servers(transport=transport)
+    with grpc.insecure_channel(srv.target) as ch:
+        raw = ch.unary_unary(f"/{SERVICE_NAME}/Route", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as bad:
+            raw(b"\xff\xff\xff\xff", timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(bad.value) == "MALFORMED_REQUEST"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_port_already_taken_is_an_error_naming_it(transport: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises((OSError, ConfigError, RuntimeError)) as err:
+            fake_server(transport=transport, port=port)
+    assert str(port) in str(err.value)
+
+
+def test_a_call_past_the_thread_pool_is_refused_by_grpc_and_the_held_ones_are_answered(
+    fake_servers: Callable[..., ServerThread],
+) -> None:
+    srv = fake_servers(transport="threads", grpc_threads=2, batch=BatchPolicy(max_queue=8))
+    sched = srv.server.scheduler
+    assert sched is not None
+    fake = _fake(srv)
+    fake.block()
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        first = stub.Route.future(_route("first"), timeout=30)
+        _until(fake.entered.is_set)
+        second = stub.Route.future(_route("second"), timeout=30)
+        _until(lambda: sched.in_flight == 2)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as past:
+            stub.Route(_route("third"), timeout=10)
+        assert time.monotonic() - t0 < 5.0  # refused at once, not queued behind the pool
+        assert past.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert sched.stats.rejected_queue_full == 0  # gRPC refused it: it never reached admission
+        fake.release()
+        assert first.result(timeout=10).router == "mf" and second.result(timeout=10).router == "mf"
