@@ -206,7 +206,7 @@ class ServiceConfig:
         default="threads",
         metadata=_doc(
             "how the gRPC port is served: threads (a synchronous gRPC server whose pool threads hand each "
-            "call to the event loop; about 1.7x the calls per core of aio) or aio (grpc.aio on the event "
+            "call to the event loop; about 1.6x the Route calls per core of aio) or aio (grpc.aio on the event "
             "loop); lmroute.service.transports"
         ),
     )

@@ -214,6 +214,11 @@ class RouterServer:
         """Build the gRPC server (health NOT_SERVING, reflection unless turned off, TLS when configured),
         bind and start it, and the metrics endpoint; the port."""
         cfg = self.config
+        if cfg.scoring_cpu_set:  # the event loop (this thread) and the threads started from now on (the
+            # transport's, the loading ones) keep the other CPUs; the scheduler pins its scoring thread
+            rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
+            pin_current_thread(rest)
+            _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
         interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
         server: Transport = (
             ThreadTransport(grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop())
@@ -353,10 +358,6 @@ class RouterServer:
             if targets is not None and (targets.targets or targets.spends):
                 self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
         scoring_cpus = self.config.scoring_cpu_set
-        if scoring_cpus:  # the event loop (this thread) and the threads it starts from now on keep the rest
-            rest = (available_cpus() or frozenset()) - scoring_cpus
-            pin_current_thread(rest)
-            _log.info("cpus pinned", scoring=sorted(scoring_cpus), event_loop=sorted(rest))
         if self.config.switch_interval_us:  # process-wide, as the interpreter lock is
             sys.setswitchinterval(self.config.switch_interval_us / 1e6)
             _log.info("switch interval set", us=self.config.switch_interval_us)

@@ -5,7 +5,7 @@
   the request-context interceptor's logic: request id, token check, access line, metrics, the
   error-to-status table) to the server's event loop and waits for its answer; the loop thread runs only
   Python that is ours. Measured side by side on one core (benchmarks/ghz/results/transports), this
-  answers about 1.7x the Route calls of grpc.aio: grpc.aio pays for every call on the event loop thread.
+  answers about 1.6x the Route calls of grpc.aio: grpc.aio pays for every call on the event loop thread.
 - `AioTransport` (`--transport aio`): grpc.aio on the event loop, the interceptor as a grpc.aio interceptor.
 
 Each open call holds a pool thread while its coroutine runs on the loop (a health Watch stream, for as

@@ -1,13 +1,15 @@
-"""An empty RouterService: the same grpc.aio server setup as lmroute-serve (options, reflection, one
-event loop, the request-context interceptor) but Route and Score answer at once with fixed values, no
-scheduler and no scorer. What ghz measures against it is the transport's own cost.
+"""An empty RouterService: the same grpc.aio server setup as `lmroute-serve --transport aio` (options,
+reflection, one event loop, the request-context interceptor) but Route and Score answer at once with
+fixed values, no scheduler and no scorer. What ghz measures against it is the transport's own cost.
 
     .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]]
         [--bundle DIR [--embed-only]] [--spin-us N] [--refuse]
 
 `--no-interceptor` leaves the request-context interceptor out (its cost is the difference). `--sync`
 serves the same handlers from a synchronous `grpc.server` with a pool of `--workers` threads instead of
-grpc.aio (no interceptor: the service's is written for grpc.aio), to compare the two transports.
+grpc.aio, the handlers answering on the pool threads themselves (no interceptor, no hand-off to an
+event loop): the floor of the service's default transport (`--transport threads`, lmroute.service.transports),
+which runs each call's coroutine on its event loop.
 `--bundle DIR` makes the handlers do the scoring work itself and nothing else: each prompt through the
 bundle's tokenizer, encoder and router (the request's routers; Route: its strong share's threshold from
 the calibration table; a static encoder embeds the text in one compiled call, as the service does for a

@@ -20,7 +20,9 @@ OK call read from /proc):
   work any answer of a static-encoder bundle needs;
 - scoring only: the same, each Route scored by the bundle's encoder (that one call) and mf router, its
   threshold from the calibration table (`--bundle`): the scoring work without a service path;
-- service: `lmroute-serve --bundle B` with its defaults.
+- service: `lmroute-serve --bundle B --transport aio`, its defaults otherwise: on grpc.aio, as every other
+  server here (the service's default transport, threads, is measured beside both empty handlers in
+  benchmarks/ghz/tiers.py).
 
 Before the rounds, the script checks that "tokenise + embed" gives the bundle's own embeddings (`tokenize`
 + `embed`) for the benchmark prompts, one at a time and as one batch, and counts the prompts the encoder's
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         *((spin_name(n), [*empty_cmd(), "--spin-us", f"{n:g}"]) for n in args.spin_us),
         ("tokenise + embed", [*empty_cmd(), "--bundle", str(args.bundle), "--embed-only"]),
         ("scoring only", [*empty_cmd(), "--bundle", str(args.bundle)]),
-        (SERVICE, service_cmd(args.bundle)),
+        (SERVICE, service_cmd(args.bundle, transport="aio")),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         per_round = rounds(targets, args.rounds, server_core, client_core, args.seconds, Path(tmp))

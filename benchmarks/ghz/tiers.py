@@ -6,17 +6,20 @@ handler, the same prompts, one run, the server on one core and ghz on the other.
         --bundle onnx-int8=/tmp/tiers/onnx-int8 --bundle onnx=/tmp/tiers/onnx \
         --out benchmarks/ghz/results/tiers
 
-Per server (the empty handler first, then, with `--scoring-only NAME` (default static), the empty handler
-doing that bundle's scoring work and nothing else (`empty_server.py --bundle`), then each bundle in the
-order given), with the service's defaults:
+Per server (the empty handler first: grpc.aio, the project's baseline; then the same empty handler on a
+synchronous gRPC server with 256 pool threads, the floor of the service's default thread transport (no
+interceptor, no hand-off to an event loop); then, with `--scoring-only NAME` (default static), the empty
+handler doing that bundle's scoring work and nothing else (`empty_server.py --bundle`), then each bundle
+in the order given), with the service's defaults:
 a 2 s warm-up, then closed-loop Route (router mf, strong_share 0.5, one prompt per call, round-robin
 over benchmarks/ghz/prompts.json: 48 short + 16 long real Arena prompts) at concurrency 1, 16 and 64,
 then Score calls of all 64 prompts (router mf) at concurrency 2. Route decisions/s per server core are
 OK Route calls/s with the server pinned to one core; Score prompts/s are OK Score calls/s x 64. Latency
 percentiles are over OK calls. Each server's peak RSS (VmHWM) is read before it stops; each bundle's
-size is the sum of its files. Then `--rounds` (default 5) interleaved rounds of the empty handler, the
-scoring-only server and that bundle's service, Route at concurrency 16 and 64 each, with the server's
-CPU per OK call: the Route share's median and spread over rounds, which one run's table cannot give.
+size is the sum of its files. Then `--rounds` (default 5) interleaved rounds of both empty handlers, the
+scoring-only server, that bundle's service and the bundles named by `--round-also`, Route at concurrency
+16 and 64 each, with the server's CPU per OK call: the Route share's median and spread over rounds
+(against each empty handler), which one run's table cannot give.
 Writes OUT/summary.json and OUT/RESULTS.md (the table and the goals of the fast-encoder issue judged on
 this run).
 """
@@ -48,6 +51,9 @@ ROUNDS = 5  # --rounds default
 SCORE_PROMPTS = 64
 SCORE_CONCURRENCY = 2
 SCORING_ONLY = "scoring only"
+EMPTY = "empty handler"
+EMPTY_THREADS = "empty handler (threads)"
+EMPTY_THREADS_WORKERS = 256  # the service's default --grpc-threads
 
 
 def bundle_bytes(path: Path) -> int:
@@ -145,7 +151,7 @@ def _fmt(x: float, digits: int = 1) -> str:
 
 def markdown(summary: dict[str, Any], command: str) -> str:
     rows = summary["servers"]
-    empty = next(r for r in rows if r["name"] == "empty handler")
+    empty = next(r for r in rows if r["name"] == EMPTY)
     lines = [
         "# Encoder tiers side by side: Route and Score per server core, latency, memory",
         "",
@@ -188,7 +194,7 @@ def markdown(summary: dict[str, Any], command: str) -> str:
                 best["ok_per_s"] >= 1000,
             ),
             (
-                "... as a share of the empty handler's best",
+                "... as a share of the empty handler's best (grpc.aio)",
                 best["ok_per_s"] / empty_best["ok_per_s"],
                 ">= 0.75",
                 best["ok_per_s"] / empty_best["ok_per_s"] >= 0.75,
@@ -203,16 +209,21 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         ]
         per_round = summary.get("rounds") or []
         if per_round and "static" in per_round[0]:
-            median = statistics.median(round_ratios(per_round, "static", "empty handler"))
-            goals.insert(
-                2,
-                (
-                    f"... the same share, median of {len(per_round)} interleaved rounds (below)",
-                    median,
-                    ">= 0.75",
-                    median >= 0.75,
-                ),
-            )
+            at = 2
+            for base, what in ((EMPTY, "grpc.aio"), (EMPTY_THREADS, "the synchronous server the service runs on")):
+                if base in per_round[0]:
+                    median = statistics.median(round_ratios(per_round, "static", base))
+                    goals.insert(
+                        at,
+                        (
+                            f"... the share of the empty handler on {what}, median of {len(per_round)} interleaved "
+                            "rounds (below)",
+                            median,
+                            ">= 0.75",
+                            median >= 0.75,
+                        ),
+                    )
+                    at += 1
         for what, got, target, ok in goals:
             lines.append(f"| {what} | {got:,.2f} | {target} | **{'PASS' if ok else 'MISS'}** |")
         only = next((r for r in rows if r["name"] == SCORING_ONLY), None)
@@ -260,10 +271,12 @@ def rounds_markdown(rows: list[dict[str, dict[str, Any]]], seconds: float) -> li
                 cells += [_fmt(row[n][c]["ok_per_s"]), _fmt(row[n][c]["cpu_us_per_call"], 0)]
         cells += [f"{ratios[n][i]:.2f}" for n in names[1:]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| share of the empty handler's Route rate | median | lowest | highest |", "|---|---:|---:|---:|"]
-    for n in names[1:]:
-        r = sorted(ratios[n])
-        lines.append(f"| {n} | {statistics.median(r):.2f} | {r[0]:.2f} | {r[-1]:.2f} |")
+    for base in [b for b in (EMPTY, EMPTY_THREADS) if b in names]:
+        lines += ["", f"| share of the {base}'s Route rate | median | lowest | highest |", "|---|---:|---:|---:|"]
+        for n in names:
+            if n != base:
+                r = sorted(round_ratios(rows, n, base))
+                lines.append(f"| {n} | {statistics.median(r):.2f} | {r[0]:.2f} | {r[-1]:.2f} |")
     return lines
 
 
@@ -291,12 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         help="then this many interleaved rounds of Route (c=16, 64) on the empty handler, the scoring-only server and "
         "the --scoring-only bundle, for the spread of the Route share (0 = none)",
     )
+    p.add_argument(
+        "--round-also",
+        action="append",
+        default=[],
+        help="NAME, repeatable: a bundle NAME to run in the interleaved rounds too (e.g. the same bundle on the aio "
+        "transport)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "tiers")
     args = p.parse_args(argv)
     server_core, client_core = default_cores()
     from lmroute.bundle.loader import read_manifest
 
-    targets: list[tuple[str, list[str], dict[str, Any]]] = [("empty handler", empty_cmd(), {})]
+    sync = [*empty_cmd(), "--sync", "--workers", str(EMPTY_THREADS_WORKERS)]
+    targets: list[tuple[str, list[str], dict[str, Any]]] = [(EMPTY, empty_cmd(), {}), (EMPTY_THREADS, sync, {})]
     extra = {name: shlex.split(flags) for name, _, flags in (f.partition("=") for f in args.flags)}
     for spec in args.bundle:
         name, _, path = spec.partition("=")
@@ -309,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         targets.append((name, [*service_cmd(bundle), *extra.get(name, [])], info))
         if name == args.scoring_only:
             only = {"bundle_desc": f"{name}: its scoring work in the empty handler"}
-            targets.insert(1, (SCORING_ONLY, [*empty_cmd(), "--bundle", str(bundle)], only))
+            targets.insert(2, (SCORING_ONLY, [*empty_cmd(), "--bundle", str(bundle)], only))
     t0 = time.time()
     servers = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: Route c=1 {res['route'][1]['ok_per_s']:.1f}/s, Score {res['score']['prompts_per_s']:.0f} prompts/s",
                 file=sys.stderr,
             )
-        round_targets = [(n, cmd) for n, cmd, _ in targets if n in ("empty handler", SCORING_ONLY, args.scoring_only)]
+        in_rounds = {EMPTY, EMPTY_THREADS, SCORING_ONLY, args.scoring_only, *args.round_also}
+        round_targets = [(n, cmd) for n, cmd, _ in targets if n in in_rounds]
         per_round = (
             rounds(round_targets, args.rounds, server_core, client_core, args.seconds, Path(tmp)) if args.rounds else []
         )
@@ -333,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     command = ".venv/bin/python benchmarks/ghz/tiers.py " + " ".join(
         [*(f"--bundle {shlex.quote(b)}" for b in args.bundle), *(f"--flags {shlex.quote(f)}" for f in args.flags)]
+        + [f"--round-also {shlex.quote(n)}" for n in args.round_also]
         + ([f"--rounds {args.rounds}"] if args.rounds != ROUNDS else [])
     )
     (args.out / "RESULTS.md").write_text(markdown(json.loads(json.dumps(summary, default=str)), command))

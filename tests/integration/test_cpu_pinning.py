@@ -76,6 +76,7 @@ def test_the_scoring_thread_gets_its_cpus_and_the_event_loop_the_rest() -> None:
             if m := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
                 port = int(m.group(1))
         assert port is not None
+        serving = set(os.listdir(f"/proc/{proc.pid}/task"))  # the transport's call threads start with the calls
         with RouterClient(f"127.0.0.1:{port}") as c:
             res = c.score(["pinned", "prompts"])  # the scoring thread exists once a batch was scored
         assert [r.status.code for r in res.results] == [0, 0]
@@ -84,6 +85,8 @@ def test_the_scoring_thread_gets_its_cpus_and_the_event_loop_the_rest() -> None:
         threads = {int(tid): _allowed(proc.pid, int(tid)) for tid in os.listdir(f"/proc/{proc.pid}/task")}
         assert threads[proc.pid] == allowed - scoring  # the event loop's thread
         assert sum(cpus == scoring for cpus in threads.values()) == 1  # the scoring thread, alone there
+        started = [cpus for tid, cpus in threads.items() if str(tid) not in serving and cpus != scoring]
+        assert started and all(cpus == allowed - scoring for cpus in started), threads  # the call threads too
     finally:
         proc.terminate()
         proc.wait(30)
