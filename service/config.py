@@ -40,7 +40,7 @@ __all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", 
 
 ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
-_TRANSPORTS = ("threads", "aio")
+_TRANSPORTS = ("auto", "threads", "aio")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
@@ -203,11 +203,13 @@ class ServiceConfig:
         default=4 * 1024 * 1024, metadata=_doc("largest gRPC message received or sent, bytes")
     )
     transport: str = field(
-        default="threads",
+        default="auto",
         metadata=_doc(
             "how the gRPC port is served: threads (a synchronous gRPC server whose pool threads hand each "
-            "call to the event loop; about 1.6x the Route calls per core of aio) or aio (grpc.aio on the event "
-            "loop); lmroute.service.transports"
+            "call to the event loop: about 1.5x the Route calls per core of aio on a static-encoder bundle), "
+            "aio (grpc.aio on the event loop: a lower latency at concurrency 1, and more of an ONNX bundle's "
+            "calls answered under a storm of re-sent refusals), or auto: threads when the bundle's manifest "
+            "names a static encoder, else aio (lmroute.service.transports)"
         ),
     )
     grpc_threads: int = field(

@@ -68,6 +68,7 @@ __all__ = [
     "import_plugins",
     "load_bundle_scorer",
     "reflection_pool",
+    "transport_for",
 ]
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -114,6 +115,18 @@ def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
     ]
+
+
+def transport_for(bundle: Path) -> str:
+    """`--transport auto`: threads for a bundle whose manifest names a static encoder (its calls cost
+    microseconds: the transport decides the rate), else aio. A manifest that cannot be read gives aio;
+    loading the bundle then says what is wrong with it."""
+    from lmroute.bundle.loader import read_manifest
+
+    try:
+        return "threads" if read_manifest(bundle).encoder.kind == "static" else "aio"
+    except Exception:
+        return "aio"
 
 
 ScorerFactory = Callable[[ServiceConfig], Scorer[Any]]
@@ -191,6 +204,7 @@ class RouterServer:
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
         self._server: Transport | None = None
+        self.transport = ""  # the transport bind chose: threads or aio
         self._stats_file: StatsFile | None = None
         self.store_writer: StoreWriter | None = None
         self.target_sync: TargetSync | None = None  # live target changes kept in the store (store_targets)
@@ -220,9 +234,10 @@ class RouterServer:
             pin_current_thread(rest)
             _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
         interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
+        self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
         server: Transport = (
             ThreadTransport(grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop())
-            if cfg.transport == "threads"
+            if self.transport == "threads"
             else AioTransport(grpc_options(cfg), interceptor)
         )
         server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, self.servicer)
@@ -283,6 +298,7 @@ class RouterServer:
             port=self.port,
             metrics_port=self.metrics_port,
             http_port=self.http_port,
+            transport=self.transport,
             auth=self._auth is not None,
             tls=self.tls is not None,
             mtls=bool(cfg.tls_client_ca_file),

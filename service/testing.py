@@ -70,8 +70,10 @@ class ServerThread:
 
 def fake_server(*, quiet: bool = True, default_router: str = "", **settings: Any) -> ServerThread:
     """A started ServerThread over FakeScorer (routers random and mf; `default_router` its default router,
-    "" none) on 127.0.0.1, a free port and no grace period (with `quiet`, logging set to warnings);
-    `settings` are more ServiceConfig fields (or overrides of those)."""
+    "" none) on 127.0.0.1, a free port, no grace period and the thread transport (what `--transport auto`
+    picks for a bundle whose calls cost microseconds, as FakeScorer's do; its bundle path names no
+    manifest) (with `quiet`, logging set to warnings); `settings` are more ServiceConfig fields (or
+    overrides of those)."""
     from pathlib import Path
 
     from lmroute.service.fake_scorer import FakeScorer
@@ -79,7 +81,9 @@ def fake_server(*, quiet: bool = True, default_router: str = "", **settings: Any
 
     if quiet:
         configure_logging("warning")
-    base: dict[str, Any] = dict(bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0)
+    base: dict[str, Any] = dict(
+        bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0, transport="threads"
+    )
     base.update(settings)
     fake = FakeScorer(routers=("random", "mf"), default_router=default_router)
     return ServerThread(ServiceConfig(**base), scorer_factory=lambda _cfg: fake).start()

@@ -1,12 +1,16 @@
 """The two gRPC transports a RouterServer can serve on; the servicers are the same coroutines either way.
 
-- `ThreadTransport` (the default, `--transport threads`): a synchronous `grpc.server`. gRPC's own threads
-  receive each call and a pool thread deserialises it, then hands the servicer's coroutine (wrapped by
-  the request-context interceptor's logic: request id, token check, access line, metrics, the
-  error-to-status table) to the server's event loop and waits for its answer; the loop thread runs only
-  Python that is ours. Measured side by side on one core (benchmarks/ghz/results/transports), this
-  answers about 1.6x the Route calls of grpc.aio: grpc.aio pays for every call on the event loop thread.
-- `AioTransport` (`--transport aio`): grpc.aio on the event loop, the interceptor as a grpc.aio interceptor.
+- `ThreadTransport` (`--transport threads`; `auto`, the default, picks it for a bundle whose encoder is
+  static): a synchronous `grpc.server`. gRPC's own threads receive each call and a pool thread
+  deserialises it, then hands the servicer's coroutine (wrapped by the request-context interceptor's
+  logic: request id, token check, access line, metrics, the error-to-status table) to the server's event
+  loop and waits for its answer; the loop thread runs only Python that is ours. Side by side on one core
+  with a static bundle (benchmarks/ghz/results/tiers), this answers about 1.5x the Route calls of
+  grpc.aio, which pays for every call's gRPC work on the event loop thread.
+- `AioTransport` (`--transport aio`; auto's pick for any other bundle, whose encoder's milliseconds a
+  call decide its rate): grpc.aio on the event loop, the interceptor as a grpc.aio interceptor. It
+  answers a call at concurrency 1 sooner (one thread instead of three), and under a storm of refused
+  calls re-sent at once it leaves an ONNX scorer more of the core.
 
 Each open call holds a pool thread while its coroutine runs on the loop (a health Watch stream, for as
 long as it is open). A call arriving while `grpc_threads` calls are open is refused by gRPC itself
@@ -75,17 +79,8 @@ class LoopContext:
     def peer(self) -> str:
         return str(self._ctx.peer())
 
-    def auth_context(self) -> Any:
-        return self._ctx.auth_context()
-
     def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
         self._ctx.set_trailing_metadata(tuple(metadata))
-
-    def done(self) -> bool:
-        return not self._ctx.is_active()
-
-    def cancelled(self) -> bool:
-        return not self._ctx.is_active()
 
     async def write(self, message: Any) -> None:
         if self._out is None:
@@ -112,12 +107,6 @@ class _Collected:
             self.handlers[f"/{service}/{name}"] = handler
 
 
-def _end(context: grpc.ServicerContext, aborted: Aborted) -> NoReturn:
-    context.set_trailing_metadata(aborted.trailers)
-    context.abort(aborted.code, aborted.details)
-    raise AssertionError("abort returned")  # pragma: no cover
-
-
 def _on_loop(
     loop: asyncio.AbstractEventLoop, coro: Any, context: grpc.ServicerContext
 ) -> concurrent.futures.Future[Any]:
@@ -128,15 +117,20 @@ def _on_loop(
     return fut
 
 
+def _result(fut: concurrent.futures.Future[Any], context: grpc.ServicerContext) -> Any:
+    """The coroutine's answer; its abort, or its cancellation, as the call's status."""
+    try:
+        return fut.result()
+    except Aborted as exc:
+        context.set_trailing_metadata(exc.trailers)
+        context.abort(exc.code, exc.details)
+    except concurrent.futures.CancelledError:
+        context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+
+
 def _unary(loop: asyncio.AbstractEventLoop, inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
-        fut = _on_loop(loop, inner(request, LoopContext(context)), context)
-        try:
-            return fut.result()
-        except Aborted as exc:
-            _end(context, exc)
-        except concurrent.futures.CancelledError:
-            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        return _result(_on_loop(loop, inner(request, LoopContext(context)), context), context)
 
     return call
 
@@ -153,12 +147,7 @@ def _unary_stream(
         fut.add_done_callback(lambda _: out.put(done))
         while (message := out.get()) is not done:
             yield message
-        try:
-            fut.result()
-        except Aborted as exc:
-            _end(context, exc)
-        except concurrent.futures.CancelledError:
-            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        _result(fut, context)
 
     return call
 
@@ -206,6 +195,8 @@ class ThreadTransport:
     def add_servicer(self, add: AddServicer, servicer: Any) -> None:
         collected = _Collected()
         add(servicer, collected)
+        if not collected.handlers:
+            raise ValueError(f"{add.__name__}: registered no method by name (gRPC code generated before 1.63?)")
         for method, handler in collected.handlers.items():
             self._bridge.add(method, self._wrap(method, handler) if handler.unary_unary is not None else handler)
 

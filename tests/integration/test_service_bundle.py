@@ -95,6 +95,11 @@ def _direct(bundle: Bundle, text: str) -> dict[str, float]:
     return {name: float(r.score(batch)[0]) for name, r in bundle.routers.items()}
 
 
+def test_auto_transport_serves_an_onnx_bundle_on_grpc_aio(server: ServerThread, bundle: Bundle) -> None:
+    assert bundle.manifest.encoder.kind == "onnx"
+    assert server.server.config.transport == "auto" and server.server.transport == "aio"
+
+
 def test_list_get_router_describe_the_bundle(client: RouterClient, bundle: Bundle) -> None:
     lr = client.list_routers()
     m = bundle.manifest

@@ -24,6 +24,7 @@ from lmroute.service.bundle_scorer import BundleScorer
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.logs import configure_logging
+from lmroute.service.server import transport_for
 from lmroute.service.testing import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def bundle(static_bundle: Path) -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def client(static_bundle: Path) -> Iterator[RouterClient]:
+def server(static_bundle: Path) -> Iterator[ServerThread]:
     configure_logging("warning")
     cfg = ServiceConfig(
         bundle_path=static_bundle,
@@ -69,8 +70,19 @@ def client(static_bundle: Path) -> Iterator[RouterClient]:
         log_level="warning",
         grace_s=0.0,
     )
-    with ServerThread(cfg) as srv, RouterClient(srv.target, timeout_s=60) as c:
+    with ServerThread(cfg) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> Iterator[RouterClient]:
+    with RouterClient(server.target, timeout_s=60) as c:
         yield c
+
+
+def test_auto_transport_serves_a_static_bundle_on_threads(server: ServerThread, tmp_path: Path) -> None:
+    assert server.server.config.transport == "auto" and server.server.transport == "threads"
+    assert transport_for(tmp_path) == "aio"  # no manifest to read: loading will say what is wrong
 
 
 def test_manifest_says_how_the_table_was_made(bundle: Bundle, exported_encoder_dir: Path) -> None:
