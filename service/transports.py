@@ -180,7 +180,21 @@ class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type
         return self._handlers.get(handler_call_details.method)
 
 
-class ThreadTransport:
+class _Ports:
+    """What both transports do alike with their gRPC server (`_server`): reflection and ports."""
+
+    _server: Any
+
+    def enable_reflection(self, service_names: Sequence[str], pool: Any) -> None:
+        reflection.enable_server_reflection(service_names, self._server, pool=pool)
+
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        if credentials is None:
+            return int(self._server.add_insecure_port(address))
+        return int(self._server.add_secure_port(address, credentials))
+
+
+class ThreadTransport(_Ports):
     """A synchronous grpc.server whose calls run the servicers' coroutines on the caller's event loop."""
 
     def __init__(
@@ -200,14 +214,6 @@ class ThreadTransport:
         for method, handler in collected.handlers.items():
             self._bridge.add(method, self._wrap(method, handler) if handler.unary_unary is not None else handler)
 
-    def enable_reflection(self, service_names: Sequence[str], pool: Any) -> None:
-        reflection.enable_server_reflection(service_names, self._server, pool=pool)
-
-    def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
-        if credentials is None:
-            return int(self._server.add_insecure_port(address))
-        return int(self._server.add_secure_port(address, credentials))
-
     async def start(self) -> None:
         self._server.start()
 
@@ -221,7 +227,7 @@ class ThreadTransport:
         await asyncio.to_thread(self._server.wait_for_termination)
 
 
-class AioTransport:
+class AioTransport(_Ports):
     """grpc.aio on the event loop, with the request-context interceptor."""
 
     def __init__(self, options: list[tuple[str, int]], interceptor: grpc.aio.ServerInterceptor) -> None:
@@ -229,14 +235,6 @@ class AioTransport:
 
     def add_servicer(self, add: AddServicer, servicer: Any) -> None:
         add(servicer, self._server)
-
-    def enable_reflection(self, service_names: Sequence[str], pool: Any) -> None:
-        reflection.enable_server_reflection(service_names, self._server, pool=pool)
-
-    def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
-        if credentials is None:
-            return int(self._server.add_insecure_port(address))
-        return int(self._server.add_secure_port(address, credentials))
 
     async def start(self) -> None:
         await self._server.start()

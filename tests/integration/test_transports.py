@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from grpc_status import rpc_status
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import ConfigError
 from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.scheduler import Scheduler
 from lmroute.service.server import SERVICE_NAME
 from lmroute.service.testing import ServerThread, fake_server
 from lmroute.v1 import router_pb2, router_pb2_grpc
@@ -50,10 +52,19 @@ def _reason(err: grpc.RpcError) -> str:
     return ""
 
 
-def _fake(srv: ServerThread) -> FakeScorer:
+def _two_held(
+    srv: ServerThread, stub: router_pb2_grpc.RouterServiceStub
+) -> tuple[Scheduler[Any], FakeScorer, grpc.Future, grpc.Future]:
+    """Two Route calls open: the first held by the blocked FakeScorer, the second admitted behind it."""
     sched = srv.server.scheduler
     assert sched is not None and isinstance(sched.scorer, FakeScorer)
-    return sched.scorer
+    fake = sched.scorer
+    fake.block()
+    first = stub.Route.future(_route("first"), timeout=30)
+    _until(fake.entered.is_set)
+    second = stub.Route.future(_route("second"), timeout=30)
+    _until(lambda: sched.in_flight == 2)
+    return sched, fake, first, second
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -116,16 +127,9 @@ def test_a_cancel_and_a_passed_deadline_reach_the_queue(
     fake_servers: Callable[..., ServerThread], transport: str
 ) -> None:
     srv = fake_servers(transport=transport, batch=BatchPolicy(max_queue=4, queue_timeout_ms=60_000))
-    sched = srv.server.scheduler
-    assert sched is not None
-    fake = _fake(srv)
-    fake.block()
     with grpc.insecure_channel(srv.target) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
-        held = stub.Route.future(_route("held"), timeout=30)
-        _until(fake.entered.is_set)
-        cancelled = stub.Route.future(_route("cancelled"), timeout=30)
-        _until(lambda: sched.in_flight == 2)
+        sched, fake, held, cancelled = _two_held(srv, stub)
         cancelled.cancel()
         _until(lambda: sched.in_flight == 1)  # its prompt released while the scorer is still held
         with pytest.raises(grpc.RpcError) as late:
@@ -164,16 +168,9 @@ def test_a_call_past_the_thread_pool_is_refused_by_grpc_and_the_held_ones_are_an
     fake_servers: Callable[..., ServerThread],
 ) -> None:
     srv = fake_servers(transport="threads", grpc_threads=2, batch=BatchPolicy(max_queue=8))
-    sched = srv.server.scheduler
-    assert sched is not None
-    fake = _fake(srv)
-    fake.block()
     with grpc.insecure_channel(srv.target) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
-        first = stub.Route.future(_route("first"), timeout=30)
-        _until(fake.entered.is_set)
-        second = stub.Route.future(_route("second"), timeout=30)
-        _until(lambda: sched.in_flight == 2)
+        sched, fake, first, second = _two_held(srv, stub)
         t0 = time.monotonic()
         with pytest.raises(grpc.RpcError) as past:
             stub.Route(_route("third"), timeout=10)
