@@ -7,7 +7,8 @@ Steps:
 1. Read the judged prompts of the store (`OutcomeStore.labeled_prompts`, optionally since a time, and
    only the outcomes of the `reporters` trusted: the gate then holds out only theirs too; with
    `gate_reporters` the gate holds out only the prompts those reporters judged, judged by their
-   outcomes alone, while the head learns from all of `reporters`') and keep those
+   outcomes alone, while the head learns from all of `reporters`'; with `callers`, only the outcomes
+   of decisions made for those tenants' calls: a router adapted to their traffic) and keep those
    the kind can learn from: paired = both models of the bundle's default pair judged (paired or
    preference outcomes); single = a Route decision of this pair with its propensity and the chosen
    model's quality.
@@ -236,6 +237,7 @@ def adapt_from_store(
     since_ms: int = 0,
     reporters: Collection[str] | None = None,
     gate_reporters: Collection[str] | None = None,
+    callers: Collection[str] | None = None,
     margin: float | None = None,
     splits: str = "cross_fit",
     paired_learner: str = PAIRED_LEARNERS[0],
@@ -254,7 +256,8 @@ def adapt_from_store(
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
     champion = ADAPTED if ADAPTED in bundle.routers else base_router
     pair = bundle.manifest.default_pair
-    rows = _usable(store.labeled_prompts(since_ms=since_ms, reporters=reporters), kind, pair.strong, pair.weak)
+    read = store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers)
+    rows = _usable(read, kind, pair.strong, pair.weak)
     feats = featurise(bundle, rows, base_router, champion)
     used = [rows[i] for i in feats.kept]
     report: dict[str, Any] = {
@@ -263,6 +266,7 @@ def adapt_from_store(
         "champion": champion,
         "outcomes_read": len(rows),
         "reporters": None if reporters is None else sorted(reporters),
+        "callers": None if callers is None else sorted(callers),
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }

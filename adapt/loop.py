@@ -86,7 +86,7 @@ class Round:
 class RoundSettings:
     """What a round adapts with: the outcome kind, the base router (None: mf, or quality for qualities),
     the window of outcomes (ms back from now; 0 = all), the gate's splits, the paired learner, the
-    reporters learnt from and those the gate judges by."""
+    reporters learnt from and those the gate judges by, the tenants whose calls it learns from."""
 
     kind: str = "paired"
     base_router: str | None = None
@@ -95,6 +95,7 @@ class RoundSettings:
     paired_learner: str = "kernel"
     reporters: frozenset[str] | None = None  # learn only from these tenants' outcomes; None = everyone's
     gate_reporters: frozenset[str] | None = None  # the gate judges by these tenants' outcomes alone
+    callers: frozenset[str] | None = None  # only the outcomes of these tenants' calls; None = every call's
 
 
 def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
@@ -114,6 +115,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 since_ms=since,
                 reporters=settings.reporters,
                 gate_reporters=settings.gate_reporters,
+                callers=settings.callers,
                 splits=settings.splits,
             )
         else:
@@ -126,6 +128,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 since_ms=since,
                 reporters=settings.reporters,
                 gate_reporters=settings.gate_reporters,
+                callers=settings.callers,
                 splits=settings.splits,
                 paired_learner=settings.paired_learner,
             )
@@ -237,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reporters = reporters_named(args.reporters)
         gate_reporters = reporters_named(args.gate_reporters)
+        callers = reporters_named(args.callers, "callers")
     except ValueError as exc:
         ap.error(str(exc))
     connect = connection_kwargs(args)
@@ -248,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paired_learner=args.paired_learner,
         reporters=reporters,
         gate_reporters=gate_reporters,
+        callers=callers,
     )
     while True:
         try:

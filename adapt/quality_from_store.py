@@ -6,8 +6,8 @@
 Steps:
 1. Read the judged prompts of the store (optionally since a time, and only the `reporters` trusted;
    with `gate_reporters` the gate holds out only the prompts those reporters judged, by their
-   qualities alone): every prompt with a quality for any model, whatever the outcome's kind (`qualities`, `single`,
-   `paired`, `preference`).
+   qualities alone; with `callers`, only the outcomes of those tenants' calls): every prompt with a
+   quality for any model, whatever the outcome's kind (`qualities`, `single`, `paired`, `preference`).
 2. Features in the bundle's space: the stored embedding when its `encoder_id` is the bundle's, else the
    prompt text embedded now; the length feature from the text or the recorded character count. A
    prompt with neither text nor a usable stored embedding is skipped and counted. Everything the
@@ -136,6 +136,7 @@ def adapt_qualities_from_store(
     since_ms: int = 0,
     reporters: Collection[str] | None = None,
     gate_reporters: Collection[str] | None = None,
+    callers: Collection[str] | None = None,
     margin: float | None = None,
     order_margin: float | None = None,
     routing_margin: float | None = None,
@@ -157,7 +158,7 @@ def adapt_qualities_from_store(
         )
     served = bundle.routers.get(ADAPTED_QUALITY)
     champion: QualityRouter | AdaptedQualityRouter = served if isinstance(served, AdaptedQualityRouter) else base
-    rows = [r for r in store.labeled_prompts(since_ms=since_ms, reporters=reporters) if r.qualities]
+    rows = [r for r in store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers) if r.qualities]
     emb, lengths, kept = embed_rows(bundle, rows)
     used = [rows[i] for i in kept]
     judged = sorted({m for r in used for m in r.qualities})
@@ -168,6 +169,7 @@ def adapt_qualities_from_store(
         "champion": ADAPTED_QUALITY if champion is served else base_router,
         "outcomes_read": len(rows),
         "reporters": None if reporters is None else sorted(reporters),
+        "callers": None if callers is None else sorted(callers),
         "outcomes_skipped": len(rows) - len(used),
         "models_judged": judged,
         "gate_splits": splits,

@@ -269,6 +269,7 @@ def _adaptations(args: argparse.Namespace) -> int:
             gate = report.get("gate", {})
             run["reason"] = gate.get("reason", "")
             run["reporters"] = report.get("reporters")
+            run["callers"] = report.get("callers")
         print(json.dumps(run, sort_keys=True))
     return 0
 
@@ -377,6 +378,7 @@ def _adapt(args: argparse.Namespace) -> int:
     try:
         reporters = reporters_named(args.reporters)
         gate_reporters = reporters_named(args.gate_reporters)
+        callers = reporters_named(args.callers, "callers")
         store = open_store(args.store)
     except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
@@ -391,6 +393,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 since_ms=args.since_ms,
                 reporters=reporters,
                 gate_reporters=gate_reporters,
+                callers=callers,
                 margin=args.margin,
                 order_margin=args.order_margin,
                 routing_margin=args.routing_margin,
@@ -408,6 +411,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 since_ms=args.since_ms,
                 reporters=reporters,
                 gate_reporters=gate_reporters,
+                callers=callers,
                 margin=args.margin,
                 splits=args.gate_splits,
                 paired_learner=args.paired_learner,

@@ -91,8 +91,8 @@ UNNAMED_REPORTER = "(none)"
 
 
 def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
-    """The `--reporters` and `--gate-reporters` flags of the commands that adapt from a store (each
-    parsed by `reporters_named`)."""
+    """The `--reporters`, `--gate-reporters` and `--callers` flags of the commands that adapt from a store
+    (each parsed by `reporters_named`)."""
     parser.add_argument(
         "--reporters",
         action="append",
@@ -109,12 +109,21 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         help="the gate judges the candidate on these tenants' outcomes alone (the prompts they judged), while "
         "it learns from all of --reporters'; default: the gate judges by what it learns from",
     )
+    parser.add_argument(
+        "--callers",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="learn from and gate on the outcomes of these tenants' calls alone (decisions made for them, "
+        f"joined by decision id; {UNNAMED_REPORTER} = calls naming no tenant): a router adapted to one "
+        "tenant's traffic; default: every call's and every outcome by prompt text",
+    )
 
 
-def reporters_named(values: Sequence[str] | None) -> frozenset[str] | None:
-    """The reporters a command line lists (`--reporters a,b --reporters (none)`: each value split at
-    commas, UNNAMED_REPORTER for ""), or None (every reporter) when it lists none; OutcomeError naming
-    a name that is not a tenant name."""
+def reporters_named(values: Sequence[str] | None, setting: str = "reporters") -> frozenset[str] | None:
+    """The tenants a command line lists (`--reporters a,b --reporters (none)`: each value split at
+    commas, UNNAMED_REPORTER for ""), or None (every tenant) when it lists none; OutcomeError naming
+    `setting` and a name that is not a tenant name."""
     if not values:
         return None
     out: set[str] = set()
@@ -126,7 +135,7 @@ def reporters_named(values: Sequence[str] | None) -> frozenset[str] | None:
                 out.add(name)
             else:
                 raise OutcomeError(
-                    f"reporters: {name!r} is not a tenant name (1-64 of [A-Za-z0-9._-]) or {UNNAMED_REPORTER}"
+                    f"{setting}: {name!r} is not a tenant name (1-64 of [A-Za-z0-9._-]) or {UNNAMED_REPORTER}"
                 )
     return frozenset(out)
 

@@ -462,12 +462,19 @@ class OutcomeStore:
         return [_decision_of(r) for r in rows]
 
     def labeled_prompts(
-        self, *, since_ms: int = 0, until_ms: int | None = None, reporters: Collection[str] | None = None
+        self,
+        *,
+        since_ms: int = 0,
+        until_ms: int | None = None,
+        reporters: Collection[str] | None = None,
+        callers: Collection[str] | None = None,
     ) -> list[LabeledPrompt]:
         """Every judged prompt whose outcomes were received in [since_ms, until_ms), in the order it was judged,
         with its outcomes by model and its decision (by id; for an outcome by prompt, the latest decision
         recorded for the same prompt, when there is one). With `reporters`, only the outcomes those
-        reporters sent ("" names the caller that named no tenant); None = every reporter's."""
+        reporters sent ("" names the caller that named no tenant); None = every reporter's. With `callers`,
+        only the outcomes of decisions made for those tenants' calls (joined by decision id: an outcome
+        by prompt text judges no call; "" names calls naming no tenant): one tenant's traffic."""
         until = (1 << 62) if until_ms is None else until_ms
         where = "received_ms >= ? AND received_ms < ?"
         params: list[Any] = [since_ms, until]
@@ -496,6 +503,8 @@ class OutcomeStore:
             for d in self._decisions_where(f"prompt_sha256 IN ({marks}) ORDER BY time_ms", chunk):
                 by_prompt[d.prompt_sha256] = d  # the latest wins
         out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
+        if callers is not None:
+            out = [p for p in out if p.decision_id is not None and p.caller in callers]
         out.sort(key=lambda p: p.time_ms)
         return out
 

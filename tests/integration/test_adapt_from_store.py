@@ -22,7 +22,7 @@ from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.routers import PromptBatch
 from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
 from lmroute.export.cli import main
-from lmroute.outcomes.records import Outcome, OutcomeKind
+from lmroute.outcomes.records import Decision, Outcome, OutcomeKind, prompt_sha256
 from lmroute.outcomes.store import open_store
 
 N = 600
@@ -166,6 +166,62 @@ def test_adapt_learns_from_the_trusted_reporters_alone(
     assert last["report"]["gate_reporters"] == [""] and last["candidate_version"]
 
 
+def _on_decisions(parent: Path, outcomes: list[Outcome], caller: str, tag: str) -> tuple[list[Decision], list[Outcome]]:
+    """`outcomes` (by prompt text) as outcomes of Score decisions made for `caller`'s calls, one a prompt,
+    joined by decision id."""
+    pair = load_bundle(parent).manifest.default_pair
+    decisions: dict[str, Decision] = {}
+    out: list[Outcome] = []
+    for o in outcomes:
+        assert o.prompt_text is not None
+        sha = prompt_sha256(o.prompt_text)
+        did = f"{tag}-{sha[:24]}"
+        decisions.setdefault(
+            did,
+            Decision(
+                decision_id=did,
+                time_ms=o.observed_ms - 10,
+                kind="score",
+                bundle_version="before",
+                scores={},
+                strong_model=pair.strong,
+                weak_model=pair.weak,
+                prompt_sha256=sha,
+                n_tokens=8,
+                prompt_text=o.prompt_text,
+                caller=caller,
+            ),
+        )
+        out.append(dataclasses.replace(o, prompt_text=None, decision_id=did))
+    return list(decisions.values()), out
+
+
+def test_adapt_learns_one_tenants_traffic_from_the_outcomes_of_its_calls(
+    parent: Path, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two tenants' calls on the same prompts, whose outcomes teach opposite things (`app`'s follow the
+    learnable direction, `batch`'s are shuffled across prompts), and outcomes by prompt text of no call:
+    `callers` learns from one tenant's calls alone, the gate judging by them too."""
+    store = open_store(dsn)
+    for caller, tag, shuffled in (("app", "a", False), ("batch", "b", True)):
+        decisions, outcomes = _on_decisions(parent, _judged(parent, shuffled=shuffled), caller, tag)
+        store.write(decisions, outcomes)
+    store.write([], _judged(parent, shuffled=True, seed=7))  # by prompt text: no call's
+    app = adapt_from_store(parent, store, tmp_path / "app", callers={"app"})
+    assert app.accepted and app.n_outcomes == N and app.report["callers"] == ["app"]
+    batch = adapt_from_store(parent, store, tmp_path / "batch", callers={"batch"})
+    assert not batch.accepted and batch.n_outcomes == N
+    assert adapt_from_store(parent, store, tmp_path / "none", callers={""}).n_outcomes == 0  # no call named none
+    everyone = adapt_from_store(parent, store, tmp_path / "everyone")
+    assert everyone.n_outcomes == 3 * N and everyone.report["callers"] is None
+    store.close()
+    args = ["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "cli"), "--callers", "app"]
+    assert main(args) == 0
+    assert '"callers": [\n    "app"\n  ]' in capsys.readouterr().out
+    assert main([*args[:-1], "no such/name"]) == 1
+    assert "callers: 'no such/name' is not a tenant name" in capsys.readouterr().err
+
+
 def test_the_gate_judges_by_the_trusted_reporters_while_the_head_learns_from_all(parent: Path, tmp_path: Path) -> None:
     """A tenant reporting on its own prompts that the strong model is always right and the weak one
     wrong wherever it is right steers the head the wrong way while the mean gain stays positive: a gate
@@ -286,6 +342,9 @@ def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_h
     with pytest.raises(SystemExit):  # a reporter that is no tenant name: refused before any round
         adapt_main([*argv, "--reporters", "no such/name"])
     assert "reporters: 'no such/name' is not a tenant name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        adapt_main([*argv, "--callers", "a b"])
+    assert "callers: 'a b' is not a tenant name" in capsys.readouterr().err
     with ServerThread(cfg) as srv:
         monkeypatch.delenv("ADAPT_TOKEN", raising=False)
         assert adapt_main(["--server", srv.target, *argv]) == 1
