@@ -134,7 +134,9 @@ class BatchPolicy:
             "the scorer's measured cost) runs on the event loop instead of a helper thread, saving the two "
             "thread switches, and a call finding nothing queued and the scorer idle is scored at once, "
             "without the queue, when its prompts fit one such batch; for scorers whose cost is microseconds "
-            "(a static encoder): while it runs no other call is served. 0 = always on the helper threads; "
+            "(a static encoder; an inline step's cost is measured in the loop thread's CPU time, so a scorer "
+            "that waits on I/O must not run inline): while it runs no other call is served. 0 = always on the "
+            "helper threads; "
             "-1 = 5000 for a bundle whose encoder is static, else 0"
         ),
     )

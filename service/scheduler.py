@@ -390,7 +390,9 @@ class Scheduler(Generic[T]):
             took_s, cpu_s = time.perf_counter() - t0, time.thread_time() - cpu0
         finally:
             self._end_batch()
-        # the call's scorer is the current one (no swap can come between admission and here: no await)
+        # the call's scorer is the current one (no swap can come between admission and here: no await);
+        # the rate takes an inline step's own CPU time: its wall time also holds other threads' turns on
+        # the interpreter lock (the thread transport's call threads), which price no prompt
         self._observe_rate([routers] * n, [ran.longest] * n, ran, cpu_s)
         self.timings.record_batch([0.0] * n, ran.longest, took_s)
         return outcomes
@@ -657,6 +659,8 @@ class Scheduler(Generic[T]):
             took_s, cpu_s = time.perf_counter() - t0, time.thread_time() - cpu0
             if scorer is self.scorer:  # a swapped-out scorer's cost says nothing of the new one
                 counts = [ran.longest if it.n_tokens is None else it.n_tokens for it in part]
+                # inline: its own CPU time, as in _score_now; on the scoring thread: wall time (the encoder
+                # releases the interpreter lock, and its wait for the lock is part of what a batch costs)
                 self._observe_rate([it.routers for it in part], counts, ran, cpu_s if ran.inline else took_s)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
         return ran_inline
