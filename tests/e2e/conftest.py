@@ -1,10 +1,11 @@
 """End-to-end tier: clients in other languages against one real server on 127.0.0.1.
 
 Session fixtures: a real tiny bundle (real all-MiniLM-L6-v2 encoder, random / mf / sw_ranking / bert
-routers) served by ServerThread, and `client_command(name)`, which builds a client once per session
-through its project script (scripts/build_go_client.sh, scripts/build_java_client.sh) and gives the
-command line that runs it. A client whose build script is missing or fails makes its tests fail, with the
-reason, rather than skip.
+routers) served by ServerThread (on grpc.aio, what `--transport auto` picks for an ONNX bundle; the TLS
+server on the thread transport, so the clients meet both), and `client_command(name)`, which builds a
+client once per session through its project script (scripts/build_go_client.sh,
+scripts/build_java_client.sh) and gives the command line that runs it. A client whose build script is
+missing or fails makes its tests fail, with the reason, rather than skip.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def e2e_tls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactor
         tls_cert_file=str(root / "server.pem"),
         tls_key_file=str(root / "server.key"),
         auth_tokens_file=str(root / "tokens"),
+        transport="threads",  # the clients' TLS and token cases on the thread transport (module docstring)
     )
     srv = ServerThread(cfg).start()
     yield TlsServer(srv, root / "ca.pem", {"LMROUTE_E2E_TOKEN": token})
