@@ -52,7 +52,7 @@ from lmroute.bundle.routers import PromptBatch
 from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
-__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise"]
+__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise", "gate_qualities"]
 
 ADAPTED = "adapted"
 MIN_OUTCOMES = 50
@@ -222,6 +222,15 @@ def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) ->
     ]
 
 
+def gate_qualities(
+    store: OutcomeStore, since_ms: int, gate_reporters: Collection[str], callers: Collection[str] | None
+) -> dict[str, Mapping[str, float]]:
+    """What the gate judges by under `gate_reporters`: each judged prompt's (target's) qualities by model
+    from those reporters' outcomes alone."""
+    rows = store.labeled_prompts(since_ms=since_ms, reporters=gate_reporters, callers=callers)
+    return {r.target: r.qualities for r in rows}
+
+
 def _gap(qualities: Mapping[str, float], strong: str, weak: str) -> float:
     """strong - weak quality where both were judged, else NaN."""
     return qualities[strong] - qualities[weak] if strong in qualities and weak in qualities else math.nan
@@ -289,7 +298,7 @@ def adapt_from_store(
     # the gate's own outcomes: the trusted reporters' alone, on the prompts trained on (NaN: none)
     trusted = None
     if gate_reporters is not None:
-        trusted = {r.target: r.qualities for r in store.labeled_prompts(since_ms=since_ms, reporters=gate_reporters)}
+        trusted = gate_qualities(store, since_ms, gate_reporters, callers)
         report["gate_reporters"] = sorted(gate_reporters)
     result: Adaptation
     if kind == "paired":

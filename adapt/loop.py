@@ -49,7 +49,7 @@ from typing import Any
 
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
-from lmroute.outcomes.records import add_reporters_arg, reporters_named
+from lmroute.outcomes.records import add_reporters_arg, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
@@ -238,9 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
     try:
-        reporters = reporters_named(args.reporters)
-        gate_reporters = reporters_named(args.gate_reporters)
-        callers = reporters_named(args.callers, "callers")
+        tenants = tenant_filters(args)
     except ValueError as exc:
         ap.error(str(exc))
     connect = connection_kwargs(args)
@@ -250,9 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         window_ms=int(args.window_days * 86_400_000),
         splits=args.gate_splits,
         paired_learner=args.paired_learner,
-        reporters=reporters,
-        gate_reporters=gate_reporters,
-        callers=callers,
+        reporters=tenants.reporters,
+        gate_reporters=tenants.gate_reporters,
+        callers=tenants.callers,
     )
     while True:
         try:

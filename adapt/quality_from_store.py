@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
-from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun, unseen_by
+from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun, gate_qualities, unseen_by
 from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.quality_heads import (
     DEFAULT_ORDER_MARGIN,
@@ -196,7 +196,7 @@ def adapt_qualities_from_store(
             quality[i, col[m]] = q
     gate_kw: dict[str, Any] = {}
     if gate_reporters is not None:  # the gate's qualities: the trusted reporters' alone (NaN: none)
-        trusted = {r.target: r.qualities for r in store.labeled_prompts(since_ms=since_ms, reporters=gate_reporters)}
+        trusted = gate_qualities(store, since_ms, gate_reporters, callers)
         gated = np.full_like(quality, np.nan)
         for i, r in enumerate(used):
             for m, q in trusted.get(r.target, {}).items():

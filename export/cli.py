@@ -34,7 +34,7 @@ from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
-from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named
+from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named, tenant_filters
 
 if TYPE_CHECKING:  # the store module is imported by the commands that use it
     from lmroute.outcomes.store import OutcomeStore
@@ -376,9 +376,7 @@ def _adapt(args: argparse.Namespace) -> int:
     from lmroute.outcomes.store import StoreError, open_store
 
     try:
-        reporters = reporters_named(args.reporters)
-        gate_reporters = reporters_named(args.gate_reporters)
-        callers = reporters_named(args.callers, "callers")
+        tenants = tenant_filters(args)
         store = open_store(args.store)
     except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
@@ -391,9 +389,9 @@ def _adapt(args: argparse.Namespace) -> int:
                 args.out,
                 base_router=args.base_router or "quality",
                 since_ms=args.since_ms,
-                reporters=reporters,
-                gate_reporters=gate_reporters,
-                callers=callers,
+                reporters=tenants.reporters,
+                gate_reporters=tenants.gate_reporters,
+                callers=tenants.callers,
                 margin=args.margin,
                 order_margin=args.order_margin,
                 routing_margin=args.routing_margin,
@@ -409,9 +407,9 @@ def _adapt(args: argparse.Namespace) -> int:
                 kind=args.kind,
                 base_router=args.base_router or "mf",
                 since_ms=args.since_ms,
-                reporters=reporters,
-                gate_reporters=gate_reporters,
-                callers=callers,
+                reporters=tenants.reporters,
+                gate_reporters=tenants.gate_reporters,
+                callers=tenants.callers,
                 margin=args.margin,
                 splits=args.gate_splits,
                 paired_learner=args.paired_learner,

@@ -49,10 +49,12 @@ __all__ = [
     "OutcomeError",
     "OutcomeKind",
     "TargetChange",
+    "TenantFilters",
     "Verdict",
     "add_reporters_arg",
     "prompt_sha256",
     "reporters_named",
+    "tenant_filters",
 ]
 
 
@@ -92,7 +94,7 @@ UNNAMED_REPORTER = "(none)"
 
 def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
     """The `--reporters`, `--gate-reporters` and `--callers` flags of the commands that adapt from a store
-    (each parsed by `reporters_named`)."""
+    (parsed by `tenant_filters`)."""
     parser.add_argument(
         "--reporters",
         action="append",
@@ -117,6 +119,25 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         help="learn from and gate on the outcomes of these tenants' calls alone (decisions made for them, "
         f"joined by decision id; {UNNAMED_REPORTER} = calls naming no tenant): a router adapted to one "
         "tenant's traffic; default: every call's and every outcome by prompt text",
+    )
+
+
+@dataclass(frozen=True)
+class TenantFilters:
+    """Whose outcomes an adaptation reads (`add_reporters_arg`'s flags, parsed): None = everyone's."""
+
+    reporters: frozenset[str] | None
+    gate_reporters: frozenset[str] | None
+    callers: frozenset[str] | None
+
+
+def tenant_filters(args: argparse.Namespace) -> TenantFilters:
+    """The `--reporters`, `--gate-reporters` and `--callers` of a parsed command line; OutcomeError naming
+    the flag and a name that is not a tenant name."""
+    return TenantFilters(
+        reporters_named(args.reporters),
+        reporters_named(args.gate_reporters, "gate_reporters"),
+        reporters_named(args.callers, "callers"),
     )
 
 

@@ -484,6 +484,15 @@ class OutcomeStore:
                 return []
             where += f" AND reporter IN ({', '.join('?' * len(names))})"
             params += names
+        if callers is not None:  # only outcomes joined by id to a decision of these callers
+            names = sorted(set(callers))
+            if not names:
+                return []
+            where += (
+                " AND decision_id IN (SELECT decision_id FROM decisions "
+                f"WHERE COALESCE(caller, '') IN ({', '.join('?' * len(names))}))"
+            )
+            params += names
         rows = self._exec(
             "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
             f"WHERE {where} ORDER BY id",
@@ -503,8 +512,6 @@ class OutcomeStore:
             for d in self._decisions_where(f"prompt_sha256 IN ({marks}) ORDER BY time_ms", chunk):
                 by_prompt[d.prompt_sha256] = d  # the latest wins
         out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
-        if callers is not None:
-            out = [p for p in out if p.decision_id is not None and p.caller in callers]
         out.sort(key=lambda p: p.time_ms)
         return out
 
