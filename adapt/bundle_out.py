@@ -6,9 +6,10 @@ The new bundle is the parent's files (manifest.json.sig left behind: the new man
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
 scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), the new
-router as the default router (`adapted`) or default quality router (`adapted_quality`), which clients
-that name no router follow, and `lineage` (parent version, outcome kind, count and time range, learner
-and settings, calibration prompts). It is stamped with its content version, loaded through the
+router as the default router (`adapted`), one tenant's router (`tenant_routers`) or default quality
+router (`adapted_quality`), which clients that name no router follow, and `lineage` (parent version,
+outcome kind, count and time range, learner and settings, calibration prompts; the parent's lineages
+of the routers kept move to `earlier_lineages`). It is stamped with its content version, loaded through the
 validating loader in a temporary sibling directory, then renamed into place: a failure leaves no
 half-written bundle.
 """
@@ -97,13 +98,15 @@ def write_adapted_bundle(
     overwrite: bool = False,
     replace: bool = False,
     make_default: bool = True,
+    tenant: str = "",
 ) -> Manifest:
     """Write parent_dir + an adapted router named `router` (head blended with `base_router` at `weight`,
     of kind `head.router_kind`) to out_dir and return the manifest written (module docstring).
     `calibration_scores`: the adapted router's scores on recent prompts. With `replace`, an adapted router
     of that name in the parent (an earlier adaptation) is replaced by the new one. With `make_default`,
-    the new router is the bundle's default router (Route calls that name no router use it); else the
-    parent's default stays."""
+    the new router is the bundle's default router (Route calls that name no router use it), or with
+    `tenant` that tenant's (`tenant_routers`: its calls that name no router use it; the bundle's default
+    stays); else the parent's defaults stay."""
     manifest = read_manifest(Path(parent_dir))
     if head.dim != manifest.encoder.dim:
         raise ValueError(f"head: dimension {head.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
@@ -122,7 +125,8 @@ def write_adapted_bundle(
         label=label,
         overwrite=overwrite,
         replace=replace,
-        default_key="default_router" if make_default else "",
+        default_key="default_router" if make_default and not tenant else "",
+        tenant=tenant if make_default else "",
     )
 
 
@@ -184,12 +188,14 @@ def write_router_bundle(
     overwrite: bool = False,
     replace: bool = False,
     default_key: str = "",
+    tenant: str = "",
 ) -> Manifest:
     """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
     router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced.
     `default_key` ("default_router" or "default_quality_router"): the manifest key that names the new
-    router; "" keeps the parent's defaults."""
+    router; "" keeps the parent's defaults. `tenant`: the new router becomes that tenant's default router
+    (`tenant_routers`). The parent's lineages of the routers kept move to `earlier_lineages`."""
     if default_key not in ("", "default_router", "default_quality_router"):
         raise ValueError(f"default_key: {default_key!r} is not a default of the manifest")
     parent, out = Path(parent_dir), Path(out_dir)
@@ -200,6 +206,8 @@ def write_router_bundle(
         if not (replace and kinds.get(manifest.routers[router].kind).from_outcomes):
             raise ValueError(f"{parent}: already has a router named {router!r} (replace=True replaces an adapted one)")
         manifest = _without_router(manifest, router)
+    if tenant and default_key:
+        raise ValueError(f"tenant: {tenant!r} given with default_key {default_key!r} (one default, not both)")
     if base_router not in manifest.routers:
         raise ValueError(
             f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
@@ -257,6 +265,10 @@ def write_router_bundle(
             ),
             library_versions=library_versions(),
             lineage=lineage,
+            earlier_lineages=tuple(
+                ln for ln in (manifest.lineage, *manifest.earlier_lineages) if ln is not None and ln.router != router
+            ),
+            tenant_routers={**manifest.tenant_routers, **({tenant: router} if tenant else {})},
             default_router=router if default_key == "default_router" else manifest.default_router,
             default_quality_router=(
                 router if default_key == "default_quality_router" else manifest.default_quality_router

@@ -26,7 +26,11 @@ Steps:
    store's most recent decisions. Accepted or not, the run is recorded in the store (`adaptations`).
 
 The champion is what the bundle serves now: its adapted router when it has one (a bundle adapted
-before), else the base router; a new adaptation replaces the adapted router.
+before), else the base router; a new adaptation replaces the adapted router. With `tenant`, the run
+learns from and gates on that tenant's calls' outcomes alone (`callers` = the tenant), its champion is
+the tenant's router when the bundle has one (`tenant_routers`), else as above, and an accepted router,
+`adapted-<tenant>`, becomes that tenant's default router beside the others', its thresholds calibrated
+on the tenant's recent decisions.
 """
 
 from __future__ import annotations
@@ -49,12 +53,13 @@ from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity, lineage_time
 from lmroute.bundle.routers import PromptBatch
-from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
+from lmroute.outcomes.records import TENANT_RE, Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
-__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise", "gate_qualities"]
+__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise", "gate_qualities", "tenant_router_name"]
 
 ADAPTED = "adapted"
+TENANT_ROUTER_PREFIX = "adapted-"
 MIN_OUTCOMES = 50
 """Fewer usable outcomes than this: no candidate (the gate could not judge it)."""
 CALIBRATION_PROMPTS = 5000
@@ -198,12 +203,31 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
     )
 
 
+def tenant_router_name(tenant: str) -> str:
+    """The router an adaptation for `tenant` adds (`adapted-<tenant>`); ValueError for a name that is not a
+    tenant's or too long for a router name (64 characters)."""
+    name = TENANT_ROUTER_PREFIX + tenant
+    if not TENANT_RE.match(tenant) or len(name) > 64:
+        raise ValueError(
+            f"tenant: {tenant!r} must be 1-{64 - len(TENANT_ROUTER_PREFIX)} of A-Z a-z 0-9 . _ - "
+            f"(its router is named {TENANT_ROUTER_PREFIX}<tenant>, at most 64 characters)"
+        )
+    return name
+
+
+def champion_of(bundle: Bundle, base_router: str, tenant: str = "") -> str:
+    """What the bundle serves now to the calls a run adapts for: `tenant`'s router when it has one, else
+    the adapted router when there is one, else `base_router`."""
+    own = bundle.manifest.tenant_routers.get(tenant) if tenant else None
+    return own or (ADAPTED if ADAPTED in bundle.routers else base_router)
+
+
 def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDArray[np.bool_] | None:
-    """The outcomes the champion was not fitted on, for `gate_splits`: where the champion is the router
-    the bundle's lineage says was adapted, those judged after the lineage's last outcome (its second
+    """The outcomes the champion was not fitted on, for `gate_splits`: where the champion is a router the
+    bundle's lineages say was adapted, those judged after that lineage's last outcome (its second
     included, the record's resolution); None (every outcome) for a champion not learnt from outcomes."""
-    lineage = bundle.manifest.lineage
-    if lineage is None or lineage.router != champion:
+    lineage = bundle.manifest.lineage_of(champion)
+    if lineage is None:
         return None
     return np.asarray(times_ms, dtype=np.int64) > lineage.last_outcome_ms + 999
 
@@ -247,6 +271,7 @@ def adapt_from_store(
     reporters: Collection[str] | None = None,
     gate_reporters: Collection[str] | None = None,
     callers: Collection[str] | None = None,
+    tenant: str = "",
     margin: float | None = None,
     splits: str = "cross_fit",
     paired_learner: str = PAIRED_LEARNERS[0],
@@ -260,10 +285,17 @@ def adapt_from_store(
         raise ValueError(f"splits: must be one of {', '.join(SPLITS)} (got {splits!r})")
     if paired_learner not in PAIRED_LEARNERS:
         raise ValueError(f"paired_learner: must be one of {', '.join(PAIRED_LEARNERS)} (got {paired_learner!r})")
+    router = tenant_router_name(tenant) if tenant else ADAPTED
+    if tenant:
+        if callers is not None and set(callers) != {tenant}:
+            raise ValueError(
+                f"callers: {sorted(callers)} with tenant {tenant!r} (a tenant's router learns from its calls)"
+            )
+        callers = (tenant,)
     bundle = load_bundle(Path(bundle_dir))
     if base_router not in bundle.routers or kinds.get(bundle.routers[base_router].kind).from_outcomes:
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")
-    champion = ADAPTED if ADAPTED in bundle.routers else base_router
+    champion = champion_of(bundle, base_router, tenant)
     pair = bundle.manifest.default_pair
     read = store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers)
     rows = _usable(read, kind, pair.strong, pair.weak)
@@ -276,6 +308,8 @@ def adapt_from_store(
         "outcomes_read": len(rows),
         "reporters": None if reporters is None else sorted(reporters),
         "callers": None if callers is None else sorted(callers),
+        "tenant": tenant or None,
+        "router": router,
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }
@@ -342,7 +376,8 @@ def adapt_from_store(
     report["blend"] = {"n0": result.n0, "weight": result.weight}
     candidate_version = None
     if result.accepted:
-        cal = featurise(bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS), base_router, champion)
+        recent = store.recent_decisions(limit=CALIBRATION_PROMPTS, callers=callers)
+        cal = featurise(bundle, recent, base_router, champion)
         if len(cal.kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
             cal = feats
         cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)
@@ -360,6 +395,8 @@ def adapt_from_store(
             cal_scores,
             overwrite=overwrite,
             replace=True,
+            router=router,
+            tenant=tenant,
         )
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = len(cal.kept)

@@ -77,6 +77,7 @@ class Round:
                 "candidate": None if self.candidate is None else str(self.candidate),
                 "serving_version": self.serving_version,
                 "gate": self.report.get("gate", {}),
+                "router": self.report.get("router"),
             },
             sort_keys=True,
         )
@@ -86,7 +87,8 @@ class Round:
 class RoundSettings:
     """What a round adapts with: the outcome kind, the base router (None: mf, or quality for qualities),
     the window of outcomes (ms back from now; 0 = all), the gate's splits, the paired learner, the
-    reporters learnt from and those the gate judges by, the tenants whose calls it learns from."""
+    reporters learnt from and those the gate judges by, the tenants whose calls it learns from, and the
+    tenant whose own router it adapts ("" = the bundle's default router)."""
 
     kind: str = "paired"
     base_router: str | None = None
@@ -96,6 +98,7 @@ class RoundSettings:
     reporters: frozenset[str] | None = None  # learn only from these tenants' outcomes; None = everyone's
     gate_reporters: frozenset[str] | None = None  # the gate judges by these tenants' outcomes alone
     callers: frozenset[str] | None = None  # only the outcomes of these tenants' calls; None = every call's
+    tenant: str = ""  # the tenant whose own router is adapted; "" = the bundle's default router
 
 
 def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
@@ -129,6 +132,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 reporters=settings.reporters,
                 gate_reporters=settings.gate_reporters,
                 callers=settings.callers,
+                tenant=settings.tenant,
                 splits=settings.splits,
                 paired_learner=settings.paired_learner,
             )
@@ -251,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporters=tenants.reporters,
         gate_reporters=tenants.gate_reporters,
         callers=tenants.callers,
+        tenant=tenants.tenant,
     )
     while True:
         try:

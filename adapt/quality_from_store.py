@@ -235,7 +235,9 @@ def adapt_qualities_from_store(
     report["heads"] = heads.summary()
     candidate_version = None
     if result.accepted:
-        cal_emb, cal_len, cal_kept = embed_rows(bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS))
+        cal_emb, cal_len, cal_kept = embed_rows(
+            bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS, callers=callers)
+        )
         if len(cal_kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
             cal_emb, cal_len = emb, lengths
         cal_q = heads.predict(cal_emb, cal_len, _base_columns(base, heads.models, cal_emb))

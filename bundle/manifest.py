@@ -30,6 +30,7 @@ from typing import Any
 from lmroute.bundle import kinds
 from lmroute.bundle.jsonread import MANIFEST_NAME, Node, as_float, as_str, fail, type_name
 from lmroute.bundle.truncation import HEAD, TRUNCATION_RULES, Truncation
+from lmroute.outcomes.records import TENANT_RE
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -556,7 +557,11 @@ class Manifest:
     build's `mf`, or an adaptation's own router, so clients that leave the name out follow each
     accepted adaptation. `default_quality_router` (the same, for a Route among candidates) names the
     router of such a call when it names none: the build's `quality`, or an N-model adaptation's
-    `adapted_quality`."""
+    `adapted_quality`. `tenant_routers` (optional, written only when set) names, per tenant, the router a
+    Route call of that tenant uses when it names none, in place of `default_router`: a router adapted to
+    that tenant's traffic (`lmroute-export adapt --for-tenant`). `lineage` is the latest adaptation's;
+    `earlier_lineages` (written only when set) those of the other adapted routers the bundle still holds
+    (`lineage_of`)."""
 
     bundle_version: str
     created_at: str
@@ -576,10 +581,18 @@ class Manifest:
     lineage: Lineage | None = None
     default_router: str = ""
     default_quality_router: str = ""
+    tenant_routers: Mapping[str, str] = field(default_factory=dict)
+    earlier_lineages: tuple[Lineage, ...] = ()
+
+    def lineage_of(self, router: str) -> Lineage | None:
+        """The lineage of `router` (the adaptation that added it), None for a router not learnt here."""
+        return next(
+            (ln for ln in (self.lineage, *self.earlier_lineages) if ln is not None and ln.router == router), None
+        )
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "bundle_version": self.bundle_version,
             **({"label": self.label} if self.label else {}),
@@ -592,6 +605,7 @@ class Manifest:
             "routers": {name: spec.to_dict() for name, spec in self.routers.items()},
             **({"default_router": self.default_router} if self.default_router else {}),
             **({"default_quality_router": self.default_quality_router} if self.default_quality_router else {}),
+            **({"tenant_routers": dict(self.tenant_routers)} if self.tenant_routers else {}),
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "training_data": self.training_data.to_dict(),
             "library_versions": dict(self.library_versions),
@@ -602,6 +616,8 @@ class Manifest:
             out["difficulty_prior"] = None if prior is None else prior.to_dict()
         if self.lineage is not None:
             out["lineage"] = self.lineage.to_dict()
+        if self.earlier_lineages:
+            out["earlier_lineages"] = [ln.to_dict() for ln in self.earlier_lineages]
         return out
 
     def content_version(self) -> str:
@@ -677,6 +693,11 @@ class Manifest:
             lineage=Lineage._parse(root.node("lineage")) if root.has("lineage") else None,
             default_router=_optional_str(root, "default_router", "a default router"),
             default_quality_router=_optional_str(root, "default_quality_router", "a default quality router"),
+            tenant_routers=_tenant_routers(root) if root.has("tenant_routers") else {},
+            earlier_lineages=tuple(
+                Lineage._parse(Node(item, f"earlier_lineages[{i}]"))
+                for i, item in enumerate(root.list_("earlier_lineages") if root.has("earlier_lineages") else [])
+            ),
         )
         root.close()
         manifest.check()
@@ -736,6 +757,21 @@ class Manifest:
             self._check_calibration_routers(self.calibration)
         if self.lineage is not None and self.lineage.router not in self.routers:
             raise fail(f"lineage.router: {self.lineage.router!r} is not a router of this bundle")
+        self._check_tenant_routers()
+        seen = {self.lineage.router} if self.lineage is not None else set()
+        for i, ln in enumerate(self.earlier_lineages):
+            if ln.router not in self.routers:
+                raise fail(f"earlier_lineages[{i}].router: {ln.router!r} is not a router of this bundle")
+            if ln.router in seen:
+                raise fail(f"earlier_lineages[{i}].router: {ln.router!r} has a lineage already")
+            seen.add(ln.router)
+
+    def _check_tenant_routers(self) -> None:
+        for tenant, name in self.tenant_routers.items():
+            if not TENANT_RE.match(tenant):
+                raise fail(f"tenant_routers: invalid tenant name {tenant!r} (1-64 of A-Z a-z 0-9 . _ -)")
+            if name not in self.routers:
+                raise fail(f"tenant_routers.{tenant}: {name!r} is not a router of this bundle")
 
     def _check_file_refs(self) -> None:
         refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]
@@ -763,6 +799,14 @@ class Manifest:
         for name in calibration.thresholds:
             if name not in self.routers:
                 raise fail(f"calibration.thresholds.{name}: not a router of this bundle")
+
+
+def _tenant_routers(root: Node) -> dict[str, str]:
+    node = root.node("tenant_routers")
+    out = {tenant: node.str_(tenant) for tenant in node.keys()}
+    if not out:
+        raise fail("tenant_routers: empty (a bundle without tenant routers has no tenant_routers key)")
+    return out
 
 
 def _optional_str(root: Node, key: str, what: str) -> str:

@@ -270,6 +270,7 @@ def _adaptations(args: argparse.Namespace) -> int:
             run["reason"] = gate.get("reason", "")
             run["reporters"] = report.get("reporters")
             run["callers"] = report.get("callers")
+            run["router"] = report.get("router")
         print(json.dumps(run, sort_keys=True))
     return 0
 
@@ -410,6 +411,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 reporters=tenants.reporters,
                 gate_reporters=tenants.gate_reporters,
                 callers=tenants.callers,
+                tenant=tenants.tenant,
                 margin=args.margin,
                 splits=args.gate_splits,
                 paired_learner=args.paired_learner,

@@ -93,8 +93,8 @@ UNNAMED_REPORTER = "(none)"
 
 
 def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
-    """The `--reporters`, `--gate-reporters` and `--callers` flags of the commands that adapt from a store
-    (parsed by `tenant_filters`)."""
+    """The `--reporters`, `--gate-reporters`, `--callers` and `--for-tenant` flags of the commands that
+    adapt from a store (parsed by `tenant_filters`)."""
     parser.add_argument(
         "--reporters",
         action="append",
@@ -120,24 +120,40 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         f"joined by decision id; {UNNAMED_REPORTER} = calls naming no tenant): a router adapted to one "
         "tenant's traffic; default: every call's and every outcome by prompt text",
     )
+    parser.add_argument(
+        "--for-tenant",
+        default="",
+        metavar="NAME",
+        help="the router learnt is this tenant's own, adapted-NAME: learnt from and gated on its calls' outcomes "
+        "alone (--callers NAME), it becomes the router of its calls that name none (the bundle's tenant_routers) "
+        "while the other tenants keep theirs and the bundle's default; paired and single outcomes",
+    )
 
 
 @dataclass(frozen=True)
 class TenantFilters:
-    """Whose outcomes an adaptation reads (`add_reporters_arg`'s flags, parsed): None = everyone's."""
+    """Whose outcomes an adaptation reads (`add_reporters_arg`'s flags, parsed): None = everyone's; and
+    the tenant whose own router it learns ("" = the bundle's default router)."""
 
     reporters: frozenset[str] | None
     gate_reporters: frozenset[str] | None
     callers: frozenset[str] | None
+    tenant: str = ""
 
 
 def tenant_filters(args: argparse.Namespace) -> TenantFilters:
-    """The `--reporters`, `--gate-reporters` and `--callers` of a parsed command line; OutcomeError naming
-    the flag and a name that is not a tenant name."""
+    """The `--reporters`, `--gate-reporters`, `--callers` and `--for-tenant` of a parsed command line;
+    OutcomeError naming the flag and a name that is not a tenant name."""
+    tenant = args.for_tenant
+    if tenant and not TENANT_RE.match(tenant):
+        raise OutcomeError(f"for_tenant: {tenant!r} is not a tenant name (1-64 of A-Z a-z 0-9 . _ -)")
+    if tenant and getattr(args, "kind", "") == "qualities":
+        raise OutcomeError("for_tenant: a tenant's own router is learnt from paired or single outcomes, not qualities")
     return TenantFilters(
         reporters_named(args.reporters),
         reporters_named(args.gate_reporters, "gate_reporters"),
         reporters_named(args.callers, "callers"),
+        tenant,
     )
 
 

@@ -423,13 +423,23 @@ class OutcomeStore:
         return rows[0] if rows else None
 
     def recent_decisions(
-        self, *, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000
+        self,
+        *,
+        since_ms: int = 0,
+        until_ms: int | None = None,
+        limit: int = 100_000,
+        callers: Collection[str] | None = None,
     ) -> list[Decision]:
-        """Decisions made in [since_ms, until_ms), newest first, at most `limit` (what recalibration reads)."""
+        """Decisions made in [since_ms, until_ms), newest first, at most `limit` (what recalibration reads);
+        with `callers`, only those made for these tenants' calls ("" names calls naming no tenant)."""
         until = (1 << 62) if until_ms is None else until_ms
-        return self._decisions_where(
-            "time_ms >= ? AND time_ms < ? ORDER BY time_ms DESC LIMIT ?", (since_ms, until, limit)
-        )
+        where, params = "time_ms >= ? AND time_ms < ?", list[Any]([since_ms, until])
+        if callers is not None:
+            if not callers:
+                return []
+            clause, names = _in("COALESCE(caller, '')", callers)
+            where, params = f"{where} AND {clause}", [*params, *names]
+        return self._decisions_where(f"{where} ORDER BY time_ms DESC LIMIT ?", [*params, limit])
 
     def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool]]:
         """The latest `limit` decisions made under `tenant`'s share target with `router`, oldest first, as
@@ -479,20 +489,18 @@ class OutcomeStore:
         where = "received_ms >= ? AND received_ms < ?"
         params: list[Any] = [since_ms, until]
         if reporters is not None:
-            names = sorted(set(reporters))
-            if not names:
+            if not reporters:
                 return []
-            where += f" AND reporter IN ({', '.join('?' * len(names))})"
-            params += names
+            clause, names = _in("reporter", reporters)
+            where, params = f"{where} AND {clause}", [*params, *names]
         if callers is not None:  # only outcomes joined by id to a decision of these callers
-            names = sorted(set(callers))
-            if not names:
+            if not callers:
                 return []
-            where += (
-                " AND decision_id IN (SELECT decision_id FROM decisions "
-                f"WHERE COALESCE(caller, '') IN ({', '.join('?' * len(names))}))"
+            clause, names = _in("COALESCE(caller, '')", callers)
+            where, params = (
+                f"{where} AND decision_id IN (SELECT decision_id FROM decisions WHERE {clause})",
+                [*params, *names],
             )
-            params += names
         rows = self._exec(
             "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
             f"WHERE {where} ORDER BY id",
@@ -537,6 +545,12 @@ def _portable(value: Any) -> Any:
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+def _in(column: str, names: Collection[str]) -> tuple[str, list[str]]:
+    """`column IN (?, ...)` for `names` (sorted, once each) and its parameters."""
+    ordered = sorted(set(names))
+    return f"{column} IN ({', '.join('?' * len(ordered))})", ordered
 
 
 def _decision_of(r: Sequence[Any]) -> Decision:

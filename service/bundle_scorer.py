@@ -305,4 +305,5 @@ class BundleScorer:
             encoder_kind=m.encoder.kind,
             default_router=m.default_router,
             default_quality_router=m.default_quality_router,
+            tenant_routers=dict(m.tenant_routers),
         )

@@ -43,6 +43,7 @@ class FakeScorer:
         record: bool = True,
         encoder_kind: str = "onnx",
         default_router: str = "",
+        tenant_routers: Mapping[str, str] | None = None,
     ) -> None:
         self._routers = tuple(routers)
         self._version = version
@@ -53,6 +54,7 @@ class FakeScorer:
         self.record = record
         self.encoder_kind = encoder_kind  # what its catalog reports (a "static" one is inlined by default)
         self.default_router = default_router  # what its catalog reports ("": none)
+        self.tenant_routers = dict(tenant_routers or {})  # and its tenants' own routers
         self.calls: list[list[str]] = []
         self.counted: list[str] = []  # texts given to tokenize, in order
         self.scored_without_tokens: list[str] = []  # texts score() was given without tokens, in order
@@ -88,6 +90,7 @@ class FakeScorer:
             encoder_quantized=False,
             encoder_kind=self.encoder_kind,
             default_router=self.default_router,
+            tenant_routers=self.tenant_routers,
         )
 
     def threshold_for_share(self, router: str, share: float) -> float:

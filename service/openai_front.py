@@ -20,7 +20,8 @@ The request's `model` picks the router and the policy, as RouteLLM's names do:
 
 with <router> a loaded router, or `default` (unless a router has that name): the bundle's default router
 (ListRouters.default_router), which an accepted adaptation makes its own router, so a caller of
-`router-default@0.3` follows the adaptations.
+`router-default@0.3` follows the adaptations; for a tenant with a router of its own in the bundle
+(`lmroute-export adapt --for-tenant`), that router.
 
 Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
 x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
@@ -91,7 +92,7 @@ class ModelAsk:
 
 
 def parse_model(name: object, routers: tuple[str, ...], default_router: str = "") -> ModelAsk:
-    """The ModelAsk of a request's `model` (`routers`: the loaded routers; `default_router`: the bundle's
+    """The ModelAsk of a request's `model` (`routers`: the loaded routers; `default_router`: the caller's
     default router, "" for none); InvalidArgument naming the model and what is wrong. A name that asks
     for the default router gives the router "" (resolved by the Route call, against the bundle it is
     answered with)."""
@@ -356,7 +357,7 @@ class OpenAIFront:
         return body
 
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
-        ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.default_router)
+        ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.router_for(tenant))
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
         return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
 

@@ -102,6 +102,13 @@ class Catalog:
     default_router: str = ""
     # The same for a Route among candidates (the manifest's default_quality_router).
     default_quality_router: str = ""
+    # Per tenant, the router of its Route calls that name none, in place of default_router (the
+    # manifest's tenant_routers: routers adapted to one tenant's traffic).
+    tenant_routers: Mapping[str, str] = field(default_factory=dict)
+
+    def router_for(self, tenant: str) -> str:
+        """The router a Route call of `tenant` ("" = none named) uses when it names none ("" = none)."""
+        return self.tenant_routers.get(tenant, self.default_router) if tenant else self.default_router
 
 
 class Scorer(Protocol[T]):

@@ -188,6 +188,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """The serving bundle's default router ("" for none, or before a bundle is attached)."""
         return self.catalog.default_router if self.catalog is not None else ""
 
+    def router_for(self, tenant: str) -> str:
+        """The router of `tenant`'s Route calls that name none: its own when the bundle has one, else the
+        default router ("" for none, or before a bundle is attached)."""
+        return self.catalog.router_for(tenant) if self.catalog is not None else ""
+
     def _check_router_and_prompt(self, request: router_pb2.RouteRequest) -> None:
         """NotFound for a router that is not loaded; InvalidArgument for a prompt over the call limits."""
         if request.router not in self.routers:
@@ -283,7 +288,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             default, what = (
                 (catalog.default_quality_router, "default quality router")
                 if among
-                else (catalog.default_router, "default router")
+                else (catalog.router_for(asked_tenant), "default router")
             )
             if not default:
                 raise InvalidArgument(f"router: required (the serving bundle names no {what})", reason="MISSING_ROUTER")
@@ -519,7 +524,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 kind=c.encoder_kind,
             ),
             bundle_version=c.version,
-            default_router=c.default_router,
+            default_router=c.router_for(self._tenant(context)),
             default_quality_router=c.default_quality_router,
         )
 

@@ -68,12 +68,14 @@ class ServerThread:
         self.stop()
 
 
-def fake_server(*, quiet: bool = True, default_router: str = "", **settings: Any) -> ServerThread:
+def fake_server(
+    *, quiet: bool = True, default_router: str = "", tenant_routers: dict[str, str] | None = None, **settings: Any
+) -> ServerThread:
     """A started ServerThread over FakeScorer (routers random and mf; `default_router` its default router,
-    "" none) on 127.0.0.1, a free port, no grace period and the thread transport (what `--transport auto`
-    picks for a bundle whose calls cost microseconds, as FakeScorer's do; its bundle path names no
-    manifest) (with `quiet`, logging set to warnings); `settings` are more ServiceConfig fields (or
-    overrides of those)."""
+    "" none; `tenant_routers` its tenants' own) on 127.0.0.1, a free port, no grace period and the thread
+    transport (what `--transport auto` picks for a bundle whose calls cost microseconds, as FakeScorer's
+    do; its bundle path names no manifest) (with `quiet`, logging set to warnings); `settings` are more
+    ServiceConfig fields (or overrides of those)."""
     from pathlib import Path
 
     from lmroute.service.fake_scorer import FakeScorer
@@ -85,5 +87,5 @@ def fake_server(*, quiet: bool = True, default_router: str = "", **settings: Any
         bundle_path=Path("unused"), port=0, log_level="warning", grace_s=0.0, transport="threads"
     )
     base.update(settings)
-    fake = FakeScorer(routers=("random", "mf"), default_router=default_router)
+    fake = FakeScorer(routers=("random", "mf"), default_router=default_router, tenant_routers=tenant_routers)
     return ServerThread(ServiceConfig(**base), scorer_factory=lambda _cfg: fake).start()

@@ -322,6 +322,88 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
             )
 
 
+def _two_tenants(parent: Path, dsn: str) -> None:
+    """`app`'s calls judged by outcomes that follow the learnable direction, `batch`'s by shuffled ones."""
+    store = open_store(dsn)
+    for caller, tag, shuffled in (("app", "a", False), ("batch", "b", True)):
+        store.write(*_on_decisions(parent, _judged(parent, shuffled=shuffled), caller, tag))
+    store.close()
+
+
+def test_a_tenants_own_router_sits_beside_the_default_and_keeps_its_lineage(
+    parent: Path, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tenant` adapts a router of that tenant's own from its calls' outcomes (calibrated on its calls),
+    which the bundle names in `tenant_routers` while its default router stays; a later adaptation of
+    the default keeps the tenant's router and its lineage, so the tenant's next round gates against its
+    own router on the outcomes that router has not seen."""
+    from lmroute.bundle.writer import restamp_bundle
+
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_router="mf")
+    _two_tenants(parent, dsn)
+    store = open_store(dsn)
+    app = adapt_from_store(served, store, tmp_path / "app", tenant="app")
+    assert app.accepted and app.n_outcomes == N
+    assert (app.report["router"], app.report["champion"], app.report["callers"]) == ("adapted-app", "mf", ["app"])
+    assert app.report["calibration_prompts"] == N  # the tenant's decisions, not both tenants' 2N
+    m = load_bundle(tmp_path / "app").manifest
+    assert m.tenant_routers == {"app": "adapted-app"} and m.default_router == "mf" and "adapted" not in m.routers
+    assert m.lineage is not None and m.lineage.router == "adapted-app" and m.earlier_lineages == ()
+    default = adapt_from_store(tmp_path / "app", store, tmp_path / "default", callers={"app"})
+    assert default.accepted and default.report["router"] == "adapted" and default.report["tenant"] is None
+    m = load_bundle(tmp_path / "default").manifest
+    assert m.default_router == "adapted" and m.tenant_routers == {"app": "adapted-app"}
+    assert m.lineage is not None and m.lineage.router == "adapted"
+    assert [ln.router for ln in m.earlier_lineages] == ["adapted-app"]
+    again = adapt_from_store(tmp_path / "default", store, tmp_path / "again", tenant="app")
+    assert again.report["champion"] == "adapted-app" and again.report["outcomes_unseen_by_champion"] == 0
+    batch = adapt_from_store(tmp_path / "default", store, tmp_path / "batch", tenant="batch")
+    assert not batch.accepted and batch.report["champion"] == "adapted"  # no router of its own: the default
+    with pytest.raises(ValueError, match="callers: \\['batch'\\] with tenant 'app'"):
+        adapt_from_store(served, store, tmp_path / "x", tenant="app", callers={"batch"})
+    with pytest.raises(ValueError, match="tenant: 'x{60}' must be 1-56 of"):
+        adapt_from_store(served, store, tmp_path / "x", tenant="x" * 60)
+    store.close()
+    args = ["adapt", "--bundle", str(served), "--store", dsn, "--out", str(tmp_path / "cli"), "--for-tenant"]
+    assert main([*args, "app"]) == 0
+    assert load_bundle(tmp_path / "cli").manifest.tenant_routers == {"app": "adapted-app"}
+    capsys.readouterr()
+    assert main([*args, "no such/name"]) == 1
+    assert "for_tenant: 'no such/name' is not a tenant name" in capsys.readouterr().err
+    assert main([*args, "app", "--kind", "qualities"]) == 1
+    assert "for_tenant: a tenant's own router is learnt from paired or single outcomes" in capsys.readouterr().err
+
+
+def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(parent: Path, tmp_path: Path) -> None:
+    from lmroute.adapt.loop import RoundSettings, run_round
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_router="mf")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    _two_tenants(parent, dsn)
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    with ServerThread(cfg) as srv:
+        refused = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(tenant="batch"))
+        assert not refused.accepted and json.loads(refused.to_json())["router"] == "adapted-batch"
+        done = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(tenant="app"))
+        assert done.accepted and json.loads(done.to_json())["router"] == "adapted-app"
+        prompt = "Explain quicksort."
+        for tenant, router in (("app", "adapted-app"), ("batch", "mf"), (None, "mf")):
+            with RouterClient(srv.target, tenant=tenant) as client:
+                assert client.list_routers().default_router == router, tenant
+                unnamed = client.route(prompt, strong_share=0.5)
+                named = client.route(prompt, router=router, strong_share=0.5)
+                assert unnamed.router == router and unnamed.bundle_version == done.serving_version
+                assert (unnamed.score, unnamed.threshold) == (named.score, named.threshold)
+
+
 def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_holds(
     parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -186,6 +186,33 @@ def test_the_default_router_by_name(
     grpc_client.close()
 
 
+def test_a_tenant_with_a_router_of_its_own_gets_it_as_the_default(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`router-default...` from a tenant the bundle gives a router of its own routes with that router, as
+    its gRPC Route naming no router does; the other callers keep the bundle's default, or are refused
+    when there is none."""
+    for default in ("mf", ""):
+        srv, base = _front(
+            lambda **kw: fake_servers(default_router=default, tenant_routers={"app": "random"}, **kw),  # noqa: B023
+            _file(tmp_path, upstreams),
+        )
+        msgs = [{"role": "user", "content": PROMPTS[0]}]
+        app = _client(base, default_headers={"x-lmroute-tenant": "app"})
+        raw = app.chat.completions.with_raw_response.create(model="router-default@0.5", messages=msgs)
+        with RouterClient(srv.target, tenant="app") as grpc_app:
+            direct = grpc_app.route(PROMPTS[0], strong_share=0.5)
+        assert raw.headers["x-lmroute-router"] == direct.router == "random"
+        other = _client(base, default_headers={"x-lmroute-tenant": "batch"})
+        if default:
+            raw = other.chat.completions.with_raw_response.create(model="router-default@0.5", messages=msgs)
+            assert raw.headers["x-lmroute-router"] == "mf"
+        else:
+            with pytest.raises(openai.BadRequestError) as err:
+                other.chat.completions.create(model="router-default@0.5", messages=msgs)
+            assert "asks for the default router; the serving bundle names none" in err.value.message
+
+
 def test_upstream_down_slow_refusing_and_breaking(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:

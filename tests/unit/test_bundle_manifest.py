@@ -467,3 +467,58 @@ def test_truncation_refusals(truncation: Any, expected: str) -> None:
     data = _manifest_dict()
     data["encoder"]["truncation"] = truncation
     assert _message(data) == f"manifest.json: {expected}"
+
+
+def _lineage(router: str) -> dict[str, Any]:
+    return {
+        "parent_version": "p" * 16,
+        "router": router,
+        "outcome_kind": "paired",
+        "n_outcomes": 600,
+        "first_outcome_at": "2026-12-01T00:00:00Z",
+        "last_outcome_at": "2026-12-02T00:00:00Z",
+        "learner": "ridge",
+        "settings": {"penalty": 30.0},
+        "calibration_prompts": 500,
+    }
+
+
+def test_tenant_routers_and_earlier_lineages_round_trip_and_change_the_content_version() -> None:
+    data = _manifest_dict()
+    plain = _parse(data)
+    data.update(tenant_routers={"app": "mf", "batch.eu": "rnd"}, lineage=_lineage("mf"))
+    data["earlier_lineages"] = [_lineage("rnd")]
+    manifest = _parse(data)
+    assert manifest.tenant_routers == {"app": "mf", "batch.eu": "rnd"}
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest.lineage_of("rnd") == manifest.earlier_lineages[0] and manifest.lineage_of("sw") is None
+    assert manifest.content_version() != plain.content_version()
+    assert "tenant_routers" not in plain.to_dict() and "earlier_lineages" not in plain.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d.update(tenant_routers={"app": "nope"}),
+            "tenant_routers.app: 'nope' is not a router of this bundle",
+        ),
+        (lambda d: d.update(tenant_routers={"a b": "mf"}), "tenant_routers: invalid tenant name 'a b'"),
+        (lambda d: d.update(tenant_routers={}), "tenant_routers: empty"),
+        (lambda d: d.update(tenant_routers={"app": 3}), "tenant_routers.app: expected str"),
+        (
+            lambda d: d.update(lineage=_lineage("mf"), earlier_lineages=[_lineage("mf")]),
+            "earlier_lineages[0].router: 'mf' has a lineage already",
+        ),
+        (
+            lambda d: d.update(earlier_lineages=[_lineage("gone")]),
+            "earlier_lineages[0].router: 'gone' is not a router of this bundle",
+        ),
+        (
+            lambda d: d.update(earlier_lineages=[{**_lineage("mf"), "extra": 1}]),
+            "earlier_lineages[0].extra: unknown key",
+        ),
+    ],
+)
+def test_tenant_routers_and_earlier_lineages_refusals(edit: Any, expected: str) -> None:
+    assert expected in _message(_broken(edit))
