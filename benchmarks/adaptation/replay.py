@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,13 @@ def send_outcomes(client: RouterClient, ids: list[str], sq: np.ndarray, wq: np.n
 ADAPT_FLAGS: list[str] = []  # --gate-splits and --paired-learner of every adapt run (from the command line)
 
 
-def adapt(bundle: Path, store: str, out: Path, since_ms: int) -> dict[str, Any]:
-    """One `lmroute-export adapt` run; its JSON report plus whether it was accepted."""
+def adapt(bundle: Path, store: str, out: Path, since_ms: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One `lmroute-export adapt` run (`extra`: more of its flags); its JSON report plus whether it was
+    accepted."""
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(BIN / "lmroute-export"), "adapt", "--bundle", str(bundle), "--store", store, "--out", str(out)]
-        + ["--since-ms", str(since_ms), "--overwrite", *ADAPT_FLAGS],
+        + ["--since-ms", str(since_ms), "--overwrite", *ADAPT_FLAGS, *extra],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -276,27 +278,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(60)
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
     results = {
         "bundle_version": version,
-        "cpu": f"{cpu}, {os.cpu_count()} CPUs",
+        "cpu": cpu_model(),
         "seeds": args.seeds,
         "swaps": bundle_info.swaps,
         "refused_swaps": bundle_info.refused,
         "wall_min": (time.perf_counter() - t0) / 60,
         "sets": sets,
     }
-    command = "python benchmarks/adaptation/replay.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    return finish("replay", results, markdown, args, work, argv)
+
+
+def cpu_model() -> str:
+    """The CPU's model name and count, for a results page."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def finish(
+    name: str,
+    results: dict[str, Any],
+    markdown: Callable[[dict[str, Any], str], str],
+    args: argparse.Namespace,
+    work: Path,
+    argv: list[str] | None,
+) -> int:
+    """Write results_<name>.json and RESULTS_<name>.md (with the command) to --out, remove a temporary
+    work directory, print the page."""
+    command = f"python benchmarks/adaptation/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results_replay.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (args.out / "RESULTS_replay.md").write_text(markdown(results, command))
+    (args.out / f"results_{name}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (args.out / f"RESULTS_{name}.md").write_text(markdown(results, command))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(results, command))
