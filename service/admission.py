@@ -94,9 +94,17 @@ class CostLine:
         return (fixed, slope) if fixed >= 0.0 else (0.0, my / mx)
 
 
+MAX_STEP_RATIO = 4.0
+"""A scored batch counts in the measured costs at most this many times their current value: a batch
+slowed by a pause (a garbage collection, the thread descheduled; 20-30 ms measured on a one-prompt batch
+that costs about 0.1 ms) moves the estimate by at most 60 % instead of multiplying it (a spurious
+OVERLOADED for the calls that follow), while a lasting slowdown is followed within a few batches."""
+
+
 class ServiceRate:
     """Exponentially weighted seconds per work token, each router's relative cost and tokens per prompt
-    of the scored batches (None until a batch is observed)."""
+    of the scored batches (None until a batch is observed). Each batch's costs count at most
+    MAX_STEP_RATIO times the current ones."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
         if not 0.0 < smoothing <= 1.0:
@@ -118,14 +126,17 @@ class ServiceRate:
             return
         own = {r: (s, t) for r, (s, t) in (routers or {}).items() if t > 0 and math.isfinite(s) and s >= 0}
         shared = max(seconds - sum(s for s, _ in own.values()), 1e-9)
-        self.seconds_per_token = self._mix(self.seconds_per_token, shared / n_tokens)
-        self.tokens_per_prompt = self._mix(self.tokens_per_prompt, n_tokens / n_prompts)
-        self.seconds_per_prompt = self._mix(self.seconds_per_prompt, max(seconds, 1e-9) / n_prompts)
+        self.seconds_per_token = self._cost(self.seconds_per_token, shared / n_tokens)
+        self.tokens_per_prompt = _ewma(self.tokens_per_prompt, n_tokens / n_prompts, self.smoothing)
+        self.seconds_per_prompt = self._cost(self.seconds_per_prompt, max(seconds, 1e-9) / n_prompts)
         for r, (s, t) in own.items():
-            self.router_seconds_per_token[r] = self._mix(self.router_seconds_per_token.get(r), s / t)
+            self.router_seconds_per_token[r] = self._cost(self.router_seconds_per_token.get(r), s / t)
         self._line.observe(n_tokens, shared)
 
-    def _mix(self, old: float | None, x: float) -> float:
+    def _cost(self, old: float | None, x: float) -> float:
+        """A cost moved towards `x`, counted at most MAX_STEP_RATIO times `old`."""
+        if old is not None and old > 0.0:
+            x = min(x, MAX_STEP_RATIO * old)
         return _ewma(old, x, self.smoothing)
 
     @property

@@ -610,3 +610,23 @@ def test_the_scoring_thread_runs_on_its_own_cpus_and_the_caller_keeps_its_own() 
         await sched.close()
 
     run(body)
+
+
+def test_one_paused_batch_does_not_refuse_the_calls_after_it_while_a_lasting_slowdown_is_followed() -> None:
+    """One-prompt batches of 100 tokens at 1 us a token, then one 18-token batch held 30 ms by a pause (a
+    garbage collection): the calls that follow, 16 queued visits of 100 tokens, are still admitted (as
+    the pause's own 1.7 ms a token, averaged in, would have refused them: 0.33 ms a token, 530 ms
+    ahead); a scorer that turns 10x slower for good is followed within 10 batches."""
+    rate = ServiceRate()
+    for _ in range(50):
+        rate.observe(1, 100, 100e-6)
+    rate.observe(1, 18, 30e-3)
+    assert rate.seconds_per_token == pytest.approx(1.6e-6)
+    load = Load(in_flight=16, running_tokens=100.0, visits=(100.0,) * 15)
+    assert refusal(1, None, load, BatchPolicy(admit_wait_ms=100), rate) is None
+    averaged = ServiceRate()
+    averaged.seconds_per_token, averaged.tokens_per_prompt = 0.8 * 1e-6 + 0.2 * 30e-3 / 18, 100.0
+    assert isinstance(refusal(1, None, load, BatchPolicy(admit_wait_ms=100), averaged), QueueFull)
+    for _ in range(10):
+        rate.observe(1, 100, 1e-3)
+    assert rate.seconds_per_token == pytest.approx(10e-6, rel=0.1)
