@@ -31,6 +31,8 @@ import trustme
 from loadgen import GhzRun, ghz_version, run_ghz
 from procs import ChildServer, default_cores, service_cmd
 
+from lmroute.service.server import transport_for
+
 TOKEN = "bench-token-0123456789abcdef"
 
 
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `{command}`",
             "",
             f"{platform.machine()} CPU, 2 cores, no GPU; server on CPU {server_cores}, ghz on CPU {ghz_cores}; "
-            f"{ghz_version()}; {args.rounds} rounds of {args.seconds:g} s per server and concurrency, interleaved.",
+            f"{ghz_version()}; {args.rounds} rounds of {args.seconds:g} s per server and concurrency, interleaved; "
+            f"both servers on the `{transport_for(args.bundle)}` transport (`--transport auto` for this bundle).",
             "",
             *table,
         ]
