@@ -34,9 +34,10 @@ the tokens per prompt. A prompt of `n` tokens asking for routers R is `n x weigh
 takes the shared seconds per token. Queued prompts are counted by their own work (token counts from
 admission, weights from when they were queued), a new call's by the average length at its routers'
 weight. The limits follow the measurements (Little's law: work in front = rate x wait), so admission
-adapts when prompts get longer, routers costlier or the machine slower. `batch_budget` turns
-`max_batch_ms` into a budget of work tokens for the next batch, so a batch of long or costly prompts
-holds fewer of them and its time, part of every queued prompt's wait, stays bounded.
+adapts when prompts get longer, routers costlier or the machine slower; one batch counts at most
+MAX_STEP_RATIO times the current costs, so a single paused batch does not refuse the calls after it.
+`batch_budget` turns `max_batch_ms` into a budget of work tokens for the next batch, so a batch of long
+or costly prompts holds fewer of them and its time, part of every queued prompt's wait, stays bounded.
 
 `Admission` counts the admitted prompts; a call holds its `Permit` (`with permit:`) until it is answered.
 """
