@@ -261,14 +261,13 @@ class OpenAIFront:
     async def _models(self, request: web.Request) -> web.Response:
         try:
             self._authenticate(request)
+            tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
         except ServiceError as exc:
             return _error(exc)
+        default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.routers
         data = [
             {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
-            for name in (
-                *self.servicer.routers,
-                *([DEFAULT] if self.servicer.default_router and DEFAULT not in self.servicer.routers else []),
-            )
+            for name in (*self.servicer.routers, *([DEFAULT] if default else []))
         ]
         return web.json_response({"object": "list", "data": data})
 

@@ -199,6 +199,7 @@ def test_a_tenant_with_a_router_of_its_own_gets_it_as_the_default(
         )
         msgs = [{"role": "user", "content": PROMPTS[0]}]
         app = _client(base, default_headers={"x-lmroute-tenant": "app"})
+        assert "router-default" in [m.id for m in app.models.list()]
         raw = app.chat.completions.with_raw_response.create(model="router-default@0.5", messages=msgs)
         with RouterClient(srv.target, tenant="app") as grpc_app:
             direct = grpc_app.route(PROMPTS[0], strong_share=0.5)
@@ -208,6 +209,7 @@ def test_a_tenant_with_a_router_of_its_own_gets_it_as_the_default(
             raw = other.chat.completions.with_raw_response.create(model="router-default@0.5", messages=msgs)
             assert raw.headers["x-lmroute-router"] == "mf"
         else:
+            assert "router-default" not in [m.id for m in other.models.list()]
             with pytest.raises(openai.BadRequestError) as err:
                 other.chat.completions.create(model="router-default@0.5", messages=msgs)
             assert "asks for the default router; the serving bundle names none" in err.value.message
