@@ -125,8 +125,8 @@ def write_adapted_bundle(
         label=label,
         overwrite=overwrite,
         replace=replace,
-        default_key="default_router" if make_default and not tenant else "",
-        tenant=tenant if make_default else "",
+        default_key="default_router" if make_default else "",
+        tenant=tenant,
     )
 
 
@@ -143,11 +143,13 @@ def write_quality_bundle(
     overwrite: bool = False,
     replace: bool = False,
     make_default: bool = True,
+    tenant: str = "",
 ) -> Manifest:
     """Write parent_dir + an `adapted_quality` router named `router` (the heads over `base_router`, a
     router of kind quality) to out_dir and return the manifest written (module docstring).
     `calibration_scores`: its pair scores on recent prompts. With `make_default` it becomes the bundle's
-    default quality router (Route calls among candidates that name no router use it)."""
+    default quality router (Route calls among candidates that name no router use it), or with `tenant`
+    that tenant's (`tenant_quality_routers`)."""
     manifest = read_manifest(Path(parent_dir))
     if heads.dim != manifest.encoder.dim:
         raise ValueError(f"heads: dimension {heads.dim} does not match the parent's encoder.dim {manifest.encoder.dim}")
@@ -168,6 +170,7 @@ def write_quality_bundle(
         overwrite=overwrite,
         replace=replace,
         default_key="default_quality_router" if make_default else "",
+        tenant=tenant,
     )
 
 
@@ -194,8 +197,9 @@ def write_router_bundle(
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
     router of that name learnt from outcomes in the parent (an earlier adaptation) is replaced.
     `default_key` ("default_router" or "default_quality_router"): the manifest key that names the new
-    router; "" keeps the parent's defaults. `tenant`: the new router becomes that tenant's default router
-    (`tenant_routers`). The parent's lineages of the routers kept move to `earlier_lineages`."""
+    router; "" keeps the parent's defaults. With `tenant`, the new router becomes that tenant's default
+    instead (`tenant_routers` or `tenant_quality_routers`, by `default_key`) and the bundle's defaults stay.
+    The parent's lineages of the routers kept move to `earlier_lineages`."""
     if default_key not in ("", "default_router", "default_quality_router"):
         raise ValueError(f"default_key: {default_key!r} is not a default of the manifest")
     parent, out = Path(parent_dir), Path(out_dir)
@@ -206,8 +210,8 @@ def write_router_bundle(
         if not (replace and kinds.get(manifest.routers[router].kind).from_outcomes):
             raise ValueError(f"{parent}: already has a router named {router!r} (replace=True replaces an adapted one)")
         manifest = _without_router(manifest, router)
-    if tenant and default_key:
-        raise ValueError(f"tenant: {tenant!r} given with default_key {default_key!r} (one default, not both)")
+    if tenant and not default_key:
+        raise ValueError(f"tenant: {tenant!r} given without a default_key (which of its defaults the router becomes)")
     if base_router not in manifest.routers:
         raise ValueError(
             f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
@@ -268,10 +272,17 @@ def write_router_bundle(
             earlier_lineages=tuple(
                 ln for ln in (manifest.lineage, *manifest.earlier_lineages) if ln is not None and ln.router != router
             ),
-            tenant_routers={**manifest.tenant_routers, **({tenant: router} if tenant else {})},
-            default_router=router if default_key == "default_router" else manifest.default_router,
+            tenant_routers={
+                **manifest.tenant_routers,
+                **({tenant: router} if tenant and default_key == "default_router" else {}),
+            },
+            tenant_quality_routers={
+                **manifest.tenant_quality_routers,
+                **({tenant: router} if tenant and default_key == "default_quality_router" else {}),
+            },
+            default_router=router if default_key == "default_router" and not tenant else manifest.default_router,
             default_quality_router=(
-                router if default_key == "default_quality_router" else manifest.default_quality_router
+                router if default_key == "default_quality_router" and not tenant else manifest.default_quality_router
             ),
         )
         new = Manifest.from_json(new.to_json())  # the strict parser is the schema check

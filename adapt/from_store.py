@@ -56,10 +56,17 @@ from lmroute.bundle.routers import PromptBatch
 from lmroute.outcomes.records import TENANT_RE, Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
-__all__ = ["AdaptRun", "Features", "adapt_from_store", "featurise", "gate_qualities", "tenant_router_name"]
+__all__ = [
+    "AdaptRun",
+    "Features",
+    "adapt_from_store",
+    "featurise",
+    "gate_qualities",
+    "tenant_callers",
+    "tenant_router_name",
+]
 
 ADAPTED = "adapted"
-TENANT_ROUTER_PREFIX = "adapted-"
 MIN_OUTCOMES = 50
 """Fewer usable outcomes than this: no candidate (the gate could not judge it)."""
 CALIBRATION_PROMPTS = 5000
@@ -203,16 +210,27 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
     )
 
 
-def tenant_router_name(tenant: str) -> str:
-    """The router an adaptation for `tenant` adds (`adapted-<tenant>`); ValueError for a name that is not a
-    tenant's or too long for a router name (64 characters)."""
-    name = TENANT_ROUTER_PREFIX + tenant
+def tenant_router_name(tenant: str, adapted: str = ADAPTED) -> str:
+    """The router an adaptation for `tenant` adds (`<adapted>-<tenant>`: `adapted-app`,
+    `adapted_quality-app`); ValueError for a name that is not a tenant's or too long for a router name
+    (64 characters)."""
+    name = f"{adapted}-{tenant}"
     if not TENANT_RE.match(tenant) or len(name) > 64:
         raise ValueError(
-            f"tenant: {tenant!r} must be 1-{64 - len(TENANT_ROUTER_PREFIX)} of A-Z a-z 0-9 . _ - "
-            f"(its router is named {TENANT_ROUTER_PREFIX}<tenant>, at most 64 characters)"
+            f"tenant: {tenant!r} must be 1-{63 - len(adapted)} of A-Z a-z 0-9 . _ - "
+            f"(its router is named {adapted}-<tenant>, at most 64 characters)"
         )
     return name
+
+
+def tenant_callers(tenant: str, callers: Collection[str] | None) -> Collection[str] | None:
+    """The callers a run learns from: `callers`, or with `tenant` that tenant alone (ValueError when
+    `callers` names others)."""
+    if not tenant:
+        return callers
+    if callers is not None and set(callers) != {tenant}:
+        raise ValueError(f"callers: {sorted(callers)} with tenant {tenant!r} (a tenant's router learns from its calls)")
+    return (tenant,)
 
 
 def champion_of(bundle: Bundle, base_router: str, tenant: str = "") -> str:
@@ -286,12 +304,7 @@ def adapt_from_store(
     if paired_learner not in PAIRED_LEARNERS:
         raise ValueError(f"paired_learner: must be one of {', '.join(PAIRED_LEARNERS)} (got {paired_learner!r})")
     router = tenant_router_name(tenant) if tenant else ADAPTED
-    if tenant:
-        if callers is not None and set(callers) != {tenant}:
-            raise ValueError(
-                f"callers: {sorted(callers)} with tenant {tenant!r} (a tenant's router learns from its calls)"
-            )
-        callers = (tenant,)
+    callers = tenant_callers(tenant, callers)
     bundle = load_bundle(Path(bundle_dir))
     if base_router not in bundle.routers or kinds.get(bundle.routers[base_router].kind).from_outcomes:
         raise ValueError(f"base_router: {base_router!r} is not a trained router of {bundle_dir}")

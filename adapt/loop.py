@@ -119,6 +119,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
                 reporters=settings.reporters,
                 gate_reporters=settings.gate_reporters,
                 callers=settings.callers,
+                tenant=settings.tenant,
                 splits=settings.splits,
             )
         else:

@@ -19,6 +19,10 @@ Steps:
 4. If the gate accepts: the bundle is written with the `adapted_quality` router (replacing an earlier
    one), its pair thresholds calibrated on the store's most recent decisions. Accepted or not, the run
    is recorded in the store (`adaptations`).
+
+With `tenant`, as `lmroute.adapt.from_store` does for a pair router: that tenant's calls' outcomes alone,
+its own `adapted_quality-<tenant>` as champion when the bundle has one, and an accepted router becomes
+its default quality router (`tenant_quality_routers`) while the bundle's stays.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ import numpy as np
 import numpy.typing as npt
 
 from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
-from lmroute.adapt.from_store import CALIBRATION_PROMPTS, MIN_OUTCOMES, AdaptRun, gate_qualities, unseen_by
+from lmroute.adapt.from_store import (
+    CALIBRATION_PROMPTS,
+    MIN_OUTCOMES,
+    AdaptRun,
+    gate_qualities,
+    tenant_callers,
+    tenant_router_name,
+    unseen_by,
+)
 from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.quality_heads import (
     DEFAULT_ORDER_MARGIN,
@@ -137,6 +149,7 @@ def adapt_qualities_from_store(
     reporters: Collection[str] | None = None,
     gate_reporters: Collection[str] | None = None,
     callers: Collection[str] | None = None,
+    tenant: str = "",
     margin: float | None = None,
     order_margin: float | None = None,
     routing_margin: float | None = None,
@@ -156,7 +169,10 @@ def adapt_qualities_from_store(
             f"base_router: {base_router!r} is not a router of kind quality in {bundle_dir} "
             f"(has: {', '.join(quality_routers) or 'none'})"
         )
-    served = bundle.routers.get(ADAPTED_QUALITY)
+    router = tenant_router_name(tenant, ADAPTED_QUALITY) if tenant else ADAPTED_QUALITY
+    callers = tenant_callers(tenant, callers)
+    served_name = bundle.manifest.tenant_quality_routers.get(tenant, ADAPTED_QUALITY) if tenant else ADAPTED_QUALITY
+    served = bundle.routers.get(served_name)
     champion: QualityRouter | AdaptedQualityRouter = served if isinstance(served, AdaptedQualityRouter) else base
     rows = [r for r in store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers) if r.qualities]
     emb, lengths, kept = embed_rows(bundle, rows)
@@ -166,10 +182,12 @@ def adapt_qualities_from_store(
     report: dict[str, Any] = {
         "kind": KIND,
         "base_router": base_router,
-        "champion": ADAPTED_QUALITY if champion is served else base_router,
+        "champion": served_name if champion is served else base_router,
         "outcomes_read": len(rows),
         "reporters": None if reporters is None else sorted(reporters),
         "callers": None if callers is None else sorted(callers),
+        "tenant": tenant or None,
+        "router": router,
         "outcomes_skipped": len(rows) - len(used),
         "models_judged": judged,
         "gate_splits": splits,
@@ -206,7 +224,7 @@ def adapt_qualities_from_store(
         report["gate_reporters"] = sorted(gate_reporters)
         report["outcomes_gated"] = int(np.isfinite(gated).any(axis=1).sum())
     from_base = [m in base.models for m in models]
-    unseen = unseen_by(bundle, ADAPTED_QUALITY if champion is served else base_router, [r.time_ms for r in used])
+    unseen = unseen_by(bundle, served_name if champion is served else base_router, [r.time_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
     base_q = np.full_like(quality, np.nan)
     base_q[:, : len(base.models)] = base.qualities_of(emb)
@@ -247,7 +265,16 @@ def adapt_qualities_from_store(
         times = [r.time_ms for r in used]
         span = OutcomeSpan(KIND, len(used), lineage_time(min(times)), lineage_time(max(times)))
         manifest = write_quality_bundle(
-            bundle_dir, out_dir, heads, base_router, span, cal_scores, overwrite=overwrite, replace=True
+            bundle_dir,
+            out_dir,
+            heads,
+            base_router,
+            span,
+            cal_scores,
+            overwrite=overwrite,
+            replace=True,
+            router=router,
+            tenant=tenant,
         )
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = int(cal_scores.size)

@@ -559,7 +559,8 @@ class Manifest:
     router of such a call when it names none: the build's `quality`, or an N-model adaptation's
     `adapted_quality`. `tenant_routers` (optional, written only when set) names, per tenant, the router a
     Route call of that tenant uses when it names none, in place of `default_router`: a router adapted to
-    that tenant's traffic (`lmroute-export adapt --for-tenant`). `lineage` is the latest adaptation's;
+    that tenant's traffic (`lmroute-export adapt --for-tenant`); `tenant_quality_routers` the same for its
+    Route calls among candidates, in place of `default_quality_router`. `lineage` is the latest adaptation's;
     `earlier_lineages` (written only when set) those of the other adapted routers the bundle still holds
     (`lineage_of`)."""
 
@@ -582,6 +583,7 @@ class Manifest:
     default_router: str = ""
     default_quality_router: str = ""
     tenant_routers: Mapping[str, str] = field(default_factory=dict)
+    tenant_quality_routers: Mapping[str, str] = field(default_factory=dict)
     earlier_lineages: tuple[Lineage, ...] = ()
 
     def lineage_of(self, router: str) -> Lineage | None:
@@ -606,6 +608,7 @@ class Manifest:
             **({"default_router": self.default_router} if self.default_router else {}),
             **({"default_quality_router": self.default_quality_router} if self.default_quality_router else {}),
             **({"tenant_routers": dict(self.tenant_routers)} if self.tenant_routers else {}),
+            **({"tenant_quality_routers": dict(self.tenant_quality_routers)} if self.tenant_quality_routers else {}),
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "training_data": self.training_data.to_dict(),
             "library_versions": dict(self.library_versions),
@@ -693,7 +696,8 @@ class Manifest:
             lineage=Lineage._parse(root.node("lineage")) if root.has("lineage") else None,
             default_router=_optional_str(root, "default_router", "a default router"),
             default_quality_router=_optional_str(root, "default_quality_router", "a default quality router"),
-            tenant_routers=_tenant_routers(root) if root.has("tenant_routers") else {},
+            tenant_routers=_tenant_routers(root, "tenant_routers"),
+            tenant_quality_routers=_tenant_routers(root, "tenant_quality_routers"),
             earlier_lineages=tuple(
                 Lineage._parse(Node(item, f"earlier_lineages[{i}]"))
                 for i, item in enumerate(root.list_("earlier_lineages") if root.has("earlier_lineages") else [])
@@ -767,11 +771,12 @@ class Manifest:
             seen.add(ln.router)
 
     def _check_tenant_routers(self) -> None:
-        for tenant, name in self.tenant_routers.items():
-            if not TENANT_RE.match(tenant):
-                raise fail(f"tenant_routers: invalid tenant name {tenant!r} (1-64 of A-Z a-z 0-9 . _ -)")
-            if name not in self.routers:
-                raise fail(f"tenant_routers.{tenant}: {name!r} is not a router of this bundle")
+        for key in ("tenant_routers", "tenant_quality_routers"):
+            for tenant, name in getattr(self, key).items():
+                if not TENANT_RE.match(tenant):
+                    raise fail(f"{key}: invalid tenant name {tenant!r} (1-64 of A-Z a-z 0-9 . _ -)")
+                if name not in self.routers:
+                    raise fail(f"{key}.{tenant}: {name!r} is not a router of this bundle")
 
     def _check_file_refs(self) -> None:
         refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]
@@ -801,11 +806,14 @@ class Manifest:
                 raise fail(f"calibration.thresholds.{name}: not a router of this bundle")
 
 
-def _tenant_routers(root: Node) -> dict[str, str]:
-    node = root.node("tenant_routers")
+def _tenant_routers(root: Node, key: str) -> dict[str, str]:
+    """The optional {tenant: router} `key` ({} when absent, never empty when present)."""
+    if not root.has(key):
+        return {}
+    node = root.node(key)
     out = {tenant: node.str_(tenant) for tenant in node.keys()}
     if not out:
-        raise fail("tenant_routers: empty (a bundle without tenant routers has no tenant_routers key)")
+        raise fail(f"{key}: empty (a bundle without tenant routers has no {key} key)")
     return out
 
 

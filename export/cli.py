@@ -393,6 +393,7 @@ def _adapt(args: argparse.Namespace) -> int:
                 reporters=tenants.reporters,
                 gate_reporters=tenants.gate_reporters,
                 callers=tenants.callers,
+                tenant=tenants.tenant,
                 margin=args.margin,
                 order_margin=args.order_margin,
                 routing_margin=args.routing_margin,

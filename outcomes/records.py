@@ -125,8 +125,9 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="NAME",
         help="the router learnt is this tenant's own, adapted-NAME: learnt from and gated on its calls' outcomes "
-        "alone (--callers NAME), it becomes the router of its calls that name none (the bundle's tenant_routers) "
-        "while the other tenants keep theirs and the bundle's default; paired and single outcomes",
+        "alone (--callers NAME), it becomes the router of its calls that name none (the bundle's tenant_routers; "
+        "with --kind qualities adapted_quality-NAME, for its calls among candidates) while the other tenants keep "
+        "theirs and the bundle's defaults stay",
     )
 
 
@@ -147,8 +148,6 @@ def tenant_filters(args: argparse.Namespace) -> TenantFilters:
     tenant = args.for_tenant
     if tenant and not TENANT_RE.match(tenant):
         raise OutcomeError(f"for_tenant: {tenant!r} is not a tenant name (1-64 of A-Z a-z 0-9 . _ -)")
-    if tenant and getattr(args, "kind", "") == "qualities":
-        raise OutcomeError("for_tenant: a tenant's own router is learnt from paired or single outcomes, not qualities")
     return TenantFilters(
         reporters_named(args.reporters),
         reporters_named(args.gate_reporters, "gate_reporters"),

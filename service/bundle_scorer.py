@@ -306,4 +306,5 @@ class BundleScorer:
             default_router=m.default_router,
             default_quality_router=m.default_quality_router,
             tenant_routers=dict(m.tenant_routers),
+            tenant_quality_routers=dict(m.tenant_quality_routers),
         )

@@ -105,10 +105,18 @@ class Catalog:
     # Per tenant, the router of its Route calls that name none, in place of default_router (the
     # manifest's tenant_routers: routers adapted to one tenant's traffic).
     tenant_routers: Mapping[str, str] = field(default_factory=dict)
+    # The same for Route calls among candidates (the manifest's tenant_quality_routers).
+    tenant_quality_routers: Mapping[str, str] = field(default_factory=dict)
 
-    def router_for(self, tenant: str) -> str:
-        """The router a Route call of `tenant` ("" = none named) uses when it names none ("" = none)."""
-        return self.tenant_routers.get(tenant, self.default_router) if tenant else self.default_router
+    def router_for(self, tenant: str, among: bool = False) -> str:
+        """The router a Route call of `tenant` ("" = none named) uses when it names none ("" = none); with
+        `among`, a Route call among candidates."""
+        own, default = (
+            (self.tenant_quality_routers, self.default_quality_router)
+            if among
+            else (self.tenant_routers, self.default_router)
+        )
+        return own.get(tenant, default) if tenant else default
 
 
 class Scorer(Protocol[T]):

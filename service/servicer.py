@@ -285,11 +285,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         policy = request.WhichOneof("policy")
         among = bool(len(request.candidates)) or policy == "model_policy"
         if not request.router:
-            default, what = (
-                (catalog.default_quality_router, "default quality router")
-                if among
-                else (catalog.router_for(asked_tenant), "default router")
-            )
+            default = catalog.router_for(asked_tenant, among)
+            what = "default quality router" if among else "default router"
             if not default:
                 raise InvalidArgument(f"router: required (the serving bundle names no {what})", reason="MISSING_ROUTER")
             request.router = default  # answered, recorded and reported as if named
@@ -510,6 +507,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListRoutersResponse:
         _, c = self._ready()
+        tenant = self._tenant(context)
         return router_pb2.ListRoutersResponse(
             routers=[_router_info(r) for r in c.routers],
             models=[router_pb2.ModelInfo(name=m.name, elo=m.elo, tier=m.tier) for m in c.models],
@@ -524,8 +522,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 kind=c.encoder_kind,
             ),
             bundle_version=c.version,
-            default_router=c.router_for(self._tenant(context)),
-            default_quality_router=c.default_quality_router,
+            default_router=c.router_for(tenant),
+            default_quality_router=c.router_for(tenant, among=True),
         )
 
     async def GetRouter(

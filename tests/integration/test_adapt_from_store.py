@@ -372,8 +372,6 @@ def test_a_tenants_own_router_sits_beside_the_default_and_keeps_its_lineage(
     capsys.readouterr()
     assert main([*args, "no such/name"]) == 1
     assert "for_tenant: 'no such/name' is not a tenant name" in capsys.readouterr().err
-    assert main([*args, "app", "--kind", "qualities"]) == 1
-    assert "for_tenant: a tenant's own router is learnt from paired or single outcomes" in capsys.readouterr().err
 
 
 def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(parent: Path, tmp_path: Path) -> None:

@@ -388,3 +388,55 @@ def test_single_outcomes_of_explored_routes_feed_the_routing_condition(parent: P
     [recorded] = store.adaptations()
     assert recorded["report"]["gate"]["n_logged"] == gate["n_logged"]
     store.close()
+
+
+def test_a_tenants_own_quality_router_answers_its_calls_among_candidates(parent: Path, tmp_path: Path) -> None:
+    """`--for-tenant` with qualities through a real server: `app`'s prompts scored as `app`, their
+    per-model outcomes sent by decision id; the round adds `adapted_quality-app` for `app` alone. `app`'s
+    calls among candidates that name no router get it (and ListRouters says so to `app`); another
+    tenant's keep the bundle's default quality router, which the round left as it was."""
+    from lmroute.adapt.loop import RoundSettings, run_round
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+    from lmroute.v1 import router_pb2
+
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_quality_router="quality")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    texts, new, cheap = _judged(parent, signal=True)
+    priced = [
+        router_pb2.Candidate(model=NEW, input_price_per_mtok=0.1, output_price_per_mtok=0.1),
+        router_pb2.Candidate(model="model-05", input_price_per_mtok=10.0, output_price_per_mtok=30.0),
+    ]
+    with ServerThread(cfg) as srv, RouterClient(srv.target, tenant="app") as app:
+        ids = [r.decision_id for start in range(0, N, 100) for r in app.score(texts[start : start + 100]).results]
+        reports = [
+            router_pb2.OutcomeReport(
+                decision_id=ids[i],
+                qualities=router_pb2.ModelQualities(
+                    qualities=[
+                        router_pb2.ModelQuality(model=NEW, quality=float(new[i])),
+                        router_pb2.ModelQuality(model=CHEAP, quality=float(cheap[i])),
+                    ]
+                ),
+                source="judge",
+            )
+            for i in range(N)
+        ]
+        assert app.feedback(reports).stored == 2 * N
+        everyone_else = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(kind="qualities", tenant="b"))
+        assert not everyone_else.accepted and everyone_else.report["outcomes_read"] == 0  # b made no calls
+        done = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(kind="qualities", tenant="app"))
+        assert done.accepted and done.report["router"] == "adapted_quality-app", done.report["gate"]
+        m = load_bundle(done.candidate).manifest  # type: ignore[arg-type]
+        assert m.tenant_quality_routers == {"app": "adapted_quality-app"} and m.default_quality_router == "quality"
+        assert app.list_routers().default_quality_router == "adapted_quality-app"
+        d = app.route_among("Explain quicksort.", priced, cost_weight=0.0)
+        assert d.router == "adapted_quality-app" and d.bundle_version == done.serving_version
+        with RouterClient(srv.target, tenant="b") as other:
+            assert other.list_routers().default_quality_router == "quality"
+            with pytest.raises(Exception, match=NEW):  # its router, the shipped one, does not know the new model
+                other.route_among("Explain quicksort.", priced, cost_weight=0.0)

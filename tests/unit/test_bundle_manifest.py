@@ -486,14 +486,17 @@ def _lineage(router: str) -> dict[str, Any]:
 def test_tenant_routers_and_earlier_lineages_round_trip_and_change_the_content_version() -> None:
     data = _manifest_dict()
     plain = _parse(data)
-    data.update(tenant_routers={"app": "mf", "batch.eu": "rnd"}, lineage=_lineage("mf"))
+    data.update(tenant_routers={"app": "mf", "batch.eu": "rnd"}, tenant_quality_routers={"app": "sw"})
+    data.update(lineage=_lineage("mf"))
     data["earlier_lineages"] = [_lineage("rnd")]
     manifest = _parse(data)
-    assert manifest.tenant_routers == {"app": "mf", "batch.eu": "rnd"}
+    assert manifest.tenant_routers == {"app": "mf", "batch.eu": "rnd"} and manifest.tenant_quality_routers == {
+        "app": "sw"
+    }
     assert Manifest.from_json(manifest.to_json()) == manifest
     assert manifest.lineage_of("rnd") == manifest.earlier_lineages[0] and manifest.lineage_of("sw") is None
     assert manifest.content_version() != plain.content_version()
-    assert "tenant_routers" not in plain.to_dict() and "earlier_lineages" not in plain.to_dict()
+    assert not {"tenant_routers", "tenant_quality_routers", "earlier_lineages"} & set(plain.to_dict())
 
 
 @pytest.mark.parametrize(
@@ -505,6 +508,10 @@ def test_tenant_routers_and_earlier_lineages_round_trip_and_change_the_content_v
         ),
         (lambda d: d.update(tenant_routers={"a b": "mf"}), "tenant_routers: invalid tenant name 'a b'"),
         (lambda d: d.update(tenant_routers={}), "tenant_routers: empty"),
+        (
+            lambda d: d.update(tenant_quality_routers={"app": "nope"}),
+            "tenant_quality_routers.app: 'nope' is not a router of this bundle",
+        ),
         (lambda d: d.update(tenant_routers={"app": 3}), "tenant_routers.app: expected str"),
         (
             lambda d: d.update(lineage=_lineage("mf"), earlier_lineages=[_lineage("mf")]),
