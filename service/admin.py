@@ -99,6 +99,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             last_refusal_unix_ms=_unix_ms(counters.last_refusal_at),
             loading_path="" if loading is None else str(loading),
             watch_interval_seconds=swapper.watch_interval_s,
+            default_router=serving.catalog.default_router,
+            default_quality_router=serving.catalog.default_quality_router,
+            tenant_routers=serving.catalog.tenant_routers,
+            tenant_quality_routers=serving.catalog.tenant_quality_routers,
         )
 
     async def ListShareTargets(

@@ -92,7 +92,12 @@ class ServingBundle:
     resolved_path: Path  # what was loaded: `path` with its symlinks resolved
     routers: tuple[str, ...]
     loaded_at: float  # time.time() when it started serving
-    encoder_id: str = ""  # Catalog.encoder_id: the same id means the same encoder cost
+    catalog: Catalog  # what ListRouters reports of it (its default and tenant routers among the rest)
+
+    @property
+    def encoder_id(self) -> str:
+        """Catalog.encoder_id: the same id means the same encoder cost."""
+        return self.catalog.encoder_id
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class BundleSwapper:
             resolved_path=path.resolve(),
             routers=scorer.router_names,
             loaded_at=time.time(),
-            encoder_id=scorer.catalog().encoder_id,
+            catalog=scorer.catalog(),
         )
 
     @property
@@ -219,7 +224,7 @@ class BundleSwapper:
             raise Draining("server is shutting down: the loaded bundle was not swapped in")
         t2 = time.perf_counter()
         previous = self.serving
-        current = ServingBundle(scorer.version, path, resolved, scorer.router_names, time.time(), catalog.encoder_id)
+        current = ServingBundle(scorer.version, path, resolved, scorer.router_names, time.time(), catalog)
         same_encoder = bool(current.encoder_id) and current.encoder_id == previous.encoder_id
         old = self.scheduler.swap(scorer, keep_rate=same_encoder)  # no await from here to the attach
         self.transport.attach(self.scheduler, catalog)

@@ -392,6 +392,9 @@ def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(
         assert not refused.accepted and json.loads(refused.to_json())["router"] == "adapted-batch"
         done = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(tenant="app"))
         assert done.accepted and json.loads(done.to_json())["router"] == "adapted-app"
+        with RouterClient(srv.target) as admin:  # what the operator sees of the serving bundle
+            served_now = admin.get_bundle()
+        assert (served_now.default_router, dict(served_now.tenant_routers)) == ("mf", {"app": "adapted-app"})
         prompt = "Explain quicksort."
         for tenant, router in (("app", "adapted-app"), ("batch", "mf"), (None, "mf")):
             with RouterClient(srv.target, tenant=tenant) as client:
