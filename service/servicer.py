@@ -183,11 +183,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise out
         return out
 
-    @property
-    def default_router(self) -> str:
-        """The serving bundle's default router ("" for none, or before a bundle is attached)."""
-        return self.catalog.default_router if self.catalog is not None else ""
-
     def router_for(self, tenant: str) -> str:
         """The router of `tenant`'s Route calls that name none: its own when the bundle has one, else the
         default router ("" for none, or before a bundle is attached)."""
