@@ -14,6 +14,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -276,24 +277,32 @@ def test_a_tampered_adapted_quality_router_is_refused_by_name(parent: Path, tmp_
     assert "routers/adapted_quality/bias.npy: shape (3,)" in edit(keep, array=bias)
 
 
-def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path, tmp_path: Path) -> None:
-    from lmroute.adapt.loop import RoundSettings, run_round
-    from lmroute.bundle.writer import restamp_bundle
-    from lmroute.service.client import RouterClient, to_prompt
+def _served(parent: Path, tmp_path: Path) -> tuple[Any, str, list[Any]]:
+    """A server's config over a copy of `parent` whose default quality router is `quality` (as a build
+    names it), with an SQLite store (its DSN); two candidates, NEW cheap and model-05 dear."""
     from lmroute.service.config import ServiceConfig
-    from lmroute.service.testing import ServerThread
     from lmroute.v1 import router_pb2
 
     served = tmp_path / "served"
     shutil.copytree(parent, served)
-    restamp_bundle(served, default_quality_router="quality")  # as a build names it
+    restamp_bundle(served, default_quality_router="quality")
     dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
     cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
-    texts, new, cheap = _judged(parent, signal=True)
     priced = [
         router_pb2.Candidate(model=NEW, input_price_per_mtok=0.1, output_price_per_mtok=0.1),
         router_pb2.Candidate(model="model-05", input_price_per_mtok=10.0, output_price_per_mtok=30.0),
     ]
+    return cfg, dsn, priced
+
+
+def test_the_loop_learns_a_new_model_from_feedback_and_routes_to_it(parent: Path, tmp_path: Path) -> None:
+    from lmroute.adapt.loop import RoundSettings, run_round
+    from lmroute.service.client import RouterClient, to_prompt
+    from lmroute.service.testing import ServerThread
+    from lmroute.v1 import router_pb2
+
+    cfg, dsn, priced = _served(parent, tmp_path)
+    texts, new, cheap = _judged(parent, signal=True)
     with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
         with pytest.raises(Exception, match=NEW):  # the shipped router does not know the new model
             client.route_among("Explain quicksort.", priced, router="quality", cost_weight=0.0)
@@ -397,20 +406,11 @@ def test_a_tenants_own_quality_router_answers_its_calls_among_candidates(parent:
     tenant's keep the bundle's default quality router, which the round left as it was."""
     from lmroute.adapt.loop import RoundSettings, run_round
     from lmroute.service.client import RouterClient
-    from lmroute.service.config import ServiceConfig
     from lmroute.service.testing import ServerThread
     from lmroute.v1 import router_pb2
 
-    served = tmp_path / "served"
-    shutil.copytree(parent, served)
-    restamp_bundle(served, default_quality_router="quality")
-    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
-    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    cfg, dsn, priced = _served(parent, tmp_path)
     texts, new, cheap = _judged(parent, signal=True)
-    priced = [
-        router_pb2.Candidate(model=NEW, input_price_per_mtok=0.1, output_price_per_mtok=0.1),
-        router_pb2.Candidate(model="model-05", input_price_per_mtok=10.0, output_price_per_mtok=30.0),
-    ]
     with ServerThread(cfg) as srv, RouterClient(srv.target, tenant="app") as app:
         ids = [r.decision_id for start in range(0, N, 100) for r in app.score(texts[start : start + 100]).results]
         reports = [
