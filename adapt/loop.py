@@ -10,6 +10,10 @@ Every `--interval-s` (or once, with `--once`), against one running server (`--se
 3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
    it and keeps the old bundle serving if it refuses it.
 
+With `--for-tenant app,batch,(default)` a round adapts each in turn (the tenants' own routers, then the
+bundle's default router: docs/ADAPTATION.md says why in that order), each adapting the bundle the one
+before it left serving, one JSON line each.
+
 A server with tokens takes an unbound one: `--token-env NAME` names the variable that holds it
 (LMROUTE_TOKEN by default), `--ca` (with `--cert`, `--key`) its TLS files.
 
@@ -36,6 +40,7 @@ SQLite file on the same host, or the shared PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -243,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
     try:
-        tenants = tenant_filters(args)
+        tenants = tenant_filters(args, several=True)
     except ValueError as exc:
         ap.error(str(exc))
     connect = connection_kwargs(args)
@@ -256,18 +261,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporters=tenants.reporters,
         gate_reporters=tenants.gate_reporters,
         callers=tenants.callers,
-        tenant=tenants.tenant,
     )
     while True:
         try:
-            if args.bundle_link is not None:
-                r = run_link_round(args.bundle_link, args.store, args.bundles_dir, settings)
-                serving = args.bundle_link
-            else:
-                r = run_round(args.server, args.store, args.bundles_dir, settings, connect=connect)
-                serving = r.candidate or r.parent or args.bundles_dir
-            print(r.to_json(), flush=True)
-            prune_bundles(args.bundles_dir, args.keep_bundles, serving)
+            for tenant in tenants.tenants:  # in turn: each adapts the bundle the one before it left serving
+                one = dataclasses.replace(settings, tenant=tenant)
+                if args.bundle_link is not None:
+                    r = run_link_round(args.bundle_link, args.store, args.bundles_dir, one)
+                    serving = args.bundle_link
+                else:
+                    r = run_round(args.server, args.store, args.bundles_dir, one, connect=connect)
+                    serving = r.candidate or r.parent or args.bundles_dir
+                print(r.to_json(), flush=True)
+                prune_bundles(args.bundles_dir, args.keep_bundles, serving)
         except (StoreError, ValueError, OSError) as exc:
             print(json.dumps({"error": str(exc)}), flush=True)
             if args.once:

@@ -89,6 +89,8 @@ TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 UNNAMED_REPORTER = "(none)"
+DEFAULT_ROUTER = "(default)"
+"""In `--for-tenant`: the bundle's default router (no tenant's own)."""
 """How a command line names the reporter "" (a caller that named no tenant), as the metrics label it."""
 
 
@@ -127,7 +129,8 @@ def add_reporters_arg(parser: argparse.ArgumentParser) -> None:
         help="the router learnt is this tenant's own, adapted-NAME: learnt from and gated on its calls' outcomes "
         "alone (--callers NAME), it becomes the router of its calls that name none (the bundle's tenant_routers; "
         "with --kind qualities adapted_quality-NAME, for its calls among candidates) while the other tenants keep "
-        "theirs and the bundle's defaults stay",
+        f"theirs and the bundle's defaults stay; lmroute-adapt takes several, comma-separated ({DEFAULT_ROUTER} = "
+        "the bundle's default router), and adapts them in turn each round",
     )
 
 
@@ -139,20 +142,31 @@ class TenantFilters:
     reporters: frozenset[str] | None
     gate_reporters: frozenset[str] | None
     callers: frozenset[str] | None
-    tenant: str = ""
+    tenants: tuple[str, ...] = ("",)  # in turn; "" = the bundle's default router
+
+    @property
+    def tenant(self) -> str:
+        """The one tenant of a command that adapts one router."""
+        return self.tenants[0]
 
 
-def tenant_filters(args: argparse.Namespace) -> TenantFilters:
-    """The `--reporters`, `--gate-reporters`, `--callers` and `--for-tenant` of a parsed command line;
-    OutcomeError naming the flag and a name that is not a tenant name."""
-    tenant = args.for_tenant
-    if tenant and not TENANT_RE.match(tenant):
-        raise OutcomeError(f"for_tenant: {tenant!r} is not a tenant name (1-64 of A-Z a-z 0-9 . _ -)")
+def tenant_filters(args: argparse.Namespace, *, several: bool = False) -> TenantFilters:
+    """The `--reporters`, `--gate-reporters`, `--callers` and `--for-tenant` of a parsed command line
+    (`several`: more than one `--for-tenant` name allowed); OutcomeError naming the flag and what is
+    wrong."""
+    names = [n.strip() for n in args.for_tenant.split(",")] if args.for_tenant else [DEFAULT_ROUTER]
+    for name in names:
+        if name != DEFAULT_ROUTER and not TENANT_RE.match(name):
+            raise OutcomeError(f"for_tenant: {name!r} is not a tenant name (1-64 of A-Z a-z 0-9 . _ -)")
+    if len(set(names)) != len(names):
+        raise OutcomeError(f"for_tenant: {args.for_tenant!r} names a router twice")
+    if len(names) > 1 and not several:
+        raise OutcomeError(f"for_tenant: {args.for_tenant!r}: one router a run (lmroute-adapt takes several)")
     return TenantFilters(
         reporters_named(args.reporters),
         reporters_named(args.gate_reporters, "gate_reporters"),
         reporters_named(args.callers, "callers"),
-        tenant,
+        tuple("" if n == DEFAULT_ROUTER else n for n in names),
     )
 
 

@@ -372,10 +372,14 @@ def test_a_tenants_own_router_sits_beside_the_default_and_keeps_its_lineage(
     capsys.readouterr()
     assert main([*args, "no such/name"]) == 1
     assert "for_tenant: 'no such/name' is not a tenant name" in capsys.readouterr().err
+    assert main([*args, "app,batch"]) == 1
+    assert "for_tenant: 'app,batch': one router a run (lmroute-adapt takes several)" in capsys.readouterr().err
 
 
-def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(parent: Path, tmp_path: Path) -> None:
-    from lmroute.adapt.loop import RoundSettings, run_round
+def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmroute.adapt.loop import main as adapt_main
     from lmroute.bundle.writer import restamp_bundle
     from lmroute.service.client import RouterClient
     from lmroute.service.config import ServiceConfig
@@ -388,10 +392,19 @@ def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(
     _two_tenants(parent, dsn)
     cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
     with ServerThread(cfg) as srv:
-        refused = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(tenant="batch"))
-        assert not refused.accepted and json.loads(refused.to_json())["router"] == "adapted-batch"
-        done = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(tenant="app"))
-        assert done.accepted and json.loads(done.to_json())["router"] == "adapted-app"
+        argv = ["--server", srv.target, "--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once"]
+        assert adapt_main([*argv, "--for-tenant", "batch,app"]) == 0  # one round: batch's, then app's
+        out = capsys.readouterr().out.splitlines()  # the rounds' JSON lines among the server's log lines
+        refused, done = [json.loads(line) for line in out if line.startswith("{")]
+        assert (refused["router"], refused["accepted"], done["router"], done["accepted"]) == (
+            "adapted-batch",
+            False,
+            "adapted-app",
+            True,
+        )
+        with pytest.raises(SystemExit):
+            adapt_main([*argv, "--for-tenant", "app,app"])
+        assert "for_tenant: 'app,app' names a router twice" in capsys.readouterr().err
         with RouterClient(srv.target) as admin:  # what the operator sees of the serving bundle
             served_now = admin.get_bundle()
         assert (served_now.default_router, dict(served_now.tenant_routers)) == ("mf", {"app": "adapted-app"})
@@ -401,7 +414,7 @@ def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(
                 assert client.list_routers().default_router == router, tenant
                 unnamed = client.route(prompt, strong_share=0.5)
                 named = client.route(prompt, router=router, strong_share=0.5)
-                assert unnamed.router == router and unnamed.bundle_version == done.serving_version
+                assert unnamed.router == router and unnamed.bundle_version == done["serving_version"]
                 assert (unnamed.score, unnamed.threshold) == (named.score, named.threshold)
 
 
