@@ -97,9 +97,9 @@ class CostLine:
 
 MAX_STEP_RATIO = 4.0
 """A scored batch counts in the measured costs at most this many times their current value: a batch
-slowed by a pause (a garbage collection, the thread descheduled; 20-30 ms measured on a one-prompt batch
-that costs about 0.1 ms) moves the estimate by at most 60 % instead of multiplying it (a spurious
-OVERLOADED for the calls that follow), while a lasting slowdown is followed within a few batches."""
+slowed by a pause (a garbage collection, the thread descheduled) moves the estimate by at most 60 %
+(smoothing 0.2 x (4 - 1)) instead of multiplying it (a spurious OVERLOADED for the calls that follow),
+while a lasting slowdown is followed within a few batches."""
 
 
 class ServiceRate:

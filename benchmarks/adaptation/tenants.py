@@ -55,6 +55,8 @@ CONFIGS = ("zero_shot", "shared", "own", "own_then_shared")
 
 
 def load_tenant(name: str, test_limit: int) -> dict[str, Any]:
+    """Eval set `name` as a tenant's traffic: texts, both models' qualities, the stream and test halves'
+    indices (the test half sampled down to `test_limit`, seeded) and the test half's full size."""
     ev = load_eval(name, REPO / "data")
     texts = list(ev.prompts)
     sq, wq = np.asarray(ev.strong_quality, dtype=float), np.asarray(ev.weak_quality, dtype=float)
@@ -68,9 +70,7 @@ def load_tenant(name: str, test_limit: int) -> dict[str, Any]:
 def record_streams(target: str, data: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Every stream prompt scored once by `mf` through Score as its tenant, the tenants interleaved in a
     seeded random order (chunks of 32); the decision ids by tenant, in stream order."""
-    chunks = [
-        (t, start) for t, d in data.items() for start in range(0, d["stream"].size, 32)
-    ]  # (tenant, first stream index)
+    chunks = [(t, start) for t, d in data.items() for start in range(0, d["stream"].size, 32)]  # (tenant, first)
     order = np.random.default_rng(7).permutation(len(chunks))
     ids: dict[str, list[str]] = {t: [""] * d["stream"].size for t, d in data.items()}
     clients = {t: RouterClient(target, tenant=t, timeout_s=600) for t in data}
