@@ -6,6 +6,8 @@ Three one-way layers (transport -> scheduler -> scorers):
     config.py        ServiceConfig with its BatchPolicy nested (frozen; every leaf a --flag and an LMROUTE_* variable)
     server.py        RouterServer lifecycle: bind, health, reflection, plug-ins + load + warm, drain
     interceptors.py  request id, access log (shed calls sampled), malformed bytes, ServiceError -> gRPC status
+    transports.py    the gRPC port served by threads (a synchronous server handing calls to the loop) or grpc.aio
+    stream_cap.py    StreamSlots: at most max_streams streaming calls (health Watch, reflection) open at once
     liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     feedback.py      Feedback on the wire <-> the outcome store's records; decision records of answers

@@ -221,6 +221,14 @@ class ServiceConfig:
             "refused RESOURCE_EXHAUSTED by gRPC at once, without a retry delay"
         ),
     )
+    max_streams: int = field(
+        default=64,
+        metadata=_doc(
+            "streaming calls open at once (health Watch, server reflection); one more is refused "
+            "RESOURCE_EXHAUSTED (TOO_MANY_STREAMS). Under --transport threads each open stream holds a "
+            "transport thread, so this must be below grpc_threads: the threads above it stay for unary calls"
+        ),
+    )
     intra_op_threads: int = field(
         default=1, metadata=_doc("ONNX Runtime intra-op threads, and NumPy's BLAS threads in lmroute-serve")
     )
@@ -517,6 +525,12 @@ class ServiceConfig:
         if self.transport not in _TRANSPORTS:
             raise ConfigError(f"transport: must be one of {', '.join(_TRANSPORTS)} (got {self.transport!r})")
         _at_least("grpc_threads", self.grpc_threads, 1)
+        _at_least("max_streams", self.max_streams, 1)
+        if self.max_streams >= self.grpc_threads:
+            raise ConfigError(
+                f"max_streams: must be below grpc_threads ({self.grpc_threads}): each open stream holds a "
+                f"transport thread, and unary calls need one (got {self.max_streams})"
+            )
         if self.grace_s < 0:
             raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")
         if self.device not in _DEVICES:

@@ -6,6 +6,8 @@
     +-- NotFound                       NOT_FOUND (unknown router)
     +-- QueueFull                      RESOURCE_EXHAUSTED (admission refused: QUEUE_FULL or OVERLOADED;
                                        retry after the delay it carries)
+    +-- TooManyStreams                 RESOURCE_EXHAUSTED (max_streams streaming calls open: health
+                                       Watch, reflection; retry after the delay)
     +-- QueueTimeout                   UNAVAILABLE (waited in the queue longer than queue_timeout_ms)
     +-- NotReady                       UNAVAILABLE (bundle not loaded and warmed yet)
     +-- Draining                       UNAVAILABLE (shutting down; no new work)
@@ -57,6 +59,7 @@ __all__ = [
     "StoreUnavailable",
     "QueueFull",
     "QueueTimeout",
+    "TooManyStreams",
     "ScorerFailed",
     "ServiceError",
     "BundleRefused",
@@ -131,6 +134,12 @@ class QueueFull(ServiceError):
     measured cost is more than admission allows (OVERLOADED)."""
 
     default_reason = "QUEUE_FULL"
+
+
+class TooManyStreams(ServiceError):
+    """A streaming call (health Watch, server reflection) refused: max_streams of them are open."""
+
+    default_reason = "TOO_MANY_STREAMS"
 
 
 class QueueTimeout(ServiceError):
@@ -242,6 +251,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     InvalidArgument: (Code.INVALID_ARGUMENT, None),
     NotFound: (Code.NOT_FOUND, None),
     QueueFull: (Code.RESOURCE_EXHAUSTED, 50),
+    TooManyStreams: (Code.RESOURCE_EXHAUSTED, 1000),
     QueueTimeout: (Code.UNAVAILABLE, 100),
     NotReady: (Code.UNAVAILABLE, 1000),
     Draining: (Code.UNAVAILABLE, 1000),

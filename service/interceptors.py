@@ -47,7 +47,14 @@ from lmroute.service.logs import CallLog, LogSampler
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.tracing import Tracing
 
-__all__ = ["ERROR_DOMAIN", "REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "REQUEST_ID_KEY",
+    "Malformed",
+    "RequestContextInterceptor",
+    "tolerant_deserializer",
+    "wire_status",
+]
 
 ERROR_DOMAIN = "lmroute.v1"
 REQUEST_ID_KEY = "x-request-id"
@@ -88,8 +95,16 @@ def _malformed(request: Malformed, context: grpc.aio.ServicerContext, method: st
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
-    """End the call with `info` as a google.rpc.Status (ErrorInfo, RetryInfo details) and the request id."""
+@dataclass(frozen=True)
+class _Status(grpc.Status):  # type: ignore[misc]  # grpc has no type stubs: Any
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def wire_status(info: StatusInfo, trailers: tuple[tuple[str, str | bytes], ...] = ()) -> grpc.Status:
+    """`info` as a grpc.Status: its google.rpc.Status (ErrorInfo, RetryInfo details) in the trailing
+    metadata, `trailers` after it."""
     details = []
     err = any_pb2.Any()
     err.Pack(error_details_pb2.ErrorInfo(reason=info.reason, domain=ERROR_DOMAIN))
@@ -101,8 +116,13 @@ async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status = rpc_status.to_status(status_pb2.Status(code=int(info.code), message=info.message, details=details))
-    trailers = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
-    await context.abort(status.code, status.details, trailers)
+    return _Status(status.code, status.details, (*status.trailing_metadata, *trailers))
+
+
+async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
+    """End the call with `info` (`wire_status`) and the request id."""
+    status = wire_status(info, ((REQUEST_ID_KEY, request_id),))
+    await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("abort returned")  # pragma: no cover
 
 

@@ -48,6 +48,7 @@ from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
+from lmroute.service.stream_cap import StreamSlots
 from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TenantTargets, parse_share_targets
 from lmroute.service.tls import CertificateFiles, server_credentials
@@ -199,6 +200,7 @@ class RouterServer:
         )
         self.health = health.aio.HealthServicer()
         self.liveness: LivenessWatchdog | None = None
+        self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
         self.scheduler: Scheduler[Any] | None = None
         self.admin = AdminServicer(targets=self.servicer.targets)
         self.swapper: BundleSwapper | None = None
@@ -235,10 +237,13 @@ class RouterServer:
             _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
         interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
         self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
+        self.streams = StreamSlots(cfg.max_streams)
         server: Transport = (
-            ThreadTransport(grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop())
+            ThreadTransport(
+                grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop(), self.streams
+            )
             if self.transport == "threads"
-            else AioTransport(grpc_options(cfg), interceptor)
+            else AioTransport(grpc_options(cfg), interceptor, self.streams)
         )
         server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, self.servicer)
         server.add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self.health)

@@ -16,7 +16,9 @@ Each open call holds a pool thread while its coroutine runs on the loop (a healt
 long as it is open). A call arriving while `grpc_threads` calls are open is refused by gRPC itself
 (RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!", without the service's reason or retry delay); the
 default, 256, is far past what admission lets wait on a static bundle at its rate (the work ahead is
-bounded by `admit_wait_ms`), so under overload the service's own refusals come first.
+bounded by `admit_wait_ms`), so under overload the service's own refusals come first. Streaming calls
+(health Watch, server reflection) hold at most `max_streams` of the threads, on either transport
+(lmroute.service.stream_cap), so open streams never take the threads unary calls need.
 
 How a call crosses: the pool thread schedules the coroutine with `asyncio.run_coroutine_threadsafe`,
 registers a callback that cancels it when the call ends early (the client cancelled, the deadline
@@ -35,6 +37,8 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_reflection.v1alpha import reflection
+
+from lmroute.service.stream_cap import StreamCapInterceptor, StreamSlots, capped_handler, capped_sync
 
 __all__ = ["AioTransport", "Aborted", "LoopContext", "ThreadTransport", "Transport"]
 
@@ -153,10 +157,12 @@ def _unary_stream(
 
 
 class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type stubs: Any
-    """Serves the collected grpc.aio handlers from a synchronous server, each call's coroutine on `loop`."""
+    """Serves the collected grpc.aio handlers from a synchronous server, each call's coroutine on `loop`;
+    a streaming call only while it holds one of `slots`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: StreamSlots) -> None:
         self._loop = loop
+        self._slots = slots
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def add(self, method: str, handler: grpc.RpcMethodHandler) -> None:
@@ -168,13 +174,17 @@ class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type
             )
         elif handler.unary_stream is not None:
             behaviour = grpc.unary_stream_rpc_method_handler(
-                _unary_stream(self._loop, handler.unary_stream),
+                capped_sync(self._slots, _unary_stream(self._loop, handler.unary_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         else:
             raise ValueError(f"{method}: only unary requests cross to the event loop")
         self._handlers[method] = behaviour
+
+    def add_sync(self, method: str, handler: grpc.RpcMethodHandler) -> None:
+        """A synchronous servicer's handler, served in the pool thread as it is (streaming: capped)."""
+        self._handlers[method] = capped_handler(handler, lambda behaviour: capped_sync(self._slots, behaviour))
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)
@@ -198,11 +208,16 @@ class ThreadTransport(_Ports):
     """A synchronous grpc.server whose calls run the servicers' coroutines on the caller's event loop."""
 
     def __init__(
-        self, options: list[tuple[str, int]], threads: int, wrap_unary: UnaryWrapper, loop: asyncio.AbstractEventLoop
+        self,
+        options: list[tuple[str, int]],
+        threads: int,
+        wrap_unary: UnaryWrapper,
+        loop: asyncio.AbstractEventLoop,
+        slots: StreamSlots,
     ) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-call")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads)
-        self._bridge = _Bridge(loop)
+        self._bridge = _Bridge(loop, slots)
         self._wrap = wrap_unary
         self._server.add_generic_rpc_handlers((self._bridge,))
 
@@ -213,6 +228,13 @@ class ThreadTransport(_Ports):
             raise ValueError(f"{add.__name__}: registered no method by name (gRPC code generated before 1.63?)")
         for method, handler in collected.handlers.items():
             self._bridge.add(method, self._wrap(method, handler) if handler.unary_unary is not None else handler)
+
+    def enable_reflection(self, service_names: Sequence[str], pool: Any) -> None:
+        """grpc's synchronous reflection servicer, its streams capped like the others."""
+        collected = _Collected()
+        reflection.enable_server_reflection(service_names, collected, pool=pool)
+        for method, handler in collected.handlers.items():
+            self._bridge.add_sync(method, handler)
 
     async def start(self) -> None:
         self._server.start()
@@ -230,8 +252,10 @@ class ThreadTransport(_Ports):
 class AioTransport(_Ports):
     """grpc.aio on the event loop, with the request-context interceptor."""
 
-    def __init__(self, options: list[tuple[str, int]], interceptor: grpc.aio.ServerInterceptor) -> None:
-        self._server = grpc.aio.server(options=options, interceptors=[interceptor])
+    def __init__(
+        self, options: list[tuple[str, int]], interceptor: grpc.aio.ServerInterceptor, slots: StreamSlots
+    ) -> None:
+        self._server = grpc.aio.server(options=options, interceptors=[interceptor, StreamCapInterceptor(slots)])
 
     def add_servicer(self, add: AddServicer, servicer: Any) -> None:
         add(servicer, self._server)

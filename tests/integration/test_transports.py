@@ -3,7 +3,7 @@ service over FakeScorer on 127.0.0.1: an answer; a refusal with its status, erro
 request id; health Check and a Watch stream that sees the drain; server reflection; a client's cancel and
 a passed deadline reaching the queue; undecodable request bytes; a port already taken. For the thread
 transport, what it adds: a call past its pool is refused by gRPC at once, and the calls it holds are
-answered once the scorer moves."""
+answered once the scorer moves. On both, streams past max_streams are refused and leave the pool to Route."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def test_a_port_already_taken_is_an_error_naming_it(transport: str) -> None:
 def test_a_call_past_the_thread_pool_is_refused_by_grpc_and_the_held_ones_are_answered(
     fake_servers: Callable[..., ServerThread],
 ) -> None:
-    srv = fake_servers(transport="threads", grpc_threads=2, batch=BatchPolicy(max_queue=8))
+    srv = fake_servers(transport="threads", grpc_threads=2, max_streams=1, batch=BatchPolicy(max_queue=8))
     with grpc.insecure_channel(srv.target) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         sched, fake, first, second = _two_held(srv, stub)
@@ -179,3 +179,41 @@ def test_a_call_past_the_thread_pool_is_refused_by_grpc_and_the_held_ones_are_an
         assert sched.stats.rejected_queue_full == 0  # gRPC refused it: it never reached admission
         fake.release()
         assert first.result(timeout=10).router == "mf" and second.result(timeout=10).router == "mf"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_streams_past_max_streams_are_refused_and_route_keeps_its_threads(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    threads, cap = 6, 2
+    srv = fake_servers(transport=transport, grpc_threads=threads, max_streams=cap)
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    with grpc.insecure_channel(srv.target) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        streams = []
+        for _ in range(cap):  # opened one after the other: each holds a slot once its first message is in
+            streams.append(health.Watch(request, timeout=30))
+            assert next(streams[-1]).status == health_pb2.HealthCheckResponse.SERVING
+        streams += [health.Watch(request, timeout=30) for _ in range(threads - cap)]  # as many as the pool
+        refused = []
+        for stream in streams[cap:]:
+            with pytest.raises(grpc.RpcError) as past:
+                next(stream)
+            refused.append(past.value)
+        assert {err.code() for err in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert {_reason(err) for err in refused} == {"TOO_MANY_STREAMS"}
+        assert "max_streams" in refused[0].details()
+        assert srv.server.streams is not None and srv.server.streams.open == cap
+        # the pool's other threads answer Route, several at once; a reflection stream is refused too
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        calls = [stub.Route.future(_route(f"p{i}"), timeout=10) for i in range(threads - cap)]
+        assert [c.result().router for c in calls] == ["mf"] * (threads - cap)
+        with pytest.raises(grpc.RpcError) as reflect:
+            ProtoReflectionDescriptorDatabase(ch).get_services()
+        assert _reason(reflect.value) == "TOO_MANY_STREAMS"
+        streams[0].cancel()  # a closed stream gives its slot back
+        _until(lambda: srv.server.streams is not None and srv.server.streams.open == cap - 1)
+        again = health.Watch(request, timeout=30)
+        assert next(again).status == health_pb2.HealthCheckResponse.SERVING
+        for stream in (*streams, again):
+            stream.cancel()

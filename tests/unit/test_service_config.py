@@ -38,6 +38,7 @@ FLAGS_AND_VARIABLES = [
     ("--max-message-bytes", "LMROUTE_MAX_MESSAGE_BYTES"),
     ("--transport", "LMROUTE_TRANSPORT"),
     ("--grpc-threads", "LMROUTE_GRPC_THREADS"),
+    ("--max-streams", "LMROUTE_MAX_STREAMS"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
     ("--scoring-cpus", "LMROUTE_SCORING_CPUS"),
     ("--switch-interval-us", "LMROUTE_SWITCH_INTERVAL_US"),
