@@ -30,6 +30,9 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
     lmroute_bundle_info{version}                1 for the serving bundle
+    lmroute_streams_open, lmroute_streams_refused_total
+                                                streaming calls (health Watch, reflection) open now, and
+                                                refused at --max-streams (lmroute.service.stream_cap)
     lmroute_upstream_slots{upstream}, lmroute_upstream_requests{upstream, state}
                                                 the OpenAI front's upstreams: slots, requests in flight
                                                 and waiting for a slot (lmroute.service.tenant_slots)
@@ -139,6 +142,12 @@ class _ServingCollector(Collector):
         front = getattr(server, "front", None)
         if front is not None:
             yield from self._upstreams(front.client)
+        streams = getattr(server, "streams", None)
+        if streams is not None:
+            yield GaugeMetricFamily("lmroute_streams_open", "Streaming calls open now", value=streams.open)
+            yield CounterMetricFamily(
+                "lmroute_streams_refused", "Streaming calls refused at max_streams", value=streams.refused
+            )
 
     @staticmethod
     def _upstreams(client: Any) -> Iterator[Any]:

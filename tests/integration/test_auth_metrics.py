@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lmroute.service.client import RouterClient
@@ -204,6 +205,12 @@ def test_metrics_counters_move_with_the_calls(serve: Callable[..., ServerThread]
     assert sample(after, "lmroute_share_realised", tenant="default", router="mf") == pytest.approx(ctl.realised)
     assert sample(after, "lmroute_share_threshold", tenant="default", router="mf") == pytest.approx(ctl.threshold)
     assert sample(after, "lmroute_in_flight_calls") == 0
+    assert sample(after, "lmroute_streams_open") == 0 and sample(after, "lmroute_streams_refused_total") == 0
+    with grpc.insecure_channel(srv.target) as ch:  # health needs no token
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        next(watch)
+        assert sample(scrape(port), "lmroute_streams_open") == 1
+        watch.cancel()
 
 
 def test_bad_token_files_are_refused_naming_the_line_not_the_token(tmp_path: Path) -> None:

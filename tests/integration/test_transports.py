@@ -204,6 +204,7 @@ def test_streams_past_max_streams_are_refused_and_route_keeps_its_threads(
         assert {_reason(err) for err in refused} == {"TOO_MANY_STREAMS"}
         assert "max_streams" in refused[0].details()
         assert srv.server.streams is not None and srv.server.streams.open == cap
+        assert srv.server.streams.refused == threads - cap
         # the pool's other threads answer Route, several at once; a reflection stream is refused too
         stub = router_pb2_grpc.RouterServiceStub(ch)
         calls = [stub.Route.future(_route(f"p{i}"), timeout=10) for i in range(threads - cap)]
