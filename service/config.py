@@ -434,7 +434,8 @@ class ServiceConfig:
         default="",
         metadata=_doc(
             "file of accepted bearer tokens, one per line, `<token>` or `<token> <tenant>` (docs/SECURITY.md); "
-            "with tokens configured every call but health needs `authorization: Bearer <token>`",
+            "with tokens configured every call but health needs `authorization: Bearer <token>`; read again "
+            "when it changes (a bad new file keeps the tokens in use)",
             metavar="PATH",
         ),
     )

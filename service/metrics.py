@@ -30,6 +30,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
     lmroute_bundle_info{version}                1 for the serving bundle
+    lmroute_auth_reloads_total{result}          changes of the tokens file taken (reloaded) or refused
+                                                (failed: a bad file, the tokens in use kept)
     lmroute_streams_open, lmroute_streams_refused_total
                                                 streaming calls (health Watch, reflection) open now, and
                                                 refused at --max-streams (lmroute.service.stream_cap)
@@ -142,6 +144,14 @@ class _ServingCollector(Collector):
         front = getattr(server, "front", None)
         if front is not None:
             yield from self._upstreams(front.client)
+        auth = getattr(server, "auth", None)
+        if auth is not None:
+            reloads = CounterMetricFamily(
+                "lmroute_auth_reloads", "Changes of the tokens file taken, or refused (tokens kept)", labels=["result"]
+            )
+            reloads.add_metric(["reloaded"], auth.reloads)
+            reloads.add_metric(["failed"], auth.reload_failures)
+            yield reloads
         streams = getattr(server, "streams", None)
         if streams is not None:
             yield GaugeMetricFamily("lmroute_streams_open", "Streaming calls open now", value=streams.open)

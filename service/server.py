@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from lmroute.outcomes.store import open_store
 from lmroute.outcomes.writer import StoreWriter
 from lmroute.service.admin import ADMIN_SERVICE_NAME, AdminServicer
-from lmroute.service.auth import Authenticator, load_tokens
+from lmroute.service.auth import Authenticator
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.config import ServiceConfig
 from lmroute.service.cpus import available_cpus, pin_current_thread
@@ -195,9 +195,7 @@ class RouterServer:
         self.front: OpenAIFront | None = None  # the OpenAI-compatible HTTP front, when http_port >= 0
         self.http_port: int | None = None
         self.tls: CertificateFiles | None = None  # the certificate files, when the port speaks TLS
-        self._auth = (
-            Authenticator(load_tokens(config.auth_tokens_file, config.auth_tokens_env)) if config.auth_enabled else None
-        )
+        self.auth = Authenticator(config.auth_tokens_file, config.auth_tokens_env) if config.auth_enabled else None
         self.health = health.aio.HealthServicer()
         self.liveness: LivenessWatchdog | None = None
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
@@ -235,7 +233,7 @@ class RouterServer:
             rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
             pin_current_thread(rest)
             _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
-        interceptor = RequestContextInterceptor(auth=self._auth, metrics=self.metrics, tracing=self.tracing)
+        interceptor = RequestContextInterceptor(auth=self.auth, metrics=self.metrics, tracing=self.tracing)
         self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
         self.streams = StreamSlots(cfg.max_streams)
         server: Transport = (
@@ -271,7 +269,7 @@ class RouterServer:
             self.front = OpenAIFront(
                 self.servicer,
                 load_upstreams(Path(cfg.upstreams_file)),
-                auth=self._auth,
+                auth=self.auth,
                 metrics=self.metrics,
                 max_body_bytes=cfg.max_message_bytes,
                 grace_s=cfg.grace_s,
@@ -304,7 +302,7 @@ class RouterServer:
             metrics_port=self.metrics_port,
             http_port=self.http_port,
             transport=self.transport,
-            auth=self._auth is not None,
+            auth=self.auth is not None,
             tls=self.tls is not None,
             mtls=bool(cfg.tls_client_ca_file),
             config=cfg.redacted(),

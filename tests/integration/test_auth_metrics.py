@@ -30,6 +30,7 @@ from lmroute.v1 import admin_pb2, router_pb2
 OPEN_TOKEN = "open-token-0123456789abcdef"
 BATCH_TOKEN = "batch-token-0123456789abcdef"
 WRONG_TOKEN = "wrong-token-0123456789abcdef"
+NEW_TOKEN = "rotated-token-0123456789abcdef"
 
 
 @pytest.fixture()
@@ -359,3 +360,70 @@ def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < t_end, "condition not reached"
         time.sleep(0.005)
+
+
+def _admitted(srv: ServerThread, token: str) -> bool:
+    with RouterClient(srv.target, token=token) as client:
+        try:
+            client.route("hi", router="mf", threshold=0.5)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+    return True
+
+
+def _until_admitted(srv: ServerThread, token: str, admitted: bool) -> None:
+    t_end = time.monotonic() + 10.0
+    while _admitted(srv, token) != admitted:
+        assert time.monotonic() < t_end, f"token still {'refused' if admitted else 'admitted'}"
+        time.sleep(0.1)
+
+
+def test_the_tokens_file_is_read_again_when_it_changes_and_a_bad_one_keeps_the_tokens(
+    serve: Callable[..., ServerThread], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info")  # to the captured stderr; restored below
+    try:
+        logged = _rotations(serve(), tmp_path) + capfd.readouterr().err
+    finally:
+        configure_logging("warning")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    assert f"{tmp_path / 'tokens'}:2: a token must be 16-512" in logged and "has none" in logged
+    assert "auth_tokens_reloaded" in logged
+    for token in (OPEN_TOKEN, BATCH_TOKEN, NEW_TOKEN):
+        assert token not in logged
+
+
+def _rotations(srv: ServerThread, tmp_path: Path) -> str:
+    new_token = NEW_TOKEN
+    port = srv.server.metrics_port
+    assert port and _admitted(srv, OPEN_TOKEN) and not _admitted(srv, new_token)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{new_token} app\n")  # OPEN_TOKEN revoked, one added
+    _until_admitted(srv, OPEN_TOKEN, False)
+    assert _admitted(srv, new_token) and not _admitted(srv, BATCH_TOKEN)
+    with RouterClient(srv.target, token=new_token) as client:  # bound: it speaks for its tenant
+        with pytest.raises(grpc.RpcError) as bound:
+            client.get_bundle()
+    assert bound.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert sample(scrape(port), "lmroute_auth_reloads_total", result="reloaded") == 1
+    for bad in (f"{new_token}\nshort\n", "# every token removed\n"):  # a bad entry; no token left
+        failed = sample(scrape(port), "lmroute_auth_reloads_total", result="failed")
+        tokens.write_text(bad)
+        t_end = time.monotonic() + 10.0
+        while sample(scrape(port), "lmroute_auth_reloads_total", result="failed") == failed:
+            assert _admitted(srv, new_token)  # kept meanwhile, and after
+            assert time.monotonic() < t_end, "the bad file was not looked at"
+            time.sleep(0.1)
+        assert _admitted(srv, new_token) and not _admitted(srv, OPEN_TOKEN)
+    tokens.unlink()  # gone: kept too
+    time.sleep(1.5)
+    assert _admitted(srv, new_token)
+    tokens.write_text(f"{OPEN_TOKEN}\n")
+    _until_admitted(srv, OPEN_TOKEN, True)
+    assert not _admitted(srv, new_token)
+    after = scrape(port)
+    assert sample(after, "lmroute_auth_reloads_total", result="reloaded") == 2
+    assert sample(after, "lmroute_auth_reloads_total", result="failed") == 3
+    srv.stop()
+    return ""
