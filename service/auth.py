@@ -14,10 +14,10 @@ to a tenant decides the call's tenant (the tenant metadata key is then ignored),
 for another tenant. The health service is always open. Tokens are never logged: errors about a bad entry
 name the file and line, not the token.
 
-The tokens file is re-read when it changes, without a restart: a call looks at it (one stat: its
-modification time, size and inode) at most once every `RECHECK_S` seconds, and a changed file's tokens
-replace the file's old ones from that call on, so a token removed from the file is refused within about
-a second and a token added is let in. The variable's tokens stay as they were at startup. A changed file
+The tokens file is re-read when it changes, without a restart: a call looks at it (one stat:
+lmroute.service.file_watch) at most once every `RECHECK_S` seconds, and a changed file's tokens replace
+the file's old ones from that call on, so a token removed from the file is refused within about a
+second and a token added is let in. The variable's tokens stay as they were at startup. A changed file
 that cannot be read, has a bad entry or would leave no token keeps the tokens in use; the failure is
 logged once per change (file and line, never a token) and counted (`reload_failures`).
 """
@@ -28,14 +28,13 @@ import contextvars
 import hmac
 import os
 import re
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
 from lmroute.outcomes.records import TENANT_RE
+from lmroute.service.file_watch import FileStamps
 
 __all__ = ["AUTH_TENANT", "OPEN_METHOD_PREFIXES", "RECHECK_S", "Authenticator", "load_tokens"]
 
@@ -89,12 +88,6 @@ def load_tokens(file: str = "", env: str = "", environ: Mapping[str, str] | None
     return out
 
 
-def _stamp(path: str) -> tuple[int, int, int]:
-    """What tells a changed file: (modification time in ns, size, inode); OSError when it cannot be seen."""
-    st = os.stat(path)
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 class Authenticator:
     """Checks a call's `authorization` metadata against the configured tokens (the file's re-read when it
     changes: module docstring). ValueError naming the file and line, or the variable, of a bad entry, or
@@ -110,18 +103,10 @@ class Authenticator:
     ) -> None:
         self.file = file
         self._fixed = load_tokens(env=env, environ=environ)  # the variable's: read once
-        self._stamp: tuple[int, int, int] | None = None  # None: no file to look at
-        if file:
-            try:
-                self._stamp = _stamp(file)  # before the read: a change after it is seen at the next look
-            except OSError:
-                self._stamp = (-1, -1, -1)  # load_tokens says what is wrong
+        self._watch = FileStamps([Path(file)], recheck_s) if file else None
         self.tokens: Mapping[bytes, str | None] = self._merged(load_tokens(file))
         self.reloads = 0  # times the file's tokens were replaced
         self.reload_failures = 0  # changed files whose tokens were not taken
-        self._recheck_s = recheck_s
-        self._next_look = time.monotonic() + recheck_s
-        self._lock = threading.Lock()
 
     def _merged(self, from_file: Mapping[bytes, str | None]) -> dict[bytes, str | None]:
         tokens = {**from_file, **self._fixed}
@@ -129,39 +114,22 @@ class Authenticator:
             raise ValueError(f"authentication: no tokens configured{f' ({self.file} has none)' if self.file else ''}")
         return tokens
 
-    def _look(self) -> None:
-        """The file's tokens again if it changed since it was last looked at (module docstring)."""
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_look:
-                return  # another call looked meanwhile
-            self._next_look = now + self._recheck_s
-            try:
-                stamp = _stamp(self.file)
-            except OSError as exc:
-                stamp = (-1, -1, -1)
-                error = f"{self.file}: cannot be read ({type(exc).__name__})"
-            else:
-                error = ""
-            if stamp == self._stamp:
-                return
-            self._stamp = stamp
-            try:
-                if error:
-                    raise ValueError(error)
-                tokens = self._merged(load_tokens(self.file))
-            except ValueError as exc:
-                self.reload_failures += 1
-                _log.error("auth_tokens_reload_failed", error=f"{exc}; the tokens in use are kept")
-                return
-            self.tokens = tokens
-            self.reloads += 1
-            _log.info("auth_tokens_reloaded", file=self.file, tokens=len(tokens), reloads=self.reloads)
+    def _reload(self) -> None:
+        """The changed file's tokens in place of the old ones, or the old ones kept (module docstring)."""
+        try:
+            tokens = self._merged(load_tokens(self.file))
+        except ValueError as exc:
+            self.reload_failures += 1
+            _log.error("auth_tokens_reload_failed", error=f"{exc}; the tokens in use are kept")
+            return
+        self.tokens = tokens
+        self.reloads += 1
+        _log.info("auth_tokens_reloaded", file=self.file, tokens=len(tokens), reloads=self.reloads)
 
     def check(self, metadata: object) -> tuple[bool, str | None]:
         """(admitted, the token's tenant) for a call's invocation metadata."""
-        if self._stamp is not None and time.monotonic() >= self._next_look:
-            self._look()
+        if self._watch is not None and self._watch.changed():
+            self._reload()
         presented = b""
         for key, value in metadata or ():  # type: ignore[attr-defined]
             if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":

@@ -44,7 +44,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -403,13 +402,3 @@ class OpenAIFront:
 
 def _mime(answer: Any) -> str:
     return str(answer.content_type).split(";", 1)[0].strip() or "application/json"
-
-
-def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """The front's server TLS context from the gRPC port's certificate files (mTLS with a client CA)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    if client_ca is not None:
-        ctx.load_verify_locations(cafile=str(client_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx

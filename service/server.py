@@ -43,7 +43,7 @@ from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.model_prices import load_models_file
-from lmroute.service.openai_front import OpenAIFront, tls_context
+from lmroute.service.openai_front import OpenAIFront
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
 from lmroute.service.servicer import RouterServicer
@@ -51,7 +51,7 @@ from lmroute.service.stats import StatsFile
 from lmroute.service.stream_cap import StreamSlots
 from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TenantTargets, parse_share_targets
-from lmroute.service.tls import CertificateFiles, server_credentials
+from lmroute.service.tls import CertificateFiles, FrontTLS, server_credentials
 from lmroute.service.tracing import Tracing
 from lmroute.service.transports import AioTransport, ThreadTransport, Transport
 from lmroute.service.upstreams import load_upstreams
@@ -195,6 +195,7 @@ class RouterServer:
         self.front: OpenAIFront | None = None  # the OpenAI-compatible HTTP front, when http_port >= 0
         self.http_port: int | None = None
         self.tls: CertificateFiles | None = None  # the certificate files, when the port speaks TLS
+        self.front_tls: FrontTLS | None = None  # the OpenAI front's TLS over them
         self.auth = Authenticator(config.auth_tokens_file, config.auth_tokens_env) if config.auth_enabled else None
         self.health = health.aio.HealthServicer()
         self.liveness: LivenessWatchdog | None = None
@@ -276,17 +277,11 @@ class RouterServer:
                 tracing=self.tracing,
                 fair_slots=cfg.batch.tenant_fair_share,
             )
-            tls = (
-                tls_context(
-                    Path(cfg.tls_cert_file),
-                    Path(cfg.tls_key_file),
-                    Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
-                )
-                if cfg.tls_cert_file
-                else None
-            )
+            self.front_tls = FrontTLS(self.tls) if self.tls is not None else None
             try:
-                self.http_port = await self.front.start(cfg.host, cfg.http_port, tls)
+                self.http_port = await self.front.start(
+                    cfg.host, cfg.http_port, self.front_tls.context if self.front_tls else None
+                )
             except OSError as exc:
                 await self.front.stop()
                 why = f"cannot listen on {cfg.host}:{cfg.http_port} ({exc.strerror or exc})"

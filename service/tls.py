@@ -1,28 +1,38 @@
-"""TLS for the gRPC port: server certificate and key, optional client CA (mTLS), reloaded without a restart.
+"""TLS for the gRPC port and the OpenAI front: server certificate and key, optional client CA (mTLS),
+reloaded without a restart.
 
 `server_credentials` builds gRPC dynamic SSL server credentials. gRPC asks the certificate fetcher before
-every new connection's handshake; the fetcher looks at the files' modification times and sizes (a stat
-each, no read) and, when they changed, reads them again and hands gRPC the new configuration, so a
-rotated certificate (a Secret remounted, files replaced) is used from the next connection on. Files that
-cannot be read or do not parse as PEM keep the current certificate in use, and the failure is logged
-once per change. Connections already open keep their session.
+every new connection's handshake; the fetcher looks at the files (a stat each, no read:
+lmroute.service.file_watch) and, when they changed, reads them again and hands gRPC the new
+configuration, so a rotated certificate (a Secret remounted, files replaced) is used from the next
+connection on. Files that cannot be read or do not parse as PEM keep the current certificate in use,
+and the failure is logged once per change. Connections already open keep their session.
+
+`FrontTLS` does the same for the OpenAI front's HTTPS listener: its context's SNI callback, which the
+server runs in every handshake (with or without a name sent), hands the connection the context of the
+current files, looked at no more than once a second.
 
 With a client CA the server requires a client certificate signed by it (mTLS).
 """
 
 from __future__ import annotations
 
-import os
+import ssl
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
 
-__all__ = ["CertificateFiles", "server_credentials"]
+from lmroute.service.file_watch import FileStamps
+
+__all__ = ["CertificateFiles", "FrontTLS", "server_credentials"]
 
 _log = structlog.get_logger("lmroute.tls")
+
+RECHECK_S = 1.0
+"""The front looks at the files at most this often (seconds)."""
 
 
 def _read_pem(path: Path, what: str) -> bytes:
@@ -32,32 +42,19 @@ def _read_pem(path: Path, what: str) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
-class _Stamp:
-    """What the fetcher compares: each file's (mtime_ns, size)."""
-
-    parts: tuple[tuple[int, int], ...]
-
-
 class CertificateFiles:
     """The server's certificate chain, key and (optional) client CA files, and their last loaded state."""
 
     def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.cert, self.key, self.client_ca = Path(cert), Path(key), (Path(client_ca) if client_ca else None)
         self._lock = threading.Lock()
-        self._stamp = self._current_stamp()
+        self._watch = FileStamps(self.paths)
         self.config = self._load()  # raises at startup: a server never starts without valid files
         self.reloads = 0
 
-    def _paths(self) -> tuple[Path, ...]:
+    @property
+    def paths(self) -> tuple[Path, ...]:
         return (self.cert, self.key) + ((self.client_ca,) if self.client_ca else ())
-
-    def _current_stamp(self) -> _Stamp:
-        parts = []
-        for p in self._paths():
-            st = os.stat(p)
-            parts.append((st.st_mtime_ns, st.st_size))
-        return _Stamp(tuple(parts))
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
         chain = _read_pem(self.cert, "certificate")
@@ -68,14 +65,8 @@ class CertificateFiles:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's certificate fetcher: a new configuration when the files changed, else None (no change)."""
         with self._lock:
-            try:
-                stamp = self._current_stamp()
-            except OSError as exc:
-                _log.warning("tls_files_unreadable", error=type(exc).__name__)
+            if not self._watch.changed():
                 return None
-            if stamp == self._stamp:
-                return None
-            self._stamp = stamp
             try:
                 self.config = self._load()
             except (OSError, ValueError) as exc:
@@ -84,6 +75,39 @@ class CertificateFiles:
             self.reloads += 1
             _log.info("tls_reloaded", cert=str(self.cert), reloads=self.reloads)
             return self.config
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server context of the files as they are now (client certificates required with a client CA)."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            ctx.load_verify_locations(cafile=str(self.client_ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+class FrontTLS:
+    """The OpenAI front's TLS over `files`: `context` is what its listener holds; each handshake is handed
+    the context of the files as last read (module docstring)."""
+
+    def __init__(self, files: CertificateFiles, recheck_s: float = RECHECK_S) -> None:
+        self._files = files
+        self._watch = FileStamps(files.paths, recheck_s)
+        self._current = files.ssl_context()
+        self.context = files.ssl_context()
+        self.context.sni_callback = self._hand_over
+        self.reloads = 0
+
+    def _hand_over(self, conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._watch.changed():
+            try:
+                self._current = self._files.ssl_context()
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                _log.error("front_tls_reload_failed", error=str(exc)[:200])
+            else:
+                self.reloads += 1
+                _log.info("front_tls_reloaded", cert=str(self._files.cert), reloads=self.reloads)
+        conn.context = self._current
 
 
 def server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:

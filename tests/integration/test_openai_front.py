@@ -333,6 +333,37 @@ def test_an_upstreams_slots_go_to_a_waiting_tenant_before_another_tenants_flood(
         assert done.index("other") == 6
 
 
+def _write_tls(root: Path, ca: Any, clients: Any) -> tuple[Path, Path, Path]:
+    """The server's certificate for 127.0.0.1 from `ca`, its key, and the client CA `clients` (trustme
+    CAs) written (again) to `root`: (chain, key, client CA)."""
+    chain, key, client_ca = root / "server.pem", root / "server.key", root / "clients-ca.pem"
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    clients.cert_pem.write_to_path(str(client_ca))
+    return chain, key, client_ca
+
+
+def _mtls_front(
+    fake_servers: Callable[..., ServerThread],
+    upstreams: dict[str, FakeUpstream],
+    root: Path,
+    ca: Any,
+    clients: Any,
+    **settings: Any,
+) -> ServerThread:
+    """A server whose front speaks HTTPS with `_write_tls`'s files (client certificates required)."""
+    chain, key, client_ca = _write_tls(root, ca, clients)
+    return fake_servers(
+        http_port=0,
+        upstreams_file=_file(root, upstreams),
+        tls_cert_file=str(chain),
+        tls_key_file=str(key),
+        tls_client_ca_file=str(client_ca),
+        **settings,
+    )
+
+
 def test_https_mtls_and_metrics(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
@@ -345,20 +376,7 @@ def test_https_mtls_and_metrics(
     import trustme
 
     ca, clients = trustme.CA(), trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    chain, key = tmp_path / "server.pem", tmp_path / "server.key"
-    cert.private_key_pem.write_to_path(str(key))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    client_ca = tmp_path / "clients-ca.pem"
-    clients.cert_pem.write_to_path(str(client_ca))
-    srv = fake_servers(
-        http_port=0,
-        upstreams_file=_file(tmp_path, upstreams),
-        tls_cert_file=str(chain),
-        tls_key_file=str(key),
-        tls_client_ca_file=str(client_ca),
-        metrics_port=0,
-    )
+    srv = _mtls_front(fake_servers, upstreams, tmp_path, ca, clients, metrics_port=0)
     url = f"https://127.0.0.1:{srv.server.http_port}/v1/chat/completions"
     body = json.dumps({"model": "router-mf-0.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -382,6 +400,44 @@ def test_https_mtls_and_metrics(
         post(None, url.replace("https://", "http://"))
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read()
     assert b'lmroute_calls_total{code="OK",method="/v1/chat/completions"} 1.0' in metrics
+
+
+def test_https_certificate_and_client_ca_rotated_without_a_restart(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """The front's certificate and client CA replaced on disk: new connections get the new ones (the
+    trust of the old ones refused), as on the gRPC port."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import trustme
+
+    def client(ca: trustme.CA, clients: trustme.CA) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        clients.issue_cert("client@example.test").configure_cert(ctx)
+        return ctx
+
+    def models(ctx: ssl.SSLContext) -> bool:
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", timeout=10, context=ctx) as resp:
+                return int(resp.status) == 200
+        except (urllib.error.URLError, ConnectionError, ssl.SSLError):
+            return False
+
+    old, new = (trustme.CA(), trustme.CA()), (trustme.CA(), trustme.CA())
+    srv = _mtls_front(fake_servers, upstreams, tmp_path, *old)
+    port = srv.server.http_port
+    assert models(client(*old)) and not models(client(*new))
+    _write_tls(tmp_path, *new)
+    t_end = time.monotonic() + 10
+    while not models(client(*new)):
+        assert time.monotonic() < t_end, "the rotated certificate was not taken"
+        time.sleep(0.2)
+    assert not models(client(*old))  # the old server CA's trust and the old clients' certificates
+    assert not models(client(new[0], old[1])) and not models(client(old[0], new[1]))
+    assert srv.server.front_tls is not None and srv.server.front_tls.reloads >= 1
 
 
 def test_a_streamed_answer_is_counted_before_it_ends(

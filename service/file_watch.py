@@ -1,0 +1,59 @@
+"""FileStamps: whether files changed since they were last looked at, for settings re-read without a restart.
+
+A file's stamp is (modification time in ns, size, inode), so an edit in place, a replacement by rename
+and a Kubernetes Secret volume's update (a symlink swapped to a new directory) all count as changes;
+a file that cannot be seen has its own stamp, so it going away and coming back are changes too. Looking
+costs one `os.stat` a file; with `recheck_s` the files are looked at no more than that often, however
+often a caller asks. Used by the TLS certificate files (lmroute.service.tls) and the tokens file
+(lmroute.service.auth).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["FileStamps"]
+
+_UNSEEN = (-1, -1, -1)
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _UNSEEN
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class FileStamps:
+    """The stamps of `paths` when last looked at (from construction: take them before reading the files,
+    so a change made while they are read is seen at the next look)."""
+
+    def __init__(self, paths: Sequence[Path], recheck_s: float = 0.0) -> None:
+        self.paths = tuple(Path(p) for p in paths)
+        self._recheck_s = recheck_s
+        self._lock = threading.Lock()
+        self._stamps = self._now()
+        self._next_look = time.monotonic() + recheck_s
+
+    def _now(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(_stamp(p) for p in self.paths)
+
+    def changed(self) -> bool:
+        """True, once, when a file changed since the last look (none within `recheck_s` of it)."""
+        if self._recheck_s and time.monotonic() < self._next_look:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            if self._recheck_s and now < self._next_look:
+                return False  # another thread looked meanwhile
+            self._next_look = now + self._recheck_s
+            stamps = self._now()
+            if stamps == self._stamps:
+                return False
+            self._stamps = stamps
+            return True
