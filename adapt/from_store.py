@@ -62,6 +62,7 @@ __all__ = [
     "adapt_from_store",
     "featurise",
     "gate_qualities",
+    "score_texts",
     "tenant_callers",
     "tenant_router_name",
 ]
@@ -98,7 +99,7 @@ class AdaptRun:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _score_texts(
+def score_texts(
     bundle: Bundle,
     texts: Sequence[str],
     routers: Sequence[str],
@@ -149,7 +150,7 @@ def featurise(bundle: Bundle, rows: Sequence[LabeledPrompt | Decision], base_rou
     with_text = [i for i, t in enumerate(texts) if t]
     own_encoder = encoder_identity(bundle.manifest)
     known = [rows[i].embedding if rows[i].encoder_id == own_encoder else None for i in with_text]
-    emb_t, scores_t = _score_texts(bundle, [texts[i] or "" for i in with_text], [base_router, champion], known)
+    emb_t, scores_t = score_texts(bundle, [texts[i] or "" for i in with_text], [base_router, champion], known)
     rescorable = (
         [
             i

@@ -37,6 +37,7 @@ __all__ = [
     "design_inverse",
     "explore",
     "exploration_probability",
+    "judged_inverse",
     "label_budget",
 ]
 
@@ -53,6 +54,15 @@ def design_inverse(dim: int, penalty: float) -> FloatArray:
     if dim < 1 or penalty <= 0:
         raise ValueError(f"design_inverse: dim ({dim}) and penalty ({penalty}) must be positive")
     return np.eye(dim + 2) / penalty
+
+
+def judged_inverse(embeddings: npt.ArrayLike, lengths: npt.ArrayLike, penalty: float) -> FloatArray:
+    """A^-1 after the prompts judged so far: (penalty I + sum of x x')^-1 over their [embedding | log_length | 1]."""
+    rows = _rows(embeddings, lengths)
+    base = design_inverse(rows.shape[1] - 2, penalty)
+    if rows.shape[0] == 0:
+        return base
+    return np.asarray(np.linalg.inv(penalty * np.eye(rows.shape[1]) + rows.T @ rows), dtype=np.float64)
 
 
 def _absorb(inverse: FloatArray, x: FloatArray) -> None:

@@ -14,6 +14,7 @@ import-outcomes  outcomes from a JSONL file into an outcome store
 copy-store       a whole outcome store into a new one (either backend)
 adaptations      the adaptation runs a store recorded: when, from which bundle, the gate's verdict and why
 adapt            learn from a store's outcomes: adapt a bundle, gate it, write it when the gate accepts
+to-judge         which recent decisions to judge next with both models (the label budget)
 import-routellm  a bundle from RouteLLM's released router checkpoints
 """
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_copy_store_command(sub)
     _add_adaptations_command(sub)
     _add_adapt_command(sub)
+    _add_to_judge_command(sub)
     p = sub.add_parser(
         "import-routellm",
         help="make a bundle of RouteLLM's released mf, bert or sw_ranking router (its files; docs/OPENAI_FRONT.md)",
@@ -272,6 +274,76 @@ def _adaptations(args: argparse.Namespace) -> int:
             run["callers"] = report.get("callers")
             run["router"] = report.get("router")
         print(json.dumps(run, sort_keys=True))
+    return 0
+
+
+def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
+    """to-judge (docs/ADAPTATION.md, label budget)."""
+    p = sub.add_parser(
+        "to-judge",
+        help="which recent decisions to judge next with both models (the label budget): one JSON line each",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle serving now (its pair and encoder)")
+    p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
+    p.add_argument("--budget", type=int, required=True, help="how many decisions to judge")
+    p.add_argument("--window", type=int, default=500, help="chosen among this many latest unjudged decisions")
+    p.add_argument(
+        "--since-ms", type=int, default=0, help="only decisions made at or after this time (ms since the epoch)"
+    )
+    p.add_argument(
+        "--callers",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help=f"only decisions of these tenants' calls (comma-separated; {UNNAMED_REPORTER} = calls naming none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the budget's random draw")
+
+
+def _to_judge(args: argparse.Namespace) -> int:
+    """One JSON line per decision to judge, newest first; a summary on stderr with the next --since-ms."""
+    from lmroute.adapt.to_judge import decisions_to_judge
+
+    try:
+        callers = reporters_named(args.callers, "callers")
+    except ValueError as exc:
+        print(f"{PROG} to-judge: {exc}", file=sys.stderr)
+        return 2
+    store = _opened("to-judge", args.store)
+    if store is None:
+        return 1
+    try:
+        picks = decisions_to_judge(
+            args.bundle,
+            store,
+            args.budget,
+            window=args.window,
+            since_ms=args.since_ms,
+            callers=callers,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"{PROG} to-judge: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    for d in picks.decisions:
+        line = {
+            "decision_id": d.decision_id,
+            "time_ms": d.time_ms,
+            "prompt": d.prompt_text,
+            "strong_model": d.strong_model,
+            "weak_model": d.weak_model,
+        }
+        print(json.dumps(line, ensure_ascii=False))
+    summary = {
+        "picked": len(picks.decisions),
+        "window": picks.window,
+        "skipped": picks.skipped,
+        "judged_before": picks.judged,
+        "next_since_ms": args.since_ms if picks.newest_ms is None else picks.newest_ms + 1,
+    }
+    print(json.dumps(summary), file=sys.stderr)
     return 0
 
 
@@ -566,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _adaptations(args)
     if args.cmd == "adapt":
         return _adapt(args)
+    if args.cmd == "to-judge":
+        return _to_judge(args)
     if args.cmd == "import-routellm":
         from lmroute.export.import_routellm import main as import_routellm_main
 

@@ -16,6 +16,7 @@ from lmroute.adapt.selection import (
     design_inverse,
     exploration_probability,
     explore,
+    judged_inverse,
     label_budget,
 )
 from lmroute.export.metrics import router_metrics
@@ -47,6 +48,13 @@ def test_label_budget_greedy_part_covers_more_than_random_picks() -> None:
     inv_random = np.linalg.inv(30.0 * np.eye(10) + rows[random_rows].T @ rows[random_rows])
     # the greedy choice leaves less posterior variance over the window than a random one
     assert np.einsum("ij,jk,ik->", rows, inv, rows) < np.einsum("ij,jk,ik->", rows, inv_random, rows)
+
+
+def test_judged_inverse_is_the_posterior_the_budget_builds_pick_by_pick() -> None:
+    emb, lengths = _window(50, 4)
+    _, built = label_budget(emb, lengths, 50, design_inverse(8, 30.0), random_share=1.0)
+    np.testing.assert_allclose(judged_inverse(emb, lengths, 30.0), built, atol=1e-10)
+    np.testing.assert_array_equal(judged_inverse(np.zeros((0, 8)), np.zeros(0), 30.0), design_inverse(8, 30.0))
 
 
 def test_label_budget_refuses_bad_arguments() -> None:

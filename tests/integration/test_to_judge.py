@@ -1,0 +1,149 @@
+"""`lmroute-export to-judge`: which recent decisions of a real store to judge with both models, over a small
+real bundle: the picks come from the latest unjudged decisions only (judged ones, by decision id or by
+prompt, and a prompt judged on another decision, never), the same call picks the same, a caller filter
+keeps to that tenant's calls, a decision stored without its text is picked from its stored embedding
+and one with neither is skipped; through the command line, the picks judged and sent back leave nothing
+to pick in the same window."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmroute.adapt.to_judge import decisions_to_judge
+from lmroute.bundle.loader import load_bundle
+from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
+from lmroute.export.cli import main
+from lmroute.outcomes.records import Decision, Outcome, OutcomeKind, prompt_sha256
+from lmroute.outcomes.store import OutcomeStore, open_store
+
+N = 240
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("to_judge")
+    encoder = make_fake_encoder_dir(root / "encoder", dim=16, seed=3)
+    return make_tiny_bundle(root / "bundle", encoder_dir=encoder, seed=5)
+
+
+def _decisions(bundle_dir: Path) -> list[Decision]:
+    """N Score decisions, one a second, oldest first: the even ones for tenant `app`, the odd ones for no
+    tenant; every tenth kept without its text (its embedding stored), and of those every third (i = 25
+    mod 30) without its embedding either."""
+    bundle = load_bundle(bundle_dir)
+    pair = bundle.manifest.default_pair
+    texts = synthetic_prompts(N, seed=4)
+    emb = bundle.prompt_batch(texts).embeddings
+    assert emb is not None
+    t0 = int(time.time() * 1000) - N * 1000
+    out = []
+    for i, text in enumerate(texts):
+        private = i % 10 == 5
+        out.append(
+            Decision(
+                decision_id=f"{i:032x}",
+                time_ms=t0 + i * 1000,
+                kind="score",
+                bundle_version=bundle.version,
+                scores={},
+                strong_model=pair.strong,
+                weak_model=pair.weak,
+                prompt_sha256=prompt_sha256(text),
+                n_tokens=8,
+                encoder_id=encoder_identity(bundle.manifest),
+                prompt_chars=len(text),
+                prompt_text=None if private else text,
+                embedding=None if i % 30 == 25 else np.asarray(emb[i], dtype=np.float32),
+                caller="app" if i % 2 == 0 else "",
+            )
+        )
+    return out
+
+
+def _judge(store: OutcomeStore, decisions: list[Decision], pair: tuple[str, str]) -> None:
+    """Both models' outcomes on `decisions`, by decision id."""
+    now = int(time.time() * 1000)
+    store.write(
+        [],
+        [
+            Outcome(OutcomeKind.PAIRED, model, 1.0, decision_id=d.decision_id, source="judge", observed_ms=now)
+            for d in decisions
+            for model in pair
+        ],
+    )
+
+
+def test_picks_come_from_the_latest_unjudged_decisions_and_repeat(bundle_dir: Path, tmp_path: Path) -> None:
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    decisions = _decisions(bundle_dir)
+    # the newest decision is a prompt sent again (latest[0]'s, judged below by the first decision's id)
+    decisions.append(replace(decisions[-60], decision_id="f" * 32, time_ms=decisions[-1].time_ms + 1000))
+    store.write(decisions, [])
+    pair = load_bundle(bundle_dir).manifest.default_pair
+    latest = decisions[-61:-1]
+    _judge(store, latest[::3], (pair.strong, pair.weak))  # 20 of the latest judged already
+    # the same prompt judged by text, not by id: its decision counts as judged too
+    by_text = latest[1].prompt_text
+    store.write([], [Outcome(OutcomeKind.PAIRED, m, 0.0, prompt_text=by_text) for m in (pair.strong, pair.weak)])
+    judged = {d.decision_id for d in latest[::3]} | {latest[1].decision_id, decisions[-1].decision_id}
+    picks = decisions_to_judge(bundle_dir, store, 12, window=40)
+    ids = [d.decision_id for d in picks.decisions]
+    assert picks.window == 40
+    assert picks.judged == 21 - sum(d.embedding is None and d.prompt_text is None for d in latest[::3])
+    newest_unjudged = [d for d in reversed(decisions) if d.decision_id not in judged][:40]
+    featureless = {d.decision_id for d in newest_unjudged if d.embedding is None and d.prompt_text is None}
+    assert picks.skipped == len(featureless) >= 1
+    assert len(set(ids)) == 12 and not set(ids) & (judged | featureless)
+    assert set(ids) <= {d.decision_id for d in newest_unjudged}
+    assert picks.newest_ms == max(d.time_ms for d in newest_unjudged)
+    assert [d.time_ms for d in picks.decisions] == sorted((d.time_ms for d in picks.decisions), reverse=True)
+    assert ids == [d.decision_id for d in decisions_to_judge(bundle_dir, store, 12, window=40).decisions]
+    other = decisions_to_judge(bundle_dir, store, 12, window=40, seed=1)
+    assert [d.decision_id for d in other.decisions] != ids
+    # a decision kept without its text is picked from its stored embedding (window wide enough for all)
+    everything = decisions_to_judge(bundle_dir, store, N - 22 - N // 30, window=N)
+    assert any(d.prompt_text is None for d in everything.decisions)
+    # one tenant's calls alone
+    app = decisions_to_judge(bundle_dir, store, 10, window=40, callers={"app"})
+    assert app.decisions and {int(d.decision_id, 16) % 2 for d in app.decisions} == {0}
+    with pytest.raises(ValueError, match="must be >= 1"):
+        decisions_to_judge(bundle_dir, store, 0)
+    store.close()
+
+
+def test_the_command_prints_picks_and_judging_them_leaves_none_in_that_window(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    store = open_store(dsn)
+    decisions = _decisions(bundle_dir)
+    store.write(decisions, [])
+    args = ["to-judge", "--bundle", str(bundle_dir), "--store", dsn, "--budget", "8", "--window", "50"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert len(lines) == 8 == summary["picked"] and summary["window"] == 50
+    by_id = {d.decision_id: d for d in decisions}
+    for line in lines:
+        d = by_id[line["decision_id"]]
+        assert line["prompt"] == d.prompt_text and line["strong_model"] == d.strong_model
+    assert summary["next_since_ms"] == decisions[-1].time_ms + 1
+    pair = load_bundle(bundle_dir).manifest.default_pair
+    _judge(store, [by_id[line["decision_id"]] for line in lines], (pair.strong, pair.weak))
+    assert main([*args, "--since-ms", str(summary["next_since_ms"])]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and json.loads(err.strip().splitlines()[-1])["picked"] == 0
+    assert main([*args[:-2], "--window", "50"]) == 0  # the same window again: other decisions than the judged
+    out, _ = capsys.readouterr()
+    assert not {json.loads(line)["decision_id"] for line in out.splitlines()} & {line["decision_id"] for line in lines}
+    assert main([*args, "--callers", "not a name"]) == 2
+    assert "callers" in capsys.readouterr().err
+    store.close()
