@@ -335,7 +335,7 @@ def _to_judge(args: argparse.Namespace) -> int:
             "strong_model": d.strong_model,
             "weak_model": d.weak_model,
         }
-        print(json.dumps(line, ensure_ascii=False))
+        print(json.dumps(line))  # ASCII: a prompt's U+2028 or U+0085 escaped, so the lines split as lines
     summary = {
         "picked": len(picks.decisions),
         "window": picks.window,

@@ -40,6 +40,7 @@ def _decisions(bundle_dir: Path) -> list[Decision]:
     bundle = load_bundle(bundle_dir)
     pair = bundle.manifest.default_pair
     texts = synthetic_prompts(N, seed=4)
+    texts[-1] += "\u2028line separator\x85next line"  # characters str.splitlines() splits at
     emb = bundle.prompt_batch(texts).embeddings
     assert emb is not None
     t0 = int(time.time() * 1000) - N * 1000
@@ -136,6 +137,9 @@ def test_the_command_prints_picks_and_judging_them_leaves_none_in_that_window(
         d = by_id[line["decision_id"]]
         assert line["prompt"] == d.prompt_text and line["strong_model"] == d.strong_model
     assert summary["next_since_ms"] == decisions[-1].time_ms + 1
+    assert main([*args[:-4], "--budget", "50", "--window", "50"]) == 0  # every decision of the window
+    out, _ = capsys.readouterr()  # the newest one's prompt holds U+2028 and U+0085: still one line each
+    assert decisions[-1].decision_id in {json.loads(line)["decision_id"] for line in out.splitlines()}
     pair = load_bundle(bundle_dir).manifest.default_pair
     _judge(store, [by_id[line["decision_id"]] for line in lines], (pair.strong, pair.weak))
     assert main([*args, "--since-ms", str(summary["next_since_ms"])]) == 0
