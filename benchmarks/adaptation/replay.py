@@ -141,17 +141,34 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "sd": float(np.std(values)), "n": len(values)}
 
 
-def run_set(name: str, client: RouterClient, args: argparse.Namespace, store: str, work: Path) -> dict[str, Any]:
+def load_protocol_set(name: str, test_limit: int) -> dict[str, Any]:
+    """Eval set `name` under the adaptation protocol: texts, both models' qualities, the stream and test
+    halves' indices (the test half sampled down to `test_limit`, seeded) and the test half's full size."""
     ev = load_eval(name, REPO / "data")
     texts = list(ev.prompts)
     sq, wq = np.asarray(ev.strong_quality, dtype=float), np.asarray(ev.weak_quality, dtype=float)
     mask = stream_mask(texts)
     stream, test = np.flatnonzero(mask), np.flatnonzero(~mask)
-    if args.test_limit and test.size > args.test_limit:
-        test = np.sort(np.random.default_rng(12345).choice(test, args.test_limit, replace=False))
+    if test_limit and test.size > test_limit:
+        test = np.sort(np.random.default_rng(12345).choice(test, test_limit, replace=False))
+    return {"texts": texts, "sq": sq, "wq": wq, "stream": stream, "test": test, "test_half": int((~mask).sum())}
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The flags every end-to-end adaptation benchmark takes."""
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "adaptation")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--test-limit", type=int, default=2000, help="test prompts scored per set (0 = the whole half)")
+    ap.add_argument("--work", type=Path, default=None, help="stores and candidate bundles (default: a temp dir)")
+
+
+def run_set(name: str, client: RouterClient, args: argparse.Namespace, store: str, work: Path) -> dict[str, Any]:
+    d = load_protocol_set(name, args.test_limit)
+    texts, sq, wq, stream, test = d["texts"], d["sq"], d["wq"], d["stream"], d["test"]
     t_sq, t_wq = sq[test], wq[test]
     test_texts = [texts[i] for i in test]
-    res: dict[str, Any] = {"stream": int(stream.size), "test_scored": int(test.size), "test_half": int((~mask).sum())}
+    res: dict[str, Any] = {"stream": int(stream.size), "test_scored": int(test.size), "test_half": d["test_half"]}
 
     t0 = time.perf_counter()
     _, stream_ids = score_all(client, [texts[i] for i in stream], "mf")
@@ -248,13 +265,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "adaptation")
+    add_common_args(ap)
     ap.add_argument("--sets", default="gsm8k,mmlu")
-    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--ns", default="100,500,1000,2000,5000")
-    ap.add_argument("--test-limit", type=int, default=2000, help="test prompts scored per set (0 = the whole half)")
-    ap.add_argument("--work", type=Path, default=None, help="stores and candidate bundles (default: a temp dir)")
     ap.add_argument(
         "--gate-splits", choices=("cross_fit", "forward"), default="cross_fit", help="the gate's held-out scheme"
     )

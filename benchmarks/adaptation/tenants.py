@@ -43,28 +43,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from replay import REPO, adapt, apgr, cpu_model, finish, send_outcomes, start_server, summary
+from replay import (
+    adapt,
+    add_common_args,
+    apgr,
+    cpu_model,
+    finish,
+    load_protocol_set,
+    send_outcomes,
+    start_server,
+    summary,
+)
 
-from lmroute.adapt.protocol import stream_mask
-from lmroute.export.evalsets import load_eval
 from lmroute.service.client import RouterClient
 from lmroute.v1 import router_pb2
 
 TENANTS = ("mmlu", "gsm8k")
 CONFIGS = ("zero_shot", "shared", "own", "own_then_shared")
-
-
-def load_tenant(name: str, test_limit: int) -> dict[str, Any]:
-    """Eval set `name` as a tenant's traffic: texts, both models' qualities, the stream and test halves'
-    indices (the test half sampled down to `test_limit`, seeded) and the test half's full size."""
-    ev = load_eval(name, REPO / "data")
-    texts = list(ev.prompts)
-    sq, wq = np.asarray(ev.strong_quality, dtype=float), np.asarray(ev.weak_quality, dtype=float)
-    mask = stream_mask(texts)
-    stream, test = np.flatnonzero(mask), np.flatnonzero(~mask)
-    if test_limit and test.size > test_limit:
-        test = np.sort(np.random.default_rng(12345).choice(test, test_limit, replace=False))
-    return {"texts": texts, "sq": sq, "wq": wq, "stream": stream, "test": test, "test_half": int((~mask).sum())}
 
 
 def record_streams(target: str, data: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
@@ -199,12 +194,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "adaptation")
-    ap.add_argument("--seeds", type=int, default=5)
+    add_common_args(ap)
     ap.add_argument("--n", default="mmlu=1000,gsm8k=500", help="paired outcomes per seed, per tenant")
-    ap.add_argument("--test-limit", type=int, default=2000, help="test prompts routed per tenant (0 = the whole half)")
-    ap.add_argument("--work", type=Path, default=None, help="stores and candidate bundles (default: a temp dir)")
     args = ap.parse_args(argv)
     args.n = {k: int(v) for k, v in (part.split("=") for part in args.n.split(","))}
     if sorted(args.n) != sorted(TENANTS):
@@ -213,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="lmroute-tenants-"))
     work.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:{work / 'outcomes.sqlite3'}"
-    data = {t: load_tenant(t, args.test_limit) for t in TENANTS}
+    data = {t: load_protocol_set(t, args.test_limit) for t in TENANTS}
     t0 = time.perf_counter()
     rec, args.record_target = start_server(args.bundle, store, work / "record.log")
     try:
