@@ -294,19 +294,28 @@ def _stamped(manifest: Manifest) -> Manifest:
     return dataclasses.replace(as_read, bundle_version=as_read.content_version())
 
 
+def _merged(current: Mapping[str, str], changes: Mapping[str, str]) -> dict[str, str]:
+    """Tenant -> router with `changes` applied ("" removes the tenant)."""
+    return {t: r for t, r in {**current, **changes}.items() if r}
+
+
 def restamp_bundle(
     bundle_dir: str | Path,
     *,
     label: str | None = None,
     default_router: str | None = None,
     default_quality_router: str | None = None,
+    tenant_routers: Mapping[str, str] | None = None,
+    tenant_quality_routers: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Stamp a bundle whose manifest.json was edited on purpose with the content version of what it now
     says (manifest.json rewritten atomically in the writer's format) and return the manifest; `label`
     replaces the label, `default_router` and `default_quality_router` the default routers ("" removes
-    one, None keeps it). The manifest must pass the strict parser; the files are not re-checksummed (the
-    loader still checks them against the manifest). A signature
-    (manifest.json.sig) no longer matches the rewritten manifest: sign the bundle again."""
+    one, None keeps it), `tenant_routers` and `tenant_quality_routers` set each named tenant's own router
+    (tenant -> router; "" removes the tenant's: its calls then get the bundle's default). The manifest
+    must pass the strict parser (a tenant's router must be one of the bundle's); the files are not
+    re-checksummed (the loader still checks them against the manifest). A signature (manifest.json.sig)
+    no longer matches the rewritten manifest: sign the bundle again."""
     root = Path(bundle_dir)
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -318,6 +327,11 @@ def restamp_bundle(
         manifest = dataclasses.replace(manifest, default_router=default_router)
     if default_quality_router is not None:
         manifest = dataclasses.replace(manifest, default_quality_router=default_quality_router)
+    if tenant_routers:
+        manifest = dataclasses.replace(manifest, tenant_routers=_merged(manifest.tenant_routers, tenant_routers))
+    if tenant_quality_routers:
+        own = _merged(manifest.tenant_quality_routers, tenant_quality_routers)
+        manifest = dataclasses.replace(manifest, tenant_quality_routers=own)
     updated = _stamped(manifest)
     _write_text_atomic(path, updated.to_json())
     return updated

@@ -193,6 +193,21 @@ def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="set the router of Route calls among candidates that name none ('' removes it)",
     )
+    p.add_argument(
+        "--tenant-router",
+        action="append",
+        default=[],
+        metavar="TENANT=ROUTER",
+        help="set a tenant's own router, what its Route calls naming none get (TENANT= removes it: the "
+        "bundle's default again); repeatable",
+    )
+    p.add_argument(
+        "--tenant-quality-router",
+        action="append",
+        default=[],
+        metavar="TENANT=ROUTER",
+        help="the same for a tenant's Route calls among candidates; repeatable",
+    )
     _add_plugin(p)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair (PEM) for signing bundles")
@@ -541,6 +556,17 @@ def _import_outcomes(args: argparse.Namespace) -> int:
     return 0 if refused == 0 else 3
 
 
+def _assignments(values: Sequence[str], flag: str) -> dict[str, str]:
+    """`TENANT=ROUTER` values as {tenant: router} ("" for `TENANT=`); ValueError naming the flag."""
+    out: dict[str, str] = {}
+    for value in values:
+        tenant, sep, router = value.partition("=")
+        if not sep or not tenant:
+            raise ValueError(f"{flag}: expected TENANT=ROUTER (TENANT= to remove), got {value!r}")
+        out[tenant] = router
+    return out
+
+
 def _integrity_command(args: argparse.Namespace) -> int:
     """Run restamp, keygen, sign or verify; a refusal is one line on stderr and exit status 1."""
     from lmroute.bundle.loader import load_bundle
@@ -560,6 +586,8 @@ def _integrity_command(args: argparse.Namespace) -> int:
                 label=args.label,
                 default_router=args.default_router,
                 default_quality_router=args.default_quality_router,
+                tenant_routers=_assignments(args.tenant_router, "--tenant-router"),
+                tenant_quality_routers=_assignments(args.tenant_quality_router, "--tenant-quality-router"),
             )
             print(f"bundle {args.bundle} re-stamped: bundle_version {manifest.bundle_version}")
             print("a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed")

@@ -396,3 +396,41 @@ def test_watcher_follows_a_symlink_flip_and_refuses_a_tampered_target(
             assert c.get_bundle().swaps == 2
     finally:
         srv.stop()
+
+
+def test_a_tenants_own_router_set_and_removed_by_restamp_and_a_hot_swap(
+    bundles: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lmroute-export restamp --tenant-router app=random` on a copy gives tenant app's calls that name no
+    router `random`, swapped in under a running server; `app=` on a copy of that gives them the bundle's
+    default again, and the swap takes it (every router served is still there). A router the bundle lacks
+    and a malformed value are refused by the command."""
+    from lmroute.export.cli import main
+
+    configure_logging("warning")
+    versions = []
+    for name, change in (
+        ("base", []),
+        ("own", ["--tenant-router", "app=random"]),
+        ("none", ["--tenant-router", "app="]),
+    ):
+        path = tmp_path / name
+        shutil.copytree(versions[-1][1] if versions else bundles["a"], path)
+        assert main(["restamp", "--bundle", str(path), "--default-router", "mf", *change]) == 0
+        versions.append((name, path))
+    capsys.readouterr()
+    for bad in ("app=nosuch", "app"):
+        assert main(["restamp", "--bundle", str(tmp_path / "none"), "--tenant-router", bad]) == 1
+        err = capsys.readouterr().err
+        assert ("'nosuch' is not a router of this bundle" if "=" in bad else "expected TENANT=ROUTER") in err
+    srv = ServerThread(_config(tmp_path / "base")).start()
+    try:
+        with RouterClient(srv.target, tenant="app") as app, RouterClient(srv.target, tenant="batch") as batch:
+            seen = []
+            for name, path in versions:
+                if name != "base":
+                    app.reload_bundle(str(path))
+                seen.append((app.route("hello", threshold=0.5).router, batch.route("hello", threshold=0.5).router))
+    finally:
+        srv.stop()
+    assert seen == [("mf", "mf"), ("random", "mf"), ("mf", "mf")]
