@@ -82,10 +82,11 @@ def decisions_to_judge(
     callers: Collection[str] | None = None,
     seed: int = 0,
 ) -> JudgePicks:
-    """Up to `k` of the latest `window` unjudged decisions to judge (module docstring); ValueError for a
-    bad `k` or `window`."""
-    if k < 1 or window < 1:
-        raise ValueError(f"k ({k}) and window ({window}) must be >= 1")
+    """Up to `k` (the budget) of the latest `window` unjudged decisions to judge (module docstring);
+    ValueError naming a budget or window below 1."""
+    for name, value in (("budget", k), ("window", window)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1 (got {value})")
     bundle = load_bundle(Path(bundle_dir))
     pair = bundle.manifest.default_pair
     paired = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}

@@ -114,7 +114,7 @@ def test_picks_come_from_the_latest_unjudged_decisions_and_repeat(bundle_dir: Pa
     # one tenant's calls alone
     app = decisions_to_judge(bundle_dir, store, 10, window=40, callers={"app"})
     assert app.decisions and {int(d.decision_id, 16) % 2 for d in app.decisions} == {0}
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match=r"budget: must be >= 1 \(got 0\)"):
         decisions_to_judge(bundle_dir, store, 0)
     store.close()
 
