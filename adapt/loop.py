@@ -25,6 +25,11 @@ next poll, or keeps its bundle if it refuses it. No server is called, so the Adm
 loopback: the mode of a Kubernetes CronJob (`lmroute-adapt --once`) beside replicas that share the
 outcome store (PostgreSQL) and a volume of bundles.
 
+With `--judge-budget K` each iteration then also writes which decisions to judge with both models next
+(lmroute.adapt.to_judge: the label budget over the serving bundle and the store's decisions made since
+the previous list) to `--judge-dir` (default `<bundles-dir>/to-judge`) as `to_judge-<UTC time>.jsonl`,
+for the deployment's judge, whose paired outcomes come back by decision id.
+
 After each round the oldest `adapted-*` bundles in `--bundles-dir` beyond the newest `--keep-bundles`
 (default 5; 0 keeps all) are deleted, never the one serving (or named by the link).
 
@@ -54,6 +59,7 @@ from typing import Any
 
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
+from lmroute.adapt.to_judge import write_judge_list
 from lmroute.outcomes.records import add_reporters_arg, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
 
@@ -216,6 +222,15 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path) -> list[Path]:
     return old
 
 
+def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dict[str, Any]:
+    """This iteration's list of decisions to judge, from the bundle serving now (module docstring)."""
+    store = open_store(args.store)
+    try:
+        return write_judge_list(serving.resolve(), store, judge_dir, args.judge_budget, window=args.judge_window)
+    finally:
+        store.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-adapt` (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0])
@@ -237,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_reporters_arg(ap)
     ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
+    ap.add_argument(
+        "--judge-budget", type=int, default=0, help="decisions to judge written each iteration (0: no list)"
+    )
+    ap.add_argument("--judge-window", type=int, default=500, help="chosen among this many latest unjudged decisions")
+    ap.add_argument("--judge-dir", type=Path, default=None, help="where the lists go (default <bundles-dir>/to-judge)")
     ap.add_argument(
         "--keep-bundles",
         type=int,
@@ -274,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     serving = r.candidate or r.parent or args.bundles_dir
                 print(r.to_json(), flush=True)
                 prune_bundles(args.bundles_dir, args.keep_bundles, serving)
+            if args.judge_budget > 0:
+                judge_dir = args.judge_dir or args.bundles_dir / "to-judge"
+                print(json.dumps({"to_judge": _judge_list(serving, args, judge_dir)}), flush=True)
         except (StoreError, ValueError, OSError) as exc:
             print(json.dumps({"error": str(exc)}), flush=True)
             if args.once:

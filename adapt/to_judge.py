@@ -23,10 +23,14 @@ that decisions handed out but not judged yet are not handed out again.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
+import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +41,7 @@ from lmroute.bundle.manifest import encoder_identity
 from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
-__all__ = ["BUDGET_PENALTY", "JudgePicks", "decisions_to_judge"]
+__all__ = ["BUDGET_PENALTY", "JudgePicks", "decisions_to_judge", "judge_line", "write_judge_list"]
 
 BUDGET_PENALTY = 30.0
 """The ridge penalty of the posterior the budget's variance picks read (the value its share was chosen with)."""
@@ -96,7 +100,7 @@ def decisions_to_judge(
         if r.kinds & paired and pair.strong in r.qualities and pair.weak in r.qualities
     ]
     judged_prompts = {r.prompt_sha256 for r in judged}  # a prompt judged once: none of its decisions again
-    limit = window + len(judged)
+    limit = 2 * window
     while True:  # the latest decisions, as many as it takes to find `window` unjudged ones
         recent = store.recent_decisions(since_ms=since_ms, limit=limit, callers=callers)
         unjudged = [d for d in recent if d.prompt_sha256 not in judged_prompts]
@@ -113,3 +117,45 @@ def decisions_to_judge(
         picks = sorted((unjudged[kept[int(i)]] for i in chosen), key=lambda d: -d.time_ms)
     newest = max((d.time_ms for d in unjudged), default=None)
     return JudgePicks(picks, len(j_len), len(unjudged), len(unjudged) - len(kept), newest)
+
+
+def judge_line(d: Decision) -> str:
+    """One decision to judge as a JSON line (ASCII: a prompt's U+2028 or U+0085 escaped, so the lines split
+    as lines wherever they are read)."""
+    line = {
+        "decision_id": d.decision_id,
+        "time_ms": d.time_ms,
+        "prompt": d.prompt_text,
+        "strong_model": d.strong_model,
+        "weak_model": d.weak_model,
+    }
+    return json.dumps(line)
+
+
+NEXT_SINCE = "next_since_ms"
+"""The file in a judge directory that holds where the next list starts (the state of `write_judge_list`)."""
+
+
+def write_judge_list(
+    bundle_dir: str | Path, store: OutcomeStore, out_dir: Path, k: int, *, window: int = 500, seed: int = 0
+) -> dict[str, Any]:
+    """The decisions to judge made since the last list written to `out_dir`, written there as
+    `to_judge-<UTC time>.jsonl` (no file when none is picked), and `out_dir/next_since_ms` moved past the
+    window looked at (written atomically): what `lmroute-adapt --judge-budget` does each round. Returns a
+    summary (picked, window, skipped, file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = out_dir / NEXT_SINCE
+    since = int(state.read_text().strip()) if state.is_file() else 0
+    picks = decisions_to_judge(bundle_dir, store, k, window=window, since_ms=since, seed=seed)
+    written = None
+    if picks.decisions:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        written = out_dir / f"to_judge-{stamp}.jsonl"
+        tmp = written.with_suffix(".tmp")
+        tmp.write_text("".join(judge_line(d) + "\n" for d in picks.decisions))
+        os.replace(tmp, written)
+    if picks.newest_ms is not None:
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(f"{picks.newest_ms + 1}\n")
+        os.replace(tmp, state)
+    return {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": str(written)}

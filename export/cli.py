@@ -317,7 +317,7 @@ def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
 
 def _to_judge(args: argparse.Namespace) -> int:
     """One JSON line per decision to judge, newest first; a summary on stderr with the next --since-ms."""
-    from lmroute.adapt.to_judge import decisions_to_judge
+    from lmroute.adapt.to_judge import decisions_to_judge, judge_line
 
     try:
         callers = reporters_named(args.callers, "callers")
@@ -343,14 +343,7 @@ def _to_judge(args: argparse.Namespace) -> int:
     finally:
         store.close()
     for d in picks.decisions:
-        line = {
-            "decision_id": d.decision_id,
-            "time_ms": d.time_ms,
-            "prompt": d.prompt_text,
-            "strong_model": d.strong_model,
-            "weak_model": d.weak_model,
-        }
-        print(json.dumps(line))  # ASCII: a prompt's U+2028 or U+0085 escaped, so the lines split as lines
+        print(judge_line(d))
     summary = {
         "picked": len(picks.decisions),
         "window": picks.window,

@@ -114,6 +114,10 @@ def test_picks_come_from_the_latest_unjudged_decisions_and_repeat(bundle_dir: Pa
     # one tenant's calls alone
     app = decisions_to_judge(bundle_dir, store, 10, window=40, callers={"app"})
     assert app.decisions and {int(d.decision_id, 16) % 2 for d in app.decisions} == {0}
+    # the latest 100 all judged: the window reaches past them
+    _judge(store, decisions[-101:], (pair.strong, pair.weak))
+    past = decisions_to_judge(bundle_dir, store, 5, window=40)
+    assert past.window == 40 and max(d.time_ms for d in past.decisions) < decisions[-101].time_ms
     with pytest.raises(ValueError, match=r"budget: must be >= 1 \(got 0\)"):
         decisions_to_judge(bundle_dir, store, 0)
     store.close()
@@ -151,3 +155,47 @@ def test_the_command_prints_picks_and_judging_them_leaves_none_in_that_window(
     assert main([*args, "--callers", "not a name"]) == 2
     assert "callers" in capsys.readouterr().err
     store.close()
+
+
+def test_the_adapt_loop_writes_each_iterations_list_from_the_decisions_since_the_last(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lmroute-adapt --judge-budget`: after its round, each iteration writes the decisions to judge among
+    those the running server recorded since the previous list; none new, no file."""
+    import shutil
+
+    from lmroute.adapt.loop import main as adapt_main
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served = tmp_path / "served"
+    shutil.copytree(bundle_dir, served)
+    restamp_bundle(served, default_router="mf")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    judge_dir = tmp_path / "judge"
+    texts = synthetic_prompts(90, seed=8)
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    argv = ["--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once", "--judge-budget", "10"]
+    lists: list[set[str]] = []
+    with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+        for batch, stored in ((texts[:60], 60), (texts[60:], 90), ([], 90)):  # the last: nothing new
+            ids = {r.decision_id for r in client.score(batch).results} if batch else set()
+            store = open_store(dsn)
+            t_end = time.monotonic() + 10
+            while len(store.recent_decisions()) < stored:  # the server's writer commits in the background
+                assert time.monotonic() < t_end, "the decisions were not stored"
+                time.sleep(0.05)
+            store.close()
+            capsys.readouterr()
+            assert adapt_main(["--server", srv.target, *argv, "--judge-dir", str(judge_dir)]) == 0
+            out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+            assert out[-1]["to_judge"]["picked"] == (10 if batch else 0)
+            files = sorted(judge_dir.glob("to_judge-*.jsonl"))
+            assert len(files) == min(len(lists) + 1, 2)  # no file when nothing is picked
+            if batch:
+                picked = {json.loads(line)["decision_id"] for line in files[-1].read_text().splitlines()}
+                assert len(picked) == 10 and picked <= ids  # among this iteration's decisions only
+                lists.append(picked)
+    assert len(lists) == 2 and not lists[0] & lists[1]
