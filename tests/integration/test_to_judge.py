@@ -3,7 +3,8 @@ real bundle: the picks come from the latest unjudged decisions only (judged ones
 prompt, and a prompt judged on another decision, never), the same call picks the same, a caller filter
 keeps to that tenant's calls, a decision stored without its text is picked from its stored embedding
 and one with neither is skipped; through the command line, the picks judged and sent back leave nothing
-to pick in the same window."""
+to pick in the same window (SQLite and the session's PostgreSQL); `lmroute-adapt --judge-budget` writes
+each iteration's list from the decisions since the last."""
 
 from __future__ import annotations
 
@@ -81,8 +82,15 @@ def _judge(store: OutcomeStore, decisions: list[Decision], pair: tuple[str, str]
     )
 
 
-def test_picks_come_from_the_latest_unjudged_decisions_and_repeat(bundle_dir: Path, tmp_path: Path) -> None:
-    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_db"))
+
+
+def test_picks_come_from_the_latest_unjudged_decisions_and_repeat(bundle_dir: Path, dsn: str) -> None:
+    store = open_store(dsn)
     decisions = _decisions(bundle_dir)
     # the newest decision is a prompt sent again (latest[0]'s, judged below by the first decision's id)
     decisions.append(replace(decisions[-60], decision_id="f" * 32, time_ms=decisions[-1].time_ms + 1000))
