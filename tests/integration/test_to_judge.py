@@ -2,9 +2,9 @@
 real bundle: the picks come from the latest unjudged decisions only (judged ones, by decision id or by
 prompt, and a prompt judged on another decision, never), the same call picks the same, a caller filter
 keeps to that tenant's calls, a decision stored without its text is picked from its stored embedding
-and one with neither is skipped; through the command line, the picks judged and sent back leave nothing
-to pick in the same window (SQLite and the session's PostgreSQL); `lmroute-adapt --judge-budget` writes
-each iteration's list from the decisions since the last."""
+and one with neither is skipped (on SQLite and the session's PostgreSQL); through the command line, the
+picks judged and sent back leave nothing to pick in the same window; `lmroute-adapt --judge-budget`
+writes each iteration's list from the decisions since the last."""
 
 from __future__ import annotations
 
