@@ -8,6 +8,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     interceptors.py  request id, access log (shed calls sampled), malformed bytes, ServiceError -> gRPC status
     transports.py    the gRPC port served by threads (a synchronous server handing calls to the loop) or grpc.aio
     stream_cap.py    StreamSlots: at most max_streams streaming calls (health Watch, reflection) open at once
+    wire_status.py   an error's StatusInfo as the grpc.Status a call ends with (ErrorInfo, RetryInfo)
     liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     feedback.py      Feedback on the wire <-> the outcome store's records; decision records of answers

@@ -37,26 +37,17 @@ from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
 from lmroute.service.logs import CallLog, LogSampler
 from lmroute.service.metrics import ServiceMetrics
+from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
+from lmroute.service.wire_status import wire_status
 
-__all__ = [
-    "ERROR_DOMAIN",
-    "REQUEST_ID_KEY",
-    "Malformed",
-    "RequestContextInterceptor",
-    "tolerant_deserializer",
-    "wire_status",
-]
+__all__ = ["REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
 
-ERROR_DOMAIN = "lmroute.v1"
 REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
 _SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
@@ -95,30 +86,6 @@ def _malformed(request: Malformed, context: grpc.aio.ServicerContext, method: st
     )
 
 
-@dataclass(frozen=True)
-class _Status(grpc.Status):  # type: ignore[misc]  # grpc has no type stubs: Any
-    code: grpc.StatusCode
-    details: str
-    trailing_metadata: tuple[tuple[str, str | bytes], ...]
-
-
-def wire_status(info: StatusInfo, trailers: tuple[tuple[str, str | bytes], ...] = ()) -> grpc.Status:
-    """`info` as a grpc.Status: its google.rpc.Status (ErrorInfo, RetryInfo details) in the trailing
-    metadata, `trailers` after it."""
-    details = []
-    err = any_pb2.Any()
-    err.Pack(error_details_pb2.ErrorInfo(reason=info.reason, domain=ERROR_DOMAIN))
-    details.append(err)
-    if info.retry_after_ms is not None:
-        retry = any_pb2.Any()
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(info.retry_after_ms)
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        details.append(retry)
-    status = rpc_status.to_status(status_pb2.Status(code=int(info.code), message=info.message, details=details))
-    return _Status(status.code, status.details, (*status.trailing_metadata, *trailers))
-
-
 async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
     """End the call with `info` (`wire_status`) and the request id."""
     status = wire_status(info, ((REQUEST_ID_KEY, request_id),))
@@ -127,7 +94,9 @@ async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs: Any
-    """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through.
+    """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through, each taking one
+    of `streams` while it is open when given (grpc.aio: lmroute.service.stream_cap; the thread transport
+    caps its streams itself).
 
     The wrapped handler of each method is built once and kept (the request's metadata is read from the
     call's context), so a call costs a dictionary lookup here, not a new handler and closure."""
@@ -137,9 +106,11 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         auth: Authenticator | None = None,
         metrics: ServiceMetrics | None = None,
         tracing: Tracing | None = None,
+        streams: StreamSlots | None = None,
     ) -> None:
         # method -> (its handler, the wrapped handler): one entry per method, rebuilt if the handler changes
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._streams = streams  # None: streams not capped here
         self._sampler = LogSampler(period_s=1.0)  # access lines of shed calls: one per second per kind
         self._auth = auth  # None: every caller is let in
         self._metrics = metrics  # None: no metrics
@@ -151,9 +122,21 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
+        if handler.unary_unary is None:
+            return handler if self._streams is None else self._capped(handler_call_details.method, handler)
         return self.wrap(handler_call_details.method, handler)
+
+    def _capped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A streaming `handler` that holds one of the stream slots while open (built once per method)."""
+        slots = self._streams
+        assert slots is not None
+        seen = self._wrapped.get(method)
+        if seen is None or seen[0] is not handler:
+            seen = (handler, capped_handler(handler, lambda behaviour: capped_aio(slots, behaviour)))
+            self._wrapped[method] = seen
+        return seen[1]
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` (unary-unary) of `method` with the request id, token check, access line, metrics and

@@ -234,15 +234,17 @@ class RouterServer:
             rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
             pin_current_thread(rest)
             _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
-        interceptor = RequestContextInterceptor(auth=self.auth, metrics=self.metrics, tracing=self.tracing)
-        self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
         self.streams = StreamSlots(cfg.max_streams)
+        interceptor = RequestContextInterceptor(
+            auth=self.auth, metrics=self.metrics, tracing=self.tracing, streams=self.streams
+        )
+        self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
         server: Transport = (
             ThreadTransport(
                 grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop(), self.streams
             )
             if self.transport == "threads"
-            else AioTransport(grpc_options(cfg), interceptor, self.streams)
+            else AioTransport(grpc_options(cfg), interceptor)
         )
         server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, self.servicer)
         server.add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self.health)

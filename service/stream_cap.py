@@ -8,22 +8,24 @@ threads and the other `grpc_threads - max_streams` stay for unary calls. Under g
 coroutine, not a thread; the same bound keeps their number, and their memory, bounded there too.
 
 A stream past the bound is refused before it holds anything: RESOURCE_EXHAUSTED, reason
-TOO_MANY_STREAMS, with a retry delay (lmroute.service.errors). Unary calls never take a slot.
+TOO_MANY_STREAMS, with a retry delay (lmroute.service.errors). Unary calls never take a slot. Who
+applies it: the thread transport's bridge (`capped_sync`, lmroute.service.transports) and, on grpc.aio,
+the request-context interceptor (`capped_aio`, lmroute.service.interceptors).
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
 from lmroute.service.errors import TooManyStreams, status_of
-from lmroute.service.interceptors import wire_status
+from lmroute.service.wire_status import wire_status
 
-__all__ = ["StreamCapInterceptor", "StreamSlots", "capped_aio", "capped_handler", "capped_sync"]
+__all__ = ["StreamSlots", "capped_aio", "capped_handler", "capped_sync"]
 
 
 class StreamSlots:
@@ -122,26 +124,3 @@ def capped_handler(
                 response_serializer=handler.response_serializer,
             )
     return handler
-
-
-class StreamCapInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs: Any
-    """grpc.aio: every streaming call takes a slot of `slots` (each method's capped handler built once)."""
-
-    def __init__(self, slots: StreamSlots) -> None:
-        self._slots = slots
-        self._capped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is not None:
-            return handler
-        method = handler_call_details.method
-        seen = self._capped.get(method)
-        if seen is None or seen[0] is not handler:
-            seen = (handler, capped_handler(handler, lambda b: capped_aio(self._slots, b)))
-            self._capped[method] = seen
-        return seen[1]

@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-from lmroute.service.stream_cap import StreamCapInterceptor, StreamSlots, capped_handler, capped_sync
+from lmroute.service.stream_cap import StreamSlots, capped_handler, capped_sync
 
 __all__ = ["AioTransport", "Aborted", "LoopContext", "ThreadTransport", "Transport"]
 
@@ -250,12 +250,10 @@ class ThreadTransport(_Ports):
 
 
 class AioTransport(_Ports):
-    """grpc.aio on the event loop, with the request-context interceptor."""
+    """grpc.aio on the event loop, with the request-context interceptor (which caps the streams here)."""
 
-    def __init__(
-        self, options: list[tuple[str, int]], interceptor: grpc.aio.ServerInterceptor, slots: StreamSlots
-    ) -> None:
-        self._server = grpc.aio.server(options=options, interceptors=[interceptor, StreamCapInterceptor(slots)])
+    def __init__(self, options: list[tuple[str, int]], interceptor: grpc.aio.ServerInterceptor) -> None:
+        self._server = grpc.aio.server(options=options, interceptors=[interceptor])
 
     def add_servicer(self, add: AddServicer, servicer: Any) -> None:
         add(servicer, self._server)
