@@ -288,6 +288,14 @@ class ServiceConfig:
     )
     warmup: bool = field(default=True, metadata=_doc("score a few prompts before reporting SERVING"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    access_log: str = field(
+        default="all",
+        metadata=_doc(
+            "access lines (`rpc`, at info): all (one per call) or sampled (at most one per method, code and "
+            "reason a second, with the count of those left out; refused and failed calls are sampled so "
+            "under `all` too): for call rates where a line per call costs too much"
+        ),
+    )
     stats_path: str = field(
         default="",
         metadata=_doc("write server timings (JSON histograms) here every second and at stop; empty = off"),
@@ -575,6 +583,8 @@ class ServiceConfig:
             raise ConfigError(f"admin_service: must be one of {', '.join(_ADMIN_MODES)} (got {self.admin_service!r})")
         if not (isinstance(self.bundle_watch_s, (int, float)) and 0 <= self.bundle_watch_s < float("inf")):
             raise ConfigError(f"bundle_watch_s: must be >= 0 and finite (got {self.bundle_watch_s!r})")
+        if self.access_log not in ("all", "sampled"):
+            raise ConfigError(f"access_log: must be one of all, sampled (got {self.access_log!r})")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})")
         if self.store and not self.store.startswith(("sqlite:", "postgresql://", "postgres://")):

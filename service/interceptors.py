@@ -15,7 +15,8 @@ Each call writes one access line (`rpc`: code, milliseconds, the peer; the decis
 and, with tracing, the trace id, from the log context), except calls shed under load
 (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines are sampled: at most one per method, code and reason per
 second, carrying the count left out before it (`suppressed`), so an overload does not turn into a flood
-of log lines.
+of log lines. With `--access-log sampled` every call's line is sampled so, for call rates where a line per
+call costs too much of the call (benchmarks/ghz/results/access_log).
 
 Request bytes that do not decode as the method's request message are an InvalidArgument (reason
 MALFORMED_REQUEST), logged once as `malformed_request` with the method, the peer and the byte count
@@ -107,11 +108,13 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         metrics: ServiceMetrics | None = None,
         tracing: Tracing | None = None,
         streams: StreamSlots | None = None,
+        sample_all: bool = False,
     ) -> None:
         # method -> (its handler, the wrapped handler): one entry per method, rebuilt if the handler changes
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._streams = streams  # None: streams not capped here
-        self._sampler = LogSampler(period_s=1.0)  # access lines of shed calls: one per second per kind
+        self._sample_all = sample_all  # every call's access line sampled (--access-log sampled), not only shed ones
+        self._sampler = LogSampler(period_s=1.0)  # sampled access lines: one per second per kind
         self._auth = auth  # None: every caller is let in
         self._metrics = metrics  # None: no metrics
         self._tracing = tracing  # None: no spans
@@ -144,7 +147,9 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
             auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth
-            wrapped = _wrap_unary(handler, method, self._sampler, auth, self._metrics, self._tracing)
+            wrapped = _wrap_unary(
+                handler, method, self._sampler, auth, self._metrics, self._tracing, sample_all=self._sample_all
+            )
             known = self._wrapped[method] = (handler, wrapped)
         return known[1]
 
@@ -163,13 +168,15 @@ def _wrap_unary(
     auth: Authenticator | None = None,
     metrics: ServiceMetrics | None = None,
     tracing: Tracing | None = None,
+    *,
+    sample_all: bool = False,
 ) -> grpc.RpcMethodHandler:
     """`handler` with the request id, the token check (`auth`), the access log line, the metrics and the
     error-to-status mapping around it.
 
-    Calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE) get a sampled access line: the first of each
-    method, code and reason per second, with `suppressed` = the lines of that kind left out before it;
-    every other call gets its own line."""
+    Calls shed under load (RESOURCE_EXHAUSTED, UNAVAILABLE), and with `sample_all` every call, get a
+    sampled access line: the first of each method, code and reason per second, with `suppressed` = the
+    lines of that kind left out before it; every other call gets its own line."""
     inner = handler.unary_unary
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -227,7 +234,7 @@ def _wrap_unary(
                 if span is not None:
                     span.set_attribute("rpc.code", code)
                 ms = round(seconds * 1000, 3)
-                if code not in _SHED_CODES:
+                if code not in _SHED_CODES and not sample_all:
                     _log.info("rpc", code=code, ms=ms, peer=context.peer())
                 elif (suppressed := sampler.admit((method, code, reason))) is not None:
                     _log.info("rpc", code=code, reason=reason, ms=ms, peer=context.peer(), suppressed=suppressed)

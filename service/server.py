@@ -236,7 +236,11 @@ class RouterServer:
             _log.info("cpus pinned", scoring=sorted(cfg.scoring_cpu_set), event_loop=sorted(rest))
         self.streams = StreamSlots(cfg.max_streams)
         interceptor = RequestContextInterceptor(
-            auth=self.auth, metrics=self.metrics, tracing=self.tracing, streams=self.streams
+            auth=self.auth,
+            metrics=self.metrics,
+            tracing=self.tracing,
+            streams=self.streams,
+            sample_all=cfg.access_log == "sampled",
         )
         self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
         server: Transport = (

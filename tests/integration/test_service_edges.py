@@ -367,3 +367,24 @@ def test_refused_calls_get_sampled_access_lines_not_one_each(
         _wait(lambda: sum(e["event"] == "rpc" and e["code"] == "OK" for e in logs) == 2, what="two OK lines")
     shed = [e for e in logs if e["event"] == "rpc" and e["code"] == "RESOURCE_EXHAUSTED"]
     assert [(e["reason"], e["suppressed"]) for e in shed] == [("QUEUE_FULL", 0), ("QUEUE_FULL", 29)]
+
+
+@pytest.mark.parametrize("access_log", ["all", "sampled"])
+def test_access_log_sampled_writes_one_line_a_second_for_ok_calls_too(
+    make_server: Callable[..., ServerThread], access_log: str
+) -> None:
+    """`--access-log sampled`: 20 answered calls within a second write one line, the next one a second
+    later carries the count left out; `all` writes one line each."""
+    srv = make_server(access_log=access_log)
+    with structlog.testing.capture_logs() as logs, RouterClient(srv.target) as c:
+        t0 = time.monotonic()
+        for i in range(20):
+            c.route(f"prompt {i}", router="mf", threshold=0.5)
+        assert time.monotonic() - t0 < 1.0, "the 20 calls took a second or more: sampling not tested"
+        time.sleep(1.05)
+        c.route("one more", router="mf", threshold=0.5)
+    lines = [e for e in logs if e["event"] == "rpc" and e["code"] == "OK"]
+    if access_log == "all":
+        assert len(lines) == 21 and "suppressed" not in lines[0]
+    else:
+        assert [e["suppressed"] for e in lines] == [0, 19]

@@ -53,6 +53,7 @@ FLAGS_AND_VARIABLES = [
     ("--liveness-stall-s", "LMROUTE_LIVENESS_STALL_S"),
     ("--warmup", "LMROUTE_WARMUP"),
     ("--log-level", "LMROUTE_LOG_LEVEL"),
+    ("--access-log", "LMROUTE_ACCESS_LOG"),
     ("--stats-path", "LMROUTE_STATS_PATH"),
     ("--store", "LMROUTE_STORE"),
     ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
