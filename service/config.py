@@ -292,8 +292,9 @@ class ServiceConfig:
         default="all",
         metadata=_doc(
             "access lines (`rpc`, at info): all (one per call) or sampled (at most one per method, code and "
-            "reason a second, with the count of those left out; refused and failed calls are sampled so "
-            "under `all` too): for call rates where a line per call costs too much"
+            "reason a second, with the count of those left out; the lines of calls shed under load, "
+            "RESOURCE_EXHAUSTED and UNAVAILABLE, are sampled so under `all` too): for thousands of calls a "
+            "second, where a line per call floods the log"
         ),
     )
     stats_path: str = field(

@@ -16,7 +16,7 @@ and, with tracing, the trace id, from the log context), except calls shed under 
 (RESOURCE_EXHAUSTED, UNAVAILABLE), whose lines are sampled: at most one per method, code and reason per
 second, carrying the count left out before it (`suppressed`), so an overload does not turn into a flood
 of log lines. With `--access-log sampled` every call's line is sampled so, for call rates where a line per
-call costs too much of the call (benchmarks/ghz/results/access_log).
+call floods the log (benchmarks/ghz/results/access_log: a few per cent of a static-tier call's CPU).
 
 Request bytes that do not decode as the method's request message are an InvalidArgument (reason
 MALFORMED_REQUEST), logged once as `malformed_request` with the method, the peer and the byte count
