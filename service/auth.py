@@ -15,7 +15,7 @@ for another tenant. The health service is always open. Tokens are never logged: 
 name the file and line, not the token.
 
 The tokens file is re-read when it changes, without a restart: a call looks at it (one stat:
-lmroute.service.file_watch) at most once every `RECHECK_S` seconds, and a changed file's tokens replace
+lmroute.service.file_watch) at most once every `RECHECK_S` (1 s), and a changed file's tokens replace
 the file's old ones from that call on, so a token removed from the file is refused within about a
 second and a token added is let in. The variable's tokens stay as they were at startup. A changed file
 that cannot be read, has a bad entry or would leave no token keeps the tokens in use; the failure is
@@ -34,14 +34,11 @@ from pathlib import Path
 import structlog
 
 from lmroute.outcomes.records import TENANT_RE
-from lmroute.service.file_watch import FileStamps
+from lmroute.service.file_watch import RECHECK_S, FileStamps
 
-__all__ = ["AUTH_TENANT", "OPEN_METHOD_PREFIXES", "RECHECK_S", "Authenticator", "load_tokens"]
+__all__ = ["AUTH_TENANT", "OPEN_METHOD_PREFIXES", "Authenticator", "load_tokens"]
 
 _log = structlog.get_logger("lmroute.auth")
-
-RECHECK_S = 1.0
-"""At most this often (seconds) a call looks whether the tokens file changed."""
 
 AUTH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmroute_auth_tenant", default=None)
 """The tenant the current call's token is bound to (None: not bound, or no authentication)."""

@@ -16,7 +16,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["FileStamps"]
+__all__ = ["RECHECK_S", "FileStamps"]
+
+RECHECK_S = 1.0
+"""How often (seconds) the settings re-read at calls (the tokens file, the OpenAI front's certificate
+files) are looked at, at most: a change is taken within about this long."""
 
 _UNSEEN = (-1, -1, -1)
 

@@ -25,14 +25,11 @@ from typing import Any
 import grpc
 import structlog
 
-from lmroute.service.file_watch import FileStamps
+from lmroute.service.file_watch import RECHECK_S, FileStamps
 
 __all__ = ["CertificateFiles", "FrontTLS", "server_credentials"]
 
 _log = structlog.get_logger("lmroute.tls")
-
-RECHECK_S = 1.0
-"""The front looks at the files at most this often (seconds)."""
 
 
 def _read_pem(path: Path, what: str) -> bytes:
@@ -93,9 +90,9 @@ class FrontTLS:
     def __init__(self, files: CertificateFiles, recheck_s: float = RECHECK_S) -> None:
         self._files = files
         self._watch = FileStamps(files.paths, recheck_s)
-        self._current = files.ssl_context()
-        self.context = files.ssl_context()
+        self.context = files.ssl_context()  # the listener's, and the one handed out until the files change
         self.context.sni_callback = self._hand_over
+        self._current = self.context
         self.reloads = 0
 
     def _hand_over(self, conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
