@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from lmroute.adapt.from_store import score_texts
 from lmroute.adapt.selection import judged_inverse, label_budget
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
+from lmroute.bundle.writer import write_text_atomic
 from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
@@ -151,11 +151,7 @@ def write_judge_list(
     if picks.decisions:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         written = out_dir / f"to_judge-{stamp}.jsonl"
-        tmp = written.with_suffix(".tmp")
-        tmp.write_text("".join(judge_line(d) + "\n" for d in picks.decisions))
-        os.replace(tmp, written)
+        write_text_atomic(written, "".join(judge_line(d) + "\n" for d in picks.decisions))
     if picks.newest_ms is not None:
-        tmp = state.with_suffix(".tmp")
-        tmp.write_text(f"{picks.newest_ms + 1}\n")
-        os.replace(tmp, state)
+        write_text_atomic(state, f"{picks.newest_ms + 1}\n")
     return {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": str(written)}

@@ -57,6 +57,7 @@ __all__ = [
     "update_blends",
     "update_calibration",
     "write_bundle",
+    "write_text_atomic",
 ]
 
 
@@ -132,7 +133,9 @@ def _checksums(tmp: Path) -> dict[str, FileEntry]:
     return entries
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` written to `path` so that a reader sees the old file or the whole new one (a hidden file
+    beside it, flushed to disk, then renamed over it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -171,7 +174,7 @@ class StagedBundle:
         directory into place (an existing one is replaced, the old one removed after the rename).
         Returns the manifest written."""
         manifest = _stamped(self.manifest)
-        _write_text_atomic(self.tmp / MANIFEST_NAME, manifest.to_json())
+        write_text_atomic(self.tmp / MANIFEST_NAME, manifest.to_json())
         if validate:
             load_bundle(self.tmp, require_calibration=False)
         if self.out.exists():
@@ -333,7 +336,7 @@ def restamp_bundle(
         own = _merged(manifest.tenant_quality_routers, tenant_quality_routers)
         manifest = dataclasses.replace(manifest, tenant_quality_routers=own)
     updated = _stamped(manifest)
-    _write_text_atomic(path, updated.to_json())
+    write_text_atomic(path, updated.to_json())
     return updated
 
 
@@ -345,7 +348,7 @@ def update_calibration(bundle_dir: str | Path, calibration: Calibration) -> Mani
     manifest = read_manifest(root)
     calibration.check()
     updated = _stamped(dataclasses.replace(manifest, calibration=calibration))
-    _write_text_atomic(root / MANIFEST_NAME, updated.to_json())
+    write_text_atomic(root / MANIFEST_NAME, updated.to_json())
     return updated
 
 
@@ -364,5 +367,5 @@ def update_blends(bundle_dir: str | Path, blends: Mapping[str, Blend | None]) ->
         for name, spec in manifest.routers.items()
     }
     updated = _stamped(dataclasses.replace(manifest, routers=routers))
-    _write_text_atomic(root / MANIFEST_NAME, updated.to_json())
+    write_text_atomic(root / MANIFEST_NAME, updated.to_json())
     return updated
