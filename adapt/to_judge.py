@@ -77,7 +77,7 @@ def _features(bundle: Bundle, rows: Sequence[Decision | LabeledPrompt]) -> tuple
 
 
 def decisions_to_judge(
-    bundle_dir: str | Path,
+    bundle: Bundle | str | Path,
     store: OutcomeStore,
     k: int,
     *,
@@ -86,12 +86,14 @@ def decisions_to_judge(
     callers: Collection[str] | None = None,
     seed: int = 0,
 ) -> JudgePicks:
-    """Up to `k` (the budget) of the latest `window` unjudged decisions to judge (module docstring);
-    ValueError naming a budget or window below 1."""
+    """Up to `k` (the budget) of the latest `window` unjudged decisions to judge (module docstring), with
+    the encoder and pair of `bundle` (loaded, or its directory); ValueError naming a budget or window
+    below 1."""
     for name, value in (("budget", k), ("window", window)):
         if value < 1:
             raise ValueError(f"{name}: must be >= 1 (got {value})")
-    bundle = load_bundle(Path(bundle_dir))
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(Path(bundle))
     pair = bundle.manifest.default_pair
     paired = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
     judged = [
@@ -142,10 +144,16 @@ def write_judge_list(
     """The decisions to judge made since the last list written to `out_dir`, written there as
     `to_judge-<UTC time>.jsonl` (no file when none is picked), and `out_dir/next_since_ms` moved past the
     window looked at (written atomically): what `lmroute-adapt --judge-budget` does each round. Returns a
-    summary (picked, window, skipped, file)."""
+    summary (picked, window, skipped, file: its path, None without one). ValueError naming the state
+    file when it holds no time."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / NEXT_SINCE
-    since = int(state.read_text().strip()) if state.is_file() else 0
+    since = 0
+    if state.is_file():
+        text = state.read_text(encoding="utf-8", errors="replace").strip()
+        if not text.isdigit():
+            raise ValueError(f"{state}: not a time in Unix milliseconds ({text[:40]!r}); remove it to start again")
+        since = int(text)
     picks = decisions_to_judge(bundle_dir, store, k, window=window, since_ms=since, seed=seed)
     written = None
     if picks.decisions:
@@ -154,4 +162,5 @@ def write_judge_list(
         write_text_atomic(written, "".join(judge_line(d) + "\n" for d in picks.decisions))
     if picks.newest_ms is not None:
         write_text_atomic(state, f"{picks.newest_ms + 1}\n")
-    return {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": str(written)}
+    file = None if written is None else str(written)
+    return {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": file}

@@ -368,8 +368,6 @@ def _opened(command: str, dsn: str) -> OutcomeStore | None:
 
 def _copy_store(args: argparse.Namespace) -> int:
     """Copy every row of --from into --to, all or nothing; rows per table on stdout."""
-    from lmroute.outcomes.store import StoreError
-
     source = _opened("copy-store", args.source)
     if source is None:
         return 1
@@ -381,9 +379,6 @@ def _copy_store(args: argparse.Namespace) -> int:
             copied = source.copy_to(target)
         finally:
             target.close()
-    except StoreError as exc:
-        print(f"{PROG} copy-store: {exc}", file=sys.stderr)
-        return 1
     finally:
         source.close()
     print(json.dumps(copied, sort_keys=True))
@@ -651,16 +646,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return contamination_main(args)
     if args.cmd in ("restamp", "keygen", "sign", "verify"):
         return _integrity_command(args)
-    if args.cmd == "import-outcomes":
-        return _import_outcomes(args)
-    if args.cmd == "copy-store":
-        return _copy_store(args)
-    if args.cmd == "adaptations":
-        return _adaptations(args)
-    if args.cmd == "adapt":
-        return _adapt(args)
-    if args.cmd == "to-judge":
-        return _to_judge(args)
+    store_commands = {
+        "import-outcomes": _import_outcomes,
+        "copy-store": _copy_store,
+        "adaptations": _adaptations,
+        "adapt": _adapt,
+        "to-judge": _to_judge,
+    }
+    if args.cmd in store_commands:
+        from lmroute.outcomes.store import StoreError
+
+        try:
+            return store_commands[args.cmd](args)
+        except StoreError as exc:  # a store that fails while in use (opening is checked where it is opened)
+            print(f"{PROG} {args.cmd}: {exc}", file=sys.stderr)
+            return 1
     if args.cmd == "import-routellm":
         from lmroute.export.import_routellm import main as import_routellm_main
 

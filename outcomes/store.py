@@ -13,7 +13,8 @@ the prompt's SHA-256 and embedding, an outcome by prompt its SHA-256.
 
 Opening a store migrates it to the current schema version (in one transaction per step; on PostgreSQL
 under an advisory lock, so replicas starting together migrate once) and refuses a store that a newer
-version of lmroute migrated further.
+version of lmroute migrated further. Every database error (opening, a statement) is raised as
+StoreError naming the store, its password redacted.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def open_store(dsn: str, *, store_prompts: bool = True) -> OutcomeStore:
             pg = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StoreError(f"store {redact_dsn(dsn)}: cannot connect: {exc}") from exc
-        store = OutcomeStore(pg, _POSTGRES, dsn, store_prompts=store_prompts)
+        store = OutcomeStore(pg, _POSTGRES, dsn, store_prompts=store_prompts, db_errors=(psycopg.Error,))
     else:
         raise StoreError(f"store {redact_dsn(dsn)!r}: expected sqlite:PATH or postgresql://...")
     try:
@@ -130,11 +131,20 @@ def open_store(dsn: str, *, store_prompts: bool = True) -> OutcomeStore:
 class OutcomeStore:
     """Decisions and outcomes over one database connection (see the module docstring)."""
 
-    def __init__(self, conn: Any, dialect: _Dialect, dsn: str, *, store_prompts: bool = True) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        dialect: _Dialect,
+        dsn: str,
+        *,
+        store_prompts: bool = True,
+        db_errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+    ) -> None:
         self._conn = conn
         self._dialect = dialect
         self.name = redact_dsn(dsn)
         self.store_prompts = store_prompts
+        self._db_errors = db_errors  # the driver's errors, raised as StoreError naming the store
 
     @property
     def dialect(self) -> str:
@@ -144,7 +154,10 @@ class OutcomeStore:
     # ---- plumbing -------------------------------------------------------------------------------------
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(self._dialect.sql(sql), tuple(params))
+        try:
+            return self._conn.execute(self._dialect.sql(sql), tuple(params))
+        except self._db_errors as exc:
+            raise StoreError(f"store {self.name}: {type(exc).__name__}: {exc}") from exc
 
     def _begin(self) -> None:
         self._exec("BEGIN IMMEDIATE" if self._dialect is _SQLITE else "BEGIN")

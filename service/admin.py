@@ -3,7 +3,9 @@
 ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swap in progress and the
 counters; ListShareTargets and ListSpendTargets the tenants' targets and their controllers
 (lmroute.service.targets); SetTargets changes targets live (recorded in the outcome store first when the
-server keeps them there: lmroute.service.target_sync). The servicer is registered when the server
+server keeps them there: lmroute.service.target_sync); DecisionsToJudge picks the recent decisions most
+worth judging (lmroute.adapt.to_judge over the server's store and serving bundle, on a worker thread,
+one call at a time). The servicer is registered when the server
 binds (when `admin_service` allows it) and attached to the swapper once the first bundle is loaded;
 before that every call is NotReady (UNAVAILABLE). A call whose token is bound to a tenant is refused
 (PERMISSION_DENIED): such a token speaks for its tenant, and administering the server (or reading other
@@ -13,18 +15,34 @@ interceptor like RouterService's.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
 
 from lmroute.outcomes.records import TargetChange
+from lmroute.outcomes.store import StoreError
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.bundle_swap import BundleSwapper
-from lmroute.service.errors import InvalidArgument, NotFound, NotReady, PermissionDenied, StoreUnavailable, echo
+from lmroute.service.errors import (
+    InvalidArgument,
+    NoOutcomeStore,
+    NotFound,
+    NotReady,
+    PermissionDenied,
+    StoreUnavailable,
+    echo,
+)
 from lmroute.service.target_sync import TargetSync
 from lmroute.service.targets import TENANT_RE, TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from lmroute.adapt.to_judge import JudgePicks
 
 __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
 
@@ -32,6 +50,10 @@ ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].
 
 _MAX_PATH_CHARS = 4096
 MAX_TARGET_CHANGES = 256  # changes in one SetTargets call
+MAX_JUDGE_BUDGET = 1000  # decisions one DecisionsToJudge call picks
+MAX_JUDGE_WINDOW = 100_000  # decisions it looks at
+DEFAULT_JUDGE_WINDOW = 500
+MAX_JUDGE_CALLERS = 64
 _log = structlog.get_logger("lmroute.admin")
 
 
@@ -42,11 +64,16 @@ def _unix_ms(t: float) -> int:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Implements lmroute.v1.AdminService over a BundleSwapper attached once the first bundle serves."""
 
-    def __init__(self, targets: TenantTargets | None = None) -> None:
+    def __init__(self, targets: TenantTargets | None = None, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.swapper: BundleSwapper | None = None
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
         self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
+        # DecisionsToJudge's picks, set when the server has a store: (budget, window, since_ms, callers, seed)
+        # -> (the picks, the version of the bundle that chose them); blocking (run on a worker thread)
+        self.judge: Callable[[int, int, int, Sequence[str], int], tuple[JudgePicks, str]] | None = None
+        self.max_message_bytes = max_message_bytes  # the largest answer the server sends
+        self._judging = asyncio.Lock()  # one DecisionsToJudge call at a time
 
     def attach(self, swapper: BundleSwapper) -> None:
         """Start answering with this swapper (called after the first load)."""
@@ -214,6 +241,70 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             response.share_targets.add(tenant=tenant, strong_share=share)
         for tenant, usd in sorted(targets.spends.items()):
             response.spend_targets.add(tenant=tenant, spend_per_1k_usd=usd)
+        return response
+
+    async def DecisionsToJudge(
+        self, request: admin_pb2.DecisionsToJudgeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DecisionsToJudgeResponse:
+        self._ready()
+        if self.judge is None:
+            raise NoOutcomeStore("no outcome store: start the server with --store to pick decisions to judge")
+        window = request.window or DEFAULT_JUDGE_WINDOW
+        for name, value, most in (("budget", request.budget, MAX_JUDGE_BUDGET), ("window", window, MAX_JUDGE_WINDOW)):
+            if not 1 <= value <= most:
+                raise InvalidArgument(f"{name}: must be in [1, {most}] (got {value})", reason="OUT_OF_RANGE")
+        if request.since_ms < 0:
+            raise InvalidArgument(f"since_ms: must be >= 0 (got {request.since_ms})", reason="OUT_OF_RANGE")
+        if len(request.callers) > MAX_JUDGE_CALLERS:
+            raise InvalidArgument(
+                f"callers: {len(request.callers)} names (limit {MAX_JUDGE_CALLERS})", reason="OUT_OF_RANGE"
+            )
+        for j, caller in enumerate(request.callers):
+            if not TENANT_RE.match(caller):
+                raise InvalidArgument(
+                    f"callers[{j}]: {echo(caller)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
+                )
+        judge, args = self.judge, (request.budget, window, request.since_ms, list(request.callers), request.seed)
+        async with self._judging:
+            t0 = time.perf_counter()
+            try:
+                picks, version = await asyncio.get_running_loop().run_in_executor(None, judge, *args)
+            except StoreError as exc:  # the store cannot be opened or read (the message names it)
+                _log.warning("judge_list_failed", error=str(exc))
+                raise StoreUnavailable(f"the outcome store cannot be read: {exc}") from exc
+        response = admin_pb2.DecisionsToJudgeResponse(
+            judged=picks.judged,
+            window=picks.window,
+            skipped=picks.skipped,
+            next_since_ms=request.since_ms if picks.newest_ms is None else picks.newest_ms + 1,
+            bundle_version=version,
+        )
+        room = self.max_message_bytes - response.ByteSize()
+        for n, d in enumerate(picks.decisions):
+            pick = admin_pb2.DecisionToJudge(
+                decision_id=d.decision_id,
+                time_ms=d.time_ms,
+                prompt=d.prompt_text or "",
+                strong_model=d.strong_model,
+                weak_model=d.weak_model,
+            )
+            room -= pick.ByteSize() + 4  # its tag and length, at most 4 bytes here
+            if room < 0:
+                raise InvalidArgument(
+                    f"budget: the {len(picks.decisions)} picks with their prompts would not fit one message of "
+                    f"max_message_bytes ({self.max_message_bytes} bytes; the newest {n} of them would): ask "
+                    "for fewer",
+                    reason="RESPONSE_TOO_LARGE",
+                )
+            response.decisions.append(pick)
+        _log.info(
+            "judge_list",
+            picked=len(picks.decisions),
+            window=picks.window,
+            judged=picks.judged,
+            skipped=picks.skipped,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
         return response
 
 

@@ -7,6 +7,9 @@
     targets                     the tenants' share and spend targets and their controllers
     set-targets [--share TENANT=SHARE] [--spend TENANT=USD] [--remove-share TENANT] [--remove-spend TENANT]
                                 change targets live (each flag repeatable; all applied or none)
+    to-judge --budget K [--window N] [--since-ms MS] [--callers A,B] [--seed S]
+                                the recent decisions most worth judging with both models (their
+                                prompts), and the next call's --since-ms (next_since_ms)
 
 The server is --server, else the variable LMROUTE_TARGET, else 127.0.0.1:50051; the bearer token is read
 from the variable --token-env names (LMROUTE_TOKEN by default), never from the command line: with tokens
@@ -50,6 +53,21 @@ def _assignment(text: str) -> tuple[str, float]:
     return tenant, number
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (the server checks the narrower ranges it allows)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--server", default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"), help="host:port")
@@ -65,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     setter.add_argument("--spend", type=_assignment, action="append", default=[], metavar="TENANT=USD_PER_1K")
     setter.add_argument("--remove-share", action="append", default=[], metavar="TENANT")
     setter.add_argument("--remove-spend", action="append", default=[], metavar="TENANT")
+    judge = sub.add_parser("to-judge", help="the recent decisions most worth judging with both models")
+    int32, int64 = _int_in(0, 2**31 - 1), _int_in(0, 2**63 - 1)
+    judge.add_argument("--budget", type=int32, required=True, help="decisions to pick (1-1,000)")
+    judge.add_argument("--window", type=int32, default=0, help="among this many latest unjudged ones (0: 500)")
+    judge.add_argument("--since-ms", type=int64, default=0, help="only decisions made at or after this Unix ms time")
+    judge.add_argument("--callers", default="", help="only these callers' decisions (tenant names, comma separated)")
+    judge.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the picks' random share")
     return ap
 
 
@@ -107,6 +132,13 @@ def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:
         return _as_dict(client.get_bundle())
     if args.command == "reload":
         return _as_dict(client.reload_bundle(args.path))
+    if args.command == "to-judge":
+        callers = [c for c in args.callers.split(",") if c]
+        return _as_dict(
+            client.decisions_to_judge(
+                args.budget, window=args.window, since_ms=args.since_ms, callers=callers, seed=args.seed
+            )
+        )
     if args.command == "targets":
         return {"share": _as_dict(client.list_share_targets()), "spend": _as_dict(client.list_spend_targets())}
     shares: dict[str, float | None] = {**dict(args.share), **dict.fromkeys(args.remove_share)}

@@ -378,6 +378,25 @@ class RouterClient(_ClientBase):
         )
         return resp
 
+    def decisions_to_judge(
+        self,
+        budget: int,
+        *,
+        window: int = 0,
+        since_ms: int = 0,
+        callers: Sequence[str] = (),
+        seed: int = 0,
+        timeout_s: float | None = None,
+    ) -> admin_pb2.DecisionsToJudgeResponse:
+        """Up to `budget` of the latest `window` (0: the server's 500) unjudged decisions made at or after
+        `since_ms` (of `callers` only, when given) most worth judging with both models; pass the answer's
+        next_since_ms as the next call's `since_ms`."""
+        request = admin_pb2.DecisionsToJudgeRequest(
+            budget=budget, window=window, since_ms=since_ms, callers=list(callers), seed=seed
+        )
+        resp: admin_pb2.DecisionsToJudgeResponse = self._call(self.admin.DecisionsToJudge, request, timeout_s)
+        return resp
+
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)

@@ -184,6 +184,12 @@ class NoOutcomeStore(ServiceError):
     default_reason = "NO_OUTCOME_STORE"
 
 
+class NoBundleEncoder(ServiceError):
+    """DecisionsToJudge reached a server whose scorer is not a bundle's: no encoder to pick decisions with."""
+
+    default_reason = "NO_BUNDLE_ENCODER"
+
+
 class StoreUnavailable(ServiceError):
     """The outcome store could not make a write durable (its commit failed or its queue is full);
     nothing of the call was acknowledged."""
@@ -259,6 +265,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     ScorerFailed: (Code.INTERNAL, None),
     OutcomeConflict: (Code.ALREADY_EXISTS, None),
     NoOutcomeStore: (Code.FAILED_PRECONDITION, None),
+    NoBundleEncoder: (Code.FAILED_PRECONDITION, None),
     StoreUnavailable: (Code.UNAVAILABLE, 500),
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),

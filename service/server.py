@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from google.protobuf import descriptor_pool
@@ -37,7 +37,7 @@ from lmroute.service.auth import Authenticator
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.config import ServiceConfig
 from lmroute.service.cpus import available_cpus, pin_current_thread
-from lmroute.service.errors import ConfigError
+from lmroute.service.errors import ConfigError, NoBundleEncoder
 from lmroute.service.exploration import Exploration
 from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
@@ -56,6 +56,9 @@ from lmroute.service.tracing import Tracing
 from lmroute.service.transports import AioTransport, ThreadTransport, Transport
 from lmroute.service.upstreams import load_upstreams
 from lmroute.v1 import admin_pb2_grpc, router_pb2, router_pb2_grpc
+
+if TYPE_CHECKING:
+    from lmroute.adapt.to_judge import JudgePicks
 
 DRAIN_NOTICE_S = 0.2
 """Seconds between refusing new calls (UNAVAILABLE, DRAINING) and stopping the gRPC server, at most the
@@ -201,7 +204,7 @@ class RouterServer:
         self.liveness: LivenessWatchdog | None = None
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
         self.scheduler: Scheduler[Any] | None = None
-        self.admin = AdminServicer(targets=self.servicer.targets)
+        self.admin = AdminServicer(targets=self.servicer.targets, max_message_bytes=config.max_message_bytes)
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
         self._server: Transport | None = None
@@ -345,6 +348,27 @@ class RouterServer:
         writer.start()
         return writer
 
+    def _decisions_to_judge(
+        self, budget: int, window: int, since_ms: int, callers: Sequence[str], seed: int
+    ) -> tuple[JudgePicks, str]:
+        """AdminService.DecisionsToJudge's picks: the label budget over the store (a connection of its own)
+        with the serving bundle's encoder and pair; NoBundleEncoder when the scorer serving is not a bundle's."""
+        from lmroute.adapt.to_judge import decisions_to_judge
+        from lmroute.service.bundle_scorer import BundleScorer
+
+        scorer = self.scorer
+        if not isinstance(scorer, BundleScorer):
+            raise NoBundleEncoder("the serving scorer is not a bundle's: no encoder to pick decisions to judge with")
+        cfg = self.config
+        store = open_store(cfg.store, store_prompts=cfg.store_prompts)
+        try:
+            picks = decisions_to_judge(
+                scorer.bundle, store, budget, window=window, since_ms=since_ms, callers=callers or None, seed=seed
+            )
+        finally:
+            store.close()
+        return picks, scorer.version
+
     def _restore_targets(self, catalog: Catalog) -> int:
         """Replay the share and spend controllers' latest decisions from the store (a connection of its own,
         read only, closed after): a restarted server goes on from the windows, deficits and realised values
@@ -367,6 +391,7 @@ class RouterServer:
         if self.config.store:
             self.store_writer = await loop.run_in_executor(None, self._start_store)
             self.servicer.attach_store(self.store_writer)
+            self.admin.judge = self._decisions_to_judge
             targets = self.servicer.targets
             if targets is not None and self.config.store_targets:
                 cfg = self.config

@@ -80,6 +80,27 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
     assert "expected TENANT=VALUE (got 'team')" in capsys.readouterr().err
 
 
+@pytest.fixture()
+def store_server(fake_servers: Callable[..., ServerThread], tmp_path: Path) -> ServerThread:
+    """A fake server with an outcome store (started before the test captures its output: see capsys)."""
+    return fake_servers(store=f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+
+
+def test_decisions_to_judge_needs_a_store_and_a_bundles_encoder(
+    server: ServerThread,
+    store_server: ServerThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without an outcome store, and over a scorer that is not a bundle's, DecisionsToJudge is refused
+    (FAILED_PRECONDITION) naming why; the picks themselves: tests/integration/test_to_judge.py."""
+    monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
+    assert run(server, "to-judge", "--budget", "5") == (1, {})
+    assert "FAILED_PRECONDITION (NO_OUTCOME_STORE): no outcome store" in capsys.readouterr().err
+    assert run(store_server, "to-judge", "--budget", "5") == (1, {})
+    assert "FAILED_PRECONDITION (NO_BUNDLE_ENCODER): the serving scorer is not a bundle's" in capsys.readouterr().err
+
+
 def test_the_installed_command_runs(server: ServerThread) -> None:
     script = Path(sys.executable).with_name("lmroute-admin")
     done = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,21 @@ def test_a_store_migrated_by_a_newer_lmroute_is_refused(store: OutcomeStore, dsn
     store._exec("UPDATE lmroute_schema SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} is newer than this lmroute's"):
         open_store(dsn)
+
+
+def test_a_statement_that_fails_is_a_store_error_naming_the_store(
+    store: OutcomeStore, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database error after the store opened (a table gone) is a StoreError naming the store, which the
+    commands print as one line."""
+    from lmroute.export.cli import main
+
+    store._exec("ALTER TABLE adaptations RENAME TO adaptations_away")
+    with pytest.raises(StoreError, match=rf"^store {re.escape(store.name)}: \w+: .*adaptations"):
+        store.adaptations()
+    assert main(["adaptations", "--store", dsn]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lmroute-export adaptations: store {store.name}: ") and "Traceback" not in err
 
 
 def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store: OutcomeStore) -> None:

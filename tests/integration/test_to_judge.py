@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmroute.adapt.to_judge import decisions_to_judge
+from lmroute.adapt.to_judge import decisions_to_judge, write_judge_list
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.manifest import encoder_identity
 from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synthetic_prompts
@@ -200,6 +200,7 @@ def test_the_adapt_loop_writes_each_iterations_list_from_the_decisions_since_the
             assert adapt_main(["--server", srv.target, *argv, "--judge-dir", str(judge_dir)]) == 0
             out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
             assert out[-1]["to_judge"]["picked"] == (10 if batch else 0)
+            assert (out[-1]["to_judge"]["file"] is None) == (not batch)
             files = sorted(judge_dir.glob("to_judge-*.jsonl"))
             assert len(files) == min(len(lists) + 1, 2)  # no file when nothing is picked
             if batch:
@@ -207,3 +208,85 @@ def test_the_adapt_loop_writes_each_iterations_list_from_the_decisions_since_the
                 assert len(picked) == 10 and picked <= ids  # among this iteration's decisions only
                 lists.append(picked)
     assert len(lists) == 2 and not lists[0] & lists[1]
+    (judge_dir / "next_since_ms").write_text("yesterday\n")  # a state file that holds no time: named, not guessed
+    store = open_store(dsn)
+    with pytest.raises(ValueError, match=r"next_since_ms: not a time in Unix milliseconds \('yesterday'\)"):
+        write_judge_list(served, store, judge_dir, 5)
+    store.close()
+
+
+def test_a_running_server_picks_the_same_decisions_to_judge_through_admin_service(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AdminService.DecisionsToJudge on a real server (its store, its serving bundle): the same picks as the
+    library's over the same store, judged prompts never among them, the next window empty until new
+    decisions come; bad fields, and picks whose prompts would not fit one message, refused naming why;
+    `lmroute-admin to-judge` prints the answer."""
+    import re
+    import shutil
+
+    import grpc
+
+    from lmroute.service.admin_cli import main as admin_main
+    from lmroute.service.client import RouterClient, paired_outcome
+    from lmroute.service.client_retry import error_reason
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served = tmp_path / "served"
+    shutil.copytree(bundle_dir, served)
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    texts = synthetic_prompts(60, seed=9)
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0, max_message_bytes=4096)
+    with ServerThread(cfg) as srv, RouterClient(srv.target, max_message_bytes=4096) as client:
+        ids = [r.decision_id for i in range(0, 60, 10) for r in client.score(texts[i : i + 10], ["mf"]).results]
+        judged = client.feedback([paired_outcome(d, 1.0, 0.0) for d in ids[-20::4]])  # 5 of the latest 20
+        assert judged.stored == 10  # two outcomes each, one per model
+        store = open_store(dsn)
+        t_end = time.monotonic() + 10
+        while len(store.recent_decisions()) < 60:  # the server's writer commits in the background
+            assert time.monotonic() < t_end, "the decisions were not stored"
+            time.sleep(0.05)
+        got = client.decisions_to_judge(8, window=20)
+        want = decisions_to_judge(bundle_dir, store, 8, window=20)
+        assert [d.decision_id for d in got.decisions] == [d.decision_id for d in want.decisions]
+        assert len(got.decisions) == 8 and not {d.decision_id for d in got.decisions} & set(ids[-20::4])
+        assert {d.decision_id for d in got.decisions} <= set(ids[-25:])  # the latest 20 unjudged
+        assert (got.judged, got.window, got.skipped) == (5, 20, 0)
+        assert got.next_since_ms == want.newest_ms + 1 and got.bundle_version == client.get_bundle().bundle_version
+        by_id = dict(zip(ids, texts, strict=True))
+        pair = load_bundle(bundle_dir).manifest.default_pair
+        for d in got.decisions:
+            assert d.prompt == by_id[d.decision_id] and (d.strong_model, d.weak_model) == (pair.strong, pair.weak)
+        later = client.decisions_to_judge(8, since_ms=got.next_since_ms)
+        assert (len(later.decisions), later.window, later.next_since_ms) == (0, 0, got.next_since_ms)
+        assert len(client.decisions_to_judge(3, callers=["nobody"]).decisions) == 0
+
+        def refused(**kw: object) -> tuple[grpc.StatusCode, str | None, str]:
+            with pytest.raises(grpc.RpcError) as err:
+                client.decisions_to_judge(**kw)  # type: ignore[arg-type]
+            return err.value.code(), error_reason(err.value), str(err.value.details())
+
+        assert refused(budget=0) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "OUT_OF_RANGE",
+            "budget: must be in [1, 1000] (got 0)",
+        )
+        assert refused(budget=1, window=100_001)[2] == "window: must be in [1, 100000] (got 100001)"
+        assert refused(budget=1, callers=["a b"])[1:] == (
+            "INVALID_TENANT",
+            "callers[0]: 'a b' is not 1-64 of [A-Za-z0-9._-]",
+        )
+        code, reason, message = refused(budget=55, window=55)  # 55 picks of ~125 bytes: more than 4,096 bytes
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "RESPONSE_TOO_LARGE")
+        fits = int(re.search(r"the 55 picks .* \(4096 bytes; the newest (\d+) of them would\)", message).group(1))  # type: ignore[union-attr]
+        assert 10 < fits < 55 and len(client.decisions_to_judge(10, window=55).decisions) == 10
+        capsys.readouterr()
+        printed: list[str] = []
+        argv = ["--server", srv.target, "to-judge", "--budget", "8", "--window", "20"]
+        assert admin_main(argv, out=printed.append) == 0
+        assert [d["decision_id"] for d in json.loads(printed[0])["decisions"]] == [d.decision_id for d in got.decisions]
+        with pytest.raises(SystemExit):
+            admin_main([*argv, "--seed", "-1"])
+        assert "--seed: -1 is not in [0, 4294967295]" in capsys.readouterr().err
+        store.close()
