@@ -35,6 +35,7 @@ RPCS = (
     "ListSpendTargets",
     "GetBundle",
     "ReloadBundle",
+    "DecisionsToJudge",
 )
 ROUTED = "routed"  # a Feedback outcome's decision_id meaning: the decision of the case's own Route call
 
@@ -132,6 +133,17 @@ def _call(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[
     if rpc == "ReloadBundle":
         r = client.reload_bundle(case.get("path", ""), timeout_s=timeout_s)
         return {"bundle_version": r.bundle_version, "previous_version": r.previous_version}
+    if rpc == "DecisionsToJudge":  # as counts: which decisions depends on the store, which every run changes
+        since = case.get("since_ms", 0)
+        got = client.decisions_to_judge(
+            case.get("budget", 0), window=case.get("window", 0), since_ms=since, timeout_s=timeout_s
+        )
+        return {
+            "picked": len(got.decisions),
+            "window": got.window,
+            "with_prompts": sum(bool(d.prompt) and len(d.decision_id) == 32 for d in got.decisions),
+            "next_since_ms_moved": got.next_since_ms != since,
+        }
     if rpc == "ListShareTargets":
         return {"targets": {t.tenant: t.strong_share for t in client.list_share_targets(timeout_s=timeout_s).targets}}
     listed = client.list_spend_targets(timeout_s=timeout_s).targets

@@ -110,6 +110,10 @@ def build_cases() -> list[dict[str, Any]]:
             "shares": {"conformance": None},
             "spends": {"conformance": None},
         },
+        # after feedback-after-route's acknowledgement every decision made before it is stored
+        {"id": "to-judge-newest", "rpc": "DecisionsToJudge", "budget": 1, "window": 1},
+        {"id": "to-judge-none-since", "rpc": "DecisionsToJudge", "budget": 5, "since_ms": 4_102_444_800_000},
+        {"id": "to-judge-no-budget", "rpc": "DecisionsToJudge", "budget": 0},
         {"id": "get-bundle", "rpc": "GetBundle"},
         {"id": "reload-bundle-serving-path", "rpc": "ReloadBundle", "path": "", "timeout_ms": 120_000},
         {"id": "reload-bundle-missing", "rpc": "ReloadBundle", "path": "/nonexistent/lmroute-bundle"},
@@ -127,6 +131,7 @@ EXPECTED_ERRORS = {
     "route-threshold-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "route-threshold-negative": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     "route-share-above-one": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
+    "to-judge-no-budget": ("INVALID_ARGUMENT", "OUT_OF_RANGE"),
     **{f"route-{r}-default-policy": ("INVALID_ARGUMENT", "MISSING_POLICY") for r in ROUTERS},
     "feedback-no-outcomes": ("INVALID_ARGUMENT", "NO_OUTCOMES"),
     "set-targets-bad-tenant": ("INVALID_ARGUMENT", "INVALID_TENANT"),
@@ -197,6 +202,13 @@ def test_reference_run_covers_the_intended_outcomes(reference: dict[str, dict[st
     assert reference["list-spend-targets"]["targets"] == {"conformance": 2.5}
     removed = reference["set-targets-remove"]
     assert (removed["code"], removed["share_targets"], removed["spend_targets"]) == ("OK", {}, {})
+    newest, none = reference["to-judge-newest"], reference["to-judge-none-since"]
+    assert (newest["code"], newest["picked"], newest["window"], newest["with_prompts"]) == ("OK", 1, 1, 1)
+    assert newest["next_since_ms_moved"] and (none["picked"], none["window"], none["next_since_ms_moved"]) == (
+        0,
+        0,
+        False,
+    )
     serving = reference["get-bundle"]
     assert serving["code"] == "OK" and sorted(serving["routers"]) == sorted(ROUTERS)
     again = reference["reload-bundle-serving-path"]  # the same bundle again: the same version serves
@@ -223,6 +235,9 @@ def differences(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
     if "stored" in ref:  # Feedback
         same("stored", ref["stored"], got.get("stored"))
         same("results", ref["results"], got.get("results"))
+    elif "picked" in ref:  # DecisionsToJudge
+        for key in ("picked", "window", "with_prompts", "next_since_ms_moved"):
+            same(key, ref[key], got.get(key))
     elif "share_targets" in ref or "targets" in ref:  # SetTargets, ListShareTargets, ListSpendTargets
         for key in ("share_targets", "spend_targets", "targets"):
             same(key, ref.get(key), got.get(key))
@@ -283,6 +298,8 @@ def test_the_comparison_catches_each_kind_of_difference(reference: dict[str, dic
         ("feedback-after-route", lambda g: g["results"][2].update(item_reason="")),
         ("set-targets", lambda g: g["share_targets"].update(conformance=0.5)),
         ("list-spend-targets", lambda g: g["targets"].clear()),
+        ("to-judge-newest", lambda g: g.update(with_prompts=0)),
+        ("to-judge-none-since", lambda g: g.update(next_since_ms_moved=True)),
         ("get-bundle", lambda g: g["routers"].pop()),
         ("reload-bundle-serving-path", lambda g: g.update(previous_version="other")),
     ]

@@ -63,6 +63,7 @@ def every_call(client: RouterClient) -> dict[str, Callable[[], object]]:
         "SetTargets": lambda: client.admin.SetTargets(
             admin_pb2.SetTargetsRequest(changes=[admin_pb2.TargetChange(tenant="batch", strong_share=0.1)]), **kw
         ),
+        "DecisionsToJudge": lambda: client.admin.DecisionsToJudge(admin_pb2.DecisionsToJudgeRequest(budget=1), **kw),
     }
 
 
@@ -111,16 +112,17 @@ def _calls_with_and_without_tokens(serve: Callable[..., ServerThread]) -> str:
             for name, call in every_call(client).items():
                 results.setdefault(name, []).append(code_of(call))
     unauth = grpc.StatusCode.UNAUTHENTICATED
-    expected_with_token = {
-        "Feedback": grpc.StatusCode.FAILED_PRECONDITION,  # no outcome store: past the token check
+    expected_with_token = {  # no outcome store: past the token check
+        "Feedback": grpc.StatusCode.FAILED_PRECONDITION,
+        "DecisionsToJudge": grpc.StatusCode.FAILED_PRECONDITION,
     }
-    admin = {"GetBundle", "ReloadBundle", "ListShareTargets", "ListSpendTargets", "SetTargets"}
+    admin = set(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
+    assert set(results) == admin | set(router_pb2.DESCRIPTOR.services_by_name["RouterService"].methods_by_name)
     for name, codes in results.items():
         with_token = expected_with_token.get(name, grpc.StatusCode.OK)
         # a token bound to a tenant speaks for that tenant: it may not administer the server
         bound = grpc.StatusCode.PERMISSION_DENIED if name in admin else with_token
         assert codes == [unauth, unauth, with_token, bound], name
-    assert set(results) >= admin
 
     with RouterClient(srv.target, token=WRONG_TOKEN) as client:
         with pytest.raises(grpc.RpcError) as e:

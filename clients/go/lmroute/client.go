@@ -203,6 +203,16 @@ func (c *Client) ListSpendTargets(ctx context.Context) (*lmroutev1.ListSpendTarg
 	})
 }
 
+// DecisionsToJudge picks, from the server's outcome store, up to req.Budget of its latest req.Window
+// (0: 500) unjudged decisions made at or after req.SinceMs most worth judging with both models of the
+// serving bundle's pair (AdminService; FAILED_PRECONDITION without a store). Pass the answer's
+// NextSinceMs as the next call's SinceMs.
+func (c *Client) DecisionsToJudge(ctx context.Context, req *lmroutev1.DecisionsToJudgeRequest) (*lmroutev1.DecisionsToJudgeResponse, error) {
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.DecisionsToJudgeResponse, error) {
+		return c.admin.DecisionsToJudge(ctx, req)
+	})
+}
+
 // Health is the grpc.health.v1 status of service ("" = the whole server, or "lmroute.v1.RouterService").
 // NOT_SERVING until the server's bundle is loaded and warmed. Health is not retried.
 func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {

@@ -42,6 +42,10 @@ type conformanceCase struct {
 	Spends map[string]*float64 `json:"spends"`
 	// ReloadBundle: the bundle directory on the server ("" = its serving path).
 	Path string `json:"path"`
+	// DecisionsToJudge: how many to pick, among how many (0: the server's 500), made since when.
+	Budget  int32 `json:"budget"`
+	Window  int32 `json:"window"`
+	SinceMs int64 `json:"since_ms"`
 }
 
 // conformanceOutcome is one outcome of a Feedback case: single (a quality) or paired ([strong, weak]).
@@ -57,7 +61,7 @@ const routedDecision = "routed"
 var knownRPCs = map[string]bool{
 	"Score": true, "Route": true, "Health": true, "ListRouters": true,
 	"Feedback": true, "SetTargets": true, "ListShareTargets": true, "ListSpendTargets": true,
-	"GetBundle": true, "ReloadBundle": true,
+	"GetBundle": true, "ReloadBundle": true, "DecisionsToJudge": true,
 }
 
 type itemResult struct {
@@ -179,6 +183,8 @@ func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
 		if resp, err = c.ListSpendTargets(ctx); err == nil {
 			out["targets"] = spendMap(resp.GetTargets())
 		}
+	case "DecisionsToJudge":
+		err = runToJudge(ctx, c, cs, out)
 	}
 	if err != nil {
 		return map[string]any{"id": cs.ID, "code": codeName(status.Code(err)), "reason": lmroute.Reason(err)}
@@ -302,4 +308,23 @@ func spendMap(targets []*lmroutev1.TenantSpendTarget) map[string]float64 {
 // codeName is the canonical upper-case name of a gRPC code ("INVALID_ARGUMENT"), as google.rpc.Code spells it.
 func codeName(c codes.Code) string {
 	return code.Code(c).String()
+}
+
+// runToJudge asks for the decisions to judge; the answer as counts (which decisions depends on the
+// store's contents, which every client's run changes).
+func runToJudge(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	req := &lmroutev1.DecisionsToJudgeRequest{Budget: cs.Budget, Window: cs.Window, SinceMs: cs.SinceMs}
+	resp, err := c.DecisionsToJudge(ctx, req)
+	if err != nil {
+		return err
+	}
+	withPrompts := 0
+	for _, d := range resp.GetDecisions() {
+		if d.GetPrompt() != "" && len(d.GetDecisionId()) == 32 {
+			withPrompts++
+		}
+	}
+	out["picked"], out["window"], out["with_prompts"] = len(resp.GetDecisions()), resp.GetWindow(), withPrompts
+	out["next_since_ms_moved"] = resp.GetNextSinceMs() != cs.SinceMs
+	return nil
 }

@@ -15,6 +15,8 @@ import java.util.Objects;
 import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import lmroute.v1.Admin.DecisionsToJudgeRequest;
+import lmroute.v1.Admin.DecisionsToJudgeResponse;
 import lmroute.v1.Admin.GetBundleRequest;
 import lmroute.v1.Admin.GetBundleResponse;
 import lmroute.v1.Admin.ListShareTargetsRequest;
@@ -246,6 +248,25 @@ public final class RouterClient implements AutoCloseable {
   public ListSpendTargetsResponse listSpendTargets(Duration timeout) {
     ListSpendTargetsRequest req = ListSpendTargetsRequest.getDefaultInstance();
     return retrier.call("ListSpendTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).listSpendTargets(req));
+  }
+
+  // ---- Decisions to judge (AdminService)
+
+  /**
+   * Up to {@code budget} of the latest 500 unjudged decisions most worth judging with both models of the
+   * serving bundle's pair, from the server's outcome store ({@code FAILED_PRECONDITION} without one).
+   */
+  public DecisionsToJudgeResponse decisionsToJudge(int budget) {
+    return decisionsToJudge(DecisionsToJudgeRequest.newBuilder().setBudget(budget).build(), timeout);
+  }
+
+  /**
+   * The same with every field of the request: {@code window} (0: 500), {@code since_ms} (the previous
+   * answer's {@code next_since_ms}), {@code callers}, {@code seed}.
+   */
+  public DecisionsToJudgeResponse decisionsToJudge(DecisionsToJudgeRequest request, Duration timeout) {
+    return retrier.call(
+        "DecisionsToJudge", deadlineAfter(timeout), d -> admin.withDeadline(d).decisionsToJudge(request));
   }
 
   // ---- Health

@@ -16,6 +16,8 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Set;
+import lmroute.v1.Admin.DecisionsToJudgeRequest;
+import lmroute.v1.Admin.DecisionsToJudgeResponse;
 import lmroute.v1.Admin.GetBundleResponse;
 import lmroute.v1.Admin.ListShareTargetsResponse;
 import lmroute.v1.Admin.ListSpendTargetsResponse;
@@ -121,6 +123,7 @@ final class Conformance {
           r.addProperty("code", "OK");
           r.add("targets", spendMap(resp.getTargetsList()));
         }
+        case "DecisionsToJudge" -> toJudge(client, c, r);
         default -> throw new IllegalStateException("unchecked rpc " + c.rpc());
       }
     } catch (StatusRuntimeException e) {
@@ -131,6 +134,21 @@ final class Conformance {
       return failed;
     }
     return r;
+  }
+
+  /** The decisions to judge, as counts: which ones depends on the store, which every client's run changes. */
+  private static void toJudge(RouterClient client, ConformanceCase c, JsonObject r) {
+    ConformanceCase.JudgeAsk ask = c.judge();
+    DecisionsToJudgeRequest req = DecisionsToJudgeRequest.newBuilder()
+        .setBudget(ask.budget()).setWindow(ask.window()).setSinceMs(ask.sinceMs()).build();
+    DecisionsToJudgeResponse resp = client.decisionsToJudge(req, c.timeout());
+    long withPrompts = resp.getDecisionsList().stream()
+        .filter(d -> !d.getPrompt().isEmpty() && d.getDecisionId().length() == 32).count();
+    r.addProperty("code", "OK");
+    r.addProperty("picked", resp.getDecisionsCount());
+    r.addProperty("window", resp.getWindow());
+    r.addProperty("with_prompts", withPrompts);
+    r.addProperty("next_since_ms_moved", resp.getNextSinceMs() != ask.sinceMs());
   }
 
   private static void score(RouterClient client, ConformanceCase c, JsonObject r) {

@@ -30,6 +30,7 @@ import java.util.Set;
  * @param shares SetTargets: tenant to strong-share target, null to remove it
  * @param spends SetTargets: tenant to spend target, null to remove it
  * @param path ReloadBundle: the bundle directory on the server ("" = its serving path)
+ * @param judge DecisionsToJudge: what to ask for
  */
 record ConformanceCase(
     String id,
@@ -45,10 +46,20 @@ record ConformanceCase(
     List<Outcome> outcomes,
     Map<String, Double> shares,
     Map<String, Double> spends,
-    String path) {
+    String path,
+    JudgeAsk judge) {
 
   static final Set<String> RPCS = Set.of("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets",
-      "ListShareTargets", "ListSpendTargets", "GetBundle", "ReloadBundle");
+      "ListShareTargets", "ListSpendTargets", "GetBundle", "ReloadBundle", "DecisionsToJudge");
+
+  /**
+   * A DecisionsToJudge case's request.
+   *
+   * @param budget how many to pick
+   * @param window among how many of the latest unjudged decisions (0: the server's 500)
+   * @param sinceMs only decisions made at or after this Unix time in milliseconds
+   */
+  record JudgeAsk(int budget, int window, long sinceMs) {}
 
   /** The decision_id of a Feedback outcome that names the decision of the case's own Route call. */
   static final String ROUTED = "routed";
@@ -116,7 +127,7 @@ record ConformanceCase(
     switch (rpc) {
       case "Score":
         return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, true),
-            strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null);
+            strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null, null);
       case "Route": {
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         Double share = c.has("strong_share") ? number(c, "strong_share", where) : null;
@@ -124,26 +135,31 @@ record ConformanceCase(
           throw new CasesError(where + ": threshold and strong_share are both given; give at most one");
         }
         return new ConformanceCase(id, rpc, timeout, null, null, string(c, "prompt", where, null),
-            string(c, "router", where, null), threshold, share, null, null, null, null, null);
+            string(c, "router", where, null), threshold, share, null, null, null, null, null, null);
       }
       case "Health":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null,
-            string(c, "service", where, ""), null, null, null, null);
+            string(c, "service", where, ""), null, null, null, null, null);
       case "Feedback": {
         String prompt = c.has("prompt") ? string(c, "prompt", where, null) : null;
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         return new ConformanceCase(id, rpc, timeout, null, null, prompt, string(c, "router", where, ""),
-            threshold, null, null, outcomes(c, where), null, null, null);
+            threshold, null, null, outcomes(c, where), null, null, null, null);
       }
       case "SetTargets":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null,
-            targets(c, "shares", where), targets(c, "spends", where), null);
+            targets(c, "shares", where), targets(c, "spends", where), null, null);
       case "ReloadBundle":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null,
-            string(c, "path", where, ""));
+            string(c, "path", where, ""), null);
+      case "DecisionsToJudge":
+        return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null,
+            new JudgeAsk((int) integer(c, "budget", where, Integer.MIN_VALUE, Integer.MAX_VALUE),
+                (int) integer(c, "window", where, Integer.MIN_VALUE, Integer.MAX_VALUE),
+                integer(c, "since_ms", where, Long.MIN_VALUE, Long.MAX_VALUE)));
       default:
         return new ConformanceCase(
-            id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null);
+            id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null, null);
     }
   }
 
@@ -222,6 +238,19 @@ record ConformanceCase(
       throw new CasesError(where + "." + field + ": expected a number (got " + e + ")");
     }
     return p.getAsDouble();
+  }
+
+  /** An integer field in [low, high]; 0 when absent (a proto3 default). */
+  private static long integer(JsonObject c, String field, String where, long low, long high) throws CasesError {
+    if (!c.has(field)) {
+      return 0;
+    }
+    double v = number(c, field, where);
+    if (v != Math.rint(v) || v < low || v > high) {
+      throw new CasesError(where + "." + field + ": expected an integer in [" + low + ", " + high + "] (got "
+          + c.get(field) + ")");
+    }
+    return (long) v;
   }
 
   private static List<String> strings(JsonObject c, String field, String where, boolean required)

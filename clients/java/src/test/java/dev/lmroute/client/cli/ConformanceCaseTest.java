@@ -50,7 +50,8 @@ class ConformanceCaseTest {
           {"id": "f", "rpc": "Feedback", "prompt": "p", "router": "mf", "threshold": 0.5, "outcomes": [
             {"decision_id": "routed", "single": 1.0, "source": "thumbs"},
             {"decision_id": "routed", "paired": [1.0, 0.25]}]},
-          {"id": "t", "rpc": "SetTargets", "shares": {"a": 0.25, "b": null}}
+          {"id": "t", "rpc": "SetTargets", "shares": {"a": 0.25, "b": null}},
+          {"id": "j", "rpc": "DecisionsToJudge", "budget": 5, "since_ms": 1733000000000}
         ]}
         """, "c.json");
     ConformanceCase f = cases.get(0);
@@ -64,6 +65,7 @@ class ConformanceCaseTest {
     assertEquals(0.25, t.shares().get("a"));
     assertTrue(t.shares().containsKey("b") && t.shares().get("b") == null);
     assertTrue(t.spends().isEmpty());
+    assertEquals(new ConformanceCase.JudgeAsk(5, 0, 1_733_000_000_000L), cases.get(2).judge());
   }
 
   private static String errorOf(String json) {
@@ -75,8 +77,8 @@ class ConformanceCaseTest {
     assertEquals("c.json: cases[0]: threshold and strong_share are both given; give at most one",
         errorOf("{\"cases\": [{\"id\": \"r\", \"rpc\": \"Route\", \"prompt\": \"p\", \"router\": \"mf\","
             + " \"threshold\": 0.1, \"strong_share\": 0.2}]}"));
-    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: Feedback, GetBundle, Health, "
-        + "ListRouters, ListShareTargets, ListSpendTargets, ReloadBundle, Route, Score, SetTargets)",
+    assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: DecisionsToJudge, Feedback, GetBundle, "
+        + "Health, ListRouters, ListShareTargets, ListSpendTargets, ReloadBundle, Route, Score, SetTargets)",
         errorOf("{\"cases\": [{\"id\": \"a\", \"rpc\": \"ListRouters\"}, {\"id\": \"b\", \"rpc\": \"GetRouter\"}]}"));
     assertEquals("c.json: cases[0].id: required", errorOf("{\"cases\": [{\"rpc\": \"ListRouters\"}]}"));
     assertEquals("c.json: cases[0].prompts[1]: expected a string (got 3)",
@@ -86,6 +88,8 @@ class ConformanceCaseTest {
     assertEquals("c.json: expected an object {\"cases\": [...]}", errorOf("[]"));
     assertEquals("c.json: cases[0].outcomes[0]: give one of single and paired",
         errorOf("{\"cases\": [{\"id\": \"f\", \"rpc\": \"Feedback\", \"outcomes\": [{\"decision_id\": \"x\"}]}]}"));
+    assertEquals("c.json: cases[0].budget: expected an integer in [-2147483648, 2147483647] (got 1.5)",
+        errorOf("{\"cases\": [{\"id\": \"j\", \"rpc\": \"DecisionsToJudge\", \"budget\": 1.5}]}"));
     String invalid = errorOf("{\"cases\": [");
     assertTrue(invalid.startsWith("c.json: not valid JSON: "), invalid);
   }
