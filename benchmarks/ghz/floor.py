@@ -3,6 +3,8 @@ the static tier (its rate / the empty handler's) can be at best on this transpor
 
     scripts/install_ghz.sh
     .venv/bin/python benchmarks/ghz/floor.py --bundle /tmp/tiers/static --out benchmarks/ghz/results/floor
+    .venv/bin/python benchmarks/ghz/floor.py --bundle /tmp/tiers/static --transport threads \
+        --out benchmarks/ghz/results/floor_threads
 
 The bundle is a static-encoder bundle with an mf router (`lmroute-export build --encoder static ...`).
 Servers, in interleaved rounds (`tiers.rounds`: each started in turn, a 2 s warm-up, then closed-loop
@@ -23,6 +25,13 @@ OK call read from /proc):
 - service: `lmroute-serve --bundle B --transport aio`, its defaults otherwise: on grpc.aio, as every other
   server here (the service's default transport, threads, is measured beside both empty handlers in
   benchmarks/ghz/tiers.py).
+
+With `--transport threads` every server is the synchronous one instead: the empty-handler servers with
+`--sync --workers 256` (the handlers answer on gRPC's pool threads: no interceptor, no event loop), the
+service with `--transport threads` (its default for a static bundle: the pool thread hands each call's
+coroutine, interceptor logic included, to the event loop). There the empty, spin, tokenise + embed and
+scoring only rows are what a Route handler with that work and nothing else keeps of the synchronous
+server's rate: the most any Python service path on it could keep with that work in Python.
 
 Before the rounds, the script checks that "tokenise + embed" gives the bundle's own embeddings (`tokenize`
 + `embed`) for the benchmark prompts, one at a time and as one batch, and counts the prompts the encoder's
@@ -54,7 +63,7 @@ sys.path.insert(0, str(HERE))
 
 import empty_server
 from procs import default_cores, empty_cmd, service_cmd
-from tiers import round_ratios, rounds, run_header
+from tiers import EMPTY_THREADS_WORKERS, round_ratios, rounds, run_header
 
 from lmroute.v1 import router_pb2
 
@@ -170,6 +179,13 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"{len(rows)} interleaved rounds, each server: 2 s warm-up, then Route (router mf, strong_share 0.5, "
         f"benchmarks/ghz/prompts.json) at concurrency 16 and 64 for {summary['seconds']:g} s each.",
         f"- Bundle `{summary['bundle']}`: {summary['bundle_desc']}.",
+        "- Every server on "
+        + (
+            "a synchronous gRPC server (empty-handler servers: `--sync --workers 256`, the handlers on its pool "
+            "threads; the service: `--transport threads`)."
+            if summary.get("transport") == "threads"
+            else "grpc.aio (the service: `--transport aio`)."
+        ),
         f"- tokenise + embed gives the bundle's own embeddings for the {chk['prompts']} prompts, one at a time "
         f"and as one batch (the script's check); {chk['cut']} of them are longer than its {chk['max_tokens']} "
         f"tokens and are cut by its rule ({chk['truncation']}) first.",
@@ -211,8 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spin-us", type=float, nargs="*", default=list(SPIN_US), help="handler spins to measure")
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--seconds", type=float, default=SECONDS)
-    p.add_argument("--out", type=Path, default=HERE / "results" / "floor")
+    p.add_argument(
+        "--transport",
+        choices=("aio", "threads"),
+        default="aio",
+        help="every server on grpc.aio, or every server on a synchronous gRPC server (module docstring)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="default: results/floor (aio), results/floor_threads")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = HERE / "results" / ("floor" if args.transport == "aio" else "floor_threads")
     from lmroute.bundle.loader import load_bundle, read_manifest
 
     m = read_manifest(args.bundle)
@@ -228,18 +252,23 @@ def main(argv: list[str] | None = None) -> int:
     work = handler_work(args.bundle, loaded, tuple(args.spin_us))
     print("in process, us/call:", {k: round(v, 1) for k, v in work.items()}, file=sys.stderr)
     server_core, client_core = default_cores()
+    empty = [
+        *empty_cmd(),
+        *(["--sync", "--workers", str(EMPTY_THREADS_WORKERS)] if args.transport == "threads" else []),
+    ]
     targets = [
-        (EMPTY, empty_cmd()),
-        *((spin_name(n), [*empty_cmd(), "--spin-us", f"{n:g}"]) for n in args.spin_us),
-        ("tokenise + embed", [*empty_cmd(), "--bundle", str(args.bundle), "--embed-only"]),
-        ("scoring only", [*empty_cmd(), "--bundle", str(args.bundle)]),
-        (SERVICE, service_cmd(args.bundle, transport="aio")),
+        (EMPTY, empty),
+        *((spin_name(n), [*empty, "--spin-us", f"{n:g}"]) for n in args.spin_us),
+        ("tokenise + embed", [*empty, "--bundle", str(args.bundle), "--embed-only"]),
+        ("scoring only", [*empty, "--bundle", str(args.bundle)]),
+        (SERVICE, service_cmd(args.bundle, transport=args.transport)),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         per_round = rounds(targets, args.rounds, server_core, client_core, args.seconds, Path(tmp))
     summary = {
         **run_header(t0, server_core, client_core, args.seconds),
         "bundle": str(args.bundle),
+        "transport": args.transport,
         "bundle_desc": f"{m.encoder.kind} {m.encoder.name} ({m.encoder.dim} dims), version {m.bundle_version}",
         "embed_check": check,
         "handler_work_us": work,
@@ -247,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    extra = [f"--rounds {args.rounds}"] if args.rounds != ROUNDS else []
+    extra = [f"--transport {args.transport}"] if args.transport != "aio" else []
+    extra += [f"--rounds {args.rounds}"] if args.rounds != ROUNDS else []
     extra += [f"--seconds {args.seconds:g}"] if args.seconds != SECONDS else []
     extra += ["--spin-us " + " ".join(f"{n:g}" for n in args.spin_us)] if tuple(args.spin_us) != SPIN_US else []
     command = " ".join([f".venv/bin/python benchmarks/ghz/floor.py --bundle {args.bundle}", *extra])
