@@ -24,7 +24,6 @@ that decisions handed out but not judged yet are not handed out again.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from lmroute.adapt.selection import judged_inverse, label_budget
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity
 from lmroute.bundle.writer import write_text_atomic
+from lmroute.outcomes.jsonl import to_judge_line
 from lmroute.outcomes.records import Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
@@ -122,16 +122,8 @@ def decisions_to_judge(
 
 
 def judge_line(d: Decision) -> str:
-    """One decision to judge as a JSON line (ASCII: a prompt's U+2028 or U+0085 escaped, so the lines split
-    as lines wherever they are read)."""
-    line = {
-        "decision_id": d.decision_id,
-        "time_ms": d.time_ms,
-        "prompt": d.prompt_text,
-        "strong_model": d.strong_model,
-        "weak_model": d.weak_model,
-    }
-    return json.dumps(line)
+    """One decision to judge as a JSON line (`lmroute.outcomes.jsonl.to_judge_line`)."""
+    return to_judge_line(d.decision_id, d.time_ms, d.prompt_text, d.strong_model, d.weak_model)
 
 
 NEXT_SINCE = "next_since_ms"

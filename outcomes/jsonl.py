@@ -1,4 +1,5 @@
-"""Outcomes from a JSONL file (offline logs, a judge run over a sample): the format and its reader.
+"""Outcomes from a JSONL file (offline logs, a judge run over a sample): the format and its reader; and
+the lines of the decisions a judge is handed (`to_judge_line`).
 
 One JSON object per line; blank lines are skipped. Exactly one target and exactly one outcome:
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from lmroute.outcomes.records import Outcome, OutcomeError, OutcomeKind
 
-__all__ = ["OutcomeFileError", "read_outcomes", "parse_line"]
+__all__ = ["OutcomeFileError", "read_outcomes", "parse_line", "to_judge_line"]
 
 _PREFERENCE = {"strong": (1.0, 0.0), "weak": (0.0, 1.0), "tie": (0.5, 0.5)}
 _KINDS = ("paired", "preference", "single", "qualities")
@@ -127,3 +128,17 @@ def read_outcomes(path: Path, *, strong: str, weak: str) -> list[Outcome]:
         more = f"\n... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise OutcomeFileError(f"{len(bad)} bad lines, nothing imported:\n" + "\n".join(bad[:_MAX_LISTED]) + more)
     return out
+
+
+def to_judge_line(decision_id: str, time_ms: int, prompt: str | None, strong_model: str, weak_model: str) -> str:
+    """One decision to judge as a JSON line: `decision_id`, `time_ms`, `prompt` (null when the store kept
+    no text), `strong_model`, `weak_model`; ASCII, so a prompt's U+2028 or U+0085 is escaped and the lines
+    split as lines wherever they are read. The judge answers with `paired` lines by `decision_id` (above)."""
+    line = {
+        "decision_id": decision_id,
+        "time_ms": time_ms,
+        "prompt": prompt,
+        "strong_model": strong_model,
+        "weak_model": weak_model,
+    }
+    return json.dumps(line)

@@ -7,9 +7,11 @@
     targets                     the tenants' share and spend targets and their controllers
     set-targets [--share TENANT=SHARE] [--spend TENANT=USD] [--remove-share TENANT] [--remove-spend TENANT]
                                 change targets live (each flag repeatable; all applied or none)
-    to-judge --budget K [--window N] [--since-ms MS] [--callers A,B] [--seed S]
+    to-judge --budget K [--window N] [--since-ms MS] [--callers A,B] [--seed S] [--jsonl]
                                 the recent decisions most worth judging with both models (their
-                                prompts), and the next call's --since-ms (next_since_ms)
+                                prompts), and the next call's --since-ms (next_since_ms); --jsonl:
+                                one line per decision as `lmroute-export to-judge` prints them, the
+                                rest of the answer on stderr
 
 The server is --server, else the variable LMROUTE_TARGET, else 127.0.0.1:50051; the bearer token is read
 from the variable --token-env names (LMROUTE_TOKEN by default), never from the command line: with tokens
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--since-ms", type=int64, default=0, help="only decisions made at or after this Unix ms time")
     judge.add_argument("--callers", default="", help="only these callers' decisions (tenant names, comma separated)")
     judge.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the picks' random share")
+    judge.add_argument("--jsonl", action="store_true", help="a line per decision (`lmroute-export to-judge`'s)")
     return ap
 
 
@@ -146,6 +149,17 @@ def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:
     return _as_dict(client.set_targets(shares=shares, spends=spends))
 
 
+def _judge_lines(answer: dict[str, Any], out: Callable[[str], None]) -> None:
+    """A DecisionsToJudge answer as `lmroute-export to-judge` gives it: a line per decision to `out`, the
+    rest of the answer (next_since_ms included) as one JSON line on stderr."""
+    from lmroute.outcomes.jsonl import to_judge_line
+
+    picks = answer.pop("decisions")
+    for d in picks:
+        out(to_judge_line(d["decision_id"], d["time_ms"], d["prompt"] or None, d["strong_model"], d["weak_model"]))
+    print(json.dumps({"picked": len(picks), **answer}, sort_keys=True), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
     """Entry point of `lmroute-admin` (see the module docstring); `out` takes the JSON answer."""
     ap = _parser()
@@ -164,7 +178,10 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         print(f"lmroute-admin: {exc}", file=sys.stderr)
         return 2
     try:
-        out(json.dumps(answer, indent=2, sort_keys=True))
+        if args.command == "to-judge" and args.jsonl:
+            _judge_lines(answer, out)
+        else:
+            out(json.dumps(answer, indent=2, sort_keys=True))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader closed early (`| head`): no traceback, nothing more to write
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

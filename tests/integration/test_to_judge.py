@@ -286,6 +286,12 @@ def test_a_running_server_picks_the_same_decisions_to_judge_through_admin_servic
         argv = ["--server", srv.target, "to-judge", "--budget", "8", "--window", "20"]
         assert admin_main(argv, out=printed.append) == 0
         assert [d["decision_id"] for d in json.loads(printed[0])["decisions"]] == [d.decision_id for d in got.decisions]
+        lines: list[str] = []  # --jsonl: the lines `lmroute-export to-judge` prints for the same picks
+        assert admin_main([*argv, "--jsonl"], out=lines.append) == 0
+        summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert (summary["picked"], summary["next_since_ms"]) == (8, got.next_since_ms)
+        assert main(["to-judge", "--bundle", str(served), "--store", dsn, "--budget", "8", "--window", "20"]) == 0
+        assert lines == capsys.readouterr().out.splitlines()
         with pytest.raises(SystemExit):
             admin_main([*argv, "--seed", "-1"])
         assert "--seed: -1 is not in [0, 4294967295]" in capsys.readouterr().err
