@@ -267,8 +267,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         judge, args = self.judge, (request.budget, window, request.since_ms, list(request.callers), request.seed)
         async with self._judging:
             t0 = time.perf_counter()
+            work = asyncio.get_running_loop().run_in_executor(None, judge, *args)
             try:
-                picks, version = await asyncio.get_running_loop().run_in_executor(None, judge, *args)
+                picks, version = await asyncio.shield(work)
+            except asyncio.CancelledError:  # the caller left: the next call still waits for this one's thread
+                await asyncio.wait([work])
+                raise
             except StoreError as exc:  # the store cannot be opened or read (the message names it)
                 _log.warning("judge_list_failed", error=str(exc))
                 raise StoreUnavailable(f"the outcome store cannot be read: {exc}") from exc
