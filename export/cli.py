@@ -29,16 +29,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
 from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named, tenant_filters
-
-if TYPE_CHECKING:  # the store module is imported by the commands that use it
-    from lmroute.outcomes.store import OutcomeStore
 
 PROG = "lmroute-export"
 ENV_PREFIX = "LMROUTE_EXPORT_"
@@ -271,9 +267,9 @@ def _adaptations(args: argparse.Namespace) -> int:
     if args.last < 0:
         print(f"{PROG} adaptations: --last must be >= 0 (got {args.last})", file=sys.stderr)
         return 2
-    store = _opened("adaptations", args.store)
-    if store is None:
-        return 1
+    from lmroute.outcomes.store import open_store
+
+    store = open_store(args.store)  # a StoreError is printed by main, exit 1
     try:
         runs = store.adaptations()
     finally:
@@ -318,15 +314,14 @@ def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
 def _to_judge(args: argparse.Namespace) -> int:
     """One JSON line per decision to judge, newest first; a summary on stderr with the next --since-ms."""
     from lmroute.adapt.to_judge import decisions_to_judge, judge_line
+    from lmroute.outcomes.store import open_store
 
     try:
         callers = reporters_named(args.callers, "callers")
     except ValueError as exc:
         print(f"{PROG} to-judge: {exc}", file=sys.stderr)
         return 2
-    store = _opened("to-judge", args.store)
-    if store is None:
-        return 1
+    store = open_store(args.store)  # a StoreError is printed by main, exit 1
     try:
         picks = decisions_to_judge(
             args.bundle,
@@ -355,26 +350,14 @@ def _to_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _opened(command: str, dsn: str) -> OutcomeStore | None:
-    """The store `dsn` names, opened (and migrated); None after saying on stderr why it cannot be."""
-    from lmroute.outcomes.store import StoreError, open_store
-
-    try:
-        return open_store(dsn)
-    except StoreError as exc:
-        print(f"{PROG} {command}: {exc}", file=sys.stderr)
-        return None
-
-
 def _copy_store(args: argparse.Namespace) -> int:
-    """Copy every row of --from into --to, all or nothing; rows per table on stdout."""
-    source = _opened("copy-store", args.source)
-    if source is None:
-        return 1
+    """Copy every row of --from into --to, all or nothing; rows per table on stdout (a StoreError is printed
+    by main, exit 1)."""
+    from lmroute.outcomes.store import open_store
+
+    source = open_store(args.source)
     try:
-        target = _opened("copy-store", args.target)
-        if target is None:
-            return 1
+        target = open_store(args.target)
         try:
             copied = source.copy_to(target)
         finally:

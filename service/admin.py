@@ -249,21 +249,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._ready()
         if self.judge is None:
             raise NoOutcomeStore("no outcome store: start the server with --store to pick decisions to judge")
-        window = request.window or DEFAULT_JUDGE_WINDOW
-        for name, value, most in (("budget", request.budget, MAX_JUDGE_BUDGET), ("window", window, MAX_JUDGE_WINDOW)):
-            if not 1 <= value <= most:
-                raise InvalidArgument(f"{name}: must be in [1, {most}] (got {value})", reason="OUT_OF_RANGE")
-        if request.since_ms < 0:
-            raise InvalidArgument(f"since_ms: must be >= 0 (got {request.since_ms})", reason="OUT_OF_RANGE")
-        if len(request.callers) > MAX_JUDGE_CALLERS:
-            raise InvalidArgument(
-                f"callers: {len(request.callers)} names (limit {MAX_JUDGE_CALLERS})", reason="OUT_OF_RANGE"
-            )
-        for j, caller in enumerate(request.callers):
-            if not TENANT_RE.match(caller):
-                raise InvalidArgument(
-                    f"callers[{j}]: {echo(caller)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
-                )
+        window = _judge_window(request)
         judge, args = self.judge, (request.budget, window, request.since_ms, list(request.callers), request.seed)
         async with self._judging:
             t0 = time.perf_counter()
@@ -276,31 +262,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             except StoreError as exc:  # the store cannot be opened or read (the message names it)
                 _log.warning("judge_list_failed", error=str(exc))
                 raise StoreUnavailable(f"the outcome store cannot be read: {exc}") from exc
-        response = admin_pb2.DecisionsToJudgeResponse(
-            judged=picks.judged,
-            window=picks.window,
-            skipped=picks.skipped,
-            next_since_ms=request.since_ms if picks.newest_ms is None else picks.newest_ms + 1,
-            bundle_version=version,
-        )
-        room = self.max_message_bytes - response.ByteSize()
-        for n, d in enumerate(picks.decisions):
-            pick = admin_pb2.DecisionToJudge(
-                decision_id=d.decision_id,
-                time_ms=d.time_ms,
-                prompt=d.prompt_text or "",
-                strong_model=d.strong_model,
-                weak_model=d.weak_model,
-            )
-            room -= pick.ByteSize() + 4  # its tag and length, at most 4 bytes here
-            if room < 0:
-                raise InvalidArgument(
-                    f"budget: the {len(picks.decisions)} picks with their prompts would not fit one message of "
-                    f"max_message_bytes ({self.max_message_bytes} bytes; the newest {n} of them would): ask "
-                    "for fewer",
-                    reason="RESPONSE_TOO_LARGE",
-                )
-            response.decisions.append(pick)
+        response = _judge_answer(picks, version, request.since_ms, self.max_message_bytes)
         _log.info(
             "judge_list",
             picked=len(picks.decisions),
@@ -310,6 +272,57 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             seconds=round(time.perf_counter() - t0, 3),
         )
         return response
+
+
+def _judge_window(request: admin_pb2.DecisionsToJudgeRequest) -> int:
+    """A DecisionsToJudge request's window (0: the default) once its fields are checked; InvalidArgument
+    naming the first bad one."""
+    window = request.window or DEFAULT_JUDGE_WINDOW
+    for name, value, most in (("budget", request.budget, MAX_JUDGE_BUDGET), ("window", window, MAX_JUDGE_WINDOW)):
+        if not 1 <= value <= most:
+            raise InvalidArgument(f"{name}: must be in [1, {most}] (got {value})", reason="OUT_OF_RANGE")
+    if request.since_ms < 0:
+        raise InvalidArgument(f"since_ms: must be >= 0 (got {request.since_ms})", reason="OUT_OF_RANGE")
+    if len(request.callers) > MAX_JUDGE_CALLERS:
+        raise InvalidArgument(
+            f"callers: {len(request.callers)} names (limit {MAX_JUDGE_CALLERS})", reason="OUT_OF_RANGE"
+        )
+    for j, caller in enumerate(request.callers):
+        if not TENANT_RE.match(caller):
+            raise InvalidArgument(
+                f"callers[{j}]: {echo(caller)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
+            )
+    return window
+
+
+def _judge_answer(picks: JudgePicks, version: str, since_ms: int, max_bytes: int) -> admin_pb2.DecisionsToJudgeResponse:
+    """The DecisionsToJudge answer of `picks`; InvalidArgument (RESPONSE_TOO_LARGE) when it would not fit
+    one message of `max_bytes`."""
+    response = admin_pb2.DecisionsToJudgeResponse(
+        judged=picks.judged,
+        window=picks.window,
+        skipped=picks.skipped,
+        next_since_ms=since_ms if picks.newest_ms is None else picks.newest_ms + 1,
+        bundle_version=version,
+    )
+    room = max_bytes - response.ByteSize()
+    for n, d in enumerate(picks.decisions):
+        pick = admin_pb2.DecisionToJudge(
+            decision_id=d.decision_id,
+            time_ms=d.time_ms,
+            prompt=d.prompt_text or "",
+            strong_model=d.strong_model,
+            weak_model=d.weak_model,
+        )
+        room -= pick.ByteSize() + 4  # its tag and length, at most 4 bytes here
+        if room < 0:
+            raise InvalidArgument(
+                f"budget: the {len(picks.decisions)} picks with their prompts would not fit one message of "
+                f"max_message_bytes ({max_bytes} bytes; the newest {n} of them would): ask for fewer",
+                reason="RESPONSE_TOO_LARGE",
+            )
+        response.decisions.append(pick)
+    return response
 
 
 def _stored(change: admin_pb2.TargetChange) -> TargetChange:
