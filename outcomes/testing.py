@@ -14,7 +14,11 @@ runs the same tests against Debian's server, for instance.
 initdb and postgres refuse to run as root, so under root the server runs as an unprivileged account
 (`run_as`, default `nobody`) that owns the data directory; when that account cannot reach the binaries
 (a checkout under a private home directory), they are copied once to a root-owned directory under the
-system temp dir that it can read.
+system temp dir that it can read. The switch to that account happens in a small Python program that
+then executes the binary (`_as_account`), not through subprocess's `user`/`group`: with those,
+subprocess forks instead of using vfork, and in a process that uses gRPC the fork restarts gRPC's
+threads in the child before it executes the binary (gRPC's fork support, on by default), which
+occasionally crashed the child (postgres "exited -11", its log holding a gRPC poller's error).
 
 No server outlives a process that exits normally or by an exception: `stop()` runs from the context
 manager, and an atexit hook stops every server still running. A process killed outright (SIGKILL) leaves
@@ -35,6 +39,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,7 +48,6 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
-from typing import TypedDict
 
 import psycopg
 from psycopg import sql
@@ -257,11 +261,10 @@ class TemporaryPostgres:
         cmd += ["--auth-host=trust", "--encoding=UTF8", "--locale=C"]
         try:
             done = subprocess.run(
-                cmd,
+                _as_account(account, cmd),
                 capture_output=True,
                 env=_child_env(bin_dir, self.directory),
                 timeout=max(deadline - time.monotonic(), 1.0),
-                **_as_account(account),
             )
         except subprocess.TimeoutExpired as e:
             raise PostgresStartError(f"initdb did not finish within {self.config.start_timeout_s} s") from e
@@ -279,13 +282,12 @@ class TemporaryPostgres:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
-                    cmd,
+                    _as_account(account, cmd),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=_child_env(bin_dir, self.directory),
                     start_new_session=True,  # a Ctrl-C meant for the test run reaches the server via stop()
-                    **_as_account(account),
                 )
             exited = self._wait_ready(deadline)
             if exited is None:
@@ -346,17 +348,18 @@ def _server_account(name: str) -> _Account | None:
     return _Account(name, entry.pw_uid, entry.pw_gid)
 
 
-class _AccountKw(TypedDict, total=False):
-    user: int
-    group: int
-    extra_groups: list[int]
+_SWITCH_ACCOUNT = (
+    "import os, sys; os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[1])); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
 
 
-def _as_account(account: _Account | None) -> _AccountKw:
-    """subprocess keywords that run a child as `account` (nothing when None)."""
+def _as_account(account: _Account | None, cmd: list[str]) -> list[str]:
+    """`cmd` run as `account` (as it is when None): this interpreter drops to the account's uid and gid
+    (no supplementary groups), then executes `cmd` in its place, same process, same environment."""
     if account is None:
-        return {}
-    return {"user": account.uid, "group": account.gid, "extra_groups": []}
+        return cmd
+    return [sys.executable, "-I", "-c", _SWITCH_ACCOUNT, str(account.uid), str(account.gid), *cmd]
 
 
 def _child_env(bin_dir: Path, home: Path) -> dict[str, str]:
@@ -402,11 +405,10 @@ def _runs_as(bin_dir: Path, account: _Account) -> bool:
     for name in ("initdb", "postgres"):
         try:
             done = subprocess.run(
-                [str(bin_dir / name), "--version"],
+                _as_account(account, [str(bin_dir / name), "--version"]),
                 capture_output=True,
                 env=_child_env(bin_dir, Path("/")),
                 timeout=30,
-                **_as_account(account),
             )
         except OSError:
             return False

@@ -119,6 +119,23 @@ def test_server_runs_unprivileged_and_owns_its_data_dir(postgres_server: Tempora
     assert any(p.name.startswith(".s.PGSQL.") for p in postgres_server.socket_dir.iterdir())
 
 
+def test_the_account_switch_leaves_the_accounts_uid_and_gid_and_no_other_group() -> None:
+    """`_as_account`: the switch to the server's account runs in the executed program (not through
+    subprocess's user/group, whose fork restarts gRPC's threads in the child of a process that uses gRPC:
+    the module docstring); the program it then executes runs with the account's uid and gid alone."""
+    from lmroute.outcomes.testing import _Account, _as_account
+
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs root (the suite runs as root in CI)")
+    nobody = pwd.getpwnam("nobody")
+    show = ["/bin/sh", "-c", 'echo "$(id -u) $(id -g) $(id -G)"']
+    done = subprocess.run(
+        _as_account(_Account("nobody", nobody.pw_uid, nobody.pw_gid), show), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid)]
+
+
 def test_stop_ends_the_server_and_removes_its_directory(open_dir: Path) -> None:
     server = TemporaryPostgres(TemporaryPostgresConfig(base_dir=open_dir)).start()
     top, pid, dsn = server.directory, _postmaster_pid(server), server.dsn
