@@ -4,9 +4,10 @@ ReloadBundle hot-swaps the router bundle; GetBundle reports what serves, the swa
 counters; ListShareTargets and ListSpendTargets the tenants' targets and their controllers
 (lmroute.service.targets); SetTargets changes targets live (recorded in the outcome store first when the
 server keeps them there: lmroute.service.target_sync); DecisionsToJudge picks the recent decisions most
-worth judging (lmroute.adapt.to_judge over the server's store and serving bundle, on a worker thread,
-one call at a time). The servicer is registered when the server
-binds (when `admin_service` allows it) and attached to the swapper once the first bundle is loaded;
+worth judging (lmroute.adapt.to_judge over the server's store and serving bundle, one call at a time on
+a thread of its own at the lowest CPU priority, so that serving keeps the CPU while a list is made).
+The servicer is registered when the server binds (when `admin_service` allows it) and attached to the
+swapper once the first bundle is loaded;
 before that every call is NotReady (UNAVAILABLE). A call whose token is bound to a tenant is refused
 (PERMISSION_DENIED): such a token speaks for its tenant, and administering the server (or reading other
 tenants' targets) is not its tenant's business. Errors are ServiceErrors, turned into statuses by the
@@ -16,6 +17,7 @@ interceptor like RouterService's.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from lmroute.outcomes.records import TargetChange
 from lmroute.outcomes.store import StoreError
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.bundle_swap import BundleSwapper
+from lmroute.service.cpus import lowest_cpu_priority
 from lmroute.service.errors import (
     InvalidArgument,
     NoOutcomeStore,
@@ -74,10 +77,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.judge: Callable[[int, int, int, Sequence[str], int], tuple[JudgePicks, str]] | None = None
         self.max_message_bytes = max_message_bytes  # the largest answer the server sends
         self._judging = asyncio.Lock()  # one DecisionsToJudge call at a time
+        self._judge_thread: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first call
 
     def attach(self, swapper: BundleSwapper) -> None:
         """Start answering with this swapper (called after the first load)."""
         self.swapper = swapper
+
+    def close(self) -> None:
+        """Let the judge-list thread end (a list being made is dropped with the server)."""
+        if self._judge_thread is not None:
+            self._judge_thread.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self) -> BundleSwapper:
         if AUTH_TENANT.get() is not None:
@@ -253,7 +262,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         judge, args = self.judge, (request.budget, window, request.since_ms, list(request.callers), request.seed)
         async with self._judging:
             t0 = time.perf_counter()
-            work = asyncio.get_running_loop().run_in_executor(None, judge, *args)
+            if self._judge_thread is None:  # nice 19: measured, serving keeps its rate while a list is made
+                self._judge_thread = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="lmroute-judge", initializer=lowest_cpu_priority
+                )
+            work = asyncio.get_running_loop().run_in_executor(self._judge_thread, judge, *args)
             try:
                 picks, version = await asyncio.shield(work)
             except asyncio.CancelledError:  # the caller left: the next call still waits for this one's thread

@@ -45,9 +45,6 @@ import contextlib
 import ctypes
 import hashlib
 import json
-import os
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +53,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from lmroute.service.cpus import lowest_cpu_priority
 from lmroute.service.errors import BundleRefused, Draining, SwapInProgress
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
@@ -153,7 +151,7 @@ class BundleSwapper:
         self._watcher: asyncio.Task[None] | None = None
         self._refused = ""  # identity (read_candidate) of the last candidate the watcher saw refused
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="lmroute-swap", initializer=_lowest_cpu_priority if low_priority else None
+            1, thread_name_prefix="lmroute-swap", initializer=lowest_cpu_priority if low_priority else None
         )
 
     @classmethod
@@ -310,17 +308,6 @@ class BundleSwapper:
             except asyncio.CancelledError:
                 pass
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _lowest_cpu_priority() -> None:
-    """Swap-thread initializer: nice 19 for the calling thread only (Linux gives each thread its own nice
-    value; elsewhere setpriority would name a process, so nothing is changed there)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except OSError as exc:
-        _log.warning("swap_thread_priority_unchanged", error=str(exc))
 
 
 def _return_freed_memory() -> None:

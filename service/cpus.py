@@ -7,6 +7,9 @@ admitted work (benchmarks/ghz/results/overload). Pinned, the scoring thread keep
 event loop, with the threads it starts afterwards (tokenising, bundle loading, store writer), keeps the
 process's other CPUs. Threads started before the pinning keep the whole set.
 
+`lowest_cpu_priority`: background work that must not take CPU from serving (a hot swap's load, a judge
+list) runs on a thread at nice 19.
+
 `limit_blas_threads`: NumPy's BLAS (the adapted kernel router's [batch, support] product) otherwise starts
 a thread per core that spins on every call; beside the service's own busy threads those threads wait on
 each other far longer than the product takes on one.
@@ -15,8 +18,14 @@ each other far longer than the product takes on one.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
-__all__ = ["available_cpus", "limit_blas_threads", "parse_cpu_list", "pin_current_thread"]
+import structlog
+
+__all__ = ["available_cpus", "limit_blas_threads", "lowest_cpu_priority", "parse_cpu_list", "pin_current_thread"]
+
+_log = structlog.get_logger("lmroute.cpus")
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -53,3 +62,15 @@ def limit_blas_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
+
+
+def lowest_cpu_priority() -> None:
+    """Nice 19 for the calling thread only (a thread initializer): Linux gives each thread its own nice
+    value; elsewhere setpriority would name a process, so nothing is changed there. Threads the caller
+    starts afterwards inherit it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as exc:
+        _log.warning("thread_priority_unchanged", thread=threading.current_thread().name, error=str(exc))

@@ -438,6 +438,7 @@ class RouterServer:
             await self.liveness.close()
         if self.swapper is not None:
             await self.swapper.close()
+        self.admin.close()
         await self.health.enter_graceful_shutdown()
         self.servicer.draining = True
         stopping: list[Any] = []
