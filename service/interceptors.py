@@ -133,25 +133,35 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
 
     def _capped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """A streaming `handler` that holds one of the stream slots while open (built once per method)."""
-        slots = self._streams
-        assert slots is not None
-        seen = self._wrapped.get(method)
-        if seen is None or seen[0] is not handler:
-            seen = (handler, capped_handler(handler, lambda behaviour: capped_aio(slots, behaviour)))
-            self._wrapped[method] = seen
-        return seen[1]
+        return self._once(method, handler, self._build_capped)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` (unary-unary) of `method` with the request id, token check, access line, metrics and
         error mapping around it; built once per method (lmroute.service.transports calls this directly)."""
+        return self._once(method, handler, self._build_wrapped)
+
+    def _once(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        build: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+    ) -> grpc.RpcMethodHandler:
+        """`build(method, handler)`, kept per method and built again only when the method's handler changes."""
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:
-            auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth
-            wrapped = _wrap_unary(
-                handler, method, self._sampler, auth, self._metrics, self._tracing, sample_all=self._sample_all
-            )
-            known = self._wrapped[method] = (handler, wrapped)
+            known = self._wrapped[method] = (handler, build(method, handler))
         return known[1]
+
+    def _build_capped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        slots = self._streams
+        assert slots is not None
+        return capped_handler(handler, lambda behaviour: capped_aio(slots, behaviour))
+
+    def _build_wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth
+        return _wrap_unary(
+            handler, method, self._sampler, auth, self._metrics, self._tracing, sample_all=self._sample_all
+        )
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
