@@ -11,8 +11,8 @@ answer made.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
 from lmroute.service.batch_queue import ItemResult
@@ -185,22 +185,7 @@ def decision_of_score(
     decision_id: str, now_ms: int, text: str, out: ItemResult, catalog: Catalog, *, caller: str = ""
 ) -> Decision:
     """The record of one scored prompt of a Score answer; `caller`: the calling tenant."""
-    return Decision(
-        decision_id=decision_id,
-        time_ms=now_ms,
-        kind="score",
-        bundle_version=out.version or catalog.version,
-        scores=dict(out.scores),
-        strong_model=catalog.strong_model,
-        weak_model=catalog.weak_model,
-        prompt_sha256=prompt_sha256(text),
-        n_tokens=out.n_tokens,
-        encoder_id=catalog.encoder_id if out.embedding is not None else "",
-        prompt_text=text,
-        prompt_chars=len(text),
-        embedding=out.embedding,
-        caller=caller,
-    )
+    return Decision(kind="score", **_scored_prompt(decision_id, now_ms, text, out, catalog, caller))
 
 
 def decision_of_route(
@@ -219,8 +204,7 @@ def decision_of_route(
     caller: str = "",
 ) -> Decision:
     """The record of a Route answer: a scored prompt plus the router, threshold, choice and propensity."""
-    return dataclasses.replace(
-        decision_of_score(decision_id, now_ms, text, out, catalog, caller=caller),
+    return Decision(
         kind="route",
         router=router,
         threshold=threshold,
@@ -228,4 +212,26 @@ def decision_of_route(
         propensity=propensity,
         tenant=tenant,
         policy=policy,
+        **_scored_prompt(decision_id, now_ms, text, out, catalog, caller),
     )
+
+
+def _scored_prompt(
+    decision_id: str, now_ms: int, text: str, out: ItemResult, catalog: Catalog, caller: str
+) -> dict[str, Any]:
+    """The fields every decision record of a scored prompt has."""
+    return {
+        "decision_id": decision_id,
+        "time_ms": now_ms,
+        "bundle_version": out.version or catalog.version,
+        "scores": dict(out.scores),
+        "strong_model": catalog.strong_model,
+        "weak_model": catalog.weak_model,
+        "prompt_sha256": prompt_sha256(text),
+        "n_tokens": out.n_tokens,
+        "encoder_id": catalog.encoder_id if out.embedding is not None else "",
+        "prompt_text": text,
+        "prompt_chars": len(text),
+        "embedding": out.embedding,
+        "caller": caller,
+    }
