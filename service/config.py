@@ -321,6 +321,14 @@ class ServiceConfig:
         default=0.0,
         metadata=_doc("delete decisions and outcomes older than this many days from the store; 0 = keep all"),
     )
+    store_linger_ms: float = field(
+        default=50.0,
+        metadata=_doc(
+            "with a store: milliseconds a recorded decision may wait for others to share its commit (a "
+            "commit costs the process many times a row); Feedback's outcomes are committed at once, taking "
+            "the waiting decisions with them. 0 = a commit as soon as the writer is free"
+        ),
+    )
     feedback_own_decisions: bool = field(
         default=False,
         metadata=_doc(
@@ -596,6 +604,8 @@ class ServiceConfig:
             raise ConfigError(f"targets_watch_s: must be >= 0 and finite (got {self.targets_watch_s!r})")
         if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
             raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
+        if not (isinstance(self.store_linger_ms, (int, float)) and 0 <= self.store_linger_ms <= 10_000):
+            raise ConfigError(f"store_linger_ms: must be in [0, 10000] (got {self.store_linger_ms!r})")
         try:
             parse_share_targets(self.share_targets)
         except ValueError as exc:

@@ -343,6 +343,7 @@ class RouterServer:
         writer = StoreWriter(
             lambda: open_store(cfg.store, store_prompts=cfg.store_prompts),
             retention_ms=int(cfg.store_retention_days * 86_400_000),
+            decision_linger_s=cfg.store_linger_ms / 1000,
             own_decisions_only=cfg.feedback_own_decisions,
         )
         writer.start()

@@ -247,6 +247,48 @@ def test_writer_acknowledges_after_commit_and_groups_rounds(dsn: str) -> None:
     check.close()
 
 
+def _wait_written(writer: StoreWriter, n: int, timeout_s: float = 10.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while writer.stats.decisions_written < n and time.monotonic() < t_end:
+        time.sleep(0.01)
+
+
+def test_writer_lets_decisions_wait_for_one_commit(tmp_path: Path) -> None:
+    """Decisions alone wait for the oldest one's linger and share its commit; a full batch does not wait."""
+    writer = StoreWriter(lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), decision_linger_s=1.0)
+    writer.start()
+    for i in range(50):
+        writer.record([_decision(f"prompt {i}")])
+    _wait_written(writer, 50)
+    assert (writer.stats.commits, writer.stats.decisions_written) == (1, 50)
+    writer.close()
+
+    full = StoreWriter(lambda: open_store(f"sqlite:{tmp_path / 'f.sqlite3'}"), decision_linger_s=60.0, max_batch=4)
+    full.start()
+    full.record([_decision(f"batch {i}") for i in range(4)])
+    _wait_written(full, 4)
+    assert (full.stats.commits, full.stats.decisions_written) == (1, 4)
+    full.close()
+
+
+def test_an_outcome_or_close_does_not_wait_for_the_decisions_linger(tmp_path: Path) -> None:
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    writer = StoreWriter(lambda: open_store(dsn), decision_linger_s=60.0)
+    writer.start()
+    first = [_decision(f"before feedback {i}") for i in range(3)]
+    writer.record(first)
+    outcome = Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=first[0].decision_id)
+    assert writer.submit([outcome]).result(10) == [Verdict.STORED]  # with the decisions, in one commit
+    assert (writer.stats.commits, writer.stats.decisions_written) == (1, 3)
+    writer.record([_decision("at close")])
+    t0 = time.monotonic()
+    writer.close()
+    assert time.monotonic() - t0 < 10
+    check = open_store(dsn)
+    assert check.counts() == {"decisions": 4, "outcomes": 1}
+    check.close()
+
+
 def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(dsn: str) -> None:
     writer = StoreWriter(lambda: open_store(dsn), retry_pause_s=0.01)
     writer.start()

@@ -58,6 +58,7 @@ FLAGS_AND_VARIABLES = [
     ("--store", "LMROUTE_STORE"),
     ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
     ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
+    ("--store-linger-ms", "LMROUTE_STORE_LINGER_MS"),
     ("--feedback-own-decisions", "LMROUTE_FEEDBACK_OWN_DECISIONS"),
     ("--store-targets", "LMROUTE_STORE_TARGETS"),
     ("--targets-watch-s", "LMROUTE_TARGETS_WATCH_S"),
