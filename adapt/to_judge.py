@@ -7,7 +7,8 @@ and sends the paired outcomes back by decision id (`Feedback`, or `lmroute-expor
 which `lmroute-export adapt` then learns from.
 
 1. What has been judged: every prompt of the store with a paired outcome of the bundle's pair (both
-   models judged). Their features give the ridge head's posterior A = penalty I + sum of x x'.
+   models judged; with `judged_of_callers`, only outcomes of the `callers`' decisions: a tenant's own
+   view). Their features give the ridge head's posterior A = penalty I + sum of x x'.
 2. The window: the `window` most recent decisions (only those of `callers` when given; made at or after
    `since_ms`) whose prompt no paired outcome judges yet (by decision id or prompt text: a prompt sent
    again is not judged again), with the features the
@@ -84,11 +85,14 @@ def decisions_to_judge(
     window: int = 500,
     since_ms: int = 0,
     callers: Collection[str] | None = None,
+    judged_of_callers: bool = False,
     seed: int = 0,
 ) -> JudgePicks:
     """Up to `k` (the budget) of the latest `window` unjudged decisions to judge (module docstring), with
     the encoder and pair of `bundle` (loaded, or its directory); ValueError naming a budget or window
-    below 1."""
+    below 1. With `callers` and `judged_of_callers`, what counts as judged is only the outcomes of those
+    callers' decisions (by decision id): a tenant's own view, which nothing of other tenants' traffic
+    shapes (not even whether they sent and judged the same prompt)."""
     for name, value in (("budget", k), ("window", window)):
         if value < 1:
             raise ValueError(f"{name}: must be >= 1 (got {value})")
@@ -98,7 +102,7 @@ def decisions_to_judge(
     paired = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
     judged = [
         r
-        for r in store.labeled_prompts()
+        for r in store.labeled_prompts(callers=callers if judged_of_callers else None)
         if r.kinds & paired and pair.strong in r.qualities and pair.weak in r.qualities
     ]
     judged_prompts = {r.prompt_sha256 for r in judged}  # a prompt judged once: none of its decisions again

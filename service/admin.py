@@ -10,8 +10,9 @@ The servicer is registered when the server binds (when `admin_service` allows it
 swapper once the first bundle is loaded;
 before that every call is NotReady (UNAVAILABLE). A call whose token is bound to a tenant is refused
 (PERMISSION_DENIED): such a token speaks for its tenant, and administering the server (or reading other
-tenants' targets) is not its tenant's business. Errors are ServiceErrors, turned into statuses by the
-interceptor like RouterService's.
+tenants' targets) is not its tenant's business. DecisionsToJudge is the one exception: such a token is
+answered as its tenant, from that tenant's decisions and their outcomes only. Errors are ServiceErrors,
+turned into statuses by the interceptor like RouterService's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -33,6 +34,7 @@ from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.cpus import lowest_cpu_priority
 from lmroute.service.errors import (
     InvalidArgument,
+    JudgeListBusy,
     NoOutcomeStore,
     NotFound,
     NotReady,
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["ADMIN_SERVICE_NAME", "AdminServicer"]
 
 ADMIN_SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+# (budget, window, since_ms, callers, tenant_view, seed) -> (picks, the serving bundle's version)
+JudgeFn = Callable[[int, int, int, Sequence[str], bool, int], "tuple[JudgePicks, str]"]
 
 _MAX_PATH_CHARS = 4096
 MAX_TARGET_CHANGES = 256  # changes in one SetTargets call
@@ -74,9 +79,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
         # DecisionsToJudge's picks, set when the server has a store: (budget, window, since_ms, callers, seed)
         # -> (the picks, the version of the bundle that chose them); blocking (run on a worker thread)
-        self.judge: Callable[[int, int, int, Sequence[str], int], tuple[JudgePicks, str]] | None = None
+        self.judge: JudgeFn | None = None
         self.max_message_bytes = max_message_bytes  # the largest answer the server sends
         self._judging = asyncio.Lock()  # one DecisionsToJudge call at a time
+        self._judging_tenants: set[str] = set()  # tenants with a call being answered or waiting
         self._judge_thread: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first call
 
     def attach(self, swapper: BundleSwapper) -> None:
@@ -91,6 +97,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _ready(self) -> BundleSwapper:
         if AUTH_TENANT.get() is not None:
             raise PermissionDenied("AdminService: the token is bound to a tenant; administering takes an unbound one")
+        return self._loaded()
+
+    def _loaded(self) -> BundleSwapper:
         if self.swapper is None:
             raise NotReady("bundle not loaded and warmed yet")
         return self.swapper
@@ -255,11 +264,48 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DecisionsToJudge(
         self, request: admin_pb2.DecisionsToJudgeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.DecisionsToJudgeResponse:
-        self._ready()
+        tenant = AUTH_TENANT.get()  # a bound token: its own tenant's decisions, judged by its own outcomes
+        callers = list(request.callers)
+        if tenant is not None:
+            other = next((c for c in callers if c != tenant), None)
+            if other is not None:
+                raise PermissionDenied(
+                    f"callers: the token is bound to tenant {tenant}; it may ask for that tenant's decisions "
+                    f"only (got {echo(other)})"
+                )
+            callers = [tenant]
+        self._loaded()
         if self.judge is None:
             raise NoOutcomeStore("no outcome store: start the server with --store to pick decisions to judge")
         window = _judge_window(request)
-        judge, args = self.judge, (request.budget, window, request.since_ms, list(request.callers), request.seed)
+        args = (request.budget, window, request.since_ms, callers, tenant is not None, request.seed)
+        if tenant is None:
+            picks, version, seconds = await self._judge_list(self.judge, args)
+        else:
+            if tenant in self._judging_tenants:
+                raise JudgeListBusy(
+                    f"tenant {tenant} has a DecisionsToJudge call being answered or waiting: one at a time a tenant"
+                )
+            self._judging_tenants.add(tenant)
+            try:
+                picks, version, seconds = await self._judge_list(self.judge, args)
+            finally:
+                self._judging_tenants.discard(tenant)
+        response = _judge_answer(picks, version, request.since_ms, self.max_message_bytes)
+        _log.info(
+            "judge_list",
+            tenant=tenant,
+            picked=len(picks.decisions),
+            window=picks.window,
+            judged=picks.judged,
+            skipped=picks.skipped,
+            seconds=seconds,
+        )
+        return response
+
+    async def _judge_list(self, judge: JudgeFn, args: tuple[Any, ...]) -> tuple[JudgePicks, str, float]:
+        """(picks, bundle version, seconds) of one call, made on the judge thread when the calls before
+        it are done; a caller that leaves holds the next call until its thread is done."""
         async with self._judging:
             t0 = time.perf_counter()
             if self._judge_thread is None:  # nice 19: measured, serving keeps its rate while a list is made
@@ -275,16 +321,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             except StoreError as exc:  # the store cannot be opened or read (the message names it)
                 _log.warning("judge_list_failed", error=str(exc))
                 raise StoreUnavailable(f"the outcome store cannot be read: {exc}") from exc
-        response = _judge_answer(picks, version, request.since_ms, self.max_message_bytes)
-        _log.info(
-            "judge_list",
-            picked=len(picks.decisions),
-            window=picks.window,
-            judged=picks.judged,
-            skipped=picks.skipped,
-            seconds=round(time.perf_counter() - t0, 3),
-        )
-        return response
+        return picks, version, round(time.perf_counter() - t0, 3)
 
 
 def _judge_window(request: admin_pb2.DecisionsToJudgeRequest) -> int:

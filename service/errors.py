@@ -16,6 +16,9 @@
     +-- ScorerFailed                   INTERNAL (the scorer raised; details logged, not returned)
     +-- OutcomeConflict                ALREADY_EXISTS (an outcome already stored with another value)
     +-- NoOutcomeStore                 FAILED_PRECONDITION (Feedback on a server without a store)
+    +-- NoBundleEncoder                FAILED_PRECONDITION (DecisionsToJudge with a scorer not a bundle's)
+    +-- JudgeListBusy                  RESOURCE_EXHAUSTED (a tenant's DecisionsToJudge while another of
+                                       its calls is made or waits; retry after the delay)
     +-- StoreUnavailable               UNAVAILABLE (the outcome store could not make a write durable)
     +-- BundleRefused                  FAILED_PRECONDITION (a hot-swap candidate bundle was refused: the
                                        loader's message, BUNDLE_INVALID; a served router missing,
@@ -55,6 +58,8 @@ __all__ = [
     "NotFound",
     "NotReady",
     "NoOutcomeStore",
+    "NoBundleEncoder",
+    "JudgeListBusy",
     "OutcomeConflict",
     "StoreUnavailable",
     "QueueFull",
@@ -190,6 +195,13 @@ class NoBundleEncoder(ServiceError):
     default_reason = "NO_BUNDLE_ENCODER"
 
 
+class JudgeListBusy(ServiceError):
+    """A tenant's DecisionsToJudge call while another call of that tenant is being answered or waits its
+    turn: one at a time a tenant, so that no tenant's calls queue ahead of everyone else's."""
+
+    default_reason = "JUDGE_LIST_BUSY"
+
+
 class StoreUnavailable(ServiceError):
     """The outcome store could not make a write durable (its commit failed or its queue is full);
     nothing of the call was acknowledged."""
@@ -266,6 +278,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     OutcomeConflict: (Code.ALREADY_EXISTS, None),
     NoOutcomeStore: (Code.FAILED_PRECONDITION, None),
     NoBundleEncoder: (Code.FAILED_PRECONDITION, None),
+    JudgeListBusy: (Code.RESOURCE_EXHAUSTED, 1000),
     StoreUnavailable: (Code.UNAVAILABLE, 500),
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),

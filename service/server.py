@@ -350,10 +350,11 @@ class RouterServer:
         return writer
 
     def _decisions_to_judge(
-        self, budget: int, window: int, since_ms: int, callers: Sequence[str], seed: int
+        self, budget: int, window: int, since_ms: int, callers: Sequence[str], tenant_view: bool, seed: int
     ) -> tuple[JudgePicks, str]:
         """AdminService.DecisionsToJudge's picks: the label budget over the store (a connection of its own)
-        with the serving bundle's encoder and pair; NoBundleEncoder when the scorer serving is not a bundle's."""
+        with the serving bundle's encoder and pair (`tenant_view`: a tenant's call, judged = its own
+        decisions' outcomes only); NoBundleEncoder when the scorer serving is not a bundle's."""
         from lmroute.adapt.to_judge import decisions_to_judge
         from lmroute.service.bundle_scorer import BundleScorer
 
@@ -364,7 +365,14 @@ class RouterServer:
         store = open_store(cfg.store, store_prompts=cfg.store_prompts)
         try:
             picks = decisions_to_judge(
-                scorer.bundle, store, budget, window=window, since_ms=since_ms, callers=callers or None, seed=seed
+                scorer.bundle,
+                store,
+                budget,
+                window=window,
+                since_ms=since_ms,
+                callers=callers or None,
+                judged_of_callers=tenant_view,
+                seed=seed,
             )
         finally:
             store.close()

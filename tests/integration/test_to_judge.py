@@ -296,3 +296,67 @@ def test_a_running_server_picks_the_same_decisions_to_judge_through_admin_servic
             admin_main([*argv, "--seed", "-1"])
         assert "--seed: -1 is not in [0, 4294967295]" in capsys.readouterr().err
         store.close()
+
+
+def test_a_token_bound_to_a_tenant_gets_its_own_decisions_judged_by_its_own_outcomes(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Through a real server with tokens: a tenant's token is answered from its tenant's decisions only, and
+    only its tenant's outcomes count as judged, so another tenant judging the same prompt changes nothing
+    of its picks (the operator's unbound token sees both); naming another tenant is refused."""
+    import shutil
+
+    import grpc
+
+    from lmroute.service.client import RouterClient, paired_outcome
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served = tmp_path / "served"
+    shutil.copytree(bundle_dir, served)
+    tokens = tmp_path / "tokens"
+    op, app, web = ("op-token-0123456789abcdef", "app-token-0123456789abcdef", "web-token-0123456789abcdef")
+    tokens.write_text(f"{op}\n{app} app\n{web} web\n")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    texts = synthetic_prompts(30, seed=11)
+    cfg = ServiceConfig(
+        bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0, auth_tokens_file=str(tokens)
+    )
+    with (
+        ServerThread(cfg) as srv,
+        RouterClient(srv.target, token=op) as operator,
+        RouterClient(srv.target, token=app) as app_client,
+        RouterClient(srv.target, token=web) as web_client,
+    ):
+        app_ids = [r.decision_id for r in app_client.score(texts[:20], ["mf"]).results]
+        web_ids = [r.decision_id for r in web_client.score([*texts[20:], texts[0], texts[1]], ["mf"]).results]
+        assert web_client.feedback([paired_outcome(d, 1.0, 0.0) for d in web_ids[-2:]]).stored == 4  # web judges 0, 1
+        assert app_client.feedback([paired_outcome(app_ids[5], 0.0, 1.0)]).stored == 2  # app judges 5
+        store = open_store(dsn)
+        t_end = time.monotonic() + 10
+        while len(store.recent_decisions()) < 32:
+            assert time.monotonic() < t_end, "the decisions were not stored"
+            time.sleep(0.05)
+
+        own = app_client.decisions_to_judge(30, window=100)
+        unjudged = set(app_ids) - {app_ids[5]}  # texts 0 and 1 judged by web only: still app's to judge
+        assert {d.decision_id for d in own.decisions} == unjudged
+        assert (own.judged, own.window, own.skipped) == (1, 19, 0)
+        assert [d.decision_id for d in app_client.decisions_to_judge(30, window=100, callers=["app"]).decisions] == [
+            d.decision_id for d in own.decisions
+        ]
+        library = decisions_to_judge(bundle_dir, store, 30, window=100, callers=["app"], judged_of_callers=True)
+        assert [d.decision_id for d in library.decisions] == [d.decision_id for d in own.decisions]
+
+        seen = operator.decisions_to_judge(30, window=100, callers=["app"])  # every tenant's outcomes count
+        assert {d.decision_id for d in seen.decisions} == unjudged - set(app_ids[:2])
+        assert (seen.judged, seen.window) == (3, 17)
+        with pytest.raises(grpc.RpcError) as err:
+            app_client.decisions_to_judge(3, callers=["web"])
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "bound to tenant app; it may ask for that tenant's decisions only (got 'web')" in str(
+            err.value.details()
+        )
+        web_own = web_client.decisions_to_judge(30, window=100)
+        assert {d.decision_id for d in web_own.decisions} == set(web_ids[:10])
+        store.close()

@@ -1,6 +1,7 @@
 """AdminService.DecisionsToJudge over a stand-in for the server's picks (the picks themselves, through a
 real server and store: tests/integration/test_to_judge.py): one call's work at a time, even when a caller
-leaves while its work runs, on a thread of the lowest CPU priority."""
+leaves while its work runs, on a thread of the lowest CPU priority; a token bound to a tenant asks as that
+tenant, one call at a time."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import sys
 import threading
 from typing import Any, cast
 
+import pytest
+
 from lmroute.adapt.to_judge import JudgePicks
 from lmroute.service.admin import AdminServicer
+from lmroute.service.auth import AUTH_TENANT
+from lmroute.service.errors import JudgeListBusy, PermissionDenied
 from lmroute.v1 import admin_pb2
 
 
@@ -20,7 +25,9 @@ def test_a_call_whose_caller_left_still_holds_the_next_until_its_work_ends() -> 
     nice: list[int] = []
     release = threading.Event()
 
-    def judge(budget: int, window: int, since_ms: int, callers: object, seed: int) -> tuple[JudgePicks, str]:
+    def judge(
+        budget: int, window: int, since_ms: int, callers: object, tenant_view: bool, seed: int
+    ) -> tuple[JudgePicks, str]:
         started.append(budget)
         nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         release.wait(10)
@@ -44,6 +51,50 @@ def test_a_call_whose_caller_left_still_holds_the_next_until_its_work_ends() -> 
         assert first.cancelled()
         if sys.platform.startswith("linux"):  # its thread's own nice value: serving keeps the CPU
             assert nice == [19, 19]
+        admin.close()
+
+    asyncio.run(asyncio.wait_for(body(), 20))
+
+
+def test_a_tenant_bound_token_asks_as_its_tenant_one_call_at_a_time() -> None:
+    """A token bound to a tenant gets its tenant's own view (callers = that tenant, judged = its outcomes);
+    naming another tenant is refused, and so is a second call of the same tenant while one is answered or
+    waits, while another tenant's call still takes its turn."""
+    asked: list[tuple[object, bool]] = []
+    release = threading.Event()
+
+    def judge(
+        budget: int, window: int, since_ms: int, callers: object, tenant_view: bool, seed: int
+    ) -> tuple[JudgePicks, str]:
+        asked.append((callers, tenant_view))
+        release.wait(10)
+        return JudgePicks([], 0, 0, 0, None), "v1"
+
+    async def as_tenant(admin: AdminServicer, tenant: str | None, **kw: Any) -> admin_pb2.DecisionsToJudgeResponse:
+        token = AUTH_TENANT.set(tenant)  # what the auth interceptor sets for a bound token
+        try:
+            return await admin.DecisionsToJudge(admin_pb2.DecisionsToJudgeRequest(budget=1, **kw), cast(Any, None))
+        finally:
+            AUTH_TENANT.reset(token)
+
+    async def body() -> None:
+        admin = AdminServicer()
+        admin.swapper = cast(Any, object())
+        admin.judge = judge
+        with pytest.raises(PermissionDenied, match=r"bound to tenant app; .* \(got 'ops'\)"):
+            await as_tenant(admin, "app", callers=["app", "ops"])
+        first = asyncio.ensure_future(as_tenant(admin, "app"))
+        while not asked:
+            await asyncio.sleep(0.01)
+        with pytest.raises(JudgeListBusy, match=r"tenant app has a DecisionsToJudge call"):
+            await as_tenant(admin, "app", callers=["app"])
+        other = asyncio.ensure_future(as_tenant(admin, "web"))  # waits its turn behind app's
+        operator = asyncio.ensure_future(as_tenant(admin, None, callers=["app", "web"]))
+        await asyncio.sleep(0.1)
+        release.set()
+        await asyncio.gather(first, other, operator)
+        assert asked == [(["app"], True), (["web"], True), (["app", "web"], False)]
+        await as_tenant(admin, "app")  # its earlier call is done: taken again
         admin.close()
 
     asyncio.run(asyncio.wait_for(body(), 20))
