@@ -20,6 +20,7 @@ StoreError naming the store, its password redacted.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import time
@@ -600,7 +601,7 @@ def _labeled(
     sums: dict[str, list[float]] = {}
     for r in rows:
         sums.setdefault(str(r[5]), []).append(float(r[6]))
-    qualities = {m: float(np.mean(v)) for m, v in sums.items()}
+    qualities = {m: math.fsum(v) / len(v) for m, v in sums.items()}  # np.mean costs ~7 us a list
     kinds = frozenset(OutcomeKind(str(r[4])) for r in rows)
     first = rows[0]
     sha = str(first[2])
