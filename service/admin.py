@@ -77,8 +77,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
         self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
-        # DecisionsToJudge's picks, set when the server has a store: (budget, window, since_ms, callers, seed)
-        # -> (the picks, the version of the bundle that chose them); blocking (run on a worker thread)
+        # DecisionsToJudge's picks (JudgeFn), set when the server has a store; blocking (run on a worker thread)
         self.judge: JudgeFn | None = None
         self.max_message_bytes = max_message_bytes  # the largest answer the server sends
         self._judging = asyncio.Lock()  # one DecisionsToJudge call at a time
