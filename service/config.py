@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmroute.bundle.remote_encoder import RemoteSettings
-from lmroute.outcomes.store import redact_dsn
+from lmroute.outcomes.store import NOT_YET_MS, redact_dsn
 from lmroute.service.auth import load_tokens
 from lmroute.service.cpus import available_cpus, parse_cpu_list
 from lmroute.service.errors import ConfigError
@@ -604,8 +604,10 @@ class ServiceConfig:
             raise ConfigError(f"targets_watch_s: must be >= 0 and finite (got {self.targets_watch_s!r})")
         if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
             raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
-        if not (isinstance(self.store_linger_ms, (int, float)) and 0 <= self.store_linger_ms <= 10_000):
-            raise ConfigError(f"store_linger_ms: must be in [0, 10000] (got {self.store_linger_ms!r})")
+        # at most half of NOT_YET_MS: a decision is in the store well before Feedback on another replica stops
+        # answering DECISION_NOT_RECORDED_YET (retry) for its id and answers DECISION_NOT_FOUND
+        if not (isinstance(self.store_linger_ms, (int, float)) and 0 <= self.store_linger_ms <= NOT_YET_MS / 2):
+            raise ConfigError(f"store_linger_ms: must be in [0, {NOT_YET_MS // 2}] (got {self.store_linger_ms!r})")
         try:
             parse_share_targets(self.share_targets)
         except ValueError as exc:

@@ -175,6 +175,10 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         ),
         (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=-1.0), "grace_s: must be >= 0 (got -1.0)"),
         (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_linger_ms=6000),
+            "store_linger_ms: must be in [0, 5000] (got 6000)",
+        ),
+        (
             lambda: ServiceConfig(bundle_path=Path("b"), max_message_bytes=10),
             "max_message_bytes: must be >= 1024 (got 10)",
         ),
