@@ -196,14 +196,16 @@ def decision_of_route(
     catalog: Catalog,
     *,
     router: str,
-    threshold: float,
+    threshold: float | None,
     chosen_model: str,
     propensity: float,
     tenant: str = "",
     policy: str = "",
+    choice: str = "",
     caller: str = "",
 ) -> Decision:
-    """The record of a Route answer: a scored prompt plus the router, threshold, choice and propensity."""
+    """The record of a Route answer: a scored prompt plus the router, threshold (None among candidates),
+    choice and propensity; `choice`: among candidates, the models, qualities and costs it chose from."""
     return Decision(
         kind="route",
         router=router,
@@ -212,6 +214,7 @@ def decision_of_route(
         propensity=propensity,
         tenant=tenant,
         policy=policy,
+        choice=choice,
         **_scored_prompt(decision_id, now_ms, text, out, catalog, caller),
     )
 

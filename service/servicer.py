@@ -410,15 +410,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if self.store is not None:
             self._record(
                 [
-                    dataclasses.replace(
-                        decision_of_score(decision_id, now_ms, text, out, catalog, caller=asked_tenant),
-                        kind="route",
+                    decision_of_route(
+                        decision_id,
+                        now_ms,
+                        text,
+                        out,
+                        catalog,
                         router=request.router,
+                        threshold=None,
                         chosen_model=chosen,
                         propensity=propensity,
                         tenant=tenant or asked_tenant,
                         policy=rule if tenant is None else "spend_target",
                         choice=made.choice_json(cands),
+                        caller=asked_tenant,
                     )
                 ]
             )
