@@ -41,7 +41,7 @@ import structlog
 
 from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
-from lmroute.service.logs import CallLog, LogSampler
+from lmroute.service.logs import CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
@@ -245,7 +245,8 @@ def _wrap_unary(
                     span.set_attribute("rpc.code", code)
                 ms = round(seconds * 1000, 3)
                 if code not in _SHED_CODES and not sample_all:
-                    _log.info("rpc", code=code, ms=ms, peer=context.peer())
+                    if info_enabled():
+                        _log.info("rpc", code=code, ms=ms, peer=context.peer())
                 elif (suppressed := sampler.admit((method, code, reason))) is not None:
                     _log.info("rpc", code=code, reason=reason, ms=ms, peer=context.peer(), suppressed=suppressed)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["CallLog", "LogSampler", "bind_call", "configure_logging", "merge_call_context"]
+__all__ = ["CallLog", "LogSampler", "bind_call", "configure_logging", "info_enabled", "merge_call_context"]
 
 _CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lmroute_log_call", default=None)
 
@@ -59,8 +59,19 @@ def merge_call_context(_logger: Any, _method: str, event_dict: MutableMapping[st
     return event_dict
 
 
+_level = logging.NOTSET  # the level configure_logging set: structlog logs everything before it is called
+
+
+def info_enabled() -> bool:
+    """Whether info lines are written: a caller skips the work of a line's fields when they are not
+    (the access line's peer address costs a gRPC call)."""
+    return _level <= logging.INFO
+
+
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Route structlog to stderr as JSON lines at `level` (debug, info, warning, error)."""
+    global _level
+    _level = getattr(logging, level.upper())
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -70,7 +81,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
