@@ -20,13 +20,14 @@ decisions and then the outcomes in one transaction, commits once and resolves th
 decision recorded before an outcome that names it is therefore written in the same or an earlier commit.
 A round of decisions alone waits until the oldest of them has waited `decision_linger_s` (or `max_batch`
 are pending): a commit costs the process far more than a row (SQLite: ~130 us of CPU against ~15 us a
-decision), so one a decision would take a large share of a busy server's core. An outcome starts a
-round at once, so Feedback's acknowledgment never waits for the linger.
+decision: benchmarks/ghz/results/store_cost), so one a decision would take a large share of a busy
+server's core. An outcome starts a round at once, so Feedback's acknowledgment never waits for the linger.
 On a failed commit the round's outcome futures fail, its decisions go back to the front of the queue and
 the store is reopened (a lost PostgreSQL connection) after a pause. With `retention_ms` the writer
 deletes what is older, once every `prune_interval_s`, `prune_batch` rows of each table a transaction
 with the rounds that come meanwhile written between them: deleting an hour of a busy server's decisions
-at once would hold Feedback's acknowledgments for seconds (100,000 decisions: 1.2 s on SQLite).
+at once would hold Feedback's acknowledgments for seconds (100,000 decisions: 1.2 s on SQLite; the
+measurement is described in docs/OUTCOMES.md, retention).
 """
 
 from __future__ import annotations

@@ -147,6 +147,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if self.store is not None and decisions:
             self.store.record(decisions)
 
+    def _route_decision(
+        self, text: str | ServiceError, out: ItemResult, catalog: Catalog, asked_tenant: str, **fields: Any
+    ) -> str:
+        """A Route answer's decision id, bound into the call's access line, with its record queued for the
+        store when there is one (`fields`: decision_of_route's, the caller's tenant aside)."""
+        now_ms = int(time.time() * 1000)
+        decision_id = new_decision_id(now_ms)
+        bind_call(decision_id=decision_id)
+        if self.store is not None and isinstance(text, str):
+            self._record([decision_of_route(decision_id, now_ms, text, out, catalog, caller=asked_tenant, **fields)])
+        return decision_id
+
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's tenant (`tenant_named`) from its metadata (`tenant_header`)."""
         named = ""
@@ -322,28 +334,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if controller is not None:
             controller.record(score, strong)
         chosen = catalog.strong_model if strong else catalog.weak_model
-        now_ms = int(time.time() * 1000)
-        decision_id = new_decision_id(now_ms)
-        bind_call(decision_id=decision_id)  # into the call's access line
-        if self.store is not None and isinstance(text, str):
-            self._record(
-                [
-                    decision_of_route(
-                        decision_id,
-                        now_ms,
-                        text,
-                        out,
-                        catalog,
-                        router=request.router,
-                        threshold=threshold,
-                        chosen_model=chosen,
-                        propensity=propensity,
-                        tenant=tenant or asked_tenant,
-                        policy=policy or "target",
-                        caller=asked_tenant,
-                    )
-                ]
-            )
+        decision_id = self._route_decision(
+            text,
+            out,
+            catalog,
+            asked_tenant,
+            router=request.router,
+            threshold=threshold,
+            chosen_model=chosen,
+            propensity=propensity,
+            tenant=tenant or asked_tenant,
+            policy=policy or "target",
+        )
         return router_pb2.RouteResponse(
             chosen_model=chosen,
             tier=router_pb2.TIER_STRONG if strong else router_pb2.TIER_WEAK,
@@ -404,29 +406,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if spend is not None:
             spend.record(q, c, made.chosen)  # the spend served, explored or not
         chosen = cands.models[made.chosen]
-        now_ms = int(time.time() * 1000)
-        decision_id = new_decision_id(now_ms)
-        bind_call(decision_id=decision_id)  # into the call's access line
-        if self.store is not None:
-            self._record(
-                [
-                    decision_of_route(
-                        decision_id,
-                        now_ms,
-                        text,
-                        out,
-                        catalog,
-                        router=request.router,
-                        threshold=None,
-                        chosen_model=chosen,
-                        propensity=propensity,
-                        tenant=tenant or asked_tenant,
-                        policy=rule if tenant is None else "spend_target",
-                        choice=made.choice_json(cands),
-                        caller=asked_tenant,
-                    )
-                ]
-            )
+        decision_id = self._route_decision(
+            text,
+            out,
+            catalog,
+            asked_tenant,
+            router=request.router,
+            threshold=None,
+            chosen_model=chosen,
+            propensity=propensity,
+            tenant=tenant or asked_tenant,
+            policy=rule if tenant is None else "spend_target",
+            choice=made.choice_json(cands),
+        )
         tier = {catalog.strong_model: router_pb2.TIER_STRONG, catalog.weak_model: router_pb2.TIER_WEAK}
         response = router_pb2.RouteResponse(
             chosen_model=chosen,
