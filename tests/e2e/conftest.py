@@ -86,7 +86,9 @@ class TlsServer:
 
     server: ServerThread
     ca: Path  # the CA certificate the clients trust
-    token_env: dict[str, str]  # LMROUTE_E2E_TOKEN -> the token, for the clients' environment
+    token_env: dict[str, str]  # LMROUTE_E2E_TOKEN -> the operator's token, for the clients' environment
+    tenant_token_env: dict[str, str]  # LMROUTE_E2E_TOKEN -> a token bound to `tenant`
+    tenant: str
 
 
 def _server_certificate(ca: Any, root: Path) -> None:
@@ -104,8 +106,8 @@ def e2e_tls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
     root = tmp_path_factory.mktemp("e2e_tls")
     _server_certificate(trustme.CA(), root)
-    token = "e2e-token-0123456789abcdef"
-    (root / "tokens").write_text(token + "\n")
+    token, tenant_token = "e2e-token-0123456789abcdef", "e2e-tenant-token-fedcba9876543210"
+    (root / "tokens").write_text(f"{token}\n{tenant_token} acme\n")
     cfg = _e2e_config(
         e2e_bundle_dir,
         root,
@@ -115,7 +117,7 @@ def e2e_tls_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactor
         transport="threads",  # the clients' TLS and token cases on the thread transport (module docstring)
     )
     srv = ServerThread(cfg).start()
-    yield TlsServer(srv, root / "ca.pem", {"LMROUTE_E2E_TOKEN": token})
+    yield TlsServer(srv, root / "ca.pem", {"LMROUTE_E2E_TOKEN": token}, {"LMROUTE_E2E_TOKEN": tenant_token}, "acme")
     srv.stop()
 
 

@@ -3,7 +3,8 @@
 real server on 127.0.0.1 with a real bundle. Every client must give the same codes and reasons, the same
 chosen model and tier, scores equal to 1e-6 and the same per-item codes.
 
-Also: the clients' exit status 2 on bad arguments, and the Go client's own unit tests (`go test ./...`).
+Also: a token bound to a tenant through each client (what it may and may not call), the clients' exit
+status 2 on bad arguments, and the Go client's own unit tests (`go test ./...`).
 """
 
 from __future__ import annotations
@@ -156,9 +157,9 @@ def reference(e2e_server: ServerThread, cases_file: Path) -> dict[str, dict[str,
     return _by_id(json.loads(out.stdout), "python")
 
 
-def _by_id(doc: dict[str, Any], who: str) -> dict[str, dict[str, Any]]:
+def _by_id(doc: dict[str, Any], who: str, cases: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     ids = [r["id"] for r in doc["results"]]
-    want = [c["id"] for c in build_cases()]
+    want = [c["id"] for c in (build_cases() if cases is None else cases)]
     assert ids == want, f"{who}: results are not one per case in order: {ids}"
     return {r["id"]: r for r in doc["results"]}
 
@@ -358,6 +359,57 @@ def test_client_answers_the_same_over_tls_with_a_token(
     codes = {r["id"]: r["code"] for r in json.loads(bare.stdout)["results"]}
     assert {c for cid, c in codes.items() if not cid.startswith("health")} == {"UNAUTHENTICATED"}
     assert all(c == reference[cid]["code"] for cid, c in codes.items() if cid.startswith("health"))  # open
+
+
+def tenant_cases(tenant: str) -> list[dict[str, Any]]:
+    """What a token bound to a tenant may and may not do (docs/SECURITY.md): route and report on its own
+    decisions, ask for its own judge list; no other AdminService call."""
+    p = synthetic_prompts(2, seed=11)
+    return [
+        {"id": "tenant-route", "rpc": "Route", "prompt": p[0], "router": "mf", "threshold": 0.5},
+        {
+            "id": "tenant-feedback",
+            "rpc": "Feedback",
+            "prompt": p[1],
+            "router": "mf",
+            "threshold": 0.5,
+            "outcomes": [{"decision_id": "routed", "single": 0.75, "source": "thumbs"}],
+        },
+        {"id": "tenant-to-judge", "rpc": "DecisionsToJudge", "budget": 1, "window": 1},
+        {"id": "tenant-get-bundle", "rpc": "GetBundle"},
+        {"id": "tenant-reload-bundle", "rpc": "ReloadBundle", "path": ""},
+        {"id": "tenant-set-targets", "rpc": "SetTargets", "shares": {tenant: 0.2}},
+        {"id": "tenant-list-share-targets", "rpc": "ListShareTargets"},
+        {"id": "tenant-list-spend-targets", "rpc": "ListSpendTargets"},
+    ]
+
+
+@pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_client_answers_like_the_python_client_with_a_tenant_token(
+    client: str, client_command: Callable[[str], list[str]], e2e_tls_server: Any, tmp_path: Path
+) -> None:
+    """With a token bound to a tenant, each client gets what the Python client gets: its Route, Feedback and
+    judge list answered, every other AdminService call PERMISSION_DENIED."""
+    cases = tenant_cases(e2e_tls_server.tenant)
+    path = tmp_path / "tenant_cases.json"
+    path.write_text(json.dumps({"cases": cases}), encoding="utf-8")
+    common = ("conformance", "--addr", e2e_tls_server.server.target, "--cases", str(path))
+    common += ("--ca", str(e2e_tls_server.ca), "--token-env", "LMROUTE_E2E_TOKEN")
+
+    def answers(cmd: list[str], who: str) -> dict[str, dict[str, Any]]:
+        out = run(cmd, *common, env=e2e_tls_server.tenant_token_env)
+        assert out.returncode == 0, f"{who}: conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
+        return _by_id(json.loads(out.stdout), who, cases)
+
+    ref = answers([sys.executable, str(PY_CLIENT)], "python")
+    assert [ref[c]["code"] for c in ("tenant-route", "tenant-feedback", "tenant-to-judge")] == ["OK"] * 3, ref
+    assert ref["tenant-feedback"]["stored"] == 1
+    assert ref["tenant-to-judge"]["window"] == 1  # its newest decision, the one tenant-feedback judged
+    refused = [c["id"] for c in cases[3:]]
+    assert {(ref[c]["code"], ref[c]["reason"]) for c in refused} == {("PERMISSION_DENIED", "PERMISSION_DENIED")}
+    got = answers(client_command(client), client)
+    diff = [d for cid, r in ref.items() for d in differences(r, got[cid])]
+    assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
 
 
 @pytest.mark.parametrize("client", ["python", *CLIENT_NAMES])
