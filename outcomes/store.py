@@ -7,9 +7,10 @@ store that replicas share), behind one class and one schema (lmroute.outcomes.sc
 
 A store is used from one thread at a time (the serving process gives it to its writer thread,
 lmroute.outcomes.writer). `write` commits before it returns: SQLite runs in WAL mode with
-synchronous=FULL (the commit is on disk when it returns), PostgreSQL with its default synchronous
-commit. With `store_prompts=False` (the privacy switch) no prompt text is ever written: a decision keeps
-the prompt's SHA-256 and embedding, an outcome by prompt its SHA-256.
+synchronous=FULL (the commit is on disk when it returns) and secure_delete (deleted rows are overwritten
+with zeros, whatever the SQLite build's default), PostgreSQL with its default synchronous commit. With
+`store_prompts=False` (the privacy switch) no prompt text is ever written: a decision keeps the prompt's
+SHA-256 and embedding, an outcome by prompt its SHA-256.
 
 Opening a store migrates it to the current schema version (in one transaction per step; on PostgreSQL
 under an advisory lock, so replicas starting together migrate once) and refuses a store that a newer
@@ -104,6 +105,7 @@ def open_store(dsn: str, *, store_prompts: bool = True) -> OutcomeStore:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")  # what retention deletes is zeroed, not left in free pages
         except sqlite3.Error as exc:
             raise StoreError(f"store {dsn!r}: cannot open {path}: {exc}") from exc
         store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts)

@@ -185,6 +185,21 @@ def test_retention_prunes_what_is_older(store: OutcomeStore) -> None:
     assert store.counts() == {"decisions": 1, "outcomes": 1}
 
 
+def test_what_retention_deletes_leaves_no_prompt_text_in_the_sqlite_file(tmp_path: Path) -> None:
+    """SQLite keeps deleted rows' bytes in its free pages unless secure_delete is on (it is off in many
+    builds): the store turns it on, so a pruned prompt is gone from the file, not only from the tables."""
+    path = tmp_path / "outcomes.sqlite3"
+    s = open_store(f"sqlite:{path}")
+    now = int(time.time() * 1000)
+    s.write([_decision(f"expired secret question {i:04d}", at_ms=now - 40 * DAY_MS, dim=64) for i in range(500)], [])
+    s.write([_decision("a recent question", at_ms=now)], [])
+    assert s.prune(now - 30 * DAY_MS) == (500, 0)
+    s._exec("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    data = path.read_bytes()
+    assert b"a recent question" in data and b"expired secret question" not in data
+
+
 def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
     now = int(time.time() * 1000)
     old = [_decision(f"old {i}", at_ms=now - (40 + i) * DAY_MS) for i in range(5)]
