@@ -12,6 +12,7 @@ sign       sign a bundle's manifest.json (detached Ed25519 signature, manifest.j
 verify     load and validate a bundle, and with --public-key check its signature
 import-outcomes  outcomes from a JSONL file into an outcome store
 copy-store       a whole outcome store into a new one (either backend)
+erase            delete what an outcome store holds about prompts, decisions or a tenant, on request
 adaptations      the adaptation runs a store recorded: when, from which bundle, the gate's verdict and why
 adapt            learn from a store's outcomes: adapt a bundle, gate it, write it when the gate accepts
 to-judge         which recent decisions to judge next with both models (the label budget)
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_integrity_commands(sub)
     _add_outcome_commands(sub)
     _add_copy_store_command(sub)
+    _add_erase_command(sub)
     _add_adaptations_command(sub)
     _add_adapt_command(sub)
     _add_to_judge_command(sub)
@@ -252,6 +255,70 @@ def _add_copy_store_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--from", dest="source", required=True, metavar="DSN", help="the store to copy")
     p.add_argument("--to", dest="target", required=True, metavar="DSN", help="an empty store (created if new)")
+
+
+def _add_erase_command(sub: argparse._SubParsersAction) -> None:
+    """erase (docs/OUTCOMES.md)."""
+    p = sub.add_parser(
+        "erase",
+        help="delete what an outcome store holds about prompts, decisions or tenants (decisions and outcomes)",
+    )
+    p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
+    p.add_argument(
+        "--prompts-file",
+        type=Path,
+        default=None,
+        help="prompts to erase wherever they are: one a line, or JSONL objects with a 'prompt' field",
+    )
+    p.add_argument(
+        "--prompt-sha256", action="append", default=[], metavar="HEX", help="a prompt by the SHA-256 of its text"
+    )
+    p.add_argument("--decision-id", action="append", default=[], metavar="ID", help="one decision")
+    p.add_argument(
+        "--callers",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help=f"the decisions these tenants' calls made and the outcomes they reported (comma-separated; "
+        f"{UNNAMED_REPORTER} = calls naming none)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _erase(args: argparse.Namespace) -> int:
+    """Delete (or with --dry-run count) what the store holds about the named prompts, decisions and
+    tenants; {"decisions": n, "outcomes": n, "dry_run": ...} on stdout."""
+    from lmroute.outcomes.records import prompt_sha256
+    from lmroute.outcomes.store import open_store
+
+    try:
+        callers = reporters_named(args.callers, "callers") or frozenset()
+        hashes = [h.lower() for h in args.prompt_sha256]
+        bad = next((h for h in hashes if not _SHA256_HEX.fullmatch(h)), None)
+        if bad is not None:
+            raise ValueError(f"--prompt-sha256: {bad!r} is not 64 hex digits")
+        if args.prompts_file is not None:
+            hashes += [prompt_sha256(p) for p in _read_prompts(args.prompts_file)]
+        if not (hashes or args.decision_id or callers):
+            raise ValueError("name what to erase: --prompts-file, --prompt-sha256, --decision-id or --callers")
+    except (ValueError, OSError) as exc:
+        print(f"{PROG} erase: {exc}", file=sys.stderr)
+        return 2
+    store = open_store(args.store)  # a StoreError is printed by main, exit 1
+    try:
+        n_dec, n_out = store.erase(
+            decision_ids=args.decision_id, prompt_sha256s=hashes, callers=callers, dry_run=args.dry_run
+        )
+    except ValueError as exc:
+        print(f"{PROG} erase: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(json.dumps({"decisions": n_dec, "outcomes": n_out, "dry_run": args.dry_run}))
+    return 0
 
 
 def _add_adaptations_command(sub: argparse._SubParsersAction) -> None:
@@ -632,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store_commands = {
         "import-outcomes": _import_outcomes,
         "copy-store": _copy_store,
+        "erase": _erase,
         "adaptations": _adaptations,
         "adapt": _adapt,
         "to-judge": _to_judge,

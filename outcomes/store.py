@@ -51,6 +51,7 @@ not have written it yet (decisions are written behind the answer)."""
 
 _MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migrating
 _CHUNK = 500  # ids per IN (...) query
+MAX_ERASE_NAMES = 10_000  # ids, hashes and tenants one erase names (a statement's parameters are bounded)
 
 
 class StoreError(RuntimeError):
@@ -345,6 +346,80 @@ class OutcomeStore:
             n_out = self._exec(f"DELETE FROM outcomes WHERE {outcomes}", params).rowcount
             n_dec = self._exec(f"DELETE FROM decisions WHERE {decisions}", params).rowcount
         return int(n_dec), int(n_out)
+
+    def erase(
+        self,
+        *,
+        decision_ids: Collection[str] = (),
+        prompt_sha256s: Collection[str] = (),
+        callers: Collection[str] = (),
+        dry_run: bool = False,
+        batch: int = 5000,
+    ) -> tuple[int, int]:
+        """Delete what the store holds about these, on request (a user's data, a prompt sent by mistake):
+        the decisions with these ids; every decision and outcome of a prompt, by the SHA-256 of its text
+        (`prompt_sha256`); the decisions each of these tenants' calls made ("" names calls naming no
+        tenant) and the outcomes it reported. The outcomes of a deleted decision go with it. (decisions,
+        outcomes) deleted, or with `dry_run` those that would be. Deleted in transactions of at most
+        `batch` decisions with their outcomes, then of `batch` outcomes, so a serving writer sharing the
+        store waits for one batch, not for the whole erasure; SQLite overwrites what it deletes
+        (secure_delete)."""
+        names = len(set(decision_ids)) + len(set(prompt_sha256s)) + len(set(callers))
+        if names > MAX_ERASE_NAMES:
+            raise ValueError(f"erase: {names} ids, hashes and tenants in one call; at most {MAX_ERASE_NAMES}")
+        decided: list[str] = []  # the decisions to delete: any of these
+        direct: list[str] = []  # the outcomes to delete by their own columns: any of these
+        params: list[str] = []
+        direct_params: list[str] = []
+        for column, values, outcome_column, outcome_values in (
+            ("decision_id", decision_ids, "target", [f"d:{i}" for i in decision_ids]),
+            ("prompt_sha256", prompt_sha256s, "prompt_sha256", prompt_sha256s),
+            ("COALESCE(caller, '')", callers, "reporter", callers),
+        ):
+            if values:
+                clause, ordered = _in(column, values)
+                decided.append(clause)
+                params += ordered
+                clause, ordered = _in(outcome_column, outcome_values)
+                direct.append(clause)
+                direct_params += ordered
+        if not decided:
+            return 0, 0
+        where_decisions, where_outcomes = " OR ".join(decided), " OR ".join(direct)
+        if dry_run:
+            n_dec = self._exec(f"SELECT COUNT(*) FROM decisions WHERE {where_decisions}", params).fetchone()[0]
+            n_out = self._exec(
+                f"SELECT COUNT(*) FROM outcomes WHERE {where_outcomes} OR target IN "
+                f"(SELECT 'd:' || decision_id FROM decisions WHERE {where_decisions})",
+                [*direct_params, *params],
+            ).fetchone()[0]
+            return int(n_dec), int(n_out)
+        n_dec = n_out = 0
+        while True:  # decisions with their outcomes, a batch a transaction
+            with self._transaction():
+                ids = [
+                    str(r[0])
+                    for r in self._exec(
+                        f"SELECT decision_id FROM decisions WHERE {where_decisions} LIMIT ?", [*params, batch]
+                    ).fetchall()
+                ]
+                if ids:
+                    clause, ordered = _in("target", [f"d:{i}" for i in ids])
+                    n_out += self._exec(f"DELETE FROM outcomes WHERE {clause}", ordered).rowcount
+                    clause, ordered = _in("decision_id", ids)
+                    n_dec += self._exec(f"DELETE FROM decisions WHERE {clause}", ordered).rowcount
+            if len(ids) < batch:
+                break
+        while True:  # outcomes by prompt or reporter, on no deleted decision
+            with self._transaction():
+                done = self._exec(
+                    f"DELETE FROM outcomes WHERE id IN (SELECT id FROM outcomes WHERE {where_outcomes} LIMIT ?)",
+                    [*direct_params, batch],
+                ).rowcount
+            n_out += done
+            if done < batch:
+                break
+        return n_dec, n_out
 
     def record_adaptation(
         self,

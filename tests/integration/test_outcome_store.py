@@ -215,6 +215,87 @@ def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
     assert store.counts() == {"decisions": 1, "outcomes": 1}
 
 
+def test_erase_by_prompt_deletes_its_decisions_and_every_outcome_of_it(store: OutcomeStore) -> None:
+    a, b, other = _decision("my secret"), _decision("my secret"), _decision("something else")
+    store.write(
+        [a, b, other],
+        [
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, decision_id=a.decision_id),
+            Outcome(OutcomeKind.PAIRED, "strong-m", 1.0, prompt_text="my secret", source="judge", reporter="acme"),
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.25, decision_id=other.decision_id),
+        ],
+    )
+    sha = prompt_sha256("my secret")
+    assert store.erase(prompt_sha256s=[sha], dry_run=True) == (2, 2)
+    assert store.counts() == {"decisions": 3, "outcomes": 3}  # a dry run deletes nothing
+    assert store.erase(prompt_sha256s=[sha]) == (2, 2)
+    assert store.decision(a.decision_id) is None and store.decision(b.decision_id) is None
+    assert [r.prompt_sha256 for r in store.labeled_prompts()] == [other.prompt_sha256]
+    assert store.erase(prompt_sha256s=[sha]) == (0, 0)
+    assert store.counts() == {"decisions": 1, "outcomes": 1}
+
+
+def test_erase_by_tenant_deletes_its_calls_decisions_and_what_it_reported(store: OutcomeStore) -> None:
+    mine = [dataclasses.replace(_decision(f"acme asks {i}"), caller="acme") for i in range(5)]
+    theirs = dataclasses.replace(_decision("beta asks"), caller="beta")
+    unnamed = _decision("nobody asks")
+    store.write([*mine, theirs, unnamed], [])
+    store.write(
+        [],
+        [
+            *(Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, decision_id=d.decision_id, source="judge") for d in mine),
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.0, decision_id=theirs.decision_id, reporter="acme"),
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, decision_id=theirs.decision_id, reporter="beta"),
+            Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, prompt_text="acme asks 0", reporter="beta"),
+        ],
+    )
+    assert store.erase(callers=["acme"], dry_run=True) == (5, 6)
+    assert store.erase(callers=["acme"], batch=2) == (5, 6)  # three batches of decisions
+    assert all(store.decision(d.decision_id) is None for d in mine)
+    left = {(r.decision_id, r.qualities["weak-m"]) for r in store.labeled_prompts()}
+    assert left == {(theirs.decision_id, 0.5), (None, 0.5)}  # beta's own outcomes stay
+    assert store.erase(callers=[""]) == (1, 0)  # calls naming no tenant
+    assert store.counts() == {"decisions": 1, "outcomes": 2}
+
+
+def test_erase_by_decision_id_and_its_bounds(store: OutcomeStore) -> None:
+    d, kept = _decision("one decision"), _decision("one decision")
+    store.write([d, kept], [Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, decision_id=d.decision_id)])
+    assert store.erase() == (0, 0)
+    assert store.erase(decision_ids=[d.decision_id, "0" * 32]) == (1, 1)
+    assert store.decision(kept.decision_id) is not None
+    with pytest.raises(ValueError, match="at most 10000"):
+        store.erase(decision_ids=[f"{i:032x}" for i in range(10_001)])
+
+
+def test_the_erase_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmroute.export.cli import main
+
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    s = open_store(dsn)
+    texts = ["first secret\nover two lines", "second secret", "kept"]
+    decisions = [_decision(t) for t in texts]
+    s.write(decisions, [Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, decision_id=d.decision_id) for d in decisions])
+    s.close()
+    (tmp_path / "erase.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts[:1]))
+    cmd = ["erase", "--store", dsn, "--prompts-file", str(tmp_path / "erase.jsonl")]
+    cmd += ["--prompt-sha256", prompt_sha256("second secret").upper()]
+    assert main([*cmd, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"decisions": 2, "outcomes": 2, "dry_run": True}
+    assert main(cmd) == 0
+    assert json.loads(capsys.readouterr().out) == {"decisions": 2, "outcomes": 2, "dry_run": False}
+    s = open_store(dsn)
+    assert [r.prompt_sha256 for r in s.labeled_prompts()] == [prompt_sha256("kept")]
+    s.close()
+    for bad, says in (
+        (["--prompt-sha256", "abc"], "--prompt-sha256: 'abc' is not 64 hex digits"),
+        (["--callers", "no such name!"], "callers"),
+        ([], "name what to erase"),
+    ):
+        assert main(["erase", "--store", dsn, *bad]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_the_writer_acknowledges_feedback_between_a_prunes_batches(tmp_path: Path) -> None:
     """A prune deletes `prune_batch` rows a transaction and writes the rounds that come meanwhile between
     them: an outcome submitted while a large prune runs is acknowledged long before it ends."""
