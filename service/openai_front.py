@@ -40,6 +40,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -71,6 +72,7 @@ _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller aske
 _CHAT = "/v1/chat/completions"
 _FEEDBACK = "/v1/feedback"
 _ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ def parse_model(name: object, routers: tuple[str, ...], default_router: str = ""
     answered with)."""
     forms = "router-<router>-<threshold>, router-<router>@<strong share> or router-<router>"
     if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"model: required, one of {forms}", reason="BAD_MODEL")
+        got = "" if name is None else f" (got {type(name).__name__} {echo(str(name))})"
+        raise InvalidArgument(f"model: required, a string: one of {forms}{got}", reason="BAD_MODEL")
     if not name.startswith(PREFIX):
         raise InvalidArgument(f"model: {echo(name)} is not a router model; expected {forms}", reason="BAD_MODEL")
     names = routers if DEFAULT in routers else (*routers, DEFAULT)
@@ -121,6 +124,10 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
     if not at:
         router, _, value = rest.rpartition("-")
         kind = "threshold"
+    if not at and router.endswith("-") and router[:-1] in names:  # router-mf--0.1: a negative threshold
+        raise InvalidArgument(
+            f"model: threshold in {echo(name)} must be in [0, 1] (got -{value})", reason="OUT_OF_RANGE"
+        )
     if router not in names:
         shown = router or rest
         raise InvalidArgument(
@@ -169,13 +176,18 @@ def prompt_of_messages(messages: object, max_turns: int) -> router_pb2.Prompt:
         if not isinstance(msg, dict):
             raise InvalidArgument(f"messages[{j}]: must be an object with role and content", reason="BAD_MESSAGE")
         role = msg.get("role")
-        if role in _SKIPPED_ROLES:
+        if isinstance(role, str) and role in _SKIPPED_ROLES:
             continue
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             known = ", ".join([*_ROLES, *_SKIPPED_ROLES])
-            raise InvalidArgument(
-                f"messages[{j}].role: unknown role {echo(str(role))} (expected one of {known})", reason="UNKNOWN_ROLE"
+            what = (
+                "missing"
+                if role is None
+                else f"unknown role {echo(role)}"
+                if isinstance(role, str)
+                else f"must be a string (got {type(role).__name__})"
             )
+            raise InvalidArgument(f"messages[{j}].role: {what} (expected one of {known})", reason="UNKNOWN_ROLE")
         text = _text_of(msg.get("content"), f"messages[{j}].content")
         conv.messages.add(role=_ROLES[role], content=text)
     if not any(m.role == "user" for m in conv.messages):
@@ -350,14 +362,33 @@ class OpenAIFront:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"body: not valid JSON ({exc})", reason="BAD_JSON") from None
+        except RecursionError:
+            raise InvalidArgument("body: JSON nested too deeply", reason="BAD_JSON") from None
         if not isinstance(body, dict):
             raise InvalidArgument("body: must be a JSON object", reason="BAD_JSON")
+        if _SURROGATE_ESCAPE.search(raw):  # JSON may escape a lone surrogate, which no UTF-8 text holds
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                why = f"body: a string holds an unpaired surrogate ({exc.object[exc.start : exc.end]!a}), not text"
+                raise InvalidArgument(why, reason="BAD_JSON") from None
         return body
 
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
-        ask = parse_model(body.get("model"), self.servicer.routers, self.servicer.router_for(tenant))
+        model = body.get("model")
+        ask = parse_model(model, self.servicer.routers, self.servicer.router_for(tenant))
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
-        return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
+        try:
+            return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
+        except InvalidArgument as exc:
+            if exc.reason != "MISSING_POLICY":
+                raise
+            router = ask.router or DEFAULT
+            raise InvalidArgument(
+                f"model: {echo(str(model))} names no threshold or strong share; name one, "
+                f"router-{router}-<threshold> or router-{router}@<strong share> ({exc.message})",
+                reason=exc.reason,
+            ) from None
 
     async def _forward(
         self,

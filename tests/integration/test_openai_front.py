@@ -152,6 +152,7 @@ def test_models_list_and_bad_names(
     with pytest.raises(openai.BadRequestError) as err:  # no share targets on this server
         client.chat.completions.create(model="router-mf", messages=msgs)
     assert "MISSING_POLICY" in str(err.value.body)
+    assert "'router-mf' names no threshold or strong share; name one, router-mf-<threshold>" in err.value.message
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "wizard", "content": "x"}])
     assert "messages[0].role: unknown role 'wizard'" in err.value.message
@@ -161,6 +162,30 @@ def test_models_list_and_bad_names(
         "model: 'router-default@0.5' asks for the default router; the serving bundle names none"
     )
     assert sum(len(u.requests) for u in upstreams.values()) == 0  # nothing bad went upstream
+
+
+def test_bodies_no_text_can_be_made_of_are_400_not_500(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A lone surrogate escaped in any string (a user, system or tool message), JSON nested past what the
+    parser takes: 400 BAD_JSON naming what is wrong, before any routing decision; nothing goes upstream."""
+    _, base = _front(fake_servers, _file(tmp_path, upstreams))
+    user = '{"role": "user", "content": "hi"}'
+    bodies = {
+        "user": '{"model": "router-mf-0.5", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}',
+        "system": '{"model": "router-mf-0.5", "messages": [{"role": "system", "content": "\\udfff"}, ' + user + "]}",
+        "tool": '{"model": "router-mf-0.5", "messages": [' + user + ', {"role": "tool", "content": "x\\uDBFF"}]}',
+        "nested": '{"model": "router-mf-0.5", "x": ' + "[" * 100_000 + "]" * 100_000 + ', "messages": [' + user + "]}",
+    }
+    for what, body in bodies.items():
+        for path in ("/chat/completions", "/feedback"):
+            status, answer = _post(base + path, body.encode())
+            assert (status, answer["error"]["code"]) == (400, "BAD_JSON"), (what, path, status, answer)
+            assert ("nested too deeply" if what == "nested" else "unpaired surrogate") in answer["error"]["message"]
+    ok = '{"model": "router-mf-0.5", "messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00"}]}'
+    status, answer = _post(base + "/chat/completions", ok.encode())
+    assert status == 200, answer  # an escaped surrogate pair is text (an emoji)
+    assert sum(len(u.requests) for u in upstreams.values()) == 1
 
 
 def test_the_default_router_by_name(

@@ -68,7 +68,9 @@ def test_the_default_router_by_name(name: str, ask: ModelAsk) -> None:
         ("router-mf@1.5", ["strong share", "must be in [0, 1]", "1.5"]),
         ("router-mf-nan", ["must be in [0, 1]"]),
         ("", ["model: required"]),
-        (7, ["model: required"]),
+        (7, ["model: required, a string", "(got int '7')"]),
+        (["router-mf-0.5"], ["model: required, a string", "(got list"]),
+        ("router-mf--0.1", ["threshold in 'router-mf--0.1' must be in [0, 1] (got -0.1)"]),
     ],
 )
 def test_bad_model_names_are_400_naming_the_model(name: object, words: list[str]) -> None:
@@ -102,6 +104,9 @@ def test_messages_become_a_conversation_scored_on_the_last_user_turn() -> None:
         ([{"role": "user", "content": "x"}] * 9, "messages: 9 messages (limit 8)"),
         (["hi"], "messages[0]: must be an object"),
         ([{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}], "messages[1].role: unknown role"),
+        ([{"content": "x"}], "messages[0].role: missing (expected one of system,"),
+        ([{"role": ["user"], "content": "x"}], "messages[0].role: must be a string (got list)"),
+        ([{"role": {}, "content": "x"}], "messages[0].role: must be a string (got dict)"),
         ([{"role": "user", "content": 5}], "messages[0].content: must be a string or a list"),
         ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text"),
         ([{"role": "system", "content": "x"}], "messages: no user message"),
