@@ -47,7 +47,8 @@ __all__ = ["NOT_YET_MS", "OutcomeStore", "StoreError", "open_store", "redact_dsn
 
 NOT_YET_MS = 10_000
 """An unknown decision id younger than this is NOT_YET, not NOT_FOUND: the replica that made it may
-not have written it yet (decisions are written behind the answer)."""
+not have written it yet (decisions are written behind the answer). An id that says it will be made more
+than this later is NOT_FOUND (within it: another replica's clock may be ahead)."""
 
 _MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migrating
 _CHUNK = 500  # ids per IN (...) query
@@ -293,7 +294,8 @@ class OutcomeStore:
             found = known.get(o.decision_id)
             if found is None:
                 made = int(o.decision_id[:12], 16)
-                return Verdict.NOT_YET if now - made < NOT_YET_MS else Verdict.NOT_FOUND
+                # an id from the future past the same margin (clocks of replicas differ a little) was never made
+                return Verdict.NOT_YET if abs(now - made) < NOT_YET_MS else Verdict.NOT_FOUND
             sha, chosen, caller = found
             if own_decisions_only and o.reporter and o.reporter != caller:
                 return Verdict.OTHER_TENANT

@@ -112,6 +112,8 @@ def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store:
     now = int(time.time() * 1000)
     old_unknown = new_decision_id(now - 10 * NOT_YET_MS)
     fresh_unknown = new_decision_id(now)
+    ahead_unknown = new_decision_id(now + NOT_YET_MS // 2)  # another replica's clock ahead
+    future_unknown = "f" * 32  # made in the year 10889: never
     verdicts = store.write(
         [d, score_d],
         [
@@ -121,6 +123,8 @@ def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store:
             Outcome(OutcomeKind.SINGLE, "", 0.5, decision_id=d.decision_id, source="judge"),
             Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=old_unknown),
             Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=fresh_unknown),
+            Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=ahead_unknown),
+            Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=future_unknown),
             Outcome(OutcomeKind.SINGLE, "", 1.0, decision_id=score_d.decision_id),
         ],
         now_ms=now,
@@ -132,6 +136,8 @@ def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store:
         Verdict.STORED,  # another source is another outcome
         Verdict.NOT_FOUND,
         Verdict.NOT_YET,
+        Verdict.NOT_YET,
+        Verdict.NOT_FOUND,  # not "retry shortly" forever
         Verdict.NO_MODEL,  # a Score decision chose no model
     ]
     assert store.counts() == {"decisions": 2, "outcomes": 2}
