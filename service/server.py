@@ -264,17 +264,20 @@ class RouterServer:
             )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        credentials = None
         if cfg.tls_cert_file:
             self.tls = CertificateFiles(
                 Path(cfg.tls_cert_file),
                 Path(cfg.tls_key_file),
                 Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
             )
-            self.port = server.add_port(f"{cfg.host}:{cfg.port}", server_credentials(self.tls))
-        else:
-            self.port = server.add_port(f"{cfg.host}:{cfg.port}", None)
+            credentials = server_credentials(self.tls)
+        try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
+            self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port} ({exc})") from None
         if self.port == 0:
-            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+            raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port} (in use, or not an address of this host)")
         if cfg.http_port >= 0:
             self.front = OpenAIFront(
                 self.servicer,
@@ -298,7 +301,16 @@ class RouterServer:
         await server.start()
         self._server = server
         if self.metrics is not None:
-            self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+            except OSError as exc:
+                await server.stop(0)
+                self._server = None
+                if self.front is not None:
+                    await self.front.stop()
+                raise ConfigError(
+                    f"metrics_port: cannot listen on {cfg.host}:{cfg.metrics_port} ({exc.strerror or exc})"
+                ) from None
         _log.info(
             "listening",
             host=cfg.host,

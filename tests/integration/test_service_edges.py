@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -259,6 +260,23 @@ configure_logging("info")
 cfg = ServiceConfig(bundle_path=Path("unused"), port=0, grace_s=2.0)
 sys.exit(asyncio.run(serve(cfg, lambda _cfg: FakeScorer())))
 """
+
+
+@pytest.mark.parametrize("setting", ["port", "metrics_port"])
+def test_a_port_in_use_is_named_as_such_not_as_a_bundle_failure(setting: str) -> None:
+    """serve() (what lmroute-serve runs) on a port another socket holds: exit 2 naming the setting and
+    the address (it used to say it could not load the bundle)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        script = _SERVE_SCRIPT.replace(
+            "port=0,", f"{setting}={port}, port=0," if setting != "port" else f"port={port},"
+        )
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"lmroute-serve: config error: {setting}: cannot listen on 127.0.0.1:{port} (" in run.stderr
+    assert "bundle" not in run.stderr.lower()
 
 
 class _Lines:
