@@ -307,7 +307,7 @@ def _erase(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"{PROG} erase: {exc}", file=sys.stderr)
         return 2
-    store = open_store(args.store)  # a StoreError is printed by main, exit 1
+    store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
     try:
         n_dec, n_out = store.erase(
             decision_ids=args.decision_id, prompt_sha256s=hashes, callers=callers, dry_run=args.dry_run
@@ -336,7 +336,7 @@ def _adaptations(args: argparse.Namespace) -> int:
         return 2
     from lmroute.outcomes.store import open_store
 
-    store = open_store(args.store)  # a StoreError is printed by main, exit 1
+    store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
     try:
         runs = store.adaptations()
     finally:
@@ -388,7 +388,7 @@ def _to_judge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{PROG} to-judge: {exc}", file=sys.stderr)
         return 2
-    store = open_store(args.store)  # a StoreError is printed by main, exit 1
+    store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
     try:
         picks = decisions_to_judge(
             args.bundle,
@@ -422,7 +422,7 @@ def _copy_store(args: argparse.Namespace) -> int:
     by main, exit 1)."""
     from lmroute.outcomes.store import open_store
 
-    source = open_store(args.source)
+    source = open_store(args.source, must_exist=True)
     try:
         target = open_store(args.target)
         try:
@@ -503,7 +503,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
     try:
         tenants = tenant_filters(args)
-        store = open_store(args.store)
+        store = open_store(args.store, must_exist=True)
     except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
         return 1

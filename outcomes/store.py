@@ -92,16 +92,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def open_store(dsn: str, *, store_prompts: bool = True) -> OutcomeStore:
+def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False) -> OutcomeStore:
     """Open (creating and migrating as needed) the store named by `dsn`:
 
     ``sqlite:PATH`` (relative or absolute; ``sqlite:///abs/path`` too) or ``postgresql://...`` /
     ``postgres://...`` (a libpq URI; needs the `postgres` extra, psycopg). StoreError naming the store
-    when it cannot be opened, is not a store of ours, or was migrated by a newer lmroute."""
+    when it cannot be opened, is not a store of ours, or was migrated by a newer lmroute; with
+    `must_exist` (the commands that read a store), when a SQLite file is missing, instead of making an
+    empty store of a mistyped path."""
     if dsn.startswith("sqlite:"):
         path = Path(dsn.removeprefix("sqlite:").removeprefix("//"))
         if not str(path) or str(path) == ".":
             raise StoreError(f"store {dsn!r}: no path after sqlite:")
+        if must_exist and not path.is_file():
+            raise StoreError(f"store {dsn!r}: {path} does not exist (this command reads a store; it makes none)")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)

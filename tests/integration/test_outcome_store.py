@@ -302,6 +302,26 @@ def test_the_erase_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert says in capsys.readouterr().err
 
 
+def test_commands_that_read_a_store_refuse_a_missing_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped path is an error, not an empty store made there and read as one (exit 0, no rows)."""
+    from lmroute.export.cli import main
+
+    missing = tmp_path / "typo" / "outcomes.sqlite3"
+    dsn = f"sqlite:{missing}"
+    for cmd in (
+        ["copy-store", "--from", dsn, "--to", f"sqlite:{tmp_path / 'copy.sqlite3'}"],
+        ["adaptations", "--store", dsn],
+        ["to-judge", "--bundle", str(tmp_path), "--store", dsn, "--budget", "3"],
+        ["erase", "--store", dsn, "--callers", "acme"],
+        ["adapt", "--bundle", str(tmp_path), "--store", dsn, "--out", str(tmp_path / "out")],
+    ):
+        assert main(cmd) == 1, cmd
+        assert f"{missing} does not exist (this command reads a store; it makes none)" in capsys.readouterr().err
+    assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "copy.sqlite3").exists()
+
+
 def test_the_writer_acknowledges_feedback_between_a_prunes_batches(tmp_path: Path) -> None:
     """A prune deletes `prune_batch` rows a transaction and writes the rounds that come meanwhile between
     them: an outcome submitted while a large prune runs is acknowledged long before it ends."""
