@@ -189,7 +189,11 @@ def prompt_of_messages(messages: object, max_turns: int) -> router_pb2.Prompt:
             )
             raise InvalidArgument(f"messages[{j}].role: {what} (expected one of {known})", reason="UNKNOWN_ROLE")
         text = _text_of(msg.get("content"), f"messages[{j}].content")
-        conv.messages.add(role=_ROLES[role], content=text)
+        try:
+            conv.messages.add(role=_ROLES[role], content=text)
+        except UnicodeEncodeError as exc:  # only the Python API gets here: the front refuses it as JSON
+            why = f"messages[{j}].content: an unpaired surrogate ({exc.object[exc.start : exc.end]!a}), not text"
+            raise InvalidArgument(why, reason="BAD_MESSAGE") from None
     if not any(m.role == "user" for m in conv.messages):
         raise InvalidArgument("messages: no user message", reason="NO_USER_TURN")
     return router_pb2.Prompt(conversation=conv)

@@ -47,9 +47,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
+
 from lmroute.service.client import RouterClient, paired_outcome, single_outcome
+from lmroute.service.client_retry import error_reason
+from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
+from lmroute.service.prompts import prompt_problem
 from lmroute.v1 import router_pb2
 
 __all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]
@@ -70,7 +75,36 @@ _NO_TURN_LIMIT = 1 << 30  # the server checks the conversation against its own m
 
 
 class RoutingError(Exception):
-    """A request this API cannot route: a bad model name, router or threshold (RouteLLM's name)."""
+    """A request this API cannot route: a bad model name, router, threshold or prompt (RouteLLM's name),
+    or the server's refusal: then `code` is its gRPC status code's name ("RESOURCE_EXHAUSTED",
+    "UNAVAILABLE", ...) and `reason` its ErrorInfo reason ("QUEUE_FULL", "EMPTY_PROMPT", ...)."""
+
+    def __init__(self, message: str, *, code: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+def _refused(exc: grpc.RpcError) -> RoutingError:
+    """The server's refusal `exc` as a RoutingError naming its code, reason and message."""
+    code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    reason = error_reason(exc)
+    return RoutingError(f"the server refused: {code} {reason}: {details}", code=code, reason=reason)
+
+
+_MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # the server's default, held in process too
+
+
+def _text(name: str, text: str) -> str:
+    """`text`, once it is known to be text (a string holding an unpaired surrogate is not: no server and no
+    model takes it); RoutingError naming it otherwise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise RoutingError(f"{name}: holds an unpaired surrogate ({bad!a}), not text", reason="BAD_PROMPT") from None
+    return text
 
 
 class UpstreamError(RoutingError):
@@ -158,21 +192,30 @@ class _Served:
         self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
 
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
-        r = self.client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
+        try:
+            r = self.client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
         return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id, r.router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
-        router = router or self.client.list_routers().default_router  # "": the default the server has now
         out: list[float] = []
-        for i in range(0, len(texts), _SCORE_BATCH):
-            for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
-                if res.status.code != 0:
-                    raise RoutingError(f"prompts[{i + j}]: {res.status.message}")
-                out.append(res.scores[0].strong_win_probability)
+        try:
+            router = router or self.client.list_routers().default_router  # "": the default the server has now
+            for i in range(0, len(texts), _SCORE_BATCH):
+                for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
+                    if res.status.code != 0:
+                        raise RoutingError(f"prompts[{i + j}]: {res.status.message}", reason=res.status.reason)
+                    out.append(res.scores[0].strong_win_probability)
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
         return out
 
     def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
-        [status] = self.client.feedback([report]).results
+        try:
+            [status] = self.client.feedback([report]).results
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
         return status
 
     def close(self) -> None:
@@ -196,7 +239,9 @@ class _InProcess:
 
         text = prompt if isinstance(prompt, str) else prompt_text(prompt, "messages")
         if not isinstance(text, str):
-            raise RoutingError(str(text))
+            raise RoutingError(str(text), reason=text.reason)
+        if (problem := prompt_problem("messages", text, _MAX_PROMPT_CHARS)) is not None:
+            raise RoutingError(str(problem), reason=problem.reason)
         router = ask.router or self.default_router
         [score] = self.scores([text], router)
         if ask.threshold is not None:
@@ -208,6 +253,11 @@ class _InProcess:
         return Decision(score >= threshold, score, threshold, "", router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
+        """As the server scores them, refusing what it refuses (an empty prompt, one over its default
+        limit of characters)."""
+        for i, text in enumerate(texts):
+            if (problem := prompt_problem(f"prompts[{i}]", text, _MAX_PROMPT_CHARS)) is not None:
+                raise RoutingError(str(problem), reason=problem.reason)
         router = router or self.default_router
         return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
 
@@ -293,13 +343,13 @@ class Controller:
 
     def route(self, prompt: str, router: str, threshold: float) -> str:
         """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`)."""
-        return self._decide(self._ask(None, router, threshold), prompt).model
+        return self._decide(self._ask(None, router, threshold), _text("prompt", prompt)).model
 
     def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
         """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
         given one, else a list."""
         ask = self._ask(None, router, 0.0)
-        scores = self._backend.scores([str(p) for p in prompts], ask.router)
+        scores = self._backend.scores([_text(f"prompts[{i}]", str(p)) for i, p in enumerate(prompts)], ask.router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
 

@@ -78,13 +78,13 @@ from lmroute.service.cpus import pin_current_thread
 from lmroute.service.errors import (
     DeadlineExpired,
     Draining,
-    InvalidArgument,
     NotReady,
     QueueFull,
     QueueTimeout,
     ScorerFailed,
     ServiceError,
 )
+from lmroute.service.prompts import prompt_problem
 from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
 from lmroute.service.tenant_counts import ADMITTED, REFUSED_DEADLINE, REFUSED_OVERLOAD, REFUSED_QUEUE_FULL, TenantCounts
@@ -260,7 +260,7 @@ class Scheduler(Generic[T]):
             if isinstance(prompt, ServiceError):
                 err: ServiceError | None = prompt
             else:
-                err = self._invalid(f"{field}[{i}]" if indexed else field, prompt)
+                err = prompt_problem(f"{field}[{i}]" if indexed else field, prompt, self.policy.max_prompt_chars)
                 if err is None:
                     texts.append(prompt)
             if err is not None:
@@ -271,16 +271,6 @@ class Scheduler(Generic[T]):
         return [errors[i] if i in errors else next(results) for i in range(len(prompts))]
 
     # -- internals ---------------------------------------------------------------------------------
-
-    def _invalid(self, name: str, text: str) -> InvalidArgument | None:
-        if not text.strip():
-            return InvalidArgument(f"{name}: empty prompt", reason="EMPTY_PROMPT")
-        if len(text) > self.policy.max_prompt_chars:
-            return InvalidArgument(
-                f"{name}: prompt has {len(text)} characters (limit {self.policy.max_prompt_chars})",
-                reason="PROMPT_TOO_LONG",
-            )
-        return None
 
     async def _submit(
         self, texts: list[str], routers: tuple[str, ...], timeout_s: float | None, tenant: str

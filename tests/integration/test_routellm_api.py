@@ -176,6 +176,21 @@ def test_errors_are_routing_errors(
         client.completion(messages=msgs)
     with pytest.raises(RoutingError, match="Invalid threshold 2"):
         client.route("x", "mf", 2)
+    # the server's refusals are RoutingErrors too, with its code and reason (they were raw gRPC errors)
+    with pytest.raises(RoutingError, match="no share targets") as refused:
+        client.chat.completions.create(model="router-mf", messages=msgs)
+    assert (refused.value.code, refused.value.reason) == ("INVALID_ARGUMENT", "MISSING_POLICY")
+    with pytest.raises(RoutingError, match="empty prompt") as refused:
+        client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "user", "content": " "}])
+    assert refused.value.reason == "EMPTY_PROMPT"
+    with pytest.raises(RoutingError, match="prompts\\[1\\]: empty prompt"):
+        client.batch_calculate_win_rate(["fine", ""], "mf")
+    for bad in (
+        lambda: client.route("a \ud800 b", "mf", 0.5),
+        lambda: client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "user", "content": "\udfff"}]),
+    ):
+        with pytest.raises(RoutingError, match="unpaired surrogate"):
+            bad()
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens
     with pytest.raises(UpstreamError, match="cannot be reached"):
         client.chat.completions.create(model="router-mf-0", messages=msgs)
@@ -232,6 +247,15 @@ def test_in_process_controller_decides_as_the_server_does(tmp_path: Path, monkey
             local.feedback(s.routing, 1.0)
         with pytest.raises(RoutingError, match="router 'bert' is not in the bundle"):
             Controller(routers=["bert"], strong_model="a", weak_model="b", bundle=bundle)
+        # what the server refuses, refused here too, with the same reason
+        for text, reason in (("  ", "EMPTY_PROMPT"), ("x" * 20_001, "PROMPT_TOO_LONG")):
+            for controller in (local, served):
+                with pytest.raises(RoutingError) as refused:
+                    controller.route(text, "mf", 0.5)
+                assert refused.value.reason == reason
+                with pytest.raises(RoutingError) as refused:
+                    controller.batch_calculate_win_rate(["fine", text], "mf")
+                assert refused.value.reason == reason and "prompts[1]" in str(refused.value)
         served.close()
 
 
