@@ -405,9 +405,10 @@ class RouterClient(_ClientBase):
 
 
 class AsyncRouterClient(_ClientBase):
-    """The RouterService calls of RouterClient for asyncio code (grpc.aio), over one channel made in the
-    running event loop: `async with AsyncRouterClient(target) as c: await c.route(...)`. Arguments as
-    RouterClient's."""
+    """The RouterService calls of RouterClient (route, route_among, score, list_routers, get_router,
+    feedback) and health for asyncio code (grpc.aio), over one channel made in the running event loop:
+    `async with AsyncRouterClient(target) as c: await c.route(...)`. Arguments as RouterClient's. The
+    AdminService calls are RouterClient's only (an operator's, not a request path's)."""
 
     _aio = True
 
@@ -483,6 +484,13 @@ class AsyncRouterClient(_ClientBase):
         """What is loaded: routers, models, encoder, calibration, bundle version."""
         resp: router_pb2.ListRoutersResponse = await self._call(
             self.stub.ListRouters, router_pb2.ListRoutersRequest(), timeout_s
+        )
+        return resp
+
+    async def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
+        """RouterClient.get_router."""
+        resp: router_pb2.GetRouterResponse = await self._call(
+            self.stub.GetRouter, router_pb2.GetRouterRequest(name=name), timeout_s
         )
         return resp
 

@@ -108,6 +108,8 @@ def test_the_asyncio_client_answers_and_retries_like_the_blocking_one(
                 r.scores[0].strong_win_probability for r in again.results
             ]
             assert [r.name for r in (await client.list_routers()).routers] == ["random", "mf"]
+            with RouterClient(srv.target) as blocking:
+                assert await client.get_router("mf") == blocking.get_router("mf")
         async with AsyncRouterClient(srv.target, retry=NO_RETRY) as client:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await client.route("", router="mf", threshold=0.5)
