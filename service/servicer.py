@@ -170,18 +170,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     def tenant_named(self, named: str) -> str:
         """The caller's tenant: the one its token is bound to (lmroute.service.auth), else `named` (what it
-        names in its request metadata or headers). "" when neither gives a name of 1-64 of
-        [A-Za-z0-9._-]; with `tenants` listed, InvalidArgument (UNKNOWN_TENANT) for a name not listed."""
+        names in its request metadata or headers), "" when it names none. InvalidArgument for a name that is
+        not 1-64 of [A-Za-z0-9._-] (INVALID_TENANT: taking it as no name would count its calls as another
+        tenant's without telling it), and with `tenants` listed for a name not listed (UNKNOWN_TENANT)."""
         bound = AUTH_TENANT.get()
         if bound is not None:
             return bound
+        if named and not TENANT_RE.match(named):
+            raise InvalidArgument(
+                f"tenant {echo(named)} (named in {self.tenant_header}): not 1-64 of [A-Za-z0-9._-]",
+                reason="INVALID_TENANT",
+            )
         if self.tenants and named and named not in self.tenants:
             raise InvalidArgument(
                 f"tenant {echo(named)} (named in {self.tenant_header}): not one of the tenants this server "
                 "honours (its --tenants list)",
                 reason="UNKNOWN_TENANT",
             )
-        return named if TENANT_RE.match(named) else ""
+        return named
 
     async def _score_one(
         self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None, tenant: str

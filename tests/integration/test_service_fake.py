@@ -184,11 +184,30 @@ def test_a_tenants_list_refuses_a_call_naming_another_tenant(
                 with pytest.raises(grpc.RpcError) as err:
                     call(request, timeout=20, metadata=(("x-lmroute-tenant", name),))
                 refused.append(err.value)
-    for err in refused:
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(err)[0] == "UNKNOWN_TENANT"
+    reasons = [(err.code(), _reason(err)[0]) for err in refused]
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    assert reasons == [(bad, "UNKNOWN_TENANT")] * 4 + [(bad, "INVALID_TENANT")] * 2  # "bad name!" is no name
     assert "tenant 'flood-2' (named in x-lmroute-tenant): not one of the tenants" in (refused[0].details() or "")
     assert _seen(fake, "listed") and _seen(fake, "unnamed") and _seen(fake, "routed")
     assert not _seen(fake, "as ") and len(fake.calls) == 3
+
+
+def test_a_malformed_tenant_name_is_refused_not_taken_as_none(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """Without a tenants list every well-formed name is honoured; a malformed one (a space, 65 characters)
+    is refused naming it, where it used to be taken silently as no tenant (its calls counted, targeted and
+    reported as the unnamed tenant's)."""
+    srv = make_server()
+    route = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="routed"), router="mf", threshold=0.5)
+    with RouterClient(srv.target) as c:
+        c.stub.Route(route, timeout=20, metadata=(("x-lmroute-tenant", "team.a_1-x"),))
+        for name in ("bad name!", "x" * 65):
+            with pytest.raises(grpc.RpcError) as err:
+                c.stub.Route(route, timeout=20, metadata=(("x-lmroute-tenant", name),))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(err.value)[0] == "INVALID_TENANT"
+            assert "(named in x-lmroute-tenant): not 1-64 of [A-Za-z0-9._-]" in (err.value.details() or "")
+    assert len(fake.calls) == 1
 
 
 def test_a_call_larger_than_the_queue_is_refused_as_invalid_not_retried_forever(
