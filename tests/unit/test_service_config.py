@@ -131,6 +131,14 @@ def test_every_setting_has_its_flag_and_variable() -> None:
     assert {s.name for s in SETTINGS if s.group == ""} == top
 
 
+def test_the_readmes_flag_table_names_every_flag() -> None:
+    """Each lmroute-serve flag is in a row of README.md's flag table (`--flag` in backquotes)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `--"))
+    missing = [flag for flag, _ in FLAGS_AND_VARIABLES if f"`{flag}`" not in rows]
+    assert not missing, f"README.md's flag table lacks {missing}"
+
+
 def test_defaults_of_the_settings_are_the_dataclass_defaults() -> None:
     cfg = ServiceConfig(bundle_path=Path("b"))
     for s in SETTINGS:
