@@ -235,7 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-adapt` (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0])
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server (its AdminService)")
+    where.add_argument(
+        "--server",
+        default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"),
+        help="host:port of the server (its AdminService; default: the variable LMROUTE_TARGET, else 127.0.0.1:50051)",
+    )
     where.add_argument(
         "--bundle-link",
         type=Path,

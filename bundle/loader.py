@@ -152,7 +152,8 @@ def load_bundle(
     environment)."""
     root = Path(path)
     if not root.is_dir():
-        raise BundleError(str(root), "bundle directory does not exist")
+        what = "is not a directory (a bundle is one)" if root.exists() else "bundle directory does not exist"
+        raise BundleError(str(root), what)
     if manifest is None:
         manifest = read_manifest(root, public_key=public_key)
     elif public_key is not None:

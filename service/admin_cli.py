@@ -72,13 +72,22 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--server", default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"), help="host:port")
+    ap.add_argument(
+        "--server",
+        default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"),
+        help="host:port (default: the variable LMROUTE_TARGET, else 127.0.0.1:50051)",
+    )
     ap.add_argument("--timeout-s", type=float, default=600.0, help="each call's timeout (a reload loads and warms)")
     add_connection_args(ap)
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("bundle", help="the serving bundle and the swap counters")
     reload = sub.add_parser("reload", help="hot-swap the bundle at PATH on the server")
-    reload.add_argument("path", nargs="?", default="", help="bundle directory on the server (default: its own)")
+    reload.add_argument(
+        "path",
+        nargs="?",
+        default="",
+        help="bundle directory on the server (relative: to the server's working directory; default: its own)",
+    )
     sub.add_parser("targets", help="the tenants' share and spend targets and their controllers")
     setter = sub.add_parser("set-targets", help="change tenants' targets live (all applied or none)")
     setter.add_argument("--share", type=_assignment, action="append", default=[], metavar="TENANT=SHARE")
@@ -87,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     setter.add_argument("--remove-spend", action="append", default=[], metavar="TENANT")
     judge = sub.add_parser("to-judge", help="the recent decisions most worth judging with both models")
     int32, int64 = _int_in(0, 2**31 - 1), _int_in(0, 2**63 - 1)
-    judge.add_argument("--budget", type=int32, required=True, help="decisions to pick (1-1,000)")
+    judge.add_argument(
+        "--budget", type=_int_in(1, 2**31 - 1), required=True, help="decisions to pick (the server takes 1-1,000)"
+    )
     judge.add_argument("--window", type=int32, default=0, help="among this many latest unjudged ones (0: 500)")
     judge.add_argument("--since-ms", type=int64, default=0, help="only decisions made at or after this Unix ms time")
     judge.add_argument("--callers", default="", help="only these callers' decisions (tenant names, comma separated)")

@@ -73,11 +73,12 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
     monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
     assert run(server, "set-targets", "--remove-share", "nobody") == (1, {})
     assert "NOT_FOUND (NO_TARGET): changes[0]: tenant nobody has no strong-share target" in capsys.readouterr().err
-    for argv in (["set-targets", "--share", "team"], ["set-targets"], ["frobnicate"]):
+    for argv in (["set-targets", "--share", "team"], ["set-targets"], ["frobnicate"], ["to-judge", "--budget", "0"]):
         with pytest.raises(SystemExit) as exit_:
             run(server, *argv)
         assert exit_.value.code == 2
-    assert "expected TENANT=VALUE (got 'team')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "expected TENANT=VALUE (got 'team')" in err and "--budget: 0 is not in [1, " in err
 
 
 @pytest.fixture()

@@ -429,6 +429,9 @@ def test_uncalibrated_bundle(bundle_dir: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     assert _refused(missing) == f"{missing}: bundle directory does not exist"
+    a_file = tmp_path / "manifest.json"  # a file where a bundle directory is named
+    a_file.write_text("{}")
+    assert _refused(a_file) == f"{a_file}: is not a directory (a bundle is one)"
 
 
 # ---- writer --------------------------------------------------------------------------------------
