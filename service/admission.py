@@ -217,7 +217,8 @@ def _retry_ms(seconds: float) -> int:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
+    """`seconds` in milliseconds, to 3 significant digits (0.042 ms, 12.3 ms, 1250 ms)."""
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds * 1000:.0f} ms"
 
 
 def refusal(
@@ -240,7 +241,8 @@ def refusal(
         alone_s = rate.seconds(prompts=n, weight=weight)
         if alone_s > timeout_s:
             return DeadlineExpired(
-                f"deadline: {n} prompts need about {_ms(alone_s)} at the measured cost and the deadline "
+                f"deadline: {n} prompt{'s' if n != 1 else ''} need{'s' if n == 1 else ''} about {_ms(alone_s)} at "
+                "the measured cost and the deadline "
                 f"leaves {_ms(max(timeout_s, 0.0))}; split the call or give it a longer deadline",
                 reason="DEADLINE_TOO_SHORT",
             )

@@ -238,6 +238,10 @@ def test_a_deadline_no_retry_can_meet_is_refused_without_a_retry_delay() -> None
     )
     info = status_of(err)
     assert info.code is Code.DEADLINE_EXCEEDED and info.retry_after_ms is None
+    one = refusal(1, 0.00001, Load(0), POLICY, measured())  # a deadline of 10 us: sub-millisecond figures
+    assert isinstance(one, DeadlineExpired) and one.message.startswith(
+        "deadline: 1 prompt needs about 100 ms at the measured cost and the deadline leaves 0.01 ms;"
+    )
 
 
 def test_a_deadline_the_queued_work_would_pass_gets_a_retry_delay_that_can_succeed() -> None:
