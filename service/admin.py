@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import heapq
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +72,43 @@ def _unix_ms(t: float) -> int:
     return round(t * 1000)
 
 
+class _Turns:
+    """One holder at a time; waiting operator calls take their turn before waiting tenant calls, first
+    come first within each (a tenant has at most one call waiting: JUDGE_LIST_BUSY)."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # (0 operator / 1 tenant, arrival, turn)
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, operator: bool) -> AsyncIterator[None]:
+        if self._held:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (0 if operator else 1, next(self._arrivals), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():  # given the turn as it left: pass it on
+                    self._pass()
+                raise
+        else:
+            self._held = True
+        try:
+            yield
+        finally:
+            self._pass()
+
+    def _pass(self) -> None:
+        """The turn to the first caller still waiting, else free."""
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():  # a caller that left is skipped
+                granted.set_result(None)
+                return
+        self._held = False
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Implements lmroute.v1.AdminService over a BundleSwapper attached once the first bundle serves."""
 
@@ -80,7 +120,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # DecisionsToJudge's picks (JudgeFn), set when the server has a store; blocking (run on a worker thread)
         self.judge: JudgeFn | None = None
         self.max_message_bytes = max_message_bytes  # the largest answer the server sends
-        self._judging = asyncio.Lock()  # one DecisionsToJudge call at a time
+        self._judging = _Turns()  # one DecisionsToJudge call at a time, the operator's first
         self._judging_tenants: set[str] = set()  # tenants with a call being answered or waiting
         self._judge_thread: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first call
 
@@ -279,7 +319,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         window = _judge_window(request)
         args = (request.budget, window, request.since_ms, callers, tenant is not None, request.seed)
         if tenant is None:
-            picks, version, seconds = await self._judge_list(self.judge, args)
+            picks, version, seconds = await self._judge_list(self.judge, args, operator=True)
         else:
             if tenant in self._judging_tenants:
                 raise JudgeListBusy(
@@ -287,7 +327,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             self._judging_tenants.add(tenant)
             try:
-                picks, version, seconds = await self._judge_list(self.judge, args)
+                picks, version, seconds = await self._judge_list(self.judge, args, operator=False)
             finally:
                 self._judging_tenants.discard(tenant)
         response = _judge_answer(picks, version, request.since_ms, self.max_message_bytes)
@@ -302,10 +342,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return response
 
-    async def _judge_list(self, judge: JudgeFn, args: tuple[Any, ...]) -> tuple[JudgePicks, str, float]:
-        """(picks, bundle version, seconds) of one call, made on the judge thread when the calls before
-        it are done; a caller that leaves holds the next call until its thread is done."""
-        async with self._judging:
+    async def _judge_list(
+        self, judge: JudgeFn, args: tuple[Any, ...], *, operator: bool
+    ) -> tuple[JudgePicks, str, float]:
+        """(picks, bundle version, seconds) of one call, made on the judge thread when its turn comes (an
+        operator's call before the tenants' waiting ones); a caller that leaves holds the next call until
+        its thread is done."""
+        async with self._judging.turn(operator=operator):
             t0 = time.perf_counter()
             if self._judge_thread is None:  # nice 19: measured, serving keeps its rate while a list is made
                 self._judge_thread = concurrent.futures.ThreadPoolExecutor(

@@ -1,7 +1,7 @@
 """AdminService.DecisionsToJudge over a stand-in for the server's picks (the picks themselves, through a
 real server and store: tests/integration/test_to_judge.py): one call's work at a time, even when a caller
 leaves while its work runs, on a thread of the lowest CPU priority; a token bound to a tenant asks as that
-tenant, one call at a time."""
+tenant, one call at a time; an operator's call goes before the tenants' waiting ones."""
 
 from __future__ import annotations
 
@@ -89,12 +89,48 @@ def test_a_tenant_bound_token_asks_as_its_tenant_one_call_at_a_time() -> None:
         with pytest.raises(JudgeListBusy, match=r"tenant app has a DecisionsToJudge call"):
             await as_tenant(admin, "app", callers=["app"])
         other = asyncio.ensure_future(as_tenant(admin, "web"))  # waits its turn behind app's
+        await asyncio.sleep(0.05)
         operator = asyncio.ensure_future(as_tenant(admin, None, callers=["app", "web"]))
         await asyncio.sleep(0.1)
         release.set()
         await asyncio.gather(first, other, operator)
-        assert asked == [(["app"], True), (["web"], True), (["app", "web"], False)]
+        # the operator's call, though it came after web's, went first of the waiting ones
+        assert asked == [(["app"], True), (["app", "web"], False), (["web"], True)]
         await as_tenant(admin, "app")  # its earlier call is done: taken again
         admin.close()
 
     asyncio.run(asyncio.wait_for(body(), 20))
+
+
+def test_turns_skip_callers_that_left_and_pass_on_a_turn_given_as_its_caller_left() -> None:
+    from lmroute.service.admin import _Turns
+
+    async def body() -> None:
+        turns, order = _Turns(), []
+        release = {name: asyncio.Event() for name in "abcd"}
+
+        async def take(name: str, operator: bool = False) -> None:
+            async with turns.turn(operator=operator):
+                order.append(name)
+                await release[name].wait()
+
+        a = asyncio.ensure_future(take("a"))
+        await asyncio.sleep(0)
+        b, c = asyncio.ensure_future(take("b")), asyncio.ensure_future(take("c"))
+        await asyncio.sleep(0)
+        b.cancel()  # left while waiting: skipped
+        release["a"].set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "c"]
+        d = asyncio.ensure_future(take("d"))
+        await asyncio.sleep(0)
+        release["c"].set()
+        await asyncio.sleep(0)  # c's turn ends and is given to d...
+        d.cancel()  # ...which leaves before it runs: the turn is passed on, free again
+        await asyncio.gather(a, c, d, b, return_exceptions=True)
+        async with asyncio.timeout(1):
+            async with turns.turn(operator=False):
+                order.append("e")
+        assert order == ["a", "c", "e"]
+
+    asyncio.run(asyncio.wait_for(body(), 10))
