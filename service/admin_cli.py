@@ -133,7 +133,15 @@ def _int64_as_numbers(message: Message, out: dict[str, Any]) -> None:
         if field.name not in out:
             continue
         repeated = field.is_repeated
-        if field.message_type is not None:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:  # map<K, V>
+            value = field.message_type.fields_by_name["value"]
+            entries = getattr(message, field.name)
+            if value.message_type is not None:
+                for key, sub in entries.items():
+                    _int64_as_numbers(sub, out[field.name][str(key)])
+            elif value.type in _INT64:
+                out[field.name] = {k: int(v) for k, v in out[field.name].items()}
+        elif field.message_type is not None:
             values = getattr(message, field.name)
             for sub, data in zip(values, out[field.name]) if repeated else [(values, out[field.name])]:
                 _int64_as_numbers(sub, data)

@@ -102,6 +102,22 @@ def test_decisions_to_judge_needs_a_store_and_a_bundles_encoder(
     assert "FAILED_PRECONDITION (NO_BUNDLE_ENCODER): the serving scorer is not a bundle's" in capsys.readouterr().err
 
 
+def test_maps_of_answers_are_printed_with_64_bit_integers_as_numbers() -> None:
+    """GetBundle's tenant router maps (map<string, string>): printed as objects (they crashed the printer,
+    which walked a map as a list of messages)."""
+    from lmroute.service.admin_cli import _as_dict
+    from lmroute.v1 import admin_pb2
+
+    answer = admin_pb2.GetBundleResponse(
+        bundle_version="v", loaded_unix_ms=1_700_000_000_000, tenant_routers={"app": "mf", "web": "sw_ranking"}
+    )
+    answer.tenant_quality_routers["app"] = "quality"
+    got = _as_dict(answer)
+    assert got["tenant_routers"] == {"app": "mf", "web": "sw_ranking"}
+    assert got["tenant_quality_routers"] == {"app": "quality"}
+    assert got["loaded_unix_ms"] == 1_700_000_000_000
+
+
 def test_the_installed_command_runs(server: ServerThread) -> None:
     script = Path(sys.executable).with_name("lmroute-admin")
     done = subprocess.run(
