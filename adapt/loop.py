@@ -60,7 +60,7 @@ from typing import Any
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.adapt.to_judge import write_judge_list
-from lmroute.outcomes.records import add_reporters_arg, tenant_filters
+from lmroute.outcomes.records import add_reporters_arg, report_json, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
@@ -81,7 +81,7 @@ class Round:
     parent: Path | None = None  # the bundle directory adapted from
 
     def to_json(self) -> str:
-        return json.dumps(
+        return report_json(
             {
                 "parent_version": self.parent_version,
                 "accepted": self.accepted,

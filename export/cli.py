@@ -36,7 +36,13 @@ from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
-from lmroute.outcomes.records import UNNAMED_REPORTER, add_reporters_arg, reporters_named, tenant_filters
+from lmroute.outcomes.records import (
+    UNNAMED_REPORTER,
+    add_reporters_arg,
+    report_json,
+    reporters_named,
+    tenant_filters,
+)
 
 PROG = "lmroute-export"
 ENV_PREFIX = "LMROUTE_EXPORT_"
@@ -351,7 +357,7 @@ def _adaptations(args: argparse.Namespace) -> int:
             run["reporters"] = report.get("reporters")
             run["callers"] = report.get("callers")
             run["router"] = report.get("router")
-        print(json.dumps(run, sort_keys=True))
+        print(report_json(run, sort_keys=True))  # a report stored before NaN was written as null
     return 0
 
 
@@ -549,11 +555,14 @@ def _adapt(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
-    print(json.dumps(run.report, indent=2, sort_keys=True))
+    print(report_json(run.report, indent=2, sort_keys=True))  # stdout: the report alone, JSON
     if run.accepted:
-        print(f"accepted: bundle {run.candidate_version} written to {args.out} ({run.n_outcomes} outcomes)")
+        print(
+            f"accepted: bundle {run.candidate_version} written to {args.out} ({run.n_outcomes} outcomes)",
+            file=sys.stderr,
+        )
         return 0
-    print(f"refused by the gate: {run.report['gate'].get('reason', '')} (nothing written)")
+    print(f"refused by the gate: {run.report['gate'].get('reason', '')} (nothing written)", file=sys.stderr)
     return 4
 
 

@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import enum
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +55,7 @@ __all__ = [
     "Verdict",
     "add_reporters_arg",
     "prompt_sha256",
+    "report_json",
     "reporters_named",
     "tenant_filters",
 ]
@@ -188,6 +191,23 @@ def reporters_named(values: Sequence[str] | None, setting: str = "reporters") ->
                     f"{setting}: {name!r} is not a tenant name (1-64 of [A-Za-z0-9._-]) or {UNNAMED_REPORTER}"
                 )
     return frozenset(out)
+
+
+def report_json(data: object, **dumps: Any) -> str:
+    """`data` (a report: dicts, lists, numbers, strings) as standard JSON text, NaN and infinities as null
+    (a gate that measured nothing reports NaN; `json.dumps` would write the bare NaN no JSON parser but
+    Python's reads). `dumps`: json.dumps's keyword arguments (indent, sort_keys)."""
+    return json.dumps(_finite(data), allow_nan=False, **dumps)
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def prompt_sha256(text: str) -> str:

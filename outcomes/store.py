@@ -40,6 +40,7 @@ from lmroute.outcomes.records import (
     TargetChange,
     Verdict,
     prompt_sha256,
+    report_json,
 )
 from lmroute.outcomes.schema import COPIED, MIGRATIONS, SCHEMA_VERSION
 
@@ -450,7 +451,7 @@ class OutcomeStore:
                     kind,
                     n_outcomes,
                     int(accepted),
-                    json.dumps(dict(report), sort_keys=True),
+                    report_json(dict(report), sort_keys=True),
                 ),
             )
 

@@ -269,12 +269,16 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
     store.close()
     args = ["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "out")]
     assert main(args) == 4
-    assert "20 usable outcomes (need 50)" in capsys.readouterr().out
+    refused = capsys.readouterr()
+    assert "refused by the gate: 20 usable outcomes (need 50)" in refused.err
+    report = json.loads(refused.out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}, not JSON"))
+    assert "20 usable outcomes (need 50)" in report["gate"]["reason"]  # stdout: the report alone, strict JSON
     store = open_store(dsn)
     store.write([], _judged(parent, shuffled=False))
     store.close()
     assert main(args) == 0
-    assert "accepted: bundle" in capsys.readouterr().out
+    accepted = capsys.readouterr()
+    assert "accepted: bundle" in accepted.err and json.loads(accepted.out)["gate"]["accepted"] is True
     with pytest.raises(SystemExit):  # argparse refuses an unknown kind
         main(args + ["--kind", "triplet"])
 

@@ -231,12 +231,16 @@ def test_adapt_command_qualities_exit_codes_and_a_bad_base(
     store.close()
     args = ["adapt", "--kind", "qualities", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "out")]
     assert main(args) == 4
-    assert "20 usable outcomes (need 50)" in capsys.readouterr().out
+    refused = capsys.readouterr()
+    assert "refused by the gate: 20 usable outcomes (need 50)" in refused.err
+    report = json.loads(refused.out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}, not JSON"))
+    assert "20 usable outcomes (need 50)" in report["gate"]["reason"]  # stdout: the report alone, strict JSON
     store = open_store(dsn)
     store.write([], _outcomes(texts, new, cheap))
     store.close()
     assert main(args) == 0
-    assert "accepted: bundle" in capsys.readouterr().out
+    accepted = capsys.readouterr()
+    assert "accepted: bundle" in accepted.err and json.loads(accepted.out)["gate"]["accepted"] is True
     assert main([*args, "--overwrite", "--base-router", "mf"]) == 1
     assert "base_router: 'mf' is not a router of kind quality" in capsys.readouterr().err
 

@@ -322,6 +322,20 @@ def test_commands_that_read_a_store_refuse_a_missing_sqlite_file(
     assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "copy.sqlite3").exists()
 
 
+def test_an_adaptation_report_is_stored_as_standard_json(store: OutcomeStore) -> None:
+    """A gate that measured nothing reports NaN; the store keeps standard JSON (null), which any reader
+    of the column (PostgreSQL's json functions, another language) parses."""
+    report = {"gate": {"candidate_apgr": float("nan"), "p_value": float("inf"), "n": [1, float("-inf")]}}
+    store.record_adaptation(
+        parent_version="p", candidate_version=None, kind="paired", n_outcomes=0, accepted=False, report=report
+    )
+    [text] = [r[0] for r in store._exec("SELECT report FROM adaptations").fetchall()]
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the stored report")) == {
+        "gate": {"candidate_apgr": None, "p_value": None, "n": [1, None]}
+    }
+    assert store.adaptations()[0]["report"]["gate"]["candidate_apgr"] is None
+
+
 def test_the_writer_acknowledges_feedback_between_a_prunes_batches(tmp_path: Path) -> None:
     """A prune deletes `prune_batch` rows a transaction and writes the rounds that come meanwhile between
     them: an outcome submitted while a large prune runs is acknowledged long before it ends."""
