@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import sys
@@ -117,7 +118,7 @@ def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSetti
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     out = bundles_dir / f"adapted-{stamp}"
     since = int(time.time() * 1000) - settings.window_ms if settings.window_ms else 0
-    store = open_store(store_dsn)
+    store = open_store(store_dsn, must_exist=True)  # a mistyped DSN is an error, not an empty store
     try:
         if settings.kind == "qualities":
             base = settings.base_router or "quality"
@@ -224,7 +225,7 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path) -> list[Path]:
 
 def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dict[str, Any]:
     """This iteration's list of decisions to judge, from the bundle serving now (module docstring)."""
-    store = open_store(args.store)
+    store = open_store(args.store, must_exist=True)
     try:
         return write_judge_list(serving.resolve(), store, judge_dir, args.judge_budget, window=args.judge_window)
     finally:
@@ -271,6 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
+    for flag, least in (
+        ("interval_s", 0),
+        ("window_days", 0),
+        ("judge_budget", 0),
+        ("judge_window", 1),
+        ("keep_bundles", 0),
+    ):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= least):
+            ap.error(f"--{flag.replace('_', '-')}: must be a number >= {least} (got {value})")
     try:
         tenants = tenant_filters(args, several=True)
     except ValueError as exc:

@@ -422,6 +422,33 @@ def test_a_tenants_calls_that_name_no_router_get_its_own_router_after_its_round(
                 assert (unnamed.score, unnamed.threshold) == (named.score, named.threshold)
 
 
+def test_the_adapt_loop_refuses_a_missing_store_and_bad_numbers(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped store DSN fails the round (exit 1 with --once, the error as a JSON line) instead of making
+    an empty store that never adapts; negative intervals, budgets or counts are refused before any round."""
+    from lmroute.adapt.loop import main as adapt_main
+
+    missing, link = tmp_path / "typo.sqlite3", tmp_path / "serving"
+    link.symlink_to(parent)
+    argv = ["--bundle-link", str(link), "--store", f"sqlite:{missing}", "--bundles-dir", str(tmp_path / "b")]
+    assert adapt_main([*argv, "--once"]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert "does not exist (this command reads a store; it makes none)" in json.loads(line)["error"]
+    assert not missing.exists()
+    for flag, value in (
+        ("--interval-s", "-5"),
+        ("--keep-bundles", "-1"),
+        ("--judge-budget", "-2"),
+        ("--judge-window", "0"),
+        ("--window-days", "nan"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            adapt_main([*argv, flag, value])
+        assert exit_.value.code == 2
+        assert f"{flag}: must be a number >= " in capsys.readouterr().err
+
+
 def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_holds(
     parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
