@@ -742,6 +742,8 @@ class Manifest:
             name = getattr(self, key)
             if name and name not in self.routers:
                 raise fail(f"{key}: {name!r} is not a router of this bundle (routers: {', '.join(self.routers)})")
+        if self.default_quality_router:
+            self._check_predicts_qualities("default_quality_router", self.default_quality_router)
         for path, entry in self.files.items():
             _check_rel_path(path, f"files.{path}")
             if not _SHA256.match(entry.sha256):
@@ -777,6 +779,17 @@ class Manifest:
                     raise fail(f"{key}: invalid tenant name {tenant!r} (1-64 of A-Z a-z 0-9 . _ -)")
                 if name not in self.routers:
                     raise fail(f"{key}.{tenant}: {name!r} is not a router of this bundle")
+                if key == "tenant_quality_routers":
+                    self._check_predicts_qualities(f"{key}.{tenant}", name)
+
+    def _check_predicts_qualities(self, where: str, name: str) -> None:
+        """`name`, named at `where` to route among candidates, must predict per-model quality."""
+        kind = self.routers[name].kind
+        if not kinds.get(kind).predicts_qualities:
+            raise fail(
+                f"{where}: {name!r} is a router of kind {kind}, which predicts no per-model quality "
+                "(routing among candidates needs one of kind quality or adapted_quality)"
+            )
 
     def _check_file_refs(self) -> None:
         refs = [(f"encoder.files.{role}", p) for role, p in self.encoder.files.items()]

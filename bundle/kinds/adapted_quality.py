@@ -118,6 +118,7 @@ class AdaptedQualityRouter:
 class AdaptedQualityKind(RouterKind):
     name = "adapted_quality"
     uses_encoder = True
+    predicts_qualities = True
     reads_text = False  # its score reads only the embedding and the character count
     reads_tokens = False
     from_outcomes = True

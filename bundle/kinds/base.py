@@ -141,6 +141,9 @@ class RouterKind(ABC):
     roles: ClassVar[tuple[ArrayRole | FileRole, ...]] = ()
     # made from a deployment's outcomes (lmroute.adapt), never by a build
     from_outcomes: ClassVar[bool] = False
+    # its routers predict each of several models' quality (lmroute.bundle.routers.ModelQualities): a
+    # bundle may name them to route among candidates (default_quality_router, tenant_quality_routers)
+    predicts_qualities: ClassVar[bool] = False
     # file roles that bundles up to a schema version carried and this build no longer uses:
     # role -> last schema version that had it (accepted there, checksummed, never read)
     retired_roles: ClassVar[Mapping[str, int]] = {}

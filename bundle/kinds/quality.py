@@ -96,6 +96,7 @@ class QualityRouter:
 class QualityKind(RouterKind):
     name = "quality"
     uses_encoder = True
+    predicts_qualities = True
     reads_text = False  # its score reads only the embedding
     reads_tokens = False
     Params = QualityParams

@@ -687,3 +687,24 @@ def test_quality_router_weights_of_the_wrong_shape_are_refused(with_quality: Pat
     shutil.copytree(with_quality, root)
     _save_npy(root, "routers/quality/weights.npy", np.zeros((DIM, 3), dtype=np.float32))
     assert "routers/quality/weights.npy" in _refused(root) and "number of params.models" in _refused(root)
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (lambda d: d.update(default_quality_router="mf"), "default_quality_router"),
+        (lambda d: d.update(tenant_quality_routers={"app": "sw_ranking"}), "tenant_quality_routers.app"),
+    ],
+)
+def test_routing_among_candidates_is_given_only_to_a_router_that_predicts_qualities(
+    bundle_dir: Path, edit: Callable[[dict[str, Any]], Any], where: str
+) -> None:
+    """A bundle naming a two-model router (mf) as a quality router was loaded, and every Route among
+    candidates naming no router then failed; it is refused at load (restamp, verify, the server)."""
+    _edit_manifest(bundle_dir, edit)
+    name = _manifest(bundle_dir).get("default_quality_router") or "sw_ranking"
+    kind = _manifest(bundle_dir)["routers"][name]["kind"]
+    assert _refused(bundle_dir) == (
+        f"manifest.json: {where}: {name!r} is a router of kind {kind}, which predicts no per-model quality "
+        "(routing among candidates needs one of kind quality or adapted_quality)"
+    )
