@@ -217,7 +217,9 @@ def write_router_bundle(
             f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
         )
     if out.exists() and not overwrite:
-        raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
+        raise FileExistsError(
+            f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
+        )
     router_kind = kinds.get(kind)
     roles = sorted(r.name for r in router_kind.roles)
     if sorted(arrays) != roles:

@@ -28,6 +28,7 @@ candidates fitted on 20-80 % of the outcomes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,7 +37,16 @@ import numpy.typing as npt
 
 from lmroute.adapt.ranking import gain_area
 
-__all__ = ["SPLITS", "GateDecision", "cross_fit", "forward_chaining", "gate", "gate_splits", "time_split"]
+__all__ = [
+    "SPLITS",
+    "GateDecision",
+    "check_settings",
+    "cross_fit",
+    "forward_chaining",
+    "gate",
+    "gate_splits",
+    "time_split",
+]
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
@@ -130,6 +140,17 @@ def gate_splits(
     return [(train, held[keep[held]]) for train, held in pairs if keep[held].any()]
 
 
+def check_settings(where: str, alpha: float, replicates: int, **margins: float) -> None:
+    """ValueError naming the first of a gate's settings out of range (`where`: the gate's name)."""
+    for name, value in margins.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{where}: {name} must be a number >= 0 (got {value})")
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"{where}: alpha must be in (0, 0.5) (got {alpha})")
+    if replicates < 100:
+        raise ValueError(f"{where}: replicates must be >= 100 (got {replicates})")
+
+
 def gate(
     champion_scores: npt.ArrayLike,
     candidate_scores: npt.ArrayLike,
@@ -151,8 +172,7 @@ def gate(
     for name, arr in (("champion_scores", champ), ("candidate_scores", cand), ("gain", g)):
         if not np.isfinite(arr).all():
             raise ValueError(f"gate: {name} contains NaN or inf")
-    if margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
-        raise ValueError(f"gate: margin ({margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100")
+    check_settings("gate", alpha, replicates, margin=margin)
     test = f"one-sided paired bootstrap over prompts, {replicates} replicates, alpha {alpha}, margin {margin}"
     n = g.size
     mean_gain = float(g.mean()) if n else 0.0

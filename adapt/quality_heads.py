@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, gate_splits
+from lmroute.adapt.gate import DEFAULT_ALPHA, DEFAULT_REPLICATES, MIN_HELD_OUT, check_settings, gate_splits
 from lmroute.adapt.ranking import gain_areas
 from lmroute.adapt.ridge import design, fit_ridge_path, fold_ids
 from lmroute.adapt.routing_value import LoggedChoices, policy_choices, routing_values
@@ -324,11 +324,9 @@ def gate_qualities(
     judged = ~np.isnan(q)
     if not (np.isfinite(champ[judged]).all() and np.isfinite(cand[judged]).all()):
         raise ValueError("gate_qualities: a prediction for a judged cell is NaN or inf")
-    if margin < 0 or order_margin < 0 or routing_margin < 0 or not 0.0 < alpha < 0.5 or replicates < 100:
-        raise ValueError(
-            f"gate_qualities: margin ({margin}), order_margin ({order_margin}) and routing_margin "
-            f"({routing_margin}) >= 0, alpha ({alpha}) in (0, 0.5), replicates ({replicates}) >= 100"
-        )
+    check_settings(
+        "gate_qualities", alpha, replicates, margin=margin, order_margin=order_margin, routing_margin=routing_margin
+    )
     if logged is not None and logged.cost.shape != q.shape:
         raise ValueError(f"gate_qualities: logged costs {logged.cost.shape} and quality {q.shape} must match")
     rows = judged.any(axis=1)

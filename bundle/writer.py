@@ -179,7 +179,10 @@ class StagedBundle:
             load_bundle(self.tmp, require_calibration=False)
         if self.out.exists():
             if not self._overwrite:
-                raise FileExistsError(f"bundle directory {self.out} already exists (pass overwrite=True)")
+                raise FileExistsError(
+                    f"bundle directory {self.out} already exists "
+                    "(pass overwrite=True; on the command line, --overwrite)"
+                )
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
             os.replace(self.out, old / self.out.name)
             os.replace(self.tmp, self.out)
@@ -225,7 +228,9 @@ def stage_bundle(
     An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"bundle directory {out} already exists (pass overwrite=True)")
+        raise FileExistsError(
+            f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
+        )
     src = Path(encoder_dir)
     encoder_files = ENCODER_FILES_BY_KIND[encoder.kind]
     for role, rel in encoder_files.items():

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -507,6 +508,11 @@ def _adapt(args: argparse.Namespace) -> int:
     from lmroute.adapt.quality_from_store import adapt_qualities_from_store
     from lmroute.outcomes.store import StoreError, open_store
 
+    for flag in ("margin", "order_margin", "routing_margin"):  # before the store is read
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            print(f"{PROG} adapt: --{flag.replace('_', '-')}: must be a number >= 0 (got {value})", file=sys.stderr)
+            return 2
     try:
         tenants = tenant_filters(args)
         store = open_store(args.store, must_exist=True)

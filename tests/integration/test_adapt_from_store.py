@@ -281,6 +281,10 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
     assert "accepted: bundle" in accepted.err and json.loads(accepted.out)["gate"]["accepted"] is True
     with pytest.raises(SystemExit):  # argparse refuses an unknown kind
         main(args + ["--kind", "triplet"])
+    assert main([*args, "--margin", "-1"]) == 2  # named, before the store is read
+    assert "adapt: --margin: must be a number >= 0 (got -1.0)" in capsys.readouterr().err
+    assert main(args) == 1  # --out holds the accepted bundle
+    assert "already exists (pass overwrite=True; on the command line, --overwrite)" in capsys.readouterr().err
 
 
 def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:

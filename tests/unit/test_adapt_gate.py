@@ -102,6 +102,13 @@ def test_gate_names_bad_input() -> None:
         gate(np.zeros(30), np.zeros(29), np.zeros(30))
     with pytest.raises(ValueError, match="candidate_scores contains NaN"):
         gate(np.zeros(30), np.full(30, np.nan), np.zeros(30))
+    for kw, says in (
+        ({"margin": -1.0}, r"gate: margin must be a number >= 0 \(got -1.0\)"),
+        ({"alpha": 0.5}, r"gate: alpha must be in \(0, 0.5\) \(got 0.5\)"),
+        ({"replicates": 10}, r"gate: replicates must be >= 100 \(got 10\)"),
+    ):
+        with pytest.raises(ValueError, match=says):  # the setting out of range, not every condition
+            gate(np.zeros(30), np.zeros(30), np.zeros(30), **kw)  # type: ignore[arg-type]
 
 
 def test_time_splits_hold_out_the_newest() -> None:
