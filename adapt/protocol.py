@@ -1,6 +1,6 @@
-"""The adaptation protocol's split (docs/ADAPTATION.md, ROUTELLM.md): a benchmark replayed as traffic is
-cut by the sha256 of each prompt's UTF-8 text; hex digest's first digit 0-7 = the stream half (the only
-half ever trained on, or used for any choice), 8-f = the test half (reported only).
+"""The adaptation protocol's split (docs/ADAPTATION.md): a benchmark replayed as traffic is cut by the
+sha256 of each prompt's UTF-8 text; hex digest's first digit 0-7 = the stream half (the only half ever
+trained on, or used for any choice), 8-f = the test half (reported only).
 
 Validation splits inside the stream half (the benchmarks that choose defaults) move whole groups of
 near-duplicate prompts (`near_duplicate_groups`, `grouped_split`): the hash split keeps identical texts in

@@ -86,7 +86,8 @@ class EvalSetLike(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class PaperRow:
-    """One published RouteLLM result (ROUTELLM.md). CPTs are fractions keyed by PGR target."""
+    """One published RouteLLM result (Ong et al. 2024, "RouteLLM: Learning to Route LLMs with Preference
+    Data", arXiv:2406.18665). CPTs are fractions keyed by PGR target."""
 
     label: str
     cpt: Mapping[float, float]

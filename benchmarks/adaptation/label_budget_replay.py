@@ -1,7 +1,7 @@
 """The label budget end to end through a real server: decisions, `lmroute-export to-judge`, Feedback,
 adapt, gate, hot swap, Score.
 
-The adaptation protocol (ROUTELLM.md) on one eval set (default MMLU): its stream half replayed as the
+The adaptation protocol (docs/ADAPTATION.md) on one eval set (default MMLU): its stream half replayed as the
 deployment's traffic, its test half only reported. Per seed and rule, a fresh `lmroute-serve` child with
 its own SQLite outcome store serves the bundle, and a pool of `--pool` stream prompts (a seeded order)
 passes in windows of `--window`:

@@ -1,6 +1,6 @@
 """Adaptation end to end through a real server: decisions, Feedback, adapt, gate, hot swap, Score.
 
-The adaptation protocol (ROUTELLM.md): MMLU and GSM8K (decontaminated by `load_eval`) split by the
+The adaptation protocol (docs/ADAPTATION.md): MMLU and GSM8K (decontaminated by `load_eval`) split by the
 sha256 of each prompt into a stream half (replayed as the deployment's traffic, the only half ever
 trained on) and a test half (only reported). One `lmroute-serve` child process serves the default bundle
 with an SQLite outcome store:

@@ -1,6 +1,6 @@
 """Two tenants, one server: a router adapted to each tenant's own calls against one shared by both.
 
-The adaptation protocol (ROUTELLM.md) with two tenants: MMLU's traffic comes from tenant `mmlu`, GSM8K's
+The adaptation protocol (docs/ADAPTATION.md) with two tenants: MMLU's traffic comes from tenant `mmlu`, GSM8K's
 from tenant `gsm8k` (both decontaminated by `load_eval`, split by the sha256 of each prompt; only the
 stream halves are trained on, the test halves only reported). One `lmroute-serve` child process with an
 SQLite outcome store records every stream prompt once through `Score`, called as its tenant (interleaved
