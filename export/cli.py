@@ -585,6 +585,8 @@ def _import_outcomes(args: argparse.Namespace) -> int:
             strong, weak = strong or pair.strong, weak or pair.weak
         if not strong or not weak:
             raise ValueError("give --bundle or both --strong and --weak (the pair paired outcomes are about)")
+        if strong == weak:
+            raise ValueError(f"--strong and --weak: one model ({strong!r}); paired outcomes compare two")
         named = reporters_named([args.reporter]) or frozenset()
         if len(named) != 1:
             raise ValueError(f"--reporter: one tenant name (got {args.reporter!r})")

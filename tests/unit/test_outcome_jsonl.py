@@ -94,3 +94,6 @@ def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFi
     f.write_text(GOOD)
     assert main(["import-outcomes", str(f), "--store", f"sqlite:{tmp_path / 's'}"]) == 1
     assert "give --bundle or both --strong and --weak" in capsys.readouterr().err
+    same = ["import-outcomes", str(f), "--store", f"sqlite:{tmp_path / 's'}", "--strong", "m", "--weak", "m"]
+    assert main(same) == 1
+    assert "--strong and --weak: one model ('m'); paired outcomes compare two" in capsys.readouterr().err
