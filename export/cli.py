@@ -618,12 +618,15 @@ def _assignments(values: Sequence[str], flag: str) -> dict[str, str]:
         tenant, sep, router = value.partition("=")
         if not sep or not tenant:
             raise ValueError(f"{flag}: expected TENANT=ROUTER (TENANT= to remove), got {value!r}")
+        if tenant in out:
+            raise ValueError(f"{flag}: tenant {tenant!r} named twice")
         out[tenant] = router
     return out
 
 
 def _integrity_command(args: argparse.Namespace) -> int:
     """Run restamp, keygen, sign or verify; a refusal is one line on stderr and exit status 1."""
+    from lmroute.bundle.errors import BundleError
     from lmroute.bundle.loader import load_bundle
     from lmroute.bundle.signing import (
         generate_key_pair,
@@ -636,6 +639,9 @@ def _integrity_command(args: argparse.Namespace) -> int:
 
     try:
         if args.cmd == "restamp":
+            if not args.bundle.is_dir():
+                raise BundleError(str(args.bundle), "bundle directory does not exist")
+            signed = (args.bundle / "manifest.json.sig").exists()
             manifest = restamp_bundle(
                 args.bundle,
                 label=args.label,
@@ -645,7 +651,8 @@ def _integrity_command(args: argparse.Namespace) -> int:
                 tenant_quality_routers=_assignments(args.tenant_quality_router, "--tenant-quality-router"),
             )
             print(f"bundle {args.bundle} re-stamped: bundle_version {manifest.bundle_version}")
-            print("a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed")
+            if signed:
+                print("its signature (manifest.json.sig) no longer matches: sign the bundle again")
         elif args.cmd == "keygen":
             private, public = generate_key_pair(args.out)
             fingerprint = key_fingerprint(load_public_key(public))

@@ -122,7 +122,7 @@ class TenantTargets:
     def check_spend(usd_per_1k: float) -> None:
         """ValueError unless `usd_per_1k` is a spend target: finite and >= 0."""
         if not (math.isfinite(usd_per_1k) and usd_per_1k >= 0.0):
-            raise ValueError(f"must be >= 0 (got {usd_per_1k})")
+            raise ValueError(f"must be a finite number >= 0 (got {usd_per_1k})")
 
     def set_share(self, tenant: str, share: float) -> None:
         """Set `tenant`'s strong-share target (ValueError outside [0, 1]); its controllers retarget (the

@@ -277,10 +277,19 @@ def test_a_bundle_with_an_old_explicit_version_is_restamped_keeping_it_as_label(
     bundle = load_bundle(bundle_dir)
     assert bundle.manifest.label == "v7" and _manifest(bundle_dir)["label"] == "v7"
     assert bundle.version == _expected_version(_manifest(bundle_dir))
-    assert capsys.readouterr().out == (
-        f"bundle {bundle_dir} re-stamped: bundle_version {bundle.version}\n"
-        "a signature (manifest.json.sig) no longer matches: sign the bundle again if it was signed\n"
+    assert capsys.readouterr().out == f"bundle {bundle_dir} re-stamped: bundle_version {bundle.version}\n"
+    (bundle_dir / "manifest.json.sig").write_text("a signature of the manifest before\n")
+    assert export_main(["restamp", "--bundle", str(bundle_dir), "--label", "v8"]) == 0
+    assert capsys.readouterr().out.endswith(  # said only of a signed bundle
+        "its signature (manifest.json.sig) no longer matches: sign the bundle again\n"
     )
+    assert export_main(["restamp", "--bundle", str(bundle_dir / "nope")]) == 1
+    assert (
+        capsys.readouterr().err == f"lmroute-export restamp: {bundle_dir / 'nope'}: bundle directory does not exist\n"
+    )
+    tenants = ["--tenant-router", "app=mf", "--tenant-router", "app=sw_ranking"]
+    assert export_main(["restamp", "--bundle", str(bundle_dir), *tenants]) == 1
+    assert "--tenant-router: tenant 'app' named twice" in capsys.readouterr().err
 
 
 def test_restamp_refuses_a_manifest_the_parser_refuses(bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,7 @@ def test_a_spend_target_changed_live_is_held_from_then_on_and_a_removed_one_drop
     before = windows(c[np.arange(6000), first])[2:]
     after = windows(c[np.arange(6000, 12_000), second])[2:]
     assert np.mean(np.abs(before - 2.0) / 2.0) <= 0.05 and np.mean(np.abs(after - 5.0) / 5.0) <= 0.05
-    with pytest.raises(ValueError, match="spend_per_1k_usd: must be >= 0"):
+    with pytest.raises(ValueError, match="spend_per_1k_usd: must be a finite number >= 0"):
         targets.set_spend("batch", -1.0)
     assert targets.remove("batch", spend=True) and not targets.remove("batch", spend=True)
     assert targets.spend_states() == [] and targets.tenant_of("batch", spend=True) is None
