@@ -557,7 +557,7 @@ class ServiceConfig:
             raise ConfigError("tls_cert_file, tls_key_file: give both or neither")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ConfigError("tls_client_ca_file: needs tls_cert_file and tls_key_file (mTLS is TLS first)")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "bundle_public_key"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no file at {path}")
