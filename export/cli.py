@@ -417,7 +417,7 @@ def _to_judge(args: argparse.Namespace) -> int:
         "picked": len(picks.decisions),
         "window": picks.window,
         "skipped": picks.skipped,
-        "judged_before": picks.judged,
+        "judged": picks.judged,
         "next_since_ms": args.since_ms if picks.newest_ms is None else picks.newest_ms + 1,
     }
     print(json.dumps(summary), file=sys.stderr)

@@ -291,7 +291,12 @@ def test_a_running_server_picks_the_same_decisions_to_judge_through_admin_servic
         summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
         assert (summary["picked"], summary["next_since_ms"]) == (8, got.next_since_ms)
         assert main(["to-judge", "--bundle", str(served), "--store", dsn, "--budget", "8", "--window", "20"]) == 0
-        assert lines == capsys.readouterr().out.splitlines()
+        offline = capsys.readouterr()
+        assert lines == offline.out.splitlines()
+        offline_summary = json.loads(offline.err.strip().splitlines()[-1])  # the same keys for the same figures
+        assert {k: offline_summary[k] for k in ("picked", "window", "judged", "next_since_ms")} == {
+            k: summary[k] for k in ("picked", "window", "judged", "next_since_ms")
+        }
         with pytest.raises(SystemExit):
             admin_main([*argv, "--seed", "-1"])
         assert "--seed: -1 is not in [0, 4294967295]" in capsys.readouterr().err
