@@ -3,6 +3,10 @@
 Three bounds, checked in this order when a call of `n` prompts arrives (`refusal`):
 
 1. memory: the prompts admitted and not yet answered stay within `max_queue` (QueueFull, QUEUE_FULL);
+   while another tenant asks too (`tenant_fair_share`; a tenant asks when it has prompts admitted or
+   sent a call within the queue timeout, refused or not), the last quarter of the queue is kept for
+   tenants holding few prompts (at most a sixteenth of `max_queue`, the call's included), so that one
+   tenant's flood of large calls cannot fill the memory bound and keep every other tenant out;
 2. the caller's deadline: at the measured cost, `n` prompts alone need longer than the deadline leaves
    (DeadlineExpired, DEADLINE_TOO_SHORT: no retry can succeed, so none is offered); or they would
    finish after it, sharing the scorer with the calls queued now (QueueFull, OVERLOADED, with the delay
@@ -45,14 +49,16 @@ or costly prompts holds fewer of them and its time, part of every queued prompt'
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import DeadlineExpired, QueueFull, ServiceError
 
-__all__ = ["Admission", "CostLine", "Load", "Permit", "ServiceRate", "batch_budget", "refusal"]
+__all__ = ["Admission", "CostLine", "Load", "Permit", "ServiceRate", "batch_budget", "refusal", "tenant_reserve"]
 
 _MIN_RETRY_MS = 10
 _MAX_RETRY_MS = 10_000
@@ -186,7 +192,9 @@ class ServiceRate:
 class Load:
     """What admission sees of the scheduler: prompts admitted and unanswered (`in_flight`), the work
     tokens of the batch being scored (`running_tokens`) and of each queued visit that comes before the
-    new call's first one (`visits`: a call's next `per_call` prompts each; `BatchQueue.visits_ahead`).
+    new call's first one (`visits`: a call's next `per_call` prompts each; `BatchQueue.visits_ahead`),
+    the prompts the caller's tenant has admitted (`held`) and whether another tenant asks too
+    (`contended`: `Admission.contended`; always False without `tenant_fair_share`).
 
     A newly queued prompt waits about that long behind the running batch: `ahead_tokens`, however long
     the queued calls are. A call of `n` prompts needs ceil(n / per_call) visits, each behind about as
@@ -196,6 +204,8 @@ class Load:
     running_tokens: float = 0.0
     visits: tuple[float, ...] = ()
     per_call: int = 1
+    held: int = 0
+    contended: bool = False
 
     @property
     def ahead_tokens(self) -> float:
@@ -235,6 +245,16 @@ def refusal(
             if rate.measured
             else None,
         )
+    common, light = tenant_reserve(policy.max_queue)
+    if load.contended and load.in_flight + n > common and load.held + n > light:
+        return QueueFull(
+            f"queue full for this tenant: {load.in_flight} of {policy.max_queue} prompts admitted, {load.held} "
+            f"of them its own, {n} more asked; while other tenants ask, the last {policy.max_queue - common} "
+            f"places are kept for tenants holding at most {light}",
+            retry_after_ms=_retry_ms(rate.seconds(prompts=load.in_flight + n - common, weight=weight))
+            if rate.measured
+            else None,
+        )
     if not rate.measured:
         return None
     if timeout_s is not None:
@@ -270,35 +290,72 @@ def refusal(
     return None
 
 
-class Admission:
-    """A counter of the prompts admitted and not yet answered, bounded by `limit`."""
+def tenant_reserve(max_queue: int) -> tuple[int, int]:
+    """(the places of the queue any tenant may fill, the most prompts a tenant may hold to enter the rest)
+    while other tenants ask: the last quarter of the queue is kept for tenants holding at most a
+    sixteenth of it (module docstring, bound 1)."""
+    reserve = max_queue // 4
+    return max_queue - reserve, reserve // 4
 
-    def __init__(self, limit: int) -> None:
+
+class Admission:
+    """A counter of the prompts admitted and not yet answered, bounded by `limit`, and per tenant; and the
+    tenants that asked within the last `recent_s` seconds (`note`, `contended`)."""
+
+    def __init__(self, limit: int, recent_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.recent_s = recent_s
+        self._clock = clock
         self._in_use = 0
+        self._held: dict[str, int] = {}  # tenant -> permits held (tenants holding none left out)
+        self._asked: OrderedDict[str, float] = OrderedDict()  # tenant -> when it last asked, oldest first
 
     @property
     def in_use(self) -> int:
         return self._in_use
 
-    def try_acquire(self, n: int) -> Permit | None:
-        """`n` permits at once (hold them with `with permit:`), or None when fewer than `n` are free."""
+    def held(self, tenant: str) -> int:
+        """The permits `tenant`'s calls hold."""
+        return self._held.get(tenant, 0)
+
+    def note(self, tenant: str) -> None:
+        """`tenant` sends a call now (admitted or not)."""
+        now = self._clock()
+        self._asked[tenant] = now
+        self._asked.move_to_end(tenant)
+        while self._asked and next(iter(self._asked.values())) < now - self.recent_s:
+            self._asked.popitem(last=False)
+
+    def contended(self, tenant: str) -> bool:
+        """Whether a tenant other than `tenant` holds permits or asked within `recent_s` (after `note`)."""
+        return len(self._held) > (tenant in self._held) or len(self._asked) > (tenant in self._asked)
+
+    def try_acquire(self, n: int, tenant: str = "") -> Permit | None:
+        """`n` permits at once for `tenant` (hold them with `with permit:`), or None when fewer than `n`
+        are free."""
         if self._in_use + n > self.limit:
             return None
         self._in_use += n
-        return Permit(self, n)
+        self._held[tenant] = self._held.get(tenant, 0) + n
+        return Permit(self, n, tenant)
 
-    def _give_back(self, n: int) -> None:
+    def _give_back(self, n: int, tenant: str) -> None:
         self._in_use -= n
-        assert self._in_use >= 0, "admission got back more permits than it gave"
+        left = self._held[tenant] - n
+        if left:
+            self._held[tenant] = left
+        else:
+            del self._held[tenant]
+        assert self._in_use >= 0 and left >= 0, "admission got back more permits than it gave"
 
 
 class Permit:
     """`n` admission permits, given back when the `with` block holding them exits."""
 
-    def __init__(self, admission: Admission, n: int) -> None:
+    def __init__(self, admission: Admission, n: int, tenant: str = "") -> None:
         self._admission = admission
         self.n = n
+        self.tenant = tenant
         self._held = True
 
     def __enter__(self) -> Permit:
@@ -309,4 +366,4 @@ class Permit:
     ) -> None:
         assert self._held, "permit given back twice"
         self._held = False
-        self._admission._give_back(self.n)
+        self._admission._give_back(self.n, self.tenant)

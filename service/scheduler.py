@@ -149,7 +149,7 @@ class Scheduler(Generic[T]):
         self.stats = SchedulerStats()
         self.tenant_counts = TenantCounts(self.policy.metrics_tenants)  # calls admitted / refused per tenant
         self.timings = ServerTimings()
-        self._admission = Admission(self.policy.max_queue)
+        self._admission = Admission(self.policy.max_queue, recent_s=self.policy.queue_timeout_ms / 1000.0)
         self.rate = ServiceRate()
         self._queue: BatchQueue[T] = BatchQueue(on_release=self._start_clock)
         self._running_work = 0.0  # work tokens of the batch being scored (admission.ServiceRate.weight)
@@ -280,10 +280,13 @@ class Scheduler(Generic[T]):
         admitted = loop.time()
         queued_as = tenant if self.policy.tenant_fair_share else ""  # off: one tenant, round robin over calls
         visits = self._queue.visits_ahead(queued_as, self._tenant_quantum(), self.policy.queue_timeout_ms / 1000.0)
-        load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum)
+        if self.policy.tenant_fair_share:
+            self._admission.note(queued_as)
+        held, contended = self._admission.held(queued_as), self._admission.contended(queued_as)
+        load = Load(self._admission.in_use, self._running_work, visits, self.call_quantum, held, contended)
         weight = self.rate.weight(routers)
         refused = refusal(len(texts), timeout_s, load, self.policy, self.rate, weight)
-        permit = None if refused is not None else self._admission.try_acquire(len(texts))
+        permit = None if refused is not None else self._admission.try_acquire(len(texts), queued_as)
         if permit is None:
             self._count_refusal(refused, tenant)
             raise refused or QueueFull("queue full")

@@ -117,6 +117,39 @@ def test_queue_limit_8_with_10_concurrent_gives_exactly_2_resource_exhausted(
     assert sum(e is None for e in errors) == 8
 
 
+def test_one_tenants_flood_of_large_calls_cannot_fill_the_queue_against_another_tenant(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """max_queue 16, the scorer blocked: a tenant's 4-prompt Score calls fill 12 places while another
+    tenant asks (it sent a call within the queue timeout); its next ones are refused QUEUE_FULL, and the
+    other tenant's call still enters the last quarter and is answered."""
+    srv = make_server(batch=BatchPolicy(max_queue=16, admit_wait_ms=60_000, queue_timeout_ms=20_000))
+    sched = srv.server.scheduler
+    assert sched is not None
+
+    def tenant(name: str) -> tuple[tuple[str, str]]:
+        return (("x-lmroute-tenant", name),)
+
+    with RouterClient(srv.target) as c:
+        c.stub.Score(_req("quiet asks first"), timeout=20, metadata=tenant("quiet"))
+        fake.block()
+        flood = []
+        for i in range(5):
+            flood.append(
+                c.stub.Score.future(_req(*(f"f{i}.{j}" for j in range(4))), timeout=20, metadata=tenant("flood"))
+            )
+            _wait(lambda n=i + 1: sched.stats.admitted // 4 + sched.stats.rejected_queue_full >= n)
+        quiet = c.stub.Score.future(_req("quiet again"), timeout=20, metadata=tenant("quiet"))
+        _wait(lambda: sched.stats.admitted == 1 + 12 + 1)
+        fake.release()
+        assert quiet.exception() is None
+        outcomes = [f.exception() for f in flood]
+    assert [e is None for e in outcomes] == [True, True, True, False, False]
+    for err in outcomes[3:]:
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(err)[0] == "QUEUE_FULL"
+        assert "queue full for this tenant: 12 of 16 prompts admitted, 12 of them its own" in (err.details() or "")
+
+
 def test_one_tenants_flood_leaves_another_tenant_its_turn(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:

@@ -634,3 +634,43 @@ def test_one_paused_batch_does_not_refuse_the_calls_after_it_while_a_lasting_slo
     for _ in range(10):
         rate.observe(1, 100, 1e-3)
     assert rate.seconds_per_token == pytest.approx(10e-6, rel=0.1)
+
+
+def test_while_tenants_contend_the_last_quarter_of_the_queue_is_kept_for_light_tenants() -> None:
+    """Bound 1, shared: a tenant holding more than a sixteenth of max_queue fills at most three quarters of
+    it while another tenant asks; a tenant holding little still enters the rest; alone, a tenant may fill
+    the whole queue, as before."""
+    policy = BatchPolicy(max_queue=64, admit_wait_ms=60_000, max_batch_ms=0)  # 48 common, light = 4 held
+    heavy = refusal(8, None, Load(48, held=48, contended=True), policy, measured())
+    assert isinstance(heavy, QueueFull) and heavy.reason == "QUEUE_FULL" and heavy.retry_after_ms is not None
+    assert heavy.message == (
+        "queue full for this tenant: 48 of 64 prompts admitted, 48 of them its own, 8 more asked; while "
+        "other tenants ask, the last 16 places are kept for tenants holding at most 4"
+    )
+    assert refusal(4, None, Load(48, held=0, contended=True), policy, measured()) is None  # a light tenant
+    assert isinstance(refusal(5, None, Load(48, held=0, contended=True), policy, measured()), QueueFull)
+    assert refusal(8, None, Load(48, held=48, contended=False), policy, measured()) is None  # alone
+    assert refusal(8, None, Load(40, held=40, contended=True), policy, measured()) is None  # within 48
+
+
+def test_admission_counts_each_tenants_permits_and_who_asked_lately() -> None:
+    from lmroute.service.admission import Admission
+
+    now = [0.0]
+    adm = Admission(64, recent_s=1.0, clock=lambda: now[0])
+    adm.note("flood")
+    assert not adm.contended("flood")  # alone
+    permit = adm.try_acquire(10, "flood")
+    assert permit is not None and (adm.held("flood"), adm.in_use) == (10, 10)
+    adm.note("quiet")
+    assert adm.contended("flood") and adm.contended("quiet")
+    now[0] = 2.0
+    adm.note("flood")  # quiet asked 2 s ago and holds nothing: gone
+    assert not adm.contended("flood") and adm.contended("quiet")  # flood still holds permits
+    with permit:
+        pass
+    assert (adm.held("flood"), adm.in_use) == (0, 0)
+    assert adm.contended("quiet")  # flood asked within the last second
+    now[0] = 3.5
+    adm.note("quiet")
+    assert not adm.contended("quiet")  # flood holds nothing and asked 1.5 s ago
