@@ -85,8 +85,11 @@ _POSTGRES = _Dialect(
 
 
 def redact_dsn(dsn: str) -> str:
-    """`dsn` with any password replaced by ***, for messages and logs."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    """`dsn` with any password replaced by ***, for messages and logs: in the user part
+    (`postgresql://user:PASSWORD@host`) and as a query parameter (`?password=PASSWORD`, which libpq
+    takes too)."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", dsn, flags=re.IGNORECASE)
 
 
 def _now_ms() -> int:

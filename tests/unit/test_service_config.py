@@ -266,3 +266,17 @@ def test_cpu_lists_parse_like_linux_cpu_lists() -> None:
     assert parse_cpu_list("0,4-6, 9") == {0, 4, 5, 6, 9}
     with pytest.raises(ValueError, match="'3-1' is not a CPU range"):
         parse_cpu_list("3-1")
+
+
+@pytest.mark.parametrize(
+    ("dsn", "logged"),
+    [
+        ("postgresql://lm:S3cret@db:5432/lm", "postgresql://lm:***@db:5432/lm"),
+        ("postgresql://lm@db/lm?password=S3cret&sslmode=require", "postgresql://lm@db/lm?password=***&sslmode=require"),
+        ("postgres://db/lm?sslmode=require&PASSWORD=S3cret", "postgres://db/lm?sslmode=require&PASSWORD=***"),
+        ("sqlite:artifacts/outcomes.sqlite3", "sqlite:artifacts/outcomes.sqlite3"),
+    ],
+)
+def test_the_store_dsns_password_is_never_logged(dsn: str, logged: str) -> None:
+    """Wherever the DSN carries it: the user part, or libpq's password query parameter."""
+    assert ServiceConfig(bundle_path=Path("b"), store=dsn).redacted()["store"] == logged
