@@ -17,7 +17,7 @@ from typing import Any
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
 from lmroute.service.batch_queue import ItemResult
 from lmroute.service.errors import Code, ServiceError, echo
-from lmroute.service.prompts import prompt_text
+from lmroute.service.prompts import prompt_problem, prompt_text
 from lmroute.service.scorer_api import Catalog
 from lmroute.v1 import router_pb2
 
@@ -61,10 +61,17 @@ _PREFERENCE = {
 
 
 def outcomes_of(
-    report: router_pb2.OutcomeReport, i: int, strong: str, weak: str, *, reporter: str = ""
+    report: router_pb2.OutcomeReport,
+    i: int,
+    strong: str,
+    weak: str,
+    *,
+    reporter: str = "",
+    max_prompt_chars: int | None = None,
 ) -> list[Outcome]:
     """The store's outcomes for `report` (outcomes[i] of the call); OutcomeError naming the field.
-    `strong` / `weak`: the pair paired and preference outcomes are about; `reporter`: the caller's tenant."""
+    `strong` / `weak`: the pair paired and preference outcomes are about; `reporter`: the caller's tenant;
+    `max_prompt_chars`: the longest prompt an outcome by prompt may name (what Score takes)."""
     where = f"outcomes[{i}]"
     target = report.WhichOneof("target")
     decision_id: str | None = None
@@ -75,6 +82,8 @@ def outcomes_of(
         got = prompt_text(report.prompt, f"{where}.prompt")
         if isinstance(got, ServiceError):
             raise OutcomeError(got.message)
+        if max_prompt_chars is not None and (problem := prompt_problem(f"{where}.prompt", got, max_prompt_chars)):
+            raise OutcomeError(problem.message)
         text = got
     else:
         raise OutcomeError(f"{where}: set decision_id or prompt")

@@ -26,18 +26,20 @@ def check_limits(
     field: str = "prompts",
     *,
     indexed: bool = True,
+    names: Sequence[str] | None = None,
     max_turns: int,
     max_request_chars: int,
 ) -> None:
     """Raise InvalidArgument when a conversation has more than `max_turns` turns (naming the first such
     one, e.g. `prompts[0].conversation.messages: 500000 turns (limit 256)`), or when the texts and turn
     contents of all `prompts` hold more than `max_request_chars` characters (e.g. `prompts: 1000001
-    characters in all (limit 1000000)`). The prompts are `field[i]`, or `field` alone when not `indexed`."""
+    characters in all (limit 1000000)`). The prompts are `field[i]`, or `field` alone when not `indexed`,
+    or `names[i]` when given."""
     for i, prompt in enumerate(prompts):
         if prompt.WhichOneof("input") == "conversation":
             n = len(prompt.conversation.messages)
             if n > max_turns:
-                name = f"{field}[{i}]" if indexed else field
+                name = names[i] if names is not None else f"{field}[{i}]" if indexed else field
                 raise InvalidArgument(
                     f"{name}.conversation.messages: {n} turns (limit {max_turns})", reason="TOO_MANY_TURNS"
                 )

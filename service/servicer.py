@@ -451,7 +451,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def feedback(self, request: router_pb2.FeedbackRequest, *, reporter: str) -> router_pb2.FeedbackResponse:
         """A Feedback call's work, for the gRPC method and the HTTP front alike: the outcomes stored as
         reported by tenant `reporter` (the caller's, `tenant_named`), one status per outcome."""
-        _, catalog = self._ready()
+        sched, catalog = self._ready()
         if self.store is None:
             raise NoOutcomeStore("no outcome store: start the server with --store to take Feedback")
         n = len(request.outcomes)
@@ -461,6 +461,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(
                 f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
             )
+        by_prompt = [i for i, report in enumerate(request.outcomes) if report.WhichOneof("target") == "prompt"]
+        check_limits(  # the prompts of outcomes by prompt, within a call's limits as Score's are
+            [request.outcomes[i].prompt for i in by_prompt],
+            "outcomes",
+            names=[f"outcomes[{i}].prompt" for i in by_prompt],
+            max_turns=self.max_turns,
+            max_request_chars=self.max_request_chars,
+        )
         statuses: list[router_pb2.ItemStatus | None] = [None] * n
         spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
         outcomes: list[Outcome] = []
@@ -468,7 +476,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if i and i % _FEEDBACK_SLICE == 0:
                 await asyncio.sleep(0)  # let the loop answer other calls between slices of a big call
             try:
-                mine = outcomes_of(report, i, catalog.strong_model, catalog.weak_model, reporter=reporter)
+                mine = outcomes_of(
+                    report,
+                    i,
+                    catalog.strong_model,
+                    catalog.weak_model,
+                    reporter=reporter,
+                    max_prompt_chars=sched.policy.max_prompt_chars,
+                )
             except OutcomeError as exc:
                 statuses[i] = router_pb2.ItemStatus(
                     code=Code.INVALID_ARGUMENT, reason="INVALID_OUTCOME", message=str(exc)

@@ -24,7 +24,7 @@ import pytest
 from lmroute.outcomes.records import Outcome, OutcomeKind, prompt_sha256
 from lmroute.outcomes.store import NOT_YET_MS, open_store
 from lmroute.service.client import RouterClient
-from lmroute.service.config import ServiceConfig
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.decisions import new_decision_id
 from lmroute.service.errors import Code
 from lmroute.service.fake_scorer import FakeScorer
@@ -277,6 +277,48 @@ def test_feedback_without_a_store_is_failed_precondition_and_limits_hold(
             client.feedback([_single(new_decision_id(), 1.0)] * 3)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == "outcomes: 3 outcomes (limit 2)"
+
+
+def test_outcomes_by_prompt_are_held_to_the_prompt_limits_of_a_score_call(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A prompt named by an outcome is stored (text included): it meets Score's limits. Over the
+    characters of a prompt: that outcome alone is refused; over a call's characters or a conversation's
+    turns: the call, before anything is read or stored (they were all stored, however large)."""
+    srv = serve(
+        store=f"sqlite:{tmp_path / 'o.sqlite3'}",
+        batch=BatchPolicy(max_prompt_chars=100),
+        max_request_chars=250,
+        max_turns=3,
+    )
+
+    def by_prompt(prompt: router_pb2.Prompt) -> router_pb2.OutcomeReport:
+        return router_pb2.OutcomeReport(prompt=prompt, single=router_pb2.SingleOutcome(model="m", quality=1.0))
+
+    text = router_pb2.Prompt
+    with RouterClient(srv.target) as client:
+        answer = client.feedback([by_prompt(text(text="fine")), by_prompt(text(text="x" * 101))])
+        assert [r.code for r in answer.results] == [Code.OK, Code.INVALID_ARGUMENT] and answer.stored == 1
+        assert answer.results[1].message == "outcomes[1].prompt: prompt has 101 characters (limit 100)"
+        for reports, says in (
+            ([by_prompt(text(text="y" * 100))] * 3, "outcomes: 300 characters in all (limit 250)"),
+            (
+                [
+                    by_prompt(text(text="a")),
+                    by_prompt(
+                        router_pb2.Prompt(
+                            conversation=router_pb2.Conversation(
+                                messages=[router_pb2.ChatMessage(role="user", content="t")] * 4
+                            )
+                        )
+                    ),
+                ],
+                "outcomes[1].prompt.conversation.messages: 4 turns (limit 3)",
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                client.feedback(reports)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details() == says
 
 
 _CHILD = textwrap.dedent(
