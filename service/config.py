@@ -585,9 +585,22 @@ class ServiceConfig:
             except ValueError as exc:
                 raise ConfigError(f"upstreams_file: {exc}") from None
         try:
-            load_tokens(self.auth_tokens_file, self.auth_tokens_env)
+            tokens = load_tokens(self.auth_tokens_file, self.auth_tokens_env)
         except ValueError as exc:
             raise ConfigError(f"auth: {exc}") from None
+        if self.auth_enabled and not tokens:
+            sources = [
+                what
+                for what in (
+                    self.auth_tokens_file and f"the file {self.auth_tokens_file}",
+                    self.auth_tokens_env and f"the variable {self.auth_tokens_env}",
+                )
+                if what
+            ]
+            verb = "hold" if len(sources) > 1 else "holds"
+            raise ConfigError(
+                f"auth: {' and '.join(sources)} {verb} no token (a server that asks for tokens needs one)"
+            )
         if self.admin_service not in _ADMIN_MODES:
             raise ConfigError(f"admin_service: must be one of {', '.join(_ADMIN_MODES)} (got {self.admin_service!r})")
         if not (isinstance(self.bundle_watch_s, (int, float)) and 0 <= self.bundle_watch_s < float("inf")):

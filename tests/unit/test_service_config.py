@@ -280,3 +280,15 @@ def test_cpu_lists_parse_like_linux_cpu_lists() -> None:
 def test_the_store_dsns_password_is_never_logged(dsn: str, logged: str) -> None:
     """Wherever the DSN carries it: the user part, or libpq's password query parameter."""
     assert ServiceConfig(bundle_path=Path("b"), store=dsn).redacted()["store"] == logged
+
+
+def test_tokens_that_hold_no_token_are_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokens file of comments and blank lines, or an empty variable: refused with the other settings
+    (it was a traceback at startup)."""
+    empty = tmp_path / "tokens"
+    empty.write_text("# no token yet\n\n")
+    with pytest.raises(ConfigError, match=rf"^auth: the file {empty} holds no token \(a server that asks"):
+        config_from_cli(["--bundle", "b", "--auth-tokens-file", str(empty)], {})
+    monkeypatch.setenv("LMT", "")
+    with pytest.raises(ConfigError, match=r"^auth: the variable LMT holds no token"):
+        config_from_cli(["--bundle", "b", "--auth-tokens-env", "LMT"], {})
