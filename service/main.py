@@ -61,7 +61,8 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
         print(f"lmroute-serve: cannot load bundle: {exc}", file=sys.stderr)
         return 1
     if server.http_port is not None:
-        print(f"lmroute-serve: OpenAI-compatible front on http://{cfg.host}:{server.http_port}/v1", file=sys.stderr)
+        scheme = "https" if cfg.tls_cert_file else "http"
+        print(f"lmroute-serve: OpenAI-compatible front on {scheme}://{cfg.host}:{server.http_port}/v1", file=sys.stderr)
     print(f"lmroute-serve: serving on {cfg.host}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
     await server.stop()

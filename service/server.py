@@ -266,11 +266,14 @@ class RouterServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = None
         if cfg.tls_cert_file:
-            self.tls = CertificateFiles(
-                Path(cfg.tls_cert_file),
-                Path(cfg.tls_key_file),
-                Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
-            )
+            try:
+                self.tls = CertificateFiles(
+                    Path(cfg.tls_cert_file),
+                    Path(cfg.tls_key_file),
+                    Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
+                )
+            except (OSError, ValueError) as exc:  # the message names the file
+                raise ConfigError(f"tls: {exc}") from None
             credentials = server_credentials(self.tls)
         try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
             self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)

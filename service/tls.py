@@ -57,6 +57,7 @@ class CertificateFiles:
         chain = _read_pem(self.cert, "certificate")
         key = _read_pem(self.key, "private key")
         ca = _read_pem(self.client_ca, "CA certificate") if self.client_ca else None
+        self.ssl_context()  # the key matches the certificate and each parses: gRPC would find out at a handshake
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -66,19 +67,31 @@ class CertificateFiles:
                 return None
             try:
                 self.config = self._load()
-            except (OSError, ValueError) as exc:
-                _log.error("tls_reload_failed", error=str(exc)[:200])
+            except (OSError, ValueError) as exc:  # the message names the files
+                _log.error("tls_reload_failed", error=str(exc)[:300])
                 return None
             self.reloads += 1
             _log.info("tls_reloaded", cert=str(self.cert), reloads=self.reloads)
             return self.config
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A server context of the files as they are now (client certificates required with a client CA)."""
+        """A server context of the files as they are now (client certificates required with a client CA);
+        ValueError naming the files when the key does not match the certificate or one does not parse."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.cert, self.key)
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            why = (
+                "the private key does not match the certificate"
+                if exc.reason == "KEY_VALUES_MISMATCH"
+                else f"not a certificate chain and its private key ({exc.reason or exc})"
+            )
+            raise ValueError(f"{self.cert}, {self.key}: {why}") from None
         if self.client_ca is not None:
-            ctx.load_verify_locations(cafile=str(self.client_ca))
+            try:
+                ctx.load_verify_locations(cafile=str(self.client_ca))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{self.client_ca}: not a CA certificate ({exc.reason or exc})") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
@@ -99,8 +112,8 @@ class FrontTLS:
         if self._watch.changed():
             try:
                 self._current = self._files.ssl_context()
-            except (OSError, ValueError, ssl.SSLError) as exc:
-                _log.error("front_tls_reload_failed", error=str(exc)[:200])
+            except (OSError, ValueError) as exc:  # the message names the files
+                _log.error("front_tls_reload_failed", error=str(exc)[:300])
             else:
                 self.reloads += 1
                 _log.info("front_tls_reloaded", cert=str(self._files.cert), reloads=self.reloads)

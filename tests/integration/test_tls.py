@@ -112,6 +112,48 @@ def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(
     assert srv.server.tls is not None and srv.server.tls.reloads == 1
 
 
+def test_a_rotation_to_a_key_that_does_not_match_keeps_the_certificate_in_use(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A new certificate copied in before its key (a rotation that is not atomic): refused, not taken as a
+    reload (gRPC would only find out at the next handshake); the old pair serves until the key arrives."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(old_ca, tmp_path, "server")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
+    old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
+    wait_serving(srv, tls_ca=old_pem)
+    new_cert, new_key = write_server_cert(new_ca, tmp_path, "rotated")
+    cert.write_bytes(new_cert.read_bytes())  # the key file still holds the old key
+    assert routes(srv.target, tls_ca=old_pem) and not routes(srv.target, tls_ca=new_pem)
+    assert srv.server.tls is not None and srv.server.tls.reloads == 0
+    key.write_bytes(new_key.read_bytes())
+    assert routes(srv.target, tls_ca=new_pem) and srv.server.tls.reloads == 1
+
+
+def test_tls_files_that_do_not_load_are_named_at_startup(tmp_path: Path) -> None:
+    """A key that is not the certificate's, or a certificate that is not one: a config error naming the
+    files (they were reported as a port that cannot be bound, or a bundle that cannot be loaded)."""
+    import asyncio
+
+    from lmroute.service.fake_scorer import FakeScorer
+    from lmroute.service.server import RouterServer
+
+    ca = trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    _, other_key = write_server_cert(ca, tmp_path, "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    for c, k, says in (
+        (cert, other_key, f"tls: {cert}, {other_key}: the private key does not match the certificate"),
+        (garbage, key, f"tls: {garbage}, {key}: not a certificate chain and its private key"),
+    ):
+        cfg = ServiceConfig(bundle_path=Path("unused"), port=0, tls_cert_file=str(c), tls_key_file=str(k))
+        server = RouterServer(cfg, lambda _cfg: FakeScorer())
+        with pytest.raises(ConfigError) as err:
+            asyncio.run(server.start())
+        assert str(err.value).startswith(says), err.value
+
+
 def test_tls_with_tokens(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
     ca = trustme.CA()
     cert, key = write_server_cert(ca, tmp_path, "server")
