@@ -745,23 +745,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    """One prompt per line, or JSONL objects with a 'prompt' field; a bad line is reported by number."""
+    """One prompt per line, or JSONL objects with a 'prompt' field holding a string (a line that is not a
+    JSON object is a prompt as it is); SystemExit naming the file, and the line of a bad one."""
     prompts: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    prompts.append(str(json.loads(line)["prompt"]))
-                except (json.JSONDecodeError, KeyError) as err:
-                    raise SystemExit(f"{path}:{lineno}: not a JSON object with a 'prompt' field ({err})") from err
-            else:
-                prompts.append(line)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                record = _json_object(line)
+                if record is None:
+                    prompts.append(line)
+                elif isinstance(record.get("prompt"), str):
+                    prompts.append(record["prompt"])
+                else:
+                    got = (
+                        "no 'prompt' field"
+                        if "prompt" not in record
+                        else f"'prompt' is {type(record['prompt']).__name__}"
+                    )
+                    raise SystemExit(f"{path}:{lineno}: a JSON object whose 'prompt' is not a string ({got})")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not prompts:
         raise SystemExit(f"{path}: no prompts")
     return prompts
+
+
+def _json_object(line: str) -> dict[str, object] | None:
+    """`line` as a JSON object, or None when it is not one (a plain prompt, even one starting with '{')."""
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The prompt files `lmroute-export calibrate --prompts` and `erase --prompts-file` read: one prompt a
+line, or JSONL objects with a string 'prompt'; a bad file is named (and its bad line), never a
+traceback or a prompt made up of another type."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmroute.export.cli import _read_prompts
+
+
+def test_plain_lines_and_jsonl_objects_mix(tmp_path: Path) -> None:
+    f = tmp_path / "p.txt"
+    lines = ["plain prompt", json.dumps({"prompt": "two\\nlines"}), "{ a code block, not JSON }", "", "  "]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert _read_prompts(f) == ["plain prompt", "two\\nlines", "{ a code block, not JSON }"]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            b'{"prompt": "ok"}\n{"prompt": 5}\n',
+            "p.txt:2: a JSON object whose 'prompt' is not a string ('prompt' is int)",
+        ),
+        (b'{"text": "no prompt field"}\n', "p.txt:1: a JSON object whose 'prompt' is not a string (no 'prompt' field)"),
+        (b"hello\nabc \xff\xfe def\n", "p.txt: not UTF-8 text (invalid start byte at byte 10)"),
+        (b"\n\n", "p.txt: no prompts"),
+    ],
+)
+def test_bad_prompt_files_are_named(tmp_path: Path, content: bytes, says: str) -> None:
+    f = tmp_path / "p.txt"
+    f.write_bytes(content)
+    with pytest.raises(SystemExit) as err:
+        _read_prompts(f)
+    assert str(err.value) == f"{tmp_path}/{says}"
+
+
+def test_a_missing_prompt_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        _read_prompts(tmp_path / "missing.txt")
+    assert str(err.value) == f"{tmp_path / 'missing.txt'}: cannot be read (No such file or directory)"
