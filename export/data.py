@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "load_comparisons",
     "evenly_spaced",
     "load_difficulty_labels",
+    "not_utf8",
     "open_data_file",
 ]
 
@@ -235,49 +237,79 @@ class LoadResult:
 
 
 def open_data_file(data_dir: Path, rel: str) -> tuple[Path, io.TextIOBase]:
-    """Open ``<data_dir>/<rel>.gz`` (preferred) or ``<data_dir>/<rel>`` as UTF-8 text."""
+    """Open ``<data_dir>/<rel>.gz`` (preferred) or ``<data_dir>/<rel>`` as UTF-8 text; bytes that are not
+    UTF-8 come through as lone surrogates (``surrogateescape``), so a reader can name their line
+    (``text_lines``) instead of failing the whole file."""
     base = Path(data_dir) / rel
     gz = base.with_name(base.name + ".gz")
     if gz.is_file():
-        return gz, io.TextIOWrapper(gzip.open(gz, "rb"), encoding="utf-8", newline="")
+        return gz, io.TextIOWrapper(gzip.open(gz, "rb"), encoding="utf-8", errors="surrogateescape", newline="")
     if base.is_file():
-        return base, base.open(encoding="utf-8", newline="")
+        return base, base.open(encoding="utf-8", errors="surrogateescape", newline="")
     raise FileNotFoundError(f"{base}: missing (neither it nor {gz.name} exists)")
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape decodes it
+
+
+def not_utf8(text: str) -> bool:
+    """Whether `text`, read by `open_data_file`, held bytes that are not UTF-8."""
+    return _NOT_UTF8.search(text) is not None
+
+
+def text_lines(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, str | None]]:
+    """(1-based line number, the line; None for a line that is not UTF-8, an issue recorded) of an opened
+    data file. A compressed file that ends early or is corrupt ends the lines with an issue naming the
+    last line read (what follows cannot be read)."""
+    with handle:
+        line_no = 0
+        try:
+            for line_no, line in enumerate(handle, start=1):
+                if not_utf8(line):
+                    issues.append(RowIssue(str(path), line_no, "not UTF-8 text"))
+                    yield line_no, None
+                else:
+                    yield line_no, line
+        except (EOFError, OSError, zlib.error) as exc:  # gzip: truncated (EOFError), corrupt (BadGzipFile, zlib)
+            why = f"unreadable after line {line_no} ({type(exc).__name__}: {exc}); the rest of the file is lost"
+            issues.append(RowIssue(str(path), line_no + 1, why))
 
 
 def jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, dict]]:
     """(line, record) for each JSON object line; bad lines become issues. Blank lines are skipped."""
-    with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                issues.append(RowIssue(str(path), line_no, f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(record, dict):
-                issues.append(RowIssue(str(path), line_no, "JSON line is not an object"))
-                continue
-            yield line_no, record
+    for line_no, line in text_lines(path, handle, issues):
+        if line is None or not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            issues.append(RowIssue(str(path), line_no, f"invalid JSON: {exc.msg}"))
+            continue
+        except RecursionError:
+            issues.append(RowIssue(str(path), line_no, "invalid JSON: nested too deeply"))
+            continue
+        if not isinstance(record, dict):
+            issues.append(RowIssue(str(path), line_no, "JSON line is not an object"))
+            continue
+        yield line_no, record
 
 
 def _csv_records(
     path: Path, handle: io.TextIOBase, required: Iterable[str], issues: list[RowIssue]
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    """(first line of the record, row) for each CSV row with the right number of fields."""
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            issues.append(RowIssue(str(path), 1, "empty file (no header)"))
-            return
-        missing = [c for c in required if c not in header]
-        if missing:
-            issues.append(RowIssue(str(path), 1, f"missing column(s) {', '.join(missing)}"))
-            return
-        end_of_previous = reader.line_num
+    """(first line of the record, row) for each CSV row with the right number of fields. A record CSV
+    cannot read (an unterminated quote runs into the field size limit or the end of the file) is an issue
+    at its first line, and reading goes on from the line after it; a record holding a line that is not
+    UTF-8 is an issue too."""
+    numbered = list(text_lines(path, handle, issues))
+    lines = [line if line is not None else "\n" for _, line in numbered]
+    bad_lines = {n for n, line in numbered if line is None}
+    header: list[str] | None = None
+    start = 0  # index of the next line to read
+    while start < len(lines):
+        reader = csv.reader(iter(lines[start:]))
+        offset = start  # lines before this reader's first
+        end_of_previous = offset
         while True:
             try:
                 fields = next(reader)
@@ -285,14 +317,26 @@ def _csv_records(
                 return
             except csv.Error as exc:
                 issues.append(RowIssue(str(path), end_of_previous + 1, f"unreadable CSV: {exc}"))
-                return
-            start, end_of_previous = end_of_previous + 1, reader.line_num
+                start = end_of_previous + 1  # resume after the record's first line
+                break
+            first, end_of_previous = end_of_previous + 1, offset + reader.line_num
+            if header is None:
+                header = fields
+                missing = [c for c in required if c not in header]
+                if missing:
+                    issues.append(RowIssue(str(path), 1, f"missing column(s) {', '.join(missing)}"))
+                    return
+                continue
             if not fields:
                 continue
+            if bad_lines and any(n in bad_lines for n in range(first, end_of_previous + 1)):
+                continue  # its issue is recorded
             if len(fields) != len(header):
-                issues.append(RowIssue(str(path), start, f"{len(fields)} fields, header has {len(header)}"))
+                issues.append(RowIssue(str(path), first, f"{len(fields)} fields, header has {len(header)}"))
                 continue
-            yield start, dict(zip(header, fields, strict=True))
+            yield first, dict(zip(header, fields, strict=True))
+    if header is None:
+        issues.append(RowIssue(str(path), 1, "empty file (no header)"))
 
 
 # --------------------------------------------------------------------------------------------

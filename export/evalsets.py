@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmroute.export.data import RowIssue, evenly_spaced, jsonl_records, open_data_file
+from lmroute.export.data import RowIssue, evenly_spaced, jsonl_records, not_utf8, open_data_file
 from lmroute.export.names import STRONG, WEAK, normalize_model_name
 
 __all__ = ["EVAL_NAMES", "EvalDataError", "EvalSet", "load_eval"]
@@ -102,6 +102,8 @@ def _correctness_rows(data_dir: Path, rel: str, id_prefix: str) -> Iterator[tupl
         end_of_previous, row_no = reader.line_num, 0
         for fields in reader:
             start, end_of_previous = end_of_previous + 1, reader.line_num
+            if any(not_utf8(f) for f in fields):
+                raise EvalDataError(f"{path}:{start}: not UTF-8 text")
             if len(fields) != len(header):
                 raise EvalDataError(f"{path}:{start}: {len(fields)} fields, header has {len(header)}")
             values = []

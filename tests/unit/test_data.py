@@ -397,6 +397,54 @@ def test_gzip_file_is_preferred_and_line_numbers_hold(tmp_path):
     assert list(result.comparisons.outcome) == [1]
 
 
+def test_bytes_that_are_no_text_deep_json_and_a_cut_gzip_are_rows_reported_not_failures(tmp_path):
+    """A line that is not UTF-8, JSON nested past the parser's depth: issues at their lines, the other rows
+    read; a .gz that ends early: an issue after its last line read (the rows before it kept)."""
+    lines = [
+        _battle("model_a").encode(),
+        b'{"model_a": "caf\xe9"}',
+        ("[" * 100_000).encode(),
+        _battle("model_b").encode(),
+    ]
+    path = tmp_path / "train/arena_human/battles.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = load_comparisons(tmp_path, sources=["arena_human"])
+    assert [(i.line, i.reason) for i in result.issues] == [
+        (2, "not UTF-8 text"),
+        (3, "invalid JSON: nested too deeply"),
+    ]
+    assert list(result.comparisons.outcome) == [0, 1]
+    path.unlink()
+    whole = gzip.compress(b"".join(_battle("model_a").encode() + b"\n" for _ in range(2000)))
+    gz = tmp_path / "train/arena_human/battles.jsonl.gz"
+    gz.write_bytes(whole[: len(whole) // 2])
+    result = load_comparisons(tmp_path, sources=["arena_human"])
+    [issue] = result.issues
+    assert issue.file == str(gz) and "the rest of the file is lost" in issue.reason and "EOFError" in issue.reason
+    assert 0 < len(result.comparisons) < 2000 and issue.line == len(result.comparisons) + 1
+
+
+def test_an_unreadable_csv_record_costs_its_line_not_the_rest_of_the_file(tmp_path):
+    """An unterminated quote runs into the field size limit (or the end of the file), as does a field of
+    140,000 characters: an issue at the record's first line, and reading goes on from the next line (it
+    used to stop there: one bad row lost the rest of the file); a line that is not UTF-8 is an issue and
+    its record is left out."""
+    _write(tmp_path, "train/alpaca_eval_judge/prompts.jsonl", '{"prompt_id": "p1", "instruction": "Say hi"}\n')
+    good = "p1,gpt4_1106_preview,vicuna-7b,x,1.0"
+    rows = ["prompt_id,generator_1,generator_2,annotator,preference", good, 'p1,"unterminated,vicuna-7b,x,1.0']
+    rows += [good] * 3 + ["p1,gpt4_1106_preview,vicuna-7b," + "y" * 140_000 + ",1.0"] + [good]
+    path = tmp_path / "train/alpaca_eval_judge/judgments.csv"
+    path.write_bytes(("\n".join(rows) + "\n").encode() + b"p1,gpt4_1106_preview,vicuna-7b,\xff,1.0\n" + good.encode())
+    result = load_comparisons(tmp_path, sources=["alpaca_eval"])
+    assert sorted((i.line, i.reason.split(" (")[0]) for i in result.issues) == [
+        (3, "unreadable CSV: field larger than field limit"),
+        (7, "unreadable CSV: field larger than field limit"),  # 140,000 characters: longer than any prompt
+        (9, "not UTF-8 text"),
+    ]
+    assert len(result.comparisons) == 6  # every good row: lines 2, 4-6, 8 and 10
+
+
 def test_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="battles.jsonl: missing"):
         load_comparisons(tmp_path, sources=["arena_human"])

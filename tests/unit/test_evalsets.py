@@ -99,6 +99,19 @@ def test_bad_correctness_value_names_file_and_line(tmp_path):
         load_eval("gsm8k", tmp_path)
 
 
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    """In a correctness CSV and in a JSONL file alike (they raised a bare UnicodeDecodeError)."""
+    path = _gsm8k_dir(tmp_path, "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\nq1,True,True\n")
+    path.write_bytes(path.read_bytes() + b"caf\xe9,True,False\n")
+    with pytest.raises(EvalDataError, match=f"^{path}:3: not UTF-8 text$"):
+        load_eval("gsm8k", tmp_path)
+    folder = tmp_path / "eval/mt_bench"
+    folder.mkdir(parents=True)
+    (folder / "contaminated_prompts.jsonl").write_bytes(b'{"eval_prompt": "x"}\n{"eval_prompt": "\xff"}\n')
+    with pytest.raises(EvalDataError, match=r"contaminated_prompts.jsonl:2: not UTF-8 text$"):
+        load_eval("mt_bench", tmp_path)
+
+
 def test_missing_model_column_is_an_error(tmp_path):
     path = _gsm8k_dir(tmp_path, "prompt,gpt-4-1106-preview\nq,True\n")
     with pytest.raises(EvalDataError, match=f"^{path}:1: missing column\\(s\\) mixtral-8x7b-instruct-v0.1$"):
