@@ -243,9 +243,14 @@ class EncoderUnavailable(ServiceError):
 
 class UpstreamFailed(ServiceError):
     """The OpenAI-compatible front's upstream model could not be reached or answered with a server error
-    (the message names the model and what happened; HTTP 502)."""
+    (the message names the model and what happened; HTTP 502). `logged`: the message without what the
+    upstream answered (an error body may quote the prompt; the caller gets it, the log does not)."""
 
     default_reason = "UPSTREAM_FAILED"
+
+    def __init__(self, message: str, *, logged: str | None = None) -> None:
+        super().__init__(message)
+        self.logged = message if logged is None else logged
 
 
 class UpstreamTimeout(ServiceError):

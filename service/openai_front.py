@@ -52,7 +52,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
-from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, echo, http_status
+from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, UpstreamFailed, echo, http_status
 from lmroute.service.logs import CallLog
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
@@ -343,8 +343,9 @@ class OpenAIFront:
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason
-                if status >= 500:
-                    _log.warning("http_error", status=status, reason=reason, error=info.message)
+                if status >= 500:  # an upstream's answer stays out of the log (it may quote the prompt)
+                    logged = exc.logged if isinstance(exc, UpstreamFailed) else info.message
+                    _log.warning("http_error", status=status, reason=reason, error=logged)
                 return _error(exc)
             except Exception as exc:  # a bug: a generic 500, the details in the log
                 code, reason = "INTERNAL", "INTERNAL"

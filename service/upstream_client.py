@@ -114,7 +114,8 @@ class UpstreamClient:
             try:
                 if response.status >= 500:
                     text = (await Exchange(up, response).read()).decode("utf-8", "replace")[:_ERROR_SNIPPET]
-                    raise UpstreamFailed(f"{up.describe()}: answered HTTP {response.status}: {text}")
+                    said = f"{up.describe()}: answered HTTP {response.status}"
+                    raise UpstreamFailed(f"{said}: {text}", logged=f"{said} (its body: {len(text)} characters)")
                 yield Exchange(up, response)
             finally:
                 response.release()

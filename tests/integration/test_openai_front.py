@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+import structlog
 
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy
@@ -265,9 +266,13 @@ def test_upstream_down_slow_refusing_and_breaking(
         ]:
             path = _file(tmp_path, {"strong": up, "weak": upstreams["weak"]}, strong={"timeout_s": 0.3})
             _, base = _front(fake_servers, path)
-            with pytest.raises(openai.APIStatusError) as err:
+            with structlog.testing.capture_logs() as logs, pytest.raises(openai.APIStatusError) as err:
                 _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
             assert err.value.status_code == status and words in err.value.message
+            if up is refusing:  # the caller reads the upstream's answer; the log does not (it may quote the prompt)
+                assert "refusing refuses with 503" in err.value.message
+                [logged] = [e for e in logs if e["event"] == "http_error"]
+                assert "answered HTTP 503 (its body: " in logged["error"] and "refuses" not in str(logs)
         _, base = _front(fake_servers, _file(tmp_path, {"strong": breaking, "weak": upstreams["weak"]}))
         stream = _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True)
         got = []
