@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,12 @@ def _mf_config(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or not _MF_CONFIG_KEYS <= set(doc):
         missing = sorted(_MF_CONFIG_KEYS - set(doc if isinstance(doc, dict) else {}))
         raise ImportError_(f"{path}: not an MFModel config (missing {', '.join(missing)})")
+    for key in ("dim", "num_models", "text_dim"):
+        value = doc[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImportError_(f"{path}: {key} must be a positive integer (got {value!r})")
+    if not isinstance(doc["use_proj"], bool):
+        raise ImportError_(f"{path}: use_proj must be true or false (got {doc['use_proj']!r})")
     if doc["num_classes"] != 1:
         raise ImportError_(f"{path}: num_classes {doc['num_classes']}: RouteLLM's mf router uses 1")
     return doc
@@ -117,8 +124,25 @@ def _mf_weights(path: Path, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     )
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a file the caller named; ImportError_ naming it when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ImportError_(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ImportError_(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_doc(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ImportError_(f"{path}: not valid JSON ({exc})") from None
+
+
 def _model_ids(path: Path) -> dict[str, int]:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = _json_doc(path)
     ids = doc["model_ids"] if isinstance(doc, dict) and "model_ids" in doc else doc
     if not isinstance(ids, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in ids.items()):
         raise ImportError_(f"{path}: expected {{model name: row}} (or {{'model_ids': ...}})")
@@ -333,12 +357,12 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or give JSON Lines"
             ) from None
         return list(enumerate(pq.read_table(path).to_pylist(), 1))
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        doc = json.loads(text)
+        doc = _json_doc(path)
         if not isinstance(doc, list):
             raise ImportError_(f"{path}: expected a JSON list of rows")
         return list(enumerate(doc, 1))
+    text = _read_text(path)
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -586,7 +610,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             out = import_mf(args.checkpoint, args.out, model_ids=args.model_ids, remote=remote, **common)
     except ImportError_ as exc:
-        print(f"import-routellm: {exc}")
+        print(f"import-routellm: {exc}", file=sys.stderr)
         return 2
     print(f"import-routellm: wrote {out}")
     return 0

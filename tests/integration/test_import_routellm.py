@@ -268,6 +268,10 @@ def test_bad_checkpoints_are_refused_naming_the_file(tmp_path: Path) -> None:
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ImportError_, match=r"model.safetensors: P.weight has shape \(64, 16\), config says \(64, 32\)"):
         import_mf(ckpt, tmp_path / "x")
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "dim": "big"}))
+    with pytest.raises(ImportError_, match=r"config.json: dim must be a positive integer \(got 'big'\)"):
+        import_mf(ckpt, tmp_path / "x")
+    (ckpt / "config.json").write_text(json.dumps(cfg))
     (ckpt / "model.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ImportError_, match="model.safetensors: not a safetensors file"):
         import_mf(ckpt, tmp_path / "x")
@@ -285,4 +289,10 @@ def test_bad_battle_tables_are_refused_naming_file_and_line(tmp_path: Path) -> N
         import_sw([battles], [embeddings, embeddings], tmp_path / "x")
     with pytest.raises(ImportError_, match="--strong-model 'gpt-5' is in no battle"):
         import_sw([battles], [embeddings], tmp_path / "x", strong="gpt-5")
+    with pytest.raises(ImportError_, match=r"missing.jsonl: cannot be read \(No such file or directory\)"):
+        import_sw([tmp_path / "missing.jsonl"], [embeddings], tmp_path / "x")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(battles.read_bytes() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ImportError_, match=r"latin.jsonl: not UTF-8 text \(invalid continuation byte at byte \d+\)"):
+        import_sw([latin], [embeddings], tmp_path / "x")
     assert not (tmp_path / "x").exists()
