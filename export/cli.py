@@ -316,7 +316,7 @@ def _erase(args: argparse.Namespace) -> int:
         return 2
     store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
     try:
-        n_dec, n_out = store.erase(
+        erased = store.erase(
             decision_ids=args.decision_id, prompt_sha256s=hashes, callers=callers, dry_run=args.dry_run
         )
     except ValueError as exc:
@@ -324,8 +324,14 @@ def _erase(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.close()
-    print(json.dumps({"decisions": n_dec, "outcomes": n_out, "dry_run": args.dry_run}))
-    return 0
+    if not erased.log_emptied:
+        print(
+            f"{PROG} erase: a reader kept the store's write-ahead log from being emptied; it may still hold "
+            "erased rows: run the same command again",
+            file=sys.stderr,
+        )
+    print(json.dumps({"decisions": erased.decisions, "outcomes": erased.outcomes, "dry_run": args.dry_run}))
+    return 0 if erased.log_emptied else 3
 
 
 def _add_adaptations_command(sub: argparse._SubParsersAction) -> None:

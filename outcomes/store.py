@@ -28,7 +28,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from lmroute.outcomes.records import (
 )
 from lmroute.outcomes.schema import COPIED, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["NOT_YET_MS", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
+__all__ = ["NOT_YET_MS", "Erased", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
 
 NOT_YET_MS = 10_000
 """An unknown decision id younger than this is NOT_YET, not NOT_FOUND: the replica that made it may
@@ -54,6 +54,14 @@ than this later is NOT_FOUND (within it: another replica's clock may be ahead)."
 _MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migrating
 _CHUNK = 500  # ids per IN (...) query
 MAX_ERASE_NAMES = 10_000  # ids, hashes and tenants one erase names (a statement's parameters are bounded)
+
+
+class Erased(NamedTuple):
+    """What `OutcomeStore.erase` deleted (or would delete), and whether SQLite's log was emptied after."""
+
+    decisions: int
+    outcomes: int
+    log_emptied: bool
 
 
 class StoreError(RuntimeError):
@@ -365,15 +373,16 @@ class OutcomeStore:
         callers: Collection[str] = (),
         dry_run: bool = False,
         batch: int = 5000,
-    ) -> tuple[int, int]:
+    ) -> Erased:
         """Delete what the store holds about these, on request (a user's data, a prompt sent by mistake):
         the decisions with these ids; every decision and outcome of a prompt, by the SHA-256 of its text
         (`prompt_sha256`); the decisions each of these tenants' calls made ("" names calls naming no
-        tenant) and the outcomes it reported. The outcomes of a deleted decision go with it. (decisions,
-        outcomes) deleted, or with `dry_run` those that would be. Deleted in transactions of at most
-        `batch` decisions with their outcomes, then of `batch` outcomes, so a serving writer sharing the
-        store waits for one batch, not for the whole erasure; SQLite overwrites what it deletes
-        (secure_delete)."""
+        tenant) and the outcomes it reported. The outcomes of a deleted decision go with it. The counts
+        deleted, or with `dry_run` those that would be. Deleted in transactions of at most `batch`
+        decisions with their outcomes, then of `batch` outcomes, so a serving writer sharing the store
+        waits for one batch, not for the whole erasure. SQLite overwrites what it deletes (secure_delete),
+        and the write-ahead log, which still holds recently written rows, is emptied after (`checkpoint`;
+        `log_emptied` False when a reader kept it from that: run it again)."""
         names = len(set(decision_ids)) + len(set(prompt_sha256s)) + len(set(callers))
         if names > MAX_ERASE_NAMES:
             raise ValueError(f"erase: {names} ids, hashes and tenants in one call; at most {MAX_ERASE_NAMES}")
@@ -394,7 +403,7 @@ class OutcomeStore:
                 direct.append(clause)
                 direct_params += ordered
         if not decided:
-            return 0, 0
+            return Erased(0, 0, True)
         where_decisions, where_outcomes = " OR ".join(decided), " OR ".join(direct)
         if dry_run:
             n_dec = self._exec(f"SELECT COUNT(*) FROM decisions WHERE {where_decisions}", params).fetchone()[0]
@@ -403,7 +412,7 @@ class OutcomeStore:
                 f"(SELECT 'd:' || decision_id FROM decisions WHERE {where_decisions})",
                 [*direct_params, *params],
             ).fetchone()[0]
-            return int(n_dec), int(n_out)
+            return Erased(int(n_dec), int(n_out), True)
         n_dec = n_out = 0
         while True:  # decisions with their outcomes, a batch a transaction
             with self._transaction():
@@ -429,7 +438,16 @@ class OutcomeStore:
             n_out += done
             if done < batch:
                 break
-        return n_dec, n_out
+        return Erased(n_dec, n_out, self.checkpoint())
+
+    def checkpoint(self) -> bool:
+        """SQLite: copy the write-ahead log into the database and empty it (rows deleted from the database
+        stay readable in the log's older frames until then); False when a reader's open snapshot kept it
+        from finishing. PostgreSQL: True (its log is the server's)."""
+        if self._dialect is not _SQLITE:
+            return True
+        busy, _, _ = self._exec("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     def record_adaptation(
         self,

@@ -193,7 +193,8 @@ def test_retention_prunes_what_is_older(store: OutcomeStore) -> None:
 
 def test_what_retention_deletes_leaves_no_prompt_text_in_the_sqlite_file(tmp_path: Path) -> None:
     """SQLite keeps deleted rows' bytes in its free pages unless secure_delete is on (it is off in many
-    builds): the store turns it on, so a pruned prompt is gone from the file, not only from the tables."""
+    builds): the store turns it on, so a pruned prompt is gone from the database file, not only from its
+    tables (the log is emptied here; an expired row's log frames are long overwritten in a server)."""
     path = tmp_path / "outcomes.sqlite3"
     s = open_store(f"sqlite:{path}")
     now = int(time.time() * 1000)
@@ -232,13 +233,30 @@ def test_erase_by_prompt_deletes_its_decisions_and_every_outcome_of_it(store: Ou
         ],
     )
     sha = prompt_sha256("my secret")
-    assert store.erase(prompt_sha256s=[sha], dry_run=True) == (2, 2)
+    assert store.erase(prompt_sha256s=[sha], dry_run=True)[:2] == (2, 2)
     assert store.counts() == {"decisions": 3, "outcomes": 3}  # a dry run deletes nothing
-    assert store.erase(prompt_sha256s=[sha]) == (2, 2)
+    assert store.erase(prompt_sha256s=[sha])[:2] == (2, 2)
     assert store.decision(a.decision_id) is None and store.decision(b.decision_id) is None
     assert [r.prompt_sha256 for r in store.labeled_prompts()] == [other.prompt_sha256]
-    assert store.erase(prompt_sha256s=[sha]) == (0, 0)
+    assert store.erase(prompt_sha256s=[sha])[:2] == (0, 0)
     assert store.counts() == {"decisions": 1, "outcomes": 1}
+
+
+def test_an_erased_prompt_is_gone_from_the_sqlite_file_and_its_log(tmp_path: Path) -> None:
+    """A prompt erased minutes after it was written is still in SQLite's write-ahead log (the frames that
+    wrote it), beside the serving writer's open connection: erase empties the log after deleting."""
+    path = tmp_path / "outcomes.sqlite3"
+    serving = open_store(f"sqlite:{path}")  # the server's writer, left open
+    serving.write([_decision(f"ordinary question {i}") for i in range(50)] + [_decision("MY-SECRET-PASTED-KEY")], [])
+    other = open_store(f"sqlite:{path}", must_exist=True)  # lmroute-export erase, beside it
+    erased = other.erase(prompt_sha256s=[prompt_sha256("MY-SECRET-PASTED-KEY")])
+    other.close()
+    assert erased == (1, 0, True)
+    for f in (path, tmp_path / "outcomes.sqlite3-wal"):
+        if f.exists():
+            assert b"MY-SECRET-PASTED-KEY" not in f.read_bytes(), f.name
+    assert serving.counts()["decisions"] == 50
+    serving.close()
 
 
 def test_erase_by_tenant_deletes_its_calls_decisions_and_what_it_reported(store: OutcomeStore) -> None:
@@ -255,20 +273,20 @@ def test_erase_by_tenant_deletes_its_calls_decisions_and_what_it_reported(store:
             Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, prompt_text="acme asks 0", reporter="beta"),
         ],
     )
-    assert store.erase(callers=["acme"], dry_run=True) == (5, 6)
-    assert store.erase(callers=["acme"], batch=2) == (5, 6)  # three batches of decisions
+    assert store.erase(callers=["acme"], dry_run=True)[:2] == (5, 6)
+    assert store.erase(callers=["acme"], batch=2)[:2] == (5, 6)  # three batches of decisions
     assert all(store.decision(d.decision_id) is None for d in mine)
     left = {(r.decision_id, r.qualities["weak-m"]) for r in store.labeled_prompts()}
     assert left == {(theirs.decision_id, 0.5), (None, 0.5)}  # beta's own outcomes stay
-    assert store.erase(callers=[""]) == (1, 0)  # calls naming no tenant
+    assert store.erase(callers=[""])[:2] == (1, 0)  # calls naming no tenant
     assert store.counts() == {"decisions": 1, "outcomes": 2}
 
 
 def test_erase_by_decision_id_and_its_bounds(store: OutcomeStore) -> None:
     d, kept = _decision("one decision"), _decision("one decision")
     store.write([d, kept], [Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, decision_id=d.decision_id)])
-    assert store.erase() == (0, 0)
-    assert store.erase(decision_ids=[d.decision_id, "0" * 32]) == (1, 1)
+    assert store.erase()[:2] == (0, 0)
+    assert store.erase(decision_ids=[d.decision_id, "0" * 32])[:2] == (1, 1)
     assert store.decision(kept.decision_id) is not None
     with pytest.raises(ValueError, match="at most 10000"):
         store.erase(decision_ids=[f"{i:032x}" for i in range(10_001)])
