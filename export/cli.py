@@ -308,7 +308,10 @@ def _erase(args: argparse.Namespace) -> int:
         if bad is not None:
             raise ValueError(f"--prompt-sha256: {bad!r} is not 64 hex digits")
         if args.prompts_file is not None:
-            hashes += [prompt_sha256(p) for p in _read_prompts(args.prompts_file)]
+            try:
+                hashes += [prompt_sha256(p) for p in _read_prompts(args.prompts_file)]
+            except SystemExit as exc:  # the file named, and its bad line
+                raise ValueError(str(exc)) from None
         if not (hashes or args.decision_id or callers):
             raise ValueError("name what to erase: --prompts-file, --prompt-sha256, --decision-id or --callers")
     except (ValueError, OSError) as exc:
@@ -751,9 +754,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    """One prompt per line, or JSONL objects with a 'prompt' field holding a string (a line that is not a
-    JSON object is a prompt as it is); SystemExit naming the file, and the line of a bad one."""
+    """The prompts of a file: JSONL objects with a string 'prompt' when its first non-blank line is a JSON
+    object (then every line must be one), else one prompt a line, as it is; SystemExit naming the file,
+    and the line of a bad one."""
     prompts: list[str] = []
+    jsonl: bool | None = None  # decided by the first non-blank line
     try:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -761,10 +766,14 @@ def _read_prompts(path: Path) -> list[str]:
                 if not line.strip():
                     continue
                 record = _json_object(line)
-                if record is None:
+                if jsonl is None:
+                    jsonl = record is not None
+                if not jsonl:
                     prompts.append(line)
+                elif record is None:
+                    raise SystemExit(f"{path}:{lineno}: not a JSON object (the file's first line is JSONL)")
                 elif isinstance(record.get("prompt"), str):
-                    prompts.append(record["prompt"])
+                    prompts.append(str(record["prompt"]))
                 else:
                     got = (
                         "no 'prompt' field"
@@ -782,7 +791,7 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def _json_object(line: str) -> dict[str, object] | None:
-    """`line` as a JSON object, or None when it is not one (a plain prompt, even one starting with '{')."""
+    """`line` as a JSON object, or None when it is not one."""
     if not line.lstrip().startswith("{"):
         return None
     try:

@@ -12,11 +12,18 @@ import pytest
 from lmroute.export.cli import _read_prompts
 
 
-def test_plain_lines_and_jsonl_objects_mix(tmp_path: Path) -> None:
+def test_a_file_is_jsonl_or_lines_as_its_first_line_says(tmp_path: Path) -> None:
     f = tmp_path / "p.txt"
-    lines = ["plain prompt", json.dumps({"prompt": "two\\nlines"}), "{ a code block, not JSON }", "", "  "]
+    lines = ["plain prompt", json.dumps({"prompt": "x"}), "{ a code block, not JSON }", "", "  "]
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert _read_prompts(f) == ["plain prompt", "two\\nlines", "{ a code block, not JSON }"]
+    assert _read_prompts(f) == lines[:3]  # lines: each as it is, JSON-looking ones too
+    lines = [json.dumps({"prompt": "two\nlines"}), "", json.dumps({"prompt": "{ code }", "id": 7})]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert _read_prompts(f) == ["two\nlines", "{ code }"]
+    f.write_text(json.dumps({"prompt": "my secret"}) + "\n" + '{"prompt": "typo"},\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as err:  # a JSONL line that does not parse is not taken as a prompt
+        _read_prompts(f)
+    assert str(err.value) == f"{f}:2: not a JSON object (the file's first line is JSONL)"
 
 
 @pytest.mark.parametrize(
