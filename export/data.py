@@ -298,28 +298,29 @@ def _csv_records(
     path: Path, handle: io.TextIOBase, required: Iterable[str], issues: list[RowIssue]
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """(first line of the record, row) for each CSV row with the right number of fields. A record CSV
-    cannot read (an unterminated quote runs into the field size limit or the end of the file) is an issue
-    at its first line, and reading goes on from the line after it; a record holding a line that is not
-    UTF-8 is an issue too."""
+    cannot read (an unterminated quote runs into the field size limit, or to the end of the file) is an
+    issue at its first line, and reading goes on from the line after it; a record holding a line that is
+    not UTF-8 is an issue too. A header that cannot be read is an issue, and no row is read."""
     numbered = list(text_lines(path, handle, issues))
-    lines = [line if line is not None else "\n" for _, line in numbered]
+    lines = [line if line is not None else "\n" for _, line in numbered]  # lines[i] is line i + 1
     bad_lines = {n for n, line in numbered if line is None}
     header: list[str] | None = None
-    start = 0  # index of the next line to read
-    while start < len(lines):
-        reader = csv.reader(iter(lines[start:]))
-        offset = start  # lines before this reader's first
-        end_of_previous = offset
+    start: int | None = 0  # index of the line to read from; None: done
+    while start is not None:
+        reader, read_before, resume = csv.reader(iter(lines[start:])), start, None
         while True:
+            first = read_before + 1  # the record's first line
             try:
                 fields = next(reader)
+                read_before = start + reader.line_num
+                if read_before == len(lines) and _open_quote(lines[first - 1 :]):
+                    raise csv.Error("a quoted field runs to the end of the file")
             except StopIteration:
-                return
-            except csv.Error as exc:
-                issues.append(RowIssue(str(path), end_of_previous + 1, f"unreadable CSV: {exc}"))
-                start = end_of_previous + 1  # resume after the record's first line
                 break
-            first, end_of_previous = end_of_previous + 1, offset + reader.line_num
+            except csv.Error as exc:
+                issues.append(RowIssue(str(path), first, f"unreadable CSV: {exc}"))
+                resume = first  # lines[first] is the line after the record's first
+                break
             if header is None:
                 header = fields
                 missing = [c for c in required if c not in header]
@@ -329,14 +330,23 @@ def _csv_records(
                 continue
             if not fields:
                 continue
-            if bad_lines and any(n in bad_lines for n in range(first, end_of_previous + 1)):
+            if bad_lines and any(n in bad_lines for n in range(first, read_before + 1)):
                 continue  # its issue is recorded
             if len(fields) != len(header):
                 issues.append(RowIssue(str(path), first, f"{len(fields)} fields, header has {len(header)}"))
                 continue
             yield first, dict(zip(header, fields, strict=True))
+        if resume is not None and header is None:
+            return  # the header itself cannot be read
+        start = resume
     if header is None:
         issues.append(RowIssue(str(path), 1, "empty file (no header)"))
+
+
+def _open_quote(record_lines: Sequence[str]) -> bool:
+    """Whether a record's lines leave a quoted field open (an odd number of quote characters: a quote
+    inside a quoted field is written twice)."""
+    return sum(line.count('"') for line in record_lines) % 2 == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -445,6 +445,23 @@ def test_an_unreadable_csv_record_costs_its_line_not_the_rest_of_the_file(tmp_pa
     assert len(result.comparisons) == 6  # every good row: lines 2, 4-6, 8 and 10
 
 
+def test_a_quote_left_open_to_the_end_of_the_file_costs_its_line_only():
+    """csv reads an unterminated quote near the end of a file as one field holding every line after it,
+    without an error: that record is an issue, and the lines after its first are read as rows."""
+    import io
+
+    from lmroute.export.data import _csv_records
+
+    issues: list = []
+    text = 'a,b\n1,2\n3,"4\n5,6\n7,"""8"""\n'
+    rows = list(_csv_records(Path("t.csv"), io.StringIO(text), ("a", "b"), issues))
+    assert rows == [(2, {"a": "1", "b": "2"}), (4, {"a": "5", "b": "6"}), (5, {"a": "7", "b": '"8"'})]
+    assert [(i.line, i.reason) for i in issues] == [(3, "unreadable CSV: a quoted field runs to the end of the file")]
+    issues.clear()  # a header that cannot be read: no row is read, rather than the first row taken as it
+    assert list(_csv_records(Path("t.csv"), io.StringIO('"a,b\n1,2\n'), ("a", "b"), issues)) == []
+    assert [(i.line, i.reason.split(":")[0]) for i in issues] == [(1, "unreadable CSV")]
+
+
 def test_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="battles.jsonl: missing"):
         load_comparisons(tmp_path, sources=["arena_human"])
