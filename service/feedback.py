@@ -17,7 +17,8 @@ from typing import Any
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, OutcomeKind, Verdict, prompt_sha256
 from lmroute.service.batch_queue import ItemResult
 from lmroute.service.errors import Code, ServiceError, echo
-from lmroute.service.prompts import prompt_problem, prompt_text
+from lmroute.service.prompts import prompt_text
+from lmroute.service.scheduler import prompt_problem
 from lmroute.service.scorer_api import Catalog
 from lmroute.v1 import router_pb2
 

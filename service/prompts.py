@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from lmroute.service.errors import InvalidArgument, echo
 from lmroute.v1 import router_pb2
 
-__all__ = ["check_limits", "prompt_problem", "prompt_text"]
+__all__ = ["check_limits", "prompt_text"]
 
 _ROLES = ("system", "user", "assistant")
 
@@ -53,18 +53,6 @@ def check_limits(
         raise InvalidArgument(
             f"{field}: {total} characters in all (limit {max_request_chars})", reason="REQUEST_TOO_LONG"
         )
-
-
-def prompt_problem(name: str, text: str, max_chars: int) -> InvalidArgument | None:
-    """Why no router scores the prompt `text` (named `name` in the message): empty or blank, or longer
-    than `max_chars` characters; None when it may be scored."""
-    if not text.strip():
-        return InvalidArgument(f"{name}: empty prompt", reason="EMPTY_PROMPT")
-    if len(text) > max_chars:
-        return InvalidArgument(
-            f"{name}: prompt has {len(text)} characters (limit {max_chars})", reason="PROMPT_TOO_LONG"
-        )
-    return None
 
 
 def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:

@@ -54,7 +54,7 @@ from lmroute.service.client_retry import error_reason
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
-from lmroute.service.prompts import prompt_problem
+from lmroute.service.scheduler import prompt_problem
 from lmroute.v1 import router_pb2
 
 __all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]

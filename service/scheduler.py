@@ -78,22 +78,34 @@ from lmroute.service.cpus import pin_current_thread
 from lmroute.service.errors import (
     DeadlineExpired,
     Draining,
+    InvalidArgument,
     NotReady,
     QueueFull,
     QueueTimeout,
     ScorerFailed,
     ServiceError,
 )
-from lmroute.service.prompts import prompt_problem
 from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
 from lmroute.service.tenant_counts import ADMITTED, REFUSED_DEADLINE, REFUSED_OVERLOAD, REFUSED_QUEUE_FULL, TenantCounts
 
-__all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats"]
+__all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats", "prompt_problem"]
 
 _log = structlog.get_logger("lmroute.scheduler")
 
 T = TypeVar("T")
+
+
+def prompt_problem(name: str, text: str, max_chars: int) -> InvalidArgument | None:
+    """Why no router scores the prompt `text` (named `name` in the message): empty or blank, or longer
+    than `max_chars` characters; None when it may be scored."""
+    if not text.strip():
+        return InvalidArgument(f"{name}: empty prompt", reason="EMPTY_PROMPT")
+    if len(text) > max_chars:
+        return InvalidArgument(
+            f"{name}: prompt has {len(text)} characters (limit {max_chars})", reason="PROMPT_TOO_LONG"
+        )
+    return None
 
 
 @dataclass
