@@ -77,10 +77,7 @@ def _sha256(path: Path) -> str:
 
 
 def _mf_config(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ImportError_(f"{path}: cannot be read as JSON ({exc})") from None
+    doc = _json_doc(path)
     if not isinstance(doc, dict) or not _MF_CONFIG_KEYS <= set(doc):
         missing = sorted(_MF_CONFIG_KEYS - set(doc if isinstance(doc, dict) else {}))
         raise ImportError_(f"{path}: not an MFModel config (missing {', '.join(missing)})")
@@ -370,6 +367,8 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 out.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ImportError_(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ImportError_(f"{path}:{n}: not valid JSON (nested too deeply)") from None
     return out
 
 

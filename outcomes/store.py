@@ -97,7 +97,7 @@ def redact_dsn(dsn: str) -> str:
     (`postgresql://user:PASSWORD@host`) and as a query parameter (`?password=PASSWORD`, which libpq
     takes too)."""
     dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", dsn, flags=re.IGNORECASE)
+    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", dsn, flags=re.IGNORECASE)
 
 
 def _now_ms() -> int:

@@ -227,8 +227,9 @@ def _retry_ms(seconds: float) -> int:
 
 
 def _ms(seconds: float) -> str:
-    """`seconds` in milliseconds, to 3 significant digits (0.042 ms, 12.3 ms, 1250 ms)."""
-    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds * 1000:.0f} ms"
+    """`seconds` in milliseconds: 3 significant digits below 100 ms (0.042 ms, 12.3 ms), whole above."""
+    ms = seconds * 1000
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
 def refusal(
@@ -295,7 +296,7 @@ def tenant_reserve(max_queue: int) -> tuple[int, int]:
     while other tenants ask: the last quarter of the queue is kept for tenants holding at most a
     sixteenth of it (module docstring, bound 1)."""
     reserve = max_queue // 4
-    return max_queue - reserve, reserve // 4
+    return max_queue - reserve, max(1, reserve // 4) if reserve else 0
 
 
 class Admission:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "Code",
@@ -248,8 +249,8 @@ class UpstreamFailed(ServiceError):
 
     default_reason = "UPSTREAM_FAILED"
 
-    def __init__(self, message: str, *, logged: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, logged: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
         self.logged = message if logged is None else logged
 
 

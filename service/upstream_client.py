@@ -115,7 +115,9 @@ class UpstreamClient:
                 if response.status >= 500:
                     text = (await Exchange(up, response).read()).decode("utf-8", "replace")[:_ERROR_SNIPPET]
                     said = f"{up.describe()}: answered HTTP {response.status}"
-                    raise UpstreamFailed(f"{said}: {text}", logged=f"{said} (its body: {len(text)} characters)")
+                    raise UpstreamFailed(
+                        f"{said}: {text}", logged=f"{said} (the start of its body, quoted to the caller)"
+                    )
                 yield Exchange(up, response)
             finally:
                 response.release()

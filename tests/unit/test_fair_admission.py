@@ -651,6 +651,9 @@ def test_while_tenants_contend_the_last_quarter_of_the_queue_is_kept_for_light_t
     assert isinstance(refusal(5, None, Load(48, held=0, contended=True), policy, measured()), QueueFull)
     assert refusal(8, None, Load(48, held=48, contended=False), policy, measured()) is None  # alone
     assert refusal(8, None, Load(40, held=40, contended=True), policy, measured()) is None  # within 48
+    small = BatchPolicy(max_queue=8, admit_wait_ms=60_000, max_batch_ms=0)  # 6 common, 2 kept: light = 1 held
+    assert refusal(1, None, Load(6, held=0, contended=True), small, measured()) is None
+    assert isinstance(refusal(1, None, Load(6, held=6, contended=True), small, measured()), QueueFull)
 
 
 def test_admission_counts_each_tenants_permits_and_who_asked_lately() -> None:

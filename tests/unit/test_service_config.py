@@ -274,6 +274,7 @@ def test_cpu_lists_parse_like_linux_cpu_lists() -> None:
         ("postgresql://lm:S3cret@db:5432/lm", "postgresql://lm:***@db:5432/lm"),
         ("postgresql://lm@db/lm?password=S3cret&sslmode=require", "postgresql://lm@db/lm?password=***&sslmode=require"),
         ("postgres://db/lm?sslmode=require&PASSWORD=S3cret", "postgres://db/lm?sslmode=require&PASSWORD=***"),
+        ("postgresql://db/lm?sslkey=k.pem&sslpassword=S3cret", "postgresql://db/lm?sslkey=k.pem&sslpassword=***"),
         ("sqlite:artifacts/outcomes.sqlite3", "sqlite:artifacts/outcomes.sqlite3"),
     ],
 )
