@@ -187,7 +187,11 @@ class _Served:
     def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
         self.where = f"served at {target}"
         self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
-        listed = self.client.list_routers()
+        try:
+            listed = self.client.list_routers()
+        except grpc.RpcError as exc:  # unreachable, unauthenticated, not ready
+            self.client.close()
+            raise _refused(exc) from None
         self.routers = tuple(r.name for r in listed.routers)
         self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
 
@@ -237,13 +241,12 @@ class _InProcess:
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
         from lmroute.service.prompts import prompt_text
 
-        text = prompt if isinstance(prompt, str) else prompt_text(prompt, "messages")
+        name = "prompt" if isinstance(prompt, str) else "messages"
+        text = prompt if isinstance(prompt, str) else prompt_text(prompt, name)
         if not isinstance(text, str):
             raise RoutingError(str(text), reason=text.reason)
-        if (problem := prompt_problem("messages", text, _MAX_PROMPT_CHARS)) is not None:
-            raise RoutingError(str(problem), reason=problem.reason)
         router = ask.router or self.default_router
-        [score] = self.scores([text], router)
+        [score] = self._scores([text], router, [name])
         if ask.threshold is not None:
             threshold = ask.threshold
         elif ask.share is not None:
@@ -253,10 +256,13 @@ class _InProcess:
         return Decision(score >= threshold, score, threshold, "", router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
+        return self._scores(texts, router, [f"prompts[{i}]" for i in range(len(texts))])
+
+    def _scores(self, texts: list[str], router: str, names: list[str]) -> list[float]:
         """As the server scores them, refusing what it refuses (an empty prompt, one over its default
-        limit of characters)."""
-        for i, text in enumerate(texts):
-            if (problem := prompt_problem(f"prompts[{i}]", text, _MAX_PROMPT_CHARS)) is not None:
+        limit of characters), each prompt named as `names` says."""
+        for name, text in zip(names, texts, strict=True):
+            if (problem := prompt_problem(name, text, _MAX_PROMPT_CHARS)) is not None:
                 raise RoutingError(str(problem), reason=problem.reason)
         router = router or self.default_router
         return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
@@ -320,7 +326,7 @@ class Controller:
             try:
                 ask = parse_model(model, self._backend.routers, self._backend.default_router)
             except InvalidArgument as exc:
-                raise RoutingError(str(exc)) from None
+                raise RoutingError(str(exc), reason=exc.reason) from None
             if (ask.router or DEFAULT) not in self.routers:  # "": the default router, asked as `default`
                 raise RoutingError(
                     f"Invalid router {ask.router or DEFAULT}. Available routers are {list(self.routers)}."
@@ -379,7 +385,7 @@ class Controller:
             report = paired_outcome(decision_id, strong, weak, source)
         status = self._backend.feedback(report)
         if status.code != 0:
-            raise RoutingError(f"feedback: {status.reason}: {status.message}")
+            raise RoutingError(f"feedback: {status.reason}: {status.message}", reason=status.reason)
         return status
 
     # -- completions ---------------------------------------------------------------------------------
@@ -391,7 +397,7 @@ class Controller:
         try:
             prompt = prompt_of_messages(kwargs.get("messages"), _NO_TURN_LIMIT)
         except InvalidArgument as exc:
-            raise RoutingError(str(exc)) from None
+            raise RoutingError(str(exc), reason=exc.reason) from None
         routing = self._decide(ask, prompt)
         base, key, name = endpoint(routing.model, self.api_base, self.api_key)
         body = {**kwargs, "model": name}

@@ -185,6 +185,12 @@ def test_errors_are_routing_errors(
     assert refused.value.reason == "EMPTY_PROMPT"
     with pytest.raises(RoutingError, match="prompts\\[1\\]: empty prompt"):
         client.batch_calculate_win_rate(["fine", ""], "mf")
+    with pytest.raises(RoutingError, match="no user message") as refused:
+        client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "system", "content": "hi"}])
+    assert refused.value.reason == "NO_USER_TURN"
+    with pytest.raises(RoutingError, match="the server refused: UNAVAILABLE") as refused:
+        Controller(routers=["mf"], strong_model="a", weak_model="b", target="127.0.0.1:9")
+    assert refused.value.code == "UNAVAILABLE"
     for bad in (
         lambda: client.route("a \ud800 b", "mf", 0.5),
         lambda: client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "user", "content": "\udfff"}]),
