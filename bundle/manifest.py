@@ -786,9 +786,10 @@ class Manifest:
         """`name`, named at `where` to route among candidates, must predict per-model quality."""
         kind = self.routers[name].kind
         if not kinds.get(kind).predicts_qualities:
+            able = " or ".join(k for k in kinds.names() if kinds.get(k).predicts_qualities)
             raise fail(
                 f"{where}: {name!r} is a router of kind {kind}, which predicts no per-model quality "
-                "(routing among candidates needs one of kind quality or adapted_quality)"
+                f"(routing among candidates needs one of kind {able})"
             )
 
     def _check_file_refs(self) -> None:

@@ -706,5 +706,5 @@ def test_routing_among_candidates_is_given_only_to_a_router_that_predicts_qualit
     kind = _manifest(bundle_dir)["routers"][name]["kind"]
     assert _refused(bundle_dir) == (
         f"manifest.json: {where}: {name!r} is a router of kind {kind}, which predicts no per-model quality "
-        "(routing among candidates needs one of kind quality or adapted_quality)"
+        "(routing among candidates needs one of kind adapted_quality or quality)"
     )
