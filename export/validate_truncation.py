@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from lmroute.bundle.encoder import OnnxEncoder, PromptTokenizer, TokenBatch, cut_and_pad
 from lmroute.bundle.truncation import HEAD, Truncation
-from lmroute.export.data import ROUTERBENCH_DIR, ROUTERBENCH_TASKS, final_question, open_data_file
+from lmroute.export.data import ROUTERBENCH_DIR, ROUTERBENCH_TASKS, final_question, not_utf8, open_data_file
 
 __all__ = [
     "DEFAULT_RULES",
@@ -84,6 +84,8 @@ def raw_routerbench_prompts(data_dir: Path, source: str) -> Iterator[tuple[str, 
     _, handle = open_data_file(data_dir, f"{ROUTERBENCH_DIR}/{ROUTERBENCH_TASKS[source]}")
     with handle:
         for row in csv.DictReader(handle):
+            if not_utf8(row.get("prompt") or ""):  # load_comparisons reports a row that is not UTF-8
+                continue
             try:
                 value = ast.literal_eval(row.get("prompt") or "")
             except (ValueError, SyntaxError, MemoryError, RecursionError):

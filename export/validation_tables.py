@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lmroute.export import names
-from lmroute.export.data import ARENA_BENCH_FILE, Comparisons, open_data_file
+from lmroute.export.data import ARENA_BENCH_FILE, Comparisons, not_utf8, open_data_file
 from lmroute.export.metrics import random_baseline, router_metrics
 from lmroute.export.names import normalize_model_name
 
@@ -88,7 +88,7 @@ def load_judge_scores(data_dir: Path) -> dict[str, dict[str, float]]:
     with handle:
         for row in csv.DictReader(handle):
             prompt = (row.get("prompt") or "").strip()
-            if not prompt:
+            if not prompt or not_utf8(prompt):  # data.py reports a row that is not UTF-8
                 continue
             scores: dict[str, float] = {}
             for col, raw in row.items():
