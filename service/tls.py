@@ -39,6 +39,45 @@ def _read_pem(path: Path, what: str) -> bytes:
     return data
 
 
+_ENCRYPTED = "an encrypted private key, which needs a passphrase: give the key unencrypted"
+
+
+def _no_password() -> bytes:
+    """The passphrase OpenSSL asks for an encrypted key: none (it would prompt on a terminal)."""
+    raise ValueError(_ENCRYPTED)
+
+
+def _check_pair(chain: bytes, key: bytes, cert_path: Path, key_path: Path) -> None:
+    """ValueError naming the file when the chain's first certificate or the key does not parse, the key
+    is encrypted, or it is not the certificate's key."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificate(chain)
+    except ValueError as exc:
+        raise ValueError(f"{cert_path}: not a PEM certificate ({exc})") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except TypeError:
+        raise ValueError(f"{key_path}: {_ENCRYPTED}") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"{key_path}: not a PEM private key ({exc})") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if leaf.public_key().public_bytes(*spki) != private.public_key().public_bytes(*spki):
+        raise ValueError(f"{cert_path}, {key_path}: the private key does not match the certificate")
+
+
+def _check_certificates(pem: bytes, path: Path | None) -> None:
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEM CA certificate ({exc})") from None
+
+
 class CertificateFiles:
     """The server's certificate chain, key and (optional) client CA files, and their last loaded state."""
 
@@ -57,7 +96,9 @@ class CertificateFiles:
         chain = _read_pem(self.cert, "certificate")
         key = _read_pem(self.key, "private key")
         ca = _read_pem(self.client_ca, "CA certificate") if self.client_ca else None
-        self.ssl_context()  # the key matches the certificate and each parses: gRPC would find out at a handshake
+        _check_pair(chain, key, self.cert, self.key)  # the bytes gRPC gets: it would find out at a handshake
+        if ca is not None:
+            _check_certificates(ca, self.client_ca)
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -79,7 +120,9 @@ class CertificateFiles:
         ValueError naming the files when the key does not match the certificate or one does not parse."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            ctx.load_cert_chain(self.cert, self.key)
+            ctx.load_cert_chain(self.cert, self.key, password=_no_password)
+        except ValueError as exc:  # the key is encrypted
+            raise ValueError(f"{self.key}: {exc}") from None
         except ssl.SSLError as exc:
             why = (
                 "the private key does not match the certificate"

@@ -135,17 +135,28 @@ def test_tls_files_that_do_not_load_are_named_at_startup(tmp_path: Path) -> None
     files (they were reported as a port that cannot be bound, or a bundle that cannot be loaded)."""
     import asyncio
 
+    from cryptography.hazmat.primitives import serialization
+
     from lmroute.service.fake_scorer import FakeScorer
     from lmroute.service.server import RouterServer
 
     ca = trustme.CA()
     cert, key = write_server_cert(ca, tmp_path, "server")
     _, other_key = write_server_cert(ca, tmp_path, "other")
+    encrypted = tmp_path / "encrypted.key"  # the server never asks for a passphrase (OpenSSL would prompt)
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(key.read_bytes(), password=None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
     for c, k, says in (
         (cert, other_key, f"tls: {cert}, {other_key}: the private key does not match the certificate"),
-        (garbage, key, f"tls: {garbage}, {key}: not a certificate chain and its private key"),
+        (garbage, key, f"tls: {garbage}: not a PEM certificate"),
+        (cert, encrypted, f"tls: {encrypted}: an encrypted private key, which needs a passphrase"),
     ):
         cfg = ServiceConfig(bundle_path=Path("unused"), port=0, tls_cert_file=str(c), tls_key_file=str(k))
         server = RouterServer(cfg, lambda _cfg: FakeScorer())
