@@ -179,7 +179,7 @@ TAMPERING: dict[str, tuple[Edit, str | None]] = {
     "schema_version 3 -> 2": (_set("schema_version", value=2), None),
     "label added": (_set("label", value="prod"), None),
     "default router added": (_set("default_router", value="sw_ranking"), None),
-    "default quality router added": (_set("default_quality_router", value="mf"), None),
+    "tenant router added": (_set("tenant_routers", value={"app": "mf"}), None),
     "created_at date": (_set("created_at", value="2026-11-29T00:00:00Z"), None),
     "bundle_version itself": (_set("bundle_version", value="20261128-00000000"), None),
 }

@@ -483,18 +483,32 @@ def _lineage(router: str) -> dict[str, Any]:
     }
 
 
+def _with_quality_router(data: dict[str, Any], name: str = "q") -> dict[str, Any]:
+    """`data` with a router of kind quality (per-model qualities of the bundle's models) named `name`."""
+    files = {role: f"routers/{name}/{role}.npy" for role in ("center", "weights", "bias")}
+    data["routers"][name] = {
+        "kind": "quality",
+        "uses_encoder": True,
+        "files": files,
+        "params": {"models": list(data["models"]), "link": "logistic", "alpha": 1.0, "labels": "unit test"},
+    }
+    data["files"].update({path: {"sha256": SHA, "bytes": 10} for path in files.values()})
+    data["calibration"]["thresholds"][name] = list(data["calibration"]["thresholds"]["mf"])
+    return data
+
+
 def test_tenant_routers_and_earlier_lineages_round_trip_and_change_the_content_version() -> None:
-    data = _manifest_dict()
+    data = _with_quality_router(_manifest_dict())
     plain = _parse(data)
-    data.update(tenant_routers={"app": "mf", "batch.eu": "rnd"}, tenant_quality_routers={"app": "sw"})
+    data.update(tenant_routers={"app": "mf", "batch.eu": "rnd"}, tenant_quality_routers={"app": "q"})
     data.update(lineage=_lineage("mf"))
     data["earlier_lineages"] = [_lineage("rnd")]
     manifest = _parse(data)
     assert manifest.tenant_routers == {"app": "mf", "batch.eu": "rnd"} and manifest.tenant_quality_routers == {
-        "app": "sw"
+        "app": "q"
     }
     assert Manifest.from_json(manifest.to_json()) == manifest
-    assert manifest.lineage_of("rnd") == manifest.earlier_lineages[0] and manifest.lineage_of("sw") is None
+    assert manifest.lineage_of("rnd") == manifest.earlier_lineages[0] and manifest.lineage_of("q") is None
     assert manifest.content_version() != plain.content_version()
     assert not {"tenant_routers", "tenant_quality_routers", "earlier_lineages"} & set(plain.to_dict())
 
