@@ -535,6 +535,16 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert (
         run(go, "route", *addr, "--router", "mf", "--threshold", "0.1", "--strong-share", "0.1", "hi").returncode == 2
     )
+    # -1 is a value like any other (it was taken as "not given"): the server refuses it
+    minus = run(go, "route", *addr, "--attempts", "1", "--router", "mf", "--threshold", "-1", "hi")
+    assert minus.returncode == 1 and "INVALID_ARGUMENT (OUT_OF_RANGE)" in minus.stderr, minus.stderr
+    # a flag after a prompt is refused, not scored as one more prompt
+    late = run(go, "score", *addr, "hi", "--routers", "mf")
+    assert late.returncode == 2 and "--routers comes after an argument" in late.stderr and not late.stdout
+    dashed = run(go, "score", *addr, "--routers", "mf", "--", "--routers")  # after --: a prompt
+    assert dashed.returncode == 0 and len(dashed.stdout.splitlines()) == 1, dashed.stderr
+    tenant = run(go, "route", *addr, "--tenant", "a\nb", "--threshold", "0.5", "hi")
+    assert tenant.returncode == 2 and "--tenant: only printable ASCII may be sent (character 2 is not)" in tenant.stderr
 
 
 @pytest.mark.parametrize("name", CLIENT_NAMES)

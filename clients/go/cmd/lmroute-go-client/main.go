@@ -6,7 +6,7 @@
 //	lmroute-go-client feedback --addr HOST:PORT --decision-id ID (--quality Q | --strong Q --weak Q) [--source S]
 //	lmroute-go-client conformance --addr HOST:PORT --cases FILE   (clients/CONFORMANCE.md)
 //
-// Exit status: 0 on success, 1 when the call failed, 2 on bad arguments.
+// Flags go before the arguments. Exit status: 0 on success, 1 when the call failed, 2 on bad arguments.
 package main
 
 import (
@@ -136,19 +136,54 @@ func (c *common) options(o lmroute.Options) (lmroute.Options, error) {
 		}
 		o.TLS.Certificates = []tls.Certificate{pair}
 	}
+	if err := printable("--tenant", c.tenant); err != nil {
+		return o, err
+	}
 	o.Tenant = c.tenant
 	if c.tokenEnv != "" {
 		o.Token = os.Getenv(c.tokenEnv)
 		if o.Token == "" {
 			return o, fmt.Errorf("%w: --token-env: environment variable %s is not set", errUsage, c.tokenEnv)
 		}
+		if err := printable("the token in "+c.tokenEnv, o.Token); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
 
+// parse parses the flags, which go before the arguments: a flag of the command after an argument is
+// refused (Go's flag package would take it, silently, as one more argument), unless "--" ends the flags.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	rest := fs.Args()
+	if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+		return nil
+	}
+	for _, a := range rest {
+		name := strings.SplitN(strings.TrimLeft(a, "-"), "=", 2)[0]
+		if strings.HasPrefix(a, "-") && fs.Lookup(name) != nil {
+			return fmt.Errorf("%w: %s comes after an argument: flags go before the arguments (-- before an argument that starts with -)", errUsage, a)
+		}
+	}
+	return nil
+}
+
+// given reports whether the flag `name` was set on the command line.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// printable checks a value sent as gRPC metadata: printable ASCII only.
+func printable(flagName, value string) error {
+	for i, r := range value {
+		if r < 0x20 || r > 0x7e {
+			return fmt.Errorf("%w: %s: only printable ASCII may be sent (character %d is not)", errUsage, flagName, i+1)
+		}
 	}
 	return nil
 }
@@ -184,15 +219,15 @@ func describe(err error) string {
 func routeCmd(args []string, stdout, stderr io.Writer) error {
 	fs, com := newFlags("route", stderr)
 	router := fs.String("router", "", "router name (empty: the bundle's default router)")
-	threshold := fs.Float64("threshold", -1, "explicit threshold in [0, 1]")
-	share := fs.Float64("strong-share", -1, "target share of strong calls in [0, 1]")
+	threshold := fs.Float64("threshold", 0, "explicit threshold in [0, 1]")
+	share := fs.Float64("strong-share", 0, "target share of strong calls in [0, 1]")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: need exactly one PROMPT argument", errUsage)
 	}
-	setT, setS := *threshold != -1, *share != -1
+	setT, setS := given(fs, "threshold"), given(fs, "strong-share")
 	if setT && setS {
 		return fmt.Errorf("%w: give at most one of --threshold and --strong-share", errUsage)
 	}
@@ -283,20 +318,20 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 func feedbackCmd(args []string, stdout, stderr io.Writer) error {
 	fs, com := newFlags("feedback", stderr)
 	id := fs.String("decision-id", "", "the decision the outcome is about (route prints it)")
-	quality := fs.Float64("quality", -1, "the chosen model's quality in [0, 1]")
-	strong := fs.Float64("strong", -1, "with --weak: the strong model's quality in [0, 1]")
-	weak := fs.Float64("weak", -1, "with --strong: the weak model's quality in [0, 1]")
+	quality := fs.Float64("quality", 0, "the chosen model's quality in [0, 1]")
+	strong := fs.Float64("strong", 0, "with --weak: the strong model's quality in [0, 1]")
+	weak := fs.Float64("weak", 0, "with --strong: the weak model's quality in [0, 1]")
 	source := fs.String("source", "", `who judged ("thumbs", "judge:gpt-4", ...)`)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	single, paired := *quality != -1, *strong != -1 || *weak != -1
+	single, paired := given(fs, "quality"), given(fs, "strong") || given(fs, "weak")
 	switch {
 	case fs.NArg() != 0:
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	case *id == "":
 		return fmt.Errorf("%w: need --decision-id", errUsage)
-	case single == paired || (paired && (*strong == -1 || *weak == -1)):
+	case single == paired || (paired && !(given(fs, "strong") && given(fs, "weak"))):
 		return fmt.Errorf("%w: give --quality, or --strong and --weak", errUsage)
 	}
 	c, err := com.client()

@@ -17,6 +17,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: go run ./examples/route HOST:PORT")
+		os.Exit(2)
+	}
 	c, err := lmroute.New(os.Args[1], lmroute.Options{Timeout: 2 * time.Second}) // retries: DefaultRetryPolicy
 	if err != nil {
 		log.Fatal(err)
