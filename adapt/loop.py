@@ -284,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--{flag.replace('_', '-')}: must be a number >= {least} (got {value})")
     try:
         tenants = tenant_filters(args, several=True)
+        connect = connection_kwargs(args)
     except ValueError as exc:
         ap.error(str(exc))
-    connect = connection_kwargs(args)
     settings = RoundSettings(
         kind=args.kind,
         base_router=args.base_router,

@@ -186,7 +186,11 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     if args.command == "set-targets" and not (args.share or args.spend or args.remove_share or args.remove_spend):
         ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
     try:
-        with RouterClient(args.server, timeout_s=args.timeout_s, **connection_kwargs(args)) as client:
+        connect = connection_kwargs(args)
+    except ValueError as exc:
+        ap.error(str(exc))
+    try:
+        with RouterClient(args.server, timeout_s=args.timeout_s, **connect) as client:
             answer = _run(client, args)
     except grpc.RpcError as err:
         code = err.code()

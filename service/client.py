@@ -70,9 +70,10 @@ def add_connection_args(ap: argparse.ArgumentParser) -> None:
     line) and TLS files; `connection_kwargs` turns them into RouterClient arguments."""
     ap.add_argument(
         "--token-env",
-        default="LMROUTE_TOKEN",
+        default=None,
         metavar="NAME",
-        help="environment variable holding the bearer token (default LMROUTE_TOKEN; unset or empty: no token)",
+        help="environment variable holding the bearer token, which must then be set (without the flag: "
+        "LMROUTE_TOKEN when it is set, else no token)",
     )
     ap.add_argument("--ca", type=Path, default=None, help="TLS: trust this CA certificate (PEM)")
     ap.add_argument("--cert", type=Path, default=None, help="mTLS: this client certificate (PEM), with --key")
@@ -80,9 +81,13 @@ def add_connection_args(ap: argparse.ArgumentParser) -> None:
 
 
 def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """RouterClient keyword arguments from `add_connection_args`' flags."""
+    """RouterClient keyword arguments from `add_connection_args`' flags; ValueError naming a variable
+    `--token-env` names that is unset or empty (a token meant to be sent would silently not be)."""
+    token = os.environ.get(args.token_env or "LMROUTE_TOKEN") or None
+    if args.token_env and token is None:
+        raise ValueError(f"--token-env: environment variable {args.token_env} is not set")
     return {
-        "token": os.environ.get(args.token_env) or None,
+        "token": token,
         "tls_ca": args.ca,
         "tls_cert": args.cert,
         "tls_key": args.key,

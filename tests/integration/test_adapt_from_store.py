@@ -478,7 +478,11 @@ def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_h
     assert "callers: 'a b' is not a tenant name" in capsys.readouterr().err
     with ServerThread(cfg) as srv:
         monkeypatch.delenv("ADAPT_TOKEN", raising=False)
-        assert adapt_main(["--server", srv.target, *argv]) == 1
+        with pytest.raises(SystemExit) as exit_:  # the variable named for the token holds none
+            adapt_main(["--server", srv.target, *argv])
+        assert exit_.value.code == 2 and "ADAPT_TOKEN is not set" in capsys.readouterr().err
+        monkeypatch.delenv("LMROUTE_TOKEN", raising=False)
+        assert adapt_main(["--server", srv.target, *[a for a in argv if a not in ("--token-env", "ADAPT_TOKEN")]]) == 1
         assert "UNAUTHENTICATED" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]
         monkeypatch.setenv("ADAPT_TOKEN", operator)
         assert adapt_main(["--server", srv.target, *argv]) == 0

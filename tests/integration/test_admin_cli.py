@@ -68,7 +68,13 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
     denied = "PERMISSION_DENIED (PERMISSION_DENIED): AdminService: the token is bound to a tenant"
     assert denied in capsys.readouterr().err
     monkeypatch.delenv("ADMIN_TOKEN")
-    assert run(server, "bundle") == (1, {})
+    with pytest.raises(SystemExit) as exit_:  # a variable named for the token must hold one
+        run(server, "bundle")
+    assert (
+        exit_.value.code == 2 and "--token-env: environment variable ADMIN_TOKEN is not set" in capsys.readouterr().err
+    )
+    monkeypatch.delenv("LMROUTE_TOKEN", raising=False)
+    assert main(["--server", server.target, "bundle"], out=print) == 1  # no token at all: the server refuses
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
     assert run(server, "set-targets", "--remove-share", "nobody") == (1, {})
