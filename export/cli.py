@@ -319,9 +319,9 @@ def _erase(args: argparse.Namespace) -> int:
         return 2
     store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
     try:
-        erased = store.erase(
-            decision_ids=args.decision_id, prompt_sha256s=hashes, callers=callers, dry_run=args.dry_run
-        )
+        named = {"decision_ids": args.decision_id, "prompt_sha256s": hashes, "callers": callers}
+        unmatched = store.unmatched(**named)  # before: what the erasure will find nothing for
+        erased = store.erase(**named, dry_run=args.dry_run)
     except ValueError as exc:
         print(f"{PROG} erase: {exc}", file=sys.stderr)
         return 2
@@ -333,7 +333,9 @@ def _erase(args: argparse.Namespace) -> int:
             "erased rows: run the same command again",
             file=sys.stderr,
         )
-    print(json.dumps({"decisions": erased.decisions, "outcomes": erased.outcomes, "dry_run": args.dry_run}))
+    found_nothing = {**unmatched, "callers": [c or UNNAMED_REPORTER for c in unmatched["callers"]]}
+    answer = {"decisions": erased.decisions, "outcomes": erased.outcomes, "dry_run": args.dry_run}
+    print(json.dumps({**answer, "found_nothing_for": found_nothing}))
     return 0 if erased.log_emptied else 3
 
 

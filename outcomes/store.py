@@ -440,6 +440,27 @@ class OutcomeStore:
                 break
         return Erased(n_dec, n_out, self.checkpoint())
 
+    def unmatched(
+        self, *, decision_ids: Collection[str] = (), prompt_sha256s: Collection[str] = (), callers: Collection[str] = ()
+    ) -> dict[str, list[str]]:
+        """The names `erase` would find nothing for, per kind ("decision_ids", "prompt_sha256s",
+        "callers"; sorted): what a request to erase named that the store does not hold."""
+        out: dict[str, list[str]] = {}
+        for key, values, tables in (
+            ("decision_ids", decision_ids, (("decisions", "decision_id"),)),
+            ("prompt_sha256s", prompt_sha256s, (("decisions", "prompt_sha256"), ("outcomes", "prompt_sha256"))),
+            ("callers", callers, (("decisions", "COALESCE(caller, '')"), ("outcomes", "reporter"))),
+        ):
+            found: set[str] = set()
+            for chunk in _chunks(sorted(set(values))):
+                for table, column in tables:
+                    clause, ordered = _in(column, chunk)
+                    found.update(
+                        str(r[0]) for r in self._exec(f"SELECT DISTINCT {column} FROM {table} WHERE {clause}", ordered)
+                    )
+            out[key] = sorted(set(values) - found)
+        return out
+
     def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the database and empty it (rows deleted from the database
         stay readable in the log's older frames until then); False when a reader's open snapshot kept it

@@ -273,6 +273,13 @@ def test_erase_by_tenant_deletes_its_calls_decisions_and_what_it_reported(store:
             Outcome(OutcomeKind.SINGLE, "weak-m", 0.5, prompt_text="acme asks 0", reporter="beta"),
         ],
     )
+    assert store.unmatched(
+        callers=["acme", "beta", "nobody"], prompt_sha256s=[prompt_sha256("acme asks 1"), "0" * 64]
+    ) == {
+        "decision_ids": [],
+        "prompt_sha256s": ["0" * 64],
+        "callers": ["nobody"],
+    }
     assert store.erase(callers=["acme"], dry_run=True)[:2] == (5, 6)
     assert store.erase(callers=["acme"], batch=2)[:2] == (5, 6)  # three batches of decisions
     assert all(store.decision(d.decision_id) is None for d in mine)
@@ -304,10 +311,29 @@ def test_the_erase_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (tmp_path / "erase.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts[:1]))
     cmd = ["erase", "--store", dsn, "--prompts-file", str(tmp_path / "erase.jsonl")]
     cmd += ["--prompt-sha256", prompt_sha256("second secret").upper()]
+    nothing = {"decision_ids": [], "prompt_sha256s": [], "callers": []}
     assert main([*cmd, "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"decisions": 2, "outcomes": 2, "dry_run": True}
+    assert json.loads(capsys.readouterr().out) == {
+        "decisions": 2,
+        "outcomes": 2,
+        "dry_run": True,
+        "found_nothing_for": nothing,
+    }
     assert main(cmd) == 0
-    assert json.loads(capsys.readouterr().out) == {"decisions": 2, "outcomes": 2, "dry_run": False}
+    assert json.loads(capsys.readouterr().out) == {
+        "decisions": 2,
+        "outcomes": 2,
+        "dry_run": False,
+        "found_nothing_for": nothing,
+    }
+    # what the store does not hold is named back: an erasure request's unmatched names are not silent
+    named = [*cmd, "--decision-id", "0" * 32, "--callers", "acme", "--dry-run"]
+    assert main(named) == 0  # the two prompts are gone by now; no tenant acme; no such decision
+    assert json.loads(capsys.readouterr().out)["found_nothing_for"] == {
+        "decision_ids": ["0" * 32],
+        "prompt_sha256s": sorted([prompt_sha256(texts[0]), prompt_sha256("second secret")]),
+        "callers": ["acme"],
+    }
     s = open_store(dsn)
     assert [r.prompt_sha256 for r in s.labeled_prompts()] == [prompt_sha256("kept")]
     s.close()
