@@ -34,7 +34,7 @@ from lmroute.bundle import kinds
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.loader import load_bundle, read_manifest
 from lmroute.bundle.manifest import MANIFEST_NAME, Calibration, FileEntry, Lineage, Manifest, RouterSpec
-from lmroute.bundle.writer import library_versions
+from lmroute.bundle.writer import bundle_exists, library_versions
 
 __all__ = [
     "OutcomeSpan",
@@ -217,9 +217,7 @@ def write_router_bundle(
             f"base_router: {base_router!r} is not a router of {parent} (has: {', '.join(manifest.routers)})"
         )
     if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
-        )
+        raise bundle_exists(out)
     router_kind = kinds.get(kind)
     roles = sorted(r.name for r in router_kind.roles)
     if sorted(arrays) != roles:

@@ -51,6 +51,7 @@ __all__ = [
     "PriorArtifacts",
     "RouterArtifacts",
     "StagedBundle",
+    "bundle_exists",
     "stage_bundle",
     "library_versions",
     "restamp_bundle",
@@ -73,6 +74,13 @@ class PriorArtifacts:
     ridge: float
     n_questions: int
     source: str
+
+
+def bundle_exists(out: Path) -> FileExistsError:
+    """The error of a write to a bundle directory that exists and may not be overwritten."""
+    return FileExistsError(
+        f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -179,10 +187,7 @@ class StagedBundle:
             load_bundle(self.tmp, require_calibration=False)
         if self.out.exists():
             if not self._overwrite:
-                raise FileExistsError(
-                    f"bundle directory {self.out} already exists "
-                    "(pass overwrite=True; on the command line, --overwrite)"
-                )
+                raise bundle_exists(self.out)
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
             os.replace(self.out, old / self.out.name)
             os.replace(self.tmp, self.out)
@@ -228,9 +233,7 @@ def stage_bundle(
     An existing out_dir is an error unless overwrite=True."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
-        )
+        raise bundle_exists(out)
     src = Path(encoder_dir)
     encoder_files = ENCODER_FILES_BY_KIND[encoder.kind]
     for role, rel in encoder_files.items():
