@@ -39,6 +39,7 @@ from lmroute.service.config import ServiceConfig
 from lmroute.service.cpus import available_cpus, pin_current_thread
 from lmroute.service.errors import ConfigError, NoBundleEncoder
 from lmroute.service.exploration import Exploration
+from lmroute.service.health_check import HealthServicer
 from lmroute.service.interceptors import RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.metrics import ServiceMetrics
@@ -200,7 +201,7 @@ class RouterServer:
         self.tls: CertificateFiles | None = None  # the certificate files, when the port speaks TLS
         self.front_tls: FrontTLS | None = None  # the OpenAI front's TLS over them
         self.auth = Authenticator(config.auth_tokens_file, config.auth_tokens_env) if config.auth_enabled else None
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.liveness: LivenessWatchdog | None = None
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
         self.scheduler: Scheduler[Any] | None = None

@@ -465,6 +465,7 @@ def test_health_not_serving_until_loaded_then_serving_and_reflection() -> None:
             with pytest.raises(grpc.RpcError) as e:
                 c.health("no.such.Service")
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "'no.such.Service'" in (e.value.details() or "") and repr(SERVICE) in (e.value.details() or "")
             refl = reflection_pb2_grpc.ServerReflectionStub(c.channel)
             req = reflection_pb2.ServerReflectionRequest(list_services="")
             [resp] = list(refl.ServerReflectionInfo(iter([req]), timeout=5))
