@@ -6,6 +6,9 @@ import io.grpc.InsecureChannelCredentials;
 import io.grpc.TlsChannelCredentials;
 import java.io.File;
 import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.Map;
 import java.util.Set;
 
@@ -35,6 +38,9 @@ final class Credentials {
     if (a.get("ca").isPresent()) {
       String ca = a.get("ca").get();
       try {
+        if (cert) {
+          checkKeyForm(a.get("key").get()); // before any file is parsed: the one message that names the fix
+        }
         TlsChannelCredentials.Builder tls = TlsChannelCredentials.newBuilder().trustManager(new File(ca));
         if (cert) {
           tls.keyManager(new File(a.get("cert").get()), new File(a.get("key").get()));
@@ -65,5 +71,24 @@ final class Credentials {
       }
     }
     return b;
+  }
+
+  /**
+   * Refuses, naming the file and the fix, a private key gRPC Java cannot read: it reads unencrypted PKCS#8
+   * ("BEGIN PRIVATE KEY") only, and says of any other form just "does not contain valid private key".
+   */
+  static void checkKeyForm(String keyFile) throws IOException, Args.UsageError {
+    String pem = Files.readString(Path.of(keyFile), StandardCharsets.ISO_8859_1);
+    String convert = "; convert it: openssl pkcs8 -topk8 -nocrypt -in " + keyFile + " -out KEY.pk8.pem";
+    if (pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || pem.contains("Proc-Type: 4,ENCRYPTED")) {
+      throw new Args.UsageError("--key " + keyFile + ": an encrypted private key (not supported: give it unencrypted,"
+          + " PKCS#8)" + convert);
+    }
+    for (String form : new String[] {"RSA", "EC", "DSA"}) {
+      if (pem.contains("-----BEGIN " + form + " PRIVATE KEY-----")) {
+        throw new Args.UsageError("--key " + keyFile + ": a traditional " + form + " key (BEGIN " + form
+            + " PRIVATE KEY); gRPC Java reads PKCS#8 keys (BEGIN PRIVATE KEY) only" + convert);
+      }
+    }
   }
 }

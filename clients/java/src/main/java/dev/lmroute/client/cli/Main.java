@@ -75,6 +75,10 @@ public final class Main {
       (argv.length == 0 ? err : out).println(USAGE);
       return argv.length == 0 ? EXIT_USAGE : EXIT_OK;
     }
+    if (asksForHelp(argv)) { // "route --help": the usage, not "--help: missing value"
+      out.println(USAGE);
+      return EXIT_OK;
+    }
     try {
       switch (argv[0]) {
         case "conformance":
@@ -100,9 +104,35 @@ public final class Main {
       err.println("error: " + e.getMessage());
       return EXIT_USAGE;
     } catch (StatusRuntimeException e) {
-      err.println("error: " + describe(e) + ": " + Optional.ofNullable(e.getStatus().getDescription()).orElse(""));
+      err.println("error: " + describe(e) + ": " + detail(e.getStatus()));
       return EXIT_FAILED;
     }
+  }
+
+  /** Whether an option before any "--" is -h or --help (an option value never starts a word with it). */
+  private static boolean asksForHelp(String[] argv) {
+    for (int i = 1; i < argv.length && !argv[i].equals("--"); i++) {
+      if (argv[i].equals("-h") || argv[i].equals("--help")) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * The status's description, with its cause's message where gRPC's own is only a category (a refused
+   * connection reads "io exception"; its cause says "Connection refused: /127.0.0.1:50051").
+   */
+  static String detail(Status status) {
+    String description = Optional.ofNullable(status.getDescription()).orElse("");
+    Throwable cause = status.getCause();
+    while (cause != null && cause.getCause() != null && cause.getMessage() == null) {
+      cause = cause.getCause();
+    }
+    if (cause == null || cause.getMessage() == null || description.contains(cause.getMessage())) {
+      return description;
+    }
+    return description.isEmpty() ? cause.getMessage() : description + " (" + cause.getMessage() + ")";
   }
 
   /** "CODE" or "CODE REASON". */

@@ -69,8 +69,29 @@ class MainTest {
   }
 
   @Test
-  void healthOfADeadServerExitsOne() throws Exception {
-    assertEquals(1, run("health", "--addr", "127.0.0.1:" + closedPort(), "--max-attempts", "1", "--timeout-ms", "5000"));
-    assertTrue(err.toString(StandardCharsets.UTF_8).startsWith("error: UNAVAILABLE"), err.toString());
+  void healthOfADeadServerExitsOneAndSaysWhy() throws Exception {
+    int port = closedPort();
+    assertEquals(1, run("health", "--addr", "127.0.0.1:" + port, "--max-attempts", "1", "--timeout-ms", "5000"));
+    String said = err.toString(StandardCharsets.UTF_8);
+    assertTrue(said.startsWith("error: UNAVAILABLE"), said);
+    assertTrue(said.contains("Connection refused") && said.contains(String.valueOf(port)), said); // not "io exception" alone
+  }
+
+  @Test
+  void aKeyInATraditionalFormIsRefusedNamingTheConversion(@TempDir Path dir) throws Exception {
+    Path key = Files.writeString(dir.resolve("client.key"), "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n");
+    Path any = Files.writeString(dir.resolve("any.pem"), "not read");
+    assertEquals(2, run("health", "--addr", "127.0.0.1:1", "--ca", any.toString(), "--cert", any.toString(), "--key", key.toString()));
+    String said = err.toString(StandardCharsets.UTF_8);
+    assertTrue(said.contains("--key " + key) && said.contains("PKCS#8") && said.contains("openssl pkcs8 -topk8"), said);
+  }
+
+  @Test
+  void helpAfterACommandPrintsTheUsage() {
+    assertEquals(0, run("route", "--help"));
+    assertTrue(out.toString(StandardCharsets.UTF_8).startsWith("usage:"), out.toString(StandardCharsets.UTF_8));
+    assertEquals(0, run("score", "--router", "mf", "-h"));
+    assertEquals("", err.toString(StandardCharsets.UTF_8));
+    assertEquals(2, run("route", "--bogus", "x"));
   }
 }
