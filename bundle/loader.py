@@ -33,7 +33,7 @@ from lmroute.bundle.errors import BundleError
 from lmroute.bundle.files import load_npy, sha256_file
 from lmroute.bundle.kinds import LoadContext
 from lmroute.bundle.manifest import MANIFEST_NAME, Manifest, content_version_of, decode_json
-from lmroute.bundle.routers import BlendedRouter, PromptBatch, Router
+from lmroute.bundle.routers import BlendedRouter, ModelQualities, PromptBatch, Router
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -166,7 +166,15 @@ def load_bundle(
     prior_weights = _load_prior(root, manifest)
     ctx = LoadContext(root=root, manifest=manifest, providers=tuple(providers), intra_op_threads=intra_op_threads)
     for name, spec in manifest.routers.items():
-        routers[name] = _blended(kinds.get(spec.kind).load(ctx, name, spec), manifest, name, prior_weights)
+        kind = kinds.get(spec.kind)
+        router = kind.load(ctx, name, spec)
+        if kind.predicts_qualities and not isinstance(router, ModelQualities):  # a plug-in's kind, say
+            raise BundleError(
+                MANIFEST_NAME,
+                f"routers.{name}: kind {spec.kind!r} says it predicts each model's quality (predicts_qualities),"
+                f" but the router it loaded has no models and qualities() (lmroute.bundle.routers.ModelQualities)",
+            )
+        routers[name] = _blended(router, manifest, name, prior_weights)
     return Bundle(
         path=root,
         manifest=manifest,

@@ -92,6 +92,18 @@ def test_pristine_bundle_loads(bundle_dir: Path) -> None:
     assert bundle.version.startswith("20261128-")
 
 
+def test_a_kind_that_says_it_predicts_qualities_must_load_routers_that_do(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmroute.bundle import kinds
+
+    monkeypatch.setattr(kinds.get("mf"), "predicts_qualities", True)  # as a plug-in kind might say wrongly
+    assert _refused(bundle_dir) == (
+        "manifest.json: routers.mf: kind 'mf' says it predicts each model's quality (predicts_qualities), but the"
+        " router it loaded has no models and qualities() (lmroute.bundle.routers.ModelQualities)"
+    )
+
+
 # ---- difficulty prior ----------------------------------------------------------------------------
 PRIOR = "difficulty_prior/weights.npy"
 
