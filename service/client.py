@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lmroute.outcomes.records import TENANT_RE
 from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -52,15 +55,28 @@ R = TypeVar("R")
 PromptLike = str | Sequence[Mapping[str, str]] | router_pb2.Prompt
 
 
-def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False) -> router_pb2.Prompt:
-    """Build the wire Prompt for text or a list of {"role", "content"} turns (a Prompt is taken as it is)."""
+def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False, name: str = "prompt") -> router_pb2.Prompt:
+    """Build the wire Prompt for text or a list of {"role", "content"} turns (a Prompt is taken as it is);
+    TypeError naming `name` (and the turn) for anything else."""
     if isinstance(prompt, router_pb2.Prompt):
         return prompt
     if isinstance(prompt, str):
         return router_pb2.Prompt(text=prompt)
-    conv = router_pb2.Conversation(
-        messages=[router_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in prompt]
-    )
+    if not isinstance(prompt, Sequence) or isinstance(prompt, bytes | bytearray):
+        raise TypeError(
+            f"{name}: expected text (str), a list of {{'role', 'content'}} turns or a Prompt, "
+            f"got {type(prompt).__name__}"
+        )
+    messages = []
+    for i, turn in enumerate(prompt):
+        if not isinstance(turn, Mapping):
+            raise TypeError(f"{name}[{i}]: expected a turn {{'role': str, 'content': str}}, got {type(turn).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(turn.get(key), str):
+                got = "nothing" if key not in turn else type(turn[key]).__name__
+                raise TypeError(f"{name}[{i}][{key!r}]: expected a string, got {got}")
+        messages.append(router_pb2.ChatMessage(role=turn["role"], content=turn["content"]))
+    conv = router_pb2.Conversation(messages=messages)
     sel = router_pb2.TURN_SELECTION_ALL_USER if all_user_turns else router_pb2.TURN_SELECTION_LAST_USER
     return router_pb2.Prompt(conversation=conv, turn_selection=sel)
 
@@ -97,13 +113,25 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 # -- requests (the same for both clients) ------------------------------------------------------------
 
 
-def score_request(prompts: Sequence[PromptLike], routers: Sequence[str] = ()) -> router_pb2.ScoreRequest:
-    return router_pb2.ScoreRequest(prompts=[to_prompt(p) for p in prompts], routers=list(routers))
+def _names(value: Iterable[Any], what: str) -> list[Any]:
+    """`value` as a list; TypeError when it is one string (whose characters would each be taken as one)."""
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{what}: expected a sequence, got one {type(value).__name__} ({what}=[{value!r}]?)")
+    return list(value)
+
+
+def score_request(prompts: Iterable[PromptLike], routers: Iterable[str] = ()) -> router_pb2.ScoreRequest:
+    texts = _names(prompts, "prompts")
+    return router_pb2.ScoreRequest(
+        prompts=[to_prompt(p, name=f"prompts[{i}]") for i, p in enumerate(texts)], routers=_names(routers, "routers")
+    )
 
 
 def route_request(
     prompt: PromptLike, router: str = "", threshold: float | None = None, strong_share: float | None = None
 ) -> router_pb2.RouteRequest:
+    if threshold is not None and strong_share is not None:  # one oneof on the wire: the last set would win
+        raise ValueError("route: give at most one of threshold and strong_share")
     req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
     if threshold is not None:
         req.threshold = threshold
@@ -119,10 +147,18 @@ def route_among_request(
     **rules: float | None,
 ) -> router_pb2.RouteRequest:
     """`rules`: cost_weight, quality_margin, quality_floor, at most one not None."""
+    given = [rule for rule, value in rules.items() if value is not None]
+    if len(given) > 1:  # one oneof on the wire: the last set would win
+        raise ValueError(
+            f"route_among: give at most one of cost_weight, quality_margin, quality_floor (got {', '.join(given)})"
+        )
     req = router_pb2.RouteRequest(
         prompt=to_prompt(prompt),
         router=router,
-        candidates=[c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c) for c in candidates],
+        candidates=[
+            c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c)
+            for c in _names(candidates, "candidates")
+        ],
     )
     for rule, value in rules.items():
         if value is not None:
@@ -165,6 +201,46 @@ def set_targets_request(
     return admin_pb2.SetTargetsRequest(changes=changes)
 
 
+_HEADER_NAME = re.compile(r"^[0-9a-z_.-]+$")  # a gRPC metadata key (lowercase; -bin keys carry bytes)
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")  # a gRPC metadata value: printable ASCII
+
+
+def _check_arguments(
+    *,
+    target: object,
+    timeout_s: object,
+    tenant: str | None,
+    tenant_header: object,
+    token: object,
+    request_id: object,
+    tls: tuple[object, object, object],
+    retry: object,
+) -> None:
+    """TypeError / ValueError naming the first constructor argument gRPC would take badly: at the first
+    call ("Invalid metadata"), in the C core (a certificate without its key aborts the process), or not at
+    all (a client certificate without `tls_ca` would connect in plaintext)."""
+    if not isinstance(target, str) or not target:
+        raise TypeError(f"target: expected 'host:port' (a non-empty str), got {target!r}")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf
+    ):
+        raise ValueError(f"timeout_s: expected seconds > 0 or None, got {timeout_s!r}")
+    if tenant is not None and not TENANT_RE.match(str(tenant)):
+        raise ValueError(f"tenant: {tenant!r} is not 1-64 of [A-Za-z0-9._-] (the server refuses it: INVALID_TENANT)")
+    if not isinstance(tenant_header, str) or not _HEADER_NAME.match(tenant_header) or tenant_header.endswith("-bin"):
+        raise ValueError(f"tenant_header: {tenant_header!r} is not a gRPC metadata key (lowercase [0-9a-z_.-])")
+    for name, value in (("token", token), ("request_id", request_id)):
+        if value is not None and (not isinstance(value, str) or not _HEADER_VALUE.match(value)):
+            raise ValueError(f"{name}: must be printable ASCII text (a gRPC metadata value)")
+    tls_ca, tls_cert, tls_key = tls
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key: give both (mTLS: the client certificate and its key) or neither")
+    if tls_cert is not None and tls_ca is None:
+        raise ValueError("tls_cert, tls_key: mTLS needs tls_ca too (without it the channel is plaintext)")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry: expected a RetryPolicy or None, got {type(retry).__name__}")
+
+
 class _ClientBase:
     """What both clients share: the channel (grpc, or grpc.aio for `_aio` clients) and its stubs, the
     call metadata (request id, tenant, token), timeouts and retries."""
@@ -186,6 +262,17 @@ class _ClientBase:
         tls_key: str | Path | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
+        _check_arguments(
+            target=target,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            tenant_header=tenant_header,
+            token=token,
+            request_id=request_id,
+            tls=(tls_ca, tls_cert, tls_key),
+            retry=retry,
+        )
+        self._loop = _running_loop(type(self).__name__) if self._aio else None  # grpc.aio binds the channel to it
         self.timeout_s = timeout_s
         self.request_id = request_id
         self.tenant = tenant  # named in every call's metadata (`tenant_header`) when set
@@ -229,6 +316,16 @@ class _ClientBase:
         return self.retry.next_delay_s(n, err, self._rng.random(), remaining)
 
 
+def _running_loop(client: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{client}: make it inside a coroutine on the event loop that will use it (grpc.aio binds its "
+            f"channel to that loop): async with {client}(target) as c: ..."
+        ) from None
+
+
 def _deadline(timeout_s: float | None) -> float | None:
     return None if timeout_s is None else time.monotonic() + timeout_s
 
@@ -253,6 +350,7 @@ class RouterClient(_ClientBase):
         self.close()
 
     def close(self) -> None:
+        """Close the channel; calls after it raise ValueError. Closing again does nothing."""
         self.channel.close()
 
     def _call(self, method: Callable[..., R], request: Any, timeout_s: float | None) -> R:
@@ -404,7 +502,7 @@ class RouterClient(_ClientBase):
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
-        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s or self.timeout_s)
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._kw(timeout_s))
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return name
 
@@ -424,10 +522,19 @@ class AsyncRouterClient(_ClientBase):
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel (on the loop it was made on). Closing again does nothing."""
         await self.channel.close()
+
+    def _check_loop(self) -> None:
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                "AsyncRouterClient: used on an event loop other than the one it was made on (each asyncio.run "
+                "is a new loop): make the client inside the coroutine that uses it"
+            )
 
     async def _call(self, method: Callable[..., Awaitable[R]], request: Any, timeout_s: float | None) -> R:
         """`await method(request)` with this client's metadata, retried under its policy within the timeout."""
+        self._check_loop()
         kw = self._kw(timeout_s)
         deadline = _deadline(kw["timeout"])
         for n in range(1, self.retry.max_attempts + 1):
@@ -511,6 +618,7 @@ class AsyncRouterClient(_ClientBase):
     async def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
         req = health_pb2.HealthCheckRequest(service=service)
-        resp = await self._health.Check(req, timeout=timeout_s or self.timeout_s)
+        self._check_loop()
+        resp = await self._health.Check(req, **self._kw(timeout_s))
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return name

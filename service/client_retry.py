@@ -3,10 +3,12 @@ as the Go and Java clients (clients/README.md).
 
 Only RESOURCE_EXHAUSTED (admission refused: the server carries a retry delay) and UNAVAILABLE (queue
 timeout, not ready, draining, the store busy, the connection down) are retried; every other status comes
-back at once. The delay before retry n (n = 1 for the first) is `initial_backoff_s * multiplier**(n-1)`,
-capped at `max_backoff_s`, spread by +-`jitter`; when the error carries a google.rpc.RetryInfo its delay
-is waited instead, spread upwards only (never earlier than the server asked). No retry starts that would
-begin past the call's deadline (the timeout counts from the first attempt): the last error comes back.
+back at once, and so does a RESOURCE_EXHAUSTED that says a message is larger than gRPC's limit (sent or
+received: the same message is as large again). The delay before retry n (n = 1 for the first) is
+`initial_backoff_s * multiplier**(n-1)`, capped at `max_backoff_s`, spread by +-`jitter`; when the error
+carries a google.rpc.RetryInfo its delay is waited instead, spread upwards only (never earlier than the
+server asked). No retry starts that would begin past the call's deadline (the timeout counts from the
+first attempt): the last error comes back.
 
 Retrying a refused call is safe: a refusal (RESOURCE_EXHAUSTED) or a queue timeout happens before any
 decision is made or outcome stored, and Feedback is idempotent (the same outcome again is a duplicate).
@@ -21,7 +23,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["DEFAULT_RETRY", "NO_RETRY", "RETRYABLE", "RetryPolicy", "error_reason", "retry_delay_s"]
+__all__ = ["DEFAULT_RETRY", "NO_RETRY", "RETRYABLE", "RetryPolicy", "error_reason", "retry_delay_s", "retryable"]
 
 RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -38,6 +40,10 @@ class RetryPolicy:
     jitter: float = 0.2  # a fraction in [0, 1]
 
     def __post_init__(self) -> None:
+        for name in ("max_attempts", "initial_backoff_s", "max_backoff_s", "multiplier", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"RetryPolicy.{name}: must be a finite number (got {value!r})")
         checks = [
             ("max_attempts", isinstance(self.max_attempts, int) and self.max_attempts >= 1, ">= 1"),
             ("initial_backoff_s", self.initial_backoff_s >= 0, ">= 0"),
@@ -61,7 +67,7 @@ class RetryPolicy:
         """The wait before retry `n` after attempt `n` failed with `err`, or None when the call is over:
         the error is not retryable, the attempts are spent, or the wait reaches past the deadline
         (`remaining_s`: seconds left of the call's timeout, None without one)."""
-        if n >= self.max_attempts or _code(err) not in RETRYABLE:
+        if n >= self.max_attempts or not retryable(err):
             return None
         delay = self.backoff_s(n, err, u)
         if remaining_s is not None and delay >= remaining_s:
@@ -71,6 +77,20 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+_TOO_LARGE = "message larger than max"  # gRPC's own RESOURCE_EXHAUSTED for a message over its size limit
+
+
+def retryable(err: grpc.RpcError) -> bool:
+    """Whether `err` is a refusal for now: RESOURCE_EXHAUSTED or UNAVAILABLE, but not a message over the
+    size limit (gRPC says "Sent message larger than max" / "Received message larger than max")."""
+    code = _code(err)
+    if code not in RETRYABLE:
+        return False
+    details = getattr(err, "details", None)
+    text = details() if callable(details) else None
+    return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and isinstance(text, str) and _TOO_LARGE in text)
 
 
 def _code(err: grpc.RpcError) -> grpc.StatusCode | None:

@@ -36,7 +36,9 @@ accepted adaptation makes its own (`Routing.router` names the router that decide
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import math
 import os
 import urllib.error
 import urllib.request
@@ -85,6 +87,11 @@ class RoutingError(Exception):
         self.reason = reason
 
 
+def _code_name(code: int) -> str:
+    """The gRPC status code's name ("INVALID_ARGUMENT") of an ItemStatus code."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+
+
 def _refused(exc: grpc.RpcError) -> RoutingError:
     """The server's refusal `exc` as a RoutingError naming its code, reason and message."""
     code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
@@ -96,9 +103,11 @@ def _refused(exc: grpc.RpcError) -> RoutingError:
 _MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # the server's default, held in process too
 
 
-def _text(name: str, text: str) -> str:
+def _text(name: str, text: object) -> str:
     """`text`, once it is known to be text (a string holding an unpaired surrogate is not: no server and no
     model takes it); RoutingError naming it otherwise."""
+    if not isinstance(text, str):
+        raise RoutingError(f"{name}: expected a string, got {type(text).__name__}", reason="BAD_PROMPT")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -208,8 +217,11 @@ class _Served:
             router = router or self.client.list_routers().default_router  # "": the default the server has now
             for i in range(0, len(texts), _SCORE_BATCH):
                 for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
-                    if res.status.code != 0:
-                        raise RoutingError(f"prompts[{i + j}]: {res.status.message}", reason=res.status.reason)
+                    if res.status.code != 0:  # the server names the prompt by its place in one Score call
+                        said = res.status.message.removeprefix(f"prompts[{j}]: ")
+                        raise RoutingError(
+                            f"prompts[{i + j}]: {said}", code=_code_name(res.status.code), reason=res.status.reason
+                        )
                     out.append(res.scores[0].strong_win_probability)
         except grpc.RpcError as exc:
             raise _refused(exc) from None
@@ -294,6 +306,10 @@ class Controller:
         timeout_s: float = 600.0,
         bundle: str | os.PathLike[str] | None = None,
     ) -> None:
+        if isinstance(routers, str):  # each character would be taken as a router's name
+            raise RoutingError(f"routers: expected a list of router names, got one string (routers=[{routers!r}]?)")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf:
+            raise RoutingError(f"timeout_s: expected seconds > 0 for each model call, got {timeout_s!r}")
         self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
         self.api_base = api_base
         self.api_key = api_key
@@ -317,7 +333,14 @@ class Controller:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.completion, acreate=self.acompletion))
 
     def close(self) -> None:
+        """Close the connection to the server (nothing to close in process)."""
         self._backend.close()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- routing -------------------------------------------------------------------------------------
 
@@ -336,7 +359,7 @@ class Controller:
             raise RoutingError("Router or threshold unspecified.")
         if router not in self.routers:
             raise RoutingError(f"Invalid router {router}. Available routers are {list(self.routers)}.")
-        if not 0.0 <= threshold <= 1.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
             raise RoutingError(f"Invalid threshold {threshold}. Threshold must be a float between 0.0 and 1.0.")
         by_default = router == DEFAULT and DEFAULT not in self._backend.routers
         return ModelAsk("" if by_default else router, threshold=float(threshold))
@@ -354,8 +377,10 @@ class Controller:
     def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
         """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
         given one, else a list."""
+        if isinstance(prompts, str):  # each character would be scored as a prompt
+            raise RoutingError("prompts: expected prompts (a list or a pandas Series), got one string")
         ask = self._ask(None, router, 0.0)
-        scores = self._backend.scores([_text(f"prompts[{i}]", str(p)) for i, p in enumerate(prompts)], ask.router)
+        scores = self._backend.scores([_text(f"prompts[{i}]", p) for i, p in enumerate(prompts)], ask.router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
 
@@ -385,7 +410,9 @@ class Controller:
             report = paired_outcome(decision_id, strong, weak, source)
         status = self._backend.feedback(report)
         if status.code != 0:
-            raise RoutingError(f"feedback: {status.reason}: {status.message}", reason=status.reason)
+            raise RoutingError(
+                f"feedback: {status.reason}: {status.message}", code=_code_name(status.code), reason=status.reason
+            )
         return status
 
     # -- completions ---------------------------------------------------------------------------------
@@ -395,7 +422,8 @@ class Controller:
         fields). A ChatResponse, or with `stream=True` an iterator of ChatResponse chunks."""
         ask = self._ask(kwargs.get("model"), router, threshold)
         try:
-            prompt = prompt_of_messages(kwargs.get("messages"), _NO_TURN_LIMIT)
+            messages = kwargs.get("messages")
+            prompt = prompt_of_messages(list(messages) if isinstance(messages, tuple) else messages, _NO_TURN_LIMIT)
         except InvalidArgument as exc:
             raise RoutingError(str(exc), reason=exc.reason) from None
         routing = self._decide(ask, prompt)
@@ -403,7 +431,17 @@ class Controller:
         body = {**kwargs, "model": name}
         if body.get("stream") is True:
             return self._stream(base, key, body, routing)
-        out = ChatResponse.of(json.loads(self._post(base, key, body).read()))
+        url = base.rstrip("/") + "/chat/completions"
+        with self._post(base, key, body) as resp:
+            try:
+                answer = json.loads(resp.read())
+            except (OSError, http.client.HTTPException) as exc:  # the connection broke mid-answer
+                raise UpstreamError(f"{url}: the answer broke off ({type(exc).__name__}: {exc})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UpstreamError(f"{url}: the answer is not JSON ({exc})", resp.status) from None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"{url}: the answer is not a JSON object (got {type(answer).__name__})", resp.status)
+        out = ChatResponse.of(answer)
         out.routing = routing
         return out
 
@@ -432,22 +470,38 @@ class Controller:
         resp = self._post(base, key, body)
 
         def chunks() -> Iterator[Any]:
+            finished = False  # a choice said its finish_reason: an end without [DONE] is then whole
             with resp:
-                for raw in resp:
-                    line = raw.decode("utf-8").strip()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    event = json.loads(data)
-                    if isinstance(event, dict) and "error" in event:
-                        raise UpstreamError(f"{base}: stream failed: {event['error']}", None, data)
-                    chunk = ChatResponse.of(event)
-                    chunk.routing = routing
-                    yield chunk
+                try:
+                    for raw in resp:
+                        line = raw.decode("utf-8").strip()
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        try:
+                            event = json.loads(data)
+                        except json.JSONDecodeError as exc:
+                            raise UpstreamError(f"{base}: a stream event is not JSON ({exc})", None, data) from None
+                        if isinstance(event, dict) and "error" in event:
+                            raise UpstreamError(f"{base}: stream failed: {event['error']}", None, data)
+                        finished = finished or _finish_reason(event)
+                        chunk = ChatResponse.of(event)
+                        chunk.routing = routing
+                        yield chunk
+                except (OSError, http.client.HTTPException, UnicodeDecodeError) as exc:
+                    raise UpstreamError(f"{base}: the stream broke off ({type(exc).__name__}: {exc})") from None
+            if not finished:  # no [DONE] and no finish_reason: cut off, or never a stream
+                raise UpstreamError(f"{base}: the stream ended before any finish_reason or data: [DONE] (cut off?)")
 
         return chunks()
+
+
+def _finish_reason(event: object) -> bool:
+    """Whether a stream event says a choice finished (OpenAI's `choices[i].finish_reason`)."""
+    choices = event.get("choices") if isinstance(event, dict) else None
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 async def _async_chunks(chunks: Iterator[Any]) -> AsyncIterator[Any]:

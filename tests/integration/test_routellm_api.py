@@ -149,8 +149,9 @@ def test_feedback_on_a_routed_completion_reaches_the_store(
         assert (status.code, status.reason) == (0, "")
         assert client.feedback(r.routing.decision_id, 0.75, source="thumbs").reason == "DUPLICATE"
         assert client.feedback(r.routing, strong=1.0, weak=0.0, source="judge").reason == ""
-        with pytest.raises(RoutingError, match="INVALID_OUTCOME"):
+        with pytest.raises(RoutingError, match="INVALID_OUTCOME") as refused:
             client.feedback(r.routing, 1.5)
+        assert (refused.value.code, refused.value.reason) == ("INVALID_ARGUMENT", "INVALID_OUTCOME")
         with pytest.raises(RoutingError, match="give quality, or strong and weak"):
             client.feedback(r.routing, 1.0, strong=1.0)
         client.close()
@@ -298,3 +299,89 @@ def test_the_default_router_by_name_in_process_and_served(tmp_path: Path, monkey
                 only_mf.chat.completions.create(model="router-default-0.5", messages=[{"role": "user", "content": "x"}])
             client.close()
             only_mf.close()
+
+
+class _Upstream:
+    """A stdlib HTTP server on 127.0.0.1 answering every POST with `body` under `headers` (status 200),
+    then closing: an upstream whose answer is not what an OpenAI endpoint sends is the point here."""
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(200)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> _Upstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_upstream_answer_that_is_not_whole_is_an_upstream_error(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msgs = [{"role": "user", "content": "one two three four"}]
+    with Controller(routers=["random"], strong_model="gpt-4o", weak_model="gpt-4o-mini") as client:
+        with FakeUpstream("cut", break_after=2) as cut:  # goes away mid-stream
+            monkeypatch.setenv("OPENAI_BASE_URL", cut.base_url)
+            with pytest.raises(UpstreamError, match="the stream (ended before any finish_reason|broke off)"):
+                list(client.chat.completions.create(model="router-random-0", messages=msgs, stream=True))
+        with _Upstream(b"<html>gateway</html>", {"Content-Type": "text/html"}) as html:
+            monkeypatch.setenv("OPENAI_BASE_URL", html.base_url)
+            with pytest.raises(UpstreamError, match="the answer is not JSON") as err:
+                client.chat.completions.create(model="router-random-0", messages=msgs)
+            assert err.value.status == 200
+            with pytest.raises(UpstreamError, match="the stream ended before any finish_reason"):
+                list(client.chat.completions.create(model="router-random-0", messages=msgs, stream=True))
+        with _Upstream(b'{"choices": [', {"Content-Type": "application/json", "Content-Length": "500"}) as short:
+            monkeypatch.setenv("OPENAI_BASE_URL", short.base_url)
+            with pytest.raises(UpstreamError, match="the answer broke off \\(IncompleteRead"):
+                client.chat.completions.create(model="router-random-0", messages=msgs)
+        # an answer whose last event says its finish_reason is whole without [DONE]
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}\n\n'
+        with _Upstream(event, {"Content-Type": "text/event-stream"}) as no_done:
+            monkeypatch.setenv("OPENAI_BASE_URL", no_done.base_url)
+            chunks = list(client.chat.completions.create(model="router-random-0", messages=tuple(msgs), stream=True))
+            assert [c.choices[0].delta.content for c in chunks] == ["ok"]
+
+
+def test_arguments_of_another_type_are_routing_errors_naming_them(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    with pytest.raises(
+        RoutingError, match=r"routers: expected a list of router names, got one string \(routers=\['mf'\]\?\)"
+    ):
+        Controller(routers="mf", strong_model="a", weak_model="b")  # type: ignore[arg-type]
+    with pytest.raises(RoutingError, match="timeout_s: expected seconds > 0"):
+        Controller(routers=["mf"], strong_model="a", weak_model="b", timeout_s=0)
+    with Controller(routers=["mf"], strong_model="a", weak_model="b") as client:
+        with pytest.raises(RoutingError, match="prompt: expected a string, got NoneType"):
+            client.route(None, "mf", 0.5)  # type: ignore[arg-type]
+        with pytest.raises(RoutingError, match="Invalid threshold 0.5"):
+            client.route("hi", "mf", "0.5")  # type: ignore[arg-type]
+        with pytest.raises(RoutingError, match="prompts: expected prompts .* got one string"):
+            client.batch_calculate_win_rate("ab", "mf")
+        with pytest.raises(RoutingError, match=r"prompts\[1\]: expected a string, got int"):
+            client.batch_calculate_win_rate(["fine", 5], "mf")  # type: ignore[list-item]
+        # a refusal past the first Score call of 128 names the prompt's place in the whole list, once
+        with pytest.raises(RoutingError) as refused:
+            client.batch_calculate_win_rate([f"p{i}" for i in range(130)] + [" "], "mf")
+        assert str(refused.value).startswith("prompts[130]: empty prompt") and refused.value.code == "INVALID_ARGUMENT"

@@ -10,11 +10,14 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, error_reason, retry_delay_s
+from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, error_reason, retry_delay_s, retryable
 
 
 class FakeError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, delay_ms: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self, code: grpc.StatusCode, delay_ms: int | None = None, reason: str = "", message: str = "x"
+    ) -> None:
+        self._message = message
         details = []
         if reason:
             info = any_pb2.Any()
@@ -27,11 +30,14 @@ class FakeError(grpc.RpcError):
             retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
             details.append(retry)
         self._code = code
-        status = status_pb2.Status(code=code.value[0], message="x", details=details)
+        status = status_pb2.Status(code=code.value[0], message=message, details=details)
         self._trailing = (("grpc-status-details-bin", status.SerializeToString()),) if details else ()
 
     def code(self) -> grpc.StatusCode:
         return self._code
+
+    def details(self) -> str:
+        return self._message
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         return self._trailing
@@ -67,6 +73,23 @@ def test_when_a_call_is_over() -> None:
     assert NO_RETRY.next_delay_s(1, BUSY, 0.0, None) is None
 
 
+def test_a_message_over_the_size_limit_is_not_retried() -> None:
+    """gRPC's own RESOURCE_EXHAUSTED for a message over its limit: the same message is as large again."""
+    for said in (
+        "CLIENT: Sent message larger than max (4601614 vs. 4194304)",
+        "Received message larger than max (5 vs. 4)",
+    ):
+        assert not retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message=said))
+        assert (
+            DEFAULT_RETRY.next_delay_s(1, FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message=said), 0.0, None)
+            is None
+        )
+    assert retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, message="queue full"))
+    assert retryable(
+        FakeError(grpc.StatusCode.UNAVAILABLE, message="Received message larger than max")
+    )  # not a size refusal
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -75,6 +98,8 @@ def test_when_a_call_is_over() -> None:
         ({"max_backoff_s": 0.01}, "RetryPolicy.max_backoff_s: must be >= initial_backoff_s"),
         ({"multiplier": 0.5}, "RetryPolicy.multiplier: must be >= 1"),
         ({"jitter": 2.0}, "RetryPolicy.jitter: must be in [0, 1]"),
+        ({"initial_backoff_s": "1"}, "RetryPolicy.initial_backoff_s: must be a finite number (got '1')"),
+        ({"max_backoff_s": float("nan")}, "RetryPolicy.max_backoff_s: must be a finite number (got nan)"),
     ],
 )
 def test_a_bad_policy_is_refused_naming_the_field(changes: dict[str, float], message: str) -> None:

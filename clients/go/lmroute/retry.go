@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -55,10 +56,14 @@ func (p RetryPolicy) Validate() error {
 	return nil
 }
 
-// Retryable reports whether err is a status worth retrying: RESOURCE_EXHAUSTED or UNAVAILABLE.
+// Retryable reports whether err is a status worth retrying: RESOURCE_EXHAUSTED or UNAVAILABLE, but not
+// gRPC's refusal of a message over the size limit ("Sent/Received message larger than max"), which the
+// same message meets again.
 func Retryable(err error) bool {
 	switch status.Code(err) {
-	case codes.ResourceExhausted, codes.Unavailable:
+	case codes.ResourceExhausted:
+		return !strings.Contains(status.Convert(err).Message(), "message larger than max")
+	case codes.Unavailable:
 		return true
 	}
 	return false

@@ -168,3 +168,21 @@ func TestValidateNamesTheField(t *testing.T) {
 		t.Errorf("DefaultRetryPolicy: %v", err)
 	}
 }
+
+func TestAMessageOverTheSizeLimitIsNotRetried(t *testing.T) {
+	cases := []struct {
+		err  error
+		want bool
+	}{
+		{status.Error(codes.ResourceExhausted, "queue full"), true},
+		{status.Error(codes.Unavailable, "draining"), true},
+		{status.Error(codes.ResourceExhausted, "grpc: received message larger than max (5000000 vs. 4194304)"), false},
+		{status.Error(codes.ResourceExhausted, "CLIENT: Sent message larger than max (4601614 vs. 4194304)"), false},
+		{status.Error(codes.InvalidArgument, "bad"), false},
+	}
+	for _, c := range cases {
+		if got := Retryable(c.err); got != c.want {
+			t.Errorf("Retryable(%v) = %t, want %t", c.err, got, c.want)
+		}
+	}
+}

@@ -51,7 +51,7 @@ final class Retrier {
         return attempt.apply(deadline);
       } catch (StatusRuntimeException e) {
         failed++;
-        if (failed >= policy.maxAttempts() || !RetryPolicy.isRetryable(e.getStatus().getCode())) {
+        if (failed >= policy.maxAttempts() || !RetryPolicy.isRetryable(e.getStatus())) {
           throw e;
         }
         Duration wait = policy.delay(failed, RouterErrors.retryDelay(e).orElse(null), unitRandom.getAsDouble());

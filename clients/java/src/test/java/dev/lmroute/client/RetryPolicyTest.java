@@ -46,6 +46,17 @@ class RetryPolicyTest {
   }
 
   @Test
+  void aMessageOverTheSizeLimitIsNotRetried() {
+    assertTrue(RetryPolicy.isRetryable(Status.RESOURCE_EXHAUSTED.withDescription("queue full")));
+    assertTrue(RetryPolicy.isRetryable(Status.UNAVAILABLE));
+    assertFalse(RetryPolicy.isRetryable(
+        Status.RESOURCE_EXHAUSTED.withDescription("gRPC message exceeds maximum size 4194304: 5000000")));
+    assertFalse(RetryPolicy.isRetryable(
+        Status.RESOURCE_EXHAUSTED.withDescription("Received message larger than max (5000000 vs. 4194304)")));
+    assertFalse(RetryPolicy.isRetryable(Status.INVALID_ARGUMENT));
+  }
+
+  @Test
   void noneMeansOneAttempt() {
     assertEquals(1, RetryPolicy.none().maxAttempts());
     assertEquals(4, RetryPolicy.defaults().maxAttempts());
