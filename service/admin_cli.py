@@ -190,7 +190,11 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     except ValueError as exc:
         ap.error(str(exc))
     try:
-        with RouterClient(args.server, timeout_s=args.timeout_s, **connect) as client:
+        client = RouterClient(args.server, timeout_s=args.timeout_s, **connect)
+    except (ValueError, TypeError) as exc:  # e.g. --timeout-s 0
+        ap.error(str(exc))
+    try:
+        with client:
             answer = _run(client, args)
     except grpc.RpcError as err:
         code = err.code()

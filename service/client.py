@@ -98,10 +98,13 @@ def add_connection_args(ap: argparse.ArgumentParser) -> None:
 
 def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """RouterClient keyword arguments from `add_connection_args`' flags; ValueError naming a variable
-    `--token-env` names that is unset or empty (a token meant to be sent would silently not be)."""
+    `--token-env` names that is unset or empty (a token meant to be sent would silently not be), or
+    `--cert` / `--key` given without each other or without `--ca`."""
     token = os.environ.get(args.token_env or "LMROUTE_TOKEN") or None
     if args.token_env and token is None:
         raise ValueError(f"--token-env: environment variable {args.token_env} is not set")
+    if (args.cert is None) != (args.key is None) or (args.cert is not None and args.ca is None):
+        raise ValueError("--cert and --key go together, with --ca (mTLS)")
     return {
         "token": token,
         "tls_ca": args.ca,

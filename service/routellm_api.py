@@ -195,7 +195,10 @@ class _Served:
 
     def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
         self.where = f"served at {target}"
-        self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
+        try:
+            self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
+        except (ValueError, TypeError) as exc:  # a tenant or token gRPC cannot send, ...
+            raise RoutingError(str(exc)) from None
         try:
             listed = self.client.list_routers()
         except grpc.RpcError as exc:  # unreachable, unauthenticated, not ready

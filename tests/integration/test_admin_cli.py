@@ -85,6 +85,14 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
         assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "expected TENANT=VALUE (got 'team')" in err and "--budget: 0 is not in [1, " in err
+    for argv, said in (  # refused before a channel is made (a certificate without its key aborted the process)
+        (["--ca", "ca.pem", "--cert", "c.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
+        (["--cert", "c.pem", "--key", "k.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
+        (["--timeout-s", "0", "bundle"], "timeout_s: expected seconds > 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--server", server.target, *argv], out=print)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
 
 
 @pytest.fixture()
