@@ -5,8 +5,10 @@ Three bounds, checked in this order when a call of `n` prompts arrives (`refusal
 1. memory: the prompts admitted and not yet answered stay within `max_queue` (QueueFull, QUEUE_FULL);
    while another tenant asks too (`tenant_fair_share`; a tenant asks when it has prompts admitted or
    sent a call within the queue timeout, refused or not), the last quarter of the queue is kept for
-   tenants holding few prompts (at most a sixteenth of `max_queue`, the call's included), so that one
-   tenant's flood of large calls cannot fill the memory bound and keep every other tenant out;
+   tenants holding nothing yet or few prompts (at most a sixteenth of `max_queue`, the call's included),
+   so that one tenant's flood of large calls cannot fill the memory bound and keep every other tenant
+   out (a tenant holding nothing is not flooding: its one call may enter, so an idle server still
+   admits any call that fits the queue);
 2. the caller's deadline: at the measured cost, `n` prompts alone need longer than the deadline leaves
    (DeadlineExpired, DEADLINE_TOO_SHORT: no retry can succeed, so none is offered); or they would
    finish after it, sharing the scorer with the calls queued now (QueueFull, OVERLOADED, with the delay
@@ -247,11 +249,11 @@ def refusal(
             else None,
         )
     common, light = tenant_reserve(policy.max_queue)
-    if load.contended and load.in_flight + n > common and load.held + n > light:
+    if load.contended and load.held > 0 and load.in_flight + n > common and load.held + n > light:
         return QueueFull(
             f"queue full for this tenant: {load.in_flight} of {policy.max_queue} prompts admitted, {load.held} "
             f"of them its own, {n} more asked; while other tenants ask, the last {policy.max_queue - common} "
-            f"places are kept for tenants holding at most {light}",
+            f"places are kept for tenants holding nothing yet or at most {light}",
             retry_after_ms=_retry_ms(rate.seconds(prompts=load.in_flight + n - common, weight=weight))
             if rate.measured
             else None,
@@ -292,9 +294,9 @@ def refusal(
 
 
 def tenant_reserve(max_queue: int) -> tuple[int, int]:
-    """(the places of the queue any tenant may fill, the most prompts a tenant may hold to enter the rest)
-    while other tenants ask: the last quarter of the queue is kept for tenants holding at most a
-    sixteenth of it (module docstring, bound 1)."""
+    """(the places of the queue any tenant may fill, the most prompts a tenant holding some may hold, the
+    call's included, to enter the rest) while other tenants ask: the last quarter of the queue is kept
+    for tenants holding nothing yet or at most a sixteenth of it (module docstring, bound 1)."""
     reserve = max_queue // 4
     return max_queue - reserve, max(1, reserve // 4) if reserve else 0
 

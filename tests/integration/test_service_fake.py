@@ -150,6 +150,21 @@ def test_one_tenants_flood_of_large_calls_cannot_fill_the_queue_against_another_
         assert "queue full for this tenant: 12 of 16 prompts admitted, 12 of them its own" in (err.details() or "")
 
 
+def test_an_idle_server_admits_any_call_that_fits_the_queue_whoever_asked_before(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """The reserve keeps places from tenants that hold prompts: a call larger than the common part (7 of
+    max_queue 8) from a tenant holding nothing enters an empty queue right after another tenant's call
+    (it was refused QUEUE_FULL with 0 prompts admitted)."""
+    srv = make_server(batch=BatchPolicy(max_queue=8, admit_wait_ms=60_000))
+    with RouterClient(srv.target) as c:
+        for first, then in (("a", "b"), ("b", ""), ("", "a")):
+            c.stub.Score(_req("one"), timeout=20, metadata=(("x-lmroute-tenant", first),) if first else ())
+            big = _req(*(f"p{i}" for i in range(7)))
+            answer = c.stub.Score(big, timeout=20, metadata=(("x-lmroute-tenant", then),) if then else ())
+            assert [r.status.code for r in answer.results] == [0] * 7
+
+
 def test_one_tenants_flood_leaves_another_tenant_its_turn(
     fake: FakeScorer, make_server: Callable[..., ServerThread]
 ) -> None:

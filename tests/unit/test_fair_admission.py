@@ -638,17 +638,19 @@ def test_one_paused_batch_does_not_refuse_the_calls_after_it_while_a_lasting_slo
 
 def test_while_tenants_contend_the_last_quarter_of_the_queue_is_kept_for_light_tenants() -> None:
     """Bound 1, shared: a tenant holding more than a sixteenth of max_queue fills at most three quarters of
-    it while another tenant asks; a tenant holding little still enters the rest; alone, a tenant may fill
-    the whole queue, as before."""
+    it while another tenant asks; a tenant holding little or nothing still enters the rest (an idle
+    server admits any call that fits the queue); alone, a tenant may fill the whole queue, as before."""
     policy = BatchPolicy(max_queue=64, admit_wait_ms=60_000, max_batch_ms=0)  # 48 common, light = 4 held
     heavy = refusal(8, None, Load(48, held=48, contended=True), policy, measured())
     assert isinstance(heavy, QueueFull) and heavy.reason == "QUEUE_FULL" and heavy.retry_after_ms is not None
     assert heavy.message == (
         "queue full for this tenant: 48 of 64 prompts admitted, 48 of them its own, 8 more asked; while "
-        "other tenants ask, the last 16 places are kept for tenants holding at most 4"
+        "other tenants ask, the last 16 places are kept for tenants holding nothing yet or at most 4"
     )
-    assert refusal(4, None, Load(48, held=0, contended=True), policy, measured()) is None  # a light tenant
-    assert isinstance(refusal(5, None, Load(48, held=0, contended=True), policy, measured()), QueueFull)
+    assert refusal(3, None, Load(48, held=1, contended=True), policy, measured()) is None  # a light tenant
+    assert isinstance(refusal(4, None, Load(48, held=1, contended=True), policy, measured()), QueueFull)
+    assert refusal(16, None, Load(48, held=0, contended=True), policy, measured()) is None  # holds nothing yet
+    assert refusal(63, None, Load(0, held=0, contended=True), policy, measured()) is None  # an idle server
     assert refusal(8, None, Load(48, held=48, contended=False), policy, measured()) is None  # alone
     assert refusal(8, None, Load(40, held=40, contended=True), policy, measured()) is None  # within 48
     small = BatchPolicy(max_queue=8, admit_wait_ms=60_000, max_batch_ms=0)  # 6 common, 2 kept: light = 1 held
