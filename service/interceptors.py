@@ -164,6 +164,20 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         )
 
 
+def _aborted_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status code's name a handler's `context.abort` ended the call with: the thread transport's
+    Aborted carries it, grpc.aio's context holds it ("UNKNOWN" when neither says)."""
+    code: object = getattr(exc, "code", None)
+    if not isinstance(code, grpc.StatusCode):
+        try:
+            code = context.code()
+        except Exception:  # an experimental grpc.aio method: absent or unimplemented
+            code = None
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), None)
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
@@ -232,6 +246,7 @@ def _wrap_unary(
                 raise
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":
+                    code = _aborted_code(exc, context)  # a handler's own context.abort (the health service's)
                     raise
                 code = "INTERNAL"
                 _log.exception("rpc_unhandled_exception")

@@ -173,6 +173,27 @@ def test_a_bound_token_speaks_for_its_tenant_whatever_the_tenants_list(serve: Ca
     assert controllers == {("batch", "mf"): 3}
 
 
+@pytest.mark.parametrize("transport", ["aio", "threads"])
+def test_a_call_a_handler_aborts_itself_is_counted_with_its_code(
+    serve: Callable[..., ServerThread], transport: str
+) -> None:
+    """The health service ends a Check of a service it does not hold with context.abort(NOT_FOUND), not
+    a ServiceError: the call is counted NOT_FOUND (it was counted OK)."""
+    srv = serve(transport=transport)
+    port = srv.server.metrics_port
+    assert port
+    check = "/grpc.health.v1.Health/Check"
+    with RouterClient(srv.target) as client:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                client.health("no.such.Service")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert client.health() == "SERVING"
+    after = scrape(port)
+    assert sample(after, "lmroute_calls_total", method=check, code="NOT_FOUND") == 3
+    assert sample(after, "lmroute_calls_total", method=check, code="OK") == 1
+
+
 def test_metrics_counters_move_with_the_calls(serve: Callable[..., ServerThread]) -> None:
     srv = serve()
     port = srv.server.metrics_port
