@@ -17,7 +17,9 @@ Version 3:
     decisions   + tenant, policy: the tenant a Route decision was made for and the policy that made it
                 (a share or spend target replays its own decisions after a restart)
 Version 4:
-    decisions   + choice: a Route among candidates' models, estimates and choice (JSON)
+    decisions   + choice: a Route among candidates' models, estimates and choice (JSON); under a live
+                target also the target it was made at (`target_per_1k`; a share target's decision
+                holds only `{"target": share}`), which a restart replays against (no schema change)
 Version 5:
     outcomes    + reporter: the tenant the reporting caller spoke for ("" none), part of the key
                 (target, kind, model, source, reporter). The table is rebuilt to change its key (SQLite

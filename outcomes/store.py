@@ -590,15 +590,19 @@ class OutcomeStore:
             where, params = f"{where} AND {clause}", [*params, *names]
         return self._decisions_where(f"{where} ORDER BY time_ms DESC LIMIT ?", [*params, limit])
 
-    def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool]]:
+    def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool, float | None]]:
         """The latest `limit` decisions made under `tenant`'s share target with `router`, oldest first, as
-        (bundle version, score, went strong): what a share controller replays after a restart."""
+        (bundle version, score, went strong, the target share it was made at: None where not recorded):
+        what a share controller replays after a restart."""
         rows = self._exec(
-            "SELECT bundle_version, scores, chosen_model = strong_model FROM decisions "
+            "SELECT bundle_version, scores, chosen_model = strong_model, choice FROM decisions "
             "WHERE tenant = ? AND router = ? AND policy = 'target' ORDER BY time_ms DESC LIMIT ?",
             (tenant, router, limit),
         ).fetchall()
-        return [(str(v), float(json.loads(sc)[router]), bool(strong)) for v, sc, strong in reversed(rows)]
+        return [
+            (str(v), float(json.loads(sc)[router]), bool(strong), _made_at(choice, "target"))
+            for v, sc, strong, choice in reversed(rows)
+        ]
 
     def spend_decisions(self, tenant: str, router: str, limit: int) -> list[str]:
         """The `choice` JSON of the latest `limit` decisions made under `tenant`'s spend target with
@@ -766,3 +770,12 @@ def _labeled(
         choice=own.choice if own is not None else "",
         caller=own.caller if own is not None else "",
     )
+
+
+def _made_at(choice: str | None, key: str) -> float | None:
+    """The target a decision's `choice` JSON says it was made at (`key`), None where it says none."""
+    try:
+        value = json.loads(choice)[key] if choice else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

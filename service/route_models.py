@@ -54,11 +54,18 @@ class ModelDecision:
     qualities: tuple[float, ...]
     costs: tuple[float, ...]
 
-    def choice_json(self, cands: CandidateSet) -> str:
-        """The decision as the outcome store keeps it (Decision.choice)."""
-        return json.dumps(
-            {"models": list(cands.models), "qualities": self.qualities, "costs": self.costs, "chosen": self.chosen}
-        )
+    def choice_json(self, cands: CandidateSet, target_per_1k: float | None = None) -> str:
+        """The decision as the outcome store keeps it (Decision.choice); `target_per_1k`: the spend target
+        it was made at, if any."""
+        made: dict[str, object] = {
+            "models": list(cands.models),
+            "qualities": self.qualities,
+            "costs": self.costs,
+            "chosen": self.chosen,
+        }
+        if target_per_1k is not None:
+            made["target_per_1k"] = target_per_1k
+        return json.dumps(made)
 
     def estimate(self, cands: CandidateSet, i: int) -> router_pb2.ModelEstimate:
         return router_pb2.ModelEstimate(

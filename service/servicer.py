@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import random
 import time
@@ -351,6 +352,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             propensity=propensity,
             tenant=tenant or asked_tenant,
             policy=policy or "target",
+            # the target it was made at: a restart replays the deficit against it (lmroute.service.targets)
+            choice=json.dumps({"target": controller.target}) if controller is not None else "",
         )
         return router_pb2.RouteResponse(
             chosen_model=chosen,
@@ -406,9 +409,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             made = decide(q, c, rule, value, chosen=spend.choose(q, c))
         # exploration (explore_rate): now and then a candidate drawn at random, with its propensity
         pick, propensity = choose_among(self.exploration.rate, made.chosen, len(cands.models), self._rng)
-        if pick != made.chosen:
-            second = made.chosen if made.runner_up == pick else made.runner_up
-            made = dataclasses.replace(made, chosen=pick, runner_up=second)
+        if pick != made.chosen:  # the runner-up: the policy's choice with the served one left out, its own
+            made = dataclasses.replace(made, chosen=pick, runner_up=made.chosen)
         if spend is not None:
             spend.record(q, c, made.chosen)  # the spend served, explored or not
         chosen = cands.models[made.chosen]
@@ -423,7 +425,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             propensity=propensity,
             tenant=tenant or asked_tenant,
             policy=rule if tenant is None else "spend_target",
-            choice=made.choice_json(cands),
+            choice=made.choice_json(cands, target_per_1k=None if spend is None else 1000.0 * spend.target),
         )
         tier = {catalog.strong_model: router_pb2.TIER_STRONG, catalog.weak_model: router_pb2.TIER_WEAK}
         response = router_pb2.RouteResponse(

@@ -14,8 +14,9 @@ one target share for one router by deciding each prompt against a threshold it k
 The window starts as the score distribution the bundle's calibration table describes, so before any
 traffic the threshold is the static calibrated one; real scores replace the seed as they come.
 
-The controller's state is a function of the decisions it made: replaying a tenant's recent decisions
-from the outcome store (`record` in order) restores it after a restart (`lmroute.service.targets`).
+The controller's state is a function of the decisions it made and the targets they were made at:
+replaying a tenant's recent decisions from the outcome store (`record` in order, each at its own target,
+the deficit restarted where the target changed) restores it after a restart (`lmroute.service.targets`).
 It is not thread-safe: the server calls it from its event loop only. Cost per decision: two list
 insertions into a sorted window (O(window) memory moves).
 """
@@ -110,15 +111,17 @@ class ShareController:
         """The threshold the next decision meets: strong when score >= threshold."""
         return self._threshold
 
-    def record(self, score: float, strong: bool) -> None:
-        """Account one decision made (by this controller's threshold, or flipped by exploration)."""
+    def record(self, score: float, strong: bool, made_at: float | None = None) -> None:
+        """Account one decision made (by this controller's threshold, or flipped by exploration); `made_at`:
+        the target it was made at when that was another (a decision replayed after a restart)."""
         if math.isfinite(score):
             if len(self._ring) == self._ring.maxlen:
                 old = self._ring[0]
                 del self._sorted[bisect.bisect_left(self._sorted, old)]
             self._ring.append(score)
             bisect.insort(self._sorted, score)
-        self.deficit = self.deficit * self._leak + (self.target - float(strong))
+        target = self.target if made_at is None else made_at
+        self.deficit = self.deficit * self._leak + (target - float(strong))
         self._recent.append(strong)
         self.decisions += 1
         self._threshold = self._quantile()

@@ -108,8 +108,11 @@ class SpendController:
         self.record(qualities, costs, j)
         return j
 
-    def record(self, qualities: npt.ArrayLike, costs: npt.ArrayLike, chosen: int) -> None:
-        """Account one decision (made here, or replayed from the store)."""
+    def record(
+        self, qualities: npt.ArrayLike, costs: npt.ArrayLike, chosen: int, made_at_per_1k: float | None = None
+    ) -> None:
+        """Account one decision (made here, or replayed from the store; `made_at_per_1k`: the target it was
+        made at when that was another, USD per 1,000 requests)."""
         q = np.asarray(qualities, dtype=np.float64)
         c = np.asarray(costs, dtype=np.float64)
         spent = float(c[chosen])
@@ -121,7 +124,8 @@ class SpendController:
         if self.decisions % self.settings.window == 0:  # re-add exactly now and then: no drift from subtraction
             self._sum = np.sum(self._rows, axis=0)
         self._recent.append(spent)
-        self.deficit = self.deficit * self._leak + (self.target - spent)
+        target = self.target if made_at_per_1k is None else made_at_per_1k / 1000.0
+        self.deficit = self.deficit * self._leak + (target - spent)
         self.decisions += 1
         self.lam = self._solve()
 

@@ -78,6 +78,25 @@ class TargetState:
     state: ControlState
 
 
+class _Replay:
+    """Where a replayed deficit restarts (`TenantTargets.restore`): between two decisions made at different
+    targets (a live change restarted it there) and through decisions whose target was not recorded."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.last: float | None = None  # the target the decision replayed last was made at
+
+    def deficit_before(self, deficit: float, made_at: float | None) -> float:
+        """The deficit a decision made at `made_at` starts from."""
+        restart = self.started and made_at != self.last
+        self.started, self.last = True, made_at
+        return 0.0 if restart or made_at is None else deficit
+
+    def deficit_after(self, deficit: float) -> float:
+        """The deficit after it: none known when its target was not recorded."""
+        return 0.0 if self.last is None else deficit
+
+
 class _Held:
     """A controller and the bundle version whose calibration seeded it."""
 
@@ -209,14 +228,19 @@ class TenantTargets:
         self,
         routers: Sequence[RouterDescription],
         version: str,
-        read: Callable[[str, str, int], Sequence[tuple[str, float, bool]]],
+        read: Callable[[str, str, int], Sequence[tuple[str, float, bool, float | None]]],
         read_spend: Callable[[str, str, int], Sequence[str]] | None = None,
     ) -> int:
         """Replay each (tenant, router)'s latest decisions into its controller: read(tenant, router, limit)
-        gives [(bundle version, score, strong)], oldest first (`_replayed` of them at most); decisions of
-        another bundle version count in the deficit and the realised share but not in the window.
-        Spend controllers replay the `choice` JSON that read_spend(tenant, router, limit) gives.
-        Returns the decisions replayed."""
+        gives [(bundle version, score, strong, the target share it was made at or None)], oldest first
+        (`_replayed` of them at most); decisions of another bundle version count in the deficit and the
+        realised share but not in the window. Spend controllers replay the `choice` JSON that
+        read_spend(tenant, router, limit) gives (its `target_per_1k` the target it was made at).
+
+        The deficit is counted against the target each decision was made at and restarts where that
+        changed, and again when the target held now is another, as a live change restarts it
+        (`retarget`); decisions whose target was not recorded count in the window and the realised share
+        only. Returns the decisions replayed."""
         n = 0
         if read_spend is not None:
             st = self.spend_settings
@@ -226,9 +250,18 @@ class TenantTargets:
                     if not cal.models:
                         continue
                     choices = read_spend(tenant, cal.name, limit)
+                    if not choices:
+                        continue
+                    spend = self.spend_controller(tenant, cal.name)
+                    replay = _Replay()
                     for raw in choices:
                         c = json.loads(raw)
-                        self.spend_controller(tenant, cal.name).record(c["qualities"], c["costs"], c["chosen"])
+                        made_at = c.get("target_per_1k")
+                        spend.deficit = replay.deficit_before(spend.deficit, made_at)
+                        spend.record(c["qualities"], c["costs"], c["chosen"], made_at_per_1k=made_at)
+                        spend.deficit = replay.deficit_after(spend.deficit)
+                    if replay.last != 1000.0 * spend.target:
+                        spend.retarget(1000.0 * spend.target)
                     n += len(choices)
         for tenant in self.targets:
             for cal in routers:
@@ -236,8 +269,13 @@ class TenantTargets:
                 if not rows:
                     continue
                 ctl = self.controller(tenant, cal, version)
-                for row_version, score, strong in rows:
-                    ctl.record(score if row_version == version else math.nan, strong)
+                replay = _Replay()
+                for row_version, score, strong, made_at in rows:
+                    ctl.deficit = replay.deficit_before(ctl.deficit, made_at)
+                    ctl.record(score if row_version == version else math.nan, strong, made_at=made_at)
+                    ctl.deficit = replay.deficit_after(ctl.deficit)
+                if replay.last != ctl.target:
+                    ctl.retarget(ctl.target)
                 n += len(rows)
         return n
 

@@ -263,6 +263,8 @@ def test_exploring_among_candidates_reports_and_records_propensities(
             want = rate / 4 if a.chosen_model != p else 1 - rate + rate / 4
             assert a.propensity == pytest.approx(want)
             assert a.chosen.model == a.chosen_model and a.runner_up.model != a.chosen_model
+            if a.chosen_model != p:  # explored: the runner-up is the policy's own choice
+                assert a.runner_up.model == p
         store = open_store(dsn)
         try:
             deadline = time.monotonic() + 20

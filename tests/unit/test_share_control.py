@@ -126,13 +126,13 @@ def test_a_new_bundle_reseeds_the_controller_and_keeps_its_deficit() -> None:
 def test_restore_replays_each_controller_from_what_the_store_reads() -> None:
     settings = ControlSettings(window=200, repay=30, horizon=400)
     live = TenantTargets({"default": 0.3, "batch": 0.1}, settings)
-    made: dict[tuple[str, str], list[tuple[str, float, bool]]] = {}
+    made: dict[tuple[str, str], list[tuple[str, float, bool, float | None]]] = {}
     for tenant, scores in (("default", drifting_scores(1000, 1)), ("batch", drifting_scores(1000, 2))):
         ctl = live.controller(tenant, CAL, "v1")
-        made[(tenant, "mf")] = [("v1", float(s), ctl.decide(float(s))) for s in scores]
+        made[(tenant, "mf")] = [("v1", float(s), ctl.decide(float(s)), ctl.target) for s in scores]
     asked: list[int] = []
 
-    def read(tenant: str, router: str, limit: int) -> list[tuple[str, float, bool]]:
+    def read(tenant: str, router: str, limit: int) -> list[tuple[str, float, bool, float | None]]:
         asked.append(limit)
         return made.get((tenant, router), [])[-limit:]
 
@@ -140,3 +140,34 @@ def test_restore_replays_each_controller_from_what_the_store_reads() -> None:
     assert restored.restore([CAL], "v1", read) == 2000
     assert set(asked) == {1200}  # 3 horizons
     assert [s.state for s in restored.states()] == [s.state for s in live.states()]
+
+
+def test_restore_counts_each_decisions_deficit_at_the_target_it_was_made_at() -> None:
+    """Decisions made at 0.3, then 0.6 after a live change: the restored controller is the live one
+    (the deficit restarted at the change); restored under another target than it last held, the deficit
+    restarts as a live change restarts it (it was replayed against today's target: a deficit of about
+    50 that sent 98 % strong); decisions whose target was not recorded leave no deficit."""
+    settings = ControlSettings(window=200, repay=30, horizon=400)
+    live = TenantTargets({"default": 0.3}, settings)
+    ctl = live.controller("default", CAL, "v1")
+    rows: list[tuple[str, float, bool, float | None]] = []
+    for i, s in enumerate(drifting_scores(1200, 3)):
+        if i == 700:
+            live.set_share("default", 0.6)
+        rows.append(("v1", float(s), ctl.decide(float(s)), ctl.target))
+
+    def read(tenant: str, router: str, limit: int) -> list[tuple[str, float, bool, float | None]]:
+        return rows[-limit:]
+
+    same = TenantTargets({"default": 0.6}, settings)
+    same.restore([CAL], "v1", read)
+    assert [s.state for s in same.states()] == [s.state for s in live.states()]
+    moved = TenantTargets({"default": 0.9}, settings)  # restarted with another target
+    moved.restore([CAL], "v1", read)
+    [state] = [s.state for s in moved.states()]
+    live.set_share("default", 0.9)
+    assert state == live.states()[0].state and state.deficit == 0.0
+    unknown = TenantTargets({"default": 0.6}, settings)
+    unknown.restore([CAL], "v1", lambda *_: [(v, s, strong, None) for v, s, strong, _ in rows])
+    [state] = [s.state for s in unknown.states()]
+    assert state.deficit == 0.0 and state.decisions == 1200

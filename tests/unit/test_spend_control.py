@@ -91,7 +91,13 @@ def test_spend_targets_map_tenants_and_restore_from_choices() -> None:
         ctl = live.spend_controller(tenant, "quality")
         for i in range(len(q)):
             j = ctl.decide(q[i], c[i])
-            choice = {"models": list("abcd"), "qualities": q[i].tolist(), "costs": c[i].tolist(), "chosen": j}
+            choice = {
+                "models": list("abcd"),
+                "qualities": q[i].tolist(),
+                "costs": c[i].tolist(),
+                "chosen": j,
+                "target_per_1k": 1000.0 * ctl.target,
+            }
             stored.setdefault((tenant, "quality"), []).append(json.dumps(choice))
 
     def read_spend(tenant: str, router: str, limit: int) -> list[str]:
@@ -100,6 +106,10 @@ def test_spend_targets_map_tenants_and_restore_from_choices() -> None:
     again = TenantTargets({}, spends={"default": 3.0, "batch": 1.0})
     assert again.restore([cal], "v1", lambda *_: [], read_spend) == 1600
     assert again.spend_states() == live.spend_states()
+    moved = TenantTargets({}, spends={"default": 6.0, "batch": 1.0})  # restarted with another target
+    moved.restore([cal], "v1", lambda *_: [], read_spend)
+    live.set_spend("default", 6.0)  # as a live change: the deficit restarts
+    assert moved.spend_states() == live.spend_states() and moved.spend_states()[1][2].deficit == 0.0
 
 
 def test_a_spend_target_changed_live_is_held_from_then_on_and_a_removed_one_drops_its_controllers() -> None:
