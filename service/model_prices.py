@@ -25,7 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelPrice", "expected_cost_usd", "input_tokens", "load_models_file"]
+__all__ = [
+    "MAX_OUTPUT_TOKENS",
+    "MAX_PRICE_PER_MTOK",
+    "ModelPrice",
+    "expected_cost_usd",
+    "input_tokens",
+    "load_models_file",
+    "price_problem",
+]
 
 CHARS_PER_TOKEN = 4
 
@@ -49,24 +57,57 @@ def expected_cost_usd(price: ModelPrice, n_input: int, default_output_tokens: in
     return (n_input * price.input_per_mtok + out * price.output_per_mtok) / 1e6
 
 
+MAX_PRICE_PER_MTOK = 1e6
+"""The dearest price taken, USD per million tokens (one dollar a token): a price beyond it is a mistake,
+and one large enough makes an expected cost overflow to inf, which would hold a spend controller."""
+
+MAX_OUTPUT_TOKENS = 1_000_000
+"""The longest expected answer a models file may give a model, tokens."""
+
+
+def price_problem(value: float) -> str | None:
+    """Why `value` is no price (USD per million tokens), or None."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_PRICE_PER_MTOK):
+        return f"must be in [0, {MAX_PRICE_PER_MTOK:g}] USD per million tokens (got {value!r})"
+    return None
+
+
 def _price(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: must be a number >= 0 (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: must be a number (got {value!r})")
+    problem = price_problem(float(value))
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
     return float(value)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members, refusing a name given twice (json keeps the last, silently)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key!r} given twice")
+        out[key] = value
+    return out
 
 
 def load_models_file(path: Path) -> dict[str, ModelPrice]:
     """model -> ModelPrice from the file at `path`; ValueError naming the file and the bad key."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: cannot be read as JSON ({exc})") from None
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, Mapping) or not models:
         raise ValueError(f'{path}: expected {{"models": {{name: {{...prices...}}}}}} with at least one model')
+    unknown_top = set(data) - {"models", "source", "sources", "note", "notes", "license"}
+    if unknown_top:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown_top)} (known: models, and source/note/license text)")
     out: dict[str, ModelPrice] = {}
     for name, entry in models.items():
         where = f"{path}: models.{name}"
+        if not name.strip():
+            raise ValueError(f"{path}: models: a model with an empty name")
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where}: expected an object of prices")
         unknown = set(entry) - {"input_price_per_mtok", "output_price_per_mtok", "output_tokens"}
@@ -76,8 +117,10 @@ def load_models_file(path: Path) -> dict[str, ModelPrice]:
             if key not in entry:
                 raise ValueError(f"{where}.{key}: required")
         tokens = entry.get("output_tokens")
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-            raise ValueError(f"{where}.output_tokens: must be an integer >= 1 (got {tokens!r})")
+        if tokens is not None and (
+            isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_OUTPUT_TOKENS
+        ):
+            raise ValueError(f"{where}.output_tokens: must be an integer in [1, {MAX_OUTPUT_TOKENS}] (got {tokens!r})")
         out[str(name)] = ModelPrice(
             _price(entry["input_price_per_mtok"], f"{where}.input_price_per_mtok"),
             _price(entry["output_price_per_mtok"], f"{where}.output_price_per_mtok"),

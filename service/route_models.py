@@ -18,7 +18,7 @@ import numpy as np
 
 from lmroute.bundle.model_choice import choose, runner_up
 from lmroute.service.errors import InvalidArgument, echo
-from lmroute.service.model_prices import ModelPrice, expected_cost_usd, input_tokens
+from lmroute.service.model_prices import ModelPrice, expected_cost_usd, input_tokens, price_problem
 from lmroute.service.scorer_api import RouterDescription
 from lmroute.v1 import router_pb2
 
@@ -121,12 +121,13 @@ def check_candidates(
         pair = []
         for field in ("input_price_per_mtok", "output_price_per_mtok"):
             value = float(getattr(c, field))
-            if not (math.isfinite(value) and value >= 0):
-                raise InvalidArgument(f"{where}.{field}: must be >= 0 (got {value})", reason="OUT_OF_RANGE")
+            if (problem := price_problem(value)) is not None:
+                raise InvalidArgument(f"{where}.{field}: {problem}", reason="OUT_OF_RANGE")
             if value == 0.0:
                 if filed is None:
                     raise InvalidArgument(
-                        f"{where}.{field}: no price for {c.model} (give it, or list the model in the models file)",
+                        f"{where}.{field}: no price for {c.model} (give it, or list the model in the models file"
+                        f"{_case_hint(c.model, prices)})",
                         reason="NO_PRICE",
                     )
                 value = filed.input_per_mtok if field.startswith("input") else filed.output_per_mtok
@@ -135,6 +136,12 @@ def check_candidates(
         columns.append(router.models.index(c.model))
         priced.append(ModelPrice(pair[0], pair[1], filed.output_tokens if filed else None))
     return CandidateSet(tuple(models), tuple(columns), tuple(priced))
+
+
+def _case_hint(model: str, prices: Mapping[str, ModelPrice]) -> str:
+    """What the models file holds under `model`'s name in other letter case, if anything."""
+    near = sorted(name for name in prices if name.lower() == model.lower())
+    return f"; it has {', '.join(near)}: names are case-sensitive" if near else ""
 
 
 def estimates(

@@ -168,6 +168,11 @@ def test_prices_in_the_request_win_over_the_models_file(setup: tuple[ServerThrea
         (dict(rule={}), "model_policy: set cost_weight, quality_margin or quality_floor", "MISSING_POLICY"),
         (dict(threshold=0.5), "model_policy: required with candidates", "MISSING_POLICY"),
         (dict(models=[]), "candidates: at least two required with model_policy", "TOO_FEW_CANDIDATES"),
+        (  # a price large enough makes the expected cost inf, which held a spend controller for good
+            dict(price=1e308),
+            "candidates[0].input_price_per_mtok: must be in [0, 1e+06] USD per million tokens (got 1e+308)",
+            "OUT_OF_RANGE",
+        ),
     ],
 )
 def test_bad_requests_are_refused_naming_the_field(
@@ -175,10 +180,11 @@ def test_bad_requests_are_refused_naming_the_field(
 ) -> None:
     srv, _, _ = setup
     models = edit.get("models", ["model-00", "model-05"])
+    price = float(edit.get("price", 0.0))  # type: ignore[arg-type]
     req = router_pb2.RouteRequest(
         prompt=to_prompt("hello"),
         router=str(edit.get("router", "quality")),
-        candidates=[router_pb2.Candidate(model=m) for m in models],  # type: ignore[attr-defined]
+        candidates=[router_pb2.Candidate(model=m, input_price_per_mtok=price) for m in models],  # type: ignore[attr-defined]
     )
     if "threshold" in edit:
         req.threshold = float(edit["threshold"])  # type: ignore[arg-type]

@@ -62,13 +62,25 @@ def test_models_file_reads_prices_and_names_the_bad_key(tmp_path: Path) -> None:
         ({"models": {"a": {"input_price_per_mtok": 1}}}, "models.a.output_price_per_mtok: required"),
         (
             {"models": {"a": {"input_price_per_mtok": -1, "output_price_per_mtok": 1}}},
-            "models.a.input_price_per_mtok: must be a number >= 0 (got -1)",
+            "models.a.input_price_per_mtok: must be in [0, 1e+06] USD per million tokens (got -1.0)",
+        ),
+        (  # one large enough makes an expected cost inf, which held a spend controller for good
+            {"models": {"a": {"input_price_per_mtok": 1e308, "output_price_per_mtok": 1}}},
+            "models.a.input_price_per_mtok: must be in [0, 1e+06] USD per million tokens (got 1e+308)",
         ),
         (
             {"models": {"a": {"input_price_per_mtok": 1, "output_price_per_mtok": 1, "output_tokens": 0}}},
-            "models.a.output_tokens: must be an integer >= 1 (got 0)",
+            "models.a.output_tokens: must be an integer in [1, 1000000] (got 0)",
         ),
         ({"models": {"a": {"input_price": 1}}}, "models.a: unknown key(s) ['input_price']"),
+        (
+            {"models": {"a": {"input_price_per_mtok": 1, "output_price_per_mtok": 1}}, "sourse": "x"},
+            "unknown key(s) ['sourse']",
+        ),
+        (
+            {"models": {"": {"input_price_per_mtok": 1, "output_price_per_mtok": 1}}},
+            "models: a model with an empty name",
+        ),
     ]:
         path.write_text(json.dumps(body))
         with pytest.raises(ValueError) as e:
@@ -76,4 +88,8 @@ def test_models_file_reads_prices_and_names_the_bad_key(tmp_path: Path) -> None:
         assert str(path) in str(e.value) and message in str(e.value)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="cannot be read as JSON"):
+        load_models_file(path)
+    price = '{"input_price_per_mtok": 1, "output_price_per_mtok": 1}'
+    path.write_text(f'{{"models": {{"a": {price}, "a": {price}}}}}')  # json would keep the last, silently
+    with pytest.raises(ValueError, match="cannot be read as JSON \\('a' given twice\\)"):
         load_models_file(path)
