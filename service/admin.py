@@ -23,7 +23,7 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from lmroute.service.errors import (
     echo,
 )
 from lmroute.service.target_sync import TargetSync
-from lmroute.service.targets import TENANT_RE, TenantTargets
+from lmroute.service.targets import DEFAULT_TENANT, TENANT_RE, TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
@@ -112,8 +112,15 @@ class _Turns:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Implements lmroute.v1.AdminService over a BundleSwapper attached once the first bundle serves."""
 
-    def __init__(self, targets: TenantTargets | None = None, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        targets: TenantTargets | None = None,
+        *,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        tenants: Collection[str] = (),
+    ) -> None:
         self.swapper: BundleSwapper | None = None
+        self.tenants = frozenset(tenants)  # the tenants callers may name (--tenants); empty: any
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
         self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
@@ -259,6 +266,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
                 )
             kind = change.WhichOneof("change")
+            if self.tenants and change.tenant not in self.tenants and change.tenant != DEFAULT_TENANT:
+                if kind is not None and not kind.startswith("remove_"):  # no call could ever use it
+                    raise InvalidArgument(
+                        f"{where}.tenant: {change.tenant} is not one of the tenants this server honours (its "
+                        f"--tenants list) nor {DEFAULT_TENANT}",
+                        reason="UNKNOWN_TENANT",
+                    )
             if kind is None:
                 why = "set one of strong_share, spend_per_1k_usd, remove_strong_share, remove_spend"
                 raise InvalidArgument(f"{where}: {why}", reason="NO_CHANGE")

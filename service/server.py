@@ -205,7 +205,9 @@ class RouterServer:
         self.liveness: LivenessWatchdog | None = None
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
         self.scheduler: Scheduler[Any] | None = None
-        self.admin = AdminServicer(targets=self.servicer.targets, max_message_bytes=config.max_message_bytes)
+        self.admin = AdminServicer(
+            targets=self.servicer.targets, max_message_bytes=config.max_message_bytes, tenants=config.tenants
+        )
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
         self._server: Transport | None = None

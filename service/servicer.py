@@ -61,7 +61,7 @@ from lmroute.service.prompts import check_limits, prompt_text
 from lmroute.service.route_models import check_candidates, check_policy, decide, estimates
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
-from lmroute.service.targets import TENANT_RE, TenantTargets
+from lmroute.service.targets import DEFAULT_TENANT, TENANT_RE, TenantTargets
 from lmroute.service.tenant_counts import TenantCounts
 from lmroute.service.tracing import Tracing
 from lmroute.v1 import router_pb2, router_pb2_grpc
@@ -311,7 +311,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             why = (
                 "the server holds no share targets"
                 if self.targets is None or not self.targets.targets
-                else f"no share target for tenant {echo(asked_tenant)}"
+                else f"no share target for {_whose(asked_tenant)}"
             )
             raise InvalidArgument(f"policy: set threshold or strong_share ({why})", reason="MISSING_POLICY")
         value = float(getattr(request, policy)) if policy is not None else math.nan
@@ -384,7 +384,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             tenant = self.targets.tenant_of(asked_tenant, spend=True) if self.targets is not None else None
             if tenant is None:
                 why = "the server holds no spend targets" if self.targets is None or not self.targets.spends else ""
-                why = why or f"no spend target for tenant {echo(asked_tenant)}"
+                why = why or f"no spend target for {_whose(asked_tenant)}"
                 raise InvalidArgument(f"model_policy: required with candidates ({why})", reason="MISSING_POLICY")
         elif policy != "model_policy":
             raise InvalidArgument(f"model_policy: required with candidates (got {policy})", reason="MISSING_POLICY")
@@ -549,3 +549,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if r.name == request.name:
                 return router_pb2.GetRouterResponse(router=_router_info(r), bundle_version=c.version)
         raise NotFound(f"name: unknown router {echo(request.name)} (loaded: {', '.join(r.name for r in c.routers)})")
+
+
+def _whose(tenant: str) -> str:
+    """The caller a missing target is missing for: its tenant, or calls naming none (and no default)."""
+    return f"tenant {echo(tenant)}" if tenant else f"a call naming no tenant (nor for the tenant {DEFAULT_TENANT})"

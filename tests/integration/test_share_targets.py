@@ -198,6 +198,23 @@ def test_targets_changed_live_hold_from_the_next_decision_and_a_bad_change_appli
         assert [(t.tenant, t.spend_per_1k_usd) for t in batch.list_spend_targets().targets] == [("team", 4.0)]
 
 
+def test_a_target_for_a_tenant_the_server_does_not_honour_is_refused(serve: Callable[..., ServerThread]) -> None:
+    """With --tenants, a target for another tenant could never decide a call (its calls are refused
+    UNKNOWN_TENANT): SetTargets refuses it; `default` (calls naming none) and removals stay allowed."""
+    srv = serve(tenants=("app", "batch"))
+    with RouterClient(srv.target) as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.set_targets(shares={"app": 0.2, "evil": 0.5})
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "changes[1].tenant: evil is not one of the tenants this server honours" in (e.value.details() or "")
+        held = client.set_targets(shares={"app": 0.2, "default": 0.4}, spends={"batch": 2.0})
+        assert [(t.tenant, t.strong_share) for t in held.share_targets] == [
+            ("app", 0.2),
+            ("batch", 0.1),
+            ("default", 0.4),
+        ]
+
+
 def _held(client: RouterClient) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """The server's (strong-share targets, spend targets), by tenant."""
     shares = [(t.tenant, t.strong_share) for t in client.list_share_targets().targets]
