@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import math
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -278,6 +280,7 @@ class RouterServer:
             except (OSError, ValueError) as exc:  # the message names the file
                 raise ConfigError(f"tls: {exc}") from None
             credentials = server_credentials(self.tls)
+        _check_port_free(cfg.host, cfg.port)
         try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
             self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
         except RuntimeError as exc:
@@ -514,3 +517,26 @@ def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:
     counters = {k: v for k, v in dataclasses.asdict(scheduler.stats).items() if isinstance(v, int)}
     extra = {"counters": counters, "in_flight": scheduler.in_flight, "rate_prompts_per_s": scheduler.rate.prompts_per_s}
     return scheduler.timings.snapshot(extra)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """ConfigError when another process listens on `port` at any address `host` names. gRPC binds every
+    address a name resolves to and succeeds when one of them binds: on `localhost` a second server took
+    ::1 beside a first one on 127.0.0.1, and callers split between the two."""
+    if port == 0:
+        return
+    names = [host, "127.0.0.1", "::1"] if host == "localhost" else [host]  # gRPC takes localhost as both
+    addresses = []
+    for name in names:
+        try:
+            addresses += socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError:
+            continue  # gRPC says why it cannot listen there
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(f"port: cannot listen on {host}:{port} ({address[0]} is in use)") from None

@@ -279,6 +279,20 @@ def test_a_port_in_use_is_named_as_such_not_as_a_bundle_failure(setting: str) ->
     assert "bundle" not in run.stderr.lower()
 
 
+def test_a_port_in_use_at_one_of_the_names_addresses_is_refused() -> None:
+    """`--host localhost` names 127.0.0.1 (and ::1 where the host has it): gRPC listens when one of
+    them binds, so a second server took ::1 beside the first on 127.0.0.1 and callers split between
+    them. The server now refuses a port held at any address its host names."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        script = _SERVE_SCRIPT.replace("port=0,", f'port={port}, host="localhost",')
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"lmroute-serve: config error: port: cannot listen on localhost:{port} (127.0.0.1 is in use)" in run.stderr
+
+
 class _Lines:
     """A subprocess's stderr, read line by line on a thread."""
 
