@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 import structlog
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+
+from lmroute.service.health_check import HealthServicer
 
 __all__ = ["LIVENESS_SERVICE", "LivenessWatchdog", "StallSource"]
 
@@ -43,7 +45,7 @@ class LivenessWatchdog:
     def __init__(
         self,
         source: StallSource,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: HealthServicer,
         stall_s: float,
         *,
         clock: Callable[[], float] = time.monotonic,

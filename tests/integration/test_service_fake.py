@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
@@ -523,6 +523,31 @@ def test_graceful_stop_answers_50_in_flight_and_refuses_new(fake: FakeScorer) ->
         assert not _seen(fake, "too late")
     finally:
         fake.release()
+        srv.stop()
+
+
+@pytest.mark.parametrize("transport", ["aio", "threads"])
+def test_an_open_health_watch_ends_with_the_drain_instead_of_holding_it(fake: FakeScorer, transport: str) -> None:
+    """A Watch stream gets NOT_SERVING and ends when the server drains: the stop does not wait out its
+    grace for it (with one open, every stop took the whole grace)."""
+    srv = _serve(fake, transport=transport)
+    try:
+        with RouterClient(srv.target) as c:
+            watch = health_pb2_grpc.HealthStub(c.channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[attr-defined]
+            stopped = threading.Event()
+
+            def stop() -> None:
+                srv.call(srv.server.stop(60.0))  # a grace far past this test's waits
+                stopped.set()
+
+            stopper = threading.Thread(target=stop)
+            stopper.start()
+            rest = [m.status for m in watch]  # the stream ends: no RpcError
+            stopper.join(20)
+        assert rest == [health_pb2.HealthCheckResponse.NOT_SERVING]  # type: ignore[attr-defined]
+        assert stopped.is_set()
+    finally:
         srv.stop()
 
 

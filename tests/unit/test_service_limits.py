@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.errors import (
@@ -20,6 +20,7 @@ from lmroute.service.errors import (
     echo,
     status_of,
 )
+from lmroute.service.health_check import HealthServicer
 from lmroute.service.liveness import LIVENESS_SERVICE, LivenessWatchdog
 from lmroute.service.prompts import check_limits
 from lmroute.v1 import router_pb2
@@ -104,7 +105,7 @@ class _Stalls:
 
 def test_watchdog_flips_liveness_on_a_stall_and_back_on_progress() -> None:
     async def run() -> list[tuple[bool, int]]:
-        servicer = health.aio.HealthServicer()
+        servicer = HealthServicer()
         await servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         source = _Stalls()
         dog = LivenessWatchdog(source, servicer, 30.0, clock=lambda: 123.0)
@@ -130,7 +131,7 @@ def test_watchdog_flips_liveness_on_a_stall_and_back_on_progress() -> None:
 def test_watchdog_polls_on_its_own_and_stops_on_close() -> None:
     async def run() -> tuple[int, int]:
         source = _Stalls()
-        dog = LivenessWatchdog(source, health.aio.HealthServicer(), 0.05)  # polls every 10 ms
+        dog = LivenessWatchdog(source, HealthServicer(), 0.05)  # polls every 10 ms
         dog.start()
         t_end = time.monotonic() + 10
         while len(source.asked) < 3:
@@ -144,4 +145,4 @@ def test_watchdog_polls_on_its_own_and_stops_on_close() -> None:
     after_close, later = asyncio.run(run())
     assert later == after_close
     with pytest.raises(ValueError, match=r"stall_s: must be > 0 \(got 0\)"):
-        LivenessWatchdog(_Stalls(), health.aio.HealthServicer(), 0)
+        LivenessWatchdog(_Stalls(), HealthServicer(), 0)
