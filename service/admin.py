@@ -160,7 +160,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         if "\0" in request.path:
             raise InvalidArgument("path: contains a NUL character", reason="INVALID_PATH")
-        report = await swapper.reload(Path(request.path) if request.path else None)
+        report = await swapper.reload(
+            Path(request.path) if request.path else None, allow_dropped_routers=request.allow_dropped_routers
+        )
         return admin_pb2.ReloadBundleResponse(
             previous_version=report.previous.version,
             bundle_version=report.current.version,

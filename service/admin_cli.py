@@ -3,7 +3,9 @@
     lmroute-admin [--server HOST:PORT] [--token-env NAME] [--ca PEM [--cert PEM --key PEM]] COMMAND
 
     bundle                      the serving bundle, the swap in progress, the swap counters
-    reload [PATH]               hot-swap the bundle at PATH on the server ("": its serving path again)
+    reload [PATH] [--allow-dropped-routers]
+                                hot-swap the bundle at PATH on the server ("": its serving path again);
+                                --allow-dropped-routers: even one lacking routers served now (a rollback)
     targets                     the tenants' share and spend targets and their controllers
     set-targets [--share TENANT=SHARE] [--spend TENANT=USD] [--remove-share TENANT] [--remove-spend TENANT]
                                 change targets live (each flag repeatable; all applied or none)
@@ -88,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="bundle directory on the server (relative: to the server's working directory; default: its own)",
     )
+    reload.add_argument(
+        "--allow-dropped-routers",
+        action="store_true",
+        help="swap in a bundle lacking routers served now (calls naming them get NOT_FOUND): a rollback of an "
+        "accepted adaptation to its parent",
+    )
     sub.add_parser("targets", help="the tenants' share and spend targets and their controllers")
     setter = sub.add_parser("set-targets", help="change tenants' targets live (all applied or none)")
     setter.add_argument("--share", type=_assignment, action="append", default=[], metavar="TENANT=SHARE")
@@ -153,7 +161,7 @@ def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "bundle":
         return _as_dict(client.get_bundle())
     if args.command == "reload":
-        return _as_dict(client.reload_bundle(args.path))
+        return _as_dict(client.reload_bundle(args.path, allow_dropped_routers=args.allow_dropped_routers))
     if args.command == "to-judge":
         callers = [c for c in args.callers.split(",") if c]
         return _as_dict(

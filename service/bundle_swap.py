@@ -149,7 +149,7 @@ class BundleSwapper:
         self._loading: _Loading | None = None
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
-        self._refused = ""  # identity (read_candidate) of the last candidate the watcher saw refused
+        self.watched_path: Path | None = None  # the path the watch polls (set by `watch`)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="lmroute-swap", initializer=lowest_cpu_priority if low_priority else None
         )
@@ -171,8 +171,9 @@ class BundleSwapper:
         """The candidate being loaded now; None when no swap is in progress."""
         return None if self._loading is None else self._loading.path
 
-    async def reload(self, path: Path | None = None) -> SwapReport:
-        """Load, check and warm the bundle at `path` (None: the serving path again), then switch to it.
+    async def reload(self, path: Path | None = None, *, allow_dropped_routers: bool = False) -> SwapReport:
+        """Load, check and warm the bundle at `path` (None: the serving path again), then switch to it;
+        with `allow_dropped_routers` a candidate lacking routers served now is taken too (a rollback).
 
         Raises SwapInProgress while another swap runs, BundleRefused for a candidate that fails (the
         serving bundle is unchanged), Draining after `close`."""
@@ -187,11 +188,11 @@ class BundleSwapper:
             )
         self._loading = _Loading(target)
         try:
-            return await self._reload(target)
+            return await self._reload(target, allow_dropped_routers)
         finally:
             self._loading = None
 
-    async def _reload(self, path: Path) -> SwapReport:
+    async def _reload(self, path: Path, allow_dropped_routers: bool = False) -> SwapReport:
         loop = asyncio.get_running_loop()
         _log.info("bundle_swap_started", path=str(path), serving=self.serving.version)
         t0 = time.perf_counter()
@@ -201,7 +202,9 @@ class BundleSwapper:
             raise self._refuse(path, f"{exc}", "BUNDLE_INVALID") from exc
         load_s = time.perf_counter() - t0
         missing = [name for name in self.serving.routers if name not in scorer.router_names]
-        if missing:
+        if missing and allow_dropped_routers:
+            _log.warning("bundle_swap_drops_routers", path=str(path), dropped=missing)
+        elif missing:
             raise self._refuse(
                 path,
                 f"routers: the candidate lacks {', '.join(map(repr, missing))}, served now (candidate has: "
@@ -268,18 +271,29 @@ class BundleSwapper:
     # -- watching the serving path ---------------------------------------------------------------------
 
     def watch(self, interval_s: float) -> None:
-        """Poll the serving path's manifest.json every `interval_s` seconds (on the running loop)."""
+        """Poll the serving path's manifest.json every `interval_s` seconds (on the running loop).
+
+        The path watched is the one serving when the watch starts (the server's --bundle, a symlink a
+        deployment flips): a bundle swapped in by ReloadBundle from another path serves until that path
+        shows another bundle, and the watch goes on watching it. A candidate seen there is loaded once:
+        refused, it is tried again only when the path shows another."""
         if interval_s <= 0 or self._watcher is not None:
             return
         self.watch_interval_s = interval_s
+        self.watched_path = self.serving.path
         self._watcher = asyncio.get_running_loop().create_task(self._watch(interval_s), name="lmroute-bundle-watch")
 
     async def _watch(self, interval_s: float) -> None:
         loop = asyncio.get_running_loop()
+        path = self.watched_path
+        assert path is not None  # set by `watch`
         unreadable = ""
+        seen: str | None = None  # the identity the path showed when last acted on (None: not read yet)
+        first = True  # read at once: what the path shows when the watch starts is what serves
         while not self._closed:
-            await asyncio.sleep(interval_s)
-            path = self.serving.path
+            if not first:
+                await asyncio.sleep(interval_s)
+            first = False
             try:
                 version, identity = await loop.run_in_executor(self._pool, read_candidate, path)
             except (OSError, ValueError) as exc:
@@ -288,13 +302,17 @@ class BundleSwapper:
                     _log.warning("bundle_watch_unreadable", path=str(path), error=unreadable)
                 continue
             unreadable = ""
-            if version == self.serving.version or identity == self._refused or self._loading is not None:
+            if identity == seen or self._loading is not None:
+                continue
+            if version == self.serving.version:  # serving it already (from the start, or reloaded by hand)
+                seen = identity
                 continue
             _log.info("bundle_watch_changed", path=str(path), serving=self.serving.version, found=version)
             try:
                 await self.reload(path)
+                seen = identity
             except BundleRefused:
-                self._refused = identity  # logged and counted; tried again when the path shows another
+                seen = identity  # logged and counted; tried again when the path shows another
             except (SwapInProgress, Draining):
                 pass
 

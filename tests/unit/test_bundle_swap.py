@@ -231,6 +231,9 @@ def test_swap_attaches_the_new_catalog_and_refusals_keep_the_old_bundle() -> Non
 
         report = await swapper.reload(None)  # the serving path again
         assert report.current.path == Path("/srv/b+") and swapper.counters.swaps == 2
+        report = await swapper.reload(Path("/srv/no-mf-parent"), allow_dropped_routers=True)  # a rollback
+        assert report.current.version == "no-mf-parent" and servicer.routers == ("random",)
+        assert swapper.counters.swaps == 3 and swapper.counters.refused == 3
         await swapper.close()
         with pytest.raises(Draining):
             await swapper.reload(Path("/srv/c"))
@@ -301,6 +304,34 @@ def test_watcher_swaps_on_a_new_version_and_does_not_retry_a_refused_one(tmp_pat
         _write_manifest(watched, "v4")
         await until(lambda: swapper.serving.version == "v4")
         assert swapper.counters.swaps == 2 and versions == ["v2", "bad-v3", "v4"]
+        await swapper.close()
+        await sched.close()
+
+    run(body)
+
+
+def test_a_bundle_reloaded_by_hand_serves_until_the_watched_path_shows_another(tmp_path: Path) -> None:
+    """The watch keeps polling the path it started on (a link a deployment flips): a ReloadBundle of
+    another directory serves until the link shows a new bundle, then the link's bundle is swapped in
+    (the watch used to follow the reloaded path and ignore every later flip)."""
+
+    async def body() -> None:
+        watched, other = tmp_path / "current", tmp_path / "by-hand"
+        _write_manifest(watched, "v1")
+        _write_manifest(other, "v2")
+        sched = make(FakeScorer(version="v1"))
+        servicer = _servicer()
+        servicer.attach(sched, sched.scorer.catalog())
+        load = lambda path: FakeScorer(version=manifest_version(path))  # noqa: E731
+        swapper = BundleSwapper(sched, servicer, load, BundleSwapper.serving_now(sched.scorer, watched))
+        swapper.watch(0.005)
+        await asyncio.sleep(0.02)  # the watch has read what the link shows (v1, serving)
+        await swapper.reload(other)
+        await asyncio.sleep(0.05)  # polls of the unchanged link: the bundle reloaded by hand keeps serving
+        assert swapper.serving.version == "v2" and swapper.watched_path == watched
+        _write_manifest(watched, "v3")
+        await until(lambda: swapper.serving.version == "v3")
+        assert swapper.serving.path == watched and swapper.counters.swaps == 2
         await swapper.close()
         await sched.close()
 
