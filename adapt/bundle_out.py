@@ -16,14 +16,16 @@ half-written bundle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,12 +39,31 @@ from lmroute.bundle.manifest import MANIFEST_NAME, Calibration, FileEntry, Linea
 from lmroute.bundle.writer import bundle_exists, library_versions
 
 __all__ = [
+    "CandidateNotWritten",
     "OutcomeSpan",
     "calibrated_thresholds",
     "write_adapted_bundle",
     "write_quality_bundle",
     "write_router_bundle",
+    "writing_candidate",
 ]
+
+
+class CandidateNotWritten(OSError):
+    """The gate accepted a candidate that could not be written (the run is recorded as not adapted)."""
+
+
+@contextlib.contextmanager
+def writing_candidate(out_dir: str | Path, report: dict[str, Any], record: Callable[[], None]) -> Iterator[None]:
+    """Around writing an accepted candidate: an OSError (a full or read-only disk) is said in `report`
+    ("error", naming `out_dir`), `record()` records the run as not adapted, and CandidateNotWritten
+    names the step and the directory."""
+    try:
+        yield
+    except OSError as exc:
+        report["error"] = f"the accepted candidate could not be written to {out_dir}: {exc.strerror or exc}"
+        record()
+        raise CandidateNotWritten(exc.errno, report["error"]) from exc
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ on the tenant's recent decisions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle
+from lmroute.adapt.bundle_out import OutcomeSpan, write_adapted_bundle, writing_candidate
 from lmroute.adapt.gate import SPLITS
 from lmroute.adapt.learners import PAIRED_LEARNERS
 from lmroute.adapt.pipeline import Adaptation, adapt_paired, adapt_single
@@ -398,20 +399,30 @@ def adapt_from_store(
         span = OutcomeSpan(
             kind, len(used), lineage_time(int(feats.time_ms.min())), lineage_time(int(feats.time_ms.max()))
         )
-        manifest = write_adapted_bundle(
-            bundle_dir,
-            out_dir,
-            result.head,
-            base_router,
-            result.weight,
-            result.base,
-            span,
-            cal_scores,
-            overwrite=overwrite,
-            replace=True,
-            router=router,
-            tenant=tenant,
+        not_adapted = functools.partial(
+            store.record_adaptation,
+            parent_version=bundle.version,
+            candidate_version=None,
+            kind=kind,
+            n_outcomes=len(used),
+            accepted=False,
+            report=report,
         )
+        with writing_candidate(out_dir, report, not_adapted):
+            manifest = write_adapted_bundle(
+                bundle_dir,
+                out_dir,
+                result.head,
+                base_router,
+                result.weight,
+                result.base,
+                span,
+                cal_scores,
+                overwrite=overwrite,
+                replace=True,
+                router=router,
+                tenant=tenant,
+            )
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = len(cal.kept)
     store.record_adaptation(

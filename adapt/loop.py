@@ -51,7 +51,7 @@ import json
 import math
 import os
 import shutil
-import sys
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,19 +80,20 @@ class Round:
     serving_version: str
     report: dict[str, Any]
     parent: Path | None = None  # the bundle directory adapted from
+    swap_refused: dict[str, str] | None = None  # the server's refusal of the accepted candidate (code, reason, message)
 
     def to_json(self) -> str:
-        return report_json(
-            {
-                "parent_version": self.parent_version,
-                "accepted": self.accepted,
-                "candidate": None if self.candidate is None else str(self.candidate),
-                "serving_version": self.serving_version,
-                "gate": self.report.get("gate", {}),
-                "router": self.report.get("router"),
-            },
-            sort_keys=True,
-        )
+        line: dict[str, Any] = {
+            "parent_version": self.parent_version,
+            "accepted": self.accepted,
+            "candidate": None if self.candidate is None else str(self.candidate),
+            "serving_version": self.serving_version,
+            "gate": self.report.get("gate", {}),
+            "router": self.report.get("router"),
+        }
+        if self.swap_refused is not None:
+            line["swap_refused"] = self.swap_refused
+        return report_json(line, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,20 @@ class RoundSettings:
     tenant: str = ""  # the tenant whose own router is adapted; "" = the bundle's default router
 
 
-def _adapt(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
-    """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written)."""
+def _adapt(
+    parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings, sign_key: Path | None = None
+) -> tuple[AdaptRun, Path]:
+    """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written,
+    signed with `sign_key` when given: servers with --bundle-public-key take only signed bundles)."""
+    run, out = _adapt_unsigned(parent, store_dsn, bundles_dir, settings)
+    if run.accepted and sign_key is not None:
+        from lmroute.bundle.signing import load_private_key, sign_bundle
+
+        sign_bundle(out, load_private_key(sign_key))
+    return run, out
+
+
+def _adapt_unsigned(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     out = bundles_dir / f"adapted-{stamp}"
     since = int(time.time() * 1000) - settings.window_ms if settings.window_ms else 0
@@ -162,28 +175,39 @@ def run_round(
     *,
     timeout_s: float = 600.0,
     connect: Mapping[str, Any] | None = None,
+    sign_key: Path | None = None,
 ) -> Round:
     """One store -> adapt -> gate -> swap round against the server at `server` (host:port); `connect`:
-    more RouterClient arguments (its token, TLS files)."""
+    more RouterClient arguments (its token, TLS files); `sign_key`: the private key candidates are signed
+    with. A candidate the server refuses is named in the Round (`swap_refused`), the old bundle serving."""
+    import grpc
+
     from lmroute.service.client import RouterClient
+    from lmroute.service.client_retry import error_reason
 
     with RouterClient(server, timeout_s=timeout_s, **(connect or {})) as client:
         serving = client.get_bundle()
         parent = Path(serving.resolved_path)
-        run, out = _adapt(parent, store_dsn, bundles_dir, settings)
-        version = serving.bundle_version
+        run, out = _adapt(parent, store_dsn, bundles_dir, settings, sign_key)
+        version, refused = serving.bundle_version, None
         if run.accepted:
-            version = client.reload_bundle(str(out)).bundle_version
-        return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent)
+            try:
+                version = client.reload_bundle(str(out)).bundle_version
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # not a refusal of the bundle
+                    raise
+                refused = {"code": exc.code().name, "reason": error_reason(exc), "message": exc.details() or ""}
+        candidate = out if run.accepted else None
+        return Round(run.parent_version, run.accepted, candidate, version, run.report, parent, refused)
 
 
 def point_link(link: Path, target: Path) -> None:
-    """Make the symbolic link `link` name `target` (relative to the link's folder when `target` is inside
-    it) atomically: a new link beside it renamed over it, so a reader sees the old or the new bundle,
-    never neither."""
+    """Make the symbolic link `link` name `target`, relative to the link's folder (so the volume holding
+    both may be mounted anywhere), atomically: a new link beside it renamed over it, so a reader sees the
+    old or the new bundle, never neither."""
     target = target.resolve()
     folder = link.parent.resolve()
-    name = os.path.relpath(target, folder) if target.is_relative_to(folder) else str(target)
+    name = os.path.relpath(target, folder)
     tmp = folder / f".{link.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(name, tmp)
     try:
@@ -193,13 +217,19 @@ def point_link(link: Path, target: Path) -> None:
         raise
 
 
-def run_link_round(link: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings = RoundSettings()) -> Round:
+def run_link_round(
+    link: Path,
+    store_dsn: str,
+    bundles_dir: Path,
+    settings: RoundSettings = RoundSettings(),
+    sign_key: Path | None = None,
+) -> Round:
     """One store -> adapt -> gate -> re-point round on the bundle the symbolic link `link` names (module
     docstring); the servers watching the link swap the candidate in themselves."""
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
     parent = link.resolve()
-    run, out = _adapt(parent, store_dsn, bundles_dir, settings)
+    run, out = _adapt(parent, store_dsn, bundles_dir, settings, sign_key)
     version = run.parent_version
     if run.accepted and run.candidate_version is not None:
         point_link(link, out)
@@ -207,12 +237,28 @@ def run_link_round(link: Path, store_dsn: str, bundles_dir: Path, settings: Roun
     return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent)
 
 
-def prune_bundles(bundles_dir: Path, keep: int, serving: Path) -> list[Path]:
+STALE_STAGING_S = 6 * 3600.0
+"""A bundle directory being written (`.adapted-*.tmp-*`) untouched this long was left by a round that was
+killed mid-write (an evicted CronJob): `prune_bundles` deletes it."""
+
+
+def prune_bundles(bundles_dir: Path, keep: int, serving: Path, *, now: float | None = None) -> list[Path]:
     """Delete the `adapted-*` bundles of `bundles_dir` older than its newest `keep` (their names carry the
-    UTC time they were written), never `serving` (resolved); keep 0 deletes nothing. Returns those
-    deleted."""
-    if keep <= 0 or not bundles_dir.is_dir():
+    UTC time they were written), never `serving` (resolved); keep 0 deletes none of them. Staged
+    directories older than STALE_STAGING_S are deleted whatever `keep` says. Returns those deleted."""
+    if not bundles_dir.is_dir():
         return []
+    now = time.time() if now is None else now
+    stale = [
+        p
+        for p in bundles_dir.iterdir()
+        if p.name.startswith(".adapted-") and ".tmp-" in p.name and p.is_dir() and not p.is_symlink()
+        if now - p.stat().st_mtime > STALE_STAGING_S
+    ]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if keep <= 0:
+        return stale
     written = sorted(
         p for p in bundles_dir.iterdir() if p.name.startswith("adapted-") and p.is_dir() and not p.is_symlink()
     )
@@ -220,7 +266,7 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path) -> list[Path]:
     old = [p for p in written[: max(len(written) - keep, 0)] if p.resolve() != serving]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
-    return old
+    return stale + old
 
 
 def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dict[str, Any]:
@@ -268,7 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=KEEP_BUNDLES,
         help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all)",
     )
-    from lmroute.service.client import add_connection_args, connection_kwargs
+    ap.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="sign each accepted candidate with this Ed25519 private key (servers run with --bundle-public-key "
+        "take only signed bundles; lmroute-export keygen makes a pair)",
+    )
+    from lmroute.service.client import add_connection_args, connection_kwargs, describe_error
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
@@ -282,6 +336,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= least):
             ap.error(f"--{flag.replace('_', '-')}: must be a number >= {least} (got {value})")
+    if args.interval_s <= 0 and not args.once:
+        ap.error(f"--interval-s: must be > 0 between rounds (got {args.interval_s}); --once runs one round")
+    if args.sign_key is not None:
+        from lmroute.bundle.signing import load_private_key
+
+        try:
+            load_private_key(args.sign_key)  # a bad key is a usage error now, not a failed round later
+        except (OSError, ValueError) as exc:
+            ap.error(f"--sign-key: {exc}")
     try:
         tenants = tenant_filters(args, several=True)
         connect = connection_kwargs(args)
@@ -297,33 +360,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         gate_reporters=tenants.gate_reporters,
         callers=tenants.callers,
     )
+    # SIGTERM (a CronJob's deadline, an eviction) unwinds like Ctrl-C: a bundle being written is removed
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     while True:
+        failed = False
         try:
             for tenant in tenants.tenants:  # in turn: each adapts the bundle the one before it left serving
                 one = dataclasses.replace(settings, tenant=tenant)
                 if args.bundle_link is not None:
-                    r = run_link_round(args.bundle_link, args.store, args.bundles_dir, one)
+                    r = run_link_round(args.bundle_link, args.store, args.bundles_dir, one, args.sign_key)
                     serving = args.bundle_link
                 else:
-                    r = run_round(args.server, args.store, args.bundles_dir, one, connect=connect)
-                    serving = r.candidate or r.parent or args.bundles_dir
+                    r = run_round(
+                        args.server, args.store, args.bundles_dir, one, connect=connect, sign_key=args.sign_key
+                    )
+                    serving = r.parent if r.swap_refused else r.candidate or r.parent or args.bundles_dir
                 print(r.to_json(), flush=True)
+                failed = failed or r.swap_refused is not None
                 prune_bundles(args.bundles_dir, args.keep_bundles, serving)
             if args.judge_budget > 0:
                 judge_dir = args.judge_dir or args.bundles_dir / "to-judge"
                 print(json.dumps({"to_judge": _judge_list(serving, args, judge_dir)}), flush=True)
         except (StoreError, ValueError, OSError) as exc:
             print(json.dumps({"error": str(exc)}), flush=True)
-            if args.once:
-                return 1
-        except Exception as exc:  # a server that cannot be reached, a refused swap: the next round retries
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
-            if args.once:
-                return 1
+            failed = True
+        except Exception as exc:  # a server that cannot be reached: the next round retries
+            print(json.dumps({"error": describe_error(exc, args.server)}), flush=True)
+            failed = True
         if args.once:
-            return 0
+            return 1 if failed else 0
         time.sleep(args.interval_s)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

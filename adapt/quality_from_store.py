@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle
+from lmroute.adapt.bundle_out import OutcomeSpan, write_quality_bundle, writing_candidate
 from lmroute.adapt.from_store import (
     CALIBRATION_PROMPTS,
     MIN_OUTCOMES,
@@ -264,18 +264,19 @@ def adapt_qualities_from_store(
         cal_scores = np.clip((cal_q[:, s] - cal_q[:, w] + 1.0) / 2.0, 0.0, 1.0)
         times = [r.time_ms for r in used]
         span = OutcomeSpan(KIND, len(used), lineage_time(min(times)), lineage_time(max(times)))
-        manifest = write_quality_bundle(
-            bundle_dir,
-            out_dir,
-            heads,
-            base_router,
-            span,
-            cal_scores,
-            overwrite=overwrite,
-            replace=True,
-            router=router,
-            tenant=tenant,
-        )
+        with writing_candidate(out_dir, report, lambda: record(False, None)):
+            manifest = write_quality_bundle(
+                bundle_dir,
+                out_dir,
+                heads,
+                base_router,
+                span,
+                cal_scores,
+                overwrite=overwrite,
+                replace=True,
+                router=router,
+                tenant=tenant,
+            )
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = int(cal_scores.size)
     record(result.accepted, candidate_version)

@@ -37,8 +37,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from lmroute.service.client import RouterClient, add_connection_args, connection_kwargs
-from lmroute.service.client_retry import error_reason
+from lmroute.service.client import RouterClient, add_connection_args, connection_kwargs, describe_error
 
 __all__ = ["main"]
 
@@ -205,9 +204,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         with client:
             answer = _run(client, args)
     except grpc.RpcError as err:
-        code = err.code()
-        reason = error_reason(err)
-        print(f"lmroute-admin: {code.name}{f' ({reason})' if reason else ''}: {err.details()}", file=sys.stderr)
+        print(f"lmroute-admin: {describe_error(err, args.server)}", file=sys.stderr)
         return 1
     except OSError as exc:  # an unreadable TLS file
         print(f"lmroute-admin: {exc}", file=sys.stderr)

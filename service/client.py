@@ -33,7 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmroute.outcomes.records import TENANT_RE
-from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
+from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, error_reason
 from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RouterClient",
     "add_connection_args",
     "connection_kwargs",
+    "describe_error",
     "paired_outcome",
     "single_outcome",
     "to_prompt",
@@ -111,6 +112,20 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tls_cert": args.cert,
         "tls_key": args.key,
     }
+
+
+def describe_error(exc: BaseException, server: str) -> str:
+    """A failed call to `server` in one line for a person: its status, reason and message, and what an
+    UNIMPLEMENTED or UNAVAILABLE most likely means (not the error's multi-line repr)."""
+    if not isinstance(exc, grpc.RpcError) or not isinstance(exc, grpc.Call):
+        return f"{type(exc).__name__}: {exc}"
+    code, reason = exc.code(), error_reason(exc)
+    said = f"{server}: {code.name}{f' ({reason})' if reason else ''}: {exc.details()}"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        said += " (the server does not serve this call to this caller: AdminService is off there, or on loopback only)"
+    elif code == grpc.StatusCode.UNAVAILABLE and not reason:
+        said += " (the server cannot be reached)"
+    return said
 
 
 # -- requests (the same for both clients) ------------------------------------------------------------

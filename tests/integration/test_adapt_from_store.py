@@ -114,6 +114,24 @@ def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Pat
     store.close()
 
 
+def test_a_candidate_that_cannot_be_written_is_recorded_as_not_adapted(parent: Path, tmp_path: Path) -> None:
+    """The gate accepts, the disk refuses (here: the output's folder is a file): the error names the step
+    and the directory, and the run is recorded (it was not: every run is)."""
+    from lmroute.adapt.bundle_out import CandidateNotWritten
+
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write([], _judged(parent, shuffled=False))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file")
+    with pytest.raises(CandidateNotWritten) as info:
+        adapt_from_store(parent, store, blocked / "adapted")
+    assert f"the accepted candidate could not be written to {blocked / 'adapted'}" in str(info.value)
+    [run] = store.adaptations()
+    assert run["accepted"] is False and run["candidate_version"] is None
+    assert run["report"]["gate"]["accepted"] is True and "could not be written" in run["report"]["error"]
+    store.close()
+
+
 def test_shuffled_outcomes_are_refused_and_nothing_is_written(parent: Path, dsn: str, tmp_path: Path) -> None:
     store = open_store(dsn)
     store.write([], _judged(parent, shuffled=True))
@@ -328,6 +346,45 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
                 routed.threshold,
                 routed.tier,
             )
+
+
+def test_the_adapt_loop_signs_its_candidates_for_a_server_that_takes_only_signed_bundles(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server run with --bundle-public-key refuses an unsigned candidate: the round says so (its
+    `swap_refused`, exit 1 with --once) instead of a raw error; with --sign-key the candidate is signed
+    and swapped in."""
+    from lmroute.adapt.loop import main as adapt_main
+    from lmroute.bundle.signing import generate_key_pair, load_private_key, sign_bundle
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    private, public = generate_key_pair(tmp_path / "keys" / "bundles")
+    served = tmp_path / "served"
+    shutil.copytree(parent, served)
+    restamp_bundle(served, default_router="mf")
+    sign_bundle(served, load_private_key(private))
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    store.close()
+    cfg = ServiceConfig(
+        bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0, bundle_public_key=str(public)
+    )
+    with ServerThread(cfg) as srv:
+        argv = ["--server", srv.target, "--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once"]
+        assert adapt_main(argv) == 1
+        refused = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert refused["accepted"] is True and refused["swap_refused"]["reason"] == "BUNDLE_INVALID"
+        assert "not signed" in refused["swap_refused"]["message"]
+        assert adapt_main([*argv, "--sign-key", str(private)]) == 0
+        done = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert done["accepted"] is True and "swap_refused" not in done
+        assert done["serving_version"] != refused["serving_version"]
+        with pytest.raises(SystemExit) as exit_:
+            adapt_main([*argv, "--sign-key", str(public)])  # a public key is no signing key: refused at once
+        assert exit_.value.code == 2 and "--sign-key: " in capsys.readouterr().err
 
 
 def _two_tenants(parent: Path, dsn: str) -> None:

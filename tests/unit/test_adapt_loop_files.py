@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from lmroute.adapt.loop import point_link, prune_bundles
+from lmroute.adapt.loop import STALE_STAGING_S, point_link, prune_bundles
 
 STAMPS = [f"adapted-20261205T0{h}0000000000Z" for h in range(7)]  # oldest first
 
@@ -25,8 +26,8 @@ def test_the_link_is_repointed_relative_and_atomically(tmp_path: Path) -> None:
     assert os.readlink(link) == STAMPS[3] and link.resolve() == (root / STAMPS[3]).resolve()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    point_link(link, elsewhere)  # outside the link's folder: an absolute target
-    assert os.readlink(link) == str(elsewhere.resolve())
+    point_link(link, elsewhere)  # outside the link's folder: still relative to it (the volume may move)
+    assert os.readlink(link) == "../elsewhere" and link.resolve() == elsewhere.resolve()
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
 
 
@@ -40,3 +41,17 @@ def test_pruning_keeps_the_newest_and_the_serving_bundle(tmp_path: Path) -> None
     assert prune_bundles(root, 3, link) == []  # nothing more to delete
     assert prune_bundles(root, 0, root / "base") == []  # 0 keeps all
     assert len(list(root.iterdir())) == 6
+
+
+def test_pruning_deletes_what_a_killed_round_left_half_written(tmp_path: Path) -> None:
+    """A round killed while writing (an evicted CronJob) leaves `.adapted-*.tmp-*`: deleted once older
+    than STALE_STAGING_S, whatever --keep-bundles says; one being written now is left alone."""
+    root = _bundles(tmp_path / "bundles")
+    left = root / ".adapted-20261205T010000000000Z.tmp-abc123"
+    writing = root / ".adapted-20261205T020000000000Z.tmp-def456"
+    for staged in (left, writing):
+        (staged / "routers").mkdir(parents=True)
+    now = time.time()
+    os.utime(left, (now - STALE_STAGING_S - 60, now - STALE_STAGING_S - 60))
+    assert prune_bundles(root, 0, root / "base", now=now) == [left]
+    assert writing.is_dir() and not left.exists() and (root / STAMPS[0]).is_dir()  # keep 0: bundles kept
