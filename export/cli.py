@@ -343,7 +343,7 @@ def _add_adaptations_command(sub: argparse._SubParsersAction) -> None:
     """adaptations (docs/ADAPTATION.md)."""
     p = sub.add_parser("adaptations", help="the adaptation runs an outcome store recorded, newest last")
     p.add_argument("--store", required=True, metavar="DSN", help="sqlite:PATH or postgresql://...")
-    p.add_argument("--last", type=int, default=10, help="the newest N runs (0: all)")
+    p.add_argument("--last", type=int, default=10, help="the newest N runs (default 10; 0: all)")
     p.add_argument("--full", action="store_true", help="each run's whole report, not its summary")
 
 

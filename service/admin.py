@@ -42,6 +42,7 @@ from lmroute.service.errors import (
     NotFound,
     NotReady,
     PermissionDenied,
+    ServiceError,
     StoreUnavailable,
     echo,
 )
@@ -120,6 +121,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         tenants: Collection[str] = (),
     ) -> None:
         self.swapper: BundleSwapper | None = None
+        self._swaps: set[asyncio.Future[Any]] = set()  # swaps running, kept referenced until done
         self.tenants = frozenset(tenants)  # the tenants callers may name (--tenants); empty: any
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
@@ -160,9 +162,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         if "\0" in request.path:
             raise InvalidArgument("path: contains a NUL character", reason="INVALID_PATH")
-        report = await swapper.reload(
-            Path(request.path) if request.path else None, allow_dropped_routers=request.allow_dropped_routers
+        swap = asyncio.ensure_future(
+            swapper.reload(
+                Path(request.path) if request.path else None, allow_dropped_routers=request.allow_dropped_routers
+            )
         )
+        self._swaps.add(swap)
+        swap.add_done_callback(self._swap_done)
+        # shielded: a caller that leaves (its deadline, a cancel) does not cut the swap off mid-load; it
+        # finishes or is refused, logged and counted, and GetBundle says which
+        report = await asyncio.shield(swap)
         return admin_pb2.ReloadBundleResponse(
             previous_version=report.previous.version,
             bundle_version=report.current.version,
@@ -173,6 +182,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             switch_seconds=report.switch_s,
             release_seconds=report.release_s,
         )
+
+    def _swap_done(self, swap: asyncio.Future[Any]) -> None:
+        self._swaps.discard(swap)
+        if swap.cancelled() or swap.exception() is None:
+            return
+        if not isinstance(swap.exception(), ServiceError):  # a refusal is logged by the swapper already
+            _log.error("bundle_swap_failed", error=repr(swap.exception()))
 
     async def GetBundle(
         self, request: admin_pb2.GetBundleRequest, context: grpc.aio.ServicerContext

@@ -549,8 +549,8 @@ class ServiceConfig:
                 f"max_streams: must be below grpc_threads ({self.grpc_threads}): each open stream holds a "
                 f"transport thread, and unary calls need one (got {self.max_streams})"
             )
-        if self.grace_s < 0:
-            raise ConfigError(f"grace_s: must be >= 0 (got {self.grace_s})")
+        if not (isinstance(self.grace_s, (int, float)) and 0 <= self.grace_s < math.inf):
+            raise ConfigError(f"grace_s: must be >= 0 and finite (got {self.grace_s!r})")
         if self.device not in _DEVICES:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

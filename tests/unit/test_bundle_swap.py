@@ -265,6 +265,31 @@ def test_one_swap_at_a_time() -> None:
     run(body)
 
 
+def test_a_swap_asked_for_by_a_caller_that_leaves_still_finishes() -> None:
+    """ReloadBundle whose caller's deadline passes mid-load: the swap goes on, is switched in and counted
+    (it was cut off silently: no swap, no refusal, nothing logged after `bundle_swap_started`)."""
+    from lmroute.service.admin import AdminServicer
+    from lmroute.v1 import admin_pb2
+
+    async def body() -> None:
+        sched, loader = make(FakeScorer(version="a")), Loader()
+        swapper = _swapper(sched, loader, _servicer())
+        admin = AdminServicer()
+        admin.attach(swapper)
+        call = asyncio.create_task(admin.ReloadBundle(admin_pb2.ReloadBundleRequest(path="/srv/gated-b"), None))
+        await until(lambda: bool(loader.loaded))
+        call.cancel()  # the caller went away
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        loader.gate.set()
+        await until(lambda: swapper.serving.version == "gated-b")
+        assert swapper.counters.swaps == 1 and sched.scorer.version == "gated-b"
+        await swapper.close()
+        await sched.close()
+
+    run(body)
+
+
 def _write_manifest(path: Path, version: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "manifest.json.tmp"

@@ -4,6 +4,7 @@ batch settings nested in `batch`, the plug-in list, exact validation messages.""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -181,7 +182,8 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
             lambda: ServiceConfig(bundle_path=Path("b"), log_level="loud"),
             "log_level: must be one of debug, info, warning, error (got 'loud')",
         ),
-        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=-1.0), "grace_s: must be >= 0 (got -1.0)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=-1.0), "grace_s: must be >= 0 and finite (got -1.0)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=math.nan), "grace_s: must be >= 0 and finite (got nan)"),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), store_linger_ms=6000),
             "store_linger_ms: must be in [0, 5000] (got 6000)",
