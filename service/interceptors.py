@@ -222,7 +222,9 @@ def _wrap_unary(
             metrics.in_flight.inc()
         with (
             CallLog(request_id=request_id, method=method),
-            tracing.call(method, request_id) if tracing is not None else contextlib.nullcontext() as span,
+            tracing.call(method, request_id, context.invocation_metadata() or ())
+            if tracing is not None
+            else contextlib.nullcontext() as span,
         ):
             try:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
@@ -256,8 +258,8 @@ def _wrap_unary(
                 AUTH_TENANT.reset(tenant_token)
                 seconds = time.perf_counter() - t0
                 count()
-                if span is not None:
-                    span.set_attribute("rpc.code", code)
+                if span is not None and tracing is not None:
+                    tracing.finish(span, code, reason)
                 ms = round(seconds * 1000, 3)
                 if code not in _SHED_CODES and not sample_all:
                     if info_enabled():

@@ -334,7 +334,9 @@ class OpenAIFront:
         request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
         with (
             CallLog(request_id=request_id, method=path),
-            self.tracing.call(path, request_id) if self.tracing is not None else contextlib.nullcontext() as span,
+            self.tracing.call(path, request_id, request.headers.items())
+            if self.tracing is not None
+            else contextlib.nullcontext() as span,
         ):
             try:
                 self._authenticate(request)
@@ -353,8 +355,8 @@ class OpenAIFront:
                 return _error(exc)
             finally:
                 AUTH_TENANT.reset(tenant_token)
-                if span is not None:
-                    span.set_attribute("rpc.code", code)
+                if span is not None and self.tracing is not None:
+                    self.tracing.finish(span, code, reason)
                 count()
 
     async def _body(self, request: web.Request) -> dict[str, Any]:

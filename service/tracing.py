@@ -1,8 +1,9 @@
 """OpenTelemetry traces (`--tracing`, off by default): one span per call, with the stages its prompts went
 through as child spans.
 
-    lmroute.rpc <method>            the call, from the interceptor (attributes: rpc.method, rpc.code,
-                                    lmroute.request_id)
+    lmroute.rpc <method>            the call, from the interceptor (attributes: rpc.system, rpc.service,
+                                    rpc.method, rpc.code, lmroute.request_id); the child of the caller's
+                                    span when its metadata (or HTTP headers) carry a W3C traceparent
       admission                     the call entered admission .. its prompts entered the queue
                                     (the refusal checks and tokenising)
       queue                         .. their batch left the queue
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from lmroute.service.batch_queue import ItemResult, StageTimes
@@ -52,17 +53,34 @@ class Tracing:
         else:
             self._tracer = trace.get_tracer("lmroute")
         self._trace = trace
+        from opentelemetry import propagate
+
+        self._propagate = propagate
 
     @contextlib.contextmanager
-    def call(self, method: str, request_id: str) -> Iterator[Any]:
-        """The span of one call, current while the handler runs; its trace id put into the call's log context
-        (`lmroute.service.logs.bind_call`: inside a `CallLog` block)."""
+    def call(self, method: str, request_id: str, carrier: Iterable[tuple[str, Any]] = ()) -> Iterator[Any]:
+        """The span of one call, current while the handler runs, the child of the caller's span when the
+        call's metadata or headers (`carrier`: (key, value) pairs) carry one (W3C `traceparent` /
+        `tracestate`, or whatever propagator the process set); its trace id put into the call's log
+        context (`lmroute.service.logs.bind_call`: inside a `CallLog` block)."""
+        headers = {str(k).lower(): v for k, v in carrier if isinstance(v, str)}
+        parent = self._propagate.extract(headers) if headers else None
         with self._tracer.start_as_current_span(
-            f"lmroute.rpc {method}", kind=self._trace.SpanKind.SERVER, attributes={"rpc.method": method}
+            f"lmroute.rpc {method}",
+            context=parent,
+            kind=self._trace.SpanKind.SERVER,
+            attributes=_rpc_attributes(method),
         ) as span:
             span.set_attribute("lmroute.request_id", request_id)
             bind_call(trace_id=format(span.get_span_context().trace_id, "032x"))
             yield span
+
+    def finish(self, span: Any, code: str, reason: str = "") -> None:
+        """Say how the call ended on its span: `rpc.code`, and status ERROR unless OK (a refusal the
+        handler answered itself, as the OpenAI front does, raises nothing the span would see)."""
+        span.set_attribute("rpc.code", code)
+        if code != "OK":
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{code} {reason}".strip()))
 
     def stages(self, results: Sequence[ItemResult | Exception]) -> None:
         """Child spans of the current call span for the stages its scored prompts went through."""
@@ -73,6 +91,14 @@ class Tracing:
         for name, start, end in _spans(times):
             span = self._tracer.start_span(name, start_time=to_ns(start))
             span.end(end_time=to_ns(end))
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    """OpenTelemetry's RPC attributes of a call: "/pkg.Service/Method" (gRPC) or an HTTP path."""
+    service, slash, name = method.lstrip("/").partition("/")
+    if slash and service and name:
+        return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    return {"rpc.system": "http", "rpc.method": method}
 
 
 def _spans(times: Sequence[StageTimes]) -> list[tuple[str, float, float]]:

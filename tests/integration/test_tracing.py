@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import structlog
 from opentelemetry import trace
@@ -23,6 +25,7 @@ from lmroute.service.errors import ConfigError
 from lmroute.service.fake_scorer import FakeScorer
 from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
+from lmroute.v1 import router_pb2
 
 STAGES = ["admission", "queue", "encode", "score"]
 
@@ -78,6 +81,40 @@ def test_route_and_score_spans_have_the_four_stages(server: ServerThread, export
         client.score([f"prompt {i}" for i in range(5)])
     _, kids = children(exporter, "/lmroute.v1.RouterService/Score")
     assert [k.name for k in kids] == STAGES
+
+
+def test_a_callers_traceparent_makes_the_call_span_its_child_with_rpc_attributes(
+    server: ServerThread, exporter: InMemorySpanExporter
+) -> None:
+    """A W3C traceparent in the call's metadata: the server's span joins the caller's trace as a child of
+    its span (it started a new trace, so a distributed trace broke at this service); a refused call's
+    span has status ERROR."""
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with RouterClient(server.target) as client:
+        client.stub.Route(
+            router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="hello"), router="mf", threshold=0.5),
+            metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),),
+            timeout=10,
+        )
+        with pytest.raises(grpc.RpcError):
+            client.route("hello", router="nope", threshold=0.5)
+    name = "lmroute.rpc /lmroute.v1.RouterService/Route"
+    deadline = time.monotonic() + 10  # a refused call's span ends just after its status went out
+    while len([s for s in exporter.get_finished_spans() if s.name == name]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    [call, refused] = [s for s in exporter.get_finished_spans() if s.name == name]
+    assert format(call.context.trace_id, "032x") == trace_id
+    assert call.parent is not None and format(call.parent.span_id, "016x") == parent_id
+    assert dict(call.attributes) | {"lmroute.request_id": ""} == {
+        "rpc.system": "grpc",
+        "rpc.service": "lmroute.v1.RouterService",
+        "rpc.method": "Route",
+        "rpc.code": "OK",
+        "lmroute.request_id": "",
+    }
+    assert refused.parent is None and refused.attributes["rpc.code"] == "NOT_FOUND"
+    assert refused.status.status_code == trace.StatusCode.ERROR
 
 
 def test_the_access_line_carries_trace_id_peer_and_decision_id(
