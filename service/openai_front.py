@@ -53,7 +53,7 @@ from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, UpstreamFailed, echo, http_status
-from lmroute.service.logs import CallLog
+from lmroute.service.logs import CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
@@ -71,6 +71,33 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
 _CHAT = "/v1/chat/completions"
 _FEEDBACK = "/v1/feedback"
+_MODELS = "/v1/models"
+_SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})  # sampled access lines, as on gRPC
+
+# an upstream's HTTP error answer as a status code, for the metrics, the access line and the span
+_UPSTREAM_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def upstream_code(status: int) -> str:
+    """The status code name an upstream's HTTP error `status` is counted under."""
+    return _UPSTREAM_CODES.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
+
+
 _ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 
@@ -229,8 +256,11 @@ class OpenAIFront:
         grace_s: float = 5.0,
         tracing: Tracing | None = None,
         fair_slots: bool = True,
+        sample_all: bool = False,
     ) -> None:
         self.servicer = servicer
+        self.sample_all = sample_all  # every request's access line sampled (--access-log sampled)
+        self._sampler = LogSampler(period_s=1.0)
         self.fair_slots = fair_slots  # an upstream's contended slots go to tenants in turn; False: first come
         self.tracing = tracing
         self.client = UpstreamClient(upstreams)
@@ -241,7 +271,7 @@ class OpenAIFront:
         self.app = web.Application(client_max_size=max_body_bytes)
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
-        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get(_MODELS, self._models)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -273,18 +303,16 @@ class OpenAIFront:
             raise Unauthenticated("unauthenticated")
         AUTH_TENANT.set(tenant)
 
-    async def _models(self, request: web.Request) -> web.Response:
-        try:
-            self._authenticate(request)
-            tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
-        except ServiceError as exc:
-            return _error(exc)
-        default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.routers
-        data = [
-            {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
-            for name in (*self.servicer.routers, *([DEFAULT] if default else []))
-        ]
-        return web.json_response({"object": "list", "data": data})
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
+            default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.routers
+            data = [
+                {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
+                for name in (*self.servicer.routers, *([DEFAULT] if default else []))
+            ]
+            return web.json_response({"object": "list", "data": data})
+
+        return await self._serve(_MODELS, request, work)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
@@ -341,7 +369,10 @@ class OpenAIFront:
             try:
                 self._authenticate(request)
                 tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
-                return await work(tenant, count)
+                answer = await work(tenant, count)
+                if answer.status >= 400:  # the upstream's own error answer, passed on as it is
+                    code, reason = upstream_code(answer.status), f"UPSTREAM_{answer.status}"
+                return answer
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason
@@ -358,6 +389,18 @@ class OpenAIFront:
                 if span is not None and self.tracing is not None:
                     self.tracing.finish(span, code, reason)
                 count()
+                self._access_line(code, reason, time.perf_counter() - t0, request.remote or "")
+
+    def _access_line(self, code: str, reason: str, seconds: float, peer: str) -> None:
+        """The request's access line, as the gRPC calls' (lmroute.service.interceptors): one per request,
+        or sampled (a line per path, code and reason a second) for shed requests and with
+        `--access-log sampled`."""
+        ms = round(seconds * 1000, 3)
+        if code not in _SHED_CODES and not self.sample_all:
+            if info_enabled():
+                _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer)
+        elif (suppressed := self._sampler.admit((code, reason))) is not None:
+            _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

@@ -297,6 +297,7 @@ class RouterServer:
                 grace_s=cfg.grace_s,
                 tracing=self.tracing,
                 fair_slots=cfg.batch.tenant_fair_share,
+                sample_all=cfg.access_log == "sampled",
             )
             self.front_tls = FrontTLS(self.tls) if self.tls is not None else None
             try:

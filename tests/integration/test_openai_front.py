@@ -22,6 +22,7 @@ import structlog
 from lmroute.service.client import RouterClient
 from lmroute.service.config import BatchPolicy
 from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.logs import configure_logging
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
 
@@ -488,6 +489,36 @@ def test_a_streamed_answer_is_counted_before_it_ends(
             assert b"data: [DONE]" in resp.read()  # read to the response's end
         seen = urllib.request.urlopen(metrics, timeout=10).read()
         assert f'lmroute_calls_total{{code="OK",method="/v1/chat/completions"}} {i}.0'.encode() in seen
+
+
+def test_every_request_is_counted_and_logged_with_the_code_of_its_answer(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An upstream's own error answer (429, 400) is counted under its code, not OK, with reason
+    UPSTREAM_<status>; GET /v1/models is counted too; each request has its access line (none had one)."""
+    import urllib.request
+
+    msgs = [{"role": "user", "content": "hello"}]
+    with FakeUpstream("busy", status=429) as busy:
+        path = _file(tmp_path, {"strong": busy, "weak": upstreams["weak"]})
+        srv, base = _front(fake_servers, path, metrics_port=0)
+        configure_logging("info")  # access lines are info lines
+        try:
+            with structlog.testing.capture_logs() as logs:
+                with pytest.raises(openai.RateLimitError):
+                    _client(base).chat.completions.create(model="router-mf-0", messages=msgs)  # strong: busy
+                _client(base).chat.completions.create(model="router-mf-1", messages=msgs)  # weak: answers
+                _client(base).models.list()
+        finally:
+            configure_logging("warning")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read()
+    chat = "/v1/chat/completions"
+    assert f'lmroute_calls_total{{code="RESOURCE_EXHAUSTED",method="{chat}"}} 1.0'.encode() in metrics
+    assert f'lmroute_refusals_total{{method="{chat}",reason="UPSTREAM_429"}} 1.0'.encode() in metrics
+    assert f'lmroute_calls_total{{code="OK",method="{chat}"}} 1.0'.encode() in metrics
+    assert b'lmroute_calls_total{code="OK",method="/v1/models"} 1.0' in metrics
+    lines = [(e["code"], e["reason"]) for e in logs if e["event"] == "rpc"]  # the method is in the call's context
+    assert lines == [("RESOURCE_EXHAUSTED", "UPSTREAM_429"), ("OK", ""), ("OK", "")]
 
 
 def _post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
