@@ -234,6 +234,24 @@ def _error(exc: BaseException) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
+@web.middleware
+async def _openai_shaped_404_405(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An unknown path or method answered as OpenAI answers errors (a JSON `error` object), not aiohttp's
+    plain-text page, so an OpenAI client reads the message."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        served = f"POST {_CHAT}, POST {_FEEDBACK}, GET {_MODELS}"
+        reason = "NOT_FOUND" if exc.status == 404 else "METHOD_NOT_ALLOWED"
+        message = f"{request.method} {request.path}: not served here (this front serves {served})"
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": reason}}
+        return web.json_response(
+            body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if exc.status == 405 else None
+        )
+
+
 def _sse_error(exc: ServiceError) -> bytes:
     """A server-sent event carrying the error of a stream that broke off after its headers went out (the
     openai client raises it as an APIError)."""
@@ -268,7 +286,7 @@ class OpenAIFront:
         self.metrics = metrics
         self.grace_s = grace_s
         self.max_body_bytes = max_body_bytes
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_shaped_404_405])
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
         self.app.router.add_get(_MODELS, self._models)

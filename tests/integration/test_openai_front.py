@@ -164,6 +164,11 @@ def test_models_list_and_bad_names(
         "model: 'router-default@0.5' asks for the default router; the serving bundle names none"
     )
     assert sum(len(u.requests) for u in upstreams.values()) == 0  # nothing bad went upstream
+    with pytest.raises(openai.NotFoundError) as missing:  # an OpenAI-shaped error, not a plain-text page
+        client.embeddings.create(model="router-mf-0.5", input="hi")
+    assert "POST /v1/embeddings: not served here" in missing.value.message
+    status, answer = _post(f"{base}/models", {})  # GET only
+    assert status == 405 and answer["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 def test_bodies_no_text_can_be_made_of_are_400_not_500(
