@@ -55,7 +55,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lmroute.service.stats import Histogram as StatsHistogram
@@ -73,7 +73,7 @@ def _buckets(h: StatsHistogram, scale: float) -> list[tuple[str, float]]:
     seen = 0
     for bound, count in zip(h.bounds, h.counts, strict=False):
         seen += count
-        buckets.append((repr(bound * scale), seen))
+        buckets.append((repr(float(f"{bound * scale:.9g}")), seen))  # 1e-05, not 9.999999999999999e-06
     buckets.append(("+Inf", h.count))
     return buckets
 
@@ -85,11 +85,44 @@ def _histogram(name: str, doc: str, h: StatsHistogram, scale: float) -> Histogra
     return family
 
 
+_SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
+    (HistogramMetricFamily, "lmroute_queue_wait_seconds"),
+    (HistogramMetricFamily, "lmroute_batch_size"),
+    (HistogramMetricFamily, "lmroute_encoder_seconds"),
+    (HistogramMetricFamily, "lmroute_score_seconds"),
+    (CounterMetricFamily, "lmroute_scheduler_events"),
+    (CounterMetricFamily, "lmroute_store_events"),
+    (GaugeMetricFamily, "lmroute_store_pending"),
+    (CounterMetricFamily, "lmroute_tenant_feedback"),
+    (GaugeMetricFamily, "lmroute_bundle_info"),
+    (CounterMetricFamily, "lmroute_auth_reloads"),
+    (GaugeMetricFamily, "lmroute_streams_open"),
+    (CounterMetricFamily, "lmroute_streams_refused"),
+    (GaugeMetricFamily, "lmroute_upstream_slots"),
+    (GaugeMetricFamily, "lmroute_upstream_requests"),
+    (CounterMetricFamily, "lmroute_tenant_calls"),
+    (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
+    (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
+    (GaugeMetricFamily, "lmroute_share_target"),
+    (GaugeMetricFamily, "lmroute_share_realised"),
+    (GaugeMetricFamily, "lmroute_share_threshold"),
+    (GaugeMetricFamily, "lmroute_spend_target_usd_per_1k"),
+    (GaugeMetricFamily, "lmroute_spend_realised_usd_per_1k"),
+    (GaugeMetricFamily, "lmroute_spend_cost_weight"),
+)
+"""Every family `_ServingCollector.collect` may yield (its `describe`: the registry learns a collector's
+names from it, and a scrape filtered by `name[]` asks for them; a test checks the list against collect)."""
+
+
 class _ServingCollector(Collector):
     """Reads the scheduler, the bundle and the targets at scrape time."""
 
     def __init__(self, serving: Callable[[], Any]) -> None:
         self._serving = serving  # -> the RouterServer (its scheduler, servicer and targets)
+
+    def describe(self) -> Iterator[Any]:
+        for family, name in _SCRAPE_TIME_FAMILIES:
+            yield family(name, "")
 
     def collect(self) -> Iterator[Any]:
         server = self._serving()

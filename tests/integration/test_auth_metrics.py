@@ -266,11 +266,26 @@ def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(
     assert port
     with RouterClient(srv.target, token=OPEN_TOKEN) as client:
         client.route("hello", router="mf")  # a share controller and a call: every family has a sample
-    families = set(re.findall(r"^# TYPE (\S+) ", scrape(port), re.M))
+    text = scrape(port)
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     suffixes = ("_bucket", "_sum", "_count", "_total")
     for name in sorted(used):
         family = next((name[: -len(s)] for s in suffixes if name.endswith(s) and name[: -len(s)] in families), name)
         assert family in families or name in families, f"the dashboard reads {name}, which the server does not export"
+    bounds = re.findall(r'^lmroute_queue_wait_seconds_bucket\{le="([^"]+)"\}', text, re.M)
+    noise = [b for b in bounds if "9999999" in b or "0000000" in b]  # 9.999999999999999e-06 for 1e-05
+    assert bounds and not noise, noise
+    # the families read at scrape time are described, so a scrape asking for some by name[] gets them
+    from lmroute.service.metrics import _SCRAPE_TIME_FAMILIES
+
+    described = {name for _, name in _SCRAPE_TIME_FAMILIES}
+    written = {"lmroute_calls", "lmroute_call_seconds", "lmroute_in_flight_calls", "lmroute_refusals"}
+    exported = {f.removesuffix("_total") for f in families if not f.endswith("_created")}
+    assert exported - written <= described, exported - written - described
+    for name in ("lmroute_bundle_info", "lmroute_scheduler_events_total", "lmroute_calls_total"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?name[]={name}", timeout=10) as resp:
+            filtered = resp.read().decode()
+        assert re.search(rf"^{name}\{{", filtered, re.M), (name, filtered)
 
 
 def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
