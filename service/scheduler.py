@@ -87,7 +87,14 @@ from lmroute.service.errors import (
 )
 from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
-from lmroute.service.tenant_counts import ADMITTED, REFUSED_DEADLINE, REFUSED_OVERLOAD, REFUSED_QUEUE_FULL, TenantCounts
+from lmroute.service.tenant_counts import (
+    ADMITTED,
+    REFUSED_DEADLINE,
+    REFUSED_OVERLOAD,
+    REFUSED_QUEUE_FULL,
+    TenantCounts,
+    TenantLabels,
+)
 
 __all__ = ["BatchPolicy", "ItemResult", "Scheduler", "SchedulerStats", "prompt_problem"]
 
@@ -152,14 +159,21 @@ class Scheduler(Generic[T]):
     """Admission, queue and batching worker in front of one Scorer. Create, `start()`, `close()`."""
 
     def __init__(
-        self, scorer: Scorer[T], policy: BatchPolicy | None = None, *, scoring_cpus: frozenset[int] = frozenset()
+        self,
+        scorer: Scorer[T],
+        policy: BatchPolicy | None = None,
+        *,
+        scoring_cpus: frozenset[int] = frozenset(),
+        tenant_labels: TenantLabels | None = None,
     ) -> None:
         """`scoring_cpus`: pin the scoring thread to these CPUs (lmroute.service.cpus; empty: no pinning;
-        batches scored inline run on the event loop's thread, not the scoring thread)."""
+        batches scored inline run on the event loop's thread, not the scoring thread); `tenant_labels`: the
+        metrics' tenant labels, shared with the server's other per-tenant families (None: its own)."""
         self.scorer = scorer
         self.policy = policy or BatchPolicy()
         self.stats = SchedulerStats()
-        self.tenant_counts = TenantCounts(self.policy.metrics_tenants)  # calls admitted / refused per tenant
+        # calls admitted / refused per tenant
+        self.tenant_counts = TenantCounts(self.policy.metrics_tenants, labels=tenant_labels)
         self.timings = ServerTimings()
         self._admission = Admission(self.policy.max_queue, recent_s=self.policy.queue_timeout_ms / 1000.0)
         self.rate = ServiceRate()

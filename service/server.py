@@ -437,7 +437,12 @@ class RouterServer:
         if self.config.switch_interval_us:  # process-wide, as the interpreter lock is
             sys.setswitchinterval(self.config.switch_interval_us / 1e6)
             _log.info("switch interval set", us=self.config.switch_interval_us)
-        scheduler = Scheduler(scorer, self.config.batch, scoring_cpus=scoring_cpus)
+        scheduler = Scheduler(
+            scorer,
+            self.config.batch,
+            scoring_cpus=scoring_cpus,
+            tenant_labels=self.servicer.feedback_counts.labels,  # one label per tenant in every family
+        )
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))

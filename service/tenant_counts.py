@@ -27,6 +27,7 @@ __all__ = [
     "REFUSED_QUEUE_FULL",
     "WAIT_BOUNDS_S",
     "TenantCounts",
+    "TenantLabels",
 ]
 
 # what happened to a call, in the order of a tenant's counts (`add`'s `event` is the index)
@@ -37,34 +38,56 @@ OTHER = "(other)"  # tenants beyond the limit
 WAIT_BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class TenantCounts:
-    """Per tenant, how many calls had each of `events` (the scheduler's `EVENTS` by default); at most
-    `limit` named tenants apart, the rest as OTHER, calls naming none as NONE."""
+class TenantLabels:
+    """The label each tenant is counted under: its name for the first `limit` named tenants seen, OTHER
+    for any further one, NONE for calls naming none. One instance is shared by every per-tenant family
+    (calls, waits, Feedback results), so a tenant has the same label in each and they join."""
 
-    def __init__(self, limit: int, events: tuple[str, ...] = EVENTS) -> None:
+    def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1 (got {limit})")
         self.limit = limit
+        self._named: set[str] = set()
+
+    def assign(self, tenant: str) -> str:
+        """`tenant`'s label, taking one of the `limit` places when it has none yet and one is free."""
+        if not tenant:
+            return NONE
+        if tenant in self._named:
+            return tenant
+        if len(self._named) < self.limit:
+            self._named.add(tenant)
+            return tenant
+        return OTHER
+
+    def label(self, tenant: str) -> str:
+        """`tenant`'s label, taking no place."""
+        return NONE if not tenant else tenant if tenant in self._named else OTHER
+
+
+class TenantCounts:
+    """Per tenant, how many calls had each of `events` (the scheduler's `EVENTS` by default), under the
+    labels `labels` gives (a TenantLabels of `limit` places of its own, or one shared with other
+    families)."""
+
+    def __init__(self, limit: int, events: tuple[str, ...] = EVENTS, labels: TenantLabels | None = None) -> None:
+        self.labels = labels if labels is not None else TenantLabels(limit)
+        self.limit = self.labels.limit
         self.events = events
         self._counts: dict[str, list[int]] = {}
         self._waits: dict[str, Histogram] = {}  # label -> its prompts' queue waits, seconds
 
     def add(self, tenant: str, event: int, n: int = 1) -> None:
         """`n` calls of `tenant` ("" = none named) had `events[event]`."""
-        key = tenant or NONE
+        key = self.labels.assign(tenant)
         row = self._counts.get(key)
         if row is None:
-            if key != NONE and len(self._counts) - (NONE in self._counts) >= self.limit:
-                key = OTHER
-                row = self._counts.get(OTHER)
-            if row is None:
-                row = self._counts[key] = [0] * len(self.events)
+            row = self._counts[key] = [0] * len(self.events)
         row[event] += n
 
     def label(self, tenant: str) -> str:
         """The label `tenant`'s calls are counted under."""
-        key = tenant or NONE
-        return key if key == NONE or key in self._counts else OTHER
+        return self.labels.label(tenant)
 
     def observe_wait(self, tenant: str, seconds: float, n: int = 1) -> None:
         """`n` prompts of an admitted call of `tenant` waited `seconds` each in the queue."""

@@ -308,6 +308,9 @@ def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_
     with RouterClient(srv.target, token=BATCH_TOKEN) as batch:  # bound to tenant batch
         codes = [r.reason for r in batch.feedback([report, report, bad]).results]
     assert codes == ["", "DUPLICATE", "INVALID_OUTCOME"]  # batch's own outcome: stored, then a duplicate
+    scheduler = srv.server.scheduler
+    assert scheduler is not None  # the calls' and the Feedback results' tenants share their labels
+    assert scheduler.tenant_counts.labels is srv.server.servicer.feedback_counts.labels
     text = scrape(port)
     family = "lmroute_tenant_feedback_total"
     assert sample(text, family, tenant="(none)", result="stored") == 1

@@ -51,3 +51,21 @@ def test_queue_waits_go_under_the_tenants_labels_and_snapshots_are_copies() -> N
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="limit must be >= 1"):
         TenantCounts(0)
+
+
+def test_families_sharing_labels_count_a_tenant_under_one_label() -> None:
+    """Feedback results and calls keep one list of the first tenants seen: a tenant first seen reporting
+    outcomes keeps its name in the calls' counts too, and one beyond the limit is (other) in both (each
+    family kept its own list, so the labels of one tenant differed and the families could not be joined)."""
+    from lmroute.service.tenant_counts import TenantLabels
+
+    labels = TenantLabels(2)
+    feedback = TenantCounts(2, events=("stored",), labels=labels)
+    calls = TenantCounts(2, labels=labels)
+    feedback.add("reporterA", 0)
+    feedback.add("reporterB", 0)
+    calls.add("appX", ADMITTED)
+    feedback.add("appX", 0)
+    calls.add("reporterA", ADMITTED)
+    assert dict(calls.snapshot()) == {OTHER: (1, 0, 0, 0), "reporterA": (1, 0, 0, 0)}
+    assert dict(feedback.snapshot()) == {"reporterA": (1,), "reporterB": (1,), OTHER: (1,)}
