@@ -94,10 +94,12 @@ _POSTGRES = _Dialect(
 
 def redact_dsn(dsn: str) -> str:
     """`dsn` with any password replaced by ***, for messages and logs: in the user part
-    (`postgresql://user:PASSWORD@host`) and as a query parameter (`?password=PASSWORD`, which libpq
-    takes too)."""
+    (`postgresql://user:PASSWORD@host`), as a query parameter (`?password=PASSWORD`, which libpq
+    takes too) and as a libpq keyword (`host=h password=PASSWORD`, quoted or not: not a DSN this
+    store takes, but one a user may give, and the refusal repeats it)."""
     dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", dsn, flags=re.IGNORECASE)
+    dsn = re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", dsn, flags=re.IGNORECASE)
+    return re.sub(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", r"\1***", dsn, flags=re.IGNORECASE)
 
 
 def _now_ms() -> int:

@@ -285,6 +285,14 @@ def test_the_store_dsns_password_is_never_logged(dsn: str, logged: str) -> None:
     assert ServiceConfig(bundle_path=Path("b"), store=dsn).redacted()["store"] == logged
 
 
+def test_a_libpq_keyword_dsn_is_refused_without_repeating_its_password() -> None:
+    """`host=... password=...` is not a DSN the store takes; the refusal names it with the password out."""
+    for dsn in ("host=127.0.0.1 port=5432 password=S3cret dbname=x", "host=h password='S3 cr\\'et' user=u"):
+        with pytest.raises(ConfigError) as info:
+            ServiceConfig(bundle_path=Path("b"), store=dsn)
+        assert "S3" not in str(info.value) and "password=***" in str(info.value), str(info.value)
+
+
 def test_tokens_that_hold_no_token_are_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tokens file of comments and blank lines, or an empty variable: refused with the other settings
     (it was a traceback at startup)."""
