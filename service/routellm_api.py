@@ -290,7 +290,23 @@ class _InProcess:
 
 
 class Controller:
-    """RouteLLM's Controller, routed by a running lmroute-serve or a bundle in process (module docstring)."""
+    """RouteLLM's Controller, routed by a running lmroute-serve or a bundle in process.
+
+    `Controller(routers, strong_model, weak_model, config=None, api_base=None, api_key=None,
+    progress_bar=False, *, target=None, token=None, tls_ca=None, tenant=None, timeout_s=600.0,
+    bundle=None)`: `routers` the router names calls may use (each served, or `default`); the two models
+    the answer goes to (LiteLLM-style names: `<provider>/<name>` or an OpenAI model); `api_base` /
+    `api_key` for every model call (else each provider's variables); `target` the server (default
+    LMROUTE_TARGET, else 127.0.0.1:50051), `token` its bearer token (default LMROUTE_TOKEN), `tls_ca` its
+    CA certificate, `tenant` the tenant named in every call; `timeout_s` each model call's timeout;
+    `bundle` a bundle directory to decide in this process instead of a server. `config` and
+    `progress_bar` are RouteLLM's, accepted and not used.
+
+    Calls: `chat.completions.create(model="router-mf-0.116", messages=[...])` (or `completion`),
+    `acreate` / `acompletion`, `route(prompt, router, threshold)`, `batch_calculate_win_rate(prompts,
+    router)`, `feedback(routing, quality)`, `model_counts`; `close()`, or use it in a `with` block.
+    Errors: RoutingError (`code`, `reason` when the server refused), UpstreamError for the model's
+    endpoint. The module docstring says where each model is sent and what differs from RouteLLM."""
 
     def __init__(
         self,
