@@ -36,7 +36,6 @@ on the tenant's recent decisions.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -328,16 +327,20 @@ def adapt_from_store(
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }
-    if len(used) < MIN_OUTCOMES:
-        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+
+    def record(accepted: bool, candidate: str | None) -> None:
         store.record_adaptation(
             parent_version=bundle.version,
-            candidate_version=None,
+            candidate_version=candidate,
             kind=kind,
             n_outcomes=len(used),
-            accepted=False,
+            accepted=accepted,
             report=report,
         )
+
+    if len(used) < MIN_OUTCOMES:
+        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+        record(False, None)
         return AdaptRun(False, kind, len(used), bundle.version, None, report)
     unseen = unseen_by(bundle, champion, [r.time_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
@@ -399,16 +402,7 @@ def adapt_from_store(
         span = OutcomeSpan(
             kind, len(used), lineage_time(int(feats.time_ms.min())), lineage_time(int(feats.time_ms.max()))
         )
-        not_adapted = functools.partial(
-            store.record_adaptation,
-            parent_version=bundle.version,
-            candidate_version=None,
-            kind=kind,
-            n_outcomes=len(used),
-            accepted=False,
-            report=report,
-        )
-        with writing_candidate(out_dir, report, not_adapted):
+        with writing_candidate(out_dir, report, lambda: record(False, None)):
             manifest = write_adapted_bundle(
                 bundle_dir,
                 out_dir,
@@ -425,14 +419,7 @@ def adapt_from_store(
             )
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = len(cal.kept)
-    store.record_adaptation(
-        parent_version=bundle.version,
-        candidate_version=candidate_version,
-        kind=kind,
-        n_outcomes=len(used),
-        accepted=result.accepted,
-        report=report,
-    )
+    record(result.accepted, candidate_version)
     return dataclasses.replace(
         AdaptRun(result.accepted, kind, len(used), bundle.version, candidate_version), report=report
     )
