@@ -131,7 +131,7 @@ def describe_error(exc: BaseException, server: str) -> str:
 # -- requests (the same for both clients) ------------------------------------------------------------
 
 
-def _names(value: Iterable[Any], what: str) -> list[Any]:
+def _as_list(value: Iterable[Any], what: str) -> list[Any]:
     """`value` as a list; TypeError when it is one string (whose characters would each be taken as one)."""
     if isinstance(value, str | bytes):
         raise TypeError(f"{what}: expected a sequence, got one {type(value).__name__} ({what}=[{value!r}]?)")
@@ -139,9 +139,9 @@ def _names(value: Iterable[Any], what: str) -> list[Any]:
 
 
 def score_request(prompts: Iterable[PromptLike], routers: Iterable[str] = ()) -> router_pb2.ScoreRequest:
-    texts = _names(prompts, "prompts")
+    given = _as_list(prompts, "prompts")
     return router_pb2.ScoreRequest(
-        prompts=[to_prompt(p, name=f"prompts[{i}]") for i, p in enumerate(texts)], routers=_names(routers, "routers")
+        prompts=[to_prompt(p, name=f"prompts[{i}]") for i, p in enumerate(given)], routers=_as_list(routers, "routers")
     )
 
 
@@ -175,7 +175,7 @@ def route_among_request(
         router=router,
         candidates=[
             c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c)
-            for c in _names(candidates, "candidates")
+            for c in _as_list(candidates, "candidates")
         ],
     )
     for rule, value in rules.items():
