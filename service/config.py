@@ -716,10 +716,9 @@ class ServiceConfig:
         return self.reflection == "on" or (self.reflection == "auto" and not self.auth_enabled)
 
     @property
-    def admin_enabled(self) -> bool:
-        """Whether AdminService is served: `admin_service` on, or loopback with a loopback `host`."""
-        if self.admin_service != "loopback":
-            return self.admin_service == "on"
+    def loopback_bind(self) -> bool:
+        """Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost): only this host's processes
+        reach the port."""
         host = self.host.strip("[]")
         if host == "localhost":
             return True
@@ -727,6 +726,13 @@ class ServiceConfig:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether AdminService is served: `admin_service` on, or loopback with a loopback `host`."""
+        if self.admin_service != "loopback":
+            return self.admin_service == "on"
+        return self.loopback_bind
 
     def redacted(self) -> dict[str, Any]:
         """The leaf settings as a flat dict for logs; the store DSN's password replaced by ***."""

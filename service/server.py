@@ -124,16 +124,21 @@ def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
     ]
 
 
-def transport_for(bundle: Path) -> str:
+def transport_for(bundle: Path, loopback: bool = True) -> str:
     """`--transport auto`: threads for a bundle whose manifest names a static encoder (its calls cost
-    microseconds: the transport decides the rate), else aio. A manifest that cannot be read gives aio;
-    loading the bundle then says what is wrong with it."""
+    microseconds: the transport decides the rate) served on a loopback bind, else aio. Off loopback, aio:
+    on threads a caller that opens calls and never sends their request holds a transport thread each
+    until its deadline (gRPC's synchronous server waits for the message on the thread), so
+    `--grpc-threads` such calls would keep every other caller out, health probes included; grpc.aio
+    waits without a thread. A manifest that cannot be read gives aio; loading the bundle then says what
+    is wrong with it."""
     from lmroute.bundle.loader import read_manifest
 
     try:
-        return "threads" if read_manifest(bundle).encoder.kind == "static" else "aio"
+        static = read_manifest(bundle).encoder.kind == "static"
     except Exception:
         return "aio"
+    return "threads" if static and loopback else "aio"
 
 
 ScorerFactory = Callable[[ServiceConfig], Scorer[Any]]
@@ -250,7 +255,7 @@ class RouterServer:
             streams=self.streams,
             sample_all=cfg.access_log == "sampled",
         )
-        self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path)
+        self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path, cfg.loopback_bind)
         server: Transport = (
             ThreadTransport(
                 grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop(), self.streams

@@ -83,6 +83,10 @@ def client(server: ServerThread) -> Iterator[RouterClient]:
 def test_auto_transport_serves_a_static_bundle_on_threads(server: ServerThread, tmp_path: Path) -> None:
     assert server.server.config.transport == "auto" and server.server.transport == "threads"
     assert transport_for(tmp_path) == "aio"  # no manifest to read: loading will say what is wrong
+    # off loopback a static bundle is served on grpc.aio: a caller opening calls without sending their
+    # request would hold a thread each on the thread transport and keep every other caller out
+    assert transport_for(server.server.config.bundle_path, loopback=False) == "aio"
+    assert transport_for(server.server.config.bundle_path, loopback=True) == "threads"
 
 
 def test_manifest_says_how_the_table_was_made(bundle: Bundle, exported_encoder_dir: Path) -> None:

@@ -218,3 +218,46 @@ def test_streams_past_max_streams_are_refused_and_route_keeps_its_threads(
         assert next(again).status == health_pb2.HealthCheckResponse.SERVING
         for stream in (*streams, again):
             stream.cancel()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_calls_that_never_send_their_request_hold_the_thread_pool_only_on_threads(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    """A caller that opens calls and never sends their request message: on threads each holds a
+    transport thread until its deadline (gRPC's synchronous server waits for the message there), so
+    `grpc_threads` of them keep every other caller out, health probes included; grpc.aio waits without a
+    thread and answers the others. Hence `--transport auto` takes threads on a loopback bind only."""
+    threads = 6
+    srv = fake_servers(transport=transport, grpc_threads=threads, max_streams=2)
+    with grpc.insecure_channel(srv.target) as held_channel, grpc.insecure_channel(srv.target) as ch:
+        gate = threading.Event()  # request iterators that yield nothing: the call is open, no message comes
+
+        def nothing() -> Any:
+            gate.wait(60)
+            return
+            yield  # pragma: no cover (a generator that ends without a message)
+
+        send_nothing = held_channel.stream_unary(
+            "/lmroute.v1.RouterService/Route",
+            request_serializer=router_pb2.RouteRequest.SerializeToString,
+            response_deserializer=router_pb2.RouteResponse.FromString,
+        )
+        never_sent = [send_nothing.future(nothing(), timeout=60) for _ in range(threads + 2)]
+        time.sleep(0.5)  # the server has taken them
+        health = health_pb2_grpc.HealthStub(ch)
+        try:
+            if transport == "aio":
+                assert (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
+                assert router_pb2_grpc.RouterServiceStub(ch).Route(_route("still"), timeout=10).router == "mf"
+            else:
+                with pytest.raises(grpc.RpcError) as locked_out:
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert locked_out.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            gate.set()
+            for call in never_sent:
+                call.cancel()
