@@ -63,7 +63,9 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import re
 import time
+import unicodedata
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -103,10 +105,29 @@ _log = structlog.get_logger("lmroute.scheduler")
 T = TypeVar("T")
 
 
+# a character that is not whitespace nor one of the common invisible ones (C0/C1 controls, soft hyphen,
+# zero-width and direction marks, word joiners, byte-order mark): the first one `_blank` looks at
+_SEEN = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202f\u205f-\u206f\ufeff]")
+
+
+def _blank(text: str) -> bool:
+    """Whether `text` holds nothing but separators and control, format, private-use or unassigned
+    characters (Unicode categories Z* and C*). A regular expression finds the first other candidate at
+    C speed; only a text whose first candidate is itself such a character is read on in Python."""
+    found = _SEEN.search(text)
+    if found is None:
+        return True
+    if unicodedata.category(found.group())[0] not in "CZ":
+        return False
+    return all(unicodedata.category(c)[0] in "CZ" for c in text[found.start() :])
+
+
 def prompt_problem(name: str, text: str, max_chars: int) -> InvalidArgument | None:
-    """Why no router scores the prompt `text` (named `name` in the message): empty or blank, or longer
-    than `max_chars` characters; None when it may be scored."""
-    if not text.strip():
+    """Why no router scores the prompt `text` (named `name` in the message): empty or blank (nothing but
+    separators and control, format, private-use or unassigned characters: zero-width spaces, NUL, a
+    byte-order mark, which the tokenizer drops, leaving the encoder nothing to read), or longer than
+    `max_chars` characters; None when it may be scored."""
+    if _blank(text):
         return InvalidArgument(f"{name}: empty prompt", reason="EMPTY_PROMPT")
     if len(text) > max_chars:
         return InvalidArgument(

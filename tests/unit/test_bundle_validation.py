@@ -92,6 +92,18 @@ def test_pristine_bundle_loads(bundle_dir: Path) -> None:
     assert bundle.version.startswith("20261128-")
 
 
+def test_shares_0_and_1_are_never_and_always_strong(bundle_dir: Path) -> None:
+    """The calibration table's end points are thresholds a prompt scoring beyond them crosses: share 0
+    routed such a prompt strong. 0 and 1 are inf and 0.0 (scores lie in [0, 1])."""
+    import math
+
+    bundle = load_bundle(bundle_dir)
+    for name in bundle.routers:
+        assert bundle.threshold_for_share(name, 0.0) == math.inf and bundle.threshold_for_share(name, 1) == 0.0
+        inner = bundle.threshold_for_share(name, 0.5)
+        assert 0.0 <= inner <= 1.0 and math.isfinite(inner)
+
+
 def test_a_kind_that_says_it_predicts_qualities_must_load_routers_that_do(
     bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -156,6 +156,28 @@ def test_deadline_shorter_than_queue_wait_never_reaches_scorer() -> None:
     run(body)
 
 
+@pytest.mark.parametrize(
+    ("text", "blank"),
+    [
+        ("   ", True),
+        ("\u200b\u200b", True),  # zero-width spaces: the tokenizer drops them, [CLS] [SEP] were scored
+        ("\x00", True),
+        ("\ufeff \t", True),
+        ("\ue000", True),  # private use
+        ("\u200bhi", False),
+        ("\ue000x", False),
+        ("中文", False),
+        ("😀", False),
+        ("é", False),
+    ],
+)
+def test_a_prompt_of_only_invisible_characters_is_empty(text: str, blank: bool) -> None:
+    from lmroute.service.scheduler import prompt_problem
+
+    problem = prompt_problem("prompt", text, 100)
+    assert (problem is not None and problem.reason == "EMPTY_PROMPT") == blank, repr(text)
+
+
 def test_one_invalid_among_16_gives_15_ok() -> None:
     async def body() -> None:
         scorer = FakeScorer()
