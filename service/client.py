@@ -61,6 +61,14 @@ def to_prompt(prompt: PromptLike, *, all_user_turns: bool = False, name: str = "
     TypeError naming `name` (and the turn) for anything else."""
     if isinstance(prompt, router_pb2.Prompt):
         return prompt
+    try:
+        return _wire_prompt(prompt, all_user_turns, name)
+    except UnicodeEncodeError as exc:  # protobuf takes only text that encodes as UTF-8
+        bad = exc.object[exc.start : exc.end]
+        raise ValueError(f"{name}: holds an unpaired surrogate ({bad!a}), not text") from None
+
+
+def _wire_prompt(prompt: PromptLike, all_user_turns: bool, name: str) -> router_pb2.Prompt:
     if isinstance(prompt, str):
         return router_pb2.Prompt(text=prompt)
     if not isinstance(prompt, Sequence) or isinstance(prompt, bytes | bytearray):

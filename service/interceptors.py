@@ -81,8 +81,11 @@ def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callabl
 def _malformed(request: Malformed, context: grpc.aio.ServicerContext, method: str) -> InvalidArgument:
     """Log the undecodable request once and the InvalidArgument it is answered with."""
     _log.warning("malformed_request", peer=context.peer(), bytes=request.n_bytes, error=request.error)
+    why = request.error.rpartition(": ")[2] if request.error.startswith("DecodeError") else ""
+    said = f" ({why}: a string field that is not UTF-8 fails the whole message)" if "UTF-8" in why else ""
+    said = said or (f" ({why})" if why else "")
     return InvalidArgument(
-        f"request: {request.n_bytes} bytes that do not decode as the request message of {method}",
+        f"request: {request.n_bytes} bytes that do not decode as the request message of {method}{said}",
         reason="MALFORMED_REQUEST",
     )
 

@@ -196,6 +196,7 @@ class RouterServer:
             ),
             tenant_header=config.tenant_header,
             tenants=config.tenants,
+            max_message_bytes=config.max_message_bytes,
             prices=load_models_file(Path(config.models_file)) if config.models_file else None,
             expected_output_tokens=config.expected_output_tokens,
             tracing=self.tracing,

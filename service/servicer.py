@@ -112,8 +112,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         expected_output_tokens: int = 256,
         tracing: Tracing | None = None,
         metrics_tenants: int = 64,
+        max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.max_prompts_per_request = max_prompts_per_request
+        self.max_message_bytes = max_message_bytes  # the largest answer gRPC sends
         self.max_turns = max_turns
         self.max_request_chars = max_request_chars
         self.max_router_names = max_router_names
@@ -279,6 +281,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 item.status.code = int(info.code)
                 item.status.reason = info.reason
                 item.status.message = info.message
+        size = response.ByteSize()
+        if size > self.max_message_bytes:  # gRPC would refuse to send it: say why, and record nothing
+            raise InvalidArgument(
+                f"the answer would be {size} bytes, over max_message_bytes ({self.max_message_bytes}): send "
+                "fewer prompts or routers a call",
+                reason="RESPONSE_TOO_LARGE",
+            )
         self._record(decisions)
         return response
 

@@ -545,6 +545,9 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert dashed.returncode == 0 and len(dashed.stdout.splitlines()) == 1, dashed.stderr
     tenant = run(go, "route", *addr, "--tenant", "a\nb", "--threshold", "0.5", "hi")
     assert tenant.returncode == 2 and "--tenant: only printable ASCII may be sent (character 2 is not)" in tenant.stderr
+    # a prompt that is not UTF-8 is a bad argument, named (it failed as an INTERNAL marshaling error)
+    not_text = subprocess.run([*go, "score", *addr, "fine", b"hello \xff there"], capture_output=True, timeout=60)
+    assert not_text.returncode == 2 and b"argument 2" in not_text.stderr and b"is not UTF-8 text" in not_text.stderr
 
 
 @pytest.mark.parametrize("name", CLIENT_NAMES)

@@ -386,6 +386,19 @@ def test_message_one_byte_over_limit_is_refused_then_next_call_ok(
     assert ok.results[0].status.code == 0
 
 
+def test_an_answer_over_the_message_limit_is_refused_naming_the_limit(make_server: Callable[..., ServerThread]) -> None:
+    """40 short prompts under every router answer more than max_message_bytes 1024: refused as such,
+    INVALID_ARGUMENT (RESPONSE_TOO_LARGE, no retry can succeed), where gRPC itself failed the call
+    RESOURCE_EXHAUSTED after the work, which clients retried and the access line counted OK."""
+    srv = make_server(max_message_bytes=1024)
+    with RouterClient(srv.target, max_message_bytes=1 << 20) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Score(_req(*(f"p{i}" for i in range(40))), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(e.value)[0] == "RESPONSE_TOO_LARGE"
+        assert "over max_message_bytes (1024): send fewer prompts or routers a call" in (e.value.details() or "")
+        assert c.stub.Score(_req("p0", "p1"), timeout=10).results[1].status.code == 0
+
+
 def test_route_policies_and_argument_errors(fake: FakeScorer, make_server: Callable[..., ServerThread]) -> None:
     srv = make_server()
     s = FakeScorer.score_one("mf", "hello")

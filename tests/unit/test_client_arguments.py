@@ -72,6 +72,14 @@ def test_a_prompt_of_another_type_is_named(prompt: Any, message: str) -> None:
     assert message in str(info.value)
 
 
+def test_a_prompt_that_is_not_text_is_named() -> None:
+    with RouterClient(NOWHERE) as client:
+        with pytest.raises(ValueError, match=r"prompts\[1\]: holds an unpaired surrogate \('\\ud800'\), not text"):
+            client.score(["ok", "bad \ud800 x"])
+        with pytest.raises(ValueError, match=r"prompt: holds an unpaired surrogate"):
+            client.route([{"role": "user", "content": "\udfff"}])
+
+
 def test_the_asyncio_client_belongs_to_the_loop_it_was_made_on() -> None:
     with pytest.raises(RuntimeError, match="make it inside a coroutine on the event loop that will use it"):
         AsyncRouterClient(NOWHERE)

@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unicode/utf8"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -168,7 +169,24 @@ func parse(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("%w: %s comes after an argument: flags go before the arguments (-- before an argument that starts with -)", errUsage, a)
 		}
 	}
-	return nil
+	return utf8Only(fs)
+}
+
+// utf8Only refuses an argument or flag value that is not UTF-8 text: gRPC's string fields carry only
+// that, and the call would fail as an INTERNAL marshaling error that names nothing.
+func utf8Only(fs *flag.FlagSet) error {
+	for i, a := range fs.Args() {
+		if !utf8.ValidString(a) {
+			return fmt.Errorf("%w: argument %d (%q) is not UTF-8 text", errUsage, i+1, a)
+		}
+	}
+	var bad error
+	fs.Visit(func(f *flag.Flag) {
+		if v := f.Value.String(); bad == nil && !utf8.ValidString(v) {
+			bad = fmt.Errorf("%w: -%s %q is not UTF-8 text", errUsage, f.Name, v)
+		}
+	})
+	return bad
 }
 
 // given reports whether the flag `name` was set on the command line.
