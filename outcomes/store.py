@@ -177,10 +177,20 @@ class OutcomeStore:
     # ---- plumbing -------------------------------------------------------------------------------------
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._dialect is not _SQLITE:
+            params = [_without_nul(p) for p in params]
         try:
             return self._conn.execute(self._dialect.sql(sql), tuple(params))
         except self._db_errors as exc:
             raise StoreError(f"store {self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def answers(self) -> bool:
+        """Whether the database answers a trivial query now (after a failed write: was it the data?)."""
+        try:
+            self._exec("SELECT 1").fetchone()
+        except Exception:
+            return False
+        return True
 
     def _begin(self) -> None:
         self._exec("BEGIN IMMEDIATE" if self._dialect is _SQLITE else "BEGIN")
@@ -554,7 +564,10 @@ class OutcomeStore:
                 n = 0
                 while batch := rows.fetchmany(chunk):
                     writer = other._conn.cursor()
-                    writer.executemany(insert, [tuple(_portable(v) for v in r) for r in batch])
+                    to_pg = other._dialect is not _SQLITE
+                    writer.executemany(
+                        insert, [tuple(_without_nul(_portable(v)) if to_pg else _portable(v) for v in r) for r in batch]
+                    )
                     n += len(batch)
                 copied[table] = n
         return copied
@@ -690,6 +703,13 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _without_nul(value: Any) -> Any:
+    """A text PostgreSQL takes: its text type holds no NUL character, which becomes U+FFFD (a prompt holding
+    one failed its decision's write, and the writer retried it before every later one: the store took
+    nothing more). The prompt's hash is of the text as sent."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
 def _portable(value: Any) -> Any:

@@ -267,6 +267,8 @@ class StoreWriter:
         except Exception as exc:
             self.stats.failed_commits += 1
             _log.error("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))
+            if decisions and not self._closing:
+                decisions = self._without_refused(decisions)
             with self._cond:
                 if self._closing:  # no later round: say what is lost instead of retrying forever
                     self.stats.decisions_dropped += len(decisions)
@@ -286,6 +288,32 @@ class StoreWriter:
         for job in jobs:
             job.future.set_result(verdicts[start : start + len(job.outcomes)])
             start += len(job.outcomes)
+
+    def _without_refused(self, decisions: list[Decision]) -> list[Decision]:
+        """After a failed round, while the store still answers (so the data failed, not the connection):
+        each decision written alone; one it refuses is dropped, counted and logged, so that a row it
+        cannot hold does not fail every later round, Feedback with it. The rest, when the store does not
+        answer: all of them, to be retried."""
+        try:
+            store = self._open()
+        except Exception:
+            return decisions  # the store is away: retried as they are
+        try:
+            if not store.answers():
+                return decisions
+            left: list[Decision] = []
+            for i, d in enumerate(decisions):
+                try:
+                    store.write([d], [])
+                    self.stats.decisions_written += 1
+                except Exception as exc:
+                    if not store.answers():  # the store went away meanwhile: the rest is retried
+                        return left + decisions[i:]
+                    self.stats.decisions_dropped += 1
+                    _log.error("store_decision_dropped", decision_id=d.decision_id, error=repr(exc))
+            return left
+        finally:
+            store.close()
 
     def _reopen(self) -> None:
         """After a failed commit: pause, then reopen the store (the next round retries)."""

@@ -169,6 +169,27 @@ def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt
     assert alone.embedding is None and alone.prompt_text == "never decided"
 
 
+def test_text_holding_a_nul_character_is_stored_on_both_backends(store: OutcomeStore) -> None:
+    """PostgreSQL's text holds no NUL: a prompt, source or model holding one failed its write (and the
+    writer retried it before every later write, so the store took nothing more). It is stored with
+    U+FFFD there, as it is on SQLite; its hash is of the text as sent."""
+    text = "route with nul \x00 inside"
+    d = _decision(text)
+    store.write([d])
+    verdicts = store.write(
+        [],
+        [
+            Outcome(OutcomeKind.PAIRED, "strong-m", 1.0, prompt_text=text, source="judge\x00x"),
+            Outcome(OutcomeKind.PAIRED, "weak-m", 0.0, prompt_text=text, source="judge\x00x"),
+        ],
+    )
+    assert verdicts == [Verdict.STORED] * 2
+    [row] = store.labeled_prompts()
+    assert row.prompt_sha256 == prompt_sha256(text) and row.qualities == {"strong-m": 1.0, "weak-m": 0.0}
+    stored = store.decision(d.decision_id)
+    assert stored is not None and stored.prompt_text in (text, text.replace("\x00", "\ufffd"))
+
+
 def test_the_privacy_switch_keeps_no_prompt_text(dsn: str) -> None:
     s = open_store(dsn, store_prompts=False)
     d = _decision("my secret medical question")
@@ -529,6 +550,27 @@ def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(d
     assert admin.decision(d.decision_id) is not None
     assert {r.prompt_text for r in admin.labeled_prompts()} == {"first", "third"}
     admin.close()
+
+
+def test_a_decision_the_store_cannot_hold_is_dropped_not_retried_before_every_later_write(dsn: str) -> None:
+    """A round fails on a row the store refuses while it answers (PostgreSQL and a NUL in a prompt did):
+    its decisions are written one by one, the refused one dropped and counted, so later rounds and
+    Feedback are stored again (the writer put the row back first in line and failed every later round)."""
+    writer = StoreWriter(lambda: open_store(dsn), retry_pause_s=0.01)
+    writer.start()
+    bad = dataclasses.replace(_decision("a row the store refuses"), embedding=object())  # type: ignore[arg-type]
+    good = _decision("a decision beside it")
+    writer.record([bad, good])
+    first = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="in the failed round")])
+    with pytest.raises(Exception):  # noqa: B017 (whatever the store raised for that round)
+        first.result(10)
+    later = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="after it")])
+    assert later.result(10) == [Verdict.STORED]
+    writer.close()
+    assert writer.stats.decisions_dropped == 1
+    check = open_store(dsn)
+    assert check.decision(good.decision_id) is not None and check.decision(bad.decision_id) is None
+    check.close()
 
 
 def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
