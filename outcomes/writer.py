@@ -353,4 +353,11 @@ class StoreWriter:
         if n_dec < self.prune_batch and n_out < self.prune_batch:  # nothing older is left
             self._prune_before = None
             if any(self._pruned):
-                _log.info("store_pruned", decisions=self._pruned[0], outcomes=self._pruned[1])
+                # SQLite: the deleted rows stay in the database file's pages until the log is copied back
+                # into it (the zeroed pages are in the log): copy it now, not at some later checkpoint
+                try:
+                    emptied = self._store.checkpoint()
+                except Exception as exc:
+                    emptied = False
+                    _log.warning("store_checkpoint_failed", error=repr(exc))
+                _log.info("store_pruned", decisions=self._pruned[0], outcomes=self._pruned[1], log_emptied=emptied)

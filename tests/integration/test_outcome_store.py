@@ -228,6 +228,30 @@ def test_what_retention_deletes_leaves_no_prompt_text_in_the_sqlite_file(tmp_pat
     assert b"a recent question" in data and b"expired secret question" not in data
 
 
+def test_the_writers_prune_leaves_no_prompt_text_in_the_sqlite_file_while_it_serves(tmp_path: Path) -> None:
+    """The serving writer's retention prune copies the log back into the database when it has deleted
+    rows: the pruned text was in the file's pages until some later checkpoint (hours on a quiet server)."""
+    path = tmp_path / "outcomes.sqlite3"
+    seed = open_store(f"sqlite:{path}")
+    now = int(time.time() * 1000)
+    seed.write([_decision(f"expired secret question {i:04d}", at_ms=now - 40 * DAY_MS) for i in range(50)], [])
+    seed.close()
+    writer = StoreWriter(lambda: open_store(f"sqlite:{path}"), retention_ms=30 * DAY_MS)
+    writer.start()
+    try:
+        writer.record([_decision("a recent question")])  # wakes the writer: it writes, then prunes
+        deadline = time.monotonic() + 20
+        while writer.stats.pruned_decisions < 50:
+            assert time.monotonic() < deadline, "not pruned"
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5  # the checkpoint follows the prune's last batch
+        while b"expired secret question" in b"".join(p.read_bytes() for p in tmp_path.glob("outcomes.sqlite3*")):
+            assert time.monotonic() < deadline, "the pruned text is still in the database file"
+            time.sleep(0.02)
+    finally:
+        writer.close()
+
+
 def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
     now = int(time.time() * 1000)
     old = [_decision(f"old {i}", at_ms=now - (40 + i) * DAY_MS) for i in range(5)]
