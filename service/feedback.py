@@ -144,15 +144,22 @@ def outcomes_of(
     return out
 
 
-def item_status(verdicts: Sequence[Verdict], i: int, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
-    """outcomes[i]'s status from the verdicts on its outcomes (see the module docstring)."""
+def item_status(
+    verdicts: Sequence[Verdict], i: int, report: router_pb2.OutcomeReport, models: Sequence[str] = ()
+) -> router_pb2.ItemStatus:
+    """outcomes[i]'s status from the verdicts on its outcomes (see the module docstring); `models`: the
+    model of each of them, in order (named when some conflict and others were stored)."""
     where = f"outcomes[{i}]"
     if Verdict.CONFLICT in verdicts:
+        clash = [m for m, v in zip(models, verdicts, strict=False) if v is Verdict.CONFLICT and m]
+        stored = [m for m, v in zip(models, verdicts, strict=False) if v is Verdict.STORED and m]
+        which = f" (model {', '.join(map(echo, clash))})" if clash else ""
+        also = f"; its other values were stored (model {', '.join(map(echo, stored))})" if stored else ""
         return router_pb2.ItemStatus(
             code=Code.ALREADY_EXISTS,
             reason="OUTCOME_CONFLICT",
-            message=f"{where}: another value is stored for this decision (or prompt), kind, model and source "
-            f"{echo(report.source)} by this tenant; report a correction under another source",
+            message=f"{where}: another value is stored for this decision (or prompt), kind, model{which} and "
+            f"source {echo(report.source)} by this tenant{also}; report a correction under another source",
         )
     if Verdict.OTHER_TENANT in verdicts:
         return router_pb2.ItemStatus(

@@ -521,7 +521,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             status = statuses[i]
             if status is None:
                 start, stop = spans[i]
-                status = item_status(verdicts[start:stop], i, report)
+                status = item_status(verdicts[start:stop], i, report, [o.model for o in outcomes[start:stop]])
                 response.stored += sum(v is Verdict.STORED for v in verdicts[start:stop])
             self.feedback_counts.add(reporter, result_of(status))
             response.results.append(status)

@@ -135,6 +135,28 @@ def test_route_and_score_decisions_are_recorded_and_feedback_is_judged_per_item(
         assert resp.results[9].message.startswith("outcomes[9]: set one of paired")
         assert resp.results[10].message == "outcomes[10].qualities.qualities[1].model: 'a' given twice"
         assert resp.stored == 1 + 2 + 2
+        # a report of several models where one clashes: the message names it and the ones stored beside it
+        pair = client.list_routers().default_pair
+        models = [pair.strong, pair.weak]
+        first = router_pb2.OutcomeReport(
+            prompt=router_pb2.Prompt(text="Which model wins this one?"),
+            qualities=router_pb2.ModelQualities(qualities=[router_pb2.ModelQuality(model=models[0], quality=1.0)]),
+            source="k",
+        )
+        client.feedback([first])
+        both = router_pb2.OutcomeReport(
+            prompt=router_pb2.Prompt(text="Which model wins this one?"),
+            qualities=router_pb2.ModelQualities(
+                qualities=[
+                    router_pb2.ModelQuality(model=models[0], quality=0.0),
+                    router_pb2.ModelQuality(model=models[1], quality=0.7),
+                ]
+            ),
+            source="k",
+        )
+        [clash] = client.feedback([both]).results
+        assert clash.reason == "OUTCOME_CONFLICT" and f"(model {models[0]!r})" in clash.message
+        assert f"its other values were stored (model {models[1]!r})" in clash.message
         catalog = client.list_routers()
 
     store = open_store(dsn)
