@@ -244,8 +244,15 @@ def _add_outcome_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", type=Path, default=None, help="take the strong/weak pair from this bundle")
     p.add_argument("--strong", default=None, help="strong model of paired / preference outcomes")
     p.add_argument("--weak", default=None, help="weak model of paired / preference outcomes")
-    p.add_argument(
+    texts = p.add_mutually_exclusive_group()
+    texts.add_argument(
         "--no-store-prompts", action="store_true", help="keep only prompt hashes, never texts (the privacy switch)"
+    )
+    texts.add_argument(
+        "--store-prompts",
+        action="store_true",
+        help="store the prompts' texts even into a store whose decisions hold none (its server runs "
+        "--store-prompts false): without it that is refused",
     )
     p.add_argument(
         "--reporter",
@@ -586,7 +593,7 @@ def _adapt(args: argparse.Namespace) -> int:
 def _import_outcomes(args: argparse.Namespace) -> int:
     """Import a JSONL outcome file whole (or nothing, listing its bad lines); counts per verdict."""
     from lmroute.bundle.manifest import Manifest
-    from lmroute.outcomes.jsonl import read_outcomes
+    from lmroute.outcomes.jsonl import read_outcome_lines
     from lmroute.outcomes.store import StoreError, open_store
 
     strong, weak = args.strong, args.weak
@@ -602,24 +609,39 @@ def _import_outcomes(args: argparse.Namespace) -> int:
         if len(named) != 1:
             raise ValueError(f"--reporter: one tenant name (got {args.reporter!r})")
         [reporter] = named
-        outcomes = [
-            dataclasses.replace(o, reporter=reporter) for o in read_outcomes(args.file, strong=strong, weak=weak)
-        ]
+        lines = read_outcome_lines(args.file, strong=strong, weak=weak)
+        outcomes = [dataclasses.replace(o, reporter=reporter) for _, o in lines]
         store = open_store(args.store, store_prompts=not args.no_store_prompts)
+        texts = any(o.prompt_text for o in outcomes)
+        if texts and not (args.no_store_prompts or args.store_prompts) and store.keeps_no_prompt_text():
+            store.close()
+            raise ValueError(
+                f"{store.name}: its decisions hold no prompt text (its server runs --store-prompts false) and "
+                f"{args.file} names prompts by text: give --no-store-prompts to keep only their hashes, or "
+                "--store-prompts to store the texts anyway"
+            )
     except (ValueError, OSError, StoreError) as exc:  # OutcomeFileError and BundleError are ValueErrors
         print(f"{PROG} import-outcomes: {exc}", file=sys.stderr)
         return 1
     counts: dict[str, int] = {}
+    refusals: list[str] = []
     try:
         for start in range(0, len(outcomes), 1000):
-            for verdict in store.write([], outcomes[start : start + 1000]):
+            verdicts = store.write([], outcomes[start : start + 1000])
+            for (line, outcome), verdict in zip(lines[start : start + 1000], verdicts, strict=True):
                 counts[verdict.value] = counts.get(verdict.value, 0) + 1
+                if verdict.value not in ("stored", "duplicate"):
+                    model = f" (model {outcome.model})" if outcome.model else ""
+                    refusals.append(f"{args.file}:{line}: {verdict.value}{model}")
     finally:
         store.close()
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(outcomes)} outcomes from {args.file} into {store.name}: {summary}")
-    refused = sum(v for k, v in counts.items() if k not in ("stored", "duplicate"))
-    return 0 if refused == 0 else 3
+    for said in refusals[:20]:  # which lines were refused, and why
+        print(said, file=sys.stderr)
+    if len(refusals) > 20:
+        print(f"... and {len(refusals) - 20} more refused", file=sys.stderr)
+    return 0 if not refusals else 3
 
 
 def _assignments(values: Sequence[str], flag: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from lmroute.outcomes.records import Outcome, OutcomeError, OutcomeKind
 
-__all__ = ["OutcomeFileError", "read_outcomes", "parse_line", "to_judge_line"]
+__all__ = ["OutcomeFileError", "parse_line", "read_outcome_lines", "read_outcomes", "to_judge_line"]
 
 _PREFERENCE = {"strong": (1.0, 0.0), "weak": (0.0, 1.0), "tie": (0.5, 0.5)}
 _KINDS = ("paired", "preference", "single", "qualities")
@@ -112,12 +112,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def read_outcomes(path: Path, *, strong: str, weak: str) -> list[Outcome]:
     """Every outcome of the file at `path`, in file order; OutcomeFileError listing the bad lines."""
-    out: list[Outcome] = []
+    return [o for _, o in read_outcome_lines(path, strong=strong, weak=weak)]
+
+
+def read_outcome_lines(path: Path, *, strong: str, weak: str) -> list[tuple[int, Outcome]]:
+    """(line number, outcome) of every outcome of the file at `path`, in file order (a paired line gives
+    two); OutcomeFileError listing the bad lines."""
+    out: list[tuple[int, Outcome]] = []
     bad: list[str] = []
     try:
         for n, line in _lines(path):
             try:
-                out += parse_line(json.loads(line), strong=strong, weak=weak)
+                out += [(n, o) for o in parse_line(json.loads(line), strong=strong, weak=weak)]
             except json.JSONDecodeError as exc:
                 bad.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
             except OutcomeError as exc:

@@ -280,7 +280,7 @@ class Outcome:
         if len(self.source) > 128:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
         if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:
-            raise OutcomeError(f"{where}.observed_ms: must be Unix milliseconds (got {self.observed_ms})")
+            raise OutcomeError(f"{where}.observed_unix_ms: must be Unix milliseconds (got {self.observed_ms})")
         if self.reporter and not TENANT_RE.match(self.reporter):
             raise OutcomeError(f"{where}.reporter: must be 1-64 of [A-Za-z0-9._-] or empty (got {self.reporter!r})")
 

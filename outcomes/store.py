@@ -184,6 +184,15 @@ class OutcomeStore:
         except self._db_errors as exc:
             raise StoreError(f"store {self.name}: {type(exc).__name__}: {exc}") from exc
 
+    def keeps_no_prompt_text(self) -> bool:
+        """Whether the store holds decisions and none of them a prompt's text: its server runs with the
+        privacy switch (`--store-prompts false`), which the store itself does not record."""
+        row = self._exec(
+            "SELECT COUNT(*), COUNT(prompt_text) FROM "
+            "(SELECT prompt_text FROM decisions ORDER BY time_ms DESC LIMIT 1000) AS d"
+        ).fetchone()
+        return bool(row[0]) and not row[1]
+
     def answers(self) -> bool:
         """Whether the database answers a trivial query now (after a failed write: was it the data?)."""
         try:

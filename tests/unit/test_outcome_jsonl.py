@@ -97,3 +97,62 @@ def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFi
     same = ["import-outcomes", str(f), "--store", f"sqlite:{tmp_path / 's'}", "--strong", "m", "--weak", "m"]
     assert main(same) == 1
     assert "--strong and --weak: one model ('m'); paired outcomes compare two" in capsys.readouterr().err
+
+
+def test_import_names_each_refused_line_and_keeps_a_privacy_stores_texts_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused outcomes are listed by file and line (only counts were printed); into a store whose
+    decisions hold no text (its server runs --store-prompts false), prompts by text are refused unless
+    the import says which way: --no-store-prompts, or --store-prompts."""
+    import time
+
+    import numpy as np
+
+    from lmroute.outcomes.records import Decision
+    from lmroute.service.decisions import new_decision_id
+
+    store = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    first = tmp_path / "first.jsonl"
+    first.write_text('{"prompt": "Say hi", "single": {"quality": 0.5, "model": "W"}, "source": "s"}\n')
+    assert main(["import-outcomes", str(first), "--store", store, "--strong", "S", "--weak", "W"]) == 0
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(
+        '{"prompt": "Name a prime", "single": {"quality": 1, "model": "W"}}\n'
+        '{"decision_id": "' + new_decision_id(1) + '", "single": {"quality": 1}}\n'
+        '{"prompt": "Say hi", "single": {"quality": 0.9, "model": "W"}, "source": "s"}\n'
+    )
+    assert main(["import-outcomes", str(clash), "--store", store, "--strong", "S", "--weak", "W"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{clash}:2: not_found", f"{clash}:3: conflict (model W)"]
+
+    private = f"sqlite:{tmp_path / 'private.sqlite3'}"
+    s = open_store(private, store_prompts=False)
+    now = int(time.time() * 1000)
+    decision = Decision(
+        decision_id=new_decision_id(now),
+        time_ms=now,
+        kind="route",
+        bundle_version="v",
+        scores={"mf": 0.5},
+        strong_model="S",
+        weak_model="W",
+        prompt_sha256=prompt_sha256("secret"),
+        n_tokens=3,
+        encoder_id="e",
+        router="mf",
+        threshold=0.5,
+        chosen_model="W",
+        propensity=1.0,
+        prompt_text="secret",
+        embedding=np.zeros(4, dtype=np.float32),
+    )
+    s.write([decision])
+    s.close()
+    argv = ["import-outcomes", str(first), "--store", private, "--strong", "S", "--weak", "W"]
+    assert main(argv) == 1
+    assert "its decisions hold no prompt text (its server runs --store-prompts false)" in capsys.readouterr().err
+    assert main([*argv, "--no-store-prompts"]) == 0
+    s = open_store(private)
+    assert s._exec("SELECT COUNT(prompt_text) FROM outcomes").fetchone()[0] == 0
+    s.close()
