@@ -307,6 +307,7 @@ def _erase(args: argparse.Namespace) -> int:
     tenants; {"decisions": n, "outcomes": n, "dry_run": ...} on stdout."""
     from lmroute.outcomes.records import prompt_sha256
     from lmroute.outcomes.store import open_store
+    from lmroute.service.decisions import decision_id_time_ms
 
     try:
         callers = reporters_named(args.callers, "callers") or frozenset()
@@ -314,6 +315,13 @@ def _erase(args: argparse.Namespace) -> int:
         bad = next((h for h in hashes if not _SHA256_HEX.fullmatch(h)), None)
         if bad is not None:
             raise ValueError(f"--prompt-sha256: {bad!r} is not 64 hex digits")
+        for did in args.decision_id:
+            try:
+                decision_id_time_ms(did)
+            except ValueError:
+                raise ValueError(
+                    f"--decision-id: {did[:40]!r} is not a decision id (32 lowercase hex digits)"
+                ) from None
         if args.prompts_file is not None:
             try:
                 hashes += [prompt_sha256(p) for p in _read_prompts(args.prompts_file)]

@@ -55,6 +55,9 @@ def check_limits(
         )
 
 
+_TURN_SELECTIONS = frozenset(router_pb2.TurnSelection.values())
+
+
 def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:
     """The text to score for `prompt`, or the InvalidArgument that names what is wrong."""
     which = prompt.WhichOneof("input")
@@ -75,6 +78,12 @@ def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:
             users.append(msg.content)
     if not users:
         return InvalidArgument(f"{field}.conversation: no user turn", reason="NO_USER_TURN")
+    if prompt.turn_selection not in _TURN_SELECTIONS:  # an enum value this server does not know
+        return InvalidArgument(
+            f"{field}.turn_selection: unknown value {prompt.turn_selection} (expected one of "
+            f"{', '.join(router_pb2.TurnSelection.Name(v) for v in sorted(_TURN_SELECTIONS))})",
+            reason="OUT_OF_RANGE",
+        )
     if prompt.turn_selection == router_pb2.TURN_SELECTION_ALL_USER:
         return "\n\n".join(users)
     return users[-1]

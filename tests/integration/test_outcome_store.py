@@ -384,6 +384,7 @@ def test_the_erase_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     s.close()
     for bad, says in (
         (["--prompt-sha256", "abc"], "--prompt-sha256: 'abc' is not 64 hex digits"),
+        (["--decision-id", "NOTHEX"], "--decision-id: 'NOTHEX' is not a decision id (32 lowercase hex digits)"),
         (["--callers", "no such name!"], "callers"),
         ([], "name what to erase"),
     ):

@@ -178,6 +178,17 @@ def test_a_prompt_of_only_invisible_characters_is_empty(text: str, blank: bool) 
     assert (problem is not None and problem.reason == "EMPTY_PROMPT") == blank, repr(text)
 
 
+def test_an_unknown_turn_selection_is_refused_naming_the_field() -> None:
+    from lmroute.service.prompts import prompt_text
+    from lmroute.v1 import router_pb2
+
+    turns = router_pb2.Conversation(messages=[router_pb2.ChatMessage(role="user", content="hi")])
+    bad = prompt_text(router_pb2.Prompt(conversation=turns, turn_selection=99), "prompts[2]")  # type: ignore[arg-type]
+    assert isinstance(bad, InvalidArgument) and bad.reason == "OUT_OF_RANGE"
+    assert bad.message.startswith("prompts[2].turn_selection: unknown value 99 (expected one of")
+    assert prompt_text(router_pb2.Prompt(conversation=turns, turn_selection=2), "p") == "hi"
+
+
 def test_one_invalid_among_16_gives_15_ok() -> None:
     async def body() -> None:
         scorer = FakeScorer()
