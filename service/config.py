@@ -871,15 +871,24 @@ def config_from_cli(
     env = os.environ if environ is None else environ
     args = build_arg_parser(default_bundle).parse_args(argv)
     values: dict[str, dict[str, Any]] = {"": {}, "batch": {}}
+    given_by: dict[str, str] = {}  # setting -> the flag or variable that gave it
     for s in SETTINGS:
         raw = getattr(args, s.name)
         if raw is not None:
             values[s.group][s.name] = _parse(s, raw, s.flag)
+            given_by[s.name] = s.flag
         elif s.env in env:
             values[s.group][s.name] = _parse(s, env[s.env], s.env)
+            given_by[s.name] = s.env
     top = values[""]
     if "bundle_path" not in top:
         if default_bundle is None:
             raise ConfigError("bundle_path: required (--bundle or LMROUTE_BUNDLE)")
         top["bundle_path"] = default_bundle
-    return ServiceConfig(**top, batch=BatchPolicy(**values["batch"]))
+    try:
+        return ServiceConfig(**top, batch=BatchPolicy(**values["batch"]))
+    except ConfigError as exc:  # it names the setting; say where the value came from too
+        source = given_by.get(str(exc).partition(":")[0])
+        if source is None:
+            raise
+        raise ConfigError(f"{exc} (given by {source})") from None

@@ -150,7 +150,10 @@ def test_a_key_file_that_is_not_a_public_key_exits_2(pristine: Path, key_prefix:
     missing = tmp_path / "nope.pub"
     p = _serve("--bundle", str(pristine), "--bundle-public-key", str(missing))
     assert p.returncode == 2
-    assert p.stderr == f"lmroute-serve: config error: bundle_public_key: no file at {missing}\n"  # before binding
+    assert (
+        p.stderr
+        == f"lmroute-serve: config error: bundle_public_key: no file at {missing} (given by --bundle-public-key)\n"
+    )  # before binding
     p = _serve("--bundle", str(pristine), "--bundle-public-key", f"{key_prefix}.key")
     assert p.returncode == 2
     assert p.stderr == (

@@ -313,11 +313,14 @@ def test_bad_config_exits_2_with_exact_message() -> None:
         cwd=REPO,
     )
     assert p.returncode == 2
-    assert p.stderr == "lmroute-serve: config error: max_batch_size: must be >= 1 (got 0)\n"
+    assert p.stderr == "lmroute-serve: config error: max_batch_size: must be >= 1 (got 0) (given by --max-batch-size)\n"
     env = _env() | {"LMROUTE_BUNDLE": "x", "LMROUTE_DEVICE": "gpu"}
     p = subprocess.run(_serve_cmd(), capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert p.returncode == 2
-    assert p.stderr == "lmroute-serve: config error: device: must be one of cpu, cuda (got 'gpu')\n"
+    assert (
+        p.stderr
+        == "lmroute-serve: config error: device: must be one of cpu, cuda (got 'gpu') (given by LMROUTE_DEVICE)\n"
+    )
 
 
 def test_plugin_that_cannot_be_imported_exits_2_with_exact_message(bundle_dir: Path) -> None:

@@ -224,8 +224,8 @@ def test_bad_values_exact_messages(build: Callable[[], object], message: str) ->
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["--max-batch-size", "0"], {}, "max_batch_size: must be >= 1 (got 0)"),
-        ([], {"LMROUTE_MAX_WAIT_US": "-5"}, "max_wait_us: must be >= 0 (got -5)"),
+        (["--max-batch-size", "0"], {}, "max_batch_size: must be >= 1 (got 0) (given by --max-batch-size)"),
+        ([], {"LMROUTE_MAX_WAIT_US": "-5"}, "max_wait_us: must be >= 0 (got -5) (given by LMROUTE_MAX_WAIT_US)"),
         (["--queue-timeout-ms", "soon"], {}, "queue_timeout_ms: cannot parse 'soon' from --queue-timeout-ms as int"),
         ([], {"LMROUTE_PORT": "eighty"}, "port: cannot parse 'eighty' from LMROUTE_PORT as int"),
         ([], {"LMROUTE_WARMUP": "maybe"}, "warmup: cannot parse 'maybe' from LMROUTE_WARMUP as bool"),
