@@ -96,6 +96,10 @@ class _Replay:
         """The deficit after it: none known when its target was not recorded."""
         return 0.0 if self.last is None else deficit
 
+    def held(self, target: float) -> bool:
+        """Whether the decision replayed last was made at `target` (to the rounding of its units)."""
+        return self.last is not None and math.isclose(self.last, target, rel_tol=1e-12, abs_tol=1e-15)
+
 
 class _Held:
     """A controller and the bundle version whose calibration seeded it."""
@@ -260,7 +264,7 @@ class TenantTargets:
                         spend.deficit = replay.deficit_before(spend.deficit, made_at)
                         spend.record(c["qualities"], c["costs"], c["chosen"], made_at_per_1k=made_at)
                         spend.deficit = replay.deficit_after(spend.deficit)
-                    if replay.last != 1000.0 * spend.target:
+                    if not replay.held(1000.0 * spend.target):
                         spend.retarget(1000.0 * spend.target)
                     n += len(choices)
         for tenant in self.targets:
@@ -274,7 +278,7 @@ class TenantTargets:
                     ctl.deficit = replay.deficit_before(ctl.deficit, made_at)
                     ctl.record(score if row_version == version else math.nan, strong, made_at=made_at)
                     ctl.deficit = replay.deficit_after(ctl.deficit)
-                if replay.last != ctl.target:
+                if not replay.held(ctl.target):
                     ctl.retarget(ctl.target)
                 n += len(rows)
         return n
