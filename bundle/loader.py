@@ -116,8 +116,9 @@ class Bundle:
 
     def threshold_for_share(self, router: str, p: float) -> float:
         """Score threshold that sends a share `p` of calibration prompts to the strong model (linear
-        interpolation in the calibration table); 0 and 1 are never and always: inf, and 0.0 (scores lie
-        in [0, 1]), not the table's end points, which a prompt scoring beyond them crossed."""
+        interpolation in the calibration table); 0 and 1 are never and always: just above 1.0 and 0.0
+        (scores lie in [0, 1]; finite, so any JSON takes it), not the table's end points, which a prompt
+        scoring beyond them crossed."""
         if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
             raise ValueError(f"strong share p={p!r} is not a number")
         if not (math.isfinite(float(p)) and 0.0 <= float(p) <= 1.0):
@@ -128,12 +129,16 @@ class Bundle:
         if calibration is None:
             raise BundleError(MANIFEST_NAME, "calibration: missing (the bundle is not calibrated)")
         if float(p) == 0.0:
-            return math.inf
+            return NEVER_STRONG
         if float(p) == 1.0:
             return 0.0
         share = np.asarray(calibration.strong_share, dtype=np.float64)
         thresholds = np.asarray(calibration.thresholds[router], dtype=np.float64)
         return float(np.interp(float(p), share, thresholds))
+
+
+NEVER_STRONG = math.nextafter(1.0, math.inf)
+"""The threshold no score reaches (scores lie in [0, 1]): strong share 0."""
 
 
 def load_bundle(

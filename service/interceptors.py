@@ -41,7 +41,7 @@ import structlog
 
 from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
-from lmroute.service.logs import CallLog, LogSampler, info_enabled
+from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
@@ -51,7 +51,6 @@ __all__ = ["REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant
 
 REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
-_SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 _ID_PREFIX = secrets.token_hex(8)  # this process's part of every fresh request id
 _id_counter = itertools.count()
 
@@ -264,7 +263,7 @@ def _wrap_unary(
                 if span is not None and tracing is not None:
                     tracing.finish(span, code, reason)
                 ms = round(seconds * 1000, 3)
-                if code not in _SHED_CODES and not sample_all:
+                if code not in SHED_CODES and not sample_all:
                     if info_enabled():
                         _log.info("rpc", code=code, ms=ms, peer=context.peer())
                 elif (suppressed := sampler.admit((method, code, reason))) is not None:

@@ -21,7 +21,18 @@ from typing import Any
 
 import structlog
 
-__all__ = ["CallLog", "LogSampler", "bind_call", "configure_logging", "info_enabled", "merge_call_context"]
+__all__ = [
+    "SHED_CODES",
+    "CallLog",
+    "LogSampler",
+    "bind_call",
+    "configure_logging",
+    "info_enabled",
+    "merge_call_context",
+]
+
+SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+"""Calls shed under load: their access lines are sampled (a flood of them is a flood of lines)."""
 
 _CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lmroute_log_call", default=None)
 

@@ -53,7 +53,7 @@ from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, UpstreamFailed, echo, http_status
-from lmroute.service.logs import CallLog, LogSampler, info_enabled
+from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
@@ -72,7 +72,6 @@ _SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller aske
 _CHAT = "/v1/chat/completions"
 _FEEDBACK = "/v1/feedback"
 _MODELS = "/v1/models"
-_SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})  # sampled access lines, as on gRPC
 
 # an upstream's HTTP error answer as a status code, for the metrics, the access line and the span
 _UPSTREAM_CODES = {
@@ -407,17 +406,17 @@ class OpenAIFront:
                 if span is not None and self.tracing is not None:
                     self.tracing.finish(span, code, reason)
                 count()
-                self._access_line(code, reason, time.perf_counter() - t0, request.remote or "")
+                self._access_line(path, code, reason, time.perf_counter() - t0, request.remote or "")
 
-    def _access_line(self, code: str, reason: str, seconds: float, peer: str) -> None:
+    def _access_line(self, path: str, code: str, reason: str, seconds: float, peer: str) -> None:
         """The request's access line, as the gRPC calls' (lmroute.service.interceptors): one per request,
         or sampled (a line per path, code and reason a second) for shed requests and with
         `--access-log sampled`."""
         ms = round(seconds * 1000, 3)
-        if code not in _SHED_CODES and not self.sample_all:
+        if code not in SHED_CODES and not self.sample_all:
             if info_enabled():
                 _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer)
-        elif (suppressed := self._sampler.admit((code, reason))) is not None:
+        elif (suppressed := self._sampler.admit((path, code, reason))) is not None:
             _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:

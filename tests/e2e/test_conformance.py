@@ -563,9 +563,9 @@ def test_client_names_its_tenant(
     named = run(cmd, "route", *addr, "--tenant", "batch", "route me by my tenant's target")
     assert named.returncode == 0, named.stderr
     assert "mf" in named.stdout and "threshold" in named.stdout, named.stdout
-    for other in (["--tenant", "interactive"], []):
+    for other, says in ((["--tenant", "interactive"], "for tenant 'interactive'"), ([], "for a call naming no tenant")):
         refused = run(cmd, "route", *addr, *other, "hi")
-        assert refused.returncode == 1 and "no share target for tenant" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and f"no share target {says}" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("name", CLIENT_NAMES)

@@ -210,8 +210,11 @@ def test_threshold_for_share_interpolates(bundle: Bundle) -> None:
     assert calib is not None and len(calib.strong_share) == 101
     for name in bundle.routers:
         table = calib.thresholds[name]
-        for i in (0, 1, 37, 100):
+        for i in (1, 37, 99):
             assert bundle.threshold_for_share(name, calib.strong_share[i]) == pytest.approx(table[i], abs=1e-12)
+        # the table's ends are never and always, not its end points (a score beyond them crossed them)
+        assert calib.strong_share[0] == 0.0 and bundle.threshold_for_share(name, 0.0) > 1.0
+        assert calib.strong_share[100] == 1.0 and bundle.threshold_for_share(name, 1.0) == 0.0
         mid = 0.5 * (calib.strong_share[20] + calib.strong_share[21])
         assert bundle.threshold_for_share(name, mid) == pytest.approx(0.5 * (table[20] + table[21]), abs=1e-12)
         assert bundle.threshold_for_share(name, 0.0) >= bundle.threshold_for_share(name, 1.0)
