@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmroute.bundle.loader import NEVER_STRONG
+
 __all__ = ["ControlSettings", "ControlState", "ShareController", "seed_scores"]
 
 
@@ -95,7 +97,7 @@ class ShareController:
     def _quantile(self) -> float:
         """The score that the share s = target + deficit / repay of the window reaches or passes."""
         if self.target in (0.0, 1.0):  # never / always strong, whatever the scores
-            return math.inf if self.target == 0.0 else -math.inf
+            return NEVER_STRONG if self.target == 0.0 else 0.0  # scores lie in [0, 1]; finite, for JSON
         s = min(1.0, max(0.0, self.target + self.deficit / self.settings.repay))
         ordered = self._sorted
         n = len(ordered)
