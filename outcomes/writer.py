@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import structlog
 
 from lmroute.outcomes.records import Decision, Outcome, Verdict
-from lmroute.outcomes.store import OutcomeStore
+from lmroute.outcomes.store import OutcomeStore, StoreError
 
 __all__ = ["StoreWriter", "WriterFull", "WriterStats"]
 
@@ -74,6 +74,28 @@ class _Job:
     outcomes: list[Outcome]
     future: Future[list[Verdict]]
     reporter: str
+
+
+_TRANSIENT = frozenset({"OperationalError", "InterfaceError"})  # sqlite3 and psycopg: locked, busy, disk, connection
+_FOR_GOOD = frozenset({"DataError", "IntegrityError", "ProgrammingError", "NotSupportedError"})
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a failed write failed on its data, so the same row fails again (a value the database
+    cannot hold, a row that cannot be built), not on the database's state (a lock, a full disk, a lost
+    connection), which a later round may not meet. By the driver's error classes (their DB-API names)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__
+    for err in chain:
+        names = {t.__name__ for t in type(err).__mro__}
+        if names & _TRANSIENT or isinstance(err, OSError):
+            return False
+        if names & _FOR_GOOD:
+            return True
+    return not any(isinstance(err, StoreError) for err in chain)  # no database error: the row itself
 
 
 class StoreWriter:
@@ -301,17 +323,16 @@ class StoreWriter:
         try:
             if not store.answers():
                 return decisions
-            left: list[Decision] = []
             for i, d in enumerate(decisions):
                 try:
                     store.write([d], [])
                     self.stats.decisions_written += 1
                 except Exception as exc:
-                    if not store.answers():  # the store went away meanwhile: the rest is retried
-                        return left + decisions[i:]
+                    if not refused_for_good(exc) or not store.answers():  # a lock, a connection: retried
+                        return decisions[i:]
                     self.stats.decisions_dropped += 1
                     _log.error("store_decision_dropped", decision_id=d.decision_id, error=repr(exc))
-            return left
+            return []
         finally:
             store.close()
 

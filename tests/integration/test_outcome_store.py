@@ -598,6 +598,28 @@ def test_a_decision_the_store_cannot_hold_is_dropped_not_retried_before_every_la
     check.close()
 
 
+def test_a_write_refused_for_good_is_told_from_one_refused_for_now() -> None:
+    """A lock, a full disk or a lost connection pass; a value the database cannot hold, or a row that
+    cannot be built, does not: only those decisions are dropped after a failed round."""
+    import sqlite3
+
+    from lmroute.outcomes.store import StoreError
+    from lmroute.outcomes.writer import refused_for_good
+
+    def wrapped(cause: BaseException) -> StoreError:
+        try:
+            raise StoreError("store x: failed") from cause
+        except StoreError as exc:
+            return exc
+
+    assert not refused_for_good(wrapped(sqlite3.OperationalError("database is locked")))
+    assert not refused_for_good(wrapped(OSError(28, "No space left on device")))
+    assert refused_for_good(wrapped(sqlite3.DataError("string or blob too big")))
+    assert refused_for_good(wrapped(sqlite3.IntegrityError("NOT NULL constraint failed")))
+    assert refused_for_good(TypeError("float() argument must be a string or a real number"))
+    assert not refused_for_good(StoreError("store x: no answer"))
+
+
 def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
     writer = StoreWriter(
         lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), max_pending_outcomes=2, max_pending_per_reporter=2
