@@ -45,7 +45,7 @@ from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
-from lmroute.service.wire_status import wire_status
+from lmroute.service.wire_status import code_name, wire_status
 
 __all__ = ["REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
 
@@ -176,7 +176,7 @@ def _aborted_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
         except Exception:  # an experimental grpc.aio method: absent or unimplemented
             code = None
     if isinstance(code, int):
-        code = next((c for c in grpc.StatusCode if c.value[0] == code), None)
+        return code_name(code)
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 

@@ -57,6 +57,7 @@ from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
 from lmroute.service.scheduler import prompt_problem
+from lmroute.service.wire_status import code_name
 from lmroute.v1 import router_pb2
 
 __all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]
@@ -85,11 +86,6 @@ class RoutingError(Exception):
         super().__init__(message)
         self.code = code
         self.reason = reason
-
-
-def _code_name(code: int) -> str:
-    """The gRPC status code's name ("INVALID_ARGUMENT") of an ItemStatus code."""
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
 def _refused(exc: grpc.RpcError) -> RoutingError:
@@ -223,7 +219,7 @@ class _Served:
                     if res.status.code != 0:  # the server names the prompt by its place in one Score call
                         said = res.status.message.removeprefix(f"prompts[{j}]: ")
                         raise RoutingError(
-                            f"prompts[{i + j}]: {said}", code=_code_name(res.status.code), reason=res.status.reason
+                            f"prompts[{i + j}]: {said}", code=code_name(res.status.code), reason=res.status.reason
                         )
                     out.append(res.scores[0].strong_win_probability)
         except grpc.RpcError as exc:
@@ -430,7 +426,7 @@ class Controller:
         status = self._backend.feedback(report)
         if status.code != 0:
             raise RoutingError(
-                f"feedback: {status.reason}: {status.message}", code=_code_name(status.code), reason=status.reason
+                f"feedback: {status.reason}: {status.message}", code=code_name(status.code), reason=status.reason
             )
         return status
 

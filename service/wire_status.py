@@ -14,9 +14,16 @@ from grpc_status import rpc_status
 
 from lmroute.service.errors import StatusInfo
 
-__all__ = ["ERROR_DOMAIN", "wire_status"]
+__all__ = ["ERROR_DOMAIN", "code_name", "wire_status"]
 
 ERROR_DOMAIN = "lmroute.v1"
+
+_CODE_NAMES: dict[int, str] = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def code_name(number: int) -> str:
+    """The gRPC status code's name of its number ("INVALID_ARGUMENT" for 3; the number when unknown)."""
+    return _CODE_NAMES.get(number, str(number))
 
 
 @dataclass(frozen=True)
