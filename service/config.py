@@ -287,7 +287,10 @@ class ServiceConfig:
         ),
     )
     warmup: bool = field(default=True, metadata=_doc("score a few prompts before reporting SERVING"))
-    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    log_level: str = field(
+        default="info",
+        metadata=_doc("debug (also what each call decided, and a line per scored batch), info, warning or error"),
+    )
     access_log: str = field(
         default="all",
         metadata=_doc(

@@ -27,6 +27,7 @@ __all__ = [
     "LogSampler",
     "bind_call",
     "configure_logging",
+    "debug_enabled",
     "info_enabled",
     "merge_call_context",
 ]
@@ -77,6 +78,13 @@ def info_enabled() -> bool:
     """Whether info lines are written: a caller skips the work of a line's fields when they are not
     (the access line's peer address costs a gRPC call)."""
     return _level <= logging.INFO
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written (`--log-level debug`): a call's access line then also carries what
+    it decided (router, score, threshold, chosen model, tokens; a Score call's prompt counts; a Feedback
+    call's outcome statuses), never the prompt text."""
+    return _level <= logging.DEBUG
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:

@@ -87,6 +87,7 @@ from lmroute.service.errors import (
     ScorerFailed,
     ServiceError,
 )
+from lmroute.service.logs import debug_enabled
 from lmroute.service.scorer_api import ScoredBatch, Scorer, Tokenized
 from lmroute.service.stats import ServerTimings
 from lmroute.service.tenant_counts import (
@@ -435,6 +436,15 @@ class Scheduler(Generic[T]):
         # the interpreter lock (the thread transport's call threads), which price no prompt
         self._observe_rate([routers] * n, [ran.longest] * n, ran, cpu_s)
         self.timings.record_batch([0.0] * n, ran.longest, took_s)
+        if debug_enabled():
+            _log.debug(
+                "batch_scored",
+                prompts=n,
+                longest_tokens=ran.longest,
+                inline=True,
+                ms=round(took_s * 1e3, 3),
+                waited_ms=0.0,
+            )
         return outcomes
 
     def _score_inline(
@@ -703,6 +713,15 @@ class Scheduler(Generic[T]):
                 # releases the interpreter lock, and its wait for the lock is part of what a batch costs)
                 self._observe_rate([it.routers for it in part], counts, ran, cpu_s if ran.inline else took_s)
             self.timings.record_batch([(left_at - it.enqueued_at) * 1e6 for it in part], ran.longest, took_s)
+            if debug_enabled():
+                _log.debug(
+                    "batch_scored",
+                    prompts=len(part),
+                    longest_tokens=ran.longest,
+                    inline=ran.inline,
+                    ms=round(took_s * 1e3, 3),
+                    waited_ms=round((left_at - min(it.enqueued_at for it in part)) * 1e3, 3),
+                )
         return ran_inline
 
     def _observe_rate(

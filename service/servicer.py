@@ -16,6 +16,7 @@ prompts of a Score call whose others were scored, go into PromptScores.status.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import math
@@ -55,7 +56,7 @@ from lmroute.service.feedback import (
     outcomes_of,
     result_of,
 )
-from lmroute.service.logs import bind_call
+from lmroute.service.logs import bind_call, debug_enabled
 from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, prompt_text
 from lmroute.service.route_models import check_candidates, check_policy, decide, estimates
@@ -158,6 +159,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         now_ms = int(time.time() * 1000)
         decision_id = new_decision_id(now_ms)
         bind_call(decision_id=decision_id)
+        if debug_enabled():  # what was decided, into the call's access line (never the prompt text)
+            bind_call(
+                router=fields["router"],
+                score=out.scores[fields["router"]],
+                threshold=fields["threshold"],
+                chosen_model=fields["chosen_model"],
+                propensity=fields["propensity"],
+                policy=fields["policy"],
+                tenant=fields["tenant"],
+                n_tokens=out.n_tokens,
+                truncated=out.truncated,
+            )
         if self.store is not None and isinstance(text, str):
             self._record([decision_of_route(decision_id, now_ms, text, out, catalog, caller=asked_tenant, **fields)])
         return decision_id
@@ -289,6 +302,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 reason="RESPONSE_TOO_LARGE",
             )
         self._record(decisions)
+        if debug_enabled():
+            failed = sum(not isinstance(out, ItemResult) for out in outcomes)
+            bind_call(prompts=n, prompts_failed=failed, routers=list(routers))
         return response
 
     async def Route(
@@ -525,6 +541,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 response.stored += sum(v is Verdict.STORED for v in verdicts[start:stop])
             self.feedback_counts.add(reporter, result_of(status))
             response.results.append(status)
+        if debug_enabled():  # each outcome's result, counted (the metric's labels)
+            results = collections.Counter(FEEDBACK_RESULTS[result_of(st)] for st in response.results)
+            bind_call(outcomes=n, stored=response.stored, results=dict(results))
         return response
 
     async def ListRouters(
