@@ -210,8 +210,8 @@ class ServiceConfig:
             "how the gRPC port is served: threads (a synchronous gRPC server whose pool threads hand each "
             "call to the event loop: about 1.5x the Route calls per core of aio on a static-encoder bundle), "
             "aio (grpc.aio on the event loop: a lower latency at concurrency 1, and more of an ONNX bundle's "
-            "calls answered under a storm of re-sent refusals), or auto: threads when the bundle's manifest "
-            "names a static encoder, else aio (lmroute.service.transports)"
+            "calls answered under a storm of re-sent refusals), or auto: threads for a static-encoder bundle "
+            "on a loopback --host, else aio (lmroute.service.transports)"
         ),
     )
     grpc_threads: int = field(
@@ -499,9 +499,9 @@ class ServiceConfig:
     http_port: int = field(
         default=-1,
         metadata=_doc(
-            "serve the OpenAI-compatible front (POST /v1/chat/completions, GET /v1/models) on this port of the "
-            "same host, forwarding to the upstreams file's models (docs/OPENAI_FRONT.md); 0 picks a free "
-            "port, -1 = off"
+            "serve the OpenAI-compatible front (POST /v1/chat/completions, GET /v1/models, POST /v1/feedback) "
+            "on this port of the same host, forwarding chat completions to the upstreams file's models "
+            "(docs/OPENAI_FRONT.md); 0 picks a free port, -1 = off"
         ),
     )
     upstreams_file: str = field(

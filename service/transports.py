@@ -1,16 +1,17 @@
 """The two gRPC transports a RouterServer can serve on; the servicers are the same coroutines either way.
 
-- `ThreadTransport` (`--transport threads`; `auto`, the default, picks it for a bundle whose encoder is
-  static): a synchronous `grpc.server`. gRPC's own threads receive each call and a pool thread
-  deserialises it, then hands the servicer's coroutine (wrapped by the request-context interceptor's
-  logic: request id, token check, access line, metrics, the error-to-status table) to the server's event
-  loop and waits for its answer; the loop thread runs only Python that is ours. Side by side on one core
-  with a static bundle (benchmarks/ghz/results/tiers), this answers about 1.5x the Route calls of
-  grpc.aio, which pays for every call's gRPC work on the event loop thread.
+- `ThreadTransport` (`--transport threads`; `auto`, the default, picks it for a static-encoder bundle on
+  a loopback `--host`): a synchronous `grpc.server`. gRPC's own threads receive each call and a pool
+  thread deserialises it, then hands the servicer's coroutine (wrapped by the request-context
+  interceptor's logic: request id, token check, access line, metrics, the error-to-status table) to the
+  server's event loop and waits for its answer; the loop thread runs only Python that is ours. Side by
+  side on one core with a static bundle (benchmarks/ghz/results/tiers), this answers about 1.5x the
+  Route calls of grpc.aio, which pays for every call's gRPC work on the event loop thread.
 - `AioTransport` (`--transport aio`; auto's pick for any other bundle, whose encoder's milliseconds a
-  call decide its rate): grpc.aio on the event loop, the interceptor as a grpc.aio interceptor. It
-  answers a call at concurrency 1 sooner (one thread instead of three), and under a storm of refused
-  calls re-sent at once it leaves an ONNX scorer more of the core.
+  call decide its rate, and for any bind other than loopback): grpc.aio on the event loop, the
+  interceptor as a grpc.aio interceptor. It answers a call at concurrency 1 sooner (one thread instead
+  of three), and under a storm of refused calls re-sent at once it leaves an ONNX scorer more of the
+  core.
 
 Each open call holds a pool thread while its coroutine runs on the loop (a health Watch stream, for as
 long as it is open). A call arriving while `grpc_threads` calls are open is refused by gRPC itself
