@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, groupby
 from pathlib import Path
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EncoderModelError",
+    "FileReader",
     "SentenceEncoder",
     "OnnxEncoder",
     "PromptTokenizer",
@@ -65,6 +66,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 class EncoderModelError(ValueError):
     """The encoder's model or tokenizer file is missing or malformed (message names file and problem)."""
+
+
+FileReader = Callable[[Path], bytes]
+"""How an encoder reads its files' bytes: `read_file` by default; the bundle loader passes the bytes it
+checked against the manifest (`lmroute.bundle.files.BundleFiles.reader`), so a file replaced after the
+check is never parsed."""
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of the file at `path`; EncoderModelError naming it when it is missing or unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise EncoderModelError(f"{path}: missing") from None
+    except OSError as exc:
+        raise EncoderModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_text(path: Path, read: FileReader) -> str:
+    """The UTF-8 text of the file at `path` as `read` gives it; EncoderModelError when it is not UTF-8."""
+    try:
+        return read(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EncoderModelError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +305,7 @@ class PromptTokenizer:
         max_tokens: int,
         truncation: Truncation = HEAD,
         fast: bool = True,
+        read: FileReader = read_file,
     ) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
             raise ValueError(f"max_tokens must be an int >= 2 (room for [CLS] and [SEP]), got {max_tokens!r}")
@@ -288,10 +314,9 @@ class PromptTokenizer:
         self.path = Path(path)
         self.max_tokens = max_tokens
         self.truncation = truncation
-        if not self.path.is_file():
-            raise EncoderModelError(f"{self.path}: tokenizer file missing")
+        text = read_text(self.path, read)
         try:
-            tok = Tokenizer.from_file(str(self.path))
+            tok = Tokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise EncoderModelError(f"{self.path}: not a valid HF tokenizers file ({exc})") from exc
         self.pad_id = int((tok.padding or {}).get("pad_id", 0))
@@ -312,7 +337,7 @@ class PromptTokenizer:
         self._fast: WordPieceTokenizer | None = None
         self.fast_path_note = "off by request"
         if fast and os.environ.get("LMROUTE_FAST_TOKENIZER", "1") != "0":
-            self._fast, self.fast_path_note = self._fast_tokenizer()
+            self._fast, self.fast_path_note = self._fast_tokenizer(text)
         if self._fast is not None:
             ids, lengths = self._fast_rows(list(self._PROBES))
             want = [e.ids for e in self._tok.encode_batch(list(self._PROBES))]
@@ -320,16 +345,18 @@ class PromptTokenizer:
                 self._fast, self.fast_path_note = None, "the fast path disagrees with HF on the probe texts"
         self.fast_path = self._fast is not None
 
-    def _fast_tokenizer(self) -> tuple[WordPieceTokenizer | None, str]:
-        """The compiled tokenizer for this file, or None and the reason it is not of the supported kind.
+    def _fast_tokenizer(self, text: str) -> tuple[WordPieceTokenizer | None, str]:
+        """The compiled tokenizer for this file (its `text`), or None and the reason it is not of the
+        supported kind.
         Imports the compiled core (KernelUnavailableError when it is missing or stale, as for the routers)."""
         from lmroute.kernels.compiled import WordPieceTokenizer
 
         if self._tok.encode_special_tokens:
             return None, "special tokens are encoded as text"
         try:
-            fast = WordPieceTokenizer.from_tokenizer_json(json.loads(self.path.read_text(encoding="utf-8")))
-        except (ValueError, KeyError, TypeError, IndexError) as exc:  # UnsupportedTokenizerError is a ValueError
+            fast = WordPieceTokenizer.from_tokenizer_json(json.loads(text))
+        # UnsupportedTokenizerError is a ValueError; RecursionError: JSON nested too deeply for the decoder
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             return None, f"not a supported kind: {exc}"
         if (fast.front_ids, fast.back_ids) != (self.front_ids, self.back_ids):
             return None, "the template's special tokens differ from the probe's"
@@ -534,6 +561,7 @@ class OnnxEncoder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 1,
         allow_spinning: bool = False,
+        read: FileReader | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.tokenizer_path = Path(tokenizer_path)
@@ -545,19 +573,23 @@ class OnnxEncoder:
             raise ValueError("providers must name at least one ONNX Runtime execution provider")
         self.max_tokens = max_tokens
         self.truncation = truncation
-        self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+        self.tokenizer = PromptTokenizer(
+            self.tokenizer_path, max_tokens=max_tokens, truncation=truncation, read=read or read_file
+        )
         self.pad_id = self.tokenizer.pad_id
         self.chunk_by_length = True  # attention runs over the padding: embed rows of similar length together
-        self._session = self._load_session(self.model_path, providers, intra_op_threads, allow_spinning)
+        self._session = self._load_session(self.model_path, providers, intra_op_threads, allow_spinning, read)
         self.dim = self._check_signature(self._session, self.model_path)
 
     # ----------------------------------------------------------------------------------------- loading
     @staticmethod
     def _load_session(
-        path: Path, providers: Sequence[str], intra_op_threads: int, allow_spinning: bool
+        path: Path, providers: Sequence[str], intra_op_threads: int, allow_spinning: bool, read: FileReader | None
     ) -> ort.InferenceSession:
-        if not path.is_file():
+        """The session over the model file (`read`'s bytes of it when given, else the file itself)."""
+        if read is None and not path.is_file():
             raise EncoderModelError(f"{path}: encoder model file missing")
+        model: str | bytes = read(path) if read is not None else str(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -565,7 +597,7 @@ class OnnxEncoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+            return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
         except Exception as exc:
             raise EncoderModelError(f"{path}: ONNX Runtime cannot load the encoder model ({exc})") from exc
 

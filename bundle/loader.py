@@ -30,9 +30,9 @@ import numpy.typing as npt
 
 from lmroute.bundle import kinds
 from lmroute.bundle.errors import BundleError
-from lmroute.bundle.files import load_npy, sha256_file
+from lmroute.bundle.files import BundleFiles, load_npy, read_regular_file
 from lmroute.bundle.kinds import LoadContext
-from lmroute.bundle.manifest import MANIFEST_NAME, Manifest, content_version_of, decode_json
+from lmroute.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, content_version_of, decode_json
 from lmroute.bundle.routers import BlendedRouter, ModelQualities, PromptBatch, Router
 
 if TYPE_CHECKING:
@@ -50,10 +50,8 @@ def read_manifest(bundle_dir: str | Path, *, public_key: Ed25519PublicKey | None
     """Parse and check `<bundle_dir>/manifest.json` alone (no file checks): the strict schema, its
     integrity (bundle_version is its content version) and, given a public key, its signature."""
     root = Path(bundle_dir)
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(MANIFEST_NAME, "missing")
-    blob = path.read_bytes()  # read once: the signature, the parser and the hash see the same bytes
+    # read once: the signature, the parser and the hash see the same bytes
+    blob = read_regular_file(root / MANIFEST_NAME, MANIFEST_NAME, limit=MAX_MANIFEST_BYTES)
     if public_key is not None:
         from lmroute.bundle.signing import verify_manifest_signature
 
@@ -170,11 +168,14 @@ def load_bundle(
         raise ValueError("load_bundle: public_key checks manifest.json, which manifest= replaces")
     if require_calibration and manifest.calibration is None:
         raise BundleError(MANIFEST_NAME, "calibration: missing (the bundle is not calibrated)")
-    _check_files(root, manifest, verify_checksums)
-    encoder = _load_encoder(root, manifest, providers, intra_op_threads, remote)
+    # every listed file read once and checked: what is parsed below is what was checked
+    files = BundleFiles.read(root, manifest.files, verify_checksums=verify_checksums)
+    encoder = _load_encoder(root, manifest, providers, intra_op_threads, remote, files)
     routers: dict[str, Router] = {}
-    prior_weights = _load_prior(root, manifest)
-    ctx = LoadContext(root=root, manifest=manifest, providers=tuple(providers), intra_op_threads=intra_op_threads)
+    prior_weights = _load_prior(files, manifest)
+    ctx = LoadContext(
+        root=root, manifest=manifest, providers=tuple(providers), intra_op_threads=intra_op_threads, files=files
+    )
     for name, spec in manifest.routers.items():
         kind = kinds.get(spec.kind)
         router = kind.load(ctx, name, spec)
@@ -206,23 +207,13 @@ def _unblended(router: Router) -> Router:
     return router.inner if isinstance(router, BlendedRouter) else router
 
 
-# ---- files ---------------------------------------------------------------------------------------
-def _check_files(root: Path, manifest: Manifest, verify_checksums: bool) -> None:
-    for rel, entry in manifest.files.items():
-        file = root / rel
-        if not file.is_file():
-            raise BundleError(rel, "missing")
-        size = file.stat().st_size
-        if size != entry.bytes:
-            raise BundleError(rel, f"size {size} bytes does not match manifest {entry.bytes}")
-        if verify_checksums:
-            actual = sha256_file(file)
-            if actual != entry.sha256:
-                raise BundleError(rel, f"sha256 mismatch (manifest {entry.sha256[:12]}..., file {actual[:12]}...)")
-
-
 def _load_encoder(
-    root: Path, manifest: Manifest, providers: Sequence[str], intra_op_threads: int, remote: RemoteSettings | None
+    root: Path,
+    manifest: Manifest,
+    providers: Sequence[str],
+    intra_op_threads: int,
+    remote: RemoteSettings | None,
+    files: BundleFiles,
 ) -> SentenceEncoder:
     from lmroute.bundle.encoder import EncoderModelError, OnnxEncoder
     from lmroute.bundle.remote_encoder import RemoteEncoder, RemoteEncoderError
@@ -233,12 +224,15 @@ def _load_encoder(
     model_rel = spec.files[model_role]
     tok_rel = spec.files.get("tokenizer", model_rel)
     model_path, tok_path = root / model_rel, root / tok_rel
+    read = files.reader()
     encoder: SentenceEncoder
     try:
         if spec.kind == "remote":
-            encoder = RemoteEncoder(model_path, max_tokens=spec.max_tokens, settings=remote)
+            encoder = RemoteEncoder(model_path, max_tokens=spec.max_tokens, settings=remote, read=read)
         elif spec.kind == "static":
-            encoder = StaticEncoder(model_path, tok_path, max_tokens=spec.max_tokens, truncation=spec.truncation)
+            encoder = StaticEncoder(
+                model_path, tok_path, max_tokens=spec.max_tokens, truncation=spec.truncation, read=read
+            )
         else:
             encoder = OnnxEncoder(
                 model_path,
@@ -247,6 +241,7 @@ def _load_encoder(
                 truncation=spec.truncation,
                 providers=tuple(providers),
                 intra_op_threads=intra_op_threads,
+                read=read,
             )
     except EncoderModelError as exc:
         # The encoder names the absolute file first ("<path>: <problem>"); re-root it in the bundle.
@@ -277,9 +272,9 @@ def _load_encoder(
 
 
 # ---- routers -------------------------------------------------------------------------------------
-def _load_prior(root: Path, manifest: Manifest) -> npt.NDArray[np.float32]:
+def _load_prior(files: BundleFiles, manifest: Manifest) -> npt.NDArray[np.float32]:
     """The difficulty prior's weights [encoder.dim] (float32, finite), or an empty array without one."""
     if manifest.difficulty_prior is None:
         return np.zeros(0, dtype=np.float32)
     rel = manifest.difficulty_prior.files["weights"]
-    return load_npy(root, rel, np.float32, [("encoder.dim", manifest.encoder.dim)])
+    return load_npy(files, rel, np.float32, [("encoder.dim", manifest.encoder.dim)])

@@ -75,6 +75,17 @@ _ROUTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+MAX_PATH_CHARS = 512
+"""The longest file path a manifest may name (each part at most 255 characters, as on common file systems)."""
+MAX_MANIFEST_BYTES = 16 << 20
+"""The largest manifest.json read (a bundle's is tens of kilobytes)."""
+MIN_SCALE = 1e-6
+"""The smallest blend or prior scale (a logit divided by less saturates every score to 0 or 1)."""
+MAX_TOKENS_LIMIT = 1 << 16
+"""The largest encoder.max_tokens a manifest may state."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_rel_path(path: str, where: str) -> None:
     parts = path.split("/")
     if (
@@ -84,7 +95,14 @@ def _check_rel_path(path: str, where: str) -> None:
         or any(p in ("", ".", "..") for p in parts)
         or path == MANIFEST_NAME
     ):
-        raise fail(f"{where}: invalid bundle path {path!r}")
+        raise fail(f"{where}: invalid bundle path {path[:80]!r}")
+    if _CONTROL.search(path):
+        raise fail(f"{where[:100]}: invalid bundle path {path[:80]!r} (a control character)")
+    if len(path) > MAX_PATH_CHARS or any(len(p.encode()) > 255 for p in parts):
+        raise fail(
+            f"{where[:100]}...: invalid bundle path of {len(path)} characters (at most {MAX_PATH_CHARS}, 255 "
+            "bytes a part)"
+        )
 
 
 @dataclass(frozen=True)
@@ -212,8 +230,11 @@ class EncoderSpec:
         node.close()
         if spec.dim <= 0:
             raise fail(f"encoder.dim: must be positive, got {spec.dim}")
-        if spec.max_tokens <= 0:
-            raise fail(f"encoder.max_tokens: must be positive, got {spec.max_tokens}")
+        if not 2 <= spec.max_tokens <= MAX_TOKENS_LIMIT:
+            raise fail(
+                f"encoder.max_tokens: must be in [2, {MAX_TOKENS_LIMIT}] (room for [CLS] and [SEP]), got "
+                f"{spec.max_tokens}"
+            )
         pooling = "endpoint" if kind == "remote" else "mean"  # a remote model pools as it does
         if spec.pooling != pooling:
             raise fail(f"encoder.pooling: unsupported pooling {spec.pooling!r} (a {kind} encoder reads {pooling!r})")
@@ -272,8 +293,8 @@ class Blend:
         blend = cls(prior_weight=node.float_("prior_weight"), center=node.float_("center"), scale=node.float_("scale"))
         if blend.prior_weight < 0:
             raise fail(f"{node.key('prior_weight')}: must be >= 0, got {blend.prior_weight}")
-        if blend.scale <= 0:
-            raise fail(f"{node.key('scale')}: must be positive, got {blend.scale}")
+        if not blend.scale >= MIN_SCALE:
+            raise fail(f"{node.key('scale')}: must be at least {MIN_SCALE:g}, got {blend.scale}")
         node.close()
         return blend
 
@@ -319,6 +340,8 @@ class DifficultyPriorSpec:
         for name in ("n_questions", "ridge", "scale"):
             if getattr(spec, name) <= 0:
                 raise fail(f"{node.key(name)}: must be positive, got {getattr(spec, name)}")
+        if spec.scale < MIN_SCALE:
+            raise fail(f"{node.key('scale')}: must be at least {MIN_SCALE:g}, got {spec.scale}")
         node.close()
         return spec
 
@@ -463,6 +486,12 @@ class TrainingData:
             by_label_kind=by_kind,
         )
         node.close()
+        for name, count in (("n_comparisons", data.n_comparisons), ("n_prompts", data.n_prompts)):
+            if count < 0:
+                raise fail(f"training_data.{name}: negative ({count})")
+        for kind, count in by_kind.items():
+            if count < 0:
+                raise fail(f"training_data.by_label_kind.{kind}: negative ({count})")
         return data
 
 
@@ -712,6 +741,10 @@ class Manifest:
         """Raise BundleError on any inconsistency visible from the manifest alone."""
         if not self.bundle_version:
             raise fail("bundle_version: empty")
+        try:
+            dt.datetime.fromisoformat(self.created_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise fail(f"created_at: not an ISO 8601 time ({self.created_at[:40]!r})") from None
         if not self.models:
             raise fail("models: empty")
         if list(self.models) != sorted(set(self.models)):
@@ -843,11 +876,24 @@ def _optional_str(root: Node, key: str, what: str) -> str:
 
 
 def decode_json(text: str | bytes) -> Any:
-    """manifest.json text decoded strictly (NaN and Infinity refused); BundleError naming manifest.json."""
+    """manifest.json text decoded strictly (NaN and Infinity refused, and a key given twice in one object:
+    readers that keep the first and readers that keep the last would see two bundles); BundleError naming
+    manifest.json."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_once)
+    except RecursionError:
+        raise fail("not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"not valid JSON ({exc})") from exc
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key[:80]!r} is given twice in one object")
+        out[key] = value
+    return out
 
 
 def content_version_of(data: Mapping[str, Any]) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.bundle.encoder import EncoderModelError, TokenBatch
+from lmroute.bundle.encoder import EncoderModelError, FileReader, TokenBatch, read_file, read_text
 from lmroute.bundle.truncation import HEAD
 
 __all__ = ["REMOTE_SPEC_NAME", "RemoteEncoder", "RemoteEncoderError", "RemoteSettings", "write_remote_spec"]
@@ -83,10 +83,10 @@ def write_remote_spec(directory: Path, model: str, dim: int) -> Path:
     return path
 
 
-def _read_spec(path: Path) -> tuple[str, int]:
+def _read_spec(path: Path, read: FileReader) -> tuple[str, int]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(read_text(path, read))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise EncoderModelError(f"{path}: cannot be read as JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or set(doc) != {"model", "dim"}:
         raise EncoderModelError(f"{path}: expected exactly the keys model and dim")
@@ -104,9 +104,16 @@ class RemoteEncoder:
     truncation = HEAD
     tokenizer = None
 
-    def __init__(self, spec_path: str | os.PathLike[str], *, max_tokens: int, settings: RemoteSettings | None = None):
+    def __init__(
+        self,
+        spec_path: str | os.PathLike[str],
+        *,
+        max_tokens: int,
+        settings: RemoteSettings | None = None,
+        read: FileReader = read_file,
+    ):
         self.model_path = Path(spec_path)
-        self.model, self.dim = _read_spec(self.model_path)
+        self.model, self.dim = _read_spec(self.model_path, read)
         self.max_tokens = max_tokens
         self.settings = (settings or RemoteSettings()).resolved()
         self.url = self.settings.base_url.rstrip("/") + "/embeddings"

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lmroute.bundle.errors import BundleError
+from lmroute.bundle.files import read_regular_file
 from lmroute.bundle.manifest import MANIFEST_NAME
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
 
 SIGNATURE_NAME = MANIFEST_NAME + ".sig"
 SIGNATURE_BYTES = 64
+MAX_SIGNATURE_FILE_BYTES = 4096  # a signature file holds 88 characters of base64
 
 
 def key_fingerprint(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
@@ -131,7 +133,7 @@ def verify_manifest_signature(bundle_dir: str | Path, manifest_bytes: bytes, key
         raise BundleError(
             SIGNATURE_NAME, f"missing: the bundle is not signed (a signature by key {fingerprint} is required)"
         )
-    text = path.read_bytes().strip()
+    text = read_regular_file(path, SIGNATURE_NAME, limit=MAX_SIGNATURE_FILE_BYTES).strip()
     try:
         signature = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

@@ -25,22 +25,29 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.bundle.encoder import EncoderModelError, PromptTokenizer, TokenBatch, encode_in_batches
+from lmroute.bundle.encoder import (
+    EncoderModelError,
+    FileReader,
+    PromptTokenizer,
+    TokenBatch,
+    encode_in_batches,
+    read_file,
+)
+from lmroute.bundle.files import npy_array
 from lmroute.bundle.truncation import HEAD, Truncation
 from lmroute.kernels.compiled import StaticEmbedding, token_mean
 
 __all__ = ["StaticEncoder", "load_table"]
 
 
-def load_table(path: Path, vocab_size: int) -> npt.NDArray[np.float32]:
-    """The token table at `path`: float32 [vocab_size, dim], finite, no pickles; EncoderModelError names
-    the file and what is wrong."""
-    if not path.is_file():
-        raise EncoderModelError(f"{path}: static encoder table missing")
+def load_table(path: Path, vocab_size: int, read: FileReader = read_file) -> npt.NDArray[np.float32]:
+    """The token table at `path` (its bytes as `read` gives them): float32 [vocab_size, dim], finite, a
+    plain .npy (no pickles, no .npz); EncoderModelError names the file and what is wrong."""
+    data = read(path)
     try:
-        table = np.load(path, allow_pickle=False, mmap_mode=None)
-    except Exception as exc:  # numpy raises ValueError / OSError / EOFError on a bad file
-        raise EncoderModelError(f"{path}: not a .npy array ({type(exc).__name__}: {exc})") from exc
+        table = npy_array(data)
+    except ValueError as exc:
+        raise EncoderModelError(f"{path}: {exc}") from None
     if table.dtype != np.float32 or table.ndim != 2 or table.shape[1] < 1:
         raise EncoderModelError(f"{path}: table is {table.dtype} {table.shape}, expected float32 [vocab, dim]")
     if table.shape[0] != vocab_size:
@@ -54,9 +61,10 @@ class StaticEncoder:
     """Tokeniser + token table. Thread-safe (read-only arrays; the Rust tokenizer is thread-safe).
 
     table_path: float32 [vocab, dim] `.npy`. tokenizer_path, max_tokens, truncation: as for OnnxEncoder
-    (`PromptTokenizer`). Raises EncoderModelError naming the file when the table or tokenizer is missing
-    or malformed, and when a text would embed to the zero vector (the table's rows for the template's
-    special tokens are all zero: an empty prompt would have no direction).
+    (`PromptTokenizer`). read: how the files' bytes are read (`lmroute.bundle.encoder.FileReader`). Raises
+    EncoderModelError naming the file when the table or tokenizer is missing or malformed, and when a text
+    would embed to the zero vector (the table's rows for the template's special tokens are all zero: an
+    empty prompt would have no direction).
     """
 
     def __init__(
@@ -66,15 +74,16 @@ class StaticEncoder:
         *,
         max_tokens: int = 256,
         truncation: Truncation = HEAD,
+        read: FileReader = read_file,
     ) -> None:
         self.model_path = Path(table_path)
         self.tokenizer_path = Path(tokenizer_path)
-        self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+        self.tokenizer = PromptTokenizer(self.tokenizer_path, max_tokens=max_tokens, truncation=truncation, read=read)
         self.max_tokens = max_tokens
         self.truncation = truncation
         self.pad_id = self.tokenizer.pad_id
         self.chunk_by_length = False  # padding costs nothing here: embed whole batches
-        table = load_table(self.model_path, self.tokenizer.vocab_size)
+        table = load_table(self.model_path, self.tokenizer.vocab_size, read)
         self.dim = int(table.shape[1])
         self._table = table
         self._table.setflags(write=False)

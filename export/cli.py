@@ -752,7 +752,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lmroute.export.pipeline import calibrate_bundle
 
         prompts = _read_prompts(args.prompts) if args.prompts else None
-        calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
+        try:
+            calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
+        except (ValueError, OSError) as exc:  # BundleError is a ValueError: a bundle or data dir it cannot use
+            print(f"{PROG} calibrate: {exc}", file=sys.stderr)
+            return 1
         print(f"calibration table of {args.bundle} updated")
         return 0
     if args.cmd == "contamination":

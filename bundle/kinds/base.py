@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from lmroute.bundle.files import load_npy, onnx_session
+from lmroute.bundle.files import BundleFiles, load_npy, onnx_session
 from lmroute.bundle.jsonread import Node, as_str, fail
 
 if TYPE_CHECKING:
@@ -80,20 +80,27 @@ class RouterArtifacts:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """A bundle being loaded: its root, its parsed manifest and the ONNX Runtime settings."""
+    """A bundle being loaded: its root, its parsed manifest, its files' checked bytes
+    (`lmroute.bundle.files.BundleFiles`: a kind reads its files through `npy`, `session` or `blob`, never by
+    path, so it parses the bytes whose checksums were checked) and the ONNX Runtime settings."""
 
     root: Path
     manifest: Manifest
     providers: tuple[str, ...]
     intra_op_threads: int
+    files: BundleFiles
 
     def npy(self, rel: str, dtype: type[Any], axes: Sequence[tuple[str, int | None]]) -> npt.NDArray[Any]:
         """A checked array of the bundle (`lmroute.bundle.files.load_npy`)."""
-        return load_npy(self.root, rel, dtype, axes)
+        return load_npy(self.files, rel, dtype, axes)
 
     def session(self, rel: str) -> ort.InferenceSession:
         """An ONNX Runtime session over a file of the bundle."""
-        return onnx_session(self.root, rel, self.providers, self.intra_op_threads)
+        return onnx_session(self.files, rel, self.providers, self.intra_op_threads)
+
+    def blob(self, rel: str) -> bytes:
+        """The checked bytes of a listed file of the bundle."""
+        return self.files.blob(rel)
 
 
 @dataclass(frozen=True)

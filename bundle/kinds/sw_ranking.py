@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["KIND", "SWRankingKind", "SWRankingParams", "SWRankingRouter"]
 
 _NORM_TOL = 1e-3  # |1 - ||x|| | allowed for float32 rows that claim to be L2-normalised
+MAX_GAMMA = 1e100  # a prompt's weight is at most gamma ** 2: finite
+MAX_TIERS = 1024  # the Bradley-Terry solve holds n_tiers ratings per query
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,10 @@ class SWRankingKind(RouterKind):
 
     def check_params(self, params: SWRankingParams, where: str) -> None:
         self.positive(params, where, "gamma", "scale", "n_tiers")
-        if params.gamma <= 1.0:
-            raise fail(f"{where}.gamma: must be > 1, got {params.gamma}")
+        if not 1.0 < params.gamma <= MAX_GAMMA:
+            raise fail(f"{where}.gamma: must be in (1, {MAX_GAMMA:g}], got {params.gamma}")
+        if params.n_tiers > MAX_TIERS:
+            raise fail(f"{where}.n_tiers: at most {MAX_TIERS}, got {params.n_tiers}")
         if params.base <= 1.0:
             raise fail(f"{where}.base: must be > 1, got {params.base}")
         for name in ("strong_tier", "weak_tier"):

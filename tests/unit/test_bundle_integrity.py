@@ -506,3 +506,24 @@ def test_key_files_that_hold_no_ed25519_key(keys: dict[str, Path], tmp_path: Pat
 def test_public_key_and_an_in_memory_manifest_do_not_mix(pristine: Path, keys: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match=r"^load_bundle: public_key checks manifest.json, which manifest= replaces$"):
         load_bundle(pristine, manifest=read_manifest(pristine), public_key=_pub(keys))
+
+
+def test_calibrate_refuses_a_bundle_it_cannot_use_in_one_line(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope"
+    assert export_main(["calibrate", "--bundle", str(missing)]) == 1
+    assert capsys.readouterr().err == f"lmroute-export calibrate: {missing}: bundle directory does not exist\n"
+    data = _manifest(bundle_dir)
+    data["routers"]["sw_ranking"]["params"]["gamma"] = 1e5
+    _write(bundle_dir, data)
+    assert export_main(["calibrate", "--bundle", str(bundle_dir)]) == 1
+    assert capsys.readouterr().err == f"lmroute-export calibrate: {_tampered(bundle_dir, data)}\n"
+
+
+def test_a_signature_file_is_read_only_when_it_is_a_small_regular_file(bundle_dir: Path, keys: dict[str, Path]) -> None:
+    _sign(bundle_dir, keys)
+    (bundle_dir / SIG).write_bytes(b"A" * 10_000)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle_dir, public_key=_pub(keys))
+    assert str(info.value) == f"{SIG}: 10000 bytes, over the limit of 4096"

@@ -255,7 +255,59 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "blend_zero_scale",
         lambda d: d["routers"]["mf"]["blend"].update(scale=0.0),
-        "manifest.json: routers.mf.blend.scale: must be positive, got 0.0",
+        "manifest.json: routers.mf.blend.scale: must be at least 1e-06, got 0.0",
+    ),
+    (
+        "blend_subnormal_scale",
+        lambda d: d["routers"]["mf"]["blend"].update(scale=1e-320),
+        "manifest.json: routers.mf.blend.scale: must be at least 1e-06, got 1e-320",
+    ),
+    (
+        "prior_tiny_scale",
+        lambda d: d["difficulty_prior"].update(scale=1e-9),
+        "manifest.json: difficulty_prior.scale: must be at least 1e-06, got 1e-09",
+    ),
+    (
+        "sw_huge_n_tiers",
+        lambda d: d["routers"]["sw"]["params"].update(n_tiers=2147483647),
+        "manifest.json: routers.sw.params.n_tiers: at most 1024, got 2147483647",
+    ),
+    (
+        "sw_huge_gamma",
+        lambda d: d["routers"]["sw"]["params"].update(gamma=1e308),
+        "manifest.json: routers.sw.params.gamma: must be in (1, 1e+100], got 1e+308",
+    ),
+    (
+        "max_tokens_one",
+        lambda d: d["encoder"].update(max_tokens=1),
+        "manifest.json: encoder.max_tokens: must be in [2, 65536] (room for [CLS] and [SEP]), got 1",
+    ),
+    (
+        "max_tokens_huge",
+        lambda d: d["encoder"].update(max_tokens=10**9),
+        "manifest.json: encoder.max_tokens: must be in [2, 65536] (room for [CLS] and [SEP]), got 1000000000",
+    ),
+    (
+        "created_at_not_a_time",
+        lambda d: d.update(created_at="not a date"),
+        "manifest.json: created_at: not an ISO 8601 time ('not a date')",
+    ),
+    (
+        "negative_comparisons",
+        lambda d: d["training_data"].update(n_comparisons=-5),
+        "manifest.json: training_data.n_comparisons: negative (-5)",
+    ),
+    (
+        "control_character_in_path",
+        lambda d: d["files"].update({"routers/mf/x\x00.npy": {"sha256": "0" * 64, "bytes": 1}}),
+        "manifest.json: files.routers/mf/x\x00.npy: invalid bundle path 'routers/mf/x\\x00.npy' (a control character)",
+    ),
+    (
+        "path_too_long",
+        lambda d: d["files"].update({"routers/" + "a" * 5000: {"sha256": "0" * 64, "bytes": 1}}),
+        "manifest.json: files.routers/"
+        + "a" * 86
+        + "...: invalid bundle path of 5008 characters (at most 512, 255 bytes a part)",
     ),
     (
         "prior_zero_scale",
@@ -380,6 +432,17 @@ CASES: list[tuple[str, Any, str]] = [
 @pytest.mark.parametrize(("edit", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_strict_parser_messages(edit: Any, expected: str) -> None:
     assert _message(_broken(edit)) == expected
+
+
+def test_a_key_given_twice_and_deep_nesting_are_refused() -> None:
+    text = json.dumps(_manifest_dict())
+    twice = text.replace('"default_pair":', '"label": "a", "label": "b", "default_pair":', 1)
+    with pytest.raises(BundleError) as info:
+        Manifest.from_json(twice)
+    assert str(info.value) == "manifest.json: not valid JSON (the key 'label' is given twice in one object)"
+    with pytest.raises(BundleError) as info:
+        Manifest.from_json("[" * 100_000 + "]" * 100_000)
+    assert str(info.value) == "manifest.json: not valid JSON (nested too deeply)"
 
 
 def test_not_json_and_nan() -> None:

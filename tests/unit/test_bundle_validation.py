@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,14 +237,83 @@ def test_truncated_npy(bundle_dir: Path) -> None:
     blob = (bundle_dir / rel).read_bytes()
     (bundle_dir / rel).write_bytes(blob[: len(blob) // 2])
     _resign(bundle_dir, rel)
-    assert _refused(bundle_dir) == f"{rel}: unreadable .npy file (truncated, corrupt or pickled)"
+    assert re.fullmatch(
+        rf"{re.escape(rel)}: unreadable \.npy file: its header says shape \(\d+, \d+\) of float32 \(\d+ bytes\), "
+        r"the file holds \d+",
+        _refused(bundle_dir),
+    ), _refused(bundle_dir)
 
 
 def test_pickled_object_array_is_refused(bundle_dir: Path) -> None:
     rel = f"{MF}/classifier.npy"
     np.save(bundle_dir / rel, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     _resign(bundle_dir, rel)
-    assert _refused(bundle_dir) == f"{rel}: unreadable .npy file (truncated, corrupt or pickled)"
+    assert _refused(bundle_dir) == f"{rel}: unreadable .npy file: holds Python objects (a pickle): refused"
+
+
+def test_an_npy_header_claiming_a_huge_shape_is_refused_before_it_is_allocated(bundle_dir: Path) -> None:
+    rel = f"{MF}/classifier.npy"
+    header = {"descr": "<f4", "fortran_order": False, "shape": (4_000_000_000_000,)}
+    with open(bundle_dir / rel, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 64)
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir) == (
+        f"{rel}: unreadable .npy file: its header says shape (4000000000000,) of float32 (16000000000000 "
+        "bytes), the file holds 64"
+    )
+
+
+def test_an_npz_in_place_of_an_npy_is_refused(bundle_dir: Path) -> None:
+    rel = f"{MF}/classifier.npy"
+    with open(bundle_dir / rel, "wb") as fh:
+        np.savez(fh, a=np.zeros(3, dtype=np.float32))
+    _resign(bundle_dir, rel)
+    assert _refused(bundle_dir).startswith(f"{rel}: unreadable .npy file: not a .npy array (")
+
+
+@pytest.mark.parametrize("what", ["directory", "fifo", "device"])
+def test_a_listed_file_that_is_not_a_regular_file_is_refused_not_read(bundle_dir: Path, what: str) -> None:
+    """A directory, a FIFO (never waited on) or a device (a link to /dev/zero) in a listed file's place."""
+    rel = f"{MF}/classifier.npy"
+    (bundle_dir / rel).unlink()
+    if what == "directory":
+        (bundle_dir / rel).mkdir()
+    elif what == "fifo":
+        os.mkfifo(bundle_dir / rel)
+    else:
+        (bundle_dir / rel).symlink_to("/dev/zero")
+    kind = "a directory" if what == "directory" else "a device, pipe or socket"
+    assert _refused(bundle_dir) == f"{rel}: not a regular file ({kind})"
+
+
+def test_a_file_replaced_after_its_checksum_was_checked_is_never_parsed(bundle_dir: Path) -> None:
+    """Every listed file is read once and what is parsed is what was hashed: here the encoder's model is
+    replaced (an atomic rename of a broken graph of the same size) right after the loader has read it,
+    while the loader reads the files after it. A loader that hashed by path and parsed by path again would
+    parse the replacement; this one loads the bundle as it was checked."""
+    manifest = _manifest(bundle_dir)
+    rels = sorted(manifest["files"])
+    target = manifest["encoder"]["files"]["model"]
+    later = next(r for r in rels if r > target)  # a file the loader reads after the target
+    swap = bundle_dir / (target + ".swap")
+    swap.write_bytes(b"\0" * (bundle_dir / target).stat().st_size)
+    state = {"armed": True}
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if state["armed"] and event == "open" and str(args[0]) == str(bundle_dir / later):
+            state["armed"] = False
+            os.replace(swap, bundle_dir / target)
+
+    state["armed"] = True
+    sys.addaudithook(hook)
+    try:
+        bundle = load_bundle(bundle_dir)
+    finally:
+        state["armed"] = False  # an audit hook cannot be removed: disarmed for the rest of the run
+    assert not swap.exists() and (bundle_dir / target).read_bytes() == b"\0" * len((bundle_dir / target).read_bytes())
+    assert bundle.encoder.encode(["still the checked encoder"]).shape == (1, DIM)
+    assert _refused(bundle_dir).startswith(f"{target}: sha256 mismatch")  # the replacement itself is refused
 
 
 # ---- arrays --------------------------------------------------------------------------------------

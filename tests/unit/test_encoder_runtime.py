@@ -185,7 +185,7 @@ def test_rejects_missing_and_garbage_files(tmp_path: Path, toy_model: Path, toke
     garbage.write_bytes(b"this is not a protobuf")
     with pytest.raises(EncoderModelError, match=f"{garbage}: ONNX Runtime cannot load the encoder model"):
         OnnxEncoder(garbage, tokenizer_path)
-    with pytest.raises(EncoderModelError, match="tokenizer file missing"):
+    with pytest.raises(EncoderModelError, match=f"{tmp_path / 'tok.json'}: missing"):
         OnnxEncoder(toy_model, tmp_path / "tok.json")
     bad_tok = tmp_path / "bad_tok.json"
     bad_tok.write_text("{not json")

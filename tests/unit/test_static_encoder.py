@@ -214,7 +214,7 @@ def test_refuses_bad_tables(tmp_path: Path, tokenizer_path: Path, static_dir: Pa
         "flat.npy": table[:, 0].copy(),
     }
     expected = {
-        "missing.npy": "table missing",
+        "missing.npy": "missing.npy: missing",
         "rows.npy": f"{table.shape[0] - 1} rows, the tokenizer has {table.shape[0]} ids",
         "dtype.npy": "expected float32 [vocab, dim]",
         "nan.npy": "NaN or infinite",
