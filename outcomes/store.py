@@ -16,12 +16,17 @@ Opening a store migrates it to the current schema version (in one transaction pe
 under an advisory lock, so replicas starting together migrate once) and refuses a store that a newer
 version of lmroute migrated further. Every database error (opening, a statement) is raised as
 StoreError naming the store, its password redacted.
+
+A SQLite store commits only while its path still names the file it opened: a transaction that finds
+the file removed or replaced (an operator's `rm`, a restore copied over it) is rolled back and fails,
+instead of committing into a file no later open can read (the writer then reopens the path).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -128,7 +133,7 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
             conn.execute("PRAGMA secure_delete=ON")  # what retention deletes is zeroed, not left in free pages
         except sqlite3.Error as exc:
             raise StoreError(f"store {dsn!r}: cannot open {path}: {exc}") from exc
-        store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts)
+        store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts, path=path)
     elif dsn.startswith(("postgresql://", "postgres://")):
         try:
             import psycopg
@@ -162,12 +167,21 @@ class OutcomeStore:
         *,
         store_prompts: bool = True,
         db_errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+        path: Path | None = None,
     ) -> None:
         self._conn = conn
         self._dialect = dialect
         self.name = redact_dsn(dsn)
         self.store_prompts = store_prompts
         self._db_errors = db_errors  # the driver's errors, raised as StoreError naming the store
+        self._path = path  # a SQLite store's file and its identity (_check_file)
+        self._file_id: tuple[int, int] | None = None
+        if path is not None:
+            try:
+                st = os.stat(path)  # the connection has made the file (journal_mode=WAL wrote its header)
+                self._file_id = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
 
     @property
     def dialect(self) -> str:
@@ -203,6 +217,23 @@ class OutcomeStore:
 
     def _begin(self) -> None:
         self._exec("BEGIN IMMEDIATE" if self._dialect is _SQLITE else "BEGIN")
+
+    def _check_file(self) -> None:
+        """A SQLite store: StoreError when its path no longer names the file this connection opened."""
+        if self._path is None:
+            return
+        try:
+            st = os.stat(self._path)
+            found: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            found = None
+        if self._file_id is None and found is not None:
+            self._file_id = found
+        if found is None or found != self._file_id:
+            raise StoreError(
+                f"store {self.name}: its file {self._path} was removed or replaced while open: nothing is "
+                "committed to the file that was opened (reopen the store)"
+            )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -711,6 +742,12 @@ class _Transaction:
         self._store._begin()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._store._check_file()
+            except StoreError:
+                self._store._exec("ROLLBACK")
+                raise
         self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
 
 

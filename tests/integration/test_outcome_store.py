@@ -577,6 +577,32 @@ def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(d
     admin.close()
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_sqlite_file_removed_or_replaced_under_the_writer_acknowledges_nothing_into_it(
+    tmp_path: Path, how: str
+) -> None:
+    """Removed (its -wal and -shm too) or replaced by another file while the writer holds it open: the
+    round fails (nothing is acknowledged into a file no later open can read), the writer reopens the path,
+    and what it acknowledges after that is in the file there."""
+    path = tmp_path / "s.sqlite3"
+    dsn = f"sqlite:{path}"
+    writer = StoreWriter(lambda: open_store(dsn), retry_pause_s=0.01)
+    writer.start()
+    assert writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="before")]).result(10) == [Verdict.STORED]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        open_store(f"sqlite:{tmp_path / 'other.sqlite3'}").close()
+        (tmp_path / "other.sqlite3").rename(path)
+    with pytest.raises(StoreError, match=r"was removed or replaced while open"):
+        writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="lost")]).result(10)
+    assert writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="after")]).result(10) == [Verdict.STORED]
+    writer.close()
+    check = open_store(dsn)
+    assert {r.prompt_text for r in check.labeled_prompts()} == {"after"}
+    check.close()
+
+
 def test_a_decision_the_store_cannot_hold_is_dropped_not_retried_before_every_later_write(dsn: str) -> None:
     """A round fails on a row the store refuses while it answers (PostgreSQL and a NUL in a prompt did):
     its decisions are written one by one, the refused one dropped and counted, so later rounds and
