@@ -42,6 +42,7 @@ ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
 _TRANSPORTS = ("auto", "threads", "aio")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_RETENTION_DAYS = 1_000_000  # a cutoff in Unix ms that SQLite and PostgreSQL integers hold
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
@@ -618,8 +619,13 @@ class ServiceConfig:
             raise ConfigError(f"explore_rate: must be in [0, 0.5] (got {self.explore_rate!r})")
         if not (isinstance(self.targets_watch_s, (int, float)) and 0 <= self.targets_watch_s < float("inf")):
             raise ConfigError(f"targets_watch_s: must be >= 0 and finite (got {self.targets_watch_s!r})")
-        if not (isinstance(self.store_retention_days, (int, float)) and self.store_retention_days >= 0):
-            raise ConfigError(f"store_retention_days: must be >= 0 (got {self.store_retention_days!r})")
+        if not (
+            isinstance(self.store_retention_days, (int, float)) and 0 <= self.store_retention_days <= MAX_RETENTION_DAYS
+        ):
+            raise ConfigError(
+                f"store_retention_days: must be in [0, {MAX_RETENTION_DAYS}] (0: keep everything; got "
+                f"{self.store_retention_days!r})"
+            )
         # at most half of NOT_YET_MS: a decision is in the store well before Feedback on another replica stops
         # answering DECISION_NOT_RECORDED_YET (retry) for its id and answers DECISION_NOT_FOUND
         if not (isinstance(self.store_linger_ms, (int, float)) and 0 <= self.store_linger_ms <= NOT_YET_MS / 2):

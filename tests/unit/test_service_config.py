@@ -213,6 +213,14 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
             lambda: ServiceConfig(bundle_path=Path("b"), control_repay=0),
             "control_repay: must be an integer >= 1 (got 0)",
         ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=math.inf),
+            "store_retention_days: must be in [0, 1000000] (0: keep everything; got inf)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=1e308),
+            "store_retention_days: must be in [0, 1000000] (0: keep everything; got 1e+308)",
+        ),
     ],
 )
 def test_bad_values_exact_messages(build: Callable[[], object], message: str) -> None:
