@@ -238,8 +238,9 @@ def run_link_round(
 
 
 STALE_STAGING_S = 6 * 3600.0
-"""A bundle directory being written (`.adapted-*.tmp-*`) untouched this long was left by a round that was
-killed mid-write (an evicted CronJob): `prune_bundles` deletes it."""
+"""A bundle directory being written (`.adapted-*.tmp-*`), or one being replaced (`.adapted-*.old-*`, when
+a round writes a name that exists), untouched this long was left by a round that was killed mid-write
+(an evicted CronJob): `prune_bundles` deletes it."""
 
 
 def prune_bundles(bundles_dir: Path, keep: int, serving: Path, *, now: float | None = None) -> list[Path]:
@@ -252,7 +253,8 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path, *, now: float | N
     stale = [
         p
         for p in bundles_dir.iterdir()
-        if p.name.startswith(".adapted-") and ".tmp-" in p.name and p.is_dir() and not p.is_symlink()
+        if p.name.startswith(".adapted-") and (".tmp-" in p.name or ".old-" in p.name)
+        if p.is_dir() and not p.is_symlink()
         if now - p.stat().st_mtime > STALE_STAGING_S
     ]
     for p in stale:

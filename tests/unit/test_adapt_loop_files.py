@@ -48,10 +48,13 @@ def test_pruning_deletes_what_a_killed_round_left_half_written(tmp_path: Path) -
     than STALE_STAGING_S, whatever --keep-bundles says; one being written now is left alone."""
     root = _bundles(tmp_path / "bundles")
     left = root / ".adapted-20261205T010000000000Z.tmp-abc123"
+    replaced = root / ".adapted-20261205T010000000000Z.old-ghi789"  # killed while it replaced a bundle
     writing = root / ".adapted-20261205T020000000000Z.tmp-def456"
-    for staged in (left, writing):
+    for staged in (left, replaced, writing):
         (staged / "routers").mkdir(parents=True)
     now = time.time()
-    os.utime(left, (now - STALE_STAGING_S - 60, now - STALE_STAGING_S - 60))
-    assert prune_bundles(root, 0, root / "base", now=now) == [left]
-    assert writing.is_dir() and not left.exists() and (root / STAMPS[0]).is_dir()  # keep 0: bundles kept
+    for stale in (left, replaced):
+        os.utime(stale, (now - STALE_STAGING_S - 60, now - STALE_STAGING_S - 60))
+    assert sorted(prune_bundles(root, 0, root / "base", now=now)) == sorted([left, replaced])
+    assert writing.is_dir() and not left.exists() and not replaced.exists()
+    assert (root / STAMPS[0]).is_dir()  # keep 0: bundles kept
