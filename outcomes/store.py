@@ -126,6 +126,7 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
         if must_exist and not path.is_file():
             raise StoreError(f"store {dsn!r}: {path} does not exist (this command reads a store; it makes none)")
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -154,6 +155,17 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
         store.close()
         raise
     return store
+
+
+def _create_private(path: Path) -> None:
+    """A new SQLite store's file made readable by its owner only (it holds prompts; SQLite gives its -wal
+    and -shm files the same mode); an existing file keeps the mode it has."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"store sqlite:{path}: cannot create {path}: {exc.strerror or exc}") from None
 
 
 class OutcomeStore:

@@ -9,7 +9,8 @@ optionally bound to a tenant:
 
 A caller sends `authorization: Bearer <token>` in its metadata. A call is let in when the token equals
 one of the configured ones; the comparison runs over every configured token, each with
-`hmac.compare_digest`, so its time does not depend on which token (or which prefix) matched. A token bound
+`hmac.compare_digest` of SHA-256 digests (all of one length), so its time depends neither on which token
+(or which prefix) matched nor on the tokens' lengths. A token bound
 to a tenant decides the call's tenant (the tenant metadata key is then ignored), so a caller cannot speak
 for another tenant. The health service is always open. Tokens are never logged: errors about a bad entry
 name the file and line, not the token.
@@ -25,6 +26,7 @@ logged once per change (file and line, never a token) and counted (`reload_failu
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import hmac
 import os
 import re
@@ -133,7 +135,9 @@ class Authenticator:
                 presented = value[7:].strip().encode("utf-8", "replace")
                 break
         admitted, tenant = False, None
-        for token, bound in self.tokens.items():  # every token compared: time independent of the match
-            if hmac.compare_digest(presented, token):
+        # every token compared, as digests of one length: time independent of the match and of the lengths
+        digest = hashlib.sha256(presented).digest()
+        for token, bound in self.tokens.items():
+            if hmac.compare_digest(digest, hashlib.sha256(token).digest()):
                 admitted, tenant = True, bound
         return admitted, tenant

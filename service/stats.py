@@ -19,6 +19,7 @@ import json
 import math
 import os
 import resource
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,9 +226,16 @@ class StatsFile:
         self._task: asyncio.Task[None] | None = None
 
     def write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self._snapshot()))
-        os.replace(tmp, self.path)
+        # a sibling of a fresh name (not a fixed one another user could have made a link)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._snapshot()))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

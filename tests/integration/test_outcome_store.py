@@ -85,6 +85,22 @@ def test_a_new_store_is_migrated_and_reopening_keeps_its_rows(dsn: str) -> None:
     again.close()
 
 
+def test_a_new_sqlite_store_is_readable_by_its_owner_only_and_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    """It holds prompts: the file, and the -wal and -shm SQLite makes beside it, are 0600 when the store
+    makes them (whatever the umask), while a file the operator made keeps the mode they gave it."""
+    path = tmp_path / "new.sqlite3"
+    s = open_store(f"sqlite:{path}")
+    s.write([_decision("hello")])
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert name.stat().st_mode & 0o777 == 0o600, name
+    s.close()
+    mine = tmp_path / "mine.sqlite3"
+    mine.touch(mode=0o640)
+    mine.chmod(0o640)
+    open_store(f"sqlite:{mine}").close()
+    assert mine.stat().st_mode & 0o777 == 0o640
+
+
 def test_a_store_migrated_by_a_newer_lmroute_is_refused(store: OutcomeStore, dsn: str) -> None:
     store._exec("UPDATE lmroute_schema SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} is newer than this lmroute's"):

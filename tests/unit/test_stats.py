@@ -164,6 +164,18 @@ def test_stats_file_writes_now_periodically_and_at_close(tmp_path: Path) -> None
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["stats.json"]
 
 
+def test_the_stats_file_is_never_written_through_a_link_at_a_name_it_could_have_used(tmp_path: Path) -> None:
+    """A link another user made at the old fixed sibling name (stats.json.tmp) does not redirect the write."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "stats.json.tmp").symlink_to(victim)
+    f = StatsFile(tmp_path / "stats.json", lambda: {"n": 1})
+    f.write()
+    assert victim.read_text() == "keep" and json.loads(f.path.read_text()) == {"n": 1}
+    assert f.path.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "stats.json.tmp", "victim"]
+
+
 def test_scheduler_fills_the_timings_for_every_batch_and_prompt() -> None:
     async def body() -> tuple[Scheduler, float]:
         scorer = FakeScorer(delay_s=0.02)
