@@ -383,6 +383,15 @@ class ServiceConfig:
             metavar="TARGETS",
         ),
     )
+    binding_targets: bool = field(
+        default=False,
+        metadata=_doc(
+            "a call whose tenant holds a share target may not set its own threshold or strong_share, nor one "
+            "whose tenant holds a spend target its own model_policy (PERMISSION_DENIED, TARGET_IS_BINDING): "
+            "the targets are the tenants' budgets, not defaults (with tokens bound to tenants, so a caller "
+            "cannot name another tenant)"
+        ),
+    )
     tenant_header: str = field(
         default="x-lmroute-tenant", metadata=_doc("request metadata key that names the caller's tenant")
     )

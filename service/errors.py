@@ -25,7 +25,8 @@
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
     +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
-    +-- PermissionDenied               PERMISSION_DENIED (a token bound to a tenant calling AdminService)
+    +-- PermissionDenied               PERMISSION_DENIED (a token bound to a tenant calling AdminService;
+                                       a policy of its own where targets bind: TARGET_IS_BINDING)
     +-- EncoderUnavailable             UNAVAILABLE (a remote encoder's embeddings endpoint failed; per prompt)
     +-- UpstreamFailed                 UNAVAILABLE, HTTP 502 (the OpenAI-compatible front's upstream
                                        model unreachable, or it answered with a server error)
@@ -229,8 +230,8 @@ class Unauthenticated(ServiceError):
 
 
 class PermissionDenied(ServiceError):
-    """The caller's token may not make this call (a token bound to a tenant speaks for that tenant only:
-    it cannot administer the server)."""
+    """The caller may not make this call: a token bound to a tenant speaks for that tenant only (it cannot
+    administer the server); with binding targets a tenant holding one cannot set its own policy."""
 
     default_reason = "PERMISSION_DENIED"
 

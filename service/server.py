@@ -194,6 +194,7 @@ class RouterServer:
                 spends=parse_share_targets(config.spend_targets, high=math.inf),
                 spend_settings=config.spend_control,
             ),
+            binding_targets=config.binding_targets,
             tenant_header=config.tenant_header,
             tenants=config.tenants,
             max_message_bytes=config.max_message_bytes,

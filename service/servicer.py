@@ -40,6 +40,7 @@ from lmroute.service.errors import (
     NoOutcomeStore,
     NotFound,
     NotReady,
+    PermissionDenied,
     QueueTimeout,
     ServiceError,
     StoreUnavailable,
@@ -107,6 +108,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_feedback_items: int = 1024,
         exploration: Exploration | None = None,
         targets: TenantTargets | None = None,
+        binding_targets: bool = False,
         tenant_header: str = "x-lmroute-tenant",
         tenants: Sequence[str] = (),
         prices: Mapping[str, ModelPrice] | None = None,
@@ -124,6 +126,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.store: StoreWriter | None = None  # the outcome store's writer; None = no store
         self.exploration = exploration or Exploration(0.0)
         self.targets = targets  # tenants' targets held live (AdminService.SetTargets changes them); None = none
+        self.binding_targets = binding_targets  # a tenant with a target may not set its own policy
         self.tenant_header = tenant_header
         self.tenants = frozenset(tenants)  # the tenants a caller may name; empty = any well-formed name
         self.prices = dict(prices or {})  # the models file's prices, for candidates that give none
@@ -216,6 +219,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if isinstance(out, ServiceError):
             raise out
         return out
+
+    def _check_not_bound(self, asked_tenant: str, policy: str, *, spend: bool) -> None:
+        """With binding targets: PermissionDenied for a call that sets its own `policy` while its tenant holds
+        a target (a share target; with `spend`, a spend target)."""
+        if not self.binding_targets or self.targets is None:
+            return
+        tenant = self.targets.tenant_of(asked_tenant, spend=spend)
+        if tenant is not None:
+            what = "spend" if spend else "share"
+            raise PermissionDenied(
+                f"{policy}: {_whose(asked_tenant)} holds a {what} target ({tenant}) that this server makes "
+                "binding (--binding-targets): send no " + ("model_policy" if spend else "threshold or strong_share"),
+                reason="TARGET_IS_BINDING",
+            )
 
     def router_for(self, tenant: str) -> str:
         """The router of `tenant`'s Route calls that name none: its own when the bundle has one, else the
@@ -331,6 +348,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request.router = default  # answered, recorded and reported as if named
         if among:
             return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
+        if policy is not None:
+            self._check_not_bound(asked_tenant, policy, spend=False)
         tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
         if policy is None and tenant is None:
             why = (
@@ -413,6 +432,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 raise InvalidArgument(f"model_policy: required with candidates ({why})", reason="MISSING_POLICY")
         elif policy != "model_policy":
             raise InvalidArgument(f"model_policy: required with candidates (got {policy})", reason="MISSING_POLICY")
+        else:
+            self._check_not_bound(asked_tenant, policy, spend=True)
         if not len(request.candidates):
             raise InvalidArgument("candidates: at least two required with model_policy", reason="TOO_FEW_CANDIDATES")
         rule, value = check_policy(request.model_policy) if tenant is None else ("cost_weight", math.nan)

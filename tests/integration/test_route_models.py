@@ -286,3 +286,23 @@ def test_exploring_among_candidates_reports_and_records_propensities(
             store.close()
     finally:
         srv.stop()
+
+
+def test_binding_spend_targets_refuse_a_model_policy_of_the_callers_own(
+    setup: tuple[ServerThread, Bundle, str],
+) -> None:
+    srv0, _, _ = setup
+    cfg = dataclasses.replace(srv0.server.config, spend_targets="batch=0.5", binding_targets=True)
+    srv = ServerThread(cfg).start()
+    try:
+        models = list(PRICES)
+        with RouterClient(srv.target, tenant="batch") as batch:
+            with pytest.raises(grpc.RpcError) as e:
+                batch.route_among("hello", models, router="quality", cost_weight=0.0)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "holds a spend target (batch)" in (e.value.details() or "")
+            assert batch.route_among("hello", models, router="quality").chosen_model in models  # its target
+        with RouterClient(srv.target, tenant="other") as other:  # no spend target: its own policy stands
+            assert other.route_among("hello", models, router="quality", cost_weight=0.0).chosen_model in models
+    finally:
+        srv.stop()

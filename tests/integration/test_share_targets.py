@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from lmroute.outcomes.records import TargetChange
 from lmroute.outcomes.store import open_store
@@ -147,6 +149,28 @@ def test_route_without_a_policy_is_refused_when_the_tenant_has_no_target(
         assert client.list_share_targets().controllers == []
     with RouterClient(srv.target, tenant="batch") as client:
         assert client.route("hello", router="mf").threshold > 0
+
+
+def test_binding_targets_refuse_a_policy_of_the_callers_own(serve: Callable[..., ServerThread]) -> None:
+    """With --binding-targets a tenant holding a share target (its own, or default's) cannot route by a
+    threshold or strong_share of its own (it would spend past its budget); without, it can."""
+    srv = serve(share_targets="batch=0.1", binding_targets=True)  # no default: other tenants hold none
+    with RouterClient(srv.target, tenant="batch") as client:
+        for kw in ({"threshold": 0.0}, {"strong_share": 1.0}):
+            with pytest.raises(grpc.RpcError) as e:
+                client.route("hello", router="mf", **kw)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            status = rpc_status.from_call(e.value)  # type: ignore[arg-type]
+            assert status is not None
+            info = error_details_pb2.ErrorInfo()
+            assert status.details[0].Unpack(info) and info.reason == "TARGET_IS_BINDING"
+            assert "tenant 'batch' holds a share target (batch)" in (e.value.details() or "")
+        assert client.route("hello", router="mf").threshold > 0  # its target decides
+    with RouterClient(srv.target, tenant="other") as client:  # holds no target: its own policy stands
+        assert client.route("hello", router="mf", threshold=0.0).tier == router_pb2.TIER_STRONG
+    free = serve(share_targets="batch=0.1")
+    with RouterClient(free.target, tenant="batch") as client:
+        assert client.route("hello", router="mf", threshold=0.0).tier == router_pb2.TIER_STRONG
 
 
 def test_targets_changed_live_hold_from_the_next_decision_and_a_bad_change_applies_nothing(

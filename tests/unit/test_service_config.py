@@ -67,6 +67,7 @@ FLAGS_AND_VARIABLES = [
     ("--explore-rate", "LMROUTE_EXPLORE_RATE"),
     ("--share-targets", "LMROUTE_SHARE_TARGETS"),
     ("--spend-targets", "LMROUTE_SPEND_TARGETS"),
+    ("--binding-targets", "LMROUTE_BINDING_TARGETS"),
     ("--tenant-header", "LMROUTE_TENANT_HEADER"),
     ("--tenants", "LMROUTE_TENANTS"),
     ("--control-window", "LMROUTE_CONTROL_WINDOW"),
