@@ -288,6 +288,14 @@ class RouterServer:
                 raise ConfigError(f"tls: {exc}") from None
             credentials = server_credentials(self.tls)
         _check_port_free(cfg.host, cfg.port)
+        if not cfg.loopback_bind and (self.auth is None or credentials is None):
+            _log.warning(  # reachable from other hosts: every caller is let in, or tokens cross the wire in clear
+                "open_bind",
+                host=cfg.host,
+                tokens=self.auth is not None,
+                tls=credentials is not None,
+                hint="off a loopback host, serve with --auth-tokens-file and --tls-cert-file (docs/SECURITY.md)",
+            )
         try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
             self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
         except RuntimeError as exc:

@@ -469,3 +469,22 @@ def _rotations(srv: ServerThread, tmp_path: Path) -> str:
     assert sample(after, "lmroute_auth_reloads_total", result="failed") == 3
     srv.stop()
     return ""
+
+
+def test_a_bind_off_loopback_without_tokens_or_tls_is_warned_of(
+    fake_servers: Callable[..., ServerThread], capfd: pytest.CaptureFixture[str]
+) -> None:
+    capfd.readouterr()
+    configure_logging("info")
+    try:
+        fake_servers(quiet=False, host="0.0.0.0").stop()
+        fake_servers(quiet=False).stop()  # 127.0.0.1: nothing to warn of
+    finally:
+        configure_logging("warning")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    warned = [
+        line
+        for line in (json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{"))
+        if line.get("event") == "open_bind"
+    ]
+    assert [(w["host"], w["tokens"], w["tls"], w["level"]) for w in warned] == [("0.0.0.0", False, False, "warning")]
