@@ -49,12 +49,14 @@ Every server has its own registry, so two servers in one process (tests) do not 
 from __future__ import annotations
 
 import dataclasses
+import socket
+import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -65,6 +67,47 @@ __all__ = ["REFUSAL_CODES", "ServiceMetrics"]
 
 REFUSAL_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"})
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class _ScrapeHandler(WSGIRequestHandler):
+    """One scrape; a connection that sends nothing for `timeout` seconds is closed (it held a thread)."""
+
+    timeout = 10.0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the server's own log is JSON lines; scrapes are not logged
+
+
+class _ScrapeServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The metrics endpoint: a thread per connection, at most MAX_SCRAPES at once (a connection beyond them
+    is closed at once: a flood of idle connections costs neither threads nor file descriptors)."""
+
+    daemon_threads = True
+    MAX_SCRAPES = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_SCRAPES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _ScrapeServer6(_ScrapeServer):
+    address_family = socket.AF_INET6
 
 
 def _buckets(h: StatsHistogram, scale: float) -> list[tuple[str, float]]:
@@ -286,7 +329,10 @@ class ServiceMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (`/metrics`) on host:port (0: a free port); the bound port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        kind = _ScrapeServer6 if ":" in host else _ScrapeServer
+        server = make_server(host, port, make_wsgi_app(self.registry), kind, handler_class=_ScrapeHandler)
+        thread = threading.Thread(target=server.serve_forever, name="lmroute-metrics", daemon=True)
+        thread.start()
         self._http = (server, thread)
         return int(server.server_port)
 

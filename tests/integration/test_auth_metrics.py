@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -488,3 +490,28 @@ def test_a_bind_off_loopback_without_tokens_or_tls_is_warned_of(
         if line.get("event") == "open_bind"
     ]
     assert [(w["host"], w["tokens"], w["tls"], w["level"]) for w in warned] == [("0.0.0.0", False, False, "warning")]
+
+
+def test_idle_connections_to_the_metrics_port_hold_no_thread_for_long(serve: Callable[..., ServerThread]) -> None:
+    """Connections that send nothing: past 16 at once the port closes them at once, and those it took it
+    closes after 10 s; scrapes answer once they are gone, the process's threads where they were."""
+    srv = serve()
+    port = srv.server.metrics_port
+    assert port
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(40)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() <= before + 16  # the rest were closed at once, not given a thread
+        t0 = time.monotonic()
+        for conn in idle:
+            assert conn.recv(1) == b""  # closed by the server: at once, or after its 10 s
+        assert time.monotonic() - t0 < 20
+    finally:
+        for conn in idle:
+            conn.close()
+    assert "lmroute_bundle_info" in scrape(port)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
