@@ -118,6 +118,18 @@ class Catalog:
         )
         return own.get(tenant, default) if tenant else default
 
+    def others_routers(self, tenant: str) -> frozenset[str]:
+        """The routers other tenants have as their own and `tenant` does not (neither its own nor a default
+        router): hidden from a caller bound to `tenant`, as if not loaded."""
+        theirs = set(self.tenant_routers.values()) | set(self.tenant_quality_routers.values())
+        mine = {
+            self.tenant_routers.get(tenant),
+            self.tenant_quality_routers.get(tenant),
+            self.default_router,
+            self.default_quality_router,
+        }
+        return frozenset(theirs - mine)
+
 
 class Scorer(Protocol[T]):
     """Encoder + routers behind one call; the product implementation wraps a router bundle."""

@@ -239,10 +239,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         default router ("" for none, or before a bundle is attached)."""
         return self.catalog.router_for(tenant) if self.catalog is not None else ""
 
+    def visible_routers(self) -> tuple[str, ...]:
+        """The loaded routers the caller may see and use: all of them, but for a caller whose token is bound
+        to a tenant, other tenants' own routers (`Catalog.others_routers`): they are adapted to another
+        tenant's traffic and name it."""
+        bound = AUTH_TENANT.get()
+        if bound is None or self.catalog is None:
+            return self.routers
+        hidden = self.catalog.others_routers(bound)
+        return tuple(r for r in self.routers if r not in hidden) if hidden else self.routers
+
     def _check_router_and_prompt(self, request: router_pb2.RouteRequest) -> None:
-        """NotFound for a router that is not loaded; InvalidArgument for a prompt over the call limits."""
-        if request.router not in self.routers:
-            raise NotFound(f"router: unknown router {echo(request.router)} (loaded: {', '.join(self.routers)})")
+        """NotFound for a router that is not loaded (or not the caller's to see); InvalidArgument for a
+        prompt over the call limits."""
+        visible = self.visible_routers()
+        if request.router not in visible:
+            raise NotFound(f"router: unknown router {echo(request.router)} (loaded: {', '.join(visible)})")
         check_limits(
             (request.prompt,),
             "prompt",
@@ -279,7 +291,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 f"routers: {len(request.routers)} names (limit {self.max_router_names})", reason="TOO_MANY_ROUTERS"
             )
         check_limits(request.prompts, max_turns=self.max_turns, max_request_chars=self.max_request_chars)
-        routers = resolve_routers(request.routers, self.routers)
+        routers = resolve_routers(request.routers, self.visible_routers())
         texts = [prompt_text(p, f"prompts[{i}]") for i, p in enumerate(request.prompts)]
         caller = self._tenant(context)
         outcomes = await sched.score(texts, routers, timeout_s=context.time_remaining(), tenant=caller)
@@ -572,8 +584,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.ListRoutersResponse:
         _, c = self._ready()
         tenant = self._tenant(context)
+        visible = set(self.visible_routers())
         return router_pb2.ListRoutersResponse(
-            routers=[_router_info(r) for r in c.routers],
+            routers=[_router_info(r) for r in c.routers if r.name in visible],
             models=[router_pb2.ModelInfo(name=m.name, elo=m.elo, tier=m.tier) for m in c.models],
             default_pair=router_pb2.ModelPair(strong=c.strong_model, weak=c.weak_model),
             encoder=router_pb2.EncoderInfo(
@@ -594,10 +607,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GetRouterRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetRouterResponse:
         _, c = self._ready()
+        visible = self.visible_routers()
         for r in c.routers:
-            if r.name == request.name:
+            if r.name == request.name and r.name in visible:
                 return router_pb2.GetRouterResponse(router=_router_info(r), bundle_version=c.version)
-        raise NotFound(f"name: unknown router {echo(request.name)} (loaded: {', '.join(r.name for r in c.routers)})")
+        raise NotFound(f"name: unknown router {echo(request.name)} (loaded: {', '.join(visible)})")
 
 
 def _whose(tenant: str) -> str:

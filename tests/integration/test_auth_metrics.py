@@ -515,3 +515,26 @@ def test_idle_connections_to_the_metrics_port_hold_no_thread_for_long(serve: Cal
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_a_bound_token_neither_sees_nor_uses_another_tenants_own_router(serve: Callable[..., ServerThread]) -> None:
+    """`other`'s own router (adapted to its traffic, named after it) is not loaded as far as a caller bound
+    to `batch` can tell; an unbound token sees every router."""
+    srv = serve(tenant_routers={"batch": "mf", "other": "random"})
+    with RouterClient(srv.target, token=BATCH_TOKEN) as batch:
+        assert [r.name for r in batch.list_routers().routers] == ["mf"]
+        for call in (
+            lambda: batch.route("hi", router="random", threshold=0.5),
+            lambda: batch.get_router("random"),
+            lambda: batch.score(["hi"], routers=["random"]),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "random" not in (e.value.details() or "").partition("(loaded:")[2]
+        [result] = batch.score(["hi"]).results  # every router it may use
+        assert [s.router for s in result.scores] == ["mf"]
+        assert batch.route("hi", router="mf", threshold=0.5).router == "mf"
+    with RouterClient(srv.target, token=OPEN_TOKEN) as operator:
+        assert [r.name for r in operator.list_routers().routers] == ["random", "mf"]
+        assert operator.route("hi", router="random", threshold=0.5).router == "random"
