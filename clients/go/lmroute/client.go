@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -74,6 +75,8 @@ type Client struct {
 	health  healthpb.HealthClient
 	timeout time.Duration
 	retry   retrier
+
+	closeOnce sync.Once
 }
 
 // New connects lazily to target ("host:port", or any gRPC target name).
@@ -114,8 +117,13 @@ func New(target string, opts Options) (*Client, error) {
 	}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connection. It is idempotent: a second call does nothing and returns nil (the first
+// call's error, if any, was returned by the first call).
+func (c *Client) Close() error {
+	err := error(nil)
+	c.closeOnce.Do(func() { err = c.conn.Close() })
+	return err
+}
 
 // call runs one RPC with the call's deadline and the retry policy.
 func call[T any](c *Client, ctx context.Context, rpc func(context.Context) (T, error)) (T, error) {
@@ -148,6 +156,15 @@ func (c *Client) Route(ctx context.Context, req *lmroutev1.RouteRequest) (*lmrou
 func (c *Client) ListRouters(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
 	return call(c, ctx, func(ctx context.Context) (*lmroutev1.ListRoutersResponse, error) {
 		return c.router.ListRouters(ctx, &lmroutev1.ListRoutersRequest{})
+	})
+}
+
+// GetRouter describes one router (its kind, models, calibration) and the serving bundle's version;
+// NOT_FOUND (reason ROUTER_NOT_FOUND) when no router has that name.
+func (c *Client) GetRouter(ctx context.Context, name string) (*lmroutev1.GetRouterResponse, error) {
+	req := &lmroutev1.GetRouterRequest{Name: name}
+	return call(c, ctx, func(ctx context.Context) (*lmroutev1.GetRouterResponse, error) {
+		return c.router.GetRouter(ctx, req)
 	})
 }
 

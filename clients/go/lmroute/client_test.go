@@ -37,6 +37,16 @@ func (s *overloadedServer) Route(ctx context.Context, req *lmroutev1.RouteReques
 		Threshold: req.GetThreshold()}, nil
 }
 
+// GetRouter knows the router "mf" alone, as the server answers: NOT_FOUND ROUTER_NOT_FOUND otherwise.
+func (s *overloadedServer) GetRouter(_ context.Context, req *lmroutev1.GetRouterRequest) (*lmroutev1.GetRouterResponse, error) {
+	if req.GetName() != "mf" {
+		st, _ := status.New(codes.NotFound, "no router "+req.GetName()).WithDetails(&errdetails.ErrorInfo{Reason: "ROUTER_NOT_FOUND"})
+		return nil, st.Err()
+	}
+	return &lmroutev1.GetRouterResponse{Router: &lmroutev1.RouterInfo{Name: "mf", Kind: "mf", Models: []string{"strong", "weak"}},
+		BundleVersion: "v1"}, nil
+}
+
 func (s *overloadedServer) Score(ctx context.Context, _ *lmroutev1.ScoreRequest) (*lmroutev1.ScoreResponse, error) {
 	<-ctx.Done()
 	return nil, status.FromContextError(ctx.Err()).Err()
@@ -175,5 +185,34 @@ func TestOutcomeReportsTargetTheDecision(t *testing.T) {
 	paired := PairedOutcome("4567", 1, 0.25, "judge")
 	if p := paired.GetPaired(); paired.GetDecisionId() != "4567" || p.GetStrongQuality() != 1 || p.GetWeakQuality() != 0.25 {
 		t.Fatalf("paired: %v", paired)
+	}
+}
+
+func TestGetRouterDescribesOneRouter(t *testing.T) {
+	c, err := New(serve(t, &overloadedServer{}), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.GetRouter(context.Background(), "mf")
+	if err != nil || r.GetRouter().GetName() != "mf" || r.GetRouter().GetKind() != "mf" || r.GetBundleVersion() != "v1" {
+		t.Fatalf("GetRouter(mf) = %v, %v; want router mf of bundle v1", r, err)
+	}
+	_, err = c.GetRouter(context.Background(), "nope")
+	if status.Code(err) != codes.NotFound || Reason(err) != "ROUTER_NOT_FOUND" {
+		t.Fatalf("GetRouter(nope): %v (reason %q); want NOT_FOUND ROUTER_NOT_FOUND", err, Reason(err))
+	}
+}
+
+func TestCloseTwiceReturnsNil(t *testing.T) {
+	c, err := New(serve(t, &overloadedServer{}), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("first Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v, want nil", err)
 	}
 }

@@ -37,15 +37,28 @@ var DefaultRetryPolicy = RetryPolicy{
 // NoRetry makes exactly one attempt.
 var NoRetry = RetryPolicy{MaxAttempts: 1}
 
-// Validate reports the first field that is out of range.
+// Validate reports the first field that is out of range. Multiplier and Jitter must be finite numbers
+// (a NaN passes every comparison and an infinity overflows the delay: both gave negative backoffs and
+// back-to-back retries) and the durations must not be negative, whatever MaxAttempts is; with retries on
+// (MaxAttempts > 1) MaxBackoff >= InitialBackoff, Multiplier >= 1 and Jitter in [0, 1] too.
 func (p RetryPolicy) Validate() error {
+	for _, f := range []struct {
+		name  string
+		value float64
+	}{{"Multiplier", p.Multiplier}, {"Jitter", p.Jitter}} {
+		if math.IsNaN(f.value) || math.IsInf(f.value, 0) {
+			return fmt.Errorf("lmroute: RetryPolicy.%s must be a finite number (got %g)", f.name, f.value)
+		}
+	}
 	switch {
 	case p.MaxAttempts < 1:
 		return fmt.Errorf("lmroute: RetryPolicy.MaxAttempts must be >= 1 (got %d)", p.MaxAttempts)
-	case p.MaxAttempts == 1:
-		return nil
 	case p.InitialBackoff < 0:
 		return fmt.Errorf("lmroute: RetryPolicy.InitialBackoff must be >= 0 (got %s)", p.InitialBackoff)
+	case p.MaxBackoff < 0:
+		return fmt.Errorf("lmroute: RetryPolicy.MaxBackoff must be >= 0 (got %s)", p.MaxBackoff)
+	case p.MaxAttempts == 1:
+		return nil
 	case p.MaxBackoff < p.InitialBackoff:
 		return fmt.Errorf("lmroute: RetryPolicy.MaxBackoff (%s) must be >= InitialBackoff (%s)", p.MaxBackoff, p.InitialBackoff)
 	case p.Multiplier < 1:

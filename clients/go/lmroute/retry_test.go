@@ -2,6 +2,7 @@ package lmroute
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +185,44 @@ func TestAMessageOverTheSizeLimitIsNotRetried(t *testing.T) {
 		if got := Retryable(c.err); got != c.want {
 			t.Errorf("Retryable(%v) = %t, want %t", c.err, got, c.want)
 		}
+	}
+}
+
+func TestValidateRefusesNonFiniteAndNegativeFields(t *testing.T) {
+	ok := RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: time.Second, Multiplier: 2, Jitter: 0.2}
+	bad := []struct {
+		field string
+		edit  func(*RetryPolicy)
+	}{
+		{"Multiplier", func(p *RetryPolicy) { p.Multiplier = math.NaN() }},
+		{"Multiplier", func(p *RetryPolicy) { p.Multiplier = math.Inf(1) }},
+		{"Multiplier", func(p *RetryPolicy) { p.Multiplier = math.NaN(); p.MaxAttempts = 1 }},
+		{"Jitter", func(p *RetryPolicy) { p.Jitter = math.NaN() }},
+		{"Jitter", func(p *RetryPolicy) { p.Jitter = math.Inf(-1) }},
+		{"Jitter", func(p *RetryPolicy) { p.Jitter = math.Inf(1); p.MaxAttempts = 1 }},
+		{"InitialBackoff", func(p *RetryPolicy) { p.InitialBackoff = -time.Millisecond; p.MaxAttempts = 1 }},
+		{"MaxBackoff", func(p *RetryPolicy) { p.MaxBackoff = -time.Millisecond; p.MaxAttempts = 1 }},
+	}
+	for _, b := range bad {
+		p := ok
+		b.edit(&p)
+		err := p.Validate()
+		if err == nil || !strings.Contains(err.Error(), "RetryPolicy."+b.field) {
+			t.Errorf("%+v: Validate() = %v, want an error naming %s", p, err, b.field)
+		}
+	}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("%+v: %v", ok, err)
+	}
+	if err := NoRetry.Validate(); err != nil {
+		t.Errorf("NoRetry: %v", err)
+	}
+}
+
+func TestNewRefusesANaNMultiplier(t *testing.T) {
+	// A NaN multiplier made Backoff negative: every retry back-to-back.
+	p := RetryPolicy{MaxAttempts: 4, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Multiplier: math.NaN(), Jitter: 0.2}
+	if _, err := New("127.0.0.1:1", Options{Retry: p}); err == nil || !strings.Contains(err.Error(), "Multiplier") {
+		t.Fatalf("New with a NaN Multiplier: %v, want an error naming Multiplier", err)
 	}
 }
