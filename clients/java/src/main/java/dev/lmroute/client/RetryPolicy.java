@@ -9,8 +9,8 @@ import java.util.Set;
  * When and how long {@link RouterClient} waits before trying a call again.
  *
  * <p>Only {@code UNAVAILABLE} (server not ready, draining, queue timeout, connection refused) and
- * {@code RESOURCE_EXHAUSTED} (queue full; not a message over gRPC's size limit) are retried; every other
- * code surfaces at once. Before attempt
+ * {@code RESOURCE_EXHAUSTED} (queue full; not a message over gRPC's size limit) are retried, but not the
+ * {@code UNAVAILABLE} of a channel that was shut down (it stays down); every other code surfaces at once. Before attempt
  * {@code n + 1} the client waits {@code min(maxBackoff, initialBackoff * multiplier^(n-1))}, spread by
  * {@code +-jitter} (a fraction) so that many clients refused at once do not come back at once. When the
  * server sends a {@code google.rpc.RetryInfo} delay, the wait is at least that delay. The call's deadline
@@ -101,13 +101,17 @@ public final class RetryPolicy {
   /**
    * Whether a call that failed with {@code status} may be tried again: its code is retryable and it is not
    * gRPC's refusal of a message over the size limit (the server's "Received message larger than max",
-   * grpc-java's own "gRPC message exceeds maximum size"), which the same message meets again.
+   * grpc-java's own "gRPC message exceeds maximum size", the client's own check), which the same message
+   * meets again, nor the {@code UNAVAILABLE} of a channel shut down ("Channel shutdown invoked",
+   * "Channel shutdownNow invoked"), which no wait brings back.
    */
   public static boolean isRetryable(Status status) {
     String description = status.getDescription();
     boolean tooLarge = status.getCode() == Status.Code.RESOURCE_EXHAUSTED && description != null
         && (description.contains("message larger than max") || description.contains("message exceeds maximum size"));
-    return isRetryable(status.getCode()) && !tooLarge;
+    boolean channelShutDown = status.getCode() == Status.Code.UNAVAILABLE && description != null
+        && description.startsWith("Channel shutdown");
+    return isRetryable(status.getCode()) && !tooLarge && !channelShutDown;
   }
 
   /** The backoff before attempt {@code failedAttempts + 1}, without jitter or server hint. */

@@ -1,5 +1,6 @@
 package dev.lmroute.client;
 
+import com.google.protobuf.Message;
 import io.grpc.ChannelCredentials;
 import io.grpc.Deadline;
 import io.grpc.Grpc;
@@ -15,6 +16,8 @@ import java.util.Objects;
 import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.function.Function;
 import lmroute.v1.Admin.DecisionsToJudgeRequest;
 import lmroute.v1.Admin.DecisionsToJudgeResponse;
 import lmroute.v1.Admin.GetBundleRequest;
@@ -59,15 +62,22 @@ import lmroute.v1.RouterServiceGrpc;
  * <p>Every call has a deadline (the builder's {@code timeout}, or the one passed to the call) that covers
  * all its attempts. Calls failing with {@code UNAVAILABLE} or {@code RESOURCE_EXHAUSTED} are retried per
  * the {@link RetryPolicy} (every RPC here is safe to repeat: reads, Feedback whose repeated outcomes are
- * duplicates, SetTargets setting values). Failures are thrown as
+ * duplicates, SetTargets setting values); the health check is not. Failures are thrown as
  * {@link io.grpc.StatusRuntimeException}; read the machine reason with {@link RouterErrors#reason}.
- * Thread-safe: share one instance.
+ *
+ * <p>Before anything is sent a request is checked: a string holding an unpaired surrogate (protobuf would
+ * send it as '?') is refused with {@link IllegalArgumentException} naming the field and the index, a null
+ * argument with {@link NullPointerException} naming it, and a request over {@code maxMessageBytes} with
+ * {@code RESOURCE_EXHAUSTED} (not retried). After {@link #close()} every call throws
+ * {@link IllegalStateException}. Thread-safe: share one instance.
  */
 public final class RouterClient implements AutoCloseable {
 
   private final ManagedChannel channel;
   private final boolean ownsChannel;
   private final Duration timeout;
+  private final int maxMessageBytes;
+  private final AtomicBoolean closed = new AtomicBoolean();
   private final Retrier retrier;
   private final RouterServiceGrpc.RouterServiceBlockingStub stub;
   private final AdminServiceGrpc.AdminServiceBlockingStub admin;
@@ -77,6 +87,7 @@ public final class RouterClient implements AutoCloseable {
     this.channel = channel;
     this.ownsChannel = ownsChannel;
     this.timeout = b.timeout;
+    this.maxMessageBytes = b.maxMessageBytes;
     this.retrier = new Retrier(b.retryPolicy, Retrier.THREAD_SLEEP, () -> ThreadLocalRandom.current().nextDouble(),
         b.retryListener);
     RouterServiceGrpc.RouterServiceBlockingStub s = RouterServiceGrpc.newBlockingStub(channel)
@@ -98,18 +109,23 @@ public final class RouterClient implements AutoCloseable {
     return new Builder(null, Objects.requireNonNull(channel, "channel"));
   }
 
-  /** A plain-text prompt. */
+  /** A plain-text prompt ({@link NullPointerException} for null). */
   public static Prompt textPrompt(String text) {
-    return Prompt.newBuilder().setText(text).build();
+    return Prompt.newBuilder().setText(Objects.requireNonNull(text, "prompt: null, expected text")).build();
   }
 
   // ---- Score
 
   /** Scores of every prompt under {@code routers} (empty = every loaded router); per-prompt status inside. */
   public ScoreResponse score(List<String> prompts, List<String> routers) {
-    ScoreRequest.Builder req = ScoreRequest.newBuilder().addAllRouters(routers);
-    for (String p : prompts) {
-      req.addPrompts(textPrompt(p));
+    Objects.requireNonNull(prompts, "prompts: null, expected a list of texts");
+    Objects.requireNonNull(routers, "routers: null, expected a list of names (empty: every loaded router)");
+    ScoreRequest.Builder req = ScoreRequest.newBuilder();
+    for (int i = 0; i < routers.size(); i++) {
+      req.addRouters(Objects.requireNonNull(routers.get(i), "routers[" + i + "]: null, expected a router name"));
+    }
+    for (int i = 0; i < prompts.size(); i++) {
+      req.addPrompts(textPrompt(Objects.requireNonNull(prompts.get(i), "prompts[" + i + "]: null, expected text")));
     }
     return score(req.build(), timeout);
   }
@@ -119,20 +135,25 @@ public final class RouterClient implements AutoCloseable {
   }
 
   public ScoreResponse score(ScoreRequest request, Duration timeout) {
-    return retrier.call("Score", deadlineAfter(timeout), d -> stub.withDeadline(d).score(request));
+    return call("Score", request, timeout, d -> stub.withDeadline(d).score(request));
   }
 
   // ---- Route
 
   /** Strong when the router's score >= {@code threshold}. */
   public RouteResponse routeByThreshold(String prompt, String router, double threshold) {
-    return route(RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(router).setThreshold(threshold).build());
+    return route(RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(routerName(router))
+        .setThreshold(threshold).build());
   }
 
   /** Sends about {@code strongShare} of traffic to the strong model (threshold from the bundle's calibration). */
   public RouteResponse routeByStrongShare(String prompt, String router, double strongShare) {
-    return route(
-        RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(router).setStrongShare(strongShare).build());
+    return route(RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(routerName(router))
+        .setStrongShare(strongShare).build());
+  }
+
+  private static String routerName(String router) {
+    return Objects.requireNonNull(router, "router: null, expected a name (\"\": the bundle's default router)");
   }
 
   public RouteResponse route(RouteRequest request) {
@@ -140,7 +161,7 @@ public final class RouterClient implements AutoCloseable {
   }
 
   public RouteResponse route(RouteRequest request, Duration timeout) {
-    return retrier.call("Route", deadlineAfter(timeout), d -> stub.withDeadline(d).route(request));
+    return call("Route", request, timeout, d -> stub.withDeadline(d).route(request));
   }
 
   // ---- Describe
@@ -152,7 +173,7 @@ public final class RouterClient implements AutoCloseable {
 
   public ListRoutersResponse listRouters(Duration timeout) {
     ListRoutersRequest req = ListRoutersRequest.getDefaultInstance();
-    return retrier.call("ListRouters", deadlineAfter(timeout), d -> stub.withDeadline(d).listRouters(req));
+    return call("ListRouters", req, timeout, d -> stub.withDeadline(d).listRouters(req));
   }
 
   /** One router; {@code NOT_FOUND} (reason {@code ROUTER_NOT_FOUND}) when no router has that name. */
@@ -161,8 +182,9 @@ public final class RouterClient implements AutoCloseable {
   }
 
   public GetRouterResponse getRouter(String name, Duration timeout) {
-    GetRouterRequest req = GetRouterRequest.newBuilder().setName(name).build();
-    return retrier.call("GetRouter", deadlineAfter(timeout), d -> stub.withDeadline(d).getRouter(req));
+    GetRouterRequest req =
+        GetRouterRequest.newBuilder().setName(Objects.requireNonNull(name, "name: null, expected a router name")).build();
+    return call("GetRouter", req, timeout, d -> stub.withDeadline(d).getRouter(req));
   }
 
   // ---- Feedback
@@ -173,11 +195,16 @@ public final class RouterClient implements AutoCloseable {
    * The server records the caller's tenant as the outcomes' reporter.
    */
   public FeedbackResponse feedback(List<OutcomeReport> outcomes) {
-    return feedback(FeedbackRequest.newBuilder().addAllOutcomes(outcomes).build(), timeout);
+    Objects.requireNonNull(outcomes, "outcomes: null, expected a list of OutcomeReport");
+    FeedbackRequest.Builder req = FeedbackRequest.newBuilder();
+    for (int i = 0; i < outcomes.size(); i++) {
+      req.addOutcomes(Objects.requireNonNull(outcomes.get(i), "outcomes[" + i + "]: null, expected an OutcomeReport"));
+    }
+    return feedback(req.build(), timeout);
   }
 
   public FeedbackResponse feedback(FeedbackRequest request, Duration timeout) {
-    return retrier.call("Feedback", deadlineAfter(timeout), d -> stub.withDeadline(d).feedback(request));
+    return call("Feedback", request, timeout, d -> stub.withDeadline(d).feedback(request));
   }
 
   /** The quality in [0, 1] of the model decision {@code decisionId} chose, judged by {@code source}. */
@@ -206,11 +233,13 @@ public final class RouterClient implements AutoCloseable {
   }
 
   public SetTargetsResponse setTargets(SetTargetsRequest request, Duration timeout) {
-    return retrier.call("SetTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).setTargets(request));
+    return call("SetTargets", request, timeout, d -> admin.withDeadline(d).setTargets(request));
   }
 
   /** The request of {@link #setTargets(Map, Map)}: share changes, then spend changes, by tenant name. */
   public static SetTargetsRequest setTargetsRequest(Map<String, Double> shares, Map<String, Double> spends) {
+    Objects.requireNonNull(shares, "shares: null, expected a map (empty: no change)");
+    Objects.requireNonNull(spends, "spends: null, expected a map (empty: no change)");
     SetTargetsRequest.Builder req = SetTargetsRequest.newBuilder();
     new TreeMap<>(shares).forEach((tenant, v) -> req.addChanges(v == null
         ? TargetChange.newBuilder().setTenant(tenant).setRemoveStrongShare(true)
@@ -226,7 +255,7 @@ public final class RouterClient implements AutoCloseable {
   /** Which bundle serves, since when, its routers and the swaps so far. */
   public GetBundleResponse getBundle(Duration timeout) {
     GetBundleRequest req = GetBundleRequest.getDefaultInstance();
-    return retrier.call("GetBundle", deadlineAfter(timeout), d -> admin.withDeadline(d).getBundle(req));
+    return call("GetBundle", req, timeout, d -> admin.withDeadline(d).getBundle(req));
   }
 
   /**
@@ -234,20 +263,21 @@ public final class RouterClient implements AutoCloseable {
    * without a failed call; {@code FAILED_PRECONDITION} when the candidate is refused (the old one serves).
    */
   public ReloadBundleResponse reloadBundle(String path, Duration timeout) {
-    ReloadBundleRequest req = ReloadBundleRequest.newBuilder().setPath(path).build();
-    return retrier.call("ReloadBundle", deadlineAfter(timeout), d -> admin.withDeadline(d).reloadBundle(req));
+    ReloadBundleRequest req = ReloadBundleRequest.newBuilder()
+        .setPath(Objects.requireNonNull(path, "path: null, expected a path on the server (\"\": the serving one)")).build();
+    return call("ReloadBundle", req, timeout, d -> admin.withDeadline(d).reloadBundle(req));
   }
 
   /** The tenants' strong-share targets and, per tenant and router, what their controllers realise. */
   public ListShareTargetsResponse listShareTargets(Duration timeout) {
     ListShareTargetsRequest req = ListShareTargetsRequest.getDefaultInstance();
-    return retrier.call("ListShareTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).listShareTargets(req));
+    return call("ListShareTargets", req, timeout, d -> admin.withDeadline(d).listShareTargets(req));
   }
 
   /** The tenants' spend targets and, per tenant and router, what their controllers realise. */
   public ListSpendTargetsResponse listSpendTargets(Duration timeout) {
     ListSpendTargetsRequest req = ListSpendTargetsRequest.getDefaultInstance();
-    return retrier.call("ListSpendTargets", deadlineAfter(timeout), d -> admin.withDeadline(d).listSpendTargets(req));
+    return call("ListSpendTargets", req, timeout, d -> admin.withDeadline(d).listSpendTargets(req));
   }
 
   // ---- Decisions to judge (AdminService)
@@ -265,8 +295,7 @@ public final class RouterClient implements AutoCloseable {
    * answer's {@code next_since_ms}), {@code callers}, {@code seed}.
    */
   public DecisionsToJudgeResponse decisionsToJudge(DecisionsToJudgeRequest request, Duration timeout) {
-    return retrier.call(
-        "DecisionsToJudge", deadlineAfter(timeout), d -> admin.withDeadline(d).decisionsToJudge(request));
+    return call("DecisionsToJudge", request, timeout, d -> admin.withDeadline(d).decisionsToJudge(request));
   }
 
   // ---- Health
@@ -276,10 +305,15 @@ public final class RouterClient implements AutoCloseable {
     return health("", timeout);
   }
 
-  /** Health of one service, e.g. "lmroute.v1.RouterService"; {@code NOT_FOUND} for an unknown one. */
+  /**
+   * Health of one service, e.g. "lmroute.v1.RouterService"; {@code NOT_FOUND} for an unknown one. Not
+   * retried (one attempt, whatever the retry policy): a probe wants the state now.
+   */
   public ServingStatus health(String service, Duration timeout) {
-    HealthCheckRequest req = HealthCheckRequest.newBuilder().setService(service).build();
-    return retrier.call("Health.Check", deadlineAfter(timeout), d -> health.withDeadline(d).check(req)).getStatus();
+    HealthCheckRequest req = HealthCheckRequest.newBuilder()
+        .setService(Objects.requireNonNull(service, "service: null, expected a name (\"\": the whole server)")).build();
+    Deadline deadline = checked("Health.Check", req, timeout);
+    return health.withDeadline(deadline).check(req).getStatus();
   }
 
   /** The channel, e.g. to build other stubs on it. */
@@ -287,10 +321,13 @@ public final class RouterClient implements AutoCloseable {
     return channel;
   }
 
-  /** Shuts the channel down (when this client opened it), waiting up to 5 s for calls in flight. */
+  /**
+   * Closes the client: every later call throws {@link IllegalStateException}; the channel is shut down (when
+   * this client opened it), waiting up to 5 s for calls in flight. A second call does nothing.
+   */
   @Override
   public void close() {
-    if (!ownsChannel) {
+    if (!closed.compareAndSet(false, true) || !ownsChannel) {
       return;
     }
     channel.shutdown();
@@ -302,6 +339,27 @@ public final class RouterClient implements AutoCloseable {
       channel.shutdownNow();
       Thread.currentThread().interrupt();
     }
+  }
+
+  /** One call: the checks of {@link #checked}, then the attempts under the retry policy. */
+  private <T> T call(String method, Message request, Duration timeout, Function<Deadline, T> attempt) {
+    return retrier.call(method, checked(method, request, timeout), attempt);
+  }
+
+  /**
+   * Refuses a call before anything is sent: after {@link #close()} ({@link IllegalStateException}), a bad
+   * timeout, a string that is not text (an unpaired surrogate), a request over {@code maxMessageBytes}
+   * ({@code RESOURCE_EXHAUSTED}); else the call's deadline.
+   */
+  private Deadline checked(String method, Message request, Duration timeout) {
+    if (closed.get()) {
+      throw new IllegalStateException("client is closed");
+    }
+    Deadline deadline = deadlineAfter(timeout);
+    Objects.requireNonNull(request, "request");
+    Requests.requireText(request);
+    Requests.requireSize(method, request, maxMessageBytes);
+    return deadline;
   }
 
   private static Deadline deadlineAfter(Duration timeout) {
@@ -347,7 +405,10 @@ public final class RouterClient implements AutoCloseable {
       return this;
     }
 
-    /** Largest message sent or received (4 MiB, as the server's default). */
+    /**
+     * Largest message sent or received (4 MiB, as the server's default). A request over it is refused before
+     * it is sent: {@code RESOURCE_EXHAUSTED} "message larger than max", not retried.
+     */
     public Builder maxMessageBytes(int bytes) {
       this.maxMessageBytes = bytes;
       return this;

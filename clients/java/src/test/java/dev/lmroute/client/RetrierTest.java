@@ -157,4 +157,16 @@ class RetrierTest {
       Thread.interrupted(); // clear the flag for the next test
     }
   }
+
+  @Test
+  void aShutDownChannelIsNotRetried() {
+    for (String said : List.of("Channel shutdown invoked", "Channel shutdownNow invoked")) {
+      Script s = new Script(Status.UNAVAILABLE.withDescription(said).asRuntimeException());
+      StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+          () -> retrier.call("Route", time.after(Duration.ofSeconds(10)), s::attempt));
+      assertEquals(said, e.getStatus().getDescription());
+      assertEquals(1, s.attempts);
+    }
+    assertEquals(List.of(), time.sleeps);
+  }
 }

@@ -9,12 +9,22 @@ import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
 import java.io.PrintStream;
+import java.nio.ByteBuffer;
+import java.nio.CharBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.Charset;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
+import java.security.GeneralSecurityException;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Optional;
 import java.util.Set;
+import java.util.stream.Collectors;
+import javax.net.ssl.SSLException;
 import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.ItemStatus;
 import lmroute.v1.Router.OutcomeReport;
@@ -71,6 +81,20 @@ public final class Main {
 
   /** Runs one command; returns the exit status. */
   static int run(String[] argv, PrintStream out, PrintStream err) {
+    return run(argv, out, err, System.getProperty("sun.jnu.encoding", "UTF-8"));
+  }
+
+  /**
+   * Runs one command whose arguments the JVM decoded with the charset named {@code argEncoding} (its
+   * {@code sun.jnu.encoding}, from the locale); returns the exit status.
+   */
+  static int run(String[] argv, PrintStream out, PrintStream err, String argEncoding) {
+    try {
+      requireTypedText(argv, argEncoding);
+    } catch (Args.UsageError e) {
+      err.println("error: " + e.getMessage());
+      return EXIT_USAGE;
+    }
     if (argv.length == 0 || argv[0].equals("-h") || argv[0].equals("--help") || argv[0].equals("help")) {
       (argv.length == 0 ? err : out).println(USAGE);
       return argv.length == 0 ? EXIT_USAGE : EXIT_OK;
@@ -109,6 +133,78 @@ public final class Main {
     }
   }
 
+  /**
+   * Refuses an argument that may not be the text the user typed, so that a different prompt (or router,
+   * decision id, ...) is never sent: one holding U+FFFD, which the JVM puts where the bytes it was given
+   * are not text in {@code argEncoding} (bytes that are not UTF-8; under LC_ALL=C every non-ASCII byte);
+   * and, when {@code argEncoding} is not UTF-8, a non-ASCII one that the charset cannot give back as it
+   * came (unmappable) or whose bytes read as UTF-8 (typed in UTF-8, decoded as another charset: "café"
+   * would become "cafÃ©"). Non-ASCII text typed in the locale's own charset (bytes that are not UTF-8) is
+   * taken as decoded. Arguments are numbered from 1, the command being argument 1.
+   */
+  static void requireTypedText(String[] argv, String argEncoding) throws Args.UsageError {
+    Charset charset = charset(argEncoding);
+    boolean utf8 = StandardCharsets.UTF_8.equals(charset);
+    String locale = utf8 ? "" : "; the JVM decodes arguments as " + argEncoding
+        + " (sun.jnu.encoding, from the locale), not UTF-8: run it under a UTF-8 locale, e.g. LANG=C.UTF-8"
+        + " (with LC_ALL unset or a UTF-8 locale too)";
+    for (int i = 0; i < argv.length; i++) {
+      String a = argv[i];
+      if (a.indexOf('\uFFFD') >= 0) {
+        throw new Args.UsageError("argument " + (i + 1) + " (" + quoted(a) + ") is not UTF-8 text" + locale);
+      }
+      if (!utf8 && !a.chars().allMatch(c -> c < 0x80) && !decodedAsTyped(a, charset)) {
+        throw new Args.UsageError("argument " + (i + 1) + " (" + quoted(a)
+            + ") may not be the text typed: it is not ASCII and not known to be UTF-8 text" + locale);
+      }
+    }
+  }
+
+  private static Charset charset(String name) {
+    try {
+      return Charset.forName(name);
+    } catch (IllegalArgumentException e) { // unknown or unsupported: nothing known to be faithful
+      return null;
+    }
+  }
+
+  /** Whether {@code arg}, decoded from {@code charset}, encodes back to bytes that are not UTF-8 text. */
+  private static boolean decodedAsTyped(String arg, Charset charset) {
+    if (charset == null || !charset.canEncode()) {
+      return false;
+    }
+    ByteBuffer bytes;
+    try {
+      bytes = charset.newEncoder().onMalformedInput(CodingErrorAction.REPORT)
+          .onUnmappableCharacter(CodingErrorAction.REPORT).encode(CharBuffer.wrap(arg));
+    } catch (CharacterCodingException e) {
+      return false;
+    }
+    try {
+      StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+          .onUnmappableCharacter(CodingErrorAction.REPORT).decode(bytes);
+      return false; // valid UTF-8 that is not ASCII: typed in UTF-8, read as another charset
+    } catch (CharacterCodingException e) {
+      return true;
+    }
+  }
+
+  /** {@code s} in double quotes, every character outside printable ASCII as {@code \}{@code uXXXX}. */
+  static String quoted(String s) {
+    StringBuilder b = new StringBuilder("\"");
+    for (int i = 0; i < s.length(); i++) {
+      char c = s.charAt(i);
+      if (c == '"' || c == '\\') {
+        b.append('\\').append(c);
+      } else if (c >= 0x20 && c < 0x7f) {
+        b.append(c);
+      } else {
+        b.append(String.format(Locale.ROOT, "\\u%04x", (int) c));
+      }
+    }
+    return b.append('"').toString();
+  }
+
   /** Whether an option before any "--" is -h or --help (an option value never starts a word with it). */
   private static boolean asksForHelp(String[] argv) {
     for (int i = 1; i < argv.length && !argv[i].equals("--"); i++) {
@@ -121,18 +217,59 @@ public final class Main {
 
   /**
    * The status's description, with its cause's message where gRPC's own is only a category (a refused
-   * connection reads "io exception"; its cause says "Connection refused: /127.0.0.1:50051").
+   * connection reads "io exception"; its cause says "Connection refused: /127.0.0.1:50051"). For a TLS
+   * failure (an SSLException or a certificate error in the cause chain) the innermost message of the chain
+   * that says something (a hostname the certificate does not name, a CA not trusted), not the wrapper's
+   * "General OpenSslEngine problem"; Netty's "Channel Pipeline: [...]" line is left out.
    */
   static String detail(Status status) {
-    String description = Optional.ofNullable(status.getDescription()).orElse("");
-    Throwable cause = status.getCause();
-    while (cause != null && cause.getCause() != null && cause.getMessage() == null) {
-      cause = cause.getCause();
+    String description = Optional.ofNullable(status.getDescription()).orElse("").lines()
+        .filter(line -> !line.startsWith("Channel Pipeline:")).collect(Collectors.joining("; ")).trim();
+    List<Throwable> chain = causes(status.getCause());
+    String said = null;
+    int tls = -1;
+    for (int i = 0; i < chain.size() && tls < 0; i++) {
+      if (chain.get(i) instanceof SSLException || chain.get(i) instanceof GeneralSecurityException) {
+        tls = i;
+      }
     }
-    if (cause == null || cause.getMessage() == null || description.contains(cause.getMessage())) {
+    if (tls >= 0) {
+      for (Throwable t : chain.subList(tls, chain.size())) {
+        String m = t.getMessage();
+        if (m != null && !m.isBlank() && !GENERIC_TLS_MESSAGES.contains(m.trim())) {
+          said = m.trim(); // the innermost one wins
+        }
+      }
+      said = "TLS handshake failed: " + Optional.ofNullable(said).orElse(chain.get(tls).toString());
+      if (said.contains("unable to find valid certification path")) {
+        said += " (the server's certificate is not signed by the CA given: --ca)";
+      }
+    } else {
+      for (Throwable t : chain) {
+        if (t.getMessage() != null) {
+          said = t.getMessage();
+          break;
+        }
+      }
+    }
+    if (said == null || description.contains(said)) {
       return description;
     }
-    return description.isEmpty() ? cause.getMessage() : description + " (" + cause.getMessage() + ")";
+    return description.isEmpty() ? said : description + " (" + said + ")";
+  }
+
+  /** Messages of TLS exceptions that only wrap the one that says what went wrong. */
+  private static final Set<String> GENERIC_TLS_MESSAGES =
+      Set.of("General OpenSslEngine problem", "General SSLEngine problem");
+
+  /** {@code t} and its causes, outermost first (a cycle ends the list). */
+  private static List<Throwable> causes(Throwable t) {
+    List<Throwable> chain = new ArrayList<>();
+    Set<Throwable> seen = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+    for (; t != null && seen.add(t); t = t.getCause()) {
+      chain.add(t);
+    }
+    return chain;
   }
 
   /** "CODE" or "CODE REASON". */

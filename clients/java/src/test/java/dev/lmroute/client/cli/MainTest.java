@@ -1,17 +1,22 @@
 package dev.lmroute.client.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.google.gson.JsonArray;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
+import io.grpc.Status;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.cert.CertPathBuilderException;
+import java.security.cert.CertificateException;
+import javax.net.ssl.SSLHandshakeException;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -24,6 +29,11 @@ class MainTest {
   private int run(String... argv) {
     return Main.run(argv, new PrintStream(out, true, StandardCharsets.UTF_8),
         new PrintStream(err, true, StandardCharsets.UTF_8));
+  }
+
+  private int runUnder(String encoding, String... argv) {
+    return Main.run(argv, new PrintStream(out, true, StandardCharsets.UTF_8),
+        new PrintStream(err, true, StandardCharsets.UTF_8), encoding);
   }
 
   private static int closedPort() throws Exception {
@@ -93,5 +103,65 @@ class MainTest {
     assertEquals(0, run("score", "--router", "mf", "-h"));
     assertEquals("", err.toString(StandardCharsets.UTF_8));
     assertEquals(2, run("route", "--bogus", "x"));
+  }
+
+  @Test
+  void anArgumentThatIsNotUtf8IsRefusedNotRouted() throws Exception {
+    // what the JVM makes of the bytes "ab\xff\xfe": U+FFFD for each
+    String addr = "127.0.0.1:" + closedPort();
+    assertEquals(2, run("route", "--addr", addr, "--max-attempts", "1", "ab\uFFFD\uFFFD"));
+    String said = err.toString(StandardCharsets.UTF_8);
+    assertTrue(said.startsWith("error: argument 6 (\"ab\\ufffd\\ufffd\") is not UTF-8 text"), said);
+    assertFalse(said.contains("UNAVAILABLE"), said);
+    assertEquals("", out.toString(StandardCharsets.UTF_8));
+  }
+
+  @Test
+  void underANonUtf8LocaleTheRefusalSaysToRunUnderAUtf8One() throws Exception {
+    // LC_ALL=C: sun.jnu.encoding is ANSI_X3.4-1968 and "café" arrives as "caf\uFFFD\uFFFD"
+    assertEquals(2, runUnder("ANSI_X3.4-1968", "route", "--router", "mf", "caf\uFFFD\uFFFD"));
+    String said = err.toString(StandardCharsets.UTF_8);
+    assertTrue(said.contains("argument 4 (\"caf\\ufffd\\ufffd\") is not UTF-8 text"), said);
+    assertTrue(said.contains("ANSI_X3.4-1968") && said.contains("LANG=C.UTF-8"), said);
+    err.reset();
+    // a Latin-1 locale decodes the UTF-8 bytes of "café" without U+FFFD, as "cafÃ©": not what was typed
+    String misread = new String("café".getBytes(StandardCharsets.UTF_8), StandardCharsets.ISO_8859_1);
+    assertEquals(2, runUnder("ISO-8859-1", "score", misread));
+    said = err.toString(StandardCharsets.UTF_8);
+    assertTrue(said.contains("argument 2 (\"caf\\u00c3\\u00a9\") may not be the text typed"), said);
+    assertTrue(said.contains("LANG=C.UTF-8"), said);
+    err.reset();
+    // a character the locale's charset cannot hold was not typed in it
+    assertEquals(2, runUnder("ANSI_X3.4-1968", "score", "naïve"));
+    assertTrue(err.toString(StandardCharsets.UTF_8).contains("LANG=C.UTF-8"), err.toString(StandardCharsets.UTF_8));
+  }
+
+  @Test
+  void textTypedInTheLocalesOwnCharsetOrInUtf8IsTaken() throws Exception {
+    String addr = "127.0.0.1:" + closedPort();
+    // "café" typed in Latin-1 (byte 0xe9, not UTF-8) under a Latin-1 locale: decoded as typed
+    assertEquals(1, runUnder("ISO-8859-1", "route", "--addr", addr, "--max-attempts", "1", "caf\u00e9"));
+    assertTrue(err.toString(StandardCharsets.UTF_8).startsWith("error: UNAVAILABLE"), err.toString(StandardCharsets.UTF_8));
+    err.reset();
+    assertEquals(1, runUnder("UTF-8", "route", "--addr", addr, "--max-attempts", "1", "café \uD83D\uDE00"));
+    assertTrue(err.toString(StandardCharsets.UTF_8).startsWith("error: UNAVAILABLE"), err.toString(StandardCharsets.UTF_8));
+  }
+
+  @Test
+  void aTlsFailureSaysItsCauseNotTheEnginesWrapper() {
+    SSLHandshakeException wrapper = new SSLHandshakeException("General OpenSslEngine problem");
+    wrapper.initCause(new CertificateException("No subject alternative names matching IP address 127.0.0.1 found"));
+    Status mismatch = Status.UNAVAILABLE
+        .withDescription("io exception\nChannel Pipeline: [SslHandler#0, ProtocolNegotiators$ClientTlsHandler#0]")
+        .withCause(wrapper);
+    assertEquals("io exception (TLS handshake failed: No subject alternative names matching IP address 127.0.0.1 found)",
+        Main.detail(mismatch));
+
+    SSLHandshakeException unknownCa = new SSLHandshakeException("General OpenSslEngine problem");
+    unknownCa.initCause(new CertificateException("PKIX path building failed: CertPathBuilderException",
+        new CertPathBuilderException("unable to find valid certification path to requested target")));
+    String said = Main.detail(Status.UNAVAILABLE.withDescription("io exception").withCause(unknownCa));
+    assertTrue(said.startsWith("io exception (TLS handshake failed: unable to find valid certification path"), said);
+    assertTrue(said.contains("--ca"), said);
   }
 }
