@@ -522,6 +522,45 @@ class ServiceConfig:
             metavar="PATH",
         ),
     )
+    front_max_body_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_doc(
+            "largest OpenAI front request body, bytes (larger: 400 REQUEST_TOO_LARGE); at most 4 such bodies "
+            "are parsed and held at once (a parsed body takes up to ~16x its bytes), more wait their turn"
+        ),
+    )
+    front_body_timeout_s: float = field(
+        default=30.0,
+        metadata=_doc("most seconds the OpenAI front waits for a request's body; then 408 and the connection closed"),
+    )
+    front_max_connections: int = field(
+        default=1024,
+        metadata=_doc(
+            "most connections open to the OpenAI front at once; one more is closed as soon as it is accepted "
+            "(keep it well under the process's open-file limit: the gRPC port and the store need files too)"
+        ),
+    )
+    upstream_max_s: float = field(
+        default=600.0,
+        metadata=_doc(
+            "most seconds one forwarded chat completion holds its upstream slot, from the slot wait to a "
+            "streamed answer's end; then it is aborted: 504, or a streamed answer's last event an error"
+        ),
+    )
+    front_write_timeout_s: float = field(
+        default=30.0,
+        metadata=_doc(
+            "most seconds one write of a streamed answer to an OpenAI front caller may take (a caller that "
+            "does not read); then the caller's connection is closed and the upstream slot freed"
+        ),
+    )
+    front_max_stream_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_doc(
+            "most bytes of one streamed upstream answer forwarded (a whole answer is capped at 64 MiB); "
+            "beyond it the stream ends with an error event and the upstream slot is freed"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle_path, Path):
@@ -592,6 +631,13 @@ class ServiceConfig:
             raise ConfigError(f"http_port: must be in [-1, 65535] (got {self.http_port})")
         if self.http_port >= 0 and not self.upstreams_file:
             raise ConfigError("upstreams_file: needed with http_port (the front forwards to its models)")
+        _at_least("front_max_body_bytes", self.front_max_body_bytes, 1024)
+        _at_least("front_max_stream_bytes", self.front_max_stream_bytes, 1024)
+        _at_least("front_max_connections", self.front_max_connections, 1)
+        for name in ("front_body_timeout_s", "upstream_max_s", "front_write_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ConfigError(f"{name}: must be > 0 and finite (got {value!r})")
         if self.upstreams_file:
             try:
                 load_upstreams(Path(self.upstreams_file))

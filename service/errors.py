@@ -31,6 +31,8 @@
     +-- UpstreamFailed                 UNAVAILABLE, HTTP 502 (the OpenAI-compatible front's upstream
                                        model unreachable, or it answered with a server error)
     +-- UpstreamTimeout                DEADLINE_EXCEEDED, HTTP 504 (the upstream did not answer in time)
+    +-- BodyTimeout                    DEADLINE_EXCEEDED, HTTP 408 (an OpenAI front caller did not send
+                                       its request body in time)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BodyTimeout",
     "Code",
     "ConfigError",
     "DeadlineExpired",
@@ -256,9 +259,20 @@ class UpstreamFailed(ServiceError):
 
 
 class UpstreamTimeout(ServiceError):
-    """The front's upstream model did not answer within its timeout (HTTP 504)."""
+    """The front's upstream model did not answer within its timeout (HTTP 504). `logged`: the message as
+    the server's log has it (naming the upstream's URL, which the caller's message does not)."""
 
     default_reason = "UPSTREAM_TIMEOUT"
+
+    def __init__(self, message: str, *, logged: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.logged = message if logged is None else logged
+
+
+class BodyTimeout(ServiceError):
+    """The OpenAI front's caller did not send its request body within the front's deadline (HTTP 408)."""
+
+    default_reason = "BODY_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     EncoderUnavailable: (Code.UNAVAILABLE, 1000),
     UpstreamFailed: (Code.UNAVAILABLE, None),
     UpstreamTimeout: (Code.DEADLINE_EXCEEDED, None),
+    BodyTimeout: (Code.DEADLINE_EXCEEDED, None),
 }
 
 # The HTTP status of each code, for the OpenAI-compatible front (lmroute.service.openai_front); the
@@ -313,7 +328,7 @@ _HTTP_BY_CODE: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
     Code.UNAUTHENTICATED: 401,
 }
-_HTTP_BY_ERROR: dict[type[ServiceError], int] = {UpstreamFailed: 502, UpstreamTimeout: 504}
+_HTTP_BY_ERROR: dict[type[ServiceError], int] = {UpstreamFailed: 502, UpstreamTimeout: 504, BodyTimeout: 408}
 
 _INTERNAL_MESSAGE = "internal error"
 

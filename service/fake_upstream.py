@@ -12,7 +12,9 @@ and `POST /v1/embeddings` with one unit vector of `embed_dim` per input, drawn f
 a hash of the model name and the text (`fake_embedding`): the same text always gets the same vector.
 Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped
 error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
-events), `fail_first` (answer the first that many embeddings requests 503).
+events), `fail_first` (answer the first that many embeddings requests 503), `redirect_to` (answer
+chat completions 307 with this Location), `event_delay_s` (wait this long before each streamed event)
+and `pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class FakeUpstream:
         record: bool = True,
         embed_dim: int = 1536,
         fail_first: int = 0,
+        redirect_to: str = "",
+        event_delay_s: float = 0.0,
+        pad_events: int = 0,
     ) -> None:
         self.name = name
         self.record = record  # keep each request body in `requests` (off for long benchmark runs)
@@ -53,6 +58,9 @@ class FakeUpstream:
         self.status = status
         self.delay_s = delay_s
         self.break_after = break_after
+        self.redirect_to = redirect_to
+        self.event_delay_s = event_delay_s
+        self.pad_events = pad_events
         self.requests: list[dict[str, Any]] = []
         self.keys: list[str] = []  # each recorded request's Authorization header ("" when none)
         self.port: int | None = None
@@ -138,6 +146,8 @@ class FakeUpstream:
             self.keys.append(request.headers.get("Authorization", ""))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.redirect_to:
+            return web.json_response({"moved": True}, status=307, headers={"Location": self.redirect_to})
         if self.status != 200:
             error = {"error": {"message": f"{self.name} refuses with {self.status}", "type": "fake", "code": None}}
             return web.json_response(error, status=self.status)
@@ -167,7 +177,9 @@ class FakeUpstream:
             delta: dict[str, Any] = {"content": word if j == 0 else " " + word}
             if j == 0:
                 delta["role"] = "assistant"
-            await out.write(_event(self.name, model, delta, None))
+            if self.event_delay_s:
+                await asyncio.sleep(self.event_delay_s)
+            await out.write(_event(self.name, model, delta, None, self.pad_events))
         await out.write(_event(self.name, model, {}, "stop"))
         await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
@@ -206,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _event(name: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
-    chunk = {
+def _event(name: str, model: str, delta: dict[str, Any], finish: str | None, pad: int = 0) -> bytes:
+    chunk: dict[str, Any] = {
         "id": f"chatcmpl-{name}",
         "object": "chat.completion.chunk",
         "created": 0,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
+    if pad:
+        chunk["x_pad"] = "." * pad
     return b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n"
 
 

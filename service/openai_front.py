@@ -35,6 +35,7 @@ lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -43,7 +44,8 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +54,21 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
-from lmroute.service.errors import InvalidArgument, ServiceError, Unauthenticated, UpstreamFailed, echo, http_status
+from lmroute.service.errors import (
+    BodyTimeout,
+    InvalidArgument,
+    ServiceError,
+    Unauthenticated,
+    UpstreamFailed,
+    UpstreamTimeout,
+    echo,
+    http_status,
+)
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
-from lmroute.service.upstream_client import UpstreamClient
+from lmroute.service.upstream_client import MAX_ANSWER_BYTES, UpstreamClient, upstream_failed, upstream_timeout
 from lmroute.service.upstreams import Upstream
 from lmroute.v1 import router_pb2
 
@@ -99,6 +110,11 @@ def upstream_code(status: int) -> str:
 
 _ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+# a threshold or share: ASCII digits only (float() also takes other scripts' digits, `_`, inf and nan)
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+Outcome = tuple[str, str] | None
+# a streamed answer's (code, reason) when it ended on an error after its headers
+_OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
 
 
 @dataclass(frozen=True)
@@ -160,11 +176,10 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
             f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(loaded)})",
             reason="ROUTER_NOT_FOUND",
         )
-    try:
-        number = float(value)
-    except ValueError:
-        why = f"model: {kind} {echo(value)} in {echo(name)} is not a number"
-        raise InvalidArgument(why, reason="BAD_MODEL") from None
+    if not _DECIMAL.fullmatch(value):
+        why = f"model: {kind} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.25)"
+        raise InvalidArgument(why, reason="BAD_MODEL")
+    number = float(value)
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         why = f"model: {kind} in {echo(name)} must be in [0, 1] (got {number:g})"
         raise InvalidArgument(why, reason="OUT_OF_RANGE")
@@ -259,8 +274,78 @@ def _sse_error(exc: ServiceError) -> bytes:
     return b"data: " + json.dumps(event).encode("utf-8") + b"\n\n"
 
 
+class _ByteBudget:
+    """At most `limit` bytes of request bodies parsed and held at once (a parsed JSON body takes up to ~16
+    times its bytes: 4 MiB of `{}` is 66 MiB of dicts); the rest wait their turn, first come first
+    served. A body larger than `limit` takes the whole budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0  # most bytes held at once, for tests and benchmarks
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        n = min(size, self.limit)
+        if self._waiting or self.held + n > self.limit:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append((n, turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release(n)  # granted as it was cancelled
+                else:
+                    self._waiting.remove((n, turn))
+                    self._wake()
+                raise
+        else:
+            self._take(n)
+        try:
+            yield
+        finally:
+            self._release(n)
+
+    def _take(self, n: int) -> None:
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+    def _release(self, n: int) -> None:
+        self.held -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self.held + self._waiting[0][0] <= self.limit:
+            n, turn = self._waiting.popleft()
+            if not turn.done():
+                self._take(n)
+                turn.set_result(None)
+
+
+class _CallerStalled(Exception):
+    """A write to the caller did not finish within the front's write timeout (it does not read)."""
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the front's cap: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+        else:
+            transport.close()
+
+
 class OpenAIFront:
-    """The aiohttp application and its listening site; `start` and `stop` bracket it."""
+    """The aiohttp application and its listening socket; `start` and `stop` bracket it.
+
+    Bounds: `max_body_bytes` per request body, read within `body_timeout_s` (else 408); at most
+    `parse_budget_bytes` of bodies parsed and held at once (default 4 bodies of the largest size);
+    `upstream_max_s` for a whole forwarded exchange (slot wait, answer, and the writes of a streamed
+    answer to the caller), each write to the caller within `write_timeout_s` (else the caller's
+    connection is closed); `max_stream_bytes` of one streamed answer; `max_connections` open at once
+    (one more is closed as soon as it is accepted)."""
 
     def __init__(
         self,
@@ -274,6 +359,12 @@ class OpenAIFront:
         tracing: Tracing | None = None,
         fair_slots: bool = True,
         sample_all: bool = False,
+        upstream_max_s: float = 600.0,
+        write_timeout_s: float = 30.0,
+        max_stream_bytes: int = MAX_ANSWER_BYTES,
+        max_connections: int = 1024,
+        body_timeout_s: float = 30.0,
+        parse_budget_bytes: int | None = None,
     ) -> None:
         self.servicer = servicer
         self.sample_all = sample_all  # every request's access line sampled (--access-log sampled)
@@ -285,6 +376,14 @@ class OpenAIFront:
         self.metrics = metrics
         self.grace_s = grace_s
         self.max_body_bytes = max_body_bytes
+        self.upstream_max_s = upstream_max_s
+        self.write_timeout_s = write_timeout_s
+        self.max_stream_bytes = max_stream_bytes
+        self.max_connections = max_connections
+        self.body_timeout_s = body_timeout_s
+        self.bodies = _ByteBudget(parse_budget_bytes if parse_budget_bytes is not None else 4 * max_body_bytes)
+        self.refused_connections = 0
+        self._listener: asyncio.Server | None = None
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_shaped_404_405])
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
@@ -297,13 +396,26 @@ class OpenAIFront:
         await self.client.start()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=self.grace_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])  # the bound port (port 0 picks one)
+        server = self._runner.server
+        assert server is not None
+
+        def accept() -> asyncio.BaseProtocol:  # aiohttp's own sites take every connection
+            if len(server.connections) < self.max_connections:
+                return server()
+            self.refused_connections += 1
+            if (suppressed := self._sampler.admit(("connections",))) is not None:
+                _log.warning("http_connection_refused", open=self.max_connections, suppressed=suppressed)
+            return _Refused()
+
+        self._listener = await asyncio.get_running_loop().create_server(accept, host, port, ssl=tls, reuse_address=True)
+        self.port = int(self._listener.sockets[0].getsockname()[1])  # the bound port (port 0 picks one)
         return self.port
 
     async def stop(self) -> None:
         """Stop listening, give requests in flight `grace_s` to finish, close the upstream connections."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -321,7 +433,7 @@ class OpenAIFront:
         AUTH_TENANT.set(tenant)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
+        async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
             default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.routers
             data = [
                 {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
@@ -332,21 +444,30 @@ class OpenAIFront:
         return await self._serve(_MODELS, request, work)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
-            body = await self._body(request)
-            route = await self._route(body, tenant)
+        async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
+            raw = await self._read(request)
+            async with self.bodies.hold(len(raw)):  # the parsed body lives only inside
+                body = self._parse(raw)
+                route = await self._route(body, tenant)
+                tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
+                stream = body.get("stream") is True
+                payload = self.client.payload(tier, body)
+                del body
             slot_tenant = tenant if self.fair_slots else ""
-            return await self._forward(request, body, route, slot_tenant, before_end=count)
+            return await self._forward(request, payload, stream, tier, route, slot_tenant, before_end=count)
 
         return await self._serve(_CHAT, request, work)
 
     async def _feedback(self, request: web.Request) -> web.StreamResponse:
-        async def work(tenant: str, count: Callable[[], None]) -> web.StreamResponse:
-            body = await self._body(request)
-            try:
-                req = json_format.ParseDict(body, router_pb2.FeedbackRequest())
-            except json_format.ParseError as exc:
-                raise InvalidArgument(f"body: not a FeedbackRequest ({exc})", reason="BAD_FEEDBACK") from None
+        async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
+            raw = await self._read(request)
+            async with self.bodies.hold(len(raw)):
+                body = self._parse(raw)
+                try:
+                    req = json_format.ParseDict(body, router_pb2.FeedbackRequest())
+                except json_format.ParseError as exc:
+                    raise InvalidArgument(f"body: not a FeedbackRequest ({exc})", reason="BAD_FEEDBACK") from None
+                del body
             resp = await self.servicer.feedback(req, reporter=tenant)
             out = json_format.MessageToDict(
                 resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -359,18 +480,21 @@ class OpenAIFront:
         self,
         path: str,
         request: web.Request,
-        work: Callable[[str, Callable[[], None]], Awaitable[web.StreamResponse]],
+        work: Callable[[str, Callable[[Outcome], None]], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         """One request to `path`: its call log line, span and metrics, the token checked and the caller's
         tenant named, then `work(tenant, count)`; a ServiceError becomes the OpenAI-shaped error answer.
         `count` counts the call in the metrics once (work calls it before a streamed answer's end, so a
-        scrape after the caller saw the end holds it; else it is counted on return)."""
+        scrape after the caller saw the end holds it; else it is counted on return), under the (code,
+        reason) it is given for a stream that ended on an error, else the answer's."""
         t0 = time.perf_counter()
         code, reason = "OK", ""
         counted = False
 
-        def count() -> None:
-            nonlocal counted
+        def count(outcome: Outcome = None) -> None:
+            nonlocal counted, code, reason
+            if outcome is not None:
+                code, reason = outcome
             if self.metrics is not None and not counted:
                 counted = True
                 self.metrics.observe(path, code, reason, time.perf_counter() - t0)
@@ -389,14 +513,22 @@ class OpenAIFront:
                 answer = await work(tenant, count)
                 if answer.status >= 400:  # the upstream's own error answer, passed on as it is
                     code, reason = upstream_code(answer.status), f"UPSTREAM_{answer.status}"
+                elif (outcome := answer.get(_OUTCOME)) is not None:  # a stream that broke off
+                    code, reason = outcome
                 return answer
             except ServiceError as exc:
                 status, info = http_status(exc)
                 code, reason = info.code.name, info.reason
                 if status >= 500:  # an upstream's answer stays out of the log (it may quote the prompt)
-                    logged = exc.logged if isinstance(exc, UpstreamFailed) else info.message
+                    logged = exc.logged if isinstance(exc, (UpstreamFailed, UpstreamTimeout)) else info.message
                     _log.warning("http_error", status=status, reason=reason, error=logged)
-                return _error(exc)
+                refused = _error(exc)
+                if isinstance(exc, BodyTimeout):  # answered, then closed: the rest of the body is not waited for
+                    refused.force_close()
+                    await refused.prepare(request)
+                    await refused.write_eof()
+                    request.protocol.force_close()
+                return refused
             except Exception as exc:  # a bug: a generic 500, the details in the log
                 code, reason = "INTERNAL", "INTERNAL"
                 _log.exception("http_unhandled_exception")
@@ -419,12 +551,20 @@ class OpenAIFront:
         elif (suppressed := self._sampler.admit((path, code, reason))) is not None:
             _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _read(self, request: web.Request) -> bytes:
+        """The request's body, read within `body_timeout_s` (BodyTimeout: HTTP 408, the connection closed)."""
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             why = f"body: larger than {self.max_body_bytes} bytes"
             raise InvalidArgument(why, reason="REQUEST_TOO_LARGE") from None
+        except TimeoutError:
+            why = f"body: not received in {self.body_timeout_s:g} s"
+            raise BodyTimeout(why) from None
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any]:
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -460,15 +600,17 @@ class OpenAIFront:
     async def _forward(
         self,
         request: web.Request,
-        body: dict[str, Any],
+        payload: bytes,
+        stream: bool,
+        tier: str,
         route: router_pb2.RouteResponse,
         tenant: str,
-        before_end: Callable[[], None] = lambda: None,
+        before_end: Callable[[Outcome], None] = lambda outcome: None,
     ) -> web.StreamResponse:
-        """The upstream's answer, whole or streamed (`tenant`: whose turn at the upstream's slots);
-        `before_end` runs before a streamed answer's end is written (a whole one leaves after this
-        returns)."""
-        tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
+        """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
+        upstream's slots); `before_end` runs before a streamed answer's end is written (a whole one leaves
+        after this returns). The exchange holds its slot at most `upstream_max_s`; a caller that does not
+        take a streamed answer's bytes within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
         headers = {
             "x-lmroute-decision-id": route.decision_id,
@@ -478,24 +620,75 @@ class OpenAIFront:
             "x-lmroute-score": f"{route.score:.6g}",
             "x-lmroute-threshold": f"{route.threshold:.6g}",
         }
-        async with self.client.exchange(tier, body, tenant) as answer:
-            if body.get("stream") is not True or answer.status != 200:
-                payload = await answer.read()
-                return web.Response(body=payload, status=answer.status, headers=headers, content_type=_mime(answer))
-            out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
-            await out.prepare(request)
-            try:
-                async for chunk in answer.chunks():
-                    await out.write(chunk)
-            except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
-                _log.warning("http_stream_broke", tier=tier, error=str(exc))
-                await out.write(_sse_error(exc))
-            except ConnectionResetError:  # the caller went away mid-stream: nothing left to answer
-                _log.info("http_stream_caller_gone", tier=tier)
-                return out
-            before_end()
-            await out.write_eof()
-            return out
+        out: web.StreamResponse | None = None
+        broke: ServiceError | None = None
+        deadline = asyncio.timeout(self.upstream_max_s)
+        try:
+            async with deadline, self.client.exchange(tier, payload, tenant) as answer:
+                if not stream or answer.status != 200:
+                    body = await answer.read()
+                    if answer.status >= 400:  # passed on as it is, but for the upstream's key
+                        body = up.redact(body)
+                    return web.Response(body=body, status=answer.status, headers=headers, content_type=_mime(answer))
+                out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
+                await self._send(out, out.prepare(request))
+                sent = 0
+                try:
+                    async for chunk in answer.chunks():
+                        sent += len(chunk)
+                        if sent > self.max_stream_bytes:
+                            why = f"streamed answer longer than {self.max_stream_bytes} bytes"
+                            raise upstream_failed(up, why, reason="ANSWER_TOO_LONG")
+                        await self._send(out, out.write(chunk))
+                except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
+                    broke = exc
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            late = upstream_timeout(up, f"no whole answer in {self.upstream_max_s:g} s", reason="UPSTREAM_DEADLINE")
+            if out is None:
+                raise late from None
+            broke = late
+        except _CallerStalled:  # it holds no slot any more; its connection goes too
+            _log.warning("http_stream_caller_stalled", tier=tier, write_timeout_s=self.write_timeout_s)
+            return self._drop(request, out, ("CANCELLED", "CALLER_STALLED"))
+        except ConnectionResetError:  # the caller went away mid-stream: nothing left to answer
+            _log.info("http_stream_caller_gone", tier=tier)
+            return self._drop(request, out, ("CANCELLED", "CALLER_GONE"))
+        assert out is not None
+        outcome: Outcome = None
+        try:
+            if broke is not None:
+                _, info = http_status(broke)
+                outcome = (info.code.name, info.reason)
+                out[_OUTCOME] = outcome
+                logged = broke.logged if isinstance(broke, (UpstreamFailed, UpstreamTimeout)) else str(broke)
+                _log.warning("http_stream_broke", tier=tier, reason=info.reason, error=logged)
+                await self._send(out, out.write(_sse_error(broke)))
+            before_end(outcome)
+            await self._send(out, out.write_eof())
+        except _CallerStalled:
+            return self._drop(request, out, outcome or ("CANCELLED", "CALLER_STALLED"))
+        except ConnectionResetError:
+            return self._drop(request, out, outcome or ("CANCELLED", "CALLER_GONE"))
+        return out
+
+    async def _send(self, out: web.StreamResponse, write: Awaitable[Any]) -> None:
+        """`write` (of `out`) awaited within `write_timeout_s`; _CallerStalled when it does not finish."""
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                await write
+        except TimeoutError:
+            raise _CallerStalled from None
+
+    @staticmethod
+    def _drop(request: web.Request, out: web.StreamResponse | None, outcome: tuple[str, str]) -> web.StreamResponse:
+        """The answer to a caller whose connection is closed now (what it has not read is dropped)."""
+        if request.transport is not None:
+            request.transport.abort()
+        answer = out if out is not None else web.StreamResponse(status=499)
+        answer[_OUTCOME] = outcome
+        return answer
 
 
 def _mime(answer: Any) -> str:

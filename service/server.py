@@ -308,11 +308,16 @@ class RouterServer:
                 load_upstreams(Path(cfg.upstreams_file)),
                 auth=self.auth,
                 metrics=self.metrics,
-                max_body_bytes=cfg.max_message_bytes,
+                max_body_bytes=cfg.front_max_body_bytes,
                 grace_s=cfg.grace_s,
                 tracing=self.tracing,
                 fair_slots=cfg.batch.tenant_fair_share,
                 sample_all=cfg.access_log == "sampled",
+                upstream_max_s=cfg.upstream_max_s,
+                write_timeout_s=cfg.front_write_timeout_s,
+                max_stream_bytes=cfg.front_max_stream_bytes,
+                max_connections=cfg.front_max_connections,
+                body_timeout_s=cfg.front_body_timeout_s,
             )
             self.front_tls = FrontTLS(self.tls) if self.tls is not None else None
             try:

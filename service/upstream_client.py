@@ -4,10 +4,13 @@ One aiohttp session for the front's lifetime (keep-alive connections to each ups
 one of its upstream's `max_concurrency` slots from the request until the answer is read or the stream
 ends; when the slots are contended, each one that frees goes to the waiting tenant holding the fewest
 (lmroute.service.tenant_slots), so one tenant's flood does not queue ahead of another tenant's request.
-Failures become the front's errors, each naming the upstream: it cannot be reached, drops the
-connection or answers with a 5xx -> UpstreamFailed (HTTP 502); its next bytes take longer than
-`timeout_s`, or no slot frees in that time -> UpstreamTimeout (HTTP 504). A 4xx answer is the upstream's
-verdict on the request (a bad tool schema, say) and is passed to the caller as it is.
+Failures become the front's errors, each naming the upstream by side and model (the server's log adds
+its URL, which callers are not told): it cannot be reached, drops the connection, answers with a 5xx
+or a redirect (3xx: never followed, so the prompt goes to no URL but the configured one) ->
+UpstreamFailed (HTTP 502); its next bytes take longer than `timeout_s`, or no slot frees in that time ->
+UpstreamTimeout (HTTP 504). A 4xx answer is the upstream's verdict on the request (a bad tool schema,
+say) and is passed to the caller as it is, the upstream's API key replaced by *** wherever it appears.
+The front bounds the whole exchange (`--upstream-max-s`) and its writes to the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
 from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstreams import Upstream
 
-__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient"]
+__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", "upstream_timeout"]
 
 MAX_ANSWER_BYTES = 64 << 20
 """Most bytes of a non-streamed upstream answer the front reads (more: UpstreamFailed)."""
@@ -45,7 +48,9 @@ class Exchange:
         async for chunk in self.chunks():
             out += chunk
             if len(out) > MAX_ANSWER_BYTES:
-                raise UpstreamFailed(f"{self.upstream.describe()}: answer longer than {MAX_ANSWER_BYTES} bytes")
+                raise upstream_failed(
+                    self.upstream, f"answer longer than {MAX_ANSWER_BYTES} bytes", reason="ANSWER_TOO_LONG"
+                )
         return bytes(out)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -57,11 +62,11 @@ class Exchange:
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise UpstreamTimeout(
-                    f"{self.upstream.describe()}: no data for {self.upstream.timeout_s:g} s while answering"
+                raise upstream_timeout(
+                    self.upstream, f"no data for {self.upstream.timeout_s:g} s while answering"
                 ) from None
             except aiohttp.ClientError as exc:
-                raise UpstreamFailed(f"{self.upstream.describe()}: answer broke off ({type(exc).__name__})") from None
+                raise upstream_failed(self.upstream, f"answer broke off ({type(exc).__name__})") from None
             yield chunk
 
 
@@ -85,41 +90,60 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    def payload(self, tier: str, body: Mapping[str, Any]) -> bytes:
+        """`body` as the `tier` upstream is sent it: JSON, its model set to the upstream's."""
+        return json.dumps({**body, "model": self.upstreams[tier].model}, ensure_ascii=False).encode("utf-8")
+
     @contextlib.asynccontextmanager
-    async def exchange(self, tier: str, body: Mapping[str, Any], tenant: str = "") -> AsyncIterator[Exchange]:
-        """POST `body` (its model set to the upstream's) to the `tier` upstream's /chat/completions for
-        `tenant` (its turn at the upstream's slots); the answer as an Exchange once its status and headers
-        are in. A 5xx is raised as UpstreamFailed."""
+    async def exchange(self, tier: str, body: Mapping[str, Any] | bytes, tenant: str = "") -> AsyncIterator[Exchange]:
+        """POST `body` (its model set to the upstream's; or bytes made by `payload`) to the `tier`
+        upstream's /chat/completions for `tenant` (its turn at the upstream's slots); the answer as an
+        Exchange once its status and headers are in. A 5xx or a 3xx is raised as UpstreamFailed."""
         assert self._session is not None, "UpstreamClient.start was not called"
         up = self.upstreams[tier]
         slots = self.slots[tier]
         try:
             await slots.acquire(tenant, up.timeout_s)
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"{up.describe()}: no free slot in {up.timeout_s:g} s ({up.max_concurrency} requests in flight)"
-            ) from None
+            why = f"no free slot in {up.timeout_s:g} s ({up.max_concurrency} requests in flight)"
+            raise upstream_timeout(up, why) from None
         try:
-            payload = json.dumps({**body, "model": up.model}, ensure_ascii=False).encode("utf-8")
+            payload = body if isinstance(body, bytes) else self.payload(tier, body)
             headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
             if up.api_key:
                 headers["Authorization"] = f"Bearer {up.api_key}"
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_s, sock_read=up.timeout_s)
             try:
-                response = await self._session.post(up.completions_url, data=payload, headers=headers, timeout=timeout)
+                response = await self._session.post(
+                    up.completions_url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+                )
             except TimeoutError:
-                raise UpstreamTimeout(f"{up.describe()}: no answer in {up.timeout_s:g} s") from None
+                raise upstream_timeout(up, f"no answer in {up.timeout_s:g} s") from None
             except aiohttp.ClientError as exc:
-                raise UpstreamFailed(f"{up.describe()}: cannot be reached ({type(exc).__name__})") from None
+                raise upstream_failed(up, f"cannot be reached ({type(exc).__name__})") from None
             try:
+                if 300 <= response.status < 400:  # the prompt goes to the configured URL or nowhere
+                    raise upstream_failed(up, f"answered HTTP {response.status}, a redirect (not followed)")
                 if response.status >= 500:
-                    text = (await Exchange(up, response).read()).decode("utf-8", "replace")[:_ERROR_SNIPPET]
-                    said = f"{up.describe()}: answered HTTP {response.status}"
+                    body_bytes = up.redact(await Exchange(up, response).read())
+                    text = body_bytes.decode("utf-8", "replace")[:_ERROR_SNIPPET]
+                    said = f"answered HTTP {response.status}"
                     raise UpstreamFailed(
-                        f"{said}: {text}", logged=f"{said} (the start of its body, quoted to the caller)"
+                        f"{up.label}: {said}: {text}",
+                        logged=f"{up.describe()}: {said} (the start of its body, quoted to the caller)",
                     )
                 yield Exchange(up, response)
             finally:
                 response.release()
         finally:
             slots.release(tenant)
+
+
+def upstream_failed(up: Upstream, what: str, **kw: Any) -> UpstreamFailed:
+    """UpstreamFailed saying `what` of `up`: to the caller by side and model, in the log with its URL."""
+    return UpstreamFailed(f"{up.label}: {what}", logged=f"{up.describe()}: {what}", **kw)
+
+
+def upstream_timeout(up: Upstream, what: str, **kw: Any) -> UpstreamTimeout:
+    """UpstreamTimeout saying `what` of `up`, as `upstream_failed` names it."""
+    return UpstreamTimeout(f"{up.label}: {what}", logged=f"{up.describe()}: {what}", **kw)

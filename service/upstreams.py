@@ -12,7 +12,8 @@ Each side: `model` (the name sent upstream), `base_url` (http or https, ending b
 `/chat/completions`), optionally `api_key_env` (the variable holding its key: keys never sit in the
 file), `timeout_s` (most seconds to wait for the upstream's next bytes, default 120),
 `connect_timeout_s` (default 5) and `max_concurrency` (requests in flight to it at once, default 64;
-more wait for a slot, within `timeout_s`). An unknown key is refused, so a typo does not pass silently.
+more wait for a slot, within `timeout_s`; the front bounds a whole exchange by `--upstream-max-s`).
+An unknown key is refused, so a typo does not pass silently.
 """
 
 from __future__ import annotations
@@ -49,8 +50,17 @@ class Upstream:
         return self.base_url.rstrip("/") + "/chat/completions"
 
     def describe(self) -> str:
-        """How errors name it: side, model and URL (never the key)."""
+        """How the server's log names it: side, model and URL (never the key)."""
         return f"upstream {self.tier} ({self.model!r} at {self.base_url})"
+
+    @property
+    def label(self) -> str:
+        """How errors to callers name it: side and model only (the URL is the deployment's, not theirs)."""
+        return f"upstream {self.tier} ({self.model!r})"
+
+    def redact(self, text: bytes) -> bytes:
+        """`text` (an upstream's answer) with every occurrence of this upstream's API key replaced by ***."""
+        return text.replace(self.api_key.encode("utf-8"), b"***") if self.api_key else text
 
 
 def _seconds(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:

@@ -167,6 +167,10 @@ def test_models_list_and_bad_names(
     with pytest.raises(openai.NotFoundError) as missing:  # an OpenAI-shaped error, not a plain-text page
         client.embeddings.create(model="router-mf-0.5", input="hi")
     assert "POST /v1/embeddings: not served here" in missing.value.message
+    for odd in ("router-mf-٠.٥", "router-mf-0_5", "router-mf@０.５", "router-mf-nan", "router-mf- 0.5"):
+        with pytest.raises(openai.BadRequestError) as err:  # float() takes these; a model name does not
+            client.chat.completions.create(model=odd, messages=msgs)
+        assert "is not a number (ASCII digits" in err.value.message, odd
     status, answer = _post(f"{base}/models", {})  # GET only
     assert status == 405 and answer["error"]["code"] == "METHOD_NOT_ALLOWED"
 
@@ -254,10 +258,13 @@ def test_upstream_down_slow_refusing_and_breaking(
     # threshold 0 routes everything strong; the strong side is each fault in turn
     down = "http://127.0.0.1:9/v1"  # discard port: nothing listens
     _, base = _front(fake_servers, _file(tmp_path, {"strong": down, "weak": upstreams["weak"]}))
-    with pytest.raises(openai.InternalServerError) as err:
+    with structlog.testing.capture_logs() as logs, pytest.raises(openai.InternalServerError) as err:
         _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
     assert err.value.status_code == 502
-    assert "upstream strong ('strong-model' at http://127.0.0.1:9/v1): cannot be reached" in err.value.message
+    assert "upstream strong ('strong-model'): cannot be reached" in err.value.message
+    assert "127.0.0.1:9" not in str(err.value.body)  # the caller is not told where the upstream is
+    [logged] = [e for e in logs if e["event"] == "http_error"]  # the log is
+    assert "upstream strong ('strong-model' at http://127.0.0.1:9/v1): cannot be reached" in logged["error"]
 
     with (
         FakeUpstream("slow", delay_s=3.0) as slow,
@@ -599,3 +606,219 @@ def test_feedback_over_http_reaches_the_store_as_the_callers_tenant(
     _, storeless = _front(fake_servers, _file(tmp_path, upstreams))
     status, doc = _post(f"{storeless}/feedback", body)
     assert status == 400 and doc["error"]["code"] == "NO_OUTCOME_STORE", doc
+
+
+def _metrics(srv: ServerThread) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read().decode()
+
+
+def test_a_caller_that_does_not_read_its_stream_loses_it_and_frees_the_slot(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An upstream of one slot streaming 20 MB; a caller opens the stream and reads nothing. After
+    --front-write-timeout-s its connection is closed and the slot is free: another caller's request is
+    answered (without the write deadline the slot stays held and it is 504 'no free slot')."""
+    import http.client
+
+    with FakeUpstream("big", pad_events=100_000) as big:
+        path = _file(
+            tmp_path, {"strong": big, "weak": upstreams["weak"]}, strong={"max_concurrency": 1, "timeout_s": 4}
+        )
+        srv, base = _front(fake_servers, path, front_write_timeout_s=0.5, metrics_port=0)
+        front = srv.server.front
+        assert front is not None
+        words = " ".join(f"w{i}" for i in range(200))
+        body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": words}], "stream": True})
+        stalled = http.client.HTTPConnection("127.0.0.1", srv.server.http_port, timeout=30)
+        stalled.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 10
+        while front.client.slots["strong"].in_use == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with structlog.testing.capture_logs() as logs:
+            t0 = time.monotonic()
+            answer = _client(base).chat.completions.create(
+                model="router-mf-0", messages=[{"role": "user", "content": "me next"}]
+            )
+            waited = time.monotonic() - t0
+        assert answer.choices[0].message.content == "big: me next" and waited < 3.5
+        assert any(e["event"] == "http_stream_caller_stalled" for e in logs)
+        stalled.close()
+        text = _metrics(srv)
+        assert 'lmroute_calls_total{code="CANCELLED",method="/v1/chat/completions"} 1.0' in text
+        assert front.client.slots["strong"].in_use == 0
+
+
+def test_an_exchange_past_upstream_max_s_is_aborted(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An upstream trickling its stream (an event each 0.2 s, under its 1 s read timeout): after
+    --upstream-max-s 1 the stream ends with an error event naming the deadline and the slot is free; a
+    whole answer slower than that is 504."""
+    msgs = [{"role": "user", "content": " ".join(["slowly"] * 30)}]
+    with FakeUpstream("trickle", event_delay_s=0.2) as trickle, FakeUpstream("late", delay_s=3) as late:
+        for up in (trickle, late):
+            path = _file(tmp_path, {"strong": up, "weak": upstreams["weak"]}, strong={"timeout_s": 5})
+            srv, base = _front(fake_servers, path, upstream_max_s=1.0, metrics_port=0)
+            front = srv.server.front
+            assert front is not None
+            t0 = time.monotonic()
+            if up is trickle:
+                got = []
+                with pytest.raises(openai.APIError) as err:
+                    for chunk in _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True):
+                        got.append(chunk.choices[0].delta.content)
+                assert 2 <= len(got) <= 8  # what arrived in the second
+            else:
+                with pytest.raises(openai.APIStatusError) as err:
+                    _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+                assert err.value.status_code == 504
+            assert "upstream strong ('strong-model'): no whole answer in 1 s" in err.value.message
+            assert time.monotonic() - t0 < 2.5 and front.client.slots["strong"].in_use == 0
+            text = _metrics(srv)
+            assert 'lmroute_refusals_total{method="/v1/chat/completions",reason="UPSTREAM_DEADLINE"} 1.0' in text
+
+
+def test_upstream_redirects_are_not_followed(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An upstream answering 307 to another URL: the prompt is not sent there; the caller gets 502."""
+    elsewhere = upstreams["weak"]
+    with FakeUpstream("mover", redirect_to=f"{elsewhere.base_url}/chat/completions") as mover:
+        _, base = _front(fake_servers, _file(tmp_path, {"strong": mover, "weak": elsewhere}))
+        with pytest.raises(openai.APIStatusError) as err:
+            _client(base).chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": "secret"}])
+    assert err.value.status_code == 502 and "answered HTTP 307, a redirect (not followed)" in err.value.message
+    assert len(mover.requests) == 1 and elsewhere.requests == []
+
+
+def test_a_streamed_answer_over_front_max_stream_bytes_is_cut(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A stream longer than --front-max-stream-bytes ends with an error event; the slot is freed."""
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams), front_max_stream_bytes=4096)
+    front = srv.server.front
+    assert front is not None
+    msgs = [{"role": "user", "content": " ".join(f"word{i}" for i in range(200))}]
+    got = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True):
+            got.append(chunk.choices[0].delta.content)
+    assert "upstream strong ('strong-model'): streamed answer longer than 4096 bytes" in err.value.message
+    assert len(got) < 200 and front.client.slots["strong"].in_use == 0
+    short = _client(base).chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": "hi"}])
+    assert short.choices[0].message.content == "strong-llm: hi"
+
+
+def test_the_upstreams_key_is_masked_in_what_the_caller_gets(
+    fake_servers: Callable[..., ServerThread],
+    upstreams: dict[str, FakeUpstream],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream quoting its own API key in a 4xx or 5xx answer: the caller gets *** in its place."""
+    key = "sk-upstream-secret-0123456789"
+    monkeypatch.setenv("FRONT_TEST_KEY", key)
+    msgs = [{"role": "user", "content": "hello"}]
+    for status in (401, 503):
+        with FakeUpstream(f"bad key {key}", status=status) as quoting:
+            path = _file(
+                tmp_path, {"strong": quoting, "weak": upstreams["weak"]}, strong={"api_key_env": "FRONT_TEST_KEY"}
+            )
+            _, base = _front(fake_servers, path)
+            with pytest.raises(openai.APIStatusError) as err:
+                _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+            assert quoting.keys == [f"Bearer {key}"]  # the upstream got its key
+        expected = 401 if status == 401 else 502
+        assert err.value.status_code == expected and "bad key *** refuses with" in err.value.message
+        assert key not in str(err.value.body) and key not in err.value.response.text
+
+
+def test_parsed_bodies_are_bounded_and_not_held_while_waiting_for_a_slot(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """Six bodies of 250,000 `[]` each (~22 MB each parsed) to an upstream of one slot: while five
+    wait for the slot, the front holds their bytes, not their parsed objects (counted by the garbage
+    collector: without it, 5 x 250,000 more); and at most the parse budget (4 bodies of
+    --front-max-body-bytes) is parsed at once."""
+    import gc
+
+    n = 250_000  # the upstream re-sent them with ", " between: under its own 1 MiB limit
+    with FakeUpstream("slow", delay_s=1.0, record=False) as slow:
+        path = _file(
+            tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 1, "timeout_s": 30}
+        )
+        srv, base = _front(fake_servers, path, front_max_body_bytes=1 << 20)
+        front = srv.server.front
+        assert front is not None
+        body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "x"}]})
+        body = body[:-1] + ', "metadata_list": [' + ",".join(["[]"] * n) + "]}"
+        assert len(body) < 1 << 20
+        gc.collect()
+        before = len(gc.get_objects())
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(_post, f"{base}/chat/completions", body.encode()) for _ in range(6)]
+            deadline = time.monotonic() + 30
+            while front.client.slots["strong"].waiting() < 5:
+                assert time.monotonic() < deadline, "the requests did not queue for the slot"
+                time.sleep(0.01)
+            held = len(gc.get_objects()) - before
+            assert all(call.result(timeout=60)[0] == 200 for call in calls)
+    # the upstream's parse and the one in flight: 2n; parsed bodies held while waiting would add 5n
+    assert held < 3 * n, f"{held} more objects while 5 requests wait for the slot"
+    assert 0 < front.bodies.peak <= 4 << 20 and front.bodies.held == 0
+
+
+def test_open_connections_are_capped(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """--front-max-connections 4: four idle connections open, a fifth is closed at once; one of the four
+    closed, requests are answered again."""
+    import socket
+
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams), front_max_connections=4)
+    port = srv.server.http_port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            extra.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        except OSError:
+            pass
+        try:
+            assert extra.recv(100) == b""  # closed by the server, nothing answered
+        except ConnectionResetError:
+            pass
+        extra.close()
+        assert srv.server.front is not None and srv.server.front.refused_connections >= 1
+        idle.pop().close()
+        time.sleep(0.2)
+        assert [m.id for m in _client(base).models.list()]
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_body_not_sent_in_time_is_408(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A caller that sends its headers and part of its body, then stalls: 408 after --front-body-timeout-s,
+    and the connection is closed."""
+    import socket
+
+    srv, _ = _front(fake_servers, _file(tmp_path, upstreams), front_body_timeout_s=0.5)
+    sock = socket.create_connection(("127.0.0.1", srv.server.http_port), timeout=5)
+    try:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": '
+        )
+        t0 = time.monotonic()
+        got = b""
+        while chunk := sock.recv(4096):
+            got += chunk
+        assert time.monotonic() - t0 < 4
+    finally:
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 408 ") and b"BODY_TIMEOUT" in got and b"not received in 0.5 s" in got

@@ -89,6 +89,12 @@ FLAGS_AND_VARIABLES = [
     ("--metrics-port", "LMROUTE_METRICS_PORT"),
     ("--http-port", "LMROUTE_HTTP_PORT"),
     ("--upstreams-file", "LMROUTE_UPSTREAMS_FILE"),
+    ("--front-max-body-bytes", "LMROUTE_FRONT_MAX_BODY_BYTES"),
+    ("--front-body-timeout-s", "LMROUTE_FRONT_BODY_TIMEOUT_S"),
+    ("--front-max-connections", "LMROUTE_FRONT_MAX_CONNECTIONS"),
+    ("--upstream-max-s", "LMROUTE_UPSTREAM_MAX_S"),
+    ("--front-write-timeout-s", "LMROUTE_FRONT_WRITE_TIMEOUT_S"),
+    ("--front-max-stream-bytes", "LMROUTE_FRONT_MAX_STREAM_BYTES"),
 ]
 
 
@@ -192,6 +198,22 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), max_message_bytes=10),
             "max_message_bytes: must be >= 1024 (got 10)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), front_max_body_bytes=10),
+            "front_max_body_bytes: must be >= 1024 (got 10)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), front_max_connections=0),
+            "front_max_connections: must be >= 1 (got 0)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), upstream_max_s=math.inf),
+            "upstream_max_s: must be > 0 and finite (got inf)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), front_write_timeout_s=0),
+            "front_write_timeout_s: must be > 0 and finite (got 0)",
         ),
         (lambda: ServiceConfig(bundle_path=Path("")), "bundle_path: must name a bundle directory (got empty)"),
         (
