@@ -434,10 +434,10 @@ class OpenAIFront:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
-            default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.routers
+            default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.visible_routers()
             data = [
                 {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
-                for name in (*self.servicer.routers, *([DEFAULT] if default else []))
+                for name in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))
             ]
             return web.json_response({"object": "list", "data": data})
 
@@ -583,7 +583,7 @@ class OpenAIFront:
 
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
         model = body.get("model")
-        ask = parse_model(model, self.servicer.routers, self.servicer.router_for(tenant))
+        ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
         prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
         try:
             return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)

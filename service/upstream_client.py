@@ -91,8 +91,11 @@ class UpstreamClient:
             self._session = None
 
     def payload(self, tier: str, body: Mapping[str, Any]) -> bytes:
-        """`body` as the `tier` upstream is sent it: JSON, its model set to the upstream's."""
-        return json.dumps({**body, "model": self.upstreams[tier].model}, ensure_ascii=False).encode("utf-8")
+        """`body` as the `tier` upstream is sent it: JSON without spaces between items (about the size the
+        caller sent; with them a body of many short items grew by up to a third), its model set to the
+        upstream's."""
+        out = {**body, "model": self.upstreams[tier].model}
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @contextlib.asynccontextmanager
     async def exchange(self, tier: str, body: Mapping[str, Any] | bytes, tenant: str = "") -> AsyncIterator[Exchange]:

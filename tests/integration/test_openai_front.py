@@ -318,6 +318,27 @@ def test_tokens_and_tenants(
     assert "Authorization" not in json.dumps(upstreams["strong"].requests[-1])  # our token stays here
 
 
+def test_a_bound_token_is_not_offered_another_tenants_own_router(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN} team-a\nother-token-0123456789abc\n")
+    _, base = _front(
+        fake_servers,
+        _file(tmp_path, upstreams),
+        auth_tokens_file=str(tokens),
+        tenant_routers={"team-b": "random"},
+    )
+    assert sorted(m.id for m in _client(base, key=TOKEN).models.list()) == ["router-mf"]
+    with pytest.raises(openai.BadRequestError) as err:  # as for a router that is not loaded
+        _client(base, key=TOKEN).chat.completions.create(
+            model="router-random-0.5", messages=[{"role": "user", "content": "hello"}]
+        )
+    assert "ROUTER_NOT_FOUND" in str(err.value.body) and "(loaded: mf)" in str(err.value.body)
+    unbound = _client(base, key="other-token-0123456789abc")
+    assert sorted(m.id for m in unbound.models.list()) == ["router-mf", "router-random"]
+
+
 def test_a_tenants_list_refuses_a_header_naming_another(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
