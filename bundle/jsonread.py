@@ -13,7 +13,7 @@ from typing import Any
 
 from lmroute.bundle.errors import BundleError
 
-__all__ = ["MANIFEST_NAME", "Node", "as_float", "as_int", "as_str", "fail", "type_name"]
+__all__ = ["MANIFEST_NAME", "Node", "as_float", "as_int", "as_str", "fail", "type_name", "unique_keys"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -21,6 +21,17 @@ MANIFEST_NAME = "manifest.json"
 def fail(problem: str) -> BundleError:
     """A BundleError about manifest.json."""
     return BundleError(MANIFEST_NAME, problem)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads`'s object_pairs_hook refusing a key given twice in one object (json keeps the last,
+    silently: a reader keeping the first would see another document): ValueError naming the key."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key[:80]!r} given twice")
+        out[key] = value
+    return out
 
 
 def type_name(value: Any) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmroute.bundle import kinds
-from lmroute.bundle.jsonread import MANIFEST_NAME, Node, as_float, as_str, fail, type_name
+from lmroute.bundle.jsonread import MANIFEST_NAME, Node, as_float, as_str, fail, type_name, unique_keys
 from lmroute.bundle.truncation import HEAD, TRUNCATION_RULES, Truncation
 from lmroute.outcomes.records import TENANT_RE
 
@@ -880,20 +880,11 @@ def decode_json(text: str | bytes) -> Any:
     readers that keep the first and readers that keep the last would see two bundles); BundleError naming
     manifest.json."""
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_once)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
     except RecursionError:
         raise fail("not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"not valid JSON ({exc})") from exc
-
-
-def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"the key {key[:80]!r} is given twice in one object")
-        out[key] = value
-    return out
 
 
 def content_version_of(data: Mapping[str, Any]) -> str:

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmroute.bundle.jsonread import unique_keys
+
 __all__ = [
     "MAX_OUTPUT_TOKENS",
     "MAX_PRICE_PER_MTOK",
@@ -81,20 +83,10 @@ def _price(value: object, where: str) -> float:
     return float(value)
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object's members, refusing a name given twice (json keeps the last, silently)."""
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"{key!r} given twice")
-        out[key] = value
-    return out
-
-
 def load_models_file(path: Path) -> dict[str, ModelPrice]:
     """model -> ModelPrice from the file at `path`; ValueError naming the file and the bad key."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: cannot be read as JSON ({exc})") from None
     models = data.get("models") if isinstance(data, dict) else None
