@@ -47,10 +47,11 @@ ONNX_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 _CHUNK = 1 << 20
 
 
-def read_regular_file(path: Path, rel: str, *, limit: int | None = None) -> bytes:
+def read_regular_file(path: Path, rel: str, *, limit: int | None = None, size: int | None = None) -> bytes:
     """The bytes of the regular file at `path` (`rel`: its name in errors); BundleError when it is missing,
     not a regular file (opened without blocking, so a FIFO is refused, not waited on), larger than `limit`
-    bytes, or unreadable."""
+    bytes, not of exactly `size` bytes (checked before reading: a file grown huge is not read), or
+    unreadable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -62,10 +63,13 @@ def read_regular_file(path: Path, rel: str, *, limit: int | None = None) -> byte
         if not stat.S_ISREG(info.st_mode):
             what = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
             raise BundleError(rel, f"not a regular file ({what})")
+        if size is not None and info.st_size != size:
+            raise BundleError(rel, f"size {info.st_size} bytes does not match manifest {size}")
         if limit is not None and info.st_size > limit:
             raise BundleError(rel, f"{info.st_size} bytes, over the limit of {limit}")
+        cap = limit if size is None else size if limit is None else min(size, limit)
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read() if limit is None else fh.read(limit + 1)
+            data = fh.read() if cap is None else fh.read(cap + 1)
     except OSError as exc:
         raise BundleError(rel, f"cannot be read ({exc.strerror or exc})") from None
     finally:
@@ -87,8 +91,8 @@ class BundleFiles:
     def read(cls, root: Path, files: Mapping[str, FileEntry], *, verify_checksums: bool = True) -> BundleFiles:
         blobs: dict[str, bytes] = {}
         for rel, entry in files.items():
-            data = read_regular_file(root / rel, rel)
-            if len(data) != entry.bytes:
+            data = read_regular_file(root / rel, rel, size=entry.bytes)
+            if len(data) != entry.bytes:  # it changed size while read
                 raise BundleError(rel, f"size {len(data)} bytes does not match manifest {entry.bytes}")
             if verify_checksums:
                 actual = hashlib.sha256(data).hexdigest()
