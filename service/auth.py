@@ -103,7 +103,9 @@ class Authenticator:
         self.file = file
         self._fixed = load_tokens(env=env, environ=environ)  # the variable's: read once
         self._watch = FileStamps([Path(file)], recheck_s) if file else None
-        self.tokens: Mapping[bytes, str | None] = self._merged(load_tokens(file))
+        self.tokens: Mapping[bytes, str | None] = {}
+        self._digests: tuple[tuple[bytes, str | None], ...] = ()  # (sha256 of a token, its tenant)
+        self._take(self._merged(load_tokens(file)))
         self.reloads = 0  # times the file's tokens were replaced
         self.reload_failures = 0  # changed files whose tokens were not taken
 
@@ -113,6 +115,11 @@ class Authenticator:
             raise ValueError(f"authentication: no tokens configured{f' ({self.file} has none)' if self.file else ''}")
         return tokens
 
+    def _take(self, tokens: Mapping[bytes, str | None]) -> None:
+        """Serve `tokens` from now on, with their digests (computed once here, not at every call)."""
+        self.tokens = tokens
+        self._digests = tuple((hashlib.sha256(token).digest(), bound) for token, bound in tokens.items())
+
     def _reload(self) -> None:
         """The changed file's tokens in place of the old ones, or the old ones kept (module docstring)."""
         try:
@@ -121,7 +128,7 @@ class Authenticator:
             self.reload_failures += 1
             _log.error("auth_tokens_reload_failed", error=f"{exc}; the tokens in use are kept")
             return
-        self.tokens = tokens
+        self._take(tokens)
         self.reloads += 1
         _log.info("auth_tokens_reloaded", file=self.file, tokens=len(tokens), reloads=self.reloads)
 
@@ -137,7 +144,7 @@ class Authenticator:
         admitted, tenant = False, None
         # every token compared, as digests of one length: time independent of the match and of the lengths
         digest = hashlib.sha256(presented).digest()
-        for token, bound in self.tokens.items():
-            if hmac.compare_digest(digest, hashlib.sha256(token).digest()):
+        for known, bound in self._digests:
+            if hmac.compare_digest(digest, known):
                 admitted, tenant = True, bound
         return admitted, tenant
