@@ -526,7 +526,8 @@ class ServiceConfig:
         default=4 * 1024 * 1024,
         metadata=_doc(
             "largest OpenAI front request body, bytes (larger: 400 REQUEST_TOO_LARGE); at most 4 such bodies "
-            "are parsed and held at once (a parsed body takes up to ~16x its bytes), more wait their turn"
+            "are parsed and held at once (parsed JSON takes many times its bytes: docs/OPENAI_FRONT.md), more "
+            "wait their turn"
         ),
     )
     front_body_timeout_s: float = field(

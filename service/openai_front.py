@@ -275,9 +275,9 @@ def _sse_error(exc: ServiceError) -> bytes:
 
 
 class _ByteBudget:
-    """At most `limit` bytes of request bodies parsed and held at once (a parsed JSON body takes up to ~16
-    times its bytes: 4 MiB of `{}` is 66 MiB of dicts); the rest wait their turn, first come first
-    served. A body larger than `limit` takes the whole budget."""
+    """At most `limit` bytes of request bodies parsed and held at once (parsed JSON takes many times its
+    bytes: docs/OPENAI_FRONT.md measures it); the rest wait their turn, first come first served. A body
+    larger than `limit` takes the whole budget."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
