@@ -760,12 +760,14 @@ def test_the_upstreams_key_is_masked_in_what_the_caller_gets(
 def test_parsed_bodies_are_bounded_and_not_held_while_waiting_for_a_slot(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
-    """Six bodies of 250,000 `[]` each (~22 MB each parsed) to an upstream of one slot: while five wait for
-    the slot, none of them holds the parse budget (each body was parsed, routed, turned into the upstream's
-    bytes and dropped before the wait); and at most the parse budget (4 bodies of --front-max-body-bytes)
-    was held at once."""
+    """Five bodies of 250,000 `[]` each (~22 MB each parsed) to an upstream of one slot: while one is at the
+    upstream and four wait for the slot, none of them holds the parse budget (each body was parsed, routed,
+    turned into the upstream's bytes and dropped before the wait); and at most the parse budget (4 bodies
+    of --front-max-body-bytes) was held at once."""
     n = 250_000
-    with FakeUpstream("slow", delay_s=1.0, record=False) as slow:
+    # the first answer takes 8 s: time for the other four to be parsed, routed and queue for the slot even on
+    # a busy machine (with 1 s the first could be answered before the last had queued); then the rest at once
+    with FakeUpstream("slow", delay_s=8.0, record=False) as slow:
         path = _file(
             tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 1, "timeout_s": 30}
         )
@@ -775,15 +777,16 @@ def test_parsed_bodies_are_bounded_and_not_held_while_waiting_for_a_slot(
         body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "x"}]})
         body = body[:-1] + ', "metadata_list": [' + ",".join(["[]"] * n) + "]}"
         assert len(body) < 1 << 20
-        with ThreadPoolExecutor(6) as pool:
-            calls = [pool.submit(_post, f"{base}/chat/completions", body.encode()) for _ in range(6)]
+        with ThreadPoolExecutor(5) as pool:
+            calls = [pool.submit(_post, f"{base}/chat/completions", body.encode()) for _ in range(5)]
             deadline = time.monotonic() + 30
-            while front.client.slots["strong"].waiting() < 5:
+            while front.client.slots["strong"].waiting() < 4:
                 assert time.monotonic() < deadline, "the requests did not queue for the slot"
                 time.sleep(0.01)
             held_while_waiting = front.bodies.held
+            slow.delay_s = 0.0
             assert all(call.result(timeout=60)[0] == 200 for call in calls)
-    assert held_while_waiting == 0, f"{held_while_waiting} bytes of bodies held while 5 requests wait for the slot"
+    assert held_while_waiting == 0, f"{held_while_waiting} bytes of bodies held while 4 requests wait for the slot"
     assert len(body) <= front.bodies.peak <= 4 << 20 and front.bodies.held == 0
 
 
