@@ -551,8 +551,9 @@ class ServiceConfig:
     front_write_timeout_s: float = field(
         default=30.0,
         metadata=_doc(
-            "most seconds one write of a streamed answer to an OpenAI front caller may take (a caller that "
-            "does not read); then the caller's connection is closed and the upstream slot freed"
+            "most seconds one write of an answer (whole or streamed) to an OpenAI front caller may take (a "
+            "caller that does not read); then the caller's connection is closed and, for a stream, the "
+            "upstream slot freed"
         ),
     )
     front_max_stream_bytes: int = field(

@@ -14,7 +14,8 @@ Its faults are settings: `status` (answer every request with this HTTP status an
 error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
 events), `fail_first` (answer the first that many embeddings requests 503), `redirect_to` (answer
 chat completions 307 with this Location), `event_delay_s` (wait this long before each streamed event)
-and `pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore).
+`pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore) and
+`pad_answer` (a whole answer carries one of that many bytes).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FakeUpstream:
         redirect_to: str = "",
         event_delay_s: float = 0.0,
         pad_events: int = 0,
+        pad_answer: int = 0,
     ) -> None:
         self.name = name
         self.record = record  # keep each request body in `requests` (off for long benchmark runs)
@@ -61,6 +63,7 @@ class FakeUpstream:
         self.redirect_to = redirect_to
         self.event_delay_s = event_delay_s
         self.pad_events = pad_events
+        self.pad_answer = pad_answer
         self.requests: list[dict[str, Any]] = []
         self.keys: list[str] = []  # each recorded request's Authorization header ("" when none)
         self.port: int | None = None
@@ -154,18 +157,19 @@ class FakeUpstream:
         model = str(body.get("model", ""))
         content = self.answer(body)
         if body.get("stream") is not True:
-            return web.json_response(
-                {
-                    "id": f"chatcmpl-{self.name}-{self.served}",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": model,
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }
-            )
+            whole: dict[str, Any] = {
+                "id": f"chatcmpl-{self.name}-{self.served}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+            if self.pad_answer:
+                whole["x_pad"] = "." * self.pad_answer
+            return web.json_response(whole)
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
         words = content.split(" ")

@@ -608,9 +608,10 @@ class OpenAIFront:
         before_end: Callable[[Outcome], None] = lambda outcome: None,
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
-        upstream's slots); `before_end` runs before a streamed answer's end is written (a whole one leaves
-        after this returns). The exchange holds its slot at most `upstream_max_s`; a caller that does not
-        take a streamed answer's bytes within `write_timeout_s` has its connection closed."""
+        upstream's slots); `before_end` runs before a streamed answer's end is written (a whole one is
+        counted after this returns). The exchange holds its slot at most `upstream_max_s`; a whole answer is
+        written after the slot is freed; a caller that does not take an answer's bytes (whole or streamed)
+        within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
         headers = {
             "x-lmroute-decision-id": route.decision_id,
@@ -621,6 +622,7 @@ class OpenAIFront:
             "x-lmroute-threshold": f"{route.threshold:.6g}",
         }
         out: web.StreamResponse | None = None
+        whole: web.Response | None = None
         broke: ServiceError | None = None
         deadline = asyncio.timeout(self.upstream_max_s)
         try:
@@ -629,19 +631,25 @@ class OpenAIFront:
                     body = await answer.read()
                     if answer.status >= 400:  # passed on as it is, but for the upstream's key
                         body = up.redact(body)
-                    return web.Response(body=body, status=answer.status, headers=headers, content_type=_mime(answer))
-                out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
-                await self._send(out, out.prepare(request))
-                sent = 0
-                try:
-                    async for chunk in answer.chunks():
-                        sent += len(chunk)
-                        if sent > self.max_stream_bytes:
-                            why = f"streamed answer longer than {self.max_stream_bytes} bytes"
-                            raise upstream_failed(up, why, reason="ANSWER_TOO_LONG")
-                        await self._send(out, out.write(chunk))
-                except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
-                    broke = exc
+                    whole = web.Response(body=body, status=answer.status, headers=headers, content_type=_mime(answer))
+                    del body
+                else:
+                    out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
+                    await self._send(out, out.prepare(request))
+                    sent = 0
+                    try:
+                        async for chunk in answer.chunks():
+                            sent += len(chunk)
+                            if sent > self.max_stream_bytes:
+                                why = f"streamed answer longer than {self.max_stream_bytes} bytes"
+                                raise upstream_failed(up, why, reason="ANSWER_TOO_LONG")
+                            await self._send(out, out.write(chunk))
+                    except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
+                        broke = exc
+            if whole is not None:  # written with the slot freed, each write within write_timeout_s
+                await self._send(whole, whole.prepare(request))
+                await self._send(whole, whole.write_eof())
+                return whole
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -650,11 +658,11 @@ class OpenAIFront:
                 raise late from None
             broke = late
         except _CallerStalled:  # it holds no slot any more; its connection goes too
-            _log.warning("http_stream_caller_stalled", tier=tier, write_timeout_s=self.write_timeout_s)
-            return self._drop(request, out, ("CANCELLED", "CALLER_STALLED"))
-        except ConnectionResetError:  # the caller went away mid-stream: nothing left to answer
-            _log.info("http_stream_caller_gone", tier=tier)
-            return self._drop(request, out, ("CANCELLED", "CALLER_GONE"))
+            _log.warning("http_caller_stalled", tier=tier, stream=out is not None, write_timeout_s=self.write_timeout_s)
+            return self._drop(request, out if out is not None else whole, ("CANCELLED", "CALLER_STALLED"))
+        except ConnectionResetError:  # the caller went away mid-answer: nothing left to answer
+            _log.info("http_caller_gone", tier=tier, stream=out is not None)
+            return self._drop(request, out if out is not None else whole, ("CANCELLED", "CALLER_GONE"))
         assert out is not None
         outcome: Outcome = None
         try:

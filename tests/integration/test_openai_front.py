@@ -664,11 +664,40 @@ def test_a_caller_that_does_not_read_its_stream_loses_it_and_frees_the_slot(
             waited = time.monotonic() - t0
         # without the write deadline the slot stays held: a 504 after the 4 s slot wait
         assert answer.choices[0].message.content == "big: me next" and waited < 4
-        assert any(e["event"] == "http_stream_caller_stalled" for e in logs)
+        assert any(e["event"] == "http_caller_stalled" for e in logs)
         stalled.close()
         text = _metrics(srv)
         assert 'lmroute_calls_total{code="CANCELLED",method="/v1/chat/completions"} 1.0' in text
         assert front.client.slots["strong"].in_use == 0
+
+
+def test_a_caller_that_does_not_read_a_whole_answer_loses_it(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A whole (non-streamed) answer of 20 MB to a caller that reads nothing: after --front-write-timeout-s
+    its connection is closed, counted CANCELLED and logged (without the write deadline aiohttp writes it
+    for as long as the caller keeps the connection open, holding the answer's bytes)."""
+    import http.client
+
+    with FakeUpstream("big", pad_answer=20 << 20) as big:
+        path = _file(tmp_path, {"strong": big, "weak": upstreams["weak"]}, strong={"timeout_s": 10})
+        srv, base = _front(fake_servers, path, front_write_timeout_s=0.5, metrics_port=0)
+        body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "all of it"}]})
+        stalled = http.client.HTTPConnection("127.0.0.1", srv.server.http_port, timeout=30)
+        with structlog.testing.capture_logs() as logs:
+            stalled.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+            cancelled = 'lmroute_calls_total{code="CANCELLED",method="/v1/chat/completions"} 1.0'
+            deadline = time.monotonic() + 10  # the upstream answers at once; 0.5 s after, the caller is dropped
+            while cancelled not in _metrics(srv):
+                assert time.monotonic() < deadline, "the stalled caller was never dropped"
+                time.sleep(0.05)
+        assert any(e["event"] == "http_caller_stalled" and e["stream"] is False for e in logs), logs
+        with pytest.raises((ConnectionError, http.client.HTTPException)):  # closed part way
+            answer = stalled.getresponse()
+            json.loads(answer.read())
+        stalled.close()
+        again = _client(base).chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": "x"}])
+        assert again.choices[0].message.content == "big: x"
 
 
 def test_an_exchange_past_upstream_max_s_is_aborted(
