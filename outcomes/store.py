@@ -429,6 +429,15 @@ class OutcomeStore:
             n_dec = self._exec(f"DELETE FROM decisions WHERE {decisions}", params).rowcount
         return int(n_dec), int(n_out)
 
+    def newest_cutoff(self, keep: int) -> int | None:
+        """The decision time that keeps the newest `keep` decisions: that of the keep-th newest, so that
+        `prune(cutoff)` deletes every older one (decisions made in the same millisecond as it stay too);
+        None when the store holds fewer than `keep`."""
+        if keep < 1:
+            raise ValueError(f"newest_cutoff: keep must be >= 1 (got {keep})")
+        row = self._exec("SELECT time_ms FROM decisions ORDER BY time_ms DESC LIMIT 1 OFFSET ?", (keep - 1,)).fetchone()
+        return None if row is None else int(row[0])
+
     def erase(
         self,
         *,

@@ -24,7 +24,8 @@ decision: benchmarks/ghz/results/store_cost), so one a decision would take a lar
 server's core. An outcome starts a round at once, so Feedback's acknowledgment never waits for the linger.
 On a failed commit the round's outcome futures fail, its decisions go back to the front of the queue and
 the store is reopened (a lost PostgreSQL connection) after a pause. With `retention_ms` the writer
-deletes what is older, once every `prune_interval_s`, `prune_batch` rows of each table a transaction
+deletes what is older, and with `max_decisions` what is older than the newest `max_decisions` decisions
+(both: the later cutoff), once every `prune_interval_s`, `prune_batch` rows of each table a transaction
 with the rounds that come meanwhile written between them: deleting an hour of a busy server's decisions
 at once would hold Feedback's acknowledgments for seconds (100,000 decisions: 1.2 s on SQLite; the
 measurement is described in docs/OUTCOMES.md, retention).
@@ -111,6 +112,7 @@ class StoreWriter:
         max_batch: int = 4096,
         decision_linger_s: float = 0.05,
         retention_ms: int = 0,
+        max_decisions: int = 0,
         prune_interval_s: float = 3600.0,
         prune_batch: int = 5000,
         retry_pause_s: float = 1.0,
@@ -125,6 +127,7 @@ class StoreWriter:
         self.max_batch = max_batch
         self.decision_linger_s = decision_linger_s
         self.retention_ms = retention_ms
+        self.max_decisions = max_decisions
         self.prune_interval_s = prune_interval_s
         self.prune_batch = prune_batch
         self.retry_pause_s = retry_pause_s
@@ -234,7 +237,7 @@ class StoreWriter:
                     due = self._decisions_since + self.decision_linger_s
                     if now >= due or len(self._decisions) >= self.max_batch:
                         break
-                if self.retention_ms:
+                if self._prunes:
                     if self._prune_before is not None or now >= self._next_prune:
                         return [], []  # a prune's next batch first
                     due = min(due, self._next_prune)
@@ -268,7 +271,7 @@ class StoreWriter:
             decisions, jobs = work
             if decisions or jobs:
                 self._write(decisions, jobs)
-            if self.retention_ms and (self._prune_before is not None or time.monotonic() >= self._next_prune):
+            if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
                 self._prune_step()
 
     def _settled(self, jobs: list[_Job]) -> None:
@@ -352,14 +355,35 @@ class StoreWriter:
                 with self._cond:
                     self._decisions.clear()  # nothing can write them: do not loop on them
 
+    @property
+    def _prunes(self) -> bool:
+        return self.retention_ms > 0 or self.max_decisions > 0
+
+    def _cutoff(self, store: OutcomeStore) -> int | None:
+        """A new prune's cutoff (Unix ms): the later of the retention's and the decision cap's; None: none."""
+        cutoffs = [int(time.time() * 1000) - self.retention_ms] if self.retention_ms else []
+        if self.max_decisions:
+            try:
+                newest = store.newest_cutoff(self.max_decisions)
+            except Exception as exc:
+                _log.error("store_prune_failed", error=repr(exc))
+                newest = None
+            if newest is not None:
+                cutoffs.append(newest)
+        return max(cutoffs, default=None)
+
     def _prune_step(self) -> None:
         """One batch of the prune in progress (a new one when none is): at most `prune_batch` rows of each
-        table older than the retention, in a transaction of its own."""
+        table older than the cutoff, in a transaction of its own."""
         if self._prune_before is None:
             self._next_prune = time.monotonic() + self.prune_interval_s
-            self._prune_before = int(time.time() * 1000) - self.retention_ms
+            if self._store is None:
+                return
+            self._prune_before = self._cutoff(self._store)
             self._pruned = [0, 0]
-        if self._store is None:
+            if self._prune_before is None:
+                return
+        elif self._store is None:
             self._prune_before = None
             return
         try:

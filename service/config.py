@@ -43,6 +43,8 @@ _DEVICES = ("cpu", "cuda")
 _TRANSPORTS = ("auto", "threads", "aio")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_RETENTION_DAYS = 1_000_000  # a cutoff in Unix ms that SQLite and PostgreSQL integers hold
+MAX_STORE_DECISIONS = 10**12  # an OFFSET that SQLite and PostgreSQL integers hold, far past any disk
+MIN_PRUNE_INTERVAL_S, MAX_PRUNE_INTERVAL_S = 1.0, 31_536_000.0  # a second to a year
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
@@ -324,6 +326,18 @@ class ServiceConfig:
     store_retention_days: float = field(
         default=0.0,
         metadata=_doc("delete decisions and outcomes older than this many days from the store; 0 = keep all"),
+    )
+    store_max_decisions: int = field(
+        default=0,
+        metadata=_doc(
+            "keep about this many of the latest decisions in the store: each prune deletes the decisions, and "
+            "the outcomes received, before the time of the Nth newest decision (with a retention too: the "
+            "later cutoff); 0 = no cap"
+        ),
+    )
+    store_prune_interval_s: float = field(
+        default=3600.0,
+        metadata=_doc("seconds between prunes of the store by --store-retention-days and --store-max-decisions"),
     )
     store_linger_ms: float = field(
         default=50.0,
@@ -682,6 +696,23 @@ class ServiceConfig:
             raise ConfigError(
                 f"store_retention_days: must be in [0, {MAX_RETENTION_DAYS}] (0: keep everything; got "
                 f"{self.store_retention_days!r})"
+            )
+        if not (
+            isinstance(self.store_max_decisions, int)
+            and not isinstance(self.store_max_decisions, bool)
+            and 0 <= self.store_max_decisions <= MAX_STORE_DECISIONS
+        ):
+            raise ConfigError(
+                f"store_max_decisions: must be an integer in [0, {MAX_STORE_DECISIONS}] (0: no cap; got "
+                f"{self.store_max_decisions!r})"
+            )
+        if not (
+            isinstance(self.store_prune_interval_s, (int, float))
+            and MIN_PRUNE_INTERVAL_S <= self.store_prune_interval_s <= MAX_PRUNE_INTERVAL_S
+        ):
+            raise ConfigError(
+                f"store_prune_interval_s: must be in [{MIN_PRUNE_INTERVAL_S:g}, {MAX_PRUNE_INTERVAL_S:g}] (got "
+                f"{self.store_prune_interval_s!r})"
             )
         # at most half of NOT_YET_MS: a decision is in the store well before Feedback on another replica stops
         # answering DECISION_NOT_RECORDED_YET (retry) for its id and answers DECISION_NOT_FOUND

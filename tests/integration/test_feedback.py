@@ -301,6 +301,30 @@ def test_feedback_without_a_store_is_failed_precondition_and_limits_hold(
         assert err.value.details() == "outcomes: 3 outcomes (limit 2)"
 
 
+def test_the_server_keeps_at_most_store_max_decisions(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
+    """--store-max-decisions 20 with a prune every second: after 60 routed prompts the store holds the
+    newest 20 decisions (a decision id of the last call is still there, the first call's is gone)."""
+    path = tmp_path / "o.sqlite3"
+    srv = serve(store=f"sqlite:{path}", store_max_decisions=20, store_prune_interval_s=1.0)
+    ids = []
+    with RouterClient(srv.target) as client:
+        for i in range(60):
+            ids.append(client.route(f"question {i}", router="mf", threshold=0.5).decision_id)
+            time.sleep(0.003)  # each decision in a millisecond of its own (those sharing the cutoff's stay)
+    writer = srv.server.store_writer
+    assert writer is not None
+    deadline = time.monotonic() + 20
+    while writer.stats.pruned_decisions < 40:
+        assert time.monotonic() < deadline, f"pruned {writer.stats.pruned_decisions} of 40"
+        time.sleep(0.05)
+    store = open_store(f"sqlite:{path}")
+    try:
+        assert store.counts()["decisions"] == 20
+        assert store.decision(ids[-1]) is not None and store.decision(ids[0]) is None
+    finally:
+        store.close()
+
+
 def test_outcomes_by_prompt_are_held_to_the_prompt_limits_of_a_score_call(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:

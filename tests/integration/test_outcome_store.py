@@ -283,6 +283,44 @@ def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
     assert store.counts() == {"decisions": 1, "outcomes": 1}
 
 
+def test_newest_cutoff_keeps_the_newest_decisions(store: OutcomeStore) -> None:
+    now = int(time.time() * 1000)
+    store.write([_decision(f"q {i}", at_ms=now - 1000 * i) for i in range(10)], [])  # q 0 newest
+    assert store.newest_cutoff(11) is None and store.newest_cutoff(10) == now - 9000
+    assert store.newest_cutoff(4) == now - 3000
+    assert store.prune(now - 3000) == (6, 0)
+    assert sorted(d.prompt_text or "" for d in store.recent_decisions(limit=100)) == ["q 0", "q 1", "q 2", "q 3"]
+    with pytest.raises(ValueError, match=r"keep must be >= 1"):
+        store.newest_cutoff(0)
+
+
+def test_the_writer_keeps_at_most_max_decisions(dsn: str) -> None:
+    """With max_decisions the serving writer prunes, every prune_interval_s, down to the newest decisions
+    (and the outcomes received since the oldest of them), while it goes on writing."""
+    now = int(time.time() * 1000)
+    seed = open_store(dsn)
+    seed.write([_decision(f"old {i}", at_ms=now - 10_000 + i) for i in range(500)], [])
+    seed.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="old 0")], now_ms=now - 10_000)
+    seed.close()
+    writer = StoreWriter(lambda: open_store(dsn), max_decisions=120, prune_interval_s=1.0, prune_batch=50)
+    writer.start()  # a prune is due at once
+    try:
+        writer.record([_decision(f"new {i}", at_ms=now + i) for i in range(100)])
+        deadline = time.monotonic() + 20
+        while writer.stats.pruned_decisions < 480:  # 600 written, 120 kept
+            assert time.monotonic() < deadline, f"pruned {writer.stats.pruned_decisions}"
+            time.sleep(0.02)
+    finally:
+        writer.close()
+    check = open_store(dsn)
+    try:
+        kept = check.recent_decisions(limit=1000)
+        assert len(kept) == 120 and check.counts()["outcomes"] == 0
+        assert {d.prompt_text for d in kept} == {f"new {i}" for i in range(100)} | {f"old {i}" for i in range(480, 500)}
+    finally:
+        check.close()
+
+
 def test_erase_by_prompt_deletes_its_decisions_and_every_outcome_of_it(store: OutcomeStore) -> None:
     a, b, other = _decision("my secret"), _decision("my secret"), _decision("something else")
     store.write(

@@ -59,6 +59,8 @@ FLAGS_AND_VARIABLES = [
     ("--store", "LMROUTE_STORE"),
     ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
     ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
+    ("--store-max-decisions", "LMROUTE_STORE_MAX_DECISIONS"),
+    ("--store-prune-interval-s", "LMROUTE_STORE_PRUNE_INTERVAL_S"),
     ("--store-linger-ms", "LMROUTE_STORE_LINGER_MS"),
     ("--feedback-own-decisions", "LMROUTE_FEEDBACK_OWN_DECISIONS"),
     ("--store-targets", "LMROUTE_STORE_TARGETS"),
@@ -243,6 +245,18 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=1e308),
             "store_retention_days: must be in [0, 1000000] (0: keep everything; got 1e+308)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_max_decisions=-1),
+            "store_max_decisions: must be an integer in [0, 1000000000000] (0: no cap; got -1)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_prune_interval_s=0.0),
+            "store_prune_interval_s: must be in [1, 3.1536e+07] (got 0.0)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), store_prune_interval_s=math.nan),
+            "store_prune_interval_s: must be in [1, 3.1536e+07] (got nan)",
         ),
     ],
 )
