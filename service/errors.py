@@ -124,7 +124,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.retry_after_ms = retry_after_ms  # overrides the table's retry delay hint when set
+        self.retry_after_ms = retry_after_ms  # the retry delay hint when set, over the table's
 
 
 class InvalidArgument(ServiceError):
@@ -371,7 +371,7 @@ def status_of(exc: BaseException) -> StatusInfo:
             if cls in _TABLE:
                 code, retry = _TABLE[cls]
                 message = _INTERNAL_MESSAGE if code is Code.INTERNAL else _bounded(exc.message)
-                if retry is not None and exc.retry_after_ms is not None:
+                if exc.retry_after_ms is not None:  # the error's own delay (an upstream's Retry-After)
                     retry = exc.retry_after_ms
                 return StatusInfo(code, exc.reason, message, retry)
     return StatusInfo(Code.INTERNAL, "INTERNAL", _INTERNAL_MESSAGE, None)

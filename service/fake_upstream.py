@@ -14,8 +14,13 @@ Its faults are settings: `status` (answer every request with this HTTP status an
 error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
 events), `fail_first` (answer the first that many embeddings requests 503), `redirect_to` (answer
 chat completions 307 with this Location), `event_delay_s` (wait this long before each streamed event)
-`pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore) and
-`pad_answer` (a whole answer carries one of that many bytes).
+`pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore),
+`pad_answer` (a whole answer carries one of that many bytes), `retry_after` (a Retry-After header sent
+with an error status), `error_page` (an error status answered with this HTML page instead of the
+OpenAI-shaped error), `plain_stream` (a stream ends after its last word's event, with no finish_reason
+and no `data: [DONE]`), `split_events` (each streamed event written in two pieces, split mid-line;
+with `break_after`, the connection drops after the first piece of the event that follows) and
+`json_for_stream` (a request for a stream answered with a whole JSON completion).
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ class FakeUpstream:
         event_delay_s: float = 0.0,
         pad_events: int = 0,
         pad_answer: int = 0,
+        retry_after: str = "",
+        error_page: str = "",
+        plain_stream: bool = False,
+        split_events: bool = False,
+        json_for_stream: bool = False,
     ) -> None:
         self.name = name
         self.record = record  # keep each request body in `requests` (off for long benchmark runs)
@@ -64,6 +74,11 @@ class FakeUpstream:
         self.event_delay_s = event_delay_s
         self.pad_events = pad_events
         self.pad_answer = pad_answer
+        self.retry_after = retry_after
+        self.error_page = error_page
+        self.plain_stream = plain_stream
+        self.split_events = split_events
+        self.json_for_stream = json_for_stream
         self.requests: list[dict[str, Any]] = []
         self.keys: list[str] = []  # each recorded request's Authorization header ("" when none)
         self.port: int | None = None
@@ -152,11 +167,14 @@ class FakeUpstream:
         if self.redirect_to:
             return web.json_response({"moved": True}, status=307, headers={"Location": self.redirect_to})
         if self.status != 200:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            if self.error_page:
+                return web.Response(text=self.error_page, status=self.status, content_type="text/html", headers=headers)
             error = {"error": {"message": f"{self.name} refuses with {self.status}", "type": "fake", "code": None}}
-            return web.json_response(error, status=self.status)
+            return web.json_response(error, status=self.status, headers=headers)
         model = str(body.get("model", ""))
         content = self.answer(body)
-        if body.get("stream") is not True:
+        if body.get("stream") is not True or self.json_for_stream:
             whole: dict[str, Any] = {
                 "id": f"chatcmpl-{self.name}-{self.served}",
                 "object": "chat.completion",
@@ -174,18 +192,28 @@ class FakeUpstream:
         await out.prepare(request)
         words = content.split(" ")
         for j, word in enumerate(words):
-            if self.break_after is not None and j >= self.break_after:
-                assert request.transport is not None
-                request.transport.close()  # the upstream goes away mid-answer
-                return out
             delta: dict[str, Any] = {"content": word if j == 0 else " " + word}
             if j == 0:
                 delta["role"] = "assistant"
+            if self.break_after is not None and j >= self.break_after:
+                if self.split_events:  # the drop comes in the middle of an event
+                    event = _event(self.name, model, delta, None, self.pad_events)
+                    await out.write(event[: len(event) // 2])
+                    await asyncio.sleep(0.01)
+                assert request.transport is not None
+                request.transport.close()  # the upstream goes away mid-answer
+                return out
             if self.event_delay_s:
                 await asyncio.sleep(self.event_delay_s)
-            await out.write(_event(self.name, model, delta, None, self.pad_events))
-        await out.write(_event(self.name, model, {}, "stop"))
-        await out.write(b"data: [DONE]\n\n")
+            event = _event(self.name, model, delta, None, self.pad_events)
+            if self.split_events:
+                await out.write(event[: len(event) // 2])
+                await asyncio.sleep(0.01)  # the halves reach the front as chunks of their own
+                event = event[len(event) // 2 :]
+            await out.write(event)
+        if not self.plain_stream:
+            await out.write(_event(self.name, model, {}, "stop"))
+            await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
         return out
 

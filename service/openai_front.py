@@ -72,7 +72,7 @@ from lmroute.service.upstream_client import MAX_ANSWER_BYTES, UpstreamClient, up
 from lmroute.service.upstreams import Upstream
 from lmroute.v1 import router_pb2
 
-__all__ = ["ModelAsk", "OpenAIFront", "parse_model", "prompt_of_messages"]
+__all__ = ["ModelAsk", "OpenAIFront", "cut_middle", "parse_model", "prompt_of_messages"]
 
 _log = structlog.get_logger("lmroute.openai_front")
 
@@ -115,6 +115,8 @@ _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 Outcome = tuple[str, str] | None
 # a streamed answer's (code, reason) when it ended on an error after its headers
 _OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
+# what was decided for a chat request, as its answer's headers (an error answer after the route too)
+_DECIDED = web.RequestKey[dict[str, str]]("lmroute_decided")
 
 
 @dataclass(frozen=True)
@@ -205,14 +207,25 @@ def _text_of(content: object, where: str) -> str:
     raise InvalidArgument(f"{where}: must be a string or a list of content parts", reason="BAD_MESSAGE")
 
 
-def prompt_of_messages(messages: object, max_turns: int) -> router_pb2.Prompt:
+def cut_middle(text: str, max_chars: int) -> str:
+    """`text` in at most `max_chars` characters: as it is, or its head and tail around a line break (the
+    encoder's own cut reads a prompt's head and tail too)."""
+    if len(text) <= max_chars:
+        return text
+    head = (max_chars - 1) // 2
+    return text[:head] + "\n" + text[len(text) - (max_chars - 1 - head) :]
+
+
+def prompt_of_messages(messages: object, max_turns: int, max_chars: int | None = None) -> router_pb2.Prompt:
     """The Prompt (a conversation, scored on its last user turn) of a request's `messages`;
-    InvalidArgument naming the message that is wrong."""
+    InvalidArgument naming the message that is wrong: one that holds no text to route on included (an
+    image alone). With `max_chars`, a last user turn longer than that is cut to its head and tail."""
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages: required, a non-empty list", reason="MISSING_PROMPT")
     if len(messages) > max_turns:
         raise InvalidArgument(f"messages: {len(messages)} messages (limit {max_turns})", reason="TOO_MANY_TURNS")
     conv = router_pb2.Conversation()
+    last_user = -1  # the index in `messages` of the turn routed on
     for j, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise InvalidArgument(f"messages[{j}]: must be an object with role and content", reason="BAD_MESSAGE")
@@ -230,13 +243,23 @@ def prompt_of_messages(messages: object, max_turns: int) -> router_pb2.Prompt:
             )
             raise InvalidArgument(f"messages[{j}].role: {what} (expected one of {known})", reason="UNKNOWN_ROLE")
         text = _text_of(msg.get("content"), f"messages[{j}].content")
+        if role == "user":
+            last_user = j
         try:
             conv.messages.add(role=_ROLES[role], content=text)
         except UnicodeEncodeError as exc:  # only the Python API gets here: the front refuses it as JSON
             why = f"messages[{j}].content: an unpaired surrogate ({exc.object[exc.start : exc.end]!a}), not text"
             raise InvalidArgument(why, reason="BAD_MESSAGE") from None
-    if not any(m.role == "user" for m in conv.messages):
+    if last_user < 0:
         raise InvalidArgument("messages: no user message", reason="NO_USER_TURN")
+    routed = next(m for m in reversed(conv.messages) if m.role == "user")
+    if not routed.content.strip():
+        why = f"messages[{last_user}].content: no text to route on"
+        if isinstance(messages[last_user].get("content"), list):
+            why += " (the router reads text parts; images, audio and files are not read)"
+        raise InvalidArgument(why, reason="EMPTY_PROMPT")
+    if max_chars is not None:
+        routed.content = cut_middle(routed.content, max_chars)
     return router_pb2.Prompt(conversation=conv)
 
 
@@ -272,6 +295,58 @@ def _sse_error(exc: ServiceError) -> bytes:
     _, info = http_status(exc)
     event = {"error": {"message": info.message, "type": "server_error", "code": info.reason}}
     return b"data: " + json.dumps(event).encode("utf-8") + b"\n\n"
+
+
+class _EventStream:
+    """A streamed answer's bytes on their way to the caller, passed on whole events at a time (up to the
+    blank line that ends an event), so that an error event after a break starts on a line of its own and
+    no half event reaches the caller; the upstream's API key in them replaced by ***. It also tells
+    whether the upstream said it had finished (`data: [DONE]`, or a choice's finish_reason): a stream
+    that ends without either was cut off."""
+
+    _FINISHED = re.compile(rb'data: ?\[DONE\]|"finish_reason": ?"')
+    _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._held: list[bytes] = []  # an event not yet ended
+        self._held_tail = b""  # its last 3 bytes: an event's end may straddle chunks
+        self.sent = 0  # bytes received from the upstream
+        self.finished = False
+
+    def passed(self, chunk: bytes) -> bytes:
+        """What of `chunk` (and of the event held before it) goes to the caller now: every event it ends."""
+        self.sent += len(chunk)
+        probe = self._held_tail + chunk
+        end = max((i + len(sep) for sep in self._EVENT_ENDS if (i := probe.rfind(sep)) >= 0), default=0)
+        end -= len(self._held_tail)  # in `chunk`; > 0, else the end would have been found in an earlier chunk
+        if end <= 0:
+            self._held.append(chunk)
+            self._held_tail = probe[-3:]
+            return b""
+        data = b"".join([*self._held, chunk[:end]])
+        rest = chunk[end:]
+        self._held = [rest] if rest else []
+        self._held_tail = rest[-3:]
+        return self._note(data)
+
+    def rest(self) -> bytes:
+        """What is held once the upstream's answer has ended well (a last event without its blank line)."""
+        data = b"".join(self._held)
+        self._held, self._held_tail = [], b""
+        return self._note(data)
+
+    def error_event(self, exc: ServiceError) -> bytes:
+        """`exc` as the stream's last event (an event the break cut in two is dropped)."""
+        self._held, self._held_tail = [], b""
+        return _sse_error(exc)
+
+    def _note(self, data: bytes) -> bytes:
+        if self._key:
+            data = data.replace(self._key, b"***")
+        if not self.finished and self._FINISHED.search(data):
+            self.finished = True
+        return data
 
 
 class _ByteBudget:
@@ -394,7 +469,15 @@ class OpenAIFront:
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Listen on host:port (0: a free port); the bound port."""
         await self.client.start()
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=self.grace_s)
+        # handler_cancellation: a caller that disconnects cancels its request's work, so an upstream
+        # exchange it no longer waits for frees its slot (and stops being paid for) at once
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.grace_s,
+            handler_cancellation=True,
+        )
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
@@ -453,6 +536,14 @@ class OpenAIFront:
                 stream = body.get("stream") is True
                 payload = self.client.payload(tier, body)
                 del body
+            request[_DECIDED] = {
+                "x-lmroute-decision-id": route.decision_id,
+                "x-lmroute-model": self.client.upstreams[tier].model,
+                "x-lmroute-tier": tier,
+                "x-lmroute-router": route.router,
+                "x-lmroute-score": f"{route.score:.6g}",
+                "x-lmroute-threshold": f"{route.threshold:.6g}",
+            }
             slot_tenant = tenant if self.fair_slots else ""
             return await self._forward(request, payload, stream, tier, route, slot_tenant, before_end=count)
 
@@ -523,12 +614,16 @@ class OpenAIFront:
                     logged = exc.logged if isinstance(exc, (UpstreamFailed, UpstreamTimeout)) else info.message
                     _log.warning("http_error", status=status, reason=reason, error=logged)
                 refused = _error(exc)
+                refused.headers.update(request.get(_DECIDED, {}))  # routed, then failed: what was decided
                 if isinstance(exc, BodyTimeout):  # answered, then closed: the rest of the body is not waited for
                     refused.force_close()
                     await refused.prepare(request)
                     await refused.write_eof()
                     request.protocol.force_close()
                 return refused
+            except asyncio.CancelledError:  # the caller went away (aiohttp cancels its handler), or shutdown
+                code, reason = "CANCELLED", "CALLER_GONE"
+                raise
             except Exception as exc:  # a bug: a generic 500, the details in the log
                 code, reason = "INTERNAL", "INTERNAL"
                 _log.exception("http_unhandled_exception")
@@ -584,7 +679,9 @@ class OpenAIFront:
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
         model = body.get("model")
         ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
-        prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns)
+        sched = self.servicer.scheduler  # a last user turn over Route's prompt limit is routed on its head and tail
+        limit = sched.policy.max_prompt_chars if sched is not None else None
+        prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns, limit)
         try:
             return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
         except InvalidArgument as exc:
@@ -613,37 +710,37 @@ class OpenAIFront:
         written after the slot is freed; a caller that does not take an answer's bytes (whole or streamed)
         within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
-        headers = {
-            "x-lmroute-decision-id": route.decision_id,
-            "x-lmroute-model": up.model,
-            "x-lmroute-tier": tier,
-            "x-lmroute-router": route.router,
-            "x-lmroute-score": f"{route.score:.6g}",
-            "x-lmroute-threshold": f"{route.threshold:.6g}",
-        }
+        headers = request[_DECIDED]
         out: web.StreamResponse | None = None
         whole: web.Response | None = None
+        events: _EventStream | None = None
         broke: ServiceError | None = None
         deadline = asyncio.timeout(self.upstream_max_s)
         try:
             async with deadline, self.client.exchange(tier, payload, tenant) as answer:
                 if not stream or answer.status != 200:
                     body = await answer.read()
+                    said = dict(headers)
                     if answer.status >= 400:  # passed on as it is, but for the upstream's key
                         body = up.redact(body)
-                    whole = web.Response(body=body, status=answer.status, headers=headers, content_type=_mime(answer))
+                        said.update(answer.retry_headers())
+                    whole = web.Response(body=body, status=answer.status, headers=said, content_type=_mime(answer))
                     del body
+                elif _mime(answer) != "text/event-stream":
+                    raise upstream_failed(up, f"asked for a stream, answered {echo(_mime(answer))}")
                 else:
                     out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
                     await self._send(out, out.prepare(request))
-                    sent = 0
+                    events = _EventStream(up.api_key.encode("utf-8"))
                     try:
                         async for chunk in answer.chunks():
-                            sent += len(chunk)
-                            if sent > self.max_stream_bytes:
+                            if events.sent + len(chunk) > self.max_stream_bytes:
                                 why = f"streamed answer longer than {self.max_stream_bytes} bytes"
                                 raise upstream_failed(up, why, reason="ANSWER_TOO_LONG")
-                            await self._send(out, out.write(chunk))
+                            await self._send(out, out.write(events.passed(chunk)))
+                        await self._send(out, out.write(events.rest()))
+                        if not events.finished:
+                            raise upstream_failed(up, "the stream ended before data: [DONE] or a finish_reason")
                     except ServiceError as exc:  # the headers went out: the error goes as the stream's last event
                         broke = exc
             if whole is not None:  # written with the slot freed, each write within write_timeout_s
@@ -665,6 +762,7 @@ class OpenAIFront:
             return self._drop(request, out if out is not None else whole, ("CANCELLED", "CALLER_GONE"))
         assert out is not None
         outcome: Outcome = None
+        events = _EventStream(b"") if events is None else events
         try:
             if broke is not None:
                 _, info = http_status(broke)
@@ -672,7 +770,7 @@ class OpenAIFront:
                 out[_OUTCOME] = outcome
                 logged = broke.logged if isinstance(broke, (UpstreamFailed, UpstreamTimeout)) else str(broke)
                 _log.warning("http_stream_broke", tier=tier, reason=info.reason, error=logged)
-                await self._send(out, out.write(_sse_error(broke)))
+                await self._send(out, out.write(events.error_event(broke)))
             before_end(outcome)
             await self._send(out, out.write_eof())
         except _CallerStalled:

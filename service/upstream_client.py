@@ -30,7 +30,9 @@ __all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", 
 
 MAX_ANSWER_BYTES = 64 << 20
 """Most bytes of a non-streamed upstream answer the front reads (more: UpstreamFailed)."""
-_ERROR_SNIPPET = 300  # characters of an upstream's 5xx body quoted into the error
+_ERROR_SNIPPET = 300  # characters of an upstream's 5xx error message quoted into the error
+MAX_RETRY_AFTER_S = 3600  # an upstream's Retry-After passed on, at most this
+_RETRY_HEADERS = ("Retry-After", "retry-after-ms")  # what an upstream's error answer says of when to retry
 
 
 class Exchange:
@@ -41,6 +43,10 @@ class Exchange:
         self._response = response
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
+
+    def retry_headers(self) -> dict[str, str]:
+        """The upstream's own Retry-After (and OpenAI's retry-after-ms) of an error answer, to pass on."""
+        return {name: value for name in _RETRY_HEADERS if (value := self._response.headers.get(name)) is not None}
 
     async def read(self) -> bytes:
         """The whole answer; UpstreamFailed / UpstreamTimeout when it breaks off or is too long."""
@@ -128,18 +134,39 @@ class UpstreamClient:
                 if 300 <= response.status < 400:  # the prompt goes to the configured URL or nowhere
                     raise upstream_failed(up, f"answered HTTP {response.status}, a redirect (not followed)")
                 if response.status >= 500:
-                    body_bytes = up.redact(await Exchange(up, response).read())
-                    text = body_bytes.decode("utf-8", "replace")[:_ERROR_SNIPPET]
+                    quoted = error_message(up.redact(await Exchange(up, response).read()))
                     said = f"answered HTTP {response.status}"
                     raise UpstreamFailed(
-                        f"{up.label}: {said}: {text}",
-                        logged=f"{up.describe()}: {said} (the start of its body, quoted to the caller)",
+                        f"{up.label}: {said}: {quoted}" if quoted else f"{up.label}: {said}",
+                        logged=f"{up.describe()}: {said}"
+                        + (" (its error message quoted to the caller)" if quoted else ""),
+                        retry_after_ms=retry_after_ms(response.headers.get("Retry-After")),
                     )
                 yield Exchange(up, response)
             finally:
                 response.release()
         finally:
             slots.release(tenant)
+
+
+def error_message(body: bytes) -> str:
+    """The message of an OpenAI-shaped error body (`{"error": {"message": ...}}` or `{"error": "..."}`),
+    at most _ERROR_SNIPPET characters; "" for anything else (a proxy's HTML page may name internal hosts)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = doc.get("error") if isinstance(doc, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return message[:_ERROR_SNIPPET] if isinstance(message, str) else ""
+
+
+def retry_after_ms(value: str | None) -> int | None:
+    """An upstream's Retry-After in whole seconds (its date form is not read) as milliseconds, at most
+    MAX_RETRY_AFTER_S; None when it gives none."""
+    if value is None or not value.strip().isascii() or not value.strip().isdigit():
+        return None
+    return min(int(value.strip()), MAX_RETRY_AFTER_S) * 1000 or None
 
 
 def upstream_failed(up: Upstream, what: str, **kw: Any) -> UpstreamFailed:

@@ -285,7 +285,7 @@ def test_upstream_down_slow_refusing_and_breaking(
             if up is refusing:  # the caller reads the upstream's answer; the log does not (it may quote the prompt)
                 assert "refusing refuses with 503" in err.value.message
                 [logged] = [e for e in logs if e["event"] == "http_error"]
-                assert logged["error"].endswith("answered HTTP 503 (the start of its body, quoted to the caller)")
+                assert logged["error"].endswith("answered HTTP 503 (its error message quoted to the caller)")
                 assert "refuses" not in str(logs)
         _, base = _front(fake_servers, _file(tmp_path, {"strong": breaking, "weak": upstreams["weak"]}))
         stream = _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True)
@@ -295,6 +295,140 @@ def test_upstream_down_slow_refusing_and_breaking(
                 got.append(chunk.choices[0].delta.content)
         assert got == ["breaking:", " hello"]  # what arrived before the upstream went away
         assert "answer broke off" in api_err.value.message
+
+
+def test_a_stream_that_breaks_or_stops_short_ends_on_an_error_event(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """The caller's client raises an APIError naming what happened: an upstream gone in the middle of an
+    event (the half event is not passed on: the error event would have been glued to it, a JSON error in
+    the client), a stream that ends with neither a finish_reason nor `data: [DONE]` (a cut answer taken as
+    whole), and a JSON answer to a request for a stream (502 before any event)."""
+    msgs = [{"role": "user", "content": "hello there friend"}]
+    with (
+        FakeUpstream("halved", split_events=True, break_after=2) as halved,
+        FakeUpstream("short", plain_stream=True) as short,
+        FakeUpstream("whole", json_for_stream=True) as whole,
+    ):
+        for up, words, first in [
+            (halved, "answer broke off", ["halved:", " hello"]),
+            (
+                short,
+                "the stream ended before data: [DONE] or a finish_reason",
+                ["short:", " hello", " there", " friend"],
+            ),
+        ]:
+            srv, base = _front(fake_servers, _file(tmp_path, {"strong": up, "weak": upstreams["weak"]}), metrics_port=0)
+            got = []
+            with pytest.raises(openai.APIError) as err:
+                for chunk in _client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True):
+                    got.append(chunk.choices[0].delta.content)
+            assert got == first and words in err.value.message, (got, err.value)
+            assert 'code="UNAVAILABLE",method="/v1/chat/completions"} 1.0' in _metrics(srv)
+        _, base = _front(fake_servers, _file(tmp_path, {"strong": whole, "weak": upstreams["weak"]}))
+        with pytest.raises(openai.APIStatusError) as status_err:
+            next(iter(_client(base).chat.completions.create(model="router-mf-0", messages=msgs, stream=True)))
+        assert status_err.value.status_code == 502
+        assert "asked for a stream, answered 'application/json'" in status_err.value.message
+
+
+def test_a_streamed_answer_never_shows_the_upstreams_key(
+    fake_servers: Callable[..., ServerThread],
+    upstreams: dict[str, FakeUpstream],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream echoing its own key in a stream, each event split in two chunks (the key may straddle
+    them): the caller reads *** where the key was."""
+    key = "sk-streamed-secret-0123456789"
+    monkeypatch.setenv("FRONT_STREAM_KEY", key)
+    with FakeUpstream("echo", split_events=True) as echo_up:
+        path = _file(
+            tmp_path, {"strong": echo_up, "weak": upstreams["weak"]}, strong={"api_key_env": "FRONT_STREAM_KEY"}
+        )
+        _, base = _front(fake_servers, path)
+        text = " ".join(["my", "key", "is", key, "and", f"x{key}y"])
+        chunks = _client(base).chat.completions.create(
+            model="router-mf-0", messages=[{"role": "user", "content": text}], stream=True
+        )
+        answer = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert answer == "echo: my key is *** and x***y" and echo_up.keys == [f"Bearer {key}"]
+
+
+def test_upstream_errors_keep_their_retry_delay_and_say_what_was_decided(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A 429 is passed on with the upstream's Retry-After; a 503 becomes 502 with it; a 5xx HTML page
+    (a proxy's, naming internal hosts) is not quoted to the caller; every error after the route carries
+    the decision's headers (its id, for Feedback)."""
+    page = "<html><body>502 Bad Gateway: nginx at internal-host-7.corp:8443</body></html>"
+    msgs = [{"role": "user", "content": "hello there"}]
+    with (
+        FakeUpstream("limited", status=429, retry_after="7") as limited,
+        FakeUpstream("busy", status=503, retry_after="9") as busy,
+        FakeUpstream("proxy", status=502, error_page=page) as proxy,
+    ):
+        for up, status, retry, words in [
+            (limited, 429, "7", "limited refuses with 429"),
+            (busy, 502, "9", "upstream strong ('strong-model'): answered HTTP 503: busy refuses with 503"),
+            (proxy, 502, None, "upstream strong ('strong-model'): answered HTTP 502"),
+        ]:
+            _, base = _front(fake_servers, _file(tmp_path, {"strong": up, "weak": upstreams["weak"]}))
+            with pytest.raises(openai.APIStatusError) as err:
+                _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+            headers = err.value.response.headers
+            assert err.value.status_code == status and words in err.value.message, err.value.message
+            assert headers.get("retry-after") == retry and "internal-host" not in err.value.response.text
+            assert len(headers["x-lmroute-decision-id"]) == 32 and headers["x-lmroute-tier"] == "strong"
+
+
+def test_a_caller_that_hangs_up_frees_its_upstream_slot(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An upstream of one slot taking 4 s to answer; the caller of a whole answer hangs up after 0.3 s:
+    the exchange is dropped and the slot free at once (it was held until the upstream answered), the
+    call counted CANCELLED."""
+    import http.client
+
+    with FakeUpstream("slow", delay_s=4.0) as slow:
+        path = _file(
+            tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 1, "timeout_s": 10}
+        )
+        srv, _ = _front(fake_servers, path, metrics_port=0)
+        front = srv.server.front
+        assert front is not None
+        body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "hi"}]})
+        gone = http.client.HTTPConnection("127.0.0.1", srv.server.http_port, timeout=30)
+        gone.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 5
+        while front.client.slots["strong"].in_use == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        gone.close()
+        t0 = time.monotonic()
+        while front.client.slots["strong"].in_use:
+            assert time.monotonic() - t0 < 2.0, "the slot is held for the caller that hung up"
+            time.sleep(0.01)
+        cancelled = 'lmroute_calls_total{code="CANCELLED",method="/v1/chat/completions"} 1.0'
+        while cancelled not in _metrics(srv):
+            assert time.monotonic() - t0 < 5.0, _metrics(srv)
+            time.sleep(0.05)
+
+
+def test_a_long_pasted_document_is_routed_on_its_head_and_tail_and_forwarded_whole(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A last user message of 30,000 characters (Route's prompt limit is 20,000): routed on its head and
+    tail, the request forwarded whole (it was refused with 400 PROMPT_TOO_LONG)."""
+    _, base = _front(fake_servers, _file(tmp_path, upstreams))
+    document = "".join(f"line {i:05d} of the pasted report.\n" for i in range(1000)) + "Summarise it."
+    assert len(document) > 30_000
+    answer = _client(base).chat.completions.create(
+        model="router-mf-0", messages=[{"role": "user", "content": document}]
+    )
+    assert answer.choices[0].message.content == f"{upstreams['strong'].name}: {document}"
+    assert upstreams["strong"].requests[-1]["messages"][0]["content"] == document
 
 
 def test_tokens_and_tenants(

@@ -181,7 +181,7 @@ def test_errors_are_routing_errors(
     with pytest.raises(RoutingError, match="no share targets") as refused:
         client.chat.completions.create(model="router-mf", messages=msgs)
     assert (refused.value.code, refused.value.reason) == ("INVALID_ARGUMENT", "MISSING_POLICY")
-    with pytest.raises(RoutingError, match="empty prompt") as refused:
+    with pytest.raises(RoutingError, match=r"messages\[0\]\.content: no text to route on") as refused:
         client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "user", "content": " "}])
     assert refused.value.reason == "EMPTY_PROMPT"
     with pytest.raises(RoutingError, match="prompts\\[1\\]: empty prompt"):

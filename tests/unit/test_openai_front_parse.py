@@ -19,7 +19,7 @@ from lmroute.service.errors import (
     UpstreamTimeout,
     http_status,
 )
-from lmroute.service.openai_front import ModelAsk, parse_model, prompt_of_messages
+from lmroute.service.openai_front import ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.upstreams import load_upstreams, parse_upstreams
 from lmroute.v1 import router_pb2
 
@@ -111,12 +111,28 @@ def test_messages_become_a_conversation_scored_on_the_last_user_turn() -> None:
         ([{"role": "user", "content": 5}], "messages[0].content: must be a string or a list"),
         ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text"),
         ([{"role": "system", "content": "x"}], "messages: no user message"),
+        (
+            [{"role": "user", "content": "x"}, {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            "messages[1].content: no text to route on (the router reads text parts; images, audio and files",
+        ),
+        ([{"role": "user", "content": " \n "}, {"role": "assistant", "content": "y"}], "messages[0].content: no text"),
     ],
 )
 def test_bad_messages_name_the_message(messages: object, words: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         prompt_of_messages(messages, max_turns=8)
     assert words in str(err.value)
+
+
+def test_a_last_user_turn_over_the_limit_is_routed_on_its_head_and_tail() -> None:
+    long = "".join(f"{i:05d} " for i in range(5000))  # 30,000 characters
+    msgs = [{"role": "user", "content": "earlier " * 5000}, {"role": "user", "content": long}]
+    prompt = prompt_of_messages(msgs, max_turns=8, max_chars=101)
+    first, routed = (m.content for m in prompt.conversation.messages)
+    assert first == "earlier " * 5000  # not routed on: as it was
+    assert routed == long[:50] + "\n" + long[-50:] and len(routed) == 101
+    assert cut_middle("short", 5) == "short" and cut_middle("abcdefgh", 5) == "ab\ngh"
+    assert prompt_of_messages(msgs, max_turns=8).conversation.messages[1].content == long  # no limit: whole
 
 
 def _side(**kw: object) -> dict[str, object]:
