@@ -140,16 +140,44 @@ def describe_error(exc: BaseException, server: str) -> str:
 
 
 def _as_list(value: Iterable[Any], what: str) -> list[Any]:
-    """`value` as a list; TypeError when it is one string (whose characters would each be taken as one)."""
+    """`value` as a list; TypeError when it is one string (whose characters would each be taken as one) or
+    not a sequence at all."""
     if isinstance(value, str | bytes):
         raise TypeError(f"{what}: expected a sequence, got one {type(value).__name__} ({what}=[{value!r}]?)")
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{what}: expected a sequence, got {type(value).__name__}")
     return list(value)
+
+
+def _names(value: Iterable[str], what: str) -> list[str]:
+    """`value` as a list of names (strings); TypeError naming the first that is not one."""
+    names = _as_list(value, what)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"{what}[{i}]: expected a name (str), got {type(name).__name__}")
+    return names
+
+
+def _router(router: object) -> str:
+    """The router name `router` ("" or None: the default router); TypeError for anything else."""
+    if router is None:
+        return ""
+    if not isinstance(router, str):
+        raise TypeError(f"router: expected a router's name (str), got {type(router).__name__}")
+    return router
+
+
+def _number(name: str, value: object) -> None:
+    """TypeError naming `name` unless `value` is a number (an int or float, not a bool: True is no
+    threshold); the server checks its range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
 
 
 def score_request(prompts: Iterable[PromptLike], routers: Iterable[str] = ()) -> router_pb2.ScoreRequest:
     given = _as_list(prompts, "prompts")
     return router_pb2.ScoreRequest(
-        prompts=[to_prompt(p, name=f"prompts[{i}]") for i, p in enumerate(given)], routers=_as_list(routers, "routers")
+        prompts=[to_prompt(p, name=f"prompts[{i}]") for i, p in enumerate(given)], routers=_names(routers, "routers")
     )
 
 
@@ -158,10 +186,12 @@ def route_request(
 ) -> router_pb2.RouteRequest:
     if threshold is not None and strong_share is not None:  # one oneof on the wire: the last set would win
         raise ValueError("route: give at most one of threshold and strong_share")
-    req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=router)
+    req = router_pb2.RouteRequest(prompt=to_prompt(prompt), router=_router(router))
     if threshold is not None:
+        _number("threshold", threshold)
         req.threshold = threshold
     if strong_share is not None:
+        _number("strong_share", strong_share)
         req.strong_share = strong_share
     return req
 
@@ -178,9 +208,12 @@ def route_among_request(
         raise ValueError(
             f"route_among: give at most one of cost_weight, quality_margin, quality_floor (got {', '.join(given)})"
         )
+    for rule, value in rules.items():
+        if value is not None:
+            _number(rule, value)
     req = router_pb2.RouteRequest(
         prompt=to_prompt(prompt),
-        router=router,
+        router=_router(router),
         candidates=[
             c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c)
             for c in _as_list(candidates, "candidates")
@@ -247,10 +280,7 @@ def _check_arguments(
     all (a client certificate without `tls_ca` would connect in plaintext)."""
     if not isinstance(target, str) or not target:
         raise TypeError(f"target: expected 'host:port' (a non-empty str), got {target!r}")
-    if timeout_s is not None and (
-        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf
-    ):
-        raise ValueError(f"timeout_s: expected seconds > 0 or None, got {timeout_s!r}")
+    _check_timeout(timeout_s)
     if tenant is not None and not TENANT_RE.match(str(tenant)):
         raise ValueError(f"tenant: {tenant!r} is not 1-64 of [A-Za-z0-9._-] (the server refuses it: INVALID_TENANT)")
     if not isinstance(tenant_header, str) or not _HEADER_NAME.match(tenant_header) or tenant_header.endswith("-bin"):
@@ -265,6 +295,14 @@ def _check_arguments(
         raise ValueError("tls_cert, tls_key: mTLS needs tls_ca too (without it the channel is plaintext)")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry: expected a RetryPolicy or None, got {type(retry).__name__}")
+
+
+def _check_timeout(timeout_s: object) -> None:
+    """ValueError naming `timeout_s` unless it is seconds > 0 (a number) or None."""
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf
+    ):
+        raise ValueError(f"timeout_s: expected seconds > 0 or None, got {timeout_s!r}")
 
 
 class _ClientBase:
@@ -306,6 +344,7 @@ class _ClientBase:
         self.token = token  # sent as `authorization: Bearer <token>` when set (lmroute.service.auth)
         self.retry = retry or NO_RETRY
         self._rng = random.Random()
+        self._closed = False
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -324,7 +363,18 @@ class _ClientBase:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called (calls are then refused)."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{type(self).__name__}: closed (close() was called); make a new client")
+
     def _kw(self, timeout_s: float | None) -> dict[str, Any]:
+        """A call's keyword arguments: its timeout (`timeout_s`, else the client's) and metadata."""
+        _check_timeout(timeout_s)
         kw: dict[str, Any] = {"timeout": timeout_s if timeout_s is not None else self.timeout_s}
         metadata = []
         if self.request_id:
@@ -376,11 +426,13 @@ class RouterClient(_ClientBase):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls after it raise ValueError. Closing again does nothing."""
+        """Close the channel; calls after it raise ValueError saying so. Closing again does nothing."""
+        self._closed = True
         self.channel.close()
 
     def _call(self, method: Callable[..., R], request: Any, timeout_s: float | None) -> R:
         """`method(request)` with this client's metadata, retried under its policy within the timeout."""
+        self._check_open()
         kw = self._kw(timeout_s)
         deadline = _deadline(kw["timeout"])
         for n in range(1, self.retry.max_attempts + 1):
@@ -530,6 +582,7 @@ class RouterClient(_ClientBase):
 
     def health(self, service: str = "", *, timeout_s: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", ... (NOT_FOUND raises RpcError)."""
+        self._check_open()
         resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._kw(timeout_s))
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return name
@@ -550,10 +603,14 @@ class AsyncRouterClient(_ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (on the loop it was made on). Closing again does nothing."""
+        """Close the channel (on the loop it was made on); calls after it raise ValueError saying so.
+        Closing again does nothing."""
+        self._closed = True
         await self.channel.close()
 
     def _check_loop(self) -> None:
+        """RuntimeError on an event loop other than the client's; ValueError once it is closed."""
+        self._check_open()
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(
                 "AsyncRouterClient: used on an event loop other than the one it was made on (each asyncio.run "

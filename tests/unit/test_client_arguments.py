@@ -2,16 +2,19 @@
 certificate without its key (gRPC's C core aborts the process), mTLS files without a CA (a plaintext
 channel), metadata gRPC cannot send, one string where a sequence of prompts or routers is meant (each
 character taken as one), two rules that share one oneof on the wire (the last would win silently), a
-prompt of another type, and an asyncio client made or used outside its event loop."""
+prompt, threshold, share, rule, router or timeout of another type (True is no threshold), and an asyncio
+client made or used outside its event loop. A closed client says so (a real server answers it first)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from lmroute.service.client import AsyncRouterClient, RetryPolicy, RouterClient
+from lmroute.service.testing import ServerThread
 
 NOWHERE = "127.0.0.1:1"  # nothing is called: each refusal comes before the first call
 
@@ -50,6 +53,74 @@ def test_arguments_that_would_be_misread_on_the_wire_are_refused() -> None:
             client.route("hi", threshold=0.5, strong_share=0.3)
         with pytest.raises(ValueError, match=r"route_among: give at most one of .* \(got cost_weight, quality_floor\)"):
             client.route_among("hi", ["a", "b"], cost_weight=0.5, quality_floor=0.7)
+
+
+CALLS_WITH_A_BAD_ARGUMENT: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("route", {"threshold": "0.5"}, TypeError, "threshold: expected a number, got str ('0.5')"),
+    ("route", {"threshold": True}, TypeError, "threshold: expected a number, got bool (True)"),
+    ("route", {"strong_share": "0.3"}, TypeError, "strong_share: expected a number, got str"),
+    ("route", {"router": 5}, TypeError, "router: expected a router's name (str), got int"),
+    ("route", {"threshold": 0.5, "timeout_s": "5"}, ValueError, "timeout_s: expected seconds > 0 or None, got '5'"),
+    ("route", {"threshold": 0.5, "timeout_s": 0}, ValueError, "timeout_s: expected seconds > 0 or None, got 0"),
+    ("route_among", {"cost_weight": "1"}, TypeError, "cost_weight: expected a number, got str"),
+    ("score", {"routers": None}, TypeError, "routers: expected a sequence, got NoneType"),
+    ("score", {"routers": ["mf", 1]}, TypeError, "routers[1]: expected a name (str), got int"),
+    ("score", {"prompts": None}, TypeError, "prompts: expected a sequence, got NoneType"),
+    ("health", {"timeout_s": "5"}, ValueError, "timeout_s: expected seconds > 0 or None, got '5'"),
+]
+
+
+def _call_of(client: Any, method: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    """`client.method` with `kwargs` and, where it takes them, a prompt (and candidates)."""
+    if method == "route":
+        return lambda: client.route("hi", **kwargs)
+    if method == "route_among":
+        return lambda: client.route_among("hi", ["a", "b"], **kwargs)
+    if method == "score":
+        return lambda: client.score(**{"prompts": ["hi"], **kwargs})
+    return lambda: getattr(client, method)(**kwargs)
+
+
+@pytest.mark.parametrize(("method", "kwargs", "error", "message"), CALLS_WITH_A_BAD_ARGUMENT)
+def test_a_bad_call_argument_is_named(
+    method: str, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with RouterClient(NOWHERE, retry=RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(error) as info:
+            _call_of(client, method, kwargs)()
+        assert message in str(info.value)
+
+    async def on_the_asyncio_client() -> None:
+        async with AsyncRouterClient(NOWHERE, retry=RetryPolicy(max_attempts=1)) as client:
+            with pytest.raises(error) as info:
+                await _call_of(client, method, kwargs)()
+            assert message in str(info.value)
+
+    asyncio.run(on_the_asyncio_client())
+
+
+def test_a_closed_client_says_so(fake_servers: Callable[..., ServerThread]) -> None:
+    srv = fake_servers()
+    client = RouterClient(srv.target)
+    assert client.health() == "SERVING" and not client.closed
+    client.close()
+    assert client.closed
+    for call in (lambda: client.route("hi", router="mf", threshold=0.5), client.health, client.list_routers):
+        with pytest.raises(ValueError, match=r"RouterClient: closed \(close\(\) was called\); make a new client"):
+            call()
+    client.close()  # again: nothing
+
+    async def use_after_close() -> None:
+        async with AsyncRouterClient(srv.target) as aclient:
+            assert (await aclient.route("hi", router="mf", threshold=0.5)).router == "mf"
+        assert aclient.closed
+        with pytest.raises(ValueError, match=r"AsyncRouterClient: closed \(close\(\) was called\)"):
+            await aclient.route("hi", router="mf", threshold=0.5)
+        with pytest.raises(ValueError, match=r"AsyncRouterClient: closed"):
+            await aclient.health()
+        await aclient.close()  # again: nothing
+
+    asyncio.run(use_after_close())
 
 
 @pytest.mark.parametrize(
