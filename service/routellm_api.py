@@ -11,7 +11,8 @@ call to a running `lmroute-serve` (`target`, default the variable LMROUTE_TARGET
 token from LMROUTE_TOKEN), so the router, calibration and decision records are the server's; or, with
 `bundle=PATH`, made in this process from the bundle (no server: for notebooks and offline evaluation; no
 decision ids, no live targets). The model call goes from this process straight to the chosen model's
-OpenAI-compatible endpoint with the standard library (no `openai`, no `litellm` needed).
+OpenAI-compatible endpoint with the standard library (no `openai`, no `litellm` needed), following no
+redirect (a 3xx is an UpstreamError: the request carries the caller's API key).
 
 Where a model is sent (RouteLLM names models the way LiteLLM does):
 
@@ -40,6 +41,9 @@ import http.client
 import json
 import math
 import os
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -177,6 +181,117 @@ def endpoint(
     return base, api_key if api_key is not None else env.get(f"{var}_API_KEY", ""), name
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx answer stays an HTTPError. Following it would send the request, the
+    prompt and the `Authorization` header with the caller's API key, to wherever `Location` points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+"""Opens model calls whose only bound is each socket operation's timeout (streams)."""
+
+
+class _Watchdog:
+    """The deadline of one model call, `seconds` after entry (a context manager: exit cancels it). At the
+    deadline it shuts down the call's connections, so a blocked send or read ends at once; a connection
+    waits for its connect at most the time left (for each address tried), and one made after the deadline
+    is shut down at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = math.inf
+        self._shut = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self.deadline = time.monotonic() + self.seconds
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    @property
+    def fired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self._shut or time.monotonic() >= self.deadline
+
+    def left(self) -> float:
+        """Seconds to the deadline; TimeoutError once it has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down at the deadline (at once when it has passed)."""
+        with self._lock:
+            self._socks.append(sock)
+            if not self.fired:
+                return
+        _shut_down(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._shut = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """End both directions of `sock`, waking a thread blocked on it. The plain socket's shutdown, also for
+    a TLS socket: an SSLSocket's own drops its TLS state under a reader in another thread."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # closed already
+        pass
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket its call's watchdog shuts down at the deadline."""
+
+    watchdog: _Watchdog
+
+    def connect(self) -> None:
+        self.timeout = self.watchdog.left()
+        super().connect()
+        self.watchdog.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, http.client.HTTPSConnection):
+    """An HTTPS connection whose (TLS) socket its call's watchdog shuts down at the deadline."""
+
+
+_WATCHED: dict[Any, type[_WatchedHTTPConnection]] = {
+    http.client.HTTPConnection: _WatchedHTTPConnection,
+    http.client.HTTPSConnection: _WatchedHTTPSConnection,
+}
+
+
+class _WatchedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https URLs over connections `watchdog` shuts down at its deadline."""
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def do_open(self, http_class: Any, req: urllib.request.Request, **http_conn_args: Any) -> Any:
+        watched = _WATCHED[http_class]
+
+        def connection(host: str, **kwargs: Any) -> _WatchedHTTPConnection:
+            conn = watched(host, **kwargs)
+            conn.watchdog = self.watchdog
+            return conn
+
+        return super().do_open(connection, req, **http_conn_args)
+
+
 @dataclass(frozen=True)
 class Decision:
     strong: bool
@@ -191,6 +306,7 @@ class _Served:
 
     def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
         self.where = f"served at {target}"
+        self.target = target
         try:
             self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
         except (ValueError, TypeError) as exc:  # a tenant or token gRPC cannot send, ...
@@ -203,19 +319,27 @@ class _Served:
         self.routers = tuple(r.name for r in listed.routers)
         self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
 
+    def _open(self) -> RouterClient:
+        """The client; RoutingError once the Controller has closed it."""
+        if self.client.closed:
+            raise RoutingError(f"this Controller is closed: close() ended its connection to the server {self.target}")
+        return self.client
+
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
+        client = self._open()
         try:
-            r = self.client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
+            r = client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
         except grpc.RpcError as exc:
             raise _refused(exc) from None
         return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id, r.router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
         out: list[float] = []
+        client = self._open()
         try:
-            router = router or self.client.list_routers().default_router  # "": the default the server has now
+            router = router or client.list_routers().default_router  # "": the default the server has now
             for i in range(0, len(texts), _SCORE_BATCH):
-                for j, res in enumerate(self.client.score(texts[i : i + _SCORE_BATCH], [router]).results):
+                for j, res in enumerate(client.score(texts[i : i + _SCORE_BATCH], [router]).results):
                     if res.status.code != 0:  # the server names the prompt by its place in one Score call
                         said = res.status.message.removeprefix(f"prompts[{j}]: ")
                         raise RoutingError(
@@ -227,8 +351,9 @@ class _Served:
         return out
 
     def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
+        client = self._open()
         try:
-            [status] = self.client.feedback([report]).results
+            [status] = client.feedback([report]).results
         except grpc.RpcError as exc:
             raise _refused(exc) from None
         return status
@@ -294,15 +419,20 @@ class Controller:
     the answer goes to (LiteLLM-style names: `<provider>/<name>` or an OpenAI model); `api_base` /
     `api_key` for every model call (else each provider's variables); `target` the server (default
     LMROUTE_TARGET, else 127.0.0.1:50051), `token` its bearer token (default LMROUTE_TOKEN), `tls_ca` its
-    CA certificate, `tenant` the tenant named in every call; `timeout_s` each model call's timeout;
-    `bundle` a bundle directory to decide in this process instead of a server. `config` and
-    `progress_bar` are RouteLLM's, accepted and not used.
+    CA certificate, `tenant` the tenant named in every call; `timeout_s` the model calls' timeout in
+    seconds: a whole (non-streamed) answer comes within it of the model call's start (connecting,
+    sending, the answer's headers and body), while a stream waits at most that long for its connection
+    and then for each of its next bytes (it may last longer in all); `bundle` a bundle directory to
+    decide in this process instead of a server. `config` and `progress_bar` are RouteLLM's, accepted
+    and not used.
 
     Calls: `chat.completions.create(model="router-mf-0.116", messages=[...])` (or `completion`),
     `acreate` / `acompletion`, `route(prompt, router, threshold)`, `batch_calculate_win_rate(prompts,
     router)`, `feedback(routing, quality)`, `model_counts`; `close()`, or use it in a `with` block.
-    Errors: RoutingError (`code`, `reason` when the server refused), UpstreamError for the model's
-    endpoint. The module docstring says where each model is sent and what differs from RouteLLM."""
+    Errors: RoutingError (`code`, `reason` when the server refused; also any call after `close()` of a
+    Controller with a server), UpstreamError for the model's endpoint (which is never redirected: a 3xx
+    answer is an UpstreamError). The module docstring says where each model is sent and what differs
+    from RouteLLM."""
 
     def __init__(
         self,
@@ -348,7 +478,8 @@ class Controller:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.completion, acreate=self.acompletion))
 
     def close(self) -> None:
-        """Close the connection to the server (nothing to close in process)."""
+        """Close the connection to the server: later calls that need it raise RoutingError (in process,
+        nothing to close)."""
         self._backend.close()
 
     def __enter__(self) -> Controller:
@@ -446,17 +577,7 @@ class Controller:
         body = {**kwargs, "model": name}
         if body.get("stream") is True:
             return self._stream(base, key, body, routing)
-        url = base.rstrip("/") + "/chat/completions"
-        with self._post(base, key, body) as resp:
-            try:
-                answer = json.loads(resp.read())
-            except (OSError, http.client.HTTPException) as exc:  # the connection broke mid-answer
-                raise UpstreamError(f"{url}: the answer broke off ({type(exc).__name__}: {exc})") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UpstreamError(f"{url}: the answer is not JSON ({exc})", resp.status) from None
-        if not isinstance(answer, dict):
-            raise UpstreamError(f"{url}: the answer is not a JSON object (got {type(answer).__name__})", resp.status)
-        out = ChatResponse.of(answer)
+        out = ChatResponse.of(self._answer(base, key, body))
         out.routing = routing
         return out
 
@@ -467,22 +588,48 @@ class Controller:
             return _async_chunks(result)
         return result
 
-    def _post(self, base: str, key: str, body: dict[str, Any]) -> Any:
+    def _answer(self, base: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The endpoint's whole (non-streamed) answer, a JSON object, within `timeout_s` of the call's start
+        (connecting, sending, the answer's headers and body); past it, UpstreamError naming the timeout,
+        whatever the call was doing then."""
+        url = base.rstrip("/") + "/chat/completions"
+        with _Watchdog(self.timeout_s) as watchdog:
+            opener = urllib.request.build_opener(_NoRedirect, _WatchedHandler(watchdog))
+            try:
+                with self._post(base, key, body, opener) as resp:
+                    answer = _json_object(resp, url)
+            except Exception:
+                if watchdog.fired:  # what broke is the connection the deadline shut down
+                    raise self._timed_out(url) from None
+                raise
+            if watchdog.fired:  # an answer cut at the deadline may look whole (one framed by the close)
+                raise self._timed_out(url)
+        return answer
+
+    def _timed_out(self, url: str) -> UpstreamError:
+        return UpstreamError(f"{url}: no whole answer within timeout_s={self.timeout_s:g} s")
+
+    def _post(self, base: str, key: str, body: dict[str, Any], opener: urllib.request.OpenerDirector) -> Any:
+        """The endpoint's response to `body`, opened by `opener` (which follows no redirect); UpstreamError
+        for an endpoint that cannot be reached or answers an HTTP error or a redirect."""
         url = base.rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout_s)
+            return opener.open(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:  # its Location and body are not repeated: they may carry credentials
+                exc.close()
+                raise UpstreamError(f"{url}: HTTP {exc.code}, a redirect (not followed)", exc.code) from None
             text = exc.read().decode("utf-8", "replace")
             raise UpstreamError(f"{url}: HTTP {exc.code}: {text[:300]}", exc.code, text) from None
         except (urllib.error.URLError, OSError) as exc:
             raise UpstreamError(f"{url}: cannot be reached ({exc})") from None
 
     def _stream(self, base: str, key: str, body: dict[str, Any], routing: Routing) -> Iterator[Any]:
-        resp = self._post(base, key, body)
+        resp = self._post(base, key, body, _OPENER)
 
         def chunks() -> Iterator[Any]:
             finished = False  # a choice said its finish_reason: an end without [DONE] is then whole
@@ -511,6 +658,20 @@ class Controller:
                 raise UpstreamError(f"{base}: the stream ended before any finish_reason or data: [DONE] (cut off?)")
 
         return chunks()
+
+
+def _json_object(resp: Any, url: str) -> dict[str, Any]:
+    """The JSON object the response `resp` from `url` holds; UpstreamError when its body breaks off or is
+    not a JSON object."""
+    try:
+        answer = json.loads(resp.read())
+    except (OSError, http.client.HTTPException) as exc:  # the connection broke mid-answer
+        raise UpstreamError(f"{url}: the answer broke off ({type(exc).__name__}: {exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"{url}: the answer is not JSON ({exc})", resp.status) from None
+    if not isinstance(answer, dict):
+        raise UpstreamError(f"{url}: the answer is not a JSON object (got {type(answer).__name__})", resp.status)
+    return answer
 
 
 def _finish_reason(event: object) -> bool:

@@ -385,3 +385,160 @@ def test_arguments_of_another_type_are_routing_errors_naming_them(
         with pytest.raises(RoutingError) as refused:
             client.batch_calculate_win_rate([f"p{i}" for i in range(130)] + [" "], "mf")
         assert str(refused.value).startswith("prompts[130]: empty prompt") and refused.value.code == "INVALID_ARGUMENT"
+
+
+class _RawUpstream:
+    """A stdlib HTTP server on 127.0.0.1 answering every request with the raw bytes `parts` (status line,
+    headers and body as they are), `gap_s` apart, then closing; `hits` records each request's method,
+    path and Authorization header: an upstream that redirects, or trickles its answer, is the point here."""
+
+    def __init__(self, parts: list[bytes], gap_s: float = 0.0) -> None:
+        import http.server
+        import threading
+
+        hits: list[tuple[str, str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                hits.append((self.command, self.path, self.headers.get("Authorization", "")))
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    for i, part in enumerate(parts):
+                        if i:
+                            time.sleep(gap_s)
+                        self.wfile.write(part)
+                        self.wfile.flush()
+                except OSError:  # the caller gave up
+                    pass
+                self.close_connection = True
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.hits = hits
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False  # a trickle left unread is not waited for
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> _RawUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _http_answer(status: str, headers: dict[str, str], body: bytes) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Content-Length": str(len(body))}.items())
+    return f"HTTP/1.1 {status}\r\n{head}Connection: close\r\n\r\n".encode() + body
+
+
+_ANSWER = (
+    b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "elsewhere"}, "finish_reason": "stop"}]}'
+)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_upstream_error_and_not_followed(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream], status: int
+) -> None:
+    """A 3xx answer is not followed (that would send the prompt and the caller's API key to the Location's
+    host): an UpstreamError naming the status, and neither the Location nor its body."""
+    msgs = [{"role": "user", "content": "a private prompt"}]
+    with _RawUpstream([_http_answer("200 OK", {"Content-Type": "application/json"}, _ANSWER)]) as other:
+        location = f"{other.base_url}/chat/completions?sig=LOCATION-SECRET"
+        moved = _http_answer(
+            f"{status} Moved", {"Location": location, "Content-Type": "text/html"}, f'<a href="{location}">'.encode()
+        )
+        with _RawUpstream([moved]) as redirecting:
+            client = Controller(
+                routers=["random"],
+                strong_model="gpt-4o",
+                weak_model="gpt-4o-mini",
+                api_base=redirecting.base_url,
+                api_key="sk-CALLERS-KEY",
+            )
+            for stream in (False, True):
+                with pytest.raises(UpstreamError) as err:
+                    answer = client.chat.completions.create(model="router-random-0", messages=msgs, stream=stream)
+                    list(answer) if stream else answer
+                assert err.value.status == status
+                assert f"HTTP {status}, a redirect (not followed)" in str(err.value)
+                assert "LOCATION-SECRET" not in str(err.value) + err.value.body
+            client.close()
+        assert [(method, path) for method, path, _ in redirecting.hits] == [("POST", "/v1/chat/completions")] * 2
+        assert other.hits == []
+
+
+def test_timeout_s_bounds_a_whole_answer_and_each_wait_of_a_stream(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    """Non-streamed, timeout_s bounds the whole answer: one trickled a few bytes at a time (each read well
+    within timeout_s) is an UpstreamError at timeout_s, its headers trickled or its body. A stream waits
+    at most timeout_s for its next bytes, and may last longer in all."""
+    msgs = [{"role": "user", "content": "hi"}]
+    whole = _http_answer("200 OK", {"Content-Type": "application/json"}, _ANSWER)
+    head_end = whole.index(b"\r\n\r\n") + 4
+    slow_body = [whole[:head_end]] + [whole[i : i + 6] for i in range(head_end, len(whole), 6)]  # ~2 s in all
+    slow_head = [whole[i : i + 4] for i in range(0, head_end, 4)] + [whole[head_end:]]  # ~2.5 s in all
+    for parts in (slow_body, slow_head):
+        with _RawUpstream(parts, gap_s=0.1) as slow:
+            with Controller(
+                routers=["random"], strong_model="a", weak_model="b", api_base=slow.base_url, timeout_s=1
+            ) as client:
+                start = time.monotonic()
+                with pytest.raises(UpstreamError, match="no whole answer within timeout_s=1 s"):
+                    client.chat.completions.create(model="router-random-0", messages=msgs)
+                assert 0.9 < time.monotonic() - start < 1.6
+    # the same bytes within timeout_s are an answer
+    with _RawUpstream(slow_body, gap_s=0.01) as quick:
+        with Controller(
+            routers=["random"], strong_model="a", weak_model="b", api_base=quick.base_url, timeout_s=1
+        ) as client:
+            assert client.chat.completions.create(model="router-random-0", messages=msgs).choices[
+                0
+            ].message.content == ("elsewhere")
+    events = (
+        [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"]
+        + [
+            b'data: {"choices": [{"index": 0, "delta": {"content": "%d"}, "finish_reason": null}]}\n\n' % i
+            for i in range(5)
+        ]
+        + [b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n']
+    )
+    with _RawUpstream(events, gap_s=0.3) as steady:  # 1.8 s in all, 0.3 s between events
+        with Controller(
+            routers=["random"], strong_model="a", weak_model="b", api_base=steady.base_url, timeout_s=1
+        ) as client:
+            chunks = list(client.chat.completions.create(model="router-random-0", messages=msgs, stream=True))
+            assert "".join(c.choices[0].delta.get("content", "") for c in chunks) == "01234"
+    with _RawUpstream(events[:2] + events[-1:], gap_s=1.5) as stalled:  # 1.5 s without a byte
+        with Controller(
+            routers=["random"], strong_model="a", weak_model="b", api_base=stalled.base_url, timeout_s=1
+        ) as client:
+            stream = client.chat.completions.create(model="router-random-0", messages=msgs, stream=True)
+            with pytest.raises(UpstreamError, match="the stream broke off \\(TimeoutError"):
+                list(stream)
+
+
+def test_a_closed_controller_refuses_calls_with_a_routing_error(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini")
+    assert client.route("hi", "mf", 0.5) in ("gpt-4o", "gpt-4o-mini")
+    client.close()
+    msgs = [{"role": "user", "content": "hi"}]
+    for call in (
+        lambda: client.route("hi", "mf", 0.5),
+        lambda: client.chat.completions.create(model="router-mf-0.5", messages=msgs),
+        lambda: client.batch_calculate_win_rate(["hi"], "mf"),
+        lambda: client.feedback("0" * 32, 1.0),
+    ):
+        with pytest.raises(RoutingError, match="this Controller is closed: close\\(\\) ended its connection"):
+            call()
+    client.close()  # again: nothing
