@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import numbers
 import os
 import random
 import re
@@ -168,9 +169,9 @@ def _router(router: object) -> str:
 
 
 def _number(name: str, value: object) -> None:
-    """TypeError naming `name` unless `value` is a number (an int or float, not a bool: True is no
+    """TypeError naming `name` unless `value` is a real number (a NumPy one too; not a bool: True is no
     threshold); the server checks its range."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
 
 

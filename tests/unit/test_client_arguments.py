@@ -99,6 +99,14 @@ def test_a_bad_call_argument_is_named(
     asyncio.run(on_the_asyncio_client())
 
 
+def test_numbers_of_numpy_types_are_numbers(fake_servers: Callable[..., ServerThread]) -> None:
+    import numpy as np
+
+    with RouterClient(fake_servers().target) as client:
+        assert client.route("hi", router="mf", threshold=np.float32(0.25)).threshold == 0.25
+        assert client.route("hi", router="mf", threshold=np.int64(1)).threshold == 1.0
+
+
 def test_a_closed_client_says_so(fake_servers: Callable[..., ServerThread]) -> None:
     srv = fake_servers()
     client = RouterClient(srv.target)
