@@ -88,6 +88,7 @@ class Verdict(enum.Enum):
 
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_MODEL_CHARS = 256  # an outcome's model name (a key of the store and of adaptation's heads)
 """A tenant name, wherever one is taken: tokens bound to tenants, targets, callers and reporters."""
 
 
@@ -276,6 +277,13 @@ class Outcome:
             raise OutcomeError(f"{where}.prompt: empty prompt")
         if not self.model and not (self.kind is OutcomeKind.SINGLE and self.decision_id is not None):
             raise OutcomeError(f"{where}.model: required")
+        if self.model and (
+            len(self.model) > MAX_MODEL_CHARS or self.model != self.model.strip() or not self.model.isprintable()
+        ):
+            raise OutcomeError(
+                f"{where}.model: a model name is 1-{MAX_MODEL_CHARS} printable characters, no space around them "
+                f"(got {self.model[:80]!r}{'...' if len(self.model) > 80 else ''})"
+            )
         _check_unit(self.quality, f"{where}.quality")
         if len(self.source) > 128:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")

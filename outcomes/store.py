@@ -111,6 +111,18 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+PG_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+"""libpq settings a PostgreSQL store's connection gets unless its URI sets them: a server that stopped
+answering (a host gone, a network cut) is found out in about a minute, and the writer reopens the store,
+instead of a commit waiting on a half-open connection for the operating system's two hours."""
+
+
 def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False) -> OutcomeStore:
     """Open (creating and migrating as needed) the store named by `dsn`:
 
@@ -143,7 +155,9 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
                 f"store {redact_dsn(dsn)}: PostgreSQL needs psycopg (pip install 'lmroute[postgres]')"
             ) from exc
         try:
-            pg = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            given = psycopg.conninfo.conninfo_to_dict(dsn)
+            liveness = {k: v for k, v in PG_LIVENESS.items() if k not in given}
+            pg = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **liveness), autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StoreError(f"store {redact_dsn(dsn)}: cannot connect: {exc}") from exc
         store = OutcomeStore(pg, _POSTGRES, dsn, store_prompts=store_prompts, db_errors=(psycopg.Error,))

@@ -15,9 +15,12 @@ store leaves room for the others, and each round takes the reporters' calls in t
 oldest first, so a flood's backlog does not delay another reporter's acknowledgment by more than one
 call of each reporter ahead.
 
-Group commit: each round takes everything pending (up to `max_batch` of each kind), writes the
-decisions and then the outcomes in one transaction, commits once and resolves the round's futures. A
-decision recorded before an outcome that names it is therefore written in the same or an earlier commit.
+Group commit: each round takes everything pending (up to `max_batch` outcomes, and `max_batch` decisions
+in a round of decisions alone; a round with outcomes takes every queued decision, a backlog after a
+store outage included), writes the decisions and then the outcomes in one transaction, commits once and
+resolves the round's futures. A decision recorded before an outcome that names it is therefore written
+in the same or an earlier commit. A future its caller cancelled (a Feedback call past its deadline) is
+left as it is; its outcomes are written all the same.
 A round of decisions alone waits until the oldest of them has waited `decision_linger_s` (or `max_batch`
 are pending): a commit costs the process far more than a row (SQLite: ~130 us of CPU against ~15 us a
 decision: benchmarks/ghz/results/store_cost), so one a decision would take a large share of a busy
@@ -38,7 +41,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 import structlog
@@ -75,6 +78,20 @@ class _Job:
     outcomes: list[Outcome]
     future: Future[list[Verdict]]
     reporter: str
+
+
+def _resolve(
+    future: Future[list[Verdict]], verdicts: list[Verdict] | None = None, error: Exception | None = None
+) -> None:
+    """A call's Future given its verdicts or its error, unless its caller cancelled it (a Feedback call
+    past its deadline): what it submitted is written all the same, and nobody waits for the answer."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(verdicts if verdicts is not None else [])
+    except InvalidStateError:  # cancelled by the caller
+        pass
 
 
 _TRANSIENT = frozenset({"OperationalError", "InterfaceError"})  # sqlite3 and psycopg: locked, busy, disk, connection
@@ -228,7 +245,8 @@ class StoreWriter:
     def _take(self) -> tuple[list[Decision], list[_Job]] | None:
         """The next round's work (None: closing and nothing left): the decisions, then the reporters'
         calls in turn, one each, while they fit in `max_batch` outcomes (the first always). Decisions
-        alone wait for their linger; ([], []) when a prune is due first."""
+        alone wait for their linger, `max_batch` a round; a round with outcomes takes every decision
+        queued; ([], []) when a prune is due first."""
         with self._cond:
             while not self._turns and not self._closing:
                 now = time.monotonic()
@@ -244,7 +262,10 @@ class StoreWriter:
                 self._cond.wait(None if due == math.inf else due - now)
             if not self._decisions and not self._turns:
                 return None  # closing, nothing left
-            decisions = [self._decisions.popleft() for _ in range(min(self.max_batch, len(self._decisions)))]
+            # a round of outcomes takes every decision queued before them, however many a backlog holds
+            # (after a store outage): an outcome must find the decision it names in the same commit
+            n_decisions = len(self._decisions) if self._turns else min(self.max_batch, len(self._decisions))
+            decisions = [self._decisions.popleft() for _ in range(n_decisions)]
             # what is left keeps the time of the oldest taken (no later than its own): written at its linger
             jobs: list[_Job] = []
             n = 0
@@ -265,14 +286,20 @@ class StoreWriter:
 
     def _run(self) -> None:
         while True:
-            work = self._take()
-            if work is None:
-                return
-            decisions, jobs = work
-            if decisions or jobs:
-                self._write(decisions, jobs)
-            if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
-                self._prune_step()
+            try:
+                work = self._take()
+                if work is None:
+                    return
+                decisions, jobs = work
+                if decisions or jobs:
+                    self._write(decisions, jobs)
+                if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
+                    self._prune_step()
+            except Exception:  # a bug: logged, and the writer goes on (a dead writer acknowledges nothing)
+                _log.exception("store_writer_error")
+                with self._cond:
+                    if not self._closing:
+                        self._cond.wait(self.retry_pause_s)
 
     def _settled(self, jobs: list[_Job]) -> None:
         """The jobs' outcomes leave the pending counts (committed, or failed with their call)."""
@@ -302,7 +329,7 @@ class StoreWriter:
                     self._decisions_since = -math.inf  # older than any linger: retried at the next round
             self._settled(jobs)
             for job in jobs:
-                job.future.set_exception(exc)
+                _resolve(job.future, error=exc)
             self._reopen()
             return
         self.stats.commits += 1
@@ -311,7 +338,7 @@ class StoreWriter:
         self._settled(jobs)
         start = 0
         for job in jobs:
-            job.future.set_result(verdicts[start : start + len(job.outcomes)])
+            _resolve(job.future, verdicts[start : start + len(job.outcomes)])
             start += len(job.outcomes)
 
     def _without_refused(self, decisions: list[Decision]) -> list[Decision]:
@@ -352,8 +379,11 @@ class StoreWriter:
         except Exception as exc:
             _log.error("store_reopen_failed", error=repr(exc))
             if self._closing:
-                with self._cond:
-                    self._decisions.clear()  # nothing can write them: do not loop on them
+                with self._cond:  # nothing can write them: counted and logged, not looped on
+                    if self._decisions:
+                        self.stats.decisions_dropped += len(self._decisions)
+                        _log.error("store_decisions_lost_at_close", decisions=len(self._decisions))
+                    self._decisions.clear()
 
     @property
     def _prunes(self) -> bool:

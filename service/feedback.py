@@ -159,7 +159,8 @@ def item_status(
             code=Code.ALREADY_EXISTS,
             reason="OUTCOME_CONFLICT",
             message=f"{where}: another value is stored for this decision (or prompt), kind, model{which} and "
-            f"source {echo(report.source)} by this tenant{also}; report a correction under another source",
+            f"source {echo(report.source)} by this tenant{also}; a stored value is not replaced (another judge's "
+            "verdict goes under another source, and adaptation averages the sources)",
         )
     if Verdict.OTHER_TENANT in verdicts:
         return router_pb2.ItemStatus(

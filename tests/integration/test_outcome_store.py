@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from lmroute.outcomes.records import (
@@ -25,7 +28,7 @@ from lmroute.outcomes.records import (
     reporters_named,
 )
 from lmroute.outcomes.schema import SCHEMA_VERSION
-from lmroute.outcomes.store import NOT_YET_MS, OutcomeStore, StoreError, open_store
+from lmroute.outcomes.store import NOT_YET_MS, PG_LIVENESS, OutcomeStore, StoreError, open_store
 from lmroute.outcomes.writer import StoreWriter, WriterFull
 from lmroute.service.decisions import new_decision_id
 
@@ -506,6 +509,91 @@ def test_the_writer_acknowledges_feedback_between_a_prunes_batches(tmp_path: Pat
     check.close()
 
 
+def test_a_postgresql_store_finds_out_a_silent_server(fresh_postgres_db: str) -> None:
+    """The connection has TCP keepalives and a user timeout unless the URI sets its own."""
+    s = open_store(fresh_postgres_db)
+    try:
+        effective = psycopg.conninfo.conninfo_to_dict(s._conn.info.dsn)
+        assert {k: effective.get(k) for k in PG_LIVENESS} == {k: str(v) for k, v in PG_LIVENESS.items()}
+    finally:
+        s.close()
+    own = open_store(fresh_postgres_db + ("&" if "?" in fresh_postgres_db else "?") + "keepalives_idle=7")
+    try:
+        assert psycopg.conninfo.conninfo_to_dict(own._conn.info.dsn)["keepalives_idle"] == "7"
+    finally:
+        own.close()
+
+
+def _held_lock(path: Path) -> sqlite3.Connection:
+    """Another connection holding the SQLite store's write lock: the writer's next commit waits for it."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def test_a_call_that_gives_up_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """A Feedback call past its deadline cancels its Future while the writer is in its commit: the writer
+    goes on (resolving the cancelled Future raised InvalidStateError in its thread, which died: every later
+    call waited for nothing), and the given-up call's outcome is written all the same."""
+    path = tmp_path / "s.sqlite3"
+    open_store(f"sqlite:{path}").close()
+    writer = StoreWriter(lambda: open_store(f"sqlite:{path}"))
+    writer.start()
+    try:
+        blocker = _held_lock(path)
+        gone = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="given up on")])
+        time.sleep(0.1)  # the writer is in its commit, waiting for the lock
+        assert gone.cancel()
+        blocker.rollback()
+        blocker.close()
+        ack = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="the next call")])
+        assert ack.result(10) == [Verdict.STORED]
+    finally:
+        writer.close()
+    check = open_store(f"sqlite:{path}")
+    assert check.counts() == {"decisions": 0, "outcomes": 2}
+    check.close()
+
+
+def test_an_outcome_finds_its_decision_behind_a_backlog(tmp_path: Path) -> None:
+    """Decisions queued while the store could not commit (50, rounds of 10 at most), then an outcome on
+    the newest: its round takes every queued decision, so it is stored (it was NOT_YET or, for a decision
+    older than NOT_YET_MS, NOT_FOUND: refused for good, though the decision was written a moment later)."""
+    path = tmp_path / "s.sqlite3"
+    open_store(f"sqlite:{path}").close()
+    writer = StoreWriter(lambda: open_store(f"sqlite:{path}"), max_batch=10, decision_linger_s=0.0)
+    writer.start()
+    try:
+        blocker = _held_lock(path)
+        backlog = [_decision(f"q {i}") for i in range(50)]
+        writer.record(backlog)
+        time.sleep(0.1)  # the first round of 10 waits for the lock
+        ack = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, decision_id=backlog[-1].decision_id)])
+        blocker.rollback()
+        blocker.close()
+        assert ack.result(10) == [Verdict.STORED]
+    finally:
+        writer.close()
+
+
+def test_decisions_a_closing_writer_cannot_write_are_counted_dropped(tmp_path: Path) -> None:
+    """The store gone (its directory replaced by a file, so it cannot be opened again) with 40 decisions
+    queued, then the writer closed while it waits to reopen: the 40 are counted as dropped (they were
+    cleared uncounted: the stop line said nothing was lost)."""
+    where = tmp_path / "store"
+    writer = StoreWriter(lambda: open_store(f"sqlite:{where / 's.sqlite3'}"), decision_linger_s=0.0, retry_pause_s=5.0)
+    writer.start()
+    shutil.rmtree(where)
+    where.write_text("not a directory")
+    writer.record([_decision(f"q {i}") for i in range(40)])
+    deadline = time.monotonic() + 10
+    while writer.stats.failed_commits == 0:  # the round failed; the writer waits to reopen the store
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    writer.close()
+    assert writer.stats.decisions_dropped == 40 and writer.stats.decisions_written == 0
+
+
 def test_invalid_outcomes_name_the_field() -> None:
     with pytest.raises(OutcomeError, match=r"outcomes\[2\]\.quality: must be in \[0, 1\] \(got 1\.5\)"):
         Outcome(OutcomeKind.SINGLE, "m", 1.5, prompt_text="p").check("outcomes[2]")
@@ -515,6 +603,10 @@ def test_invalid_outcomes_name_the_field() -> None:
         Outcome(OutcomeKind.SINGLE, "m", 0.5, decision_id="xyz").check()
     with pytest.raises(OutcomeError, match=r"\.model: required"):
         Outcome(OutcomeKind.PAIRED, "", 0.5, prompt_text="p").check()
+    for bad in (" ", "gpt-4-1106-preview ", "m\n", "x" * 257):  # a name adaptation would take as another model
+        with pytest.raises(OutcomeError, match=r"\.model: a model name is 1-256 printable characters"):
+            Outcome(OutcomeKind.SINGLE, bad, 0.5, prompt_text="p").check()
+    Outcome(OutcomeKind.SINGLE, "Meta Llama 3.1 (8B)", 0.5, prompt_text="p").check()
     with pytest.raises(OutcomeError, match=r"outcome\.reporter: must be 1-64 of"):
         Outcome(OutcomeKind.SINGLE, "m", 0.5, prompt_text="p", reporter="a b").check()
 
