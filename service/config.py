@@ -45,6 +45,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_RETENTION_DAYS = 1_000_000  # a cutoff in Unix ms that SQLite and PostgreSQL integers hold
 MAX_STORE_DECISIONS = 10**12  # an OFFSET that SQLite and PostgreSQL integers hold, far past any disk
 MIN_PRUNE_INTERVAL_S, MAX_PRUNE_INTERVAL_S = 1.0, 31_536_000.0  # a second to a year
+MAX_SHUTDOWN_DELAY_S = 3600.0
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
@@ -281,6 +282,14 @@ class ServiceConfig:
     )
     device: str = field(default="cpu", metadata=_doc("cpu or cuda"))
     grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds"))
+    shutdown_delay_s: float = field(
+        default=0.0,
+        metadata=_doc(
+            "seconds after SIGTERM or SIGINT during which the server goes on answering calls with its health "
+            "NOT_SERVING, before it drains, so that load balancers and health-checking clients stop sending "
+            "first (Kubernetes: at least the readiness probe's period x failureThreshold); 0 = drain at once"
+        ),
+    )
     liveness_stall_s: float = field(
         default=30.0,
         metadata=_doc(
@@ -696,6 +705,10 @@ class ServiceConfig:
             raise ConfigError(
                 f"store_retention_days: must be in [0, {MAX_RETENTION_DAYS}] (0: keep everything; got "
                 f"{self.store_retention_days!r})"
+            )
+        if not (isinstance(self.shutdown_delay_s, (int, float)) and 0 <= self.shutdown_delay_s <= MAX_SHUTDOWN_DELAY_S):
+            raise ConfigError(
+                f"shutdown_delay_s: must be in [0, {MAX_SHUTDOWN_DELAY_S:g}] (got {self.shutdown_delay_s!r})"
             )
         if not (
             isinstance(self.store_max_decisions, int)

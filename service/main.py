@@ -4,6 +4,12 @@ Exit codes: 0 after a clean drain; 2 for a bad setting, a router kind plug-in (`
 be imported included (message on stderr, prefixed `lmroute-serve: config error:`); 1 when the compiled
 scoring core or the bundle cannot be loaded (the message names the module or the file).
 
+On SIGTERM or SIGINT the health turns NOT_SERVING; with `--shutdown-delay-s` the server goes on answering
+calls that long (load balancers stop sending meanwhile), then drains: new calls are refused UNAVAILABLE
+(DRAINING), calls in flight get `--grace-s`. A second SIGTERM or SIGINT meanwhile ends the process at once
+(exit 1, logged `forced_exit`), as SIGKILL would: acknowledged outcomes are in the store, decisions not
+yet written are lost. A signal while the bundle is still loading is acted on once it has loaded.
+
 SIGHUP changes nothing: nothing is reloaded (the bundle and the settings are read once, at start), the
 server keeps serving and logs one line, `sighup_ignored`. Without a handler SIGHUP would end the
 process at once, without a drain.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,6 +38,13 @@ __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
 DEFAULT_BUNDLE = Path("artifacts/default")
 _log = structlog.get_logger("lmroute.main")
+
+
+def _force_exit() -> None:
+    """A second SIGTERM or SIGINT: leave now, without the rest of the drain."""
+    _log.error("forced_exit", detail="a second SIGTERM or SIGINT while stopping: exiting without the drain")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _on_sighup() -> None:
@@ -65,6 +79,11 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
         print(f"lmroute-serve: OpenAI-compatible front on {scheme}://{cfg.host}:{server.http_port}/v1", file=sys.stderr)
     print(f"lmroute-serve: serving on {cfg.host}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _force_exit)
+    if cfg.shutdown_delay_s > 0:
+        await server.announce_shutdown()
+        await asyncio.sleep(cfg.shutdown_delay_s)
     await server.stop()
     return 0
 

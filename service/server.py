@@ -296,6 +296,13 @@ class RouterServer:
                 tls=credentials is not None,
                 hint="off a loopback host, serve with --auth-tokens-file and --tls-cert-file (docs/SECURITY.md)",
             )
+            if cfg.admin_enabled and self.auth is None:
+                _log.warning(  # not refused: --admin-service on off loopback was asked for by name
+                    "admin_open",
+                    host=cfg.host,
+                    detail="AdminService (ReloadBundle, SetTargets, DecisionsToJudge) answers any caller that "
+                    "reaches this address: no tokens are configured",
+                )
         try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
             self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
         except RuntimeError as exc:
@@ -468,7 +475,11 @@ class RouterServer:
         scheduler.start()
         if self.config.stats_path:
             self._stats_file = StatsFile(Path(self.config.stats_path), lambda: _stats_snapshot(scheduler))
-            self._stats_file.start()
+            try:
+                self._stats_file.start()
+            except OSError as exc:
+                self._stats_file = None
+                raise ConfigError(f"stats_path: cannot write {self.config.stats_path!r} ({exc})") from None
         self.scheduler = scheduler
         self.servicer.attach(scheduler, scorer.catalog())
         self.swapper = BundleSwapper(
@@ -487,6 +498,12 @@ class RouterServer:
             self.liveness = LivenessWatchdog(scheduler, self.health, self.config.liveness_stall_s)
             self.liveness.start()
         _log.info("serving", version=scorer.version, routers=list(scorer.router_names))
+
+    async def announce_shutdown(self) -> None:
+        """Health NOT_SERVING for good (open Watch streams see it and end) while calls are still answered:
+        how a shutdown delay (--shutdown-delay-s) starts, so load balancers stop sending before the drain."""
+        _log.info("shutting_down", health="NOT_SERVING", delay_s=self.config.shutdown_delay_s)
+        await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, give in-flight calls `grace_s`, stop the scheduler."""
@@ -532,7 +549,7 @@ class RouterServer:
             await self._stats_file.close()
         if self.metrics is not None:
             self.metrics.close()
-        _log.warning("stopped", **stats)
+        _log.info("stopped", **stats)
 
     async def wait(self) -> None:
         """Wait until the gRPC server terminates."""
@@ -551,15 +568,16 @@ def _check_port_free(host: str, port: int) -> None:
     """ConfigError when another process listens on `port` at any address `host` names. gRPC binds every
     address a name resolves to and succeeds when one of them binds: on `localhost` a second server took
     ::1 beside a first one on 127.0.0.1, and callers split between the two."""
-    if port == 0:
-        return
     names = [host, "127.0.0.1", "::1"] if host == "localhost" else [host]  # gRPC takes localhost as both
     addresses = []
     for name in names:
         try:
             addresses += socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except OSError:
-            continue  # gRPC says why it cannot listen there
+        except OSError as exc:
+            if name == host:
+                raise ConfigError(f"host: {host!r} is no address of this host or name that resolves ({exc})") from None
+    if port == 0:
+        return
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no owner
@@ -567,4 +585,5 @@ def _check_port_free(host: str, port: int) -> None:
                 probe.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(f"port: cannot listen on {host}:{port} ({address[0]} is in use)") from None
+                    why = f"port {port} of {address[0]} is in use"
+                    raise ConfigError(f"port: cannot listen on {host}:{port} ({why})") from None

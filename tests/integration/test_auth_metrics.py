@@ -480,6 +480,7 @@ def test_a_bind_off_loopback_without_tokens_or_tls_is_warned_of(
     configure_logging("info")
     try:
         fake_servers(quiet=False, host="0.0.0.0").stop()
+        fake_servers(quiet=False, host="0.0.0.0", admin_service="on").stop()
         fake_servers(quiet=False).stop()  # 127.0.0.1: nothing to warn of
     finally:
         configure_logging("warning")
@@ -487,9 +488,14 @@ def test_a_bind_off_loopback_without_tokens_or_tls_is_warned_of(
     warned = [
         line
         for line in (json.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{"))
-        if line.get("event") == "open_bind"
+        if line.get("event") in ("open_bind", "admin_open")
     ]
-    assert [(w["host"], w["tokens"], w["tls"], w["level"]) for w in warned] == [("0.0.0.0", False, False, "warning")]
+    assert [(w["event"], w["host"], w["level"]) for w in warned] == [
+        ("open_bind", "0.0.0.0", "warning"),
+        ("open_bind", "0.0.0.0", "warning"),
+        ("admin_open", "0.0.0.0", "warning"),  # AdminService asked for by name off loopback, without tokens
+    ]
+    assert [(w["tokens"], w["tls"]) for w in warned[:2]] == [(False, False)] * 2
 
 
 def test_idle_connections_to_the_metrics_port_hold_no_thread_for_long(serve: Callable[..., ServerThread]) -> None:

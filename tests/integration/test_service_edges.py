@@ -301,7 +301,27 @@ def test_a_port_in_use_at_one_of_the_names_addresses_is_refused() -> None:
         script = _SERVE_SCRIPT.replace("port=0,", f'port={port}, host="localhost",')
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert run.returncode == 2, run.stderr[-2000:]
-    assert f"lmroute-serve: config error: port: cannot listen on localhost:{port} (127.0.0.1 is in use)" in run.stderr
+    why = f"port {port} of 127.0.0.1 is in use"
+    assert f"lmroute-serve: config error: port: cannot listen on localhost:{port} ({why})" in run.stderr
+
+
+def test_a_stats_path_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    """--stats-path naming a directory: exit 2 naming the setting (it was 'cannot load bundle: [Errno 21]
+    Is a directory', exit 1)."""
+    script = _SERVE_SCRIPT.replace("port=0,", f"port=0, stats_path={str(tmp_path)!r},")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"lmroute-serve: config error: stats_path: cannot write {str(tmp_path)!r} (" in run.stderr
+    assert "cannot load bundle" not in run.stderr
+
+
+def test_a_host_that_is_no_address_is_named() -> None:
+    """`--host abc` (no address, no name that resolves) is refused naming the host (it was reported as
+    the port: 'port: cannot listen on abc:PORT (Failed to bind ...)')."""
+    script = _SERVE_SCRIPT.replace("port=0,", 'port=0, host="no-such-host.invalid",')
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "lmroute-serve: config error: host: 'no-such-host.invalid' is no address of this host" in run.stderr
 
 
 class _Lines:
@@ -431,3 +451,51 @@ def test_access_log_sampled_writes_one_line_a_second_for_ok_calls_too(
         assert len(lines) == 21 and "suppressed" not in lines[0]
     else:
         assert [e["suppressed"] for e in lines] == [0, 19]
+
+
+def _serving(script: str) -> tuple[subprocess.Popen[str], _Lines, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = _Lines(proc)
+    return proc, out, int(out.wait_for(r"lmroute-serve: serving on 127\.0\.0\.1:(\d+)").group(1))
+
+
+def test_a_shutdown_delay_keeps_answering_with_health_not_serving() -> None:
+    """--shutdown-delay-s 3: after SIGTERM the health is NOT_SERVING at once while Route calls are still
+    answered OK (load balancers stop sending meanwhile); then the drain, and exit 0."""
+    proc, out, port = _serving(_SERVE_SCRIPT.replace("port=0,", "port=0, shutdown_delay_s=3.0,"))
+    try:
+        with RouterClient(f"127.0.0.1:{port}") as c:
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            out.wait_for(r'"event": "shutting_down"')
+            assert c.health() == "NOT_SERVING"
+            answered = c.route("still answered", router="mf", threshold=0.5)
+            assert time.monotonic() - t0 < 2.5 and answered.score == FakeScorer.score_one("mf", "still answered")
+        assert proc.wait(30) == 0 and time.monotonic() - t0 >= 3.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert any('"event": "draining"' in line for line in out.lines)
+
+
+def test_a_second_sigterm_ends_the_process_at_once() -> None:
+    """A second SIGTERM while stopping (here in a 60 s shutdown delay) exits at once, 1, logged."""
+    proc, out, _ = _serving(_SERVE_SCRIPT.replace("port=0,", "port=0, shutdown_delay_s=60.0,"))
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out.wait_for(r'"event": "shutting_down"')
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 1 and time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out.wait_for(r'"event": "forced_exit"')

@@ -51,6 +51,7 @@ FLAGS_AND_VARIABLES = [
     ("--embeddings-max-concurrency", "LMROUTE_EMBEDDINGS_MAX_CONCURRENCY"),
     ("--device", "LMROUTE_DEVICE"),
     ("--grace-s", "LMROUTE_GRACE_S"),
+    ("--shutdown-delay-s", "LMROUTE_SHUTDOWN_DELAY_S"),
     ("--liveness-stall-s", "LMROUTE_LIVENESS_STALL_S"),
     ("--warmup", "LMROUTE_WARMUP"),
     ("--log-level", "LMROUTE_LOG_LEVEL"),
@@ -245,6 +246,10 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=1e308),
             "store_retention_days: must be in [0, 1000000] (0: keep everything; got 1e+308)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), shutdown_delay_s=-1.0),
+            "shutdown_delay_s: must be in [0, 3600] (got -1.0)",
         ),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), store_max_decisions=-1),
