@@ -569,7 +569,9 @@ class Controller:
         ask = self._ask(kwargs.get("model"), router, threshold)
         try:
             messages = kwargs.get("messages")
-            prompt = prompt_of_messages(list(messages) if isinstance(messages, tuple) else messages, _NO_TURN_LIMIT)
+            # a last user turn over the server's prompt limit is routed on its head and tail, as the front does
+            listed = list(messages) if isinstance(messages, tuple) else messages
+            prompt = prompt_of_messages(listed, _NO_TURN_LIMIT, _MAX_PROMPT_CHARS)
         except InvalidArgument as exc:
             raise RoutingError(str(exc), reason=exc.reason) from None
         routing = self._decide(ask, prompt)

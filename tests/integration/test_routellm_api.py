@@ -209,6 +209,20 @@ def test_errors_are_routing_errors(
     client.close()
 
 
+def test_a_long_pasted_document_is_routed_and_sent_whole(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    """A last user turn over the server's 20,000-character prompt limit: routed on its head and tail (it
+    was a RoutingError, PROMPT_TOO_LONG), the model asked with the whole text."""
+    _, openai_up, _ = world
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="anyscale/llama-3-8b")
+    document = "".join(f"row {i:05d} of the attached table;\n" for i in range(1000)) + "What stands out?"
+    assert len(document) > 30_000
+    r = client.chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": document}])
+    assert r.routing.tier == "strong" and r.choices[0].message.content == f"openai: {document}"
+    assert openai_up.requests[-1]["messages"][0]["content"] == document
+
+
 def test_endpoints_of_model_names() -> None:
     env = {"OPENAI_API_KEY": "o", "ANYSCALE_API_KEY": "a", "MYLAB_BASE_URL": "http://lab/v1", "MYLAB_API_KEY": "m"}
     assert endpoint("gpt-4o", None, None, env) == ("https://api.openai.com/v1", "o", "gpt-4o")
