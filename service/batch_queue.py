@@ -231,7 +231,7 @@ class BatchQueue(Generic[T]):
                 self._left.pop(tenant, None)
                 self._tenants[tenant] = {}
             self._tenants[tenant][line.key] = line
-            for _ in range(quantum):
+            for _ in range(min(quantum, len(items))):  # each step releases one: no more than there are
                 self._release_next(line)
 
     def discard(self, item: Item[T]) -> None:

@@ -46,6 +46,11 @@ MAX_RETENTION_DAYS = 1_000_000  # a cutoff in Unix ms that SQLite and PostgreSQL
 MAX_STORE_DECISIONS = 10**12  # an OFFSET that SQLite and PostgreSQL integers hold, far past any disk
 MIN_PRUNE_INTERVAL_S, MAX_PRUNE_INTERVAL_S = 1.0, 31_536_000.0  # a second to a year
 MAX_SHUTDOWN_DELAY_S = 3600.0
+# A batch takes its prompts from the queue: at most max_queue of them (1024 by default) are admitted at once,
+# and a Score call brings at most max_prompts_per_request (256). 65,536 is 64 default queues, far past any
+# batch that fills, and keeps a call's quantum (a quarter of it) a count of prompts, not of loop steps.
+MAX_BATCH_SIZE = 65_536
+MAX_GRACE_S = 3600.0  # an hour: gRPC's stop and the front's shutdown take it as a timeout, which must fit a C long
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
@@ -66,8 +71,8 @@ class BatchPolicy:
     max_batch_size: int = field(
         default=-1,
         metadata=_doc(
-            "most prompts in one batch (CPU: larger batches add latency, not throughput); -1 = 64 for a "
-            "bundle whose encoder is static (a 64-prompt Score call is one batch), else 16"
+            "most prompts in one batch, at most 65536 (CPU: larger batches add latency, not throughput); -1 = 64 "
+            "for a bundle whose encoder is static (a 64-prompt Score call is one batch), else 16"
         ),
     )
     max_batch_ms: int = field(
@@ -81,8 +86,8 @@ class BatchPolicy:
     max_wait_us: int = field(
         default=0,
         metadata=_doc(
-            "longest a batch waits to fill, microseconds; 0 = it leaves as soon as the scorer is free, "
-            "so prompts only accumulate while a batch is being scored"
+            "longest a batch waits to fill, microseconds, below queue_timeout_ms; 0 = it leaves as soon as the "
+            "scorer is free, so prompts only accumulate while a batch is being scored"
         ),
     )
     max_batch_tokens: int = field(
@@ -148,6 +153,8 @@ class BatchPolicy:
     def __post_init__(self) -> None:
         if self.max_batch_size != -1:  # -1: auto, by the scorer's encoder (lmroute.service.scheduler)
             _at_least("max_batch_size", self.max_batch_size, 1)
+            if self.max_batch_size > MAX_BATCH_SIZE:
+                raise ConfigError(f"max_batch_size: must be <= {MAX_BATCH_SIZE} (got {self.max_batch_size})")
         for name in (
             "max_batch_tokens",
             "max_queue",
@@ -158,6 +165,12 @@ class BatchPolicy:
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("max_wait_us", self.max_wait_us, 0)
+        if self.max_wait_us >= self.queue_timeout_ms * 1000:
+            raise ConfigError(
+                f"max_wait_us: must be below queue_timeout_ms ({self.queue_timeout_ms} ms): a lone prompt waits "
+                "max_wait_us for its batch to fill, and one queued that long fails UNAVAILABLE "
+                f"(got {self.max_wait_us})"
+            )
         _at_least("max_batch_ms", self.max_batch_ms, 0)
         _at_least("inline_us", self.inline_us, -1)
 
@@ -281,7 +294,7 @@ class ServiceConfig:
         default=8, metadata=_doc("embeddings requests in flight at once from this server")
     )
     device: str = field(default="cpu", metadata=_doc("cpu or cuda"))
-    grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds"))
+    grace_s: float = field(default=10.0, metadata=_doc("graceful-shutdown grace period, seconds, at most 3600"))
     shutdown_delay_s: float = field(
         default=0.0,
         metadata=_doc(
@@ -628,6 +641,8 @@ class ServiceConfig:
             )
         if not (isinstance(self.grace_s, (int, float)) and 0 <= self.grace_s < math.inf):
             raise ConfigError(f"grace_s: must be >= 0 and finite (got {self.grace_s!r})")
+        if self.grace_s > MAX_GRACE_S:
+            raise ConfigError(f"grace_s: must be <= {MAX_GRACE_S:g} (got {self.grace_s!r})")
         if self.device not in _DEVICES:
             raise ConfigError(f"device: must be one of cpu, cuda (got {self.device!r})")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

@@ -560,6 +560,29 @@ def test_batches_take_the_calls_in_rounds_of_a_quantum_each() -> None:
     assert len(q) == 0 and q.next_batch(4, 1000) == ([], [])
 
 
+def test_a_quantum_past_the_calls_prompts_takes_a_release_step_per_prompt_not_per_quantum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quantum is max_batch_size // 4, whatever the call's size: a step per unit of it held the event
+    loop for hours at --max-batch-size 10000000000 (calls hung, SIGTERM went unheard)."""
+    steps = 0
+    release = BatchQueue._release_next
+
+    def counted(self: BatchQueue[int], line: object) -> None:
+        nonlocal steps
+        steps += 1
+        assert steps <= 3, "a release step per unit of quantum"
+        release(self, line)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchQueue, "_release_next", counted)
+    released: list[str] = []
+    q: BatchQueue[int] = BatchQueue(on_release=lambda it: released.append(it.text))
+    q.append(_items(["a0", "a1", "a2"]), quantum=10**12)
+    assert released == ["a0", "a1", "a2"] and steps == 3
+    monkeypatch.undo()  # taking a prompt releases the next one: a step of its own
+    assert [it.text for it in q.next_batch(8, 1000)[0]] == ["a0", "a1", "a2"] and len(q) == 0
+
+
 def test_dead_items_are_skipped_and_reported_and_the_line_moves_on() -> None:
     q: BatchQueue[int] = BatchQueue()
     a = _items(["a0", "a1", "a2"])

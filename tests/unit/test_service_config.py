@@ -185,6 +185,18 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (lambda: BatchPolicy(max_batch_size=0), "max_batch_size: must be >= 1 (got 0)"),
         (lambda: BatchPolicy(max_batch_size=-2), "max_batch_size: must be >= 1 (got -2)"),  # -1 alone: auto
         (lambda: BatchPolicy(max_wait_us=-1), "max_wait_us: must be >= 0 (got -1)"),
+        (lambda: BatchPolicy(max_batch_size=65_537), "max_batch_size: must be <= 65536 (got 65537)"),
+        (lambda: BatchPolicy(max_batch_size=10**10), "max_batch_size: must be <= 65536 (got 10000000000)"),
+        (
+            lambda: BatchPolicy(max_wait_us=1_000_000),
+            "max_wait_us: must be below queue_timeout_ms (1000 ms): a lone prompt waits max_wait_us for its batch "
+            "to fill, and one queued that long fails UNAVAILABLE (got 1000000)",
+        ),
+        (
+            lambda: BatchPolicy(max_wait_us=90_000, queue_timeout_ms=50),
+            "max_wait_us: must be below queue_timeout_ms (50 ms): a lone prompt waits max_wait_us for its batch "
+            "to fill, and one queued that long fails UNAVAILABLE (got 90000)",
+        ),
         (lambda: BatchPolicy(max_queue=2.5), "max_queue: must be an integer (got 2.5)"),
         (lambda: ServiceConfig(bundle_path=Path("b"), port=70000), "port: must be in [0, 65535] (got 70000)"),
         (lambda: ServiceConfig(bundle_path=Path("b"), device="tpu"), "device: must be one of cpu, cuda (got 'tpu')"),
@@ -194,6 +206,8 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         ),
         (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=-1.0), "grace_s: must be >= 0 and finite (got -1.0)"),
         (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=math.nan), "grace_s: must be >= 0 and finite (got nan)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=1e20), "grace_s: must be <= 3600 (got 1e+20)"),
+        (lambda: ServiceConfig(bundle_path=Path("b"), grace_s=3600.5), "grace_s: must be <= 3600 (got 3600.5)"),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), store_linger_ms=6000),
             "store_linger_ms: must be in [0, 5000] (got 6000)",
@@ -271,11 +285,29 @@ def test_bad_values_exact_messages(build: Callable[[], object], message: str) ->
     assert str(e.value) == message
 
 
+def test_the_upper_bounds_themselves_are_accepted() -> None:
+    assert BatchPolicy(max_batch_size=65_536).max_batch_size == 65_536
+    assert BatchPolicy(max_wait_us=999_999, queue_timeout_ms=1000).max_wait_us == 999_999
+    assert ServiceConfig(bundle_path=Path("b"), grace_s=3600).grace_s == 3600
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
         (["--max-batch-size", "0"], {}, "max_batch_size: must be >= 1 (got 0) (given by --max-batch-size)"),
         ([], {"LMROUTE_MAX_WAIT_US": "-5"}, "max_wait_us: must be >= 0 (got -5) (given by LMROUTE_MAX_WAIT_US)"),
+        (
+            ["--max-batch-size", "10000000000"],
+            {},
+            "max_batch_size: must be <= 65536 (got 10000000000) (given by --max-batch-size)",
+        ),
+        (
+            ["--max-wait-us", "2000000", "--queue-timeout-ms", "2000"],
+            {},
+            "max_wait_us: must be below queue_timeout_ms (2000 ms): a lone prompt waits max_wait_us for its batch "
+            "to fill, and one queued that long fails UNAVAILABLE (got 2000000) (given by --max-wait-us)",
+        ),
+        (["--grace-s", "1e20"], {}, "grace_s: must be <= 3600 (got 1e+20) (given by --grace-s)"),
         (["--queue-timeout-ms", "soon"], {}, "queue_timeout_ms: cannot parse 'soon' from --queue-timeout-ms as int"),
         ([], {"LMROUTE_PORT": "eighty"}, "port: cannot parse 'eighty' from LMROUTE_PORT as int"),
         ([], {"LMROUTE_WARMUP": "maybe"}, "warmup: cannot parse 'maybe' from LMROUTE_WARMUP as bool"),
