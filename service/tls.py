@@ -5,8 +5,10 @@ reloaded without a restart.
 every new connection's handshake; the fetcher looks at the files (a stat each, no read:
 lmroute.service.file_watch) and, when they changed, reads them again and hands gRPC the new
 configuration, so a rotated certificate (a Secret remounted, files replaced) is used from the next
-connection on. Files that cannot be read or do not parse as PEM keep the current certificate in use,
-and the failure is logged once per change. Connections already open keep their session.
+connection on. Files that cannot be read or do not parse as PEM, a key that is not the certificate's, and
+a certificate outside its validity period (expired, or valid only from more than `CLOCK_SKEW_S` on) keep
+the current certificate in use, and the failure is logged once per change; at startup they are a config
+error. Connections already open keep their session.
 
 `FrontTLS` does the same for the OpenAI front's HTTPS listener: its context's SNI callback, which the
 server runs in every handshake (with or without a name sent), hands the connection the context of the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,12 @@ import structlog
 
 from lmroute.service.file_watch import RECHECK_S, FileStamps
 
-__all__ = ["CertificateFiles", "FrontTLS", "server_credentials"]
+__all__ = ["CLOCK_SKEW_S", "CertificateFiles", "FrontTLS", "server_credentials"]
+
+#: How far in the future a certificate's notBefore may be and the certificate still load: a certificate
+#: issued just now by a host whose clock runs a little ahead (a rotation is not retried until the files
+#: change again, so refusing it would keep the old certificate until it expires).
+CLOCK_SKEW_S = 300.0
 
 _log = structlog.get_logger("lmroute.tls")
 
@@ -69,6 +77,28 @@ def _check_pair(chain: bytes, key: bytes, cert_path: Path, key_path: Path) -> No
         raise ValueError(f"{cert_path}, {key_path}: the private key does not match the certificate")
 
 
+def _check_dates(chain: bytes, cert_path: Path) -> None:
+    """ValueError naming the file and the date when the chain's first certificate has expired (notAfter
+    passed) or is not valid yet (notBefore more than `CLOCK_SKEW_S` ahead)."""
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(chain)
+    except ValueError as exc:
+        raise ValueError(f"{cert_path}: not a PEM certificate ({exc})") from None
+    now = datetime.now(UTC)
+    if leaf.not_valid_after_utc < now:
+        raise ValueError(f"{cert_path}: the certificate expired at {_utc(leaf.not_valid_after_utc)} (notAfter)")
+    if leaf.not_valid_before_utc > now + timedelta(seconds=CLOCK_SKEW_S):
+        raise ValueError(
+            f"{cert_path}: the certificate is not valid before {_utc(leaf.not_valid_before_utc)} (notBefore)"
+        )
+
+
+def _utc(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _check_certificates(pem: bytes, path: Path | None) -> None:
     from cryptography import x509
 
@@ -97,6 +127,7 @@ class CertificateFiles:
         key = _read_pem(self.key, "private key")
         ca = _read_pem(self.client_ca, "CA certificate") if self.client_ca else None
         _check_pair(chain, key, self.cert, self.key)  # the bytes gRPC gets: it would find out at a handshake
+        _check_dates(chain, self.cert)  # gRPC serves an expired certificate: each client refuses it
         if ca is not None:
             _check_certificates(ca, self.client_ca)
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
@@ -117,7 +148,9 @@ class CertificateFiles:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context of the files as they are now (client certificates required with a client CA);
-        ValueError naming the files when the key does not match the certificate or one does not parse."""
+        ValueError naming the files when the key does not match the certificate, one does not parse, or the
+        certificate is outside its validity period."""
+        _check_dates(self.cert.read_bytes(), self.cert)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(self.cert, self.key, password=_no_password)

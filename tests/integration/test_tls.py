@@ -1,12 +1,14 @@
 """TLS and mTLS on the gRPC port, with CAs made in the test (`trustme`): the right CA connects; a
 plaintext client and a client trusting a foreign CA are refused; with a client CA, a client without a
 certificate (or with one from a foreign CA) is refused and one signed by the CA connects; a certificate
-rotated on disk is served to the next connections without a restart; and TLS combines with tokens."""
+rotated on disk is served to the next connections without a restart, unless it is outside its validity
+period; and TLS combines with tokens."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -17,12 +19,14 @@ from lmroute.service.client import RouterClient
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.testing import ServerThread
+from lmroute.service.tls import CertificateFiles
 
 TOKEN = "tls-token-0123456789abcdef"
 
 
-def write_server_cert(ca: trustme.CA, root: Path, name: str) -> tuple[Path, Path]:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+def write_server_cert(ca: trustme.CA, root: Path, name: str, **valid: datetime) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key; `valid`: trustme's not_before / not_after."""
+    cert = ca.issue_cert("127.0.0.1", "localhost", **valid)
     chain, key = root / f"{name}.pem", root / f"{name}.key"
     cert.private_key_pem.write_to_path(str(key))
     chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
@@ -126,6 +130,61 @@ def test_a_rotation_to_a_key_that_does_not_match_keeps_the_certificate_in_use(
     cert.write_bytes(new_cert.read_bytes())  # the key file still holds the old key
     assert routes(srv.target, tls_ca=old_pem) and not routes(srv.target, tls_ca=new_pem)
     assert srv.server.tls is not None and srv.server.tls.reloads == 0
+    key.write_bytes(new_key.read_bytes())
+    assert routes(srv.target, tls_ca=new_pem) and srv.server.tls.reloads == 1
+
+
+def out_of_date(ca: trustme.CA, root: Path) -> dict[str, tuple[Path, Path, str]]:
+    """An expired certificate and one valid only from tomorrow, with their keys and the refusal's reason."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    past, future = now - timedelta(days=1), now + timedelta(days=1)
+    expired = write_server_cert(ca, root, "expired", not_before=now - timedelta(days=10), not_after=past)
+    early = write_server_cert(ca, root, "early", not_before=future, not_after=now + timedelta(days=10))
+    return {
+        "expired": (*expired, f"the certificate expired at {past:%Y-%m-%dT%H:%M:%SZ} (notAfter)"),
+        "early": (*early, f"the certificate is not valid before {future:%Y-%m-%dT%H:%M:%SZ} (notBefore)"),
+    }
+
+
+def test_a_certificate_outside_its_validity_period_is_refused_at_startup(tmp_path: Path) -> None:
+    """An expired or not yet valid certificate: a config error naming the file and the date (it was served,
+    and every client refused the handshake)."""
+    import asyncio
+
+    from lmroute.service.fake_scorer import FakeScorer
+    from lmroute.service.server import RouterServer
+
+    ca = trustme.CA()
+    soon = write_server_cert(ca, tmp_path, "soon", not_before=datetime.now(UTC) + timedelta(minutes=1))
+    assert CertificateFiles(*soon).reloads == 0  # issued by a clock a minute ahead: within CLOCK_SKEW_S
+    for cert, key, why in out_of_date(ca, tmp_path).values():
+        cfg = ServiceConfig(bundle_path=Path("unused"), port=0, tls_cert_file=str(cert), tls_key_file=str(key))
+        server = RouterServer(cfg, lambda _cfg: FakeScorer())
+        with pytest.raises(ConfigError) as err:
+            asyncio.run(server.start())
+        assert str(err.value) == f"tls: {cert}: {why}"
+
+
+def test_a_rotation_to_a_certificate_outside_its_validity_period_keeps_the_certificate_in_use(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """On the gRPC port and for the OpenAI front's context alike: refused like a key that does not match."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(old_ca, tmp_path, "server")
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
+    old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
+    wait_serving(srv, tls_ca=old_pem)
+    files = CertificateFiles(cert, key)  # what the front reads its context from
+    for new_cert, new_key, why in out_of_date(new_ca, tmp_path).values():
+        cert.write_bytes(new_cert.read_bytes())
+        key.write_bytes(new_key.read_bytes())
+        assert routes(srv.target, tls_ca=old_pem) and not routes(srv.target, tls_ca=new_pem)
+        assert srv.server.tls is not None and srv.server.tls.reloads == 0
+        with pytest.raises(ValueError) as err:
+            files.ssl_context()
+        assert str(err.value) == f"{cert}: {why}"
+    new_cert, new_key = write_server_cert(new_ca, tmp_path, "rotated")
+    cert.write_bytes(new_cert.read_bytes())
     key.write_bytes(new_key.read_bytes())
     assert routes(srv.target, tls_ca=new_pem) and srv.server.tls.reloads == 1
 
