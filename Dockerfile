@@ -39,7 +39,9 @@ ENV PATH=/opt/lmroute/venv/bin:$PATH \
 USER ${LMROUTE_UID}:${LMROUTE_UID}
 WORKDIR /tmp
 EXPOSE 50051
+# With LMROUTE_TLS_CERT_FILE set the port speaks TLS only, and the probe does too: without verifying the
+# certificate, as it asks this container's own port whether it serves, not who it is (docs/SECURITY.md).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["/bin/sh", "-c", "grpc-health-probe -addr=127.0.0.1:${LMROUTE_PORT} -service=lmroute.v1.RouterService"]
+    CMD ["/bin/sh", "-c", "grpc-health-probe -addr=127.0.0.1:${LMROUTE_PORT} -service=lmroute.v1.RouterService ${LMROUTE_TLS_CERT_FILE:+-tls -tls-no-verify}"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["lmroute-serve"]
