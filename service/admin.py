@@ -119,10 +119,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         *,
         max_message_bytes: int = 4 * 1024 * 1024,
         tenants: Collection[str] = (),
+        bound_tenants: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.swapper: BundleSwapper | None = None
         self._swaps: set[asyncio.Future[Any]] = set()  # swaps running, kept referenced until done
         self.tenants = frozenset(tenants)  # the tenants callers may name (--tenants); empty: any
+        self.bound_tenants = bound_tenants  # the tenants the tokens in use are bound to (honoured too)
         self.targets = targets  # the tenants' share targets (the RouterServicer's); None = none set
         self.restored = 0  # share-controller decisions replayed from the outcome store at startup
         self.target_sync: TargetSync | None = None  # where SetTargets records its changes (store_targets)
@@ -284,11 +286,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
                 )
             kind = change.WhichOneof("change")
-            if self.tenants and change.tenant not in self.tenants and change.tenant != DEFAULT_TENANT:
+            if (
+                self.tenants
+                and change.tenant not in self.tenants
+                and change.tenant != DEFAULT_TENANT
+                and change.tenant not in self.bound_tenants()
+            ):
                 if kind is not None and not kind.startswith("remove_"):  # no call could ever use it
                     raise InvalidArgument(
                         f"{where}.tenant: {change.tenant} is not one of the tenants this server honours (its "
-                        f"--tenants list) nor {DEFAULT_TENANT}",
+                        f"--tenants list, and the tenants of bound tokens) nor {DEFAULT_TENANT}",
                         reason="UNKNOWN_TENANT",
                     )
             if kind is None:

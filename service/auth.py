@@ -132,6 +132,10 @@ class Authenticator:
         self.reloads += 1
         _log.info("auth_tokens_reloaded", file=self.file, tokens=len(tokens), reloads=self.reloads)
 
+    def bound_tenants(self) -> frozenset[str]:
+        """The tenants the tokens in use are bound to."""
+        return frozenset(t for t in self.tokens.values() if t)
+
     def check(self, metadata: object) -> tuple[bool, str | None]:
         """(admitted, the token's tenant) for a call's invocation metadata."""
         if self._watch is not None and self._watch.changed():

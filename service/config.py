@@ -29,7 +29,7 @@ from lmroute.outcomes.store import NOT_YET_MS, redact_dsn
 from lmroute.service.auth import load_tokens
 from lmroute.service.cpus import available_cpus, parse_cpu_list
 from lmroute.service.errors import ConfigError
-from lmroute.service.model_prices import load_models_file
+from lmroute.service.model_prices import MAX_OUTPUT_TOKENS, load_models_file
 from lmroute.service.share_control import ControlSettings
 from lmroute.service.spend_control import SPEND_REPAY
 from lmroute.service.targets import TENANT_RE, parse_share_targets
@@ -468,7 +468,9 @@ class ServiceConfig:
     )
     expected_output_tokens: int = field(
         default=256,
-        metadata=_doc("answer length a model's expected cost assumes where the models file gives none"),
+        metadata=_doc(
+            "answer length a model's expected cost assumes where the models file gives none (1 to 1,000,000 tokens)"
+        ),
     )
     plugins: tuple[str, ...] = field(
         default=(),
@@ -769,7 +771,15 @@ class ServiceConfig:
         except ValueError as exc:
             raise ConfigError(f"control_{exc}") from None
         _at_least("control_spend_repay", self.control_spend_repay, 1)
-        _at_least("expected_output_tokens", self.expected_output_tokens, 1)
+        if not (
+            isinstance(self.expected_output_tokens, int)
+            and not isinstance(self.expected_output_tokens, bool)
+            and 1 <= self.expected_output_tokens <= MAX_OUTPUT_TOKENS
+        ):  # as the models file's output_tokens: a cost of 10^400 tokens is no float
+            raise ConfigError(
+                f"expected_output_tokens: must be an integer in [1, {MAX_OUTPUT_TOKENS}] (got "
+                f"{self.expected_output_tokens!r})"
+            )
         if self.models_file:
             try:
                 load_models_file(Path(self.models_file))

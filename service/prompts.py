@@ -87,3 +87,11 @@ def prompt_text(prompt: router_pb2.Prompt, field: str) -> str | InvalidArgument:
     if prompt.turn_selection == router_pb2.TURN_SELECTION_ALL_USER:
         return "\n\n".join(users)
     return users[-1]
+
+
+def input_text(prompt: router_pb2.Prompt) -> str:
+    """All a model is sent of `prompt`: its text, or every turn's content, one per line (what its input
+    tokens are counted from for an expected cost, where the router reads one turn)."""
+    if prompt.WhichOneof("input") == "conversation":
+        return "\n".join(m.content for m in prompt.conversation.messages)
+    return prompt.text

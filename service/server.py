@@ -53,7 +53,7 @@ from lmroute.service.servicer import RouterServicer
 from lmroute.service.stats import StatsFile
 from lmroute.service.stream_cap import StreamSlots
 from lmroute.service.target_sync import TargetSync
-from lmroute.service.targets import TenantTargets, parse_share_targets
+from lmroute.service.targets import DEFAULT_TENANT, TenantTargets, parse_share_targets
 from lmroute.service.tls import CertificateFiles, FrontTLS, server_credentials
 from lmroute.service.tracing import Tracing
 from lmroute.service.transports import AioTransport, ThreadTransport, Transport
@@ -215,7 +215,10 @@ class RouterServer:
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
         self.scheduler: Scheduler[Any] | None = None
         self.admin = AdminServicer(
-            targets=self.servicer.targets, max_message_bytes=config.max_message_bytes, tenants=config.tenants
+            targets=self.servicer.targets,
+            max_message_bytes=config.max_message_bytes,
+            tenants=config.tenants,
+            bound_tenants=self.auth.bound_tenants if self.auth is not None else frozenset,
         )
         self.swapper: BundleSwapper | None = None
         self.port: int | None = None
@@ -240,9 +243,24 @@ class RouterServer:
         await self.load()
         return port
 
+    def _check_target_tenants(self) -> None:
+        """ConfigError for a share or spend target of a tenant no call can name (with --tenants: not listed,
+        not a bound token's, not default), as SetTargets refuses one."""
+        targets = self.servicer.targets
+        if not self.config.tenants or targets is None:
+            return
+        honoured = {*self.config.tenants, DEFAULT_TENANT, *(self.auth.bound_tenants() if self.auth else ())}
+        for flag, table in (("share_targets", targets.targets), ("spend_targets", targets.spends)):
+            if unknown := sorted(set(table) - honoured):
+                raise ConfigError(
+                    f"{flag}: {', '.join(unknown)} is not one of the tenants this server honours (--tenants, the "
+                    f"tenants of bound tokens, {DEFAULT_TENANT}): no call could use the target"
+                )
+
     async def bind(self) -> int:
         """Build the gRPC server (health NOT_SERVING, reflection unless turned off, TLS when configured),
         bind and start it, and the metrics endpoint; the port."""
+        self._check_target_tenants()
         cfg = self.config
         if cfg.scoring_cpu_set:  # the event loop (this thread) and the threads started from now on (the
             # transport's, the loading ones) keep the other CPUs; the scheduler pins its scoring thread

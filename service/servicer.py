@@ -59,7 +59,7 @@ from lmroute.service.feedback import (
 )
 from lmroute.service.logs import bind_call, debug_enabled
 from lmroute.service.model_prices import ModelPrice
-from lmroute.service.prompts import check_limits, prompt_text
+from lmroute.service.prompts import check_limits, input_text, prompt_text
 from lmroute.service.route_models import check_candidates, check_policy, decide, estimates
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, RouterDescription
@@ -228,9 +228,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         tenant = self.targets.tenant_of(asked_tenant, spend=spend)
         if tenant is not None:
             what = "spend" if spend else "share"
+            holder = (
+                f"tenant {echo(asked_tenant)} holds a {what} target"
+                if asked_tenant == tenant
+                else f"{'tenant ' + echo(asked_tenant) if asked_tenant else 'a call naming no tenant'} falls under the "
+                f"{what} target of tenant {tenant}"
+            )
             raise PermissionDenied(
-                f"{policy}: {_whose(asked_tenant)} holds a {what} target ({tenant}) that this server makes "
-                "binding (--binding-targets): send no " + ("model_policy" if spend else "threshold or strong_share"),
+                f"{policy}: {holder}, which this server makes binding (--binding-targets): send no "
+                + ("model_policy" if spend else "threshold or strong_share"),
                 reason="TARGET_IS_BINDING",
             )
 
@@ -459,7 +465,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             assert self.targets is not None
             spend = self.targets.spend_controller(tenant, request.router)
         out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
-        q, c = estimates(cands, out.qualities[request.router], text, self.expected_output_tokens)
+        # the cost of sending the whole conversation, though the router scored one turn of it
+        q, c = estimates(cands, out.qualities[request.router], input_text(request.prompt), self.expected_output_tokens)
         if spend is None:
             made = decide(q, c, rule, value)
         else:

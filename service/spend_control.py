@@ -10,7 +10,11 @@ way `lmroute.service.share_control` holds a share:
                    the curve is their running sum
     feedback       at every decision, lambda is the smallest grid value whose spend is within the
                    budget s = target + deficit / repay, the deficit a leaky sum of (target - expected
-                   cost) over the decisions made (leak 1 / horizon)
+                   cost) over the decisions made (leak 1 / horizon), but for a gap lambda could not
+                   close (under the target at lambda 0, over it at the grid's top: the candidates
+                   offered could not spend the target), which is not owed when others come (no wind-up)
+
+The first decision, before the window holds a prompt, takes lambda from that prompt's own spend row.
 
 Spend is counted in expected cost (the router's estimate at decision time: input tokens and the
 model's expected answer length at its prices), the only cost known when deciding; what the answers
@@ -81,12 +85,15 @@ class SpendController:
         spend: np.ndarray = c[picked]
         return spend
 
-    def _solve(self) -> float:
-        """The smallest grid lambda at which the window spends at most the adjusted budget."""
-        if not self._rows:
+    def _solve(self, spend: np.ndarray | None = None) -> float:
+        """The smallest grid lambda at which the window (or, before it holds any prompt, the one prompt
+        whose `spend` row is given) spends at most the adjusted budget."""
+        if self._rows:
+            spend = self._sum / len(self._rows)
+        if spend is None:
             return 0.0
         budget = max(0.0, self.target + self.deficit / self.settings.repay)
-        curve = np.minimum.accumulate(self._sum / len(self._rows))
+        curve = np.minimum.accumulate(spend)
         within = np.flatnonzero(curve <= budget)
         return float(GRID[within[0]] if within.size else GRID[-1])
 
@@ -99,7 +106,9 @@ class SpendController:
         """The column the current lambda chooses among one prompt's candidates (not accounted: `record`)."""
         q = np.asarray(qualities, dtype=np.float64)
         c = np.asarray(costs, dtype=np.float64)
-        [j] = choose_max_utility(q[None, :], c[None, :], self.lam)
+        # the first prompt, with no window yet to hold the target over: its own spend row decides
+        lam = self.lam if self._rows else self._solve(self._row_spend(q, c))
+        [j] = choose_max_utility(q[None, :], c[None, :], lam)
         return int(j)
 
     def decide(self, qualities: npt.ArrayLike, costs: npt.ArrayLike) -> int:
@@ -125,7 +134,11 @@ class SpendController:
             self._sum = np.sum(self._rows, axis=0)
         self._recent.append(spent)
         target = self.target if made_at_per_1k is None else made_at_per_1k / 1000.0
-        self.deficit = self.deficit * self._leak + (target - spent)
+        # no wind-up: a gap the cost weight could not close (under the target at lambda 0, the best predicted
+        # chosen; over it at the grid's top, the cheapest) is not owed later, when other candidates come
+        gap = target - spent
+        pinned = (gap > 0 and self.lam <= GRID[0]) or (gap < 0 and self.lam >= GRID[-1])
+        self.deficit = self.deficit * self._leak + (0.0 if pinned else gap)
         self.decisions += 1
         self.lam = self._solve()
 

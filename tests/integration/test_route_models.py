@@ -149,6 +149,16 @@ def test_prices_in_the_request_win_over_the_models_file(setup: tuple[ServerThrea
         resp = client.stub.Route(req, timeout=10)
     assert resp.chosen_model == "model-05"  # model-00 made dearer by the request's own prices
     assert resp.runner_up.expected_cost_usd == pytest.approx((math.ceil(len(text) / 4) * 500 + 100 * 500) / 1e6)
+    # a conversation costs all its turns' input (the router reads its last user turn; the model gets all)
+    turns = [("system", "You are terse. " * 400), ("user", "Here is a report. " * 2000), ("user", text)]
+    conversation = router_pb2.Prompt(
+        conversation=router_pb2.Conversation(messages=[router_pb2.ChatMessage(role=r, content=m) for r, m in turns])
+    )
+    req.prompt.CopyFrom(conversation)
+    with RouterClient(srv.target) as client:
+        resp = client.stub.Route(req, timeout=10)
+    n_in = math.ceil(len("\n".join(m for _, m in turns)) / 4)
+    assert resp.runner_up.expected_cost_usd == pytest.approx((n_in * 500 + 100 * 500) / 1e6)
 
 
 @pytest.mark.parametrize(
@@ -300,7 +310,7 @@ def test_binding_spend_targets_refuse_a_model_policy_of_the_callers_own(
             with pytest.raises(grpc.RpcError) as e:
                 batch.route_among("hello", models, router="quality", cost_weight=0.0)
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "holds a spend target (batch)" in (e.value.details() or "")
+            assert "tenant 'batch' holds a spend target, which this server makes binding" in (e.value.details() or "")
             assert batch.route_among("hello", models, router="quality").chosen_model in models  # its target
         with RouterClient(srv.target, tenant="other") as other:  # no spend target: its own policy stands
             assert other.route_among("hello", models, router="quality", cost_weight=0.0).chosen_model in models

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from lmroute.outcomes.records import TargetChange
 from lmroute.outcomes.store import open_store
 from lmroute.service.client import RouterClient
+from lmroute.service.errors import ConfigError
 from lmroute.service.fake_scorer import FakeScorer
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
@@ -164,8 +165,14 @@ def test_binding_targets_refuse_a_policy_of_the_callers_own(serve: Callable[...,
             assert status is not None
             info = error_details_pb2.ErrorInfo()
             assert status.details[0].Unpack(info) and info.reason == "TARGET_IS_BINDING"
-            assert "tenant 'batch' holds a share target (batch)" in (e.value.details() or "")
+            assert "tenant 'batch' holds a share target, which this server makes binding" in (e.value.details() or "")
         assert client.route("hello", router="mf").threshold > 0  # its target decides
+    held = serve(share_targets="default=0.3", binding_targets=True)
+    with RouterClient(held.target) as client:  # names no tenant: default's target holds it
+        with pytest.raises(
+            grpc.RpcError, match="a call naming no tenant falls under the share target of tenant default"
+        ):
+            client.route("hello", router="mf", threshold=0.0)
     with RouterClient(srv.target, tenant="other") as client:  # holds no target: its own policy stands
         assert client.route("hello", router="mf", threshold=0.0).tier == router_pb2.TIER_STRONG
     free = serve(share_targets="batch=0.1")
@@ -237,6 +244,26 @@ def test_a_target_for_a_tenant_the_server_does_not_honour_is_refused(serve: Call
             ("batch", 0.1),
             ("default", 0.4),
         ]
+
+
+def test_targets_for_the_tenants_of_bound_tokens_are_honoured(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """With --tenants, the tenant of a bound token is honoured like a listed one: SetTargets sets its target
+    (it was refused UNKNOWN_TENANT though its calls were served); a target at startup for a tenant no call
+    can name is refused (it was taken, and silently never used)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("operator-token-000000000001\ngamma-token-0000000000001 gamma\n")
+    srv = serve(tenants=("app", "batch"), auth_tokens_file=str(tokens))
+    with RouterClient(srv.target, token="operator-token-000000000001") as operator:
+        held = operator.set_targets(shares={"gamma": 0.4})
+        assert ("gamma", 0.4) in [(t.tenant, t.strong_share) for t in held.share_targets]
+        with pytest.raises(grpc.RpcError, match="evil is not one of the tenants this server honours"):
+            operator.set_targets(shares={"evil": 0.4})
+    with RouterClient(srv.target, token="gamma-token-0000000000001") as gamma:
+        assert gamma.route("a question", router="mf").tier in (router_pb2.TIER_STRONG, router_pb2.TIER_WEAK)
+    with pytest.raises(ConfigError, match="spend_targets: evil is not one of the tenants this server honours"):
+        serve(tenants=("app", "batch"), auth_tokens_file=str(tokens), spend_targets="gamma=2,evil=1")
 
 
 def _held(client: RouterClient) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:

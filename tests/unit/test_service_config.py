@@ -262,6 +262,10 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
             "store_retention_days: must be in [0, 1000000] (0: keep everything; got 1e+308)",
         ),
         (
+            lambda: ServiceConfig(bundle_path=Path("b"), expected_output_tokens=10**400),
+            "expected_output_tokens: must be an integer in [1, 1000000] (got " + str(10**400) + ")",
+        ),
+        (
             lambda: ServiceConfig(bundle_path=Path("b"), shutdown_delay_s=-1.0),
             "shutdown_delay_s: must be in [0, 3600] (got -1.0)",
         ),
