@@ -345,18 +345,28 @@ class _Lines:
             time.sleep(0.02)
 
 
-def test_sighup_is_logged_and_ignored_while_serving() -> None:
-    """serve() (what lmroute-serve runs) in its own process: SIGHUP leaves it serving, SIGTERM drains it."""
+def _serving(script: str) -> tuple[subprocess.Popen[str], _Lines, int]:
+    """serve() in its own process, running `script`: the process, its stderr lines, its port once serving."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_SCRIPT],
+        [sys.executable, "-c", script],
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    out = _Lines(proc)
     try:
-        out = _Lines(proc)
-        port = int(out.wait_for(r"lmroute-serve: serving on 127\.0\.0\.1:(\d+)").group(1))
+        return proc, out, int(out.wait_for(r"lmroute-serve: serving on 127\.0\.0\.1:(\d+)").group(1))
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+def test_sighup_is_logged_and_ignored_while_serving() -> None:
+    """serve() (what lmroute-serve runs) in its own process: SIGHUP leaves it serving, SIGTERM drains it."""
+    proc, out, port = _serving(_SERVE_SCRIPT)
+    try:
         with RouterClient(f"127.0.0.1:{port}") as c:
             before = c.route("before the signal", router="mf", threshold=0.5)
             proc.send_signal(signal.SIGHUP)
@@ -451,18 +461,6 @@ def test_access_log_sampled_writes_one_line_a_second_for_ok_calls_too(
         assert len(lines) == 21 and "suppressed" not in lines[0]
     else:
         assert [e["suppressed"] for e in lines] == [0, 19]
-
-
-def _serving(script: str) -> tuple[subprocess.Popen[str], _Lines, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    out = _Lines(proc)
-    return proc, out, int(out.wait_for(r"lmroute-serve: serving on 127\.0\.0\.1:(\d+)").group(1))
 
 
 def test_a_shutdown_delay_keeps_answering_with_health_not_serving() -> None:
