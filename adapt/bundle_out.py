@@ -11,7 +11,8 @@ router (`adapted_quality`), which clients that name no router follow, and `linea
 outcome kind, count and time range, learner and settings, calibration prompts; the parent's lineages
 of the routers kept move to `earlier_lineages`). It is stamped with its content version, loaded through the
 validating loader in a temporary sibling directory, then renamed into place: a failure leaves no
-half-written bundle.
+half-written bundle, and without `overwrite` a bundle at out_dir (one another writer put there meanwhile
+included) is never replaced.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lmroute.bundle import kinds
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.loader import load_bundle, read_manifest
 from lmroute.bundle.manifest import MANIFEST_NAME, Calibration, FileEntry, Lineage, Manifest, RouterSpec
-from lmroute.bundle.writer import bundle_exists, library_versions
+from lmroute.bundle.writer import bundle_exists, library_versions, move_into_place
 
 __all__ = [
     "CandidateNotWritten",
@@ -313,13 +314,7 @@ def write_router_bundle(
             fh.flush()
             os.fsync(fh.fileno())
         load_bundle(tmp)  # the validating loader, checksums included
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_into_place(tmp, out, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import os
 import shutil
 import tempfile
@@ -54,6 +55,7 @@ __all__ = [
     "bundle_exists",
     "stage_bundle",
     "library_versions",
+    "move_into_place",
     "restamp_bundle",
     "update_blends",
     "update_calibration",
@@ -81,6 +83,25 @@ def bundle_exists(out: Path) -> FileExistsError:
     return FileExistsError(
         f"bundle directory {out} already exists (pass overwrite=True; on the command line, --overwrite)"
     )
+
+
+def move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Rename the finished bundle directory `tmp` to `out`. With `overwrite` an existing `out` is moved
+    aside first and removed after the rename. Without it an existing `out` is never moved: the rename
+    itself refuses a bundle there (one another writer put in place since `out` was last checked), and
+    that refusal is `bundle_exists`."""
+    if overwrite and out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.replace(tmp, out)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise bundle_exists(out) from exc
+        raise
 
 
 def library_versions() -> dict[str, str]:
@@ -185,15 +206,7 @@ class StagedBundle:
         write_text_atomic(self.tmp / MANIFEST_NAME, manifest.to_json())
         if validate:
             load_bundle(self.tmp, require_calibration=False)
-        if self.out.exists():
-            if not self._overwrite:
-                raise bundle_exists(self.out)
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, old / self.out.name)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
+        move_into_place(self.tmp, self.out, overwrite=self._overwrite)
         self.committed = True
         self.manifest = manifest
         return manifest

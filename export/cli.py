@@ -539,6 +539,10 @@ def _adapt(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value >= 0):
             print(f"{PROG} adapt: --{flag.replace('_', '-')}: must be a number >= 0 (got {value})", file=sys.stderr)
             return 2
+    out_problem = _out_dir_problem(args.out)
+    if out_problem:
+        print(f"{PROG} adapt: --out: {out_problem}", file=sys.stderr)
+        return 2
     try:
         tenants = tenant_filters(args)
         store = open_store(args.store, must_exist=True)
@@ -596,6 +600,20 @@ def _adapt(args: argparse.Namespace) -> int:
         return 0
     print(f"refused by the gate: {run.report['gate'].get('reason', '')} (nothing written)", file=sys.stderr)
     return 4
+
+
+def _out_dir_problem(out: Path) -> str:
+    """Why `out` cannot become a bundle directory ("" when it can): it names no directory of its own
+    (".", "..", "/"), it is something other than a directory, or a folder above it is a file. Said before
+    a run's fit, not after it."""
+    if out.name in ("", ".", ".."):
+        return f"{out} names no directory of its own (the bundle is renamed into place beside its siblings)"
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory"
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{above} is not a directory"
+    return ""
 
 
 def _import_outcomes(args: argparse.Namespace) -> int:

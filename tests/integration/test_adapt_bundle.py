@@ -230,6 +230,30 @@ def test_writing_refuses_a_head_of_the_wrong_dimension_and_a_taken_name(
     assert not (tmp_path / "x").exists()
 
 
+def test_a_bundle_another_writer_put_at_out_meanwhile_is_kept_without_overwrite(
+    parent: Path, learnt: tuple[Bundle, list[str], Adaptation], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers to one --out: the one that finishes second, without overwrite, is refused and the first
+    one's bundle stays (the other writer's bundle appears while this one validates its own)."""
+    import shutil
+
+    import lmroute.adapt.bundle_out as bundle_out
+
+    _, _, result = learnt
+    out = tmp_path / "out"
+    validate = bundle_out.load_bundle
+
+    def other_writer_finishes_first(path: Path) -> Bundle:
+        shutil.copytree(parent, out)
+        return validate(path)
+
+    monkeypatch.setattr(bundle_out, "load_bundle", other_writer_finishes_first)
+    with pytest.raises(FileExistsError, match=f"bundle directory {out} already exists"):
+        write_adapted_bundle(parent, out, result.head, "mf", 0.5, result.base, SPAN, [0.5])
+    assert load_bundle(out).version == load_bundle(parent).version  # the other writer's bundle, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+
+
 def test_a_lineage_time_that_is_not_an_iso_second_is_refused_by_name(adapted_dir: Path, tmp_path: Path) -> None:
     import shutil
 
