@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmroute.bundle.jsonread import unique_keys
 from lmroute.outcomes.records import Outcome, OutcomeError, OutcomeKind
 
 __all__ = ["OutcomeFileError", "parse_line", "read_outcome_lines", "read_outcomes", "to_judge_line"]
@@ -44,10 +45,33 @@ def _quality(value: Any, field: str) -> float:
     return float(value)
 
 
+def _check_unicode(obj: dict[str, Any]) -> None:
+    """OutcomeError naming the first key or string value, at the top level or one object down (where every
+    text the reader keeps lies), that is not valid Unicode: JSON's escapes can spell a lone surrogate
+    ("\\ud800"), which decodes but which no UTF-8 store or stream can hold."""
+    for key, value in obj.items():
+        texts = [(key, key), (key, value)]
+        if isinstance(value, dict):
+            texts += [(f"{key}.{k}", k) for k in value] + [(f"{key}.{k}", v) for k, v in value.items()]
+        for field, text in texts:
+            if isinstance(text, str) and not _encodes(text):
+                shown = field[:80].encode("utf-8", "backslashreplace").decode("utf-8")
+                raise OutcomeError(f"{shown}: not valid Unicode (a lone surrogate)")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_line(obj: Any, *, strong: str, weak: str) -> list[Outcome]:
     """The outcomes of one decoded line; OutcomeError naming the field."""
     if not isinstance(obj, dict):
         raise OutcomeError(f"expected a JSON object (got {type(obj).__name__})")
+    _check_unicode(obj)
     unknown = sorted(set(obj) - {"decision_id", "prompt", "source", "observed_unix_ms", *_KINDS})
     if unknown:
         raise OutcomeError(f"{unknown[0]}: unknown field")
@@ -123,11 +147,16 @@ def read_outcome_lines(path: Path, *, strong: str, weak: str) -> list[tuple[int,
     try:
         for n, line in _lines(path):
             try:
-                out += [(n, o) for o in parse_line(json.loads(line), strong=strong, weak=weak)]
+                obj = json.loads(line, object_pairs_hook=unique_keys)
+                out += [(n, o) for o in parse_line(obj, strong=strong, weak=weak)]
             except json.JSONDecodeError as exc:
                 bad.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
             except OutcomeError as exc:
                 bad.append(f"{path}:{n}: {str(exc).removeprefix('line.').removeprefix('line: ')}")
+            except ValueError as exc:  # unique_keys: a key given twice in one object
+                bad.append(f"{path}:{n}: {exc}")
+            except RecursionError:
+                bad.append(f"{path}:{n}: nested too deeply")
     except UnicodeDecodeError as exc:
         raise OutcomeFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if bad:

@@ -89,6 +89,38 @@ def test_import_outcomes_whole_or_nothing_and_idempotent(tmp_path: Path, capsys:
     assert "--reporter: one tenant name (got 'a,b')" in capsys.readouterr().err
 
 
+def test_a_line_no_store_can_hold_is_refused_by_the_reader_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone surrogate (valid JSON escape, not Unicode), nesting past the parser's depth, a key given twice:
+    each is named by file and line, and no outcome is stored, not even the 1,200 lines before them."""
+    store = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    f = tmp_path / "o.jsonl"
+    many = "".join(f'{{"prompt": "q{i}", "preference": "tie"}}\n' for i in range(1200))
+    f.write_text(
+        many
+        + '{"prompt": "bad \\ud800", "preference": "tie"}\n'
+        + '{"prompt": "x", "qualities": {"\\udfff": 1}}\n'
+        + '{"prompt": "x", "single": {"quality": 1, "model": "\\ud83d"}}\n'
+        + '{"prompt": "x", "single": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n"
+        + '{"prompt": "x", "preference": "tie", "prompt": "y"}\n'
+    )
+    assert main(["import-outcomes", str(f), "--store", store, "--strong", "S", "--weak", "W"]) == 1
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"{f}:1201: prompt: not valid Unicode (a lone surrogate)",
+        f"{f}:1202: qualities.\\udfff: not valid Unicode (a lone surrogate)",
+        f"{f}:1203: single.model: not valid Unicode (a lone surrogate)",
+        f"{f}:1204: nested too deeply",
+        f"{f}:1205: 'prompt' given twice",
+    ]
+    s = open_store(store)
+    assert s.counts()["outcomes"] == 0
+    s.close()
+
+
 def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "o.jsonl"
     f.write_text(GOOD)
