@@ -817,9 +817,14 @@ def _read_prompts(path: Path) -> list[str]:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\n")
+                if lineno == 1 and line.startswith("\ufeff"):  # refused as import-outcomes refuses it
+                    raise SystemExit(f"{path}:1: starts with a UTF-8 byte order mark (save the file without one)")
                 if not line.strip():
                     continue
-                record = _json_object(line)
+                try:
+                    record = _json_object(line)
+                except RecursionError:
+                    raise SystemExit(f"{path}:{lineno}: nested too deeply") from None
                 if jsonl is None:
                     jsonl = record is not None
                 if not jsonl:
@@ -845,12 +850,13 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def _json_object(line: str) -> dict[str, object] | None:
-    """`line` as a JSON object, or None when it is not one."""
+    """`line` as a JSON object, or None when it is not one; RecursionError when it is one nested past the
+    parser's depth (not a line of text to take as it is)."""
     if not line.lstrip().startswith("{"):
         return None
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
 

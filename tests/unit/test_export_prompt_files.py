@@ -36,6 +36,10 @@ def test_a_file_is_jsonl_or_lines_as_its_first_line_says(tmp_path: Path) -> None
         (b'{"text": "no prompt field"}\n', "p.txt:1: a JSON object whose 'prompt' is not a string (no 'prompt' field)"),
         (b"hello\nabc \xff\xfe def\n", "p.txt: not UTF-8 text (invalid start byte at byte 10)"),
         (b"\n\n", "p.txt: no prompts"),
+        (b'\xef\xbb\xbf{"prompt": "a"}\n', "p.txt:1: starts with a UTF-8 byte order mark (save the file without one)"),
+        (b"\xef\xbb\xbfplain prompt\n", "p.txt:1: starts with a UTF-8 byte order mark (save the file without one)"),
+        (b'{"prompt": "a"}\n{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "p.txt:2: nested too deeply"),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "p.txt:1: nested too deeply"),
     ],
 )
 def test_bad_prompt_files_are_named(tmp_path: Path, content: bytes, says: str) -> None:
