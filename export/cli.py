@@ -46,6 +46,10 @@ from lmroute.outcomes.records import (
 )
 
 PROG = "lmroute-export"
+# The fewest prompts `calibrate --prompts` takes: the table's strong-share grid runs in 1 % steps (101
+# shares), so with fewer than 100 prompts neighbouring shares fall between the same two scores and their
+# thresholds only interpolate (one prompt: every threshold equal); a --quick build calibrates on 200.
+MIN_CALIBRATION_PROMPTS = 100
 ENV_PREFIX = "LMROUTE_EXPORT_"
 
 
@@ -770,6 +774,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lmroute.export.pipeline import calibrate_bundle
 
         prompts = _read_prompts(args.prompts) if args.prompts else None
+        if prompts is not None and len(prompts) < MIN_CALIBRATION_PROMPTS:
+            print(
+                f"{PROG} calibrate: --prompts: {args.prompts} holds {len(prompts)} prompts; a calibration table "
+                f"needs at least {MIN_CALIBRATION_PROMPTS} (one per step of its strong-share grid)",
+                file=sys.stderr,
+            )
+            return 1
         try:
             calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
         except (ValueError, OSError) as exc:  # BundleError is a ValueError: a bundle or data dir it cannot use

@@ -521,6 +521,23 @@ def test_calibrate_refuses_a_bundle_it_cannot_use_in_one_line(
     assert capsys.readouterr().err == f"lmroute-export calibrate: {_tampered(bundle_dir, data)}\n"
 
 
+def test_calibrate_refuses_too_few_prompts_of_your_own(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One prompt (or 99) would make a table whose thresholds say nothing (one prompt: all equal): refused,
+    the manifest left as it was."""
+    before = (bundle_dir / "manifest.json").read_bytes()
+    prompts = tmp_path / "p.txt"
+    for n in (1, 99):
+        prompts.write_text("".join(f"prompt number {i}\n" for i in range(n)), encoding="utf-8")
+        assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 1
+        assert capsys.readouterr().err == (
+            f"lmroute-export calibrate: --prompts: {prompts} holds {n} prompts; a calibration table needs at "
+            "least 100 (one per step of its strong-share grid)\n"
+        )
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+
+
 def test_a_signature_file_is_read_only_when_it_is_a_small_regular_file(bundle_dir: Path, keys: dict[str, Path]) -> None:
     _sign(bundle_dir, keys)
     (bundle_dir / SIG).write_bytes(b"A" * 10_000)
