@@ -620,6 +620,11 @@ def _out_dir_problem(out: Path) -> str:
     return ""
 
 
+def _sqlite_file(dsn: str) -> Path | None:
+    """The file of a `sqlite:PATH` store as `open_store` reads the DSN; None for another backend."""
+    return Path(dsn.removeprefix("sqlite:").removeprefix("//")) if dsn.startswith("sqlite:") else None
+
+
 def _import_outcomes(args: argparse.Namespace) -> int:
     """Import a JSONL outcome file whole (or nothing, listing its bad lines); counts per verdict."""
     from lmroute.bundle.manifest import Manifest
@@ -641,7 +646,11 @@ def _import_outcomes(args: argparse.Namespace) -> int:
         [reporter] = named
         lines = read_outcome_lines(args.file, strong=strong, weak=weak)
         outcomes = [dataclasses.replace(o, reporter=reporter) for _, o in lines]
+        sqlite_file = _sqlite_file(args.store)
+        new = sqlite_file is not None and not sqlite_file.exists()
         store = open_store(args.store, store_prompts=not args.no_store_prompts)
+        if new:  # a deployment's first outcomes, or a mistyped path: said, either way
+            print(f"{PROG} import-outcomes: {store.name}: no store there, a new one was created", file=sys.stderr)
         texts = any(o.prompt_text for o in outcomes)
         if texts and not (args.no_store_prompts or args.store_prompts) and store.keeps_no_prompt_text():
             store.close()

@@ -137,8 +137,13 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
             raise StoreError(f"store {dsn!r}: no path after sqlite:")
         if must_exist and not path.is_file():
             raise StoreError(f"store {dsn!r}: {path} does not exist (this command reads a store; it makes none)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
+        except OSError as exc:  # a folder above it is a file, no permission
+            above = next((p for p in path.parents if p.exists()), path.parent)
+            why = exc.strerror or str(exc) if above.is_dir() else f"{above} is not a directory"
+            raise StoreError(f"store {dsn!r}: cannot create {path}: {why}") from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")

@@ -121,6 +121,35 @@ def test_a_line_no_store_can_hold_is_refused_by_the_reader_and_nothing_is_stored
     s.close()
 
 
+def test_import_outcomes_says_when_it_made_a_new_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deployment's first import makes its store; a mistyped path would too, so it is said on stderr."""
+    f = tmp_path / "o.jsonl"
+    f.write_text(GOOD)
+    store = f"sqlite:{tmp_path / 'typo.sqlite3'}"
+    argv = ["import-outcomes", str(f), "--store", store, "--strong", "S", "--weak", "W"]
+    assert main(argv) == 0
+    assert (
+        capsys.readouterr().err == f"lmroute-export import-outcomes: {store}: no store there, a new one was created\n"
+    )
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_store_under_a_file_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "o.jsonl"
+    f.write_text(GOOD)
+    store = f"sqlite:{f}/x.sqlite3"
+    assert main(["import-outcomes", str(f), "--store", store, "--strong", "S", "--weak", "W"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"lmroute-export import-outcomes: store {store!r}: cannot create {f}/x.sqlite3: {f} is not a directory\n"
+    )
+    source = f"sqlite:{tmp_path / 'source.sqlite3'}"
+    open_store(source).close()
+    assert main(["copy-store", "--from", source, "--to", store]) == 1
+    assert f"lmroute-export copy-store: store {store!r}: cannot create" in capsys.readouterr().err
+
+
 def test_import_outcomes_needs_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "o.jsonl"
     f.write_text(GOOD)
@@ -148,6 +177,7 @@ def test_import_names_each_refused_line_and_keeps_a_privacy_stores_texts_out(
     first = tmp_path / "first.jsonl"
     first.write_text('{"prompt": "Say hi", "single": {"quality": 0.5, "model": "W"}, "source": "s"}\n')
     assert main(["import-outcomes", str(first), "--store", store, "--strong", "S", "--weak", "W"]) == 0
+    assert "a new one was created" in capsys.readouterr().err
     clash = tmp_path / "clash.jsonl"
     clash.write_text(
         '{"prompt": "Name a prime", "single": {"quality": 1, "model": "W"}}\n'
