@@ -186,6 +186,20 @@ def _judge_lines(answer: dict[str, Any], out: Callable[[str], None]) -> None:
     print(json.dumps({"picked": len(picks), **answer}, sort_keys=True), file=sys.stderr)
 
 
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """ValueError naming the flag of a --ca, --cert or --key file that cannot be read (the client reads
+    them as it makes its channel, where the error would name no flag)."""
+    for flag in ("ca", "cert", "key"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"--{flag}: {path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
     """Entry point of `lmroute-admin` (see the module docstring); `out` takes the JSON answer."""
     ap = _parser()
@@ -194,6 +208,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
     try:
         connect = connection_kwargs(args)
+        _check_tls_files(args)
     except ValueError as exc:
         ap.error(str(exc))
     try:

@@ -89,6 +89,8 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
         (["--ca", "ca.pem", "--cert", "c.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
         (["--cert", "c.pem", "--key", "k.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
         (["--timeout-s", "0", "bundle"], "timeout_s: expected seconds > 0"),
+        (["--ca", "/nonexistent/ca.pem", "bundle"], "--ca: /nonexistent/ca.pem: cannot be read (No such file or"),
+        (["--ca", "/", "bundle"], "--ca: /: cannot be read (Is a directory)"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(["--server", server.target, *argv], out=print)
