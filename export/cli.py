@@ -392,6 +392,21 @@ def _adaptations(args: argparse.Namespace) -> int:
     return 0
 
 
+# The last millisecond of year 9999, the latest time datetime (and so a report's ISO-8601 times) can say.
+_MAX_EPOCH_MS = 253_402_300_799_999
+
+
+def _epoch_ms(value: str) -> int:
+    """A --since-ms value: an integer number of ms since the epoch in [0, the end of year 9999]."""
+    try:
+        ms = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (ms since the epoch), got {value!r}") from None
+    if not 0 <= ms <= _MAX_EPOCH_MS:
+        raise argparse.ArgumentTypeError(f"{value} is not a time in ms since the epoch (0 to {_MAX_EPOCH_MS})")
+    return ms
+
+
 def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
     """to-judge (docs/ADAPTATION.md, label budget)."""
     p = sub.add_parser(
@@ -403,7 +418,10 @@ def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, required=True, help="how many decisions to judge")
     p.add_argument("--window", type=int, default=500, help="chosen among this many latest unjudged decisions")
     p.add_argument(
-        "--since-ms", type=int, default=0, help="only decisions made at or after this time (ms since the epoch)"
+        "--since-ms",
+        type=_epoch_ms,
+        default=0,
+        help="only decisions made at or after this time (ms since the epoch)",
     )
     p.add_argument(
         "--callers",
@@ -492,7 +510,7 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the trained router the head is blended with (default mf) or, for qualities, corrected (default quality)",
     )
-    p.add_argument("--since-ms", type=int, default=0, help="only outcomes received from this Unix time (ms) on")
+    p.add_argument("--since-ms", type=_epoch_ms, default=0, help="only outcomes received from this Unix time (ms) on")
     add_reporters_arg(p)
     p.add_argument(
         "--margin",

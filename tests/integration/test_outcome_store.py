@@ -469,6 +469,25 @@ def test_commands_that_read_a_store_refuse_a_missing_sqlite_file(
     assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "copy.sqlite3").exists()
 
 
+def test_since_ms_out_of_range_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --since-ms past any time a report can say (or negative) is refused by the parser (exit 2), before
+    the store is read, instead of an OverflowError traceback."""
+    from lmroute.export.cli import main
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    for value in ("99999999999999999999", "-1", "253402300800000"):
+        for cmd in (
+            ["to-judge", "--bundle", str(tmp_path), "--store", dsn, "--budget", "3"],
+            ["adapt", "--bundle", str(tmp_path), "--store", dsn, "--out", str(tmp_path / "out")],
+        ):
+            with pytest.raises(SystemExit) as exit_:
+                main([*cmd, "--since-ms", value])
+            assert exit_.value.code == 2, (cmd, value)
+            said = f"--since-ms: {value} is not a time in ms since the epoch (0 to 253402300799999)"
+            assert said in capsys.readouterr().err
+    assert not (tmp_path / "o.sqlite3").exists()
+
+
 def test_an_adaptation_report_is_stored_as_standard_json(store: OutcomeStore) -> None:
     """A gate that measured nothing reports NaN; the store keeps standard JSON (null), which any reader
     of the column (PostgreSQL's json functions, another language) parses."""
