@@ -378,18 +378,30 @@ def _adaptations(args: argparse.Namespace) -> int:
         runs = store.adaptations()
     finally:
         store.close()
-    for run in runs[-args.last :] if args.last else runs:
-        report = run.pop("report")
-        if args.full:
-            run["report"] = report
-        else:
-            gate = report.get("gate", {})
-            run["reason"] = gate.get("reason", "")
-            run["reporters"] = report.get("reporters")
-            run["callers"] = report.get("callers")
-            run["router"] = report.get("router")
-        print(report_json(run, sort_keys=True))  # a report stored before NaN was written as null
+    try:
+        for run in runs[-args.last :] if args.last else runs:
+            report = run.pop("report")
+            if args.full:
+                run["report"] = report
+            else:
+                run["reason"] = _run_reason(report)
+                run["reporters"] = report.get("reporters")
+                run["callers"] = report.get("callers")
+                run["router"] = report.get("router")
+            print(report_json(run, sort_keys=True))  # a report stored before NaN was written as null
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader closed early (`| head`): no traceback, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def _run_reason(report: Mapping[str, object]) -> str:
+    """Why a recorded run ended as it did: the gate's reason, after the write's error when the gate
+    accepted a candidate that could not be written (the run is then recorded as not adapted)."""
+    gate = report.get("gate")
+    reason = str(gate.get("reason", "")) if isinstance(gate, Mapping) else ""
+    error = report.get("error")
+    return f"{error} (the gate: {reason})" if error else reason
 
 
 # The last millisecond of year 9999, the latest time datetime (and so a report's ISO-8601 times) can say.

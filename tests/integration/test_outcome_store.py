@@ -8,6 +8,8 @@ import json
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -486,6 +488,47 @@ def test_since_ms_out_of_range_is_a_usage_error(tmp_path: Path, capsys: pytest.C
             said = f"--since-ms: {value} is not a time in ms since the epoch (0 to 253402300799999)"
             assert said in capsys.readouterr().err
     assert not (tmp_path / "o.sqlite3").exists()
+
+
+def test_the_adaptations_summary_says_a_candidate_that_could_not_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An accepted candidate whose write failed is recorded as not adapted; its summary line says why, not
+    only the gate's "accepted"."""
+    from lmroute.export.cli import main
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    s = open_store(dsn)
+    error = "the accepted candidate could not be written to /full/disk: No space left on device"
+    report = {"gate": {"accepted": True, "reason": "accepted: +0.03 APGR"}, "error": error}
+    s.record_adaptation(
+        parent_version="p", candidate_version=None, kind="paired", n_outcomes=9, accepted=False, report=report
+    )
+    s.close()
+    assert main(["adaptations", "--store", dsn]) == 0
+    [run] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert run["accepted"] is False and run["reason"] == f"{error} (the gate: accepted: +0.03 APGR)"
+
+
+def test_adaptations_into_a_reader_that_closes_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`lmroute-export adaptations | head -1`: the reader is gone before the lines are written."""
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    s = open_store(dsn)
+    for i in range(200):
+        s.record_adaptation(
+            parent_version=f"p{i}", candidate_version=None, kind="paired", n_outcomes=i, accepted=False, report={}
+        )
+    s.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmroute.export.cli", "adaptations", "--store", dsn, "--last", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the process has imported its modules and read the store
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_an_adaptation_report_is_stored_as_standard_json(store: OutcomeStore) -> None:
