@@ -22,16 +22,20 @@ import-routellm  a bundle from RouteLLM's released router checkpoints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 from lmroute.bundle import kinds
 from lmroute.export.dataclass_flags import add_flags, values_from
@@ -775,7 +779,35 @@ def _integrity_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a service manager's stop, `kill`) taken as Ctrl-C: KeyboardInterrupt, so that what an
+    interrupted command cleans up on the way out (a build's or an adaptation's staging directory, an open
+    transaction) is cleaned up for it too."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM is `_interrupt_on_sigterm`; a handler set already (or SIGTERM ignored)
+    is left as it is, and so is any handler off the main thread, where none can be set."""
+    settable = threading.current_thread() is threading.main_thread()
+    if not settable or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lmroute-export` (the module docstring): one command, SIGTERM taken as Ctrl-C."""
+    with _sigterm_as_interrupt():
+        return _run_command(argv)
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _load_plugins(args_list)
