@@ -934,7 +934,11 @@ def test_parsed_bodies_are_bounded_and_not_held_while_waiting_for_a_slot(
         path = _file(
             tmp_path, {"strong": slow, "weak": upstreams["weak"]}, strong={"max_concurrency": 1, "timeout_s": 30}
         )
-        srv, base = _front(fake_servers, path, front_max_body_bytes=1 << 20)
+        # admission out of the way: the bodies' parsing stalls the event loop while the first prompt is
+        # scored, the fake scorer's measured cost swells with it and admission may refuse the next routes
+        # (429 OVERLOADED, "about 871 ms of work ahead"): then fewer than four ever wait for the slot
+        policy = BatchPolicy(admit_wait_ms=20_000, queue_timeout_ms=30_000)
+        srv, base = _front(fake_servers, path, front_max_body_bytes=1 << 20, batch=policy)
         front = srv.server.front
         assert front is not None
         body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "x"}]})
