@@ -88,7 +88,13 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 def generate_key_pair(prefix: str | Path) -> tuple[Path, Path]:
     """Write a new key pair: `<prefix>.key` (private, PKCS#8 PEM, mode 0600) and `<prefix>.pub` (public,
     SubjectPublicKeyInfo PEM); return their paths. Existing files are never overwritten
-    (FileExistsError)."""
+    (FileExistsError); a prefix that names a directory (or ends in a slash) is refused (ValueError): the
+    files would land beside it, not in it."""
+    if str(prefix).endswith(("/", os.sep)) or Path(prefix).is_dir():
+        raise ValueError(
+            f"{prefix}: a directory; the prefix names the files (e.g. {Path(prefix) / 'bundles'} writes "
+            f"{Path(prefix) / 'bundles.key'} and {Path(prefix) / 'bundles.pub'})"
+        )
     private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (private_path, public_path):
         if path.exists():

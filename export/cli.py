@@ -227,7 +227,7 @@ def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keygen", help="make an Ed25519 key pair (PEM) for signing bundles")
     p.add_argument(
         "--out",
-        type=Path,
+        type=str,  # as given: a trailing slash (a directory meant) is refused, not dropped
         required=True,
         metavar="PREFIX",
         help="writes PREFIX.key (private, mode 0600) and PREFIX.pub (public); never overwrites",

@@ -123,7 +123,12 @@ def parse_line(obj: Any, *, strong: str, weak: str) -> list[Outcome]:
             raise OutcomeError('qualities: must be a non-empty {"model": q, ...}')
         out = [make(OutcomeKind.SCORES, str(m), _quality(q, f"qualities.{m}")) for m, q in body.items()]
     for o in out:
-        o.check("line")
+        try:
+            o.check("line")
+        except OutcomeError as exc:  # a model the line names itself: named where it stands (single.model)
+            if kind in ("single", "qualities") and str(exc).startswith("line.model:"):
+                raise OutcomeError(kind + str(exc).removeprefix("line")) from None
+            raise
     return out
 
 

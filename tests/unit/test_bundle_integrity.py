@@ -382,6 +382,11 @@ def test_keygen_writes_a_pem_pair_and_never_overwrites(tmp_path: Path, capsys: p
     assert export_main(["keygen", "--out", str(prefix)]) == 1
     assert capsys.readouterr().err == f"lmroute-export keygen: {private}: already exists (a key is never overwritten)\n"
     assert private.read_bytes() == before
+    # a directory as the prefix: refused (k/.key and k/.pub, or k.key beside k/, were written)
+    for out in (f"{tmp_path / 'k'}/", str(tmp_path / "k")):
+        assert export_main(["keygen", "--out", out]) == 1
+        assert "a directory; the prefix names the files" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 
 
 def test_signed_bundle_loads_with_its_key(

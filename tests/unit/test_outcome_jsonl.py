@@ -48,17 +48,21 @@ def test_every_bad_line_is_named_by_file_and_line(tmp_path: Path) -> None:
         + '{"prompt": "x", "paired": {"strong": 1}}\n'
         + '{"prompt": "x", "preference": "both"}\n'
         + '{"prompt": "x", "single": {"quality": 1}, "extra": 1}\n'
+        + '{"prompt": "x", "single": {"quality": 1}}\n'
+        + '{"prompt": "x", "qualities": {"": 1}}\n'
     )
     with pytest.raises(OutcomeFileError) as err:
         read_outcomes(f, strong="S", weak="W")
     assert str(err.value).splitlines() == [
-        "6 bad lines, nothing imported:",
+        "8 bad lines, nothing imported:",
         f"{f}:6: single.quality: must be in [0, 1] (got 1.5)",
         f"{f}:7: not JSON (Expecting value at column 1)",
         f"{f}:8: decision_id: not a decision id (32 lowercase hex characters)",
         f'{f}:9: paired: must be {{"strong": q, "weak": q}}',
         f'{f}:10: preference: must be "strong", "weak" or "tie" (got \'both\')',
         f"{f}:11: extra: unknown field",
+        f"{f}:12: single.model: required",  # named where it stands (it said `model: required`)
+        f"{f}:13: qualities.model: required",
     ]
 
 
