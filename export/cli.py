@@ -899,7 +899,7 @@ def _read_prompts(path: Path) -> list[str]:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\n")
-                if lineno == 1 and line.startswith("\ufeff"):  # refused as import-outcomes refuses it
+                if lineno == 1 and line.startswith("\ufeff"):  # import-outcomes refuses it too (not JSON)
                     raise SystemExit(f"{path}:1: starts with a UTF-8 byte order mark (save the file without one)")
                 if not line.strip():
                     continue

@@ -98,14 +98,23 @@ def test_mtls_requires_a_client_certificate_from_the_client_ca(
     assert not routes(srv.target, tls_ca=ca_pem, tls_cert=bad_cert, tls_key=bad_key)
 
 
-def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(
+def _serving_one_ca_of_two(
     serve: Callable[..., ServerThread], tmp_path: Path
-) -> None:
+) -> tuple[ServerThread, Path, Path, trustme.CA, Path, Path]:
+    """A server on a certificate of one CA, serving: (the server, its cert and key files, a second CA, the
+    first CA's PEM, the second's), for rotating the files to the second CA's."""
     old_ca, new_ca = trustme.CA(), trustme.CA()
     cert, key = write_server_cert(old_ca, tmp_path, "server")
     srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
     old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
     wait_serving(srv, tls_ca=old_pem)
+    return srv, cert, key, new_ca, old_pem, new_pem
+
+
+def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv, cert, key, new_ca, old_pem, new_pem = _serving_one_ca_of_two(serve, tmp_path)
     assert not routes(srv.target, tls_ca=new_pem)
     # rotate: the new certificate and key replace the files in place
     new_cert, new_key = write_server_cert(new_ca, tmp_path, "rotated")
@@ -121,11 +130,7 @@ def test_a_rotation_to_a_key_that_does_not_match_keeps_the_certificate_in_use(
 ) -> None:
     """A new certificate copied in before its key (a rotation that is not atomic): refused, not taken as a
     reload (gRPC would only find out at the next handshake); the old pair serves until the key arrives."""
-    old_ca, new_ca = trustme.CA(), trustme.CA()
-    cert, key = write_server_cert(old_ca, tmp_path, "server")
-    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
-    old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
-    wait_serving(srv, tls_ca=old_pem)
+    srv, cert, key, new_ca, old_pem, new_pem = _serving_one_ca_of_two(serve, tmp_path)
     new_cert, new_key = write_server_cert(new_ca, tmp_path, "rotated")
     cert.write_bytes(new_cert.read_bytes())  # the key file still holds the old key
     assert routes(srv.target, tls_ca=old_pem) and not routes(srv.target, tls_ca=new_pem)
@@ -169,11 +174,7 @@ def test_a_rotation_to_a_certificate_outside_its_validity_period_keeps_the_certi
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
     """On the gRPC port and for the OpenAI front's context alike: refused like a key that does not match."""
-    old_ca, new_ca = trustme.CA(), trustme.CA()
-    cert, key = write_server_cert(old_ca, tmp_path, "server")
-    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
-    old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
-    wait_serving(srv, tls_ca=old_pem)
+    srv, cert, key, new_ca, old_pem, new_pem = _serving_one_ca_of_two(serve, tmp_path)
     files = CertificateFiles(cert, key)  # what the front reads its context from
     for new_cert, new_key, why in out_of_date(new_ca, tmp_path).values():
         cert.write_bytes(new_cert.read_bytes())
