@@ -2,14 +2,18 @@
 reflection, one event loop, the request-context interceptor) but Route and Score answer at once with
 fixed values, no scheduler and no scorer. What ghz measures against it is the transport's own cost.
 
-    .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]]
-        [--bundle DIR [--embed-only]] [--spin-us N] [--refuse]
+    .venv/bin/python benchmarks/ghz/empty_server.py [--port 0] [--no-interceptor] [--sync [--workers 4]
+        [--handoff]] [--bundle DIR [--embed-only]] [--spin-us N] [--refuse]
 
 `--no-interceptor` leaves the request-context interceptor out (its cost is the difference). `--sync`
 serves the same handlers from a synchronous `grpc.server` with a pool of `--workers` threads instead of
 grpc.aio, the handlers answering on the pool threads themselves (no interceptor, no hand-off to an
 event loop): the floor of the service's default transport (`--transport threads`, lmroute.service.transports),
-which runs each call's coroutine on its event loop.
+which runs each call's coroutine on its event loop. `--sync --handoff` is that transport itself
+(lmroute.service.transports.ThreadTransport, as `lmroute-serve --transport threads` builds it): the pool
+thread hands each call's coroutine to an event loop on the main thread and waits for its answer, with the
+request-context interceptor's logic around it unless `--no-interceptor` (what the hand-off and the
+interceptor each cost on this transport).
 `--bundle DIR` makes the handlers do the scoring work itself and nothing else: each prompt through the
 bundle's tokenizer, encoder and router (the request's routers; Route: its strong share's threshold from
 the calibration table; a static encoder embeds the text in one compiled call, as the service does for a
@@ -201,6 +205,32 @@ async def serve(host: str, port: int, *, interceptor: bool = True) -> int:
     return 0
 
 
+async def serve_handoff(host: str, port: int, workers: int, *, interceptor: bool = True) -> int:
+    """The async handlers on the service's thread transport: each call's coroutine handed to this loop."""
+    from lmroute.service.stream_cap import StreamSlots
+    from lmroute.service.transports import ThreadTransport
+
+    cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
+    slots = StreamSlots(cfg.max_streams)
+    wrap = RequestContextInterceptor(streams=slots).wrap if interceptor else (lambda _method, handler: handler)
+    server = ThreadTransport(grpc_options(cfg), workers, wrap, asyncio.get_running_loop(), slots)
+    server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, EmptyRouter())
+    server.enable_reflection((SERVICE_NAME, reflection.SERVICE_NAME), reflection_pool())
+    bound = server.add_port(f"{host}:{port}", None)
+    if bound == 0:
+        print(f"empty-server: could not bind {host}:{port}", file=sys.stderr)
+        return 1
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"empty-server: serving on {host}:{bound} (sync, hand-off, {workers} threads)", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(0)
+    return 0
+
+
 def serve_sync(host: str, port: int, workers: int) -> int:
     cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(cfg))
@@ -227,6 +257,7 @@ def main() -> int:
     ap.add_argument("--no-interceptor", action="store_true", help="leave the request-context interceptor out")
     ap.add_argument("--sync", action="store_true", help="a synchronous grpc.server with a thread pool")
     ap.add_argument("--workers", type=int, default=4, help="--sync: threads in the pool")
+    ap.add_argument("--handoff", action="store_true", help="--sync: each call's coroutine run on an event loop")
     ap.add_argument("--bundle", type=Path, default=None, help="do this bundle's scoring work in the handlers")
     ap.add_argument("--embed-only", action="store_true", help="--bundle: only the tokenizer's ids and the table mean")
     ap.add_argument("--spin-us", type=float, default=0.0, help="spend this much thread CPU time per call")
@@ -245,7 +276,11 @@ def main() -> int:
             ap.error("--embed-only needs a static-encoder bundle whose tokenizer has the compiled fast path")
     if args.refuse and (args.sync or args.bundle is not None or args.spin_us):
         ap.error("--refuse takes no --sync, --bundle or --spin-us")
+    if args.handoff and not args.sync:
+        ap.error("--handoff needs --sync")
     EmptyRouter.refuse = args.refuse
+    if args.handoff:
+        return asyncio.run(serve_handoff(args.host, args.port, args.workers, interceptor=not args.no_interceptor))
     if args.sync:
         return serve_sync(args.host, args.port, args.workers)
     return asyncio.run(serve(args.host, args.port, interceptor=not args.no_interceptor))

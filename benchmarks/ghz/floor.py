@@ -31,7 +31,12 @@ With `--transport threads` every server is the synchronous one instead: the empt
 service with `--transport threads` (its default for a static bundle: the pool thread hands each call's
 coroutine, interceptor logic included, to the event loop). There the empty, spin, tokenise + embed and
 scoring only rows are what a Route handler with that work and nothing else keeps of the synchronous
-server's rate: the most any Python service path on it could keep with that work in Python.
+server's rate: the most any Python service path on it could keep with that work in Python. Three more
+rows split the way from there to the service: the empty handler as a coroutine on the service's own
+thread transport (`empty_server.py --sync --handoff`: the pool thread hands it to an event loop and waits),
+without the request-context interceptor ("hand-off") and with it ("hand-off + interceptor"), and the
+scoring-only handler the same way ("scoring only, hand-off + interceptor"); the service adds its own
+per-call logic (admission, scheduler, decision id) to the last.
 
 Before the rounds, the script checks that "tokenise + embed" gives the bundle's own embeddings (`tokenize`
 + `embed`) for the benchmark prompts, one at a time and as one batch, and counts the prompts the encoder's
@@ -73,6 +78,13 @@ SECONDS = 4.0
 PASSES = 5
 EMPTY = "empty handler"
 SERVICE = "service"
+# --transport threads only: the empty and scoring-only handlers run as coroutines on the service's thread
+# transport (empty_server.py --handoff); their handler work is that of the row named beside them
+HANDOFF_ROWS = {
+    "hand-off": (EMPTY, ["--handoff", "--no-interceptor"]),
+    "hand-off + interceptor": (EMPTY, ["--handoff"]),
+    "scoring only, hand-off + interceptor": ("scoring only", ["--handoff"]),
+}
 
 
 def requests() -> list[router_pb2.RouteRequest]:
@@ -182,7 +194,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "- Every server on "
         + (
             "a synchronous gRPC server (empty-handler servers: `--sync --workers 256`, the handlers on its pool "
-            "threads; the service: `--transport threads`)."
+            "threads; the hand-off rows: `--sync --workers 256 --handoff`, the handler a coroutine on the "
+            "service's thread transport; the service: `--transport threads`)."
             if summary.get("transport") == "threads"
             else "grpc.aio (the service: `--transport aio`)."
         ),
@@ -256,13 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         *empty_cmd(),
         *(["--sync", "--workers", str(EMPTY_THREADS_WORKERS)] if args.transport == "threads" else []),
     ]
+    scoring = ["--bundle", str(args.bundle)]
+    handoff = [
+        (name, [*empty, *flags, *(scoring if like != EMPTY else [])]) for name, (like, flags) in HANDOFF_ROWS.items()
+    ]
     targets = [
         (EMPTY, empty),
         *((spin_name(n), [*empty, "--spin-us", f"{n:g}"]) for n in args.spin_us),
-        ("tokenise + embed", [*empty, "--bundle", str(args.bundle), "--embed-only"]),
-        ("scoring only", [*empty, "--bundle", str(args.bundle)]),
+        ("tokenise + embed", [*empty, *scoring, "--embed-only"]),
+        ("scoring only", [*empty, *scoring]),
+        *(handoff if args.transport == "threads" else []),
         (SERVICE, service_cmd(args.bundle, transport=args.transport)),
     ]
+    if args.transport == "threads":
+        work.update({name: work[like] for name, (like, _) in HANDOFF_ROWS.items()})
     with tempfile.TemporaryDirectory() as tmp:
         per_round = rounds(targets, args.rounds, server_core, client_core, args.seconds, Path(tmp))
     summary = {
