@@ -324,10 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sign each accepted candidate with this Ed25519 private key (servers run with --bundle-public-key "
         "take only signed bundles; lmroute-export keygen makes a pair)",
     )
-    from lmroute.service.client import add_connection_args, connection_kwargs, describe_error
+    from lmroute.service.client import add_connection_args, connection_kwargs, describe_error, text_flag_problem
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
+    if (problem := text_flag_problem(args)) is not None:
+        ap.error(problem)
     for flag, least in (
         ("interval_s", 0),
         ("window_days", 0),

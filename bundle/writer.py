@@ -166,11 +166,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     """`text` written to `path` so that a reader sees the old file or the whole new one (a hidden file
     beside it, flushed to disk, then renamed over it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left beside the old one
+        raise
 
 
 def write_bundle(out_dir: str | Path, *, validate: bool = True, **contents: Any) -> Manifest:

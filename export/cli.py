@@ -817,6 +817,10 @@ def _run_command(argv: Sequence[str] | None) -> int:
 
         return evaluate_main(args_list[1:], prog=f"{PROG} evaluate")
     args = parser.parse_args(args_list)
+    from lmroute.service.client import text_flag_problem
+
+    if (problem := text_flag_problem(args)) is not None:
+        parser.error(f"{args.cmd} {problem}")
 
     if args.cmd in ("build", "train"):
         from lmroute.export.pipeline import build_bundle

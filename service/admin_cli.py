@@ -37,7 +37,13 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from lmroute.service.client import RouterClient, add_connection_args, connection_kwargs, describe_error
+from lmroute.service.client import (
+    RouterClient,
+    add_connection_args,
+    connection_kwargs,
+    describe_error,
+    text_flag_problem,
+)
 
 __all__ = ["main"]
 
@@ -204,6 +210,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     """Entry point of `lmroute-admin` (see the module docstring); `out` takes the JSON answer."""
     ap = _parser()
     args = ap.parse_args(argv)
+    if (problem := text_flag_problem(args)) is not None:
+        ap.error(f"{args.command} {problem}")
     if args.command == "set-targets" and not (args.share or args.spend or args.remove_share or args.remove_spend):
         ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
     try:

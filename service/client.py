@@ -123,6 +123,24 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the first text flag of a parsed command line that holds bytes that are not
+    UTF-8 (Python reads them as lone surrogates, which no call, manifest, store or JSON line can carry),
+    naming the flag; None when there is none. Paths may hold such bytes and are not looked at."""
+    for name, value in vars(args).items():
+        texts = [value]
+        while texts:
+            text = texts.pop()
+            if isinstance(text, list | tuple):  # append actions; values a flag's type split (TENANT=SHARE)
+                texts.extend(text)
+            elif isinstance(text, str) and _LONE_SURROGATE.search(text):
+                return f"--{name.replace('_', '-')}: holds bytes that are not UTF-8 ({text!a})"
+    return None
+
+
 def describe_error(exc: BaseException, server: str) -> str:
     """A failed call to `server` in one line for a person: its status, reason and message, and what an
     UNIMPLEMENTED or UNAVAILABLE most likely means (not the error's multi-line repr)."""

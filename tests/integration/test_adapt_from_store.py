@@ -557,6 +557,9 @@ def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_h
     with pytest.raises(SystemExit):
         adapt_main([*argv, "--callers", "a b"])
     assert "callers: 'a b' is not a tenant name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # command-line bytes that are not UTF-8 (the round's error said only 'utf-8')
+        adapt_main([*argv, "--server", os.fsdecode(b"\xff:1")])
+    assert "--server: holds bytes that are not UTF-8 ('\\udcff:1')" in capsys.readouterr().err
     with ServerThread(cfg) as srv:
         monkeypatch.delenv("ADAPT_TOKEN", raising=False)
         with pytest.raises(SystemExit) as exit_:  # the variable named for the token holds none

@@ -5,6 +5,7 @@ answer, the token read from the variable --token-env names, a refused call's sta
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -91,6 +92,9 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
         (["--timeout-s", "0", "bundle"], "timeout_s: expected seconds > 0"),
         (["--ca", "/nonexistent/ca.pem", "bundle"], "--ca: /nonexistent/ca.pem: cannot be read (No such file or"),
         (["--ca", "/", "bundle"], "--ca: /: cannot be read (Is a directory)"),
+        # command-line bytes that are not UTF-8 (Python reads them as lone surrogates): a traceback before
+        (["set-targets", "--share", os.fsdecode(b"t\xff=0.3")], "set-targets --share: holds bytes that are not UTF-8"),
+        (["to-judge", "--budget", "2", "--callers", os.fsdecode(b"\xff")], "to-judge --callers: holds bytes that"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(["--server", server.target, *argv], out=print)

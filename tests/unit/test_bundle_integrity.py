@@ -336,6 +336,30 @@ def test_restamp_sets_and_removes_the_default_router(bundle_dir: Path, capsys: p
     assert load_bundle(bundle_dir).manifest.default_router == ""
 
 
+@pytest.mark.parametrize("flag", ["--label", "--default-router", "--tenant-router"])
+def test_restamp_refuses_command_line_bytes_that_are_not_utf8_naming_the_flag(
+    bundle_dir: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    before = (bundle_dir / "manifest.json").read_bytes()
+    value = os.fsdecode(b"a\xffb")  # how Python reads such bytes from the command line: a lone surrogate
+    with pytest.raises(SystemExit) as exited:
+        export_main(
+            ["restamp", "--bundle", str(bundle_dir), flag, value + ("=mf" if flag == "--tenant-router" else "")]
+        )
+    assert exited.value.code == 2
+    assert f"restamp {flag}: holds bytes that are not UTF-8 ('a\\udcffb" in capsys.readouterr().err
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in bundle_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_manifest_that_cannot_be_written_leaves_no_temporary_file(bundle_dir: Path) -> None:
+    before = (bundle_dir / "manifest.json").read_bytes()
+    with pytest.raises(UnicodeEncodeError):
+        restamp_bundle(bundle_dir, label="a\udcffb")  # the library call takes any str
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in bundle_dir.iterdir() if p.name.startswith(".")) == []
+
+
 def test_an_empty_label_is_refused(bundle_dir: Path) -> None:
     data = _manifest(bundle_dir)
     data["label"] = ""
