@@ -165,12 +165,14 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
         return ModelAsk(rest)
     router, at, value = rest.rpartition("@")
     kind = "strong share"
-    if not at:
-        router, _, value = rest.rpartition("-")
-        kind = "threshold"
-    if not at and router.endswith("-") and router[:-1] in names:  # router-mf--0.1: a negative threshold
+    if not at:  # <router>-<threshold>: the longest router name the rest starts with (names may hold a dash,
+        kind = "threshold"  # and a threshold may too: 1e-05)
+        router = max((n for n in names if rest.startswith(f"{n}-")), key=len, default="")
+        value = rest[len(router) + 1 :] if router else ""
+        router = router or rest.rpartition("-")[0]
+    if not at and value.startswith("-") and _DECIMAL.fullmatch(value[1:]):  # router-mf--0.1
         raise InvalidArgument(
-            f"model: threshold in {echo(name)} must be in [0, 1] (got -{value})", reason="OUT_OF_RANGE"
+            f"model: threshold in {echo(name)} must be in [0, 1] (got {value})", reason="OUT_OF_RANGE"
         )
     if router not in names:
         shown = router or rest

@@ -32,6 +32,11 @@ strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, n
 router `default` (unless a loaded router has that name) is the bundle's default router, which an
 accepted adaptation makes its own (`Routing.router` names the router that decided). Beyond RouteLLM:
 `client.feedback(response.routing, quality)` reports how the answer went, what adaptation learns from.
+Keyword arguments that LiteLLM or the openai SDK take as the client's own settings (`timeout`, `api_key`,
+`extra_headers`, `num_retries`, ...: `_CLIENT_SIDE_KWARGS`) are refused naming them, not sent on as
+request fields (this Controller takes `api_base`, `api_key` and `timeout_s` at construction); the fields
+of `extra_body` are merged into the request, as the SDK does. A key the endpoint left out of an answer
+reads as None (`chunk.choices[0].delta.content` on a stream's last chunk), as with the SDK's objects.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import asyncio
 import http.client
 import json
 import math
+import numbers
 import os
 import socket
 import threading
@@ -59,7 +65,7 @@ from lmroute.service.client import RouterClient, paired_outcome, single_outcome
 from lmroute.service.client_retry import error_reason
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
-from lmroute.service.openai_front import DEFAULT, ModelAsk, parse_model, prompt_of_messages
+from lmroute.service.openai_front import DEFAULT, ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.scheduler import prompt_problem
 from lmroute.service.wire_status import code_name
 from lmroute.v1 import router_pb2
@@ -101,6 +107,23 @@ def _refused(exc: grpc.RpcError) -> RoutingError:
 
 
 _MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # the server's default, held in process too
+# Keyword arguments LiteLLM (RouteLLM's model call) or the openai SDK take as the client's own settings, not
+# request fields: sent on as fields, an endpoint refuses them or, with api_key, receives a key in the body
+_CLIENT_SIDE_KWARGS = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "api_version",
+        "base_url",
+        "custom_llm_provider",
+        "extra_headers",
+        "extra_query",
+        "max_retries",
+        "num_retries",
+        "request_timeout",
+        "timeout",
+    }
+)
 
 
 def _text(name: str, text: object) -> str:
@@ -145,15 +168,22 @@ class Routing:
 
 class ChatResponse(dict[str, Any]):
     """An answer or stream chunk as the endpoint sent it: a dict whose keys are also attributes, nested
-    alike. `routing` (not a key) says what the service decided."""
+    alike; a key the endpoint left out reads as None, as an optional field of the openai SDK's and
+    LiteLLM's objects does (a stream's last chunk has `"delta": {}`, so `chunk.choices[0].delta.content`
+    is None there; `message.tool_calls` is None in an answer without tools). `routing` (not a key) says
+    what the service decided."""
 
     routing: Routing | None = None
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        if name.startswith("_"):  # Python's own protocols (copy, pickle, ...) look for these
+            raise AttributeError(name)
+        return self.get(name)
+
+    def model_dump(self) -> dict[str, Any]:
+        """The answer as plain dicts and lists (what the SDK's and LiteLLM's `model_dump()` give)."""
+        plain: dict[str, Any] = json.loads(json.dumps(self))
+        return plain
 
     @classmethod
     def of(cls, value: Any) -> Any:
@@ -505,7 +535,7 @@ class Controller:
             raise RoutingError("Router or threshold unspecified.")
         if router not in self.routers:
             raise RoutingError(f"Invalid router {router}. Available routers are {list(self.routers)}.")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
             raise RoutingError(f"Invalid threshold {threshold}. Threshold must be a float between 0.0 and 1.0.")
         by_default = router == DEFAULT and DEFAULT not in self._backend.routers
         return ModelAsk("" if by_default else router, threshold=float(threshold))
@@ -513,12 +543,14 @@ class Controller:
     def _decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Routing:
         d = self._backend.decide(ask, prompt)
         model = self.model_pair.strong if d.strong else self.model_pair.weak
-        self.model_counts[d.router][model] += 1
         return Routing(d.decision_id, d.router, "strong" if d.strong else "weak", model, d.score, d.threshold)
 
     def route(self, prompt: str, router: str, threshold: float) -> str:
-        """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`)."""
-        return self._decide(self._ask(None, router, threshold), _text("prompt", prompt)).model
+        """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`; not counted in
+        `model_counts`, which counts completions, as RouteLLM's does). A prompt over the server's default
+        limit of characters is routed on its head and tail, as a completion's is."""
+        text = cut_middle(_text("prompt", prompt), _MAX_PROMPT_CHARS)
+        return self._decide(self._ask(None, router, threshold), text).model
 
     def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
         """The router's score (P(strong wins)) of each prompt; a pandas Series with the input's index when
@@ -526,7 +558,8 @@ class Controller:
         if isinstance(prompts, str):  # each character would be scored as a prompt
             raise RoutingError("prompts: expected prompts (a list or a pandas Series), got one string")
         ask = self._ask(None, router, 0.0)
-        scores = self._backend.scores([_text(f"prompts[{i}]", p) for i, p in enumerate(prompts)], ask.router)
+        texts = [cut_middle(_text(f"prompts[{i}]", p), _MAX_PROMPT_CHARS) for i, p in enumerate(prompts)]
+        scores = self._backend.scores(texts, ask.router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
 
@@ -566,6 +599,14 @@ class Controller:
     def completion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
         """Route `messages`, then call the chosen model with the rest of `kwargs` (OpenAI's chat completion
         fields). A ChatResponse, or with `stream=True` an iterator of ChatResponse chunks."""
+        if unsent := sorted(_CLIENT_SIDE_KWARGS.intersection(kwargs)):
+            raise RoutingError(
+                f"{', '.join(unsent)}: the client's settings, not fields of the request; this Controller sends "
+                "no such field to the model (give api_base, api_key and timeout_s to the Controller)",
+                reason="BAD_ARGUMENT",
+            )
+        if not isinstance(kwargs.get("extra_body", {}), dict):
+            raise RoutingError("extra_body: expected a dict of fields to add to the request", reason="BAD_ARGUMENT")
         ask = self._ask(kwargs.get("model"), router, threshold)
         try:
             messages = kwargs.get("messages")
@@ -575,8 +616,10 @@ class Controller:
         except InvalidArgument as exc:
             raise RoutingError(str(exc), reason=exc.reason) from None
         routing = self._decide(ask, prompt)
+        self.model_counts[routing.router][routing.model] += 1
         base, key, name = endpoint(routing.model, self.api_base, self.api_key)
-        body = {**kwargs, "model": name}
+        extra = kwargs.pop("extra_body", None) or {}  # the SDK's way to add fields: merged, as it does
+        body = {**kwargs, **extra, "model": name}
         if body.get("stream") is True:
             return self._stream(base, key, body, routing)
         out = ChatResponse.of(self._answer(base, key, body))

@@ -5,6 +5,7 @@ and every answer comes from the model the server's Route picks."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import textwrap
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from lmroute.service.client import RouterClient
 from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.openai_front import cut_middle
 from lmroute.service.routellm_api import ChatResponse, Controller, RoutingError, UpstreamError, endpoint
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2
@@ -99,6 +101,7 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
         r = client.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": p}])
         assert r.routing.tier == tier
         assert r.choices[0].message.content == f"{'openai' if tier == 'strong' else 'anyscale'}: {p}"
+        assert r.choices[0].message.tool_calls is None and r.system_fingerprint is None  # left out: None
     assert tiers == {"strong", "weak"}
     # streaming and async, through the same routing
     r = client.completion(
@@ -106,7 +109,10 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
     )
     chunks = list(r)
     assert all(isinstance(c, ChatResponse) and c.routing.tier == "strong" for c in chunks)
-    assert "".join(c.choices[0].delta.get("content", "") for c in chunks) == "openai: hi there"
+    # as OpenAI's own code reads a stream: its last chunk's delta is {} (content None, no AttributeError)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "openai: hi there"
+    assert chunks[-1].choices[0].delta == {} and chunks[-1].choices[0].delta.content is None
+    assert chunks[0].model_dump() == json.loads(json.dumps(chunks[0])) and type(chunks[0].model_dump()) is dict
 
     async def both() -> tuple[Any, list[Any]]:
         one = await client.chat.completions.acreate(
@@ -223,6 +229,51 @@ def test_a_long_pasted_document_is_routed_and_sent_whole(
     assert openai_up.requests[-1]["messages"][0]["content"] == document
 
 
+def test_route_and_win_rates_read_a_long_prompt_as_a_completion_does_and_only_completions_are_counted(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    """route() and batch_calculate_win_rate() score a prompt over the server's limit on its head and tail,
+    as completion() does (they raised PROMPT_TOO_LONG); model_counts counts completions only, as
+    RouteLLM's does (route() was counted); a numpy threshold is a number (it was refused)."""
+    import numpy as np
+
+    srv, _, _ = world
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="anyscale/llama-3-8b")
+    document = "".join(f"row {i:05d} of the attached table;\n" for i in range(1000)) + "What stands out?"
+    [score] = client.batch_calculate_win_rate([document], "mf")
+    [same] = client.batch_calculate_win_rate([cut_middle(document, 20_000)], "mf")
+    assert score == same
+    assert client.route(document, "mf", score) == "gpt-4o" and client.route(document, "mf", np.nextafter(score, 1)) == (
+        "anyscale/llama-3-8b"
+    )
+    assert client.route("hi", "mf", np.float32(0.0)) == "gpt-4o" and client.route("hi", "mf", np.int64(1)) in (
+        "gpt-4o",
+        "anyscale/llama-3-8b",
+    )
+    assert dict(client.model_counts) == {}
+    client.completion(router="mf", threshold=0.0, messages=[{"role": "user", "content": document}])
+    assert {r: dict(c) for r, c in client.model_counts.items()} == {"mf": {"gpt-4o": 1}}
+
+
+def test_client_side_keyword_arguments_are_refused_and_extra_body_is_merged(
+    world: tuple[ServerThread, FakeUpstream, FakeUpstream],
+) -> None:
+    """LiteLLM's and the SDK's own settings were sent to the model as request fields (a per-call api_key
+    in the body); they are refused naming them. extra_body's fields join the request, as the SDK does."""
+    _, openai_up, _ = world
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="anyscale/llama-3-8b")
+    hello = [{"role": "user", "content": "hello"}]
+    for kwargs in ({"timeout": 30}, {"api_key": "sk-other", "num_retries": 2}, {"extra_headers": {"x": "y"}}):
+        with pytest.raises(RoutingError) as err:
+            client.completion(model="router-mf-0", messages=hello, **kwargs)
+        assert err.value.reason == "BAD_ARGUMENT" and str(err.value).startswith(", ".join(sorted(kwargs)) + ":")
+    assert openai_up.requests == []
+    client.completion(model="router-mf-0", messages=hello, temperature=0.5, extra_body={"top_k": 5})
+    assert openai_up.requests == [{"model": "gpt-4o", "messages": hello, "temperature": 0.5, "top_k": 5}]
+    with pytest.raises(RoutingError, match="extra_body: expected a dict"):
+        client.completion(model="router-mf-0", messages=hello, extra_body=["top_k"])
+
+
 def test_endpoints_of_model_names() -> None:
     env = {"OPENAI_API_KEY": "o", "ANYSCALE_API_KEY": "a", "MYLAB_BASE_URL": "http://lab/v1", "MYLAB_API_KEY": "m"}
     assert endpoint("gpt-4o", None, None, env) == ("https://api.openai.com/v1", "o", "gpt-4o")
@@ -268,8 +319,9 @@ def test_in_process_controller_decides_as_the_server_does(tmp_path: Path, monkey
             local.feedback(s.routing, 1.0)
         with pytest.raises(RoutingError, match="router 'bert' is not in the bundle"):
             Controller(routers=["bert"], strong_model="a", weak_model="b", bundle=bundle)
-        # what the server refuses, refused here too, with the same reason
-        for text, reason in (("  ", "EMPTY_PROMPT"), ("x" * 20_001, "PROMPT_TOO_LONG")):
+        # what the server refuses, refused here too, with the same reason (a prompt over its limit is not:
+        # the Controller routes it on its head and tail, as a completion's)
+        for text, reason in (("  ", "EMPTY_PROMPT"), ("\n", "EMPTY_PROMPT")):
             for controller in (local, served):
                 with pytest.raises(RoutingError) as refused:
                     controller.route(text, "mf", 0.5)

@@ -32,6 +32,9 @@ ROUTERS = ("random", "mf", "sw_ranking", "bert-tiny")
         ("router-mf-0.11593", ModelAsk("mf", threshold=0.11593)),  # RouteLLM's form
         ("router-sw_ranking-0", ModelAsk("sw_ranking", threshold=0.0)),
         ("router-bert-tiny-1", ModelAsk("bert-tiny", threshold=1.0)),  # a router name with a dash
+        ("router-mf-1e-3", ModelAsk("mf", threshold=0.001)),  # a threshold with a dash (str(0.00001): 1e-05)
+        ("router-bert-tiny-1E-05", ModelAsk("bert-tiny", threshold=1e-05)),
+        ("router-mf-.5", ModelAsk("mf", threshold=0.5)),
         ("router-mf@0.3", ModelAsk("mf", share=0.3)),
         ("router-mf", ModelAsk("mf")),  # the tenant's live target
     ],
@@ -72,6 +75,9 @@ def test_the_default_router_by_name(name: str, ask: ModelAsk) -> None:
         (7, ["model: required, a string", "(got int '7')"]),
         (["router-mf-0.5"], ["model: required, a string", "(got list"]),
         ("router-mf--0.1", ["threshold in 'router-mf--0.1' must be in [0, 1] (got -0.1)"]),
+        ("router-mf--1e-3", ["threshold in 'router-mf--1e-3' must be in [0, 1] (got -1e-3)"]),
+        ("router-mf-0.5-extra", ["threshold '0.5-extra' in 'router-mf-0.5-extra' is not a number"]),
+        ("router-nope-1e-3", ["unknown router 'nope-1e'"]),
     ],
 )
 def test_bad_model_names_are_400_naming_the_model(name: object, words: list[str]) -> None:
