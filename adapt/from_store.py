@@ -70,6 +70,11 @@ __all__ = [
 ADAPTED = "adapted"
 MIN_OUTCOMES = 50
 """Fewer usable outcomes than this: no candidate (the gate could not judge it)."""
+MIN_SINGLE_PER_MODEL = 20
+"""Single outcomes: fewer than this of either model's answers, no candidate. The gap between the models
+is learnt from both models' outcomes; with one model's alone (thumbs collected on the strong model's
+answers only, say) a head learns where that model does well, and the gate, whose held-out gains need the
+other model's outcome model too, cannot tell it from a better router."""
 CALIBRATION_PROMPTS = 5000
 """The most recent decisions whose scores calibrate the adapted router's thresholds."""
 
@@ -342,6 +347,18 @@ def adapt_from_store(
         report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
         record(False, None)
         return AdaptRun(False, kind, len(used), bundle.version, None, report)
+    if kind == "single":
+        answered = [sum(r.chosen_model == m for r in used) for m in (pair.strong, pair.weak)]
+        report["outcomes_by_model"] = {pair.strong: answered[0], pair.weak: answered[1]}
+        if min(answered) < MIN_SINGLE_PER_MODEL:
+            why = (
+                f"single outcomes of {pair.strong}: {answered[0]}, of {pair.weak}: {answered[1]} (need "
+                f"{MIN_SINGLE_PER_MODEL} of each: the gap is learnt from both models' answers; explore "
+                "(--explore-rate) or report outcomes of both)"
+            )
+            report["gate"] = {"accepted": False, "reason": why}
+            record(False, None)
+            return AdaptRun(False, kind, len(used), bundle.version, None, report)
     unseen = unseen_by(bundle, champion, [r.time_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
     gate_kw: dict[str, Any] = {"seed": seed, "splits": splits, "unseen": unseen}

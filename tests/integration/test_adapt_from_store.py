@@ -24,6 +24,7 @@ from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle, synt
 from lmroute.export.cli import main
 from lmroute.outcomes.records import Decision, Outcome, OutcomeKind, prompt_sha256
 from lmroute.outcomes.store import open_store
+from lmroute.service.decisions import new_decision_id
 
 N = 600
 
@@ -129,6 +130,63 @@ def test_a_candidate_that_cannot_be_written_is_recorded_as_not_adapted(parent: P
     [run] = store.adaptations()
     assert run["accepted"] is False and run["candidate_version"] is None
     assert run["report"]["gate"]["accepted"] is True and "could not be written" in run["report"]["error"]
+    store.close()
+
+
+def _single(parent: Path, weak_answers: int) -> tuple[list[Decision], list[Outcome]]:
+    """Route decisions of N prompts and the answering model's single outcome of each: the strong model
+    answered all but the first `weak_answers` (thumbs collected mostly where the strong model answered)."""
+    bundle = load_bundle(parent)
+    pair = bundle.manifest.default_pair
+    t0 = int(time.time() * 1000) - N * 1000
+    rng = np.random.default_rng(4)
+    decisions, outcomes = [], []
+    for i, text in enumerate(synthetic_prompts(N, seed=9)):
+        model = pair.weak if i < weak_answers else pair.strong
+        d = Decision(
+            decision_id=new_decision_id(t0 + i * 1000),
+            time_ms=t0 + i * 1000,
+            kind="route",
+            bundle_version=bundle.version,
+            scores={"mf": 0.5},
+            strong_model=pair.strong,
+            weak_model=pair.weak,
+            prompt_sha256=prompt_sha256(text),
+            n_tokens=8,
+            router="mf",
+            threshold=0.5,
+            chosen_model=model,
+            propensity=0.05 if model == pair.weak else 0.95,  # the weak answers are explored flips
+            prompt_text=text,
+            prompt_chars=len(text),
+        )
+        decisions.append(d)
+        quality = float(rng.random() < 0.8)
+        outcomes.append(Outcome(OutcomeKind.SINGLE, model, quality, decision_id=d.decision_id, source="thumbs"))
+    return decisions, outcomes
+
+
+def test_single_outcomes_of_one_model_alone_make_no_candidate(parent: Path, tmp_path: Path) -> None:
+    """The gap between the models cannot be learnt from one model's answers: with 5 of the weak model's
+    among 600, no candidate (the gate accepted one such head, its held-out gains taking the weak model's
+    quality as 0.5); with enough of both, the gate decides."""
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write(*_single(parent, weak_answers=5))
+    run = adapt_from_store(parent, store, tmp_path / "never", kind="single")
+    pair = load_bundle(parent).manifest.default_pair
+    assert not run.accepted and not (tmp_path / "never").exists()
+    assert run.report["outcomes_by_model"] == {pair.strong: N - 5, pair.weak: 5}
+    assert run.report["gate"]["reason"].startswith(
+        f"single outcomes of {pair.strong}: {N - 5}, of {pair.weak}: 5 (need 20 of each"
+    )
+    [recorded] = store.adaptations()
+    assert recorded["accepted"] is False and "need 20 of each" in recorded["report"]["gate"]["reason"]
+    store.close()
+    store = open_store(f"sqlite:{tmp_path / 'both.sqlite3'}")
+    store.write(*_single(parent, weak_answers=60))
+    judged = adapt_from_store(parent, store, tmp_path / "maybe", kind="single")
+    assert judged.report["outcomes_by_model"] == {pair.strong: N - 60, pair.weak: 60}
+    assert "n_held_out" in judged.report["gate"]  # the gate judged it (its verdict is its own)
     store.close()
 
 
