@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,6 +250,12 @@ class Decision:
     caller: str = ""  # the tenant the call came from ("" none), whatever decided it (schema v7)
 
 
+MAX_AHEAD_MS = 300_000
+"""How far an outcome's observed_unix_ms may lie ahead of the clock of the process taking it (clock skew
+between machines): adaptation orders outcomes by it and a bundle's lineage remembers the newest, so one
+outcome stamped in the year 6429 left every later outcome 'seen' by the champion, and no round could judge."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One model's quality on one prompt, joined to a decision (`decision_id`) or a prompt
@@ -289,6 +296,11 @@ class Outcome:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
         if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:
             raise OutcomeError(f"{where}.observed_unix_ms: must be Unix milliseconds (got {self.observed_ms})")
+        if self.observed_ms is not None and self.observed_ms > (now := int(time.time() * 1000)) + MAX_AHEAD_MS:
+            raise OutcomeError(
+                f"{where}.observed_unix_ms: {self.observed_ms} is {(self.observed_ms - now) / 1000:,.0f} s ahead of "
+                f"this server's clock (at most {MAX_AHEAD_MS // 1000} s: an outcome is observed, not foreseen)"
+            )
         if self.reporter and not TENANT_RE.match(self.reporter):
             raise OutcomeError(f"{where}.reporter: must be 1-64 of [A-Za-z0-9._-] or empty (got {self.reporter!r})")
 

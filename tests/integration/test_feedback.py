@@ -115,6 +115,12 @@ def test_route_and_score_decisions_are_recorded_and_feedback_is_judged_per_item(
                         qualities=[router_pb2.ModelQuality(model="a", quality=1.0)] * 2
                     ),
                 ),
+                router_pb2.OutcomeReport(  # 11: observed a day from now
+                    decision_id=routed.decision_id,
+                    single=router_pb2.SingleOutcome(quality=1.0),
+                    source="clock-ahead",
+                    observed_unix_ms=int(time.time() * 1000) + 86_400_000,
+                ),
             ]
         )
         codes = [(r.code, r.reason) for r in resp.results]
@@ -130,7 +136,10 @@ def test_route_and_score_decisions_are_recorded_and_feedback_is_judged_per_item(
             (Code.OK, ""),
             (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
             (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
+            (Code.INVALID_ARGUMENT, "INVALID_OUTCOME"),
         ]
+        assert resp.results[11].message.startswith("outcomes[11].observed_unix_ms: ")
+        assert " s ahead of this server's clock (at most 300 s" in resp.results[11].message
         assert resp.results[5].message == "outcomes[5].single.quality: must be in [0, 1] (got 1.5)"
         assert resp.results[9].message.startswith("outcomes[9]: set one of paired")
         assert resp.results[10].message == "outcomes[10].qualities.qualities[1].model: 'a' given twice"

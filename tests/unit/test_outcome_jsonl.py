@@ -50,11 +50,15 @@ def test_every_bad_line_is_named_by_file_and_line(tmp_path: Path) -> None:
         + '{"prompt": "x", "single": {"quality": 1}, "extra": 1}\n'
         + '{"prompt": "x", "single": {"quality": 1}}\n'
         + '{"prompt": "x", "qualities": {"": 1}}\n'
+        + '{"prompt": "x", "single": {"quality": 1, "model": "W"}, "observed_unix_ms": 140737488355328}\n'
     )
     with pytest.raises(OutcomeFileError) as err:
         read_outcomes(f, strong="S", weak="W")
-    assert str(err.value).splitlines() == [
-        "8 bad lines, nothing imported:",
+    lines = str(err.value).splitlines()
+    assert lines[-1].startswith(f"{f}:14: observed_unix_ms: 140737488355328 is ")  # the year 6429
+    assert lines[-1].endswith(" s ahead of this server's clock (at most 300 s: an outcome is observed, not foreseen)")
+    assert lines[:-1] == [
+        "9 bad lines, nothing imported:",
         f"{f}:6: single.quality: must be in [0, 1] (got 1.5)",
         f"{f}:7: not JSON (Expecting value at column 1)",
         f"{f}:8: decision_id: not a decision id (32 lowercase hex characters)",
