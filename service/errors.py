@@ -90,6 +90,9 @@ __all__ = [
 ECHO_CHARS = 64
 """Characters of a caller-supplied string that an error message quotes (`echo`)."""
 MESSAGE_BYTES = 1024
+DEADLINE_SLACK_S = 0.02
+"""A call gRPC ends within this of its deadline is counted as past its deadline (DEADLINE_EXCEEDED), not
+as given up by its caller (CANCELLED): gRPC cancels the handler at the deadline by a clock of its own."""
 """Most UTF-8 bytes of an error message on the wire (`status_of` cuts longer ones)."""
 
 

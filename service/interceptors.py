@@ -40,7 +40,14 @@ import grpc
 import structlog
 
 from lmroute.service.auth import AUTH_TENANT, OPEN_METHOD_PREFIXES, Authenticator
-from lmroute.service.errors import InvalidArgument, ServiceError, StatusInfo, Unauthenticated, status_of
+from lmroute.service.errors import (
+    DEADLINE_SLACK_S,
+    InvalidArgument,
+    ServiceError,
+    StatusInfo,
+    Unauthenticated,
+    status_of,
+)
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
@@ -180,6 +187,16 @@ def _aborted_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed, within DEADLINE_SLACK_S (gRPC ends a call at its deadline
+    by a clock of its own; False for a call without one)."""
+    try:
+        left = context.time_remaining()
+    except Exception:  # a context that cannot say
+        return False
+    return left is not None and left <= DEADLINE_SLACK_S
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
@@ -245,8 +262,8 @@ def _wrap_unary(
                     _log.error("rpc_internal_error", error=repr(exc))
                 count()
                 await _abort(context, info, request_id)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
+            except asyncio.CancelledError:  # the caller went away, or its deadline passed (gRPC ends the call)
+                code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
                 raise
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":

@@ -78,6 +78,7 @@ from lmroute.service.batch_queue import BatchQueue, Item, ItemResult, StageTimes
 from lmroute.service.config import BatchPolicy
 from lmroute.service.cpus import pin_current_thread
 from lmroute.service.errors import (
+    DEADLINE_SLACK_S,
     DeadlineExpired,
     Draining,
     InvalidArgument,
@@ -619,8 +620,11 @@ class Scheduler(Generic[T]):
     def _drop(self, item: Item[T]) -> None:
         item.state = State.DONE
         self._scorer_of.pop(item, None)
-        if item.future.cancelled():
-            self.stats.dropped_cancelled += 1
+        if item.future.cancelled():  # its caller gave up, or its deadline ended the call first (gRPC's timer)
+            if item.deadline is not None and asyncio.get_running_loop().time() >= item.deadline - DEADLINE_SLACK_S:
+                self.stats.dropped_deadline += 1
+            else:
+                self.stats.dropped_cancelled += 1
             return
         exc = item.future.exception()
         if isinstance(exc, DeadlineExpired):

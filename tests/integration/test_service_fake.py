@@ -321,6 +321,41 @@ def test_client_deadline_and_cancel_never_reach_scorer_batch_mates_fine(
     _wait(lambda: sched.in_flight == 0)
 
 
+def test_a_call_whose_deadline_passes_in_the_queue_is_counted_as_a_deadline_not_a_cancel(
+    fake: FakeScorer, make_server: Callable[..., ServerThread]
+) -> None:
+    """gRPC ends a call at its deadline by cancelling the handler, often before the scheduler's own timer:
+    such calls were counted as cancelled by their callers (calls_total code CANCELLED, dropped_cancelled),
+    which read as callers giving up when the server was too slow."""
+    srv = make_server(batch=BatchPolicy(queue_timeout_ms=10_000), metrics_port=0)
+    fake.block()
+    with RouterClient(srv.target) as c:
+        first = c.stub.Score.future(_req("occupies the scorer"), timeout=20)
+        _wait(fake.entered.is_set)
+        doomed = c.stub.Score.future(_req("cancel me"), timeout=20)
+        sched = srv.server.scheduler
+        assert sched is not None
+        _wait(lambda: sched.stats.admitted == 2)
+        doomed.cancel()
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as e:
+                c.score(["short deadline"], timeout_s=0.05)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait(lambda: sched.stats.dropped_deadline + sched.stats.dropped_cancelled == 4)
+        assert (sched.stats.dropped_deadline, sched.stats.dropped_cancelled) == (3, 1)
+        metrics = srv.server.metrics
+        assert metrics is not None
+        method = "/lmroute.v1.RouterService/Score"
+
+        def calls(code: str) -> float | None:
+            return metrics.registry.get_sample_value("lmroute_calls_total", {"method": method, "code": code})
+
+        _wait(lambda: calls("DEADLINE_EXCEEDED") == 3)
+        assert calls("CANCELLED") == 1
+        fake.release()
+        first.result()
+
+
 def test_one_invalid_among_16_and_bad_conversation_fail_alone(
     make_server: Callable[..., ServerThread],
 ) -> None:
