@@ -10,8 +10,9 @@ Holds:
   For BERT's uncased WordPiece files it tokenises with the compiled core
   (`lmroute.kernels.compiled.WordPieceTokenizer`, the same ids as HF, 20-70x faster:
   benchmarks/RESULTS_tokenizer.md) and only the words holding a character it leaves to HF (unassigned
-  code points, surrogates, ~2,100 rare marks and signs: `lmroute.kernels.wordpiece_chars`) with HF;
-  `cut_and_pad_flat` cuts and pads rows given as one flat id array.
+  code points, ~2,100 rare marks and signs: `lmroute.kernels.wordpiece_chars`) with HF, of a long text
+  only those in a head and a tail window; `cut_and_pad_flat` cuts and pads rows given as one flat id
+  array. A text holding a surrogate code point that HF would read is refused (ValueError).
 - `OnnxEncoder`: a `PromptTokenizer` and `encoder/model.onnx`; checks the graph's signature (inputs
   input_ids / attention_mask / token_type_ids int64 [batch, seq]; output "sentence_embedding" float32
   [batch, dim]) and embeds.
@@ -24,9 +25,10 @@ Holds:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, groupby
 from pathlib import Path
@@ -59,6 +61,8 @@ __all__ = [
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 #: Graph output the encoder must give (float32 [batch, dim], mean-pooled and L2-normalised).
 OUTPUT_NAME = "sentence_embedding"
+
+_ASCII_SPACE = re.compile(r"[\t\n\r ]")
 
 # Tokenizers' own thread pool would fight ORT and the event loop for our two cores.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -281,13 +285,18 @@ class PromptTokenizer:
     environment variable LMROUTE_FAST_TOKENIZER is not "0", text is tokenised by the compiled core and
     only the words holding a character it leaves to HF by HF (`_fast_rows`); a few probe texts must come
     out as HF's first. The compiled core cuts as it reads (`encode_cut`): a text longer than the limit is
-    read from its tail back to a word boundary and from its head up to the cut, not in between.
+    read from its tail back to a word boundary and from its head up to the cut, not in between. A long
+    text it leaves to HF is read the same way, by words (`_windowed_rows`): HF reads a head and a tail
+    window of it cut at ASCII whitespace, grown until they hold the ids the cut keeps, not the middle.
     `fast_path` says whether it is on, `fast_path_note` why not. With `fast` on, a missing or stale
     compiled core raises KernelUnavailableError, as it does for the routers.
     """
 
     _ASCII_SPACES = re.compile(r"[\t\n\r ]+")
     _MIN_FAST_SHARE = 0.5
+    #: A long text left to HF: its first windows hold this many characters for each id the cut keeps
+    #: (English runs 4-5 characters an id); windows that give too few ids grow (`_windowed_rows`).
+    _WINDOW_CHARS_PER_ID = 8
     #: Texts both paths must tokenise alike before the fast path is used (a check of the file's kind).
     _PROBES: tuple[str, ...] = (
         "",
@@ -372,7 +381,9 @@ class PromptTokenizer:
         return content[0], len(mask) - 1 - content[-1]
 
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
-        """Tokenise `texts` (cut to max_tokens by the rule, pad to the longest); "" gives [CLS] [SEP]."""
+        """Tokenise `texts` (cut to max_tokens by the rule, pad to the longest); "" gives [CLS] [SEP].
+        ValueError naming the text and the character for a text given to HF that holds a surrogate code
+        point (U+D800-U+DFFF: not Unicode text, HF cannot read it)."""
         if isinstance(texts, str):
             raise TypeError("tokenize expects a sequence of strings, got a single str")
         texts = list(texts)
@@ -385,7 +396,13 @@ class PromptTokenizer:
             cut = self._fast.encode_cut(texts, max_tokens=self.max_tokens, head_end=self._head_end)
             if cut.n_handled == len(texts):  # rows already cut: padded as they are, with their cut flags
                 return replace(self.cut_and_pad_rows(cut.ids, cut.lengths), truncated=cut.truncated)
-            return self.cut_and_pad_rows(*self._fast_rows(texts))
+            left = np.flatnonzero(~cut.handled).tolist()
+            _refuse_surrogates(texts, left)
+            left_rows = self._windowed_rows([texts[i] for i in left])
+            ids, lengths = _merge_rows(cut.handled, cut.ids, cut.lengths[cut.handled], *left_rows)
+            batch = self.cut_and_pad_rows(ids, lengths)  # the rows taken are cut already: their flags kept
+            return replace(batch, truncated=batch.truncated | (cut.handled & cut.truncated))
+        _refuse_surrogates(texts, range(len(texts)))
         encs = self._tok.encode_batch(texts)
         return cut_and_pad(
             [e.ids for e in encs],
@@ -490,6 +507,53 @@ class PromptTokenizer:
         out[~from_fast] = rows
         return out, lengths
 
+    def _windowed_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`_fast_rows` of `texts`, but a text longer than the cut needs is read from a head and a tail
+        window only: its row is the template's tokens around the ids of both windows, a row that the cut
+        (`cut_and_pad_rows`) gives the same kept ids, token count and cut flag as the whole text's row.
+        A window ends (the head) or starts (the tail) at ASCII whitespace, which ends words at every step of
+        the pipeline (see `_fast_rows`), so its ids are the whole text's first or last ones. The windows
+        hold `_WINDOW_CHARS_PER_ID` characters per id kept at first; until the head gives the ids the rule
+        keeps of the head, the tail those of the tail, and both together more than the limit holds (so the
+        text is cut), they grow to twice the characters per id they gave (at least twice their size). A text
+        whose windows would meet is read whole."""
+        budget = self.max_tokens - self.front - self.back
+        head = self.truncation.head_kept(budget)
+        tail = budget - head
+        rows: dict[int, np.ndarray] = {}  # text -> its row from its windows
+        pending = dict.fromkeys(range(len(texts)), self._WINDOW_CHARS_PER_ID)  # text -> window chars per id
+        while pending:
+            spans = {
+                i: _window_cut(texts[i], per_id * (head + 1) if head else 0, per_id * (tail + 1) if tail else 0)
+                for i, per_id in pending.items()
+            }
+            spans = {i: span for i, span in spans.items() if span is not None}
+            if not spans:
+                break
+            parts = [p for i, (e, s) in spans.items() for p in (texts[i][:e], texts[i][s:])]
+            ids, lengths = self._fast_rows(parts)
+            ends = np.cumsum(lengths).tolist()
+            content = (lengths - self.front - self.back).tolist()
+            grown = {}
+            for k, (i, (e, s)) in enumerate(spans.items()):
+                n_head, n_tail = content[2 * k], content[2 * k + 1]
+                if n_head >= head and n_tail >= tail and n_head + n_tail > budget:
+                    # [CLS] head ids, then tail ids [SEP]: the head's row less its back, the tail's less its front
+                    head_end, tail_end = ends[2 * k], ends[2 * k + 1]
+                    head_row = ids[head_end - int(lengths[2 * k]) : head_end - self.back]
+                    rows[i] = np.concatenate([head_row, ids[head_end + self.front : tail_end]])
+                else:  # too few ids: twice the characters per id these windows gave, at least twice as many
+                    seen = max(e / max(n_head, 1) if head else 0, (len(texts[i]) - s) / max(n_tail, 1) if tail else 0)
+                    grown[i] = max(2 * pending[i], math.ceil(2 * seen))
+            pending = grown
+        if not rows:
+            return self._fast_rows(texts)
+        windowed = np.zeros(len(texts), dtype=bool)
+        windowed[list(rows)] = True
+        kept = [rows[i] for i in sorted(rows)]
+        whole_ids, whole_lengths = self._fast_rows([t for t, w in zip(texts, windowed.tolist(), strict=True) if not w])
+        return _merge_rows(windowed, np.concatenate(kept), [len(r) for r in kept], whole_ids, whole_lengths)
+
     def _hf_runs(self, runs: list[str]) -> tuple[list[int], list[int]]:
         """HF's ids of the runs of words (no template) one after the other, and the ids per run, from one
         call on the runs joined by spaces: a token belongs to the run its first character is in (the
@@ -509,6 +573,62 @@ class PromptTokenizer:
             tb = self.tokenize(texts[start : start + chunk])
             out.extend(row[:n].tolist() for row, n in zip(tb.input_ids, tb.n_tokens.tolist(), strict=True))
         return out
+
+
+def _window_cut(text: str, head_chars: int, tail_chars: int) -> tuple[int, int] | None:
+    """Where a head window of at least `head_chars` characters of `text` ends and a tail window of at least
+    `tail_chars` starts, both at ASCII whitespace (the head's end is a space's index, the tail's start one
+    past a space's; 0 chars: no window, end 0 or start len(text)); None when the windows would meet or a
+    window finds no whitespace."""
+    if head_chars + tail_chars >= len(text):
+        return None
+    end = 0
+    if head_chars:
+        found = _ASCII_SPACE.search(text, head_chars)
+        if found is None:
+            return None
+        end = found.start()
+    start = len(text)
+    if tail_chars:
+        start = max(text.rfind(c, 0, len(text) - tail_chars) for c in "\t\n\r ") + 1
+        if start == 0:
+            return None
+    return (end, start) if end < start else None
+
+
+def _merge_rows(
+    take_a: np.ndarray,
+    a_ids: np.ndarray,
+    a_lengths: Sequence[int] | np.ndarray,
+    b_ids: np.ndarray,
+    b_lengths: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows from two sources, each its rows' ids one after the other and their lengths: row i is the next
+    row of a where `take_a[i]`, else the next row of b. Returns the rows' ids and lengths."""
+    lengths = np.empty(take_a.shape[0], dtype=np.int64)
+    lengths[take_a] = a_lengths
+    lengths[~take_a] = b_lengths
+    out = np.empty(int(lengths.sum()), dtype=np.int64)
+    from_a = np.repeat(take_a, lengths)
+    out[from_a] = a_ids
+    out[~from_a] = b_ids
+    return out, lengths
+
+
+def _refuse_surrogates(texts: list[str], indices: Iterable[int]) -> None:
+    """ValueError naming the first of `texts[indices]` that holds a surrogate code point and where (HF's
+    own error for it is "TextInputSequence must be str")."""
+    for i in indices:
+        text = texts[i]
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"texts[{i}] holds the surrogate code point U+{ord(text[exc.start]):04X} at character {exc.start}: "
+                "not Unicode text (a lone half of a UTF-16 pair, or bytes decoded with surrogateescape)"
+            ) from None
 
 
 class SentenceEncoder(Protocol):

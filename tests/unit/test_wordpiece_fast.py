@@ -571,6 +571,136 @@ def test_long_texts_are_cut_as_read_and_as_hf_cuts_them(
         assert x.dtype == y.dtype and np.array_equal(x, y), field
 
 
+class CountingHF:
+    """HF's tokenizer, counting the characters of the texts it is given."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok, self.chars = tok, 0
+
+    def encode(self, text: str, **kw: object):  # type: ignore[no-untyped-def]
+        self.chars += len(text)
+        return self.tok.encode(text, **kw)
+
+    def encode_batch(self, texts: list[str], **kw: object):  # type: ignore[no-untyped-def]
+        self.chars += sum(map(len, texts))
+        return self.tok.encode_batch(texts, **kw)
+
+
+def long_left_to_hf(rng: random.Random, vocab: Sequence[str]) -> str:
+    """A text of 300-30,000 characters from a random mix of pieces: vocabulary words, words holding a
+    character left to HF, CJK runs, combining marks, words of 99-150 characters, whitespace runs, control
+    characters, other scripts, runs of 300-3,000 characters without whitespace. The mixes give anywhere
+    from ~1 to ~150 characters per id, so a window falls short, just holds its ids, grows or meets the other."""
+    pieces = [
+        lambda: rng.choice(vocab),
+        lambda: rng.choice(vocab) + rng.choice(LEFT_TO_HF) + rng.choice(vocab).lstrip("#"),
+        lambda: rng.choice(LEFT_TO_HF) * rng.randint(1, 3),
+        lambda: "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(rng.randint(1, 12))),
+        lambda: rng.choice("eao") + "\u0301" * rng.randint(1, 5) + rng.choice(["", "\u0378"]),
+        lambda: "".join(rng.choice("abcxyz") for _ in range(rng.randint(99, 150))) + rng.choice(["", "\u0378"]),
+        lambda: "".join(rng.choice(" \t\n\r") for _ in range(rng.randint(2, 30))),
+        lambda: "".join(rng.choice(CONTROL) for _ in range(rng.randint(1, 4))),
+        lambda: rng.choice(UNICODE),
+        lambda: "".join(rng.choice("ab\u0378-日") for _ in range(rng.randint(300, 3000))),
+    ]
+    weights = [rng.random() ** 3 for _ in pieces]
+    target = int(10 ** rng.uniform(2.5, 4.5))
+    parts, size = [], 0
+    while size < target:
+        parts.append(rng.choices(pieces, weights)[0]())
+        parts.append(rng.choice([" ", " ", " ", "", "\n", "\t"]))
+        size += len(parts[-2]) + 1
+    return "".join(parts)
+
+
+def at_the_window_edge(rng: random.Random) -> str:
+    """Words of one id each ([UNK]: a character left to HF in them) of 2-40 characters with a space, most of
+    6-9 (the first windows' 8 characters per id): a window ends a word or two off the ids it needs."""
+    width = rng.randint(6, 9) if rng.random() < 0.75 else rng.randint(2, 40)
+    words = ["\u0378" + "x" * (width - 1 + rng.choice([0, 0, 0, 1, -1])) for _ in range(rng.randint(20, 900))]
+    return rng.choice(["", "lead ", "\u0378 "]) + " ".join(words) + rng.choice(["", " ", " end"])
+
+
+@pytest.mark.parametrize(
+    "max_tokens,truncation",
+    [
+        (256, Truncation(rule="head_tail", head_tokens=96)),
+        (16, HEAD),
+        (24, Truncation(rule="tail")),
+        (40, Truncation(rule="head_tail", head_tokens=3)),
+        (64, Truncation(rule="head_tail", head_tokens=70)),  # more than the budget: the head only
+    ],
+)
+def test_long_texts_left_to_hf_are_read_from_windows_as_hf_reads_them_whole(
+    tokenizer_path: Path, hf: Tokenizer, max_tokens: int, truncation: Truncation
+) -> None:
+    """A long text the compiled path leaves to HF is read from a head and a tail window cut at ASCII
+    whitespace (`PromptTokenizer._windowed_rows`): every field of the batch equals HF's on the whole text,
+    cut by the rule, for hostile long texts, texts at a window's edge and short ones in the same batches,
+    and most rows are read from windows (shorter than the whole text's)."""
+    on = PromptTokenizer(tokenizer_path, max_tokens=max_tokens, truncation=truncation)
+    off = PromptTokenizer(tokenizer_path, max_tokens=max_tokens, truncation=truncation, fast=False)
+    assert on.fast_path
+    rng = random.Random(max_tokens)
+    vocab = sorted(t for t in hf.get_vocab() if t.isascii())
+    texts = [long_left_to_hf(rng, vocab) for _ in range(90)] + [at_the_window_edge(rng) for _ in range(60)]
+    texts += [hard_mixed(rng, vocab) for _ in range(60)] + shipped_prompts()[:20]
+    texts += [("a" * 99 + "\u0378 ") * 198, "\u0378" + "x" * 5000 + " " + "wor\u0378d and " * 2000]
+    rng.shuffle(texts)
+    left = ~on._fast.encode_cut(texts, max_tokens=max_tokens, head_end=on._head_end).handled  # type: ignore[union-attr]
+    assert left.sum() > 120
+    at = 0
+    while at < len(texts):
+        batch = texts[at : at + rng.choice([1, 2, 5, 16])]
+        at += len(batch)
+        a, b = on.tokenize(batch), off.tokenize(batch)
+        for field in ("input_ids", "attention_mask", "token_type_ids", "n_tokens", "truncated"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert x.dtype == y.dtype and np.array_equal(x, y), (field, batch)
+    cut = int(off.tokenize(texts).truncated[left].sum())
+    windowed = sum(
+        int(on._windowed_rows([t])[1][0]) < len(hf.encode(t).ids)
+        for t, lt in zip(texts, left.tolist(), strict=True)
+        if lt
+    )
+    assert cut > 100 and windowed > 60, (cut, windowed)
+
+
+@pytest.mark.parametrize(
+    "text,share",
+    [
+        ("wor\u0378d and " * 2000, 0.2),  # a word for HF in each 3
+        ("\u0378x\u0378 " * 5000, 0.2),  # every word for HF: the text went to HF whole
+        (("a" * 99 + "\u0378 ") * 800, 0.75),  # 100 characters an id: the windows grow once
+    ],
+)
+def test_hf_reads_only_the_windows_of_a_long_text(tokenizer_path: Path, text: str, share: float) -> None:
+    """A 20,000-80,000 character text left to HF: HF reads under `share` of it, and the batch is HF's whole
+    text cut (head_tail:96 of 256, the shipped bundles' rule)."""
+    rule = Truncation(rule="head_tail", head_tokens=96)
+    on = PromptTokenizer(tokenizer_path, max_tokens=256, truncation=rule)
+    off = PromptTokenizer(tokenizer_path, max_tokens=256, truncation=rule, fast=False)
+    counter = CountingHF(on._tok)
+    on._tok = counter  # type: ignore[assignment]
+    a, b = on.tokenize([text, "short"]), off.tokenize([text, "short"])
+    assert a.truncated.tolist() == [True, False]
+    for field in ("input_ids", "attention_mask", "token_type_ids", "n_tokens", "truncated"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert counter.chars < share * len(text), f"HF read {counter.chars:,} characters of {len(text):,}"
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_surrogate_is_refused_naming_the_text_and_the_character(tokenizer_path: Path, fast_path: bool) -> None:
+    """A lone surrogate is not Unicode text: HF raised "TextInputSequence must be str"; tokenize says which
+    text and which character."""
+    tok = PromptTokenizer(tokenizer_path, max_tokens=64, fast=fast_path)
+    assert tok.fast_path == fast_path
+    with pytest.raises(ValueError, match=r"texts\[1\] holds the surrogate code point U\+D800 at character 4"):
+        tok.tokenize(["fine", "abc \ud800 def"])
+    with pytest.raises(ValueError, match=r"texts\[0\] holds the surrogate code point U\+DFFF at character 0"):
+        tok.tokenize(["\udfff" + "word " * 3000])
+
+
 def test_environment_variable_turns_the_fast_path_off(tokenizer_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMROUTE_FAST_TOKENIZER", "0")
     assert not PromptTokenizer(tokenizer_path, max_tokens=64).fast_path
