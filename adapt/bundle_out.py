@@ -5,10 +5,12 @@ calibrated on recent prompts, its lineage in the manifest.
 The new bundle is the parent's files (manifest.json.sig left behind: the new manifest is not signed),
 plus routers/<router>/<role>.npy; the manifest is the parent's with the router, its file's checksum,
 the calibration table extended by the router's thresholds (threshold_i = quantile_{1 - p_i} of its
-scores on recent prompts, on the parent's strong-share grid; the other routers keep theirs), the new
+scores on recent prompts, on the parent's strong-share grid, or thresholds given: the parent's own when
+too few distinct recent prompts remain; the other routers keep theirs), the new
 router as the default router (`adapted`), one tenant's router (`tenant_routers`) or default quality
 router (`adapted_quality`), which clients that name no router follow, and `lineage` (parent version,
-outcome kind, count and time range, learner and settings, calibration prompts; the parent's lineages
+outcome kind, count and time range, learner and settings, calibration prompts (0: thresholds given,
+not calibrated); the parent's lineages
 of the routers kept move to `earlier_lineages`). It is stamped with its content version, loaded through the
 validating loader in a temporary sibling directory, then renamed into place: a failure leaves no
 half-written bundle, and without `overwrite` a bundle at out_dir (one another writer put there meanwhile
@@ -23,7 +25,7 @@ import datetime as dt
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +115,7 @@ def write_adapted_bundle(
     weight: float,
     base: BaseStandardisation,
     outcomes: OutcomeSpan,
-    calibration_scores: npt.ArrayLike,
+    calibration_scores: npt.ArrayLike | None,
     *,
     router: str = "adapted",
     label: str = "",
@@ -121,10 +123,12 @@ def write_adapted_bundle(
     replace: bool = False,
     make_default: bool = True,
     tenant: str = "",
+    thresholds: Sequence[float] | None = None,
 ) -> Manifest:
     """Write parent_dir + an adapted router named `router` (head blended with `base_router` at `weight`,
     of kind `head.router_kind`) to out_dir and return the manifest written (module docstring).
-    `calibration_scores`: the adapted router's scores on recent prompts. With `replace`, an adapted router
+    `calibration_scores`: the adapted router's scores on recent prompts, or None and `thresholds`: its
+    thresholds as they are (one per strong share of the parent's table). With `replace`, an adapted router
     of that name in the parent (an earlier adaptation) is replaced by the new one. With `make_default`,
     the new router is the bundle's default router (Route calls that name no router use it), or with
     `tenant` that tenant's (`tenant_routers`: its calls that name no router use it; the bundle's default
@@ -149,6 +153,7 @@ def write_adapted_bundle(
         replace=replace,
         default_key="default_router" if make_default else "",
         tenant=tenant,
+        thresholds=thresholds,
     )
 
 
@@ -208,12 +213,13 @@ def write_router_bundle(
     outcomes: OutcomeSpan,
     learner: str,
     settings: Mapping[str, float],
-    calibration_scores: npt.ArrayLike,
+    calibration_scores: npt.ArrayLike | None,
     label: str = "",
     overwrite: bool = False,
     replace: bool = False,
     default_key: str = "",
     tenant: str = "",
+    thresholds: Sequence[float] | None = None,
 ) -> Manifest:
     """The common part of both writers: parent_dir + a router `router` of a kind learnt from outcomes
     (`params`, one .npy per role in `arrays`) to out_dir, atomically (module docstring). With `replace`, a
@@ -221,7 +227,11 @@ def write_router_bundle(
     `default_key` ("default_router" or "default_quality_router"): the manifest key that names the new
     router; "" keeps the parent's defaults. With `tenant`, the new router becomes that tenant's default
     instead (`tenant_routers` or `tenant_quality_routers`, by `default_key`) and the bundle's defaults stay.
-    The parent's lineages of the routers kept move to `earlier_lineages`."""
+    The parent's lineages of the routers kept move to `earlier_lineages`. Exactly one of `calibration_scores`
+    (the router's thresholds calibrated on them) and `thresholds` (taken as they are; the lineage's
+    calibration_prompts is then 0)."""
+    if (calibration_scores is None) == (thresholds is None):
+        raise ValueError("calibration_scores, thresholds: give exactly one")
     if default_key not in ("", "default_router", "default_quality_router"):
         raise ValueError(f"default_key: {default_key!r} is not a default of the manifest")
     parent, out = Path(parent_dir), Path(out_dir)
@@ -247,8 +257,16 @@ def write_router_bundle(
     params = router_kind.coerce_params(params, f"routers.{router}.params")
     calibration = manifest.calibration
     assert calibration is not None  # checked above; _without_router keeps it
-    thresholds = dict(calibration.thresholds)
-    thresholds[router] = calibrated_thresholds(calibration_scores, calibration.strong_share)
+    table = dict(calibration.thresholds)
+    if calibration_scores is not None:
+        table[router] = calibrated_thresholds(calibration_scores, calibration.strong_share)
+    else:
+        assert thresholds is not None
+        if len(thresholds) != len(calibration.strong_share):
+            raise ValueError(
+                f"thresholds: {len(thresholds)} given, the parent's table has {len(calibration.strong_share)} shares"
+            )
+        table[router] = tuple(float(t) for t in thresholds)
     lineage = Lineage(
         parent_version=manifest.bundle_version,
         router=router,
@@ -258,7 +276,7 @@ def write_router_bundle(
         last_outcome_at=outcomes.last_at,
         learner=learner,
         settings={name: float(value) for name, value in settings.items()},
-        calibration_prompts=int(np.asarray(calibration_scores).size),
+        calibration_prompts=0 if calibration_scores is None else int(np.asarray(calibration_scores).size),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -287,7 +305,7 @@ def write_router_bundle(
                 source=calibration.source,
                 n_prompts=calibration.n_prompts,
                 strong_share=calibration.strong_share,
-                thresholds=thresholds,
+                thresholds=table,
             ),
             library_versions=library_versions(),
             lineage=lineage,

@@ -23,7 +23,11 @@ Steps:
 3. `adapt_paired` / `adapt_single` (lmroute.adapt.pipeline): the learner, its blend with the base router
    and the gate on held-out outcomes (`splits`: 10 random folds, or forward-chaining time blocks).
 4. If the gate accepts: the adapted bundle is written to `out_dir`, its thresholds calibrated on the
-   store's most recent decisions. Accepted or not, the run is recorded in the store (`adaptations`).
+   distinct prompts (`prompt_sha256`) of the store's most recent decisions, each once (one hot prompt
+   repeated thousands of times is one prompt); with fewer than MIN_CALIBRATION_PROMPTS of those, on the
+   distinct judged prompts; with fewer of those too, the parent's thresholds of the champion are kept
+   (the report's `calibration` says which, `calibration_prompts` 0). Accepted or not, the run is
+   recorded in the store (`adaptations`).
 
 The champion is what the bundle serves now: its adapted router when it has one (a bundle adapted
 before), else the base router; a new adaptation replaces the adapted router. With `tenant`, the run
@@ -53,6 +57,7 @@ from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity, lineage_time
 from lmroute.bundle.routers import PromptBatch
+from lmroute.export.calibrate import MIN_CALIBRATION_PROMPTS
 from lmroute.outcomes.records import TENANT_RE, Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
 
@@ -60,6 +65,7 @@ __all__ = [
     "AdaptRun",
     "Features",
     "adapt_from_store",
+    "distinct_prompts",
     "featurise",
     "gate_qualities",
     "score_texts",
@@ -76,7 +82,7 @@ is learnt from both models' outcomes; with one model's alone (thumbs collected o
 answers only, say) a head learns where that model does well, and the gate, whose held-out gains need the
 other model's outcome model too, cannot tell it from a better router."""
 CALIBRATION_PROMPTS = 5000
-"""The most recent decisions whose scores calibrate the adapted router's thresholds."""
+"""The most recent decisions whose distinct prompts calibrate the adapted router's thresholds."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,20 @@ def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDA
     return np.asarray(times_ms, dtype=np.int64) > lineage.last_outcome_ms + 999
 
 
+def distinct_prompts(rows: Sequence[LabeledPrompt | Decision]) -> list[int]:
+    """The positions in `rows` of each prompt's first row (by `prompt_sha256`, kept with the privacy
+    switch too; recent decisions come newest first). What calibrates thresholds: a table's share is a
+    share of distinct prompts, else one hot prompt repeated thousands of times takes every share it
+    covers to its own score (the strong-share knob then moves nothing)."""
+    seen: set[str] = set()
+    first: list[int] = []
+    for i, r in enumerate(rows):
+        if r.prompt_sha256 not in seen:
+            seen.add(r.prompt_sha256)
+            first.append(i)
+    return first
+
+
 def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> list[LabeledPrompt]:
     if kind == "paired":
         pair_kinds = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
@@ -412,10 +432,31 @@ def adapt_from_store(
     candidate_version = None
     if result.accepted:
         recent = store.recent_decisions(limit=CALIBRATION_PROMPTS, callers=callers)
-        cal = featurise(bundle, recent, base_router, champion)
-        if len(cal.kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
-            cal = feats
-        cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)
+        cal = featurise(bundle, [recent[i] for i in distinct_prompts(recent)], base_router, champion)
+        judged = distinct_prompts(used)  # positions in feats too
+        cal_scores: npt.NDArray[np.float64] | None = None
+        kept_thresholds: tuple[float, ...] | None = None
+        if len(cal.kept) >= MIN_CALIBRATION_PROMPTS:
+            cal_scores = result.scores(cal.embeddings, cal.lengths, cal.base_scores)
+            report["calibration"] = (
+                f"on the {len(cal.kept)} distinct prompts of the {len(recent)} most recent decisions"
+            )
+        elif len(judged) >= MIN_CALIBRATION_PROMPTS:  # too little recent traffic: the judged prompts
+            cal_scores = result.scores(feats.embeddings[judged], feats.lengths[judged], feats.base_scores[judged])
+            report["calibration"] = (
+                f"on the {len(judged)} distinct judged prompts: the {len(recent)} most recent decisions hold "
+                f"{len(cal.kept)} distinct prompts, fewer than {MIN_CALIBRATION_PROMPTS}"
+            )
+        else:
+            parent_table = bundle.manifest.calibration
+            if parent_table is None:
+                raise ValueError(f"{bundle_dir}: the parent bundle is not calibrated")
+            kept_thresholds = parent_table.thresholds[champion]  # the loader checked: every router has its own
+            report["calibration"] = (
+                f"not recalibrated: the parent's thresholds of {champion} kept (the {len(recent)} most recent "
+                f"decisions hold {len(cal.kept)} distinct prompts and the judged prompts {len(judged)}, "
+                f"fewer than {MIN_CALIBRATION_PROMPTS})"
+            )
         span = OutcomeSpan(
             kind, len(used), lineage_time(int(feats.time_ms.min())), lineage_time(int(feats.time_ms.max()))
         )
@@ -433,9 +474,10 @@ def adapt_from_store(
                 replace=True,
                 router=router,
                 tenant=tenant,
+                thresholds=kept_thresholds,
             )
         candidate_version = manifest.bundle_version
-        report["calibration_prompts"] = len(cal.kept)
+        report["calibration_prompts"] = 0 if cal_scores is None else int(cal_scores.size)
     record(result.accepted, candidate_version)
     return dataclasses.replace(
         AdaptRun(result.accepted, kind, len(used), bundle.version, candidate_version), report=report

@@ -19,10 +19,21 @@ from numpy.typing import ArrayLike, NDArray
 
 from lmroute.bundle.manifest import Calibration
 
-__all__ = ["DEFAULT_SHARES", "calibration_for_manifest", "calibration_table", "thresholds_for_shares"]
+__all__ = [
+    "DEFAULT_SHARES",
+    "MIN_CALIBRATION_PROMPTS",
+    "calibration_for_manifest",
+    "calibration_table",
+    "thresholds_for_shares",
+]
 
 DEFAULT_SHARES: NDArray[np.float64] = np.linspace(0.0, 1.0, 101)
 """The manifest's 101 strong-call shares 0.00, 0.01, ..., 1.00."""
+MIN_CALIBRATION_PROMPTS = 100
+"""The fewest distinct prompts a table is calibrated on (`calibrate --prompts`, an adaptation's recent
+prompts): the grid runs in 1 % steps, so with fewer than 100 prompts neighbouring shares fall between the
+same two scores and their thresholds only interpolate (one prompt: every threshold equal); a --quick
+build calibrates on 200."""
 
 
 def _check_shares(shares: ArrayLike) -> NDArray[np.float64]:

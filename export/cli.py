@@ -38,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 
 from lmroute.bundle import kinds
+from lmroute.export.calibrate import MIN_CALIBRATION_PROMPTS  # the fewest `calibrate --prompts` takes
 from lmroute.export.dataclass_flags import add_flags, values_from
 from lmroute.export.pipeline import ALL_ROUTERS, REPO_ROOT, BuildConfig
 from lmroute.export.recipe import Recipe
@@ -50,10 +51,6 @@ from lmroute.outcomes.records import (
 )
 
 PROG = "lmroute-export"
-# The fewest prompts `calibrate --prompts` takes: the table's strong-share grid runs in 1 % steps (101
-# shares), so with fewer than 100 prompts neighbouring shares fall between the same two scores and their
-# thresholds only interpolate (one prompt: every threshold equal); a --quick build calibrates on 200.
-MIN_CALIBRATION_PROMPTS = 100
 ENV_PREFIX = "LMROUTE_EXPORT_"
 
 

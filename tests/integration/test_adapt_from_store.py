@@ -739,3 +739,80 @@ def test_the_link_round_repoints_the_link_and_every_watching_server_swaps(
     args = ["--bundle-link", str(bundles / "base"), "--store", dsn, "--bundles-dir", str(bundles), "--once"]
     assert adapt_main(args) == 1  # a directory, not a link
     assert "is not a symbolic link" in capsys.readouterr().out
+
+
+def _recent_decisions(parent: Path, texts: list[str], start_ms: int) -> list[Decision]:
+    """Score decisions of `texts` (one each, in order, a millisecond apart from `start_ms`)."""
+    pair = load_bundle(parent).manifest.default_pair
+    return [
+        Decision(
+            decision_id=f"{i:032x}",
+            time_ms=start_ms + i,
+            kind="score",
+            bundle_version="before",
+            scores={},
+            strong_model=pair.strong,
+            weak_model=pair.weak,
+            prompt_sha256=prompt_sha256(text),
+            n_tokens=8,
+            prompt_text=text,
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+def test_recalibration_counts_a_hot_prompt_once(parent: Path, tmp_path: Path) -> None:
+    """The 5,000 latest decisions are one templated prompt 4,799 times among 201 others: the adapted
+    router's thresholds are calibrated on the 202 distinct prompts, each once, so they differ across
+    shares and meet each share on those prompts (on the 5,000 decisions as they came, every share of
+    0.05-0.95 had the hot prompt's score for its threshold: the strong-share knob moved nothing)."""
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write([], _judged(parent, shuffled=False))
+    hot = "Summarise this support ticket for the on-call engineer: printer offline again"
+    others = synthetic_prompts(201, seed=33)
+    texts = [hot] * 4799 + others
+    np.random.default_rng(4).shuffle(texts)
+    store.write(_recent_decisions(parent, texts, int(time.time() * 1000) + 1000), [])
+    run = adapt_from_store(parent, store, tmp_path / "b1")
+    store.close()
+    assert run.accepted, run.report
+    assert run.report["calibration_prompts"] == 202, run.report
+    assert run.report["calibration"] == "on the 202 distinct prompts of the 5000 most recent decisions"
+    manifest = load_bundle(tmp_path / "b1").manifest
+    assert manifest.lineage is not None and manifest.lineage.calibration_prompts == 202
+    cal = manifest.calibration
+    assert cal is not None
+    shares = np.asarray(cal.strong_share)
+    thresholds = np.asarray(cal.thresholds["adapted"])
+    middle = (shares >= 0.05 - 1e-9) & (shares <= 0.95 + 1e-9)
+    assert len(set(thresholds[middle])) > 80, (
+        f"shares 0.05-0.95 share thresholds {sorted(set(thresholds[middle].tolist()))}"
+    )
+    adapted = load_bundle(tmp_path / "b1").routers["adapted"]
+    scores = np.asarray(adapted.score(load_bundle(tmp_path / "b1").prompt_batch([hot, *others])), dtype=np.float64)
+    for p, t in zip(shares[middle], thresholds[middle], strict=True):
+        sent = float(np.mean(scores >= t))
+        assert abs(sent - p) <= 1.0 / 202 + 1e-3, f"strong share {p:.2f}: threshold {t} sends {sent:.3f}"
+
+
+def test_too_few_distinct_recent_prompts_keep_the_parents_thresholds(parent: Path, tmp_path: Path) -> None:
+    """80 judged prompts and 320 recent decisions of 21 distinct prompts (one of them 300 times): too few
+    distinct prompts to calibrate on (100), so the adapted router keeps the parent's thresholds of the
+    router it replaces, and the report says so."""
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write([], _judged(parent, shuffled=False)[:160])
+    texts = ["one hot prompt"] * 300 + synthetic_prompts(20, seed=34)
+    store.write(_recent_decisions(parent, texts, int(time.time() * 1000) + 1000), [])
+    run = adapt_from_store(parent, store, tmp_path / "b1", margin=1.0)  # any candidate passes
+    store.close()
+    assert run.accepted and run.n_outcomes == 80, run.report
+    assert run.report["calibration_prompts"] == 0
+    assert run.report["calibration"] == (
+        "not recalibrated: the parent's thresholds of mf kept (the 320 most recent decisions hold 21 distinct "
+        "prompts and the judged prompts 80, fewer than 100)"
+    )
+    manifest = load_bundle(tmp_path / "b1").manifest
+    parent_cal = load_bundle(parent).manifest.calibration
+    assert manifest.calibration is not None and parent_cal is not None
+    assert manifest.calibration.thresholds["adapted"] == parent_cal.thresholds["mf"]
+    assert manifest.lineage is not None and manifest.lineage.calibration_prompts == 0
