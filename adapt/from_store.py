@@ -10,8 +10,9 @@ Steps:
    outcomes alone, while the head learns from all of `reporters`'; with `callers`, only the outcomes
    of decisions made for those tenants' calls: a router adapted to their traffic) and keep those
    the kind can learn from: paired = both models of the bundle's default pair judged (paired or
-   preference outcomes); single = a Route decision of this pair with its propensity and the chosen
-   model's quality.
+   preference outcomes); single = a two-way Route decision of this pair with its propensity and the
+   chosen model's quality (the outcomes of decisions made among candidates, whose propensities are
+   N-way, are skipped and counted in the report's `outcomes_excluded` with that reason).
 2. Features in the bundle's encoder space: the stored embedding when its `encoder_id` is the bundle's
    (the encoder then does not run again), else the prompt text embedded now with the bundle's encoder;
    the length feature from the text (or the recorded character count). The base router's and the
@@ -40,6 +41,7 @@ on the tenant's recent decisions.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,11 +278,27 @@ def distinct_prompts(rows: Sequence[LabeledPrompt | Decision]) -> list[int]:
     return first
 
 
-def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> list[LabeledPrompt]:
+AMONG_CANDIDATES = "decided by Route among candidates: an N-way propensity (--kind qualities learns from it)"
+"""Why `--kind single` skips an outcome of such a decision: its learner reads a propensity between the
+pair's two models, and one chosen among N candidates (a third model could have answered) is not that."""
+
+
+def _among_candidates(r: LabeledPrompt) -> bool:
+    """Whether r's decision was made by Route among candidates: its `choice` lists them (`models`); a
+    two-way Route's holds at most the share target it was made at."""
+    try:
+        made = json.loads(r.choice) if r.choice else None
+    except ValueError:
+        return False
+    return isinstance(made, dict) and "models" in made
+
+
+def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> tuple[list[LabeledPrompt], int]:
+    """(the rows `kind` learns from, how many outcomes of decisions among candidates `single` skipped)."""
     if kind == "paired":
         pair_kinds = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
-        return [r for r in rows if r.kinds & pair_kinds and strong in r.qualities and weak in r.qualities]
-    return [
+        return [r for r in rows if r.kinds & pair_kinds and strong in r.qualities and weak in r.qualities], 0
+    single = [
         r
         for r in rows
         if OutcomeKind.SINGLE in r.kinds
@@ -288,6 +306,8 @@ def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) ->
         and r.propensity is not None
         and r.chosen_model in r.qualities
     ]
+    two_way = [r for r in single if not _among_candidates(r)]
+    return two_way, len(single) - len(two_way)
 
 
 def gate_qualities(
@@ -337,7 +357,7 @@ def adapt_from_store(
     champion = champion_of(bundle, base_router, tenant)
     pair = bundle.manifest.default_pair
     read = store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers)
-    rows = _usable(read, kind, pair.strong, pair.weak)
+    rows, among_candidates = _usable(read, kind, pair.strong, pair.weak)
     feats = featurise(bundle, rows, base_router, champion)
     used = [rows[i] for i in feats.kept]
     report: dict[str, Any] = {
@@ -352,6 +372,8 @@ def adapt_from_store(
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }
+    if kind == "single":
+        report["outcomes_excluded"] = {AMONG_CANDIDATES: among_candidates}
 
     def record(accepted: bool, candidate: str | None) -> None:
         store.record_adaptation(

@@ -816,3 +816,55 @@ def test_too_few_distinct_recent_prompts_keep_the_parents_thresholds(parent: Pat
     assert manifest.calibration is not None and parent_cal is not None
     assert manifest.calibration.thresholds["adapted"] == parent_cal.thresholds["mf"]
     assert manifest.lineage is not None and manifest.lineage.calibration_prompts == 0
+
+
+def test_single_skips_the_outcomes_of_decisions_made_among_candidates(parent: Path, tmp_path: Path) -> None:
+    """Single outcomes of 60 two-way Route decisions (30 made under a share target, whose `choice` holds
+    it) and of 40 Route decisions among three candidates that chose the pair's strong or weak model:
+    `--kind single` learns from the 60 alone (a propensity among three is not one between two) and the
+    report counts the 40 with the reason."""
+    pair = load_bundle(parent).manifest.default_pair
+    texts = synthetic_prompts(100, seed=35)
+    rng = np.random.default_rng(6)
+    t0 = int(time.time() * 1000) - 100_000
+    decisions: list[Decision] = []
+    outcomes: list[Outcome] = []
+    for i, text in enumerate(texts):
+        strong = bool(rng.random() < 0.5)
+        did = f"{i:032x}"
+        threshold: float | None = 0.5  # two-way: at a threshold, every other one under a share target
+        policy, choice = ("target", json.dumps({"target": 0.3})) if i % 2 else ("strong_share", "")
+        if i >= 60:  # among three candidates (Route's own `choice` layout)
+            threshold, policy = None, "cost_weight"
+            costs = {"models": [pair.strong, pair.weak, "third"], "qualities": [0.8, 0.6, 0.7], "costs": [3, 1, 2]}
+            choice = json.dumps({**costs, "chosen": int(not strong)})
+        decisions.append(
+            Decision(
+                decision_id=did,
+                time_ms=t0 + 1000 * i,
+                kind="route",
+                bundle_version="before",
+                scores={"mf": 0.5},
+                strong_model=pair.strong,
+                weak_model=pair.weak,
+                prompt_sha256=prompt_sha256(text),
+                n_tokens=8,
+                prompt_text=text,
+                router="mf",
+                chosen_model=pair.strong if strong else pair.weak,
+                propensity=0.8,
+                threshold=threshold,
+                policy=policy,
+                choice=choice,
+            )
+        )
+        quality = float(rng.random() < 0.7)
+        outcomes.append(Outcome(OutcomeKind.SINGLE, "", quality, decision_id=did, observed_ms=t0 + 1000 * i + 500))
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write(decisions, outcomes)
+    run = adapt_from_store(parent, store, tmp_path / "b1", kind="single")
+    store.close()
+    assert run.report["outcomes_read"] == 60 and run.n_outcomes == 60, run.report
+    assert run.report["outcomes_excluded"] == {
+        "decided by Route among candidates: an N-way propensity (--kind qualities learns from it)": 40
+    }
