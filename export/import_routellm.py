@@ -141,8 +141,12 @@ def _json_doc(path: Path) -> Any:
 def _model_ids(path: Path) -> dict[str, int]:
     doc = _json_doc(path)
     ids = doc["model_ids"] if isinstance(doc, dict) and "model_ids" in doc else doc
-    if not isinstance(ids, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in ids.items()):
-        raise ImportError_(f"{path}: expected {{model name: row}} (or {{'model_ids': ...}})")
+    if not isinstance(ids, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in ids.items()
+    ):  # type(v) is int: true is no row, nor is -1 (it would read P's last row)
+        raise ImportError_(f"{path}: expected {{model name: row}} (or {{'model_ids': ...}}), rows integers >= 0")
+    if len(set(ids.values())) != len(ids):
+        raise ImportError_(f"{path}: two models share a row of P")
     return dict(ids)
 
 
@@ -244,6 +248,11 @@ def import_mf(
         raise ImportError_(f"{model_ids}: row {max(ids.values())} beyond the checkpoint's {p_table.shape[0]} models")
     models = tuple(sorted(ids))
     model_emb = p_table[[ids[m] for m in models]]
+    if zero := [m for m, row in zip(models, model_emb, strict=True) if not np.any(row)]:
+        raise ImportError_(
+            f"{weights_path}: P's rows of {', '.join(zero[:5])} are all zeros (an mf router scores a model by its "
+            f"row's direction); leave them out with --model-ids"
+        )
     s_idx, w_idx = models.index(strong), models.index(weak)
     pair_vector = reference.mf_pair_vector(text_proj, model_emb, classifier, s_idx, w_idx).astype(np.float32)
     cfg_sha, w_sha = _sha256(cfg_path), _sha256(weights_path)
@@ -296,13 +305,19 @@ def import_bert(
     cfg_path = checkpoint / "config.json"
     if not cfg_path.is_file():
         raise ImportError_(f"{cfg_path}: missing (expected RouteLLM's bert checkpoint: a Hugging Face model directory)")
-    config = AutoConfig.from_pretrained(str(checkpoint))
+    try:
+        config = AutoConfig.from_pretrained(str(checkpoint))
+    except (OSError, ValueError) as exc:
+        raise _not_a_model(checkpoint, exc) from None
     if getattr(config, "num_labels", None) != 3:
         raise ImportError_(f"{cfg_path}: {config.num_labels} labels; RouteLLM's bert router has 3")
     weights = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not weights:
         raise ImportError_(f"{checkpoint}: no model.safetensors or pytorch_model.bin")
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    except (OSError, ValueError) as exc:
+        raise _not_a_model(checkpoint, exc) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ImportError_(f"{checkpoint}: its tokenizer has no fast (tokenizers) form to serve with")
     positions = int(getattr(config, "max_position_embeddings", 512))
@@ -312,8 +327,11 @@ def import_bert(
         shutil.copytree(checkpoint, model_dir)
         tokenizer.backend_tokenizer.save(str(model_dir / "tokenizer.json"))
         enc_dir = Path(tmp) / "encoder"
-        export_encoder(model_dir, enc_dir, max_tokens=max_tokens, quantize=None)
-        classifier = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        try:  # each step loads the weights: a pickle torch will not load, wrong shapes, NaN
+            export_encoder(model_dir, enc_dir, max_tokens=max_tokens, quantize=None)
+            classifier = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _not_a_model(checkpoint, exc, str(model_dir)) from None
         onnx_path = Path(tmp) / "bert.onnx"
         diff = export_bert_onnx(classifier, enc_dir, onnx_path, max_tokens=max_tokens, truncation=HEAD)
         if diff > 1e-4:
@@ -399,14 +417,26 @@ def read_battle_embeddings(paths: list[Path]) -> np.ndarray:
     parts = []
     for path in paths:
         if path.suffix == ".npy":
-            parts.append(np.load(path, allow_pickle=False).astype(np.float64))
+            try:
+                table = np.load(path, allow_pickle=False)
+                parts.append(np.asarray(table, dtype=np.float64))
+            except ValueError as exc:  # an object array (pickled), strings, a bad header
+                raise ImportError_(f"{path}: not a table of numbers ({exc})") from None
+            if parts[-1].ndim != 2:
+                raise ImportError_(f"{path}: expected a 2-d table of embeddings, got shape {parts[-1].shape}")
             continue
         rows = []
         for n, row in _rows(path):
             if not isinstance(row, dict) or not isinstance(row.get("embeddings"), list):
                 raise ImportError_(f"{path}:{n}: a row needs an 'embeddings' list")
-            rows.append(row["embeddings"])
+            vector = row["embeddings"]
+            if not all(type(v) in (int, float) for v in vector) or (rows and len(vector) != len(rows[0])):
+                want = f" of {len(rows[0])}" if rows else ""
+                raise ImportError_(f"{path}:{n}: 'embeddings' must be a list{want} numbers")
+            rows.append(vector)
         parts.append(np.asarray(rows, dtype=np.float64))
+    if len({p.shape[1] for p in parts if p.size}) > 1:
+        raise ImportError_(f"the embeddings tables differ in width: {[p.shape[1] for p in parts]}")
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
@@ -556,12 +586,31 @@ def import_sw(
         )
 
 
+def _not_a_model(checkpoint: Path, exc: BaseException, copy: str = "") -> ImportError_:
+    """A checkpoint transformers cannot load, named as given (not its temporary copy), in one line (not
+    torch's advice to unpickle an untrusted file with weights_only=False)."""
+    said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if copy:
+        said = said.replace(copy, str(checkpoint))
+    return ImportError_(f"{checkpoint}: not a model transformers can load ({said[:300]})")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", choices=["mf", "bert", "sw_ranking"], required=True, help="which RouteLLM router")
     p.add_argument("--checkpoint", type=Path, help="mf, bert: the checkpoint directory (config.json, ...)")
     p.add_argument("--battles", type=Path, nargs="+", help="sw_ranking: battle tables (.jsonl, .json, .parquet)")
     p.add_argument("--embeddings", type=Path, nargs="+", help="sw_ranking: their embeddings tables, same order")
-    p.add_argument("--num-tiers", type=int, default=10, help="sw_ranking: RouteLLM's num_tiers")
+    p.add_argument("--num-tiers", type=_at_least_one, default=10, help="sw_ranking: RouteLLM's num_tiers")
     p.add_argument(
         "--sw-fit",
         choices=FITS,
@@ -576,7 +625,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings-base-url", default="", help="default OPENAI_BASE_URL, else OpenAI's API")
     p.add_argument("--embeddings-api-key-env", default="OPENAI_API_KEY", metavar="NAME")
     p.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
-    p.add_argument("--calibration-limit", type=int, default=None, help="embed only the first N calibration prompts")
+    p.add_argument(
+        "--calibration-limit", type=_at_least_one, default=None, help="embed only the first N calibration prompts"
+    )
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -611,5 +662,8 @@ def main(args: argparse.Namespace) -> int:
     except ImportError_ as exc:
         print(f"import-routellm: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError: an --out that exists, an endpoint down
+        print(f"import-routellm: {exc}", file=sys.stderr)
+        return 1
     print(f"import-routellm: wrote {out}")
     return 0

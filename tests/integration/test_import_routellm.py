@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -102,6 +103,16 @@ def test_bert_scores_equal_routellm(routellm: Callable[..., None], tmp_path: Pat
     assert float(np.max(np.abs(ours - theirs))) <= 1e-5
     assert bundle.manifest.encoder.max_tokens == 512  # the checkpoint tokenizer's limit (the long prompt is cut)
     assert "RouteLLM bert imported from bert_checkpoint" in bundle.manifest.label
+    # weights torch cannot load: refused naming the checkpoint as given (it named a temporary copy)
+    broken = tmp_path / "broken_checkpoint"
+    shutil.copytree(ckpt, broken)
+    for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
+        weights.unlink()
+    (broken / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle of tensors")
+    with pytest.raises(ImportError_) as err:
+        import_bert(broken, tmp_path / "never", calibration_prompts=prompts[:60])
+    assert str(err.value).startswith(f"{broken}: not a model transformers can load (")
+    assert "/tmp/tmp" not in str(err.value) and not (tmp_path / "never").exists()
 
 
 def _battles(root: Path, n: int = 700, seed: int = 4) -> tuple[Path, Path, list[str]]:
@@ -278,6 +289,47 @@ def test_bad_checkpoints_are_refused_naming_the_file(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_bad_model_rows_and_flags_are_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row of P that is -1 (it read P's last row), true (row 1), shared by two models, or all zeros
+    (a numpy ValueError naming no file) is refused naming the file; --num-tiers 0 (an IndexError) and
+    --calibration-limit 0 are usage errors; an --out that exists, or an embeddings endpoint that cannot be
+    reached, is one line, not a traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    from lmroute.export.cli import main as export_main
+
+    ckpt = _tiny_mf_checkpoint(tmp_path)
+    for ids, said in (
+        ({"gpt-4-1106-preview": 0, "mixtral-8x7b-instruct-v0.1": -1}, "rows integers >= 0"),
+        ({"gpt-4-1106-preview": 0, "mixtral-8x7b-instruct-v0.1": True}, "rows integers >= 0"),
+        ({"gpt-4-1106-preview": 0, "mixtral-8x7b-instruct-v0.1": 0}, "two models share a row of P"),
+    ):
+        (tmp_path / "ids.json").write_text(json.dumps(ids))
+        with pytest.raises(ImportError_, match=said):
+            import_mf(ckpt, tmp_path / "x", model_ids=tmp_path / "ids.json")
+    weights = load_file(str(ckpt / "model.safetensors"))
+    weights["P.weight"][63] = 0.0
+    save_file(weights, str(ckpt / "model.safetensors"))
+    (tmp_path / "ids.json").write_text(json.dumps({"gpt-4-1106-preview": 0, "mixtral-8x7b-instruct-v0.1": 1, "z": 63}))
+    with pytest.raises(ImportError_, match=r"model.safetensors: P's rows of z are all zeros"):
+        import_mf(ckpt, tmp_path / "x", model_ids=tmp_path / "ids.json")
+    base = ["import-routellm", "--router", "sw_ranking", "--battles", "b", "--embeddings", "e", "--out", "o"]
+    for flag in ("--num-tiers", "--calibration-limit"):
+        with pytest.raises(SystemExit) as exited:
+            export_main([*base, flag, "0"])
+        assert exited.value.code == 2 and f"argument {flag}: must be >= 1 (got 0)" in capsys.readouterr().err
+    (tmp_path / "ids.json").write_text(json.dumps({"gpt-4-1106-preview": 0, "mixtral-8x7b-instruct-v0.1": 1}))
+    (tmp_path / "taken").mkdir()
+    argv = ["import-routellm", "--router", "mf", "--checkpoint", str(ckpt), "--model-ids", str(tmp_path / "ids.json")]
+    assert export_main([*argv, "--out", str(tmp_path / "taken")]) == 1
+    assert capsys.readouterr().err.startswith(f"import-routellm: bundle directory {tmp_path / 'taken'} already exists")
+    endpoint = ["--embeddings-base-url", "http://127.0.0.1:9/v1"]  # the discard port: nothing answers
+    assert export_main([*argv, "--out", str(tmp_path / "y"), *endpoint]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("import-routellm: encoder/remote.json: the embeddings endpoint failed the probe")
+    assert "Traceback" not in err and not (tmp_path / "y").exists()
+
+
 def test_bad_battle_tables_are_refused_naming_file_and_line(tmp_path: Path) -> None:
     battles, embeddings, _ = _battles(tmp_path, n=60)
     lines = battles.read_text().splitlines()
@@ -295,4 +347,13 @@ def test_bad_battle_tables_are_refused_naming_file_and_line(tmp_path: Path) -> N
     latin.write_bytes(battles.read_bytes() + b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(ImportError_, match=r"latin.jsonl: not UTF-8 text \(invalid continuation byte at byte \d+\)"):
         import_sw([latin], [embeddings], tmp_path / "x")
+    ragged = tmp_path / "ragged.jsonl"
+    rows = embeddings.read_text().splitlines()
+    ragged.write_text("\n".join([*rows[:2], json.dumps({"embeddings": [0.5, 0.5]}), *rows[2:]]) + "\n")
+    with pytest.raises(ImportError_, match=r"ragged.jsonl:3: 'embeddings' must be a list of 1536 numbers"):
+        import_sw([battles], [ragged], tmp_path / "x")
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ImportError_, match=r"pickled.npy: not a table of numbers \(Object arrays cannot be loaded"):
+        import_sw([battles], [pickled], tmp_path / "x")
     assert not (tmp_path / "x").exists()
