@@ -523,11 +523,11 @@ class PromptTokenizer:
         rows: dict[int, np.ndarray] = {}  # text -> its row from its windows
         pending = dict.fromkeys(range(len(texts)), self._WINDOW_CHARS_PER_ID)  # text -> window chars per id
         while pending:
-            spans = {
+            cuts = {
                 i: _window_cut(texts[i], per_id * (head + 1) if head else 0, per_id * (tail + 1) if tail else 0)
                 for i, per_id in pending.items()
             }
-            spans = {i: span for i, span in spans.items() if span is not None}
+            spans = {i: span for i, span in cuts.items() if span is not None}
             if not spans:
                 break
             parts = [p for i, (e, s) in spans.items() for p in (texts[i][:e], texts[i][s:])]
