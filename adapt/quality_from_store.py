@@ -17,8 +17,9 @@ Steps:
    heads and gates them against the champion: the bundle's `adapted_quality` router when it has one (an
    earlier adaptation), else the base router.
 4. If the gate accepts: the bundle is written with the `adapted_quality` router (replacing an earlier
-   one), its pair thresholds calibrated on the store's most recent decisions. Accepted or not, the run
-   is recorded in the store (`adaptations`).
+   one), its pair thresholds calibrated on the distinct prompts of the store's most recent decisions,
+   each once (with fewer than MIN_OUTCOMES, on the distinct judged prompts). Accepted or not, the run is
+   recorded in the store (`adaptations`).
 
 With `tenant`, as `lmroute.adapt.from_store` does for a pair router: that tenant's calls' outcomes alone,
 its own `adapted_quality-<tenant>` as champion when the bundle has one, and an accepted router becomes
@@ -42,6 +43,7 @@ from lmroute.adapt.from_store import (
     CALIBRATION_PROMPTS,
     MIN_OUTCOMES,
     AdaptRun,
+    distinct_prompts,
     gate_qualities,
     tenant_callers,
     tenant_router_name,
@@ -253,11 +255,13 @@ def adapt_qualities_from_store(
     report["heads"] = heads.summary()
     candidate_version = None
     if result.accepted:
-        cal_emb, cal_len, cal_kept = embed_rows(
-            bundle, store.recent_decisions(limit=CALIBRATION_PROMPTS, callers=callers)
-        )
+        recent = store.recent_decisions(limit=CALIBRATION_PROMPTS, callers=callers)
+        # each distinct prompt once (`distinct_prompts`: a hot prompt repeated thousands of times would
+        # take every share it covers to its own score)
+        cal_emb, cal_len, cal_kept = embed_rows(bundle, [recent[i] for i in distinct_prompts(recent)])
         if len(cal_kept) < MIN_OUTCOMES:  # too little recent traffic: calibrate on the judged prompts
-            cal_emb, cal_len = emb, lengths
+            once = distinct_prompts(used)
+            cal_emb, cal_len = emb[once], lengths[once]
         cal_q = heads.predict(cal_emb, cal_len, _base_columns(base, heads.models, cal_emb))
         pair = bundle.manifest.default_pair
         s, w = heads.models.index(pair.strong), heads.models.index(pair.weak)

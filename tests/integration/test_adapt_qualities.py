@@ -444,3 +444,33 @@ def test_a_tenants_own_quality_router_answers_its_calls_among_candidates(parent:
             assert other.list_routers().default_quality_router == "quality"
             with pytest.raises(Exception, match=NEW):  # its router, the shipped one, does not know the new model
                 other.route_among("Explain quicksort.", priced, cost_weight=0.0)
+
+
+def test_recalibration_counts_a_hot_prompt_once(parent: Path, tmp_path: Path) -> None:
+    """The latest decisions are one templated prompt 2,000 times among 150 others: the adapted_quality
+    router's pair thresholds are calibrated on the 151 distinct prompts, each once (on the decisions as
+    they came, the shares the hot prompt covers all had its score for their threshold)."""
+    store = open_store(f"sqlite:{tmp_path / 'o.sqlite3'}")
+    store.write([], _outcomes(*_judged(parent, signal=True)))
+    hot = "Summarise this support ticket for the on-call engineer: printer offline again"
+    texts = [hot] * 2000 + synthetic_prompts(150, seed=33)
+    np.random.default_rng(4).shuffle(texts)
+    pair = load_bundle(parent).manifest.default_pair
+    start = int(time.time() * 1000) + 1000
+    recent = [
+        Decision(
+            f"{i:032x}", start + i, "score", "before", {}, pair.strong, pair.weak, prompt_sha256(t), 8, prompt_text=t
+        )
+        for i, t in enumerate(texts)
+    ]
+    store.write(recent, [])
+    run = adapt_qualities_from_store(parent, store, tmp_path / "b1")
+    store.close()
+    assert run.accepted, run.report["gate"]
+    assert run.report["calibration_prompts"] == 151
+    cal = load_bundle(tmp_path / "b1").manifest.calibration
+    assert cal is not None
+    shares = np.asarray(cal.strong_share)
+    thresholds = np.asarray(cal.thresholds["adapted_quality"])
+    middle = (shares >= 0.05 - 1e-9) & (shares <= 0.95 + 1e-9)
+    assert len(set(thresholds[middle])) > 80, sorted(set(thresholds[middle].tolist()))
