@@ -218,10 +218,14 @@ def cut_middle(text: str, max_chars: int) -> str:
     return text[:head] + "\n" + text[len(text) - (max_chars - 1 - head) :]
 
 
-def prompt_of_messages(messages: object, max_turns: int, max_chars: int | None = None) -> router_pb2.Prompt:
+def prompt_of_messages(
+    messages: object, max_turns: int, max_chars: int | None = None, max_total: int | None = None
+) -> router_pb2.Prompt:
     """The Prompt (a conversation, scored on its last user turn) of a request's `messages`;
     InvalidArgument naming the message that is wrong: one that holds no text to route on included (an
-    image alone). With `max_chars`, a last user turn longer than that is cut to its head and tail."""
+    image alone). With `max_total`, messages holding more characters in all than that are refused
+    (REQUEST_TOO_LONG), counted as sent; with `max_chars`, a last user turn longer than that is then cut
+    to its head and tail."""
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages: required, a non-empty list", reason="MISSING_PROMPT")
     if len(messages) > max_turns:
@@ -260,6 +264,8 @@ def prompt_of_messages(messages: object, max_turns: int, max_chars: int | None =
         if isinstance(messages[last_user].get("content"), list):
             why += " (the router reads text parts; images, audio and files are not read)"
         raise InvalidArgument(why, reason="EMPTY_PROMPT")
+    if max_total is not None and (total := sum(len(m.content) for m in conv.messages)) > max_total:
+        raise InvalidArgument(f"messages: {total} characters in all (limit {max_total})", reason="REQUEST_TOO_LONG")
     if max_chars is not None:
         routed.content = cut_middle(routed.content, max_chars)
     return router_pb2.Prompt(conversation=conv)
@@ -683,7 +689,9 @@ class OpenAIFront:
         ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
         sched = self.servicer.scheduler  # a last user turn over Route's prompt limit is routed on its head and tail
         limit = sched.policy.max_prompt_chars if sched is not None else None
-        prompt = prompt_of_messages(body.get("messages"), self.servicer.max_turns, limit)
+        prompt = prompt_of_messages(
+            body.get("messages"), self.servicer.max_turns, limit, self.servicer.max_request_chars
+        )
         try:
             return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
         except InvalidArgument as exc:

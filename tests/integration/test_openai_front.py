@@ -431,6 +431,27 @@ def test_a_long_pasted_document_is_routed_on_its_head_and_tail_and_forwarded_who
     assert upstreams["strong"].requests[-1]["messages"][0]["content"] == document
 
 
+def test_the_whole_conversation_is_held_to_max_request_chars_as_sent(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """--max-request-chars counts the messages as sent: a last user turn of 60,000 characters over a limit
+    of 50,000 was cut to 20,000 before the count and forwarded whole; and an earlier turn's 40,000 plus
+    that turn's 30,000 were counted as 60,000."""
+    _, base = _front(fake_servers, _file(tmp_path, upstreams), max_request_chars=50_000)
+    client = _client(base)
+    for messages, total in (
+        ([{"role": "user", "content": "x " * 30_000}], 60_000),
+        ([{"role": "user", "content": "a" * 40_000}, {"role": "user", "content": "b " * 15_000}], 70_000),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="router-mf-0", messages=messages)  # type: ignore[arg-type]
+        assert err.value.code == "REQUEST_TOO_LONG"
+        assert f"messages: {total} characters in all (limit 50000)" in err.value.message
+    assert upstreams["strong"].requests == [] and upstreams["weak"].requests == []
+    answer = client.chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": "y " * 20_000}])
+    assert answer.choices[0].message.content == f"{upstreams['strong'].name}: {'y ' * 20_000}"  # 40,000: within
+
+
 def test_tokens_and_tenants(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
