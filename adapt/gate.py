@@ -4,8 +4,10 @@ the candidate that scores them), it is not worse by more than a stated margin an
 Metric: APGR at full resolution on the held-out prompts, `gain_area(scores, gain) / mean(gain)`
 (`lmroute.adapt.ranking`): how much of the strong-weak quality gap the router's order recovers, averaged
 over every strong share. Paired outcomes give the gain per prompt directly (strong - weak quality);
-single outcomes give the doubly robust pseudo-gain (`lmroute.adapt.learners.dr_pseudo_gap`, its outcome
-models fitted on the training outcomes only), an unbiased off-policy estimate of the same area.
+single outcomes give the doubly robust pseudo-gain (`lmroute.adapt.learners.held_out_dr_gain`, its
+outcome models fitted on the training outcomes only), an off-policy estimate of the same area whose
+inverse propensities are clipped at 20: unbiased where no propensity is below 1 / 20 or the outcome
+models are right, else leaning towards the outcome models' gap (its docstring says why the clip stays).
 
 Test: one-sided paired bootstrap over prompts. Each replicate resamples the held-out prompts with
 replacement and takes the difference candidate - champion of gain_area, divided by the full held-out

@@ -27,6 +27,7 @@ from lmroute.adapt.gate import DEFAULT_MARGIN, GateDecision, gate, gate_splits
 from lmroute.adapt.head import BaseStandardisation, Head, blend_weight, blended_scores, robust_center_scale
 from lmroute.adapt.learners import (
     BLEND_RESAMPLES,
+    MAX_INVERSE_PROPENSITY,
     PAIRED_LEARNERS,
     choose_blend_n0,
     dr_pseudo_gap,
@@ -193,11 +194,13 @@ def adapt_single(
     seed: int = 0,
     method: str = "shared",
     gate_quality: npt.ArrayLike | None = None,
+    gate_max_inverse_propensity: float = MAX_INVERSE_PROPENSITY,
 ) -> Adaptation:
     """Adapt from single outcomes (the chosen model's quality and its propensity per decision) with
     `fit_single`'s `method` (default: the shared outcome model, `lmroute.adapt.learners.fit_shared`);
-    the gate's gains are held-out doubly robust pseudo-gaps; `unseen` as for `adapt_paired`;
-    `gate_quality`: the quality the gate's gains are made of, NaN where it has none (as `gate_gap`)."""
+    the gate's gains are held-out doubly robust pseudo-gaps (`held_out_dr_gain`, 1 / propensity clipped
+    at `gate_max_inverse_propensity`); `unseen` as for `adapt_paired`; `gate_quality`: the quality the
+    gate's gains are made of, NaN where it has none (as `gate_gap`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     length, q = np.asarray(lengths, dtype=np.float64), np.asarray(quality, dtype=np.float64)
     arm, p = np.asarray(chose_strong, dtype=np.bool_), np.asarray(propensity, dtype=np.float64)
@@ -213,7 +216,10 @@ def adapt_single(
         champ_h.append(champ[held])
         gain_h.append(
             held_out_dr_gain(
-                (x[train], arm[train], q[train], p[train]), (x[held], arm[held], judged[held], p[held]), seed=seed
+                (x[train], arm[train], q[train], p[train]),
+                (x[held], arm[held], judged[held], p[held]),
+                seed=seed,
+                max_inverse_propensity=gate_max_inverse_propensity,
             )
         )
     decision = gate(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from lmroute.adapt.head import log_length
-from lmroute.adapt.learners import PAIRED_LEARNERS, fit_paired
+from lmroute.adapt.learners import MAX_INVERSE_PROPENSITY, PAIRED_LEARNERS, fit_paired
 from lmroute.adapt.pipeline import adapt_paired, adapt_single
 from lmroute.adapt.protocol import stream_mask
 from lmroute.adapt.selection import ExplorationRule, design_inverse, explore, label_budget
@@ -118,8 +118,16 @@ def budget_indices(d: dict[str, Any], order: np.ndarray, n: int, seed: int) -> n
     return np.concatenate(chosen)
 
 
-def single_run(d: dict[str, Any], order: np.ndarray, sizes: list[int], base: np.ndarray, seed: int) -> dict[int, dict]:
-    """Route the stream with exploration, refit at each size; results per size."""
+def single_run(
+    d: dict[str, Any],
+    order: np.ndarray,
+    sizes: list[int],
+    base: np.ndarray,
+    seed: int,
+    gate_clip: float = MAX_INVERSE_PROPENSITY,
+) -> dict[int, dict]:
+    """Route the stream with exploration, refit at each size; results per size (`gate_clip`: where the
+    gate's gains clip 1 / propensity)."""
     rng = np.random.default_rng(1000 + seed)
     rule = ExplorationRule(floor=0.02, band=0.08, band_rate=0.45, max_rate=0.10)
     champion = base.copy()  # scores of every prompt under the serving router
@@ -153,6 +161,7 @@ def single_run(d: dict[str, Any], order: np.ndarray, sizes: list[int], base: np.
             np.arange(hi),
             unseen=unseen,
             seed=seed,
+            gate_max_inverse_propensity=gate_clip,
         )
         cand_all = result.scores(d["emb"], d["len"], base)
         cand = apgr(cand_all[d["test"]], d)
@@ -209,7 +218,7 @@ def run_set(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             print(f"{d['name']} seed {seed} N {n}: paired {time.perf_counter() - t0:.1f}s", flush=True)
         if "single" in args.parts:
             t0 = time.perf_counter()
-            for n, r in single_run(d, order, sizes, base, seed).items():
+            for n, r in single_run(d, order, sizes, base, seed, args.gate_max_inverse_propensity).items():
                 rows["single"].setdefault(n, []).append(r)
             print(f"{d['name']} seed {seed}: single {time.perf_counter() - t0:.1f}s", flush=True)
     for key, by_n in rows.items():
@@ -329,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-router", default="mf")
     p.add_argument("--out", default="benchmarks/adaptation/results_offline.json")
     p.add_argument("--markdown", default="benchmarks/adaptation/RESULTS_offline.md")
+    p.add_argument(
+        "--gate-max-inverse-propensity",
+        type=float,
+        default=MAX_INVERSE_PROPENSITY,
+        help="single rows: where the gate's doubly robust gains clip 1 / propensity (inf: not at all)",
+    )
     args = p.parse_args(argv)
     if not Path(args.bundle, "manifest.json").is_file():
         print(f"no built bundle at {args.bundle}: build one (`lmroute-export build`) or pass --bundle", file=sys.stderr)
