@@ -820,6 +820,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
         parser.error(f"{args.cmd} {problem}")
 
     if args.cmd in ("build", "train"):
+        from lmroute.export.data import DataError
         from lmroute.export.pipeline import build_bundle
 
         try:
@@ -827,7 +828,11 @@ def _run_command(argv: Sequence[str] | None) -> int:
         except ValueError as exc:
             parser.error(f"{args.cmd}: {exc}")
         t0 = time.perf_counter()
-        report = build_bundle(cfg)
+        try:
+            report = build_bundle(cfg)
+        except DataError as exc:  # names the file or source that cannot be used
+            print(f"{PROG} {args.cmd}: {exc}", file=sys.stderr)
+            return 1
         print(report.elo_table)
         print(json.dumps(report.seconds, indent=2))
         print(f"bundle {report.bundle_version} written to {args.out} in {time.perf_counter() - t0:.0f} s")

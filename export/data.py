@@ -4,7 +4,9 @@
 ``.gz``) and returns a ``LoadResult``: a ``Comparisons`` table (one row = one prompt, two models, one
 outcome, one label kind, one source) plus the list of malformed rows (``RowIssue``: file, 1-based line,
 reason) and the counts of rows skipped by rule (self-battles, the toy model ``example``, missing scores).
-Nothing is dropped silently: malformed rows are returned and summarised in the log.
+Nothing is dropped silently: malformed rows are returned and summarised in the log. A file that cannot be
+used at all (a CSV header missing a required column) and a source left with no usable row raise
+``DataError`` naming the file or the source.
 
 Label rules per source:
 
@@ -53,6 +55,7 @@ __all__ = [
     "OUTCOMES",
     "SOURCES",
     "Comparisons",
+    "DataError",
     "DifficultyLabels",
     "LoadResult",
     "RowIssue",
@@ -95,6 +98,10 @@ TOY_MODELS = frozenset({"example"})
 # A solved few-shot example ends with "Answer:" + one answer letter + a blank line.
 _SOLVED_SHOT = re.compile(r"Answer:[ \t]*\n?[ \t]*[A-E][ \t]*\n[ \t]*\n")
 _ROUTERBENCH_META = frozenset({"sample_id", "prompt", "eval_name", "oracle_model_to_route_to"})
+
+
+class DataError(ValueError):
+    """A training data file or source that cannot be used; the message names the file or the source."""
 
 
 @dataclass(frozen=True)
@@ -300,7 +307,8 @@ def _csv_records(
     """(first line of the record, row) for each CSV row with the right number of fields. A record CSV
     cannot read (an unterminated quote runs into the field size limit, or to the end of the file) is an
     issue at its first line, and reading goes on from the line after it; a record holding a line that is
-    not UTF-8 is an issue too. A header that cannot be read is an issue, and no row is read."""
+    not UTF-8 is an issue too. A header that cannot be read is an issue, and no row is read; a header
+    without a `required` column raises ``DataError`` naming the file and the columns."""
     numbered = list(text_lines(path, handle, issues))
     lines = [line if line is not None else "\n" for _, line in numbered]  # lines[i] is line i + 1
     bad_lines = {n for n, line in numbered if line is None}
@@ -325,8 +333,7 @@ def _csv_records(
                 header = fields
                 missing = [c for c in required if c not in header]
                 if missing:
-                    issues.append(RowIssue(str(path), 1, f"missing column(s) {', '.join(missing)}"))
-                    return
+                    raise DataError(f"{path}:1: the header lacks the required column(s) {', '.join(missing)}")
                 continue
             if not fields:
                 continue
@@ -575,7 +582,8 @@ def load_comparisons(
 
     ``sources``: names from ``SOURCES`` (default: all), kept in ``SOURCES`` order.
     ``limit_per_source``: keep at most this many comparisons per source, evenly spread over the file
-    (a deterministic quick mode; issues are still reported for the whole file)."""
+    (a deterministic quick mode; issues are still reported for the whole file).
+    Raises ``DataError`` when a file lacks a required column or a source yields no comparison."""
     if isinstance(sources, str):
         raise TypeError(f"sources must be a sequence of source names, not the string {sources!r}")
     chosen = tuple(SOURCES) if sources is None else tuple(s for s in SOURCES if s in set(sources))
@@ -592,6 +600,11 @@ def load_comparisons(
     for source in chosen:
         n_issues = len(rd.issues)
         rows = list(_read_source(source, Path(data_dir), rd))
+        if not rows:
+            bad = _count_by_file(rd.issues[n_issues:])
+            skipped = sum(n for key, n in rd.skipped.items() if key.startswith(f"{source}: "))
+            why = [f"{n} bad rows in {file}" for file, n in bad.items()] + [f"{skipped} rows skipped by rule"]
+            raise DataError(f"training source {source} has no usable rows ({'; '.join(why)})")
         per_source.append([rows[i] for i in evenly_spaced(len(rows), limit_per_source)])
         for file, count in _count_by_file(rd.issues[n_issues:]).items():
             log.warning("%d bad rows in %s", count, file)

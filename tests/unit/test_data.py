@@ -14,6 +14,7 @@ from lmroute.export.data import (
     LABEL_KINDS,
     SOURCES,
     Comparisons,
+    DataError,
     final_question,
     load_calibration_prompts,
     load_comparisons,
@@ -334,6 +335,23 @@ def test_malformed_alpaca_rows_and_preference_rules(tmp_path):
     assert result.skipped == {"alpaca_eval: toy model 'example'": 1, "alpaca_eval: self-battle": 1}
 
 
+def test_a_header_without_a_required_column_fails_the_load_naming_file_and_column(tmp_path):
+    """A renamed column used to cost the whole source as one "bad row" (and the build went on)."""
+    _write(tmp_path, "train/alpaca_eval_judge/prompts.jsonl", '{"prompt_id": "p1", "instruction": "Say hi"}\n')
+    rows = ["prompt_id,generator_1,generator_2,annotator,pref", "p1,gpt4_1106_preview,vicuna-7b,x,1.0"]
+    path = _write(tmp_path, "train/alpaca_eval_judge/judgments.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=f"^{path}:1: the header lacks the required column\\(s\\) preference$"):
+        load_comparisons(tmp_path, sources=["alpaca_eval"])
+
+
+def test_a_source_with_no_usable_row_fails_the_load_naming_it(tmp_path):
+    _write(tmp_path, "train/alpaca_eval_judge/prompts.jsonl", '{"prompt_id": "p1", "instruction": "Say hi"}\n')
+    rows = ["prompt_id,generator_1,generator_2,annotator,preference", "p1,,,x,1", "p1,vicuna-7b,example,x,1"]
+    path = _write(tmp_path, "train/alpaca_eval_judge/judgments.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=f"^training source alpaca_eval has no usable rows \\(1 bad rows in {path}; "):
+        load_comparisons(tmp_path, sources=["alpaca_eval"])
+
+
 def test_arena_bench_bad_and_missing_scores(tmp_path):
     text = (
         "question_id,prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1,claude-1\n"
@@ -374,15 +392,16 @@ def test_routerbench_missing_column_and_bad_prompt(tmp_path):
     )
     mbpp = _write(tmp_path, "train/routerbench_golden/mbpp_train.csv", good)
     arc = _write(tmp_path, "train/routerbench_golden/arc_challenge_train.csv", "sample_id,eval_name\ns,arc\n")
-    result = load_comparisons(tmp_path, sources=["routerbench_mbpp", "routerbench_arc"])
+    with pytest.raises(DataError, match=f"^{arc}:1: the header lacks the required column\\(s\\) prompt$"):
+        load_comparisons(tmp_path, sources=["routerbench_mbpp", "routerbench_arc"])
+    result = load_comparisons(tmp_path, sources=["routerbench_mbpp"])
     assert [(i.file, i.line, i.reason) for i in result.issues] == [
-        (str(arc), 1, "missing column(s) prompt"),
         (str(mbpp), 3, "prompt is not a python list of non-empty strings"),
         (str(mbpp), 4, "bad score '0.5' for mistralai/mixtral-8x7b-chat (expected 0 or 1)"),
     ]
     t = result.comparisons
-    assert t.sources == ("routerbench_arc", "routerbench_mbpp")
-    assert t.counts()["by_source"] == {"routerbench_arc": 0, "routerbench_mbpp": 4}
+    assert t.sources == ("routerbench_mbpp",)
+    assert t.counts()["by_source"] == {"routerbench_mbpp": 4}
     assert set(t.label_kind) == {2}
     assert t.prompts == ("Write a function.", "ok")
 
