@@ -5,8 +5,8 @@
 outcome, one label kind, one source) plus the list of malformed rows (``RowIssue``: file, 1-based line,
 reason) and the counts of rows skipped by rule (self-battles, the toy model ``example``, missing scores).
 Nothing is dropped silently: malformed rows are returned and summarised in the log. A file that cannot be
-used at all (a CSV header missing a required column) and a source left with no usable row raise
-``DataError`` naming the file or the source.
+used at all (a compressed file that is truncated or corrupt, a CSV header missing a required column) and
+a source left with no usable row raise ``DataError`` naming the file or the source.
 
 Label rules per source:
 
@@ -266,8 +266,8 @@ def not_utf8(text: str) -> bool:
 
 def text_lines(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, str | None]]:
     """(1-based line number, the line; None for a line that is not UTF-8, an issue recorded) of an opened
-    data file. A compressed file that ends early or is corrupt ends the lines with an issue naming the
-    last line read (what follows cannot be read)."""
+    data file. A compressed file that ends early or is corrupt (found at any line, or only by the checksum
+    at its end) raises ``DataError`` naming the file: none of its lines can be trusted."""
     with handle:
         line_no = 0
         try:
@@ -278,8 +278,10 @@ def text_lines(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Ite
                 else:
                     yield line_no, line
         except (EOFError, OSError, zlib.error) as exc:  # gzip: truncated (EOFError), corrupt (BadGzipFile, zlib)
-            why = f"unreadable after line {line_no} ({type(exc).__name__}: {exc}); the rest of the file is lost"
-            issues.append(RowIssue(str(path), line_no + 1, why))
+            raise DataError(
+                f"{path}: unreadable after line {line_no} ({type(exc).__name__}: {exc}); the file is damaged "
+                "and nothing read from it is used"
+            ) from exc
 
 
 def jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> Iterator[tuple[int, dict]]:
@@ -583,7 +585,8 @@ def load_comparisons(
     ``sources``: names from ``SOURCES`` (default: all), kept in ``SOURCES`` order.
     ``limit_per_source``: keep at most this many comparisons per source, evenly spread over the file
     (a deterministic quick mode; issues are still reported for the whole file).
-    Raises ``DataError`` when a file lacks a required column or a source yields no comparison."""
+    Raises ``DataError`` when a compressed file is damaged, a file lacks a required column or a source
+    yields no comparison."""
     if isinstance(sources, str):
         raise TypeError(f"sources must be a sequence of source names, not the string {sources!r}")
     chosen = tuple(SOURCES) if sources is None else tuple(s for s in SOURCES if s in set(sources))

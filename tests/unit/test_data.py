@@ -416,9 +416,9 @@ def test_gzip_file_is_preferred_and_line_numbers_hold(tmp_path):
     assert list(result.comparisons.outcome) == [1]
 
 
-def test_bytes_that_are_no_text_deep_json_and_a_cut_gzip_are_rows_reported_not_failures(tmp_path):
+def test_bytes_that_are_no_text_and_deep_json_are_rows_reported_not_failures(tmp_path):
     """A line that is not UTF-8, JSON nested past the parser's depth: issues at their lines, the other rows
-    read; a .gz that ends early: an issue after its last line read (the rows before it kept)."""
+    read."""
     lines = [
         _battle("model_a").encode(),
         b'{"model_a": "caf\xe9"}',
@@ -434,14 +434,27 @@ def test_bytes_that_are_no_text_deep_json_and_a_cut_gzip_are_rows_reported_not_f
         (3, "invalid JSON: nested too deeply"),
     ]
     assert list(result.comparisons.outcome) == [0, 1]
-    path.unlink()
+
+
+def test_a_truncated_or_corrupt_gzip_fails_the_load_naming_the_file(tmp_path):
+    """A .gz that ends early (EOFError) used to keep the rows before the cut, one "bad row" logged; a corrupt
+    one whose damage only the checksum at its end finds kept the garbled rows decoded before it."""
     whole = gzip.compress(b"".join(_battle("model_a").encode() + b"\n" for _ in range(2000)))
     gz = tmp_path / "train/arena_human/battles.jsonl.gz"
+    gz.parent.mkdir(parents=True)
     gz.write_bytes(whole[: len(whole) // 2])
-    result = load_comparisons(tmp_path, sources=["arena_human"])
-    [issue] = result.issues
-    assert issue.file == str(gz) and "the rest of the file is lost" in issue.reason and "EOFError" in issue.reason
-    assert 0 < len(result.comparisons) < 2000 and issue.line == len(result.comparisons) + 1
+    with pytest.raises(DataError, match=f"^{gz}: unreadable after line [0-9]+ \\(EOFError: .*nothing read from it"):
+        load_comparisons(tmp_path, sources=["arena_human"])
+    gz.unlink()
+    _write(tmp_path, "train/alpaca_eval_judge/prompts.jsonl", '{"prompt_id": "p1", "instruction": "Say hi"}\n')
+    rows = ["prompt_id,generator_1,generator_2,annotator,preference"] + ["p1,gpt4_1106_preview,vicuna-7b,x,1"] * 500
+    stored = bytearray(gzip.compress(("\n".join(rows) + "\n").encode(), compresslevel=0))  # bytes as they are
+    middle = stored.index(b"vicuna-7b", len(stored) // 2)
+    stored[middle] = ord("V")  # a garbled model name; only the CRC at the end tells
+    csv_gz = tmp_path / "train/alpaca_eval_judge/judgments.csv.gz"
+    csv_gz.write_bytes(bytes(stored))
+    with pytest.raises(DataError, match=f"^{csv_gz}: unreadable after line 501 \\(BadGzipFile: CRC check failed"):
+        load_comparisons(tmp_path, sources=["alpaca_eval"])
 
 
 def test_an_unreadable_csv_record_costs_its_line_not_the_rest_of_the_file(tmp_path):
