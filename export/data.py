@@ -4,7 +4,8 @@
 ``.gz``) and returns a ``LoadResult``: a ``Comparisons`` table (one row = one prompt, two models, one
 outcome, one label kind, one source) plus the list of malformed rows (``RowIssue``: file, 1-based line,
 reason) and the counts of rows skipped by rule (self-battles, the toy model ``example``, missing scores).
-Nothing is dropped silently: malformed rows are returned and summarised in the log. A file that cannot be
+Nothing is dropped silently: malformed rows are returned, counted per file in the log and the first
+``SHOWN_BAD_ROWS`` of each file logged as ``file:line: reason`` (``log_issues``). A file that cannot be
 used at all (a compressed file that is truncated or corrupt, a CSV header missing a required column) and
 a source left with no usable row raise ``DataError`` naming the file or the source.
 
@@ -64,6 +65,7 @@ __all__ = [
     "load_comparisons",
     "evenly_spaced",
     "load_difficulty_labels",
+    "log_issues",
     "not_utf8",
     "open_data_file",
 ]
@@ -71,6 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LABEL_KINDS: tuple[str, ...] = ("human", "judge", "golden")
+SHOWN_BAD_ROWS = 5  # per file, in the log (every one is in the build report)
 OUTCOMES: tuple[str, ...] = ("a_wins", "b_wins", "tie")
 A_WINS, B_WINS, TIE = 0, 1, 2
 HUMAN, JUDGE, GOLDEN = 0, 1, 2
@@ -111,6 +114,9 @@ class RowIssue:
     file: str
     line: int
     reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -609,8 +615,7 @@ def load_comparisons(
             why = [f"{n} bad rows in {file}" for file, n in bad.items()] + [f"{skipped} rows skipped by rule"]
             raise DataError(f"training source {source} has no usable rows ({'; '.join(why)})")
         per_source.append([rows[i] for i in evenly_spaced(len(rows), limit_per_source)])
-        for file, count in _count_by_file(rd.issues[n_issues:]).items():
-            log.warning("%d bad rows in %s", count, file)
+        log_issues(rd.issues[n_issues:])
 
     models = sorted({normalize_model_name(m) for rows in per_source for _, a, b, _ in rows for m in (a, b)})
     model_id = {m: i for i, m in enumerate(models)}
@@ -648,10 +653,26 @@ def _count_by_file(issues: Iterable[RowIssue]) -> dict[str, int]:
     return counts
 
 
-def load_calibration_prompts(data_dir: Path) -> list[str]:
+def log_issues(issues: Iterable[RowIssue]) -> None:
+    """Log the bad rows of each file: how many (skipped), then the first ``SHOWN_BAD_ROWS`` as
+    ``file:line: reason``."""
+    by_file: dict[str, list[RowIssue]] = {}
+    for issue in issues:
+        by_file.setdefault(issue.file, []).append(issue)
+    for file, found in by_file.items():
+        shown = found[:SHOWN_BAD_ROWS]
+        first = f"the first {len(shown)}" if len(shown) < len(found) else "each"
+        log.warning("%d bad rows in %s, skipped (%s below)", len(found), file, first)
+        for issue in shown:
+            log.warning("  %s", issue)
+
+
+def load_calibration_prompts(data_dir: Path, *, issues: list[RowIssue] | None = None) -> list[str]:
     """Arena-hard v0.1 then v2.0 ``prompt`` fields, then Arena battle first turns (file order),
-    whitespace-stripped and de-duplicated (first occurrence kept). Bad rows are logged, then skipped."""
-    issues: list[RowIssue] = []
+    whitespace-stripped and de-duplicated (first occurrence kept). Bad rows are logged, then skipped; they
+    are added to `issues` when given."""
+    issues = [] if issues is None else issues
+    n_before = len(issues)
     seen: dict[str, None] = {}
     for rel in CALIBRATION_FILES:
         path, handle = open_data_file(Path(data_dir), rel)
@@ -668,8 +689,7 @@ def load_calibration_prompts(data_dir: Path) -> list[str]:
             issues.append(RowIssue(str(path), line, "missing field turns/prompt (no first user turn)"))
         else:
             seen.setdefault(text, None)
-    for file, count in _count_by_file(issues).items():
-        log.warning("%d bad rows in %s", count, file)
+    log_issues(issues[n_before:])
     return list(seen)
 
 
@@ -725,8 +745,7 @@ def load_difficulty_labels(data_dir: Path, *, min_models: int = 2) -> Difficulty
         prompts[prompt] = float(np.mean([float(v) for v in raw_scores.values()]))
         per_model[prompt] = {normalize_model_name(m): float(v) for m, v in raw_scores.items()}
         models.update(per_model[prompt])
-    if issues:
-        log.warning("%d bad rows in %s", len(issues), path)
+    log_issues(issues)
     if repeats:
         log.info("%s: %d repeated questions kept once", path, repeats)
     model_names = tuple(sorted(models))

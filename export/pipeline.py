@@ -47,6 +47,7 @@ from lmroute.export.data import (
     DIFFICULTY_FILE,
     LABEL_KINDS,
     Comparisons,
+    RowIssue,
     evenly_spaced,
     load_calibration_prompts,
     load_comparisons,
@@ -145,8 +146,9 @@ class BuildConfig:
 
 @dataclass
 class BuildReport:
-    """What a build did: its recipe, seconds per step, data counts, the Elo table and per-router training
-    notes."""
+    """What a build did: its recipe, seconds per step, data counts and bad rows (``data.bad_rows``,
+    ``data.calibration_bad_rows``, ``difficulty_prior.bad_rows``: file, line, reason each), the Elo table
+    and per-router training notes."""
 
     out_dir: str
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -347,6 +349,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         report.data = {
             "counts": comps.counts(),
             "n_bad_rows": len(loaded.issues),
+            "bad_rows": [dataclasses.asdict(issue) for issue in loaded.issues],
             "n_comparisons_dropped_near_eval": n_contaminated,
             "n_train_comparisons": len(train),
             "n_val_comparisons": 0 if val is None else len(val),
@@ -421,7 +424,9 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
                 report.blends = {name: b.to_dict() for name, b in blends.items()}
         with _step(report, "calibrate"):
             limit = cfg.calibration_limit if not cfg.quick else 200
-            calibration = calibration_table(bundle, cfg.data_dir, limit=limit)
+            calibration_issues: list[RowIssue] = []
+            calibration = calibration_table(bundle, cfg.data_dir, limit=limit, issues=calibration_issues)
+            report.data["calibration_bad_rows"] = [dataclasses.asdict(issue) for issue in calibration_issues]
             staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
         with _step(report, "commit"):
             report.bundle_version = staged.commit().bundle_version
@@ -448,6 +453,7 @@ def _fit_prior(
         "n_questions": len(prompts),
         "n_dropped_near_eval": int(near_eval.sum()),
         "n_bad_rows": len(labels.issues),
+        "bad_rows": [dataclasses.asdict(issue) for issue in labels.issues],
         "train_r2": round(fitted.train_r2, 4),
         "center": fitted.center,
         "scale": fitted.scale,
@@ -550,16 +556,21 @@ def calibrate_bundle(
 
 
 def calibration_table(
-    bundle: Bundle, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None
+    bundle: Bundle,
+    data_dir: Path,
+    *,
+    limit: int | None = None,
+    prompts: list[str] | None = None,
+    issues: list[RowIssue] | None = None,
 ) -> Calibration:
     """The quantile table of every router of `bundle` on the calibration prompts.
 
     prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts (the first
-    `limit` of them when given).
+    `limit` of them when given), whose bad rows are added to `issues` when given.
     """
     source = CALIBRATION_SOURCE
     if prompts is None:
-        prompts = load_calibration_prompts(data_dir)
+        prompts = load_calibration_prompts(data_dir, issues=issues)
     else:
         source = f"{len(prompts)} user-supplied prompts"
     if limit is not None:

@@ -47,6 +47,8 @@ def test_bundle_has_every_router_and_is_calibrated(quick_bundle: tuple[Path, obj
     assert m.tiers[names.STRONG] > m.tiers[names.WEAK]
     assert m.training_data.n_comparisons == report.data["n_train_comparisons"]
     assert report.data["n_bad_rows"] > 0  # the AlpacaEval file has known bad rows: they are counted
+    assert len(report.data["bad_rows"]) == report.data["n_bad_rows"]  # and each is named
+    assert {"file", "line", "reason"} == set(report.data["bad_rows"][0])
     assert report.data["n_comparisons_dropped_near_eval"] > 0  # data/train_decontamination.json applied
     # calibration: on the calibration prompts themselves, threshold(p) sends ~p to strong
     assert m.calibration is not None

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from lmroute.export.data import (
+    CALIBRATION_FILES,
     LABEL_KINDS,
+    SHOWN_BAD_ROWS,
     SOURCES,
     Comparisons,
     DataError,
@@ -296,6 +298,29 @@ def test_malformed_arena_rows_reported_with_file_and_line(tmp_path, caplog):
     assert len(table) == 2 and table.prompts == ("hi", "second prompt")
     assert list(table.outcome) == [0, 2] and list(table.label_kind) == [0, 0]
     assert result.skipped == {"arena_human: self-battle": 1}
+
+
+def test_bad_rows_are_logged_with_file_and_line_the_first_few_per_file(tmp_path, caplog):
+    """The log used to say only "7 bad rows in <file>"; it names the first SHOWN_BAD_ROWS of them."""
+    lines = [_battle("model_a")] + [f"{{bad json {i}" for i in range(7)]
+    path = _write(tmp_path, "train/arena_human/battles.jsonl", "\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lmroute.export.data"):
+        result = load_comparisons(tmp_path, sources=["arena_human"])
+    assert len(result.issues) == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        f"7 bad rows in {path}, skipped (the first {SHOWN_BAD_ROWS} below)",
+        *(f"  {path}:{line}: invalid JSON: Expecting property name enclosed in double quotes" for line in range(2, 7)),
+    ]
+    caplog.clear()
+    cal = tmp_path / "cal"
+    first = _write(cal, CALIBRATION_FILES[0], '{"prompt": "calibrate me"}\n{"question": "no prompt"}\n')
+    _write(cal, CALIBRATION_FILES[1], "")
+    _write(cal, "train/arena_human/battles.jsonl", _battle("model_a") + "\n")
+    issues: list = []
+    with caplog.at_level(logging.WARNING, logger="lmroute.export.data"):
+        assert load_calibration_prompts(cal, issues=issues) == ["calibrate me", "hi"]
+    assert [str(i) for i in issues] == [f"{first}:2: missing field prompt"]
+    assert f"  {first}:2: missing field prompt" in [r.getMessage() for r in caplog.records]
 
 
 def test_malformed_alpaca_rows_and_preference_rules(tmp_path):
