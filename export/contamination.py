@@ -6,12 +6,16 @@ questions) is computed with the bundle's encoder; pairs at or
 above the threshold (0.95, as the paper) are reported. The eval sets are never used for training, so
 the fix for a hit is to drop the training prompt, not the eval prompt: `training_prompts_to_drop`
 names them.
+
+`eval_prompt_keys` is the cheap check the build runs on every load besides that list: the eval prompts,
+casefolded with whitespace collapsed (`prompt_key`); a training prompt with the same key is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,24 @@ from pathlib import Path
 import numpy as np
 
 EVAL_SETS = ("mt_bench", "mmlu", "gsm8k")
+
+log = logging.getLogger(__name__)
+
+
+def prompt_key(text: str) -> str:
+    """What an exact match compares: the text casefolded, its whitespace runs made one space, stripped."""
+    return " ".join(text.casefold().split())
+
+
+def eval_prompt_keys(data_dir: Path) -> frozenset[str]:
+    """`prompt_key` of every prompt the eval sets score (MT-Bench turn 1, MMLU, GSM8K, as `load_eval`
+    reads them); only the prompts are read. Empty, with a warning, when `data_dir` has no eval/ folder."""
+    from lmroute.export.evalsets import load_eval
+
+    if not (Path(data_dir) / "eval").is_dir():
+        log.warning("%s: no eval/ folder: training prompts are not checked against the eval prompts", data_dir)
+        return frozenset()
+    return frozenset(prompt_key(p) for name in EVAL_SETS for p in load_eval(name, Path(data_dir)).prompts)
 
 
 @dataclass(frozen=True)

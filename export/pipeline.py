@@ -43,10 +43,12 @@ from lmroute.bundle.truncation import HEAD, Truncation
 from lmroute.bundle.writer import PriorArtifacts, stage_bundle
 from lmroute.export import names
 from lmroute.export.calibrate import calibration_for_manifest
+from lmroute.export.contamination import eval_prompt_keys, prompt_key
 from lmroute.export.data import (
     DIFFICULTY_FILE,
     LABEL_KINDS,
     Comparisons,
+    LoadResult,
     RowIssue,
     evenly_spaced,
     load_calibration_prompts,
@@ -316,9 +318,38 @@ def prepare_encoder(
 
 def count_corpus(data_dir: Path) -> list[str]:
     """The texts whose token frequencies weigh the static encoder's table: the training prompts of
-    `data_dir`, less those near an eval prompt (what the build trains on, its validation split included)."""
-    comps, _ = _drop_contaminated(load_comparisons(data_dir).comparisons, data_dir / DECONTAMINATION_FILE)
-    return list(comps.prompts)
+    `data_dir`, less those near or equal to an eval prompt (what the build trains on, its validation split
+    included)."""
+    return list(training_comparisons(data_dir).comparisons.prompts)
+
+
+@dataclass(frozen=True)
+class TrainingTable:
+    """The build's comparisons, decontaminated: what `load_comparisons` read, less the comparisons on a
+    prompt of `train_decontamination.json` (`n_near_eval` of them) and on a prompt equal to an eval prompt
+    after `prompt_key` (`n_equal_eval`)."""
+
+    comparisons: Comparisons
+    loaded: LoadResult
+    n_near_eval: int
+    n_equal_eval: int
+
+
+def training_comparisons(data_dir: Path, eval_keys: frozenset[str] | None = None) -> TrainingTable:
+    """Load the training sources of `data_dir` and drop the comparisons whose prompt is listed in its
+    decontamination file or equals an eval prompt (`eval_keys`; default: `eval_prompt_keys(data_dir)`)."""
+    loaded = load_comparisons(data_dir)
+    comps, n_near = _drop_contaminated(loaded.comparisons, data_dir / DECONTAMINATION_FILE)
+    keys = eval_prompt_keys(data_dir) if eval_keys is None else eval_keys
+    equal = np.array([prompt_key(p) in keys for p in comps.prompts], dtype=bool)
+    keep = ~equal[np.asarray(comps.prompt_idx)]
+    n_equal = int((~keep).sum())
+    (log.warning if n_equal else log.info)(
+        "dropped %d comparisons on %d training prompts equal to an eval prompt (casefolded, whitespace collapsed)",
+        n_equal,
+        int(equal.sum()),
+    )
+    return TrainingTable(comps.select(keep), loaded, n_near, n_equal)
 
 
 def _training_data(comps: Comparisons) -> TrainingData:
@@ -337,8 +368,9 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     recipe = cfg.recipe
 
     with _step(report, "load_data"):
-        loaded = load_comparisons(cfg.data_dir)
-        comps, n_contaminated = _drop_contaminated(loaded.comparisons, cfg.data_dir / DECONTAMINATION_FILE)
+        eval_keys = eval_prompt_keys(cfg.data_dir)  # the eval sets' prompts only: never trained or tuned on
+        table = training_comparisons(cfg.data_dir, eval_keys)
+        comps, loaded = table.comparisons, table.loaded
         all_prompts = comps.prompts  # the static encoder's token frequencies (quick mode too)
         if cfg.quick:
             comps = _quick_subset(comps, cfg.quick_prompts_per_source, recipe.seed)
@@ -350,7 +382,8 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
             "counts": comps.counts(),
             "n_bad_rows": len(loaded.issues),
             "bad_rows": [dataclasses.asdict(issue) for issue in loaded.issues],
-            "n_comparisons_dropped_near_eval": n_contaminated,
+            "n_comparisons_dropped_near_eval": table.n_near_eval,
+            "n_comparisons_dropped_equal_eval": table.n_equal_eval,
             "n_train_comparisons": len(train),
             "n_val_comparisons": 0 if val is None else len(val),
             "n_train_prompts": len(train.prompts),
@@ -383,7 +416,7 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
     blended = {name: w for name, w in recipe.prior_weights if name in cfg.routers and w > 0}
     if blended:
         with _step(report, "difficulty_prior"):
-            prior = _fit_prior(cfg, encoder, encoder_id, prompt_emb, report)
+            prior = _fit_prior(cfg, encoder, encoder_id, prompt_emb, report, eval_keys)
 
     artifacts: dict[str, RouterArtifacts] = {}
     for router in cfg.routers:
@@ -434,13 +467,20 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
 
 
 def _fit_prior(
-    cfg: BuildConfig, encoder: SentenceEncoder, encoder_id: str, prompt_emb: np.ndarray, report: BuildReport
+    cfg: BuildConfig,
+    encoder: SentenceEncoder,
+    encoder_id: str,
+    prompt_emb: np.ndarray,
+    report: BuildReport,
+    eval_keys: frozenset[str],
 ) -> PriorArtifacts:
-    """Fit the difficulty prior on the LLMRouter labels (minus near-eval questions), standardised on the
-    training prompts' embeddings; its weights are rounded to float32 first, as the bundle stores them."""
+    """Fit the difficulty prior on the LLMRouter labels (minus questions near or equal to an eval prompt),
+    standardised on the training prompts' embeddings; its weights are rounded to float32 first, as the
+    bundle stores them."""
     labels = load_difficulty_labels(cfg.data_dir)
     drop = _decontamination_set(cfg.data_dir / DECONTAMINATION_FILE)
-    near_eval = np.array([p in drop for p in labels.prompts], dtype=bool)
+    equal_eval = np.array([prompt_key(p) in eval_keys for p in labels.prompts], dtype=bool)
+    near_eval = np.array([p in drop for p in labels.prompts], dtype=bool) | equal_eval
     keep = ~near_eval
     if cfg.quick:
         keep &= np.isin(np.arange(len(keep)), evenly_spaced(len(keep), cfg.quick_difficulty_questions))
@@ -452,6 +492,7 @@ def _fit_prior(
     report.difficulty_prior = {
         "n_questions": len(prompts),
         "n_dropped_near_eval": int(near_eval.sum()),
+        "n_dropped_equal_eval": int(equal_eval.sum()),
         "n_bad_rows": len(labels.issues),
         "bad_rows": [dataclasses.asdict(issue) for issue in labels.issues],
         "train_r2": round(fitted.train_r2, 4),
