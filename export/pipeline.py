@@ -71,7 +71,8 @@ ALL_ROUTERS = ("random", "mf", "sw_ranking", "bert", "quality")
 # Training prompts within cosine 0.95 of an eval prompt (`lmroute-export contamination --out ...`).
 DECONTAMINATION_FILE = "train_decontamination.json"
 CALIBRATION_SOURCE = (
-    "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human)"
+    "arena-hard v0.1 + v2.0 questions, then Arena battle first turns (data/calibration, data/train/arena_human),"
+    " less those near or equal to an eval prompt"
 )
 
 
@@ -587,6 +588,17 @@ def _train_router(
     return artifacts
 
 
+def calibration_prompts(data_dir: Path, *, issues: list[RowIssue] | None = None) -> list[str]:
+    """The vendored calibration prompts (`load_calibration_prompts`) less those the build does not train
+    on: listed in the decontamination file, or equal to an eval prompt after `prompt_key`."""
+    prompts = load_calibration_prompts(data_dir, issues=issues)
+    drop, keys = _decontamination_set(Path(data_dir) / DECONTAMINATION_FILE), eval_prompt_keys(data_dir)
+    kept = [p for p in prompts if p not in drop and prompt_key(p) not in keys]
+    n_out = len(prompts) - len(kept)
+    log.info("calibration: %d prompts (%d near or equal to an eval prompt left out)", len(kept), n_out)
+    return kept
+
+
 def calibrate_bundle(
     bundle_dir: Path, data_dir: Path, *, limit: int | None = None, prompts: list[str] | None = None
 ) -> None:
@@ -606,12 +618,13 @@ def calibration_table(
 ) -> Calibration:
     """The quantile table of every router of `bundle` on the calibration prompts.
 
-    prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts (the first
-    `limit` of them when given), whose bad rows are added to `issues` when given.
+    prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts less those near
+    or equal to an eval prompt (`calibration_prompts`; the first `limit` of them when given), whose bad
+    rows are added to `issues` when given.
     """
     source = CALIBRATION_SOURCE
     if prompts is None:
-        prompts = load_calibration_prompts(data_dir, issues=issues)
+        prompts = calibration_prompts(data_dir, issues=issues)
     else:
         source = f"{len(prompts)} user-supplied prompts"
     if limit is not None:

@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 from lmroute.export.contamination import eval_prompt_keys, prompt_key
+from lmroute.export.data import load_calibration_prompts
 from lmroute.export.evalsets import load_eval
-from lmroute.export.pipeline import training_comparisons
+from lmroute.export.pipeline import calibration_prompts, training_comparisons
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -45,3 +46,17 @@ def test_the_shipped_data_has_no_training_prompt_equal_to_an_eval_prompt():
     table = training_comparisons(DATA_DIR)
     assert (table.n_near_eval, table.n_equal_eval) == (277, 0)
     assert len(table.comparisons) == len(table.loaded.comparisons) - 277
+
+
+def test_calibration_leaves_out_the_prompts_the_build_does_not_train_on(tmp_path):
+    """2 of the 3 prompts of the shipped list are calibration prompts: thresholds were tuned on them."""
+    listed = json.loads((DATA_DIR / "train_decontamination.json").read_text())["training_prompts_to_drop"]
+    everything = load_calibration_prompts(DATA_DIR)
+    assert sum(p in everything for p in listed) == 2
+    kept = calibration_prompts(DATA_DIR)
+    assert not set(listed) & set(kept) and len(kept) == len(everything) - 2
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data)
+    planted = " ".join(load_eval("mt_bench", data).prompts[5].upper().split())
+    _plant(data, [planted])
+    assert planted in load_calibration_prompts(data) and planted not in calibration_prompts(data)
