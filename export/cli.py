@@ -851,10 +851,12 @@ def _run_command(argv: Sequence[str] | None) -> int:
         from lmroute.export.pipeline import calibrate_bundle
 
         prompts = _read_prompts(args.prompts) if args.prompts else None
-        if prompts is not None and len(prompts) < MIN_CALIBRATION_PROMPTS:
+        n_distinct = len(set(prompts)) if prompts is not None else 0
+        if prompts is not None and n_distinct < MIN_CALIBRATION_PROMPTS:
             print(
-                f"{PROG} calibrate: --prompts: {args.prompts} holds {len(prompts)} prompts; a calibration table "
-                f"needs at least {MIN_CALIBRATION_PROMPTS} (one per step of its strong-share grid)",
+                f"{PROG} calibrate: --prompts: {args.prompts} holds {n_distinct} distinct prompts "
+                f"({len(prompts)} in all); a calibration table needs at least {MIN_CALIBRATION_PROMPTS} distinct "
+                "ones (one per step of its strong-share grid)",
                 file=sys.stderr,
             )
             return 1

@@ -561,8 +561,25 @@ def test_calibrate_refuses_too_few_prompts_of_your_own(
         prompts.write_text("".join(f"prompt number {i}\n" for i in range(n)), encoding="utf-8")
         assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 1
         assert capsys.readouterr().err == (
-            f"lmroute-export calibrate: --prompts: {prompts} holds {n} prompts; a calibration table needs at "
-            "least 100 (one per step of its strong-share grid)\n"
+            f"lmroute-export calibrate: --prompts: {prompts} holds {n} distinct prompts ({n} in all); a calibration "
+            "table needs at least 100 distinct ones (one per step of its strong-share grid)\n"
+        )
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+
+
+def test_calibrate_counts_distinct_prompts_of_your_own(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """150 copies of one prompt (or 99 distinct prompts repeated) are too few: every threshold would be
+    one score; refused, naming the distinct count, the manifest left as it was."""
+    before = (bundle_dir / "manifest.json").read_bytes()
+    prompts = tmp_path / "p.txt"
+    for lines, distinct in ((["the same prompt"] * 150, 1), ([f"prompt {i % 99}" for i in range(300)], 99)):
+        prompts.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 1
+        assert capsys.readouterr().err == (
+            f"lmroute-export calibrate: --prompts: {prompts} holds {distinct} distinct prompts ({len(lines)} in "
+            "all); a calibration table needs at least 100 distinct ones (one per step of its strong-share grid)\n"
         )
     assert (bundle_dir / "manifest.json").read_bytes() == before
 
