@@ -14,6 +14,8 @@ Eval data must be exact, so a malformed row raises ``EvalDataError`` naming the 
 from __future__ import annotations
 
 import csv
+import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +91,25 @@ def _pair_columns(path: Path, header: list[str]) -> tuple[str, str]:
     return by_name[STRONG], by_name[WEAK]
 
 
+def _readable_lines(path: Path, handle: io.TextIOBase) -> Iterator[str]:
+    """The lines of an opened data file; one whose compressed stream ends early or is corrupt is an
+    EvalDataError naming the line that cannot be read."""
+    line_no = 0
+    try:
+        for line in handle:
+            yield line
+            line_no += 1
+    except (EOFError, OSError, zlib.error) as exc:  # gzip: truncated (EOFError), corrupt (BadGzipFile, zlib)
+        raise EvalDataError(
+            f"{path}:{line_no + 1}: unreadable after line {line_no} ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def _correctness_rows(data_dir: Path, rel: str, id_prefix: str) -> Iterator[tuple[str, str, float, float]]:
     """(id, prompt, strong, weak) for every row of a correctness CSV."""
     path, handle = open_data_file(data_dir, rel)
     with handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(_readable_lines(path, handle))
         header = next(reader, None)
         if header is None:
             raise EvalDataError(f"{path}:1: empty file (no header)")

@@ -44,6 +44,8 @@ from lmroute.export.metrics import (
 )
 from lmroute.export.plots import PlotCurve, plot_cost_quality
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # as lmroute.export.pipeline's (which imports this module)
+
 if TYPE_CHECKING:
     from lmroute.bundle import Bundle
 
@@ -479,7 +481,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     p.add_argument("--out", required=True, type=Path, help="report directory")
-    p.add_argument("--data-dir", default=Path("data"), type=Path, help="data pack root holding eval/ (default: data)")
+    p.add_argument(
+        "--data-dir",
+        default=REPO_ROOT / "data",
+        type=Path,
+        help=f"data pack root holding eval/ (default: {REPO_ROOT / 'data'})",
+    )
     p.add_argument(
         "--benchmarks", nargs="+", default=["mt_bench", "mmlu", "gsm8k"], help="eval sets (default: all three)"
     )
@@ -490,22 +497,70 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _out_problem(out: Path) -> str:
+    """Why the report cannot be written to `out` ("" when it can)."""
+    if out.name in ("", ".", ".."):
+        return f"{out} names no directory of its own"
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory"
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{above} is not a directory"
+    return ""
+
+
+def _flag_problem(args: argparse.Namespace) -> str:
+    """The first flag that cannot work, as "--flag: why" ("" when none): checked before any scoring."""
+    from lmroute.bundle.errors import BundleError
+    from lmroute.bundle.loader import read_manifest
+    from lmroute.export.evalsets import EVAL_NAMES
+
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            return f"{flag}: must be >= 1 (got {value})"
+    unknown = [b for b in args.benchmarks if b not in EVAL_NAMES]
+    if unknown:
+        return f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(EVAL_NAMES)})"
+    if problem := _out_problem(args.out):
+        return f"--out: {problem}"
+    if not (args.data_dir / "eval").is_dir():
+        return f"--data-dir: {args.data_dir} holds no eval/ directory"
+    if not args.bundle.is_dir():
+        return f"--bundle: {args.bundle} {'is not a directory' if args.bundle.exists() else 'does not exist'}"
+    try:
+        manifest = read_manifest(args.bundle)
+    except BundleError as exc:
+        return f"--bundle: {args.bundle}: {exc}"
+    unknown = [r for r in args.routers or () if r not in manifest.routers]
+    if unknown:
+        return f"--routers: {', '.join(unknown)} not in the bundle (has {', '.join(manifest.routers)})"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m lmroute.export.evaluate") -> int:
-    """Command line of the evaluation; returns the exit status."""
+    """Command line of the evaluation; returns the exit status: 0 done, 1 a bundle or eval file it cannot
+    use (one line naming it), 2 a bad flag (one line naming it, before any scoring)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser(prog).parse_args(args_list)
+    if problem := _flag_problem(args):
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return 2
     command = " ".join([prog, shlex.join(args_list)]).strip()
-    files = run_evaluation(
-        args.bundle,
-        args.data_dir,
-        args.out,
-        command=command,
-        benchmarks=args.benchmarks,
-        routers=args.routers,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        intra_op_threads=args.threads,
-    )
+    try:
+        files = run_evaluation(
+            args.bundle,
+            args.data_dir,
+            args.out,
+            command=command,
+            benchmarks=args.benchmarks,
+            routers=args.routers,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            intra_op_threads=args.threads,
+        )
+    except (ValueError, OSError) as exc:  # BundleError, EvalDataError (file and line), a missing eval file
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     results = json.loads(files.results_json.read_text())
     for bench, b in results["benchmarks"].items():
         for name, r in b["routers"].items():

@@ -137,3 +137,15 @@ def test_mt_bench_bad_judgement_line(tmp_path):
 def test_evalset_validates_shapes():
     with pytest.raises(ValueError, match="strong_quality: expected float64"):
         EvalSet("x", ("a",), np.zeros(2), np.zeros(1), 0)
+
+
+def test_a_truncated_gzip_csv_names_the_file_and_line(tmp_path):
+    """A correctness CSV whose gzip ends early is an EvalDataError naming it (it was a bare EOFError)."""
+    rows = "".join(f"question {i},True,False\n" for i in range(2000))
+    plain = _gsm8k_dir(tmp_path, "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n" + rows)
+    whole = gzip.compress(plain.read_bytes())
+    gz = plain.with_name(plain.name + ".gz")
+    gz.write_bytes(whole[: len(whole) // 2])
+    plain.unlink()
+    with pytest.raises(EvalDataError, match=rf"^{gz}:\d+: unreadable after line \d+ \(EOFError: "):
+        load_eval("gsm8k", tmp_path)

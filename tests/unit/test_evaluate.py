@@ -222,3 +222,83 @@ def test_main_writes_a_report_for_real_eval_data(
     assert (out / "mt_bench.png").is_file() and (out / "gsm8k.png").is_file()
     printed = capsys.readouterr().out
     assert "mt_bench  mf" in printed and f"report: {out / 'report.md'}" in printed
+
+
+def test_main_refuses_a_bad_flag_in_one_line_before_scoring(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each bad flag is exit 2 and one line naming it (they were tracebacks; --out a file only after the
+    whole evaluation ran)."""
+    from lmroute.export.evaluate import main
+
+    if not (REPO / "data" / "eval" / "gsm8k").is_dir():
+        pytest.skip("data/eval is not in this checkout")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a report directory\n")
+    out = tmp_path / "report"
+    base = ["--bundle", str(tiny_bundle), "--data-dir", str(REPO / "data"), "--benchmarks", "gsm8k"]
+    cases = [
+        (["--out", str(out), "--limit", "0"], "--limit: must be >= 1 (got 0)"),
+        (["--out", str(out), "--batch-size", "0"], "--batch-size: must be >= 1 (got 0)"),
+        (["--out", str(out), "--benchmarks", "bogus"], "--benchmarks: unknown bogus (known: mt_bench, mmlu, gsm8k)"),
+        (
+            ["--out", str(out), "--routers", "mf", "bogus"],
+            "--routers: bogus not in the bundle (has random, mf, sw_ranking)",
+        ),
+        (["--out", str(a_file)], f"--out: {a_file} exists and is not a directory"),
+        (["--out", str(a_file / "report")], f"--out: {a_file} is not a directory"),
+        (["--out", str(out), "--bundle", str(tmp_path / "nope")], f"--bundle: {tmp_path / 'nope'} does not exist"),
+        (["--out", str(out), "--bundle", str(tmp_path)], f"--bundle: {tmp_path}: manifest.json: missing"),
+        (["--out", str(out), "--data-dir", str(tmp_path)], f"--data-dir: {tmp_path} holds no eval/ directory"),
+    ]
+    for extra, says in cases:
+        assert main(base + extra, prog="lmroute-export evaluate") == 2, extra
+        assert capsys.readouterr().err == f"lmroute-export evaluate: {says}\n"
+    assert not out.exists()
+
+
+def test_main_names_an_eval_file_it_cannot_read(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated eval gzip: exit 1 and one line naming the file and line (it was a bare EOFError)."""
+    import gzip
+    import shutil
+
+    from lmroute.export.evaluate import main
+
+    if not (REPO / "data" / "eval" / "gsm8k").is_dir():
+        pytest.skip("data/eval is not in this checkout")
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "data" / "eval" / "gsm8k", data / "eval" / "gsm8k")
+    gz = data / "eval" / "gsm8k" / "gsm8k_responses.csv.gz"
+    whole = gzip.compress(gzip.decompress(gz.read_bytes()))
+    gz.write_bytes(whole[: len(whole) // 2])
+    argv = [
+        "--bundle",
+        str(tiny_bundle),
+        "--out",
+        str(tmp_path / "r"),
+        "--data-dir",
+        str(data),
+        "--benchmarks",
+        "gsm8k",
+    ]
+    assert main(argv, prog="lmroute-export evaluate") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lmroute-export evaluate: {gz}:") and "unreadable after line" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_main_reads_the_repository_data_from_any_directory(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data-dir defaults to the repository's data/, as the other commands' (it was ./data)."""
+    from lmroute.export.evaluate import main
+
+    if not (REPO / "data" / "eval" / "gsm8k").is_dir():
+        pytest.skip("data/eval is not in this checkout")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--bundle", str(tiny_bundle), "--out", "report", "--benchmarks", "gsm8k", "--limit", "20"]
+    assert main(argv, prog="lmroute-export evaluate") == 0
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["benchmarks"]["gsm8k"]["n_prompts"] == 20
