@@ -10,7 +10,8 @@ both taken over ``null_seeds`` (200) seeds: ten seeds estimate that std too loos
 prompts (0.038 from seeds 0-9 vs. 0.061 from 200).
 
 ``write_report`` writes ``results.json``, one cost-quality PNG per benchmark and ``report.md`` (the
-exact command line at the top, then one table per benchmark).
+exact command line at the top, then one table per benchmark) into a temporary directory beside the
+report directory and renames it into place, so an interrupted run leaves the earlier report whole.
 
 The evaluation command glues these to a bundle: ``score_bundle`` scores texts with a loaded bundle's
 routers (public ``lmroute.bundle`` API only), ``run_evaluation`` loads the eval sets
@@ -24,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,10 +355,47 @@ def render_markdown(results: Mapping[str, Any], command: str, plot_names: Mappin
     return "\n".join(lines)
 
 
+def _not_a_report(out: Path) -> str:
+    """Why ``write_report`` will not replace the directory ``out`` ("" when it may): it holds files but no
+    ``results.json``, so it is not a report directory."""
+    if out.is_dir() and not (out / "results.json").exists() and any(out.iterdir()):
+        return f"{out} holds files but no results.json (not a report directory, so it is not replaced)"
+    return ""
+
+
 def write_report(results: Mapping[str, Any], out_dir: Path | str, command: str) -> ReportFiles:
-    """Write ``results.json``, ``<benchmark>.png`` per benchmark and ``report.md`` into ``out_dir``."""
+    """Write ``results.json``, ``<benchmark>.png`` per benchmark and ``report.md`` into ``out_dir``.
+
+    They are written into a temporary directory beside ``out_dir``, then renamed into place (an earlier
+    report there is replaced whole), so an interrupted write leaves the earlier report or the new one,
+    never parts of both. A directory holding files but no ``results.json`` is refused (FileExistsError).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if problem := _not_a_report(out):
+        raise FileExistsError(problem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        files = _write_report_files(results, tmp, command)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportFiles(
+        results_json=out / files.results_json.name,
+        markdown=out / files.markdown.name,
+        plots={bench: out / p.name for bench, p in files.plots.items()},
+    )
+
+
+def _write_report_files(results: Mapping[str, Any], out: Path, command: str) -> ReportFiles:
     payload = {"command": command, **results}
     results_path = out / "results.json"
     results_path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
@@ -521,7 +562,7 @@ def _flag_problem(args: argparse.Namespace) -> str:
     unknown = [b for b in args.benchmarks if b not in EVAL_NAMES]
     if unknown:
         return f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(EVAL_NAMES)})"
-    if problem := _out_problem(args.out):
+    if problem := _out_problem(args.out) or _not_a_report(args.out):
         return f"--out: {problem}"
     if not (args.data_dir / "eval").is_dir():
         return f"--data-dir: {args.data_dir} holds no eval/ directory"

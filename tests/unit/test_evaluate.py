@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,3 +303,55 @@ def test_main_reads_the_repository_data_from_any_directory(
     argv = ["--bundle", str(tiny_bundle), "--out", "report", "--benchmarks", "gsm8k", "--limit", "20"]
     assert main(argv, prog="lmroute-export evaluate") == 0
     assert json.loads((tmp_path / "report" / "results.json").read_text())["benchmarks"]["gsm8k"]["n_prompts"] == 20
+
+
+class _InterruptedAt(dict):  # type: ignore[type-arg]
+    """A benchmark's results whose `key` raises KeyboardInterrupt when read (Ctrl-C while the plots are drawn)."""
+
+    def __init__(self, data: dict, key: str) -> None:
+        super().__init__(data)
+        self.key = key
+
+    def __getitem__(self, name: str) -> object:
+        if name == self.key:
+            raise KeyboardInterrupt
+        return super().__getitem__(name)
+
+
+def test_an_interrupted_report_leaves_the_earlier_one_whole(evaluated: tuple[dict, dict], tmp_path: Path) -> None:
+    """Ctrl-C while a report is written over an earlier one: the earlier one is left as it was (the new
+    results.json lay beside the old report.md and plots), and no temporary directory is left behind."""
+    _, results = evaluated
+    out = tmp_path / "eval"
+    write_report(results, out, "first run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    benches = dict(results["benchmarks"])
+    last = list(benches)[-1]
+    benches[last] = _InterruptedAt(benches[last], "oracle")
+    with pytest.raises(KeyboardInterrupt):
+        write_report({**results, "benchmarks": benches}, out, "second run")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]
+    files = write_report(results, out, "third run")  # a whole run replaces it whole
+    assert files.results_json == out / "results.json" and files.markdown.parent == out
+    assert json.loads(files.results_json.read_text())["command"] == "third run"
+    assert "third run" in files.markdown.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_a_directory_that_is_not_a_report_is_not_replaced(
+    evaluated: tuple[dict, dict], tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmroute.export.evaluate import main
+
+    _, results = evaluated
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious\n")
+    says = f"{out} holds files but no results.json (not a report directory, so it is not replaced)"
+    with pytest.raises(FileExistsError, match=re.escape(says)):
+        write_report(results, out, "a run")
+    argv = ["--bundle", str(tiny_bundle), "--out", str(out), "--data-dir", str(REPO / "data"), "--benchmarks", "gsm8k"]
+    if (REPO / "data" / "eval").is_dir():
+        assert main(argv, prog="lmroute-export evaluate") == 2
+        assert capsys.readouterr().err == f"lmroute-export evaluate: --out: {says}\n"
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
