@@ -56,6 +56,7 @@ __all__ = [
     "stage_bundle",
     "library_versions",
     "move_into_place",
+    "not_replaceable",
     "restamp_bundle",
     "update_blends",
     "update_calibration",
@@ -85,12 +86,27 @@ def bundle_exists(out: Path) -> FileExistsError:
     )
 
 
+def not_replaceable(out: Path) -> str:
+    """Why `out` may not be replaced by a bundle ("" when it may: nothing there, an empty directory or a
+    bundle directory): it is a file, or a directory holding files but no manifest.json."""
+    if not out.exists():
+        return ""
+    if not out.is_dir():
+        return f"{out} exists and is not a directory (not a bundle, so it is not replaced)"
+    if not (out / MANIFEST_NAME).exists() and any(out.iterdir()):
+        return f"{out} holds files but no {MANIFEST_NAME} (not a bundle, so it is not replaced)"
+    return ""
+
+
 def move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
     """Rename the finished bundle directory `tmp` to `out`. With `overwrite` an existing `out` is moved
-    aside first and removed after the rename. Without it an existing `out` is never moved: the rename
-    itself refuses a bundle there (one another writer put in place since `out` was last checked), and
-    that refusal is `bundle_exists`."""
+    aside first and removed after the rename; one that is not a bundle (`not_replaceable`) is refused
+    with FileExistsError. Without it an existing `out` is never moved: the rename itself refuses a
+    bundle there (one another writer put in place since `out` was last checked), and that refusal is
+    `bundle_exists`."""
     if overwrite and out.exists():
+        if problem := not_replaceable(out):
+            raise FileExistsError(problem)
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
@@ -247,10 +263,13 @@ def stage_bundle(
     created_at>-<8 hex of a hash of the content>", derived at commit); `label` is optional free text
     stored beside it (and covered by it); `default_router` names the router of a Route call that names
     none ("": no default), `default_quality_router` that of a Route among candidates that names none.
-    An existing out_dir is an error unless overwrite=True."""
+    An existing out_dir is an error unless overwrite=True, and even then when it is not a bundle
+    (`not_replaceable`)."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise bundle_exists(out)
+    if problem := not_replaceable(out):
+        raise FileExistsError(problem)
     src = Path(encoder_dir)
     encoder_files = ENCODER_FILES_BY_KIND[encoder.kind]
     for role, rel in encoder_files.items():

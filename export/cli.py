@@ -90,7 +90,12 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         description="Train the routers and write a calibrated bundle. The training recipe's flags also read "
         f"{ENV_PREFIX}<NAME> (e.g. {ENV_PREFIX}MF_LR); a flag beats the variable, the variable the default.",
     )
-    p.add_argument("--out", type=Path, required=True, help="bundle directory (replaced if present)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="bundle directory (a bundle there is replaced; a directory holding other files is refused)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", str(REPO_ROOT / "data"))))
     p.add_argument(
         "--cache-dir",
@@ -559,7 +564,11 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         help="paired outcomes: kernel ridge (router kind adapted_kernel) or linear ridge (adapted)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a bundle (a directory holding other files is refused)",
+    )
     _add_plugin(p)
 
 
@@ -575,6 +584,10 @@ def _adapt(args: argparse.Namespace) -> int:
             print(f"{PROG} adapt: --{flag.replace('_', '-')}: must be a number >= 0 (got {value})", file=sys.stderr)
             return 2
     out_problem = _out_dir_problem(args.out)
+    if not out_problem and args.overwrite:
+        from lmroute.bundle.writer import not_replaceable
+
+        out_problem = not_replaceable(args.out)
     if out_problem:
         print(f"{PROG} adapt: --out: {out_problem}", file=sys.stderr)
         return 2
@@ -648,6 +661,20 @@ def _out_dir_problem(out: Path) -> str:
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         return f"{above} is not a directory"
+    return ""
+
+
+def _build_flag_problem(args: argparse.Namespace) -> str:
+    """Why `build` cannot write its --out or --report, as "--flag: why" ("" when it can)."""
+    from lmroute.bundle.writer import not_replaceable
+
+    if problem := _out_dir_problem(args.out) or not_replaceable(args.out):
+        return f"--out: {problem}"
+    if args.report is not None:
+        if args.report.is_dir():
+            return f"--report: {args.report} is a directory (name the JSON file to write)"
+        if not args.report.parent.is_dir():
+            return f"--report: {args.report.parent} is not a directory"
     return ""
 
 
@@ -827,6 +854,9 @@ def _run_command(argv: Sequence[str] | None) -> int:
             cfg = build_config(args)
         except ValueError as exc:
             parser.error(f"{args.cmd}: {exc}")
+        if problem := _build_flag_problem(args):  # before the build, not after it
+            print(f"{PROG} {args.cmd}: {problem}", file=sys.stderr)
+            return 2
         t0 = time.perf_counter()
         try:
             report = build_bundle(cfg)

@@ -382,9 +382,14 @@ def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
     ):
         assert main(["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(out)]) == 2, out
         assert says in capsys.readouterr().err
+    mine = tmp_path / "mine"  # a directory of the user's, not a bundle: --overwrite does not replace it
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious\n")
+    assert main(["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(mine), "--overwrite"]) == 2
+    assert f"--out: {mine} holds files but no manifest.json (not a bundle" in capsys.readouterr().err
     assert main(["adaptations", "--store", dsn]) == 0
     assert capsys.readouterr().out == ""  # no run recorded
-    assert a_file.read_text() == ""
+    assert a_file.read_text() == "" and (mine / "notes.txt").read_text() == "precious\n"
 
 
 def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:

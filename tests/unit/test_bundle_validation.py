@@ -599,6 +599,32 @@ def test_staged_bundle_left_uncommitted_leaves_nothing(pristine: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_writer_overwrite_replaces_only_a_bundle(pristine: Path, tmp_path: Path) -> None:
+    """overwrite=True replaces a bundle or an empty directory; a directory of other files (it was deleted
+    without a word) or a file is refused by name and left as it was."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious\n")
+    with pytest.raises(FileExistsError, match=f"^{mine} holds files but no manifest.json \\(not a bundle"):
+        write_bundle(mine, overwrite=True, **_rewrite_args(pristine))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine too\n")
+    with pytest.raises(FileExistsError, match=f"^{a_file} exists and is not a directory"):
+        write_bundle(a_file, overwrite=True, **_rewrite_args(pristine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and a_file.read_text() == "mine too\n"
+    with stage_bundle(tmp_path / "late", overwrite=True, **_rewrite_args(pristine)) as staged:
+        (tmp_path / "late").mkdir()  # another writer's directory, put there while this one staged
+        (tmp_path / "late" / "notes.txt").write_text("precious\n")
+        with pytest.raises(FileExistsError, match="holds files but no manifest.json"):
+            staged.commit()
+    assert [p.name for p in (tmp_path / "late").iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_bundle(empty, overwrite=True, **_rewrite_args(pristine))
+    assert (empty / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty", "late", "mine"]
+
+
 def test_writer_overwrite_and_checksums(pristine: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = write_bundle(out, **_rewrite_args(pristine))

@@ -256,3 +256,35 @@ def test_build_plugin_flag_adds_its_kind_to_the_routers(tmp_path: Path) -> None:
     bad = [sys.executable, "-m", "lmroute.export.cli", *argv, "--mf-epochs", "0"]
     res = subprocess.run(bad, capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "mf_epochs: must be >= 1 (got 0)" in res.stderr
+
+
+def test_build_refuses_an_out_or_report_it_cannot_write_before_building(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out a directory of the user's that is not a bundle (it was deleted and replaced without a word)
+    and --report under a missing directory (a traceback after the bundle was written): exit 2 naming the
+    flag, before anything is built (the data dir here is empty: a build would fail at once)."""
+    from lmroute.export.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["build", "--data-dir", str(empty), "--cache-dir", str(tmp_path / "cache"), "--routers", "random"]
+    cases = [
+        (["--out", str(mine)], f"--out: {mine} holds files but no manifest.json (not a bundle, so it is not replaced)"),
+        (
+            ["--out", str(tmp_path / "b"), "--report", str(tmp_path / "nodir" / "r.json")],
+            f"--report: {tmp_path / 'nodir'} is not a directory",
+        ),
+        (
+            ["--out", str(tmp_path / "b"), "--report", str(empty)],
+            f"--report: {empty} is a directory (name the JSON file to write)",
+        ),
+    ]
+    for extra, says in cases:
+        assert main([*base, *extra]) == 2, extra
+        assert capsys.readouterr().err == f"lmroute-export build: {says}\n"
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mine"]
