@@ -303,10 +303,14 @@ int64_t static_embed(const lmroute::WordPiece& wp, nb::list texts, In<float, nb:
     std::vector<nb::object> held;
     std::vector<lmroute::WordPiece::Text> refs;
     const int64_t need = texts_in_place(wp, texts, held, refs);
-    std::vector<int64_t> ids(static_cast<size_t>(need)), offsets(n + 1, 0);
-    std::unique_ptr<bool[]> handled(new bool[n]);
     nb::gil_scoped_release release;
-    wp.encode_cut_batch(refs.data(), static_cast<int64_t>(n), max_tokens, head_end, ids.data(), n_tokens.data(),
+    // room for every text whole (a long text's kept ids are far fewer): left unwritten, so its untouched
+    // pages cost nothing, and made with the GIL released (zero-filled before it, 256 long prompts held
+    // every other Python thread for ~100 ms)
+    std::unique_ptr<int64_t[]> ids(new int64_t[static_cast<size_t>(need)]);
+    std::vector<int64_t> offsets(n + 1, 0);
+    std::unique_ptr<bool[]> handled(new bool[n]);
+    wp.encode_cut_batch(refs.data(), static_cast<int64_t>(n), max_tokens, head_end, ids.get(), n_tokens.data(),
                         handled.get(), truncated.data());
     const int64_t n_handled = std::count(handled.get(), handled.get() + n, true);
     if (n_handled < static_cast<int64_t>(n)) return n_handled;
@@ -315,7 +319,7 @@ int64_t static_embed(const lmroute::WordPiece& wp, nb::list texts, In<float, nb:
         if (n_tokens.data()[i] == 0) return 0;
         offsets[i + 1] = offsets[i] + n_tokens.data()[i];
     }
-    const int64_t bad = lmroute::token_mean(table.data(), table.shape(0), d, ids.data(), offsets.data(),
+    const int64_t bad = lmroute::token_mean(table.data(), table.shape(0), d, ids.get(), offsets.data(),
                                             static_cast<int64_t>(n), out.data());
     if (bad >= 0) {  // thrown past `release`, which takes the GIL back first
         throw std::invalid_argument("token id " + std::to_string(ids[static_cast<size_t>(bad)]) +
