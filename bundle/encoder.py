@@ -500,12 +500,7 @@ class PromptTokenizer:
                         hf_at += n
                 rows += self.back_ids
             left_lengths.append(len(rows) - start)
-        lengths[~handled] = left_lengths
-        out = np.empty(int(lengths.sum()), dtype=np.int64)
-        from_fast = np.repeat(handled, lengths)
-        out[from_fast] = ids
-        out[~from_fast] = rows
-        return out, lengths
+        return _merge_rows(handled, ids, lengths[handled], np.asarray(rows, dtype=np.int64), np.asarray(left_lengths))
 
     def _windowed_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """`_fast_rows` of `texts`, but a text longer than the cut needs is read from a head and a tail

@@ -86,6 +86,20 @@ def bundle_exists(out: Path) -> FileExistsError:
     )
 
 
+def out_dir_problem(out: Path) -> str:
+    """Why `out` cannot become a directory written beside it and renamed into place ("" when it can): it
+    names no directory of its own (".", "..", "/"), it is something other than a directory, or a folder
+    above it is a file. Said before a run's work, not after it."""
+    if out.name in ("", ".", ".."):
+        return f"{out} names no directory of its own (it is written beside its siblings and renamed into place)"
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory"
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{above} is not a directory"
+    return ""
+
+
 def not_replaceable(out: Path) -> str:
     """Why `out` may not be replaced by a bundle ("" when it may: nothing there, an empty directory or a
     bundle directory): it is a file, or a directory holding files but no manifest.json."""

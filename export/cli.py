@@ -583,10 +583,10 @@ def _adapt(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value >= 0):
             print(f"{PROG} adapt: --{flag.replace('_', '-')}: must be a number >= 0 (got {value})", file=sys.stderr)
             return 2
-    out_problem = _out_dir_problem(args.out)
-    if not out_problem and args.overwrite:
-        from lmroute.bundle.writer import not_replaceable
+    from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
+    out_problem = out_dir_problem(args.out)
+    if not out_problem and args.overwrite:
         out_problem = not_replaceable(args.out)
     if out_problem:
         print(f"{PROG} adapt: --out: {out_problem}", file=sys.stderr)
@@ -650,25 +650,11 @@ def _adapt(args: argparse.Namespace) -> int:
     return 4
 
 
-def _out_dir_problem(out: Path) -> str:
-    """Why `out` cannot become a bundle directory ("" when it can): it names no directory of its own
-    (".", "..", "/"), it is something other than a directory, or a folder above it is a file. Said before
-    a run's fit, not after it."""
-    if out.name in ("", ".", ".."):
-        return f"{out} names no directory of its own (the bundle is renamed into place beside its siblings)"
-    if out.exists() and not out.is_dir():
-        return f"{out} exists and is not a directory"
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        return f"{above} is not a directory"
-    return ""
-
-
 def _build_flag_problem(args: argparse.Namespace) -> str:
     """Why `build` cannot write its --out or --report, as "--flag: why" ("" when it can)."""
-    from lmroute.bundle.writer import not_replaceable
+    from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
-    if problem := _out_dir_problem(args.out) or not_replaceable(args.out):
+    if problem := out_dir_problem(args.out) or not_replaceable(args.out):
         return f"--out: {problem}"
     if args.report is not None:
         if args.report.is_dir():

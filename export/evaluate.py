@@ -538,22 +538,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _out_problem(out: Path) -> str:
-    """Why the report cannot be written to `out` ("" when it can)."""
-    if out.name in ("", ".", ".."):
-        return f"{out} names no directory of its own"
-    if out.exists() and not out.is_dir():
-        return f"{out} exists and is not a directory"
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        return f"{above} is not a directory"
-    return ""
-
-
 def _flag_problem(args: argparse.Namespace) -> str:
     """The first flag that cannot work, as "--flag: why" ("" when none): checked before any scoring."""
     from lmroute.bundle.errors import BundleError
     from lmroute.bundle.loader import read_manifest
+    from lmroute.bundle.writer import out_dir_problem
     from lmroute.export.evalsets import EVAL_NAMES
 
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
@@ -562,7 +551,7 @@ def _flag_problem(args: argparse.Namespace) -> str:
     unknown = [b for b in args.benchmarks if b not in EVAL_NAMES]
     if unknown:
         return f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(EVAL_NAMES)})"
-    if problem := _out_problem(args.out) or _not_a_report(args.out):
+    if problem := out_dir_problem(args.out) or _not_a_report(args.out):
         return f"--out: {problem}"
     if not (args.data_dir / "eval").is_dir():
         return f"--data-dir: {args.data_dir} holds no eval/ directory"

@@ -184,6 +184,19 @@ class SyncEmptyRouter(router_pb2_grpc.RouterServiceServicer):
         return score_reply(request)
 
 
+async def serve_until_signalled(server: Any, where: str) -> int:
+    """Start `server` (grpc.aio's or the thread transport), say where it serves, stop it on SIGTERM/SIGINT."""
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"empty-server: serving on {where}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(0)
+    return 0
+
+
 async def serve(host: str, port: int, *, interceptor: bool = True) -> int:
     cfg = ServiceConfig(bundle_path=Path("unused"), host=host, port=port)
     interceptors = [RequestContextInterceptor()] if interceptor else []
@@ -194,15 +207,7 @@ async def serve(host: str, port: int, *, interceptor: bool = True) -> int:
     if bound == 0:
         print(f"empty-server: could not bind {host}:{port}", file=sys.stderr)
         return 1
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"empty-server: serving on {host}:{bound}", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.stop(0)
-    return 0
+    return await serve_until_signalled(server, f"{host}:{bound}")
 
 
 async def serve_handoff(host: str, port: int, workers: int, *, interceptor: bool = True) -> int:
@@ -220,15 +225,7 @@ async def serve_handoff(host: str, port: int, workers: int, *, interceptor: bool
     if bound == 0:
         print(f"empty-server: could not bind {host}:{port}", file=sys.stderr)
         return 1
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"empty-server: serving on {host}:{bound} (sync, hand-off, {workers} threads)", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.stop(0)
-    return 0
+    return await serve_until_signalled(server, f"{host}:{bound} (sync, hand-off, {workers} threads)")
 
 
 def serve_sync(host: str, port: int, workers: int) -> int:
