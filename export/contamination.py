@@ -1,9 +1,9 @@
 """Near-duplicate check of the training prompts against the eval sets (the paper's contamination step).
 
-For every eval prompt (MT-Bench turn 1, MMLU, GSM8K, after the eval sets' own decontamination) the
-highest cosine similarity to any training prompt (the comparisons' prompts and the difficulty labels'
-questions) is computed with the bundle's encoder; pairs at or
-above the threshold (0.95, as the paper) are reported. The eval sets are never used for training, so
+For every eval prompt (MT-Bench turn 1, MMLU, GSM8K, after the eval sets' own decontamination) every
+training prompt (the comparisons' prompts and the difficulty labels' questions) at or above the
+threshold of cosine similarity (0.95, as the paper) is reported, embedded with all-MiniLM-L6-v2 (the
+default encoder, cut by `head`). The eval sets are never used for training, so
 the fix for a hit is to drop the training prompt, not the eval prompt: `training_prompts_to_drop`
 names them.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ def eval_prompt_keys(data_dir: Path) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class NearDuplicate:
-    """One eval prompt whose nearest training prompt is at least `threshold` similar."""
+    """One (eval prompt, training prompt) pair at least `threshold` similar."""
 
     benchmark: str
     eval_prompt: str
@@ -59,22 +60,29 @@ def near_duplicates(
     *,
     threshold: float,
     chunk: int = 2048,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each eval row: (index of the most similar training row, its cosine). Rows are L2-normalised.
-
-    Returns arrays of length len(eval_emb); callers keep the rows with cosine >= threshold.
-    """
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (eval row, training row) pair with cosine >= threshold: (eval indices, training indices,
+    cosines), eval rows in order. Rows are L2-normalised. Every pair, not each eval row's nearest: two
+    near-copies of one eval prompt in the training data are both found."""
     if eval_emb.ndim != 2 or train_emb.ndim != 2 or eval_emb.shape[1] != train_emb.shape[1]:
         raise ValueError(f"embedding shapes do not match: eval {eval_emb.shape}, train {train_emb.shape}")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold: {threshold} must be in (0, 1]")
-    best_idx = np.zeros(len(eval_emb), dtype=np.int64)
-    best_cos = np.full(len(eval_emb), -np.inf, dtype=np.float64)
+    check_threshold(threshold)
+    rows, cols, cosines = [], [], []
     for start in range(0, len(eval_emb), chunk):
         sims = eval_emb[start : start + chunk] @ train_emb.T
-        best_idx[start : start + chunk] = sims.argmax(axis=1)
-        best_cos[start : start + chunk] = sims.max(axis=1)
-    return best_idx, best_cos
+        r, c = np.nonzero(sims >= threshold)
+        rows.append(r + start)
+        cols.append(c)
+        cosines.append(sims[r, c].astype(np.float64))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(cosines)
+
+
+def check_threshold(threshold: float) -> None:
+    """ValueError unless `threshold` is a cosine in (0, 1]."""
+    if not 0.0 < threshold <= 1.0:  # also refuses NaN
+        raise ValueError(f"threshold: {threshold} must be in (0, 1]")
 
 
 def find_contamination(
@@ -84,17 +92,22 @@ def find_contamination(
     *,
     threshold: float = 0.95,
 ) -> list[NearDuplicate]:
-    """Every (eval prompt, nearest training prompt) pair with cosine >= threshold, per benchmark."""
+    """Every (eval prompt, training prompt) pair with cosine >= threshold, per benchmark."""
     found: list[NearDuplicate] = []
     for bench, (prompts, emb) in evalsets.items():
-        idx, cos = near_duplicates(emb, train_emb, threshold=threshold)
-        for i in np.flatnonzero(cos >= threshold):
-            found.append(NearDuplicate(bench, prompts[i], train_prompts[idx[i]], round(float(cos[i]), 6)))
+        rows, cols, cos = near_duplicates(emb, train_emb, threshold=threshold)
+        for i, j, c in zip(rows.tolist(), cols.tolist(), cos.tolist(), strict=True):
+            found.append(NearDuplicate(bench, prompts[i], train_prompts[j], round(c, 6)))
     return found
 
 
 def main(args: argparse.Namespace) -> int:
     """`lmroute-export contamination`: embed training and eval prompts (cached) and report hits."""
+    try:
+        check_threshold(args.threshold)  # before the prompts are embedded
+    except ValueError as exc:
+        print(f"contamination: --{exc}", file=sys.stderr)
+        return 2
     from lmroute.export.data import load_comparisons, load_difficulty_labels
     from lmroute.export.embed_cache import embed_texts
     from lmroute.export.evalsets import load_eval
