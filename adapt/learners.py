@@ -48,6 +48,7 @@ __all__ = [
     "held_out_dr_gain",
     "paired_out_of_fold",
     "shared_head",
+    "single_events",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,6 +82,21 @@ def _vector(name: str, values: npt.ArrayLike, n: int, lo: float, hi: float) -> F
     if bad.size:
         raise ValueError(f"{name}[{int(bad[0])}]: {arr[bad[0]]} outside [{lo}, {hi}]")
     return arr
+
+
+def single_events(
+    chose_strong: npt.ArrayLike, quality: npt.ArrayLike, propensity: npt.ArrayLike, n: int
+) -> tuple[npt.NDArray[np.bool_], FloatArray, FloatArray]:
+    """n single outcomes checked: (which model answered, its quality in [0, 1], its propensity in (0, 1]);
+    ValueError naming the first value that is not."""
+    arm = np.asarray(chose_strong)
+    if arm.shape != (n,) or arm.dtype != np.bool_:
+        raise ValueError(f"chose_strong: expected bool of shape ({n},), got {arm.dtype} {arm.shape}")
+    q = _vector("quality", quality, n, 0.0, 1.0)
+    p = _vector("propensity", propensity, n, 0.0, 1.0)
+    if (p <= 0).any():
+        raise ValueError(f"propensity[{int(np.argmin(p))}]: must be > 0 (the chosen model's probability)")
+    return arm, q, p
 
 
 def _head(x: FloatArray, target: FloatArray, penalty: float, learner: str, settings: dict[str, float]) -> Head:
@@ -332,13 +348,7 @@ def fit_single(
     (`dr_pseudo_gap`); "direct": difference of the two weighted outcome ridges."""
     x = design(embeddings, lengths)
     n = x.shape[0]
-    arm = np.asarray(chose_strong)
-    if arm.shape != (n,) or arm.dtype != np.bool_:
-        raise ValueError(f"chose_strong: expected bool of shape ({n},), got {arm.dtype} {arm.shape}")
-    q = _vector("quality", quality, n, 0.0, 1.0)
-    p = _vector("propensity", propensity, n, 0.0, 1.0)
-    if (p <= 0).any():
-        raise ValueError(f"propensity[{int(np.argmin(p))}]: must be > 0 (the chosen model's probability)")
+    arm, q, p = single_events(chose_strong, quality, propensity, n)
     if n < 2 or arm.all() or not arm.any():
         raise ValueError("fit_single: needs outcomes of both models")
     inv = np.minimum(1.0 / p, MAX_INVERSE_PROPENSITY)

@@ -37,6 +37,7 @@ from lmroute.adapt.learners import (
     held_out_dr_gain,
     paired_out_of_fold,
     shared_head,
+    single_events,
 )
 from lmroute.adapt.ridge import design
 
@@ -202,8 +203,8 @@ def adapt_single(
     at `gate_max_inverse_propensity`); `unseen` as for `adapt_paired`; `gate_quality`: the quality the
     gate's gains are made of, NaN where it has none (as `gate_gap`)."""
     emb = np.asarray(embeddings, dtype=np.float64)
-    length, q = np.asarray(lengths, dtype=np.float64), np.asarray(quality, dtype=np.float64)
-    arm, p = np.asarray(chose_strong, dtype=np.bool_), np.asarray(propensity, dtype=np.float64)
+    length = np.asarray(lengths, dtype=np.float64)
+    arm, q, p = single_events(chose_strong, quality, propensity, emb.shape[0])  # p = 0 or 1.5: ValueError
     base, champ = np.asarray(base_scores, dtype=np.float64), np.asarray(champion_scores, dtype=np.float64)
     x = design(emb, length)
     judged, held_out = _gated(q, gate_quality, unseen)

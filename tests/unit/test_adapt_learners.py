@@ -307,3 +307,34 @@ def test_the_gates_held_out_gains_unclipped_are_unbiased_and_clipped_lean_to_the
             got.append(float(gains.mean()))
     assert abs(np.mean(means[math.inf])) < 0.03, means
     assert 0.07 < np.mean(means[20.0]) < 0.13, means
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("propensity", 0.0, "propensity[3]: must be > 0 (the chosen model's probability)"),
+        ("propensity", 1.5, "propensity[3]: 1.5 outside [0.0, 1.0]"),
+        ("quality", float("nan"), "quality: contains NaN or inf"),
+    ],
+)
+def test_adapt_single_called_as_a_library_refuses_outcomes_no_store_holds(field: str, value: float, said: str) -> None:
+    """The command line's outcomes are checked by the store; adapt_single took propensity 0 (a division
+    by zero, then the clip) and 1.5 silently, and a NaN quality failed later naming the head's weights."""
+    from lmroute.adapt.pipeline import adapt_single
+
+    rng = np.random.default_rng(0)
+    n = 60
+    events = {"quality": rng.random(n), "propensity": np.full(n, 0.9)}
+    events[field][3] = value
+    with pytest.raises(ValueError) as err:
+        adapt_single(
+            rng.standard_normal((n, 4)),
+            np.full(n, 3.0),
+            np.arange(n) % 3 == 0,
+            events["quality"],
+            events["propensity"],
+            rng.random(n),
+            rng.random(n),
+            np.arange(n),
+        )
+    assert str(err.value) == said
