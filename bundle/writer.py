@@ -112,6 +112,15 @@ def not_replaceable(out: Path) -> str:
     return ""
 
 
+def replace_directory(tmp: Path, out: Path) -> None:
+    """Rename the directory `tmp` to `out`, the directory there moved aside first and removed after, so
+    `out` is always the old directory or the new one, whole."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
     """Rename the finished bundle directory `tmp` to `out`. With `overwrite` an existing `out` is moved
     aside first and removed after the rename; one that is not a bundle (`not_replaceable`) is refused
@@ -121,10 +130,7 @@ def move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
     if overwrite and out.exists():
         if problem := not_replaceable(out):
             raise FileExistsError(problem)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, out)
         return
     try:
         os.replace(tmp, out)

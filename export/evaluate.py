@@ -370,6 +370,8 @@ def write_report(results: Mapping[str, Any], out_dir: Path | str, command: str) 
     report there is replaced whole), so an interrupted write leaves the earlier report or the new one,
     never parts of both. A directory holding files but no ``results.json`` is refused (FileExistsError).
     """
+    from lmroute.bundle.writer import replace_directory
+
     out = Path(out_dir)
     if problem := _not_a_report(out):
         raise FileExistsError(problem)
@@ -379,10 +381,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path | str, command: str) 
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         files = _write_report_files(results, tmp, command)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(tmp, out)
         else:
             os.replace(tmp, out)
     except BaseException:

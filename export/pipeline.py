@@ -459,7 +459,9 @@ def build_bundle(cfg: BuildConfig) -> BuildReport:
         with _step(report, "calibrate"):
             limit = cfg.calibration_limit if not cfg.quick else 200
             calibration_issues: list[RowIssue] = []
-            calibration = calibration_table(bundle, cfg.data_dir, limit=limit, issues=calibration_issues)
+            calibration = calibration_table(
+                bundle, cfg.data_dir, limit=limit, issues=calibration_issues, eval_keys=eval_keys
+            )
             report.data["calibration_bad_rows"] = [dataclasses.asdict(issue) for issue in calibration_issues]
             staged.manifest = dataclasses.replace(staged.manifest, calibration=calibration)
         with _step(report, "commit"):
@@ -588,11 +590,15 @@ def _train_router(
     return artifacts
 
 
-def calibration_prompts(data_dir: Path, *, issues: list[RowIssue] | None = None) -> list[str]:
+def calibration_prompts(
+    data_dir: Path, *, issues: list[RowIssue] | None = None, eval_keys: frozenset[str] | None = None
+) -> list[str]:
     """The vendored calibration prompts (`load_calibration_prompts`) less those the build does not train
-    on: listed in the decontamination file, or equal to an eval prompt after `prompt_key`."""
+    on: listed in the decontamination file, or equal to an eval prompt after `prompt_key` (`eval_keys`,
+    when the caller has read them; default: `eval_prompt_keys(data_dir)`)."""
     prompts = load_calibration_prompts(data_dir, issues=issues)
-    drop, keys = _decontamination_set(Path(data_dir) / DECONTAMINATION_FILE), eval_prompt_keys(data_dir)
+    drop = _decontamination_set(Path(data_dir) / DECONTAMINATION_FILE)
+    keys = eval_prompt_keys(data_dir) if eval_keys is None else eval_keys
     kept = [p for p in prompts if p not in drop and prompt_key(p) not in keys]
     n_out = len(prompts) - len(kept)
     log.info("calibration: %d prompts (%d near or equal to an eval prompt left out)", len(kept), n_out)
@@ -615,16 +621,17 @@ def calibration_table(
     limit: int | None = None,
     prompts: list[str] | None = None,
     issues: list[RowIssue] | None = None,
+    eval_keys: frozenset[str] | None = None,
 ) -> Calibration:
     """The quantile table of every router of `bundle` on the calibration prompts.
 
     prompts: your own traffic (one prompt per entry); default: the vendored Arena prompts less those near
-    or equal to an eval prompt (`calibration_prompts`; the first `limit` of them when given), whose bad
-    rows are added to `issues` when given.
+    or equal to an eval prompt (`calibration_prompts`, given `eval_keys`; the first `limit` of them when
+    given), whose bad rows are added to `issues` when given.
     """
     source = CALIBRATION_SOURCE
     if prompts is None:
-        prompts = calibration_prompts(data_dir, issues=issues)
+        prompts = calibration_prompts(data_dir, issues=issues, eval_keys=eval_keys)
     else:
         source = f"{len(prompts)} user-supplied prompts"
     if limit is not None:
