@@ -108,7 +108,9 @@ def fit_kernel_ridge(
         n = settings.max_support
     support = unit.astype(np.float32)
     s64 = support.astype(np.float64)
-    z = np.column_stack([np.ones(n), length])
+    # Lengths that are all the same carry no slope: the intercept alone (else Z'MZ is singular).
+    sloped = bool(np.ptp(length) > 1e-9 * max(1.0, float(np.abs(length).max())))
+    z = np.column_stack([np.ones(n), length]) if sloped else np.ones((n, 1))
     k = _kernel(s64, s64, settings.gamma)
     k[np.diag_indices(n)] += settings.penalty
     solved = np.linalg.solve(k, np.column_stack([y, z]))  # (K + penalty I)^-1 [y | Z]
@@ -116,4 +118,4 @@ def fit_kernel_ridge(
     beta = np.linalg.solve(z.T @ mz, z.T @ my)
     alpha = my - mz @ beta
     term = KernelTerm(support=support, alpha=alpha.astype(np.float32), gamma=settings.gamma)
-    return KernelFit(kernel=term, length_weight=float(beta[1]), bias=float(beta[0]))
+    return KernelFit(kernel=term, length_weight=float(beta[1]) if sloped else 0.0, bias=float(beta[0]))

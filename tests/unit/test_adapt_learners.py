@@ -96,6 +96,19 @@ def test_kernel_ridge_above_its_support_cap_fits_a_random_subset_exactly() -> No
     np.testing.assert_allclose(residual, 3.0 * exact.kernel.alpha, atol=1e-4)
 
 
+def test_kernel_ridge_on_prompts_of_one_length_fits_the_intercept_alone() -> None:
+    """Templated traffic whose prompts all have one length: the length slope is 0, not a singular solve."""
+    emb, lengths, strong, weak, _ = _topic_problem(300, seed=5)
+    gap = strong - weak
+    same = np.full_like(lengths, lengths[0])
+    fit = fit_kernel_ridge(emb, same, gap)
+    assert fit.length_weight == 0.0 and np.isfinite(fit.bias) and np.isfinite(fit.kernel.alpha).all()
+    # it solves its equations (residual = penalty * alpha), and reads every length alike
+    np.testing.assert_allclose(gap - fit.predict(emb, same), 3.0 * fit.kernel.alpha, atol=1e-4)
+    np.testing.assert_array_equal(fit.predict(emb, same), fit.predict(emb, same + 2.0))
+    assert np.corrcoef(fit.predict(emb, same), gap)[0, 1] > 0.3
+
+
 def test_paired_out_of_fold_never_predicts_an_outcome_it_was_fitted_on() -> None:
     emb, lengths, strong, weak, _ = _topic_problem(300, seed=5)
     gap = strong - weak
