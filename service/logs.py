@@ -8,13 +8,19 @@ A call's log context is one dict in one context variable: `with CallLog(**values
 `merge_call_context`, a processor, puts it into each line (the line's own keys win). One set and one
 reset a call, where binding each key as a variable of its own (structlog.contextvars) costs several
 microseconds of every call. Tasks the call starts share its dict (they copy the variable, which holds
-the same dict); each call starts its own."""
+the same dict); each call starts its own.
+
+A line that cannot be written (the disk under the log is full, its pipe is closed) is counted and left
+out, never raised: a log line must not fail the call or kill the thread that writes it (`LineWriter`).
+The next line written after such a loss says how many were lost (`log_lines_lost`)."""
 
 from __future__ import annotations
 
 import contextvars
+import json as jsonlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any
@@ -24,6 +30,7 @@ import structlog
 __all__ = [
     "SHED_CODES",
     "CallLog",
+    "LineWriter",
     "LogSampler",
     "bind_call",
     "configure_logging",
@@ -87,6 +94,40 @@ def debug_enabled() -> bool:
     return _level <= logging.DEBUG
 
 
+class LineWriter:
+    """structlog's logger: each rendered line written and flushed to `file` (default: stderr at the time
+    of the call) under one lock. A write that fails (OSError: no space, a closed pipe; ValueError: a
+    closed file) is counted in `lost` and dropped; the first line written after losses is preceded by a
+    `log_lines_lost` line with their count, as JSON when `json`, else as text."""
+
+    def __init__(self, file: Any = None, *, json: bool = True) -> None:
+        self._file = file
+        self._json = json
+        self._lock = threading.Lock()
+        self.lost = 0  # lines dropped since the last one written
+        self.lost_total = 0
+
+    def _write(self, text: str) -> None:
+        file = self._file if self._file is not None else sys.stderr
+        file.write(text)
+        file.flush()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            try:
+                if self.lost:
+                    note = {"event": "log_lines_lost", "lost": self.lost, "level": "warning"}
+                    self._write((jsonlib.dumps(note) if self._json else f"log_lines_lost lost={self.lost}") + "\n")
+                    self.lost = 0
+                self._write(message + "\n")
+            except (OSError, ValueError):
+                self.lost += 1
+                self.lost_total += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Route structlog to stderr as JSON lines at `level` (debug, info, warning, error)."""
     global _level
@@ -101,9 +142,18 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_writer_factory(LineWriter(json=json)),
         cache_logger_on_first_use=False,
     )
+
+
+def _writer_factory(writer: LineWriter) -> Callable[..., LineWriter]:
+    """A structlog logger factory answering every logger with one shared `writer`."""
+
+    def factory(*_args: Any) -> LineWriter:
+        return writer
+
+    return factory
 
 
 class LogSampler:

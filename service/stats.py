@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 __all__ = [
     "Histogram",
     "ServerTimings",
@@ -32,6 +34,8 @@ __all__ = [
     "diff_snapshots",
     "geometric_bounds",
 ]
+
+_log = structlog.get_logger("lmroute.stats")
 
 
 def geometric_bounds(low: float, high: float, per_decade: int) -> tuple[float, ...]:
@@ -216,7 +220,10 @@ def diff_snapshots(before: dict[str, Any], after: dict[str, Any]) -> dict[str, H
 class StatsFile:
     """Writes `snapshot()` as JSON to `path` every `interval_s` and once more at `close()`.
 
-    The file is replaced atomically (write to a sibling, then rename), so a reader never sees half.
+    The file is replaced atomically (write to a sibling, then rename), so a reader never sees half. Only
+    the first write (`start`) raises; a later one that fails (a full disk, no file descriptor left) is
+    logged (`stats_write_failed`, once until a write succeeds again: `stats_write_recovered`) and tried
+    again at the next interval, and the one at `close()` is logged, not raised.
     """
 
     def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]], interval_s: float = 1.0) -> None:
@@ -224,6 +231,7 @@ class StatsFile:
         self._snapshot = snapshot
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self.failed_writes = 0  # writes that failed since the last one that succeeded
 
     def write(self) -> None:
         # a sibling of a fresh name (not a fixed one another user could have made a link)
@@ -242,10 +250,22 @@ class StatsFile:
         self.write()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="lmroute-stats-file")
 
+    def _try_write(self) -> None:
+        try:
+            self.write()
+        except OSError as exc:
+            if not self.failed_writes:
+                _log.error("stats_write_failed", path=str(self.path), error=str(exc))
+            self.failed_writes += 1
+            return
+        if self.failed_writes:
+            _log.warning("stats_write_recovered", path=str(self.path), failed_writes=self.failed_writes)
+            self.failed_writes = 0
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            self.write()
+            self._try_write()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -255,4 +275,4 @@ class StatsFile:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        self.write()
+        self._try_write()

@@ -384,16 +384,16 @@ _CHILD = textwrap.dedent(
     from lmroute.service.fake_scorer import FakeScorer
     from lmroute.service.logs import configure_logging
     from lmroute.service.main import serve
-    configure_logging("warning")
-    cfg = ServiceConfig(bundle_path=Path("unused"), port=0, store=sys.argv[1], grace_s=0.0)
+    configure_logging(sys.argv[2])
+    cfg = ServiceConfig(bundle_path=Path("unused"), port=0, store=sys.argv[1], grace_s=0.0, log_level=sys.argv[2])
     asyncio.run(serve(cfg, lambda _cfg: FakeScorer(routers=("mf",))))
     """
 )
 
 
-def _start_child(dsn: str) -> tuple[subprocess.Popen[str], str]:
+def _start_child(dsn: str, log_level: str = "warning") -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, dsn],
+        [sys.executable, "-c", _CHILD, dsn, log_level],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -468,6 +468,29 @@ def test_sigkill_while_feedback_streams_in_loses_no_acknowledged_outcome(dsn: st
         stored |= {(key, "judge" if kind is OutcomeKind.PAIRED else "thumbs") for kind in r.kinds}
     missing = [k for k in acked if k not in stored]
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged outcomes lost, e.g. {missing[:2]}"
+
+
+def test_a_log_that_cannot_be_written_fails_no_call_and_loses_no_outcome(tmp_path: Path) -> None:
+    """The log's reader gone (a log shipper died; a full disk does the same): every line written after it
+    fails, and calls, Feedback and health go on as before (a failed access line was the call's UNKNOWN)."""
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    proc, target = _start_child(dsn, log_level="info")  # info: an access line for every call
+    assert proc.stderr is not None
+    proc.stderr.close()  # each write to the log now fails (EPIPE)
+    try:
+        with RouterClient(target, timeout_s=5.0) as client:
+            decisions = [client.route(f"prompt {i}", router="mf", threshold=0.5) for i in range(20)]
+            resp = client.feedback([_single(d.decision_id, 0.5 + i / 100) for i, d in enumerate(decisions)])
+            assert [r.code for r in resp.results] == [Code.OK] * 20
+            assert client.health() == "SERVING"
+        assert proc.poll() is None, "the server died"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    store = open_store(dsn)
+    recorded = {r.decision_id for r in store.labeled_prompts()}
+    store.close()
+    assert {d.decision_id for d in decisions} <= recorded
 
 
 def test_exploring_routes_report_and_record_their_propensity(

@@ -195,3 +195,26 @@ def test_scheduler_fills_the_timings_for_every_batch_and_prompt() -> None:
     assert t.encoder_ms.total == 0  # FakeScorer has no encoder to time
     # the prompts of later batches waited at least one scorer call in the queue
     assert t.queue_wait_us.max >= delay * 1e6 * 0.9
+
+
+def test_a_stats_write_that_fails_is_logged_and_tried_again(tmp_path: Path) -> None:
+    """After the first write, a failing one (here its directory gone) neither ends the periodic writes nor
+    fails close(); the file is written again once it can be."""
+
+    async def body() -> None:
+        f = StatsFile(tmp_path / "sub" / "stats.json", lambda: {"n": 1}, interval_s=0.01)
+        f.start()
+        f.path.unlink()
+        f.path.parent.rmdir()
+        while f.failed_writes < 3:
+            await asyncio.sleep(0.01)
+        f.path.parent.mkdir()
+        while not f.path.exists():
+            await asyncio.sleep(0.01)
+        assert f.failed_writes == 0
+        f.path.unlink()
+        f.path.parent.rmdir()
+        await f.close()  # its last write fails: logged, not raised
+        assert f.failed_writes == 1
+
+    asyncio.run(asyncio.wait_for(body(), 10))
