@@ -273,7 +273,7 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path, *, now: float | N
 
 def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dict[str, Any]:
     """This iteration's list of decisions to judge, from the bundle serving now (module docstring)."""
-    store = open_store(args.store, must_exist=True)
+    store = open_store(args.store, must_exist=True, writable=False)
     try:
         return write_judge_list(serving.resolve(), store, judge_dir, args.judge_budget, window=args.judge_window)
     finally:

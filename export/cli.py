@@ -379,7 +379,7 @@ def _adaptations(args: argparse.Namespace) -> int:
         return 2
     from lmroute.outcomes.store import open_store
 
-    store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
+    store = open_store(args.store, must_exist=True, writable=False)  # a StoreError is printed by main, exit 1
     try:
         runs = store.adaptations()
     finally:
@@ -461,7 +461,7 @@ def _to_judge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{PROG} to-judge: {exc}", file=sys.stderr)
         return 2
-    store = open_store(args.store, must_exist=True)  # a StoreError is printed by main, exit 1
+    store = open_store(args.store, must_exist=True, writable=False)  # a StoreError is printed by main, exit 1
     try:
         picks = decisions_to_judge(
             args.bundle,
@@ -495,7 +495,7 @@ def _copy_store(args: argparse.Namespace) -> int:
     by main, exit 1)."""
     from lmroute.outcomes.store import open_store
 
-    source = open_store(args.source, must_exist=True)
+    source = open_store(args.source, must_exist=True, writable=False)
     try:
         target = open_store(args.target)
         try:

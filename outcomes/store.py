@@ -123,14 +123,18 @@ answering (a host gone, a network cut) is found out in about a minute, and the w
 instead of a commit waiting on a half-open connection for the operating system's two hours."""
 
 
-def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False) -> OutcomeStore:
+def open_store(
+    dsn: str, *, store_prompts: bool = True, must_exist: bool = False, writable: bool = True
+) -> OutcomeStore:
     """Open (creating and migrating as needed) the store named by `dsn`:
 
     ``sqlite:PATH`` (relative or absolute; ``sqlite:///abs/path`` too) or ``postgresql://...`` /
     ``postgres://...`` (a libpq URI; needs the `postgres` extra, psycopg). StoreError naming the store
     when it cannot be opened, is not a store of ours, or was migrated by a newer lmroute; with
     `must_exist` (the commands that read a store), when a SQLite file is missing, instead of making an
-    empty store of a mistyped path."""
+    empty store of a mistyped path; with `writable` (all but the commands that only read), when this
+    process cannot write a SQLite file (SQLite opens such a file read-only without a word when it has a
+    -wal file beside it, and every write failed later)."""
     if dsn.startswith("sqlite:"):
         path = Path(dsn.removeprefix("sqlite:").removeprefix("//"))
         if not str(path) or str(path) == ".":
@@ -151,6 +155,8 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
             conn.execute("PRAGMA secure_delete=ON")  # what retention deletes is zeroed, not left in free pages
         except sqlite3.Error as exc:
             raise StoreError(f"store {dsn!r}: cannot open {path}: {exc}") from exc
+        if writable:
+            _check_writable(conn, dsn, path)
         store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts, path=path)
     elif dsn.startswith(("postgresql://", "postgres://")):
         try:
@@ -174,6 +180,23 @@ def open_store(dsn: str, *, store_prompts: bool = True, must_exist: bool = False
         store.close()
         raise
     return store
+
+
+def _check_writable(conn: sqlite3.Connection, dsn: str, path: Path) -> None:
+    """StoreError unless this connection can write: one write (the header's user_version, to the value it
+    has) in a transaction that is rolled back, so nothing changes."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(
+            f"store {dsn!r}: cannot write {path} (or its -wal / -shm files, or its folder): {exc}"
+        ) from exc
 
 
 def _create_private(path: Path) -> None:

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,50 @@ def test_a_store_migrated_by_a_newer_lmroute_is_refused(store: OutcomeStore, dsn
     store._exec("UPDATE lmroute_schema SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} is newer than this lmroute's"):
         open_store(dsn)
+
+
+_OPEN_AS_CHILD = """
+import os, sys
+from lmroute.outcomes.store import StoreError, open_store
+if os.getuid() == 0:  # root writes any file: open it as nobody, as a server under its own user would
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    store = open_store(sys.argv[1], writable=sys.argv[2] == "yes")
+    print("opened", len(store.labeled_prompts()))
+except StoreError as exc:
+    print("refused", exc)
+"""
+
+
+def test_a_sqlite_store_this_process_cannot_write_is_refused_at_open_and_read_by_readers() -> None:
+    """A store left by another user (its file, -wal and -shm read-only to us): SQLite opened it read-only
+    without a word, the server reported SERVING, and every decision and Feedback failed after."""
+    folder = Path(tempfile.mkdtemp(prefix="lmroute-ro-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "outcomes.sqlite3"
+        keeper = open_store(f"sqlite:{path}")  # open: its -wal and -shm stay beside it, as a killed server's do
+        for name in folder.iterdir():
+            name.chmod(0o444)
+        folder.chmod(0o555)
+        out = {}
+        for writable in ("yes", "no"):
+            done = subprocess.run(
+                [sys.executable, "-c", _OPEN_AS_CHILD, f"sqlite:{path}", writable],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            out[writable] = done.stdout.strip()
+        assert out["yes"].startswith(f"refused store 'sqlite:{path}': cannot write {path}"), out
+        assert "readonly" in out["yes"], out
+        assert out["no"] == "opened 0", out  # a command that only reads still reads it
+        keeper.close()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
 
 
 def test_a_statement_that_fails_is_a_store_error_naming_the_store(
