@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import errno
 import math
+import resource
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -262,6 +263,8 @@ class RouterServer:
         bind and start it, and the metrics endpoint; the port."""
         self._check_target_tenants()
         cfg = self.config
+        if cfg.http_port >= 0:
+            ensure_open_files(cfg)
         if cfg.scoring_cpu_set:  # the event loop (this thread) and the threads started from now on (the
             # transport's, the loading ones) keep the other CPUs; the scheduler pins its scoring thread
             rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
@@ -573,6 +576,34 @@ class RouterServer:
         """Wait until the gRPC server terminates."""
         if self._server is not None:
             await self._server.wait()
+
+
+FILES_BESIDE_THE_FRONT = 256
+"""Open files a server keeps besides its OpenAI front's connections: the gRPC port and its connections,
+the store, the bundle's files, the logs (`front_open_files`)."""
+
+
+def ensure_open_files(cfg: ServiceConfig) -> None:
+    """Raise this process's soft open-file limit to what the OpenAI front may need at once (each of its
+    connections and the upstream connection its request holds, the embedding endpoint's, and
+    FILES_BESIDE_THE_FRONT) when it is lower and the hard limit allows; ConfigError when it does not.
+    Out of files, asyncio's listener retries every accept in a loop: a core spun and the log filled with
+    its tracebacks, where a refusal at startup names what to change."""
+    beside = cfg.embeddings_max_concurrency + FILES_BESIDE_THE_FRONT
+    need = 2 * cfg.front_max_connections + beside
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        _log.info("open_file_limit_raised", was=soft, now=need)
+        return
+    raise ConfigError(
+        f"front_max_connections: the OpenAI front may need {need} open files at once (each of its "
+        f"{cfg.front_max_connections} connections and its upstream's, and {beside} for the rest of the server); "
+        f"this process may open {hard} (ulimit -n, hard limit): lower --front-max-connections (to about "
+        f"{max(1, (hard - beside) // 2)}) or raise the limit"
+    )
 
 
 def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:

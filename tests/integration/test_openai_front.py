@@ -1031,3 +1031,47 @@ def test_a_body_not_sent_in_time_is_408(
     finally:
         sock.close()
     assert got.startswith(b"HTTP/1.1 408 ") and b"BODY_TIMEOUT" in got and b"not received in 0.5 s" in got
+
+
+_FRONT_CHILD = """
+import asyncio, resource, sys
+from pathlib import Path
+from lmroute.service.config import ServiceConfig
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.main import serve
+configure_logging("warning")
+soft, hard = int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+cfg = ServiceConfig(bundle_path=Path("unused"), port=0, http_port=0, upstreams_file=sys.argv[1], grace_s=0.0)
+sys.exit(asyncio.run(serve(cfg, lambda _cfg: FakeScorer(routers=("mf",)))))
+"""
+
+
+def test_the_front_raises_the_open_file_limit_it_needs_or_is_refused_naming_it(tmp_path: Path) -> None:
+    """Out of files, asyncio's listener spun a core retrying accepts and logged a traceback per try (48 MB
+    in 30 s): the front's 1,024 connections by default need more than a common soft limit of 1,024."""
+    import subprocess
+    import sys
+
+    path = _file(tmp_path, {"strong": "http://127.0.0.1:9/v1", "weak": "http://127.0.0.1:9/v1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FRONT_CHILD, path, "300", "8192"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "serving on" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, f"the server exited {proc.poll()}"
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft = int(next(row for row in limits.splitlines() if row.startswith("Max open files")).split()[3])
+        assert 2 * 1024 < soft <= 8192, limits  # raised to what 1,024 connections need, within the hard limit
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    refused = subprocess.run(
+        [sys.executable, "-c", _FRONT_CHILD, path, "1024", "1024"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "lmroute-serve: config error: front_max_connections: the OpenAI front may need" in refused.stderr
+    assert "this process may open 1024 (ulimit -n, hard limit): lower --front-max-connections" in refused.stderr
