@@ -64,9 +64,12 @@ def writing_candidate(out_dir: str | Path, report: dict[str, Any], record: Calla
     try:
         yield
     except OSError as exc:
-        report["error"] = f"the accepted candidate could not be written to {out_dir}: {exc.strerror or exc}"
+        # numpy's short write (a disk that filled mid-file) is an OSError with no errno nor strerror
+        why = exc.strerror or f"{exc} (a short write: is the disk full?)"
+        report["error"] = f"the accepted candidate could not be written to {out_dir}: {why}"
         record()
-        raise CandidateNotWritten(exc.errno, report["error"]) from exc
+        args = (exc.errno, report["error"]) if exc.errno is not None else (report["error"],)
+        raise CandidateNotWritten(*args) from exc
 
 
 @dataclass(frozen=True)

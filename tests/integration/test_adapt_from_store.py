@@ -133,6 +133,23 @@ def test_a_candidate_that_cannot_be_written_is_recorded_as_not_adapted(parent: P
     store.close()
 
 
+def test_a_short_write_is_said_as_one_without_an_errno() -> None:
+    """numpy's short write (a disk that filled mid-file) is an OSError with neither errno nor strerror: it
+    was said as '[Errno None] ... 153600 requested and 37856 written'."""
+    from lmroute.adapt.bundle_out import CandidateNotWritten, writing_candidate
+
+    report: dict[str, object] = {}
+    recorded = []
+    with pytest.raises(CandidateNotWritten) as info, writing_candidate("/b2", report, lambda: recorded.append(1)):
+        raise OSError("153600 requested and 37856 written")
+    said = "the accepted candidate could not be written to /b2: 153600 requested and 37856 written"
+    assert str(info.value) == f"{said} (a short write: is the disk full?)" == report["error"]
+    assert recorded == [1]
+    with pytest.raises(CandidateNotWritten) as info, writing_candidate("/b2", {}, lambda: None):
+        raise OSError(28, "No space left on device")
+    assert info.value.errno == 28 and info.value.strerror.endswith("/b2: No space left on device")
+
+
 def _single(parent: Path, weak_answers: int) -> tuple[list[Decision], list[Outcome]]:
     """Route decisions of N prompts and the answering model's single outcome of each: the strong model
     answered all but the first `weak_answers` (thumbs collected mostly where the strong model answered)."""
