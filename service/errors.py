@@ -14,6 +14,8 @@
     +-- DeadlineExpired                DEADLINE_EXCEEDED (client deadline passed before scoring, or
                                        DEADLINE_TOO_SHORT: it cannot hold the call at the measured cost)
     +-- ScorerFailed                   INTERNAL (the scorer raised; details logged, not returned)
+    +-- OutOfMemory                    RESOURCE_EXHAUSTED (tokenising or scoring ran out of memory: the
+                                       prompts of the batch are scored alone; retry after the delay)
     +-- OutcomeConflict                ALREADY_EXISTS (an outcome already stored with another value)
     +-- NoOutcomeStore                 FAILED_PRECONDITION (Feedback on a server without a store)
     +-- NoBundleEncoder                FAILED_PRECONDITION (DecisionsToJudge with a scorer not a bundle's)
@@ -70,6 +72,7 @@ __all__ = [
     "QueueFull",
     "QueueTimeout",
     "TooManyStreams",
+    "OutOfMemory",
     "ScorerFailed",
     "ServiceError",
     "BundleRefused",
@@ -183,6 +186,13 @@ class ScorerFailed(ServiceError):
     """The scorer raised; the wire message is generic and the details are logged."""
 
     default_reason = "SCORER_FAILED"
+
+
+class OutOfMemory(ServiceError):
+    """Tokenising or scoring raised MemoryError (a process memory limit reached): the call's prompts need
+    more than the server can hold now; smaller calls, or the same one later, may pass."""
+
+    default_reason = "OUT_OF_MEMORY"
 
 
 class OutcomeConflict(ServiceError):
@@ -299,6 +309,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     Draining: (Code.UNAVAILABLE, 1000),
     DeadlineExpired: (Code.DEADLINE_EXCEEDED, None),
     ScorerFailed: (Code.INTERNAL, None),
+    OutOfMemory: (Code.RESOURCE_EXHAUSTED, 1000),
     OutcomeConflict: (Code.ALREADY_EXISTS, None),
     NoOutcomeStore: (Code.FAILED_PRECONDITION, None),
     NoBundleEncoder: (Code.FAILED_PRECONDITION, None),

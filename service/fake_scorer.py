@@ -29,7 +29,8 @@ class FakeScorerError(RuntimeError):
 
 
 class FakeScorer:
-    """A Scorer double: `block()` / `release()` gate scoring; `fail_marker` texts make a batch raise."""
+    """A Scorer double: `block()` / `release()` gate scoring; `fail_marker` texts make a batch raise;
+    `oom_marker` texts make tokenize raise MemoryError, and a batch holding one, as a memory limit would."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class FakeScorer:
         delay_s: float = 0.0,
         router_delay_s: Mapping[str, float] | None = None,
         fail_marker: str = "<fail>",
+        oom_marker: str = "<oom>",
         record: bool = True,
         encoder_kind: str = "onnx",
         default_router: str = "",
@@ -51,6 +53,7 @@ class FakeScorer:
         self.delay_s = delay_s
         self.router_delay_s = dict(router_delay_s or {})
         self.fail_marker = fail_marker
+        self.oom_marker = oom_marker
         self.record = record
         self.encoder_kind = encoder_kind  # what its catalog reports (a "static" one is inlined by default)
         self.default_router = default_router  # what its catalog reports ("": none)
@@ -123,6 +126,8 @@ class FakeScorer:
         if self.record:
             with self._lock:
                 self.counted.extend(texts)
+        if any(self.oom_marker in t for t in texts):
+            raise MemoryError
         out = []
         for t in texts:
             words = self.words(t)
@@ -140,6 +145,8 @@ class FakeScorer:
             time.sleep(self.delay_s)
         if any(self.fail_marker in t for t in texts):
             raise FakeScorerError(f"fake failure on cue ({len(texts)} texts)")
+        if any(self.oom_marker in t for t in texts):
+            raise MemoryError
         n = len(texts)
         scores: dict[str, np.ndarray] = {}
         router_s: dict[str, float] = {}

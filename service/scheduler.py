@@ -83,6 +83,7 @@ from lmroute.service.errors import (
     Draining,
     InvalidArgument,
     NotReady,
+    OutOfMemory,
     QueueFull,
     QueueTimeout,
     ScorerFailed,
@@ -490,6 +491,9 @@ class Scheduler(Generic[T]):
                     self._tokenizing -= 1
             if len(tokens) != len(texts):
                 raise RuntimeError(f"tokenize returned {len(tokens)} rows for {len(texts)} texts")
+        except MemoryError as exc:
+            _log.error("tokenize_failed", error=repr(exc), prompts=len(texts), chars=sum(map(len, texts)))
+            raise OutOfMemory("out of memory tokenising the call's prompts: send fewer or shorter ones") from exc
         except Exception as exc:
             _log.error("tokenize_failed", error=repr(exc))
             raise ScorerFailed(f"tokenizer failed: {exc!r}") from exc
@@ -805,6 +809,8 @@ class Scheduler(Generic[T]):
             _log.warning("scorer_refused", size=size, error=str(exc), reason=exc.reason)
             return exc
         _log.error("scorer_failed", size=size, error=repr(exc))
+        if isinstance(exc, MemoryError):
+            return OutOfMemory(f"out of memory scoring a batch of {size} prompts")
         return ScorerFailed(f"scorer failed: {exc!r}")
 
     def _results(

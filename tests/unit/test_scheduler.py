@@ -22,6 +22,7 @@ from lmroute.service.errors import (
     InvalidArgument,
     NotFound,
     NotReady,
+    OutOfMemory,
     QueueFull,
     QueueTimeout,
     ScorerFailed,
@@ -243,6 +244,35 @@ def test_scorer_failure_fails_only_the_bad_item() -> None:
         # the batch and its one-by-one rescoring used the tokens from admission: tokenised once each
         assert sorted(scorer.counted) == sorted(prompts)
         assert scorer.scored_without_tokens == ["occupies the scorer"]  # the idle fast path
+        assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+def test_a_call_that_runs_out_of_memory_is_resource_exhausted_alone() -> None:
+    """MemoryError (a process memory limit) while tokenising a call, or scoring a batch, was INTERNAL
+    SCORER_FAILED: it is RESOURCE_EXHAUSTED OUT_OF_MEMORY with a retry delay, and the other prompts pass."""
+
+    async def body() -> None:
+        scorer = FakeScorer()
+        sched = make(scorer)
+        with pytest.raises(OutOfMemory) as info:
+            await sched.score(["fine", "too big <oom>"])  # tokenised at admission: the call fails whole
+        status = status_of(info.value)
+        assert (status.code, status.reason, status.retry_after_ms) == (Code.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", 1000)
+        assert "fewer or shorter" in status.message
+        scorer.block()
+        first = asyncio.create_task(sched.score(["occupies the scorer"]))
+        await wait_entered(scorer)
+        task = asyncio.create_task(sched.score(["a", "b <late>", "c"]))
+        await until(lambda: sched.stats.admitted >= 4)  # tokenised at admission
+        scorer.oom_marker = "<late>"  # then the batch holding it runs out of memory
+        scorer.release()
+        await first
+        outs = await task
+        assert isinstance(outs[0], ItemResult) and isinstance(outs[2], ItemResult)
+        assert isinstance(outs[1], OutOfMemory) and status_of(outs[1]).code == Code.RESOURCE_EXHAUSTED
         assert sched.in_flight == 0
         await sched.close()
 
