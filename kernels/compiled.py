@@ -209,6 +209,8 @@ class SWIndex:
         if x.ndim != 2:
             raise ValueError(f"prompt_emb must be 2-D, got shape {x.shape}")
         self.embeddings = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(self.embeddings).all():
+            raise ValueError("prompt_emb must be finite (a NaN row made every score of a query a wrong number)")
         self.cells = _Cells(cells, n_tiers)
         n, c = x.shape[0], len(self.cells)
         if isinstance(cell_counts, tuple):
@@ -242,7 +244,10 @@ class SWIndex:
         q = np.asarray(query_emb)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query_emb must have shape [b, {self.dim}], got {q.shape}")
-        return np.ascontiguousarray(q, dtype=np.float32)
+        out = np.ascontiguousarray(q, dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError("query_emb must be finite")
+        return out
 
     def _design(self) -> dict[str, Any]:
         return {
@@ -296,6 +301,8 @@ class SWIndex:
         if s.dtype not in (np.float32, np.float64):
             s = s.astype(np.float64)
         s = np.ascontiguousarray(s)
+        if not np.isfinite(s).all():
+            raise ValueError("sims must be finite")
         self.cells.check_tiers(strong_tier, weak_tier)
         _check_gamma_base(gamma, base)
         out = np.empty(s.shape[0], dtype=np.float64)

@@ -52,7 +52,9 @@ inline double fast_exp(double x) {
     // 2^k as two factors 2^k1 * 2^k2 (each a normal double for |k| <= 1076).
     const int64_t k1 = ki >> 1;
     const int64_t k2 = ki - k1;
-    return p * bits_to_double((k1 + 1023) << 52) * bits_to_double((k2 + 1023) << 52);
+    // The exponent bits shifted as unsigned: for a NaN x, k is garbage and a signed shift of it undefined.
+    return p * bits_to_double(static_cast<int64_t>(static_cast<uint64_t>(k1 + 1023) << 52)) *
+           bits_to_double(static_cast<int64_t>(static_cast<uint64_t>(k2 + 1023) << 52));
 }
 
 }  // namespace lmroute

@@ -353,6 +353,10 @@ std::string cpu_features() {
 
 }  // namespace
 
+// An output array is written in place: one of another dtype or layout is refused (a TypeError), never
+// converted to a copy that is written and dropped while the caller's array stays as it was.
+auto out_arg(const char* name) { return nb::arg(name).noconvert(); }
+
 NB_MODULE(_core, m) {
     m.doc() = "lmroute's compiled scoring core (private: use lmroute.kernels.compiled)";
     m.attr("ABI_VERSION") = kAbiVersion;
@@ -360,31 +364,34 @@ NB_MODULE(_core, m) {
     m.def("max_threads", []() { return omp_get_max_threads(); });
     m.def("cpu_features", &cpu_features);
     m.def("sw_scores", &sw_scores, "embeddings"_a, "indptr"_a, "indices"_a, "counts"_a, "cell_a"_a, "cell_b"_a,
-          "cell_y"_a, "n_tiers"_a, "queries"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a, "out"_a);
+          "cell_y"_a, "n_tiers"_a, "queries"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
+          out_arg("out"));
     m.def("sw_scores_from_sims", &sw_scores_from_sims<float>, "sims"_a, "indptr"_a, "indices"_a, "counts"_a,
           "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
-          "out"_a);
+          out_arg("out"));
     m.def("sw_scores_from_sims", &sw_scores_from_sims<double>, "sims"_a, "indptr"_a, "indices"_a, "counts"_a,
           "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "gamma"_a, "base"_a, "threads"_a,
-          "out"_a);
+          out_arg("out"));
     m.def("sw_scores_from_cell_weights", &sw_scores_from_cell_weights, "cell_weights"_a, "cell_a"_a, "cell_b"_a,
-          "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "base"_a, "threads"_a, "out"_a);
+          "cell_y"_a, "n_tiers"_a, "strong"_a, "weak"_a, "base"_a, "threads"_a, out_arg("out"));
     m.def("sw_cell_weights", &sw_cell_weights, "embeddings"_a, "indptr"_a, "indices"_a, "counts"_a, "n_cells"_a,
-          "queries"_a, "gamma"_a, "threads"_a, "out"_a);
-    m.def("bt_ratings", &bt_ratings, "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "weights"_a, "out"_a);
-    m.def("mf_dot", &mf_dot, "embeddings"_a, "vectors"_a, "threads"_a, "out"_a);
-    m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a, "out"_a);
-    m.def("fast_exp", &fast_exp, "x"_a, "out"_a);
-    m.def("token_mean", &token_mean, "table"_a, "ids"_a, "offsets"_a, "out"_a);
-    m.def("row_dots", &row_dots, "x"_a.noconvert(), "w"_a.noconvert(), "out"_a);
+          "queries"_a, "gamma"_a, "threads"_a, out_arg("out"));
+    m.def("bt_ratings", &bt_ratings, "cell_a"_a, "cell_b"_a, "cell_y"_a, "n_tiers"_a, "weights"_a, out_arg("out"));
+    m.def("mf_dot", &mf_dot, "embeddings"_a, "vectors"_a, "threads"_a, out_arg("out"));
+    m.def("mf_pair_probabilities", &mf_pair_probabilities, "embeddings"_a, "pair_vectors"_a, "threads"_a,
+          out_arg("out"));
+    m.def("fast_exp", &fast_exp, "x"_a, out_arg("out"));
+    m.def("token_mean", &token_mean, "table"_a, "ids"_a, "offsets"_a, out_arg("out"));
+    m.def("row_dots", &row_dots, "x"_a.noconvert(), "w"_a.noconvert(), out_arg("out"));
     nb::class_<lmroute::WordPiece>(m, "WordPiece")
         .def("__init__", &wordpiece_init, "vocab"_a, "unk_id"_a, "prefix"_a, "max_chars"_a, "literals"_a, "front"_a,
              "back"_a, "char_blocks"_a, "char_entries"_a, "char_pool"_a)
-        .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, "ids"_a, "lengths"_a, "handled"_a)
-        .def("encode_cut", &wordpiece_encode_cut, "texts"_a, "max_tokens"_a, "head_end"_a, "ids"_a, "lengths"_a,
-             "handled"_a, "truncated"_a);
+        .def("encode", &wordpiece_encode, "texts"_a, "with_template"_a, out_arg("ids"), out_arg("lengths"),
+             out_arg("handled"))
+        .def("encode_cut", &wordpiece_encode_cut, "texts"_a, "max_tokens"_a, "head_end"_a, out_arg("ids"),
+             out_arg("lengths"), out_arg("handled"), out_arg("truncated"));
     m.def("static_embed", &static_embed, "wp"_a, "texts"_a, "table"_a.noconvert(), "max_tokens"_a, "head_end"_a,
-          "out"_a, "n_tokens"_a, "truncated"_a);
+          out_arg("out"), out_arg("n_tokens"), out_arg("truncated"));
     m.def("blend_scores", &blend_scores, "scores"_a, "embeddings"_a, "prior_weights"_a, "prior_bias"_a,
-          "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, "out"_a);
+          "prior_center"_a, "prior_scale"_a, "weight"_a, "center"_a, "scale"_a, "logit_eps"_a, out_arg("out"));
 }

@@ -249,6 +249,7 @@ def test_float32_sims_from_faiss_style_scan_are_close():
         ({"cell_counts": np.ones((4, 2))}, "cell_counts must have shape (5, 1)"),
         ({"cell_counts": -np.ones((5, 1))}, "finite and >= 0"),
         ({"prompt_emb": np.ones(5)}, "prompt_emb must be 2-D"),
+        ({"prompt_emb": np.array([[1, 1, 1]] * 4 + [[np.nan, 1, 1]])}, "prompt_emb must be finite"),
     ],
 )
 def test_bad_tables_are_refused_with_the_reason(kwargs, message):
@@ -273,6 +274,11 @@ def test_bad_calls_are_refused_with_the_reason():
         table.scores(np.ones((2, 3), dtype=np.float32), 1, 0, gamma=float("nan"))
     with pytest.raises(ValueError, match=r"sims must have shape \[b, 5\]"):
         table.scores_from_sims(np.ones((2, 4)), 1, 0)
+    # a NaN gave plausible numbers (sims) or every score wrong (a query, a prompt row), with no error
+    with pytest.raises(ValueError, match="query_emb must be finite"):
+        table.scores(np.array([[1.0, np.nan, 0.0]]), 1, 0)
+    with pytest.raises(ValueError, match="sims must be finite"):
+        table.scores_from_sims(np.array([[0.1, 0.2, np.nan, 0.3, 0.4]]), 1, 0)
     with pytest.raises(ValueError, match="threads must be an integer"):
         compiled.set_num_threads(0)
 
@@ -365,3 +371,20 @@ def test_device_scan_code_matches_the_cpu_core_on_numpy():
     np.testing.assert_allclose(device.cell_weights(q, 1e5), table.cell_weights(q, 1e5), rtol=1e-9)
     _assert_close(device.scores(q, 4, 0, gamma=1e5), table.scores(q, 4, 0, gamma=1e5))
     _assert_close(device.scores(q, 4, 0, gamma=1e5), reference.sw_scores(q, x, counts, cells, 5, 4, 0, gamma=1e5))
+
+
+def test_an_output_array_of_another_dtype_or_layout_is_refused_not_converted() -> None:
+    """A converted output was a copy the core wrote and dropped: the caller's array stayed as it was."""
+    core = compiled._core
+    x = np.array([0.0, 1.0, -2.0])
+    with pytest.raises(TypeError):
+        core.fast_exp(x, np.zeros(3, np.float32))
+    rows = np.ones((3, 4))
+    with pytest.raises(TypeError):
+        core.row_dots(rows, rows, np.zeros((3, 3)).T)  # not C-contiguous
+    out = np.zeros(3)
+    core.fast_exp(x, out)
+    np.testing.assert_allclose(out, np.exp(x), rtol=1e-15)
+    nan = np.zeros(2)
+    core.fast_exp(np.array([np.nan, -np.nan]), nan)  # the exponent bits of a NaN: no undefined shift
+    assert np.isnan(nan).all()
