@@ -22,7 +22,22 @@ if [ ! -f "$bundle/manifest.json" ]; then
 fi
 if [ "${ours:-1}" = 1 ] && [ ! -d "$bundle/routers/bert" ] && [ "${LMROUTE_BACKGROUND_BUILD:-1}" != 0 ]; then
   echo "serve: building the default bundle in the background (log: $bundle.build.log); it is swapped in when written"
-  nice -n 10 .venv/bin/lmroute-export build --out "$bundle" >"$bundle.build.log" 2>&1 &
+  # the build lives as long as the server: once the server (this shell's process after exec) is gone, by
+  # Ctrl-C, SIGTERM or a failed start, the build is stopped (SIGTERM: it leaves no half-written bundle)
+  server=$$
+  (
+    exec </dev/null >/dev/null 2>&1  # holds no pipe of the caller's open (serve.sh | tee ... ends with the server)
+    nice -n 10 .venv/bin/lmroute-export build --out "$bundle" >"$bundle.build.log" 2>&1 &
+    build=$!
+    while kill -0 "$build" 2>/dev/null; do
+      if ! kill -0 "$server" 2>/dev/null; then
+        kill -TERM "$build" 2>/dev/null || true
+        break
+      fi
+      sleep 1
+    done
+    wait "$build" 2>/dev/null || true
+  ) &
   watch=(--bundle-watch-s 10)
 fi
 # decisions and Feedback go to an embedded SQLite outcome store next to the bundle (LMROUTE_STORE: another

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run the tests. Extra arguments go to pytest.
+# Set up (scripts/setup.sh), then run the tests. Extra arguments go to pytest (a path among them runs
+# only what it names: scripts/test.sh tests/integration/test_feedback.py).
 #   scripts/test.sh           every tier: unit, integration (real ONNX sessions, real artifacts built in the
 #                             test session, a real gRPC server on 127.0.0.1) and e2e (Go and Java clients)
 #   scripts/test.sh --unit    the fast tier only (tests/unit: pure functions and fakes, under a minute)
@@ -11,4 +12,4 @@ if [ "${1:-}" = "--unit" ]; then
   shift
   exec .venv/bin/python -m pytest tests/unit "$@"
 fi
-exec .venv/bin/python -m pytest tests "$@"
+exec .venv/bin/python -m pytest "$@"  # no paths given: pyproject's testpaths, every tier under tests/

@@ -1,0 +1,138 @@
+"""The README's scripts. scripts/serve.sh's processes: the default bundle it builds in the background lives
+only as long as the server it serves with (a Ctrl-C, a SIGTERM or a failed start left that build running
+for its ten minutes). scripts/test.sh runs only the tests a path given to it names.
+
+The script runs from a copy of itself in a temporary tree whose setup, lmroute-export and lmroute-serve are
+stand-ins: what is under test is the script's handling of its processes, not the commands it starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+_SETUP = "#!/usr/bin/env bash\nexit 0\n"
+_EXPORT = """#!/usr/bin/env bash
+# the starter build (--encoder static) writes a bundle at once; the default build runs until stopped
+out=""; starter=0
+while [ $# -gt 0 ]; do
+  case $1 in --out) out=$2; shift;; --encoder) starter=1;; esac
+  shift
+done
+if [ $starter = 1 ]; then mkdir -p "$out"; echo '{}' > "$out/manifest.json"; exit 0; fi
+echo $$ > "$out.build.pid"
+exec -a "build-stand-in $PWD" sleep 300
+"""
+_SERVE = """#!/usr/bin/env bash
+if [ "$FAKE_SERVE" = fail ]; then  # as a port in use is found: after the bundle's load
+  sleep 1; echo "lmroute-serve: config error: port: in use" >&2; exit 2
+fi
+trap 'exit 0' TERM INT
+echo "lmroute-serve: serving" >&2
+sleep 300 & wait
+"""
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "serve.sh", root / "scripts" / "serve.sh")
+    (root / ".venv" / "bin").mkdir(parents=True)
+    for path, text in (
+        (root / "scripts" / "setup.sh", _SETUP),
+        (root / ".venv" / "bin" / "lmroute-export", _EXPORT),
+        (root / ".venv" / "bin" / "lmroute-serve", _SERVE),
+    ):
+        path.write_text(text)
+        path.chmod(0o755)
+    return root
+
+
+def _build_pid(root: Path) -> int:
+    pid_file = root / "artifacts" / "default.build.pid"
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the background build did not start"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def _builds(root: Path) -> list[int]:
+    """The stand-in builds of this tree still running."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"build-stand-in {root}".encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMROUTE_")}
+    return env
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_the_background_build_stops_with_the_server(tmp_path: Path, stop: str) -> None:
+    root = _tree(tmp_path)
+    proc = subprocess.Popen([str(root / "scripts" / "serve.sh")], env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        build = _build_pid(root)
+        assert proc.stderr is not None
+        while "serving" not in proc.stderr.readline():
+            assert proc.poll() is None, "the server stand-in exited"
+        proc.send_signal(getattr(signal, stop))  # the script's process is the server's (exec)
+        assert proc.wait(20) == 0
+        assert _gone(build), f"the background build {build} outlived the server"
+        assert not _builds(root)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_server_that_fails_to_start_leaves_no_build_running(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    done = subprocess.run(
+        [str(root / "scripts" / "serve.sh")],
+        env={**_env(), "FAKE_SERVE": "fail"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "port: in use" in done.stderr
+    build = _build_pid(root)  # it ran while the server loaded
+    assert _gone(build), "the background build outlived a server that never started"
+    assert not _builds(root)
+
+
+def test_test_sh_runs_only_the_tests_a_path_names() -> None:
+    """`scripts/test.sh tests/unit/test_logs.py` ran every tier as well (it put `tests` before the path)."""
+    one = subprocess.run(
+        [str(REPO / "scripts" / "test.sh"), "--collect-only", "-q", "tests/unit/test_logs.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    collected = [line for line in one.stdout.splitlines() if "::" in line]
+    assert collected and all(line.startswith("tests/unit/test_logs.py::") for line in collected), collected[:5]
