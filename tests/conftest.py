@@ -4,6 +4,8 @@
 gives the directory holding `model.onnx` and `tokenizer.json` (max_tokens 256, fp32), for any test that
 needs the real encoder. `postgres_server` starts one real PostgreSQL server for the session (the
 outcome store's suite runs against it); `fresh_postgres_db` gives each test a new empty database on it.
+A SIGTERM to the test run (a CI timeout, `timeout`) ends it as a Ctrl-C does: the session's fixtures are
+torn down, its PostgreSQL server stopped (it was left running).
 
 Property tests (Hypothesis) run derandomized by default: the same examples on every run, so CI cannot
 flake on a case nobody saw locally. `HYPOTHESIS_PROFILE=explore ./scripts/test.sh tests/unit` searches
@@ -13,6 +15,7 @@ with fresh random examples to look for new failures (a test that sets derandomiz
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,14 @@ from hypothesis import settings
 from lmroute.export.encoder_export import EncoderExport, export_encoder
 from lmroute.outcomes.testing import TemporaryPostgres, TemporaryPostgresError
 from lmroute.service.testing import ServerThread, fake_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # pytest then tears the session's fixtures down
+
+    signal.signal(signal.SIGTERM, interrupt)
+
 
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +187,46 @@ def test_next_start_removes_what_a_killed_process_left(open_dir: Path) -> None:
             os.kill(int(pid), signal.SIGQUIT)  # it would stop by itself within a minute (lock file gone)
 
 
+def test_a_test_run_ended_by_sigterm_stops_its_session_server(tmp_path: Path) -> None:
+    """A CI timeout or `timeout` sends the test run SIGTERM: the session's PostgreSQL server was left running
+    (Python's default SIGTERM ends a process without its finalizers). The run here loads this suite's own
+    conftest and holds the session server in a test that waits."""
+    (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_waits.py").write_text(
+        textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+
+        def test_waits(postgres_server):
+            pid = (postgres_server.data_dir / "postmaster.pid").read_text().split()[0]
+            Path({str(tmp_path / "server")!r}).write_text(f"{{postgres_server.directory}} {{pid}}")
+            time.sleep(120)
+        """)
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_waits.py")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        marker = tmp_path / "server"
+        deadline = time.monotonic() + 90
+        while not marker.exists() or not marker.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, "the session server did not start"
+            time.sleep(0.1)
+        top, pid = marker.read_text().split()
+        assert _alive(int(pid))
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+        assert run.returncode != 0, out
+        assert not _alive(int(pid)) and not Path(top).exists(), "the session's PostgreSQL server outlived the run"
+    finally:
+        run.kill()
+        run.wait(10)
+
+
 def test_missing_binaries_are_named(open_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PostgresBinariesNotFound, match=f"bin_dir: {open_dir} has no executable initdb or postgres"):
         TemporaryPostgres(TemporaryPostgresConfig(bin_dir=open_dir, base_dir=open_dir)).start()
@@ -201,7 +243,7 @@ def test_server_that_exits_at_start_reports_its_log(open_dir: Path) -> None:
     fake.mkdir()
     (fake / "initdb").symlink_to(real / "initdb")  # initdb finds the real postgres next to its real path
     (fake / "postgres").write_text(
-        f'#!/bin/sh\n[ "$1" = --version ] && exec {real / "postgres"} --version\n'
+        f'#!/bin/sh\n[ "$1" = --version ] && exec {shlex.quote(str(real / "postgres"))} --version\n'
         'echo "FATAL:  no shared memory for this test" >&2\nexit 3\n'
     )
     (fake / "postgres").chmod(0o755)
