@@ -13,6 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 bundle=${LMROUTE_BUNDLE:-artifacts/default}
+# decisions and Feedback go to an embedded SQLite outcome store next to the bundle (LMROUTE_STORE: another
+# store, e.g. postgresql://...; docs/OUTCOMES.md); Route among candidates prices them from RouterBench's
+# list prices unless LMROUTE_MODELS_FILE names another file (docs/MODELS.md)
+serve=(--bundle "$bundle" --host "${LMROUTE_HOST:-127.0.0.1}" --store "${LMROUTE_STORE:-sqlite:artifacts/outcomes.sqlite3}"
+  --models-file "${LMROUTE_MODELS_FILE:-data/prices/routerbench.json}")
+# the settings and the ports are checked before a bundle is built (a port in use is said at once)
+.venv/bin/lmroute-serve --check "${serve[@]}" "$@"
 watch=()
 ours=${LMROUTE_BUNDLE:+0}  # a bundle named by LMROUTE_BUNDLE is never rebuilt in the background, unless built here
 if [ ! -f "$bundle/manifest.json" ]; then
@@ -40,9 +47,4 @@ if [ "${ours:-1}" = 1 ] && [ ! -d "$bundle/routers/bert" ] && [ "${LMROUTE_BACKG
   ) &
   watch=(--bundle-watch-s 10)
 fi
-# decisions and Feedback go to an embedded SQLite outcome store next to the bundle (LMROUTE_STORE: another
-# store, e.g. postgresql://...; docs/OUTCOMES.md); Route among candidates prices them from RouterBench's
-# list prices unless LMROUTE_MODELS_FILE names another file (docs/MODELS.md)
-exec .venv/bin/lmroute-serve --bundle "$bundle" --host "${LMROUTE_HOST:-127.0.0.1}" \
-  --store "${LMROUTE_STORE:-sqlite:artifacts/outcomes.sqlite3}" \
-  --models-file "${LMROUTE_MODELS_FILE:-data/prices/routerbench.json}" "${watch[@]}" "$@"
+exec .venv/bin/lmroute-serve "${serve[@]}" "${watch[@]}" "$@"

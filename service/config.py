@@ -989,6 +989,12 @@ def build_arg_parser(default_bundle: Path | None = None) -> argparse.ArgumentPar
             metavar=s.metavar,
             help=f"{s.help} [env {s.env}; default {_default_text(s, default_bundle)}]",
         )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings and that the ports are free, then exit: 0, or 2 and the error (no bundle is "
+        "loaded; scripts/serve.sh runs it before it builds one)",
+    )
     return parser
 
 

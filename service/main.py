@@ -28,11 +28,11 @@ from pathlib import Path
 import structlog
 
 from lmroute.outcomes.store import StoreError
-from lmroute.service.config import ServiceConfig, config_from_cli
+from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_cli
 from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
-from lmroute.service.server import RouterServer, ScorerFactory, load_bundle_scorer
+from lmroute.service.server import RouterServer, ScorerFactory, check_ports_free, load_bundle_scorer
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
@@ -92,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-serve` (see `lmroute-serve --help`)."""
     try:
         cfg = config_from_cli(argv, default_bundle=DEFAULT_BUNDLE)
+        if build_arg_parser(DEFAULT_BUNDLE).parse_args(argv).check:
+            check_ports_free(cfg)
+            print("lmroute-serve: settings and ports checked", file=sys.stderr)
+            return 0
     except ConfigError as exc:
         print(f"lmroute-serve: config error: {exc}", file=sys.stderr)
         return 2

@@ -613,7 +613,17 @@ def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:
     return scheduler.timings.snapshot(extra)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_ports_free(cfg: ServiceConfig) -> None:
+    """ConfigError naming the setting when another process listens on a port the server would bind (the
+    gRPC port, and the OpenAI front's and the metrics' when they are on and not 0): `lmroute-serve
+    --check`, before a bundle is built or loaded."""
+    _check_port_free(cfg.host, cfg.port)
+    for setting, port in (("http_port", cfg.http_port), ("metrics_port", cfg.metrics_port)):
+        if port > 0:
+            _check_port_free(cfg.host, port, setting)
+
+
+def _check_port_free(host: str, port: int, setting: str = "port") -> None:
     """ConfigError when another process listens on `port` at any address `host` names. gRPC binds every
     address a name resolves to and succeeds when one of them binds: on `localhost` a second server took
     ::1 beside a first one on 127.0.0.1, and callers split between the two."""
@@ -635,4 +645,4 @@ def _check_port_free(host: str, port: int) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     why = f"port {port} of {address[0]} is in use"
-                    raise ConfigError(f"port: cannot listen on {host}:{port} ({why})") from None
+                    raise ConfigError(f"{setting}: cannot listen on {host}:{port} ({why})") from None

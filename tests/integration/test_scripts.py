@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +33,11 @@ echo $$ > "$out.build.pid"
 exec -a "build-stand-in $PWD" sleep 300
 """
 _SERVE = """#!/usr/bin/env bash
-if [ "$FAKE_SERVE" = fail ]; then  # as a port in use is found: after the bundle's load
+if [ "$1" = --check ]; then  # the settings and ports, before any bundle is built
+  if [ "$FAKE_SERVE" = busy ]; then echo "lmroute-serve: config error: port: in use" >&2; exit 2; fi
+  exit 0
+fi
+if [ "$FAKE_SERVE" = fail ]; then  # as a failure found after the bundle's load
   sleep 1; echo "lmroute-serve: config error: port: in use" >&2; exit 2
 fi
 trap 'exit 0' TERM INT
@@ -136,3 +142,37 @@ def test_test_sh_runs_only_the_tests_a_path_names() -> None:
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
     collected = [line for line in one.stdout.splitlines() if "::" in line]
     assert collected and all(line.startswith("tests/unit/test_logs.py::") for line in collected), collected[:5]
+
+
+def test_a_port_in_use_stops_serve_sh_before_it_builds_a_bundle(tmp_path: Path) -> None:
+    """The first run built its starter bundle (a minute) and started the default build before the server
+    found its port taken."""
+    root = _tree(tmp_path)
+    done = subprocess.run(
+        [str(root / "scripts" / "serve.sh")],
+        env={**_env(), "FAKE_SERVE": "busy"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "port: in use" in done.stderr
+    assert not (root / "artifacts").exists() and not _builds(root)
+
+
+def test_lmroute_serve_check_names_a_port_in_use_and_loads_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = [sys.executable, "-m", "lmroute.service.main", "--check", "--bundle", str(tmp_path / "none")]
+        busy = subprocess.run([*serve, "--port", str(port)], capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2
+        assert busy.stderr.strip() == (
+            f"lmroute-serve: config error: port: cannot listen on 127.0.0.1:{port} (port {port} of 127.0.0.1 is in use)"
+        )
+        metrics = subprocess.run(
+            [*serve, "--port", "0", "--metrics-port", str(port)], capture_output=True, text=True, timeout=60
+        )
+        assert metrics.returncode == 2 and f"metrics_port: cannot listen on 127.0.0.1:{port}" in metrics.stderr
+    free = subprocess.run([*serve, "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0 and "settings and ports checked" in free.stderr
