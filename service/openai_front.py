@@ -55,6 +55,7 @@ from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
 from lmroute.service.errors import (
+    ECHO_CHARS,
     BodyTimeout,
     InvalidArgument,
     ServiceError,
@@ -279,18 +280,32 @@ def _error(exc: BaseException) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
+_NOT_SERVED_LINES = LogSampler(period_s=1.0)
+
+
 @web.middleware
 async def _openai_shaped_404_405(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """An unknown path or method answered as OpenAI answers errors (a JSON `error` object), not aiohttp's
-    plain-text page, so an OpenAI client reads the message."""
+    plain-text page, so an OpenAI client reads the message; logged (`http_not_served`, at most a line a
+    second for each status, the rest counted into it: a scan of the front is seen, not a flood of lines)."""
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         served = f"POST {_CHAT}, POST {_FEEDBACK}, GET {_MODELS}"
         reason = "NOT_FOUND" if exc.status == 404 else "METHOD_NOT_ALLOWED"
-        message = f"{request.method} {request.path}: not served here (this front serves {served})"
+        method, path = (v if len(v) <= ECHO_CHARS else echo(v) for v in (request.method, request.path))
+        if (suppressed := _NOT_SERVED_LINES.admit(exc.status)) is not None:
+            _log.warning(
+                "http_not_served",
+                http_method=method,
+                path=path,
+                status=exc.status,
+                peer=request.remote,
+                suppressed=suppressed,
+            )
+        message = f"{method} {path}: not served here (this front serves {served})"
         body = {"error": {"message": message, "type": "invalid_request_error", "code": reason}}
         return web.json_response(
             body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if exc.status == 405 else None

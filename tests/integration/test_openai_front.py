@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1075,3 +1076,26 @@ def test_the_front_raises_the_open_file_limit_it_needs_or_is_refused_naming_it(t
     assert refused.returncode == 2, refused.stderr
     assert "lmroute-serve: config error: front_max_connections: the OpenAI front may need" in refused.stderr
     assert "this process may open 1024 (ulimit -n, hard limit): lower --front-max-connections" in refused.stderr
+
+
+def test_a_scan_of_unknown_paths_is_logged_once_a_second_and_long_paths_are_cut(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """Unknown paths were answered 404 with no line at all (a scan of the front left no trace), and the
+    answer quoted a path of any length whole."""
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams))
+    root = base.removesuffix("/v1")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(50):
+            req = urllib.request.Request(f"{root}/v1/probe{i}", data=b"{}", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(req, timeout=10)
+            assert missing.value.code == 404
+        long = urllib.request.Request(f"{root}/{'x' * 5000}", method="GET")
+        with pytest.raises(urllib.error.HTTPError) as too_long:
+            urllib.request.urlopen(long, timeout=10)
+        message = json.loads(too_long.value.read())["error"]["message"]
+    assert too_long.value.code == 404 and "(5001 characters)" in message and len(message) < 400, message
+    lines = [e for e in logs if e["event"] == "http_not_served"]
+    assert lines and len(lines) <= 3, lines  # one a second (the 51 requests take well under 3 s)
+    assert lines[0]["path"] == "/v1/probe0" and lines[0]["status"] == 404 and lines[0]["peer"] == "127.0.0.1"
