@@ -123,6 +123,7 @@ def test_time_splits_hold_out_the_newest() -> None:
         assert tr.size == 2 * k and ho.size == 2
 
 
+@pytest.mark.slow  # 26 adaptations of 2,500 outcomes: minutes of CPU, left out of `scripts/test.sh --unit`
 @pytest.mark.parametrize(("learner", "shuffles", "most_accepted"), [("ridge", 20, 3), ("kernel", 5, 1)])
 def test_adapt_paired_accepts_real_and_refuses_shuffled_against_a_real_champion(
     learner: str, shuffles: int, most_accepted: int
