@@ -390,15 +390,23 @@ class StoreWriter:
         return self.retention_ms > 0 or self.max_decisions > 0
 
     def _cutoff(self, store: OutcomeStore) -> int | None:
-        """A new prune's cutoff (Unix ms): the later of the retention's and the decision cap's; None: none."""
-        cutoffs = [int(time.time() * 1000) - self.retention_ms] if self.retention_ms else []
+        """A new prune's cutoff (Unix ms): the later of the retention's and the decision cap's; None: none.
+
+        The cap's cutoff is the time of the newest decisions kept; one later than this clock says the
+        clock was set back after they were made (an NTP step, a VM restored), and every decision made
+        since, stamped earlier, would be deleted with its acknowledged outcomes: the cap waits until the
+        clock has passed it (logged, `store_cap_waits_for_clock`)."""
+        now_ms = int(time.time() * 1000)
+        cutoffs = [now_ms - self.retention_ms] if self.retention_ms else []
         if self.max_decisions:
             try:
                 newest = store.newest_cutoff(self.max_decisions)
             except Exception as exc:
                 _log.error("store_prune_failed", error=repr(exc))
                 newest = None
-            if newest is not None:
+            if newest is not None and newest > now_ms:
+                _log.warning("store_cap_waits_for_clock", cutoff_ms=newest, now_ms=now_ms)
+            elif newest is not None:
                 cutoffs.append(newest)
         return max(cutoffs, default=None)
 

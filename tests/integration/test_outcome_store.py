@@ -371,6 +371,31 @@ def test_the_writer_keeps_at_most_max_decisions(dsn: str) -> None:
         check.close()
 
 
+def test_the_decision_cap_waits_when_the_clock_was_set_back(dsn: str) -> None:
+    """Decisions stamped an hour ahead of this clock (made before it was set back): the cap's cutoff was
+    theirs, and every decision made since, stamped earlier, was deleted with its acknowledged outcomes."""
+    now = int(time.time() * 1000)
+    seed = open_store(dsn)
+    seed.write([_decision(f"before {i}", at_ms=now + 3_600_000 + i) for i in range(200)], [])
+    seed.close()
+    writer = StoreWriter(lambda: open_store(dsn), max_decisions=100, prune_interval_s=0.2, prune_batch=50)
+    writer.start()
+    try:
+        after = [_decision(f"after {i}") for i in range(50)]
+        writer.record(after)
+        acked = writer.submit([Outcome(OutcomeKind.SINGLE, "weak-m", 1.0, decision_id=d.decision_id) for d in after])
+        assert [v.name for v in acked.result(20)] == ["STORED"] * 50
+        time.sleep(1.0)  # five prune rounds
+        assert writer.stats.pruned_decisions == 0 and writer.stats.pruned_outcomes == 0
+    finally:
+        writer.close()
+    check = open_store(dsn)
+    try:
+        assert check.counts() == {"decisions": 250, "outcomes": 50}
+    finally:
+        check.close()
+
+
 def test_erase_by_prompt_deletes_its_decisions_and_every_outcome_of_it(store: OutcomeStore) -> None:
     a, b, other = _decision("my secret"), _decision("my secret"), _decision("something else")
     store.write(
