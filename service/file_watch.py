@@ -43,21 +43,30 @@ class FileStamps:
         self._lock = threading.Lock()
         self._stamps = self._now()
         self._next_look = time.monotonic() + recheck_s
+        self._retry_at: float | None = None  # look_again's time
 
     def _now(self) -> tuple[tuple[int, int, int], ...]:
         return tuple(_stamp(p) for p in self.paths)
 
     def changed(self) -> bool:
         """True, once, when a file changed since the last look (none within `recheck_s` of it)."""
-        if self._recheck_s and time.monotonic() < self._next_look:
+        if time.monotonic() < self._next_look:
             return False
         with self._lock:
             now = time.monotonic()
-            if self._recheck_s and now < self._next_look:
+            if now < self._next_look:
                 return False  # another thread looked meanwhile
             self._next_look = now + self._recheck_s
             stamps = self._now()
-            if stamps == self._stamps:
+            due = self._retry_at is not None and now >= self._retry_at
+            if stamps == self._stamps and not due:
                 return False
-            self._stamps = stamps
+            self._stamps, self._retry_at = stamps, None
             return True
+
+    def look_again(self, after_s: float) -> None:
+        """Count the files as changed at the first look from `after_s` seconds on, changed or not (a change
+        before then is seen as ever): what was read from them is tried again (a certificate refused as not
+        yet valid may be valid by then)."""
+        with self._lock:
+            self._retry_at = time.monotonic() + after_s

@@ -7,8 +7,9 @@ lmroute.service.file_watch) and, when they changed, reads them again and hands g
 configuration, so a rotated certificate (a Secret remounted, files replaced) is used from the next
 connection on. Files that cannot be read or do not parse as PEM, a key that is not the certificate's, and
 a certificate outside its validity period (expired, or valid only from more than `CLOCK_SKEW_S` on) keep
-the current certificate in use, and the failure is logged once per change; at startup they are a config
-error. Connections already open keep their session.
+the current certificate in use; the failure is logged and the files are read again `RELOAD_RETRY_S` later,
+changed or not (a certificate not yet valid is taken once it is). At startup they are a config error.
+Connections already open keep their session.
 
 `FrontTLS` does the same for the OpenAI front's HTTPS listener: its context's SNI callback, which the
 server runs in every handshake (with or without a name sent), hands the connection the context of the
@@ -30,12 +31,16 @@ import structlog
 
 from lmroute.service.file_watch import RECHECK_S, FileStamps
 
-__all__ = ["CLOCK_SKEW_S", "CertificateFiles", "FrontTLS", "server_credentials"]
+__all__ = ["CLOCK_SKEW_S", "RELOAD_RETRY_S", "CertificateFiles", "FrontTLS", "server_credentials"]
 
 #: How far in the future a certificate's notBefore may be and the certificate still load: a certificate
-#: issued just now by a host whose clock runs a little ahead (a rotation is not retried until the files
-#: change again, so refusing it would keep the old certificate until it expires).
+#: issued just now by a host whose clock runs a little ahead.
 CLOCK_SKEW_S = 300.0
+
+#: Seconds after a refused certificate reload before the files are read again, changed or not: a
+#: certificate not yet valid (this clock behind the issuer's by more than CLOCK_SKEW_S) is taken once it
+#: is, instead of the old one serving until it expires.
+RELOAD_RETRY_S = 10.0
 
 _log = structlog.get_logger("lmroute.tls")
 
@@ -140,7 +145,8 @@ class CertificateFiles:
             try:
                 self.config = self._load()
             except (OSError, ValueError) as exc:  # the message names the files
-                _log.error("tls_reload_failed", error=str(exc)[:300])
+                _log.error("tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
+                self._watch.look_again(RELOAD_RETRY_S)  # not yet valid (a clock behind the issuer's): retried
                 return None
             self.reloads += 1
             _log.info("tls_reloaded", cert=str(self.cert), reloads=self.reloads)
@@ -189,7 +195,8 @@ class FrontTLS:
             try:
                 self._current = self._files.ssl_context()
             except (OSError, ValueError) as exc:  # the message names the files
-                _log.error("front_tls_reload_failed", error=str(exc)[:300])
+                _log.error("front_tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
+                self._watch.look_again(RELOAD_RETRY_S)
             else:
                 self.reloads += 1
                 _log.info("front_tls_reloaded", cert=str(self._files.cert), reloads=self.reloads)

@@ -19,7 +19,7 @@ from lmroute.service.client import RouterClient
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.testing import ServerThread
-from lmroute.service.tls import CertificateFiles
+from lmroute.service.tls import CLOCK_SKEW_S, CertificateFiles
 
 TOKEN = "tls-token-0123456789abcdef"
 
@@ -243,3 +243,28 @@ def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:
         ServiceConfig(bundle_path=Path("b"), tls_client_ca_file="x")
     with pytest.raises(ConfigError, match=r"tls_cert_file: no file at /nonexistent/cert.pem"):
         ServiceConfig(bundle_path=Path("b"), tls_cert_file="/nonexistent/cert.pem", tls_key_file="/nonexistent/k")
+
+
+def test_a_rotation_refused_as_not_yet_valid_is_taken_once_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This clock behind the issuer's by more than CLOCK_SKEW_S: the rotation was refused and never tried
+    again until the files changed, so the old certificate served until it expired. It is read again
+    RELOAD_RETRY_S later (shortened here), changed or not."""
+    from lmroute.service import tls
+
+    monkeypatch.setattr(tls, "RELOAD_RETRY_S", 0.3)
+    ca = trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "old")
+    files = CertificateFiles(cert, key)
+    valid_from = datetime.now(UTC) + timedelta(seconds=CLOCK_SKEW_S + 2)
+    new_cert, new_key = write_server_cert(ca, tmp_path, "new", not_before=valid_from)
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    assert files.fetch() is None and files.reloads == 0  # not valid yet: the old certificate stays
+    assert files.fetch() is None  # not read again before RELOAD_RETRY_S
+    deadline = time.monotonic() + 10
+    while files.fetch() is None:
+        assert time.monotonic() < deadline, "the certificate was not taken once valid"
+        time.sleep(0.1)
+    assert files.reloads == 1
