@@ -37,8 +37,8 @@ if [ "$1" = --check ]; then  # the settings and ports, before any bundle is buil
   if [ "$FAKE_SERVE" = busy ]; then echo "lmroute-serve: config error: port: in use" >&2; exit 2; fi
   exit 0
 fi
-if [ "$FAKE_SERVE" = fail ]; then  # as a failure found after the bundle's load
-  sleep 1; echo "lmroute-serve: config error: port: in use" >&2; exit 2
+if [ "$FAKE_SERVE" = fail ]; then  # a failure found a second in, loading the bundle
+  sleep 1; echo "lmroute-serve: cannot load bundle: broken" >&2; exit 1
 fi
 trap 'exit 0' TERM INT
 echo "lmroute-serve: serving" >&2
@@ -94,8 +94,7 @@ def _gone(pid: int, within_s: float = 10.0) -> bool:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMROUTE_")}
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("LMROUTE_")}
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
@@ -116,16 +115,21 @@ def test_the_background_build_stops_with_the_server(tmp_path: Path, stop: str) -
         proc.wait(10)
 
 
-def test_a_server_that_fails_to_start_leaves_no_build_running(tmp_path: Path) -> None:
-    root = _tree(tmp_path)
-    done = subprocess.run(
+def _serve_sh(root: Path, fake_serve: str) -> subprocess.CompletedProcess[str]:
+    """serve.sh of the tree run to its end, its server stand-in told `fake_serve` (fail, busy)."""
+    return subprocess.run(
         [str(root / "scripts" / "serve.sh")],
-        env={**_env(), "FAKE_SERVE": "fail"},
+        env={**_env(), "FAKE_SERVE": fake_serve},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2 and "port: in use" in done.stderr
+
+
+def test_a_server_that_fails_to_start_leaves_no_build_running(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    done = _serve_sh(root, "fail")
+    assert done.returncode == 1 and "cannot load bundle" in done.stderr
     build = _build_pid(root)  # it ran while the server loaded
     assert _gone(build), "the background build outlived a server that never started"
     assert not _builds(root)
@@ -148,13 +152,7 @@ def test_a_port_in_use_stops_serve_sh_before_it_builds_a_bundle(tmp_path: Path) 
     """The first run built its starter bundle (a minute) and started the default build before the server
     found its port taken."""
     root = _tree(tmp_path)
-    done = subprocess.run(
-        [str(root / "scripts" / "serve.sh")],
-        env={**_env(), "FAKE_SERVE": "busy"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _serve_sh(root, "busy")
     assert done.returncode == 2 and "port: in use" in done.stderr
     assert not (root / "artifacts").exists() and not _builds(root)
 
