@@ -29,7 +29,8 @@ Three one-way layers (transport -> scheduler -> scorers):
     admin_cli.py     `lmroute-admin`: AdminService from a shell (bundle, reload, targets, set-targets)
     tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
-    logs.py          structlog JSON configuration; LogSampler (bounded lines for floods)
+    logs.py          structlog JSON configuration; LineWriter (a line it cannot write is counted, never
+                     raised); LogSampler (bounded lines for floods)
     auth.py          bearer tokens (file re-read when it changes) and the tenant a token speaks for
     tls.py           certificate files for the gRPC port and the front, reloaded without a restart
     file_watch.py    FileStamps: whether files changed since last looked at (one stat each)
