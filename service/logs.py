@@ -95,8 +95,8 @@ def debug_enabled() -> bool:
 
 
 class LineWriter:
-    """structlog's logger: each rendered line written and flushed to `file` (default: stderr at the time
-    of the call) under one lock. A write that fails (OSError: no space, a closed pipe; ValueError: a
+    """structlog's logger: each rendered line written and flushed to `file` (None: sys.stderr at each
+    line) under one lock. A write that fails (OSError: no space, a closed pipe; ValueError: a
     closed file) is counted in `lost` and dropped; the first line written after losses is preceded by a
     `log_lines_lost` line with their count, as JSON when `json`, else as text."""
 
@@ -142,7 +142,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
-        logger_factory=_writer_factory(LineWriter(json=json)),
+        logger_factory=_writer_factory(LineWriter(sys.stderr, json=json)),  # the stderr of now, as print's
         cache_logger_on_first_use=False,
     )
 

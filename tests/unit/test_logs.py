@@ -63,7 +63,7 @@ def test_a_line_that_cannot_be_written_is_counted_and_the_next_one_says_so() -> 
     assert closed.lost == 1
 
 
-def test_configured_logging_writes_json_lines_to_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+def test_configured_logging_writes_json_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     saved, level = structlog.get_config(), logs._level
     try:
         logs.configure_logging("info")
