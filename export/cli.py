@@ -812,9 +812,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `lmroute-export` (the module docstring): one command, SIGTERM taken as Ctrl-C."""
-    with _sigterm_as_interrupt():
-        return _run_command(argv)
+    """Entry point of `lmroute-export` (the module docstring): one command, SIGTERM taken as Ctrl-C; an
+    interrupted command says so in one line (what it was writing is cleaned up on the way out) and exits
+    128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+    try:
+        with _sigterm_as_interrupt():
+            return _run_command(argv)
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "Ctrl-C"
+        print(f"{PROG}: interrupted ({why})", file=sys.stderr)
+        return 128 + (signal.SIGTERM if why == "signal SIGTERM" else signal.SIGINT)
 
 
 def _run_command(argv: Sequence[str] | None) -> int:
