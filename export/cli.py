@@ -789,11 +789,15 @@ def _integrity_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is (`_interrupt_on_sigterm`)."""
+
+
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a service manager's stop, `kill`) taken as Ctrl-C: KeyboardInterrupt, so that what an
+    """SIGTERM (a service manager's stop, `kill`) taken as Ctrl-C: a KeyboardInterrupt, so that what an
     interrupted command cleans up on the way out (a build's or an adaptation's staging directory, an open
     transaction) is cleaned up for it too."""
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    raise Terminated(f"signal {signal.Signals(signum).name}")
 
 
 @contextlib.contextmanager
@@ -819,9 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             return _run_command(argv)
     except KeyboardInterrupt as exc:
-        why = str(exc) or "Ctrl-C"
-        print(f"{PROG}: interrupted ({why})", file=sys.stderr)
-        return 128 + (signal.SIGTERM if why == "signal SIGTERM" else signal.SIGINT)
+        print(f"{PROG}: interrupted ({exc or 'Ctrl-C'})", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def _run_command(argv: Sequence[str] | None) -> int:

@@ -36,7 +36,16 @@ from lmroute.service.targets import TENANT_RE, parse_share_targets
 from lmroute.service.tracing import MODES as TRACING_MODES
 from lmroute.service.upstreams import load_upstreams
 
-__all__ = ["ENV_PREFIX", "SETTINGS", "BatchPolicy", "ServiceConfig", "Setting", "build_arg_parser", "config_from_cli"]
+__all__ = [
+    "ENV_PREFIX",
+    "SETTINGS",
+    "BatchPolicy",
+    "ServiceConfig",
+    "Setting",
+    "build_arg_parser",
+    "config_from_args",
+    "config_from_cli",
+]
 
 ENV_PREFIX = "LMROUTE_"
 _DEVICES = ("cpu", "cuda")
@@ -1009,8 +1018,17 @@ def config_from_cli(
     Raises ConfigError naming the setting for an unparsable or invalid value, and when no bundle path
     is given anywhere and there is no `default_bundle`.
     """
+    return config_from_args(build_arg_parser(default_bundle).parse_args(argv), environ, default_bundle=default_bundle)
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    default_bundle: Path | None = None,
+) -> ServiceConfig:
+    """`config_from_cli` of flags `build_arg_parser` has parsed already."""
     env = os.environ if environ is None else environ
-    args = build_arg_parser(default_bundle).parse_args(argv)
     values: dict[str, dict[str, Any]] = {"": {}, "batch": {}}
     given_by: dict[str, str] = {}  # setting -> the flag or variable that gave it
     for s in SETTINGS:

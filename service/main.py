@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from lmroute.outcomes.store import StoreError
-from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_cli
+from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_args
 from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
@@ -91,8 +91,9 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-serve` (see `lmroute-serve --help`)."""
     try:
-        cfg = config_from_cli(argv, default_bundle=DEFAULT_BUNDLE)
-        if build_arg_parser(DEFAULT_BUNDLE).parse_args(argv).check:
+        args = build_arg_parser(DEFAULT_BUNDLE).parse_args(argv)
+        cfg = config_from_args(args, default_bundle=DEFAULT_BUNDLE)
+        if args.check:
             check_ports_free(cfg)
             print("lmroute-serve: settings and ports checked", file=sys.stderr)
             return 0

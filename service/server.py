@@ -580,7 +580,7 @@ class RouterServer:
 
 FILES_BESIDE_THE_FRONT = 256
 """Open files a server keeps besides its OpenAI front's connections: the gRPC port and its connections,
-the store, the bundle's files, the logs (`front_open_files`)."""
+the store, the bundle's files, the logs (`ensure_open_files`)."""
 
 
 def ensure_open_files(cfg: ServiceConfig) -> None:
