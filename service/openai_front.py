@@ -730,7 +730,7 @@ class OpenAIFront:
         before_end: Callable[[Outcome], None] = lambda outcome: None,
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
-        upstream's slots); `before_end` runs before a streamed answer's end is written (a whole one is
+        upstream's slots); `before_end` runs before a streamed answer's end or error event is written (a whole one is
         counted after this returns). The exchange holds its slot at most `upstream_max_s`; a whole answer is
         written after the slot is freed; a caller that does not take an answer's bytes (whole or streamed)
         within `write_timeout_s` has its connection closed."""
@@ -795,8 +795,9 @@ class OpenAIFront:
                 out[_OUTCOME] = outcome
                 logged = broke.logged if isinstance(broke, (UpstreamFailed, UpstreamTimeout)) else str(broke)
                 _log.warning("http_stream_broke", tier=tier, reason=info.reason, error=logged)
+            before_end(outcome)  # counted before the caller can read the error event (its client stops there)
+            if broke is not None:
                 await self._send(out, out.write(events.error_event(broke)))
-            before_end(outcome)
             await self._send(out, out.write_eof())
         except _CallerStalled:
             return self._drop(request, out, outcome or ("CANCELLED", "CALLER_STALLED"))
