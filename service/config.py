@@ -584,8 +584,17 @@ class ServiceConfig:
     front_max_connections: int = field(
         default=1024,
         metadata=_doc(
-            "most connections open to the OpenAI front at once; one more is closed as soon as it is accepted "
-            "(keep it well under the process's open-file limit: the gRPC port and the store need files too)"
+            "most connections open to the OpenAI front at once; past it the oldest idle connection (one "
+            "waiting for a request head) is closed for a new one, and with none idle the new one is closed "
+            "as soon as it is accepted (keep it well under the process's open-file limit: the gRPC port and "
+            "the store need files too)"
+        ),
+    )
+    front_idle_timeout_s: float = field(
+        default=60.0,
+        metadata=_doc(
+            "most seconds an OpenAI front connection may go without sending a whole request head, from its "
+            "opening or its last answer (a TLS handshake too); then it is closed"
         ),
     )
     upstream_max_s: float = field(
@@ -685,7 +694,7 @@ class ServiceConfig:
         _at_least("front_max_body_bytes", self.front_max_body_bytes, 1024)
         _at_least("front_max_stream_bytes", self.front_max_stream_bytes, 1024)
         _at_least("front_max_connections", self.front_max_connections, 1)
-        for name in ("front_body_timeout_s", "upstream_max_s", "front_write_timeout_s"):
+        for name in ("front_body_timeout_s", "front_idle_timeout_s", "upstream_max_s", "front_write_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"{name}: must be > 0 and finite (got {value!r})")

@@ -435,6 +435,14 @@ class _Refused(asyncio.Protocol):
             transport.close()
 
 
+def _waits_for_a_request(handler: web.RequestHandler) -> bool:
+    """Whether `handler`'s connection is idle: no request being handled or queued, waiting for the next
+    request head (whole or not). This is the test aiohttp's own idle timeout makes (its `_waiter`); an
+    aiohttp without it reads as never idle, and the integration test of the connection cap fails."""
+    waiter = getattr(handler, "_waiter", None)
+    return isinstance(waiter, asyncio.Future) and not waiter.done()
+
+
 class OpenAIFront:
     """The aiohttp application and its listening socket; `start` and `stop` bracket it.
 
@@ -442,8 +450,11 @@ class OpenAIFront:
     `parse_budget_bytes` of bodies parsed and held at once (default 4 bodies of the largest size);
     `upstream_max_s` for a whole forwarded exchange (slot wait, answer, and the writes of a streamed
     answer to the caller), each write to the caller within `write_timeout_s` (else the caller's
-    connection is closed); `max_stream_bytes` of one streamed answer; `max_connections` open at once
-    (one more is closed as soon as it is accepted)."""
+    connection is closed); `max_stream_bytes` of one streamed answer; `max_connections` open at once:
+    past it the oldest idle connection (one waiting for a request head) is closed to let a new one in,
+    and with none idle the new one is closed as soon as it is accepted. A connection that has not sent a
+    whole request head within `idle_timeout_s` of opening or of its last answer is closed (so is a TLS
+    handshake not done by then)."""
 
     def __init__(
         self,
@@ -462,6 +473,7 @@ class OpenAIFront:
         max_stream_bytes: int = MAX_ANSWER_BYTES,
         max_connections: int = 1024,
         body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 60.0,
         parse_budget_bytes: int | None = None,
     ) -> None:
         self.servicer = servicer
@@ -479,8 +491,10 @@ class OpenAIFront:
         self.max_stream_bytes = max_stream_bytes
         self.max_connections = max_connections
         self.body_timeout_s = body_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.bodies = _ByteBudget(parse_budget_bytes if parse_budget_bytes is not None else 4 * max_body_bytes)
         self.refused_connections = 0
+        self.idle_connections_closed = 0  # to let a new connection in at max_connections
         self._listener: asyncio.Server | None = None
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_shaped_404_405])
         self.app.router.add_post(_CHAT, self._chat)
@@ -493,27 +507,45 @@ class OpenAIFront:
         """Listen on host:port (0: a free port); the bound port."""
         await self.client.start()
         # handler_cancellation: a caller that disconnects cancels its request's work, so an upstream
-        # exchange it no longer waits for frees its slot (and stops being paid for) at once
+        # exchange it no longer waits for frees its slot (and stops being paid for) at once.
+        # keepalive_timeout: aiohttp closes a connection still waiting for a whole request head this long
+        # after it opened or was last answered (its own default is an hour)
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=self.grace_s,
             handler_cancellation=True,
+            keepalive_timeout=self.idle_timeout_s,
         )
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
 
         def accept() -> asyncio.BaseProtocol:  # aiohttp's own sites take every connection
-            if len(server.connections) < self.max_connections:
+            open_now = [handler for handler in server.connections if handler.transport is not None]
+            if len(open_now) < self.max_connections:
+                return server()
+            idle = next((handler for handler in open_now if _waits_for_a_request(handler)), None)
+            if idle is not None:  # idle connections (or heads sent slowly) do not keep callers out
+                idle.force_close()
+                self.idle_connections_closed += 1
+                if (suppressed := self._sampler.admit(("idle connections",))) is not None:
+                    _log.info("http_idle_connection_closed", open=self.max_connections, suppressed=suppressed)
                 return server()
             self.refused_connections += 1
             if (suppressed := self._sampler.admit(("connections",))) is not None:
                 _log.warning("http_connection_refused", open=self.max_connections, suppressed=suppressed)
             return _Refused()
 
-        self._listener = await asyncio.get_running_loop().create_server(accept, host, port, ssl=tls, reuse_address=True)
+        self._listener = await asyncio.get_running_loop().create_server(
+            accept,
+            host,
+            port,
+            ssl=tls,
+            reuse_address=True,
+            ssl_handshake_timeout=min(self.idle_timeout_s, 60.0) if tls is not None else None,
+        )
         self.port = int(self._listener.sockets[0].getsockname()[1])  # the bound port (port 0 picks one)
         return self.port
 

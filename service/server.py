@@ -346,6 +346,7 @@ class RouterServer:
                 max_stream_bytes=cfg.front_max_stream_bytes,
                 max_connections=cfg.front_max_connections,
                 body_timeout_s=cfg.front_body_timeout_s,
+                idle_timeout_s=cfg.front_idle_timeout_s,
             )
             self.front_tls = FrontTLS(self.tls) if self.tls is not None else None
             try:

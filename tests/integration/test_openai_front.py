@@ -623,6 +623,26 @@ def test_https_mtls_and_metrics(
     assert b'lmroute_calls_total{code="OK",method="/v1/chat/completions"} 1.0' in metrics
 
 
+def test_a_tls_handshake_not_made_is_closed_after_the_idle_timeout(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """An HTTPS front with --front-idle-timeout-s 0.5: a connection that never starts its TLS handshake is
+    closed within seconds (asyncio's own handshake limit is 60 s)."""
+    import socket
+
+    import trustme
+
+    srv = _mtls_front(fake_servers, upstreams, tmp_path, trustme.CA(), trustme.CA(), front_idle_timeout_s=0.5)
+    sock = socket.create_connection(("127.0.0.1", srv.server.http_port), timeout=10)
+    t0 = time.monotonic()
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    assert 0.3 < time.monotonic() - t0 < 5.0
+    sock.close()
+
+
 def test_https_certificate_and_client_ca_rotated_without_a_restart(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
@@ -979,35 +999,106 @@ def test_parsed_bodies_are_bounded_and_not_held_while_waiting_for_a_slot(
     assert len(body) <= front.bodies.peak <= 4 << 20 and front.bodies.held == 0
 
 
-def test_open_connections_are_capped(
+def test_open_connections_are_capped_and_idle_ones_make_room(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
-    """--front-max-connections 4: four idle connections open, a fifth is closed at once; one of the four
-    closed, requests are answered again."""
+    """--front-max-connections 4. Four connections that hold no request (two send nothing, two a request
+    head cut short) do not keep a caller out: at the cap the longest idle one is closed for the newcomer,
+    whose requests are answered. Four connections each with a request in progress do: a fifth is closed
+    at once, unanswered."""
     import socket
 
-    srv, base = _front(fake_servers, _file(tmp_path, upstreams), front_max_connections=4)
+    with FakeUpstream("slow", delay_s=2.0) as slow:
+        srv, base = _front(fake_servers, _file(tmp_path, {"strong": slow, "weak": slow}), front_max_connections=4)
+        front = srv.server.front
+        assert front is not None
+        port = srv.server.http_port
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        try:
+            for sock in idle[2:]:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            time.sleep(0.2)
+            assert [m.id for m in _client(base).models.list()]  # the oldest idle connection made room
+            assert [m.id for m in _client(base).models.list()]
+            assert front.refused_connections == 0 and front.idle_connections_closed == 2
+            assert idle[0].recv(100) == b"" and idle[1].recv(100) == b""  # closed, nothing said
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.2)
+        msgs = [{"role": "user", "content": "hello"}]
+        with ThreadPoolExecutor(4) as pool:
+            busy = [
+                pool.submit(_client(base).chat.completions.create, model="router-mf-0", messages=msgs) for _ in range(4)
+            ]
+            deadline = time.monotonic() + 5
+            while len(slow.requests) < 4:  # each of the four has its request at the upstream
+                assert time.monotonic() < deadline, len(slow.requests)
+                time.sleep(0.02)
+            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+            try:
+                extra.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            except OSError:
+                pass
+            try:
+                assert extra.recv(100) == b""  # closed by the server, nothing answered
+            except ConnectionResetError:
+                pass
+            extra.close()
+            assert front.refused_connections >= 1
+            assert [f.result().choices[0].message.content for f in busy] == ["slow: hello"] * 4
+
+
+def test_a_connection_without_a_whole_request_head_is_closed_after_the_idle_timeout(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """--front-idle-timeout-s 0.5: a connection that sends nothing, one that trickles its request head a
+    byte at a time, and one kept alive after its answer are each closed about 0.5 s after they opened or
+    were answered (aiohttp's own default is an hour, which let idle connections fill the cap)."""
+    import socket
+
+    srv, _ = _front(fake_servers, _file(tmp_path, upstreams), front_idle_timeout_s=0.5)
     port = srv.server.http_port
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
-    try:
-        time.sleep(0.2)
-        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
-        try:
-            extra.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-        except OSError:
-            pass
-        try:
-            assert extra.recv(100) == b""  # closed by the server, nothing answered
-        except ConnectionResetError:
-            pass
-        extra.close()
-        assert srv.server.front is not None and srv.server.front.refused_connections >= 1
-        idle.pop().close()
-        time.sleep(0.2)
-        assert [m.id for m in _client(base).models.list()]
-    finally:
-        for sock in idle:
-            sock.close()
+
+    def closed_after(sock: socket.socket, trickle: bytes = b"") -> float:
+        t0 = time.monotonic()
+        sock.settimeout(0.1)
+        got = b""
+        while time.monotonic() - t0 < 10:
+            if trickle:
+                try:
+                    sock.sendall(trickle[:1])
+                except OSError:
+                    break
+                trickle = trickle[1:]
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        assert b"HTTP/1.1" not in got, got  # nothing answered
+        return time.monotonic() - t0
+
+    silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert 0.3 < closed_after(silent) < 3.0
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"y" * 200 + b"\r\n\r\n"
+    trickling = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert 0.3 < closed_after(trickling, head) < 3.0  # sending, yet 20 s from a whole head
+    kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+    kept.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = kept.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    t0 = time.monotonic()
+    kept.settimeout(5)
+    while kept.recv(65536):  # the rest of the answer, then the close
+        pass
+    assert 0.3 < time.monotonic() - t0 < 3.0
+    for sock in (silent, trickling, kept):
+        sock.close()
 
 
 def test_a_body_not_sent_in_time_is_408(

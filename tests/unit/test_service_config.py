@@ -95,6 +95,7 @@ FLAGS_AND_VARIABLES = [
     ("--front-max-body-bytes", "LMROUTE_FRONT_MAX_BODY_BYTES"),
     ("--front-body-timeout-s", "LMROUTE_FRONT_BODY_TIMEOUT_S"),
     ("--front-max-connections", "LMROUTE_FRONT_MAX_CONNECTIONS"),
+    ("--front-idle-timeout-s", "LMROUTE_FRONT_IDLE_TIMEOUT_S"),
     ("--upstream-max-s", "LMROUTE_UPSTREAM_MAX_S"),
     ("--front-write-timeout-s", "LMROUTE_FRONT_WRITE_TIMEOUT_S"),
     ("--front-max-stream-bytes", "LMROUTE_FRONT_MAX_STREAM_BYTES"),
