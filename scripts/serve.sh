@@ -18,6 +18,9 @@ bundle=${LMROUTE_BUNDLE:-artifacts/default}
 # list prices unless LMROUTE_MODELS_FILE names another file (docs/MODELS.md)
 serve=(--bundle "$bundle" --host "${LMROUTE_HOST:-127.0.0.1}" --store "${LMROUTE_STORE:-sqlite:artifacts/outcomes.sqlite3}"
   --models-file "${LMROUTE_MODELS_FILE:-data/prices/routerbench.json}")
+for arg in "$@"; do  # the server's usage, with nothing built or served
+  case $arg in -h | --help) exec .venv/bin/lmroute-serve --help ;; esac
+done
 # the settings and the ports are checked before a bundle is built (a port in use is said at once)
 .venv/bin/lmroute-serve --check "${serve[@]}" "$@"
 watch=()

@@ -33,6 +33,9 @@ echo $$ > "$out.build.pid"
 exec -a "build-stand-in $PWD" sleep 300
 """
 _SERVE = """#!/usr/bin/env bash
+for arg in "$@"; do  # argparse: the usage, exit 0 (with --check too)
+  if [ "$arg" = --help ]; then echo "usage: lmroute-serve [-h] ..."; exit 0; fi
+done
 if [ "$1" = --check ]; then  # the settings and ports, before any bundle is built
   if [ "$FAKE_SERVE" = busy ]; then echo "lmroute-serve: config error: port: in use" >&2; exit 2; fi
   exit 0
@@ -154,6 +157,17 @@ def test_a_port_in_use_stops_serve_sh_before_it_builds_a_bundle(tmp_path: Path) 
     root = _tree(tmp_path)
     done = _serve_sh(root, "busy")
     assert done.returncode == 2 and "port: in use" in done.stderr
+    assert not (root / "artifacts").exists() and not _builds(root)
+
+
+def test_serve_sh_help_prints_the_usage_and_builds_nothing(tmp_path: Path) -> None:
+    """`serve.sh --help` printed the usage (from --check, which exits 0 on it), then built a starter bundle,
+    started the default build and served."""
+    root = _tree(tmp_path)
+    done = subprocess.run(
+        [str(root / "scripts" / "serve.sh"), "--help"], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: lmroute-serve"), (done.stdout, done.stderr)
     assert not (root / "artifacts").exists() and not _builds(root)
 
 
