@@ -41,7 +41,9 @@ WORKDIR /tmp
 EXPOSE 50051
 # With LMROUTE_TLS_CERT_FILE set the port speaks TLS only, and the probe does too: without verifying the
 # certificate, as it asks this container's own port whether it serves, not who it is (docs/SECURITY.md).
+# Under mTLS (LMROUTE_TLS_CLIENT_CA_FILE) it presents LMROUTE_HEALTH_TLS_CERT_FILE and
+# LMROUTE_HEALTH_TLS_KEY_FILE, a client certificate the client CA signed.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["/bin/sh", "-c", "grpc-health-probe -addr=127.0.0.1:${LMROUTE_PORT} -service=lmroute.v1.RouterService ${LMROUTE_TLS_CERT_FILE:+-tls -tls-no-verify}"]
+    CMD ["/bin/sh", "-c", "grpc-health-probe -addr=127.0.0.1:${LMROUTE_PORT} -service=lmroute.v1.RouterService ${LMROUTE_TLS_CERT_FILE:+-tls -tls-no-verify} ${LMROUTE_HEALTH_TLS_CERT_FILE:+-tls-client-cert=$LMROUTE_HEALTH_TLS_CERT_FILE -tls-client-key=$LMROUTE_HEALTH_TLS_KEY_FILE}"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["lmroute-serve"]

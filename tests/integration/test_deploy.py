@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +39,7 @@ from packaging.utils import canonicalize_name
 from lmroute.bundle.loader import load_bundle
 from lmroute.bundle.testing import make_fake_classifier, make_tiny_bundle
 from lmroute.service.client import RouterClient
+from lmroute.service.testing import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_SCRIPTS = REPO / "scripts" / "docker"
@@ -429,6 +430,47 @@ def test_health_probe_fails_when_it_should(served: Served, health_probe: Path) -
     assert unknown.returncode != 0 and "NotFound" in unknown.stdout + unknown.stderr, unknown
     closed = _probe(health_probe, _free_port())
     assert closed.returncode != 0, closed
+
+
+def test_the_images_healthcheck_over_tls_and_mtls(
+    dockerfile: list[Instruction],
+    health_probe: Path,
+    fake_servers: Callable[..., ServerThread],
+    tmp_path: Path,
+) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as Docker runs it (/bin/sh -c, the container's variables):
+    healthy against a TLS port; against an mTLS port healthy with LMROUTE_HEALTH_TLS_CERT_FILE and
+    LMROUTE_HEALTH_TLS_KEY_FILE naming a client certificate the client CA signed, unhealthy without."""
+    import trustme
+
+    [check] = [i.args for i in dockerfile if i.keyword == "HEALTHCHECK"]
+    shell, flag, command = json.loads(check[check.index("CMD") + 3 :].strip())
+    assert (shell, flag) == ("/bin/sh", "-c")
+    ca, clients = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    chain, key, client_ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "clients-ca.pem"
+    server.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    clients.cert_pem.write_to_path(str(client_ca))
+    client = clients.issue_cert("health@example.test")
+    client_chain, client_key = tmp_path / "health.pem", tmp_path / "health.key"
+    client.private_key_pem.write_to_path(str(client_key))
+    client_chain.write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+
+    def healthy(srv: ServerThread, **env: Path) -> subprocess.CompletedProcess:
+        variables = {"PATH": f"{health_probe.parent}:/usr/bin:/bin", "LMROUTE_PORT": str(srv.server.port)}
+        variables |= {name: str(value) for name, value in env.items()}
+        return subprocess.run([shell, flag, command], env=variables, capture_output=True, text=True, timeout=30)
+
+    tls = fake_servers(tls_cert_file=str(chain), tls_key_file=str(key))
+    done = healthy(tls, LMROUTE_TLS_CERT_FILE=chain)
+    assert done.returncode == 0 and "SERVING" in done.stdout + done.stderr, done
+    mtls = fake_servers(tls_cert_file=str(chain), tls_key_file=str(key), tls_client_ca_file=str(client_ca))
+    tls_env = {"LMROUTE_TLS_CERT_FILE": chain, "LMROUTE_TLS_CLIENT_CA_FILE": client_ca}
+    refused = healthy(mtls, **tls_env)
+    assert refused.returncode != 0, refused
+    done = healthy(mtls, **tls_env, LMROUTE_HEALTH_TLS_CERT_FILE=client_chain, LMROUTE_HEALTH_TLS_KEY_FILE=client_key)
+    assert done.returncode == 0 and "SERVING" in done.stdout + done.stderr, done
 
 
 def test_route_from_the_runtime_venv_matches_the_bundle(served: Served, tiny_bundle: Path) -> None:
