@@ -886,12 +886,17 @@ def _run_command(argv: Sequence[str] | None) -> int:
                 file=sys.stderr,
             )
             return 1
+        signed = (args.bundle / "manifest.json.sig").exists()
         try:
+            before = (args.bundle / "manifest.json").read_bytes() if signed else b""
             calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
+            changed = signed and (args.bundle / "manifest.json").read_bytes() != before
         except (ValueError, OSError) as exc:  # BundleError is a ValueError: a bundle or data dir it cannot use
             print(f"{PROG} calibrate: {exc}", file=sys.stderr)
             return 1
         print(f"calibration table of {args.bundle} updated")
+        if changed:
+            print("its signature (manifest.json.sig) no longer matches: sign the bundle again")
         return 0
     if args.cmd == "contamination":
         from lmroute.export.contamination import main as contamination_main

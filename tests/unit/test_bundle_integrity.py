@@ -550,6 +550,31 @@ def test_calibrate_refuses_a_bundle_it_cannot_use_in_one_line(
     assert capsys.readouterr().err == f"lmroute-export calibrate: {_tampered(bundle_dir, data)}\n"
 
 
+def test_calibrating_a_signed_bundle_says_to_sign_it_again(
+    bundle_dir: Path, keys: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new table changes manifest.json, so the signature no longer matches and a server that checks it
+    refuses the bundle: calibrate says so (it said only that the table was updated). A table that comes out
+    the same leaves the manifest and its signature as they were, and nothing more is said."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(120)), encoding="utf-8")
+    assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 0
+    assert capsys.readouterr().out == f"calibration table of {bundle_dir} updated\n"  # not signed: nothing more
+    _sign(bundle_dir, keys)
+    capsys.readouterr()
+    assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 0
+    assert capsys.readouterr().out == f"calibration table of {bundle_dir} updated\n"  # the same table
+    load_bundle(bundle_dir, public_key=_pub(keys))
+    prompts.write_text("".join(f"another {i} words long prompt {i * i}\n" for i in range(150)), encoding="utf-8")
+    assert export_main(["calibrate", "--bundle", str(bundle_dir), "--prompts", str(prompts)]) == 0
+    assert capsys.readouterr().out == (
+        f"calibration table of {bundle_dir} updated\n"
+        "its signature (manifest.json.sig) no longer matches: sign the bundle again\n"
+    )
+    with pytest.raises(BundleError):
+        load_bundle(bundle_dir, public_key=_pub(keys))
+
+
 def test_calibrate_refuses_too_few_prompts_of_your_own(
     bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
