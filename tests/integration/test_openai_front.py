@@ -1006,6 +1006,7 @@ def test_open_connections_are_capped_and_idle_ones_make_room(
     head cut short) do not keep a caller out: at the cap the longest idle one is closed for the newcomer,
     whose requests are answered. Four connections each with a request in progress do: a fifth is closed
     at once, unanswered."""
+    import http.client
     import socket
 
     with FakeUpstream("slow", delay_s=2.0) as slow:
@@ -1014,17 +1015,20 @@ def test_open_connections_are_capped_and_idle_ones_make_room(
         assert front is not None
         port = srv.server.http_port
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        newcomers = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(2)]
         try:
             for sock in idle[2:]:
                 sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty")
             time.sleep(0.2)
-            assert [m.id for m in _client(base).models.list()]  # the oldest idle connection made room
-            assert [m.id for m in _client(base).models.list()]
+            for n, newcomer in enumerate(newcomers):  # each kept open (idle, kept alive) after its answer
+                newcomer.request("GET", "/v1/models")
+                answer = newcomer.getresponse()
+                assert answer.status == 200 and json.loads(answer.read())["data"]
+                assert idle[n].recv(100) == b""  # the oldest idle connection made room: closed, nothing said
             assert front.refused_connections == 0 and front.idle_connections_closed == 2
-            assert idle[0].recv(100) == b"" and idle[1].recv(100) == b""  # closed, nothing said
         finally:
-            for sock in idle:
-                sock.close()
+            for conn in [*idle, *newcomers]:
+                conn.close()
         time.sleep(0.2)
         msgs = [{"role": "user", "content": "hello"}]
         with ThreadPoolExecutor(4) as pool:
