@@ -572,6 +572,7 @@ class OpenAIFront:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
+            self.servicer.check_ready()  # 503 while the bundle loads (its list would be empty)
             default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.visible_routers()
             data = [
                 {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
@@ -733,6 +734,7 @@ class OpenAIFront:
 
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
         model = body.get("model")
+        self.servicer.check_ready()  # 503 while the bundle loads, not 400 'unknown router' (no router is loaded)
         ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
         sched = self.servicer.scheduler  # a last user turn over Route's prompt limit is routed on its head and tail
         limit = sched.policy.max_prompt_chars if sched is not None else None

@@ -273,6 +273,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _calibration(catalog: Catalog, router: str) -> RouterDescription:
         return next(r for r in catalog.routers if r.name == router)
 
+    def check_ready(self) -> None:
+        """NotReady before a bundle is loaded and warmed, Draining once the server is shutting down (what
+        Route and Score answer then): for callers that look at the routers first, as the OpenAI front does."""
+        self._ready()
+
     def _ready(self) -> tuple[Scheduler[Any], Catalog]:
         if self.draining:
             raise Draining("server is shutting down")

@@ -1129,6 +1129,56 @@ def test_a_body_not_sent_in_time_is_408(
     assert got.startswith(b"HTTP/1.1 408 ") and b"BODY_TIMEOUT" in got and b"not received in 0.5 s" in got
 
 
+def test_before_the_bundle_is_loaded_the_front_answers_503_not_ready(
+    upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """The front listens while the bundle loads: a chat completion then was 400 'unknown router' (no
+    router loaded yet; the openai client does not retry a 400) and /v1/models an empty list. Both are 503
+    NOT_READY with Retry-After, as gRPC's Route is UNAVAILABLE NOT_READY; once loaded, both are answered."""
+    import threading
+
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.fake_scorer import FakeScorer
+
+    configure_logging("warning")
+    gate = threading.Event()
+    scorer = FakeScorer(routers=("random", "mf"))
+
+    def slow_factory(_cfg: ServiceConfig) -> FakeScorer:
+        gate.wait(20)
+        return scorer
+
+    cfg = ServiceConfig(
+        bundle_path=Path("unused"),
+        port=0,
+        http_port=0,
+        upstreams_file=_file(tmp_path, upstreams),
+        grace_s=0.0,
+        transport="threads",
+        log_level="warning",
+    )
+    srv = ServerThread(cfg, scorer_factory=slow_factory).start(wait_ready=False)
+    try:
+        base = f"http://127.0.0.1:{srv.server.http_port}/v1"
+        msgs = [{"role": "user", "content": "early"}]
+        with pytest.raises(openai.APIStatusError) as err:
+            _client(base).chat.completions.create(model="router-mf-0.5", messages=msgs)
+        assert err.value.status_code == 503 and "bundle not loaded and warmed yet" in err.value.message
+        assert err.value.response.headers["Retry-After"] == "1"
+        with pytest.raises(openai.APIStatusError) as err:
+            _client(base).models.list()
+        assert err.value.status_code == 503 and "NOT_READY" in err.value.response.text
+        gate.set()
+        assert srv.loaded is not None
+        srv.loaded.result(20)
+        assert [m.id for m in _client(base).models.list()] == ["router-random", "router-mf"]
+        answer = _client(base).chat.completions.create(model="router-mf-0.5", messages=msgs)
+        assert answer.choices[0].message.content.endswith(": early")
+    finally:
+        gate.set()
+        srv.stop()
+
+
 _FRONT_CHILD = """
 import asyncio, resource, sys
 from pathlib import Path
