@@ -303,18 +303,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--paired-learner", choices=("kernel", "ridge"), default="kernel", help="paired: the learner")
     ap.add_argument("--window-days", type=float, default=0.0, help="learn from outcomes of the last N days; 0 = all")
     add_reporters_arg(ap)
-    ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds")
+    ap.add_argument("--interval-s", type=float, default=3600.0, help="seconds between rounds (default %(default)g)")
     ap.add_argument("--once", action="store_true", help="one round, then exit (a CronJob's mode)")
     ap.add_argument(
         "--judge-budget", type=int, default=0, help="decisions to judge written each iteration (0: no list)"
     )
-    ap.add_argument("--judge-window", type=int, default=500, help="chosen among this many latest unjudged decisions")
+    ap.add_argument(
+        "--judge-window",
+        type=int,
+        default=500,
+        help="chosen among this many latest unjudged decisions (default %(default)s)",
+    )
     ap.add_argument("--judge-dir", type=Path, default=None, help="where the lists go (default <bundles-dir>/to-judge)")
     ap.add_argument(
         "--keep-bundles",
         type=int,
         default=KEEP_BUNDLES,
-        help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all)",
+        help="adapted bundles kept in --bundles-dir: the newest N and the serving one (0: all; default %(default)s)",
     )
     ap.add_argument(
         "--sign-key",
