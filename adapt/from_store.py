@@ -256,8 +256,10 @@ def champion_of(bundle: Bundle, base_router: str, tenant: str = "") -> str:
 
 def unseen_by(bundle: Bundle, champion: str, times_ms: Sequence[int]) -> npt.NDArray[np.bool_] | None:
     """The outcomes the champion was not fitted on, for `gate_splits`: where the champion is a router the
-    bundle's lineages say was adapted, those judged after that lineage's last outcome (its second
-    included, the record's resolution); None (every outcome) for a champion not learnt from outcomes."""
+    bundle's lineages say was adapted, those first judged after that lineage's last outcome (its second
+    included, the record's resolution; `times_ms`: when each prompt was first judged, as a prompt judged
+    before and judged again since was fitted on); None (every outcome) for a champion not learnt from
+    outcomes."""
     lineage = bundle.manifest.lineage_of(champion)
     if lineage is None:
         return None
@@ -401,7 +403,7 @@ def adapt_from_store(
             report["gate"] = {"accepted": False, "reason": why}
             record(False, None)
             return AdaptRun(False, kind, len(used), bundle.version, None, report)
-    unseen = unseen_by(bundle, champion, [r.time_ms for r in used])
+    unseen = unseen_by(bundle, champion, [r.first_judged_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
     gate_kw: dict[str, Any] = {"seed": seed, "splits": splits, "unseen": unseen}
     if margin is not None:

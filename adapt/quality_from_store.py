@@ -226,7 +226,7 @@ def adapt_qualities_from_store(
         report["gate_reporters"] = sorted(gate_reporters)
         report["outcomes_gated"] = int(np.isfinite(gated).any(axis=1).sum())
     from_base = [m in base.models for m in models]
-    unseen = unseen_by(bundle, served_name if champion is served else base_router, [r.time_ms for r in used])
+    unseen = unseen_by(bundle, served_name if champion is served else base_router, [r.first_judged_ms for r in used])
     report["outcomes_unseen_by_champion"] = len(used) if unseen is None else int(unseen.sum())
     base_q = np.full_like(quality, np.nan)
     base_q[:, : len(base.models)] = base.qualities_of(emb)

@@ -341,6 +341,13 @@ class LabeledPrompt:
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     choice: str = ""  # its decision's `choice` JSON (Route among candidates), "" for none
     caller: str = ""  # its decision's caller tenant (joined by id), "" for none
+    first_ms: int | None = None  # its oldest outcome's observed time (None: time_ms, one outcome's)
+
+    @property
+    def first_judged_ms(self) -> int:
+        """When it was first judged: a router fitted on outcomes up to a time after this saw the prompt,
+        however many opinions came later."""
+        return self.time_ms if self.first_ms is None else self.first_ms
 
 
 @dataclass(frozen=True)

@@ -883,6 +883,7 @@ def _labeled(
     return LabeledPrompt(
         target=target,
         time_ms=max(int(r[7]) for r in rows),
+        first_ms=min(int(r[7]) for r in rows),
         decided_ms=own.time_ms if own is not None else None,
         prompt_sha256=sha,
         kinds=kinds,

@@ -92,6 +92,13 @@ def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Pat
     # outcomes it was not fitted on (after its lineage's last one); with none, nothing can be judged
     stale = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)
     assert not stale.accepted and stale.report["outcomes_unseen_by_champion"] == 0
+    # a second opinion since, on prompts the champion was fitted on, leaves them seen (they counted as
+    # unseen by their newest outcome, and the champion was judged on them in-sample)
+    late = int(time.time() * 1000) + 1000
+    opinions = _judged(parent, shuffled=False)[:100]
+    store.write([], [dataclasses.replace(o, source="judge:late", observed_ms=late + i) for i, o in enumerate(opinions)])
+    restale = adapt_from_store(tmp_path / "b1", store, tmp_path / "b2", margin=1.0)
+    assert not restale.accepted and restale.report["outcomes_unseen_by_champion"] == 0
     later = int(time.time() * 1000) + 2000
     fresh = [
         dataclasses.replace(o, prompt_text=f"later: {o.prompt_text}", observed_ms=later + i)
@@ -108,6 +115,7 @@ def test_adapt_gate_write_then_adapt_again(parent: Path, dsn: str, tmp_path: Pat
     runs = store.adaptations()
     assert [(r["parent_version"], r["accepted"]) for r in runs] == [
         (first.parent_version, True),
+        (b1.version, False),
         (b1.version, False),
         (b1.version, True),
     ]
