@@ -21,7 +21,8 @@ Or, for several replicas (`--bundle-link`): the bundle is the directory a symbol
 server serves the link and watches it (`lmroute-serve --bundle LINK --bundle-watch-s N`), and the round
 adapts the bundle the link names and, when the gate accepts, points the link at the candidate
 (atomically: a new link renamed over the old); each server then validates, warms and swaps it in on its
-next poll, or keeps its bundle if it refuses it. No server is called, so the AdminService can stay on
+next poll, or keeps its bundle if it refuses it. One round at a time per link (a lock file beside it),
+and a link re-pointed during a round is left as it is. No server is called, so the AdminService can stay on
 loopback: the mode of a Kubernetes CronJob (`lmroute-adapt --once`) beside replicas that share the
 outcome store (PostgreSQL) and a volume of bundles.
 
@@ -45,15 +46,17 @@ SQLite file on the same host, or the shared PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import math
 import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,10 +204,17 @@ def run_round(
         return Round(run.parent_version, run.accepted, candidate, version, run.report, parent, refused)
 
 
-def point_link(link: Path, target: Path) -> None:
+class LinkMoved(Exception):
+    """The link no longer names the bundle a round adapted from: it was re-pointed meanwhile."""
+
+
+def point_link(link: Path, target: Path, *, expected: Path | None = None) -> None:
     """Make the symbolic link `link` name `target`, relative to the link's folder (so the volume holding
     both may be mounted anywhere), atomically: a new link beside it renamed over it, so a reader sees the
-    old or the new bundle, never neither."""
+    old or the new bundle, never neither. With `expected`: LinkMoved, the link left as it is, unless it
+    names that bundle now (a candidate adapted from it does not replace one put there since)."""
+    if expected is not None and (now := link.resolve()) != expected.resolve():
+        raise LinkMoved(f"{link} was re-pointed to {now} during the round (it named {expected.resolve()})")
     target = target.resolve()
     folder = link.parent.resolve()
     name = os.path.relpath(target, folder)
@@ -225,16 +235,43 @@ def run_link_round(
     sign_key: Path | None = None,
 ) -> Round:
     """One store -> adapt -> gate -> re-point round on the bundle the symbolic link `link` names (module
-    docstring); the servers watching the link swap the candidate in themselves."""
+    docstring); the servers watching the link swap the candidate in themselves. One round at a time per
+    link (a lock file beside it; another round's is a ValueError). A link re-pointed during the round (an
+    operator's rollback) is left as it is: the Round names the refusal and the candidate stays on disk."""
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
-    parent = link.resolve()
-    run, out = _adapt(parent, store_dsn, bundles_dir, settings, sign_key)
-    version = run.parent_version
-    if run.accepted and run.candidate_version is not None:
-        point_link(link, out)
-        version = run.candidate_version
-    return Round(run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent)
+    with _round_lock(link):
+        parent = link.resolve()
+        run, out = _adapt(parent, store_dsn, bundles_dir, settings, sign_key)
+        version, refused = run.parent_version, None
+        if run.accepted and run.candidate_version is not None:
+            try:
+                point_link(link, out, expected=parent)
+                version = run.candidate_version
+            except LinkMoved as exc:
+                refused = {"code": "ABORTED", "reason": "LINK_MOVED", "message": f"{exc}; the candidate is not served"}
+        return Round(
+            run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent, refused
+        )
+
+
+@contextlib.contextmanager
+def _round_lock(link: Path) -> Iterator[None]:
+    """The link's round lock (`.<link name>.lock` beside it, an advisory flock the round holds): two rounds at
+    once would both adapt the same parent, and the last to re-point the link would win."""
+    lock = link.parent / f".{link.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--bundle-link: another lmroute-adapt round is running on {link} (it holds {lock}); this round "
+                "is skipped"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would let two rounds lock two files)
 
 
 STALE_STAGING_S = 6 * 3600.0

@@ -156,6 +156,14 @@ def test_a_short_write_is_said_as_one_without_an_errno() -> None:
     with pytest.raises(CandidateNotWritten) as info, writing_candidate("/b2", {}, lambda: None):
         raise OSError(28, "No space left on device")
     assert info.value.errno == 28 and info.value.strerror.endswith("/b2: No space left on device")
+    from lmroute.bundle.writer import bundle_exists
+
+    with pytest.raises(CandidateNotWritten) as info, writing_candidate("/b2", {}, lambda: None):
+        raise bundle_exists(Path("/b2"))  # another run wrote it first: no disk to blame
+    assert str(info.value) == (
+        "the accepted candidate could not be written to /b2: bundle directory /b2 already exists (pass "
+        "overwrite=True; on the command line, --overwrite)"
+    )
 
 
 def _single(parent: Path, weak_answers: int) -> tuple[list[Decision], list[Outcome]]:
@@ -765,10 +773,41 @@ def test_the_link_round_repoints_the_link_and_every_watching_server_swaps(
         for target in targets:
             with RouterClient(target) as client:
                 assert client.route("Explain quicksort.", strong_share=0.5).router == "adapted"
-    assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == []  # no temporary link left
+    assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == [".current.lock"]  # no temporary link
     args = ["--bundle-link", str(bundles / "base"), "--store", dsn, "--bundles-dir", str(bundles), "--once"]
     assert adapt_main(args) == 1  # a directory, not a link
     assert "is not a symbolic link" in capsys.readouterr().out
+
+
+def test_one_link_round_at_a_time_and_a_link_moved_meanwhile_is_left_alone(parent: Path, tmp_path: Path) -> None:
+    """Two rounds at once on one link both adapted the same parent and both re-pointed the link (the last
+    one won). A round finding another's lock is refused at once; a candidate whose parent the link no
+    longer names (re-pointed meanwhile: a rollback) does not replace what the link names now."""
+    import fcntl
+
+    from lmroute.adapt.loop import LinkMoved, point_link, run_link_round
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(parent, bundles / "base")
+    shutil.copytree(parent, bundles / "rollback")
+    link = bundles / "current"
+    link.symlink_to("base")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    store.close()
+    with open(bundles / ".current.lock", "w") as held:  # another round's
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match=r"another lmroute-adapt round is running on .*current \(it holds"):
+            run_link_round(link, dsn, bundles)
+    assert os.readlink(link) == "base" and not [p for p in bundles.iterdir() if p.name.startswith("adapted-")]
+    with pytest.raises(LinkMoved, match=r"current was re-pointed to .*rollback during the round \(it named .*base\)"):
+        os.replace(bundles / "current", bundles / "old-link")
+        (bundles / "current").symlink_to("rollback")
+        point_link(link, bundles / "base", expected=bundles / "old-link")  # adapted from what it named before
+    assert os.readlink(link) == "rollback"
+    done = run_link_round(link, dsn, bundles)  # the lock released: a round runs
+    assert done.accepted and done.candidate is not None and os.readlink(link) == done.candidate.name
 
 
 def _recent_decisions(parent: Path, texts: list[str], start_ms: int) -> list[Decision]:
