@@ -64,8 +64,10 @@ def writing_candidate(out_dir: str | Path, report: dict[str, Any], record: Calla
     try:
         yield
     except OSError as exc:
-        # numpy's short write (a disk that filled mid-file) is an OSError with no errno nor strerror
-        why = exc.strerror or f"{exc} (a short write: is the disk full?)"
+        # numpy's short write (a disk that filled mid-file) is a bare OSError with no errno nor strerror;
+        # a subclass says what it is (the writer's FileExistsError for an out directory another run wrote)
+        short = type(exc) is OSError and not exc.strerror
+        why = f"{exc} (a short write: is the disk full?)" if short else (exc.strerror or str(exc))
         report["error"] = f"the accepted candidate could not be written to {out_dir}: {why}"
         record()
         args = (exc.errno, report["error"]) if exc.errno is not None else (report["error"],)
