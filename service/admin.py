@@ -214,6 +214,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             default_quality_router=serving.catalog.default_quality_router,
             tenant_routers=serving.catalog.tenant_routers,
             tenant_quality_routers=serving.catalog.tenant_quality_routers,
+            watch_problem=swapper.watch_problem,
         )
 
     async def ListShareTargets(

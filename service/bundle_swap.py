@@ -150,6 +150,7 @@ class BundleSwapper:
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
         self.watched_path: Path | None = None  # the path the watch polls (set by `watch`)
+        self.watch_problem = ""  # why the watched path could not be read at the last poll ("" when it could)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="lmroute-swap", initializer=lowest_cpu_priority if low_priority else None
         )
@@ -300,8 +301,9 @@ class BundleSwapper:
                 if str(exc) != unreadable:  # once per distinct problem, not every poll
                     unreadable = str(exc)
                     _log.warning("bundle_watch_unreadable", path=str(path), error=unreadable)
+                self.watch_problem = unreadable
                 continue
-            unreadable = ""
+            unreadable = self.watch_problem = ""
             if identity == seen or self._loading is not None:
                 continue
             if version == self.serving.version:  # serving it already (from the start, or reloaded by hand)

@@ -393,7 +393,14 @@ def test_watcher_follows_a_symlink_flip_and_refuses_a_tampered_target(
             assert info.refused == 1 and info.bundle_version == vb and "does not match the content" in info.last_refusal
             flip(bundles["a"])
             wait_until(lambda: c.get_bundle().bundle_version == va)
-            assert c.get_bundle().swaps == 2
+            assert c.get_bundle().swaps == 2 and c.get_bundle().watch_problem == ""
+            flip(bundles["root"] / "nothing-here")  # a link to nothing: said, the bundle serving on
+            wait_until(lambda: c.get_bundle().watch_problem != "")
+            info = c.get_bundle()
+            assert "nothing-here" in info.watch_problem and info.bundle_version == va and info.refused == 1
+            assert c.route(PROMPTS[0], router="mf", threshold=0.5).bundle_version == va
+            flip(bundles["a"])
+            wait_until(lambda: c.get_bundle().watch_problem == "")
     finally:
         srv.stop()
 
