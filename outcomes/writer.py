@@ -3,14 +3,17 @@
 Two kinds of work reach it, from the event loop or any thread, without blocking the caller:
 
     record(decisions)      write-behind: the answer has already gone out; the decisions are written with
-                           the next commit. When the store falls behind by `max_pending_decisions`, new
-                           decisions are dropped and counted, never queued without bound.
+                           the next commit. When the store falls behind by `max_pending_decisions`, or
+                           the decisions waiting hold `max_pending_bytes` (their prompt texts and
+                           embeddings: 100,000 prompts of 20,000 characters took 2.2 GB), new decisions
+                           are dropped and counted, never queued without bound.
     submit(outcomes)       a Future of one Verdict per outcome, resolved only after the commit that made
                            them durable (Feedback acknowledges on that); a Future of an error when the
                            commit failed, so nothing unwritten is acknowledged.
 
-Reporters share the writer: no reporter (the tenant the outcomes are recorded for) may hold more than
-`max_pending_per_reporter` of the pending outcomes (half the bound by default), so one flooding the
+Reporters share the writer: the outcomes waiting hold at most `max_pending_outcomes` and
+`max_pending_bytes`, and no reporter (the tenant the outcomes are recorded for) more than
+`max_pending_per_reporter` of them (half the bound by default) nor half the bytes, so one flooding the
 store leaves room for the others, and each round takes the reporters' calls in turn, one call each,
 oldest first, so a flood's backlog does not delay another reporter's acknowledgment by more than one
 call of each reporter ahead.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +56,20 @@ from lmroute.outcomes.store import OutcomeStore, StoreError
 __all__ = ["StoreWriter", "WriterFull", "WriterStats"]
 
 _log = structlog.get_logger("lmroute.outcomes")
+
+
+ITEM_BYTES = 2048
+"""What a queued decision or outcome holds besides its prompt text and embedding (its object, fields,
+scores and queue slot), rounded up: 100,000 waiting decisions of short prompts took ~210 MB of RSS."""
+
+
+def held_bytes(item: Decision | Outcome) -> int:
+    """The memory `item` holds while it waits for the store, about: ITEM_BYTES, its prompt text (as Python
+    stores it: 1-4 bytes a character) and its embedding."""
+    text = item.prompt_text
+    embedding = item.embedding if isinstance(item, Decision) else None
+    # never raises: a record the store will refuse is still queued, and refused there by itself
+    return ITEM_BYTES + (sys.getsizeof(text) if text is not None else 0) + int(getattr(embedding, "nbytes", 0))
 
 
 class WriterFull(RuntimeError):
@@ -78,6 +96,7 @@ class _Job:
     outcomes: list[Outcome]
     future: Future[list[Verdict]]
     reporter: str
+    nbytes: int  # held_bytes of its outcomes
 
 
 def _resolve(
@@ -126,6 +145,7 @@ class StoreWriter:
         max_pending_decisions: int = 100_000,
         max_pending_outcomes: int = 100_000,
         max_pending_per_reporter: int | None = None,
+        max_pending_bytes: int = 256 << 20,
         max_batch: int = 4096,
         decision_linger_s: float = 0.05,
         retention_ms: int = 0,
@@ -141,6 +161,7 @@ class StoreWriter:
         self.max_pending_per_reporter = (
             max(1, max_pending_outcomes // 2) if max_pending_per_reporter is None else max_pending_per_reporter
         )
+        self.max_pending_bytes = max_pending_bytes  # of decisions, and again of outcomes (half a reporter)
         self.max_batch = max_batch
         self.decision_linger_s = decision_linger_s
         self.retention_ms = retention_ms
@@ -152,11 +173,14 @@ class StoreWriter:
         self.stats = WriterStats()
         self._cond = threading.Condition()
         self._decisions: collections.deque[Decision] = collections.deque()
+        self._decision_bytes = 0  # held_bytes of the decisions waiting
         self._decisions_since = 0.0  # monotonic time the oldest pending decision was queued
         self._jobs: dict[str, collections.deque[_Job]] = {}  # reporter -> its calls, oldest first
         self._turns: collections.deque[str] = collections.deque()  # reporters with calls, whose turn first
         self._pending_outcomes = 0
         self._pending_by_reporter: collections.Counter[str] = collections.Counter()
+        self._outcome_bytes = 0
+        self._bytes_by_reporter: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._store: OutcomeStore | None = None
@@ -177,13 +201,19 @@ class StoreWriter:
         """Queue decisions for the next commit; drops (and counts) what does not fit."""
         if not decisions:
             return
+        sizes = [held_bytes(d) for d in decisions]
         with self._cond:
-            room = self.max_pending_decisions - len(self._decisions)
-            if room < len(decisions):
-                self.stats.decisions_dropped += len(decisions) - max(room, 0)
-                decisions = decisions[: max(room, 0)]
+            room = max(self.max_pending_decisions - len(self._decisions), 0)
+            fit, total = 0, self._decision_bytes
+            while fit < min(room, len(decisions)) and total + sizes[fit] <= self.max_pending_bytes:
+                total += sizes[fit]
+                fit += 1
+            if fit < len(decisions):
+                self.stats.decisions_dropped += len(decisions) - fit
+                decisions = decisions[:fit]
             if not decisions:
                 return
+            self._decision_bytes = total
             was_empty = not self._decisions
             if was_empty:
                 self._decisions_since = time.monotonic()
@@ -199,6 +229,7 @@ class StoreWriter:
         reporter `max_pending_per_reporter`; RuntimeError after close."""
         fut: Future[list[Verdict]] = Future()
         reporter = outcomes[0].reporter if outcomes else ""
+        nbytes = sum(held_bytes(o) for o in outcomes)
         with self._cond:
             if self._closing:
                 raise RuntimeError("outcome store writer is closed")
@@ -212,12 +243,26 @@ class StoreWriter:
                     f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
                     "a tenant)"
                 )
+            # the first call always fits: one call's outcomes are bounded by the request's own limits
+            if self._outcome_bytes and self._outcome_bytes + nbytes > self.max_pending_bytes:
+                raise WriterFull(
+                    f"{_mib(self._outcome_bytes)} of outcomes waiting for the store (limit "
+                    f"{_mib(self.max_pending_bytes)})"
+                )
+            tenant_bytes = self._bytes_by_reporter[reporter]
+            if tenant_bytes and tenant_bytes + nbytes > self.max_pending_bytes // 2:
+                raise WriterFull(
+                    f"{_mib(tenant_bytes)} of this tenant's outcomes waiting for the store (limit "
+                    f"{_mib(self.max_pending_bytes // 2)} a tenant)"
+                )
             if reporter not in self._jobs:
                 self._jobs[reporter] = collections.deque()
                 self._turns.append(reporter)
-            self._jobs[reporter].append(_Job(list(outcomes), fut, reporter))
+            self._jobs[reporter].append(_Job(list(outcomes), fut, reporter, nbytes))
             self._pending_outcomes += len(outcomes)
             self._pending_by_reporter[reporter] += len(outcomes)
+            self._outcome_bytes += nbytes
+            self._bytes_by_reporter[reporter] += nbytes
             self._cond.notify()
         return fut
 
@@ -226,6 +271,12 @@ class StoreWriter:
         """(decisions, outcomes) waiting for a commit."""
         with self._cond:
             return len(self._decisions), self._pending_outcomes
+
+    @property
+    def pending_bytes(self) -> tuple[int, int]:
+        """The memory the waiting (decisions, outcomes) hold, as `held_bytes` counts it."""
+        with self._cond:
+            return self._decision_bytes, self._outcome_bytes
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is pending (within `timeout_s`), stop the thread, close the store."""
@@ -266,6 +317,7 @@ class StoreWriter:
             # (after a store outage): an outcome must find the decision it names in the same commit
             n_decisions = len(self._decisions) if self._turns else min(self.max_batch, len(self._decisions))
             decisions = [self._decisions.popleft() for _ in range(n_decisions)]
+            self._decision_bytes -= sum(held_bytes(d) for d in decisions)
             # what is left keeps the time of the oldest taken (no later than its own): written at its linger
             jobs: list[_Job] = []
             n = 0
@@ -309,6 +361,10 @@ class StoreWriter:
                 self._pending_by_reporter[job.reporter] -= len(job.outcomes)
                 if self._pending_by_reporter[job.reporter] <= 0:
                     del self._pending_by_reporter[job.reporter]
+                self._outcome_bytes -= job.nbytes
+                self._bytes_by_reporter[job.reporter] -= job.nbytes
+                if self._bytes_by_reporter[job.reporter] <= 0:
+                    del self._bytes_by_reporter[job.reporter]
 
     def _write(self, decisions: list[Decision], jobs: list[_Job]) -> None:
         outcomes = [o for job in jobs for o in job.outcomes]
@@ -324,8 +380,9 @@ class StoreWriter:
             with self._cond:
                 if self._closing:  # no later round: say what is lost instead of retrying forever
                     self.stats.decisions_dropped += len(decisions)
-                else:
+                else:  # back at the front, over the byte bound if need be: they were taken in once
                     self._decisions.extendleft(reversed(decisions))
+                    self._decision_bytes += sum(held_bytes(d) for d in decisions)
                     self._decisions_since = -math.inf  # older than any linger: retried at the next round
             self._settled(jobs)
             for job in jobs:
@@ -384,6 +441,7 @@ class StoreWriter:
                         self.stats.decisions_dropped += len(self._decisions)
                         _log.error("store_decisions_lost_at_close", decisions=len(self._decisions))
                     self._decisions.clear()
+                    self._decision_bytes = 0
 
     @property
     def _prunes(self) -> bool:
@@ -444,3 +502,7 @@ class StoreWriter:
                     emptied = False
                     _log.warning("store_checkpoint_failed", error=repr(exc))
                 _log.info("store_pruned", decisions=self._pruned[0], outcomes=self._pruned[1], log_emptied=emptied)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"

@@ -366,6 +366,14 @@ class ServiceConfig:
             "later cutoff); 0 = no cap"
         ),
     )
+    store_max_pending_mib: int = field(
+        default=256,
+        metadata=_doc(
+            "with a store: most MiB the decisions waiting for it may hold in memory (prompt texts, embeddings; "
+            "past it new decisions are dropped and counted), and as much again the outcomes waiting (past "
+            "it Feedback answers UNAVAILABLE, store busy; a tenant's at most half)"
+        ),
+    )
     store_prune_interval_s: float = field(
         default=3600.0,
         metadata=_doc("seconds between prunes of the store by --store-retention-days and --store-max-decisions"),
@@ -694,6 +702,7 @@ class ServiceConfig:
         _at_least("front_max_body_bytes", self.front_max_body_bytes, 1024)
         _at_least("front_max_stream_bytes", self.front_max_stream_bytes, 1024)
         _at_least("front_max_connections", self.front_max_connections, 1)
+        _at_least("store_max_pending_mib", self.store_max_pending_mib, 1)
         for name in ("front_body_timeout_s", "front_idle_timeout_s", "upstream_max_s", "front_write_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):

@@ -415,6 +415,7 @@ class RouterServer:
             lambda: open_store(cfg.store, store_prompts=cfg.store_prompts),
             retention_ms=int(cfg.store_retention_days * 86_400_000),
             max_decisions=cfg.store_max_decisions,
+            max_pending_bytes=cfg.store_max_pending_mib << 20,
             prune_interval_s=cfg.store_prune_interval_s,
             decision_linger_s=cfg.store_linger_ms / 1000,
             own_decisions_only=cfg.feedback_own_decisions,

@@ -938,6 +938,40 @@ def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
     writer.close()
 
 
+def test_writer_bounds_the_memory_its_backlog_holds(tmp_path: Path) -> None:
+    """Long prompts behind a store that falls behind: the decisions waiting hold at most max_pending_bytes
+    (the rest dropped and counted; the count bound alone let 82,472 prompts of 19,900 characters take
+    2.2 GB), the outcomes waiting as much again and a tenant's half; all of it written once the store
+    keeps up, and the accounting back at zero."""
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    writer = StoreWriter(lambda: open_store(dsn), max_pending_bytes=1 << 20)
+    long = "x" * 100_000  # a long pasted prompt
+    # not started: what is queued waits, as it would behind a slow store
+    writer.record([_decision(f"{i} {long}") for i in range(20)])
+    assert writer.pending[0] == 10 and writer.stats.decisions_dropped == 10  # 10 x ~100 KB fit in 1 MiB
+    assert 0.9 * (1 << 20) < writer.pending_bytes[0] <= 1 << 20
+
+    def call(reporter: str, n: int) -> list[Outcome]:
+        return [
+            Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"{reporter} {i} {long}", reporter=reporter)
+            for i in range(n)
+        ]
+
+    first = writer.submit(call("flood", 4))  # 0.4 MB
+    with pytest.raises(
+        WriterFull, match=r"0\.4 MiB of this tenant's outcomes waiting for the store \(limit 0\.5 MiB a"
+    ):
+        writer.submit(call("flood", 2))
+    second = writer.submit(call("other", 4))  # another tenant's room
+    with pytest.raises(WriterFull, match=r"0\.8 MiB of outcomes waiting for the store \(limit 1\.0 MiB\)$"):
+        writer.submit(call("third", 3))
+    writer.start()
+    assert first.result(10) == second.result(10) == [Verdict.STORED] * 4
+    _wait_written(writer, 10)
+    assert writer.stats.decisions_written == 10 and writer.pending == (0, 0) and writer.pending_bytes == (0, 0)
+    writer.close()
+
+
 def test_writer_keeps_room_for_every_reporter_and_takes_their_calls_in_turn(tmp_path: Path) -> None:
     """A reporter may hold half the writer's pending outcomes (by default), so a flood leaves room for
     another's call; the rounds take the reporters' calls in turn, not in arrival order."""

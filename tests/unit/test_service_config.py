@@ -61,6 +61,7 @@ FLAGS_AND_VARIABLES = [
     ("--store-prompts", "LMROUTE_STORE_PROMPTS"),
     ("--store-retention-days", "LMROUTE_STORE_RETENTION_DAYS"),
     ("--store-max-decisions", "LMROUTE_STORE_MAX_DECISIONS"),
+    ("--store-max-pending-mib", "LMROUTE_STORE_MAX_PENDING_MIB"),
     ("--store-prune-interval-s", "LMROUTE_STORE_PRUNE_INTERVAL_S"),
     ("--store-linger-ms", "LMROUTE_STORE_LINGER_MS"),
     ("--feedback-own-decisions", "LMROUTE_FEEDBACK_OWN_DECISIONS"),
