@@ -120,7 +120,9 @@ PG_LIVENESS = {
 }
 """libpq settings a PostgreSQL store's connection gets unless its URI sets them: a server that stopped
 answering (a host gone, a network cut) is found out in about a minute, and the writer reopens the store,
-instead of a commit waiting on a half-open connection for the operating system's two hours."""
+instead of a commit waiting on a half-open connection for the operating system's two hours. A server
+process that hangs on a live host (SIGSTOP) is not found this way (its kernel acknowledges the packets):
+the writer's `writing_s` (metric lmroute_store_write_seconds) shows it."""
 
 
 def open_store(

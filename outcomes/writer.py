@@ -58,6 +58,10 @@ __all__ = ["StoreWriter", "WriterFull", "WriterStats"]
 _log = structlog.get_logger("lmroute.outcomes")
 
 
+LOG_EVERY_S = 10.0
+"""At most one `store_write_failed` / `store_reopen_failed` line this often (each says how many failures
+were not logged since the last)."""
+
 ITEM_BYTES = 2048
 """What a queued decision or outcome holds besides its prompt text and embedding (its object, fields,
 scores and queue slot), rounded up: 100,000 waiting decisions of short prompts took ~210 MB of RSS."""
@@ -187,6 +191,9 @@ class StoreWriter:
         self._next_prune = 0.0
         self._prune_before: int | None = None  # a prune in progress: its cutoff (Unix ms)
         self._pruned = [0, 0]  # decisions, outcomes deleted by the prune in progress
+        self._writing_since: float | None = None  # monotonic start of the store write in progress
+        self._quiet_until = 0.0  # failed writes and reopens logged at most once per LOG_EVERY_S
+        self._unlogged = 0  # failures since the last line
 
     # ---- callers ----------------------------------------------------------------------------------------
 
@@ -343,10 +350,14 @@ class StoreWriter:
                 if work is None:
                     return
                 decisions, jobs = work
-                if decisions or jobs:
-                    self._write(decisions, jobs)
-                if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
-                    self._prune_step()
+                self._writing_since = time.monotonic()
+                try:
+                    if decisions or jobs:
+                        self._write(decisions, jobs)
+                    if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
+                        self._prune_step()
+                finally:
+                    self._writing_since = None
             except Exception:  # a bug: logged, and the writer goes on (a dead writer acknowledges nothing)
                 _log.exception("store_writer_error")
                 with self._cond:
@@ -374,7 +385,7 @@ class StoreWriter:
             verdicts = store.write(decisions, outcomes, own_decisions_only=self.own_decisions_only)
         except Exception as exc:
             self.stats.failed_commits += 1
-            _log.error("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))
+            self._log_failure("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))
             if decisions and not self._closing:
                 decisions = self._without_refused(decisions)
             with self._cond:
@@ -434,7 +445,7 @@ class StoreWriter:
         try:
             self._store = self._open()
         except Exception as exc:
-            _log.error("store_reopen_failed", error=repr(exc))
+            self._log_failure("store_reopen_failed", error=repr(exc))
             if self._closing:
                 with self._cond:  # nothing can write them: counted and logged, not looped on
                     if self._decisions:
@@ -442,6 +453,23 @@ class StoreWriter:
                         _log.error("store_decisions_lost_at_close", decisions=len(self._decisions))
                     self._decisions.clear()
                     self._decision_bytes = 0
+
+    def _log_failure(self, event: str, **fields: object) -> None:
+        """A failed write or reopen, logged at most once per LOG_EVERY_S with the count of those not logged
+        since (an outage fails a round per Feedback call: ~90 lines a second a replica were logged)."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        _log.error(event, **fields, failures_not_logged=self._unlogged)
+        self._quiet_until, self._unlogged = now + LOG_EVERY_S, 0
+
+    @property
+    def writing_s(self) -> float:
+        """Seconds the store write in progress has taken so far (0.0 when none is): a store that hangs
+        (a PostgreSQL server stopped but its host up, which the TCP keepalives do not find) shows here."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def _prunes(self) -> bool:

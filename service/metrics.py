@@ -29,6 +29,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_store_events_total{event}           the outcome store's writer: decisions and outcomes written
                                                 (Feedback acknowledged), dropped, commits, failed commits
     lmroute_store_pending{kind}                 decisions / outcomes waiting for a commit
+    lmroute_store_write_seconds                 how long the store write in progress has taken so far (0:
+                                                none; a hung store grows it: alert on it)
     lmroute_bundle_info{version}                1 for the serving bundle
     lmroute_auth_reloads_total{result}          changes of the tokens file taken (reloaded) or refused
                                                 (failed: a bad file, the tokens in use kept)
@@ -136,6 +138,7 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (CounterMetricFamily, "lmroute_scheduler_events"),
     (CounterMetricFamily, "lmroute_store_events"),
     (GaugeMetricFamily, "lmroute_store_pending"),
+    (GaugeMetricFamily, "lmroute_store_write_seconds"),
     (CounterMetricFamily, "lmroute_tenant_feedback"),
     (GaugeMetricFamily, "lmroute_bundle_info"),
     (CounterMetricFamily, "lmroute_auth_reloads"),
@@ -198,6 +201,12 @@ class _ServingCollector(Collector):
             pending.add_metric(["decisions"], decisions)
             pending.add_metric(["outcomes"], outcomes)
             yield pending
+            writing = GaugeMetricFamily(
+                "lmroute_store_write_seconds",
+                "Seconds the outcome store's write in progress has taken so far (0 when none is): a hung store",
+            )
+            writing.add_metric([], writer.writing_s)
+            yield writing
         counts = getattr(getattr(server, "servicer", None), "feedback_counts", None)
         if counts is not None:
             feedback = CounterMetricFamily(

@@ -305,6 +305,7 @@ def test_store_counters_follow_feedback(serve: Callable[..., ServerThread], tmp_
     text = scrape(port)
     assert sample(text, "lmroute_store_events_total", event="outcomes_written") == 1
     assert sample(text, "lmroute_store_pending", kind="outcomes") == 0
+    assert re.search(r"^lmroute_store_write_seconds 0\.0$", text, re.M), text  # no write in progress
     # per reporting tenant: what became of each reported outcome
     bad = router_pb2.OutcomeReport(decision_id=d.decision_id, single=router_pb2.SingleOutcome(quality=2.0))
     with RouterClient(srv.target, token=BATCH_TOKEN) as batch:  # bound to tenant batch

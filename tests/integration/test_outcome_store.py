@@ -855,6 +855,28 @@ def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(d
     admin.close()
 
 
+def test_a_store_failing_every_round_is_logged_once_in_ten_seconds(tmp_path: Path) -> None:
+    """Through an outage each Feedback call fails a round, and each failure logged two error lines (~90 a
+    second a replica): now one line per LOG_EVERY_S, saying how many failures it left out."""
+    import structlog
+
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    writer = StoreWriter(lambda: open_store(dsn), retry_pause_s=0.01)
+    writer.start()
+    admin = open_store(dsn)
+    admin._exec("ALTER TABLE outcomes RENAME TO outcomes_away")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(6):
+            with pytest.raises(Exception, match=r"outcomes"):
+                writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"lost {i}")]).result(10)
+    assert writer.stats.failed_commits >= 6
+    failed = [e for e in logs if e["event"] in ("store_write_failed", "store_reopen_failed")]
+    assert [e["event"] for e in failed] == ["store_write_failed"] and failed[0]["failures_not_logged"] == 0
+    admin._exec("ALTER TABLE outcomes_away RENAME TO outcomes")
+    admin.close()
+    writer.close()
+
+
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_sqlite_file_removed_or_replaced_under_the_writer_acknowledges_nothing_into_it(
     tmp_path: Path, how: str
@@ -969,6 +991,34 @@ def test_writer_bounds_the_memory_its_backlog_holds(tmp_path: Path) -> None:
     assert first.result(10) == second.result(10) == [Verdict.STORED] * 4
     _wait_written(writer, 10)
     assert writer.stats.decisions_written == 10 and writer.pending == (0, 0) and writer.pending_bytes == (0, 0)
+    writer.close()
+
+
+def test_a_store_that_hangs_shows_in_the_writers_write_seconds(tmp_path: Path) -> None:
+    """A store that neither answers nor fails (a PostgreSQL server stopped, its host up: nothing in TCP
+    finds it) left no trace but the pending counts: the write in progress shows how long it has taken.
+    Here an SQLite store locked by another connection holds the writer's commit."""
+    path = tmp_path / "s.sqlite3"
+    writer = StoreWriter(lambda: open_store(f"sqlite:{path}"))
+    writer.start()
+    assert writer.writing_s == 0.0
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        held = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="held")])
+        deadline = time.monotonic() + 10
+        while writer.writing_s < 0.5:
+            assert time.monotonic() < deadline, writer.writing_s
+            time.sleep(0.05)
+        assert not held.done()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert held.result(10) == [Verdict.STORED]
+    deadline = time.monotonic() + 10
+    while writer.writing_s != 0.0:
+        assert time.monotonic() < deadline, writer.writing_s
+        time.sleep(0.01)
     writer.close()
 
 
