@@ -14,9 +14,12 @@ Two kinds of work reach it, from the event loop or any thread, without blocking 
 Reporters share the writer: the outcomes waiting hold at most `max_pending_outcomes` and
 `max_pending_bytes`, and no reporter (the tenant the outcomes are recorded for) more than
 `max_pending_per_reporter` of them (half the bound by default) nor half the bytes, so one flooding the
-store leaves room for the others, and each round takes the reporters' calls in turn, one call each,
-oldest first, so a flood's backlog does not delay another reporter's acknowledgment by more than one
-call of each reporter ahead.
+store leaves room for the others; a call `reserve`s its room before its outcomes are built, so a call
+beyond the bounds is refused for the cost of a check. A round takes the small calls (at most
+SMALL_CALL outcomes) of the reporters in turn, oldest first, or one big call alone (a big call waiting
+gets every other round), so a flood's backlog delays another reporter's small acknowledgment by the
+round in progress and its own (under a flood of 100 concurrent calls of 1,024 outcomes on 2 cores,
+hundreds of milliseconds; it was seconds: benchmarks/results/feedback_flood).
 
 Group commit: each round takes everything pending (up to `max_batch` outcomes, and `max_batch` decisions
 in a round of decisions alone; a round with outcomes takes every queued decision, a backlog after a
@@ -57,6 +60,10 @@ __all__ = ["StoreWriter", "WriterFull", "WriterStats"]
 
 _log = structlog.get_logger("lmroute.outcomes")
 
+
+SMALL_CALL = 64
+"""A Feedback call of at most this many outcomes is small: small calls share a round, a bigger one has a
+round to itself (`StoreWriter._round_of_calls`)."""
 
 LOG_EVERY_S = 10.0
 """At most one `store_write_failed` / `store_reopen_failed` line this often (each says how many failures
@@ -185,6 +192,9 @@ class StoreWriter:
         self._pending_by_reporter: collections.Counter[str] = collections.Counter()
         self._outcome_bytes = 0
         self._bytes_by_reporter: collections.Counter[str] = collections.Counter()
+        self._reserved: collections.Counter[str] = collections.Counter()  # reporter -> room held (`reserve`)
+        self._reserved_total = 0
+        self._big_turn = False  # the next round goes to a big call waiting (the last one took small calls)
         self._closing = False
         self._thread: threading.Thread | None = None
         self._store: OutcomeStore | None = None
@@ -230,21 +240,53 @@ class StoreWriter:
             if was_empty or len(self._decisions) >= self.max_batch:
                 self._cond.notify()
 
-    def submit(self, outcomes: Sequence[Outcome]) -> Future[list[Verdict]]:
+    def reserve(self, reporter: str, n: int) -> None:
+        """Hold room for a call of at least `n` outcomes of `reporter` while its caller builds them: WriterFull
+        now, before any is built, when they would not fit (other calls' held room counted), so a flood's
+        refused calls cost its tenant's event loop time and the writer's nothing but this check (they cost
+        seconds of another tenant's acknowledgment when each was built and checked in full first).
+        `submit(..., reserved=n)` takes the room over; `release` gives it back when nothing is submitted."""
+        with self._cond:
+            total = self._pending_outcomes + self._reserved_total
+            if total + n > self.max_pending_outcomes:
+                raise WriterFull(f"{total} outcomes waiting for the store (limit {self.max_pending_outcomes})")
+            held = self._pending_by_reporter[reporter] + self._reserved[reporter]
+            if held + n > self.max_pending_per_reporter:
+                raise WriterFull(
+                    f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
+                    "a tenant)"
+                )
+            self._reserved[reporter] += n
+            self._reserved_total += n
+
+    def release(self, reporter: str, n: int) -> None:
+        """Give back the room `reserve(reporter, n)` held (its call submits nothing)."""
+        with self._cond:
+            self._release(reporter, n)
+
+    def _release(self, reporter: str, n: int) -> None:
+        if n:
+            self._reserved[reporter] -= n
+            self._reserved_total -= n
+            if self._reserved[reporter] <= 0:
+                del self._reserved[reporter]
+
+    def submit(self, outcomes: Sequence[Outcome], *, reserved: int = 0) -> Future[list[Verdict]]:
         """Queue one call's outcomes (all of one reporter: the first one's counts); the Future resolves
         after their commit. WriterFull when the writer holds `max_pending_outcomes` already, or their
-        reporter `max_pending_per_reporter`; RuntimeError after close."""
+        reporter `max_pending_per_reporter` (other calls' reserved room counted); RuntimeError after close.
+        `reserved`: the room this call's `reserve` held, taken over here whatever the outcome."""
         fut: Future[list[Verdict]] = Future()
         reporter = outcomes[0].reporter if outcomes else ""
         nbytes = sum(held_bytes(o) for o in outcomes)
         with self._cond:
+            self._release(reporter, reserved)
             if self._closing:
                 raise RuntimeError("outcome store writer is closed")
-            if self._pending_outcomes + len(outcomes) > self.max_pending_outcomes:
-                raise WriterFull(
-                    f"{self._pending_outcomes} outcomes waiting for the store (limit {self.max_pending_outcomes})"
-                )
-            held = self._pending_by_reporter[reporter]
+            waiting = self._pending_outcomes + self._reserved_total
+            if waiting + len(outcomes) > self.max_pending_outcomes:
+                raise WriterFull(f"{waiting} outcomes waiting for the store (limit {self.max_pending_outcomes})")
+            held = self._pending_by_reporter[reporter] + self._reserved[reporter]
             if held + len(outcomes) > self.max_pending_per_reporter:
                 raise WriterFull(
                     f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
@@ -326,22 +368,46 @@ class StoreWriter:
             decisions = [self._decisions.popleft() for _ in range(n_decisions)]
             self._decision_bytes -= sum(held_bytes(d) for d in decisions)
             # what is left keeps the time of the oldest taken (no later than its own): written at its linger
-            jobs: list[_Job] = []
-            n = 0
-            while self._turns:
-                reporter = self._turns[0]
-                queue = self._jobs[reporter]
-                if jobs and n + len(queue[0].outcomes) > self.max_batch:
-                    break
-                job = queue.popleft()
-                n += len(job.outcomes)
-                jobs.append(job)
-                self._turns.popleft()
-                if queue:
-                    self._turns.append(reporter)  # its next call after the other reporters' turns
-                else:
-                    del self._jobs[reporter]
-            return decisions, jobs
+            return decisions, self._round_of_calls()
+
+    def _round_of_calls(self) -> list[_Job]:
+        """The next round's calls: small calls (at most SMALL_CALL outcomes) of the reporters in turn, up to
+        `max_batch` outcomes, or one big call alone; a big call waiting gets every other round. So a
+        one-outcome acknowledgment waits for at most the round in progress and its own, never in a commit
+        of a flood's thousands of outcomes (with both in one round it waited seconds under a flood of 100
+        concurrent calls of 1,024: benchmarks/results/feedback_flood)."""
+        big = next((r for r in self._turns if len(self._jobs[r][0].outcomes) > SMALL_CALL), None)
+        small_waiting = any(len(self._jobs[r][0].outcomes) <= SMALL_CALL for r in self._turns)
+        if big is not None and (self._big_turn or not small_waiting):
+            self._big_turn = False
+            return [self._next_call(big)]
+        jobs: list[_Job] = []
+        n = passed = 0
+        while self._turns and passed < len(self._turns):
+            reporter = self._turns[0]
+            size = len(self._jobs[reporter][0].outcomes)
+            if size > SMALL_CALL:  # a big call waits for a round of its own
+                self._turns.rotate(-1)
+                passed += 1
+                continue
+            if jobs and n + size > self.max_batch:
+                break
+            jobs.append(self._next_call(reporter))
+            n += size
+            passed = 0
+        self._big_turn = True
+        return jobs
+
+    def _next_call(self, reporter: str) -> _Job:
+        """`reporter`'s oldest call, taken; the reporter's next call comes after the other reporters' turns."""
+        queue = self._jobs[reporter]
+        job = queue.popleft()
+        self._turns.remove(reporter)
+        if queue:
+            self._turns.append(reporter)
+        else:
+            del self._jobs[reporter]
+        return job
 
     def _run(self) -> None:
         while True:

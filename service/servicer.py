@@ -533,48 +533,59 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(
                 f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
             )
-        by_prompt = [i for i, report in enumerate(request.outcomes) if report.WhichOneof("target") == "prompt"]
-        check_limits(  # the prompts of outcomes by prompt, within a call's limits as Score's are
-            [request.outcomes[i].prompt for i in by_prompt],
-            "outcomes",
-            names=[f"outcomes[{i}].prompt" for i in by_prompt],
-            max_turns=self.max_turns,
-            max_request_chars=self.max_request_chars,
-        )
-        statuses: list[router_pb2.ItemStatus | None] = [None] * n
-        spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
-        outcomes: list[Outcome] = []
-        for i, report in enumerate(request.outcomes):
-            if i and i % _FEEDBACK_SLICE == 0:
-                await asyncio.sleep(0)  # let the loop answer other calls between slices of a big call
-            try:
-                mine = outcomes_of(
-                    report,
-                    i,
-                    catalog.strong_model,
-                    catalog.weak_model,
-                    reporter=reporter,
-                    max_prompt_chars=sched.policy.max_prompt_chars,
-                )
-            except OutcomeError as exc:
-                statuses[i] = router_pb2.ItemStatus(
-                    code=Code.INVALID_ARGUMENT, reason="INVALID_OUTCOME", message=str(exc)
-                )
-                continue
-            spans[i] = (len(outcomes), len(outcomes) + len(mine))
-            outcomes.extend(mine)
-        verdicts = []
-        if outcomes:
-            try:
-                verdicts = await asyncio.wrap_future(self.store.submit(outcomes))
-            except WriterFull as exc:
-                self.feedback_counts.add(reporter, REFUSED, n)
-                raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
-            except Exception as exc:
-                self.feedback_counts.add(reporter, REFUSED, n)
-                raise StoreUnavailable(
-                    f"outcome store write failed ({type(exc).__name__}); nothing was stored"
-                ) from exc
+        try:  # room for the call before anything of it is built: a flood's refused calls cost next to nothing
+            self.store.reserve(reporter, n)
+        except WriterFull as exc:
+            self.feedback_counts.add(reporter, REFUSED, n)
+            raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
+        handed_over = False  # the room held goes to submit, or back
+        try:
+            by_prompt = [i for i, report in enumerate(request.outcomes) if report.WhichOneof("target") == "prompt"]
+            check_limits(  # the prompts of outcomes by prompt, within a call's limits as Score's are
+                [request.outcomes[i].prompt for i in by_prompt],
+                "outcomes",
+                names=[f"outcomes[{i}].prompt" for i in by_prompt],
+                max_turns=self.max_turns,
+                max_request_chars=self.max_request_chars,
+            )
+            statuses: list[router_pb2.ItemStatus | None] = [None] * n
+            spans: list[tuple[int, int]] = [(0, 0)] * n  # report i's outcomes: outcomes[start:stop]
+            outcomes: list[Outcome] = []
+            for i, report in enumerate(request.outcomes):
+                if i and i % _FEEDBACK_SLICE == 0:
+                    await asyncio.sleep(0)  # let the loop answer other calls between slices of a big call
+                try:
+                    mine = outcomes_of(
+                        report,
+                        i,
+                        catalog.strong_model,
+                        catalog.weak_model,
+                        reporter=reporter,
+                        max_prompt_chars=sched.policy.max_prompt_chars,
+                    )
+                except OutcomeError as exc:
+                    statuses[i] = router_pb2.ItemStatus(
+                        code=Code.INVALID_ARGUMENT, reason="INVALID_OUTCOME", message=str(exc)
+                    )
+                    continue
+                spans[i] = (len(outcomes), len(outcomes) + len(mine))
+                outcomes.extend(mine)
+            verdicts = []
+            if outcomes:
+                handed_over = True
+                try:
+                    verdicts = await asyncio.wrap_future(self.store.submit(outcomes, reserved=n))
+                except WriterFull as exc:
+                    self.feedback_counts.add(reporter, REFUSED, n)
+                    raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
+                except Exception as exc:
+                    self.feedback_counts.add(reporter, REFUSED, n)
+                    raise StoreUnavailable(
+                        f"outcome store write failed ({type(exc).__name__}); nothing was stored"
+                    ) from exc
+        finally:
+            if not handed_over:
+                self.store.release(reporter, n)
         response = router_pb2.FeedbackResponse()
         for i, report in enumerate(request.outcomes):
             if i and i % _FEEDBACK_SLICE == 0:

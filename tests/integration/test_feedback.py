@@ -538,9 +538,9 @@ def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
         submit = writer.submit
         at_submit: list[int] = []
 
-        def noting_submit(outcomes: Any) -> Any:  # the writer's own submit, noting how often the neighbour ran
+        def noting_submit(outcomes: Any, **kw: Any) -> Any:  # the writer's own submit, noting the neighbour's runs
             at_submit.append(ran)
-            return submit(outcomes)
+            return submit(outcomes, **kw)
 
         async def neighbour() -> None:  # another call's work: one step each time the loop comes round
             nonlocal ran

@@ -1022,6 +1022,40 @@ def test_a_store_that_hangs_shows_in_the_writers_write_seconds(tmp_path: Path) -
     writer.close()
 
 
+def test_room_is_held_for_a_call_before_its_outcomes_are_built(tmp_path: Path) -> None:
+    """Feedback reserves its call's room first: a flood's calls are refused before any outcome of theirs
+    is built and checked (built in full, 10-20 refused calls per accepted one took the event loop and the
+    writer's time, and another tenant's one-outcome acknowledgment took seconds). Held room counts
+    against the bounds like outcomes waiting; submit takes it over, release gives it back."""
+    writer = StoreWriter(
+        lambda: open_store(f"sqlite:{tmp_path / 's.sqlite3'}"), max_pending_outcomes=8, max_pending_per_reporter=4
+    )
+
+    def call(reporter: str, n: int) -> list[Outcome]:
+        return [
+            Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"{reporter} {i}", reporter=reporter) for i in range(n)
+        ]
+
+    writer.reserve("flood", 3)  # its outcomes being built
+    with pytest.raises(WriterFull, match=r"^3 outcomes of this tenant waiting for the store \(limit 4 a tenant\)$"):
+        writer.reserve("flood", 2)
+    writer.reserve("other", 4)
+    with pytest.raises(WriterFull, match=r"^7 outcomes waiting for the store \(limit 8\)$"):
+        writer.submit(call("third", 2))  # held room counts at submit too
+    flood = writer.submit(call("flood", 3), reserved=3)  # takes its room over
+    writer.release("other", 4)  # its call submitted nothing
+    assert writer.pending == (0, 3)
+    writer.reserve("third", 4)
+    with pytest.raises(WriterFull, match=r"^7 outcomes waiting for the store \(limit 8\)$"):
+        writer.reserve("fourth", 2)
+    writer.release("third", 4)
+    writer.start()
+    assert flood.result(10) == [Verdict.STORED] * 3
+    writer.reserve("fourth", 4)  # all the room back
+    writer.release("fourth", 4)
+    writer.close()
+
+
 def test_writer_keeps_room_for_every_reporter_and_takes_their_calls_in_turn(tmp_path: Path) -> None:
     """A reporter may hold half the writer's pending outcomes (by default), so a flood leaves room for
     another's call; the rounds take the reporters' calls in turn, not in arrival order."""
@@ -1043,6 +1077,40 @@ def test_writer_keeps_room_for_every_reporter_and_takes_their_calls_in_turn(tmp_
     order = [r.prompt_text for r in store.labeled_prompts()]  # one observed time: in commit order
     store.close()
     assert order == ["flood 0", "other 0", "flood 1", "flood 2", "flood 3"]
+
+
+def test_a_small_call_is_never_committed_with_a_big_one(tmp_path: Path) -> None:
+    """A big call (over SMALL_CALL outcomes) has a round to itself and gets every other round; small calls
+    of the reporters in turn share theirs. So a one-outcome acknowledgment waits for the round in progress
+    and its own, not for a commit of a flood's thousands of outcomes."""
+    from lmroute.outcomes.writer import SMALL_CALL
+
+    dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
+    writer = StoreWriter(lambda: open_store(dsn))
+
+    def call(reporter: str, n: int, tag: str) -> list[Outcome]:
+        return [
+            Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"{tag} {i}", reporter=reporter, observed_ms=1000)
+            for i in range(n)
+        ]
+
+    # not started: the calls wait, as they would behind a slow store
+    calls = [
+        writer.submit(call("flood", SMALL_CALL + 1, "flood a")),
+        writer.submit(call("ops", 1, "ops a")),
+        writer.submit(call("flood", SMALL_CALL + 1, "flood b")),
+        writer.submit(call("ops", 1, "ops b")),
+        writer.submit(call("judge", 2, "judge")),
+    ]
+    writer.start()
+    assert all(f.result(10) for f in calls)
+    writer.close()
+    assert writer.stats.commits == 3  # the small calls together, then each big call alone
+    store = open_store(dsn)
+    order = [r.prompt_text for r in store.labeled_prompts()]  # one observed time: in commit order
+    store.close()
+    flood = [f"flood a {i}" for i in range(SMALL_CALL + 1)], [f"flood b {i}" for i in range(SMALL_CALL + 1)]
+    assert order == ["ops a 0", "judge 0", "judge 1", "ops b 0", *flood[0], *flood[1]]
 
 
 def _store_at_version(dsn: str, version: int) -> OutcomeStore:
