@@ -242,10 +242,10 @@ class StoreWriter:
 
     def reserve(self, reporter: str, n: int) -> None:
         """Hold room for a call of at least `n` outcomes of `reporter` while its caller builds them: WriterFull
-        now, before any is built, when they would not fit (other calls' held room counted), so a flood's
-        refused calls cost its tenant's event loop time and the writer's nothing but this check (they cost
-        seconds of another tenant's acknowledgment when each was built and checked in full first).
-        `submit(..., reserved=n)` takes the room over; `release` gives it back when nothing is submitted."""
+        now, before any is built, when they would not fit (other calls' held room counted), so a refused
+        call costs the event loop and the writer nothing but this check (built and checked in full first, a
+        flood's refused calls took seconds of another tenant's acknowledgment). `submit(..., reserved=n)`
+        takes the room over; `release` gives it back when nothing is submitted."""
         with self._cond:
             total = self._pending_outcomes + self._reserved_total
             if total + n > self.max_pending_outcomes:
