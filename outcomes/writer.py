@@ -5,8 +5,8 @@ Two kinds of work reach it, from the event loop or any thread, without blocking 
     record(decisions)      write-behind: the answer has already gone out; the decisions are written with
                            the next commit. When the store falls behind by `max_pending_decisions`, or
                            the decisions waiting hold `max_pending_bytes` (their prompt texts and
-                           embeddings: 100,000 prompts of 20,000 characters took 2.2 GB), new decisions
-                           are dropped and counted, never queued without bound.
+                           embeddings: benchmarks/store_backlog_memory.py), new decisions are dropped and
+                           counted, never queued without bound.
     submit(outcomes)       a Future of one Verdict per outcome, resolved only after the commit that made
                            them durable (Feedback acknowledges on that); a Future of an error when the
                            commit failed, so nothing unwritten is acknowledged.
@@ -71,7 +71,8 @@ were not logged since the last)."""
 
 ITEM_BYTES = 2048
 """What a queued decision or outcome holds besides its prompt text and embedding (its object, fields,
-scores and queue slot), rounded up: 100,000 waiting decisions of short prompts took ~210 MB of RSS."""
+scores and queue slot), rounded up: counted with it, 60,000 waiting decisions came within 5 % of the RSS
+they took (benchmarks/results/store_backlog_memory)."""
 
 
 def held_bytes(item: Decision | Outcome) -> int:
@@ -247,17 +248,21 @@ class StoreWriter:
         flood's refused calls took seconds of another tenant's acknowledgment). `submit(..., reserved=n)`
         takes the room over; `release` gives it back when nothing is submitted."""
         with self._cond:
-            total = self._pending_outcomes + self._reserved_total
-            if total + n > self.max_pending_outcomes:
-                raise WriterFull(f"{total} outcomes waiting for the store (limit {self.max_pending_outcomes})")
-            held = self._pending_by_reporter[reporter] + self._reserved[reporter]
-            if held + n > self.max_pending_per_reporter:
-                raise WriterFull(
-                    f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
-                    "a tenant)"
-                )
+            self._check_room(reporter, n)
             self._reserved[reporter] += n
             self._reserved_total += n
+
+    def _check_room(self, reporter: str, n: int) -> None:
+        """WriterFull unless `n` more outcomes of `reporter` fit the count bounds, the room other calls
+        hold counted (under the lock)."""
+        waiting = self._pending_outcomes + self._reserved_total
+        if waiting + n > self.max_pending_outcomes:
+            raise WriterFull(f"{waiting} outcomes waiting for the store (limit {self.max_pending_outcomes})")
+        held = self._pending_by_reporter[reporter] + self._reserved[reporter]
+        if held + n > self.max_pending_per_reporter:
+            raise WriterFull(
+                f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} a tenant)"
+            )
 
     def release(self, reporter: str, n: int) -> None:
         """Give back the room `reserve(reporter, n)` held (its call submits nothing)."""
@@ -283,15 +288,7 @@ class StoreWriter:
             self._release(reporter, reserved)
             if self._closing:
                 raise RuntimeError("outcome store writer is closed")
-            waiting = self._pending_outcomes + self._reserved_total
-            if waiting + len(outcomes) > self.max_pending_outcomes:
-                raise WriterFull(f"{waiting} outcomes waiting for the store (limit {self.max_pending_outcomes})")
-            held = self._pending_by_reporter[reporter] + self._reserved[reporter]
-            if held + len(outcomes) > self.max_pending_per_reporter:
-                raise WriterFull(
-                    f"{held} outcomes of this tenant waiting for the store (limit {self.max_pending_per_reporter} "
-                    "a tenant)"
-                )
+            self._check_room(reporter, len(outcomes))
             # the first call always fits: one call's outcomes are bounded by the request's own limits
             if self._outcome_bytes and self._outcome_bytes + nbytes > self.max_pending_bytes:
                 raise WriterFull(

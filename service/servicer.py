@@ -536,8 +536,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:  # room for the call before anything of it is built: a flood's refused calls cost next to nothing
             self.store.reserve(reporter, n)
         except WriterFull as exc:
-            self.feedback_counts.add(reporter, REFUSED, n)
-            raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
+            raise self._store_busy(reporter, n, exc) from exc
         handed_over = False  # the room held goes to submit, or back
         try:
             by_prompt = [i for i, report in enumerate(request.outcomes) if report.WhichOneof("target") == "prompt"]
@@ -576,8 +575,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 try:
                     verdicts = await asyncio.wrap_future(self.store.submit(outcomes, reserved=n))
                 except WriterFull as exc:
-                    self.feedback_counts.add(reporter, REFUSED, n)
-                    raise StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY") from exc
+                    raise self._store_busy(reporter, n, exc) from exc
                 except Exception as exc:
                     self.feedback_counts.add(reporter, REFUSED, n)
                     raise StoreUnavailable(
@@ -601,6 +599,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             results = collections.Counter(FEEDBACK_RESULTS[result_of(st)] for st in response.results)
             bind_call(outcomes=n, stored=response.stored, results=dict(results))
         return response
+
+    def _store_busy(self, reporter: str, n: int, exc: WriterFull) -> StoreUnavailable:
+        """A Feedback call of `n` outcomes the writer has no room for: counted as refused, STORE_BUSY."""
+        self.feedback_counts.add(reporter, REFUSED, n)
+        return StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY")
 
     async def ListRouters(
         self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext

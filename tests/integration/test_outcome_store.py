@@ -962,9 +962,9 @@ def test_writer_refuses_outcomes_beyond_its_bound(tmp_path: Path) -> None:
 
 def test_writer_bounds_the_memory_its_backlog_holds(tmp_path: Path) -> None:
     """Long prompts behind a store that falls behind: the decisions waiting hold at most max_pending_bytes
-    (the rest dropped and counted; the count bound alone let 82,472 prompts of 19,900 characters take
-    2.2 GB), the outcomes waiting as much again and a tenant's half; all of it written once the store
-    keeps up, and the accounting back at zero."""
+    (the rest dropped and counted; with the count bound alone 60,000 prompts of 19,900 characters took
+    1.25 GB: benchmarks/results/store_backlog_memory), the outcomes waiting as much again and a tenant's
+    half; all of it written once the store keeps up, and the accounting back at zero."""
     dsn = f"sqlite:{tmp_path / 's.sqlite3'}"
     writer = StoreWriter(lambda: open_store(dsn), max_pending_bytes=1 << 20)
     long = "x" * 100_000  # a long pasted prompt
