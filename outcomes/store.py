@@ -58,6 +58,8 @@ than this later is NOT_FOUND (within it: another replica's clock may be ahead)."
 
 _MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migrating
 _CHUNK = 500  # ids per IN (...) query
+_PG_MAX_PARAMS = 65_535  # parameters one PostgreSQL statement takes
+_MAX_ROWS = 1_000  # rows one INSERT statement writes at most
 MAX_ERASE_NAMES = 10_000  # ids, hashes and tenants one erase names (a statement's parameters are bounded)
 
 
@@ -78,13 +80,21 @@ class _Dialect:
     name: str
     types: Mapping[str, str]
     param: str  # the driver's placeholder
+    json_rows: str  # an aggregate making the rows of a query one JSON array of arrays of its `{}` columns
+    one_writer: bool  # a transaction keeps other writers out from its BEGIN (SQLite's BEGIN IMMEDIATE)
 
     def sql(self, text: str) -> str:
         """`text` with `?` placeholders in this driver's style."""
         return text if self.param == "?" else text.replace("?", self.param)
 
 
-_SQLITE = _Dialect("sqlite", {"id": "INTEGER PRIMARY KEY", "blob": "BLOB", "bigint": "INTEGER", "real": "REAL"}, "?")
+_SQLITE = _Dialect(
+    "sqlite",
+    {"id": "INTEGER PRIMARY KEY", "blob": "BLOB", "bigint": "INTEGER", "real": "REAL"},
+    "?",
+    "json_group_array(json_array({}))",
+    True,
+)
 _POSTGRES = _Dialect(
     "postgresql",
     {
@@ -94,6 +104,8 @@ _POSTGRES = _Dialect(
         "real": "DOUBLE PRECISION",
     },
     "%s",
+    "json_agg(json_build_array({}))::text",
+    False,
 )
 
 
@@ -232,6 +244,12 @@ class OutcomeStore:
         self._db_errors = db_errors  # the driver's errors, raised as StoreError naming the store
         self._path = path  # a SQLite store's file and its identity (_check_file)
         self._file_id: tuple[int, int] | None = None
+        # parameters one statement takes: SQLite's build says (32,766 since 3.32, 999 before)
+        self._max_params = (
+            conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            if isinstance(conn, sqlite3.Connection)
+            else _PG_MAX_PARAMS
+        )
         if path is not None:
             try:
                 st = os.stat(path)  # the connection has made the file (journal_mode=WAL wrote its header)
@@ -247,12 +265,40 @@ class OutcomeStore:
     # ---- plumbing -------------------------------------------------------------------------------------
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._dialect is not _SQLITE:
-            params = [_without_nul(p) for p in params]
         try:
-            return self._conn.execute(self._dialect.sql(sql), tuple(params))
+            return self._conn.execute(self._dialect.sql(sql), self._params(params))
         except self._db_errors as exc:
             raise StoreError(f"store {self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def _params(self, params: Sequence[Any]) -> tuple[Any, ...]:
+        """`params` as this database stores them (PostgreSQL: text without NUL)."""
+        return tuple(params) if self._dialect is _SQLITE else tuple(_without_nul(p) for p in params)
+
+    def _insert_rows(self, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> int:
+        """`head VALUES (...), (...) tail` for `rows`, as many rows per statement as the database takes
+        parameters (a statement per row costs a hand-back of the interpreter lock per row: see
+        `_json_rows`). The rows written (an ON CONFLICT ... DO NOTHING in `tail` skips some)."""
+        if not rows:
+            return 0
+        width = len(rows[0])
+        marks = "(" + ", ".join("?" * width) + ")"
+        per = max(1, min(_MAX_ROWS, self._max_params // width))
+        written = 0
+        for i in range(0, len(rows), per):
+            chunk = rows[i : i + per]
+            cur = self._exec(f"{head} VALUES {', '.join([marks] * len(chunk))} {tail}", [v for r in chunk for v in r])
+            written += cur.rowcount
+        return written
+
+    def _json_rows(self, columns: str, rest: str, params: Sequence[Any]) -> list[list[Any]]:
+        """The rows of `SELECT columns rest`, read as one value. SQLite's driver lets go of the
+        interpreter lock around each statement it prepares or runs and each row it reads, and takes it
+        back from a busy thread (a loaded server's event loop) only when that thread's switch interval
+        (5 ms) runs out: a statement or a row each, a write of 1,024 outcomes took 6.4 s of wall time
+        beside one busy thread, 0.09 s in a few statements (benchmarks/results/store_write_busy)."""
+        (text,) = self._exec(f"SELECT {self._dialect.json_rows.format(columns)} {rest}", params).fetchone()
+        rows: list[list[Any]] = json.loads(text) if text else []
+        return rows
 
     def keeps_no_prompt_text(self) -> bool:
         """Whether the store holds decisions and none of them a prompt's text: its server runs with the
@@ -356,22 +402,17 @@ class OutcomeStore:
         valid (`Outcome.check`). With `own_decisions_only`, an outcome a tenant reports on a decision
         another caller made (its `caller`, "" included) is refused (OTHER_TENANT); a reporter naming no
         tenant may report on any. Raises the driver's error when the transaction fails: then nothing of
-        this call is stored."""
+        this call is stored. The rows go in a few statements, not one per row (see `_json_rows`)."""
         now = _now_ms() if now_ms is None else now_ms
         with self._transaction():
-            for d in decisions:
-                self._insert_decision(d)
+            self._insert_rows(_INSERT_DECISION, [self._decision_row(d) for d in decisions], _DECISION_KEPT)
             known = self._decision_prompts([o.decision_id for o in outcomes if o.decision_id is not None])
-            return [self._insert_outcome(o, known, now, own_decisions_only) for o in outcomes]
+            rows = [self._outcome_row(o, known, now, own_decisions_only) for o in outcomes]
+            return self._insert_outcomes(rows)
 
-    def _insert_decision(self, d: Decision) -> None:
+    def _decision_row(self, d: Decision) -> tuple[Any, ...]:
         emb = None if d.embedding is None else np.asarray(d.embedding, dtype="<f4").tobytes()
-        self._exec(
-            "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, "
-            "chosen_model, propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, "
-            "encoder_id, embedding, prompt_chars, tenant, policy, choice, caller) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (decision_id) DO NOTHING",
+        return self._params(
             (
                 d.decision_id,
                 d.time_ms,
@@ -394,7 +435,7 @@ class OutcomeStore:
                 d.policy or None,
                 d.choice or None,
                 d.caller or None,
-            ),
+            )
         )
 
     def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
@@ -402,17 +443,18 @@ class OutcomeStore:
         out: dict[str, tuple[str, str, str]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" * len(chunk))
-            for did, sha, chosen, caller in self._exec(
-                "SELECT decision_id, prompt_sha256, chosen_model, caller FROM decisions "
-                f"WHERE decision_id IN ({marks})",
+            for did, sha, chosen, caller in self._json_rows(
+                "decision_id, prompt_sha256, chosen_model, caller",
+                f"FROM decisions WHERE decision_id IN ({marks})",
                 chunk,
-            ).fetchall():
+            ):
                 out[str(did)] = (str(sha), "" if chosen is None else str(chosen), caller or "")
         return out
 
-    def _insert_outcome(
+    def _outcome_row(
         self, o: Outcome, known: Mapping[str, tuple[str, str, str]], now: int, own_decisions_only: bool
-    ) -> Verdict:
+    ) -> Verdict | tuple[Any, ...]:
+        """The row `o` stores (the columns of _INSERT_OUTCOME), or the verdict that refuses it."""
         model = o.model
         if o.decision_id is not None:
             found = known.get(o.decision_id)
@@ -430,10 +472,7 @@ class OutcomeStore:
         else:
             sha = o.prompt_hash or prompt_sha256(o.prompt_text or "")
             text = o.prompt_text if self.store_prompts else None
-        cur = self._exec(
-            "INSERT INTO outcomes (target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, "
-            "reporter, observed_ms, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (target, kind, model, source, reporter) DO NOTHING",
+        return self._params(
             (
                 o.target,
                 o.decision_id,
@@ -446,15 +485,63 @@ class OutcomeStore:
                 o.reporter,
                 now if o.observed_ms is None else o.observed_ms,
                 now,
-            ),
+            )
         )
-        if cur.rowcount == 1:
+
+    def _insert_outcomes(self, rows: Sequence[Verdict | tuple[Any, ...]]) -> list[Verdict]:
+        """Store the rows (refusals pass through as they are): STORED for a new key (target, kind, model,
+        source, reporter), DUPLICATE for a key stored, or earlier in `rows`, with the same quality,
+        CONFLICT for one with another. Keys are looked up first and the new rows inserted together. On
+        PostgreSQL, when the insert writes fewer (another transaction, a replica on the same store, stored
+        one of the keys since the lookup), it is undone and the rows go in one at a time; a SQLite
+        transaction keeps other writers out from its start."""
+        candidates = [r for r in rows if not isinstance(r, Verdict)]
+        if len(candidates) <= 1:  # one row: inserted at once and looked up only if not written, a statement fewer
+            return [r if isinstance(r, Verdict) else self._insert_outcome_alone(r) for r in rows]
+        verdicts = [r if isinstance(r, Verdict) else Verdict.STORED for r in rows]
+        held = self._stored_qualities({r[0] for r in candidates})
+        new: list[tuple[Any, ...]] = []
+        for i, r in enumerate(rows):
+            if isinstance(r, Verdict):
+                continue
+            key, quality = _outcome_key(r), float(r[6])
+            stored = held.get(key)
+            if stored is None:
+                held[key] = quality
+                new.append(r)
+            else:
+                verdicts[i] = Verdict.DUPLICATE if abs(stored - quality) < 1e-9 else Verdict.CONFLICT
+        if self._dialect.one_writer:  # nothing was stored since the lookup: every new row goes in
+            if (written := self._insert_rows(_INSERT_OUTCOME, new, _OUTCOME_KEPT)) != len(new):
+                raise StoreError(f"store {self.name}: {len(new) - written} of {len(new)} new outcomes were not written")
+            return verdicts
+        self._exec("SAVEPOINT outcomes_together")
+        if self._insert_rows(_INSERT_OUTCOME, new, _OUTCOME_KEPT) == len(new):
+            self._exec("RELEASE SAVEPOINT outcomes_together")
+            return verdicts
+        self._exec("ROLLBACK TO SAVEPOINT outcomes_together")
+        return [r if isinstance(r, Verdict) else self._insert_outcome_alone(r) for r in rows]
+
+    def _stored_qualities(self, targets: Collection[str]) -> dict[tuple[Any, ...], float]:
+        """key (target, kind, model, source, reporter) -> quality, for the outcomes stored on `targets`."""
+        out: dict[tuple[Any, ...], float] = {}
+        for chunk in _chunks(sorted(targets)):
+            for target, kind, model, source, reporter, quality in self._json_rows(
+                "target, kind, model, source, reporter, quality",
+                f"FROM outcomes WHERE target IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                out[(target, kind, model, source, reporter)] = float(quality)
+        return out
+
+    def _insert_outcome_alone(self, row: tuple[Any, ...]) -> Verdict:
+        if self._insert_rows(_INSERT_OUTCOME, [row], _OUTCOME_KEPT) == 1:
             return Verdict.STORED
-        row = self._exec(
+        found = self._exec(
             "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ? AND reporter = ?",
-            (o.target, o.kind.value, model, o.source, o.reporter),
+            _outcome_key(row),
         ).fetchone()
-        return Verdict.DUPLICATE if row is not None and abs(float(row[0]) - o.quality) < 1e-9 else Verdict.CONFLICT
+        return Verdict.DUPLICATE if found is not None and abs(float(found[0]) - row[6]) < 1e-9 else Verdict.CONFLICT
 
     def prune(self, before_ms: int, *, limit: int | None = None) -> tuple[int, int]:
         """Delete decisions and outcomes older than `before_ms` (decision time; outcome receipt time), at
@@ -814,6 +901,24 @@ class _Transaction:
                 self._store._exec("ROLLBACK")
                 raise
         self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+_INSERT_DECISION = (
+    "INSERT INTO decisions (decision_id, time_ms, kind, bundle_version, router, scores, threshold, chosen_model, "
+    "propensity, strong_model, weak_model, prompt_sha256, prompt_text, n_tokens, encoder_id, embedding, "
+    "prompt_chars, tenant, policy, choice, caller)"
+)
+_DECISION_KEPT = "ON CONFLICT (decision_id) DO NOTHING"
+_INSERT_OUTCOME = (
+    "INSERT INTO outcomes (target, decision_id, prompt_sha256, prompt_text, kind, model, quality, source, reporter, "
+    "observed_ms, received_ms)"
+)
+_OUTCOME_KEPT = "ON CONFLICT (target, kind, model, source, reporter) DO NOTHING"
+
+
+def _outcome_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key of an _INSERT_OUTCOME row: target, kind, model, source, reporter."""
+    return (row[0], row[4], row[5], row[7], row[8])
 
 
 def _without_nul(value: Any) -> Any:

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +213,86 @@ def test_outcomes_by_decision_stored_duplicate_conflict_not_found_not_yet(store:
     assert row.qualities == {"weak-m": pytest.approx(0.625)}  # two sources, averaged
     assert row.prompt_text == "what is 2 + 2?" and row.encoder_id == "0123456789abcdef"
     assert row.embedding is not None and row.embedding.shape == (4,)
+
+
+def test_a_call_bigger_than_one_statement_gets_the_verdicts_of_one_row_at_a_time(store: OutcomeStore) -> None:
+    """Rows go in a few statements, not one per row; the verdicts are those of rows stored in order: a
+    key stored before, or earlier in the same call, is a DUPLICATE with the same quality and a CONFLICT
+    with another, across the statements' bounds (1,000 rows a statement at most)."""
+    decisions = [_decision(f"decided {i}") for i in range(2_000)]
+    store.write(decisions[:10])
+    before = store.write(
+        [], [Outcome(OutcomeKind.SINGLE, "m", 0.5, prompt_text=f"prompt {i}") for i in range(0, 6_000, 1_000)]
+    )
+    assert before == [Verdict.STORED] * 6
+    outcomes = [
+        Outcome(OutcomeKind.SINGLE, "m", 1.0 if i % 7 else 0.5, prompt_text=f"prompt {i}") for i in range(6_000)
+    ]
+    outcomes += [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text=f"prompt {i}") for i in (1, 5_998, 0, 3_000)]
+    outcomes += [Outcome(OutcomeKind.SINGLE, "", 0.25, decision_id=d.decision_id) for d in decisions[::100]]
+    statements: list[str] = []
+    if store.dialect == "sqlite":  # SQLite says what it runs
+        store._conn.set_trace_callback(statements.append)
+    verdicts = store.write(decisions, outcomes)
+    if statements:  # a statement per row would be 8,024
+        assert len(statements) <= 40, statements[:3]
+    stored_before = {f"prompt {i}" for i in range(0, 6_000, 1_000)}
+    expected = [
+        (Verdict.DUPLICATE if o.quality == 0.5 else Verdict.CONFLICT)
+        if o.prompt_text in stored_before
+        else Verdict.STORED
+        for o in outcomes[:6_000]
+    ]
+    expected += [Verdict.DUPLICATE, Verdict.DUPLICATE, Verdict.CONFLICT, Verdict.CONFLICT]
+    expected += [Verdict.STORED] * 20
+    assert verdicts == expected
+    assert store.counts() == {"decisions": 2_000, "outcomes": 6_000 + 20}
+    again = store.write(decisions[:3], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="prompt 1")])
+    assert again == [Verdict.DUPLICATE] and store.counts()["decisions"] == 2_000
+
+
+def test_a_key_another_transaction_stores_meanwhile_gets_its_verdict(fresh_postgres_db: str) -> None:
+    """Replicas share a PostgreSQL store: a key another transaction stores after this call looked its
+    keys up, and commits while this call's insert waits on it, is not counted STORED (the insert skips
+    it): the call's rows go in again one at a time."""
+    import psycopg
+
+    store = open_store(fresh_postgres_db)
+    sha = prompt_sha256("raced")
+    other = psycopg.connect(fresh_postgres_db)  # a transaction open until commit()
+    other.execute(
+        "INSERT INTO outcomes (target, prompt_sha256, kind, model, quality, source, reporter, observed_ms, "
+        "received_ms) VALUES (%s, %s, 'single', 'm', 0.5, 'judge', '', 1, 1)",
+        ("p:" + sha, sha),
+    )
+    result: list[list[Verdict]] = []
+    writing = threading.Thread(
+        target=lambda: result.append(
+            store.write(
+                [],
+                [
+                    Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="raced", source="judge"),
+                    Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="not raced", source="judge"),
+                ],
+            )
+        )
+    )
+    writing.start()
+    with psycopg.connect(fresh_postgres_db, autocommit=True) as watch:
+        deadline = time.monotonic() + 10
+        while not watch.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the insert never waited on the other transaction"
+            time.sleep(0.02)
+    other.commit()
+    other.close()
+    writing.join(10)
+    assert result == [[Verdict.CONFLICT, Verdict.STORED]]
+    assert store.counts()["outcomes"] == 2
+    [row] = [r for r in store.labeled_prompts() if r.prompt_sha256 == sha]
+    assert row.qualities == {"m": 0.5}
+    store.close()
 
 
 def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt(store: OutcomeStore) -> None:
