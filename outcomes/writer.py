@@ -474,9 +474,11 @@ class StoreWriter:
 
     def _without_refused(self, decisions: list[Decision]) -> list[Decision]:
         """After a failed round, while the store still answers (so the data failed, not the connection):
-        each decision written alone; one it refuses is dropped, counted and logged, so that a row it
-        cannot hold does not fail every later round, Feedback with it. The rest, when the store does not
-        answer: all of them, to be retried."""
+        the decisions written in parts, halved until a part is written or is one decision; one the store
+        refuses is dropped, counted and logged, so that a row it cannot hold does not fail every later
+        round, Feedback with it. A refused row among n costs about 2 log2(n) commits, not n. What is left
+        when the store stops answering (or fails for now: a lock, a connection) is returned, in order, to
+        be retried."""
         try:
             store = self._open()
         except Exception:
@@ -484,15 +486,21 @@ class StoreWriter:
         try:
             if not store.answers():
                 return decisions
-            for i, d in enumerate(decisions):
+            parts = [decisions]  # a stack: the next part to write last
+            while parts:
+                part = parts.pop()
                 try:
-                    store.write([d], [])
-                    self.stats.decisions_written += 1
+                    store.write(part, [])
+                    self.stats.decisions_written += len(part)
                 except Exception as exc:
                     if not refused_for_good(exc) or not store.answers():  # a lock, a connection: retried
-                        return decisions[i:]
+                        return [d for left in [part, *reversed(parts)] for d in left]
+                    if len(part) > 1:
+                        half = len(part) // 2
+                        parts += [part[half:], part[:half]]
+                        continue
                     self.stats.decisions_dropped += 1
-                    _log.error("store_decision_dropped", decision_id=d.decision_id, error=repr(exc))
+                    _log.error("store_decision_dropped", decision_id=part[0].decision_id, error=repr(exc))
             return []
         finally:
             store.close()

@@ -3,6 +3,7 @@ PostgreSQL server that the test session starts (tests/conftest.py: postgres_serv
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -1002,6 +1003,37 @@ def test_a_decision_the_store_cannot_hold_is_dropped_not_retried_before_every_la
     assert writer.stats.decisions_dropped == 1
     check = open_store(dsn)
     assert check.decision(good.decision_id) is not None and check.decision(bad.decision_id) is None
+    check.close()
+
+
+def test_decisions_the_store_cannot_hold_are_found_among_many_in_few_commits(tmp_path: Path) -> None:
+    """After a failed round the decisions are written in halves until the refused ones stand alone:
+    two refused among 1,000 cost a few dozen commits, not one per decision."""
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    commits: list[str] = []
+
+    def opened() -> OutcomeStore:
+        store = open_store(dsn)
+        store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        return store
+
+    decisions = [_decision(f"decision {i}") for i in range(1_000)]
+    for i in (137, 802):
+        decisions[i] = dataclasses.replace(decisions[i], embedding=object())  # type: ignore[arg-type]
+    writer = StoreWriter(opened, retry_pause_s=0.01)
+    writer.record(decisions)
+    writer.start()
+    first = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="in the failed round")])
+    with contextlib.suppress(TypeError):  # when it shared the round the refused rows failed
+        first.result(30)
+    later = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="after them")])
+    assert later.result(30) == [Verdict.STORED]
+    writer.close()
+    assert writer.stats.decisions_dropped == 2 and writer.stats.decisions_written == 998
+    assert len(commits) <= 60, len(commits)
+    check = open_store(dsn)
+    assert check.counts()["decisions"] == 998
+    assert check.decision(decisions[137].decision_id) is None and check.decision(decisions[138].decision_id)
     check.close()
 
 
