@@ -491,19 +491,21 @@ class OutcomeStore:
     def _insert_outcomes(self, rows: Sequence[Verdict | tuple[Any, ...]]) -> list[Verdict]:
         """Store the rows (refusals pass through as they are): STORED for a new key (target, kind, model,
         source, reporter), DUPLICATE for a key stored, or earlier in `rows`, with the same quality,
-        CONFLICT for one with another. Keys are looked up first and the new rows inserted together. On
-        PostgreSQL, when the insert writes fewer (another transaction, a replica on the same store, stored
-        one of the keys since the lookup), it is undone and the rows go in one at a time; a SQLite
-        transaction keeps other writers out from its start."""
-        candidates = [r for r in rows if not isinstance(r, Verdict)]
-        if len(candidates) <= 1:  # one row: inserted at once and looked up only if not written, a statement fewer
-            return [r if isinstance(r, Verdict) else self._insert_outcome_alone(r) for r in rows]
+        CONFLICT for one with another. Keys are looked up first and the new rows inserted together, in
+        the order given on SQLite (a transaction there keeps other writers out from its start). On
+        PostgreSQL they go in key order, so that two transactions inserting keys they share (replicas on
+        one store) take their locks in the same order and cannot deadlock; when the insert writes fewer
+        (another transaction stored one of the keys since the lookup), it is undone and the rows go in one
+        at a time, in key order too."""
         verdicts = [r if isinstance(r, Verdict) else Verdict.STORED for r in rows]
-        held = self._stored_qualities({r[0] for r in candidates})
+        candidates = [(i, r) for i, r in enumerate(rows) if not isinstance(r, Verdict)]
+        if not self._dialect.one_writer:  # a stable sort: a key's reports stay in call order
+            candidates.sort(key=lambda ir: _outcome_key(ir[1]))
+        if len(candidates) <= 1:  # one row: inserted at once and looked up only if not written, a statement fewer
+            return self._insert_one_at_a_time(candidates, verdicts)
+        held = self._stored_qualities({r[0] for _, r in candidates})
         new: list[tuple[Any, ...]] = []
-        for i, r in enumerate(rows):
-            if isinstance(r, Verdict):
-                continue
+        for i, r in candidates:
             key, quality = _outcome_key(r), float(r[6])
             stored = held.get(key)
             if stored is None:
@@ -520,7 +522,24 @@ class OutcomeStore:
             self._exec("RELEASE SAVEPOINT outcomes_together")
             return verdicts
         self._exec("ROLLBACK TO SAVEPOINT outcomes_together")
-        return [r if isinstance(r, Verdict) else self._insert_outcome_alone(r) for r in rows]
+        return self._insert_one_at_a_time(candidates, verdicts)
+
+    def _insert_one_at_a_time(
+        self, candidates: Sequence[tuple[int, tuple[Any, ...]]], verdicts: list[Verdict]
+    ) -> list[Verdict]:
+        """`verdicts` with the verdict of each (index, row) of `candidates`, inserted in the order given."""
+        for i, row in candidates:
+            if self._insert_rows(_INSERT_OUTCOME, [row], _OUTCOME_KEPT) == 1:
+                verdicts[i] = Verdict.STORED
+                continue
+            found = self._exec(
+                "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ? "
+                "AND reporter = ?",
+                _outcome_key(row),
+            ).fetchone()
+            same = found is not None and abs(float(found[0]) - row[6]) < 1e-9
+            verdicts[i] = Verdict.DUPLICATE if same else Verdict.CONFLICT
+        return verdicts
 
     def _stored_qualities(self, targets: Collection[str]) -> dict[tuple[Any, ...], float]:
         """key (target, kind, model, source, reporter) -> quality, for the outcomes stored on `targets`."""
@@ -533,15 +552,6 @@ class OutcomeStore:
             ):
                 out[(target, kind, model, source, reporter)] = float(quality)
         return out
-
-    def _insert_outcome_alone(self, row: tuple[Any, ...]) -> Verdict:
-        if self._insert_rows(_INSERT_OUTCOME, [row], _OUTCOME_KEPT) == 1:
-            return Verdict.STORED
-        found = self._exec(
-            "SELECT quality FROM outcomes WHERE target = ? AND kind = ? AND model = ? AND source = ? AND reporter = ?",
-            _outcome_key(row),
-        ).fetchone()
-        return Verdict.DUPLICATE if found is not None and abs(float(found[0]) - row[6]) < 1e-9 else Verdict.CONFLICT
 
     def prune(self, before_ms: int, *, limit: int | None = None) -> tuple[int, int]:
         """Delete decisions and outcomes older than `before_ms` (decision time; outcome receipt time), at

@@ -3,9 +3,11 @@ PostgreSQL server that the test session starts (tests/conftest.py: postgres_serv
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
+import random
 import re
 import shutil
 import sqlite3
@@ -294,6 +296,46 @@ def test_a_key_another_transaction_stores_meanwhile_gets_its_verdict(fresh_postg
     [row] = [r for r in store.labeled_prompts() if r.prompt_sha256 == sha]
     assert row.qualities == {"m": 0.5}
     store.close()
+
+
+def test_writers_on_one_store_at_once_store_each_key_once(dsn: str) -> None:
+    """Four connections (replicas) write overlapping calls at once: each key is STORED by exactly one
+    call, with the quality the store keeps; every other report of it is DUPLICATE with that quality and
+    CONFLICT with another."""
+    rng = random.Random(7)
+    calls = [
+        [
+            Outcome(OutcomeKind.SINGLE, "m", float(rng.randint(0, 1)), prompt_text=f"p{rng.randrange(150)}")
+            for _ in range(40)
+        ]
+        for _ in range(48)
+    ]
+    stores = [open_store(dsn) for _ in range(4)]
+    results: dict[int, list[Verdict]] = {}
+
+    def run(k: int) -> None:
+        for i in range(k, len(calls), len(stores)):
+            results[i] = stores[k].write([], calls[i])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == len(calls)
+    kept = {r.prompt_text: r.qualities["m"] for r in stores[0].labeled_prompts()}
+    stored: collections.Counter[str] = collections.Counter()
+    for i, call in enumerate(calls):
+        for o, v in zip(call, results[i], strict=True):
+            assert o.prompt_text is not None
+            if v is Verdict.STORED:
+                stored[o.prompt_text] += 1
+                assert o.quality == kept[o.prompt_text]
+            else:
+                assert v is (Verdict.DUPLICATE if o.quality == kept[o.prompt_text] else Verdict.CONFLICT)
+    assert set(stored.values()) == {1} and set(stored) == set(kept)
+    for s in stores:
+        s.close()
 
 
 def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt(store: OutcomeStore) -> None:
