@@ -80,6 +80,7 @@ class _Dialect:
     name: str
     types: Mapping[str, str]
     param: str  # the driver's placeholder
+    json_rows: str  # an aggregate making the rows of a query one JSON array of arrays of its `{}` columns
     one_writer: bool  # a transaction keeps other writers out from its BEGIN (SQLite's BEGIN IMMEDIATE)
 
     def sql(self, text: str) -> str:
@@ -91,6 +92,7 @@ _SQLITE = _Dialect(
     "sqlite",
     {"id": "INTEGER PRIMARY KEY", "blob": "BLOB", "bigint": "INTEGER", "real": "REAL"},
     "?",
+    "json_group_array(json_array({}))",
     True,
 )
 _POSTGRES = _Dialect(
@@ -102,6 +104,7 @@ _POSTGRES = _Dialect(
         "real": "DOUBLE PRECISION",
     },
     "%s",
+    "json_agg(json_build_array({}))::text",
     False,
 )
 
@@ -274,7 +277,7 @@ class OutcomeStore:
     def _insert_rows(self, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> int:
         """`head VALUES (...), (...) tail` for `rows`, as many rows per statement as the database takes
         parameters (a statement per row costs a hand-back of the interpreter lock per row: see
-        `_rows`). The rows written (an ON CONFLICT ... DO NOTHING in `tail` skips some)."""
+        `_json_rows`). The rows written (an ON CONFLICT ... DO NOTHING in `tail` skips some)."""
         if not rows:
             return 0
         width = len(rows[0])
@@ -287,36 +290,16 @@ class OutcomeStore:
             written += cur.rowcount
         return written
 
-    def _rows(
-        self,
-        columns: Sequence[str],
-        rest: str,
-        params: Sequence[Any],
-        *,
-        reals: Collection[str] = (),
-        blobs: Collection[str] = (),
-    ) -> list[Sequence[Any]]:
-        """The rows of `SELECT columns rest` (`rest`: FROM ... WHERE ...), in no particular order. SQLite's
-        driver lets go of the interpreter lock around each statement it prepares or runs and each row it
-        reads, and takes it back from a busy thread (a loaded server's event loop) only when that thread's
-        switch interval (5 ms) runs out: beside one busy thread a write of 1,024 outcomes a statement per
-        row took 6.5 s (0.09 s in a few statements), a read of 10,000 decisions a row at a time 34.6 s
-        (0.38 s as one value; benchmarks/results/store_write_busy). So SQLite's rows are read as one JSON
-        value: BLOBs come as hex text and the `reals` as text of 17 digits (its JSON numbers keep 15),
-        which readers take as they take the driver's values. PostgreSQL's driver takes a result whole."""
-        if self._dialect is not _SQLITE:
-            return list(self._exec(f"SELECT {', '.join(columns)} {rest}", params).fetchall())
-        inner = ", ".join(
-            f"iif({c} IS NULL, NULL, printf('%!.17g', {c})) AS {c}"
-            if c in reals
-            else f"iif({c} IS NULL, NULL, hex({c})) AS {c}"
-            if c in blobs
-            else c
-            for c in columns
-        )
-        sql = f"SELECT json_group_array(json_array({', '.join(columns)})) FROM (SELECT {inner} {rest}) AS rows_read"
-        (text,) = self._exec(sql, params).fetchone()
-        rows: list[Sequence[Any]] = json.loads(text) if text else []
+    def _json_rows(self, columns: str, rest: str, params: Sequence[Any]) -> list[list[Any]]:
+        """The rows of `SELECT columns rest`, read as one value. SQLite's driver lets go of the
+        interpreter lock around each statement it prepares or runs and each row it reads, and takes it
+        back from a busy thread (a loaded server's event loop) only when that thread's switch interval
+        (5 ms) runs out: a statement or a row each, a write of 1,024 outcomes took 6.4 s of wall time
+        beside one busy thread, 0.09 s in a few statements (benchmarks/results/store_write_busy). For
+        the write's lookups only, whose rows are few and short: one value holds at most SQLite's 1 GB
+        (SQLITE_MAX_LENGTH), which a read of every judged prompt with its text can pass."""
+        (text,) = self._exec(f"SELECT {self._dialect.json_rows.format(columns)} {rest}", params).fetchone()
+        rows: list[list[Any]] = json.loads(text) if text else []
         return rows
 
     def keeps_no_prompt_text(self) -> bool:
@@ -421,7 +404,7 @@ class OutcomeStore:
         valid (`Outcome.check`). With `own_decisions_only`, an outcome a tenant reports on a decision
         another caller made (its `caller`, "" included) is refused (OTHER_TENANT); a reporter naming no
         tenant may report on any. Raises the driver's error when the transaction fails: then nothing of
-        this call is stored. The rows go in a few statements, not one per row (see `_rows`)."""
+        this call is stored. The rows go in a few statements, not one per row (see `_json_rows`)."""
         now = _now_ms() if now_ms is None else now_ms
         with self._transaction():
             self._insert_rows(_INSERT_DECISION, [self._decision_row(d) for d in decisions], _DECISION_KEPT)
@@ -462,8 +445,8 @@ class OutcomeStore:
         out: dict[str, tuple[str, str, str]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" * len(chunk))
-            for did, sha, chosen, caller in self._rows(
-                ("decision_id", "prompt_sha256", "chosen_model", "caller"),
+            for did, sha, chosen, caller in self._json_rows(
+                "decision_id, prompt_sha256, chosen_model, caller",
                 f"FROM decisions WHERE decision_id IN ({marks})",
                 chunk,
             ):
@@ -564,11 +547,10 @@ class OutcomeStore:
         """key (target, kind, model, source, reporter) -> quality, for the outcomes stored on `targets`."""
         out: dict[tuple[Any, ...], float] = {}
         for chunk in _chunks(sorted(targets)):
-            for target, kind, model, source, reporter, quality in self._rows(
-                ("target", "kind", "model", "source", "reporter", "quality"),
+            for target, kind, model, source, reporter, quality in self._json_rows(
+                "target, kind, model, source, reporter, quality",
                 f"FROM outcomes WHERE target IN ({', '.join('?' * len(chunk))})",
                 chunk,
-                reals=("quality",),
             ):
                 out[(target, kind, model, source, reporter)] = float(quality)
         return out
@@ -825,7 +807,7 @@ class OutcomeStore:
                 return []
             clause, names = _in("COALESCE(caller, '')", callers)
             where, params = f"{where} AND {clause}", [*params, *names]
-        return self._decisions_where(f"{where} ORDER BY time_ms DESC, decision_id DESC LIMIT ?", [*params, limit])[::-1]
+        return self._decisions_where(f"{where} ORDER BY time_ms DESC LIMIT ?", [*params, limit])
 
     def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool, float | None]]:
         """The latest `limit` decisions made under `tenant`'s share target with `router`, oldest first, as
@@ -855,19 +837,11 @@ class OutcomeStore:
         "decision_id, time_ms, kind, bundle_version, scores, strong_model, weak_model, prompt_sha256, n_tokens, "
         "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars, tenant, "
         "policy, choice, caller"
-    ).split(", ")
+    )
 
     def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
-        """The decisions `WHERE where` (which may end in ORDER BY ... LIMIT ...), oldest first (by time, then
-        by id: decisions of one millisecond in one order wherever they are read)."""
-        rows = self._rows(
-            self._DECISION_COLUMNS,
-            f"FROM decisions WHERE {where}",
-            params,
-            reals=("threshold", "propensity"),
-            blobs=("embedding",),
-        )
-        return sorted((_decision_of(r) for r in rows), key=lambda d: (d.time_ms, d.decision_id))
+        rows = self._exec(f"SELECT {self._DECISION_COLUMNS} FROM decisions WHERE {where}", params).fetchall()
+        return [_decision_of(r) for r in rows]
 
     def labeled_prompts(
         self,
@@ -899,14 +873,13 @@ class OutcomeStore:
                 f"{where} AND decision_id IN (SELECT decision_id FROM decisions WHERE {clause})",
                 [*params, *names],
             )
-        rows = self._rows(
-            ("target", "decision_id", "prompt_sha256", "prompt_text", "kind", "model", "quality", "observed_ms", "id"),
-            f"FROM outcomes WHERE {where}",
+        rows = self._exec(
+            "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
+            f"WHERE {where} ORDER BY id",
             params,
-            reals=("quality",),
-        )
+        ).fetchall()
         groups: dict[str, list[Any]] = {}
-        for r in sorted(rows, key=lambda r: int(r[8])):  # as received
+        for r in rows:
             groups.setdefault(str(r[0]), []).append(r)
         by_id = {
             d.decision_id: d
@@ -916,7 +889,7 @@ class OutcomeStore:
         by_prompt: dict[str, Decision] = {}
         for chunk in _chunks([str(g[0][2]) for g in groups.values() if g[0][1] is None]):
             marks = ", ".join("?" * len(chunk))
-            for d in self._decisions_where(f"prompt_sha256 IN ({marks})", chunk):
+            for d in self._decisions_where(f"prompt_sha256 IN ({marks}) ORDER BY time_ms", chunk):
                 by_prompt[d.prompt_sha256] = d  # the latest wins
         out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
         out.sort(key=lambda p: p.time_ms)
@@ -967,11 +940,6 @@ def _without_nul(value: Any) -> Any:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
-def _bytes(value: Any) -> bytes:
-    """A BLOB as `_rows` reads it: bytes (or a memoryview) as the driver gives it, or hex text."""
-    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
-
-
 def _portable(value: Any) -> Any:
     """A value read from one backend as the other takes it (PostgreSQL reads BYTEA as a memoryview)."""
     return bytes(value) if isinstance(value, memoryview) else value
@@ -989,9 +957,7 @@ def _in(column: str, names: Collection[str]) -> tuple[str, list[str]]:
 
 
 def _decision_of(r: Sequence[Any]) -> Decision:
-    """A decision from its row of `_DECISION_COLUMNS` (from `_rows`: the embedding as bytes or hex)."""
-    raw = r[15]
-    emb = None if raw is None else np.frombuffer(_bytes(raw), dtype="<f4").astype(np.float32)
+    emb = None if r[15] is None else np.frombuffer(bytes(r[15]), dtype="<f4").astype(np.float32)
     return Decision(
         decision_id=str(r[0]),
         time_ms=int(r[1]),

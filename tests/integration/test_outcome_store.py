@@ -338,32 +338,6 @@ def test_writers_on_one_store_at_once_store_each_key_once(dsn: str) -> None:
         s.close()
 
 
-def test_what_is_read_back_is_what_was_written_to_the_last_bit(store: OutcomeStore) -> None:
-    """Reads come in one value on SQLite (JSON: its numbers keep 15 digits, so REAL columns come as text
-    of 17, BLOBs as hex): thresholds, propensities, qualities and embeddings read back bit for bit, newest
-    decision first."""
-    now = int(time.time() * 1000)
-    made = [
-        dataclasses.replace(
-            _decision(f"exact {i}", at_ms=now + i, dim=256),
-            threshold=1 / 3 + i,
-            propensity=0.1 + 0.2,
-            embedding=np.random.default_rng(i).standard_normal(256).astype(np.float32) * 1e-30,
-        )
-        for i in range(3)
-    ]
-    store.write(made, [Outcome(OutcomeKind.SINGLE, "", 1 / 3, decision_id=made[0].decision_id)])
-    read = store.recent_decisions()
-    assert [d.decision_id for d in read] == [d.decision_id for d in reversed(made)]
-    for d in read:
-        want = next(m for m in made if m.decision_id == d.decision_id)
-        assert d.threshold == want.threshold and d.propensity == want.propensity == 0.1 + 0.2
-        assert d.embedding is not None and want.embedding is not None
-        assert d.embedding.tobytes() == want.embedding.tobytes()
-    [row] = store.labeled_prompts()
-    assert row.qualities == {"weak-m": 1 / 3} and row.threshold == 1 / 3
-
-
 def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt(store: OutcomeStore) -> None:
     d = _decision("translate 'cat' to French")
     store.write([d])
