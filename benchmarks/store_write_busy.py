@@ -3,14 +3,16 @@
     .venv/bin/python benchmarks/store_write_busy.py [--baseline-pythonpath PYROOT] [--rounds 6]
         [--switch-interval-ms 5 1] [--out benchmarks/results/store_write_busy]
 
-Each configuration runs in a fresh interpreter on a new SQLite store in a temporary folder: `--rounds`
-times a big write (1,024 preference outcomes by prompt text, 2,048 rows: one flood call of
-benchmarks/feedback_flood.py) and a small one (one outcome), first with no other thread, then beside a
-thread that counts in a Python loop and so always wants the interpreter lock. The driver releases the
+Each configuration runs in a fresh interpreter on a new SQLite store in a temporary folder holding
+10,000 decisions: `--rounds` times a big write (1,024 preference outcomes by prompt text, 2,048 rows:
+one flood call of benchmarks/feedback_flood.py) and a small one (one outcome), and a quarter as many
+times a read of the 10,000 decisions (`recent_decisions`, what DecisionsToJudge reads), first with no
+other thread, then beside a thread that counts in a Python loop and so always wants the interpreter
+lock. The driver releases the
 lock around each SQLite statement it prepares and runs and each row it reads; a thread taking it back
 from a busy one waits for that thread's switch interval (`sys.setswitchinterval`, 5 ms by default).
 With --baseline-pythonpath (an import root laid out as `lmroute/` of another revision) its code runs too.
-Prints and writes (--out) the wall milliseconds of each write, median and highest.
+Prints and writes (--out) the wall milliseconds of each write and read, median and highest.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def timed(n):
     store.write([], batch)
     return (time.perf_counter() - start) * 1000
 
+import numpy as np
+from lmroute.outcomes.records import Decision, prompt_sha256
+now = int(time.time() * 1000)
+store.write([Decision(decision_id=f"{now - i:012x}{os.urandom(10).hex()}", time_ms=now - i, kind="route",
+                      bundle_version="v", scores={"mf": 0.25}, strong_model="strong", weak_model="weak",
+                      prompt_sha256=prompt_sha256(f"decided {i}"), n_tokens=40, encoder_id="e", router="mf",
+                      threshold=0.5, chosen_model="weak", propensity=1.0, prompt_text=f"decided {i} " * 16,
+                      prompt_chars=200, embedding=np.full(256, 0.5, dtype=np.float32)) for i in range(10_000)])
+
+def read():
+    start = time.perf_counter()
+    assert len(store.recent_decisions(limit=10_000)) == 10_000
+    return (time.perf_counter() - start) * 1000
+
 out = {}
 for busy in (False, True):
     stop = threading.Event()
@@ -55,12 +71,14 @@ for busy in (False, True):
             while not stop.is_set():
                 x += 1
         threading.Thread(target=spin, daemon=True).start()
-    big, small = [], []
-    for _ in range(rounds):
+    big, small, reads = [], [], []
+    for r in range(rounds):
         big.append(timed(1024))
         small.append(timed(1))
+        if r < max(1, rounds // 4):
+            reads.append(read())
     stop.set()
-    out["busy" if busy else "alone"] = {"big_ms": big, "small_ms": small}
+    out["busy" if busy else "alone"] = {"big_ms": big, "small_ms": small, "read_ms": reads}
 print(json.dumps(out))
 """
 
@@ -102,13 +120,14 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     lines = [
         "| code | switch interval ms | big write alone, median / max ms | big write beside a busy thread | "
-        "small write alone | small write beside a busy thread |",
-        "|---|---:|---|---|---|---|",
+        "small write alone | small write beside a busy thread | read alone | read beside a busy thread |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['code']} | {r['switch_interval_ms']:g} | {_cell(r['alone']['big_ms'])} | {_cell(r['busy']['big_ms'])} "
-            f"| {_cell(r['alone']['small_ms'])} | {_cell(r['busy']['small_ms'])} |"
+            f"| {_cell(r['alone']['small_ms'])} | {_cell(r['busy']['small_ms'])} "
+            f"| {_cell(r['alone']['read_ms'])} | {_cell(r['busy']['read_ms'])} |"
         )
     table = "\n".join(lines)
     print(table)

@@ -60,6 +60,7 @@ _MIGRATION_LOCK = 7_260_315_001  # PostgreSQL advisory lock key held while migra
 _CHUNK = 500  # ids per IN (...) query
 _PG_MAX_PARAMS = 65_535  # parameters one PostgreSQL statement takes
 _MAX_ROWS = 1_000  # rows one INSERT statement writes at most
+_READ_PAGE = 500  # rows one read statement takes at most (`OutcomeStore._page`)
 MAX_ERASE_NAMES = 10_000  # ids, hashes and tenants one erase names (a statement's parameters are bounded)
 
 
@@ -80,8 +81,8 @@ class _Dialect:
     name: str
     types: Mapping[str, str]
     param: str  # the driver's placeholder
-    json_rows: str  # an aggregate making the rows of a query one JSON array of arrays of its `{}` columns
     one_writer: bool  # a transaction keeps other writers out from its BEGIN (SQLite's BEGIN IMMEDIATE)
+    decision_tie: str  # what orders decisions of one millisecond: SQLite's rowid is the order written
 
     def sql(self, text: str) -> str:
         """`text` with `?` placeholders in this driver's style."""
@@ -92,8 +93,8 @@ _SQLITE = _Dialect(
     "sqlite",
     {"id": "INTEGER PRIMARY KEY", "blob": "BLOB", "bigint": "INTEGER", "real": "REAL"},
     "?",
-    "json_group_array(json_array({}))",
     True,
+    "rowid",
 )
 _POSTGRES = _Dialect(
     "postgresql",
@@ -104,8 +105,8 @@ _POSTGRES = _Dialect(
         "real": "DOUBLE PRECISION",
     },
     "%s",
-    "json_agg(json_build_array({}))::text",
     False,
+    "decision_id",
 )
 
 
@@ -277,7 +278,7 @@ class OutcomeStore:
     def _insert_rows(self, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> int:
         """`head VALUES (...), (...) tail` for `rows`, as many rows per statement as the database takes
         parameters (a statement per row costs a hand-back of the interpreter lock per row: see
-        `_json_rows`). The rows written (an ON CONFLICT ... DO NOTHING in `tail` skips some)."""
+        `_page`). The rows written (an ON CONFLICT ... DO NOTHING in `tail` skips some)."""
         if not rows:
             return 0
         width = len(rows[0])
@@ -290,16 +291,47 @@ class OutcomeStore:
             written += cur.rowcount
         return written
 
-    def _json_rows(self, columns: str, rest: str, params: Sequence[Any]) -> list[list[Any]]:
-        """The rows of `SELECT columns rest`, read as one value. SQLite's driver lets go of the
-        interpreter lock around each statement it prepares or runs and each row it reads, and takes it
-        back from a busy thread (a loaded server's event loop) only when that thread's switch interval
-        (5 ms) runs out: a statement or a row each, a write of 1,024 outcomes took 6.4 s of wall time
-        beside one busy thread, 0.09 s in a few statements (benchmarks/results/store_write_busy). For
-        the write's lookups only, whose rows are few and short: one value holds at most SQLite's 1 GB
-        (SQLITE_MAX_LENGTH), which a read of every judged prompt with its text can pass."""
-        (text,) = self._exec(f"SELECT {self._dialect.json_rows.format(columns)} {rest}", params).fetchone()
-        rows: list[list[Any]] = json.loads(text) if text else []
+    def _page(
+        self,
+        columns: Sequence[str],
+        rest: str,
+        params: Sequence[Any],
+        *,
+        reals: Collection[str] = (),
+        blobs: Collection[str] = (),
+    ) -> list[Sequence[Any]]:
+        """The rows of `SELECT columns rest`, where `rest` (FROM ... WHERE ...) names a page of rows (at
+        most _READ_PAGE, or a bounded IN list), in no particular order; a column may be `expr AS name`.
+
+        SQLite's driver lets go of the interpreter lock around each statement it prepares or runs and each
+        row it reads, and takes it back from a busy thread (a loaded server's event loop) only when that
+        thread's switch interval (5 ms) runs out: beside one busy thread a write of 1,024 outcomes a
+        statement per row took 6.6 s (0.09 s in a few statements), a read of 10,000 decisions a row at a
+        time 44 s (0.51 s in pages; benchmarks/results/store_write_busy). So SQLite's page is read as one
+        JSON value: BLOBs come as hex and the `reals` as text of 17 digits (its JSON numbers keep 15),
+        which readers take as they take the driver's values. A page longer than one value holds (SQLite's 1 GB) is read
+        row by row. PostgreSQL's driver takes a result whole: read as it is."""
+        names = ", ".join(columns)
+        if self._dialect is not _SQLITE:
+            return list(self._exec(f"SELECT {names} {rest}", params).fetchall())
+        inner = ", ".join(
+            f"iif({c} IS NULL, NULL, printf('%!.17g', {c})) AS {c}"
+            if c in reals
+            else f"iif({c} IS NULL, NULL, hex({c})) AS {c}"
+            if c in blobs
+            else c
+            for c in columns
+        )
+        outer = ", ".join(c.rsplit(" AS ", 1)[-1] for c in columns)  # "expr AS name": its name
+        try:
+            (text,) = self._exec(
+                f"SELECT json_group_array(json_array({outer})) FROM (SELECT {inner} {rest}) AS page", params
+            ).fetchone()
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, sqlite3.DataError):  # SQLITE_TOOBIG: "string or blob too big"
+                raise
+            return list(self._exec(f"SELECT {names} {rest}", params).fetchall())
+        rows: list[Sequence[Any]] = json.loads(text) if text else []
         return rows
 
     def keeps_no_prompt_text(self) -> bool:
@@ -404,7 +436,7 @@ class OutcomeStore:
         valid (`Outcome.check`). With `own_decisions_only`, an outcome a tenant reports on a decision
         another caller made (its `caller`, "" included) is refused (OTHER_TENANT); a reporter naming no
         tenant may report on any. Raises the driver's error when the transaction fails: then nothing of
-        this call is stored. The rows go in a few statements, not one per row (see `_json_rows`)."""
+        this call is stored. The rows go in a few statements, not one per row (see `_page`)."""
         now = _now_ms() if now_ms is None else now_ms
         with self._transaction():
             self._insert_rows(_INSERT_DECISION, [self._decision_row(d) for d in decisions], _DECISION_KEPT)
@@ -445,8 +477,8 @@ class OutcomeStore:
         out: dict[str, tuple[str, str, str]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" * len(chunk))
-            for did, sha, chosen, caller in self._json_rows(
-                "decision_id, prompt_sha256, chosen_model, caller",
+            for did, sha, chosen, caller in self._page(
+                ("decision_id", "prompt_sha256", "chosen_model", "caller"),
                 f"FROM decisions WHERE decision_id IN ({marks})",
                 chunk,
             ):
@@ -547,10 +579,11 @@ class OutcomeStore:
         """key (target, kind, model, source, reporter) -> quality, for the outcomes stored on `targets`."""
         out: dict[tuple[Any, ...], float] = {}
         for chunk in _chunks(sorted(targets)):
-            for target, kind, model, source, reporter, quality in self._json_rows(
-                "target, kind, model, source, reporter, quality",
+            for target, kind, model, source, reporter, quality in self._page(
+                ("target", "kind", "model", "source", "reporter", "quality"),
                 f"FROM outcomes WHERE target IN ({', '.join('?' * len(chunk))})",
                 chunk,
+                reals=("quality",),
             ):
                 out[(target, kind, model, source, reporter)] = float(quality)
         return out
@@ -807,7 +840,24 @@ class OutcomeStore:
                 return []
             clause, names = _in("COALESCE(caller, '')", callers)
             where, params = f"{where} AND {clause}", [*params, *names]
-        return self._decisions_where(f"{where} ORDER BY time_ms DESC LIMIT ?", [*params, limit])
+        tie = self._dialect.decision_tie
+        out: list[Decision] = []
+        after, after_params = "", list[Any]()
+        while len(out) < limit:  # a page at a time, newest first by (time, tie)
+            n = min(_READ_PAGE, limit - len(out))
+            rows = self._page(
+                [*self._DECISION_COLUMNS, f"{tie} AS tie"],
+                f"FROM decisions WHERE ({where}){after} ORDER BY time_ms DESC, {tie} DESC LIMIT ?",
+                [*params, *after_params, n],
+                **self._DECISION_READ,
+            )
+            rows = sorted(rows, key=lambda r: (int(r[1]), r[-1]), reverse=True)
+            out += [_decision_of(r) for r in rows]
+            if len(rows) < n:
+                break
+            after = f" AND (time_ms < ? OR (time_ms = ? AND {tie} < ?))"
+            after_params = [int(rows[-1][1]), int(rows[-1][1]), rows[-1][-1]]
+        return out
 
     def target_decisions(self, tenant: str, router: str, limit: int) -> list[tuple[str, float, bool, float | None]]:
         """The latest `limit` decisions made under `tenant`'s share target with `router`, oldest first, as
@@ -837,10 +887,13 @@ class OutcomeStore:
         "decision_id, time_ms, kind, bundle_version, scores, strong_model, weak_model, prompt_sha256, n_tokens, "
         "encoder_id, router, threshold, chosen_model, propensity, prompt_text, embedding, prompt_chars, tenant, "
         "policy, choice, caller"
-    )
+    ).split(", ")
+
+    _DECISION_READ: dict[str, Any] = {"reals": ("threshold", "propensity"), "blobs": ("embedding",)}
 
     def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
-        rows = self._exec(f"SELECT {self._DECISION_COLUMNS} FROM decisions WHERE {where}", params).fetchall()
+        """The decisions `WHERE where` (a page: see `_page`), in no particular order."""
+        rows = self._page(self._DECISION_COLUMNS, f"FROM decisions WHERE {where}", params, **self._DECISION_READ)
         return [_decision_of(r) for r in rows]
 
     def labeled_prompts(
@@ -873,11 +926,30 @@ class OutcomeStore:
                 f"{where} AND decision_id IN (SELECT decision_id FROM decisions WHERE {clause})",
                 [*params, *names],
             )
-        rows = self._exec(
-            "SELECT target, decision_id, prompt_sha256, prompt_text, kind, model, quality, observed_ms FROM outcomes "
-            f"WHERE {where} ORDER BY id",
-            params,
-        ).fetchall()
+        rows: list[Sequence[Any]] = []
+        last = 0  # ids count from 1
+        while True:  # a page at a time, in id order (as received)
+            page = self._page(
+                (
+                    "target",
+                    "decision_id",
+                    "prompt_sha256",
+                    "prompt_text",
+                    "kind",
+                    "model",
+                    "quality",
+                    "observed_ms",
+                    "id",
+                ),
+                f"FROM outcomes WHERE ({where}) AND id > ? ORDER BY id LIMIT ?",
+                [*params, last, _READ_PAGE],
+                reals=("quality",),
+            )
+            page = sorted(page, key=lambda r: int(r[8]))
+            rows += page
+            if len(page) < _READ_PAGE:
+                break
+            last = int(page[-1][8])
         groups: dict[str, list[Any]] = {}
         for r in rows:
             groups.setdefault(str(r[0]), []).append(r)
@@ -887,10 +959,16 @@ class OutcomeStore:
             for d in self._decisions_where(f"decision_id IN ({', '.join('?' * len(chunk))})", chunk)
         }
         by_prompt: dict[str, Decision] = {}
+        tie = self._dialect.decision_tie
         for chunk in _chunks([str(g[0][2]) for g in groups.values() if g[0][1] is None]):
             marks = ", ".join("?" * len(chunk))
-            for d in self._decisions_where(f"prompt_sha256 IN ({marks}) ORDER BY time_ms", chunk):
-                by_prompt[d.prompt_sha256] = d  # the latest wins
+            for d in self._decisions_where(
+                f"prompt_sha256 IN ({marks}) AND NOT EXISTS (SELECT 1 FROM decisions AS later WHERE "
+                "later.prompt_sha256 = decisions.prompt_sha256 AND (later.time_ms > decisions.time_ms OR "
+                f"(later.time_ms = decisions.time_ms AND later.{tie} > decisions.{tie})))",
+                chunk,
+            ):
+                by_prompt[d.prompt_sha256] = d  # the latest of the prompt's decisions, by (time, tie)
         out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
         out.sort(key=lambda p: p.time_ms)
         return out
@@ -940,6 +1018,11 @@ def _without_nul(value: Any) -> Any:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
+def _bytes(value: Any) -> bytes:
+    """A BLOB as `_page` reads it: bytes (or a memoryview) from the driver, or hex text."""
+    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+
+
 def _portable(value: Any) -> Any:
     """A value read from one backend as the other takes it (PostgreSQL reads BYTEA as a memoryview)."""
     return bytes(value) if isinstance(value, memoryview) else value
@@ -957,7 +1040,9 @@ def _in(column: str, names: Collection[str]) -> tuple[str, list[str]]:
 
 
 def _decision_of(r: Sequence[Any]) -> Decision:
-    emb = None if r[15] is None else np.frombuffer(bytes(r[15]), dtype="<f4").astype(np.float32)
+    """A decision from its row of `_DECISION_COLUMNS` as `_page` reads it (the embedding as bytes or hex)."""
+    raw = r[15]
+    emb = None if raw is None else np.frombuffer(_bytes(raw), dtype="<f4").astype(np.float32)
     return Decision(
         decision_id=str(r[0]),
         time_ms=int(r[1]),

@@ -338,6 +338,64 @@ def test_writers_on_one_store_at_once_store_each_key_once(dsn: str) -> None:
         s.close()
 
 
+def test_what_is_read_back_is_what_was_written_to_the_last_bit(store: OutcomeStore) -> None:
+    """Reads come in one value on SQLite (JSON: its numbers keep 15 digits, so REAL columns come as text
+    of 17, BLOBs as hex): thresholds, propensities, qualities and embeddings read back bit for bit, newest
+    decision first."""
+    now = int(time.time() * 1000)
+    made = [
+        dataclasses.replace(
+            _decision(f"exact {i}", at_ms=now + i, dim=256),
+            threshold=1 / 3 + i,
+            propensity=0.1 + 0.2,
+            embedding=np.random.default_rng(i).standard_normal(256).astype(np.float32) * 1e-30,
+        )
+        for i in range(3)
+    ]
+    store.write(made, [Outcome(OutcomeKind.SINGLE, "", 1 / 3, decision_id=made[0].decision_id)])
+    read = store.recent_decisions()
+    assert [d.decision_id for d in read] == [d.decision_id for d in reversed(made)]
+    for d in read:
+        want = next(m for m in made if m.decision_id == d.decision_id)
+        assert d.threshold == want.threshold and d.propensity == want.propensity == 0.1 + 0.2
+        assert d.embedding is not None and want.embedding is not None
+        assert d.embedding.tobytes() == want.embedding.tobytes()
+    [row] = store.labeled_prompts()
+    assert row.qualities == {"weak-m": 1 / 3} and row.threshold == 1 / 3
+
+
+def test_reads_of_many_pages_come_whole_and_newest_first(store: OutcomeStore) -> None:
+    """Reads go a page (500 rows) at a time: 1,234 decisions, many of them made in the same millisecond,
+    come back whole and newest first (on SQLite in the order written within a millisecond), a limit cuts
+    within a millisecond, and 1,300 outcomes come back whole."""
+    now = int(time.time() * 1000)
+    made = [_decision(f"paged {i}", at_ms=now + i // 7) for i in range(1_234)]  # 7 to a millisecond
+    for i in range(0, len(made), 100):
+        store.write(made[i : i + 100])
+    read = store.recent_decisions()
+    assert len(read) == 1_234 and len({d.decision_id for d in read}) == 1_234
+    assert [d.time_ms for d in read] == sorted((d.time_ms for d in made), reverse=True)
+    if store.dialect == "sqlite":
+        assert [d.decision_id for d in read] == [d.decision_id for d in reversed(made)]
+    cut = store.recent_decisions(limit=503)
+    assert [d.decision_id for d in cut] == [d.decision_id for d in read[:503]]
+    store.write([], [Outcome(OutcomeKind.SINGLE, "m", i / 1_300, prompt_text=f"judged {i}") for i in range(1_300)])
+    labeled = store.labeled_prompts()
+    assert len(labeled) == 1_300 and {r.qualities["m"] for r in labeled} == {i / 1_300 for i in range(1_300)}
+
+
+def test_a_page_longer_than_sqlite_holds_in_one_value_is_read_row_by_row(tmp_path: Path) -> None:
+    """A page is read as one value on SQLite; a page longer than a value may be (1 GB by default, 200,000
+    bytes here) is read row by row instead of failing."""
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)
+    long = [_decision("x" * 50_000 + str(i)) for i in range(8)]
+    store.write(long)
+    read = store.recent_decisions()
+    assert sorted(d.prompt_text or "" for d in read) == sorted(d.prompt_text or "" for d in long)
+    store.close()
+
+
 def test_paired_by_prompt_borrows_the_embedding_of_a_decision_on_the_same_prompt(store: OutcomeStore) -> None:
     d = _decision("translate 'cat' to French")
     store.write([d])
