@@ -959,16 +959,16 @@ class OutcomeStore:
             for d in self._decisions_where(f"decision_id IN ({', '.join('?' * len(chunk))})", chunk)
         }
         by_prompt: dict[str, Decision] = {}
-        tie = self._dialect.decision_tie
         for chunk in _chunks([str(g[0][2]) for g in groups.values() if g[0][1] is None]):
             marks = ", ".join("?" * len(chunk))
-            for d in self._decisions_where(
-                f"prompt_sha256 IN ({marks}) AND NOT EXISTS (SELECT 1 FROM decisions AS later WHERE "
-                "later.prompt_sha256 = decisions.prompt_sha256 AND (later.time_ms > decisions.time_ms OR "
-                f"(later.time_ms = decisions.time_ms AND later.{tie} > decisions.{tie})))",
+            for d in self._decisions_where(  # the latest of each prompt's decisions (not all of them: a page)
+                f"(prompt_sha256, time_ms) IN (SELECT prompt_sha256, MAX(time_ms) FROM decisions "
+                f"WHERE prompt_sha256 IN ({marks}) GROUP BY prompt_sha256)",
                 chunk,
             ):
-                by_prompt[d.prompt_sha256] = d  # the latest of the prompt's decisions, by (time, tie)
+                held = by_prompt.get(d.prompt_sha256)  # two in its last millisecond: the greater id
+                if held is None or d.decision_id > held.decision_id:
+                    by_prompt[d.prompt_sha256] = d
         out = [_labeled(target, g, by_id, by_prompt) for target, g in groups.items()]
         out.sort(key=lambda p: p.time_ms)
         return out

@@ -384,6 +384,20 @@ def test_reads_of_many_pages_come_whole_and_newest_first(store: OutcomeStore) ->
     assert len(labeled) == 1_300 and {r.qualities["m"] for r in labeled} == {i / 1_300 for i in range(1_300)}
 
 
+def test_an_outcome_by_prompt_takes_the_latest_decision_on_it(store: OutcomeStore) -> None:
+    """An outcome by prompt borrows the embedding of the latest decision on the same prompt, found in SQL
+    among however many there are (a prompt routed 600 times)."""
+    now = int(time.time() * 1000)
+    made = [
+        dataclasses.replace(_decision("asked often", at_ms=now - 600 + i), embedding=np.full(4, i, dtype=np.float32))
+        for i in range(600)
+    ]
+    store.write(made[::-1])  # written newest first: the latest is not the last written
+    store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="asked often")])
+    [row] = store.labeled_prompts()
+    assert row.embedding is not None and row.embedding.tolist() == [599.0] * 4
+
+
 def test_a_page_longer_than_sqlite_holds_in_one_value_is_read_row_by_row(tmp_path: Path) -> None:
     """A page is read as one value on SQLite; a page longer than a value may be (1 GB by default, 200,000
     bytes here) is read row by row instead of failing."""
