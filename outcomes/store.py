@@ -309,8 +309,8 @@ class OutcomeStore:
         statement per row took 6.6 s (0.09 s in a few statements), a read of 10,000 decisions a row at a
         time 44 s (0.51 s in pages; benchmarks/results/store_write_busy). So SQLite's page is read as one
         JSON value: BLOBs come as hex and the `reals` as text of 17 digits (its JSON numbers keep 15),
-        which readers take as they take the driver's values. A page longer than one value holds (SQLite's 1 GB) is read
-        row by row. PostgreSQL's driver takes a result whole: read as it is."""
+        which readers take as they take the driver's values. A page longer than one value holds (SQLite's
+        1 GB) is read row by row. PostgreSQL's driver takes a result whole: read as it is."""
         names = ", ".join(columns)
         if self._dialect is not _SQLITE:
             return list(self._exec(f"SELECT {names} {rest}", params).fetchall())
@@ -890,6 +890,8 @@ class OutcomeStore:
     ).split(", ")
 
     _DECISION_READ: dict[str, Any] = {"reals": ("threshold", "propensity"), "blobs": ("embedding",)}
+    # an outcome's row as labeled_prompts reads it
+    _LABELED_COLUMNS = tuple("target decision_id prompt_sha256 prompt_text kind model quality observed_ms id".split())
 
     def _decisions_where(self, where: str, params: Sequence[Any]) -> list[Decision]:
         """The decisions `WHERE where` (a page: see `_page`), in no particular order."""
@@ -930,17 +932,7 @@ class OutcomeStore:
         last = 0  # ids count from 1
         while True:  # a page at a time, in id order (as received)
             page = self._page(
-                (
-                    "target",
-                    "decision_id",
-                    "prompt_sha256",
-                    "prompt_text",
-                    "kind",
-                    "model",
-                    "quality",
-                    "observed_ms",
-                    "id",
-                ),
+                self._LABELED_COLUMNS,
                 f"FROM outcomes WHERE ({where}) AND id > ? ORDER BY id LIMIT ?",
                 [*params, last, _READ_PAGE],
                 reals=("quality",),

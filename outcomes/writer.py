@@ -184,8 +184,9 @@ class StoreWriter:
         self.own_decisions_only = own_decisions_only  # OutcomeStore.write's: a tenant reports on its own only
         self.stats = WriterStats()
         self._cond = threading.Condition()
-        self._decisions: collections.deque[Decision] = collections.deque()
-        self._decision_bytes = 0  # held_bytes of the decisions waiting
+        # the decisions waiting, each with its held_bytes (counted once, when queued), and their sum
+        self._decisions: collections.deque[tuple[Decision, int]] = collections.deque()
+        self._decision_bytes = 0
         self._decisions_since = 0.0  # monotonic time the oldest pending decision was queued
         self._jobs: dict[str, collections.deque[_Job]] = {}  # reporter -> its calls, oldest first
         self._turns: collections.deque[str] = collections.deque()  # reporters with calls, whose turn first
@@ -235,7 +236,7 @@ class StoreWriter:
             was_empty = not self._decisions
             if was_empty:
                 self._decisions_since = time.monotonic()
-            self._decisions.extend(decisions)
+            self._decisions.extend(zip(decisions, sizes[: len(decisions)], strict=True))
             # the thread waits on the oldest decision's linger: wake it only to start that wait or to
             # write a full batch, not once a decision
             if was_empty or len(self._decisions) >= self.max_batch:
@@ -362,8 +363,9 @@ class StoreWriter:
             # a round of outcomes takes every decision queued before them, however many a backlog holds
             # (after a store outage): an outcome must find the decision it names in the same commit
             n_decisions = len(self._decisions) if self._turns else min(self.max_batch, len(self._decisions))
-            decisions = [self._decisions.popleft() for _ in range(n_decisions)]
-            self._decision_bytes -= sum(held_bytes(d) for d in decisions)
+            taken = [self._decisions.popleft() for _ in range(n_decisions)]
+            self._decision_bytes -= sum(size for _, size in taken)
+            decisions = [d for d, _ in taken]
             # what is left keeps the time of the oldest taken (no later than its own): written at its linger
             return decisions, self._round_of_calls()
 
@@ -451,12 +453,13 @@ class StoreWriter:
             self._log_failure("store_write_failed", decisions=len(decisions), outcomes=len(outcomes), error=repr(exc))
             if decisions and not self._closing:
                 decisions = self._without_refused(decisions)
+            back = [(d, held_bytes(d)) for d in decisions]
             with self._cond:
                 if self._closing:  # no later round: say what is lost instead of retrying forever
                     self.stats.decisions_dropped += len(decisions)
                 else:  # back at the front, over the byte bound if need be: they were taken in once
-                    self._decisions.extendleft(reversed(decisions))
-                    self._decision_bytes += sum(held_bytes(d) for d in decisions)
+                    self._decisions.extendleft(reversed(back))
+                    self._decision_bytes += sum(size for _, size in back)
                     self._decisions_since = -math.inf  # older than any linger: retried at the next round
             self._settled(jobs)
             for job in jobs:
