@@ -60,6 +60,7 @@ MAX_SHUTDOWN_DELAY_S = 3600.0
 # batch that fills, and keeps a call's quantum (a quarter of it) a count of prompts, not of loop steps.
 MAX_BATCH_SIZE = 65_536
 MAX_GRACE_S = 3600.0  # an hour: gRPC's stop and the front's shutdown take it as a timeout, which must fit a C long
+MAX_GRPC_TIMEOUT_S = 2_000_000.0  # about 23 days: gRPC takes its connection timeouts as int32 milliseconds
 _ADMIN_MODES = ("loopback", "on", "off")
 _METADATA_KEY_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 
@@ -253,6 +254,29 @@ class ServiceConfig:
             "streaming calls open at once (health Watch, server reflection); one more is refused "
             "RESOURCE_EXHAUSTED (TOO_MANY_STREAMS). Under --transport threads each open stream holds a "
             "transport thread, so this must be below grpc_threads: the threads above it stay for unary calls"
+        ),
+    )
+    grpc_max_connections: int = field(
+        default=1024,
+        metadata=_doc(
+            "most connections open to the gRPC port at once, counted from TCP accept (before the TLS and "
+            "HTTP/2 handshakes); one more is closed by gRPC as soon as it is accepted, so the caller sees "
+            "UNAVAILABLE and reconnects with backoff. Keeps a peer's connections from taking the process's "
+            "open files (the store and the OpenAI front need them too)"
+        ),
+    )
+    grpc_idle_timeout_s: float = field(
+        default=600.0,
+        metadata=_doc(
+            "seconds a gRPC connection may stay open with no call in progress; then gRPC sends it GOAWAY and "
+            "closes it (a client reconnects on its next call); keepalive pings do not count as calls"
+        ),
+    )
+    grpc_handshake_timeout_s: float = field(
+        default=20.0,
+        metadata=_doc(
+            "seconds a new gRPC connection has to finish its TLS and HTTP/2 handshakes; then gRPC closes it "
+            "(gRPC's own default is 120)"
         ),
     )
     intra_op_threads: int = field(
@@ -662,6 +686,13 @@ class ServiceConfig:
             raise ConfigError(f"transport: must be one of {', '.join(_TRANSPORTS)} (got {self.transport!r})")
         _at_least("grpc_threads", self.grpc_threads, 1)
         _at_least("max_streams", self.max_streams, 1)
+        _at_least("grpc_max_connections", self.grpc_max_connections, 1)
+        for name in ("grpc_idle_timeout_s", "grpc_handshake_timeout_s"):  # gRPC takes whole milliseconds, int32
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (
+                isinstance(value, (int, float)) and 0.001 <= value <= MAX_GRPC_TIMEOUT_S
+            ):
+                raise ConfigError(f"{name}: must be in [0.001, {MAX_GRPC_TIMEOUT_S:.0f}] seconds (got {value!r})")
         if self.max_streams >= self.grpc_threads:
             raise ConfigError(
                 f"max_streams: must be below grpc_threads ({self.grpc_threads}): each open stream holds a "

@@ -113,10 +113,13 @@ def reflection_pool() -> Any:
 
 
 def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
-    """The one list of channel options: message-size limits and keepalive."""
+    """The one list of channel options: message-size limits, the connection bounds and keepalive."""
     return [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_allowed_incoming_connections", cfg.grpc_max_connections),
+        ("grpc.max_connection_idle_ms", round(cfg.grpc_idle_timeout_s * 1000)),
+        ("grpc.server_handshake_timeout_ms", round(cfg.grpc_handshake_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -263,8 +266,7 @@ class RouterServer:
         bind and start it, and the metrics endpoint; the port."""
         self._check_target_tenants()
         cfg = self.config
-        if cfg.http_port >= 0:
-            ensure_open_files(cfg)
+        ensure_open_files(cfg)
         if cfg.scoring_cpu_set:  # the event loop (this thread) and the threads started from now on (the
             # transport's, the loading ones) keep the other CPUs; the scheduler pins its scoring thread
             rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
@@ -580,19 +582,22 @@ class RouterServer:
             await self._server.wait()
 
 
-FILES_BESIDE_THE_FRONT = 256
-"""Open files a server keeps besides its OpenAI front's connections: the gRPC port and its connections,
-the store, the bundle's files, the logs (`ensure_open_files`)."""
+FILES_BESIDE_CONNECTIONS = 256
+"""Open files a server keeps besides its callers' connections (the gRPC port's and the OpenAI front's):
+the listening sockets, the store, the bundle's files, the logs (`ensure_open_files`)."""
 
 
 def ensure_open_files(cfg: ServiceConfig) -> None:
-    """Raise this process's soft open-file limit to what the OpenAI front may need at once (each of its
-    connections and the upstream connection its request holds, the embedding endpoint's, and
-    FILES_BESIDE_THE_FRONT) when it is lower and the hard limit allows; ConfigError when it does not.
-    Out of files, asyncio's listener retries every accept in a loop: a core spun and the log filled with
-    its tracebacks, where a refusal at startup names what to change."""
-    beside = cfg.embeddings_max_concurrency + FILES_BESIDE_THE_FRONT
-    need = 2 * cfg.front_max_connections + beside
+    """Raise this process's soft open-file limit to what the server may need at once when it is lower and
+    the hard limit allows; ConfigError naming the flags to lower when it does not. The need: the gRPC
+    port's connections (`grpc_max_connections`), the OpenAI front's when it is on (each of its
+    connections and the upstream connection its request holds), the embedding endpoint's, and
+    FILES_BESIDE_CONNECTIONS. Out of files, asyncio's listener retries every accept in a loop (a core
+    spun and the log filled with its tracebacks) and the store cannot open its files, where a refusal at
+    startup names what to change."""
+    beside = cfg.embeddings_max_concurrency + FILES_BESIDE_CONNECTIONS
+    front = 2 * cfg.front_max_connections if cfg.http_port >= 0 else 0
+    need = cfg.grpc_max_connections + front + beside
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
@@ -600,11 +605,15 @@ def ensure_open_files(cfg: ServiceConfig) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         _log.info("open_file_limit_raised", was=soft, now=need)
         return
+    parts = f"the gRPC port's {cfg.grpc_max_connections} connections"
+    flags = "--grpc-max-connections"
+    if front:
+        parts += f", the OpenAI front's {cfg.front_max_connections} connections and their upstreams'"
+        flags = "--front-max-connections or --grpc-max-connections"
+    name = "front_max_connections" if front else "grpc_max_connections"
     raise ConfigError(
-        f"front_max_connections: the OpenAI front may need {need} open files at once (each of its "
-        f"{cfg.front_max_connections} connections and its upstream's, and {beside} for the rest of the server); "
-        f"this process may open {hard} (ulimit -n, hard limit): lower --front-max-connections (to about "
-        f"{max(1, (hard - beside) // 2)}) or raise the limit"
+        f"{name}: the server may need {need} open files at once ({parts}, and {beside} for the rest of the "
+        f"server); this process may open {hard} (ulimit -n, hard limit): lower {flags} or raise the limit"
     )
 
 

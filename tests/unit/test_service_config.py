@@ -40,6 +40,9 @@ FLAGS_AND_VARIABLES = [
     ("--transport", "LMROUTE_TRANSPORT"),
     ("--grpc-threads", "LMROUTE_GRPC_THREADS"),
     ("--max-streams", "LMROUTE_MAX_STREAMS"),
+    ("--grpc-max-connections", "LMROUTE_GRPC_MAX_CONNECTIONS"),
+    ("--grpc-idle-timeout-s", "LMROUTE_GRPC_IDLE_TIMEOUT_S"),
+    ("--grpc-handshake-timeout-s", "LMROUTE_GRPC_HANDSHAKE_TIMEOUT_S"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
     ("--scoring-cpus", "LMROUTE_SCORING_CPUS"),
     ("--switch-interval-us", "LMROUTE_SWITCH_INTERVAL_US"),
@@ -225,6 +228,18 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), front_max_connections=0),
             "front_max_connections: must be >= 1 (got 0)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), grpc_max_connections=0),
+            "grpc_max_connections: must be >= 1 (got 0)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), grpc_idle_timeout_s=0),
+            "grpc_idle_timeout_s: must be in [0.001, 2000000] seconds (got 0)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), grpc_handshake_timeout_s=math.inf),
+            "grpc_handshake_timeout_s: must be in [0.001, 2000000] seconds (got inf)",
         ),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), upstream_max_s=math.inf),

@@ -1,0 +1,152 @@
+"""The gRPC port's connection bounds on both transports, over FakeScorer on 127.0.0.1: at most
+`grpc_max_connections` connections open at once (one more is closed as soon as it is accepted, and a
+freed place is taken again), a connection with no call for `grpc_idle_timeout_s` is closed (its client
+reconnects on its next call), one that never finishes its handshake is closed after
+`grpc_handshake_timeout_s` (so raw sockets do not hold the places for gRPC's default two minutes), and a
+server without the OpenAI front raises its open-file limit to what its connections need or refuses to
+start naming the flag."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lmroute.service.testing import ServerThread
+
+TRANSPORTS = ("threads", "aio")
+
+
+@contextmanager
+def _channel(target: str) -> Iterator[grpc.Channel]:
+    """A channel with a connection of its own (Python channels to one target share one by default)."""
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        yield ch
+
+
+def _check(ch: grpc.Channel, timeout_s: float = 5.0) -> grpc.StatusCode:
+    try:
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def _until(cond: Callable[[], bool], timeout_s: float) -> float:
+    """Seconds until `cond` held; fails the test past `timeout_s`."""
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout_s, "condition not reached"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server closed this socket (after whatever it sent, e.g. its SETTINGS and a GOAWAY)."""
+    sock.settimeout(0.05)
+    try:
+        while data := sock.recv(65536):
+            del data
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connections_past_the_cap_are_closed_and_a_freed_place_is_taken_again(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    srv = fake_servers(transport=transport, grpc_max_connections=2)
+    with _channel(srv.target) as a, _channel(srv.target) as b:
+        assert _check(a) == grpc.StatusCode.OK and _check(b) == grpc.StatusCode.OK
+        with _channel(srv.target) as c:
+            assert _check(c, timeout_s=2.0) == grpc.StatusCode.UNAVAILABLE  # closed at accept
+        assert _check(a) == grpc.StatusCode.OK  # the two held connections still serve
+        a.close()
+        with _channel(srv.target) as d:
+            _until(lambda: _check(d, timeout_s=1.0) == grpc.StatusCode.OK, 15.0)
+            assert _check(b) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_idle_connection_is_closed_and_its_client_reconnects_on_its_next_call(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    srv = fake_servers(transport=transport, grpc_idle_timeout_s=0.5, grpc_max_connections=1)
+    with _channel(srv.target) as ch:
+        assert _check(ch) == grpc.StatusCode.OK
+        ready = grpc.ChannelConnectivity.READY.value[0]
+        state = ch._channel.check_connectivity_state  # type: ignore[attr-defined]
+        assert state(False) == ready
+        # gRPC checks idleness on a timer with jitter: the GOAWAY comes within a few multiples of the timeout
+        _until(lambda: state(False) != ready, 10.0)
+        with _channel(srv.target) as other:  # the one place is free again
+            assert _check(other) == grpc.StatusCode.OK
+        _until(lambda: _check(ch, timeout_s=1.0) == grpc.StatusCode.OK, 15.0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_connection_that_never_handshakes_is_closed_after_the_handshake_timeout(
+    fake_servers: Callable[..., ServerThread], transport: str
+) -> None:
+    """Raw sockets count against the cap from accept, before any handshake: one that sends nothing holds
+    a place until the handshake timeout closes it, not the idle timeout nor gRPC's default 120 s."""
+    srv = fake_servers(transport=transport, grpc_max_connections=1, grpc_handshake_timeout_s=1.0)
+    assert srv.port is not None
+    with socket.create_connection(("127.0.0.1", srv.port)) as raw:
+        time.sleep(0.2)
+        with _channel(srv.target) as ch:
+            assert _check(ch, timeout_s=0.5) == grpc.StatusCode.UNAVAILABLE  # the raw socket holds the place
+            waited = _until(lambda: _closed_by_peer(raw), 15.0)
+            assert waited < 10.0
+            _until(lambda: _check(ch, timeout_s=1.0) == grpc.StatusCode.OK, 15.0)
+
+
+_GRPC_CHILD = """
+import asyncio, resource, sys
+from pathlib import Path
+from lmroute.service.config import ServiceConfig
+from lmroute.service.fake_scorer import FakeScorer
+from lmroute.service.logs import configure_logging
+from lmroute.service.main import serve
+configure_logging("warning")
+soft, hard = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+cfg = ServiceConfig(bundle_path=Path("unused"), port=0, grace_s=0.0, grpc_max_connections=int(sys.argv[3]))
+sys.exit(asyncio.run(serve(cfg, lambda _cfg: FakeScorer(routers=("mf",)))))
+"""
+
+
+def test_the_grpc_port_raises_the_open_file_limit_it_needs_or_is_refused_naming_it() -> None:
+    """Without the OpenAI front too: the gRPC port's connections need files of their own."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GRPC_CHILD, "300", "8192", "2000"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "serving on" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, f"the server exited {proc.poll()}"
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft = int(next(row for row in limits.splitlines() if row.startswith("Max open files")).split()[3])
+        assert 2000 < soft <= 8192, limits
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    refused = subprocess.run(
+        [sys.executable, "-c", _GRPC_CHILD, "1024", "1024", "2000"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "lmroute-serve: config error: grpc_max_connections: the server may need" in refused.stderr
+    assert "the gRPC port's 2000 connections" in refused.stderr
+    assert "this process may open 1024 (ulimit -n, hard limit): lower --grpc-max-connections" in refused.stderr
