@@ -1,17 +1,20 @@
 """Another tenant's Feedback latency while one caller floods the outcome store with big Feedback calls.
 
     .venv/bin/python benchmarks/feedback_flood.py --bundle DIR [--seconds 30] [--transport threads aio]
-        [--baseline-pythonpath PYROOT] [--out benchmarks/results/feedback_flood]
+        [--baseline-pythonpath PYROOT] [--variant LABEL=FLAGS ...] [--pin] [--out benchmarks/results/feedback_flood]
 
 For each transport (and, with --baseline-pythonpath, for the code found there as well: an import root
 laid out as `lmroute/` of another revision), one `lmroute-serve --bundle DIR --store sqlite:...` on a
 free port, then, at once and from separate processes:
   - the flood: --flood-calls concurrent Feedback calls of 1,024 preference outcomes by prompt text each
     (fresh prompts), naming no tenant, re-sent as soon as answered (a refused one after 0.1 s);
-  - the other tenant: `ops` (x-lmroute-tenant), one Feedback call of one outcome every 0.2 s.
+  - the other tenant: `ops` (x-lmroute-tenant), one Feedback call of one outcome every 0.2 s, and (a
+    process of its own) one Route call every 0.05 s.
 Before the flood, ops alone for --seconds / 3 (its latency with nothing else). Prints and writes (--out:
-RESULTS.md, summary.json) ops' latency alone and under the flood, and the flood's calls answered OK and
-refused (UNAVAILABLE STORE_BUSY: the per-tenant bound).
+table.md, summary.json) ops' latencies alone and under the flood, and the flood's calls answered OK and
+refused (UNAVAILABLE STORE_BUSY: the per-tenant bound; RESOURCE_EXHAUSTED FEEDBACK_RATE: the tenant's
+rate). Each `--variant LABEL=FLAGS` runs the code of this tree again with FLAGS added to the server's
+command (e.g. `nolimit=--feedback-rate 0`); `--pin` puts the server on CPU 0 and the clients on CPU 1.
 """
 
 from __future__ import annotations
@@ -76,17 +79,20 @@ def one():
         prompt=router_pb2.Prompt(text=f"ops {os.urandom(8).hex()}"), preference=router_pb2.PREFERENCE_STRONG,
         source="judge:ops")])
 
-stub.Feedback(one(), metadata=meta, timeout=60)  # warm: the channel and the tenant's first call
+route = router_pb2.RouteRequest(prompt=router_pb2.Prompt(text="what is 2 + 2?"), router="mf", threshold=0.5)
+call, pause = (lambda: stub.Route(route, metadata=meta, timeout=120), 0.05) if sys.argv[3] == "route" else (
+    lambda: stub.Feedback(one(), metadata=meta, timeout=120), 0.2)
+call()  # warm: the channel and the tenant's first call
 latencies, failed = [], 0
 stop = time.monotonic() + seconds
 while time.monotonic() < stop:
     t0 = time.monotonic()
     try:
-        stub.Feedback(one(), metadata=meta, timeout=120)
+        call()
         latencies.append(time.monotonic() - t0)
     except grpc.RpcError:
         failed += 1
-    time.sleep(0.2)
+    time.sleep(pause)
 print(json.dumps({"latencies_s": latencies, "failed": failed}), flush=True)
 """
 
@@ -131,22 +137,35 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     return {"n": len(xs), "p50_ms": at(0.5) * 1000, "p90_ms": at(0.9) * 1000, "max_ms": xs[-1] * 1000}
 
 
-def run_one(bundle: Path, transport: str, seconds: float, calls: int, pythonpath: str | None) -> dict[str, object]:
+def _ops(target: str, seconds: float, pin: list[str]) -> dict[str, dict[str, object]]:
+    """ops' Feedback and Route probes side by side for `seconds`: each one's latencies and failures."""
+    procs = {
+        kind: subprocess.Popen(
+            [*pin, PY, "-c", _OPS, target, str(seconds), kind], stdout=subprocess.PIPE, text=True, env=_env(None)
+        )
+        for kind in ("feedback", "route")
+    }
+    return {kind: json.loads(proc.communicate(timeout=seconds + 300)[0]) for kind, proc in procs.items()}
+
+
+def run_one(
+    bundle: Path, transport: str, seconds: float, calls: int, pythonpath: str | None, flags: list[str], pin: bool
+) -> dict[str, object]:
     port = _free_port()
+    server_pin, client_pin = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pin else ([], [])
     with tempfile.TemporaryDirectory(prefix="lmroute-flood-") as tmp:
         server = subprocess.Popen(
-            [PY, "-m", "lmroute.service.main", "--bundle", str(bundle), "--port", str(port), "--transport",
-             transport, "--store", f"sqlite:{tmp}/outcomes.sqlite3", "--log-level", "warning"],
+            [*server_pin, PY, "-m", "lmroute.service.main", "--bundle", str(bundle), "--port", str(port),
+             "--transport", transport, "--store", f"sqlite:{tmp}/outcomes.sqlite3", "--log-level", "warning",
+             *flags],
             env=_env(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             _wait_serving(port, server)
             target = f"127.0.0.1:{port}"
-            alone = subprocess.run(
-                [PY, "-c", _OPS, target, str(seconds / 3)], capture_output=True, text=True, env=_env(None), check=True
-            )
+            alone = _ops(target, seconds / 3, client_pin)
             flood = subprocess.Popen(
-                [PY, "-c", _FLOOD, target, str(seconds + 5), str(calls), "1024"],
+                [*client_pin, PY, "-c", _FLOOD, target, str(seconds + 5), str(calls), "1024"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(None),
             )  # fmt: skip
             assert flood.stdin is not None and flood.stdout is not None
@@ -154,22 +173,18 @@ def run_one(bundle: Path, transport: str, seconds: float, calls: int, pythonpath
             flood.stdin.write("go\n")
             flood.stdin.flush()
             time.sleep(5)  # the flood under way
-            under = subprocess.run(
-                [PY, "-c", _OPS, target, str(seconds)], capture_output=True, text=True, env=_env(None), check=True
-            )
+            under = _ops(target, seconds, client_pin)
             flood_counts = json.loads(flood.communicate(timeout=300)[0].strip().splitlines()[-1])
         finally:
             server.terminate()
             server.wait(60)
-    ops_alone, ops_under = json.loads(alone.stdout), json.loads(under.stdout)
-    return {
-        "transport": transport,
-        "code": pythonpath or "this tree",
-        "ops_alone": _quantiles(ops_alone["latencies_s"]),
-        "ops_under_flood": _quantiles(ops_under["latencies_s"]),
-        "ops_failed": ops_alone["failed"] + ops_under["failed"],
-        "flood_calls": flood_counts,
-    }
+    row: dict[str, object] = {"transport": transport, "code": pythonpath or "this tree", "flags": " ".join(flags)}
+    for kind, prefix in (("feedback", "ops"), ("route", "ops_route")):
+        row[f"{prefix}_alone"] = _quantiles(alone[kind]["latencies_s"])  # type: ignore[arg-type]
+        row[f"{prefix}_under_flood"] = _quantiles(under[kind]["latencies_s"])  # type: ignore[arg-type]
+        row[f"{prefix}_failed"] = alone[kind]["failed"] + under[kind]["failed"]  # type: ignore[operator]
+    row["flood_calls"] = flood_counts
+    return row
 
 
 def main() -> int:
@@ -179,28 +194,36 @@ def main() -> int:
     ap.add_argument("--flood-calls", type=int, default=100, help="concurrent flood calls")
     ap.add_argument("--transport", nargs="+", default=["threads", "aio"])
     ap.add_argument("--baseline-pythonpath", default=None, help="an import root of another revision, run too")
+    ap.add_argument("--variant", action="append", default=[], help="LABEL=FLAGS: this tree again, FLAGS added")
+    ap.add_argument("--pin", action="store_true", help="the server on CPU 0, the clients on CPU 1")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    runs: list[tuple[str | None, list[str]]] = [(args.baseline_pythonpath, [])] if args.baseline_pythonpath else []
+    runs += [(None, [])] + [(None, v.partition("=")[2].split()) for v in args.variant]
     rows = []
     for transport in args.transport:
-        for pythonpath in ([args.baseline_pythonpath] if args.baseline_pythonpath else []) + [None]:
-            row = run_one(args.bundle, transport, args.seconds, args.flood_calls, pythonpath)
+        for pythonpath, flags in runs:
+            row = run_one(args.bundle, transport, args.seconds, args.flood_calls, pythonpath, flags, args.pin)
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
         lines = [
-            "| transport | code | ops alone p50 / p90 / max ms | ops under the flood p50 / p90 / max ms (n) | "
-            "flood calls answered |",
-            "|---|---|---|---|---|",
+            "| transport | code | server flags | ops Feedback alone p50 / p90 / max ms | ops Feedback under the "
+            "flood (n) | ops Route alone | ops Route under the flood (n) | flood calls answered |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+
+        def q(d: object, n: bool = False) -> str:
+            assert isinstance(d, dict)
+            return f"{d['p50_ms']:.1f} / {d['p90_ms']:.1f} / {d['max_ms']:.1f}" + (f" ({d['n']})" if n else "")
+
         for r in rows:
-            a, u = r["ops_alone"], r["ops_under_flood"]
-            assert isinstance(a, dict) and isinstance(u, dict)
             lines.append(
-                f"| {r['transport']} | {r['code']} | {a['p50_ms']:.1f} / {a['p90_ms']:.1f} / {a['max_ms']:.1f} | "
-                f"{u['p50_ms']:.1f} / {u['p90_ms']:.1f} / {u['max_ms']:.1f} ({u['n']}) | {r['flood_calls']} |"
+                f"| {r['transport']} | {r['code']} | {r['flags'] or '-'} | {q(r['ops_alone'])} | "
+                f"{q(r['ops_under_flood'], True)} | {q(r['ops_route_alone'])} | {q(r['ops_route_under_flood'], True)} "
+                f"| {r['flood_calls']} |"
             )
         (args.out / "table.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

@@ -12,6 +12,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     liveness.py      LivenessWatchdog: overall health NOT_SERVING while the scorer makes no progress
     servicer.py      RouterService RPCs: wire messages <-> scheduler; router names resolved here, once
     feedback.py      Feedback on the wire <-> the outcome store's records; decision records of answers
+    feedback_rate.py FeedbackRate: at most feedback_rate outcomes a second from each tenant (token buckets)
     exploration.py   Route's exploration rule: decisions flipped near the threshold, with their propensity
     admin.py         AdminService RPCs: ReloadBundle (hot swap), GetBundle, tenants' targets listed and set
     bundle_swap.py   BundleSwapper: load, check, warm a candidate off the loop, switch between batches, watch the path

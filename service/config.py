@@ -434,6 +434,15 @@ class ServiceConfig:
         ),
     )
     max_feedback_items: int = field(default=1024, metadata=_doc("most outcomes in one Feedback call"))
+    feedback_rate: float = field(
+        default=2000.0,
+        metadata=_doc(
+            "most outcomes a second each tenant reports with Feedback (a token bucket of max(this, "
+            "--max-feedback-items) outcomes); a call past it is refused whole, RESOURCE_EXHAUSTED "
+            "FEEDBACK_RATE with the delay until it fits, so one caller's flood does not take the core that "
+            "other tenants' Route calls need (lmroute.service.feedback_rate); 0 = no limit"
+        ),
+    )
     explore_rate: float = field(
         default=0.0,
         metadata=_doc(
@@ -687,6 +696,9 @@ class ServiceConfig:
         _at_least("grpc_threads", self.grpc_threads, 1)
         _at_least("max_streams", self.max_streams, 1)
         _at_least("grpc_max_connections", self.grpc_max_connections, 1)
+        rate = self.feedback_rate
+        if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0 <= rate < math.inf):
+            raise ConfigError(f"feedback_rate: must be >= 0 and finite (0: no limit; got {rate!r})")
         for name in ("grpc_idle_timeout_s", "grpc_handshake_timeout_s"):  # gRPC takes whole milliseconds, int32
             value = getattr(self, name)
             if isinstance(value, bool) or not (

@@ -22,6 +22,8 @@
     +-- JudgeListBusy                  RESOURCE_EXHAUSTED (a tenant's DecisionsToJudge while another of
                                        its calls is made or waits; retry after the delay)
     +-- StoreUnavailable               UNAVAILABLE (the outcome store could not make a write durable)
+    +-- FeedbackRateExceeded           RESOURCE_EXHAUSTED (a tenant's outcomes past --feedback-rate a
+                                       second: FEEDBACK_RATE; retry after the delay it carries)
     +-- BundleRefused                  FAILED_PRECONDITION (a hot-swap candidate bundle was refused: the
                                        loader's message, BUNDLE_INVALID; a served router missing,
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
@@ -80,6 +82,7 @@ __all__ = [
     "Unauthenticated",
     "PermissionDenied",
     "EncoderUnavailable",
+    "FeedbackRateExceeded",
     "UpstreamFailed",
     "UpstreamTimeout",
     "ECHO_CHARS",
@@ -227,6 +230,13 @@ class StoreUnavailable(ServiceError):
     default_reason = "STORE_UNAVAILABLE"
 
 
+class FeedbackRateExceeded(ServiceError):
+    """A Feedback call whose tenant has reported more outcomes than `feedback_rate` a second allows
+    (lmroute.service.feedback_rate); nothing of the call was taken. Carries the delay until it fits."""
+
+    default_reason = "FEEDBACK_RATE"
+
+
 class BundleRefused(ServiceError):
     """A hot-swap candidate bundle was refused; the bundle serving before keeps serving."""
 
@@ -315,6 +325,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     NoBundleEncoder: (Code.FAILED_PRECONDITION, None),
     JudgeListBusy: (Code.RESOURCE_EXHAUSTED, 1000),
     StoreUnavailable: (Code.UNAVAILABLE, 500),
+    FeedbackRateExceeded: (Code.RESOURCE_EXHAUSTED, 1000),
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
     Unauthenticated: (Code.UNAUTHENTICATED, None),

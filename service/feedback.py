@@ -44,7 +44,7 @@ FEEDBACK_RESULTS = (
     "invalid",
     "refused",
 )
-REFUSED = FEEDBACK_RESULTS.index("refused")  # the whole call refused (the store busy or failing)
+REFUSED = FEEDBACK_RESULTS.index("refused")  # the whole call refused (past feedback_rate, the store busy or failing)
 _RESULT_OF_REASON = {
     "DUPLICATE": "duplicate",
     "OUTCOME_CONFLICT": "conflict",

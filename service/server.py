@@ -191,6 +191,7 @@ class RouterServer:
             max_request_chars=config.max_request_chars,
             max_router_names=config.max_router_names,
             max_feedback_items=config.max_feedback_items,
+            feedback_rate=config.feedback_rate,
             exploration=Exploration(config.explore_rate),
             targets=TenantTargets(  # those of the settings; AdminService.SetTargets changes them live
                 parse_share_targets(config.share_targets),

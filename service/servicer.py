@@ -36,6 +36,7 @@ from lmroute.service.errors import (
     Code,
     DeadlineExpired,
     Draining,
+    FeedbackRateExceeded,
     InvalidArgument,
     NoOutcomeStore,
     NotFound,
@@ -57,6 +58,7 @@ from lmroute.service.feedback import (
     outcomes_of,
     result_of,
 )
+from lmroute.service.feedback_rate import FeedbackRate
 from lmroute.service.logs import bind_call, debug_enabled
 from lmroute.service.model_prices import ModelPrice
 from lmroute.service.prompts import check_limits, input_text, prompt_text
@@ -106,6 +108,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_request_chars: int,
         max_router_names: int,
         max_feedback_items: int = 1024,
+        feedback_rate: float = 0.0,
         exploration: Exploration | None = None,
         targets: TenantTargets | None = None,
         binding_targets: bool = False,
@@ -123,6 +126,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.max_request_chars = max_request_chars
         self.max_router_names = max_router_names
         self.max_feedback_items = max_feedback_items
+        # each tenant's outcomes a second (lmroute.service.feedback_rate); None = no limit
+        self.feedback_rate = (
+            FeedbackRate(feedback_rate, max(max_feedback_items, math.ceil(feedback_rate))) if feedback_rate else None
+        )
         self.store: StoreWriter | None = None  # the outcome store's writer; None = no store
         self.exploration = exploration or Exploration(0.0)
         self.targets = targets  # tenants' targets held live (AdminService.SetTargets changes them); None = none
@@ -533,6 +540,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(
                 f"outcomes: {n} outcomes (limit {self.max_feedback_items})", reason="TOO_MANY_OUTCOMES"
             )
+        if self.feedback_rate is not None:
+            try:  # the tenant's rate first: a flood's refused calls cost a check
+                self.feedback_rate.take(reporter, n)
+            except FeedbackRateExceeded:
+                self.feedback_counts.add(reporter, REFUSED, n)
+                raise
         try:  # room for the call before anything of it is built: a flood's refused calls cost next to nothing
             self.store.reserve(reporter, n)
         except WriterFull as exc:

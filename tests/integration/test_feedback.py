@@ -565,3 +565,63 @@ def test_a_big_feedback_call_yields_to_the_event_loop_between_slices(
     # the 1,024 outcomes were read in 8 slices, with the neighbour's steps between them, before the store
     # was asked to write them
     assert at_submit - before >= 7
+
+
+def test_a_tenant_past_feedback_rate_is_refused_whole_with_its_retry_delay_and_others_go_on(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """One caller re-sending big Feedback calls took the core that other tenants' Route calls need (their
+    p90 from 3 to 60-130 ms: benchmarks/results/feedback_flood). Past `feedback_rate` outcomes a second a
+    tenant's call is refused whole for the cost of a check (RESOURCE_EXHAUSTED FEEDBACK_RATE, nothing
+    stored, the delay until it fits as RetryInfo); another tenant's outcomes are stored meanwhile, and the
+    refused call passes once its delay has gone by."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from lmroute.v1 import router_pb2_grpc
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    srv = serve(store=dsn, feedback_rate=50.0, max_feedback_items=40)  # a bucket of 50 outcomes a tenant
+
+    def reports(tag: str, n: int) -> router_pb2.FeedbackRequest:  # n outcomes, stored as 2n (one a model)
+        return router_pb2.FeedbackRequest(
+            outcomes=[
+                router_pb2.OutcomeReport(
+                    prompt=router_pb2.Prompt(text=f"{tag} {i}"), preference=router_pb2.PREFERENCE_STRONG
+                )
+                for i in range(n)
+            ]
+        )
+
+    def as_tenant(name: str) -> list[tuple[str, str]]:
+        return [("x-lmroute-tenant", name)]
+
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        assert stub.Feedback(reports("a1", 40), metadata=as_tenant("a"), timeout=10).stored == 80
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Feedback(reports("a2", 40), metadata=as_tenant("a"), timeout=10)
+        t_refused = time.monotonic()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "tenant 'a' reports more than 50 outcomes a second (--feedback-rate)" in (refused.value.details() or "")
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        reason, retry_ms = "", -1
+        for detail in status.details:
+            info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                reason = info.reason
+            elif detail.Unpack(retry):
+                retry_ms = retry.retry_delay.ToMilliseconds()
+        assert reason == "FEEDBACK_RATE"
+        assert 400 <= retry_ms <= 600  # 30 outcomes short at 50 a second: 0.6 s less the time gone by
+        # another tenant's bucket is its own; no tenant is a tenant too
+        assert stub.Feedback(reports("b1", 40), metadata=as_tenant("b"), timeout=10).stored == 80
+        assert stub.Feedback(reports("n1", 40), timeout=10).stored == 80
+        time.sleep(max(0.0, t_refused + retry_ms / 1000 - time.monotonic()) + 0.05)
+        assert stub.Feedback(reports("a2", 40), metadata=as_tenant("a"), timeout=10).stored == 80
+    store = open_store(dsn)
+    try:
+        assert store.counts()["outcomes"] == 4 * 80  # the refused call stored nothing; its resend all of it
+    finally:
+        store.close()

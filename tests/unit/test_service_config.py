@@ -71,6 +71,7 @@ FLAGS_AND_VARIABLES = [
     ("--store-targets", "LMROUTE_STORE_TARGETS"),
     ("--targets-watch-s", "LMROUTE_TARGETS_WATCH_S"),
     ("--max-feedback-items", "LMROUTE_MAX_FEEDBACK_ITEMS"),
+    ("--feedback-rate", "LMROUTE_FEEDBACK_RATE"),
     ("--explore-rate", "LMROUTE_EXPLORE_RATE"),
     ("--share-targets", "LMROUTE_SHARE_TARGETS"),
     ("--spend-targets", "LMROUTE_SPEND_TARGETS"),
@@ -240,6 +241,10 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
         (
             lambda: ServiceConfig(bundle_path=Path("b"), grpc_handshake_timeout_s=math.inf),
             "grpc_handshake_timeout_s: must be in [0.001, 2000000] seconds (got inf)",
+        ),
+        (
+            lambda: ServiceConfig(bundle_path=Path("b"), feedback_rate=-1.0),
+            "feedback_rate: must be >= 0 and finite (0: no limit; got -1.0)",
         ),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), upstream_max_s=math.inf),

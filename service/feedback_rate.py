@@ -1,0 +1,67 @@
+"""FeedbackRate: at most `rate` outcomes a second from each reporting tenant, a token bucket each.
+
+The outcome store's writer shares the server's core with Route and Score. Its bounds on waiting outcomes
+(lmroute.outcomes.writer) keep a flood's backlog from growing, not its throughput: one caller re-sending
+big Feedback calls had every free moment of the writer, about 13,000 outcomes a second on one core, and
+another tenant's Route calls waited for the core (p90 from 3 to 60-130 ms:
+benchmarks/results/feedback_flood). Here each tenant (the reporter its outcomes are recorded for) has a
+bucket of `burst` outcomes that refills at `rate` a second; a call takes its outcomes from it whole, or is
+refused whole for the cost of a check (RESOURCE_EXHAUSTED, FEEDBACK_RATE) with the time its outcomes need
+to come back as the retry delay. A full bucket holds at least one largest call, so every call that
+fits `max_feedback_items` gets through once its tenant slows down.
+
+The buckets of the `max_tenants` tenants seen last are kept; one forgotten comes back full. A caller that
+may name any tenant (no token binds it) can therefore take a bucket per name: the bound holds per caller
+where tokens bind tenants (docs/SECURITY.md). Event-loop only (no lock).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable
+
+from lmroute.service.errors import FeedbackRateExceeded
+
+__all__ = ["FeedbackRate"]
+
+_NOISE = 1e-6
+"""Outcomes (and milliseconds) below float rounding: a bucket refilled to exactly what a call needs passes."""
+
+
+class FeedbackRate:
+    """Token buckets of `burst` outcomes refilled at `rate` a second, one a tenant; `take` or refuse."""
+
+    def __init__(
+        self, rate: float, burst: int, *, max_tenants: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be > 0 and finite (got {rate!r})")
+        if burst < 1 or max_tenants < 1:
+            raise ValueError(f"burst and max_tenants must be >= 1 (got {burst}, {max_tenants})")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_tenants = max_tenants
+        self._clock = clock
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        """tenant -> (outcomes in its bucket, when that was counted), least recently used first"""
+
+    def take(self, tenant: str, n: int) -> None:
+        """Take `n` outcomes from `tenant`'s bucket, or raise FeedbackRateExceeded (nothing taken) with
+        the milliseconds until the bucket holds `n` again."""
+        now = self._clock()
+        held, then = self._buckets.pop(tenant, (self.burst, now))
+        held = min(self.burst, held + (now - then) * self.rate)
+        fits = held >= n - _NOISE
+        self._buckets[tenant] = (max(0.0, held - n) if fits else held, now)
+        while len(self._buckets) > self.max_tenants:
+            self._buckets.popitem(last=False)
+        if not fits:
+            wait_ms = max(1, math.ceil(1000.0 * (min(n, self.burst) - held) / self.rate - _NOISE))
+            who = repr(tenant) if tenant else "(no tenant)"
+            raise FeedbackRateExceeded(
+                f"outcomes: tenant {who} reports more than {self.rate:g} outcomes a second (--feedback-rate); "
+                f"{n} more fit in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+            )
