@@ -9,6 +9,10 @@ prints the decisions queued and dropped, what the writer counts them as holding 
 `held_bytes` per decision) and the process's RSS growth (VmRSS before and after, /proc/self/status):
   - "count bound only": max_pending_bytes past anything the run can queue (the writer before the bound);
   - "256 MiB": the default of --store-max-pending-mib.
+Then, for the 256 MiB bound, the writer is started and left to write its backlog, and the RSS growth
+is read again once it has drained: as the writer does by default (a drained backlog of TRIM_AFTER_BYTES
+or more hands the C heap's free pages back, `release_free_heap`), and with TRIM_AFTER_BYTES set past
+any backlog (the writer before that release).
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ import numpy as np
 from lmroute.outcomes.records import Decision
 from lmroute.outcomes.store import open_store
 from lmroute.outcomes.writer import StoreWriter
+from lmroute.service.logs import configure_logging
+configure_logging("info")  # JSON lines on stderr: the heap release's line says how long it took
 
 def rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-n, chars, bound = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, chars, bound, drain = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if drain == "keep":
+    import lmroute.outcomes.writer as writer_module
+    writer_module.TRIM_AFTER_BYTES = 1 << 62
 with tempfile.TemporaryDirectory() as tmp:
     writer = StoreWriter(lambda: open_store(f"sqlite:{tmp}/s.sqlite3"), max_pending_bytes=bound)
     rng = np.random.default_rng(0)
@@ -47,8 +56,15 @@ with tempfile.TemporaryDirectory() as tmp:
         writer.record(batch)
     after = rss_mib()
     queued, _ = writer.pending
-    print(json.dumps({"queued": queued, "dropped": writer.stats.decisions_dropped,
-                      "pending_mib": writer.pending_bytes[0] / 2**20, "rss_growth_mib": after - before}))
+    result = {"queued": queued, "dropped": writer.stats.decisions_dropped,
+              "pending_mib": writer.pending_bytes[0] / 2**20, "rss_growth_mib": after - before}
+    if drain != "none":
+        writer.start()
+        while writer.pending[0] or writer.writing_s:  # the last round taken, written and done (its release too)
+            time.sleep(0.05)
+        result.update(drained_growth_mib=rss_mib() - before, heap_releases=writer.stats.heap_releases)
+        writer.close()
+    print(json.dumps(result))
 """
 
 
@@ -58,17 +74,32 @@ def main() -> int:
     ap.add_argument("--chars", type=int, default=19_900)
     args = ap.parse_args()
     print(f"{args.decisions} decisions of {args.chars} characters, recorded to a writer that writes none")
-    print("| bound | queued | dropped | held_bytes counted, MiB | RSS growth, MiB |")
-    print("|---|---:|---:|---:|---:|")
-    for name, bound in (("count bound only", 1 << 50), ("256 MiB", 256 << 20)):
+    print("| bound | queued | dropped | held_bytes counted, MiB | RSS growth, MiB | drained: RSS growth, MiB |")
+    print("|---|---:|---:|---:|---:|---|")
+    cases = (
+        ("count bound only", 1 << 50, "none"),
+        ("256 MiB", 256 << 20, "release"),
+        ("256 MiB, no heap release", 256 << 20, "keep"),
+    )
+    for name, bound, drain in cases:
         out = subprocess.run(
-            [sys.executable, "-c", _CASE, str(args.decisions), str(args.chars), str(bound)],
+            [sys.executable, "-c", _CASE, str(args.decisions), str(args.chars), str(bound), drain],
             capture_output=True,
             text=True,
             check=True,
         )
         r = json.loads(out.stdout)
-        print(f"| {name} | {r['queued']:,} | {r['dropped']:,} | {r['pending_mib']:,.0f} | {r['rss_growth_mib']:,.0f} |")
+        logged = [json.loads(x) for x in out.stderr.splitlines() if x.startswith("{")]
+        took = "".join(f", in {x['ms']} ms" for x in logged if x.get("event") == "store_backlog_heap_released")
+        drained = (
+            f"{r['drained_growth_mib']:,.0f} (heap released {r['heap_releases']}x{took})"
+            if "drained_growth_mib" in r
+            else "-"
+        )
+        print(
+            f"| {name} | {r['queued']:,} | {r['dropped']:,} | {r['pending_mib']:,.0f} | {r['rss_growth_mib']:,.0f} "
+            f"| {drained} |"
+        )
     return 0
 
 

@@ -43,6 +43,8 @@ measurement is described in docs/OUTCOMES.md, retention).
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
 import math
 import sys
 import threading
@@ -68,6 +70,12 @@ round to itself (`StoreWriter._round_of_calls`)."""
 LOG_EVERY_S = 10.0
 """At most one `store_write_failed` / `store_reopen_failed` line this often (each says how many failures
 were not logged since the last)."""
+
+TRIM_AFTER_BYTES = 32 << 20
+"""A backlog that held at least this much (`held_bytes`) and has drained to a sixteenth of it hands the C
+heap's free pages back to the system (`release_free_heap`): glibc keeps freed memory in its arenas, so a
+drained 256 MiB backlog left the process 284 MiB larger, 115 MiB after the release
+(benchmarks/results/store_backlog_memory)."""
 
 ITEM_BYTES = 2048
 """What a queued decision or outcome holds besides its prompt text and embedding (its object, fields,
@@ -99,6 +107,26 @@ class WriterStats:
     outcomes_written: int = 0
     pruned_decisions: int = 0
     pruned_outcomes: int = 0
+    heap_releases: int = 0  # drained backlogs after which the C heap's free pages went back to the system
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim(0)`; the call lets go of
+    the interpreter lock). False where the C library has no such call (musl, macOS)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 @dataclass(frozen=True)
@@ -206,6 +234,7 @@ class StoreWriter:
         self._writing_since: float | None = None  # monotonic start of the store write in progress
         self._quiet_until = 0.0  # failed writes and reopens logged at most once per LOG_EVERY_S
         self._unlogged = 0  # failures since the last line
+        self._peak_bytes = 0  # the most the waiting decisions and outcomes held since the heap was last released
 
     # ---- callers ----------------------------------------------------------------------------------------
 
@@ -233,6 +262,7 @@ class StoreWriter:
             if not decisions:
                 return
             self._decision_bytes = total
+            self._peak_bytes = max(self._peak_bytes, total + self._outcome_bytes)
             was_empty = not self._decisions
             if was_empty:
                 self._decisions_since = time.monotonic()
@@ -309,6 +339,7 @@ class StoreWriter:
             self._pending_outcomes += len(outcomes)
             self._pending_by_reporter[reporter] += len(outcomes)
             self._outcome_bytes += nbytes
+            self._peak_bytes = max(self._peak_bytes, self._decision_bytes + self._outcome_bytes)
             self._bytes_by_reporter[reporter] += nbytes
             self._cond.notify()
         return fut
@@ -419,6 +450,7 @@ class StoreWriter:
                 try:
                     if decisions or jobs:
                         self._write(decisions, jobs)
+                        self._release_after_backlog()
                     if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
                         self._prune_step()
                 finally:
@@ -428,6 +460,23 @@ class StoreWriter:
                 with self._cond:
                     if not self._closing:
                         self._cond.wait(self.retry_pause_s)
+
+    def _release_after_backlog(self) -> None:
+        """After a backlog of at least TRIM_AFTER_BYTES has drained to a sixteenth of its peak, hand the
+        heap's free pages back (`release_free_heap`), once a backlog."""
+        with self._cond:
+            peak = self._peak_bytes
+            if peak < TRIM_AFTER_BYTES or (self._decision_bytes + self._outcome_bytes) * 16 > peak:
+                return
+            self._peak_bytes = 0
+        t0 = time.perf_counter()
+        if release_free_heap():
+            self.stats.heap_releases += 1
+            _log.info(
+                "store_backlog_heap_released",
+                peak_mib=round(peak / 2**20, 1),
+                ms=round(1e3 * (time.perf_counter() - t0), 1),
+            )
 
     def _settled(self, jobs: list[_Job]) -> None:
         """The jobs' outcomes leave the pending counts (committed, or failed with their call)."""
