@@ -53,7 +53,9 @@ async def _longest_gap_ms(server: RouterServer, request: router_pb2.FeedbackRequ
 async def run(bundle: Path, n: int, repeats: int) -> dict[str, list[float]]:
     configure_logging("warning")
     with tempfile.TemporaryDirectory() as tmp:
-        server = RouterServer(ServiceConfig(bundle_path=bundle, port=0, store=f"sqlite:{tmp}/outcomes.sqlite3"))
+        # no --feedback-rate: the calls come back to back, and what is measured is each one's hold of the loop
+        cfg = ServiceConfig(bundle_path=bundle, port=0, store=f"sqlite:{tmp}/outcomes.sqlite3", feedback_rate=0.0)
+        server = RouterServer(cfg)
         await server.start()
         try:
             ids = []
