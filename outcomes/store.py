@@ -49,7 +49,7 @@ from lmroute.outcomes.records import (
 )
 from lmroute.outcomes.schema import COPIED, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["NOT_YET_MS", "Erased", "OutcomeStore", "StoreError", "open_store", "redact_dsn"]
+__all__ = ["NOT_YET_MS", "Erased", "OutcomeStore", "StoreError", "failure_cause", "open_store", "redact_dsn"]
 
 NOT_YET_MS = 10_000
 """An unknown decision id younger than this is NOT_YET, not NOT_FOUND: the replica that made it may
@@ -108,6 +108,37 @@ _POSTGRES = _Dialect(
     False,
     "decision_id",
 )
+
+
+_CAUSES: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
+    # (the cause told, driver exception classes that say it, lowercase message fragments that say it);
+    # the first that matches wins. SQLite raises OperationalError for nearly everything: its messages decide
+    ("its file was removed or replaced while open", frozenset(), ("removed or replaced while open",)),
+    ("its disk is full", frozenset({"DiskFull"}), ("database or disk is full", "no space left")),
+    ("it is read-only", frozenset({"ReadOnlySqlTransaction"}), ("readonly database", "read-only")),
+    ("another process holds its lock", frozenset(), ("database is locked", "database table is locked")),
+    ("a disk I/O error", frozenset(), ("disk i/o error",)),
+    ("a statement timed out", frozenset({"QueryCanceled"}), ("statement timeout",)),
+    ("a table is missing (changed under the server)", frozenset({"UndefinedTable"}), ("no such table",)),
+    (
+        "its server cannot be reached or closed the connection",
+        frozenset({"AdminShutdown"}),
+        ("connection", "could not connect", "server closed"),
+    ),
+)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """Why a store operation failed, in words a caller may be told: the kind of failure (a full disk, a
+    read-only or locked database, a server out of reach, a file removed or replaced), never a path, host
+    or statement (the server's log has the whole error); the driver's exception type otherwise."""
+    inner = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+    text = f"{exc}".lower()
+    names = {c.__name__ for c in type(inner).__mro__}
+    for cause, classes, fragments in _CAUSES:
+        if names & classes or any(f in text for f in fragments):
+            return cause
+    return type(inner).__name__
 
 
 def redact_dsn(dsn: str) -> str:
@@ -980,9 +1011,20 @@ class _Transaction:
             try:
                 self._store._check_file()
             except StoreError:
-                self._store._exec("ROLLBACK")
+                self._rollback()
                 raise
-        self._store._exec("COMMIT" if exc_type is None else "ROLLBACK")
+            self._store._exec("COMMIT")
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """ROLLBACK after a failure, which stays the error raised: where the database has rolled back
+        already (SQLite after SQLITE_FULL, I/O errors; a lost connection) ROLLBACK fails too, and its
+        error ("cannot rollback - no transaction is active") hid why the write failed."""
+        try:
+            self._store._exec("ROLLBACK")
+        except StoreError:
+            pass
 
 
 _INSERT_DECISION = (

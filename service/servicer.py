@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, Verdict
+from lmroute.outcomes.store import failure_cause
 from lmroute.outcomes.writer import StoreWriter, WriterFull
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.batch_queue import ItemResult
@@ -592,7 +593,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 except Exception as exc:
                     self.feedback_counts.add(reporter, REFUSED, n)
                     raise StoreUnavailable(
-                        f"outcome store write failed ({type(exc).__name__}); nothing was stored"
+                        f"outcome store write failed ({failure_cause(exc)}); nothing was stored"
                     ) from exc
         finally:
             if not handed_over:

@@ -625,3 +625,27 @@ def test_a_tenant_past_feedback_rate_is_refused_whole_with_its_retry_delay_and_o
         assert store.counts()["outcomes"] == 4 * 80  # the refused call stored nothing; its resend all of it
     finally:
         store.close()
+
+
+def test_a_feedback_call_the_store_cannot_take_says_why_and_stores_nothing(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """STORE_UNAVAILABLE said "outcome store write failed (OperationalError)" whatever failed; it names
+    the kind of failure now (`failure_cause`), never the store's path."""
+    path = tmp_path / "o.sqlite3"
+    srv = serve(store=f"sqlite:{path}")
+    admin = open_store(f"sqlite:{path}")
+    admin._exec("ALTER TABLE outcomes RENAME TO outcomes_away")  # changed under the server
+    report = router_pb2.OutcomeReport(prompt=router_pb2.Prompt(text="judged"), preference=router_pb2.PREFERENCE_STRONG)
+    try:
+        with RouterClient(srv.target) as client, pytest.raises(grpc.RpcError) as failed:
+            client.feedback([report], timeout_s=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.details() == (
+            "outcome store write failed (a table is missing (changed under the server)); nothing was stored"
+        )
+        admin._exec("ALTER TABLE outcomes_away RENAME TO outcomes")
+        with RouterClient(srv.target) as client:
+            assert client.feedback([report], timeout_s=10).stored == 2  # the writer reopened; nothing was kept
+    finally:
+        admin.close()

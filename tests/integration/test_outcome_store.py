@@ -10,6 +10,7 @@ import json
 import random
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from lmroute.outcomes.records import (
     reporters_named,
 )
 from lmroute.outcomes.schema import SCHEMA_VERSION
-from lmroute.outcomes.store import NOT_YET_MS, PG_LIVENESS, OutcomeStore, StoreError, open_store
+from lmroute.outcomes.store import NOT_YET_MS, PG_LIVENESS, OutcomeStore, StoreError, failure_cause, open_store
 from lmroute.outcomes.writer import TRIM_AFTER_BYTES, StoreWriter, WriterFull, release_free_heap
 from lmroute.service.decisions import new_decision_id
 
@@ -1049,6 +1050,65 @@ def test_writer_fails_the_round_when_the_commit_fails_and_stores_nothing_of_it(d
     assert admin.decision(d.decision_id) is not None
     assert {r.prompt_text for r in admin.labeled_prompts()} == {"first", "third"}
     admin.close()
+
+
+@pytest.mark.parametrize("how", ["full", "read-only", "locked", "table gone"])
+def test_a_failed_sqlite_write_names_its_cause_in_words_a_caller_may_see(tmp_path: Path, how: str) -> None:
+    """Feedback's STORE_UNAVAILABLE said only the driver's exception type (OperationalError) whatever
+    failed. `failure_cause` names the kind of failure, from real SQLite failures, and never the path."""
+    path = tmp_path / "s.sqlite3"
+    store = open_store(f"sqlite:{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        if how == "full":  # the database may grow no more: what a full disk gives
+            pages = store._exec("PRAGMA page_count").fetchone()[0]
+            store._exec(f"PRAGMA max_page_count = {pages}")
+        elif how == "read-only":
+            store._exec("PRAGMA query_only = ON")
+        elif how == "locked":
+            store._exec("PRAGMA busy_timeout = 0")
+            other.execute("BEGIN EXCLUSIVE")
+        else:
+            other.execute("ALTER TABLE outcomes RENAME TO outcomes_away")
+        with pytest.raises(StoreError) as failed:
+            store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="x" * 20_000)])
+        cause = failure_cause(failed.value)
+        assert (
+            cause
+            == {
+                "full": "its disk is full",
+                "read-only": "it is read-only",
+                "locked": "another process holds its lock",
+                "table gone": "a table is missing (changed under the server)",
+            }[how]
+        ), str(failed.value)
+        assert str(tmp_path) not in cause
+    finally:
+        if how == "locked":
+            other.execute("ROLLBACK")
+        other.close()
+        store.close()
+
+
+def test_failed_postgresql_writes_and_other_failures_name_their_cause(fresh_postgres_db: str, tmp_path: Path) -> None:
+    store = open_store(fresh_postgres_db)
+    try:
+        store._exec("SET default_transaction_read_only = on")  # a standby, or a database made read-only
+        with pytest.raises(StoreError) as read_only:
+            store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="x")])
+        assert failure_cause(read_only.value) == "it is read-only"
+    finally:
+        store.close()
+    with socket.socket() as s:  # a port nothing listens on: the server out of reach
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StoreError) as unreachable:
+        open_store(f"postgresql://lmroute@127.0.0.1:{port}/none")
+    assert failure_cause(unreachable.value) == "its server cannot be reached or closed the connection"
+    assert str(port) not in failure_cause(unreachable.value)
+    replaced = StoreError(f"store sqlite:{tmp_path}/s.sqlite3: its file was removed or replaced while open: ...")
+    assert failure_cause(replaced) == "its file was removed or replaced while open"
+    assert failure_cause(ValueError("an embedding of another size")) == "ValueError"
 
 
 def test_a_store_failing_every_round_is_logged_once_in_ten_seconds(tmp_path: Path) -> None:
