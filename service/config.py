@@ -262,7 +262,8 @@ class ServiceConfig:
             "most connections open to the gRPC port at once, counted from TCP accept (before the TLS and "
             "HTTP/2 handshakes); one more is closed by gRPC as soon as it is accepted, so the caller sees "
             "UNAVAILABLE and reconnects with backoff. Keeps a peer's connections from taking the process's "
-            "open files (the store and the OpenAI front need them too)"
+            "open files (the store and the OpenAI front need them too); lowered at start to what the open-file "
+            "hard limit leaves (a warning)"
         ),
     )
     grpc_idle_timeout_s: float = field(

@@ -112,12 +112,13 @@ def reflection_pool() -> Any:
     return _MethodAwarePool(descriptor_pool.Default())
 
 
-def grpc_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
-    """The one list of channel options: message-size limits, the connection bounds and keepalive."""
+def grpc_options(cfg: ServiceConfig, max_connections: int | None = None) -> list[tuple[str, int]]:
+    """The one list of channel options: message-size limits, the connection bounds and keepalive;
+    `max_connections` overrides `cfg.grpc_max_connections` (what `ensure_open_files` leaves room for)."""
     return [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
-        ("grpc.max_allowed_incoming_connections", cfg.grpc_max_connections),
+        ("grpc.max_allowed_incoming_connections", max_connections or cfg.grpc_max_connections),
         ("grpc.max_connection_idle_ms", round(cfg.grpc_idle_timeout_s * 1000)),
         ("grpc.server_handshake_timeout_ms", round(cfg.grpc_handshake_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", 60_000),
@@ -267,7 +268,7 @@ class RouterServer:
         bind and start it, and the metrics endpoint; the port."""
         self._check_target_tenants()
         cfg = self.config
-        ensure_open_files(cfg)
+        grpc_connections = ensure_open_files(cfg)
         if cfg.scoring_cpu_set:  # the event loop (this thread) and the threads started from now on (the
             # transport's, the loading ones) keep the other CPUs; the scheduler pins its scoring thread
             rest = (available_cpus() or frozenset()) - cfg.scoring_cpu_set
@@ -284,10 +285,14 @@ class RouterServer:
         self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path, cfg.loopback_bind)
         server: Transport = (
             ThreadTransport(
-                grpc_options(cfg), cfg.grpc_threads, interceptor.wrap, asyncio.get_running_loop(), self.streams
+                grpc_options(cfg, grpc_connections),
+                cfg.grpc_threads,
+                interceptor.wrap,
+                asyncio.get_running_loop(),
+                self.streams,
             )
             if self.transport == "threads"
-            else AioTransport(grpc_options(cfg), interceptor)
+            else AioTransport(grpc_options(cfg, grpc_connections), interceptor)
         )
         server.add_servicer(router_pb2_grpc.add_RouterServiceServicer_to_server, self.servicer)
         server.add_servicer(health_pb2_grpc.add_HealthServicer_to_server, self.health)
@@ -583,39 +588,48 @@ class RouterServer:
             await self._server.wait()
 
 
+MIN_GRPC_CONNECTIONS = 64
+"""The fewest connections `ensure_open_files` lowers the gRPC port's cap to, to fit the open-file limit."""
+
 FILES_BESIDE_CONNECTIONS = 256
 """Open files a server keeps besides its callers' connections (the gRPC port's and the OpenAI front's):
 the listening sockets, the store, the bundle's files, the logs (`ensure_open_files`)."""
 
 
-def ensure_open_files(cfg: ServiceConfig) -> None:
+def ensure_open_files(cfg: ServiceConfig) -> int:
     """Raise this process's soft open-file limit to what the server may need at once when it is lower and
-    the hard limit allows; ConfigError naming the flags to lower when it does not. The need: the gRPC
-    port's connections (`grpc_max_connections`), the OpenAI front's when it is on (each of its
-    connections and the upstream connection its request holds), the embedding endpoint's, and
-    FILES_BESIDE_CONNECTIONS. Out of files, asyncio's listener retries every accept in a loop (a core
-    spun and the log filled with its tracebacks) and the store cannot open its files, where a refusal at
-    startup names what to change."""
+    the hard limit allows; the gRPC port's connection cap to serve with. The need: the gRPC port's
+    connections (`grpc_max_connections`), the OpenAI front's when it is on (each of its connections and
+    the upstream connection its request holds), the embedding endpoint's, and FILES_BESIDE_CONNECTIONS.
+    Where the hard limit is lower, the gRPC cap is lowered to what it leaves (logged), and ConfigError
+    names the flag to lower when that is under MIN_GRPC_CONNECTIONS or the front alone does not fit. Out of
+    files, asyncio's listener retries every accept in a loop (a core spun and the log filled with its
+    tracebacks) and the store cannot open its files, where a refusal at startup names what to change."""
     beside = cfg.embeddings_max_concurrency + FILES_BESIDE_CONNECTIONS
     front = 2 * cfg.front_max_connections if cfg.http_port >= 0 else 0
-    need = cfg.grpc_max_connections + front + beside
+    cap = cfg.grpc_max_connections
+    need = cap + front + beside
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= need:
+        return cap
+    if hard != resource.RLIM_INFINITY and hard < need:
+        room = hard - front - beside
+        if room < MIN_GRPC_CONNECTIONS:
+            what = ""
+            if front:
+                what = f"the OpenAI front's {cfg.front_max_connections} connections with their upstreams' and "
+            raise ConfigError(
+                f"{'front_max_connections' if front else 'grpc_max_connections'}: this process may open {hard} "
+                f"files (ulimit -n, hard limit), and {what}{beside} files for the rest of the server leave fewer "
+                f"than {MIN_GRPC_CONNECTIONS} for the gRPC port's connections: "
+                f"{'lower --front-max-connections or ' if front else ''}raise the limit"
+            )
+        _log.warning("grpc_connections_lowered", was=cap, now=room, open_file_limit=hard)
+        cap, need = room, hard
+    if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         _log.info("open_file_limit_raised", was=soft, now=need)
-        return
-    parts = f"the gRPC port's {cfg.grpc_max_connections} connections"
-    flags = "--grpc-max-connections"
-    if front:
-        parts += f", the OpenAI front's {cfg.front_max_connections} connections and their upstreams'"
-        flags = "--front-max-connections or --grpc-max-connections"
-    name = "front_max_connections" if front else "grpc_max_connections"
-    raise ConfigError(
-        f"{name}: the server may need {need} open files at once ({parts}, and {beside} for the rest of the "
-        f"server); this process may open {hard} (ulimit -n, hard limit): lower {flags} or raise the limit"
-    )
+    return cap
 
 
 def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:

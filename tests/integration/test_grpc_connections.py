@@ -8,6 +8,7 @@ start naming the flag."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -127,26 +128,45 @@ sys.exit(asyncio.run(serve(cfg, lambda _cfg: FakeScorer(routers=("mf",)))))
 """
 
 
-def test_the_grpc_port_raises_the_open_file_limit_it_needs_or_is_refused_naming_it() -> None:
-    """Without the OpenAI front too: the gRPC port's connections need files of their own."""
+def _serve_child(soft: int, hard: int, cap: int) -> tuple[subprocess.Popen[str], int, str]:
+    """A server child under these open-file limits (cap: its grpc_max_connections) up to "serving on": the
+    process, its soft limit then, and what it wrote to stderr until then."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _GRPC_CHILD, "300", "8192", "2000"], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _GRPC_CHILD, str(soft), str(hard), str(cap)], stderr=subprocess.PIPE, text=True
     )
+    assert proc.stderr is not None
+    seen, deadline = "", time.monotonic() + 60
+    while time.monotonic() < deadline and "serving on" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, f"the server exited {proc.poll()}: {seen}"
+        seen += line
+    limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    return proc, int(next(row for row in limits.splitlines() if row.startswith("Max open files")).split()[3]), seen
+
+
+def test_the_grpc_port_raises_the_open_file_limit_lowers_its_cap_to_fit_or_is_refused() -> None:
+    """Without the OpenAI front too: the gRPC port's connections need files of their own. Where the hard
+    limit is lower than the cap needs, the cap is lowered to what it leaves (a warning), and only a
+    limit that leaves fewer than 64 connections refuses to start."""
+    proc, soft, _ = _serve_child(300, 8192, 2000)
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "serving on" not in (line := proc.stderr.readline()):
-            assert line or proc.poll() is None, f"the server exited {proc.poll()}"
-        limits = Path(f"/proc/{proc.pid}/limits").read_text()
-        soft = int(next(row for row in limits.splitlines() if row.startswith("Max open files")).split()[3])
-        assert 2000 < soft <= 8192, limits
+        assert 2000 < soft <= 8192  # raised to what 2,000 connections need, within the hard limit
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    proc, soft, said = _serve_child(300, 1024, 2000)
+    try:
+        assert soft == 1024
+        lowered = [e for e in map(json.loads, said.splitlines()) if e["event"] == "grpc_connections_lowered"]
+        assert [(e["was"], e["now"]) for e in lowered] == [(2000, 760)]  # 1,024 less 264 for the rest
     finally:
         proc.terminate()
         proc.wait(20)
     refused = subprocess.run(
-        [sys.executable, "-c", _GRPC_CHILD, "1024", "1024", "2000"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _GRPC_CHILD, "300", "300", "2000"], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2, refused.stderr
-    assert "lmroute-serve: config error: grpc_max_connections: the server may need" in refused.stderr
-    assert "the gRPC port's 2000 connections" in refused.stderr
-    assert "this process may open 1024 (ulimit -n, hard limit): lower --grpc-max-connections" in refused.stderr
+    assert (
+        "lmroute-serve: config error: grpc_max_connections: this process may open 300 files (ulimit -n, hard "
+        "limit), and 264 files for the rest of the server leave fewer than 64 for the gRPC port's connections: "
+        "raise the limit"
+    ) in refused.stderr

@@ -1219,11 +1219,12 @@ def test_the_front_raises_the_open_file_limit_it_needs_or_is_refused_naming_it(t
         [sys.executable, "-c", _FRONT_CHILD, path, "1024", "1024"], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2, refused.stderr
-    assert "lmroute-serve: config error: front_max_connections: the server may need" in refused.stderr
     assert (
-        "this process may open 1024 (ulimit -n, hard limit): lower --front-max-connections or --grpc-max-connections"
-        in refused.stderr
-    )
+        "lmroute-serve: config error: front_max_connections: this process may open 1024 files (ulimit -n, hard "
+        "limit), and the OpenAI front's 1024 connections with their upstreams' and 264 files for the rest of the "
+        "server leave fewer than 64 for the gRPC port's connections: lower --front-max-connections or raise the "
+        "limit"
+    ) in refused.stderr
 
 
 def test_a_scan_of_unknown_paths_is_logged_once_a_second_and_long_paths_are_cut(
