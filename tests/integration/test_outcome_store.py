@@ -1090,6 +1090,44 @@ def test_a_failed_sqlite_write_names_its_cause_in_words_a_caller_may_see(tmp_pat
         store.close()
 
 
+def test_a_full_disk_fails_feedback_saying_so_and_loses_no_decision(tmp_path: Path) -> None:
+    """A database that may grow no more (SQLite's max_page_count: what a full disk gives, SQLITE_FULL):
+    Feedback fails saying the disk is full, the decisions wait in memory (none dropped as a row the store
+    refuses: a full disk is the database's state, not the row's), and all of them are written once there
+    is room again."""
+    path = tmp_path / "s.sqlite3"
+    room = {"pages": 0}  # 0: as many as the file has now
+
+    def opened() -> OutcomeStore:
+        store = open_store(f"sqlite:{path}")
+        pages = room["pages"] or store._exec("PRAGMA page_count").fetchone()[0]
+        store._exec(f"PRAGMA max_page_count = {pages}")
+        return store
+
+    writer = StoreWriter(opened, decision_linger_s=0.0, retry_pause_s=1.0)  # the check below within the pause
+    writer.start()
+    try:
+        decisions = [_decision(f"{i} " + "x" * 20_000) for i in range(50)]
+        writer.record(decisions)
+        with pytest.raises(StoreError) as failed:
+            writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="judged")]).result(10)
+        assert failure_cause(failed.value) == "its disk is full"
+        assert writer.stats.decisions_dropped == 0 and writer.pending[0] == 50
+        room["pages"] = 1 << 30  # space again: the next reopen finds it
+        deadline = time.monotonic() + 30
+        while writer.pending[0]:
+            assert time.monotonic() < deadline, "the decisions were not written once there was room"
+            time.sleep(0.05)
+        assert writer.stats.decisions_dropped == 0
+    finally:
+        writer.close()
+    check = open_store(f"sqlite:{path}")
+    try:
+        assert all(check.decision(d.decision_id) is not None for d in decisions)
+    finally:
+        check.close()
+
+
 def test_failed_postgresql_writes_and_other_failures_name_their_cause(fresh_postgres_db: str, tmp_path: Path) -> None:
     store = open_store(fresh_postgres_db)
     try:
