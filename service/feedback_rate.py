@@ -2,8 +2,8 @@
 
 The outcome store's writer shares the server's core with Route and Score. Its bounds on waiting outcomes
 (lmroute.outcomes.writer) keep a flood's backlog from growing, not its throughput: one caller re-sending
-big Feedback calls had every free moment of the writer, about 13,000 outcomes a second on one core, and
-another tenant's Route calls waited for the core (p90 from 3 to 60-130 ms:
+big Feedback calls had every free moment of the writer, about 12,500 rows a second on one core, and
+another tenant's Route calls waited for the core (p90 from 2-3 to 64-69 ms:
 benchmarks/results/feedback_flood). Here each tenant (the reporter its outcomes are recorded for) has a
 bucket of `burst` outcomes that refills at `rate` a second; a call takes its outcomes from it whole, or is
 refused whole for the cost of a check (RESOURCE_EXHAUSTED, FEEDBACK_RATE) with the time its outcomes need
@@ -65,3 +65,10 @@ class FeedbackRate:
                 f"{n} more fit in {wait_ms} ms",
                 retry_after_ms=wait_ms,
             )
+
+    def refund(self, tenant: str, n: int) -> None:
+        """Put back `n` outcomes `take` took for a call refused after it (the store had no room), so that
+        a refusal does not count against its tenant's rate; a bucket holds `burst` at most."""
+        if tenant in self._buckets:
+            held, then = self._buckets[tenant]
+            self._buckets[tenant] = (min(self.burst, held + n), then)

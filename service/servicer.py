@@ -550,6 +550,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:  # room for the call before anything of it is built: a flood's refused calls cost next to nothing
             self.store.reserve(reporter, n)
         except WriterFull as exc:
+            if self.feedback_rate is not None:
+                self.feedback_rate.refund(reporter, n)
             raise self._store_busy(reporter, n, exc) from exc
         handed_over = False  # the room held goes to submit, or back
         try:

@@ -36,7 +36,13 @@ def test_a_call_takes_its_outcomes_whole_or_is_refused_whole_with_the_delay_unti
     assert again.value.retry_after_ms == 100
     clock.now += 0.1
     rate.take("a", 40)
+    rate.refund("a", 40)  # a call refused after its take (the store had no room) costs its tenant nothing
+    rate.take("a", 40)
     clock.now += 10.0  # refills to the burst, no further
+    rate.take("a", 150)
+    with pytest.raises(FeedbackRateExceeded):
+        rate.take("a", 1)
+    rate.refund("a", 1_000)  # never past the burst
     rate.take("a", 150)
     with pytest.raises(FeedbackRateExceeded):
         rate.take("a", 1)
