@@ -31,7 +31,7 @@ import grpc
 import structlog
 
 from lmroute.outcomes.records import TargetChange
-from lmroute.outcomes.store import StoreError
+from lmroute.outcomes.store import StoreError, failure_cause
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.bundle_swap import BundleSwapper
 from lmroute.service.cpus import lowest_cpu_priority
@@ -277,7 +277,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             try:
                 await sync.catch_up()
             except Exception as exc:
-                raise StoreUnavailable(f"target changes cannot be read from the store ({type(exc).__name__})") from exc
+                raise StoreUnavailable(f"target changes cannot be read from the store ({failure_cause(exc)})") from exc
         # check every change first (against the targets as the earlier changes leave them), then apply
         shares, spends = set(targets.targets), set(targets.spends)
         for j, change in enumerate(request.changes):
@@ -325,7 +325,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 await sync.record(changes)
             except Exception as exc:
                 raise StoreUnavailable(
-                    f"target changes cannot be stored ({type(exc).__name__}); nothing changed"
+                    f"target changes cannot be stored ({failure_cause(exc)}); nothing changed"
                 ) from exc
         else:
             for stored in changes:
