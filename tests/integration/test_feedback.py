@@ -24,6 +24,7 @@ import pytest
 from lmroute.outcomes.records import Outcome, OutcomeKind, prompt_sha256
 from lmroute.outcomes.store import NOT_YET_MS, open_store
 from lmroute.service.client import RouterClient
+from lmroute.service.client_retry import NO_RETRY
 from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.decisions import new_decision_id
 from lmroute.service.errors import Code
@@ -649,3 +650,28 @@ def test_a_feedback_call_the_store_cannot_take_says_why_and_stores_nothing(
             assert client.feedback([report], timeout_s=10).stored == 2  # the writer reopened; nothing was kept
     finally:
         admin.close()
+
+
+def test_a_call_the_store_has_no_room_for_does_not_count_against_its_tenants_rate(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The rate is taken before the store's room is asked for; a call refused there (STORE_BUSY) gives
+    its outcomes back to its tenant's bucket, so a store that fell behind does not also spend the
+    tenant's rate."""
+    srv = serve(store=f"sqlite:{tmp_path / 'o.sqlite3'}", feedback_rate=50.0, max_feedback_items=40)
+    writer = srv.server.store_writer
+    assert writer is not None
+    reports = [
+        router_pb2.OutcomeReport(prompt=router_pb2.Prompt(text=f"p {i}"), preference=router_pb2.PREFERENCE_STRONG)
+        for i in range(40)
+    ]
+    bound = writer.max_pending_outcomes
+    writer.max_pending_outcomes = 10  # a store that has fallen behind: no room for 40 more
+    with RouterClient(srv.target, retry=NO_RETRY) as client:
+        with pytest.raises(grpc.RpcError) as busy:
+            client.feedback(reports, timeout_s=10)
+        assert busy.value.code() == grpc.StatusCode.UNAVAILABLE and "waiting for the store" in (
+            busy.value.details() or ""
+        )
+        writer.max_pending_outcomes = bound
+        assert client.feedback(reports, timeout_s=10).stored == 80  # the bucket still held its 50
