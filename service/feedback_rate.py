@@ -2,7 +2,7 @@
 
 The outcome store's writer shares the server's core with Route and Score. Its bounds on waiting outcomes
 (lmroute.outcomes.writer) keep a flood's backlog from growing, not its throughput: one caller re-sending
-big Feedback calls had every free moment of the writer, about 12,500 rows a second on one core, and
+big Feedback calls had every free moment of the writer, 12,100-12,500 rows a second on one core, and
 another tenant's Route calls waited for the core (p90 from 2-3 to 64-69 ms:
 benchmarks/results/feedback_flood). Here each tenant (the reporter its outcomes are recorded for) has a
 bucket of `burst` outcomes that refills at `rate` a second; a call takes its outcomes from it whole, or is

@@ -54,8 +54,8 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the server closed this socket (after whatever it sent, e.g. its SETTINGS and a GOAWAY)."""
     sock.settimeout(0.05)
     try:
-        while data := sock.recv(65536):
-            del data
+        while sock.recv(65536):
+            pass
     except TimeoutError:
         return False
     except ConnectionResetError:
