@@ -40,6 +40,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_upstream_slots{upstream}, lmroute_upstream_requests{upstream, state}
                                                 the OpenAI front's upstreams: slots, requests in flight
                                                 and waiting for a slot (lmroute.service.tenant_slots)
+    lmroute_upstream_fallbacks_total{upstream}  requests an upstream failed before answering and passed
+                                                to the other side's (its `fallback` setting)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
                                                 {tenant, router}: the tenants' controllers (docs/CONTROL.md,
@@ -146,6 +148,7 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (CounterMetricFamily, "lmroute_streams_refused"),
     (GaugeMetricFamily, "lmroute_upstream_slots"),
     (GaugeMetricFamily, "lmroute_upstream_requests"),
+    (CounterMetricFamily, "lmroute_upstream_fallbacks"),
     (CounterMetricFamily, "lmroute_tenant_calls"),
     (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
     (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
@@ -252,12 +255,19 @@ class _ServingCollector(Collector):
             "Requests in flight to an upstream, and waiting for one of its slots",
             labels=["upstream", "state"],
         )
+        fallbacks = CounterMetricFamily(
+            "lmroute_upstream_fallbacks",
+            "Requests an upstream failed before answering and passed to the other side's upstream",
+            labels=["upstream"],
+        )
         for tier, held in client.slots.items():
             slots.add_metric([tier], held.capacity)
             requests.add_metric([tier, "in_flight"], held.in_use)
             requests.add_metric([tier, "waiting"], held.waiting())
+            fallbacks.add_metric([tier], client.fallbacks[tier])
         yield slots
         yield requests
+        yield fallbacks
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:

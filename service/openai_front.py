@@ -25,12 +25,16 @@ with <router> a loaded router, or `default` (unless a router has that name): the
 
 Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
 x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
-x-lmroute-threshold. The route step is the gRPC Route call's own code (RouterServicer.route), so
-exploration, share targets, decision recording and the scheduler's admission apply alike. With tokens
-configured the front needs `Authorization: Bearer <token>` like the gRPC port; the tenant comes from the
-token or the tenant header. With TLS configured it serves HTTPS with the same certificate files (read at
-start). Errors are OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`) with the status of
-lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream down 502, slow 504.
+x-lmroute-threshold. An upstream whose file entry sets `fallback` passes a request it fails before its
+answer starts to the other side's upstream: that answer says so in x-lmroute-fallback (the side that
+failed; x-lmroute-model and x-lmroute-tier name the one that answered) and carries no decision id, since
+the decision's outcomes are of the side it chose. The route step is the gRPC Route call's own code
+(RouterServicer.route), so exploration, share targets, decision recording and the scheduler's admission
+apply alike. With tokens configured the front needs `Authorization: Bearer <token>` like the gRPC port;
+the tenant comes from the token or the tenant header. With TLS configured it serves HTTPS with the same
+certificate files (read at start). Errors are OpenAI-shaped JSON (`{"error": {"message", "type",
+"code"}}`) with the status of lmroute.service.errors.http_status: a bad `model` is 400 naming it, an
+upstream down 502, slow 504.
 """
 
 from __future__ import annotations
@@ -69,8 +73,14 @@ from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
-from lmroute.service.upstream_client import MAX_ANSWER_BYTES, UpstreamClient, upstream_failed, upstream_timeout
-from lmroute.service.upstreams import Upstream
+from lmroute.service.upstream_client import (
+    MAX_ANSWER_BYTES,
+    Exchange,
+    UpstreamClient,
+    upstream_failed,
+    upstream_timeout,
+)
+from lmroute.service.upstreams import OTHER_TIER, Upstream
 from lmroute.v1 import router_pb2
 
 __all__ = ["ModelAsk", "OpenAIFront", "cut_middle", "parse_model", "prompt_of_messages"]
@@ -591,6 +601,8 @@ class OpenAIFront:
                 tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
                 stream = body.get("stream") is True
                 payload = self.client.payload(tier, body)
+                other = OTHER_TIER[tier]  # the request as the other side is sent it, should this side fail
+                spare = self.client.payload(other, body) if self.client.upstreams[tier].fallback else None
                 del body
             request[_DECIDED] = {
                 "x-lmroute-decision-id": route.decision_id,
@@ -601,7 +613,9 @@ class OpenAIFront:
                 "x-lmroute-threshold": f"{route.threshold:.6g}",
             }
             slot_tenant = tenant if self.fair_slots else ""
-            return await self._forward(request, payload, stream, tier, route, slot_tenant, before_end=count)
+            return await self._forward(
+                request, payload, stream, tier, route, slot_tenant, before_end=count, spare=spare
+            )
 
         return await self._serve(_CHAT, request, work)
 
@@ -762,21 +776,23 @@ class OpenAIFront:
         route: router_pb2.RouteResponse,
         tenant: str,
         before_end: Callable[[Outcome], None] = lambda outcome: None,
+        spare: bytes | None = None,
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
-        upstream's slots); `before_end` runs before a streamed answer's end or error event is written (a whole one is
-        counted after this returns). The exchange holds its slot at most `upstream_max_s`; a whole answer is
-        written after the slot is freed; a caller that does not take an answer's bytes (whole or streamed)
-        within `write_timeout_s` has its connection closed."""
+        upstream's slots), or, when it fails before answering, the other side's answer to `spare` (given
+        when the `tier` upstream falls back); `before_end` runs before a streamed answer's end or error
+        event is written (a whole one is counted after this returns). The exchanges hold their slots at
+        most `upstream_max_s` in all; a whole answer is written after the slot is freed; a caller that does
+        not take an answer's bytes (whole or streamed) within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
-        headers = request[_DECIDED]
         out: web.StreamResponse | None = None
         whole: web.Response | None = None
         events: _EventStream | None = None
         broke: ServiceError | None = None
         deadline = asyncio.timeout(self.upstream_max_s)
         try:
-            async with deadline, self.client.exchange(tier, payload, tenant) as answer:
+            async with deadline, self._exchange(request, tier, payload, spare, tenant) as answer:
+                up, tier, headers = answer.upstream, answer.upstream.tier, request[_DECIDED]
                 if not stream or answer.status != 200:
                     body = await answer.read()
                     said = dict(headers)
@@ -838,6 +854,39 @@ class OpenAIFront:
         except ConnectionResetError:
             return self._drop(request, out, outcome or ("CANCELLED", "CALLER_GONE"))
         return out
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, request: web.Request, tier: str, payload: bytes, spare: bytes | None, tenant: str
+    ) -> AsyncIterator[Exchange]:
+        """The `tier` upstream's exchange; when it fails before its answer starts and `spare` is given,
+        the other side's exchange of `spare`, the answer's headers (request[_DECIDED]) naming the side
+        that answered, and `x-lmroute-fallback` the side that failed, without the decision's id (its
+        outcomes are of the side it chose). Failing both: the error names both."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                answer = await stack.enter_async_context(self.client.exchange(tier, payload, tenant))
+            except (UpstreamFailed, UpstreamTimeout) as exc:
+                if spare is None:
+                    raise
+                other = OTHER_TIER[tier]
+                self.client.fallbacks[tier] += 1
+                _log.warning("upstream_fallback", tier=tier, to=other, reason=exc.reason, error=exc.logged)
+                try:
+                    answer = await stack.enter_async_context(self.client.exchange(other, spare, tenant))
+                except (UpstreamFailed, UpstreamTimeout) as again:
+                    raise type(again)(
+                        f"{exc.message}; then its fallback {again.message}",
+                        logged=f"{exc.logged}; then its fallback {again.logged}",
+                        reason=again.reason,
+                        retry_after_ms=again.retry_after_ms,
+                    ) from None
+                decided = {k: v for k, v in request[_DECIDED].items() if k != "x-lmroute-decision-id"}
+                decided["x-lmroute-model"] = self.client.upstreams[other].model
+                decided["x-lmroute-tier"] = other
+                decided["x-lmroute-fallback"] = tier
+                request[_DECIDED] = decided
+            yield answer
 
     async def _send(self, out: web.StreamResponse, write: Awaitable[Any]) -> None:
         """`write` (of `out`) awaited within `write_timeout_s`; _CallerStalled when it does not finish."""

@@ -15,6 +15,7 @@ The front bounds the whole exchange (`--upstream-max-s`) and its writes to the c
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -82,6 +83,7 @@ class UpstreamClient:
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self.upstreams = dict(upstreams)
         self.slots = {tier: TenantSlots(u.max_concurrency) for tier, u in self.upstreams.items()}
+        self.fallbacks: collections.Counter[str] = collections.Counter()  # tier -> requests it passed on
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

@@ -12,8 +12,11 @@ Each side: `model` (the name sent upstream), `base_url` (http or https, ending b
 `/chat/completions`), optionally `api_key_env` (the variable holding its key: keys never sit in the
 file), `timeout_s` (most seconds to wait for the upstream's next bytes, default 120),
 `connect_timeout_s` (default 5) and `max_concurrency` (requests in flight to it at once, default 64;
-more wait for a slot, within `timeout_s`; the front bounds a whole exchange by `--upstream-max-s`).
-An unknown key is refused, so a typo does not pass silently.
+more wait for a slot, within `timeout_s`; the front bounds a whole exchange by `--upstream-max-s`),
+and `fallback` (default false): true sends a request this side's upstream fails before its answer
+starts (unreachable, no slot or no answer within `timeout_s`, a 5xx or a redirect) to the other side's
+upstream instead (lmroute.service.openai_front). An unknown key is refused, so a typo does not pass
+silently.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["TIERS", "Upstream", "load_upstreams", "parse_upstreams"]
+__all__ = ["OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "parse_upstreams"]
 
 TIERS = ("strong", "weak")
-_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency"}
+OTHER_TIER = {"strong": "weak", "weak": "strong"}
+_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency", "fallback"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Upstream:
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
     max_concurrency: int = 64
+    fallback: bool = False  # a request it fails before answering goes to the other side's upstream
 
     @property
     def completions_url(self) -> str:
@@ -94,6 +99,9 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
     conc = entry.get("max_concurrency", 64)
     if isinstance(conc, bool) or not isinstance(conc, int) or conc < 1:
         raise ValueError(f"{where}.max_concurrency: must be an integer >= 1 (got {conc!r})")
+    fallback = entry.get("fallback", False)
+    if not isinstance(fallback, bool):
+        raise ValueError(f"{where}.fallback: must be true or false (got {fallback!r})")
     return Upstream(
         tier=tier,
         model=model,
@@ -102,6 +110,7 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
         timeout_s=_seconds(entry, "timeout_s", 120.0, where),
         connect_timeout_s=_seconds(entry, "connect_timeout_s", 5.0, where),
         max_concurrency=conc,
+        fallback=fallback,
     )
 
 

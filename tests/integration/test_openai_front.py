@@ -383,6 +383,63 @@ def test_upstream_errors_keep_their_retry_delay_and_say_what_was_decided(
             assert len(headers["x-lmroute-decision-id"]) == 32 and headers["x-lmroute-tier"] == "strong"
 
 
+def test_a_side_that_falls_back_passes_a_request_its_upstream_fails_to_the_other_side(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`fallback` on the strong side: a request its upstream fails before answering (unreachable, a 5xx,
+    no answer in time), whole or streamed, is answered by the weak side's upstream, the answer naming
+    the side that answered and the one that failed, without the decision's id; a 4xx is still the
+    upstream's own verdict; both sides failing is a 502 naming both, with the decision's id. Off (the
+    default), the same fault is a 502 (test_upstream_down_slow_refusing_and_breaking)."""
+    msgs = [{"role": "user", "content": "hello there"}]
+    down = "http://127.0.0.1:9/v1"  # nothing listens
+    weak = upstreams["weak"]
+    with (
+        FakeUpstream("refusing", status=503) as refusing,
+        FakeUpstream("slow", delay_s=3.0) as slow,
+        FakeUpstream("picky", status=400) as picky,
+    ):
+        for strong, fault in [(down, "cannot be reached"), (refusing, "answered HTTP 503"), (slow, "no answer in")]:
+            path = _file(tmp_path, {"strong": strong, "weak": weak}, strong={"fallback": True, "timeout_s": 0.5})
+            srv, base = _front(fake_servers, path, metrics_port=0)
+            before = len(weak.requests)
+            with structlog.testing.capture_logs() as logs:
+                raw = _client(base).chat.completions.with_raw_response.create(model="router-mf-0", messages=msgs)
+                streamed = _client(base).chat.completions.with_raw_response.create(
+                    model="router-mf-0", messages=msgs, stream=True
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+            assert raw.parse().choices[0].message.content == "weak-llm: hello there" and text == "weak-llm: hello there"
+            for answer in (raw, streamed):
+                assert answer.headers["x-lmroute-tier"] == "weak" and answer.headers["x-lmroute-model"] == "weak-model"
+                assert answer.headers["x-lmroute-fallback"] == "strong"
+                assert answer.headers["x-lmroute-router"] == "mf"  # what was decided, still said
+                assert "x-lmroute-decision-id" not in answer.headers  # its outcomes are the strong side's
+            assert [r["model"] for r in weak.requests[before:]] == ["weak-model", "weak-model"]
+            fell = [e for e in logs if e["event"] == "upstream_fallback"]
+            assert len(fell) == 2 and all(e["tier"] == "strong" and fault in e["error"] for e in fell), fell
+            assert 'lmroute_upstream_fallbacks_total{upstream="strong"} 2.0' in _metrics(srv)
+            assert 'lmroute_upstream_fallbacks_total{upstream="weak"} 0.0' in _metrics(srv)
+
+        before = len(weak.requests)
+        _, base = _front(fake_servers, _file(tmp_path, {"strong": picky, "weak": weak}, strong={"fallback": True}))
+        with pytest.raises(openai.BadRequestError, match="picky refuses with 400"):
+            _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+        assert len(weak.requests) == before  # the request's fault, not the upstream's: no other side asked
+
+        _, base = _front(fake_servers, _file(tmp_path, {"strong": down, "weak": refusing}, strong={"fallback": True}))
+        with pytest.raises(openai.InternalServerError) as err:
+            _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+        assert err.value.status_code == 502
+        assert (
+            "upstream strong ('strong-model'): cannot be reached (ClientConnectorError); "
+            "then its fallback upstream weak ('weak-model'): answered HTTP 503: refusing refuses with 503"
+        ) in err.value.message, err.value.message
+        headers = err.value.response.headers
+        assert len(headers["x-lmroute-decision-id"]) == 32 and headers["x-lmroute-tier"] == "strong"
+        assert "x-lmroute-fallback" not in headers
+
+
 def test_a_caller_that_hangs_up_frees_its_upstream_slot(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
