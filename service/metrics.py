@@ -40,8 +40,10 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_upstream_slots{upstream}, lmroute_upstream_requests{upstream, state}
                                                 the OpenAI front's upstreams: slots, requests in flight
                                                 and waiting for a slot (lmroute.service.tenant_slots)
-    lmroute_upstream_fallbacks_total{upstream}  requests an upstream failed before answering and passed
-                                                to the other side's (its `fallback` setting)
+    lmroute_upstream_fallbacks_total{upstream, why}, lmroute_upstream_skipped{upstream}
+                                                requests a side that falls back passed to the other side's
+                                                upstream, its own having failed or being skipped; 1 while
+                                                its upstream is skipped (lmroute.service.circuit_breaker)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
                                                 {tenant, router}: the tenants' controllers (docs/CONTROL.md,
@@ -149,6 +151,7 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (GaugeMetricFamily, "lmroute_upstream_slots"),
     (GaugeMetricFamily, "lmroute_upstream_requests"),
     (CounterMetricFamily, "lmroute_upstream_fallbacks"),
+    (GaugeMetricFamily, "lmroute_upstream_skipped"),
     (CounterMetricFamily, "lmroute_tenant_calls"),
     (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
     (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
@@ -257,17 +260,24 @@ class _ServingCollector(Collector):
         )
         fallbacks = CounterMetricFamily(
             "lmroute_upstream_fallbacks",
-            "Requests an upstream failed before answering and passed to the other side's upstream",
-            labels=["upstream"],
+            "Requests passed to the other side's upstream, this one having failed or being skipped",
+            labels=["upstream", "why"],
+        )
+        skipped = GaugeMetricFamily(
+            "lmroute_upstream_skipped", "1 while a side's requests skip its failing upstream", labels=["upstream"]
         )
         for tier, held in client.slots.items():
             slots.add_metric([tier], held.capacity)
             requests.add_metric([tier, "in_flight"], held.in_use)
             requests.add_metric([tier, "waiting"], held.waiting())
-            fallbacks.add_metric([tier], client.fallbacks[tier])
+        for tier, breaker in client.breakers.items():
+            for why in ("failed", "skipped"):
+                fallbacks.add_metric([tier, why], client.fallbacks[(tier, why)])
+            skipped.add_metric([tier], 1.0 if breaker.is_open else 0.0)
         yield slots
         yield requests
         yield fallbacks
+        yield skipped
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:

@@ -58,6 +58,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from lmroute.service.auth import AUTH_TENANT, Authenticator
+from lmroute.service.circuit_breaker import Admit
 from lmroute.service.errors import (
     ECHO_CHARS,
     BodyTimeout,
@@ -859,34 +860,67 @@ class OpenAIFront:
     async def _exchange(
         self, request: web.Request, tier: str, payload: bytes, spare: bytes | None, tenant: str
     ) -> AsyncIterator[Exchange]:
-        """The `tier` upstream's exchange; when it fails before its answer starts and `spare` is given,
-        the other side's exchange of `spare`, the answer's headers (request[_DECIDED]) naming the side
-        that answered, and `x-lmroute-fallback` the side that failed, without the decision's id (its
-        outcomes are of the side it chose). Failing both: the error names both."""
+        """The `tier` upstream's exchange; when `spare` is given (the side falls back) and the upstream
+        fails before its answer starts, or its breaker skips it, the other side's exchange of `spare`,
+        the answer's headers (request[_DECIDED]) naming the side that answered, and `x-lmroute-fallback`
+        the side that did not, without the decision's id (its outcomes are of the side it chose). Both
+        failing: one error naming both."""
         async with contextlib.AsyncExitStack() as stack:
-            try:
-                answer = await stack.enter_async_context(self.client.exchange(tier, payload, tenant))
-            except (UpstreamFailed, UpstreamTimeout) as exc:
-                if spare is None:
-                    raise
-                other = OTHER_TIER[tier]
-                self.client.fallbacks[tier] += 1
-                _log.warning("upstream_fallback", tier=tier, to=other, reason=exc.reason, error=exc.logged)
+            breaker = self.client.breakers.get(tier) if spare is not None else None
+            admit = breaker.admit() if breaker is not None else Admit.TRY
+            if admit is Admit.SKIP:
+                assert breaker is not None
+                why = "skipped"
+                first = logged = f"{self.client.upstreams[tier].label}: skipped ({breaker.failures} failures in a row)"
+            else:
                 try:
-                    answer = await stack.enter_async_context(self.client.exchange(other, spare, tenant))
-                except (UpstreamFailed, UpstreamTimeout) as again:
-                    raise type(again)(
-                        f"{exc.message}; then its fallback {again.message}",
-                        logged=f"{exc.logged}; then its fallback {again.logged}",
-                        reason=again.reason,
-                        retry_after_ms=again.retry_after_ms,
-                    ) from None
-                decided = {k: v for k, v in request[_DECIDED].items() if k != "x-lmroute-decision-id"}
-                decided["x-lmroute-model"] = self.client.upstreams[other].model
-                decided["x-lmroute-tier"] = other
-                decided["x-lmroute-fallback"] = tier
-                request[_DECIDED] = decided
+                    answer = await self._attempt(stack, tier, payload, tenant, probe=admit is Admit.PROBE)
+                except (UpstreamFailed, UpstreamTimeout) as exc:
+                    if spare is None:
+                        raise
+                    why, first, logged = "failed", exc.message, exc.logged
+                    _log.warning("upstream_fallback", tier=tier, reason=exc.reason, error=exc.logged)
+                else:
+                    yield answer
+                    return
+            assert spare is not None
+            other = OTHER_TIER[tier]
+            self.client.fallbacks[(tier, why)] += 1
+            try:
+                answer = await self._attempt(stack, other, spare, tenant, probe=False)
+            except (UpstreamFailed, UpstreamTimeout) as again:
+                raise type(again)(
+                    f"{first}; then its fallback {again.message}",
+                    logged=f"{logged}; then its fallback {again.logged}",
+                    reason=again.reason,
+                    retry_after_ms=again.retry_after_ms,
+                ) from None
+            decided = {k: v for k, v in request[_DECIDED].items() if k != "x-lmroute-decision-id"}
+            decided["x-lmroute-model"] = self.client.upstreams[other].model
+            decided["x-lmroute-tier"] = other
+            decided["x-lmroute-fallback"] = tier
+            request[_DECIDED] = decided
             yield answer
+
+    async def _attempt(
+        self, stack: contextlib.AsyncExitStack, tier: str, payload: bytes, tenant: str, *, probe: bool
+    ) -> Exchange:
+        """The `tier` upstream's exchange entered on `stack`, its breaker (a side that falls back has one)
+        told whether the upstream answered (`probe`: the request its breaker let try it again)."""
+        breaker = self.client.breakers.get(tier)
+        try:
+            answer = await stack.enter_async_context(self.client.exchange(tier, payload, tenant))
+        except (UpstreamFailed, UpstreamTimeout):
+            if breaker is not None and breaker.failed(probe):
+                _log.warning("upstream_skipped", tier=tier, failures=breaker.failures, for_s=breaker.for_s)
+            raise
+        except BaseException:  # cancelled: the caller went away, or the whole exchange's time ran out
+            if breaker is not None and probe:
+                breaker.abandoned()
+            raise
+        if breaker is not None and breaker.answered():
+            _log.info("upstream_restored", tier=tier)
+        return answer
 
     async def _send(self, out: web.StreamResponse, write: Awaitable[Any]) -> None:
         """`write` (of `out`) awaited within `write_timeout_s`; _CallerStalled when it does not finish."""

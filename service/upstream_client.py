@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from lmroute.service.circuit_breaker import CircuitBreaker
 from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
 from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstreams import Upstream
@@ -83,7 +84,10 @@ class UpstreamClient:
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self.upstreams = dict(upstreams)
         self.slots = {tier: TenantSlots(u.max_concurrency) for tier, u in self.upstreams.items()}
-        self.fallbacks: collections.Counter[str] = collections.Counter()  # tier -> requests it passed on
+        self.breakers = {
+            tier: CircuitBreaker(u.fallback_after, u.fallback_for_s) for tier, u in self.upstreams.items() if u.fallback
+        }  # the sides that fall back: whether to skip their upstream for now
+        self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()  # (tier, why) -> requests
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

@@ -15,8 +15,9 @@ file), `timeout_s` (most seconds to wait for the upstream's next bytes, default 
 more wait for a slot, within `timeout_s`; the front bounds a whole exchange by `--upstream-max-s`),
 and `fallback` (default false): true sends a request this side's upstream fails before its answer
 starts (unreachable, no slot or no answer within `timeout_s`, a 5xx or a redirect) to the other side's
-upstream instead (lmroute.service.openai_front). An unknown key is refused, so a typo does not pass
-silently.
+upstream instead (lmroute.service.openai_front); after `fallback_after` (3) failures in a row the side's
+requests go straight to the other side for `fallback_for_s` (30), then one tries the upstream again
+(lmroute.service.circuit_breaker). An unknown key is refused, so a typo does not pass silently.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "parse_upstreams
 
 TIERS = ("strong", "weak")
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
-_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency", "fallback"}
+_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency"}
+_FALLBACK_KEYS = {"fallback", "fallback_after", "fallback_for_s"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Upstream:
     connect_timeout_s: float = 5.0
     max_concurrency: int = 64
     fallback: bool = False  # a request it fails before answering goes to the other side's upstream
+    fallback_after: int = 3  # failures in a row after which its side's requests skip it ...
+    fallback_for_s: float = 30.0  # ... for this long, then one tries it again
 
     @property
     def completions_url(self) -> str:
@@ -79,9 +83,9 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
     where = tier
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be an object with model and base_url")
-    unknown = sorted(set(entry) - _KEYS)
+    unknown = sorted(set(entry) - _KEYS - _FALLBACK_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS | _FALLBACK_KEYS))})")
     model, base_url = entry.get("model"), entry.get("base_url")
     if not isinstance(model, str) or not model:
         raise ValueError(f"{where}.model: required, the model name the upstream serves")
@@ -102,6 +106,11 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
     fallback = entry.get("fallback", False)
     if not isinstance(fallback, bool):
         raise ValueError(f"{where}.fallback: must be true or false (got {fallback!r})")
+    after = entry.get("fallback_after", 3)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+        raise ValueError(f"{where}.fallback_after: must be an integer >= 1 (got {after!r})")
+    if not fallback and ({"fallback_after", "fallback_for_s"} & set(entry)):
+        raise ValueError(f"{where}.fallback_after, fallback_for_s: only with fallback: true")
     return Upstream(
         tier=tier,
         model=model,
@@ -111,6 +120,8 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
         connect_timeout_s=_seconds(entry, "connect_timeout_s", 5.0, where),
         max_concurrency=conc,
         fallback=fallback,
+        fallback_after=after,
+        fallback_for_s=_seconds(entry, "fallback_for_s", 30.0, where),
     )
 
 

@@ -418,8 +418,10 @@ def test_a_side_that_falls_back_passes_a_request_its_upstream_fails_to_the_other
             assert [r["model"] for r in weak.requests[before:]] == ["weak-model", "weak-model"]
             fell = [e for e in logs if e["event"] == "upstream_fallback"]
             assert len(fell) == 2 and all(e["tier"] == "strong" and fault in e["error"] for e in fell), fell
-            assert 'lmroute_upstream_fallbacks_total{upstream="strong"} 2.0' in _metrics(srv)
-            assert 'lmroute_upstream_fallbacks_total{upstream="weak"} 0.0' in _metrics(srv)
+            metrics = _metrics(srv)
+            assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="failed"} 2.0' in metrics
+            assert 'lmroute_upstream_skipped{upstream="strong"} 0.0' in metrics  # 2 failures: under the 3 that skip
+            assert 'upstream="weak"' not in metrics.split("lmroute_upstream_fallbacks")[1]  # weak does not fall back
 
         before = len(weak.requests)
         _, base = _front(fake_servers, _file(tmp_path, {"strong": picky, "weak": weak}, strong={"fallback": True}))
@@ -438,6 +440,59 @@ def test_a_side_that_falls_back_passes_a_request_its_upstream_fails_to_the_other
         headers = err.value.response.headers
         assert len(headers["x-lmroute-decision-id"]) == 32 and headers["x-lmroute-tier"] == "strong"
         assert "x-lmroute-fallback" not in headers
+
+
+def test_a_side_that_keeps_failing_is_skipped_then_tried_again(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`fallback_after` 2, `fallback_for_s` 1.5 on the strong side: after its upstream fails two requests
+    in a row, the next go straight to the weak side (the strong upstream not asked); 1.5 s on one request
+    tries it again (failing: skipped another 1.5 s); once it answers, the side is its own again."""
+    msgs = [{"role": "user", "content": "hello there"}]
+    weak = upstreams["weak"]
+    with FakeUpstream("flaky", status=503) as flaky:
+        extra = {"fallback": True, "fallback_after": 2, "fallback_for_s": 1.5}
+        srv, base = _front(fake_servers, _file(tmp_path, {"strong": flaky, "weak": weak}, strong=extra), metrics_port=0)
+        client = _client(base)
+
+        def ask() -> Any:
+            return client.chat.completions.with_raw_response.create(model="router-mf-0", messages=msgs).headers
+
+        configure_logging("info")  # upstream_restored is an info line
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(2):
+                    assert ask()["x-lmroute-fallback"] == "strong"
+                assert flaky.served == 2
+                for _ in range(3):
+                    headers = ask()
+                    assert headers["x-lmroute-tier"] == "weak" and headers["x-lmroute-fallback"] == "strong"
+                assert flaky.served == 2  # skipped: not asked
+                metrics = _metrics(srv)
+                assert 'lmroute_upstream_skipped{upstream="strong"} 1.0' in metrics
+                assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="failed"}' in metrics
+                assert [e["event"] for e in logs].count("upstream_skipped") == 1
+
+                time.sleep(1.6)
+                assert ask()["x-lmroute-fallback"] == "strong"  # the probe: asked, failed, answered by weak
+                assert flaky.served == 3
+                assert ask()["x-lmroute-fallback"] == "strong" and flaky.served == 3  # skipped again
+
+                flaky.status = 200  # it comes back
+                time.sleep(1.6)
+                headers = ask()
+                assert headers["x-lmroute-tier"] == "strong" and "x-lmroute-fallback" not in headers
+                assert len(headers["x-lmroute-decision-id"]) == 32
+                assert ask()["x-lmroute-tier"] == "strong"
+        finally:
+            configure_logging("warning")
+        events = [e["event"] for e in logs if e["event"].startswith("upstream_")]
+        assert events.count("upstream_skipped") == 2 and events.count("upstream_restored") == 1, events
+        assert events[-1] == "upstream_restored", events
+        metrics = _metrics(srv)
+        assert 'lmroute_upstream_skipped{upstream="strong"} 0.0' in metrics
+        assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="failed"} 3.0' in metrics
+        assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="skipped"} 4.0' in metrics
 
 
 def test_a_caller_that_hangs_up_frees_its_upstream_slot(

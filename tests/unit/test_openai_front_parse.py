@@ -148,12 +148,13 @@ def _side(**kw: object) -> dict[str, object]:
 def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
     doc = {
         "strong": _side(model="gpt-4o", api_key_env="K", timeout_s=30),
-        "weak": _side(max_concurrency=2, fallback=True),
+        "weak": _side(max_concurrency=2, fallback=True, fallback_for_s=5),
     }
     ups = parse_upstreams(doc, {"K": "sk-secret"})
     assert ups["strong"].api_key == "sk-secret" and ups["strong"].timeout_s == 30.0
     assert ups["weak"].api_key == "" and ups["weak"].max_concurrency == 2
     assert ups["weak"].fallback and not ups["strong"].fallback  # off unless asked for
+    assert (ups["weak"].fallback_after, ups["weak"].fallback_for_s) == (3, 5.0)
     assert ups["strong"].completions_url == "http://127.0.0.1:9/v1/chat/completions"
     assert "sk-secret" not in ups["strong"].describe()
     path = tmp_path / "up.json"
@@ -174,6 +175,9 @@ def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
         ({"strong": _side(model=""), "weak": _side()}, "strong.model: required"),
         ({"strong": _side(), "weak": _side(fallback="yes")}, "weak.fallback: must be true or false"),
         ({"strong": _side(fallback=1), "weak": _side()}, "strong.fallback: must be true or false"),
+        ({"strong": _side(fallback=True, fallback_after=0), "weak": _side()}, "strong.fallback_after: must be"),
+        ({"strong": _side(fallback=True, fallback_for_s=-1), "weak": _side()}, "strong.fallback_for_s: must be"),
+        ({"strong": _side(fallback_after=2), "weak": _side()}, "only with fallback: true"),
     ],
 )
 def test_bad_upstreams_name_the_key(doc: dict[str, object], words: str) -> None:
