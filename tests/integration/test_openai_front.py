@@ -495,6 +495,42 @@ def test_a_side_that_keeps_failing_is_skipped_then_tried_again(
         assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="skipped"} 4.0' in metrics
 
 
+def test_a_probe_whose_caller_hangs_up_lets_the_next_request_try_the_upstream(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """The strong side (falls back after 1 failure, for 1 s) is skipped; after the window its probe
+    waits on the upstream and its caller hangs up: the next request tries the upstream again (and gets
+    its answer) instead of skipping it for good."""
+    import http.client
+
+    msgs = [{"role": "user", "content": "hello there"}]
+    with FakeUpstream("stuck", status=503) as stuck:
+        extra = {"fallback": True, "fallback_after": 1, "fallback_for_s": 1.0, "timeout_s": 10}
+        srv, base = _front(fake_servers, _file(tmp_path, {"strong": stuck, "weak": upstreams["weak"]}, strong=extra))
+        front = srv.server.front
+        assert front is not None
+        client = _client(base)
+        first = client.chat.completions.with_raw_response.create(model="router-mf-0", messages=msgs)
+        assert first.headers["x-lmroute-fallback"] == "strong" and front.client.breakers["strong"].is_open
+        time.sleep(1.1)
+        stuck.status, stuck.delay_s = 200, 4.0  # the probe waits on it
+        body = json.dumps({"model": "router-mf-0", "messages": msgs})
+        gone = http.client.HTTPConnection("127.0.0.1", srv.server.http_port, timeout=30)
+        gone.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 5
+        while front.client.slots["strong"].in_use == 0:  # the probe is with the upstream
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gone.close()
+        while front.client.slots["strong"].in_use:  # the front has dropped it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stuck.delay_s = 0.0
+        again = client.chat.completions.with_raw_response.create(model="router-mf-0", messages=msgs)
+        assert again.headers["x-lmroute-tier"] == "strong" and "x-lmroute-fallback" not in again.headers
+        assert not front.client.breakers["strong"].is_open
+
+
 def test_a_caller_that_hangs_up_frees_its_upstream_slot(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
