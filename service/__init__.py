@@ -30,6 +30,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     admin_cli.py     `lmroute-admin`: AdminService from a shell (bundle, reload, targets, set-targets)
     tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     circuit_breaker.py whether the front skips a failing upstream for now (a side set to fall back)
+    front_models.py  the front's `models...` names: the rule to route among the upstreams file's models
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
     logs.py          structlog JSON configuration; LineWriter (a line it cannot write is counted, never
                      raised); LogSampler (bounded lines for floods)

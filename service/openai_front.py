@@ -21,7 +21,9 @@ The request's `model` picks the router and the policy, as RouteLLM's names do:
 with <router> a loaded router, or `default` (unless a router has that name): the bundle's default router
 (ListRouters.default_router), which an accepted adaptation makes its own router, so a caller of
 `router-default@0.3` follows the adaptations; for a tenant with a router of its own in the bundle
-(`lmroute-export adapt --for-tenant`), that router.
+(`lmroute-export adapt --for-tenant`), that router. With models named in the upstreams file, `models`
+and `models-<rule>-<value>` route among them instead (lmroute.service.front_models), and the request
+goes to the chosen model's endpoint.
 
 Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
 x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
@@ -70,6 +72,7 @@ from lmroute.service.errors import (
     echo,
     http_status,
 )
+from lmroute.service.front_models import MODELS_FORMS, MODELS_NAME, ModelsAsk, is_models_name, parse_models_name
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
@@ -81,7 +84,7 @@ from lmroute.service.upstream_client import (
     upstream_failed,
     upstream_timeout,
 )
-from lmroute.service.upstreams import OTHER_TIER, Upstream
+from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of
 from lmroute.v1 import router_pb2
 
 __all__ = ["ModelAsk", "OpenAIFront", "cut_middle", "parse_model", "prompt_of_messages"]
@@ -585,10 +588,12 @@ class OpenAIFront:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
             self.servicer.check_ready()  # 503 while the bundle loads (its list would be empty)
             default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.visible_routers()
-            data = [
-                {"id": f"{PREFIX}{name}", "object": "model", "created": 0, "owned_by": "lmroute"}
-                for name in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))
-            ]
+            names = [f"{PREFIX}{name}" for name in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))]
+            if "strong" not in self.client.upstreams:  # the upstreams file names models only
+                names = []
+            if models_of(self.client.upstreams):
+                names.append(MODELS_NAME)
+            data = [{"id": name, "object": "model", "created": 0, "owned_by": "lmroute"} for name in names]
             return web.json_response({"object": "list", "data": data})
 
         return await self._serve(_MODELS, request, work)
@@ -599,20 +604,31 @@ class OpenAIFront:
             async with self.bodies.hold(len(raw)):  # the parsed body lives only inside
                 body = self._parse(raw)
                 route = await self._route(body, tenant)
-                tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
+                among = route.HasField("chosen")  # routed among the upstreams file's models
+                if among:
+                    tier = route.chosen_model  # the upstream is named by the router's model name
+                else:
+                    tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
                 stream = body.get("stream") is True
                 payload = self.client.payload(tier, body)
-                other = OTHER_TIER[tier]  # the request as the other side is sent it, should this side fail
-                spare = self.client.payload(other, body) if self.client.upstreams[tier].fallback else None
+                spare = None
+                if self.client.upstreams[tier].fallback:  # the request as the other side is sent it
+                    spare = self.client.payload(OTHER_TIER[tier], body)
                 del body
-            request[_DECIDED] = {
+            decided = {
                 "x-lmroute-decision-id": route.decision_id,
                 "x-lmroute-model": self.client.upstreams[tier].model,
-                "x-lmroute-tier": tier,
                 "x-lmroute-router": route.router,
-                "x-lmroute-score": f"{route.score:.6g}",
-                "x-lmroute-threshold": f"{route.threshold:.6g}",
             }
+            if among:
+                decided["x-lmroute-chosen"] = route.chosen_model
+                decided["x-lmroute-predicted-quality"] = f"{route.chosen.predicted_quality:.6g}"
+                decided["x-lmroute-expected-cost-usd"] = f"{route.chosen.expected_cost_usd:.6g}"
+            else:
+                decided["x-lmroute-tier"] = tier
+                decided["x-lmroute-score"] = f"{route.score:.6g}"
+                decided["x-lmroute-threshold"] = f"{route.threshold:.6g}"
+            request[_DECIDED] = decided
             slot_tenant = tenant if self.fair_slots else ""
             return await self._forward(
                 request, payload, stream, tier, route, slot_tenant, before_end=count, spare=spare
@@ -748,19 +764,39 @@ class OpenAIFront:
         return body
 
     async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
+        """The Route call a chat request's `model` asks for: between the strong and weak sides by a named
+        router (`router-...`), or among the upstreams file's models (`models...`, lmroute.service.front_models)."""
         model = body.get("model")
         self.servicer.check_ready()  # 503 while the bundle loads, not 400 'unknown router' (no router is loaded)
-        ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
+        models = models_of(self.client.upstreams)
+        if is_models_name(model):
+            if not models:
+                why = f"model: {echo(str(model))} routes among the upstreams file's models, and it names none"
+                raise InvalidArgument(why, reason="BAD_MODEL")
+            among: ModelsAsk | None = parse_models_name(str(model))
+        elif "strong" not in self.client.upstreams:  # the file names models only
+            why = f"model: the upstreams file names no strong and weak sides; expected {MODELS_FORMS}"
+            raise InvalidArgument(f"{why} (got {echo(str(model))})", reason="BAD_MODEL")
+        else:
+            among = None
+            ask = parse_model(model, self.servicer.visible_routers(), self.servicer.router_for(tenant))
         sched = self.servicer.scheduler  # a last user turn over Route's prompt limit is routed on its head and tail
         limit = sched.policy.max_prompt_chars if sched is not None else None
         prompt = prompt_of_messages(
             body.get("messages"), self.servicer.max_turns, limit, self.servicer.max_request_chars
         )
+        req = among.request(prompt, models) if among is not None else ask.request(prompt)
         try:
-            return await self.servicer.route(ask.request(prompt), asked_tenant=tenant, timeout_s=None)
+            return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None)
         except InvalidArgument as exc:
             if exc.reason != "MISSING_POLICY":
                 raise
+            if among is not None:
+                raise InvalidArgument(
+                    f"model: {echo(str(model))} names no rule and the caller's tenant holds no spend target; "
+                    f"name one of {MODELS_FORMS} ({exc.message})",
+                    reason=exc.reason,
+                ) from None
             router = ask.router or DEFAULT
             raise InvalidArgument(
                 f"model: {echo(str(model))} names no threshold or strong share; name one, "

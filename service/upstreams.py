@@ -18,6 +18,16 @@ starts (unreachable, no slot or no answer within `timeout_s`, a 5xx or a redirec
 upstream instead (lmroute.service.openai_front); after `fallback_after` (3) failures in a row the side's
 requests go straight to the other side for `fallback_for_s` (30), then one tries the upstream again
 (lmroute.service.circuit_breaker). An unknown key is refused, so a typo does not pass silently.
+
+For routing among N models (docs/MODELS.md) the file may also name, under `models`, the endpoint of each
+model a `quality` router predicts, by the router's name for it (RouterInfo.models), with the same keys
+as a side but `fallback`:
+
+    {"models": {"gpt-4-1106-preview": {"model": "gpt-4o", "base_url": "https://api.openai.com/v1"},
+                "mixtral-8x7b-instruct-v0.1": {"model": "mixtral", "base_url": "http://127.0.0.1:8000/v1"}}}
+
+The front's `models...` names route among them (lmroute.service.openai_front). The file names both
+sides, at least two models, or both.
 """
 
 from __future__ import annotations
@@ -31,9 +41,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "parse_upstreams"]
+__all__ = ["MODELS", "OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "models_of", "parse_upstreams"]
 
 TIERS = ("strong", "weak")
+MODELS = "models"  # the file's key naming the endpoints of N models
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
 _KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency"}
 _FALLBACK_KEYS = {"fallback", "fallback_after", "fallback_for_s"}
@@ -43,7 +54,7 @@ _FALLBACK_KEYS = {"fallback", "fallback_after", "fallback_for_s"}
 class Upstream:
     """One side's endpoint, with its key read from the environment at load."""
 
-    tier: str
+    tier: str  # "strong" or "weak"; for routing among models, the router's name for the model
     model: str
     base_url: str
     api_key: str = ""
@@ -79,13 +90,14 @@ def _seconds(entry: Mapping[str, Any], key: str, default: float, where: str) -> 
     return float(value)
 
 
-def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
-    where = tier
+def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str | None = None) -> Upstream:
+    where = where or tier
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be an object with model and base_url")
-    unknown = sorted(set(entry) - _KEYS - _FALLBACK_KEYS)
+    known = _KEYS | (_FALLBACK_KEYS if tier in TIERS else set())  # a side, not a model: it may fall back
+    unknown = sorted(set(entry) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS | _FALLBACK_KEYS))})")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     model, base_url = entry.get("model"), entry.get("base_url")
     if not isinstance(model, str) or not model:
         raise ValueError(f"{where}.model: required, the model name the upstream serves")
@@ -126,17 +138,33 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str]) -> Upstream:
 
 
 def parse_upstreams(doc: object, environ: Mapping[str, str] | None = None) -> dict[str, Upstream]:
-    """tier -> Upstream from the parsed file; ValueError naming the key that is wrong."""
+    """side ("strong", "weak") or model name -> Upstream from the parsed file; ValueError naming the key
+    that is wrong."""
     env = os.environ if environ is None else environ
     if not isinstance(doc, dict):
-        raise ValueError("expected an object with strong and weak")
-    unknown = sorted(set(doc) - set(TIERS))
+        raise ValueError("expected an object with strong and weak, or models")
+    unknown = sorted(set(doc) - {*TIERS, MODELS})
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (expected strong and weak)")
-    missing = [t for t in TIERS if t not in doc]
-    if missing:
-        raise ValueError(f"{missing[0]}: required")
-    return {tier: _upstream(tier, doc[tier], env) for tier in TIERS}
+        raise ValueError(f"unknown key {unknown[0]!r} (expected strong and weak, or models)")
+    sides = [t for t in TIERS if t in doc]
+    if len(sides) == 1 or not (sides or MODELS in doc):
+        missing = next(t for t in TIERS if t not in doc)
+        raise ValueError(f"{missing}: required" + ("" if sides else " (or models)"))
+    out = {tier: _upstream(tier, doc[tier], env) for tier in sides}
+    if MODELS in doc:
+        models = doc[MODELS]
+        if not isinstance(models, dict) or len(models) < 2:
+            raise ValueError(f"{MODELS}: must be an object naming at least two models, each with its endpoint")
+        for name, entry in models.items():
+            if name in TIERS or not name:
+                raise ValueError(f"{MODELS}: {name!r} cannot name a model (strong and weak are the sides)")
+            out[name] = _upstream(name, entry, env, where=f"{MODELS}.{name}")
+    return out
+
+
+def models_of(upstreams: Mapping[str, Upstream]) -> tuple[str, ...]:
+    """The models named under `models` (the router's names for them), in the file's order."""
+    return tuple(key for key in upstreams if key not in TIERS)
 
 
 def load_upstreams(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Upstream]:

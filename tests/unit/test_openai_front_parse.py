@@ -19,8 +19,9 @@ from lmroute.service.errors import (
     UpstreamTimeout,
     http_status,
 )
+from lmroute.service.front_models import is_models_name, parse_models_name
 from lmroute.service.openai_front import ModelAsk, cut_middle, parse_model, prompt_of_messages
-from lmroute.service.upstreams import load_upstreams, parse_upstreams
+from lmroute.service.upstreams import load_upstreams, models_of, parse_upstreams
 from lmroute.v1 import router_pb2
 
 ROUTERS = ("random", "mf", "sw_ranking", "bert-tiny")
@@ -178,6 +179,12 @@ def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
         ({"strong": _side(fallback=True, fallback_after=0), "weak": _side()}, "strong.fallback_after: must be"),
         ({"strong": _side(fallback=True, fallback_for_s=-1), "weak": _side()}, "strong.fallback_for_s: must be"),
         ({"strong": _side(fallback_after=2), "weak": _side()}, "only with fallback: true"),
+        ({"strong": _side(), "models": {"a": _side(), "b": _side()}}, "weak: required"),
+        ({}, "strong: required (or models)"),
+        ({"models": {"a": _side()}}, "models: must be an object naming at least two models"),
+        ({"models": {"a": _side(), "strong": _side()}}, "models: 'strong' cannot name a model"),
+        ({"models": {"a": _side(), "b": _side(fallback=True)}}, "models.b: unknown key 'fallback'"),
+        ({"models": {"a": _side(), "b": _side(base_url="x")}}, "models.b.base_url: must be an http(s) URL"),
     ],
 )
 def test_bad_upstreams_name_the_key(doc: dict[str, object], words: str) -> None:
@@ -215,3 +222,55 @@ def test_http_statuses() -> None:
     status, info = http_status(ScorerFailed("secret detail"))
     assert status == 500 and info.message == "internal error"
     assert http_status(RuntimeError("boom"))[1].message == "internal error"
+
+
+def test_upstreams_file_may_name_models_to_route_among() -> None:
+    doc = {"models": {"gpt-4": _side(model="gpt-4o"), "mixtral": _side(max_concurrency=3)}}
+    ups = parse_upstreams(doc, {})
+    assert models_of(ups) == ("gpt-4", "mixtral") and ups["gpt-4"].model == "gpt-4o"
+    assert ups["mixtral"].max_concurrency == 3 and ups["mixtral"].label == "upstream mixtral ('m')"
+    both = parse_upstreams({"strong": _side(), "weak": _side(), **doc}, {})
+    assert set(both) == {"strong", "weak", "gpt-4", "mixtral"} and models_of(both) == ("gpt-4", "mixtral")
+    assert models_of(parse_upstreams({"strong": _side(), "weak": _side()}, {})) == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "rule", "value"),
+    [
+        ("models", "", 0.0),
+        ("models-cost-0", "cost_weight", 0.0),
+        ("models-cost-12.5", "cost_weight", 12.5),
+        ("models-margin-.05", "quality_margin", 0.05),
+        ("models-floor-1", "quality_floor", 1.0),
+    ],
+)
+def test_models_names_ask_for_a_rule(name: str, rule: str, value: float) -> None:
+    assert is_models_name(name)
+    ask = parse_models_name(name)
+    assert (ask.rule, ask.value) == (rule, value)
+    req = ask.request(router_pb2.Prompt(text="hi"), ["a", "b"])
+    assert [c.model for c in req.candidates] == ["a", "b"] and req.router == ""
+    assert req.WhichOneof("policy") == ("model_policy" if rule else None)
+    if rule:
+        assert getattr(req.model_policy, rule) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("models-", "unknown rule ''"),
+        ("models-fast-1", "unknown rule 'fast'"),
+        ("models-cost--1", "cost '-1' in 'models-cost--1' is not a number"),
+        ("models-cost-inf", "is not a number"),
+        ("models-margin-1.5", "margin in 'models-margin-1.5' must be in [0, 1]"),
+        ("models-floor-1e400", "must be in [0, 1]"),
+    ],
+)
+def test_bad_models_names_say_what_is_wrong(name: str, words: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_models_name(name)
+    assert words in err.value.message
+
+
+def test_only_models_names_are_models_names() -> None:
+    assert not any(is_models_name(n) for n in ("router-mf-0.5", "modelsx", "gpt-4", None, 3))

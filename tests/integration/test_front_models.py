@@ -1,0 +1,143 @@
+"""Routing among N models through the OpenAI front: a real server on 127.0.0.1 with a real bundle (a tiny
+ONNX encoder, a `quality` router of per-model heads from `make_tiny_bundle`) and a models file, an
+upstreams file naming four models' endpoints (fake upstream LLMs, real HTTP on 127.0.0.1). Each answer
+must come from the upstream of the model the gRPC Route call picks among the same models by the same
+rule, or by the tenant's spend target; bad names are 400s naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from lmroute.bundle.testing import make_fake_encoder_dir, make_tiny_bundle
+from lmroute.bundle.writer import restamp_bundle
+from lmroute.service.client import RouterClient
+from lmroute.service.config import ServiceConfig
+from lmroute.service.fake_upstream import FakeUpstream
+from lmroute.service.logs import configure_logging
+from lmroute.service.testing import ServerThread
+
+PRICES = {"model-00": 0.2, "model-01": 1.0, "model-03": 3.0, "model-05": 10.0}  # USD per million tokens
+PROMPTS = [f"question {i}: explain why claim {i * 5 % 13} holds, step by step" for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, dict[str, FakeUpstream], str]]:
+    root = tmp_path_factory.mktemp("front-models")
+    encoder = make_fake_encoder_dir(root / "encoder", dim=16, seed=3)
+    bundle = make_tiny_bundle(root / "bundle", encoder_dir=encoder, seed=5, quality=True)
+    restamp_bundle(bundle, default_quality_router="quality")  # as a build names it
+    models_file = root / "models.json"
+    models_file.write_text(
+        json.dumps({"models": {m: {"input_price_per_mtok": p, "output_price_per_mtok": p} for m, p in PRICES.items()}})
+    )
+    ups = {m: FakeUpstream(f"llm-{m}").start() for m in PRICES}
+    upstreams = root / "upstreams.json"
+    doc = {"models": {m: {"model": f"served-{m}", "base_url": up.base_url} for m, up in ups.items()}}
+    upstreams.write_text(json.dumps(doc))
+    configure_logging("warning")
+    cfg = ServiceConfig(
+        bundle_path=bundle,
+        port=0,
+        log_level="warning",
+        grace_s=0.0,
+        models_file=str(models_file),
+        http_port=0,
+        upstreams_file=str(upstreams),
+        spend_targets="default=5",
+    )
+    srv = ServerThread(cfg).start()
+    yield srv, ups, f"http://127.0.0.1:{srv.server.http_port}/v1"
+    srv.stop()
+    for up in ups.values():
+        up.stop()
+
+
+def _client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
+
+
+RULES = {
+    "models-cost-0": {"cost_weight": 0.0},
+    "models-cost-40": {"cost_weight": 40.0},
+    "models-margin-0.1": {"quality_margin": 0.1},
+    "models-floor-0.5": {"quality_floor": 0.5},
+}
+
+
+def test_each_answer_comes_from_the_model_route_picks_by_the_same_rule(
+    front: tuple[ServerThread, dict[str, FakeUpstream], str],
+) -> None:
+    """Every rule, whole and streamed answers: the chosen model's upstream answers (and no other is
+    asked), the headers say the gRPC call's choice, estimate and cost; the rules choose differently."""
+    srv, ups, base = front
+    picks: dict[str, tuple[str, ...]] = {}
+    with RouterClient(srv.target) as grpc_client:
+        for name, rule in RULES.items():
+            chosen = []
+            for i, prompt in enumerate(PROMPTS):
+                stream = i % 2 == 1
+                before = {m: len(up.requests) for m, up in ups.items()}
+                raw = _client(base).chat.completions.with_raw_response.create(
+                    model=name, messages=[{"role": "user", "content": prompt}], stream=stream
+                )
+                direct = grpc_client.route_among(prompt, list(PRICES), **rule)
+                model = direct.chosen_model
+                chosen.append(model)
+                if stream:
+                    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+                else:
+                    text = raw.parse().choices[0].message.content or ""
+                assert text == f"llm-{model}: {prompt}", (name, prompt)
+                headers = raw.headers
+                assert headers["x-lmroute-chosen"] == model and headers["x-lmroute-model"] == f"served-{model}"
+                estimate = (
+                    float(headers["x-lmroute-predicted-quality"]),
+                    float(headers["x-lmroute-expected-cost-usd"]),
+                )
+                assert estimate[0] == pytest.approx(direct.chosen.predicted_quality, abs=1e-5)
+                assert estimate[1] == pytest.approx(direct.chosen.expected_cost_usd, rel=1e-5)
+                assert len(headers["x-lmroute-decision-id"]) == 32 and "x-lmroute-tier" not in headers
+                after = {m: len(up.requests) for m, up in ups.items()}
+                assert {m for m in PRICES if after[m] != before[m]} == {model}  # only the chosen one asked
+                assert ups[model].requests[-1]["model"] == f"served-{model}"
+            picks[name] = tuple(chosen)
+    assert len(set(picks.values())) >= 3, picks  # the rule named is the rule applied
+
+
+def test_models_by_the_tenants_spend_target_and_the_names_listed(
+    front: tuple[ServerThread, dict[str, FakeUpstream], str],
+) -> None:
+    srv, ups, base = front
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="models", messages=[{"role": "user", "content": PROMPTS[0]}]
+    )
+    model = raw.headers["x-lmroute-chosen"]
+    assert model in PRICES and raw.parse().choices[0].message.content == f"llm-{model}: {PROMPTS[0]}"
+    with RouterClient(srv.target) as grpc_client:
+        spend = grpc_client.list_spend_targets()
+    [controller] = spend.controllers  # the default tenant's controller chose (no rule named)
+    assert controller.tenant == "default" and controller.router == "quality" and controller.decisions == 1
+    ids = [m.id for m in _client(base).models.list().data]
+    assert ids == ["models"]  # the file names models only: no router-<router> names to offer
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "words"),
+    [
+        ("models-speed-1", 400, "unknown rule 'speed' in 'models-speed-1'"),
+        ("models-margin-2", 400, "margin in 'models-margin-2' must be in [0, 1]"),
+        ("models-cost-x", 400, "cost 'x' in 'models-cost-x' is not a number"),
+        ("router-mf-0.5", 400, "the upstreams file names no strong and weak sides"),
+    ],
+)
+def test_bad_models_names_are_400_naming_what_is_wrong(
+    front: tuple[ServerThread, dict[str, FakeUpstream], str], name: str, status: int, words: str
+) -> None:
+    _, _, base = front
+    with pytest.raises(openai.APIStatusError) as err:
+        _client(base).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == status and words in err.value.message, err.value.message
