@@ -457,6 +457,16 @@ def _waits_for_a_request(handler: web.RequestHandler) -> bool:
     return isinstance(waiter, asyncio.Future) and not waiter.done()
 
 
+@dataclass(frozen=True)
+class _Spare:
+    """Where a request goes when its upstream fails: the upstream's key (the other side, or the runner-up
+    model), the request as that upstream is sent it, and the headers that then say what answered."""
+
+    key: str
+    payload: bytes
+    headers: dict[str, str]
+
+
 class OpenAIFront:
     """The aiohttp application and its listening socket; `start` and `stop` bracket it.
 
@@ -612,8 +622,12 @@ class OpenAIFront:
                 stream = body.get("stream") is True
                 payload = self.client.payload(tier, body)
                 spare = None
-                if self.client.upstreams[tier].fallback:  # the request as the other side is sent it
-                    spare = self.client.payload(OTHER_TIER[tier], body)
+                # a side falls back to the other side; a model, to the runner-up (the rule's pick without it)
+                other = route.runner_up.model if among else OTHER_TIER[tier]
+                if self.client.upstreams[tier].fallback and other:
+                    headers = self._estimate(route.runner_up) if among else {"x-lmroute-tier": other}
+                    headers["x-lmroute-model"] = self.client.upstreams[other].model
+                    spare = _Spare(other, self.client.payload(other, body), headers)
                 del body
             decided = {
                 "x-lmroute-decision-id": route.decision_id,
@@ -621,9 +635,7 @@ class OpenAIFront:
                 "x-lmroute-router": route.router,
             }
             if among:
-                decided["x-lmroute-chosen"] = route.chosen_model
-                decided["x-lmroute-predicted-quality"] = f"{route.chosen.predicted_quality:.6g}"
-                decided["x-lmroute-expected-cost-usd"] = f"{route.chosen.expected_cost_usd:.6g}"
+                decided.update(self._estimate(route.chosen))
             else:
                 decided["x-lmroute-tier"] = tier
                 decided["x-lmroute-score"] = f"{route.score:.6g}"
@@ -635,6 +647,15 @@ class OpenAIFront:
             )
 
         return await self._serve(_CHAT, request, work)
+
+    @staticmethod
+    def _estimate(of: router_pb2.ModelEstimate) -> dict[str, str]:
+        """The headers saying a model chosen among the file's models, with its estimate."""
+        return {
+            "x-lmroute-chosen": of.model,
+            "x-lmroute-predicted-quality": f"{of.predicted_quality:.6g}",
+            "x-lmroute-expected-cost-usd": f"{of.expected_cost_usd:.6g}",
+        }
 
     async def _feedback(self, request: web.Request) -> web.StreamResponse:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
@@ -813,11 +834,11 @@ class OpenAIFront:
         route: router_pb2.RouteResponse,
         tenant: str,
         before_end: Callable[[Outcome], None] = lambda outcome: None,
-        spare: bytes | None = None,
+        spare: _Spare | None = None,
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
-        upstream's slots), or, when it fails before answering, the other side's answer to `spare` (given
-        when the `tier` upstream falls back); `before_end` runs before a streamed answer's end or error
+        upstream's slots), or, when it fails before answering, `spare`'s (given when the `tier` upstream
+        falls back); `before_end` runs before a streamed answer's end or error
         event is written (a whole one is counted after this returns). The exchanges hold their slots at
         most `upstream_max_s` in all; a whole answer is written after the slot is freed; a caller that does
         not take an answer's bytes (whole or streamed) within `write_timeout_s` has its connection closed."""
@@ -894,13 +915,13 @@ class OpenAIFront:
 
     @contextlib.asynccontextmanager
     async def _exchange(
-        self, request: web.Request, tier: str, payload: bytes, spare: bytes | None, tenant: str
+        self, request: web.Request, tier: str, payload: bytes, spare: _Spare | None, tenant: str
     ) -> AsyncIterator[Exchange]:
-        """The `tier` upstream's exchange; when `spare` is given (the side falls back) and the upstream
-        fails before its answer starts, or its breaker skips it, the other side's exchange of `spare`,
-        the answer's headers (request[_DECIDED]) naming the side that answered, and `x-lmroute-fallback`
-        the side that did not, without the decision's id (its outcomes are of the side it chose). Both
-        failing: one error naming both."""
+        """The `tier` upstream's exchange; when `spare` is given (the upstream falls back) and the upstream
+        fails before its answer starts, or its breaker skips it, the exchange of `spare`, the answer's
+        headers (request[_DECIDED]) naming the upstream that answered, and `x-lmroute-fallback` the one
+        that did not, without the decision's id (its outcomes are of the choice it made). Both failing:
+        one error naming both."""
         async with contextlib.AsyncExitStack() as stack:
             breaker = self.client.breakers.get(tier) if spare is not None else None
             admit = breaker.admit() if breaker is not None else Admit.TRY
@@ -920,10 +941,9 @@ class OpenAIFront:
                     yield answer
                     return
             assert spare is not None
-            other = OTHER_TIER[tier]
             self.client.fallbacks[(tier, why)] += 1
             try:
-                answer = await self._attempt(stack, other, spare, tenant, probe=False)
+                answer = await self._attempt(stack, spare.key, spare.payload, tenant, probe=False)
             except (UpstreamFailed, UpstreamTimeout) as again:
                 raise type(again)(
                     f"{first}; then its fallback {again.message}",
@@ -932,10 +952,7 @@ class OpenAIFront:
                     retry_after_ms=again.retry_after_ms,
                 ) from None
             decided = {k: v for k, v in request[_DECIDED].items() if k != "x-lmroute-decision-id"}
-            decided["x-lmroute-model"] = self.client.upstreams[other].model
-            decided["x-lmroute-tier"] = other
-            decided["x-lmroute-fallback"] = tier
-            request[_DECIDED] = decided
+            request[_DECIDED] = {**decided, **spare.headers, "x-lmroute-fallback": tier}
             yield answer
 
     async def _attempt(

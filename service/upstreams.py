@@ -21,7 +21,8 @@ requests go straight to the other side for `fallback_for_s` (30), then one tries
 
 For routing among N models (docs/MODELS.md) the file may also name, under `models`, the endpoint of each
 model a `quality` router predicts, by the router's name for it (RouterInfo.models), with the same keys
-as a side but `fallback`:
+as a side (a model that falls back falls back to the runner-up: the model the rule would choose were it
+not there):
 
     {"models": {"gpt-4-1106-preview": {"model": "gpt-4o", "base_url": "https://api.openai.com/v1"},
                 "mixtral-8x7b-instruct-v0.1": {"model": "mixtral", "base_url": "http://127.0.0.1:8000/v1"}}}
@@ -94,7 +95,7 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
     where = where or tier
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be an object with model and base_url")
-    known = _KEYS | (_FALLBACK_KEYS if tier in TIERS else set())  # a side, not a model: it may fall back
+    known = _KEYS | _FALLBACK_KEYS
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -25,7 +26,8 @@ PROMPTS = [f"question {i}: explain why claim {i * 5 % 13} holds, step by step" f
 
 
 @pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, dict[str, FakeUpstream], str]]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a tiny real bundle with a `quality` router as its default quality router, a models file)."""
     root = tmp_path_factory.mktemp("front-models")
     encoder = make_fake_encoder_dir(root / "encoder", dim=16, seed=3)
     bundle = make_tiny_bundle(root / "bundle", encoder_dir=encoder, seed=5, quality=True)
@@ -34,10 +36,13 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThre
     models_file.write_text(
         json.dumps({"models": {m: {"input_price_per_mtok": p, "output_price_per_mtok": p} for m, p in PRICES.items()}})
     )
-    ups = {m: FakeUpstream(f"llm-{m}").start() for m in PRICES}
-    upstreams = root / "upstreams.json"
-    doc = {"models": {m: {"model": f"served-{m}", "base_url": up.base_url} for m, up in ups.items()}}
-    upstreams.write_text(json.dumps(doc))
+    return bundle, models_file
+
+
+def _serve(built: tuple[Path, Path], models: dict[str, dict[str, object]], **settings: object) -> ServerThread:
+    bundle, models_file = built
+    upstreams = models_file.parent / f"upstreams-{len(list(models_file.parent.iterdir()))}.json"
+    upstreams.write_text(json.dumps({"models": models}))
     configure_logging("warning")
     cfg = ServiceConfig(
         bundle_path=bundle,
@@ -47,9 +52,16 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThre
         models_file=str(models_file),
         http_port=0,
         upstreams_file=str(upstreams),
-        spend_targets="default=5",
+        **settings,  # type: ignore[arg-type]
     )
-    srv = ServerThread(cfg).start()
+    return ServerThread(cfg).start()
+
+
+@pytest.fixture(scope="module")
+def front(built: tuple[Path, Path]) -> Iterator[tuple[ServerThread, dict[str, FakeUpstream], str]]:
+    ups = {m: FakeUpstream(f"llm-{m}").start() for m in PRICES}
+    models = {m: {"model": f"served-{m}", "base_url": up.base_url} for m, up in ups.items()}
+    srv = _serve(built, models, spend_targets="default=5")
     yield srv, ups, f"http://127.0.0.1:{srv.server.http_port}/v1"
     srv.stop()
     for up in ups.values():
@@ -141,3 +153,43 @@ def test_bad_models_names_are_400_naming_what_is_wrong(
     with pytest.raises(openai.APIStatusError) as err:
         _client(base).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == status and words in err.value.message, err.value.message
+
+
+def test_a_model_that_falls_back_passes_a_request_it_fails_to_the_runner_up(built: tuple[Path, Path]) -> None:
+    """Every model set to fall back, model-01's endpoint down: a request the rule sends to model-01 is
+    answered by the runner-up (the rule's pick without model-01), the headers naming it, its estimate and
+    the model that failed, without the decision's id; the others as chosen."""
+    ups = {m: FakeUpstream(f"llm-{m}").start() for m in PRICES if m != "model-01"}
+    models: dict[str, dict[str, object]] = {
+        m: {"model": f"served-{m}", "base_url": ups[m].base_url if m in ups else "http://127.0.0.1:9/v1"}
+        for m in PRICES
+    }
+    for entry in models.values():
+        entry["fallback"] = True
+    srv = _serve(built, models)
+    base = f"http://127.0.0.1:{srv.server.http_port}/v1"
+    fell = 0
+    try:
+        with RouterClient(srv.target) as grpc_client:
+            for prompt in PROMPTS:
+                raw = _client(base).chat.completions.with_raw_response.create(
+                    model="models-cost-0", messages=[{"role": "user", "content": prompt}]
+                )
+                direct = grpc_client.route_among(prompt, list(PRICES), cost_weight=0.0)
+                headers = raw.headers
+                if direct.chosen_model != "model-01":
+                    assert headers["x-lmroute-chosen"] == direct.chosen_model and "x-lmroute-fallback" not in headers
+                    continue
+                fell += 1
+                runner_up = direct.runner_up.model
+                assert raw.parse().choices[0].message.content == f"llm-{runner_up}: {prompt}"
+                assert headers["x-lmroute-chosen"] == runner_up and headers["x-lmroute-model"] == f"served-{runner_up}"
+                assert headers["x-lmroute-fallback"] == "model-01" and "x-lmroute-decision-id" not in headers
+                assert float(headers["x-lmroute-predicted-quality"]) == pytest.approx(
+                    direct.runner_up.predicted_quality, abs=1e-5
+                )
+    finally:
+        srv.stop()
+        for up in ups.values():
+            up.stop()
+    assert fell >= 3  # the rule chose model-01 for several prompts (10 of 16 with these seeds)

@@ -183,7 +183,7 @@ def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
         ({}, "strong: required (or models)"),
         ({"models": {"a": _side()}}, "models: must be an object naming at least two models"),
         ({"models": {"a": _side(), "strong": _side()}}, "models: 'strong' cannot name a model"),
-        ({"models": {"a": _side(), "b": _side(fallback=True)}}, "models.b: unknown key 'fallback'"),
+        ({"models": {"a": _side(), "b": _side(fallback_for_s=3)}}, "models.b.fallback_after, fallback_for_s: only"),
         ({"models": {"a": _side(), "b": _side(base_url="x")}}, "models.b.base_url: must be an http(s) URL"),
     ],
 )
@@ -225,8 +225,9 @@ def test_http_statuses() -> None:
 
 
 def test_upstreams_file_may_name_models_to_route_among() -> None:
-    doc = {"models": {"gpt-4": _side(model="gpt-4o"), "mixtral": _side(max_concurrency=3)}}
+    doc = {"models": {"gpt-4": _side(model="gpt-4o", fallback=True), "mixtral": _side(max_concurrency=3)}}
     ups = parse_upstreams(doc, {})
+    assert ups["gpt-4"].fallback and not ups["mixtral"].fallback  # to the runner-up
     assert models_of(ups) == ("gpt-4", "mixtral") and ups["gpt-4"].model == "gpt-4o"
     assert ups["mixtral"].max_concurrency == 3 and ups["mixtral"].label == "upstream mixtral ('m')"
     both = parse_upstreams({"strong": _side(), "weak": _side(), **doc}, {})
