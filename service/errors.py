@@ -37,6 +37,8 @@
     +-- UpstreamTimeout                DEADLINE_EXCEEDED, HTTP 504 (the upstream did not answer in time)
     +-- BodyTimeout                    DEADLINE_EXCEEDED, HTTP 408 (an OpenAI front caller did not send
                                        its request body in time)
+    +-- UpstreamsMismatch              FAILED_PRECONDITION, HTTP 500 (the front's upstreams file names
+                                       models the serving bundle cannot route among)
     ConfigError(ValueError)            a bad setting; raised at startup, never sent over the wire
 
 This module imports no gRPC: the scheduler raises these, the transport converts them with `status_of`.
@@ -48,7 +50,8 @@ keeps its first `ECHO_CHARS` characters and states the full length, and `status_
 `MESSAGE_BYTES` bytes of UTF-8.
 
 The OpenAI-compatible HTTP front answers a failed request with `http_status`: the status code's usual
-HTTP equivalent (400, 404, 429, 503, ...), and 502 / 504 for the upstream errors.
+HTTP equivalent (400, 404, 429, 503, ...), 502 / 504 for the upstream errors, and 500 for an upstreams
+file that does not fit the bundle.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ __all__ = [
     "FeedbackRateExceeded",
     "UpstreamFailed",
     "UpstreamTimeout",
+    "UpstreamsMismatch",
     "ECHO_CHARS",
     "MESSAGE_BYTES",
     "StatusInfo",
@@ -292,6 +296,14 @@ class UpstreamTimeout(ServiceError):
         self.logged = message if logged is None else logged
 
 
+class UpstreamsMismatch(ServiceError):
+    """The OpenAI front's upstreams file names models the serving bundle cannot route among (not predicted
+    by its default quality router, unpriced, or no such router): the deployment's to fix, not the caller's
+    (HTTP 500; the message says what does not fit)."""
+
+    default_reason = "UPSTREAMS_MISMATCH"
+
+
 class BodyTimeout(ServiceError):
     """The OpenAI front's caller did not send its request body within the front's deadline (HTTP 408)."""
 
@@ -334,6 +346,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     UpstreamFailed: (Code.UNAVAILABLE, None),
     UpstreamTimeout: (Code.DEADLINE_EXCEEDED, None),
     BodyTimeout: (Code.DEADLINE_EXCEEDED, None),
+    UpstreamsMismatch: (Code.FAILED_PRECONDITION, None),
 }
 
 # The HTTP status of each code, for the OpenAI-compatible front (lmroute.service.openai_front); the
@@ -353,7 +366,12 @@ _HTTP_BY_CODE: dict[Code, int] = {
     Code.UNAVAILABLE: 503,
     Code.UNAUTHENTICATED: 401,
 }
-_HTTP_BY_ERROR: dict[type[ServiceError], int] = {UpstreamFailed: 502, UpstreamTimeout: 504, BodyTimeout: 408}
+_HTTP_BY_ERROR: dict[type[ServiceError], int] = {
+    UpstreamFailed: 502,
+    UpstreamTimeout: 504,
+    BodyTimeout: 408,
+    UpstreamsMismatch: 500,
+}
 
 _INTERNAL_MESSAGE = "internal error"
 

@@ -68,6 +68,7 @@ from lmroute.service.errors import (
     ServiceError,
     Unauthenticated,
     UpstreamFailed,
+    UpstreamsMismatch,
     UpstreamTimeout,
     echo,
     http_status,
@@ -128,6 +129,17 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-
 # a threshold or share: ASCII digits only (float() also takes other scripts' digits, `_`, inf and nan)
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 Outcome = tuple[str, str] | None
+# Route's refusals of a call among the upstreams file's models that are the file's (or the bundle's) doing
+_FILE_DOES_NOT_FIT = frozenset(
+    {
+        "UNKNOWN_MODEL",
+        "NO_PRICE",
+        "MISSING_ROUTER",
+        "ROUTER_NOT_MULTI_MODEL",
+        "TOO_MANY_CANDIDATES",
+        "DUPLICATE_CANDIDATE",
+    }
+)
 # a streamed answer's (code, reason) when it ended on an error after its headers
 _OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
 # what was decided for a chat request, as its answer's headers (an error answer after the route too)
@@ -810,6 +822,11 @@ class OpenAIFront:
         try:
             return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None)
         except InvalidArgument as exc:
+            if among is not None and exc.reason in _FILE_DOES_NOT_FIT:
+                raise UpstreamsMismatch(
+                    f"the upstreams file names models the serving bundle cannot route among ({exc.message})",
+                    reason="UPSTREAMS_MISMATCH",
+                ) from None
             if exc.reason != "MISSING_POLICY":
                 raise
             if among is not None:

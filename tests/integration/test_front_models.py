@@ -193,3 +193,32 @@ def test_a_model_that_falls_back_passes_a_request_it_fails_to_the_runner_up(buil
         for up in ups.values():
             up.stop()
     assert fell >= 3  # the rule chose model-01 for several prompts (10 of 16 with these seeds)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("model-99", "'model-99' is not predicted by router quality"),  # a model the router does not know
+        ("model-02", "no price for model-02"),  # predicted, but not in the models file
+    ],
+)
+def test_an_upstreams_file_that_does_not_fit_the_bundle_is_the_deployments_error(
+    built: tuple[Path, Path], extra: str, words: str
+) -> None:
+    """A model the bundle cannot route to, in the upstreams file: each `models...` request is a 500 saying
+    what does not fit (UPSTREAMS_MISMATCH), not a 400 blaming the caller; no upstream is asked."""
+    ups = {m: FakeUpstream(f"llm-{m}").start() for m in ("model-00", extra)}
+    srv = _serve(built, {m: {"model": m, "base_url": up.base_url} for m, up in ups.items()})
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            _client(f"http://127.0.0.1:{srv.server.http_port}/v1").chat.completions.create(
+                model="models-cost-0", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert err.value.status_code == 500 and err.value.code == "UPSTREAMS_MISMATCH"
+        assert "the upstreams file names models the serving bundle cannot route among" in err.value.message
+        assert words in err.value.message, err.value.message
+        assert not any(up.requests for up in ups.values())
+    finally:
+        srv.stop()
+        for up in ups.values():
+            up.stop()
