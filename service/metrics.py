@@ -41,9 +41,10 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 the OpenAI front's upstreams: slots, requests in flight
                                                 and waiting for a slot (lmroute.service.tenant_slots)
     lmroute_upstream_fallbacks_total{upstream, why}, lmroute_upstream_skipped{upstream}
-                                                requests a side that falls back passed to the other side's
-                                                upstream, its own having failed or being skipped; 1 while
-                                                its upstream is skipped (lmroute.service.circuit_breaker)
+                                                requests an upstream set to fall back passed on (to the
+                                                other side's, or the runner-up model's), it having failed
+                                                them or being skipped; 1 while it is skipped
+                                                (lmroute.service.circuit_breaker)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
                                                 {tenant, router}: the tenants' controllers (docs/CONTROL.md,
@@ -260,11 +261,11 @@ class _ServingCollector(Collector):
         )
         fallbacks = CounterMetricFamily(
             "lmroute_upstream_fallbacks",
-            "Requests passed to the other side's upstream, this one having failed or being skipped",
+            "Requests passed on to another upstream (the other side's, the runner-up's), this one failing or skipped",
             labels=["upstream", "why"],
         )
         skipped = GaugeMetricFamily(
-            "lmroute_upstream_skipped", "1 while a side's requests skip its failing upstream", labels=["upstream"]
+            "lmroute_upstream_skipped", "1 while requests skip this failing upstream", labels=["upstream"]
         )
         for tier, held in client.slots.items():
             slots.add_metric([tier], held.capacity)

@@ -26,17 +26,18 @@ and `models-<rule>-<value>` route among them instead (lmroute.service.front_mode
 goes to the chosen model's endpoint.
 
 Every answer says what was decided in its headers: x-lmroute-decision-id (for Feedback),
-x-lmroute-model (the upstream model called), x-lmroute-tier, x-lmroute-router, x-lmroute-score,
-x-lmroute-threshold. An upstream whose file entry sets `fallback` passes a request it fails before its
-answer starts to the other side's upstream: that answer says so in x-lmroute-fallback (the side that
-failed; x-lmroute-model and x-lmroute-tier name the one that answered) and carries no decision id, since
-the decision's outcomes are of the side it chose. The route step is the gRPC Route call's own code
-(RouterServicer.route), so exploration, share targets, decision recording and the scheduler's admission
-apply alike. With tokens configured the front needs `Authorization: Bearer <token>` like the gRPC port;
-the tenant comes from the token or the tenant header. With TLS configured it serves HTTPS with the same
-certificate files (read at start). Errors are OpenAI-shaped JSON (`{"error": {"message", "type",
-"code"}}`) with the status of lmroute.service.errors.http_status: a bad `model` is 400 naming it, an
-upstream down 502, slow 504.
+x-lmroute-model (the upstream model called), x-lmroute-router, and x-lmroute-tier, x-lmroute-score,
+x-lmroute-threshold (between the sides) or x-lmroute-chosen, x-lmroute-predicted-quality,
+x-lmroute-expected-cost-usd (among models). An upstream whose file entry sets `fallback` passes a request
+it fails before its answer starts to the other side's upstream (a model's: to the runner-up's): that
+answer says so in x-lmroute-fallback (what failed; the other headers name what answered) and carries no
+decision id, since the decision's outcomes are of the choice it made. The route step is the gRPC Route
+call's own code (RouterServicer.route), so exploration, share and spend targets, decision recording and
+the scheduler's admission apply alike. With tokens configured the front needs `Authorization: Bearer
+<token>` like the gRPC port; the tenant comes from the token or the tenant header. With TLS configured
+it serves HTTPS with the same certificate files (read at start). Errors are OpenAI-shaped JSON
+(`{"error": {"message", "type", "code"}}`) with the status of lmroute.service.errors.http_status: a bad
+`model` is 400 naming it, an upstream down 502, slow 504.
 """
 
 from __future__ import annotations
@@ -610,9 +611,9 @@ class OpenAIFront:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:
             self.servicer.check_ready()  # 503 while the bundle loads (its list would be empty)
             default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.visible_routers()
-            names = [f"{PREFIX}{name}" for name in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))]
-            if "strong" not in self.client.upstreams:  # the upstreams file names models only
-                names = []
+            names = []
+            if "strong" in self.client.upstreams:  # not for a file that names models only
+                names += [f"{PREFIX}{n}" for n in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))]
             if models_of(self.client.upstreams):
                 names.append(MODELS_NAME)
             data = [{"id": name, "object": "model", "created": 0, "owned_by": "lmroute"} for name in names]
@@ -855,10 +856,10 @@ class OpenAIFront:
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
         upstream's slots), or, when it fails before answering, `spare`'s (given when the `tier` upstream
-        falls back); `before_end` runs before a streamed answer's end or error
-        event is written (a whole one is counted after this returns). The exchanges hold their slots at
-        most `upstream_max_s` in all; a whole answer is written after the slot is freed; a caller that does
-        not take an answer's bytes (whole or streamed) within `write_timeout_s` has its connection closed."""
+        falls back); `before_end` runs before a streamed answer's end or error event is written (a whole
+        one is counted after this returns). The exchanges hold their slots at most `upstream_max_s` in
+        all; a whole answer is written after the slot is freed; a caller that does not take an answer's
+        bytes (whole or streamed) within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
         out: web.StreamResponse | None = None
         whole: web.Response | None = None

@@ -47,13 +47,22 @@ __all__ = ["MODELS", "OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "model
 TIERS = ("strong", "weak")
 MODELS = "models"  # the file's key naming the endpoints of N models
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
-_KEYS = {"model", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "max_concurrency"}
-_FALLBACK_KEYS = {"fallback", "fallback_after", "fallback_for_s"}
+_KEYS = {
+    "model",
+    "base_url",
+    "api_key_env",
+    "timeout_s",
+    "connect_timeout_s",
+    "max_concurrency",
+    "fallback",
+    "fallback_after",
+    "fallback_for_s",
+}
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """One side's endpoint, with its key read from the environment at load."""
+    """One side's (or, among N models, one model's) endpoint, with its key read from the environment at load."""
 
     tier: str  # "strong" or "weak"; for routing among models, the router's name for the model
     model: str
@@ -62,8 +71,8 @@ class Upstream:
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
     max_concurrency: int = 64
-    fallback: bool = False  # a request it fails before answering goes to the other side's upstream
-    fallback_after: int = 3  # failures in a row after which its side's requests skip it ...
+    fallback: bool = False  # a request it fails before answering goes to the other side's (a model's: the runner-up's)
+    fallback_after: int = 3  # failures in a row after which its requests skip it ...
     fallback_for_s: float = 30.0  # ... for this long, then one tries it again
 
     @property
@@ -95,10 +104,9 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
     where = where or tier
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be an object with model and base_url")
-    known = _KEYS | _FALLBACK_KEYS
-    unknown = sorted(set(entry) - known)
+    unknown = sorted(set(entry) - _KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
     model, base_url = entry.get("model"), entry.get("base_url")
     if not isinstance(model, str) or not model:
         raise ValueError(f"{where}.model: required, the model name the upstream serves")
