@@ -70,6 +70,30 @@ def e2e_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     srv.stop()
 
 
+MODEL_PRICES = {"model-00": 0.2, "model-01": 1.0, "model-03": 3.0, "model-05": 10.0}  # USD per million tokens
+
+
+@pytest.fixture(scope="session")
+def e2e_models_server(
+    tmp_path_factory: pytest.TempPathFactory, exported_encoder_dir: Path
+) -> Iterator[tuple[ServerThread, list[str]]]:
+    """A server of a tiny bundle with a `quality` router (its default quality router, as a build names
+    it) over six models, four of them priced in its models file (the list given with it): for routing
+    among candidates."""
+    import json
+
+    root = tmp_path_factory.mktemp("e2e_models")
+    bundle = make_tiny_bundle(root / "bundle", encoder_dir=exported_encoder_dir, quality=True, seed=5)
+    restamp_bundle(bundle, default_router="mf", default_quality_router="quality")
+    prices = root / "models.json"
+    entries = {m: {"input_price_per_mtok": p, "output_price_per_mtok": p} for m, p in MODEL_PRICES.items()}
+    prices.write_text(json.dumps({"models": entries}))
+    configure_logging("warning")
+    srv = ServerThread(_e2e_config(bundle, root, models_file=str(prices))).start()
+    yield srv, list(MODEL_PRICES)
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def e2e_tenant_server(e2e_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The e2e server again, holding a strong-share target for tenant `batch` only."""

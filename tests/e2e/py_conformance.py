@@ -58,7 +58,27 @@ def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict
     }
 
 
+RULES = ("cost_weight", "quality_margin", "quality_floor")  # a Route among candidates: at most one
+
+
+def _estimate(e: router_pb2.ModelEstimate) -> dict[str, Any]:
+    return {"model": e.model, "predicted_quality": e.predicted_quality, "expected_cost_usd": e.expected_cost_usd}
+
+
 def _route(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    if "candidates" in case:  # among models: the threshold is NaN, so not printed
+        rules = {rule: case[rule] for rule in RULES if rule in case}
+        d = client.route_among(
+            case.get("prompt", ""), case["candidates"], router=case.get("router", ""), timeout_s=timeout_s, **rules
+        )
+        return {
+            "chosen_model": d.chosen_model,
+            "tier": router_pb2.Tier.Name(d.tier),
+            "score": d.score,
+            "router": d.router,
+            "chosen": _estimate(d.chosen),
+            "runner_up": _estimate(d.runner_up) if d.HasField("runner_up") else {},
+        }
     if "prompt" in case:
         d = client.route(
             case["prompt"],
@@ -170,6 +190,8 @@ def _check(cases: Any, path: str) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: cases[{i}] ({case['id']}): unknown rpc {case.get('rpc')!r}")
         if "threshold" in case and "strong_share" in case:
             raise ValueError(f"{path}: cases[{i}] ({case['id']}): threshold and strong_share both set")
+        if sum(rule in case for rule in RULES) > 1:
+            raise ValueError(f"{path}: cases[{i}] ({case['id']}): more than one of {', '.join(RULES)}")
     return cases["cases"]
 
 

@@ -3,7 +3,8 @@
 real server on 127.0.0.1 with a real bundle. Every client must give the same codes and reasons, the same
 chosen model and tier, scores equal to 1e-6 and the same per-item codes.
 
-Also: a token bound to a tenant through each client (what it may and may not call), the clients' exit
+Also: Route among priced models through each client (a second server, its bundle with a `quality`
+router), a token bound to a tenant through each client (what it may and may not call), the clients' exit
 status 2 on bad arguments, and the Go client's own unit tests (`go test ./...`).
 """
 
@@ -257,12 +258,20 @@ def differences(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
             for name, s in a["scores"].items():
                 if not _close(s, got_scores.get(name)):
                     diff.append(f"{cid}: results[{i}].scores[{name}]: python {s!r}, client {got_scores.get(name)!r}")
-    elif "chosen_model" in ref:  # Route
+    elif "chosen_model" in ref:  # Route (among candidates: no threshold, the estimates instead)
         for key in ("chosen_model", "tier", "router"):
             same(key, ref[key], got.get(key))
         for key in ("score", "threshold"):
-            if not _close(ref[key], got.get(key)):
+            if key in ref and not _close(ref[key], got.get(key)):
                 diff.append(f"{cid}: {key}: python {ref[key]!r}, client {got.get(key)!r}")
+        for part in ("chosen", "runner_up"):
+            if part not in ref:
+                continue
+            mine, theirs = ref[part], got.get(part) or {}
+            same(f"{part}.model", mine.get("model"), theirs.get("model"))
+            for key in ("predicted_quality", "expected_cost_usd"):
+                if key in mine and not _close(mine[key], theirs.get(key)):
+                    diff.append(f"{cid}: {part}.{key}: python {mine[key]!r}, client {theirs.get(key)!r}")
     elif "status" in ref:  # Health
         same("status", ref["status"], got.get("status"))
     else:  # ListRouters
@@ -326,6 +335,73 @@ def test_client_answers_like_the_python_client(
         raise AssertionError(f"{client}: stdout is not one JSON object ({err}):\n{out.stdout[:2000]}") from err
     got = _by_id(doc, client)
     diff = [d for cid, ref in reference.items() for d in differences(ref, got[cid])]
+    assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
+
+
+def build_among_cases(four: list[str]) -> list[dict[str, Any]]:
+    """Route among `four` priced candidates: each rule, a named and the default quality router, and the
+    refusals (model-99 is no model of the router; model-02 is one, without a price)."""
+    p = synthetic_prompts(4, seed=11)
+
+    def case(cid: str, prompt: str, models: list[str], router: str = "", **rule: float) -> dict[str, Any]:
+        return {"id": cid, "rpc": "Route", "prompt": prompt, "router": router, "candidates": models, **rule}
+
+    return [
+        case("among-cost-0", p[0], four, cost_weight=0.0),
+        case("among-cost-40", p[1], four, cost_weight=40.0),
+        case("among-margin", p[2], four, router="quality", quality_margin=0.1),
+        case("among-floor", p[3], four, quality_floor=0.5),
+        case("among-two", p[0], four[:2], cost_weight=1.0),
+        case("among-unknown-model", p[0], [four[0], "model-99"], cost_weight=0.0),
+        case("among-one", p[0], four[:1], cost_weight=0.0),
+        case("among-no-rule", p[0], four),
+        case("among-unpriced", p[0], [four[0], "model-02"], cost_weight=0.0),
+    ]
+
+
+AMONG_ERRORS = {
+    "among-unknown-model": ("INVALID_ARGUMENT", "UNKNOWN_MODEL"),
+    "among-one": ("INVALID_ARGUMENT", "TOO_FEW_CANDIDATES"),
+    "among-no-rule": ("INVALID_ARGUMENT", "MISSING_POLICY"),
+    "among-unpriced": ("INVALID_ARGUMENT", "NO_PRICE"),
+}
+
+
+@pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_client_routes_among_candidates_like_the_python_client(
+    client: str,
+    client_command: Callable[[str], list[str]],
+    e2e_models_server: tuple[ServerThread, list[str]],
+    tmp_path: Path,
+) -> None:
+    """Route with candidates and a ModelPolicy rule through each client: the same chosen model, tier,
+    estimates (chosen and runner-up) and refusals as the Python client's."""
+    server, priced = e2e_models_server
+    cases = build_among_cases(priced)
+    path = tmp_path / "among.json"
+    path.write_text(json.dumps({"cases": cases}))
+    target = server.target
+    py = run([sys.executable, str(PY_CLIENT)], "conformance", "--addr", target, "--cases", str(path))
+    assert py.returncode == 0, py.stderr[-4000:]
+    ref = _by_id(json.loads(py.stdout), "python", cases)
+    for cid, (code, reason) in AMONG_ERRORS.items():
+        assert (ref[cid]["code"], ref[cid]["reason"]) == (code, reason), ref[cid]
+    ok = [ref[c["id"]] for c in cases if c["id"] not in AMONG_ERRORS]
+    assert all(r["code"] == "OK" and r["chosen"]["model"] == r["chosen_model"] and r["runner_up"] for r in ok), ok
+    assert ref["among-cost-0"]["router"] == "quality" and "threshold" not in ref["among-cost-0"]
+    assert len({r["chosen_model"] for r in ok}) >= 2, ok  # the rules choose differently
+    one = ref["among-margin"]  # the comparison sees each part of an answer among models
+    for part, key, value in [("chosen", "model", "x"), ("runner_up", "predicted_quality", 2.0), ("chosen", "", 0)]:
+        changed = json.loads(json.dumps(one))
+        if key:
+            changed[part][key] = value
+        else:
+            del changed[part]
+        assert differences(one, changed), (part, key)
+    out = run(client_command(client), "conformance", "--addr", target, "--cases", str(path))
+    assert out.returncode == 0, f"{client} conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
+    got = _by_id(json.loads(out.stdout), client, cases)
+    diff = [d for cid, r in ref.items() for d in differences(r, got[cid])]
     assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
 
 

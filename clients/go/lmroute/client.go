@@ -287,6 +287,38 @@ func RouteRequest[P RoutePolicy](text, router string, policy P) *lmroutev1.Route
 	return req
 }
 
+// CostWeight chooses, among candidates, the model maximising predicted quality - w x the cost of 1,000
+// such requests in USD (w >= 0; 0 = the best predicted whatever its price).
+func CostWeight(w float64) *lmroutev1.ModelPolicy {
+	return &lmroutev1.ModelPolicy{Rule: &lmroutev1.ModelPolicy_CostWeight{CostWeight: w}}
+}
+
+// QualityMargin chooses the cheapest candidate predicted within m (in [0, 1]) of the best predicted one.
+func QualityMargin(m float64) *lmroutev1.ModelPolicy {
+	return &lmroutev1.ModelPolicy{Rule: &lmroutev1.ModelPolicy_QualityMargin{QualityMargin: m}}
+}
+
+// QualityFloor chooses the cheapest candidate predicted at or above quality q (in [0, 1]), else the best
+// predicted one.
+func QualityFloor(q float64) *lmroutev1.ModelPolicy {
+	return &lmroutev1.ModelPolicy{Rule: &lmroutev1.ModelPolicy_QualityFloor{QualityFloor: q}}
+}
+
+// RouteAmongRequest asks which of models (at least two, each priced by the server's models file) should
+// answer text, chosen by rule (CostWeight, QualityMargin, QualityFloor; nil: the caller's tenant's spend
+// target, held live by the server) with router ("" = the bundle's default quality router). The answer's
+// Chosen and RunnerUp give the predicted quality and expected cost.
+func RouteAmongRequest(text, router string, models []string, rule *lmroutev1.ModelPolicy) *lmroutev1.RouteRequest {
+	req := &lmroutev1.RouteRequest{Prompt: Text(text), Router: router}
+	for _, m := range models {
+		req.Candidates = append(req.Candidates, &lmroutev1.Candidate{Model: m})
+	}
+	if rule != nil {
+		req.Policy = &lmroutev1.RouteRequest_ModelPolicy{ModelPolicy: rule}
+	}
+	return req
+}
+
 // SingleOutcome is the quality in [0, 1] of the model that answered decision decisionID (a Route
 // decision's chosen model), judged by source ("thumbs", "judge:gpt-4", ...).
 func SingleOutcome(decisionID string, quality float64, source string) *lmroutev1.OutcomeReport {

@@ -188,6 +188,23 @@ func TestOutcomeReportsTargetTheDecision(t *testing.T) {
 	}
 }
 
+func TestRouteAmongRequestCarriesTheModelsAndOneRule(t *testing.T) {
+	req := RouteAmongRequest("hi", "quality", []string{"a", "b"}, QualityMargin(0.05))
+	if req.GetPrompt().GetText() != "hi" || req.GetRouter() != "quality" || len(req.GetCandidates()) != 2 ||
+		req.GetCandidates()[1].GetModel() != "b" || req.GetModelPolicy().GetQualityMargin() != 0.05 {
+		t.Fatalf("margin: %v", req)
+	}
+	if w := RouteAmongRequest("hi", "", []string{"a", "b"}, CostWeight(2)).GetModelPolicy(); w.GetCostWeight() != 2 {
+		t.Fatalf("cost weight: %v", w)
+	}
+	if f := RouteAmongRequest("hi", "", []string{"a", "b"}, QualityFloor(0.8)).GetModelPolicy(); f.GetQualityFloor() != 0.8 {
+		t.Fatalf("floor: %v", f)
+	}
+	if none := RouteAmongRequest("hi", "", []string{"a", "b"}, nil); none.GetPolicy() != nil {
+		t.Fatalf("no rule (the tenant's spend target): %v", none.GetPolicy())
+	}
+}
+
 func TestGetRouterDescribesOneRouter(t *testing.T) {
 	c, err := New(serve(t, &overloadedServer{}), Options{})
 	if err != nil {

@@ -32,8 +32,13 @@ type conformanceCase struct {
 	Router      string   `json:"router"`
 	Threshold   *float64 `json:"threshold"`
 	StrongShare *float64 `json:"strong_share"`
-	Service     string   `json:"service"`
-	TimeoutMs   *int64   `json:"timeout_ms"`
+	// Route among candidates: the models, and at most one ModelPolicy rule (none: the tenant's spend target).
+	Candidates    []string `json:"candidates"`
+	CostWeight    *float64 `json:"cost_weight"`
+	QualityMargin *float64 `json:"quality_margin"`
+	QualityFloor  *float64 `json:"quality_floor"`
+	Service       string   `json:"service"`
+	TimeoutMs     *int64   `json:"timeout_ms"`
 	// Feedback: the outcomes; "routed" as a decision_id names the decision of the case's own Route call
 	// (made first when the case has a prompt).
 	Outcomes []conformanceOutcome `json:"outcomes"`
@@ -123,6 +128,8 @@ func readCases(path string) ([]conformanceCase, error) {
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): unknown rpc %q", errUsage, path, i, cs.ID, cs.RPC)
 		case cs.Threshold != nil && cs.StrongShare != nil:
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): threshold and strong_share both set", errUsage, path, i, cs.ID)
+		case countSet(cs.CostWeight, cs.QualityMargin, cs.QualityFloor) > 1:
+			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): more than one of cost_weight, quality_margin, quality_floor", errUsage, path, i, cs.ID)
 		case cs.TimeoutMs != nil && *cs.TimeoutMs <= 0:
 			return nil, fmt.Errorf("%w: %s: cases[%d] (%s): timeout_ms must be > 0", errUsage, path, i, cs.ID)
 		}
@@ -214,7 +221,61 @@ func runScore(ctx context.Context, c *lmroute.Client, cs conformanceCase, out ma
 	return nil
 }
 
+// countSet is how many of the values are given.
+func countSet(values ...*float64) int {
+	n := 0
+	for _, v := range values {
+		if v != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// estimate is a ModelEstimate as the conformance output prints it ({} when there is none).
+func estimate(e *lmroutev1.ModelEstimate) map[string]any {
+	if e == nil {
+		return map[string]any{}
+	}
+	return map[string]any{
+		"model":             e.GetModel(),
+		"predicted_quality": e.GetPredictedQuality(),
+		"expected_cost_usd": e.GetExpectedCostUsd(),
+	}
+}
+
+// runRouteAmong routes among the case's candidates; the threshold (NaN) is not printed.
+func runRouteAmong(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	var rule *lmroutev1.ModelPolicy
+	switch {
+	case cs.CostWeight != nil:
+		rule = lmroute.CostWeight(*cs.CostWeight)
+	case cs.QualityMargin != nil:
+		rule = lmroute.QualityMargin(*cs.QualityMargin)
+	case cs.QualityFloor != nil:
+		rule = lmroute.QualityFloor(*cs.QualityFloor)
+	}
+	prompt := ""
+	if cs.Prompt != nil {
+		prompt = *cs.Prompt
+	}
+	d, err := c.Route(ctx, lmroute.RouteAmongRequest(prompt, cs.Router, cs.Candidates, rule))
+	if err != nil {
+		return err
+	}
+	out["chosen_model"] = d.GetChosenModel()
+	out["tier"] = d.GetTier().String()
+	out["score"] = d.GetScore()
+	out["router"] = d.GetRouter()
+	out["chosen"] = estimate(d.GetChosen())
+	out["runner_up"] = estimate(d.GetRunnerUp())
+	return nil
+}
+
 func runRoute(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
+	if cs.Candidates != nil {
+		return runRouteAmong(ctx, c, cs, out)
+	}
 	req := &lmroutev1.RouteRequest{Router: cs.Router}
 	if cs.Prompt != nil {
 		req.Prompt = lmroute.Text(*cs.Prompt)

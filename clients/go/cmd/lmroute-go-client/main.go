@@ -19,8 +19,8 @@ import (
 	"io"
 	"os"
 	"strings"
-	"unicode/utf8"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"

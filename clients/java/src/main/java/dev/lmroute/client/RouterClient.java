@@ -32,12 +32,14 @@ import lmroute.v1.Admin.SetTargetsRequest;
 import lmroute.v1.Admin.SetTargetsResponse;
 import lmroute.v1.Admin.TargetChange;
 import lmroute.v1.AdminServiceGrpc;
+import lmroute.v1.Router.Candidate;
 import lmroute.v1.Router.FeedbackRequest;
 import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.GetRouterRequest;
 import lmroute.v1.Router.GetRouterResponse;
 import lmroute.v1.Router.ListRoutersRequest;
 import lmroute.v1.Router.ListRoutersResponse;
+import lmroute.v1.Router.ModelPolicy;
 import lmroute.v1.Router.OutcomeReport;
 import lmroute.v1.Router.PairedOutcome;
 import lmroute.v1.Router.Prompt;
@@ -150,6 +152,44 @@ public final class RouterClient implements AutoCloseable {
   public RouteResponse routeByStrongShare(String prompt, String router, double strongShare) {
     return route(RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(routerName(router))
         .setStrongShare(strongShare).build());
+  }
+
+  /**
+   * Chooses among {@code models} (at least two, each priced by the server's models file) by {@code rule}
+   * ({@link #costWeight}, {@link #qualityMargin}, {@link #qualityFloor}; null: the caller's tenant's spend
+   * target, held live by the server) with {@code router} ("": the bundle's default quality router). The
+   * answer's {@code chosen} and {@code runner_up} give the predicted quality and expected cost.
+   */
+  public RouteResponse routeAmong(String prompt, String router, List<String> models, ModelPolicy rule) {
+    return route(routeAmongRequest(prompt, router, models, rule));
+  }
+
+  /** The Route request of {@link #routeAmong}. */
+  public static RouteRequest routeAmongRequest(String prompt, String router, List<String> models, ModelPolicy rule) {
+    Objects.requireNonNull(models, "models: null, expected a list of model names");
+    RouteRequest.Builder req = RouteRequest.newBuilder().setPrompt(textPrompt(prompt)).setRouter(routerName(router));
+    for (String m : models) {
+      req.addCandidates(Candidate.newBuilder().setModel(Objects.requireNonNull(m, "models: a null name")));
+    }
+    if (rule != null) {
+      req.setModelPolicy(rule);
+    }
+    return req.build();
+  }
+
+  /** The model maximising predicted quality - {@code w} x the cost of 1,000 such requests in USD (w >= 0). */
+  public static ModelPolicy costWeight(double w) {
+    return ModelPolicy.newBuilder().setCostWeight(w).build();
+  }
+
+  /** The cheapest model predicted within {@code m} (in [0, 1]) of the best predicted one. */
+  public static ModelPolicy qualityMargin(double m) {
+    return ModelPolicy.newBuilder().setQualityMargin(m).build();
+  }
+
+  /** The cheapest model predicted at or above quality {@code q} (in [0, 1]), else the best predicted one. */
+  public static ModelPolicy qualityFloor(double q) {
+    return ModelPolicy.newBuilder().setQualityFloor(q).build();
   }
 
   private static String routerName(String router) {

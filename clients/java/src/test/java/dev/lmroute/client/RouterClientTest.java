@@ -106,6 +106,24 @@ class RouterClientTest {
   }
 
   @Test
+  void routeAmongRequestCarriesTheModelsAndOneRule() {
+    RouteRequest req =
+        RouterClient.routeAmongRequest("hi", "quality", List.of("a", "b"), RouterClient.qualityMargin(0.05));
+    assertEquals("hi", req.getPrompt().getText());
+    assertEquals("quality", req.getRouter());
+    assertEquals(List.of("a", "b"), req.getCandidatesList().stream().map(c -> c.getModel()).toList());
+    assertEquals(0.05, req.getModelPolicy().getQualityMargin());
+    assertEquals(2.0, RouterClient.routeAmongRequest("hi", "", List.of("a", "b"), RouterClient.costWeight(2))
+        .getModelPolicy().getCostWeight());
+    assertEquals(0.8, RouterClient.routeAmongRequest("hi", "", List.of("a", "b"), RouterClient.qualityFloor(0.8))
+        .getModelPolicy().getQualityFloor());
+    assertFalse(RouterClient.routeAmongRequest("hi", "", List.of("a", "b"), null).hasModelPolicy()); // spend target
+    NullPointerException e = assertThrows(NullPointerException.class,
+        () -> RouterClient.routeAmongRequest("hi", "", null, null));
+    assertTrue(e.getMessage().startsWith("models: null"), e.getMessage());
+  }
+
+  @Test
   void nullArgumentsAreRefusedByName() {
     try (RouterClient c = client()) {
       NullPointerException e = assertThrows(NullPointerException.class, () -> c.routeByThreshold(null, "mf", 0.5));

@@ -28,6 +28,7 @@ import lmroute.v1.Admin.TenantTarget;
 import lmroute.v1.Router.FeedbackRequest;
 import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.ItemStatus;
+import lmroute.v1.Router.ModelEstimate;
 import lmroute.v1.Router.PromptScores;
 import lmroute.v1.Router.RouteRequest;
 import lmroute.v1.Router.RouteResponse;
@@ -176,7 +177,37 @@ final class Conformance {
     r.add("results", items);
   }
 
+  /** A ModelEstimate as the conformance output prints it ({} when there is none). */
+  private static JsonObject estimate(boolean present, ModelEstimate e) {
+    JsonObject o = new JsonObject();
+    if (present) {
+      o.addProperty("model", e.getModel());
+      o.addProperty("predicted_quality", e.getPredictedQuality());
+      o.addProperty("expected_cost_usd", e.getExpectedCostUsd());
+    }
+    return o;
+  }
+
+  /** Route among the case's candidates; the threshold (NaN) is not printed. */
+  private static void routeAmong(RouterClient client, ConformanceCase c, JsonObject r) {
+    String prompt = c.prompt() == null ? "" : c.prompt();
+    RouteResponse resp = client.route(
+        RouterClient.routeAmongRequest(prompt, c.router() == null ? "" : c.router(), c.candidates(), c.rule()),
+        c.timeout());
+    r.addProperty("code", "OK");
+    r.addProperty("chosen_model", resp.getChosenModel());
+    r.addProperty("tier", resp.getTier().name());
+    r.addProperty("score", resp.getScore());
+    r.addProperty("router", resp.getRouter());
+    r.add("chosen", estimate(resp.hasChosen(), resp.getChosen()));
+    r.add("runner_up", estimate(resp.hasRunnerUp(), resp.getRunnerUp()));
+  }
+
   private static void route(RouterClient client, ConformanceCase c, JsonObject r) {
+    if (c.candidates() != null) {
+      routeAmong(client, c, r);
+      return;
+    }
     RouteRequest.Builder req =
         RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(c.prompt())).setRouter(c.router());
     if (c.threshold() != null) {

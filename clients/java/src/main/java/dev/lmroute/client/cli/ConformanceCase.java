@@ -1,6 +1,7 @@
 package dev.lmroute.client.cli;
 
 import com.google.gson.JsonArray;
+import dev.lmroute.client.RouterClient;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParseException;
@@ -12,6 +13,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import lmroute.v1.Router.ModelPolicy;
 
 /**
  * One case of a conformance cases.json (clients/CONFORMANCE.md), checked field by field when read.
@@ -31,6 +33,8 @@ import java.util.Set;
  * @param spends SetTargets: tenant to spend target, null to remove it
  * @param path ReloadBundle: the bundle directory on the server ("" = its serving path)
  * @param judge DecisionsToJudge: what to ask for
+ * @param candidates Route among models: the candidates' names, or null (a Route between the pair)
+ * @param rule Route among models: the ModelPolicy rule, or null (the tenant's spend target)
  */
 record ConformanceCase(
     String id,
@@ -47,7 +51,9 @@ record ConformanceCase(
     Map<String, Double> shares,
     Map<String, Double> spends,
     String path,
-    JudgeAsk judge) {
+    JudgeAsk judge,
+    List<String> candidates,
+    ModelPolicy rule) {
 
   static final Set<String> RPCS = Set.of("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets",
       "ListShareTargets", "ListSpendTargets", "GetBundle", "ReloadBundle", "DecisionsToJudge");
@@ -127,39 +133,42 @@ record ConformanceCase(
     switch (rpc) {
       case "Score":
         return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, true),
-            strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null, null);
+            strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null, null, null,
+            null);
       case "Route": {
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         Double share = c.has("strong_share") ? number(c, "strong_share", where) : null;
         if (threshold != null && share != null) {
           throw new CasesError(where + ": threshold and strong_share are both given; give at most one");
         }
+        List<String> candidates = c.has("candidates") ? strings(c, "candidates", where, true) : null;
         return new ConformanceCase(id, rpc, timeout, null, null, string(c, "prompt", where, null),
-            string(c, "router", where, null), threshold, share, null, null, null, null, null, null);
+            string(c, "router", where, null), threshold, share, null, null, null, null, null, null, candidates,
+            rule(c, where));
       }
       case "Health":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null,
-            string(c, "service", where, ""), null, null, null, null, null);
+            string(c, "service", where, ""), null, null, null, null, null, null, null);
       case "Feedback": {
         String prompt = c.has("prompt") ? string(c, "prompt", where, null) : null;
         Double threshold = c.has("threshold") ? number(c, "threshold", where) : null;
         return new ConformanceCase(id, rpc, timeout, null, null, prompt, string(c, "router", where, ""),
-            threshold, null, null, outcomes(c, where), null, null, null, null);
+            threshold, null, null, outcomes(c, where), null, null, null, null, null, null);
       }
       case "SetTargets":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null,
-            targets(c, "shares", where), targets(c, "spends", where), null, null);
+            targets(c, "shares", where), targets(c, "spends", where), null, null, null, null);
       case "ReloadBundle":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null,
-            string(c, "path", where, ""), null);
+            string(c, "path", where, ""), null, null, null);
       case "DecisionsToJudge":
         return new ConformanceCase(id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null,
             new JudgeAsk((int) integer(c, "budget", where, Integer.MIN_VALUE, Integer.MAX_VALUE),
                 (int) integer(c, "window", where, Integer.MIN_VALUE, Integer.MAX_VALUE),
-                integer(c, "since_ms", where, Long.MIN_VALUE, Long.MAX_VALUE)));
+                integer(c, "since_ms", where, Long.MIN_VALUE, Long.MAX_VALUE)), null, null);
       default:
         return new ConformanceCase(
-            id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null, null);
+            id, rpc, timeout, null, null, null, null, null, null, null, null, null, null, null, null, null, null);
     }
   }
 
@@ -200,6 +209,28 @@ record ConformanceCase(
       out.add(new Outcome(string(o, "decision_id", at, null), single, paired, string(o, "source", at, "")));
     }
     return out;
+  }
+
+  /** A Route case's ModelPolicy rule: at most one of cost_weight, quality_margin, quality_floor; null for none. */
+  private static ModelPolicy rule(JsonObject c, String where) throws CasesError {
+    List<String> given = new ArrayList<>();
+    for (String field : List.of("cost_weight", "quality_margin", "quality_floor")) {
+      if (c.has(field)) {
+        given.add(field);
+      }
+    }
+    if (given.size() > 1) {
+      throw new CasesError(where + ": " + String.join(" and ", given) + " are both given; give at most one");
+    }
+    if (given.isEmpty()) {
+      return null;
+    }
+    double value = number(c, given.get(0), where);
+    return switch (given.get(0)) {
+      case "cost_weight" -> RouterClient.costWeight(value);
+      case "quality_margin" -> RouterClient.qualityMargin(value);
+      default -> RouterClient.qualityFloor(value);
+    };
   }
 
   private static Map<String, Double> targets(JsonObject c, String field, String where) throws CasesError {
