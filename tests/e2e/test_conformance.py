@@ -626,6 +626,29 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     assert not_text.returncode == 2 and b"argument 2" in not_text.stderr and b"is not UTF-8 text" in not_text.stderr
 
 
+def test_go_route_among_models_command(
+    client_command: Callable[[str], list[str]], e2e_models_server: tuple[ServerThread, list[str]]
+) -> None:
+    """`route --models a,b,... --quality-margin m` prints the model the Python client's call chooses, its
+    estimate and the runner-up; a rule without --models, or two rules, are bad flags (2)."""
+    server, priced = e2e_models_server
+    go, addr = client_command("go"), ["--addr", server.target]
+    with RouterClient(server.target, timeout_s=30) as py:
+        want = py.route_among("Explain quicksort.", priced, quality_margin=0.1)
+    got = run(go, "route", *addr, "--models", ",".join(priced), "--quality-margin", "0.1", "Explain quicksort.")
+    assert got.returncode == 0, got.stderr
+    chosen, rest = got.stdout.split("\t", 1)
+    assert chosen == want.chosen_model, got.stdout
+    assert (
+        f"predicted_quality={want.chosen.predicted_quality:.4f}" in rest and f"runner_up={want.runner_up.model}" in rest
+    )
+    no_rule = run(go, "route", *addr, "--attempts", "1", "--models", ",".join(priced), "hi")  # no spend targets here
+    assert no_rule.returncode == 1 and "MISSING_POLICY" in no_rule.stderr, no_rule.stderr
+    assert run(go, "route", *addr, "--quality-margin", "0.1", "hi").returncode == 2
+    two = run(go, "route", *addr, "--models", "a,b", "--cost-weight", "1", "--quality-floor", "0.5", "hi")
+    assert two.returncode == 2 and "at most one of --cost-weight" in two.stderr, two.stderr
+
+
 @pytest.mark.parametrize("name", CLIENT_NAMES)
 def test_client_names_its_tenant(
     name: str, client_command: Callable[[str], list[str]], e2e_tenant_server: ServerThread

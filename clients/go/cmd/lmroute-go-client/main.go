@@ -236,9 +236,13 @@ func describe(err error) string {
 
 func routeCmd(args []string, stdout, stderr io.Writer) error {
 	fs, com := newFlags("route", stderr)
-	router := fs.String("router", "", "router name (empty: the bundle's default router)")
+	router := fs.String("router", "", "router name (empty: the bundle's default router; with --models, its default quality router)")
 	threshold := fs.Float64("threshold", 0, "explicit threshold in [0, 1]")
 	share := fs.Float64("strong-share", 0, "target share of strong calls in [0, 1]")
+	models := fs.String("models", "", "comma-separated models to choose among (a quality router's; empty: the strong/weak pair)")
+	costWeight := fs.Float64("cost-weight", 0, "with --models: maximise quality - w x the cost of 1,000 such requests (USD)")
+	margin := fs.Float64("quality-margin", 0, "with --models: the cheapest model predicted within this of the best")
+	floor := fs.Float64("quality-floor", 0, "with --models: the cheapest model predicted at or above this quality")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -249,11 +253,42 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 	if setT && setS {
 		return fmt.Errorf("%w: give at most one of --threshold and --strong-share", errUsage)
 	}
+	rules := 0
+	for _, name := range []string{"cost-weight", "quality-margin", "quality-floor"} {
+		if given(fs, name) {
+			rules++
+		}
+	}
+	if *models == "" && rules > 0 {
+		return fmt.Errorf("%w: --cost-weight, --quality-margin and --quality-floor need --models", errUsage)
+	}
+	if *models != "" && (setT || setS || rules > 1) {
+		return fmt.Errorf("%w: with --models give at most one of --cost-weight, --quality-margin, --quality-floor", errUsage)
+	}
 	c, err := com.client()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if *models != "" {
+		var rule *lmroutev1.ModelPolicy // none: the server holds the caller's tenant's spend target
+		switch {
+		case given(fs, "cost-weight"):
+			rule = lmroute.CostWeight(*costWeight)
+		case given(fs, "quality-margin"):
+			rule = lmroute.QualityMargin(*margin)
+		case given(fs, "quality-floor"):
+			rule = lmroute.QualityFloor(*floor)
+		}
+		d, err := c.Route(context.Background(), lmroute.RouteAmongRequest(fs.Arg(0), *router, strings.Split(*models, ","), rule))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\tpredicted_quality=%.4f expected_cost_usd=%.6g runner_up=%s router=%s bundle=%s decision=%s\n",
+			d.GetChosenModel(), d.GetChosen().GetPredictedQuality(), d.GetChosen().GetExpectedCostUsd(),
+			d.GetRunnerUp().GetModel(), d.GetRouter(), d.GetBundleVersion(), d.GetDecisionId())
+		return nil
+	}
 	// neither: the server holds the caller's tenant's share target (--tenant; its --share-targets)
 	req := &lmroutev1.RouteRequest{Prompt: lmroute.Text(fs.Arg(0)), Router: *router}
 	switch {
