@@ -649,6 +649,23 @@ def test_go_route_among_models_command(
     assert two.returncode == 2 and "at most one of --cost-weight" in two.stderr, two.stderr
 
 
+def test_java_route_among_models_command(
+    client_command: Callable[[str], list[str]], e2e_models_server: tuple[ServerThread, list[str]]
+) -> None:
+    """The Java client's `route --models ... --cost-weight w` prints the Python client's choice, its
+    estimate and the runner-up; a rule without --models is a bad flag (2)."""
+    server, priced = e2e_models_server
+    java, addr = client_command("java"), ["--addr", server.target]
+    with RouterClient(server.target, timeout_s=30) as py:
+        want = py.route_among("Explain quicksort.", priced, cost_weight=40.0)
+    got = run(java, "route", *addr, "--models", ",".join(priced), "--cost-weight", "40", "Explain quicksort.")
+    assert got.returncode == 0, got.stderr
+    lines = dict(line.split(None, 1) for line in got.stdout.splitlines())
+    assert lines["chosen_model"] == want.chosen_model and lines["runner_up"] == want.runner_up.model, got.stdout
+    assert float(lines["predicted_quality"]) == pytest.approx(want.chosen.predicted_quality, abs=1e-6)
+    assert run(java, "route", *addr, "--quality-floor", "0.5", "hi").returncode == 2
+
+
 @pytest.mark.parametrize("name", CLIENT_NAMES)
 def test_client_names_its_tenant(
     name: str, client_command: Callable[[str], list[str]], e2e_tenant_server: ServerThread

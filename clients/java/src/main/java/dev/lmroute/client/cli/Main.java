@@ -19,14 +19,17 @@ import java.security.GeneralSecurityException;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.IdentityHashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
 import java.util.stream.Collectors;
 import javax.net.ssl.SSLException;
 import lmroute.v1.Router.FeedbackResponse;
 import lmroute.v1.Router.ItemStatus;
+import lmroute.v1.Router.ModelPolicy;
 import lmroute.v1.Router.OutcomeReport;
 import lmroute.v1.Router.PromptScores;
 import lmroute.v1.Router.RouteRequest;
@@ -52,6 +55,8 @@ public final class Main {
       "usage: java -jar lmroute-java-client.jar COMMAND [options]",
       "",
       "  route  [--router NAME] [--threshold X | --strong-share X] PROMPT decide strong vs weak for one prompt",
+      "  route  --models A,B,... [--cost-weight W | --quality-margin M | --quality-floor Q] [--router NAME] PROMPT",
+      "                                                                   choose among models (no rule: spend target)",
       "  score  [--router NAME]... PROMPT...                             scores of each prompt (all routers by default)",
       "  health [--service NAME]                                          grpc.health.v1 status (exit 1 unless SERVING)",
       "  feedback --decision-id ID (--quality Q | --strong Q --weak Q) [--source NAME]",
@@ -108,7 +113,8 @@ public final class Main {
         case "conformance":
           return Conformance.run(Args.parse(argv, 1, Conformance.OPTIONS), out, err);
         case "route":
-          return route(Args.parse(argv, 1, with(CALL_OPTIONS, "router", "threshold", "strong-share")), out, err);
+          return route(Args.parse(argv, 1, with(CALL_OPTIONS, "router", "threshold", "strong-share", "models",
+              "cost-weight", "quality-margin", "quality-floor")), out, err);
         case "score":
           return score(Args.parse(argv, 1, with(CALL_OPTIONS, "router")), out, err);
         case "health":
@@ -304,6 +310,36 @@ public final class Main {
     }
     if (a.positionals().size() != 1) {
       throw new Args.UsageError("route takes exactly one PROMPT (got " + a.positionals().size() + ")");
+    }
+    Optional<String> models = a.get("models");
+    Map<String, Optional<Double>> rules = new LinkedHashMap<>();
+    for (String rule : List.of("cost-weight", "quality-margin", "quality-floor")) {
+      rules.put(rule, a.getDouble(rule));
+    }
+    long givenRules = rules.values().stream().filter(Optional::isPresent).count();
+    if (models.isEmpty() && givenRules > 0) {
+      throw new Args.UsageError("--cost-weight, --quality-margin and --quality-floor need --models");
+    }
+    if (models.isPresent()) {
+      if (threshold.isPresent() || share.isPresent() || givenRules > 1) {
+        throw new Args.UsageError("with --models give at most one of --cost-weight, --quality-margin, --quality-floor");
+      }
+      ModelPolicy rule = null; // none: the caller's tenant's spend target
+      if (rules.get("cost-weight").isPresent()) {
+        rule = RouterClient.costWeight(rules.get("cost-weight").get());
+      } else if (rules.get("quality-margin").isPresent()) {
+        rule = RouterClient.qualityMargin(rules.get("quality-margin").get());
+      } else if (rules.get("quality-floor").isPresent()) {
+        rule = RouterClient.qualityFloor(rules.get("quality-floor").get());
+      }
+      try (RouterClient c = client(a, err)) {
+        RouteResponse r = c.routeAmong(a.positionals().get(0), router, List.of(models.get().split(",")), rule);
+        out.printf(Locale.ROOT, "chosen_model       %s%npredicted_quality  %.6f%nexpected_cost_usd  %.6g%n"
+                + "runner_up          %s%nrouter             %s%nbundle             %s%ndecision_id        %s%n",
+            r.getChosenModel(), r.getChosen().getPredictedQuality(), r.getChosen().getExpectedCostUsd(),
+            r.getRunnerUp().getModel(), r.getRouter(), r.getBundleVersion(), r.getDecisionId());
+      }
+      return EXIT_OK;
     }
     RouteRequest.Builder req =
         RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(a.positionals().get(0))).setRouter(router);
