@@ -12,7 +12,9 @@ fits `max_feedback_items` gets through once its tenant slows down.
 
 The buckets of the `max_tenants` tenants seen last are kept; one forgotten comes back full. A caller that
 may name any tenant (no token binds it) can therefore take a bucket per name: the bound holds per caller
-where tokens bind tenants (docs/SECURITY.md). Event-loop only (no lock).
+where tokens bind tenants (docs/SECURITY.md). `take` and `refund` run on the event loop (no lock);
+`refusal` only reads (one dictionary read of an immutable pair), so the thread transport's pool threads
+may ask it whether a call would be refused before handing the call to the loop.
 """
 
 from __future__ import annotations
@@ -58,13 +60,25 @@ class FeedbackRate:
         while len(self._buckets) > self.max_tenants:
             self._buckets.popitem(last=False)
         if not fits:
-            wait_ms = max(1, math.ceil(1000.0 * (min(n, self.burst) - held) / self.rate - _NOISE))
-            who = repr(tenant) if tenant else "(no tenant)"
-            raise FeedbackRateExceeded(
-                f"outcomes: tenant {who} reports more than {self.rate:g} outcomes a second (--feedback-rate); "
-                f"{n} more fit in {wait_ms} ms",
-                retry_after_ms=wait_ms,
-            )
+            raise self._exceeded(tenant, n, held)
+
+    def refusal(self, tenant: str, n: int) -> FeedbackRateExceeded | None:
+        """What `take(tenant, n)` would raise now, or None when the call fits (a tenant without a bucket
+        has a full one); takes nothing. Safe from any thread: it only reads."""
+        state = self._buckets.get(tenant)
+        if state is None:
+            return None
+        held = min(self.burst, state[0] + (self._clock() - state[1]) * self.rate)
+        return None if held >= n - _NOISE else self._exceeded(tenant, n, held)
+
+    def _exceeded(self, tenant: str, n: int, held: float) -> FeedbackRateExceeded:
+        wait_ms = max(1, math.ceil(1000.0 * (min(n, self.burst) - held) / self.rate - _NOISE))
+        who = repr(tenant) if tenant else "(no tenant)"
+        return FeedbackRateExceeded(
+            f"outcomes: tenant {who} reports more than {self.rate:g} outcomes a second (--feedback-rate); "
+            f"{n} more fit in {wait_ms} ms",
+            retry_after_ms=wait_ms,
+        )
 
     def refund(self, tenant: str, n: int) -> None:
         """Put back `n` outcomes `take` took for a call refused after it (the store had no room), so that

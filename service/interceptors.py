@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,7 +55,14 @@ from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
 from lmroute.service.wire_status import code_name, wire_status
 
-__all__ = ["REQUEST_ID_KEY", "Malformed", "RequestContextInterceptor", "tolerant_deserializer"]
+__all__ = [
+    "REQUEST_ID_KEY",
+    "EarlyCheck",
+    "EarlyRefusals",
+    "Malformed",
+    "RequestContextInterceptor",
+    "tolerant_deserializer",
+]
 
 REQUEST_ID_KEY = "x-request-id"
 _log = structlog.get_logger("lmroute.rpc")
@@ -103,6 +111,99 @@ async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id
     raise AssertionError("abort returned")  # pragma: no cover
 
 
+EarlyCheck = Callable[[Any, Any, "str | None"], "tuple[ServiceError, Callable[[], None]] | None"]
+"""(request, its metadata, the tenant its token is bound to) -> (the error the loop would refuse it with,
+what to count on the loop when it is refused here), or None to let the call go on to the loop."""
+
+
+class EarlyRefusals:
+    """Refuses a call on a pool thread of the thread transport, before it crosses to the event loop, when
+    `check` says the loop would refuse it (a Feedback call past its tenant's rate: a flood of them, each
+    crossing to the loop and back, kept other tenants' Route calls waiting on gRPC's threads and the
+    interpreter lock; benchmarks/results/feedback_flood).
+
+    The caller sees what the loop would have answered: the same status, reason, retry delay and request
+    id; the call is counted in the metrics before its status leaves, as every call is. A call whose token
+    is not admitted, or that `check` passes, goes on to the loop, which answers it as ever. What must run
+    on the loop (the sampled access line, `check`'s own counting) is handed to it without waiting, in
+    batches: a burst of refusals wakes the loop once, not once each."""
+
+    def __init__(
+        self,
+        method: str,
+        check: EarlyCheck,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        auth: Authenticator | None,
+        metrics: ServiceMetrics | None,
+        sampler: LogSampler,
+        sample_all: bool = False,
+    ) -> None:
+        self.method = method
+        self._sample_all = sample_all
+        self._check = check
+        self._loop = loop
+        self._auth = auth
+        self._metrics = metrics
+        self._sampler = sampler
+        self.refused = 0  # calls refused here
+        self._lock = threading.Lock()
+        self._pending: list[tuple[StatusInfo, str, float, str, Callable[[], None]]] = []  # for the loop
+        self._scheduled = False  # a drain of `_pending` is scheduled on the loop
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> None:
+        """Return to let the call go on; end it (context.abort raises) when the loop would refuse it."""
+        t0 = time.perf_counter()
+        if isinstance(request, Malformed):
+            return
+        metadata = context.invocation_metadata() or ()
+        bound = None
+        if self._auth is not None:
+            admitted, bound = self._auth.check(metadata)
+            if not admitted:
+                return
+        verdict = self._check(request, metadata, bound)
+        if verdict is None:
+            return
+        exc, count = verdict
+        info = status_of(exc)
+        request_id = _request_id(context)
+        status = wire_status(info, ((REQUEST_ID_KEY, request_id),))
+        seconds = time.perf_counter() - t0
+        if self._metrics is not None:
+            self._metrics.observe(self.method, info.code.name, info.reason, seconds)
+        self.refused += 1
+        with self._lock:  # the loop's part, handed over in batches: one wake-up of the loop per batch
+            self._pending.append((info, request_id, seconds, str(context.peer()), count))
+            wake, self._scheduled = not self._scheduled, True
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
+        context.set_trailing_metadata(status.trailing_metadata)
+        context.abort(status.code, status.details)
+
+    def _drain(self) -> None:
+        """On the loop: the refusals handed over since the last drain."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._scheduled = False
+                    return
+                batch, self._pending = self._pending, []
+            for args in batch:
+                self._after(*args)
+
+    def _after(self, info: StatusInfo, request_id: str, seconds: float, peer: str, count: Callable[[], None]) -> None:
+        """On the loop: the call's access line (sampled as the loop's own refusals are), `check`'s counting."""
+        count()
+        code, reason, ms = info.code.name, info.reason, round(seconds * 1000, 3)
+        with CallLog(request_id=request_id, method=self.method):
+            if code not in SHED_CODES and not self._sample_all:
+                if info_enabled():
+                    _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer)
+            elif (suppressed := self._sampler.admit((self.method, code, reason))) is not None:
+                _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
+
+
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs: Any
     """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through, each taking one
     of `streams` while it is open when given (grpc.aio: lmroute.service.stream_cap; the thread transport
@@ -139,6 +240,21 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         if handler.unary_unary is None:
             return handler if self._streams is None else self._capped(handler_call_details.method, handler)
         return self.wrap(handler_call_details.method, handler)
+
+    def early_refusals(self, method: str, check: EarlyCheck, loop: asyncio.AbstractEventLoop) -> EarlyRefusals:
+        """Refusals of `method`'s calls on the thread transport's pool threads, with this interceptor's
+        token check, metrics and access-line sampler (lmroute.service.transports)."""
+        if self._tracing is not None:
+            raise ValueError("early refusals make no span: not with tracing")
+        return EarlyRefusals(
+            method,
+            check,
+            loop,
+            auth=self._auth,
+            metrics=self._metrics,
+            sampler=self._sampler,
+            sample_all=self._sample_all,
+        )
 
     def _capped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """A streaming `handler` that holds one of the stream slots while open (built once per method)."""

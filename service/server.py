@@ -43,7 +43,7 @@ from lmroute.service.cpus import available_cpus, pin_current_thread
 from lmroute.service.errors import ConfigError, NoBundleEncoder
 from lmroute.service.exploration import Exploration
 from lmroute.service.health_check import HealthServicer
-from lmroute.service.interceptors import RequestContextInterceptor
+from lmroute.service.interceptors import EarlyRefusals, RequestContextInterceptor
 from lmroute.service.liveness import LivenessWatchdog
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.model_prices import load_models_file
@@ -80,6 +80,7 @@ __all__ = [
 ]
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+FEEDBACK_METHOD = f"/{SERVICE_NAME}/Feedback"
 _log = structlog.get_logger("lmroute.server")
 
 
@@ -219,6 +220,7 @@ class RouterServer:
         self.health = HealthServicer()
         self.liveness: LivenessWatchdog | None = None
         self.streams: StreamSlots | None = None  # the streaming calls open (set at bind)
+        self.feedback_refusals: EarlyRefusals | None = None  # Feedback refused on the pool threads (threads)
         self.scheduler: Scheduler[Any] | None = None
         self.admin = AdminServicer(
             targets=self.servicer.targets,
@@ -283,13 +285,22 @@ class RouterServer:
             sample_all=cfg.access_log == "sampled",
         )
         self.transport = cfg.transport if cfg.transport != "auto" else transport_for(cfg.bundle_path, cfg.loopback_bind)
+        loop = asyncio.get_running_loop()
+        # on threads a Feedback call past its tenant's rate is refused before it crosses to the loop (a
+        # flood of them, crossing, slowed other tenants' Route calls); not with tracing (no span then)
+        self.feedback_refusals = (
+            interceptor.early_refusals(FEEDBACK_METHOD, self.servicer.early_feedback_refusal, loop)
+            if self.transport == "threads" and cfg.feedback_rate > 0 and cfg.store and self.tracing is None
+            else None
+        )
         server: Transport = (
             ThreadTransport(
                 grpc_options(cfg, grpc_connections),
                 cfg.grpc_threads,
                 interceptor.wrap,
-                asyncio.get_running_loop(),
+                loop,
                 self.streams,
+                gates={FEEDBACK_METHOD: self.feedback_refusals} if self.feedback_refusals is not None else None,
             )
             if self.transport == "threads"
             else AioTransport(grpc_options(cfg, grpc_connections), interceptor)

@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -527,6 +527,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.FeedbackResponse:
         return await self.feedback(request, reporter=self._tenant(context))
+
+    def early_feedback_refusal(
+        self, request: Any, metadata: Any, bound: str | None
+    ) -> tuple[ServiceError, Callable[[], None]] | None:
+        """(the refusal, its counting for the loop) when a Feedback call would be refused for its tenant's
+        rate, asked on a pool thread of the thread transport before the call crosses to the loop (`bound`:
+        the tenant the call's token is bound to, if any); None for every call the loop should answer: one
+        that fits, one any earlier check refuses (not ready, no store, no or too many outcomes, a bad
+        tenant name), a malformed request. Only reads (the bucket, the settings): safe off the loop."""
+        if self.feedback_rate is None or self.store is None or self.draining or self.scheduler is None:
+            return None
+        outcomes = getattr(request, "outcomes", None)
+        if outcomes is None or not 0 < len(outcomes) <= self.max_feedback_items:
+            return None
+        reporter = bound
+        if reporter is None:
+            named = next((v for k, v in metadata if k == self.tenant_header), "")
+            if not isinstance(named, str) or (named and not TENANT_RE.match(named)):
+                return None
+            if self.tenants and named and named not in self.tenants:
+                return None
+            reporter = named
+        n = len(outcomes)
+        refused = self.feedback_rate.refusal(reporter, n)
+        if refused is None:
+            return None
+        return refused, lambda: self.feedback_counts.add(reporter, REFUSED, n)
 
     async def feedback(self, request: router_pb2.FeedbackRequest, *, reporter: str) -> router_pb2.FeedbackResponse:
         """A Feedback call's work, for the gRPC method and the HTTP front alike: the outcomes stored as

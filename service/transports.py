@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -133,8 +133,17 @@ def _result(fut: concurrent.futures.Future[Any], context: grpc.ServicerContext) 
         context.abort(grpc.StatusCode.CANCELLED, "cancelled")
 
 
-def _unary(loop: asyncio.AbstractEventLoop, inner: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+Gate = Callable[[Any, grpc.ServicerContext], None]
+"""Asked on the pool thread before a call crosses to the loop: returns to let it go on, or ends it
+(`context.abort` raises) as the loop would (lmroute.service.interceptors.EarlyRefusals)."""
+
+
+def _unary(
+    loop: asyncio.AbstractEventLoop, inner: Callable[..., Any], gate: Gate | None = None
+) -> Callable[[Any, grpc.ServicerContext], Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if gate is not None:
+            gate(request, context)
         return _result(_on_loop(loop, inner(request, LoopContext(context)), context), context)
 
     return call
@@ -161,15 +170,16 @@ class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type
     """Serves the collected grpc.aio handlers from a synchronous server, each call's coroutine on `loop`;
     a streaming call only while it holds one of `slots`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, slots: StreamSlots) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: StreamSlots, gates: Mapping[str, Gate]) -> None:
         self._loop = loop
         self._slots = slots
+        self._gates = gates
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def add(self, method: str, handler: grpc.RpcMethodHandler) -> None:
         if handler.unary_unary is not None:
             behaviour = grpc.unary_unary_rpc_method_handler(
-                _unary(self._loop, handler.unary_unary),
+                _unary(self._loop, handler.unary_unary, self._gates.get(method)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -215,10 +225,12 @@ class ThreadTransport(_Ports):
         wrap_unary: UnaryWrapper,
         loop: asyncio.AbstractEventLoop,
         slots: StreamSlots,
+        gates: Mapping[str, Gate] | None = None,
     ) -> None:
+        """`gates`: method -> what a pool thread asks before that method's calls cross to the loop."""
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-call")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads)
-        self._bridge = _Bridge(loop, slots)
+        self._bridge = _Bridge(loop, slots, gates or {})
         self._wrap = wrap_unary
         self._server.add_generic_rpc_handlers((self._bridge,))
 

@@ -617,6 +617,84 @@ def test_a_tenant_past_feedback_rate_is_refused_whole_with_its_retry_delay_and_o
         store.close()
 
 
+@pytest.mark.parametrize("transport", ["threads", "aio"])
+def test_a_call_past_its_rate_is_refused_alike_on_both_transports_and_on_threads_before_the_loop(
+    serve: Callable[..., ServerThread], tmp_path: Path, transport: str
+) -> None:
+    """On the thread transport a Feedback call past its tenant's rate is refused on the pool thread,
+    without crossing to the event loop (a flood of them slowed other tenants' Route calls:
+    benchmarks/results/feedback_flood); the caller sees what grpc.aio's loop answers: the token checked
+    first, the same status, reason, message, retry delay and request id; the call counted in the metrics
+    and as its tenant's refused outcomes, by a bound token or a tenant named in the metadata alike."""
+    import re
+    import urllib.request
+
+    from lmroute.v1 import router_pb2_grpc
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("open-token-0123456789abcdef\nbound-token-0123456789abcdef a\n")
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    srv = serve(
+        store=dsn, feedback_rate=50.0, max_feedback_items=40, transport=transport, metrics_port=0,
+        auth_tokens_file=str(tokens),
+    )  # fmt: skip
+    bound = [("authorization", "Bearer bound-token-0123456789abcdef")]
+    named_a = [("authorization", "Bearer open-token-0123456789abcdef"), ("x-lmroute-tenant", "a")]
+    request = router_pb2.FeedbackRequest(
+        outcomes=[
+            router_pb2.OutcomeReport(prompt=router_pb2.Prompt(text=f"q {i}"), preference=router_pb2.PREFERENCE_STRONG)
+            for i in range(40)
+        ]
+    )
+    refusals = []
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        assert stub.Feedback(request, metadata=bound, timeout=10).stored == 80
+        for i, metadata in enumerate((bound, named_a)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Feedback(request, metadata=[*metadata, ("x-request-id", f"rate-{i}")], timeout=10)
+            refusals.append(refused.value)
+        with pytest.raises(grpc.RpcError) as anonymous:  # no token: refused for that first, on both
+            stub.Feedback(request, metadata=[("x-lmroute-tenant", "a")], timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        other = [("authorization", "Bearer open-token-0123456789abcdef"), ("x-lmroute-tenant", "b")]
+        assert stub.Feedback(request, metadata=other, timeout=10).stored == 80
+    for i, err in enumerate(refusals):
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(err) == "FEEDBACK_RATE"
+        assert (err.details() or "").startswith(
+            "outcomes: tenant 'a' reports more than 50 outcomes a second (--feedback-rate); 40 more fit in "
+        ), err.details()
+        assert 300 <= round(1000 * (retry_delay_s(err) or -1)) <= 600
+        assert dict(err.trailing_metadata() or ())["x-request-id"] == f"rate-{i}"
+    early = srv.server.feedback_refusals
+    if transport == "threads":
+        assert early is not None and early.refused == 2  # neither crossed to the loop
+    else:
+        assert early is None
+    port = srv.server.metrics_port
+
+    def sample(name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+            if m and m.group(1) == name and dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")) == labels:
+                return float(m.group(3))
+        return 0.0
+
+    method = "/lmroute.v1.RouterService/Feedback"
+    assert sample("lmroute_calls_total", method=method, code="RESOURCE_EXHAUSTED") == 2
+    assert sample("lmroute_refusals_total", method=method, reason="FEEDBACK_RATE") == 2
+    deadline = time.monotonic() + 5  # counted on the loop, handed over without waiting
+    while sample("lmroute_tenant_feedback_total", tenant="a", result="refused") != 80:
+        assert time.monotonic() < deadline, sample("lmroute_tenant_feedback_total", tenant="a", result="refused")
+        time.sleep(0.05)
+    store = open_store(dsn)
+    try:
+        assert store.counts()["outcomes"] == 2 * 80  # a's first call and b's: the refused ones stored nothing
+    finally:
+        store.close()
+
+
 def test_a_feedback_call_the_store_cannot_take_says_why_and_stores_nothing(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:

@@ -48,6 +48,22 @@ def test_a_call_takes_its_outcomes_whole_or_is_refused_whole_with_the_delay_unti
         rate.take("a", 1)
 
 
+def test_refusal_says_what_take_would_raise_and_takes_nothing() -> None:
+    clock = Clock()
+    rate = FeedbackRate(100.0, 150, clock=clock)
+    assert rate.refusal("a", 150) is None  # a tenant not seen yet has a full bucket
+    rate.take("a", 150)
+    refused = rate.refusal("a", 40)
+    assert refused is not None and refused.retry_after_ms == 400
+    assert str(refused) == (
+        "outcomes: tenant 'a' reports more than 100 outcomes a second (--feedback-rate); 40 more fit in 400 ms"
+    )
+    clock.now += 0.4
+    assert rate.refusal("a", 40) is None  # refilled: it fits, and asking took nothing ...
+    rate.take("a", 40)  # ... as take shows
+    assert rate.refusal("a", 1) is not None and rate.refusal("b", 150) is None
+
+
 def test_tenants_have_buckets_of_their_own_and_no_tenant_is_one_of_them() -> None:
     clock = Clock()
     rate = FeedbackRate(10.0, 20, clock=clock)
