@@ -21,6 +21,10 @@ bounded by `admit_wait_ms`), so under overload the service's own refusals come f
 (health Watch, server reflection) hold at most `max_streams` of the threads, on either transport
 (lmroute.service.stream_cap), so open streams never take the threads unary calls need.
 
+A method may have a gate the pool thread asks first (`gates`): the server gives Feedback one, which
+refuses a call past its tenant's rate there, as the loop would, without the crossing
+(lmroute.service.interceptors.EarlyRefusals).
+
 How a call crosses: the pool thread schedules the coroutine with `asyncio.run_coroutine_threadsafe`,
 registers a callback that cancels it when the call ends early (the client cancelled, the deadline
 passed), and blocks on the result. `LoopContext` gives the coroutine the part of grpc.aio's servicer
