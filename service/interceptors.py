@@ -146,7 +146,7 @@ class EarlyRefusals:
         self._auth = auth
         self._metrics = metrics
         self._sampler = sampler
-        self.refused = 0  # calls refused here
+        self.refused = 0  # calls refused here (pool threads count under the lock)
         self._lock = threading.Lock()
         self._pending: list[tuple[StatusInfo, str, float, str, Callable[[], None]]] = []  # for the loop
         self._scheduled = False  # a drain of `_pending` is scheduled on the loop
@@ -172,12 +172,13 @@ class EarlyRefusals:
         seconds = time.perf_counter() - t0
         if self._metrics is not None:
             self._metrics.observe(self.method, info.code.name, info.reason, seconds)
-        self.refused += 1
         with self._lock:  # the loop's part, handed over in batches: one wake-up of the loop per batch
+            self.refused += 1
             self._pending.append((info, request_id, seconds, str(context.peer()), count))
             wake, self._scheduled = not self._scheduled, True
         if wake:
-            self._loop.call_soon_threadsafe(self._drain)
+            with contextlib.suppress(RuntimeError):  # the loop closed (the server stopped): nothing to log
+                self._loop.call_soon_threadsafe(self._drain)
         context.set_trailing_metadata(status.trailing_metadata)
         context.abort(status.code, status.details)
 
