@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from lmroute.service.errors import InvalidArgument, echo
 from lmroute.v1 import router_pb2
 
-__all__ = ["MODELS_FORMS", "MODELS_NAME", "ModelsAsk", "is_models_name", "parse_models_name"]
+__all__ = ["DECIMAL", "MODELS_FORMS", "MODELS_NAME", "ModelsAsk", "is_models_name", "parse_models_name"]
 
 MODELS_NAME = "models"
 MODELS_FORMS = "models, models-cost-<weight>, models-margin-<margin> or models-floor-<quality>"
 _RULES = {"cost": "cost_weight", "margin": "quality_margin", "floor": "quality_floor"}
-_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# a number in a model name: ASCII digits only (float() also takes other scripts' digits, `_`, inf and nan);
+# the front's router-<router>-<threshold> names read theirs with it too
+DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def parse_models_name(name: str) -> ModelsAsk:
         raise InvalidArgument(
             f"model: unknown rule {echo(rule)} in {echo(name)}; expected {MODELS_FORMS}", reason="BAD_MODEL"
         )
-    if not _DECIMAL.fullmatch(value):
+    if not DECIMAL.fullmatch(value):
         why = f"model: {rule} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.05)"
         raise InvalidArgument(why, reason="BAD_MODEL")
     number = float(value)

@@ -196,13 +196,30 @@ class EarlyRefusals:
     def _after(self, info: StatusInfo, request_id: str, seconds: float, peer: str, count: Callable[[], None]) -> None:
         """On the loop: the call's access line (sampled as the loop's own refusals are), `check`'s counting."""
         count()
-        code, reason, ms = info.code.name, info.reason, round(seconds * 1000, 3)
         with CallLog(request_id=request_id, method=self.method):
-            if code not in SHED_CODES and not self._sample_all:
-                if info_enabled():
-                    _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer)
-            elif (suppressed := self._sampler.admit((self.method, code, reason))) is not None:
-                _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
+            _access_line(
+                self._sampler, self._sample_all, self.method, info.code.name, info.reason, seconds, lambda: peer
+            )
+
+
+def _access_line(
+    sampler: LogSampler,
+    sample_all: bool,
+    method: str,
+    code: str,
+    reason: str,
+    seconds: float,
+    peer: Callable[[], object],
+) -> None:
+    """A call's access line (`rpc`), in its call log context: one per call, but those shed under load (and
+    with `sample_all` every one) sampled, at most one per method, code and reason per second. `peer` is
+    asked only for a line written."""
+    ms = round(seconds * 1000, 3)
+    if code not in SHED_CODES and not sample_all:
+        if info_enabled():
+            _log.info("rpc", code=code, ms=ms, peer=peer())
+    elif (suppressed := sampler.admit((method, code, reason))) is not None:
+        _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer(), suppressed=suppressed)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs: Any
@@ -396,12 +413,7 @@ def _wrap_unary(
                 count()
                 if span is not None and tracing is not None:
                     tracing.finish(span, code, reason)
-                ms = round(seconds * 1000, 3)
-                if code not in SHED_CODES and not sample_all:
-                    if info_enabled():
-                        _log.info("rpc", code=code, ms=ms, peer=context.peer())
-                elif (suppressed := sampler.admit((method, code, reason))) is not None:
-                    _log.info("rpc", code=code, reason=reason, ms=ms, peer=context.peer(), suppressed=suppressed)
+                _access_line(sampler, sample_all, method, code, reason, seconds, context.peer)
 
     return grpc.unary_unary_rpc_method_handler(
         wrapped,

@@ -74,7 +74,14 @@ from lmroute.service.errors import (
     echo,
     http_status,
 )
-from lmroute.service.front_models import MODELS_FORMS, MODELS_NAME, ModelsAsk, is_models_name, parse_models_name
+from lmroute.service.front_models import (
+    DECIMAL,
+    MODELS_FORMS,
+    MODELS_NAME,
+    ModelsAsk,
+    is_models_name,
+    parse_models_name,
+)
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
@@ -127,8 +134,6 @@ def upstream_code(status: int) -> str:
 
 _ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
-# a threshold or share: ASCII digits only (float() also takes other scripts' digits, `_`, inf and nan)
-_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 Outcome = tuple[str, str] | None
 # Route's refusals of a call among the upstreams file's models that are the file's (or the bundle's) doing
 _FILE_DOES_NOT_FIT = frozenset(
@@ -198,7 +203,7 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
         router = max((n for n in names if rest.startswith(f"{n}-")), key=len, default="")
         value = rest[len(router) + 1 :] if router else ""
         router = router or rest.rpartition("-")[0]
-    if not at and value.startswith("-") and _DECIMAL.fullmatch(value[1:]):  # router-mf--0.1
+    if not at and value.startswith("-") and DECIMAL.fullmatch(value[1:]):  # router-mf--0.1
         raise InvalidArgument(
             f"model: threshold in {echo(name)} must be in [0, 1] (got {value})", reason="OUT_OF_RANGE"
         )
@@ -208,7 +213,7 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
             f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(loaded)})",
             reason="ROUTER_NOT_FOUND",
         )
-    if not _DECIMAL.fullmatch(value):
+    if not DECIMAL.fullmatch(value):
         why = f"model: {kind} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.25)"
         raise InvalidArgument(why, reason="BAD_MODEL")
     number = float(value)
@@ -519,6 +524,8 @@ class OpenAIFront:
         self.fair_slots = fair_slots  # an upstream's contended slots go to tenants in turn; False: first come
         self.tracing = tracing
         self.client = UpstreamClient(upstreams)
+        self.models = models_of(upstreams)  # the models `models...` names route among (none: no such names)
+        self.sides = "strong" in upstreams  # the file names the strong and weak sides (router-... names)
         self.auth = auth
         self.metrics = metrics
         self.grace_s = grace_s
@@ -612,9 +619,9 @@ class OpenAIFront:
             self.servicer.check_ready()  # 503 while the bundle loads (its list would be empty)
             default = self.servicer.router_for(tenant) and DEFAULT not in self.servicer.visible_routers()
             names = []
-            if "strong" in self.client.upstreams:  # not for a file that names models only
+            if self.sides:  # not for a file that names models only
                 names += [f"{PREFIX}{n}" for n in (*self.servicer.visible_routers(), *([DEFAULT] if default else []))]
-            if models_of(self.client.upstreams):
+            if self.models:
                 names.append(MODELS_NAME)
             data = [{"id": name, "object": "model", "created": 0, "owned_by": "lmroute"} for name in names]
             return web.json_response({"object": "list", "data": data})
@@ -802,13 +809,12 @@ class OpenAIFront:
         router (`router-...`), or among the upstreams file's models (`models...`, lmroute.service.front_models)."""
         model = body.get("model")
         self.servicer.check_ready()  # 503 while the bundle loads, not 400 'unknown router' (no router is loaded)
-        models = models_of(self.client.upstreams)
         if is_models_name(model):
-            if not models:
+            if not self.models:
                 why = f"model: {echo(str(model))} routes among the upstreams file's models, and it names none"
                 raise InvalidArgument(why, reason="BAD_MODEL")
             among: ModelsAsk | None = parse_models_name(str(model))
-        elif "strong" not in self.client.upstreams:  # the file names models only
+        elif not self.sides:  # the file names models only
             why = f"model: the upstreams file names no strong and weak sides; expected {MODELS_FORMS}"
             raise InvalidArgument(f"{why} (got {echo(str(model))})", reason="BAD_MODEL")
         else:
@@ -819,7 +825,7 @@ class OpenAIFront:
         prompt = prompt_of_messages(
             body.get("messages"), self.servicer.max_turns, limit, self.servicer.max_request_chars
         )
-        req = among.request(prompt, models) if among is not None else ask.request(prompt)
+        req = among.request(prompt, self.models) if among is not None else ask.request(prompt)
         try:
             return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None)
         except InvalidArgument as exc:

@@ -188,12 +188,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's tenant (`tenant_named`) from its metadata (`tenant_header`)."""
-        named = ""
-        for key, value in context.invocation_metadata() or ():
+        return self.tenant_named(self._named(context.invocation_metadata() or ()))
+
+    def _named(self, metadata: Any) -> str:
+        """The tenant a call's metadata names (`tenant_header`), "" for none."""
+        for key, value in metadata:
             if key == self.tenant_header:
-                named = value if isinstance(value, str) else ""
-                break
-        return self.tenant_named(named)
+                return value if isinstance(value, str) else ""
+        return ""
 
     def tenant_named(self, named: str) -> str:
         """The caller's tenant: the one its token is bound to (lmroute.service.auth), else `named` (what it
@@ -203,18 +205,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         bound = AUTH_TENANT.get()
         if bound is not None:
             return bound
+        if (refused := self._name_refused(named)) is not None:
+            raise refused
+        return named
+
+    def _name_refused(self, named: str) -> InvalidArgument | None:
+        """Why a tenant name from the metadata is refused (`tenant_named`), None when it is taken."""
         if named and not TENANT_RE.match(named):
-            raise InvalidArgument(
+            return InvalidArgument(
                 f"tenant {echo(named)} (named in {self.tenant_header}): not 1-64 of [A-Za-z0-9._-]",
                 reason="INVALID_TENANT",
             )
         if self.tenants and named and named not in self.tenants:
-            raise InvalidArgument(
+            return InvalidArgument(
                 f"tenant {echo(named)} (named in {self.tenant_header}): not one of the tenants this server "
                 "honours (its --tenants list)",
                 reason="UNKNOWN_TENANT",
             )
-        return named
+        return None
 
     async def _score_one(
         self, sched: Scheduler[Any], text: str | ServiceError, router: str, timeout_s: float | None, tenant: str
@@ -543,12 +551,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return None
         reporter = bound
         if reporter is None:
-            named = next((v for k, v in metadata if k == self.tenant_header), "")
-            if not isinstance(named, str) or (named and not TENANT_RE.match(named)):
+            reporter = self._named(metadata)
+            if self._name_refused(reporter) is not None:  # the loop refuses the name itself
                 return None
-            if self.tenants and named and named not in self.tenants:
-                return None
-            reporter = named
         n = len(outcomes)
         refused = self.feedback_rate.refusal(reporter, n)
         if refused is None:
