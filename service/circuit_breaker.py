@@ -45,6 +45,11 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._open_until is not None
 
+    @property
+    def skipping(self) -> bool:
+        """Whether `admit` would say SKIP now (read only: it does not take the probe)."""
+        return self._open_until is not None and (self._probing or self._clock() < self._open_until)
+
     def admit(self) -> Admit:
         """TRY while closed; while open, SKIP, but PROBE for the one request after `for_s` has passed."""
         if self._open_until is None:

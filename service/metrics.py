@@ -43,7 +43,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_upstream_fallbacks_total{upstream, why}, lmroute_upstream_skipped{upstream}
                                                 requests an upstream set to fall back passed on (to the
                                                 other side's, or the runner-up model's), it having failed
-                                                them or being skipped; 1 while it is skipped
+                                                them, being skipped, or left out of a choice among models
+                                                while skipped; 1 while it is skipped
                                                 (lmroute.service.circuit_breaker)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
@@ -261,7 +262,8 @@ class _ServingCollector(Collector):
         )
         fallbacks = CounterMetricFamily(
             "lmroute_upstream_fallbacks",
-            "Requests passed on to another upstream (the other side's, the runner-up's), this one failing or skipped",
+            "Requests passed on to another upstream (the other side's, the runner-up's), this one failing, skipped, "
+            "or left out of a choice among models",
             labels=["upstream", "why"],
         )
         skipped = GaugeMetricFamily(
@@ -272,7 +274,7 @@ class _ServingCollector(Collector):
             requests.add_metric([tier, "in_flight"], held.in_use)
             requests.add_metric([tier, "waiting"], held.waiting())
         for tier, breaker in client.breakers.items():
-            for why in ("failed", "skipped"):
+            for why in ("failed", "skipped", "left_out"):
                 fallbacks.add_metric([tier, why], client.fallbacks[(tier, why)])
             skipped.add_metric([tier], 1.0 if breaker.is_open else 0.0)
         yield slots

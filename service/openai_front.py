@@ -31,13 +31,14 @@ x-lmroute-threshold (between the sides) or x-lmroute-chosen, x-lmroute-predicted
 x-lmroute-expected-cost-usd (among models). An upstream whose file entry sets `fallback` passes a request
 it fails before its answer starts to the other side's upstream (a model's: to the runner-up's): that
 answer says so in x-lmroute-fallback (what failed; the other headers name what answered) and carries no
-decision id, since the decision's outcomes are of the choice it made. The route step is the gRPC Route
-call's own code (RouterServicer.route), so exploration, share and spend targets, decision recording and
-the scheduler's admission apply alike. With tokens configured the front needs `Authorization: Bearer
-<token>` like the gRPC port; the tenant comes from the token or the tenant header. With TLS configured
-it serves HTTPS with the same certificate files (read at start). Errors are OpenAI-shaped JSON
-(`{"error": {"message", "type", "code"}}`) with the status of lmroute.service.errors.http_status: a bad
-`model` is 400 naming it, an upstream down 502, slow 504.
+decision id, since the decision's outcomes are of the choice it made; a model whose upstream is skipped
+for now (lmroute.service.circuit_breaker) is left out of the choice among models (x-lmroute-left-out).
+The route step is the gRPC Route call's own code (RouterServicer.route), so exploration, share and spend
+targets, decision recording and the scheduler's admission apply alike. With tokens configured the front
+needs `Authorization: Bearer <token>` like the gRPC port; the tenant comes from the token or the tenant
+header. With TLS configured it serves HTTPS with the same certificate files (read at start). Errors are
+OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`) with the status of
+lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream down 502, slow 504.
 """
 
 from __future__ import annotations
@@ -633,7 +634,7 @@ class OpenAIFront:
             raw = await self._read(request)
             async with self.bodies.hold(len(raw)):  # the parsed body lives only inside
                 body = self._parse(raw)
-                route = await self._route(body, tenant)
+                route, left_out = await self._route(body, tenant)
                 among = route.HasField("chosen")  # routed among the upstreams file's models
                 if among:
                     tier = route.chosen_model  # the upstream is named by the router's model name
@@ -656,6 +657,8 @@ class OpenAIFront:
             }
             if among:
                 decided.update(self._estimate(route.chosen))
+                if left_out:
+                    decided["x-lmroute-left-out"] = ",".join(left_out)
             else:
                 decided["x-lmroute-tier"] = tier
                 decided["x-lmroute-score"] = f"{route.score:.6g}"
@@ -804,9 +807,23 @@ class OpenAIFront:
                 raise InvalidArgument(why, reason="BAD_JSON") from None
         return body
 
-    async def _route(self, body: dict[str, Any], tenant: str) -> router_pb2.RouteResponse:
+    def _routable(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The file's models a `models...` request routes among, and those left out: a model whose upstream
+        its breaker skips now is left out, so the decision (its id, the spend it counts, its runner-up) is
+        among the models that can answer; with fewer than two left, all of them (the exchange then skips
+        and falls back as for a side)."""
+        breakers = self.client.breakers
+        left_out = tuple(m for m in self.models if m in breakers and breakers[m].skipping)
+        if not left_out or len(self.models) - len(left_out) < 2:
+            return self.models, ()
+        for model in left_out:
+            self.client.fallbacks[(model, "left_out")] += 1
+        return tuple(m for m in self.models if m not in left_out), left_out
+
+    async def _route(self, body: dict[str, Any], tenant: str) -> tuple[router_pb2.RouteResponse, tuple[str, ...]]:
         """The Route call a chat request's `model` asks for: between the strong and weak sides by a named
-        router (`router-...`), or among the upstreams file's models (`models...`, lmroute.service.front_models)."""
+        router (`router-...`), or among the upstreams file's models (`models...`, lmroute.service.front_models),
+        and the models that call left out (their upstreams skipped now: `_routable`)."""
         model = body.get("model")
         self.servicer.check_ready()  # 503 while the bundle loads, not 400 'unknown router' (no router is loaded)
         if is_models_name(model):
@@ -825,9 +842,10 @@ class OpenAIFront:
         prompt = prompt_of_messages(
             body.get("messages"), self.servicer.max_turns, limit, self.servicer.max_request_chars
         )
-        req = among.request(prompt, self.models) if among is not None else ask.request(prompt)
+        models, left_out = self._routable() if among is not None else ((), ())
+        req = among.request(prompt, models) if among is not None else ask.request(prompt)
         try:
-            return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None)
+            return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None), left_out
         except InvalidArgument as exc:
             if among is not None and exc.reason in _FILE_DOES_NOT_FIT:
                 raise UpstreamsMismatch(

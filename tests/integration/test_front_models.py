@@ -7,6 +7,7 @@ rule, or by the tenant's spend target; bad names are 400s naming what is wrong."
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def test_a_model_that_falls_back_passes_a_request_it_fails_to_the_runner_up(buil
         for m in PRICES
     }
     for entry in models.values():
-        entry["fallback"] = True
+        entry.update(fallback=True, fallback_after=100)  # the breaker stays closed: every request tries model-01
     srv = _serve(built, models)
     base = f"http://127.0.0.1:{srv.server.http_port}/v1"
     fell = 0
@@ -193,6 +194,66 @@ def test_a_model_that_falls_back_passes_a_request_it_fails_to_the_runner_up(buil
         for up in ups.values():
             up.stop()
     assert fell >= 3  # the rule chose model-01 for several prompts (10 of 16 with these seeds)
+
+
+def test_a_model_whose_endpoint_is_skipped_is_left_out_of_the_choice(built: tuple[Path, Path]) -> None:
+    """model-01's endpoint answers 503; once its breaker opens (2 failures in a row), `models...` requests
+    are decided among the three others: the rule's pick among them answers with the decision's id (its
+    outcomes are of the model that answered), `x-lmroute-left-out` names model-01, model-01's upstream is
+    not asked, and the tenant's spend target counts the cost of the models that answered."""
+    ups = {m: FakeUpstream(f"llm-{m}", status=503 if m == "model-01" else 200).start() for m in PRICES}
+    models: dict[str, dict[str, object]] = {
+        m: {
+            "model": f"served-{m}",
+            "base_url": up.base_url,
+            "fallback": True,
+            "fallback_after": 2,
+            "fallback_for_s": 600,
+        }
+        for m, up in ups.items()
+    }
+    srv = _serve(built, models, spend_targets="default=5", metrics_port=0)
+    base = f"http://127.0.0.1:{srv.server.http_port}/v1"
+    others = [m for m in PRICES if m != "model-01"]
+
+    def ask(model: str, prompt: str) -> dict[str, str]:
+        raw = _client(base).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": prompt}]
+        )
+        chosen = raw.headers["x-lmroute-chosen"]
+        assert raw.parse().choices[0].message.content == f"llm-{chosen}: {prompt}"
+        return dict(raw.headers)
+
+    try:
+        with RouterClient(srv.target) as grpc_client:
+            to_01 = [
+                p
+                for p in PROMPTS
+                if grpc_client.route_among(p, list(PRICES), cost_weight=0.0).chosen_model == "model-01"
+            ]
+            assert len(to_01) >= 3
+            for prompt in to_01[:2]:  # model-01 fails them: the runner-up answers, and the breaker opens
+                assert ask("models-cost-0", prompt)["x-lmroute-fallback"] == "model-01"
+            asked = len(ups["model-01"].requests)
+            for prompt in PROMPTS:
+                headers = ask("models-cost-0", prompt)
+                among = grpc_client.route_among(prompt, others, cost_weight=0.0)
+                assert headers["x-lmroute-chosen"] == among.chosen_model, prompt
+                assert headers["x-lmroute-left-out"] == "model-01" and "x-lmroute-fallback" not in headers
+                assert headers["x-lmroute-decision-id"]  # the decision is of the model that answered
+            spent = [float(ask("models", p)["x-lmroute-expected-cost-usd"]) for p in PROMPTS[:6]]
+            [controller] = grpc_client.list_spend_targets().controllers
+        assert len(ups["model-01"].requests) == asked  # not asked while left out
+        assert controller.decisions == 6  # the spend target's own calls, each among the three that answer
+        assert controller.realised_per_1k_usd == pytest.approx(1000 * sum(spent) / len(spent), rel=1e-4)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10).read()
+        text = metrics.decode()
+        assert f'lmroute_upstream_fallbacks_total{{upstream="model-01",why="left_out"}} {len(PROMPTS) + 6}.0' in text
+        assert 'lmroute_upstream_skipped{upstream="model-01"} 1.0' in text
+    finally:
+        srv.stop()
+        for up in ups.values():
+            up.stop()
 
 
 @pytest.mark.parametrize(

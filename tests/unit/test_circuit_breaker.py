@@ -75,3 +75,19 @@ def test_a_probes_failure_after_another_request_closed_it_counts_as_one_failure(
 def test_bad_settings_are_refused(after: int, for_s: float) -> None:
     with pytest.raises(ValueError, match="after >= 1 and for_s > 0"):
         CircuitBreaker(after, for_s)
+
+
+def test_skipping_says_what_admit_would_without_taking_the_probe() -> None:
+    clock = Clock()
+    b = CircuitBreaker(1, 5.0, clock)
+    assert not b.skipping
+    b.failed(probe=False)
+    assert b.skipping
+    clock.now += 5.0
+    assert not b.skipping and not b.skipping  # due a probe: asking twice takes nothing
+    assert b.admit() is Admit.PROBE
+    assert b.skipping  # the probe is out: the others skip it
+    b.abandoned()
+    assert not b.skipping
+    assert b.admit() is Admit.PROBE and b.answered()
+    assert not b.skipping
