@@ -762,7 +762,7 @@ class OpenAIFront:
             finally:
                 AUTH_TENANT.reset(tenant_token)
                 if span is not None and self.tracing is not None:
-                    self.tracing.finish(span, code, reason)
+                    self.tracing.finish(span, code, reason, request.get(_DECIDED))
                 count()
                 self._access_line(path, code, reason, time.perf_counter() - t0, request.remote or "")
 

@@ -10,6 +10,9 @@ through as child spans.
       encode                        .. the batch's encoder finished
       score                         batch left the queue .. it was scored (encoder and routers)
 
+A call through the OpenAI front also carries what its answer's headers say (`lmroute.decision_id`,
+`lmroute.tier` or `lmroute.chosen`, `lmroute.model`, `lmroute.fallback`, `lmroute.left_out`, ...).
+
 The stage spans are made after the scheduler answers, from the times it recorded for each prompt
 (`lmroute.service.batch_queue.StageTimes`); for a call of several prompts each stage spans from the
 earliest start to the latest end of its prompts. The trace id goes into the call's access-log line.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from lmroute.service.batch_queue import ItemResult, StageTimes
@@ -75,10 +78,15 @@ class Tracing:
             bind_call(trace_id=format(span.get_span_context().trace_id, "032x"))
             yield span
 
-    def finish(self, span: Any, code: str, reason: str = "") -> None:
+    def finish(self, span: Any, code: str, reason: str = "", said: Mapping[str, str] | None = None) -> None:
         """Say how the call ended on its span: `rpc.code`, and status ERROR unless OK (a refusal the
-        handler answered itself, as the OpenAI front does, raises nothing the span would see)."""
+        handler answered itself, as the OpenAI front does, raises nothing the span would see); `said`:
+        the OpenAI front's `x-lmroute-*` answer headers (what was decided, what answered, what failed),
+        each an attribute `lmroute.<name>` (`x-lmroute-decision-id` -> `lmroute.decision_id`)."""
         span.set_attribute("rpc.code", code)
+        for header, value in (said or {}).items():
+            if header.startswith("x-lmroute-"):
+                span.set_attribute("lmroute." + header.removeprefix("x-lmroute-").replace("-", "_"), value)
         if code != "OK":
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{code} {reason}".strip()))
 

@@ -149,14 +149,16 @@ def test_no_spans_without_tracing(exporter: InMemorySpanExporter) -> None:
 
 def test_the_http_front_call_has_its_span_and_stages(exporter: InMemorySpanExporter, tmp_path: Path) -> None:
     """A chat completion through the OpenAI-compatible front is one server span (its path as the method)
-    with the route's four stage spans inside it."""
+    with the route's four stage spans inside it, and what its answer's headers say as attributes: the
+    decision, and for an answer its fallback gave, what failed."""
     import urllib.request
 
     from lmroute.service.fake_upstream import FakeUpstream
 
     configure_logging("warning")
-    with FakeUpstream("strong") as strong, FakeUpstream("weak") as weak:
+    with FakeUpstream("strong", status=503) as strong, FakeUpstream("weak") as weak:
         ups = {t: {"model": f"{t}-model", "base_url": u.base_url} for t, u in (("strong", strong), ("weak", weak))}
+        ups["strong"]["fallback"] = True
         (tmp_path / "up.json").write_text(json.dumps(ups))
         cfg = ServiceConfig(
             bundle_path=Path("unused"),
@@ -178,6 +180,26 @@ def test_the_http_front_call_has_its_span_and_stages(exporter: InMemorySpanExpor
             )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 assert resp.status == 200
-    call, kids = children(exporter, "/v1/chat/completions")
-    assert [k.name for k in kids] == STAGES
+                decided = {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith("x-lmroute-")}
+            body = json.dumps({"model": "router-mf-0", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{srv.server.http_port}/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json", "x-request-id": "front-trace-2"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:  # strong, by threshold 0: the weak side answers
+                assert resp.status == 200 and resp.headers["x-lmroute-fallback"] == "strong"
+    # the spans end after the answers are written: read once the server has stopped
+    spans = exporter.get_finished_spans()
+    [call, fell] = sorted(
+        (s for s in spans if s.name == "lmroute.rpc /v1/chat/completions"), key=lambda s: s.start_time
+    )
+    kids = [s for s in spans if s.parent is not None and s.parent.span_id == call.context.span_id]
+    assert [k.name for k in sorted(kids, key=lambda s: (s.start_time, STAGES.index(s.name)))] == STAGES
     assert call.attributes["rpc.code"] == "OK" and call.attributes["lmroute.request_id"] == "front-trace-1"
+    assert decided["x-lmroute-decision-id"] and decided["x-lmroute-tier"] in ("strong", "weak")
+    for header, value in decided.items():  # the decision, on the span
+        assert call.attributes["lmroute." + header[len("x-lmroute-") :].replace("-", "_")] == value
+    assert fell.attributes["lmroute.request_id"] == "front-trace-2"
+    assert fell.attributes["lmroute.fallback"] == "strong" and fell.attributes["lmroute.tier"] == "weak"
+    assert fell.attributes["lmroute.model"] == "weak-model" and "lmroute.decision_id" not in fell.attributes
