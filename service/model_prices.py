@@ -35,6 +35,7 @@ __all__ = [
     "input_tokens",
     "load_models_file",
     "price_problem",
+    "tokens_of_chars",
 ]
 
 CHARS_PER_TOKEN = 4
@@ -51,7 +52,12 @@ class ModelPrice:
 
 def input_tokens(text: str) -> int:
     """The prompt's input tokens as the cost estimate counts them (module docstring)."""
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+    return tokens_of_chars(len(text))
+
+
+def tokens_of_chars(chars: int) -> int:
+    """Input tokens of a prompt of `chars` characters, as the cost estimate counts them."""
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
 
 
 def expected_cost_usd(price: ModelPrice, n_input: int, default_output_tokens: int) -> float:

@@ -243,6 +243,26 @@ def _text_of(content: object, where: str) -> str:
     raise InvalidArgument(f"{where}: must be a string or a list of content parts", reason="BAD_MESSAGE")
 
 
+def sent_chars(body: Mapping[str, Any]) -> int:
+    """The characters of text a request sends its model, for its expected cost: every message's text,
+    whole (the last user turn too, though it is routed on its head and tail when long; tool and function
+    turns too, though not routed on), one line each as the Route call counts a conversation
+    (lmroute.service.prompts.input_text), and the JSON of the messages' tool calls and of the tools and
+    functions offered. Images, audio and files are not counted."""
+    lines: list[str] = []
+    for msg in body.get("messages") or ():
+        if not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "\n".join(p for p in parts if isinstance(p, str))
+        lines.append(content if isinstance(content, str) else "")
+        lines += [json.dumps(msg[k], ensure_ascii=False) for k in ("tool_calls", "function_call") if k in msg]
+    offered = sum(len(json.dumps(body[k], ensure_ascii=False)) for k in ("tools", "functions") if k in body)
+    return len("\n".join(lines)) + offered
+
+
 def cut_middle(text: str, max_chars: int) -> str:
     """`text` in at most `max_chars` characters: as it is, or its head and tail around a line break (the
     encoder's own cut reads a prompt's head and tail too)."""
@@ -816,8 +836,6 @@ class OpenAIFront:
         left_out = tuple(m for m in self.models if m in breakers and breakers[m].skipping)
         if not left_out or len(self.models) - len(left_out) < 2:
             return self.models, ()
-        for model in left_out:
-            self.client.fallbacks[(model, "left_out")] += 1
         return tuple(m for m in self.models if m not in left_out), left_out
 
     async def _route(self, body: dict[str, Any], tenant: str) -> tuple[router_pb2.RouteResponse, tuple[str, ...]]:
@@ -845,7 +863,10 @@ class OpenAIFront:
         models, left_out = self._routable() if among is not None else ((), ())
         req = among.request(prompt, models) if among is not None else ask.request(prompt)
         try:
-            return await self.servicer.route(req, asked_tenant=tenant, timeout_s=None), left_out
+            answer = await self.servicer.route(req, asked_tenant=tenant, timeout_s=None, sent_chars=sent_chars(body))
+            for model in left_out:  # decided without them
+                self.client.fallbacks[(model, "left_out")] += 1
+            return answer, left_out
         except InvalidArgument as exc:
             if among is not None and exc.reason in _FILE_DOES_NOT_FIT:
                 raise UpstreamsMismatch(

@@ -18,7 +18,7 @@ import numpy as np
 
 from lmroute.bundle.model_choice import choose, runner_up
 from lmroute.service.errors import InvalidArgument, echo
-from lmroute.service.model_prices import ModelPrice, expected_cost_usd, input_tokens, price_problem
+from lmroute.service.model_prices import ModelPrice, expected_cost_usd, price_problem, tokens_of_chars
 from lmroute.service.scorer_api import RouterDescription
 from lmroute.v1 import router_pb2
 
@@ -145,12 +145,12 @@ def _case_hint(model: str, prices: Mapping[str, ModelPrice]) -> str:
 
 
 def estimates(
-    cands: CandidateSet, qualities: np.ndarray, text: str, default_output_tokens: int
+    cands: CandidateSet, qualities: np.ndarray, input_chars: int, default_output_tokens: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate's predicted quality (from the router's qualities of the prompt, [n_models]) and
-    expected cost of answering `text`, USD."""
+    expected cost of answering a prompt that sends the model `input_chars` characters, USD."""
     q = np.asarray(qualities, dtype=np.float64)[list(cands.columns)]
-    n_in = input_tokens(text)
+    n_in = tokens_of_chars(input_chars)
     c = np.array([expected_cost_usd(p, n_in, default_output_tokens) for p in cands.prices])
     return q, c
 

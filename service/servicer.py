@@ -369,11 +369,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return await self.route(request, asked_tenant=self._tenant(context), timeout_s=context.time_remaining())
 
     async def route(
-        self, request: router_pb2.RouteRequest, *, asked_tenant: str, timeout_s: float | None
+        self,
+        request: router_pb2.RouteRequest,
+        *,
+        asked_tenant: str,
+        timeout_s: float | None,
+        sent_chars: int | None = None,
     ) -> router_pb2.RouteResponse:
         """A Route call's answer, whatever transport carried it (the gRPC method above, the OpenAI-compatible
-        front): `asked_tenant` is the caller's tenant ("" for none), `timeout_s` its remaining deadline.
-        Errors are raised as ServiceError."""
+        front): `asked_tenant` is the caller's tenant ("" for none), `timeout_s` its remaining deadline;
+        `sent_chars`, the characters the chosen model will be sent, where that is more than the request's
+        prompt holds (the front routes on a cut turn, and sends tool turns and definitions too), for the
+        expected cost among candidates. Errors are raised as ServiceError."""
         sched, catalog = self._ready()
         if not request.HasField("prompt"):
             raise InvalidArgument("prompt: required", reason="MISSING_PROMPT")
@@ -386,7 +393,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 raise InvalidArgument(f"router: required (the serving bundle names no {what})", reason="MISSING_ROUTER")
             request.router = default  # answered, recorded and reported as if named
         if among:
-            return await self._route_among(request, asked_tenant, timeout_s, sched, catalog)
+            return await self._route_among(request, asked_tenant, timeout_s, sched, catalog, sent_chars)
         if policy is not None:
             self._check_not_bound(asked_tenant, policy, spend=False)
         tenant = self.targets.tenant_of(asked_tenant) if policy is None and self.targets is not None else None
@@ -458,6 +465,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         timeout_s: float | None,
         sched: Scheduler[Any],
         catalog: Catalog,
+        sent_chars: int | None,
     ) -> router_pb2.RouteResponse:
         """Route among the request's candidates by its model_policy, or without one by the caller's
         tenant's spend target (lmroute.service.route_models, spend_control)."""
@@ -487,7 +495,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             spend = self.targets.spend_controller(tenant, request.router)
         out = await self._score_one(sched, text, request.router, timeout_s, asked_tenant)
         # the cost of sending the whole conversation, though the router scored one turn of it
-        q, c = estimates(cands, out.qualities[request.router], input_text(request.prompt), self.expected_output_tokens)
+        chars = len(input_text(request.prompt)) if sent_chars is None else sent_chars
+        q, c = estimates(cands, out.qualities[request.router], chars, self.expected_output_tokens)
         if spend is None:
             made = decide(q, c, rule, value)
         else:

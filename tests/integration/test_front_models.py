@@ -7,6 +7,7 @@ rule, or by the tenant's spend target; bad names are 400s naming what is wrong."
 from __future__ import annotations
 
 import json
+import math
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,35 @@ def test_models_by_the_tenants_spend_target_and_the_names_listed(
     assert controller.tenant == "default" and controller.router == "quality" and controller.decisions == 1
     ids = [m.id for m in _client(base).models.list().data]
     assert ids == ["models"]  # the file names models only: no router-<router> names to offer
+
+
+def test_the_expected_cost_counts_what_the_model_is_sent(
+    front: tuple[ServerThread, dict[str, FakeUpstream], str],
+) -> None:
+    """A last user turn over Route's prompt limit is routed on its head and tail, but sent whole, with the
+    system turn, a tool turn and the tools offered: the expected cost counts all of that."""
+    srv, ups, base = front
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    calls = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+    messages = [
+        {"role": "system", "content": "s" * 1_000},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "content": "t" * 3_000},
+        {"role": "user", "content": [{"type": "text", "text": "long question. " * 4_000}]},  # 60,000 characters
+    ]
+    raw = _client(base).chat.completions.with_raw_response.create(
+        model="models-cost-0",
+        messages=messages,
+        tools=tools,  # type: ignore[arg-type]
+    )
+    chosen = raw.headers["x-lmroute-chosen"]
+    assert ups[chosen].requests[-1]["messages"][-1]["content"][0]["text"] == "long question. " * 4_000  # sent whole
+    sent = len("\n".join(["s" * 1_000, "", json.dumps(calls), "t" * 3_000, "long question. " * 4_000]))
+    sent += len(json.dumps(tools))
+    price = PRICES[chosen]
+    out_tokens = srv.server.config.expected_output_tokens
+    expected = (math.ceil(sent / 4) * price + out_tokens * price) / 1e6
+    assert float(raw.headers["x-lmroute-expected-cost-usd"]) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize(
