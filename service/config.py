@@ -753,9 +753,17 @@ class ServiceConfig:
                 raise ConfigError(f"{name}: must be > 0 and finite (got {value!r})")
         if self.upstreams_file:
             try:
-                load_upstreams(Path(self.upstreams_file))
+                upstreams = load_upstreams(Path(self.upstreams_file))
             except ValueError as exc:
                 raise ConfigError(f"upstreams_file: {exc}") from None
+            for key, up in upstreams.items():  # a hang must fail before the exchange's time is up, or no fallback
+                if up.fallback and up.timeout_s >= self.upstream_max_s:
+                    where = key if key in ("strong", "weak") else f"models.{key}"
+                    raise ConfigError(
+                        f"upstreams_file: {where}.timeout_s ({up.timeout_s:g} s) must be under upstream_max_s "
+                        f"({self.upstream_max_s:g} s) with fallback: true, or a hung upstream uses up the exchange's "
+                        "time before its fallback is tried"
+                    )
         try:
             tokens = load_tokens(self.auth_tokens_file, self.auth_tokens_env)
         except ValueError as exc:

@@ -151,6 +151,8 @@ _FILE_DOES_NOT_FIT = frozenset(
 _OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
 # what was decided for a chat request, as its answer's headers (an error answer after the route too)
 _DECIDED = web.RequestKey[dict[str, str]]("lmroute_decided")
+# a request passed on to its fallback: (what failed first, as the caller is told it; as logged; the spare's key)
+_FELL_BACK = web.RequestKey[tuple[str, str, str]]("lmroute_fell_back")
 
 
 @dataclass(frozen=True)
@@ -912,7 +914,7 @@ class OpenAIFront:
         broke: ServiceError | None = None
         deadline = asyncio.timeout(self.upstream_max_s)
         try:
-            async with deadline, self._exchange(request, tier, payload, spare, tenant) as answer:
+            async with deadline, self._exchange(request, tier, payload, spare, tenant, deadline) as answer:
                 up, tier, headers = answer.upstream, answer.upstream.tier, request[_DECIDED]
                 if not stream or answer.status != 200:
                     body = await answer.read()
@@ -946,7 +948,16 @@ class OpenAIFront:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            late = upstream_timeout(up, f"no whole answer in {self.upstream_max_s:g} s", reason="UPSTREAM_DEADLINE")
+            what = f"no whole answer in {self.upstream_max_s:g} s"
+            late = upstream_timeout(up, what, reason="UPSTREAM_DEADLINE")
+            if out is None and (fell := request.get(_FELL_BACK)) is not None:  # in its fallback: name both
+                first, logged, key = fell
+                spare_up = self.client.upstreams[key]
+                late = UpstreamTimeout(
+                    f"{first}; then its fallback {spare_up.label}: {what}",
+                    logged=f"{logged}; then its fallback {spare_up.describe()}: {what}",
+                    reason="UPSTREAM_DEADLINE",
+                )
             if out is None:
                 raise late from None
             broke = late
@@ -978,13 +989,20 @@ class OpenAIFront:
 
     @contextlib.asynccontextmanager
     async def _exchange(
-        self, request: web.Request, tier: str, payload: bytes, spare: _Spare | None, tenant: str
+        self,
+        request: web.Request,
+        tier: str,
+        payload: bytes,
+        spare: _Spare | None,
+        tenant: str,
+        deadline: asyncio.Timeout,
     ) -> AsyncIterator[Exchange]:
         """The `tier` upstream's exchange; when `spare` is given (the upstream falls back) and the upstream
         fails before its answer starts, or its breaker skips it, the exchange of `spare`, the answer's
         headers (request[_DECIDED]) naming the upstream that answered, and `x-lmroute-fallback` the one
         that did not, without the decision's id (its outcomes are of the choice it made). Both failing:
-        one error naming both."""
+        one error naming both (request[_FELL_BACK] says what failed first, for a `deadline` that expires in
+        the fallback)."""
         async with contextlib.AsyncExitStack() as stack:
             breaker = self.client.breakers.get(tier) if spare is not None else None
             admit = breaker.admit() if breaker is not None else Admit.TRY
@@ -994,7 +1012,7 @@ class OpenAIFront:
                 first = logged = f"{self.client.upstreams[tier].label}: skipped ({breaker.failures} failures in a row)"
             else:
                 try:
-                    answer = await self._attempt(stack, tier, payload, tenant, probe=admit is Admit.PROBE)
+                    answer = await self._attempt(stack, tier, payload, tenant, deadline, probe=admit is Admit.PROBE)
                 except (UpstreamFailed, UpstreamTimeout) as exc:
                     if spare is None:
                         raise
@@ -1005,8 +1023,9 @@ class OpenAIFront:
                     return
             assert spare is not None
             self.client.fallbacks[(tier, why)] += 1
+            request[_FELL_BACK] = (first, logged, spare.key)
             try:
-                answer = await self._attempt(stack, spare.key, spare.payload, tenant, probe=False)
+                answer = await self._attempt(stack, spare.key, spare.payload, tenant, deadline, probe=False)
             except (UpstreamFailed, UpstreamTimeout) as again:
                 raise type(again)(
                     f"{first}; then its fallback {again.message}",
@@ -1019,24 +1038,39 @@ class OpenAIFront:
             yield answer
 
     async def _attempt(
-        self, stack: contextlib.AsyncExitStack, tier: str, payload: bytes, tenant: str, *, probe: bool
+        self,
+        stack: contextlib.AsyncExitStack,
+        tier: str,
+        payload: bytes,
+        tenant: str,
+        deadline: asyncio.Timeout,
+        *,
+        probe: bool,
     ) -> Exchange:
         """The `tier` upstream's exchange entered on `stack`, its breaker (a side that falls back has one)
-        told whether the upstream answered (`probe`: the request its breaker let try it again)."""
+        told whether the upstream answered (`probe`: the request its breaker let try it again): a failure,
+        or no answer begun before the whole exchange's `deadline`, counts against it."""
         breaker = self.client.breakers.get(tier)
         try:
             answer = await stack.enter_async_context(self.client.exchange(tier, payload, tenant))
         except (UpstreamFailed, UpstreamTimeout):
-            if breaker is not None and breaker.failed(probe):
-                _log.warning("upstream_skipped", tier=tier, failures=breaker.failures, for_s=breaker.for_s)
+            self._failed(tier, probe)
             raise
-        except BaseException:  # cancelled: the caller went away, or the whole exchange's time ran out
-            if breaker is not None and probe:
+        except BaseException:  # cancelled: the whole exchange's time ran out, or the caller went away
+            if deadline.expired():  # it held the request that long without answering: as good as failed
+                self._failed(tier, probe)
+            elif breaker is not None and probe:
                 breaker.abandoned()
             raise
         if breaker is not None and breaker.answered():
             _log.info("upstream_restored", tier=tier)
         return answer
+
+    def _failed(self, tier: str, probe: bool) -> None:
+        """Count a failure against the `tier` upstream's breaker, if it has one."""
+        breaker = self.client.breakers.get(tier)
+        if breaker is not None and breaker.failed(probe):
+            _log.warning("upstream_skipped", tier=tier, failures=breaker.failures, for_s=breaker.for_s)
 
     async def _send(self, out: web.StreamResponse, write: Awaitable[Any]) -> None:
         """`write` (of `out`) awaited within `write_timeout_s`; _CallerStalled when it does not finish."""

@@ -495,6 +495,59 @@ def test_a_side_that_keeps_failing_is_skipped_then_tried_again(
         assert 'lmroute_upstream_fallbacks_total{upstream="strong",why="skipped"} 4.0' in metrics
 
 
+def test_the_exchanges_time_running_out_counts_against_the_breaker_and_names_both_upstreams(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """--upstream-max-s 1.5 s. A strong upstream that hangs, one request at a time (`max_concurrency` 1,
+    `timeout_s` 1): the first request fails it after 1 s and is answered by the weak side; the second,
+    which waited 0.7 s for the slot, is cut by the exchange's deadline before the upstream's own timeout
+    (504): that counts as its second failure, so the third skips it. And a strong side that fails at once
+    whose weak fallback hangs past the deadline: the 504 names both."""
+    msgs = [{"role": "user", "content": "hello there"}]
+    weak = upstreams["weak"]
+    with FakeUpstream("hung", delay_s=30.0) as hung:
+        extra = {"fallback": True, "fallback_after": 2, "fallback_for_s": 60, "timeout_s": 1.0, "max_concurrency": 1}
+        _, base = _front(
+            fake_servers, _file(tmp_path, {"strong": hung, "weak": weak}, strong=extra), upstream_max_s=1.5
+        )
+        client = _client(base)
+
+        def ask() -> Any:
+            return client.chat.completions.with_raw_response.create(model="router-mf-0", messages=msgs)
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(ask)
+            time.sleep(0.3)
+            second = pool.submit(ask)
+            assert first.result().headers["x-lmroute-fallback"] == "strong"
+            with pytest.raises(openai.APIStatusError) as err:
+                second.result()
+        assert err.value.status_code == 504 and "no whole answer in 1.5 s" in err.value.message
+        t0 = time.perf_counter()
+        third = ask()
+        assert third.headers["x-lmroute-fallback"] == "strong" and time.perf_counter() - t0 < 0.5  # skipped
+        assert len(hung.requests) == 2
+
+        down = "http://127.0.0.1:9/v1"
+        _, base = _front(
+            fake_servers,
+            _file(
+                tmp_path,
+                {"strong": down, "weak": hung},
+                strong={"fallback": True, "timeout_s": 0.5},
+                weak={"timeout_s": 10},
+            ),
+            upstream_max_s=1.0,
+        )
+        with pytest.raises(openai.APIStatusError) as err:
+            _client(base).chat.completions.create(model="router-mf-0", messages=msgs)
+    assert err.value.status_code == 504
+    assert (
+        "upstream strong ('strong-model'): cannot be reached (ClientConnectorError); "
+        "then its fallback upstream weak ('weak-model'): no whole answer in 1 s"
+    ) in err.value.message, err.value.message
+
+
 def test_a_probe_whose_caller_hangs_up_lets_the_next_request_try_the_upstream(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:

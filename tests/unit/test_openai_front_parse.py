@@ -213,6 +213,19 @@ def test_config_needs_an_upstreams_file_with_the_http_port(tmp_path: Path) -> No
         ServiceConfig(bundle_path=Path("b"), http_port=70000)
 
 
+def test_an_upstream_that_falls_back_must_time_out_within_the_exchanges_time(tmp_path: Path) -> None:
+    path = tmp_path / "up.json"
+    path.write_text(json.dumps({"strong": {**_side(), "fallback": True}, "weak": _side()}))  # timeout_s 120
+    ServiceConfig(bundle_path=Path("b"), http_port=0, upstreams_file=str(path))  # under the default 600 s
+    with pytest.raises(ConfigError, match=r"strong.timeout_s \(120 s\) must be under upstream_max_s \(60 s\)"):
+        ServiceConfig(bundle_path=Path("b"), http_port=0, upstreams_file=str(path), upstream_max_s=60)
+    path.write_text(json.dumps({"models": {"m1": {**_side(), "fallback": True, "timeout_s": 90}, "m2": _side()}}))
+    with pytest.raises(ConfigError, match=r"models.m1.timeout_s \(90 s\) must be under"):
+        ServiceConfig(bundle_path=Path("b"), http_port=0, upstreams_file=str(path), upstream_max_s=90)
+    path.write_text(json.dumps({"strong": _side(), "weak": _side()}))  # no fallback: its timeout may be longer
+    ServiceConfig(bundle_path=Path("b"), http_port=0, upstreams_file=str(path), upstream_max_s=60)
+
+
 def test_http_statuses() -> None:
     assert http_status(UpstreamFailed("x"))[0] == 502
     assert http_status(UpstreamTimeout("x"))[0] == 504
