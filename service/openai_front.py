@@ -917,10 +917,9 @@ class OpenAIFront:
             async with deadline, self._exchange(request, tier, payload, spare, tenant, deadline) as answer:
                 up, tier, headers = answer.upstream, answer.upstream.tier, request[_DECIDED]
                 if not stream or answer.status != 200:
-                    body = await answer.read()
+                    body = up.redact(await answer.read())  # passed on as it is, but for the upstream's key
                     said = dict(headers)
-                    if answer.status >= 400:  # passed on as it is, but for the upstream's key
-                        body = up.redact(body)
+                    if answer.status >= 400:
                         said.update(answer.retry_headers())
                     whole = web.Response(body=body, status=answer.status, headers=said, content_type=_mime(answer))
                     del body

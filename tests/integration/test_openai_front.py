@@ -333,14 +333,14 @@ def test_a_stream_that_breaks_or_stops_short_ends_on_an_error_event(
         assert "asked for a stream, answered 'application/json'" in status_err.value.message
 
 
-def test_a_streamed_answer_never_shows_the_upstreams_key(
+def test_an_answer_never_shows_the_upstreams_key(
     fake_servers: Callable[..., ServerThread],
     upstreams: dict[str, FakeUpstream],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An upstream echoing its own key in a stream, each event split in two chunks (the key may straddle
-    them): the caller reads *** where the key was."""
+    """An upstream echoing its own key, in a stream (each event split in two chunks: the key may straddle
+    them) and in a whole answer: the caller reads *** where the key was."""
     key = "sk-streamed-secret-0123456789"
     monkeypatch.setenv("FRONT_STREAM_KEY", key)
     with FakeUpstream("echo", split_events=True) as echo_up:
@@ -353,7 +353,9 @@ def test_a_streamed_answer_never_shows_the_upstreams_key(
             model="router-mf-0", messages=[{"role": "user", "content": text}], stream=True
         )
         answer = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert answer == "echo: my key is *** and x***y" and echo_up.keys == [f"Bearer {key}"]
+        whole = _client(base).chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": text}])
+    assert answer == "echo: my key is *** and x***y" and echo_up.keys == [f"Bearer {key}"] * 2
+    assert whole.choices[0].message.content == "echo: my key is *** and x***y"
 
 
 def test_upstream_errors_keep_their_retry_delay_and_say_what_was_decided(
