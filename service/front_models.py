@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from lmroute.service.errors import InvalidArgument, echo
 from lmroute.v1 import router_pb2
 
-__all__ = ["DECIMAL", "MODELS_FORMS", "MODELS_NAME", "ModelsAsk", "is_models_name", "parse_models_name"]
+__all__ = [
+    "DECIMAL",
+    "MODELS_FORMS",
+    "MODELS_NAME",
+    "ModelsAsk",
+    "is_models_name",
+    "parse_models_name",
+    "read_decimal",
+]
 
 MODELS_NAME = "models"
 MODELS_FORMS = "models, models-cost-<weight>, models-margin-<margin> or models-floor-<quality>"
@@ -64,12 +72,20 @@ def parse_models_name(name: str) -> ModelsAsk:
         raise InvalidArgument(
             f"model: unknown rule {echo(rule)} in {echo(name)}; expected {MODELS_FORMS}", reason="BAD_MODEL"
         )
+    return ModelsAsk(_RULES[rule], read_decimal(value, rule, name, math.inf if rule == "cost" else 1.0))
+
+
+def read_decimal(value: str, what: str, name: str, top: float = 1.0) -> float:
+    """`value`, the number `what` that the model name `name` carries, in [0, top] (top inf: >= 0, finite);
+    InvalidArgument naming it as written: BAD_MODEL for what is not an ASCII decimal, else OUT_OF_RANGE."""
+    bounds = "must be >= 0 and finite" if top == math.inf else f"must be in [0, {top:g}]"
+    written = value if len(value) <= 32 else echo(value)
+    if value.startswith("-") and DECIMAL.fullmatch(value[1:]):
+        raise InvalidArgument(f"model: {what} in {echo(name)} {bounds} (got {written})", reason="OUT_OF_RANGE")
     if not DECIMAL.fullmatch(value):
-        why = f"model: {rule} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.05)"
+        why = f"model: {what} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.05)"
         raise InvalidArgument(why, reason="BAD_MODEL")
     number = float(value)
-    top = math.inf if rule == "cost" else 1.0
     if not (math.isfinite(number) and 0.0 <= number <= top):
-        bounds = "must be >= 0" if rule == "cost" else "must be in [0, 1]"
-        raise InvalidArgument(f"model: {rule} in {echo(name)} {bounds} (got {number:g})", reason="OUT_OF_RANGE")
-    return ModelsAsk(_RULES[rule], number)
+        raise InvalidArgument(f"model: {what} in {echo(name)} {bounds} (got {written})", reason="OUT_OF_RANGE")
+    return number

@@ -82,6 +82,7 @@ from lmroute.service.front_models import (
     ModelsAsk,
     is_models_name,
     parse_models_name,
+    read_decimal,
 )
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
@@ -207,22 +208,14 @@ def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tu
         value = rest[len(router) + 1 :] if router else ""
         router = router or rest.rpartition("-")[0]
     if not at and value.startswith("-") and DECIMAL.fullmatch(value[1:]):  # router-mf--0.1
-        raise InvalidArgument(
-            f"model: threshold in {echo(name)} must be in [0, 1] (got {value})", reason="OUT_OF_RANGE"
-        )
+        read_decimal(value, kind, name)  # refused, naming the bound, before the router is looked for
     if router not in names:
         shown = router or rest
         raise InvalidArgument(
             f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(loaded)})",
             reason="ROUTER_NOT_FOUND",
         )
-    if not DECIMAL.fullmatch(value):
-        why = f"model: {kind} {echo(value)} in {echo(name)} is not a number (ASCII digits, e.g. 0.25)"
-        raise InvalidArgument(why, reason="BAD_MODEL")
-    number = float(value)
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        why = f"model: {kind} in {echo(name)} must be in [0, 1] (got {number:g})"
-        raise InvalidArgument(why, reason="OUT_OF_RANGE")
+    number = read_decimal(value, kind, name)
     return ModelAsk(router, threshold=number) if kind == "threshold" else ModelAsk(router, share=number)
 
 

@@ -79,6 +79,9 @@ def test_the_default_router_by_name(name: str, ask: ModelAsk) -> None:
         ("router-mf--1e-3", ["threshold in 'router-mf--1e-3' must be in [0, 1] (got -1e-3)"]),
         ("router-mf-0.5-extra", ["threshold '0.5-extra' in 'router-mf-0.5-extra' is not a number"]),
         ("router-nope-1e-3", ["unknown router 'nope-1e'"]),
+        ("router-mf-1.0000001", ["threshold in 'router-mf-1.0000001' must be in [0, 1] (got 1.0000001)"]),
+        ("router-mf@-0.5", ["strong share in 'router-mf@-0.5' must be in [0, 1] (got -0.5)"]),
+        ("router-mf@1e999", ["strong share in 'router-mf@1e999' must be in [0, 1] (got 1e999)"]),
     ],
 )
 def test_bad_model_names_are_400_naming_the_model(name: object, words: list[str]) -> None:
@@ -274,10 +277,13 @@ def test_models_names_ask_for_a_rule(name: str, rule: str, value: float) -> None
     [
         ("models-", "unknown rule ''"),
         ("models-fast-1", "unknown rule 'fast'"),
-        ("models-cost--1", "cost '-1' in 'models-cost--1' is not a number"),
+        ("models-cost--1", "cost in 'models-cost--1' must be >= 0 and finite (got -1)"),
         ("models-cost-inf", "is not a number"),
+        ("models-cost-1e999", "cost in 'models-cost-1e999' must be >= 0 and finite (got 1e999)"),
         ("models-margin-1.5", "margin in 'models-margin-1.5' must be in [0, 1]"),
-        ("models-floor-1e400", "must be in [0, 1]"),
+        ("models-margin-1.000001", "margin in 'models-margin-1.000001' must be in [0, 1] (got 1.000001)"),
+        ("models-floor-1e400", "must be in [0, 1] (got 1e400)"),
+        ("models-floor-" + "9" * 40, "must be in [0, 1] (got '9999999999"),
     ],
 )
 def test_bad_models_names_say_what_is_wrong(name: str, words: str) -> None:
