@@ -31,6 +31,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     circuit_breaker.py whether the front skips a failing upstream for now (a side set to fall back)
     front_models.py  the front's `models...` names: the rule to route among the upstreams file's models
+    upstream_keys.py an upstream's API key from a file, read again when it changes
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)
     logs.py          structlog JSON configuration; LineWriter (a line it cannot write is counted, never
                      raised); LogSampler (bounded lines for floods)

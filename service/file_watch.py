@@ -4,8 +4,8 @@ A file's stamp is (modification time in ns, size, inode), so an edit in place, a
 and a Kubernetes Secret volume's update (a symlink swapped to a new directory) all count as changes;
 a file that cannot be seen has its own stamp, so it going away and coming back are changes too. Looking
 costs one `os.stat` a file; with `recheck_s` the files are looked at no more than that often, however
-often a caller asks. Used by the TLS certificate files (lmroute.service.tls) and the tokens file
-(lmroute.service.auth).
+often a caller asks. Used by the TLS certificate files (lmroute.service.tls), the tokens file
+(lmroute.service.auth) and the upstreams' key files (lmroute.service.upstream_keys).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ from lmroute.service.upstream_client import (
     upstream_failed,
     upstream_timeout,
 )
-from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of
+from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of, redact
 from lmroute.v1 import router_pb2
 
 __all__ = ["ModelAsk", "OpenAIFront", "cut_middle", "parse_model", "prompt_of_messages"]
@@ -910,7 +910,7 @@ class OpenAIFront:
             async with deadline, self._exchange(request, tier, payload, spare, tenant, deadline) as answer:
                 up, tier, headers = answer.upstream, answer.upstream.tier, request[_DECIDED]
                 if not stream or answer.status != 200:
-                    body = up.redact(await answer.read())  # passed on as it is, but for the upstream's key
+                    body = redact(await answer.read(), answer.key)  # passed on as it is, but for the upstream's key
                     said = dict(headers)
                     if answer.status >= 400:
                         said.update(answer.retry_headers())
@@ -921,7 +921,7 @@ class OpenAIFront:
                 else:
                     out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
                     await self._send(out, out.prepare(request))
-                    events = _EventStream(up.api_key.encode("utf-8"))
+                    events = _EventStream(answer.key.encode("utf-8"))
                     try:
                         async for chunk in answer.chunks():
                             if events.sent + len(chunk) > self.max_stream_bytes:

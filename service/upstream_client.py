@@ -19,6 +19,7 @@ import collections
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,8 @@ import aiohttp
 from lmroute.service.circuit_breaker import CircuitBreaker
 from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
 from lmroute.service.tenant_slots import TenantSlots
-from lmroute.service.upstreams import Upstream
+from lmroute.service.upstream_keys import KeyFile
+from lmroute.service.upstreams import Upstream, redact
 
 __all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", "upstream_timeout"]
 
@@ -40,8 +42,9 @@ _RETRY_HEADERS = ("Retry-After", "retry-after-ms")  # what an upstream's error a
 class Exchange:
     """One forwarded request's answer: status, content type, and its body read whole or as chunks."""
 
-    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse, key: str = "") -> None:
         self.upstream = upstream
+        self.key = key  # the API key the request was sent with: what its answer must not show
         self._response = response
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
@@ -88,6 +91,9 @@ class UpstreamClient:
             tier: CircuitBreaker(u.fallback_after, u.fallback_for_s) for tier, u in self.upstreams.items() if u.fallback
         }  # the sides that fall back: whether to skip their upstream for now
         self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()  # (tier, why) -> requests
+        self.key_files = {
+            tier: KeyFile(tier, Path(u.api_key_file), u.api_key) for tier, u in self.upstreams.items() if u.api_key_file
+        }  # the upstreams whose key is read from a file, and again when it changes
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -101,6 +107,11 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def key(self, tier: str) -> str:
+        """The API key to send the `tier` upstream now."""
+        held = self.key_files.get(tier)
+        return held.key if held is not None else self.upstreams[tier].api_key
 
     def payload(self, tier: str, body: Mapping[str, Any]) -> bytes:
         """`body` as the `tier` upstream is sent it: JSON without spaces between items (about the size the
@@ -125,8 +136,9 @@ class UpstreamClient:
         try:
             payload = body if isinstance(body, bytes) else self.payload(tier, body)
             headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-            if up.api_key:
-                headers["Authorization"] = f"Bearer {up.api_key}"
+            key = self.key(tier)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_s, sock_read=up.timeout_s)
             try:
                 response = await self._session.post(
@@ -140,7 +152,7 @@ class UpstreamClient:
                 if 300 <= response.status < 400:  # the prompt goes to the configured URL or nowhere
                     raise upstream_failed(up, f"answered HTTP {response.status}, a redirect (not followed)")
                 if response.status >= 500:
-                    quoted = error_message(up.redact(await Exchange(up, response).read()))
+                    quoted = error_message(redact(await Exchange(up, response).read(), key))
                     said = f"answered HTTP {response.status}"
                     raise UpstreamFailed(
                         f"{up.label}: {said}: {quoted}" if quoted else f"{up.label}: {said}",
@@ -148,7 +160,7 @@ class UpstreamClient:
                         + (" (its error message quoted to the caller)" if quoted else ""),
                         retry_after_ms=retry_after_ms(response.headers.get("Retry-After")),
                     )
-                yield Exchange(up, response)
+                yield Exchange(up, response, key)
             finally:
                 response.release()
         finally:

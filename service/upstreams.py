@@ -10,14 +10,16 @@ routed pair (docs/OPENAI_FRONT.md):
 
 Each side: `model` (the name sent upstream), `base_url` (http or https, ending before
 `/chat/completions`), optionally `api_key_env` (the variable holding its key: keys never sit in the
-file), `timeout_s` (most seconds to wait for the upstream's next bytes, default 120),
-`connect_timeout_s` (default 5) and `max_concurrency` (requests in flight to it at once, default 64;
-more wait for a slot, within `timeout_s`; the front bounds a whole exchange by `--upstream-max-s`),
-and `fallback` (default false): true sends a request this side's upstream fails before its answer
-starts (unreachable, no slot or no answer within `timeout_s`, a 5xx or a redirect) to the other side's
-upstream instead (lmroute.service.openai_front); after `fallback_after` (3) failures in a row the side's
-requests go straight to the other side for `fallback_for_s` (30), then one tries the upstream again
-(lmroute.service.circuit_breaker). An unknown key is refused, so a typo does not pass silently.
+file) or `api_key_file` (a file holding it, e.g. a mounted Secret: read again when it changes, so a
+rotated key is used without a restart; lmroute.service.upstream_keys), `timeout_s` (most seconds to wait
+for the upstream's next bytes, default 120), `connect_timeout_s` (default 5) and `max_concurrency`
+(requests in flight to it at once, default 64; more wait for a slot, within `timeout_s`; the front
+bounds a whole exchange by `--upstream-max-s`), and `fallback` (default false): true sends a request
+this side's upstream fails before its answer starts (unreachable, no slot or no answer within
+`timeout_s`, a 5xx or a redirect) to the other side's upstream instead (lmroute.service.openai_front);
+after `fallback_after` (3) failures in a row the side's requests go straight to the other side for
+`fallback_for_s` (30), then one tries the upstream again (lmroute.service.circuit_breaker). An unknown
+key is refused, so a typo does not pass silently.
 
 For routing among N models (docs/MODELS.md) the file may also name, under `models`, the endpoint of each
 model a `quality` router predicts, by the router's name for it (RouterInfo.models), with the same keys
@@ -42,7 +44,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MODELS", "OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "models_of", "parse_upstreams"]
+from lmroute.service.upstream_keys import read_key_file
+
+__all__ = ["MODELS", "OTHER_TIER", "TIERS", "Upstream", "load_upstreams", "models_of", "parse_upstreams", "redact"]
 
 TIERS = ("strong", "weak")
 MODELS = "models"  # the file's key naming the endpoints of N models
@@ -51,6 +55,7 @@ _KEYS = {
     "model",
     "base_url",
     "api_key_env",
+    "api_key_file",
     "timeout_s",
     "connect_timeout_s",
     "max_concurrency",
@@ -67,7 +72,8 @@ class Upstream:
     tier: str  # "strong" or "weak"; for routing among models, the router's name for the model
     model: str
     base_url: str
-    api_key: str = ""
+    api_key: str = ""  # as read at load; from `api_key_file`, re-read when it changes (lmroute.service.upstream_keys)
+    api_key_file: str = ""
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
     max_concurrency: int = 64
@@ -88,9 +94,10 @@ class Upstream:
         """How errors to callers name it: side and model only (the URL is the deployment's, not theirs)."""
         return f"upstream {self.tier} ({self.model!r})"
 
-    def redact(self, text: bytes) -> bytes:
-        """`text` (an upstream's answer) with every occurrence of this upstream's API key replaced by ***."""
-        return text.replace(self.api_key.encode("utf-8"), b"***") if self.api_key else text
+
+def redact(text: bytes, key: str) -> bytes:
+    """`text` (an upstream's answer) with every occurrence of `key` (the API key it was sent) replaced by ***."""
+    return text.replace(key.encode("utf-8"), b"***") if key else text
 
 
 def _seconds(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
@@ -121,6 +128,16 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
         if env not in environ:
             raise ValueError(f"{where}.api_key_env: environment variable {env} is not set")
         key = environ[env]
+    key_file = entry.get("api_key_file", "")
+    if not isinstance(key_file, str):
+        raise ValueError(f"{where}.api_key_file: must be the path of a file holding the key")
+    if key_file:
+        if env:
+            raise ValueError(f"{where}: api_key_env or api_key_file, not both")
+        try:
+            key = read_key_file(Path(key_file))
+        except ValueError as exc:
+            raise ValueError(f"{where}.api_key_file: {exc}") from None
     conc = entry.get("max_concurrency", 64)
     if isinstance(conc, bool) or not isinstance(conc, int) or conc < 1:
         raise ValueError(f"{where}.max_concurrency: must be an integer >= 1 (got {conc!r})")
@@ -137,6 +154,7 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
         model=model,
         base_url=base_url,
         api_key=key,
+        api_key_file=key_file,
         timeout_s=_seconds(entry, "timeout_s", 120.0, where),
         connect_timeout_s=_seconds(entry, "connect_timeout_s", 5.0, where),
         max_concurrency=conc,

@@ -358,6 +358,39 @@ def test_an_answer_never_shows_the_upstreams_key(
     assert whole.choices[0].message.content == "echo: my key is *** and x***y"
 
 
+def test_an_upstream_key_read_from_a_file_is_rotated_without_a_restart(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`api_key_file` on the strong side: requests carry the file's key; the file replaced (as a Secret
+    volume is), requests carry the new key from about a second on, and an answer quoting it shows ***; a
+    file that then holds no key keeps the key in use (logged)."""
+    key_file = tmp_path / "strong.key"
+    key_file.write_text("sk-first-0123456789\n")
+    with FakeUpstream("echo") as echo_up:
+        path = _file(tmp_path, {"strong": echo_up, "weak": upstreams["weak"]}, strong={"api_key_file": str(key_file)})
+        _, base = _front(fake_servers, path)
+        client = _client(base)
+
+        def ask(text: str) -> str:
+            answer = client.chat.completions.create(model="router-mf-0", messages=[{"role": "user", "content": text}])
+            return answer.choices[0].message.content or ""
+
+        assert ask("hi") == "echo: hi" and echo_up.keys[-1] == "Bearer sk-first-0123456789"
+        (tmp_path / "next.key").write_text("sk-second-0123456789")
+        (tmp_path / "next.key").replace(key_file)
+        time.sleep(1.2)  # RECHECK_S: the file is looked at no more than once a second
+        assert ask("my key is sk-second-0123456789") == "echo: my key is ***"
+        assert echo_up.keys[-1] == "Bearer sk-second-0123456789"
+        key_file.write_text("")  # half-written, say
+        time.sleep(1.2)
+        with structlog.testing.capture_logs() as logs:
+            assert ask("again") == "echo: again"
+        assert echo_up.keys[-1] == "Bearer sk-second-0123456789"  # the key in use, kept
+        [failed] = [e for e in logs if e["event"] == "upstream_key_reload_failed"]
+        assert failed["tier"] == "strong" and "holds no key; the key in use is kept" in failed["error"]
+        assert not any("sk-" in str(e) for e in logs)  # no key in the log
+
+
 def test_upstream_errors_keep_their_retry_delay_and_say_what_was_decided(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:

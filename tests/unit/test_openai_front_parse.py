@@ -4,6 +4,7 @@ statuses of errors, and the config checks that tie them together."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,25 @@ def test_upstreams_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "up.json"
     path.write_text(json.dumps(doc))
     assert load_upstreams(path, {"K": "sk"})["strong"].model == "gpt-4o"
+
+
+def test_upstreams_file_reads_a_key_from_a_file(tmp_path: Path) -> None:
+    key = tmp_path / "strong.key"
+    key.write_text("  sk-from-a-file\n")
+    ups = parse_upstreams({"strong": _side(api_key_file=str(key)), "weak": _side()}, {})
+    assert ups["strong"].api_key == "sk-from-a-file" and ups["strong"].api_key_file == str(key)
+    for text, words in [
+        ("", "holds no key"),
+        ("sk one", "a key is one line of printable characters without spaces"),
+        ("sk\nmore", "a key is one line of printable characters without spaces"),
+    ]:
+        key.write_text(text)
+        with pytest.raises(ValueError, match=f"strong.api_key_file: {re.escape(str(key))}: {words}"):
+            parse_upstreams({"strong": _side(api_key_file=str(key)), "weak": _side()}, {})
+    with pytest.raises(ValueError, match=r"strong.api_key_file: .*missing.key: cannot be read \(No such file"):
+        parse_upstreams({"strong": _side(api_key_file=str(tmp_path / "missing.key")), "weak": _side()}, {})
+    with pytest.raises(ValueError, match="strong: api_key_env or api_key_file, not both"):
+        parse_upstreams({"strong": _side(api_key_file=str(key), api_key_env="K"), "weak": _side()}, {"K": "x"})
 
 
 @pytest.mark.parametrize(
