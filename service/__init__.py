@@ -30,6 +30,7 @@ Three one-way layers (transport -> scheduler -> scorers):
     admin_cli.py     `lmroute-admin`: AdminService from a shell (bundle, reload, targets, set-targets)
     tenant_slots.py  an upstream's slots in the OpenAI front, shared by tenants
     circuit_breaker.py whether the front skips a failing upstream for now (a side set to fall back)
+    front_requests.py what an OpenAI-shaped request asks: its model name's router and policy, the turn routed
     front_models.py  the front's `models...` names: the rule to route among the upstreams file's models
     upstream_keys.py an upstream's API key from a file, read again when it changes
     testing.py       ServerThread: a server in a background thread (tests, benchmarks)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import math
@@ -76,14 +75,13 @@ from lmroute.service.errors import (
     http_status,
 )
 from lmroute.service.front_models import (
-    DECIMAL,
     MODELS_FORMS,
     MODELS_NAME,
     ModelsAsk,
     is_models_name,
     parse_models_name,
-    read_decimal,
 )
+from lmroute.service.front_requests import DEFAULT, PREFIX, parse_model, prompt_of_messages, sent_chars
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
@@ -98,14 +96,10 @@ from lmroute.service.upstream_client import (
 from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of, redact
 from lmroute.v1 import router_pb2
 
-__all__ = ["ModelAsk", "OpenAIFront", "cut_middle", "parse_model", "prompt_of_messages"]
+__all__ = ["OpenAIFront"]
 
 _log = structlog.get_logger("lmroute.openai_front")
 
-PREFIX = "router-"
-DEFAULT = "default"  # the <router> of a model name that asks for the bundle's default router
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_SKIPPED_ROLES = ("tool", "function")  # tool output is not what the caller asked: not scored
 _CHAT = "/v1/chat/completions"
 _FEEDBACK = "/v1/feedback"
 _MODELS = "/v1/models"
@@ -154,170 +148,6 @@ _OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
 _DECIDED = web.RequestKey[dict[str, str]]("lmroute_decided")
 # a request passed on to its fallback: (what failed first, as the caller is told it; as logged; the spare's key)
 _FELL_BACK = web.RequestKey[tuple[str, str, str]]("lmroute_fell_back")
-
-
-@dataclass(frozen=True)
-class ModelAsk:
-    """What a request's `model` asks for: a router and at most one of threshold and strong share."""
-
-    router: str
-    threshold: float | None = None
-    share: float | None = None
-
-    def request(self, prompt: router_pb2.Prompt) -> router_pb2.RouteRequest:
-        req = router_pb2.RouteRequest(prompt=prompt, router=self.router)
-        if self.threshold is not None:
-            req.threshold = self.threshold
-        elif self.share is not None:
-            req.strong_share = self.share
-        return req
-
-
-def parse_model(name: object, routers: tuple[str, ...], default_router: str = "") -> ModelAsk:
-    """The ModelAsk of a request's `model` (`routers`: the loaded routers; `default_router`: the caller's
-    default router, "" for none); InvalidArgument naming the model and what is wrong. A name that asks
-    for the default router gives the router "" (resolved by the Route call, against the bundle it is
-    answered with)."""
-    forms = "router-<router>-<threshold>, router-<router>@<strong share> or router-<router>"
-    if not isinstance(name, str) or not name:
-        got = "" if name is None else f" (got {type(name).__name__} {echo(str(name))})"
-        raise InvalidArgument(f"model: required, a string: one of {forms}{got}", reason="BAD_MODEL")
-    if not name.startswith(PREFIX):
-        raise InvalidArgument(f"model: {echo(name)} is not a router model; expected {forms}", reason="BAD_MODEL")
-    names = routers if DEFAULT in routers else (*routers, DEFAULT)
-    ask = _parse_router_model(name, name[len(PREFIX) :], names, routers)
-    if ask.router != DEFAULT or DEFAULT in routers:
-        return ask
-    if not default_router:
-        raise InvalidArgument(
-            f"model: {echo(name)} asks for the default router; the serving bundle names none", reason="MISSING_ROUTER"
-        )
-    return dataclasses.replace(ask, router="")
-
-
-def _parse_router_model(name: str, rest: str, names: tuple[str, ...], loaded: tuple[str, ...]) -> ModelAsk:
-    """`rest` (the model name after the prefix) as <router>, <router>-<threshold> or <router>@<share>, with
-    <router> one of `names`; an unknown one is refused listing the `loaded` routers."""
-    if rest in names:
-        return ModelAsk(rest)
-    router, at, value = rest.rpartition("@")
-    kind = "strong share"
-    if not at:  # <router>-<threshold>: the longest router name the rest starts with (names may hold a dash,
-        kind = "threshold"  # and a threshold may too: 1e-05)
-        router = max((n for n in names if rest.startswith(f"{n}-")), key=len, default="")
-        value = rest[len(router) + 1 :] if router else ""
-        router = router or rest.rpartition("-")[0]
-    if not at and value.startswith("-") and DECIMAL.fullmatch(value[1:]):  # router-mf--0.1
-        read_decimal(value, kind, name)  # refused, naming the bound, before the router is looked for
-    if router not in names:
-        shown = router or rest
-        raise InvalidArgument(
-            f"model: unknown router {echo(shown)} in {echo(name)} (loaded: {', '.join(loaded)})",
-            reason="ROUTER_NOT_FOUND",
-        )
-    number = read_decimal(value, kind, name)
-    return ModelAsk(router, threshold=number) if kind == "threshold" else ModelAsk(router, share=number)
-
-
-def _text_of(content: object, where: str) -> str:
-    if content is None:
-        return ""  # an assistant turn that only calls tools
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise InvalidArgument(f"{where}[{j}]: must be an object", reason="BAD_MESSAGE")
-            if part.get("type") == "text":
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise InvalidArgument(f"{where}[{j}].text: must be a string", reason="BAD_MESSAGE")
-                parts.append(text)
-        return "\n".join(parts)  # images, audio, files: not scored
-    raise InvalidArgument(f"{where}: must be a string or a list of content parts", reason="BAD_MESSAGE")
-
-
-def sent_chars(body: Mapping[str, Any]) -> int:
-    """The characters of text a request sends its model, for its expected cost: every message's text,
-    whole (the last user turn too, though it is routed on its head and tail when long; tool and function
-    turns too, though not routed on), one line each as the Route call counts a conversation
-    (lmroute.service.prompts.input_text), and the JSON of the messages' tool calls and of the tools and
-    functions offered. Images, audio and files are not counted."""
-    lines: list[str] = []
-    for msg in body.get("messages") or ():
-        if not isinstance(msg, dict):
-            continue
-        content = msg.get("content")
-        if isinstance(content, list):
-            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            content = "\n".join(p for p in parts if isinstance(p, str))
-        lines.append(content if isinstance(content, str) else "")
-        lines += [json.dumps(msg[k], ensure_ascii=False) for k in ("tool_calls", "function_call") if k in msg]
-    offered = sum(len(json.dumps(body[k], ensure_ascii=False)) for k in ("tools", "functions") if k in body)
-    return len("\n".join(lines)) + offered
-
-
-def cut_middle(text: str, max_chars: int) -> str:
-    """`text` in at most `max_chars` characters: as it is, or its head and tail around a line break (the
-    encoder's own cut reads a prompt's head and tail too)."""
-    if len(text) <= max_chars:
-        return text
-    head = (max_chars - 1) // 2
-    return text[:head] + "\n" + text[len(text) - (max_chars - 1 - head) :]
-
-
-def prompt_of_messages(
-    messages: object, max_turns: int, max_chars: int | None = None, max_total: int | None = None
-) -> router_pb2.Prompt:
-    """The Prompt (a conversation, scored on its last user turn) of a request's `messages`;
-    InvalidArgument naming the message that is wrong: one that holds no text to route on included (an
-    image alone). With `max_total`, messages holding more characters in all than that are refused
-    (REQUEST_TOO_LONG), counted as sent; with `max_chars`, a last user turn longer than that is then cut
-    to its head and tail."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidArgument("messages: required, a non-empty list", reason="MISSING_PROMPT")
-    if len(messages) > max_turns:
-        raise InvalidArgument(f"messages: {len(messages)} messages (limit {max_turns})", reason="TOO_MANY_TURNS")
-    conv = router_pb2.Conversation()
-    last_user = -1  # the index in `messages` of the turn routed on
-    for j, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise InvalidArgument(f"messages[{j}]: must be an object with role and content", reason="BAD_MESSAGE")
-        role = msg.get("role")
-        if isinstance(role, str) and role in _SKIPPED_ROLES:
-            continue
-        if not isinstance(role, str) or role not in _ROLES:
-            known = ", ".join([*_ROLES, *_SKIPPED_ROLES])
-            what = (
-                "missing"
-                if role is None
-                else f"unknown role {echo(role)}"
-                if isinstance(role, str)
-                else f"must be a string (got {type(role).__name__})"
-            )
-            raise InvalidArgument(f"messages[{j}].role: {what} (expected one of {known})", reason="UNKNOWN_ROLE")
-        text = _text_of(msg.get("content"), f"messages[{j}].content")
-        if role == "user":
-            last_user = j
-        try:
-            conv.messages.add(role=_ROLES[role], content=text)
-        except UnicodeEncodeError as exc:  # only the Python API gets here: the front refuses it as JSON
-            why = f"messages[{j}].content: an unpaired surrogate ({exc.object[exc.start : exc.end]!a}), not text"
-            raise InvalidArgument(why, reason="BAD_MESSAGE") from None
-    if last_user < 0:
-        raise InvalidArgument("messages: no user message", reason="NO_USER_TURN")
-    routed = next(m for m in reversed(conv.messages) if m.role == "user")
-    if not routed.content.strip():
-        why = f"messages[{last_user}].content: no text to route on"
-        if isinstance(messages[last_user].get("content"), list):
-            why += " (the router reads text parts; images, audio and files are not read)"
-        raise InvalidArgument(why, reason="EMPTY_PROMPT")
-    if max_total is not None and (total := sum(len(m.content) for m in conv.messages)) > max_total:
-        raise InvalidArgument(f"messages: {total} characters in all (limit {max_total})", reason="REQUEST_TOO_LONG")
-    if max_chars is not None:
-        routed.content = cut_middle(routed.content, max_chars)
-    return router_pb2.Prompt(conversation=conv)
 
 
 def _error(exc: BaseException) -> web.Response:

@@ -65,7 +65,7 @@ from lmroute.service.client import RouterClient, paired_outcome, single_outcome
 from lmroute.service.client_retry import error_reason
 from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
-from lmroute.service.openai_front import DEFAULT, ModelAsk, cut_middle, parse_model, prompt_of_messages
+from lmroute.service.front_requests import DEFAULT, ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.scheduler import prompt_problem
 from lmroute.service.wire_status import code_name
 from lmroute.v1 import router_pb2

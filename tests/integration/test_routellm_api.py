@@ -17,7 +17,7 @@ import pytest
 
 from lmroute.service.client import RouterClient
 from lmroute.service.fake_upstream import FakeUpstream
-from lmroute.service.openai_front import cut_middle
+from lmroute.service.front_requests import cut_middle
 from lmroute.service.routellm_api import ChatResponse, Controller, RoutingError, UpstreamError, endpoint
 from lmroute.service.testing import ServerThread
 from lmroute.v1 import router_pb2

@@ -21,7 +21,7 @@ from lmroute.service.errors import (
     http_status,
 )
 from lmroute.service.front_models import is_models_name, parse_models_name
-from lmroute.service.openai_front import ModelAsk, cut_middle, parse_model, prompt_of_messages
+from lmroute.service.front_requests import ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.upstreams import load_upstreams, models_of, parse_upstreams
 from lmroute.v1 import router_pb2
 
