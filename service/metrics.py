@@ -46,6 +46,9 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 them, being skipped, or left out of a choice among models
                                                 while skipped; 1 while it is skipped
                                                 (lmroute.service.circuit_breaker)
+    lmroute_upstream_key_reloads_total{upstream, result}
+                                                changes of an upstream's key file taken (reloaded) or
+                                                refused (failed; the key in use kept)
     lmroute_share_target / _realised / _threshold{tenant, router}
     lmroute_spend_target_usd_per_1k / lmroute_spend_realised_usd_per_1k / lmroute_spend_cost_weight
                                                 {tenant, router}: the tenants' controllers (docs/CONTROL.md,
@@ -154,6 +157,7 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (GaugeMetricFamily, "lmroute_upstream_requests"),
     (CounterMetricFamily, "lmroute_upstream_fallbacks"),
     (GaugeMetricFamily, "lmroute_upstream_skipped"),
+    (CounterMetricFamily, "lmroute_upstream_key_reloads"),
     (CounterMetricFamily, "lmroute_tenant_calls"),
     (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
     (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
@@ -277,10 +281,19 @@ class _ServingCollector(Collector):
             for why in ("failed", "skipped", "left_out"):
                 fallbacks.add_metric([tier, why], client.fallbacks[(tier, why)])
             skipped.add_metric([tier], 1.0 if breaker.is_open else 0.0)
+        key_reloads = CounterMetricFamily(
+            "lmroute_upstream_key_reloads",
+            "Changes of an upstream's key file taken, or refused (the key in use kept)",
+            labels=["upstream", "result"],
+        )
+        for tier, held in client.key_files.items():
+            key_reloads.add_metric([tier, "reloaded"], held.reloads)
+            key_reloads.add_metric([tier, "failed"], held.reload_failures)
         yield slots
         yield requests
         yield fallbacks
         yield skipped
+        yield key_reloads
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:

@@ -368,7 +368,7 @@ def test_an_upstream_key_read_from_a_file_is_rotated_without_a_restart(
     key_file.write_text("sk-first-0123456789\n")
     with FakeUpstream("echo") as echo_up:
         path = _file(tmp_path, {"strong": echo_up, "weak": upstreams["weak"]}, strong={"api_key_file": str(key_file)})
-        _, base = _front(fake_servers, path)
+        srv, base = _front(fake_servers, path, metrics_port=0)
         client = _client(base)
 
         def ask(text: str) -> str:
@@ -389,6 +389,9 @@ def test_an_upstream_key_read_from_a_file_is_rotated_without_a_restart(
         [failed] = [e for e in logs if e["event"] == "upstream_key_reload_failed"]
         assert failed["tier"] == "strong" and "holds no key; the key in use is kept" in failed["error"]
         assert not any("sk-" in str(e) for e in logs)  # no key in the log
+        metrics = _metrics(srv)
+        assert 'lmroute_upstream_key_reloads_total{result="reloaded",upstream="strong"} 1.0' in metrics
+        assert 'lmroute_upstream_key_reloads_total{result="failed",upstream="strong"} 1.0' in metrics
 
 
 def test_upstream_errors_keep_their_retry_delay_and_say_what_was_decided(
