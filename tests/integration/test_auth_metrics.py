@@ -260,8 +260,10 @@ def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\b(lmroute_[a-z0-9_]+)", e)}
     upstreams = tmp_path / "upstreams.json"  # the front's families too (nothing is sent upstream here)
+    (tmp_path / "strong.key").write_text("sk-unused")
+    extra = {"strong": {"fallback": True, "api_key_file": str(tmp_path / "strong.key")}, "weak": {}}
     upstreams.write_text(
-        json.dumps({tier: {"model": tier, "base_url": "http://127.0.0.1:9/v1"} for tier in ("strong", "weak")})
+        json.dumps({t: {"model": t, "base_url": "http://127.0.0.1:9/v1", **extra[t]} for t in ("strong", "weak")})
     )
     srv = serve(spend_targets="default=3", http_port=0, upstreams_file=str(upstreams))
     port = srv.server.metrics_port
