@@ -591,8 +591,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:  # room for the call before anything of it is built: a flood's refused calls cost next to nothing
             self.store.reserve(reporter, n)
         except WriterFull as exc:
-            if self.feedback_rate is not None:
-                self.feedback_rate.refund(reporter, n)
             raise self._store_busy(reporter, n, exc) from exc
         handed_over = False  # the room held goes to submit, or back
         try:
@@ -634,7 +632,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 except WriterFull as exc:
                     raise self._store_busy(reporter, n, exc) from exc
                 except Exception as exc:
-                    self.feedback_counts.add(reporter, REFUSED, n)
+                    self._store_refused(reporter, n)
                     raise StoreUnavailable(
                         f"outcome store write failed ({failure_cause(exc)}); nothing was stored"
                     ) from exc
@@ -658,9 +656,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return response
 
     def _store_busy(self, reporter: str, n: int, exc: WriterFull) -> StoreUnavailable:
-        """A Feedback call of `n` outcomes the writer has no room for: counted as refused, STORE_BUSY."""
-        self.feedback_counts.add(reporter, REFUSED, n)
+        """A Feedback call of `n` outcomes the writer has no room for: refused (`_store_refused`), STORE_BUSY."""
+        self._store_refused(reporter, n)
         return StoreUnavailable(f"outcome store busy: {exc}", reason="STORE_BUSY")
+
+    def _store_refused(self, reporter: str, n: int) -> None:
+        """A Feedback call of `n` outcomes the store did not take: counted as refused, and its outcomes given
+        back to its tenant's rate (a store that fell behind or failed does not spend the tenant's rate)."""
+        self.feedback_counts.add(reporter, REFUSED, n)
+        if self.feedback_rate is not None:
+            self.feedback_rate.refund(reporter, n)
 
     async def ListRouters(
         self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext

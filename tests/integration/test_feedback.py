@@ -699,22 +699,26 @@ def test_a_feedback_call_the_store_cannot_take_says_why_and_stores_nothing(
     serve: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
     """STORE_UNAVAILABLE said "outcome store write failed (OperationalError)" whatever failed; it names
-    the kind of failure now (`failure_cause`), never the store's path."""
+    the kind of failure now (`failure_cause`), never the store's path. Nothing stored, nothing of the
+    tenant's rate spent: the call sent again at once, the store back, is taken."""
     path = tmp_path / "o.sqlite3"
-    srv = serve(store=f"sqlite:{path}")
+    srv = serve(store=f"sqlite:{path}", feedback_rate=0.1, max_feedback_items=10)  # a bucket of 10 outcomes
     admin = open_store(f"sqlite:{path}")
     admin._exec("ALTER TABLE outcomes RENAME TO outcomes_away")  # changed under the server
-    report = router_pb2.OutcomeReport(prompt=router_pb2.Prompt(text="judged"), preference=router_pb2.PREFERENCE_STRONG)
+    report = [
+        router_pb2.OutcomeReport(prompt=router_pb2.Prompt(text=f"judged {i}"), preference=router_pb2.PREFERENCE_STRONG)
+        for i in range(10)
+    ]
     try:
-        with RouterClient(srv.target) as client, pytest.raises(grpc.RpcError) as failed:
-            client.feedback([report], timeout_s=10)
+        with RouterClient(srv.target, retry=NO_RETRY) as client, pytest.raises(grpc.RpcError) as failed:
+            client.feedback(report, timeout_s=10)
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert failed.value.details() == (
             "outcome store write failed (a table is missing (changed under the server)); nothing was stored"
         )
         admin._exec("ALTER TABLE outcomes_away RENAME TO outcomes")
-        with RouterClient(srv.target) as client:
-            assert client.feedback([report], timeout_s=10).stored == 2  # the writer reopened; nothing was kept
+        with RouterClient(srv.target, retry=NO_RETRY) as client:
+            assert client.feedback(report, timeout_s=10).stored == 20  # the writer reopened; nothing was kept
     finally:
         admin.close()
 
