@@ -131,7 +131,8 @@ def _result(fut: concurrent.futures.Future[Any], context: grpc.ServicerContext) 
     try:
         return fut.result()
     except Aborted as exc:
-        context.set_trailing_metadata(exc.trailers)
+        if exc.trailers:  # as grpc.aio's abort: none given keeps those set before (the request id)
+            context.set_trailing_metadata(exc.trailers)
         context.abort(exc.code, exc.details)
     except concurrent.futures.CancelledError:
         context.abort(grpc.StatusCode.CANCELLED, "cancelled")

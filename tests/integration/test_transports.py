@@ -93,6 +93,10 @@ def test_health_check_and_a_watch_that_sees_the_drain(transport: str) -> None:
             health = health_pb2_grpc.HealthStub(ch)
             check = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as unknown:  # its NOT_FOUND echoes the request id, as any answer
+                health.Check(health_pb2.HealthCheckRequest(service="nope"), metadata=(("x-request-id", "hc-1"),))
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            assert ("x-request-id", "hc-1") in tuple(unknown.value.trailing_metadata() or ())
             stream = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30)
 
             def read() -> None:
