@@ -688,7 +688,8 @@ class OpenAIFront:
         models, left_out = self._routable() if among is not None else ((), ())
         req = among.request(prompt, models) if among is not None else ask.request(prompt)
         try:
-            answer = await self.servicer.route(req, asked_tenant=tenant, timeout_s=None, sent_chars=sent_chars(body))
+            sent = sent_chars(body) if among is not None else None  # what an expected cost counts
+            answer = await self.servicer.route(req, asked_tenant=tenant, timeout_s=None, sent_chars=sent)
             for model in left_out:  # decided without them
                 self.client.fallbacks[(model, "left_out")] += 1
             return answer, left_out
