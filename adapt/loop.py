@@ -319,7 +319,7 @@ def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dic
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-adapt` (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="lmroute-adapt", description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)
     where = ap.add_mutually_exclusive_group()
     where.add_argument(
         "--server",

@@ -78,7 +78,7 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)
     ap.add_argument(
         "--server",
         default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"),
@@ -212,8 +212,13 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     args = ap.parse_args(argv)
     if (problem := text_flag_problem(args)) is not None:
         ap.error(f"{args.command} {problem}")
-    if args.command == "set-targets" and not (args.share or args.spend or args.remove_share or args.remove_spend):
-        ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
+    if args.command == "set-targets":
+        if not (args.share or args.spend or args.remove_share or args.remove_spend):
+            ap.error("set-targets: give at least one of --share, --spend, --remove-share, --remove-spend")
+        for kind in ("share", "spend"):  # each tenant once per kind: which of two values was meant is unknown
+            named = [t for t, _ in getattr(args, kind)] + list(getattr(args, f"remove_{kind}"))
+            if twice := sorted({t for t in named if named.count(t) > 1}):
+                ap.error(f"set-targets: tenant {twice[0]!r} is named twice among --{kind} and --remove-{kind}")
     try:
         connect = connection_kwargs(args)
         _check_tls_files(args)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import numbers
 import os
 import random
@@ -34,7 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmroute.outcomes.records import TENANT_RE
-from lmroute.service.client_retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, error_reason
+from lmroute.service.client_retry import DEFAULT_RETRY, MIN_ATTEMPT_S, NO_RETRY, RetryPolicy, error_reason
 from lmroute.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = [
@@ -91,9 +90,13 @@ def _wire_prompt(prompt: PromptLike, all_user_turns: bool, name: str) -> router_
     return router_pb2.Prompt(conversation=conv, turn_selection=sel)
 
 
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def add_connection_args(ap: argparse.ArgumentParser) -> None:
     """The flags of a command that calls a server: its token (read from a variable, never the command
-    line) and TLS files; `connection_kwargs` turns them into RouterClient arguments."""
+    line) and TLS files; `connection_kwargs` turns them into RouterClient arguments. Make `ap` with
+    allow_abbrev=False: else `--token SECRET` is taken as `--token-env SECRET`."""
     ap.add_argument(
         "--token-env",
         default=None,
@@ -110,6 +113,11 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """RouterClient keyword arguments from `add_connection_args`' flags; ValueError naming a variable
     `--token-env` names that is unset or empty (a token meant to be sent would silently not be), or
     `--cert` / `--key` given without each other or without `--ca`."""
+    if args.token_env and not _VARIABLE_NAME.fullmatch(args.token_env):  # a token typed in its place, say
+        raise ValueError(
+            "--token-env: takes the name of an environment variable, and what was given is not one (not shown: "
+            "a token goes in a variable, never on the command line)"
+        )
     token = os.environ.get(args.token_env or "LMROUTE_TOKEN") or None
     if args.token_env and token is None:
         raise ValueError(f"--token-env: environment variable {args.token_env} is not set")
@@ -247,6 +255,7 @@ def route_among_request(
 def single_outcome(decision_id: str, quality: float, source: str = "") -> router_pb2.OutcomeReport:
     """The quality in [0, 1] of the model decision `decision_id` chose (a Route answer's), judged by
     `source` ("thumbs", "judge:gpt-4", ...), for `feedback`."""
+    _number("quality", quality)
     return router_pb2.OutcomeReport(
         decision_id=decision_id, single=router_pb2.SingleOutcome(quality=quality), source=source
     )
@@ -254,6 +263,8 @@ def single_outcome(decision_id: str, quality: float, source: str = "") -> router
 
 def paired_outcome(decision_id: str, strong: float, weak: float, source: str = "") -> router_pb2.OutcomeReport:
     """Both models of the default pair judged on decision `decision_id`'s prompt, for `feedback`."""
+    _number("strong", strong)
+    _number("weak", weak)
     return router_pb2.OutcomeReport(
         decision_id=decision_id,
         paired=router_pb2.PairedOutcome(strong_quality=strong, weak_quality=weak),
@@ -264,7 +275,16 @@ def paired_outcome(decision_id: str, strong: float, weak: float, source: str = "
 def set_targets_request(
     shares: Mapping[str, float | None] | None = None, spends: Mapping[str, float | None] | None = None
 ) -> admin_pb2.SetTargetsRequest:
-    """Tenants' new targets (None: remove it), strong shares then spends."""
+    """Tenants' new targets (None: remove it), strong shares then spends; TypeError naming the first
+    argument that is not a mapping of tenant names to numbers or None (True is no target)."""
+    for what, given in (("shares", shares), ("spends", spends)):
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"{what}: expected a mapping of tenant -> target (or None), got {type(given).__name__}")
+        for tenant, value in (given or {}).items():
+            if not isinstance(tenant, str):
+                raise TypeError(f"{what}: a tenant is a name (str), got {type(tenant).__name__} ({tenant!r})")
+            if value is not None:
+                _number(f"{what}[{tenant!r}]", value)
     changes = [
         admin_pb2.TargetChange(tenant=t, remove_strong_share=True)
         if v is None
@@ -300,7 +320,9 @@ def _check_arguments(
     if not isinstance(target, str) or not target:
         raise TypeError(f"target: expected 'host:port' (a non-empty str), got {target!r}")
     _check_timeout(timeout_s)
-    if tenant is not None and not TENANT_RE.match(str(tenant)):
+    if tenant is not None and not isinstance(tenant, str):
+        raise TypeError(f"tenant: expected a name (str) or None, got {type(tenant).__name__}")
+    if tenant is not None and not TENANT_RE.match(tenant):
         raise ValueError(f"tenant: {tenant!r} is not 1-64 of [A-Za-z0-9._-] (the server refuses it: INVALID_TENANT)")
     if not isinstance(tenant_header, str) or not _HEADER_NAME.match(tenant_header) or tenant_header.endswith("-bin"):
         raise ValueError(f"tenant_header: {tenant_header!r} is not a gRPC metadata key (lowercase [0-9a-z_.-])")
@@ -316,12 +338,19 @@ def _check_arguments(
         raise TypeError(f"retry: expected a RetryPolicy or None, got {type(retry).__name__}")
 
 
+MAX_TIMEOUT_S = 1e9
+"""The longest timeout_s a client takes (about 31 years): gRPC's deadline, in nanoseconds since the epoch,
+overflows past about 7.4e9 s, and every call then fails at once with DEADLINE_EXCEEDED. None: no deadline."""
+
+
 def _check_timeout(timeout_s: object) -> None:
-    """ValueError naming `timeout_s` unless it is seconds > 0 (a number) or None."""
+    """ValueError naming `timeout_s` unless it is seconds in (0, MAX_TIMEOUT_S] (a number) or None."""
     if timeout_s is not None and (
-        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, numbers.Real)
+        or not 0 < float(timeout_s) <= MAX_TIMEOUT_S
     ):
-        raise ValueError(f"timeout_s: expected seconds > 0 or None, got {timeout_s!r}")
+        raise ValueError(f"timeout_s: expected seconds in (0, {MAX_TIMEOUT_S:g}] or None, got {timeout_s!r}")
 
 
 class _ClientBase:
@@ -429,6 +458,11 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
+def _too_late(deadline: float | None) -> bool:
+    """Whether too little is left before `deadline` to begin a retry (MIN_ATTEMPT_S)."""
+    return deadline is not None and deadline - time.monotonic() < MIN_ATTEMPT_S
+
+
 class RouterClient(_ClientBase):
     """Blocking client over one channel; every call takes an optional timeout (seconds, retries
     included).
@@ -462,6 +496,8 @@ class RouterClient(_ClientBase):
                 if delay is None:
                     raise
                 time.sleep(delay)
+                if _too_late(deadline):  # the sleep overran: the last refusal says more than DEADLINE_EXCEEDED
+                    raise
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def score(
@@ -594,7 +630,7 @@ class RouterClient(_ClientBase):
         `since_ms` (of `callers` only, when given) most worth judging with both models; pass the answer's
         next_since_ms as the next call's `since_ms`."""
         request = admin_pb2.DecisionsToJudgeRequest(
-            budget=budget, window=window, since_ms=since_ms, callers=list(callers), seed=seed
+            budget=budget, window=window, since_ms=since_ms, callers=_names(callers, "callers"), seed=seed
         )
         resp: admin_pb2.DecisionsToJudgeResponse = self._call(self.admin.DecisionsToJudge, request, timeout_s)
         return resp
@@ -649,6 +685,8 @@ class AsyncRouterClient(_ClientBase):
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
+                if _too_late(deadline):
+                    raise
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def score(

@@ -65,15 +65,19 @@ class RetryPolicy:
 
     def next_delay_s(self, n: int, err: grpc.RpcError, u: float, remaining_s: float | None) -> float | None:
         """The wait before retry `n` after attempt `n` failed with `err`, or None when the call is over:
-        the error is not retryable, the attempts are spent, or the wait reaches past the deadline
-        (`remaining_s`: seconds left of the call's timeout, None without one)."""
+        the error is not retryable, the attempts are spent, or the wait leaves less than MIN_ATTEMPT_S of
+        the deadline for the retry (`remaining_s`: seconds left of the call's timeout, None without one)."""
         if n >= self.max_attempts or not retryable(err):
             return None
         delay = self.backoff_s(n, err, u)
-        if remaining_s is not None and delay >= remaining_s:
+        if remaining_s is not None and delay + MIN_ATTEMPT_S >= remaining_s:
             return None
         return delay
 
+
+MIN_ATTEMPT_S = 0.01
+"""A retry is not begun with less than this left of the call's timeout: it could only end
+DEADLINE_EXCEEDED, and the caller is better told why the last attempt was refused."""
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)

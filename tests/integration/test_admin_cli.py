@@ -89,7 +89,13 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
     for argv, said in (  # refused before a channel is made (a certificate without its key aborted the process)
         (["--ca", "ca.pem", "--cert", "c.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
         (["--cert", "c.pem", "--key", "k.pem", "bundle"], "--cert and --key go together, with --ca (mTLS)"),
-        (["--timeout-s", "0", "bundle"], "timeout_s: expected seconds > 0"),
+        (["--timeout-s", "0", "bundle"], "timeout_s: expected seconds in (0, 1e+09]"),
+        (["--timeout-s", "1e10", "bundle"], "timeout_s: expected seconds in (0, 1e+09]"),  # gRPC's deadline overflows
+        # a token typed where its variable's name goes, or an abbreviated --token: named, never echoed
+        (["--token-env", "sk-live-SECRET-0123", "bundle"], "--token-env: takes the name of an environment variable"),
+        (["--token", "HOME", "bundle"], "invalid choice: 'HOME'"),  # not taken as --token-env HOME
+        (["set-targets", "--share", "t=0.5", "--remove-share", "t"], "tenant 't' is named twice among --share"),
+        (["set-targets", "--spend", "t=1", "--spend", "t=9"], "tenant 't' is named twice among --spend"),
         (["--ca", "/nonexistent/ca.pem", "bundle"], "--ca: /nonexistent/ca.pem: cannot be read (No such file or"),
         (["--ca", "/", "bundle"], "--ca: /: cannot be read (Is a directory)"),
         # command-line bytes that are not UTF-8 (Python reads them as lone surrogates): a traceback before
@@ -98,7 +104,8 @@ def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(
     ):
         with pytest.raises(SystemExit) as exit_:
             main(["--server", server.target, *argv], out=print)
-        assert exit_.value.code == 2 and said in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and said in err and "SECRET" not in err, err
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lmroute.service.client import AsyncRouterClient, RetryPolicy, RouterClient
+from lmroute.service.client import AsyncRouterClient, RetryPolicy, RouterClient, paired_outcome, single_outcome
 from lmroute.service.testing import ServerThread
 
 NOWHERE = "127.0.0.1:1"  # nothing is called: each refusal comes before the first call
@@ -28,8 +28,10 @@ NOWHERE = "127.0.0.1:1"  # nothing is called: each refusal comes before the firs
         ({"tenant": "tënant"}, ValueError, "tenant: 'tënant' is not 1-64 of [A-Za-z0-9._-]"),
         ({"tenant_header": "X-Tenant"}, ValueError, "tenant_header: 'X-Tenant' is not a gRPC metadata key"),
         ({"token": "bad\ntoken"}, ValueError, "token: must be printable ASCII"),
-        ({"timeout_s": 0}, ValueError, "timeout_s: expected seconds > 0 or None, got 0"),
+        ({"timeout_s": 0}, ValueError, "timeout_s: expected seconds in (0, 1e+09] or None, got 0"),
         ({"retry": 3}, TypeError, "retry: expected a RetryPolicy or None, got int"),
+        ({"timeout_s": 1e10}, ValueError, "timeout_s: expected seconds in (0, 1e+09] or None, got 10000000000.0"),
+        ({"tenant": 5}, TypeError, "tenant: expected a name (str) or None, got int"),
     ],
 )
 def test_a_bad_constructor_argument_is_named(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
@@ -60,13 +62,29 @@ CALLS_WITH_A_BAD_ARGUMENT: list[tuple[str, dict[str, Any], type[Exception], str]
     ("route", {"threshold": True}, TypeError, "threshold: expected a number, got bool (True)"),
     ("route", {"strong_share": "0.3"}, TypeError, "strong_share: expected a number, got str"),
     ("route", {"router": 5}, TypeError, "router: expected a router's name (str), got int"),
-    ("route", {"threshold": 0.5, "timeout_s": "5"}, ValueError, "timeout_s: expected seconds > 0 or None, got '5'"),
-    ("route", {"threshold": 0.5, "timeout_s": 0}, ValueError, "timeout_s: expected seconds > 0 or None, got 0"),
+    (
+        "route",
+        {"threshold": 0.5, "timeout_s": "5"},
+        ValueError,
+        "timeout_s: expected seconds in (0, 1e+09] or None, got '5'",
+    ),
+    (
+        "route",
+        {"threshold": 0.5, "timeout_s": 0},
+        ValueError,
+        "timeout_s: expected seconds in (0, 1e+09] or None, got 0",
+    ),
     ("route_among", {"cost_weight": "1"}, TypeError, "cost_weight: expected a number, got str"),
     ("score", {"routers": None}, TypeError, "routers: expected a sequence, got NoneType"),
     ("score", {"routers": ["mf", 1]}, TypeError, "routers[1]: expected a name (str), got int"),
     ("score", {"prompts": None}, TypeError, "prompts: expected a sequence, got NoneType"),
-    ("health", {"timeout_s": "5"}, ValueError, "timeout_s: expected seconds > 0 or None, got '5'"),
+    ("health", {"timeout_s": "5"}, ValueError, "timeout_s: expected seconds in (0, 1e+09] or None, got '5'"),
+    ("health", {"timeout_s": 1e10}, ValueError, "timeout_s: expected seconds in (0, 1e+09] or None, got 10000000000.0"),
+    ("set_targets", {"shares": {"batch": True}}, TypeError, "shares['batch']: expected a number, got bool (True)"),
+    ("set_targets", {"spends": {"batch": "3"}}, TypeError, "spends['batch']: expected a number, got str"),
+    ("set_targets", {"shares": [("t", 0.3)]}, TypeError, "shares: expected a mapping of tenant -> target"),
+    ("set_targets", {"shares": {5: 0.3}}, TypeError, "shares: a tenant is a name (str), got int (5)"),
+    ("decisions_to_judge", {"budget": 2, "callers": "team-a"}, TypeError, "callers: expected a sequence, got one str"),
 ]
 
 
@@ -96,7 +114,15 @@ def test_a_bad_call_argument_is_named(
                 await _call_of(client, method, kwargs)()
             assert message in str(info.value)
 
-    asyncio.run(on_the_asyncio_client())
+    if hasattr(AsyncRouterClient, method):  # the AdminService calls are RouterClient's
+        asyncio.run(on_the_asyncio_client())
+
+
+def test_an_outcome_that_is_not_a_number_is_named() -> None:
+    with pytest.raises(TypeError, match=r"quality: expected a number, got bool \(True\)"):
+        single_outcome("d1", True)
+    with pytest.raises(TypeError, match="weak: expected a number, got str"):
+        paired_outcome("d1", 1.0, "0")  # type: ignore[arg-type]
 
 
 def test_numbers_of_numpy_types_are_numbers(fake_servers: Callable[..., ServerThread]) -> None:

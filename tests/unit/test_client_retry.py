@@ -65,8 +65,9 @@ def test_when_a_call_is_over() -> None:
     p = DEFAULT_RETRY
     refused = FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, delay_ms=300)
     assert p.next_delay_s(1, refused, 0.0, None) == pytest.approx(0.3)
-    assert p.next_delay_s(1, refused, 0.0, 0.31) == pytest.approx(0.3)
+    assert p.next_delay_s(1, refused, 0.0, 0.32) == pytest.approx(0.3)
     assert p.next_delay_s(1, refused, 0.0, 0.3) is None  # the wait would reach the deadline
+    assert p.next_delay_s(1, refused, 0.0, 0.305) is None  # it would leave the retry under MIN_ATTEMPT_S
     assert p.next_delay_s(4, refused, 0.0, None) is None  # the fourth attempt was the last
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
         assert p.next_delay_s(1, FakeError(code), 0.0, None) is None
