@@ -522,10 +522,19 @@ def test_client_exits_2_on_bad_arguments(
         ["conformance", "--addr", "127.0.0.1:1", "--cases", str(not_json)],
         ["conformance", "--addr", "127.0.0.1:1", "--cases", str(unknown_rpc)],
         ["conformance", "--addr", "127.0.0.1:1"],
+        # an address that is no HOST:PORT: named at once (it was retried, or dialled on a default port)
+        ["health", "--addr", "127.0.0.1:99999"],
+        ["health", "--addr", ""],
+        ["health", "--addr", "127.0.0.1"],
+        # an empty model name among --models (Java dropped a trailing one, Go sent it)
+        ["route", "--addr", "127.0.0.1:1", "--models", "a,b,", "--cost-weight", "1", "hi"],
+        ["route", "--addr", "127.0.0.1:1", "--models", "a,,b", "--cost-weight", "1", "hi"],
     ):
         out = run(cmd, *args, timeout_s=60)
         assert out.returncode == 2, f"{client} {' '.join(args)}: exit {out.returncode}, want 2\n{out.stderr}"
         assert out.stdout.strip() == "", f"{client} {' '.join(args)} wrote to stdout: {out.stdout[:500]}"
+        if args[0] != "conformance":
+            assert "--addr" in out.stderr or "--models" in out.stderr, (client, args, out.stderr)
 
 
 def test_python_reference_exits_2_on_bad_arguments(tmp_path: Path) -> None:
@@ -617,6 +626,8 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     # a flag after a prompt is refused, not scored as one more prompt
     late = run(go, "score", *addr, "hi", "--routers", "mf")
     assert late.returncode == 2 and "--routers comes after an argument" in late.stderr and not late.stdout
+    typo = run(go, "score", *addr, "hi", "--router", "mf")  # a flag score does not have: not two more prompts
+    assert typo.returncode == 2 and "--router comes after an argument" in typo.stderr and not typo.stdout
     dashed = run(go, "score", *addr, "--routers", "mf", "--", "--routers")  # after --: a prompt
     assert dashed.returncode == 0 and len(dashed.stdout.splitlines()) == 1, dashed.stderr
     tenant = run(go, "route", *addr, "--tenant", "a\nb", "--threshold", "0.5", "hi")
@@ -624,6 +635,8 @@ def test_go_human_commands(client_command: Callable[[str], list[str]], e2e_serve
     # a prompt that is not UTF-8 is a bad argument, named (it failed as an INTERNAL marshaling error)
     not_text = subprocess.run([*go, "score", *addr, "fine", b"hello \xff there"], capture_output=True, timeout=60)
     assert not_text.returncode == 2 and b"argument 2" in not_text.stderr and b"is not UTF-8 text" in not_text.stderr
+    after_dashes = subprocess.run([*go, "score", *addr, "--", b"ab\xff"], capture_output=True, timeout=60)
+    assert after_dashes.returncode == 2 and b"is not UTF-8 text" in after_dashes.stderr, after_dashes.stderr
 
 
 def test_go_route_among_models_command(

@@ -20,7 +20,8 @@ import (
 // The delay before retry n (n = 1 for the first retry) is InitialBackoff * Multiplier^(n-1), capped at
 // MaxBackoff, then spread by ±Jitter (a fraction: 0.2 means ±20%). When the error carries a
 // google.rpc.RetryInfo, its retry_delay is used instead, spread upwards only (never earlier than the
-// server asked). A retry never starts past the call's deadline: then the last error is returned.
+// server asked). A retry never starts past the call's deadline, nor with under MinAttempt of it left:
+// then the last error is returned.
 type RetryPolicy struct {
 	MaxAttempts    int           // total attempts, the first included; 1 turns retries off
 	InitialBackoff time.Duration // delay before the first retry
@@ -82,10 +83,15 @@ func Retryable(err error) bool {
 	return false
 }
 
-// Backoff is the delay before retry n (n >= 1) after err; u is a uniform random number in [0, 1).
+// MinAttempt is the least time left of a call's deadline in which a retry is begun: with less it could
+// only end DEADLINE_EXCEEDED, and the caller is better told why the last attempt was refused.
+const MinAttempt = 10 * time.Millisecond
+
+// Backoff is the delay before retry n (n >= 1) after err; u is a uniform random number in [0, 1). A
+// server's delay too long for a Duration saturates at the longest one (never wraps negative).
 func (p RetryPolicy) Backoff(n int, err error, u float64) time.Duration {
 	if d, ok := RetryDelay(err); ok {
-		return time.Duration(float64(d) * (1 + p.Jitter*u))
+		return time.Duration(math.Min(float64(d)*(1+p.Jitter*u), float64(math.MaxInt64-1024)))
 	}
 	base := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(n-1))
 	base = math.Min(base, float64(p.MaxBackoff))
@@ -113,10 +119,14 @@ func (r retrier) do(ctx context.Context, attempt func(context.Context) error) er
 			return err
 		}
 		d := r.policy.Backoff(n, err, r.random())
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+		dl, ok := ctx.Deadline()
+		if ok && time.Until(dl)-MinAttempt <= d { // (not d+MinAttempt: d may be the longest Duration)
 			return err
 		}
 		if serr := r.sleep(ctx, d); serr != nil {
+			return err
+		}
+		if ok && time.Until(dl) < MinAttempt { // the sleep overran
 			return err
 		}
 	}
@@ -137,7 +147,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func RetryDelay(err error) (time.Duration, bool) {
 	for _, d := range details(err) {
 		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
-			return ri.GetRetryDelay().AsDuration(), true
+			if delay := ri.GetRetryDelay().AsDuration(); delay >= 0 { // a negative delay says nothing
+				return delay, true
+			}
 		}
 	}
 	return 0, false

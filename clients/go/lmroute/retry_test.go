@@ -226,3 +226,42 @@ func TestNewRefusesANaNMultiplier(t *testing.T) {
 		t.Fatalf("New with a NaN Multiplier: %v, want an error naming Multiplier", err)
 	}
 }
+
+func retryInfoErr(t *testing.T, delay *durationpb.Duration) error {
+	t.Helper()
+	st, err := status.New(codes.ResourceExhausted, "test: FEEDBACK_RATE").WithDetails(
+		&errdetails.ErrorInfo{Reason: "FEEDBACK_RATE", Domain: "lmroute"}, &errdetails.RetryInfo{RetryDelay: delay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Err()
+}
+
+func TestAServersDelayTooLongForADurationIsWaitedNotWrapped(t *testing.T) {
+	err := retryInfoErr(t, &durationpb.Duration{Seconds: 100_000_000_000}) // about 3,170 years
+	if got := DefaultRetryPolicy.Backoff(1, err, 0.999); got <= 0 {
+		t.Fatalf("Backoff = %s: wrapped negative, retries would fire back to back", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if n, sleeps, _ := fakeRun(t, DefaultRetryPolicy, ctx, []error{err, err, err}); n != 1 || len(sleeps) != 0 {
+		t.Fatalf("attempts=%d sleeps=%v; want one attempt (the delay reaches past the deadline)", n, sleeps)
+	}
+}
+
+func TestANegativeServerDelayIsNoDelay(t *testing.T) {
+	if d, ok := RetryDelay(retryInfoErr(t, &durationpb.Duration{Seconds: -5})); ok {
+		t.Fatalf("RetryDelay = %s, true; a negative delay says nothing", d)
+	}
+}
+
+func TestNoRetryBegunWithUnderMinAttemptLeft(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Millisecond)
+	defer cancel()
+	// the server's 50 ms, u = 0.5 with Jitter 0: a retry would begin with about 5 ms left
+	p := RetryPolicy{MaxAttempts: 4, InitialBackoff: time.Millisecond, MaxBackoff: time.Second, Multiplier: 2}
+	n, sleeps, err := fakeRun(t, p, ctx, []error{statusErr(t, codes.ResourceExhausted, "QUEUE_FULL", 50*time.Millisecond)})
+	if n != 1 || len(sleeps) != 0 || Reason(err) != "QUEUE_FULL" {
+		t.Fatalf("attempts=%d sleeps=%v err=%v; want the refusal, no retry", n, sleeps, err)
+	}
+}

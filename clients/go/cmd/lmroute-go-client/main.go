@@ -17,7 +17,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -161,11 +163,10 @@ func parse(fs *flag.FlagSet, args []string) error {
 	}
 	rest := fs.Args()
 	if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-		return nil
+		return utf8Only(fs)
 	}
-	for _, a := range rest {
-		name := strings.SplitN(strings.TrimLeft(a, "-"), "=", 2)[0]
-		if strings.HasPrefix(a, "-") && fs.Lookup(name) != nil {
+	for _, a := range rest { // a flag this command does not know, too: it was meant as one, not as a prompt
+		if len(a) > 1 && strings.HasPrefix(a, "-") {
 			return fmt.Errorf("%w: %s comes after an argument: flags go before the arguments (-- before an argument that starts with -)", errUsage, a)
 		}
 	}
@@ -213,6 +214,9 @@ func (c *common) client() (*lmroute.Client, error) {
 	if c.timeout <= 0 {
 		return nil, fmt.Errorf("%w: --timeout must be > 0 (got %s)", errUsage, c.timeout)
 	}
+	if err := checkAddr(c.addr); err != nil {
+		return nil, err
+	}
 	policy := lmroute.DefaultRetryPolicy
 	policy.MaxAttempts = c.attempts
 	opts, err := c.options(lmroute.Options{Timeout: c.timeout, Retry: policy})
@@ -220,6 +224,22 @@ func (c *common) client() (*lmroute.Client, error) {
 		return nil, err
 	}
 	return lmroute.New(c.addr, opts)
+}
+
+// checkAddr refuses an --addr that is not HOST:PORT with a port in 1-65535 (gRPC would dial port 443 for
+// a missing one, or retry an unusable one as UNAVAILABLE until the deadline).
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && host == "" {
+		err = errors.New("no host")
+	}
+	if n, perr := strconv.Atoi(port); err == nil && (perr != nil || n < 1 || n > 65535) {
+		err = errors.New("the port must be a number in 1-65535")
+	}
+	if err != nil {
+		return fmt.Errorf("%w: --addr %q: expected HOST:PORT (%v)", errUsage, addr, err)
+	}
+	return nil
 }
 
 // describe renders a gRPC error as "CODE (REASON): message".
@@ -265,6 +285,12 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 	if *models != "" && (setT || setS || rules > 1) {
 		return fmt.Errorf("%w: with --models give at most one of --cost-weight, --quality-margin, --quality-floor", errUsage)
 	}
+	names := strings.Split(*models, ",")
+	for i, m := range names {
+		if *models != "" && m == "" {
+			return fmt.Errorf("%w: --models: name %d is empty (%q)", errUsage, i+1, *models)
+		}
+	}
 	c, err := com.client()
 	if err != nil {
 		return err
@@ -280,7 +306,7 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 		case given(fs, "quality-floor"):
 			rule = lmroute.QualityFloor(*floor)
 		}
-		d, err := c.Route(context.Background(), lmroute.RouteAmongRequest(fs.Arg(0), *router, strings.Split(*models, ","), rule))
+		d, err := c.Route(context.Background(), lmroute.RouteAmongRequest(fs.Arg(0), *router, names, rule))
 		if err != nil {
 			return err
 		}

@@ -23,6 +23,12 @@ final class Retrier {
 
   static final Sleeper THREAD_SLEEP = d -> TimeUnit.NANOSECONDS.sleep(d.toNanos());
 
+  /**
+   * The least time left of the deadline in which a retry is begun: with less it could only end
+   * DEADLINE_EXCEEDED, and the caller is better told why the last attempt was refused.
+   */
+  static final Duration MIN_ATTEMPT = Duration.ofMillis(10);
+
   private final RetryPolicy policy;
   private final Sleeper sleeper;
   private final DoubleSupplier unitRandom;
@@ -55,8 +61,9 @@ final class Retrier {
           throw e;
         }
         Duration wait = policy.delay(failed, RouterErrors.retryDelay(e).orElse(null), unitRandom.getAsDouble());
-        if (wait.toNanos() >= deadline.timeRemaining(TimeUnit.NANOSECONDS)) {
-          throw e; // waiting would pass the deadline: the caller gets the server's answer, not ours
+        // compared as Durations: a server's delay of centuries overflows nanoseconds in a long
+        if (wait.plus(MIN_ATTEMPT).compareTo(left(deadline)) >= 0) {
+          throw e; // waiting would leave the retry no time: the caller gets the server's answer, not ours
         }
         listener.onRetry(method, failed, e, wait);
         try {
@@ -68,7 +75,14 @@ final class Retrier {
           cancelled.addSuppressed(e);
           throw cancelled;
         }
+        if (left(deadline).compareTo(MIN_ATTEMPT) < 0) {
+          throw e; // the sleep overran
+        }
       }
     }
+  }
+
+  private static Duration left(Deadline deadline) {
+    return Duration.ofNanos(deadline.timeRemaining(TimeUnit.NANOSECONDS));
   }
 }

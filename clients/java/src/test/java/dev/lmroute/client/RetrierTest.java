@@ -134,6 +134,27 @@ class RetrierTest {
   }
 
   @Test
+  void aServersDelayOfCenturiesIsTheServersAnswerNotAnOverflow() {
+    StatusRuntimeException busy = serverError(Code.RESOURCE_EXHAUSTED, "FEEDBACK_RATE", Duration.ofSeconds(100_000_000_000L));
+    Script s = new Script(busy);
+    StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+        () -> retrier.call("Feedback", time.after(Duration.ofSeconds(10)), s::attempt));
+    assertSame(busy, e); // not an ArithmeticException from Duration.toNanos
+    assertEquals(1, s.attempts);
+  }
+
+  @Test
+  void noRetryBegunWithUnderTenMillisecondsLeft() {
+    StatusRuntimeException busy = serverError(Code.RESOURCE_EXHAUSTED, "QUEUE_FULL", Duration.ofMillis(495));
+    Script s = new Script(busy);
+    StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
+        () -> retrier.call("Score", time.after(Duration.ofMillis(500)), s::attempt));
+    assertSame(busy, e); // a retry with 5 ms left could only end DEADLINE_EXCEEDED
+    assertEquals(1, s.attempts);
+    assertEquals(List.of(), time.sleeps);
+  }
+
+  @Test
   void oneAttemptWhenRetriesAreOff() {
     Retrier off = new Retrier(RetryPolicy.none(), time, () -> 0.5, RetryListener.NONE);
     Script s = new Script(serverError(Code.UNAVAILABLE, "DRAINING", null));

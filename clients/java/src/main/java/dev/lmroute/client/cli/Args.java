@@ -90,12 +90,14 @@ final class Args {
     if (v.isEmpty()) {
       return Optional.empty();
     }
-    try {
-      return Optional.of(Double.parseDouble(v.get()));
-    } catch (NumberFormatException e) {
-      throw new UsageError("--" + name + ": not a number: " + v.get());
+    if (!DECIMAL.matcher(v.get()).matches()) { // parseDouble also takes 0.5f, 0x1p-1, NaN, Infinity, " 1 "
+      throw new UsageError("--" + name + ": not a number: " + v.get() + " (a decimal such as 0.25 or 1e-3)");
     }
+    return Optional.of(Double.parseDouble(v.get()));
   }
+
+  private static final java.util.regex.Pattern DECIMAL =
+      java.util.regex.Pattern.compile("[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?");
 
   int getInt(String name, int fallback, int min) throws UsageError {
     Optional<String> v = get(name);

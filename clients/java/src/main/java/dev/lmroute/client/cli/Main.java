@@ -290,10 +290,27 @@ public final class Main {
     return Set.copyOf(s);
   }
 
+  /**
+   * Refuses an --addr that is not HOST:PORT with a port in 1-65535 (gRPC would dial port 80 for a missing
+   * one, or fail an unusable one only at the deadline).
+   */
+  static void checkAddr(String addr) throws Args.UsageError {
+    int colon = addr.lastIndexOf(':');
+    String host = colon < 0 ? "" : addr.substring(0, colon);
+    String port = colon < 0 ? "" : addr.substring(colon + 1);
+    boolean ok = !host.isEmpty() && port.matches("[0-9]{1,5}") && Integer.parseInt(port) >= 1
+        && Integer.parseInt(port) <= 65535 && (!host.contains(":") || host.startsWith("[") && host.endsWith("]"));
+    if (!ok) {
+      throw new Args.UsageError("--addr '" + addr + "': expected HOST:PORT with a port in 1-65535");
+    }
+  }
+
   private static RouterClient client(Args a, PrintStream err) throws Args.UsageError {
     int timeoutMs = a.getInt("timeout-ms", 10_000, 1);
     int attempts = a.getInt("max-attempts", RetryPolicy.defaults().maxAttempts(), 1);
-    return Credentials.configure(RouterClient.newBuilder(a.get("addr").orElse(DEFAULT_ADDR)), a, System.getenv())
+    String addr = a.get("addr").orElse(DEFAULT_ADDR);
+    checkAddr(addr);
+    return Credentials.configure(RouterClient.newBuilder(addr), a, System.getenv())
         .timeout(Duration.ofMillis(timeoutMs))
         .retryPolicy(RetryPolicy.newBuilder().maxAttempts(attempts).build())
         .retryListener((method, failed, e, wait) -> err.printf(Locale.ROOT, "retry: %s attempt %d failed with %s; waiting %d ms%n",
@@ -332,8 +349,14 @@ public final class Main {
       } else if (rules.get("quality-floor").isPresent()) {
         rule = RouterClient.qualityFloor(rules.get("quality-floor").get());
       }
+      List<String> names = List.of(models.get().split(",", -1));
+      for (int i = 0; i < names.size(); i++) {
+        if (names.get(i).isEmpty()) {
+          throw new Args.UsageError("--models: name " + (i + 1) + " is empty ('" + models.get() + "')");
+        }
+      }
       try (RouterClient c = client(a, err)) {
-        RouteResponse r = c.routeAmong(a.positionals().get(0), router, List.of(models.get().split(",")), rule);
+        RouteResponse r = c.routeAmong(a.positionals().get(0), router, names, rule);
         out.printf(Locale.ROOT, "chosen_model       %s%npredicted_quality  %.6f%nexpected_cost_usd  %.6g%n"
                 + "runner_up          %s%nrouter             %s%nbundle             %s%ndecision_id        %s%n",
             r.getChosenModel(), r.getChosen().getPredictedQuality(), r.getChosen().getExpectedCostUsd(),

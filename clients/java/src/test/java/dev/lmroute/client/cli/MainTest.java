@@ -50,6 +50,14 @@ class MainTest {
     assertTrue(err.toString(StandardCharsets.UTF_8).contains("--cases: required"), err.toString());
     assertEquals(2, run("conformance", "--addr", "127.0.0.1:1", "--cases", "x.json", "--retries", "3"));
     assertEquals(2, run("route", "--router", "mf", "--threshold", "0.1", "--strong-share", "0.2", "p"));
+    for (String number : new String[] {"0.5f", "0x1p-1", "NaN", "Infinity", " 0.5"}) { // parseDouble takes each
+      assertEquals(2, run("route", "--addr", "127.0.0.1:1", "--router", "mf", "--threshold", number, "p"), number);
+    }
+    assertTrue(err.toString(StandardCharsets.UTF_8).contains("--threshold: not a number: 0.5f"));
+    for (String addr : new String[] {"", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0", ":50051", "::1:50051"}) {
+      assertEquals(2, run("health", "--addr", addr), addr);
+    }
+    assertTrue(err.toString(StandardCharsets.UTF_8).contains("--addr '127.0.0.1:99999': expected HOST:PORT"));
   }
 
   @Test
