@@ -72,12 +72,17 @@ class RetryPolicy:
         delay = self.backoff_s(n, err, u)
         if remaining_s is not None and delay + MIN_ATTEMPT_S >= remaining_s:
             return None
+        if delay > MAX_WAIT_S:  # a server's delay of centuries (time.sleep cannot take it): its answer stands
+            return None
         return delay
 
 
 MIN_ATTEMPT_S = 0.01
 """A retry is not begun with less than this left of the call's timeout: it could only end
 DEADLINE_EXCEEDED, and the caller is better told why the last attempt was refused."""
+
+MAX_WAIT_S = 1e9
+"""The longest wait before a retry (about 31 years; a call without a timeout may be asked for longer)."""
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)

@@ -68,6 +68,8 @@ def test_when_a_call_is_over() -> None:
     assert p.next_delay_s(1, refused, 0.0, 0.32) == pytest.approx(0.3)
     assert p.next_delay_s(1, refused, 0.0, 0.3) is None  # the wait would reach the deadline
     assert p.next_delay_s(1, refused, 0.0, 0.305) is None  # it would leave the retry under MIN_ATTEMPT_S
+    centuries = FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, delay_ms=10**14)
+    assert p.next_delay_s(1, centuries, 0.0, None) is None  # no timeout, but no sleep time.sleep cannot take
     assert p.next_delay_s(4, refused, 0.0, None) is None  # the fourth attempt was the last
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
         assert p.next_delay_s(1, FakeError(code), 0.0, None) is None
