@@ -176,14 +176,18 @@ class ChatResponse(dict[str, Any]):
     routing: Routing | None = None
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # Python's own protocols (copy, pickle, ...) look for these
-            raise AttributeError(name)
+        if name.startswith("_") or name.startswith("model_"):  # Python's protocols; the SDK's methods
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (an answer's keys: {list(self)})")
         return self.get(name)
 
     def model_dump(self) -> dict[str, Any]:
         """The answer as plain dicts and lists (what the SDK's and LiteLLM's `model_dump()` give)."""
         plain: dict[str, Any] = json.loads(json.dumps(self))
         return plain
+
+    def model_dump_json(self, *, indent: int | None = None) -> str:
+        """The answer as JSON text (the SDK's and LiteLLM's `model_dump_json()`)."""
+        return json.dumps(self, indent=indent, ensure_ascii=False)
 
     @classmethod
     def of(cls, value: Any) -> Any:

@@ -113,6 +113,9 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "openai: hi there"
     assert chunks[-1].choices[0].delta == {} and chunks[-1].choices[0].delta.content is None
     assert chunks[0].model_dump() == json.loads(json.dumps(chunks[0])) and type(chunks[0].model_dump()) is dict
+    assert json.loads(chunks[0].model_dump_json()) == chunks[0].model_dump()
+    with pytest.raises(AttributeError, match="has no attribute 'model_copy'"):  # a method it lacks: not None
+        chunks[0].model_copy()
 
     async def both() -> tuple[Any, list[Any]]:
         one = await client.chat.completions.acreate(
