@@ -182,6 +182,7 @@ def _names(value: Iterable[str], what: str) -> list[str]:
     for i, name in enumerate(names):
         if not isinstance(name, str):
             raise TypeError(f"{what}[{i}]: expected a name (str), got {type(name).__name__}")
+        _text(f"{what}[{i}]", name)
     return names
 
 
@@ -191,7 +192,34 @@ def _router(router: object) -> str:
         return ""
     if not isinstance(router, str):
         raise TypeError(f"router: expected a router's name (str), got {type(router).__name__}")
+    _text("router", router)
     return router
+
+
+def _text(what: str, value: str) -> None:
+    """ValueError naming `what` when `value` holds a lone surrogate (not text: protobuf cannot encode it)."""
+    if _LONE_SURROGATE.search(value):
+        raise ValueError(f"{what}: holds a lone surrogate ({value!a}), not text")
+
+
+def _candidate(value: object, i: int) -> router_pb2.Candidate:
+    """candidates[i]: a Candidate as given, or a model's name (priced by the server's models file)."""
+    if isinstance(value, router_pb2.Candidate):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"candidates[{i}]: expected a model's name (str) or a Candidate, got {type(value).__name__}")
+    return router_pb2.Candidate(model=value)
+
+
+def _reports(outcomes: object) -> list[router_pb2.OutcomeReport]:
+    """Feedback's outcomes as a list; TypeError naming the first that is not an OutcomeReport."""
+    if isinstance(outcomes, router_pb2.OutcomeReport):
+        raise TypeError("outcomes: expected a sequence of OutcomeReport, got one (outcomes=[report]?)")
+    reports = _as_list(outcomes, "outcomes")  # type: ignore[arg-type]
+    for i, report in enumerate(reports):
+        if not isinstance(report, router_pb2.OutcomeReport):
+            raise TypeError(f"outcomes[{i}]: expected an OutcomeReport, got {type(report).__name__}")
+    return reports
 
 
 def _number(name: str, value: object) -> None:
@@ -199,6 +227,10 @@ def _number(name: str, value: object) -> None:
     threshold); the server checks its range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
+    try:
+        float(value)
+    except OverflowError:  # an int past a double's range (10**400): the message would name nothing
+        raise ValueError(f"{name}: {value!r:.40}... is past a double's range") from None
 
 
 def score_request(prompts: Iterable[PromptLike], routers: Iterable[str] = ()) -> router_pb2.ScoreRequest:
@@ -241,10 +273,7 @@ def route_among_request(
     req = router_pb2.RouteRequest(
         prompt=to_prompt(prompt),
         router=_router(router),
-        candidates=[
-            c if isinstance(c, router_pb2.Candidate) else router_pb2.Candidate(model=c)
-            for c in _as_list(candidates, "candidates")
-        ],
+        candidates=[_candidate(c, i) for i, c in enumerate(_as_list(candidates, "candidates"))],
     )
     for rule, value in rules.items():
         if value is not None:
@@ -313,6 +342,7 @@ def _check_arguments(
     request_id: object,
     tls: tuple[object, object, object],
     retry: object,
+    max_message_bytes: object = 4 * 1024 * 1024,
 ) -> None:
     """TypeError / ValueError naming the first constructor argument gRPC would take badly: at the first
     call ("Invalid metadata"), in the C core (a certificate without its key aborts the process), or not at
@@ -336,6 +366,10 @@ def _check_arguments(
         raise ValueError("tls_cert, tls_key: mTLS needs tls_ca too (without it the channel is plaintext)")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry: expected a RetryPolicy or None, got {type(retry).__name__}")
+    if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
+        raise TypeError(f"max_message_bytes: expected an int, got {type(max_message_bytes).__name__}")
+    if not 1024 <= max_message_bytes <= 2**31 - 1:  # a gRPC channel option is an int32
+        raise ValueError(f"max_message_bytes: must be in [1024, 2147483647] (got {max_message_bytes})")
 
 
 MAX_TIMEOUT_S = 1e9
@@ -383,6 +417,7 @@ class _ClientBase:
             request_id=request_id,
             tls=(tls_ca, tls_cert, tls_key),
             retry=retry,
+            max_message_bytes=max_message_bytes,
         )
         self._loop = _running_loop(type(self).__name__) if self._aio else None  # grpc.aio binds the channel to it
         self.timeout_s = timeout_s
@@ -559,7 +594,7 @@ class RouterClient(_ClientBase):
     def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
         """One router's description (NOT_FOUND when unknown)."""
         resp: router_pb2.GetRouterResponse = self._call(
-            self.stub.GetRouter, router_pb2.GetRouterRequest(name=name), timeout_s
+            self.stub.GetRouter, router_pb2.GetRouterRequest(name=_router(name)), timeout_s
         )
         return resp
 
@@ -568,7 +603,7 @@ class RouterClient(_ClientBase):
     ) -> router_pb2.FeedbackResponse:
         """Report outcomes (see router.proto's OutcomeReport); one ItemStatus per outcome."""
         resp: router_pb2.FeedbackResponse = self._call(
-            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=list(outcomes)), timeout_s
+            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=_reports(outcomes)), timeout_s
         )
         return resp
 
@@ -744,7 +779,7 @@ class AsyncRouterClient(_ClientBase):
     async def get_router(self, name: str, *, timeout_s: float | None = None) -> router_pb2.GetRouterResponse:
         """RouterClient.get_router."""
         resp: router_pb2.GetRouterResponse = await self._call(
-            self.stub.GetRouter, router_pb2.GetRouterRequest(name=name), timeout_s
+            self.stub.GetRouter, router_pb2.GetRouterRequest(name=_router(name)), timeout_s
         )
         return resp
 
@@ -753,7 +788,7 @@ class AsyncRouterClient(_ClientBase):
     ) -> router_pb2.FeedbackResponse:
         """Report outcomes (see router.proto's OutcomeReport); one ItemStatus per outcome."""
         resp: router_pb2.FeedbackResponse = await self._call(
-            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=list(outcomes)), timeout_s
+            self.stub.Feedback, router_pb2.FeedbackRequest(outcomes=_reports(outcomes)), timeout_s
         )
         return resp
 

@@ -32,6 +32,8 @@ NOWHERE = "127.0.0.1:1"  # nothing is called: each refusal comes before the firs
         ({"retry": 3}, TypeError, "retry: expected a RetryPolicy or None, got int"),
         ({"timeout_s": 1e10}, ValueError, "timeout_s: expected seconds in (0, 1e+09] or None, got 10000000000.0"),
         ({"tenant": 5}, TypeError, "tenant: expected a name (str) or None, got int"),
+        ({"max_message_bytes": True}, TypeError, "max_message_bytes: expected an int, got bool"),
+        ({"max_message_bytes": 2**40}, ValueError, "max_message_bytes: must be in [1024, 2147483647]"),
     ],
 )
 def test_a_bad_constructor_argument_is_named(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
@@ -85,6 +87,13 @@ CALLS_WITH_A_BAD_ARGUMENT: list[tuple[str, dict[str, Any], type[Exception], str]
     ("set_targets", {"shares": [("t", 0.3)]}, TypeError, "shares: expected a mapping of tenant -> target"),
     ("set_targets", {"shares": {5: 0.3}}, TypeError, "shares: a tenant is a name (str), got int (5)"),
     ("decisions_to_judge", {"budget": 2, "callers": "team-a"}, TypeError, "callers: expected a sequence, got one str"),
+    ("route", {"threshold": 10**400}, ValueError, "threshold: 1000000000"),
+    ("route", {"router": "m\ud800", "threshold": 0.5}, ValueError, "router: holds a lone surrogate"),
+    ("score", {"routers": ["mf", "m\ud800"]}, ValueError, "routers[1]: holds a lone surrogate"),
+    ("route_among", {"candidates": [1, 2]}, TypeError, "candidates[0]: expected a model's name (str) or a Candidate"),
+    ("get_router", {"name": 5}, TypeError, "router: expected a router's name (str), got int"),
+    ("feedback", {"outcomes": single_outcome("d", 1.0)}, TypeError, "outcomes: expected a sequence of OutcomeReport"),
+    ("feedback", {"outcomes": ["d"]}, TypeError, "outcomes[0]: expected an OutcomeReport, got str"),
 ]
 
 
@@ -93,7 +102,7 @@ def _call_of(client: Any, method: str, kwargs: dict[str, Any]) -> Callable[[], A
     if method == "route":
         return lambda: client.route("hi", **kwargs)
     if method == "route_among":
-        return lambda: client.route_among("hi", ["a", "b"], **kwargs)
+        return lambda: client.route_among("hi", **{"candidates": ["a", "b"], **kwargs})
     if method == "score":
         return lambda: client.score(**{"prompts": ["hi"], **kwargs})
     return lambda: getattr(client, method)(**kwargs)
