@@ -7,6 +7,7 @@
                                 side's upstream and return its answer, streamed (server-sent events) when
                                 the request asks for it
     GET  /v1/models             the names this front answers to, one per loaded router
+    GET  /health                200 while the service answers, else 503 (no token needed: for probes)
     POST /v1/feedback           outcomes of earlier decisions (x-lmroute-decision-id) or prompts: the
                                 gRPC Feedback call, its FeedbackRequest and FeedbackResponse in
                                 protobuf's JSON mapping (docs/OPENAI_FRONT.md); the caller's tenant is
@@ -103,6 +104,7 @@ _log = structlog.get_logger("lmroute.openai_front")
 _CHAT = "/v1/chat/completions"
 _FEEDBACK = "/v1/feedback"
 _MODELS = "/v1/models"
+_HEALTH = "/health"
 
 # an upstream's HTTP error answer as a status code, for the metrics, the access line and the span
 _UPSTREAM_CODES = {
@@ -390,6 +392,7 @@ class OpenAIFront:
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
         self.app.router.add_get(_MODELS, self._models)
+        self.app.router.add_get(_HEALTH, self._health)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -459,6 +462,16 @@ class OpenAIFront:
         if not admitted:
             raise Unauthenticated("unauthenticated")
         AUTH_TENANT.set(tenant)
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        """200 while the service answers (its bundle loaded and warmed, not draining), else 503 with the
+        reason: an HTTP load balancer's probe. No token needed, as gRPC's health service; not counted or
+        logged per request (probes come every few seconds)."""
+        try:
+            self.servicer.check_ready()
+        except ServiceError as exc:
+            return web.json_response({"status": "NOT_SERVING", "reason": exc.reason}, status=503)
+        return web.json_response({"status": "SERVING"})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def work(tenant: str, count: Callable[[Outcome], None]) -> web.StreamResponse:

@@ -704,6 +704,8 @@ def test_tokens_and_tenants(
     assert err.value.status_code == 401
     with pytest.raises(openai.AuthenticationError):
         _client(base, key="wrong-token-0123456789").models.list()
+    with urllib.request.urlopen(base.removesuffix("/v1") + "/health", timeout=10) as probe:  # no token needed
+        assert probe.status == 200
     # the token's tenant (team-a, target share 1.0) decides the policy; a tenant header cannot change it
     raw = _client(
         base, key=TOKEN, default_headers={"x-lmroute-tenant": "other"}
@@ -1407,9 +1409,18 @@ def test_before_the_bundle_is_loaded_the_front_answers_503_not_ready(
         with pytest.raises(openai.APIStatusError) as err:
             _client(base).models.list()
         assert err.value.status_code == 503 and "NOT_READY" in err.value.response.text
+        health = f"http://127.0.0.1:{srv.server.http_port}/health"  # a load balancer's probe
+        with pytest.raises(urllib.error.HTTPError) as probe:
+            urllib.request.urlopen(health, timeout=10)
+        assert probe.value.code == 503 and json.loads(probe.value.read()) == {
+            "status": "NOT_SERVING",
+            "reason": "NOT_READY",
+        }
         gate.set()
         assert srv.loaded is not None
         srv.loaded.result(20)
+        with urllib.request.urlopen(health, timeout=10) as up:
+            assert up.status == 200 and json.loads(up.read()) == {"status": "SERVING"}
         assert [m.id for m in _client(base).models.list()] == ["router-random", "router-mf"]
         answer = _client(base).chat.completions.create(model="router-mf-0.5", messages=msgs)
         assert answer.choices[0].message.content.endswith(": early")
