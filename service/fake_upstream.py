@@ -7,7 +7,9 @@ loop in a daemon thread, deterministic answers.
                                             # up.keys: their Authorization headers
 
 It answers `POST /v1/chat/completions` with the content `<name>: <last user message>`, as one JSON
-completion or, with `"stream": true`, as server-sent events of one word each, ending in `data: [DONE]`;
+completion or, with `"stream": true`, as server-sent events of one word each, ending in `data: [DONE]`
+(its `usage` counts words as tokens: the messages' for the prompt, the answer's for the completion; a
+stream carries it in a last chunk when `stream_options.include_usage` asks, as OpenAI's does);
 and `POST /v1/embeddings` with one unit vector of `embed_dim` per input, drawn from a generator seeded by
 a hash of the model name and the text (`fake_embedding`): the same text always gets the same vector.
 Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped
@@ -174,6 +176,10 @@ class FakeUpstream:
             return web.json_response(error, status=self.status, headers=headers)
         model = str(body.get("model", ""))
         content = self.answer(body)
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        asked = sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
+        usage = {"prompt_tokens": asked, "completion_tokens": len(content.split()), "total_tokens": 0}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream") is not True or self.json_for_stream:
             whole: dict[str, Any] = {
                 "id": f"chatcmpl-{self.name}-{self.served}",
@@ -183,7 +189,7 @@ class FakeUpstream:
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "usage": usage,
             }
             if self.pad_answer:
                 whole["x_pad"] = "." * self.pad_answer
@@ -213,6 +219,10 @@ class FakeUpstream:
             await out.write(event)
         if not self.plain_stream:
             await out.write(_event(self.name, model, {}, "stop"))
+            options = body.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage") is True:  # as OpenAI: no choices
+                last = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "model": model}
+                await out.write(b"data: " + json.dumps({**last, "choices": [], "usage": usage}).encode() + b"\n\n")
             await out.write(b"data: [DONE]\n\n")
         await out.write_eof()
         return out

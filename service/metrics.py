@@ -46,6 +46,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 them, being skipped, or left out of a choice among models
                                                 while skipped; 1 while it is skipped
                                                 (lmroute.service.circuit_breaker)
+    lmroute_upstream_tokens_total{upstream, kind}
+                                                tokens the upstreams reported using (prompt, completion)
     lmroute_upstream_key_reloads_total{upstream, result}
                                                 changes of an upstream's key file taken (reloaded) or
                                                 refused (failed; the key in use kept)
@@ -158,6 +160,7 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (CounterMetricFamily, "lmroute_upstream_fallbacks"),
     (GaugeMetricFamily, "lmroute_upstream_skipped"),
     (CounterMetricFamily, "lmroute_upstream_key_reloads"),
+    (CounterMetricFamily, "lmroute_upstream_tokens"),
     (CounterMetricFamily, "lmroute_tenant_calls"),
     (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
     (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
@@ -281,6 +284,13 @@ class _ServingCollector(Collector):
             for why in ("failed", "skipped", "left_out"):
                 fallbacks.add_metric([tier, why], client.fallbacks[(tier, why)])
             skipped.add_metric([tier], 1.0 if breaker.is_open else 0.0)
+        tokens = CounterMetricFamily(
+            "lmroute_upstream_tokens",
+            "Tokens an upstream reported using (its answers' usage), by kind: prompt, completion",
+            labels=["upstream", "kind"],
+        )
+        for (tier, kind), n in sorted(client.tokens.items()):
+            tokens.add_metric([tier, kind], n)
         key_reloads = CounterMetricFamily(
             "lmroute_upstream_key_reloads",
             "Changes of an upstream's key file taken, or refused (the key in use kept)",
@@ -293,6 +303,7 @@ class _ServingCollector(Collector):
         yield requests
         yield fallbacks
         yield skipped
+        yield tokens
         yield key_reloads
 
     @staticmethod

@@ -93,6 +93,7 @@ from lmroute.service.upstream_client import (
     UpstreamClient,
     upstream_failed,
     upstream_timeout,
+    usage_of,
 )
 from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of, redact
 from lmroute.v1 import router_pb2
@@ -216,6 +217,7 @@ class _EventStream:
         self._held_tail = b""  # its last 3 bytes: an event's end may straddle chunks
         self.sent = 0  # bytes received from the upstream
         self.finished = False
+        self.usage: tuple[int, int] | None = None  # what its last chunk with a `usage` reported
 
     def passed(self, chunk: bytes) -> bytes:
         """What of `chunk` (and of the event held before it) goes to the caller now: every event it ends."""
@@ -249,6 +251,10 @@ class _EventStream:
             data = data.replace(self._key, b"***")
         if not self.finished and self._FINISHED.search(data):
             self.finished = True
+        if b'"usage"' in data:  # a stream asked with stream_options.include_usage: its last chunk says
+            for line in data.splitlines():
+                if line.startswith(b"data:") and (said := usage_of(line[5:])) is not None:
+                    self.usage = said
         return data
 
 
@@ -758,6 +764,8 @@ class OpenAIFront:
                     said = dict(headers)
                     if answer.status >= 400:
                         said.update(answer.retry_headers())
+                    else:
+                        self.client.count_usage(tier, usage_of(body))
                     whole = web.Response(body=body, status=answer.status, headers=said, content_type=_mime(answer))
                     del body
                 elif _mime(answer) != "text/event-stream":
@@ -773,6 +781,7 @@ class OpenAIFront:
                                 raise upstream_failed(up, why, reason="ANSWER_TOO_LONG")
                             await self._send(out, out.write(events.passed(chunk)))
                         await self._send(out, out.write(events.rest()))
+                        self.client.count_usage(tier, events.usage)
                         if not events.finished:
                             raise upstream_failed(up, "the stream ended before data: [DONE] or a finish_reason")
                     except ServiceError as exc:  # the headers went out: the error goes as the stream's last event

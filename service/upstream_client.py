@@ -30,7 +30,7 @@ from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstream_keys import KeyFile
 from lmroute.service.upstreams import Upstream, redact
 
-__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", "upstream_timeout"]
+__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", "upstream_timeout", "usage_of"]
 
 MAX_ANSWER_BYTES = 64 << 20
 """Most bytes of a non-streamed upstream answer the front reads (more: UpstreamFailed)."""
@@ -91,6 +91,7 @@ class UpstreamClient:
             tier: CircuitBreaker(u.fallback_after, u.fallback_for_s) for tier, u in self.upstreams.items() if u.fallback
         }  # the sides that fall back: whether to skip their upstream for now
         self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()  # (tier, why) -> requests
+        self.tokens: collections.Counter[tuple[str, str]] = collections.Counter()  # (tier, prompt|completion)
         self.key_files = {
             tier: KeyFile(tier, Path(u.api_key_file), u.api_key) for tier, u in self.upstreams.items() if u.api_key_file
         }  # the upstreams whose key is read from a file, and again when it changes
@@ -112,6 +113,12 @@ class UpstreamClient:
         """The API key to send the `tier` upstream now."""
         held = self.key_files.get(tier)
         return held.key if held is not None else self.upstreams[tier].api_key
+
+    def count_usage(self, tier: str, usage: tuple[int, int] | None) -> None:
+        """Count the tokens an answer of the `tier` upstream reported using (None: it reported none)."""
+        if usage is not None:
+            self.tokens[(tier, "prompt")] += usage[0]
+            self.tokens[(tier, "completion")] += usage[1]
 
     def payload(self, tier: str, body: Mapping[str, Any]) -> bytes:
         """`body` as the `tier` upstream is sent it: JSON without spaces between items (about the size the
@@ -165,6 +172,26 @@ class UpstreamClient:
                 response.release()
         finally:
             slots.release(tenant)
+
+
+def usage_of(body: bytes) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) of the `usage` an OpenAI-shaped answer or stream chunk (its
+    JSON) reports, or None where it reports none or something else than two counts."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    for n in (prompt, completion):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return None
+    assert isinstance(prompt, int) and isinstance(completion, int)
+    return prompt, completion
 
 
 def error_message(body: bytes) -> str:

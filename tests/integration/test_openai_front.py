@@ -358,6 +358,30 @@ def test_an_answer_never_shows_the_upstreams_key(
     assert whole.choices[0].message.content == "echo: my key is *** and x***y"
 
 
+def test_the_tokens_upstreams_report_are_counted_per_upstream(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """The usage each answer reports (whole, and streamed with stream_options.include_usage, which the
+    fake upstream sends as OpenAI does: a last chunk without choices) is summed per upstream and kind;
+    the streamed chunk with the usage still reaches the caller."""
+    srv, base = _front(fake_servers, _file(tmp_path, upstreams), metrics_port=0)
+    client = _client(base)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "three words here"}]
+    whole = client.chat.completions.create(model="router-mf-0", messages=msgs)  # strong: threshold 0
+    assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (5, 4)
+    chunks = list(
+        client.chat.completions.create(
+            model="router-mf-0", messages=msgs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4 and not chunks[-1].choices
+    list(client.chat.completions.create(model="router-mf-0", messages=msgs, stream=True))  # no usage asked: none
+    metrics = _metrics(srv)
+    assert 'lmroute_upstream_tokens_total{kind="prompt",upstream="strong"} 10.0' in metrics
+    assert 'lmroute_upstream_tokens_total{kind="completion",upstream="strong"} 8.0' in metrics
+    assert 'upstream="weak"' not in metrics.split("lmroute_upstream_tokens")[1].split("# HELP")[0]
+
+
 def test_an_upstream_key_read_from_a_file_is_rotated_without_a_restart(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
