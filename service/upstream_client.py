@@ -177,13 +177,14 @@ class UpstreamClient:
 def usage_of(body: bytes) -> tuple[int, int] | None:
     """(prompt_tokens, completion_tokens) of the `usage` an OpenAI-shaped answer or stream chunk (its
     JSON) reports, or None where it reports none or something else than two counts."""
-    if b'"usage"' not in body:
+    at = body.rfind(b'"usage"')  # a key: in a string value its quotes would be escaped
+    rest = body[at + len(b'"usage"') :].lstrip() if at >= 0 else b""
+    if not rest.startswith(b":"):
         return None
-    try:
-        doc = json.loads(body)
+    try:  # the object after the key alone (OpenAI sends it last): not the whole answer, which may be long
+        usage, _ = json.JSONDecoder().raw_decode(rest[1:].decode("utf-8", "replace").lstrip())
     except (ValueError, RecursionError):
         return None
-    usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")

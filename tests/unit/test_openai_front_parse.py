@@ -22,6 +22,7 @@ from lmroute.service.errors import (
 )
 from lmroute.service.front_models import is_models_name, parse_models_name
 from lmroute.service.front_requests import ModelAsk, cut_middle, parse_model, prompt_of_messages
+from lmroute.service.upstream_client import usage_of
 from lmroute.service.upstreams import load_upstreams, models_of, parse_upstreams
 from lmroute.v1 import router_pb2
 
@@ -314,3 +315,24 @@ def test_bad_models_names_say_what_is_wrong(name: str, words: str) -> None:
 
 def test_only_models_names_are_models_names() -> None:
     assert not any(is_models_name(n) for n in ("router-mf-0.5", "modelsx", "gpt-4", None, 3))
+
+
+def test_the_usage_an_answer_reports() -> None:
+    answer = {
+        "choices": [{"message": {"content": 'a text quoting "usage": {"prompt_tokens": 9} as words'}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
+    assert usage_of(json.dumps(answer).encode()) == (3, 4)
+    assert usage_of(json.dumps({"usage": answer["usage"], **answer}).encode()) == (3, 4)  # not last
+    chunk = b'{"id": "c", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 0}}'
+    assert usage_of(chunk) == (12, 0)
+    for bad in (
+        b'{"usage": null}',
+        b'{"choices": []}',
+        b'{"usage": {"prompt_tokens": 1, "completion_tokens": -1}}',
+        b'{"usage": {"prompt_tokens": true, "completion_tokens": 1}}',
+        b'{"usage": {"prompt_tokens": 1.5, "completion_tokens": 1}}',
+        b'{"usage": {"prompt_tokens": 1}}',
+        b'{"usage": ',
+    ):
+        assert usage_of(bad) is None, bad
