@@ -12,7 +12,9 @@ Steps:
    the kind can learn from: paired = both models of the bundle's default pair judged (paired or
    preference outcomes); single = a two-way Route decision of this pair with its propensity and the
    chosen model's quality (the outcomes of decisions made among candidates, whose propensities are
-   N-way, are skipped and counted in the report's `outcomes_excluded` with that reason).
+   N-way, are skipped). The report says how many judged prompts were read (`judged_prompts_read`) and
+   counts those left out by reason (`outcomes_excluded`: another pair, no decision, no propensity, ...);
+   a refusal for too few usable outcomes names the most common reason.
 2. Features in the bundle's encoder space: the stored embedding when its `encoder_id` is the bundle's
    (the encoder then does not run again), else the prompt text embedded now with the bundle's encoder;
    the length feature from the text (or the recorded character count). The base router's and the
@@ -40,6 +42,7 @@ on the tenant's recent decisions.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -295,21 +298,40 @@ def _among_candidates(r: LabeledPrompt) -> bool:
     return isinstance(made, dict) and "models" in made
 
 
-def _usable(rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str) -> tuple[list[LabeledPrompt], int]:
-    """(the rows `kind` learns from, how many outcomes of decisions among candidates `single` skipped)."""
+def _unusable(r: LabeledPrompt, kind: str, strong: str, weak: str) -> str:
+    """Why `kind` cannot learn from judged prompt `r` ("" when it can), as the report counts it."""
     if kind == "paired":
-        pair_kinds = {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}
-        return [r for r in rows if r.kinds & pair_kinds and strong in r.qualities and weak in r.qualities], 0
-    single = [
-        r
-        for r in rows
-        if OutcomeKind.SINGLE in r.kinds
-        and r.chosen_model in (strong, weak)
-        and r.propensity is not None
-        and r.chosen_model in r.qualities
-    ]
-    two_way = [r for r in single if not _among_candidates(r)]
-    return two_way, len(single) - len(two_way)
+        if not r.kinds & {OutcomeKind.PAIRED, OutcomeKind.PREFERENCE}:
+            return "no paired or preference outcome"
+        if strong not in r.qualities or weak not in r.qualities:
+            return f"not judged on the bundle's pair ({strong}, {weak})"
+        return ""
+    if OutcomeKind.SINGLE not in r.kinds:
+        return "no single outcome"
+    if r.chosen_model is None:
+        return "no decision of it in the store (an outcome by prompt, or its decision pruned or erased)"
+    if r.chosen_model not in (strong, weak):
+        return f"decided for another pair than the bundle's ({strong}, {weak})"
+    if r.propensity is None:
+        return "its decision holds no propensity"
+    if r.chosen_model not in r.qualities:
+        return "the model that answered is not the one judged"
+    return AMONG_CANDIDATES if _among_candidates(r) else ""
+
+
+def _usable(
+    rows: Sequence[LabeledPrompt], kind: str, strong: str, weak: str
+) -> tuple[list[LabeledPrompt], dict[str, int]]:
+    """(the rows `kind` learns from, how many of the others were left out for each reason)."""
+    usable: list[LabeledPrompt] = []
+    excluded: collections.Counter[str] = collections.Counter()
+    for r in rows:
+        why = _unusable(r, kind, strong, weak)
+        if why:
+            excluded[why] += 1
+        else:
+            usable.append(r)
+    return usable, dict(excluded.most_common())
 
 
 def gate_qualities(
@@ -359,13 +381,14 @@ def adapt_from_store(
     champion = champion_of(bundle, base_router, tenant)
     pair = bundle.manifest.default_pair
     read = store.labeled_prompts(since_ms=since_ms, reporters=reporters, callers=callers)
-    rows, among_candidates = _usable(read, kind, pair.strong, pair.weak)
+    rows, excluded = _usable(read, kind, pair.strong, pair.weak)
     feats = featurise(bundle, rows, base_router, champion)
     used = [rows[i] for i in feats.kept]
     report: dict[str, Any] = {
         "kind": kind,
         "base_router": base_router,
         "champion": champion,
+        "judged_prompts_read": len(read),
         "outcomes_read": len(rows),
         "reporters": None if reporters is None else sorted(reporters),
         "callers": None if callers is None else sorted(callers),
@@ -374,8 +397,8 @@ def adapt_from_store(
         "outcomes_skipped": feats.skipped,
         "gate_splits": splits,
     }
-    if kind == "single":
-        report["outcomes_excluded"] = {AMONG_CANDIDATES: among_candidates}
+    if excluded:
+        report["outcomes_excluded"] = excluded
 
     def record(accepted: bool, candidate: str | None) -> None:
         store.record_adaptation(
@@ -388,7 +411,11 @@ def adapt_from_store(
         )
 
     if len(used) < MIN_OUTCOMES:
-        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+        why = f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"
+        if excluded:  # the largest reason the others were left out
+            most, n = next(iter(excluded.items()))
+            why += f"; {n} of the {len(read)} judged prompts read: {most}"
+        report["gate"] = {"accepted": False, "reason": why}
         record(False, None)
         return AdaptRun(False, kind, len(used), bundle.version, None, report)
     if kind == "single":

@@ -55,6 +55,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -366,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sign each accepted candidate with this Ed25519 private key (servers run with --bundle-public-key "
         "take only signed bundles; lmroute-export keygen makes a pair)",
     )
-    from lmroute.service.client import add_connection_args, connection_kwargs, describe_error, text_flag_problem
+    from lmroute.service.client import add_connection_args, connection_kwargs, text_flag_problem
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
     args = ap.parse_args(argv)
@@ -408,6 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # SIGTERM (a CronJob's deadline, an eviction) unwinds like Ctrl-C: a bundle being written is removed
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _rounds(args, settings, tenants, connect)
+    except KeyboardInterrupt:  # Ctrl-C: one line, as lmroute-export says it, not a traceback
+        print(f"{ap.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _rounds(args: argparse.Namespace, settings: RoundSettings, tenants: Any, connect: dict[str, Any]) -> int:
+    """The loop's rounds, one every `--interval-s` (one with `--once`: its exit status)."""
+    from lmroute.service.client import describe_error
+
     while True:
         failed = False
         try:

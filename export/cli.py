@@ -585,9 +585,7 @@ def _adapt(args: argparse.Namespace) -> int:
             return 2
     from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
-    out_problem = out_dir_problem(args.out)
-    if not out_problem and args.overwrite:
-        out_problem = not_replaceable(args.out)
+    out_problem = out_dir_problem(args.out) or not_replaceable(args.out)
     if out_problem:
         print(f"{PROG} adapt: --out: {out_problem}", file=sys.stderr)
         return 2
@@ -597,6 +595,10 @@ def _adapt(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as exc:  # OutcomeError is a ValueError
         print(f"{PROG} adapt: {exc}", file=sys.stderr)
         return 1
+    if args.out.exists() and not args.overwrite:  # said before the fit, not after it
+        store.close()
+        print(f"{PROG} adapt: --out: {args.out} exists (give --overwrite to replace it)", file=sys.stderr)
+        return 2
     try:
         if args.kind == "qualities":
             run = adapt_qualities_from_store(
@@ -671,14 +673,14 @@ def _sqlite_file(dsn: str) -> Path | None:
 
 def _import_outcomes(args: argparse.Namespace) -> int:
     """Import a JSONL outcome file whole (or nothing, listing its bad lines); counts per verdict."""
-    from lmroute.bundle.manifest import Manifest
+    from lmroute.bundle.loader import read_manifest
     from lmroute.outcomes.jsonl import read_outcome_lines
     from lmroute.outcomes.store import StoreError, open_store
 
     strong, weak = args.strong, args.weak
     try:
-        if args.bundle is not None:
-            pair = Manifest.from_json((args.bundle / "manifest.json").read_bytes()).default_pair
+        if args.bundle is not None:  # its manifest checked as at load (an edited one is refused): the pair
+            pair = read_manifest(args.bundle).default_pair
             strong, weak = strong or pair.strong, weak or pair.weak
         if not strong or not weak:
             raise ValueError("give --bundle or both --strong and --weak (the pair paired outcomes are about)")
@@ -689,6 +691,8 @@ def _import_outcomes(args: argparse.Namespace) -> int:
             raise ValueError(f"--reporter: one tenant name (got {args.reporter!r})")
         [reporter] = named
         lines = read_outcome_lines(args.file, strong=strong, weak=weak)
+        if not lines:  # a truncated or wrong file, not a success
+            raise ValueError(f"{args.file}: no outcomes (an empty file, or blank lines only)")
         outcomes = [dataclasses.replace(o, reporter=reporter) for _, o in lines]
         sqlite_file = _sqlite_file(args.store)
         new = sqlite_file is not None and not sqlite_file.exists()
@@ -708,14 +712,26 @@ def _import_outcomes(args: argparse.Namespace) -> int:
         return 1
     counts: dict[str, int] = {}
     refusals: list[str] = []
+    done = 0  # outcomes committed
     try:
-        for start in range(0, len(outcomes), 1000):
-            verdicts = store.write([], outcomes[start : start + 1000])
-            for (line, outcome), verdict in zip(lines[start : start + 1000], verdicts, strict=True):
+        for start, stop in _whole_lines(lines, 1000):  # a line's outcomes (a paired one's two) in one commit
+            verdicts = store.write([], outcomes[start:stop])
+            done = stop
+            for (line, outcome), verdict in zip(lines[start:stop], verdicts, strict=True):
                 counts[verdict.value] = counts.get(verdict.value, 0) + 1
                 if verdict.value not in ("stored", "duplicate"):
                     model = f" (model {outcome.model})" if outcome.model else ""
                     refusals.append(f"{args.file}:{line}: {verdict.value}{model}")
+    except (KeyboardInterrupt, StoreError) as exc:
+        last = f" (lines 1-{lines[done - 1][0]})" if done else ""
+        print(
+            f"{PROG} import-outcomes: stopped ({exc or type(exc).__name__}): {done} of {len(outcomes)} outcomes of "
+            f"{args.file} committed{last}; import the file again to complete it (those come back as duplicates)",
+            file=sys.stderr,
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return 1
     finally:
         store.close()
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -725,6 +741,18 @@ def _import_outcomes(args: argparse.Namespace) -> int:
     if len(refusals) > 20:
         print(f"... and {len(refusals) - 20} more refused", file=sys.stderr)
     return 0 if not refusals else 3
+
+
+def _whole_lines(lines: Sequence[tuple[int, object]], size: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) spans of `lines` (one (line number, outcome) per outcome, a line's in a row) of about
+    `size` outcomes each, never splitting a line's outcomes between two spans."""
+    start = 0
+    while start < len(lines):
+        stop = min(start + size, len(lines))
+        while stop < len(lines) and lines[stop][0] == lines[stop - 1][0]:
+            stop += 1
+        yield start, stop
+        start = stop
 
 
 def _assignments(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -932,37 +960,37 @@ def _read_prompts(path: Path) -> list[str]:
     """The prompts of a file: JSONL objects with a string 'prompt' when its first non-blank line is a JSON
     object (then every line must be one), else one prompt a line, as it is; SystemExit naming the file,
     and the line of a bad one."""
+    from lmroute.outcomes.jsonl import numbered_lines
+
     prompts: list[str] = []
     jsonl: bool | None = None  # decided by the first non-blank line
     try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if lineno == 1 and line.startswith("\ufeff"):  # import-outcomes refuses it too (not JSON)
-                    raise SystemExit(f"{path}:1: starts with a UTF-8 byte order mark (save the file without one)")
-                if not line.strip():
-                    continue
-                try:
-                    record = _json_object(line)
-                except RecursionError:
-                    raise SystemExit(f"{path}:{lineno}: nested too deeply") from None
-                if jsonl is None:
-                    jsonl = record is not None
-                if not jsonl:
-                    prompts.append(line)
-                elif record is None:
-                    raise SystemExit(f"{path}:{lineno}: not a JSON object (the file's first line is JSONL)")
-                elif isinstance(record.get("prompt"), str):
-                    prompts.append(str(record["prompt"]))
-                else:
-                    got = (
-                        "no 'prompt' field"
-                        if "prompt" not in record
-                        else f"'prompt' is {type(record['prompt']).__name__}"
-                    )
-                    raise SystemExit(f"{path}:{lineno}: a JSON object whose 'prompt' is not a string ({got})")
-    except UnicodeDecodeError as exc:
-        raise SystemExit(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        for lineno, line in numbered_lines(path):
+            if isinstance(line, UnicodeDecodeError):
+                raise SystemExit(
+                    f"{path}:{lineno}: not UTF-8 text ({line.reason} at byte {line.start + 1} of the line)"
+                )
+            if lineno == 1 and line.startswith("\ufeff"):  # import-outcomes refuses it too (not JSON)
+                raise SystemExit(f"{path}:1: starts with a UTF-8 byte order mark (save the file without one)")
+            if not line.strip():
+                continue
+            try:
+                record = _json_object(line)
+            except RecursionError:
+                raise SystemExit(f"{path}:{lineno}: nested too deeply") from None
+            if jsonl is None:
+                jsonl = record is not None
+            if not jsonl:
+                prompts.append(line)
+            elif record is None:
+                raise SystemExit(f"{path}:{lineno}: not a JSON object (the file's first line is JSONL)")
+            elif isinstance(record.get("prompt"), str):
+                prompts.append(str(record["prompt"]))
+            else:
+                got = (
+                    "no 'prompt' field" if "prompt" not in record else f"'prompt' is {type(record['prompt']).__name__}"
+                )
+                raise SystemExit(f"{path}:{lineno}: a JSON object whose 'prompt' is not a string ({got})")
     except OSError as exc:
         raise SystemExit(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not prompts:

@@ -26,7 +26,7 @@ from typing import Any
 from lmroute.bundle.jsonread import unique_keys
 from lmroute.outcomes.records import Outcome, OutcomeError, OutcomeKind
 
-__all__ = ["OutcomeFileError", "parse_line", "read_outcome_lines", "read_outcomes", "to_judge_line"]
+__all__ = ["OutcomeFileError", "numbered_lines", "parse_line", "read_outcome_lines", "read_outcomes", "to_judge_line"]
 
 _PREFERENCE = {"strong": (1.0, 0.0), "weak": (0.0, 1.0), "tie": (0.5, 0.5)}
 _KINDS = ("paired", "preference", "single", "qualities")
@@ -132,11 +132,18 @@ def parse_line(obj: Any, *, strong: str, weak: str) -> list[Outcome]:
     return out
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line
+def numbered_lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
+    """Each line of the file at `path` with its number, as `wc -l` and `sed -n Np` count them (only "\n"
+    ends a line: a lone "\r" is JSON whitespace, not a break), without its "\n" or "\r\n"; decoded, or,
+    for a line that is not UTF-8, its UnicodeDecodeError (offsets within the line). OSError as opening
+    the file raises it."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield n, exc
 
 
 def read_outcomes(path: Path, *, strong: str, weak: str) -> list[Outcome]:
@@ -149,21 +156,23 @@ def read_outcome_lines(path: Path, *, strong: str, weak: str) -> list[tuple[int,
     two); OutcomeFileError listing the bad lines."""
     out: list[tuple[int, Outcome]] = []
     bad: list[str] = []
-    try:
-        for n, line in _lines(path):
-            try:
-                obj = json.loads(line, object_pairs_hook=unique_keys)
-                out += [(n, o) for o in parse_line(obj, strong=strong, weak=weak)]
-            except json.JSONDecodeError as exc:
-                bad.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
-            except OutcomeError as exc:
-                bad.append(f"{path}:{n}: {str(exc).removeprefix('line.').removeprefix('line: ')}")
-            except ValueError as exc:  # unique_keys: a key given twice in one object
-                bad.append(f"{path}:{n}: {exc}")
-            except RecursionError:
-                bad.append(f"{path}:{n}: nested too deeply")
-    except UnicodeDecodeError as exc:
-        raise OutcomeFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for n, line in numbered_lines(path):
+        if isinstance(line, UnicodeDecodeError):
+            bad.append(f"{path}:{n}: not UTF-8 text ({line.reason} at byte {line.start + 1} of the line)")
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, object_pairs_hook=unique_keys)
+            out += [(n, o) for o in parse_line(obj, strong=strong, weak=weak)]
+        except json.JSONDecodeError as exc:
+            bad.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
+        except OutcomeError as exc:
+            bad.append(f"{path}:{n}: {str(exc).removeprefix('line.').removeprefix('line: ')}")
+        except ValueError as exc:  # unique_keys: a key given twice in one object
+            bad.append(f"{path}:{n}: {exc}")
+        except RecursionError:
+            bad.append(f"{path}:{n}: nested too deeply")
     if bad:
         more = f"\n... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise OutcomeFileError(f"{len(bad)} bad lines, nothing imported:\n" + "\n".join(bad[:_MAX_LISTED]) + more)

@@ -392,8 +392,8 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
         main(args + ["--kind", "triplet"])
     assert main([*args, "--margin", "-1"]) == 2  # named, before the store is read
     assert "adapt: --margin: must be a number >= 0 (got -1.0)" in capsys.readouterr().err
-    assert main(args) == 1  # --out holds the accepted bundle
-    assert "already exists (pass overwrite=True; on the command line, --overwrite)" in capsys.readouterr().err
+    assert main(args) == 2  # --out holds the accepted bundle: said before the fit
+    assert f"--out: {args[args.index('--out') + 1]} exists (give --overwrite to replace it)" in capsys.readouterr().err
 
 
 def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
@@ -418,8 +418,9 @@ def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
     mine = tmp_path / "mine"  # a directory of the user's, not a bundle: --overwrite does not replace it
     mine.mkdir()
     (mine / "notes.txt").write_text("precious\n")
-    assert main(["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(mine), "--overwrite"]) == 2
-    assert f"--out: {mine} holds files but no manifest.json (not a bundle" in capsys.readouterr().err
+    for overwrite in ([], ["--overwrite"]):  # without the flag too: said now, not after the fit
+        assert main(["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(mine), *overwrite]) == 2
+        assert f"--out: {mine} holds files but no manifest.json (not a bundle" in capsys.readouterr().err
     assert main(["adaptations", "--store", dsn]) == 0
     assert capsys.readouterr().out == ""  # no run recorded
     assert a_file.read_text() == "" and (mine / "notes.txt").read_text() == "precious\n"
@@ -937,3 +938,50 @@ def test_single_skips_the_outcomes_of_decisions_made_among_candidates(parent: Pa
     assert run.report["outcomes_excluded"] == {
         "decided by Route among candidates: an N-way propensity (--kind qualities learns from it)": 40
     }
+
+
+def test_ctrl_c_stops_the_adapt_loop_in_one_line(tmp_path: Path) -> None:
+    """SIGINT while the loop waits for its next round: exit 130 and one line, not a traceback (SIGTERM
+    exits 128 + 15, as before)."""
+    import signal
+    import subprocess
+    import sys
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    open_store(dsn).close()
+    argv = [str(Path(sys.executable).parent / "lmroute-adapt"), "--server", "127.0.0.1:1", "--store", dsn]
+    argv += ["--bundles-dir", str(tmp_path / "bundles"), "--interval-s", "60"]
+
+    # a shell's background job (CI's) ignores SIGINT, and a child inherits that: Ctrl-C as a terminal sends it
+    def as_in_a_terminal() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    loop = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal
+    )
+    assert loop.stdout is not None
+    first = loop.stdout.readline()  # its first round: no server there
+    assert '"error"' in first, first
+    time.sleep(1.0)  # into its wait for the next round (the round's own ending may still be under way)
+    loop.send_signal(signal.SIGINT)
+    out, err = loop.communicate(timeout=60)
+    assert loop.returncode == 130 and err.strip() == "lmroute-adapt: interrupted" and "Traceback" not in err, err
+
+
+def test_too_few_usable_outcomes_says_why_the_others_were_left_out(parent: Path, tmp_path: Path) -> None:
+    """Outcomes judging another pair than the bundle's: the refusal names that reason, and the report
+    counts the judged prompts read and those left out by reason."""
+    pair = load_bundle(parent).manifest.default_pair
+    other = {pair.strong: "gpt-4", pair.weak: "llama"}
+    outcomes = [dataclasses.replace(o, model=other[o.model]) for o in _judged(parent, shuffled=False)]
+    store = open_store(f"sqlite:{tmp_path / 'o.sqlite3'}")
+    store.write([], outcomes)
+    for kind in ("paired", "single"):
+        run = adapt_from_store(parent, store, tmp_path / f"b-{kind}", kind=kind)
+        assert not run.accepted and run.report["judged_prompts_read"] == N and run.report["outcomes_read"] == 0
+        why = (
+            f"not judged on the bundle's pair ({pair.strong}, {pair.weak})" if kind == "paired" else "no single outcome"
+        )
+        assert run.report["outcomes_excluded"] == {why: N}, run.report
+        assert run.report["gate"]["reason"] == f"0 usable outcomes (need 50); {N} of the {N} judged prompts read: {why}"
+    store.close()

@@ -34,7 +34,7 @@ def test_a_file_is_jsonl_or_lines_as_its_first_line_says(tmp_path: Path) -> None
             "p.txt:2: a JSON object whose 'prompt' is not a string ('prompt' is int)",
         ),
         (b'{"text": "no prompt field"}\n', "p.txt:1: a JSON object whose 'prompt' is not a string (no 'prompt' field)"),
-        (b"hello\nabc \xff\xfe def\n", "p.txt: not UTF-8 text (invalid start byte at byte 10)"),
+        (b"hello\nabc \xff\xfe def\n", "p.txt:2: not UTF-8 text (invalid start byte at byte 5 of the line)"),
         (b"\n\n", "p.txt: no prompts"),
         (b'\xef\xbb\xbf{"prompt": "a"}\n', "p.txt:1: starts with a UTF-8 byte order mark (save the file without one)"),
         (b"\xef\xbb\xbfplain prompt\n", "p.txt:1: starts with a UTF-8 byte order mark (save the file without one)"),

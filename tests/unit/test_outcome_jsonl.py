@@ -226,3 +226,43 @@ def test_import_names_each_refused_line_and_keeps_a_privacy_stores_texts_out(
     s = open_store(private)
     assert s._exec("SELECT COUNT(prompt_text) FROM outcomes").fetchone()[0] == 0
     s.close()
+
+
+def test_lines_are_numbered_as_wc_and_sed_count_them(tmp_path: Path) -> None:
+    """Only \\n ends a line: a lone \\r inside an object is JSON whitespace (it split the line in two and
+    numbered every later line one too high); a line that is not UTF-8 is named by its own number and the
+    byte within it, beside the other bad lines (the whole file was refused at a byte counted from the
+    start of Python's decode buffer)."""
+    f = tmp_path / "o.jsonl"
+    good = '{"prompt": "q", "preference": "tie"}\n'
+    f.write_bytes(
+        b'{"prompt": "a",\r "preference": "tie"}\n'  # 1: valid JSON, a bare CR inside
+        + good.encode() * 2000  # 2-2001: past any read buffer
+        + b'{"prompt": "caf\xe9", "preference": "tie"}\n'  # 2002: Latin-1, not UTF-8
+        + b'{"prompt": "x", "single": {"quality": 1.5, "model": "W"}}\r\n'  # 2003, CRLF
+    )
+    with pytest.raises(OutcomeFileError) as err:
+        read_outcomes(f, strong="S", weak="W")
+    assert str(err.value).splitlines() == [
+        "2 bad lines, nothing imported:",
+        f"{f}:2002: not UTF-8 text (invalid continuation byte at byte 16 of the line)",
+        f"{f}:2003: single.quality: must be in [0, 1] (got 1.5)",
+    ]
+
+
+def test_an_empty_file_is_no_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for text in ("", "\n  \n\n"):
+        f = tmp_path / "empty.jsonl"
+        f.write_text(text)
+        store = tmp_path / "never.sqlite3"
+        assert main(["import-outcomes", str(f), "--store", f"sqlite:{store}", "--strong", "S", "--weak", "W"]) == 1
+        assert f"{f}: no outcomes (an empty file, or blank lines only)" in capsys.readouterr().err
+        assert not store.exists()  # no store made for nothing
+
+
+def test_a_lines_outcomes_are_committed_together() -> None:
+    from lmroute.export.cli import _whole_lines
+
+    lines = [(n, None) for n in (1, 1, 2, 2, 3, 4, 4, 4, 5)]  # a paired line gives two, a qualities line more
+    assert list(_whole_lines(lines, 3)) == [(0, 4), (4, 8), (8, 9)]
+    assert list(_whole_lines(lines, 100)) == [(0, 9)] and list(_whole_lines([], 3)) == []
