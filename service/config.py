@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib.util
 import ipaddress
 import math
@@ -689,8 +690,8 @@ class ServiceConfig:
         self._check_scoring_cpus()
         if not 0 <= self.switch_interval_us <= 1_000_000:
             raise ConfigError(f"switch_interval_us: must be in [0, 1000000] (got {self.switch_interval_us})")
-        if not (isinstance(self.liveness_stall_s, (int, float)) and self.liveness_stall_s >= 0):
-            raise ConfigError(f"liveness_stall_s: must be >= 0 (got {self.liveness_stall_s!r})")
+        if not (isinstance(self.liveness_stall_s, (int, float)) and 0 <= self.liveness_stall_s < math.inf):
+            raise ConfigError(f"liveness_stall_s: must be >= 0 and finite (0: never) (got {self.liveness_stall_s!r})")
         _at_least("max_message_bytes", self.max_message_bytes, 1024)
         if self.transport not in _TRANSPORTS:
             raise ConfigError(f"transport: must be one of {', '.join(_TRANSPORTS)} (got {self.transport!r})")
@@ -743,6 +744,11 @@ class ServiceConfig:
             raise ConfigError(f"http_port: must be in [-1, 65535] (got {self.http_port})")
         if self.http_port >= 0 and not self.upstreams_file:
             raise ConfigError("upstreams_file: needed with http_port (the front forwards to its models)")
+        ports = [("port", self.port), ("http_port", self.http_port), ("metrics_port", self.metrics_port)]
+        ports = [(name, port) for name, port in ports if port > 0]  # 0: any free port; -1: off
+        for i, (name, port) in enumerate(ports):
+            if clash := [other for other, p in ports[:i] if p == port]:
+                raise ConfigError(f"{name}: {port} is {clash[0]}'s too (each listener needs a port of its own)")
         _at_least("front_max_body_bytes", self.front_max_body_bytes, 1024)
         _at_least("front_max_stream_bytes", self.front_max_stream_bytes, 1024)
         _at_least("front_max_connections", self.front_max_connections, 1)
@@ -791,6 +797,8 @@ class ServiceConfig:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)} (got {self.log_level!r})")
         if self.store and not self.store.startswith(("sqlite:", "postgresql://", "postgres://")):
             raise ConfigError(f"store: expected sqlite:PATH or postgresql://... (got {redact_dsn(self.store)!r})")
+        if self.store.startswith("sqlite:") and not self.store.removeprefix("sqlite:").removeprefix("//"):
+            raise ConfigError(f"store: {self.store!r} names no file (sqlite:PATH)")
         if not (isinstance(self.explore_rate, (int, float)) and 0.0 <= self.explore_rate <= 0.5):
             raise ConfigError(f"explore_rate: must be in [0, 0.5] (got {self.explore_rate!r})")
         if not (isinstance(self.targets_watch_s, (int, float)) and 0 <= self.targets_watch_s < float("inf")):
@@ -1057,14 +1065,16 @@ def build_arg_parser(default_bundle: Path | None = None) -> argparse.ArgumentPar
     """An argparse parser with one flag per leaf setting (defaults come from env/dataclass)."""
     parser = argparse.ArgumentParser(
         prog="lmroute-serve",
-        description="Serve a router bundle over gRPC. Every flag also reads LMROUTE_<NAME>.",
+        description="Serve a router bundle over gRPC. Every flag also reads LMROUTE_<NAME>; a flag given "
+        "wins over its variable.",
+        allow_abbrev=False,  # --max-q would be --max-queue now, and something else once a flag is added
     )
     for s in SETTINGS:
         parser.add_argument(
             s.flag,
             dest=s.name,
             default=None,
-            action="append" if s.kind is tuple else "store",
+            action="append" if s.kind is tuple else "store",  # the last wins: serve.sh's own, then the caller's
             metavar=s.metavar,
             help=f"{s.help} [env {s.env}; default {_default_text(s, default_bundle)}]",
         )
@@ -1089,6 +1099,20 @@ def config_from_cli(
     is given anywhere and there is no `default_bundle`.
     """
     return config_from_args(build_arg_parser(default_bundle).parse_args(argv), environ, default_bundle=default_bundle)
+
+
+def mistyped_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, the setting's variable it is close to) for each LMROUTE_* variable set that is no setting's
+    but nearly spells one (LMROUTE_PLUGIN for LMROUTE_PLUGINS): a typo the server would otherwise ignore
+    unsaid. Variables of other tools (LMROUTE_TOKEN, lmroute-export's LMROUTE_EXPORT_*) are not near one."""
+    env = os.environ if environ is None else environ
+    known = {s.env for s in SETTINGS}
+    out = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            if close := difflib.get_close_matches(name, known, n=1, cutoff=0.9):
+                out.append((name, close[0]))
+    return out
 
 
 def config_from_args(

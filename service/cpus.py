@@ -28,6 +28,10 @@ __all__ = ["available_cpus", "limit_blas_threads", "lowest_cpu_priority", "parse
 _log = structlog.get_logger("lmroute.cpus")
 
 
+MAX_CPU = 65535
+"""The highest CPU number a CPU list may name (Linux's own limit is a build setting, 8,192 by default)."""
+
+
 def parse_cpu_list(text: str) -> frozenset[int]:
     """The CPUs of a Linux CPU list such as "0", "2-3" or "0,4-5" (empty text: none)."""
     cpus: set[int] = set()
@@ -41,6 +45,8 @@ def parse_cpu_list(text: str) -> frozenset[int]:
             raise ValueError(f"{part!r} is not a CPU number or range (e.g. 0 or 2-3)") from None
         if first < 0 or last < first:
             raise ValueError(f"{part!r} is not a CPU range (e.g. 2-3)")
+        if last > MAX_CPU:  # a typo's range of 10^11 would be built before any check
+            raise ValueError(f"{part!r}: CPU numbers go up to {MAX_CPU} here")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 

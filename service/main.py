@@ -28,11 +28,11 @@ from pathlib import Path
 import structlog
 
 from lmroute.outcomes.store import StoreError
-from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_args
+from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_args, mistyped_variables
 from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
-from lmroute.service.server import RouterServer, ScorerFactory, check_ports_free, load_bundle_scorer
+from lmroute.service.server import RouterServer, ScorerFactory, check_ports_free, import_plugins, load_bundle_scorer
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
@@ -93,8 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_arg_parser(DEFAULT_BUNDLE).parse_args(argv)
         cfg = config_from_args(args, default_bundle=DEFAULT_BUNDLE)
+        for name, meant in mistyped_variables():
+            print(
+                f"lmroute-serve: warning: {name} is no setting's variable and is ignored (did you mean {meant}?)",
+                file=sys.stderr,
+            )
         if args.check:
             check_ports_free(cfg)
+            import_plugins(cfg.plugins)  # as the start does: a module that cannot be imported said now
             print("lmroute-serve: settings and ports checked", file=sys.stderr)
             return 0
     except ConfigError as exc:

@@ -188,3 +188,15 @@ def test_lmroute_serve_check_names_a_port_in_use_and_loads_nothing(tmp_path: Pat
         assert metrics.returncode == 2 and f"metrics_port: cannot listen on 127.0.0.1:{port}" in metrics.stderr
     free = subprocess.run([*serve, "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert free.returncode == 0 and "settings and ports checked" in free.stderr
+    # what a start would refuse, said by --check too (serve.sh runs it before a bundle build of minutes)
+    plugin = subprocess.run([*serve, "--port", "0", "--plugin", "no_such_module_xyz"], capture_output=True, text=True)
+    assert (
+        plugin.returncode == 2
+        and "config error: plugins: router kind plugin 'no_such_module_xyz' cannot be" in plugin.stderr
+    )
+    typo = subprocess.run(
+        [*serve, "--port", "0"], capture_output=True, text=True, env={**os.environ, "LMROUTE_PLUGIN": "x"}, timeout=60
+    )
+    assert typo.returncode == 0 and (
+        "warning: LMROUTE_PLUGIN is no setting's variable and is ignored (did you mean LMROUTE_PLUGINS?)" in typo.stderr
+    )

@@ -376,6 +376,28 @@ def test_cpu_lists_parse_like_linux_cpu_lists() -> None:
     assert parse_cpu_list("0,4-6, 9") == {0, 4, 5, 6, 9}
     with pytest.raises(ValueError, match="'3-1' is not a CPU range"):
         parse_cpu_list("3-1")
+    with pytest.raises(ValueError, match="'0-99999999999': CPU numbers go up to 65535"):
+        parse_cpu_list("0-99999999999")  # refused before a range of 10^11 is built
+
+
+def test_an_abbreviated_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """An abbreviation was taken for the flag it starts (and would mean another once a flag is added);
+    a flag given twice keeps the last (serve.sh gives its own, then the caller's)."""
+    with pytest.raises(SystemExit) as e:
+        config_from_cli(["--bundle", "b", "--max-q", "7"], {})
+    assert e.value.code == 2 and "unrecognized arguments: --max-q 7" in capsys.readouterr().err
+    assert config_from_cli(["--bundle", "b", "--port", "1", "--port", "2"], {}).port == 2
+    assert config_from_cli(["--bundle", "b", "--plugin", "a", "--plugin", "b"], {}).plugins == ("a", "b")  # lists add
+
+
+def test_listeners_need_ports_of_their_own_and_a_sqlite_store_a_file() -> None:
+    with pytest.raises(ConfigError, match="metrics_port: 7000 is port's too"):
+        ServiceConfig(bundle_path=Path("b"), port=7000, metrics_port=7000)
+    with pytest.raises(ConfigError, match="http_port: 7001 is port's too"):
+        ServiceConfig(bundle_path=Path("b"), port=7001, http_port=7001, upstreams_file="u.json")
+    assert ServiceConfig(bundle_path=Path("b"), port=0, metrics_port=0).metrics_port == 0  # any free ones
+    with pytest.raises(ConfigError, match=r"store: 'sqlite:' names no file \(sqlite:PATH\)"):
+        ServiceConfig(bundle_path=Path("b"), store="sqlite:")
 
 
 @pytest.mark.parametrize(
@@ -411,3 +433,14 @@ def test_tokens_that_hold_no_token_are_a_config_error(tmp_path: Path, monkeypatc
     monkeypatch.setenv("LMT", "")
     with pytest.raises(ConfigError, match=r"^auth: the variable LMT holds no token"):
         config_from_cli(["--bundle", "b", "--auth-tokens-env", "LMT"], {})
+
+
+def test_a_variable_that_nearly_spells_a_settings_is_named() -> None:
+    from lmroute.service.config import mistyped_variables
+
+    env = {"LMROUTE_PLUGIN": "x", "LMROUTE_MAX_BATCHSIZE": "9", "LMROUTE_PORT": "1", "LMROUTE_TOKEN": "t"}
+    env |= {"LMROUTE_TARGET": "h:1", "LMROUTE_EXPORT_MF_LR": "0.1", "LMROUTE_TLS_CERT": "c.pem"}
+    assert mistyped_variables(env) == [
+        ("LMROUTE_MAX_BATCHSIZE", "LMROUTE_MAX_BATCH_SIZE"),
+        ("LMROUTE_PLUGIN", "LMROUTE_PLUGINS"),
+    ]

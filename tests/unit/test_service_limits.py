@@ -4,6 +4,7 @@ limits of a request, their settings, and the liveness watchdog driven by an inje
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def test_limit_settings_are_validated_with_exact_messages() -> None:
         (dict(max_request_chars=0), "max_request_chars: must be >= 1 (got 0)"),
         (dict(max_router_names=0), "max_router_names: must be >= 1 (got 0)"),
         (dict(max_request_chars=19_999), "max_request_chars: must be >= max_prompt_chars (20000) (got 19999)"),
-        (dict(liveness_stall_s=-1.0), "liveness_stall_s: must be >= 0 (got -1.0)"),
+        (dict(liveness_stall_s=-1.0), "liveness_stall_s: must be >= 0 and finite (0: never) (got -1.0)"),
+        (dict(liveness_stall_s=math.inf), "liveness_stall_s: must be >= 0 and finite (0: never) (got inf)"),
     ]
     for kw, message in cases:
         with pytest.raises(ConfigError) as e:
