@@ -670,6 +670,7 @@ class ServiceConfig:
             raise ConfigError("bundle_path: must name a bundle directory (got empty)")
         if not self.host:
             raise ConfigError("host: must not be empty")
+        object.__setattr__(self, "host", self.host.removeprefix("[").removesuffix("]"))  # [::1] is ::1
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in [0, 65535] (got {self.port})")
         for name in (
@@ -936,6 +937,10 @@ class ServiceConfig:
     def reflection_enabled(self) -> bool:
         """Whether server reflection is served: `reflection` on, or auto without authentication."""
         return self.reflection == "on" or (self.reflection == "auto" and not self.auth_enabled)
+
+    def address(self, port: int) -> str:
+        """host:port as gRPC and its clients take it (an IPv6 address in brackets: [::1]:50051)."""
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
     @property
     def loopback_bind(self) -> bool:

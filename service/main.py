@@ -76,8 +76,10 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
         return 1
     if server.http_port is not None:
         scheme = "https" if cfg.tls_cert_file else "http"
-        print(f"lmroute-serve: OpenAI-compatible front on {scheme}://{cfg.host}:{server.http_port}/v1", file=sys.stderr)
-    print(f"lmroute-serve: serving on {cfg.host}:{port}", file=sys.stderr, flush=True)
+        print(
+            f"lmroute-serve: OpenAI-compatible front on {scheme}://{cfg.address(server.http_port)}/v1", file=sys.stderr
+        )
+    print(f"lmroute-serve: serving on {cfg.address(port)}", file=sys.stderr, flush=True)
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _force_exit)

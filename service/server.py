@@ -344,11 +344,12 @@ class RouterServer:
                     "reaches this address: no tokens are configured",
                 )
         try:  # gRPC raises RuntimeError when it cannot bind (a port in use), or answers port 0
-            self.port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
+            self.port = server.add_port(cfg.address(cfg.port), credentials)
         except RuntimeError as exc:
-            raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port} ({exc})") from None
+            raise ConfigError(f"port: cannot listen on {cfg.address(cfg.port)} ({exc})") from None
         if self.port == 0:
-            raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port} (in use, or not an address of this host)")
+            why = "in use, or not an address of this host"
+            raise ConfigError(f"port: cannot listen on {cfg.address(cfg.port)} ({why})")
         if cfg.http_port >= 0:
             self.front = OpenAIFront(
                 self.servicer,
@@ -374,7 +375,7 @@ class RouterServer:
                 )
             except OSError as exc:
                 await self.front.stop()
-                why = f"cannot listen on {cfg.host}:{cfg.http_port} ({exc.strerror or exc})"
+                why = f"cannot listen on {cfg.address(cfg.http_port)} ({exc.strerror or exc})"
                 raise ConfigError(f"http_port: {why}") from None
         await server.start()
         self._server = server
@@ -387,7 +388,7 @@ class RouterServer:
                 if self.front is not None:
                     await self.front.stop()
                 raise ConfigError(
-                    f"metrics_port: cannot listen on {cfg.host}:{cfg.metrics_port} ({exc.strerror or exc})"
+                    f"metrics_port: cannot listen on {cfg.address(cfg.metrics_port)} ({exc.strerror or exc})"
                 ) from None
         _log.info(
             "listening",

@@ -35,7 +35,8 @@ class ServerThread:
     @property
     def target(self) -> str:
         """host:port to dial."""
-        return f"{self.server.config.host}:{self.port}"
+        assert self.port is not None
+        return self.server.config.address(self.port)
 
     def call(self, coro: Coroutine[Any, Any, R], timeout_s: float = 60.0) -> R:
         """Run a coroutine on the server's loop and wait for its result."""

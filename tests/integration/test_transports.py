@@ -158,6 +158,26 @@ def test_undecodable_request_bytes_are_invalid_argument(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_served(transport: str, host: str) -> None:
+    """--host ::1 (or [::1]) binds the IPv6 loopback (it was passed to gRPC as ::1:PORT, which it could not
+    parse, and refused as a port that cannot be listened on); the target to dial is [::1]:PORT."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    srv = fake_server(transport=transport, host=host)
+    try:
+        assert srv.server.config.host == "::1" and srv.target.startswith("[::1]:")
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = router_pb2_grpc.RouterServiceStub(ch)
+            assert stub.Route(_route(), timeout=10).decision_id
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_port_already_taken_is_an_error_naming_it(transport: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
