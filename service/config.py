@@ -1034,15 +1034,28 @@ SETTINGS: tuple[Setting, ...] = tuple(_leaves(ServiceConfig, ""))
 """Every leaf setting of ServiceConfig (BatchPolicy's included), in declaration order."""
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
 def _parse(s: Setting, raw: str | list[str], source: str) -> Any:
     if s.kind is tuple:  # a repeated flag gives a list; the variable and each flag value may hold commas
         parts = [part for item in (raw if isinstance(raw, list) else [raw]) for part in item.split(",")]
-        return tuple(p.strip() for p in parts if p.strip())
+        items = tuple(p.strip() for p in parts if p.strip())
+        if not items and any(r.strip() for r in (raw if isinstance(raw, list) else [raw])):
+            raise ConfigError(f"{s.name}: {raw!r} from {source} names nothing (separators only)")
+        if twice := sorted({i for i in items if items.count(i) > 1}):
+            raise ConfigError(f"{s.name}: {twice[0]!r} given twice in {source}")
+        return items
     assert isinstance(raw, str)
     try:
-        if s.kind is int:
+        if s.kind is int:  # int() also takes other scripts' digits and 5_000
+            if not _INT.fullmatch(raw.strip()):
+                raise ValueError(raw)
             return int(raw)
         if s.kind is float:
+            if not _FLOAT.fullmatch(raw.strip()):
+                raise ValueError(raw)
             return float(raw)
         if s.kind is bool:
             low = raw.strip().lower()

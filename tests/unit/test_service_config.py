@@ -337,6 +337,11 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
         (["--queue-timeout-ms", "soon"], {}, "queue_timeout_ms: cannot parse 'soon' from --queue-timeout-ms as int"),
         ([], {"LMROUTE_PORT": "eighty"}, "port: cannot parse 'eighty' from LMROUTE_PORT as int"),
         ([], {"LMROUTE_WARMUP": "maybe"}, "warmup: cannot parse 'maybe' from LMROUTE_WARMUP as bool"),
+        (["--max-queue", "٥"], {}, "max_queue: cannot parse '٥' from --max-queue as int"),  # int() took it as 5
+        (["--max-queue", "5_000"], {}, "max_queue: cannot parse '5_000' from --max-queue as int"),
+        (["--grace-s", "1_0"], {}, "grace_s: cannot parse '1_0' from --grace-s as float"),
+        ([], {"LMROUTE_TENANTS": " , "}, "tenants: ' , ' from LMROUTE_TENANTS names nothing (separators only)"),
+        (["--tenants", "a,b, a"], {}, "tenants: 'a' given twice in --tenants"),
     ],
 )
 def test_bad_flags_and_variables_exact_messages(argv: list[str], env: dict[str, str], message: str) -> None:
