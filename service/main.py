@@ -32,7 +32,14 @@ from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_
 from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
 from lmroute.service.logs import configure_logging
-from lmroute.service.server import RouterServer, ScorerFactory, check_ports_free, import_plugins, load_bundle_scorer
+from lmroute.service.server import (
+    RouterServer,
+    ScorerFactory,
+    certificate_files,
+    check_ports_free,
+    import_plugins,
+    load_bundle_scorer,
+)
 
 __all__ = ["main", "serve", "DEFAULT_BUNDLE"]
 
@@ -103,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             check_ports_free(cfg)
             import_plugins(cfg.plugins)  # as the start does: a module that cannot be imported said now
+            certificate_files(cfg)  # and TLS files that are no certificate and key of each other
             print("lmroute-serve: settings and ports checked", file=sys.stderr)
             return 0
     except ConfigError as exc:

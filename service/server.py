@@ -317,15 +317,8 @@ class RouterServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = None
-        if cfg.tls_cert_file:
-            try:
-                self.tls = CertificateFiles(
-                    Path(cfg.tls_cert_file),
-                    Path(cfg.tls_key_file),
-                    Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
-                )
-            except (OSError, ValueError) as exc:  # the message names the file
-                raise ConfigError(f"tls: {exc}") from None
+        self.tls = certificate_files(cfg)
+        if self.tls is not None:
             credentials = server_credentials(self.tls)
         _check_port_free(cfg.host, cfg.port)
         if not cfg.loopback_bind and (self.auth is None or credentials is None):
@@ -649,6 +642,20 @@ def _stats_snapshot(scheduler: Scheduler[Any]) -> dict[str, Any]:
     counters = {k: v for k, v in dataclasses.asdict(scheduler.stats).items() if isinstance(v, int)}
     extra = {"counters": counters, "in_flight": scheduler.in_flight, "rate_prompts_per_s": scheduler.rate.prompts_per_s}
     return scheduler.timings.snapshot(extra)
+
+
+def certificate_files(cfg: ServiceConfig) -> CertificateFiles | None:
+    """The server's TLS files, read and checked (ConfigError naming the file), or None without TLS."""
+    if not cfg.tls_cert_file:
+        return None
+    try:
+        return CertificateFiles(
+            Path(cfg.tls_cert_file),
+            Path(cfg.tls_key_file),
+            Path(cfg.tls_client_ca_file) if cfg.tls_client_ca_file else None,
+        )
+    except (OSError, ValueError) as exc:  # the message names the file
+        raise ConfigError(f"tls: {exc}") from None
 
 
 def check_ports_free(cfg: ServiceConfig) -> None:

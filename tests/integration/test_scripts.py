@@ -194,6 +194,15 @@ def test_lmroute_serve_check_names_a_port_in_use_and_loads_nothing(tmp_path: Pat
         plugin.returncode == 2
         and "config error: plugins: router kind plugin 'no_such_module_xyz' cannot be" in plugin.stderr
     )
+    not_pem = tmp_path / "bin.pem"
+    not_pem.write_bytes(b"\x00\x01 not a certificate")
+    tls = subprocess.run(
+        [*serve, "--port", "0", "--tls-cert-file", str(not_pem), "--tls-key-file", str(not_pem)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tls.returncode == 2 and f"config error: tls: {not_pem}" in tls.stderr, tls.stderr
     typo = subprocess.run(
         [*serve, "--port", "0"], capture_output=True, text=True, env={**os.environ, "LMROUTE_PLUGIN": "x"}, timeout=60
     )
