@@ -206,7 +206,15 @@ def adapt_qualities_from_store(
         )
 
     if len(used) < MIN_OUTCOMES:
-        report["gate"] = {"accepted": False, "reason": f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"}
+        why = f"{len(used)} usable outcomes (need {MIN_OUTCOMES})"
+        if not rows:
+            why += "; no judged prompt read (none stored, or none of the reporters, callers or time asked for)"
+        elif len(used) < len(rows):  # the largest reason the others were left out
+            why += (
+                f"; {len(rows) - len(used)} of the {len(rows)} judged prompts read have neither their text nor an "
+                "embedding of this bundle's encoder"
+            )
+        report["gate"] = {"accepted": False, "reason": why}
         record(False, None)
         return AdaptRun(False, KIND, len(used), bundle.version, None, report)
     quality = np.full((len(used), len(models)), np.nan)

@@ -227,9 +227,13 @@ def test_adapt_command_qualities_exit_codes_and_a_bad_base(
     dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
     texts, new, cheap = _judged(parent, signal=True)
     store = open_store(dsn)
-    store.write([], _outcomes(texts[:20], new[:20], cheap[:20]))
     store.close()
     args = ["adapt", "--kind", "qualities", "--bundle", str(parent), "--store", dsn, "--out", str(tmp_path / "out")]
+    assert main(args) == 4  # nothing judged yet: said so, not only "0 usable outcomes"
+    assert "0 usable outcomes (need 50); no judged prompt read" in capsys.readouterr().err
+    store = open_store(dsn)
+    store.write([], _outcomes(texts[:20], new[:20], cheap[:20]))
+    store.close()
     assert main(args) == 4
     refused = capsys.readouterr()
     assert "refused by the gate: 20 usable outcomes (need 50)" in refused.err
