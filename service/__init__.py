@@ -39,4 +39,5 @@ Three one-way layers (transport -> scheduler -> scorers):
     auth.py          bearer tokens (file re-read when it changes) and the tenant a token speaks for
     tls.py           certificate files for the gRPC port and the front, reloaded without a restart
     file_watch.py    FileStamps: whether files changed since last looked at (one stat each)
+    malformed.py     request bytes that do not decode: a marker, answered INVALID_ARGUMENT (MALFORMED_REQUEST)
 """

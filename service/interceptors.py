@@ -34,7 +34,6 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -50,6 +49,7 @@ from lmroute.service.errors import (
     status_of,
 )
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
+from lmroute.service.malformed import Malformed, malformed_error, tolerant_deserializer
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.stream_cap import StreamSlots, capped_aio, capped_handler
 from lmroute.service.tracing import Tracing
@@ -59,9 +59,7 @@ __all__ = [
     "REQUEST_ID_KEY",
     "EarlyCheck",
     "EarlyRefusals",
-    "Malformed",
     "RequestContextInterceptor",
-    "tolerant_deserializer",
 ]
 
 REQUEST_ID_KEY = "x-request-id"
@@ -70,38 +68,9 @@ _ID_PREFIX = secrets.token_hex(8)  # this process's part of every fresh request 
 _id_counter = itertools.count()
 
 
-@dataclass(frozen=True)
-class Malformed:
-    """What `tolerant_deserializer` returns for bytes that do not decode: their count and the error."""
-
-    n_bytes: int
-    error: str
-
-
-def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """`deserialize`, returning a Malformed marker where it would raise (None stays None: raw bytes)."""
-    if deserialize is None:
-        return None
-
-    def tolerant(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as exc:  # DecodeError, and anything else the decoder raises on hostile bytes
-            return Malformed(len(data), f"{type(exc).__name__}: {exc}"[:200])
-
-    return tolerant
-
-
 def _malformed(request: Malformed, context: grpc.aio.ServicerContext, method: str) -> InvalidArgument:
     """Log the undecodable request once and the InvalidArgument it is answered with."""
-    _log.warning("malformed_request", peer=context.peer(), bytes=request.n_bytes, error=request.error)
-    why = request.error.rpartition(": ")[2] if request.error.startswith("DecodeError") else ""
-    said = f" ({why}: a string field that is not UTF-8 fails the whole message)" if "UTF-8" in why else ""
-    said = said or (f" ({why})" if why else "")
-    return InvalidArgument(
-        f"request: {request.n_bytes} bytes that do not decode as the request message of {method}{said}",
-        reason="MALFORMED_REQUEST",
-    )
+    return malformed_error(request, method, context.peer())
 
 
 async def _abort(context: grpc.aio.ServicerContext, info: StatusInfo, request_id: str) -> NoReturn:
@@ -298,7 +267,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
     def _build_capped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         slots = self._streams
         assert slots is not None
-        return capped_handler(handler, lambda behaviour: capped_aio(slots, behaviour))
+        return capped_handler(handler, lambda behaviour: capped_aio(slots, behaviour, method))
 
     def _build_wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         auth = None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth

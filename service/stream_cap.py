@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from lmroute.service.errors import TooManyStreams, status_of
+from lmroute.service.malformed import Malformed, malformed_error, tolerant_deserializer
 from lmroute.service.wire_status import wire_status
 
 __all__ = ["StreamSlots", "capped_aio", "capped_handler", "capped_sync"]
@@ -60,11 +61,23 @@ class StreamSlots:
             self._open -= 1
 
 
-def capped_sync(slots: StreamSlots, behaviour: Callable[[Any, Any], Iterator[Any]]) -> Callable[[Any, Any], Any]:
+def _malformed_status(request: Any, method: str, context: Any) -> grpc.Status | None:
+    """The INVALID_ARGUMENT (MALFORMED_REQUEST) a request that did not decode is answered with, or None."""
+    if not isinstance(request, Malformed):
+        return None
+    return wire_status(status_of(malformed_error(request, method, context.peer())))
+
+
+def capped_sync(
+    slots: StreamSlots, behaviour: Callable[[Any, Any], Iterator[Any]], method: str = ""
+) -> Callable[[Any, Any], Any]:
     """A synchronous streaming behaviour (request or request iterator, context) -> its messages, run only
-    while it holds a slot; refused with `slots.refusal` when none is free."""
+    while it holds a slot; refused with `slots.refusal` when none is free, and a request that did not
+    decode (lmroute.service.malformed) refused before it takes one."""
 
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if (bad := _malformed_status(request, method, context)) is not None:
+            context.abort_with_status(bad)
         if not slots.take():
             context.abort_with_status(slots.refusal)
         try:
@@ -75,17 +88,20 @@ def capped_sync(slots: StreamSlots, behaviour: Callable[[Any, Any], Iterator[Any
     return call
 
 
-def capped_aio(slots: StreamSlots, behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def capped_aio(slots: StreamSlots, behaviour: Callable[[Any, Any], Any], method: str = "") -> Callable[[Any, Any], Any]:
     """A grpc.aio streaming behaviour, either kind (an async generator of messages, or a coroutine that
-    sends with `context.write`), run only while it holds a slot."""
+    sends with `context.write`), run only while it holds a slot (a request that did not decode refused
+    first, as `capped_sync` does)."""
 
-    async def refuse(context: grpc.aio.ServicerContext) -> None:
-        status = slots.refusal
+    async def refuse(context: grpc.aio.ServicerContext, status: grpc.Status | None = None) -> None:
+        status = status or slots.refusal
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     if inspect.isasyncgenfunction(behaviour):
 
         async def messages(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if (bad := _malformed_status(request, method, context)) is not None:
+                await refuse(context, bad)
             if not slots.take():
                 await refuse(context)
             try:
@@ -97,6 +113,8 @@ def capped_aio(slots: StreamSlots, behaviour: Callable[[Any, Any], Any]) -> Call
         return messages
 
     async def writes(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if (bad := _malformed_status(request, method, context)) is not None:
+            await refuse(context, bad)
         if not slots.take():
             await refuse(context)
         try:
@@ -110,7 +128,9 @@ def capped_aio(slots: StreamSlots, behaviour: Callable[[Any, Any], Any]) -> Call
 def capped_handler(
     handler: grpc.RpcMethodHandler, cap: Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]
 ) -> grpc.RpcMethodHandler:
-    """A streaming `handler` with its behaviour passed through `cap`; a unary-unary one as it is."""
+    """A streaming `handler` with its behaviour passed through `cap`; a unary-unary one as it is. One with
+    one request (a health Watch) decodes it with `tolerant_deserializer`, so that `cap` can refuse bytes
+    that are no request as INVALID_ARGUMENT."""
     kinds = (
         (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
         (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
@@ -118,9 +138,12 @@ def capped_handler(
     )
     for behaviour, make in kinds:
         if behaviour is not None:
+            one = behaviour is handler.unary_stream
             return make(
                 cap(behaviour),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant_deserializer(handler.request_deserializer)
+                if one
+                else handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from lmroute.service.malformed import tolerant_deserializer
 from lmroute.service.stream_cap import StreamSlots, capped_handler, capped_sync
 
 __all__ = ["AioTransport", "Aborted", "LoopContext", "ThreadTransport", "Transport"]
@@ -190,8 +191,8 @@ class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type
             )
         elif handler.unary_stream is not None:
             behaviour = grpc.unary_stream_rpc_method_handler(
-                capped_sync(self._slots, _unary_stream(self._loop, handler.unary_stream)),
-                request_deserializer=handler.request_deserializer,
+                capped_sync(self._slots, _unary_stream(self._loop, handler.unary_stream), method),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         else:
@@ -200,7 +201,7 @@ class _Bridge(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type
 
     def add_sync(self, method: str, handler: grpc.RpcMethodHandler) -> None:
         """A synchronous servicer's handler, served in the pool thread as it is (streaming: capped)."""
-        self._handlers[method] = capped_handler(handler, lambda behaviour: capped_sync(self._slots, behaviour))
+        self._handlers[method] = capped_handler(handler, lambda behaviour: capped_sync(self._slots, behaviour, method))
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)

@@ -154,7 +154,18 @@ def test_undecodable_request_bytes_are_invalid_argument(
         raw = ch.unary_unary(f"/{SERVICE_NAME}/Route", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as bad:
             raw(b"\xff\xff\xff\xff", timeout=10)
+        # a streaming method's one request too (it was INTERNAL on threads, UNKNOWN on aio)
+        watch = ch.unary_stream("/grpc.health.v1.Health/Watch", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as bad_stream:
+            list(watch(b"\xff\xff", timeout=10))
+        health = health_pb2_grpc.HealthStub(ch)  # and the stream slot it never took is free
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(bad.value) == "MALFORMED_REQUEST"
+    assert bad_stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad_stream.value
+    assert _reason(bad_stream.value) == "MALFORMED_REQUEST"
+    assert "do not decode as the request message of /grpc.health.v1.Health/Watch" in (bad_stream.value.details() or "")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
