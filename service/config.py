@@ -1158,8 +1158,11 @@ def config_from_args(
         top["bundle_path"] = default_bundle
     try:
         return ServiceConfig(**top, batch=BatchPolicy(**values["batch"]))
-    except ConfigError as exc:  # it names the setting; say where the value came from too
-        source = given_by.get(str(exc).partition(":")[0])
-        if source is None:
+    except ConfigError as exc:  # it names the setting (and any it is checked against): say where they came from
+        said = str(exc)
+        first = said.partition(":")[0]
+        named = [first] + [n for n in given_by if n != first and re.search(rf"\b{n}\b", said)]
+        sources = [given_by[n] for n in named if n in given_by]
+        if not sources:
             raise
-        raise ConfigError(f"{exc} (given by {source})") from None
+        raise ConfigError(f"{exc} (given by {', '.join(sources)})") from None

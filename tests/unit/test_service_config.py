@@ -331,9 +331,16 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
             ["--max-wait-us", "2000000", "--queue-timeout-ms", "2000"],
             {},
             "max_wait_us: must be below queue_timeout_ms (2000 ms): a lone prompt waits max_wait_us for its batch "
-            "to fill, and one queued that long fails UNAVAILABLE (got 2000000) (given by --max-wait-us)",
+            "to fill, and one queued that long fails UNAVAILABLE (got 2000000) (given by --max-wait-us, "
+            "--queue-timeout-ms)",
         ),
         (["--grace-s", "1e20"], {}, "grace_s: must be <= 3600 (got 1e+20) (given by --grace-s)"),
+        (  # a check against another setting names where that one came from too (only it was given here)
+            ["--grpc-threads", "10"],
+            {},
+            "max_streams: must be below grpc_threads (10): each open stream holds a transport thread, and unary "
+            "calls need one (got 64) (given by --grpc-threads)",
+        ),
         (["--queue-timeout-ms", "soon"], {}, "queue_timeout_ms: cannot parse 'soon' from --queue-timeout-ms as int"),
         ([], {"LMROUTE_PORT": "eighty"}, "port: cannot parse 'eighty' from LMROUTE_PORT as int"),
         ([], {"LMROUTE_WARMUP": "maybe"}, "warmup: cannot parse 'maybe' from LMROUTE_WARMUP as bool"),
