@@ -454,6 +454,7 @@ def _add_to_judge_command(sub: argparse._SubParsersAction) -> None:
 def _to_judge(args: argparse.Namespace) -> int:
     """One JSON line per decision to judge, newest first; a summary on stderr with the next --since-ms."""
     from lmroute.adapt.to_judge import decisions_to_judge, judge_line
+    from lmroute.bundle.errors import BundleError
     from lmroute.outcomes.store import open_store
 
     try:
@@ -472,9 +473,9 @@ def _to_judge(args: argparse.Namespace) -> int:
             callers=callers,
             seed=args.seed,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # a bad or tampered bundle is 1, as adapt says it; a bad argument 2
         print(f"{PROG} to-judge: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, BundleError) else 2
     finally:
         store.close()
     for d in picks.decisions:

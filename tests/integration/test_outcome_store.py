@@ -1589,3 +1589,14 @@ def test_a_store_is_copied_whole_into_a_new_store_of_either_backend(
     finally:
         target.close()
         source.close()
+
+
+def test_to_judge_on_a_bad_bundle_exits_1_as_adapt_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmroute.export.cli import main
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    open_store(dsn).close()
+    not_a_bundle = tmp_path / "nothing"
+    not_a_bundle.mkdir()
+    assert main(["to-judge", "--bundle", str(not_a_bundle), "--store", dsn, "--budget", "3"]) == 1  # was 2
+    assert "to-judge: " in capsys.readouterr().err
