@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = ap.add_mutually_exclusive_group()
     where.add_argument(
         "--server",
-        default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"),
+        default=os.environ.get("LMROUTE_TARGET") or "127.0.0.1:50051",
         help="host:port of the server (its AdminService; default: the variable LMROUTE_TARGET, else 127.0.0.1:50051)",
     )
     where.add_argument(

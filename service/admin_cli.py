@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmroute-admin", description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False)
     ap.add_argument(
         "--server",
-        default=os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051"),
-        help="host:port (default: the variable LMROUTE_TARGET, else 127.0.0.1:50051)",
+        default=os.environ.get("LMROUTE_TARGET") or "127.0.0.1:50051",
+        help="host:port (default: the variable LMROUTE_TARGET when set and not empty, else 127.0.0.1:50051)",
     )
     ap.add_argument("--timeout-s", type=float, default=600.0, help="each call's timeout (a reload loads and warms)")
     add_connection_args(ap)

@@ -499,7 +499,7 @@ class Controller:
         if bundle is not None:
             self._backend = _InProcess(Path(bundle))
         else:
-            target = target or os.environ.get("LMROUTE_TARGET", "127.0.0.1:50051")
+            target = target or os.environ.get("LMROUTE_TARGET") or "127.0.0.1:50051"
             token = token or os.environ.get("LMROUTE_TOKEN") or None
             self._backend = _Served(target, token, tls_ca, tenant)
         loaded = self._backend.routers

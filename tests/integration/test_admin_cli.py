@@ -172,3 +172,12 @@ def test_a_reader_that_closes_early_gets_no_traceback(server: ServerThread) -> N
     proc.stdout.close()  # long before the process has imported grpc and asked the server
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_an_empty_target_variable_is_unset_as_an_empty_token_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmroute.service.admin_cli import _parser
+
+    monkeypatch.setenv("LMROUTE_TARGET", "")
+    assert _parser().parse_args(["bundle"]).server == "127.0.0.1:50051"  # it was '' and exit 2
+    monkeypatch.setenv("LMROUTE_TARGET", "10.0.0.7:50051")
+    assert _parser().parse_args(["bundle"]).server == "10.0.0.7:50051"
