@@ -65,7 +65,7 @@ from typing import Any
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.adapt.to_judge import write_judge_list
-from lmroute.outcomes.records import add_reporters_arg, report_json, tenant_filters
+from lmroute.outcomes.records import TenantFilters, add_reporters_arg, report_json, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _rounds(args: argparse.Namespace, settings: RoundSettings, tenants: Any, connect: dict[str, Any]) -> int:
+def _rounds(args: argparse.Namespace, settings: RoundSettings, tenants: TenantFilters, connect: dict[str, Any]) -> int:
     """The loop's rounds, one every `--interval-s` (one with `--once`: its exit status)."""
     from lmroute.service.client import describe_error
 

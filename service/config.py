@@ -1040,9 +1040,9 @@ _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]
 
 def _parse(s: Setting, raw: str | list[str], source: str) -> Any:
     if s.kind is tuple:  # a repeated flag gives a list; the variable and each flag value may hold commas
-        parts = [part for item in (raw if isinstance(raw, list) else [raw]) for part in item.split(",")]
-        items = tuple(p.strip() for p in parts if p.strip())
-        if not items and any(r.strip() for r in (raw if isinstance(raw, list) else [raw])):
+        given = raw if isinstance(raw, list) else [raw]
+        items = tuple(p.strip() for item in given for p in item.split(",") if p.strip())
+        if not items and any(g.strip() for g in given):
             raise ConfigError(f"{s.name}: {raw!r} from {source} names nothing (separators only)")
         if twice := sorted({i for i in items if items.count(i) > 1}):
             raise ConfigError(f"{s.name}: {twice[0]!r} given twice in {source}")
