@@ -93,6 +93,7 @@ from lmroute.service.upstream_client import (
     UpstreamClient,
     upstream_failed,
     upstream_timeout,
+    usage_asked,
     usage_of,
 )
 from lmroute.service.upstreams import OTHER_TIER, Upstream, models_of, redact
@@ -206,13 +207,16 @@ class _EventStream:
     blank line that ends an event), so that an error event after a break starts on a line of its own and
     no half event reaches the caller; the upstream's API key in them replaced by ***. It also tells
     whether the upstream said it had finished (`data: [DONE]`, or a choice's finish_reason): a stream
-    that ends without either was cut off."""
+    that ends without either was cut off. With `drop_usage` (the front asked for the usage the caller
+    did not), the chunk that carries it is counted and not passed on."""
 
     _FINISHED = re.compile(rb'data: ?\[DONE\]|"finish_reason": ?"')
     _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+    _EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, drop_usage: bool = False) -> None:
         self._key = key
+        self._drop_usage = drop_usage
         self._held: list[bytes] = []  # an event not yet ended
         self._held_tail = b""  # its last 3 bytes: an event's end may straddle chunks
         self.sent = 0  # bytes received from the upstream
@@ -255,7 +259,24 @@ class _EventStream:
             for line in data.splitlines():
                 if line.startswith(b"data:") and (said := usage_of(line[5:])) is not None:
                     self.usage = said
+            if self._drop_usage:
+                parts = self._EVENT_SPLIT.split(data)  # event, its end, event, ..., what follows the last end
+                data = b"".join(
+                    parts[i] + b"".join(parts[i + 1 : i + 2])
+                    for i in range(0, len(parts), 2)
+                    if not _usage_only(parts[i])
+                )
         return data
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether a server-sent event is the chunk `stream_options.include_usage` adds: a usage, no choices."""
+    data = b"\n".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        chunk = json.loads(data) if b'"usage"' in data else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
 class _ByteBudget:
@@ -505,6 +526,7 @@ class OpenAIFront:
                 else:
                     tier = "strong" if route.tier == router_pb2.TIER_STRONG else "weak"
                 stream = body.get("stream") is True
+                asked_usage = usage_asked(body)
                 payload = self.client.payload(tier, body)
                 spare = None
                 # a side falls back to the other side; a model, to the runner-up (the rule's pick without it)
@@ -529,9 +551,7 @@ class OpenAIFront:
                 decided["x-lmroute-threshold"] = f"{route.threshold:.6g}"
             request[_DECIDED] = decided
             slot_tenant = tenant if self.fair_slots else ""
-            return await self._forward(
-                request, payload, stream, tier, route, slot_tenant, before_end=count, spare=spare
-            )
+            return await self._forward(request, payload, stream, tier, route, slot_tenant, count, spare, asked_usage)
 
         return await self._serve(_CHAT, request, work)
 
@@ -743,11 +763,13 @@ class OpenAIFront:
         tenant: str,
         before_end: Callable[[Outcome], None] = lambda outcome: None,
         spare: _Spare | None = None,
+        caller_usage: bool = False,
     ) -> web.StreamResponse:
         """The `tier` upstream's answer to `payload`, whole or streamed (`tenant`: whose turn at the
         upstream's slots), or, when it fails before answering, `spare`'s (given when the `tier` upstream
         falls back); `before_end` runs before a streamed answer's end or error event is written (a whole
-        one is counted after this returns). The exchanges hold their slots at most `upstream_max_s` in
+        one is counted after this returns); `caller_usage`: the caller asked for its stream's usage (else
+        a usage the front asked for is not passed on). The exchanges hold their slots at most `upstream_max_s` in
         all; a whole answer is written after the slot is freed; a caller that does not take an answer's
         bytes (whole or streamed) within `write_timeout_s` has its connection closed."""
         up = self.client.upstreams[tier]
@@ -773,7 +795,8 @@ class OpenAIFront:
                 else:
                     out = web.StreamResponse(status=200, headers={**headers, "Content-Type": answer.content_type})
                     await self._send(out, out.prepare(request))
-                    events = _EventStream(answer.key.encode("utf-8"))
+                    drop_usage = answer.upstream.usage_in_streams and not caller_usage
+                    events = _EventStream(answer.key.encode("utf-8"), drop_usage)
                     try:
                         async for chunk in answer.chunks():
                             if events.sent + len(chunk) > self.max_stream_bytes:

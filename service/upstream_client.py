@@ -30,7 +30,15 @@ from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstream_keys import KeyFile
 from lmroute.service.upstreams import Upstream, redact
 
-__all__ = ["MAX_ANSWER_BYTES", "Exchange", "UpstreamClient", "upstream_failed", "upstream_timeout", "usage_of"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "Exchange",
+    "UpstreamClient",
+    "upstream_failed",
+    "upstream_timeout",
+    "usage_asked",
+    "usage_of",
+]
 
 MAX_ANSWER_BYTES = 64 << 20
 """Most bytes of a non-streamed upstream answer the front reads (more: UpstreamFailed)."""
@@ -123,8 +131,13 @@ class UpstreamClient:
     def payload(self, tier: str, body: Mapping[str, Any]) -> bytes:
         """`body` as the `tier` upstream is sent it: JSON without spaces between items (about the size the
         caller sent; with them a body of many short items grew by up to a third), its model set to the
-        upstream's."""
-        out = {**body, "model": self.upstreams[tier].model}
+        upstream's; a stream sent to an upstream with `usage_in_streams` asks for its usage."""
+        up = self.upstreams[tier]
+        out = {**body, "model": up.model}
+        options = body.get("stream_options")
+        if up.usage_in_streams and body.get("stream") is True and not usage_asked(body):
+            if options is None or isinstance(options, dict):  # anything else: the upstream's to refuse
+                out["stream_options"] = {**(options or {}), "include_usage": True}
         return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @contextlib.asynccontextmanager
@@ -172,6 +185,12 @@ class UpstreamClient:
                 response.release()
         finally:
             slots.release(tenant)
+
+
+def usage_asked(body: Mapping[str, Any]) -> bool:
+    """Whether a chat completion request asks for its stream's usage (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def usage_of(body: bytes) -> tuple[int, int] | None:

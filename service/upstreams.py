@@ -18,8 +18,12 @@ bounds a whole exchange by `--upstream-max-s`), and `fallback` (default false): 
 this side's upstream fails before its answer starts (unreachable, no slot or no answer within
 `timeout_s`, a 5xx or a redirect) to the other side's upstream instead (lmroute.service.openai_front);
 after `fallback_after` (3) failures in a row the side's requests go straight to the other side for
-`fallback_for_s` (30), then one tries the upstream again (lmroute.service.circuit_breaker). An unknown
-key is refused, so a typo does not pass silently.
+`fallback_for_s` (30), then one tries the upstream again (lmroute.service.circuit_breaker).
+`usage_in_streams` (default false): true asks the upstream for the usage of every streamed answer
+(`stream_options.include_usage`), so that its tokens are counted (lmroute_upstream_tokens_total) when the
+caller did not ask for them; the chunk carrying them is then not passed on (set it only for an upstream
+that accepts `stream_options`, as OpenAI and vLLM do). An unknown key is refused, so a typo does not
+pass silently.
 
 For routing among N models (docs/MODELS.md) the file may also name, under `models`, the endpoint of each
 model a `quality` router predicts, by the router's name for it (RouterInfo.models), with the same keys
@@ -62,6 +66,7 @@ _KEYS = {
     "fallback",
     "fallback_after",
     "fallback_for_s",
+    "usage_in_streams",
 }
 
 
@@ -80,6 +85,7 @@ class Upstream:
     fallback: bool = False  # a request it fails before answering goes to the other side's (a model's: the runner-up's)
     fallback_after: int = 3  # failures in a row after which its requests skip it ...
     fallback_for_s: float = 30.0  # ... for this long, then one tries it again
+    usage_in_streams: bool = False  # every streamed request sent to it asks for the usage chunk
 
     @property
     def completions_url(self) -> str:
@@ -147,6 +153,9 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
     after = entry.get("fallback_after", 3)
     if isinstance(after, bool) or not isinstance(after, int) or after < 1:
         raise ValueError(f"{where}.fallback_after: must be an integer >= 1 (got {after!r})")
+    usage = entry.get("usage_in_streams", False)
+    if not isinstance(usage, bool):
+        raise ValueError(f"{where}.usage_in_streams: must be true or false (got {usage!r})")
     if not fallback and ({"fallback_after", "fallback_for_s"} & set(entry)):
         raise ValueError(f"{where}.fallback_after, fallback_for_s: only with fallback: true")
     return Upstream(
@@ -161,6 +170,7 @@ def _upstream(tier: str, entry: object, environ: Mapping[str, str], where: str |
         fallback=fallback,
         fallback_after=after,
         fallback_for_s=_seconds(entry, "fallback_for_s", 30.0, where),
+        usage_in_streams=usage,
     )
 
 

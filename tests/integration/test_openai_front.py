@@ -382,6 +382,39 @@ def test_the_tokens_upstreams_report_are_counted_per_upstream(
     assert 'upstream="weak"' not in metrics.split("lmroute_upstream_tokens")[1].split("# HELP")[0]
 
 
+def test_usage_in_streams_counts_the_tokens_of_streams_whose_caller_did_not_ask(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """`usage_in_streams` on the strong side: a stream sent to it asks for its usage whether or not the
+    caller did; the tokens are counted, and the usage chunk reaches only a caller that asked for it (the
+    other chunks come as the caller would have had them). Whole answers and the weak side's streams are
+    sent as the caller wrote them."""
+    with FakeUpstream("strong", split_events=True) as strong_up:
+        path = _file(tmp_path, {"strong": strong_up, "weak": upstreams["weak"]}, strong={"usage_in_streams": True})
+        srv, base = _front(fake_servers, path, metrics_port=0)
+        client = _client(base)
+        msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "three words here"}]
+
+        def stream(model: str, **kw: Any) -> list[Any]:
+            return list(client.chat.completions.create(model=model, messages=msgs, stream=True, **kw))
+
+        plain = stream("router-mf-0")  # strong: threshold 0
+        declined = stream("router-mf-0", stream_options={"include_usage": False})
+        asked = stream("router-mf-0", stream_options={"include_usage": True})
+        client.chat.completions.create(model="router-mf-0", messages=msgs)
+        stream("router-mf-1")  # weak: threshold 1
+    for chunks in (plain, declined):
+        assert all(c.choices and c.usage is None for c in chunks)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "strong: three words here"
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens == 4 and not asked[-1].choices
+    sent = [r.get("stream_options") for r in strong_up.requests]
+    assert sent == [{"include_usage": True}] * 3 + [None]  # the whole answer: as the caller wrote it
+    assert "stream_options" not in upstreams["weak"].requests[-1]
+    metrics = _metrics(srv)
+    assert 'lmroute_upstream_tokens_total{kind="prompt",upstream="strong"} 20.0' in metrics  # 3 streams + 1 whole
+    assert 'lmroute_upstream_tokens_total{kind="completion",upstream="strong"} 16.0' in metrics
+
+
 def test_an_upstream_key_read_from_a_file_is_rotated_without_a_restart(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from lmroute.service.errors import (
 )
 from lmroute.service.front_models import is_models_name, parse_models_name
 from lmroute.service.front_requests import ModelAsk, cut_middle, parse_model, prompt_of_messages
+from lmroute.service.openai_front import _EventStream
 from lmroute.service.upstream_client import usage_of
 from lmroute.service.upstreams import load_upstreams, models_of, parse_upstreams
 from lmroute.v1 import router_pb2
@@ -200,6 +201,7 @@ def test_upstreams_file_reads_a_key_from_a_file(tmp_path: Path) -> None:
         ({"strong": _side(model=""), "weak": _side()}, "strong.model: required"),
         ({"strong": _side(), "weak": _side(fallback="yes")}, "weak.fallback: must be true or false"),
         ({"strong": _side(fallback=1), "weak": _side()}, "strong.fallback: must be true or false"),
+        ({"strong": _side(usage_in_streams="on"), "weak": _side()}, "strong.usage_in_streams: must be true or false"),
         ({"strong": _side(fallback=True, fallback_after=0), "weak": _side()}, "strong.fallback_after: must be"),
         ({"strong": _side(fallback=True, fallback_for_s=-1), "weak": _side()}, "strong.fallback_for_s: must be"),
         ({"strong": _side(fallback_after=2), "weak": _side()}, "only with fallback: true"),
@@ -336,3 +338,22 @@ def test_the_usage_an_answer_reports() -> None:
         b'{"usage": ',
     ):
         assert usage_of(bad) is None, bad
+
+
+@pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_a_stream_loses_only_its_usage_chunk_when_the_caller_did_not_ask(end: bytes) -> None:
+    """With drop_usage, the event carrying the usage and no choices is counted and left out, whatever
+    ends the events and however the bytes are cut; every other event passes as it came."""
+    events = [
+        b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}',
+        b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":null}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+        b"data: [DONE]",
+    ]
+    raw = b"".join(e + end for e in events)
+    for cut in range(1, len(raw)):
+        kept = _EventStream(b"", drop_usage=True)
+        out = kept.passed(raw[:cut]) + kept.passed(raw[cut:]) + kept.rest()
+        assert out == raw.replace(events[2] + end, b"") and kept.usage == (3, 1) and kept.finished
+    passed = _EventStream(b"")
+    assert passed.passed(raw) + passed.rest() == raw and passed.usage == (3, 1)
