@@ -587,6 +587,8 @@ def _adapt(args: argparse.Namespace) -> int:
     from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
     out_problem = out_dir_problem(args.out) or not_replaceable(args.out)
+    if not out_problem and args.bundle.resolve() in args.out.resolve().parents:
+        out_problem = f"{args.out} is inside --bundle {args.bundle} (a bundle's files are its manifest's alone)"
     if out_problem:
         print(f"{PROG} adapt: --out: {out_problem}", file=sys.stderr)
         return 2

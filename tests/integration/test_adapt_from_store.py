@@ -399,8 +399,8 @@ def test_adapt_command_exit_codes(parent: Path, tmp_path: Path, capsys: pytest.C
 def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
     parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--out a file, under a file, or the current directory: exit 2 naming --out, and no run recorded (the
-    outcomes are never read)."""
+    """--out a file, under a file, the current directory or inside the parent bundle: exit 2 naming --out,
+    and no run recorded (the outcomes are never read)."""
     dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
     store = open_store(dsn)
     store.write([], _judged(parent, shuffled=False))
@@ -412,6 +412,7 @@ def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
         (a_file, f"--out: {a_file} exists and is not a directory"),
         (a_file / "sub", f"--out: {a_file} is not a directory"),
         (Path("."), "--out: . names no directory of its own"),
+        (parent / "next", f"--out: {parent / 'next'} is inside --bundle {parent}"),
     ):
         assert main(["adapt", "--bundle", str(parent), "--store", dsn, "--out", str(out)]) == 2, out
         assert says in capsys.readouterr().err
@@ -424,6 +425,7 @@ def test_adapt_refuses_an_out_that_cannot_be_a_bundle_before_reading_the_store(
     assert main(["adaptations", "--store", dsn]) == 0
     assert capsys.readouterr().out == ""  # no run recorded
     assert a_file.read_text() == "" and (mine / "notes.txt").read_text() == "precious\n"
+    assert not (parent / "next").exists()
 
 
 def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: Path, tmp_path: Path) -> None:
