@@ -266,3 +266,35 @@ def test_a_lines_outcomes_are_committed_together() -> None:
     lines = [(n, None) for n in (1, 1, 2, 2, 3, 4, 4, 4, 5)]  # a paired line gives two, a qualities line more
     assert list(_whole_lines(lines, 3)) == [(0, 4), (4, 8), (8, 9)]
     assert list(_whole_lines(lines, 100)) == [(0, 9)] and list(_whole_lines([], 3)) == []
+
+
+def test_an_import_the_store_stops_says_what_was_committed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The store refuses a write half way (here a trigger past 1,000 outcomes, as a full disk would): the
+    import exits 1 saying how many outcomes of which lines were committed and how to complete it; they
+    stay, and the same file imported once the store takes writes again completes it."""
+    import sqlite3
+
+    path = tmp_path / "outcomes.sqlite3"
+    store = f"sqlite:{path}"
+    open_store(store).close()
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TRIGGER full BEFORE INSERT ON outcomes WHEN (SELECT count(*) FROM outcomes) >= 1000 "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    db.commit()
+    f = tmp_path / "o.jsonl"
+    f.write_text("".join(f'{{"prompt": "q{i}", "single": {{"quality": 1, "model": "W"}}}}\n' for i in range(1500)))
+    argv = ["import-outcomes", str(f), "--store", store, "--strong", "S", "--weak", "W"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lmroute-export import-outcomes: stopped (") and "database or disk is full" in err
+    assert err.endswith(
+        f"1000 of 1500 outcomes of {f} committed (lines 1-1000); import the file again to complete it "
+        "(those come back as duplicates)\n"
+    )
+    db.execute("DROP TRIGGER full")
+    db.commit()
+    db.close()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(": duplicate 1000, stored 500")
