@@ -46,7 +46,7 @@ from lmroute.service.errors import (
     StoreUnavailable,
     echo,
 )
-from lmroute.service.target_sync import TargetSync
+from lmroute.service.target_sync import TargetChangesUnread, TargetSync
 from lmroute.service.targets import DEFAULT_TENANT, TENANT_RE, TenantTargets
 from lmroute.v1 import admin_pb2, admin_pb2_grpc
 
@@ -272,64 +272,65 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(
                 f"changes: {len(request.changes)} changes (limit {MAX_TARGET_CHANGES})", reason="TOO_MANY_CHANGES"
             )
-        sync = self.target_sync
-        if sync is not None:  # check against what every replica has stored so far
-            try:
-                await sync.catch_up()
-            except Exception as exc:
-                raise StoreUnavailable(f"target changes cannot be read from the store ({failure_cause(exc)})") from exc
-        # check every change first (against the targets as the earlier changes leave them), then apply
-        shares, spends = set(targets.targets), set(targets.spends)
-        for j, change in enumerate(request.changes):
-            where = f"changes[{j}]"
-            if not TENANT_RE.match(change.tenant):
-                raise InvalidArgument(
-                    f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
-                )
-            kind = change.WhichOneof("change")
-            if (
-                self.tenants
-                and change.tenant not in self.tenants
-                and change.tenant != DEFAULT_TENANT
-                and change.tenant not in self.bound_tenants()
-            ):
-                if kind is not None and not kind.startswith("remove_"):  # no call could ever use it
+
+        def checked() -> list[TargetChange]:  # every change checked against the targets as the earlier ones leave them
+            shares, spends = set(targets.targets), set(targets.spends)
+            for j, change in enumerate(request.changes):
+                where = f"changes[{j}]"
+                if not TENANT_RE.match(change.tenant):
                     raise InvalidArgument(
-                        f"{where}.tenant: {change.tenant} is not one of the tenants this server honours (its "
-                        f"--tenants list, and the tenants of bound tokens) nor {DEFAULT_TENANT}",
-                        reason="UNKNOWN_TENANT",
+                        f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
                     )
-            if kind is None:
-                why = "set one of strong_share, spend_per_1k_usd, remove_strong_share, remove_spend"
-                raise InvalidArgument(f"{where}: {why}", reason="NO_CHANGE")
-            value = getattr(change, kind)
-            check = {"strong_share": targets.check_share, "spend_per_1k_usd": targets.check_spend}.get(kind)
+                kind = change.WhichOneof("change")
+                if (
+                    self.tenants
+                    and change.tenant not in self.tenants
+                    and change.tenant != DEFAULT_TENANT
+                    and change.tenant not in self.bound_tenants()
+                ):
+                    if kind is not None and not kind.startswith("remove_"):  # no call could ever use it
+                        raise InvalidArgument(
+                            f"{where}.tenant: {change.tenant} is not one of the tenants this server honours (its "
+                            f"--tenants list, and the tenants of bound tokens) nor {DEFAULT_TENANT}",
+                            reason="UNKNOWN_TENANT",
+                        )
+                if kind is None:
+                    why = "set one of strong_share, spend_per_1k_usd, remove_strong_share, remove_spend"
+                    raise InvalidArgument(f"{where}: {why}", reason="NO_CHANGE")
+                value = getattr(change, kind)
+                check = {"strong_share": targets.check_share, "spend_per_1k_usd": targets.check_spend}.get(kind)
+                try:
+                    if check is not None:
+                        check(value)
+                except ValueError as exc:
+                    raise InvalidArgument(f"{where}.{kind}: {exc}", reason="OUT_OF_RANGE") from None
+                if kind.startswith("remove_") and not value:
+                    raise InvalidArgument(f"{where}.{kind}: must be true", reason="NO_CHANGE")
+                held = shares if kind in ("strong_share", "remove_strong_share") else spends
+                if kind.startswith("remove_"):
+                    if change.tenant not in held:
+                        what = "strong-share" if held is shares else "spend"
+                        raise NotFound(f"{where}: tenant {change.tenant} has no {what} target", reason="NO_TARGET")
+                    held.discard(change.tenant)
+                else:
+                    held.add(change.tenant)
+            return [_stored(change) for change in request.changes]
+
+        sync = self.target_sync
+        if sync is None:  # checked and applied with no await between: no other call comes in between
+            for stored in checked():
+                targets.apply(stored)
+        else:  # caught up with what every replica has stored, checked, stored, applied: one turn of its lock
             try:
-                if check is not None:
-                    check(value)
-            except ValueError as exc:
-                raise InvalidArgument(f"{where}.{kind}: {exc}", reason="OUT_OF_RANGE") from None
-            if kind.startswith("remove_") and not value:
-                raise InvalidArgument(f"{where}.{kind}: must be true", reason="NO_CHANGE")
-            held = shares if kind in ("strong_share", "remove_strong_share") else spends
-            if kind.startswith("remove_"):
-                if change.tenant not in held:
-                    what = "strong-share" if held is shares else "spend"
-                    raise NotFound(f"{where}: tenant {change.tenant} has no {what} target", reason="NO_TARGET")
-                held.discard(change.tenant)
-            else:
-                held.add(change.tenant)
-        changes = [_stored(change) for change in request.changes]
-        if sync is not None:  # durable first, then applied (with any change stored before them)
-            try:
-                await sync.record(changes)
+                await sync.record(checked)
+            except ServiceError:  # a change refused
+                raise
+            except TargetChangesUnread as exc:
+                raise StoreUnavailable(f"target changes cannot be read from the store ({exc})") from exc
             except Exception as exc:
                 raise StoreUnavailable(
                     f"target changes cannot be stored ({failure_cause(exc)}); nothing changed"
                 ) from exc
-        else:
-            for stored in changes:
-                targets.apply(stored)
         for change in request.changes:
             done = str(change.WhichOneof("change"))
             _log.info("target_set", tenant=change.tenant, change=done, value=float(getattr(change, done)))

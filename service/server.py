@@ -494,10 +494,14 @@ class RouterServer:
                 self.target_sync = TargetSync(lambda: open_store(cfg.store, store_prompts=cfg.store_prompts), targets)
                 applied = await self.target_sync.catch_up()  # before the controllers replay their decisions
                 _log.info("stored target changes applied", changed=applied, last_id=self.target_sync.last_id)
-                self.target_sync.watch(cfg.targets_watch_s)
-                self.admin.target_sync = self.target_sync
             if targets is not None and (targets.targets or targets.spends):
+                # the replay walks the controllers on another thread: nothing changes them meanwhile (the
+                # watch starts after it; SetTargets waits for the bundle)
                 self.admin.restored = await loop.run_in_executor(None, self._restore_targets, scorer.catalog())
+            if self.target_sync is not None:
+                await self.target_sync.catch_up()  # what other replicas stored during the replay
+                self.target_sync.watch(self.config.targets_watch_s)
+                self.admin.target_sync = self.target_sync
         scoring_cpus = self.config.scoring_cpu_set
         if self.config.switch_interval_us:  # process-wide, as the interpreter lock is
             sys.setswitchinterval(self.config.switch_interval_us / 1e6)

@@ -4,7 +4,7 @@ hold them.
     sync = TargetSync(lambda: open_store(dsn), targets)
     await sync.catch_up()          # at startup: every stored change, applied over the settings
     sync.watch(10.0)               # then the changes other replicas store, every 10 s
-    await sync.record(changes)     # AdminService.SetTargets: durable first, then applied
+    await sync.record(check)       # AdminService.SetTargets: caught up, checked, durable, then applied
     await sync.close()
 
 Every server applies the stored changes in the order of their ids (`TenantTargets.apply`), so two
@@ -25,10 +25,15 @@ from typing import TypeVar
 import structlog
 
 from lmroute.outcomes.records import TargetChange
-from lmroute.outcomes.store import OutcomeStore
+from lmroute.outcomes.store import OutcomeStore, failure_cause
 from lmroute.service.targets import TenantTargets
 
-__all__ = ["TargetSync"]
+__all__ = ["TargetChangesUnread", "TargetSync"]
+
+
+class TargetChangesUnread(Exception):
+    """The store's target changes could not be read before a change was checked (its cause: the message)."""
+
 
 _log = structlog.get_logger("lmroute.targets")
 _T = TypeVar("_T")
@@ -84,10 +89,18 @@ class TargetSync:
             self.last_id = change_id
         return changed
 
-    async def record(self, changes: Sequence[TargetChange]) -> None:
-        """Store `changes` in one transaction (durable when this returns), then apply them and whatever was
-        stored before them. Raises the store's error when they cannot be stored: then nothing changed."""
+    async def record(self, check: Callable[[], Sequence[TargetChange]]) -> None:
+        """In one hold of the lock, so that no other call's changes come in between: apply the changes
+        stored so far, take `check()` (the changes to make, checked against the targets as they now
+        stand; what it raises is raised, nothing stored), store them in one transaction (durable when
+        this returns), then apply them. Raises TargetChangesUnread when the stored changes cannot be
+        read, the store's error when they cannot be stored: nothing changed either way."""
         async with self._lock:
+            try:
+                await self._catch_up()
+            except Exception as exc:
+                raise TargetChangesUnread(failure_cause(exc)) from exc
+            changes = check()
             await self._call(lambda store: store.record_target_changes(changes))
             await self._catch_up()
 

@@ -332,6 +332,91 @@ def test_live_target_changes_reach_every_replica_of_the_store_and_outlive_a_rest
         assert _held(e2) == want
 
 
+def test_a_replica_starts_while_another_stores_target_changes_during_its_replay(
+    tmp_path: Path, serve: Callable[..., ServerThread]
+) -> None:
+    """A restart replays 40 tenants' 12,000 controller decisions while another replica stores a new
+    tenant's target every few milliseconds: the server starts (the watch waits for the replay, which it
+    once changed under it: "dictionary changed size during iteration") and then holds every stored
+    change."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "outcomes.sqlite3"
+    dsn = f"sqlite:{path}"
+    first = serve(store=dsn, share_targets="default=0.3")
+    with RouterClient(first.target) as c:
+        for text in skewed_prompts(300):
+            c.route(text, router="mf")
+    wait_decisions(dsn, 300)
+    first.stop()
+    db = sqlite3.connect(path)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(decisions)")]
+    tenants = [f"t{i:02d}" for i in range(40)]
+    for tenant in tenants:  # the same decisions, as 40 tenants' own
+        picked = [
+            f"'{tenant}'" if col == "tenant" else f"decision_id || '{tenant}'" if col == "decision_id" else col
+            for col in columns
+        ]
+        db.execute(
+            f"INSERT INTO decisions ({', '.join(columns)}) SELECT {', '.join(picked)} FROM decisions "
+            "WHERE policy = 'target' AND tenant NOT LIKE 't%'"
+        )
+    db.commit()
+    db.close()
+
+    stop = threading.Event()
+    written: list[str] = []
+
+    def other_replica() -> None:
+        store = open_store(dsn)
+        try:
+            while not stop.is_set():
+                written.append(f"new{len(written)}")
+                store.record_target_changes([TargetChange(written[-1], "strong_share", 0.2)])
+                time.sleep(0.003)
+        finally:
+            store.close()
+
+    writer = threading.Thread(target=other_replica)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        targets = ",".join(f"{t}=0.3" for t in tenants)
+        again = serve(store=dsn, share_targets=f"default=0.3,{targets}", targets_watch_s=0.005)
+    finally:
+        stop.set()
+        writer.join()
+    with RouterClient(again.target) as c:
+        assert c.list_share_targets().restored_decisions == 41 * 300
+        want = sorted([("default", 0.3), *((t, 0.3) for t in tenants), *((w, 0.2) for w in written)])
+        _eventually(lambda: _held(c)[0], want)
+
+
+def test_two_removals_of_one_target_at_once_are_one_removal_and_one_refusal(
+    dsn: str, serve: Callable[..., ServerThread]
+) -> None:
+    """SetTargets checks a call's changes against the targets every earlier call left (caught up,
+    checked, stored and applied in one turn): of two calls removing one target at once, one removes it,
+    the other is refused NOT_FOUND NO_TARGET, every time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = serve(store=dsn, share_targets="default=0.3")
+    with RouterClient(srv.target) as a, RouterClient(srv.target) as b, ThreadPoolExecutor(2) as pool:
+        for _ in range(8):
+            a.set_targets(shares={"gold": 0.5})
+
+            def remove(client: RouterClient) -> str:
+                try:
+                    client.set_targets(shares={"gold": None})
+                except grpc.RpcError as exc:
+                    return str(exc.code())
+                return "OK"
+
+            outcomes = sorted(pool.map(remove, (a, b)))
+            assert outcomes == ["OK", "StatusCode.NOT_FOUND"], outcomes
+
+
 def test_a_replica_whose_store_connections_are_killed_reconnects(
     fresh_postgres_db: str, serve: Callable[..., ServerThread]
 ) -> None:
