@@ -475,7 +475,8 @@ class ServiceConfig:
         default=False,
         metadata=_doc(
             "a call whose tenant holds a share target may not set its own threshold or strong_share, nor one "
-            "whose tenant holds a spend target its own model_policy (PERMISSION_DENIED, TARGET_IS_BINDING): "
+            "whose tenant holds a spend target its own model_policy or prices other than the models file's "
+            "(PERMISSION_DENIED, TARGET_IS_BINDING): "
             "the targets are the tenants' budgets, not defaults (with tokens bound to tenants, so a caller "
             "cannot name another tenant)"
         ),

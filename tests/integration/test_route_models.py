@@ -312,7 +312,27 @@ def test_binding_spend_targets_refuse_a_model_policy_of_the_callers_own(
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "tenant 'batch' holds a spend target, which this server makes binding" in (e.value.details() or "")
             assert batch.route_among("hello", models, router="quality").chosen_model in models  # its target
+            # its own prices would move what the budget counts: refused unless they are the file's
+            filed = [
+                router_pb2.Candidate(model=m, input_price_per_mtok=p[0], output_price_per_mtok=p[1])
+                for m, p in PRICES.items()
+            ]
+            assert batch.route_among("hello", filed, router="quality").chosen_model in models
+            for i, field in ((1, "input_price_per_mtok"), (3, "output_price_per_mtok")):
+                cheap = [router_pb2.Candidate() for _ in filed]
+                for c, f in zip(cheap, filed, strict=True):
+                    c.CopyFrom(f)
+                setattr(cheap[i], field, 1e-9)  # one price of the call's own, far under the file's
+                with pytest.raises(grpc.RpcError) as e:
+                    batch.route_among("hello", cheap, router="quality")
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                said = f"candidates[{i}]: {models[i]!r}: {field} differs from the models file's; the spend target"
+                assert said in (e.value.details() or "")
         with RouterClient(srv.target, tenant="other") as other:  # no spend target: its own policy stands
             assert other.route_among("hello", models, router="quality", cost_weight=0.0).chosen_model in models
+            cheap = [
+                router_pb2.Candidate(model=m, input_price_per_mtok=1e-9, output_price_per_mtok=1e-9) for m in models
+            ]
+            assert other.route_among("hello", cheap, router="quality", cost_weight=1.0).chosen_model in models
     finally:
         srv.stop()
