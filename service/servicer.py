@@ -444,10 +444,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         score = out.scores[request.router]
         if controller is not None:
             threshold = controller.threshold
-        choice = self.exploration.choose(
-            score, threshold, cal.calibration_strong_share, cal.calibration_thresholds, self._rng
-        )
-        strong, propensity = choice.strong, choice.propensity
+        target = controller.target if controller is not None else value if policy == "strong_share" else None
+        if target in (0.0, 1.0):  # every call one way, as asked: a flip would break that, and teach nothing
+            strong, propensity = score >= threshold, 1.0
+        else:
+            choice = self.exploration.choose(
+                score, threshold, cal.calibration_strong_share, cal.calibration_thresholds, self._rng
+            )
+            strong, propensity = choice.strong, choice.propensity
         if controller is not None:
             controller.record(score, strong)
         chosen = catalog.strong_model if strong else catalog.weak_model

@@ -138,6 +138,28 @@ def test_two_tenants_hold_their_targets_at_once_and_resume_after_a_restart(
     assert abs(strong_share(shifted) - 0.5) <= 0.05
 
 
+def test_targets_and_shares_of_0_and_1_route_every_call_one_way_while_others_explore(
+    serve: Callable[..., ServerThread],
+) -> None:
+    """With exploration on, a target (or a strong_share) of exactly 0 or 1 still routes every call weak
+    or strong, with propensity 1: a flip would break the budget and no controller could pay it back (it
+    wound up without limit); a target between them explores as before."""
+    srv = serve(share_targets="zero=0,one=1,default=0.3", explore_rate=0.2)
+    prompts = skewed_prompts(300)
+    for tenant, tier in (("zero", router_pb2.TIER_WEAK), ("one", router_pb2.TIER_STRONG)):
+        with RouterClient(srv.target, tenant=tenant) as c:
+            got = [c.route(t, router="mf") for t in prompts]
+        assert all(r.tier == tier and r.propensity == 1.0 for r in got), tenant
+    with RouterClient(srv.target, tenant="other") as c:
+        for share, tier in ((0.0, router_pb2.TIER_WEAK), (1.0, router_pb2.TIER_STRONG)):
+            assert all(c.route(t, router="mf", strong_share=share).tier == tier for t in prompts[:100])
+        explored = [c.route(t, router="mf") for t in prompts]  # default's 0.3
+    assert any(r.propensity < 1.0 for r in explored)
+    with RouterClient(srv.target) as c:
+        held = {x.tenant: x for x in c.list_share_targets().controllers}
+    assert (held["zero"].realised, held["one"].realised, held["zero"].deficit, held["one"].deficit) == (0, 1, 0, 0)
+
+
 def test_route_without_a_policy_is_refused_when_the_tenant_has_no_target(
     serve: Callable[..., ServerThread],
 ) -> None:
