@@ -94,23 +94,33 @@ def parse_line(obj: Any, *, strong: str, weak: str) -> list[Outcome]:
         raise OutcomeError(f"set exactly one of {', '.join(_KINDS)} (got {len(kinds)})")
     kind, body = kinds[0], obj[kinds[0]]
 
-    def make(k: OutcomeKind, model: str, quality: float) -> Outcome:
+    def make(k: OutcomeKind, model: str, quality: float, side: str = "") -> Outcome:
         return Outcome(
-            k, model, quality, decision_id=decision_id, prompt_text=prompt, source=source, observed_ms=observed
+            k,
+            model,
+            quality,
+            decision_id=decision_id,
+            prompt_text=prompt,
+            source=source,
+            observed_ms=observed,
+            side=side,
         )
 
     if kind == "paired":
         if not isinstance(body, dict) or set(body) != {"strong", "weak"}:
             raise OutcomeError('paired: must be {"strong": q, "weak": q}')
         out = [
-            make(OutcomeKind.PAIRED, strong, _quality(body["strong"], "paired.strong")),
-            make(OutcomeKind.PAIRED, weak, _quality(body["weak"], "paired.weak")),
+            make(OutcomeKind.PAIRED, strong, _quality(body["strong"], "paired.strong"), "strong"),
+            make(OutcomeKind.PAIRED, weak, _quality(body["weak"], "paired.weak"), "weak"),
         ]
     elif kind == "preference":
         if body not in _PREFERENCE:
             raise OutcomeError(f'preference: must be "strong", "weak" or "tie" (got {body!r})')
         q_strong, q_weak = _PREFERENCE[body]
-        out = [make(OutcomeKind.PREFERENCE, strong, q_strong), make(OutcomeKind.PREFERENCE, weak, q_weak)]
+        out = [
+            make(OutcomeKind.PREFERENCE, strong, q_strong, "strong"),
+            make(OutcomeKind.PREFERENCE, weak, q_weak, "weak"),
+        ]
     elif kind == "single":
         if not isinstance(body, dict) or "quality" not in body or set(body) - {"quality", "model"}:
             raise OutcomeError('single: must be {"quality": q} or {"quality": q, "model": name}')

@@ -51,6 +51,7 @@ __all__ = [
     "Outcome",
     "OutcomeError",
     "OutcomeKind",
+    "SIDES",
     "TargetChange",
     "TenantFilters",
     "Verdict",
@@ -60,6 +61,9 @@ __all__ = [
     "reporters_named",
     "tenant_filters",
 ]
+
+
+SIDES = ("strong", "weak")  # the sides of a pair, in the order paired outcomes name them
 
 
 class OutcomeError(ValueError):
@@ -270,6 +274,10 @@ class Outcome:
     source: str = ""  # who judged: "judge:gpt-4", "thumbs", "tests"; part of the key
     observed_ms: int | None = None  # when the outcome was observed; None = when it is stored
     reporter: str = ""  # the tenant the reporting caller spoke for ("" none); part of the key
+    # paired and preference outcomes: which side of the pair `model` is ("strong", "weak"); by decision id the
+    # store takes that side's model from the decision (its pair), so a report after a swap to another pair
+    # is about the models that were routed between
+    side: str = ""
 
     def check(self, where: str = "outcome") -> None:
         """OutcomeError naming the field when this outcome cannot be stored."""
@@ -292,6 +300,8 @@ class Outcome:
                 f"(got {self.model[:80]!r}{'...' if len(self.model) > 80 else ''})"
             )
         _check_unit(self.quality, f"{where}.quality")
+        if self.side and (self.side not in SIDES or self.kind not in (OutcomeKind.PAIRED, OutcomeKind.PREFERENCE)):
+            raise OutcomeError(f"{where}.side: {self.side!r} is not a side of a paired or preference outcome")
         if len(self.source) > 128:
             raise OutcomeError(f"{where}.source: at most 128 characters (got {len(self.source)})")
         if self.observed_ms is not None and not 0 <= self.observed_ms < 1 << 48:

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lmroute.outcomes.records import (
+    SIDES,
     Decision,
     LabeledPrompt,
     Outcome,
@@ -503,21 +504,26 @@ class OutcomeStore:
             )
         )
 
-    def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-        """decision id -> (prompt sha256, chosen model or "", caller or ""), for the ids that are stored."""
-        out: dict[str, tuple[str, str, str]] = {}
+    def _decision_prompts(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str, tuple[str, str]]]:
+        """decision id -> (prompt sha256, chosen model or "", caller or "", its (strong, weak) pair), for
+        the ids that are stored."""
+        out: dict[str, tuple[str, str, str, tuple[str, str]]] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" * len(chunk))
-            for did, sha, chosen, caller in self._page(
-                ("decision_id", "prompt_sha256", "chosen_model", "caller"),
+            for did, sha, chosen, caller, strong, weak in self._page(
+                ("decision_id", "prompt_sha256", "chosen_model", "caller", "strong_model", "weak_model"),
                 f"FROM decisions WHERE decision_id IN ({marks})",
                 chunk,
             ):
-                out[str(did)] = (str(sha), "" if chosen is None else str(chosen), caller or "")
+                out[str(did)] = (str(sha), "" if chosen is None else str(chosen), caller or "", (strong, weak))
         return out
 
     def _outcome_row(
-        self, o: Outcome, known: Mapping[str, tuple[str, str, str]], now: int, own_decisions_only: bool
+        self,
+        o: Outcome,
+        known: Mapping[str, tuple[str, str, str, tuple[str, str]]],
+        now: int,
+        own_decisions_only: bool,
     ) -> Verdict | tuple[Any, ...]:
         """The row `o` stores (the columns of _INSERT_OUTCOME), or the verdict that refuses it."""
         model = o.model
@@ -527,9 +533,11 @@ class OutcomeStore:
                 made = int(o.decision_id[:12], 16)
                 # an id from the future past the same margin (clocks of replicas differ a little) was never made
                 return Verdict.NOT_YET if abs(now - made) < NOT_YET_MS else Verdict.NOT_FOUND
-            sha, chosen, caller = found
+            sha, chosen, caller, pair = found
             if own_decisions_only and o.reporter and o.reporter != caller:
                 return Verdict.OTHER_TENANT
+            if o.side in SIDES:  # the side of the pair this decision was made between
+                model = pair[SIDES.index(o.side)] or model
             model = model or chosen
             if not model:
                 return Verdict.NO_MODEL

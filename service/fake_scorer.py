@@ -46,8 +46,10 @@ class FakeScorer:
         encoder_kind: str = "onnx",
         default_router: str = "",
         tenant_routers: Mapping[str, str] | None = None,
+        pair: tuple[str, str] = ("fake-strong", "fake-weak"),
     ) -> None:
         self._routers = tuple(routers)
+        self.pair = pair  # (strong, weak): the models its catalog names
         self._version = version
         self.max_tokens = max_tokens
         self.delay_s = delay_s
@@ -83,9 +85,9 @@ class FakeScorer:
         return Catalog(
             version=self._version,
             routers=tuple(self.describe()),
-            models=(ModelDescription("fake-strong", 1100.0, 1), ModelDescription("fake-weak", 900.0, 0)),
-            strong_model="fake-strong",
-            weak_model="fake-weak",
+            models=(ModelDescription(self.pair[0], 1100.0, 1), ModelDescription(self.pair[1], 900.0, 0)),
+            strong_model=self.pair[0],
+            weak_model=self.pair[1],
             encoder_name="fake-encoder",
             encoder_dim=4,
             encoder_max_tokens=self.max_tokens,

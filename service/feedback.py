@@ -71,7 +71,8 @@ def outcomes_of(
     max_prompt_chars: int | None = None,
 ) -> list[Outcome]:
     """The store's outcomes for `report` (outcomes[i] of the call); OutcomeError naming the field.
-    `strong` / `weak`: the pair paired and preference outcomes are about; `reporter`: the caller's tenant;
+    `strong` / `weak`: the pair paired and preference outcomes by prompt are about (by decision id, the
+    store takes the decision's own pair); `reporter`: the caller's tenant;
     `max_prompt_chars`: the longest prompt an outcome by prompt may name (what Score takes)."""
     where = f"outcomes[{i}]"
     target = report.WhichOneof("target")
@@ -92,7 +93,7 @@ def outcomes_of(
         raise OutcomeError(f"{where}.observed_unix_ms: must be >= 0 (got {report.observed_unix_ms})")
     observed = report.observed_unix_ms or None
 
-    def make(kind: OutcomeKind, model: str, quality: float, field: str | None = None) -> Outcome:
+    def make(kind: OutcomeKind, model: str, quality: float, field: str | None = None, side: str = "") -> Outcome:
         if field is not None and not 0.0 <= quality <= 1.0:  # also refuses NaN
             raise OutcomeError(f"{where}.{field}: must be in [0, 1] (got {quality!r})")
         return Outcome(
@@ -104,22 +105,23 @@ def outcomes_of(
             source=report.source,
             observed_ms=observed,
             reporter=reporter,
+            side=side,
         )
 
     kind = report.WhichOneof("outcome")
     out: list[Outcome]
     if kind == "paired":
         out = [
-            make(OutcomeKind.PAIRED, strong, report.paired.strong_quality, "paired.strong_quality"),
-            make(OutcomeKind.PAIRED, weak, report.paired.weak_quality, "paired.weak_quality"),
+            make(OutcomeKind.PAIRED, strong, report.paired.strong_quality, "paired.strong_quality", "strong"),
+            make(OutcomeKind.PAIRED, weak, report.paired.weak_quality, "paired.weak_quality", "weak"),
         ]
     elif kind == "preference":
         if report.preference not in _PREFERENCE:
             raise OutcomeError(f"{where}.preference: must be STRONG, WEAK or TIE (got {report.preference})")
         q_strong, q_weak = _PREFERENCE[report.preference]
         out = [
-            make(OutcomeKind.PREFERENCE, strong, q_strong),
-            make(OutcomeKind.PREFERENCE, weak, q_weak),
+            make(OutcomeKind.PREFERENCE, strong, q_strong, side="strong"),
+            make(OutcomeKind.PREFERENCE, weak, q_weak, side="weak"),
         ]
     elif kind == "single":
         if not report.single.model and decision_id is None:

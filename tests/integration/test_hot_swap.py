@@ -224,6 +224,55 @@ def _reload_req(path: str) -> Any:
     return admin_pb2.ReloadBundleRequest(path=path)
 
 
+def test_outcomes_on_decisions_made_before_a_swap_to_another_pair_are_about_their_own_pair(tmp_path: Path) -> None:
+    """Paired and preference outcomes name the pair by side: on a decision made before a swap to a bundle
+    of another pair they are stored for the models that decision was made between, not the new ones;
+    on a prompt (no decision) for the serving bundle's pair."""
+    from lmroute.outcomes.store import open_store
+    from lmroute.service.client import paired_outcome
+    from lmroute.v1 import router_pb2
+
+    def make(cfg: ServiceConfig) -> FakeScorer:
+        pair = ("next-strong", "next-weak") if cfg.bundle_path.name == "next" else ("fake-strong", "fake-weak")
+        return FakeScorer(version=cfg.bundle_path.name, pair=pair)
+
+    dsn = f"sqlite:{tmp_path / 'o.sqlite3'}"
+    configure_logging("warning")
+    srv = ServerThread(_config(Path("/fake/first"), store=dsn), scorer_factory=make).start()
+    try:
+        with RouterClient(srv.target) as c:
+            before = [c.route(f"question {i}", router="mf", threshold=0.5).decision_id for i in range(2)]
+            c.reload_bundle("/fake/next")
+            after = c.route("question after", router="mf", threshold=0.5).decision_id
+            preference = router_pb2.OutcomeReport(decision_id=before[1], preference=router_pb2.PREFERENCE_WEAK)
+            by_prompt = router_pb2.OutcomeReport(
+                prompt=router_pb2.Prompt(text="question 0"),
+                paired=router_pb2.PairedOutcome(strong_quality=0.25, weak_quality=0.75),
+            )
+            reports = [paired_outcome(before[0], 0.9, 0.1), preference, paired_outcome(after, 0.6, 0.4), by_prompt]
+            got = c.feedback(reports)
+        assert got.stored == 8, got
+    finally:
+        srv.stop()
+    store = open_store(dsn)
+    try:
+        rows = store._exec("SELECT decision_id, prompt_text, kind, model, quality FROM outcomes").fetchall()
+    finally:
+        store.close()
+    assert sorted((d or t, k, m, q) for d, t, k, m, q in rows) == sorted(
+        [
+            (before[0], "paired", "fake-strong", 0.9),
+            (before[0], "paired", "fake-weak", 0.1),
+            (before[1], "preference", "fake-strong", 0.0),
+            (before[1], "preference", "fake-weak", 1.0),
+            (after, "paired", "next-strong", 0.6),
+            (after, "paired", "next-weak", 0.4),
+            ("question 0", "paired", "next-strong", 0.25),
+            ("question 0", "paired", "next-weak", 0.75),
+        ]
+    )
+
+
 def test_admin_service_off_is_unimplemented_and_on_is_listed_by_reflection() -> None:
     configure_logging("warning")
     for mode, served in (("off", False), ("loopback", True)):

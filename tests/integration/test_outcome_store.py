@@ -731,7 +731,7 @@ def test_commands_that_read_a_store_refuse_a_missing_sqlite_file(
         ["adaptations", "--store", dsn],
         ["to-judge", "--bundle", str(tmp_path), "--store", dsn, "--budget", "3"],
         ["erase", "--store", dsn, "--callers", "acme"],
-        ["adapt", "--bundle", str(tmp_path), "--store", dsn, "--out", str(tmp_path / "out")],
+        ["adapt", "--bundle", str(tmp_path / "bundle"), "--store", dsn, "--out", str(tmp_path / "out")],
     ):
         assert main(cmd) == 1, cmd
         assert f"{missing} does not exist (this command reads a store; it makes none)" in capsys.readouterr().err
@@ -747,7 +747,7 @@ def test_since_ms_out_of_range_is_a_usage_error(tmp_path: Path, capsys: pytest.C
     for value in ("99999999999999999999", "-1", "253402300800000"):
         for cmd in (
             ["to-judge", "--bundle", str(tmp_path), "--store", dsn, "--budget", "3"],
-            ["adapt", "--bundle", str(tmp_path), "--store", dsn, "--out", str(tmp_path / "out")],
+            ["adapt", "--bundle", str(tmp_path / "bundle"), "--store", dsn, "--out", str(tmp_path / "out")],
         ):
             with pytest.raises(SystemExit) as exit_:
                 main([*cmd, "--since-ms", value])
