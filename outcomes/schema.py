@@ -2,9 +2,11 @@
 
 `MIGRATIONS[i]` takes a store from schema version i to i + 1. A statement names column types by
 placeholders that each dialect fills in (`{id}`: an auto-numbered primary key, `{blob}`: bytes,
-`{bigint}`, `{real}`), so SQLite and PostgreSQL run the same schema. The version a store is at lives in
-the one-row table `lmroute_schema`; a store at a version newer than this code knows is refused (the
-store was migrated by a newer lmroute: upgrade this one), never downgraded.
+`{bigint}`, `{real}`), so SQLite and PostgreSQL run the same schema. A `LOCK TABLE` statement runs on
+PostgreSQL only: on SQLite a migration's transaction holds the whole database's write lock already.
+The version a store is at lives in the one-row table `lmroute_schema`; a store at a version newer than
+this code knows is refused (the store was migrated by a newer lmroute: upgrade this one), never
+downgraded.
 
 Version 1:
     decisions   one row per routing decision (lmroute.outcomes.records.Decision); `scores` is JSON
@@ -23,8 +25,8 @@ Version 4:
 Version 5:
     outcomes    + reporter: the tenant the reporting caller spoke for ("" none), part of the key
                 (target, kind, model, source, reporter). The table is rebuilt to change its key (SQLite
-                cannot drop a constraint); rows keep their order (ids renumbered in id order) and get
-                reporter ""
+                cannot drop a constraint), other writers held off meanwhile; rows keep their order (ids
+                renumbered in id order) and get reporter "", as do rows an older server writes after
 Version 6:
     target_changes  one row per live target change (AdminService.SetTargets): the tenant, the target
                 ("strong_share" or "spend"), its new value (NULL: removed); servers apply them in id
@@ -97,6 +99,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     ("ALTER TABLE decisions ADD COLUMN choice TEXT",),
     (
+        # other servers' writes wait until the rebuild commits (a row committed between the copy and the
+        # drop was lost), then go to the rebuilt table, where an older server's rows get reporter ''
+        "LOCK TABLE outcomes IN EXCLUSIVE MODE",
         """CREATE TABLE outcomes_v5 (
             id {id},
             target TEXT NOT NULL,
@@ -107,7 +112,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             model TEXT NOT NULL,
             quality {real} NOT NULL,
             source TEXT NOT NULL,
-            reporter TEXT NOT NULL,
+            reporter TEXT NOT NULL DEFAULT '',
             observed_ms {bigint} NOT NULL,
             received_ms {bigint} NOT NULL,
             UNIQUE (target, kind, model, source, reporter)

@@ -450,6 +450,8 @@ class OutcomeStore:
                 if version >= until:
                     return version
                 for statement in MIGRATIONS[version]:
+                    if statement.startswith("LOCK TABLE") and self._dialect is not _POSTGRES:
+                        continue  # SQLite: the transaction holds the database's write lock
                     self._exec(statement.format(**self._dialect.types))
                 self._exec("UPDATE lmroute_schema SET version = ?", (version + 1,))
 

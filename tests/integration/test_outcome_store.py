@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -1525,6 +1526,70 @@ def test_the_reporter_migration_keeps_outcomes_in_order_and_keys_them_per_report
     again = Outcome(OutcomeKind.PAIRED, "strong-m", 0.9, prompt_text=texts[4], source="judge")
     assert s.write([], [again, dataclasses.replace(again, reporter="ops")]) == [Verdict.CONFLICT, Verdict.STORED]
     s.close()
+
+
+def test_the_reporter_migration_loses_no_outcome_an_older_server_writes_meanwhile(dsn: str) -> None:
+    """A server still on schema 4 (its insert names no reporter) commits outcomes one at a time while a
+    newer one opens the store and rebuilds the outcomes table: every outcome whose commit returned is
+    there after the migration (on PostgreSQL, rows committed between the copy and the drop were lost),
+    and the older server's inserts after it are stored with reporter ''."""
+    s = _store_at_version(dsn, 4)
+    s._exec(  # enough rows that the copy takes a while
+        "INSERT INTO outcomes (target, prompt_sha256, kind, model, quality, source, observed_ms, received_ms) "
+        + (
+            "SELECT 'p:old' || g, 'h', 'single', 'm', 1.0, 's', 1, 1 FROM generate_series(1, 60000) g"
+            if dsn.startswith("postgres")
+            else "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 60000) "
+            "SELECT 'p:old' || n, 'h', 'single', 'm', 1.0, 's', 1, 1 FROM g"
+        )
+    )
+    s.close()
+    acked: list[str] = []
+    failed: list[str] = []
+    stop = threading.Event()
+    pg = dsn.startswith("postgres")
+
+    def older_server() -> None:  # its own connection, as another process's: no migration on opening
+        conn: Any = (
+            psycopg.connect(dsn, autocommit=True)
+            if pg
+            else sqlite3.connect(dsn.removeprefix("sqlite:"), timeout=30, isolation_level=None)
+        )
+        mark = "%s" if pg else "?"
+        try:
+            while not stop.is_set():
+                target = f"p:new{len(acked) + len(failed)}"
+                try:
+                    conn.execute("BEGIN" if pg else "BEGIN IMMEDIATE")
+                    conn.execute(
+                        "INSERT INTO outcomes (target, prompt_sha256, kind, model, quality, source, observed_ms, "
+                        f"received_ms) VALUES ({mark}, 'h', 'single', 'm', 1.0, 's', 1, 1)",
+                        (target,),
+                    )
+                    conn.execute("COMMIT")
+                except (psycopg.Error, sqlite3.Error) as exc:
+                    with contextlib.suppress(psycopg.Error, sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    failed.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                acked.append(target)  # its commit returned: acknowledged
+        finally:
+            conn.close()
+
+    writer = threading.Thread(target=older_server)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        migrated = open_store(dsn)
+        before = len(acked)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        writer.join()
+    have = {r[0] for r in migrated._exec("SELECT target FROM outcomes WHERE reporter = ''").fetchall()}
+    migrated.close()
+    assert [t for t in acked if t not in have] == [] and before > 5
+    assert len(acked) > before + 5, failed[-3:]  # after the migration, an older server's rows go in too
 
 
 def test_target_changes_are_kept_in_order_and_read_after_an_id(store: OutcomeStore) -> None:
