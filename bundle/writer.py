@@ -29,13 +29,14 @@ import numpy as np
 
 from lmroute.bundle import kinds
 from lmroute.bundle.errors import BundleError
-from lmroute.bundle.files import sha256_file
+from lmroute.bundle.files import read_regular_file, sha256_file
 from lmroute.bundle.kinds.base import ArrayRole, FileRole, RouterArtifacts
 from lmroute.bundle.loader import Bundle, load_bundle, read_manifest
 from lmroute.bundle.manifest import (
     _ROUTER_NAME,
     ENCODER_FILES_BY_KIND,
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     PRIOR_FILES,
     Blend,
     Calibration,
@@ -46,6 +47,7 @@ from lmroute.bundle.manifest import (
     Manifest,
     RouterSpec,
     TrainingData,
+    decode_json,
 )
 
 __all__ = [
@@ -102,14 +104,51 @@ def out_dir_problem(out: Path) -> str:
 
 def not_replaceable(out: Path) -> str:
     """Why `out` may not be replaced by a bundle ("" when it may: nothing there, an empty directory or a
-    bundle directory): it is a file, or a directory holding files but no manifest.json."""
+    bundle directory): it is a file, or a directory holding files that are not a bundle's (no
+    manifest.json, one that is not a bundle's, or files its manifest does not list: a directory of the
+    user's that happens to hold a manifest.json is not removed)."""
     if not out.exists():
         return ""
     if not out.is_dir():
         return f"{out} exists and is not a directory (not a bundle, so it is not replaced)"
-    if not (out / MANIFEST_NAME).exists() and any(out.iterdir()):
+    held = _files_under(out)
+    if not held:
+        return ""
+    if MANIFEST_NAME not in held:
         return f"{out} holds files but no {MANIFEST_NAME} (not a bundle, so it is not replaced)"
+    listed = _listed_files(out / MANIFEST_NAME)
+    if listed is None:
+        return f"{out}/{MANIFEST_NAME} is not a bundle's manifest (not a bundle, so it is not replaced)"
+    extra = sorted(held - listed - {MANIFEST_NAME, MANIFEST_NAME + ".sig"})
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        return (
+            f"{out} holds files its {MANIFEST_NAME} does not list ({extra[0]}{more}): not a bundle as written, so "
+            "it is not replaced"
+        )
     return ""
+
+
+def _files_under(root: Path) -> set[str]:
+    """The paths, relative to `root`, of everything under it that is not a directory (links not followed)."""
+    out: set[str] = set()
+    for folder, _, names in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        out.update((rel / name).as_posix() for name in names)
+    return out
+
+
+def _listed_files(manifest: Path) -> set[str] | None:
+    """The files a bundle's manifest lists, or None when `manifest` is not one (unreadable, not JSON, no
+    bundle_version or files); its integrity is not checked: an edited bundle may be replaced."""
+    try:
+        doc = decode_json(read_regular_file(manifest, MANIFEST_NAME, limit=MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or "bundle_version" not in doc or not isinstance(files, dict):
+        return None
+    return {str(path) for path in files}
 
 
 def replace_directory(tmp: Path, out: Path) -> None:

@@ -94,7 +94,10 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         "--out",
         type=Path,
         required=True,
-        help="bundle directory (a bundle there is replaced; a directory holding other files is refused)",
+        help=(
+            "bundle directory (a bundle there is replaced: a manifest.json of a bundle and only the files it "
+            "lists; any other directory holding files is refused)"
+        ),
     )
     p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", str(REPO_ROOT / "data"))))
     p.add_argument(

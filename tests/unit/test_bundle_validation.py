@@ -612,6 +612,23 @@ def test_writer_overwrite_replaces_only_a_bundle(pristine: Path, tmp_path: Path)
     with pytest.raises(FileExistsError, match=f"^{a_file} exists and is not a directory"):
         write_bundle(a_file, overwrite=True, **_rewrite_args(pristine))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and a_file.read_text() == "mine too\n"
+    app = tmp_path / "app"  # a web app's directory: its manifest.json is no bundle's
+    (app / "src").mkdir(parents=True)
+    (app / "manifest.json").write_text('{"name": "my web app"}')
+    (app / "src" / "app.js").write_text("precious\n")
+    with pytest.raises(FileExistsError, match=f"^{app}/manifest.json is not a bundle's manifest"):
+        write_bundle(app, overwrite=True, **_rewrite_args(pristine))
+    kept = tmp_path / "kept"  # a bundle the user put a file of theirs in
+    shutil.copytree(pristine, kept)
+    (kept / "routers" / "notes.txt").write_text("precious\n")
+    unlisted = f"^{kept} holds files its manifest.json does not list \\(routers/notes.txt\\)"
+    with pytest.raises(FileExistsError, match=unlisted):
+        write_bundle(kept, overwrite=True, **_rewrite_args(pristine))
+    assert (app / "src" / "app.js").read_text() == (kept / "routers" / "notes.txt").read_text() == "precious\n"
+    shutil.rmtree(app)
+    (kept / "routers" / "notes.txt").unlink()
+    write_bundle(kept, overwrite=True, **_rewrite_args(pristine))  # a bundle as written: replaced
+    shutil.rmtree(kept)
     with stage_bundle(tmp_path / "late", overwrite=True, **_rewrite_args(pristine)) as staged:
         (tmp_path / "late").mkdir()  # another writer's directory, put there while this one staged
         (tmp_path / "late" / "notes.txt").write_text("precious\n")
