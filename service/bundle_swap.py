@@ -8,8 +8,10 @@ background, then switch the scheduler and the transport to it between two batche
    (a symlink flipped during the load cannot mix two bundles' files), load it with the serving
    settings (the server's scorer factory with only the bundle path replaced: device, ONNX threads,
    chunk size, --bundle-public-key, plug-ins), which validates every file (checksums, signature);
-3. check that it is compatible: it serves every router name the serving bundle serves, so names that
-   clients use stay valid (it may add routers; its models, encoder and calibration may differ);
+3. check that it is compatible: it serves every router name the serving bundle serves, and names a
+   default router (and default quality router) where the serving one does, so names that clients use,
+   and calls that name none, stay valid (it may add routers; its models, encoder and calibration may
+   differ);
 4. warm it on the swap thread (when the server warms at start);
 5. switch, in one synchronous step on the event loop: `Scheduler.swap` (calls admitted from now on go
    to the new scorer, each call admitted before finishes on the scorer it was admitted with) and
@@ -32,9 +34,13 @@ A candidate that fails step 2, 3 or 4 is BundleRefused (FAILED_PRECONDITION) wit
 memory freed by then is handed back to the system after the switch (glibc's malloc_trim).
 
 `watch(interval_s)` polls the serving bundle's `manifest.json` and reloads when its bundle_version
-differs from the serving one (a deployment that flips a symlink to a new bundle directory). A refused
-candidate is not tried again until what the path shows changes: its directory (symlinks resolved) or
-its manifest's bytes, not only its claimed version, since a tampered copy can claim a good version.
+differs from the serving one (a deployment that flips a symlink to a new bundle directory), reading on
+a daemon thread of its own (a read a hung volume holds blocks neither swaps nor the process's exit). A
+refused candidate is not tried again until what the path shows changes: its directory (symlinks
+resolved), its manifest's bytes (not only its claimed version, since a tampered copy can claim a good
+version), or the size, time or inode of a file the manifest lists (a bundle copied in place file by file
+is tried again once its last file lands). Whatever a poll cannot read, or a reload raises that is not a
+refusal, is said (`watch_problem`, logged once per problem) and the watch goes on.
 """
 
 from __future__ import annotations
@@ -45,14 +51,18 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from lmroute.bundle.files import read_regular_file
+from lmroute.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from lmroute.service.cpus import lowest_cpu_priority
 from lmroute.service.errors import BundleRefused, Draining, SwapInProgress
 from lmroute.service.scheduler import Scheduler
@@ -71,6 +81,7 @@ __all__ = [
 
 _log = structlog.get_logger("lmroute.swap")
 
+_T = TypeVar("_T")
 ScorerLoader = Callable[[Path], Scorer[Any]]
 """Loads and validates the bundle at a path with the serving settings (runs on the swap thread)."""
 
@@ -200,16 +211,27 @@ class BundleSwapper:
         try:
             resolved, scorer, catalog = await loop.run_in_executor(self._pool, self._load_candidate, path)
         except Exception as exc:  # BundleError, ConfigError, OSError, an ONNX Runtime error: all refuse it
-            raise self._refuse(path, f"{exc}", "BUNDLE_INVALID") from exc
+            why = f"{exc}"
+            del exc  # its traceback holds the loader's frames and what they had loaded
+            raise await self._refused(path, why, "BUNDLE_INVALID") from None
         load_s = time.perf_counter() - t0
-        missing = [name for name in self.serving.routers if name not in scorer.router_names]
+        missing = [repr(name) for name in self.serving.routers if name not in scorer.router_names]
+        served = self.serving.catalog
+        for what, now, then in (
+            ("default_router", served.default_router, catalog.default_router),
+            ("default_quality_router", served.default_quality_router, catalog.default_quality_router),
+        ):
+            if now and not then:  # calls that name no router rely on it as others rely on a router's name
+                missing.append(f"a {what} (calls naming no router are served by {now} now)")
         if missing and allow_dropped_routers:
             _log.warning("bundle_swap_drops_routers", path=str(path), dropped=missing)
         elif missing:
-            raise self._refuse(
+            has = ", ".join(scorer.router_names)
+            del scorer, catalog  # not held by the refusal (its traceback holds this frame)
+            raise await self._refused(
                 path,
-                f"routers: the candidate lacks {', '.join(map(repr, missing))}, served now (candidate has: "
-                f"{', '.join(scorer.router_names)}); clients naming them would get NOT_FOUND",
+                f"routers: the candidate lacks {', '.join(missing)}, served now (candidate has: {has}); clients "
+                "relying on them would be refused",
                 "BUNDLE_INCOMPATIBLE",
             )
         if self._closed:
@@ -217,10 +239,14 @@ class BundleSwapper:
         warm_s = 0.0
         if self.warmup:
             t1 = time.perf_counter()
+            failed = ""
             try:
                 await loop.run_in_executor(self._pool, scorer.warmup)
             except Exception as exc:
-                raise self._refuse(path, f"warm-up failed: {exc!r}", "BUNDLE_WARMUP_FAILED") from exc
+                failed = f"warm-up failed: {exc!r}"
+            if failed:
+                del scorer, catalog
+                raise await self._refused(path, failed, "BUNDLE_WARMUP_FAILED")
             warm_s = time.perf_counter() - t1
         if self._closed:
             raise Draining("server is shutting down: the loaded bundle was not swapped in")
@@ -260,6 +286,15 @@ class BundleSwapper:
         scorer = self._load(resolved)
         return resolved, scorer, scorer.catalog()
 
+    async def _refused(self, path: Path, message: str, reason: str) -> BundleRefused:
+        """Count and log a refused candidate, hand the memory it took back to the system (as after a
+        swap: refused candidates, one after another, grew the process by a bundle each); the error to
+        raise (no candidate in reach of it)."""
+        refusal = self._refuse(path, message, reason)
+        with contextlib.suppress(RuntimeError):  # the swap thread is gone: the server is stopping
+            await asyncio.get_running_loop().run_in_executor(self._pool, _return_freed_memory)
+        return refusal
+
     def _refuse(self, path: Path, message: str, reason: str) -> BundleRefused:
         """Count and log a refused candidate; the error to raise."""
         text = f"bundle {path} refused ({self.serving.version} keeps serving): {message}"
@@ -285,23 +320,31 @@ class BundleSwapper:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(interval_s), name="lmroute-bundle-watch")
 
     async def _watch(self, interval_s: float) -> None:
-        loop = asyncio.get_running_loop()
         path = self.watched_path
         assert path is not None  # set by `watch`
         unreadable = ""
         seen: str | None = None  # the identity the path showed when last acted on (None: not read yet)
         first = True  # read at once: what the path shows when the watch starts is what serves
+        polling: asyncio.Future[tuple[str, str]] | None = None
         while not self._closed:
             if not first:
                 await asyncio.sleep(interval_s)
             first = False
             try:
-                version, identity = await loop.run_in_executor(self._pool, read_candidate, path)
+                if polling is None or polling.done():  # a read still hanging (a stuck volume) is waited on
+                    polling = _on_daemon_thread(read_candidate, path)
+                version, identity = await asyncio.wait_for(asyncio.shield(polling), interval_s)
+            except TimeoutError:
+                self._watch_failed(f"{path / MANIFEST_NAME}: not read within {interval_s:g} s (still waiting)")
+                continue
             except (OSError, ValueError) as exc:
                 if str(exc) != unreadable:  # once per distinct problem, not every poll
                     unreadable = str(exc)
                     _log.warning("bundle_watch_unreadable", path=str(path), error=unreadable)
                 self.watch_problem = unreadable
+                continue
+            except Exception as exc:  # whatever else: said, and the watch goes on
+                self._watch_failed(f"{type(exc).__name__}: {exc}")
                 continue
             unreadable = self.watch_problem = ""
             if identity == seen or self._loading is not None:
@@ -317,6 +360,13 @@ class BundleSwapper:
                 seen = identity  # logged and counted; tried again when the path shows another
             except (SwapInProgress, Draining):
                 pass
+            except Exception as exc:  # a reload that failed otherwise: said; tried again at the next poll
+                self._watch_failed(f"reload failed: {type(exc).__name__}: {exc}")
+
+    def _watch_failed(self, problem: str) -> None:
+        if problem != self.watch_problem:
+            _log.warning("bundle_watch_failed", path=str(self.watched_path), error=problem)
+        self.watch_problem = problem
 
     async def close(self) -> None:
         """Stop watching; a swap still loading finishes on its thread but is not switched in."""
@@ -328,6 +378,34 @@ class BundleSwapper:
             except asyncio.CancelledError:
                 pass
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_daemon_thread(fn: Callable[[Path], _T], path: Path) -> asyncio.Future[_T]:
+    """fn(path) on a daemon thread of its own: a read a hung volume holds neither blocks the swap thread
+    nor keeps the process from exiting."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(path)
+        except BaseException as exc:  # handed to the loop, raised where the read is awaited
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="lmroute-bundle-watch-read", daemon=True).start()
+    return done
 
 
 def _return_freed_memory() -> None:
@@ -349,12 +427,27 @@ def manifest_version(path: Path) -> str:
 
 def read_candidate(path: Path) -> tuple[str, str]:
     """What `path` shows now: the bundle_version its manifest.json claims, and an identity (the
-    directory with symlinks resolved and a hash of the manifest's bytes). OSError when the manifest
-    cannot be read, ValueError when it holds no version."""
+    directory with symlinks resolved, a hash of the manifest's bytes, and the size, modification time
+    and inode of each file the manifest lists, so a bundle copied in place file by file is seen again
+    once its last file lands). OSError when the manifest cannot be read, ValueError when it holds no
+    version (a manifest that is not a regular file or is over the loader's limit, which a read could
+    wait on or fill memory with, is a ValueError too: a BundleError)."""
     resolved = path.resolve()
-    raw = (resolved / "manifest.json").read_bytes()
-    data = json.loads(raw)
+    raw = read_regular_file(resolved / MANIFEST_NAME, str(resolved / MANIFEST_NAME), limit=MAX_MANIFEST_BYTES)
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{path / MANIFEST_NAME}: not valid JSON (nested too deeply)") from None
     version = data.get("bundle_version") if isinstance(data, dict) else None
     if not isinstance(version, str) or not version:
-        raise ValueError(f"{path / 'manifest.json'}: no bundle_version")
-    return version, f"{resolved}:{hashlib.sha256(raw).hexdigest()}"
+        raise ValueError(f"{path / MANIFEST_NAME}: no bundle_version")
+    files = data.get("files")
+    stamps = []
+    for rel in sorted(files) if isinstance(files, dict) else ():
+        try:
+            st = os.stat(resolved / str(rel))
+            stamps.append(f"{rel}={st.st_size},{st.st_mtime_ns},{st.st_ino}")
+        except (OSError, ValueError):
+            stamps.append(f"{rel}=missing")
+    listed = hashlib.sha256("\n".join(stamps).encode("utf-8", "surrogatepass")).hexdigest()
+    return version, f"{resolved}:{hashlib.sha256(raw).hexdigest()}:{listed}"

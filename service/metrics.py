@@ -32,6 +32,8 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_store_write_seconds                 how long the store write in progress has taken so far (0:
                                                 none; a hung store grows it: alert on it)
     lmroute_bundle_info{version}                1 for the serving bundle
+    lmroute_bundle_swaps_total{result}          hot swaps done (swapped) and candidates refused (refused)
+    lmroute_bundle_watch_problem                1 while the watched bundle path cannot be read
     lmroute_auth_reloads_total{result}          changes of the tokens file taken (reloaded) or refused
                                                 (failed: a bad file, the tokens in use kept)
     lmroute_streams_open, lmroute_streams_refused_total
@@ -152,6 +154,8 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (GaugeMetricFamily, "lmroute_store_write_seconds"),
     (CounterMetricFamily, "lmroute_tenant_feedback"),
     (GaugeMetricFamily, "lmroute_bundle_info"),
+    (CounterMetricFamily, "lmroute_bundle_swaps"),
+    (GaugeMetricFamily, "lmroute_bundle_watch_problem"),
     (CounterMetricFamily, "lmroute_auth_reloads"),
     (GaugeMetricFamily, "lmroute_streams_open"),
     (CounterMetricFamily, "lmroute_streams_refused"),
@@ -238,6 +242,19 @@ class _ServingCollector(Collector):
             info = GaugeMetricFamily("lmroute_bundle_info", "The serving bundle", labels=["version"])
             info.add_metric([catalog.version], 1.0)
             yield info
+        swapper = getattr(server, "swapper", None)
+        if swapper is not None:
+            swaps = CounterMetricFamily(
+                "lmroute_bundle_swaps", "Hot swaps of the bundle done, and candidates refused", labels=["result"]
+            )
+            swaps.add_metric(["swapped"], swapper.counters.swaps)
+            swaps.add_metric(["refused"], swapper.counters.refused)
+            yield swaps
+            yield GaugeMetricFamily(
+                "lmroute_bundle_watch_problem",
+                "1 while the watched bundle path cannot be read (--bundle-watch-s; GetBundle says why)",
+                value=1.0 if swapper.watch_problem else 0.0,
+            )
         targets = getattr(getattr(server, "servicer", None), "targets", None)
         if targets is not None:
             yield from self._targets(targets)

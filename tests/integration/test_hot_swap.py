@@ -17,6 +17,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -377,7 +378,7 @@ def test_tampered_corrupt_and_missing_candidates_are_refused_and_the_old_bundle_
 ) -> None:
     configure_logging("warning")
     va = next(iter(expected))
-    srv = ServerThread(_config(bundles["a"])).start()
+    srv = ServerThread(_config(bundles["a"], metrics_port=0)).start()
     cases = [
         (bundles["tampered"], "manifest.json: bundle_version '" + va + "' does not match the content version"),
         (bundles["corrupt"], "routers/mf/pair_vector.npy: sha256 mismatch (manifest "),
@@ -401,6 +402,12 @@ def test_tampered_corrupt_and_missing_candidates_are_refused_and_the_old_bundle_
                 assert route.bundle_version == va
                 assert route.score == pytest.approx(expected[va][prompt]["mf"], abs=1e-6)
             assert c.list_routers().bundle_version == va
+        url = f"http://127.0.0.1:{srv.server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert 'lmroute_bundle_swaps_total{result="refused"} 3.0' in metrics
+        assert 'lmroute_bundle_swaps_total{result="swapped"} 0.0' in metrics
+        assert "lmroute_bundle_watch_problem 0.0" in metrics
     finally:
         srv.stop()
 

@@ -403,3 +403,118 @@ def test_low_priority_loads_on_a_nice_19_thread_and_leaves_the_others() -> None:
             await sched.close()
 
     run(body)
+
+
+def test_a_swap_that_drops_the_default_router_is_refused_unless_asked() -> None:
+    """Calls that name no router rely on the bundle's default router as others rely on a router's name:
+    a candidate without one is incompatible (those calls would all be refused MISSING_ROUTER), unless
+    dropped routers are allowed."""
+
+    async def body() -> None:
+        def load(path: Path) -> Scorer[Any]:
+            return FakeScorer(version=path.name, default_router="" if path.name.startswith("plain") else "mf")
+
+        sched = make(FakeScorer(version="a", default_router="mf"))
+        servicer = _servicer()
+        servicer.attach(sched, sched.scorer.catalog())
+        swapper = BundleSwapper(sched, servicer, load, BundleSwapper.serving_now(sched.scorer, Path("/srv/a")))
+        with pytest.raises(BundleRefused) as e:
+            await swapper.reload(Path("/srv/plain"))
+        assert e.value.reason == "BUNDLE_INCOMPATIBLE"
+        assert "the candidate lacks a default_router (calls naming no router are served by mf now)" in e.value.message
+        assert (await swapper.reload(Path("/srv/b"))).current.version == "b"  # keeps one: taken
+        report = await swapper.reload(Path("/srv/plain2"), allow_dropped_routers=True)
+        assert report.current.version == "plain2" and servicer.catalog is not None
+        assert servicer.catalog.default_router == ""
+        await swapper.close()
+        await sched.close()
+
+    run(body)
+
+
+def test_a_refused_candidate_is_not_held_after_its_refusal() -> None:
+    """What a refused load built (a scorer that lacks a router, one whose warm-up failed, what a loader
+    that failed had loaded) is freed with the refusal, reference counting alone (the garbage collector
+    off): refusals one after another grew the process by a bundle each."""
+
+    async def body() -> None:
+        built: list[weakref.ref[Any]] = []
+
+        class Loaded:  # what a loader holds while it fails
+            pass
+
+        def load(path: Path) -> Scorer[Any]:
+            if path.name == "bad":
+                arrays = Loaded()
+                built.append(weakref.ref(arrays))
+                raise BundleError("routers/mf/pair_vector.npy", "sha256 mismatch")
+            scorer = Loader()(path)
+            built.append(weakref.ref(scorer))
+            return scorer
+
+        sched = make(FakeScorer(version="a"))
+        servicer = _servicer()
+        servicer.attach(sched, sched.scorer.catalog())
+        swapper = BundleSwapper(sched, servicer, load, BundleSwapper.serving_now(sched.scorer, Path("/srv/a")))
+        gc.collect()
+        gc.disable()
+        try:
+            for name in ("bad", "no-mf", "cold"):
+                with pytest.raises(BundleRefused) as e:
+                    await swapper.reload(Path("/srv") / name)
+                del e
+                assert built[-1]() is None, name
+        finally:
+            gc.enable()
+        await swapper.close()
+        await sched.close()
+
+    run(body)
+
+
+def test_the_watch_goes_on_past_what_it_cannot_read_and_takes_a_bundle_copied_file_by_file(tmp_path: Path) -> None:
+    """A manifest nested past the parser's depth (the watch died of it, silently) and one that is a pipe
+    (a read waited for a writer forever, holding the swap thread) are each said (`watch_problem`, logged)
+    and the watch goes on; a bundle copied into the watched directory file by file, its manifest first,
+    is refused while half copied and loaded once its last file lands (it was never tried again)."""
+
+    async def body() -> None:
+        watched = tmp_path / "current"
+        _write_manifest(watched, "v1")
+        tried: list[str] = []
+
+        def load(path: Path) -> Scorer[Any]:
+            doc = json.loads((path / "manifest.json").read_text())
+            tried.append(doc["bundle_version"])
+            for rel, want in doc.get("files", {}).items():
+                if (path / rel).read_text() != want:
+                    raise BundleError(rel, "sha256 mismatch")
+            return FakeScorer(version=doc["bundle_version"])
+
+        sched = make(FakeScorer(version="v1"))
+        servicer = _servicer()
+        servicer.attach(sched, sched.scorer.catalog())
+        swapper = BundleSwapper(sched, servicer, load, BundleSwapper.serving_now(sched.scorer, watched))
+        swapper.watch(0.005)
+        (watched / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+        await until(lambda: "nested too deeply" in swapper.watch_problem)
+        (watched / "manifest.json").unlink()
+        os.mkfifo(watched / "manifest.json")
+        await until(lambda: "not a regular file" in swapper.watch_problem)
+        (watched / "manifest.json").unlink()
+        _write_manifest(watched, "v2")
+        await until(lambda: swapper.serving.version == "v2")
+        assert swapper.watch_problem == ""
+
+        (watched / "table.npy").write_text("old")  # the copy: the manifest first, then the file it lists
+        (watched / "manifest.json").write_text(json.dumps({"bundle_version": "v3", "files": {"table.npy": "new"}}))
+        await until(lambda: swapper.counters.refused == 1)
+        await asyncio.sleep(0.03)
+        assert tried == ["v2", "v3"]  # not tried again while nothing changed
+        (watched / "table.npy").write_text("new")
+        await until(lambda: swapper.serving.version == "v3")
+        assert tried == ["v2", "v3", "v3"]
+        await swapper.close()
+        await sched.close()
+
+    run(body)
