@@ -149,10 +149,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.draining = False
 
     def attach(self, scheduler: Scheduler[Any], catalog: Catalog) -> None:
-        """Start serving with this scheduler (called after load and warm-up)."""
+        """Start serving with this scheduler (called after load and warm-up, and by a hot swap)."""
         self.routers = scheduler.scorer.router_names
         self.catalog = catalog
         self.scheduler = scheduler
+        if self.targets is not None:  # the share controllers follow the bundle now, not at their next call
+            self.targets.reseed(catalog.routers, catalog.version)
 
     def attach_store(self, writer: StoreWriter) -> None:
         """Record decisions in, and take Feedback into, the outcome store behind `writer`."""

@@ -142,6 +142,17 @@ class ShareController:
         self.deficit = 0.0
         self._threshold = self._quantile()
 
+    def reseeded(self, seed: Sequence[float]) -> ShareController:
+        """This controller with its window seeded afresh (another bundle's scores are not comparable with
+        these), its deficit, decisions and latest outcomes (the realised share) carried over: what a
+        restart replays from the store for decisions of another bundle version."""
+        fresh = ShareController(self.target, seed, self.settings)
+        fresh.deficit = self.deficit
+        fresh.decisions = self.decisions
+        fresh._recent.extend(self._recent)
+        fresh._threshold = fresh._quantile()
+        return fresh
+
     def state(self) -> ControlState:
         recent = self._recent
         realised = sum(recent) / len(recent) if recent else math.nan

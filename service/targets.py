@@ -210,12 +210,26 @@ class TenantTargets:
         """The controller of (tenant, router), created or re-seeded for bundle `version` as needed."""
         key = (tenant, calibration.name)
         held = self._held.get(key)
-        if held is None or held.version != version:
-            fresh = ShareController(self.targets[tenant], self._seed(calibration), self.settings)
-            if held is not None:
-                fresh.deficit = held.controller.deficit
-            held = self._held[key] = _Held(fresh, version)
+        if held is None:
+            held = self._held[key] = _Held(
+                ShareController(self.targets[tenant], self._seed(calibration), self.settings), version
+            )
+        elif held.version != version:
+            held = self._held[key] = _Held(held.controller.reseeded(self._seed(calibration)), version)
         return held.controller
+
+    def reseed(self, routers: Sequence[RouterDescription], version: str) -> None:
+        """A bundle `version` with `routers` serves from now on (a hot swap): each controller of a router it
+        serves is re-seeded from its calibration (its deficit and history kept), at once rather than at
+        its next decision, so the report says what the next decision meets; a controller of a router it
+        no longer serves is dropped."""
+        by_name = {r.name: r for r in routers}
+        for key, held in list(self._held.items()):
+            calibration = by_name.get(key[1])
+            if calibration is None:
+                del self._held[key]
+            elif held.version != version:
+                self.controller(key[0], calibration, version)
 
     def _seed(self, calibration: RouterDescription) -> list[float]:
         shares, thresholds = calibration.calibration_strong_share, calibration.calibration_thresholds

@@ -274,6 +274,34 @@ def test_outcomes_on_decisions_made_before_a_swap_to_another_pair_are_about_thei
     )
 
 
+def test_a_swap_reseeds_the_share_controllers_at_once_and_keeps_their_history() -> None:
+    """After a swap the report shows each controller re-seeded for the new bundle (not the old bundle's
+    threshold until its next call), with its decisions, realised share and deficit kept (they were
+    reset: a restart then replayed another state); a router the new bundle drops leaves the report."""
+
+    def make(cfg: ServiceConfig) -> FakeScorer:
+        routers = ("random",) if cfg.bundle_path.name == "no-mf" else ("random", "mf")
+        return FakeScorer(routers, version=cfg.bundle_path.name)
+
+    configure_logging("warning")
+    cfg = _config(Path("/fake/first"), share_targets="default=0.3", control_window=200)
+    srv = ServerThread(cfg, scorer_factory=make).start()
+    try:
+        with RouterClient(srv.target) as c:
+            for i in range(300):
+                c.route(f"traffic prompt {i}", router="mf")
+            [before] = c.list_share_targets().controllers
+            c.reload_bundle("/fake/second")
+            [after] = c.list_share_targets().controllers
+            assert (before.bundle_version, after.bundle_version) == ("first", "second")
+            assert (after.decisions, after.realised, after.deficit) == (300, before.realised, before.deficit)
+            assert after.target == 0.3
+            c.reload_bundle("/fake/no-mf", allow_dropped_routers=True)
+            assert list(c.list_share_targets().controllers) == []
+    finally:
+        srv.stop()
+
+
 def test_admin_service_off_is_unimplemented_and_on_is_listed_by_reflection() -> None:
     configure_logging("warning")
     for mode, served in (("off", False), ("loopback", True)):
