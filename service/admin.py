@@ -268,6 +268,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         targets = self.targets
         if targets is None:
             raise NotReady("the server holds no target table")
+        if not request.changes:  # as the command line: a call that changes nothing is a mistake, not a read
+            raise InvalidArgument(
+                "changes: at least one change required (ListShareTargets and ListSpendTargets read the targets)",
+                reason="NO_CHANGE",
+            )
         if len(request.changes) > MAX_TARGET_CHANGES:
             raise InvalidArgument(
                 f"changes: {len(request.changes)} changes (limit {MAX_TARGET_CHANGES})", reason="TOO_MANY_CHANGES"

@@ -60,7 +60,7 @@ def parse_share_targets(text: str, *, high: float = 1.0) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"entry {j} ({part!r}): value is not a number") from None
         if not (math.isfinite(share) and 0.0 <= share <= high):
-            bound = "in [0, 1]" if high == 1.0 else ">= 0"
+            bound = "in [0, 1]" if high == 1.0 else "a finite number >= 0"
             raise ValueError(f"entry {j} ({part!r}): value must be {bound}")
         if tenant in out:
             raise ValueError(f"entry {j} ({part!r}): tenant {tenant} given twice")

@@ -233,6 +233,7 @@ def test_targets_changed_live_hold_from_the_next_decision_and_a_bad_change_appli
             ({"batch": 0.9}, {"team": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "changes[1].spend_per_1k_usd"),
             ({"batch": 0.9, "nobody": None}, None, grpc.StatusCode.NOT_FOUND, "tenant nobody has no strong-share"),
             ({"batch": 0.9}, {"team": None}, grpc.StatusCode.NOT_FOUND, "tenant team has no spend target"),
+            ({}, None, grpc.StatusCode.INVALID_ARGUMENT, "changes: at least one change required"),
         ]:
             with pytest.raises(grpc.RpcError) as e:
                 batch.set_targets(shares=shares, spends=spends)

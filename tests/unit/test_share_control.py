@@ -101,6 +101,8 @@ def test_share_targets_parse_and_errors_name_the_entry() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_share_targets(text)
+    with pytest.raises(ValueError, match=r"entry 0 \('a=inf'\): value must be a finite number >= 0"):
+        parse_share_targets("a=inf", high=math.inf)  # a spend target
 
 
 def test_unknown_tenants_share_the_default_controller_and_create_no_state() -> None:
