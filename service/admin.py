@@ -135,6 +135,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._judging_tenants: set[str] = set()  # tenants with a call being answered or waiting
         self._judge_thread: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first call
 
+    def honours(self, tenant: str) -> bool:
+        """Whether a call could speak for `tenant` here: any with no --tenants list, else one it lists, a
+        bound token's, or the default tenant."""
+        return not self.tenants or tenant in self.tenants or tenant == DEFAULT_TENANT or tenant in self.bound_tenants()
+
     def attach(self, swapper: BundleSwapper) -> None:
         """Start answering with this swapper (called after the first load)."""
         self.swapper = swapper
@@ -287,12 +292,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                         f"{where}.tenant: {echo(change.tenant)} is not 1-64 of [A-Za-z0-9._-]", reason="INVALID_TENANT"
                     )
                 kind = change.WhichOneof("change")
-                if (
-                    self.tenants
-                    and change.tenant not in self.tenants
-                    and change.tenant != DEFAULT_TENANT
-                    and change.tenant not in self.bound_tenants()
-                ):
+                if not self.honours(change.tenant):
                     if kind is not None and not kind.startswith("remove_"):  # no call could ever use it
                         raise InvalidArgument(
                             f"{where}.tenant: {change.tenant} is not one of the tenants this server honours (its "

@@ -24,7 +24,7 @@ import math
 import resource
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,23 @@ def load_bundle_scorer(cfg: ServiceConfig) -> Scorer[Any]:
     )
 
 
+def check_target_tenants(
+    config: ServiceConfig, shares: Iterable[str], spends: Iterable[str], bound_tenants: Iterable[str]
+) -> None:
+    """ConfigError for a share or spend target (`shares`, `spends`: their tenants) of a tenant no call can
+    name (with --tenants: not listed, not a bound token's, not default), as SetTargets refuses one: the
+    start's check, and `lmroute-serve --check`'s."""
+    if not config.tenants:
+        return
+    honoured = {*config.tenants, DEFAULT_TENANT, *bound_tenants}
+    for flag, table in (("share_targets", shares), ("spend_targets", spends)):
+        if unknown := sorted(set(table) - honoured):
+            raise ConfigError(
+                f"{flag}: {', '.join(unknown)} is not one of the tenants this server honours (--tenants, the "
+                f"tenants of bound tokens, {DEFAULT_TENANT}): no call could use the target"
+            )
+
+
 class RouterServer:
     """One serving process: `await start()`, then `await stop()` (or `serve_until(event)`)."""
 
@@ -252,18 +269,11 @@ class RouterServer:
         return port
 
     def _check_target_tenants(self) -> None:
-        """ConfigError for a share or spend target of a tenant no call can name (with --tenants: not listed,
-        not a bound token's, not default), as SetTargets refuses one."""
+        """`check_target_tenants` of this server's targets and its bound tokens' tenants."""
         targets = self.servicer.targets
-        if not self.config.tenants or targets is None:
-            return
-        honoured = {*self.config.tenants, DEFAULT_TENANT, *(self.auth.bound_tenants() if self.auth else ())}
-        for flag, table in (("share_targets", targets.targets), ("spend_targets", targets.spends)):
-            if unknown := sorted(set(table) - honoured):
-                raise ConfigError(
-                    f"{flag}: {', '.join(unknown)} is not one of the tenants this server honours (--tenants, the "
-                    f"tenants of bound tokens, {DEFAULT_TENANT}): no call could use the target"
-                )
+        if targets is not None:
+            bound = self.auth.bound_tenants() if self.auth else frozenset()
+            check_target_tenants(self.config, targets.targets, targets.spends, bound)
 
     async def bind(self) -> int:
         """Build the gRPC server (health NOT_SERVING, reflection unless turned off, TLS when configured),
@@ -491,7 +501,9 @@ class RouterServer:
             targets = self.servicer.targets
             if targets is not None and self.config.store_targets:
                 cfg = self.config
-                self.target_sync = TargetSync(lambda: open_store(cfg.store, store_prompts=cfg.store_prompts), targets)
+                self.target_sync = TargetSync(
+                    lambda: open_store(cfg.store, store_prompts=cfg.store_prompts), targets, self.admin.honours
+                )
                 applied = await self.target_sync.catch_up()  # before the controllers replay their decisions
                 _log.info("stored target changes applied", changed=applied, last_id=self.target_sync.last_id)
             if targets is not None and (targets.targets or targets.spends):

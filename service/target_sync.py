@@ -42,9 +42,15 @@ _T = TypeVar("_T")
 class TargetSync:
     """The stored target changes of one server (see the module docstring); event-loop only."""
 
-    def __init__(self, connect: Callable[[], OutcomeStore], targets: TenantTargets) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], OutcomeStore],
+        targets: TenantTargets,
+        honours: Callable[[str], bool] = lambda tenant: True,
+    ) -> None:
         self._connect = connect
         self.targets = targets
+        self.honours = honours  # whether a tenant could be spoken for here: another's targets are not held
         self.last_id = 0  # the id of the latest stored change applied (or found applied)
         self._store: OutcomeStore | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmroute-targets")
@@ -76,6 +82,10 @@ class TargetSync:
         rows = await self._call(lambda store: store.target_changes(after_id=after))
         changed = 0
         for change_id, change in rows:
+            if change.value is not None and not self.honours(change.tenant):  # another replica's tenant
+                _log.warning("target_change_not_honoured", id=change_id, tenant=change.tenant, target=change.target)
+                self.last_id = change_id
+                continue
             try:
                 done = self.targets.apply(change)
             except ValueError as exc:  # a row no SetTargets wrote (it checks every value): skipped, said

@@ -440,6 +440,24 @@ def test_two_removals_of_one_target_at_once_are_one_removal_and_one_refusal(
             assert outcomes == ["OK", "StatusCode.NOT_FOUND"], outcomes
 
 
+def test_a_replica_holds_no_stored_target_of_a_tenant_it_does_not_honour(
+    dsn: str, serve: Callable[..., ServerThread]
+) -> None:
+    """A replica with a --tenants list skips another replica's stored targets for tenants outside it (no
+    call could use them here; set through this replica they are refused UNKNOWN_TENANT), at its reads
+    and at its start, and holds the others."""
+    open_replica = serve(store=dsn, share_targets="batch=0.1")
+    listed = serve(store=dsn, share_targets="batch=0.1", tenants=("batch",), targets_watch_s=0.1)
+    with RouterClient(open_replica.target) as a, RouterClient(listed.target) as b:
+        a.set_targets(shares={"interactive": 0.3, "batch": 0.4})
+        _eventually(lambda: _held(b), ([("batch", 0.4)], []))
+        time.sleep(0.3)  # more reads: still not held
+        assert _held(b) == ([("batch", 0.4)], []) and _held(a) == ([("batch", 0.4), ("interactive", 0.3)], [])
+    restarted = serve(store=dsn, share_targets="batch=0.1", tenants=("batch",))
+    with RouterClient(restarted.target) as c:
+        assert _held(c) == ([("batch", 0.4)], [])
+
+
 def test_a_replica_whose_store_connections_are_killed_reconnects(
     fresh_postgres_db: str, serve: Callable[..., ServerThread]
 ) -> None:
