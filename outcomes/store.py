@@ -14,8 +14,11 @@ SHA-256 and embedding, an outcome by prompt its SHA-256.
 
 Opening a store migrates it to the current schema version (in one transaction per step; on PostgreSQL
 under an advisory lock, so replicas starting together migrate once) and refuses a store that a newer
-version of lmroute migrated further. Every database error (opening, a statement) is raised as
-StoreError naming the store, its password redacted.
+version of lmroute migrated further. Opened only to read (`writable=False`: the commands that only read
+a store), it is left as it is: nothing is migrated or written (SQLite: opened read-only), and a store at
+an older schema version is refused as well as a newer one. Every database error (opening, a statement) is
+raised as StoreError naming the store, its password redacted; one that lost a PostgreSQL connection during
+COMMIT, when the transaction may or may not have been committed, as its subclass CommitUnknown.
 
 A SQLite store commits only while its path still names the file it opened: a transaction that finds
 the file removed or replaced (an operator's `rm`, a restore copied over it) is rolled back and fails,
@@ -30,6 +33,7 @@ import os
 import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +54,16 @@ from lmroute.outcomes.records import (
 )
 from lmroute.outcomes.schema import COPIED, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["NOT_YET_MS", "Erased", "OutcomeStore", "StoreError", "failure_cause", "open_store", "redact_dsn"]
+__all__ = [
+    "NOT_YET_MS",
+    "CommitUnknown",
+    "Erased",
+    "OutcomeStore",
+    "StoreError",
+    "failure_cause",
+    "open_store",
+    "redact_dsn",
+]
 
 NOT_YET_MS = 10_000
 """An unknown decision id younger than this is NOT_YET, not NOT_FOUND: the replica that made it may
@@ -75,6 +88,12 @@ class Erased(NamedTuple):
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used; the message names the store (password redacted)."""
+
+
+class CommitUnknown(StoreError):
+    """The connection to the store (PostgreSQL) was lost during COMMIT: the transaction may have been
+    committed or not, and nobody can tell which until the store is read again. What it wrote may be
+    stored: writing it again is safe (an outcome stored answers DUPLICATE, a decision is kept as it was)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,12 @@ the writer's `writing_s` (metric lmroute_store_write_seconds) shows it."""
 
 
 def open_store(
-    dsn: str, *, store_prompts: bool = True, must_exist: bool = False, writable: bool = True
+    dsn: str,
+    *,
+    store_prompts: bool = True,
+    must_exist: bool = False,
+    writable: bool = True,
+    busy_timeout_s: float = 30.0,
 ) -> OutcomeStore:
     """Open (creating and migrating as needed) the store named by `dsn`:
 
@@ -181,29 +205,24 @@ def open_store(
     `must_exist` (the commands that read a store), when a SQLite file is missing, instead of making an
     empty store of a mistyped path; with `writable` (all but the commands that only read), when this
     process cannot write a SQLite file (SQLite opens such a file read-only without a word when it has a
-    -wal file beside it, and every write failed later)."""
+    -wal file beside it, and every write failed later), or another process holds its lock for
+    `busy_timeout_s` (how long a SQLite statement waits for another connection's lock).
+
+    With `writable=False` (the commands that only read) the store is left as it is: a SQLite file is
+    opened read-only (`mode=ro`; cleanly closed, with no -wal beside it, in a folder where SQLite cannot
+    make its -shm file: `immutable=1`), nothing is created or migrated, and a store at an older schema
+    version is refused too (`_check_readable`): a newer lmroute reads the columns the migrations add, and
+    migrating from a command that only reads upgraded a store an older server still used."""
     if dsn.startswith("sqlite:"):
         path = Path(dsn.removeprefix("sqlite:").removeprefix("//"))
         if not str(path) or str(path) == ".":
             raise StoreError(f"store {dsn!r}: no path after sqlite:")
-        if must_exist and not path.is_file():
+        if (must_exist or not writable) and not path.is_file():
             raise StoreError(f"store {dsn!r}: {path} does not exist (this command reads a store; it makes none)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(path)
-        except OSError as exc:  # a folder above it is a file, no permission
-            above = next((p for p in path.parents if p.exists()), path.parent)
-            why = exc.strerror or str(exc) if above.is_dir() else f"{above} is not a directory"
-            raise StoreError(f"store {dsn!r}: cannot create {path}: {why}") from exc
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA secure_delete=ON")  # what retention deletes is zeroed, not left in free pages
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {dsn!r}: cannot open {path}: {exc}") from exc
         if writable:
-            _check_writable(conn, dsn, path)
+            conn = _open_sqlite_for_writing(dsn, path, busy_timeout_s)
+        else:
+            conn = _open_sqlite_for_reading(dsn, path, busy_timeout_s)
         store = OutcomeStore(conn, _SQLITE, dsn, store_prompts=store_prompts, path=path)
     elif dsn.startswith(("postgresql://", "postgres://")):
         try:
@@ -222,14 +241,70 @@ def open_store(
     else:
         raise StoreError(f"store {redact_dsn(dsn)!r}: expected sqlite:PATH or postgresql://...")
     try:
-        store.migrate()
+        if writable:
+            store.migrate()
+        else:
+            store._check_readable()
     except BaseException:
         store.close()
         raise
     return store
 
 
-def _check_writable(conn: sqlite3.Connection, dsn: str, path: Path) -> None:
+def _open_sqlite_for_writing(dsn: str, path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection that writes the SQLite store at `path` (made, with its folder, when missing)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
+    except OSError as exc:  # a folder above it is a file, no permission
+        above = next((p for p in path.parents if p.exists()), path.parent)
+        why = exc.strerror or str(exc) if above.is_dir() else f"{above} is not a directory"
+        raise StoreError(f"store {dsn!r}: cannot create {path}: {why}") from exc
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # what retention deletes is zeroed, not left in free pages
+    except sqlite3.Error as exc:
+        raise StoreError(f"store {dsn!r}: cannot open {path}: {_sqlite_why(exc, busy_timeout_s)}") from exc
+    _check_writable(conn, dsn, path, busy_timeout_s)
+    return conn
+
+
+def _open_sqlite_for_reading(dsn: str, path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A read-only connection to the SQLite store at `path`, which it leaves as it is (no journal-mode
+    pragma, which writes the header). A WAL store's reader needs the -shm file beside it: where SQLite
+    cannot make one (a read-only folder) and the store was closed cleanly (no -wal file: everything is in
+    the file), the file is opened as immutable (no locks, no -shm) instead."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # SQLite opens the file at the first read
+        except sqlite3.Error:
+            conn.close()
+            if Path(f"{path}-wal").exists():
+                raise
+            conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"store {dsn!r}: cannot read {path}: {_sqlite_why(exc, busy_timeout_s)}") from exc
+    return conn
+
+
+def _sqlite_why(exc: sqlite3.Error, busy_timeout_s: float) -> str:
+    """Why SQLite refused, in words: a lock another connection holds is not a missing permission."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in f"{exc}":
+        return (
+            f"another process or transaction holds its lock (waited {busy_timeout_s:g} s: {exc}); stop what "
+            "holds it (another server on this store, an erase or import-outcomes in progress) or try again when "
+            "it is done"
+        )
+    return f"{exc}"
+
+
+def _check_writable(conn: sqlite3.Connection, dsn: str, path: Path, busy_timeout_s: float) -> None:
     """StoreError unless this connection can write: one write (the header's user_version, to the value it
     has) in a transaction that is rolled back, so nothing changes."""
     try:
@@ -241,6 +316,9 @@ def _check_writable(conn: sqlite3.Connection, dsn: str, path: Path) -> None:
             conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         conn.close()
+        why = _sqlite_why(exc, busy_timeout_s)
+        if why.startswith("another process"):
+            raise StoreError(f"store {dsn!r}: cannot write {path}: {why}") from exc
         raise StoreError(
             f"store {dsn!r}: cannot write {path} (or its -wal / -shm files, or its folder): {exc}"
         ) from exc
@@ -403,6 +481,13 @@ class OutcomeStore:
                 "committed to the file that was opened (reopen the store)"
             )
 
+    def _connection_lost(self) -> bool:
+        """PostgreSQL: whether the connection is gone (the server closed it, the network failed), after a
+        statement failed; SQLite, in process, loses none."""
+        if self._dialect is _SQLITE:
+            return False
+        return bool(getattr(self._conn, "broken", False) or getattr(self._conn, "closed", False))
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
 
@@ -428,6 +513,37 @@ class OutcomeStore:
         else:
             q = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
         return self._exec(q, (name,)).fetchone() is not None
+
+    def _check_readable(self) -> None:
+        """StoreError unless this store is at this lmroute's schema version, read in one read-only
+        transaction (SQLite: a deferred one, which waits for no writer): what a command that only reads
+        does instead of `migrate`. An older store is refused rather than migrated: migrating it would
+        break an older server still using it, and reading it as it is would need every column the
+        migrations since added."""
+        self._exec("BEGIN" if self._dialect is _SQLITE else "BEGIN READ ONLY")
+        try:
+            known = self._has_table("lmroute_schema")
+            version = self.schema_version() if known else 0
+        except BaseException:
+            _Transaction(self)._rollback()
+            raise
+        self._exec("COMMIT")
+        if not known:
+            raise StoreError(
+                f"store {self.name}: holds no lmroute store (no lmroute_schema table); this command only reads a "
+                "store: make it with lmroute-serve --store or lmroute-export import-outcomes"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.name}: schema version {version} is newer than this lmroute's "
+                f"({SCHEMA_VERSION}); upgrade lmroute to use it"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.name}: schema version {version}, older than this lmroute's ({SCHEMA_VERSION}); this "
+                "command only reads a store and leaves it as it is: open it with lmroute-serve or lmroute-export "
+                "import-outcomes of this lmroute, which migrate it"
+            )
 
     def migrate(self, until: int = SCHEMA_VERSION) -> int:
         """Bring the store to version `until` (SCHEMA_VERSION: this code's; a lower one builds a store as
@@ -751,13 +867,24 @@ class OutcomeStore:
             out[key] = sorted(set(values) - found)
         return out
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self, *, wait: bool = True) -> bool:
         """SQLite: copy the write-ahead log into the database and empty it (rows deleted from the database
         stay readable in the log's older frames until then); False when a reader's open snapshot kept it
-        from finishing. PostgreSQL: True (its log is the server's)."""
+        from finishing. With `wait` it waits for such readers (and another writer's lock) up to the
+        connection's busy timeout (30 s); without, it does what it can at once and leaves the rest (the
+        serving writer, which must not hold Feedback's acknowledgments for a reader: it tries again
+        later). PostgreSQL: True (its log is the server's)."""
         if self._dialect is not _SQLITE:
             return True
-        busy, _, _ = self._exec("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if wait:
+            busy, _, _ = self._exec("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+        (timeout_ms,) = self._exec("PRAGMA busy_timeout").fetchone()
+        self._exec("PRAGMA busy_timeout = 0")
+        try:
+            busy, _, _ = self._exec("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._exec(f"PRAGMA busy_timeout = {int(timeout_ms)}")
         return not busy
 
     def record_adaptation(
@@ -1023,7 +1150,14 @@ class _Transaction:
             except StoreError:
                 self._rollback()
                 raise
-            self._store._exec("COMMIT")
+            try:
+                self._store._exec("COMMIT")
+            except StoreError as exc:
+                if self._store._connection_lost():  # sent, never answered: committed or not, nobody knows
+                    raise CommitUnknown(
+                        f"{exc}; the connection was lost during COMMIT: the transaction may have been committed or not"
+                    ) from exc.__cause__
+                raise
         else:
             self._rollback()
 

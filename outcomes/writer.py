@@ -37,7 +37,10 @@ deletes what is older, and with `max_decisions` what is older than the newest `m
 (both: the later cutoff), once every `prune_interval_s`, `prune_batch` rows of each table a transaction
 with the rounds that come meanwhile written between them: deleting an hour of a busy server's decisions
 at once would hold Feedback's acknowledgments for seconds (100,000 decisions: 1.2 s on SQLite; the
-measurement is described in docs/OUTCOMES.md, retention).
+measurement is described in docs/OUTCOMES.md, retention). A prune that deleted rows then empties SQLite's
+log (the zeroed pages are in it), without waiting: while another process holds a read transaction open
+(an export command, a backup), it tries again every CHECKPOINT_RETRY_S between rounds until the log is
+emptied, instead of holding every acknowledgment for that reader (up to the 30 s busy timeout).
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ TRIM_AFTER_BYTES = 32 << 20
 heap's free pages back to the system (`release_free_heap`): glibc keeps freed memory in its arenas, so a
 drained 256 MiB backlog left the process 284 MiB larger, 115 MiB after the release
 (benchmarks/results/store_backlog_memory)."""
+
+CHECKPOINT_RETRY_S = 1.0
+"""After a prune, how often the writer tries again to empty SQLite's log while a reader keeps it from that."""
 
 ITEM_BYTES = 2048
 """What a queued decision or outcome holds besides its prompt text and embedding (its object, fields,
@@ -231,6 +237,8 @@ class StoreWriter:
         self._next_prune = 0.0
         self._prune_before: int | None = None  # a prune in progress: its cutoff (Unix ms)
         self._pruned = [0, 0]  # decisions, outcomes deleted by the prune in progress
+        self._checkpoint_at: float | None = None  # monotonic time to try again to empty the log after a prune
+        self._checkpoint_since = 0.0  # monotonic time of the first try that a reader kept from emptying it
         self._writing_since: float | None = None  # monotonic start of the store write in progress
         self._quiet_until = 0.0  # failed writes and reopens logged at most once per LOG_EVERY_S
         self._unlogged = 0  # failures since the last line
@@ -388,6 +396,10 @@ class StoreWriter:
                     if self._prune_before is not None or now >= self._next_prune:
                         return [], []  # a prune's next batch first
                     due = min(due, self._next_prune)
+                if self._checkpoint_at is not None:
+                    if now >= self._checkpoint_at:
+                        return [], []  # the log a reader kept from being emptied, again
+                    due = min(due, self._checkpoint_at)
                 self._cond.wait(None if due == math.inf else due - now)
             if not self._decisions and not self._turns:
                 return None  # closing, nothing left
@@ -453,6 +465,8 @@ class StoreWriter:
                         self._release_after_backlog()
                     if self._prunes and (self._prune_before is not None or time.monotonic() >= self._next_prune):
                         self._prune_step()
+                    if self._checkpoint_at is not None and time.monotonic() >= self._checkpoint_at:
+                        self._empty_log()
                 finally:
                     self._writing_since = None
             except Exception:  # a bug: logged, and the writer goes on (a dead writer acknowledges nothing)
@@ -647,12 +661,31 @@ class StoreWriter:
             if any(self._pruned):
                 # SQLite: the deleted rows stay in the database file's pages until the log is copied back
                 # into it (the zeroed pages are in the log): copy it now, not at some later checkpoint
-                try:
-                    emptied = self._store.checkpoint()
-                except Exception as exc:
-                    emptied = False
-                    _log.warning("store_checkpoint_failed", error=repr(exc))
+                self._checkpoint_since = time.monotonic()
+                emptied = self._empty_log()
                 _log.info("store_pruned", decisions=self._pruned[0], outcomes=self._pruned[1], log_emptied=emptied)
+
+    def _empty_log(self) -> bool:
+        """Copy SQLite's log into the database and empty it, without waiting for readers (a reader's open
+        transaction would hold this thread, and every acknowledgment behind it, up to the busy timeout):
+        when one keeps it from that, try again CHECKPOINT_RETRY_S later, between rounds, until it is
+        emptied. Whether it was emptied now."""
+        store = self._store
+        if store is None:  # reopened at the next round: tried again after it
+            self._checkpoint_at = time.monotonic() + CHECKPOINT_RETRY_S
+            return False
+        try:
+            emptied = store.checkpoint(wait=False)
+        except Exception as exc:
+            _log.warning("store_checkpoint_failed", error=repr(exc))
+            self._checkpoint_at = None  # the next prune that deletes rows tries again
+            return False
+        if not emptied:
+            self._checkpoint_at = time.monotonic() + CHECKPOINT_RETRY_S
+        elif self._checkpoint_at is not None:  # a retry emptied it
+            self._checkpoint_at = None
+            _log.info("store_log_emptied", after_s=round(time.monotonic() - self._checkpoint_since, 1))
+        return emptied
 
 
 def _mib(n: int) -> str:

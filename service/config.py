@@ -812,6 +812,11 @@ class ServiceConfig:
                 f"store_retention_days: must be in [0, {MAX_RETENTION_DAYS}] (0: keep everything; got "
                 f"{self.store_retention_days!r})"
             )
+        if 0 < self.store_retention_days * 86_400_000 < 1:  # the server prunes by whole ms: 0 ms keeps everything
+            raise ConfigError(
+                f"store_retention_days: {self.store_retention_days!r} days is under 1 ms, which would keep "
+                f"everything; must be 0 (keep everything) or at least 1 ms ({1 / 86_400_000:.4g} days)"
+            )
         if not (isinstance(self.shutdown_delay_s, (int, float)) and 0 <= self.shutdown_delay_s <= MAX_SHUTDOWN_DELAY_S):
             raise ConfigError(
                 f"shutdown_delay_s: must be in [0, {MAX_SHUTDOWN_DELAY_S:g}] (got {self.shutdown_delay_s!r})"

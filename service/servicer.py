@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from lmroute.outcomes.records import Decision, Outcome, OutcomeError, Verdict
-from lmroute.outcomes.store import failure_cause
+from lmroute.outcomes.store import CommitUnknown, failure_cause
 from lmroute.outcomes.writer import StoreWriter, WriterFull
 from lmroute.service.auth import AUTH_TENANT
 from lmroute.service.batch_queue import ItemResult
@@ -659,6 +659,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     verdicts = await asyncio.wrap_future(self.store.submit(outcomes, reserved=n))
                 except WriterFull as exc:
                     raise self._store_busy(reporter, n, exc) from exc
+                except CommitUnknown as exc:  # committed or not, nobody can tell: said so, not "nothing"
+                    self._store_refused(reporter, n)
+                    raise StoreUnavailable(
+                        f"outcome store connection lost during commit ({failure_cause(exc)}); the outcomes may "
+                        "have been stored: send them again (those stored answer DUPLICATE)"
+                    ) from exc
                 except Exception as exc:
                     self._store_refused(reporter, n)
                     raise StoreUnavailable(

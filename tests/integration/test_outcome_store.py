@@ -37,8 +37,16 @@ from lmroute.outcomes.records import (
     reporters_named,
 )
 from lmroute.outcomes.schema import SCHEMA_VERSION
-from lmroute.outcomes.store import NOT_YET_MS, PG_LIVENESS, OutcomeStore, StoreError, failure_cause, open_store
-from lmroute.outcomes.writer import TRIM_AFTER_BYTES, StoreWriter, WriterFull, release_free_heap
+from lmroute.outcomes.store import (
+    NOT_YET_MS,
+    PG_LIVENESS,
+    CommitUnknown,
+    OutcomeStore,
+    StoreError,
+    failure_cause,
+    open_store,
+)
+from lmroute.outcomes.writer import CHECKPOINT_RETRY_S, TRIM_AFTER_BYTES, StoreWriter, WriterFull, release_free_heap
 from lmroute.service.decisions import new_decision_id
 
 DAY_MS = 86_400_000
@@ -161,6 +169,104 @@ def test_a_sqlite_store_this_process_cannot_write_is_refused_at_open_and_read_by
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
+
+
+def test_a_cleanly_closed_sqlite_store_in_a_read_only_folder_is_read_by_the_commands_that_only_read() -> None:
+    """A store closed cleanly (no -wal, no -shm beside it) in a folder this user cannot write (a backup,
+    another user's store): a reader of a WAL file needs a -shm file, which SQLite cannot make there, and
+    `PRAGMA journal_mode=WAL` wrote the header: "attempt to write a readonly database". It is read as it is."""
+    folder = Path(tempfile.mkdtemp(prefix="lmroute-ro-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "outcomes.sqlite3"
+        made = open_store(f"sqlite:{path}")
+        made.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="judged before the backup")])
+        made.close()
+        assert sorted(p.name for p in folder.iterdir()) == ["outcomes.sqlite3"]
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        before = (path.stat().st_mtime_ns, path.read_bytes())
+        done = subprocess.run(
+            [sys.executable, "-c", _OPEN_AS_CHILD, f"sqlite:{path}", "no"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "opened 1"
+        assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+        assert sorted(p.name for p in folder.iterdir()) == ["outcomes.sqlite3"]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_a_store_opened_only_to_read_is_neither_written_nor_migrated(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands that only read a store (adaptations, to-judge, copy-store --from) migrated an older
+    one in place, which broke an older server still writing to it: now they refuse it, naming what
+    migrates it, and leave it at its version; a store at this version is read without writing it."""
+    from lmroute.export.cli import main
+
+    _store_at_version(dsn, 4).close()
+    copy = tmp_path / "copy.sqlite3"
+    for cmd in (["adaptations", "--store", dsn], ["copy-store", "--from", dsn, "--to", f"sqlite:{copy}"]):
+        assert main(cmd) == 1, cmd
+        err = capsys.readouterr().err
+        assert (
+            f"schema version 4, older than this lmroute's ({SCHEMA_VERSION}); this command only reads a store and "
+            "leaves it as it is: open it with lmroute-serve or lmroute-export import-outcomes of this lmroute, "
+            "which migrate it"
+        ) in err, err
+    assert not copy.exists()  # the source was refused before the target was made
+    with pytest.raises(StoreError, match=r"schema version 4, older than"):
+        open_store(dsn, must_exist=True, writable=False)
+    check = open_store(dsn, writable=True)  # the store still at 4 until a writer opens it: then migrated
+    assert check.schema_version() == SCHEMA_VERSION
+    check.close()
+    reader = open_store(dsn, must_exist=True, writable=False)
+    assert reader.adaptations() == [] and reader.schema_version() == SCHEMA_VERSION
+    reader.close()
+    if dsn.startswith("sqlite:"):
+        path = Path(dsn.removeprefix("sqlite:"))
+        before = (path.stat().st_mtime_ns, path.read_bytes())
+        open_store(dsn, must_exist=True, writable=False).close()
+        assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+
+
+def test_a_store_opened_only_to_read_waits_for_no_writer(tmp_path: Path) -> None:
+    """Opening a store to read took SQLite's write lock (migrate's BEGIN IMMEDIATE, with nothing to
+    migrate), so an export command waited behind the serving writer's transaction, up to 30 s."""
+    path = tmp_path / "outcomes.sqlite3"
+    open_store(f"sqlite:{path}").close()
+    blocker = _held_lock(path)
+    try:
+        t0 = time.monotonic()
+        reader = open_store(f"sqlite:{path}", must_exist=True, writable=False)
+        assert reader.counts() == {"decisions": 0, "outcomes": 0}
+        reader.close()
+        assert time.monotonic() - t0 < 5
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
+def test_a_sqlite_store_another_process_holds_locked_is_refused_saying_so(tmp_path: Path) -> None:
+    """A server started while another holds the store's lock was refused after 30 s as if it could not
+    write the file ("cannot write ... (or its -wal / -shm files, or its folder): database is locked")."""
+    path = tmp_path / "outcomes.sqlite3"
+    open_store(f"sqlite:{path}").close()
+    blocker = _held_lock(path)
+    try:
+        with pytest.raises(StoreError) as locked:
+            open_store(f"sqlite:{path}", busy_timeout_s=0.2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert str(locked.value).startswith(
+        f"store 'sqlite:{path}': cannot write {path}: another process or transaction holds its lock (waited 0.2 s: "
+        "database is locked); stop what holds it"
+    ), locked.value
+    assert "-wal / -shm" not in str(locked.value)
+    open_store(f"sqlite:{path}").close()
 
 
 def test_a_statement_that_fails_is_a_store_error_naming_the_store(
@@ -514,6 +620,46 @@ def test_the_writers_prune_leaves_no_prompt_text_in_the_sqlite_file_while_it_ser
             time.sleep(0.02)
     finally:
         writer.close()
+
+
+def test_the_writers_log_copy_after_a_prune_waits_for_no_reader(tmp_path: Path) -> None:
+    """Another process's read transaction (an export command, a backup) open through a prune: the
+    writer's checkpoint after it waited for that reader, holding every Feedback acknowledgment behind it
+    up to the 30 s busy timeout. It no longer waits: it tries again between rounds, and once the reader
+    is done the log is emptied (the pruned text gone from the file and its log)."""
+    path = tmp_path / "outcomes.sqlite3"
+    seed = open_store(f"sqlite:{path}")
+    now = int(time.time() * 1000)
+    seed.write([_decision(f"expired secret question {i:04d}", at_ms=now - 40 * DAY_MS) for i in range(50)], [])
+    seed.close()
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM decisions").fetchone() == (50,)  # its snapshot holds them
+    writer = StoreWriter(lambda: open_store(f"sqlite:{path}"), retention_ms=30 * DAY_MS)
+    writer.start()  # a prune is due at once
+    try:
+        deadline = time.monotonic() + 20
+        while writer.stats.pruned_decisions < 50:
+            assert time.monotonic() < deadline, "not pruned"
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        ack = writer.submit([Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="right after the prune")])
+        assert ack.result(30) == [Verdict.STORED]
+        assert time.monotonic() - t0 < 5, "the acknowledgment waited for the reader"
+        assert reader.execute("SELECT COUNT(*) FROM decisions").fetchone() == (50,)  # still reading
+        reader.execute("COMMIT")
+        reader.close()
+        deadline = time.monotonic() + 10 * CHECKPOINT_RETRY_S
+        while (
+            (wal := Path(f"{path}-wal")).exists()
+            and wal.stat().st_size > 0
+            or b"expired secret question" in (path.read_bytes())
+        ):
+            assert time.monotonic() < deadline, "the log was not emptied after the reader ended"
+            time.sleep(0.02)
+    finally:
+        writer.close()
+    assert b"expired secret question" not in b"".join(p.read_bytes() for p in tmp_path.glob("outcomes.sqlite3*"))
 
 
 def test_a_limited_prune_deletes_the_oldest_first(store: OutcomeStore) -> None:
@@ -1148,6 +1294,73 @@ def test_failed_postgresql_writes_and_other_failures_name_their_cause(fresh_post
     replaced = StoreError(f"store sqlite:{tmp_path}/s.sqlite3: its file was removed or replaced while open: ...")
     assert failure_cause(replaced) == "its file was removed or replaced while open"
     assert failure_cause(ValueError("an embedding of another size")) == "ValueError"
+
+
+def _terminate(admin: psycopg.Connection[Any], where: str) -> int:
+    """Terminate the other backends of this database `where` (SQL on pg_stat_activity); how many."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        f"AND pid <> pg_backend_pid() AND {where}"
+    ).fetchall()
+    return len(rows)
+
+
+def test_a_connection_lost_during_commit_is_told_from_a_write_that_failed_before(fresh_postgres_db: str) -> None:
+    """A PostgreSQL connection lost during COMMIT leaves the transaction committed or not (the server may
+    have committed it and died before answering): CommitUnknown, which Feedback cannot answer with
+    "nothing was stored". One lost before COMMIT was sent is a plain StoreError: nothing was stored."""
+    admin = psycopg.connect(fresh_postgres_db, autocommit=True)
+    store = open_store(fresh_postgres_db)
+    try:
+        with pytest.raises(CommitUnknown) as unknown:
+            with store._transaction():
+                store._exec("INSERT INTO target_changes (time_ms, tenant, target, value) VALUES (1, 't', 'spend', 1)")
+                assert _terminate(admin, "state = 'idle in transaction'") == 1
+        assert "the connection was lost during COMMIT: the transaction may have been committed or not" in str(
+            unknown.value
+        )
+        assert failure_cause(unknown.value) == "its server cannot be reached or closed the connection"
+        store.close()
+        store = open_store(fresh_postgres_db)
+        assert _terminate(admin, "state = 'idle'") == 1  # between transactions: the next one fails at its start
+        with pytest.raises(StoreError) as before:
+            store.write([], [Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="never sent")])
+        assert not isinstance(before.value, CommitUnknown)
+    finally:
+        store.close()
+        admin.close()
+
+
+def test_the_writer_fails_a_round_whose_commit_lost_its_connection_as_commit_unknown(fresh_postgres_db: str) -> None:
+    """Through the writer, as Feedback sees it: the round's Future fails with CommitUnknown. A trigger run
+    at COMMIT (deferred) holds the COMMIT 2 s, while which the connection is terminated."""
+    admin = psycopg.connect(fresh_postgres_db, autocommit=True)
+    open_store(fresh_postgres_db).close()
+    admin.execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+    )
+    admin.execute(
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON outcomes DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    )
+    writer = StoreWriter(lambda: open_store(fresh_postgres_db), retry_pause_s=0.01)
+    writer.start()
+    try:
+        outcome = Outcome(OutcomeKind.SINGLE, "m", 1.0, prompt_text="committed or not")
+        ack = writer.submit([outcome])
+        deadline = time.monotonic() + 10
+        while not _terminate(admin, "state = 'active' AND query ILIKE 'COMMIT%'"):
+            assert time.monotonic() < deadline, "no COMMIT seen"
+            time.sleep(0.01)
+        with pytest.raises(CommitUnknown):
+            ack.result(10)
+        admin.execute("DROP TRIGGER slow_commit ON outcomes")
+        # sending it again is safe: STORED (it was not committed: the trigger was cut short) or DUPLICATE
+        assert writer.submit([outcome]).result(10) in ([Verdict.STORED], [Verdict.DUPLICATE])
+    finally:
+        writer.close()
+        admin.close()
 
 
 def test_a_store_failing_every_round_is_logged_once_in_ten_seconds(tmp_path: Path) -> None:

@@ -283,6 +283,11 @@ def test_tenants_list_in_one_flag_repeated_flags_or_the_variable() -> None:
             lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=1e308),
             "store_retention_days: must be in [0, 1000000] (0: keep everything; got 1e+308)",
         ),
+        (  # the server prunes by whole ms: 0 ms would keep everything
+            lambda: ServiceConfig(bundle_path=Path("b"), store_retention_days=1e-9),
+            "store_retention_days: 1e-09 days is under 1 ms, which would keep everything; must be 0 (keep "
+            "everything) or at least 1 ms (1.157e-08 days)",
+        ),
         (
             lambda: ServiceConfig(bundle_path=Path("b"), expected_output_tokens=10**400),
             "expected_output_tokens: must be an integer in [1, 1000000] (got " + str(10**400) + ")",
@@ -315,6 +320,8 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
     assert BatchPolicy(max_batch_size=65_536).max_batch_size == 65_536
     assert BatchPolicy(max_wait_us=999_999, queue_timeout_ms=1000).max_wait_us == 999_999
     assert ServiceConfig(bundle_path=Path("b"), grace_s=3600).grace_s == 3600
+    one_ms = ServiceConfig(bundle_path=Path("b"), store_retention_days=1 / 86_400_000).store_retention_days
+    assert int(one_ms * 86_400_000) == 1  # the shortest retention taken is one the server keeps (1 ms)
 
 
 @pytest.mark.parametrize(
@@ -335,6 +342,12 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
             "--queue-timeout-ms)",
         ),
         (["--grace-s", "1e20"], {}, "grace_s: must be <= 3600 (got 1e+20) (given by --grace-s)"),
+        (
+            ["--store-retention-days", "1e-9"],
+            {},
+            "store_retention_days: 1e-09 days is under 1 ms, which would keep everything; must be 0 (keep "
+            "everything) or at least 1 ms (1.157e-08 days) (given by --store-retention-days)",
+        ),
         (  # a check against another setting names where that one came from too (only it was given here)
             ["--grpc-threads", "10"],
             {},
