@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -748,7 +749,7 @@ class Manifest:
         if not self.models:
             raise fail("models: empty")
         if list(self.models) != sorted(set(self.models)):
-            dupes = sorted({m for m in self.models if self.models.count(m) > 1})
+            dupes = sorted(m for m, n in Counter(self.models).items() if n > 1)  # linear: a list may be long
             if dupes:
                 raise fail(f"models: duplicate model {dupes[0]!r}")
             raise fail("models: not sorted")

@@ -19,7 +19,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -67,6 +67,8 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(blob)
     except ValueError:
         raise ValueError(f"{file}: not a PEM public key (expected -----BEGIN PUBLIC KEY-----)") from None
+    except UnsupportedAlgorithm as exc:  # e.g. an EC key on a curve the library does not know
+        raise ValueError(f"{file}: not an Ed25519 public key (an unsupported algorithm: {exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{file}: not an Ed25519 public key ({type(key).__name__})")
     return key
@@ -80,6 +82,8 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(blob, password=None)
     except (ValueError, TypeError):
         raise ValueError(f"{file}: not an unencrypted PEM private key (expected -----BEGIN PRIVATE KEY-----)") from None
+    except UnsupportedAlgorithm as exc:  # e.g. an EC key on a curve the library does not know
+        raise ValueError(f"{file}: not an Ed25519 private key (an unsupported algorithm: {exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{file}: not an Ed25519 private key ({type(key).__name__})")
     return key
@@ -89,13 +93,16 @@ def generate_key_pair(prefix: str | Path) -> tuple[Path, Path]:
     """Write a new key pair: `<prefix>.key` (private, PKCS#8 PEM, mode 0600) and `<prefix>.pub` (public,
     SubjectPublicKeyInfo PEM); return their paths. Existing files are never overwritten
     (FileExistsError); a prefix that names a directory (or ends in a slash) is refused (ValueError): the
-    files would land beside it, not in it."""
+    files would land beside it, not in it; so is one under a file (ValueError naming that file)."""
     if str(prefix).endswith(("/", os.sep)) or Path(prefix).is_dir():
         raise ValueError(
             f"{prefix}: a directory; the prefix names the files (e.g. {Path(prefix) / 'bundles'} writes "
             f"{Path(prefix) / 'bundles.key'} and {Path(prefix) / 'bundles.pub'})"
         )
     private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    above = next((p for p in private_path.parents if os.path.lexists(p)), None)
+    if above is not None and not above.is_dir():  # mkdir would say only "File exists"
+        raise ValueError(f"{prefix}: {above} is not a directory (the key files go in a directory)")
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path}: already exists (a key is never overwritten)")
@@ -135,7 +142,7 @@ def verify_manifest_signature(bundle_dir: str | Path, manifest_bytes: bytes, key
     caller read it); raise BundleError naming manifest.json.sig unless it verifies with `key`."""
     path = Path(bundle_dir) / SIGNATURE_NAME
     fingerprint = key_fingerprint(key)
-    if not path.is_file():
+    if not os.path.lexists(path):  # something else there (a directory, a link, a device) is said below
         raise BundleError(
             SIGNATURE_NAME, f"missing: the bundle is not signed (a signature by key {fingerprint} is required)"
         )

@@ -658,17 +658,76 @@ def _adapt(args: argparse.Namespace) -> int:
     return 4
 
 
-def _build_flag_problem(args: argparse.Namespace) -> str:
-    """Why `build` cannot write its --out or --report, as "--flag: why" ("" when it can)."""
+def _build_flag_problem(args: argparse.Namespace, cfg: BuildConfig) -> str:
+    """Why `build` cannot run with these flags, as "--flag: why" ("" when it can): an --out or --report
+    it cannot write, a --data-dir or --encoder-model-dir that is not a directory, a --cache-dir it cannot
+    make or write, a --max-tokens (or --bert-max-tokens) beyond the encoder model's positions. Said
+    before any work (each would otherwise fail mid-build, some only after the training)."""
     from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
-    if problem := out_dir_problem(args.out) or not_replaceable(args.out):
+    if problem := out_dir_problem(args.out) or not_replaceable(args.out) or _cannot_make_dir_in(args.out.parent):
         return f"--out: {problem}"
     if args.report is not None:
         if args.report.is_dir():
             return f"--report: {args.report} is a directory (name the JSON file to write)"
         if not args.report.parent.is_dir():
             return f"--report: {args.report.parent} is not a directory"
+        if not os.access(args.report.parent, os.W_OK) or (args.report.exists() and not os.access(args.report, os.W_OK)):
+            return f"--report: {args.report} cannot be written (permission denied)"
+    if not args.data_dir.is_dir():
+        return f"--data-dir: {args.data_dir} is not a directory"
+    if args.cache_dir.exists() and not args.cache_dir.is_dir():
+        return f"--cache-dir: {args.cache_dir} exists and is not a directory"
+    if problem := _cannot_make_dir_in(args.cache_dir):
+        return f"--cache-dir: {problem}"
+    return _encoder_model_problem(cfg)
+
+
+def _cannot_make_dir_in(folder: Path) -> str:
+    """Why no directory can be made in `folder`, or in the nearest folder above it that exists when it does
+    not ("" when one can): tried by making and removing an empty temporary directory there."""
+    import tempfile
+
+    above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if above is None:
+        return ""
+    if not above.is_dir():
+        return f"{above} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lmroute-probe-", dir=above))
+    except OSError as exc:
+        return f"{above}: no directory can be made there ({exc.strerror or exc})"
+    return ""
+
+
+def _encoder_model_problem(cfg: BuildConfig) -> str:
+    """Why the build's encoder model (--encoder-model-dir, or the packaged one) cannot take the recipe's
+    token limits ("" when it can): no config.json, or --max-tokens / --bert-max-tokens (bert built) above
+    its max_position_embeddings."""
+    from lmroute.export.encoder_export import default_model_dir
+
+    recipe = cfg.recipe
+    model_dir = recipe.encoder_model_dir
+    config = (default_model_dir() if model_dir is None else model_dir) / "config.json"
+    if model_dir is not None and not model_dir.is_dir():
+        return f"--encoder-model-dir: {model_dir} is not a directory"
+    if model_dir is not None and not config.is_file():
+        return f"--encoder-model-dir: {model_dir} is not a Hugging Face model directory (no config.json)"
+    try:
+        positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return ""  # the export says what is wrong with it
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return ""
+    limits = [("--max-tokens", recipe.max_tokens)]
+    if "bert" in cfg.routers:
+        limits.append(("--bert-max-tokens", recipe.bert_max_tokens))
+    for flag, tokens in limits:
+        if tokens > positions:
+            return (
+                f"{flag}: {tokens} is more than the encoder model's {positions} positions "
+                f"(max_position_embeddings in {config})"
+            )
     return ""
 
 
@@ -882,29 +941,40 @@ def _run_command(argv: Sequence[str] | None) -> int:
 
         try:
             cfg = build_config(args)
-        except ValueError as exc:
-            parser.error(f"{args.cmd}: {exc}")
-        if problem := _build_flag_problem(args):  # before the build, not after it
+        except ValueError as exc:  # a recipe value out of range: one line naming its flag (or variable)
+            print(f"{PROG} {args.cmd}: {_naming_the_flag(args, _one_line(exc))}", file=sys.stderr)
+            return 2
+        if problem := _build_flag_problem(args, cfg):  # before the build, not after it
             print(f"{PROG} {args.cmd}: {problem}", file=sys.stderr)
             return 2
+        from lmroute.export.encoder_export import EncoderExportError
+
         t0 = time.perf_counter()
         try:
             report = build_bundle(cfg)
-        except DataError as exc:  # names the file or source that cannot be used
-            print(f"{PROG} {args.cmd}: {exc}", file=sys.stderr)
+        except (DataError, ValueError, OSError, EncoderExportError) as exc:  # names what cannot be used
+            print(f"{PROG} {args.cmd}: {_one_line(exc)}", file=sys.stderr)
             return 1
         print(report.elo_table)
         print(json.dumps(report.seconds, indent=2))
         print(f"bundle {report.bundle_version} written to {args.out} in {time.perf_counter() - t0:.0f} s")
         if args.report:
-            args.report.write_text(report.to_json())
+            try:
+                args.report.write_text(report.to_json())
+            except OSError as exc:
+                print(f"{PROG} {args.cmd}: --report: {_one_line(exc)} (the bundle was written)", file=sys.stderr)
+                return 1
         return 0
     if args.cmd == "export":
-        from lmroute.export.encoder_export import export_encoder
+        from lmroute.export.encoder_export import EncoderExportError, export_encoder
 
-        res = export_encoder(
-            args.model_dir, args.out, max_tokens=args.max_tokens, quantize="int8" if args.int8 else None
-        )
+        try:
+            res = export_encoder(
+                args.model_dir, args.out, max_tokens=args.max_tokens, quantize="int8" if args.int8 else None
+            )
+        except (ValueError, OSError, EncoderExportError) as exc:
+            print(f"{PROG} export: {_one_line(exc)}", file=sys.stderr)
+            return 1
         print(f"encoder written to {res.model_path} (dim {res.dim}); min cosine vs PyTorch {res.min_cosine:.6f}")
         return 0
     if args.cmd == "calibrate":
@@ -960,6 +1030,24 @@ def _run_command(argv: Sequence[str] | None) -> int:
         return import_routellm_main(args)
     parser.error(f"unknown command {args.cmd}")
     return 2
+
+
+def _naming_the_flag(args: argparse.Namespace, message: str) -> str:
+    """A Recipe error ("max_tokens: must be ...") with its field named as what gave the value: the flag
+    (--max-tokens) or the LMROUTE_EXPORT_ variable; other messages as they are."""
+    from lmroute.export.dataclass_flags import flags_of
+
+    field, sep, rest = message.partition(": ")
+    for flag in flags_of(Recipe, env_prefix=ENV_PREFIX):
+        if sep and flag.name == field:
+            given = getattr(args, flag.name, None) is not None or not flag.env or flag.env not in os.environ
+            return f"{flag.flag if given else flag.env}: {rest}"
+    return message
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a multi-line message joined with " | ")."""
+    return " | ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
 
 
 def _read_prompts(path: Path) -> list[str]:

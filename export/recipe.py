@@ -36,6 +36,7 @@ __all__ = ["ENCODER_TIERS", "SHIPPED", "BuildRecipe", "Recipe"]
 ENCODER_TIERS: tuple[str, ...] = ("onnx", "onnx-int8", "static")
 
 _Pairs = tuple[tuple[str, float], ...]
+_MAX_SEED = 2**63 - 1  # numpy's and torch's generators take it; a negative seed neither
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,20 +120,24 @@ class Recipe:
             raise ValueError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODER_TIERS)}")
         if self.encoder_model_dir is not None and not isinstance(self.encoder_model_dir, Path):
             object.__setattr__(self, "encoder_model_dir", Path(self.encoder_model_dir))
+        if isinstance(self.seed, bool) or not 0 <= self.seed <= _MAX_SEED:
+            raise ValueError(f"seed: must be an integer in [0, 2**63 - 1] (got {self.seed!r})")
         for name, low in (
-            ("max_tokens", 1),
+            ("max_tokens", 2),  # room for [CLS] and [SEP]
             ("static_dim", 1),
             ("elo_min_comparisons", 1),
             ("n_tiers", 2),
             ("mf_dim", 1),
             ("mf_epochs", 1),
             ("mf_batch_size", 1),
-            ("bert_max_tokens", 1),
+            ("bert_max_tokens", 8),  # bert's trainer (`lmroute.export.train_bert.BertTrainConfig`) takes 8 to 512
             ("bert_epochs", 1),
             ("prior_standardise_on", 1),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}: must be >= {low} (got {getattr(self, name)})")
+        if self.bert_max_tokens > 512:
+            raise ValueError(f"bert_max_tokens: must be <= 512, bert's positions (got {self.bert_max_tokens})")
         for name, positive in (
             ("gamma", True),
             ("static_sif_a", True),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ from lmroute.service.server import (
     ScorerFactory,
     certificate_files,
     check_ports_free,
+    check_target_tenants,
     import_plugins,
     load_bundle_scorer,
 )
@@ -97,6 +99,36 @@ async def serve(cfg: ServiceConfig, scorer_factory: ScorerFactory = load_bundle_
     return 0
 
 
+def _check_public_key(cfg: ServiceConfig) -> None:
+    """`--check`: the bundle_public_key file read as the start reads it (`BundleScorer.load`): ConfigError
+    about bundle_public_key, naming the file, when it holds no Ed25519 public key."""
+    if not cfg.bundle_public_key:
+        return
+    from lmroute.bundle.signing import load_public_key
+
+    try:
+        load_public_key(Path(cfg.bundle_public_key))
+    except ValueError as exc:
+        raise ConfigError(f"bundle_public_key: {exc}") from None
+
+
+def _check_targets(cfg: ServiceConfig) -> None:
+    """`--check`: the start's check of the share and spend targets' tenants (`check_target_tenants`), over
+    the settings' targets and the tenants of the tokens it would load."""
+    if not cfg.tenants:
+        return
+    from lmroute.service.auth import Authenticator
+    from lmroute.service.targets import parse_share_targets
+
+    try:
+        shares = parse_share_targets(cfg.share_targets)
+        spends = parse_share_targets(cfg.spend_targets, high=math.inf)
+        bound = Authenticator(cfg.auth_tokens_file, cfg.auth_tokens_env).bound_tenants() if cfg.auth_enabled else ()
+    except ValueError as exc:  # said by the settings' own checks already; here for safety
+        raise ConfigError(str(exc)) from None
+    check_target_tenants(cfg, shares, spends, bound)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lmroute-serve` (see `lmroute-serve --help`)."""
     try:
@@ -111,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_ports_free(cfg)
             import_plugins(cfg.plugins)  # as the start does: a module that cannot be imported said now
             certificate_files(cfg)  # and TLS files that are no certificate and key of each other
+            _check_public_key(cfg)  # a file that holds no Ed25519 public key
+            _check_targets(cfg)  # a share or spend target of a tenant no call can name
             print("lmroute-serve: settings and ports checked", file=sys.stderr)
             return 0
     except ConfigError as exc:

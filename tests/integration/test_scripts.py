@@ -209,3 +209,54 @@ def test_lmroute_serve_check_names_a_port_in_use_and_loads_nothing(tmp_path: Pat
     assert typo.returncode == 0 and (
         "warning: LMROUTE_PLUGIN is no setting's variable and is ignored (did you mean LMROUTE_PLUGINS?)" in typo.stderr
     )
+
+
+_EC112_PUBLIC = b"""-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEykWOgPG+6ViSuQsdsauvEEf70wiJgQQg
+lk0rrg==
+-----END PUBLIC KEY-----
+"""  # secp112r1: a curve the cryptography library cannot load
+
+
+def test_lmroute_serve_check_refuses_what_the_start_refuses_with_its_message(tmp_path: Path) -> None:
+    """A --bundle-public-key that holds no Ed25519 public key (an X25519 key, a key on an unsupported
+    curve) and a share target of a tenant --tenants leaves out: --check passed them (exit 0), the start
+    then refused them (exit 2). Both refuse now, with the same line (the start fails on them before it
+    loads the bundle, which does not exist here)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    x25519 = tmp_path / "x25519.pub"
+    x25519.write_bytes(
+        X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    ec112 = tmp_path / "ec112.pub"
+    ec112.write_bytes(_EC112_PUBLIC)
+    serve = [sys.executable, "-m", "lmroute.service.main", "--bundle", str(tmp_path / "none"), "--port", "0"]
+    cases = [
+        (
+            ["--bundle-public-key", str(x25519)],
+            f"lmroute-serve: config error: bundle_public_key: {x25519}: not an Ed25519 public key (X25519PublicKey)",
+        ),
+        (
+            ["--bundle-public-key", str(ec112)],
+            f"lmroute-serve: config error: bundle_public_key: {ec112}: not an Ed25519 public key (an unsupported "
+            "algorithm: Curve 1.3.132.0.6 is not supported)",
+        ),
+        (
+            ["--share-targets", "x=0.2", "--tenants", "y"],
+            "lmroute-serve: config error: share_targets: x is not one of the tenants this server honours (--tenants, "
+            "the tenants of bound tokens, default): no call could use the target",
+        ),
+    ]
+    for extra, says in cases:
+        for check in (["--check"], []):
+            done = subprocess.run([*serve, *check, *extra], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2, (check, extra, done.stderr)
+            assert done.stderr.strip().splitlines()[-1] == says, (check, extra)
+    fine = subprocess.run(
+        [*serve, "--check", "--share-targets", "y=0.2", "--tenants", "y"], capture_output=True, text=True, timeout=60
+    )
+    assert fine.returncode == 0 and "settings and ports checked" in fine.stderr

@@ -615,3 +615,64 @@ def test_a_signature_file_is_read_only_when_it_is_a_small_regular_file(bundle_di
     with pytest.raises(BundleError) as info:
         load_bundle(bundle_dir, public_key=_pub(keys))
     assert str(info.value) == f"{SIG}: 10000 bytes, over the limit of 4096"
+
+
+# secp112r1 (openssl ecparam -name secp112r1): a curve the cryptography library cannot load
+_EC112_PUBLIC = b"""-----BEGIN PUBLIC KEY-----
+MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEykWOgPG+6ViSuQsdsauvEEf70wiJgQQg
+lk0rrg==
+-----END PUBLIC KEY-----
+"""
+_EC112_PRIVATE = b"""-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDiP2rl/TT1vYxiNIGGLBoAcGBSuBBAAGoSADHgAEykWOgPG+6ViSuQsd
+sauvEEf70wiJgQQglk0rrg==
+-----END EC PRIVATE KEY-----
+"""
+
+
+def test_a_key_on_an_unsupported_curve_is_a_bad_key_named_by_its_file(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cryptography raises UnsupportedAlgorithm (not ValueError) for such a key: it was a traceback from
+    `verify` and an unnamed error from the server; it is the one-line ValueError of any other bad key."""
+    public, private = tmp_path / "ec112.pub", tmp_path / "ec112.key"
+    public.write_bytes(_EC112_PUBLIC)
+    private.write_bytes(_EC112_PRIVATE)
+    why = "an unsupported algorithm: Curve 1.3.132.0.6 is not supported"
+    with pytest.raises(ValueError) as info:
+        load_public_key(public)
+    assert str(info.value) == f"{public}: not an Ed25519 public key ({why})"
+    with pytest.raises(ValueError) as info:
+        load_private_key(private)
+    assert str(info.value) == f"{private}: not an Ed25519 private key ({why})"
+    assert export_main(["verify", "--bundle", str(bundle_dir), "--public-key", str(public)]) == 1
+    assert capsys.readouterr().err == f"lmroute-export verify: {public}: not an Ed25519 public key ({why})\n"
+    assert export_main(["sign", "--bundle", str(bundle_dir), "--key", str(private)]) == 1
+    assert capsys.readouterr().err == f"lmroute-export sign: {private}: not an Ed25519 private key ({why})\n"
+    assert not (bundle_dir / SIG).exists()
+
+
+@pytest.mark.parametrize("what", ["directory", "device"])
+def test_a_signature_that_is_not_a_regular_file_is_said_to_be_one(
+    bundle_dir: Path, keys: dict[str, Path], what: str
+) -> None:
+    """Not "missing: the bundle is not signed": something is there, and it is not a signature file."""
+    if what == "directory":
+        (bundle_dir / SIG).mkdir()
+    else:
+        (bundle_dir / SIG).symlink_to("/dev/zero")
+    says = "a directory" if what == "directory" else "a device, pipe or socket"
+    assert _refused(bundle_dir, public_key=_pub(keys)) == f"{SIG}: not a regular file ({says})"
+
+
+def test_keygen_under_a_file_says_the_file_is_not_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for prefix in (a_file / "k", a_file / "sub" / "k"):
+        assert export_main(["keygen", "--out", str(prefix)]) == 1
+        assert capsys.readouterr().err == (
+            f"lmroute-export keygen: {prefix}: {a_file} is not a directory (the key files go in a directory)\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -606,3 +606,17 @@ def test_tenant_routers_and_earlier_lineages_round_trip_and_change_the_content_v
 )
 def test_tenant_routers_and_earlier_lineages_refusals(edit: Any, expected: str) -> None:
     assert expected in _message(_broken(edit))
+
+
+def test_a_long_model_list_is_refused_in_linear_time() -> None:
+    """40,000 unsorted names with one given twice (a manifest of 0.5 MB, far under the size cap): the
+    duplicate search counted each name over the whole list (29 s); a Counter takes milliseconds."""
+    import time
+
+    names = [f"m{i:07d}" for i in range(40_000)][::-1]
+    names.append("m0000007")
+    data = _manifest_dict()
+    data["models"] = names
+    t0 = time.perf_counter()
+    assert _message(data) == "manifest.json: models: duplicate model 'm0000007'"
+    assert time.perf_counter() - t0 < 3.0

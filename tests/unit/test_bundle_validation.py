@@ -789,6 +789,58 @@ def test_static_dim_disagrees_with_table(static_dir: Path) -> None:
     assert _refused(static_dir) == "encoder/table.npy: the table's rows have dimension 8, expected encoder.dim 9"
 
 
+def _hello_id(static_dir: Path) -> int:
+    return int(load_bundle(static_dir).encoder.tokenize(["hello"]).input_ids[0][1])
+
+
+def test_static_table_value_so_large_a_prompt_would_overflow_float32_is_refused(static_dir: Path) -> None:
+    """A finite 3e38 passes the finiteness check, but "hello hello" would sum to inf in float32 (every
+    router's score NaN): max_tokens (256) x the largest value must stay under 1e30."""
+    table = np.load(static_dir / "encoder/table.npy")
+    table[_hello_id(static_dir)] = 3e38
+    _save_npy(static_dir, "encoder/table.npy", table)
+    assert _refused(static_dir) == (
+        "encoder/table.npy: table holds a value of magnitude 3e+38; a prompt of 256 tokens could sum to"
+        " 7.68e+40, above 1e+30 (float32 overflows at 3.4e38): values must be at most 3.91e+27"
+    )
+
+
+def test_static_table_values_under_the_bound_embed_every_prompt_finitely(static_dir: Path) -> None:
+    table = np.load(static_dir / "encoder/table.npy")
+    table[_hello_id(static_dir)] = 3.9e27  # 256 x 3.9e27 < 1e30: allowed
+    _save_npy(static_dir, "encoder/table.npy", table)
+    bundle = load_bundle(static_dir)
+    batch = bundle.prompt_batch(["hello", "hello hello", "hello " * 300, "world"])
+    assert batch.embeddings is not None and np.isfinite(batch.embeddings).all()
+    for name, router in bundle.routers.items():
+        assert np.isfinite(np.asarray(router.score(batch))).all(), name
+
+
+def test_static_table_of_tiny_values_embeds_in_float64(static_dir: Path) -> None:
+    """Subnormal rows: their float32 sum is too small to normalise in float32 (1/norm overflows); the
+    row is summed again in float64, so the bundle loads and every prompt has a unit embedding."""
+    table = np.load(static_dir / "encoder/table.npy")
+    _save_npy(static_dir, "encoder/table.npy", (table * np.float32(1e-39)).astype(np.float32))
+    bundle = load_bundle(static_dir)
+    texts = ["", "hello", "the cat sat on the mat"]
+    emb = bundle.encoder.encode(texts)
+    assert np.isfinite(emb).all()
+    assert np.allclose(np.linalg.norm(emb.astype(np.float64), axis=1), 1.0, atol=1e-5)
+    from lmroute.bundle.static_encoder import StaticEncoder
+
+    assert isinstance(bundle.encoder, StaticEncoder) and bundle.encoder.embed_texts(texts) is None
+
+
+def test_static_table_whose_special_rows_sum_to_zero(static_dir: Path) -> None:
+    table = np.load(static_dir / "encoder/table.npy")
+    table[[101, 102]] = 0.0  # [CLS] and [SEP]
+    _save_npy(static_dir, "encoder/table.npy", table)
+    assert _refused(static_dir) == (
+        "encoder/table.npy: the empty prompt embeds to zero: the rows of its special tokens (ids [101, 102])"
+        " sum to zero, so it has no direction"
+    )
+
+
 @pytest.fixture(scope="module")
 def with_quality(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_quality")

@@ -105,6 +105,11 @@ def test_every_knob_is_documented_and_frozen() -> None:
         ({"label_weights": (("gold", 1.0),)}, "label_weights: unknown label kinds ['gold']"),
         ({"prior_weights": (("mf", -1.0),)}, "prior_weights: mf=-1.0 must be finite and >= 0"),
         ({"prior_weights": (("mf", 1.0), ("mf", 2.0))}, "prior_weights: a name occurs twice (mf=1,mf=2)"),
+        ({"max_tokens": 1, "truncation": "head"}, "max_tokens: must be >= 2 (got 1)"),
+        ({"seed": -1}, "seed: must be an integer in [0, 2**63 - 1] (got -1)"),
+        ({"seed": 2**63}, "seed: must be an integer in [0, 2**63 - 1] (got 9223372036854775808)"),
+        ({"bert_max_tokens": 4}, "bert_max_tokens: must be >= 8 (got 4)"),
+        ({"bert_max_tokens": 600}, "bert_max_tokens: must be <= 512, bert's positions (got 600)"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(kwargs: dict[str, object], message: str) -> None:
@@ -255,7 +260,7 @@ def test_build_plugin_flag_adds_its_kind_to_the_routers(tmp_path: Path) -> None:
     assert "constant" in out and "--mf-pair-weight" in out
     bad = [sys.executable, "-m", "lmroute.export.cli", *argv, "--mf-epochs", "0"]
     res = subprocess.run(bad, capture_output=True, text=True, env=env)
-    assert res.returncode == 2 and "mf_epochs: must be >= 1 (got 0)" in res.stderr
+    assert res.returncode == 2 and res.stderr.endswith("lmroute-export build: --mf-epochs: must be >= 1 (got 0)\n")
 
 
 def test_build_refuses_an_out_or_report_it_cannot_write_before_building(
@@ -288,3 +293,72 @@ def test_build_refuses_an_out_or_report_it_cannot_write_before_building(
         assert capsys.readouterr().err == f"lmroute-export build: {says}\n"
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mine"]
+
+
+def test_build_refuses_bad_flags_in_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flags a build would otherwise take and fail on with a traceback, some only after the training:
+    exit 2 and one line naming the flag, nothing made (no cache dir, no bundle)."""
+    from lmroute.export.cli import main
+    from lmroute.export.encoder_export import default_model_dir
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    config = default_model_dir() / "config.json"
+    base = ["build", "--data-dir", str(empty), "--cache-dir", str(tmp_path / "cache"), "--routers", "random"]
+    out = ["--out", str(tmp_path / "b")]
+    cases = [
+        ([*out, "--max-tokens", "1", "--truncation", "head"], "--max-tokens: must be >= 2 (got 1)"),
+        (
+            [*out, "--max-tokens", "600", "--truncation", "head"],
+            f"--max-tokens: 600 is more than the encoder model's 512 positions (max_position_embeddings in {config})",
+        ),
+        ([*out, "--seed", "-1"], "--seed: must be an integer in [0, 2**63 - 1] (got -1)"),
+        ([*out, "--data-dir", str(tmp_path / "nowhere")], f"--data-dir: {tmp_path / 'nowhere'} is not a directory"),
+        (
+            [*out, "--encoder-model-dir", str(tmp_path / "nowhere")],
+            f"--encoder-model-dir: {tmp_path / 'nowhere'} is not a directory",
+        ),
+        (
+            [*out, "--encoder-model-dir", str(no_config)],
+            f"--encoder-model-dir: {no_config} is not a Hugging Face model directory (no config.json)",
+        ),
+        ([*out, "--cache-dir", str(a_file)], f"--cache-dir: {a_file} exists and is not a directory"),
+        ([*out, "--cache-dir", str(a_file / "cache")], f"--cache-dir: {a_file} is not a directory"),
+    ]
+    if Path("/proc/self").is_dir():  # no directory can be made in /proc, not even by root
+        cases.append(
+            (
+                ["--out", "/proc/lmroute-test-out"],
+                "--out: /proc: no directory can be made there (No such file or directory)",
+            )
+        )
+    for extra, says in cases:
+        assert main([*base, *extra]) == 2, extra
+        assert capsys.readouterr().err == f"lmroute-export build: {says}\n", extra
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty", "no_config"]
+
+
+def test_build_says_an_error_that_escapes_the_build_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An encoder model dir with a config.json but no tokenizer passes the flag checks and fails in the
+    encoder's export: one line naming the file, exit 1, no traceback."""
+    from lmroute.export.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"max_position_embeddings": 512}')
+    argv = ["build", "--quick", "--routers", "random", "--encoder", "static", "--out", str(tmp_path / "b")]
+    rc = main([*argv, "--cache-dir", str(tmp_path / "cache"), "--encoder-model-dir", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.endswith(
+        f"lmroute-export build: {model / 'tokenizer.json'}: missing (the runtime needs a HF tokenizers file)\n"
+    )
+    assert not (tmp_path / "b").exists()
