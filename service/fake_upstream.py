@@ -12,17 +12,18 @@ completion or, with `"stream": true`, as server-sent events of one word each, en
 stream carries it in a last chunk when `stream_options.include_usage` asks, as OpenAI's does);
 and `POST /v1/embeddings` with one unit vector of `embed_dim` per input, drawn from a generator seeded by
 a hash of the model name and the text (`fake_embedding`): the same text always gets the same vector.
-Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped
-error), `delay_s` (wait before answering), `break_after` (a stream drops the connection after that many
-events), `fail_first` (answer the first that many embeddings requests 503), `redirect_to` (answer
-chat completions 307 with this Location), `event_delay_s` (wait this long before each streamed event)
-`pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients ignore),
-`pad_answer` (a whole answer carries one of that many bytes), `retry_after` (a Retry-After header sent
-with an error status), `error_page` (an error status answered with this HTML page instead of the
-OpenAI-shaped error), `plain_stream` (a stream ends after its last word's event, with no finish_reason
-and no `data: [DONE]`), `split_events` (each streamed event written in two pieces, split mid-line;
-with `break_after`, the connection drops after the first piece of the event that follows) and
-`json_for_stream` (a request for a stream answered with a whole JSON completion).
+Its faults are settings: `status` (answer every request with this HTTP status and an OpenAI-shaped error),
+`delay_s` (wait before answering; `waiting`, `most_waiting` and `callers_gone` count the chat requests waiting
+now, the most at once, and those whose caller closed the connection meanwhile), `break_after` (a stream drops
+the connection after that many events), `fail_first` (answer the first that many embeddings requests 503),
+`redirect_to` (answer chat completions 307 with this Location), `event_delay_s` (wait this long before each
+streamed event) `pad_events` (each streamed event carries an `x_pad` field of that many bytes, which clients
+ignore), `pad_answer` (a whole answer carries one of that many bytes), `retry_after` (a Retry-After header
+sent with an error status), `error_page` (an error status answered with this HTML page instead of the
+OpenAI-shaped error), `plain_stream` (a stream ends after its last word's event, with no finish_reason and no
+`data: [DONE]`), `split_events` (each streamed event written in two pieces, split mid-line; with
+`break_after`, the connection drops after the first piece of the event that follows) and `json_for_stream` (a
+request for a stream answered with a whole JSON completion).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class FakeUpstream:
         self.json_for_stream = json_for_stream
         self.requests: list[dict[str, Any]] = []
         self.keys: list[str] = []  # each recorded request's Authorization header ("" when none)
+        self.waiting = 0  # chat requests in their `delay_s` now
+        self.most_waiting = 0  # the most at once
+        self.callers_gone = 0  # chat requests whose caller closed the connection during their `delay_s`
         self.port: int | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-upstream-{name}", daemon=True)
@@ -165,7 +169,14 @@ class FakeUpstream:
             self.requests.append(body)
             self.keys.append(request.headers.get("Authorization", ""))
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.waiting -= 1
+            if request.transport is None or request.transport.is_closing():  # the caller went away meanwhile
+                self.callers_gone += 1
         if self.redirect_to:
             return web.json_response({"moved": True}, status=307, headers={"Location": self.redirect_to})
         if self.status != 200:

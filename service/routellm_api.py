@@ -11,8 +11,9 @@ call to a running `lmroute-serve` (`target`, default the variable LMROUTE_TARGET
 token from LMROUTE_TOKEN), so the router, calibration and decision records are the server's; or, with
 `bundle=PATH`, made in this process from the bundle (no server: for notebooks and offline evaluation; no
 decision ids, no live targets). The model call goes from this process straight to the chosen model's
-OpenAI-compatible endpoint with the standard library (no `openai`, no `litellm` needed), following no
-redirect (a 3xx is an UpstreamError: the request carries the caller's API key).
+OpenAI-compatible endpoint (`completion` with the standard library, `acompletion` with aiohttp on the
+event loop; no `openai`, no `litellm` needed), following no redirect (a 3xx is an UpstreamError: the
+request carries the caller's API key). Calls are sized by the server's limits (`ListRouters.limits`).
 
 Where a model is sent (RouteLLM names models the way LiteLLM does):
 
@@ -28,7 +29,8 @@ attributes (`response.choices[0].message.content`), with `.routing` saying what 
 
 Differences from RouteLLM, on purpose: the prompt routed is the last *user* message (RouteLLM takes the
 last message whatever its role); model names also take `router-<router>@<share>` (a calibrated share of
-strong calls); `batch_calculate_win_rate` is one `Score` call per 128 prompts, not a pandas apply; the
+strong calls); `batch_calculate_win_rate` is `Score` calls of up to 128 prompts (fewer where the
+server's limits say so), not a pandas apply; the
 router `default` (unless a loaded router has that name) is the bundle's default router, which an
 accepted adaptation makes its own (`Routing.router` names the router that decided). Beyond RouteLLM:
 `client.feedback(response.routing, quality)` reports how the answer went, what adaptation learns from.
@@ -42,6 +44,7 @@ reads as None (`chunk.choices[0].delta.content` on a stream's last chunk), as wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import math
@@ -59,11 +62,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import grpc
 
+from lmroute.bundle.remote_encoder import RemoteEncoderError
 from lmroute.service.client import RouterClient, paired_outcome, single_outcome
 from lmroute.service.client_retry import error_reason
-from lmroute.service.config import BatchPolicy
+from lmroute.service.config import BatchPolicy, ServiceConfig
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.front_requests import DEFAULT, ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.scheduler import prompt_problem
@@ -98,15 +103,31 @@ class RoutingError(Exception):
         self.reason = reason
 
 
-def _refused(exc: grpc.RpcError) -> RoutingError:
-    """The server's refusal `exc` as a RoutingError naming its code, reason and message."""
+def _refused(exc: grpc.RpcError, target: str) -> RoutingError:
+    """The server's refusal `exc` as a RoutingError naming its code, reason and message; a server that
+    could not be reached (UNAVAILABLE with no reason: the transport's) is said to be that, by `target`."""
     code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     reason = error_reason(exc)
-    return RoutingError(f"the server refused: {code} {reason}: {details}", code=code, reason=reason)
+    if code == "UNAVAILABLE" and not reason:
+        return RoutingError(f"the server {target} cannot be reached: UNAVAILABLE: {details}", code=code)
+    return RoutingError(
+        f"the server {target} refused: {code}{' ' + reason if reason else ''}: {details}", code=code, reason=reason
+    )
 
 
-_MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # the server's default, held in process too
+_MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # a server's default, held in process too
+
+
+def _server_default(name: str) -> int:
+    """lmroute-serve's default for the setting `name` (a limit of a server that does not say its own)."""
+    value = next(f.default for f in dataclasses.fields(ServiceConfig) if f.name == name)
+    assert isinstance(value, int)
+    return value
+
+
+_CLIENT_BYTES = 4 * 1024 * 1024  # RouterClient's own message limit (its max_message_bytes)
+
 # Keyword arguments LiteLLM (RouteLLM's model call) or the openai SDK take as the client's own settings, not
 # request fields: sent on as fields, an endpoint refuses them or, with api_key, receives a key in the body
 _CLIENT_SIDE_KWARGS = frozenset(
@@ -341,6 +362,8 @@ class _Served:
     def __init__(self, target: str, token: str | None, tls_ca: str | None, tenant: str | None) -> None:
         self.where = f"served at {target}"
         self.target = target
+        if "://" in target:  # gRPC says only "Misformatted domain name"
+            raise RoutingError(f"target: expected host:port of the server, not a URL (got {target!r})")
         try:
             self.client = RouterClient(target, token=token, tls_ca=tls_ca, tenant=tenant)
         except (ValueError, TypeError) as exc:  # a tenant or token gRPC cannot send, ...
@@ -349,9 +372,16 @@ class _Served:
             listed = self.client.list_routers()
         except grpc.RpcError as exc:  # unreachable, unauthenticated, not ready
             self.client.close()
-            raise _refused(exc) from None
+            raise _refused(exc, self.target) from None
         self.routers = tuple(r.name for r in listed.routers)
         self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
+        said = listed.limits  # the server's own (all 0 from a server that says none: its defaults then)
+        self.max_prompt_chars = said.max_prompt_chars or _MAX_PROMPT_CHARS
+        self.max_prompts = min(_SCORE_BATCH, said.max_prompts_per_request or _SCORE_BATCH)
+        self.max_request_chars = said.max_request_chars or _server_default("max_request_chars")
+        # what one Score call's prompts may take on the wire: the smaller of the two ends' message limits
+        server_bytes = said.max_message_bytes or _server_default("max_message_bytes")
+        self.max_call_bytes = int(0.9 * min(server_bytes, _CLIENT_BYTES))
 
     def _open(self) -> RouterClient:
         """The client; RoutingError once the Controller has closed it."""
@@ -364,7 +394,7 @@ class _Served:
         try:
             r = client.route(prompt, router=ask.router, threshold=ask.threshold, strong_share=ask.share)
         except grpc.RpcError as exc:
-            raise _refused(exc) from None
+            raise _refused(exc, self.target) from None
         return Decision(r.tier == router_pb2.TIER_STRONG, r.score, r.threshold, r.decision_id, r.router)
 
     def scores(self, texts: list[str], router: str) -> list[float]:
@@ -372,8 +402,8 @@ class _Served:
         client = self._open()
         try:
             router = router or client.list_routers().default_router  # "": the default the server has now
-            for i in range(0, len(texts), _SCORE_BATCH):
-                for j, res in enumerate(client.score(texts[i : i + _SCORE_BATCH], [router]).results):
+            for i, stop in self._calls(texts):
+                for j, res in enumerate(client.score(texts[i:stop], [router]).results):
                     if res.status.code != 0:  # the server names the prompt by its place in one Score call
                         said = res.status.message.removeprefix(f"prompts[{j}]: ")
                         raise RoutingError(
@@ -381,15 +411,30 @@ class _Served:
                         )
                     out.append(res.scores[0].strong_win_probability)
         except grpc.RpcError as exc:
-            raise _refused(exc) from None
+            raise _refused(exc, self.target) from None
         return out
+
+    def _calls(self, texts: list[str]) -> Iterator[tuple[int, int]]:
+        """[start, stop) of each Score call over `texts`: as many prompts as the server's limits take (its
+        prompts per call, characters per call, and the message size of both ends; at least one)."""
+        start = 0
+        while start < len(texts):
+            stop, chars, size = start, 0, 0
+            while stop < len(texts) and stop - start < self.max_prompts:
+                n = len(texts[stop])
+                b = len(texts[stop].encode("utf-8", "surrogatepass")) + 16  # with its framing
+                if stop > start and (chars + n > self.max_request_chars or size + b > self.max_call_bytes):
+                    break
+                chars, size, stop = chars + n, size + b, stop + 1
+            yield start, stop
+            start = stop
 
     def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
         client = self._open()
         try:
             [status] = client.feedback([report]).results
         except grpc.RpcError as exc:
-            raise _refused(exc) from None
+            raise _refused(exc, self.target) from None
         return status
 
     def close(self) -> None:
@@ -404,9 +449,13 @@ class _InProcess:
         from lmroute.bundle.loader import load_bundle
 
         self.where = f"in the bundle {path}"
-        self.bundle = load_bundle(path)
+        try:
+            self.bundle = load_bundle(path)
+        except (ValueError, OSError) as exc:  # BundleError is a ValueError: the file and what is wrong
+            raise RoutingError(f"bundle {path}: {exc}", reason="BUNDLE_INVALID") from None
         self.routers = tuple(self.bundle.routers)
         self.default_router = self.bundle.manifest.default_router
+        self.max_prompt_chars = _MAX_PROMPT_CHARS  # a server's default, held in process too
 
     def decide(self, ask: ModelAsk, prompt: router_pb2.Prompt | str) -> Decision:
         from lmroute.service.prompts import prompt_text
@@ -432,10 +481,14 @@ class _InProcess:
         """As the server scores them, refusing what it refuses (an empty prompt, one over its default
         limit of characters), each prompt named as `names` says."""
         for name, text in zip(names, texts, strict=True):
-            if (problem := prompt_problem(name, text, _MAX_PROMPT_CHARS)) is not None:
+            if (problem := prompt_problem(name, text, self.max_prompt_chars)) is not None:
                 raise RoutingError(str(problem), reason=problem.reason)
         router = router or self.default_router
-        return [float(x) for x in self.bundle.routers[router].score(self.bundle.prompt_batch(texts))]
+        try:
+            batch = self.bundle.prompt_batch(texts)
+        except RemoteEncoderError as exc:  # the embeddings endpoint: as a server would say it
+            raise RoutingError(f"the bundle's embeddings endpoint failed: {exc}", code="UNAVAILABLE") from None
+        return [float(x) for x in self.bundle.routers[router].score(batch)]
 
     def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
         raise RoutingError("feedback needs a server (its decisions and outcome store); this Controller is in process")
@@ -529,7 +582,10 @@ class Controller:
             try:
                 ask = parse_model(model, self._backend.routers, self._backend.default_router)
             except InvalidArgument as exc:
-                raise RoutingError(str(exc), reason=exc.reason) from None
+                said = exc.message
+                if exc.reason == "ROUTER_NOT_FOUND":  # the routers this Controller takes, not all served
+                    said = f"{said.rsplit(' (loaded: ', 1)[0]} (this Controller's routers: {', '.join(self.routers)})"
+                raise RoutingError(said, reason=exc.reason) from None
             if (ask.router or DEFAULT) not in self.routers:  # "": the default router, asked as `default`
                 raise RoutingError(
                     f"Invalid router {ask.router or DEFAULT}. Available routers are {list(self.routers)}."
@@ -540,7 +596,10 @@ class Controller:
         if router not in self.routers:
             raise RoutingError(f"Invalid router {router}. Available routers are {list(self.routers)}.")
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
-            raise RoutingError(f"Invalid threshold {threshold}. Threshold must be a float between 0.0 and 1.0.")
+            raise RoutingError(
+                f"Invalid threshold {threshold!r} ({type(threshold).__name__}). Threshold must be a float between "
+                "0.0 and 1.0."
+            )
         by_default = router == DEFAULT and DEFAULT not in self._backend.routers
         return ModelAsk("" if by_default else router, threshold=float(threshold))
 
@@ -553,7 +612,7 @@ class Controller:
         """The model `router` sends `prompt` to at `threshold` (RouteLLM's `route`; not counted in
         `model_counts`, which counts completions, as RouteLLM's does). A prompt over the server's default
         limit of characters is routed on its head and tail, as a completion's is."""
-        text = cut_middle(_text("prompt", prompt), _MAX_PROMPT_CHARS)
+        text = cut_middle(_text("prompt", prompt), self._backend.max_prompt_chars)
         return self._decide(self._ask(None, router, threshold), text).model
 
     def batch_calculate_win_rate(self, prompts: Iterable[str], router: str) -> Any:
@@ -562,7 +621,8 @@ class Controller:
         if isinstance(prompts, str):  # each character would be scored as a prompt
             raise RoutingError("prompts: expected prompts (a list or a pandas Series), got one string")
         ask = self._ask(None, router, 0.0)
-        texts = [cut_middle(_text(f"prompts[{i}]", p), _MAX_PROMPT_CHARS) for i, p in enumerate(prompts)]
+        limit = self._backend.max_prompt_chars
+        texts = [cut_middle(_text(f"prompts[{i}]", p), limit) for i, p in enumerate(prompts)]
         scores = self._backend.scores(texts, ask.router)
         if type(prompts).__module__.startswith("pandas"):  # a Series in, a Series out (RouteLLM's type)
             import pandas as pd  # type: ignore[import-untyped]
@@ -603,6 +663,30 @@ class Controller:
     def completion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
         """Route `messages`, then call the chosen model with the rest of `kwargs` (OpenAI's chat completion
         fields). A ChatResponse, or with `stream=True` an iterator of ChatResponse chunks."""
+        routing, base, key, body = self._routed(router, threshold, kwargs)
+        if body.get("stream") is True:
+            return self._stream(base, key, body, routing)
+        out = ChatResponse.of(self._answer(base, key, body))
+        out.routing = routing
+        return out
+
+    async def acompletion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
+        """`completion` without blocking the event loop; with `stream=True` an async iterator of chunks.
+        The model call is the event loop's own (aiohttp): any number run at once, and a call cancelled
+        (its task, or `aclose` of its stream) closes its connection at once. The routing decision, a call
+        of a few milliseconds (or the bundle's scoring, in process), runs on a worker thread."""
+        routing, base, key, body = await asyncio.to_thread(self._routed, router, threshold, kwargs)
+        if body.get("stream") is True:
+            return await self._astream(base, key, body, routing)
+        out = ChatResponse.of(await self._aanswer(base, key, body))
+        out.routing = routing
+        return out
+
+    def _routed(
+        self, router: str | None, threshold: float | None, kwargs: Mapping[str, Any]
+    ) -> tuple[Routing, str, str, dict[str, Any]]:
+        """A completion's routing decision (counted in `model_counts`), the chosen model's endpoint and key,
+        and the request body it is sent; RoutingError for arguments that cannot be sent."""
         if unsent := sorted(_CLIENT_SIDE_KWARGS.intersection(kwargs)):
             raise RoutingError(
                 f"{', '.join(unsent)}: the client's settings, not fields of the request; this Controller sends "
@@ -616,26 +700,15 @@ class Controller:
             messages = kwargs.get("messages")
             # a last user turn over the server's prompt limit is routed on its head and tail, as the front does
             listed = list(messages) if isinstance(messages, tuple) else messages
-            prompt = prompt_of_messages(listed, _NO_TURN_LIMIT, _MAX_PROMPT_CHARS)
+            prompt = prompt_of_messages(listed, _NO_TURN_LIMIT, self._backend.max_prompt_chars)
         except InvalidArgument as exc:
             raise RoutingError(str(exc), reason=exc.reason) from None
         routing = self._decide(ask, prompt)
         self.model_counts[routing.router][routing.model] += 1
         base, key, name = endpoint(routing.model, self.api_base, self.api_key)
-        extra = kwargs.pop("extra_body", None) or {}  # the SDK's way to add fields: merged, as it does
-        body = {**kwargs, **extra, "model": name}
-        if body.get("stream") is True:
-            return self._stream(base, key, body, routing)
-        out = ChatResponse.of(self._answer(base, key, body))
-        out.routing = routing
-        return out
-
-    async def acompletion(self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any) -> Any:
-        """`completion` off the event loop; with `stream=True` an async iterator of chunks."""
-        result = await asyncio.to_thread(self.completion, router=router, threshold=threshold, **kwargs)
-        if kwargs.get("stream") is True:
-            return _async_chunks(result)
-        return result
+        fields = {k: v for k, v in kwargs.items() if k != "extra_body"}
+        extra = kwargs.get("extra_body") or {}  # the SDK's way to add fields: merged, as it does
+        return routing, base, key, {**fields, **extra, "model": name}
 
     def _answer(self, base: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
         """The endpoint's whole (non-streamed) answer, a JSON object, within `timeout_s` of the call's start
@@ -681,58 +754,151 @@ class Controller:
         resp = self._post(base, key, body, _OPENER)
 
         def chunks() -> Iterator[Any]:
-            finished = False  # a choice said its finish_reason: an end without [DONE] is then whole
+            events = _EventParser(base, routing)
             with resp:
                 try:
                     for raw in resp:
-                        line = raw.decode("utf-8").strip()
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
+                        event = events.line(raw)
+                        if event is _DONE:
                             return
-                        try:
-                            event = json.loads(data)
-                        except json.JSONDecodeError as exc:
-                            raise UpstreamError(f"{base}: a stream event is not JSON ({exc})", None, data) from None
-                        if isinstance(event, dict) and "error" in event:
-                            raise UpstreamError(f"{base}: stream failed: {event['error']}", None, data)
-                        finished = finished or _finish_reason(event)
-                        chunk = ChatResponse.of(event)
-                        chunk.routing = routing
-                        yield chunk
+                        if event is not None:
+                            yield event
                 except (OSError, http.client.HTTPException, UnicodeDecodeError) as exc:
                     raise UpstreamError(f"{base}: the stream broke off ({type(exc).__name__}: {exc})") from None
-            if not finished:  # no [DONE] and no finish_reason: cut off, or never a stream
-                raise UpstreamError(f"{base}: the stream ended before any finish_reason or data: [DONE] (cut off?)")
+            events.ended()
 
         return chunks()
+
+    async def _aanswer(self, base: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`_answer` on the event loop: the whole answer within `timeout_s` of the call's start."""
+        url = base.rstrip("/") + "/chat/completions"
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                resp = await self._apost(session, url, key, body)
+                async with resp:
+                    try:
+                        data = await resp.read()
+                    except (aiohttp.ClientError, OSError) as exc:  # the connection broke mid-answer
+                        raise UpstreamError(f"{url}: the answer broke off ({type(exc).__name__}: {exc})") from None
+                    return _json_answer(data, resp.status, url)
+        except TimeoutError:
+            raise self._timed_out(url) from None
+
+    async def _astream(self, base: str, key: str, body: dict[str, Any], routing: Routing) -> AsyncIterator[Any]:
+        """`_stream` on the event loop: the response opened now (an HTTP error raised here, as `_stream`
+        raises it), its chunks as an async iterator that closes the connection when it ends, breaks or is
+        closed. A stream waits at most `timeout_s` to connect and then for each of its next bytes."""
+        url = base.rstrip("/") + "/chat/completions"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        session = aiohttp.ClientSession(timeout=timeout)
+        try:
+            resp = await self._apost(session, url, key, body)
+        except BaseException:
+            await session.close()
+            raise
+
+        async def chunks() -> AsyncIterator[Any]:
+            events = _EventParser(base, routing)
+            try:
+                async for raw in resp.content:
+                    event = events.line(raw)
+                    if event is _DONE:
+                        return
+                    if event is not None:
+                        yield event
+            except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError) as exc:
+                raise UpstreamError(f"{base}: the stream broke off ({type(exc).__name__}: {exc})") from None
+            finally:
+                resp.release()
+                await session.close()
+            events.ended()
+
+        return chunks()
+
+    async def _apost(
+        self, session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any]
+    ) -> aiohttp.ClientResponse:
+        """`_post` on the event loop: the endpoint's response to `body` (no redirect followed);
+        UpstreamError for an endpoint that cannot be reached or answers an HTTP error or a redirect."""
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = await session.post(
+                url, data=json.dumps(body).encode("utf-8"), headers=headers, allow_redirects=False
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"{url}: cannot be reached ({exc})") from None
+        if 300 <= resp.status < 400:  # its Location and body are not repeated: they may carry credentials
+            resp.release()
+            raise UpstreamError(f"{url}: HTTP {resp.status}, a redirect (not followed)", resp.status)
+        if resp.status >= 400:
+            async with resp:
+                text = (await resp.read()).decode("utf-8", "replace")
+            raise UpstreamError(f"{url}: HTTP {resp.status}: {text[:300]}", resp.status, text)
+        return resp
+
+
+_DONE = object()  # a stream's `data: [DONE]`
+
+
+class _EventParser:
+    """A chat completion stream's server-sent events, line by line, as ChatResponse chunks carrying
+    `routing`; `ended` raises UpstreamError for a stream that stopped before any finish_reason or
+    `data: [DONE]` (cut off, or never a stream)."""
+
+    def __init__(self, base: str, routing: Routing) -> None:
+        self.base = base
+        self.routing = routing
+        self.finished = False  # a choice said its finish_reason: an end without [DONE] is then whole
+
+    def line(self, raw: bytes) -> Any:
+        """The chunk of one line (None for a line that carries none, _DONE at `data: [DONE]`)."""
+        line = raw.decode("utf-8").strip()
+        if not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return _DONE
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise UpstreamError(f"{self.base}: a stream event is not JSON ({exc})", None, data) from None
+        if isinstance(event, dict) and "error" in event:
+            raise UpstreamError(f"{self.base}: stream failed: {event['error']}", None, data)
+        self.finished = self.finished or _finish_reason(event)
+        chunk = ChatResponse.of(event)
+        chunk.routing = self.routing
+        return chunk
+
+    def ended(self) -> None:
+        if not self.finished:
+            raise UpstreamError(f"{self.base}: the stream ended before any finish_reason or data: [DONE] (cut off?)")
+
+
+def _json_answer(data: bytes, status: int, url: str) -> dict[str, Any]:
+    """The JSON object an answer's bytes hold; UpstreamError when they are not one."""
+    try:
+        answer = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"{url}: the answer is not JSON ({exc})", status) from None
+    if not isinstance(answer, dict):
+        raise UpstreamError(f"{url}: the answer is not a JSON object (got {type(answer).__name__})", status)
+    return answer
 
 
 def _json_object(resp: Any, url: str) -> dict[str, Any]:
     """The JSON object the response `resp` from `url` holds; UpstreamError when its body breaks off or is
     not a JSON object."""
     try:
-        answer = json.loads(resp.read())
+        data = resp.read()
     except (OSError, http.client.HTTPException) as exc:  # the connection broke mid-answer
         raise UpstreamError(f"{url}: the answer broke off ({type(exc).__name__}: {exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UpstreamError(f"{url}: the answer is not JSON ({exc})", resp.status) from None
-    if not isinstance(answer, dict):
-        raise UpstreamError(f"{url}: the answer is not a JSON object (got {type(answer).__name__})", resp.status)
-    return answer
+    return _json_answer(data, resp.status, url)
 
 
 def _finish_reason(event: object) -> bool:
     """Whether a stream event says a choice finished (OpenAI's `choices[i].finish_reason`)."""
     choices = event.get("choices") if isinstance(event, dict) else None
     return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-
-
-async def _async_chunks(chunks: Iterator[Any]) -> AsyncIterator[Any]:
-    done = object()
-    while True:
-        chunk = await asyncio.to_thread(next, chunks, done)
-        if chunk is done:
-            return
-        yield chunk

@@ -704,7 +704,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListRouters(
         self, request: router_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListRoutersResponse:
-        _, c = self._ready()
+        sched, c = self._ready()
         tenant = self._tenant(context)
         visible = set(self.visible_routers())
         return router_pb2.ListRoutersResponse(
@@ -723,6 +723,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             bundle_version=c.version,
             default_router=c.router_for(tenant),
             default_quality_router=c.router_for(tenant, among=True),
+            limits=router_pb2.CallLimits(
+                max_prompt_chars=sched.policy.max_prompt_chars,
+                max_prompts_per_request=self.max_prompts_per_request,
+                max_request_chars=self.max_request_chars,
+                max_turns=self.max_turns,
+                max_message_bytes=self.max_message_bytes,
+            ),
         )
 
     async def GetRouter(

@@ -247,6 +247,24 @@ def test_remote_encoder_failures(tmp_path: Path) -> None:
             fake.status = 200
             assert client.score(prompts[:3], ["mf"]).results[0].status.code == 0  # back when it is
 
+    # in process (Controller(bundle=...)): the same failure is a RoutingError, UNAVAILABLE, as from a server
+    from lmroute.service.routellm_api import Controller, RoutingError
+
+    with FakeUpstream("emb") as fake:
+        os.environ["OPENAI_BASE_URL"] = fake.base_url
+        try:
+            local = Controller(routers=["mf"], strong_model="big", weak_model="small", bundle=out)
+            assert local.route(prompts[0], "mf", 0.5) in ("big", "small")
+            fake.status = 500
+            with pytest.raises(RoutingError, match="the bundle's embeddings endpoint failed: .*HTTP 500") as down:
+                local.route(prompts[1], "mf", 0.5)
+            assert down.value.code == "UNAVAILABLE"
+        finally:
+            del os.environ["OPENAI_BASE_URL"]
+    with pytest.raises(RoutingError, match=f"bundle {tmp_path / 'nowhere'}: .*does not exist") as missing:
+        Controller(routers=["mf"], strong_model="big", weak_model="small", bundle=tmp_path / "nowhere")
+    assert missing.value.reason == "BUNDLE_INVALID"
+
 
 def _tiny_mf_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint in RouteLLM's layout written without RouteLLM (safetensors of random factors)."""

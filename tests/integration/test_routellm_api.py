@@ -135,6 +135,71 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
     client.close()
 
 
+def test_async_completions_run_at_once_and_a_cancelled_one_closes_its_connection(
+    fake_servers: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`acompletion` calls the model on the event loop: 24 calls to an upstream that answers after a second
+    are all in flight at once (a pool of threads held them to its size: 6 on 2 cores), and a cancelled
+    call closes its connection at once (its thread held it until the upstream answered)."""
+    srv = fake_servers()
+    with FakeUpstream("openai", delay_s=1.0) as up:
+        monkeypatch.setenv("OPENAI_BASE_URL", up.base_url)
+        client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini", target=srv.target)
+
+        def ask(i: int) -> Any:
+            return client.acompletion(model="router-mf-0", messages=[{"role": "user", "content": f"q {i}"}])
+
+        async def run() -> list[Any]:
+            answers = await asyncio.gather(*(ask(i) for i in range(24)))
+            doomed = [asyncio.ensure_future(ask(100 + i)) for i in range(5)]
+            while up.waiting < 5:
+                await asyncio.sleep(0.01)
+            for task in doomed:
+                task.cancel()
+            await asyncio.gather(*doomed, return_exceptions=True)
+            return list(answers)
+
+        answers = asyncio.run(run())
+        deadline = time.monotonic() + 10
+        while up.callers_gone < 5:
+            assert time.monotonic() < deadline, f"{up.callers_gone} of 5 cancelled calls closed their connection"
+            time.sleep(0.05)
+        client.close()
+    assert up.most_waiting >= 24
+    assert sorted(a.choices[0].message.content for a in answers) == sorted(f"openai: q {i}" for i in range(24))
+    assert client.model_counts["mf"]["gpt-4o"] == 29  # every call counted, the cancelled ones too
+
+
+def test_the_controller_sizes_its_calls_by_the_servers_own_limits(
+    fake_servers: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ListRouters says the server's limits; the Controller cuts a prompt to the server's prompt limit
+    (a server of 5,000 refused a prompt the Controller cut at its own default of 20,000), and splits
+    win-rate prompts into calls the server and the wire take (50 prompts a call where the server takes
+    50; 128 prompts of 15,000 CJK characters, 5.7 MB, over several calls under 4 MiB and 1M characters)."""
+    from lmroute.service.config import BatchPolicy
+
+    small = fake_servers(batch=BatchPolicy(max_prompt_chars=5000), max_prompts_per_request=50)
+    with RouterClient(small.target) as direct:
+        limits = direct.list_routers().limits
+    assert (limits.max_prompt_chars, limits.max_prompts_per_request) == (5000, 50)
+    assert (limits.max_request_chars, limits.max_message_bytes) == (1_000_000, 4 * 1024 * 1024)
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini", target=small.target)
+    long = "word " * 1923  # 9,615 characters
+    assert client.route(long, "mf", 0.5) in ("gpt-4o", "gpt-4o-mini")
+    prompts = [f"prompt {i}" for i in range(100)]
+    with RouterClient(small.target) as direct:
+        want = [r.scores[0].strong_win_probability for r in direct.score(prompts[:50], ["mf"]).results]
+    assert client.batch_calculate_win_rate(prompts, "mf")[:50] == pytest.approx(want)
+    client.close()
+    wide = fake_servers()
+    client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini", target=wide.target)
+    cjk = [f"{i} " + "\u4e2d" * 15_000 for i in range(128)]
+    scores = client.batch_calculate_win_rate(cjk, "mf")
+    assert len(scores) == 128 and all(0.0 <= x <= 1.0 for x in scores)
+    client.close()
+
+
 def test_feedback_on_a_routed_completion_reaches_the_store(
     fake_servers: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -198,9 +263,11 @@ def test_errors_are_routing_errors(
     with pytest.raises(RoutingError, match="no user message") as refused:
         client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "system", "content": "hi"}])
     assert refused.value.reason == "NO_USER_TURN"
-    with pytest.raises(RoutingError, match="the server refused: UNAVAILABLE") as refused:
+    with pytest.raises(RoutingError, match="the server 127.0.0.1:9 cannot be reached: UNAVAILABLE: ") as refused:
         Controller(routers=["mf"], strong_model="a", weak_model="b", target="127.0.0.1:9")
     assert refused.value.code == "UNAVAILABLE"
+    with pytest.raises(RoutingError, match="target: expected host:port of the server, not a URL"):
+        Controller(routers=["mf"], strong_model="a", weak_model="b", target="http://127.0.0.1:9")
     for bad in (
         lambda: client.route("a \ud800 b", "mf", 0.5),
         lambda: client.chat.completions.create(model="router-mf-0.5", messages=[{"role": "user", "content": "\udfff"}]),
@@ -444,8 +511,12 @@ def test_arguments_of_another_type_are_routing_errors_naming_them(
     with Controller(routers=["mf"], strong_model="a", weak_model="b") as client:
         with pytest.raises(RoutingError, match="prompt: expected a string, got NoneType"):
             client.route(None, "mf", 0.5)  # type: ignore[arg-type]
-        with pytest.raises(RoutingError, match="Invalid threshold 0.5"):
+        with pytest.raises(RoutingError, match=r"Invalid threshold '0.5' \(str\)"):
             client.route("hi", "mf", "0.5")  # type: ignore[arg-type]
+        with pytest.raises(
+            RoutingError, match=r"unknown router 'xx' in 'router-xx-0.5' \(this Controller's routers: mf\)"
+        ):
+            client.chat.completions.create(model="router-xx-0.5", messages=[{"role": "user", "content": "x"}])
         with pytest.raises(RoutingError, match="prompts: expected prompts .* got one string"):
             client.batch_calculate_win_rate("ab", "mf")
         with pytest.raises(RoutingError, match=r"prompts\[1\]: expected a string, got int"):
