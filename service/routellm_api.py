@@ -75,7 +75,16 @@ from lmroute.service.scheduler import prompt_problem
 from lmroute.service.wire_status import code_name
 from lmroute.v1 import router_pb2
 
-__all__ = ["PROVIDERS", "ChatResponse", "Controller", "ModelPair", "Routing", "RoutingError", "UpstreamError"]
+__all__ = [
+    "PROVIDERS",
+    "ChatResponse",
+    "Controller",
+    "ModelPair",
+    "RouterView",
+    "Routing",
+    "RoutingError",
+    "UpstreamError",
+]
 
 PROVIDERS = {
     "openai": "https://api.openai.com/v1",
@@ -497,6 +506,32 @@ class _InProcess:
         pass
 
 
+class RouterView:
+    """One of a Controller's routers, as RouteLLM's `Controller.routers[name]` is one: its
+    `calculate_strong_win_rate(prompt)` (the router's score, P(strong wins)) and `route(prompt, threshold,
+    routed_pair)` (routed_pair.strong when the score reaches the threshold, else routed_pair.weak), each a
+    call of the Controller's (`batch_calculate_win_rate` of one prompt)."""
+
+    NO_PARALLEL = False  # RouteLLM's flag: the server scores prompts in parallel whatever the router
+
+    def __init__(self, controller: Controller, name: str) -> None:
+        self._controller = controller
+        self.name = name
+
+    def calculate_strong_win_rate(self, prompt: str) -> float:
+        [score] = self._controller.batch_calculate_win_rate([prompt], self.name)
+        return float(score)
+
+    def route(self, prompt: str, threshold: float, routed_pair: Any) -> Any:
+        return routed_pair.strong if self.calculate_strong_win_rate(prompt) >= threshold else routed_pair.weak
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"RouterView({self.name!r})"
+
+
 class Controller:
     """RouteLLM's Controller, routed by a running lmroute-serve or a bundle in process.
 
@@ -511,7 +546,8 @@ class Controller:
     sending, the answer's headers and body), while a stream waits at most that long for its connection
     and then for each of its next bytes (it may last longer in all); `bundle` a bundle directory to
     decide in this process instead of a server. `config` and `progress_bar` are RouteLLM's, accepted
-    and not used.
+    and not used. `routers` is, as RouteLLM's, a dict of each router name given to a router
+    (`RouterView`: `calculate_strong_win_rate(prompt)`, `route(prompt, threshold, routed_pair)`).
 
     Calls: `chat.completions.create(model="router-mf-0.116", messages=[...])` (or `completion`),
     `acreate` / `acompletion`, `route(prompt, router, threshold)`, `batch_calculate_win_rate(prompts,
@@ -561,7 +597,9 @@ class Controller:
             if router not in loaded and not (router == DEFAULT and default):
                 where = self._backend.where
                 raise RoutingError(f"router {router!r} is not {where} (loaded: {', '.join(loaded)})")
-        self.routers = tuple(routers)
+        self.progress_bar = progress_bar  # RouteLLM's; nothing here shows one
+        # name -> a router with RouteLLM's `calculate_strong_win_rate` and `route`, as RouteLLM's dict holds
+        self.routers: dict[str, RouterView] = {name: RouterView(self, name) for name in routers}
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.completion, acreate=self.acompletion))
 
     def close(self) -> None:

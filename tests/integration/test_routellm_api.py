@@ -98,6 +98,9 @@ def test_each_answer_comes_from_the_routed_model(world: tuple[ServerThread, Fake
         tier = "strong" if want.tier == router_pb2.TIER_STRONG else "weak"
         tiers.add(tier)
         assert client.route(p, "mf", want.threshold) == ("gpt-4o" if tier == "strong" else "anyscale/llama-3-8b")
+        # RouteLLM's `client.routers[name]`: a router with its calculate_strong_win_rate and route
+        assert client.routers["mf"].calculate_strong_win_rate(p) == pytest.approx(want.score, abs=1e-9)
+        assert client.routers["mf"].route(p, want.threshold, client.model_pair) == client.route(p, "mf", want.threshold)
         r = client.chat.completions.create(model="router-mf@0.5", messages=[{"role": "user", "content": p}])
         assert r.routing.tier == tier
         assert r.choices[0].message.content == f"{'openai' if tier == 'strong' else 'anyscale'}: {p}"
