@@ -12,12 +12,15 @@ does not); `restamp_bundle` re-stamps a manifest edited on purpose by any other 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import errno
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,12 +155,57 @@ def _listed_files(manifest: Path) -> set[str] | None:
 
 
 def replace_directory(tmp: Path, out: Path) -> None:
-    """Rename the directory `tmp` to `out`, the directory there moved aside first and removed after, so
-    `out` is always the old directory or the new one, whole."""
+    """Put the directory `tmp` at `out` in place of the directory there, which is removed after, so `out`
+    is always the old directory or the new one, whole: on Linux in one step (renameat2 exchanging the
+    two); elsewhere, or on a file system that cannot exchange, by moving the old one aside first, with
+    SIGINT and SIGTERM held off between the two renames (an interrupt there left neither at `out`)."""
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the old directory, now at tmp's name
+        return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
+    with _signals_held():
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)  # the old one back: never neither
+            raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is
+    not available (another system, an old kernel or C library, a file system that does not support it),
+    OSError for another failure."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held pending (delivered when the block ends) in the main thread; elsewhere, or
+    where the platform cannot, nothing."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:

@@ -900,3 +900,40 @@ def test_routing_among_candidates_is_given_only_to_a_router_that_predicts_qualit
         f"manifest.json: {where}: {name!r} is a router of kind {kind}, which predicts no per-model quality "
         "(routing among candidates needs one of kind adapted_quality or quality)"
     )
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replace_directory` exchanges the two directories in one step where the system can (Linux); where
+    it cannot, an interrupt between its two renames (SIGINT and SIGTERM are KeyboardInterrupts in the
+    commands) puts the old directory back: `out` holds the old or the new, never neither (it held
+    neither: the old hidden in a .old- folder, the new removed by its writer's cleanup)."""
+    import lmroute.bundle.writer as writer
+
+    def fresh(name: str, text: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(text)
+        return folder
+
+    out, new = fresh("out", "old"), fresh(".out.tmp-1", "new")
+    writer.replace_directory(new, out)
+    assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    monkeypatch.setattr(writer, "_exchange", lambda a, b: False)  # a system without renameat2
+    real, calls = os.replace, []
+
+    def interrupted(a: Any, b: Any) -> None:
+        calls.append((a, b))
+        if len(calls) == 2:  # the second rename: as if a signal arrived between the two
+            raise KeyboardInterrupt
+        real(a, b)
+
+    monkeypatch.setattr(writer.os, "replace", interrupted)
+    new = fresh(".out.tmp-2", "newer")
+    with pytest.raises(KeyboardInterrupt):
+        writer.replace_directory(new, out)
+    monkeypatch.setattr(writer.os, "replace", real)
+    assert (out / "manifest.json").read_text() == "new"  # the old one, back in place
+    new3 = fresh(".out.tmp-3", "newest")
+    writer.replace_directory(new3, out)
+    assert (out / "manifest.json").read_text() == "newest"
