@@ -65,12 +65,15 @@ from typing import Any
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.adapt.to_judge import write_judge_list
+from lmroute.bundle.loader import read_manifest
 from lmroute.outcomes.records import TenantFilters, add_reporters_arg, report_json, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
 
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
 
 KEEP_BUNDLES = 5
+MAX_INTERVAL_S = 1e7  # --interval-s: about 116 days (time.sleep refuses what the platform's time_t cannot hold)
+MAX_WINDOW_DAYS = 36_500.0  # --window-days: a century (its milliseconds must fit the store's integers)
 """Adapted bundles kept in --bundles-dir by default (the newest; the serving one always)."""
 
 
@@ -196,7 +199,8 @@ def run_round(
         version, refused = serving.bundle_version, None
         if run.accepted:
             try:
-                version = client.reload_bundle(str(out)).bundle_version
+                # whole: the server resolves a relative path against its own working directory
+                version = client.reload_bundle(str(out.resolve())).bundle_version
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # not a refusal of the bundle
                     raise
@@ -220,8 +224,8 @@ def point_link(link: Path, target: Path, *, expected: Path | None = None) -> Non
     folder = link.parent.resolve()
     name = os.path.relpath(target, folder)
     tmp = folder / f".{link.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    os.symlink(name, tmp)
     try:
+        os.symlink(name, tmp)
         os.replace(tmp, link)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -251,6 +255,8 @@ def run_link_round(
                 version = run.candidate_version
             except LinkMoved as exc:
                 refused = {"code": "ABORTED", "reason": "LINK_MOVED", "message": f"{exc}; the candidate is not served"}
+                with contextlib.suppress(OSError, ValueError):  # what the link names now, as the servers read it
+                    version = read_manifest(link).bundle_version
         return Round(
             run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent, refused
         )
@@ -373,16 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if (problem := text_flag_problem(args)) is not None:
         ap.error(problem)
-    for flag, least in (
-        ("interval_s", 0),
-        ("window_days", 0),
-        ("judge_budget", 0),
-        ("judge_window", 1),
-        ("keep_bundles", 0),
+    for flag, least, most in (
+        ("interval_s", 0, MAX_INTERVAL_S),
+        ("window_days", 0, MAX_WINDOW_DAYS),
+        ("judge_budget", 0, math.inf),
+        ("judge_window", 1, math.inf),
+        ("keep_bundles", 0, math.inf),
     ):
         value = getattr(args, flag)
-        if not (math.isfinite(value) and value >= least):
-            ap.error(f"--{flag.replace('_', '-')}: must be a number >= {least} (got {value})")
+        if not (math.isfinite(value) and least <= value <= most):
+            bound = f"a number >= {least}" if most == math.inf else f"a number in [{least}, {most:g}]"
+            ap.error(f"--{flag.replace('_', '-')}: must be {bound} (got {value})")
     if args.interval_s <= 0 and not args.once:
         ap.error(f"--interval-s: must be > 0 between rounds (got {args.interval_s}); --once runs one round")
     if args.sign_key is not None:
@@ -451,4 +458,5 @@ def _rounds(args: argparse.Namespace, settings: RoundSettings, tenants: TenantFi
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    print("lmroute-adapt: terminated (SIGTERM)", file=sys.stderr, flush=True)  # a CronJob's log says why
     raise SystemExit(128 + signum)

@@ -5,6 +5,7 @@ are refused by the gate and nothing is written; every run is recorded in the sto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -454,8 +455,10 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
             # outcomes from callers naming no tenant: a round trusting one tenant alone has none to learn from
             only_ops = run_round(srv.target, dsn, tmp_path / "bundles", RoundSettings(reporters=frozenset({"ops"})))
             assert not only_ops.accepted and only_ops.report["outcomes_read"] == 0
-            done = run_round(srv.target, dsn, tmp_path / "bundles")
-            assert done.accepted and done.candidate is not None and done.candidate.parent == tmp_path / "bundles"
+            with contextlib.chdir(tmp_path):  # a relative --bundles-dir: the server is sent the whole path
+                done = run_round(srv.target, dsn, Path("bundles"))
+            assert done.accepted and done.candidate is not None and done.candidate.parent == Path("bundles")
+            assert Path(client.get_bundle().path) == tmp_path / "bundles" / done.candidate.name
             after = client.list_routers()
             assert after.bundle_version == done.serving_version != before.bundle_version
             assert "adapted" in [r.name for r in after.routers]
@@ -630,7 +633,16 @@ def test_the_adapt_loop_refuses_a_missing_store_and_bad_numbers(
         with pytest.raises(SystemExit) as exit_:
             adapt_main([*argv, flag, value])
         assert exit_.value.code == 2
-        assert f"{flag}: must be a number >= " in capsys.readouterr().err
+        assert f"{flag}: must be a number " in capsys.readouterr().err
+    # finite but past what a round can use (a store's integers, the platform's sleep): refused at once
+    for flag, value, says in (
+        ("--window-days", "1e300", "--window-days: must be a number in [0, 36500] (got 1e+300)"),
+        ("--interval-s", "1e12", "--interval-s: must be a number in [0, 1e+07] (got 1000000000000.0)"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            adapt_main([*argv, flag, value])
+        assert exit_.value.code == 2
+        assert says in capsys.readouterr().err
 
 
 def test_the_adapt_loop_calls_a_server_with_tokens_with_the_token_its_variable_holds(
@@ -943,8 +955,8 @@ def test_single_skips_the_outcomes_of_decisions_made_among_candidates(parent: Pa
 
 
 def test_ctrl_c_stops_the_adapt_loop_in_one_line(tmp_path: Path) -> None:
-    """SIGINT while the loop waits for its next round: exit 130 and one line, not a traceback (SIGTERM
-    exits 128 + 15, as before)."""
+    """SIGINT while the loop waits for its next round: exit 130 and one line, not a traceback; SIGTERM:
+    exit 128 + 15 and one line (it said nothing, so a CronJob's log did not say why it ended)."""
     import signal
     import subprocess
     import sys
@@ -968,6 +980,13 @@ def test_ctrl_c_stops_the_adapt_loop_in_one_line(tmp_path: Path) -> None:
     loop.send_signal(signal.SIGINT)
     out, err = loop.communicate(timeout=60)
     assert loop.returncode == 130 and err.strip() == "lmroute-adapt: interrupted" and "Traceback" not in err, err
+    # SIGTERM (a CronJob's deadline): exit 143, and a line saying why
+    loop = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert loop.stdout is not None and '"error"' in loop.stdout.readline()
+    time.sleep(1.0)
+    loop.send_signal(signal.SIGTERM)
+    out, err = loop.communicate(timeout=60)
+    assert loop.returncode == 143 and err.strip() == "lmroute-adapt: terminated (SIGTERM)", err
 
 
 def test_too_few_usable_outcomes_says_why_the_others_were_left_out(parent: Path, tmp_path: Path) -> None:
