@@ -19,5 +19,5 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --only-binary=:all: --no-deps -r "$reqs"
 "${pip[@]}" install --quiet --no-deps "${wheels[0]}"
 "${pip[@]}" check
-"$venv/bin/python" -c "import lmroute.service.main, lmroute.v1.router_pb2_grpc"
+"$venv/bin/python" -c "import lmroute.service.main, lmroute.v1.router_pb2_grpc, psycopg"  # PostgreSQL stores too
 echo "install_runtime: $venv ready ($(basename "${wheels[0]}"))"

@@ -231,21 +231,24 @@ def _pins(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def _dependency_closure() -> set[str]:
-    """Canonical names of pyproject.toml's [project] dependencies and theirs (no extras), from the
-    metadata installed in this environment."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    seen: set[str] = set()
-    todo = [Requirement(d) for d in deps]
+    """Canonical names of pyproject.toml's [project] dependencies, its `postgres` extra (the image serves
+    a PostgreSQL store too: the Kubernetes replicas share one) and theirs, each with the extras it is
+    asked with, from the metadata installed in this environment."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    seen: set[tuple[str, str]] = set()  # (name, extra)
+    todo = [(Requirement(d), "") for d in deps]  # (requirement, the extra of its parent it came with)
     while todo:
-        req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
             continue
         name = canonicalize_name(req.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        todo += [Requirement(r) for r in metadata.distribution(req.name).requires or []]
-    return seen
+        for wanted in ("", *sorted(req.extras)):
+            if (name, wanted) in seen:
+                continue
+            seen.add((name, wanted))
+            todo += [(Requirement(r), wanted) for r in metadata.distribution(req.name).requires or []]
+    return {name for name, _ in seen}
 
 
 def test_runtime_pins_are_the_lock_versions_and_complete() -> None:
