@@ -65,6 +65,7 @@ from typing import Any
 from lmroute.adapt.from_store import AdaptRun, adapt_from_store
 from lmroute.adapt.quality_from_store import adapt_qualities_from_store
 from lmroute.adapt.to_judge import write_judge_list
+from lmroute.bundle.errors import BundleError
 from lmroute.bundle.loader import read_manifest
 from lmroute.outcomes.records import TenantFilters, add_reporters_arg, report_json, tenant_filters
 from lmroute.outcomes.store import StoreError, open_store
@@ -232,17 +233,38 @@ def point_link(link: Path, target: Path, *, expected: Path | None = None) -> Non
         raise
 
 
+def _key_pair_problem(sign_key: Path | None, public_key: Path) -> str:
+    """Why candidates signed with `sign_key` would not verify with `public_key` ("" when they would)."""
+    from lmroute.bundle.signing import key_fingerprint, load_private_key, load_public_key
+
+    try:
+        public = load_public_key(public_key)
+    except (OSError, ValueError) as exc:
+        return f"--bundle-public-key: {exc}"
+    if sign_key is None:
+        return "--bundle-public-key: give --sign-key too: unsigned candidates would be refused by every server"
+    private = load_private_key(sign_key)
+    if key_fingerprint(private) != key_fingerprint(public):
+        return (
+            f"--sign-key: {sign_key} is not the pair of --bundle-public-key {public_key} (keys "
+            f"{key_fingerprint(private)} and {key_fingerprint(public)}): every candidate would be refused"
+        )
+    return ""
+
+
 def run_link_round(
     link: Path,
     store_dsn: str,
     bundles_dir: Path,
     settings: RoundSettings = RoundSettings(),
     sign_key: Path | None = None,
+    public_key: Path | None = None,
 ) -> Round:
     """One store -> adapt -> gate -> re-point round on the bundle the symbolic link `link` names (module
     docstring); the servers watching the link swap the candidate in themselves. One round at a time per
     link (a lock file beside it; another round's is a ValueError). A link re-pointed during the round (an
-    operator's rollback) is left as it is: the Round names the refusal and the candidate stays on disk."""
+    operator's rollback) is left as it is: the Round names the refusal and the candidate stays on disk; so
+    is a candidate that does not verify with `public_key` (the servers' --bundle-public-key)."""
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
     with _round_lock(link):
@@ -251,8 +273,18 @@ def run_link_round(
         version, refused = run.parent_version, None
         if run.accepted and run.candidate_version is not None:
             try:
+                if public_key is not None:  # what the servers will check, checked before they are pointed at it
+                    from lmroute.bundle.signing import load_public_key
+
+                    read_manifest(out, public_key=load_public_key(public_key))
                 point_link(link, out, expected=parent)
                 version = run.candidate_version
+            except BundleError as exc:
+                refused = {
+                    "code": "FAILED_PRECONDITION",
+                    "reason": "BUNDLE_INVALID",
+                    "message": f"{exc}; the link is not re-pointed",
+                }
             except LinkMoved as exc:
                 refused = {"code": "ABORTED", "reason": "LINK_MOVED", "message": f"{exc}; the candidate is not served"}
                 with contextlib.suppress(OSError, ValueError):  # what the link names now, as the servers read it
@@ -373,6 +405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sign each accepted candidate with this Ed25519 private key (servers run with --bundle-public-key "
         "take only signed bundles; lmroute-export keygen makes a pair)",
     )
+    ap.add_argument(
+        "--bundle-public-key",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="the servers' --bundle-public-key: a candidate is re-pointed to (--bundle-link) only once it "
+        "verifies with it, and --sign-key must be its pair (else every candidate would be refused, and a new "
+        "replica could not start on the link)",
+    )
     from lmroute.service.client import add_connection_args, connection_kwargs, text_flag_problem
 
     add_connection_args(ap)  # --server: the token and TLS files its calls need
@@ -399,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_private_key(args.sign_key)  # a bad key is a usage error now, not a failed round later
         except (OSError, ValueError) as exc:
             ap.error(f"--sign-key: {exc}")
+    if args.bundle_public_key is not None:
+        if problem := _key_pair_problem(args.sign_key, args.bundle_public_key):
+            ap.error(problem)
     try:
         tenants = tenant_filters(args, several=True)
         connect = connection_kwargs(args)
@@ -433,7 +477,9 @@ def _rounds(args: argparse.Namespace, settings: RoundSettings, tenants: TenantFi
             for tenant in tenants.tenants:  # in turn: each adapts the bundle the one before it left serving
                 one = dataclasses.replace(settings, tenant=tenant)
                 if args.bundle_link is not None:
-                    r = run_link_round(args.bundle_link, args.store, args.bundles_dir, one, args.sign_key)
+                    r = run_link_round(
+                        args.bundle_link, args.store, args.bundles_dir, one, args.sign_key, args.bundle_public_key
+                    )
                     serving = args.bundle_link
                 else:
                     r = run_round(

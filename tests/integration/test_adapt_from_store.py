@@ -513,6 +513,42 @@ def test_the_adapt_loop_signs_its_candidates_for_a_server_that_takes_only_signed
         assert exit_.value.code == 2 and "--sign-key: " in capsys.readouterr().err
 
 
+def test_in_link_mode_the_servers_public_key_keeps_the_link_on_bundles_they_take(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --bundle-public-key (the servers'), lmroute-adapt needs its pair as --sign-key (refused at once
+    otherwise: every candidate would be refused, and a replica started on the link could not load it), and
+    re-points the link only to a candidate that verifies with it (the link was re-pointed to an unsigned
+    candidate the servers watching it refused)."""
+    from lmroute.adapt.loop import RoundSettings, run_link_round
+    from lmroute.adapt.loop import main as adapt_main
+    from lmroute.bundle.signing import generate_key_pair
+
+    private, public = generate_key_pair(tmp_path / "keys" / "fleet")
+    other, _ = generate_key_pair(tmp_path / "keys" / "other")
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    store.close()
+    link = tmp_path / "current"
+    link.symlink_to(parent)
+    argv = ["--bundle-link", str(link), "--store", dsn, "--bundles-dir", str(tmp_path / "bundles"), "--once"]
+    for keys, says in (
+        ([], "--bundle-public-key: give --sign-key too"),
+        (["--sign-key", str(other)], f"--sign-key: {other} is not the pair of --bundle-public-key"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            adapt_main([*argv, "--bundle-public-key", str(public), *keys])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    # a candidate that does not verify (here signed with another key): the link stays where it was
+    r = run_link_round(link, dsn, tmp_path / "bundles", RoundSettings(), sign_key=other, public_key=public)
+    assert r.accepted and r.swap_refused is not None and r.swap_refused["reason"] == "BUNDLE_INVALID"
+    assert link.resolve() == parent.resolve()
+    assert adapt_main([*argv, "--bundle-public-key", str(public), "--sign-key", str(private)]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert done["accepted"] is True and "swap_refused" not in done and link.resolve() != parent.resolve()
+
+
 def _two_tenants(parent: Path, dsn: str) -> None:
     """`app`'s calls judged by outcomes that follow the learnable direction, `batch`'s by shuffled ones."""
     store = open_store(dsn)
