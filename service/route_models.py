@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmroute.bundle.model_choice import choose, runner_up
-from lmroute.service.errors import InvalidArgument, echo
+from lmroute.service.errors import InvalidArgument, PermissionDenied, echo
 from lmroute.service.model_prices import ModelPrice, expected_cost_usd, price_problem, tokens_of_chars
 from lmroute.service.scorer_api import RouterDescription
 from lmroute.v1 import router_pb2
@@ -90,8 +90,13 @@ def check_candidates(
     candidates: Sequence[router_pb2.Candidate],
     router: RouterDescription,
     prices: Mapping[str, ModelPrice],
+    *,
+    binding_tenant: str | None = None,
 ) -> CandidateSet:
-    """The candidates as a CandidateSet; InvalidArgument naming the first bad field."""
+    """The candidates as a CandidateSet; InvalidArgument naming the first bad field. With
+    `binding_tenant` (whose binding spend target decides the call: --binding-targets) every candidate is
+    priced by the models file: PermissionDenied for one the file does not price, or priced otherwise by the
+    call (a price of the caller's own would move what the budget counts)."""
     if not router.models:
         raise InvalidArgument(
             f"router: {echo(router.name)} ({router.kind}) predicts no per-model quality; route among "
@@ -118,11 +123,16 @@ def check_candidates(
         if c.model in models:
             raise InvalidArgument(f"{where}.model: {c.model} given twice", reason="DUPLICATE_CANDIDATE")
         filed = prices.get(c.model)
+        if binding_tenant is not None and filed is None:
+            raise _binding(where, c.model, "the models file prices no such model", binding_tenant)
         pair = []
         for field in ("input_price_per_mtok", "output_price_per_mtok"):
             value = float(getattr(c, field))
             if (problem := price_problem(value)) is not None:
                 raise InvalidArgument(f"{where}.{field}: {problem}", reason="OUT_OF_RANGE")
+            if binding_tenant is not None and filed is not None and value:
+                if value != (filed.input_per_mtok if field.startswith("input") else filed.output_per_mtok):
+                    raise _binding(where, c.model, f"{field} differs from the models file's", binding_tenant)
             if value == 0.0:
                 if filed is None:
                     raise InvalidArgument(
@@ -136,6 +146,14 @@ def check_candidates(
         columns.append(router.models.index(c.model))
         priced.append(ModelPrice(pair[0], pair[1], filed.output_tokens if filed else None))
     return CandidateSet(tuple(models), tuple(columns), tuple(priced))
+
+
+def _binding(where: str, model: str, why: str, tenant: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"{where}: {echo(model)}: {why}; the spend target of tenant {tenant} is binding (--binding-targets), "
+        "counted at the models file's prices: send no prices of the call's own",
+        reason="TARGET_IS_BINDING",
+    )
 
 
 def _case_hint(model: str, prices: Mapping[str, ModelPrice]) -> str:

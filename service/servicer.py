@@ -258,26 +258,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 reason="TARGET_IS_BINDING",
             )
 
-    def _check_filed_prices(self, candidates: Sequence[router_pb2.Candidate], tenant: str) -> None:
-        """With binding targets, a spend target is held at the models file's prices: PermissionDenied for a
-        candidate the file does not price, or priced otherwise by the call (a price of the caller's own
-        would move what the budget counts)."""
-        for i, c in enumerate(candidates):
-            filed = self.prices.get(c.model)
-            if filed is None:
-                why = "the models file prices no such model"
-            elif c.input_price_per_mtok and c.input_price_per_mtok != filed.input_per_mtok:
-                why = "input_price_per_mtok differs from the models file's"
-            elif c.output_price_per_mtok and c.output_price_per_mtok != filed.output_per_mtok:
-                why = "output_price_per_mtok differs from the models file's"
-            else:
-                continue
-            raise PermissionDenied(
-                f"candidates[{i}]: {echo(c.model)}: {why}; the spend target of tenant {tenant} is binding "
-                "(--binding-targets), counted at the models file's prices: send no prices of the call's own",
-                reason="TARGET_IS_BINDING",
-            )
-
     def router_for(self, tenant: str) -> str:
         """The router of `tenant`'s Route calls that name none: its own when the bundle has one, else the
         default router ("" for none, or before a bundle is attached)."""
@@ -511,9 +491,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("candidates: at least two required with model_policy", reason="TOO_FEW_CANDIDATES")
         rule, value = check_policy(request.model_policy) if tenant is None else ("cost_weight", math.nan)
         self._check_router_and_prompt(request)
-        cands = check_candidates(request.candidates, self._calibration(catalog, request.router), self.prices)
-        if tenant is not None and self.binding_targets:
-            self._check_filed_prices(request.candidates, tenant)
+        binding = tenant if self.binding_targets else None  # its candidates priced by the models file alone
+        cal = self._calibration(catalog, request.router)
+        cands = check_candidates(request.candidates, cal, self.prices, binding_tenant=binding)
         text = prompt_text(request.prompt, "prompt")
         if not isinstance(text, str):
             raise text
