@@ -49,7 +49,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,9 +62,13 @@ from lmroute.bundle import kinds
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity, lineage_time
 from lmroute.bundle.routers import PromptBatch
+from lmroute.bundle.signing import sign_bundle
 from lmroute.export.calibrate import MIN_CALIBRATION_PROMPTS
 from lmroute.outcomes.records import TENANT_RE, Decision, LabeledPrompt, OutcomeKind
 from lmroute.outcomes.store import OutcomeStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "AdaptRun",
@@ -365,6 +369,7 @@ def adapt_from_store(
     paired_learner: str = PAIRED_LEARNERS[0],
     seed: int = 0,
     overwrite: bool = False,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> AdaptRun:
     """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
     if kind not in ("paired", "single"):
@@ -527,6 +532,8 @@ def adapt_from_store(
                 tenant=tenant,
                 thresholds=kept_thresholds,
             )
+            if sign_key is not None:  # before the run is recorded as accepted: never an unsigned one
+                sign_bundle(out_dir, sign_key)
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = 0 if cal_scores is None else int(cal_scores.size)
     record(result.accepted, candidate_version)

@@ -8,7 +8,9 @@ Every `--interval-s` (or once, with `--once`), against one running server (`--se
    recorded in the store's `adaptations` table), writing an accepted candidate to
    `<bundles-dir>/adapted-<UTC time>`;
 3. if the gate accepted it, hot-swap it in (AdminService.ReloadBundle); the server validates and warms
-   it and keeps the old bundle serving if it refuses it.
+   it and keeps the old bundle serving if it refuses it, or if another bundle serves by then (its
+   `if_version`: two loops on one server, or an operator's swap meanwhile, are not undone: ABORTED,
+   VERSION_MOVED in the round's line).
 
 With `--for-tenant app,batch,(default)` a round adapts each in turn (the tenants' own routers, then the
 bundle's default router: docs/ADAPTATION.md says why in that order), each adapting the bundle the one
@@ -29,7 +31,8 @@ outcome store (PostgreSQL) and a volume of bundles.
 With `--judge-budget K` each iteration then also writes which decisions to judge with both models next
 (lmroute.adapt.to_judge: the label budget over the serving bundle and the store's decisions made since
 the previous list) to `--judge-dir` (default `<bundles-dir>/to-judge`) as `to_judge-<UTC time>.jsonl`,
-for the deployment's judge, whose paired outcomes come back by decision id.
+for the deployment's judge, whose paired outcomes come back by decision id; lists beyond the newest
+`--keep-judge-lists` (default 100; 0 keeps all) are deleted, as they hold prompt texts.
 
 After each round the oldest `adapted-*` bundles in `--bundles-dir` beyond the newest `--keep-bundles`
 (default 5; 0 keeps all) are deleted, never the one serving (or named by the link).
@@ -50,6 +53,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import glob
 import json
 import math
 import os
@@ -73,9 +77,12 @@ from lmroute.outcomes.store import StoreError, open_store
 __all__ = ["Round", "RoundSettings", "main", "point_link", "prune_bundles", "run_link_round", "run_round"]
 
 KEEP_BUNDLES = 5
+"""Adapted bundles kept in --bundles-dir by default (the newest; the serving one always)."""
+KEEP_JUDGE_LISTS = 100
+"""Judge lists kept in --judge-dir by default (the newest): a judge that falls this far behind has lost
+the oldest; one that moves a list away once judged keeps every list it has not seen."""
 MAX_INTERVAL_S = 1e7  # --interval-s: about 116 days (time.sleep refuses what the platform's time_t cannot hold)
 MAX_WINDOW_DAYS = 36_500.0  # --window-days: a century (its milliseconds must fit the store's integers)
-"""Adapted bundles kept in --bundles-dir by default (the newest; the serving one always)."""
 
 
 @dataclass(frozen=True)
@@ -126,16 +133,13 @@ def _adapt(
     parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings, sign_key: Path | None = None
 ) -> tuple[AdaptRun, Path]:
     """One adaptation of `parent` from the store: (its AdaptRun, where an accepted candidate is written,
-    signed with `sign_key` when given: servers with --bundle-public-key take only signed bundles)."""
-    run, out = _adapt_unsigned(parent, store_dsn, bundles_dir, settings)
-    if run.accepted and sign_key is not None:
-        from lmroute.bundle.signing import load_private_key, sign_bundle
+    signed with `sign_key` when given, before the store records it accepted: servers with
+    --bundle-public-key take only signed bundles)."""
+    key = None
+    if sign_key is not None:
+        from lmroute.bundle.signing import load_private_key
 
-        sign_bundle(out, load_private_key(sign_key))
-    return run, out
-
-
-def _adapt_unsigned(parent: Path, store_dsn: str, bundles_dir: Path, settings: RoundSettings) -> tuple[AdaptRun, Path]:
+        key = load_private_key(sign_key)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     out = bundles_dir / f"adapted-{stamp}"
     since = int(time.time() * 1000) - settings.window_ms if settings.window_ms else 0
@@ -154,6 +158,7 @@ def _adapt_unsigned(parent: Path, store_dsn: str, bundles_dir: Path, settings: R
                 callers=settings.callers,
                 tenant=settings.tenant,
                 splits=settings.splits,
+                sign_key=key,
             )
         else:
             run = adapt_from_store(
@@ -169,6 +174,7 @@ def _adapt_unsigned(parent: Path, store_dsn: str, bundles_dir: Path, settings: R
                 tenant=settings.tenant,
                 splits=settings.splits,
                 paired_learner=settings.paired_learner,
+                sign_key=key,
             )
         return run, out
     finally:
@@ -200,12 +206,15 @@ def run_round(
         version, refused = serving.bundle_version, None
         if run.accepted:
             try:
-                # whole: the server resolves a relative path against its own working directory
-                version = client.reload_bundle(str(out.resolve())).bundle_version
+                # whole: the server resolves a relative path against its own working directory; only over
+                # the bundle adapted from (another loop's swap since is not undone: ABORTED, VERSION_MOVED)
+                version = client.reload_bundle(str(out.resolve()), if_version=serving.bundle_version).bundle_version
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # not a refusal of the bundle
-                    raise
+                if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+                    raise  # not a refusal of the bundle
                 refused = {"code": exc.code().name, "reason": error_reason(exc), "message": exc.details() or ""}
+                if refused["reason"] == "VERSION_MOVED":  # another swap came first: say what serves now
+                    version = client.get_bundle().bundle_version
         candidate = out if run.accepted else None
         return Round(run.parent_version, run.accepted, candidate, version, run.report, parent, refused)
 
@@ -268,6 +277,7 @@ def run_link_round(
     if not link.is_symlink():
         raise ValueError(f"--bundle-link: {link} is not a symbolic link (point it at the serving bundle first)")
     with _round_lock(link):
+        _remove_staged_links(link)
         parent = link.resolve()
         run, out = _adapt(parent, store_dsn, bundles_dir, settings, sign_key)
         version, refused = run.parent_version, None
@@ -292,6 +302,15 @@ def run_link_round(
         return Round(
             run.parent_version, run.accepted, out if run.accepted else None, version, run.report, parent, refused
         )
+
+
+def _remove_staged_links(link: Path) -> None:
+    """Remove the new links `point_link` stages beside `link` that a killed round left (SIGKILL between
+    making one and renaming it over the link). Only under the round lock: no other round stages one now."""
+    for p in link.parent.glob(f".{glob.escape(link.name)}.tmp-*"):
+        if p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 @contextlib.contextmanager
@@ -347,11 +366,30 @@ def prune_bundles(bundles_dir: Path, keep: int, serving: Path, *, now: float | N
     return stale + old
 
 
+def _unwritable(folder: Path) -> str:
+    """Why lists could not be written to `folder`, made now when missing ("" when they could): a usage
+    error at startup, not an error line after every round."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{folder} cannot be made: {exc.strerror or exc}"
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not a folder this user can write to"
+    return ""
+
+
 def _judge_list(serving: Path, args: argparse.Namespace, judge_dir: Path) -> dict[str, Any]:
     """This iteration's list of decisions to judge, from the bundle serving now (module docstring)."""
     store = open_store(args.store, must_exist=True, writable=False)
     try:
-        return write_judge_list(serving.resolve(), store, judge_dir, args.judge_budget, window=args.judge_window)
+        return write_judge_list(
+            serving.resolve(),
+            store,
+            judge_dir,
+            args.judge_budget,
+            window=args.judge_window,
+            keep=args.keep_judge_lists,
+        )
     finally:
         store.close()
 
@@ -392,6 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--judge-dir", type=Path, default=None, help="where the lists go (default <bundles-dir>/to-judge)")
     ap.add_argument(
+        "--keep-judge-lists",
+        type=int,
+        default=KEEP_JUDGE_LISTS,
+        help="lists kept in --judge-dir: the newest N, older ones deleted (they hold prompt texts; 0: all; "
+        "default %(default)s)",
+    )
+    ap.add_argument(
         "--keep-bundles",
         type=int,
         default=KEEP_BUNDLES,
@@ -426,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("judge_budget", 0, math.inf),
         ("judge_window", 1, math.inf),
         ("keep_bundles", 0, math.inf),
+        ("keep_judge_lists", 0, math.inf),
     ):
         value = getattr(args, flag)
         if not (math.isfinite(value) and least <= value <= most):
@@ -443,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bundle_public_key is not None:
         if problem := _key_pair_problem(args.sign_key, args.bundle_public_key):
             ap.error(problem)
+    if args.judge_budget > 0 and (problem := _unwritable(args.judge_dir or args.bundles_dir / "to-judge")):
+        ap.error(f"--judge-dir: {problem}")
     try:
         tenants = tenant_filters(args, several=True)
         connect = connection_kwargs(args)

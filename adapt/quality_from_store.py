@@ -33,7 +33,7 @@ import json
 import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,8 +62,12 @@ from lmroute.bundle.kinds.adapted_quality import AdaptedQualityRouter
 from lmroute.bundle.kinds.quality import QualityRouter
 from lmroute.bundle.loader import Bundle, load_bundle
 from lmroute.bundle.manifest import encoder_identity, lineage_time
+from lmroute.bundle.signing import sign_bundle
 from lmroute.outcomes.records import Decision, LabeledPrompt
 from lmroute.outcomes.store import OutcomeStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["ADAPTED_QUALITY", "adapt_qualities_from_store", "embed_rows", "logged_choices"]
 
@@ -159,6 +163,7 @@ def adapt_qualities_from_store(
     min_outcomes: int = MIN_MODEL_OUTCOMES,
     seed: int = 0,
     overwrite: bool = False,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> AdaptRun:
     """One run (module docstring). ValueError naming the setting when the bundle cannot be adapted this way."""
     if splits not in SPLITS:
@@ -289,6 +294,8 @@ def adapt_qualities_from_store(
                 router=router,
                 tenant=tenant,
             )
+            if sign_key is not None:  # before the run is recorded as accepted: never an unsigned one
+                sign_bundle(out_dir, sign_key)
         candidate_version = manifest.bundle_version
         report["calibration_prompts"] = int(cal_scores.size)
     record(result.accepted, candidate_version)

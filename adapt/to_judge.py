@@ -24,9 +24,10 @@ that decisions handed out but not judged yet are not handed out again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,28 +136,54 @@ NEXT_SINCE = "next_since_ms"
 
 
 def write_judge_list(
-    bundle_dir: str | Path, store: OutcomeStore, out_dir: Path, k: int, *, window: int = 500, seed: int = 0
+    bundle_dir: str | Path,
+    store: OutcomeStore,
+    out_dir: Path,
+    k: int,
+    *,
+    window: int = 500,
+    seed: int = 0,
+    keep: int = 0,
 ) -> dict[str, Any]:
     """The decisions to judge made since the last list written to `out_dir`, written there as
     `to_judge-<UTC time>.jsonl` (no file when none is picked), and `out_dir/next_since_ms` moved past the
-    window looked at (written atomically): what `lmroute-adapt --judge-budget` does each round. Returns a
-    summary (picked, window, skipped, file: its path, None without one). ValueError naming the state
-    file when it holds no time."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    window looked at (written atomically): what `lmroute-adapt --judge-budget` does each round. With
+    `keep` > 0 the lists beyond the newest `keep` are deleted (they hold prompt texts). Returns a summary
+    (picked, window, skipped, file: its path, None without one; pruned: lists deleted). ValueError naming
+    the state file when it holds no time; an OSError of the folder names it."""
     state = out_dir / NEXT_SINCE
     since = 0
-    if state.is_file():
-        text = state.read_text(encoding="utf-8", errors="replace").strip()
-        if not text.isdigit():
-            raise ValueError(f"{state}: not a time in Unix milliseconds ({text[:40]!r}); remove it to start again")
-        since = int(text)
+    with _folder_named(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state.is_file():
+            text = state.read_text(encoding="utf-8", errors="replace").strip()
+            if not text.isdigit():
+                raise ValueError(f"{state}: not a time in Unix milliseconds ({text[:40]!r}); remove it to start again")
+            since = int(text)
     picks = decisions_to_judge(bundle_dir, store, k, window=window, since_ms=since, seed=seed)
     written = None
-    if picks.decisions:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        written = out_dir / f"to_judge-{stamp}.jsonl"
-        write_text_atomic(written, "".join(judge_line(d) + "\n" for d in picks.decisions))
-    if picks.newest_ms is not None:
-        write_text_atomic(state, f"{picks.newest_ms + 1}\n")
+    with _folder_named(out_dir):
+        if picks.decisions:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            written = out_dir / f"to_judge-{stamp}.jsonl"
+            write_text_atomic(written, "".join(judge_line(d) + "\n" for d in picks.decisions))
+        if picks.newest_ms is not None:
+            write_text_atomic(state, f"{picks.newest_ms + 1}\n")
+        lists = sorted(out_dir.glob("to_judge-*.jsonl"))  # their names sort by the time they were written
+        pruned = lists[: max(len(lists) - keep, 0)] if keep > 0 else []
+        for old in pruned:
+            old.unlink(missing_ok=True)
     file = None if written is None else str(written)
-    return {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": file}
+    summary = {"picked": len(picks.decisions), "window": picks.window, "skipped": picks.skipped, "file": file}
+    return summary | {"pruned": len(pruned)}
+
+
+@contextlib.contextmanager
+def _folder_named(folder: Path) -> Iterator[None]:
+    """An OSError on the lists' folder (not writable, a full disk) says it was the judge lists' folder."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
+        raise OSError(exc.errno, f"judge lists' folder {folder}: {why}{where}") from exc

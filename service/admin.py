@@ -171,7 +171,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument("path: contains a NUL character", reason="INVALID_PATH")
         swap = asyncio.ensure_future(
             swapper.reload(
-                Path(request.path) if request.path else None, allow_dropped_routers=request.allow_dropped_routers
+                Path(request.path) if request.path else None,
+                allow_dropped_routers=request.allow_dropped_routers,
+                if_version=request.if_version,
             )
         )
         self._swaps.add(swap)

@@ -3,9 +3,10 @@
     lmroute-admin [--server HOST:PORT] [--token-env NAME] [--ca PEM [--cert PEM --key PEM]] COMMAND
 
     bundle                      the serving bundle, the swap in progress, the swap counters
-    reload [PATH] [--allow-dropped-routers]
+    reload [PATH] [--allow-dropped-routers] [--if-version V]
                                 hot-swap the bundle at PATH on the server ("": its serving path again);
-                                --allow-dropped-routers: even one lacking routers served now (a rollback)
+                                --allow-dropped-routers: even one lacking routers served now (a rollback);
+                                --if-version: only if version V serves (else ABORTED, VERSION_MOVED)
     targets                     the tenants' share and spend targets and their controllers
     set-targets [--share TENANT=SHARE] [--spend TENANT=USD] [--remove-share TENANT] [--remove-spend TENANT]
                                 change targets live (each flag repeatable; all applied or none)
@@ -101,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         help="swap in a bundle lacking routers served now (calls naming them get NOT_FOUND): a rollback of an "
         "accepted adaptation to its parent",
     )
+    reload.add_argument(
+        "--if-version",
+        default="",
+        metavar="V",
+        help="swap only if bundle_version V serves (the one the candidate was made from): refused with ABORTED "
+        "(VERSION_MOVED) once another swap came first",
+    )
     sub.add_parser("targets", help="the tenants' share and spend targets and their controllers")
     setter = sub.add_parser("set-targets", help="change tenants' targets live (all applied or none)")
     setter.add_argument("--share", type=_assignment, action="append", default=[], metavar="TENANT=SHARE")
@@ -166,7 +174,11 @@ def _run(client: RouterClient, args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "bundle":
         return _as_dict(client.get_bundle())
     if args.command == "reload":
-        return _as_dict(client.reload_bundle(args.path, allow_dropped_routers=args.allow_dropped_routers))
+        return _as_dict(
+            client.reload_bundle(
+                args.path, allow_dropped_routers=args.allow_dropped_routers, if_version=args.if_version
+            )
+        )
     if args.command == "to-judge":
         callers = [c for c in args.callers.split(",") if c]
         return _as_dict(

@@ -64,7 +64,7 @@ import structlog
 from lmroute.bundle.files import read_regular_file
 from lmroute.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from lmroute.service.cpus import lowest_cpu_priority
-from lmroute.service.errors import BundleRefused, Draining, SwapInProgress
+from lmroute.service.errors import BundleRefused, Draining, SwapInProgress, VersionMoved
 from lmroute.service.scheduler import Scheduler
 from lmroute.service.scorer_api import Catalog, Scorer
 
@@ -183,14 +183,23 @@ class BundleSwapper:
         """The candidate being loaded now; None when no swap is in progress."""
         return None if self._loading is None else self._loading.path
 
-    async def reload(self, path: Path | None = None, *, allow_dropped_routers: bool = False) -> SwapReport:
+    async def reload(
+        self, path: Path | None = None, *, allow_dropped_routers: bool = False, if_version: str = ""
+    ) -> SwapReport:
         """Load, check and warm the bundle at `path` (None: the serving path again), then switch to it;
-        with `allow_dropped_routers` a candidate lacking routers served now is taken too (a rollback).
+        with `allow_dropped_routers` a candidate lacking routers served now is taken too (a rollback);
+        with `if_version` only if that version serves (swaps are one at a time: none can come between).
 
-        Raises SwapInProgress while another swap runs, BundleRefused for a candidate that fails (the
-        serving bundle is unchanged), Draining after `close`."""
+        Raises SwapInProgress while another swap runs, VersionMoved when `if_version` does not serve,
+        BundleRefused for a candidate that fails (the serving bundle is unchanged), Draining after
+        `close`."""
         if self._closed:
             raise Draining("server is shutting down")
+        if if_version and if_version != self.serving.version:
+            raise VersionMoved(
+                f"if_version: {self.serving.version} serves, not {if_version} (another swap came first); the "
+                "serving bundle is left as it is"
+            )
         target = self.serving.path if path is None else path
         if self._loading is not None:
             since = time.monotonic() - self._loading.since

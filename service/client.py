@@ -608,12 +608,20 @@ class RouterClient(_ClientBase):
         return resp
 
     def reload_bundle(
-        self, path: str = "", *, allow_dropped_routers: bool = False, timeout_s: float | None = None
+        self,
+        path: str = "",
+        *,
+        allow_dropped_routers: bool = False,
+        if_version: str = "",
+        timeout_s: float | None = None,
     ) -> admin_pb2.ReloadBundleResponse:
         """Hot-swap the server's bundle for the one at `path` on the server ("" = its serving path again);
         FAILED_PRECONDITION when the candidate is refused (the old bundle keeps serving), e.g. when it
-        lacks a router served now, unless `allow_dropped_routers` (a rollback)."""
-        request = admin_pb2.ReloadBundleRequest(path=path, allow_dropped_routers=allow_dropped_routers)
+        lacks a router served now, unless `allow_dropped_routers` (a rollback); ABORTED (VERSION_MOVED)
+        when `if_version` is given and another version serves."""
+        request = admin_pb2.ReloadBundleRequest(
+            path=path, allow_dropped_routers=allow_dropped_routers, if_version=if_version
+        )
         resp: admin_pb2.ReloadBundleResponse = self._call(self.admin.ReloadBundle, request, timeout_s)
         return resp
 

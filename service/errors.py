@@ -28,6 +28,7 @@
                                        loader's message, BUNDLE_INVALID; a served router missing,
                                        BUNDLE_INCOMPATIBLE; warm-up failed, BUNDLE_WARMUP_FAILED)
     +-- SwapInProgress                 ABORTED (another bundle swap is loading; retry after it)
+    +-- VersionMoved                   ABORTED (ReloadBundle's if_version is not the serving version)
     +-- Unauthenticated                UNAUTHENTICATED (no valid token; never says which check failed)
     +-- PermissionDenied               PERMISSION_DENIED (a token bound to a tenant calling AdminService;
                                        a policy of its own where targets bind: TARGET_IS_BINDING)
@@ -82,6 +83,7 @@ __all__ = [
     "ServiceError",
     "BundleRefused",
     "SwapInProgress",
+    "VersionMoved",
     "Unauthenticated",
     "PermissionDenied",
     "EncoderUnavailable",
@@ -253,6 +255,12 @@ class SwapInProgress(ServiceError):
     default_reason = "SWAP_IN_PROGRESS"
 
 
+class VersionMoved(ServiceError):
+    """A conditional bundle swap found another version serving than the one it was made for."""
+
+    default_reason = "VERSION_MOVED"
+
+
 class Unauthenticated(ServiceError):
     """The call carries no valid token. The message never says which check failed."""
 
@@ -340,6 +348,7 @@ _TABLE: dict[type[ServiceError], tuple[Code, int | None]] = {
     FeedbackRateExceeded: (Code.RESOURCE_EXHAUSTED, 1000),
     BundleRefused: (Code.FAILED_PRECONDITION, None),
     SwapInProgress: (Code.ABORTED, None),
+    VersionMoved: (Code.ABORTED, None),
     Unauthenticated: (Code.UNAUTHENTICATED, None),
     PermissionDenied: (Code.PERMISSION_DENIED, None),
     EncoderUnavailable: (Code.UNAVAILABLE, 1000),

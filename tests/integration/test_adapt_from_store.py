@@ -142,6 +142,44 @@ def test_a_candidate_that_cannot_be_written_is_recorded_as_not_adapted(parent: P
     store.close()
 
 
+def test_a_candidate_is_signed_before_its_run_is_recorded_accepted(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a signing key the candidate is signed inside the write: a signing cut off (Ctrl-C, SIGTERM, a
+    full disk) leaves no run recorded as accepted (it was recorded first, then signed: an interrupted
+    signing left a candidate recorded as accepted that no server would take)."""
+    import lmroute.adapt.from_store as from_store
+    from lmroute.adapt.bundle_out import CandidateNotWritten
+    from lmroute.bundle.loader import read_manifest
+    from lmroute.bundle.signing import generate_key_pair, load_private_key, load_public_key
+
+    private, public = generate_key_pair(tmp_path / "keys" / "bundles")
+    key = load_private_key(private)
+    store = open_store(f"sqlite:{tmp_path / 'outcomes.sqlite3'}")
+    store.write([], _judged(parent, shuffled=False))
+    real_sign = from_store.sign_bundle
+    for cut_off, raised in (
+        (KeyboardInterrupt(), KeyboardInterrupt),
+        (OSError(28, "No space left"), CandidateNotWritten),
+    ):
+
+        def sign(bundle_dir: str | Path, key: Any, cut_off: BaseException = cut_off) -> Path:
+            raise cut_off
+
+        monkeypatch.setattr(from_store, "sign_bundle", sign)
+        with pytest.raises(raised):
+            adapt_from_store(parent, store, tmp_path / "cut", sign_key=key, overwrite=True)
+        assert not any(run["accepted"] for run in store.adaptations())
+    assert len(store.adaptations()) == 1  # the full disk's run, recorded as not adapted; Ctrl-C's: none
+    monkeypatch.setattr(from_store, "sign_bundle", real_sign)
+    run = adapt_from_store(parent, store, tmp_path / "signed", sign_key=key)
+    assert run.accepted and sorted(r["accepted"] for r in store.adaptations()) == [False, True]
+    assert (
+        read_manifest(tmp_path / "signed", public_key=load_public_key(public)).bundle_version == run.candidate_version
+    )
+    store.close()
+
+
 def test_a_short_write_is_said_as_one_without_an_errno() -> None:
     """numpy's short write (a disk that filled mid-file) is an OSError with neither errno nor strerror: it
     was said as '[Errno None] ... 153600 requested and 37856 written'."""
@@ -472,6 +510,49 @@ def test_the_adapt_loop_swaps_an_accepted_bundle_into_a_running_server(parent: P
                 routed.threshold,
                 routed.tier,
             )
+
+
+def test_a_round_does_not_undo_a_swap_made_while_it_adapted(
+    parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two loops (or an operator) on one server: a round's candidate, adapted from the bundle serving when
+    it started, is swapped in only if that bundle still serves (ReloadBundle's if_version); else the
+    round says VERSION_MOVED and what serves stays (the second loop's swap undid the first's)."""
+    import lmroute.adapt.loop as loop
+    from lmroute.bundle.writer import restamp_bundle
+    from lmroute.service.client import RouterClient
+    from lmroute.service.config import ServiceConfig
+    from lmroute.service.testing import ServerThread
+
+    served, other = tmp_path / "served", tmp_path / "other"
+    for copy, default in ((served, "mf"), (other, "random")):
+        shutil.copytree(parent, copy)
+        restamp_bundle(copy, default_router=default)
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    store = open_store(dsn)
+    store.write([], _judged(parent, shuffled=False))
+    store.close()
+    cfg = ServiceConfig(bundle_path=served, port=0, store=dsn, log_level="warning", grace_s=0.0)
+    real_adapt = loop._adapt
+    with ServerThread(cfg) as srv, RouterClient(srv.target) as client:
+
+        def adapt_while_another_swaps(*args: Any, **kw: Any) -> Any:
+            out = real_adapt(*args, **kw)
+            client.reload_bundle(str(other))  # the other loop's swap, made while this round adapted
+            return out
+
+        monkeypatch.setattr(loop, "_adapt", adapt_while_another_swaps)
+        moved = loop.run_round(srv.target, dsn, tmp_path / "bundles")
+        now = client.get_bundle()
+        assert moved.accepted and moved.swap_refused is not None
+        assert (moved.swap_refused["code"], moved.swap_refused["reason"]) == ("ABORTED", "VERSION_MOVED")
+        assert f"{now.bundle_version} serves, not {load_bundle(served).version}" in moved.swap_refused["message"]
+        assert Path(now.resolved_path) == other.resolve() and moved.serving_version == now.bundle_version
+        monkeypatch.setattr(loop, "_adapt", real_adapt)
+        done = loop.run_round(srv.target, dsn, tmp_path / "bundles")  # adapted from what serves: taken
+        assert (
+            done.accepted and done.swap_refused is None and client.get_bundle().bundle_version == done.serving_version
+        )
 
 
 def test_the_adapt_loop_signs_its_candidates_for_a_server_that_takes_only_signed_bundles(
@@ -857,8 +938,11 @@ def test_one_link_round_at_a_time_and_a_link_moved_meanwhile_is_left_alone(paren
         (bundles / "current").symlink_to("rollback")
         point_link(link, bundles / "base", expected=bundles / "old-link")  # adapted from what it named before
     assert os.readlink(link) == "rollback"
+    left = bundles / ".current.tmp-4242-17"  # a round killed (SIGKILL) between staging a link and renaming it
+    left.symlink_to("base")
     done = run_link_round(link, dsn, bundles)  # the lock released: a round runs
     assert done.accepted and done.candidate is not None and os.readlink(link) == done.candidate.name
+    assert not os.path.lexists(left)  # removed under the round lock: no round stages one now
 
 
 def _recent_decisions(parent: Path, texts: list[str], start_ms: int) -> list[Decision]:

@@ -35,7 +35,7 @@ def run(srv: ServerThread, *argv: str) -> tuple[int, dict[str, object]]:
 
 
 def test_each_command_answers_in_json_with_the_operators_token(
-    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("ADMIN_TOKEN", OPERATOR)
     code, bundle = run(server, "bundle")
@@ -59,6 +59,11 @@ def test_each_command_answers_in_json_with_the_operators_token(
     }
     code, swapped = run(server, "reload", "/srv/next")  # the fake scorer loads any path
     assert code == 0 and swapped["path"] == "/srv/next"
+    serving = str(swapped["bundle_version"])
+    code, swapped = run(server, "reload", "/srv/again", "--if-version", serving)
+    assert code == 0 and swapped["previous_version"] == serving and swapped["path"] == "/srv/again"
+    assert run(server, "reload", "/srv/late", "--if-version", "fake-0") == (1, {})  # made from another version
+    assert f"ABORTED (VERSION_MOVED): if_version: {serving} serves, not fake-0" in capsys.readouterr().err
 
 
 def test_refusals_exit_1_with_their_status_and_bad_arguments_exit_2(

@@ -208,11 +208,23 @@ def test_the_adapt_loop_writes_each_iterations_list_from_the_decisions_since_the
                 assert len(picked) == 10 and picked <= ids  # among this iteration's decisions only
                 lists.append(picked)
     assert len(lists) == 2 and not lists[0] & lists[1]
-    (judge_dir / "next_since_ms").write_text("yesterday\n")  # a state file that holds no time: named, not guessed
     store = open_store(dsn)
+    newest = sorted(judge_dir.glob("to_judge-*.jsonl"))[-1]
+    summary = write_judge_list(served, store, judge_dir, 5, keep=1)  # lists hold prompt texts: kept N at most
+    assert summary["picked"] == 0 and summary["pruned"] == 1
+    assert sorted(judge_dir.glob("to_judge-*.jsonl")) == [newest]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(OSError, match=rf"judge lists' folder {a_file}/judge: Not a directory"):
+        write_judge_list(served, store, a_file / "judge", 5)
+    (judge_dir / "next_since_ms").write_text("yesterday\n")  # a state file that holds no time: named, not guessed
     with pytest.raises(ValueError, match=r"next_since_ms: not a time in Unix milliseconds \('yesterday'\)"):
         write_judge_list(served, store, judge_dir, 5)
     store.close()
+    with pytest.raises(SystemExit) as exit_:  # a folder the lists cannot go to: a usage error before any round
+        adapt_main(["--server", "127.0.0.1:1", *argv, "--judge-dir", str(a_file / "judge")])
+    assert exit_.value.code == 2
+    assert f"--judge-dir: {a_file}/judge cannot be made: Not a directory" in capsys.readouterr().err
 
 
 def test_a_running_server_picks_the_same_decisions_to_judge_through_admin_service(

@@ -21,7 +21,15 @@ import pytest
 from lmroute.bundle.errors import BundleError
 from lmroute.service.bundle_swap import BundleSwapper, manifest_version
 from lmroute.service.config import BatchPolicy, ServiceConfig
-from lmroute.service.errors import BundleRefused, Code, ConfigError, Draining, SwapInProgress, status_of
+from lmroute.service.errors import (
+    BundleRefused,
+    Code,
+    ConfigError,
+    Draining,
+    SwapInProgress,
+    VersionMoved,
+    status_of,
+)
 from lmroute.service.fake_scorer import FakeScorer
 from lmroute.service.scheduler import ItemResult, Scheduler
 from lmroute.service.scorer_api import Scorer
@@ -259,6 +267,30 @@ def test_one_swap_at_a_time() -> None:
         assert (await first).current.version == "gated-b"
         assert swapper.loading_path is None and loader.loaded == [Path("/srv/gated-b").resolve()]
         assert (await swapper.reload(Path("/srv/c"))).previous.version == "gated-b"
+        await swapper.close()
+        await sched.close()
+
+    run(body)
+
+
+def test_a_conditional_swap_is_refused_once_another_version_serves() -> None:
+    """`if_version`: taken while that version serves; refused (ABORTED, VERSION_MOVED) once another swap
+    came first, before anything is loaded, the serving bundle left as it is (two adaptation loops on one
+    server each built a candidate from the same parent: the second undid the first's swap)."""
+
+    async def body() -> None:
+        sched, loader = make(FakeScorer(version="a")), Loader()
+        swapper = _swapper(sched, loader, _servicer())
+        assert (await swapper.reload(Path("/srv/b"), if_version="a")).current.version == "b"
+        with pytest.raises(VersionMoved) as e:
+            await swapper.reload(Path("/srv/c"), if_version="a")  # built from a, but b serves now
+        assert e.value.message == (
+            "if_version: b serves, not a (another swap came first); the serving bundle is left as it is"
+        )
+        assert status_of(e.value).code is Code.ABORTED and e.value.reason == "VERSION_MOVED"
+        assert loader.loaded == [Path("/srv/b").resolve()] and sched.scorer.version == "b"
+        assert swapper.counters.swaps == 1 and swapper.counters.refused == 0
+        assert (await swapper.reload(Path("/srv/c"))).current.version == "c"  # unconditional: as before
         await swapper.close()
         await sched.close()
 
