@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from lmroute.bundle.static_encoder import StaticEncoder
 from lmroute.bundle.truncation import HEAD, Truncation
 from lmroute.bundle.writer import PriorArtifacts, stage_bundle
 from lmroute.export import names
+from lmroute.export.cache_entry import fill_once
 from lmroute.export.calibrate import calibration_for_manifest
 from lmroute.export.contamination import eval_prompt_keys, prompt_key
 from lmroute.export.data import (
@@ -198,24 +198,23 @@ def ensure_encoder(
     src = default_model_dir() if model_dir is None else Path(model_dir)
     out = cache_dir / "encoders" / _dir_key(src, max_tokens, quantize)
     info_path = out / "export.json"
-    if info_path.is_file() and (out / "model.onnx").is_file():
-        return out, json.loads(info_path.read_text())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    result = export_encoder(src, tmp, max_tokens=max_tokens, quantize=quantize)
-    info = {
-        "source_dir": str(src),
-        "dim": result.dim,
-        "max_tokens": result.max_tokens,
-        "quantized": result.quantized,
-        "min_cosine_vs_pytorch": result.min_cosine,
-        "int8_mean_cosine_vs_fp32": result.int8_mean_cosine_vs_fp32,
-        "ort_optimized": result.ort_optimized,
-        "export_seconds": round(result.export_seconds, 1),
-    }
-    (tmp / "export.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+    def make(staging: Path) -> None:
+        result = export_encoder(src, staging, max_tokens=max_tokens, quantize=quantize)
+        info = {
+            "source_dir": str(src),
+            "dim": result.dim,
+            "max_tokens": result.max_tokens,
+            "quantized": result.quantized,
+            "min_cosine_vs_pytorch": result.min_cosine,
+            "int8_mean_cosine_vs_fp32": result.int8_mean_cosine_vs_fp32,
+            "ort_optimized": result.ort_optimized,
+            "export_seconds": round(result.export_seconds, 1),
+        }
+        (staging / "export.json").write_text(json.dumps(info, indent=2))
+
+    fill_once(out, lambda o: (o / "export.json").is_file() and (o / "model.onnx").is_file(), make)
+    info: dict[str, Any] = json.loads(info_path.read_text())
     return out, info
 
 

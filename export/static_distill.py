@@ -32,6 +32,7 @@ import numpy.typing as npt
 from lmroute.bundle.encoder import OnnxEncoder, TokenBatch
 from lmroute.bundle.files import sha256_file
 from lmroute.bundle.manifest import StaticDistillation
+from lmroute.export.cache_entry import fill_once
 
 __all__ = ["DEFAULT_SIF_A", "DEFAULT_STATIC_DIM", "StaticTable", "distill_static_table", "ensure_static_encoder"]
 
@@ -159,18 +160,15 @@ def ensure_static_encoder(
     ).hexdigest()[:16]
     out = cache_dir / "static" / key
     info_path = out / "distill.json"
-    if info_path.is_file() and (out / "table.npy").is_file():
-        return out, StaticDistillation(**json.loads(info_path.read_text())["distillation"])
-    made = distill_static_table(
-        source, texts, source_name=source_name, count_texts_from=count_texts_from, dim=dim, sif_a=sif_a
-    )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "table.npy", made.table, allow_pickle=False)
-    shutil.copyfile(source.tokenizer_path, tmp / "tokenizer.json")
-    info = {"distillation": made.distillation.to_dict(), "seconds": round(made.seconds, 1)}
-    (tmp / "distill.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out, made.distillation
+
+    def make(staging: Path) -> None:
+        made = distill_static_table(
+            source, texts, source_name=source_name, count_texts_from=count_texts_from, dim=dim, sif_a=sif_a
+        )
+        np.save(staging / "table.npy", made.table, allow_pickle=False)
+        shutil.copyfile(source.tokenizer_path, staging / "tokenizer.json")
+        info = {"distillation": made.distillation.to_dict(), "seconds": round(made.seconds, 1)}
+        (staging / "distill.json").write_text(json.dumps(info, indent=2))
+
+    fill_once(out, lambda o: (o / "distill.json").is_file() and (o / "table.npy").is_file(), make)
+    return out, StaticDistillation(**json.loads(info_path.read_text())["distillation"])
