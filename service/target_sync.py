@@ -12,6 +12,10 @@ replicas changing one tenant's target at once both end with the value of the lat
 its own changes the same way, with any stored before them, as it records them; read back at its next
 poll they change nothing (`apply` skips a value already held). Store calls run on one thread of their
 own over one connection, opened on first use and opened again after a failure.
+
+A change for a tenant this server does not honour (not in its --tenants list, no token bound to it) is
+not held, but kept aside, the latest per tenant and target: once the tenant is honoured (a token bound
+to it added to the tokens file) it is applied at the next read, as a restart would.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class TargetSync:
         self.targets = targets
         self.honours = honours  # whether a tenant could be spoken for here: another's targets are not held
         self.last_id = 0  # the id of the latest stored change applied (or found applied)
+        # (tenant, target) -> the latest change read for a tenant not honoured then (applied once it is)
+        self._not_honoured: dict[tuple[str, str], tuple[int, TargetChange]] = {}
         self._store: OutcomeStore | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmroute-targets")
         self._lock = asyncio.Lock()  # one reader or writer at a time: changes are applied in id order
@@ -80,12 +86,16 @@ class TargetSync:
     async def _catch_up(self) -> int:
         after = self.last_id
         rows = await self._call(lambda store: store.target_changes(after_id=after))
+        now_honoured = [kept for key, kept in self._not_honoured.items() if self.honours(key[0])]
         changed = 0
-        for change_id, change in rows:
+        for change_id, change in sorted(now_honoured, key=lambda kept: kept[0]) + list(rows):
+            key = (change.tenant, change.target)
             if change.value is not None and not self.honours(change.tenant):  # another replica's tenant
                 _log.warning("target_change_not_honoured", id=change_id, tenant=change.tenant, target=change.target)
-                self.last_id = change_id
+                self._not_honoured[key] = (change_id, change)
+                self.last_id = max(self.last_id, change_id)
                 continue
+            self._not_honoured.pop(key, None)
             try:
                 done = self.targets.apply(change)
             except ValueError as exc:  # a row no SetTargets wrote (it checks every value): skipped, said
@@ -96,7 +106,7 @@ class TargetSync:
                 _log.info(
                     "target_applied", id=change_id, tenant=change.tenant, target=change.target, value=change.value
                 )
-            self.last_id = change_id
+            self.last_id = max(self.last_id, change_id)
         return changed
 
     async def record(self, check: Callable[[], Sequence[TargetChange]]) -> None:

@@ -458,6 +458,31 @@ def test_a_replica_holds_no_stored_target_of_a_tenant_it_does_not_honour(
         assert _held(c) == ([("batch", 0.4)], [])
 
 
+def test_a_stored_target_skipped_for_a_tenant_not_honoured_holds_once_a_token_is_bound_to_it(
+    tmp_path: Path, serve: Callable[..., ServerThread]
+) -> None:
+    """A replica skips a stored target of a tenant it does not honour; a token bound to that tenant added
+    to its tokens file later makes the tenant honoured, and the skipped target holds from the next read
+    (it held only after a restart)."""
+    dsn = f"sqlite:{tmp_path / 'outcomes.sqlite3'}"
+    tokens = tmp_path / "tokens"
+    tokens.write_text("operator-token-000000000001\n")
+    open_replica = serve(store=dsn, share_targets="batch=0.1", auth_tokens_file=str(tokens))
+    listed = serve(
+        store=dsn, share_targets="batch=0.1", tenants=("batch",), targets_watch_s=0.1, auth_tokens_file=str(tokens)
+    )
+    operator = "operator-token-000000000001"
+    with RouterClient(open_replica.target, token=operator) as a, RouterClient(listed.target, token=operator) as b:
+        a.set_targets(shares={"interactive": 0.3, "batch": 0.4})
+        a.set_targets(shares={"interactive": 0.35})  # the latest of its changes is the one to hold
+        _eventually(lambda: _held(b), ([("batch", 0.4)], []))
+        time.sleep(1.1)  # the tokens file is looked at once a second at most: its change is seen below
+        tokens.write_text("operator-token-000000000001\ninteractive-token-00000001 interactive\n")
+        with RouterClient(listed.target, token="interactive-token-00000001") as interactive:
+            interactive.route("hello", router="mf", strong_share=0.5)  # the call that reads the changed file
+        _eventually(lambda: _held(b), ([("batch", 0.4), ("interactive", 0.35)], []))
+
+
 def test_a_replica_whose_store_connections_are_killed_reconnects(
     fresh_postgres_db: str, serve: Callable[..., ServerThread]
 ) -> None:
