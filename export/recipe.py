@@ -138,6 +138,8 @@ class Recipe:
                 raise ValueError(f"{name}: must be >= {low} (got {getattr(self, name)})")
         if self.bert_max_tokens > 512:
             raise ValueError(f"bert_max_tokens: must be <= 512, bert's positions (got {self.bert_max_tokens})")
+        if not 0.0 < self.bert_lr < 1.0:  # what bert's trainer takes (BertTrainConfig), said before any step runs
+            raise ValueError(f"bert_lr: must be in (0, 1) (got {self.bert_lr!r})")
         for name, positive in (
             ("gamma", True),
             ("static_sif_a", True),

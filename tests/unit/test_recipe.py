@@ -110,6 +110,7 @@ def test_every_knob_is_documented_and_frozen() -> None:
         ({"seed": 2**63}, "seed: must be an integer in [0, 2**63 - 1] (got 9223372036854775808)"),
         ({"bert_max_tokens": 4}, "bert_max_tokens: must be >= 8 (got 4)"),
         ({"bert_max_tokens": 600}, "bert_max_tokens: must be <= 512, bert's positions (got 600)"),
+        ({"bert_lr": 1.0}, "bert_lr: must be in (0, 1) (got 1.0)"),  # was refused only once bert's training began
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(kwargs: dict[str, object], message: str) -> None:
