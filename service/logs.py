@@ -12,13 +12,24 @@ the same dict); each call starts its own.
 
 A line that cannot be written (the disk under the log is full, its pipe is closed) is counted and left
 out, never raised: a log line must not fail the call or kill the thread that writes it (`LineWriter`).
-The next line written after such a loss says how many were lost (`log_lines_lost`)."""
+The next line written after such a loss says how many were lost (`log_lines_lost`). Nor may a log that
+is not read stop the server: a line is written by its caller only when that cannot block (the stream
+takes it now: a pipe with room, a file); otherwise it waits, in order, for a thread of the writer's own
+to write it, up to `PENDING_BYTES` of lines, beyond which lines are lost as above. A pipe nobody reads
+(a log shipper stuck) used to block the event loop at its first full write: every call, health checks
+included, hung.
+
+Lines of Python's `logging` (libraries: the OpenTelemetry SDK's export errors, gRPC's) at warning and
+above go through the same renderer and writer, one JSON object per line like the service's own."""
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextvars
 import json as jsonlib
 import logging
+import select
 import sys
 import threading
 import time
@@ -94,57 +105,211 @@ def debug_enabled() -> bool:
     return _level <= logging.DEBUG
 
 
+PENDING_BYTES = 4 * 1024 * 1024
+"""Lines held for the writer's thread while the stream does not take them (a pipe nobody reads): beyond
+this much, lines are lost (counted) instead of held."""
+
+_PIPE_BUF = 4096  # a write this long or shorter to a pipe that polls writable does not block (POSIX)
+
+
 class LineWriter:
     """structlog's logger: each rendered line written and flushed to `file` (None: sys.stderr at each
-    line) under one lock. A write that fails (OSError: no space, a closed pipe; ValueError: a
-    closed file) is counted in `lost` and dropped; the first line written after losses is preceded by a
-    `log_lines_lost` line with their count, as JSON when `json`, else as text."""
+    line). A line is written by its caller when the stream takes it without blocking, else held for the
+    writer's own thread (the module docstring). A write that fails (OSError: no space, a closed pipe;
+    ValueError: a closed file) is counted in `lost` and dropped; the first line written after losses is
+    preceded by a `log_lines_lost` line with their count, as JSON when `json`, else as text."""
 
-    def __init__(self, file: Any = None, *, json: bool = True) -> None:
+    def __init__(self, file: Any = None, *, json: bool = True, pending_bytes: int = PENDING_BYTES) -> None:
         self._file = file
         self._json = json
         self._lock = threading.Lock()
+        self._held = threading.Condition(self._lock)  # the drainer waits on it for lines to write
+        # lines held, oldest first, each with the count of lines lost just before it (its note)
+        self._pending: collections.deque[tuple[int, str]] = collections.deque()
+        self._pending_chars = 0
+        self._pending_limit = pending_bytes
+        self._drainer: threading.Thread | None = None
         self.lost = 0  # lines dropped since the last one written
         self.lost_total = 0
 
-    def _write(self, text: str) -> None:
-        file = self._file if self._file is not None else sys.stderr
-        file.write(text)
-        file.flush()
+    def _stream(self) -> Any:
+        return self._file if self._file is not None else sys.stderr
 
     def msg(self, message: str) -> None:
+        text = message + "\n"
         with self._lock:
-            try:
-                if self.lost:
-                    note = {"event": "log_lines_lost", "lost": self.lost, "level": "warning"}
-                    self._write((jsonlib.dumps(note) if self._json else f"log_lines_lost lost={self.lost}") + "\n")
-                    self.lost = 0
-                self._write(message + "\n")
-            except (OSError, ValueError):
+            stream = self._stream()
+            if not self._pending and len(text) <= _PIPE_BUF and _takes_now(stream):
+                self._emit(stream, text)
+            elif self._pending_chars + len(text) > self._pending_limit:
                 self.lost += 1
                 self.lost_total += 1
+            else:
+                self._pending.append((self.lost, text))
+                self.lost = 0
+                self._pending_chars += len(text)
+                self._start_drainer()
+                self._held.notify()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
 
+    def _emit(self, stream: Any, text: str) -> None:
+        """Write `text` now, after the note of the lines lost before it (under the lock)."""
+        lost, self.lost = self.lost, 0
+        if not _write(stream, self._with_note(lost, text)):
+            self.lost += lost + 1
+            self.lost_total += 1
+
+    def _with_note(self, lost: int, text: str) -> str:
+        if not lost:
+            return text
+        note = {"event": "log_lines_lost", "lost": lost, "level": "warning"}
+        return (jsonlib.dumps(note) if self._json else f"log_lines_lost lost={lost}") + "\n" + text
+
+    def _start_drainer(self) -> None:
+        if self._drainer is None:
+            self._drainer = threading.Thread(target=self._drain, name="lmroute-log-writer", daemon=True)
+            self._drainer.start()
+            atexit.register(self.wait_written, 2.0)
+
+    def _drain(self) -> None:
+        """The writer's thread: write held lines in order, each once the stream takes it. Only this thread
+        writes while lines are held, and a line leaves the queue after it is written, so a caller never
+        writes ahead of a held line."""
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._held.wait()
+                lost, text = self._pending[0]
+                stream = self._stream()
+            _wait_takes(stream)  # blocks here, never on a caller's thread
+            written = _write(stream, self._with_note(lost, text))  # outside the lock: a long line may block
+            with self._lock:
+                self._pending.popleft()
+                self._pending_chars -= len(text)
+                if not written:
+                    self.lost += lost + 1
+                    self.lost_total += 1
+                self._held.notify_all()
+
+    def wait_written(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the held lines to be written (at exit; tests); whether they were."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._held.wait(left)
+        return True
+
+
+def _write(stream: Any, text: str) -> bool:
+    """Write and flush `text`; False when the stream refused it (OSError: no space, a closed pipe;
+    ValueError: a closed file)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _fd(stream: Any) -> int | None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file of the system (a test's capture, a StringIO)
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def _takes_now(stream: Any) -> bool:
+    """Whether a line of at most _PIPE_BUF characters written to `stream` now cannot block it."""
+    fd = _fd(stream)
+    if fd is None:
+        return True  # written as before: such a stream does not block on a reader
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True  # the write itself says what is wrong (counted as lost)
+
+
+def _wait_takes(stream: Any) -> None:
+    """Block until `stream` takes a write (POLLOUT; an error or hang-up too: the write then fails)."""
+    fd = _fd(stream)
+    if fd is None:
+        return
+    poller = select.poll()
+    try:
+        poller.register(fd, select.POLLOUT)
+        while not poller.poll(1000):
+            pass
+    except (OSError, ValueError):
+        return
+
+
+_library_lines: logging.Handler | None = None  # the root handler configure_logging installed
+
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
-    """Route structlog to stderr as JSON lines at `level` (debug, info, warning, error)."""
-    global _level
+    """Route structlog to stderr as JSON lines at `level` (debug, info, warning, error), and Python
+    `logging`'s lines at warning and above (and at `level`, when higher) through the same writer."""
+    global _level, _library_lines
     _level = getattr(logging, level.upper())
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    writer = LineWriter(sys.stderr, json=json)  # the stderr of now, as print's
     structlog.configure(
         processors=[
             merge_call_context,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
-        logger_factory=_writer_factory(LineWriter(sys.stderr, json=json)),  # the stderr of now, as print's
+        logger_factory=_writer_factory(writer),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    if _library_lines is not None:
+        root.removeHandler(_library_lines)
+    _library_lines = _LibraryLines(writer, renderer, stamp)
+    _library_lines.setLevel(max(_level, logging.WARNING))
+    root.addHandler(_library_lines)
+
+
+class _LibraryLines(logging.Handler):
+    """Python `logging` records (libraries') rendered as the service's own lines: event = the message,
+    logger = its name, level, timestamp, the call's context and the exception, when one is attached."""
+
+    def __init__(self, writer: LineWriter, renderer: Any, stamp: Any) -> None:
+        super().__init__()
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+                foreign_pre_chain=[
+                    merge_call_context,
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    stamp,
+                ],
+            )
+        )
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.msg(self.format(record))
+        except Exception:  # a record that cannot be rendered: logging's own report, never the caller's error
+            self.handleError(record)
 
 
 def _writer_factory(writer: LineWriter) -> Callable[..., LineWriter]:
