@@ -206,9 +206,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         tenant's without telling it), and with `tenants` listed for a name not listed (UNKNOWN_TENANT)."""
         bound = AUTH_TENANT.get()
         if bound is not None:
+            bind_call(tenant=bound)  # into the call's access line
             return bound
         if (refused := self._name_refused(named)) is not None:
             raise refused
+        if named:
+            bind_call(tenant=named)
         return named
 
     def _name_refused(self, named: str) -> InvalidArgument | None:

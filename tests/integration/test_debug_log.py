@@ -40,7 +40,7 @@ def _calls(
     configure_logging(level)
     try:
         srv = fake_servers(quiet=False, store=f"sqlite:{tmp_path / level}.sqlite3")
-        with RouterClient(srv.target) as client:
+        with RouterClient(srv.target, tenant="team") as client:
             d = client.route(SECRET, router="mf", threshold=0.5)
             client.score([SECRET, " "], routers=["mf"])
             report = router_pb2.OutcomeReport(decision_id=d.decision_id, single=router_pb2.SingleOutcome(quality=1))
@@ -84,4 +84,6 @@ def test_info_access_lines_carry_no_decision_details(
     route = _access(lines, "Route")
     assert route["decision_id"] and "score" not in route and "chosen_model" not in route
     assert "prompts" not in _access(lines, "Score") and "results" not in _access(lines, "Feedback")
+    # the caller's tenant on every call that names one, at info too (it was on a debug Route's line alone)
+    assert [_access(lines, m).get("tenant") for m in ("Route", "Score", "Feedback")] == ["team"] * 3
     assert not [x for x in lines if x.get("event") == "batch_scored"]
