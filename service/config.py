@@ -597,6 +597,13 @@ class ServiceConfig:
         default=-1,
         metadata=_doc("serve Prometheus metrics at http://<host>:<port>/metrics; 0 picks a free port, -1 = off"),
     )
+    metrics_host: str = field(
+        default="",
+        metadata=_doc(
+            "address the metrics endpoint binds, when not host's: e.g. a private interface only the scraper "
+            "reaches, while the gRPC port faces callers (the endpoint has no tokens and its labels name tenants)"
+        ),
+    )
     http_port: int = field(
         default=-1,
         metadata=_doc(
@@ -944,9 +951,16 @@ class ServiceConfig:
         """Whether server reflection is served: `reflection` on, or auto without authentication."""
         return self.reflection == "on" or (self.reflection == "auto" and not self.auth_enabled)
 
-    def address(self, port: int) -> str:
-        """host:port as gRPC and its clients take it (an IPv6 address in brackets: [::1]:50051)."""
-        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+    def address(self, port: int, host: str = "") -> str:
+        """host:port as gRPC and its clients take it (an IPv6 address in brackets: [::1]:50051); `host`
+        instead of the setting's when given."""
+        host = host or self.host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def metrics_bind_host(self) -> str:
+        """The address the metrics endpoint binds: metrics_host, else host."""
+        return self.metrics_host or self.host
 
     @property
     def loopback_bind(self) -> bool:

@@ -384,20 +384,20 @@ class RouterServer:
         self._server = server
         if self.metrics is not None:
             try:
-                self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+                self.metrics_port = self.metrics.serve(cfg.metrics_bind_host, cfg.metrics_port)
             except OSError as exc:
                 await server.stop(0)
                 self._server = None
                 if self.front is not None:
                     await self.front.stop()
-                raise ConfigError(
-                    f"metrics_port: cannot listen on {cfg.address(cfg.metrics_port)} ({exc.strerror or exc})"
-                ) from None
+                where = cfg.address(cfg.metrics_port, cfg.metrics_bind_host)
+                raise ConfigError(f"metrics_port: cannot listen on {where} ({exc.strerror or exc})") from None
         _log.info(
             "listening",
             host=cfg.host,
             port=self.port,
             metrics_port=self.metrics_port,
+            metrics_host=cfg.metrics_bind_host,
             http_port=self.http_port,
             transport=self.transport,
             auth=self.auth is not None,
@@ -679,12 +679,13 @@ def check_ports_free(cfg: ServiceConfig) -> None:
     gRPC port, and the OpenAI front's and the metrics' when they are on and not 0): `lmroute-serve
     --check`, before a bundle is built or loaded."""
     _check_port_free(cfg.host, cfg.port)
-    for setting, port in (("http_port", cfg.http_port), ("metrics_port", cfg.metrics_port)):
-        if port > 0:
-            _check_port_free(cfg.host, port, setting)
+    if cfg.http_port > 0:
+        _check_port_free(cfg.host, cfg.http_port, "http_port")
+    if cfg.metrics_port > 0:
+        _check_port_free(cfg.metrics_bind_host, cfg.metrics_port, "metrics_port", cfg.metrics_host and "metrics_host")
 
 
-def _check_port_free(host: str, port: int, setting: str = "port") -> None:
+def _check_port_free(host: str, port: int, setting: str = "port", host_setting: str = "host") -> None:
     """ConfigError when another process listens on `port` at any address `host` names. gRPC binds every
     address a name resolves to and succeeds when one of them binds: on `localhost` a second server took
     ::1 beside a first one on 127.0.0.1, and callers split between the two."""
@@ -695,7 +696,9 @@ def _check_port_free(host: str, port: int, setting: str = "port") -> None:
             addresses += socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except OSError as exc:
             if name == host:
-                raise ConfigError(f"host: {host!r} is no address of this host or name that resolves ({exc})") from None
+                raise ConfigError(
+                    f"{host_setting}: {host!r} is no address of this host or name that resolves ({exc})"
+                ) from None
     if port == 0:
         return
     for family, kind, proto, _, address in addresses:

@@ -95,6 +95,7 @@ FLAGS_AND_VARIABLES = [
     ("--tls-client-ca-file", "LMROUTE_TLS_CLIENT_CA_FILE"),
     ("--tracing", "LMROUTE_TRACING"),
     ("--metrics-port", "LMROUTE_METRICS_PORT"),
+    ("--metrics-host", "LMROUTE_METRICS_HOST"),
     ("--http-port", "LMROUTE_HTTP_PORT"),
     ("--upstreams-file", "LMROUTE_UPSTREAMS_FILE"),
     ("--front-max-body-bytes", "LMROUTE_FRONT_MAX_BODY_BYTES"),
