@@ -8,14 +8,20 @@ configuration, so a rotated certificate (a Secret remounted, files replaced) is 
 connection on. Files that cannot be read or do not parse as PEM, a key that is not the certificate's, and
 a certificate outside its validity period (expired, or valid only from more than `CLOCK_SKEW_S` on) keep
 the current certificate in use; the failure is logged and the files are read again `RELOAD_RETRY_S` later,
-changed or not (a certificate not yet valid is taken once it is). At startup they are a config error.
-Connections already open keep their session.
+changed or not (a certificate not yet valid is taken once it is). A new certificate whose notBefore has
+not come yet waits so too while the one in use is valid (taken at once, every client would refuse it
+until then). A client CA file whose certificates have all expired is refused likewise (taken, it would
+lock every mTLS client out). At startup they are a config error. Connections already open keep their
+session.
 
 `FrontTLS` does the same for the OpenAI front's HTTPS listener: its context's SNI callback, which the
 server runs in every handshake (with or without a name sent), hands the connection the context of the
 current files, looked at no more than once a second.
 
-With a client CA the server requires a client certificate signed by it (mTLS).
+With a client CA the server requires a client certificate signed by it (mTLS). The front then speaks TLS
+1.3 only and issues no session tickets, so no connection resumes a session made before a CA was rotated
+out: a client whose CA was removed resumed its old session and was let in (TLS 1.2 resumes by session id
+from the listener's cache, which no reload reaches). gRPC makes new handshakers at each reload.
 """
 
 from __future__ import annotations
@@ -78,13 +84,18 @@ def _check_pair(chain: bytes, key: bytes, cert_path: Path, key_path: Path) -> No
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"{key_path}: not a PEM private key ({exc})") from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if leaf.public_key().public_bytes(*spki) != private.public_key().public_bytes(*spki):
+    try:
+        theirs = leaf.public_key().public_bytes(*spki)
+    except UnsupportedAlgorithm as exc:  # a key type this build of cryptography cannot read
+        raise ValueError(f"{cert_path}: the certificate's public key cannot be read ({exc})") from None
+    if theirs != private.public_key().public_bytes(*spki):
         raise ValueError(f"{cert_path}, {key_path}: the private key does not match the certificate")
 
 
-def _check_dates(chain: bytes, cert_path: Path) -> None:
-    """ValueError naming the file and the date when the chain's first certificate has expired (notAfter
-    passed) or is not valid yet (notBefore more than `CLOCK_SKEW_S` ahead)."""
+def _check_dates(chain: bytes, cert_path: Path, serving_until: datetime | None = None) -> datetime:
+    """The chain's first certificate's notAfter; ValueError naming the file and the date when it has
+    expired, or is not valid yet: its notBefore more than `CLOCK_SKEW_S` ahead, or ahead at all while the
+    certificate in use is valid (`serving_until`: its notAfter; None at startup)."""
     from cryptography import x509
 
     try:
@@ -94,10 +105,15 @@ def _check_dates(chain: bytes, cert_path: Path) -> None:
     now = datetime.now(UTC)
     if leaf.not_valid_after_utc < now:
         raise ValueError(f"{cert_path}: the certificate expired at {_utc(leaf.not_valid_after_utc)} (notAfter)")
-    if leaf.not_valid_before_utc > now + timedelta(seconds=CLOCK_SKEW_S):
+    starts = leaf.not_valid_before_utc
+    if starts > now + timedelta(seconds=CLOCK_SKEW_S):
+        raise ValueError(f"{cert_path}: the certificate is not valid before {_utc(starts)} (notBefore)")
+    if starts > now and serving_until is not None and serving_until > now:
         raise ValueError(
-            f"{cert_path}: the certificate is not valid before {_utc(leaf.not_valid_before_utc)} (notBefore)"
+            f"{cert_path}: the certificate is not valid before {_utc(starts)} (notBefore); the one in use (valid "
+            f"until {_utc(serving_until)}) serves until then"
         )
+    return leaf.not_valid_after_utc
 
 
 def _utc(when: datetime) -> str:
@@ -105,12 +121,21 @@ def _utc(when: datetime) -> str:
 
 
 def _check_certificates(pem: bytes, path: Path | None) -> None:
+    """ValueError naming the client CA file when it does not parse, or every certificate in it has expired
+    (no client certificate could verify); a warning for those expired among valid ones."""
     from cryptography import x509
 
     try:
-        x509.load_pem_x509_certificates(pem)
+        certificates = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
         raise ValueError(f"{path}: not a PEM CA certificate ({exc})") from None
+    now = datetime.now(UTC)
+    expired = [c for c in certificates if c.not_valid_after_utc < now]
+    if len(expired) == len(certificates):
+        latest = max(c.not_valid_after_utc for c in certificates)
+        raise ValueError(f"{path}: every CA certificate in it has expired (the last at {_utc(latest)}, notAfter)")
+    if expired:
+        _log.warning("tls_client_ca_expired", file=str(path), expired=len(expired), certificates=len(certificates))
 
 
 class CertificateFiles:
@@ -120,6 +145,7 @@ class CertificateFiles:
         self.cert, self.key, self.client_ca = Path(cert), Path(key), (Path(client_ca) if client_ca else None)
         self._lock = threading.Lock()
         self._watch = FileStamps(self.paths)
+        self.serving_until: datetime | None = None  # the notAfter of the certificate gRPC serves
         self.config = self._load()  # raises at startup: a server never starts without valid files
         self.reloads = 0
 
@@ -132,10 +158,12 @@ class CertificateFiles:
         key = _read_pem(self.key, "private key")
         ca = _read_pem(self.client_ca, "CA certificate") if self.client_ca else None
         _check_pair(chain, key, self.cert, self.key)  # the bytes gRPC gets: it would find out at a handshake
-        _check_dates(chain, self.cert)  # gRPC serves an expired certificate: each client refuses it
+        until = _check_dates(chain, self.cert, self.serving_until)  # gRPC serves an expired one: clients refuse it
         if ca is not None:
             _check_certificates(ca, self.client_ca)
-        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
+        config = grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
+        self.serving_until = until
+        return config
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's certificate fetcher: a new configuration when the files changed, else None (no change)."""
@@ -144,7 +172,7 @@ class CertificateFiles:
                 return None
             try:
                 self.config = self._load()
-            except (OSError, ValueError) as exc:  # the message names the files
+            except Exception as exc:  # the message names the files; gRPC would swallow an error raised here
                 _log.error("tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
                 self._watch.look_again(RELOAD_RETRY_S)  # not yet valid (a clock behind the issuer's): retried
                 return None
@@ -152,11 +180,12 @@ class CertificateFiles:
             _log.info("tls_reloaded", cert=str(self.cert), reloads=self.reloads)
             return self.config
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A server context of the files as they are now (client certificates required with a client CA);
+    def ssl_context(self, serving_until: datetime | None = None) -> tuple[ssl.SSLContext, datetime]:
+        """A server context of the files as they are now (client certificates required with a client CA,
+        then TLS 1.3 without session tickets: the module docstring) and its certificate's notAfter;
         ValueError naming the files when the key does not match the certificate, one does not parse, or the
-        certificate is outside its validity period."""
-        _check_dates(self.cert.read_bytes(), self.cert)
+        certificate is outside its validity period (`serving_until`: `_check_dates`)."""
+        until = _check_dates(self.cert.read_bytes(), self.cert, serving_until)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(self.cert, self.key, password=_no_password)
@@ -170,12 +199,16 @@ class CertificateFiles:
             )
             raise ValueError(f"{self.cert}, {self.key}: {why}") from None
         if self.client_ca is not None:
+            _check_certificates(_read_pem(self.client_ca, "CA certificate"), self.client_ca)
             try:
                 ctx.load_verify_locations(cafile=str(self.client_ca))
             except ssl.SSLError as exc:
                 raise ValueError(f"{self.client_ca}: not a CA certificate ({exc.reason or exc})") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no session-id resumption (TLS 1.2's server cache)
+            ctx.options |= ssl.OP_NO_TICKET
+            ctx.num_tickets = 0  # no TLS 1.3 tickets: nothing to resume once a client's CA is removed
+        return ctx, until
 
 
 class FrontTLS:
@@ -185,7 +218,8 @@ class FrontTLS:
     def __init__(self, files: CertificateFiles, recheck_s: float = RECHECK_S) -> None:
         self._files = files
         self._watch = FileStamps(files.paths, recheck_s)
-        self.context = files.ssl_context()  # the listener's, and the one handed out until the files change
+        # the listener's, and the one handed out until the files change
+        self.context, self._serving_until = files.ssl_context()
         self.context.sni_callback = self._hand_over
         self._current = self.context
         self.reloads = 0
@@ -193,8 +227,8 @@ class FrontTLS:
     def _hand_over(self, conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if self._watch.changed():
             try:
-                self._current = self._files.ssl_context()
-            except (OSError, ValueError) as exc:  # the message names the files
+                self._current, self._serving_until = self._files.ssl_context(self._serving_until)
+            except Exception as exc:  # the message names the files
                 _log.error("front_tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
                 self._watch.look_again(RELOAD_RETRY_S)
             else:

@@ -19,7 +19,7 @@ from lmroute.service.client import RouterClient
 from lmroute.service.config import ServiceConfig
 from lmroute.service.errors import ConfigError
 from lmroute.service.testing import ServerThread
-from lmroute.service.tls import CLOCK_SKEW_S, CertificateFiles
+from lmroute.service.tls import CertificateFiles
 
 TOKEN = "tls-token-0123456789abcdef"
 
@@ -245,26 +245,188 @@ def test_tls_settings_are_checked_at_startup(tmp_path: Path) -> None:
         ServiceConfig(bundle_path=Path("b"), tls_cert_file="/nonexistent/cert.pem", tls_key_file="/nonexistent/k")
 
 
-def test_a_rotation_refused_as_not_yet_valid_is_taken_once_it_is(
+def test_a_certificate_not_valid_yet_waits_while_the_one_in_use_is_valid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """This clock behind the issuer's by more than CLOCK_SKEW_S: the rotation was refused and never tried
-    again until the files changed, so the old certificate served until it expired. It is read again
-    RELOAD_RETRY_S later (shortened here), changed or not."""
+    """A rotation to a certificate whose notBefore has not come (within CLOCK_SKEW_S: taken at once before,
+    and every client with this clock refused it until then) keeps the one in use, valid, and is read again
+    RELOAD_RETRY_S later (shortened here), changed or not, until it is valid: on the gRPC port's files and
+    for the front's context alike. At startup such a certificate is taken (no other to serve)."""
     from lmroute.service import tls
 
     monkeypatch.setattr(tls, "RELOAD_RETRY_S", 0.3)
     ca = trustme.CA()
     cert, key = write_server_cert(ca, tmp_path, "old")
     files = CertificateFiles(cert, key)
-    valid_from = datetime.now(UTC) + timedelta(seconds=CLOCK_SKEW_S + 2)
+    assert files.serving_until is not None and files.serving_until > datetime.now(UTC)
+    valid_from = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     new_cert, new_key = write_server_cert(ca, tmp_path, "new", not_before=valid_from)
     cert.write_bytes(new_cert.read_bytes())
     key.write_bytes(new_key.read_bytes())
     assert files.fetch() is None and files.reloads == 0  # not valid yet: the old certificate stays
+    with pytest.raises(ValueError) as err:
+        files.ssl_context(files.serving_until)  # the front's reload, while its certificate is valid
+    assert f"not valid before {valid_from:%Y-%m-%dT%H:%M:%SZ} (notBefore); the one in use (valid until" in str(
+        err.value
+    )
     assert files.fetch() is None  # not read again before RELOAD_RETRY_S
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while files.fetch() is None:
         assert time.monotonic() < deadline, "the certificate was not taken once valid"
         time.sleep(0.1)
+    assert files.reloads == 1 and datetime.now(UTC) >= valid_from
+    at_startup = write_server_cert(ca, tmp_path, "early", not_before=datetime.now(UTC) + timedelta(seconds=60))
+    assert CertificateFiles(*at_startup).serving_until is not None  # within the skew, nothing else to serve
+
+
+def _expired_ca(root: Path) -> Path:
+    """A self-signed CA certificate whose validity ended yesterday."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired test CA")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now - timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = root / "expired-ca.pem"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_a_client_ca_file_of_expired_certificates_is_refused_and_the_one_in_use_kept(tmp_path: Path) -> None:
+    """Every certificate of the client CA file expired: refused at startup, and at a rotation the CA in use
+    is kept (taken, it was logged as a reload and every mTLS client was refused)."""
+    ca = trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    client_ca = write_ca(trustme.CA(), tmp_path, "clients")
+    expired = _expired_ca(tmp_path)
+    with pytest.raises(ValueError, match=rf"{expired}: every CA certificate in it has expired \(the last at "):
+        CertificateFiles(cert, key, expired)
+    files = CertificateFiles(cert, key, client_ca)
+    client_ca.write_bytes(expired.read_bytes())
+    assert files.fetch() is None and files.reloads == 0
+    with pytest.raises(ValueError, match="every CA certificate in it has expired"):
+        files.ssl_context()  # the front's context likewise
+    both = expired.read_bytes() + write_ca(trustme.CA(), tmp_path, "valid").read_bytes()
+    client_ca.write_bytes(both)  # one expired among valid ones: taken (the valid ones verify clients)
+    deadline = time.monotonic() + 10
+    while files.fetch() is None:
+        assert time.monotonic() < deadline, "a client CA file holding a valid certificate was not taken"
+        time.sleep(0.1)
     assert files.reloads == 1
+
+
+def test_a_certificate_whose_key_type_cannot_be_read_is_named(tmp_path: Path) -> None:
+    """A certificate whose public key algorithm the cryptography package does not know: a ValueError naming
+    the file (it escaped as UnsupportedAlgorithm: a traceback at startup, and at a rotation gRPC swallowed
+    it with no log line and no retry)."""
+    import ssl
+
+    ca = trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    good = CertificateFiles(cert, key)
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    ec_key, unknown = bytes.fromhex("06072A8648CE3D0201"), bytes.fromhex("06072A8648CE3D0209")
+    if ec_key not in der:
+        pytest.skip("trustme issued a certificate without an EC key")
+    cert.write_text(ssl.DER_cert_to_PEM_cert(der.replace(ec_key, unknown)))
+    with pytest.raises(ValueError, match=rf"{cert}: the certificate's public key cannot be read"):
+        CertificateFiles(cert, key)
+    assert good.fetch() is None and good.reloads == 0  # at a rotation: refused, logged, read again later
+
+
+def test_the_https_front_with_a_client_ca_resumes_no_session(tmp_path: Path) -> None:
+    """With a client CA (mTLS) the front's context speaks TLS 1.3 and issues no session to resume: a client
+    whose CA was then removed resumed its old session and was let in (its listener's context, which no
+    reload reaches, kept the session)."""
+    import socket
+    import ssl
+    import threading
+
+    from lmroute.service.tls import FrontTLS
+
+    ca, clients = trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    front = FrontTLS(CertificateFiles(cert, key, write_ca(clients, tmp_path, "clients")))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with front.context.wrap_socket(conn, server_side=True) as tls_conn:
+                    tls_conn.sendall(b"ok")
+                    tls_conn.recv(1)
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    clients.issue_cert("client@example.test").configure_cert(client)
+
+    def connect(ctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> tuple[bool, ssl.SSLSession | None]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls_conn:
+                assert tls_conn.recv(2) == b"ok"  # after the server's tickets, if it sent any
+                return tls_conn.session_reused, tls_conn.session
+
+    try:
+        _, session = connect(client)
+        reused, _ = connect(client, session)
+        assert not reused
+        tls12 = ssl.create_default_context()
+        ca.configure_trust(tls12)
+        clients.issue_cert("client@example.test").configure_cert(tls12)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, OSError)):
+            connect(tls12)
+    finally:
+        listener.close()
+
+
+def test_a_client_whose_ca_is_removed_keeps_no_connection_past_its_age(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """mTLS: a client CA rotated out refuses that client's new handshakes, and a connection it holds ends at
+    --grpc-max-connection-age-s (1 s here): it kept calling on it, let in, for as long as it stayed busy."""
+    ca, clients, others = trustme.CA(), trustme.CA(), trustme.CA()
+    cert, key = write_server_cert(ca, tmp_path, "server")
+    client_ca = write_ca(clients, tmp_path, "clients")
+    srv = serve(
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        tls_client_ca_file=str(client_ca),
+        grpc_max_connection_age_s=1.0,
+    )
+    chain, client_key = write_client_cert(clients, tmp_path, "app")
+    ca_pem = write_ca(ca, tmp_path, "server")
+    wait_serving(srv, tls_ca=ca_pem, tls_cert=chain, tls_key=client_key)
+    with RouterClient(srv.target, timeout_s=5, tls_ca=ca_pem, tls_cert=chain, tls_key=client_key) as held:
+        held.route("hello", router="mf", threshold=0.5)
+        client_ca.write_bytes(write_ca(others, tmp_path, "others").read_bytes())  # the client's CA removed
+        deadline = time.monotonic() + 15
+        while True:  # busy on its connection: never idle long enough for --grpc-idle-timeout-s
+            try:
+                held.route("hello", router="mf", threshold=0.5)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                break
+            assert time.monotonic() < deadline, "the removed client kept its connection"
+            time.sleep(0.05)
