@@ -1,7 +1,9 @@
 """FileStamps: whether files changed since they were last looked at, for settings re-read without a restart.
 
-A file's stamp is (modification time in ns, size, inode), so an edit in place, a replacement by rename
-and a Kubernetes Secret volume's update (a symlink swapped to a new directory) all count as changes;
+A file's stamp is (modification time in ns, change time in ns, size, inode, device), so an edit in place,
+a replacement by rename and a Kubernetes Secret volume's update (a symlink swapped to a new directory) all
+count as changes, and so does a copy that keeps the old file's modification time and size (`cp -p`,
+`rsync -a --inplace`, files dated by SOURCE_DATE_EPOCH): the change time, which no copy can set, moves;
 a file that cannot be seen has its own stamp, so it going away and coming back are changes too. Looking
 costs one `os.stat` a file; with `recheck_s` the files are looked at no more than that often, however
 often a caller asks. Used by the TLS certificate files (lmroute.service.tls), the tokens file
@@ -22,15 +24,15 @@ RECHECK_S = 1.0
 """How often (seconds) the settings re-read at calls (the tokens file, the OpenAI front's certificate
 files) are looked at, at most: a change is taken within about this long."""
 
-_UNSEEN = (-1, -1, -1)
+_UNSEEN = (-1, -1, -1, -1, -1)
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
+def _stamp(path: Path) -> tuple[int, int, int, int, int]:
     try:
         st = os.stat(path)
     except OSError:
         return _UNSEEN
-    return st.st_mtime_ns, st.st_size, st.st_ino
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev
 
 
 class FileStamps:
@@ -45,7 +47,7 @@ class FileStamps:
         self._next_look = time.monotonic() + recheck_s
         self._retry_at: float | None = None  # look_again's time
 
-    def _now(self) -> tuple[tuple[int, int, int], ...]:
+    def _now(self) -> tuple[tuple[int, int, int, int, int], ...]:
         return tuple(_stamp(p) for p in self.paths)
 
     def changed(self) -> bool:
