@@ -8,9 +8,12 @@ optionally bound to a tenant:
     env:   entries separated by commas, `<token>` or `<token>:<tenant>`
 
 A caller sends `authorization: Bearer <token>` in its metadata. A call is let in when the token equals
-one of the configured ones; the comparison runs over every configured token, each with
-`hmac.compare_digest` of SHA-256 digests (all of one length), so its time depends neither on which token
-(or which prefix) matched nor on the tokens' lengths. A token bound
+one of the configured ones: the SHA-256 digest of what it sent is looked up among the tokens' digests (a
+dictionary), so the time a check takes depends on the caller's own input and its digest, never on which
+token (or which prefix of one) is near it; learning a token from it would need a preimage of SHA-256.
+(Comparing with every token in turn, as before, made every call, with a wrong token too, cost time in
+proportion to the number of tokens.) The file holds at most `MAX_TOKENS_FILE_BYTES`, as it is read again
+on the call that finds it changed. A token bound
 to a tenant decides the call's tenant (the tenant metadata key is then ignored), so a caller cannot speak
 for another tenant. The health service is always open. Tokens are never logged: errors about a bad entry
 name the file and line, not the token.
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -47,6 +49,8 @@ AUTH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmrout
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")  # URL-safe and base64 characters, at least 16
+MAX_TOKENS_FILE_BYTES = 1024 * 1024
+"""The largest tokens file taken (about 30,000 tokens of 32 characters): it is read on a serving thread."""
 
 
 def _entry(token: str, tenant: str | None, where: str) -> tuple[bytes, str | None]:
@@ -63,9 +67,13 @@ def load_tokens(file: str = "", env: str = "", environ: Mapping[str, str] | None
     out: dict[bytes, str | None] = {}
     if file:
         try:
-            lines = Path(file).read_text(encoding="utf-8").splitlines()
+            with open(file, "rb") as f:
+                data = f.read(MAX_TOKENS_FILE_BYTES + 1)
+            lines = data.decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"{file}: cannot be read ({type(exc).__name__})") from None
+        if len(data) > MAX_TOKENS_FILE_BYTES:
+            raise ValueError(f"{file}: more than {MAX_TOKENS_FILE_BYTES} bytes (keep the tokens file under it)")
         for n, line in enumerate(lines, 1):
             parts = line.split("#", 1)[0].split()
             if not parts:
@@ -104,7 +112,7 @@ class Authenticator:
         self._fixed = load_tokens(env=env, environ=environ)  # the variable's: read once
         self._watch = FileStamps([Path(file)], recheck_s) if file else None
         self.tokens: Mapping[bytes, str | None] = {}
-        self._digests: tuple[tuple[bytes, str | None], ...] = ()  # (sha256 of a token, its tenant)
+        self._by_digest: dict[bytes, str | None] = {}  # sha256 of a token -> its tenant
         self._take(self._merged(load_tokens(file)))
         self.reloads = 0  # times the file's tokens were replaced
         self.reload_failures = 0  # changed files whose tokens were not taken
@@ -118,7 +126,7 @@ class Authenticator:
     def _take(self, tokens: Mapping[bytes, str | None]) -> None:
         """Serve `tokens` from now on, with their digests (computed once here, not at every call)."""
         self.tokens = tokens
-        self._digests = tuple((hashlib.sha256(token).digest(), bound) for token, bound in tokens.items())
+        self._by_digest = {hashlib.sha256(token).digest(): bound for token, bound in tokens.items()}
 
     def _reload(self) -> None:
         """The changed file's tokens in place of the old ones, or the old ones kept (module docstring)."""
@@ -145,10 +153,7 @@ class Authenticator:
             if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":
                 presented = value[7:].strip().encode("utf-8", "replace")
                 break
-        admitted, tenant = False, None
-        # every token compared, as digests of one length: time independent of the match and of the lengths
-        digest = hashlib.sha256(presented).digest()
-        for known, bound in self._digests:
-            if hmac.compare_digest(digest, known):
-                admitted, tenant = True, bound
-        return admitted, tenant
+        digest = hashlib.sha256(presented).digest()  # looked up by digest: the module docstring says why
+        if digest not in self._by_digest:
+            return False, None
+        return True, self._by_digest[digest]

@@ -251,6 +251,12 @@ def test_bad_token_files_are_refused_naming_the_line_not_the_token(tmp_path: Pat
         ServiceConfig(bundle_path=Path("b"), auth_tokens_file=str(bad))
     with pytest.raises(ConfigError, match="auth: environment variable LMROUTE_TEST_NO_SUCH_VAR: not set"):
         ServiceConfig(bundle_path=Path("b"), auth_tokens_env="LMROUTE_TEST_NO_SUCH_VAR")
+    from lmroute.service.auth import MAX_TOKENS_FILE_BYTES
+
+    # the file is read again on a serving thread when it changes: a bound on what that read may cost
+    bad.write_text("".join(f"token-{i:026d}\n" for i in range(MAX_TOKENS_FILE_BYTES // 33 + 1)))
+    with pytest.raises(ConfigError, match=rf"auth: {bad}: more than {MAX_TOKENS_FILE_BYTES} bytes"):
+        ServiceConfig(bundle_path=Path("b"), auth_tokens_file=str(bad))
 
 
 def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(
