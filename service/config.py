@@ -274,6 +274,15 @@ class ServiceConfig:
             "closes it (a client reconnects on its next call); keepalive pings do not count as calls"
         ),
     )
+    grpc_max_connection_age_s: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "seconds a gRPC connection may stay open however busy; then gRPC sends it GOAWAY (calls in progress "
+            "get up to 30 s more, or this long when shorter) and the client reconnects, its certificate and "
+            "token checked afresh: a client whose CA was removed from the client CA file (mTLS) keeps no "
+            "connection past it"
+        ),
+    )
     grpc_handshake_timeout_s: float = field(
         default=20.0,
         metadata=_doc(
@@ -710,7 +719,8 @@ class ServiceConfig:
         rate = self.feedback_rate
         if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0 <= rate < math.inf):
             raise ConfigError(f"feedback_rate: must be >= 0 and finite (0: no limit; got {rate!r})")
-        for name in ("grpc_idle_timeout_s", "grpc_handshake_timeout_s"):  # gRPC takes whole milliseconds, int32
+        # gRPC takes whole milliseconds, int32
+        for name in ("grpc_idle_timeout_s", "grpc_max_connection_age_s", "grpc_handshake_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (
                 isinstance(value, (int, float)) and 0.001 <= value <= MAX_GRPC_TIMEOUT_S

@@ -42,6 +42,7 @@ FLAGS_AND_VARIABLES = [
     ("--max-streams", "LMROUTE_MAX_STREAMS"),
     ("--grpc-max-connections", "LMROUTE_GRPC_MAX_CONNECTIONS"),
     ("--grpc-idle-timeout-s", "LMROUTE_GRPC_IDLE_TIMEOUT_S"),
+    ("--grpc-max-connection-age-s", "LMROUTE_GRPC_MAX_CONNECTION_AGE_S"),
     ("--grpc-handshake-timeout-s", "LMROUTE_GRPC_HANDSHAKE_TIMEOUT_S"),
     ("--intra-op-threads", "LMROUTE_INTRA_OP_THREADS"),
     ("--scoring-cpus", "LMROUTE_SCORING_CPUS"),
