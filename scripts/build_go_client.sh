@@ -4,7 +4,8 @@
 # (.venv, for grpc_tools.protoc). Modules come from the Go module proxy, pinned by go.mod/go.sum; the two
 # protoc plugins are installed with `go install <pkg>@<version>` into clients/go/.bin.
 # Idempotent: a second run reinstalls nothing, rewrites stubs only when they change, and `go build` is
-# incremental. Usage: scripts/build_go_client.sh [python]   (default: .venv/bin/python of the repository)
+# incremental; concurrent runs are serialised with a lock.
+# Usage: scripts/build_go_client.sh [python]   (default: .venv/bin/python of the repository)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${1:-$root/.venv/bin/python}"
@@ -16,6 +17,12 @@ PROTOC_GEN_GO_GRPC_VERSION="v1.6.2"     # google.golang.org/grpc/cmd/protoc-gen-
 command -v go >/dev/null || { echo "build_go_client: 'go' is not on PATH (install Go from go.dev)" >&2; exit 1; }
 [ -x "$py" ] || { echo "build_go_client: no Python at $py (run scripts/setup.sh first)" >&2; exit 1; }
 export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" GOBIN="$gomod/.bin"
+
+# Concurrent runs are serialised: step 2 deletes and re-copies gen/, which a second run (or its go build)
+# would read half-written. The lock is in bin/ (ignored by git, never deleted here).
+mkdir -p "$gomod/bin"
+exec 9>"$gomod/bin/.build.lock"
+flock 9
 
 # 1. protoc plugins, pinned (reinstalled only when missing or at another version).
 install_plugin() {  # name package version

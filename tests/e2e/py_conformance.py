@@ -26,6 +26,7 @@ __all__ = ["run_case", "run_cases", "main"]
 DEFAULT_TIMEOUT_MS = 30_000
 RPCS = (
     "Score",
+    "ScoreAll",
     "Route",
     "Health",
     "ListRouters",
@@ -40,22 +41,33 @@ RPCS = (
 ROUTED = "routed"  # a Feedback outcome's decision_id meaning: the decision of the case's own Route call
 
 
-def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    resp = client.score(case["prompts"], case.get("routers", []), timeout_s=timeout_s)
+def _item(r: router_pb2.PromptScores, index: int) -> dict[str, Any]:
     return {
-        "bundle_version": resp.bundle_version,
-        "results": [
-            {
-                "index": r.index,
-                "item_code": r.status.code,
-                "item_reason": r.status.reason,
-                "n_tokens": r.n_tokens,
-                "truncated": r.truncated,
-                "scores": {s.router: s.strong_win_probability for s in r.scores},
-            }
-            for r in resp.results
-        ],
+        "index": index,
+        "item_code": r.status.code,
+        "item_reason": r.status.reason,
+        "n_tokens": r.n_tokens,
+        "truncated": r.truncated,
+        "scores": {s.router: s.strong_win_probability for s in r.scores},
     }
+
+
+def _score(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    # no "prompts": an empty list, as the Go and Java clients send it (the server: NO_PROMPTS)
+    resp = client.score(case.get("prompts", []), case.get("routers", []), timeout_s=timeout_s)
+    return {"bundle_version": resp.bundle_version, "results": [_item(r, r.index) for r in resp.results]}
+
+
+def _score_all(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """The reference of the clients' ScoreAll (a Score split by the server's limits): every prompt scored in
+    a call of its own, so that the split is checked against what no split can change. A failed call ends
+    the case with its error, as ScoreAll ends; the bundle version is the last call's."""
+    results, version = [], ""
+    for i, prompt in enumerate(case.get("prompts", [])):
+        resp = client.score([prompt], case.get("routers", []), timeout_s=timeout_s)
+        results.append(_item(resp.results[0], i))
+        version = resp.bundle_version
+    return {"bundle_version": version, "results": results}
 
 
 RULES = ("cost_weight", "quality_margin", "quality_floor")  # a Route among candidates: at most one
@@ -137,6 +149,8 @@ def _call(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[
     rpc = case["rpc"]
     if rpc == "Score":
         return _score(client, case, timeout_s)
+    if rpc == "ScoreAll":
+        return _score_all(client, case, timeout_s)
     if rpc == "Route":
         return _route(client, case, timeout_s)
     if rpc == "Health":
@@ -171,12 +185,16 @@ def _call(client: RouterClient, case: dict[str, Any], timeout_s: float) -> dict[
 
 
 def run_case(client: RouterClient, case: dict[str, Any]) -> dict[str, Any]:
-    """One case's result object; a gRPC error becomes {"id", "code", "reason"}."""
+    """One case's result object; a gRPC error becomes {"id", "code", "reason"}, and a request the client
+    refuses before sending (RouterClient's ValueError: a lone surrogate) {"id", "code": "INVALID_ARGUMENT",
+    "reason": "", "client_error"}."""
     timeout_s = case.get("timeout_ms", DEFAULT_TIMEOUT_MS) / 1000.0
     try:
         body = _call(client, case, timeout_s)
     except grpc.RpcError as err:
         return {"id": case["id"], "code": err.code().name, "reason": error_reason(err)}  # type: ignore[attr-defined]
+    except ValueError as err:
+        return {"id": case["id"], "code": "INVALID_ARGUMENT", "reason": "", "client_error": str(err)}
     return {"id": case["id"], "code": "OK", **body}
 
 

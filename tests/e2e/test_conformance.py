@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,94 @@ def test_client_routes_among_candidates_like_the_python_client(
         else:
             del changed[part]
         assert differences(one, changed), (part, key)
+    out = run(client_command(client), "conformance", "--addr", target, "--cases", str(path))
+    assert out.returncode == 0, f"{client} conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
+    got = _by_id(json.loads(out.stdout), client, cases)
+    diff = [d for cid, r in ref.items() for d in differences(r, got[cid])]
+    assert not diff, f"{client} differs from the Python client in {len(diff)} places:\n" + "\n".join(diff)
+
+
+# A server with small limits on one call (its ListRouters.limits say them): max_prompt_chars 4000 (the e2e
+# servers'), at most 5 prompts, 8000 characters and 16 KiB a call.
+SMALL_LIMITS = {"max_prompts_per_request": 5, "max_request_chars": 8000, "max_message_bytes": 16384}
+
+
+@pytest.fixture(scope="module")
+def e2e_limits_server(e2e_bundle_dir: Path) -> Iterator[ServerThread]:
+    from lmroute.service.config import BatchPolicy, ServiceConfig
+
+    batch = BatchPolicy(max_wait_us=2000, max_batch_size=64, queue_timeout_ms=60_000, max_prompt_chars=4000)
+    cfg = ServiceConfig(
+        bundle_path=e2e_bundle_dir,
+        host="127.0.0.1",
+        port=0,
+        batch=batch,
+        log_level="warning",
+        grace_s=0.0,
+        **SMALL_LIMITS,
+    )
+    srv = ServerThread(cfg).start()
+    yield srv
+    srv.stop()
+
+
+def build_limits_cases() -> list[dict[str, Any]]:
+    """Score calls over SMALL_LIMITS: each too big for one call (refused whole), then the same prompts
+    through ScoreAll (split by the server's limits; the Python reference scores them one by one)."""
+    p = synthetic_prompts(10, seed=13)
+    many = [*p[:7], "", *p[7:], "x" * 4001]  # 12 prompts; an empty one and one over max_prompt_chars fail alone
+    wide = [(f"{p[i]} " * 200)[:3000] for i in range(3)]  # 3 x 3000 characters: over 8000 in all
+    heavy = ["量" * 3000, "語" * 3000]  # 6000 characters, but 2 x 9000 bytes: over 16 KiB in one message
+    routers = ["mf", "bert"]
+    return [
+        {"id": "list", "rpc": "ListRouters"},
+        {"id": "score-one-call-too-many", "rpc": "Score", "prompts": many, "routers": routers},
+        {"id": "score-one-call-too-long", "rpc": "Score", "prompts": wide, "routers": routers},
+        {"id": "score-one-call-too-large", "rpc": "Score", "prompts": heavy, "routers": routers},
+        {"id": "score-all-by-prompts", "rpc": "ScoreAll", "prompts": many, "routers": routers},
+        {"id": "score-all-by-characters", "rpc": "ScoreAll", "prompts": wide, "routers": routers},
+        {"id": "score-all-by-bytes", "rpc": "ScoreAll", "prompts": heavy},
+        # alone over max_request_chars: its call is refused, and that ends ScoreAll (the Python Controller's way)
+        {"id": "score-all-alone-too-long", "rpc": "ScoreAll", "prompts": ["a", "y" * 8001, "b"]},
+        {"id": "score-all-none", "rpc": "ScoreAll", "prompts": []},
+    ]
+
+
+LIMITS_ERRORS = {
+    "score-one-call-too-many": ("INVALID_ARGUMENT", "TOO_MANY_PROMPTS"),
+    "score-one-call-too-long": ("INVALID_ARGUMENT", "REQUEST_TOO_LONG"),
+    "score-one-call-too-large": ("RESOURCE_EXHAUSTED", ""),  # gRPC's: over the server's max_message_bytes
+    "score-all-alone-too-long": ("INVALID_ARGUMENT", "REQUEST_TOO_LONG"),
+}
+
+
+@pytest.mark.parametrize("client", CLIENT_NAMES)
+def test_client_score_all_splits_by_the_servers_limits(
+    client: str, client_command: Callable[[str], list[str]], e2e_limits_server: ServerThread, tmp_path: Path
+) -> None:
+    """ScoreAll (Go Client.ScoreAll, Java RouterClient.scoreAll) of prompts no one Score call may carry
+    (too many, too many characters, too many bytes) splits them by the server's ListRouters.limits and
+    answers as scoring them one by one does: every result in the input order, indexed there, a bad prompt
+    failing alone."""
+    cases = build_limits_cases()
+    path = tmp_path / "limits.json"
+    path.write_text(json.dumps({"cases": cases}, ensure_ascii=False), encoding="utf-8")
+    target = e2e_limits_server.target
+    py = run([sys.executable, str(PY_CLIENT)], "conformance", "--addr", target, "--cases", str(path))
+    assert py.returncode == 0, py.stderr[-4000:]
+    ref = _by_id(json.loads(py.stdout), "python", cases)
+    for cid, (code, reason) in LIMITS_ERRORS.items():
+        assert (ref[cid]["code"], ref[cid]["reason"]) == (code, reason), ref[cid]
+    by_prompts = ref["score-all-by-prompts"]["results"]
+    assert [r["index"] for r in by_prompts] == list(range(12))
+    assert [(r["item_code"], r["item_reason"]) for r in by_prompts if r["item_code"]] == [
+        (3, "EMPTY_PROMPT"),
+        (3, "PROMPT_TOO_LONG"),
+    ]
+    assert by_prompts[7]["item_reason"] == "EMPTY_PROMPT" and set(by_prompts[0]["scores"]) == {"mf", "bert"}
+    for cid in ("score-all-by-characters", "score-all-by-bytes"):
+        assert ref[cid]["code"] == "OK" and all(r["item_code"] == 0 for r in ref[cid]["results"]), ref[cid]
+    assert (ref["score-all-none"]["code"], ref["score-all-none"]["results"]) == ("OK", [])
     out = run(client_command(client), "conformance", "--addr", target, "--cases", str(path))
     assert out.returncode == 0, f"{client} conformance exited {out.returncode}:\n{out.stderr[-4000:]}"
     got = _by_id(json.loads(out.stdout), client, cases)

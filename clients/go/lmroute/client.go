@@ -77,6 +77,9 @@ type Client struct {
 	retry   retrier
 
 	closeOnce sync.Once
+
+	limitsMu sync.Mutex
+	limits   *lmroutev1.CallLimits // the server's, from its first ListRouters answer (Limits)
 }
 
 // New connects lazily to target ("host:port", or any gRPC target name).
@@ -91,6 +94,9 @@ func New(target string, opts Options) (*Client, error) {
 		opts.Retry = DefaultRetryPolicy
 	}
 	if err := opts.Retry.Validate(); err != nil {
+		return nil, err
+	}
+	if err := checkMetadata(opts); err != nil {
 		return nil, err
 	}
 	dial := append([]grpc.DialOption{}, opts.DialOptions...)
@@ -115,6 +121,22 @@ func New(target string, opts Options) (*Client, error) {
 		timeout: opts.Timeout,
 		retry:   newRetrier(opts.Retry),
 	}, nil
+}
+
+// checkMetadata refuses a Tenant or Token that gRPC cannot send as metadata (printable ASCII only): else
+// every call fails INTERNAL with a header error that names neither. The message names the field and the
+// place of the first bad character, never the token itself.
+func checkMetadata(opts Options) error {
+	for _, f := range []struct{ name, value string }{{"Tenant", opts.Tenant}, {"Token", opts.Token}} {
+		n := 0
+		for _, r := range f.value {
+			n++
+			if r < 0x20 || r > 0x7e {
+				return fmt.Errorf("lmroute: Options.%s: only printable ASCII may be sent (character %d is not)", f.name, n)
+			}
+		}
+	}
+	return nil
 }
 
 // Close closes the connection. It is idempotent: a second call does nothing and returns nil (the first

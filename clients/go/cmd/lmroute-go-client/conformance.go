@@ -64,7 +64,7 @@ type conformanceOutcome struct {
 const routedDecision = "routed"
 
 var knownRPCs = map[string]bool{
-	"Score": true, "Route": true, "Health": true, "ListRouters": true,
+	"Score": true, "ScoreAll": true, "Route": true, "Health": true, "ListRouters": true,
 	"Feedback": true, "SetTargets": true, "ListShareTargets": true, "ListSpendTargets": true,
 	"GetBundle": true, "ReloadBundle": true, "DecisionsToJudge": true,
 }
@@ -104,8 +104,12 @@ func conformanceCmd(args []string, stdout, stderr io.Writer) error {
 	for _, cs := range cases {
 		results = append(results, runCase(c, cs))
 	}
-	enc := json.NewEncoder(stdout)
-	return enc.Encode(map[string]any{"results": results})
+	doc, err := pyJSON(map[string]any{"results": results})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", doc)
+	return err
 }
 
 // readCases reads and checks the cases file; every problem is a usage error (exit 2).
@@ -153,7 +157,7 @@ func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
 	out := map[string]any{"id": cs.ID}
 	var err error
 	switch cs.RPC {
-	case "Score":
+	case "Score", "ScoreAll":
 		err = runScore(ctx, c, cs, out)
 	case "Route":
 		err = runRoute(ctx, c, cs, out)
@@ -200,8 +204,15 @@ func runCase(c *lmroute.Client, cs conformanceCase) map[string]any {
 	return out
 }
 
+// runScore makes a Score call, or for ScoreAll as many as the server's limits need (Client.ScoreAll).
 func runScore(ctx context.Context, c *lmroute.Client, cs conformanceCase, out map[string]any) error {
-	resp, err := c.Score(ctx, lmroute.ScoreRequest(cs.Prompts, cs.Routers...))
+	var resp *lmroutev1.ScoreResponse
+	var err error
+	if cs.RPC == "ScoreAll" {
+		resp, err = c.ScoreAll(ctx, cs.Prompts, cs.Routers...)
+	} else {
+		resp, err = c.Score(ctx, lmroute.ScoreRequest(cs.Prompts, cs.Routers...))
+	}
 	if err != nil {
 		return err
 	}

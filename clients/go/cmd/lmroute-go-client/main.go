@@ -310,9 +310,9 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s\tpredicted_quality=%.4f expected_cost_usd=%.6g runner_up=%s router=%s bundle=%s decision=%s\n",
+		fmt.Fprintf(stdout, "%s\tpredicted_quality=%.4f expected_cost_usd=%.6g runner_up=%s propensity=%.6f router=%s bundle=%s decision=%s\n",
 			d.GetChosenModel(), d.GetChosen().GetPredictedQuality(), d.GetChosen().GetExpectedCostUsd(),
-			d.GetRunnerUp().GetModel(), d.GetRouter(), d.GetBundleVersion(), d.GetDecisionId())
+			d.GetRunnerUp().GetModel(), d.GetPropensity(), d.GetRouter(), d.GetBundleVersion(), d.GetDecisionId())
 		return nil
 	}
 	// neither: the server holds the caller's tenant's share target (--tenant; its --share-targets)
@@ -327,9 +327,11 @@ func routeCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s\t%s\tscore=%.6f threshold=%.6f router=%s bundle=%s decision=%s\n",
-		d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold(), d.GetRouter(), d.GetBundleVersion(),
-		d.GetDecisionId())
+	// propensity: 1 when the policy decided, below 1 for an exploring decision (what an outcome of it is
+	// weighted by)
+	fmt.Fprintf(stdout, "%s\t%s\tscore=%.6f threshold=%.6f propensity=%.6f router=%s bundle=%s decision=%s\n",
+		d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold(), d.GetPropensity(), d.GetRouter(),
+		d.GetBundleVersion(), d.GetDecisionId())
 	return nil
 }
 
@@ -425,6 +427,9 @@ func feedbackCmd(args []string, stdout, stderr io.Writer) error {
 	resp, err := c.Feedback(context.Background(), report)
 	if err != nil {
 		return err
+	}
+	if len(resp.GetResults()) != 1 { // one outcome sent: one status owed (a server answering otherwise is broken)
+		return fmt.Errorf("the server answered %d statuses for the 1 outcome sent (stored %d)", len(resp.GetResults()), resp.GetStored())
 	}
 	st := resp.GetResults()[0]
 	if st.GetCode() != 0 {

@@ -21,9 +21,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go run ./examples/route HOST:PORT")
 		os.Exit(2)
 	}
-	c, err := lmroute.New(os.Args[1], lmroute.Options{Timeout: 2 * time.Second}) // retries: DefaultRetryPolicy
+	// run returns instead of exiting, so that its deferred Close and cancels run before the exit status is set
+	if err := run(os.Args[1]); err != nil {
+		log.Print(err)
+		os.Exit(1)
+	}
+}
+
+func run(addr string) error {
+	c, err := lmroute.New(addr, lmroute.Options{Timeout: 2 * time.Second}) // retries: DefaultRetryPolicy
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer c.Close()
 
@@ -32,17 +40,18 @@ func main() {
 	d, err := c.Route(ctx, lmroute.RouteRequest("Prove that sqrt(2) is irrational.", "mf", lmroute.StrongShare(0.3)))
 	switch {
 	case status.Code(err) == codes.InvalidArgument:
-		log.Fatalf("bad request (%s): %v", lmroute.Reason(err), err) // e.g. EMPTY_PROMPT, OUT_OF_RANGE
+		return fmt.Errorf("bad request (%s): %w", lmroute.Reason(err), err) // e.g. EMPTY_PROMPT, OUT_OF_RANGE
 	case err != nil:
-		log.Fatalf("route: %v", err) // overload that outlived the retries, deadline, ...
+		return fmt.Errorf("route: %w", err) // overload that outlived the retries, deadline, ...
 	}
 	fmt.Println(d.GetChosenModel(), d.GetTier(), d.GetScore(), d.GetThreshold())
 
 	s, err := c.Score(context.Background(), lmroute.ScoreRequest([]string{"hi", "Write a B-tree in Rust"}, "mf", "sw_ranking"))
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	for _, r := range s.GetResults() {
 		fmt.Println(r.GetIndex(), r.GetStatus().GetCode(), r.GetScores())
 	}
+	return nil
 }

@@ -12,8 +12,10 @@ import java.util.Set;
  * {@code RESOURCE_EXHAUSTED} (queue full; not a message over gRPC's size limit) are retried, but not the
  * {@code UNAVAILABLE} of a channel that was shut down (it stays down); every other code surfaces at once. Before attempt
  * {@code n + 1} the client waits {@code min(maxBackoff, initialBackoff * multiplier^(n-1))}, spread by
- * {@code +-jitter} (a fraction) so that many clients refused at once do not come back at once. When the
- * server sends a {@code google.rpc.RetryInfo} delay, the wait is at least that delay. The call's deadline
+ * {@code +-jitter} (a fraction) so that many clients refused at once do not come back at once, and capped at
+ * {@code maxBackoff}. When the server sends a {@code google.rpc.RetryInfo} delay, that delay is waited
+ * instead, spread upwards only by {@code delay x (1 + jitter x u)} (never earlier than the server asked),
+ * as the Go and Python clients do. The call's deadline
  * covers every attempt and every wait: a wait that would pass it is not taken.
  *
  * <p>Immutable; build with {@link #newBuilder()}, or take {@link #defaults()} / {@link #none()}.
@@ -42,8 +44,8 @@ public final class RetryPolicy {
     if (!(b.multiplier >= 1.0) || Double.isInfinite(b.multiplier)) {
       throw new IllegalArgumentException("multiplier: must be a finite number >= 1 (got " + b.multiplier + ")");
     }
-    if (!(b.jitter >= 0.0 && b.jitter < 1.0)) {
-      throw new IllegalArgumentException("jitter: must be in [0, 1) (got " + b.jitter + ")");
+    if (!(b.jitter >= 0.0 && b.jitter <= 1.0)) { // 1: a wait anywhere in [0, 2 x base], as Go and Python take
+      throw new IllegalArgumentException("jitter: must be in [0, 1] (got " + b.jitter + ")");
     }
     this.maxAttempts = b.maxAttempts;
     this.initialBackoff = b.initialBackoff;
@@ -125,23 +127,36 @@ public final class RetryPolicy {
   }
 
   /**
-   * How long to wait after {@code failedAttempts} failed attempts.
+   * How long to wait after {@code failedAttempts} failed attempts: the server's delay x
+   * {@code (1 + jitter x unitRandom)} when it sent one, else the base backoff x
+   * {@code (1 + jitter x (2 x unitRandom - 1))}, at most {@code maxBackoff} (the rule of the Go and Python
+   * clients).
    *
    * @param failedAttempts attempts made so far (>= 1)
-   * @param serverDelay the server's RetryInfo delay, or null when it sent none
+   * @param serverDelay the server's RetryInfo delay, or null when it sent none (a negative one: none)
    * @param unitRandom a number in [0, 1), e.g. {@code ThreadLocalRandom.current().nextDouble()}
    */
   public Duration delay(int failedAttempts, Duration serverDelay, double unitRandom) {
     if (!(unitRandom >= 0.0 && unitRandom < 1.0)) {
       throw new IllegalArgumentException("unitRandom: must be in [0, 1) (got " + unitRandom + ")");
     }
-    double base = baseBackoff(failedAttempts).toNanos();
-    double spread = base * (1.0 + jitter * (2.0 * unitRandom - 1.0));
-    Duration jittered = Duration.ofNanos((long) spread);
-    if (serverDelay != null && serverDelay.compareTo(jittered) > 0) {
-      return serverDelay;
+    if (serverDelay != null && !serverDelay.isNegative()) { // a negative delay says nothing (as in Go)
+      return stretched(serverDelay, jitter * unitRandom);
     }
-    return jittered;
+    double base = baseBackoff(failedAttempts).toNanos();
+    double spread = Math.min(base * (1.0 + jitter * (2.0 * unitRandom - 1.0)), maxBackoff.toNanos());
+    return Duration.ofNanos((long) spread);
+  }
+
+  /** The longest delay stretched by jitter: longer ones (centuries, past any deadline) are kept as they are. */
+  private static final Duration LONGEST_STRETCHED = Duration.ofDays(365L * 100);
+
+  /** {@code d} x (1 + {@code fraction}); one too long for nanoseconds in a long is returned unchanged. */
+  private static Duration stretched(Duration d, double fraction) {
+    if (d.compareTo(LONGEST_STRETCHED) > 0) {
+      return d;
+    }
+    return d.plusNanos((long) (d.toNanos() * fraction));
   }
 
   @Override
@@ -184,7 +199,7 @@ public final class RetryPolicy {
       return this;
     }
 
-    /** Relative spread of each wait, in [0, 1): 0.2 means +-20 %. */
+    /** Relative spread of each wait, in [0, 1]: 0.2 means +-20 % (a server's delay: + up to 20 %). */
     public Builder jitter(double j) {
       this.jitter = j;
       return this;

@@ -32,6 +32,7 @@ import lmroute.v1.Admin.SetTargetsRequest;
 import lmroute.v1.Admin.SetTargetsResponse;
 import lmroute.v1.Admin.TargetChange;
 import lmroute.v1.AdminServiceGrpc;
+import lmroute.v1.Router.CallLimits;
 import lmroute.v1.Router.Candidate;
 import lmroute.v1.Router.FeedbackRequest;
 import lmroute.v1.Router.FeedbackResponse;
@@ -41,8 +42,10 @@ import lmroute.v1.Router.ListRoutersRequest;
 import lmroute.v1.Router.ListRoutersResponse;
 import lmroute.v1.Router.ModelPolicy;
 import lmroute.v1.Router.OutcomeReport;
+import lmroute.v1.Router.ItemStatus;
 import lmroute.v1.Router.PairedOutcome;
 import lmroute.v1.Router.Prompt;
+import lmroute.v1.Router.PromptScores;
 import lmroute.v1.Router.RouteRequest;
 import lmroute.v1.Router.RouteResponse;
 import lmroute.v1.Router.ScoreRequest;
@@ -84,6 +87,8 @@ public final class RouterClient implements AutoCloseable {
   private final RouterServiceGrpc.RouterServiceBlockingStub stub;
   private final AdminServiceGrpc.AdminServiceBlockingStub admin;
   private final HealthGrpc.HealthBlockingStub health;
+  /** The server's per-call limits, from its first ListRouters answer ({@link #limits()}); null until asked. */
+  private volatile CallLimits limits;
 
   private RouterClient(Builder b, ManagedChannel channel, boolean ownsChannel) {
     this.channel = channel;
@@ -120,6 +125,11 @@ public final class RouterClient implements AutoCloseable {
 
   /** Scores of every prompt under {@code routers} (empty = every loaded router); per-prompt status inside. */
   public ScoreResponse score(List<String> prompts, List<String> routers) {
+    return score(scoreRequest(prompts, routers), timeout);
+  }
+
+  /** The Score request of {@code prompts} (texts) under {@code routers}, null checked by name and index. */
+  private static ScoreRequest scoreRequest(List<String> prompts, List<String> routers) {
     Objects.requireNonNull(prompts, "prompts: null, expected a list of texts");
     Objects.requireNonNull(routers, "routers: null, expected a list of names (empty: every loaded router)");
     ScoreRequest.Builder req = ScoreRequest.newBuilder();
@@ -129,7 +139,72 @@ public final class RouterClient implements AutoCloseable {
     for (int i = 0; i < prompts.size(); i++) {
       req.addPrompts(textPrompt(Objects.requireNonNull(prompts.get(i), "prompts[" + i + "]: null, expected text")));
     }
-    return score(req.build(), timeout);
+    return req.build();
+  }
+
+  /** {@link #scoreAll(List, List, Duration)} with the builder's timeout for each call. */
+  public ScoreResponse scoreAll(List<String> prompts, List<String> routers) {
+    return scoreAll(prompts, routers, timeout);
+  }
+
+  /**
+   * Scores {@code prompts} under {@code routers} (empty = every loaded router) in as many Score calls as the
+   * server's limits need ({@link #limits()}: prompts per call, characters per call, and 0.9 x the smaller
+   * of the server's {@code max_message_bytes} and this client's {@code maxMessageBytes}), one after
+   * another, each with {@code timeout}. The results come in the order of {@code prompts}, each index (and
+   * the "prompts[i]" of a failed item's message) that of {@code prompts}; the bundle version is the last
+   * call's. A bad prompt fails alone, as in {@link #score}. A call that fails ends it with its error
+   * (nothing of the calls before it is returned), as the Python Controller does: e.g. one prompt alone
+   * over the server's max_request_chars ({@code INVALID_ARGUMENT REQUEST_TOO_LONG}). Every prompt is
+   * checked before the first call; no prompts, no Score call.
+   */
+  public ScoreResponse scoreAll(List<String> prompts, List<String> routers, Duration timeout) {
+    ScoreRequest all = scoreRequest(prompts, routers);
+    Requests.requireText(all); // named by the place in prompts, not in a call
+    ScoreResponse.Builder out = ScoreResponse.newBuilder();
+    for (int[] span : ScoreCalls.of(limits(timeout), maxMessageBytes).split(prompts)) {
+      ScoreRequest call = ScoreRequest.newBuilder().addAllRouters(all.getRoutersList())
+          .addAllPrompts(all.getPromptsList().subList(span[0], span[1])).build();
+      ScoreResponse resp = score(call, timeout);
+      resp.getResultsList().forEach(r -> out.addResults(rebased(r, span[0])));
+      out.setBundleVersion(resp.getBundleVersion());
+    }
+    return out.build();
+  }
+
+  /**
+   * A result of a call whose first prompt is the caller's prompts[offset], moved to its place there: its
+   * index, and the "prompts[j]: " its status message starts with (the server names a prompt by its place
+   * in the call).
+   */
+  static PromptScores rebased(PromptScores r, int offset) {
+    int j = r.getIndex();
+    PromptScores.Builder b = r.toBuilder().setIndex(j + offset);
+    String prefix = "prompts[" + j + "]: ";
+    String message = r.getStatus().getMessage();
+    if (offset > 0 && message.startsWith(prefix)) {
+      ItemStatus st = r.getStatus().toBuilder()
+          .setMessage("prompts[" + (j + offset) + "]: " + message.substring(prefix.length())).build();
+      b.setStatus(st);
+    }
+    return b.build();
+  }
+
+  /**
+   * The server's limits on one call ({@code ListRouters.limits}; 0 where it says none), asked once with the
+   * builder's timeout and kept for the client's life.
+   */
+  public CallLimits limits() {
+    return limits(timeout);
+  }
+
+  private CallLimits limits(Duration timeout) {
+    CallLimits said = limits;
+    if (said == null) { // two threads may both ask: the same answer, kept twice
+      said = listRouters(timeout).getLimits();
+      limits = said;
+    }
+    return said;
   }
 
   public ScoreResponse score(ScoreRequest request) {

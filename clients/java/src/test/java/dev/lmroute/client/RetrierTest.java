@@ -93,7 +93,7 @@ class RetrierTest {
   void honoursTheServersRetryDelay() {
     Script s = new Script(serverError(Code.RESOURCE_EXHAUSTED, "QUEUE_FULL", Duration.ofMillis(750)));
     assertEquals("ok", retrier.call("Score", time.after(Duration.ofSeconds(10)), s::attempt));
-    assertEquals(List.of(Duration.ofMillis(750)), time.sleeps);
+    assertEquals(List.of(Duration.ofMillis(825)), time.sleeps); // 750 ms x (1 + 0.2 jitter x 0.5)
   }
 
   @Test

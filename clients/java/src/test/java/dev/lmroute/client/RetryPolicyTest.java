@@ -31,9 +31,29 @@ class RetryPolicyTest {
   }
 
   @Test
-  void serverRetryDelayIsAFloorNotACap() {
-    assertEquals(Duration.ofSeconds(3), policy.delay(1, Duration.ofSeconds(3), 0.5)); // above the 500 ms cap
-    assertEquals(Duration.ofMillis(400), policy.delay(4, Duration.ofMillis(10), 0.5)); // backoff already longer
+  void serverRetryDelayIsWaitedInsteadSpreadUpwardsOnly() {
+    // as Go and Python: delay x (1 + jitter x u), whatever the computed backoff (shorter or longer)
+    assertEquals(Duration.ofSeconds(3), policy.delay(1, Duration.ofSeconds(3), 0.0)); // above the 500 ms cap
+    assertEquals(Duration.ofMillis(3300), policy.delay(1, Duration.ofSeconds(3), 0.5));
+    assertEquals(Duration.ofMillis(11), policy.delay(4, Duration.ofMillis(10), 0.5)); // backoff would be 400 ms
+    Duration top = policy.delay(1, Duration.ofSeconds(1), Math.nextDown(1.0));
+    assertTrue(top.compareTo(Duration.ofMillis(1199)) > 0 && top.compareTo(Duration.ofMillis(1200)) <= 0, top.toString());
+  }
+
+  @Test
+  void aNegativeServerDelayIsNoneAndACenturiesOneIsKept() {
+    assertEquals(Duration.ofMillis(100), policy.delay(2, Duration.ofMillis(-5), 0.5));
+    Duration ages = Duration.ofSeconds(100_000_000_000L); // too long for nanoseconds in a long
+    assertEquals(ages, policy.delay(1, ages, 0.9));
+  }
+
+  @Test
+  void jitterOneIsAcceptedAndTheSpreadIsCappedAtMaxBackoff() {
+    RetryPolicy wide = RetryPolicy.newBuilder()
+        .initialBackoff(Duration.ofMillis(400)).maxBackoff(Duration.ofMillis(500)).jitter(1.0).build();
+    assertEquals(Duration.ZERO, wide.delay(1, null, 0.0));
+    assertEquals(Duration.ofMillis(500), wide.delay(1, null, 0.9)); // 400 ms x 1.8, capped as Go and Python do
+    assertEquals(Duration.ofMillis(880), wide.delay(1, Duration.ofMillis(800), 0.1)); // the server's: not capped
   }
 
   @Test
@@ -67,8 +87,10 @@ class RetryPolicyTest {
     IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
         () -> RetryPolicy.newBuilder().maxAttempts(0).build());
     assertEquals("maxAttempts: must be >= 1 (got 0)", e.getMessage());
-    e = assertThrows(IllegalArgumentException.class, () -> RetryPolicy.newBuilder().jitter(1.0).build());
-    assertEquals("jitter: must be in [0, 1) (got 1.0)", e.getMessage());
+    e = assertThrows(IllegalArgumentException.class, () -> RetryPolicy.newBuilder().jitter(1.5).build());
+    assertEquals("jitter: must be in [0, 1] (got 1.5)", e.getMessage());
+    e = assertThrows(IllegalArgumentException.class, () -> RetryPolicy.newBuilder().jitter(Double.NaN).build());
+    assertEquals("jitter: must be in [0, 1] (got NaN)", e.getMessage());
     e = assertThrows(IllegalArgumentException.class, () -> RetryPolicy.newBuilder().multiplier(0.5).build());
     assertEquals("multiplier: must be a finite number >= 1 (got 0.5)", e.getMessage());
     e = assertThrows(IllegalArgumentException.class,

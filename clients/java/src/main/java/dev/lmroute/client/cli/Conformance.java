@@ -88,7 +88,7 @@ final class Conformance {
     r.addProperty("id", c.id());
     try {
       switch (c.rpc()) {
-        case "Score" -> score(client, c, r);
+        case "Score", "ScoreAll" -> score(client, c, r);
         case "Route" -> route(client, c, r);
         case "Health" -> health(client, c, r);
         case "ListRouters" -> listRouters(client, c, r);
@@ -128,13 +128,22 @@ final class Conformance {
         default -> throw new IllegalStateException("unchecked rpc " + c.rpc());
       }
     } catch (StatusRuntimeException e) {
-      JsonObject failed = new JsonObject();
-      failed.addProperty("id", c.id());
-      failed.addProperty("code", e.getStatus().getCode().name());
-      failed.addProperty("reason", RouterErrors.reason(e));
+      return failed(c, e.getStatus().getCode().name(), RouterErrors.reason(e));
+    } catch (IllegalArgumentException e) { // the client's own check refused the request (a lone surrogate)
+      JsonObject failed = failed(c, "INVALID_ARGUMENT", "");
+      failed.addProperty("client_error", e.getMessage());
       return failed;
     }
     return r;
+  }
+
+  /** The output of a case that ended in an error: its id, the gRPC code's name and the ErrorInfo reason. */
+  private static JsonObject failed(ConformanceCase c, String code, String reason) {
+    JsonObject failed = new JsonObject();
+    failed.addProperty("id", c.id());
+    failed.addProperty("code", code);
+    failed.addProperty("reason", reason);
+    return failed;
   }
 
   /** The decisions to judge, as counts: which ones depends on the store, which every client's run changes. */
@@ -152,10 +161,16 @@ final class Conformance {
     r.addProperty("next_since_ms_moved", resp.getNextSinceMs() != ask.sinceMs());
   }
 
+  /** A Score call, or for ScoreAll as many as the server's limits need ({@link RouterClient#scoreAll}). */
   private static void score(RouterClient client, ConformanceCase c, JsonObject r) {
-    ScoreRequest.Builder req = ScoreRequest.newBuilder().addAllRouters(c.routers());
-    c.prompts().forEach(p -> req.addPrompts(RouterClient.textPrompt(p)));
-    ScoreResponse resp = client.score(req.build(), c.timeout());
+    ScoreResponse resp;
+    if (c.rpc().equals("ScoreAll")) {
+      resp = client.scoreAll(c.prompts(), c.routers(), c.timeout());
+    } else {
+      ScoreRequest.Builder req = ScoreRequest.newBuilder().addAllRouters(c.routers());
+      c.prompts().forEach(p -> req.addPrompts(RouterClient.textPrompt(p)));
+      resp = client.score(req.build(), c.timeout());
+    }
     r.addProperty("code", "OK");
     r.addProperty("bundle_version", resp.getBundleVersion());
     JsonArray items = new JsonArray();
@@ -208,8 +223,10 @@ final class Conformance {
       routeAmong(client, c, r);
       return;
     }
-    RouteRequest.Builder req =
-        RouteRequest.newBuilder().setPrompt(RouterClient.textPrompt(c.prompt())).setRouter(c.router());
+    RouteRequest.Builder req = RouteRequest.newBuilder().setRouter(c.router());
+    if (c.prompt() != null) { // none: sent unset, as the other clients do (the server names it missing)
+      req.setPrompt(RouterClient.textPrompt(c.prompt()));
+    }
     if (c.threshold() != null) {
       req.setThreshold(c.threshold());
     }

@@ -21,10 +21,10 @@ import lmroute.v1.Router.ModelPolicy;
  * @param id the case id, echoed in the output
  * @param rpc one of {@link #RPCS}
  * @param timeout the call's deadline ({@code timeout_ms}, default 30000)
- * @param prompts Score: the prompt texts
- * @param routers Score: router names (absent = empty)
- * @param prompt Route: the prompt text
- * @param router Route: the router name
+ * @param prompts Score, ScoreAll: the prompt texts (absent = empty, as the other clients send it)
+ * @param routers Score, ScoreAll: router names (absent = empty)
+ * @param prompt Route: the prompt text, or null (absent: the request's prompt unset, as the other clients send it)
+ * @param router Route: the router name (absent = "")
  * @param threshold Route: explicit threshold, or null
  * @param strongShare Route: target strong share, or null
  * @param service Health: the service name ("" = the server as a whole)
@@ -55,7 +55,7 @@ record ConformanceCase(
     List<String> candidates,
     ModelPolicy rule) {
 
-  static final Set<String> RPCS = Set.of("Score", "Route", "Health", "ListRouters", "Feedback", "SetTargets",
+  static final Set<String> RPCS = Set.of("Score", "ScoreAll", "Route", "Health", "ListRouters", "Feedback", "SetTargets",
       "ListShareTargets", "ListSpendTargets", "GetBundle", "ReloadBundle", "DecisionsToJudge");
 
   /**
@@ -132,7 +132,8 @@ record ConformanceCase(
     Duration timeout = Duration.ofMillis(timeoutMs);
     switch (rpc) {
       case "Score":
-        return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, true),
+      case "ScoreAll":
+        return new ConformanceCase(id, rpc, timeout, strings(c, "prompts", where, false),
             strings(c, "routers", where, false), null, null, null, null, null, null, null, null, null, null, null,
             null);
       case "Route": {
@@ -142,8 +143,9 @@ record ConformanceCase(
           throw new CasesError(where + ": threshold and strong_share are both given; give at most one");
         }
         List<String> candidates = c.has("candidates") ? strings(c, "candidates", where, true) : null;
-        return new ConformanceCase(id, rpc, timeout, null, null, string(c, "prompt", where, null),
-            string(c, "router", where, null), threshold, share, null, null, null, null, null, null, candidates,
+        String prompt = given(c, "prompt") ? string(c, "prompt", where, null) : null;
+        return new ConformanceCase(id, rpc, timeout, null, null, prompt,
+            string(c, "router", where, ""), threshold, share, null, null, null, null, null, null, candidates,
             rule(c, where));
       }
       case "Health":
@@ -305,6 +307,11 @@ record ConformanceCase(
       out.add(a.get(i).getAsString());
     }
     return out;
+  }
+
+  /** Whether {@code field} is present and not null (null is absent, as the Go client reads it). */
+  private static boolean given(JsonObject c, String field) {
+    return c.has(field) && !c.get(field).isJsonNull();
   }
 
   private static boolean isString(JsonElement e) {

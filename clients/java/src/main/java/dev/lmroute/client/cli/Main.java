@@ -358,9 +358,10 @@ public final class Main {
       try (RouterClient c = client(a, err)) {
         RouteResponse r = c.routeAmong(a.positionals().get(0), router, names, rule);
         out.printf(Locale.ROOT, "chosen_model       %s%npredicted_quality  %.6f%nexpected_cost_usd  %.6g%n"
-                + "runner_up          %s%nrouter             %s%nbundle             %s%ndecision_id        %s%n",
+                + "runner_up          %s%npropensity         %.6f%nrouter             %s%nbundle             %s%n"
+                + "decision_id        %s%n",
             r.getChosenModel(), r.getChosen().getPredictedQuality(), r.getChosen().getExpectedCostUsd(),
-            r.getRunnerUp().getModel(), r.getRouter(), r.getBundleVersion(), r.getDecisionId());
+            r.getRunnerUp().getModel(), r.getPropensity(), r.getRouter(), r.getBundleVersion(), r.getDecisionId());
       }
       return EXIT_OK;
     }
@@ -370,10 +371,12 @@ public final class Main {
     share.ifPresent(req::setStrongShare);
     try (RouterClient c = client(a, err)) {
       RouteResponse r = c.route(req.build());
+      // propensity: 1 when the policy decided, below 1 for an exploring decision (what an outcome of it is
+      // weighted by)
       out.printf(Locale.ROOT, "chosen_model  %s%ntier          %s%nscore         %.6f%nthreshold     %.6f%n"
-              + "router        %s%nbundle        %s%nn_tokens      %d%s%ndecision_id   %s%n",
-          r.getChosenModel(), r.getTier(), r.getScore(), r.getThreshold(), r.getRouter(), r.getBundleVersion(),
-          r.getNTokens(), r.getTruncated() ? " (truncated)" : "", r.getDecisionId());
+              + "propensity    %.6f%nrouter        %s%nbundle        %s%nn_tokens      %d%s%ndecision_id   %s%n",
+          r.getChosenModel(), r.getTier(), r.getScore(), r.getThreshold(), r.getPropensity(), r.getRouter(),
+          r.getBundleVersion(), r.getNTokens(), r.getTruncated() ? " (truncated)" : "", r.getDecisionId());
     }
     return EXIT_OK;
   }
@@ -419,6 +422,11 @@ public final class Main {
         : RouterClient.pairedOutcome(id, strong.get(), weak.get(), source);
     try (RouterClient c = client(a, err)) {
       FeedbackResponse resp = c.feedback(List.of(report));
+      if (resp.getResultsCount() != 1) { // one outcome sent: one status owed (a server answering otherwise is broken)
+        err.println("error: the server answered " + resp.getResultsCount() + " statuses for the 1 outcome sent (stored "
+            + resp.getStored() + ")");
+        return EXIT_FAILED;
+      }
       ItemStatus st = resp.getResults(0);
       if (st.getCode() != 0) {
         err.println("error: " + Status.fromCodeValue(st.getCode()).getCode() + " " + st.getReason() + ": "

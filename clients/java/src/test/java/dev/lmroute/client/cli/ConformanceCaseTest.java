@@ -68,6 +68,23 @@ class ConformanceCaseTest {
     assertEquals(new ConformanceCase.JudgeAsk(5, 0, 1_733_000_000_000L), cases.get(2).judge());
   }
 
+  @Test
+  void fieldsTheOtherClientsSendUnsetMayBeAbsent() throws Exception {
+    List<ConformanceCase> cases = ConformanceCase.parseAll("""
+        {"cases": [
+          {"id": "r", "rpc": "Route", "threshold": 0.5},
+          {"id": "n", "rpc": "Route", "prompt": null, "router": "mf"},
+          {"id": "s", "rpc": "Score"},
+          {"id": "a", "rpc": "ScoreAll", "prompts": ["x", "y"], "routers": ["mf"]}
+        ]}""", "c.json");
+    assertNull(cases.get(0).prompt()); // sent unset, as Python and Go send it (the server: MISSING_PROMPT)
+    assertEquals("", cases.get(0).router());
+    assertNull(cases.get(1).prompt());
+    assertEquals(List.of(), cases.get(2).prompts()); // an empty list: NO_PROMPTS from the server
+    assertEquals(List.of("x", "y"), cases.get(3).prompts());
+    assertEquals(List.of("mf"), cases.get(3).routers());
+  }
+
   private static String errorOf(String json) {
     return assertThrows(ConformanceCase.CasesError.class, () -> ConformanceCase.parseAll(json, "c.json")).getMessage();
   }
@@ -78,7 +95,7 @@ class ConformanceCaseTest {
         errorOf("{\"cases\": [{\"id\": \"r\", \"rpc\": \"Route\", \"prompt\": \"p\", \"router\": \"mf\","
             + " \"threshold\": 0.1, \"strong_share\": 0.2}]}"));
     assertEquals("c.json: cases[1].rpc: unknown rpc \"GetRouter\" (known: DecisionsToJudge, Feedback, GetBundle, "
-        + "Health, ListRouters, ListShareTargets, ListSpendTargets, ReloadBundle, Route, Score, SetTargets)",
+        + "Health, ListRouters, ListShareTargets, ListSpendTargets, ReloadBundle, Route, Score, ScoreAll, SetTargets)",
         errorOf("{\"cases\": [{\"id\": \"a\", \"rpc\": \"ListRouters\"}, {\"id\": \"b\", \"rpc\": \"GetRouter\"}]}"));
     assertEquals("c.json: cases[0].id: required", errorOf("{\"cases\": [{\"rpc\": \"ListRouters\"}]}"));
     assertEquals("c.json: cases[0].prompts[1]: expected a string (got 3)",
