@@ -4,6 +4,7 @@
 with RouterClient("127.0.0.1:50051") as c:
     c.health()                                   # "SERVING"
     r = c.score(["Prove Fermat's little theorem"], routers=["mf"])
+    r = c.score_all(texts, routers=["mf"])       # any number: split by the server's limits (ListRouters)
     d = c.route("hi", router="mf", strong_share=0.3)
     d.chosen_model
     c.reload_bundle("/srv/bundles/next")         # AdminService: hot swap; c.get_bundle(): what serves
@@ -46,6 +47,7 @@ __all__ = [
     "connection_kwargs",
     "describe_error",
     "paired_outcome",
+    "score_calls",
     "single_outcome",
     "to_prompt",
 ]
@@ -240,6 +242,49 @@ def score_request(prompts: Iterable[PromptLike], routers: Iterable[str] = ()) ->
     )
 
 
+SCORE_BATCH = 128
+"""The most prompts a split Score call carries whatever the server takes: a call's answer waits for its
+slowest prompt."""
+_SERVER_REQUEST_CHARS = 1_000_000  # lmroute-serve's defaults, for a server that says no limits (an older one)
+_SERVER_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def score_calls(texts: Sequence[str], limits: router_pb2.CallLimits, client_bytes: int) -> list[tuple[int, int]]:
+    """[start, stop) of each Score call over `texts` that the server takes, by its `limits` (ListRouters;
+    0 fields: its defaults) and this end's message limit `client_bytes`: at most SCORE_BATCH and its prompts
+    per call, its characters per call, and 0.9 x the smaller of the two message limits of prompt bytes (16
+    a prompt for its framing); at least one prompt a call, so that a prompt over a limit alone goes alone
+    and the server answers for it. The rule of every client (Go ScoreAll, Java scoreAll)."""
+    most = min(SCORE_BATCH, limits.max_prompts_per_request or SCORE_BATCH)
+    most_chars = limits.max_request_chars or _SERVER_REQUEST_CHARS
+    most_bytes = int(0.9 * min(limits.max_message_bytes or _SERVER_MESSAGE_BYTES, client_bytes))
+    calls, start = [], 0
+    while start < len(texts):
+        stop, chars, size = start, 0, 0
+        while stop < len(texts) and stop - start < most:
+            n = len(texts[stop])
+            b = len(texts[stop].encode("utf-8", "surrogatepass")) + 16
+            if stop > start and (chars + n > most_chars or size + b > most_bytes):
+                break
+            chars, size, stop = chars + n, size + b, stop + 1
+        calls.append((start, stop))
+        start = stop
+    return calls
+
+
+def _rebased(resp: router_pb2.ScoreResponse, offset: int, out: router_pb2.ScoreResponse) -> None:
+    """Append the results of a call whose first prompt is the `offset`-th of all to `out`: each index, and
+    the `prompts[j]: ` a failed one's message starts with, made the place among all."""
+    for r in resp.results:
+        if offset:
+            j = r.index
+            r.index = j + offset
+            if r.status.message.startswith(f"prompts[{j}]: "):
+                r.status.message = f"prompts[{j + offset}]: " + r.status.message.removeprefix(f"prompts[{j}]: ")
+        out.results.append(r)
+    out.bundle_version = resp.bundle_version
+
+
 def route_request(
     prompt: PromptLike, router: str = "", threshold: float | None = None, strong_share: float | None = None
 ) -> router_pb2.RouteRequest:
@@ -428,6 +473,8 @@ class _ClientBase:
         self.retry = retry or NO_RETRY
         self._rng = random.Random()
         self._closed = False
+        self.max_message_bytes = max_message_bytes
+        self._limits: router_pb2.CallLimits | None = None  # the server's (`limits`), once asked
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -541,6 +588,24 @@ class RouterClient(_ClientBase):
         """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
         resp: router_pb2.ScoreResponse = self._call(self.stub.Score, score_request(prompts, routers), timeout_s)
         return resp
+
+    def limits(self, *, timeout_s: float | None = None) -> router_pb2.CallLimits:
+        """The server's limits on one call (ListRouters.limits), asked once and kept."""
+        if self._limits is None:
+            self._limits = self.list_routers(timeout_s=timeout_s).limits
+        return self._limits
+
+    def score_all(
+        self, texts: Sequence[str], routers: Sequence[str] = (), *, timeout_s: float | None = None
+    ) -> router_pb2.ScoreResponse:
+        """`score` of any number of texts, in as many calls as the server's limits need (`score_calls`), one
+        after another (each with `timeout_s`): the results in the order of `texts`, each index and failed
+        prompt's message that of `texts`; bundle_version the last call's. A call refused whole (a text
+        alone over the server's max_request_chars) raises its error."""
+        out = router_pb2.ScoreResponse()
+        for start, stop in score_calls(texts, self.limits(timeout_s=timeout_s), self.max_message_bytes):
+            _rebased(self.score(texts[start:stop], routers, timeout_s=timeout_s), start, out)
+        return out
 
     def route(
         self,
@@ -738,6 +803,21 @@ class AsyncRouterClient(_ClientBase):
         """Scores of every prompt under `routers` (empty = all); per-prompt status in each result."""
         resp: router_pb2.ScoreResponse = await self._call(self.stub.Score, score_request(prompts, routers), timeout_s)
         return resp
+
+    async def limits(self, *, timeout_s: float | None = None) -> router_pb2.CallLimits:
+        """RouterClient.limits."""
+        if self._limits is None:
+            self._limits = (await self.list_routers(timeout_s=timeout_s)).limits
+        return self._limits
+
+    async def score_all(
+        self, texts: Sequence[str], routers: Sequence[str] = (), *, timeout_s: float | None = None
+    ) -> router_pb2.ScoreResponse:
+        """RouterClient.score_all."""
+        out = router_pb2.ScoreResponse()
+        for start, stop in score_calls(texts, await self.limits(timeout_s=timeout_s), self.max_message_bytes):
+            _rebased(await self.score(texts[start:stop], routers, timeout_s=timeout_s), start, out)
+        return out
 
     async def route(
         self,

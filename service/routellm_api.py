@@ -44,7 +44,6 @@ reads as None (`chunk.choices[0].delta.content` on a stream's last chunk), as wi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import http.client
 import json
 import math
@@ -68,7 +67,7 @@ import grpc
 from lmroute.bundle.remote_encoder import RemoteEncoderError
 from lmroute.service.client import RouterClient, paired_outcome, single_outcome
 from lmroute.service.client_retry import error_reason
-from lmroute.service.config import BatchPolicy, ServiceConfig
+from lmroute.service.config import BatchPolicy
 from lmroute.service.errors import InvalidArgument
 from lmroute.service.front_requests import DEFAULT, ModelAsk, cut_middle, parse_model, prompt_of_messages
 from lmroute.service.scheduler import prompt_problem
@@ -97,7 +96,6 @@ PROVIDERS = {
 }
 """LiteLLM-style provider prefixes and the OpenAI-compatible endpoint each defaults to."""
 
-_SCORE_BATCH = 128
 _NO_TURN_LIMIT = 1 << 30  # the server checks the conversation against its own max_turns
 
 
@@ -127,15 +125,6 @@ def _refused(exc: grpc.RpcError, target: str) -> RoutingError:
 
 _MAX_PROMPT_CHARS = BatchPolicy().max_prompt_chars  # a server's default, held in process too
 
-
-def _server_default(name: str) -> int:
-    """lmroute-serve's default for the setting `name` (a limit of a server that does not say its own)."""
-    value = next(f.default for f in dataclasses.fields(ServiceConfig) if f.name == name)
-    assert isinstance(value, int)
-    return value
-
-
-_CLIENT_BYTES = 4 * 1024 * 1024  # RouterClient's own message limit (its max_message_bytes)
 
 # Keyword arguments LiteLLM (RouteLLM's model call) or the openai SDK take as the client's own settings, not
 # request fields: sent on as fields, an endpoint refuses them or, with api_key, receives a key in the body
@@ -386,11 +375,6 @@ class _Served:
         self.default_router = listed.default_router  # when the Controller was made; the server resolves ""
         said = listed.limits  # the server's own (all 0 from a server that says none: its defaults then)
         self.max_prompt_chars = said.max_prompt_chars or _MAX_PROMPT_CHARS
-        self.max_prompts = min(_SCORE_BATCH, said.max_prompts_per_request or _SCORE_BATCH)
-        self.max_request_chars = said.max_request_chars or _server_default("max_request_chars")
-        # what one Score call's prompts may take on the wire: the smaller of the two ends' message limits
-        server_bytes = said.max_message_bytes or _server_default("max_message_bytes")
-        self.max_call_bytes = int(0.9 * min(server_bytes, _CLIENT_BYTES))
 
     def _open(self) -> RouterClient:
         """The client; RoutingError once the Controller has closed it."""
@@ -411,32 +395,14 @@ class _Served:
         client = self._open()
         try:
             router = router or client.list_routers().default_router  # "": the default the server has now
-            for i, stop in self._calls(texts):
-                for j, res in enumerate(client.score(texts[i:stop], [router]).results):
-                    if res.status.code != 0:  # the server names the prompt by its place in one Score call
-                        said = res.status.message.removeprefix(f"prompts[{j}]: ")
-                        raise RoutingError(
-                            f"prompts[{i + j}]: {said}", code=code_name(res.status.code), reason=res.status.reason
-                        )
-                    out.append(res.scores[0].strong_win_probability)
+            # in as many calls as the server's limits need (RouterClient.score_all: the rule of every client)
+            for res in client.score_all(texts, [router]).results:
+                if res.status.code != 0:  # its message names the prompt by its place in `texts`
+                    raise RoutingError(res.status.message, code=code_name(res.status.code), reason=res.status.reason)
+                out.append(res.scores[0].strong_win_probability)
         except grpc.RpcError as exc:
             raise _refused(exc, self.target) from None
         return out
-
-    def _calls(self, texts: list[str]) -> Iterator[tuple[int, int]]:
-        """[start, stop) of each Score call over `texts`: as many prompts as the server's limits take (its
-        prompts per call, characters per call, and the message size of both ends; at least one)."""
-        start = 0
-        while start < len(texts):
-            stop, chars, size = start, 0, 0
-            while stop < len(texts) and stop - start < self.max_prompts:
-                n = len(texts[stop])
-                b = len(texts[stop].encode("utf-8", "surrogatepass")) + 16  # with its framing
-                if stop > start and (chars + n > self.max_request_chars or size + b > self.max_call_bytes):
-                    break
-                chars, size, stop = chars + n, size + b, stop + 1
-            yield start, stop
-            start = stop
 
     def feedback(self, report: router_pb2.OutcomeReport) -> router_pb2.ItemStatus:
         client = self._open()

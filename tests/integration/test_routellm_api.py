@@ -685,3 +685,53 @@ def test_a_closed_controller_refuses_calls_with_a_routing_error(
         with pytest.raises(RoutingError, match="this Controller is closed: close\\(\\) ended its connection"):
             call()
     client.close()  # again: nothing
+
+
+def test_router_clients_score_any_number_of_texts_in_calls_the_server_takes(
+    fake_servers: Callable[..., ServerThread],
+) -> None:
+    """RouterClient.score_all (and AsyncRouterClient's): more texts than a call may carry, by prompts, by
+    characters and by message bytes, split as every client splits them; the results are the one-by-one
+    scores, in order, indices and a failed text's message naming its place among all."""
+    import asyncio
+
+    import grpc
+
+    from lmroute.service.client import AsyncRouterClient, score_calls
+    from lmroute.service.config import BatchPolicy
+
+    srv = fake_servers(
+        batch=BatchPolicy(max_prompt_chars=4000),
+        max_prompts_per_request=5,
+        max_request_chars=8000,
+        max_message_bytes=16384,
+    )
+    texts = [f"question {i}" for i in range(12)] + ["x" * 3000] * 3 + ["\u4e2d" * 1500] * 4 + [" ", "last"]
+    with RouterClient(srv.target) as client:
+        limits = client.limits()
+        calls = score_calls(texts, limits, client.max_message_bytes)
+        assert [start for start, _ in calls] == [0] + [stop for _, stop in calls[:-1]] and calls[-1][1] == len(texts)
+        for start, stop in calls:  # each within the server's limits (a call of one text alone may not be)
+            part = texts[start:stop]
+            assert stop - start <= 5
+            assert stop - start == 1 or sum(map(len, part)) <= 8000
+            assert stop - start == 1 or sum(len(t.encode()) + 16 for t in part) <= 0.9 * 16384
+        assert calls == [(0, 5), (5, 10), (10, 14), (14, 17), (17, 21)]  # by prompts, characters, bytes
+        with pytest.raises(grpc.RpcError):
+            client.score(texts, ["mf"])  # one call: refused whole (too many prompts)
+        together = client.score_all(texts, ["mf"])
+        alone = [client.score([t], ["mf"]).results[0] for t in texts]
+    assert [r.index for r in together.results] == list(range(len(texts)))
+    for i, (r, one) in enumerate(zip(together.results, alone, strict=True)):
+        assert (r.status.code, r.status.reason) == (one.status.code, one.status.reason)
+        assert [s.strong_win_probability for s in r.scores] == pytest.approx(
+            [s.strong_win_probability for s in one.scores]
+        )
+        if r.status.code:
+            assert r.status.message.startswith(f"prompts[{i}]: ") and i == len(texts) - 2  # the blank one
+
+    async def aio() -> list[float]:
+        async with AsyncRouterClient(srv.target) as a:
+            return [r.scores[0].strong_win_probability for r in (await a.score_all(texts[:12], ["mf"])).results]
+
+    assert asyncio.run(aio()) == pytest.approx([r.scores[0].strong_win_probability for r in alone[:12]])
