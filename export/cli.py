@@ -104,7 +104,8 @@ def _add_build(sub: argparse._SubParsersAction, name: str) -> None:
         "--cache-dir",
         type=Path,
         default=Path(_env("CACHE_DIR", str(REPO_ROOT / ".cache"))),
-        help="exported encoders and prompt embeddings, reused across builds",
+        help="exported encoders and prompt embeddings, reused across builds (default: the repository's .cache, "
+        "wherever the command runs; LMROUTE_EXPORT_CACHE_DIR)",
     )
     # the adapted kinds are made from a deployment's outcomes (lmroute.adapt), never by a build
     buildable = [k for k in kinds.names() if not kinds.get(k).from_outcomes]

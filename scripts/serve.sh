@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), make sure a router bundle exists, then serve it on 127.0.0.1 with an
 # embedded outcome store (artifacts/outcomes.sqlite3). Extra arguments go to lmroute-serve (see
-# `lmroute-serve --help`); LMROUTE_BUNDLE picks another bundle.
+# `lmroute-serve --help`); LMROUTE_BUNDLE (or --bundle DIR among them) picks another bundle.
 #
 # The first run builds a starter bundle in about a minute (the static encoder tier; routers random, mf,
 # sw_ranking and quality) and serves it at once. The default bundle (`lmroute-export build`: the default recipe,
@@ -12,7 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-bundle=${LMROUTE_BUNDLE:-artifacts/default}
+named=${LMROUTE_BUNDLE:-}
+prev=
+for arg in "$@"; do  # --bundle DIR among the arguments names the bundle as LMROUTE_BUNDLE does (the last wins)
+  case $arg in --bundle=*) named=${arg#--bundle=} ;; esac
+  if [ "$prev" = --bundle ]; then named=$arg; fi
+  prev=$arg
+done
+bundle=${named:-artifacts/default}
 # decisions and Feedback go to an embedded SQLite outcome store next to the bundle (LMROUTE_STORE: another
 # store, e.g. postgresql://...; docs/OUTCOMES.md); Route among candidates prices them from RouterBench's
 # list prices unless LMROUTE_MODELS_FILE names another file (docs/MODELS.md)
@@ -24,7 +31,7 @@ done
 # the settings and the ports are checked before a bundle is built (a port in use is said at once)
 .venv/bin/lmroute-serve --check "${serve[@]}" "$@"
 watch=()
-ours=${LMROUTE_BUNDLE:+0}  # a bundle named by LMROUTE_BUNDLE is never rebuilt in the background, unless built here
+ours=${named:+0}  # a bundle named (LMROUTE_BUNDLE, --bundle) is never rebuilt in the background, unless built here
 if [ ! -f "$bundle/manifest.json" ]; then
   echo "serve: no bundle at $bundle; building a starter bundle (static encoder; random, mf, sw_ranking, quality)"
   .venv/bin/lmroute-export build --encoder static --routers random mf sw_ranking quality --out "$bundle"

@@ -171,6 +171,26 @@ def test_serve_sh_help_prints_the_usage_and_builds_nothing(tmp_path: Path) -> No
     assert not (root / "artifacts").exists() and not _builds(root)
 
 
+@pytest.mark.parametrize("form", ["--bundle DIR", "--bundle=DIR"])
+def test_serve_sh_serves_the_bundle_its_arguments_name_and_builds_no_other(tmp_path: Path, form: str) -> None:
+    """`serve.sh --bundle DIR` (a bundle that exists) serves DIR as it is; it built a starter bundle in
+    artifacts/default and started the ten-minute default build there, then served DIR (the last flag)."""
+    root = _tree(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text("{}")
+    args = ["--bundle", str(mine)] if form == "--bundle DIR" else [f"--bundle={mine}"]
+    done = subprocess.run(
+        [str(root / "scripts" / "serve.sh"), *args],
+        env={**_env(), "FAKE_SERVE": "fail"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "building" not in done.stdout, done.stdout
+    assert not (root / "artifacts").exists() and not _builds(root)
+
+
 def test_lmroute_serve_check_names_a_port_in_use_and_loads_nothing(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
