@@ -3,10 +3,15 @@
 Per call (written by the interceptor, lmroute.service.interceptors):
 
     lmroute_calls_total{method, code}           RPCs answered, by method and status code
-    lmroute_call_seconds{method}                handler time (histogram)
-    lmroute_in_flight_calls                     calls being handled now
+    lmroute_call_seconds{method}                handler time (histogram; a gRPC method's buckets 0.5 ms ..
+                                                10 s, the OpenAI front's paths' 50 ms .. 600 s, as long as
+                                                --upstream-max-s lets an LLM answer take)
+    lmroute_in_flight_calls                     calls being handled now (the front's requests too)
     lmroute_refusals_total{method, reason}      calls refused or shed (RESOURCE_EXHAUSTED, UNAVAILABLE,
-                                                DEADLINE_EXCEEDED, UNAUTHENTICATED), by reason
+                                                DEADLINE_EXCEEDED, UNAUTHENTICATED), by reason; not what an
+                                                upstream did (reasons UPSTREAM_*: an upstream's 401 is no
+                                                caller's failed token), which lmroute_upstream_calls_total
+                                                counts
 
 Read at scrape time from the serving objects (nothing added to the request path):
 
@@ -50,6 +55,11 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 (lmroute.service.circuit_breaker)
     lmroute_upstream_tokens_total{upstream, kind}
                                                 tokens the upstreams reported using (prompt, completion)
+    lmroute_upstream_calls_total{upstream, code}, lmroute_upstream_seconds{upstream}
+                                                exchanges with each upstream by what they came to (its
+                                                HTTP status, or unreachable, timeout, no_slot, cancelled:
+                                                lmroute.service.upstream_client), and their time from the
+                                                request sent to the answer's end (buckets 50 ms .. 600 s)
     lmroute_upstream_key_reloads_total{upstream, result}
                                                 changes of an upstream's key file taken (reloaded) or
                                                 refused (failed; the key in use kept)
@@ -59,35 +69,101 @@ Read at scrape time from the serving objects (nothing added to the request path)
                                                 docs/MODELS.md)
 
 Every server has its own registry, so two servers in one process (tests) do not mix their counts.
+
+The endpoint renders one scrape at a time; a scrape that comes while another connection to the endpoint
+is open is answered the last rendering if it is under SCRAPE_CACHE_S old (a render holds the interpreter
+lock for its whole length: a storm of scrapers took that from serving, again and again),
+while a lone scrape always gets a fresh one (so a scrape after a call's answer holds the call). A request
+must be read whole within SCRAPE_READ_S, however slowly its bytes come.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lmroute.service.stats import Histogram as StatsHistogram
 from lmroute.service.tenant_counts import EVENTS
 
-__all__ = ["REFUSAL_CODES", "ServiceMetrics"]
+__all__ = ["LONG_SECONDS", "REFUSAL_CODES", "SCRAPE_CACHE_S", "SCRAPE_READ_S", "ServiceMetrics"]
 
 REFUSAL_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"})
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LONG_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""Buckets of what waits on an LLM: the OpenAI front's calls, the upstream exchanges (--upstream-max-s
+is 600 s by default)."""
+SCRAPE_CACHE_S = 1.0
+"""How old a rendering a scrape that overlaps another connection may be answered (module docstring)."""
+SCRAPE_READ_S = 10.0
+"""A scrape's request line and headers must be read within this: a per-receive timeout alone let a
+connection that sends a header line every few seconds hold one of the 16 slots for ever."""
+_CACHED_RENDERINGS = 8  # renderings kept (one per Accept / Accept-Encoding a scraper sends): then all dropped
+_OVERLAPS = "lmroute.overlaps"  # WSGI environ key: another connection to the endpoint is open
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, each receive waiting at most what is left before `deadline` (monotonic
+    seconds; None: the socket's own timeout alone)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline: float | None = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"request not read in {SCRAPE_READ_S:g} s")
+            self._sock.settimeout(min(left, _ScrapeHandler.timeout))
+        return self._sock.recv_into(buffer)
 
 
 class _ScrapeHandler(WSGIRequestHandler):
-    """One scrape; a connection that sends nothing for `timeout` seconds is closed (it held a thread)."""
+    """One scrape; a connection that sends nothing for `timeout` seconds, or has not sent its whole
+    request SCRAPE_READ_S after it was taken, is closed (it held a thread and one of the slots)."""
 
     timeout = 10.0
+    server: _ScrapeServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain file setup made: replaced by one that keeps to the deadline
+        self._reader = _DeadlineReader(self.connection, time.monotonic() + SCRAPE_READ_S)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self._reader.deadline = None  # read: the answer's writes get the plain per-send timeout again
+        self.connection.settimeout(self.timeout)
+        return ok
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError):
+            pass  # a slow or gone scraper: closed without a traceback on stderr (the JSON log)
+        finally:
+            self.server.answered(self.request)
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ[_OVERLAPS] = self.server.overlapping(self.request)
+        return environ
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the server's own log is JSON lines; scrapes are not logged
@@ -103,14 +179,28 @@ class _ScrapeServer(socketserver.ThreadingMixIn, WSGIServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(self.MAX_SCRAPES)
+        self._open: set[Any] = set()  # connections taken and not yet answered
+        self._open_lock = threading.Lock()
+
+    def overlapping(self, request: Any) -> bool:
+        """Whether a connection other than `request` is open and not yet answered."""
+        with self._open_lock:
+            return len(self._open - {request}) > 0
+
+    def answered(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
+        with self._open_lock:
+            self._open.add(request)
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self.answered(request)
             self._slots.release()
             raise
 
@@ -118,11 +208,72 @@ class _ScrapeServer(socketserver.ThreadingMixIn, WSGIServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.answered(request)
             self._slots.release()
 
 
 class _ScrapeServer6(_ScrapeServer):
     address_family = socket.AF_INET6
+
+
+class _Renderings:
+    """The endpoint's WSGI app: prometheus_client's, one render at a time, a scrape that overlaps another
+    connection answered the last rendering for what it asks (its Accept and Accept-Encoding) while it is
+    under SCRAPE_CACHE_S old; `renders` counts the renders."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], fresh_s: float = SCRAPE_CACHE_S) -> None:
+        self._app = app
+        self._fresh_s = fresh_s
+        self._lock = threading.Lock()  # one render at a time: concurrent scrapers wait and take its result
+        self._kept: dict[tuple[str, str], tuple[float, str, list[tuple[str, str]], bytes]] = {}
+        self.renders = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        plain = environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING")
+        plain = plain and environ.get("PATH_INFO") != "/favicon.ico"
+        key = (environ.get("HTTP_ACCEPT", ""), environ.get("HTTP_ACCEPT_ENCODING", ""))
+        with self._lock:
+            now = time.monotonic()
+            kept = self._kept.get(key) if plain and environ.get(_OVERLAPS) else None
+            if kept is None or now - kept[0] >= self._fresh_s:
+                said: list[Any] = []
+                body = b"".join(self._app(environ, lambda status, headers, *_: said.extend((status, headers))))
+                self.renders += 1
+                kept = (now, said[0], list(said[1]), body)  # as fresh as the scrape's arrival: rendered after it
+                if plain:
+                    if len(self._kept) >= _CACHED_RENDERINGS and key not in self._kept:
+                        self._kept.clear()  # odd Accept headers cost renders, never memory
+                    self._kept[key] = kept
+        start_response(kept[1], kept[2])
+        return [kept[3]]
+
+
+class _CallSeconds(Collector):
+    """lmroute_call_seconds{method}: each method's handler time in buckets of its own (a family may give
+    its series different `le`s; prometheus_client's Histogram gives all of them one set): a gRPC call's
+    _SECONDS, an OpenAI front request's LONG_SECONDS (its exchange with an LLM may take minutes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the thread transport's pool threads observe too
+        self._by_method: dict[str, StatsHistogram] = {}
+
+    def observe(self, method: str, seconds: float, long: bool) -> None:
+        with self._lock:
+            h = self._by_method.get(method)
+            if h is None:
+                h = self._by_method[method] = StatsHistogram(LONG_SECONDS if long else _SECONDS)
+            h.observe(seconds)
+
+    def describe(self) -> Iterator[Any]:
+        yield HistogramMetricFamily("lmroute_call_seconds", "")
+
+    def collect(self) -> Iterator[Any]:
+        family = HistogramMetricFamily("lmroute_call_seconds", "RPC handler time", labels=["method"])
+        with self._lock:
+            held = [(method, _buckets(h, 1.0), h.total) for method, h in self._by_method.items()]
+        for method, buckets, total in held:
+            family.add_metric([method], buckets, sum_value=total)
+        yield family
 
 
 def _buckets(h: StatsHistogram, scale: float) -> list[tuple[str, float]]:
@@ -165,6 +316,8 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (GaugeMetricFamily, "lmroute_upstream_skipped"),
     (CounterMetricFamily, "lmroute_upstream_key_reloads"),
     (CounterMetricFamily, "lmroute_upstream_tokens"),
+    (CounterMetricFamily, "lmroute_upstream_calls"),
+    (HistogramMetricFamily, "lmroute_upstream_seconds"),
     (CounterMetricFamily, "lmroute_tenant_calls"),
     (GaugeMetricFamily, "lmroute_tenant_queued_prompts"),
     (HistogramMetricFamily, "lmroute_tenant_queue_wait_seconds"),
@@ -316,12 +469,31 @@ class _ServingCollector(Collector):
         for tier, held in client.key_files.items():
             key_reloads.add_metric([tier, "reloaded"], held.reloads)
             key_reloads.add_metric([tier, "failed"], held.reload_failures)
+        calls = CounterMetricFamily(
+            "lmroute_upstream_calls",
+            "Exchanges with an upstream by what they came to: its answer's HTTP status (as it is, or its class), "
+            "or unreachable, timeout, no_slot, cancelled",
+            labels=["upstream", "code"],
+        )
+        for (tier, code), n in sorted(client.outcomes.items()):
+            calls.add_metric([tier, code], n)
+        seconds = HistogramMetricFamily(
+            "lmroute_upstream_seconds",
+            "Time of an exchange with an upstream, from the request sent to its answer's end",
+            labels=["upstream"],
+        )
+        with client.seconds_lock:
+            timed = [(tier, _buckets(h, 1.0), h.total) for tier, h in client.seconds.items()]
+        for tier, buckets, total in timed:
+            seconds.add_metric([tier], buckets, sum_value=total)
         yield slots
         yield requests
         yield fallbacks
         yield skipped
         yield tokens
         yield key_reloads
+        yield calls
+        yield seconds
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:
@@ -383,27 +555,28 @@ class ServiceMetrics:
     def __init__(self, serving: Callable[[], Any]) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter("lmroute_calls", "RPCs answered", ["method", "code"], registry=self.registry)
-        self.seconds = Histogram(
-            "lmroute_call_seconds", "RPC handler time", ["method"], buckets=_SECONDS, registry=self.registry
-        )
+        self.seconds = _CallSeconds()
+        self.registry.register(self.seconds)
         self.in_flight = Gauge("lmroute_in_flight_calls", "Calls being handled", registry=self.registry)
         self.refusals = Counter(
             "lmroute_refusals", "Calls refused or shed", ["method", "reason"], registry=self.registry
         )
         self.registry.register(_ServingCollector(serving))
+        self.renderings = _Renderings(make_wsgi_app(self.registry))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
-    def observe(self, method: str, code: str, reason: str, seconds: float) -> None:
-        """One answered call (the interceptor calls this once per call)."""
+    def observe(self, method: str, code: str, reason: str, seconds: float, *, front: bool = False) -> None:
+        """One answered call (the interceptor calls this once per call; the OpenAI front once per request,
+        with `front`: its time goes in buckets up to minutes)."""
         self.calls.labels(method, code).inc()
-        self.seconds.labels(method).observe(seconds)
-        if code in REFUSAL_CODES:
+        self.seconds.observe(method, seconds, long=front)
+        if code in REFUSAL_CODES and not reason.startswith("UPSTREAM_"):
             self.refusals.labels(method, reason or code).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (`/metrics`) on host:port (0: a free port); the bound port."""
         kind = _ScrapeServer6 if ":" in host else _ScrapeServer
-        server = make_server(host, port, make_wsgi_app(self.registry), kind, handler_class=_ScrapeHandler)
+        server = make_server(host, port, self.renderings, kind, handler_class=_ScrapeHandler)
         thread = threading.Thread(target=server.serve_forever, name="lmroute-metrics", daemon=True)
         thread.start()
         self._http = (server, thread)

@@ -83,7 +83,8 @@ from lmroute.service.front_models import (
     parse_models_name,
 )
 from lmroute.service.front_requests import DEFAULT, PREFIX, parse_model, prompt_of_messages, sent_chars
-from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, info_enabled
+from lmroute.service.interceptors import _ID_PREFIX, REQUEST_ID_KEY
+from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, bind_call, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
 from lmroute.service.tracing import Tracing
@@ -132,7 +133,9 @@ def upstream_code(status: int) -> str:
     return _UPSTREAM_CODES.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
 
 
-_ids = itertools.count(1)  # request ids of calls that bring none (x-request-id)
+# request ids of calls that bring none (x-request-id): the gRPC ids' random per-process prefix, so ids do not
+# repeat across replicas and restarts, marked http- so they never equal a gRPC call's id (its own counter)
+_ids = itertools.count(1)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 Outcome = tuple[str, str] | None
 # Route's refusals of a call among the upstreams file's models that are the file's (or the bundle's) doing
@@ -152,6 +155,15 @@ _OUTCOME = web.ResponseKey[tuple[str, str]]("lmroute_outcome")
 _DECIDED = web.RequestKey[dict[str, str]]("lmroute_decided")
 # a request passed on to its fallback: (what failed first, as the caller is told it; as logged; the spare's key)
 _FELL_BACK = web.RequestKey[tuple[str, str, str]]("lmroute_fell_back")
+# the request's id: answered in every answer's x-request-id header, sent to the upstreams with the request
+_REQUEST_ID = web.RequestKey[str]("lmroute_request_id")
+
+
+async def _say_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to a request the front served (an error, a stream: just before its headers go out)
+    carries the request's id, the caller's or the one made for it, to quote when asking after it."""
+    if (request_id := request.get(_REQUEST_ID)) is not None:
+        response.headers[REQUEST_ID_KEY] = request_id
 
 
 def _error(exc: BaseException) -> web.Response:
@@ -398,7 +410,7 @@ class OpenAIFront:
         self._sampler = LogSampler(period_s=1.0)
         self.fair_slots = fair_slots  # an upstream's contended slots go to tenants in turn; False: first come
         self.tracing = tracing
-        self.client = UpstreamClient(upstreams)
+        self.client = UpstreamClient(upstreams, tracing=tracing)
         self.models = models_of(upstreams)  # the models `models...` names route among (none: no such names)
         self.sides = "strong" in upstreams  # the file names the strong and weak sides (router-... names)
         self.auth = auth
@@ -416,6 +428,7 @@ class OpenAIFront:
         self.idle_connections_closed = 0  # to let a new connection in at max_connections
         self._listener: asyncio.Server | None = None
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_shaped_404_405])
+        self.app.on_response_prepare.append(_say_request_id)
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
         self.app.router.add_get(_MODELS, self._models)
@@ -595,6 +608,7 @@ class OpenAIFront:
         reason) it is given for a stream that ended on an error, else the answer's."""
         t0 = time.perf_counter()
         code, reason = "OK", ""
+        status: int | None = None  # the answer's HTTP status (None: none went out, the caller went away)
         counted = False
 
         def count(outcome: Outcome = None) -> None:
@@ -603,20 +617,27 @@ class OpenAIFront:
                 code, reason = outcome
             if self.metrics is not None and not counted:
                 counted = True
-                self.metrics.observe(path, code, reason, time.perf_counter() - t0)
+                self.metrics.in_flight.dec()
+                self.metrics.observe(path, code, reason, time.perf_counter() - t0, front=True)
 
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
         tenant_token = AUTH_TENANT.set(None)
-        request_id = request.headers.get("x-request-id", "")[:128] or f"http-{next(_ids):016x}"
+        request_id = request.headers.get(REQUEST_ID_KEY, "")[:128] or f"http-{_ID_PREFIX}{next(_ids):016x}"
+        request[_REQUEST_ID] = request_id
         with (
             CallLog(request_id=request_id, method=path),
-            self.tracing.call(path, request_id, request.headers.items())
+            self.tracing.call(path, request_id, request.headers.items(), transport="http", http_method=request.method)
             if self.tracing is not None
             else contextlib.nullcontext() as span,
         ):
             try:
                 self._authenticate(request)
                 tenant = self.servicer.tenant_named(request.headers.get(self.servicer.tenant_header, ""))
+                if tenant:
+                    bind_call(tenant=tenant)  # into the access line and every line the request writes
                 answer = await work(tenant, count)
+                status = answer.status
                 if answer.status >= 400:  # the upstream's own error answer, passed on as it is
                     code, reason = upstream_code(answer.status), f"UPSTREAM_{answer.status}"
                 elif (outcome := answer.get(_OUTCOME)) is not None:  # a stream that broke off
@@ -642,24 +663,29 @@ class OpenAIFront:
             except Exception as exc:  # a bug: a generic 500, the details in the log
                 code, reason = "INTERNAL", "INTERNAL"
                 _log.exception("http_unhandled_exception")
-                return _error(exc)
+                failed = _error(exc)
+                status = failed.status
+                return failed
             finally:
                 AUTH_TENANT.reset(tenant_token)
                 if span is not None and self.tracing is not None:
-                    self.tracing.finish(span, code, reason, request.get(_DECIDED))
+                    self.tracing.finish(span, code, reason, request.get(_DECIDED), http_status=status)
                 count()
-                self._access_line(path, code, reason, time.perf_counter() - t0, request.remote or "")
+                self._access_line(path, code, reason, time.perf_counter() - t0, request.remote or "", status)
 
-    def _access_line(self, path: str, code: str, reason: str, seconds: float, peer: str) -> None:
-        """The request's access line, as the gRPC calls' (lmroute.service.interceptors): one per request,
-        or sampled (a line per path, code and reason a second) for shed requests and with
+    def _access_line(
+        self, path: str, code: str, reason: str, seconds: float, peer: str, http_status: int | None
+    ) -> None:
+        """The request's access line, as the gRPC calls' (lmroute.service.interceptors), with the answer's
+        HTTP status (None: the caller went away first) and, from the call's log context, its tenant: one
+        per request, or sampled (a line per path, code and reason a second) for shed requests and with
         `--access-log sampled`."""
         ms = round(seconds * 1000, 3)
         if code not in SHED_CODES and not self.sample_all:
             if info_enabled():
-                _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer)
+                _log.info("rpc", code=code, reason=reason, http_status=http_status, ms=ms, peer=peer)
         elif (suppressed := self._sampler.admit((path, code, reason))) is not None:
-            _log.info("rpc", code=code, reason=reason, ms=ms, peer=peer, suppressed=suppressed)
+            _log.info("rpc", code=code, reason=reason, http_status=http_status, ms=ms, peer=peer, suppressed=suppressed)
 
     async def _read(self, request: web.Request) -> bytes:
         """The request's body, read within `body_timeout_s` (BodyTimeout: HTTP 408, the connection closed)."""
@@ -871,6 +897,7 @@ class OpenAIFront:
         that did not, without the decision's id (its outcomes are of the choice it made). Both failing:
         one error naming both (request[_FELL_BACK] says what failed first, for a `deadline` that expires in
         the fallback)."""
+        request_id = request.get(_REQUEST_ID, "")
         async with contextlib.AsyncExitStack() as stack:
             breaker = self.client.breakers.get(tier) if spare is not None else None
             admit = breaker.admit() if breaker is not None else Admit.TRY
@@ -880,7 +907,9 @@ class OpenAIFront:
                 first = logged = f"{self.client.upstreams[tier].label}: skipped ({breaker.failures} failures in a row)"
             else:
                 try:
-                    answer = await self._attempt(stack, tier, payload, tenant, deadline, probe=admit is Admit.PROBE)
+                    answer = await self._attempt(
+                        stack, tier, payload, tenant, deadline, probe=admit is Admit.PROBE, request_id=request_id
+                    )
                 except (UpstreamFailed, UpstreamTimeout) as exc:
                     if spare is None:
                         raise
@@ -893,7 +922,16 @@ class OpenAIFront:
             self.client.fallbacks[(tier, why)] += 1
             request[_FELL_BACK] = (first, logged, spare.key)
             try:
-                answer = await self._attempt(stack, spare.key, spare.payload, tenant, deadline, probe=False)
+                answer = await self._attempt(
+                    stack,
+                    spare.key,
+                    spare.payload,
+                    tenant,
+                    deadline,
+                    probe=False,
+                    request_id=request_id,
+                    fallback_for=tier,
+                )
             except (UpstreamFailed, UpstreamTimeout) as again:
                 raise type(again)(
                     f"{first}; then its fallback {again.message}",
@@ -914,13 +952,17 @@ class OpenAIFront:
         deadline: asyncio.Timeout,
         *,
         probe: bool,
+        request_id: str = "",
+        fallback_for: str = "",
     ) -> Exchange:
         """The `tier` upstream's exchange entered on `stack`, its breaker (a side that falls back has one)
         told whether the upstream answered (`probe`: the request its breaker let try it again): a failure,
-        or no answer begun before the whole exchange's `deadline`, counts against it."""
+        or no answer begun before the whole exchange's `deadline`, counts against it. `request_id` goes
+        with the request; `fallback_for`: the upstream it stands in for."""
         breaker = self.client.breakers.get(tier)
+        exchange = self.client.exchange(tier, payload, tenant, request_id=request_id, fallback_for=fallback_for)
         try:
-            answer = await stack.enter_async_context(self.client.exchange(tier, payload, tenant))
+            answer = await stack.enter_async_context(exchange)
         except (UpstreamFailed, UpstreamTimeout):
             self._failed(tier, probe)
             raise

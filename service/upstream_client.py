@@ -11,6 +11,13 @@ UpstreamFailed (HTTP 502); its next bytes take longer than `timeout_s`, or no sl
 UpstreamTimeout (HTTP 504). A 4xx answer is the upstream's verdict on the request (a bad tool schema,
 say) and is passed to the caller as it is, the upstream's API key replaced by *** wherever it appears.
 The front bounds the whole exchange (`--upstream-max-s`) and its writes to the caller.
+
+Each exchange is counted per upstream, by what it came to (`outcomes`, lmroute_upstream_calls_total:
+the answer's HTTP status, `exchange_code`; or `unreachable`, `timeout`, `no_slot`, `cancelled`), and
+timed from the request sent to the answer's end (`seconds`, lmroute_upstream_seconds). The request
+carries the call's request id (`x-request-id`), and with tracing (lmroute.service.tracing) it is a
+CLIENT span `lmroute.upstream <upstream>` whose W3C traceparent goes with it; without tracing no span
+is made.
 """
 
 from __future__ import annotations
@@ -18,22 +25,31 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import threading
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from lmroute.service.circuit_breaker import CircuitBreaker
-from lmroute.service.errors import UpstreamFailed, UpstreamTimeout
+from lmroute.service.errors import ServiceError, UpstreamFailed, UpstreamTimeout
+from lmroute.service.metrics import LONG_SECONDS
+from lmroute.service.stats import Histogram
 from lmroute.service.tenant_slots import TenantSlots
 from lmroute.service.upstream_keys import KeyFile
 from lmroute.service.upstreams import Upstream, redact
+
+if TYPE_CHECKING:
+    from lmroute.service.tracing import Tracing
 
 __all__ = [
     "MAX_ANSWER_BYTES",
     "Exchange",
     "UpstreamClient",
+    "exchange_code",
     "upstream_failed",
     "upstream_timeout",
     "usage_asked",
@@ -45,6 +61,14 @@ MAX_ANSWER_BYTES = 64 << 20
 _ERROR_SNIPPET = 300  # characters of an upstream's 5xx error message quoted into the error
 MAX_RETRY_AFTER_S = 3600  # an upstream's Retry-After passed on, at most this
 _RETRY_HEADERS = ("Retry-After", "retry-after-ms")  # what an upstream's error answer says of when to retry
+# the statuses an exchange is counted under as they are; any other under its class ("2xx" .. "5xx"), so the
+# label takes a few values whatever an upstream answers
+_COUNTED_STATUSES = frozenset({200, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504})
+
+
+def exchange_code(status: int) -> str:
+    """The `code` label an upstream answer of HTTP `status` is counted under (lmroute_upstream_calls_total)."""
+    return str(status) if status in _COUNTED_STATUSES else f"{status // 100}xx"
 
 
 class Exchange:
@@ -92,8 +116,9 @@ class Exchange:
 class UpstreamClient:
     """Sends chat completions to the upstreams; `start` and `close` bracket its use."""
 
-    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
-        self.upstreams = dict(upstreams)
+    def __init__(self, upstreams: Mapping[str, Upstream], tracing: Tracing | None = None) -> None:
+        self.upstreams = dict(upstreams)  # keyed by the operator's upstreams file: the metrics' few labels
+        self.tracing = tracing  # None: no spans, no traceparent sent
         self.slots = {tier: TenantSlots(u.max_concurrency) for tier, u in self.upstreams.items()}
         self.breakers = {
             tier: CircuitBreaker(u.fallback_after, u.fallback_for_s) for tier, u in self.upstreams.items() if u.fallback
@@ -103,6 +128,9 @@ class UpstreamClient:
         self.key_files = {
             tier: KeyFile(tier, Path(u.api_key_file), u.api_key) for tier, u in self.upstreams.items() if u.api_key_file
         }  # the upstreams whose key is read from a file, and again when it changes
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()  # (tier, exchange code)
+        self.seconds = {tier: Histogram(LONG_SECONDS) for tier in self.upstreams}  # request sent .. answer's end
+        self.seconds_lock = threading.Lock()  # the scrape's thread reads a histogram whole, not half observed
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -141,50 +169,102 @@ class UpstreamClient:
         return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @contextlib.asynccontextmanager
-    async def exchange(self, tier: str, body: Mapping[str, Any] | bytes, tenant: str = "") -> AsyncIterator[Exchange]:
+    async def exchange(
+        self,
+        tier: str,
+        body: Mapping[str, Any] | bytes,
+        tenant: str = "",
+        *,
+        request_id: str = "",
+        fallback_for: str = "",
+    ) -> AsyncIterator[Exchange]:
         """POST `body` (its model set to the upstream's; or bytes made by `payload`) to the `tier`
         upstream's /chat/completions for `tenant` (its turn at the upstream's slots); the answer as an
-        Exchange once its status and headers are in. A 5xx or a 3xx is raised as UpstreamFailed."""
+        Exchange once its status and headers are in. A 5xx or a 3xx is raised as UpstreamFailed.
+        `request_id` (the front's call's) goes as `x-request-id`; `fallback_for`: the upstream this one
+        answers for (its span says so). Counted in `outcomes` and `seconds` (module docstring)."""
         assert self._session is not None, "UpstreamClient.start was not called"
         up = self.upstreams[tier]
         slots = self.slots[tier]
         try:
             await slots.acquire(tenant, up.timeout_s)
         except TimeoutError:
+            self.outcomes[(tier, "no_slot")] += 1
             why = f"no free slot in {up.timeout_s:g} s ({up.max_concurrency} requests in flight)"
             raise upstream_timeout(up, why) from None
+        # what the exchange came to, for the metrics and the span: "cancelled" unless it gets further (the
+        # front stopped waiting: its caller went away, or --upstream-max-s passed, before the answer began)
+        outcome, status, error = "cancelled", None, ""
+        t0 = time.perf_counter()
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        traced = (
+            self.tracing.upstream(tier, _span_attributes(up, fallback_for), headers)
+            if self.tracing is not None
+            else contextlib.nullcontext()
+        )
         try:
-            payload = body if isinstance(body, bytes) else self.payload(tier, body)
-            headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-            key = self.key(tier)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_s, sock_read=up.timeout_s)
-            try:
-                response = await self._session.post(
-                    up.completions_url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
-                )
-            except TimeoutError:
-                raise upstream_timeout(up, f"no answer in {up.timeout_s:g} s") from None
-            except aiohttp.ClientError as exc:
-                raise upstream_failed(up, f"cannot be reached ({type(exc).__name__})") from None
-            try:
-                if 300 <= response.status < 400:  # the prompt goes to the configured URL or nowhere
-                    raise upstream_failed(up, f"answered HTTP {response.status}, a redirect (not followed)")
-                if response.status >= 500:
-                    quoted = error_message(redact(await Exchange(up, response).read(), key))
-                    said = f"answered HTTP {response.status}"
-                    raise UpstreamFailed(
-                        f"{up.label}: {said}: {quoted}" if quoted else f"{up.label}: {said}",
-                        logged=f"{up.describe()}: {said}"
-                        + (" (its error message quoted to the caller)" if quoted else ""),
-                        retry_after_ms=retry_after_ms(response.headers.get("Retry-After")),
+            with traced as span:
+                try:
+                    payload = body if isinstance(body, bytes) else self.payload(tier, body)
+                    key = self.key(tier)
+                    if key:
+                        headers["Authorization"] = f"Bearer {key}"
+                    timeout = aiohttp.ClientTimeout(
+                        total=None, sock_connect=up.connect_timeout_s, sock_read=up.timeout_s
                     )
-                yield Exchange(up, response, key)
-            finally:
-                response.release()
+                    try:
+                        response = await self._session.post(
+                            up.completions_url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+                        )
+                    except TimeoutError:
+                        outcome = "timeout"
+                        raise upstream_timeout(up, f"no answer in {up.timeout_s:g} s") from None
+                    except aiohttp.ClientError as exc:
+                        outcome = "unreachable"
+                        raise upstream_failed(up, f"cannot be reached ({type(exc).__name__})") from None
+                    status, outcome = response.status, exchange_code(response.status)
+                    try:
+                        if 300 <= response.status < 400:  # the prompt goes to the configured URL or nowhere
+                            raise upstream_failed(up, f"answered HTTP {response.status}, a redirect (not followed)")
+                        if response.status >= 500:
+                            quoted = error_message(redact(await Exchange(up, response).read(), key))
+                            said = f"answered HTTP {response.status}"
+                            raise UpstreamFailed(
+                                f"{up.label}: {said}: {quoted}" if quoted else f"{up.label}: {said}",
+                                logged=f"{up.describe()}: {said}"
+                                + (" (its error message quoted to the caller)" if quoted else ""),
+                                retry_after_ms=retry_after_ms(response.headers.get("Retry-After")),
+                            )
+                        yield Exchange(up, response, key)
+                    finally:
+                        response.release()
+                except ServiceError as exc:  # here, or reading the answer (it broke off, went quiet)
+                    error = exc.reason
+                    raise
+                finally:
+                    if span is not None and self.tracing is not None:
+                        self.tracing.upstream_ended(span, outcome, status, error)
         finally:
             slots.release(tenant)
+            self.outcomes[(tier, outcome)] += 1
+            with self.seconds_lock:
+                self.seconds[tier].observe(time.perf_counter() - t0)
+
+
+def _span_attributes(up: Upstream, fallback_for: str) -> dict[str, Any]:
+    """An upstream exchange's span attributes: the upstream (its name in the upstreams file), its model,
+    its host and port (not the URL: a path or query may hold what the operator keeps out of sight), and
+    the upstream it answers for when it is a fallback."""
+    url = urllib.parse.urlsplit(up.base_url)
+    out: dict[str, Any] = {"lmroute.upstream": up.tier, "lmroute.model": up.model, "http.request.method": "POST"}
+    if url.hostname:
+        out["server.address"] = url.hostname
+        out["server.port"] = url.port or (443 if url.scheme == "https" else 80)
+    if fallback_for:
+        out["lmroute.fallback"] = fallback_for
+    return out
 
 
 def usage_asked(body: Mapping[str, Any]) -> bool:

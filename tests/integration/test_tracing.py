@@ -33,9 +33,11 @@ STAGES = ["admission", "queue", "encode", "score"]
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
     exp = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # once per process (test_obs_tracing.py may have set it)
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)  # the "external" provider of the server
     provider.add_span_processor(SimpleSpanProcessor(exp))
-    trace.set_tracer_provider(provider)  # once per process: the "external" provider of the server
     return exp
 
 
@@ -195,7 +197,12 @@ def test_the_http_front_call_has_its_span_and_stages(exporter: InMemorySpanExpor
         (s for s in spans if s.name == "lmroute.rpc /v1/chat/completions"), key=lambda s: s.start_time
     )
     kids = [s for s in spans if s.parent is not None and s.parent.span_id == call.context.span_id]
-    assert [k.name for k in sorted(kids, key=lambda s: (s.start_time, STAGES.index(s.name)))] == STAGES
+    stages = [k for k in kids if k.name in STAGES]
+    assert [k.name for k in sorted(stages, key=lambda s: (s.start_time, STAGES.index(s.name)))] == STAGES
+    # and the exchange with the upstream that answered, after the route
+    [upstream] = [k for k in kids if k.name not in STAGES]
+    assert upstream.name == f"lmroute.upstream {decided['x-lmroute-tier']}"
+    assert upstream.start_time >= max(k.end_time for k in stages)
     assert call.attributes["rpc.code"] == "OK" and call.attributes["lmroute.request_id"] == "front-trace-1"
     assert decided["x-lmroute-decision-id"] and decided["x-lmroute-tier"] in ("strong", "weak")
     for header, value in decided.items():  # the decision, on the span
