@@ -37,9 +37,10 @@ for now (lmroute.service.circuit_breaker) is left out of the choice among models
 The route step is the gRPC Route call's own code (RouterServicer.route), so exploration, share and spend
 targets, decision recording and the scheduler's admission apply alike. With tokens configured the front
 needs `Authorization: Bearer <token>` like the gRPC port; the tenant comes from the token or the tenant
-header. With TLS configured it serves HTTPS with the same certificate files (read at start). Errors are
-OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`) with the status of
-lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream down 502, slow 504.
+header. With TLS configured it serves HTTPS with the same certificate files (read again when they change:
+lmroute.service.tls.FrontTLS). Errors are OpenAI-shaped JSON (`{"error": {"message", "type", "code"}}`)
+with the status of lmroute.service.errors.http_status: a bad `model` is 400 naming it, an upstream down
+502, slow 504.
 """
 
 from __future__ import annotations
