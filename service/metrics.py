@@ -39,6 +39,10 @@ Read at scrape time from the serving objects (nothing added to the request path)
     lmroute_bundle_info{version}                1 for the serving bundle
     lmroute_bundle_swaps_total{result}          hot swaps done (swapped) and candidates refused (refused)
     lmroute_bundle_watch_problem                1 while the watched bundle path cannot be read
+    lmroute_tls_reloads_total{listener, result}, lmroute_tls_certificate_expiry_seconds{listener}
+                                                certificate rotations taken (reloaded) or refused (failed)
+                                                on the gRPC port and the OpenAI front, and the notAfter of
+                                                the certificate each serves
     lmroute_auth_reloads_total{result}          changes of the tokens file taken (reloaded) or refused
                                                 (failed: a bad file, the tokens in use kept)
     lmroute_streams_open, lmroute_streams_refused_total
@@ -308,6 +312,8 @@ _SCRAPE_TIME_FAMILIES: tuple[tuple[Callable[[str, str], Metric], str], ...] = (
     (CounterMetricFamily, "lmroute_bundle_swaps"),
     (GaugeMetricFamily, "lmroute_bundle_watch_problem"),
     (CounterMetricFamily, "lmroute_auth_reloads"),
+    (CounterMetricFamily, "lmroute_tls_reloads"),
+    (GaugeMetricFamily, "lmroute_tls_certificate_expiry_seconds"),
     (GaugeMetricFamily, "lmroute_streams_open"),
     (CounterMetricFamily, "lmroute_streams_refused"),
     (GaugeMetricFamily, "lmroute_upstream_slots"),
@@ -414,6 +420,7 @@ class _ServingCollector(Collector):
         front = getattr(server, "front", None)
         if front is not None:
             yield from self._upstreams(front.client)
+        yield from self._tls(getattr(server, "tls", None), getattr(server, "front_tls", None))
         auth = getattr(server, "auth", None)
         if auth is not None:
             reloads = CounterMetricFamily(
@@ -494,6 +501,31 @@ class _ServingCollector(Collector):
         yield key_reloads
         yield calls
         yield seconds
+
+    @staticmethod
+    def _tls(grpc_files: Any, front: Any) -> Iterator[Any]:
+        """Certificate rotations taken and refused per listener, and the notAfter of the certificate each
+        serves (an alert before it expires: a rotation refused keeps the old one until then)."""
+        listeners = [(name, held) for name, held in (("grpc", grpc_files), ("http", front)) if held is not None]
+        if not listeners:
+            return
+        reloads = CounterMetricFamily(
+            "lmroute_tls_reloads",
+            "Changes of the certificate files taken (reloaded), or refused (failed: the certificate in use kept)",
+            labels=["listener", "result"],
+        )
+        expiry = GaugeMetricFamily(
+            "lmroute_tls_certificate_expiry_seconds",
+            "notAfter of the certificate a listener serves, Unix seconds",
+            labels=["listener"],
+        )
+        for name, held in listeners:
+            reloads.add_metric([name, "reloaded"], held.reloads)
+            reloads.add_metric([name, "failed"], held.reload_failures)
+            if held.serving_until is not None:
+                expiry.add_metric([name], held.serving_until.timestamp())
+        yield reloads
+        yield expiry
 
     @staticmethod
     def _tenants(scheduler: Any) -> Iterator[Any]:

@@ -148,6 +148,7 @@ class CertificateFiles:
         self.serving_until: datetime | None = None  # the notAfter of the certificate gRPC serves
         self.config = self._load()  # raises at startup: a server never starts without valid files
         self.reloads = 0
+        self.reload_failures = 0  # changes not taken (the certificate in use kept)
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -173,6 +174,7 @@ class CertificateFiles:
             try:
                 self.config = self._load()
             except Exception as exc:  # the message names the files; gRPC would swallow an error raised here
+                self.reload_failures += 1
                 _log.error("tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
                 self._watch.look_again(RELOAD_RETRY_S)  # not yet valid (a clock behind the issuer's): retried
                 return None
@@ -223,12 +225,19 @@ class FrontTLS:
         self.context.sni_callback = self._hand_over
         self._current = self.context
         self.reloads = 0
+        self.reload_failures = 0
+
+    @property
+    def serving_until(self) -> datetime:
+        """The notAfter of the certificate handed to new connections."""
+        return self._serving_until
 
     def _hand_over(self, conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if self._watch.changed():
             try:
                 self._current, self._serving_until = self._files.ssl_context(self._serving_until)
             except Exception as exc:  # the message names the files
+                self.reload_failures += 1
                 _log.error("front_tls_reload_failed", error=str(exc)[:300], retry_s=RELOAD_RETRY_S)
                 self._watch.look_again(RELOAD_RETRY_S)
             else:

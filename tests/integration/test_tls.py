@@ -105,7 +105,7 @@ def _serving_one_ca_of_two(
     first CA's PEM, the second's), for rotating the files to the second CA's."""
     old_ca, new_ca = trustme.CA(), trustme.CA()
     cert, key = write_server_cert(old_ca, tmp_path, "server")
-    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key))
+    srv = serve(tls_cert_file=str(cert), tls_key_file=str(key), metrics_port=0)
     old_pem, new_pem = write_ca(old_ca, tmp_path, "old"), write_ca(new_ca, tmp_path, "new")
     wait_serving(srv, tls_ca=old_pem)
     return srv, cert, key, new_ca, old_pem, new_pem
@@ -135,8 +135,23 @@ def test_a_rotation_to_a_key_that_does_not_match_keeps_the_certificate_in_use(
     cert.write_bytes(new_cert.read_bytes())  # the key file still holds the old key
     assert routes(srv.target, tls_ca=old_pem) and not routes(srv.target, tls_ca=new_pem)
     assert srv.server.tls is not None and srv.server.tls.reloads == 0
+    assert 'lmroute_tls_reloads_total{listener="grpc",result="failed"} 1.0' in _scrape(srv)
     key.write_bytes(new_key.read_bytes())
     assert routes(srv.target, tls_ca=new_pem) and srv.server.tls.reloads == 1
+    from cryptography import x509
+
+    text = _scrape(srv)  # the rotation counted, and when the certificate now served expires
+    assert 'lmroute_tls_reloads_total{listener="grpc",result="reloaded"} 1.0' in text
+    not_after = x509.load_pem_x509_certificate(new_cert.read_bytes()).not_valid_after_utc.timestamp()
+    [line] = [x for x in text.splitlines() if x.startswith('lmroute_tls_certificate_expiry_seconds{listener="grpc"}')]
+    assert float(line.split()[-1]) == not_after
+
+
+def _scrape(srv: ServerThread) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.server.metrics_port}/metrics", timeout=10) as answer:
+        return str(answer.read().decode())
 
 
 def out_of_date(ca: trustme.CA, root: Path) -> dict[str, tuple[Path, Path, str]]:
