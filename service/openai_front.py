@@ -51,7 +51,6 @@ import itertools
 import json
 import math
 import re
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -88,6 +87,7 @@ from lmroute.service.interceptors import _ID_PREFIX, REQUEST_ID_KEY
 from lmroute.service.logs import SHED_CODES, CallLog, LogSampler, bind_call, info_enabled
 from lmroute.service.metrics import ServiceMetrics
 from lmroute.service.servicer import RouterServicer
+from lmroute.service.tls import FrontTLS
 from lmroute.service.tracing import Tracing
 from lmroute.service.upstream_client import (
     MAX_ANSWER_BYTES,
@@ -430,6 +430,8 @@ class OpenAIFront:
         self._listener: asyncio.Server | None = None
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_shaped_404_405])
         self.app.on_response_prepare.append(_say_request_id)
+        self.app.on_response_prepare.append(self._close_if_rotated)
+        self._tls: FrontTLS | None = None
         self.app.router.add_post(_CHAT, self._chat)
         self.app.router.add_post(_FEEDBACK, self._feedback)
         self.app.router.add_get(_MODELS, self._models)
@@ -437,8 +439,11 @@ class OpenAIFront:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (0: a free port); the bound port."""
+    async def start(self, host: str, port: int, tls: FrontTLS | None = None) -> int:
+        """Listen on host:port (0: a free port), with `tls` HTTPS; the bound port. A kept-alive connection
+        whose handshake took certificate files since replaced is closed after its answer (its client
+        reconnects, checked against the files as they are: a client whose CA was removed is refused)."""
+        self._tls = tls
         await self.client.start()
         # handler_cancellation: a caller that disconnects cancels its request's work, so an upstream
         # exchange it no longer waits for frees its slot (and stops being paid for) at once.
@@ -476,7 +481,7 @@ class OpenAIFront:
             accept,
             host,
             port,
-            ssl=tls,
+            ssl=tls.context if tls is not None else None,
             reuse_address=True,
             ssl_handshake_timeout=min(self.idle_timeout_s, 60.0) if tls is not None else None,
         )
@@ -492,6 +497,15 @@ class OpenAIFront:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         await self.client.close()
+
+    async def _close_if_rotated(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Close the connection after this answer when its TLS handshake used files since replaced."""
+        if self._tls is None or request.transport is None:
+            return
+        made_with = getattr(request.transport.get_extra_info("ssl_object"), "context", None)
+        if made_with is not None and made_with is not self._tls.current():
+            response.force_close()  # the connection ends after this answer
+            response.headers["Connection"] = "close"  # said too: the hook runs after aiohttp set the headers
 
     # -- handlers ------------------------------------------------------------------------------------
 

@@ -375,9 +375,7 @@ class RouterServer:
             )
             self.front_tls = FrontTLS(self.tls) if self.tls is not None else None
             try:
-                self.http_port = await self.front.start(
-                    cfg.host, cfg.http_port, self.front_tls.context if self.front_tls else None
-                )
+                self.http_port = await self.front.start(cfg.host, cfg.http_port, self.front_tls)
             except OSError as exc:
                 await self.front.stop()
                 why = f"cannot listen on {cfg.address(cfg.http_port)} ({exc.strerror or exc})"

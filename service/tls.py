@@ -233,6 +233,13 @@ class FrontTLS:
         return self._serving_until
 
     def _hand_over(self, conn: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        conn.context = self.current()
+
+    def current(self) -> ssl.SSLContext:
+        """The context of the files as last read (read again when they changed: at most once a second):
+        what a new connection's handshake gets, and what a kept-alive one made before is checked against
+        (lmroute.service.openai_front closes it after its answer, so a client whose CA was removed keeps
+        no connection)."""
         if self._watch.changed():
             try:
                 self._current, self._serving_until = self._files.ssl_context(self._serving_until)
@@ -243,7 +250,7 @@ class FrontTLS:
             else:
                 self.reloads += 1
                 _log.info("front_tls_reloaded", cert=str(self._files.cert), reloads=self.reloads)
-        conn.context = self._current
+        return self._current
 
 
 def server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:

@@ -979,6 +979,41 @@ def test_https_certificate_and_client_ca_rotated_without_a_restart(
     assert srv.server.front_tls is not None and srv.server.front_tls.reloads >= 1
 
 
+def test_a_kept_alive_https_connection_made_before_a_rotation_is_closed_after_its_answer(
+    fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A client whose CA is removed from the client CA file: its kept-alive connection is answered once
+    more, with `Connection: close`, then closed, and its reconnection refused (it kept calling on the old
+    connection for as long as it stayed busy)."""
+    import http.client
+    import ssl
+
+    import trustme
+
+    ca, clients, others = trustme.CA(), trustme.CA(), trustme.CA()
+    srv = _mtls_front(fake_servers, upstreams, tmp_path, ca, clients)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    clients.issue_cert("client@example.test").configure_cert(ctx)
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.server.http_port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", "/v1/models")
+        first = conn.getresponse()
+        assert first.status == 200 and first.getheader("Connection") != "close"
+        first.read()
+        others.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))  # the client's CA removed
+        time.sleep(1.1)  # the front looks at the files at most once a second
+        conn.request("GET", "/v1/models")
+        last = conn.getresponse()
+        assert last.status == 200 and last.getheader("Connection") == "close"  # answered, then closed
+        last.read()
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):  # the connection made again: refused
+            conn.request("GET", "/v1/models")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+
+
 def test_a_streamed_answer_is_counted_before_it_ends(
     fake_servers: Callable[..., ServerThread], upstreams: dict[str, FakeUpstream], tmp_path: Path
 ) -> None:
