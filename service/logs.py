@@ -129,6 +129,7 @@ class LineWriter:
         self._pending_chars = 0
         self._pending_limit = pending_bytes
         self._drainer: threading.Thread | None = None
+        self._poller: tuple[int, Any] | None = None  # (fd, a poll object registered for it): made once
         self.lost = 0  # lines dropped since the last one written
         self.lost_total = 0
 
@@ -139,7 +140,7 @@ class LineWriter:
         text = message + "\n"
         with self._lock:
             stream = self._stream()
-            if not self._pending and len(text) <= _PIPE_BUF and _takes_now(stream):
+            if not self._pending and len(text) <= _PIPE_BUF and self._takes_now(stream):
                 self._emit(stream, text)
             elif self._pending_chars + len(text) > self._pending_limit:
                 self.lost += 1
@@ -153,6 +154,21 @@ class LineWriter:
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+    def _takes_now(self, stream: Any) -> bool:
+        """Whether a line of at most _PIPE_BUF characters written to `stream` now cannot block it (under
+        the lock: one poll object, kept for the stream's descriptor)."""
+        fd = _fd(stream)
+        if fd is None:
+            return True  # written as before: such a stream does not block on a reader
+        try:
+            if self._poller is None or self._poller[0] != fd:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                self._poller = (fd, poller)
+            return bool(self._poller[1].poll(0))
+        except (OSError, ValueError):
+            return True  # the write itself says what is wrong (counted as lost)
 
     def _emit(self, stream: Any, text: str) -> None:
         """Write `text` now, after the note of the lines lost before it (under the lock)."""
@@ -222,19 +238,6 @@ def _fd(stream: Any) -> int | None:
     except (AttributeError, OSError, ValueError):  # not a file of the system (a test's capture, a StringIO)
         return None
     return fd if isinstance(fd, int) else None
-
-
-def _takes_now(stream: Any) -> bool:
-    """Whether a line of at most _PIPE_BUF characters written to `stream` now cannot block it."""
-    fd = _fd(stream)
-    if fd is None:
-        return True  # written as before: such a stream does not block on a reader
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True  # the write itself says what is wrong (counted as lost)
 
 
 def _wait_takes(stream: Any) -> None:
