@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import numbers
 import os
 import random
 import re
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -409,12 +411,31 @@ def _check_arguments(
         raise ValueError("tls_cert and tls_key: give both (mTLS: the client certificate and its key) or neither")
     if tls_cert is not None and tls_ca is None:
         raise ValueError("tls_cert, tls_key: mTLS needs tls_ca too (without it the channel is plaintext)")
+    if token is not None and tls_ca is None and not _local(str(target)):
+        warnings.warn(
+            f"token: sent in plain text to {target} (no tls_ca): anyone on the way can read it; give tls_ca "
+            "(gRPC's own call credentials refuse this)",
+            stacklevel=3,  # the line that made the client
+        )
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry: expected a RetryPolicy or None, got {type(retry).__name__}")
     if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
         raise TypeError(f"max_message_bytes: expected an int, got {type(max_message_bytes).__name__}")
     if not 1024 <= max_message_bytes <= 2**31 - 1:  # a gRPC channel option is an int32
         raise ValueError(f"max_message_bytes: must be in [1024, 2147483647] (got {max_message_bytes})")
+
+
+def _local(target: str) -> bool:
+    """Whether `target` (host:port, or a unix: address) is this host: loopback or a socket file."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.removeprefix("dns:///").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: where it leads is not known here
 
 
 MAX_TIMEOUT_S = 1e9

@@ -42,6 +42,20 @@ def test_a_bad_constructor_argument_is_named(kwargs: dict[str, Any], error: type
     assert message in str(info.value)
 
 
+def test_a_token_sent_in_plain_text_off_this_host_is_warned_of(recwarn: pytest.WarningsRecorder) -> None:
+    """A token to another host without tls_ca goes in plain text (gRPC's call credentials refuse that):
+    warned of, naming the target and never the token; to loopback or a socket file it is not."""
+    token = "secret-token-0123456789"
+    for local in ("127.0.0.1:1", "localhost:1", "[::1]:1", "unix:/tmp/lmroute.sock"):
+        RouterClient(local, token=token).close()
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match=r"token: sent in plain text to 10\.0\.0\.1:50051 \(no tls_ca\)") as said:
+        RouterClient("10.0.0.1:50051", token=token).close()
+    assert token not in str(said[0].message) and said[0].filename == __file__  # the caller's line
+    with pytest.warns(UserWarning, match="router.example:443"):
+        RouterClient("router.example:443", token=token).close()
+
+
 def test_a_bad_target_is_named() -> None:
     with pytest.raises(TypeError, match="target: expected 'host:port'"):
         RouterClient(None)  # type: ignore[arg-type]
