@@ -29,6 +29,7 @@ import collections
 import contextvars
 import json as jsonlib
 import logging
+import os
 import select
 import sys
 import threading
@@ -48,6 +49,7 @@ __all__ = [
     "debug_enabled",
     "info_enabled",
     "merge_call_context",
+    "wait_written",
 ]
 
 SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
@@ -140,7 +142,8 @@ class LineWriter:
         text = message + "\n"
         with self._lock:
             stream = self._stream()
-            if not self._pending and len(text) <= _PIPE_BUF and self._takes_now(stream):
+            whole = len(self._with_note(self.lost, text).encode("utf-8", "replace"))  # what one write would be
+            if not self._pending and whole <= _PIPE_BUF and self._takes_now(stream):
                 self._emit(stream, text)
             elif self._pending_chars + len(text) > self._pending_limit:
                 self.lost += 1
@@ -199,8 +202,7 @@ class LineWriter:
                     self._held.wait()
                 lost, text = self._pending[0]
                 stream = self._stream()
-            _wait_takes(stream)  # blocks here, never on a caller's thread
-            written = _write(stream, self._with_note(lost, text))  # outside the lock: a long line may block
+            written = _write_when_taken(stream, self._with_note(lost, text))  # outside the lock
             with self._lock:
                 self._pending.popleft()
                 self._pending_chars -= len(text)
@@ -240,31 +242,46 @@ def _fd(stream: Any) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-def _wait_takes(stream: Any) -> None:
-    """Block until `stream` takes a write (POLLOUT; an error or hang-up too: the write then fails)."""
+def _write_when_taken(stream: Any, text: str) -> bool:
+    """The writer's thread's write: straight to the stream's descriptor, a piece of at most _PIPE_BUF
+    bytes each time it polls writable (an error or hang-up: the write fails), never through the stream's
+    own buffer. A long line written through it blocked holding that buffer's lock, which the exit's flush
+    of stderr then waited on for ever. False when it was refused (counted as lost)."""
     fd = _fd(stream)
     if fd is None:
-        return
+        return _write(stream, text)
+    data = text.encode("utf-8", "replace")
     poller = select.poll()
     try:
         poller.register(fd, select.POLLOUT)
-        while not poller.poll(1000):
-            pass
+        sent = 0
+        while sent < len(data):
+            while not poller.poll(1000):
+                pass
+            sent += os.write(fd, data[sent : sent + _PIPE_BUF])
     except (OSError, ValueError):
-        return
+        return False
+    return True
 
 
 _library_lines: logging.Handler | None = None  # the root handler configure_logging installed
+_writer: LineWriter | None = None  # the writer configure_logging installed
+
+
+def wait_written(timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for the lines held by the configured writer to be written (before a forced
+    exit, which skips the exit's own wait); whether they were (True without a configured writer)."""
+    return _writer is None or _writer.wait_written(timeout_s)
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Route structlog to stderr as JSON lines at `level` (debug, info, warning, error), and Python
     `logging`'s lines at warning and above (and at `level`, when higher) through the same writer."""
-    global _level, _library_lines
+    global _level, _library_lines, _writer
     _level = getattr(logging, level.upper())
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    writer = LineWriter(sys.stderr, json=json)  # the stderr of now, as print's
+    writer = _writer = LineWriter(sys.stderr, json=json)  # the stderr of now, as print's
     structlog.configure(
         processors=[
             merge_call_context,

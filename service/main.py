@@ -32,7 +32,7 @@ from lmroute.outcomes.store import StoreError
 from lmroute.service.config import ServiceConfig, build_arg_parser, config_from_args, mistyped_variables
 from lmroute.service.cpus import limit_blas_threads
 from lmroute.service.errors import ConfigError
-from lmroute.service.logs import configure_logging
+from lmroute.service.logs import configure_logging, wait_written
 from lmroute.service.server import (
     RouterServer,
     ScorerFactory,
@@ -52,7 +52,7 @@ _log = structlog.get_logger("lmroute.main")
 def _force_exit() -> None:
     """A second SIGTERM or SIGINT: leave now, without the rest of the drain."""
     _log.error("forced_exit", detail="a second SIGTERM or SIGINT while stopping: exiting without the drain")
-    sys.stderr.flush()
+    wait_written(1.0)  # the lines a stalled log holds, this one last: bounded (the exit is forced)
     os._exit(1)
 
 

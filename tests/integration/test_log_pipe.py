@@ -64,3 +64,76 @@ def test_a_server_whose_log_pipe_is_not_read_keeps_answering() -> None:
     routes = [x for x in lines if x.get("event") == "rpc" and x.get("method", "").endswith("/Route")]
     assert len(routes) == calls  # none lost: held for the writer's thread, written once read
     assert not [x for x in lines if x.get("event") == "log_lines_lost"]
+
+
+_LONG_LINES = """
+import sys
+import structlog
+from lmroute.service.logs import configure_logging
+
+configure_logging("info")
+log = structlog.get_logger("t")
+for i in range(100):  # tracebacks are this long: more than a pipe takes in one write
+    log.info("long", i=i, pad="x" * 60_000)
+sys.exit(0)
+"""
+
+
+def test_a_process_whose_log_pipe_is_not_read_still_exits() -> None:
+    """Long lines held for a pipe nobody reads, stderr buffered (no PYTHONUNBUFFERED, as serve.sh runs):
+    the exit waits a bounded time for them, then ends. The writer's thread wrote through stderr's buffer
+    and blocked holding its lock, which the exit's flush then waited on for ever."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-c", _LONG_LINES], stderr=subprocess.PIPE, cwd=REPO, env=env)
+    try:
+        assert proc.wait(30) == 0  # nobody read its stderr: the held lines are given up at exit
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+_FORCED = """
+import sys
+import structlog
+from lmroute.service.logs import configure_logging
+from lmroute.service.main import _force_exit
+
+configure_logging("info")
+log = structlog.get_logger("t")
+for i in range(3000):  # held: the pipe is not read yet
+    log.info("line", i=i, pad="x" * 100)
+print("held", flush=True)
+sys.stdin.readline()  # the reader is back
+_force_exit()  # a second SIGTERM
+"""
+
+
+def test_a_forced_exit_writes_the_held_lines_and_its_own() -> None:
+    """A second SIGTERM exits at once, but not before the lines a stalled log held and its own
+    `forced_exit` line are written (a bounded wait): they were all lost."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FORCED],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        got: list[str] = []
+        reading = threading.Thread(target=lambda: got.extend(proc.stderr or ()), daemon=True)
+        reading.start()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 1
+        reading.join(10)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    lines = [json.loads(x) for x in got if x.startswith("{")]
+    assert [x["i"] for x in lines if x["event"] == "line"] == list(range(3000))  # every one, in order
+    assert lines[-1]["event"] == "forced_exit"

@@ -104,6 +104,7 @@ def test_a_pipe_nobody_reads_never_blocks_a_caller_and_gets_every_line_in_order_
         reading.start()  # the reader comes back
         assert writer.wait_written(10.0)
         writer.msg(json.dumps({"event": "after"}))
+        assert writer.wait_written(10.0)  # held, had the pipe been full again for a moment
         stream.close()
         reading.join(10)
     lines = [json.loads(line) for line in got if line.startswith("{")]
