@@ -34,6 +34,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -49,6 +50,7 @@ AUTH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("lmrout
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")  # URL-safe and base64 characters, at least 16
+_UNKNOWN: Any = object()  # `check`'s "no such token" (a token's tenant may be None)
 MAX_TOKENS_FILE_BYTES = 1024 * 1024
 """The largest tokens file taken (about 30,000 tokens of 32 characters): it is read on a serving thread."""
 
@@ -154,6 +156,7 @@ class Authenticator:
                 presented = value[7:].strip().encode("utf-8", "replace")
                 break
         digest = hashlib.sha256(presented).digest()  # looked up by digest: the module docstring says why
-        if digest not in self._by_digest:
+        tenant = self._by_digest.get(digest, _UNKNOWN)  # one read: a reload may replace the dictionary
+        if tenant is _UNKNOWN:
             return False, None
-        return True, self._by_digest[digest]
+        return True, tenant

@@ -411,7 +411,7 @@ def _check_arguments(
         raise ValueError("tls_cert and tls_key: give both (mTLS: the client certificate and its key) or neither")
     if tls_cert is not None and tls_ca is None:
         raise ValueError("tls_cert, tls_key: mTLS needs tls_ca too (without it the channel is plaintext)")
-    if token is not None and tls_ca is None and not _local(str(target)):
+    if token and tls_ca is None and not _local(str(target)):
         warnings.warn(
             f"token: sent in plain text to {target} (no tls_ca): anyone on the way can read it; give tls_ca "
             "(gRPC's own call credentials refuse this)",
@@ -429,7 +429,9 @@ def _local(target: str) -> bool:
     """Whether `target` (host:port, or a unix: address) is this host: loopback or a socket file."""
     if target.startswith(("unix:", "unix-abstract:")):
         return True
-    host = target.removeprefix("dns:///").rsplit(":", 1)[0].strip("[]")
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):  # gRPC's target forms
+        target = target.removeprefix(scheme)
+    host = target.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return True
     try:

@@ -278,9 +278,9 @@ class ServiceConfig:
         default=3600.0,
         metadata=_doc(
             "seconds a gRPC connection may stay open however busy; then gRPC sends it GOAWAY (calls in progress "
-            "get up to 30 s more, or this long when shorter) and the client reconnects, its certificate and "
-            "token checked afresh: a client whose CA was removed from the client CA file (mTLS) keeps no "
-            "connection past it"
+            "get up to 600 s more to finish, new ones go on a new connection) and the client reconnects, its "
+            "certificate and token checked afresh: a client whose CA was removed from the client CA file (mTLS) "
+            "keeps no connection past it"
         ),
     )
     grpc_handshake_timeout_s: float = field(

@@ -122,7 +122,8 @@ def grpc_options(cfg: ServiceConfig, max_connections: int | None = None) -> list
         ("grpc.max_allowed_incoming_connections", max_connections or cfg.grpc_max_connections),
         ("grpc.max_connection_idle_ms", round(cfg.grpc_idle_timeout_s * 1000)),
         ("grpc.max_connection_age_ms", round(cfg.grpc_max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", round(min(30.0, cfg.grpc_max_connection_age_s) * 1000)),
+        # calls in progress on an aged connection finish (a ReloadBundle loading a large bundle: minutes)
+        ("grpc.max_connection_age_grace_ms", 600_000),
         ("grpc.server_handshake_timeout_ms", round(cfg.grpc_handshake_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),

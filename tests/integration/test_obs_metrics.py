@@ -117,14 +117,14 @@ def test_concurrent_scrapes_share_one_render_and_a_later_scrape_sees_new_values(
 
     m.calls.labels("/x", "OK").inc()
     time.sleep(SCRAPE_CACHE_S + 0.1)  # the lone scrapes' rendering (of 2) is too old for anyone now
+    m.renderings._fresh_s = 60.0  # however slowly a loaded machine runs the 8 scrapes, one rendering serves
     renders = m.renderings.renders
-    t0 = time.monotonic()
     texts = concurrent_scrapes(8)
-    assert time.monotonic() - t0 < SCRAPE_CACHE_S  # all within the cache's time
     # the first renders; those that came while it was open take its rendering (at most one more render:
     # a scrape that found no other open connection renders afresh)
     assert m.renderings.renders - renders <= 2 and slow.collects - 2 <= 2
     assert all('lmroute_calls_total{code="OK",method="/x"} 3.0' in t for t in texts)
+    m.renderings._fresh_s = SCRAPE_CACHE_S
     m.calls.labels("/x", "OK").inc()
     time.sleep(SCRAPE_CACHE_S + 0.1)
     texts = concurrent_scrapes(4)

@@ -1,8 +1,8 @@
 package lmroute
 
 // Splitting a large Score into calls the server takes, by the limits it says in ListRouters.limits. The
-// rule is the Python Controller's (service/routellm_api.py, _Served._calls), so that every client splits
-// the same prompts into the same calls.
+// rule is the Python clients' (service/client.py, score_calls), so that every client splits the same
+// prompts into the same calls.
 
 import (
 	"context"
@@ -95,7 +95,8 @@ func (c *Client) Limits(ctx context.Context) (*lmroutev1.CallLimits, error) {
 // each Index (and the "prompts[i]" of a failed item's message) that of texts; BundleVersion is the last
 // call's. A bad prompt fails alone, as in Score. A call that fails ends ScoreAll with its error (nothing
 // of the calls before it is returned), as the Python Controller does: e.g. one prompt alone over the
-// server's max_request_chars (INVALID_ARGUMENT REQUEST_TOO_LONG). With no texts it makes no call. Each
+// server's max_request_chars (INVALID_ARGUMENT REQUEST_TOO_LONG). With no texts it makes no Score call
+// (the first use of a client asks ListRouters for the limits all the same). Each
 // call has ctx's deadline, or Options.Timeout of its own when ctx has none.
 func (c *Client) ScoreAll(ctx context.Context, texts []string, routers ...string) (*lmroutev1.ScoreResponse, error) {
 	said, err := c.Limits(ctx)

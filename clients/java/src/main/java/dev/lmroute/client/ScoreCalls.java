@@ -7,8 +7,8 @@ import lmroute.v1.Router.CallLimits;
 
 /**
  * How {@link RouterClient#scoreAll} splits prompts into Score calls the server takes, by the limits it says
- * in {@code ListRouters.limits}. The rule is the Python Controller's (service/routellm_api.py,
- * {@code _Served._calls}), so that every client splits the same prompts into the same calls.
+ * in {@code ListRouters.limits}. The rule is the Python clients' (service/client.py,
+ * {@code score_calls}), so that every client splits the same prompts into the same calls.
  *
  * @param prompts the most prompts of one call
  * @param chars the most characters (code points, as the server counts them) of prompt text in one call
