@@ -46,8 +46,16 @@ def test_a_token_sent_in_plain_text_off_this_host_is_warned_of(recwarn: pytest.W
     """A token to another host without tls_ca goes in plain text (gRPC's call credentials refuse that):
     warned of, naming the target and never the token; to loopback or a socket file it is not."""
     token = "secret-token-0123456789"
-    for local in ("127.0.0.1:1", "localhost:1", "[::1]:1", "unix:/tmp/lmroute.sock"):
+    for local in (
+        "127.0.0.1:1",
+        "localhost:1",
+        "[::1]:1",
+        "unix:/tmp/lmroute.sock",
+        "ipv4:127.0.0.1:1",
+        "dns:localhost:1",
+    ):
         RouterClient(local, token=token).close()
+    RouterClient("10.0.0.1:50051", token="").close()  # no token to send
     assert not recwarn.list
     with pytest.warns(UserWarning, match=r"token: sent in plain text to 10\.0\.0\.1:50051 \(no tls_ca\)") as said:
         RouterClient("10.0.0.1:50051", token=token).close()
