@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import re
@@ -341,7 +342,7 @@ class Scheduler(Generic[T]):
             self._count_refusal(refused, tenant)
             raise refused or QueueFull("queue full")
         self.tenant_counts.add(tenant, ADMITTED)
-        if load.in_flight == 0:
+        if load.in_flight == 0 and not self._scoring:  # not while a batch is in the scorer: it may be hung
             self._last_progress = time.monotonic()
         if self._may_score_now(texts, weight):
             with permit:
@@ -464,7 +465,7 @@ class Scheduler(Generic[T]):
         n = len(texts)
         try:
             res = scorer.score(texts, [routers] * n, [None] * n)
-            self._check_rows(res, n)
+            self._check_rows(res, n, [routers])
         except Exception as exc:
             if self._isolating(exc, n, isolate):
                 each = [self._score_inline([t], routers, scorer, admitted, now, isolate=False) for t in texts]
@@ -473,6 +474,14 @@ class Scheduler(Generic[T]):
         scored = asyncio.get_running_loop().time()
         results = self._results(res, [routers] * n, scorer.version, [(admitted, now)] * n, now, scored)
         return list(results), _Ran(max(res.n_tokens.tolist()), True, res.router_s)
+
+    def _count_down(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the tokenising thread, once its tokenize returned: count it down on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+            loop.call_soon_threadsafe(self._tokenized)
+
+    def _tokenized(self) -> None:
+        self._tokenizing -= 1
 
     async def _tokenize(self, texts: list[str], scorer: Scorer[T]) -> list[Tokenized[T] | None]:
         """`scorer`'s tokens of each text (on the tokenising thread, or inline when cheap); None for the
@@ -485,10 +494,12 @@ class Scheduler(Generic[T]):
                 tokens = self._timed_tokenize(scorer, texts)
             else:
                 self._tokenizing += 1
-                try:
-                    tokens = await loop.run_in_executor(self._token_pool, self._timed_tokenize, scorer, texts)
-                finally:
-                    self._tokenizing -= 1
+                running = self._token_pool.submit(self._timed_tokenize, scorer, texts)
+                # counted down when the thread is done, not when this call stops waiting (a cancelled call's
+                # prompts go on tokenising: another call tokenising inline meanwhile would run the scorer's
+                # tokenize twice at once)
+                running.add_done_callback(lambda _: self._count_down(loop))
+                tokens = await asyncio.wrap_future(running)
             if len(tokens) != len(texts):
                 raise RuntimeError(f"tokenize returned {len(tokens)} rows for {len(texts)} texts")
         except MemoryError as exc:
@@ -576,7 +587,10 @@ class Scheduler(Generic[T]):
         self._wakeup.set()
 
     def _arm_sweep(self) -> None:
-        """Forget the released items no longer queued at the head; set the timer for the next timeout."""
+        """Forget the released items no longer queued at the head; set the timer for the next timeout (the
+        one timer: one armed meanwhile, by a release during a sweep, is replaced, not kept beside it)."""
+        if self._sweep is not None:
+            self._sweep.cancel()
         released = self._released
         while released and released[0].state is not State.QUEUED:
             released.popleft()
@@ -668,8 +682,16 @@ class Scheduler(Generic[T]):
                     self._drop(it)
             if batch:
                 self._begin(batch)
-                inline = await self._score_batch(batch, loop.time())
-                self._end_batch()
+                try:
+                    inline = await self._score_batch(batch, loop.time())
+                except Exception as exc:  # a bug past the scorer's checks: this batch fails, the worker goes on
+                    _log.exception("batch_failed", prompts=len(batch))
+                    error = ScorerFailed(f"scoring failed: {exc!r}")
+                    for it in batch:
+                        self._finish(it, error)
+                    inline = False
+                finally:
+                    self._end_batch()
                 if inline:  # the loop ran nothing meanwhile: let the answered calls reply, new ones come in
                     await asyncio.sleep(0)
 
@@ -770,7 +792,7 @@ class Scheduler(Generic[T]):
                 res = scorer.score(texts, routers, tokens)
             else:
                 res = await loop.run_in_executor(self._score_pool, scorer.score, texts, routers, tokens)
-            self._check_rows(res, len(batch))
+            self._check_rows(res, len(batch), routers)
         except Exception as exc:
             if self._isolating(exc, len(batch), isolate):  # per-item isolation: rescore one by one
                 each = [await self._run_batch([it], scorer, isolate=False, inline=False) for it in batch]
@@ -785,10 +807,24 @@ class Scheduler(Generic[T]):
             self._finish(it, result)
         return _Ran(max(res.n_tokens.tolist()), inline, res.router_s)
 
-    def _check_rows(self, res: ScoredBatch, n: int) -> None:
-        """RuntimeError unless `res` holds `n` rows; then its encoder time into the timings."""
+    def _check_rows(self, res: ScoredBatch, n: int, routers_each: Sequence[tuple[str, ...]]) -> None:
+        """RuntimeError unless `res` holds `n` rows of everything the batch's items read (their token
+        counts, a score column of each router they asked for, embeddings, qualities): a scorer (a plug-in
+        kind) that returned fewer failed its batch like a scorer error, where reading past its rows raised
+        in the batching worker and ended it for good. Then its encoder time into the timings."""
         if len(res.n_tokens) != n or len(res.truncated) != n:
             raise RuntimeError(f"scorer returned {len(res.n_tokens)} rows for {n} texts")
+        for router in {r for routers in routers_each for r in routers}:
+            column = res.scores.get(router)
+            if column is None or len(column) != n:
+                got = "no scores" if column is None else f"{len(column)} scores"
+                raise RuntimeError(f"scorer returned {got} of router {router!r} for {n} texts")
+        for what, rows in (
+            ("embeddings", res.embeddings),
+            *(("qualities of " + r, q) for r, q in res.qualities.items()),
+        ):
+            if rows is not None and len(rows) != n:
+                raise RuntimeError(f"scorer returned {len(rows)} rows of {what} for {n} texts")
         self.timings.add_encoder_time(res.encoder_s)
 
     def _isolating(self, exc: Exception, size: int, isolate: bool) -> bool:
@@ -847,8 +883,10 @@ class Scheduler(Generic[T]):
             item.future.set_result(outcome)
 
     def stalled_s(self, now: float) -> float:
-        """For how long prompts have been in flight without a batch finishing (0.0 when nothing is in
-        flight); `now` is `time.monotonic()`. A liveness check compares it with its limit."""
-        if self._admission.in_use == 0:
+        """For how long prompts have been in flight, or a batch in the scorer, without a batch finishing
+        (0.0 when neither); `now` is `time.monotonic()`. A liveness check compares it with its limit. A
+        batch in the scorer counts whether or not its callers still wait: callers whose deadlines pass give
+        their permits back, and a hung scorer went unseen while calls came one at a time."""
+        if self._admission.in_use == 0 and not self._scoring:
             return 0.0
         return max(now - self._last_progress, 0.0)

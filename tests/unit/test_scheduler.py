@@ -5,6 +5,8 @@ Concurrency is gated with events (FakeScorer.block/release); timing assertions a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -586,6 +588,144 @@ def test_queue_full_leaves_the_admitted_calls_their_permits() -> None:
         scorer.release()
         assert all(isinstance(o, ItemResult) for o in await first)
         assert sched.in_flight == 0
+        await sched.close()
+
+    run(body)
+
+
+class _ShortScores(FakeScorer):
+    """A scorer (a plug-in kind's bug) whose batches of several prompts come back one score short."""
+
+    def score(self, texts, routers, tokens):  # type: ignore[no-untyped-def]
+        res = super().score(texts, routers, tokens)
+        if len(texts) < 2:
+            return res
+        return dataclasses.replace(res, scores={r: s[:-1] for r, s in res.scores.items()})
+
+
+def test_a_scorer_short_of_rows_fails_its_batch_and_the_worker_goes_on() -> None:
+    """A batch whose scores hold fewer rows than prompts: its prompts are rescored one by one, and the
+    queue keeps being served (reading past the rows raised in the batching worker and ended it: every
+    later call timed out in the queue, and stopping the server raised)."""
+
+    async def body() -> None:
+        scorer = _ShortScores(delay_s=0.05)
+        sched = make(scorer, inline_us=0, queue_timeout_ms=2000)
+        blocker = asyncio.create_task(sched.score(["first"]))  # holds the scorer: the next calls queue up
+        await wait_entered(scorer)
+        calls = [asyncio.create_task(sched.score([f"queued {i}"])) for i in range(4)]
+        outs = [o for r in await asyncio.gather(blocker, *calls) for o in r]
+        assert all(isinstance(o, ItemResult) for o in outs)  # each rescored alone: its own full row
+        assert sched.stats.scorer_failures >= 1 and not sched._worker.done()
+        later = await sched.score(["after the short batch"], timeout_s=5)
+        assert isinstance(later[0], ItemResult)
+        await sched.close()
+
+    run(body)
+
+
+def test_a_hung_scorer_shows_as_stalled_though_callers_give_up_one_at_a_time() -> None:
+    """The liveness check's `stalled_s`: a batch stuck in the scorer counts, whether or not its callers
+    still wait (a caller whose deadline passes gives its permits back; a call arriving then restarted the
+    stall clock, so calls one at a time kept a hung scorer from ever reading as stalled)."""
+
+    async def body() -> None:
+        scorer = FakeScorer()
+        scorer.block()
+        sched = make(scorer, inline_us=0)
+        t0 = time.monotonic()
+        try:
+            for i in range(3):  # one call at a time, each given up (its deadline: gRPC cancels it) before the next
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(sched.score([f"call {i}"]), 0.2)
+                await asyncio.sleep(0.05)
+            assert sched._admission.in_use == 0 and sched._scoring
+            assert sched.stalled_s(time.monotonic()) >= time.monotonic() - t0 - 0.1
+        finally:
+            scorer.release()
+        await until(lambda: not sched._scoring)
+        assert sched.stalled_s(time.monotonic()) == 0.0
+        await sched.close()
+
+    run(body)
+
+
+def test_queue_timeouts_keep_one_sweep_timer_however_many_prompts_time_out() -> None:
+    """Prompts timing out in the queue release held ones, which arm the sweep timer while a sweep runs:
+    each such sweep left one more timer chain behind (under sustained overload, without bound, each
+    sweeping the queue again)."""
+
+    async def body() -> None:
+        scorer = FakeScorer(record=False)
+        scorer.block()
+        sched = make(scorer, inline_us=0, queue_timeout_ms=100, max_queue=1024)
+        loop = asyncio.get_running_loop()
+
+        def sweep_timers() -> int:
+            scheduled = loop._scheduled  # type: ignore[attr-defined]  # the loop's timer heap
+            return sum(1 for h in scheduled if not h.cancelled() and h._callback == sched._expire_timed_out)
+
+        blocker = asyncio.create_task(sched.score(["blocker"]))
+        await wait_entered(scorer)
+        calls = [asyncio.create_task(sched.score([f"p{k} {i}" for i in range(256)])) for k in range(3)]
+        most = 0
+        try:
+            for _ in range(30):  # 1.5 s of prompts timing out and held ones released in turn
+                await asyncio.sleep(0.05)
+                most = max(most, sweep_timers())
+        finally:
+            scorer.release()
+        assert most <= 1
+        await asyncio.gather(blocker, *calls, return_exceptions=True)
+        await sched.close()
+
+    run(body)
+
+
+def test_a_cancelled_calls_tokenizing_keeps_others_off_the_tokenizer_until_it_returns() -> None:
+    """The scorer's tokenize runs one call at a time: a call cancelled while its prompts tokenise on the
+    tokenising thread counted it done at once, and the next call tokenised on the event loop beside it."""
+
+    class SlowTokens(FakeScorer):
+        """Tokenising takes 2 us a character; `most`: the most tokenize calls seen running at once."""
+
+        def __init__(self) -> None:
+            super().__init__(record=False, delay_s=0.01)  # scoring: on the scoring thread (over inline_us)
+            self.running = 0
+            self.most = 0
+            self.lock = threading.Lock()
+
+        def tokenize(self, texts):  # type: ignore[no-untyped-def]
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(2e-6 * sum(map(len, texts)))
+                return super().tokenize(texts)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    async def body() -> None:
+        scorer = SlowTokens()
+        sched = make(scorer, inline_us=5000, max_prompt_chars=20_000)
+        for i in range(6):  # the tokenising cost measured: short calls inline, long ones on the thread
+            await sched.score([f"warm {i} a b c", f"warm {i} d e"])
+        scorer.block()  # the queue stays busy: calls tokenise at admission
+        try:
+            blocker = asyncio.create_task(sched.score(["blocker"]))
+            await wait_entered(scorer)
+            big = "word " * 3900
+            slow = asyncio.create_task(sched.score([big, big + "x"]))  # about 78 ms on the tokenising thread
+            await asyncio.sleep(0.02)
+            slow.cancel()
+            await asyncio.sleep(0.01)
+            short = [asyncio.create_task(sched.score([f"short {k} a", f"short {k} b"])) for k in range(5)]
+            await asyncio.sleep(0.2)
+        finally:
+            scorer.release()
+        await asyncio.gather(blocker, slow, *short, return_exceptions=True)
+        assert scorer.most == 1
         await sched.close()
 
     run(body)
