@@ -129,11 +129,11 @@ def sign_bundle(bundle_dir: str | Path, key: Ed25519PrivateKey) -> Path:
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(MANIFEST_NAME, "missing")
+    from lmroute.bundle.writer import write_text_atomic  # the writer's imports are heavy; signing stays light
+
     signature = key.sign(manifest_path.read_bytes())
     out = root / SIGNATURE_NAME
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
-    os.replace(tmp, out)
+    write_text_atomic(out, base64.b64encode(signature).decode("ascii") + "\n")  # no temporary file left on failure
     return out
 
 

@@ -662,13 +662,16 @@ def _adapt(args: argparse.Namespace) -> int:
 def _build_flag_problem(args: argparse.Namespace, cfg: BuildConfig) -> str:
     """Why `build` cannot run with these flags, as "--flag: why" ("" when it can): an --out or --report
     it cannot write, a --data-dir or --encoder-model-dir that is not a directory, a --cache-dir it cannot
-    make or write, a --max-tokens (or --bert-max-tokens) beyond the encoder model's positions. Said
+    make or write, a --report or --cache-dir inside --out (the bundle replaces that folder), a --max-tokens
+    (or --bert-max-tokens) beyond the encoder model's positions, a --static-dim beyond its hidden size. Said
     before any work (each would otherwise fail mid-build, some only after the training)."""
     from lmroute.bundle.writer import not_replaceable, out_dir_problem
 
     if problem := out_dir_problem(args.out) or not_replaceable(args.out) or _cannot_make_dir_in(args.out.parent):
         return f"--out: {problem}"
     if args.report is not None:
+        if _is_within(args.report, args.out):
+            return f"--report: {args.report} is inside --out {args.out} (the bundle replaces that folder whole)"
         if args.report.is_dir():
             return f"--report: {args.report} is a directory (name the JSON file to write)"
         if not args.report.parent.is_dir():
@@ -677,11 +680,19 @@ def _build_flag_problem(args: argparse.Namespace, cfg: BuildConfig) -> str:
             return f"--report: {args.report} cannot be written (permission denied)"
     if not args.data_dir.is_dir():
         return f"--data-dir: {args.data_dir} is not a directory"
+    if _is_within(args.cache_dir, args.out):
+        return f"--cache-dir: {args.cache_dir} is inside --out {args.out} (the bundle replaces that folder whole)"
     if args.cache_dir.exists() and not args.cache_dir.is_dir():
         return f"--cache-dir: {args.cache_dir} exists and is not a directory"
     if problem := _cannot_make_dir_in(args.cache_dir):
         return f"--cache-dir: {problem}"
     return _encoder_model_problem(cfg)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (symbolic links followed, as far as they exist)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
 
 def _cannot_make_dir_in(folder: Path) -> str:
@@ -703,8 +714,8 @@ def _cannot_make_dir_in(folder: Path) -> str:
 
 def _encoder_model_problem(cfg: BuildConfig) -> str:
     """Why the build's encoder model (--encoder-model-dir, or the packaged one) cannot take the recipe's
-    token limits ("" when it can): no config.json, or --max-tokens / --bert-max-tokens (bert built) above
-    its max_position_embeddings."""
+    token limits or static dimension ("" when it can): no config.json, --max-tokens / --bert-max-tokens
+    (bert built) above its max_position_embeddings, or --static-dim (static encoder) above its hidden_size."""
     from lmroute.export.encoder_export import default_model_dir
 
     recipe = cfg.recipe
@@ -715,20 +726,18 @@ def _encoder_model_problem(cfg: BuildConfig) -> str:
     if model_dir is not None and not config.is_file():
         return f"--encoder-model-dir: {model_dir} is not a Hugging Face model directory (no config.json)"
     try:
-        positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        model_config = json.loads(config.read_text(encoding="utf-8"))
+        positions, hidden = model_config.get("max_position_embeddings"), model_config.get("hidden_size")
     except (OSError, ValueError, AttributeError):
         return ""  # the export says what is wrong with it
-    if not isinstance(positions, int) or isinstance(positions, bool):
-        return ""
-    limits = [("--max-tokens", recipe.max_tokens)]
+    limits = [("--max-tokens", recipe.max_tokens, positions, "positions", "max_position_embeddings")]
     if "bert" in cfg.routers:
-        limits.append(("--bert-max-tokens", recipe.bert_max_tokens))
-    for flag, tokens in limits:
-        if tokens > positions:
-            return (
-                f"{flag}: {tokens} is more than the encoder model's {positions} positions "
-                f"(max_position_embeddings in {config})"
-            )
+        limits.append(("--bert-max-tokens", recipe.bert_max_tokens, positions, "positions", "max_position_embeddings"))
+    if recipe.encoder == "static":  # its table holds principal components of the model's embeddings
+        limits.append(("--static-dim", recipe.static_dim, hidden, "dimensions", "hidden_size"))
+    for flag, value, limit, what, key in limits:
+        if isinstance(limit, int) and not isinstance(limit, bool) and value > limit:
+            return f"{flag}: {value} is more than the encoder model's {limit} {what} ({key} in {config})"
     return ""
 
 
@@ -948,12 +957,14 @@ def _run_command(argv: Sequence[str] | None) -> int:
         if problem := _build_flag_problem(args, cfg):  # before the build, not after it
             print(f"{PROG} {args.cmd}: {problem}", file=sys.stderr)
             return 2
+        from lmroute.export.embed_cache import EmbedCacheError
         from lmroute.export.encoder_export import EncoderExportError
 
         t0 = time.perf_counter()
         try:
             report = build_bundle(cfg)
-        except (DataError, ValueError, OSError, EncoderExportError) as exc:  # names what cannot be used
+        # each names what cannot be used (a data file, an encoder model, an embedding-cache shard)
+        except (DataError, ValueError, OSError, EncoderExportError, EmbedCacheError) as exc:
             print(f"{PROG} {args.cmd}: {_one_line(exc)}", file=sys.stderr)
             return 1
         print(report.elo_table)
@@ -979,6 +990,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
         print(f"encoder written to {res.model_path} (dim {res.dim}); min cosine vs PyTorch {res.min_cosine:.6f}")
         return 0
     if args.cmd == "calibrate":
+        from lmroute.export.embed_cache import EmbedCacheError
         from lmroute.export.pipeline import calibrate_bundle
 
         prompts = _read_prompts(args.prompts) if args.prompts else None
@@ -996,7 +1008,11 @@ def _run_command(argv: Sequence[str] | None) -> int:
             before = (args.bundle / "manifest.json").read_bytes() if signed else b""
             calibrate_bundle(args.bundle, args.data_dir, prompts=prompts)
             changed = signed and (args.bundle / "manifest.json").read_bytes() != before
-        except (ValueError, OSError) as exc:  # BundleError is a ValueError: a bundle or data dir it cannot use
+        except (
+            ValueError,
+            OSError,
+            EmbedCacheError,
+        ) as exc:  # BundleError is a ValueError: a bundle or data dir it cannot use
             print(f"{PROG} calibrate: {exc}", file=sys.stderr)
             return 1
         print(f"calibration table of {args.bundle} updated")
@@ -1005,8 +1021,13 @@ def _run_command(argv: Sequence[str] | None) -> int:
         return 0
     if args.cmd == "contamination":
         from lmroute.export.contamination import main as contamination_main
+        from lmroute.export.embed_cache import EmbedCacheError
 
-        return contamination_main(args)
+        try:
+            return contamination_main(args)
+        except EmbedCacheError as exc:
+            print(f"{PROG} contamination: {exc}", file=sys.stderr)
+            return 1
     if args.cmd in ("restamp", "keygen", "sign", "verify"):
         return _integrity_command(args)
     store_commands = {
@@ -1052,9 +1073,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    """The prompts of a file: JSONL objects with a string 'prompt' when its first non-blank line is a JSON
-    object (then every line must be one), else one prompt a line, as it is; SystemExit naming the file,
-    and the line of a bad one."""
+    """The prompts of a file: JSONL objects with a string 'prompt' when its first non-blank line starts with
+    '{' (then every non-blank line must be one: a line that does not parse is an error, not a prompt),
+    else one prompt a line, as it is. Blank lines, and JSONL prompts that are blank, are skipped. SystemExit
+    naming the file, and the line of a bad one."""
     from lmroute.outcomes.jsonl import numbered_lines
 
     prompts: list[str] = []
@@ -1069,18 +1091,22 @@ def _read_prompts(path: Path) -> list[str]:
                 raise SystemExit(f"{path}:1: starts with a UTF-8 byte order mark (save the file without one)")
             if not line.strip():
                 continue
+            if jsonl is None:
+                jsonl = line.lstrip().startswith("{")
+            if not jsonl:
+                prompts.append(line)
+                continue
             try:
                 record = _json_object(line)
             except RecursionError:
                 raise SystemExit(f"{path}:{lineno}: nested too deeply") from None
-            if jsonl is None:
-                jsonl = record is not None
-            if not jsonl:
-                prompts.append(line)
-            elif record is None:
-                raise SystemExit(f"{path}:{lineno}: not a JSON object (the file's first line is JSONL)")
-            elif isinstance(record.get("prompt"), str):
-                prompts.append(str(record["prompt"]))
+            except ValueError as exc:
+                raise SystemExit(
+                    f"{path}:{lineno}: {exc}; the file's first non-blank line starts with '{{', so it is JSONL"
+                ) from None
+            if isinstance(record.get("prompt"), str):
+                if str(record["prompt"]).strip():  # a blank prompt is skipped, as a blank line is
+                    prompts.append(str(record["prompt"]))
             else:
                 got = (
                     "no 'prompt' field" if "prompt" not in record else f"'prompt' is {type(record['prompt']).__name__}"
@@ -1093,16 +1119,16 @@ def _read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def _json_object(line: str) -> dict[str, object] | None:
-    """`line` as a JSON object, or None when it is not one; RecursionError when it is one nested past the
-    parser's depth (not a line of text to take as it is)."""
-    if not line.lstrip().startswith("{"):
-        return None
+def _json_object(line: str) -> dict[str, object]:
+    """`line` as a JSON object; ValueError saying why when it is not one; RecursionError when it is one
+    nested past the parser's depth."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object (a JSON {type(record).__name__})")
+    return record
 
 
 if __name__ == "__main__":

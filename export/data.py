@@ -306,7 +306,20 @@ def jsonl_records(path: Path, handle: io.TextIOBase, issues: list[RowIssue]) -> 
         if not isinstance(record, dict):
             issues.append(RowIssue(str(path), line_no, "JSON line is not an object"))
             continue
+        if "\\u" in line and not _encodes_utf8(record):
+            issues.append(RowIssue(str(path), line_no, "not valid Unicode (an escaped lone surrogate, e.g. \\ud800)"))
+            continue
         yield line_no, record
+
+
+def _encodes_utf8(record: dict) -> bool:
+    """Whether every string of `record` (keys too, at any depth) can be written as UTF-8: JSON's escapes can
+    spell a lone surrogate ("\\ud800"), which parses but which no UTF-8 file or bundle can hold."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _csv_records(

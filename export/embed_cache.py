@@ -79,6 +79,17 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
         raise
 
 
+_DELETE_SHARD = "delete it and the shard's other file (the next run computes those embeddings again)"
+
+
+def _load_array(path: Path, *, mmap: bool) -> np.ndarray:
+    """One .npy file of a shard; EmbedCacheError naming it when it cannot be read (truncated, not .npy)."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:  # a short file: ValueError (mmap, reshape) or EOFError
+        raise EmbedCacheError(f"{path}: unreadable ({type(exc).__name__}: {exc}); {_DELETE_SHARD}") from None
+
+
 def _load_shards(root: Path, dim: int) -> tuple[dict[bytes, tuple[int, int]], list[np.ndarray]]:
     """Map key -> (shard index in the returned list, row), and the shards' arrays."""
     index: dict[bytes, tuple[int, int]] = {}
@@ -89,12 +100,16 @@ def _load_shards(root: Path, dim: int) -> tuple[dict[bytes, tuple[int, int]], li
         keys_path = emb_path.with_name(emb_path.name.replace(".emb.npy", ".keys.npy"))
         if not keys_path.is_file():
             continue  # interrupted between the two renames: recomputed and rewritten later
-        emb = np.load(emb_path, allow_pickle=False, mmap_mode="r")
-        keys = np.load(keys_path, allow_pickle=False)
+        emb = _load_array(emb_path, mmap=True)
+        keys = _load_array(keys_path, mmap=False)
         if emb.ndim != 2 or emb.dtype != np.float32 or emb.shape[1] != dim:
-            raise EmbedCacheError(f"{emb_path}: shape {emb.shape} {emb.dtype}, expected float32 [rows, {dim}]")
+            raise EmbedCacheError(
+                f"{emb_path}: shape {emb.shape} {emb.dtype}, expected float32 [rows, {dim}]; {_DELETE_SHARD}"
+            )
         if keys.shape != (emb.shape[0],) or keys.dtype != np.dtype("S64"):
-            raise EmbedCacheError(f"{keys_path}: shape {keys.shape} {keys.dtype}, expected |S64 [{emb.shape[0]}]")
+            raise EmbedCacheError(
+                f"{keys_path}: shape {keys.shape} {keys.dtype}, expected |S64 [{emb.shape[0]}]; {_DELETE_SHARD}"
+            )
         shard = len(arrays)
         arrays.append(emb)
         for row, key in enumerate(keys.tolist()):

@@ -105,19 +105,34 @@ def _readable_lines(path: Path, handle: io.TextIOBase) -> Iterator[str]:
         ) from None
 
 
+def _csv_records(path: Path, lines: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) for each CSV record of `lines`; a record CSV cannot read (a field over its
+    field size limit, often an unterminated quote) is an EvalDataError naming its first line."""
+    reader = csv.reader(lines)
+    end_of_previous = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise EvalDataError(f"{path}:{end_of_previous + 1}: unreadable CSV ({exc})") from None
+        start, end_of_previous = end_of_previous + 1, reader.line_num
+        yield start, fields
+
+
 def _correctness_rows(data_dir: Path, rel: str, id_prefix: str) -> Iterator[tuple[str, str, float, float]]:
     """(id, prompt, strong, weak) for every row of a correctness CSV."""
     path, handle = open_data_file(data_dir, rel)
     with handle:
-        reader = csv.reader(_readable_lines(path, handle))
-        header = next(reader, None)
+        records = _csv_records(path, _readable_lines(path, handle))
+        header = next(records, (1, None))[1]
         if header is None:
             raise EvalDataError(f"{path}:1: empty file (no header)")
         strong_col, weak_col = _pair_columns(path, header)
         index = {c: i for i, c in enumerate(header)}
-        end_of_previous, row_no = reader.line_num, 0
-        for fields in reader:
-            start, end_of_previous = end_of_previous + 1, reader.line_num
+        row_no = 0
+        for start, fields in records:
             if any(not_utf8(f) for f in fields):
                 raise EvalDataError(f"{path}:{start}: not UTF-8 text")
             if len(fields) != len(header):

@@ -48,6 +48,7 @@ from lmroute.export.data import (
     DIFFICULTY_FILE,
     LABEL_KINDS,
     Comparisons,
+    DataError,
     LoadResult,
     RowIssue,
     evenly_spaced,
@@ -520,10 +521,30 @@ def _blends(cfg: BuildConfig, train: Comparisons, bundle: Bundle, weights: dict[
     return {name: blend_params(scores[name], weight) for name, weight in weights.items()}
 
 
+DROP_KEY = "training_prompts_to_drop"
+
+
 def _decontamination_set(path: Path) -> set[str]:
+    """The training prompts listed in the decontamination file (none when there is no file); DataError
+    naming the file when it cannot be read, is not JSON, or lacks a list of strings under DROP_KEY."""
     if not path.is_file():
         return set()
-    return set(json.loads(path.read_text())["training_prompts_to_drop"])
+    redo = "(rewrite it with `lmroute-export contamination`)"
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}) {redo}") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON (nested too deeply) {redo}") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: not a JSON object {redo}")
+    drop = content.get(DROP_KEY)
+    if not isinstance(drop, list) or not all(isinstance(p, str) for p in drop):
+        got = "missing" if DROP_KEY not in content else "not a list of strings"
+        raise DataError(f"{path}: '{DROP_KEY}' must be a list of prompts ({got}) {redo}")
+    return set(drop)
 
 
 def _drop_contaminated(comps: Comparisons, path: Path) -> tuple[Comparisons, int]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmroute.bundle.truncation import Truncation
-from lmroute.export.data import LABEL_KINDS
+from lmroute.export.data import LABEL_KINDS, SOURCES
 from lmroute.export.dataclass_flags import format_value, knob
 from lmroute.export.static_distill import DEFAULT_SIF_A, DEFAULT_STATIC_DIM
 
@@ -116,6 +116,9 @@ class Recipe:
         unknown = {k for k, _ in self.label_weights} - set(LABEL_KINDS)
         if unknown:
             raise ValueError(f"label_weights: unknown label kinds {sorted(unknown)}; know {LABEL_KINDS}")
+        unknown = {k for k, _ in self.elo_source_weights} - set(SOURCES)
+        if unknown:
+            raise ValueError(f"elo_source_weights: unknown sources {sorted(unknown)}; know {SOURCES}")
         if self.encoder not in ENCODER_TIERS:
             raise ValueError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODER_TIERS)}")
         if self.encoder_model_dir is not None and not isinstance(self.encoder_model_dir, Path):

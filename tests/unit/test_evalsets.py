@@ -149,3 +149,14 @@ def test_a_truncated_gzip_csv_names_the_file_and_line(tmp_path):
     plain.unlink()
     with pytest.raises(EvalDataError, match=rf"^{gz}:\d+: unreadable after line \d+ \(EOFError: "):
         load_eval("gsm8k", tmp_path)
+
+
+def test_a_field_over_the_csv_size_limit_names_the_file_and_line(tmp_path):
+    """An unterminated quote (or a huge field) raised a bare _csv.Error traceback in build and evaluate."""
+    header = "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
+    path = _gsm8k_dir(tmp_path, header + 'q1,True,True\n"multi\nline",True,True\n"' + "x" * 200_000 + ",True,True\n")
+    with pytest.raises(EvalDataError, match=f"^{path}:5: unreadable CSV \\(field larger than field limit"):
+        load_eval("gsm8k", tmp_path)
+    path.write_text('"' + "p" * 200_000 + '",a,b\n', encoding="utf-8")  # in the header
+    with pytest.raises(EvalDataError, match=f"^{path}:1: unreadable CSV \\(field larger than field limit"):
+        load_eval("gsm8k", tmp_path)

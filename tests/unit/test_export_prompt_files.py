@@ -23,7 +23,40 @@ def test_a_file_is_jsonl_or_lines_as_its_first_line_says(tmp_path: Path) -> None
     f.write_text(json.dumps({"prompt": "my secret"}) + "\n" + '{"prompt": "typo"},\n', encoding="utf-8")
     with pytest.raises(SystemExit) as err:  # a JSONL line that does not parse is not taken as a prompt
         _read_prompts(f)
-    assert str(err.value) == f"{f}:2: not a JSON object (the file's first line is JSONL)"
+    assert str(err.value) == (
+        f"{f}:2: invalid JSON (Extra data at column 19); "
+        "the file's first non-blank line starts with '{', so it is JSONL"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (  # a broken first line is not a prompt of a text file: it is a JSONL file's bad line
+            b'{"prompt": "a",\n{"prompt": "b"}\n',
+            "p.txt:1: invalid JSON (Expecting property name enclosed in double quotes at column 16)",
+        ),
+        (b'\n  {"prompt": "a"\n', "p.txt:2: invalid JSON (Expecting ',' delimiter at column 17)"),
+        (b'{"prompt": "a"}\n["b"]\n', "p.txt:2: not a JSON object (a JSON list)"),
+        (b'{"prompt": "a"}\n"b"\n', "p.txt:2: not a JSON object (a JSON str)"),
+    ],
+)
+def test_a_jsonl_line_that_does_not_parse_is_named(tmp_path: Path, content: bytes, says: str) -> None:
+    f = tmp_path / "p.txt"
+    f.write_bytes(content)
+    with pytest.raises(SystemExit) as err:
+        _read_prompts(f)
+    assert str(err.value) == f"{tmp_path}/{says}; the file's first non-blank line starts with '{{', so it is JSONL"
+
+
+def test_blank_jsonl_prompts_are_skipped_as_blank_lines_are(tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": ""}\n{"prompt": "  "}\n{"prompt": "x"}\n', encoding="utf-8")
+    assert _read_prompts(f) == ["x"]
+    f.write_text('{"prompt": ""}\n\n{"prompt": "\\n"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as err:
+        _read_prompts(f)
+    assert str(err.value) == f"{f}: no prompts"
 
 
 @pytest.mark.parametrize(

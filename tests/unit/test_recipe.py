@@ -103,6 +103,10 @@ def test_every_knob_is_documented_and_frozen() -> None:
         ({"static_sif_a": 0.0}, "static_sif_a: must be finite and > 0 (got 0.0)"),
         ({"mf_noise_sigma": float("nan")}, "mf_noise_sigma: must be finite and >= 0 (got nan)"),
         ({"label_weights": (("gold", 1.0),)}, "label_weights: unknown label kinds ['gold']"),
+        (  # was taken, and weighed nothing: no source has that name
+            {"elo_source_weights": (("alpaca", 0.0),)},
+            "elo_source_weights: unknown sources ['alpaca']; know ('arena_human', 'alpaca_eval',",
+        ),
         ({"prior_weights": (("mf", -1.0),)}, "prior_weights: mf=-1.0 must be finite and >= 0"),
         ({"prior_weights": (("mf", 1.0), ("mf", 2.0))}, "prior_weights: a name occurs twice (mf=1,mf=2)"),
         ({"max_tokens": 1, "truncation": "head"}, "max_tokens: must be >= 2 (got 1)"),
