@@ -534,6 +534,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per benchmark (quick mode)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[m.strip() for m in os.environ.get("LMROUTE_PLUGINS", "").split(",") if m.strip()],
+        metavar="MODULE",
+        help="import MODULE first: it registers more router kinds, as the bundle's (repeatable; env "
+        "LMROUTE_PLUGINS, comma-separated)",
+    )
     return p
 
 
@@ -571,6 +579,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m lmroute.ex
     use (one line naming it), 2 a bad flag (one line naming it, before any scoring)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser(prog).parse_args(args_list)
+    from lmroute.bundle import kinds
+
+    try:
+        kinds.load_plugins(args.plugin)  # before the bundle is read: its routers may be of these kinds
+    except ImportError as exc:
+        print(f"{prog}: --plugin: {exc}", file=sys.stderr)
+        return 2
     if problem := _flag_problem(args):
         print(f"{prog}: {problem}", file=sys.stderr)
         return 2

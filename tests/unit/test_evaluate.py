@@ -251,6 +251,13 @@ def test_main_refuses_a_bad_flag_in_one_line_before_scoring(
         (["--out", str(out), "--bundle", str(tmp_path / "nope")], f"--bundle: {tmp_path / 'nope'} does not exist"),
         (["--out", str(out), "--bundle", str(tmp_path)], f"--bundle: {tmp_path}: manifest.json: missing"),
         (["--out", str(out), "--data-dir", str(tmp_path)], f"--data-dir: {tmp_path} holds no eval/ directory"),
+        # a bundle of a plug-in kind is evaluated with its --plugin, as the other bundle commands take it
+        (
+            ["--out", str(out), "--plugin", "no_such_plugin_module"],
+            "--plugin: router kind plugin 'no_such_plugin_module' cannot be imported: "
+            "No module named 'no_such_plugin_module'",
+        ),
+        (["--out", str(out), "--plugin", "json", "--limit", "0"], "--limit: must be >= 1 (got 0)"),  # taken
     ]
     for extra, says in cases:
         assert main(base + extra, prog="lmroute-export evaluate") == 2, extra
