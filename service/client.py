@@ -431,13 +431,19 @@ def _local(target: str) -> bool:
         return True
     for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):  # gRPC's target forms
         target = target.removeprefix(scheme)
-    host = target.rsplit(":", 1)[0].strip("[]")
+    return loopback_host(target.rsplit(":", 1)[0])
+
+
+def loopback_host(host: str) -> bool:
+    """Whether `host` (an address, bracketed or not, or a name) is a loopback address of this host
+    (127.0.0.0/8, ::1, localhost); another name is not known to be (where it leads is not known here)."""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False  # a name: where it leads is not known here
+        return False
 
 
 MAX_TIMEOUT_S = 1e9

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
-import ipaddress
 import math
 import os
 import re
@@ -976,13 +975,9 @@ class ServiceConfig:
     def loopback_bind(self) -> bool:
         """Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost): only this host's processes
         reach the port."""
-        host = self.host.strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        from lmroute.service.client import loopback_host  # the clients' own test of a target
+
+        return loopback_host(self.host)
 
     @property
     def admin_enabled(self) -> bool:

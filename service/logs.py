@@ -50,6 +50,7 @@ __all__ = [
     "info_enabled",
     "merge_call_context",
     "wait_written",
+    "write_when_taken",
 ]
 
 SHED_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
@@ -111,7 +112,7 @@ PENDING_BYTES = 4 * 1024 * 1024
 """Lines held for the writer's thread while the stream does not take them (a pipe nobody reads): beyond
 this much, lines are lost (counted) instead of held."""
 
-_PIPE_BUF = 4096  # a write this long or shorter to a pipe that polls writable does not block (POSIX)
+PIPE_BUF = 4096  # a write this long or shorter to a pipe that polls writable does not block (POSIX)
 
 
 class LineWriter:
@@ -142,8 +143,13 @@ class LineWriter:
         text = message + "\n"
         with self._lock:
             stream = self._stream()
-            whole = len(self._with_note(self.lost, text).encode("utf-8", "replace"))  # what one write would be
-            if not self._pending and whole <= _PIPE_BUF and self._takes_now(stream):
+            # what one write would be, in bytes (encoded only when it could be over: 4 bytes a character at most)
+            whole = (
+                len(text)
+                if 4 * len(text) <= PIPE_BUF and not self.lost
+                else len(self._with_note(self.lost, text).encode("utf-8", "replace"))
+            )
+            if not self._pending and whole <= PIPE_BUF and self._takes_now(stream):
                 self._emit(stream, text)
             elif self._pending_chars + len(text) > self._pending_limit:
                 self.lost += 1
@@ -159,7 +165,7 @@ class LineWriter:
     fatal = failure = err = error = critical = exception = msg
 
     def _takes_now(self, stream: Any) -> bool:
-        """Whether a line of at most _PIPE_BUF characters written to `stream` now cannot block it (under
+        """Whether a line of at most PIPE_BUF characters written to `stream` now cannot block it (under
         the lock: one poll object, kept for the stream's descriptor)."""
         fd = _fd(stream)
         if fd is None:
@@ -243,22 +249,30 @@ def _fd(stream: Any) -> int | None:
 
 
 def _write_when_taken(stream: Any, text: str) -> bool:
-    """The writer's thread's write: straight to the stream's descriptor, a piece of at most _PIPE_BUF
+    """The writer's thread's write: straight to the stream's descriptor, a piece of at most PIPE_BUF
     bytes each time it polls writable (an error or hang-up: the write fails), never through the stream's
     own buffer. A long line written through it blocked holding that buffer's lock, which the exit's flush
     of stderr then waited on for ever. False when it was refused (counted as lost)."""
     fd = _fd(stream)
     if fd is None:
         return _write(stream, text)
-    data = text.encode("utf-8", "replace")
+    return write_when_taken(fd, text.encode("utf-8", "replace"))
+
+
+def write_when_taken(fd: int, data: bytes, wait_s: float | None = None) -> bool:
+    """Write `data` to the descriptor `fd`, a piece of at most PIPE_BUF bytes each time it polls writable,
+    so that no write blocks (the log writer's thread; the console span exporter's). False when the
+    descriptor is in error or hung up, refuses the write, or takes nothing for `wait_s` seconds (None: no
+    limit)."""
     poller = select.poll()
     try:
         poller.register(fd, select.POLLOUT)
         sent = 0
         while sent < len(data):
-            while not poller.poll(1000):
-                pass
-            sent += os.write(fd, data[sent : sent + _PIPE_BUF])
+            ready = poller.poll(None if wait_s is None else wait_s * 1000)
+            if not ready or ready[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                return False
+            sent += os.write(fd, data[sent : sent + PIPE_BUF])
     except (OSError, ValueError):
         return False
     return True

@@ -41,13 +41,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from lmroute.service.batch_queue import ItemResult, StageTimes
-from lmroute.service.logs import bind_call
+from lmroute.service.logs import bind_call, write_when_taken
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -58,7 +57,6 @@ MODES = ("off", "console", "external")
 CONSOLE_QUEUE_SPANS = 2048
 """Most spans `--tracing console` holds for stdout; more are dropped (the queue of a BatchSpanProcessor)."""
 _CONSOLE_WAIT_S = 1.0  # how long one write to stdout may wait for room before its spans are dropped
-_PIPE_BUF = 4096  # at most this many bytes per write: a pipe that polls writable takes them without blocking
 
 
 class Tracing:
@@ -221,19 +219,9 @@ class _StdoutSpans:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         data = "".join(span.to_json() + os.linesep for span in spans).encode("utf-8")
-        poller = select.poll()
-        poller.register(self._fd, select.POLLOUT)
-        sent = 0
-        while sent < len(data):
-            ready = poller.poll(_CONSOLE_WAIT_S * 1000)
-            if not ready or ready[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                self.dropped += len(spans)
-                return SpanExportResult.FAILURE
-            try:
-                sent += os.write(self._fd, data[sent : sent + _PIPE_BUF])
-            except OSError:  # closed, or gone: spans are not worth failing over
-                self.dropped += len(spans)
-                return SpanExportResult.FAILURE
+        if not write_when_taken(self._fd, data, _CONSOLE_WAIT_S):  # closed, gone or stuck: not worth failing over
+            self.dropped += len(spans)
+            return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
